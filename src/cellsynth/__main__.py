@@ -1,0 +1,7 @@
+"""``python -m cellsynth`` runs the CLI."""
+
+import sys
+
+from cellsynth.cli import main
+
+sys.exit(main())

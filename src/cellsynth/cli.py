@@ -1,0 +1,173 @@
+"""The ``cellsynth`` command: argparse subcommands that fill configs and call the library.
+
+Heavy imports (torch, dask, the simulator) happen inside the command functions so that
+``cellsynth --help`` is instant. User mistakes (CellsynthError) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cellsynth import __version__
+from cellsynth.errors import CellsynthError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (no usage dump), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+# --- inspect ---------------------------------------------------------------------------------
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from cellsynth.io.inspect import format_summary, summarize
+
+    print(format_summary(summarize(args.dir)))
+    return 0
+
+
+# --- simulate --------------------------------------------------------------------------------
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from cellsynth.simulate import simulation_config, write_simulation
+
+    config = simulation_config(
+        args.preset, config_file=args.config, pixel_size_um=args.pixel_size, color=args.color
+    )
+    summary = write_simulation(
+        config, n=args.n, size=args.size, seed=args.seed, out=args.out,
+        workers=args.workers, force=args.force, progress=not args.quiet,
+    )
+    print(f"wrote {summary['n_images']} images ({summary['n_instances']} instances, "
+          f"{summary['images_per_s']:.1f} images/s) to {args.out}")
+    print(f"preview: {Path(args.out) / 'preview.png'}")
+    return 0
+
+
+# --- evaluate / realism (cellsynth.evaluate) ------------------------------------------------
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cellsynth.evaluate.cli import run_evaluate
+
+    return run_evaluate(args)
+
+
+def _cmd_realism(args: argparse.Namespace) -> int:
+    from cellsynth.evaluate.cli import run_realism
+
+    return run_realism(args)
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cellsynth.simulate import simulation_config, write_simulation
+
+    out = Path(args.out)
+    config = simulation_config("merker")
+    summary = write_simulation(config, n=32, size=256, seed=0, out=out, workers=2,
+                               force=args.force, progress=True)
+    print(f"demo: simulated {summary['n_images']} Merker-style images "
+          f"({summary['n_instances']} cells) into {out}")
+    print(f"demo: look at {out / 'preview.png'}")
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cellsynth", description="Synthetic training data for cell instance segmentation.")
+    parser.add_argument("--version", action="version", version=f"cellsynth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("inspect", help="summarise a dataset folder (images, sizes, instances)")
+    p.add_argument("dir", type=Path, help="dataset folder (images/, labels/, meta.json)")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("simulate", help="simulate cell images with exact instance labels")
+    p.add_argument("--preset", required=True, help="merker, nissl, he or fluo")
+    p.add_argument("--n", type=_positive_int, required=True, help="number of images")
+    p.add_argument("--size", type=_positive_int, default=256, help="image side in pixels")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output dataset folder")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
+    p.add_argument("--config", type=Path, help="YAML file overriding preset parameters")
+    p.add_argument("--pixel-size", type=_positive_float, help="output pixel size in micrometres")
+    p.add_argument("--color", help="colour variant, e.g. gray or violet for merker/nissl")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("evaluate", help="instance metrics (F1/AP/PQ over IoU 0.5-0.9)")
+    p.add_argument("--pred", type=Path, required=True, help="predicted dataset or label folder")
+    p.add_argument("--gt", type=Path, required=True, help="ground-truth dataset folder")
+    p.add_argument("--json", type=Path, help="write the metrics as JSON here")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("realism", help="compare two image sets (C2ST, SWD, histograms, spectra)")
+    p.add_argument("--a", type=Path, required=True, help="first image set (dataset folder)")
+    p.add_argument("--b", type=Path, required=True, help="second image set (dataset folder)")
+    p.add_argument("--json", type=Path, help="write the metrics as JSON here")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--folds", type=_positive_int, default=5, help="C2ST cross-validation folds")
+    p.add_argument("--crop", type=_positive_int, default=64, help="C2ST crop side in pixels")
+    p.add_argument("--crops", type=_positive_int, default=512, help="C2ST crops per image set")
+    p.add_argument("--epochs", type=_positive_int, default=12, help="C2ST epochs per fold")
+    p.set_defaults(func=_cmd_realism)
+
+    p = sub.add_parser("demo", help="run the pipeline on an embedded default")
+    p.add_argument("--out", type=Path, default=Path("cellsynth-demo"))
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CellsynthError as err:
+        print(f"cellsynth {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cellsynth {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The dataset folder layout that connects every stage.
+
+::
+
+    DIR/images/<id>.tif|.png     (H, W) or (H, W, 3) images
+    DIR/labels/<id>.tif|.png     optional (H, W) uint16/uint32 instance labels, 0 = background
+    DIR/meta.json                optional provenance (parameters, seed, pixel size)
+
+A plain folder of images (no ``images/`` sub-folder) is accepted as an unlabeled dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth.errors import DatasetError, ImageReadError
+from cellsynth.io.files import write_json
+from cellsynth.io.images import IMAGE_SUFFIXES, read_image, read_labels
+
+__all__ = ["Sample", "Dataset", "load_dataset", "write_dataset_meta"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset and, if present, its label map."""
+
+    id: str
+    image_path: Path
+    label_path: Path | None = None
+
+    def read_image(self) -> np.ndarray:
+        return read_image(self.image_path)
+
+    def read_labels(self) -> np.ndarray:
+        if self.label_path is None:
+            raise DatasetError(f"{self.image_path}: image has no label file")
+        return read_labels(self.label_path)
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """Read image and labels, checking that their sizes agree."""
+        image, labels = self.read_image(), self.read_labels()
+        if image.shape[:2] != labels.shape:
+            raise ImageReadError(
+                f"{self.label_path}: label size {labels.shape[0]}x{labels.shape[1]} does not match "
+                f"image {self.image_path.name} size {image.shape[0]}x{image.shape[1]}"
+            )
+        return image, labels
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated dataset folder: its samples (sorted by id) and its meta.json."""
+
+    root: Path
+    samples: tuple[Sample, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+    @property
+    def has_labels(self) -> bool:
+        return all(s.label_path is not None for s in self.samples)
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        value = self.meta.get("pixel_size_um")
+        return float(value) if value is not None else None
+
+
+def _files_by_id(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in found:
+            raise DatasetError(f"{folder}: two files share the id {path.stem!r}: "
+                               f"{found[path.stem].name} and {path.name}")
+        found[path.stem] = path
+    return found
+
+
+def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Dataset:
+    """List and validate a dataset folder (files are read lazily, per sample).
+
+    Raises :class:`DatasetError` for a missing or empty folder, label files without images,
+    images without labels when ``require_labels``, or an unreadable meta.json.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    image_dir = root / "images"
+    label_dir = root / "labels"
+    if not image_dir.is_dir():
+        image_dir = root  # a plain folder of images
+        label_dir = root / "labels"
+    images = _files_by_id(image_dir)
+    labels = _files_by_id(label_dir) if label_dir.is_dir() else {}
+    if not images:
+        where = image_dir if image_dir != root else root
+        raise DatasetError(
+            f"{where}: no images found "
+            f"(expected {root}/images/<id>.tif|.png or image files in {root})"
+        )
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        raise DatasetError(
+            f"{label_dir}: {len(orphans)} label file(s) without an image, "
+            f"e.g. {labels[orphans[0]].name}"
+        )
+    if require_labels:
+        missing = sorted(set(images) - set(labels))
+        if missing:
+            raise DatasetError(
+                f"{root}: {len(missing)} image(s) without a label file in {label_dir}, "
+                f"e.g. {images[missing[0]].name}"
+            )
+    meta: dict[str, Any] = {}
+    meta_path = root / "meta.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"{meta_path}: cannot parse JSON: {err}") from err
+        if not isinstance(meta, dict):
+            raise DatasetError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    samples = tuple(Sample(i, images[i], labels.get(i)) for i in sorted(images))
+    return Dataset(root=root, samples=samples, meta=meta)
+
+
+def write_dataset_meta(root: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """Write ``root/meta.json`` atomically."""
+    write_json(Path(root) / "meta.json", meta)

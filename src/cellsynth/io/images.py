@@ -1,0 +1,171 @@
+"""Read and write single images and instance label maps, validating them on the way in.
+
+Supported files: TIFF (tifffile) and PNG/JPEG/BMP (imageio). Images are ``(H, W)`` or
+``(H, W, 3)``; an alpha channel is dropped with a warning. Label maps are ``(H, W)`` integer
+arrays, 0 = background. Every problem raises :class:`ImageReadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth.errors import ImageReadError
+from cellsynth.io.files import atomic_path
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "read_image",
+    "read_labels",
+    "to_float",
+    "to_uint8",
+    "write_image",
+    "write_labels",
+]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+_TIFF = (".tif", ".tiff")
+_IMAGE_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
+
+
+def _read_array(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a file")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageReadError(
+            f"{path}: unsupported file type {suffix!r} "
+            f"(expected one of {', '.join(IMAGE_SUFFIXES)})"
+        )
+    try:
+        if suffix in _TIFF:
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        import imageio.v3 as iio
+
+        return np.asarray(iio.imread(path))
+    except Exception as err:  # the readers raise many types for corrupt files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): {reason}") from err
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read and validate an image.
+
+    Returns
+    -------
+    image : (H, W) or (H, W, 3) array of dtype uint8, uint16 or float.
+        Alpha channels are dropped (with a warning), single channels squeezed.
+    """
+    path = Path(path)
+    image = _read_array(path)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 3 and image.shape[-1] == 4:
+        warnings.warn(f"{path}: dropping alpha channel of RGBA image", stacklevel=2)
+        image = image[..., :3]
+    if image.ndim == 3 and image.shape[-1] == 2:
+        warnings.warn(f"{path}: dropping alpha channel of gray+alpha image", stacklevel=2)
+        image = image[..., 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
+        raise ImageReadError(
+            f"{path}: expected image of shape HxW, HxWx3 or HxWx4, got shape {image.shape}"
+        )
+    if min(image.shape[:2]) < 1:
+        raise ImageReadError(f"{path}: image is empty, shape {image.shape}")
+    if image.dtype == bool or image.dtype not in _IMAGE_DTYPES:
+        if np.issubdtype(image.dtype, np.integer) and image.size and image.min() >= 0 \
+                and image.max() <= np.iinfo(np.uint16).max:
+            image = image.astype(np.uint16)
+        else:
+            raise ImageReadError(
+                f"{path}: unsupported image dtype {image.dtype} (expected uint8, uint16 or float)"
+            )
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        bad = int((~np.isfinite(image)).sum())
+        raise ImageReadError(f"{path}: image contains {bad} NaN/inf values")
+    return image
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read and validate an instance label map.
+
+    Returns
+    -------
+    labels : (H, W) integer array, 0 = background, ids >= 1 (not necessarily contiguous).
+    """
+    path = Path(path)
+    labels = _read_array(path)
+    if labels.ndim == 3 and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    if labels.ndim != 2:
+        raise ImageReadError(f"{path}: expected 2-D label image (H x W), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ImageReadError(
+            f"{path}: labels must be an integer image (uint16/uint32), got dtype {labels.dtype}"
+        )
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
+        raise ImageReadError(f"{path}: labels contain negative values (min {labels.min()})")
+    return labels
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+    """Scale an image to float32 in [0, 1] by its dtype's range (floats are clipped)."""
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    if np.issubdtype(image.dtype, np.floating):
+        return np.clip(image.astype(np.float32), 0.0, 1.0)
+    raise ValueError(f"to_float: unsupported dtype {image.dtype}")
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Convert a float image in [0, 1] to uint8 (rounded, clipped)."""
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _write(path: Path, array: np.ndarray, *, compress: bool = True) -> None:
+    suffix = path.suffix.lower()
+    with atomic_path(path) as tmp:
+        if suffix in _TIFF:
+            import tifffile
+
+            tifffile.imwrite(tmp, array, compression="zlib" if compress else None)
+        elif suffix == ".png":
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, array, extension=".png", compress_level=1)
+        else:
+            raise ValueError(f"{path}: can only write .tif or .png, not {suffix!r}")
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Atomically write an image ((H, W) or (H, W, 3), uint8/uint16; float only to TIFF)."""
+    path = Path(path)
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
+        raise ValueError(f"{path}: image must be HxW or HxWx3, got shape {image.shape}")
+    if path.suffix.lower() == ".png" and image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: PNG needs uint8 or uint16, got {image.dtype}")
+    _write(path, image)
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """Atomically write a label map as uint16 (uint32 if ids exceed 65535)."""
+    path = Path(path)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{path}: labels must be a 2-D integer array, got {labels.dtype} {labels.shape}")
+    top = int(labels.max()) if labels.size else 0
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{path}: labels must be non-negative")
+    dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
+    if dtype == np.uint32 and path.suffix.lower() == ".png":
+        raise ValueError(f"{path}: more than 65535 labels cannot be stored as PNG; use .tif")
+    _write(path, labels.astype(dtype, copy=False))

@@ -1,0 +1,303 @@
+"""Typed simulator configs and the built-in presets (merker, nissl, he, fluo).
+
+Every length is in micrometres and converted with ``pixel_size_um`` when a scene is drawn,
+so one preset serves any resolution. Stain amounts are optical densities (absorbance,
+brightfield) or emission (fluorescence). Densities are cells per 100 x 100 um^2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from cellsynth.errors import ConfigError
+
+__all__ = [
+    "CellType", "Background", "Layers", "Vessels", "Staining", "Optics", "SimulationConfig",
+    "PRESETS", "PRESET_COLORS", "COLORS", "preset",
+]
+
+# Colour models a preset can be rendered in (see optics.to_intensity).
+COLORS = ("gray", "violet", "he", "fluo")
+
+
+def _check_range(name: str, value: tuple[float, float], low: float = 0.0) -> None:
+    if not (low <= value[0] <= value[1]):
+        raise ValueError(f"{name} must be an increasing range >= {low}, got {list(value)}")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class CellType:
+    """One population of cells (e.g. pyramidal neurons, glia)."""
+
+    name: str
+    density: float                           # cells per 100 x 100 um^2 (mean over layers)
+    diameter_um: tuple[float, float]         # equivalent diameter, drawn uniformly
+    shape: Literal["round", "pyramidal", "elongated"] = "round"
+    elongation: tuple[float, float] = (1.0, 1.3)  # axis ratio
+    irregularity: float = 0.08               # amplitude of random outline harmonics
+    stain: tuple[float, float] = (0.5, 0.8)  # mean optical density of the body
+    texture: float = 0.25                    # relative granular texture (Nissl bodies, chromatin)
+    nucleus_prob: float = 0.0                # chance that a paler nucleus is visible
+    nucleus_scale: tuple[float, float] = (0.35, 0.5)  # nucleus radius / body radius
+    nucleus_stain: float = 0.5               # nucleus density relative to the body
+    nucleolus_prob: float = 0.0              # chance of a dark nucleolus (inside the nucleus)
+    nucleolus_um: float = 1.5                # nucleolus diameter
+    nucleolus_stain: float = 2.0             # nucleolus density relative to the body
+    edge_um: float = 0.6                     # width of the soft outline
+    labeled: bool = True                     # False: drawn out of focus and not annotated
+    defocus_um: float = 0.0                  # blur of unlabeled (out-of-focus) cells
+    layer_phase: float = 0.0                 # where in the layer cycle the type is densest (0..1)
+
+    def __post_init__(self) -> None:
+        if self.density < 0:
+            raise ValueError(f"cell type {self.name!r}: density must be >= 0, got {self.density}")
+        _check_range(f"cell type {self.name!r}: diameter_um", self.diameter_um, 0.5)
+        _check_range(f"cell type {self.name!r}: elongation", self.elongation, 1.0)
+        _check_range(f"cell type {self.name!r}: stain", self.stain)
+        _check_range(f"cell type {self.name!r}: nucleus_scale", self.nucleus_scale)
+        _check_fraction(f"cell type {self.name!r}: nucleus_prob", self.nucleus_prob)
+        _check_fraction(f"cell type {self.name!r}: nucleolus_prob", self.nucleolus_prob)
+        if self.nucleus_scale[1] > 0.8:
+            raise ValueError(f"cell type {self.name!r}: nucleus_scale must be <= 0.8")
+
+
+@dataclass(frozen=True)
+class Background:
+    """Neuropil / stroma between the cells."""
+
+    stain: tuple[float, float] = (0.12, 0.22)  # mean density of the main stain
+    counterstain: tuple[float, float] = (0.0, 0.0)  # eosin density (H&E only)
+    texture: float = 0.35                   # relative amplitude of the texture
+    grain_um: float = 0.7                   # fine grain scale
+    mottle_um: float = 5.0                  # coarse blotch scale
+    halo: float = 0.5                       # how much paler the neuropil is right around cells
+    halo_um: float = 1.5                    # width of that pale rim
+    fibres: float = 6.0                     # fibres per 100 x 100 um^2
+    fibre_stain: float = 0.12
+    fibre_length_um: tuple[float, float] = (15.0, 60.0)
+
+    def __post_init__(self) -> None:
+        _check_range("background.stain", self.stain)
+        _check_range("background.counterstain", self.counterstain)
+        _check_range("background.fibre_length_um", self.fibre_length_um)
+        _check_fraction("background.halo", self.halo)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Layer-like bands along which cell density and size vary (cortical layers)."""
+
+    period_um: tuple[float, float] = (150.0, 400.0)  # width of one band cycle
+    density_contrast: float = 0.6     # density varies by a factor 1 +- this
+    size_contrast: float = 0.15       # diameters vary by a factor 1 +- this
+    orientation_jitter_deg: float = 20.0  # scatter of apex directions around the layer normal
+
+    def __post_init__(self) -> None:
+        _check_range("layers.period_um", self.period_um, 1.0)
+        _check_fraction("layers.density_contrast", self.density_contrast)
+        _check_fraction("layers.size_contrast", self.size_contrast)
+
+
+@dataclass(frozen=True)
+class Vessels:
+    """Capillaries: pale elongated lumina lined by elongated endothelial nuclei."""
+
+    density: float = 0.4                  # vessels per 100 x 100 um^2
+    width_um: tuple[float, float] = (5.0, 12.0)
+    length_um: tuple[float, float] = (30.0, 120.0)
+    lumen: float = 0.25                   # background density left inside the lumen
+    endothelial_per_100um: float = 4.0    # wall nuclei per 100 um of vessel length
+    endothelial_stain: tuple[float, float] = (0.6, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.density < 0:
+            raise ValueError(f"vessels.density must be >= 0, got {self.density}")
+        _check_range("vessels.width_um", self.width_um, 0.5)
+        _check_range("vessels.length_um", self.length_um, 0.5)
+        _check_fraction("vessels.lumen", self.lumen)
+
+
+@dataclass(frozen=True)
+class Staining:
+    """How stain amounts become colours, and how uneven the staining is."""
+
+    unevenness: float = 0.15      # std of the smooth log-multiplicative stain field
+    scale_um: float = 60.0        # correlation length of that field
+    cell_variation: float = 0.15  # relative std of stain between cells
+
+    def __post_init__(self) -> None:
+        if self.unevenness < 0 or self.cell_variation < 0 or self.scale_um <= 0:
+            raise ValueError("staining: unevenness, cell_variation >= 0 and scale_um > 0 required")
+
+
+@dataclass(frozen=True)
+class Optics:
+    """Microscope and camera: Gaussian PSF, shot and read noise."""
+
+    blur_um: float = 0.5          # PSF sigma
+    shot_noise: float = 0.012     # noise std at full intensity (grows with sqrt of intensity)
+    read_noise: float = 0.006     # signal-independent noise std
+
+    def __post_init__(self) -> None:
+        if self.blur_um < 0 or self.shot_noise < 0 or self.read_noise < 0:
+            raise ValueError("optics: blur_um, shot_noise and read_noise must be >= 0")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything that defines a simulated dataset, except its size, count and seed."""
+
+    preset: str
+    pixel_size_um: float
+    color: Literal["gray", "violet", "he", "fluo"]
+    cells: tuple[CellType, ...]
+    background: Background = field(default_factory=Background)
+    layers: Layers = field(default_factory=Layers)
+    vessels: Vessels = field(default_factory=Vessels)
+    staining: Staining = field(default_factory=Staining)
+    optics: Optics = field(default_factory=Optics)
+    max_occlusion: float = 0.35   # a cell may lose at most this fraction of its area to others
+
+    def __post_init__(self) -> None:
+        if not self.pixel_size_um > 0:
+            raise ValueError(f"pixel_size_um must be > 0, got {self.pixel_size_um}")
+        if self.color not in COLORS:
+            raise ValueError(f"color must be one of {list(COLORS)}, got {self.color!r}")
+        if not any(c.labeled for c in self.cells):
+            raise ValueError("cells: at least one labeled cell type is needed")
+        _check_fraction("max_occlusion", self.max_occlusion)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color in ("gray", "fluo") else 3
+
+
+def _merker() -> SimulationConfig:
+    """BigBrain-like human cortex: 1 um/px Merker (silver) cell-body stain, grayscale."""
+    cells = (
+        CellType("pyramidal", density=5.0, diameter_um=(12.0, 30.0), shape="pyramidal",
+                 elongation=(1.1, 1.6), irregularity=0.08, stain=(0.75, 1.25), texture=0.3,
+                 nucleus_prob=0.75, nucleus_scale=(0.3, 0.42), nucleus_stain=0.45,
+                 nucleolus_prob=0.7, nucleolus_um=2.0, nucleolus_stain=2.2, layer_phase=0.0),
+        CellType("round_neuron", density=7.0, diameter_um=(9.0, 18.0), shape="round",
+                 elongation=(1.0, 1.4), irregularity=0.1, stain=(0.7, 1.2), texture=0.3,
+                 nucleus_prob=0.5, nucleus_scale=(0.35, 0.5), nucleus_stain=0.5,
+                 nucleolus_prob=0.5, nucleolus_um=1.8, nucleolus_stain=2.0, layer_phase=0.5),
+        CellType("glia", density=10.0, diameter_um=(4.0, 8.0), shape="round",
+                 elongation=(1.0, 1.6), irregularity=0.1, stain=(1.1, 1.7), texture=0.1,
+                 edge_um=0.4, layer_phase=0.25),
+        CellType("out_of_focus", density=10.0, diameter_um=(6.0, 22.0), shape="round",
+                 elongation=(1.0, 1.5), stain=(0.2, 0.45), texture=0.1, labeled=False,
+                 defocus_um=2.5, layer_phase=0.0),
+    )
+    return SimulationConfig(
+        preset="merker", pixel_size_um=1.0, color="gray", cells=cells,
+        background=Background(stain=(0.12, 0.22), texture=0.35, grain_um=1.0, mottle_um=6.0,
+                              halo=0.5, halo_um=2.0, fibres=5.0, fibre_stain=0.12),
+        optics=Optics(blur_um=0.5, shot_noise=0.015, read_noise=0.006),
+    )
+
+
+def _nissl() -> SimulationConfig:
+    """Rodent cortex, cresyl-violet Nissl, 20x brightfield (0.346 um/px), calibrated on
+    the training split of nissl_rat_sscx: ~39 cells per 100 x 100 um^2, median body ~9 um,
+    cells cover ~1/3 of the area, body density 0.35-0.75 and glia ~0.8 in the green channel."""
+    cells = (
+        CellType("pyramidal", density=12.0, diameter_um=(10.5, 18.0), shape="pyramidal",
+                 elongation=(1.1, 1.6), irregularity=0.1, stain=(0.35, 0.7), texture=0.4,
+                 nucleus_prob=0.6, nucleus_scale=(0.3, 0.45), nucleus_stain=0.55,
+                 nucleolus_prob=0.6, nucleolus_um=1.4, nucleolus_stain=2.0, edge_um=0.8),
+        CellType("round_neuron", density=16.0, diameter_um=(7.5, 14.0), shape="round",
+                 elongation=(1.0, 1.5), irregularity=0.12, stain=(0.35, 0.7), texture=0.4,
+                 nucleus_prob=0.5, nucleus_scale=(0.35, 0.5), nucleus_stain=0.55,
+                 nucleolus_prob=0.5, nucleolus_um=1.2, nucleolus_stain=2.0, edge_um=0.8,
+                 layer_phase=0.5),
+        CellType("glia", density=8.0, diameter_um=(4.0, 6.5), shape="round",
+                 elongation=(1.0, 1.7), irregularity=0.1, stain=(0.6, 1.1), texture=0.15,
+                 edge_um=0.4, layer_phase=0.25),
+        CellType("out_of_focus", density=14.0, diameter_um=(5.0, 14.0), shape="round",
+                 elongation=(1.0, 1.6), stain=(0.12, 0.3), texture=0.2, labeled=False,
+                 defocus_um=1.5),
+    )
+    return SimulationConfig(
+        preset="nissl", pixel_size_um=0.346, color="violet", cells=cells,
+        background=Background(stain=(0.12, 0.24), texture=0.4, grain_um=0.5, mottle_um=4.0,
+                              halo=0.45, halo_um=1.2, fibres=10.0, fibre_stain=0.1,
+                              fibre_length_um=(10.0, 40.0)),
+        layers=Layers(period_um=(100.0, 300.0), density_contrast=0.4, size_contrast=0.1),
+        vessels=Vessels(density=0.8, width_um=(3.0, 8.0), length_um=(20.0, 80.0)),
+        optics=Optics(blur_um=0.35, shot_noise=0.015, read_noise=0.006),
+    )
+
+
+def _he() -> SimulationConfig:
+    """H&E nuclei (brain tumour / multi-organ, 40x): hematoxylin nuclei on eosin stroma."""
+    cells = (
+        CellType("nucleus", density=40.0, diameter_um=(5.0, 10.0), shape="round",
+                 elongation=(1.0, 1.8), irregularity=0.1, stain=(0.55, 1.0), texture=0.35,
+                 nucleolus_prob=0.3, nucleolus_um=1.0, nucleolus_stain=1.6, edge_um=0.4),
+        CellType("spindle", density=8.0, diameter_um=(4.0, 7.0), shape="elongated",
+                 elongation=(2.0, 3.5), irregularity=0.06, stain=(0.7, 1.1), texture=0.2,
+                 edge_um=0.3, layer_phase=0.5),
+        CellType("out_of_focus", density=10.0, diameter_um=(5.0, 10.0), stain=(0.1, 0.3),
+                 texture=0.1, labeled=False, defocus_um=1.2),
+    )
+    return SimulationConfig(
+        preset="he", pixel_size_um=0.25, color="he", cells=cells,
+        background=Background(stain=(0.03, 0.08), counterstain=(0.25, 0.55), texture=0.5,
+                              grain_um=0.6, mottle_um=6.0, halo=0.3, halo_um=0.8, fibres=20.0,
+                              fibre_stain=0.2, fibre_length_um=(10.0, 50.0)),
+        layers=Layers(period_um=(60.0, 200.0), density_contrast=0.7, size_contrast=0.1),
+        vessels=Vessels(density=1.0, width_um=(4.0, 15.0), length_um=(15.0, 60.0), lumen=0.05,
+                        endothelial_per_100um=6.0, endothelial_stain=(0.6, 1.0)),
+        optics=Optics(blur_um=0.3, shot_noise=0.012, read_noise=0.005),
+    )
+
+
+def _fluo() -> SimulationConfig:
+    """Fluorescence nuclei (DAPI/Hoechst-like): bright textured blobs on a dark background."""
+    cells = (
+        CellType("nucleus", density=20.0, diameter_um=(7.0, 14.0), shape="round",
+                 elongation=(1.0, 1.5), irregularity=0.08, stain=(0.25, 0.8), texture=0.25,
+                 nucleolus_prob=0.4, nucleolus_um=1.5, nucleolus_stain=0.5, edge_um=0.6),
+        CellType("out_of_focus", density=3.0, diameter_um=(7.0, 14.0), stain=(0.05, 0.15),
+                 texture=0.1, labeled=False, defocus_um=2.0),
+    )
+    return SimulationConfig(
+        preset="fluo", pixel_size_um=0.5, color="fluo", cells=cells,
+        background=Background(stain=(0.01, 0.04), texture=0.3, grain_um=1.0, mottle_um=20.0,
+                              halo=0.0, fibres=0.0),
+        layers=Layers(period_um=(100.0, 400.0), density_contrast=0.8, size_contrast=0.1),
+        vessels=Vessels(density=0.0),
+        staining=Staining(unevenness=0.2, scale_um=80.0, cell_variation=0.35),
+        optics=Optics(blur_um=0.4, shot_noise=0.02, read_noise=0.008),
+    )
+
+
+PRESETS = {"merker": _merker, "nissl": _nissl, "he": _he, "fluo": _fluo}
+# Colour variants that make sense for each preset (first = default).
+PRESET_COLORS = {"merker": ("gray", "violet"), "nissl": ("violet", "gray"),
+                 "he": ("he",), "fluo": ("fluo",)}
+
+
+def preset(name: str, *, pixel_size_um: float | None = None, color: str | None = None
+           ) -> SimulationConfig:
+    """The built-in config ``name``, optionally at another pixel size or colour variant."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    config = PRESETS[name]()
+    if color is not None and color not in PRESET_COLORS[name]:
+        raise ConfigError(
+            f"preset {name!r} has no colour variant {color!r}; choose one of "
+            f"{', '.join(PRESET_COLORS[name])}"
+        )
+    if pixel_size_um is not None and not pixel_size_um > 0:
+        raise ConfigError(f"pixel size must be > 0, got {pixel_size_um}")
+    return replace(config, pixel_size_um=pixel_size_um or config.pixel_size_um,
+                   color=color or config.color)

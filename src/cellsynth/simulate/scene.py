@@ -1,0 +1,362 @@
+"""Compose one simulated image and its exact instance label map.
+
+Order of work (all randomness from one ``numpy.random.Generator``):
+
+1. layout: layer bands, vessels, and candidate cells of every type (Poisson counts, density
+   and size modulated by the bands);
+2. occlusion: candidates are stacked in random order; a cell is kept only if every cell it
+   covers keeps at least ``1 - max_occlusion`` of its area. The label map records, per pixel,
+   the top-most labeled cell; each label is then cut to one 4-connected piece;
+3. appearance: neuropil/stroma texture, pale halos, fibres, vessel lumina and out-of-focus
+   (unlabeled) cells form the background; each labeled cell is painted *only where the final
+   label map holds its id*, so labels are exact by construction;
+4. optics: uneven staining, colour model, PSF blur, camera noise, 8-bit quantisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.draw import line_aa
+from skimage.measure import label as connected_components
+
+from cellsynth.simulate.optics import add_camera_noise, blur, to_intensity
+from cellsynth.simulate.presets import CellType, SimulationConfig
+from cellsynth.simulate.shapes import Shape, grid, polar_shape, radius_profiles
+from cellsynth.simulate.texture import band_noise, gaussian_blur_fft, smooth_field
+
+__all__ = ["render_scene"]
+
+_MIN_AREA_PX = 6  # smaller visible remnants (slivers at the border) are dropped from labels
+
+
+@dataclass
+class _Cell:
+    kind: CellType
+    y: int               # image row of the patch centre
+    x: int
+    radius_px: float
+    shape: Shape
+    stain: float
+    nucleus: tuple[float, float, float] | None    # (dy, dx, radius_px)
+    nucleolus: tuple[float, float, float] | None  # (dy, dx, radius_px)
+
+
+@dataclass
+class _Blob:
+    """An out-of-focus, unlabeled cell: only its position, size and stain matter."""
+
+    y: float
+    x: float
+    radius_px: float
+    stain: float
+    defocus_px: float
+
+
+def _patch_slices(cell: _Cell, height: int, width: int):
+    """Image slices and patch slices of the part of a cell's patch inside the image."""
+    h, w = cell.shape.mask.shape
+    y0, x0 = cell.y - cell.shape.cy, cell.x - cell.shape.cx
+    iy0, ix0 = max(y0, 0), max(x0, 0)
+    iy1, ix1 = min(y0 + h, height), min(x0 + w, width)
+    if iy0 >= iy1 or ix0 >= ix1:
+        return None
+    image_sl = (slice(iy0, iy1), slice(ix0, ix1))
+    patch_sl = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+    return image_sl, patch_sl
+
+
+def _vessels(config: SimulationConfig, rng: np.random.Generator, shape: tuple[int, int]):
+    """Vessel lumen field (1 outside, ``lumen`` inside) and endothelial nuclei candidates."""
+    height, width = shape
+    px = config.pixel_size_um
+    vc = config.vessels
+    lumen = np.ones(shape, np.float32)
+    area_100 = height * width * px * px / 1e4
+    endothelial = CellType("endothelial", density=0.0, diameter_um=(3.0, 5.0), shape="elongated",
+                           elongation=(2.5, 4.0), irregularity=0.05, stain=vc.endothelial_stain,
+                           texture=0.15, edge_um=0.3)
+    walls = []
+    for _ in range(rng.poisson(vc.density * area_100)):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        angle = rng.uniform(0, np.pi)
+        half_len = rng.uniform(*vc.length_um) / px / 2
+        radius = rng.uniform(*vc.width_um) / px / 2
+        dy, dx = np.sin(angle), np.cos(angle)
+        reach = half_len + radius + 2
+        y0, y1 = int(max(cy - reach, 0)), int(min(cy + reach, height))
+        x0, x1 = int(max(cx - reach, 0)), int(min(cx + reach, width))
+        if y0 < y1 and x0 < x1:
+            yy, xx = np.ogrid[y0:y1, x0:x1]
+            along = np.clip((xx - cx) * dx + (yy - cy) * dy, -half_len, half_len)
+            dist = np.hypot(xx - (cx + along * dx), yy - (cy + along * dy))
+            inside = np.clip(radius - dist + 0.5, 0.0, 1.0).astype(np.float32)
+            lumen[y0:y1, x0:x1] *= 1.0 - (1.0 - vc.lumen) * inside
+        n_wall = rng.poisson(vc.endothelial_per_100um * 2 * half_len * px / 100)
+        for _ in range(n_wall):
+            t = rng.uniform(-half_len, half_len)
+            side = radius * (1 if rng.random() < 0.5 else -1)
+            walls.append((cy + t * dy + side * dx, cx + t * dx - side * dy, angle))
+    return lumen, endothelial, np.asarray(walls, np.float64).reshape(-1, 3)
+
+
+def _nuclei(rng: np.random.Generator, kind: CellType, radius: np.ndarray, px: float):
+    """Nucleus and nucleolus (dy, dx, r) per cell, or None, drawn for all cells of a type."""
+    n = radius.size
+    has_nucleus = rng.random(n) < kind.nucleus_prob
+    rn = radius * rng.uniform(*kind.nucleus_scale, n)
+    off = (radius - rn)[:, None] * rng.uniform(-0.5, 0.5, (n, 2))
+    has_nucleolus = rng.random(n) < kind.nucleolus_prob
+    rnn = max(kind.nucleolus_um / px / 2, 0.7)
+    # A nucleolus sits inside the nucleus (or near the centre if the nucleus is not visible).
+    base_r = np.where(has_nucleus, rn, 0.4 * radius)
+    base = np.where(has_nucleus[:, None], off, 0.0)
+    off2 = base + np.maximum(base_r - rnn, 0.0)[:, None] * rng.uniform(-0.5, 0.5, (n, 2))
+    nuclei = [(o[0], o[1], r) if h else None for h, o, r in zip(has_nucleus, off, rn)]
+    nucleoli = [(o[0], o[1], rnn) if h else None for h, o in zip(has_nucleolus, off2)]
+    return nuclei, nucleoli
+
+
+def _draw_cells(config: SimulationConfig, rng: np.random.Generator, kind: CellType,
+                ys: np.ndarray, xs: np.ndarray, diameters_um: np.ndarray, angles: np.ndarray
+                ) -> list[_Cell]:
+    """Shapes and appearance parameters for cells of one type at the given positions."""
+    n = ys.size
+    px = config.pixel_size_um
+    radius = diameters_um / px / 2
+    profiles = radius_profiles(rng, n, kind=kind.shape, irregularity=kind.irregularity)
+    elongation = rng.uniform(*kind.elongation, n)
+    offsets = rng.uniform(-0.5, 0.5, (n, 2))
+    stain = rng.uniform(*kind.stain, n) * np.exp(
+        config.staining.cell_variation * rng.standard_normal(n))
+    nuclei, nucleoli = _nuclei(rng, kind, radius, px)
+    return [
+        _Cell(kind, int(round(ys[i])), int(round(xs[i])), float(radius[i]),
+              polar_shape(radius[i], profiles[i], elongation=elongation[i], angle=angles[i],
+                          offset=offsets[i]),
+              float(stain[i]), nuclei[i], nucleoli[i])
+        for i in range(n)
+    ]
+
+
+def _candidates(config: SimulationConfig, rng: np.random.Generator, shape: tuple[int, int],
+                lumen: np.ndarray, endothelial: CellType, walls: np.ndarray
+                ) -> tuple[list[_Cell], list[_Blob], float]:
+    """Labeled candidate cells (in stacking order), unlabeled blobs, and the layer normal."""
+    height, width = shape
+    px = config.pixel_size_um
+    lay = config.layers
+    normal = rng.uniform(0, 2 * np.pi)  # direction across the bands (towards the pia)
+    period_px = rng.uniform(*lay.period_um) / px
+    phase = rng.uniform()
+    area_100 = height * width * px * px / 1e4
+    jitter = np.deg2rad(lay.orientation_jitter_deg)
+    cells: list[_Cell] = []
+    blobs: list[_Blob] = []
+    for kind in config.cells:
+        # Sample in a margin around the image so cells cut by the border appear too.
+        margin = kind.diameter_um[1] / px / 2
+        ext_area = (height + 2 * margin) * (width + 2 * margin) / (height * width)
+        n = rng.poisson(kind.density * area_100 * ext_area * (1 + lay.density_contrast))
+        ys = rng.uniform(-margin, height + margin, n)
+        xs = rng.uniform(-margin, width + margin, n)
+        band = np.sin(2 * np.pi * ((xs * np.cos(normal) + ys * np.sin(normal)) / period_px
+                                   + phase + kind.layer_phase))
+        keep = rng.random(n) * (1 + lay.density_contrast) < 1 + lay.density_contrast * band
+        diameters = rng.uniform(*kind.diameter_um, n) * (1 + lay.size_contrast * band)
+        ys, xs, diameters = ys[keep], xs[keep], diameters[keep]
+        if not kind.labeled:
+            stain = rng.uniform(*kind.stain, ys.size)
+            blobs += [_Blob(y, x, d / px / 2, s, kind.defocus_um / px)
+                      for y, x, d, s in zip(ys, xs, diameters, stain)]
+            continue
+        iy = np.clip(ys, 0, height - 1).astype(int)
+        ix = np.clip(xs, 0, width - 1).astype(int)
+        outside_vessels = lumen[iy, ix] >= 0.5  # no cell bodies inside vessel lumina
+        ys, xs, diameters = ys[outside_vessels], xs[outside_vessels], diameters[outside_vessels]
+        angles = (normal + jitter * rng.standard_normal(ys.size) if kind.shape == "pyramidal"
+                  else rng.uniform(0, 2 * np.pi, ys.size))
+        cells += _draw_cells(config, rng, kind, ys, xs, diameters, angles)
+    if len(walls):
+        diameters = rng.uniform(*endothelial.diameter_um, len(walls))
+        cells += _draw_cells(config, rng, endothelial, walls[:, 0], walls[:, 1], diameters,
+                             walls[:, 2])
+    order = rng.permutation(len(cells))
+    return [cells[i] for i in order], blobs, normal
+
+
+def _place(cells: list[_Cell], shape: tuple[int, int], max_occlusion: float
+           ) -> tuple[np.ndarray, list[_Cell]]:
+    """Stack labeled cells in order; return the label map and the kept cells (id = index+1)."""
+    labels = np.zeros(shape, np.int32)
+    visible = [0]
+    full = [0]
+    kept: list[_Cell] = []
+    for cell in cells:
+        slices = _patch_slices(cell, *shape)
+        if slices is None:
+            continue
+        image_sl, patch_sl = slices
+        mask = cell.shape.mask[patch_sl]
+        region = labels[image_sl]
+        under = region[mask]
+        if under.size == 0:
+            continue
+        covered = under[under > 0]
+        if covered.size:
+            ids, counts = np.unique(covered, return_counts=True)
+            vis = np.asarray(visible)[ids] - counts
+            if np.any(vis < (1.0 - max_occlusion) * np.asarray(full)[ids]):
+                continue
+            for i, v in zip(ids, vis):
+                visible[i] = int(v)
+        kept.append(cell)
+        region[mask] = len(kept)
+        visible.append(int(under.size))
+        full.append(int(under.size))
+    return labels, kept
+
+
+def _one_piece_per_label(labels: np.ndarray) -> np.ndarray:
+    """Keep the largest 4-connected piece of every label, drop tiny remnants, renumber 1..N.
+
+    Returns the old id of every new id (index 0 = background).
+    """
+    pieces, n_pieces = connected_components(labels, background=0, connectivity=1,
+                                             return_num=True)
+    owner = np.zeros(n_pieces + 1, np.int64)
+    owner[pieces.ravel()] = labels.ravel()
+    sizes = np.bincount(pieces.ravel(), minlength=n_pieces + 1)
+    sizes[0] = 0
+    # Largest piece of each label: sort pieces by (label, size) and take the last per label.
+    order = np.lexsort((sizes, owner))
+    last = np.r_[owner[order][1:] != owner[order][:-1], True]
+    best = order[last]
+    best = best[(owner[best] > 0) & (sizes[best] >= _MIN_AREA_PX)]
+    new_id = np.zeros(n_pieces + 1, np.int32)
+    new_id[best] = np.arange(1, best.size + 1, dtype=np.int32)
+    labels[...] = new_id[pieces]
+    return owner[best]
+
+
+def _defocused(blobs: list[_Blob], shape: tuple[int, int]) -> np.ndarray:
+    """Out-of-focus cells as Gaussian blobs: impulses blurred once per size class."""
+    out = np.zeros(shape, np.float32)
+    sigmas = np.array([np.hypot(b.radius_px / 1.4, b.defocus_px) for b in blobs])
+    classes = (sigmas > np.median(sigmas)).astype(int)
+    for c in (0, 1):
+        members = np.flatnonzero(classes == c)
+        if members.size == 0:
+            continue
+        sigma = float(np.median(sigmas[members]))
+        impulses = np.zeros(shape, np.float32)
+        for i in members:
+            b = blobs[i]
+            iy, ix = int(b.y), int(b.x)
+            if 0 <= iy < shape[0] and 0 <= ix < shape[1]:
+                # Peak of a unit impulse blurred with sigma s is 1 / (2 pi s^2).
+                impulses[iy, ix] += b.stain * 2 * np.pi * sigma * sigma
+        out += gaussian_blur_fft(impulses, sigma)
+    return out
+
+
+def _background(config: SimulationConfig, rng: np.random.Generator, labels: np.ndarray,
+                lumen: np.ndarray, blobs: list[_Blob], normal_hint: float):
+    """Main-stain and counterstain density of everything that is not a labeled cell."""
+    height, width = labels.shape
+    px = config.pixel_size_um
+    bgc = config.background
+    texture = band_noise(rng, labels.shape, (bgc.grain_um / px, bgc.mottle_um / px), (1.0, 0.8))
+    main = rng.uniform(*bgc.stain) * np.clip(1.0 + bgc.texture * texture, 0.0, None)
+    if bgc.halo > 0:
+        near = ndi.gaussian_filter((labels > 0).astype(np.float32), bgc.halo_um / px)
+        main *= 1.0 - bgc.halo * np.clip(2.0 * near, 0.0, 1.0)
+    area_100 = height * width * px * px / 1e4
+    n_fibres = rng.poisson(bgc.fibres * area_100)
+    if n_fibres:
+        fibres = np.zeros(labels.shape, np.float32)
+        for _ in range(n_fibres):
+            y, x = rng.uniform(0, height), rng.uniform(0, width)
+            angle = normal_hint + 0.4 * rng.standard_normal()
+            length = rng.uniform(*bgc.fibre_length_um) / px
+            y1, x1 = y + length * np.sin(angle), x + length * np.cos(angle)
+            rr, cc, val = line_aa(int(y), int(x), int(y1), int(x1))
+            ok = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+            fibres[rr[ok], cc[ok]] += val[ok] * bgc.fibre_stain * rng.uniform(0.5, 1.5)
+        main += blur(fibres, 0.4 / px)
+    if blobs:
+        main += _defocused(blobs, labels.shape)
+    main *= lumen
+    counter = None
+    if bgc.counterstain[1] > 0:
+        stroma = band_noise(rng, labels.shape, (bgc.grain_um / px, 3 * bgc.mottle_um / px),
+                            (0.6, 1.0))
+        counter = (rng.uniform(*bgc.counterstain)
+                   * np.clip(1.0 + bgc.texture * stroma, 0.0, None) * lumen)
+    return main.astype(np.float32), counter
+
+
+def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.ndarray,
+                 labels: np.ndarray, cells: list[_Cell]) -> None:
+    """Paint every labeled cell where (and only where) the label map holds its id."""
+    height, width = labels.shape
+    px = config.pixel_size_um
+    granules = band_noise(rng, labels.shape, (0.35 / px, 1.0 / px), (1.0, 0.6))
+    for new_id, cell in enumerate(cells, start=1):
+        image_sl, patch_sl = _patch_slices(cell, height, width)
+        visible = labels[image_sl] == new_id
+        kind = cell.kind
+        rho = cell.shape.rho[patch_sl]
+        edge_px = max(kind.edge_um / px, 0.5)
+        weight = np.clip(0.5 + (1.0 - rho) * (cell.radius_px / edge_px), 0.0, 1.0)
+        body = cell.stain * (1.0 + kind.texture * granules[image_sl])
+        if cell.nucleus is not None or cell.nucleolus is not None:
+            gy, gx = grid(cell.shape.cy)
+            gy, gx = gy[patch_sl[0], :], gx[:, patch_sl[1]]
+            if cell.nucleus is not None:
+                dy, dx, rn = cell.nucleus
+                w_n = np.clip(0.5 + rn - np.hypot(gy - dy, gx - dx), 0.0, 1.0)
+                body = body * (1.0 - (1.0 - kind.nucleus_stain) * w_n)
+            if cell.nucleolus is not None:
+                dy, dx, rnn = cell.nucleolus
+                w_nn = np.clip(0.5 + rnn - np.hypot(gy - dy, gx - dx), 0.0, 1.0)
+                body = body + (cell.stain * kind.nucleolus_stain - body) * w_nn
+        background = main[image_sl]
+        painted = background + (body - background) * weight
+        background[visible] = painted[visible]
+
+
+def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one image and its instance labels.
+
+    Returns
+    -------
+    image : (H, W) uint8 (gray, fluo) or (H, W, 3) uint8 (violet, he).
+    labels : (H, W) uint16, 0 = background, ids 1..N; each id one 4-connected region.
+    """
+    height, width = shape
+    px = config.pixel_size_um
+    lumen, endothelial, walls = _vessels(config, rng, shape)
+    candidates, blobs, normal = _candidates(config, rng, shape, lumen, endothelial, walls)
+    labels, kept = _place(candidates, shape, config.max_occlusion)
+    old_ids = _one_piece_per_label(labels)
+    cells = [kept[i - 1] for i in old_ids]
+    main, counter = _background(config, rng, labels, lumen, blobs, normal)
+    _paint_cells(config, rng, main, labels, cells)
+    field = np.exp(config.staining.unevenness
+                   * smooth_field(rng, shape, config.staining.scale_um / px))
+    main *= field
+    if counter is not None:
+        counter *= field
+    sigma = config.optics.blur_um / px
+    intensity = to_intensity(blur(main, sigma),
+                             None if counter is None else blur(counter, sigma), config.color)
+    intensity = add_camera_noise(rng, intensity, shot=config.optics.shot_noise,
+                                 read=config.optics.read_noise)
+    image = np.rint(intensity * 255.0).astype(np.uint8)
+    if labels.max() > np.iinfo(np.uint16).max:
+        raise ValueError("more than 65535 cells in one image; use smaller images")
+    return image, labels.astype(np.uint16)

@@ -1,0 +1,34 @@
+"""Shared fixtures: small datasets written on the fly (tests never read ../shared/data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellsynth.io.images import write_image, write_labels
+
+
+def make_dataset(root: Path, n: int = 3, size: int = 32, *, rgb: bool = False,
+                 labels: bool = True, seed: int = 0) -> Path:
+    """Write ``n`` random images with blob labels in the dataset layout; return ``root``."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    if labels:
+        (root / "labels").mkdir()
+    for i in range(n):
+        shape = (size, size, 3) if rgb else (size, size)
+        write_image(root / "images" / f"img{i}.png", rng.integers(0, 255, shape, dtype=np.uint8))
+        if labels:
+            lab = np.zeros((size, size), np.uint16)
+            lab[2:8, 2:8] = 1
+            lab[12:20, 10:22] = 2
+            lab[24:30, 4:9] = 5
+            write_labels(root / "labels" / f"img{i}.tif", lab)
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "ds")

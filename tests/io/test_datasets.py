@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+
+from cellsynth.errors import DatasetError, ImageReadError
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.images import write_image, write_labels
+
+from ..conftest import make_dataset
+
+
+def test_load_dataset_pairs_images_and_labels(dataset):
+    ds = load_dataset(dataset, require_labels=True)
+    assert [s.id for s in ds] == ["img0", "img1", "img2"]
+    image, labels = ds[1].read()
+    assert image.shape == labels.shape == (32, 32)
+    assert sorted(np.unique(labels)) == [0, 1, 2, 5]
+
+
+def test_plain_folder_of_images(tmp_path):
+    for i in range(2):
+        write_image(tmp_path / f"{i}.png", np.zeros((8, 8), np.uint8))
+    ds = load_dataset(tmp_path)
+    assert len(ds) == 2 and not ds.has_labels
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DatasetError, match="no such folder"):
+        load_dataset(tmp_path / "missing")
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no images found"):
+        load_dataset(tmp_path / "empty")
+
+
+def test_image_without_label_when_required(dataset):
+    (dataset / "labels" / "img2.tif").unlink()
+    assert load_dataset(dataset)[2].label_path is None
+    with pytest.raises(DatasetError, match=r"1 image\(s\) without a label file.*img2\.png"):
+        load_dataset(dataset, require_labels=True)
+
+
+def test_labels_without_images(dataset):
+    write_labels(dataset / "labels" / "ghost.tif", np.zeros((32, 32), np.uint16))
+    with pytest.raises(DatasetError, match=r"label file\(s\) without an image, e\.g\. ghost\.tif"):
+        load_dataset(dataset)
+
+
+def test_size_mismatch_names_both_files(dataset):
+    write_labels(dataset / "labels" / "img0.tif", np.zeros((30, 32), np.uint16))
+    with pytest.raises(ImageReadError, match=r"img0\.tif: label size 30x32 does not match image "
+                                             r"img0\.png size 32x32"):
+        load_dataset(dataset)[0].read()
+
+
+def test_duplicate_ids(dataset):
+    write_image(dataset / "images" / "img0.tif", np.zeros((32, 32), np.uint8))
+    with pytest.raises(DatasetError, match="share the id 'img0'"):
+        load_dataset(dataset)
+
+
+def test_meta_json(tmp_path):
+    root = make_dataset(tmp_path / "d", n=1)
+    (root / "meta.json").write_text(json.dumps({"pixel_size_um": 0.5}))
+    assert load_dataset(root).pixel_size_um == 0.5
+    (root / "meta.json").write_text("{broken")
+    with pytest.raises(DatasetError, match=r"meta\.json: cannot parse JSON"):
+        load_dataset(root)

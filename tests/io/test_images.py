@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import tifffile
+
+from cellsynth.errors import ImageReadError
+from cellsynth.io.images import read_image, read_labels, to_float, write_image, write_labels
+
+
+def test_roundtrip_png_and_tif(tmp_path):
+    image = np.arange(48 * 40 * 3, dtype=np.uint32).reshape(48, 40, 3).astype(np.uint8)
+    write_image(tmp_path / "a.png", image)
+    assert np.array_equal(read_image(tmp_path / "a.png"), image)
+    labels = np.zeros((48, 40), np.int64)
+    labels[5:9, 3:7] = 70000  # needs uint32
+    write_labels(tmp_path / "l.tif", labels)
+    back = read_labels(tmp_path / "l.tif")
+    assert back.dtype == np.uint32 and np.array_equal(back, labels)
+    write_labels(tmp_path / "s.tif", (labels > 0).astype(np.int32))
+    assert read_labels(tmp_path / "s.tif").dtype == np.uint16
+
+
+def test_write_leaves_no_temporary_files(tmp_path):
+    write_image(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageReadError, match=r"nope\.png: no such file"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_truncated_png_names_the_file(tmp_path):
+    path = tmp_path / "cut.png"
+    write_image(path, np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ImageReadError, match=r"cut\.png: cannot read file"):
+        read_image(path)
+
+
+def test_garbage_tif(tmp_path):
+    path = tmp_path / "bad.tif"
+    path.write_bytes(b"this is not a tiff")
+    with pytest.raises(ImageReadError, match=r"bad\.tif: cannot read file"):
+        read_image(path)
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "x.gif"
+    path.write_bytes(b"GIF89a")
+    with pytest.raises(ImageReadError, match="unsupported file type"):
+        read_image(path)
+
+
+def test_rgba_drops_alpha_with_warning(tmp_path):
+    rgba = np.full((10, 12, 4), 7, np.uint8)
+    write_path = tmp_path / "rgba.png"
+    import imageio.v3 as iio
+
+    iio.imwrite(write_path, rgba)
+    with pytest.warns(UserWarning, match="alpha"):
+        image = read_image(write_path)
+    assert image.shape == (10, 12, 3)
+
+
+def test_bad_shape(tmp_path):
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 16, 16, 5), np.uint8))
+    message = r"stack\.tif: expected image of shape.*\(3, 16, 16, 5\)"
+    with pytest.raises(ImageReadError, match=message):
+        read_image(tmp_path / "stack.tif")
+
+
+def test_nan_image(tmp_path):
+    image = np.zeros((8, 8), np.float32)
+    image[2, 3] = np.nan
+    image[4, 4] = np.inf
+    tifffile.imwrite(tmp_path / "nan.tif", image)
+    with pytest.raises(ImageReadError, match=r"nan\.tif: image contains 2 NaN/inf"):
+        read_image(tmp_path / "nan.tif")
+
+
+def test_float_labels_rejected(tmp_path):
+    tifffile.imwrite(tmp_path / "f.tif", np.ones((8, 8), np.float32))
+    with pytest.raises(ImageReadError, match=r"f\.tif: labels must be an integer image"):
+        read_labels(tmp_path / "f.tif")
+
+
+def test_labels_must_be_2d_and_nonnegative(tmp_path):
+    tifffile.imwrite(tmp_path / "rgb.tif", np.ones((8, 8, 3), np.uint16))
+    with pytest.raises(ImageReadError, match="expected 2-D label image"):
+        read_labels(tmp_path / "rgb.tif")
+    tifffile.imwrite(tmp_path / "neg.tif", -np.ones((8, 8), np.int32))
+    with pytest.raises(ImageReadError, match="negative"):
+        read_labels(tmp_path / "neg.tif")
+
+
+def test_to_float_ranges():
+    assert to_float(np.array([0, 255], np.uint8)).tolist() == [0.0, 1.0]
+    assert to_float(np.array([65535], np.uint16)).tolist() == [1.0]
+    assert to_float(np.array([2.0, -1.0], np.float64)).tolist() == [1.0, 0.0]

@@ -1,0 +1,122 @@
+"""The simulator's promises: exact labels, one connected region per label, determinism,
+statistics inside the configured ranges."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from skimage.measure import label as connected_components
+
+from cellsynth.simulate import PRESETS, preset, render_scene, simulate
+from cellsynth.simulate.presets import Background, Optics, Staining, Vessels
+
+
+def _one_region_per_label(labels: np.ndarray) -> bool:
+    n_labels = len(np.unique(labels)) - 1
+    _, n_regions = connected_components(labels, background=0, connectivity=1, return_num=True)
+    return n_regions == n_labels
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_labels_consecutive_and_connected(name):
+    for image, labels in simulate(name, 3, 128, seed=1):
+        assert labels.dtype == np.uint16 and image.dtype == np.uint8
+        assert image.shape[:2] == labels.shape == (128, 128)
+        ids = np.unique(labels)
+        assert ids[0] == 0 and np.array_equal(ids[1:], np.arange(1, ids.size))
+        assert _one_region_per_label(labels)
+
+
+def test_labels_are_exactly_the_drawn_cells():
+    # No background stain, texture, blur, noise or unlabeled cells: every pixel that differs
+    # from the white background must be labeled, and every labeled pixel must be darker.
+    base = preset("merker")
+    cells = tuple(replace(c, texture=0.0) for c in base.cells if c.labeled)
+    config = replace(
+        base, cells=cells,
+        background=Background(stain=(0.0, 0.0), texture=0.0, halo=0.0, fibres=0.0),
+        vessels=Vessels(density=0.0), staining=Staining(unevenness=0.0, cell_variation=0.0),
+        optics=Optics(blur_um=0.0, shot_noise=0.0, read_noise=0.0),
+    )
+    for seed in range(3):
+        image, labels = render_scene(config, (160, 160), np.random.default_rng(seed))
+        white = image.max()
+        assert labels.max() > 20
+        np.testing.assert_array_equal(image < white, labels > 0)
+
+
+def test_occluded_cells_keep_most_of_their_area():
+    config = replace(preset("nissl"), max_occlusion=0.2)
+    _, labels = render_scene(config, (256, 256), np.random.default_rng(0))
+    assert _one_region_per_label(labels)
+    # The visible part is what the label holds: check that no label is a thin remnant.
+    areas = np.bincount(labels.ravel())[1:]
+    assert areas.min() >= 6
+
+
+def test_same_seed_same_images_other_seed_other_images():
+    a = list(simulate("nissl", 2, 64, seed=5))
+    b = list(simulate("nissl", 2, 64, seed=5))
+    c = list(simulate("nissl", 2, 64, seed=6))
+    for (ia, la), (ib, lb) in zip(a, b):
+        assert np.array_equal(ia, ib) and np.array_equal(la, lb)
+    assert not np.array_equal(a[0][0], c[0][0])
+
+
+def test_image_i_does_not_depend_on_n():
+    few = list(simulate("fluo", 2, 64, seed=3))
+    many = list(simulate("fluo", 4, 64, seed=3))
+    assert np.array_equal(few[1][0], many[1][0])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_statistics_inside_configured_ranges(name):
+    config = preset(name)
+    px = config.pixel_size_um
+    size = 256
+    labeled = [c for c in config.cells if c.labeled]
+    d_min = min(c.diameter_um[0] for c in labeled) * (1 - config.layers.size_contrast)
+    d_max = max(c.diameter_um[1] for c in labeled) * (1 + config.layers.size_contrast)
+    expected = sum(c.density for c in labeled) * (size * px) ** 2 / 1e4
+    counts, diameters = [], []
+    for _, labels in simulate(config, 6, size, seed=0):
+        counts.append(int(labels.max()))
+        inner = labels[1:-1, 1:-1]
+        border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+        areas = np.bincount(labels.ravel())
+        ids = np.setdiff1d(np.unique(inner), np.r_[0, border])
+        diameters += list(2 * np.sqrt(areas[ids] / np.pi) * px)
+    # Counts: occlusion rejects some cells, cut cells at the border add some.
+    assert 0.5 * expected < np.mean(counts) < 1.6 * expected, (counts, expected)
+    diameters = np.array(diameters)
+    # Visible areas shrink by occlusion; pyramidal apices add a little.
+    assert np.median(diameters) > d_min and np.median(diameters) < d_max
+    assert diameters.max() < 1.5 * d_max
+    assert np.mean(diameters > 0.5 * d_min) > 0.95
+
+
+def test_pixel_size_scales_cells():
+    coarse = replace(preset("merker"), pixel_size_um=1.0)
+    fine = replace(preset("merker"), pixel_size_um=0.5)
+
+    def median_area(config):
+        areas = []
+        for _, labels in simulate(config, 3, 192, seed=2):
+            areas += list(np.bincount(labels.ravel())[1:])
+        return np.median(areas)
+
+    ratio = median_area(fine) / median_area(coarse)
+    assert 2.5 < ratio < 6.0  # ideally 4 (areas scale with the square)
+
+
+def test_colour_variants():
+    gray, _ = next(simulate(preset("merker"), 1, 64, seed=0))
+    violet, _ = next(simulate(preset("merker", color="violet"), 1, 64, seed=0))
+    assert gray.ndim == 2 and violet.shape == (64, 64, 3)
+    # Violet: the blue channel absorbs least, so it is the brightest on average.
+    assert violet[..., 2].mean() > violet[..., 1].mean()
+    he, labels = next(simulate("he", 1, 128, seed=0))
+    fluo, flabels = next(simulate("fluo", 1, 128, seed=0))
+    # Brightfield nuclei are darker than the rest, fluorescence nuclei brighter.
+    assert he[labels > 0].mean() < he[labels == 0].mean()
+    assert fluo[flabels > 0].mean() > 2 * fluo[flabels == 0].mean()

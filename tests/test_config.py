@@ -1,0 +1,59 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from cellsynth.config import from_dict, load_yaml, override, to_dict
+from cellsynth.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Inner:
+    rate: float = 0.5
+    sizes: tuple[int, int] = (1, 2)
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    steps: int = 10
+    inner: Inner = field(default_factory=Inner)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def test_nested_override_keeps_other_values():
+    config = override(Outer(), {"inner": {"rate": 2}})
+    assert config.inner.rate == 2.0 and isinstance(config.inner.rate, float)
+    assert config.inner.sizes == (1, 2) and config.steps == 10
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"stepz": 3}, "unknown key.*'stepz'.*valid keys: name, steps, inner"),
+    ({"steps": "ten"}, r"config\.steps: expected an integer, got 'ten'"),
+    ({"steps": 2.5}, "expected an integer"),
+    ({"steps": 0}, "steps must be >= 1, got 0"),
+    ({"inner": {"sizes": [1]}}, r"config\.inner\.sizes: expected 2 values"),
+    ({"inner": 3}, "expected a mapping"),
+])
+def test_invalid_values(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Outer, data)
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_yaml(bad)
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_yaml(tmp_path / "list.yaml")
+
+
+def test_to_dict_roundtrip():
+    config = Outer(name="y", inner=Inner(sizes=(3, 4)))
+    assert from_dict(Outer, to_dict(config)) == config
