@@ -41,6 +41,7 @@ class CellType:
     shape: Literal["round", "pyramidal", "elongated"] = "round"
     elongation: tuple[float, float] = (1.0, 1.3)  # axis ratio
     irregularity: float = 0.08               # amplitude of random outline harmonics
+    apex: tuple[float, float] = (0.5, 1.1)   # length of a pyramidal apical stub / radius
     stain: tuple[float, float] = (0.5, 0.8)  # mean optical density of the body
     texture: float = 0.25                    # relative granular texture (Nissl bodies, chromatin)
     nucleus_prob: float = 0.0                # chance that a paler nucleus is visible
@@ -60,6 +61,7 @@ class CellType:
         _check_range(f"cell type {self.name!r}: diameter_um", self.diameter_um, 0.5)
         _check_range(f"cell type {self.name!r}: elongation", self.elongation, 1.0)
         _check_range(f"cell type {self.name!r}: stain", self.stain)
+        _check_range(f"cell type {self.name!r}: apex", self.apex)
         _check_range(f"cell type {self.name!r}: nucleus_scale", self.nucleus_scale)
         _check_fraction(f"cell type {self.name!r}: nucleus_prob", self.nucleus_prob)
         _check_fraction(f"cell type {self.name!r}: nucleolus_prob", self.nucleolus_prob)
@@ -182,7 +184,8 @@ def _merker() -> SimulationConfig:
     """BigBrain-like human cortex: 1 um/px Merker (silver) cell-body stain, grayscale."""
     cells = (
         CellType("pyramidal", density=5.0, diameter_um=(12.0, 30.0), shape="pyramidal",
-                 elongation=(1.1, 1.6), irregularity=0.08, stain=(0.75, 1.25), texture=0.3,
+                 elongation=(1.1, 1.6), irregularity=0.1, apex=(0.3, 0.8),
+                 stain=(0.75, 1.25), texture=0.3,
                  nucleus_prob=0.75, nucleus_scale=(0.3, 0.42), nucleus_stain=0.45,
                  nucleolus_prob=0.7, nucleolus_um=2.0, nucleolus_stain=2.2, layer_phase=0.0),
         CellType("round_neuron", density=7.0, diameter_um=(9.0, 18.0), shape="round",
@@ -206,33 +209,37 @@ def _merker() -> SimulationConfig:
 
 def _nissl() -> SimulationConfig:
     """Rodent cortex, cresyl-violet Nissl, 20x brightfield (0.346 um/px), calibrated on
-    the training split of nissl_rat_sscx: ~39 cells per 100 x 100 um^2, median body ~9 um,
-    cells cover ~1/3 of the area, body density 0.35-0.75 and glia ~0.8 in the green channel."""
+    the training split of nissl_rat_sscx: ~39 cells per 100 x 100 um^2 (after occlusion),
+    median body ~9 um, cells cover ~1/3 of the area, body density 0.35-0.75 and glia ~0.8
+    in the green channel, polygonal somata with fine Nissl granules, many pale out-of-focus
+    cells."""
     cells = (
-        CellType("pyramidal", density=12.0, diameter_um=(10.5, 18.0), shape="pyramidal",
-                 elongation=(1.1, 1.6), irregularity=0.1, stain=(0.35, 0.7), texture=0.4,
-                 nucleus_prob=0.6, nucleus_scale=(0.3, 0.45), nucleus_stain=0.55,
-                 nucleolus_prob=0.6, nucleolus_um=1.4, nucleolus_stain=2.0, edge_um=0.8),
-        CellType("round_neuron", density=16.0, diameter_um=(7.5, 14.0), shape="round",
-                 elongation=(1.0, 1.5), irregularity=0.12, stain=(0.35, 0.7), texture=0.4,
-                 nucleus_prob=0.5, nucleus_scale=(0.35, 0.5), nucleus_stain=0.55,
-                 nucleolus_prob=0.5, nucleolus_um=1.2, nucleolus_stain=2.0, edge_um=0.8,
+        CellType("pyramidal", density=14.0, diameter_um=(10.5, 18.0), shape="pyramidal",
+                 elongation=(1.1, 1.6), irregularity=0.16, apex=(0.15, 0.45),
+                 stain=(0.3, 0.7), texture=0.22, nucleus_prob=0.5, nucleus_scale=(0.3, 0.42),
+                 nucleus_stain=0.75, nucleolus_prob=0.5, nucleolus_um=1.3, nucleolus_stain=1.8,
+                 edge_um=1.0),
+        CellType("round_neuron", density=19.0, diameter_um=(7.5, 14.0), shape="round",
+                 elongation=(1.0, 1.5), irregularity=0.16, stain=(0.3, 0.7), texture=0.22,
+                 nucleus_prob=0.4, nucleus_scale=(0.35, 0.5), nucleus_stain=0.75,
+                 nucleolus_prob=0.4, nucleolus_um=1.2, nucleolus_stain=1.8, edge_um=1.0,
                  layer_phase=0.5),
-        CellType("glia", density=8.0, diameter_um=(4.0, 6.5), shape="round",
-                 elongation=(1.0, 1.7), irregularity=0.1, stain=(0.6, 1.1), texture=0.15,
-                 edge_um=0.4, layer_phase=0.25),
-        CellType("out_of_focus", density=14.0, diameter_um=(5.0, 14.0), shape="round",
-                 elongation=(1.0, 1.6), stain=(0.12, 0.3), texture=0.2, labeled=False,
-                 defocus_um=1.5),
+        CellType("glia", density=10.0, diameter_um=(4.0, 6.5), shape="round",
+                 elongation=(1.0, 1.7), irregularity=0.1, stain=(0.6, 1.1), texture=0.12,
+                 edge_um=0.5, layer_phase=0.25),
+        CellType("out_of_focus", density=20.0, diameter_um=(6.0, 16.0), shape="round",
+                 elongation=(1.0, 1.6), stain=(0.08, 0.22), texture=0.1, labeled=False,
+                 defocus_um=2.5),
     )
     return SimulationConfig(
         preset="nissl", pixel_size_um=0.346, color="violet", cells=cells,
-        background=Background(stain=(0.12, 0.24), texture=0.4, grain_um=0.5, mottle_um=4.0,
-                              halo=0.45, halo_um=1.2, fibres=10.0, fibre_stain=0.1,
+        background=Background(stain=(0.1, 0.2), texture=0.22, grain_um=0.5, mottle_um=8.0,
+                              halo=0.5, halo_um=1.5, fibres=10.0, fibre_stain=0.08,
                               fibre_length_um=(10.0, 40.0)),
         layers=Layers(period_um=(100.0, 300.0), density_contrast=0.4, size_contrast=0.1),
-        vessels=Vessels(density=0.8, width_um=(3.0, 8.0), length_um=(20.0, 80.0)),
-        optics=Optics(blur_um=0.35, shot_noise=0.015, read_noise=0.006),
+        vessels=Vessels(density=0.3, width_um=(3.0, 8.0), length_um=(20.0, 80.0), lumen=0.5),
+        staining=Staining(unevenness=0.12, scale_um=50.0, cell_variation=0.25),
+        optics=Optics(blur_um=0.4, shot_noise=0.012, read_noise=0.005),
     )
 
 

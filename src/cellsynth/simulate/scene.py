@@ -126,7 +126,8 @@ def _draw_cells(config: SimulationConfig, rng: np.random.Generator, kind: CellTy
     n = ys.size
     px = config.pixel_size_um
     radius = diameters_um / px / 2
-    profiles = radius_profiles(rng, n, kind=kind.shape, irregularity=kind.irregularity)
+    profiles = radius_profiles(rng, n, kind=kind.shape, irregularity=kind.irregularity,
+                               apex=kind.apex)
     elongation = rng.uniform(*kind.elongation, n)
     offsets = rng.uniform(-0.5, 0.5, (n, 2))
     stain = rng.uniform(*kind.stain, n) * np.exp(
@@ -191,8 +192,8 @@ def _place(cells: list[_Cell], shape: tuple[int, int], max_occlusion: float
            ) -> tuple[np.ndarray, list[_Cell]]:
     """Stack labeled cells in order; return the label map and the kept cells (id = index+1)."""
     labels = np.zeros(shape, np.int32)
-    visible = [0]
-    full = [0]
+    visible = np.zeros(len(cells) + 1, np.int64)  # visible area per id
+    minimum = np.zeros(len(cells) + 1, np.float64)  # least visible area allowed per id
     kept: list[_Cell] = []
     for cell in cells:
         slices = _patch_slices(cell, *shape)
@@ -207,15 +208,15 @@ def _place(cells: list[_Cell], shape: tuple[int, int], max_occlusion: float
         covered = under[under > 0]
         if covered.size:
             ids, counts = np.unique(covered, return_counts=True)
-            vis = np.asarray(visible)[ids] - counts
-            if np.any(vis < (1.0 - max_occlusion) * np.asarray(full)[ids]):
+            left = visible[ids] - counts
+            if np.any(left < minimum[ids]):
                 continue
-            for i, v in zip(ids, vis):
-                visible[i] = int(v)
+            visible[ids] = left
         kept.append(cell)
-        region[mask] = len(kept)
-        visible.append(int(under.size))
-        full.append(int(under.size))
+        new_id = len(kept)
+        region[mask] = new_id
+        visible[new_id] = under.size
+        minimum[new_id] = (1.0 - max_occlusion) * under.size
     return labels, kept
 
 

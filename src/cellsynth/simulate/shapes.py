@@ -43,13 +43,13 @@ def grid(half: int) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(np.float32), x.astype(np.float32)
 
 
-def radius_profiles(rng: np.random.Generator, n: int, *, kind: str, irregularity: float
-                    ) -> np.ndarray:
+def radius_profiles(rng: np.random.Generator, n: int, *, kind: str, irregularity: float,
+                    apex: tuple[float, float] = (0.5, 1.1)) -> np.ndarray:
     """Draw ``n`` relative radius profiles R(theta), theta in [-pi, pi], apex at theta = 0.
 
     Random harmonics 2..5 (amplitude ~ irregularity / k) make outlines irregular. A
     "pyramidal" profile adds a triangular 3rd harmonic aligned with the apex and a narrow
-    apical stub (the start of the apical dendrite).
+    apical stub (the start of the apical dendrite) whose length / radius is drawn from ``apex``.
 
     Returns
     -------
@@ -61,7 +61,7 @@ def radius_profiles(rng: np.random.Generator, n: int, *, kind: str, irregularity
     profiles = 1.0 + (a * np.cos(phase)) @ _COS - (a * np.sin(phase)) @ _SIN
     if kind == "pyramidal":
         triangle = rng.uniform(0.08, 0.16, (n, 1))
-        stub = rng.uniform(0.5, 1.1, (n, 1))
+        stub = rng.uniform(*apex, (n, 1))
         width = rng.uniform(0.18, 0.3, (n, 1))
         profiles += triangle * np.cos(3 * _ANGLES) + stub * np.exp(-((_ANGLES / width) ** 2))
     return np.maximum(profiles, 0.35)
