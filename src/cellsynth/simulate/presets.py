@@ -196,13 +196,15 @@ def _merker() -> SimulationConfig:
                  elongation=(1.0, 1.6), irregularity=0.1, stain=(1.1, 1.7), texture=0.1,
                  edge_um=0.4, layer_phase=0.25),
         CellType("out_of_focus", density=10.0, diameter_um=(6.0, 22.0), shape="round",
-                 elongation=(1.0, 1.5), stain=(0.2, 0.45), texture=0.1, labeled=False,
+                 elongation=(1.0, 1.5), stain=(0.12, 0.3), texture=0.1, labeled=False,
                  defocus_um=2.5, layer_phase=0.0),
     )
     return SimulationConfig(
         preset="merker", pixel_size_um=1.0, color="gray", cells=cells,
-        background=Background(stain=(0.12, 0.22), texture=0.35, grain_um=1.0, mottle_um=6.0,
+        background=Background(stain=(0.1, 0.2), texture=0.3, grain_um=1.0, mottle_um=6.0,
                               halo=0.5, halo_um=2.0, fibres=5.0, fibre_stain=0.12),
+        vessels=Vessels(density=0.15, width_um=(5.0, 12.0), length_um=(30.0, 120.0),
+                        lumen=0.45),
         optics=Optics(blur_um=0.5, shot_noise=0.015, read_noise=0.006),
     )
 
@@ -246,8 +248,8 @@ def _nissl() -> SimulationConfig:
 def _he() -> SimulationConfig:
     """H&E nuclei (brain tumour / multi-organ, 40x): hematoxylin nuclei on eosin stroma."""
     cells = (
-        CellType("nucleus", density=40.0, diameter_um=(5.0, 10.0), shape="round",
-                 elongation=(1.0, 1.8), irregularity=0.1, stain=(0.55, 1.0), texture=0.35,
+        CellType("nucleus", density=45.0, diameter_um=(6.0, 12.0), shape="round",
+                 elongation=(1.0, 1.8), irregularity=0.1, stain=(0.55, 1.0), texture=0.3,
                  nucleolus_prob=0.3, nucleolus_um=1.0, nucleolus_stain=1.6, edge_um=0.4),
         CellType("spindle", density=8.0, diameter_um=(4.0, 7.0), shape="elongated",
                  elongation=(2.0, 3.5), irregularity=0.06, stain=(0.7, 1.1), texture=0.2,
@@ -257,8 +259,8 @@ def _he() -> SimulationConfig:
     )
     return SimulationConfig(
         preset="he", pixel_size_um=0.25, color="he", cells=cells,
-        background=Background(stain=(0.03, 0.08), counterstain=(0.25, 0.55), texture=0.5,
-                              grain_um=0.6, mottle_um=6.0, halo=0.3, halo_um=0.8, fibres=20.0,
+        background=Background(stain=(0.05, 0.12), counterstain=(0.45, 0.8), texture=0.35,
+                              grain_um=0.8, mottle_um=5.0, halo=0.3, halo_um=0.8, fibres=20.0,
                               fibre_stain=0.2, fibre_length_um=(10.0, 50.0)),
         layers=Layers(period_um=(60.0, 200.0), density_contrast=0.7, size_contrast=0.1),
         vessels=Vessels(density=1.0, width_um=(4.0, 15.0), length_um=(15.0, 60.0), lumen=0.05,
@@ -271,7 +273,7 @@ def _fluo() -> SimulationConfig:
     """Fluorescence nuclei (DAPI/Hoechst-like): bright textured blobs on a dark background."""
     cells = (
         CellType("nucleus", density=20.0, diameter_um=(7.0, 14.0), shape="round",
-                 elongation=(1.0, 1.5), irregularity=0.08, stain=(0.25, 0.8), texture=0.25,
+                 elongation=(1.0, 1.5), irregularity=0.08, stain=(0.1, 0.6), texture=0.25,
                  nucleolus_prob=0.4, nucleolus_um=1.5, nucleolus_stain=0.5, edge_um=0.6),
         CellType("out_of_focus", density=3.0, diameter_um=(7.0, 14.0), stain=(0.05, 0.15),
                  texture=0.1, labeled=False, defocus_um=2.0),
