@@ -94,6 +94,37 @@ def _cmd_realism(args: argparse.Namespace) -> int:
     return run_realism(args)
 
 
+# --- train / predict (cellsynth.segment) ---------------------------------------------------
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cellsynth.segment.trainer import load_train_config, train
+
+    config = load_train_config(args.config, {
+        "steps": args.steps, "crop": args.crop, "batch": args.batch, "lr": args.lr,
+        "device": args.device, "seed": args.seed, "model": args.model,
+        "precision": args.precision, "val_every": args.val_every,
+        "pixel_size_um": args.pixel_size})
+    summary = train(config, args.data, args.out, init=args.init, val=args.val,
+                    resume=args.resume, force=args.force, progress=not args.quiet)
+    print(f"trained {summary['steps']} steps (loss {summary['loss']:.3f}) -> {args.out}")
+    if summary["best_val_f1"] >= 0:
+        print(f"best validation F1@0.5 {summary['best_val_f1']:.3f} at score threshold "
+              f"{summary['score_thresh']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from cellsynth.segment.predict import predict_folder
+
+    summary = predict_folder(args.model, args.images, args.out, tile=args.tile,
+                             overlap=args.overlap, batch=args.batch,
+                             score_thresh=args.score_thresh, device=args.device,
+                             force=args.force, progress=not args.quiet)
+    print(f"predicted {summary['n_instances']} cells in {summary['n_images']} images "
+          f"({summary['megapixels_per_s']:.2f} MP/s) -> {args.out}")
+    return 0
+
+
 # --- demo ------------------------------------------------------------------------------------
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -110,7 +141,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cellsynth", description="Synthetic training data for cell instance segmentation.")
+    parser = _Parser(prog="cellsynth",
+                     description="Synthetic training data for cell instance segmentation.")
     parser.add_argument("--version", action="version", version=f"cellsynth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -147,7 +179,44 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=_positive_int, default=64, help="C2ST crop side in pixels")
     p.add_argument("--crops", type=_positive_int, default=512, help="C2ST crops per image set")
     p.add_argument("--epochs", type=_positive_int, default=12, help="C2ST epochs per fold")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads for the C2ST")
     p.set_defaults(func=_cmd_realism)
+
+    p = sub.add_parser("train", help="train or fine-tune a CPN cell detector")
+    p.add_argument("--data", type=Path, action="append", required=True,
+                   help="labeled dataset folder (repeat for several)")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--init", type=Path, help="start from this run/checkpoint (fine-tuning)")
+    p.add_argument("--val", type=Path, help="labeled validation folder (F1, score threshold)")
+    p.add_argument("--config", type=Path, help="YAML training config")
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--crop", type=_positive_int)
+    p.add_argument("--batch", type=_positive_int)
+    p.add_argument("--lr", type=_positive_float)
+    p.add_argument("--model", help="slim_u22 (default), u22 or resnet18_unet")
+    p.add_argument("--precision", choices=["bf16", "fp32"])
+    p.add_argument("--val-every", type=_positive_int)
+    p.add_argument("--pixel-size", type=_positive_float, help="working pixel size (um)")
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--seed", type=_nonnegative_int)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--force", action="store_true", help="replace a non-empty run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="predict instance labels with a trained CPN")
+    p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint")
+    p.add_argument("--images", type=Path, required=True,
+                   help="folder of images (or dataset), TIFF/Zarr for large sections")
+    p.add_argument("--out", type=Path, required=True, help="output folder (labels/, overlays/)")
+    p.add_argument("--tile", type=_positive_int, help="tile size (default max(crop, 512))")
+    p.add_argument("--overlap", type=_positive_int, default=96, help="tile overlap in pixels")
+    p.add_argument("--batch", type=_positive_int, default=4)
+    p.add_argument("--score-thresh", type=float, help="override the validated threshold")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="run the pipeline on an embedded default")
     p.add_argument("--out", type=Path, default=Path("cellsynth-demo"))

@@ -1,0 +1,118 @@
+"""The one module that imports ``celldetection``: CPN models, training targets, raw inference.
+
+Contour Proposal Networks (Upschulte et al. 2022) predict, per pixel, a score and a Fourier
+contour; NMS keeps the best proposals. Everything else in cellsynth talks to this module.
+Known pitfalls handled here (see ../shared/notes/celldetection.md): the target generator
+writes -1 into (and mutates) the label array and draws from the global ``np.random``; bf16
+over the whole model rounds contour coordinates, so only ``model.core`` is autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+with warnings.catch_warnings():  # timm / mamba FutureWarnings on import
+    warnings.simplefilter("ignore")
+    import celldetection as cd
+
+__all__ = ["MODELS", "build_model", "training_targets", "collate", "set_core_precision",
+           "raw_predict", "score_threshold"]
+
+# name -> celldetection class; the small U-Net CPN trains at a useful speed on CPU.
+MODELS = {
+    "slim_u22": "CpnSlimU22",
+    "u22": "CpnU22",
+    "resnet18_unet": "CpnResNet18UNet",
+}
+
+
+def build_model(*, in_channels: int, model: str = "slim_u22", order: int = 8, samples: int = 64,
+                refinement_iterations: int = 4) -> torch.nn.Module:
+    """A freshly initialised CPN (no downloaded weights)."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    cls = getattr(cd.models, MODELS[model])
+    kwargs: dict[str, Any] = dict(in_channels=in_channels, order=order, samples=samples,
+                                  refinement_iterations=refinement_iterations, classes=2)
+    if model == "resnet18_unet":
+        kwargs["pretrained"] = False
+    return cls(**kwargs)
+
+
+def training_targets(labels: np.ndarray, *, samples: int, order: int,
+                     rng: np.random.Generator) -> dict[str, Any]:
+    """CPN training targets for one (H, W) label crop.
+
+    Returns a dict with ``labels`` (reduced: only pixels far enough inside a cell count as
+    foreground) and 1-tuples ``fourier``, ``locations``, ``sampled_contours``, ``sampling``,
+    ready for :func:`collate`.
+    """
+    gen = cd.data.CPNTargetGenerator(samples=samples, order=order, min_fg_dist=0.85,
+                                     max_bg_dist=0.8)
+    gen.feed(labels=labels.astype(np.int32))  # a copy: feed writes -1 into its input
+    # Contour sample positions drawn from our generator, not the global np.random.
+    gen._sampling = np.sort(rng.uniform(0.0, 1.0, samples))
+    return {
+        "labels": gen.reduced_labels,
+        "fourier": (gen.fourier.astype(np.float32),),
+        "locations": (gen.locations.astype(np.float32),),
+        "sampled_contours": (gen.sampled_contours.astype(np.float32),),
+        "sampling": (gen.sampling.astype(np.float32),),
+    }
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Batch items of {"inputs": (H, W, C) float32, **training_targets} into tensors."""
+    return cd.universal_dict_collate_fn(items)
+
+
+def _autocast_forward(forward, dtype, *args, **kwargs):
+    with torch.autocast("cpu", dtype=dtype):
+        outputs = forward(*args, **kwargs)
+    return tuple(o.float() if torch.is_tensor(o) and o.is_floating_point() else o
+                 for o in outputs)
+
+
+def set_core_precision(model: torch.nn.Module, precision: str) -> None:
+    """Run the backbone and heads (``model.core``) in bf16 on CPU; contours stay fp32.
+
+    ``precision``: "fp32" or "bf16". Idempotent; the state dict is unaffected.
+    """
+    core = model.core
+    if "forward" in core.__dict__:  # undo an earlier wrap
+        del core.forward
+    if precision == "bf16":
+        core.forward = functools.partial(_autocast_forward, core.forward, torch.bfloat16)
+    elif precision != "fp32":
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+
+@torch.no_grad()
+def raw_predict(model: torch.nn.Module, inputs: torch.Tensor
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Contours and scores of every proposal above ``model.score_thresh`` after NMS.
+
+    inputs : (B, C, H, W) float in [0, 1].
+    Returns, per image, ``contours`` (K, samples, 2) as (x, y) and ``scores`` (K,).
+    """
+    model.eval()
+    out = model(inputs)
+    return [(c.float().cpu().numpy(), s.float().cpu().numpy())
+            for c, s in zip(out["contours"], out["scores"])]
+
+
+@contextlib.contextmanager
+def score_threshold(model: torch.nn.Module, value: float):
+    """Temporarily set the model's internal score threshold (proposal filter before NMS)."""
+    old = model.score_thresh
+    model.score_thresh = value
+    try:
+        yield
+    finally:
+        model.score_thresh = old

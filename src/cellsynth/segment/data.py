@@ -1,0 +1,148 @@
+"""Training crops for the detector: load dataset folders once, sample augmented crops.
+
+Augmentation (on by default): flips, 90-degree rotations, scale (zoom 1/1.25 .. 1.25),
+brightness / contrast / gamma jitter. All randomness comes from one numpy Generator, so a
+run (and its resume) is reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.color import gray2rgb, rgb2gray
+from skimage.transform import rescale, resize
+
+from cellsynth.errors import DatasetError
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.images import to_float
+
+__all__ = ["Augment", "LabeledImage", "load_labeled", "match_channels", "CropSampler"]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Augmentation strengths; ``enabled=False`` turns all of them off."""
+
+    enabled: bool = True
+    scale: tuple[float, float] = (0.8, 1.25)   # zoom factor range
+    brightness: float = 0.08                   # +- additive shift
+    contrast: float = 0.15                     # +- relative contrast change
+    gamma: float = 0.15                        # gamma in 1 +- this
+
+    def __post_init__(self) -> None:
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"augment.scale must be an increasing positive range, got "
+                             f"{list(self.scale)}")
+        if min(self.brightness, self.contrast, self.gamma) < 0 or self.gamma >= 1:
+            raise ValueError("augment: brightness, contrast >= 0 and 0 <= gamma < 1 required")
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    id: str
+    image: np.ndarray   # (H, W, C) float32 in [0, 1]
+    labels: np.ndarray  # (H, W) int32
+
+
+def match_channels(image: np.ndarray, channels: int, *, where: str = "") -> np.ndarray:
+    """(H, W) or (H, W, 3) float image -> (H, W, channels), converting gray <-> RGB."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == channels:
+        return image
+    if channels == 1:
+        warnings.warn(f"{where}: converting RGB image to gray for a 1-channel model",
+                      stacklevel=2)
+        return rgb2gray(image).astype(np.float32)[..., None]
+    warnings.warn(f"{where}: replicating gray image to RGB for a 3-channel model", stacklevel=2)
+    return gray2rgb(image[..., 0]).astype(np.float32)
+
+
+def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = None,
+                 pixel_size_um: float | None = None) -> list[LabeledImage]:
+    """Read every (image, labels) pair of the given dataset folders into memory.
+
+    ``channels`` defaults to the first image's; others are converted. If ``pixel_size_um``
+    is given, datasets whose meta.json states another pixel size are rescaled to it.
+    """
+    out: list[LabeledImage] = []
+    for root in roots:
+        dataset = load_dataset(root, require_labels=True)
+        factor = 1.0
+        if pixel_size_um is not None and dataset.pixel_size_um is not None:
+            factor = dataset.pixel_size_um / pixel_size_um
+        for sample in dataset:
+            image, labels = sample.read()
+            image = to_float(image)
+            channels = channels or (1 if image.ndim == 2 else 3)
+            image = match_channels(image, channels, where=str(sample.image_path))
+            labels = labels.astype(np.int32)
+            if abs(factor - 1.0) > 1e-3:
+                image = rescale(image, factor, order=1, channel_axis=-1, anti_aliasing=factor < 1,
+                                preserve_range=True).astype(np.float32)
+                labels = rescale(labels, factor, order=0, anti_aliasing=False,
+                                 preserve_range=True).astype(np.int32)
+            out.append(LabeledImage(f"{dataset.root.name}/{sample.id}", image, labels))
+    if not out:
+        raise DatasetError(f"no labeled images in {', '.join(map(str, roots))}")
+    return out
+
+
+class CropSampler:
+    """Random (augmented) crops of fixed size from a list of labeled images.
+
+    Images smaller than the crop are padded with their median colour and label 0. Images
+    are drawn with probability proportional to their area.
+    """
+
+    def __init__(self, items: list[LabeledImage], crop: int, augment: Augment,
+                 rng: np.random.Generator):
+        self.items = items
+        self.crop = crop
+        self.augment = augment
+        self.rng = rng
+        areas = np.array([i.labels.size for i in items], np.float64)
+        self.weights = areas / areas.sum()
+
+    def _window(self, item: LabeledImage, size: int) -> tuple[np.ndarray, np.ndarray]:
+        h, w = item.labels.shape
+        ph, pw = max(size - h, 0), max(size - w, 0)
+        image, labels = item.image, item.labels
+        if ph or pw:
+            fill = np.median(image.reshape(-1, image.shape[-1]), axis=0)
+            padded = np.empty((h + ph, w + pw, image.shape[-1]), np.float32)
+            padded[...] = fill
+            padded[:h, :w] = image
+            image = padded
+            labels = np.pad(labels, ((0, ph), (0, pw)))
+        y = int(self.rng.integers(0, image.shape[0] - size + 1))
+        x = int(self.rng.integers(0, image.shape[1] - size + 1))
+        return image[y:y + size, x:x + size], labels[y:y + size, x:x + size]
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """One crop: image (crop, crop, C) float32 in [0, 1], labels (crop, crop) int32."""
+        rng, aug = self.rng, self.augment
+        item = self.items[int(rng.choice(len(self.items), p=self.weights))]
+        zoom = float(np.exp(rng.uniform(*np.log(aug.scale)))) if aug.enabled else 1.0
+        size = max(8, int(round(self.crop / zoom)))
+        image, labels = self._window(item, size)
+        if size != self.crop:
+            image = resize(image, (self.crop, self.crop), order=1, anti_aliasing=size > self.crop,
+                           preserve_range=True).astype(np.float32)
+            labels = resize(labels, (self.crop, self.crop), order=0, anti_aliasing=False,
+                            preserve_range=True).astype(np.int32)
+        if aug.enabled:
+            k = int(rng.integers(4))
+            image, labels = np.rot90(image, k), np.rot90(labels, k)
+            if rng.random() < 0.5:
+                image, labels = image[:, ::-1], labels[:, ::-1]
+            mean = image.mean()
+            contrast = 1 + rng.uniform(-aug.contrast, aug.contrast)
+            image = (image - mean) * contrast + mean + rng.uniform(-aug.brightness, aug.brightness)
+            image = np.clip(image, 0, 1) ** (1 + rng.uniform(-aug.gamma, aug.gamma))
+        return (np.ascontiguousarray(image, dtype=np.float32),
+                np.ascontiguousarray(labels, dtype=np.int32))

@@ -1,0 +1,170 @@
+"""Apply a trained detector: load it from a run, predict label maps for folders of images.
+
+Images up to ``LAZY_PIXELS`` are read whole (and validated); larger TIFFs and Zarr arrays
+are read tile by tile, so whole-slide sections fit in memory only once, as labels.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cellsynth import __version__
+from cellsynth.errors import CellsynthError, DatasetError
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.files import staged_output_dir, write_json
+from cellsynth.io.images import IMAGE_SUFFIXES, read_image, to_float, write_image, write_labels
+from cellsynth.segment.data import match_channels
+from cellsynth.segment.tiles import Predictor, open_large_image, tiled_proposals
+from cellsynth.segment.tiles import contours_to_labels as paint
+from cellsynth.viz import contour_overlay
+
+__all__ = ["Detector", "checkpoint_path", "load_detector", "make_predictor", "predict_image",
+           "predict_folder"]
+
+LAZY_PIXELS = 8192 * 8192
+_MULTIPLE = 32       # the U-Net backbones need sizes divisible by this
+_SCORE_FLOOR = 0.5   # proposals below this are never useful (thresholds are chosen above)
+
+
+@dataclass
+class Detector:
+    """A CPN ready for inference, with what is needed to apply it as it was trained."""
+
+    model: torch.nn.Module
+    in_channels: int
+    score_thresh: float
+    crop: int
+    pixel_size_um: float | None
+    step: int
+    source: str
+
+
+def checkpoint_path(run: str | os.PathLike) -> Path:
+    """``RUN/best.pt`` (else ``RUN/last.pt``), or ``run`` itself if it is a file."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+    if not path.is_file():
+        raise CellsynthError(f"{path}: no checkpoint (train a model with `cellsynth train`)")
+    return path
+
+
+def load_detector(run: str | os.PathLike, *, device: str = "cpu") -> Detector:
+    """Load a trained CPN from a run folder or checkpoint file (see :func:`checkpoint_path`)."""
+    from cellsynth.segment.cpn import build_model, set_core_precision
+
+    path = checkpoint_path(run)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        spec = ckpt["model_spec"]
+    except Exception as err:
+        raise CellsynthError(f"{path}: cannot load checkpoint: {err}") from err
+    model = build_model(**spec).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    config = ckpt.get("config", {})
+    if device == "cpu" and config.get("precision") == "bf16":
+        set_core_precision(model, "bf16")
+    return Detector(model, spec["in_channels"], float(ckpt.get("score_thresh", 0.9)),
+                    int(config.get("crop", 256)), config.get("pixel_size_um"),
+                    int(ckpt["step"]), str(path))
+
+
+def make_predictor(detector: Detector, *, device: str = "cpu") -> Predictor:
+    """A tile predictor: pads to a multiple of 32, returns (contours, scores) per tile."""
+    from cellsynth.segment.cpn import raw_predict, score_threshold
+
+    def predictor(tiles: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        b, h, w, _ = tiles.shape
+        ph, pw = -h % _MULTIPLE, -w % _MULTIPLE
+        if ph or pw:
+            tiles = np.pad(tiles, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect")
+        inputs = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(device)
+        with score_threshold(detector.model, _SCORE_FLOOR):
+            out = raw_predict(detector.model, inputs)
+        result = []
+        for contours, scores in out:
+            centre = contours.mean(axis=1) if len(contours) else np.zeros((0, 2))
+            inside = (centre[:, 0] < w) & (centre[:, 1] < h)  # drop cells of the padding
+            result.append((contours[inside], scores[inside]))
+        return result
+
+    return predictor
+
+
+def _reader(channels: int, where: str):
+    def read(image: Any, ys: slice, xs: slice) -> np.ndarray:
+        return match_channels(to_float(np.asarray(image[ys, xs])), channels, where=where)
+    return read
+
+
+def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
+                  overlap: int = 96, batch: int = 4, score_thresh: float | None = None,
+                  device: str = "cpu", where: str = "image") -> np.ndarray:
+    """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size."""
+    tile = tile or max(detector.crop, 512)
+    contours, scores = tiled_proposals(
+        image, make_predictor(detector, device=device), tile=tile, overlap=overlap,
+        batch=batch, read=_reader(detector.in_channels, where))
+    thresh = detector.score_thresh if score_thresh is None else score_thresh
+    return paint(contours, scores, (int(image.shape[0]), int(image.shape[1])),
+                 score_thresh=thresh)
+
+
+def _inputs(images: Path) -> list[tuple[str, Path]]:
+    """(id, path) of every image file or .zarr folder in a dataset or plain folder."""
+    if images.is_dir() and images.suffix.lower() == ".zarr":
+        return [(images.stem, images)]
+    if not images.exists():
+        raise DatasetError(f"{images}: no such folder")
+    folder = images / "images" if (images / "images").is_dir() else images
+    found = [(p.stem, p) for p in sorted(folder.iterdir())
+             if (p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+             or (p.suffix.lower() == ".zarr" and p.is_dir())]
+    if not found:
+        load_dataset(images)  # raises the standard "no images found" error
+    return found
+
+
+def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
+                   *, tile: int | None = None, overlap: int = 96, batch: int = 4,
+                   score_thresh: float | None = None, device: str = "cpu", force: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
+    """Predict every image of a folder; write ``labels/``, ``overlays/`` and meta.json."""
+    from tqdm.auto import tqdm
+
+    detector = load_detector(run, device=device)
+    inputs = _inputs(Path(images))
+    started = time.perf_counter()
+    n_cells, megapixels = 0, 0.0
+    with staged_output_dir(out, force=force) as root:
+        (root / "labels").mkdir()
+        (root / "overlays").mkdir()
+        for image_id, path in tqdm(inputs, desc="predict", unit="img", disable=not progress):
+            lazy = path.is_dir() or (path.suffix.lower() in (".tif", ".tiff")
+                                     and path.stat().st_size > LAZY_PIXELS)
+            image = open_large_image(path) if lazy else read_image(path)
+            labels = predict_image(detector, image, tile=tile, overlap=overlap, batch=batch,
+                                   score_thresh=score_thresh, device=device, where=str(path))
+            write_labels(root / "labels" / f"{image_id}.tif", labels)
+            if not lazy:
+                write_image(root / "overlays" / f"{image_id}.png",
+                            contour_overlay(image, labels))
+            n_cells += int(labels.max())
+            megapixels += labels.size / 1e6
+        elapsed = time.perf_counter() - started
+        write_json(root / "meta.json", {
+            "cellsynth_version": __version__, "stage": "predict", "model": detector.source,
+            "model_step": detector.step, "score_thresh": detector.score_thresh
+            if score_thresh is None else score_thresh, "images": str(images),
+            "pixel_size_um": detector.pixel_size_um, "n_images": len(inputs),
+            "n_instances": n_cells})
+    return {"n_images": len(inputs), "n_instances": n_cells, "seconds": elapsed,
+            "megapixels_per_s": megapixels / max(elapsed, 1e-9)}

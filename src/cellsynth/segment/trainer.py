@@ -1,0 +1,286 @@
+"""Train (or fine-tune) a CPN on dataset folders: resumable, validated, DDP-ready.
+
+The loop reads top to bottom: sample augmented crops -> CPN targets -> loss -> Adam step;
+every ``val_every`` steps predict the validation images, pick the score threshold with the
+best F1@0.5 there, and keep the best checkpoint. Checkpoints (atomic) hold the model,
+optimizer, scheduler, step, numpy and torch RNG states and the config, so ``resume``
+continues exactly. Under ``torchrun --nproc_per_node=N`` the same code trains with DDP
+(gloo on CPU, nccl on GPU); rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from cellsynth.config import from_dict, save_yaml, to_dict
+from cellsynth.errors import CellsynthError, ConfigError, OutputExistsError
+from cellsynth.segment.data import Augment, CropSampler, LabeledImage, load_labeled
+
+__all__ = ["TrainConfig", "train", "THRESHOLD_GRID"]
+
+# Score thresholds tried on the validation images (scores bunch up near 1 after training).
+THRESHOLD_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "slim_u22"          # see cellsynth.segment.cpn.MODELS
+    order: int = 8                   # Fourier order of the contours
+    samples: int = 64                # contour points
+    refinement_iterations: int = 4
+    steps: int = 1000
+    crop: int = 256
+    batch: int = 4
+    lr: float = 1e-3                 # Adam(W), cosine decay after a linear warm-up
+    warmup: int = 20
+    weight_decay: float = 1e-4
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast of the CPN core on CPU
+    device: str = "cpu"
+    val_every: int = 100
+    checkpoint_every: int = 50
+    pixel_size_um: float | None = None  # working resolution; data with another is rescaled
+    augment: Augment = field(default_factory=Augment)
+
+    def __post_init__(self) -> None:
+        for name in ("order", "samples", "steps", "crop", "batch", "val_every",
+                     "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop % 32:
+            raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
+            raise ValueError(f"pixel_size_um must be > 0, got {self.pixel_size_um}")
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size); initialises torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _prepare_run(out: Path, resume: bool, force: bool) -> None:
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise CellsynthError(f"{out}: nothing to resume (no last.pt)")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise OutputExistsError(f"{out}: run folder exists and is not empty "
+                                    f"(use --resume to continue it or --force to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class _Log:
+    """Append-only JSONL log; on resume, entries after the checkpoint step are dropped."""
+
+    def __init__(self, path: Path, keep_until: int | None):
+        if keep_until is not None and path.exists():
+            lines = [ln for ln in path.read_text().splitlines()
+                     if ln and json.loads(ln).get("step", 0) <= keep_until]
+            path.write_text("".join(ln + "\n" for ln in lines))
+        self.file = path.open("a")
+
+    def write(self, **entry: Any) -> None:
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+
+
+def _batch(sampler: CropSampler, config: TrainConfig, samples: int, order: int,
+           device: str) -> dict[str, torch.Tensor]:
+    from cellsynth.segment.cpn import collate, training_targets
+
+    items = []
+    for _ in range(config.batch):
+        image, labels = sampler.sample()
+        item = training_targets(labels, samples=samples, order=order, rng=sampler.rng)
+        item["inputs"] = image
+        items.append(item)
+    return {k: v.to(device) for k, v in collate(items).items()}
+
+
+def validate(model: torch.nn.Module, items: list[LabeledImage], config: TrainConfig
+             ) -> dict[str, Any]:
+    """F1 on validation images for every threshold of THRESHOLD_GRID; best threshold."""
+    from cellsynth.evaluate import aggregate, matching
+    from cellsynth.segment.predict import Detector, make_predictor
+    from cellsynth.segment.tiles import contours_to_labels, tiled_proposals
+
+    detector = Detector(model, items[0].image.shape[-1], 0.9, config.crop, None, 0, "")
+    predictor = make_predictor(detector, device=config.device)
+    proposals = [tiled_proposals(it.image, predictor, tile=max(config.crop, 512), overlap=96)
+                 for it in items]
+    painted = [contours_to_labels(c, s, it.labels.shape, score_thresh=THRESHOLD_GRID[0],
+                                  return_scores=True) for it, (c, s) in zip(items, proposals)]
+    per_threshold = []
+    for t in THRESHOLD_GRID:
+        results = [matching(it.labels, labels * (id_scores[labels] >= t))
+                   for it, (labels, id_scores) in zip(items, painted)]
+        per_threshold.append(aggregate(results))
+    f1 = [float(r.f1[0]) for r in per_threshold]
+    best = int(np.argmax(f1))
+    model.train()
+    return {"score_thresh": THRESHOLD_GRID[best], "f1_50": f1[best],
+            "f1_avg": per_threshold[best].f1_avg, "f1_by_threshold": dict(zip(THRESHOLD_GRID, f1))}
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _init_weights(model: torch.nn.Module, spec: dict[str, Any], init: str | os.PathLike
+                  ) -> None:
+    """Start from the weights of another run (fine-tuning); the architectures must match."""
+    from cellsynth.segment.predict import checkpoint_path
+
+    path = checkpoint_path(init)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        source_spec = ckpt["model_spec"]
+    except Exception as err:
+        raise CellsynthError(f"{path}: cannot load checkpoint: {err}") from err
+    if source_spec != spec:
+        differ = {k: (source_spec.get(k), v) for k, v in spec.items() if source_spec.get(k) != v}
+        raise ConfigError(f"{path}: --init model does not match this one: "
+                          + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in differ.items()))
+    model.load_state_dict(ckpt["model"])
+
+
+def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.PathLike, *,
+          init: str | os.PathLike | None = None, val: str | os.PathLike | None = None,
+          resume: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a CPN on the labeled dataset folders ``data``; write the run folder ``out``.
+
+    ``init`` (a run folder or checkpoint) starts from trained weights: fine-tuning.
+    Returns a summary (steps, final loss, best validation F1 and score threshold).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm.auto import tqdm
+
+    from cellsynth.segment.cpn import build_model, set_core_precision
+
+    out = Path(out)
+    rank, world = _dist()
+    if rank == 0:
+        _prepare_run(out, resume, force)
+    if world > 1:
+        torch.distributed.barrier()
+    items = load_labeled(data, pixel_size_um=config.pixel_size_um)
+    channels = items[0].image.shape[-1]
+    val_items = (load_labeled([val], channels=channels, pixel_size_um=config.pixel_size_um)
+                 if val is not None else [])
+    torch.manual_seed(config.seed + rank)
+    spec = dict(in_channels=channels, model=config.model, order=config.order,
+                samples=config.samples, refinement_iterations=config.refinement_iterations)
+    model = build_model(**spec).to(config.device)
+    if init is not None and not resume:
+        _init_weights(model, spec, init)
+    if config.device == "cpu":
+        set_core_precision(model, config.precision)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
+    rng = np.random.default_rng([config.seed, rank])
+    step, best_f1, score_thresh = 0, -1.0, 0.9
+    if resume:
+        ckpt = torch.load(out / "last.pt", map_location=config.device, weights_only=False)
+        if ckpt["config"] != to_dict(config):
+            raise ConfigError(f"{out}: resume with the config the run was started with")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        rng.bit_generator.state = ckpt["rng"]["numpy"][rank]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        step, best_f1, score_thresh = ckpt["step"], ckpt["best_f1"], ckpt["score_thresh"]
+    elif rank == 0:
+        save_yaml(out / "config.yaml", config)
+    net = DistributedDataParallel(model) if world > 1 else model
+    sampler = CropSampler(items, config.crop, config.augment, rng)
+    log = _Log(out / "log.jsonl", keep_until=step) if rank == 0 else None
+
+    def checkpoint(path: Path, *, collective: bool = True) -> None:
+        """Save (rank 0). ``collective``: every rank calls it, so all RNG states are kept."""
+        states = [rng.bit_generator.state]
+        if world > 1 and collective:
+            states = [None] * world
+            torch.distributed.all_gather_object(states, rng.bit_generator.state)
+        if rank == 0:
+            _save(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "step": step,
+                         "rng": {"numpy": states, "torch": torch.get_rng_state()},
+                         "config": to_dict(config), "model_spec": spec, "best_f1": best_f1,
+                         "score_thresh": score_thresh})
+
+    model.train()
+    bar = tqdm(total=config.steps, initial=step, desc="train", unit="step",
+               disable=not progress or rank != 0)
+    loss_value = float("nan")
+    while step < config.steps:
+        started = time.perf_counter()
+        batch = _batch(sampler, config, model.samples, model.order, config.device)
+        outputs = net(batch["inputs"], targets=batch)
+        optimizer.zero_grad(set_to_none=True)
+        outputs["loss"].backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        loss_value = float(outputs["loss"].detach())
+        if log is not None:
+            parts = {k: float(v) for k, v in outputs["losses"].items() if v is not None}
+            log.write(step=step, loss=loss_value, lr=scheduler.get_last_lr()[0],
+                      seconds=time.perf_counter() - started, **parts)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        bar.update(1)
+        if val_items and (step % config.val_every == 0 or step == config.steps):
+            if rank == 0:
+                result = validate(model, val_items, config)
+                log.write(step=step, val_f1=result["f1_50"], val_f1_avg=result["f1_avg"],
+                          val_score_thresh=result["score_thresh"])
+                if result["f1_50"] > best_f1:
+                    best_f1, score_thresh = result["f1_50"], result["score_thresh"]
+                    checkpoint(out / "best.pt", collective=False)
+            if world > 1:  # share rank 0's choice so every rank checkpoints the same state
+                shared = [best_f1, score_thresh]
+                torch.distributed.broadcast_object_list(shared, src=0)
+                best_f1, score_thresh = shared
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            checkpoint(out / "last.pt")
+    bar.close()
+    if world > 1:
+        torch.distributed.barrier()
+    return {"steps": step, "loss": loss_value, "best_val_f1": best_f1,
+            "score_thresh": score_thresh, "run": str(out)}
+
+
+def load_train_config(path: str | os.PathLike | None, overrides: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from an optional YAML file plus CLI overrides (None values ignored)."""
+    from cellsynth.config import load_yaml
+
+    data = load_yaml(path) if path else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(TrainConfig, data, where=str(path) if path else "options")

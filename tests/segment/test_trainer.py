@@ -1,0 +1,112 @@
+"""CPN training: loss goes down, resume continues exactly, DDP runs, bad input is explained."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cellsynth.errors import CellsynthError, DatasetError, OutputExistsError
+from cellsynth.segment import trainer
+from cellsynth.segment.data import Augment
+from cellsynth.segment.trainer import TrainConfig, train
+from cellsynth.simulate import preset, write_simulation
+
+TINY = dict(crop=64, batch=2, samples=32, order=4, refinement_iterations=1, val_every=1000)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("seg") / "sim"
+    write_simulation(preset("fluo"), n=3, size=64, seed=0, out=out, progress=False)
+    return out
+
+
+def _losses(run: Path) -> dict[int, float]:
+    entries = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return {e["step"]: e["loss"] for e in entries if "loss" in e}
+
+
+def test_short_training_reduces_the_loss(sim, tmp_path):
+    config = TrainConfig(steps=24, lr=2e-3, warmup=1, augment=Augment(enabled=False), **TINY)
+    train(config, [sim], tmp_path / "run", progress=False)
+    losses = _losses(tmp_path / "run")
+    first = sum(losses[s] for s in range(1, 5)) / 4
+    last = sum(losses[s] for s in range(21, 25)) / 4
+    assert last < 0.8 * first, (first, last)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 24 and ckpt["model_spec"]["in_channels"] == 1
+
+
+def test_resume_continues_exactly(sim, tmp_path, monkeypatch):
+    config = TrainConfig(steps=4, checkpoint_every=2, **TINY)
+    train(config, [sim], tmp_path / "full", progress=False)
+
+    real_batch = trainer._batch
+    calls = {"n": 0}
+
+    def killed_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the process dies after the step-2 checkpoint
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_batch", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, [sim], tmp_path / "killed", progress=False)
+    monkeypatch.setattr(trainer, "_batch", real_batch)
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train(config, [sim], tmp_path / "killed", progress=False)
+    train(config, [sim], tmp_path / "killed", resume=True, progress=False)
+    full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "killed")
+    assert sorted(resumed) == [1, 2, 3, 4]  # no duplicated log lines
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-5)
+
+
+def test_fine_tuning_needs_a_matching_model(sim, tmp_path):
+    config = TrainConfig(steps=1, **TINY)
+    train(config, [sim], tmp_path / "pre", progress=False)
+    train(config, [sim], tmp_path / "ft", init=tmp_path / "pre", progress=False)
+    other = TrainConfig(steps=1, **{**TINY, "order": 5})
+    with pytest.raises(CellsynthError, match="does not match.*order 4 vs 5"):
+        train(other, [sim], tmp_path / "ft2", init=tmp_path / "pre", progress=False)
+
+
+def test_clear_errors(sim, tmp_path):
+    config = TrainConfig(steps=1, **TINY)
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no images found"):
+        train(config, [tmp_path / "empty"], tmp_path / "r1", progress=False)
+    with pytest.raises(CellsynthError, match="nothing to resume"):
+        train(config, [sim], tmp_path / "r2", resume=True, progress=False)
+    orphan = tmp_path / "orphan"
+    (orphan / "images").mkdir(parents=True)
+    (orphan / "labels").mkdir()
+    (orphan / "labels" / "a.tif").write_bytes((sim / "labels" / "0000.tif").read_bytes())
+    (orphan / "images" / "b.png").write_bytes((sim / "images" / "0000.png").read_bytes())
+    with pytest.raises(DatasetError, match="without an image"):
+        train(config, [orphan], tmp_path / "r3", progress=False)
+
+
+def test_validation_picks_a_threshold(sim, tmp_path):
+    config = TrainConfig(steps=2, **{**TINY, "val_every": 2})
+    summary = train(config, [sim], tmp_path / "run", val=sim, progress=False)
+    assert summary["score_thresh"] in trainer.THRESHOLD_GRID
+    assert 0.0 <= summary["best_val_f1"] <= 1.0
+    assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_torchrun_ddp_two_cpu_processes(sim, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29517", "-m", "cellsynth", "train", "--data", str(sim),
+           "--out", str(tmp_path / "ddp"), "--steps", "2", "--crop", "64", "--batch", "1",
+           "--quiet"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 2 and len(ckpt["rng"]["numpy"]) == 2
