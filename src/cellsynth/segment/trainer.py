@@ -251,7 +251,7 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
         step += 1
         loss_value = float(outputs["loss"].detach())
         if log is not None:
-            parts = {k: float(v) for k, v in outputs["losses"].items() if v is not None}
+            parts = {k: float(v.detach()) for k, v in outputs["losses"].items() if v is not None}
             log.write(step=step, loss=loss_value, lr=scheduler.get_last_lr()[0],
                       seconds=time.perf_counter() - started, **parts)
         bar.set_postfix(loss=f"{loss_value:.3f}")

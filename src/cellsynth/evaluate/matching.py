@@ -1,0 +1,399 @@
+"""Instance-segmentation metrics: optimal one-to-one IoU matching of label maps, F1/AP/PQ.
+
+Follows stardist's ``matching.py``: a ground-truth and a predicted object are a match candidate
+at threshold ``t`` if their IoU >= ``t``; among the candidates a one-to-one matching with the
+most matches, and among those the largest total IoU, is found with the Hungarian algorithm
+(``scipy.optimize.linear_sum_assignment``). Overlaps are counted sparsely (only pairs that
+share a pixel), and the assignment problem is solved per connected component of the candidate
+graph, so a 2048 x 2048 image with thousands of objects takes a fraction of a second.
+
+Per threshold, with ``FP = n_pred - TP`` and ``FN = n_gt - TP``:
+
+- precision ``TP / n_pred``, recall ``TP / n_gt``, F1 ``2 TP / (2 TP + FP + FN)``
+- ``ap`` (called AP in the StarDist / CPN papers) ``TP / (TP + FP + FN)``
+- ``mean_iou`` (mean IoU of the matched pairs) ``sum_iou / TP``
+- ``pq`` (panoptic quality) ``sum_iou / (TP + FP / 2 + FN / 2)``
+
+Ratios 0/0: if there are neither ground-truth nor predicted objects, every metric is 1 (a
+perfect result); otherwise an undefined ratio is 0 (e.g. precision of an empty prediction).
+Dataset-level results sum TP, FP, FN and ``sum_iou`` over images before taking the ratios.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import connected_components
+
+from cellsynth.errors import DatasetError, ImageReadError
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.images import read_labels
+
+__all__ = [
+    "THRESHOLDS",
+    "Matching",
+    "DatasetEvaluation",
+    "matching",
+    "aggregate",
+    "evaluate_folders",
+]
+
+#: IoU thresholds 0.5, 0.55, ..., 0.9 (as in the StarDist and CPN papers).
+THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(9))
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, perfect: bool) -> np.ndarray:
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    out = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return np.ones_like(num) if perfect else out
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Match counts of one image, or of a dataset (summed over images), per IoU threshold.
+
+    Attributes
+    ----------
+    thresholds : tuple of float, length T
+    n_gt, n_pred : int
+        Number of ground-truth and predicted objects.
+    tp : tuple of int, length T
+        Matched pairs per threshold.
+    sum_iou : tuple of float, length T
+        Sum of the IoU of the matched pairs per threshold.
+    n_images : int
+        Number of images these counts were summed over.
+
+    The metric properties return float64 arrays of shape (T,).
+    """
+
+    thresholds: tuple[float, ...]
+    n_gt: int
+    n_pred: int
+    tp: tuple[int, ...]
+    sum_iou: tuple[float, ...]
+    n_images: int = 1
+
+    def __post_init__(self) -> None:
+        if not (len(self.thresholds) == len(self.tp) == len(self.sum_iou)):
+            raise ValueError("Matching: thresholds, tp and sum_iou must have the same length")
+        if any(t > min(self.n_gt, self.n_pred) or t < 0 for t in self.tp):
+            raise ValueError(f"Matching: tp {self.tp} must lie in [0, min(n_gt, n_pred)]")
+
+    @property
+    def _empty(self) -> bool:
+        return self.n_gt == 0 and self.n_pred == 0
+
+    @property
+    def fp(self) -> tuple[int, ...]:
+        return tuple(self.n_pred - t for t in self.tp)
+
+    @property
+    def fn(self) -> tuple[int, ...]:
+        return tuple(self.n_gt - t for t in self.tp)
+
+    @property
+    def precision(self) -> np.ndarray:
+        return _ratio(self.tp, np.full(len(self.tp), self.n_pred), self._empty)
+
+    @property
+    def recall(self) -> np.ndarray:
+        return _ratio(self.tp, np.full(len(self.tp), self.n_gt), self._empty)
+
+    @property
+    def f1(self) -> np.ndarray:
+        tp = np.asarray(self.tp, float)
+        return _ratio(2 * tp, tp + self.n_gt + self.n_pred - tp, self._empty)
+
+    @property
+    def ap(self) -> np.ndarray:
+        """TP / (TP + FP + FN), called "average precision" in the StarDist and CPN papers."""
+        tp = np.asarray(self.tp, float)
+        return _ratio(tp, self.n_gt + self.n_pred - tp, self._empty)
+
+    @property
+    def mean_iou(self) -> np.ndarray:
+        """Mean IoU of the matched pairs (0 where nothing matched)."""
+        return _ratio(self.sum_iou, self.tp, self._empty)
+
+    @property
+    def pq(self) -> np.ndarray:
+        """Panoptic quality: sum of matched IoU / (TP + FP/2 + FN/2)."""
+        tp = np.asarray(self.tp, float)
+        return _ratio(self.sum_iou, tp + 0.5 * (self.n_gt - tp) + 0.5 * (self.n_pred - tp),
+                      self._empty)
+
+    @property
+    def f1_avg(self) -> float:
+        """Mean F1 over the thresholds (the CPN paper's headline number)."""
+        return float(np.mean(self.f1))
+
+    def __add__(self, other: Matching) -> Matching:
+        if not isinstance(other, Matching):
+            return NotImplemented
+        if self.thresholds != other.thresholds:
+            raise ValueError(f"cannot add matchings with thresholds {self.thresholds} "
+                             f"and {other.thresholds}")
+        return Matching(
+            thresholds=self.thresholds,
+            n_gt=self.n_gt + other.n_gt,
+            n_pred=self.n_pred + other.n_pred,
+            tp=tuple(a + b for a, b in zip(self.tp, other.tp, strict=True)),
+            sum_iou=tuple(a + b for a, b in zip(self.sum_iou, other.sum_iou, strict=True)),
+            n_images=self.n_images + other.n_images,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: thresholds, per-threshold counts and metrics (lists), f1_avg, sizes."""
+        return {
+            "thresholds": list(self.thresholds),
+            "tp": list(self.tp),
+            "fp": list(self.fp),
+            "fn": list(self.fn),
+            "precision": self.precision.tolist(),
+            "recall": self.recall.tolist(),
+            "f1": self.f1.tolist(),
+            "ap": self.ap.tolist(),
+            "pq": self.pq.tolist(),
+            "mean_iou": self.mean_iou.tolist(),
+            "f1_avg": self.f1_avg,
+            "n_images": self.n_images,
+            "n_gt": self.n_gt,
+            "n_pred": self.n_pred,
+        }
+
+
+def _check_labels(labels: Any, name: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: labels must be an integer array (0 = background), "
+                         f"got dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
+        raise ValueError(f"{name}: labels must be non-negative, got minimum {labels.min()}")
+    return labels
+
+
+def _check_thresholds(thresholds: Iterable[float]) -> tuple[float, ...]:
+    values = tuple(float(t) for t in np.atleast_1d(np.asarray(thresholds, dtype=float)))
+    if not values:
+        raise ValueError("thresholds: need at least one IoU threshold")
+    bad = [t for t in values if not (0.0 < t <= 1.0)]
+    if bad:
+        raise ValueError(f"thresholds: IoU thresholds must lie in (0, 1], got {bad[0]}")
+    return values
+
+
+def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Map ids to 0 (background), 1..n, returning the flat relabeled array and n."""
+    flat = labels.ravel()
+    if flat.size == 0:
+        return flat.astype(np.intp), 0
+    top = int(flat.max())
+    if top <= 2 * flat.size + 1024:  # a lookup table is ~30x faster than sorting (np.unique)
+        present = np.zeros(top + 1, dtype=bool)
+        present[flat] = True
+        present[0] = True
+        lut = np.cumsum(present) - 1
+        return lut[flat], int(lut[-1])
+    ids, inverse = np.unique(flat, return_inverse=True)
+    has_background = ids[0] == 0
+    return inverse.ravel() + (0 if has_background else 1), int(ids.size - has_background)
+
+
+def _overlaps(gt: np.ndarray, pred: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Sparse IoU of every overlapping pair: (gt index, pred index, IoU), 1-based indices,
+    and the numbers of gt and pred objects."""
+    g, n_gt = _relabel(gt)
+    p, n_pred = _relabel(pred)
+    both = (g > 0) & (p > 0)
+    g_in, p_in = g[both], p[both]
+    if g_in.size == 0:
+        empty = np.zeros(0, np.intp)
+        return empty, empty, np.zeros(0), n_gt, n_pred
+    counts = sp.csr_matrix((np.ones(g_in.size, np.int64), (g_in, p_in)),
+                           shape=(n_gt + 1, n_pred + 1))
+    counts.sum_duplicates()
+    counts = counts.tocoo()
+    gi, pi, inter = counts.row.astype(np.intp), counts.col.astype(np.intp), counts.data
+    area_g = np.bincount(g, minlength=n_gt + 1)
+    area_p = np.bincount(p, minlength=n_pred + 1)
+    iou = inter / (area_g[gi] + area_p[pi] - inter).astype(float)
+    return gi, pi, iou, n_gt, n_pred
+
+
+def _match(gi: np.ndarray, pi: np.ndarray, iou: np.ndarray, threshold: float) -> tuple[int, float]:
+    """Optimal one-to-one matching among pairs with IoU >= threshold: (TP, sum of matched IoU)."""
+    keep = iou >= threshold
+    g, p, v = gi[keep], pi[keep], iou[keep]
+    if g.size == 0:
+        return 0, 0.0
+    # A pair whose two objects have no other candidate is matched in every optimal matching.
+    # For thresholds > 0.5 this holds for all pairs (an object has at most one partner with IoU
+    # above 0.5), so the Hungarian algorithm only runs on ties and low thresholds.
+    alone = (np.bincount(g)[g] == 1) & (np.bincount(p)[p] == 1)
+    tp, total = int(alone.sum()), float(v[alone].sum())
+    g, p, v = g[~alone], p[~alone], v[~alone]
+    if g.size == 0:
+        return tp, total
+    rows, g_idx = np.unique(g, return_inverse=True)
+    cols, p_idx = np.unique(p, return_inverse=True)
+    n = rows.size + cols.size
+    graph = sp.coo_matrix((np.ones(g.size), (g_idx, rows.size + p_idx)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    pair_component = component[g_idx]
+    order = np.argsort(pair_component, kind="stable")
+    for block in np.split(order, np.flatnonzero(np.diff(pair_component[order])) + 1):
+        r_ids, r = np.unique(g_idx[block], return_inverse=True)
+        c_ids, c = np.unique(p_idx[block], return_inverse=True)
+        scores = np.zeros((r_ids.size, c_ids.size))
+        scores[r, c] = v[block]
+        # As stardist: maximise the number of matches first, then their total IoU; the IoU
+        # term sums to at most 0.5, so it never outweighs one more match.
+        k = min(r_ids.size, c_ids.size)
+        cost = -((scores > 0) + scores / (2.0 * k))
+        ri, ci = linear_sum_assignment(cost)
+        matched = scores[ri, ci]
+        matched = matched[matched > 0]
+        tp += int(matched.size)
+        total += float(matched.sum())
+    return tp, total
+
+
+def matching(gt: np.ndarray, pred: np.ndarray,
+             thresholds: Sequence[float] = THRESHOLDS) -> Matching:
+    """Match the objects of a predicted label map to the ground truth at several IoU thresholds.
+
+    Parameters
+    ----------
+    gt, pred : (H, W) integer arrays (any equal shape works)
+        Instance label maps, 0 = background; ids need not be contiguous or match.
+    thresholds : sequence of float in (0, 1]
+        IoU thresholds; default 0.5, 0.55, ..., 0.9.
+
+    Returns
+    -------
+    Matching
+        TP and summed matched IoU per threshold, object counts, and the derived metrics.
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, labels are not non-negative integers, or a threshold is outside (0, 1].
+    """
+    gt = _check_labels(gt, "gt")
+    pred = _check_labels(pred, "pred")
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt and pred must have the same shape, got {gt.shape} and {pred.shape}")
+    thresholds = _check_thresholds(thresholds)
+    gi, pi, iou, n_gt, n_pred = _overlaps(gt, pred)
+    results = [_match(gi, pi, iou, t) for t in thresholds]
+    return Matching(thresholds=thresholds, n_gt=n_gt, n_pred=n_pred,
+                    tp=tuple(r[0] for r in results), sum_iou=tuple(r[1] for r in results))
+
+
+def aggregate(results: Iterable[Matching]) -> Matching:
+    """Dataset-level result: TP, object counts and matched IoU summed over images."""
+    results = list(results)
+    if not results:
+        raise ValueError("aggregate: need at least one Matching")
+    total = results[0]
+    for result in results[1:]:
+        total = total + result
+    return total
+
+
+@dataclass(frozen=True)
+class DatasetEvaluation:
+    """Result of :func:`evaluate_folders`: the dataset-level total and each image's result."""
+
+    gt_root: Path
+    pred_root: Path
+    total: Matching
+    per_image: Mapping[str, Matching] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON report: dataset-level metrics plus ``per_image`` (keyed by id)."""
+        report = self.total.to_dict()
+        report["per_image"] = {}
+        for image_id, result in self.per_image.items():
+            entry = result.to_dict()
+            del entry["thresholds"], entry["n_images"]
+            report["per_image"][image_id] = entry
+        return report
+
+
+def _label_files(root: Path, role: str) -> tuple[Path, dict[str, Path]]:
+    """Label files by id of a dataset folder, a ``labels/``-only folder or a folder of labels."""
+    if (root / "images").is_dir():
+        dataset = load_dataset(root)
+        missing = [s.image_path.name for s in dataset if s.label_path is None]
+        if missing:
+            raise DatasetError(f"{root}: {len(missing)} {role} image(s) without a label file in "
+                               f"{root / 'labels'}, e.g. {missing[0]}")
+        return root / "labels", {s.id: s.label_path for s in dataset}
+    if (root / "labels").is_dir():
+        root = root / "labels"
+    dataset = load_dataset(root)  # a plain folder: its "images" are the label files
+    return root, {s.id: s.image_path for s in dataset}
+
+
+def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, *,
+                     thresholds: Sequence[float] = THRESHOLDS,
+                     progress: bool = False) -> DatasetEvaluation:
+    """Evaluate predicted label maps against ground truth, matched by id (file stem).
+
+    Parameters
+    ----------
+    gt : path
+        Ground-truth dataset folder (``images/`` + ``labels/``), or a folder of label images.
+    pred : path
+        Predicted dataset folder, a folder with only ``labels/``, or a folder of label images.
+    thresholds : sequence of float in (0, 1]
+    progress : bool
+        Show a progress bar on stderr.
+
+    Raises
+    ------
+    DatasetError
+        A folder is missing or empty, or an id is present on one side only.
+    ImageReadError
+        A label file is unreadable, not an integer image, or its size differs from its partner.
+    """
+    thresholds = _check_thresholds(thresholds)
+    gt_root, gt_files = _label_files(Path(gt), "ground-truth")
+    pred_root, pred_files = _label_files(Path(pred), "predicted")
+    only_gt = sorted(set(gt_files) - set(pred_files))
+    if only_gt:
+        raise DatasetError(f"{pred_root}: no prediction for {len(only_gt)} ground-truth id(s) of "
+                           f"{gt_root}, e.g. {gt_files[only_gt[0]].name}")
+    only_pred = sorted(set(pred_files) - set(gt_files))
+    if only_pred:
+        raise DatasetError(f"{gt_root}: no ground truth for {len(only_pred)} predicted id(s) of "
+                           f"{pred_root}, e.g. {pred_files[only_pred[0]].name}")
+    ids = sorted(gt_files)
+    if progress:
+        from tqdm import tqdm
+
+        ids = tqdm(ids, desc="evaluate", unit="image", leave=False)
+    per_image: dict[str, Matching] = {}
+    for image_id in ids:
+        gt_labels = read_labels(gt_files[image_id])
+        pred_labels = read_labels(pred_files[image_id])
+        if gt_labels.shape != pred_labels.shape:
+            raise ImageReadError(
+                f"{pred_files[image_id]}: size {pred_labels.shape[0]}x{pred_labels.shape[1]} "
+                f"does not match ground truth {gt_files[image_id]} "
+                f"({gt_labels.shape[0]}x{gt_labels.shape[1]})"
+            )
+        per_image[image_id] = matching(gt_labels, pred_labels, thresholds)
+    return DatasetEvaluation(gt_root=gt_root, pred_root=pred_root,
+                             total=aggregate(per_image.values()), per_image=per_image)
+

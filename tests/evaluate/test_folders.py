@@ -1,0 +1,129 @@
+"""Evaluating dataset folders, through the library and through ``cellsynth evaluate``."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellsynth.cli import main
+from cellsynth.errors import DatasetError, ImageReadError
+from cellsynth.evaluate import evaluate_folders
+from cellsynth.io import write_image, write_labels
+
+
+def labels_a():
+    labels = np.zeros((32, 32), np.uint16)
+    labels[2:12, 2:12] = 1
+    labels[20:30, 4:14] = 2
+    return labels
+
+
+def labels_b():
+    labels = np.zeros((32, 32), np.uint16)
+    labels[5:15, 15:25] = 7
+    return labels
+
+
+def make_dataset(root, labels_by_id, *, images=True):
+    (root / "labels").mkdir(parents=True)
+    for image_id, labels in labels_by_id.items():
+        if images:
+            (root / "images").mkdir(exist_ok=True)
+            write_image(root / "images" / f"{image_id}.png", (labels > 0).astype(np.uint8) * 200)
+        write_labels(root / "labels" / f"{image_id}.tif", labels)
+    return root
+
+
+@pytest.fixture
+def gt_dir(tmp_path):
+    return make_dataset(tmp_path / "gt", {"a": labels_a(), "b": labels_b()})
+
+
+def shifted(labels, dx):
+    return np.roll(labels, dx, axis=1)
+
+
+def test_folder_of_label_images_as_prediction(gt_dir, tmp_path):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_labels(pred / "a.tif", shifted(labels_a(), 2) * 3)  # both objects: IoU 80/120
+    write_labels(pred / "b.png", np.zeros((32, 32), np.uint16))  # object of b missed
+    result = evaluate_folders(gt_dir, pred)
+    total = result.total
+    assert (total.n_images, total.n_gt, total.n_pred) == (2, 3, 2)
+    assert total.tp[0] == 2 and total.fn[0] == 1 and total.fp[0] == 0  # at 0.5
+    assert total.tp[-1] == 0  # at 0.9
+    assert set(result.per_image) == {"a", "b"}
+    assert result.per_image["b"].fn == (1,) * 9
+    report = result.to_json()
+    assert report["per_image"]["a"]["tp"][0] == 2
+    assert report["f1"][0] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+
+
+@pytest.mark.parametrize("images", [True, False])
+def test_dataset_folder_and_labels_only_folder_as_prediction(gt_dir, tmp_path, images):
+    pred = make_dataset(tmp_path / "pred", {"a": labels_a(), "b": labels_b()}, images=images)
+    total = evaluate_folders(gt_dir, pred).total
+    assert total.f1_avg == 1.0 and total.tp == (3,) * 9
+
+
+def test_missing_id_in_prediction_names_folder_and_file(gt_dir, tmp_path):
+    pred = make_dataset(tmp_path / "pred", {"a": labels_a()}, images=False)
+    with pytest.raises(DatasetError, match=r"pred/labels: no prediction for 1 .*b\.tif"):
+        evaluate_folders(gt_dir, pred)
+
+
+def test_id_missing_in_ground_truth(gt_dir, tmp_path):
+    pred = make_dataset(tmp_path / "pred", {"a": labels_a(), "b": labels_b(),
+                                            "c": labels_b()}, images=False)
+    with pytest.raises(DatasetError, match=r"gt/labels: no ground truth .*c\.tif"):
+        evaluate_folders(gt_dir, pred)
+
+
+def test_ground_truth_image_without_labels(gt_dir, tmp_path):
+    write_image(gt_dir / "images" / "c.png", np.zeros((32, 32), np.uint8))
+    with pytest.raises(DatasetError, match=r"c\.png"):
+        evaluate_folders(gt_dir, gt_dir)
+
+
+def test_size_mismatch(gt_dir, tmp_path):
+    pred = make_dataset(tmp_path / "pred", {"a": labels_a(), "b": labels_b()[:30]}, images=False)
+    with pytest.raises(ImageReadError, match=r"b\.tif: size 30x32 does not match .*32x32"):
+        evaluate_folders(gt_dir, pred)
+
+
+def test_non_integer_labels(gt_dir, tmp_path):
+    pred = make_dataset(tmp_path / "pred", {"a": labels_a()}, images=False)
+    tifffile.imwrite(pred / "labels" / "b.tif", labels_b().astype(np.float32))
+    with pytest.raises(ImageReadError, match=r"b\.tif: labels must be an integer image"):
+        evaluate_folders(gt_dir, pred)
+
+
+def test_empty_folder(gt_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="empty: no images found"):
+        evaluate_folders(gt_dir, tmp_path / "empty")
+
+
+def test_cli_prints_table_and_writes_json(gt_dir, tmp_path, capsys):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_labels(pred / "a.tif", labels_a())
+    write_labels(pred / "b.tif", labels_b())
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt_dir), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "F1avg 1.0000" in text and "0.90" in text
+    report = json.loads(out.read_text())
+    for key in ("thresholds", "f1", "precision", "recall", "ap", "pq", "mean_iou", "f1_avg",
+                "n_images", "n_gt", "n_pred", "per_image"):
+        assert key in report
+    assert report["f1"] == [1.0] * 9 and report["n_gt"] == 3 and report["n_images"] == 2
+    assert set(report["per_image"]) == {"a", "b"}
+
+
+def test_cli_user_error_is_one_line(gt_dir, tmp_path, capsys):
+    assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(gt_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "nope: no such folder" in err and "Traceback" not in err

@@ -1,0 +1,151 @@
+"""Realism metrics on tiny synthetic textures: identical sets look identical, blurred or
+intensity-shifted sets look different, and a seed fixes every number."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from cellsynth.cli import main
+from cellsynth.evaluate import (
+    c2st,
+    histogram_distance,
+    realism,
+    sliced_wasserstein,
+    spectrum_distance,
+)
+from cellsynth.io import write_image
+
+FAST = {"crop_size": 32, "n_crops": 96, "folds": 3, "epochs": 4, "threads": 1}
+
+
+def textures(seed, n=9, size=48, blur=0.0, shift=0.0):
+    """Smooth random textures in [0.1, 0.7] (+ shift), optionally blurred further."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = gaussian_filter(rng.random((size, size)), 1.5)
+        x = 0.1 + 0.6 * (x - x.min()) / (x.max() - x.min())
+        if blur:
+            x = gaussian_filter(x, blur)
+        out.append((x + shift).astype(np.float32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharp():
+    return textures(0)
+
+
+def test_identical_sets_are_indistinguishable(sharp):
+    result = c2st(sharp, sharp, seed=0, **FAST)
+    assert abs(result.accuracy - 0.5) < 0.15
+    assert result.split == "image" and len(result.fold_accuracies) == 3
+    assert result.held_out_images == 3
+    assert result.crops_per_set == 96
+    assert histogram_distance(sharp, sharp) == (0.0,)
+    assert spectrum_distance(sharp, sharp) == 0.0
+
+
+def test_blurred_vs_sharp_is_distinguishable(sharp):
+    blurred = textures(1, blur=2.0)
+    assert c2st(sharp, blurred, seed=0, **FAST).accuracy >= 0.9
+    swd_same = sliced_wasserstein(sharp, textures(2), seed=0, n_patches=1024).mean_x1e3
+    swd_blur = sliced_wasserstein(sharp, blurred, seed=0, n_patches=1024).mean_x1e3
+    assert swd_blur > 3 * swd_same
+    assert spectrum_distance(sharp, blurred) > 10 * spectrum_distance(sharp, textures(2))
+
+
+def test_shifted_intensity_is_distinguishable(sharp):
+    shifted = [x + np.float32(0.25) for x in sharp]
+    assert c2st(sharp, shifted, seed=0, **FAST).accuracy >= 0.9
+    # every pixel moved by 0.25: the Wasserstein-1 distance of the histograms is 0.25
+    assert histogram_distance(sharp, shifted)[0] == pytest.approx(0.25, abs=1e-4)
+    # pooled normalisation keeps a global shift visible to the SWD (unlike per-set)
+    swd_same = sliced_wasserstein(sharp, textures(2), seed=0, n_patches=1024).mean_x1e3
+    assert sliced_wasserstein(sharp, shifted, seed=0, n_patches=1024).mean_x1e3 > 3 * swd_same
+    # a mean shift leaves the (mean-free) power spectrum unchanged
+    assert spectrum_distance(sharp, shifted) < 1e-3
+
+
+def test_histogram_distance_of_black_vs_white_uint8():
+    black, white = np.zeros((4, 4), np.uint8), np.full((4, 4), 255, np.uint8)
+    assert histogram_distance([black], [white]) == (1.0,)
+    half = np.full((4, 4), 32768, np.uint16)
+    assert histogram_distance([black], [half])[0] == pytest.approx(32768 / 65535)
+
+
+def test_spectrum_distance_of_doubled_contrast_is_log10_4():
+    noise = np.random.default_rng(0).random((64, 64)).astype(np.float32) * 0.5
+    assert spectrum_distance([noise], [2 * noise]) == pytest.approx(np.log10(4), rel=1e-4)
+
+
+def test_same_seed_same_result_and_other_seed_differs(sharp):
+    other = textures(3, blur=0.7)
+    options = {"crop_size": 16, "n_crops": 64, "folds": 2, "epochs": 2, "swd_patches": 256,
+               "threads": 1}
+    first = realism(sharp, other, seed=7, **options)
+    assert realism(sharp, other, seed=7, **options) == first
+    assert sliced_wasserstein(sharp, other, seed=8, n_patches=256) != first.swd
+    assert json.loads(json.dumps(first.to_dict()))["c2st"]["accuracy"] == first.c2st.accuracy
+
+
+def test_gray_and_rgb_sets_are_compared_in_gray(sharp):
+    rgb = [np.stack([x, x, x], axis=-1) for x in sharp]
+    with pytest.warns(UserWarning, match="converting RGB to gray"):
+        result = realism(sharp, rgb, seed=0, crop_size=16, n_crops=16, folds=2, epochs=1,
+                         swd_patches=128, threads=1)
+    assert result.converted_to_gray and result.channels == 1
+    assert result.histogram_w1 < 1e-3  # rgb2gray of equal channels gives back the gray image
+
+
+def test_few_images_fall_back_to_crop_split(sharp):
+    with pytest.warns(UserWarning, match="folds split crops"):
+        result = c2st(sharp[:1], sharp[1:2], seed=0, crop_size=16, n_crops=16, folds=2, epochs=1,
+                      threads=1)
+    assert result.split == "crop" and result.held_out_images == 0
+    with pytest.warns(UserWarning, match="only 1 image"):
+        c2st(sharp[:2], sharp[2:4], seed=0, crop_size=16, n_crops=16, folds=2, epochs=1,
+             threads=1)
+
+
+@pytest.mark.parametrize(("a", "message"), [
+    ([], "empty"),
+    ([np.zeros((16, 16), np.float32)], "smaller than"),
+    ([np.zeros((48, 48, 4), np.float32)], "expected shape"),
+    ([np.zeros((48, 48), np.int64)], "unsupported dtype"),
+])
+def test_invalid_inputs_raise(sharp, a, message):
+    with pytest.raises(ValueError, match=message):
+        c2st(a, sharp, **FAST)
+
+
+def write_set(root, images):
+    (root / "images").mkdir(parents=True)
+    for i, image in enumerate(images):
+        write_image(root / "images" / f"{i:02d}.png", np.rint(image * 255).astype(np.uint8))
+    return root
+
+
+def test_cli_realism_writes_json(sharp, tmp_path, capsys):
+    a = write_set(tmp_path / "a", sharp[:4])
+    b = write_set(tmp_path / "b", textures(4, n=4, blur=2.0))
+    out = tmp_path / "realism.json"
+    argv = ["realism", "--a", str(a), "--b", str(b), "--json", str(out), "--seed", "1",
+            "--crop", "16", "--crops", "32", "--folds", "2", "--epochs", "1", "--threads", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "C2ST accuracy" in captured.out
+    assert "cellsynth realism: warning: c2st: only 2 image(s)" in captured.err
+    report = json.loads(out.read_text())
+    assert report["n_a"] == 4 and report["seed"] == 1 and report["c2st"]["crop_size"] == 16
+    assert len(report["c2st"]["fold_accuracies"]) == 2
+    assert report["swd"]["mean_x1e3"] > 0 and report["a"] == str(a)
+
+
+def test_cli_realism_image_smaller_than_crop(sharp, tmp_path, capsys):
+    a = write_set(tmp_path / "a", sharp[:2])
+    assert main(["realism", "--a", str(a), "--b", str(a), "--crop", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "00.png: image 48x48 is smaller than the 64 px crops" in err
