@@ -11,7 +11,7 @@ import functools
 import numpy as np
 import scipy.fft
 
-__all__ = ["band_noise", "smooth_field", "gaussian_blur_fft"]
+__all__ = ["band_noise", "smooth_field", "gaussian_blur_fft", "upsample"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -81,7 +81,8 @@ def _interpolation(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return lo % n_in, (lo + 1) % n_in, frac
 
 
-def _upsample(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def upsample(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Periodic bilinear interpolation of a coarse (h, w) field to ``shape``."""
     # Element-wise gathers, not matrix products: BLAS threading costs more than it saves here.
     lo, hi, frac = _interpolation(shape[0], coarse.shape[0])
     rows = coarse[lo] * (1 - frac)[:, None] + coarse[hi] * frac[:, None]
@@ -99,7 +100,7 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: flo
     step = max(1.0, scale_px / 8)
     coarse_shape = (max(8, int(np.ceil(shape[0] / step))), max(8, int(np.ceil(shape[1] / step))))
     coarse = band_noise(rng, coarse_shape, (scale_px * coarse_shape[0] / shape[0],))
-    field = _upsample(coarse, shape)
+    field = upsample(coarse, shape)
     field -= field.mean()
     std = field.std()
     return field / std if std > 0 else field
