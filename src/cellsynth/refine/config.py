@@ -1,0 +1,93 @@
+"""The refiner's one config: model sizes, loss weights, optimiser and schedule, validated once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cellsynth.config import from_dict, load_yaml
+
+__all__ = ["RefineConfig", "refine_config"]
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Everything that defines a refiner run (paths and device are arguments of ``fit``)."""
+
+    # data
+    crop: int = 128  # training crop side; the generator is fully convolutional
+    batch: int = 4
+    real_pixel_size_um: float | None = None  # overrides the real images' meta.json
+    # generator (SPADE, Park et al. 2019)
+    width: int = 48  # channels of the SPADE ResBlocks (at half resolution)
+    blocks: int = 3  # SPADE ResBlocks
+    spade_hidden: int = 32  # hidden channels of each SPADE's shared conv
+    boundary_width: int = 2  # inner-boundary thickness of the semantic map, pixels
+    noise: bool = True  # one extra input channel of N(0, 1) noise
+    # discriminator (multi-scale PatchGAN with spectral norm)
+    d_width: int = 32
+    d_layers: int = 3  # stride-2 convs per scale; receptive field ~ 2**(layers+2) pixels
+    d_scales: int = 2
+    # losses (S+U, Shrivastava et al. 2017): hinge GAN + lambda * self-regularisation
+    self_reg: float = 1.0  # weight of the L1 between refined and simulated images
+    self_reg_downsample: int = 2  # average-pool factor before the L1 (1 = full resolution)
+    # weight of the L1 between batch-mean D features of real and refined crops: a low-variance
+    # pull towards real colour/texture statistics while D is still weak (0 disables)
+    feature_matching: float = 10.0
+    # history buffer of refined images (SimGAN Sec. 2.3)
+    buffer_size: int = 256
+    # optimisation (SPADE's TTUR: G at half, D at twice the base 2e-4)
+    steps: int = 3000
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    beta1: float = 0.0
+    beta2: float = 0.9
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 autocast (CPU) when supported
+    seed: int = 0
+    # bookkeeping
+    log_every: int = 10
+    sample_every: int = 250
+    checkpoint_every: int = 250
+
+    def __post_init__(self) -> None:
+        positive = ("crop", "batch", "width", "blocks", "spade_hidden", "boundary_width",
+                    "d_width", "d_layers", "d_scales", "self_reg_downsample", "buffer_size",
+                    "steps", "log_every", "sample_every", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop < 32 or self.crop % 4:
+            raise ValueError(f"crop must be a multiple of 4 and >= 32, got {self.crop}")
+        if self.crop < 2 ** (self.d_layers + self.d_scales - 1):
+            raise ValueError(f"crop {self.crop} is too small for d_layers={self.d_layers} and "
+                             f"d_scales={self.d_scales}")
+        if self.crop % self.self_reg_downsample:
+            raise ValueError(f"crop {self.crop} is not divisible by self_reg_downsample "
+                             f"{self.self_reg_downsample}")
+        for name in ("self_reg", "feature_matching"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
+        if self.real_pixel_size_um is not None and not self.real_pixel_size_um > 0:
+            raise ValueError(f"real_pixel_size_um must be > 0, got {self.real_pixel_size_um}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.batch < 2:
+            raise ValueError(f"batch must be >= 2 (half fresh, half history), got {self.batch}")
+
+
+def refine_config(config_file: str | os.PathLike | None = None,
+                  overrides: dict[str, Any] | None = None) -> RefineConfig:
+    """Defaults, then a YAML file, then ``overrides`` (None values are skipped).
+
+    Unknown keys or invalid values raise :class:`cellsynth.errors.ConfigError`.
+    """
+    data: dict[str, Any] = dict(load_yaml(config_file)) if config_file else {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    where = str(config_file) if config_file else "refine config"
+    return from_dict(RefineConfig, data, where=where)

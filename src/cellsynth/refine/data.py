@@ -1,0 +1,208 @@
+"""Training crops: simulated (image, labels) pairs and unlabeled real images, as tensors.
+
+Both sets are decoded once and kept in memory, except real TIFFs larger than
+``lazy_pixels`` which are memory-mapped and cropped on demand. Real images are brought to the
+simulation's channel count (RGB -> gray or gray -> RGB, with a note) and, when both pixel
+sizes are known, rescaled once to the simulation's pixel size. Intensities are scaled by the
+dtype's range (:func:`cellsynth.io.images.to_float`), so 8- and 16-bit images agree, and then
+mapped to [-1, 1]. Every crop gets a random flip/rotation (the dihedral group of the square).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cellsynth.errors import DatasetError, ImageReadError
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.images import read_image, to_float
+
+__all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS"]
+
+LAZY_PIXELS = 8192 * 8192  # larger (uncompressed) TIFFs are memory-mapped, not decoded
+
+
+def _channels(image: np.ndarray) -> int:
+    return 3 if image.ndim == 3 else 1
+
+
+def _match_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) or (H, W, 3) float in [0, 1] -> (H, W, channels) float32."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == channels:
+        return image.astype(np.float32, copy=False)
+    if channels == 1:  # ITU-R 601 luma, as skimage.color.rgb2gray
+        return (image @ np.array([0.2125, 0.7154, 0.0721], np.float32))[..., None]
+    return np.repeat(image, 3, axis=-1)
+
+
+def _dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Rotate an (H, W, ...) array by k * 90 degrees and optionally flip it."""
+    array = np.rot90(array, k, axes=(0, 1))
+    return array[:, ::-1] if flip else array
+
+
+def _check_size(shape: tuple[int, ...], crop: int, path: Path) -> None:
+    if min(shape[:2]) < crop:
+        raise DatasetError(f"{path}: image is {shape[0]}x{shape[1]}, smaller than the "
+                           f"training crop {crop}x{crop} (use a smaller --crop)")
+
+
+class SimulatedCrops:
+    """Random crops of a simulated dataset with labels.
+
+    Parameters
+    ----------
+    root : dataset folder with images/ and labels/.
+    crop : crop side in pixels.
+    """
+
+    def __init__(self, root: str | os.PathLike, crop: int) -> None:
+        dataset = load_dataset(root)
+        if not dataset.has_labels:
+            missing = [s.image_path.name for s in dataset if s.label_path is None]
+            raise DatasetError(f"{dataset.root}: simulated dataset needs labels, but "
+                               f"{len(missing)} image(s) have none (e.g. {missing[0]}); "
+                               f"expected {dataset.root}/labels/<id>.tif")
+        self.root = dataset.root
+        self.pixel_size_um = dataset.pixel_size_um
+        self.crop = crop
+        self.images: list[np.ndarray] = []  # (H, W, C) float32 in [-1, 1]
+        self.labels: list[np.ndarray] = []  # (H, W) int32
+        for sample in dataset:
+            image, labels = sample.read()
+            _check_size(image.shape, crop, sample.image_path)
+            if self.images and _channels(image) != self.channels:
+                raise DatasetError(f"{sample.image_path}: has {_channels(image)} channel(s), "
+                                   f"the first image has {self.channels}")
+            self.images.append(_match_channels(to_float(image), _channels(image)) * 2 - 1)
+            self.labels.append(labels.astype(np.int32))
+
+    @property
+    def channels(self) -> int:
+        return self.images[0].shape[-1]
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` random crops: images (n, C, crop, crop) float32, labels (n, crop, crop) int64."""
+        c = self.crop
+        images = np.empty((n, c, c, self.channels), np.float32)
+        labels = np.empty((n, c, c), np.int64)
+        for i in range(n):
+            j = int(rng.integers(len(self.images)))
+            h, w = self.labels[j].shape
+            y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            images[i] = _dihedral(self.images[j][y:y + c, x:x + c], k, flip)
+            labels[i] = _dihedral(self.labels[j][y:y + c, x:x + c], k, flip)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
+
+
+def _open_lazy(path: Path) -> np.ndarray | None:
+    """A memory map of a large uncompressed TIFF, or None if it is small or not mappable."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.series[0].shape
+        if int(np.prod(shape[:2])) <= LAZY_PIXELS:
+            return None
+        array = tifffile.memmap(path, mode="r")
+    except (ValueError, OSError, tifffile.TiffFileError, IndexError):
+        return None  # compressed or tiled: fall back to decoding the whole file
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
+        return None
+    return array
+
+
+class RealCrops:
+    """Random crops of a folder of unlabeled real images (labels, if any, are ignored).
+
+    Parameters
+    ----------
+    root : a dataset folder (images/ used) or a plain folder of images.
+    crop : crop side in pixels (after rescaling).
+    channels : channels of the simulation (1 or 3); real images are converted to it.
+    sim_pixel_size_um, real_pixel_size_um : if both are known, real images are rescaled to
+        the simulation's pixel size; ``real_pixel_size_um`` defaults to the folder's meta.json.
+    """
+
+    def __init__(self, root: str | os.PathLike, crop: int, channels: int, *,
+                 sim_pixel_size_um: float | None = None,
+                 real_pixel_size_um: float | None = None) -> None:
+        dataset = load_dataset(root)
+        self.root = dataset.root
+        self.crop = crop
+        self.channels = channels
+        self.notes: list[str] = []
+        real_px = real_pixel_size_um or dataset.pixel_size_um
+        self.scale = 1.0
+        if sim_pixel_size_um and real_px and abs(real_px / sim_pixel_size_um - 1) > 1e-3:
+            self.scale = real_px / sim_pixel_size_um
+            self.notes.append(f"real images rescaled x{self.scale:.3f} from {real_px} um/px to "
+                              f"the simulation's {sim_pixel_size_um} um/px")
+        self.images: list[np.ndarray] = []  # (H, W, C) float32 in [-1, 1], or raw memmaps
+        self.lazy: list[bool] = []
+        converted = set()
+        for sample in dataset:
+            array = _open_lazy(sample.image_path)
+            if array is not None:
+                if array.ndim == 3 and array.shape[-1] == 4:
+                    array = array[..., :3]
+                need = int(np.ceil(crop / self.scale))
+                _check_size(array.shape, need, sample.image_path)
+                self.images.append(array)
+                self.lazy.append(True)
+            else:
+                image = read_image(sample.image_path)
+                self.images.append(self._prepare(image, sample.image_path))
+                self.lazy.append(False)
+            raw = array if array is not None else image
+            if _channels(raw) != channels:
+                converted.add(_channels(raw))
+        if converted:
+            what = "RGB -> gray" if channels == 1 else "gray -> RGB"
+            self.notes.append(f"real images converted {what} to match the simulation")
+
+    def _prepare(self, image: np.ndarray, path: Path) -> np.ndarray:
+        """Decoded image -> (H, W, C) float32 in [-1, 1] at the simulation's pixel size."""
+        if image.dtype not in (np.uint8, np.uint16) and not np.issubdtype(image.dtype,
+                                                                        np.floating):
+            raise ImageReadError(f"{path}: unsupported dtype {image.dtype}")
+        image = _match_channels(to_float(image), self.channels)
+        if self.scale != 1.0:
+            from skimage.transform import rescale
+
+            image = rescale(image, self.scale, order=1, channel_axis=-1, anti_aliasing=True,
+                            preserve_range=True).astype(np.float32)
+        _check_size(image.shape, self.crop, path)
+        return image * 2 - 1
+
+    def _crop(self, j: int, rng: np.random.Generator) -> np.ndarray:
+        c = self.crop
+        image = self.images[j]
+        if not self.lazy[j]:
+            h, w = image.shape[:2]
+            y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+            return image[y:y + c, x:x + c]
+        # lazy: read the window that covers the crop after rescaling, then prepare only it
+        need = int(np.ceil(c / self.scale))
+        h, w = image.shape[:2]
+        y, x = int(rng.integers(h - need + 1)), int(rng.integers(w - need + 1))
+        window = self._prepare(np.asarray(image[y:y + need, x:x + need]), self.root)
+        return window[:c, :c]
+
+    def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
+        """``n`` random crops, (n, C, crop, crop) float32 in [-1, 1]."""
+        c = self.crop
+        out = np.empty((n, c, c, self.channels), np.float32)
+        for i in range(n):
+            j = int(rng.integers(len(self.images)))
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            out[i] = _dihedral(self._crop(j, rng), k, flip)
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()

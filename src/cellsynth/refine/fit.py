@@ -1,0 +1,200 @@
+"""Train a refiner into a run folder, resumable exactly after a kill.
+
+::
+
+    RUN/config.yaml          resolved RefineConfig
+    RUN/run.json             data folders, device, precision, notes (rescaling, channels)
+    RUN/last.pt              latest checkpoint (atomic), see trainer.save_checkpoint
+    RUN/log.jsonl            one JSON object of losses per logged step
+    RUN/samples/step_XXXXXX.png   simulated | refined | refined + label contours | real
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cellsynth import __version__
+from cellsynth.config import save_yaml, to_dict
+from cellsynth.errors import ConfigError, OutputExistsError
+from cellsynth.io.files import write_json
+from cellsynth.io.images import to_uint8, write_image
+from cellsynth.refine.config import RefineConfig
+from cellsynth.refine.data import RealCrops, SimulatedCrops
+from cellsynth.refine.spade import semantic_map
+from cellsynth.refine.trainer import (
+    RefinerState,
+    load_checkpoint,
+    new_state,
+    read_checkpoint,
+    save_checkpoint,
+    train_step,
+)
+from cellsynth.viz import contour_overlay, image_grid
+
+__all__ = ["fit", "CHECKPOINT", "LOG"]
+
+CHECKPOINT = "last.pt"
+LOG = "log.jsonl"
+_SAMPLE_ROWS = 4
+# options that may change when a run is resumed; anything else would change the experiment
+_RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every"}
+
+
+def _prepare_run(out: Path, resume: bool, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise OutputExistsError(f"{out}: nothing to resume, no {CHECKPOINT} in it")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise OutputExistsError(f"{out}: run folder exists and is not empty "
+                                    f"(use --resume to continue it or --force to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_resume_config(saved: dict[str, Any], config: RefineConfig, out: Path) -> None:
+    given = to_dict(config)
+    changed = sorted(k for k in given if k not in _RESUMABLE and given[k] != saved.get(k))
+    if changed:
+        raise ConfigError(f"{out / CHECKPOINT}: cannot resume with a different "
+                          f"{', '.join(changed)} (only {', '.join(sorted(_RESUMABLE))} may change)")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines after ``step`` (written after the checkpoint a killed run left) and a
+    last line cut short by the kill."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", step + 1) <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _to_image(tensor: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [-1, 1] -> (H, W) or (H, W, 3) uint8."""
+    array = ((tensor.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    return to_uint8(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+class _Samples:
+    """Fixed simulated and real crops (own RNG, so training randomness is untouched)."""
+
+    def __init__(self, sim: SimulatedCrops, real: RealCrops, seed: int) -> None:
+        rng = np.random.default_rng([seed, 1])
+        self.sim, self.labels = sim.sample(_SAMPLE_ROWS, rng)
+        self.real = real.sample(_SAMPLE_ROWS, rng)
+        self.seed = seed
+
+    def write(self, path: Path, state: RefinerState) -> None:
+        segmap = semantic_map(self.labels, boundary_width=state.config.boundary_width)
+        noise = torch.Generator(state.device).manual_seed(self.seed)
+        with torch.no_grad(), state.autocast():
+            refined = state.generator(self.sim.to(state.device), segmap.to(state.device),
+                                      generator=noise)
+        tiles = []
+        for i in range(_SAMPLE_ROWS):
+            ref = _to_image(refined[i])
+            tiles += [_to_image(self.sim[i]), ref, contour_overlay(ref, self.labels[i].numpy()),
+                      _to_image(self.real[i])]
+        path.parent.mkdir(exist_ok=True)
+        write_image(path, image_grid(tiles, columns=4))
+
+
+def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.PathLike,
+        out_dir: str | os.PathLike, *, resume: bool = False, force: bool = False,
+        device: str = "cpu", max_minutes: float | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Train a SPADE refiner on simulated (labelled) and real (unlabeled) images.
+
+    Parameters
+    ----------
+    config : the run's settings; on ``resume`` only ``steps`` and the logging intervals may
+        differ from the saved config (:class:`ConfigError` otherwise).
+    sim_dir : simulated dataset folder (images/, labels/, meta.json with pixel_size_um).
+    real_dir : folder of real images, any size, RGB or gray, 8/16-bit; labels are ignored.
+    out_dir : run folder; must be empty unless ``resume`` or ``force``.
+    device : ``"cpu"`` or ``"cuda"``.
+    max_minutes : stop (with a checkpoint) after this much wall time.
+
+    Returns
+    -------
+    summary : dict with ``step``, ``seconds``, ``steps_per_s`` and the last ``losses``.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    _prepare_run(out, resume, force)
+    if resume:
+        saved = read_checkpoint(out / CHECKPOINT)
+        _check_resume_config(saved["config"], config, out)
+    sim = SimulatedCrops(sim_dir, config.crop)
+    real = RealCrops(real_dir, config.crop, sim.channels, sim_pixel_size_um=sim.pixel_size_um,
+                     real_pixel_size_um=config.real_pixel_size_um)
+    for note in real.notes:
+        warnings.warn(note, stacklevel=2)
+    if resume:
+        state = load_checkpoint(out / CHECKPOINT, device)
+        if state.channels != sim.channels:
+            raise ConfigError(f"{out / CHECKPOINT}: refiner has {state.channels} channel(s), "
+                              f"the simulation {sim_dir} has {sim.channels}")
+        state.config = config
+        _truncate_log(out / LOG, state.step)
+    else:
+        state = new_state(config, sim.channels, device)
+    save_yaml(out / "config.yaml", config)
+    write_json(out / "run.json", {
+        "cellsynth_version": __version__, "stage": "fit-refiner",
+        "sim": str(Path(sim_dir).resolve()), "real": str(Path(real_dir).resolve()),
+        "device": str(state.device), "precision": "bf16" if state.bf16 else "fp32",
+        "channels": sim.channels, "sim_pixel_size_um": sim.pixel_size_um,
+        "n_sim": len(sim.images), "n_real": len(real.images), "notes": real.notes,
+        "torch_threads": torch.get_num_threads(),
+    })
+    samples = _Samples(sim, real, config.seed)
+    started = time.perf_counter()
+    first_step, losses = state.step, {}
+    bar = tqdm(total=config.steps, initial=state.step, desc="fit-refiner", unit="step",
+               disable=not progress)
+    with bar, open(out / LOG, "a") as log:
+        while state.step < config.steps:
+            sim_crops, labels = sim.sample(config.batch, state.crop_rng)
+            real_crops = real.sample(config.batch, state.crop_rng)
+            losses = train_step(state, sim_crops, labels, real_crops)
+            step = state.step
+            elapsed = time.perf_counter() - started
+            if step % config.log_every == 0 or step == config.steps:
+                record = {"step": step, **{k: round(v, 6) for k, v in losses.items()},
+                          "seconds": round(elapsed, 2)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+            bar.update(1)
+            out_of_time = max_minutes is not None and elapsed > 60 * max_minutes
+            if step % config.sample_every == 0 or step == config.steps or out_of_time:
+                samples.write(out / "samples" / f"step_{step:06d}.png", state)
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+                save_checkpoint(out / CHECKPOINT, state)
+            if out_of_time:
+                break
+    seconds = time.perf_counter() - started
+    done = state.step - first_step
+    return {"step": state.step, "seconds": seconds, "steps_per_s": done / max(seconds, 1e-9),
+            "losses": losses, "bf16": state.bf16}

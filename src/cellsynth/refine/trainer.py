@@ -1,0 +1,221 @@
+"""One S+U training step and the exact-resume checkpoint of everything that step depends on.
+
+A step (Shrivastava et al. 2017, Algorithm 1 with k_d = k_g = 1, hinge loss of SPADE):
+
+1. refine a batch of simulated crops, ``refined = G(sim, semantic_map(labels))``;
+2. discriminator: hinge loss on real crops vs. half fresh / half history refined crops;
+3. refiner: ``-D(refined) + self_reg * |pool(refined) - pool(sim)|_1 (+ feature matching)``.
+
+:class:`RefinerState` holds the models, optimisers, history buffer and every random generator,
+so saving it and loading it back continues a run bit for bit (same device, threads, precision).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cellsynth import __version__
+from cellsynth.config import from_dict, to_dict
+from cellsynth.errors import ConfigError, ImageReadError
+from cellsynth.io.files import atomic_path
+from cellsynth.refine.buffer import HistoryBuffer
+from cellsynth.refine.config import RefineConfig
+from cellsynth.refine.discriminator import MultiScaleDiscriminator
+from cellsynth.refine.losses import (
+    d_hinge_loss,
+    feature_matching,
+    g_hinge_loss,
+    self_regularization,
+)
+from cellsynth.refine.spade import SPADEGenerator, semantic_map
+
+__all__ = ["RefinerState", "build_generator", "new_state", "train_step", "resolve_device",
+           "resolve_precision", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a torch.device, checked to exist."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"invalid device {device!r}: {err}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> bool:
+    """True if forward passes run under bf16 autocast (``auto``: when the hardware has it)."""
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def build_generator(config: RefineConfig, channels: int) -> SPADEGenerator:
+    return SPADEGenerator(channels, width=config.width, blocks=config.blocks,
+                          hidden=config.spade_hidden, noise=config.noise)
+
+
+@dataclass
+class RefinerState:
+    """Everything a training step reads or changes (mutable; ``step`` counts finished steps)."""
+
+    config: RefineConfig
+    channels: int
+    device: torch.device
+    bf16: bool
+    generator: SPADEGenerator
+    discriminator: MultiScaleDiscriminator
+    opt_g: torch.optim.Adam
+    opt_d: torch.optim.Adam
+    buffer: HistoryBuffer
+    noise_rng: torch.Generator  # noise channel of the refiner, on ``device``
+    buffer_rng: torch.Generator  # history sampling, CPU
+    crop_rng: np.random.Generator  # crop positions and flips
+    step: int = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+def new_state(config: RefineConfig, channels: int, device: str | torch.device = "cpu",
+              bf16: bool | None = None) -> RefinerState:
+    """Freshly initialised models and optimisers, all randomness derived from ``config.seed``."""
+    dev = resolve_device(device)
+    seeds = np.random.SeedSequence(config.seed).generate_state(4)
+    torch.manual_seed(int(seeds[0]))  # weight initialisation
+    generator = build_generator(config, channels).to(dev)
+    discriminator = MultiScaleDiscriminator(channels, width=config.d_width,
+                                            layers=config.d_layers,
+                                            scales=config.d_scales).to(dev)
+    betas = (config.beta1, config.beta2)
+    return RefinerState(
+        config=config, channels=channels, device=dev,
+        bf16=resolve_precision(config.precision, dev) if bf16 is None else bf16,
+        generator=generator, discriminator=discriminator,
+        opt_g=torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=betas),
+        opt_d=torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=betas),
+        buffer=HistoryBuffer(config.buffer_size, (channels, config.crop, config.crop)),
+        noise_rng=torch.Generator(dev).manual_seed(int(seeds[1])),
+        buffer_rng=torch.Generator().manual_seed(int(seeds[2])),
+        crop_rng=np.random.default_rng(int(seeds[3])),
+    )
+
+
+def train_step(state: RefinerState, sim: torch.Tensor, labels: torch.Tensor,
+               real: torch.Tensor) -> dict[str, float]:
+    """One discriminator and one refiner update; returns the losses as floats.
+
+    sim : (B, C, H, W) in [-1, 1]; labels : (B, H, W) int; real : (B', C, H, W) in [-1, 1].
+    """
+    cfg = state.config
+    G, D = state.generator, state.discriminator
+    sim, labels, real = (t.to(state.device) for t in (sim, labels, real))
+    segmap = semantic_map(labels, boundary_width=cfg.boundary_width)  # (B, 3, H, W)
+    G.train()
+    D.train()
+    with state.autocast():
+        refined = G(sim, segmap, generator=state.noise_rng)  # (B, C, H, W)
+
+    # discriminator: real vs. half fresh, half history
+    D.requires_grad_(True)
+    fake = state.buffer.mix(refined.detach().float(), state.buffer_rng)  # (B, C, H, W)
+    with state.autocast():
+        d_real = D(real)
+        d_fake = D(fake)
+    loss_d = d_hinge_loss(d_real, d_fake)
+    state.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    state.opt_d.step()
+
+    # refiner: fool D, stay close to the simulation
+    D.requires_grad_(False)
+    with state.autocast():
+        d_refined = D(refined)
+    loss_adv = g_hinge_loss(d_refined)
+    loss_reg = self_regularization(refined, sim, downsample=cfg.self_reg_downsample)
+    loss_g = loss_adv + cfg.self_reg * loss_reg
+    losses = {"d": loss_d.item(), "g_adv": loss_adv.item(), "self_reg": loss_reg.item()}
+    if cfg.feature_matching > 0:
+        loss_fm = feature_matching(d_real, d_refined)
+        loss_g = loss_g + cfg.feature_matching * loss_fm
+        losses["feature_matching"] = loss_fm.item()
+    state.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    state.opt_g.step()
+    D.requires_grad_(True)
+    state.step += 1
+    losses["g"] = loss_g.item()
+    return losses
+
+
+def save_checkpoint(path: str | os.PathLike, state: RefinerState) -> None:
+    """Write models, optimisers, buffer, step, every RNG state and the config, atomically."""
+    checkpoint = {
+        "cellsynth_version": __version__,
+        "step": state.step,
+        "channels": state.channels,
+        "bf16": state.bf16,
+        "config": to_dict(state.config),
+        "generator": state.generator.state_dict(),
+        "discriminator": state.discriminator.state_dict(),
+        "opt_g": state.opt_g.state_dict(),
+        "opt_d": state.opt_d.state_dict(),
+        "buffer": state.buffer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "noise_rng": state.noise_rng.get_state(),
+        "buffer_rng": state.buffer_rng.get_state(),
+        "crop_rng": state.crop_rng.bit_generator.state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict (tensors on CPU), with a clear error for a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated files
+        raise ImageReadError(f"{path}: cannot read checkpoint (corrupt or truncated?): "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                             ) from err
+    missing = {"step", "channels", "config", "generator"} - set(checkpoint)
+    if not isinstance(checkpoint, dict) or missing:
+        raise ImageReadError(f"{path}: not a cellsynth refiner checkpoint "
+                             f"(missing {', '.join(sorted(missing))})")
+    return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
+                    ) -> RefinerState:
+    """Rebuild the training state saved by :func:`save_checkpoint`."""
+    checkpoint = read_checkpoint(path)
+    config = from_dict(RefineConfig, checkpoint["config"], where=f"{path}: config")
+    state = new_state(config, checkpoint["channels"], device, bf16=checkpoint["bf16"])
+    state.generator.load_state_dict(checkpoint["generator"])
+    state.discriminator.load_state_dict(checkpoint["discriminator"])
+    state.opt_g.load_state_dict(checkpoint["opt_g"])
+    state.opt_d.load_state_dict(checkpoint["opt_d"])
+    state.buffer.load_state_dict(checkpoint["buffer"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    state.noise_rng.set_state(checkpoint["noise_rng"])
+    state.buffer_rng.set_state(checkpoint["buffer_rng"])
+    state.crop_rng.bit_generator.state = checkpoint["crop_rng"]
+    state.step = int(checkpoint["step"])
+    return state

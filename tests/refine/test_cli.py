@@ -1,0 +1,33 @@
+from cellsynth.cli import main
+from tests.conftest import make_dataset
+
+
+def test_cli_fit_and_generate(sim_dir, real_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["fit-refiner", "--sim", str(sim_dir), "--real", str(real_dir), "--out", str(run),
+            "--steps", "2", "--crop", "32", "--batch", "2", "--precision", "fp32", "--quiet"]
+    assert main(args) == 0
+    assert "refiner at step 2" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    resumed = list(args) + ["--resume"]
+    resumed[resumed.index("--steps") + 1] = "3"
+    assert main(resumed) == 0
+    assert "refiner at step 3" in capsys.readouterr().out
+    out = tmp_path / "refined"
+    assert main(["generate", "--refiner", str(run), "--sim", str(sim_dir), "--out", str(out),
+                 "--quiet"]) == 0
+    assert (out / "meta.json").is_file()
+
+
+def test_cli_errors_are_one_line(sim_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = main(["fit-refiner", "--sim", str(sim_dir), "--real", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "run"), "--crop", "32", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no images found" in err and len(err.strip().splitlines()) == 1
+    nolab = make_dataset(tmp_path / "nolab", labels=False)
+    code = main(["fit-refiner", "--sim", str(nolab), "--real", str(sim_dir),
+                 "--out", str(tmp_path / "run2"), "--crop", "32", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs labels" in err

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import tifffile
+
+from cellsynth.errors import DatasetError
+from cellsynth.io.datasets import write_dataset_meta
+from cellsynth.io.images import write_image
+from cellsynth.refine import data
+from cellsynth.refine.data import RealCrops, SimulatedCrops
+from tests.conftest import make_dataset
+
+
+def test_simulated_crops_keep_image_and_labels_aligned(tmp_path):
+    root = make_dataset(tmp_path / "sim", n=1, size=32)
+    sim = SimulatedCrops(root, 16)
+    image = sim.images[0][..., 0]
+    images, labels = sim.sample(8, np.random.default_rng(0))
+    assert images.shape == (8, 1, 16, 16) and labels.shape == (8, 16, 16)
+    for img, lab in zip(images[:, 0].numpy(), labels.numpy()):
+        # every crop pixel of a label must be found at the same place in some dihedral copy
+        found = False
+        for k in range(4):
+            for flip in (False, True):
+                full_img = data._dihedral(image, k, flip)
+                full_lab = data._dihedral(sim.labels[0], k, flip)
+                for y in range(17):
+                    for x in range(17):
+                        if np.array_equal(full_img[y:y + 16, x:x + 16], img):
+                            found |= np.array_equal(full_lab[y:y + 16, x:x + 16], lab)
+        assert found
+
+
+def test_sim_without_labels_is_a_clear_error(tmp_path):
+    root = make_dataset(tmp_path / "sim", labels=False)
+    with pytest.raises(DatasetError, match="needs labels"):
+        SimulatedCrops(root, 16)
+
+
+def test_empty_real_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "real").mkdir()
+    with pytest.raises(DatasetError, match="no images found"):
+        RealCrops(tmp_path / "real", 16, 3)
+
+
+def test_real_8_and_16_bit_normalise_alike_and_gray_becomes_rgb(tmp_path):
+    rng = np.random.default_rng(0)
+    gray8 = rng.integers(0, 256, (20, 20), dtype=np.uint8)
+    for name, image in (("r8", gray8), ("r16", gray8.astype(np.uint16) * 257)):
+        (tmp_path / name).mkdir()
+        write_image(tmp_path / name / "a.tif", image)
+    a = RealCrops(tmp_path / "r8", 20, 3)
+    b = RealCrops(tmp_path / "r16", 20, 3)
+    np.testing.assert_allclose(a.images[0], b.images[0], atol=1e-6)
+    assert a.images[0].shape == (20, 20, 3) and np.ptp(a.images[0], axis=-1).max() == 0
+    assert any("gray -> RGB" in n for n in a.notes)
+    assert a.images[0].min() >= -1 and a.images[0].max() <= 1
+
+
+def test_real_rgb_to_gray_and_rescaled_to_sim_pixel_size(tmp_path):
+    root = tmp_path / "real"
+    root.mkdir()
+    write_image(root / "a.png", np.full((40, 60, 3), 200, np.uint8))
+    write_dataset_meta(root, {"pixel_size_um": 1.0})
+    real = RealCrops(root, 16, 1, sim_pixel_size_um=0.5)
+    assert real.images[0].shape == (80, 120, 1)  # 1 um/px -> 0.5 um/px doubles the size
+    assert any("rescaled x2.000" in n for n in real.notes)
+    assert any("RGB -> gray" in n for n in real.notes)
+    override = RealCrops(root, 16, 1, sim_pixel_size_um=0.5, real_pixel_size_um=0.25)
+    assert override.images[0].shape == (20, 30, 1)
+
+
+def test_real_image_smaller_than_crop_is_a_clear_error(tmp_path):
+    (tmp_path / "real").mkdir()
+    write_image(tmp_path / "real" / "small.png", np.zeros((10, 30), np.uint8))
+    with pytest.raises(DatasetError, match=r"small.png: image is 10x30, smaller than"):
+        RealCrops(tmp_path / "real", 16, 1)
+
+
+def test_large_tiff_is_read_lazily_with_the_same_values(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 65535, (64, 48), dtype=np.uint16)
+    (tmp_path / "real").mkdir()
+    tifffile.imwrite(tmp_path / "real" / "big.tif", image)  # uncompressed: memory-mappable
+    eager = RealCrops(tmp_path / "real", 16, 1)
+    monkeypatch.setattr(data, "LAZY_PIXELS", 100)
+    lazy = RealCrops(tmp_path / "real", 16, 1)
+    assert lazy.lazy == [True] and isinstance(lazy.images[0], np.memmap)
+    a = eager.sample(5, np.random.default_rng(3))
+    b = lazy.sample(5, np.random.default_rng(3))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+
+from cellsynth.errors import ConfigError, OutputExistsError
+from cellsynth.refine import RefineConfig, fit, refine_config
+from cellsynth.refine.trainer import new_state, train_step
+
+
+def _log(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_discriminator_loss_decreases_on_a_fixed_batch(tiny):
+    state = new_state(RefineConfig(**{**tiny.__dict__, "lr_d": 1e-3}), 1)
+    gen = torch.Generator().manual_seed(0)
+    sim = torch.rand(2, 1, 32, 32, generator=gen) * 0.4 - 0.9  # dark simulated crops
+    labels = torch.randint(0, 3, (2, 32, 32), generator=gen)
+    real = torch.rand(2, 1, 32, 32, generator=gen) * 0.4 + 0.5  # bright real crops
+    losses = [train_step(state, sim, labels, real)["d"] for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+    assert state.step == 30
+
+
+def test_fit_writes_run_folder(tiny, sim_dir, real_dir, tmp_path):
+    run = tmp_path / "run"
+    summary = fit(tiny, sim_dir, real_dir, run, progress=False)
+    assert summary["step"] == 4
+    assert [r["step"] for r in _log(run)] == [1, 2, 3, 4]
+    assert {"d", "g_adv", "self_reg", "g"} <= set(_log(run)[0])
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "step_000002.png", "step_000004.png"]
+    assert refine_config(run / "config.yaml") == tiny
+    with pytest.raises(OutputExistsError, match="--resume"):
+        fit(tiny, sim_dir, real_dir, run, progress=False)
+
+
+def test_resume_continues_exactly(tiny, sim_dir, real_dir, tmp_path):
+    fit(tiny, sim_dir, real_dir, tmp_path / "straight", progress=False)
+    short = RefineConfig(**{**tiny.__dict__, "steps": 2})
+    fit(short, sim_dir, real_dir, tmp_path / "resumed", progress=False)
+    # a killed run may have logged past its checkpoint; resume must drop those lines
+    with open(tmp_path / "resumed" / "log.jsonl", "a") as log:
+        log.write(json.dumps({"step": 3, "d": 0.0}) + "\n" + '{"step": 4, "d"')
+    fit(tiny, sim_dir, real_dir, tmp_path / "resumed", resume=True, progress=False)
+    straight, resumed = _log(tmp_path / "straight"), _log(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(straight, resumed):
+        for key in ("d", "g_adv", "self_reg", "g"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["step"], key)
+
+
+def test_resume_refuses_a_different_experiment(tiny, sim_dir, real_dir, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(OutputExistsError, match="nothing to resume"):
+        fit(tiny, sim_dir, real_dir, run, resume=True, progress=False)
+    fit(RefineConfig(**{**tiny.__dict__, "steps": 1}), sim_dir, real_dir, run, progress=False)
+    changed = RefineConfig(**{**tiny.__dict__, "self_reg": 5.0})
+    with pytest.raises(ConfigError, match="self_reg"):
+        fit(changed, sim_dir, real_dir, run, resume=True, progress=False)
+
+
+def test_config_rejects_unknown_and_bad_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("crop: 64\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key.*learning_rate"):
+        refine_config(path)
+    with pytest.raises(ConfigError, match="crop must be a multiple of 4"):
+        refine_config(None, {"crop": 30})
+    assert refine_config(None, {"crop": 64, "seed": None}).crop == 64

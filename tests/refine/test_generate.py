@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+
+from cellsynth.errors import DatasetError
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.images import write_image, write_labels
+from cellsynth.refine import fit, label_fidelity, load_refiner, refine_dataset, refine_images
+from tests.conftest import make_dataset
+
+
+@pytest.fixture
+def run(tiny, sim_dir, real_dir, tmp_path):
+    fit(tiny, sim_dir, real_dir, tmp_path / "run", progress=False)
+    return tmp_path / "run"
+
+
+def test_generate_keeps_labels_byte_identical(run, sim_dir, tmp_path):
+    # one image of an odd size the generator cannot take directly
+    write_image(sim_dir / "images" / "odd.png", np.full((30, 37, 3), 120, np.uint8))
+    lab = np.zeros((30, 37), np.uint16)
+    lab[5:15, 5:20] = 7
+    write_labels(sim_dir / "labels" / "odd.tif", lab)
+    out = tmp_path / "refined"
+    summary = refine_dataset(run, sim_dir, out, batch=2, progress=False)
+    assert summary["n_images"] == 4
+    src, dst = load_dataset(sim_dir), load_dataset(out)
+    assert [s.id for s in src] == [s.id for s in dst]
+    for a, b in zip(src, dst):
+        assert a.label_path.read_bytes() == b.label_path.read_bytes()
+        assert b.read_image().shape == a.read_image().shape
+        assert b.read_image().dtype == np.uint8
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["refiner"]["step"] == 4 and meta["pixel_size_um"] == 0.5
+    assert 0 <= meta["label_fidelity"]["preserved"] <= 1
+    assert (out / "preview.png").is_file()
+
+
+def test_generate_is_seeded(run, sim_dir):
+    refiner = load_refiner(run)
+    ds = load_dataset(sim_dir)
+    images, labels = zip(*(s.read() for s in ds))
+    a = refine_images(refiner, images, labels, seed=1)
+    b = refine_images(refiner, images, labels, seed=1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_generate_needs_labels_and_matching_channels(run, tmp_path):
+    no_labels = make_dataset(tmp_path / "nolab", rgb=True, labels=False)
+    with pytest.raises(DatasetError, match="no label file"):
+        refine_dataset(run, no_labels, tmp_path / "out1", progress=False)
+    gray = make_dataset(tmp_path / "gray", rgb=False)
+    with pytest.raises(DatasetError, match="1 channel"):
+        refine_dataset(run, gray, tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists()  # nothing half-written
+
+
+def test_label_fidelity_by_hand():
+    labels = np.zeros((20, 20), np.uint16)
+    labels[5:12, 5:12] = 1
+    sim = np.full((20, 20), 200, np.uint8)
+    sim[labels > 0] = 60  # a dark cell on a bright background
+    same = label_fidelity([sim], [sim], [labels])
+    assert same.n_instances == 1 and same.preserved == 1.0
+    inverted = label_fidelity([sim], [255 - sim], [labels])
+    assert inverted.contrast_preserved == 0.0 and inverted.preserved == 0.0
+    grown = sim.copy()
+    grown[2:15, 2:15] = 60  # the cell grew 3 px past its label: no edge where the label is
+    result = label_fidelity([sim], [grown], [labels])
+    assert result.contrast_preserved == 1.0 and result.boundary_preserved == 0.0
