@@ -125,18 +125,68 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- fit-refiner / generate (cellsynth.refine) -----------------------------------------------
+
+def _cmd_fit_refiner(args: argparse.Namespace) -> int:
+    from cellsynth.config import load_yaml
+    from cellsynth.refine import fit, refine_config
+
+    options = {"steps": args.steps, "crop": args.crop, "batch": args.batch,
+               "self_reg": args.self_reg, "seed": args.seed, "precision": args.precision,
+               "real_pixel_size_um": args.real_pixel_size}
+    data = {}
+    if args.resume and (args.out / "config.yaml").is_file():
+        data.update(load_yaml(args.out / "config.yaml"))  # a resumed run keeps its settings
+    if args.config is not None:
+        data.update(load_yaml(args.config))
+    config = refine_config(None, {**data, **{k: v for k, v in options.items() if v is not None}})
+    summary = fit(config, args.sim, args.real, args.out, resume=args.resume, force=args.force,
+                  device=args.device, max_minutes=args.max_minutes, progress=not args.quiet)
+    losses = ", ".join(f"{k} {v:.3f}" for k, v in summary["losses"].items())
+    print(f"refiner at step {summary['step']} ({summary['steps_per_s']:.2f} steps/s, "
+          f"{'bf16' if summary['bf16'] else 'fp32'}): {losses}")
+    print(f"samples: {args.out / 'samples'}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from cellsynth.refine import refine_dataset
+
+    summary = refine_dataset(args.refiner, args.sim, args.out, batch=args.batch,
+                             device=args.device, seed=args.seed, force=args.force,
+                             progress=not args.quiet)
+    fid = summary["fidelity"]
+    print(f"refined {summary['n_images']} images ({summary['images_per_s']:.1f} images/s) "
+          f"into {args.out}; label fidelity {fid['preserved']:.3f} of {fid['n_instances']} "
+          f"instances")
+    print(f"preview: {Path(args.out) / 'preview.png'}")
+    return 0
+
+
 # --- demo ------------------------------------------------------------------------------------
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from cellsynth.simulate import simulation_config, write_simulation
+    from cellsynth.demo import demo
 
-    out = Path(args.out)
-    config = simulation_config("merker")
-    summary = write_simulation(config, n=32, size=256, seed=0, out=out, workers=2,
-                               force=args.force, progress=True)
-    print(f"demo: simulated {summary['n_images']} Merker-style images "
-          f"({summary['n_instances']} cells) into {out}")
-    print(f"demo: look at {out / 'preview.png'}")
+    report = demo(args.out, force=args.force, progress=not args.quiet)
+    print(f"demo finished: open {report}")
+    return 0
+
+
+# --- run / report (cellsynth.pipeline) -------------------------------------------------------
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from cellsynth.pipeline import load_pipeline_config, run
+
+    summaries = run(load_pipeline_config(args.config), args.out, progress=not args.quiet)
+    print(f"run finished ({', '.join(summaries)}): open {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cellsynth.evaluate.report import write_report
+
+    print(f"wrote {write_report(args.run)}")
     return 0
 
 
@@ -218,9 +268,53 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("demo", help="run the pipeline on an embedded default")
+    p = sub.add_parser("fit-refiner", help="train a SPADE refiner on simulated + real images")
+    p.add_argument("--sim", type=Path, required=True, help="simulated dataset (with labels)")
+    p.add_argument("--real", type=Path, required=True,
+                   help="folder of real images, any size (labels ignored)")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--steps", type=_positive_int, help="total training steps")
+    p.add_argument("--crop", type=_positive_int, help="training crop side (default 128)")
+    p.add_argument("--batch", type=_positive_int, help="batch size (default 4)")
+    p.add_argument("--self-reg", type=float, help="self-regularisation weight (default 1.0)")
+    p.add_argument("--seed", type=_nonnegative_int)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"),
+                   help="bf16 autocast or fp32 (default auto: bf16 where supported)")
+    p.add_argument("--real-pixel-size", type=_positive_float,
+                   help="pixel size of the real images in um (default: their meta.json)")
+    p.add_argument("--config", type=Path, help="YAML file of refiner settings")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-minutes", type=_positive_float, help="stop (with a checkpoint) after")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fit_refiner)
+
+    p = sub.add_parser("generate", help="refine a simulated dataset with a trained refiner")
+    p.add_argument("--refiner", type=Path, required=True, help="run folder or checkpoint file")
+    p.add_argument("--sim", type=Path, required=True, help="simulated dataset (with labels)")
+    p.add_argument("--out", type=Path, required=True, help="output dataset folder")
+    p.add_argument("--batch", type=_positive_int, default=8, help="images per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the noise input")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("run", help="run the whole pipeline from a YAML config")
+    p.add_argument("config", type=Path, help="pipeline YAML (see configs/)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (re-run to continue)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="write RUN/report.html for a run folder")
+    p.add_argument("run", type=Path)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("demo", help="the whole pipeline on bundled data, in minutes")
     p.add_argument("--out", type=Path, default=Path("cellsynth-demo"))
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
     return parser
 
