@@ -103,8 +103,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--skip-refined", action="store_true",
                         help="only the settings that need no refiner")
+    parser.add_argument("--refiner", help="use this refiner run instead of fitting one")
     args = parser.parse_args()
-    cfg = from_dict(ExperimentConfig, load_yaml(args.config), where=str(args.config))
+    data = load_yaml(args.config)
+    if args.refiner:
+        data["refiner"] = args.refiner
+    cfg = from_dict(ExperimentConfig, data, where=str(args.config))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", to_dict(cfg))
