@@ -23,6 +23,19 @@ def test_discriminator_loss_decreases_on_a_fixed_batch(tiny):
     assert state.step == 30
 
 
+def test_d_steps_updates_the_discriminator_per_chunk_of_real_crops(tiny):
+    state = new_state(RefineConfig(**{**tiny.__dict__, "d_steps": 3}), 1)
+    gen = torch.Generator().manual_seed(0)
+    sim = torch.rand(2, 1, 32, 32, generator=gen) * 2 - 1
+    labels = torch.randint(0, 3, (2, 32, 32), generator=gen)
+    train_step(state, sim, labels, torch.rand(6, 1, 32, 32, generator=gen))
+    assert state.step == 1
+    assert all(int(s["step"]) == 3 for s in state.opt_d.state.values())
+    assert all(int(s["step"]) == 1 for s in state.opt_g.state.values())
+    with pytest.raises(ValueError, match="d_steps=3"):
+        train_step(state, sim, labels, torch.rand(4, 1, 32, 32, generator=gen))
+
+
 def test_fit_writes_run_folder(tiny, sim_dir, real_dir, tmp_path):
     run = tmp_path / "run"
     summary = fit(tiny, sim_dir, real_dir, run, progress=False)
@@ -36,7 +49,10 @@ def test_fit_writes_run_folder(tiny, sim_dir, real_dir, tmp_path):
         fit(tiny, sim_dir, real_dir, run, progress=False)
 
 
-def test_resume_continues_exactly(tiny, sim_dir, real_dir, tmp_path):
+@pytest.mark.parametrize("options", [{}, {"d_steps": 2, "self_reg_normalize": True,
+                                                "saturation_margin": 0.05}])
+def test_resume_continues_exactly(tiny, sim_dir, real_dir, tmp_path, options):
+    tiny = RefineConfig(**{**tiny.__dict__, **options})
     fit(tiny, sim_dir, real_dir, tmp_path / "straight", progress=False)
     short = RefineConfig(**{**tiny.__dict__, "steps": 2})
     fit(short, sim_dir, real_dir, tmp_path / "resumed", progress=False)
@@ -61,6 +77,16 @@ def test_resume_refuses_a_different_experiment(tiny, sim_dir, real_dir, tmp_path
         fit(changed, sim_dir, real_dir, run, resume=True, progress=False)
 
 
+def test_resume_a_checkpoint_from_before_new_options(tiny, sim_dir, real_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(RefineConfig(**{**tiny.__dict__, "steps": 1}), sim_dir, real_dir, run, progress=False)
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
+    for key in ("d_steps", "self_reg_normalize", "saturation_margin"):
+        del checkpoint["config"][key]
+    torch.save(checkpoint, run / "last.pt")
+    assert fit(tiny, sim_dir, real_dir, run, resume=True, progress=False)["step"] == 4
+
+
 def test_config_rejects_unknown_and_bad_values(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("crop: 64\nlearning_rate: 0.1\n")
@@ -68,4 +94,8 @@ def test_config_rejects_unknown_and_bad_values(tmp_path):
         refine_config(path)
     with pytest.raises(ConfigError, match="crop must be a multiple of 4"):
         refine_config(None, {"crop": 30})
+    with pytest.raises(ConfigError, match="d_steps must be >= 1"):
+        refine_config(None, {"d_steps": 0})
+    with pytest.raises(ConfigError, match="saturation_margin"):
+        refine_config(None, {"saturation_margin": 0.5})
     assert refine_config(None, {"crop": 64, "seed": None}).crop == 64

@@ -39,6 +39,17 @@ def test_self_regularization_downsampled_ignores_fine_texture():
     assert self_regularization(sim + 0.25, sim, downsample=2).item() == pytest.approx(0.25)
 
 
+def test_self_regularization_normalized_ignores_brightness_and_contrast():
+    gen = torch.Generator().manual_seed(0)
+    sim = torch.rand(2, 1, 8, 8, generator=gen) * 2 - 1
+    dimmer = 0.4 * sim - 0.5  # same layout, a third of the contrast, darker
+    assert self_regularization(dimmer, sim).item() > 0.3
+    # only eps (which keeps flat crops from blowing up) leaves a small residual
+    assert self_regularization(dimmer, sim, normalize=True).item() < 0.1
+    # a changed layout still costs
+    assert self_regularization(sim.flip(-1), sim, normalize=True).item() > 0.8
+
+
 def test_history_buffer_mixes_half_and_round_trips():
     buf = HistoryBuffer(4, (1, 2, 2))
     gen = torch.Generator().manual_seed(0)

@@ -49,6 +49,16 @@ def test_generator_shapes_and_identity_at_init(channels, size):
     torch.testing.assert_close(out, image, atol=1e-5, rtol=0)  # residual starts at identity
 
 
+def test_generator_margin_clamps_saturated_pixels_only():
+    g = SPADEGenerator(1, width=6, blocks=1, hidden=4, margin=0.05)
+    image = torch.tensor([-1.0, -0.5, 0.0, 0.9, 1.0]).repeat(4, 4)[None, None, :4, :8]
+    seg = semantic_map(torch.zeros(1, 4, 8, dtype=torch.long))
+    out = g(image, seg, generator=torch.Generator().manual_seed(0))  # delta = 0 at init
+    torch.testing.assert_close(out, image.clamp(-0.95, 0.95), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="margin"):
+        SPADEGenerator(1, margin=0.0)
+
+
 def test_generator_output_bounded_and_seeded():
     g = SPADEGenerator(3, width=6, blocks=1, hidden=4)
     torch.nn.init.normal_(g.out.weight, std=10.0)  # a wild refiner

@@ -25,13 +25,20 @@ class RefineConfig:
     spade_hidden: int = 32  # hidden channels of each SPADE's shared conv
     boundary_width: int = 2  # inner-boundary thickness of the semantic map, pixels
     noise: bool = True  # one extra input channel of N(0, 1) noise
+    # sim is clamped to +-(1 - margin) before the refiner's atanh residual; larger lets it dim
+    # saturated nuclei smoothly (1e-3 left speckles in dimmed bright nuclei)
+    saturation_margin: float = 1e-3
     # discriminator (multi-scale PatchGAN with spectral norm)
     d_width: int = 32
     d_layers: int = 3  # stride-2 convs per scale; receptive field ~ 2**(layers+2) pixels
     d_scales: int = 2
+    d_steps: int = 1  # discriminator updates per refiner step, each on its own real crops
     # losses (S+U, Shrivastava et al. 2017): hinge GAN + lambda * self-regularisation
     self_reg: float = 1.0  # weight of the L1 between refined and simulated images
     self_reg_downsample: int = 2  # average-pool factor before the L1 (1 = full resolution)
+    # standardise each crop (per channel: minus mean, over std) before the L1, so the refiner may
+    # change global brightness and contrast freely (the adversarial loss sets them) but not layout
+    self_reg_normalize: bool = False
     # weight of the L1 between batch-mean D features of real and refined crops: a low-variance
     # pull towards real colour/texture statistics while D is still weak (0 disables)
     feature_matching: float = 10.0
@@ -52,8 +59,8 @@ class RefineConfig:
 
     def __post_init__(self) -> None:
         positive = ("crop", "batch", "width", "blocks", "spade_hidden", "boundary_width",
-                    "d_width", "d_layers", "d_scales", "self_reg_downsample", "buffer_size",
-                    "steps", "log_every", "sample_every", "checkpoint_every")
+                    "d_width", "d_layers", "d_scales", "d_steps", "self_reg_downsample",
+                    "buffer_size", "steps", "log_every", "sample_every", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -73,6 +80,9 @@ class RefineConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
+        if not 0 < self.saturation_margin < 0.5:
+            raise ValueError(f"saturation_margin must be in (0, 0.5), got "
+                             f"{self.saturation_margin}")
         if self.real_pixel_size_um is not None and not self.real_pixel_size_um > 0:
             raise ValueError(f"real_pixel_size_um must be > 0, got {self.real_pixel_size_um}")
         if self.seed < 0:

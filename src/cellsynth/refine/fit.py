@@ -66,6 +66,8 @@ def _prepare_run(out: Path, resume: bool, force: bool) -> None:
 
 def _check_resume_config(saved: dict[str, Any], config: RefineConfig, out: Path) -> None:
     given = to_dict(config)
+    # a key the checkpoint lacks was added later; the run used its default
+    saved = {**to_dict(RefineConfig()), **saved}
     changed = sorted(k for k in given if k not in _RESUMABLE and given[k] != saved.get(k))
     if changed:
         raise ConfigError(f"{out / CHECKPOINT}: cannot resume with a different "
@@ -176,7 +178,7 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     with bar, open(out / LOG, "a") as log:
         while state.step < config.steps:
             sim_crops, labels = sim.sample(config.batch, state.crop_rng)
-            real_crops = real.sample(config.batch, state.crop_rng)
+            real_crops = real.sample(config.batch * config.d_steps, state.crop_rng)
             losses = train_step(state, sim_crops, labels, real_crops)
             step = state.step
             elapsed = time.perf_counter() - started

@@ -28,11 +28,13 @@ def g_hinge_loss(fake: Outputs) -> torch.Tensor:
 
 
 def self_regularization(refined: torch.Tensor, simulated: torch.Tensor, *,
-                        downsample: int = 1) -> torch.Tensor:
+                        downsample: int = 1, normalize: bool = False) -> torch.Tensor:
     """L1 between refined and simulated images (SimGAN Eq. 3, ``psi`` = average pooling).
 
     Pooling by ``downsample`` first lets the refiner change fine texture freely while keeping
-    intensities at cell scale, hence the layout given by the labels.
+    intensities at cell scale, hence the layout given by the labels. ``normalize`` standardises
+    each image and channel first, ``(x - mean) / (std + eps)``, so a global change of brightness
+    or contrast costs nothing (e.g. simulated nuclei brighter than real ones).
 
     refined, simulated : (B, C, H, W).
     """
@@ -42,7 +44,17 @@ def self_regularization(refined: torch.Tensor, simulated: torch.Tensor, *,
     a, b = refined.float(), simulated.float()
     if downsample > 1:
         a, b = F.avg_pool2d(a, downsample), F.avg_pool2d(b, downsample)
+    if normalize:
+        a, b = _standardize(a), _standardize(b)
     return (a - b).abs().mean()
+
+
+def _standardize(x: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
+    """(B, C, H, W) -> zero mean, unit std per image and channel; ``eps`` (in [-1, 1] units)
+    keeps near-empty crops (background noise only) from being blown up."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True)
+    return (x - mean) / (std + eps)
 
 
 def feature_matching(real: Outputs, fake: Outputs) -> torch.Tensor:

@@ -125,11 +125,18 @@ class SPADEGenerator(nn.Module):
     hidden : SPADE hidden channels.
     noise : add one N(0, 1) noise input channel.
     label_nc : semantic-map channels.
+    margin : ``sim`` is clamped to ``[-1 + margin, 1 - margin]`` before ``atanh``; a larger
+        margin lets the refiner dim saturated simulated pixels with a small ``delta`` (with
+        1e-3 they sit at atanh = 3.8 and come out as speckles inside dimmed nuclei).
     """
 
     def __init__(self, channels: int, *, width: int = 48, blocks: int = 3, hidden: int = 32,
-                 noise: bool = True, label_nc: int = len(SEMANTIC_CHANNELS)) -> None:
+                 noise: bool = True, label_nc: int = len(SEMANTIC_CHANNELS),
+                 margin: float = _EPS) -> None:
         super().__init__()
+        if not 0 < margin < 1:
+            raise ValueError(f"SPADEGenerator: margin must be in (0, 1), got {margin}")
+        self.margin = margin
         if channels not in (1, 3):
             raise ValueError(f"SPADEGenerator: channels must be 1 or 3, got {channels}")
         if width < 3 or blocks < 1:
@@ -174,5 +181,5 @@ class SPADEGenerator(nn.Module):
         x = F.interpolate(x, scale_factor=2.0, mode="bilinear")  # (B, c1, H, W)
         x = torch.cat([x, f0], dim=1)  # (B, c1 + c0, H, W)
         delta = self.out(F.leaky_relu(self.norm_out(x, segmap), 0.2))  # (B, C, H, W)
-        base = torch.atanh(image.clamp(-1 + _EPS, 1 - _EPS))
+        base = torch.atanh(image.clamp(-1 + self.margin, 1 - self.margin))
         return torch.tanh(base + delta.to(base.dtype))  # (B, C, H, W) in (-1, 1)

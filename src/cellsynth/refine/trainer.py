@@ -1,9 +1,11 @@
 """One S+U training step and the exact-resume checkpoint of everything that step depends on.
 
-A step (Shrivastava et al. 2017, Algorithm 1 with k_d = k_g = 1, hinge loss of SPADE):
+A step (Shrivastava et al. 2017, Algorithm 1 with k_g = 1, k_d = ``d_steps``, hinge loss of
+SPADE):
 
 1. refine a batch of simulated crops, ``refined = G(sim, semantic_map(labels))``;
-2. discriminator: hinge loss on real crops vs. half fresh / half history refined crops;
+2. discriminator, ``d_steps`` times: hinge loss on a fresh chunk of real crops vs. the same
+   half fresh / half history refined crops;
 3. refiner: ``-D(refined) + self_reg * |pool(refined) - pool(sim)|_1 (+ feature matching)``.
 
 :class:`RefinerState` holds the models, optimisers, history buffer and every random generator,
@@ -66,7 +68,8 @@ def resolve_precision(precision: str, device: torch.device) -> bool:
 
 def build_generator(config: RefineConfig, channels: int) -> SPADEGenerator:
     return SPADEGenerator(channels, width=config.width, blocks=config.blocks,
-                          hidden=config.spade_hidden, noise=config.noise)
+                          hidden=config.spade_hidden, noise=config.noise,
+                          margin=config.saturation_margin)
 
 
 @dataclass
@@ -117,9 +120,11 @@ def new_state(config: RefineConfig, channels: int, device: str | torch.device = 
 
 def train_step(state: RefinerState, sim: torch.Tensor, labels: torch.Tensor,
                real: torch.Tensor) -> dict[str, float]:
-    """One discriminator and one refiner update; returns the losses as floats.
+    """``d_steps`` discriminator updates and one refiner update; returns the losses as floats.
 
-    sim : (B, C, H, W) in [-1, 1]; labels : (B, H, W) int; real : (B', C, H, W) in [-1, 1].
+    sim : (B, C, H, W) in [-1, 1]; labels : (B, H, W) int; real : (B', C, H, W) in [-1, 1],
+    split into ``d_steps`` equal chunks, one per discriminator update (the last one also feeds
+    the refiner's feature matching).
     """
     cfg = state.config
     G, D = state.generator, state.discriminator
@@ -131,22 +136,27 @@ def train_step(state: RefinerState, sim: torch.Tensor, labels: torch.Tensor,
         refined = G(sim, segmap, generator=state.noise_rng)  # (B, C, H, W)
 
     # discriminator: real vs. half fresh, half history
+    if real.shape[0] % cfg.d_steps:
+        raise ValueError(f"train_step: {real.shape[0]} real crops do not split into "
+                         f"d_steps={cfg.d_steps} chunks")
     D.requires_grad_(True)
     fake = state.buffer.mix(refined.detach().float(), state.buffer_rng)  # (B, C, H, W)
-    with state.autocast():
-        d_real = D(real)
-        d_fake = D(fake)
-    loss_d = d_hinge_loss(d_real, d_fake)
-    state.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    state.opt_d.step()
+    for real_chunk in real.chunk(cfg.d_steps):
+        with state.autocast():
+            d_real = D(real_chunk)
+            d_fake = D(fake)
+        loss_d = d_hinge_loss(d_real, d_fake)
+        state.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        state.opt_d.step()
 
     # refiner: fool D, stay close to the simulation
     D.requires_grad_(False)
     with state.autocast():
         d_refined = D(refined)
     loss_adv = g_hinge_loss(d_refined)
-    loss_reg = self_regularization(refined, sim, downsample=cfg.self_reg_downsample)
+    loss_reg = self_regularization(refined, sim, downsample=cfg.self_reg_downsample,
+                                   normalize=cfg.self_reg_normalize)
     loss_g = loss_adv + cfg.self_reg * loss_reg
     losses = {"d": loss_d.item(), "g_adv": loss_adv.item(), "self_reg": loss_reg.item()}
     if cfg.feature_matching > 0:
