@@ -19,7 +19,7 @@ from typing import Any
 
 from cellsynth.errors import CellsynthError, OutputExistsError
 
-__all__ = ["atomic_path", "write_json", "staged_output_dir"]
+__all__ = ["atomic_path", "write_json", "staged_output_dir", "prepare_run_dir"]
 
 
 @contextlib.contextmanager
@@ -89,3 +89,25 @@ def staged_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterato
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def prepare_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
+                    checkpoint: str = "last.pt") -> Path:
+    """Make a training run folder ready: check a resumable checkpoint, or start empty.
+
+    A non-empty folder is only replaced with ``force``; ``resume`` needs ``checkpoint`` in it.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    if resume:
+        if not (out / checkpoint).is_file():
+            raise OutputExistsError(f"{out}: nothing to resume, no {checkpoint} in it")
+        return out
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise OutputExistsError(f"{out}: run folder exists and is not empty "
+                                    f"(use --resume to continue it or --force to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -24,8 +23,8 @@ import torch
 
 from cellsynth import __version__
 from cellsynth.config import save_yaml, to_dict
-from cellsynth.errors import ConfigError, OutputExistsError
-from cellsynth.io.files import write_json
+from cellsynth.errors import ConfigError
+from cellsynth.io.files import prepare_run_dir, write_json
 from cellsynth.io.images import to_uint8, write_image
 from cellsynth.refine.config import RefineConfig
 from cellsynth.refine.data import RealCrops, SimulatedCrops
@@ -47,21 +46,6 @@ LOG = "log.jsonl"
 _SAMPLE_ROWS = 4
 # options that may change when a run is resumed; anything else would change the experiment
 _RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every"}
-
-
-def _prepare_run(out: Path, resume: bool, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a folder")
-    if resume:
-        if not (out / CHECKPOINT).is_file():
-            raise OutputExistsError(f"{out}: nothing to resume, no {CHECKPOINT} in it")
-        return
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise OutputExistsError(f"{out}: run folder exists and is not empty "
-                                    f"(use --resume to continue it or --force to replace it)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _check_resume_config(saved: dict[str, Any], config: RefineConfig, out: Path) -> None:
@@ -143,7 +127,7 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    _prepare_run(out, resume, force)
+    prepare_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT)
     if resume:
         saved = read_checkpoint(out / CHECKPOINT)
         _check_resume_config(saved["config"], config, out)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ import numpy as np
 import torch
 
 from cellsynth.config import from_dict, save_yaml, to_dict
-from cellsynth.errors import CellsynthError, ConfigError, OutputExistsError
+from cellsynth.errors import CellsynthError, ConfigError
+from cellsynth.io.files import prepare_run_dir
 from cellsynth.segment.data import Augment, CropSampler, LabeledImage, load_labeled
 
 __all__ = ["TrainConfig", "train", "THRESHOLD_GRID"]
@@ -78,19 +78,6 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-
-
-def _prepare_run(out: Path, resume: bool, force: bool) -> None:
-    if resume:
-        if not (out / "last.pt").is_file():
-            raise CellsynthError(f"{out}: nothing to resume (no last.pt)")
-        return
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise OutputExistsError(f"{out}: run folder exists and is not empty "
-                                    f"(use --resume to continue it or --force to replace it)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 class _Log:
@@ -187,7 +174,7 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     out = Path(out)
     rank, world = _dist()
     if rank == 0:
-        _prepare_run(out, resume, force)
+        prepare_run_dir(out, resume=resume, force=force)
     if world > 1:
         torch.distributed.barrier()
     items = load_labeled(data, pixel_size_um=config.pixel_size_um)
