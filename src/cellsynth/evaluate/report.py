@@ -185,7 +185,7 @@ def write_report(run: str | os.PathLike) -> Path:
     config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
     state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
     stage_rows = [[name, "done" if s.get("done") else "not finished", s.get("seconds", "")]
-                  for name, s in state.items()]
+                  for name, s in state.items() if name != "report"]  # report: this page
     body = [f"<h1>cellsynth report: {html.escape(run.name)}</h1>",
             _table(["stage", "status", "seconds"], stage_rows) if stage_rows else "",
             "<h2>Samples</h2>" + _samples(run), _refiner(run), _realism(run), _training(run),

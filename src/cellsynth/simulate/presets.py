@@ -263,7 +263,7 @@ def _he() -> SimulationConfig:
                               grain_um=0.8, mottle_um=5.0, halo=0.3, halo_um=0.8, fibres=20.0,
                               fibre_stain=0.2, fibre_length_um=(10.0, 50.0)),
         layers=Layers(period_um=(60.0, 200.0), density_contrast=0.7, size_contrast=0.1),
-        vessels=Vessels(density=1.0, width_um=(4.0, 15.0), length_um=(15.0, 60.0), lumen=0.05,
+        vessels=Vessels(density=0.5, width_um=(4.0, 15.0), length_um=(15.0, 60.0), lumen=0.3,
                         endothelial_per_100um=6.0, endothelial_stain=(0.6, 1.0)),
         optics=Optics(blur_um=0.3, shot_noise=0.012, read_noise=0.005),
     )
