@@ -24,7 +24,7 @@ from skimage.measure import label as connected_components
 
 from cellsynth.simulate.optics import add_camera_noise, blur, to_intensity
 from cellsynth.simulate.presets import CellType, SimulationConfig
-from cellsynth.simulate.shapes import Shape, grid, polar_shape, radius_profiles
+from cellsynth.simulate.shapes import Shape, polar_shape, radius_profiles
 from cellsynth.simulate.texture import band_noise, gaussian_blur_fft, smooth_field, upsample
 
 __all__ = ["render_scene"]
@@ -309,32 +309,52 @@ def _background(config: SimulationConfig, rng: np.random.Generator, labels: np.n
 
 def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.ndarray,
                  labels: np.ndarray, cells: list[_Cell]) -> None:
-    """Paint every labeled cell where (and only where) the label map holds its id."""
+    """Paint every labeled cell where (and only where) the label map holds its id.
+
+    The per-cell loop only scatters each cell's normalised radius into a full-size map and
+    collects its parameters in tables indexed by label id; the appearance (soft edge,
+    granules, nucleus, nucleolus) is then computed for all labeled pixels at once.
+    """
+    if not cells:
+        return
     height, width = labels.shape
     px = config.pixel_size_um
     granules = band_noise(rng, labels.shape, (0.35 / px, 1.0 / px), (1.0, 0.6))
+    n = len(cells) + 1
+    far = np.float32(1e6)  # centre of an absent nucleus: never within reach
+    stain, texture, sharpness = (np.zeros(n, np.float32) for _ in range(3))
+    nucleus = np.full((n, 4), [far, far, 0, 1], np.float32)    # y, x, radius, relative stain
+    nucleolus = np.full((n, 4), [far, far, 0, 0], np.float32)  # y, x, radius, absolute stain
+    rho = np.ones(labels.shape, np.float32)
     for new_id, cell in enumerate(cells, start=1):
         image_sl, patch_sl = _patch_slices(cell, height, width)
         visible = labels[image_sl] == new_id
+        rho[image_sl][visible] = cell.shape.rho[patch_sl][visible]
         kind = cell.kind
-        rho = cell.shape.rho[patch_sl]
-        edge_px = max(kind.edge_um / px, 0.5)
-        weight = np.clip(0.5 + (1.0 - rho) * (cell.radius_px / edge_px), 0.0, 1.0)
-        body = cell.stain * (1.0 + kind.texture * granules[image_sl])
-        if cell.nucleus is not None or cell.nucleolus is not None:
-            gy, gx = grid(cell.shape.cy)
-            gy, gx = gy[patch_sl[0], :], gx[:, patch_sl[1]]
-            if cell.nucleus is not None:
-                dy, dx, rn = cell.nucleus
-                w_n = np.clip(0.5 + rn - np.hypot(gy - dy, gx - dx), 0.0, 1.0)
-                body = body * (1.0 - (1.0 - kind.nucleus_stain) * w_n)
-            if cell.nucleolus is not None:
-                dy, dx, rnn = cell.nucleolus
-                w_nn = np.clip(0.5 + rnn - np.hypot(gy - dy, gx - dx), 0.0, 1.0)
-                body = body + (cell.stain * kind.nucleolus_stain - body) * w_nn
-        background = main[image_sl]
-        painted = background + (body - background) * weight
-        background[visible] = painted[visible]
+        stain[new_id], texture[new_id] = cell.stain, kind.texture
+        sharpness[new_id] = cell.radius_px / max(kind.edge_um / px, 0.5)
+        if cell.nucleus is not None:
+            dy, dx, rn = cell.nucleus
+            nucleus[new_id] = (cell.y + dy, cell.x + dx, rn, kind.nucleus_stain)
+        if cell.nucleolus is not None:
+            dy, dx, rnn = cell.nucleolus
+            nucleolus[new_id] = (cell.y + dy, cell.x + dx, rnn,
+                                 cell.stain * kind.nucleolus_stain)
+    index = np.flatnonzero(labels)
+    ids = labels.reshape(-1)[index]
+    ys, xs = np.divmod(index, width)
+    ys, xs = ys.astype(np.float32), xs.astype(np.float32)
+    weight = np.clip(0.5 + (1.0 - rho.reshape(-1)[index]) * sharpness[ids], 0.0, 1.0)
+    body = stain[ids] * (1.0 + texture[ids] * granules.reshape(-1)[index])
+    ny, nx, nr, nstain = nucleus[ids].T
+    w_n = np.clip(0.5 + nr - np.hypot(ys - ny, xs - nx), 0.0, 1.0)
+    body *= 1.0 - (1.0 - nstain) * w_n
+    ny, nx, nr, nstain = nucleolus[ids].T
+    w_nn = np.clip(0.5 + nr - np.hypot(ys - ny, xs - nx), 0.0, 1.0)
+    body += (nstain - body) * w_nn
+    flat = main.reshape(-1)  # a view: main is contiguous
+    background = flat[index]
+    flat[index] = background + (body - background) * weight
 
 
 def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.random.Generator
