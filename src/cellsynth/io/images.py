@@ -18,6 +18,7 @@ from cellsynth.io.files import atomic_path
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "match_channels",
     "read_image",
     "read_labels",
     "to_float",
@@ -124,6 +125,24 @@ def to_float(image: np.ndarray) -> np.ndarray:
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(image.astype(np.float32), 0.0, 1.0)
     raise ValueError(f"to_float: unsupported dtype {image.dtype}")
+
+
+def match_channels(image: np.ndarray, channels: int, *, where: str | None = None) -> np.ndarray:
+    """(H, W) or (H, W, 3) float image -> (H, W, channels) float32, converting gray <-> RGB.
+
+    RGB -> gray uses the ITU-R 709 luma weights of ``skimage.color.rgb2gray``. With ``where``
+    (a file name) a conversion is announced with a warning.
+    """
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == channels:
+        return image.astype(np.float32, copy=False)
+    if where is not None:
+        what = "converting RGB image to gray" if channels == 1 else "replicating gray to RGB"
+        warnings.warn(f"{where}: {what} for a {channels}-channel model", stacklevel=2)
+    if channels == 1:
+        return (image @ np.array([0.2125, 0.7154, 0.0721], np.float32))[..., None]
+    return np.repeat(image, 3, axis=-1).astype(np.float32, copy=False)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from cellsynth.errors import DatasetError, ImageReadError
-from cellsynth.io.datasets import load_dataset
-from cellsynth.io.images import read_image, to_float
+from cellsynth.io.datasets import Dataset, load_dataset
+from cellsynth.io.images import match_channels, read_image, to_float
 
-__all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS"]
+__all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS", "load_simulated"]
 
 LAZY_PIXELS = 8192 * 8192  # larger (uncompressed) TIFFs are memory-mapped, not decoded
 
@@ -29,15 +29,16 @@ def _channels(image: np.ndarray) -> int:
     return 3 if image.ndim == 3 else 1
 
 
-def _match_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """(H, W) or (H, W, 3) float in [0, 1] -> (H, W, channels) float32."""
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == channels:
-        return image.astype(np.float32, copy=False)
-    if channels == 1:  # ITU-R 601 luma, as skimage.color.rgb2gray
-        return (image @ np.array([0.2125, 0.7154, 0.0721], np.float32))[..., None]
-    return np.repeat(image, 3, axis=-1)
+def load_simulated(root: str | os.PathLike) -> Dataset:
+    """A simulated dataset; every image needs its labels (the refiner is conditioned on them
+    and generate copies them)."""
+    dataset = load_dataset(root)
+    if not dataset.has_labels:
+        missing = [s.image_path.name for s in dataset if s.label_path is None]
+        raise DatasetError(f"{dataset.root}: simulated dataset needs labels, but "
+                           f"{len(missing)} image(s) have no label file (e.g. {missing[0]}); "
+                           f"expected {dataset.root}/labels/<id>.tif")
+    return dataset
 
 
 def _dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -62,12 +63,7 @@ class SimulatedCrops:
     """
 
     def __init__(self, root: str | os.PathLike, crop: int) -> None:
-        dataset = load_dataset(root)
-        if not dataset.has_labels:
-            missing = [s.image_path.name for s in dataset if s.label_path is None]
-            raise DatasetError(f"{dataset.root}: simulated dataset needs labels, but "
-                               f"{len(missing)} image(s) have none (e.g. {missing[0]}); "
-                               f"expected {dataset.root}/labels/<id>.tif")
+        dataset = load_simulated(root)
         self.root = dataset.root
         self.pixel_size_um = dataset.pixel_size_um
         self.crop = crop
@@ -79,7 +75,7 @@ class SimulatedCrops:
             if self.images and _channels(image) != self.channels:
                 raise DatasetError(f"{sample.image_path}: has {_channels(image)} channel(s), "
                                    f"the first image has {self.channels}")
-            self.images.append(_match_channels(to_float(image), _channels(image)) * 2 - 1)
+            self.images.append(match_channels(to_float(image), _channels(image)) * 2 - 1)
             self.labels.append(labels.astype(np.int32))
 
     @property
@@ -174,7 +170,7 @@ class RealCrops:
         if image.dtype not in (np.uint8, np.uint16) and not np.issubdtype(image.dtype,
                                                                         np.floating):
             raise ImageReadError(f"{path}: unsupported dtype {image.dtype}")
-        image = _match_channels(to_float(image), self.channels)
+        image = match_channels(to_float(image), self.channels)
         if self.scale != 1.0:
             from skimage.transform import rescale
 

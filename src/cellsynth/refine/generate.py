@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from cellsynth import __version__
 from cellsynth.config import from_dict
 from cellsynth.errors import DatasetError
-from cellsynth.io.datasets import load_dataset, write_dataset_meta
+from cellsynth.io.datasets import write_dataset_meta
 from cellsynth.io.files import staged_output_dir
 from cellsynth.io.images import to_float, to_uint8, write_image
 from cellsynth.refine.config import RefineConfig
+from cellsynth.refine.data import load_simulated
 from cellsynth.refine.fidelity import label_fidelity
 from cellsynth.refine.fit import CHECKPOINT
 from cellsynth.refine.spade import SPADEGenerator, semantic_map
@@ -136,12 +137,7 @@ def refine_dataset(run: str | os.PathLike, sim_dir: str | os.PathLike,
     from tqdm.auto import tqdm
 
     refiner = load_refiner(run, device=device)
-    sim = load_dataset(sim_dir)
-    if not sim.has_labels:
-        missing = [s.image_path.name for s in sim if s.label_path is None]
-        raise DatasetError(f"{sim.root}: {len(missing)} image(s) have no label file "
-                           f"(e.g. {missing[0]}); generate keeps the simulated labels, so "
-                           f"it needs them")
+    sim = load_simulated(sim_dir)
     started = time.perf_counter()
     sim_images, refined_images, label_maps = [], [], []
     with staged_output_dir(out_dir, force=force) as root:

@@ -8,19 +8,17 @@ run (and its resume) is reproducible.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from skimage.color import gray2rgb, rgb2gray
 from skimage.transform import rescale, resize
 
 from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.images import to_float
+from cellsynth.io.images import match_channels, to_float
 
-__all__ = ["Augment", "LabeledImage", "load_labeled", "match_channels", "CropSampler"]
+__all__ = ["Augment", "LabeledImage", "load_labeled", "CropSampler"]
 
 
 @dataclass(frozen=True)
@@ -46,20 +44,6 @@ class LabeledImage:
     id: str
     image: np.ndarray   # (H, W, C) float32 in [0, 1]
     labels: np.ndarray  # (H, W) int32
-
-
-def match_channels(image: np.ndarray, channels: int, *, where: str = "") -> np.ndarray:
-    """(H, W) or (H, W, 3) float image -> (H, W, channels), converting gray <-> RGB."""
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == channels:
-        return image
-    if channels == 1:
-        warnings.warn(f"{where}: converting RGB image to gray for a 1-channel model",
-                      stacklevel=2)
-        return rgb2gray(image).astype(np.float32)[..., None]
-    warnings.warn(f"{where}: replicating gray image to RGB for a 3-channel model", stacklevel=2)
-    return gray2rgb(image[..., 0]).astype(np.float32)
 
 
 def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = None,

@@ -19,8 +19,14 @@ from cellsynth import __version__
 from cellsynth.errors import CellsynthError, DatasetError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import staged_output_dir, write_json
-from cellsynth.io.images import IMAGE_SUFFIXES, read_image, to_float, write_image, write_labels
-from cellsynth.segment.data import match_channels
+from cellsynth.io.images import (
+    IMAGE_SUFFIXES,
+    match_channels,
+    read_image,
+    to_float,
+    write_image,
+    write_labels,
+)
 from cellsynth.segment.tiles import Predictor, open_large_image, tiled_proposals
 from cellsynth.segment.tiles import contours_to_labels as paint
 from cellsynth.viz import contour_overlay
