@@ -7,6 +7,7 @@ Settings (each a CPN trained with cellsynth.segment, evaluated on the test split
   full             all real training images
   few_k{k}         k real training images only
   sim_only         simulated images only (no refinement), zero real labels
+  sim_ft_k{k}      sim_only, then fine-tuned on the same k real images
   refined_only     refined images only (refiner fit on the real training images WITHOUT
                    labels), zero real labels
   refined_ft_k{k}  refined_only, then fine-tuned on the same k real images
@@ -123,6 +124,10 @@ def main() -> None:
         results.append(_train_eval(f"few_k{k}", cfg.supervised, [subset], subset, cfg.test, out))
     results.append(_train_eval("sim_only", cfg.pretrain, [out / "sim"], out / "sim_val",
                                cfg.test, out))
+    for k in cfg.ft_ks:  # separates the effect of pretraining from that of refinement
+        subset = _subset(cfg.train, k, cfg.seed, out)
+        results.append(_train_eval(f"sim_ft_k{k}", cfg.finetune, [subset], subset, cfg.test,
+                                   out, init=out / "sim_only" / "model"))
     if args.skip_refined:
         _table(results, out)
         return
@@ -173,9 +178,11 @@ def _plot(results: list[dict], cfg: ExperimentConfig, out: Path) -> None:
     ks = [k for k in cfg.ks if f"few_k{k}" in by]
     ax.plot(ks + [n_train], [by[f"few_k{k}"]["f1_50"] for k in ks] + [by["full"]["f1_50"]],
             "o-", label="real labels only")
-    fks = [k for k in cfg.ft_ks if f"refined_ft_k{k}" in by]
-    ax.plot(fks, [by[f"refined_ft_k{k}"]["f1_50"] for k in fks], "s-",
-            label="refined pretraining + fine-tuning")
+    for prefix, label in (("refined_ft", "refined pretraining + fine-tuning"),
+                          ("sim_ft", "simulated pretraining + fine-tuning")):
+        fks = [k for k in cfg.ft_ks if f"{prefix}_k{k}" in by]
+        ax.plot(fks, [by[f"{prefix}_k{k}"]["f1_50"] for k in fks], "s-" if prefix ==
+                "refined_ft" else "^-", label=label)
     for name, style in (("sim_only", ":"), ("refined_only", "--")):
         ax.axhline(by[name]["f1_50"], ls=style, color="gray", label=f"{name} (0 labels)")
     ax.set_xlabel("real annotated training images")
