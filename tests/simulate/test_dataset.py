@@ -25,6 +25,7 @@ def test_dataset_layout_meta_and_preview(tmp_path):
     assert meta["seed"] == 4 and meta["preset"] == "nissl" and meta["pixel_size_um"] == 0.346
     assert meta["config"]["cells"][0]["name"] == "pyramidal"
     assert summary["n_instances"] == meta["n_instances"] > 0
+    assert "pixel_size_um_range" not in meta  # nissl: one pixel size
     assert (out / "preview.png").stat().st_size > 0
     # The written files are the iterator's images.
     for sample, (image, labels) in zip(ds, simulate("nissl", 3, 64, seed=4)):
@@ -107,3 +108,12 @@ def test_yaml_overrides_and_unknown_keys(tmp_path, capsys):
         simulation_config("merker", config_file=invalid)
     with pytest.raises(ConfigError, match="no cell type 'astro'"):
         simulation_config("merker", overrides={"cells": {"astro": {"density": 1.0}}})
+
+
+def test_meta_states_the_pixel_size_range_of_a_zoomed_preset(tmp_path):
+    out = tmp_path / "fluo"
+    write_simulation(preset("fluo"), n=1, size=32, seed=0, out=out, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    low, high = meta["pixel_size_um_range"]
+    assert low < meta["pixel_size_um"] < high
+    assert meta["config"]["variation"]["zoom"] == [0.4, 3.0]

@@ -8,7 +8,7 @@ import pytest
 from skimage.measure import label as connected_components
 
 from cellsynth.simulate import PRESETS, preset, render_scene, simulate
-from cellsynth.simulate.presets import Background, Optics, Staining, Vessels
+from cellsynth.simulate.presets import Background, Optics, Staining, Variation, Vessels
 
 
 def _one_region_per_label(labels: np.ndarray) -> bool:
@@ -71,7 +71,7 @@ def test_image_i_does_not_depend_on_n():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_statistics_inside_configured_ranges(name):
-    config = preset(name)
+    config = replace(preset(name), variation=Variation())  # per-image draws: tested below
     px = config.pixel_size_um
     size = 256
     labeled = [c for c in config.cells if c.labeled]
@@ -116,7 +116,53 @@ def test_colour_variants():
     # Violet: the blue channel absorbs least, so it is the brightest on average.
     assert violet[..., 2].mean() > violet[..., 1].mean()
     he, labels = next(simulate("he", 1, 128, seed=0))
-    fluo, flabels = next(simulate("fluo", 1, 128, seed=0))
+    fluo, flabels = next(simulate(replace(preset("fluo"), variation=Variation()), 1, 128,
+                                  seed=0))
     # Brightfield nuclei are darker than the rest, fluorescence nuclei brighter.
     assert he[labels > 0].mean() < he[labels == 0].mean()
     assert fluo[flabels > 0].mean() > 2 * fluo[flabels == 0].mean()
+
+
+def test_fixed_zoom_is_a_finer_pixel_size_with_the_same_psf_in_pixels():
+    base = replace(preset("fluo"), variation=Variation())
+    zoomed = replace(base, variation=Variation(zoom=(2.0, 2.0)))
+    finer = replace(base, pixel_size_um=base.pixel_size_um / 2,
+                    optics=replace(base.optics, blur_um=base.optics.blur_um / 2))
+    a = render_scene(zoomed, (96, 96), np.random.default_rng(4))
+    b = render_scene(finer, (96, 96), np.random.default_rng(4))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def _per_image_stats(config, n=12):
+    medians, counts, brightness = [], [], []
+    for image, labels in simulate(config, n, 192, seed=7):
+        counts.append(labels.max())
+        if labels.max():
+            medians.append(np.median(np.bincount(labels.ravel())[1:]))
+            brightness.append(image[labels > 0].mean())
+    return (np.asarray(v, float) for v in (medians, counts, brightness))
+
+
+def test_variation_spreads_size_density_and_brightness_between_images():
+    off = replace(preset("fluo"), variation=Variation())
+    # Exponent 2: cells per pixel do not depend on the zoom, only on the density factor.
+    on = replace(off, variation=Variation(zoom=(0.5, 2.0), density=(0.25, 4.0),
+                                          brightness=(0.2, 1.0), zoom_density_exponent=2.0))
+    m_off, c_off, b_off = _per_image_stats(off)
+    m_on, c_on, b_on = _per_image_stats(on)
+
+    def spread(v):
+        return np.percentile(v, 90) / np.percentile(v, 10)
+
+    assert len(m_on) >= 10  # few empty images
+    assert spread(m_on) > 2 * spread(m_off)  # zoom 0.5-2 spans 16x in area
+    assert spread(m_on) > 3
+    assert spread(b_on) > 1.5 * spread(b_off)
+    assert spread(c_on + 1) > 2 * spread(c_off + 1)
+
+
+def test_variation_rejects_bad_ranges():
+    with pytest.raises(ValueError, match="variation.zoom"):
+        Variation(zoom=(0.0, 1.0))
+    with pytest.raises(ValueError, match="variation.brightness"):
+        Variation(brightness=(2.0, 1.0))

@@ -141,6 +141,10 @@ def write_simulation(config: SimulationConfig, *, n: int, size: int | tuple[int,
             "n_instances": int(sum(counts)),
             "config": to_dict(config),
         }
+        zoom = config.variation.zoom
+        if zoom != (1.0, 1.0):  # pixel_size_um is then only the nominal (zoom 1) value
+            meta["pixel_size_um_range"] = [config.pixel_size_um / zoom[1],
+                                           config.pixel_size_um / zoom[0]]
         write_dataset_meta(root, meta)
         _preview(root, n, width)
     return {"n_images": n, "n_instances": int(sum(counts)),

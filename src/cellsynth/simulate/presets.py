@@ -13,7 +13,8 @@ from typing import Literal
 from cellsynth.errors import ConfigError
 
 __all__ = [
-    "CellType", "Background", "Layers", "Vessels", "Staining", "Optics", "SimulationConfig",
+    "CellType", "Background", "Layers", "Vessels", "Staining", "Optics", "Variation",
+    "SimulationConfig",
     "PRESETS", "PRESET_COLORS", "COLORS", "preset",
 ]
 
@@ -152,6 +153,34 @@ class Optics:
 
 
 @dataclass(frozen=True)
+class Variation:
+    """Per-image draws for heterogeneous datasets (several microscopes, magnifications and
+    samples in one set, as in the Data Science Bowl 2018). Each factor is drawn log-uniformly
+    from its range once per image; (1, 1) switches it off and draws nothing, so images of a
+    config without variation do not change."""
+
+    zoom: tuple[float, float] = (1.0, 1.0)        # magnification: the image is rendered at
+                                                  # pixel_size_um / zoom (cells zoom x larger)
+    density: tuple[float, float] = (1.0, 1.0)     # factor on every cell type's density
+    brightness: tuple[float, float] = (1.0, 1.0)  # factor on all stain (cells and background)
+    zoom_density_exponent: float = 0.0  # density also x zoom**this: 0 keeps cells per um^2
+                                        # (the same tissue seen closer), 2 keeps cells per
+                                        # pixel (fields chosen to be full at any magnification)
+
+    def __post_init__(self) -> None:
+        for name in ("zoom", "density", "brightness"):
+            value = getattr(self, name)
+            if not (0 < value[0] <= value[1]):
+                raise ValueError(f"variation.{name} must be an increasing range > 0, "
+                                 f"got {list(value)}")
+
+    @property
+    def active(self) -> bool:
+        return any(r[0] != r[1] or r[0] != 1.0 for r in (self.zoom, self.density,
+                                                           self.brightness))
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     """Everything that defines a simulated dataset, except its size, count and seed."""
 
@@ -164,6 +193,7 @@ class SimulationConfig:
     vessels: Vessels = field(default_factory=Vessels)
     staining: Staining = field(default_factory=Staining)
     optics: Optics = field(default_factory=Optics)
+    variation: Variation = field(default_factory=Variation)
     max_occlusion: float = 0.35   # a cell may lose at most this fraction of its area to others
 
     def __post_init__(self) -> None:
@@ -270,22 +300,28 @@ def _he() -> SimulationConfig:
 
 
 def _fluo() -> SimulationConfig:
-    """Fluorescence nuclei (DAPI/Hoechst-like): bright textured blobs on a dark background."""
+    """Fluorescence nuclei (DAPI/Hoechst), calibrated on dsb2018_fluo/train, a mix of
+    microscopes: per image, nuclei are 9-60 px across (median area ~200 px), cover 2-30 % of
+    the area and shine at 15-140 of 255 over a background of 0-30, while nuclei within one
+    image look alike. Nominal 0.5 um/px; the magnification varies per image (``variation``)."""
     cells = (
-        CellType("nucleus", density=20.0, diameter_um=(7.0, 14.0), shape="round",
-                 elongation=(1.0, 1.5), irregularity=0.08, stain=(0.1, 0.6), texture=0.25,
-                 nucleolus_prob=0.4, nucleolus_um=1.5, nucleolus_stain=0.5, edge_um=0.6),
-        CellType("out_of_focus", density=3.0, diameter_um=(7.0, 14.0), stain=(0.05, 0.15),
+        CellType("nucleus", density=12.0, diameter_um=(7.0, 11.0), shape="round",
+                 elongation=(1.0, 1.5), irregularity=0.08, stain=(0.7, 1.0), texture=0.12,
+                 nucleolus_prob=0.4, nucleolus_um=1.5, nucleolus_stain=0.6, edge_um=0.6),
+        CellType("out_of_focus", density=0.5, diameter_um=(7.0, 11.0), stain=(0.1, 0.25),
                  texture=0.1, labeled=False, defocus_um=2.0),
     )
     return SimulationConfig(
         preset="fluo", pixel_size_um=0.5, color="fluo", cells=cells,
-        background=Background(stain=(0.01, 0.04), texture=0.3, grain_um=1.0, mottle_um=20.0,
-                              halo=0.0, fibres=0.0),
-        layers=Layers(period_um=(100.0, 400.0), density_contrast=0.8, size_contrast=0.1),
+        background=Background(stain=(0.02, 0.15), texture=0.05, grain_um=1.0, mottle_um=20.0,
+                              halo=0.0, fibres=0.0),  # nearly flat between nuclei
+        layers=Layers(period_um=(100.0, 400.0), density_contrast=0.5, size_contrast=0.1),
         vessels=Vessels(density=0.0),
-        staining=Staining(unevenness=0.2, scale_um=80.0, cell_variation=0.35),
-        optics=Optics(blur_um=0.4, shot_noise=0.02, read_noise=0.008),
+        staining=Staining(unevenness=0.15, scale_um=80.0, cell_variation=0.15),
+        # Noise and PSF matched to the train images' power spectrum (RMS log10 distance 0.11).
+        optics=Optics(blur_um=0.4, shot_noise=0.008, read_noise=0.003),
+        variation=Variation(zoom=(0.4, 3.0), density=(0.35, 3.0), brightness=(0.08, 0.7),
+                            zoom_density_exponent=2.0),
     )
 
 

@@ -2,6 +2,7 @@
 
 Order of work (all randomness from one ``numpy.random.Generator``):
 
+0. per-image variation (heterogeneous datasets only): magnification, density and brightness;
 1. layout: layer bands, vessels, and candidate cells of every type (Poisson counts, density
    and size modulated by the bands);
 2. occlusion: candidates are stacked in random order; a cell is kept only if every cell it
@@ -15,7 +16,7 @@ Order of work (all randomness from one ``numpy.random.Generator``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -357,6 +358,35 @@ def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.nd
     flat[index] = background + (body - background) * weight
 
 
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    low, high = bounds
+    return low if low == high else float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def _vary(config: SimulationConfig, rng: np.random.Generator) -> SimulationConfig:
+    """The config of one image: magnification, density and brightness drawn per image."""
+    var = config.variation
+    if not var.active:
+        return config  # draws nothing: configs without variation render as before
+    zoom, density, gain = (_log_uniform(rng, r) for r in (var.zoom, var.density,
+                                                           var.brightness))
+    density *= zoom ** var.zoom_density_exponent
+
+    def scale(bounds: tuple[float, float]) -> tuple[float, float]:
+        return bounds[0] * gain, bounds[1] * gain
+
+    cells = tuple(replace(c, density=c.density * density, stain=scale(c.stain))
+                  for c in config.cells)
+    background = replace(config.background, stain=scale(config.background.stain),
+                         counterstain=scale(config.background.counterstain),
+                         fibre_stain=config.background.fibre_stain * gain)
+    vessels = replace(config.vessels, endothelial_stain=scale(config.vessels.endothelial_stain))
+    # A lower magnification comes with a lower aperture: the PSF keeps its width in pixels.
+    optics = replace(config.optics, blur_um=config.optics.blur_um / zoom)
+    return replace(config, pixel_size_um=config.pixel_size_um / zoom, cells=cells,
+                   background=background, vessels=vessels, optics=optics)
+
+
 def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.random.Generator
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image and its instance labels.
@@ -366,6 +396,7 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
     image : (H, W) uint8 (gray, fluo) or (H, W, 3) uint8 (violet, he).
     labels : (H, W) uint16, 0 = background, ids 1..N; each id one 4-connected region.
     """
+    config = _vary(config, rng)
     height, width = shape
     px = config.pixel_size_um
     lumen, endothelial, walls = _vessels(config, rng, shape)
