@@ -1,8 +1,10 @@
 """Evaluation: instance-segmentation metrics (matching) and image-set realism metrics.
 
-``matching`` and ``realism`` are the two entry points; torch is imported only when a C2ST runs.
+``matching`` and ``realism`` are the two entry points; the classifier two-sample test lives in
+``c2st`` (also reachable through ``realism``), and torch is imported only when a C2ST runs.
 """
 
+from cellsynth.evaluate.c2st import C2STResult, c2st
 from cellsynth.evaluate.matching import (
     THRESHOLDS,
     DatasetEvaluation,
@@ -12,10 +14,8 @@ from cellsynth.evaluate.matching import (
     matching,
 )
 from cellsynth.evaluate.realism import (
-    C2STResult,
     RealismResult,
     SWDResult,
-    c2st,
     histogram_distance,
     realism,
     sliced_wasserstein,
