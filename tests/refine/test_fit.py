@@ -36,6 +36,49 @@ def test_d_steps_updates_the_discriminator_per_chunk_of_real_crops(tiny):
         train_step(state, sim, labels, torch.rand(4, 1, 32, 32, generator=gen))
 
 
+def _dim_batches():
+    """Fluorescence-like crops: nearly black, real ones a little brighter and noisier."""
+    gen = torch.Generator().manual_seed(0)
+    sim = -0.95 + 0.01 * torch.rand(4, 1, 32, 32, generator=gen)
+    real = -0.93 + 0.03 * torch.rand(4, 1, 32, 32, generator=gen)
+    return sim, torch.randint(0, 3, (4, 32, 32), generator=gen), real
+
+
+def test_input_standardisation_lets_the_discriminator_see_dim_images(tiny):
+    config = RefineConfig(**{**tiny.__dict__, "lr_d": 1e-3, "self_reg": 100.0})
+    sim, labels, real = _dim_batches()
+    final = {}
+    for norm in (False, True):
+        state = new_state(config, 1)
+        if norm:
+            state.discriminator.set_input_stats(real)
+        final[norm] = [train_step(state, sim, labels, real)["d"] for _ in range(40)][-1]
+    assert final[False] > 1.5  # a Lipschitz-1 critic barely separates pixels 0.02 apart
+    assert final[True] < 0.5 * final[False]
+
+
+def test_set_input_stats_standardises_per_channel(tiny):
+    D = new_state(tiny, 3).discriminator
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(8, 3, 16, 16, generator=gen) * torch.tensor([0.1, 1.0, 0.0]).view(1, 3, 1, 1)
+    D.set_input_stats(real, min_std=0.02)
+    z = (real - D.input_shift) / D.input_scale
+    assert torch.allclose(z[:, :2].mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(z[:, :2].std(dim=(0, 2, 3)), torch.ones(2), atol=1e-4)
+    assert D.input_scale[0, 2].item() == pytest.approx(0.02)  # flat channel: floored
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_fit_sets_the_input_stats_from_real_crops(tiny, sim_dir, real_dir, tmp_path, norm):
+    run = tmp_path / "run"
+    fit(RefineConfig(**{**tiny.__dict__, "steps": 1, "d_input_norm": norm}), sim_dir,
+        real_dir, run, progress=False)
+    d = torch.load(run / "last.pt", weights_only=True)["discriminator"]
+    # real_dir holds pixels 100-254 of 255: mean ~0.39 and std ~0.35 in [-1, 1] units
+    assert (d["input_shift"].abs().min() > 0.2) == norm
+    assert (d["input_scale"].sub(1).abs().max() > 0.3) == norm
+
+
 def test_fit_writes_run_folder(tiny, sim_dir, real_dir, tmp_path):
     run = tmp_path / "run"
     summary = fit(tiny, sim_dir, real_dir, run, progress=False)
@@ -81,8 +124,10 @@ def test_resume_a_checkpoint_from_before_new_options(tiny, sim_dir, real_dir, tm
     run = tmp_path / "run"
     fit(RefineConfig(**{**tiny.__dict__, "steps": 1}), sim_dir, real_dir, run, progress=False)
     checkpoint = torch.load(run / "last.pt", weights_only=True)
-    for key in ("d_steps", "self_reg_normalize", "saturation_margin"):
+    for key in ("d_steps", "self_reg_normalize", "saturation_margin", "d_input_norm"):
         del checkpoint["config"][key]
+    for key in ("input_shift", "input_scale"):
+        del checkpoint["discriminator"][key]
     torch.save(checkpoint, run / "last.pt")
     assert fit(tiny, sim_dir, real_dir, run, resume=True, progress=False)["step"] == 4
 

@@ -33,6 +33,9 @@ class RefineConfig:
     d_layers: int = 3  # stride-2 convs per scale; receptive field ~ 2**(layers+2) pixels
     d_scales: int = 2
     d_steps: int = 1  # discriminator updates per refiner step, each on its own real crops
+    # standardise D's input with the real crops' per-channel mean/std (measured once at the
+    # start): the spectral-norm D then sees dim images (fluorescence) at full contrast
+    d_input_norm: bool = True
     # losses (S+U, Shrivastava et al. 2017): hinge GAN + lambda * self-regularisation
     self_reg: float = 1.0  # weight of the L1 between refined and simulated images
     self_reg_downsample: int = 2  # average-pool factor before the L1 (1 = full resolution)

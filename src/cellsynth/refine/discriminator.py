@@ -6,6 +6,11 @@ texture and cannot fix global statistics at the cost of local artefacts (Shrivas
 2017, Sec. 2.2; Isola et al. 2017; Wang et al. 2018 for the multi-scale pyramid). Spectral norm
 (Miyato et al. 2018) on every conv keeps the hinge-loss discriminator Lipschitz. It never sees
 labels: the real images are unlabeled.
+
+The input is first standardised with the real images' per-channel mean and std (measured once,
+kept as buffers). A Lipschitz-1 net can only tell apart inputs as far apart as their pixels
+are, and dim fluorescence images use a small part of [-1, 1]: without this the hinge loss stayed
+at chance (~2) for thousands of steps on dsb2018_fluo.
 """
 
 from __future__ import annotations
@@ -59,11 +64,22 @@ class MultiScaleDiscriminator(nn.Module):
             raise ValueError(f"MultiScaleDiscriminator: channels must be 1 or 3, got {channels}")
         self.scales = nn.ModuleList(
             PatchDiscriminator(channels, width=width, layers=layers) for _ in range(scales))
+        self.register_buffer("input_shift", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("input_scale", torch.ones(1, channels, 1, 1))
+
+    @torch.no_grad()
+    def set_input_stats(self, real: torch.Tensor, *, min_std: float = 0.02) -> None:
+        """Standardise future inputs with the per-channel mean and std of ``real`` (B, C, H, W),
+        the std floored at ``min_std`` (in [-1, 1] units) so flat images are not blown up."""
+        real = real.float().to(self.input_shift.device)
+        self.input_shift.copy_(real.mean(dim=(0, 2, 3)).view_as(self.input_shift))
+        std = real.std(dim=(0, 2, 3)).clamp_min(min_std)
+        self.input_scale.copy_(std.view_as(self.input_scale))
 
     def forward(self, image: torch.Tensor) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
         """image: (B, C, H, W) -> one (features, logits) pair per scale, finest first."""
         outputs = []
-        x = image
+        x = (image - self.input_shift) / self.input_scale
         for k, disc in enumerate(self.scales):
             if k:
                 x = F.avg_pool2d(x, 2)  # (B, C, H / 2**k, W / 2**k)

@@ -58,6 +58,9 @@ def _check_resume_config(saved: dict[str, Any], config: RefineConfig, out: Path)
                           f"{', '.join(changed)} (only {', '.join(sorted(_RESUMABLE))} may change)")
 
 
+_STATS_CROPS = 64  # real crops that set the discriminator's input standardisation
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines after ``step`` (written after the checkpoint a killed run left) and a
     last line cut short by the kill."""
@@ -145,6 +148,9 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
         _truncate_log(out / LOG, state.step)
     else:
         state = new_state(config, sim.channels, device)
+        if config.d_input_norm:  # own RNG: the training draws stay as they were
+            stats_rng = np.random.default_rng([config.seed, 2])
+            state.discriminator.set_input_stats(real.sample(_STATS_CROPS, stats_rng))
     save_yaml(out / "config.yaml", config)
     write_json(out / "run.json", {
         "cellsynth_version": __version__, "stage": "fit-refiner",

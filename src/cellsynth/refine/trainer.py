@@ -219,7 +219,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     config = from_dict(RefineConfig, checkpoint["config"], where=f"{path}: config")
     state = new_state(config, checkpoint["channels"], device, bf16=checkpoint["bf16"])
     state.generator.load_state_dict(checkpoint["generator"])
-    state.discriminator.load_state_dict(checkpoint["discriminator"])
+    # Checkpoints from before the input standardisation lack its buffers; the defaults
+    # (shift 0, scale 1) are exactly what those runs trained with.
+    missing, unexpected = state.discriminator.load_state_dict(checkpoint["discriminator"],
+                                                              strict=False)
+    if unexpected or set(missing) - {"input_shift", "input_scale"}:
+        raise ImageReadError(f"{path}: discriminator weights do not fit its config "
+                             f"(missing {missing}, unexpected {unexpected})")
     state.opt_g.load_state_dict(checkpoint["opt_g"])
     state.opt_d.load_state_dict(checkpoint["opt_d"])
     state.buffer.load_state_dict(checkpoint["buffer"])
