@@ -218,6 +218,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", type=_positive_int, default=512, help="C2ST crops per image set")
     p.add_argument("--epochs", type=_positive_int, default=12, help="C2ST epochs per fold")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads for the C2ST")
+    p.add_argument("--repeats", type=_positive_int, default=1,
+                   help="redraw the C2ST this many times (seeds SEED, SEED+1, ...) and average")
     p.set_defaults(func=_cmd_realism)
 
     p = sub.add_parser("train", help="train or fine-tune a CPN cell detector")

@@ -142,6 +142,10 @@ def test_cli_realism_writes_json(sharp, tmp_path, capsys):
     assert report["n_a"] == 4 and report["seed"] == 1 and report["c2st"]["crop_size"] == 16
     assert len(report["c2st"]["fold_accuracies"]) == 2
     assert report["swd"]["mean_x1e3"] > 0 and report["a"] == str(a)
+    assert main(argv + ["--repeats", "2"]) == 0
+    assert "mean of 2 repeats" in capsys.readouterr().out
+    twice = json.loads(out.read_text())["c2st"]
+    assert twice["repeats"] == 2 and twice["repeat_accuracies"][0] == report["c2st"]["accuracy"]
 
 
 def test_cli_realism_image_smaller_than_crop(sharp, tmp_path, capsys):
@@ -149,3 +153,18 @@ def test_cli_realism_image_smaller_than_crop(sharp, tmp_path, capsys):
     assert main(["realism", "--a", str(a), "--b", str(a), "--crop", "64"]) == 2
     err = capsys.readouterr().err
     assert "00.png: image 48x48 is smaller than the 64 px crops" in err
+
+
+def test_repeats_average_independent_tests_seeded_seed_plus_r(sharp):
+    other = textures(3)
+    singles = [c2st(sharp, other, seed=s, **FAST).accuracy for s in (5, 6, 7)]
+    result = c2st(sharp, other, seed=5, repeats=3, **FAST)
+    assert result.repeats == 3
+    assert result.repeat_accuracies == pytest.approx(singles)
+    assert result.accuracy == pytest.approx(np.mean(singles))
+    assert result.sem == pytest.approx(np.std(singles, ddof=1) / np.sqrt(3))
+    assert len(result.fold_accuracies) == 3 * 3
+    assert realism(sharp, other, seed=5, repeats=3, swd_patches=256,
+                   **FAST).c2st.accuracy == pytest.approx(result.accuracy)
+    with pytest.raises(ValueError, match="repeats"):
+        c2st(sharp, other, repeats=0, **FAST)

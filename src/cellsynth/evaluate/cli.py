@@ -67,10 +67,13 @@ def format_realism(result: RealismResult) -> str:
     split = f"split by {c.split}"
     if c.split == "image":
         split += f", >= {c.held_out_images} image(s)/set held out"
+    if c.repeats > 1:
+        split += (f"; mean of {c.repeats} repeats: "
+                  f"{' '.join(f'{v:.3f}' for v in c.repeat_accuracies)}")
     return "\n".join([
         f"images: A {result.n_a}, B {result.n_b} ({channels}{gray_note})",
         f"C2ST accuracy  {c.accuracy:.3f} +- {c.sem:.3f}  (0.5 = indistinguishable; "
-        f"{len(c.fold_accuracies)} folds {split}; {c.crops_per_set} crops/set of "
+        f"{len(c.fold_accuracies) // c.repeats} folds {split}; {c.crops_per_set} crops/set of "
         f"{c.crop_size} px, {c.epochs} epochs)",
         f"SWD x1e3       {s.mean_x1e3:.2f}  (per level, finest first: "
         f"{' '.join(f'{v:.2f}' for v in s.per_level_x1e3)})",
@@ -87,6 +90,7 @@ def run_realism(args: argparse.Namespace) -> int:
     crops = getattr(args, "crops", 512)
     epochs = getattr(args, "epochs", 12)
     threads = getattr(args, "threads", None)
+    repeats = getattr(args, "repeats", 1)
     if folds < 2:
         raise ConfigError(f"--folds must be at least 2, got {folds}")
     if crop < 8:
@@ -99,7 +103,8 @@ def run_realism(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = realism(a_images, b_images, seed=args.seed, folds=folds, crop_size=crop,
-                         n_crops=crops, epochs=epochs, threads=threads, progress=True)
+                         n_crops=crops, epochs=epochs, threads=threads, progress=True,
+                         repeats=repeats)
     for warning in caught:
         print(f"cellsynth realism: warning: {warning.message}", file=sys.stderr)
     seconds = time.perf_counter() - start

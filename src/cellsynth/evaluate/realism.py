@@ -22,7 +22,7 @@ import numpy as np
 from scipy.ndimage import convolve1d
 
 from cellsynth.evaluate._common import _check_min_size, _prepare, _rngs, _sample_windows
-from cellsynth.evaluate.c2st import C2STResult, _c2st, _check_c2st_options, c2st
+from cellsynth.evaluate.c2st import C2STResult, _c2st_repeated, _check_c2st_options, c2st
 
 __all__ = ["C2STResult", "SWDResult", "RealismResult", "c2st", "sliced_wasserstein",
            "histogram_distance", "spectrum_distance", "realism"]
@@ -180,7 +180,7 @@ def spectrum_distance(a_images: Sequence[np.ndarray], b_images: Sequence[np.ndar
 def realism(a_images: Sequence[np.ndarray], b_images: Sequence[np.ndarray], *, seed: int = 0,
             folds: int = 5, crop_size: int = 64, n_crops: int = 512, epochs: int = 12,
             swd_patches: int = 8192, threads: int | None = None,
-            progress: bool = False) -> RealismResult:
+            progress: bool = False, repeats: int = 1) -> RealismResult:
     """Compare two image sets with C2ST, SWD, intensity-histogram and power-spectrum distances.
 
     Parameters
@@ -189,7 +189,7 @@ def realism(a_images: Sequence[np.ndarray], b_images: Sequence[np.ndarray], *, s
         If one set is gray and the other RGB, RGB images are converted to gray (with a warning).
     seed : int
         Same seed, same result (on the same machine and torch version).
-    folds, crop_size, n_crops, epochs, threads
+    folds, crop_size, n_crops, epochs, threads, repeats
         C2ST options, see :func:`c2st`.
     swd_patches : int
         Patches per set and pyramid level for the SWD, see :func:`sliced_wasserstein`.
@@ -200,12 +200,13 @@ def realism(a_images: Sequence[np.ndarray], b_images: Sequence[np.ndarray], *, s
     if swd_patches < 2:
         raise ValueError(f"realism: swd_patches must be >= 2, got {swd_patches}")
     a, b, converted = _prepare(a_images, b_images)
-    c2st_rng, swd_rng = _rngs(seed)
+    swd_rng = _rngs(seed)[1]
     w1 = _histogram_w1(a, b)
     return RealismResult(
         n_a=len(a), n_b=len(b), channels=a[0].shape[-1], converted_to_gray=converted, seed=seed,
-        c2st=_c2st(a, b, rng=c2st_rng, folds=folds, crop_size=crop_size, n_crops=n_crops,
-                   epochs=epochs, batch_size=64, threads=threads, progress=progress),
+        c2st=_c2st_repeated(a, b, seed=seed, repeats=repeats, folds=folds,
+                            crop_size=crop_size, n_crops=n_crops, epochs=epochs, batch_size=64,
+                            threads=threads, progress=progress),
         swd=_swd(a, b, rng=swd_rng, n_patches=swd_patches),
         histogram_w1=float(np.mean(w1)), histogram_w1_per_channel=w1,
         spectrum_rms_log10=_spectrum_rms(a, b),
