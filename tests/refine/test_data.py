@@ -88,3 +88,12 @@ def test_large_tiff_is_read_lazily_with_the_same_values(tmp_path, monkeypatch):
     a = eager.sample(5, np.random.default_rng(3))
     b = lazy.sample(5, np.random.default_rng(3))
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_real_without_pixel_size_is_used_as_is_with_a_note(tmp_path):
+    root = tmp_path / "real"
+    root.mkdir()
+    write_image(root / "a.png", np.full((40, 60), 200, np.uint8))
+    real = RealCrops(root, 16, 1, sim_pixel_size_um=0.5)
+    assert real.images[0].shape == (40, 60, 1) and real.scale == 1.0
+    assert any("pixel size unknown" in n and "0.5 um/px" in n for n in real.notes)

@@ -142,6 +142,11 @@ class RealCrops:
             self.scale = real_px / sim_pixel_size_um
             self.notes.append(f"real images rescaled x{self.scale:.3f} from {real_px} um/px to "
                               f"the simulation's {sim_pixel_size_um} um/px")
+        elif sim_pixel_size_um and not real_px:
+            self.notes.append(f"{dataset.root}: pixel size unknown (no meta.json "
+                              f"pixel_size_um, no --real-pixel-size); real images used as they "
+                              f"are, i.e. taken to be at the simulation's {sim_pixel_size_um} "
+                              f"um/px")
         self.images: list[np.ndarray] = []  # (H, W, C) float32 in [-1, 1], or raw memmaps
         self.lazy: list[bool] = []
         converted = set()
