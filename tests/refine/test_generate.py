@@ -1,12 +1,15 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.images import write_image, write_labels
 from cellsynth.refine import fit, label_fidelity, load_refiner, refine_dataset, refine_images
+from cellsynth.refine.generate import Refiner
 from tests.conftest import make_dataset
 
 
@@ -69,3 +72,24 @@ def test_label_fidelity_by_hand():
     grown[2:15, 2:15] = 60  # the cell grew 3 px past its label: no edge where the label is
     result = label_fidelity([sim], [grown], [labels])
     assert result.contrast_preserved == 1.0 and result.boundary_preserved == 0.0
+
+
+class _ShiftRight(torch.nn.Module):
+    """A stand-in generator that moves the image 8 px to the right (reveals the context)."""
+
+    channels = 1
+
+    def forward(self, x, segmap, generator=None):
+        return torch.roll(x, 8, dims=-1)
+
+
+def test_whole_images_are_refined_with_mirrored_context(tiny):
+    refiner = Refiner(_ShiftRight(), tiny, step=0, checkpoint=Path("none"),
+                      device=torch.device("cpu"), bf16=False)
+    image = np.tile(np.arange(64, dtype=np.uint8) * 4, (40, 1))  # a ramp: column x -> 4x
+    (out,) = refine_images(refiner, [image], [np.zeros((40, 64), np.uint16)])
+    assert out.shape == image.shape
+    np.testing.assert_array_equal(out[:, 8:], image[:, :-8])
+    # the first 8 columns come from the mirrored border (column 8-x), not from zero padding
+    # or the far edge of the image
+    np.testing.assert_array_equal(out[0, :8], image[0, 8:0:-1])

@@ -74,6 +74,9 @@ def load_refiner(run: str | os.PathLike, *, device: str = "cpu",
                    device=dev, bf16=bf16)
 
 
+_CONTEXT = 16  # mirrored border, pixels, around every image refined whole
+
+
 def _as_tensor(image: np.ndarray, channels: int) -> torch.Tensor:
     """(H, W) or (H, W, C) -> (C, H, W) float32 in [-1, 1]."""
     array = to_float(image)
@@ -112,15 +115,21 @@ def refine_images(refiner: Refiner, images: Sequence[np.ndarray], labels: Sequen
             idx = members[start:start + batch]
             x = torch.stack([_as_tensor(images[i], refiner.channels) for i in idx])
             lab = torch.stack([torch.from_numpy(labels[i].astype(np.int64)) for i in idx])
-            ph, pw = -h % 4, -w % 4  # the generator needs multiples of 4: pad, crop back
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate").to(refiner.device)
-            lab = F.pad(lab[:, None], (0, pw, 0, ph), mode="replicate")[:, 0]
+            # Mirror _CONTEXT px of context around the image (the generator otherwise sees zero
+            # padding there and brightened/darkened the last ~4 px by up to 8 levels), and pad
+            # to the multiple of 4 the generator needs; crop back afterwards.
+            c = _CONTEXT if min(h, w) > _CONTEXT + 4 else 0
+            pad = (c, c + (-w % 4), c, c + (-h % 4))  # left, right, top, bottom
+            mode = "reflect" if c else "replicate"
+            x = F.pad(x, pad, mode=mode).to(refiner.device)
+            lab = F.pad(lab[:, None].float(), pad, mode=mode)[:, 0].long()
             segmap = semantic_map(lab.to(refiner.device),
                                   boundary_width=refiner.config.boundary_width)
             with torch.no_grad(), torch.autocast(refiner.device.type, dtype=torch.bfloat16,
                                                  enabled=refiner.bf16):
                 y = refiner.generator(x, segmap, generator=noise)  # (B, C, H', W')
-            y = ((y[:, :, :h, :w].float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+            y = y[:, :, c:c + h, c:c + w].float().clamp(-1, 1)
+            y = ((y + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
             for k, i in enumerate(idx):
                 out[i] = to_uint8(y[k, ..., 0] if refiner.channels == 1 else y[k])
     return out  # type: ignore[return-value]
