@@ -7,6 +7,7 @@ Heavy imports (torch, dask, the simulator) happen inside the command functions s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     summary = predict_folder(args.model, args.images, args.out, tile=args.tile,
                              overlap=args.overlap, batch=args.batch,
                              score_thresh=args.score_thresh, device=args.device,
-                             force=args.force, progress=not args.quiet)
+                             force=args.force, precision=args.precision,
+                             progress=not args.quiet)
     print(f"predicted {summary['n_instances']} cells in {summary['n_images']} images "
           f"({summary['megapixels_per_s']:.2f} MP/s) -> {args.out}")
     return 0
@@ -142,7 +144,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     summary = refine_dataset(args.refiner, args.sim, args.out, batch=args.batch,
                              device=args.device, seed=args.seed, force=args.force,
-                             progress=not args.quiet)
+                             precision=args.precision, progress=not args.quiet)
     fid = summary["fidelity"]
     print(f"refined {summary['n_images']} images ({summary['images_per_s']:.1f} images/s) "
           f"into {args.out}; label fidelity {fid['preserved']:.3f} of {fid['n_instances']} "
@@ -176,6 +178,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     print(f"wrote {write_report(args.run)}")
     return 0
+
+
+def _add_precision(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=default,
+                   help="bf16 autocast or fp32; auto (default): bf16 only where this machine "
+                        "computes it natively (env CELLSYNTH_PRECISION overrides auto)")
+
+
+_TORCH_COMMANDS = ("realism", "train", "predict", "fit-refiner", "generate", "run", "demo")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -234,7 +245,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int)
     p.add_argument("--lr", type=_positive_float)
     p.add_argument("--model", help="slim_u22 (default), u22 or resnet18_unet")
-    p.add_argument("--precision", choices=["bf16", "fp32"])
+    _add_precision(p)
     p.add_argument("--val-every", type=_positive_int)
     p.add_argument("--pixel-size", type=_positive_float, help="working pixel size (um)")
     p.add_argument("--device", help="cpu or cuda")
@@ -254,6 +265,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=4)
     p.add_argument("--score-thresh", type=float, help="override the validated threshold")
     p.add_argument("--device", default="cpu")
+    _add_precision(p, default="auto")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
@@ -268,8 +280,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, help="batch size (default 4)")
     p.add_argument("--self-reg", type=float, help="self-regularisation weight (default 1.0)")
     p.add_argument("--seed", type=_nonnegative_int)
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"),
-                   help="bf16 autocast or fp32 (default auto: bf16 where supported)")
+    _add_precision(p)
     p.add_argument("--real-pixel-size", type=_positive_float,
                    help="pixel size of the real images in um (default: their meta.json)")
     p.add_argument("--config", type=Path, help="YAML file of refiner settings")
@@ -287,6 +298,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=8, help="images per forward pass")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the noise input")
+    _add_precision(p, default="auto")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_generate)
@@ -306,12 +318,40 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
+    for name, command in sub.choices.items():
+        if name in _TORCH_COMMANDS and name != "realism":
+            command.add_argument("--threads", type=_positive_int,
+                                 help="torch CPU threads (default: the free usable cores; "
+                                      "env CELLSYNTH_THREADS)")
     return parser
+
+
+def _setup_output(command: str, quiet: bool) -> None:
+    """One line per note: logging (info unless --quiet) and warnings, prefixed by command."""
+    import logging
+    import warnings
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"cellsynth {command}: %(message)s"))
+    logger = logging.getLogger("cellsynth")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"cellsynth {command}: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    _setup_output(args.command, getattr(args, "quiet", False))
+    threads = getattr(args, "threads", None)
+    saved = os.environ.get("CELLSYNTH_THREADS")
+    if threads is not None:  # the library (and any worker process) reads it from there
+        os.environ["CELLSYNTH_THREADS"] = str(threads)
     try:
         return int(args.func(args) or 0)
     except CellsynthError as err:
@@ -320,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cellsynth {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if threads is not None:
+            if saved is None:
+                os.environ.pop("CELLSYNTH_THREADS", None)
+            else:
+                os.environ["CELLSYNTH_THREADS"] = saved
 
 
 if __name__ == "__main__":

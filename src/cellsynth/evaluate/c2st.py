@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from cellsynth.evaluate._common import _check_min_size, _prepare, _rngs, _sample_windows
+from cellsynth.hardware import choose_threads
 
 __all__ = ["C2STResult", "c2st"]
 
@@ -159,8 +160,7 @@ def _c2st(a: list[np.ndarray], b: list[np.ndarray], *, rng: np.random.Generator,
 
     bar = tqdm(total=k * epochs, desc="c2st", unit="epoch", disable=not progress, leave=False)
     accuracies, previous_threads = [], torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(choose_threads(threads)[0])
     try:
         for f in range(k):
             train, test = torch.from_numpy(fold_of != f), torch.from_numpy(fold_of == f)
@@ -209,7 +209,8 @@ def c2st(a_images: Sequence[np.ndarray], b_images: Sequence[np.ndarray], *, seed
     crop_size, n_crops, epochs : int
         Crop side, crops per set (split evenly over folds), training epochs per fold.
     threads : int, optional
-        torch CPU threads while training (restored afterwards); default: torch's setting.
+        torch CPU threads while training (restored afterwards); default: the free usable
+        cores (:func:`cellsynth.hardware.choose_threads`).
         On a CPU shared with other jobs, 1 is often much faster than oversubscribing.
     progress : bool
         Show training progress on stderr.

@@ -24,6 +24,7 @@ import torch
 from cellsynth import __version__
 from cellsynth.config import save_yaml, to_dict
 from cellsynth.errors import ConfigError
+from cellsynth.hardware import ThreadGovernor
 from cellsynth.io.files import prepare_run_dir, write_json
 from cellsynth.io.images import to_uint8, write_image
 from cellsynth.refine.config import RefineConfig
@@ -151,6 +152,7 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
         if config.d_input_norm:  # own RNG: the training draws stay as they were
             stats_rng = np.random.default_rng([config.seed, 2])
             state.discriminator.set_input_stats(real.sample(_STATS_CROPS, stats_rng))
+    threads = ThreadGovernor()
     save_yaml(out / "config.yaml", config)
     write_json(out / "run.json", {
         "cellsynth_version": __version__, "stage": "fit-refiner",
@@ -167,6 +169,7 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
                disable=not progress)
     with bar, open(out / LOG, "a") as log:
         while state.step < config.steps:
+            threads.tick()
             sim_crops, labels = sim.sample(config.batch, state.crop_rng)
             real_crops = real.sample(config.batch * config.d_steps, state.crop_rng)
             losses = train_step(state, sim_crops, labels, real_crops)

@@ -7,6 +7,7 @@ moved into place when complete.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from cellsynth import __version__
 from cellsynth.config import from_dict
 from cellsynth.errors import DatasetError
+from cellsynth.hardware import choose_precision, configure_threads
 from cellsynth.io.datasets import write_dataset_meta
 from cellsynth.io.files import staged_output_dir
 from cellsynth.io.images import to_float, to_uint8, write_image
@@ -56,10 +58,11 @@ class Refiner:
 
 
 def load_refiner(run: str | os.PathLike, *, device: str = "cpu",
-                 precision: str | None = None) -> Refiner:
+                 precision: str = "auto") -> Refiner:
     """Load the generator of a run folder (its last.pt) or of a checkpoint file.
 
-    ``precision`` ("bf16"/"fp32") defaults to what the run trained with.
+    ``precision`` ("auto"/"bf16"/"fp32"): ``auto`` asks *this* machine's hardware, not the
+    one the run trained on (bf16 is ~10x slower where the CPU emulates it).
     """
     path = Path(run)
     if path.is_dir():
@@ -69,10 +72,12 @@ def load_refiner(run: str | os.PathLike, *, device: str = "cpu",
     dev = resolve_device(device)
     generator = build_generator(config, checkpoint["channels"])
     generator.load_state_dict(checkpoint["generator"])
-    bf16 = bool(checkpoint.get("bf16", False)) if precision is None else precision == "bf16"
+    bf16 = choose_precision(precision, str(dev)).bf16
     return Refiner(generator.to(dev), config, step=int(checkpoint["step"]), checkpoint=path,
                    device=dev, bf16=bf16)
 
+
+log = logging.getLogger(__name__)
 
 _CONTEXT = 16  # mirrored border, pixels, around every image refined whole
 
@@ -137,7 +142,8 @@ def refine_images(refiner: Refiner, images: Sequence[np.ndarray], labels: Sequen
 
 def refine_dataset(run: str | os.PathLike, sim_dir: str | os.PathLike,
                    out_dir: str | os.PathLike, *, batch: int = 8, device: str = "cpu",
-                   seed: int = 0, force: bool = False, progress: bool = True) -> dict[str, Any]:
+                   seed: int = 0, force: bool = False, precision: str = "auto",
+                   progress: bool = True) -> dict[str, Any]:
     """Refine every image of a simulated dataset into ``out_dir``; labels are copied unchanged.
 
     Raises :class:`DatasetError` if ``sim_dir`` has images without labels or a channel count
@@ -145,7 +151,9 @@ def refine_dataset(run: str | os.PathLike, sim_dir: str | os.PathLike,
     """
     from tqdm.auto import tqdm
 
-    refiner = load_refiner(run, device=device)
+    configure_threads()
+    refiner = load_refiner(run, device=device, precision=precision)
+    log.info("generate: precision %s", "bf16" if refiner.bf16 else "fp32")
     sim = load_simulated(sim_dir)
     started = time.perf_counter()
     sim_images, refined_images, label_maps = [], [], []

@@ -15,6 +15,7 @@ so saving it and loading it back continues a run bit for bit (same device, threa
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from cellsynth import __version__
 from cellsynth.config import from_dict, to_dict
 from cellsynth.errors import ConfigError, ImageReadError
+from cellsynth.hardware import choose_precision
 from cellsynth.io.files import atomic_path
 from cellsynth.refine.buffer import HistoryBuffer
 from cellsynth.refine.config import RefineConfig
@@ -37,6 +39,8 @@ from cellsynth.refine.losses import (
     self_regularization,
 )
 from cellsynth.refine.spade import SPADEGenerator, semantic_map
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RefinerState", "build_generator", "new_state", "train_step", "resolve_device",
            "resolve_precision", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
@@ -56,14 +60,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> bool:
-    """True if forward passes run under bf16 autocast (``auto``: when the hardware has it)."""
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """True if forward passes run under bf16 autocast (``auto``: where the hardware has
+    native bf16, see :func:`cellsynth.hardware.choose_precision`)."""
+    chosen = choose_precision(precision, str(device))
+    log.info("fit-refiner: %s", chosen)
+    return chosen.bf16
 
 
 def build_generator(config: RefineConfig, channels: int) -> SPADEGenerator:

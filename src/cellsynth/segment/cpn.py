@@ -73,16 +73,18 @@ def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 def _autocast_forward(forward, dtype, *args, **kwargs):
-    with torch.autocast("cpu", dtype=dtype):
+    device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+    with torch.autocast(device, dtype=dtype):
         outputs = forward(*args, **kwargs)
     return tuple(o.float() if torch.is_tensor(o) and o.is_floating_point() else o
                  for o in outputs)
 
 
 def set_core_precision(model: torch.nn.Module, precision: str) -> None:
-    """Run the backbone and heads (``model.core``) in bf16 on CPU; contours stay fp32.
+    """Run the backbone and heads (``model.core``) in bf16 (CPU or GPU); contours stay fp32.
 
-    ``precision``: "fp32" or "bf16". Idempotent; the state dict is unaffected.
+    ``precision``: "fp32" or "bf16", as resolved by
+    :func:`cellsynth.hardware.choose_precision`. Idempotent; the state dict is unaffected.
     """
     core = model.core
     if "forward" in core.__dict__:  # undo an earlier wrap

@@ -6,6 +6,7 @@ are read tile by tile, so whole-slide sections fit in memory only once, as label
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 
 from cellsynth import __version__
 from cellsynth.errors import CellsynthError, DatasetError
+from cellsynth.hardware import choose_precision, configure_threads
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import staged_output_dir, write_json
 from cellsynth.io.images import (
@@ -33,6 +35,8 @@ from cellsynth.viz import contour_overlay
 
 __all__ = ["Detector", "checkpoint_path", "load_detector", "make_predictor", "predict_image",
            "predict_folder"]
+
+log = logging.getLogger(__name__)
 
 LAZY_PIXELS = 8192 * 8192
 _MULTIPLE = 32       # the U-Net backbones need sizes divisible by this
@@ -62,8 +66,13 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
     return path
 
 
-def load_detector(run: str | os.PathLike, *, device: str = "cpu") -> Detector:
-    """Load a trained CPN from a run folder or checkpoint file (see :func:`checkpoint_path`)."""
+def load_detector(run: str | os.PathLike, *, device: str = "cpu",
+                  precision: str = "auto") -> Detector:
+    """Load a trained CPN from a run folder or checkpoint file (see :func:`checkpoint_path`).
+
+    ``precision`` ("auto"/"bf16"/"fp32"): ``auto`` asks *this* machine's hardware, whatever
+    the model trained in (bf16 is ~10x slower where the CPU emulates it).
+    """
     from cellsynth.segment.cpn import build_model, set_core_precision
 
     path = checkpoint_path(run)
@@ -76,8 +85,9 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu") -> Detector:
     model.load_state_dict(ckpt["model"])
     model.eval()
     config = ckpt.get("config", {})
-    if device == "cpu" and config.get("precision") == "bf16":
-        set_core_precision(model, "bf16")
+    chosen = choose_precision(precision, device)
+    log.info("predict: %s", chosen)
+    set_core_precision(model, chosen.name)
     return Detector(model, spec["in_channels"], float(ckpt.get("score_thresh", 0.9)),
                     int(config.get("crop", 256)), config.get("pixel_size_um"),
                     int(ckpt["step"]), str(path))
@@ -142,11 +152,12 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
 def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
                    *, tile: int | None = None, overlap: int = 96, batch: int = 4,
                    score_thresh: float | None = None, device: str = "cpu", force: bool = False,
-                   progress: bool = True) -> dict[str, Any]:
+                   precision: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Predict every image of a folder; write ``labels/``, ``overlays/`` and meta.json."""
     from tqdm.auto import tqdm
 
-    detector = load_detector(run, device=device)
+    configure_threads()
+    detector = load_detector(run, device=device, precision=precision)
     inputs = _inputs(Path(images))
     started = time.perf_counter()
     n_cells, megapixels = 0, 0.0

@@ -11,6 +11,7 @@ continues exactly. Under ``torchrun --nproc_per_node=N`` the same code trains wi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -23,8 +24,11 @@ import torch
 
 from cellsynth.config import from_dict, save_yaml, to_dict
 from cellsynth.errors import CellsynthError, ConfigError
+from cellsynth.hardware import ThreadGovernor, choose_precision
 from cellsynth.io.files import prepare_run_dir
 from cellsynth.segment.data import Augment, CropSampler, LabeledImage, load_labeled
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "train", "THRESHOLD_GRID"]
 
@@ -45,7 +49,8 @@ class TrainConfig:
     warmup: int = 20
     weight_decay: float = 1e-4
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast of the CPN core on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast of the CPN core;
+    # auto: where the hardware computes bf16 natively (cellsynth.hardware.choose_precision)
     device: str = "cpu"
     val_every: int = 100
     checkpoint_every: int = 50
@@ -187,8 +192,10 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     model = build_model(**spec).to(config.device)
     if init is not None and not resume:
         _init_weights(model, spec, init)
-    if config.device == "cpu":
-        set_core_precision(model, config.precision)
+    precision = choose_precision(config.precision, config.device)
+    if rank == 0:
+        logger.info("train: %s", precision)
+    set_core_precision(model, precision.name)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
@@ -221,13 +228,16 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
                          "scheduler": scheduler.state_dict(), "step": step,
                          "rng": {"numpy": states, "torch": torch.get_rng_state()},
                          "config": to_dict(config), "model_spec": spec, "best_f1": best_f1,
+                         "precision": precision.name,
                          "score_thresh": score_thresh})
 
+    threads = ThreadGovernor(workers=world if world > 1 else None)
     model.train()
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step",
                disable=not progress or rank != 0)
     loss_value = float("nan")
     while step < config.steps:
+        threads.tick()
         started = time.perf_counter()
         batch = _batch(sampler, config, model.samples, model.order, config.device)
         outputs = net(batch["inputs"], targets=batch)

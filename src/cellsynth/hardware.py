@@ -1,0 +1,291 @@
+"""What this machine can do: the precision a model runs in and the CPU threads it may use.
+
+Precision. bf16 autocast roughly halves a CPU step where the CPU computes bf16 natively
+(AVX-512-BF16 or AMX) and makes it ~10x *slower* where it is emulated (AVX2-only CPUs:
+22 s vs 2.3 s for a detector step measured on an AMD EPYC). So ``"auto"`` asks the hardware:
+the x86 CPU flags when they can be read, else a short timed convolution (ARM, macOS), and on
+CUDA ``torch.cuda.is_bf16_supported``. ``CELLSYNTH_PRECISION=fp32|bf16`` overrides ``auto``.
+An explicit ``"bf16"`` is honoured, with a warning when it is emulated.
+
+Threads. Torch's intra-op threads spin at barriers; with one thread per core and another busy
+process on the machine, one step became 10-35x slower here. :func:`configure_threads` uses
+the cores this process may run on (affinity and cgroup quota), minus those other processes
+are using right now, shared among the local worker processes (DDP ranks, Dask workers);
+``--threads`` / ``CELLSYNTH_THREADS`` override it. :class:`ThreadGovernor` re-checks the load
+during long loops and gives cores back (or takes them) as other processes come and go.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["Precision", "choose_precision", "cpu_bf16_support", "usable_cores",
+           "busy_cores_elsewhere", "choose_threads", "configure_threads", "ThreadGovernor"]
+
+log = logging.getLogger("cellsynth")
+
+PrecisionName = Literal["fp32", "bf16"]
+_PRECISIONS = ("auto", "fp32", "bf16")
+_BF16_MIN_SPEEDUP = 1.2   # the timed fallback picks bf16 only if it is clearly faster
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision a model runs in and why it was chosen."""
+
+    name: PrecisionName
+    reason: str
+
+    @property
+    def bf16(self) -> bool:
+        return self.name == "bf16"
+
+    def __str__(self) -> str:
+        return f"precision {self.name} ({self.reason})"
+
+
+def _cpu_flags() -> frozenset[str] | None:
+    """The x86 CPU flags of /proc/cpuinfo, or None where there are none (ARM, macOS, ...)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return None
+
+
+def _best_simd(flags: frozenset[str]) -> str:
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")):
+        if flag in flags:
+            return name
+    return "no AVX"
+
+
+@functools.lru_cache(maxsize=1)
+def _timed_bf16_speedup() -> float:
+    """fp32 time / bf16 time of a small conv forward+backward on the CPU (about 1-2 s)."""
+    import torch
+
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1)
+    x = torch.randn(4, 32, 64, 64)
+
+    def run(bf16: bool, reps: int = 3) -> float:
+        best = math.inf
+        for _ in range(reps + 1):  # the first repetition is a warm-up
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                conv(x).float().sum().backward()
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    return run(False) / run(True)
+
+
+def cpu_bf16_support() -> tuple[bool, str]:
+    """(whether bf16 pays on this CPU, why): CPU flags where readable, else a timing."""
+    flags = _cpu_flags()
+    if flags is not None:
+        for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")):
+            if flag in flags:
+                return True, f"CPU has native bf16 ({name})"
+        return False, (f"CPU has no native bf16 ({_best_simd(flags)} only): "
+                       "bf16 would be emulated and ~10x slower")
+    speedup = _timed_bf16_speedup()
+    return speedup >= _BF16_MIN_SPEEDUP, f"bf16 measured {speedup:.2f}x the speed of fp32"
+
+
+def choose_precision(requested: str = "auto", device: str = "cpu") -> Precision:
+    """Resolve ``"auto"``/``"fp32"``/``"bf16"`` for ``device`` ("cpu", "cuda", "cuda:1")."""
+    if requested not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {requested!r}")
+    kind = str(device).split(":")[0]
+    if requested == "auto":
+        env = os.environ.get("CELLSYNTH_PRECISION", "").strip().lower()
+        if env in ("fp32", "bf16"):
+            return Precision(env, "set by CELLSYNTH_PRECISION")
+        if env not in ("", "auto"):
+            raise ValueError(f"CELLSYNTH_PRECISION must be auto, fp32 or bf16, got {env!r}")
+    if kind == "cuda":
+        import torch
+
+        native = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        why = "GPU has native bf16" if native else "GPU has no native bf16"
+    elif kind == "cpu":
+        native, why = cpu_bf16_support()
+    else:
+        native, why = False, f"bf16 autocast not used on {kind}"
+    if requested == "fp32":
+        return Precision("fp32", "requested")
+    if requested == "bf16":
+        if not native:
+            warnings.warn(f"bf16 requested but {why}", stacklevel=2)
+        return Precision("bf16", "requested")
+    return Precision("bf16" if native else "fp32", f"auto: {why}")
+
+
+# --- threads ---------------------------------------------------------------------------------
+
+def _cgroup_cpus() -> float | None:
+    """The CPU quota of this process's cgroup in cores (v2 ``cpu.max`` or v1 CFS), if any."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: CPU affinity, capped by a cgroup quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def _own_ticks() -> float:
+    times = os.times()
+    return (times.user + times.system) * os.sysconf("SC_CLK_TCK")
+
+
+class _LoadProbe:
+    """Cores kept busy by *other* processes between two calls of :meth:`busy_elsewhere`."""
+
+    def __init__(self) -> None:
+        self._last = (_cpu_ticks(), _own_ticks())
+
+    def busy_elsewhere(self) -> float | None:
+        now = (_cpu_ticks(), _own_ticks())
+        (before, own_before), (after, own_after) = self._last, now
+        self._last = now
+        if before is None or after is None or after[1] <= before[1]:
+            return None
+        cpus = os.cpu_count() or 1
+        busy = (after[0] - before[0]) - (own_after - own_before)
+        return max(0.0, busy / (after[1] - before[1]) * cpus)
+
+
+def busy_cores_elsewhere(interval: float = 0.25) -> float:
+    """How many cores other processes keep busy, sampled over ``interval`` seconds."""
+    probe = _LoadProbe()
+    time.sleep(interval)
+    busy = probe.busy_elsewhere()
+    return 0.0 if busy is None else busy
+
+
+def _local_workers() -> int:
+    """Processes of one job sharing this machine (torchrun's LOCAL_WORLD_SIZE)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def choose_threads(threads: int | None = None, *, busy_elsewhere: float | None = None,
+                   workers: int | None = None) -> tuple[int, str]:
+    """(threads, why) for torch's intra-op pool.
+
+    ``threads`` (from ``--threads``) wins, then ``CELLSYNTH_THREADS``, then ``OMP_NUM_THREADS``
+    as the user set it; otherwise the usable cores less those busy elsewhere, divided among
+    ``workers`` local processes (default: torchrun's LOCAL_WORLD_SIZE), at least 1.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        return threads, "requested"
+    for var in ("CELLSYNTH_THREADS", "OMP_NUM_THREADS"):
+        text = os.environ.get(var, "").strip()
+        if text:
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"{var} must be a positive integer, got {text!r}") from None
+            if value < 1:
+                raise ValueError(f"{var} must be a positive integer, got {text!r}")
+            return value, f"set by {var}"
+    cores = usable_cores()
+    workers = _local_workers() if workers is None else max(1, workers)
+    share = max(1, cores // workers)
+    busy = busy_cores_elsewhere() if busy_elsewhere is None else busy_elsewhere
+    free = max(1, min(share, math.floor(cores - busy + 0.3)))
+    why = f"{cores} usable core(s)"
+    if workers > 1:
+        why += f" shared by {workers} processes"
+    if free < share:
+        why += f", {busy:.1f} busy elsewhere"
+    return free, why
+
+
+def configure_threads(threads: int | None = None, *, workers: int | None = None) -> int:
+    """Set torch's intra-op threads by :func:`choose_threads`; log the choice once."""
+    import torch
+
+    n, why = choose_threads(threads, workers=workers)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    log.info("threads %d (%s)", n, why)
+    return n
+
+
+class ThreadGovernor:
+    """Re-check the load every ``every`` seconds in a loop and adjust torch's threads.
+
+    Call :meth:`tick` once per step. With an explicit thread count (``--threads``, the
+    environment) it never changes anything.
+    """
+
+    def __init__(self, threads: int | None = None, *, every: float = 20.0,
+                 workers: int | None = None):
+        self.fixed = threads is not None or any(
+            os.environ.get(v, "").strip() for v in ("CELLSYNTH_THREADS", "OMP_NUM_THREADS"))
+        self.threads = configure_threads(threads, workers=workers)
+        self.every = every
+        self.workers = workers
+        self._probe = _LoadProbe()
+        self._next = time.monotonic() + every
+
+    def tick(self) -> int:
+        """The thread count for the next step (changed only when the load has changed)."""
+        if self.fixed or time.monotonic() < self._next:
+            return self.threads
+        import torch
+
+        self._next = time.monotonic() + self.every
+        busy = self._probe.busy_elsewhere()
+        if busy is not None:
+            n, why = choose_threads(busy_elsewhere=busy, workers=self.workers)
+            if n != self.threads:
+                torch.set_num_threads(n)
+                log.info("threads %d -> %d (%s)", self.threads, n, why)
+                self.threads = n
+        return self.threads
