@@ -7,8 +7,11 @@ Heavy imports (torch, dask, the simulator) happen inside the command functions s
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from cellsynth import __version__
@@ -326,14 +329,13 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_output(command: str, quiet: bool) -> None:
+@contextlib.contextmanager
+def _output(command: str, quiet: bool):
     """One line per note: logging (info unless --quiet) and warnings, prefixed by command."""
-    import logging
-    import warnings
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"cellsynth {command}: %(message)s"))
     logger = logging.getLogger("cellsynth")
+    saved = logger.handlers[:], logger.level, logger.propagate, warnings.showwarning
     logger.handlers[:] = [handler]
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
@@ -342,18 +344,22 @@ def _setup_output(command: str, quiet: bool) -> None:
         print(f"cellsynth {command}: warning: {message}", file=file or sys.stderr)
 
     warnings.showwarning = show
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.level, logger.propagate, warnings.showwarning = saved
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    _setup_output(args.command, getattr(args, "quiet", False))
     threads = getattr(args, "threads", None)
     saved = os.environ.get("CELLSYNTH_THREADS")
     if threads is not None:  # the library (and any worker process) reads it from there
         os.environ["CELLSYNTH_THREADS"] = str(threads)
     try:
-        return int(args.func(args) or 0)
+        with _output(args.command, getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
     except CellsynthError as err:
         print(f"cellsynth {args.command}: error: {err}", file=sys.stderr)
         return 2

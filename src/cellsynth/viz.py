@@ -10,10 +10,11 @@ __all__ = ["as_rgb8", "contour_overlay", "image_grid"]
 
 def as_rgb8(image: np.ndarray) -> np.ndarray:
     """(H, W) or (H, W, 3) image of any supported dtype -> (H, W, 3) uint8."""
-    from cellsynth.io.images import to_float, to_uint8
+    from cellsynth.io.images import to_uint8
+    from cellsynth.io.normalize import normalize
 
-    if image.dtype != np.uint8:
-        image = to_uint8(to_float(image))
+    if image.dtype != np.uint8:  # 8-bit images are shown as they are, others by content
+        image = to_uint8(normalize(image))
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     return image

@@ -74,7 +74,7 @@ def test_fit_sets_the_input_stats_from_real_crops(tiny, sim_dir, real_dir, tmp_p
     fit(RefineConfig(**{**tiny.__dict__, "steps": 1, "d_input_norm": norm}), sim_dir,
         real_dir, run, progress=False)
     d = torch.load(run / "last.pt", weights_only=True)["discriminator"]
-    # real_dir holds pixels 100-254 of 255: mean ~0.39 and std ~0.35 in [-1, 1] units
+    # real_dir after normalisation: mean ~-0.5 and std ~0.57 in [-1, 1] units
     assert (d["input_shift"].abs().min() > 0.2) == norm
     assert (d["input_scale"].sub(1).abs().max() > 0.3) == norm
 

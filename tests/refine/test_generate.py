@@ -7,7 +7,8 @@ import torch
 
 from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.images import write_image, write_labels
+from cellsynth.io.images import to_uint8, write_image, write_labels
+from cellsynth.io.normalize import normalize
 from cellsynth.refine import fit, label_fidelity, load_refiner, refine_dataset, refine_images
 from cellsynth.refine.generate import Refiner
 from tests.conftest import make_dataset
@@ -89,6 +90,7 @@ def test_whole_images_are_refined_with_mirrored_context(tiny):
     image = np.tile(np.arange(64, dtype=np.uint8) * 4, (40, 1))  # a ramp: column x -> 4x
     (out,) = refine_images(refiner, [image], [np.zeros((40, 64), np.uint16)])
     assert out.shape == image.shape
+    image = to_uint8(normalize(image))  # what the refiner sees (the ramp stretched to 0-1)
     np.testing.assert_array_equal(out[:, 8:], image[:, :-8])
     # the first 8 columns come from the mirrored border (column 8-x), not from zero padding
     # or the far edge of the image

@@ -1,6 +1,8 @@
 """Input handling shared by the realism metrics (:mod:`.c2st` and :mod:`.realism`).
 
-Validates the two image sets and scales them to (H, W, C) float32 in [0, 1] with a common C,
+Validates the two image sets and normalises every image by its content (1st-99.8th
+percentile -> 0-1, not clipped: an affine map, so spectra only change in gain; bit depth and
+the brightness of whole images do not count), as (H, W, C) float32 with a common C,
 spawns the per-metric random streams, and samples random square windows uniformly over all
 window positions of a set of images.
 """
@@ -12,12 +14,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cellsynth.io.images import to_float
+from cellsynth.io.normalize import normalize
 
 
 def _prepare(a_images: Sequence[np.ndarray], b_images: Sequence[np.ndarray]
              ) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
-    """Both sets as lists of (H, W, C) float32 in [0, 1] with a common C (1 or 3)."""
+    """Both sets as lists of (H, W, C) float32 (normalised, ~[0, 1]) with a common C (1 or 3)."""
     sets = []
     for name, images in (("a_images", a_images), ("b_images", b_images)):
         if len(images) == 0:
@@ -28,12 +30,12 @@ def _prepare(a_images: Sequence[np.ndarray], b_images: Sequence[np.ndarray]
             if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
                 raise ValueError(f"{name}[{i}]: expected shape (H, W) or (H, W, 3), "
                                  f"got {image.shape}")
-            try:
-                image = to_float(image)
+            if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+                raise ValueError(f"{name}[{i}]: image contains NaN/inf values")
+            try:  # by content, so a C2ST cannot tell sets apart by bit depth
+                image = normalize(image, where=f"{name}[{i}]", clip=False)
             except ValueError as err:
                 raise ValueError(f"{name}[{i}]: {err}") from None
-            if not np.isfinite(image).all():
-                raise ValueError(f"{name}[{i}]: image contains NaN/inf values")
             out.append(image if image.ndim == 3 else image[..., None])
         sets.append(out)
     rgb = [x.shape[-1] == 3 for s in sets for x in s]

@@ -121,13 +121,15 @@ def sliced_wasserstein(a_images: Sequence[np.ndarray], b_images: Sequence[np.nda
 # --- simple statistics -----------------------------------------------------------------------
 
 def _histogram_w1(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[float, ...]:
-    """Wasserstein-1 per channel between pooled pixel intensities, on the 1/65535 grid."""
-    levels = 65535  # exact for uint8 and uint16 data (both lie on this grid)
+    """Wasserstein-1 per channel between pooled pixel intensities, on the 1/65535 grid; the
+    ~1 % of pixels that normalisation puts beyond [0, 1] count as 0 or 1."""
+    levels = 65535
     distances = []
     for c in range(a[0].shape[-1]):
         cdfs = []
         for images in (a, b):
-            counts = sum(np.bincount(np.rint(x[..., c].ravel() * levels).astype(np.int64),
+            counts = sum(np.bincount(np.rint(np.clip(x[..., c].ravel(), 0, 1) * levels)
+                                     .astype(np.int64),
                                      minlength=levels + 1) for x in images)
             cdfs.append(np.cumsum(counts) / counts.sum())
         distances.append(float(np.abs(cdfs[0] - cdfs[1])[:-1].sum() / levels))

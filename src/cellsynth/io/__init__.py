@@ -8,11 +8,14 @@ from cellsynth.io.images import (
     write_image,
     write_labels,
 )
+from cellsynth.io.normalize import Normalization, normalize
 
 __all__ = [
     "Dataset",
+    "Normalization",
     "Sample",
     "load_dataset",
+    "normalize",
     "read_image",
     "read_labels",
     "to_float",

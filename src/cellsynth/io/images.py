@@ -29,7 +29,6 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 _TIFF = (".tif", ".tiff")
-_IMAGE_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -61,7 +60,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Returns
     -------
-    image : (H, W) or (H, W, 3) array of dtype uint8, uint16 or float.
+    image : (H, W) or (H, W, 3) array of any integer or float dtype, as stored; intensities
+        are mapped to [0, 1] by content with :func:`cellsynth.io.normalize.normalize`.
         Alpha channels are dropped (with a warning), single channels squeezed.
     """
     path = Path(path)
@@ -80,14 +80,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         )
     if min(image.shape[:2]) < 1:
         raise ImageReadError(f"{path}: image is empty, shape {image.shape}")
-    if image.dtype == bool or image.dtype not in _IMAGE_DTYPES:
-        if np.issubdtype(image.dtype, np.integer) and image.size and image.min() >= 0 \
-                and image.max() <= np.iinfo(np.uint16).max:
-            image = image.astype(np.uint16)
-        else:
-            raise ImageReadError(
-                f"{path}: unsupported image dtype {image.dtype} (expected uint8, uint16 or float)"
-            )
+    if image.dtype == bool:
+        raise ImageReadError(f"{path}: boolean image (a mask?); expected intensities "
+                             "(uint8/uint16/uint32 or float)")
+    if np.issubdtype(image.dtype, np.complexfloating):
+        raise ImageReadError(f"{path}: complex image; expected real intensities "
+                             "(uint8/uint16/uint32 or float)")
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise ImageReadError(f"{path}: unsupported image dtype {image.dtype} "
+                             "(expected uint8/uint16/uint32 or float)")
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         bad = int((~np.isfinite(image)).sum())
         raise ImageReadError(f"{path}: image contains {bad} NaN/inf values")
@@ -117,11 +118,14 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
-    """Scale an image to float32 in [0, 1] by its dtype's range (floats are clipped)."""
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
+    """Scale an image to float32 in [0, 1] by its dtype's range (floats are clipped).
+
+    Only for images whose dtype range is their content's (our own uint8 outputs); images
+    entering a model go through :func:`cellsynth.io.normalize.normalize`.
+    """
+    if np.issubdtype(image.dtype, np.integer) and image.dtype != bool:
+        info = np.iinfo(image.dtype)
+        return np.clip(image.astype(np.float32) / info.max, 0.0, 1.0)
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(image.astype(np.float32), 0.0, 1.0)
     raise ValueError(f"to_float: unsupported dtype {image.dtype}")

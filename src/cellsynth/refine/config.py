@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from cellsynth.config import from_dict, load_yaml
+from cellsynth.io.normalize import DTYPE_SCALING, Normalization
 
-__all__ = ["RefineConfig", "refine_config"]
+__all__ = ["RefineConfig", "refine_config", "config_from_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,10 @@ class RefineConfig:
     lr_d: float = 4e-4
     beta1: float = 0.0
     beta2: float = 0.9
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 autocast (CPU) when supported
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 autocast where native
     seed: int = 0
+    # intensities of simulated and real images -> [0, 1] by image content (io.normalize)
+    normalization: Normalization = field(default_factory=Normalization)
     # bookkeeping
     log_every: int = 10
     sample_every: int = 250
@@ -104,3 +107,12 @@ def refine_config(config_file: str | os.PathLike | None = None,
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     where = str(config_file) if config_file else "refine config"
     return from_dict(RefineConfig, data, where=where)
+
+
+def config_from_checkpoint(data: dict[str, Any], *, where: str) -> RefineConfig:
+    """The config a checkpoint was trained with; runs from before content normalisation
+    (no ``normalization`` key) keep the dtype scaling they trained with."""
+    config = from_dict(RefineConfig, data, where=where)
+    if "normalization" not in data:
+        config = replace(config, normalization=DTYPE_SCALING)
+    return config

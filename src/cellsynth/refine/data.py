@@ -3,9 +3,10 @@
 Both sets are decoded once and kept in memory, except real TIFFs larger than
 ``lazy_pixels`` which are memory-mapped and cropped on demand. Real images are brought to the
 simulation's channel count (RGB -> gray or gray -> RGB, with a note) and, when both pixel
-sizes are known, rescaled once to the simulation's pixel size. Intensities are scaled by the
-dtype's range (:func:`cellsynth.io.images.to_float`), so 8- and 16-bit images agree, and then
-mapped to [-1, 1]. Every crop gets a random flip/rotation (the dihedral group of the square).
+sizes are known, rescaled once to the simulation's pixel size. Intensities are normalised by
+each whole image's content (:func:`cellsynth.io.normalize.normalize`), so 8-, 12- and 16-bit
+images agree, and then mapped to [-1, 1]. Every crop gets a random flip/rotation (the
+dihedral group of the square).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.datasets import Dataset, load_dataset
-from cellsynth.io.images import match_channels, read_image, to_float
+from cellsynth.io.images import match_channels, read_image
+from cellsynth.io.normalize import DEFAULT, Normalization, apply_range, intensity_range, normalize
 
 __all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS", "load_simulated"]
 
@@ -62,7 +64,8 @@ class SimulatedCrops:
     crop : crop side in pixels.
     """
 
-    def __init__(self, root: str | os.PathLike, crop: int) -> None:
+    def __init__(self, root: str | os.PathLike, crop: int, *,
+                 normalization: Normalization = DEFAULT) -> None:
         dataset = load_simulated(root)
         self.root = dataset.root
         self.pixel_size_um = dataset.pixel_size_um
@@ -75,7 +78,8 @@ class SimulatedCrops:
             if self.images and _channels(image) != self.channels:
                 raise DatasetError(f"{sample.image_path}: has {_channels(image)} channel(s), "
                                    f"the first image has {self.channels}")
-            self.images.append(match_channels(to_float(image), _channels(image)) * 2 - 1)
+            image = normalize(image, normalization, where=str(sample.image_path))
+            self.images.append(match_channels(image, _channels(image)) * 2 - 1)
             self.labels.append(labels.astype(np.int32))
 
     @property
@@ -126,12 +130,16 @@ class RealCrops:
     channels : channels of the simulation (1 or 3); real images are converted to it.
     sim_pixel_size_um, real_pixel_size_um : if both are known, real images are rescaled to
         the simulation's pixel size; ``real_pixel_size_um`` defaults to the folder's meta.json.
+    normalization : intensity mapping to [0, 1], from each whole image (lazy ones sampled).
     """
 
     def __init__(self, root: str | os.PathLike, crop: int, channels: int, *,
                  sim_pixel_size_um: float | None = None,
-                 real_pixel_size_um: float | None = None) -> None:
+                 real_pixel_size_um: float | None = None,
+                 normalization: Normalization = DEFAULT) -> None:
         dataset = load_dataset(root)
+        self.normalization = normalization
+        self.ranges: list[tuple[np.ndarray, np.ndarray] | None] = []  # of lazy images
         self.root = dataset.root
         self.crop = crop
         self.channels = channels
@@ -159,10 +167,13 @@ class RealCrops:
                 _check_size(array.shape, need, sample.image_path)
                 self.images.append(array)
                 self.lazy.append(True)
+                self.ranges.append(intensity_range(array, normalization,
+                                                   where=str(sample.image_path)))
             else:
                 image = read_image(sample.image_path)
                 self.images.append(self._prepare(image, sample.image_path))
                 self.lazy.append(False)
+                self.ranges.append(None)
             raw = array if array is not None else image
             if _channels(raw) != channels:
                 converted.add(_channels(raw))
@@ -170,12 +181,20 @@ class RealCrops:
             what = "RGB -> gray" if channels == 1 else "gray -> RGB"
             self.notes.append(f"real images converted {what} to match the simulation")
 
-    def _prepare(self, image: np.ndarray, path: Path) -> np.ndarray:
-        """Decoded image -> (H, W, C) float32 in [-1, 1] at the simulation's pixel size."""
-        if image.dtype not in (np.uint8, np.uint16) and not np.issubdtype(image.dtype,
-                                                                        np.floating):
+    def _prepare(self, image: np.ndarray, path: Path,
+                 window_of: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Decoded image -> (H, W, C) float32 in [-1, 1] at the simulation's pixel size.
+
+        ``window_of``: the (low, high) range of the whole image this is a window of.
+        """
+        if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype,
+                                                                         np.floating)):
             raise ImageReadError(f"{path}: unsupported dtype {image.dtype}")
-        image = match_channels(to_float(image), self.channels)
+        if window_of is None:
+            image = normalize(image, self.normalization, where=str(path))
+        else:
+            image = apply_range(image, *window_of)
+        image = match_channels(image, self.channels)
         if self.scale != 1.0:
             from skimage.transform import rescale
 
@@ -195,7 +214,8 @@ class RealCrops:
         need = int(np.ceil(c / self.scale))
         h, w = image.shape[:2]
         y, x = int(rng.integers(h - need + 1)), int(rng.integers(w - need + 1))
-        window = self._prepare(np.asarray(image[y:y + need, x:x + need]), self.root)
+        window = self._prepare(np.asarray(image[y:y + need, x:x + need]), self.root,
+                               window_of=self.ranges[j])
         return window[:c, :c]
 
     def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:

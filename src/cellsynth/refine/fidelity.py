@@ -25,7 +25,7 @@ from scipy import ndimage as ndi
 
 from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.images import to_float
+from cellsynth.io.normalize import normalize
 
 __all__ = ["FidelityResult", "label_fidelity", "dataset_fidelity"]
 
@@ -45,7 +45,7 @@ class FidelityResult:
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
-    image = to_float(image)
+    image = normalize(image)
     return image.mean(axis=-1) if image.ndim == 3 else image
 
 

@@ -135,9 +135,10 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     if resume:
         saved = read_checkpoint(out / CHECKPOINT)
         _check_resume_config(saved["config"], config, out)
-    sim = SimulatedCrops(sim_dir, config.crop)
+    sim = SimulatedCrops(sim_dir, config.crop, normalization=config.normalization)
     real = RealCrops(real_dir, config.crop, sim.channels, sim_pixel_size_um=sim.pixel_size_um,
-                     real_pixel_size_um=config.real_pixel_size_um)
+                     real_pixel_size_um=config.real_pixel_size_um,
+                     normalization=config.normalization)
     for note in real.notes:
         warnings.warn(note, stacklevel=2)
     if resume:

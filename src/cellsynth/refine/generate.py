@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from cellsynth import __version__
-from cellsynth.config import from_dict
 from cellsynth.errors import DatasetError
 from cellsynth.hardware import choose_precision, configure_threads
 from cellsynth.io.datasets import write_dataset_meta
 from cellsynth.io.files import staged_output_dir
-from cellsynth.io.images import to_float, to_uint8, write_image
-from cellsynth.refine.config import RefineConfig
+from cellsynth.io.images import to_uint8, write_image
+from cellsynth.io.normalize import Normalization, normalize
+from cellsynth.refine.config import RefineConfig, config_from_checkpoint
 from cellsynth.refine.data import load_simulated
 from cellsynth.refine.fidelity import label_fidelity
 from cellsynth.refine.fit import CHECKPOINT
@@ -68,7 +68,7 @@ def load_refiner(run: str | os.PathLike, *, device: str = "cpu",
     if path.is_dir():
         path = path / CHECKPOINT
     checkpoint = read_checkpoint(path)
-    config = from_dict(RefineConfig, checkpoint["config"], where=f"{path}: config")
+    config = config_from_checkpoint(checkpoint["config"], where=f"{path}: config")
     dev = resolve_device(device)
     generator = build_generator(config, checkpoint["channels"])
     generator.load_state_dict(checkpoint["generator"])
@@ -82,9 +82,10 @@ log = logging.getLogger(__name__)
 _CONTEXT = 16  # mirrored border, pixels, around every image refined whole
 
 
-def _as_tensor(image: np.ndarray, channels: int) -> torch.Tensor:
-    """(H, W) or (H, W, C) -> (C, H, W) float32 in [-1, 1]."""
-    array = to_float(image)
+def _as_tensor(image: np.ndarray, channels: int, normalization: Normalization
+               ) -> torch.Tensor:
+    """(H, W) or (H, W, C) -> (C, H, W) float32 in [-1, 1], normalised as in training."""
+    array = normalize(image, normalization)
     array = array[..., None] if array.ndim == 2 else array
     if array.shape[-1] != channels:
         raise DatasetError(f"image has {array.shape[-1]} channel(s), the refiner {channels}")
@@ -118,7 +119,8 @@ def refine_images(refiner: Refiner, images: Sequence[np.ndarray], labels: Sequen
     for (h, w), members in sorted(groups.items()):
         for start in range(0, len(members), batch):
             idx = members[start:start + batch]
-            x = torch.stack([_as_tensor(images[i], refiner.channels) for i in idx])
+            norm = refiner.config.normalization
+            x = torch.stack([_as_tensor(images[i], refiner.channels, norm) for i in idx])
             lab = torch.stack([torch.from_numpy(labels[i].astype(np.int64)) for i in idx])
             # Mirror _CONTEXT px of context around the image (the generator otherwise sees zero
             # padding there and brightened/darkened the last ~4 px by up to 8 levels), and pad

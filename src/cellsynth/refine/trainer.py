@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from cellsynth import __version__
-from cellsynth.config import from_dict, to_dict
+from cellsynth.config import to_dict
 from cellsynth.errors import ConfigError, ImageReadError
 from cellsynth.hardware import choose_precision
 from cellsynth.io.files import atomic_path
 from cellsynth.refine.buffer import HistoryBuffer
-from cellsynth.refine.config import RefineConfig
+from cellsynth.refine.config import RefineConfig, config_from_checkpoint
 from cellsynth.refine.discriminator import MultiScaleDiscriminator
 from cellsynth.refine.losses import (
     d_hinge_loss,
@@ -217,7 +217,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
                     ) -> RefinerState:
     """Rebuild the training state saved by :func:`save_checkpoint`."""
     checkpoint = read_checkpoint(path)
-    config = from_dict(RefineConfig, checkpoint["config"], where=f"{path}: config")
+    config = config_from_checkpoint(checkpoint["config"], where=f"{path}: config")
     state = new_state(config, checkpoint["channels"], device, bf16=checkpoint["bf16"])
     state.generator.load_state_dict(checkpoint["generator"])
     # Checkpoints from before the input standardisation lack its buffers; the defaults

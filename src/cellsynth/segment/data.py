@@ -16,7 +16,8 @@ from skimage.transform import rescale, resize
 
 from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.images import match_channels, to_float
+from cellsynth.io.images import match_channels
+from cellsynth.io.normalize import DEFAULT, Normalization, normalize
 
 __all__ = ["Augment", "LabeledImage", "load_labeled", "CropSampler"]
 
@@ -47,11 +48,13 @@ class LabeledImage:
 
 
 def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = None,
-                 pixel_size_um: float | None = None) -> list[LabeledImage]:
+                 pixel_size_um: float | None = None,
+                 normalization: Normalization = DEFAULT) -> list[LabeledImage]:
     """Read every (image, labels) pair of the given dataset folders into memory.
 
     ``channels`` defaults to the first image's; others are converted. If ``pixel_size_um``
     is given, datasets whose meta.json states another pixel size are rescaled to it.
+    Intensities are mapped to [0, 1] per image by ``normalization``.
     """
     out: list[LabeledImage] = []
     for root in roots:
@@ -61,7 +64,7 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
             factor = dataset.pixel_size_um / pixel_size_um
         for sample in dataset:
             image, labels = sample.read()
-            image = to_float(image)
+            image = normalize(image, normalization, where=str(sample.image_path))
             channels = channels or (1 if image.ndim == 2 else 3)
             image = match_channels(image, channels, where=str(sample.image_path))
             labels = labels.astype(np.int32)

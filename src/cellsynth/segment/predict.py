@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cellsynth import __version__
+from cellsynth.config import from_dict
 from cellsynth.errors import CellsynthError, DatasetError
 from cellsynth.hardware import choose_precision, configure_threads
 from cellsynth.io.datasets import load_dataset
@@ -25,10 +26,10 @@ from cellsynth.io.images import (
     IMAGE_SUFFIXES,
     match_channels,
     read_image,
-    to_float,
     write_image,
     write_labels,
 )
+from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
 from cellsynth.segment.tiles import Predictor, open_large_image, tiled_proposals
 from cellsynth.segment.tiles import contours_to_labels as paint
 from cellsynth.viz import contour_overlay
@@ -54,6 +55,7 @@ class Detector:
     pixel_size_um: float | None
     step: int
     source: str
+    normalization: Normalization = Normalization()  # as the model was trained
 
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
@@ -88,9 +90,14 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
     chosen = choose_precision(precision, device)
     log.info("predict: %s", chosen)
     set_core_precision(model, chosen.name)
+    if "normalization" in config:
+        normalization = from_dict(Normalization, config["normalization"],
+                                  where=f"{path}: normalization")
+    else:  # trained before content normalisation: apply it as it was trained
+        normalization = DTYPE_SCALING
     return Detector(model, spec["in_channels"], float(ckpt.get("score_thresh", 0.9)),
                     int(config.get("crop", 256)), config.get("pixel_size_um"),
-                    int(ckpt["step"]), str(path))
+                    int(ckpt["step"]), str(path), normalization)
 
 
 def make_predictor(detector: Detector, *, device: str = "cpu") -> Predictor:
@@ -115,9 +122,11 @@ def make_predictor(detector: Detector, *, device: str = "cpu") -> Predictor:
     return predictor
 
 
-def _reader(channels: int, where: str):
+def _reader(channels: int, low: np.ndarray, high: np.ndarray, where: str):
+    """Tiles normalised with the whole image's range, so tiles keep one brightness."""
     def read(image: Any, ys: slice, xs: slice) -> np.ndarray:
-        return match_channels(to_float(np.asarray(image[ys, xs])), channels, where=where)
+        return match_channels(apply_range(np.asarray(image[ys, xs]), low, high), channels,
+                              where=where)
     return read
 
 
@@ -126,9 +135,10 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                   device: str = "cpu", where: str = "image") -> np.ndarray:
     """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size."""
     tile = tile or max(detector.crop, 512)
+    low, high = intensity_range(image, detector.normalization, where=where)
     contours, scores = tiled_proposals(
         image, make_predictor(detector, device=device), tile=tile, overlap=overlap,
-        batch=batch, read=_reader(detector.in_channels, where))
+        batch=batch, read=_reader(detector.in_channels, low, high, where))
     thresh = detector.score_thresh if score_thresh is None else score_thresh
     return paint(contours, scores, (int(image.shape[0]), int(image.shape[1])),
                  score_thresh=thresh)

@@ -26,6 +26,7 @@ from cellsynth.config import from_dict, save_yaml, to_dict
 from cellsynth.errors import CellsynthError, ConfigError
 from cellsynth.hardware import ThreadGovernor, choose_precision
 from cellsynth.io.files import prepare_run_dir
+from cellsynth.io.normalize import Normalization
 from cellsynth.segment.data import Augment, CropSampler, LabeledImage, load_labeled
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     pixel_size_um: float | None = None  # working resolution; data with another is rescaled
     augment: Augment = field(default_factory=Augment)
+    # intensities -> [0, 1] by image content; recorded, so predict applies the same
+    normalization: Normalization = field(default_factory=Normalization)
 
     def __post_init__(self) -> None:
         for name in ("order", "samples", "steps", "crop", "batch", "val_every",
@@ -182,9 +185,11 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
         prepare_run_dir(out, resume=resume, force=force)
     if world > 1:
         torch.distributed.barrier()
-    items = load_labeled(data, pixel_size_um=config.pixel_size_um)
+    items = load_labeled(data, pixel_size_um=config.pixel_size_um,
+                         normalization=config.normalization)
     channels = items[0].image.shape[-1]
-    val_items = (load_labeled([val], channels=channels, pixel_size_um=config.pixel_size_um)
+    val_items = (load_labeled([val], channels=channels, pixel_size_um=config.pixel_size_um,
+                              normalization=config.normalization)
                  if val is not None else [])
     torch.manual_seed(config.seed + rank)
     spec = dict(in_channels=channels, model=config.model, order=config.order,

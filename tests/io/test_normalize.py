@@ -1,0 +1,111 @@
+"""Intensity normalisation by content: the same pixels in any dtype give the same floats."""
+
+import numpy as np
+import pytest
+import zarr
+
+from cellsynth.errors import ImageReadError
+from cellsynth.io.images import read_image
+from cellsynth.io.normalize import (
+    DTYPE_SCALING,
+    Normalization,
+    apply_range,
+    intensity_range,
+    normalize,
+)
+
+
+def _cells(size=96, seed=0):
+    """Dim 8-bit content (0-235), like a fluorescence image: dark background, bright blobs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    image = rng.normal(20, 4, (size, size))
+    for y, x in rng.integers(8, size - 8, (12, 2)):
+        image += 200 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 30.0)
+    return np.clip(np.rint(image), 0, 235).astype(np.uint8)
+
+
+def test_percentiles_of_a_ramp_by_hand():
+    ramp = np.arange(101, dtype=np.float32).reshape(1, 101)  # percentile p is p itself
+    low, high = intensity_range(ramp, Normalization(low=10, high=90))
+    assert (low[0], high[0]) == (10.0, 90.0)
+    out = normalize(ramp, Normalization(low=10, high=90))
+    assert out[0, 10] == 0.0 and out[0, 50] == 0.5 and out[0, 90] == 1.0
+    assert out[0, 0] == 0.0 and out[0, 100] == 1.0  # clipped
+    assert out.dtype == np.float32
+
+
+def test_bit_depth_and_scale_do_not_matter():
+    """uint8, uint16 with the same values, x256, 12-bit (x16), float in [0, 1], float x1000."""
+    base = _cells()
+    reference = normalize(base)
+    assert reference.min() == 0.0 and reference.max() == 1.0
+    variants = [base.astype(np.uint16), base.astype(np.uint16) * 256,
+                base.astype(np.uint16) * 16, base.astype(np.float32) / 255,
+                base.astype(np.float32) * 1000, base.astype(np.uint32) * 70000]
+    for image in variants:
+        np.testing.assert_allclose(normalize(image), reference, atol=2e-6)
+    # the old rule made the 8-bit content of a uint16 file nearly black
+    assert normalize(base.astype(np.uint16), DTYPE_SCALING).max() < 0.004
+
+
+def test_rgb_uses_one_range_unless_per_channel():
+    gray = _cells().astype(np.float32)
+    rgb = np.stack([gray, 0.5 * gray, 0.25 * gray], axis=-1)  # a hue: R > G > B
+    joint = normalize(rgb)
+    assert joint[..., 0].max() == 1.0 and joint[..., 2].max() < 0.3  # hue kept
+    each = normalize(rgb, Normalization(per_channel=True))
+    np.testing.assert_allclose(each[..., 0], each[..., 2], atol=1e-5)  # each stretched alone
+
+
+def test_constant_and_nearly_constant_images_say_so():
+    with pytest.warns(UserWarning, match="a.tif: image is constant"):
+        out = normalize(np.full((8, 8), 7, np.uint16), where="a.tif")
+    assert not out.any()
+    nearly = np.full((40, 40), 100, np.uint16)
+    nearly[0, 0] = 200  # one bright pixel: the 1st and 99.8th percentiles are equal
+    with pytest.warns(UserWarning, match="b.tif: image is nearly constant"):
+        out = normalize(nearly, where="b.tif")
+    assert out[0, 0] == 1.0 and out[1, 1] == 0.0
+
+
+def test_large_images_are_sampled_and_lazy_ones_read_in_blocks():
+    rng = np.random.default_rng(0)
+    big = rng.gamma(2.0, 300.0, (2100, 2100)).astype(np.uint16)  # > MAX_SAMPLES pixels
+    exact = np.percentile(big, [1, 99.8])
+    low, high = intensity_range(big)
+    assert low[0] == pytest.approx(exact[0], rel=0.05)
+    assert high[0] == pytest.approx(exact[1], rel=0.05)
+    lazy = zarr.create_array(store={}, shape=big.shape, chunks=(256, 256), dtype=big.dtype)
+    lazy[:] = big
+    lazy_low, lazy_high = intensity_range(lazy)
+    assert lazy_low[0] == pytest.approx(exact[0], rel=0.1)
+    assert lazy_high[0] == pytest.approx(exact[1], rel=0.1)
+
+
+def test_tiles_of_a_dim_region_ignore_a_small_bright_corner():
+    """A tile is normalised with the whole image's range; a bright corner (< 0.2 % of the
+    pixels) moves the robust percentiles little: the dim region's contrast changes by less
+    than the detector's training augmentation (+-15 %)."""
+    dim = np.tile(_cells(256).astype(np.uint16) * 16, (4, 4))  # 1024 x 1024, 12-bit
+    corner = dim.copy()
+    corner[:40, :40] = 4095  # saturated corner, 0.15 % of the image
+    alone = normalize(dim[512:, 512:])
+    tile = apply_range(corner[512:, 512:], *intensity_range(corner))
+    gain = float((tile * alone).sum() / (alone * alone).sum())
+    assert abs(gain - 1) < 0.15 and np.corrcoef(tile.ravel(), alone.ravel())[0, 1] > 0.999
+
+
+def test_bad_settings_and_dtypes_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="low < high"):
+        Normalization(low=50, high=10)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "mask.tif", np.zeros((8, 8), bool))
+    with pytest.raises(ImageReadError, match="mask.tif: boolean image"):
+        read_image(tmp_path / "mask.tif")
+    tifffile.imwrite(tmp_path / "fft.tif", np.zeros((8, 8), np.complex64))
+    with pytest.raises(ImageReadError, match="fft.tif: complex image"):
+        read_image(tmp_path / "fft.tif")
+    tifffile.imwrite(tmp_path / "deep.tif", np.full((8, 8), 70000, np.uint32))
+    assert read_image(tmp_path / "deep.tif").dtype == np.uint32

@@ -1,0 +1,60 @@
+"""Prediction applies the model's recorded normalisation and precision on this machine."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cellsynth.evaluate import matching
+from cellsynth.io.images import read_image, read_labels, write_image
+from cellsynth.io.normalize import DTYPE_SCALING, Normalization
+from cellsynth.segment.data import Augment
+from cellsynth.segment.predict import load_detector, predict_folder
+from cellsynth.segment.trainer import TrainConfig, train
+from cellsynth.simulate import preset, write_simulation
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("predict")
+    sim = root / "sim"
+    write_simulation(preset("fluo"), n=4, size=96, seed=0, out=sim, progress=False)
+    config = TrainConfig(steps=60, lr=2e-3, warmup=1, crop=64, batch=2, samples=32, order=4,
+                         refinement_iterations=1, val_every=1000, precision="fp32",
+                         augment=Augment(enabled=False))
+    train(config, [sim], root / "run", progress=False)
+    return root / "run", sim
+
+
+def test_the_run_records_its_normalisation(model):
+    run, _ = model
+    detector = load_detector(run, precision="fp32")
+    assert detector.normalization == Normalization()
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["precision"] == "fp32"
+    # a model from before content normalisation is applied as it was trained
+    del ckpt["config"]["normalization"]
+    torch.save(ckpt, run.parent / "old.pt")
+    assert load_detector(run.parent / "old.pt").normalization == DTYPE_SCALING
+
+
+def test_same_cells_whatever_the_bit_depth(model, tmp_path):
+    """uint8, uint16 with the same values, 12-bit (x16) and float x1000: same predictions."""
+    run, sim = model
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    assert image.dtype == np.uint8
+    variants = {"u8": image, "u16": image.astype(np.uint16),
+                "u12": image.astype(np.uint16) * 16, "f1000": image.astype(np.float32) * 1000}
+    predicted = {}
+    for name, data in variants.items():
+        (tmp_path / name).mkdir()
+        write_image(tmp_path / name / "a.tif", data)
+        predict_folder(run, tmp_path / name, tmp_path / f"{name}-out", score_thresh=0.5,
+                       precision="fp32", progress=False)
+        predicted[name] = read_labels(tmp_path / f"{name}-out" / "labels" / "a.tif")
+    reference = predicted["u8"]
+    assert reference.max() >= 3, "the tiny model should find some cells"
+    for name, labels in predicted.items():
+        result = matching(reference, labels, thresholds=(0.98,))
+        assert result.f1[0] == 1.0, name
