@@ -95,7 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "steps": args.steps, "crop": args.crop, "batch": args.batch, "lr": args.lr,
         "device": args.device, "seed": args.seed, "model": args.model,
         "precision": args.precision, "val_every": args.val_every,
-        "pixel_size_um": args.pixel_size})
+        "pixel_size_um": args.pixel_size, "channel": args.channel})
     summary = train(config, args.data, args.out, init=args.init, val=args.val,
                     resume=args.resume, force=args.force, progress=not args.quiet)
     print(f"trained {summary['steps']} steps (loss {summary['loss']:.3f}) -> {args.out}")
@@ -112,7 +112,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              overlap=args.overlap, batch=args.batch,
                              score_thresh=args.score_thresh, device=args.device,
                              force=args.force, precision=args.precision,
-                             progress=not args.quiet)
+                             channel=args.channel, progress=not args.quiet)
     print(f"predicted {summary['n_instances']} cells in {summary['n_images']} images "
           f"({summary['megapixels_per_s']:.2f} MP/s) -> {args.out}")
     return 0
@@ -189,6 +189,10 @@ def _add_precision(p: argparse.ArgumentParser, default: str | None = None) -> No
                         "computes it natively (env CELLSYNTH_PRECISION overrides auto)")
 
 
+def _add_channel(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--channel", type=_nonnegative_int, help=text)
+
+
 _TORCH_COMMANDS = ("realism", "train", "predict", "fit-refiner", "generate", "run", "demo")
 
 
@@ -251,6 +255,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_precision(p)
     p.add_argument("--val-every", type=_positive_int)
     p.add_argument("--pixel-size", type=_positive_float, help="working pixel size (um)")
+    _add_channel(p, "use only this channel (0-based) of multi-channel images; recorded, so "
+                    "predict applies it too")
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--seed", type=_nonnegative_int)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -269,6 +275,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-thresh", type=float, help="override the validated threshold")
     p.add_argument("--device", default="cpu")
     _add_precision(p, default="auto")
+    _add_channel(p, "use only this channel (0-based) of multi-channel images (default: the "
+                    "model's)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)

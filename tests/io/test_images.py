@@ -97,3 +97,16 @@ def test_to_float_ranges():
     assert to_float(np.array([0, 255], np.uint8)).tolist() == [0.0, 1.0]
     assert to_float(np.array([65535], np.uint16)).tolist() == [1.0]
     assert to_float(np.array([2.0, -1.0], np.float64)).tolist() == [1.0, 0.0]
+
+
+def test_select_channel_picks_one_and_names_a_missing_one():
+    from cellsynth.io.images import select_channel
+
+    rgb = np.stack([np.full((4, 5), v, np.uint16) for v in (10, 20, 30)], axis=-1)
+    assert select_channel(rgb, None, where="x.tif") is rgb
+    blue = select_channel(rgb, 2, where="x.tif")
+    assert blue.shape == (4, 5) and (blue == 30).all()
+    assert select_channel(rgb[..., 0], 0).shape == (4, 5)  # a gray image has channel 0
+    with pytest.raises(ImageReadError, match=r"x.tif: channel 3 requested, but the image has 3 "
+                                             r"channel\(s\) \(0-2\)"):
+        select_channel(rgb, 3, where="x.tif")

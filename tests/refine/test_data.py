@@ -45,12 +45,15 @@ def test_empty_real_folder_is_a_clear_error(tmp_path):
 def test_real_8_and_16_bit_normalise_alike_and_gray_becomes_rgb(tmp_path):
     rng = np.random.default_rng(0)
     gray8 = rng.integers(0, 256, (20, 20), dtype=np.uint8)
-    for name, image in (("r8", gray8), ("r16", gray8.astype(np.uint16) * 257)):
+    stored = {"r8": gray8, "r16": gray8.astype(np.uint16) * 257,
+              "r12": gray8.astype(np.uint16) * 16, "same_values_u16": gray8.astype(np.uint16)}
+    for name, image in stored.items():
         (tmp_path / name).mkdir()
         write_image(tmp_path / name / "a.tif", image)
     a = RealCrops(tmp_path / "r8", 20, 3)
-    b = RealCrops(tmp_path / "r16", 20, 3)
-    np.testing.assert_allclose(a.images[0], b.images[0], atol=1e-6)
+    for name in stored:
+        b = RealCrops(tmp_path / name, 20, 3)
+        np.testing.assert_allclose(a.images[0], b.images[0], atol=1e-6)
     assert a.images[0].shape == (20, 20, 3) and np.ptp(a.images[0], axis=-1).max() == 0
     assert any("gray -> RGB" in n for n in a.notes)
     assert a.images[0].min() >= -1 and a.images[0].max() <= 1

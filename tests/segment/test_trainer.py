@@ -110,3 +110,24 @@ def test_torchrun_ddp_two_cpu_processes(sim, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
     assert ckpt["step"] == 2 and len(ckpt["rng"]["numpy"]) == 2
+
+
+def test_cli_says_which_precision_and_threads_it_chose(sim, tmp_path, capsys, monkeypatch):
+    from cellsynth import hardware
+    from cellsynth.cli import main
+
+    monkeypatch.delenv("CELLSYNTH_PRECISION", raising=False)
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: frozenset({"avx", "avx2"}))
+    args = ["train", "--data", str(sim), "--steps", "1", "--crop", "64", "--batch", "1",
+            "--threads", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    ckpt = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    assert ckpt["precision"] == "fp32"  # AVX2 only: bf16 would be emulated
+    assert main([*args[:-1], "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "cellsynth train: precision fp32 (auto: CPU has no native bf16 (AVX2 only)" in err
+    assert "cellsynth train: threads 1 (set by CELLSYNTH_THREADS)" in err
+    assert "CELLSYNTH_THREADS" not in os.environ  # --threads does not leak past the command
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert main([*args[:-1], "--out", str(tmp_path / "c"), "--precision", "fp32"]) == 0
+    assert "precision fp32 (requested)" in capsys.readouterr().err

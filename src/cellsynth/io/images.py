@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ __all__ = [
     "match_channels",
     "read_image",
     "read_labels",
+    "select_channel",
     "to_float",
     "to_uint8",
     "write_image",
@@ -129,6 +131,22 @@ def to_float(image: np.ndarray) -> np.ndarray:
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(image.astype(np.float32), 0.0, 1.0)
     raise ValueError(f"to_float: unsupported dtype {image.dtype}")
+
+
+def select_channel(image: Any, channel: int | None, *, where: str = "image") -> Any:
+    """Channel ``channel`` of an (H, W, C) image (0-based) as (H, W); ``None`` keeps all.
+
+    Like Cellpose's ``channels``: e.g. the DAPI channel of an RGB composite for a nuclei model.
+    Works on lazy arrays too (the selection is a view). Raises :class:`ImageReadError` when
+    the image has no such channel.
+    """
+    if channel is None:
+        return image
+    count = int(image.shape[2]) if len(image.shape) == 3 else 1
+    if not 0 <= channel < count:
+        raise ImageReadError(f"{where}: channel {channel} requested, but the image has {count} "
+                             f"channel(s) (0-{count - 1})")
+    return image if len(image.shape) == 2 else image[:, :, channel]
 
 
 def match_channels(image: np.ndarray, channels: int, *, where: str | None = None) -> np.ndarray:

@@ -72,7 +72,9 @@ def load_refiner(run: str | os.PathLike, *, device: str = "cpu",
     dev = resolve_device(device)
     generator = build_generator(config, checkpoint["channels"])
     generator.load_state_dict(checkpoint["generator"])
-    bf16 = choose_precision(precision, str(dev)).bf16
+    chosen = choose_precision(precision, str(dev))
+    log.info("%s", chosen)
+    bf16 = chosen.bf16
     return Refiner(generator.to(dev), config, step=int(checkpoint["step"]), checkpoint=path,
                    device=dev, bf16=bf16)
 
@@ -155,7 +157,6 @@ def refine_dataset(run: str | os.PathLike, sim_dir: str | os.PathLike,
 
     configure_threads()
     refiner = load_refiner(run, device=device, precision=precision)
-    log.info("generate: precision %s", "bf16" if refiner.bf16 else "fp32")
     sim = load_simulated(sim_dir)
     started = time.perf_counter()
     sim_images, refined_images, label_maps = [], [], []

@@ -63,7 +63,7 @@ def resolve_precision(precision: str, device: torch.device) -> bool:
     """True if forward passes run under bf16 autocast (``auto``: where the hardware has
     native bf16, see :func:`cellsynth.hardware.choose_precision`)."""
     chosen = choose_precision(precision, str(device))
-    log.info("fit-refiner: %s", chosen)
+    log.info("%s", chosen)
     return chosen.bf16
 
 

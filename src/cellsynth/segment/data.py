@@ -16,7 +16,7 @@ from skimage.transform import rescale, resize
 
 from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.images import match_channels
+from cellsynth.io.images import match_channels, select_channel
 from cellsynth.io.normalize import DEFAULT, Normalization, normalize
 
 __all__ = ["Augment", "LabeledImage", "load_labeled", "CropSampler"]
@@ -49,12 +49,14 @@ class LabeledImage:
 
 def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = None,
                  pixel_size_um: float | None = None,
-                 normalization: Normalization = DEFAULT) -> list[LabeledImage]:
+                 normalization: Normalization = DEFAULT,
+                 channel: int | None = None) -> list[LabeledImage]:
     """Read every (image, labels) pair of the given dataset folders into memory.
 
     ``channels`` defaults to the first image's; others are converted. If ``pixel_size_um``
     is given, datasets whose meta.json states another pixel size are rescaled to it.
-    Intensities are mapped to [0, 1] per image by ``normalization``.
+    Intensities are mapped to [0, 1] per image by ``normalization``; ``channel`` keeps only
+    that channel of multi-channel images (see :func:`cellsynth.io.images.select_channel`).
     """
     out: list[LabeledImage] = []
     for root in roots:
@@ -64,6 +66,7 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
             factor = dataset.pixel_size_um / pixel_size_um
         for sample in dataset:
             image, labels = sample.read()
+            image = select_channel(image, channel, where=str(sample.image_path))
             image = normalize(image, normalization, where=str(sample.image_path))
             channels = channels or (1 if image.ndim == 2 else 3)
             image = match_channels(image, channels, where=str(sample.image_path))

@@ -26,6 +26,7 @@ from cellsynth.io.images import (
     IMAGE_SUFFIXES,
     match_channels,
     read_image,
+    select_channel,
     write_image,
     write_labels,
 )
@@ -56,6 +57,7 @@ class Detector:
     step: int
     source: str
     normalization: Normalization = Normalization()  # as the model was trained
+    channel: int | None = None  # the one channel of multi-channel images it was trained on
 
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
@@ -88,7 +90,7 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
     model.eval()
     config = ckpt.get("config", {})
     chosen = choose_precision(precision, device)
-    log.info("predict: %s", chosen)
+    log.info("%s", chosen)
     set_core_precision(model, chosen.name)
     if "normalization" in config:
         normalization = from_dict(Normalization, config["normalization"],
@@ -97,7 +99,7 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
         normalization = DTYPE_SCALING
     return Detector(model, spec["in_channels"], float(ckpt.get("score_thresh", 0.9)),
                     int(config.get("crop", 256)), config.get("pixel_size_um"),
-                    int(ckpt["step"]), str(path), normalization)
+                    int(ckpt["step"]), str(path), normalization, config.get("channel"))
 
 
 def make_predictor(detector: Detector, *, device: str = "cpu") -> Predictor:
@@ -132,9 +134,15 @@ def _reader(channels: int, low: np.ndarray, high: np.ndarray, where: str):
 
 def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                   overlap: int = 96, batch: int = 4, score_thresh: float | None = None,
-                  device: str = "cpu", where: str = "image") -> np.ndarray:
-    """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size."""
+                  device: str = "cpu", where: str = "image", channel: int | None = None
+                  ) -> np.ndarray:
+    """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size.
+
+    ``channel`` (default: the one the model was trained on, if any) keeps only that channel.
+    """
     tile = tile or max(detector.crop, 512)
+    image = select_channel(image, detector.channel if channel is None else channel,
+                           where=where)
     low, high = intensity_range(image, detector.normalization, where=where)
     contours, scores = tiled_proposals(
         image, make_predictor(detector, device=device), tile=tile, overlap=overlap,
@@ -162,7 +170,8 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
 def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
                    *, tile: int | None = None, overlap: int = 96, batch: int = 4,
                    score_thresh: float | None = None, device: str = "cpu", force: bool = False,
-                   precision: str = "auto", progress: bool = True) -> dict[str, Any]:
+                   precision: str = "auto", channel: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
     """Predict every image of a folder; write ``labels/``, ``overlays/`` and meta.json."""
     from tqdm.auto import tqdm
 
@@ -179,7 +188,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                                      and path.stat().st_size > LAZY_PIXELS)
             image = open_large_image(path) if lazy else read_image(path)
             labels = predict_image(detector, image, tile=tile, overlap=overlap, batch=batch,
-                                   score_thresh=score_thresh, device=device, where=str(path))
+                                   score_thresh=score_thresh, device=device, where=str(path),
+                                   channel=channel)
             write_labels(root / "labels" / f"{image_id}.tif", labels)
             if not lazy:
                 write_image(root / "overlays" / f"{image_id}.png",

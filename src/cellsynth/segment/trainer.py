@@ -59,6 +59,7 @@ class TrainConfig:
     augment: Augment = field(default_factory=Augment)
     # intensities -> [0, 1] by image content; recorded, so predict applies the same
     normalization: Normalization = field(default_factory=Normalization)
+    channel: int | None = None  # use only this channel (0-based) of multi-channel images
 
     def __post_init__(self) -> None:
         for name in ("order", "samples", "steps", "crop", "batch", "val_every",
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.pixel_size_um is not None and not self.pixel_size_um > 0:
             raise ValueError(f"pixel_size_um must be > 0, got {self.pixel_size_um}")
+        if self.channel is not None and self.channel < 0:
+            raise ValueError(f"channel must be >= 0, got {self.channel}")
 
 
 def _dist() -> tuple[int, int]:
@@ -186,10 +189,10 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     if world > 1:
         torch.distributed.barrier()
     items = load_labeled(data, pixel_size_um=config.pixel_size_um,
-                         normalization=config.normalization)
+                         normalization=config.normalization, channel=config.channel)
     channels = items[0].image.shape[-1]
     val_items = (load_labeled([val], channels=channels, pixel_size_um=config.pixel_size_um,
-                              normalization=config.normalization)
+                              normalization=config.normalization, channel=config.channel)
                  if val is not None else [])
     torch.manual_seed(config.seed + rank)
     spec = dict(in_channels=channels, model=config.model, order=config.order,
@@ -199,7 +202,7 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
         _init_weights(model, spec, init)
     precision = choose_precision(config.precision, config.device)
     if rank == 0:
-        logger.info("train: %s", precision)
+        logger.info("%s", precision)
     set_core_precision(model, precision.name)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
