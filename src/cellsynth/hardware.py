@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Precision", "choose_precision", "cpu_bf16_support", "usable_cores",
+__all__ = ["resolve_device", "Precision", "choose_precision", "cpu_bf16_support", "usable_cores",
            "busy_cores_elsewhere", "choose_threads", "configure_threads", "ThreadGovernor"]
 
 log = logging.getLogger("cellsynth")
@@ -50,6 +50,28 @@ class Precision:
 
     def __str__(self) -> str:
         return f"precision {self.name} ({self.reason})"
+
+
+def resolve_device(device):
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a torch.device, checked to exist; a bad one
+    raises :class:`cellsynth.errors.ConfigError` (one line in the CLI)."""
+    import torch
+
+    from cellsynth.errors import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"invalid device {device!r}: {err}") from err
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} requested but there are only "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def _cpu_flags() -> frozenset[str] | None:

@@ -42,3 +42,68 @@ def test_empty_existing_folder_is_fine(tmp_path):
     with staged_output_dir(tmp_path / "out") as staging:
         (staging / "a").write_text("a")
     assert (tmp_path / "out" / "a").exists()
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from cellsynth.io.files import write_json
+
+    old = os.umask(0o022)
+    try:
+        with staged_output_dir(tmp_path / "out") as staging:
+            write_json(staging / "meta.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "meta.json").stat().st_mode) == 0o644
+
+
+def test_an_output_written_meanwhile_by_another_process_is_not_replaced(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(OutputExistsError, match="another process") as err:
+        with staged_output_dir(out) as staging:
+            (staging / "mine.txt").write_text("mine")
+            out.mkdir()  # the other process finished first
+            (out / "theirs.txt").write_text("theirs")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.")]
+    assert len(kept) == 1 and (kept[0] / "mine.txt").read_text() == "mine"
+    assert str(kept[0]) in str(err.value)
+
+
+def test_forced_run_folder_is_kept_aside_until_the_new_run_has_a_checkpoint(tmp_path):
+    from cellsynth.io.files import discard_replaced_run, prepare_run_dir, restore_replaced_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_text("old weights")
+    with pytest.raises(OutputExistsError, match="--force"):
+        prepare_run_dir(run, resume=False, force=False)
+    assert prepare_run_dir(run, resume=False, force=True) is False
+    assert list(run.iterdir()) == []
+    (run / "config.yaml").write_text("new")
+    restore_replaced_run(run)  # the new run failed before its first checkpoint
+    assert (run / "last.pt").read_text() == "old weights"
+    prepare_run_dir(run, resume=False, force=True)
+    (run / "last.pt").write_text("new weights")
+    discard_replaced_run(run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path):
+    from cellsynth.io.files import prepare_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("steps: 100")
+    (run / "log.jsonl").write_text('{"step": 1}\n')
+    assert prepare_run_dir(run, resume=True, force=False) is False  # nothing to resume
+    assert list(run.iterdir()) == []
+    (run / "config.yaml").write_text("steps: 100")
+    assert prepare_run_dir(run, resume=False, force=False) is False  # plain rerun: fine too
+    (run / "last.pt").write_text("w")
+    assert prepare_run_dir(run, resume=True, force=False) is True
+    with pytest.raises(OutputExistsError, match="nothing to resume"):
+        prepare_run_dir(tmp_path / "other", resume=True, force=False)

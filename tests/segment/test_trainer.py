@@ -131,3 +131,45 @@ def test_cli_says_which_precision_and_threads_it_chose(sim, tmp_path, capsys, mo
     monkeypatch.setattr(hardware, "_cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     assert main([*args[:-1], "--out", str(tmp_path / "c"), "--precision", "fp32"]) == 0
     assert "precision fp32 (requested)" in capsys.readouterr().err
+
+
+def test_ctrl_c_checkpoints_the_step_it_finished_and_resume_is_exact(sim, tmp_path,
+                                                                       monkeypatch):
+    import signal
+
+    config = TrainConfig(steps=5, checkpoint_every=50, **TINY)
+    train(config, [sim], tmp_path / "full", progress=False)
+    real_batch = trainer._batch
+    calls = {"n": 0}
+
+    def ctrl_c_during_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)  # arrives mid-step: the step still finishes
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_batch", ctrl_c_during_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, [sim], tmp_path / "stopped", progress=False)
+    monkeypatch.setattr(trainer, "_batch", real_batch)
+    assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)["step"] == 3
+    train(config, [sim], tmp_path / "stopped", resume=True, progress=False)
+    full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "stopped")
+    assert sorted(resumed) == [1, 2, 3, 4, 5]
+    for step in (4, 5):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-5)
+
+
+def test_force_with_bad_input_leaves_the_old_run_as_it_was(sim, tmp_path, capsys):
+    from cellsynth.cli import main
+
+    run = tmp_path / "run"
+    train(TrainConfig(steps=1, **TINY), [sim], run, progress=False)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for bad in (["--data", str(tmp_path / "missing")], ["--data", str(sim), "--device", "cuda:7"],
+                ["--data", str(sim), "--device", "nonsense"]):
+        code = main(["train", *bad, "--out", str(run), "--force", "--steps", "1", "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

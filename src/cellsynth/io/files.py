@@ -19,7 +19,20 @@ from typing import Any
 
 from cellsynth.errors import CellsynthError, OutputExistsError
 
-__all__ = ["atomic_path", "write_json", "staged_output_dir", "prepare_run_dir"]
+__all__ = ["atomic_path", "write_json", "staged_output_dir", "check_run_dir", "prepare_run_dir",
+           "discard_replaced_run", "restore_replaced_run"]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _public(path: Path, *, folder: bool) -> None:
+    """Give a temporary file (0600) or folder (0700) the mode the umask asks for, so results
+    renamed into place are as readable as any other file the user writes."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
 @contextlib.contextmanager
@@ -33,6 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                                dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    _public(tmp, folder=False)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -72,8 +86,15 @@ def staged_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterato
     out = Path(out)
     _check_writable(out, force)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or "."))
+    _public(staging, folder=True)
     try:
         yield staging
+        if not force and out.is_dir() and any(out.iterdir()):
+            # another process filled ``out`` while this one ran: keep both, replace nothing
+            kept = out.with_name(f"{out.name}.{os.getpid()}")
+            os.replace(staging, kept)
+            raise OutputExistsError(f"{out}: was written by another process while this one ran; "
+                                    f"left it as it is and saved this output as {kept}")
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old.tmp", dir=out.parent))
@@ -91,23 +112,68 @@ def staged_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterato
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def prepare_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
-                    checkpoint: str = "last.pt") -> Path:
-    """Make a training run folder ready: check a resumable checkpoint, or start empty.
+def _replaced(out: Path) -> Path:
+    return out.with_name(f".{out.name}.replaced.tmp")
 
-    A non-empty folder is only replaced with ``force``; ``resume`` needs ``checkpoint`` in it.
-    """
+
+def check_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
+                  checkpoint: str = "last.pt") -> bool:
+    """What :func:`prepare_run_dir` will do, checked without touching anything: raises
+    :class:`OutputExistsError` if it would refuse, else returns whether it will resume. Call
+    it before validating the inputs, and ``prepare_run_dir`` after."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder")
     if resume:
-        if not (out / checkpoint).is_file():
+        if (out / checkpoint).is_file():
+            return True
+        if not (out / "config.yaml").is_file():
             raise OutputExistsError(f"{out}: nothing to resume, no {checkpoint} in it")
-        return out
+    if out.is_dir() and any(out.iterdir()) and not force and not (
+            (out / "config.yaml").is_file() and not any(out.glob("*.pt"))):
+        raise OutputExistsError(f"{out}: run folder exists and is not empty "
+                                f"(use --resume to continue it or --force to replace it)")
+    return False
+
+
+def prepare_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
+                    checkpoint: str = "last.pt") -> bool:
+    """Make a training run folder ready; return whether there is a checkpoint to resume.
+
+    A non-empty folder is only replaced with ``force``, and even then it is moved aside (to a
+    hidden sibling), not deleted: the trainer calls :func:`discard_replaced_run` once the new
+    run has written its first checkpoint, or :func:`restore_replaced_run` if it fails before.
+    ``resume`` on a run that was stopped before its first checkpoint starts it again.
+    """
+    out = Path(out)
+    if check_run_dir(out, resume=resume, force=force, checkpoint=checkpoint):
+        return True
     if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise OutputExistsError(f"{out}: run folder exists and is not empty "
-                                    f"(use --resume to continue it or --force to replace it)")
-        shutil.rmtree(out)
+        if (out / "config.yaml").is_file() and not any(out.glob("*.pt")):
+            # a run stopped before its first checkpoint: nothing to lose, start it again
+            shutil.rmtree(out)
+        else:
+            backup = _replaced(out)
+            if backup.exists():
+                shutil.rmtree(backup)
+            os.replace(out, backup)
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    return False
+
+
+def discard_replaced_run(out: str | os.PathLike) -> None:
+    """Delete the run that ``prepare_run_dir(force=True)`` moved aside (the new one has a
+    checkpoint now)."""
+    backup = _replaced(Path(out))
+    if backup.exists():
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def restore_replaced_run(out: str | os.PathLike) -> None:
+    """Put back the run that ``prepare_run_dir(force=True)`` moved aside, if the new run
+    failed before writing anything worth keeping."""
+    out = Path(out)
+    backup = _replaced(out)
+    if backup.exists():
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(backup, out)

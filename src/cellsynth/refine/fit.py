@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -24,8 +25,14 @@ import torch
 from cellsynth import __version__
 from cellsynth.config import save_yaml, to_dict
 from cellsynth.errors import ConfigError
-from cellsynth.hardware import ThreadGovernor
-from cellsynth.io.files import prepare_run_dir, write_json
+from cellsynth.hardware import ThreadGovernor, resolve_device
+from cellsynth.io.files import (
+    check_run_dir,
+    discard_replaced_run,
+    prepare_run_dir,
+    restore_replaced_run,
+    write_json,
+)
 from cellsynth.io.images import to_uint8, write_image
 from cellsynth.refine.config import RefineConfig
 from cellsynth.refine.data import RealCrops, SimulatedCrops
@@ -38,12 +45,14 @@ from cellsynth.refine.trainer import (
     save_checkpoint,
     train_step,
 )
+from cellsynth.signals import stop_between_steps
 from cellsynth.viz import contour_overlay, image_grid
 
 __all__ = ["fit", "CHECKPOINT", "LOG"]
 
 CHECKPOINT = "last.pt"
 LOG = "log.jsonl"
+logger = logging.getLogger(__name__)
 _SAMPLE_ROWS = 4
 # options that may change when a run is resumed; anything else would change the experiment
 _RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every"}
@@ -59,6 +68,7 @@ def _check_resume_config(saved: dict[str, Any], config: RefineConfig, out: Path)
                           f"{', '.join(changed)} (only {', '.join(sorted(_RESUMABLE))} may change)")
 
 
+CHECKPOINT_SECONDS = 600.0  # also checkpoint when the last one is this old
 _STATS_CROPS = 64  # real crops that set the discriminator's input standardisation
 
 
@@ -131,7 +141,10 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    prepare_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT)
+    # every input is checked before the run folder is touched (a --force run that cannot
+    # start must leave the old run as it was)
+    resume = check_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT)
+    resolve_device(device)
     if resume:
         saved = read_checkpoint(out / CHECKPOINT)
         _check_resume_config(saved["config"], config, out)
@@ -153,6 +166,7 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
         if config.d_input_norm:  # own RNG: the training draws stay as they were
             stats_rng = np.random.default_rng([config.seed, 2])
             state.discriminator.set_input_stats(real.sample(_STATS_CROPS, stats_rng))
+    prepare_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT)
     threads = ThreadGovernor()
     save_yaml(out / "config.yaml", config)
     write_json(out / "run.json", {
@@ -168,28 +182,47 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     first_step, losses = state.step, {}
     bar = tqdm(total=config.steps, initial=state.step, desc="fit-refiner", unit="step",
                disable=not progress)
-    with bar, open(out / LOG, "a") as log:
-        while state.step < config.steps:
-            threads.tick()
-            sim_crops, labels = sim.sample(config.batch, state.crop_rng)
-            real_crops = real.sample(config.batch * config.d_steps, state.crop_rng)
-            losses = train_step(state, sim_crops, labels, real_crops)
-            step = state.step
-            elapsed = time.perf_counter() - started
-            if step % config.log_every == 0 or step == config.steps:
-                record = {"step": step, **{k: round(v, 6) for k, v in losses.items()},
-                          "seconds": round(elapsed, 2)}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
-            bar.update(1)
-            out_of_time = max_minutes is not None and elapsed > 60 * max_minutes
-            if step % config.sample_every == 0 or step == config.steps or out_of_time:
-                samples.write(out / "samples" / f"step_{step:06d}.png", state)
-            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                save_checkpoint(out / CHECKPOINT, state)
-            if out_of_time:
-                break
+    saved_at = time.monotonic()
+
+    def save() -> None:
+        nonlocal saved_at
+        save_checkpoint(out / CHECKPOINT, state)
+        saved_at = time.monotonic()
+        discard_replaced_run(out)  # the new run has something to keep now
+
+    try:
+        with bar, open(out / LOG, "a") as log, stop_between_steps() as stop:
+            while state.step < config.steps:
+                threads.tick()
+                sim_crops, labels = sim.sample(config.batch, state.crop_rng)
+                real_crops = real.sample(config.batch * config.d_steps, state.crop_rng)
+                losses = train_step(state, sim_crops, labels, real_crops)
+                step = state.step
+                elapsed = time.perf_counter() - started
+                if step % config.log_every == 0 or step == config.steps:
+                    record = {"step": step, **{k: round(v, 6) for k, v in losses.items()},
+                              "seconds": round(elapsed, 2)}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+                bar.update(1)
+                out_of_time = max_minutes is not None and elapsed > 60 * max_minutes
+                if step % config.sample_every == 0 or step == config.steps or out_of_time:
+                    samples.write(out / "samples" / f"step_{step:06d}.png", state)
+                overdue = time.monotonic() - saved_at > CHECKPOINT_SECONDS
+                if (step % config.checkpoint_every == 0 or step == config.steps or out_of_time
+                        or overdue or stop):
+                    save()
+                if stop:
+                    logger.warning("stopped by %s at step %d; checkpoint saved, --resume "
+                                 "continues", stop.name, step)
+                    raise KeyboardInterrupt
+                if out_of_time:
+                    break
+    except BaseException:
+        if not (out / CHECKPOINT).exists():
+            restore_replaced_run(out)  # nothing of the new run to keep: the old one is back
+        raise
     seconds = time.perf_counter() - started
     done = state.step - first_step
     return {"step": state.step, "seconds": seconds, "steps_per_s": done / max(seconds, 1e-9),

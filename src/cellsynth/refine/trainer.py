@@ -26,8 +26,8 @@ import torch
 
 from cellsynth import __version__
 from cellsynth.config import to_dict
-from cellsynth.errors import ConfigError, ImageReadError
-from cellsynth.hardware import choose_precision
+from cellsynth.errors import ImageReadError
+from cellsynth.hardware import choose_precision, resolve_device
 from cellsynth.io.files import atomic_path
 from cellsynth.refine.buffer import HistoryBuffer
 from cellsynth.refine.config import RefineConfig, config_from_checkpoint
@@ -44,19 +44,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RefinerState", "build_generator", "new_state", "train_step", "resolve_device",
            "resolve_precision", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a torch.device, checked to exist."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ConfigError(f"invalid device {device!r}: {err}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
-    return dev
 
 
 def resolve_precision(precision: str, device: torch.device) -> bool:

@@ -24,14 +24,22 @@ import torch
 
 from cellsynth.config import from_dict, save_yaml, to_dict
 from cellsynth.errors import CellsynthError, ConfigError
-from cellsynth.hardware import ThreadGovernor, choose_precision
-from cellsynth.io.files import prepare_run_dir
+from cellsynth.hardware import ThreadGovernor, choose_precision, resolve_device
+from cellsynth.io.files import (
+    check_run_dir,
+    discard_replaced_run,
+    prepare_run_dir,
+    restore_replaced_run,
+)
 from cellsynth.io.normalize import Normalization
 from cellsynth.segment.data import Augment, CropSampler, LabeledImage, load_labeled
+from cellsynth.signals import stop_between_steps
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "train", "THRESHOLD_GRID"]
+
+CHECKPOINT_SECONDS = 600.0  # also checkpoint when the last one is this old (single process)
 
 # Score thresholds tried on the validation images (scores bunch up near 1 after training).
 THRESHOLD_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
@@ -119,6 +127,27 @@ def _batch(sampler: CropSampler, config: TrainConfig, samples: int, order: int,
     return {k: v.to(device) for k, v in collate(items).items()}
 
 
+def _train_step(net, optimizer, scheduler, sampler: CropSampler, model: torch.nn.Module,
+                config: TrainConfig, step: int, log: _Log | None, bar) -> tuple[int, float]:
+    """One optimiser step on a fresh batch; returns (step, loss)."""
+    started = time.perf_counter()
+    batch = _batch(sampler, config, model.samples, model.order, config.device)
+    outputs = net(batch["inputs"], targets=batch)
+    optimizer.zero_grad(set_to_none=True)
+    outputs["loss"].backward()
+    optimizer.step()
+    scheduler.step()
+    step += 1
+    loss_value = float(outputs["loss"].detach())
+    if log is not None:
+        parts = {k: float(v.detach()) for k, v in outputs["losses"].items() if v is not None}
+        log.write(step=step, loss=loss_value, lr=scheduler.get_last_lr()[0],
+                  seconds=time.perf_counter() - started, **parts)
+    bar.set_postfix(loss=f"{loss_value:.3f}")
+    bar.update(1)
+    return step, loss_value
+
+
 def validate(model: torch.nn.Module, items: list[LabeledImage], config: TrainConfig
              ) -> dict[str, Any]:
     """F1 on validation images for every threshold of THRESHOLD_GRID; best threshold."""
@@ -184,10 +213,10 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
 
     out = Path(out)
     rank, world = _dist()
-    if rank == 0:
-        prepare_run_dir(out, resume=resume, force=force)
-    if world > 1:
-        torch.distributed.barrier()
+    # every input is checked before the run folder is touched (a --force run that cannot
+    # start must leave the old run as it was)
+    resume = check_run_dir(out, resume=resume, force=force)
+    resolve_device(config.device)
     items = load_labeled(data, pixel_size_um=config.pixel_size_um,
                          normalization=config.normalization, channel=config.channel)
     channels = items[0].image.shape[-1]
@@ -210,7 +239,11 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     rng = np.random.default_rng([config.seed, rank])
     step, best_f1, score_thresh = 0, -1.0, 0.9
     if resume:
-        ckpt = torch.load(out / "last.pt", map_location=config.device, weights_only=False)
+        try:
+            ckpt = torch.load(out / "last.pt", map_location=config.device, weights_only=False)
+        except Exception as err:  # truncated or not a checkpoint: torch's text is cryptic
+            raise CellsynthError(f"{out / 'last.pt'}: cannot load checkpoint (truncated or "
+                                 f"corrupt?); start again with --force") from err
         if ckpt["config"] != to_dict(config):
             raise ConfigError(f"{out}: resume with the config the run was started with")
         model.load_state_dict(ckpt["model"])
@@ -219,7 +252,11 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
         rng.bit_generator.state = ckpt["rng"]["numpy"][rank]
         torch.set_rng_state(ckpt["rng"]["torch"])
         step, best_f1, score_thresh = ckpt["step"], ckpt["best_f1"], ckpt["score_thresh"]
-    elif rank == 0:
+    if rank == 0:
+        prepare_run_dir(out, resume=resume, force=force)
+    if world > 1:
+        torch.distributed.barrier()
+    if not resume and rank == 0:
         save_yaml(out / "config.yaml", config)
     net = DistributedDataParallel(model) if world > 1 else model
     sampler = CropSampler(items, config.crop, config.augment, rng)
@@ -244,37 +281,49 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step",
                disable=not progress or rank != 0)
     loss_value = float("nan")
-    while step < config.steps:
-        threads.tick()
-        started = time.perf_counter()
-        batch = _batch(sampler, config, model.samples, model.order, config.device)
-        outputs = net(batch["inputs"], targets=batch)
-        optimizer.zero_grad(set_to_none=True)
-        outputs["loss"].backward()
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        loss_value = float(outputs["loss"].detach())
+    saved_at = time.monotonic()
+
+    def save_last() -> None:
+        nonlocal saved_at
+        checkpoint(out / "last.pt")
+        saved_at = time.monotonic()
+        if rank == 0:
+            discard_replaced_run(out)  # the new run has something to keep now
+
+    try:
+        with stop_between_steps() as stop:
+            while step < config.steps:
+                threads.tick()
+                step, loss_value = _train_step(net, optimizer, scheduler, sampler, model, config,
+                                               step, log, bar)
+                if val_items and (step % config.val_every == 0 or step == config.steps):
+                    if rank == 0:
+                        result = validate(model, val_items, config)
+                        log.write(step=step, val_f1=result["f1_50"],
+                                  val_f1_avg=result["f1_avg"],
+                                  val_score_thresh=result["score_thresh"])
+                        if result["f1_50"] > best_f1:
+                            best_f1, score_thresh = result["f1_50"], result["score_thresh"]
+                            checkpoint(out / "best.pt", collective=False)
+                    if world > 1:  # share rank 0's choice so every rank saves the same state
+                        shared = [best_f1, score_thresh]
+                        torch.distributed.broadcast_object_list(shared, src=0)
+                        best_f1, score_thresh = shared
+                overdue = world == 1 and time.monotonic() - saved_at > CHECKPOINT_SECONDS
+                if step % config.checkpoint_every == 0 or step == config.steps or overdue:
+                    save_last()
+                if stop and world == 1:
+                    save_last()
+                    logger.warning("stopped by %s at step %d; checkpoint saved, --resume "
+                                   "continues", stop.name, step)
+                    raise KeyboardInterrupt
+    except BaseException:
+        if rank == 0 and not any(out.glob("*.pt")):
+            restore_replaced_run(out)  # nothing of the new run to keep: the old one is back
+        raise
+    finally:
         if log is not None:
-            parts = {k: float(v.detach()) for k, v in outputs["losses"].items() if v is not None}
-            log.write(step=step, loss=loss_value, lr=scheduler.get_last_lr()[0],
-                      seconds=time.perf_counter() - started, **parts)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        bar.update(1)
-        if val_items and (step % config.val_every == 0 or step == config.steps):
-            if rank == 0:
-                result = validate(model, val_items, config)
-                log.write(step=step, val_f1=result["f1_50"], val_f1_avg=result["f1_avg"],
-                          val_score_thresh=result["score_thresh"])
-                if result["f1_50"] > best_f1:
-                    best_f1, score_thresh = result["f1_50"], result["score_thresh"]
-                    checkpoint(out / "best.pt", collective=False)
-            if world > 1:  # share rank 0's choice so every rank checkpoints the same state
-                shared = [best_f1, score_thresh]
-                torch.distributed.broadcast_object_list(shared, src=0)
-                best_f1, score_thresh = shared
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            checkpoint(out / "last.pt")
+            log.file.close()
     bar.close()
     if world > 1:
         torch.distributed.barrier()

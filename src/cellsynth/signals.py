@@ -1,0 +1,50 @@
+"""Stop long training loops *between* steps on Ctrl-C or SIGTERM, so they can checkpoint.
+
+A signal in the middle of an optimiser step would leave half-updated weights; instead the
+first SIGINT/SIGTERM only sets a flag that the loop checks after each step (it then saves a
+checkpoint and raises :class:`KeyboardInterrupt`). A second one stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+__all__ = ["StopRequest", "stop_between_steps"]
+
+
+class StopRequest:
+    """Truthy once a stop was asked for; ``name`` says by which signal."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+@contextlib.contextmanager
+def stop_between_steps() -> Iterator[StopRequest]:
+    """Within the block, SIGINT/SIGTERM set the yielded request instead of interrupting."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signal handlers can only be set in the main thread
+        return
+
+    def handler(signum, frame):
+        if request:
+            raise KeyboardInterrupt  # asked twice: stop now
+        request.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
