@@ -57,3 +57,20 @@ def test_yaml_errors(tmp_path):
 def test_to_dict_roundtrip():
     config = Outer(name="y", inner=Inner(sizes=(3, 4)))
     assert from_dict(Outer, to_dict(config)) == config
+
+
+def test_yaml_errors_name_the_line_and_a_folder_is_refused(tmp_path):
+    from cellsynth.config import load_yaml
+    from cellsynth.errors import ConfigError
+    from cellsynth.pipeline import load_pipeline_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("simulate:\n  preset: merker\n  n: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:4:1: invalid YAML"):
+        load_yaml(bad)
+    with pytest.raises(ConfigError, match="is a folder, expected a YAML config file"):
+        load_yaml(tmp_path)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="empty.yaml: empty pipeline config"):
+        load_pipeline_config(empty)

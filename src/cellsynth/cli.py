@@ -45,6 +45,13 @@ _nonnegative_int = _number(int, 0, False, "an integer >= 0")
 _positive_float = _number(float, 0.0, True, "a positive number")
 
 
+def _score(text: str) -> float:
+    value = _number(float, 0.0, False, "a score between 0 and 1")(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a score between 0 and 1, got {value}")
+    return value
+
+
 # --- inspect ---------------------------------------------------------------------------------
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -272,7 +279,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=_positive_int, help="tile size (default max(crop, 512))")
     p.add_argument("--overlap", type=_positive_int, default=96, help="tile overlap in pixels")
     p.add_argument("--batch", type=_positive_int, default=4)
-    p.add_argument("--score-thresh", type=float, help="override the validated threshold")
+    p.add_argument("--score-thresh", type=_score, help="override the validated threshold "
+                   "(0-1)")
     p.add_argument("--device", default="cpu")
     _add_precision(p, default="auto")
     _add_channel(p, "use only this channel (0-based) of multi-channel images (default: the "

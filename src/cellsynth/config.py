@@ -121,12 +121,19 @@ def override(config: T, update: dict[str, Any], *, where: str = "config") -> T:
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping, with a clear error for a missing file or a syntax error."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a YAML config file")
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as err:
         raise ConfigError(f"{path}: no such config file") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config file: {err}") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):

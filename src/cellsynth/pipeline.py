@@ -86,7 +86,11 @@ class PipelineConfig:
 def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
     """Read and validate a pipeline YAML; paths are resolved against the YAML's folder."""
     path = Path(path)
-    config = from_dict(PipelineConfig, load_yaml(path), where=str(path))
+    data = load_yaml(path)
+    if not data:
+        raise ConfigError(f"{path}: empty pipeline config; start from one of configs/*.yaml "
+                          f"(at least simulate: preset and real: folders)")
+    config = from_dict(PipelineConfig, data, where=str(path))
     real = {k: (str((path.parent / v).resolve()) if isinstance(v, str) else v)
             for k, v in to_dict(config.real).items()}
     config = from_dict(PipelineConfig, {**to_dict(config), "real": real}, where=str(path))

@@ -85,3 +85,34 @@ def test_channel_selects_the_nuclei_of_a_composite(model, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "a.png: channel 3 requested, but the image has 3 channel(s)" in err[0]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--score-thresh", "5"], "expected a score between 0 and 1, got 5.0"),
+    (["--tile", "64", "--overlap", "64"], "--overlap 64 must be smaller than --tile 64"),
+    (["--device", "cuda:3"], "device 'cuda:3' requested but"),
+])
+def test_predict_refuses_bad_options_in_one_line(model, tmp_path, capsys, args, message):
+    from cellsynth.cli import main
+
+    run, sim = model
+    try:
+        code = main(["predict", "--model", str(run), "--images", str(sim), "--out",
+                     str(tmp_path / "out"), "--quiet", *args])
+    except SystemExit as stop:  # argparse rejects it while parsing
+        code = stop.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_names_a_refiner_run_and_a_truncated_checkpoint(model, tmp_path):
+    from cellsynth.errors import CellsynthError
+
+    run, _ = model
+    torch.save({"generator": {}, "step": 1}, tmp_path / "refiner.pt")
+    with pytest.raises(CellsynthError, match="refiner.pt: a refiner run"):
+        load_detector(tmp_path / "refiner.pt")
+    (tmp_path / "cut.pt").write_bytes((run / "last.pt").read_bytes()[:5000])
+    with pytest.raises(CellsynthError, match=r"cut.pt: cannot load checkpoint \(truncated"):
+        load_detector(tmp_path / "cut.pt")

@@ -18,8 +18,8 @@ import torch
 
 from cellsynth import __version__
 from cellsynth.config import from_dict
-from cellsynth.errors import CellsynthError, DatasetError
-from cellsynth.hardware import choose_precision, configure_threads
+from cellsynth.errors import CellsynthError, ConfigError, DatasetError
+from cellsynth.hardware import choose_precision, configure_threads, resolve_device
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import staged_output_dir, write_json
 from cellsynth.io.images import (
@@ -79,12 +79,18 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
     """
     from cellsynth.segment.cpn import build_model, set_core_precision
 
+    resolve_device(device)
     path = checkpoint_path(run)
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
-        spec = ckpt["model_spec"]
-    except Exception as err:
-        raise CellsynthError(f"{path}: cannot load checkpoint: {err}") from err
+    except Exception as err:  # torch's zip-reader text says little
+        raise CellsynthError(f"{path}: cannot load checkpoint (truncated or not a torch "
+                             f"file?)") from err
+    if not isinstance(ckpt, dict) or "model_spec" not in ckpt:
+        kind = "a refiner run (use it with generate)" if isinstance(ckpt, dict) and \
+            "generator" in ckpt else "not a detector checkpoint"
+        raise CellsynthError(f"{path}: {kind}; predict needs a `cellsynth train` run")
+    spec = ckpt["model_spec"]
     model = build_model(**spec).to(device)
     model.load_state_dict(ckpt["model"])
     model.eval()
@@ -175,6 +181,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     """Predict every image of a folder; write ``labels/``, ``overlays/`` and meta.json."""
     from tqdm.auto import tqdm
 
+    if tile is not None and overlap >= tile:
+        raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
     configure_threads()
     detector = load_detector(run, device=device, precision=precision)
     inputs = _inputs(Path(images))
