@@ -75,6 +75,9 @@ def main() -> None:
               f"predict {mp_s:.3f} MP/s ({'trained' if args.model else 'untrained'} model)")
     (s32, p32), (s16, p16) = results["fp32"], results["bf16"]
     print(f"bf16 vs fp32: training {s32 / s16:.2f}x faster, prediction {p16 / p32:.2f}x faster")
+    from cellsynth.hardware import choose_precision
+
+    print(f"precision auto on this machine: {choose_precision('auto', args.device)}")
 
 
 if __name__ == "__main__":

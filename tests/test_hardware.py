@@ -19,21 +19,32 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-def _flags(monkeypatch, flags):
+def _flags(monkeypatch, flags, speedup=None):
+    """Mock the CPU flags and the bf16 timing (None: the timing must not run)."""
     monkeypatch.setattr(hardware, "_cpu_flags", lambda: flags)
 
-    def no_timing():
-        raise AssertionError("flags were readable: no timing should run")
-    monkeypatch.setattr(hardware, "_timed_bf16_speedup", no_timing)
+    def timing():
+        if speedup is None:
+            raise AssertionError("the flags settle this case: no timing should run")
+        return speedup
+    monkeypatch.setattr(hardware, "_timed_bf16_speedup", timing)
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (AVX2_ONLY, "fp32"), (AVX512_NO_BF16, "fp32"), (AVX512_BF16, "bf16"), (AMX, "bf16")])
-def test_auto_follows_the_cpu_flags(monkeypatch, flags, expected):
+    (AVX2_ONLY, "fp32"), (AVX512_NO_BF16, "fp32"), (AMX, "bf16")])
+def test_auto_follows_clear_cpu_flags_without_timing(monkeypatch, flags, expected):
     _flags(monkeypatch, flags)
     chosen = hardware.choose_precision("auto", "cpu")
     assert chosen.name == expected
     assert chosen.bf16 == (expected == "bf16")
+
+
+@pytest.mark.parametrize("speedup, expected", [(0.62, "fp32"), (1.9, "bf16")])
+def test_avx512_bf16_without_amx_is_timed(monkeypatch, speedup, expected):
+    _flags(monkeypatch, AVX512_BF16, speedup=speedup)
+    chosen = hardware.choose_precision("auto", "cpu")
+    assert chosen.name == expected and f"{speedup:.2f}x" in chosen.reason
+    assert "AVX512-BF16 without AMX" in chosen.reason
 
 
 def test_auto_on_avx2_says_why(monkeypatch):
@@ -46,7 +57,7 @@ def test_explicit_bf16_is_honoured_with_a_warning_where_emulated(monkeypatch):
     _flags(monkeypatch, AVX2_ONLY)
     with pytest.warns(UserWarning, match="emulated"):
         assert hardware.choose_precision("bf16", "cpu").name == "bf16"
-    _flags(monkeypatch, AVX512_BF16)
+    _flags(monkeypatch, AMX)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert hardware.choose_precision("bf16", "cpu").name == "bf16"
@@ -54,7 +65,7 @@ def test_explicit_bf16_is_honoured_with_a_warning_where_emulated(monkeypatch):
 
 
 def test_environment_overrides_auto_only(monkeypatch):
-    _flags(monkeypatch, AVX512_BF16)
+    _flags(monkeypatch, AMX)
     monkeypatch.setenv("CELLSYNTH_PRECISION", "fp32")
     assert hardware.choose_precision("auto", "cpu").name == "fp32"
     assert hardware.choose_precision("bf16", "cpu").name == "bf16"  # explicit wins
