@@ -360,6 +360,9 @@ def _output(command: str, quiet: bool):
         print(f"cellsynth {command}: warning: {message}", file=file or sys.stderr)
 
     warnings.showwarning = show
+    from cellsynth.hardware import forget_announcements
+
+    forget_announcements()  # each command says once what it chose
     try:
         yield
     finally:

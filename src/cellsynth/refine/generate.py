@@ -7,7 +7,6 @@ moved into place when complete.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import time
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from cellsynth import __version__
 from cellsynth.errors import DatasetError
-from cellsynth.hardware import choose_precision, configure_threads
+from cellsynth.hardware import announce, choose_precision, configure_threads
 from cellsynth.io.datasets import write_dataset_meta
 from cellsynth.io.files import staged_output_dir
 from cellsynth.io.images import to_uint8, write_image
@@ -73,13 +72,11 @@ def load_refiner(run: str | os.PathLike, *, device: str = "cpu",
     generator = build_generator(config, checkpoint["channels"])
     generator.load_state_dict(checkpoint["generator"])
     chosen = choose_precision(precision, str(dev))
-    log.info("%s", chosen)
+    announce(str(chosen))
     bf16 = chosen.bf16
     return Refiner(generator.to(dev), config, step=int(checkpoint["step"]), checkpoint=path,
                    device=dev, bf16=bf16)
 
-
-log = logging.getLogger(__name__)
 
 _CONTEXT = 16  # mirrored border, pixels, around every image refined whole
 

@@ -15,7 +15,6 @@ so saving it and loading it back continues a run bit for bit (same device, threa
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from cellsynth import __version__
 from cellsynth.config import to_dict
 from cellsynth.errors import ImageReadError
-from cellsynth.hardware import choose_precision, resolve_device
+from cellsynth.hardware import announce, choose_precision, resolve_device
 from cellsynth.io.files import atomic_path
 from cellsynth.refine.buffer import HistoryBuffer
 from cellsynth.refine.config import RefineConfig, config_from_checkpoint
@@ -40,8 +39,6 @@ from cellsynth.refine.losses import (
 )
 from cellsynth.refine.spade import SPADEGenerator, semantic_map
 
-log = logging.getLogger(__name__)
-
 __all__ = ["RefinerState", "build_generator", "new_state", "train_step", "resolve_device",
            "resolve_precision", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
 
@@ -50,7 +47,7 @@ def resolve_precision(precision: str, device: torch.device) -> bool:
     """True if forward passes run under bf16 autocast (``auto``: where the hardware has
     native bf16, see :func:`cellsynth.hardware.choose_precision`)."""
     chosen = choose_precision(precision, str(device))
-    log.info("%s", chosen)
+    announce(str(chosen))
     return chosen.bf16
 
 

@@ -6,7 +6,6 @@ are read tile by tile, so whole-slide sections fit in memory only once, as label
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 from cellsynth import __version__
 from cellsynth.config import from_dict
 from cellsynth.errors import CellsynthError, ConfigError, DatasetError
-from cellsynth.hardware import choose_precision, configure_threads, resolve_device
+from cellsynth.hardware import announce, choose_precision, configure_threads, resolve_device
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import staged_output_dir, write_json
 from cellsynth.io.images import (
@@ -37,8 +36,6 @@ from cellsynth.viz import contour_overlay
 
 __all__ = ["Detector", "checkpoint_path", "load_detector", "make_predictor", "predict_image",
            "predict_folder"]
-
-log = logging.getLogger(__name__)
 
 LAZY_PIXELS = 8192 * 8192
 _MULTIPLE = 32       # the U-Net backbones need sizes divisible by this
@@ -96,7 +93,7 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
     model.eval()
     config = ckpt.get("config", {})
     chosen = choose_precision(precision, device)
-    log.info("%s", chosen)
+    announce(str(chosen))
     set_core_precision(model, chosen.name)
     if "normalization" in config:
         normalization = from_dict(Normalization, config["normalization"],

@@ -24,7 +24,7 @@ import torch
 
 from cellsynth.config import from_dict, save_yaml, to_dict
 from cellsynth.errors import CellsynthError, ConfigError
-from cellsynth.hardware import ThreadGovernor, choose_precision, resolve_device
+from cellsynth.hardware import ThreadGovernor, announce, choose_precision, resolve_device
 from cellsynth.io.files import (
     check_run_dir,
     discard_replaced_run,
@@ -231,7 +231,7 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
         _init_weights(model, spec, init)
     precision = choose_precision(config.precision, config.device)
     if rank == 0:
-        logger.info("%s", precision)
+        announce(str(precision))
     set_core_precision(model, precision.name)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
