@@ -385,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cellsynth {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the machine, not cellsynth: a full disk, a permission, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"cellsynth {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     finally:
         if threads is not None:
             if saved is None:

@@ -107,3 +107,29 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path):
     assert prepare_run_dir(run, resume=True, force=False) is True
     with pytest.raises(OutputExistsError, match="nothing to resume"):
         prepare_run_dir(tmp_path / "other", resume=True, force=False)
+
+
+def test_a_failed_write_names_the_file_and_the_free_space(tmp_path):
+    import errno
+
+    from cellsynth.errors import CellsynthError
+    from cellsynth.io.files import write_with
+
+    def full_disk(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CellsynthError, match=r"last.pt: cannot write: No space left on device "
+                                             r"\(\d+ MiB free on that disk\)"):
+        write_with(tmp_path / "last.pt", full_disk)
+    assert list(tmp_path.iterdir()) == []  # no half-written file left behind
+
+
+def test_atomic_write_to_a_folder_or_into_a_missing_folder_is_one_line(tmp_path):
+    from cellsynth.errors import CellsynthError
+    from cellsynth.io.files import write_json
+
+    with pytest.raises(CellsynthError, match="is a folder, expected a file name"):
+        write_json(tmp_path, {})
+    with pytest.raises(CellsynthError, match="does not exist"):
+        write_json(tmp_path / "no" / "m.json", {})

@@ -116,3 +116,16 @@ def test_predict_names_a_refiner_run_and_a_truncated_checkpoint(model, tmp_path)
     (tmp_path / "cut.pt").write_bytes((run / "last.pt").read_bytes()[:5000])
     with pytest.raises(CellsynthError, match=r"cut.pt: cannot load checkpoint \(truncated"):
         load_detector(tmp_path / "cut.pt")
+
+
+def test_predict_takes_a_single_image_file(model, tmp_path):
+    run, sim = model
+    path = sorted((sim / "images").iterdir())[0]
+    summary = predict_folder(run, path, tmp_path / "out", score_thresh=0.5, precision="fp32",
+                             progress=False)
+    assert summary["n_images"] == 1
+    assert (tmp_path / "out" / "labels" / f"{path.stem}.tif").is_file()
+    from cellsynth.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="config.yaml: not an image file"):
+        predict_folder(run, run / "config.yaml", tmp_path / "out2", progress=False)

@@ -117,3 +117,32 @@ def test_meta_states_the_pixel_size_range_of_a_zoomed_preset(tmp_path):
     low, high = meta["pixel_size_um_range"]
     assert low < meta["pixel_size_um"] < high
     assert meta["config"]["variation"]["zoom"] == [0.4, 3.0]
+
+
+def test_an_image_too_large_for_memory_is_refused_up_front(tmp_path, monkeypatch):
+    from cellsynth.errors import ConfigError
+    from cellsynth.simulate import dataset
+
+    monkeypatch.setattr(dataset, "_available_bytes", lambda: 2**30)  # 1 GiB free
+    with pytest.raises(ConfigError, match=r"a 4096x4096 image needs about 1.9 GiB .* 1.0 GiB"):
+        write_simulation(preset("fluo"), n=1, size=4096, seed=0, out=tmp_path / "big",
+                         progress=False)
+    assert not (tmp_path / "big").exists()
+
+
+def test_a_full_disk_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from cellsynth.cli import main
+    from cellsynth.simulate import dataset
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "0000.png"))
+
+    monkeypatch.setattr(dataset, "_write_chunk", full)
+    code = main(["simulate", "--preset", "fluo", "--n", "1", "--size", "64", "--out",
+                 str(tmp_path / "sim"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == [f"cellsynth simulate: error: {tmp_path / '0000.png'}: "
+                                 "No space left on device"]
+    assert not (tmp_path / "sim").exists()

@@ -13,14 +13,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cellsynth.errors import CellsynthError, OutputExistsError
 
-__all__ = ["atomic_path", "write_json", "staged_output_dir", "check_run_dir", "prepare_run_dir",
-           "discard_replaced_run", "restore_replaced_run"]
+__all__ = ["atomic_path", "write_with", "write_json", "staged_output_dir", "check_run_dir",
+           "prepare_run_dir", "discard_replaced_run", "restore_replaced_run"]
 
 
 def _umask() -> int:
@@ -42,6 +42,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On an exception the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CellsynthError(f"{path}: is a folder, expected a file name")
+    if not path.parent.is_dir():
+        raise CellsynthError(f"{path}: folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
                                dir=path.parent)
     os.close(fd)
@@ -53,6 +57,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Atomically write ``path`` with ``write(tmp_path)`` (e.g. ``torch.save``); a failure
+    (a full disk above all) becomes one :class:`CellsynthError` naming the file and the free
+    space, not a writer's internal error."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            write(tmp)
+        except (OSError, RuntimeError) as err:
+            free = shutil.disk_usage(path.parent).free / 2**20
+            reason = (err.strerror if isinstance(err, OSError) and err.strerror
+                      else str(err).strip().splitlines()[0] if str(err).strip()
+                      else type(err).__name__)
+            raise CellsynthError(f"{path}: cannot write: {reason} ({free:.0f} MiB free on "
+                                 f"that disk)") from err
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

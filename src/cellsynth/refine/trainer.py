@@ -27,7 +27,7 @@ from cellsynth import __version__
 from cellsynth.config import to_dict
 from cellsynth.errors import ImageReadError
 from cellsynth.hardware import announce, choose_precision, resolve_device
-from cellsynth.io.files import atomic_path
+from cellsynth.io.files import write_with
 from cellsynth.refine.buffer import HistoryBuffer
 from cellsynth.refine.config import RefineConfig, config_from_checkpoint
 from cellsynth.refine.discriminator import MultiScaleDiscriminator
@@ -175,8 +175,7 @@ def save_checkpoint(path: str | os.PathLike, state: RefinerState) -> None:
         "buffer_rng": state.buffer_rng.get_state(),
         "crop_rng": state.crop_rng.bit_generator.state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    write_with(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -159,6 +159,11 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
     """(id, path) of every image file or .zarr folder in a dataset or plain folder."""
     if images.is_dir() and images.suffix.lower() == ".zarr":
         return [(images.stem, images)]
+    if images.is_file():  # one image, e.g. a whole-section TIFF
+        if images.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DatasetError(f"{images}: not an image file (expected one of "
+                               f"{', '.join(IMAGE_SUFFIXES)}) or a folder of images")
+        return [(images.stem, images)]
     if not images.exists():
         raise DatasetError(f"{images}: no such folder")
     folder = images / "images" if (images / "images").is_dir() else images

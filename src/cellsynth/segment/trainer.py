@@ -30,6 +30,7 @@ from cellsynth.io.files import (
     discard_replaced_run,
     prepare_run_dir,
     restore_replaced_run,
+    write_with,
 )
 from cellsynth.io.normalize import Normalization
 from cellsynth.segment.data import Augment, CropSampler, LabeledImage, load_labeled
@@ -94,9 +95,7 @@ def _dist() -> tuple[int, int]:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: torch.save(state, tmp))
 
 
 class _Log:
