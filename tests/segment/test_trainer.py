@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -173,3 +174,28 @@ def test_force_with_bad_input_leaves_the_old_run_as_it_was(sim, tmp_path, capsys
         assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
         assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_fine_tuning_takes_the_pretrained_models_channels(sim, tmp_path):
+    """A gray simulation, RGB real images: fine-tuning converts them (with a note) instead of
+    failing with '--init model does not match' (the pipeline hit this after pretraining)."""
+    from cellsynth.io.images import read_image, write_image
+
+    config = TrainConfig(steps=1, **TINY)
+    train(config, [sim], tmp_path / "pre", progress=False)
+    rgb = tmp_path / "rgb"
+    (rgb / "images").mkdir(parents=True)
+    (rgb / "labels").mkdir()
+    for path in sorted((sim / "images").iterdir()):
+        gray = read_image(path)
+        write_image(rgb / "images" / path.name, np.stack([gray, gray // 2, gray // 3], axis=-1))
+        label = sim / "labels" / f"{path.stem}.tif"
+        (rgb / "labels" / label.name).write_bytes(label.read_bytes())
+    with pytest.warns(UserWarning, match="converting RGB image to gray for a 1-channel model"):
+        train(config, [rgb], tmp_path / "ft", init=tmp_path / "pre", progress=False)
+    ckpt = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)
+    assert ckpt["model_spec"]["in_channels"] == 1
+    with pytest.raises(CellsynthError, match="--init needs a `cellsynth train` run"):
+        torch.save({"generator": {}}, tmp_path / "refiner.pt")
+        train(config, [rgb], tmp_path / "ft2", init=tmp_path / "refiner.pt", progress=False)
+    assert not (tmp_path / "ft2").exists()

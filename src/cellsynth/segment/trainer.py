@@ -179,17 +179,25 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _init_weights(model: torch.nn.Module, spec: dict[str, Any], init: str | os.PathLike
-                  ) -> None:
-    """Start from the weights of another run (fine-tuning); the architectures must match."""
+def _read_init(init: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint fine-tuning starts from (a run folder or a .pt file)."""
     from cellsynth.segment.predict import checkpoint_path
 
     path = checkpoint_path(init)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        source_spec = ckpt["model_spec"]
-    except Exception as err:
-        raise CellsynthError(f"{path}: cannot load checkpoint: {err}") from err
+    except Exception as err:  # torch's zip-reader text says little
+        raise CellsynthError(f"{path}: cannot load checkpoint (truncated or not a torch "
+                             f"file?)") from err
+    if not isinstance(ckpt, dict) or "model_spec" not in ckpt:
+        raise CellsynthError(f"{path}: --init needs a `cellsynth train` run, this is not one")
+    return path, ckpt
+
+
+def _init_weights(model: torch.nn.Module, spec: dict[str, Any], path: Path,
+                  ckpt: dict[str, Any]) -> None:
+    """Start from the weights of another run (fine-tuning); the architectures must match."""
+    source_spec = ckpt["model_spec"]
     if source_spec != spec:
         differ = {k: (source_spec.get(k), v) for k, v in spec.items() if source_spec.get(k) != v}
         raise ConfigError(f"{path}: --init model does not match this one: "
@@ -216,7 +224,10 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     # start must leave the old run as it was)
     resume = check_run_dir(out, resume=resume, force=force)
     resolve_device(config.device)
-    items = load_labeled(data, pixel_size_um=config.pixel_size_um,
+    start = _read_init(init) if init is not None and not resume else None
+    # fine-tuning: the images take the pretrained model's channels (gray <-> RGB, with a note)
+    channels = start[1]["model_spec"]["in_channels"] if start else None
+    items = load_labeled(data, pixel_size_um=config.pixel_size_um, channels=channels,
                          normalization=config.normalization, channel=config.channel)
     channels = items[0].image.shape[-1]
     val_items = (load_labeled([val], channels=channels, pixel_size_um=config.pixel_size_um,
@@ -226,8 +237,8 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     spec = dict(in_channels=channels, model=config.model, order=config.order,
                 samples=config.samples, refinement_iterations=config.refinement_iterations)
     model = build_model(**spec).to(config.device)
-    if init is not None and not resume:
-        _init_weights(model, spec, init)
+    if start is not None:
+        _init_weights(model, spec, *start)
     precision = choose_precision(config.precision, config.device)
     if rank == 0:
         announce(str(precision))
