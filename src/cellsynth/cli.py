@@ -119,7 +119,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              overlap=args.overlap, batch=args.batch,
                              score_thresh=args.score_thresh, device=args.device,
                              force=args.force, precision=args.precision,
-                             channel=args.channel, progress=not args.quiet)
+                             channel=args.channel, level=args.level,
+                             progress=not args.quiet)
     print(f"predicted {summary['n_instances']} cells in {summary['n_images']} images "
           f"({summary['megapixels_per_s']:.2f} MP/s) -> {args.out}")
     return 0
@@ -285,6 +286,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_precision(p, default="auto")
     _add_channel(p, "use only this channel (0-based) of multi-channel images (default: the "
                     "model's)")
+    p.add_argument("--level", type=_nonnegative_int, default=0,
+                   help="resolution level of pyramidal TIFF / OME-Zarr inputs (0 = full)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)

@@ -5,7 +5,12 @@ import pytest
 from skimage.measure import find_contours, regionprops
 
 from cellsynth.evaluate import matching
-from cellsynth.segment.tiles import contours_to_labels, predict_tiled, tile_origins
+from cellsynth.segment.tiles import (
+    contours_to_labels,
+    open_large_image,
+    predict_tiled,
+    tile_origins,
+)
 
 
 def _disks(shape, n, radius, seed):
@@ -83,3 +88,60 @@ def test_one_painting_serves_every_threshold():
     for t in (0.6, 0.8, 0.95):
         direct = contours_to_labels(contours, scores, (80, 80), score_thresh=t)
         np.testing.assert_array_equal(labels * (id_scores[labels] >= t), direct)
+
+
+def _pyramid(path, image):
+    import tifffile
+
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, subifds=2, tile=(64, 64), metadata={"axes": "YX"})
+        tif.write(image[::2, ::2], subfiletype=1, tile=(64, 64))
+        tif.write(image[::4, ::4], subfiletype=1, tile=(64, 64))
+
+
+def test_pyramidal_tiff_opens_lazily_at_any_level(tmp_path):
+    image = np.random.default_rng(0).integers(0, 4096, (256, 320), dtype=np.uint16)
+    _pyramid(tmp_path / "pyr.ome.tif", image)
+    full = open_large_image(tmp_path / "pyr.ome.tif")
+    assert full.shape == (256, 320)
+    np.testing.assert_array_equal(np.asarray(full[10:74, 20:84]), image[10:74, 20:84])
+    half = open_large_image(tmp_path / "pyr.ome.tif", level=1)
+    assert half.shape == (128, 160)
+
+
+def test_ome_zarr_axes_are_honoured(tmp_path):
+    import zarr
+
+    from cellsynth.io.images import select_channel
+    from cellsynth.io.normalize import intensity_range
+
+    image = np.random.default_rng(0).integers(0, 255, (2, 96, 128), dtype=np.uint8)  # (c, y, x)
+    root = zarr.open_group(str(tmp_path / "img.zarr"), mode="w")
+    root.create_array("0", data=image, chunks=(1, 32, 32))
+    root.create_array("1", data=image[:, ::2, ::2], chunks=(1, 32, 32))
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "c", "type": "channel"}, {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"}], "datasets": [{"path": "0"}, {"path": "1"}]}]
+    lazy = open_large_image(tmp_path / "img.zarr")
+    assert lazy.shape == (96, 128, 2)  # not H = 2
+    np.testing.assert_array_equal(lazy[5:9, 7:20], image[:, 5:9, 7:20].transpose(1, 2, 0))
+    second = select_channel(lazy, 1, where="img.zarr")
+    assert second.shape == (96, 128)
+    np.testing.assert_array_equal(second[0:32, 0:32], image[1, :32, :32])
+    low, high = intensity_range(second)
+    assert low[0] == np.percentile(image[1], 1) and high[0] == np.percentile(image[1], 99.8)
+    assert open_large_image(tmp_path / "img.zarr", level=1).shape == (48, 64, 2)
+
+
+def test_predict_reads_pyramids_and_large_compressed_tiffs_lazily(tmp_path, monkeypatch):
+    import tifffile
+
+    from cellsynth.segment import predict
+
+    image = np.zeros((256, 256), np.uint8)
+    _pyramid(tmp_path / "pyr.tif", image)
+    tifffile.imwrite(tmp_path / "flat.tif", image, compression="zlib")  # 1 kB on disk
+    assert predict._read_lazily(tmp_path / "pyr.tif")
+    assert not predict._read_lazily(tmp_path / "flat.tif")
+    monkeypatch.setattr(predict, "LAZY_PIXELS", 256 * 255)  # pixels, not compressed bytes
+    assert predict._read_lazily(tmp_path / "flat.tif")

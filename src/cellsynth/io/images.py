@@ -146,7 +146,23 @@ def select_channel(image: Any, channel: int | None, *, where: str = "image") -> 
     if not 0 <= channel < count:
         raise ImageReadError(f"{where}: channel {channel} requested, but the image has {count} "
                              f"channel(s) (0-{count - 1})")
-    return image if len(image.shape) == 2 else image[:, :, channel]
+    if len(image.shape) == 2:
+        return image
+    if isinstance(image, np.ndarray):
+        return image[:, :, channel]
+    return _ChannelView(image, channel)  # lazy (zarr, a section): stays lazy
+
+
+class _ChannelView:
+    """One channel of a lazy (H, W, C) array; slicing reads only the window."""
+
+    def __init__(self, image: Any, channel: int):
+        self.image, self.channel = image, channel
+        self.shape = tuple(int(n) for n in image.shape[:2])
+        self.dtype = image.dtype
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        return np.asarray(self.image[key[0], key[1]])[..., self.channel]
 
 
 def match_channels(image: np.ndarray, channels: int, *, where: str | None = None) -> np.ndarray:

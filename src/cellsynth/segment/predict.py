@@ -155,6 +155,26 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                  score_thresh=thresh)
 
 
+def _read_lazily(path: Path) -> bool:
+    """Zarr, pyramidal or channel-first TIFFs, and TIFFs over LAZY_PIXELS pixels (counted
+    from the header, not guessed from the compressed file size) are read tile by tile."""
+    if path.is_dir():
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes.lower()
+            pixels = series.shape[axes.index("y")] * series.shape[axes.index("x")]
+            return (len(series.levels) > 1 or axes not in ("yx", "yxs")
+                    or pixels > LAZY_PIXELS)
+    except Exception:  # unreadable header: read_image says what is wrong with the file
+        return False
+
+
 def _inputs(images: Path) -> list[tuple[str, Path]]:
     """(id, path) of every image file or .zarr folder in a dataset or plain folder."""
     if images.is_dir() and images.suffix.lower() == ".zarr":
@@ -178,7 +198,7 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
 def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
                    *, tile: int | None = None, overlap: int = 96, batch: int = 4,
                    score_thresh: float | None = None, device: str = "cpu", force: bool = False,
-                   precision: str = "auto", channel: int | None = None,
+                   precision: str = "auto", channel: int | None = None, level: int = 0,
                    progress: bool = True) -> dict[str, Any]:
     """Predict every image of a folder; write ``labels/``, ``overlays/`` and meta.json."""
     from tqdm.auto import tqdm
@@ -194,9 +214,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         (root / "labels").mkdir()
         (root / "overlays").mkdir()
         for image_id, path in tqdm(inputs, desc="predict", unit="img", disable=not progress):
-            lazy = path.is_dir() or (path.suffix.lower() in (".tif", ".tiff")
-                                     and path.stat().st_size > LAZY_PIXELS)
-            image = open_large_image(path) if lazy else read_image(path)
+            lazy = _read_lazily(path)
+            image = open_large_image(path, level=level) if lazy else read_image(path)
             labels = predict_image(detector, image, tile=tile, overlap=overlap, batch=batch,
                                    score_thresh=score_thresh, device=device, where=str(path),
                                    channel=channel)
