@@ -120,7 +120,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              score_thresh=args.score_thresh, device=args.device,
                              force=args.force, precision=args.precision,
                              channel=args.channel, level=args.level,
-                             progress=not args.quiet)
+                             pixel_size_um=args.pixel_size, progress=not args.quiet)
     print(f"predicted {summary['n_instances']} cells in {summary['n_images']} images "
           f"({summary['megapixels_per_s']:.2f} MP/s) -> {args.out}")
     return 0
@@ -288,6 +288,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     "model's)")
     p.add_argument("--level", type=_nonnegative_int, default=0,
                    help="resolution level of pyramidal TIFF / OME-Zarr inputs (0 = full)")
+    p.add_argument("--pixel-size", type=_positive_float,
+                   help="the images' pixel size in um (default: meta.json or the file's own "
+                        "metadata); images are resampled to the model's")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)

@@ -129,3 +129,60 @@ def test_predict_takes_a_single_image_file(model, tmp_path):
 
     with pytest.raises(DatasetError, match="config.yaml: not an image file"):
         predict_folder(run, run / "config.yaml", tmp_path / "out2", progress=False)
+
+
+def _disk_image(shape, centres, radius):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    image = np.full(shape, 20, np.uint8)
+    labels = np.zeros(shape, np.uint16)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+        image[disk], labels[disk] = 200, k
+    return image, labels
+
+
+def _threshold_predictor(detector, device="cpu"):
+    """A stand-in for the CPN that, like it, knows the size of a cell in its pixels: every
+    bright blob of a tile of 0.5-2x the area of a disk of radius 12 px, as a 48-point contour."""
+    from skimage.measure import find_contours, label, regionprops
+
+    def predictor(tiles):
+        out = []
+        for tile in tiles:
+            blobs = label(tile[..., 0] > 0.5)
+            contours = []
+            for region in regionprops(blobs):
+                if not 0.5 * np.pi * 144 < region.area < 2 * np.pi * 144:
+                    continue
+                mask = np.pad(blobs == region.label, 1).astype(float)
+                contour = max(find_contours(mask, 0.5), key=len) - 1
+                idx = np.linspace(0, len(contour) - 1, 48).astype(int)
+                contours.append(contour[idx][:, ::-1])  # (x, y)
+            out.append((np.array(contours, np.float32).reshape(-1, 48, 2),
+                        np.ones(len(contours), np.float32)))
+        return out
+    return predictor
+
+
+@pytest.mark.parametrize(("image_px", "scale"), [(0.25, 2), (1.0, 0.5)])
+def test_an_image_at_another_pixel_size_is_resampled_and_drawn_back(monkeypatch, image_px,
+                                                                    scale):
+    """A 0.5 um/px model on the same disks imaged at 0.25 or 1.0 um/px: the cells come back at
+    the image's own pixels and positions (tiles and overlaps in model pixels)."""
+    from cellsynth.segment import predict
+    from cellsynth.segment.predict import Detector, predict_image
+
+    monkeypatch.setattr(predict, "make_predictor", _threshold_predictor)
+    detector = Detector(None, 1, 0.5, 128, 0.5, 0, "test")
+    rng = np.random.default_rng(0)
+    centres = [(y, x) for y in range(30, 400, 60) for x in range(30, 330, 60)]
+    centres = [(y + rng.uniform(-5, 5), x + rng.uniform(-5, 5)) for y, x in centres]
+    shape = (int(420 * scale), int(360 * scale))
+    image, truth = _disk_image(shape, [(y * scale, x * scale) for y, x in centres], 12 * scale)
+    labels = predict_image(detector, image, tile=128, overlap=48, pixel_size_um=image_px)
+    assert labels.shape == image.shape
+    result = matching(truth, labels, thresholds=(0.5, 0.8))
+    assert result.f1[0] == 1.0 and result.f1[1] == 1.0, result.f1
+    assert result.mean_iou[0] > 0.85
+    unscaled = predict_image(detector, image, tile=128, overlap=48, pixel_size_um=None)
+    assert matching(truth, unscaled, thresholds=(0.5,)).f1[0] == 0.0  # wrong cell size

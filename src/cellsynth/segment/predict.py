@@ -30,6 +30,7 @@ from cellsynth.io.images import (
     write_labels,
 )
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
+from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
 from cellsynth.segment.tiles import Predictor, open_large_image, tiled_proposals
 from cellsynth.segment.tiles import contours_to_labels as paint
 from cellsynth.viz import contour_overlay
@@ -137,22 +138,36 @@ def _reader(channels: int, low: np.ndarray, high: np.ndarray, where: str):
 
 def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                   overlap: int = 96, batch: int = 4, score_thresh: float | None = None,
-                  device: str = "cpu", where: str = "image", channel: int | None = None
-                  ) -> np.ndarray:
+                  device: str = "cpu", where: str = "image", channel: int | None = None,
+                  pixel_size_um: float | None = None) -> np.ndarray:
     """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size.
 
     ``channel`` (default: the one the model was trained on, if any) keeps only that channel.
+    ``pixel_size_um``: the image's; if it and the model's are known and differ, the image is
+    resampled to the model's resolution (window by window) and the cells are drawn back at
+    the image's own, so the labels always have the image's shape.
     """
     tile = tile or max(detector.crop, 512)
     image = select_channel(image, detector.channel if channel is None else channel,
                            where=where)
     low, high = intensity_range(image, detector.normalization, where=where)
+    factor = pixel_scale(pixel_size_um, detector.pixel_size_um)
+    view = image if factor == 1.0 else Rescaled(image, factor)
     contours, scores = tiled_proposals(
-        image, make_predictor(detector, device=device), tile=tile, overlap=overlap,
+        view, make_predictor(detector, device=device), tile=tile, overlap=overlap,
         batch=batch, read=_reader(detector.in_channels, low, high, where))
+    if factor != 1.0:  # pixel centres: model pixel i sits at image pixel (i + 0.5) / f - 0.5
+        contours = (contours + 0.5) / factor - 0.5
     thresh = detector.score_thresh if score_thresh is None else score_thresh
     return paint(contours, scores, (int(image.shape[0]), int(image.shape[1])),
                  score_thresh=thresh)
+
+
+def _folder_pixel_size(images: Path) -> float | None:
+    """The pixel size a dataset folder's meta.json states (None for files and plain folders)."""
+    if images.is_dir() and images.suffix.lower() != ".zarr" and (images / "meta.json").is_file():
+        return load_dataset(images).pixel_size_um
+    return None
 
 
 def _read_lazily(path: Path) -> bool:
@@ -199,8 +214,14 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                    *, tile: int | None = None, overlap: int = 96, batch: int = 4,
                    score_thresh: float | None = None, device: str = "cpu", force: bool = False,
                    precision: str = "auto", channel: int | None = None, level: int = 0,
+                   pixel_size_um: float | None = None,
                    progress: bool = True) -> dict[str, Any]:
-    """Predict every image of a folder; write ``labels/``, ``overlays/`` and meta.json."""
+    """Predict every image of a folder; write ``labels/``, ``overlays/`` and meta.json.
+
+    The images' pixel size is ``pixel_size_um``, else the dataset's meta.json, else what each
+    file states (OME/ImageJ TIFF, OME-Zarr); where it and the model's differ, images are
+    resampled to the model's resolution and the labels drawn back at the images' own.
+    """
     from tqdm.auto import tqdm
 
     if tile is not None and overlap >= tile:
@@ -208,17 +229,25 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     configure_threads()
     detector = load_detector(run, device=device, precision=precision)
     inputs = _inputs(Path(images))
+    folder_px = _folder_pixel_size(Path(images))
     started = time.perf_counter()
     n_cells, megapixels = 0, 0.0
+    per_image: dict[str, dict[str, Any]] = {}
     with staged_output_dir(out, force=force) as root:
         (root / "labels").mkdir()
         (root / "overlays").mkdir()
         for image_id, path in tqdm(inputs, desc="predict", unit="img", disable=not progress):
             lazy = _read_lazily(path)
             image = open_large_image(path, level=level) if lazy else read_image(path)
+            px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
+            if px is None and detector.pixel_size_um is not None:
+                announce(f"{path}: pixel size unknown (no --pixel-size, meta.json or file "
+                         f"metadata); taken to be the model's {detector.pixel_size_um} um/px")
             labels = predict_image(detector, image, tile=tile, overlap=overlap, batch=batch,
                                    score_thresh=score_thresh, device=device, where=str(path),
-                                   channel=channel)
+                                   channel=channel, pixel_size_um=px)
+            per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
+                px, detector.pixel_size_um)}
             write_labels(root / "labels" / f"{image_id}.tif", labels)
             if not lazy:
                 write_image(root / "overlays" / f"{image_id}.png",
@@ -230,7 +259,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             "cellsynth_version": __version__, "stage": "predict", "model": detector.source,
             "model_step": detector.step, "score_thresh": detector.score_thresh
             if score_thresh is None else score_thresh, "images": str(images),
-            "pixel_size_um": detector.pixel_size_um, "n_images": len(inputs),
-            "n_instances": n_cells})
+            "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
+            "n_images": len(inputs), "n_instances": n_cells})
     return {"n_images": len(inputs), "n_instances": n_cells, "seconds": elapsed,
             "megapixels_per_s": megapixels / max(elapsed, 1e-9)}

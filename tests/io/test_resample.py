@@ -1,0 +1,53 @@
+"""Pixel sizes from files, and resampling that lines up window by window."""
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from skimage.transform import rescale
+
+from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
+
+
+def test_pixel_scale_has_one_tolerance():
+    assert pixel_scale(1.0, 0.5) == 2.0
+    assert pixel_scale(0.346, 1.0) == pytest.approx(0.346)
+    assert pixel_scale(0.5, 0.5004) == 1.0  # within 1e-3: the same
+    assert pixel_scale(None, 0.5) == 1.0 and pixel_scale(0.5, None) == 1.0
+
+
+def test_pixel_size_from_ome_imagej_and_ome_zarr(tmp_path):
+    image = np.zeros((32, 32), np.uint16)
+    tifffile.imwrite(tmp_path / "a.ome.tif", image,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.346, "PhysicalSizeXUnit": "µm"})
+    assert read_pixel_size(tmp_path / "a.ome.tif") == pytest.approx(0.346)
+    tifffile.imwrite(tmp_path / "b.tif", image, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"unit": "micron"})
+    assert read_pixel_size(tmp_path / "b.tif") == pytest.approx(0.25)
+    tifffile.imwrite(tmp_path / "c.tif", image, resolution=(72, 72))  # a default 72 dpi
+    assert read_pixel_size(tmp_path / "c.tif") is None
+    root = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    root.create_array("0", data=image)
+    root.attrs["multiscales"] = [{"axes": [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0]}]}]}]
+    assert read_pixel_size(tmp_path / "d.zarr") == 1.0
+    assert read_pixel_size(tmp_path / "missing.tif") is None
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5, 0.346])
+def test_rescaled_windows_line_up_with_the_whole(factor):
+    rng = np.random.default_rng(0)
+    image = rng.random((96, 80)).astype(np.float32)
+    view = Rescaled(image, factor)
+    assert view.shape == (round(96 * factor), round(80 * factor))
+    whole = view[0:view.shape[0], 0:view.shape[1]]
+    part = view[5:21, 7:30]
+    np.testing.assert_allclose(part, whole[5:21, 7:30], atol=1e-5)
+    if factor in (2.0, 0.5):  # skimage samples at the shape ratio; equal for these factors
+        reference = rescale(image, factor, order=1, anti_aliasing=factor < 1)
+        np.testing.assert_allclose(whole[4:-4, 4:-4], reference[4:-4, 4:-4], atol=0.05)
+    rgb = Rescaled(np.stack([image, image], axis=-1), factor)
+    np.testing.assert_allclose(rgb[5:21, 7:30][..., 1], part, atol=1e-6)
