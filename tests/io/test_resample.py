@@ -51,3 +51,14 @@ def test_rescaled_windows_line_up_with_the_whole(factor):
         np.testing.assert_allclose(whole[4:-4, 4:-4], reference[4:-4, 4:-4], atol=0.05)
     rgb = Rescaled(np.stack([image, image], axis=-1), factor)
     np.testing.assert_allclose(rgb[5:21, 7:30][..., 1], part, atol=1e-6)
+
+
+def test_label_tiffs_carry_the_pixel_size(tmp_path):
+    from cellsynth.io.images import read_labels, write_labels
+
+    labels = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    write_labels(tmp_path / "a.tif", labels, pixel_size_um=0.346)
+    assert read_pixel_size(tmp_path / "a.tif") == pytest.approx(0.346)
+    np.testing.assert_array_equal(read_labels(tmp_path / "a.tif"), labels)
+    write_labels(tmp_path / "b.tif", labels)
+    assert read_pixel_size(tmp_path / "b.tif") is None

@@ -188,13 +188,19 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def _write(path: Path, array: np.ndarray, *, compress: bool = True) -> None:
+def _write(path: Path, array: np.ndarray, *, compress: bool = True,
+           pixel_size_um: float | None = None) -> None:
     suffix = path.suffix.lower()
     with atomic_path(path) as tmp:
         if suffix in _TIFF:
             import tifffile
 
-            tifffile.imwrite(tmp, array, compression="zlib" if compress else None)
+            # the pixel size as TIFF resolution in pixels per centimetre (Fiji, QuPath and
+            # cellsynth read it back); none written when unknown
+            extra = {} if pixel_size_um is None else {
+                "resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
+                "resolutionunit": "CENTIMETER"}
+            tifffile.imwrite(tmp, array, compression="zlib" if compress else None, **extra)
         elif suffix == ".png":
             import imageio.v3 as iio
 
@@ -213,8 +219,10 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     _write(path, image)
 
 
-def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Atomically write a label map as uint16 (uint32 if ids exceed 65535)."""
+def write_labels(path: str | os.PathLike, labels: np.ndarray, *,
+                 pixel_size_um: float | None = None) -> None:
+    """Atomically write a label map as uint16 (uint32 if ids exceed 65535); a TIFF records
+    ``pixel_size_um`` in its resolution tags."""
     path = Path(path)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
@@ -225,4 +233,4 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
     if dtype == np.uint32 and path.suffix.lower() == ".png":
         raise ValueError(f"{path}: more than 65535 labels cannot be stored as PNG; use .tif")
-    _write(path, labels.astype(dtype, copy=False))
+    _write(path, labels.astype(dtype, copy=False), pixel_size_um=pixel_size_um)

@@ -4,8 +4,9 @@ A model works at one pixel size (the simulation's); an image taken at another is
 it before prediction and the cells are drawn back at the image's own resolution. The pixel
 size comes from an explicit option, a dataset's meta.json, or the file: OME-TIFF
 (``PhysicalSizeX``), ImageJ TIFF (``XResolution`` with unit micron) or OME-Zarr (the
-``scale`` of the level's coordinate transformation). Plain TIFF resolution tags (often a
-meaningless 72 dpi) are not trusted.
+``scale`` of the level's coordinate transformation) or TIFF resolution tags in pixels per
+centimetre (what cellsynth writes); resolution in inches (often a meaningless 72 dpi) is not
+trusted.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def _tiff_pixel_size(path: Path) -> float | None:
             if match:
                 scale = _UM_PER_UNIT.get(unit.group(1).lower() if unit else "µm")
                 return float(match.group(1)) * scale if scale else None
+        page = tif.pages[0]
+        unit = page.tags.get("ResolutionUnit")
+        tag = page.tags.get("XResolution")
+        if unit is not None and int(unit.value) == 3 and tag is not None:  # pixels per cm
+            numerator, denominator = tag.value
+            if numerator > 0:
+                return 1e4 * denominator / numerator
         if tif.imagej_metadata:
             unit = str(tif.imagej_metadata.get("unit", "")).lower()
             tag = tif.pages[0].tags.get("XResolution")

@@ -248,7 +248,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                                    channel=channel, pixel_size_um=px)
             per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
                 px, detector.pixel_size_um)}
-            write_labels(root / "labels" / f"{image_id}.tif", labels)
+            write_labels(root / "labels" / f"{image_id}.tif", labels, pixel_size_um=px)
             if not lazy:
                 write_image(root / "overlays" / f"{image_id}.png",
                             contour_overlay(image, labels))
