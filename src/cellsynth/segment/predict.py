@@ -226,9 +226,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
 
     if tile is not None and overlap >= tile:
         raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
-    configure_threads()
-    detector = load_detector(run, device=device, precision=precision)
     inputs = _inputs(Path(images))
+    detector = load_detector(run, device=device, precision=precision)
+    configure_threads()
     folder_px = _folder_pixel_size(Path(images))
     started = time.perf_counter()
     n_cells, megapixels = 0, 0.0

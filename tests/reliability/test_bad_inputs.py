@@ -1,0 +1,158 @@
+"""Every command that reads data, given bad input: a non-zero exit, one line naming the file
+and the problem, no traceback, and every existing output byte for byte as it was."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellsynth.cli import main
+from cellsynth.io.images import write_image, write_labels
+from cellsynth.segment.trainer import TrainConfig, train
+from cellsynth.simulate import preset, write_simulation
+
+TINY = dict(crop=64, batch=2, samples=32, order=4, refinement_iterations=1, val_every=1000)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """Good data, a trained run, an existing output, and a zoo of broken files."""
+    root = tmp_path_factory.mktemp("reliability")
+    sim = root / "sim"
+    write_simulation(preset("fluo"), n=3, size=64, seed=0, out=sim, progress=False)
+    run = root / "run"
+    train(TrainConfig(steps=1, **TINY), [sim], run, progress=False)
+    bad = root / "bad"
+    (bad / "images").mkdir(parents=True)
+    (bad / "labels").mkdir()
+    good = np.full((64, 64), 100, np.uint8)
+    cases = {
+        "truncated": lambda p: p.write_bytes((sim / "images" / "0000.png").read_bytes()[:60]),
+        "empty": lambda p: p.write_bytes(b""),
+        "text": lambda p: p.write_text("not an image"),
+    }
+    for name, make in cases.items():
+        folder = root / name
+        (folder / "images").mkdir(parents=True)
+        make(folder / "images" / "a.png")
+    four_d = root / "four_d"
+    (four_d / "images").mkdir(parents=True)
+    tifffile.imwrite(four_d / "images" / "a.tif", np.zeros((2, 3, 64, 64, 5), np.uint8))
+    mismatch = root / "mismatch"
+    (mismatch / "images").mkdir(parents=True)
+    (mismatch / "labels").mkdir()
+    write_image(mismatch / "images" / "a.png", good)
+    write_labels(mismatch / "labels" / "a.tif", np.zeros((30, 64), np.uint16))
+    float_labels = root / "float_labels"
+    (float_labels / "images").mkdir(parents=True)
+    (float_labels / "labels").mkdir()
+    write_image(float_labels / "images" / "a.png", good)
+    tifffile.imwrite(float_labels / "labels" / "a.tif", np.zeros((64, 64), np.float32))
+    nan = root / "nan"
+    (nan / "images").mkdir(parents=True)
+    image = np.zeros((64, 64), np.float32)
+    image[3, 3] = np.nan
+    tifffile.imwrite(nan / "images" / "a.tif", image)
+    (root / "empty_dir").mkdir()
+    (root / "not_yaml.yaml").write_text("steps: [1, 2\n")
+    (root / "empty.yaml").write_text("# to be filled in\n")
+    (root / "unknown_key.yaml").write_text("stepz: 3\n")
+    (root / "cut.pt").write_bytes((run / "last.pt").read_bytes()[:4000])
+    existing = root / "existing"
+    existing.mkdir()
+    (existing / "precious.txt").write_text("results of last week")
+    return {"root": root, "sim": sim, "run": run, "existing": existing}
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# (command line with {placeholders}, what the one line must say)
+CASES = [
+    ("inspect {root}/truncated", "truncated"),
+    ("inspect {root}/empty", "a.png"),
+    ("inspect {root}/text", "a.png"),
+    ("inspect {root}/four_d", "expected image of shape"),
+    ("inspect {root}/mismatch", "does not match"),
+    ("inspect {root}/float_labels", "integer image"),
+    ("inspect {root}/nan", "NaN"),
+    ("inspect {root}/empty_dir", "no images"),
+    ("inspect {root}/missing", "missing"),
+    ("train --data {root}/truncated --out {existing} --force --steps 1", "truncated"),
+    ("train --data {root}/mismatch --out {existing} --force --steps 1", "does not match"),
+    ("train --data {root}/missing --out {existing} --force --steps 1", "missing"),
+    ("train --data {sim} --out {existing} --force --steps 1 --device nonsense", "nonsense"),
+    ("train --data {sim} --out {existing} --force --steps 1 --device cuda:5", "cuda"),
+    ("train --data {sim} --out {existing} --force --config {root}/not_yaml.yaml",
+     "invalid YAML"),
+    ("train --data {sim} --out {existing} --force --config {root}/unknown_key.yaml",
+     "stepz"),
+    ("train --data {sim} --out {existing} --force --config {root}", "is a folder"),
+    ("train --data {sim} --out {existing} --steps 1", "not empty"),
+    ("train --data {sim} --out {existing} --resume", "nothing to resume"),
+    ("train --data {sim} --out {existing} --force --init {root}/cut.pt --steps 1",
+     "cut.pt: cannot load checkpoint"),
+    ("predict --model {root}/cut.pt --images {sim} --out {existing} --force",
+     "cut.pt: cannot load checkpoint"),
+    ("predict --model {root}/missing --images {sim} --out {existing} --force", "missing"),
+    ("predict --model {run} --images {root}/truncated --out {existing} --force", "truncated"),
+    ("predict --model {run} --images {root}/missing --out {existing} --force", "missing"),
+    ("predict --model {run} --images {sim} --out {existing}", "not empty"),
+    ("evaluate --pred {root}/mismatch --gt {sim}", "mismatch"),
+    ("evaluate --pred {sim} --gt {root}/missing", "missing"),
+    ("realism --a {root}/truncated --b {sim}", "truncated"),
+    ("realism --a {root}/empty_dir --b {sim}", "empty_dir"),
+    ("simulate --preset nonsense --n 1 --out {existing} --force", "nonsense"),
+    ("simulate --preset fluo --n 1 --out {existing}", "not empty"),
+    ("simulate --preset fluo --n 1 --out {existing} --force --config {root}/not_yaml.yaml",
+     "invalid YAML"),
+    ("fit-refiner --sim {root}/truncated --real {sim} --out {existing} --force", "truncated"),
+    ("fit-refiner --sim {sim} --real {root}/missing --out {existing} --force --crop 32",
+     "missing"),
+    ("fit-refiner --sim {sim} --real {sim} --out {existing} --force --device cuda:5", "cuda"),
+    ("fit-refiner --sim {sim} --real {sim} --out {existing} --force", "smaller than the "
+     "training crop"),
+    ("generate --refiner {run} --sim {sim} --out {existing} --force", "last.pt"),
+    ("run {root}/not_yaml.yaml --out {existing}", "invalid YAML"),
+    ("run {root}/empty.yaml --out {existing}", "empty pipeline config"),
+    ("predict --model {run} --images {root}/not_yaml.yaml --out {existing} --force",
+     "not an image file"),
+    ("predict --model {run} --images {sim} --out {existing} --force --tile 64 --overlap 64",
+     "--overlap 64 must be smaller"),
+    ("predict --model {run} --images {sim} --out {existing} --force --score-thresh 5",
+     "between 0 and 1"),
+    ("predict --model {run} --images {sim} --out {existing} --force --channel 4",
+     "channel 4 requested"),
+    ("evaluate --pred {sim} --gt {sim} --json {existing}", "is a folder"),
+    ("simulate --preset fluo --n 1 --size 100000 --out {existing} --force", "GiB"),
+    ("run {root}/missing.yaml --out {existing}", "missing.yaml"),
+]
+
+
+@pytest.mark.parametrize(("line", "says"), CASES, ids=[c[0].split(" {")[0] + ":" + c[1]
+                                                       for c in CASES])
+def test_bad_input_is_one_clear_line_and_nothing_is_lost(world, capsys, line, says):
+    before = _snapshot(world["existing"])
+    argv = line.format(**{k: str(v) for k, v in world.items()}).split()
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's own refusals
+        code = stop.code
+    captured = capsys.readouterr()
+    err = [ln for ln in captured.err.splitlines() if ln.strip() and "%|" not in ln]  # no bars
+    errors = [ln for ln in err if ": error:" in ln]
+    assert code not in (0, None), f"{line}: exit 0"
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    # one error line; anything else is a one-line note of the same command (threads, ...)
+    assert len(errors) == 1, f"{line}: {captured.err}"
+    assert all(ln.startswith(f"cellsynth {argv[0]}: ") for ln in err), captured.err
+    assert says in errors[0], f"{line}: {errors[0]}"
+    assert _snapshot(world["existing"]) == before, f"{line}: existing output changed"
+    leftovers = [p.name for p in world["existing"].parent.iterdir() if p.name.startswith(".")]
+    assert not leftovers, f"{line}: left {leftovers}"
