@@ -61,6 +61,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from cellsynth.io.export import export
+
+    summary = export(args.dir, args.to, args.out, force=args.force)
+    print(f"wrote {summary['n_instances']} cells of {summary['n_images']} images as "
+          f"{summary['format']} to {args.out}")
+    return 0
+
+
 # --- simulate --------------------------------------------------------------------------------
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -213,6 +222,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarise a dataset folder (images, sizes, instances)")
     p.add_argument("dir", type=Path, help="dataset folder (images/, labels/, meta.json)")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("export", help="write a dataset or predictions for Cellpose, StarDist, "
+                                      "QuPath (GeoJSON) or COCO")
+    p.add_argument("dir", type=Path, help="dataset folder (images/ + labels/) or predict output")
+    p.add_argument("--to", required=True, choices=("cellpose", "stardist", "geojson", "coco"))
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("simulate", help="simulate cell images with exact instance labels")
     p.add_argument("--preset", required=True, help="merker, nissl, he or fluo")

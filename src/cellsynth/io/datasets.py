@@ -7,6 +7,8 @@
     DIR/meta.json                optional provenance (parameters, seed, pixel size)
 
 A plain folder of images (no ``images/`` sub-folder) is accepted as an unlabeled dataset.
+Cellpose training folders (``x.tif`` beside ``x_masks.tif``) and StarDist folders
+(``images/`` + ``masks/``) are recognised and read as they are, with a one-line note.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.files import write_json
 from cellsynth.io.images import IMAGE_SUFFIXES, read_image, read_labels
 
-__all__ = ["Sample", "Dataset", "load_dataset", "write_dataset_meta"]
+__all__ = ["Sample", "Dataset", "load_dataset", "write_dataset_meta", "CELLPOSE_SUFFIX"]
+
+CELLPOSE_SUFFIX = "_masks"  # Cellpose's training folders pair x.tif with x_masks.tif
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,24 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
         raise DatasetError(f"{root}: not a folder")
     image_dir = root / "images"
     label_dir = root / "labels"
+    layout = "cellsynth"
+    if image_dir.is_dir() and not label_dir.is_dir() and (root / "masks").is_dir():
+        label_dir, layout = root / "masks", "StarDist (images/ + masks/)"
     if not image_dir.is_dir():
         image_dir = root  # a plain folder of images
         label_dir = root / "labels"
     images = _files_by_id(image_dir)
     labels = _files_by_id(label_dir) if label_dir.is_dir() else {}
+    if image_dir == root and not labels:
+        masks = {i[:-len(CELLPOSE_SUFFIX)]: p for i, p in images.items()
+                 if i.endswith(CELLPOSE_SUFFIX)}
+        if masks:  # Cellpose: x.tif beside x_masks.tif
+            images = {i: p for i, p in images.items() if not i.endswith(CELLPOSE_SUFFIX)}
+            labels, label_dir, layout = masks, root, "Cellpose (x + x_masks)"
+    if layout != "cellsynth":
+        from cellsynth.hardware import announce
+
+        announce(f"{root}: read as a {layout} folder")
     if not images:
         where = image_dir if image_dir != root else root
         raise DatasetError(

@@ -1,0 +1,138 @@
+"""Convert a dataset or a prediction folder to what other tools open.
+
+- ``cellpose``: one folder, ``<id>.tif`` beside ``<id>_masks.tif`` (Cellpose training layout);
+- ``stardist``: ``images/<id>.tif`` + ``masks/<id>.tif`` (StarDist's data layout);
+- ``geojson``: ``<id>.geojson`` per image, a FeatureCollection of polygon Features with
+  ``objectType: detection`` in pixel coordinates, as QuPath imports them (File > Import objects);
+- ``coco``: ``annotations.json`` (one ``cell`` category, polygon segmentation, bbox, area)
+  beside ``images/``.
+
+The source is a dataset folder (images/ + labels/) or a ``cellsynth predict`` output (labels/
+only; polygon formats need no images, the raster formats do). Outlines are the boundaries of
+the label masks (marching squares at 0.5, i.e. through the pixel edges with corners cut
+by half a pixel; collinear points dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth.errors import DatasetError
+from cellsynth.io.datasets import CELLPOSE_SUFFIX, load_dataset
+from cellsynth.io.files import staged_output_dir, write_json
+from cellsynth.io.images import IMAGE_SUFFIXES, read_labels, write_labels
+
+__all__ = ["FORMATS", "export", "label_polygons"]
+
+FORMATS = ("cellpose", "stardist", "geojson", "coco")
+
+
+def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """Outline of every label as a closed (K, 2) polygon of (x, y) pixel coordinates.
+
+    Pixel (row r, column c) covers [c, c + 1) x [r, r + 1) in these coordinates, as in QuPath.
+    """
+    from scipy import ndimage as ndi
+    from skimage.measure import approximate_polygon, find_contours
+
+    polygons: dict[int, np.ndarray] = {}
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = np.pad(labels[box] == index, 1).astype(np.float32)
+        contours = find_contours(mask, 0.5)
+        if not contours:
+            continue
+        contour = approximate_polygon(max(contours, key=len), tolerance=0.1)  # (row, col)
+        y = contour[:, 0] - 1 + box[0].start + 0.5
+        x = contour[:, 1] - 1 + box[1].start + 0.5
+        polygon = np.stack([x, y], axis=1)
+        if not np.array_equal(polygon[0], polygon[-1]):
+            polygon = np.vstack([polygon, polygon[:1]])
+        polygons[index] = polygon
+    return polygons
+
+
+def _sources(root: Path) -> list[tuple[str, Path | None, Path]]:
+    """(id, image or None, labels) of a dataset folder or a prediction folder."""
+    if (root / "labels").is_dir() and not (root / "images").is_dir() \
+            and (root / "meta.json").is_file() and "predict" in (root / "meta.json").read_text():
+        files = sorted(p for p in (root / "labels").iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"{root / 'labels'}: no label files")
+        return [(p.stem, None, p) for p in files]
+    dataset = load_dataset(root, require_labels=True)
+    return [(s.id, s.image_path, s.label_path) for s in dataset]
+
+
+def _geojson(labels: np.ndarray, image_id: str) -> dict[str, Any]:
+    features = []
+    for index, polygon in label_polygons(labels).items():
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [polygon.round(2).tolist()]},
+            "properties": {"objectType": "detection", "name": f"cell {index}",
+                           "measurements": {"label": index,
+                                            "area_px": int((labels == index).sum())}},
+        })
+    return {"type": "FeatureCollection", "features": features,
+            "properties": {"image": image_id}}
+
+
+def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
+           force: bool = False) -> dict[str, Any]:
+    """Write ``source`` (a labeled dataset or a predict output) as ``to`` into ``out``."""
+    if to not in FORMATS:
+        raise DatasetError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    root = Path(source)
+    items = _sources(root)
+    if to in ("cellpose", "stardist") and any(image is None for _, image, _ in items):
+        raise DatasetError(f"{root}: a prediction folder has no images; {to} needs them "
+                           f"(export a dataset folder with images/ and labels/)")
+    coco: dict[str, Any] = {"images": [], "annotations": [],
+                            "categories": [{"id": 1, "name": "cell"}]}
+    n_cells = 0
+    with staged_output_dir(out, force=force) as staging:
+        if to == "stardist":
+            (staging / "images").mkdir()
+            (staging / "masks").mkdir()
+        if to == "coco" and any(image is not None for _, image, _ in items):
+            (staging / "images").mkdir()
+        for k, (image_id, image_path, label_path) in enumerate(items, start=1):
+            labels = read_labels(label_path)
+            n_cells += int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
+            if to == "cellpose":
+                shutil.copyfile(image_path, staging / f"{image_id}{image_path.suffix}")
+                write_labels(staging / f"{image_id}{CELLPOSE_SUFFIX}.tif", labels)
+            elif to == "stardist":
+                shutil.copyfile(image_path, staging / "images" / f"{image_id}{image_path.suffix}")
+                write_labels(staging / "masks" / f"{image_id}.tif", labels)
+            elif to == "geojson":
+                write_json(staging / f"{image_id}.geojson", _geojson(labels, image_id))
+            else:
+                name = None
+                if image_path is not None:
+                    name = f"images/{image_id}{image_path.suffix}"
+                    shutil.copyfile(image_path, staging / name)
+                coco["images"].append({"id": k, "file_name": name or f"{image_id}.tif",
+                                       "height": int(labels.shape[0]),
+                                       "width": int(labels.shape[1])})
+                for index, polygon in label_polygons(labels).items():
+                    x0, y0 = polygon.min(axis=0)
+                    x1, y1 = polygon.max(axis=0)
+                    coco["annotations"].append({
+                        "id": len(coco["annotations"]) + 1, "image_id": k, "category_id": 1,
+                        "segmentation": [polygon[:-1].round(2).ravel().tolist()],
+                        "area": int((labels == index).sum()),
+                        "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                        "iscrowd": 0})
+        if to == "coco":
+            (staging / "annotations.json").write_text(json.dumps(coco))
+    return {"format": to, "n_images": len(items), "n_instances": n_cells, "out": str(out)}

@@ -1,0 +1,93 @@
+"""Exports to Cellpose, StarDist, QuPath GeoJSON and COCO, and reading those folders back."""
+
+import json
+
+import numpy as np
+import pytest
+from skimage.draw import polygon as fill_polygon
+
+from cellsynth.cli import main
+from cellsynth.errors import DatasetError
+from cellsynth.evaluate import matching
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.export import export, label_polygons
+from cellsynth.io.images import read_labels, write_image, write_labels
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    yy, xx = np.mgrid[:48, :64]
+    for name, shift in (("a", 0), ("b", 5)):
+        labels = np.zeros((48, 64), np.uint16)
+        labels[4:14, 6:20] = 1  # a 10 x 14 rectangle
+        labels[((yy - 30 - shift) ** 2 + (xx - 40) ** 2) <= 64] = 2  # a disk, radius 8
+        write_labels(root / "labels" / f"{name}.tif", labels)
+        write_image(root / "images" / f"{name}.png", (labels > 0).astype(np.uint8) * 200)
+    return root
+
+
+def test_polygons_of_a_rectangle_are_its_pixel_edges():
+    labels = np.zeros((10, 12), np.uint16)
+    labels[2:5, 3:9] = 7  # rows 2-4, columns 3-8
+    (polygon,) = label_polygons(labels).values()
+    assert polygon[:, 0].min() == 3 and polygon[:, 0].max() == 9  # x: columns 3..9 edges
+    assert polygon[:, 1].min() == 2 and polygon[:, 1].max() == 5
+    assert np.array_equal(polygon[0], polygon[-1])  # closed ring
+
+
+@pytest.mark.parametrize("to", ["cellpose", "stardist"])
+def test_cellpose_and_stardist_folders_round_trip(dataset, tmp_path, to):
+    export(dataset, to, tmp_path / to)
+    names = sorted(p.relative_to(tmp_path / to).as_posix()
+                   for p in (tmp_path / to).rglob("*") if p.is_file())
+    expected = {"cellpose": ["a.png", "a_masks.tif", "b.png", "b_masks.tif"],
+                "stardist": ["images/a.png", "images/b.png", "masks/a.tif", "masks/b.tif"]}
+    assert names == expected[to]
+    back = load_dataset(tmp_path / to, require_labels=True)  # recognised, not unlabeled
+    assert [s.id for s in back] == ["a", "b"]
+    for sample in back:
+        np.testing.assert_array_equal(sample.read_labels(),
+                                      read_labels(dataset / "labels" / f"{sample.id}.tif"))
+
+
+def test_geojson_is_what_qupath_imports_and_rasterises_back(dataset, tmp_path, capsys):
+    assert main(["export", str(dataset), "--to", "geojson", "--out", str(tmp_path / "g")]) == 0
+    assert "wrote 4 cells of 2 images as geojson" in capsys.readouterr().out
+    data = json.loads((tmp_path / "g" / "a.geojson").read_text())
+    assert data["type"] == "FeatureCollection" and len(data["features"]) == 2
+    feature = data["features"][0]
+    assert feature["geometry"]["type"] == "Polygon"
+    assert feature["properties"]["objectType"] == "detection"
+    labels = read_labels(dataset / "labels" / "a.tif")
+    drawn = np.zeros_like(labels)
+    for k, f in enumerate(data["features"], start=1):
+        ring = np.array(f["geometry"]["coordinates"][0])
+        rr, cc = fill_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, labels.shape)  # centres
+        drawn[rr, cc] = k
+    result = matching(labels, drawn, thresholds=(0.8,))
+    assert result.f1[0] == 1.0 and result.mean_iou[0] > 0.9
+
+
+def test_coco_annotations(dataset, tmp_path):
+    export(dataset, "coco", tmp_path / "c")
+    coco = json.loads((tmp_path / "c" / "annotations.json").read_text())
+    assert [i["file_name"] for i in coco["images"]] == ["images/a.png", "images/b.png"]
+    assert len(coco["annotations"]) == 4 and coco["categories"] == [{"id": 1, "name": "cell"}]
+    rectangle = coco["annotations"][0]
+    assert rectangle["bbox"] == [6.0, 4.0, 14.0, 10.0] and rectangle["area"] == 140
+    assert (tmp_path / "c" / "images" / "a.png").is_file()
+
+
+def test_a_prediction_folder_exports_polygons_but_not_rasters(dataset, tmp_path):
+    pred = tmp_path / "pred"
+    (pred / "labels").mkdir(parents=True)
+    (pred / "meta.json").write_text(json.dumps({"stage": "predict"}))
+    (pred / "labels" / "a.tif").write_bytes((dataset / "labels" / "a.tif").read_bytes())
+    summary = export(pred, "geojson", tmp_path / "g")
+    assert summary["n_instances"] == 2
+    with pytest.raises(DatasetError, match="has no images; cellpose needs them"):
+        export(pred, "cellpose", tmp_path / "cp")
+    assert not (tmp_path / "cp").exists()
