@@ -186,3 +186,16 @@ def test_an_image_at_another_pixel_size_is_resampled_and_drawn_back(monkeypatch,
     assert result.mean_iou[0] > 0.85
     unscaled = predict_image(detector, image, tile=128, overlap=48, pixel_size_um=None)
     assert matching(truth, unscaled, thresholds=(0.5,)).f1[0] == 0.0  # wrong cell size
+
+
+def test_plain_celldetection_loads_a_run(model):
+    """celldetection users: cd.load_model(RUN/last.pt) gives the trained CPN."""
+    import celldetection as cd
+
+    run, _ = model
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    loaded = cd.load_model(str(run / "last.pt"), load_kwargs={"weights_only": False})
+    assert type(loaded).__name__ == "CpnSlimU22"
+    assert loaded.score_thresh == pytest.approx(ckpt["score_thresh"])
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, ckpt["model"][name]), name

@@ -21,8 +21,8 @@ with warnings.catch_warnings():  # timm / mamba FutureWarnings on import
     warnings.simplefilter("ignore")
     import celldetection as cd
 
-__all__ = ["MODELS", "build_model", "training_targets", "collate", "set_core_precision",
-           "raw_predict", "score_threshold"]
+__all__ = ["MODELS", "build_model", "celldetection_format", "training_targets", "collate",
+           "set_core_precision", "raw_predict", "score_threshold"]
 
 # name -> celldetection class; the small U-Net CPN trains at a useful speed on CPU.
 MODELS = {
@@ -43,6 +43,16 @@ def build_model(*, in_channels: int, model: str = "slim_u22", order: int = 8, sa
     if model == "resnet18_unet":
         kwargs["pretrained"] = False
     return cls(**kwargs)
+
+
+def celldetection_format(model: torch.nn.Module, state_dict: dict[str, Any], *,
+                         score_thresh: float) -> dict[str, Any]:
+    """Checkpoint entries that make ``celldetection.load_model(path)`` rebuild the model with
+    our weights and validated score threshold (``state_dict`` is stored by reference, so the
+    weights are not written twice)."""
+    conf = cd.util.model2dict(model)
+    conf["kwargs"] = {**conf["kwargs"], "score_thresh": float(score_thresh)}
+    return {"cd.models": conf, "state_dict": state_dict}
 
 
 def training_targets(labels: np.ndarray, *, samples: int, order: int,

@@ -216,7 +216,7 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     from torch.nn.parallel import DistributedDataParallel
     from tqdm.auto import tqdm
 
-    from cellsynth.segment.cpn import build_model, set_core_precision
+    from cellsynth.segment.cpn import build_model, celldetection_format, set_core_precision
 
     out = Path(out)
     rank, world = _dist()
@@ -279,12 +279,15 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
             states = [None] * world
             torch.distributed.all_gather_object(states, rng.bit_generator.state)
         if rank == 0:
-            _save(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            weights = model.state_dict()
+            _save(path, {"model": weights, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "step": step,
                          "rng": {"numpy": states, "torch": torch.get_rng_state()},
                          "config": to_dict(config), "model_spec": spec, "best_f1": best_f1,
                          "precision": precision.name,
-                         "score_thresh": score_thresh})
+                         "score_thresh": score_thresh,
+                         # plain celldetection users: cd.load_model(RUN/best.pt)
+                         **celldetection_format(model, weights, score_thresh=score_thresh)})
 
     threads = ThreadGovernor(workers=world if world > 1 else None)
     model.train()
