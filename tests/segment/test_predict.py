@@ -199,3 +199,26 @@ def test_plain_celldetection_loads_a_run(model):
     assert loaded.score_thresh == pytest.approx(ckpt["score_thresh"])
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, ckpt["model"][name]), name
+
+
+def test_progress_counts_tiles(monkeypatch):
+    """A whole section shows progress tile by tile (total known before the first tile)."""
+    from cellsynth.segment import predict
+    from cellsynth.segment.predict import Detector, predict_image
+
+    class Bar:
+        def __init__(self):
+            self.total, self.n, self.totals_seen = 0, 0, []
+
+        def refresh(self):
+            self.totals_seen.append(self.total)
+
+        def update(self, k):
+            self.n += k
+
+    monkeypatch.setattr(predict, "make_predictor", _threshold_predictor)
+    detector = Detector(None, 1, 0.5, 128, None, 0, "test")
+    image, _ = _disk_image((300, 200), [(50, 50)], 12)
+    bar = Bar()
+    predict_image(detector, image, tile=128, overlap=48, progress=bar)
+    assert bar.totals_seen == [4 * 2] and bar.n == 8  # rows start 0, 80, 160, 172; columns 0, 72

@@ -31,7 +31,7 @@ from cellsynth.io.images import (
 )
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
 from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
-from cellsynth.segment.tiles import Predictor, open_large_image, tiled_proposals
+from cellsynth.segment.tiles import Predictor, open_large_image, tile_origins, tiled_proposals
 from cellsynth.segment.tiles import contours_to_labels as paint
 from cellsynth.viz import contour_overlay
 
@@ -139,13 +139,14 @@ def _reader(channels: int, low: np.ndarray, high: np.ndarray, where: str):
 def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                   overlap: int = 96, batch: int = 4, score_thresh: float | None = None,
                   device: str = "cpu", where: str = "image", channel: int | None = None,
-                  pixel_size_um: float | None = None) -> np.ndarray:
+                  pixel_size_um: float | None = None, progress: Any = None) -> np.ndarray:
     """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size.
 
     ``channel`` (default: the one the model was trained on, if any) keeps only that channel.
     ``pixel_size_um``: the image's; if it and the model's are known and differ, the image is
     resampled to the model's resolution (window by window) and the cells are drawn back at
-    the image's own, so the labels always have the image's shape.
+    the image's own, so the labels always have the image's shape. ``progress``: a tqdm bar
+    counting tiles (its total grows by this image's tiles).
     """
     tile = tile or max(detector.crop, 512)
     image = select_channel(image, detector.channel if channel is None else channel,
@@ -153,9 +154,15 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     low, high = intensity_range(image, detector.normalization, where=where)
     factor = pixel_scale(pixel_size_um, detector.pixel_size_um)
     view = image if factor == 1.0 else Rescaled(image, factor)
+    if progress is not None:
+        tiles = (len(tile_origins(int(view.shape[0]), tile, overlap))
+                 * len(tile_origins(int(view.shape[1]), tile, overlap)))
+        progress.total = (progress.total or 0) + tiles
+        progress.refresh()
     contours, scores = tiled_proposals(
         view, make_predictor(detector, device=device), tile=tile, overlap=overlap,
-        batch=batch, read=_reader(detector.in_channels, low, high, where))
+        batch=batch, read=_reader(detector.in_channels, low, high, where),
+        progress=progress.update if progress is not None else None)
     if factor != 1.0:  # pixel centres: model pixel i sits at image pixel (i + 0.5) / f - 0.5
         contours = (contours + 0.5) / factor - 0.5
     thresh = detector.score_thresh if score_thresh is None else score_thresh
@@ -236,16 +243,19 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     with staged_output_dir(out, force=force) as root:
         (root / "labels").mkdir()
         (root / "overlays").mkdir()
-        for image_id, path in tqdm(inputs, desc="predict", unit="img", disable=not progress):
+        bar = tqdm(total=0, desc="predict", unit="tile", disable=not progress)
+        for n_done, (image_id, path) in enumerate(inputs):
+            bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
             lazy = _read_lazily(path)
             image = open_large_image(path, level=level) if lazy else read_image(path)
             px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
             if px is None and detector.pixel_size_um is not None:
-                announce(f"{path}: pixel size unknown (no --pixel-size, meta.json or file "
-                         f"metadata); taken to be the model's {detector.pixel_size_um} um/px")
+                announce(f"{images}: pixel size of some images unknown (no --pixel-size, "
+                         f"meta.json or file metadata); taken to be the model's "
+                         f"{detector.pixel_size_um} um/px")
             labels = predict_image(detector, image, tile=tile, overlap=overlap, batch=batch,
                                    score_thresh=score_thresh, device=device, where=str(path),
-                                   channel=channel, pixel_size_um=px)
+                                   channel=channel, pixel_size_um=px, progress=bar)
             per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
                 px, detector.pixel_size_um)}
             write_labels(root / "labels" / f"{image_id}.tif", labels, pixel_size_um=px)
@@ -254,6 +264,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                             contour_overlay(image, labels))
             n_cells += int(labels.max())
             megapixels += labels.size / 1e6
+        bar.close()
         elapsed = time.perf_counter() - started
         write_json(root / "meta.json", {
             "cellsynth_version": __version__, "stage": "predict", "model": detector.source,
