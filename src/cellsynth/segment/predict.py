@@ -243,28 +243,27 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     with staged_output_dir(out, force=force) as root:
         (root / "labels").mkdir()
         (root / "overlays").mkdir()
-        bar = tqdm(total=0, desc="predict", unit="tile", disable=not progress)
-        for n_done, (image_id, path) in enumerate(inputs):
-            bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
-            lazy = _read_lazily(path)
-            image = open_large_image(path, level=level) if lazy else read_image(path)
-            px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
-            if px is None and detector.pixel_size_um is not None:
-                announce(f"{images}: pixel size of some images unknown (no --pixel-size, "
-                         f"meta.json or file metadata); taken to be the model's "
-                         f"{detector.pixel_size_um} um/px")
-            labels = predict_image(detector, image, tile=tile, overlap=overlap, batch=batch,
-                                   score_thresh=score_thresh, device=device, where=str(path),
-                                   channel=channel, pixel_size_um=px, progress=bar)
-            per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
-                px, detector.pixel_size_um)}
-            write_labels(root / "labels" / f"{image_id}.tif", labels, pixel_size_um=px)
-            if not lazy:
-                write_image(root / "overlays" / f"{image_id}.png",
-                            contour_overlay(image, labels))
-            n_cells += int(labels.max())
-            megapixels += labels.size / 1e6
-        bar.close()
+        with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
+            for n_done, (image_id, path) in enumerate(inputs):
+                bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
+                lazy = _read_lazily(path)
+                image = open_large_image(path, level=level) if lazy else read_image(path)
+                px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
+                if px is None and detector.pixel_size_um is not None:
+                    announce(f"{images}: pixel size of some images unknown (no --pixel-size, "
+                             f"meta.json or file metadata); taken to be the model's "
+                             f"{detector.pixel_size_um} um/px")
+                labels = predict_image(detector, image, tile=tile, overlap=overlap, batch=batch,
+                                       score_thresh=score_thresh, device=device, where=str(path),
+                                       channel=channel, pixel_size_um=px, progress=bar)
+                per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
+                    px, detector.pixel_size_um)}
+                write_labels(root / "labels" / f"{image_id}.tif", labels, pixel_size_um=px)
+                if not lazy:
+                    write_image(root / "overlays" / f"{image_id}.png",
+                                contour_overlay(image, labels))
+                n_cells += int(labels.max())
+                megapixels += labels.size / 1e6
         elapsed = time.perf_counter() - started
         write_json(root / "meta.json", {
             "cellsynth_version": __version__, "stage": "predict", "model": detector.source,
