@@ -199,3 +199,19 @@ def test_fine_tuning_takes_the_pretrained_models_channels(sim, tmp_path):
         torch.save({"generator": {}}, tmp_path / "refiner.pt")
         train(config, [rgb], tmp_path / "ft2", init=tmp_path / "refiner.pt", progress=False)
     assert not (tmp_path / "ft2").exists()
+
+
+def test_resume_after_a_kill_mid_log_line(sim, tmp_path):
+    """kill -9 while a log line was being written: resume drops the broken line."""
+    config = TrainConfig(steps=4, checkpoint_every=2, **TINY)
+    run = tmp_path / "run"
+    train(TrainConfig(steps=2, checkpoint_every=2, **TINY), [sim], run, progress=False)
+    with (run / "log.jsonl").open("a") as log:
+        log.write('{"step": 3, "loss": 1.2')  # the kill
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(
+        "steps: 2", "steps: 4"))
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["config"]["steps"] = 4
+    torch.save(ckpt, run / "last.pt")
+    train(config, [sim], run, resume=True, progress=False)
+    assert sorted(_losses(run)) == [1, 2, 3, 4]

@@ -99,13 +99,20 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 class _Log:
-    """Append-only JSONL log; on resume, entries after the checkpoint step are dropped."""
+    """Append-only JSONL log; on resume, entries after the checkpoint step are dropped, and
+    so is a last line a kill cut short."""
 
     def __init__(self, path: Path, keep_until: int | None):
         if keep_until is not None and path.exists():
-            lines = [ln for ln in path.read_text().splitlines()
-                     if ln and json.loads(ln).get("step", 0) <= keep_until]
-            path.write_text("".join(ln + "\n" for ln in lines))
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # cut short by a kill
+                if entry.get("step", 0) <= keep_until:
+                    kept.append(line)
+            path.write_text("".join(ln + "\n" for ln in kept))
         self.file = path.open("a")
 
     def write(self, **entry: Any) -> None:
