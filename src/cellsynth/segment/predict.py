@@ -265,10 +265,13 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 n_cells += int(labels.max())
                 megapixels += labels.size / 1e6
         elapsed = time.perf_counter() - started
+        sizes = {v["pixel_size_um"] for v in per_image.values()}
+        shared_px = sizes.pop() if len(sizes) == 1 else None
         write_json(root / "meta.json", {
             "cellsynth_version": __version__, "stage": "predict", "model": detector.source,
             "model_step": detector.step, "score_thresh": detector.score_thresh
             if score_thresh is None else score_thresh, "images": str(images),
+            "pixel_size_um": shared_px,  # the labels are at the images' own pixels
             "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
             "n_images": len(inputs), "n_instances": n_cells})
     return {"n_images": len(inputs), "n_instances": n_cells, "seconds": elapsed,
