@@ -222,3 +222,25 @@ def test_progress_counts_tiles(monkeypatch):
     bar = Bar()
     predict_image(detector, image, tile=128, overlap=48, progress=bar)
     assert bar.totals_seen == [4 * 2] and bar.n == 8  # rows start 0, 80, 160, 172; columns 0, 72
+
+
+def test_predict_writes_a_detections_table(model, tmp_path):
+    import csv
+
+    run, sim = model
+    path = sorted((sim / "images").iterdir())[0]
+    predict_folder(run, path, tmp_path / "out", score_thresh=0.5, precision="fp32",
+                   pixel_size_um=0.5, progress=False)
+    labels = read_labels(tmp_path / "out" / "labels" / f"{path.stem}.tif")
+    with open(tmp_path / "out" / "detections" / f"{path.stem}.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == labels.max() >= 3
+    areas = np.bincount(labels.ravel())
+    for row in rows:
+        cell = int(row["id"])
+        assert int(row["area_px"]) == areas[cell]
+        assert float(row["area_um2"]) == pytest.approx(areas[cell] * 0.25, abs=1e-3)
+        assert 0.5 <= float(row["score"]) <= 1.0
+        ys, xs = np.nonzero(labels == cell)
+        assert float(row["centroid_y"]) == pytest.approx(ys.mean(), abs=0.01)
+        assert (int(row["bbox_y0"]), int(row["bbox_x1"])) == (ys.min(), xs.max() + 1)

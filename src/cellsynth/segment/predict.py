@@ -20,7 +20,7 @@ from cellsynth.config import from_dict
 from cellsynth.errors import CellsynthError, ConfigError, DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads, resolve_device
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.files import staged_output_dir, write_json
+from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
     match_channels,
@@ -36,7 +36,7 @@ from cellsynth.segment.tiles import contours_to_labels as paint
 from cellsynth.viz import contour_overlay
 
 __all__ = ["Detector", "checkpoint_path", "load_detector", "make_predictor", "predict_image",
-           "predict_folder"]
+           "predict_folder", "detections_table"]
 
 LAZY_PIXELS = 8192 * 8192
 _MULTIPLE = 32       # the U-Net backbones need sizes divisible by this
@@ -139,14 +139,16 @@ def _reader(channels: int, low: np.ndarray, high: np.ndarray, where: str):
 def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                   overlap: int = 96, batch: int = 4, score_thresh: float | None = None,
                   device: str = "cpu", where: str = "image", channel: int | None = None,
-                  pixel_size_um: float | None = None, progress: Any = None) -> np.ndarray:
+                  pixel_size_um: float | None = None, progress: Any = None,
+                  return_scores: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size.
 
     ``channel`` (default: the one the model was trained on, if any) keeps only that channel.
     ``pixel_size_um``: the image's; if it and the model's are known and differ, the image is
     resampled to the model's resolution (window by window) and the cells are drawn back at
     the image's own, so the labels always have the image's shape. ``progress``: a tqdm bar
-    counting tiles (its total grows by this image's tiles).
+    counting tiles (its total grows by this image's tiles). ``return_scores``: also return
+    each id's score ((N + 1,), index 0 = background).
     """
     tile = tile or max(detector.crop, 512)
     image = select_channel(image, detector.channel if channel is None else channel,
@@ -166,8 +168,26 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     if factor != 1.0:  # pixel centres: model pixel i sits at image pixel (i + 0.5) / f - 0.5
         contours = (contours + 0.5) / factor - 0.5
     thresh = detector.score_thresh if score_thresh is None else score_thresh
-    return paint(contours, scores, (int(image.shape[0]), int(image.shape[1])),
-                 score_thresh=thresh)
+    labels, id_scores = paint(contours, scores, (int(image.shape[0]), int(image.shape[1])),
+                              score_thresh=thresh, return_scores=True)
+    return (labels, id_scores) if return_scores else labels
+
+
+def detections_table(labels: np.ndarray, id_scores: np.ndarray,
+                     pixel_size_um: float | None = None) -> str:
+    """CSV of the cells of a label map: id, centroid, area, score, bounding box (pixels; area
+    also in um² when the pixel size is known)."""
+    from skimage.measure import regionprops
+
+    header = "id,centroid_y,centroid_x,area_px,area_um2,score,bbox_y0,bbox_x0,bbox_y1,bbox_x1"
+    rows = [header]
+    for region in regionprops(labels):
+        cy, cx = region.centroid
+        area_um2 = f"{region.area * pixel_size_um ** 2:.3f}" if pixel_size_um else ""
+        y0, x0, y1, x1 = region.bbox
+        rows.append(f"{region.label},{cy:.2f},{cx:.2f},{int(region.area)},{area_um2},"
+                    f"{float(id_scores[region.label]):.4f},{y0},{x0},{y1},{x1}")
+    return "\n".join(rows) + "\n"
 
 
 def _folder_pixel_size(images: Path) -> float | None:
@@ -223,7 +243,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                    precision: str = "auto", channel: int | None = None, level: int = 0,
                    pixel_size_um: float | None = None,
                    progress: bool = True) -> dict[str, Any]:
-    """Predict every image of a folder; write ``labels/``, ``overlays/`` and meta.json.
+    """Predict every image of a folder; write ``labels/``, ``overlays/``, ``detections/``
+    (one CSV per image: id, centroid, area, score, bounding box) and meta.json.
 
     The images' pixel size is ``pixel_size_um``, else the dataset's meta.json, else what each
     file states (OME/ImageJ TIFF, OME-Zarr); where it and the model's differ, images are
@@ -243,6 +264,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     with staged_output_dir(out, force=force) as root:
         (root / "labels").mkdir()
         (root / "overlays").mkdir()
+        (root / "detections").mkdir()
         with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
             for n_done, (image_id, path) in enumerate(inputs):
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
@@ -253,12 +275,15 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     announce(f"{images}: pixel size of some images unknown (no --pixel-size, "
                              f"meta.json or file metadata); taken to be the model's "
                              f"{detector.pixel_size_um} um/px")
-                labels = predict_image(detector, image, tile=tile, overlap=overlap, batch=batch,
-                                       score_thresh=score_thresh, device=device, where=str(path),
-                                       channel=channel, pixel_size_um=px, progress=bar)
+                labels, id_scores = predict_image(
+                    detector, image, tile=tile, overlap=overlap, batch=batch,
+                    score_thresh=score_thresh, device=device, where=str(path), channel=channel,
+                    pixel_size_um=px, progress=bar, return_scores=True)
                 per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
                     px, detector.pixel_size_um)}
                 write_labels(root / "labels" / f"{image_id}.tif", labels, pixel_size_um=px)
+                with atomic_path(root / "detections" / f"{image_id}.csv") as tmp:
+                    tmp.write_text(detections_table(labels, id_scores, px))
                 if not lazy:
                     write_image(root / "overlays" / f"{image_id}.png",
                                 contour_overlay(image, labels))
