@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cellsynth.hardware import usable_cores
 from cellsynth.io.images import write_image, write_labels
+
+# One thread count for the whole suite, so that a run and its resume (compared to 1e-5) never
+# differ by the load-dependent thread policy; tests of the policy clear this themselves.
+os.environ.setdefault("CELLSYNTH_THREADS", str(min(2, usable_cores())))
 
 
 def make_dataset(root: Path, n: int = 3, size: int = 32, *, rgb: bool = False,
