@@ -137,6 +137,15 @@ def _replaced(out: Path) -> Path:
     return out.with_name(f".{out.name}.replaced.tmp")
 
 
+def _has_checkpoint(out: Path) -> bool:
+    return any(out.glob("*.pt"))
+
+
+def _stopped_before_checkpoint(out: Path) -> bool:
+    """A run of ours (config.yaml) killed before it saved anything: nothing to lose."""
+    return (out / "config.yaml").is_file() and not _has_checkpoint(out)
+
+
 def check_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
                   checkpoint: str = "last.pt") -> bool:
     """What :func:`prepare_run_dir` will do, checked without touching anything: raises
@@ -150,8 +159,7 @@ def check_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
             return True
         if not (out / "config.yaml").is_file():
             raise OutputExistsError(f"{out}: nothing to resume, no {checkpoint} in it")
-    if out.is_dir() and any(out.iterdir()) and not force and not (
-            (out / "config.yaml").is_file() and not any(out.glob("*.pt"))):
+    if out.is_dir() and any(out.iterdir()) and not force and not _stopped_before_checkpoint(out):
         raise OutputExistsError(f"{out}: run folder exists and is not empty "
                                 f"(use --resume to continue it or --force to replace it)")
     return False
@@ -170,8 +178,7 @@ def prepare_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
     if check_run_dir(out, resume=resume, force=force, checkpoint=checkpoint):
         return True
     if out.is_dir() and any(out.iterdir()):
-        if (out / "config.yaml").is_file() and not any(out.glob("*.pt")):
-            # a run stopped before its first checkpoint: nothing to lose, start it again
+        if _stopped_before_checkpoint(out):  # start it again
             shutil.rmtree(out)
         else:
             backup = _replaced(out)
@@ -191,10 +198,10 @@ def discard_replaced_run(out: str | os.PathLike) -> None:
 
 
 def restore_replaced_run(out: str | os.PathLike) -> None:
-    """Put back the run that ``prepare_run_dir(force=True)`` moved aside, if the new run
-    failed before writing anything worth keeping."""
+    """Put back the run that ``prepare_run_dir(force=True)`` moved aside, unless the new run
+    has written a checkpoint (then the new run is kept)."""
     out = Path(out)
     backup = _replaced(out)
-    if backup.exists():
+    if backup.exists() and not _has_checkpoint(out):
         shutil.rmtree(out, ignore_errors=True)
         os.replace(backup, out)

@@ -220,8 +220,7 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
                 if out_of_time:
                     break
     except BaseException:
-        if not (out / CHECKPOINT).exists():
-            restore_replaced_run(out)  # nothing of the new run to keep: the old one is back
+        restore_replaced_run(out)  # if the new run has nothing to keep
         raise
     seconds = time.perf_counter() - started
     done = state.step - first_step

@@ -35,8 +35,8 @@ from cellsynth.segment.tiles import Predictor, open_large_image, tile_origins, t
 from cellsynth.segment.tiles import contours_to_labels as paint
 from cellsynth.viz import contour_overlay
 
-__all__ = ["Detector", "checkpoint_path", "load_detector", "make_predictor", "predict_image",
-           "predict_folder", "detections_table"]
+__all__ = ["Detector", "checkpoint_path", "read_detector_checkpoint", "load_detector",
+           "make_predictor", "predict_image", "predict_folder", "detections_table"]
 
 LAZY_PIXELS = 8192 * 8192
 _MULTIPLE = 32       # the U-Net backbones need sizes divisible by this
@@ -68,6 +68,23 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
     return path
 
 
+def read_detector_checkpoint(run: str | os.PathLike, *, device: str = "cpu",
+                             needed_by: str = "predict") -> tuple[Path, dict[str, Any]]:
+    """(path, checkpoint dict) of a `cellsynth train` run or checkpoint file; a truncated
+    file or another kind of checkpoint is one :class:`CellsynthError` naming it."""
+    path = checkpoint_path(run)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # torch's zip-reader text says little
+        raise CellsynthError(f"{path}: cannot load checkpoint (truncated or not a torch "
+                             f"file?)") from err
+    if not isinstance(ckpt, dict) or "model_spec" not in ckpt:
+        kind = "a refiner run (use it with generate)" if isinstance(ckpt, dict) and \
+            "generator" in ckpt else "not a detector checkpoint"
+        raise CellsynthError(f"{path}: {kind}; {needed_by} needs a `cellsynth train` run")
+    return path, ckpt
+
+
 def load_detector(run: str | os.PathLike, *, device: str = "cpu",
                   precision: str = "auto") -> Detector:
     """Load a trained CPN from a run folder or checkpoint file (see :func:`checkpoint_path`).
@@ -78,16 +95,7 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
     from cellsynth.segment.cpn import build_model, set_core_precision
 
     resolve_device(device)
-    path = checkpoint_path(run)
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # torch's zip-reader text says little
-        raise CellsynthError(f"{path}: cannot load checkpoint (truncated or not a torch "
-                             f"file?)") from err
-    if not isinstance(ckpt, dict) or "model_spec" not in ckpt:
-        kind = "a refiner run (use it with generate)" if isinstance(ckpt, dict) and \
-            "generator" in ckpt else "not a detector checkpoint"
-        raise CellsynthError(f"{path}: {kind}; predict needs a `cellsynth train` run")
+    path, ckpt = read_detector_checkpoint(run, device=device, needed_by="predict")
     spec = ckpt["model_spec"]
     model = build_model(**spec).to(device)
     model.load_state_dict(ckpt["model"])

@@ -186,21 +186,6 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _read_init(init: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint fine-tuning starts from (a run folder or a .pt file)."""
-    from cellsynth.segment.predict import checkpoint_path
-
-    path = checkpoint_path(init)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch's zip-reader text says little
-        raise CellsynthError(f"{path}: cannot load checkpoint (truncated or not a torch "
-                             f"file?)") from err
-    if not isinstance(ckpt, dict) or "model_spec" not in ckpt:
-        raise CellsynthError(f"{path}: --init needs a `cellsynth train` run, this is not one")
-    return path, ckpt
-
-
 def _init_weights(model: torch.nn.Module, spec: dict[str, Any], path: Path,
                   ckpt: dict[str, Any]) -> None:
     """Start from the weights of another run (fine-tuning); the architectures must match."""
@@ -224,6 +209,7 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     from tqdm.auto import tqdm
 
     from cellsynth.segment.cpn import build_model, celldetection_format, set_core_precision
+    from cellsynth.segment.predict import read_detector_checkpoint
 
     out = Path(out)
     rank, world = _dist()
@@ -231,7 +217,8 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     # start must leave the old run as it was)
     resume = check_run_dir(out, resume=resume, force=force)
     resolve_device(config.device)
-    start = _read_init(init) if init is not None and not resume else None
+    start = (read_detector_checkpoint(init, needed_by="--init")
+             if init is not None and not resume else None)
     # fine-tuning: the images take the pretrained model's channels (gray <-> RGB, with a note)
     channels = start[1]["model_spec"]["in_channels"] if start else None
     items = load_labeled(data, pixel_size_um=config.pixel_size_um, channels=channels,
@@ -338,8 +325,8 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
                                    "continues", stop.name, step)
                     raise KeyboardInterrupt
     except BaseException:
-        if rank == 0 and not any(out.glob("*.pt")):
-            restore_replaced_run(out)  # nothing of the new run to keep: the old one is back
+        if rank == 0:
+            restore_replaced_run(out)  # if the new run has nothing to keep
         raise
     finally:
         if log is not None:
