@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cellsynth import stages
-from cellsynth.errors import ConfigError
+from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.io.images import write_image
 from cellsynth.pipeline import (
     PipelineConfig,
@@ -116,7 +116,7 @@ def test_config_errors_before_any_work(tmp_path):
         load_pipeline_config(bad)
     missing = tmp_path / "missing.yaml"
     missing.write_text("real:\n  unlabeled: nowhere\n")
-    with pytest.raises(Exception, match="nowhere: no such folder"):
+    with pytest.raises(DatasetError, match="nowhere: no such folder"):
         load_pipeline_config(missing)
     assert not (tmp_path / "run").exists()
 

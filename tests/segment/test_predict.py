@@ -10,7 +10,7 @@ from cellsynth.evaluate import matching
 from cellsynth.io.images import read_image, read_labels, write_image
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization
 from cellsynth.segment.data import Augment
-from cellsynth.segment.predict import load_detector, predict_folder
+from cellsynth.segment.predict import load_detector, predict_folder, predict_image
 from cellsynth.segment.trainer import TrainConfig, train
 from cellsynth.simulate import preset, write_simulation
 
@@ -124,7 +124,10 @@ def test_predict_takes_a_single_image_file(model, tmp_path):
     summary = predict_folder(run, path, tmp_path / "out", score_thresh=0.5, precision="fp32",
                              progress=False)
     assert summary["n_images"] == 1
-    assert (tmp_path / "out" / "labels" / f"{path.stem}.tif").is_file()
+    labels = read_labels(tmp_path / "out" / "labels" / f"{path.stem}.tif")
+    alone = predict_image(load_detector(run, precision="fp32"), read_image(path),
+                          score_thresh=0.5)
+    assert labels.max() >= 3 and np.array_equal(labels, alone)
     from cellsynth.errors import DatasetError
 
     with pytest.raises(DatasetError, match="config.yaml: not an image file"):

@@ -1,5 +1,6 @@
 """CPN training: loss goes down, resume continues exactly, DDP runs, bad input is explained."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -42,23 +43,35 @@ def test_short_training_reduces_the_loss(sim, tmp_path):
     assert ckpt["step"] == 24 and ckpt["model_spec"]["in_channels"] == 1
 
 
+@contextlib.contextmanager
+def _at_batch(monkeypatch, n, action):
+    """Within the block, call ``action()`` when the trainer draws its ``n``-th batch."""
+    real_batch = trainer._batch
+    calls = {"n": 0}
+
+    def batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            action()
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_batch", batch)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(trainer, "_batch", real_batch)
+
+
+def _die():
+    raise KeyboardInterrupt  # the process is killed
+
+
 def test_resume_continues_exactly(sim, tmp_path, monkeypatch):
     config = TrainConfig(steps=4, checkpoint_every=2, **TINY)
     train(config, [sim], tmp_path / "full", progress=False)
 
-    real_batch = trainer._batch
-    calls = {"n": 0}
-
-    def killed_at_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # the process dies after the step-2 checkpoint
-        return real_batch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "_batch", killed_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, [sim], tmp_path / "killed", progress=False)
-    monkeypatch.setattr(trainer, "_batch", real_batch)
+    with _at_batch(monkeypatch, 3, _die), pytest.raises(KeyboardInterrupt):
+        train(config, [sim], tmp_path / "killed", progress=False)  # dies after step 2's save
     with pytest.raises(OutputExistsError, match="--resume"):
         train(config, [sim], tmp_path / "killed", progress=False)
     train(config, [sim], tmp_path / "killed", resume=True, progress=False)
@@ -141,19 +154,11 @@ def test_ctrl_c_checkpoints_the_step_it_finished_and_resume_is_exact(sim, tmp_pa
 
     config = TrainConfig(steps=5, checkpoint_every=50, **TINY)
     train(config, [sim], tmp_path / "full", progress=False)
-    real_batch = trainer._batch
-    calls = {"n": 0}
+    def ctrl_c():
+        signal.raise_signal(signal.SIGINT)  # arrives mid-step: the step still finishes
 
-    def ctrl_c_during_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            signal.raise_signal(signal.SIGINT)  # arrives mid-step: the step still finishes
-        return real_batch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "_batch", ctrl_c_during_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    with _at_batch(monkeypatch, 3, ctrl_c), pytest.raises(KeyboardInterrupt):
         train(config, [sim], tmp_path / "stopped", progress=False)
-    monkeypatch.setattr(trainer, "_batch", real_batch)
     assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)["step"] == 3
     train(config, [sim], tmp_path / "stopped", resume=True, progress=False)
     full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "stopped")
