@@ -62,7 +62,7 @@ def test_to_dict_roundtrip():
 def test_yaml_errors_name_the_line_and_a_folder_is_refused(tmp_path):
     from cellsynth.config import load_yaml
     from cellsynth.errors import ConfigError
-    from cellsynth.pipeline import load_pipeline_config
+    from cellsynth.pipeline.config import load_pipeline_config
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("simulate:\n  preset: merker\n  n: [1, 2\n")

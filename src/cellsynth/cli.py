@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cellsynth import __version__
 from cellsynth.errors import CellsynthError
+from cellsynth.pipeline import layout
 
 __all__ = ["main"]
 
@@ -145,8 +146,8 @@ def _cmd_fit_refiner(args: argparse.Namespace) -> int:
                "self_reg": args.self_reg, "seed": args.seed, "precision": args.precision,
                "real_pixel_size_um": args.real_pixel_size}
     data = {}
-    if args.resume and (args.out / "config.yaml").is_file():
-        data.update(load_yaml(args.out / "config.yaml"))  # a resumed run keeps its settings
+    if args.resume and (args.out / layout.CONFIG).is_file():
+        data.update(load_yaml(args.out / layout.CONFIG))  # a resumed run keeps its settings
     if args.config is not None:
         data.update(load_yaml(args.config))
     config = refine_config(None, {**data, **{k: v for k, v in options.items() if v is not None}})
@@ -155,7 +156,7 @@ def _cmd_fit_refiner(args: argparse.Namespace) -> int:
     losses = ", ".join(f"{k} {v:.3f}" for k, v in summary["losses"].items())
     print(f"refiner at step {summary['step']} ({summary['steps_per_s']:.2f} steps/s, "
           f"{'bf16' if summary['bf16'] else 'fp32'}): {losses}")
-    print(f"samples: {args.out / 'samples'}")
+    print(f"samples: {args.out / layout.SAMPLES}")
     return 0
 
 
@@ -176,7 +177,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 # --- demo ------------------------------------------------------------------------------------
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from cellsynth.demo import demo
+    from cellsynth.pipeline.demo import demo
 
     report = demo(args.out, force=args.force, progress=not args.quiet)
     print(f"demo finished: open {report}")
@@ -186,7 +187,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --- run / report (cellsynth.pipeline) -------------------------------------------------------
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from cellsynth.pipeline import load_pipeline_config, run
+    from cellsynth.pipeline.config import load_pipeline_config
+    from cellsynth.pipeline.run import run
 
     summaries = run(load_pipeline_config(args.config), args.out, progress=not args.quiet)
     print(f"run finished ({', '.join(summaries)}): open {Path(args.out) / 'report.html'}")
@@ -194,7 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from cellsynth.evaluate.report import write_report
+    from cellsynth.pipeline.report import write_report
 
     print(f"wrote {write_report(args.run)}")
     return 0

@@ -7,18 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellsynth import stages
 from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.io.images import write_image
-from cellsynth.pipeline import (
+from cellsynth.pipeline import stages
+from cellsynth.pipeline.config import (
     PipelineConfig,
-    PredictStage,
+    PredictOptions,
     RealData,
-    RealismStage,
-    SimulateStage,
+    RealismOptions,
+    SimulateOptions,
     load_pipeline_config,
-    run,
 )
+from cellsynth.pipeline.run import content_fingerprint, run
 from cellsynth.refine.config import RefineConfig
 from cellsynth.segment.trainer import TrainConfig
 
@@ -33,15 +33,15 @@ def _real(folder: Path) -> Path:
 
 def _config(real: Path) -> PipelineConfig:
     return PipelineConfig(
-        simulate=SimulateStage(preset="fluo", n=4, size=64, workers=1),
+        simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1),
         real=RealData(unlabeled=str(real)),
         refine=RefineConfig(steps=2, crop=32, batch=2, width=8, blocks=1, spade_hidden=8,
                             d_width=8, d_layers=2, d_scales=1, sample_every=1,
                             checkpoint_every=1, log_every=1),
         pretrain=TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
                              refinement_iterations=1, checkpoint_every=1),
-        predict=PredictStage(tile=64, overlap=16),
-        realism=RealismStage(enabled=False),
+        predict=PredictOptions(tile=64, overlap=16),
+        realism=RealismOptions(enabled=False),
     )
 
 
@@ -72,6 +72,50 @@ def test_rerun_skips_done_stages_and_redoes_changed_ones(tmp_path):
     assert _mtimes(out, "refiner") == before["refiner"]
 
 
+def test_fingerprints_follow_contents_and_the_one_seed(tmp_path):
+    real = _real(tmp_path / "real")
+    config = _config(real)
+    out = tmp_path / "run"
+    run(config, out, progress=False, log=lambda _: None)
+    # the same images somewhere else: nothing to redo
+    moved = real.rename(tmp_path / "moved")
+    said: list[str] = []
+    run(replace(config, real=RealData(unlabeled=str(moved))), out, progress=False,
+        log=said.append)
+    assert all("skipped" in line for line in said), said
+    # one real image edited: the refiner and everything after it run again
+    write_image(moved / "r0.png", np.full((64, 64), 7, np.uint8))
+    said.clear()
+    run(replace(config, real=RealData(unlabeled=str(moved))), out, progress=False,
+        log=said.append)
+    ran = [line.split("]")[0][1:] for line in said if "skipped" not in line]
+    assert ran == ["refiner", "refined", "pretrain", "predict", "report"]
+    # another run seed: every stage, the simulation included
+    said.clear()
+    run(replace(config, seed=1, real=RealData(unlabeled=str(moved))), out, progress=False,
+        log=said.append)
+    assert not [line for line in said if "skipped" in line]
+
+
+def test_content_fingerprint_ignores_place_and_hidden_files(tmp_path):
+    a = _real(tmp_path / "a")
+    before = content_fingerprint(a)
+    (a / ".DS_Store").write_text("x")
+    assert content_fingerprint(a) == before
+    assert content_fingerprint(a.rename(tmp_path / "b")) == before
+    (tmp_path / "b" / "r1.png").rename(tmp_path / "b" / "r2.png")  # same bytes, other name
+    assert content_fingerprint(tmp_path / "b") != before
+
+
+def test_stage_seeds_are_refused(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 3\nsimulate: {preset: fluo, seed: 1}\n")
+    with pytest.raises(ConfigError, match="simulate.seed: a run has one seed"):
+        load_pipeline_config(path)
+    path.write_text("seed: 3\nsimulate: {preset: fluo}\n")
+    assert load_pipeline_config(path).seed == 3
+
+
 def test_killed_run_keeps_finished_stages(tmp_path, monkeypatch):
     config = _config(_real(tmp_path / "real"))
     out = tmp_path / "run"
@@ -100,8 +144,8 @@ def test_killed_run_keeps_finished_stages(tmp_path, monkeypatch):
 
 
 def test_demo_data_ships_with_scikit_image(tmp_path):
-    from cellsynth.demo import demo_config, write_demo_data
     from cellsynth.io.datasets import load_dataset
+    from cellsynth.pipeline.demo import demo_config, write_demo_data
 
     folder = write_demo_data(tmp_path / "ihc")
     dataset = load_dataset(folder)

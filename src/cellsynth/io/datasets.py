@@ -25,6 +25,7 @@ import numpy as np
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.files import write_json
 from cellsynth.io.images import IMAGE_SUFFIXES, read_image, read_labels
+from cellsynth.pipeline import layout
 
 __all__ = ["Sample", "Dataset", "load_dataset", "write_dataset_meta", "CELLPOSE_SUFFIX"]
 
@@ -112,9 +113,9 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
         raise DatasetError(f"{root}: not a folder")
     image_dir = root / "images"
     label_dir = root / "labels"
-    layout = "cellsynth"
+    kind = "cellsynth"
     if image_dir.is_dir() and not label_dir.is_dir() and (root / "masks").is_dir():
-        label_dir, layout = root / "masks", "StarDist (images/ + masks/)"
+        label_dir, kind = root / "masks", "StarDist (images/ + masks/)"
     if not image_dir.is_dir():
         image_dir = root  # a plain folder of images
         label_dir = root / "labels"
@@ -125,11 +126,11 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
                  if i.endswith(CELLPOSE_SUFFIX)}
         if masks:  # Cellpose: x.tif beside x_masks.tif
             images = {i: p for i, p in images.items() if not i.endswith(CELLPOSE_SUFFIX)}
-            labels, label_dir, layout = masks, root, "Cellpose (x + x_masks)"
-    if layout != "cellsynth":
+            labels, label_dir, kind = masks, root, "Cellpose (x + x_masks)"
+    if kind != "cellsynth":
         from cellsynth.hardware import announce
 
-        announce(f"{root}: read as a {layout} folder")
+        announce(f"{root}: read as a {kind} folder")
     if not images:
         where = image_dir if image_dir != root else root
         raise DatasetError(
@@ -150,7 +151,7 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
                 f"e.g. {images[missing[0]].name}"
             )
     meta: dict[str, Any] = {}
-    meta_path = root / "meta.json"
+    meta_path = root / layout.META
     if meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
@@ -164,4 +165,4 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
 
 def write_dataset_meta(root: str | os.PathLike, meta: dict[str, Any]) -> None:
     """Write ``root/meta.json`` atomically."""
-    write_json(Path(root) / "meta.json", meta)
+    write_json(Path(root) / layout.META, meta)

@@ -27,6 +27,7 @@ from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import CELLPOSE_SUFFIX, load_dataset
 from cellsynth.io.files import staged_output_dir, write_json
 from cellsynth.io.images import IMAGE_SUFFIXES, read_labels, write_labels
+from cellsynth.pipeline import layout
 
 __all__ = ["FORMATS", "export", "label_polygons"]
 
@@ -62,7 +63,7 @@ def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
 def _sources(root: Path) -> list[tuple[str, Path | None, Path]]:
     """(id, image or None, labels) of a dataset folder or a prediction folder."""
     if (root / "labels").is_dir() and not (root / "images").is_dir() \
-            and (root / "meta.json").is_file() and "predict" in (root / "meta.json").read_text():
+            and (root / layout.META).is_file() and "predict" in (root / layout.META).read_text():
         files = sorted(p for p in (root / "labels").iterdir()
                        if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cellsynth.errors import CellsynthError, OutputExistsError
+from cellsynth.pipeline import layout
 
 __all__ = ["atomic_path", "write_with", "write_json", "staged_output_dir", "check_run_dir",
            "prepare_run_dir", "discard_replaced_run", "restore_replaced_run"]
@@ -143,21 +144,27 @@ def _has_checkpoint(out: Path) -> bool:
 
 def _stopped_before_checkpoint(out: Path) -> bool:
     """A run of ours (config.yaml) killed before it saved anything: nothing to lose."""
-    return (out / "config.yaml").is_file() and not _has_checkpoint(out)
+    return (out / layout.CONFIG).is_file() and not _has_checkpoint(out)
 
 
 def check_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
-                  checkpoint: str = "last.pt") -> bool:
+                  checkpoint: str = layout.LAST, inputs: tuple = ()) -> bool:
     """What :func:`prepare_run_dir` will do, checked without touching anything: raises
     :class:`OutputExistsError` if it would refuse, else returns whether it will resume. Call
-    it before validating the inputs, and ``prepare_run_dir`` after."""
+    it before validating the inputs, and ``prepare_run_dir`` after. ``inputs``: the paths the
+    run reads; a run folder that is one of them, or holds one, is never replaced."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder")
+    for source in inputs:
+        source = Path(source).resolve()
+        if source == out.resolve() or out.resolve() in source.parents:
+            raise OutputExistsError(f"{out}: is (or holds) the input {source}; write the run "
+                                    f"to another folder")
     if resume:
         if (out / checkpoint).is_file():
             return True
-        if not (out / "config.yaml").is_file():
+        if not (out / layout.CONFIG).is_file():
             raise OutputExistsError(f"{out}: nothing to resume, no {checkpoint} in it")
     if out.is_dir() and any(out.iterdir()) and not force and not _stopped_before_checkpoint(out):
         raise OutputExistsError(f"{out}: run folder exists and is not empty "
@@ -166,7 +173,7 @@ def check_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
 
 
 def prepare_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
-                    checkpoint: str = "last.pt") -> bool:
+                    checkpoint: str = layout.LAST) -> bool:
     """Make a training run folder ready; return whether there is a checkpoint to resume.
 
     A non-empty folder is only replaced with ``force``, and even then it is moved aside (to a

@@ -34,6 +34,7 @@ from cellsynth.io.files import (
     write_json,
 )
 from cellsynth.io.images import to_uint8, write_image
+from cellsynth.pipeline import layout
 from cellsynth.refine.config import RefineConfig
 from cellsynth.refine.data import RealCrops, SimulatedCrops
 from cellsynth.refine.spade import semantic_map
@@ -50,8 +51,8 @@ from cellsynth.viz import contour_overlay, image_grid
 
 __all__ = ["fit", "CHECKPOINT", "LOG"]
 
-CHECKPOINT = "last.pt"
-LOG = "log.jsonl"
+CHECKPOINT = layout.LAST
+LOG = layout.LOG
 logger = logging.getLogger(__name__)
 _SAMPLE_ROWS = 4
 # options that may change when a run is resumed; anything else would change the experiment
@@ -143,7 +144,8 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     out = Path(out_dir)
     # every input is checked before the run folder is touched (a --force run that cannot
     # start must leave the old run as it was)
-    resume = check_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT)
+    resume = check_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT,
+                           inputs=(sim_dir, real_dir))
     resolve_device(device)
     if resume:
         saved = read_checkpoint(out / CHECKPOINT)
@@ -168,7 +170,7 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
             state.discriminator.set_input_stats(real.sample(_STATS_CROPS, stats_rng))
     prepare_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT)
     threads = ThreadGovernor()
-    save_yaml(out / "config.yaml", config)
+    save_yaml(out / layout.CONFIG, config)
     write_json(out / "run.json", {
         "cellsynth_version": __version__, "stage": "fit-refiner",
         "sim": str(Path(sim_dir).resolve()), "real": str(Path(real_dir).resolve()),
@@ -208,7 +210,7 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
                 bar.update(1)
                 out_of_time = max_minutes is not None and elapsed > 60 * max_minutes
                 if step % config.sample_every == 0 or step == config.steps or out_of_time:
-                    samples.write(out / "samples" / f"step_{step:06d}.png", state)
+                    samples.write(out / layout.SAMPLES / f"step_{step:06d}.png", state)
                 overdue = time.monotonic() - saved_at > CHECKPOINT_SECONDS
                 if (step % config.checkpoint_every == 0 or step == config.steps or out_of_time
                         or overdue or stop):

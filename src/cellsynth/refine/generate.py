@@ -26,10 +26,10 @@ from cellsynth.io.datasets import write_dataset_meta
 from cellsynth.io.files import staged_output_dir
 from cellsynth.io.images import to_uint8, write_image
 from cellsynth.io.normalize import Normalization, normalize
+from cellsynth.pipeline import layout
 from cellsynth.refine.config import RefineConfig, config_from_checkpoint
 from cellsynth.refine.data import load_simulated
 from cellsynth.refine.fidelity import label_fidelity
-from cellsynth.refine.fit import CHECKPOINT
 from cellsynth.refine.spade import SPADEGenerator, semantic_map
 from cellsynth.refine.trainer import build_generator, read_checkpoint, resolve_device
 from cellsynth.viz import contour_overlay, image_grid
@@ -63,9 +63,7 @@ def load_refiner(run: str | os.PathLike, *, device: str = "cpu",
     ``precision`` ("auto"/"bf16"/"fp32"): ``auto`` asks *this* machine's hardware, not the
     one the run trained on (bf16 is ~10x slower where the CPU emulates it).
     """
-    path = Path(run)
-    if path.is_dir():
-        path = path / CHECKPOINT
+    path = layout.refiner_checkpoint(run)
     checkpoint = read_checkpoint(path)
     config = config_from_checkpoint(checkpoint["config"], where=f"{path}: config")
     dev = resolve_device(device)

@@ -31,6 +31,7 @@ from cellsynth.io.images import (
 )
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
 from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
+from cellsynth.pipeline import layout
 from cellsynth.segment.tiles import Predictor, open_large_image, tile_origins, tiled_proposals
 from cellsynth.segment.tiles import contours_to_labels as paint
 from cellsynth.viz import contour_overlay
@@ -60,9 +61,7 @@ class Detector:
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
     """``RUN/best.pt`` (else ``RUN/last.pt``), or ``run`` itself if it is a file."""
-    path = Path(run)
-    if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+    path = layout.detector_checkpoint(run)
     if not path.is_file():
         raise CellsynthError(f"{path}: no checkpoint (train a model with `cellsynth train`)")
     return path
@@ -200,7 +199,7 @@ def detections_table(labels: np.ndarray, id_scores: np.ndarray,
 
 def _folder_pixel_size(images: Path) -> float | None:
     """The pixel size a dataset folder's meta.json states (None for files and plain folders)."""
-    if images.is_dir() and images.suffix.lower() != ".zarr" and (images / "meta.json").is_file():
+    if images.is_dir() and images.suffix.lower() != ".zarr" and (images / layout.META).is_file():
         return load_dataset(images).pixel_size_um
     return None
 
@@ -270,9 +269,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     n_cells, megapixels = 0, 0.0
     per_image: dict[str, dict[str, Any]] = {}
     with staged_output_dir(out, force=force) as root:
-        (root / "labels").mkdir()
-        (root / "overlays").mkdir()
-        (root / "detections").mkdir()
+        (root / layout.LABELS).mkdir()
+        (root / layout.OVERLAYS).mkdir()
+        (root / layout.DETECTIONS).mkdir()
         with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
             for n_done, (image_id, path) in enumerate(inputs):
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
@@ -289,18 +288,18 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     pixel_size_um=px, progress=bar, return_scores=True)
                 per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
                     px, detector.pixel_size_um)}
-                write_labels(root / "labels" / f"{image_id}.tif", labels, pixel_size_um=px)
-                with atomic_path(root / "detections" / f"{image_id}.csv") as tmp:
+                write_labels(root / layout.LABELS / f"{image_id}.tif", labels, pixel_size_um=px)
+                with atomic_path(root / layout.DETECTIONS / f"{image_id}.csv") as tmp:
                     tmp.write_text(detections_table(labels, id_scores, px))
                 if not lazy:
-                    write_image(root / "overlays" / f"{image_id}.png",
+                    write_image(root / layout.OVERLAYS / f"{image_id}.png",
                                 contour_overlay(image, labels))
                 n_cells += int(labels.max())
                 megapixels += labels.size / 1e6
         elapsed = time.perf_counter() - started
         sizes = {v["pixel_size_um"] for v in per_image.values()}
         shared_px = sizes.pop() if len(sizes) == 1 else None
-        write_json(root / "meta.json", {
+        write_json(root / layout.META, {
             "cellsynth_version": __version__, "stage": "predict", "model": detector.source,
             "model_step": detector.step, "score_thresh": detector.score_thresh
             if score_thresh is None else score_thresh, "images": str(images),

@@ -33,6 +33,7 @@ from cellsynth.io.files import (
     write_with,
 )
 from cellsynth.io.normalize import Normalization
+from cellsynth.pipeline import layout
 from cellsynth.segment.data import Augment, CropSampler, LabeledImage, load_labeled
 from cellsynth.signals import stop_between_steps
 
@@ -43,7 +44,7 @@ __all__ = ["TrainConfig", "train", "THRESHOLD_GRID"]
 CHECKPOINT_SECONDS = 600.0  # also checkpoint when the last one is this old (single process)
 
 # Score thresholds tried on the validation images (scores bunch up near 1 after training).
-THRESHOLD_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
+THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,8 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     rank, world = _dist()
     # every input is checked before the run folder is touched (a --force run that cannot
     # start must leave the old run as it was)
-    resume = check_run_dir(out, resume=resume, force=force)
+    resume = check_run_dir(out, resume=resume, force=force,
+                           inputs=tuple(data) + tuple(p for p in (val, init) if p is not None))
     resolve_device(config.device)
     start = (read_detector_checkpoint(init, needed_by="--init")
              if init is not None and not resume else None)
@@ -244,9 +246,10 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     step, best_f1, score_thresh = 0, -1.0, 0.9
     if resume:
         try:
-            ckpt = torch.load(out / "last.pt", map_location=config.device, weights_only=False)
+            ckpt = torch.load(out / layout.LAST, map_location=config.device,
+                              weights_only=False)
         except Exception as err:  # truncated or not a checkpoint: torch's text is cryptic
-            raise CellsynthError(f"{out / 'last.pt'}: cannot load checkpoint (truncated or "
+            raise CellsynthError(f"{out / layout.LAST}: cannot load checkpoint (truncated or "
                                  f"corrupt?); start again with --force") from err
         if ckpt["config"] != to_dict(config):
             raise ConfigError(f"{out}: resume with the config the run was started with")
@@ -261,10 +264,10 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     if world > 1:
         torch.distributed.barrier()
     if not resume and rank == 0:
-        save_yaml(out / "config.yaml", config)
+        save_yaml(out / layout.CONFIG, config)
     net = DistributedDataParallel(model) if world > 1 else model
     sampler = CropSampler(items, config.crop, config.augment, rng)
-    log = _Log(out / "log.jsonl", keep_until=step) if rank == 0 else None
+    log = _Log(out / layout.LOG, keep_until=step) if rank == 0 else None
 
     def checkpoint(path: Path, *, collective: bool = True) -> None:
         """Save (rank 0). ``collective``: every rank calls it, so all RNG states are kept."""
@@ -292,7 +295,7 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
 
     def save_last() -> None:
         nonlocal saved_at
-        checkpoint(out / "last.pt")
+        checkpoint(out / layout.LAST)
         saved_at = time.monotonic()
         if rank == 0:
             discard_replaced_run(out)  # the new run has something to keep now
@@ -308,10 +311,11 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
                         result = validate(model, val_items, config)
                         log.write(step=step, val_f1=result["f1_50"],
                                   val_f1_avg=result["f1_avg"],
-                                  val_score_thresh=result["score_thresh"])
+                                  val_score_thresh=result["score_thresh"],
+                                  val_f1_by_threshold=result["f1_by_threshold"])
                         if result["f1_50"] > best_f1:
                             best_f1, score_thresh = result["f1_50"], result["score_thresh"]
-                            checkpoint(out / "best.pt", collective=False)
+                            checkpoint(out / layout.BEST, collective=False)
                     if world > 1:  # share rank 0's choice so every rank saves the same state
                         shared = [best_f1, score_thresh]
                         torch.distributed.broadcast_object_list(shared, src=0)

@@ -15,14 +15,15 @@ import numpy as np
 
 from cellsynth.errors import OutputExistsError
 from cellsynth.io.images import write_image
-from cellsynth.pipeline import (
+from cellsynth.pipeline import layout
+from cellsynth.pipeline.config import (
     PipelineConfig,
-    PredictStage,
+    PredictOptions,
     RealData,
-    RealismStage,
-    SimulateStage,
-    run,
+    RealismOptions,
+    SimulateOptions,
 )
+from cellsynth.pipeline.run import run
 from cellsynth.refine.config import RefineConfig
 from cellsynth.segment.trainer import TrainConfig
 
@@ -48,14 +49,15 @@ def demo_config(data: Path) -> PipelineConfig:
     """A small but complete configuration (about 5 minutes on 2 CPU cores)."""
     return PipelineConfig(
         name="demo",
-        simulate=SimulateStage(preset="he", n=48, size=128, seed=0, pixel_size_um=0.8),
+        seed=0,
+        simulate=SimulateOptions(preset="he", n=48, size=128, pixel_size_um=0.8),
         real=RealData(unlabeled=str(data)),
         refine=RefineConfig(steps=150, crop=64, batch=4, sample_every=50, checkpoint_every=50,
                             log_every=5),
         pretrain=TrainConfig(steps=120, crop=128, batch=4, lr=2e-3, val_every=10**6,
                              checkpoint_every=40),
-        predict=PredictStage(tile=256, overlap=64),
-        realism=RealismStage(n_crops=128, epochs=4, folds=3),
+        predict=PredictOptions(tile=256, overlap=64),
+        realism=RealismOptions(n_crops=128, epochs=4, folds=3),
     )
 
 
@@ -64,11 +66,11 @@ def demo(out: str | os.PathLike, *, force: bool = False, progress: bool = True) 
     import shutil
 
     out = Path(out)
-    if out.is_dir() and any(out.iterdir()) and not (out / "state.json").exists():
+    if out.is_dir() and any(out.iterdir()) and not (out / layout.STATE).exists():
         if not force:
             raise OutputExistsError(f"{out}: folder exists and is not a cellsynth run "
                                     f"(use --force to replace it)")
         shutil.rmtree(out)
     data = write_demo_data(out / "data" / "ihc")
     run(demo_config(data), out, progress=progress)
-    return out / "report.html"
+    return out / layout.REPORT

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.io.files import atomic_path
+from cellsynth.pipeline import layout
 
 __all__ = ["write_report"]
 
@@ -88,16 +89,16 @@ def _samples(run: Path) -> str:
     from cellsynth.viz import as_rgb8, contour_overlay, image_grid
 
     parts = []
-    for name, title in (("simulate", "simulated"), ("refined", "refined")):
+    for name, title in ((layout.SIMULATE, "simulated"), (layout.REFINED, "refined")):
         if (run / name / "images").is_dir():
             samples = list(load_dataset(run / name))[:4]
-            tiles = [contour_overlay(*s.read()) if name == "simulate" else as_rgb8(s.read_image())
-                     for s in samples]
+            tiles = [contour_overlay(*s.read()) if name == layout.SIMULATE
+                     else as_rgb8(s.read_image()) for s in samples]
             parts.append(f"<h3>{title}</h3>" + _png(image_grid(tiles, columns=4)))
     real = _real_images(run)
     if real:
         parts.append("<h3>real (unlabeled)</h3>" + _png(image_grid(real[:4], columns=4)))
-    samples = sorted((run / "refiner" / "samples").glob("*.png"))
+    samples = sorted((run / layout.REFINER / layout.SAMPLES).glob("*.png"))
     if samples:
         parts.append(f"<h3>refiner samples at the last logged step ({samples[-1].stem})</h3>"
                      "<p class=note>simulated | refined | refined with label contours | "
@@ -111,7 +112,7 @@ def _real_images(run: Path) -> list[np.ndarray]:
     from cellsynth.io.datasets import load_dataset
     from cellsynth.viz import as_rgb8
 
-    config_path = run / "config.yaml"
+    config_path = run / layout.CONFIG
     if not config_path.exists():
         return []
     folder = (yaml.safe_load(config_path.read_text()).get("real") or {}).get("unlabeled")
@@ -121,7 +122,7 @@ def _real_images(run: Path) -> list[np.ndarray]:
 
 
 def _realism(run: Path) -> str:
-    path = run / "realism" / "realism.json"
+    path = run / layout.REALISM / layout.REALISM_METRICS
     if not path.exists():
         return ""
     data = json.loads(path.read_text())
@@ -136,7 +137,7 @@ def _realism(run: Path) -> str:
 
 
 def _metrics(run: Path) -> str:
-    path = run / "evaluate" / "metrics.json"
+    path = run / layout.EVALUATE / layout.METRICS
     if not path.exists():
         return ""
     m = json.loads(path.read_text())
@@ -150,8 +151,8 @@ def _metrics(run: Path) -> str:
 
 def _training(run: Path) -> str:
     parts = []
-    for name in ("pretrain", "finetune"):
-        entries = _read_log(run / name / "log.jsonl")
+    for name in (layout.PRETRAIN, layout.FINETUNE):
+        entries = _read_log(run / name / layout.LOG)
         if not entries:
             continue
         losses = [k for k in entries[0] if k not in ("step", "lr", "seconds")]
@@ -163,7 +164,7 @@ def _training(run: Path) -> str:
 
 
 def _refiner(run: Path) -> str:
-    entries = _read_log(run / "refiner" / "log.jsonl")
+    entries = _read_log(run / layout.REFINER / layout.LOG)
     if not entries:
         return ""
     keys = [k for k, v in entries[-1].items()
@@ -172,7 +173,7 @@ def _refiner(run: Path) -> str:
 
 
 def _predictions(run: Path) -> str:
-    overlays = sorted((run / "predict" / "overlays").glob("*.png"))[:4]
+    overlays = sorted((run / layout.PREDICT / layout.OVERLAYS).glob("*.png"))[:4]
     if not overlays:
         return ""
     return ("<h2>Predictions on real images</h2>"
@@ -182,10 +183,11 @@ def _predictions(run: Path) -> str:
 def write_report(run: str | os.PathLike) -> Path:
     """Write ``RUN/report.html`` from whatever the run's stages produced; return its path."""
     run = Path(run)
-    config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
-    state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
+    config = (run / layout.CONFIG).read_text() if (run / layout.CONFIG).exists() else ""
+    state_path = run / layout.STATE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
     stage_rows = [[name, "done" if s.get("done") else "not finished", s.get("seconds", "")]
-                  for name, s in state.items() if name != "report"]  # report: this page
+                  for name, s in state.items() if name != layout.REPORT_STAGE]  # this page
     body = [f"<h1>cellsynth report: {html.escape(run.name)}</h1>",
             _table(["stage", "status", "seconds"], stage_rows) if stage_rows else "",
             "<h2>Samples</h2>" + _samples(run), _refiner(run), _realism(run), _training(run),
@@ -193,7 +195,7 @@ def write_report(run: str | os.PathLike) -> Path:
             f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>"]
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>cellsynth report"
             f"</title><style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
-    path = run / "report.html"
+    path = run / layout.REPORT
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path

@@ -1,7 +1,8 @@
 """The stages of ``cellsynth run``: what each reads, what config it depends on, how it runs.
 
-Every stage writes one folder inside the run; see :mod:`cellsynth.pipeline` for skipping
-and resuming. Real images given at another pixel size than the simulation's are rescaled
+Every stage writes one folder inside the run (names in :mod:`cellsynth.pipeline.layout`);
+see :mod:`cellsynth.pipeline.run` for skipping and resuming. Every stage takes its seed from
+the run's ``seed``. Real images given at another pixel size than the simulation's are rescaled
 once (stage ``real``) and predictions are rescaled back to the original images.
 """
 
@@ -16,19 +17,22 @@ import numpy as np
 
 from cellsynth.config import to_dict
 from cellsynth.io.datasets import load_dataset
+from cellsynth.io.resample import pixel_scale
+from cellsynth.pipeline import layout
 
 if TYPE_CHECKING:
-    from cellsynth.pipeline import PipelineConfig
+    from cellsynth.pipeline.config import PipelineConfig
 
 __all__ = ["Stage", "plan"]
 
 
 @dataclass(frozen=True)
 class Stage:
-    name: str
-    inputs: tuple[str, ...]
+    name: str                                        # also its folder in the run
+    inputs: tuple[str, ...]                          # stages whose output it reads
     config: Callable[[PipelineConfig], Any]          # the part of the config it depends on
     run: Callable[..., dict[str, Any]]               # (config, out, resume=, progress=)
+    reads: tuple[str, ...] = ()                      # real-data roles whose contents it reads
 
 
 def _sim_config(config: PipelineConfig):
@@ -43,24 +47,24 @@ def _simulate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from cellsynth.simulate import write_simulation
 
     s = config.simulate
-    return write_simulation(_sim_config(config), n=s.n, size=s.size, seed=s.seed,
-                            out=out / "simulate", workers=s.workers, force=True,
+    return write_simulation(_sim_config(config), n=s.n, size=s.size, seed=config.seed,
+                            out=out / layout.SIMULATE, workers=s.workers, force=True,
                             progress=kw["progress"])
 
 
 def _real_scale(config: PipelineConfig) -> float:
-    """Factor from the real images' pixels to the working (simulation) pixels."""
+    """Factor from the real images' pixels to the working (simulation) pixels (1.0: none)."""
     if config.real.pixel_size_um is None:
         return 1.0
-    return config.real.pixel_size_um / _sim_config(config).pixel_size_um
+    return pixel_scale(config.real.pixel_size_um, _sim_config(config).pixel_size_um)
 
 
 def real_folder(config: PipelineConfig, out: Path, role: str) -> str | None:
     """The folder a stage should read for a real-data role (rescaled copy if needed)."""
     folder = getattr(config.real, role)
-    if folder is None or abs(_real_scale(config) - 1.0) < 1e-3:
+    if folder is None or _real_scale(config) == 1.0:
         return folder
-    return str(out / "real" / role)
+    return str(out / layout.REAL / role)
 
 
 def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
@@ -70,7 +74,7 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
     from cellsynth.io.images import write_image, write_labels
 
     factor = _real_scale(config)
-    with staged_output_dir(out / "real", force=True) as root:
+    with staged_output_dir(out / layout.REAL, force=True) as root:
         for role in ("unlabeled", "train", "val", "test"):
             folder = getattr(config.real, role)
             if folder is None:
@@ -88,7 +92,7 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                     labels = rescale(sample.read_labels(), factor, order=0, anti_aliasing=False,
                                      preserve_range=True).astype(np.uint32)
                     write_labels(root / role / "labels" / f"{sample.id}.tif", labels)
-            write_json(root / role / "meta.json", {
+            write_json(root / role / layout.META, {
                 "source": folder, "pixel_size_um": _sim_config(config).pixel_size_um,
                 "rescaled_by": factor})
     return {"factor": factor}
@@ -97,20 +101,22 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
 def _fit_refiner(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from cellsynth import refine
 
-    resume = kw["resume"] and (out / "refiner" / "last.pt").exists()
-    refine_config = config.refine
+    resume = kw["resume"] and layout.has_checkpoint(out / layout.REFINER)
+    refine_config = replace(config.refine, seed=config.seed)
     if config.real.pixel_size_um is not None and _real_scale(config) == 1.0:
         refine_config = replace(refine_config, real_pixel_size_um=config.real.pixel_size_um)
-    return refine.fit(refine_config, out / "simulate", real_folder(config, out, "unlabeled"),
-                      out / "refiner", resume=resume, force=not resume, device=config.device,
+    return refine.fit(refine_config, out / layout.SIMULATE,
+                      real_folder(config, out, "unlabeled"), out / layout.REFINER,
+                      resume=resume, force=not resume, device=config.device,
                       progress=kw["progress"])
 
 
 def _generate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from cellsynth import refine
 
-    summary = refine.refine_dataset(out / "refiner", out / "simulate", out / "refined",
-                                    device=config.device, force=True, progress=kw["progress"])
+    summary = refine.refine_dataset(out / layout.REFINER, out / layout.SIMULATE,
+                                    out / layout.REFINED, device=config.device, force=True,
+                                    seed=config.seed, progress=kw["progress"])
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
 
 
@@ -119,8 +125,8 @@ def _train(name: str, data: Callable[[PipelineConfig, Path], list[str]],
     def run(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
         from cellsynth.segment.trainer import train
 
-        resume = kw["resume"] and (out / name / "last.pt").exists()
-        train_config = replace(getattr(config, name), device=config.device)
+        resume = kw["resume"] and layout.has_checkpoint(out / name)
+        train_config = replace(getattr(config, name), device=config.device, seed=config.seed)
         return train(train_config, data(config, out), out / name,
                      init=out / init if init else None, val=real_folder(config, out, "val"),
                      resume=resume, force=not resume, progress=kw["progress"])
@@ -128,11 +134,11 @@ def _train(name: str, data: Callable[[PipelineConfig, Path], list[str]],
 
 
 def _synthetic(config: PipelineConfig, out: Path) -> list[str]:
-    return [str(out / ("refined" if config.real.unlabeled else "simulate"))]
+    return [str(out / (layout.REFINED if config.real.unlabeled else layout.SIMULATE))]
 
 
 def _model(config: PipelineConfig) -> str:
-    return "finetune" if config.real.train else "pretrain"
+    return layout.FINETUNE if config.real.train else layout.PRETRAIN
 
 
 def _predict_images(config: PipelineConfig) -> str:
@@ -149,17 +155,17 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 
     role = _predict_images(config)
     summary = predict_folder(out / _model(config), real_folder(config, out, role),
-                             out / "predict", tile=config.predict.tile,
+                             out / layout.PREDICT, tile=config.predict.tile,
                              overlap=config.predict.overlap, device=config.device, force=True,
                              progress=kw["progress"])
-    if abs(_real_scale(config) - 1.0) >= 1e-3:  # back to the original images' pixels
+    if _real_scale(config) != 1.0:  # back to the original images' pixels
         for sample in load_dataset(getattr(config.real, role)):
-            path = out / "predict" / "labels" / f"{sample.id}.tif"
+            path = out / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"
             image = read_image(sample.image_path)
             labels = resize(read_label_file(path), image.shape[:2], order=0,
                             anti_aliasing=False, preserve_range=True).astype(np.uint32)
             write_labels(path, labels)
-            write_image(out / "predict" / "overlays" / f"{sample.id}.png",
+            write_image(out / layout.PREDICT / layout.OVERLAYS / f"{sample.id}.png",
                         contour_overlay(image, labels))
     return summary
 
@@ -168,9 +174,9 @@ def _evaluate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from cellsynth.evaluate import evaluate_folders
     from cellsynth.io.files import write_json
 
-    result = evaluate_folders(config.real.test, out / "predict").to_json()
-    (out / "evaluate").mkdir(exist_ok=True)
-    write_json(out / "evaluate" / "metrics.json", result)
+    result = evaluate_folders(config.real.test, out / layout.PREDICT).to_json()
+    (out / layout.EVALUATE).mkdir(exist_ok=True)
+    write_json(out / layout.EVALUATE / layout.METRICS, result)
     return {"f1_50": result["f1"][0], "f1_avg": result["f1_avg"], "ap_50": result["ap"][0],
             "pq_50": result["pq"][0]}
 
@@ -186,18 +192,18 @@ def _realism(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     r = config.realism
     real = _images(real_folder(config, out, "test" if config.real.test else "unlabeled"))
     results = {}
-    for name in ("simulate", "refined"):
+    for name in (layout.SIMULATE, layout.REFINED):
         result = realism(real, _images(out / name), n_crops=r.n_crops, epochs=r.epochs,
-                         folds=r.folds, seed=0, progress=kw["progress"])
+                         folds=r.folds, seed=config.seed, progress=kw["progress"])
         results[f"{name}_vs_real"] = result.to_dict()
-    (out / "realism").mkdir(exist_ok=True)
-    write_json(out / "realism" / "realism.json", results)
+    (out / layout.REALISM).mkdir(exist_ok=True)
+    write_json(out / layout.REALISM / layout.REALISM_METRICS, results)
     return {k: {"c2st": v["c2st"]["accuracy"], "swd_x1e3": v["swd"]["mean_x1e3"]}
             for k, v in results.items()}
 
 
 def _report(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
-    from cellsynth.evaluate.report import write_report
+    from cellsynth.pipeline.report import write_report
 
     return {"report": str(write_report(out))}
 
@@ -205,37 +211,44 @@ def _report(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 def plan(config: PipelineConfig) -> list[Stage]:
     """The stages this config needs, in order."""
     real = config.real
-    sim = lambda c: to_dict(c.simulate)  # noqa: E731
-    stages = [Stage("simulate", (), sim, _simulate)]
-    if abs(_real_scale(config) - 1.0) >= 1e-3:
-        stages.append(Stage("real", (), lambda c: [to_dict(c.real), sim(c)], _rescale_real))
-    data_inputs = ("real",) if stages[-1].name == "real" else ()
+    sim = lambda c: [to_dict(c.simulate), c.seed]  # noqa: E731
+    roles = tuple(r for r in ("unlabeled", "train", "val", "test") if getattr(real, r))
+    stages = [Stage(layout.SIMULATE, (), sim, _simulate)]
+    rescaled = _real_scale(config) != 1.0
+    if rescaled:
+        stages.append(Stage(layout.REAL, (), lambda c: [c.real.pixel_size_um, sim(c)],
+                            _rescale_real, reads=roles))
+    data_inputs = (layout.REAL,) if rescaled else ()
     if real.unlabeled:
         stages += [
-            Stage("refiner", ("simulate",) + data_inputs,
-                  lambda c: [to_dict(c.refine), c.real.unlabeled, c.real.pixel_size_um],
-                  _fit_refiner),
-            Stage("refined", ("refiner", "simulate"), lambda c: [], _generate),
+            Stage(layout.REFINER, (layout.SIMULATE,) + data_inputs,
+                  lambda c: [to_dict(c.refine), c.real.pixel_size_um, c.seed], _fit_refiner,
+                  reads=("unlabeled",)),
+            Stage(layout.REFINED, (layout.REFINER, layout.SIMULATE), lambda c: [c.seed],
+                  _generate),
         ]
-    synthetic = "refined" if real.unlabeled else "simulate"
-    stages.append(Stage("pretrain", (synthetic,) + data_inputs,
-                        lambda c: [to_dict(c.pretrain), c.real.val],
-                        _train("pretrain", _synthetic, None)))
+    synthetic = layout.REFINED if real.unlabeled else layout.SIMULATE
+    val = ("val",) if real.val else ()
+    stages.append(Stage(layout.PRETRAIN, (synthetic,) + data_inputs,
+                        lambda c: [to_dict(c.pretrain), c.seed],
+                        _train(layout.PRETRAIN, _synthetic, None), reads=val))
     if real.train:
-        stages.append(Stage("finetune", ("pretrain",) + data_inputs,
-                            lambda c: [to_dict(c.finetune), c.real.train, c.real.val],
-                            _train("finetune", lambda c, out: [real_folder(c, out, "train")],
-                                   "pretrain")))
+        stages.append(Stage(layout.FINETUNE, (layout.PRETRAIN,) + data_inputs,
+                            lambda c: [to_dict(c.finetune), c.seed],
+                            _train(layout.FINETUNE,
+                                   lambda c, out: [real_folder(c, out, "train")],
+                                   layout.PRETRAIN), reads=("train",) + val))
     if real.test or real.unlabeled:
-        stages.append(Stage("predict", (_model(config),) + data_inputs,
-                            lambda c: [to_dict(c.predict), getattr(c.real, _predict_images(c))],
-                            _predict))
+        stages.append(Stage(layout.PREDICT, (_model(config),) + data_inputs,
+                            lambda c: [to_dict(c.predict)], _predict,
+                            reads=(_predict_images(config),)))
     if real.test:
-        stages.append(Stage("evaluate", ("predict",), lambda c: [c.real.test], _evaluate))
+        stages.append(Stage(layout.EVALUATE, (layout.PREDICT,), lambda c: [], _evaluate,
+                            reads=("test",)))
     if real.unlabeled and config.realism.enabled:
-        stages.append(Stage("realism", ("simulate", "refined"),
-                            lambda c: [to_dict(c.realism), c.real.test or c.real.unlabeled],
-                            _realism))
+        stages.append(Stage(layout.REALISM, (layout.SIMULATE, layout.REFINED),
+                            lambda c: [to_dict(c.realism), c.seed], _realism,
+                            reads=("test" if real.test else "unlabeled",)))
     upstream = tuple(s.name for s in stages)
-    stages.append(Stage("report", upstream, lambda c: [], _report))
+    stages.append(Stage(layout.REPORT_STAGE, upstream, lambda c: [], _report))
     return stages

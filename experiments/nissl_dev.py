@@ -1,0 +1,141 @@
+"""Development runs for the Nissl accuracy issue, on the TRAINING split only.
+
+Two of the four nissl_rat_sscx training images are "the k = 2 annotated images"; the other
+two are a development set that stands in for unseen tissue. Nothing here opens the test
+split. Every run validates on the development images every ``val_every`` steps and logs the
+F1 for each score threshold, which shows
+
+- how many steps a detector needs before validation F1 stops rising (plateau), and
+- whether a score threshold chosen on the k training images themselves (all the k = 2
+  recipe may use) transfers to unseen images, or is biased towards over-confident values.
+
+    OMP_NUM_THREADS=1 python experiments/nissl_dev.py --out runs/nissl-dev \
+        --json docs/results/nissl_dev/results.json
+
+Resumable: a finished run is skipped, a killed one resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth.config import from_dict
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.files import write_json
+from cellsynth.segment.trainer import TrainConfig
+
+TRAIN = "../shared/data/nissl_rat_sscx/train"
+
+# name -> (data, init, config overrides); "k2" and "dev" are folders made from TRAIN
+RUNS = {
+    "real_k2": (["k2"], None, dict(steps=600, crop=192, val_every=100)),
+    "sim": (["sim"], None, dict(steps=600, crop=192, val_every=100)),
+    "sim_ft_k2": (["k2"], "sim", dict(steps=300, crop=192, lr=3e-4, warmup=5, val_every=50)),
+    "real_k2_coarse": (["k2"], None, dict(steps=600, crop=128, val_every=100,
+                                           pixel_size_um=0.5)),
+}
+
+
+def _split(out: Path, seed: int) -> tuple[Path, Path]:
+    """k2/ and dev/: two training images each, drawn with default_rng(seed)."""
+    samples = sorted(load_dataset(TRAIN, require_labels=True), key=lambda s: s.id)
+    chosen = set(np.random.default_rng(seed).choice(len(samples), size=2, replace=False))
+    for name, keep in (("k2", True), ("dev", False)):
+        folder = out / "data" / name
+        if folder.exists():
+            continue
+        tmp = folder.with_name(name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for sub in ("images", "labels"):
+            (tmp / sub).mkdir(parents=True)
+        for i, s in enumerate(samples):
+            if (i in chosen) == keep:
+                shutil.copyfile(s.image_path, tmp / "images" / s.image_path.name)
+                shutil.copyfile(s.label_path, tmp / "labels" / s.label_path.name)
+        tmp.rename(folder)
+    return out / "data" / "k2", out / "data" / "dev"
+
+
+def _threshold_transfer(run: Path, k2: Path, dev: Path, crop: int, pixel_size_um) -> dict:
+    """Dev F1 of the final model at the threshold chosen on k2 vs the best threshold on dev."""
+    from cellsynth.segment.cpn import build_model
+    from cellsynth.segment.data import load_labeled
+    from cellsynth.segment.predict import read_detector_checkpoint
+    from cellsynth.segment.trainer import validate
+
+    ckpt = read_detector_checkpoint(run / "last.pt", needed_by="dev")[1]
+    model = build_model(**ckpt["model_spec"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    config = from_dict(TrainConfig, ckpt["config"])
+    channels = ckpt["model_spec"]["in_channels"]
+    on = {name: validate(model, load_labeled([folder], channels=channels,
+                                             pixel_size_um=pixel_size_um,
+                                             normalization=config.normalization), config)
+          for name, folder in (("k2", k2), ("dev", dev))}
+    chosen = on["k2"]["score_thresh"]
+    return {"thresh_on_k2": chosen, "dev_f1_at_k2_thresh": on["dev"]["f1_by_threshold"][chosen],
+            "thresh_on_dev": on["dev"]["score_thresh"], "dev_f1_best": on["dev"]["f1_50"],
+            "k2_f1": on["k2"]["f1_50"], "dev_f1_by_threshold": on["dev"]["f1_by_threshold"]}
+
+
+def main() -> None:
+    from cellsynth.segment.trainer import train
+    from cellsynth.simulate import preset, write_simulation
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", nargs="*", default=list(RUNS))
+    parser.add_argument("--smoke", action="store_true", help="4 steps per run, 8 sim images")
+    args = parser.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    k2, dev = _split(out, args.seed)
+    if not (out / "sim_data" / "meta.json").exists():
+        write_simulation(preset("nissl"), n=8 if args.smoke else 400, size=256,
+                         seed=args.seed, out=out / "sim_data", workers=1, force=True)
+    results = {}
+    for name in args.runs:
+        data, init, overrides = RUNS[name]
+        if args.smoke:
+            overrides = {**overrides, "steps": 4, "val_every": 2}
+        config = from_dict(TrainConfig, {**overrides, "seed": args.seed, "precision": "fp32"})
+        folders = {"k2": k2, "sim": out / "sim_data"}
+        run = out / name
+        done = run / "dev.json"
+        if not done.exists():
+            started = time.perf_counter()
+            resume = (run / "last.pt").exists()
+            train(config, [folders[d] for d in data], run, val=dev, resume=resume,
+                  force=not resume, init=(out / init) if init else None, progress=False)
+            result = {"run": name, "config": overrides, "minutes":
+                      (time.perf_counter() - started) / 60,
+                      "curve": [json.loads(line) for line in
+                                (run / "log.jsonl").read_text().splitlines()
+                                if "val_f1" in line],
+                      **_threshold_transfer(run, k2, dev, config.crop, config.pixel_size_um)}
+            write_json(done, result)
+        result = json.loads(done.read_text())
+        results[name] = result
+        curve = " ".join(f"{c['step']}:{c['val_f1']:.3f}" for c in result["curve"])
+        print(f"[{name}] dev F1 by step {curve}; final model: thresh on k2 "
+              f"{result['thresh_on_k2']} -> dev F1 {result['dev_f1_at_k2_thresh']:.3f}, best "
+              f"on dev {result['thresh_on_dev']} -> {result['dev_f1_best']:.3f}", flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            write_json(args.json, {"train": TRAIN, "k2": sorted(p.name for p in
+                                                                (k2 / "images").iterdir()),
+                                   "dev": sorted(p.name for p in (dev / "images").iterdir()),
+                                   "seed": args.seed, "runs": results})
+
+
+if __name__ == "__main__":
+    main()

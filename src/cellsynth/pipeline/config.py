@@ -1,0 +1,116 @@
+"""The configuration of ``cellsynth run``: one seed, the real data, and every stage's options.
+
+Paths in a run YAML are resolved against the YAML's folder. Every stage derives its
+randomness from the run's single ``seed`` (simulation, refiner training and generation,
+detector training, realism), so two runs differ in exactly what their configs say.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cellsynth.config import from_dict, load_yaml, to_dict
+from cellsynth.errors import ConfigError
+from cellsynth.io.datasets import load_dataset
+from cellsynth.refine.config import RefineConfig
+from cellsynth.segment.trainer import TrainConfig
+
+__all__ = ["SimulateOptions", "RealData", "RealismOptions", "PredictOptions", "PipelineConfig",
+           "load_pipeline_config", "check_inputs", "SEEDED_STAGES"]
+
+# stage sections that take their seed from the run's ``seed`` (never their own)
+SEEDED_STAGES = ("simulate", "refine", "pretrain", "finetune")
+
+
+@dataclass(frozen=True)
+class SimulateOptions:
+    preset: str = "merker"
+    n: int = 200
+    size: int = 256
+    workers: int = 2
+    pixel_size_um: float | None = None   # default: the preset's
+    color: str | None = None             # default: the preset's
+    overrides: dict = field(default_factory=dict)  # preset parameters, as in --config
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.size < 16 or self.workers < 1:
+            raise ValueError("simulate: n >= 1, size >= 16 and workers >= 1 required")
+
+
+@dataclass(frozen=True)
+class RealData:
+    """Where the real images are. Only ``unlabeled`` is needed for refinement."""
+
+    unlabeled: str | None = None   # real images, labels ignored (refiner's target domain)
+    train: str | None = None       # a few labeled real images: fine-tuning
+    val: str | None = None         # labeled images for choosing the score threshold
+    test: str | None = None        # labeled held-out images: predicted and evaluated
+    pixel_size_um: float | None = None  # of the real images, if not in their meta.json
+
+
+@dataclass(frozen=True)
+class RealismOptions:
+    enabled: bool = True
+    n_crops: int = 256
+    epochs: int = 8
+    folds: int = 5
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    tile: int | None = None
+    overlap: int = 96
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "run"
+    seed: int = 0                        # every stage's randomness derives from this
+    device: str = "cpu"
+    simulate: SimulateOptions = field(default_factory=SimulateOptions)
+    real: RealData = field(default_factory=RealData)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=3e-4))
+    predict: PredictOptions = field(default_factory=PredictOptions)
+    realism: RealismOptions = field(default_factory=RealismOptions)
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
+    """Read and validate a pipeline YAML; paths are resolved against the YAML's folder."""
+    path = Path(path)
+    data = load_yaml(path)
+    if not data:
+        raise ConfigError(f"{path}: empty pipeline config; start from one of configs/*.yaml "
+                          f"(at least simulate: preset and real: folders)")
+    for stage in SEEDED_STAGES:
+        if isinstance(data.get(stage), dict) and "seed" in data[stage]:
+            raise ConfigError(f"{path}: {stage}.seed: a run has one seed that every stage "
+                              f"derives from; set `seed: N` at the top level instead")
+    config = from_dict(PipelineConfig, data, where=str(path))
+    real = {k: (str((path.parent / v).resolve()) if isinstance(v, str) else v)
+            for k, v in to_dict(config.real).items()}
+    config = from_dict(PipelineConfig, {**to_dict(config), "real": real}, where=str(path))
+    check_inputs(config)
+    return config
+
+
+def check_inputs(config: PipelineConfig) -> None:
+    """Fail before any work starts if a named folder is missing or malformed."""
+    from cellsynth.simulate import simulation_config
+
+    simulation_config(config.simulate.preset, overrides=config.simulate.overrides or None,
+                      pixel_size_um=config.simulate.pixel_size_um, color=config.simulate.color)
+    for role in ("unlabeled", "train", "val", "test"):
+        folder = getattr(config.real, role)
+        if folder is not None:
+            load_dataset(folder, require_labels=role != "unlabeled")
+    if config.real.train and not config.real.unlabeled:
+        raise ConfigError("real.train is set but real.unlabeled is not: the refiner needs "
+                          "unlabeled real images (the train images may be reused)")

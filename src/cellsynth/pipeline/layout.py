@@ -1,0 +1,63 @@
+"""The one place that names the folders and files of a run.
+
+A ``cellsynth run`` folder holds one folder per stage (named below) plus ``state.json``,
+``config.yaml`` and ``report.html``. A training run folder (``train``, ``fit-refiner``, or a
+stage folder of ``run``) holds ``last.pt`` (latest checkpoint), ``best.pt`` (detector only:
+best validation F1), ``config.yaml`` and ``log.jsonl``. Every dataset-like output (simulate,
+refined, predict) has a ``meta.json``. Everything else in the package spells these names
+through this module, so a rename happens here or nowhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# --- stage folders of `cellsynth run` -------------------------------------------------------
+SIMULATE = "simulate"    # simulated dataset
+REAL = "real"            # real images rescaled to the working pixel size (when needed)
+REFINER = "refiner"      # refiner run
+REFINED = "refined"      # refined dataset
+PRETRAIN = "pretrain"    # detector run on synthetic data
+FINETUNE = "finetune"    # detector run fine-tuned on real labels
+PREDICT = "predict"      # predicted labels of real images
+EVALUATE = "evaluate"    # instance metrics against ground truth
+REALISM = "realism"      # realism metrics of simulated/refined vs real
+REPORT_STAGE = "report"  # writes REPORT at the run's top level
+
+# --- files of a run -------------------------------------------------------------------------
+STATE = "state.json"     # per stage: fingerprint, done, summary
+CONFIG = "config.yaml"   # the config a run was started with
+REPORT = "report.html"
+META = "meta.json"       # provenance of a dataset-like folder
+LOG = "log.jsonl"        # training log, one JSON object per logged step
+LAST = "last.pt"         # latest checkpoint (resume from here)
+BEST = "best.pt"         # detector checkpoint with the best validation F1
+SAMPLES = "samples"      # refiner sample grids
+METRICS = "metrics.json"            # in EVALUATE
+REALISM_METRICS = "realism.json"    # in REALISM
+RESULT = "result.json"   # one experiment cell (setting x seed)
+RESULTS = "results.json"  # an experiment's summary
+
+# --- subfolders of a predict output ---------------------------------------------------------
+LABELS = "labels"
+OVERLAYS = "overlays"
+DETECTIONS = "detections"
+
+
+def detector_checkpoint(run: str | Path) -> Path:
+    """The checkpoint a detector run is used through: best.pt, else last.pt; a file as it is."""
+    path = Path(run)
+    if path.is_dir():
+        return path / BEST if (path / BEST).exists() else path / LAST
+    return path
+
+
+def refiner_checkpoint(run: str | Path) -> Path:
+    """A refiner run's checkpoint (last.pt), or ``run`` itself if it is a file."""
+    path = Path(run)
+    return path / LAST if path.is_dir() else path
+
+
+def has_checkpoint(run: str | Path) -> bool:
+    """Whether a run folder holds a checkpoint to resume from."""
+    return (Path(run) / LAST).exists()
