@@ -1,4 +1,9 @@
+import json
+
+import numpy as np
+
 from cellsynth.cli import main
+from cellsynth.io.datasets import load_dataset
 from tests.conftest import make_dataset
 
 
@@ -17,7 +22,11 @@ def test_cli_fit_and_generate(sim_dir, real_dir, tmp_path, capsys):
     out = tmp_path / "refined"
     assert main(["generate", "--refiner", str(run), "--sim", str(sim_dir), "--out", str(out),
                  "--quiet"]) == 0
-    assert (out / "meta.json").is_file()
+    refined, simulated = load_dataset(out), load_dataset(sim_dir)
+    assert [s.id for s in refined] == [s.id for s in simulated]
+    assert all(np.array_equal(r.read_labels(), s.read_labels())
+               for r, s in zip(refined, simulated))  # the labels are the simulation's
+    assert json.loads((out / "meta.json").read_text())["refiner"]["step"] == 3
 
 
 def test_cli_errors_are_one_line(sim_dir, tmp_path, capsys):

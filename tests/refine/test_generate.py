@@ -37,7 +37,8 @@ def test_generate_keeps_labels_byte_identical(run, sim_dir, tmp_path):
         assert b.read_image().dtype == np.uint8
     meta = json.loads((out / "meta.json").read_text())
     assert meta["refiner"]["step"] == 4 and meta["pixel_size_um"] == 0.5
-    assert 0 <= meta["label_fidelity"]["preserved"] <= 1
+    # a 4-step refiner barely departs from the simulation: (nearly) every cell survives
+    assert meta["label_fidelity"]["preserved"] >= 0.9
     assert (out / "preview.png").is_file()
 
 
@@ -47,7 +48,9 @@ def test_generate_is_seeded(run, sim_dir):
     images, labels = zip(*(s.read() for s in ds))
     a = refine_images(refiner, images, labels, seed=1)
     b = refine_images(refiner, images, labels, seed=1)
+    c = refine_images(refiner, images, labels, seed=2)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))  # the noise channel matters
 
 
 def test_generate_needs_labels_and_matching_channels(run, tmp_path):

@@ -28,7 +28,11 @@ def test_hinge_losses_by_hand():
     # two scales averaged: (relu(1-0)+relu(1+0) + relu(1-1)+relu(1+3)) / 2 = (2 + 4) / 2
     assert d_hinge_loss(_out(0.0, 1.0), _out(0.0, 3.0)).item() == pytest.approx(3.0)
     assert g_hinge_loss(_out(1.0, 3.0)).item() == pytest.approx(-2.0)
+    # feature matching compares features, not logits: equal features cost 0 whatever the
+    # logits, features apart by 0.5 on average cost 0.5
     assert feature_matching(_out(0.0), _out(1.0)).item() == 0.0
+    shifted = [([torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)], torch.zeros(1, 1, 2, 2))]
+    assert feature_matching(_out(0.0), shifted).item() == pytest.approx(0.5)
 
 
 def test_self_regularization_downsampled_ignores_fine_texture():

@@ -106,18 +106,53 @@ def test_clear_errors(sim, tmp_path):
         train(config, [orphan], tmp_path / "r3", progress=False)
 
 
-def test_validation_picks_a_threshold(sim, tmp_path):
-    config = TrainConfig(steps=2, **{**TINY, "val_every": 2})
+def _square(x: int, y: int, size: int = 10) -> np.ndarray:
+    return np.array([[x, y], [x + size, y], [x + size, y + size], [x, y + size]], float)
+
+
+def test_validation_picks_the_threshold_with_the_best_f1(monkeypatch):
+    from cellsynth.segment import tiles
+    from cellsynth.segment.data import LabeledImage
+
+    labels = np.zeros((64, 64), np.int32)
+    labels[5:16, 5:16], labels[30:41, 30:41] = 1, 2
+    # two true cells scored 0.95, three false ones 0.6: F1 is 1 only for 0.6 < t <= 0.95
+    contours = np.stack([_square(5, 5), _square(30, 30), _square(50, 5), _square(5, 50),
+                         _square(50, 50)])
+    scores = np.array([0.95, 0.95, 0.6, 0.6, 0.6])
+    monkeypatch.setattr(tiles, "tiled_proposals", lambda *a, **k: (contours, scores))
+    item = LabeledImage("a", np.zeros((64, 64, 1), np.float32), labels)
+    model = torch.nn.Conv2d(1, 1, 1)
+    result = trainer.validate(model, [item], TrainConfig(crop=64))
+    assert result["score_thresh"] == 0.7 and result["f1_50"] == pytest.approx(1.0)
+    by_threshold = result["f1_by_threshold"]
+    assert by_threshold[0.6] == pytest.approx(2 * 0.4 / 1.4)  # precision 2/5, recall 1
+    assert by_threshold[0.96] == 0.0
+    assert model.training  # validate leaves the model as training found it
+
+
+def test_best_checkpoint_is_the_best_validated_step(sim, tmp_path, monkeypatch):
+    f1s = iter([0.2, 0.7, 0.4])
+    monkeypatch.setattr(trainer, "validate", lambda *a: {
+        "score_thresh": 0.8, "f1_50": next(f1s), "f1_avg": 0.1, "f1_by_threshold": {}})
+    config = TrainConfig(steps=3, **{**TINY, "val_every": 1})
     summary = train(config, [sim], tmp_path / "run", val=sim, progress=False)
-    assert summary["score_thresh"] in trainer.THRESHOLD_GRID
-    assert 0.0 <= summary["best_val_f1"] <= 1.0
-    assert (tmp_path / "run" / "best.pt").exists()
+    assert summary["best_val_f1"] == 0.7
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["step"] == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_torchrun_ddp_two_cpu_processes(sim, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CELLSYNTH_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29517", "-m", "cellsynth", "train", "--data", str(sim),
+           f"--master_port={_free_port()}", "-m", "cellsynth", "train", "--data", str(sim),
            "--out", str(tmp_path / "ddp"), "--steps", "2", "--crop", "64", "--batch", "1",
            "--quiet"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
