@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from cellsynth.errors import OutputExistsError
+from cellsynth.errors import ConfigError, OutputExistsError
 from cellsynth.io.files import staged_output_dir
 
 
@@ -133,3 +135,27 @@ def test_atomic_write_to_a_folder_or_into_a_missing_folder_is_one_line(tmp_path)
         write_json(tmp_path, {})
     with pytest.raises(CellsynthError, match="does not exist"):
         write_json(tmp_path / "no" / "m.json", {})
+
+
+def test_json_log_resume_drops_later_steps_and_a_cut_line(tmp_path):
+    from cellsynth.io.files import JsonLog
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
+    log = JsonLog(path, keep_until=2)
+    log.write(step=3, loss=0.5)
+    log.close()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 1}, {"step": 2}, {"step": 3, "loss": 0.5}]
+
+
+def test_resume_config_names_what_changed():
+    from cellsynth.io.files import check_resume_config
+
+    defaults = {"steps": 10, "lr": 1.0, "new_option": 0}
+    check_resume_config({"steps": 10, "lr": 1.0}, {"steps": 20, "lr": 1.0, "new_option": 0},
+                        defaults, {"steps"}, "run/last.pt")  # longer is fine, new key default
+    with pytest.raises(ConfigError, match="run/last.pt: cannot resume with a different lr, "
+                                          "new_option"):
+        check_resume_config({"steps": 10, "lr": 1.0}, {"steps": 10, "lr": 2.0, "new_option": 1},
+                            defaults, {"steps"}, "run/last.pt")

@@ -256,3 +256,24 @@ def test_resume_after_a_kill_mid_log_line(sim, tmp_path):
     torch.save(ckpt, run / "last.pt")
     train(config, [sim], run, resume=True, progress=False)
     assert sorted(_losses(run)) == [1, 2, 3, 4]
+
+
+def test_resume_may_run_longer_but_not_differently(sim, tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(steps=2, checkpoint_every=1, **TINY), [sim], run, progress=False)
+    summary = train(TrainConfig(steps=3, checkpoint_every=1, **TINY), [sim], run, resume=True,
+                    progress=False)
+    assert summary["steps"] == 3
+    info = json.loads((run / "run.json").read_text())
+    assert info["resumed_at_steps"] == [2] and info["data"] == [str(sim.resolve())]
+    assert torch.__version__.startswith(info["torch_version"])
+    with pytest.raises(CellsynthError, match="cannot resume with a different lr"):
+        train(TrainConfig(steps=4, lr=5e-3, **TINY), [sim], run, resume=True, progress=False)
+
+
+def test_training_leaves_the_callers_random_state_alone(sim, tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(TrainConfig(steps=1, seed=7, **TINY), [sim], tmp_path / "run", progress=False)
+    assert torch.equal(torch.rand(3), expected)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cellsynth.errors import CellsynthError, OutputExistsError
+from cellsynth.errors import CellsynthError, ConfigError, OutputExistsError
 from cellsynth.pipeline import layout
 
 __all__ = ["atomic_path", "write_with", "write_json", "staged_output_dir", "check_run_dir",
@@ -212,3 +212,63 @@ def restore_replaced_run(out: str | os.PathLike) -> None:
     if backup.exists() and not _has_checkpoint(out):
         shutil.rmtree(out, ignore_errors=True)
         os.replace(backup, out)
+
+
+# --- the run-folder contract both trainers (detector and refiner) follow ----------------------
+
+class JsonLog:
+    """A training run's append-only JSONL log (one object per logged step).
+
+    ``keep_until``: resuming from the checkpoint of that step; entries logged after it (by the
+    run that was killed) are dropped, and so is a last line the kill cut short.
+    """
+
+    def __init__(self, path: str | os.PathLike, keep_until: int | None = None):
+        path = Path(path)
+        if keep_until is not None and path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # cut short by a kill
+                if isinstance(entry, dict) and entry.get("step", 0) <= keep_until:
+                    kept.append(line)
+            write_with(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in kept)))
+        self.file = path.open("a")
+
+    def write(self, **entry: Any) -> None:
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def check_resume_config(saved: dict[str, Any], given: dict[str, Any], defaults: dict[str, Any],
+                        resumable: set[str] | frozenset[str], where: str | os.PathLike) -> None:
+    """Refuse to resume a run with options that would change what it computes.
+
+    ``saved``: the config in the checkpoint (a key it lacks was added to the package later,
+    so the run used its default); ``resumable``: the options that may change (how long to
+    run, how often to log, validate or checkpoint).
+    """
+    saved = {**defaults, **saved}
+    changed = sorted(k for k in given if k not in resumable and given[k] != saved.get(k))
+    if changed:
+        raise ConfigError(f"{where}: cannot resume with a different {', '.join(changed)} "
+                          f"(only {', '.join(sorted(resumable))} may change)")
+
+
+def versions() -> dict[str, str]:
+    """Versions of cellsynth and the libraries that shape its results (for run records)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("cellsynth", "torch", "torchvision", "celldetection", "numpy",
+                    "scikit-image"):
+        try:
+            found[f"{package}_version"] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found

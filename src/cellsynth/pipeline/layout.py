@@ -35,6 +35,7 @@ BEST = "best.pt"         # detector checkpoint with the best validation F1
 SAMPLES = "samples"      # refiner sample grids
 METRICS = "metrics.json"            # in EVALUATE
 REALISM_METRICS = "realism.json"    # in REALISM
+RUN_INFO = "run.json"    # a training run's inputs, versions, device and precision
 RESULT = "result.json"   # one experiment cell (setting x seed)
 RESULTS = "results.json"  # an experiment's summary
 

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import time
@@ -22,15 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellsynth import __version__
 from cellsynth.config import save_yaml, to_dict
 from cellsynth.errors import ConfigError
 from cellsynth.hardware import ThreadGovernor, resolve_device
 from cellsynth.io.files import (
+    JsonLog,
+    check_resume_config,
     check_run_dir,
     discard_replaced_run,
     prepare_run_dir,
     restore_replaced_run,
+    versions,
     write_json,
 )
 from cellsynth.io.images import to_uint8, write_image
@@ -56,37 +58,11 @@ LOG = layout.LOG
 logger = logging.getLogger(__name__)
 _SAMPLE_ROWS = 4
 # options that may change when a run is resumed; anything else would change the experiment
-_RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every"}
-
-
-def _check_resume_config(saved: dict[str, Any], config: RefineConfig, out: Path) -> None:
-    given = to_dict(config)
-    # a key the checkpoint lacks was added later; the run used its default
-    saved = {**to_dict(RefineConfig()), **saved}
-    changed = sorted(k for k in given if k not in _RESUMABLE and given[k] != saved.get(k))
-    if changed:
-        raise ConfigError(f"{out / CHECKPOINT}: cannot resume with a different "
-                          f"{', '.join(changed)} (only {', '.join(sorted(_RESUMABLE))} may change)")
+RESUMABLE = frozenset({"steps", "log_every", "sample_every", "checkpoint_every"})
 
 
 CHECKPOINT_SECONDS = 600.0  # also checkpoint when the last one is this old
 _STATS_CROPS = 64  # real crops that set the discriminator's input standardisation
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines after ``step`` (written after the checkpoint a killed run left) and a
-    last line cut short by the kill."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("step", step + 1) <= step:
-            kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _to_image(tensor: torch.Tensor) -> np.ndarray:
@@ -149,7 +125,8 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     resolve_device(device)
     if resume:
         saved = read_checkpoint(out / CHECKPOINT)
-        _check_resume_config(saved["config"], config, out)
+        check_resume_config(saved["config"], to_dict(config), to_dict(RefineConfig()),
+                            RESUMABLE, out / CHECKPOINT)
     sim = SimulatedCrops(sim_dir, config.crop, normalization=config.normalization)
     real = RealCrops(real_dir, config.crop, sim.channels, sim_pixel_size_um=sim.pixel_size_um,
                      real_pixel_size_um=config.real_pixel_size_um,
@@ -162,7 +139,6 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
             raise ConfigError(f"{out / CHECKPOINT}: refiner has {state.channels} channel(s), "
                               f"the simulation {sim_dir} has {sim.channels}")
         state.config = config
-        _truncate_log(out / LOG, state.step)
     else:
         state = new_state(config, sim.channels, device)
         if config.d_input_norm:  # own RNG: the training draws stay as they were
@@ -171,8 +147,8 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     prepare_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT)
     threads = ThreadGovernor()
     save_yaml(out / layout.CONFIG, config)
-    write_json(out / "run.json", {
-        "cellsynth_version": __version__, "stage": "fit-refiner",
+    write_json(out / layout.RUN_INFO, {
+        **versions(), "stage": "fit-refiner",
         "sim": str(Path(sim_dir).resolve()), "real": str(Path(real_dir).resolve()),
         "device": str(state.device), "precision": "bf16" if state.bf16 else "fp32",
         "channels": sim.channels, "sim_pixel_size_um": sim.pixel_size_um,
@@ -193,7 +169,8 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
         discard_replaced_run(out)  # the new run has something to keep now
 
     try:
-        with bar, open(out / LOG, "a") as log, stop_between_steps() as stop:
+        log = JsonLog(out / LOG, keep_until=state.step if resume else None)
+        with bar, contextlib.closing(log), stop_between_steps() as stop:
             while state.step < config.steps:
                 threads.tick()
                 sim_crops, labels = sim.sample(config.batch, state.crop_rng)
@@ -202,10 +179,8 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
                 step = state.step
                 elapsed = time.perf_counter() - started
                 if step % config.log_every == 0 or step == config.steps:
-                    record = {"step": step, **{k: round(v, 6) for k, v in losses.items()},
-                              "seconds": round(elapsed, 2)}
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                    log.write(step=step, **{k: round(v, 6) for k, v in losses.items()},
+                              seconds=round(elapsed, 2))
                     bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
                 bar.update(1)
                 out_of_time = max_minutes is not None and elapsed > 60 * max_minutes

@@ -84,11 +84,12 @@ def new_state(config: RefineConfig, channels: int, device: str | torch.device = 
     """Freshly initialised models and optimisers, all randomness derived from ``config.seed``."""
     dev = resolve_device(device)
     seeds = np.random.SeedSequence(config.seed).generate_state(4)
-    torch.manual_seed(int(seeds[0]))  # weight initialisation
-    generator = build_generator(config, channels).to(dev)
-    discriminator = MultiScaleDiscriminator(channels, width=config.d_width,
-                                            layers=config.d_layers,
-                                            scales=config.d_scales).to(dev)
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG untouched
+        torch.manual_seed(int(seeds[0]))
+        generator = build_generator(config, channels).to(dev)
+        discriminator = MultiScaleDiscriminator(channels, width=config.d_width,
+                                                layers=config.d_layers,
+                                                scales=config.d_scales).to(dev)
     betas = (config.beta1, config.beta2)
     return RefinerState(
         config=config, channels=channels, device=dev,

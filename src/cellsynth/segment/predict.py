@@ -73,7 +73,7 @@ def read_detector_checkpoint(run: str | os.PathLike, *, device: str = "cpu",
     file or another kind of checkpoint is one :class:`CellsynthError` naming it."""
     path = checkpoint_path(run)
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch's zip-reader text says little
         raise CellsynthError(f"{path}: cannot load checkpoint (truncated or not a torch "
                              f"file?)") from err

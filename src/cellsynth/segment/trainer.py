@@ -26,10 +26,14 @@ from cellsynth.config import from_dict, save_yaml, to_dict
 from cellsynth.errors import CellsynthError, ConfigError
 from cellsynth.hardware import ThreadGovernor, announce, choose_precision, resolve_device
 from cellsynth.io.files import (
+    JsonLog,
+    check_resume_config,
     check_run_dir,
     discard_replaced_run,
     prepare_run_dir,
     restore_replaced_run,
+    versions,
+    write_json,
     write_with,
 )
 from cellsynth.io.normalize import Normalization
@@ -42,6 +46,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "train", "THRESHOLD_GRID"]
 
 CHECKPOINT_SECONDS = 600.0  # also checkpoint when the last one is this old (single process)
+# options that may change when a run is resumed (how long, how often to validate or save);
+# anything else would change what the run computes
+RESUMABLE = frozenset({"steps", "val_every", "checkpoint_every"})
 
 # Score thresholds tried on the validation images (scores bunch up near 1 after training).
 THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
@@ -99,28 +106,6 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     write_with(path, lambda tmp: torch.save(state, tmp))
 
 
-class _Log:
-    """Append-only JSONL log; on resume, entries after the checkpoint step are dropped, and
-    so is a last line a kill cut short."""
-
-    def __init__(self, path: Path, keep_until: int | None):
-        if keep_until is not None and path.exists():
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue  # cut short by a kill
-                if entry.get("step", 0) <= keep_until:
-                    kept.append(line)
-            path.write_text("".join(ln + "\n" for ln in kept))
-        self.file = path.open("a")
-
-    def write(self, **entry: Any) -> None:
-        self.file.write(json.dumps(entry) + "\n")
-        self.file.flush()
-
-
 def _batch(sampler: CropSampler, config: TrainConfig, samples: int, order: int,
            device: str) -> dict[str, torch.Tensor]:
     from cellsynth.segment.cpn import collate, training_targets
@@ -135,7 +120,7 @@ def _batch(sampler: CropSampler, config: TrainConfig, samples: int, order: int,
 
 
 def _train_step(net, optimizer, scheduler, sampler: CropSampler, model: torch.nn.Module,
-                config: TrainConfig, step: int, log: _Log | None, bar) -> tuple[int, float]:
+                config: TrainConfig, step: int, log: JsonLog | None, bar) -> tuple[int, float]:
     """One optimiser step on a fresh batch; returns (step, loss)."""
     started = time.perf_counter()
     batch = _batch(sampler, config, model.samples, model.order, config.device)
@@ -203,9 +188,21 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
           resume: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a CPN on the labeled dataset folders ``data``; write the run folder ``out``.
 
-    ``init`` (a run folder or checkpoint) starts from trained weights: fine-tuning.
+    ``init`` (a run folder or checkpoint) starts from trained weights: fine-tuning. On
+    ``resume`` only the options in :data:`RESUMABLE` may differ from the run's. The caller's
+    torch random state is left as it was (the run seeds its own from ``config.seed``).
     Returns a summary (steps, final loss, best validation F1 and score threshold).
     """
+    cuda = config.device.startswith("cuda") and torch.cuda.is_available()
+    devices = [torch.device(config.device).index or 0] if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        return _train(config, data, out, init=init, val=val, resume=resume, force=force,
+                      progress=progress)
+
+
+def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.PathLike, *,
+           init: str | os.PathLike | None, val: str | os.PathLike | None, resume: bool,
+           force: bool, progress: bool) -> dict[str, Any]:
     from torch.nn.parallel import DistributedDataParallel
     from tqdm.auto import tqdm
 
@@ -247,12 +244,12 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     if resume:
         try:
             ckpt = torch.load(out / layout.LAST, map_location=config.device,
-                              weights_only=False)
+                              weights_only=True)
         except Exception as err:  # truncated or not a checkpoint: torch's text is cryptic
             raise CellsynthError(f"{out / layout.LAST}: cannot load checkpoint (truncated or "
                                  f"corrupt?); start again with --force") from err
-        if ckpt["config"] != to_dict(config):
-            raise ConfigError(f"{out}: resume with the config the run was started with")
+        check_resume_config(ckpt["config"], to_dict(config), to_dict(TrainConfig()), RESUMABLE,
+                            out / layout.LAST)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -263,11 +260,21 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
         prepare_run_dir(out, resume=resume, force=force)
     if world > 1:
         torch.distributed.barrier()
-    if not resume and rank == 0:
+    if rank == 0:  # a resumed run may have changed steps: record what it runs with now
         save_yaml(out / layout.CONFIG, config)
+        info_path = out / layout.RUN_INFO
+        first = json.loads(info_path.read_text()) if resume and info_path.is_file() else {}
+        write_json(info_path, {
+            **versions(), "stage": "train",
+            "data": [str(Path(d).resolve()) for d in data],
+            "val": str(Path(val).resolve()) if val is not None else None,
+            "init": first.get("init", str(start[0].resolve()) if start is not None else None),
+            "resumed_at_steps": first.get("resumed_at_steps", []) + ([step] if resume else []),
+            "device": config.device, "precision": precision.name, "world_size": world,
+            "n_images": len(items), "n_val_images": len(val_items)})
     net = DistributedDataParallel(model) if world > 1 else model
     sampler = CropSampler(items, config.crop, config.augment, rng)
-    log = _Log(out / layout.LOG, keep_until=step) if rank == 0 else None
+    log = JsonLog(out / layout.LOG, keep_until=step if resume else None) if rank == 0 else None
 
     def checkpoint(path: Path, *, collective: bool = True) -> None:
         """Save (rank 0). ``collective``: every rank calls it, so all RNG states are kept."""
@@ -334,7 +341,7 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
         raise
     finally:
         if log is not None:
-            log.file.close()
+            log.close()
     bar.close()
     if world > 1:
         torch.distributed.barrier()
