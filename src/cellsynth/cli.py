@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from cellsynth import __version__
@@ -195,6 +196,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from cellsynth.pipeline.experiment import load_experiment_config, run_experiment
+
+    config = load_experiment_config(args.config)
+    if args.seeds is not None:
+        config = replace(config, seeds=tuple(args.seeds))
+    run_experiment(config, args.out, log=lambda line: print(line, flush=True))
+    print(f"experiment finished: {Path(args.out) / layout.RESULTS}, "
+          f"{Path(args.out) / 'results.md'}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from cellsynth.pipeline.report import write_report
 
@@ -212,7 +225,8 @@ def _add_channel(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--channel", type=_nonnegative_int, help=text)
 
 
-_TORCH_COMMANDS = ("realism", "train", "predict", "fit-refiner", "generate", "run", "demo")
+_TORCH_COMMANDS = ("realism", "train", "predict", "fit-refiner", "generate", "run", "demo",
+                   "experiment")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -352,6 +366,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder (re-run to continue)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("experiment", help="settings x seeds of detectors on a real dataset, "
+                                          "compared with a paired bootstrap")
+    p.add_argument("config", type=Path, help="experiment YAML (see configs/experiment-*.yaml)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="experiment folder (re-run to continue)")
+    p.add_argument("--seeds", type=_nonnegative_int, nargs="+",
+                   help="override the config's seeds")
+    p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("report", help="write RUN/report.html for a run folder")
     p.add_argument("run", type=Path)

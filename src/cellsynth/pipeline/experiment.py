@@ -1,0 +1,430 @@
+"""``cellsynth experiment``: settings x seeds of detectors, compared with paired statistics.
+
+An experiment asks how much each kind of training data is worth on one real dataset:
+
+    real        k real annotated images (``k: null``: all of the training split)
+    simulated   the simulation; with k > 0 fine-tuned on k real images afterwards
+    refined     the refined simulation (refiner fit on real images *without* labels); with
+                k > 0 fine-tuned likewise
+
+Every setting runs once per seed. The seed draws the k images, the simulation, the refiner
+and the detector, so the spread over seeds includes which images were annotated. Work units
+(simulations, refiners, detector runs, evaluations) are tracked in ``OUT/state.json`` with
+fingerprints, exactly like ``cellsynth run``: a re-run skips what is done, resumes what was
+interrupted and redoes what changed.
+
+Two phases keep the test split out of every choice: phase 1 trains every detector and picks
+its checkpoint and score threshold on validation data only (the k annotated images, the
+training images not drawn, or held-out synthetic images for zero-label settings); phase 2
+then predicts the test split once per detector. ``OUT/results.json`` holds per setting the
+mean +- std over seeds and, for each ``compare`` pair, the paired bootstrap over test units
+(images, or tiles of them); ``results.md`` and ``learning_curve.png`` show the same.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from cellsynth.config import from_dict, load_yaml, save_yaml, to_dict
+from cellsynth.errors import ConfigError
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.files import write_json
+from cellsynth.pipeline import layout
+from cellsynth.pipeline.config import SimulateOptions
+from cellsynth.pipeline.run import RunState, content_fingerprint, fingerprint
+from cellsynth.refine.config import RefineConfig
+from cellsynth.segment.trainer import TrainConfig
+
+__all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "run_experiment"]
+
+_SYNTHETIC = ("simulated", "refined")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    data: Literal["real", "simulated", "refined"]
+    k: int | None = 0    # annotated real images; None: all training images
+
+    def __post_init__(self) -> None:
+        if self.data not in ("real", *_SYNTHETIC):
+            raise ValueError(f"setting {self.name}: data must be real, simulated or refined")
+        if self.k is not None and self.k < 0:
+            raise ValueError(f"setting {self.name}: k must be >= 0 or null (all)")
+        if self.data == "real" and self.k == 0:
+            raise ValueError(f"setting {self.name}: a real-data setting needs k >= 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    train: str = ""                  # labeled real training split (the k images come from it)
+    test: str = ""                   # labeled held-out split: evaluated in phase 2 only
+    unlabeled: str | None = None     # the refiner's real images (default: train, labels unused)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    settings: tuple[Setting, ...] = ()
+    compare: tuple[tuple[str, str], ...] = ()   # (a, b): paired bootstrap of a - b
+    simulate: SimulateOptions = field(default_factory=SimulateOptions)
+    n_val: int = 16                  # held-out synthetic images: zero-label thresholds
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    refine_minutes: float | None = None   # wall-clock cap per refiner
+    pretrain: TrainConfig = field(default_factory=TrainConfig)     # on synthetic data
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=3e-4))
+    supervised: TrainConfig = field(default_factory=TrainConfig)   # real data only
+    # threshold and checkpoint choice for settings with real labels: "k" = the k annotated
+    # images themselves (all a k-image user has), "rest" = the training images not drawn
+    val: Literal["k", "rest"] = "k"
+    tiles: int = 1                   # test images split into tiles x tiles bootstrap units
+    bootstrap: int = 2000
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.settings]
+        if len(set(names)) != len(names):
+            raise ValueError("settings: names must be unique")
+        for a, b in self.compare:
+            if a not in names or b not in names:
+                raise ValueError(f"compare: {a!r} and {b!r} must both be settings")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: at least one, no repeats")
+        if self.val not in ("k", "rest"):
+            raise ValueError("val must be 'k' or 'rest'")
+
+
+def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
+    """Read an experiment YAML; folders are resolved against the YAML's folder."""
+    path = Path(path)
+    data = load_yaml(path)
+    if not data:
+        raise ConfigError(f"{path}: empty experiment config; see configs/experiment-*.yaml")
+    config = from_dict(ExperimentConfig, data, where=str(path))
+    folders = {k: str((path.parent / v).resolve()) for k in ("train", "test", "unlabeled")
+               if isinstance(v := getattr(config, k), str) and v}
+    config = replace(config, **folders)
+    check_experiment(config)
+    return config
+
+
+def check_experiment(config: ExperimentConfig) -> None:
+    """Fail before any work if a folder is missing or a setting cannot be run."""
+    if not config.train or not config.test:
+        raise ConfigError("an experiment needs train: and test: folders")
+    n_train = len(load_dataset(config.train, require_labels=True))
+    load_dataset(config.test, require_labels=True)
+    if config.unlabeled:
+        load_dataset(config.unlabeled)
+    for s in config.settings:
+        if s.k is not None and s.k > n_train:
+            raise ConfigError(f"setting {s.name}: k = {s.k} but {config.train} has only "
+                              f"{n_train} images")
+        if config.val == "rest" and s.k is not None and s.k >= n_train:
+            raise ConfigError(f"setting {s.name}: val: rest needs k < {n_train}")
+    if any(s.data == "refined" for s in config.settings) and not config.train:
+        raise ConfigError("refined settings need real images for the refiner")
+
+
+# --- units of work ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Unit:
+    name: str                         # also its folder below OUT
+    inputs: tuple[str, ...]           # units it reads
+    options: Any                      # what it depends on besides its inputs
+    run: Callable[[Path, bool], dict[str, Any]]   # (folder, resume) -> summary
+
+
+def _draw(train: str, k: int | None, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of the k drawn training images and of the rest (numpy default_rng(seed))."""
+    n = len(load_dataset(train, require_labels=True))
+    if k is None or k >= n:
+        return list(range(n)), []
+    chosen = sorted(int(i) for i in np.random.default_rng(seed).choice(n, k, replace=False))
+    return chosen, [i for i in range(n) if i not in chosen]
+
+
+def _copy_subset(train: str, indices: list[int], folder: Path) -> dict[str, Any]:
+    from cellsynth.io.files import staged_output_dir
+
+    samples = list(load_dataset(train, require_labels=True))
+    with staged_output_dir(folder, force=True) as root:
+        for sub in ("images", "labels"):
+            (root / sub).mkdir()
+        for i in indices:
+            s = samples[i]
+            shutil.copyfile(s.image_path, root / "images" / s.image_path.name)
+            shutil.copyfile(s.label_path, root / "labels" / s.label_path.name)
+        meta = load_dataset(train).meta
+        if meta:
+            write_json(root / layout.META, {**meta, "subset_of": train})
+    return {"images": [samples[i].id for i in indices]}
+
+
+def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[str, int], str]]:
+    """Phase-1 units (data, refiners, detectors) and the detector unit of every cell."""
+    from cellsynth import refine
+    from cellsynth.segment import trainer
+    from cellsynth.simulate import simulation_config, write_simulation
+
+    s = config.simulate
+    sim_config = simulation_config(s.preset, overrides=s.overrides or None,
+                                   pixel_size_um=s.pixel_size_um, color=s.color)
+    units: dict[str, _Unit] = {}
+    detector_of: dict[tuple[str, int], str] = {}
+
+    def add(unit: _Unit) -> str:
+        units.setdefault(unit.name, unit)
+        return unit.name
+
+    def simulation(name: str, n: int, seed: int) -> str:
+        return add(_Unit(name, (), [to_dict(s), n, seed], lambda folder, resume: {
+            k: v for k, v in write_simulation(sim_config, n=n, size=s.size, seed=seed,
+                                              out=folder, workers=s.workers, force=True,
+                                              progress=False).items()
+            if isinstance(v, (int, float, str))}))
+
+    def subset(k: int | None, seed: int, rest: bool) -> str:
+        chosen, others = _draw(config.train, k, seed)
+        indices = others if rest else chosen
+        name = f"data/{'rest' if rest else 'k'}{'all' if k is None else k}_s{seed}"
+        return add(_Unit(name, (), ["subset", indices],
+                         lambda folder, resume: _copy_subset(config.train, indices, folder)))
+
+    def detector(name: str, train_config: TrainConfig, data: list[str], val: str,
+                 init: str | None, seed: int) -> str:
+        train_config = replace(train_config, seed=seed, device=config.device)
+
+        def run(folder: Path, resume: bool) -> dict[str, Any]:
+            resume = resume and layout.has_checkpoint(folder)
+            summary = trainer.train(train_config, [out / d for d in data], folder,
+                                     val=out / val, init=out / init if init else None,
+                                     resume=resume, force=not resume, progress=False)
+            return {k: v for k, v in summary.items() if k != "run"}
+        return add(_Unit(name, tuple(data) + (val,) + ((init,) if init else ()),
+                         to_dict(train_config), run))
+
+    for seed in config.seeds:
+        synthetic = {}
+        kinds = {st.data for st in config.settings if st.data in _SYNTHETIC}
+        if kinds:
+            synthetic["simulated"] = (simulation(f"sim/s{seed}", s.n, seed),
+                                      simulation(f"sim_val/s{seed}", config.n_val,
+                                                 seed + 10_000))
+        if "refined" in kinds:
+            sim, sim_val = synthetic["simulated"]
+            real = config.unlabeled or config.train
+            refine_config = replace(config.refine, seed=seed)
+
+            def fit(folder: Path, resume: bool, sim: str = sim, cfg=refine_config,
+                    real: str = real) -> dict[str, Any]:
+                resume = resume and layout.has_checkpoint(folder)
+                summary = refine.fit(cfg, out / sim, real, folder, resume=resume,
+                                     force=not resume, device=config.device,
+                                     max_minutes=config.refine_minutes, progress=False)
+                return {"step": summary["step"], "steps_per_s": summary["steps_per_s"]}
+            refiner = add(_Unit(f"refiner/s{seed}", (sim,),
+                                [to_dict(refine_config), content_fingerprint(real),
+                                 config.refine_minutes], fit))
+
+            def generate(source: str, seed: int = seed, refiner: str = refiner):
+                def run(folder: Path, resume: bool) -> dict[str, Any]:
+                    summary = refine.refine_dataset(out / refiner, out / source, folder,
+                                                    device=config.device, force=True,
+                                                    seed=seed, progress=False)
+                    return {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+                return add(_Unit(f"refined{'_val' if 'val' in source else ''}/s{seed}",
+                                 (refiner, source), [seed], run))
+            synthetic["refined"] = (generate(sim), generate(sim_val))
+        for st in config.settings:
+            if st.data == "real":
+                data = subset(st.k, seed, rest=False)
+                val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
+                detector_of[st.name, seed] = detector(
+                    f"detectors/real_k{'all' if st.k is None else st.k}_s{seed}",
+                    config.supervised, [data], val, None, seed)
+                continue
+            train_data, val_data = synthetic[st.data]
+            zero = detector(f"detectors/{st.data}_k0_s{seed}", config.pretrain, [train_data],
+                            val_data, None, seed)
+            if st.k == 0:
+                detector_of[st.name, seed] = zero
+                continue
+            data = subset(st.k, seed, rest=False)
+            val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
+            detector_of[st.name, seed] = detector(
+                f"detectors/{st.data}_k{'all' if st.k is None else st.k}_s{seed}",
+                config.finetune, [data], val, zero, seed)
+    return list(units.values()), detector_of
+
+
+def _evaluate(detector: Path, test: str, folder: Path, tiles: int, device: str
+              ) -> list[Any]:
+    """Predict the test split with a detector (phase 2) and match it unit by unit."""
+    from cellsynth.evaluate import matching
+    from cellsynth.evaluate.stats import split_tiles
+    from cellsynth.io.images import read_labels
+    from cellsynth.segment import predict
+
+    predict.predict_folder(detector, test, folder / layout.PREDICT, device=device, force=True,
+                   progress=False)
+    units = []
+    for sample in load_dataset(test, require_labels=True):
+        truth = sample.read_labels()
+        predicted = read_labels(folder / layout.PREDICT / layout.LABELS / f"{sample.id}.tif")
+        units += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
+                                                 split_tiles(predicted, tiles))]
+    return units
+
+
+def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or continue) an experiment into ``out``; returns the summary in results.json."""
+    from cellsynth.evaluate.matching import Matching
+
+    out = Path(out)
+    check_experiment(config)  # lists the test folder; its pixels are read in phase 2 only
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(out / layout.CONFIG, config)
+    state = RunState(out)
+    units, detector_of = _plan(config, out)
+    fingerprints: dict[str, str] = {}
+    train_contents = content_fingerprint(config.train)
+
+    def execute(unit: _Unit, index: int, total: int) -> None:
+        unit_fingerprint = fingerprint(unit.name, unit.options, train_contents,
+                                       [fingerprints[i] for i in unit.inputs])
+        fingerprints[unit.name] = unit_fingerprint
+        status = state.status(unit.name, unit_fingerprint)
+        if status == "done":
+            return
+        doing = "resuming" if status == "interrupted" else "running"
+        log(f"[{index}/{total}] {unit.name}: {doing}")
+        state.mark(unit.name, unit_fingerprint, done=False)
+        started = time.perf_counter()
+        summary = unit.run(out / unit.name, status == "interrupted")
+        seconds = round(time.perf_counter() - started, 1)
+        state.mark(unit.name, unit_fingerprint, done=True, summary=summary, seconds=seconds)
+        log(f"[{index}/{total}] {unit.name}: done in {seconds / 60:.1f} min")
+
+    # phase 1: everything that trains or chooses; the test split is not opened
+    for i, unit in enumerate(units, 1):
+        execute(unit, i, len(units))
+    # phase 2: every detector predicts the test split once
+    test_contents = content_fingerprint(config.test)
+    per_cell: dict[tuple[str, int], list[Matching]] = {}
+    evaluated: dict[str, list[Matching]] = {}
+    for (setting, seed), detector in detector_of.items():
+        if detector not in evaluated:
+            name = detector.replace("detectors/", "evaluations/")
+
+            def run(folder: Path, resume: bool, detector: str = detector) -> dict[str, Any]:
+                units = _evaluate(out / detector, config.test, folder, config.tiles,
+                                  config.device)
+                return {"units": [_unit_record(u) for u in units]}
+            execute(_Unit(name, (detector,), [test_contents, config.tiles], run),
+                    len(evaluated) + 1, len(set(detector_of.values())))
+            evaluated[detector] = [_matching(u) for u in state.data[name]["summary"]["units"]]
+        per_cell[setting, seed] = evaluated[detector]
+    results = _summarize(config, per_cell, detector_of, state)
+    write_json(out / layout.RESULTS, results)
+    _write_table(config, results, out)
+    _plot(config, results, out)
+    for name, r in results["settings"].items():
+        log(f"{name}: F1@0.5 {r['f1_50']['mean']:.3f} +- {r['f1_50']['std']:.3f}, "
+            f"F1avg {r['f1_avg']['mean']:.3f} +- {r['f1_avg']['std']:.3f}")
+    return results
+
+
+def _unit_record(m) -> dict[str, Any]:
+    return {"thresholds": list(m.thresholds), "n_gt": m.n_gt, "n_pred": m.n_pred,
+            "tp": list(m.tp), "sum_iou": list(m.sum_iou), "n_images": m.n_images}
+
+
+def _matching(d: dict[str, Any]):
+    from cellsynth.evaluate.matching import Matching
+
+    return Matching(tuple(d["thresholds"]), d["n_gt"], d["n_pred"], tuple(d["tp"]),
+                    tuple(d["sum_iou"]), d["n_images"])
+
+
+def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, state: RunState
+               ) -> dict[str, Any]:
+    from cellsynth.evaluate.stats import paired_bootstrap, summarize
+
+    settings = {}
+    for st in config.settings:
+        per_seed = [per_cell[st.name, seed] for seed in config.seeds]
+        summary = summarize(per_seed)
+        detectors = [state.data[detector_of[st.name, seed]]["summary"] for seed in config.seeds]
+        settings[st.name] = {
+            "data": st.data, "k": st.k, **summary,
+            "val_f1": [d.get("best_val_f1") for d in detectors],
+            "score_thresh": [d.get("score_thresh") for d in detectors],
+            "steps": [d.get("steps") for d in detectors]}
+    comparisons = {f"{a} - {b}": paired_bootstrap(
+        [per_cell[a, s] for s in config.seeds], [per_cell[b, s] for s in config.seeds],
+        n=config.bootstrap, seed=0) for a, b in config.compare}
+    n_units = len(next(iter(per_cell.values())))
+    return {"name": config.name, "train": config.train, "test": config.test,
+            "seeds": list(config.seeds), "val": config.val, "tiles": config.tiles,
+            "n_test_units": n_units, "settings": settings, "comparisons": comparisons,
+            "config": to_dict(config)}
+
+
+def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
+    from cellsynth.io.files import atomic_path
+
+    rows = ["| setting | data | k | F1@0.5 | F1avg | AP@0.5 | PQ@0.5 |",
+            "|---|---|---|---|---|---|---|"]
+    for name, r in results["settings"].items():
+        cells = " | ".join(f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}"
+                           for m in ("f1_50", "f1_avg", "ap_50", "pq_50"))
+        rows.append(f"| {name} | {r['data']} | {'all' if r['k'] is None else r['k']} | "
+                    f"{cells} |")
+    if results["comparisons"]:
+        rows += ["", "| difference | F1@0.5 (95 % CI) | F1avg (95 % CI) | P(a <= b) |",
+                 "|---|---|---|---|"]
+        for name, c in results["comparisons"].items():
+            f1, avg = c["f1_50"], c["f1_avg"]
+            rows.append(f"| {name} | {f1['diff']:+.3f} [{f1['ci95'][0]:+.3f}, "
+                        f"{f1['ci95'][1]:+.3f}] | {avg['diff']:+.3f} [{avg['ci95'][0]:+.3f}, "
+                        f"{avg['ci95'][1]:+.3f}] | {f1['p_le_0']:.3f} |")
+    text = (f"# {config.name}\n\nseeds {list(config.seeds)}, mean ± std over seeds; test "
+            f"{config.test} ({results['n_test_units']} bootstrap units)\n\n"
+            + "\n".join(rows) + "\n")
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(text)
+
+
+def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cellsynth.io.files import atomic_path
+
+    n_train = len(load_dataset(config.train, require_labels=True))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for data in ("real", *_SYNTHETIC):
+        points = sorted((n_train if r["k"] is None else r["k"], r["f1_50"]["mean"],
+                         r["f1_50"]["std"]) for r in results["settings"].values()
+                        if r["data"] == data)
+        if points:
+            k, mean, std = zip(*points)
+            ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=data)
+    ax.set_xlabel("annotated real images (k)")
+    ax.set_ylabel("F1@0.5 on the test split")
+    ax.set_title(f"{config.name}: mean ± std over {len(config.seeds)} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with atomic_path(out / "learning_curve.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)

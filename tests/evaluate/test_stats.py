@@ -1,0 +1,68 @@
+"""Summaries over seeds and the paired bootstrap over test units."""
+
+import numpy as np
+import pytest
+
+from cellsynth.evaluate import aggregate, matching
+from cellsynth.evaluate.stats import (
+    counts,
+    metrics_from_counts,
+    paired_bootstrap,
+    split_tiles,
+    summarize,
+)
+
+
+def _labels(n_cells: int, shift: int = 0, size: int = 64) -> np.ndarray:
+    labels = np.zeros((size, size), np.int32)
+    for i in range(n_cells):
+        y, x = divmod(i, 4)
+        labels[4 + 15 * y + shift:14 + 15 * y + shift, 4 + 15 * x:14 + 15 * x] = i + 1
+    return labels
+
+
+def test_metrics_from_counts_agree_with_matching():
+    units = [matching(_labels(8), _labels(6, shift=2)), matching(_labels(5), _labels(9)),
+             matching(_labels(0), _labels(0))]
+    total = aggregate(units)
+    found = metrics_from_counts(counts(units).sum(0))
+    assert found["f1_50"] == pytest.approx(total.f1[0])
+    assert found["f1_avg"] == pytest.approx(total.f1_avg)
+    assert found["ap_50"] == pytest.approx(total.ap[0])
+    assert found["pq_50"] == pytest.approx(total.pq[0])
+
+
+def test_summarize_is_mean_and_std_over_seeds():
+    perfect = [matching(_labels(6), _labels(6))]
+    half = [matching(_labels(6), _labels(3))]  # 3 of 6 found: F1 = 2 * 3 / 9
+    summary = summarize([perfect, half])
+    assert summary["f1_50"]["per_seed"] == pytest.approx([1.0, 2 / 3])
+    assert summary["f1_50"]["mean"] == pytest.approx(5 / 6)
+    assert summary["f1_50"]["std"] == pytest.approx(np.std([1.0, 2 / 3], ddof=1))
+
+
+def test_paired_bootstrap_sees_a_consistent_gain_and_no_gain():
+    truth = [_labels(12) for _ in range(6)]
+    better = [[matching(t, _labels(12)) for t in truth] for _ in range(3)]  # all found
+    worse = [[matching(t, _labels(8)) for t in truth] for _ in range(3)]    # 8 of 12
+    result = paired_bootstrap(better, worse, n=500)
+    assert result["f1_50"]["diff"] == pytest.approx(1 - 16 / 20)
+    assert result["f1_50"]["ci95"][0] > 0 and result["f1_50"]["p_le_0"] == 0.0
+    same = paired_bootstrap(worse, worse, n=200)
+    assert same["f1_50"]["diff"] == 0.0 and same["f1_50"]["ci95"] == [0.0, 0.0]
+    assert same["f1_50"]["p_le_0"] == 1.0
+    # a gain on one unit only is not a consistent gain
+    mixed = [[matching(t, _labels(12 if i == 0 else 8)) for i, t in enumerate(truth)]
+             for _ in range(3)]
+    result = paired_bootstrap(mixed, worse, n=2000)
+    assert result["f1_50"]["ci95"][0] == 0.0 and result["f1_50"]["p_le_0"] > 0.2
+    with pytest.raises(ValueError, match="same seeds and units"):
+        paired_bootstrap(better, worse[:2])
+
+
+def test_split_tiles_covers_the_image_once():
+    labels = np.arange(35 * 22).reshape(35, 22)
+    tiles = split_tiles(labels, 3)
+    assert len(tiles) == 9
+    assert sorted(np.concatenate([t.ravel() for t in tiles]).tolist()) == labels.ravel().tolist()
+    assert split_tiles(labels, 1)[0] is not None and split_tiles(labels, 1)[0].shape == (35, 22)

@@ -1,0 +1,124 @@
+"""cellsynth experiment: settings x seeds, resumable, the test split used only at the end."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cellsynth.errors import ConfigError
+from cellsynth.pipeline import experiment
+from cellsynth.pipeline.config import SimulateOptions
+from cellsynth.pipeline.experiment import (
+    ExperimentConfig,
+    Setting,
+    load_experiment_config,
+    run_experiment,
+)
+from cellsynth.refine.config import RefineConfig
+from cellsynth.segment.trainer import TrainConfig
+from tests.conftest import make_dataset
+
+TINY = dict(steps=2, crop=64, batch=1, samples=32, order=4, refinement_iterations=1,
+            checkpoint_every=1, val_every=2, precision="fp32")
+
+
+def _config(tmp_path: Path, **changes) -> ExperimentConfig:
+    train = make_dataset(tmp_path / "train", n=3, size=64, seed=1)
+    test = make_dataset(tmp_path / "test", n=2, size=64, seed=2)
+    base = dict(
+        name="tiny", train=str(train), test=str(test), seeds=(0, 1),
+        settings=(Setting("real_k1", "real", 1), Setting("sim_only", "simulated", 0),
+                  Setting("sim_ft_k1", "simulated", 1), Setting("refined_only", "refined", 0)),
+        compare=(("sim_ft_k1", "real_k1"),),
+        simulate=SimulateOptions(preset="fluo", n=3, size=64, workers=1), n_val=2,
+        refine=RefineConfig(steps=2, crop=32, batch=2, width=8, blocks=1, spade_hidden=8,
+                            d_width=8, d_layers=2, d_scales=1, sample_every=2,
+                            checkpoint_every=1, log_every=1, precision="fp32"),
+        pretrain=TrainConfig(**TINY), finetune=TrainConfig(**TINY),
+        supervised=TrainConfig(**TINY), tiles=2, bootstrap=50)
+    return ExperimentConfig(**{**base, **changes})
+
+
+def test_experiment_runs_resumes_and_keeps_the_test_split_for_the_end(tmp_path, monkeypatch):
+    config = _config(tmp_path)
+    test = Path(config.test).resolve()
+    events: list[str] = []
+    from cellsynth.segment import predict, trainer
+
+    train, predict_folder = trainer.train, predict.predict_folder
+
+    def spy_train(cfg, data, out, **kw):
+        used = [Path(d).resolve() for d in data] + [Path(kw["val"]).resolve()]
+        assert not any(p == test or test in p.parents for p in used), used
+        events.append("train")
+        return train(cfg, data, out, **kw)
+
+    def spy_predict(run, images, *a, **kw):
+        events.append("predict")
+        return predict_folder(run, images, *a, **kw)
+
+    monkeypatch.setattr(trainer, "train", spy_train)
+    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    said: list[str] = []
+    results = run_experiment(config, tmp_path / "exp", log=said.append)
+    # 2 seeds x (real_k1, sim_k0, sim_k1, refined_k0) detectors, each evaluated once
+    assert events.count("train") == 8 and events.count("predict") == 8
+    assert "predict" not in events[:events.index("predict")]
+    assert events.index("predict") == 8  # every detector trained before the first test read
+    settings = results["settings"]
+    assert list(settings) == ["real_k1", "sim_only", "sim_ft_k1", "refined_only"]
+    assert all(len(s["f1_50"]["per_seed"]) == 2 for s in settings.values())
+    assert results["n_test_units"] == 2 * 4  # 2 test images in 2 x 2 tiles
+    comparison = results["comparisons"]["sim_ft_k1 - real_k1"]
+    low, high = comparison["f1_50"]["ci95"]
+    assert low <= comparison["f1_50"]["diff"] <= high
+    assert json.loads((tmp_path / "exp" / "results.json").read_text())["seeds"] == [0, 1]
+    assert "| sim_ft_k1 | simulated | 1 |" in (tmp_path / "exp" / "results.md").read_text()
+    assert (tmp_path / "exp" / "learning_curve.png").stat().st_size > 1000
+    # the k images differ between seeds (the draw is part of the spread)
+    state = json.loads((tmp_path / "exp" / "state.json").read_text())
+    draws = {state[f"data/k1_s{s}"]["summary"]["images"][0] for s in (0, 1)}
+    assert len(draws) == 2
+    # a re-run redoes nothing; one more seed runs only that seed's units
+    events.clear()
+    said.clear()
+    run_experiment(config, tmp_path / "exp", log=said.append)
+    assert events == [] and not [line for line in said if "running" in line]
+
+
+def test_resume_after_a_kill_continues_the_unit(tmp_path, monkeypatch):
+    config = _config(tmp_path, settings=(Setting("real_k1", "real", 1),), compare=(),
+                     seeds=(0,))
+    from cellsynth.segment import trainer
+
+    train = trainer.train
+
+    def killed(cfg, data, out, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "exp", log=lambda _: None)
+    monkeypatch.setattr(trainer, "train", train)
+    said: list[str] = []
+    run_experiment(config, tmp_path / "exp", log=said.append)
+    assert "[2/2] detectors/real_k1_s0: resuming" in said
+
+
+def test_experiment_config_errors(tmp_path):
+    path = tmp_path / "exp.yaml"
+    make_dataset(tmp_path / "train", n=2)
+    make_dataset(tmp_path / "test", n=1)
+    path.write_text("train: train\ntest: test\nsettings:\n  - {name: a, data: real, k: 3}\n")
+    with pytest.raises(ConfigError, match="k = 3 but .*train has only 2 images"):
+        load_experiment_config(path)
+    path.write_text("train: train\ntest: test\nsettings:\n  - {name: a, data: real, k: 1}\n"
+                    "compare: [[a, b]]\n")
+    with pytest.raises(ConfigError, match="compare"):
+        load_experiment_config(path)
+    path.write_text("train: train\ntest: test\nseeds: [4]\n"
+                    "settings:\n  - {name: a, data: real, k: 1}\n")
+    config = load_experiment_config(path)
+    assert config.settings == (Setting("a", "real", 1),) and config.seeds == (4,)
+    assert config.train == str((tmp_path / "train").resolve())
+    assert experiment.check_experiment(config) is None
