@@ -225,6 +225,24 @@ def _add_channel(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--channel", type=_nonnegative_int, help=text)
 
 
+def _add_device(p: argparse.ArgumentParser, default: str | None = "cpu") -> None:
+    p.add_argument("--device", default=default,
+                   help="cpu, cuda or cuda:N" + ("" if default else " (default: the config's)"))
+
+
+def _add_output_flags(p: argparse.ArgumentParser, *, resume: bool = False,
+                      force: bool = True) -> None:
+    """The flags every command that writes a folder shares: --resume, --force, --quiet."""
+    if resume:
+        p.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out from its last checkpoint")
+    if force:
+        p.add_argument("--force", action="store_true",
+                       help="replace a non-empty --out (the old one is kept until the new one "
+                            "has something to put there)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
 _TORCH_COMMANDS = ("realism", "train", "predict", "fit-refiner", "generate", "run", "demo",
                    "experiment")
 
@@ -234,6 +252,12 @@ def _build_parser() -> argparse.ArgumentParser:
                      description="Synthetic training data for cell instance segmentation.")
     parser.add_argument("--version", action="version", version=f"cellsynth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    original_add_parser = sub.add_parser
+
+    def add_parser(name: str, **kwargs):  # every command's --help shows the defaults
+        return original_add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                   **kwargs)
+    sub.add_parser = add_parser
 
     p = sub.add_parser("inspect", help="summarise a dataset folder (images, sizes, instances)")
     p.add_argument("dir", type=Path, help="dataset folder (images/, labels/, meta.json)")
@@ -242,7 +266,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a dataset or predictions for Cellpose, StarDist, "
                                       "QuPath (GeoJSON) or COCO")
     p.add_argument("dir", type=Path, help="dataset folder (images/ + labels/) or predict output")
-    p.add_argument("--to", required=True, choices=("cellpose", "stardist", "geojson", "coco"))
+    p.add_argument("--to", required=True, choices=("cellpose", "stardist", "geojson", "coco"),
+                   help="target format")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=_cmd_export)
@@ -251,14 +276,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True, help="merker, nissl, he or fluo")
     p.add_argument("--n", type=_positive_int, required=True, help="number of images")
     p.add_argument("--size", type=_positive_int, default=256, help="image side in pixels")
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="image i is drawn from child i of this seed")
     p.add_argument("--out", type=Path, required=True, help="output dataset folder")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
     p.add_argument("--config", type=Path, help="YAML file overriding preset parameters")
     p.add_argument("--pixel-size", type=_positive_float, help="output pixel size in micrometres")
     p.add_argument("--color", help="colour variant, e.g. gray or violet for merker/nissl")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_output_flags(p)
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("evaluate", help="instance metrics (F1/AP/PQ over IoU 0.5-0.9)")
@@ -271,7 +296,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--a", type=Path, required=True, help="first image set (dataset folder)")
     p.add_argument("--b", type=Path, required=True, help="second image set (dataset folder)")
     p.add_argument("--json", type=Path, help="write the metrics as JSON here")
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="crops, folds and the C2ST")
     p.add_argument("--folds", type=_positive_int, default=5, help="C2ST cross-validation folds")
     p.add_argument("--crop", type=_positive_int, default=64, help="C2ST crop side in pixels")
     p.add_argument("--crops", type=_positive_int, default=512, help="C2ST crops per image set")
@@ -287,22 +312,25 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--init", type=Path, help="start from this run/checkpoint (fine-tuning)")
     p.add_argument("--val", type=Path, help="labeled validation folder (F1, score threshold)")
-    p.add_argument("--config", type=Path, help="YAML training config")
-    p.add_argument("--steps", type=_positive_int)
-    p.add_argument("--crop", type=_positive_int)
-    p.add_argument("--batch", type=_positive_int)
-    p.add_argument("--lr", type=_positive_float)
+    p.add_argument("--config", type=Path, help="YAML training config; options given here "
+                                               "override it")
+    p.add_argument("--steps", type=_positive_int, help="optimiser steps (config default 1000)")
+    p.add_argument("--crop", type=_positive_int, help="training crop side, a multiple of 32 "
+                                                      "(config default 256)")
+    p.add_argument("--batch", type=_positive_int, help="crops per step (config default 4)")
+    p.add_argument("--lr", type=_positive_float, help="peak AdamW learning rate, cosine decay "
+                                                      "(config default 1e-3)")
     p.add_argument("--model", help="slim_u22 (default), u22 or resnet18_unet")
     _add_precision(p)
-    p.add_argument("--val-every", type=_positive_int)
+    p.add_argument("--val-every", type=_positive_int,
+                   help="validate (F1, score threshold, best.pt) every this many steps")
     p.add_argument("--pixel-size", type=_positive_float, help="working pixel size (um)")
     _add_channel(p, "use only this channel (0-based) of multi-channel images; recorded, so "
                     "predict applies it too")
-    p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--seed", type=_nonnegative_int)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--force", action="store_true", help="replace a non-empty run folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(p, default=None)
+    p.add_argument("--seed", type=_nonnegative_int, help="weights, crops and augmentation "
+                                                         "(config default 0)")
+    _add_output_flags(p, resume=True)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="predict instance labels with a trained CPN")
@@ -312,10 +340,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (labels/, overlays/)")
     p.add_argument("--tile", type=_positive_int, help="tile size (default max(crop, 512))")
     p.add_argument("--overlap", type=_positive_int, default=96, help="tile overlap in pixels")
-    p.add_argument("--batch", type=_positive_int, default=4)
+    p.add_argument("--batch", type=_positive_int, default=4, help="tiles per forward pass")
     p.add_argument("--score-thresh", type=_score, help="override the validated threshold "
                    "(0-1)")
-    p.add_argument("--device", default="cpu")
+    _add_device(p)
     _add_precision(p, default="auto")
     _add_channel(p, "use only this channel (0-based) of multi-channel images (default: the "
                     "model's)")
@@ -324,8 +352,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=_positive_float,
                    help="the images' pixel size in um (default: meta.json or the file's own "
                         "metadata); images are resampled to the model's")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_output_flags(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("fit-refiner", help="train a SPADE refiner on simulated + real images")
@@ -337,16 +364,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=_positive_int, help="training crop side (default 128)")
     p.add_argument("--batch", type=_positive_int, help="batch size (default 4)")
     p.add_argument("--self-reg", type=float, help="self-regularisation weight (default 1.0)")
-    p.add_argument("--seed", type=_nonnegative_int)
+    p.add_argument("--seed", type=_nonnegative_int, help="weights, crops and noise (default 0)")
     _add_precision(p)
     p.add_argument("--real-pixel-size", type=_positive_float,
                    help="pixel size of the real images in um (default: their meta.json)")
     p.add_argument("--config", type=Path, help="YAML file of refiner settings")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    _add_device(p)
     p.add_argument("--max-minutes", type=_positive_float, help="stop (with a checkpoint) after")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_output_flags(p, resume=True)
     p.set_defaults(func=_cmd_fit_refiner)
 
     p = sub.add_parser("generate", help="refine a simulated dataset with a trained refiner")
@@ -354,17 +379,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim", type=Path, required=True, help="simulated dataset (with labels)")
     p.add_argument("--out", type=Path, required=True, help="output dataset folder")
     p.add_argument("--batch", type=_positive_int, default=8, help="images per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    _add_device(p)
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the noise input")
     _add_precision(p, default="auto")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_output_flags(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("run", help="run the whole pipeline from a YAML config")
     p.add_argument("config", type=Path, help="pipeline YAML (see configs/)")
     p.add_argument("--out", type=Path, required=True, help="run folder (re-run to continue)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output_flags(p, force=False)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("experiment", help="settings x seeds of detectors on a real dataset, "
@@ -377,13 +401,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("report", help="write RUN/report.html for a run folder")
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=Path, help="a `cellsynth run` folder")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="the whole pipeline on bundled data, in minutes")
-    p.add_argument("--out", type=Path, default=Path("cellsynth-demo"))
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", type=Path, default=Path("cellsynth-demo"),
+                   help="run folder (re-run to continue)")
+    _add_output_flags(p)
     p.set_defaults(func=_cmd_demo)
     for name, command in sub.choices.items():
         if name in _TORCH_COMMANDS and name != "realism":

@@ -148,8 +148,7 @@ def _predict_images(config: PipelineConfig) -> str:
 def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from skimage.transform import resize
 
-    from cellsynth.io.images import read_image, write_image, write_labels
-    from cellsynth.io.images import read_labels as read_label_file
+    from cellsynth.io.images import read_image, read_labels, write_image, write_labels
     from cellsynth.segment.predict import predict_folder
     from cellsynth.viz import contour_overlay
 
@@ -162,7 +161,7 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
         for sample in load_dataset(getattr(config.real, role)):
             path = out / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"
             image = read_image(sample.image_path)
-            labels = resize(read_label_file(path), image.shape[:2], order=0,
+            labels = resize(read_labels(path), image.shape[:2], order=0,
                             anti_aliasing=False, preserve_range=True).astype(np.uint32)
             write_labels(path, labels)
             write_image(out / layout.PREDICT / layout.OVERLAYS / f"{sample.id}.png",

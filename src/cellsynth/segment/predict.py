@@ -32,8 +32,13 @@ from cellsynth.io.images import (
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
 from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
 from cellsynth.pipeline import layout
-from cellsynth.segment.tiles import Predictor, open_large_image, tile_origins, tiled_proposals
-from cellsynth.segment.tiles import contours_to_labels as paint
+from cellsynth.segment.tiles import (
+    Predictor,
+    contours_to_labels,
+    open_large_image,
+    tile_origins,
+    tiled_proposals,
+)
 from cellsynth.viz import contour_overlay
 
 __all__ = ["Detector", "checkpoint_path", "read_detector_checkpoint", "load_detector",
@@ -175,8 +180,9 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     if factor != 1.0:  # pixel centres: model pixel i sits at image pixel (i + 0.5) / f - 0.5
         contours = (contours + 0.5) / factor - 0.5
     thresh = detector.score_thresh if score_thresh is None else score_thresh
-    labels, id_scores = paint(contours, scores, (int(image.shape[0]), int(image.shape[1])),
-                              score_thresh=thresh, return_scores=True)
+    labels, id_scores = contours_to_labels(contours, scores,
+                                           (int(image.shape[0]), int(image.shape[1])),
+                                           score_thresh=thresh, return_scores=True)
     return (labels, id_scores) if return_scores else labels
 
 

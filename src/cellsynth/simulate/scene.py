@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage import measure
 from skimage.draw import line_aa
-from skimage.measure import label as connected_components
 
 from cellsynth.simulate.optics import add_camera_noise, blur, to_intensity
 from cellsynth.simulate.presets import CellType, SimulationConfig
@@ -228,8 +228,7 @@ def _one_piece_per_label(labels: np.ndarray) -> np.ndarray:
 
     Returns the old id of every new id (index 0 = background).
     """
-    pieces, n_pieces = connected_components(labels, background=0, connectivity=1,
-                                             return_num=True)
+    pieces, n_pieces = measure.label(labels, background=0, connectivity=1, return_num=True)
     owner = np.zeros(n_pieces + 1, np.int64)
     owner[pieces.ravel()] = labels.ravel()
     sizes = np.bincount(pieces.ravel(), minlength=n_pieces + 1)
