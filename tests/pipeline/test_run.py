@@ -179,3 +179,40 @@ def test_example_configs_are_valid(path):
         assert len(config.seeds) >= 3 and config.compare
     else:
         from_dict(PipelineConfig, data, where=str(path))
+
+
+def test_labeled_run_finetunes_evaluates_and_maps_back_to_the_real_pixels(tmp_path):
+    """Real images at twice the simulation's pixel size: the run works on rescaled copies
+    and writes predictions at the original images' size; fine-tune, evaluate and realism
+    stages run and the report shows their sections."""
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=2, size=48, seed=1)
+    test = make_dataset(tmp_path / "test", n=2, size=48, seed=2)
+    config = replace(
+        _config(train),
+        real=RealData(unlabeled=str(train), train=str(train), val=str(train), test=str(test),
+                      pixel_size_um=1.0),
+        simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1, pixel_size_um=0.5),
+        finetune=TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
+                             refinement_iterations=1, checkpoint_every=1, val_every=2),
+        realism=RealismOptions(enabled=True, n_crops=8, epochs=1, folds=2))
+    out = tmp_path / "run"
+    said: list[str] = []
+    summaries = run(config, out, progress=False, log=said.append)
+    ran = [line.split("]")[0][1:] for line in said]
+    assert ran == ["simulate", "real", "refiner", "refined", "pretrain", "finetune", "predict",
+                   "evaluate", "realism", "report"]
+    from cellsynth.io.images import read_image, read_labels
+
+    assert read_image(out / "real" / "test" / "images" / "img0.png").shape[:2] == (96, 96)
+    for i in range(2):
+        predicted = read_labels(out / "predict" / "labels" / f"img{i}.tif")
+        assert predicted.shape == (48, 48)  # back at the original pixels
+    assert 0.0 <= summaries["evaluate"]["f1_50"] <= 1.0
+    assert set(summaries["realism"]) == {"simulate_vs_real", "refined_vs_real"}
+    page = (out / "report.html").read_text()
+    for section in ("Realism", "Instance metrics on the test images", "Detector training"):
+        assert f"{section}</h2>" in page
+    training = page.split("Detector training</h2>")[1].split("<h2>")[0]
+    assert training.count("<img") == 4  # losses and validation F1 of pretrain and finetune

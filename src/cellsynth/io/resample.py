@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RELATIVE_TOLERANCE", "pixel_scale", "read_pixel_size", "Rescaled"]
+__all__ = ["RELATIVE_TOLERANCE", "pixel_scale", "read_pixel_size", "Rescaled", "rescale_image",
+           "rescale_labels"]
 
 RELATIVE_TOLERANCE = 1e-3  # pixel sizes this close are the same: no resampling
 
@@ -144,3 +145,30 @@ class Rescaled:
             return ndi.map_coordinates(window, grid, order=1, mode="nearest")
         return np.stack([ndi.map_coordinates(window[..., c], grid, order=1, mode="nearest")
                          for c in range(channels[0])], axis=-1)
+
+
+def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """An in-memory (H, W[, C]) image at ``factor`` times its resolution: bilinear, smoothed
+    first when downsampling; values keep their range, float32 out. ``factor`` 1.0: as is."""
+    if factor == 1.0:
+        return image
+    from skimage.transform import rescale
+
+    return rescale(image, factor, order=1, anti_aliasing=factor < 1,
+                   channel_axis=-1 if image.ndim == 3 else None,
+                   preserve_range=True).astype(np.float32)
+
+
+def rescale_labels(labels: np.ndarray, factor: float,
+                   shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Labels at ``factor`` times their resolution (nearest neighbour: ids stay ids), or
+    resized to ``shape`` exactly (back to an original image's pixels)."""
+    if factor == 1.0 and shape is None:
+        return labels
+    from skimage.transform import rescale, resize
+
+    if shape is not None:
+        return resize(labels, shape, order=0, anti_aliasing=False,
+                      preserve_range=True).astype(labels.dtype)
+    return rescale(labels, factor, order=0, anti_aliasing=False,
+                   preserve_range=True).astype(labels.dtype)

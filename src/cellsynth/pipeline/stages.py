@@ -17,7 +17,7 @@ import numpy as np
 
 from cellsynth.config import to_dict
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.resample import pixel_scale
+from cellsynth.io.resample import pixel_scale, rescale_image, rescale_labels
 from cellsynth.pipeline import layout
 
 if TYPE_CHECKING:
@@ -68,7 +68,6 @@ def real_folder(config: PipelineConfig, out: Path, role: str) -> str | None:
 
 
 def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
-    from skimage.transform import rescale
 
     from cellsynth.io.files import staged_output_dir, write_json
     from cellsynth.io.images import write_image, write_labels
@@ -83,14 +82,11 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
             dataset = load_dataset(folder)
             for sample in dataset:
                 image = sample.read_image()
-                scaled = rescale(image, factor, order=1, anti_aliasing=factor < 1,
-                                 channel_axis=-1 if image.ndim == 3 else None,
-                                 preserve_range=True).round().astype(image.dtype)
+                scaled = rescale_image(image, factor).round().astype(image.dtype)
                 write_image(root / role / "images" / f"{sample.id}.png", scaled)
                 if sample.label_path is not None:
                     (root / role / "labels").mkdir(exist_ok=True)
-                    labels = rescale(sample.read_labels(), factor, order=0, anti_aliasing=False,
-                                     preserve_range=True).astype(np.uint32)
+                    labels = rescale_labels(sample.read_labels().astype(np.uint32), factor)
                     write_labels(root / role / "labels" / f"{sample.id}.tif", labels)
             write_json(root / role / layout.META, {
                 "source": folder, "pixel_size_um": _sim_config(config).pixel_size_um,
@@ -146,7 +142,6 @@ def _predict_images(config: PipelineConfig) -> str:
 
 
 def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
-    from skimage.transform import resize
 
     from cellsynth.io.images import read_image, read_labels, write_image, write_labels
     from cellsynth.segment.predict import predict_folder
@@ -161,8 +156,8 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
         for sample in load_dataset(getattr(config.real, role)):
             path = out / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"
             image = read_image(sample.image_path)
-            labels = resize(read_labels(path), image.shape[:2], order=0,
-                            anti_aliasing=False, preserve_range=True).astype(np.uint32)
+            labels = rescale_labels(read_labels(path).astype(np.uint32), 1.0,
+                                    shape=image.shape[:2])
             write_labels(path, labels)
             write_image(out / layout.PREDICT / layout.OVERLAYS / f"{sample.id}.png",
                         contour_overlay(image, labels))

@@ -21,6 +21,7 @@ from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.datasets import Dataset, load_dataset
 from cellsynth.io.images import match_channels, read_image
 from cellsynth.io.normalize import DEFAULT, Normalization, apply_range, intensity_range, normalize
+from cellsynth.io.resample import pixel_scale, rescale_image
 
 __all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS", "load_simulated"]
 
@@ -145,9 +146,8 @@ class RealCrops:
         self.channels = channels
         self.notes: list[str] = []
         real_px = real_pixel_size_um or dataset.pixel_size_um
-        self.scale = 1.0
-        if sim_pixel_size_um and real_px and abs(real_px / sim_pixel_size_um - 1) > 1e-3:
-            self.scale = real_px / sim_pixel_size_um
+        self.scale = pixel_scale(real_px, sim_pixel_size_um)
+        if self.scale != 1.0:
             self.notes.append(f"real images rescaled x{self.scale:.3f} from {real_px} um/px to "
                               f"the simulation's {sim_pixel_size_um} um/px")
         elif sim_pixel_size_um and not real_px:
@@ -195,11 +195,7 @@ class RealCrops:
         else:
             image = apply_range(image, *window_of)
         image = match_channels(image, self.channels)
-        if self.scale != 1.0:
-            from skimage.transform import rescale
-
-            image = rescale(image, self.scale, order=1, channel_axis=-1, anti_aliasing=True,
-                            preserve_range=True).astype(np.float32)
+        image = rescale_image(image, self.scale)
         _check_size(image.shape, self.crop, path)
         return image * 2 - 1
 

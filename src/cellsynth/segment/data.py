@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from skimage.transform import rescale, resize
+from skimage.transform import resize
 
 from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.images import match_channels, select_channel
 from cellsynth.io.normalize import DEFAULT, Normalization, normalize
+from cellsynth.io.resample import pixel_scale, rescale_image, rescale_labels
 
 __all__ = ["Augment", "LabeledImage", "load_labeled", "CropSampler"]
 
@@ -61,9 +62,7 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
     out: list[LabeledImage] = []
     for root in roots:
         dataset = load_dataset(root, require_labels=True)
-        factor = 1.0
-        if pixel_size_um is not None and dataset.pixel_size_um is not None:
-            factor = dataset.pixel_size_um / pixel_size_um
+        factor = pixel_scale(dataset.pixel_size_um, pixel_size_um)
         for sample in dataset:
             image, labels = sample.read()
             image = select_channel(image, channel, where=str(sample.image_path))
@@ -71,11 +70,8 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
             channels = channels or (1 if image.ndim == 2 else 3)
             image = match_channels(image, channels, where=str(sample.image_path))
             labels = labels.astype(np.int32)
-            if abs(factor - 1.0) > 1e-3:
-                image = rescale(image, factor, order=1, channel_axis=-1, anti_aliasing=factor < 1,
-                                preserve_range=True).astype(np.float32)
-                labels = rescale(labels, factor, order=0, anti_aliasing=False,
-                                 preserve_range=True).astype(np.int32)
+            image = rescale_image(image, factor)
+            labels = rescale_labels(labels, factor)
             out.append(LabeledImage(f"{dataset.root.name}/{sample.id}", image, labels))
     if not out:
         raise DatasetError(f"no labeled images in {', '.join(map(str, roots))}")
