@@ -31,7 +31,7 @@ def test_help_shows_defaults(capsys):
 
 def test_shared_flags_mean_the_same_everywhere():
     texts = {}
-    for name, command in _commands().items():
+    for command in _commands().values():
         for action in command._actions:
             if action.option_strings and action.option_strings[0] in ("--force", "--quiet",
                                                                       "--resume"):
