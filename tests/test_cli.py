@@ -39,3 +39,75 @@ def test_shared_flags_mean_the_same_everywhere():
     assert set(texts) == {"--force", "--quiet", "--resume"}
     # export's --force replaces a plain output folder; every other command shares one text
     assert all(len(helps - {"replace a non-empty --out folder"}) == 1 for helps in texts.values())
+
+
+def _tiny_run_yaml(tmp_path, real) -> str:
+    return f"""name: tiny
+seed: 0
+simulate: {{preset: fluo, n: 4, size: 64, workers: 1}}
+real: {{unlabeled: {real}}}
+refine: {{steps: 2, crop: 32, batch: 2, width: 8, blocks: 1, spade_hidden: 8, d_width: 8,
+          d_layers: 2, d_scales: 1, sample_every: 1, checkpoint_every: 1, log_every: 1}}
+pretrain: {{steps: 2, crop: 64, batch: 1, samples: 32, order: 4, refinement_iterations: 1,
+            checkpoint_every: 1}}
+predict: {{tile: 64, overlap: 16}}
+realism: {{enabled: false}}
+"""
+
+
+def test_run_and_report_commands(tmp_path, capsys):
+    from tests.conftest import make_dataset
+
+    real = make_dataset(tmp_path / "real", n=2, size=64, labels=False)
+    config = tmp_path / "run.yaml"
+    config.write_text(_tiny_run_yaml(tmp_path, real))
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "[pretrain] running" in said and f"open {out / 'report.html'}" in said
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert "Predictions on real images</h2>" in (out / "report.html").read_text()
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    assert "[pretrain] up to date, skipped" in capsys.readouterr().out
+    config.write_text("simulate: {preset: fluo, seed: 2}\n")
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cellsynth run: error:") and "simulate.seed" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_demo_command_writes_its_data_and_report(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    from cellsynth.io.datasets import load_dataset
+    from cellsynth.pipeline import demo
+    from cellsynth.pipeline.config import PredictOptions, RealismOptions, SimulateOptions
+    from cellsynth.refine.config import RefineConfig
+    from cellsynth.segment.trainer import TrainConfig
+
+    full = demo.demo_config
+
+    def tiny(data):  # the demo's wiring with a budget of seconds
+        return replace(full(data),
+                       simulate=SimulateOptions(preset="he", n=4, size=64, workers=1,
+                                                pixel_size_um=0.8),
+                       refine=RefineConfig(steps=2, crop=32, batch=2, width=8, blocks=1,
+                                           spade_hidden=8, d_width=8, d_layers=2, d_scales=1,
+                                           sample_every=1, checkpoint_every=1, log_every=1),
+                       pretrain=TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
+                                            refinement_iterations=1, checkpoint_every=1),
+                       predict=PredictOptions(tile=128, overlap=32),
+                       realism=RealismOptions(enabled=False))
+
+    monkeypatch.setattr(demo, "demo_config", tiny)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    assert f"demo finished: open {out / 'report.html'}" in capsys.readouterr().out
+    assert len(load_dataset(out / "data" / "ihc")) == 9
+    assert len(list((out / "predict" / "labels").glob("*.tif"))) == 9
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path / "other"), "--quiet"]) == 2
+    assert "not a cellsynth run" in capsys.readouterr().err
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
