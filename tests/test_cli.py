@@ -82,30 +82,36 @@ def test_demo_command_writes_its_data_and_report(tmp_path, capsys, monkeypatch):
 
     from cellsynth.io.datasets import load_dataset
     from cellsynth.pipeline import demo
-    from cellsynth.pipeline.config import PredictOptions, RealismOptions, SimulateOptions
+    from cellsynth.pipeline.config import RealismOptions, SimulateOptions
     from cellsynth.refine.config import RefineConfig
     from cellsynth.segment.trainer import TrainConfig
 
     full = demo.demo_config
+    detector = TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
+                           refinement_iterations=1, checkpoint_every=1, val_every=2)
 
     def tiny(data):  # the demo's wiring with a budget of seconds
         return replace(full(data),
-                       simulate=SimulateOptions(preset="he", n=4, size=64, workers=1,
-                                                pixel_size_um=0.8),
+                       simulate=SimulateOptions(preset="fluo", n=3, size=64, workers=1),
+                       n_val=2, bootstrap=50,
                        refine=RefineConfig(steps=2, crop=32, batch=2, width=8, blocks=1,
                                            spade_hidden=8, d_width=8, d_layers=2, d_scales=1,
                                            sample_every=1, checkpoint_every=1, log_every=1),
-                       pretrain=TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
-                                            refinement_iterations=1, checkpoint_every=1),
-                       predict=PredictOptions(tile=128, overlap=32),
-                       realism=RealismOptions(enabled=False))
+                       pretrain=detector, finetune=detector, supervised=detector)
 
     monkeypatch.setattr(demo, "demo_config", tiny)
+    monkeypatch.setattr(demo, "REALISM", RealismOptions(n_crops=8, epochs=1, folds=2))
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
     assert f"demo finished: open {out / 'report.html'}" in capsys.readouterr().out
-    assert len(load_dataset(out / "data" / "ihc")) == 9
-    assert len(list((out / "predict" / "labels").glob("*.tif"))) == 9
+    assert len(load_dataset(out / "data" / "unlabeled")) == 4  # 2 annotated + 2 unlabeled
+    page = (out / "report.html").read_text()
+    for name in ("real_k2", "sim_only", "refined_only", "sim_ft_k2", "refined_ft_k2"):
+        assert f"<td>{name}</td>" in page
+    for section in ("Which differences are real?", "Where the detectors are right and wrong",
+                    "How realistic are the synthetic images?", "Next steps"):
+        assert section in page
+    assert "297 cells" in page  # the held-out images' annotations
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert main(["demo", "--out", str(tmp_path / "other"), "--quiet"]) == 2

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-__all__ = ["as_rgb8", "contour_overlay", "image_grid"]
+__all__ = ["as_rgb8", "contour_overlay", "image_grid", "outcome_overlay", "OUTCOME_COLORS"]
+
+# true positive, false positive, missed (colour-blind safe: green / magenta / yellow)
+OUTCOME_COLORS = {"tp": (40, 220, 40), "fp": (255, 0, 255), "fn": (255, 220, 0)}
 
 
 def as_rgb8(image: np.ndarray) -> np.ndarray:
@@ -44,3 +47,37 @@ def image_grid(tiles: list[np.ndarray], *, columns: int = 4, gap: int = 4,
         y, x = r * (th + gap), c * (tw + gap)
         out[y:y + tile.shape[0], x:x + tile.shape[1]] = as_rgb8(tile)
     return out
+
+
+def outcome_overlay(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, *,
+                    iou: float = 0.5) -> tuple[np.ndarray, dict[str, int]]:
+    """Outlines coloured by outcome at an IoU threshold (>= 0.5, so matches are unique):
+    predicted cells that match a true one (tp), predicted cells that do not (fp), and true
+    cells nobody found (fn, drawn on the truth's outline). Returns (H, W, 3) uint8 and the
+    counts."""
+    if iou < 0.5:
+        raise ValueError("outcome_overlay: iou must be >= 0.5 (matches are unique only then)")
+    truth, predicted = np.asarray(truth, np.int64), np.asarray(predicted, np.int64)
+    both = (truth > 0) & (predicted > 0)
+    pairs, inter = np.unique(np.stack([truth[both], predicted[both]]), axis=1,
+                             return_counts=True)
+    area_t = np.bincount(truth.ravel())
+    area_p = np.bincount(predicted.ravel())
+    overlap = inter / (area_t[pairs[0]] + area_p[pairs[1]] - inter) if inter.size else inter
+    hit = overlap >= iou
+    found = np.zeros(area_t.size, bool)
+    found[pairs[0][hit]] = True
+    matched = np.zeros(area_p.size, bool)
+    matched[pairs[1][hit]] = True
+    from cellsynth.io.images import to_uint8
+    from cellsynth.io.normalize import normalize
+
+    rgb = as_rgb8(to_uint8(normalize(image)))  # contrast stretched: dim stains stay visible
+    truth_edges = find_boundaries(truth, mode="thick") & (truth > 0)
+    predicted_edges = find_boundaries(predicted, mode="thick") & (predicted > 0)
+    rgb[truth_edges & ~found[truth]] = OUTCOME_COLORS["fn"]
+    rgb[predicted_edges & ~matched[predicted]] = OUTCOME_COLORS["fp"]
+    rgb[predicted_edges & matched[predicted]] = OUTCOME_COLORS["tp"]
+    ids_t, ids_p = np.unique(truth[truth > 0]), np.unique(predicted[predicted > 0])
+    tp = int(matched[ids_p].sum())
+    return rgb, {"tp": tp, "fp": int(ids_p.size - tp), "fn": int(ids_t.size - found[ids_t].sum())}

@@ -66,3 +66,20 @@ def test_split_tiles_covers_the_image_once():
     assert len(tiles) == 9
     assert sorted(np.concatenate([t.ravel() for t in tiles]).tolist()) == labels.ravel().tolist()
     assert split_tiles(labels, 1)[0] is not None and split_tiles(labels, 1)[0].shape == (35, 22)
+
+
+def test_outcome_overlay_colours_and_counts_agree_with_matching():
+    from cellsynth.viz import OUTCOME_COLORS, outcome_overlay
+
+    truth = np.zeros((40, 40), np.int32)
+    truth[2:10, 2:10], truth[20:30, 20:30], truth[2:8, 30:38] = 1, 2, 3
+    predicted = np.zeros((40, 40), np.int32)
+    predicted[2:10, 3:10], predicted[12:16, 12:16], predicted[21:30, 20:29] = 5, 6, 7
+    rgb, found = outcome_overlay(np.zeros((40, 40), np.uint8), truth, predicted)
+    assert found == {"tp": 2, "fp": 1, "fn": 1}
+    assert found["tp"] == matching(truth, predicted).tp[0]
+    assert (rgb[12, 12] == OUTCOME_COLORS["fp"]).all()    # the invented cell
+    assert (rgb[2, 34] == OUTCOME_COLORS["fn"]).all()     # the missed one, on its outline
+    assert (rgb[21, 25] == OUTCOME_COLORS["tp"]).all()
+    with pytest.raises(ValueError, match="iou must be >= 0.5"):
+        outcome_overlay(rgb, truth, predicted, iou=0.3)

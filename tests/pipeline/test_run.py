@@ -142,14 +142,20 @@ def test_killed_run_keeps_finished_stages(tmp_path, monkeypatch):
     assert (out / "pretrain" / "last.pt").exists()
 
 
-def test_demo_data_ships_with_scikit_image(tmp_path):
+def test_demo_data_ships_with_the_package(tmp_path):
     from cellsynth.io.datasets import load_dataset
     from cellsynth.pipeline.demo import demo_config, write_demo_data
 
-    folder = write_demo_data(tmp_path / "ihc")
-    dataset = load_dataset(folder)
-    assert len(dataset) == 9 and dataset[0].read_image().shape == (256, 256, 3)
-    assert demo_config(folder).real.unlabeled == str(folder)
+    folders = write_demo_data(tmp_path / "data")
+    annotated = load_dataset(folders["annotated"], require_labels=True)
+    heldout = load_dataset(folders["heldout"], require_labels=True)
+    assert len(annotated) == 2 and len(heldout) == 2
+    assert sum(int(s.read_labels().max()) for s in heldout) == 297
+    assert not {s.id for s in annotated} & {s.id for s in heldout}
+    pool = {s.id for s in load_dataset(folders["unlabeled"])}
+    assert {s.id for s in annotated} < pool and not pool & {s.id for s in heldout}
+    config = demo_config(folders)
+    assert config.test == str(folders["heldout"]) and config.unlabeled == str(folders["unlabeled"])
 
 
 def test_config_errors_before_any_work(tmp_path):

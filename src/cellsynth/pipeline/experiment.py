@@ -322,7 +322,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
     evaluated: dict[str, list[Matching]] = {}
     for (setting, seed), detector in detector_of.items():
         if detector not in evaluated:
-            name = detector.replace("detectors/", "evaluations/")
+            name = evaluation_of(detector)
 
             def run(folder: Path, resume: bool, detector: str = detector) -> dict[str, Any]:
                 units = _evaluate(out / detector, config.test, folder, config.tiles,
@@ -340,6 +340,11 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
         log(f"{name}: F1@0.5 {r['f1_50']['mean']:.3f} +- {r['f1_50']['std']:.3f}, "
             f"F1avg {r['f1_avg']['mean']:.3f} +- {r['f1_avg']['std']:.3f}")
     return results
+
+
+def evaluation_of(detector: str) -> str:
+    """The unit (and folder) that holds a detector's predictions of the test split."""
+    return detector.replace("detectors/", "evaluations/", 1)
 
 
 def _unit_record(m) -> dict[str, Any]:
@@ -365,6 +370,7 @@ def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, stat
         detectors = [state.data[detector_of[st.name, seed]]["summary"] for seed in config.seeds]
         settings[st.name] = {
             "data": st.data, "k": st.k, **summary,
+            "detectors": [detector_of[st.name, seed] for seed in config.seeds],
             "val_f1": [d.get("best_val_f1") for d in detectors],
             "score_thresh": [d.get("score_thresh") for d in detectors],
             "steps": [d.get("steps") for d in detectors]}
