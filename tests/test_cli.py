@@ -117,3 +117,16 @@ def test_demo_command_writes_its_data_and_report(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--out", str(tmp_path / "other"), "--quiet"]) == 2
     assert "not a cellsynth run" in capsys.readouterr().err
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_experiment_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):
+    from tests.conftest import make_dataset
+
+    make_dataset(tmp_path / "train", n=2)
+    make_dataset(tmp_path / "test", n=1)
+    config = tmp_path / "exp.yaml"
+    config.write_text("train: train\ntest: test\nsettings:\n  - {name: a, data: real, k: 5}\n")
+    assert main(["experiment", str(config), "--out", str(tmp_path / "exp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "setting a: k = 5 but" in err[0]
+    assert not (tmp_path / "exp").exists()

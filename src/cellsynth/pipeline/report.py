@@ -240,7 +240,7 @@ def _bar_chart(settings: dict[str, Any]) -> str:
     ax.set_xticks(x, names, fontsize=9)
     ax.set_ylim(0, 1)
     ax.set_ylabel("on the held-out images")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _figure(fig)
 
@@ -370,10 +370,12 @@ def write_experiment_report(out: str | os.PathLike) -> Path:
     best_is = _describe(settings[best]["data"], settings[best]["k"], n_train)
     readings = []
     for pair, c in results["comparisons"].items():
-        f1 = c["f1_50"]
+        f1, avg = c["f1_50"], c["f1_avg"]
         readings.append(f"<li><b>{html.escape(pair)}</b>: F1@0.5 {f1['diff']:+.3f} (95 % "
                         f"interval {f1['ci95'][0]:+.3f} to {f1['ci95'][1]:+.3f} over "
-                        f"{c['n_units']} held-out tiles): {_verdict(f1['ci95'])}.</li>")
+                        f"{c['n_units']} held-out tiles): {_verdict(f1['ci95'])}; outlines "
+                        f"(F1avg) {avg['diff']:+.3f} ({avg['ci95'][0]:+.3f} to "
+                        f"{avg['ci95'][1]:+.3f}): {_verdict(avg['ci95'])}.</li>")
     zero = [n for n in settings if settings[n]["k"] == 0]
     best_zero = max(zero, key=lambda n: settings[n]["f1_50"]["mean"]) if zero else None
     baseline = [n for n in settings if settings[n]["data"] == "real"][:1]
