@@ -2,6 +2,7 @@
 
 import argparse
 
+import numpy as np
 import pytest
 
 from cellsynth.cli import _build_parser, main
@@ -99,7 +100,20 @@ def test_demo_command_writes_its_data_and_report(tmp_path, capsys, monkeypatch):
                                            sample_every=1, checkpoint_every=1, log_every=1),
                        pretrain=detector, finetune=detector, supervised=detector)
 
+    write = demo.write_demo_data
+
+    def small_data(folder):  # the shipped images cut to 96 x 128: seconds, not minutes
+        from cellsynth.io.images import read_image, read_labels, write_image, write_labels
+
+        folders = write(folder)
+        for path in folder.rglob("*.png"):
+            write_image(path, read_image(path)[:96, :128])
+        for path in folder.rglob("*.tif"):
+            write_labels(path, read_labels(path)[:96, :128])
+        return folders
+
     monkeypatch.setattr(demo, "demo_config", tiny)
+    monkeypatch.setattr(demo, "write_demo_data", small_data)
     monkeypatch.setattr(demo, "REALISM", RealismOptions(n_crops=8, epochs=1, folds=2))
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
@@ -111,7 +125,9 @@ def test_demo_command_writes_its_data_and_report(tmp_path, capsys, monkeypatch):
     for section in ("Which differences are real?", "Where the detectors are right and wrong",
                     "How realistic are the synthetic images?", "Next steps"):
         assert section in page
-    assert "297 cells" in page  # the held-out images' annotations
+    heldout = load_dataset(out / "data" / "heldout")
+    n_cells = sum(len(np.unique(s.read_labels())) - 1 for s in heldout)
+    assert f"({n_cells} cells)" in page  # the held-out images' annotations
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert main(["demo", "--out", str(tmp_path / "other"), "--quiet"]) == 2
