@@ -131,7 +131,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              score_thresh=args.score_thresh, device=args.device,
                              force=args.force, precision=args.precision,
                              channel=args.channel, level=args.level,
-                             pixel_size_um=args.pixel_size, progress=not args.quiet)
+                             pixel_size_um=args.pixel_size, labels_as=args.labels,
+                             progress=not args.quiet)
     print(f"predicted {summary['n_instances']} cells in {summary['n_images']} images "
           f"({summary['megapixels_per_s']:.2f} MP/s) -> {args.out}")
     return 0
@@ -352,6 +353,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=_positive_float,
                    help="the images' pixel size in um (default: meta.json or the file's own "
                         "metadata); images are resampled to the model's")
+    p.add_argument("--labels", choices=("auto", "tiff", "ome-zarr"), default="auto",
+                   help="label format: ome-zarr (chunked, pyramid, pixel size: napari, QuPath, "
+                        "Fiji), tiff, or auto (OME-Zarr above 8192 x 8192 pixels)")
     _add_output_flags(p)
     p.set_defaults(func=_cmd_predict)
 

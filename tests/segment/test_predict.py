@@ -247,3 +247,53 @@ def test_predict_writes_a_detections_table(model, tmp_path):
         ys, xs = np.nonzero(labels == cell)
         assert float(row["centroid_y"]) == pytest.approx(ys.mean(), abs=0.01)
         assert (int(row["bbox_y0"]), int(row["bbox_x1"])) == (ys.min(), xs.max() + 1)
+
+
+def test_labels_as_ome_zarr_with_pixel_size_pyramid_and_exports(model, tmp_path, monkeypatch):
+    import json
+
+    from cellsynth.io.export import export
+    from cellsynth.io.ome_zarr import read_labels_zarr
+    from cellsynth.segment import predict
+    from cellsynth.segment.tiles import open_large_image
+
+    run, sim = model
+    path = sorted((sim / "images").iterdir())[0]
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "a.png", read_image(path))
+    (tmp_path / "in" / "meta.json").write_text(json.dumps({"pixel_size_um": 0.5}))
+    tiff = tmp_path / "tiff"
+    predict_folder(run, tmp_path / "in", tiff, score_thresh=0.5, precision="fp32",
+                   progress=False)
+    expected = read_labels(tiff / "labels" / "a.tif")
+    out = tmp_path / "zarr"
+    predict_folder(run, tmp_path / "in", out, score_thresh=0.5, precision="fp32",
+                   labels_as="ome-zarr", progress=False)
+    labels, pixel = read_labels_zarr(out / "labels" / "a.ome.zarr")
+    assert expected.max() >= 3 and np.array_equal(labels, expected) and pixel == 0.5
+    assert np.array_equal(np.asarray(open_large_image(out / "labels" / "a.ome.zarr")[:, :]),
+                          expected)  # our own lazy reader opens it too
+    # "auto" switches to OME-Zarr above the size limit (lowered here)
+    monkeypatch.setattr(predict, "ZARR_ABOVE_PIXELS", expected.size - 1)
+    predict_folder(run, tmp_path / "in", tmp_path / "auto", score_thresh=0.5, precision="fp32",
+                   progress=False)
+    assert (tmp_path / "auto" / "labels" / "a.ome.zarr").is_dir()
+    summary = export(out, "geojson", tmp_path / "geojson")
+    assert summary["n_instances"] == int(expected.max())
+    assert (tmp_path / "geojson" / "a.geojson").is_file()
+
+
+def test_ome_zarr_pyramid_halves_each_level(tmp_path):
+    from cellsynth.io.ome_zarr import read_labels_zarr, write_labels_zarr
+
+    labels = np.zeros((1000, 700), np.uint32)
+    labels[10:60, 10:90], labels[900:, 600:] = 3, 70000
+    path = write_labels_zarr(tmp_path / "x.ome.zarr", labels, pixel_size_um=0.25, chunk=256)
+    shapes, sizes = [], []
+    for level in range(3):
+        data, pixel = read_labels_zarr(path, level=level)
+        shapes.append(data.shape)
+        sizes.append(pixel)
+        assert set(np.unique(data)) == {0, 3, 70000}  # ids survive downsampling
+    assert shapes == [(1000, 700), (500, 350), (250, 175)] and sizes == [0.25, 0.5, 1.0]
+    assert not list(tmp_path.glob(".*tmp"))  # written beside and renamed into place

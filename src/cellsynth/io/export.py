@@ -27,6 +27,7 @@ from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import CELLPOSE_SUFFIX, load_dataset
 from cellsynth.io.files import staged_output_dir, write_json
 from cellsynth.io.images import IMAGE_SUFFIXES, read_labels, write_labels
+from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, is_ome_zarr, read_labels_zarr
 from cellsynth.pipeline import layout
 
 __all__ = ["FORMATS", "export", "label_polygons"]
@@ -65,10 +66,11 @@ def _sources(root: Path) -> list[tuple[str, Path | None, Path]]:
     if (root / "labels").is_dir() and not (root / "images").is_dir() \
             and (root / layout.META).is_file() and "predict" in (root / layout.META).read_text():
         files = sorted(p for p in (root / "labels").iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES)
+                       if p.suffix.lower() in IMAGE_SUFFIXES or is_ome_zarr(p))
         if not files:
             raise DatasetError(f"{root / 'labels'}: no label files")
-        return [(p.stem, None, p) for p in files]
+        return [(p.name[:-len(OME_ZARR_SUFFIX)] if is_ome_zarr(p) else p.stem, None, p)
+                for p in files]
     dataset = load_dataset(root, require_labels=True)
     return [(s.id, s.image_path, s.label_path) for s in dataset]
 
@@ -107,7 +109,8 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
         if to == "coco" and any(image is not None for _, image, _ in items):
             (staging / "images").mkdir()
         for k, (image_id, image_path, label_path) in enumerate(items, start=1):
-            labels = read_labels(label_path)
+            labels = (read_labels_zarr(label_path)[0] if is_ome_zarr(label_path)
+                      else read_labels(label_path))
             n_cells += int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
             if to == "cellpose":
                 shutil.copyfile(image_path, staging / f"{image_id}{image_path.suffix}")

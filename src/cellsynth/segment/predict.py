@@ -30,6 +30,7 @@ from cellsynth.io.images import (
     write_labels,
 )
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
+from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, write_labels_zarr
 from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
 from cellsynth.pipeline import layout
 from cellsynth.segment.tiles import (
@@ -47,6 +48,8 @@ __all__ = ["Detector", "checkpoint_path", "read_detector_checkpoint", "load_dete
 LAZY_PIXELS = 8192 * 8192
 _MULTIPLE = 32       # the U-Net backbones need sizes divisible by this
 _SCORE_FLOOR = 0.5   # proposals below this are never useful (thresholds are chosen above)
+
+ZARR_ABOVE_PIXELS = 8192 * 8192  # labels_as="auto": larger label images go to OME-Zarr
 
 
 @dataclass
@@ -254,10 +257,14 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                    *, tile: int | None = None, overlap: int = 96, batch: int = 4,
                    score_thresh: float | None = None, device: str = "cpu", force: bool = False,
                    precision: str = "auto", channel: int | None = None, level: int = 0,
-                   pixel_size_um: float | None = None,
+                   pixel_size_um: float | None = None, labels_as: str = "auto",
                    progress: bool = True) -> dict[str, Any]:
     """Predict every image of a folder; write ``labels/``, ``overlays/``, ``detections/``
     (one CSV per image: id, centroid, area, score, bounding box) and meta.json.
+
+    ``labels_as``: "tiff" (``labels/ID.tif``), "ome-zarr" (``labels/ID.ome.zarr``: chunked,
+    a multiscale pyramid, the pixel size; what napari, QuPath and Fiji open for whole
+    sections) or "auto" (OME-Zarr for images over 8192 x 8192 pixels, TIFF below).
 
     The images' pixel size is ``pixel_size_um``, else the dataset's meta.json, else what each
     file states (OME/ImageJ TIFF, OME-Zarr); where it and the model's differ, images are
@@ -267,6 +274,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
 
     if tile is not None and overlap >= tile:
         raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
+    if labels_as not in ("auto", "tiff", "ome-zarr"):
+        raise ConfigError(f"labels_as must be auto, tiff or ome-zarr, got {labels_as!r}")
     inputs = _inputs(Path(images))
     detector = load_detector(run, device=device, precision=precision)
     configure_threads()
@@ -294,7 +303,13 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     pixel_size_um=px, progress=bar, return_scores=True)
                 per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
                     px, detector.pixel_size_um)}
-                write_labels(root / layout.LABELS / f"{image_id}.tif", labels, pixel_size_um=px)
+                if labels_as == "ome-zarr" or (labels_as == "auto"
+                                               and labels.size > ZARR_ABOVE_PIXELS):
+                    write_labels_zarr(root / layout.LABELS / f"{image_id}{OME_ZARR_SUFFIX}",
+                                      labels, pixel_size_um=px)
+                else:
+                    write_labels(root / layout.LABELS / f"{image_id}.tif", labels,
+                                 pixel_size_um=px)
                 with atomic_path(root / layout.DETECTIONS / f"{image_id}.csv") as tmp:
                     tmp.write_text(detections_table(labels, id_scores, px))
                 if not lazy:
