@@ -297,3 +297,17 @@ def test_ome_zarr_pyramid_halves_each_level(tmp_path):
         assert set(np.unique(data)) == {0, 3, 70000}  # ids survive downsampling
     assert shapes == [(1000, 700), (500, 350), (250, 175)] and sizes == [0.25, 0.5, 1.0]
     assert not list(tmp_path.glob(".*tmp"))  # written beside and renamed into place
+
+
+def test_napari_widget_segments_an_image_layer(model):
+    from types import SimpleNamespace
+
+    from cellsynth.napari_plugin import predict_widget
+
+    run, sim = model
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    layer = SimpleNamespace(data=image, scale=(1.0, 1.0), name="nuclei")
+    labels, kwargs, kind = predict_widget(layer, run, score_thresh=0.5)
+    assert kind == "labels" and kwargs["name"] == "nuclei cells"
+    expected = predict_image(load_detector(run), image, score_thresh=0.5)
+    assert labels.max() >= 3 and np.array_equal(labels, expected)

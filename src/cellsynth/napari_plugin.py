@@ -1,0 +1,133 @@
+"""napari plugin (npe2; manifest ``cellsynth/napari.yaml``): open our folders, save labels,
+segment the current image with a trained detector.
+
+- Reader: a dataset folder (``images/`` + ``labels/``, or Cellpose/StarDist folders) opens as
+  Image layers with their Labels layers; a ``cellsynth predict`` output or an OME-Zarr label
+  group (``*.ome.zarr``) opens as Labels layers, multiscale where it is a pyramid. Layers get
+  the pixel size as their scale (um) when it is known, so images and labels line up.
+- Writer: a Labels layer saved as ``.tif`` is a cellsynth label TIFF (uint16/uint32, with the
+  layer's scale as pixel size).
+- Widget: "Segment cells (cellsynth)" runs a trained detector (a ``cellsynth train`` run
+  folder) on the chosen Image layer and adds the cells as a Labels layer.
+
+Nothing here imports napari: the functions take and return plain data (napari's LayerData
+tuples), so they work, and are tested, without it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["get_reader", "read_layers", "write_labels_layer", "predict_widget"]
+
+_MAX_IMAGES = 64  # a dataset folder opens at most this many samples
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
+    """napari reader hook: a function for paths we understand, else None (napari asks the
+    next plugin)."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    return read_layers if paths and all(_kind(Path(p)) for p in paths) else None
+
+
+def _kind(path: Path) -> str | None:
+    from cellsynth.io.ome_zarr import is_ome_zarr
+    from cellsynth.pipeline import layout
+
+    if is_ome_zarr(path):
+        return "ome-zarr"
+    if not path.is_dir():
+        return None
+    if (path / layout.LABELS).is_dir() and (path / layout.META).is_file() \
+            and not (path / "images").is_dir():
+        return "predictions"
+    if (path / "images").is_dir():
+        return "dataset"
+    return None
+
+
+def _scale(pixel_size_um: float | None) -> dict[str, Any]:
+    return {"scale": (pixel_size_um, pixel_size_um)} if pixel_size_um else {}
+
+
+def _zarr_labels(path: Path, name: str) -> tuple:
+    """A Labels layer of an OME-Zarr label group: every pyramid level, lazily."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    multiscale = root.attrs["multiscales"][0]
+    levels = [root[d["path"]] for d in multiscale["datasets"]]
+    in_um = any(a.get("unit") == "micrometer" for a in multiscale.get("axes", []))
+    base = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"][-1]
+    data = levels if len(levels) > 1 else levels[0]
+    return (data, {"name": name, "multiscale": len(levels) > 1,
+                   **_scale(float(base) if in_um else None)}, "labels")
+
+
+def read_layers(path: str | list[str]) -> list[tuple]:
+    """LayerData tuples (data, kwargs, layer type) for every path."""
+    from cellsynth.io.datasets import load_dataset
+    from cellsynth.io.images import read_labels
+    from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, is_ome_zarr
+    from cellsynth.pipeline import layout
+
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    layers: list[tuple] = []
+    for p in map(Path, paths):
+        kind = _kind(p)
+        if kind == "ome-zarr":
+            layers.append(_zarr_labels(p, p.name[:-len(OME_ZARR_SUFFIX)]))
+        elif kind == "predictions":
+            import json
+
+            pixel = json.loads((p / layout.META).read_text()).get("pixel_size_um")
+            for file in sorted((p / layout.LABELS).iterdir()):
+                if is_ome_zarr(file):
+                    layers.append(_zarr_labels(file, file.name[:-len(OME_ZARR_SUFFIX)]))
+                elif file.suffix.lower() in (".tif", ".tiff", ".png"):
+                    layers.append((read_labels(file), {"name": file.stem, **_scale(pixel)},
+                                   "labels"))
+        elif kind == "dataset":
+            dataset = load_dataset(p)
+            scale = _scale(dataset.pixel_size_um)
+            for sample in list(dataset)[:_MAX_IMAGES]:
+                image = sample.read_image()
+                rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+                layers.append((image, {"name": sample.id, "rgb": rgb, **scale}, "image"))
+                if sample.label_path is not None:
+                    layers.append((sample.read_labels(), {"name": f"{sample.id} labels",
+                                                          **scale}, "labels"))
+    return layers
+
+
+def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """napari writer hook for one Labels layer: a label TIFF with the layer's pixel size."""
+    from cellsynth.io.images import write_labels
+
+    labels = np.asarray(data[0] if isinstance(data, list) else data)  # level 0 of a pyramid
+    scale = meta.get("scale")
+    pixel = float(scale[-1]) if scale is not None and float(scale[-1]) != 1.0 else None
+    write_labels(Path(path), labels, pixel_size_um=pixel)
+    return [str(path)]
+
+
+def predict_widget(image: "napari.layers.Image", model: Path,  # noqa: F821, UP037
+                   score_thresh: float = 0.0, tile: int = 512,
+                   ) -> "napari.types.LayerDataTuple":  # noqa: F821, UP037
+    """Segment the cells of an Image layer with a trained detector (a `cellsynth train`
+    run folder or checkpoint); score_thresh 0 uses the one the detector validated."""
+    from cellsynth.segment.predict import load_detector, predict_image
+
+    detector = load_detector(model)
+    data = np.asarray(image.data)
+    scale = getattr(image, "scale", None)
+    pixel = float(scale[-1]) if scale is not None and float(scale[-1]) != 1.0 else None
+    labels = predict_image(detector, data, tile=tile, score_thresh=score_thresh or None,
+                           pixel_size_um=pixel, where=getattr(image, "name", "layer"))
+    return (labels, {"name": f"{getattr(image, 'name', 'image')} cells",
+                     **({"scale": tuple(scale)[-2:]} if scale is not None else {})}, "labels")

@@ -1,0 +1,76 @@
+"""The napari plugin's manifest, reader and writer (napari itself is not needed)."""
+
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import cellsynth
+from cellsynth import napari_plugin
+from cellsynth.io.images import read_labels
+from cellsynth.io.ome_zarr import write_labels_zarr
+from tests.conftest import make_dataset
+
+MANIFEST = Path(cellsynth.__file__).parent / "napari.yaml"
+
+
+def test_manifest_commands_resolve_and_are_registered():
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    commands = {c["id"]: c["python_name"] for c in manifest["contributions"]["commands"]}
+    for python_name in commands.values():
+        module, _, name = python_name.partition(":")
+        assert callable(getattr(importlib.import_module(module), name))
+    used = [c["command"] for kind in ("readers", "writers", "widgets")
+            for c in manifest["contributions"][kind]]
+    assert sorted(used) == sorted(commands)
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert 'cellsynth = "cellsynth:napari.yaml"' in pyproject
+    npe2 = pytest.importorskip("npe2")  # full schema check where npe2 is installed
+    npe2.PluginManifest.from_file(MANIFEST)
+
+
+def test_reader_opens_a_dataset_with_pixel_size(tmp_path):
+    root = make_dataset(tmp_path / "ds", n=2, size=32)
+    (root / "meta.json").write_text(json.dumps({"pixel_size_um": 0.5}))
+    reader = napari_plugin.get_reader(str(root))
+    assert reader is not None
+    layers = reader(str(root))
+    assert [(kw["name"], kind) for _, kw, kind in layers] == [
+        ("img0", "image"), ("img0 labels", "labels"), ("img1", "image"),
+        ("img1 labels", "labels")]
+    assert all(kw["scale"] == (0.5, 0.5) for _, kw, _ in layers)
+    assert layers[1][0].max() == 5 and layers[0][1]["rgb"] is False
+    assert napari_plugin.get_reader(str(tmp_path / "nothing.txt")) is None
+
+
+def test_reader_opens_ome_zarr_pyramids_and_predictions(tmp_path):
+    labels = np.zeros((1200, 900), np.uint32)
+    labels[5:50, 5:40] = 9
+    predictions = tmp_path / "pred"
+    (predictions / "labels").mkdir(parents=True)
+    (predictions / "meta.json").write_text(json.dumps({"stage": "predict",
+                                                      "pixel_size_um": 0.25}))
+    write_labels_zarr(predictions / "labels" / "big.ome.zarr", labels, pixel_size_um=0.25,
+                      chunk=512)
+    layers = napari_plugin.get_reader(str(predictions))(str(predictions))
+    (data, kwargs, kind), = layers
+    assert kind == "labels" and kwargs["multiscale"] and kwargs["scale"] == (0.25, 0.25)
+    assert [level.shape for level in data] == [(1200, 900), (600, 450), (300, 225)]
+    assert np.asarray(data[0][5:7, 5:7]).tolist() == [[9, 9], [9, 9]]
+    single = napari_plugin.read_layers(str(predictions / "labels" / "big.ome.zarr"))
+    assert single[0][1]["name"] == "big"
+
+
+def test_writer_saves_labels_with_the_layer_scale(tmp_path):
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:9, 3:12] = 4
+    written = napari_plugin.write_labels_layer(str(tmp_path / "x.tif"), labels,
+                                               {"scale": (0.5, 0.5)})
+    assert written == [str(tmp_path / "x.tif")]
+    assert np.array_equal(read_labels(tmp_path / "x.tif"), labels)
+    from cellsynth.io.resample import read_pixel_size
+
+    assert read_pixel_size(tmp_path / "x.tif") == pytest.approx(0.5)
