@@ -9,6 +9,7 @@ old folder or the new one, never a mix.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -107,7 +108,9 @@ def staged_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterato
     """
     out = Path(out)
     _check_writable(out, force)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or "."))
+    _remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp",
+                                    dir=out.parent or "."))
     _public(staging, folder=True)
     try:
         yield staging
@@ -119,7 +122,8 @@ def staged_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterato
                                     f"left it as it is and saved this output as {kept}")
         old = None
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old.tmp", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".old.tmp",
+                                        dir=out.parent))
             os.replace(out, old / "x")
         try:
             os.replace(staging, out)
@@ -132,6 +136,21 @@ def staged_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterato
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Delete the staging folders that killed processes (kill -9, power loss) left beside
+    ``out``: their names carry the writer's process id, and that process is gone."""
+    for folder in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        pid = folder.name[len(out.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def _replaced(out: Path) -> Path:

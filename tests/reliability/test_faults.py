@@ -1,0 +1,114 @@
+"""Faults from outside: kill -9 in the middle of a command, and a disk that fills up.
+
+A killed command must leave nothing that blocks or corrupts the next run (train resumes
+exactly; simulate starts again and its stale staging folder is cleaned away), and a full
+disk must be one line naming the file, with nothing half-written left behind.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cellsynth.simulate import preset, write_simulation
+
+# the suite's thread count (tests/conftest.py): a subprocess computes what the test computes
+ENV = {**os.environ, "CELLSYNTH_THREADS": os.environ.get("CELLSYNTH_THREADS", "1")}
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cellsynth", *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the command never got far enough"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cellsynth", *args], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in map(json.loads, (run / "log.jsonl").read_text()
+                                              .splitlines()) if "loss" in e}
+
+
+def test_train_killed_with_sigkill_resumes_exactly(tmp_path):
+    # every run in a fresh process: torch's arithmetic differs slightly between a process
+    # that has run other tests and a new one, and exactness is what is tested here
+    sim = tmp_path / "sim"
+    write_simulation(preset("fluo"), n=3, size=64, seed=0, out=sim, progress=False)
+    config = tmp_path / "train.yaml"
+    config.write_text("steps: 6\ncrop: 64\nbatch: 1\nsamples: 32\norder: 4\n"
+                      "refinement_iterations: 1\ncheckpoint_every: 1\nprecision: fp32\n")
+    args = ["train", "--data", str(sim), "--config", str(config), "--quiet"]
+    killed = tmp_path / "killed"
+    process = _start(args + ["--out", str(killed)])
+    reference = _start(args + ["--out", str(tmp_path / "full")])  # meanwhile, uninterrupted
+    _kill_when(process, lambda: (killed / "log.jsonl").exists()
+               and len(_losses(killed)) >= 3)
+    result = _run(args + ["--out", str(killed), "--resume"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert reference.wait(timeout=300) == 0, reference.communicate()[1][-2000:]
+    full, resumed = _losses(tmp_path / "full"), _losses(killed)
+    assert sorted(resumed) == list(range(1, 7))
+    for step in range(1, 7):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-5)
+
+
+def test_simulate_killed_with_sigkill_starts_again_and_cleans_up(tmp_path):
+    args = ["simulate", "--preset", "nissl", "--n", "40", "--size", "192", "--workers", "2",
+            "--seed", "3", "--quiet"]
+    assert _run(args + ["--out", str(tmp_path / "reference")]).returncode == 0
+    out = tmp_path / "sim"
+    process = _start(args + ["--out", str(out)])
+
+    def some_images_written() -> bool:
+        staged = list(tmp_path.glob(".sim.*.tmp/images/*.png"))
+        return len(staged) >= 5
+
+    _kill_when(process, some_images_written)
+    assert list(tmp_path.glob(".sim.*.tmp")) and not out.exists()  # what the kill left
+    result = _run(args + ["--out", str(out)])  # no --force needed: nothing was published
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not list(tmp_path.glob(".sim.*.tmp"))  # the dead run's staging is gone
+    reference = tmp_path / "reference"
+    for file in sorted((reference / "images").iterdir()):
+        assert (out / "images" / file.name).read_bytes() == file.read_bytes()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root and mount rights; skipped elsewhere)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(small_disk, tmp_path):
+    out = small_disk / "sim"
+    result = _run(["simulate", "--preset", "nissl", "--n", "30", "--size", "256", "--out",
+                   str(out), "--quiet"])
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0]
+    assert lines[0].startswith("cellsynth simulate: error: ") and "Traceback" not in result.stderr
+    assert not out.exists() and not list(small_disk.glob(".sim.*"))
