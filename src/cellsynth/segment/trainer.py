@@ -323,6 +323,10 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                         if result["f1_50"] > best_f1:
                             best_f1, score_thresh = result["f1_50"], result["score_thresh"]
                             checkpoint(out / layout.BEST, collective=False)
+                        logger.info("%s step %d/%d: validation F1@0.5 %.3f, F1avg %.3f "
+                                    "(threshold %.2f; best %.3f)", out.name, step,
+                                    config.steps, result["f1_50"], result["f1_avg"],
+                                    result["score_thresh"], best_f1)
                     if world > 1:  # share rank 0's choice so every rank saves the same state
                         shared = [best_f1, score_thresh]
                         torch.distributed.broadcast_object_list(shared, src=0)
