@@ -58,6 +58,17 @@ def world(tmp_path_factory) -> dict[str, Path]:
     image = np.zeros((64, 64), np.float32)
     image[3, 3] = np.nan
     tifffile.imwrite(nan / "images" / "a.tif", image)
+    negative = root / "negative_labels"
+    (negative / "images").mkdir(parents=True)
+    (negative / "labels").mkdir()
+    write_image(negative / "images" / "a.png", good)
+    tifffile.imwrite(negative / "labels" / "a.tif", np.full((64, 64), -1, np.int16))
+    orphan = root / "orphan"
+    (orphan / "images").mkdir(parents=True)
+    (orphan / "labels").mkdir()
+    write_image(orphan / "images" / "a.png", good)
+    write_labels(orphan / "labels" / "a.tif", np.zeros((64, 64), np.uint16))
+    write_labels(orphan / "labels" / "b.tif", np.zeros((64, 64), np.uint16))
     (root / "empty_dir").mkdir()
     (root / "not_yaml.yaml").write_text("steps: [1, 2\n")
     (root / "empty.yaml").write_text("# to be filled in\n")
@@ -133,6 +144,14 @@ CASES = [
     ("evaluate --pred {sim} --gt {sim} --json {existing}", "is a folder"),
     ("simulate --preset fluo --n 1 --size 100000 --out {existing} --force", "GiB"),
     ("run {root}/missing.yaml --out {existing}", "missing.yaml"),
+    ("inspect {root}/negative_labels", "negative"),
+    ("inspect {root}/orphan", "without an image"),
+    ("train --data {existing} --out {existing} --force --steps 1", "is (or holds) the input"),
+    ("experiment {root}/not_yaml.yaml --out {existing}", "invalid YAML"),
+    ("experiment {root}/empty.yaml --out {existing}", "empty experiment config"),
+    ("export {root}/mismatch --to coco --out {existing} --force", "does not match"),
+    ("predict --model {run} --images {sim} --out {existing} --force --labels zarr",
+     "invalid choice"),
 ]
 
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from cellsynth.errors import DatasetError
+from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.datasets import CELLPOSE_SUFFIX, load_dataset
 from cellsynth.io.files import staged_output_dir, write_json
-from cellsynth.io.images import IMAGE_SUFFIXES, read_labels, write_labels
+from cellsynth.io.images import IMAGE_SUFFIXES, read_image, read_labels, write_labels
 from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, is_ome_zarr, read_labels_zarr
 from cellsynth.pipeline import layout
 
@@ -111,6 +111,12 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
         for k, (image_id, image_path, label_path) in enumerate(items, start=1):
             labels = (read_labels_zarr(label_path)[0] if is_ome_zarr(label_path)
                       else read_labels(label_path))
+            if image_path is not None:
+                shape = read_image(image_path).shape[:2]
+                if shape != labels.shape:
+                    raise ImageReadError(
+                        f"{label_path}: label size {labels.shape[0]}x{labels.shape[1]} does "
+                        f"not match image {image_path.name} size {shape[0]}x{shape[1]}")
             n_cells += int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
             if to == "cellpose":
                 shutil.copyfile(image_path, staging / f"{image_id}{image_path.suffix}")
