@@ -112,3 +112,49 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(small_disk, tmp_path)
     assert len(lines) == 1 and "No space left on device" in lines[0]
     assert lines[0].startswith("cellsynth simulate: error: ") and "Traceback" not in result.stderr
     assert not out.exists() and not list(small_disk.glob(".sim.*"))
+
+
+def _refiner_losses(run: Path) -> dict[int, dict]:
+    return {e["step"]: {k: v for k, v in e.items() if k not in ("step", "seconds")}
+            for e in map(json.loads, (run / "log.jsonl").read_text().splitlines())}
+
+
+def test_fit_refiner_and_generate_killed_with_sigkill(tmp_path):
+    """fit-refiner resumes exactly; generate, killed, leaves nothing and a plain rerun writes
+    what an uninterrupted one writes."""
+    sim = tmp_path / "sim"
+    write_simulation(preset("fluo"), n=6, size=64, seed=0, out=sim, progress=False)
+    config = tmp_path / "refine.yaml"
+    config.write_text("steps: 8\ncrop: 32\nbatch: 2\nwidth: 8\nblocks: 1\nspade_hidden: 8\n"
+                      "d_width: 8\nd_layers: 2\nd_scales: 1\nsample_every: 100\n"
+                      "checkpoint_every: 2\nlog_every: 1\nprecision: fp32\n")
+    args = ["fit-refiner", "--sim", str(sim), "--real", str(sim), "--config", str(config),
+            "--quiet"]
+    killed = tmp_path / "killed"
+    process = _start(args + ["--out", str(killed)])
+    reference = _start(args + ["--out", str(tmp_path / "full")])
+    _kill_when(process, lambda: (killed / "log.jsonl").exists()
+               and len((killed / "log.jsonl").read_text().splitlines()) >= 3)
+    result = _run(args + ["--out", str(killed), "--resume"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert reference.wait(timeout=300) == 0, reference.communicate()[1][-2000:]
+    full, resumed = _refiner_losses(tmp_path / "full"), _refiner_losses(killed)
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
+
+    many = tmp_path / "many"
+    write_simulation(preset("fluo"), n=60, size=64, seed=1, out=many, progress=False)
+    gen = ["generate", "--refiner", str(killed), "--sim", str(many), "--batch", "1",
+           "--precision", "fp32", "--quiet"]
+    out = tmp_path / "refined"
+    process = _start(gen + ["--out", str(out)])
+    reference = _start(gen + ["--out", str(tmp_path / "refined_full")])
+    _kill_when(process, lambda: len(list(tmp_path.glob(".refined.*.tmp/images/*.png"))) >= 3)
+    assert not out.exists()
+    result = _run(gen + ["--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert reference.wait(timeout=300) == 0
+    assert not list(tmp_path.glob(".refined.*.tmp"))
+    for file in sorted((tmp_path / "refined_full" / "images").iterdir()):
+        assert (out / "images" / file.name).read_bytes() == file.read_bytes()
