@@ -158,3 +158,38 @@ def test_fit_refiner_and_generate_killed_with_sigkill(tmp_path):
     assert not list(tmp_path.glob(".refined.*.tmp"))
     for file in sorted((tmp_path / "refined_full" / "images").iterdir()):
         assert (out / "images" / file.name).read_bytes() == file.read_bytes()
+
+
+def test_run_killed_with_sigkill_skips_what_is_done_and_resumes_the_rest(tmp_path):
+    from tests.conftest import make_dataset
+
+    real = make_dataset(tmp_path / "real", n=2, size=64, labels=False)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""seed: 0
+simulate: {{preset: fluo, n: 4, size: 64, workers: 1}}
+real: {{unlabeled: {real}}}
+refine: {{steps: 2, crop: 32, batch: 2, width: 8, blocks: 1, spade_hidden: 8, d_width: 8,
+          d_layers: 2, d_scales: 1, sample_every: 2, checkpoint_every: 1, log_every: 1,
+          precision: fp32}}
+pretrain: {{steps: 8, crop: 64, batch: 1, samples: 32, order: 4, refinement_iterations: 1,
+            checkpoint_every: 1, precision: fp32}}
+predict: {{tile: 64, overlap: 16}}
+realism: {{enabled: false}}
+""")
+    out = tmp_path / "run"
+    process = _start(["run", str(config), "--out", str(out), "--quiet"])
+    reference = _start(["run", str(config), "--out", str(tmp_path / "full"), "--quiet"])
+    log = out / "pretrain" / "log.jsonl"
+    _kill_when(process, lambda: log.exists() and len(_losses(out / "pretrain")) >= 3)
+    result = _run(["run", str(config), "--out", str(out), "--quiet"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = result.stdout.splitlines()
+    assert said[:4] == [f"[{s}] up to date, skipped"
+                        for s in ("simulate", "refiner", "refined")] + ["[pretrain] resuming"]
+    assert reference.wait(timeout=300) == 0
+    full, resumed = _losses(tmp_path / "full" / "pretrain"), _losses(out / "pretrain")
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-5)
+    assert (out / "report.html").is_file() and len(list((out / "predict" / "labels")
+                                                        .glob("*.tif"))) == 2
