@@ -144,3 +144,34 @@ def test_config_rejects_unknown_and_bad_values(tmp_path):
     with pytest.raises(ConfigError, match="saturation_margin"):
         refine_config(None, {"saturation_margin": 0.5})
     assert refine_config(None, {"crop": 64, "seed": None}).crop == 64
+
+
+def test_ctrl_c_checkpoints_the_step_it_finished_and_resume_is_exact(tiny, sim_dir, real_dir,
+                                                                       tmp_path, monkeypatch):
+    import importlib
+    import signal
+
+    fit_module = importlib.import_module("cellsynth.refine.fit")  # the package's `fit` is the
+    # function of that name
+    tiny = RefineConfig(**{**tiny.__dict__, "steps": 5, "checkpoint_every": 50})
+    fit(tiny, sim_dir, real_dir, tmp_path / "straight", progress=False)
+    calls = {"n": 0}
+    real_step = fit_module.train_step
+
+    def interrupted_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)  # arrives mid-step: the step still finishes
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny, sim_dir, real_dir, tmp_path / "stopped", progress=False)
+    monkeypatch.setattr(fit_module, "train_step", real_step)
+    assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["step"] == 3
+    fit(tiny, sim_dir, real_dir, tmp_path / "stopped", resume=True, progress=False)
+    straight, resumed = _log(tmp_path / "straight"), _log(tmp_path / "stopped")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
+    for a, b in zip(straight, resumed):
+        for key in ("d", "g_adv", "self_reg", "g"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["step"], key)
