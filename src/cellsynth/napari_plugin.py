@@ -36,19 +36,23 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
 
 
 def _kind(path: Path) -> str | None:
+    from cellsynth.io.export import is_prediction_folder
     from cellsynth.io.ome_zarr import is_ome_zarr
-    from cellsynth.pipeline import layout
 
     if is_ome_zarr(path):
         return "ome-zarr"
     if not path.is_dir():
         return None
-    if (path / layout.LABELS).is_dir() and (path / layout.META).is_file() \
-            and not (path / "images").is_dir():
+    if is_prediction_folder(path):
         return "predictions"
     if (path / "images").is_dir():
         return "dataset"
     return None
+
+
+def _pixel_size(scale: Any) -> float | None:
+    """A layer's pixel size from its scale; napari's default scale 1 means "unknown"."""
+    return float(scale[-1]) if scale is not None and float(scale[-1]) != 1.0 else None
 
 
 def _scale(pixel_size_um: float | None) -> dict[str, Any]:
@@ -72,6 +76,7 @@ def _zarr_labels(path: Path, name: str) -> tuple:
 def read_layers(path: str | list[str]) -> list[tuple]:
     """LayerData tuples (data, kwargs, layer type) for every path."""
     from cellsynth.io.datasets import load_dataset
+    from cellsynth.io.export import prediction_labels
     from cellsynth.io.images import read_labels
     from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, is_ome_zarr
     from cellsynth.pipeline import layout
@@ -86,12 +91,10 @@ def read_layers(path: str | list[str]) -> list[tuple]:
             import json
 
             pixel = json.loads((p / layout.META).read_text()).get("pixel_size_um")
-            for file in sorted((p / layout.LABELS).iterdir()):
-                if is_ome_zarr(file):
-                    layers.append(_zarr_labels(file, file.name[:-len(OME_ZARR_SUFFIX)]))
-                elif file.suffix.lower() in (".tif", ".tiff", ".png"):
-                    layers.append((read_labels(file), {"name": file.stem, **_scale(pixel)},
-                                   "labels"))
+            for image_id, file in prediction_labels(p):
+                layers.append(_zarr_labels(file, image_id) if is_ome_zarr(file) else
+                              (read_labels(file), {"name": image_id, **_scale(pixel)},
+                               "labels"))
         elif kind == "dataset":
             dataset = load_dataset(p)
             scale = _scale(dataset.pixel_size_um)
@@ -110,9 +113,7 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     from cellsynth.io.images import write_labels
 
     labels = np.asarray(data[0] if isinstance(data, list) else data)  # level 0 of a pyramid
-    scale = meta.get("scale")
-    pixel = float(scale[-1]) if scale is not None and float(scale[-1]) != 1.0 else None
-    write_labels(Path(path), labels, pixel_size_um=pixel)
+    write_labels(Path(path), labels, pixel_size_um=_pixel_size(meta.get("scale")))
     return [str(path)]
 
 
@@ -126,8 +127,7 @@ def predict_widget(image: "napari.layers.Image", model: Path,  # noqa: F821, UP0
     detector = load_detector(model)
     data = np.asarray(image.data)
     scale = getattr(image, "scale", None)
-    pixel = float(scale[-1]) if scale is not None and float(scale[-1]) != 1.0 else None
     labels = predict_image(detector, data, tile=tile, score_thresh=score_thresh or None,
-                           pixel_size_um=pixel, where=getattr(image, "name", "layer"))
+                           pixel_size_um=_pixel_size(scale), where=getattr(image, "name", "layer"))
     return (labels, {"name": f"{getattr(image, 'name', 'image')} cells",
                      **({"scale": tuple(scale)[-2:]} if scale is not None else {})}, "labels")

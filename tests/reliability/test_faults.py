@@ -46,6 +46,14 @@ def _losses(run: Path) -> dict[int, float]:
                                               .splitlines()) if "loss" in e}
 
 
+def _assert_resumed_like_full(full: Path, resumed: Path, *, steps: int) -> None:
+    """Every step logged once, each loss as the uninterrupted run's."""
+    expected, found = _losses(full), _losses(resumed)
+    assert sorted(found) == list(range(1, steps + 1))
+    for step in found:
+        assert found[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-5), step
+
+
 def test_train_killed_with_sigkill_resumes_exactly(tmp_path):
     # every run in a fresh process: torch's arithmetic differs slightly between a process
     # that has run other tests and a new one, and exactness is what is tested here
@@ -63,10 +71,7 @@ def test_train_killed_with_sigkill_resumes_exactly(tmp_path):
     result = _run(args + ["--out", str(killed), "--resume"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert reference.wait(timeout=300) == 0, reference.communicate()[1][-2000:]
-    full, resumed = _losses(tmp_path / "full"), _losses(killed)
-    assert sorted(resumed) == list(range(1, 7))
-    for step in range(1, 7):
-        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-5)
+    _assert_resumed_like_full(tmp_path / "full", killed, steps=6)
 
 
 def test_simulate_killed_with_sigkill_starts_again_and_cleans_up(tmp_path):
@@ -187,9 +192,6 @@ realism: {{enabled: false}}
     assert said[:4] == [f"[{s}] up to date, skipped"
                         for s in ("simulate", "refiner", "refined")] + ["[pretrain] resuming"]
     assert reference.wait(timeout=300) == 0
-    full, resumed = _losses(tmp_path / "full" / "pretrain"), _losses(out / "pretrain")
-    assert sorted(resumed) == list(range(1, 9))
-    for step in range(1, 9):
-        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-5)
+    _assert_resumed_like_full(tmp_path / "full" / "pretrain", out / "pretrain", steps=8)
     assert (out / "report.html").is_file() and len(list((out / "predict" / "labels")
                                                         .glob("*.tif"))) == 2

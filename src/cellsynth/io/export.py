@@ -61,16 +61,25 @@ def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
     return polygons
 
 
+def is_prediction_folder(root: Path) -> bool:
+    """A ``cellsynth predict`` output: labels/ and a meta.json saying so, no images/."""
+    return ((root / layout.LABELS).is_dir() and not (root / "images").is_dir()
+            and (root / layout.META).is_file() and "predict" in (root / layout.META).read_text())
+
+
+def prediction_labels(root: Path) -> list[tuple[str, Path]]:
+    """(id, label file or OME-Zarr group) of every image of a prediction folder."""
+    files = sorted(p for p in (root / layout.LABELS).iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES or is_ome_zarr(p))
+    if not files:
+        raise DatasetError(f"{root / layout.LABELS}: no label files")
+    return [(p.name[:-len(OME_ZARR_SUFFIX)] if is_ome_zarr(p) else p.stem, p) for p in files]
+
+
 def _sources(root: Path) -> list[tuple[str, Path | None, Path]]:
     """(id, image or None, labels) of a dataset folder or a prediction folder."""
-    if (root / "labels").is_dir() and not (root / "images").is_dir() \
-            and (root / layout.META).is_file() and "predict" in (root / layout.META).read_text():
-        files = sorted(p for p in (root / "labels").iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES or is_ome_zarr(p))
-        if not files:
-            raise DatasetError(f"{root / 'labels'}: no label files")
-        return [(p.name[:-len(OME_ZARR_SUFFIX)] if is_ome_zarr(p) else p.stem, None, p)
-                for p in files]
+    if is_prediction_folder(root):
+        return [(image_id, None, path) for image_id, path in prediction_labels(root)]
     dataset = load_dataset(root, require_labels=True)
     return [(s.id, s.image_path, s.label_path) for s in dataset]
 

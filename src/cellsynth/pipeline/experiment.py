@@ -210,16 +210,17 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
         return add(_Unit(name, tuple(data) + (val,) + ((init,) if init else ()),
                          to_dict(train_config), run))
 
+    kinds = {st.data for st in config.settings if st.data in _SYNTHETIC}
+    real = config.unlabeled or config.train  # the refiner's images, hashed once for all seeds
+    real_contents = content_fingerprint(real) if "refined" in kinds else None
     for seed in config.seeds:
         synthetic = {}
-        kinds = {st.data for st in config.settings if st.data in _SYNTHETIC}
         if kinds:
             synthetic["simulated"] = (simulation(f"sim/s{seed}", s.n, seed),
                                       simulation(f"sim_val/s{seed}", config.n_val,
                                                  seed + 10_000))
         if "refined" in kinds:
             sim, sim_val = synthetic["simulated"]
-            real = config.unlabeled or config.train
             refine_config = replace(config.refine, seed=seed)
 
             def fit(folder: Path, resume: bool, sim: str = sim, cfg=refine_config,
@@ -230,7 +231,7 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                                      max_minutes=config.refine_minutes, progress=False)
                 return {"step": summary["step"], "steps_per_s": summary["steps_per_s"]}
             refiner = add(_Unit(f"refiner/s{seed}", (sim,),
-                                [to_dict(refine_config), content_fingerprint(real),
+                                [to_dict(refine_config), real_contents,
                                  config.refine_minutes], fit))
 
             def generate(source: str, seed: int = seed, refiner: str = refiner):

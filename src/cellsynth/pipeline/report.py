@@ -193,9 +193,14 @@ def write_report(run: str | os.PathLike) -> Path:
             "<h2>Samples</h2>" + _samples(run), _refiner(run), _realism(run), _training(run),
             _predictions(run), _metrics(run),
             f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>"]
+    return _write_page(run, body)
+
+
+def _write_page(folder: Path, body: list[str]) -> Path:
+    """``folder/report.html``: one self-contained page of the given sections, atomically."""
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>cellsynth report"
             f"</title><style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
-    path = run / layout.REPORT
+    path = folder / layout.REPORT
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path
@@ -260,19 +265,21 @@ def _evaluated(out: Path, detector: str, test: str) -> list[tuple[str, np.ndarra
     return found
 
 
-def _outcomes(out: Path, results: dict[str, Any], names: list[str]) -> tuple[str, str]:
-    """Overlays coloured by outcome for ``names`` (seed 0) and a per-image count table."""
+def _outcomes(out: Path, results: dict[str, Any], names: list[str]) -> tuple[str, str, int]:
+    """Overlays coloured by outcome for ``names`` (seed 0), a per-image count table and the
+    number of annotated cells in the test images."""
     from cellsynth.viz import OUTCOME_COLORS, outcome_overlay
 
     def swatch(key: str) -> str:
         return (f'<span style="color:rgb{OUTCOME_COLORS[key]};font-weight:bold">&#9632;</span>')
 
-    pictures, rows = [], []
+    pictures, rows, n_cells = [], [], {}
     for name in names:
         setting = results["settings"][name]
         for image_id, image, truth, predicted in _evaluated(out, setting["detectors"][0],
                                                             results["test"]):
             overlay, counts = outcome_overlay(image, truth, predicted)
+            n_cells[image_id] = counts["tp"] + counts["fn"]
             pictures.append(f"<p><b>{html.escape(name)}</b>, {html.escape(image_id)}: "
                             f"{counts['tp']} found {swatch('tp')}, {counts['fp']} false "
                             f"{swatch('fp')}, {counts['fn']} missed {swatch('fn')}</p>"
@@ -285,7 +292,7 @@ def _outcomes(out: Path, results: dict[str, Any], names: list[str]) -> tuple[str
               f"{swatch('fn')} annotated cell no prediction matched.</p>")
     table = _table(["setting", "image", "annotated cells", "predicted cells", "found",
                     "false", "missed"], rows)
-    return legend + "".join(pictures), table
+    return legend + "".join(pictures), table, sum(n_cells.values())
 
 
 def _realism_reading(out: Path) -> str:
@@ -380,10 +387,7 @@ def write_experiment_report(out: str | os.PathLike) -> Path:
     best_zero = max(zero, key=lambda n: settings[n]["f1_50"]["mean"]) if zero else None
     baseline = [n for n in settings if settings[n]["data"] == "real"][:1]
     shown = list(dict.fromkeys([best, *([best_zero] if best_zero else []), *baseline]))
-    overlays, counts = _outcomes(out, results, shown)
-    n_cells = sum(int(len(np.unique(t)) - 1)
-                  for _, _, t, _ in _evaluated(out, settings[best]["detectors"][0],
-                                               results["test"]))
+    overlays, counts, n_cells = _outcomes(out, results, shown)
     body = [
         f"<h1>{html.escape(results['name'])}</h1>",
         f"<p>Every detector below was scored on held-out annotated images ({n_cells} cells) "
@@ -408,9 +412,4 @@ def write_experiment_report(out: str | os.PathLike) -> Path:
         f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}"
         f"</pre>",
     ]
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>cellsynth report"
-            f"</title><style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
-    path = out / layout.REPORT
-    with atomic_path(path) as tmp:
-        tmp.write_text(page)
-    return path
+    return _write_page(out, body)
