@@ -391,7 +391,8 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -
     rows = ["| setting | data | k | F1@0.5 | F1avg | AP@0.5 | PQ@0.5 |",
             "|---|---|---|---|---|---|---|"]
     for name, r in results["settings"].items():
-        cells = " | ".join(f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}"
+        one_seed = len(results["seeds"]) == 1  # no spread to show: do not print "± 0.000"
+        cells = " | ".join(f"{r[m]['mean']:.3f}" + ("" if one_seed else f" ± {r[m]['std']:.3f}")
                            for m in ("f1_50", "f1_avg", "ap_50", "pq_50"))
         rows.append(f"| {name} | {r['data']} | {'all' if r['k'] is None else r['k']} | "
                     f"{cells} |")
@@ -403,7 +404,8 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -
             rows.append(f"| {name} | {f1['diff']:+.3f} [{f1['ci95'][0]:+.3f}, "
                         f"{f1['ci95'][1]:+.3f}] | {avg['diff']:+.3f} [{avg['ci95'][0]:+.3f}, "
                         f"{avg['ci95'][1]:+.3f}] | {f1['p_le_0']:.3f} |")
-    text = (f"# {config.name}\n\nseeds {list(config.seeds)}, mean ± std over seeds; test "
+    spread = "mean ± std over seeds" if len(config.seeds) > 1 else "one seed, no spread"
+    text = (f"# {config.name}\n\nseeds {list(config.seeds)}, {spread}; test "
             f"{config.test} ({results['n_test_units']} bootstrap units)\n\n"
             + "\n".join(rows) + "\n")
     with atomic_path(out / "results.md") as tmp:
