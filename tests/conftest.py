@@ -12,8 +12,16 @@ from cellsynth.hardware import usable_cores
 from cellsynth.io.images import write_image, write_labels
 
 # One thread count for the whole suite, so that a run and its resume (compared to 1e-5) never
-# differ by the load-dependent thread policy; tests of the policy clear this themselves.
-os.environ.setdefault("CELLSYNTH_THREADS", str(min(2, usable_cores())))
+# differ by the load-dependent thread policy; tests of the policy clear this themselves. With
+# pytest-xdist (the default, `-n auto` in pyproject.toml) the cores are shared among the
+# workers: two workers of two threads each on two cores run 10-35x slower (shared/notes).
+# A worker inherits the controller's environment, so a value the suite set is set again here;
+# OpenMP's own pool is sized too, before torch is imported.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if os.environ.get("_CELLSYNTH_SUITE_THREADS") or "CELLSYNTH_THREADS" not in os.environ:
+    _threads = str(max(1, min(2, usable_cores() // _WORKERS)))
+    os.environ.update(CELLSYNTH_THREADS=_threads, OMP_NUM_THREADS=_threads,
+                      _CELLSYNTH_SUITE_THREADS="1")
 
 
 def make_dataset(root: Path, n: int = 3, size: int = 32, *, rgb: bool = False,

@@ -31,7 +31,7 @@ from typing import Literal
 
 __all__ = ["resolve_device", "Precision", "choose_precision", "announce", "cpu_bf16_support",
            "usable_cores", "busy_cores_elsewhere", "choose_threads", "configure_threads",
-           "ThreadGovernor"]
+           "ThreadGovernor", "die_with_parent"]
 
 log = logging.getLogger("cellsynth")
 
@@ -345,3 +345,24 @@ class ThreadGovernor:
                 log.info("threads %d -> %d (%s)", self.threads, n, why)
                 self.threads = n
         return self.threads
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker process: end when ``parent`` (the process that started it) ends.
+
+    A worker orphaned by ``kill -9`` of its parent would otherwise go on writing into the
+    parent's staging folder while a rerun cleans that folder away. On Linux the kernel sends
+    the worker SIGKILL when its parent dies (``PR_SET_PDEATHSIG``); elsewhere, and if the parent
+    is already gone, the check of the parent's process id ends it at the next call.
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)

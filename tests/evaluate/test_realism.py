@@ -175,14 +175,14 @@ def test_cli_realism_image_smaller_than_crop(sharp, tmp_path, capsys):
 
 def test_repeats_average_independent_tests_seeded_seed_plus_r(sharp):
     other = textures(3)
-    singles = [c2st(sharp, other, seed=s, **FAST).accuracy for s in (5, 6, 7)]
-    result = c2st(sharp, other, seed=5, repeats=3, **FAST)
-    assert result.repeats == 3
+    singles = [c2st(sharp, other, seed=s, **FAST).accuracy for s in (5, 6)]
+    result = c2st(sharp, other, seed=5, repeats=2, **FAST)
+    assert result.repeats == 2
     assert result.repeat_accuracies == pytest.approx(singles)
     assert result.accuracy == pytest.approx(np.mean(singles))
-    assert result.sem == pytest.approx(np.std(singles, ddof=1) / np.sqrt(3))
-    assert len(result.fold_accuracies) == 3 * 3
-    assert realism(sharp, other, seed=5, repeats=3, swd_patches=256,
+    assert result.sem == pytest.approx(np.std(singles, ddof=1) / np.sqrt(2))
+    assert len(result.fold_accuracies) == 2 * 3
+    assert realism(sharp, other, seed=5, repeats=2, swd_patches=256,
                    **FAST).c2st.accuracy == pytest.approx(result.accuracy)
     with pytest.raises(ValueError, match="repeats"):
         c2st(sharp, other, repeats=0, **FAST)

@@ -6,10 +6,12 @@ disk must be one line naming the file, with nothing half-written left behind.
 """
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,28 +19,73 @@ import pytest
 
 from cellsynth.simulate import preset, write_simulation
 
+# Every command runs in a new process, forked from a server that has imported torch and
+# celldetection once: starting an interpreter that imports them costs ~6 s of CPU, a third of
+# these tests. The child runs the console script's `cellsynth.cli.main` with the arguments, its
+# stdout and stderr (file descriptors 1 and 2) in files, and exits with main's code; a kill is
+# a kill of that process. It has run no test, so it computes what a fresh `cellsynth` would.
+_SERVER = multiprocessing.get_context("forkserver")
+_SERVER.set_forkserver_preload(["torch", "celldetection", "cellsynth.cli"])
 # the suite's thread count (tests/conftest.py): a subprocess computes what the test computes
 ENV = {**os.environ, "CELLSYNTH_THREADS": os.environ.get("CELLSYNTH_THREADS", "1")}
 
 
-def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cellsynth", *args], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _cellsynth(args: list[str], out: str, err: str) -> None:  # in the child
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
+    os.environ.clear()
+    os.environ.update(ENV)
+    from cellsynth.cli import main
+
+    sys.exit(main(args))
 
 
-def _kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
+class _Command:
+    """`cellsynth ARGS` running in a process of its own (the subprocess.Popen calls used here)."""
+
+    def __init__(self, args: list[str]):
+        self.out, self.err = (tempfile.mkstemp(prefix="cellsynth-", suffix=f".{name}")[1]
+                              for name in ("out", "err"))
+        self.process = _SERVER.Process(target=_cellsynth, args=(args, self.out, self.err))
+        self.process.start()
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.process.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired("cellsynth", timeout)
+        return self.process.exitcode
+
+    def communicate(self) -> tuple[str, str]:
+        texts = tuple(Path(path).read_text() for path in (self.out, self.err))
+        for path in (self.out, self.err):
+            os.unlink(path)
+        return texts
+
+
+def _start(args: list[str]) -> _Command:
+    return _Command(args)
+
+
+def _kill_when(process: _Command, ready, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         assert process.poll() is None, process.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "the command never got far enough"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    assert process.wait(timeout=30) == -signal.SIGKILL
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cellsynth", *args], env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    command = _Command(args)
+    code = command.wait(timeout=300)
+    return subprocess.CompletedProcess(args, code, *command.communicate())
 
 
 def _losses(run: Path) -> dict[int, float]:

@@ -20,7 +20,7 @@ def model(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("predict")
     sim = root / "sim"
     write_simulation(preset("fluo"), n=4, size=96, seed=0, out=sim, progress=False)
-    config = TrainConfig(steps=60, lr=2e-3, warmup=1, crop=64, batch=2, samples=32, order=4,
+    config = TrainConfig(steps=30, lr=4e-3, warmup=1, crop=64, batch=2, samples=32, order=4,
                          refinement_iterations=1, val_every=1000, precision="fp32",
                          augment=Augment(enabled=False))
     train(config, [sim], root / "run", progress=False)

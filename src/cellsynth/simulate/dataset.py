@@ -19,6 +19,7 @@ import numpy as np
 from cellsynth import __version__
 from cellsynth.config import to_dict
 from cellsynth.errors import ConfigError
+from cellsynth.hardware import die_with_parent
 from cellsynth.io.datasets import write_dataset_meta
 from cellsynth.io.files import staged_output_dir
 from cellsynth.io.images import read_image, read_labels, write_image, write_labels
@@ -58,10 +59,15 @@ def simulate_config(config: SimulationConfig, n: int, size: int | tuple[int, int
 
 
 def _write_chunk(config: SimulationConfig, shape: tuple[int, int], seeds: list, start: int,
-                 width: int, root: str) -> list[int]:
-    """Render and write images ``start .. start+len(seeds)-1``; return their instance counts."""
+                 width: int, root: str, parent: int | None = None) -> list[int]:
+    """Render and write images ``start .. start+len(seeds)-1``; return their instance counts.
+
+    In a worker, ``parent`` is the main process: the worker stops when that one is killed.
+    """
     counts = []
     for offset, child in enumerate(seeds):
+        if parent is not None:
+            die_with_parent(parent)
         name = f"{start + offset:0{width}d}"
         image, labels = render_scene(config, shape, np.random.default_rng(child))
         write_image(Path(root, "images", name + IMAGE_SUFFIX), image)
@@ -153,7 +159,7 @@ def write_simulation(config: SimulationConfig, *, n: int, size: int | tuple[int,
                     bar.update(1)
             else:
                 chunk = max(1, min(64, math.ceil(n / (workers * 8))))
-                tasks = [(config, shape, seeds[i:i + chunk], i, width, str(root))
+                tasks = [(config, shape, seeds[i:i + chunk], i, width, str(root), os.getpid())
                          for i in range(0, n, chunk)]
                 counts = [c for part in _run_parallel(tasks, workers, bar) for c in part]
         elapsed = time.perf_counter() - started
