@@ -29,8 +29,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--model", help="trained run for the prediction timing (an untrained "
-                        "CPN proposes far too many cells, which makes prediction look slow)")
+    parser.add_argument("--detector", help="trained detector run for the prediction timing (an "
+                        "untrained CPN proposes far too many cells: prediction looks slow)")
     args = parser.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -59,10 +59,10 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         step_s = float(np.median(times[1:]))
         detector = Detector(model, 3, 0.9, args.crop, None, 0, "")
-        if args.model:
+        if args.detector:
             from cellsynth.segment.predict import load_detector
 
-            detector = load_detector(args.model, device=args.device)
+            detector = load_detector(args.detector, device=args.device)
             cpn.set_core_precision(detector.model, precision)
         predictor = make_predictor(detector, device=args.device)
         image = big.astype(np.float32) / 255
@@ -72,7 +72,7 @@ def main() -> None:
         mp_s = image.shape[0] * image.shape[1] / 1e6 / (time.perf_counter() - t0)
         results[precision] = (step_s, mp_s)
         print(f"{precision}: train {step_s:.2f} s/step ({args.crop}^2, batch {args.batch}), "
-              f"predict {mp_s:.3f} MP/s ({'trained' if args.model else 'untrained'} model)")
+              f"predict {mp_s:.3f} MP/s ({'trained' if args.detector else 'untrained'} model)")
     (s32, p32), (s16, p16) = results["fp32"], results["bf16"]
     print(f"bf16 vs fp32: training {s32 / s16:.2f}x faster, prediction {p16 / p32:.2f}x faster")
     from cellsynth.hardware import choose_precision

@@ -146,3 +146,13 @@ def test_experiment_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "setting a: k = 5 but" in err[0]
     assert not (tmp_path / "exp").exists()
+
+
+def test_predict_takes_its_detector_by_the_old_name_too_and_needs_one(tmp_path, capsys):
+    old = _build_parser().parse_args(["predict", "--model", "r", "--images", "i", "--out", "o"])
+    assert str(old.detector) == "r"
+    assert main(["predict", "--images", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cellsynth predict: error: --detector is required: a train run folder or "
+                   "its checkpoint file"]
+    assert not (tmp_path / "o").exists()

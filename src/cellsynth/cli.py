@@ -124,9 +124,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from cellsynth.errors import ConfigError
     from cellsynth.segment.predict import predict_folder
 
-    summary = predict_folder(args.model, args.images, args.out, tile=args.tile,
+    if args.detector is None:
+        raise ConfigError("--detector is required: a train run folder or its checkpoint file")
+    summary = predict_folder(args.detector, args.images, args.out, tile=args.tile,
                              overlap=args.overlap, batch=args.batch,
                              score_thresh=args.score_thresh, device=args.device,
                              force=args.force, precision=args.precision,
@@ -311,7 +314,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, action="append", required=True,
                    help="labeled dataset folder (repeat for several)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--init", type=Path, help="start from this run/checkpoint (fine-tuning)")
+    p.add_argument("--init", type=Path, help="fine-tune this trained detector: a train run "
+                                             "folder or its checkpoint file")
     p.add_argument("--val", type=Path, help="labeled validation folder (F1, score threshold)")
     p.add_argument("--config", type=Path, help="YAML training config; options given here "
                                                "override it")
@@ -321,7 +325,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, help="crops per step (config default 4)")
     p.add_argument("--lr", type=_positive_float, help="peak AdamW learning rate, cosine decay "
                                                       "(config default 1e-3)")
-    p.add_argument("--model", help="slim_u22 (default), u22 or resnet18_unet")
+    p.add_argument("--model", help="detector architecture: slim_u22 (default), u22 or "
+                                   "resnet18_unet")
     _add_precision(p)
     p.add_argument("--val-every", type=_positive_int,
                    help="validate (F1, score threshold, best.pt) every this many steps")
@@ -335,7 +340,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="predict instance labels with a trained CPN")
-    p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint")
+    p.add_argument("--detector", type=Path,
+                   help="trained detector: a train run folder or its checkpoint file "
+                        "(required)")
+    p.add_argument("--model", type=Path, dest="detector", help=argparse.SUPPRESS)  # old name
     p.add_argument("--images", type=Path, required=True,
                    help="folder of images (or dataset), TIFF/Zarr for large sections")
     p.add_argument("--out", type=Path, required=True, help="output folder (labels/, overlays/)")
@@ -379,7 +387,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fit_refiner)
 
     p = sub.add_parser("generate", help="refine a simulated dataset with a trained refiner")
-    p.add_argument("--refiner", type=Path, required=True, help="run folder or checkpoint file")
+    p.add_argument("--refiner", type=Path, required=True,
+                   help="trained refiner: a fit-refiner run folder or its checkpoint file")
     p.add_argument("--sim", type=Path, required=True, help="simulated dataset (with labels)")
     p.add_argument("--out", type=Path, required=True, help="output dataset folder")
     p.add_argument("--batch", type=_positive_int, default=8, help="images per forward pass")

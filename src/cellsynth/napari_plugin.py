@@ -117,17 +117,17 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     return [str(path)]
 
 
-def predict_widget(image: "napari.layers.Image", model: Path,  # noqa: F821, UP037
+def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, UP037
                    score_thresh: float = 0.0, tile: int = 512,
                    ) -> "napari.types.LayerDataTuple":  # noqa: F821, UP037
     """Segment the cells of an Image layer with a trained detector (a `cellsynth train`
     run folder or checkpoint); score_thresh 0 uses the one the detector validated."""
     from cellsynth.segment.predict import load_detector, predict_image
 
-    detector = load_detector(model)
+    loaded = load_detector(detector)
     data = np.asarray(image.data)
     scale = getattr(image, "scale", None)
-    labels = predict_image(detector, data, tile=tile, score_thresh=score_thresh or None,
+    labels = predict_image(loaded, data, tile=tile, score_thresh=score_thresh or None,
                            pixel_size_um=_pixel_size(scale), where=getattr(image, "name", "layer"))
     return (labels, {"name": f"{getattr(image, 'name', 'image')} cells",
                      **({"scale": tuple(scale)[-2:]} if scale is not None else {})}, "labels")

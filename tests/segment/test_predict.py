@@ -80,7 +80,7 @@ def test_channel_selects_the_nuclei_of_a_composite(model, tmp_path, capsys):
     gray = read_labels(tmp_path / "gray-out" / "labels" / "a.tif")
     picked = read_labels(tmp_path / "rgb-out" / "labels" / "a.tif")
     assert gray.max() >= 3 and matching(gray, picked, thresholds=(0.98,)).f1[0] == 1.0
-    code = main(["predict", "--model", str(run), "--images", str(tmp_path / "rgb"),
+    code = main(["predict", "--detector", str(run), "--images", str(tmp_path / "rgb"),
                  "--out", str(tmp_path / "bad"), "--channel", "3", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
@@ -97,7 +97,7 @@ def test_predict_refuses_bad_options_in_one_line(model, tmp_path, capsys, args, 
 
     run, sim = model
     try:
-        code = main(["predict", "--model", str(run), "--images", str(sim), "--out",
+        code = main(["predict", "--detector", str(run), "--images", str(sim), "--out",
                      str(tmp_path / "out"), "--quiet", *args])
     except SystemExit as stop:  # argparse rejects it while parsing
         code = stop.code

@@ -352,7 +352,7 @@ set the pixel size of your images in <code>meta.json</code> or the run config.</
 <li>Run the same comparison on your data: <code>cellsynth experiment CONFIG.yaml --out
 DIR</code> (start from <code>configs/experiment-fluo.yaml</code>; use 3 seeds and longer
 training than this demo's few minutes).</li>
-<li>Segment everything with the best detector: <code>cellsynth predict --model
+<li>Segment everything with the best detector: <code>cellsynth predict --detector
 DIR/detectors/NAME --images YOUR_IMAGES --out predictions</code>, then
 <code>cellsynth export predictions --to geojson|cellpose|coco</code> to review the cells in
 QuPath, Cellpose or napari.</li></ol>"""
