@@ -454,6 +454,13 @@ def _output(command: str, quiet: bool):
         logger.handlers[:], logger.level, logger.propagate, warnings.showwarning = saved
 
 
+# what continues an interrupted command (the others start again; nothing was published)
+_CONTINUE = {"train": "; the same command with --resume continues",
+             "fit-refiner": "; the same command with --resume continues",
+             "run": "; the same command continues", "experiment": "; the same command continues",
+             "demo": "; the same command continues"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -468,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cellsynth {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"cellsynth {args.command}: interrupted", file=sys.stderr)
+        print(f"cellsynth {args.command}: interrupted{_CONTINUE.get(args.command, '')}",
+              file=sys.stderr)
         return 130
     except OSError as err:  # the machine, not cellsynth: a full disk, a permission, ...
         where = f"{err.filename}: " if err.filename else ""

@@ -7,6 +7,7 @@ import hashlib
 import re
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
@@ -69,6 +70,16 @@ def world(tmp_path_factory) -> dict[str, Path]:
     write_image(orphan / "images" / "a.png", good)
     write_labels(orphan / "labels" / "a.tif", np.zeros((64, 64), np.uint16))
     write_labels(orphan / "labels" / "b.tif", np.zeros((64, 64), np.uint16))
+    rgba = root / "rgba"  # an alpha channel: dropped, said in one line
+    (rgba / "images").mkdir(parents=True)
+    (rgba / "labels").mkdir()
+    iio.imwrite(rgba / "images" / "a.png", np.dstack([np.full((64, 64, 3), 90, np.uint8),
+                                                      np.full((64, 64), 255, np.uint8)]))
+    write_labels(rgba / "labels" / "a.tif", np.pad(np.ones((8, 8), np.uint16), 28))
+    sixteen = root / "sixteen"  # a 16-bit PNG holding 8-bit values: read as it is
+    (sixteen / "images").mkdir(parents=True)
+    iio.imwrite(sixteen / "images" / "a.png", (np.arange(64 * 64) % 251).astype(np.uint16)
+                .reshape(64, 64))
     (root / "empty_dir").mkdir()
     (root / "not_yaml.yaml").write_text("steps: [1, 2\n")
     (root / "empty.yaml").write_text("# to be filled in\n")
@@ -177,3 +188,33 @@ def test_bad_input_is_one_clear_line_and_nothing_is_lost(world, capsys, line, sa
     assert _snapshot(world["existing"]) == before, f"{line}: existing output changed"
     leftovers = [p.name for p in world["existing"].parent.iterdir() if p.name.startswith(".")]
     assert not leftovers, f"{line}: left {leftovers}"
+
+
+# Inputs that are unusual but fine: exit 0, no traceback, any note one line naming the file.
+ACCEPTED = [
+    ("inspect {root}/rgba", "rgba/images/a.png: dropping alpha channel of RGBA image"),
+    ("inspect {root}/sixteen", None),
+    ("realism --a {root}/rgba --b {root}/rgba --crop 32 --crops 32 --epochs 1 --folds 2",
+     "dropping alpha channel"),
+    ("predict --detector {run} --images {root}/sixteen --out {root}/sixteen_out --quiet", None),
+    ("predict --detector {run} --images {root}/rgba --out {root}/rgba_out --quiet",
+     "rgba/images/a.png: dropping alpha channel of RGBA image"),
+]
+
+
+@pytest.mark.parametrize(("line", "note"), ACCEPTED, ids=[c[0].split(" {")[0] + ":" +
+                                                          c[0].split("/")[1].split()[0]
+                                                          for c in ACCEPTED])
+def test_unusual_but_valid_input_is_accepted_with_at_most_a_note(world, capsys, line, note):
+    argv = line.format(**{k: str(v) for k, v in world.items()}).split()
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = [ln for ln in captured.err.replace("\r", "\n").splitlines()
+           if ln.strip() and not re.search(r"\[\d\d:\d\d|threads|precision", ln)]
+    assert code == 0, captured.err
+    assert "Traceback" not in captured.err and ": error:" not in captured.err
+    if note is None:
+        assert not err, err
+    else:
+        assert err and all(ln.startswith(f"cellsynth {argv[0]}: warning: ") for ln in err), err
+        assert any(note in ln for ln in err), err

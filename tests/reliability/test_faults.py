@@ -1,4 +1,4 @@
-"""Faults from outside: kill -9 in the middle of a command, and a disk that fills up.
+"""Faults from outside: kill -9 or Ctrl-C in the middle of a command, and a full disk.
 
 A killed command must leave nothing that blocks or corrupts the next run (train resumes
 exactly; simulate starts again and its stale staging folder is cleaned away), and a full
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from cellsynth.simulate import preset, write_simulation
 
@@ -72,14 +73,27 @@ def _start(args: list[str]) -> _Command:
     return _Command(args)
 
 
-def _kill_when(process: _Command, ready, timeout: float = 120.0) -> None:
+def _signal_when(process: _Command, ready, sig: int, timeout: float = 120.0) -> int:
+    """Send ``sig`` once ``ready()``; return the exit code."""
     deadline = time.monotonic() + timeout
     while not ready():
         assert process.poll() is None, process.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "the command never got far enough"
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=30) == -signal.SIGKILL
+    process.send_signal(sig)
+    return process.wait(timeout=120)
+
+
+def _kill_when(process: _Command, ready) -> None:
+    assert _signal_when(process, ready, signal.SIGKILL) == -signal.SIGKILL
+
+
+def _interrupt_when(process: _Command, ready, said: str) -> list[str]:
+    """Ctrl-C: exit 130, no traceback, ``said`` the last line; return stderr's lines."""
+    assert _signal_when(process, ready, signal.SIGINT) == 130
+    err = process.communicate()[1]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == said, err
+    return err.strip().splitlines()
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -129,7 +143,7 @@ def test_simulate_killed_with_sigkill_starts_again_and_cleans_up(tmp_path):
     process = _start(args + ["--out", str(out)])
 
     def some_images_written() -> bool:
-        staged = list(tmp_path.glob(".sim.*.tmp/images/*.png"))
+        staged = list(tmp_path.glob(".sim*.*.tmp/images/*.png"))
         return len(staged) >= 5
 
     _kill_when(process, some_images_written)
@@ -138,6 +152,15 @@ def test_simulate_killed_with_sigkill_starts_again_and_cleans_up(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert not list(tmp_path.glob(".sim.*.tmp"))  # the dead run's staging is gone
     reference = tmp_path / "reference"
+    for file in sorted((reference / "images").iterdir()):
+        assert (out / "images" / file.name).read_bytes() == file.read_bytes()
+
+    # Ctrl-C: the staging folder goes at once, and a plain rerun writes the same images
+    out = tmp_path / "sim2"
+    _interrupt_when(_start(args + ["--out", str(out)]), some_images_written,
+                    "cellsynth simulate: interrupted")
+    assert not list(tmp_path.glob(".sim*.tmp")) and not out.exists()
+    assert _run(args + ["--out", str(out)]).returncode == 0
     for file in sorted((reference / "images").iterdir()):
         assert (out / "images" / file.name).read_bytes() == file.read_bytes()
 
@@ -196,7 +219,7 @@ def test_fit_refiner_and_generate_killed_with_sigkill(tmp_path):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
 
     many = tmp_path / "many"
-    write_simulation(preset("fluo"), n=60, size=64, seed=1, out=many, progress=False)
+    write_simulation(preset("fluo"), n=120, size=64, seed=1, out=many, progress=False)
     gen = ["generate", "--refiner", str(killed), "--sim", str(many), "--batch", "1",
            "--precision", "fp32", "--quiet"]
     out = tmp_path / "refined"
@@ -208,6 +231,17 @@ def test_fit_refiner_and_generate_killed_with_sigkill(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert reference.wait(timeout=300) == 0
     assert not list(tmp_path.glob(".refined.*.tmp"))
+    for file in sorted((tmp_path / "refined_full" / "images").iterdir()):
+        assert (out / "images" / file.name).read_bytes() == file.read_bytes()
+
+    # Ctrl-C: nothing left, and a plain rerun writes the same; signalled at the first image,
+    # so that a loaded machine cannot let the test sleep while generate finishes all 120
+    out = tmp_path / "refined2"
+    _interrupt_when(_start(gen + ["--out", str(out)]),
+                    lambda: len(list(tmp_path.glob(".refined2.*.tmp/images/*.png"))) >= 1,
+                    "cellsynth generate: interrupted")
+    assert not list(tmp_path.glob(".refined2.*.tmp")) and not out.exists()
+    assert _run(gen + ["--out", str(out)]).returncode == 0
     for file in sorted((tmp_path / "refined_full" / "images").iterdir()):
         assert (out / "images" / file.name).read_bytes() == file.read_bytes()
 
@@ -242,3 +276,17 @@ realism: {{enabled: false}}
     _assert_resumed_like_full(tmp_path / "full" / "pretrain", out / "pretrain", steps=8)
     assert (out / "report.html").is_file() and len(list((out / "predict" / "labels")
                                                         .glob("*.tif"))) == 2
+
+    # Ctrl-C during pretraining: the step it finished is checkpointed, the rerun resumes there
+    out = tmp_path / "run2"
+    log = out / "pretrain" / "log.jsonl"
+    said = _interrupt_when(_start(["run", str(config), "--out", str(out), "--quiet"]),
+                           lambda: log.exists() and len(_losses(out / "pretrain")) >= 3,
+                           "cellsynth run: interrupted; the same command continues")
+    stopped = torch.load(out / "pretrain" / "last.pt", weights_only=False)["step"]
+    assert stopped == max(_losses(out / "pretrain")) and 3 <= stopped < 8
+    assert f"cellsynth run: stopped by SIGINT at step {stopped}; checkpoint saved" in said
+    result = _run(["run", str(config), "--out", str(out), "--quiet"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[pretrain] resuming" in result.stdout.splitlines()
+    _assert_resumed_like_full(tmp_path / "full" / "pretrain", out / "pretrain", steps=8)

@@ -191,8 +191,8 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
                         or overdue or stop):
                     save()
                 if stop:
-                    logger.warning("stopped by %s at step %d; checkpoint saved, --resume "
-                                 "continues", stop.name, step)
+                    logger.warning("stopped by %s at step %d; checkpoint saved",
+                                   stop.name, step)
                     raise KeyboardInterrupt
                 if out_of_time:
                     break

@@ -336,8 +336,8 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                     save_last()
                 if stop and world == 1:
                     save_last()
-                    logger.warning("stopped by %s at step %d; checkpoint saved, --resume "
-                                   "continues", stop.name, step)
+                    logger.warning("stopped by %s at step %d; checkpoint saved",
+                                   stop.name, step)
                     raise KeyboardInterrupt
     except BaseException:
         if rank == 0:
