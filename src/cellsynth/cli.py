@@ -201,11 +201,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from cellsynth.pipeline.experiment import load_experiment_config, run_experiment
+    from cellsynth.pipeline.experiment import (
+        load_experiment_config,
+        run_experiment,
+        select_settings,
+    )
 
     config = load_experiment_config(args.config)
     if args.seeds is not None:
         config = replace(config, seeds=tuple(args.seeds))
+    if args.settings is not None:
+        config = select_settings(config, args.settings)
     run_experiment(config, args.out, log=lambda line: print(line, flush=True))
     print(f"experiment finished: {Path(args.out) / layout.RESULTS}, "
           f"{Path(args.out) / 'results.md'}")
@@ -411,6 +417,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="experiment folder (re-run to continue)")
     p.add_argument("--seeds", type=_nonnegative_int, nargs="+",
                    help="override the config's seeds")
+    p.add_argument("--settings", nargs="+", metavar="NAME",
+                   help="only these settings (and comparisons among them); finished units "
+                        "are shared with the full experiment")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("report", help="write RUN/report.html for a run folder")

@@ -122,3 +122,14 @@ def test_experiment_config_errors(tmp_path):
     assert config.settings == (Setting("a", "real", 1),) and config.seeds == (4,)
     assert config.train == str((tmp_path / "train").resolve())
     assert experiment.check_experiment(config) is None
+
+
+def test_select_settings_keeps_the_named_ones_and_their_comparisons(tmp_path):
+    config = ExperimentConfig(train="t", test="u", settings=(
+        Setting("a", "real", 1), Setting("b", "simulated", 0), Setting("c", "simulated", 1)),
+        compare=(("c", "a"), ("b", "a"), ("c", "b")))
+    chosen = experiment.select_settings(config, ["c", "a"])
+    assert [s.name for s in chosen.settings] == ["a", "c"]  # the config's order
+    assert chosen.compare == (("c", "a"),)
+    with pytest.raises(ConfigError, match="unknown setting.*d; the config has a, b, c"):
+        experiment.select_settings(config, ["a", "d"])

@@ -43,7 +43,8 @@ from cellsynth.pipeline.run import RunState, content_fingerprint, fingerprint
 from cellsynth.refine.config import RefineConfig
 from cellsynth.segment.trainer import TrainConfig
 
-__all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "run_experiment"]
+__all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "select_settings",
+           "run_experiment"]
 
 _SYNTHETIC = ("simulated", "refined")
 
@@ -282,6 +283,20 @@ def _evaluate(detector: Path, test: str, folder: Path, tiles: int, device: str
         units += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
                                                  split_tiles(predicted, tiles))]
     return units
+
+
+def select_settings(config: ExperimentConfig, names: list[str]) -> ExperimentConfig:
+    """Only the named settings, and the comparisons between them: to evaluate what has
+    finished while the rest still trains, or to run the settings one cares about first.
+    Finished units are shared with the whole experiment (same folder, same fingerprints)."""
+    known = [s.name for s in config.settings]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; the config has "
+                          f"{', '.join(known)}")
+    return replace(config, settings=tuple(s for s in config.settings if s.name in names),
+                   compare=tuple((a, b) for a, b in config.compare
+                                 if a in names and b in names))
 
 
 def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
