@@ -9,6 +9,7 @@ from skimage.measure import label as connected_components
 
 from cellsynth.simulate import PRESETS, preset, render_scene, simulate
 from cellsynth.simulate.presets import Background, Optics, Staining, Variation, Vessels
+from cellsynth.simulate.scene import CLASSES
 
 
 def _one_region_per_label(labels: np.ndarray) -> bool:
@@ -43,6 +44,44 @@ def test_labels_are_exactly_the_drawn_cells():
         white = image.max()
         assert labels.max() > 20
         np.testing.assert_array_equal(image < white, labels > 0)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_class_map_takes_no_randomness_and_its_cells_are_the_labels(name):
+    config = preset(name)
+    image, labels = render_scene(config, (128, 128), np.random.default_rng(4))
+    image2, labels2, classes = render_scene(config, (128, 128), np.random.default_rng(4),
+                                            classes=True)
+    np.testing.assert_array_equal(image, image2)
+    np.testing.assert_array_equal(labels, labels2)
+    assert classes.dtype == np.uint8 and set(np.unique(classes)) <= set(CLASSES)
+    np.testing.assert_array_equal(classes == 1, labels > 0)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return image.mean(-1) if image.ndim == 3 else image.astype(float)
+
+
+def test_class_map_marks_blobs_vessels_and_fibres_where_they_were_drawn():
+    """One structure at a time on a light, flat, noiseless background: in brightfield, blobs
+    and fibres are darker than what is called background, vessel lumina (no stain) lighter."""
+    base = preset("merker")
+    flat = dict(staining=Staining(unevenness=0.0, cell_variation=0.0),
+                optics=Optics(blur_um=0.0, shot_noise=0.0, read_noise=0.0))
+    light = Background(stain=(0.15, 0.15), texture=0.0, halo=0.0, fibres=0.0)
+    none = tuple(replace(c, density=0.0) for c in base.cells if c.labeled)
+    blobs = replace(base, cells=none + tuple(c for c in base.cells if not c.labeled),
+                    background=light, vessels=Vessels(density=0.0), **flat)
+    vessels = replace(base, cells=none, background=light, **flat)
+    fibres = replace(base, cells=none, vessels=Vessels(density=0.0), **flat,
+                     background=replace(light, fibres=40.0, fibre_stain=0.5))
+    for config, kind, sign in ((blobs, 2, -1), (vessels, 3, +1), (fibres, 4, -1)):
+        image, labels, classes = render_scene(config, (256, 256), np.random.default_rng(1),
+                                              classes=True)
+        gray = _gray(image)
+        # vessels come with their (labelled) endothelial cells
+        assert set(np.unique(classes)) - {1} == {0, kind}, kind
+        assert sign * (gray[classes == kind].mean() - gray[classes == 0].mean()) > 10, kind
 
 
 def _visible_fractions(config, seed: int) -> np.ndarray:

@@ -24,13 +24,15 @@ from cellsynth.io.datasets import write_dataset_meta
 from cellsynth.io.files import staged_output_dir
 from cellsynth.io.images import read_image, read_labels, write_image, write_labels
 from cellsynth.simulate.presets import SimulationConfig
-from cellsynth.simulate.scene import render_scene
+from cellsynth.simulate.scene import CLASSES, render_scene
 from cellsynth.viz import contour_overlay, image_grid
 
 __all__ = ["image_seeds", "simulate_config", "write_simulation"]
 
 IMAGE_SUFFIX = ".png"
 LABEL_SUFFIX = ".tif"
+CLASS_DIR = "classes"  # what was drawn at each pixel (scene.CLASSES), beside images/ and labels/
+CLASS_SUFFIX = ".png"
 _PREVIEW_IMAGES = 16
 
 
@@ -69,9 +71,11 @@ def _write_chunk(config: SimulationConfig, shape: tuple[int, int], seeds: list, 
         if parent is not None:
             die_with_parent(parent)
         name = f"{start + offset:0{width}d}"
-        image, labels = render_scene(config, shape, np.random.default_rng(child))
+        image, labels, classes = render_scene(config, shape, np.random.default_rng(child),
+                                              classes=True)
         write_image(Path(root, "images", name + IMAGE_SUFFIX), image)
         write_labels(Path(root, "labels", name + LABEL_SUFFIX), labels)
+        write_image(Path(root, CLASS_DIR, name + CLASS_SUFFIX), classes)
         counts.append(int(labels.max()))
     return counts
 
@@ -133,7 +137,7 @@ def _check_memory(shape: tuple[int, int], workers: int) -> None:
 def write_simulation(config: SimulationConfig, *, n: int, size: int | tuple[int, int],
                      seed: int, out: str | os.PathLike, workers: int = 1, force: bool = False,
                      progress: bool = True) -> dict[str, Any]:
-    """Write a simulated dataset folder (images/, labels/, meta.json, preview.png).
+    """Write a simulated dataset folder (images/, labels/, classes/, meta.json, preview.png).
 
     The folder is built beside ``out`` and moved into place when complete; an existing
     non-empty ``out`` is only replaced with ``force``. Returns a summary dict.
@@ -150,6 +154,7 @@ def write_simulation(config: SimulationConfig, *, n: int, size: int | tuple[int,
     with staged_output_dir(out, force=force) as root:
         (root / "images").mkdir()
         (root / "labels").mkdir()
+        (root / CLASS_DIR).mkdir()
         bar = tqdm(total=n, desc=f"simulate {config.preset}", unit="img", disable=not progress)
         with bar:
             if workers == 1:
@@ -174,6 +179,7 @@ def write_simulation(config: SimulationConfig, *, n: int, size: int | tuple[int,
             "color": config.color,
             "channels": config.channels,
             "n_instances": int(sum(counts)),
+            "classes": {str(k): v for k, v in CLASSES.items()},
             "config": to_dict(config),
         }
         zoom = config.variation.zoom

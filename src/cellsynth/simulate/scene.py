@@ -12,6 +12,11 @@ Order of work (all randomness from one ``numpy.random.Generator``):
    (unlabeled) cells form the background; each labeled cell is painted *only where the final
    label map holds its id*, so labels are exact by construction;
 4. optics: uneven staining, colour model, PSF blur, camera noise, 8-bit quantisation.
+
+On request (``classes=True``) it also returns a class map of what it drew at each pixel
+(:data:`CLASSES`), for a refiner that must keep labelled cells cells and unlabelled
+structures unlabelled; drawing it takes no random numbers, so image and labels are the same
+with or without it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from cellsynth.simulate.presets import CellType, SimulationConfig
 from cellsynth.simulate.shapes import Shape, polar_shape, radius_profiles
 from cellsynth.simulate.texture import band_noise, gaussian_blur_fft, smooth_field, upsample
 
-__all__ = ["render_scene"]
+__all__ = ["render_scene", "CLASSES"]
+
+# The class map's values (uint8). Where structures overlap, a labelled cell wins, then a vessel
+# lumen (it is drawn over everything but cells), then an out-of-focus blob, then a fibre.
+CLASSES = {0: "background", 1: "labelled cell", 2: "unlabelled cell (out of focus, glia)",
+           3: "vessel lumen", 4: "fibre"}
+_CELL, _BLOB, _VESSEL, _FIBRE = 1, 2, 3, 4
+_FIBRE_MIN = 0.25  # of a fibre's antialiased line weight: thinner fringes are background
 
 _MIN_AREA_PX = 6  # smaller visible remnants (slivers at the border) are dropped from labels
 
@@ -284,6 +296,7 @@ def _background(config: SimulationConfig, rng: np.random.Generator, labels: np.n
         main *= 1.0 - bgc.halo * np.clip(2.0 * near, 0.0, 1.0)
     area_100 = height * width * px * px / 1e4
     n_fibres = rng.poisson(bgc.fibres * area_100)
+    fibres = None
     if n_fibres:
         fibres = np.zeros(labels.shape, np.float32)
         for _ in range(n_fibres):
@@ -295,6 +308,7 @@ def _background(config: SimulationConfig, rng: np.random.Generator, labels: np.n
             ok = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
             fibres[rr[ok], cc[ok]] += val[ok] * bgc.fibre_stain * rng.uniform(0.5, 1.5)
         main += blur(fibres, 0.4 / px)
+        fibres /= max(bgc.fibre_stain, 1e-12)  # line weight x the per-fibre factor
     if blobs:
         main += _defocused(blobs, labels.shape)
     main *= lumen
@@ -304,7 +318,27 @@ def _background(config: SimulationConfig, rng: np.random.Generator, labels: np.n
                             (0.6, 1.0))
         counter = (rng.uniform(*bgc.counterstain)
                    * np.clip(1.0 + bgc.texture * stroma, 0.0, None) * lumen)
-    return main.astype(np.float32), counter
+    return main.astype(np.float32), counter, fibres
+
+
+def _class_map(labels: np.ndarray, lumen: np.ndarray, blobs: list[_Blob],
+               fibres: np.ndarray | None) -> np.ndarray:
+    """What was drawn at each pixel (:data:`CLASSES`); takes no random numbers."""
+    height, width = labels.shape
+    classes = np.zeros(labels.shape, np.uint8)
+    if fibres is not None:
+        classes[fibres >= _FIBRE_MIN] = _FIBRE
+    for b in blobs:  # the blob's in-focus body, as big as the cell it is
+        r = b.radius_px
+        y0, y1 = max(int(b.y - r), 0), min(int(b.y + r) + 2, height)
+        x0, x1 = max(int(b.x - r), 0), min(int(b.x + r) + 2, width)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        classes[y0:y1, x0:x1][(yy - b.y) ** 2 + (xx - b.x) ** 2 <= r * r] = _BLOB
+    classes[lumen < 0.5] = _VESSEL
+    classes[labels > 0] = _CELL
+    return classes
 
 
 def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.ndarray,
@@ -386,14 +420,15 @@ def _vary(config: SimulationConfig, rng: np.random.Generator) -> SimulationConfi
                    background=background, vessels=vessels, optics=optics)
 
 
-def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one image and its instance labels.
+def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.random.Generator,
+                 *, classes: bool = False) -> tuple[np.ndarray, ...]:
+    """Draw one image and its instance labels (and, with ``classes``, its class map).
 
     Returns
     -------
     image : (H, W) uint8 (gray, fluo) or (H, W, 3) uint8 (violet, he).
     labels : (H, W) uint16, 0 = background, ids 1..N; each id one 4-connected region.
+    classes : (H, W) uint8 of :data:`CLASSES`, only if ``classes`` is true.
     """
     config = _vary(config, rng)
     height, width = shape
@@ -403,7 +438,7 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
     labels, kept = _place(candidates, shape, config.max_occlusion)
     old_ids = _one_piece_per_label(labels)
     cells = [kept[i - 1] for i in old_ids]
-    main, counter = _background(config, rng, labels, lumen, blobs, normal)
+    main, counter, fibres = _background(config, rng, labels, lumen, blobs, normal)
     _paint_cells(config, rng, main, labels, cells)
     field = np.exp(config.staining.unevenness
                    * smooth_field(rng, shape, config.staining.scale_um / px))
@@ -418,4 +453,6 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
     image = np.rint(intensity * 255.0).astype(np.uint8)
     if labels.max() > np.iinfo(np.uint16).max:
         raise ValueError("more than 65535 cells in one image; use smaller images")
+    if classes:
+        return image, labels.astype(np.uint16), _class_map(labels, lumen, blobs, fibres)
     return image, labels.astype(np.uint16)
