@@ -98,3 +98,58 @@ def test_whole_images_are_refined_with_mirrored_context(tiny):
     # the first 8 columns come from the mirrored border (column 8-x), not from zero padding
     # or the far edge of the image
     np.testing.assert_array_equal(out[0, :8], image[0, 8:0:-1])
+
+
+def test_class_map_conditioning_fits_generates_and_needs_the_class_maps(tiny, real_dir,
+                                                                        tmp_path):
+    from dataclasses import replace
+
+    from cellsynth.refine.data import read_layout
+    from cellsynth.refine.spade import semantic_map
+    from cellsynth.simulate import preset, write_simulation
+
+    sim = tmp_path / "sim"
+    write_simulation(preset("nissl"), n=3, size=48, seed=0, out=sim, progress=False)
+    run = tmp_path / "run"
+    fit(replace(tiny, class_map=True), sim, real_dir, run, progress=False)
+    refiner = load_refiner(run)
+    assert refiner.config.class_map
+    assert refiner.generator.norm_out.shared[0].in_channels == 6  # 3 semantic + 3 classes
+    out = tmp_path / "refined"
+    refine_dataset(run, sim, out, progress=False)
+    for a, b in zip(load_dataset(sim), load_dataset(out)):
+        assert a.label_path.read_bytes() == b.label_path.read_bytes()
+    # the class channels reach the generator: other classes, other image
+    sample = load_dataset(sim).samples[0]
+    image, labels = sample.read()
+    layout = read_layout(sample, labels)
+    assert (layout < 0).any()
+    assert semantic_map(torch.from_numpy(layout)[None], class_map=True).shape[1] == 6
+    plain = np.where(layout > 0, layout, 0)
+    a, b = refine_images(refiner, [image, image], [layout, plain], seed=0)
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 0
+    (sim / "classes" / "0000.png").unlink()  # a simulation without class maps: one clear error
+    with pytest.raises(DatasetError, match="classes/0000.png: missing; class_map: true"):
+        refine_dataset(run, sim, tmp_path / "refined2", progress=False)
+
+
+def test_semantic_map_with_classes_is_one_hot_and_without_them_unchanged():
+    from cellsynth.refine.spade import scene_layout, semantic_map
+
+    labels = np.zeros((12, 12), np.int32)
+    labels[2:7, 2:7] = 5
+    classes = np.zeros((12, 12), np.uint8)
+    classes[labels > 0] = 1
+    classes[8:11, 8:11] = 2   # a blob
+    classes[0, :] = 4         # a fibre
+    classes[9:12, 0:3] = 3    # a vessel
+    layout = scene_layout(labels, classes)
+    with_classes = semantic_map(torch.from_numpy(layout)[None], class_map=True)[0]
+    assert with_classes.shape[0] == 6 and torch.all(with_classes.sum(0) == 1)
+    for channel, where in ((3, classes == 2), (4, classes == 3), (5, classes == 4)):
+        assert torch.equal(with_classes[channel].bool(), torch.from_numpy(where)), channel
+    assert torch.equal(with_classes[0].bool(), torch.from_numpy(classes == 0))
+    plain = semantic_map(torch.from_numpy(labels)[None])[0]
+    assert torch.equal(with_classes[1:3], plain[1:3])  # cells: same interior and boundary
+    with pytest.raises(ValueError, match="scene_layout"):
+        scene_layout(labels, classes[:5])

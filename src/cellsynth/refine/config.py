@@ -25,6 +25,9 @@ class RefineConfig:
     blocks: int = 3  # SPADE ResBlocks
     spade_hidden: int = 32  # hidden channels of each SPADE's shared conv
     boundary_width: int = 2  # inner-boundary thickness of the semantic map, pixels
+    # condition also on the simulation's class map (classes/: unlabelled cells, vessels,
+    # fibres), so the refiner knows which dark blobs must not become cells
+    class_map: bool = False
     noise: bool = True  # one extra input channel of N(0, 1) noise
     # sim is clamped to +-(1 - margin) before the refiner's atanh residual; larger lets it dim
     # saturated nuclei smoothly (1e-3 left speckles in dimmed bright nuclei)

@@ -23,7 +23,7 @@ from cellsynth.io.images import match_channels, read_image
 from cellsynth.io.normalize import DEFAULT, Normalization, apply_range, intensity_range, normalize
 from cellsynth.io.resample import pixel_scale, rescale_image
 
-__all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS", "load_simulated"]
+__all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS", "load_simulated", "read_layout"]
 
 LAZY_PIXELS = 8192 * 8192  # larger (uncompressed) TIFFs are memory-mapped, not decoded
 
@@ -42,6 +42,24 @@ def load_simulated(root: str | os.PathLike) -> Dataset:
                            f"{len(missing)} image(s) have no label file (e.g. {missing[0]}); "
                            f"expected {dataset.root}/labels/<id>.tif")
     return dataset
+
+
+def read_layout(sample, labels: np.ndarray) -> np.ndarray:
+    """The :func:`~cellsynth.refine.spade.scene_layout` of a simulated sample: its labels with
+    the class map that ``cellsynth simulate`` writes beside them (classes/<id>.png)."""
+    from cellsynth.refine.spade import scene_layout
+    from cellsynth.simulate.dataset import CLASS_DIR, CLASS_SUFFIX
+
+    path = sample.image_path.parent.parent / CLASS_DIR / (sample.id + CLASS_SUFFIX)
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing; class_map: true needs the class maps that "
+                           f"cellsynth simulate writes (simulate again, or set class_map: "
+                           f"false)")
+    classes = read_image(path)
+    if classes.shape != labels.shape:
+        raise DatasetError(f"{path}: class map {classes.shape[0]}x{classes.shape[1]} does not "
+                           f"match its labels {labels.shape[0]}x{labels.shape[1]}")
+    return scene_layout(labels, classes)
 
 
 def _dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -63,10 +81,11 @@ class SimulatedCrops:
     ----------
     root : dataset folder with images/ and labels/.
     crop : crop side in pixels.
+    class_map : keep :func:`read_layout` maps (labels plus unlabelled classes) as the labels.
     """
 
     def __init__(self, root: str | os.PathLike, crop: int, *,
-                 normalization: Normalization = DEFAULT) -> None:
+                 normalization: Normalization = DEFAULT, class_map: bool = False) -> None:
         dataset = load_simulated(root)
         self.root = dataset.root
         self.pixel_size_um = dataset.pixel_size_um
@@ -81,7 +100,8 @@ class SimulatedCrops:
                                    f"the first image has {self.channels}")
             image = normalize(image, normalization, where=str(sample.image_path))
             self.images.append(match_channels(image, _channels(image)) * 2 - 1)
-            self.labels.append(labels.astype(np.int32))
+            self.labels.append(read_layout(sample, labels) if class_map
+                               else labels.astype(np.int32))
 
     @property
     def channels(self) -> int:

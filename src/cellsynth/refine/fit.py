@@ -81,7 +81,8 @@ class _Samples:
         self.seed = seed
 
     def write(self, path: Path, state: RefinerState) -> None:
-        segmap = semantic_map(self.labels, boundary_width=state.config.boundary_width)
+        segmap = semantic_map(self.labels, boundary_width=state.config.boundary_width,
+                              class_map=state.config.class_map)
         noise = torch.Generator(state.device).manual_seed(self.seed)
         with torch.no_grad(), state.autocast():
             refined = state.generator(self.sim.to(state.device), segmap.to(state.device),
@@ -89,7 +90,8 @@ class _Samples:
         tiles = []
         for i in range(_SAMPLE_ROWS):
             ref = _to_image(refined[i])
-            tiles += [_to_image(self.sim[i]), ref, contour_overlay(ref, self.labels[i].numpy()),
+            cells = self.labels[i].clamp(min=0).numpy()  # a scene layout's classes are < 0
+            tiles += [_to_image(self.sim[i]), ref, contour_overlay(ref, cells),
                       _to_image(self.real[i])]
         path.parent.mkdir(exist_ok=True)
         write_image(path, image_grid(tiles, columns=4))
@@ -127,7 +129,8 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
         saved = read_checkpoint(out / CHECKPOINT)
         check_resume_config(saved["config"], to_dict(config), to_dict(RefineConfig()),
                             RESUMABLE, out / CHECKPOINT)
-    sim = SimulatedCrops(sim_dir, config.crop, normalization=config.normalization)
+    sim = SimulatedCrops(sim_dir, config.crop, normalization=config.normalization,
+                         class_map=config.class_map)
     real = RealCrops(real_dir, config.crop, sim.channels, sim_pixel_size_um=sim.pixel_size_um,
                      real_pixel_size_um=config.real_pixel_size_um,
                      normalization=config.normalization)

@@ -28,7 +28,7 @@ from cellsynth.io.images import to_uint8, write_image
 from cellsynth.io.normalize import Normalization, normalize
 from cellsynth.pipeline import layout
 from cellsynth.refine.config import RefineConfig, config_from_checkpoint
-from cellsynth.refine.data import load_simulated
+from cellsynth.refine.data import load_simulated, read_layout
 from cellsynth.refine.fidelity import label_fidelity
 from cellsynth.refine.spade import SPADEGenerator, semantic_map
 from cellsynth.refine.trainer import build_generator, read_checkpoint, resolve_device
@@ -96,7 +96,8 @@ def refine_images(refiner: Refiner, images: Sequence[np.ndarray], labels: Sequen
     Parameters
     ----------
     images : (H, W) or (H, W, 3) simulated images, uint8/uint16/float in [0, 1].
-    labels : (H, W) instance labels, one per image.
+    labels : (H, W) instance labels, one per image (scene layouts if the refiner uses the
+        class map).
     batch : images per forward pass.
     seed : seed of the noise channel; same seed, same output.
 
@@ -128,7 +129,8 @@ def refine_images(refiner: Refiner, images: Sequence[np.ndarray], labels: Sequen
             x = F.pad(x, pad, mode=mode).to(refiner.device)
             lab = F.pad(lab[:, None].float(), pad, mode=mode)[:, 0].long()
             segmap = semantic_map(lab.to(refiner.device),
-                                  boundary_width=refiner.config.boundary_width)
+                                  boundary_width=refiner.config.boundary_width,
+                                  class_map=refiner.config.class_map)
             with torch.no_grad(), torch.autocast(refiner.device.type, dtype=torch.bfloat16,
                                                  enabled=refiner.bf16):
                 y = refiner.generator(x, segmap, generator=noise)  # (B, C, H', W')
@@ -163,10 +165,11 @@ def refine_dataset(run: str | os.PathLike, sim_dir: str | os.PathLike,
             for start in range(0, len(sim), batch):
                 chunk = sim.samples[start:start + batch]
                 pairs = [s.read() for s in chunk]
+                layouts = ([read_layout(s, p[1]) for s, p in zip(chunk, pairs)]
+                           if refiner.config.class_map else [p[1] for p in pairs])
                 try:
-                    refined = refine_images(refiner, [p[0] for p in pairs],
-                                            [p[1] for p in pairs], batch=batch,
-                                            seed=seed + start)
+                    refined = refine_images(refiner, [p[0] for p in pairs], layouts,
+                                            batch=batch, seed=seed + start)
                 except DatasetError as err:
                     raise DatasetError(f"{sim.root}: {err}") from err
                 for sample, (image, labels), ref in zip(chunk, pairs, refined):

@@ -11,18 +11,40 @@ to any size divisible by 4.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SEMANTIC_CHANNELS", "semantic_map", "SPADE", "SPADEResBlock", "SPADEGenerator"]
+__all__ = ["SEMANTIC_CHANNELS", "CLASS_CHANNELS", "semantic_map", "scene_layout", "label_channels",
+           "SPADE", "SPADEResBlock", "SPADEGenerator"]
 
 SEMANTIC_CHANNELS = ("background", "interior", "boundary")
+# With the simulator's class map (simulate.scene.CLASSES 2, 3, 4): unlabelled structures get
+# channels of their own, so the refiner can tell an out-of-focus blob from a labelled cell.
+CLASS_CHANNELS = {2: "unlabelled cell", 3: "vessel lumen", 4: "fibre"}
+
+
+def label_channels(class_map: bool) -> int:
+    """Channels of the semantic map, without or with the class map."""
+    return len(SEMANTIC_CHANNELS) + (len(CLASS_CHANNELS) if class_map else 0)
+
+
+def scene_layout(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Instance labels (> 0) with each unlabelled pixel's class as a negative code (0, -2, -3,
+    -4): one int32 map that crops, flips and pads like the labels alone."""
+    if labels.shape != classes.shape:
+        raise ValueError(f"scene_layout: labels {labels.shape} and classes {classes.shape}")
+    return np.where(labels > 0, labels, -classes.astype(np.int32)).astype(np.int32)
 _EPS = 1e-3  # keeps atanh finite for saturated simulated pixels
 
 
-def semantic_map(labels: torch.Tensor, *, boundary_width: int = 2) -> torch.Tensor:
+def semantic_map(labels: torch.Tensor, *, boundary_width: int = 2, class_map: bool = False
+                 ) -> torch.Tensor:
     """One-hot background / cell interior / cell boundary map of instance labels.
+
+    With ``class_map``, ``labels`` is a :func:`scene_layout` and three more channels mark
+    unlabelled cells, vessel lumina and fibres (which are then not background).
 
     A foreground pixel is *boundary* when another label (or background) lies within
     ``boundary_width`` pixels (a max-pool minus min-pool test on the label tensor itself, so no
@@ -35,7 +57,7 @@ def semantic_map(labels: torch.Tensor, *, boundary_width: int = 2) -> torch.Tens
 
     Returns
     -------
-    (B, 3, H, W) float32 tensor, exactly one channel is 1 per pixel.
+    (B, 3, H, W) float32 tensor (6 with ``class_map``), exactly one channel is 1 per pixel.
     """
     if labels.ndim != 3:
         raise ValueError(f"semantic_map: expected labels of shape (B, H, W), got {labels.shape}")
@@ -48,7 +70,10 @@ def semantic_map(labels: torch.Tensor, *, boundary_width: int = 2) -> torch.Tens
     foreground = lab > 0
     boundary = foreground & (high != low)
     interior = foreground & ~boundary
-    return torch.cat([~foreground, interior, boundary], dim=1).to(torch.float32)
+    if not class_map:
+        return torch.cat([~foreground, interior, boundary], dim=1).to(torch.float32)
+    extra = [lab == -code for code in CLASS_CHANNELS]
+    return torch.cat([lab == 0, interior, boundary, *extra], dim=1).to(torch.float32)
 
 
 class SPADE(nn.Module):

@@ -37,7 +37,7 @@ from cellsynth.refine.losses import (
     g_hinge_loss,
     self_regularization,
 )
-from cellsynth.refine.spade import SPADEGenerator, semantic_map
+from cellsynth.refine.spade import SPADEGenerator, label_channels, semantic_map
 
 __all__ = ["RefinerState", "build_generator", "new_state", "train_step", "resolve_device",
            "resolve_precision", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
@@ -54,7 +54,8 @@ def resolve_precision(precision: str, device: torch.device) -> bool:
 def build_generator(config: RefineConfig, channels: int) -> SPADEGenerator:
     return SPADEGenerator(channels, width=config.width, blocks=config.blocks,
                           hidden=config.spade_hidden, noise=config.noise,
-                          margin=config.saturation_margin)
+                          margin=config.saturation_margin,
+                          label_nc=label_channels(config.class_map))
 
 
 @dataclass
@@ -115,7 +116,8 @@ def train_step(state: RefinerState, sim: torch.Tensor, labels: torch.Tensor,
     cfg = state.config
     G, D = state.generator, state.discriminator
     sim, labels, real = (t.to(state.device) for t in (sim, labels, real))
-    segmap = semantic_map(labels, boundary_width=cfg.boundary_width)  # (B, 3, H, W)
+    segmap = semantic_map(labels, boundary_width=cfg.boundary_width,
+                          class_map=cfg.class_map)  # (B, 3 or 6, H, W)
     G.train()
     D.train()
     with state.autocast():
