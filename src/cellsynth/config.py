@@ -19,7 +19,12 @@ import yaml
 from cellsynth.errors import ConfigError
 from cellsynth.io.files import atomic_path
 
-__all__ = ["from_dict", "override", "load_yaml", "to_dict", "to_yaml", "save_yaml"]
+__all__ = ["from_dict", "override", "load_yaml", "to_dict", "to_yaml", "save_yaml", "ADDED"]
+
+# Field metadata of an option added after runs existed: ``field(default=..., metadata=ADDED)``.
+# to_dict leaves it out while it has its default, so the fingerprints (and saved configs) of
+# earlier runs, which never had it, stay the same and `run`/`experiment` keep their work.
+ADDED = {"added": True}
 
 T = TypeVar("T")
 
@@ -95,7 +100,8 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
 def to_dict(obj: Any) -> Any:
     """A dataclass as plain YAML/JSON-able data (tuples become lists)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("added") and getattr(obj, f.name) == f.default)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, Path):

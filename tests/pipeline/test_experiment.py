@@ -1,6 +1,7 @@
 """cellsynth experiment: settings x seeds, resumable, the test split used only at the end."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,27 @@ def test_select_settings_keeps_the_named_ones_and_their_comparisons(tmp_path):
     assert chosen.compare == (("c", "a"),)
     with pytest.raises(ConfigError, match="unknown setting.*d; the config has a, b, c"):
         experiment.select_settings(config, ["a", "d"])
+
+
+def test_refine_variants_get_their_own_refiner_data_and_detectors(tmp_path):
+    config = _config(tmp_path, settings=(
+        Setting("refined_only", "refined", 0), Setting("cm_only", "refined", 0,
+                                                       {"class_map": True}),
+        Setting("cm_ft", "refined", 1, {"class_map": True})), compare=())
+    units, detector_of = experiment._plan(config, tmp_path / "out")
+    names = [u.name for u in units]
+    for name in ("refiner/s0", "refiner_class_map-true/s0", "refined/s0",
+                 "refined_class_map-true/s0", "refined_class_map-true_val/s0"):
+        assert name in names, name
+    assert detector_of["refined_only", 0] == "detectors/refined_k0_s0"
+    assert detector_of["cm_only", 0] == "detectors/refined_class_map-true_k0_s0"
+    assert detector_of["cm_ft", 0] == "detectors/refined_class_map-true_k1_s0"
+    assert names.count("refiner_class_map-true/s0") == 1  # shared by both cm settings
+    options = {u.name: u.options for u in units}
+    assert options["refiner_class_map-true/s0"][0]["class_map"] is True
+    assert "class_map" not in options["refiner/s0"][0]  # the default: old fingerprints hold
+    with pytest.raises(ConfigError, match="setting bad: refine: unknown key.*'class_mapp'"):
+        experiment.check_experiment(replace(config, settings=(
+            Setting("bad", "refined", 0, {"class_mapp": True}),)))
+    with pytest.raises(ValueError, match="refine: changes need data: refined"):
+        Setting("real_cm", "real", 1, {"class_map": True})

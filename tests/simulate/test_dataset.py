@@ -146,3 +146,26 @@ def test_a_full_disk_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys):
     assert code == 1 and err == [f"cellsynth simulate: error: {tmp_path / '0000.png'}: "
                                  "No space left on device"]
     assert not (tmp_path / "sim").exists()
+
+
+def test_add_class_maps_redraws_them_for_an_older_simulation(tmp_path):
+    import shutil
+
+    from cellsynth.errors import DatasetError
+    from cellsynth.simulate.dataset import add_class_maps
+
+    out = tmp_path / "sim"
+    write_simulation(preset("nissl"), n=3, size=48, seed=2, out=out, progress=False)
+    written = {p.name: p.read_bytes() for p in (out / "classes").iterdir()}
+    assert add_class_maps(out) is False  # it has them
+    shutil.rmtree(out / "classes")  # as a simulation from before class maps
+    assert add_class_maps(out) is True
+    assert {p.name: p.read_bytes() for p in (out / "classes").iterdir()} == written
+    # another seed in meta.json draws other images: refused, and nothing is written
+    shutil.rmtree(out / "classes")
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "seed": 3}))
+    with pytest.raises(DatasetError, match="0000.png: drawing it again from meta.json gives"):
+        add_class_maps(out)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "labels", "meta.json",
+                                                    "preview.png"]

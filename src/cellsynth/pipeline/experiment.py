@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cellsynth.config import from_dict, load_yaml, save_yaml, to_dict
+from cellsynth.config import from_dict, load_yaml, override, save_yaml, to_dict
 from cellsynth.errors import ConfigError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
@@ -54,6 +54,14 @@ class Setting:
     name: str
     data: Literal["real", "simulated", "refined"]
     k: int | None = 0    # annotated real images; None: all training images
+    # refined only: changes to the experiment's refine: options for this setting (e.g.
+    # {class_map: true}); settings with the same changes share their refiner
+    refine: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def variant(self) -> str:
+        """Suffix of the refiner, refined data and detector folders of a refine variant."""
+        return "".join(f"_{k}-{str(v).lower()}" for k, v in sorted(self.refine.items()))
 
     def __post_init__(self) -> None:
         if self.data not in ("real", *_SYNTHETIC):
@@ -62,6 +70,8 @@ class Setting:
             raise ValueError(f"setting {self.name}: k must be >= 0 or null (all)")
         if self.data == "real" and self.k == 0:
             raise ValueError(f"setting {self.name}: a real-data setting needs k >= 1")
+        if self.refine and self.data != "refined":
+            raise ValueError(f"setting {self.name}: refine: changes need data: refined")
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,8 @@ def check_experiment(config: ExperimentConfig) -> None:
             raise ConfigError(f"setting {s.name}: val: rest needs k < {n_train}")
     if any(s.data == "refined" for s in config.settings) and not config.train:
         raise ConfigError("refined settings need real images for the refiner")
+    for s in config.settings:
+        override(config.refine, s.refine, where=f"setting {s.name}: refine")
 
 
 # --- units of work ---------------------------------------------------------------------------
@@ -173,6 +185,7 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
     from cellsynth import refine
     from cellsynth.segment import trainer
     from cellsynth.simulate import simulation_config, write_simulation
+    from cellsynth.simulate.dataset import add_class_maps
 
     s = config.simulate
     sim_config = simulation_config(s.preset, overrides=s.overrides or None,
@@ -220,30 +233,36 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
             synthetic["simulated"] = (simulation(f"sim/s{seed}", s.n, seed),
                                       simulation(f"sim_val/s{seed}", config.n_val,
                                                  seed + 10_000))
-        if "refined" in kinds:
+        variants = {st.variant: st.refine for st in config.settings if st.data == "refined"}
+        for variant, changes in variants.items():
             sim, sim_val = synthetic["simulated"]
-            refine_config = replace(config.refine, seed=seed)
+            refine_config = replace(override(config.refine, changes), seed=seed)
 
             def fit(folder: Path, resume: bool, sim: str = sim, cfg=refine_config,
                     real: str = real) -> dict[str, Any]:
                 resume = resume and layout.has_checkpoint(folder)
+                if cfg.class_map:  # a simulation from before class maps gets them now
+                    add_class_maps(out / sim)
                 summary = refine.fit(cfg, out / sim, real, folder, resume=resume,
                                      force=not resume, device=config.device,
                                      max_minutes=config.refine_minutes, progress=False)
                 return {"step": summary["step"], "steps_per_s": summary["steps_per_s"]}
-            refiner = add(_Unit(f"refiner/s{seed}", (sim,),
+            refiner = add(_Unit(f"refiner{variant}/s{seed}", (sim,),
                                 [to_dict(refine_config), real_contents,
                                  config.refine_minutes], fit))
 
-            def generate(source: str, seed: int = seed, refiner: str = refiner):
+            def generate(source: str, seed: int = seed, refiner: str = refiner,
+                         variant: str = variant, cfg=refine_config):
                 def run(folder: Path, resume: bool) -> dict[str, Any]:
+                    if cfg.class_map:
+                        add_class_maps(out / source)
                     summary = refine.refine_dataset(out / refiner, out / source, folder,
                                                     device=config.device, force=True,
                                                     seed=seed, progress=False)
                     return {k: v for k, v in summary.items() if isinstance(v, (int, float))}
-                return add(_Unit(f"refined{'_val' if 'val' in source else ''}/s{seed}",
-                                 (refiner, source), [seed], run))
-            synthetic["refined"] = (generate(sim), generate(sim_val))
+                return add(_Unit(f"refined{variant}{'_val' if 'val' in source else ''}"
+                                 f"/s{seed}", (refiner, source), [seed], run))
+            synthetic[f"refined{variant}"] = (generate(sim), generate(sim_val))
         for st in config.settings:
             if st.data == "real":
                 data = subset(st.k, seed, rest=False)
@@ -252,8 +271,9 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                     f"detectors/real_k{'all' if st.k is None else st.k}_s{seed}",
                     config.supervised, [data], val, None, seed)
                 continue
-            train_data, val_data = synthetic[st.data]
-            zero = detector(f"detectors/{st.data}_k0_s{seed}", config.pretrain, [train_data],
+            kind = st.data + st.variant
+            train_data, val_data = synthetic[kind]
+            zero = detector(f"detectors/{kind}_k0_s{seed}", config.pretrain, [train_data],
                             val_data, None, seed)
             if st.k == 0:
                 detector_of[st.name, seed] = zero
@@ -261,7 +281,7 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
             data = subset(st.k, seed, rest=False)
             val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
             detector_of[st.name, seed] = detector(
-                f"detectors/{st.data}_k{'all' if st.k is None else st.k}_s{seed}",
+                f"detectors/{kind}_k{'all' if st.k is None else st.k}_s{seed}",
                 config.finetune, [data], val, zero, seed)
     return list(units.values()), detector_of
 

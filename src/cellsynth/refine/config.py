@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from cellsynth.config import from_dict, load_yaml
+from cellsynth.config import ADDED, from_dict, load_yaml
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization
 
 __all__ = ["RefineConfig", "refine_config", "config_from_checkpoint"]
@@ -27,7 +27,7 @@ class RefineConfig:
     boundary_width: int = 2  # inner-boundary thickness of the semantic map, pixels
     # condition also on the simulation's class map (classes/: unlabelled cells, vessels,
     # fibres), so the refiner knows which dark blobs must not become cells
-    class_map: bool = False
+    class_map: bool = field(default=False, metadata=ADDED)
     noise: bool = True  # one extra input channel of N(0, 1) noise
     # sim is clamped to +-(1 - margin) before the refiner's atanh residual; larger lets it dim
     # saturated nuclei smoothly (1e-3 left speckles in dimmed bright nuclei)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from cellsynth import __version__
-from cellsynth.config import to_dict
-from cellsynth.errors import ConfigError
+from cellsynth.config import from_dict, to_dict
+from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.hardware import die_with_parent
 from cellsynth.io.datasets import write_dataset_meta
 from cellsynth.io.files import staged_output_dir
@@ -27,7 +27,7 @@ from cellsynth.simulate.presets import SimulationConfig
 from cellsynth.simulate.scene import CLASSES, render_scene
 from cellsynth.viz import contour_overlay, image_grid
 
-__all__ = ["image_seeds", "simulate_config", "write_simulation"]
+__all__ = ["image_seeds", "simulate_config", "write_simulation", "add_class_maps"]
 
 IMAGE_SUFFIX = ".png"
 LABEL_SUFFIX = ".tif"
@@ -190,3 +190,47 @@ def write_simulation(config: SimulationConfig, *, n: int, size: int | tuple[int,
         _preview(root, n, width)
     return {"n_images": n, "n_instances": int(sum(counts)),
             "images_per_s": n / max(elapsed, 1e-9), "seconds": elapsed}
+
+
+def add_class_maps(root: str | os.PathLike) -> bool:
+    """Give a simulation written before class maps existed its ``classes/`` folder.
+
+    Every image is drawn again from ``meta.json`` (preset config, seed, n, size); drawing is
+    deterministic, and each redrawn image must equal the stored one byte for byte, else
+    :class:`DatasetError` (the simulator changed since). Returns False if the folder already
+    had class maps. The folder appears whole or not at all.
+    """
+    import shutil
+
+    from cellsynth.io.datasets import load_dataset
+    from cellsynth.pipeline import layout
+
+    root = Path(root)
+    target = root / CLASS_DIR
+    if target.is_dir():
+        return False
+    meta = load_dataset(root).meta
+    try:
+        config = from_dict(SimulationConfig, meta["config"], where=f"{root / layout.META}")
+        n, seed, shape = int(meta["n"]), int(meta["seed"]), tuple(meta["size"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"{root / layout.META}: cannot redraw the simulation for its class "
+                           f"maps (no {err})") from err
+    width = max(4, len(str(n - 1)))
+    staging = root / f".{CLASS_DIR}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        for i, child in enumerate(image_seeds(seed, n)):
+            name = f"{i:0{width}d}"
+            image, _, classes = render_scene(config, _shape(shape), np.random.default_rng(child),
+                                             classes=True)
+            stored = root / "images" / (name + IMAGE_SUFFIX)
+            if not np.array_equal(read_image(stored), image):
+                raise DatasetError(f"{stored}: drawing it again from meta.json gives another "
+                                   f"image (a different simulator version); simulate again")
+            write_image(staging / (name + CLASS_SUFFIX), classes)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return True
