@@ -172,3 +172,14 @@ def test_governor_keeps_an_explicit_count(monkeypatch):
         assert governor.tick() == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_bf16_timing_leaves_torchs_random_state_alone():
+    import torch
+
+    hardware._timed_bf16_speedup.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    hardware._timed_bf16_speedup()
+    assert torch.equal(torch.rand(3), expected)

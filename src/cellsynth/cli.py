@@ -112,7 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_train_config(args.config, {
         "steps": args.steps, "crop": args.crop, "batch": args.batch, "lr": args.lr,
         "device": args.device, "seed": args.seed, "model": args.model,
-        "precision": args.precision, "val_every": args.val_every,
+        "precision": args.precision, "val_every": args.val_every, "patience": args.patience,
         "pixel_size_um": args.pixel_size, "channel": args.channel})
     summary = train(config, args.data, args.out, init=args.init, val=args.val,
                     resume=args.resume, force=args.force, progress=not args.quiet)
@@ -336,6 +336,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_precision(p)
     p.add_argument("--val-every", type=_positive_int,
                    help="validate (F1, score threshold, best.pt) every this many steps")
+    p.add_argument("--patience", type=_positive_int,
+                   help="stop at a plateau: after this many validations without a better F1 "
+                        "(default: train all --steps)")
     p.add_argument("--pixel-size", type=_positive_float, help="working pixel size (um)")
     _add_channel(p, "use only this channel (0-based) of multi-channel images; recorded, so "
                     "predict applies it too")

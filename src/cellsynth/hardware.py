@@ -109,9 +109,12 @@ def _timed_bf16_speedup() -> float:
     def block(a: int, b: int) -> list[nn.Module]:
         return [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU()]
 
-    net = nn.Sequential(*block(16, 32), *block(32, 32), nn.MaxPool2d(2), *block(32, 64),
-                        *block(64, 64))
-    x = torch.randn(2, 16, 128, 128)
+    # torch's global random state is left as it was: else the first model of a process would
+    # start from other random numbers than the next (a run and its resume differed)
+    with torch.random.fork_rng(devices=[]):
+        net = nn.Sequential(*block(16, 32), *block(32, 32), nn.MaxPool2d(2), *block(32, 64),
+                            *block(64, 64))
+        x = torch.randn(2, 16, 128, 128)
 
     def once(bf16: bool) -> float:
         started = time.perf_counter()
@@ -122,6 +125,7 @@ def _timed_bf16_speedup() -> float:
     once(False), once(True)  # warm-up: kernel selection
     fp32, bf16 = zip(*[(once(False), once(True)) for _ in range(5)])
     return statistics.median(fp32) / statistics.median(bf16)
+
 
 
 _announced: set[str] = set()

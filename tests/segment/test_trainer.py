@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,25 @@ def test_best_checkpoint_is_the_best_validated_step(sim, tmp_path, monkeypatch):
     summary = train(config, [sim], tmp_path / "run", val=sim, progress=False)
     assert summary["best_val_f1"] == 0.7
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["step"] == 2
+
+
+def test_patience_stops_at_a_plateau_and_a_resume_does_not_train_on(sim, tmp_path,
+                                                                     monkeypatch):
+    f1s = iter([0.2, 0.7, 0.4, 0.7, 0.9, 0.5])
+    monkeypatch.setattr(trainer, "validate", lambda *a: {
+        "score_thresh": 0.8, "f1_50": next(f1s), "f1_avg": 0.1, "f1_by_threshold": {}})
+    config = TrainConfig(steps=6, patience=2, **{**TINY, "val_every": 1})
+    summary = train(config, [sim], tmp_path / "run", val=sim, progress=False)
+    # 0.4 and 0.7 (not better than 0.7) are two validations without a gain: stop after step 4
+    assert summary["steps"] == 4 and summary["plateau"] and summary["best_val_f1"] == 0.7
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["step"] == 2
+    again = train(config, [sim], tmp_path / "run", val=sim, resume=True, progress=False)
+    assert again["steps"] == 4 and again["plateau"]
+    # more patience on resume: it trains on from step 4 and finds the better step 5
+    more = train(replace(config, patience=3), [sim], tmp_path / "run", val=sim, resume=True,
+                 progress=False)
+    assert more["steps"] == 6 and not more["plateau"] and more["best_val_f1"] == 0.9
 
 
 def _free_port() -> int:

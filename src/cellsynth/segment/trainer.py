@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cellsynth.config import from_dict, save_yaml, to_dict
+from cellsynth.config import ADDED, from_dict, save_yaml, to_dict
 from cellsynth.errors import CellsynthError, ConfigError
 from cellsynth.hardware import ThreadGovernor, announce, choose_precision, resolve_device
 from cellsynth.io.files import (
@@ -48,7 +48,7 @@ __all__ = ["TrainConfig", "train", "THRESHOLD_GRID"]
 CHECKPOINT_SECONDS = 600.0  # also checkpoint when the last one is this old (single process)
 # options that may change when a run is resumed (how long, how often to validate or save);
 # anything else would change what the run computes
-RESUMABLE = frozenset({"steps", "val_every", "checkpoint_every"})
+RESUMABLE = frozenset({"steps", "val_every", "checkpoint_every", "patience"})
 
 # Score thresholds tried on the validation images (scores bunch up near 1 after training).
 THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
@@ -77,6 +77,9 @@ class TrainConfig:
     # intensities -> [0, 1] by image content; recorded, so predict applies the same
     normalization: Normalization = field(default_factory=Normalization)
     channel: int | None = None  # use only this channel (0-based) of multi-channel images
+    # stop at a plateau: after this many validations in a row without a better F1@0.5 than the
+    # best so far (None: train all steps; best.pt is the best validated step either way)
+    patience: int | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         for name in ("order", "samples", "steps", "crop", "batch", "val_every",
@@ -240,7 +243,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     rng = np.random.default_rng([config.seed, rank])
-    step, best_f1, score_thresh = 0, -1.0, 0.9
+    step, best_f1, score_thresh, since_best = 0, -1.0, 0.9, 0
     if resume:
         try:
             ckpt = torch.load(out / layout.LAST, map_location=config.device,
@@ -256,6 +259,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
         rng.bit_generator.state = ckpt["rng"]["numpy"][rank]
         torch.set_rng_state(ckpt["rng"]["torch"])
         step, best_f1, score_thresh = ckpt["step"], ckpt["best_f1"], ckpt["score_thresh"]
+        since_best = ckpt.get("since_best", 0)  # absent in runs from before patience
     if rank == 0:
         prepare_run_dir(out, resume=resume, force=force)
     if world > 1:
@@ -288,7 +292,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                          "scheduler": scheduler.state_dict(), "step": step,
                          "rng": {"numpy": states, "torch": torch.get_rng_state()},
                          "config": to_dict(config), "model_spec": spec, "best_f1": best_f1,
-                         "precision": precision.name,
+                         "since_best": since_best, "precision": precision.name,
                          "score_thresh": score_thresh,
                          # plain celldetection users: cd.load_model(RUN/best.pt)
                          **celldetection_format(model, weights, score_thresh=score_thresh)})
@@ -307,9 +311,12 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
         if rank == 0:
             discard_replaced_run(out)  # the new run has something to keep now
 
+    def plateau() -> bool:
+        return bool(val_items) and config.patience is not None and since_best >= config.patience
+
     try:
         with stop_between_steps() as stop:
-            while step < config.steps:
+            while step < config.steps and not plateau():
                 threads.tick()
                 step, loss_value = _train_step(net, optimizer, scheduler, sampler, model, config,
                                                step, log, bar)
@@ -322,18 +329,26 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                                   val_f1_by_threshold=result["f1_by_threshold"])
                         if result["f1_50"] > best_f1:
                             best_f1, score_thresh = result["f1_50"], result["score_thresh"]
+                            since_best = 0
                             checkpoint(out / layout.BEST, collective=False)
+                        else:
+                            since_best += 1
                         logger.info("%s step %d/%d: validation F1@0.5 %.3f, F1avg %.3f "
                                     "(threshold %.2f; best %.3f)", out.name, step,
                                     config.steps, result["f1_50"], result["f1_avg"],
                                     result["score_thresh"], best_f1)
                     if world > 1:  # share rank 0's choice so every rank saves the same state
-                        shared = [best_f1, score_thresh]
+                        shared = [best_f1, score_thresh, since_best]
                         torch.distributed.broadcast_object_list(shared, src=0)
-                        best_f1, score_thresh = shared
+                        best_f1, score_thresh, since_best = shared
                 overdue = world == 1 and time.monotonic() - saved_at > CHECKPOINT_SECONDS
-                if step % config.checkpoint_every == 0 or step == config.steps or overdue:
+                if (step % config.checkpoint_every == 0 or step == config.steps or overdue
+                        or plateau()):
                     save_last()
+                if plateau() and rank == 0:
+                    logger.info("%s: validation F1 has not improved in %d validations: "
+                                "plateau, stopping at step %d of %d (best %.3f)", out.name,
+                                config.patience, step, config.steps, best_f1)
                 if stop and world == 1:
                     save_last()
                     logger.warning("stopped by %s at step %d; checkpoint saved",
@@ -350,7 +365,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     if world > 1:
         torch.distributed.barrier()
     return {"steps": step, "loss": loss_value, "best_val_f1": best_f1,
-            "score_thresh": score_thresh, "run": str(out)}
+            "score_thresh": score_thresh, "plateau": plateau(), "run": str(out)}
 
 
 def load_train_config(path: str | os.PathLike | None, overrides: dict[str, Any]) -> TrainConfig:
