@@ -46,3 +46,21 @@ def make_dataset(root: Path, n: int = 3, size: int = 32, *, rgb: bool = False,
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "ds")
+
+
+@pytest.fixture(scope="session")
+def trained_detector(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, simulated dataset) of a tiny CPN that finds some cells: 30 steps on 4
+    simulated 96 px fluorescence images (once per test process)."""
+    from cellsynth.segment.data import Augment
+    from cellsynth.segment.trainer import TrainConfig, train
+    from cellsynth.simulate import preset, write_simulation
+
+    root = tmp_path_factory.mktemp("detector")
+    sim = root / "sim"
+    write_simulation(preset("fluo"), n=4, size=96, seed=0, out=sim, progress=False)
+    config = TrainConfig(steps=30, lr=4e-3, warmup=1, crop=64, batch=2, samples=32, order=4,
+                         refinement_iterations=1, val_every=1000, precision="fp32",
+                         augment=Augment(enabled=False))
+    train(config, [sim], root / "run", progress=False)
+    return root / "run", sim

@@ -290,3 +290,32 @@ realism: {{enabled: false}}
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[pretrain] resuming" in result.stdout.splitlines()
     _assert_resumed_like_full(tmp_path / "full" / "pretrain", out / "pretrain", steps=8)
+
+
+def test_predict_killed_with_sigkill_resumes_at_the_rows_it_finished(tmp_path,
+                                                                     trained_detector):
+    from cellsynth.io.images import read_image, read_labels, write_image
+
+    write_simulation(preset("fluo"), n=1, size=384, seed=5, out=tmp_path / "big",
+                     progress=False)
+    section = tmp_path / "section"
+    section.mkdir()
+    write_image(section / "s.tif", read_image(tmp_path / "big" / "images" / "0000.png"))
+    args = ["predict", "--detector", str(trained_detector[0]), "--images", str(section),
+            "--tile", "128", "--overlap", "32", "--batch", "2", "--score-thresh", "0.5",
+            "--precision", "fp32"]
+    out = tmp_path / "out"
+    process = _start(args + ["--out", str(out), "--quiet"])
+    reference = _start(args + ["--out", str(tmp_path / "full"), "--quiet"])
+    cache = tmp_path / ".out.proposals" / "s"
+    _kill_when(process, lambda: len(list(cache.glob("row*.npz"))) >= 1)
+    done = len(list(cache.glob("row*.npz")))
+    result = _run(args + ["--out", str(out)])  # no --force: nothing was published
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = f"continuing a prediction that was stopped ({done} rows of tiles done)"
+    assert said in result.stderr, result.stderr[-2000:]
+    assert reference.wait(timeout=300) == 0, reference.communicate()[1][-2000:]
+    labels = read_labels(out / "labels" / "s.tif")
+    assert labels.max() >= 3, "the tiny detector should find some cells"
+    assert (labels == read_labels(tmp_path / "full" / "labels" / "s.tif")).all()
+    assert not (tmp_path / ".out.proposals").exists()  # published: the rows are gone

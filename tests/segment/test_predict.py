@@ -9,22 +9,12 @@ import torch
 from cellsynth.evaluate import matching
 from cellsynth.io.images import read_image, read_labels, write_image
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization
-from cellsynth.segment.data import Augment
 from cellsynth.segment.predict import load_detector, predict_folder, predict_image
-from cellsynth.segment.trainer import TrainConfig, train
-from cellsynth.simulate import preset, write_simulation
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("predict")
-    sim = root / "sim"
-    write_simulation(preset("fluo"), n=4, size=96, seed=0, out=sim, progress=False)
-    config = TrainConfig(steps=30, lr=4e-3, warmup=1, crop=64, batch=2, samples=32, order=4,
-                         refinement_iterations=1, val_every=1000, precision="fp32",
-                         augment=Augment(enabled=False))
-    train(config, [sim], root / "run", progress=False)
-    return root / "run", sim
+@pytest.fixture
+def model(trained_detector) -> tuple[Path, Path]:
+    return trained_detector
 
 
 def test_the_run_records_its_normalisation(model):

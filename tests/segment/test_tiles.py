@@ -6,10 +6,12 @@ from skimage.measure import find_contours, regionprops
 
 from cellsynth.evaluate import matching
 from cellsynth.segment.tiles import (
+    ProposalStore,
     contours_to_labels,
     open_large_image,
     predict_tiled,
     tile_origins,
+    tiled_proposals,
 )
 
 
@@ -65,6 +67,40 @@ def test_large_image_no_duplicates_no_seams():
     result = matching(labels, predicted, thresholds=[0.5, 0.8])
     assert result.n_pred == result.n_gt == 160  # no duplicates, nothing lost at borders
     assert result.f1.tolist() == [1.0, 1.0]
+
+
+def test_a_stopped_prediction_resumes_at_the_first_unfinished_row(tmp_path):
+    labels = _disks((500, 420), 60, 9, seed=1)
+    image = labels[..., None].astype(np.float32)
+    oracle, seen = _oracle(labels), []
+
+    def predictor(tiles):
+        seen.append(len(tiles))
+        if stop_after is not None and sum(seen) > stop_after:
+            raise KeyboardInterrupt
+        return oracle(tiles)
+
+    kwargs = dict(tile=160, overlap=48, batch=2)
+    rows, cols = len(tile_origins(500, 160, 48)), len(tile_origins(420, 160, 48))
+    stop_after = None
+    expected = tiled_proposals(image, predictor, **kwargs)
+    key = {"model": "oracle", "tile": 160}
+    seen.clear()
+    stop_after = cols + 1  # killed in the second row: only the first row is kept
+    with pytest.raises(KeyboardInterrupt):
+        tiled_proposals(image, predictor, store=ProposalStore(tmp_path / "p", key), **kwargs)
+    assert sorted(f.name for f in (tmp_path / "p").iterdir()) == ["key.json", "row00000.npz"]
+    seen.clear()
+    stop_after = None
+    resumed = tiled_proposals(image, predictor, store=ProposalStore(tmp_path / "p", key),
+                              **kwargs)
+    assert sum(seen) == (rows - 1) * cols  # the first row was not predicted again
+    for a, b in zip(resumed, expected):
+        np.testing.assert_array_equal(a, b)
+    seen.clear()  # proposals made for another model or tiling are not used
+    tiled_proposals(image, predictor, store=ProposalStore(tmp_path / "p", {**key, "tile": 1}),
+                    **kwargs)
+    assert sum(seen) == rows * cols
 
 
 def test_duplicates_are_painted_once():

@@ -7,6 +7,7 @@ are read tile by tile, so whole-slide sections fit in memory only once, as label
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
 from cellsynth.pipeline import layout
 from cellsynth.segment.tiles import (
     Predictor,
+    ProposalStore,
     contours_to_labels,
     open_large_image,
     tile_origins,
@@ -155,7 +157,8 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                   overlap: int = 96, batch: int = 4, score_thresh: float | None = None,
                   device: str = "cpu", where: str = "image", channel: int | None = None,
                   pixel_size_um: float | None = None, progress: Any = None,
-                  return_scores: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                  return_scores: bool = False, store: ProposalStore | None = None
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size.
 
     ``channel`` (default: the one the model was trained on, if any) keeps only that channel.
@@ -163,7 +166,8 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     resampled to the model's resolution (window by window) and the cells are drawn back at
     the image's own, so the labels always have the image's shape. ``progress``: a tqdm bar
     counting tiles (its total grows by this image's tiles). ``return_scores``: also return
-    each id's score ((N + 1,), index 0 = background).
+    each id's score ((N + 1,), index 0 = background). ``store``: keeps finished rows of tiles
+    (see :class:`~cellsynth.segment.tiles.ProposalStore`); rows it holds are not predicted.
     """
     tile = tile or max(detector.crop, 512)
     image = select_channel(image, detector.channel if channel is None else channel,
@@ -179,7 +183,7 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     contours, scores = tiled_proposals(
         view, make_predictor(detector, device=device), tile=tile, overlap=overlap,
         batch=batch, read=_reader(detector.in_channels, low, high, where),
-        progress=progress.update if progress is not None else None)
+        progress=progress.update if progress is not None else None, store=store)
     if factor != 1.0:  # pixel centres: model pixel i sits at image pixel (i + 0.5) / f - 0.5
         contours = (contours + 0.5) / factor - 0.5
     thresh = detector.score_thresh if score_thresh is None else score_thresh
@@ -283,10 +287,16 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     started = time.perf_counter()
     n_cells, megapixels = 0, 0.0
     per_image: dict[str, dict[str, Any]] = {}
+    # finished rows of tiles of every image, kept until the output is published: a killed
+    # prediction (a whole section takes hours) resumes there when run again
+    cache = Path(out).parent / f".{Path(out).name}.proposals"
     with staged_output_dir(out, force=force) as root:
         (root / layout.LABELS).mkdir()
         (root / layout.OVERLAYS).mkdir()
         (root / layout.DETECTIONS).mkdir()
+        if cache.is_dir() and any(cache.glob("*/row*.npz")):
+            announce(f"{out}: continuing a prediction that was stopped "
+                     f"({len(list(cache.glob('*/row*.npz')))} rows of tiles done)")
         with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
             for n_done, (image_id, path) in enumerate(inputs):
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
@@ -297,10 +307,17 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     announce(f"{images}: pixel size of some images unknown (no --pixel-size, "
                              f"meta.json or file metadata); taken to be the model's "
                              f"{detector.pixel_size_um} um/px")
+                stat = path.stat()
+                store = ProposalStore(cache / image_id, {
+                    "detector": detector.source, "step": detector.step,
+                    "bf16": "forward" in detector.model.core.__dict__,  # set_core_precision
+                    "image": str(path.resolve()), "bytes": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns, "level": level, "tile": tile,
+                    "overlap": overlap, "channel": channel, "pixel_size_um": px})
                 labels, id_scores = predict_image(
                     detector, image, tile=tile, overlap=overlap, batch=batch,
                     score_thresh=score_thresh, device=device, where=str(path), channel=channel,
-                    pixel_size_um=px, progress=bar, return_scores=True)
+                    pixel_size_um=px, progress=bar, return_scores=True, store=store)
                 per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
                     px, detector.pixel_size_um)}
                 if labels_as == "ome-zarr" or (labels_as == "auto"
@@ -327,5 +344,6 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             "pixel_size_um": shared_px,  # the labels are at the images' own pixels
             "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
             "n_images": len(inputs), "n_instances": n_cells})
+    shutil.rmtree(cache, ignore_errors=True)  # published: nothing left to resume
     return {"n_images": len(inputs), "n_instances": n_cells, "seconds": elapsed,
             "megapixels_per_s": megapixels / max(elapsed, 1e-9)}

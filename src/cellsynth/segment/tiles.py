@@ -20,7 +20,7 @@ import numpy as np
 from cellsynth.errors import ImageReadError
 
 __all__ = ["open_large_image", "tile_origins", "tiled_proposals", "predict_tiled",
-           "contours_to_labels"]
+           "contours_to_labels", "ProposalStore"]
 
 # A predictor maps a batch (B, h, w, C) float32 in [0, 1] to per-tile (contours, scores),
 # contours (K, S, 2) as (x, y) in tile coordinates.
@@ -162,10 +162,53 @@ def _core(start: int, tile: int, length: int, starts: list[int]) -> tuple[float,
     return low, high
 
 
+class ProposalStore:
+    """The proposals of finished tile rows of one image, on disk, so that a killed prediction
+    of a whole section resumes where it stopped.
+
+    ``folder`` holds ``key.json`` (what the proposals depend on: model, image, tiling) and one
+    ``rowNNNNN.npz`` per finished row of tiles, each written atomically; it is made when the
+    first row is done. A folder made for another key is removed first.
+    """
+
+    def __init__(self, folder: str | os.PathLike, key: dict[str, Any]):
+        import json
+        import shutil
+
+        self.folder = Path(folder)
+        self._key = json.dumps(key, sort_keys=True, default=str)
+        stored = self.folder / "key.json"
+        if self.folder.is_dir() and not (stored.is_file() and stored.read_text() == self._key):
+            shutil.rmtree(self.folder)  # made for another model, image or tiling
+
+    def _path(self, row: int) -> Path:
+        return self.folder / f"row{row:05d}.npz"
+
+    def load(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
+        path = self._path(row)
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            return data["contours"], data["scores"]
+
+    def save(self, row: int, contours: np.ndarray, scores: np.ndarray) -> None:
+        from cellsynth.io.files import atomic_path
+
+        if not self.folder.is_dir():  # made at the first finished row, not before
+            self.folder.mkdir(parents=True)
+            (self.folder / "key.json").write_text(self._key)
+        with atomic_path(self._path(row)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, contours=contours, scores=scores)
+
+    @property
+    def rows_done(self) -> int:
+        return len(list(self.folder.glob("row*.npz")))
+
+
 def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overlap: int = 96,
                     batch: int = 4, read: Callable[[Any, slice, slice], np.ndarray] | None = None,
-                    progress: Callable[[int], None] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    progress: Callable[[int], None] | None = None,
+                    store: ProposalStore | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cell proposals of a (H, W[, C]) image of any size, each owned by exactly one tile.
 
     Parameters
@@ -173,6 +216,7 @@ def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overla
     image : numpy array or lazy array-like (zarr) of shape (H, W) or (H, W, C).
     predictor : see ``Predictor``.
     read : turns ``image[ys, xs]`` into (h, w, C) float32 in [0, 1]; default casts.
+    store : keeps each finished row of tiles; rows it holds are not predicted again.
 
     Returns
     -------
@@ -183,27 +227,44 @@ def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overla
     read = read or (lambda img, ys, xs: np.asarray(img[ys, xs], np.float32))
     ys0, xs0 = tile_origins(height, tile, overlap), tile_origins(width, tile, overlap)
     th, tw = min(tile, height), min(tile, width)
-    origins = [(y, x) for y in ys0 for x in xs0]
     contours: list[np.ndarray] = []
     scores: list[np.ndarray] = []
-    for b in range(0, len(origins), batch):
-        chunk = origins[b:b + batch]
-        tiles = np.stack([read(image, slice(y, y + th), slice(x, x + tw)) for y, x in chunk])
-        for (y, x), (c, s) in zip(chunk, predictor(tiles)):
-            if c.shape[0] == 0:
-                continue
-            centre = c.mean(axis=1)  # (K, 2) as (x, y)
-            ylo, yhi = _core(y, th, height, ys0)
-            xlo, xhi = _core(x, tw, width, xs0)
-            cy, cx = centre[:, 1] + y, centre[:, 0] + x
-            own = (cy >= ylo) & (cy < yhi) & (cx >= xlo) & (cx < xhi)
-            shifted = c[own].astype(np.float32)
-            shifted[..., 0] += x
-            shifted[..., 1] += y
-            contours.append(shifted)
-            scores.append(s[own])
-        if progress is not None:
-            progress(len(chunk))
+    for row, y in enumerate(ys0):
+        kept = store.load(row) if store is not None else None
+        if kept is not None:
+            contours.append(kept[0])
+            scores.append(kept[1])
+            if progress is not None:
+                progress(len(xs0))
+            continue
+        row_contours: list[np.ndarray] = []
+        row_scores: list[np.ndarray] = []
+        for b in range(0, len(xs0), batch):
+            chunk = xs0[b:b + batch]
+            tiles = np.stack([read(image, slice(y, y + th), slice(x, x + tw)) for x in chunk])
+            for x, (c, s) in zip(chunk, predictor(tiles)):
+                if c.shape[0] == 0:
+                    continue
+                centre = c.mean(axis=1)  # (K, 2) as (x, y)
+                ylo, yhi = _core(y, th, height, ys0)
+                xlo, xhi = _core(x, tw, width, xs0)
+                cy, cx = centre[:, 1] + y, centre[:, 0] + x
+                own = (cy >= ylo) & (cy < yhi) & (cx >= xlo) & (cx < xhi)
+                shifted = c[own].astype(np.float32)
+                shifted[..., 0] += x
+                shifted[..., 1] += y
+                row_contours.append(shifted)
+                row_scores.append(np.asarray(s[own], np.float32))
+            if progress is not None:
+                progress(len(chunk))
+        if row_contours:
+            contours.append(np.concatenate(row_contours))
+            scores.append(np.concatenate(row_scores))
+        if store is not None:
+            store.save(row, contours[-1] if row_contours else np.zeros((0, 1, 2), np.float32),
+                       scores[-1] if row_contours else np.zeros(0, np.float32))
+    contours = [c for c in contours if len(c)]
+    scores = [s for s in scores if len(s)]
     if not contours:
         return np.zeros((0, 1, 2), np.float32), np.zeros(0, np.float32)
     return np.concatenate(contours), np.concatenate(scores)
