@@ -296,7 +296,7 @@ def test_predict_killed_with_sigkill_resumes_at_the_rows_it_finished(tmp_path,
                                                                      trained_detector):
     from cellsynth.io.images import read_image, read_labels, write_image
 
-    write_simulation(preset("fluo"), n=1, size=384, seed=5, out=tmp_path / "big",
+    write_simulation(preset("fluo"), n=1, size=288, seed=5, out=tmp_path / "big",
                      progress=False)
     section = tmp_path / "section"
     section.mkdir()
