@@ -84,6 +84,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (root / "not_yaml.yaml").write_text("steps: [1, 2\n")
     (root / "empty.yaml").write_text("# to be filled in\n")
     (root / "unknown_key.yaml").write_text("stepz: 3\n")
+    (root / "small_sim.yaml").write_text(f"simulate: {{preset: fluo, n: 1, size: 64}}\n"
+                                         f"real: {{unlabeled: {sim}}}\n")
     (root / "cut.pt").write_bytes((run / "last.pt").read_bytes()[:4000])
     existing = root / "existing"
     existing.mkdir()
@@ -159,6 +161,8 @@ CASES = [
     ("inspect {root}/orphan", "without an image"),
     ("train --data {existing} --out {existing} --force --steps 1", "is (or holds) the input"),
     ("experiment {root}/not_yaml.yaml --out {existing}", "invalid YAML"),
+    ("run {root}/small_sim.yaml --out {existing}", "simulate.size 64 is smaller than "
+     "refine.crop 128"),
     ("experiment {root}/empty.yaml --out {existing}", "empty experiment config"),
     ("export {root}/mismatch --to coco --out {existing} --force", "does not match"),
     ("predict --detector {run} --images {sim} --out {existing} --force --labels zarr",

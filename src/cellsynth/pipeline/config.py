@@ -111,6 +111,10 @@ def check_inputs(config: PipelineConfig) -> None:
         folder = getattr(config.real, role)
         if folder is not None:
             load_dataset(folder, require_labels=role != "unlabeled")
+    if config.real.unlabeled and config.simulate.size < config.refine.crop:
+        raise ConfigError(f"simulate.size {config.simulate.size} is smaller than refine.crop "
+                          f"{config.refine.crop}: the refiner trains on crops of the "
+                          f"simulated images (raise simulate.size or lower refine.crop)")
     if config.real.train and not config.real.unlabeled:
         raise ConfigError("real.train is set but real.unlabeled is not: the refiner needs "
                           "unlabeled real images (the train images may be reused)")
