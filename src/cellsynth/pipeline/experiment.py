@@ -258,7 +258,8 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                         add_class_maps(out / source)
                     summary = refine.refine_dataset(out / refiner, out / source, folder,
                                                     device=config.device, force=True,
-                                                    seed=seed, progress=False)
+                                                    seed=seed, precision=cfg.precision,
+                                                    progress=False)
                     return {k: v for k, v in summary.items() if isinstance(v, (int, float))}
                 return add(_Unit(f"refined{variant}{'_val' if 'val' in source else ''}"
                                  f"/s{seed}", (refiner, source), [seed], run))

@@ -112,7 +112,8 @@ def _generate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 
     summary = refine.refine_dataset(out / layout.REFINER, out / layout.SIMULATE,
                                     out / layout.REFINED, device=config.device, force=True,
-                                    seed=config.seed, progress=kw["progress"])
+                                    seed=config.seed, precision=config.refine.precision,
+                                    progress=kw["progress"])
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
 
 
