@@ -67,6 +67,7 @@ class Detector:
     source: str
     normalization: Normalization = Normalization()  # as the model was trained
     channel: int | None = None  # the one channel of multi-channel images it was trained on
+    precision: str = "fp32"  # what its core runs in here (set_core_precision)
 
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
@@ -120,7 +121,8 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
         normalization = DTYPE_SCALING
     return Detector(model, spec["in_channels"], float(ckpt.get("score_thresh", 0.9)),
                     int(config.get("crop", 256)), config.get("pixel_size_um"),
-                    int(ckpt["step"]), str(path), normalization, config.get("channel"))
+                    int(ckpt["step"]), str(path), normalization, config.get("channel"),
+                    chosen.name)
 
 
 def make_predictor(detector: Detector, *, device: str = "cpu") -> Predictor:
@@ -294,9 +296,10 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         (root / layout.LABELS).mkdir()
         (root / layout.OVERLAYS).mkdir()
         (root / layout.DETECTIONS).mkdir()
-        if cache.is_dir() and any(cache.glob("*/row*.npz")):
+        rows_done = len(list(cache.glob("*/row*.npz")))
+        if rows_done:
             announce(f"{out}: continuing a prediction that was stopped "
-                     f"({len(list(cache.glob('*/row*.npz')))} rows of tiles done)")
+                     f"({rows_done} rows of tiles done)")
         with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
             for n_done, (image_id, path) in enumerate(inputs):
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
@@ -310,7 +313,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 stat = path.stat()
                 store = ProposalStore(cache / image_id, {
                     "detector": detector.source, "step": detector.step,
-                    "bf16": "forward" in detector.model.core.__dict__,  # set_core_precision
+                    "precision": detector.precision,
                     "image": str(path.resolve()), "bytes": stat.st_size,
                     "mtime_ns": stat.st_mtime_ns, "level": level, "tile": tile,
                     "overlap": overlap, "channel": channel, "pixel_size_um": px})

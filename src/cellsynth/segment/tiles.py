@@ -200,9 +200,6 @@ class ProposalStore:
         with atomic_path(self._path(row)) as tmp, open(tmp, "wb") as f:
             np.savez(f, contours=contours, scores=scores)
 
-    @property
-    def rows_done(self) -> int:
-        return len(list(self.folder.glob("row*.npz")))
 
 
 def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overlap: int = 96,
@@ -260,10 +257,12 @@ def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overla
         if row_contours:
             contours.append(np.concatenate(row_contours))
             scores.append(np.concatenate(row_scores))
+        else:
+            contours.append(np.zeros((0, 1, 2), np.float32))
+            scores.append(np.zeros(0, np.float32))
         if store is not None:
-            store.save(row, contours[-1] if row_contours else np.zeros((0, 1, 2), np.float32),
-                       scores[-1] if row_contours else np.zeros(0, np.float32))
-    contours = [c for c in contours if len(c)]
+            store.save(row, contours[-1], scores[-1])
+    contours = [c for c in contours if len(c)]  # empty rows: their point count may differ
     scores = [s for s in scores if len(s)]
     if not contours:
         return np.zeros((0, 1, 2), np.float32), np.zeros(0, np.float32)
