@@ -273,6 +273,55 @@ def test_labels_as_ome_zarr_with_pixel_size_pyramid_and_exports(model, tmp_path,
     assert (tmp_path / "geojson" / "a.geojson").is_file()
 
 
+def test_a_section_read_and_painted_chunk_by_chunk_equals_the_in_memory_path(
+        model, tmp_path, monkeypatch):
+    """Pyramidal TIFF and OME-Zarr inputs go the whole-section way (tiles read lazily, labels
+    painted window by window into OME-Zarr, the table computed in bands) and give the same
+    pixels and rows as a flat TIFF read and painted whole."""
+    import tifffile
+    import zarr
+
+    from cellsynth.io.ome_zarr import read_labels_zarr
+    from cellsynth.segment import predict
+
+    run, sim = model
+    found = [read_image(p) for p in sorted((sim / "images").iterdir())]
+    crops = [np.rot90(found[i % len(found)], i // len(found)) for i in range(6)]
+    mosaic = np.concatenate([np.concatenate(crops[:3], axis=1),
+                             np.concatenate(crops[3:], axis=1)], axis=0)
+    (tmp_path / "flat").mkdir()
+    tifffile.imwrite(tmp_path / "flat" / "s.tif", mosaic)
+    (tmp_path / "pyramid").mkdir()
+    with tifffile.TiffWriter(tmp_path / "pyramid" / "s.ome.tif") as tif:
+        tif.write(mosaic, subifds=1, tile=(64, 64), compression="zlib")
+        tif.write(mosaic[::2, ::2], subfiletype=1, tile=(64, 64), compression="zlib")
+    (tmp_path / "ngff").mkdir()
+    root = zarr.open_group(str(tmp_path / "ngff" / "s.zarr"), mode="w")
+    root.create_array("0", data=mosaic, chunks=(64, 64))
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0"}]}]
+    painted, original = [], predict.PaintedLabels
+    monkeypatch.setattr(predict, "PaintedLabels",
+                        lambda *a, **k: painted.append(1) or original(*a, **k))
+    options = dict(tile=128, overlap=48, score_thresh=0.5, precision="fp32",
+                   pixel_size_um=0.5, progress=False)
+    predict_folder(run, tmp_path / "flat", tmp_path / "memory", **options)
+    assert not painted  # a small flat TIFF is read and painted whole
+    expected = read_labels(tmp_path / "memory" / "labels" / "s.tif")
+    table = (tmp_path / "memory" / "detections" / "s.csv").read_text()
+    assert expected.max() >= 10
+    for source in ("pyramid", "ngff"):
+        out = tmp_path / f"out-{source}"
+        predict_folder(run, tmp_path / source, out, labels_as="ome-zarr", **options)
+        image_id = "s.ome" if source == "pyramid" else "s"
+        labels, pixel = read_labels_zarr(out / "labels" / f"{image_id}.ome.zarr")
+        np.testing.assert_array_equal(labels, expected)
+        assert pixel == 0.5
+        assert (out / "detections" / f"{image_id}.csv").read_text() == table
+    assert len(painted) == 2
+
+
 def test_ome_zarr_pyramid_halves_each_level(tmp_path):
     from cellsynth.io.ome_zarr import read_labels_zarr, write_labels_zarr
 
@@ -285,6 +334,7 @@ def test_ome_zarr_pyramid_halves_each_level(tmp_path):
         shapes.append(data.shape)
         sizes.append(pixel)
         assert set(np.unique(data)) == {0, 3, 70000}  # ids survive downsampling
+        np.testing.assert_array_equal(data, labels[::2 ** level, ::2 ** level])
     assert shapes == [(1000, 700), (500, 350), (250, 175)] and sizes == [0.25, 0.5, 1.0]
     assert not list(tmp_path.glob(".*tmp"))  # written beside and renamed into place
 

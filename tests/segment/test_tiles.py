@@ -6,6 +6,7 @@ from skimage.measure import find_contours, regionprops
 
 from cellsynth.evaluate import matching
 from cellsynth.segment.tiles import (
+    PaintedLabels,
     ProposalStore,
     contours_to_labels,
     open_large_image,
@@ -112,6 +113,34 @@ def test_duplicates_are_painted_once():
     thresholded = contours_to_labels(contours, np.array([0.9, 0.8, 0.7]), (50, 50),
                                      score_thresh=0.75)
     assert thresholded.max() == 1
+
+
+def _random_polygons(n, shape, seed):
+    """Overlapping star-shaped polygons of mixed sizes, some cut by the image border."""
+    rng = np.random.default_rng(seed)
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    centres = rng.uniform([-10, -10], [shape[1] + 10, shape[0] + 10], (n, 2))
+    radii = rng.uniform(2, 30, (n, 1)) * rng.uniform(0.6, 1.4, (n, 24))
+    contours = np.stack([centres[:, :1] + radii * np.cos(angles),
+                         centres[:, 1:] + radii * np.sin(angles)], axis=-1)
+    scores = rng.choice(np.linspace(0.5, 1.0, 40), n)  # ties too: the order must match
+    return contours.astype(np.float32), scores.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_painting_window_by_window_equals_painting_the_whole_image(seed):
+    shape = (301, 257)
+    contours, scores = _random_polygons(400, shape, seed)
+    whole, id_scores = contours_to_labels(contours, scores, shape, score_thresh=0.6,
+                                          return_scores=True)
+    painted = PaintedLabels(contours, scores, shape, score_thresh=0.6, grid=16)
+    assert 50 < painted.n_cells < 400  # proposals were dropped as mostly covered
+    assert painted.n_cells == whole.max()
+    np.testing.assert_array_equal(painted.id_scores, id_scores)
+    np.testing.assert_array_equal(np.asarray(painted), whole)
+    for y0, x0, y1, x1 in [(0, 0, 64, 64), (37, 101, 211, 256), (300, 0, 301, 257)]:
+        np.testing.assert_array_equal(painted[y0:y1, x0:x1], whole[y0:y1, x0:x1])
+    np.testing.assert_array_equal(painted[5:200:2, ::3], whole[5:200:2, ::3])
 
 
 def test_one_painting_serves_every_threshold():

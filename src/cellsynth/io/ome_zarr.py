@@ -27,7 +27,10 @@ OME_ZARR_SUFFIX = ".ome.zarr"
 def write_labels_zarr(path: str | os.PathLike, labels: Any, *,
                       pixel_size_um: float | None = None, chunk: int = 1024,
                       name: str = "cells") -> Path:
-    """Write an (H, W) label image (numpy or lazy array) as an OME-Zarr multiscale group."""
+    """Write an (H, W) label image (numpy or lazy array) as an OME-Zarr multiscale group.
+
+    A lazy ``labels`` (e.g. :class:`~cellsynth.segment.tiles.PaintedLabels`) is read once,
+    in rows of ``chunk`` pixels."""
     import zarr
 
     path = Path(path)
@@ -40,16 +43,20 @@ def write_labels_zarr(path: str | os.PathLike, labels: Any, *,
     root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
     scale = float(pixel_size_um) if pixel_size_um else 1.0
     datasets = []
-    level, step = 0, 1
+    level, step, source = 0, 1, labels
     while True:
         shape = (-(-height // step), -(-width // step))
         array = root.create_array(str(level), shape=shape, chunks=(min(chunk, shape[0]),
                                                                    min(chunk, shape[1])),
                                   dtype=dtype, fill_value=0,
                                   chunk_key_encoding={"name": "v2", "separator": "/"})
-        for y in range(0, shape[0], chunk):  # chunk rows: bounded memory for lazy inputs
-            rows = np.asarray(labels[y * step:(y + chunk) * step:step, ::step])
+        # rows of chunks: bounded memory for lazy inputs; each level from the one above it
+        # (every second pixel of every second row), so the input is read only once
+        stride = 1 if level == 0 else 2
+        for y in range(0, shape[0], chunk):
+            rows = np.asarray(source[y * stride:(y + chunk) * stride:stride, ::stride])
             array[y:y + rows.shape[0], :] = rows
+        source = array
         datasets.append({"path": str(level), "coordinateTransformations": [
             {"type": "scale", "scale": [scale * step, scale * step]}]})
         if max(shape) <= chunk:

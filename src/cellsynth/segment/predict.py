@@ -1,7 +1,9 @@
 """Apply a trained detector: load it from a run, predict label maps for folders of images.
 
 Images up to ``LAZY_PIXELS`` are read whole (and validated); larger TIFFs and Zarr arrays
-are read tile by tile, so whole-slide sections fit in memory only once, as labels.
+are read tile by tile and their labels painted and written chunk by chunk, so a whole
+section is never in memory: neither its pixels nor its labels (what is held is the cells'
+outlines, ~1 byte per cell pixel).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, write_labels_zarr
 from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
 from cellsynth.pipeline import layout
 from cellsynth.segment.tiles import (
+    PaintedLabels,
     Predictor,
     ProposalStore,
     contours_to_labels,
@@ -159,8 +162,8 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                   overlap: int = 96, batch: int = 4, score_thresh: float | None = None,
                   device: str = "cpu", where: str = "image", channel: int | None = None,
                   pixel_size_um: float | None = None, progress: Any = None,
-                  return_scores: bool = False, store: ProposalStore | None = None
-                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                  return_scores: bool = False, store: ProposalStore | None = None,
+                  in_memory: bool = True) -> Any:
     """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size.
 
     ``channel`` (default: the one the model was trained on, if any) keeps only that channel.
@@ -170,6 +173,9 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     counting tiles (its total grows by this image's tiles). ``return_scores``: also return
     each id's score ((N + 1,), index 0 = background). ``store``: keeps finished rows of tiles
     (see :class:`~cellsynth.segment.tiles.ProposalStore`); rows it holds are not predicted.
+    ``in_memory=False`` returns the labels as a :class:`~cellsynth.segment.tiles.PaintedLabels`
+    (the same pixels, painted window by window when read) for sections whose labels do not fit
+    in memory.
     """
     tile = tile or max(detector.crop, 512)
     image = select_channel(image, detector.channel if channel is None else channel,
@@ -189,27 +195,50 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     if factor != 1.0:  # pixel centres: model pixel i sits at image pixel (i + 0.5) / f - 0.5
         contours = (contours + 0.5) / factor - 0.5
     thresh = detector.score_thresh if score_thresh is None else score_thresh
-    labels, id_scores = contours_to_labels(contours, scores,
-                                           (int(image.shape[0]), int(image.shape[1])),
-                                           score_thresh=thresh, return_scores=True)
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    if in_memory:
+        labels, id_scores = contours_to_labels(contours, scores, shape, score_thresh=thresh,
+                                               return_scores=True)
+    else:
+        labels = PaintedLabels(contours, scores, shape, score_thresh=thresh)
+        id_scores = labels.id_scores
     return (labels, id_scores) if return_scores else labels
 
 
-def detections_table(labels: np.ndarray, id_scores: np.ndarray,
-                     pixel_size_um: float | None = None) -> str:
+def detections_table(labels: Any, id_scores: np.ndarray,
+                     pixel_size_um: float | None = None, *, band: int = 1024) -> str:
     """CSV of the cells of a label map: id, centroid, area, score, bounding box (pixels; area
-    also in um² when the pixel size is known)."""
-    from skimage.measure import regionprops
+    also in um² when the pixel size is known).
 
+    ``labels``: (H, W) numpy or lazy array (read in bands of ``band`` rows, so a whole
+    section's labels need not be in memory); ids index ``id_scores``.
+    """
+    height, width = int(labels.shape[0]), int(labels.shape[1])
+    n = len(id_scores)
+    area = np.zeros(n, np.int64)
+    sum_y, sum_x = np.zeros(n), np.zeros(n)
+    y0s, x0s = np.full(n, height, np.int64), np.full(n, width, np.int64)
+    y1s, x1s = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for top in range(0, height, band):
+        block = np.asarray(labels[top:top + band, :])
+        rows, cols = np.nonzero(block)
+        ids = block[rows, cols].astype(np.int64)
+        rows += top
+        area += np.bincount(ids, minlength=n)
+        sum_y += np.bincount(ids, weights=rows, minlength=n)
+        sum_x += np.bincount(ids, weights=cols, minlength=n)
+        np.minimum.at(y0s, ids, rows)
+        np.minimum.at(x0s, ids, cols)
+        np.maximum.at(y1s, ids, rows + 1)
+        np.maximum.at(x1s, ids, cols + 1)
     header = "id,centroid_y,centroid_x,area_px,area_um2,score,bbox_y0,bbox_x0,bbox_y1,bbox_x1"
-    rows = [header]
-    for region in regionprops(labels):
-        cy, cx = region.centroid
-        area_um2 = f"{region.area * pixel_size_um ** 2:.3f}" if pixel_size_um else ""
-        y0, x0, y1, x1 = region.bbox
-        rows.append(f"{region.label},{cy:.2f},{cx:.2f},{int(region.area)},{area_um2},"
-                    f"{float(id_scores[region.label]):.4f},{y0},{x0},{y1},{x1}")
-    return "\n".join(rows) + "\n"
+    lines = [header]
+    for i in np.flatnonzero(area[1:]) + 1:
+        a = int(area[i])
+        area_um2 = f"{a * pixel_size_um ** 2:.3f}" if pixel_size_um else ""
+        lines.append(f"{i},{sum_y[i] / a:.2f},{sum_x[i] / a:.2f},{a},{area_um2},"
+                     f"{float(id_scores[i]):.4f},{y0s[i]},{x0s[i]},{y1s[i]},{x1s[i]}")
+    return "\n".join(lines) + "\n"
 
 
 def _folder_pixel_size(images: Path) -> float | None:
@@ -320,23 +349,25 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 labels, id_scores = predict_image(
                     detector, image, tile=tile, overlap=overlap, batch=batch,
                     score_thresh=score_thresh, device=device, where=str(path), channel=channel,
-                    pixel_size_um=px, progress=bar, return_scores=True, store=store)
+                    pixel_size_um=px, progress=bar, return_scores=True, store=store,
+                    in_memory=not lazy)  # a section's labels are painted chunk by chunk
+                pixels = int(labels.shape[0]) * int(labels.shape[1])
                 per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
                     px, detector.pixel_size_um)}
                 if labels_as == "ome-zarr" or (labels_as == "auto"
-                                               and labels.size > ZARR_ABOVE_PIXELS):
+                                               and pixels > ZARR_ABOVE_PIXELS):
                     write_labels_zarr(root / layout.LABELS / f"{image_id}{OME_ZARR_SUFFIX}",
                                       labels, pixel_size_um=px)
                 else:
-                    write_labels(root / layout.LABELS / f"{image_id}.tif", labels,
+                    write_labels(root / layout.LABELS / f"{image_id}.tif", np.asarray(labels),
                                  pixel_size_um=px)
                 with atomic_path(root / layout.DETECTIONS / f"{image_id}.csv") as tmp:
                     tmp.write_text(detections_table(labels, id_scores, px))
                 if not lazy:
                     write_image(root / layout.OVERLAYS / f"{image_id}.png",
                                 contour_overlay(image, labels))
-                n_cells += int(labels.max())
-                megapixels += labels.size / 1e6
+                n_cells += len(id_scores) - 1
+                megapixels += pixels / 1e6
         elapsed = time.perf_counter() - started
         sizes = {v["pixel_size_um"] for v in per_image.values()}
         shared_px = sizes.pop() if len(sizes) == 1 else None

@@ -20,7 +20,7 @@ import numpy as np
 from cellsynth.errors import ImageReadError
 
 __all__ = ["open_large_image", "tile_origins", "tiled_proposals", "predict_tiled",
-           "contours_to_labels", "ProposalStore"]
+           "contours_to_labels", "PaintedLabels", "ProposalStore"]
 
 # A predictor maps a batch (B, h, w, C) float32 in [0, 1] to per-tile (contours, scores),
 # contours (K, S, 2) as (x, y) in tile coordinates.
@@ -57,6 +57,92 @@ def contours_to_labels(contours: np.ndarray, scores: np.ndarray, shape: tuple[in
         labels[rr[free], cc[free]] = len(painted)
         painted.append(float(scores[k]))
     return (labels, np.array(painted)) if return_scores else labels
+
+
+class PaintedLabels:
+    """The label image :func:`contours_to_labels` paints, without holding it in memory.
+
+    A whole section at 1 um/px has ~10^10 pixels: its labels do not fit in RAM. The greedy
+    painting is global (whether a proposal is kept depends on every better one it overlaps),
+    so the decisions are made first, proposal by proposal in score order, each on a canvas
+    the size of its bounding box onto which the kept better proposals that touch it are
+    drawn; each kept cell keeps its bounding box and mask. Any window of the labels is then
+    painted on demand from the kept cells that touch it. Every pixel, id and score equals
+    :func:`contours_to_labels` with the same arguments; memory is that of the kept masks
+    (~1 byte per cell pixel), not of the image.
+
+    Slicing (``labels[y0:y1, x0:x1]``) returns a uint32 array; ``id_scores`` is as
+    ``contours_to_labels(..., return_scores=True)`` returns it; ``n_cells`` the number of ids.
+    """
+
+    def __init__(self, contours: np.ndarray, scores: np.ndarray, shape: tuple[int, int], *,
+                 score_thresh: float = 0.0, min_visible: float = 0.5, grid: int = 64):
+        from skimage.draw import polygon
+
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(np.uint32)
+        self.ndim = 2
+        boxes: list[tuple[int, int, int, int]] = []  # (y0, x0, y1, x1) of kept cells
+        masks: list[np.ndarray] = []
+        painted = [np.inf]
+        buckets: dict[tuple[int, int], list[int]] = {}  # grid cell -> kept cells touching it
+        for k in np.argsort(-scores, kind="stable"):
+            if scores[k] < score_thresh:
+                continue
+            rr, cc = polygon(contours[k, :, 1], contours[k, :, 0], shape=self.shape)
+            if rr.size == 0:
+                continue
+            y0, x0 = int(rr.min()), int(cc.min())
+            y1, x1 = int(rr.max()) + 1, int(cc.max()) + 1
+            mask = np.zeros((y1 - y0, x1 - x0), bool)
+            mask[rr - y0, cc - x0] = True
+            taken = np.zeros_like(mask)
+            cells = [(gy, gx) for gy in range(y0 // grid, (y1 - 1) // grid + 1)
+                     for gx in range(x0 // grid, (x1 - 1) // grid + 1)]
+            for j in sorted({j for cell in cells for j in buckets.get(cell, ())}):
+                b = boxes[j]
+                oy0, ox0 = max(y0, b[0]), max(x0, b[1])
+                oy1, ox1 = min(y1, b[2]), min(x1, b[3])
+                if oy0 < oy1 and ox0 < ox1:
+                    taken[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0] |= \
+                        masks[j][oy0 - b[0]:oy1 - b[0], ox0 - b[1]:ox1 - b[1]]
+            free = int((mask & ~taken).sum())
+            if free < max(min_visible * rr.size, 1):
+                continue
+            for cell in cells:
+                buckets.setdefault(cell, []).append(len(boxes))
+            boxes.append((y0, x0, y1, x1))
+            masks.append(mask)
+            painted.append(float(scores[k]))
+        self._boxes = np.array(boxes, np.int64).reshape(-1, 4)
+        self._masks = masks
+        self.id_scores = np.array(painted)
+        self.n_cells = len(masks)
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        ys, xs = key
+        y0, y1, sy = ys.indices(self.shape[0])
+        x0, x1, sx = xs.indices(self.shape[1])
+        window = self.window(y0, x0, max(y0, y1), max(x0, x1))
+        return window[::sy, ::sx] if sy != 1 or sx != 1 else window
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        full = self.window(0, 0, *self.shape)
+        return full if dtype is None else full.astype(dtype)
+
+    def window(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        """The labels of rows y0:y1 and columns x0:x1 (uint32)."""
+        out = np.zeros((y1 - y0, x1 - x0), np.uint32)
+        b = self._boxes
+        touching = np.flatnonzero((b[:, 0] < y1) & (b[:, 2] > y0) & (b[:, 1] < x1)
+                                  & (b[:, 3] > x0))
+        for j in touching:  # in id order = score order: better cells first
+            by0, bx0, by1, bx1 = (int(v) for v in b[j])
+            oy0, ox0, oy1, ox1 = max(y0, by0), max(x0, bx0), min(y1, by1), min(x1, bx1)
+            target = out[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
+            mask = self._masks[j][oy0 - by0:oy1 - by0, ox0 - bx0:ox1 - bx0] & (target == 0)
+            target[mask] = j + 1
+        return out
 
 
 class _YXC:
