@@ -44,7 +44,7 @@ def test_cellpose_and_stardist_folders_round_trip(dataset, tmp_path, to):
     names = sorted(p.relative_to(tmp_path / to).as_posix()
                    for p in (tmp_path / to).rglob("*") if p.is_file())
     expected = {"cellpose": ["a.png", "a_masks.tif", "b.png", "b_masks.tif"],
-                "stardist": ["images/a.png", "images/b.png", "masks/a.tif", "masks/b.tif"]}
+                "stardist": ["images/a.tif", "images/b.tif", "masks/a.tif", "masks/b.tif"]}
     assert names == expected[to]
     back = load_dataset(tmp_path / to, require_labels=True)  # recognised, not unlabeled
     assert [s.id for s in back] == ["a", "b"]

@@ -1,7 +1,8 @@
 """Convert a dataset or a prediction folder to what other tools open.
 
 - ``cellpose``: one folder, ``<id>.tif`` beside ``<id>_masks.tif`` (Cellpose training layout);
-- ``stardist``: ``images/<id>.tif`` + ``masks/<id>.tif`` (StarDist's data layout);
+- ``stardist``: ``images/<id>.tif`` + ``masks/<id>.tif`` (StarDist's data layout; other
+  image formats are converted to TIFF, as its loading idiom globs ``*.tif`` in both);
 - ``geojson``: ``<id>.geojson`` per image, a FeatureCollection of polygon Features with
   ``objectType: detection`` in pixel coordinates, as QuPath imports them (File > Import objects);
 - ``coco``: ``annotations.json`` (one ``cell`` category, polygon segmentation, bbox, area)
@@ -26,7 +27,13 @@ import numpy as np
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.datasets import CELLPOSE_SUFFIX, load_dataset
 from cellsynth.io.files import staged_output_dir, write_json
-from cellsynth.io.images import IMAGE_SUFFIXES, read_image, read_labels, write_labels
+from cellsynth.io.images import (
+    IMAGE_SUFFIXES,
+    read_image,
+    read_labels,
+    write_image,
+    write_labels,
+)
 from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, is_ome_zarr, read_labels_zarr
 from cellsynth.pipeline import layout
 
@@ -130,8 +137,12 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
             if to == "cellpose":
                 shutil.copyfile(image_path, staging / f"{image_id}{image_path.suffix}")
                 write_labels(staging / f"{image_id}{CELLPOSE_SUFFIX}.tif", labels)
-            elif to == "stardist":
-                shutil.copyfile(image_path, staging / "images" / f"{image_id}{image_path.suffix}")
+            elif to == "stardist":  # its idiom pairs images/*.tif with masks/*.tif by name
+                target = staging / "images" / f"{image_id}.tif"
+                if image_path.suffix.lower() in (".tif", ".tiff"):
+                    shutil.copyfile(image_path, target)
+                else:
+                    write_image(target, read_image(image_path))
                 write_labels(staging / "masks" / f"{image_id}.tif", labels)
             elif to == "geojson":
                 write_json(staging / f"{image_id}.geojson", _geojson(labels, image_id))
