@@ -70,6 +70,14 @@ def world(tmp_path_factory) -> dict[str, Path]:
     write_image(orphan / "images" / "a.png", good)
     write_labels(orphan / "labels" / "a.tif", np.zeros((64, 64), np.uint16))
     write_labels(orphan / "labels" / "b.tif", np.zeros((64, 64), np.uint16))
+    with tifffile.TiffWriter(root / "pyramid.tif") as tif:  # 2 levels: 0 and 1
+        tif.write(good, subifds=1, tile=(32, 32))
+        tif.write(good[::2, ::2], subfiletype=1, tile=(32, 32))
+    import zarr
+
+    zarr.open_group(str(root / "five_d.zarr"), mode="w").create_array(
+        "0", data=np.zeros((2, 2, 2, 64, 64), np.uint8))  # no NGFF axes: which are y, x?
+    (root / "slide.czi").write_bytes(b"CZI")
     rgba = root / "rgba"  # an alpha channel: dropped, said in one line
     (rgba / "images").mkdir(parents=True)
     (rgba / "labels").mkdir()
@@ -167,6 +175,12 @@ CASES = [
     ("export {root}/mismatch --to coco --out {existing} --force", "does not match"),
     ("predict --detector {run} --images {sim} --out {existing} --force --labels zarr",
      "invalid choice"),
+    ("predict --detector {run} --images {root}/pyramid.tif --out {existing} --force --level 4",
+     "pyramid.tif: no resolution level 4; the image has 2"),
+    ("predict --detector {run} --images {root}/five_d.zarr --out {existing} --force",
+     "five_d.zarr: cannot tell the axes of a 5-D array"),
+    ("predict --detector {run} --images {root}/slide.czi --out {existing} --force",
+     "slide.czi: not an image file"),
 ]
 
 

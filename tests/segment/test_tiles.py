@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from skimage.measure import find_contours, regionprops
 
+from cellsynth.errors import ImageReadError
 from cellsynth.evaluate import matching
 from cellsynth.segment.tiles import (
     PaintedLabels,
@@ -172,6 +173,9 @@ def test_pyramidal_tiff_opens_lazily_at_any_level(tmp_path):
     np.testing.assert_array_equal(np.asarray(full[10:74, 20:84]), image[10:74, 20:84])
     half = open_large_image(tmp_path / "pyr.ome.tif", level=1)
     assert half.shape == (128, 160)
+    with pytest.raises(ImageReadError, match=r"pyr.ome.tif: no resolution level 3; the image "
+                       r"has 3 \(0-2, 0 = full resolution\)$"):
+        open_large_image(tmp_path / "pyr.ome.tif", level=3)
 
 
 def test_ome_zarr_axes_are_honoured(tmp_path):
@@ -196,6 +200,8 @@ def test_ome_zarr_axes_are_honoured(tmp_path):
     low, high = intensity_range(second)
     assert low[0] == np.percentile(image[1], 1) and high[0] == np.percentile(image[1], 99.8)
     assert open_large_image(tmp_path / "img.zarr", level=1).shape == (48, 64, 2)
+    with pytest.raises(ImageReadError, match="img.zarr: no resolution level 2; the image has 2"):
+        open_large_image(tmp_path / "img.zarr", level=2)
 
 
 def test_predict_reads_pyramids_and_large_compressed_tiffs_lazily(tmp_path, monkeypatch):

@@ -180,12 +180,19 @@ def _ngff_level(group: Any, level: int, path: Path) -> tuple[Any, str | None]:
         axes = multiscales[0].get("axes")
         names = "".join((a["name"] if isinstance(a, dict) else a)[0].lower() for a in axes) \
             if axes else None
-        path = datasets[min(level, len(datasets) - 1)]["path"]
-        return group[path], names
+        _check_level(path, level, len(datasets))
+        return group[datasets[level]["path"]], names
     keys = sorted(group.array_keys(), key=lambda k: (len(k), k))
     if not keys:
         raise ImageReadError(f"{path}: Zarr group holds no array")
-    return group[keys[min(level, len(keys) - 1)]], None
+    _check_level(path, level, len(keys))
+    return group[keys[level]], None
+
+
+def _check_level(path: Path, level: int, levels: int) -> None:
+    if not 0 <= level < levels:
+        raise ImageReadError(f"{path}: no resolution level {level}; the image has {levels} "
+                             f"(0-{levels - 1}, 0 = full resolution)")
 
 
 def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
@@ -207,6 +214,7 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
 
             with tifffile.TiffFile(path) as tif:
                 axes = tif.series[0].axes.lower().replace("s", "c")
+                _check_level(path, level, len(tif.series[0].levels))
             node = zarr.open(tifffile.imread(path, aszarr=True, level=level), mode="r")
             level = 0  # tifffile opened that level already
         else:
