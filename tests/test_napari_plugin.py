@@ -1,4 +1,4 @@
-"""The napari plugin's manifest, reader and writer (napari itself is not needed)."""
+"""The napari plugin's manifest, reader and writer; napari itself (no Qt) where installed."""
 
 import importlib
 import json
@@ -74,3 +74,27 @@ def test_writer_saves_labels_with_the_layer_scale(tmp_path):
     from cellsynth.io.resample import read_pixel_size
 
     assert read_pixel_size(tmp_path / "x.tif") == pytest.approx(0.5)
+
+
+def test_napari_opens_a_dataset_and_a_prediction_through_the_plugin(tmp_path):
+    """napari itself (its viewer model: no window, no Qt) finds the plugin through the
+    package's entry point and opens our folders as Image + Labels layers at our scale."""
+    components = pytest.importorskip("napari.components")
+    import npe2
+
+    npe2.PluginManager.instance().discover()  # what napari's application does at start-up
+    root = make_dataset(tmp_path / "ds", n=2, size=32)
+    (root / "meta.json").write_text(json.dumps({"pixel_size_um": 0.5}))
+    viewer = components.ViewerModel()
+    viewer.open(str(root), plugin="cellsynth")
+    assert [(layer.name, type(layer).__name__) for layer in viewer.layers] == [
+        ("img0", "Image"), ("img0 labels", "Labels"), ("img1", "Image"),
+        ("img1 labels", "Labels")]
+    assert tuple(viewer.layers["img0 labels"].scale) == (0.5, 0.5)
+    assert viewer.layers["img1 labels"].data.max() == 5
+    labels = np.zeros((1200, 900), np.uint32)
+    labels[5:50, 5:40] = 9
+    write_labels_zarr(tmp_path / "big.ome.zarr", labels, pixel_size_um=0.25, chunk=512)
+    viewer.open(str(tmp_path / "big.ome.zarr"), plugin="cellsynth")
+    big = viewer.layers["big"]
+    assert type(big).__name__ == "Labels" and big.multiscale and len(big.data) == 3
