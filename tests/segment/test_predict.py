@@ -351,3 +351,31 @@ def test_napari_widget_segments_an_image_layer(model):
     assert kind == "labels" and kwargs["name"] == "nuclei cells"
     expected = predict_image(load_detector(run), image, score_thresh=0.5)
     assert labels.max() >= 3 and np.array_equal(labels, expected)
+
+
+def test_inference_preparation_folds_batchnorm_without_changing_the_proposals(model):
+    import copy
+
+    from cellsynth.segment.cpn import (
+        build_model,
+        prepare_for_inference,
+        raw_predict,
+        score_threshold,
+    )
+
+    run, sim = model
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    plain = build_model(**ckpt["model_spec"])
+    plain.load_state_dict(ckpt["model"])
+    plain.eval()
+    fast = copy.deepcopy(plain)
+    assert prepare_for_inference(fast) == 22  # every conv + norm pair of the slim U-Net
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    image = read_image(sorted((sim / "images").iterdir())[0]).astype(np.float32) / 255
+    inputs = torch.from_numpy(image.reshape(1, 1, *image.shape[:2]))
+    with score_threshold(plain, 0.5), score_threshold(fast, 0.5):
+        (c0, s0), = raw_predict(plain, inputs)
+        (c1, s1), = raw_predict(fast, inputs)
+    assert len(s0) >= 3 and len(s1) == len(s0)
+    np.testing.assert_allclose(s1, s0, atol=1e-4)
+    np.testing.assert_allclose(c1, c0, atol=1e-2)

@@ -22,7 +22,7 @@ with warnings.catch_warnings():  # timm / mamba FutureWarnings on import
     import celldetection as cd
 
 __all__ = ["MODELS", "build_model", "celldetection_format", "training_targets", "collate",
-           "set_core_precision", "raw_predict", "score_threshold"]
+           "set_core_precision", "prepare_for_inference", "raw_predict", "score_threshold"]
 
 # name -> celldetection class; the small U-Net CPN trains at a useful speed on CPU.
 MODELS = {
@@ -106,6 +106,34 @@ def set_core_precision(model: torch.nn.Module, precision: str) -> None:
 
 
 @torch.no_grad()
+def prepare_for_inference(model: torch.nn.Module) -> int:
+    """Make a CPN faster for prediction only (in place; never for a model that will train).
+
+    Every Conv2d followed by a BatchNorm2d in eval mode becomes one convolution with the
+    normalisation folded into its weights (torch's ``fuse_conv_bn_eval``; the BatchNorm
+    becomes an Identity), and the weights go channels-last, the layout oneDNN's CPU
+    convolutions prefer. Outputs change by float rounding only (contours by ~1e-4 px).
+    Returns the number of folded pairs.
+    """
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    folded = 0
+    for parent in list(model.modules()):
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = parent._modules[first], parent._modules[second]
+            if (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)
+                    and norm.track_running_stats and conv.out_channels == norm.num_features):
+                parent._modules[first] = fuse_conv_bn_eval(conv, norm)
+                parent._modules[second] = nn.Identity()
+                folded += 1
+    model.to(memory_format=torch.channels_last)
+    return folded
+
+
+@torch.no_grad()
 def raw_predict(model: torch.nn.Module, inputs: torch.Tensor
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Contours and scores of every proposal above ``model.score_thresh`` after NMS.
@@ -114,7 +142,7 @@ def raw_predict(model: torch.nn.Module, inputs: torch.Tensor
     Returns, per image, ``contours`` (K, samples, 2) as (x, y) and ``scores`` (K,).
     """
     model.eval()
-    out = model(inputs)
+    out = model(inputs.contiguous(memory_format=torch.channels_last))
     return [(c.float().cpu().numpy(), s.float().cpu().numpy())
             for c, s in zip(out["contours"], out["scores"])]
 

@@ -105,14 +105,14 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
     ``precision`` ("auto"/"bf16"/"fp32"): ``auto`` asks *this* machine's hardware, whatever
     the model trained in (bf16 is ~10x slower where the CPU emulates it).
     """
-    from cellsynth.segment.cpn import build_model, set_core_precision
+    from cellsynth.segment.cpn import build_model, prepare_for_inference, set_core_precision
 
     resolve_device(device)
     path, ckpt = read_detector_checkpoint(run, device=device, needed_by="predict")
     spec = ckpt["model_spec"]
     model = build_model(**spec).to(device)
     model.load_state_dict(ckpt["model"])
-    model.eval()
+    prepare_for_inference(model)  # BatchNorm folded, channels-last: ~1.5x faster on CPU
     config = ckpt.get("config", {})
     chosen = choose_precision(precision, device)
     announce(str(chosen))

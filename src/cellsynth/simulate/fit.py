@@ -1,0 +1,608 @@
+"""Fit a simulator preset to unlabeled real images by matching summary statistics.
+
+One estimator runs on the real images and on images simulated from a candidate config: cells
+found by a multi-scale Laplacian of Gaussian on the stain channel (their median diameter in um
+and their number per area), the stain of cells and background, camera noise and sharpness.
+The candidate's cell sizes, densities, stain amounts, noise and blur are adjusted for a few
+rounds until its statistics match the real ones (indirect inference), so the estimator's own
+biases (touching cells, texture, blur) cancel instead of entering the config. The base
+preset's ratios between its cell types are kept. Only images are read, never labels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.fft
+import yaml
+from scipy import ndimage as ndi
+from skimage.draw import disk
+from skimage.filters import threshold_otsu
+from skimage.segmentation import watershed
+
+from cellsynth.config import to_dict
+from cellsynth.errors import ConfigError, DatasetError
+from cellsynth.simulate.dataset import image_seeds
+from cellsynth.simulate.optics import STAIN_VECTORS, to_intensity
+from cellsynth.simulate.presets import SimulationConfig, preset
+from cellsynth.simulate.scene import render_scene
+
+__all__ = ["MIN_SIDE_PX", "MIN_CELL_PX", "SimulatorFit", "fit_simulator", "match_statistics",
+           "config_override", "format_fit", "write_fit"]
+
+MIN_SIDE_PX = 64     # smaller images hold too few cells and too little background to measure
+MIN_CELL_PX = 4.0    # cells narrower than this (in pixels) cannot be told from grain
+_ROUNDS = 5          # updates of the search; each is judged by one more simulated batch
+_AVERAGE = 3         # the fitted parameters: geometric mean of the last this many rounds
+_MAX_REAL = 64       # real images measured (evenly spread over the folder)
+_SCALE_STEP = 1.15   # ratio of neighbouring LoG scales (sizes are interpolated between them)
+_DISK_PEAK = 2 / math.e  # scale-normalised LoG response of a unit-contrast disk, best scale
+_PRESMOOTH = 0.5     # Gaussian pre-smoothing, in units of the smallest radius searched
+_LOW = 0.5           # smallest diameter searched, relative to the base's median cell
+_INSIDE = 0.7        # a blob's centre closer than this x the larger radius: the same cell
+_CONTAINS = 0.8      # a larger blob replaces the ones inside it if it is this strong
+_THRESHOLD = 0.25    # a cell must reach this fraction of its image's cell-background contrast
+_NO_DIP = 0.85       # neighbours merge unless the stain between them dips below this
+_CUT = 0.3           # a cell region: stain above background + this x (cell - background)
+_MAX_STEP = math.log(2.0)  # largest change of a parameter per round (factor 2)
+# Each parameter (a factor on the base's values; blur in um) is matched by one pooled
+# statistic; the second number is the expected slope d log(statistic) / d log(parameter).
+_KNOBS = {"size": ("diameter_um", 1.0), "density": ("density", 1.0),
+          "cell_stain": ("cell_stain", 1.0), "background": ("background_stain", 1.0),
+          "counterstain": ("counterstain", 1.0), "noise": ("noise", 1.0),
+          "blur": ("sharpness", -0.3)}
+_BOUNDS = {"size": (0.2, 5.0), "density": (0.05, 20.0), "cell_stain": (0.05, 20.0),
+           "background": (0.01, 20.0), "counterstain": (0.01, 20.0), "noise": (0.01, 30.0)}
+_FLOOR = {"background_stain": 1e-3, "counterstain": 1e-3, "noise": 1e-4}
+_LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerkaer (1996)
+
+
+@dataclass(frozen=True)
+class _Real:
+    images: list[np.ndarray]   # (H, W) or (H, W, 3) float32 in [0, 1]
+    names: list[str]
+    pixel_size_um: float
+    where: str                 # the folder, for messages
+
+
+@dataclass(frozen=True)
+class SimulatorFit:
+    """The fitted config and the statistics behind it (pooled over images)."""
+
+    config: SimulationConfig
+    base: SimulationConfig        # the base preset at the real images' pixel size
+    real: dict[str, Any]          # statistics of the real images (also ``per_image``)
+    base_sim: dict[str, Any]      # ... of images simulated with ``base``
+    fitted_sim: dict[str, Any]    # ... of images simulated with ``config``
+    history: list[dict[str, float]]  # parameters and log(real/sim) of every round
+
+
+def _round(x: float) -> float:
+    return float(f"{float(x):.4g}")
+
+
+def _scale(bounds: tuple[float, float], factor: float) -> tuple[float, float]:
+    return _round(bounds[0] * factor), _round(bounds[1] * factor)
+
+
+def _median_diameter(config: SimulationConfig) -> float:
+    """Median equivalent diameter (um) of the labelled cells, mixing types by density."""
+    cells = [c for c in config.cells if c.labeled and c.density > 0] or \
+        [c for c in config.cells if c.labeled]
+    grid = np.linspace(min(c.diameter_um[0] for c in cells),
+                       max(c.diameter_um[1] for c in cells) + 1e-9, 4001)
+    cdf = sum(max(c.density, 1e-9) * np.clip((grid - c.diameter_um[0])
+                                             / max(c.diameter_um[1] - c.diameter_um[0], 1e-9),
+                                             0, 1) for c in cells)
+    return float(grid[np.searchsorted(cdf, cdf[-1] / 2)])
+
+
+def _as_float(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if np.issubdtype(image.dtype, np.floating) and image.min() >= 0 and image.max() <= 1:
+        return image.astype(np.float32)
+    from cellsynth.io.normalize import normalize
+
+    return normalize(image)
+
+
+def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConfig,
+          pixel_size_um: float | None) -> _Real:
+    """Read (only) the images, check their sizes and channels, resolve the pixel size."""
+    meta_px = None
+    if isinstance(images, (str, os.PathLike)):
+        from cellsynth.io.datasets import load_dataset
+
+        dataset = load_dataset(images)  # lists the folder; no label file is opened
+        samples = list(dataset)
+        keep = np.unique(np.linspace(0, len(samples) - 1, min(len(samples), _MAX_REAL))
+                         .astype(int))
+        names = [str(samples[i].image_path) for i in keep]
+        arrays = [samples[i].read_image() for i in keep]
+        meta_px, where = dataset.pixel_size_um, str(images)
+    else:
+        arrays, where = [np.asarray(a) for a in images], "images"
+        names = [f"images[{i}]" for i in range(len(arrays))]
+        if not arrays:
+            raise DatasetError("images: no images given")
+    for name, image in zip(names, arrays):
+        if min(image.shape[:2]) < MIN_SIDE_PX:
+            raise DatasetError(f"{name}: image is {image.shape[0]}x{image.shape[1]} px, too "
+                               f"small to estimate cells from (need >= {MIN_SIDE_PX} px a side)")
+        if base.channels == 3 and image.ndim != 3:
+            raise DatasetError(f"{name}: a gray image, but preset {base.preset!r} "
+                               f"({base.color}) needs RGB images")
+    px = float(pixel_size_um or meta_px or base.pixel_size_um)
+    if not px > 0:
+        raise ConfigError(f"{where}: pixel size must be > 0, got {px}")
+    diameter = _median_diameter(base)
+    if diameter / px < MIN_CELL_PX:
+        raise ConfigError(f"{where}: at {px:g} um/px the cells of preset {base.preset!r} "
+                          f"(median diameter {diameter:.3g} um) are {diameter / px:.1f} px "
+                          f"across; need >= {MIN_CELL_PX:g} px (check --pixel-size/meta.json)")
+    return _Real([_as_float(a) for a in arrays], names, px, where)
+
+
+def _stain_maps(image: np.ndarray, color: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The main stain (cells bright) and the counterstain, in the simulator's own units:
+    emission for fluorescence, optical density unmixed with the simulator's stain vectors
+    (Ruifrok-Johnston colour deconvolution) for brightfield."""
+    if color == "fluo" or (color == "gray" and image.ndim == 3):
+        image = image if image.ndim == 2 else image.mean(axis=2)
+        if color == "fluo":
+            return image, None
+    zero = np.zeros((1, 1), np.float32)
+    white = to_intensity(zero, zero, color)[0, 0]
+    od = -np.log(np.clip(image, 1 / 512, None) / white)
+    if color == "gray":
+        return od, None
+    if color == "violet":
+        v = STAIN_VECTORS["violet"]
+        return od @ (v / (v @ v)), None
+    h, e = STAIN_VECTORS["hematoxylin"], STAIN_VECTORS["eosin"]
+    amounts = od @ np.linalg.inv(np.stack([h, e, np.cross(h, e)])).astype(np.float32)
+    return amounts[..., 0], amounts[..., 1]
+
+
+def _freq2(shape: tuple[int, int]) -> np.ndarray:
+    fy = np.fft.fftfreq(shape[0]).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
+    return fy * fy + fx * fx
+
+
+def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float) -> np.ndarray:
+    """Bright blobs: maxima over space and scale of the scale-normalised LoG
+    ``-s^2 Lap(G_s * stain)``, ``s = radius / sqrt(2)`` (the best scale of a disk), on a
+    stain map smoothed a little (granules, nucleoli). Returns (n, 3) rows (y, x, radius_px).
+
+    Of two blobs where one's centre lies inside the other, the larger is kept if it responds
+    nearly as strongly (a cell, not its nucleus), else the smaller ones (cells, not a clump).
+    """
+    h, w = stain.shape
+    sigmas = radii / math.sqrt(2)
+    pad = int(min(3 * sigmas[-1], h - 1, w - 1))
+    padded = np.pad(stain - stain.mean(), pad, mode="reflect").astype(np.float32)
+    spectrum = scipy.fft.rfft2(padded)
+    f2 = _freq2(padded.shape)
+
+    def response(k: int) -> np.ndarray | None:
+        if k >= len(sigmas):
+            return None
+        t = np.float32(2 * math.pi**2 * sigmas[k] ** 2)  # Gaussian exp(-t f^2); -s^2 Lap: 2tf^2
+        return scipy.fft.irfft2(spectrum * (2 * t * f2 * np.exp(-t * f2)),
+                                s=padded.shape)[pad:pad + h, pad:pad + w]
+
+    rows = []
+    below, here, above = None, response(0), response(1)
+    for k in range(len(sigmas)):
+        peak = (here >= ndi.maximum_filter(here, 3)) & (here > threshold)
+        for other in (below, above):
+            if other is not None:
+                peak &= here >= ndi.maximum_filter(other, 3)
+        ys, xs = np.nonzero(peak)
+        c = here[ys, xs]
+        if below is not None and above is not None:  # parabola in log(scale) steps
+            b, a = below[ys, xs], above[ys, xs]
+            curve = b - 2 * c + a
+            shift = np.clip(0.5 * (b - a) / np.where(curve < 0, curve, -np.inf), -0.5, 0.5)
+        else:
+            shift = np.zeros_like(c)
+        rows.append(np.stack([ys, xs, radii[k] * _SCALE_STEP ** shift, c], axis=1))
+        below, here, above = here, above, response(k + 2)
+    found = np.concatenate(rows)
+    keep: list[int] = []
+    for i in np.argsort(-found[:, 3], kind="stable"):  # strongest first
+        y, x, r, strength = found[i]
+        if keep:
+            kept = found[keep]
+            clash = np.hypot(kept[:, 0] - y, kept[:, 1] - x) < _INSIDE * np.maximum(kept[:, 2], r)
+            if clash.any():
+                if r > kept[clash, 2].max() and strength >= _CONTAINS * kept[clash, 3].max():
+                    keep = [j for j, c in zip(keep, clash) if not c]  # the cell, not its parts
+                else:
+                    continue
+        keep.append(int(i))
+    return found[keep, :3]
+
+
+def _noise(image: np.ndarray) -> float:
+    """Camera-noise std: robust (MAD) size of a second-difference residual, per channel."""
+    channels = image[..., None] if image.ndim == 2 else image
+    sigmas = [np.median(np.abs(ndi.convolve(channels[..., c], _LAPLACE)[1:-1, 1:-1]))
+              / 0.6745 / 6.0 for c in range(channels.shape[2])]  # the mask's norm is 6
+    return float(np.mean(sigmas))
+
+
+def _cell_regions(smooth: np.ndarray, cells: np.ndarray, background: float,
+                  cut: float) -> np.ndarray:
+    """Each found cell's region: a watershed of the smoothed stain from the cell centres,
+    within the pixels above ``cut`` and at most two radii from the centre; touching cells
+    stay apart where the stain dips between them, neighbours without such a dip (two maxima of
+    one elongated or textured cell) are merged. (H, W) int32, ids 1..n."""
+    markers = np.zeros(smooth.shape, np.int32)
+    ys, xs = cells[:, 0].astype(int), cells[:, 1].astype(int)
+    markers[ys, xs] = np.arange(1, len(cells) + 1)
+    regions = watershed(-smooth, markers, mask=smooth > cut)
+    yy, xx = np.nonzero(regions)
+    owner = regions[yy, xx] - 1
+    far = np.hypot(yy - ys[owner], xx - xs[owner]) > 2 * cells[owner, 2]
+    regions[yy[far], xx[far]] = 0
+    n = len(cells)
+    pairs = []
+    for a, b, va, vb in ((regions[:, :-1], regions[:, 1:], smooth[:, :-1], smooth[:, 1:]),
+                         (regions[:-1], regions[1:], smooth[:-1], smooth[1:])):
+        touch = (a != b) & (a > 0) & (b > 0)
+        pairs.append(np.stack([np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch]),
+                               np.minimum(va[touch], vb[touch])], axis=1))
+    pairs = np.concatenate(pairs)
+    if len(pairs) == 0:
+        return regions
+    key = pairs[:, 0].astype(np.int64) * (n + 1) + pairs[:, 1].astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    key, pairs = key[order], pairs[order]
+    first = np.r_[0, np.flatnonzero(np.diff(key)) + 1]
+    saddle = np.maximum.reduceat(pairs[:, 2], first)  # the highest pass between two regions
+    a, b = pairs[first, 0].astype(int), pairs[first, 1].astype(int)
+    peak = np.r_[0.0, ndi.maximum(smooth, regions, np.arange(1, n + 1))]
+    flat = saddle - background >= _NO_DIP * (np.minimum(peak[a], peak[b]) - background)
+    root = np.arange(n + 1)
+    for i, j in zip(a[flat], b[flat]):  # union-find
+        while root[i] != i:
+            i = root[i]
+        while root[j] != j:
+            j = root[j]
+        root[max(i, j)] = min(i, j)
+    for i in range(n + 1):
+        root[i] = root[root[i]]
+    return root[regions]
+
+
+def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
+             labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Statistics of one image (float in [0, 1]); ``labels`` only for simulated images."""
+    stain, counter = _stain_maps(image, color)
+    h, w = stain.shape
+    smooth = ndi.gaussian_filter(stain, _PRESMOOTH * radii[0])
+    fg = smooth > threshold_otsu(smooth)
+    contrast = (np.median(stain[fg]) - np.median(stain[~fg]) if fg.any() and (~fg).any()
+                else float(np.percentile(stain, 99) - np.median(stain)))
+    cells = _find_cells(smooth, radii, _THRESHOLD * _DISK_PEAK * max(contrast, 1e-4))
+    near = np.zeros((h, w), bool)
+    for y, x, radius in cells:
+        near[disk((y, x), 1.5 * radius, shape=(h, w))] = True
+    background = ~near if (~near).sum() > 0.02 * h * w else stain <= np.percentile(stain, 10)
+    background_stain = float(np.median(stain[background]))
+    centre = smooth[cells[:, 0].astype(int), cells[:, 1].astype(int)]
+    cell_stain = float(np.median(centre)) if len(cells) else background_stain
+    cut = background_stain + _CUT * (cell_stain - background_stain)
+    regions = _cell_regions(smooth, cells, background_stain, cut)
+    areas = np.bincount(regions.ravel(), minlength=len(cells) + 1)[1:]
+    sums = np.bincount(regions.ravel(), weights=stain.ravel(), minlength=len(cells) + 1)[1:]
+    found = areas >= math.pi * (radii[0] / 2) ** 2  # a cell fills at least a quarter-disk
+    areas, levels = areas[found], sums[found] / np.maximum(areas[found], 1)
+    rgb = image[..., None] if image.ndim == 2 else image
+    inside = regions > 0
+    logs = np.log(np.clip(levels, 1e-3, None))
+    q75, q25 = np.percentile(logs, [75, 25]) if len(logs) else (0.0, 0.0)
+    g1, g2, g4 = (ndi.gaussian_filter(stain, s) for s in (1.0, 2.0, 4.0))
+    stats = {
+        "n_cells": int(found.sum()), "area_um2": h * w * px * px,
+        "diameters_um": 2 * np.sqrt(areas / math.pi) * px,
+        "levels": levels, "cell_spread": float(q75 - q25) / 1.349,
+        "background_stain": background_stain,
+        "counterstain": float(np.median(counter[background])) if counter is not None else 0.0,
+        "noise": _noise(image),
+        "sharpness": float(np.std(g1 - g2) / max(np.std(g2 - g4), 1e-9)),
+        "cell_rgb": (np.median(rgb[inside], axis=0) * 255 if inside.any()
+                     else np.full(rgb.shape[2], np.nan)),
+        "background_rgb": np.median(rgb[background], axis=0) * 255,
+    }
+    if labels is not None:
+        label_areas = np.bincount(labels.ravel().astype(np.int64))[1:]
+        stats["label_areas_um2"] = label_areas[label_areas > 0] * px * px
+    return stats
+
+
+def _pool(per_image: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled statistics: over all cells found (sizes, stain), all area (density), and the
+    median image (background, noise, sharpness, within-image stain spread)."""
+    def median_of(key: str) -> float:
+        return float(np.median([s[key] for s in per_image]))
+
+    diameters = np.concatenate([s["diameters_um"] for s in per_image])
+    levels = np.concatenate([s["levels"] for s in per_image])
+    area = sum(s["area_um2"] for s in per_image)
+    logs = np.sort(np.log(diameters))[int(0.1 * diameters.size):int(np.ceil(0.9 * diameters.size))]
+    pooled = {
+        # matched: the geometric mean of the middle 80 % (the median of a mixture of small
+        # and large cells jumps between the two); the median is only reported
+        "diameter_um": float(np.exp(logs.mean())) if logs.size else float("nan"),
+        "median_diameter_um": float(np.median(diameters)) if diameters.size else float("nan"),
+        "density": 1e4 * diameters.size / area,  # cells per 100 x 100 um^2
+        "cell_stain": float(np.median(levels)) if levels.size else float("nan"),
+        **{k: median_of(k) for k in ("cell_spread", "background_stain", "counterstain",
+                                     "noise", "sharpness")},
+        "cell_rgb": np.nanmedian([s["cell_rgb"] for s in per_image], axis=0),
+        "background_rgb": np.median([s["background_rgb"] for s in per_image], axis=0),
+        "n_cells": int(diameters.size), "n_images": len(per_image),
+    }
+    if "label_areas_um2" in per_image[0]:
+        areas = np.concatenate([s["label_areas_um2"] for s in per_image])
+        pooled["label_median_area_um2"] = float(np.median(areas)) if areas.size else 0.0
+        pooled["label_per_mm2"] = 1e6 * areas.size / area
+    return pooled
+
+
+def _apply(base: SimulationConfig, p: dict[str, float]) -> SimulationConfig:
+    """``base`` with every cell type's diameter, density and stain scaled by the same factors
+    (ratios between types kept), and the background, noise, blur and stain spread set."""
+    cells = tuple(replace(c, diameter_um=_scale(c.diameter_um, p["size"]),
+                          nucleolus_um=_round(c.nucleolus_um * p["size"]),
+                          density=_round(c.density * p["density"]),
+                          stain=_scale(c.stain, p["cell_stain"])) for c in base.cells)
+    bg = base.background
+    background = replace(bg, stain=_scale(bg.stain, p["background"]),
+                         fibre_stain=_round(bg.fibre_stain * p["background"]),
+                         counterstain=_scale(bg.counterstain, p["counterstain"]))
+    optics = replace(base.optics, blur_um=_round(p["blur"]),
+                     shot_noise=_round(base.optics.shot_noise * p["noise"]),
+                     read_noise=_round(base.optics.read_noise * p["noise"]))
+    staining = replace(base.staining, cell_variation=_round(p["cell_variation"]))
+    return replace(base, cells=cells, background=background, optics=optics, staining=staining)
+
+
+def _simulate_stats(config: SimulationConfig, shape: tuple[int, int], seeds: list,
+                    radii: np.ndarray) -> dict[str, Any]:
+    per_image = []
+    for child in seeds:
+        image, labels = render_scene(config, shape, np.random.default_rng(child))
+        per_image.append(_measure(image.astype(np.float32) / 255.0, config.color,
+                                  config.pixel_size_um, radii, labels))
+    return _pool(per_image)
+
+
+def _mismatch(real: dict[str, Any], sim: dict[str, Any], knobs: list[str]) -> dict[str, float]:
+    """log(real / simulated) of each knob's statistic."""
+    out = {}
+    for knob in knobs:
+        stat = _KNOBS[knob][0]
+        floor = _FLOOR.get(stat, 1e-6)
+        out[knob] = math.log(max(real[stat], floor)) - math.log(max(sim[stat], floor))
+    return out
+
+
+def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
+    px = real.pixel_size_um
+    base = replace(base, pixel_size_um=px)
+    side = int(np.clip(np.median([min(a.shape[:2]) for a in real.images]), 128, 512))
+    shape = (side, side)
+    n_sim = int(np.clip(math.ceil(sum(a.shape[0] * a.shape[1] for a in real.images)
+                                  / side**2), 8, 12))
+    seeds = image_seeds(seed, n_sim)  # the same scenes every round: only parameters change
+    labelled = [c for c in base.cells if c.labeled]
+    zoom = base.variation.zoom
+    lo = max(_LOW * _median_diameter(base) * zoom[0] / px, MIN_CELL_PX)
+    hi = max(min(3.0 * max(c.diameter_um[1] for c in labelled) * zoom[1] / px,
+                 min(side, *(min(a.shape[:2]) for a in real.images)) / 3), 2 * lo)
+    n_scales = int(math.ceil(math.log(hi / lo) / math.log(_SCALE_STEP))) + 1
+    radii = lo * _SCALE_STEP ** np.arange(n_scales) / 2  # diameters lo..hi px -> radii
+    per_image = [_measure(a, base.color, px, radii) for a in real.images]
+    target = _pool(per_image)
+    if target["n_cells"] == 0:
+        raise DatasetError(f"{real.where}: no cells found in {len(real.images)} image(s) "
+                           f"(wrong preset {base.preset!r} or pixel size {px:g} um?)")
+    target["per_image"] = [{k: v for k, v in s.items() if k not in ("diameters_um", "levels")}
+                           | {"image": name, "median_diameter_um":
+                              float(np.median(s["diameters_um"])) if s["n_cells"] else None}
+                           for name, s in zip(real.names, per_image)]
+    knobs = [k for k in _KNOBS if k != "counterstain" or base.color == "he"]
+    params = {k: 1.0 for k in _BOUNDS} | {
+        "blur": base.optics.blur_um or 0.5 * px,
+        "cell_variation": base.staining.cell_variation}
+    history: list[dict[str, float]] = []
+    sims: list[dict[str, Any]] = []
+    for round_ in range(_ROUNDS + 2):
+        if round_ == _ROUNDS + 1:  # the answer: the mean of the last rounds (less noise)
+            last = history[-_AVERAGE:]
+            params = {k: float(np.exp(np.mean([np.log(max(h[k], 1e-6)) for h in last])))
+                      for k in params}
+        sim = _simulate_stats(_apply(base, params), shape, seeds, radii)
+        error = _mismatch(target, sim, knobs)
+        history.append({**params, **{f"log_error_{k}": v for k, v in error.items()}})
+        sims.append(sim)
+        if round_ >= _ROUNDS:
+            continue
+        new = dict(params)
+        for knob in knobs:  # a fixed-point step with the expected slope
+            step = float(np.clip(error[knob] / _KNOBS[knob][1], -_MAX_STEP, _MAX_STEP))
+            low, high = _BOUNDS.get(knob, (0.05 * px, 4.0 * px))
+            new[knob] = float(np.clip(params[knob] * math.exp(step), low, high))
+        # within-image stain spread: the lognormal cell variation adds in quadrature
+        extra = target["cell_spread"] ** 2 - sim["cell_spread"] ** 2
+        new["cell_variation"] = float(np.clip(math.sqrt(max(params["cell_variation"] ** 2
+                                                            + extra, 0.0)), 0.0, 1.0))
+        params = new
+    config = _apply(base, params)
+    if _median_diameter(config) / px < MIN_CELL_PX:
+        raise DatasetError(f"{real.where}: the cells found are only "
+                           f"{_median_diameter(config) / px:.1f} px across (< {MIN_CELL_PX:g} "
+                           f"px); give the real pixel size with --pixel-size")
+    return SimulatorFit(config=config, base=base, real=target, base_sim=sims[0],
+                        fitted_sim=sims[-1], history=history)
+
+
+def match_statistics(images: str | os.PathLike | Sequence[np.ndarray],
+                     base: str | SimulationConfig, *, pixel_size_um: float | None = None,
+                     seed: int = 0) -> SimulatorFit:
+    """Fit ``base`` to real images and return the config with the statistics behind it.
+
+    Parameters
+    ----------
+    images : a dataset folder (``images/`` or a plain folder of images; labels are never read)
+        or a sequence of (H, W) / (H, W, 3) arrays, each at least ``MIN_SIDE_PX`` a side.
+    base : preset name or config to start from; its colour model decides the stain channel.
+    pixel_size_um : of the real images; default the folder's meta.json, else the base's.
+    seed : seed of the simulated images compared with the real ones.
+    """
+    base = preset(base) if isinstance(base, str) else base
+    return _fit(_load(images, base, pixel_size_um), base, seed)
+
+
+def fit_simulator(images: str | os.PathLike | Sequence[np.ndarray],
+                  base: str | SimulationConfig, *, pixel_size_um: float | None = None,
+                  seed: int = 0) -> SimulationConfig:
+    """The simulator config fitted to unlabeled real images (see :func:`match_statistics`).
+
+    Cell diameters and densities (all cell types scaled alike), stain amounts of cells,
+    background and counterstain, stain variation between cells, camera noise and blur are
+    fitted; everything else is the base's. The config is at the real images' pixel size.
+    """
+    return match_statistics(images, base, pixel_size_um=pixel_size_um, seed=seed).config
+
+
+def config_override(config: SimulationConfig) -> dict[str, Any]:
+    """What ``config`` changes in its preset, as the mapping ``simulate --config`` reads
+    (cell types by name); ``simulation_config(config.preset, overrides=...)`` gives it back."""
+    old, new = to_dict(preset(config.preset)), to_dict(config)
+    out: dict[str, Any] = {"preset": config.preset}
+    for key, value in new.items():
+        if key == "cells":
+            before = {c["name"]: c for c in old["cells"]}
+            if [c["name"] for c in value] != list(before):
+                out["cells"] = value  # other cell types than the preset's: all of them
+                continue
+            cells = {c["name"]: {k: v for k, v in c.items() if before[c["name"]][k] != v}
+                     for c in value}
+            if any(cells.values()):
+                out["cells"] = {name: diff for name, diff in cells.items() if diff}
+        elif isinstance(value, dict):
+            diff = {k: v for k, v in value.items() if old[key][k] != v}
+            if diff:
+                out[key] = diff
+        elif key != "preset" and value != old[key]:
+            out[key] = value
+    return out
+
+
+def _cells(config: SimulationConfig, what: str) -> str:
+    lab = [c for c in config.cells if c.labeled]
+    if what == "stain":
+        return ", ".join(f"{a:.3g}-{b:.3g}" for a, b in sorted({c.stain for c in lab}))
+    return f"{sum(c.density for c in lab):.3g}"
+
+
+def format_fit(fit: SimulatorFit) -> str:
+    """Two small tables: parameters (base vs fitted) and statistics (real vs simulations)."""
+    b, f = fit.base, fit.config
+    rows = [
+        ("pixel size (um)", f"{b.pixel_size_um:g}", f"{f.pixel_size_um:g}"),
+        ("median cell diameter (um)", f"{_median_diameter(b):.3g}", f"{_median_diameter(f):.3g}"),
+        ("labelled cells per 100x100 um^2", _cells(b, "density"), _cells(f, "density")),
+        ("cell stain", _cells(b, "stain"), _cells(f, "stain")),
+        ("background stain", "{:.3g}-{:.3g}".format(*b.background.stain),
+         "{:.3g}-{:.3g}".format(*f.background.stain)),
+        ("stain variation between cells", f"{b.staining.cell_variation:.3g}",
+         f"{f.staining.cell_variation:.3g}"),
+        ("blur sigma (um)", f"{b.optics.blur_um:.3g}", f"{f.optics.blur_um:.3g}"),
+        ("shot / read noise", f"{b.optics.shot_noise:.3g} / {b.optics.read_noise:.3g}",
+         f"{f.optics.shot_noise:.3g} / {f.optics.read_noise:.3g}"),
+    ]
+    if b.color == "he":
+        rows.insert(5, ("counterstain (eosin)", "{:.3g}-{:.3g}".format(*b.background.counterstain),
+                        "{:.3g}-{:.3g}".format(*f.background.counterstain)))
+    stats = [("cells found: median diameter (um)", "diameter_um", "{:.3g}"),
+             ("cells found per mm^2", "density", "{:.0f}", 100.0),
+             ("cell stain (median)", "cell_stain", "{:.3g}"),
+             ("background stain (median)", "background_stain", "{:.3g}"),
+             ("noise std (0-1)", "noise", "{:.4f}"), ("sharpness", "sharpness", "{:.3g}"),
+             ("cell colour (RGB)", "cell_rgb", None),
+             ("background colour (RGB)", "background_rgb", None),
+             ("simulated labels: median area (um^2)", "label_median_area_um2", "{:.3g}"),
+             ("simulated labels per mm^2", "label_per_mm2", "{:.0f}")]
+    table = [("parameter", f"base ({b.preset})", "fitted"), *rows, ("", "", ""),
+             ("statistic (same estimator)", "real", "base sim", "fitted sim")]
+    for label, key, fmt, *factor in stats:
+        cells = []
+        for s in (fit.real, fit.base_sim, fit.fitted_sim):
+            value = s.get(key)
+            if value is None:
+                cells.append("-")
+            elif fmt is None:
+                cells.append("/".join(f"{v:.0f}" for v in np.atleast_1d(value)))
+            else:
+                cells.append(fmt.format(value * (factor[0] if factor else 1)))
+        table.append((label, *cells))
+    widths = [max(len(r[i]) for r in table if len(r) > i) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+
+
+def _preview(real: _Real, fit: SimulatorFit, seed: int) -> np.ndarray:
+    """Rows of real | fitted simulation | base simulation (same size, same pixel size)."""
+    from cellsynth.io.images import to_uint8
+    from cellsynth.viz import image_grid
+
+    picks = np.unique(np.linspace(0, len(real.images) - 1, min(3, len(real.images)))
+                      .astype(int))
+    side = int(min(256, *(min(real.images[i].shape[:2]) for i in picks)))
+    tiles = []
+    for row, child in zip(picks, image_seeds(seed + 1, len(picks))):
+        image = real.images[row]
+        y, x = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+        tiles.append(to_uint8(image[y:y + side, x:x + side]))
+        for config in (fit.config, fit.base):
+            tiles.append(render_scene(config, (side, side), np.random.default_rng(child))[0])
+    return image_grid(tiles, columns=3)
+
+
+def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | os.PathLike,
+              *, pixel_size_um: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """Fit ``base`` to the images in folder ``real``; write the override YAML to ``out`` and
+    ``<out stem>-preview.png`` (real | fitted | base) beside it.
+
+    Returns ``{"fit": SimulatorFit, "table": str, "yaml": Path, "preview": Path}``.
+    """
+    from cellsynth.io.files import atomic_path
+    from cellsynth.io.images import write_image
+
+    out = Path(out)
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"{out}: the fitted preset is written as YAML; name it *.yaml")
+    base = preset(base) if isinstance(base, str) else base
+    loaded = _load(real, base, pixel_size_um)
+    fit = _fit(loaded, base, seed)
+    header = (f"# {fit.config.preset} preset fitted by `cellsynth fit-simulator` to "
+              f"{len(loaded.images)} image(s) of {loaded.where}\n# (pixel size "
+              f"{loaded.pixel_size_um:g} um, seed {seed}); use: cellsynth simulate --preset "
+              f"{fit.config.preset} --config {out.name} ...\n")
+    with atomic_path(out) as tmp:
+        tmp.write_text(header + yaml.safe_dump(config_override(fit.config), sort_keys=False))
+    preview = out.with_name(out.stem + "-preview.png")
+    write_image(preview, _preview(loaded, fit, seed))
+    return {"fit": fit, "table": format_fit(fit), "yaml": out, "preview": preview}
