@@ -239,6 +239,25 @@ def test_predict_writes_a_detections_table(model, tmp_path):
         assert (int(row["bbox_y0"]), int(row["bbox_x1"])) == (ys.min(), xs.max() + 1)
 
 
+def test_the_detections_table_counted_in_bands_equals_counted_whole():
+    from cellsynth.segment.predict import detections_table
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((90, 70), np.uint32)
+    for cell in range(1, 30):
+        y, x = rng.integers(0, 80), rng.integers(0, 60)
+        labels[y:y + rng.integers(2, 12), x:x + rng.integers(2, 12)] = cell
+    scores = np.concatenate([[np.inf], rng.uniform(0.5, 1, 29)])
+    whole = detections_table(labels, scores, 0.5, band=1000)
+    assert detections_table(labels, scores, 0.5, band=7) == whole
+    rows = whole.splitlines()[1:]
+    present = np.unique(labels)[1:]
+    assert [int(r.split(",")[0]) for r in rows] == present.tolist()  # covered cells vanish
+    first = rows[0].split(",")
+    ys, xs = np.nonzero(labels == present[0])
+    assert first[1:4] == [f"{ys.mean():.2f}", f"{xs.mean():.2f}", str(ys.size)]
+
+
 def test_labels_as_ome_zarr_with_pixel_size_pyramid_and_exports(model, tmp_path, monkeypatch):
     import json
 

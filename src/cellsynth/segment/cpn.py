@@ -130,6 +130,7 @@ def prepare_for_inference(model: torch.nn.Module) -> int:
                 parent._modules[second] = nn.Identity()
                 folded += 1
     model.to(memory_format=torch.channels_last)
+    model.channels_last = True  # raw_predict hands it channels-last inputs
     return folded
 
 
@@ -142,7 +143,9 @@ def raw_predict(model: torch.nn.Module, inputs: torch.Tensor
     Returns, per image, ``contours`` (K, samples, 2) as (x, y) and ``scores`` (K,).
     """
     model.eval()
-    out = model(inputs.contiguous(memory_format=torch.channels_last))
+    if getattr(model, "channels_last", False):
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    out = model(inputs)
     return [(c.float().cpu().numpy(), s.float().cpu().numpy())
             for c, s in zip(out["contours"], out["scores"])]
 

@@ -50,10 +50,11 @@ _CONTAINS = 0.8      # a larger blob replaces the ones inside it if it is this s
 _THRESHOLD = 0.25    # a cell must reach this fraction of its image's cell-background contrast
 _NO_DIP = 0.85       # neighbours merge unless the stain between them dips below this
 _CUT = 0.3           # a cell region: stain above background + this x (cell - background)
+_REACH = 2.0         # a cell region reaches at most this many radii from its centre
 _MAX_STEP = math.log(2.0)  # largest change of a parameter per round (factor 2)
 # Each parameter (a factor on the base's values; blur in um) is matched by one pooled
 # statistic; the second number is the expected slope d log(statistic) / d log(parameter).
-_KNOBS = {"size": ("diameter_um", 1.0), "density": ("density", 1.0),
+_KNOBS = {"size": ("size_scale_um", 1.0), "density": ("density", 1.0),
           "cell_stain": ("cell_stain", 1.0), "background": ("background_stain", 1.0),
           "counterstain": ("counterstain", 1.0), "noise": ("noise", 1.0),
           "blur": ("sharpness", -0.3)}
@@ -177,10 +178,12 @@ def _freq2(shape: tuple[int, int]) -> np.ndarray:
     return fy * fy + fx * fx
 
 
-def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float) -> np.ndarray:
+def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Bright blobs: maxima over space and scale of the scale-normalised LoG
     ``-s^2 Lap(G_s * stain)``, ``s = radius / sqrt(2)`` (the best scale of a disk), on a
-    stain map smoothed a little (granules, nucleoli). Returns (n, 3) rows (y, x, radius_px).
+    stain map smoothed a little (granules, nucleoli). Returns (n, 3) rows (y, x, radius_px)
+    and the mean squared positive response per scale (the image's size spectrum).
 
     Of two blobs where one's centre lies inside the other, the larger is kept if it responds
     nearly as strongly (a cell, not its nucleus), else the smaller ones (cells, not a clump).
@@ -188,28 +191,35 @@ def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float) -> np.nd
     h, w = stain.shape
     sigmas = radii / math.sqrt(2)
     pad = int(min(3 * sigmas[-1], h - 1, w - 1))
-    padded = np.pad(stain - stain.mean(), pad, mode="reflect").astype(np.float32)
+    shape = (scipy.fft.next_fast_len(h + 2 * pad, real=True),
+             scipy.fft.next_fast_len(w + 2 * pad, real=True))
+    padded = np.pad(stain - stain.mean(), ((pad, shape[0] - h - pad), (pad, shape[1] - w - pad)),
+                    mode="reflect").astype(np.float32)
     spectrum = scipy.fft.rfft2(padded)
-    f2 = _freq2(padded.shape)
+    f2 = _freq2(shape)
 
-    def response(k: int) -> np.ndarray | None:
+    def response(k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The LoG response at scale k and its 3 x 3 maximum."""
         if k >= len(sigmas):
             return None
         t = np.float32(2 * math.pi**2 * sigmas[k] ** 2)  # Gaussian exp(-t f^2); -s^2 Lap: 2tf^2
-        return scipy.fft.irfft2(spectrum * (2 * t * f2 * np.exp(-t * f2)),
-                                s=padded.shape)[pad:pad + h, pad:pad + w]
+        r = scipy.fft.irfft2(spectrum * (2 * t * f2 * np.exp(-t * f2)),
+                             s=shape)[pad:pad + h, pad:pad + w]
+        return r, ndi.maximum_filter(r, 3)
 
     rows = []
+    energy = np.zeros(len(sigmas))
     below, here, above = None, response(0), response(1)
     for k in range(len(sigmas)):
-        peak = (here >= ndi.maximum_filter(here, 3)) & (here > threshold)
+        energy[k] = np.mean(np.maximum(here[0], 0.0))
+        peak = (here[0] >= here[1]) & (here[0] > threshold)
         for other in (below, above):
             if other is not None:
-                peak &= here >= ndi.maximum_filter(other, 3)
+                peak &= here[0] >= other[1]
         ys, xs = np.nonzero(peak)
-        c = here[ys, xs]
+        c = here[0][ys, xs]
         if below is not None and above is not None:  # parabola in log(scale) steps
-            b, a = below[ys, xs], above[ys, xs]
+            b, a = below[0][ys, xs], above[0][ys, xs]
             curve = b - 2 * c + a
             shift = np.clip(0.5 * (b - a) / np.where(curve < 0, curve, -np.inf), -0.5, 0.5)
         else:
@@ -229,7 +239,7 @@ def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float) -> np.nd
                 else:
                     continue
         keep.append(int(i))
-    return found[keep, :3]
+    return found[keep, :3], energy
 
 
 def _noise(image: np.ndarray) -> float:
@@ -252,7 +262,7 @@ def _cell_regions(smooth: np.ndarray, cells: np.ndarray, background: float,
     regions = watershed(-smooth, markers, mask=smooth > cut)
     yy, xx = np.nonzero(regions)
     owner = regions[yy, xx] - 1
-    far = np.hypot(yy - ys[owner], xx - xs[owner]) > 2 * cells[owner, 2]
+    far = np.hypot(yy - ys[owner], xx - xs[owner]) > _REACH * cells[owner, 2]
     regions[yy[far], xx[far]] = 0
     n = len(cells)
     pairs = []
@@ -293,7 +303,7 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
     fg = smooth > threshold_otsu(smooth)
     contrast = (np.median(stain[fg]) - np.median(stain[~fg]) if fg.any() and (~fg).any()
                 else float(np.percentile(stain, 99) - np.median(stain)))
-    cells = _find_cells(smooth, radii, _THRESHOLD * _DISK_PEAK * max(contrast, 1e-4))
+    cells, energy = _find_cells(smooth, radii, _THRESHOLD * _DISK_PEAK * max(contrast, 1e-4))
     near = np.zeros((h, w), bool)
     for y, x, radius in cells:
         near[disk((y, x), 1.5 * radius, shape=(h, w))] = True
@@ -313,7 +323,8 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
     q75, q25 = np.percentile(logs, [75, 25]) if len(logs) else (0.0, 0.0)
     g1, g2, g4 = (ndi.gaussian_filter(stain, s) for s in (1.0, 2.0, 4.0))
     stats = {
-        "n_cells": int(found.sum()), "area_um2": h * w * px * px,
+        "n_cells": int(found.sum()), "area_um2": h * w * px * px, "energy": energy,
+        "scale_diameters_um": 2 * radii * px,
         "diameters_um": 2 * np.sqrt(areas / math.pi) * px,
         "levels": levels, "cell_spread": float(q75 - q25) / 1.349,
         "background_stain": background_stain,
@@ -339,6 +350,10 @@ def _pool(per_image: list[dict[str, Any]]) -> dict[str, Any]:
     diameters = np.concatenate([s["diameters_um"] for s in per_image])
     levels = np.concatenate([s["levels"] for s in per_image])
     area = sum(s["area_um2"] for s in per_image)
+    energy = sum(s["energy"] * s["area_um2"] for s in per_image)
+    k = int(np.clip(np.argmax(energy), 1, len(energy) - 2))
+    b, c, a = np.log(np.maximum(energy[k - 1:k + 2], 1e-30))
+    shift = float(np.clip(0.5 * (b - a) / min(b - 2 * c + a, -1e-9), -1, 1))
     logs = np.sort(np.log(diameters))[int(0.1 * diameters.size):int(np.ceil(0.9 * diameters.size))]
     pooled = {
         # matched: the geometric mean of the middle 80 % (the median of a mixture of small
@@ -352,6 +367,10 @@ def _pool(per_image: list[dict[str, Any]]) -> dict[str, Any]:
         "cell_rgb": np.nanmedian([s["cell_rgb"] for s in per_image], axis=0),
         "background_rgb": np.median([s["background_rgb"] for s in per_image], axis=0),
         "n_cells": int(diameters.size), "n_images": len(per_image),
+        # the scale where the LoG energy of the images peaks, as a disk diameter: a typical
+        # cell size that grows in proportion to the cells (matched; the rest is reported)
+        "size_scale_um": float(per_image[0]["scale_diameters_um"][k]
+                               * _SCALE_STEP ** shift),
     }
     if "label_areas_um2" in per_image[0]:
         areas = np.concatenate([s["label_areas_um2"] for s in per_image])
@@ -398,6 +417,19 @@ def _mismatch(real: dict[str, Any], sim: dict[str, Any], knobs: list[str]) -> di
     return out
 
 
+def _slope(history: list[dict[str, float]], knob: str) -> float:
+    """d log(statistic) / d log(parameter): least squares over the rounds so far, kept
+    within 0.5-2x of the expected slope (and of its sign); the expected one until the
+    parameter has moved."""
+    expected = _KNOBS[knob][1]
+    x = np.log([max(h[knob], 1e-9) for h in history])
+    if len(x) < 2 or np.ptp(x) < 0.05:
+        return expected
+    y = np.array([h[f"log_sim_{knob}"] for h in history])
+    slope = float(np.polyfit(x, y, 1)[0]) / expected
+    return expected * float(np.clip(slope, 0.5, 2.0))
+
+
 def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
     px = real.pixel_size_um
     base = replace(base, pixel_size_um=px)
@@ -418,7 +450,9 @@ def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
     if target["n_cells"] == 0:
         raise DatasetError(f"{real.where}: no cells found in {len(real.images)} image(s) "
                            f"(wrong preset {base.preset!r} or pixel size {px:g} um?)")
-    target["per_image"] = [{k: v for k, v in s.items() if k not in ("diameters_um", "levels")}
+    target["per_image"] = [{k: v for k, v in s.items()
+                            if k not in ("diameters_um", "levels", "energy",
+                                         "scale_diameters_um")}
                            | {"image": name, "median_diameter_um":
                               float(np.median(s["diameters_um"])) if s["n_cells"] else None}
                            for name, s in zip(real.names, per_image)]
@@ -435,13 +469,16 @@ def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
                       for k in params}
         sim = _simulate_stats(_apply(base, params), shape, seeds, radii)
         error = _mismatch(target, sim, knobs)
-        history.append({**params, **{f"log_error_{k}": v for k, v in error.items()}})
+        history.append({**params, **{f"log_error_{k}": v for k, v in error.items()},
+                        **{f"log_sim_{k}": math.log(max(sim[_KNOBS[k][0]],
+                                                        _FLOOR.get(_KNOBS[k][0], 1e-6)))
+                           for k in knobs}})
         sims.append(sim)
         if round_ >= _ROUNDS:
             continue
         new = dict(params)
-        for knob in knobs:  # a fixed-point step with the expected slope
-            step = float(np.clip(error[knob] / _KNOBS[knob][1], -_MAX_STEP, _MAX_STEP))
+        for knob in knobs:  # a Newton step with the slope seen so far (or the expected one)
+            step = float(np.clip(error[knob] / _slope(history, knob), -_MAX_STEP, _MAX_STEP))
             low, high = _BOUNDS.get(knob, (0.05 * px, 4.0 * px))
             new[knob] = float(np.clip(params[knob] * math.exp(step), low, high))
         # within-image stain spread: the lognormal cell variation adds in quadrature
