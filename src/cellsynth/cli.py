@@ -90,6 +90,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit_simulator(args: argparse.Namespace) -> int:
+    from cellsynth.simulate.fit import write_fit
+
+    summary = write_fit(args.real, args.preset, args.out, pixel_size_um=args.pixel_size,
+                        seed=args.seed)
+    print(summary["table"])
+    print(f"wrote {summary['yaml']} (use: cellsynth simulate --preset {args.preset} --config "
+          f"{summary['yaml']} ...)")
+    print(f"preview (real | fitted | base): {summary['preview']}")
+    return 0
+
+
 # --- evaluate / realism (cellsynth.evaluate) ------------------------------------------------
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -295,6 +307,21 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color", help="colour variant, e.g. gray or violet for merker/nissl")
     _add_output_flags(p)
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("fit-simulator", help="fit a preset to unlabeled real images (cell size "
+                                             "and density, stain, noise, blur)")
+    p.add_argument("--real", type=Path, required=True,
+                   help="folder of real images (only images are read, never labels)")
+    p.add_argument("--preset", required=True, help="base preset: merker, nissl, he or fluo")
+    p.add_argument("--out", type=Path, required=True,
+                   help="fitted preset override (YAML) for simulate --config; a preview PNG "
+                        "(real | fitted | base) is written beside it")
+    p.add_argument("--pixel-size", type=_positive_float,
+                   help="pixel size of the real images in um (default: their meta.json, else "
+                        "the preset's)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="seed of the simulated images compared with the real ones")
+    p.set_defaults(func=_cmd_fit_simulator)
 
     p = sub.add_parser("evaluate", help="instance metrics (F1/AP/PQ over IoU 0.5-0.9)")
     p.add_argument("--pred", type=Path, required=True, help="predicted dataset or label folder")

@@ -45,16 +45,16 @@ _SCALE_STEP = 1.15   # ratio of neighbouring LoG scales (sizes are interpolated 
 _DISK_PEAK = 2 / math.e  # scale-normalised LoG response of a unit-contrast disk, best scale
 _PRESMOOTH = 0.5     # Gaussian pre-smoothing, in units of the smallest radius searched
 _LOW = 0.5           # smallest diameter searched, relative to the base's median cell
-_INSIDE = 0.7        # a blob's centre closer than this x the larger radius: the same cell
-_CONTAINS = 0.8      # a larger blob replaces the ones inside it if it is this strong
+_INSIDE = 1.0        # a blob's centre closer than this x the larger radius: the same cell
+_CONTAINS = 0.5      # a larger blob replaces the ones inside it if it is this strong
 _THRESHOLD = 0.25    # a cell must reach this fraction of its image's cell-background contrast
 _NO_DIP = 0.85       # neighbours merge unless the stain between them dips below this
 _CUT = 0.3           # a cell region: stain above background + this x (cell - background)
-_REACH = 2.0         # a cell region reaches at most this many radii from its centre
+_REACH = 3.0         # a cell region reaches at most this many radii from its centre
 _MAX_STEP = math.log(2.0)  # largest change of a parameter per round (factor 2)
 # Each parameter (a factor on the base's values; blur in um) is matched by one pooled
 # statistic; the second number is the expected slope d log(statistic) / d log(parameter).
-_KNOBS = {"size": ("size_scale_um", 1.0), "density": ("density", 1.0),
+_KNOBS = {"size": ("diameter_um", 1.0), "density": ("density", 1.0),
           "cell_stain": ("cell_stain", 1.0), "background": ("background_stain", 1.0),
           "counterstain": ("counterstain", 1.0), "noise": ("noise", 1.0),
           "blur": ("sharpness", -0.3)}
@@ -178,12 +178,10 @@ def _freq2(shape: tuple[int, int]) -> np.ndarray:
     return fy * fy + fx * fx
 
 
-def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float) -> np.ndarray:
     """Bright blobs: maxima over space and scale of the scale-normalised LoG
     ``-s^2 Lap(G_s * stain)``, ``s = radius / sqrt(2)`` (the best scale of a disk), on a
-    stain map smoothed a little (granules, nucleoli). Returns (n, 3) rows (y, x, radius_px)
-    and the mean squared positive response per scale (the image's size spectrum).
+    stain map smoothed a little (granules, nucleoli). Returns (n, 3) rows (y, x, radius_px).
 
     Of two blobs where one's centre lies inside the other, the larger is kept if it responds
     nearly as strongly (a cell, not its nucleus), else the smaller ones (cells, not a clump).
@@ -208,10 +206,8 @@ def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float
         return r, ndi.maximum_filter(r, 3)
 
     rows = []
-    energy = np.zeros(len(sigmas))
     below, here, above = None, response(0), response(1)
     for k in range(len(sigmas)):
-        energy[k] = np.mean(np.maximum(here[0], 0.0))
         peak = (here[0] >= here[1]) & (here[0] > threshold)
         for other in (below, above):
             if other is not None:
@@ -239,7 +235,7 @@ def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float
                 else:
                     continue
         keep.append(int(i))
-    return found[keep, :3], energy
+    return found[keep, :3]
 
 
 def _noise(image: np.ndarray) -> float:
@@ -303,7 +299,7 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
     fg = smooth > threshold_otsu(smooth)
     contrast = (np.median(stain[fg]) - np.median(stain[~fg]) if fg.any() and (~fg).any()
                 else float(np.percentile(stain, 99) - np.median(stain)))
-    cells, energy = _find_cells(smooth, radii, _THRESHOLD * _DISK_PEAK * max(contrast, 1e-4))
+    cells = _find_cells(smooth, radii, _THRESHOLD * _DISK_PEAK * max(contrast, 1e-4))
     near = np.zeros((h, w), bool)
     for y, x, radius in cells:
         near[disk((y, x), 1.5 * radius, shape=(h, w))] = True
@@ -323,8 +319,7 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
     q75, q25 = np.percentile(logs, [75, 25]) if len(logs) else (0.0, 0.0)
     g1, g2, g4 = (ndi.gaussian_filter(stain, s) for s in (1.0, 2.0, 4.0))
     stats = {
-        "n_cells": int(found.sum()), "area_um2": h * w * px * px, "energy": energy,
-        "scale_diameters_um": 2 * radii * px,
+        "n_cells": int(found.sum()), "area_um2": h * w * px * px,
         "diameters_um": 2 * np.sqrt(areas / math.pi) * px,
         "levels": levels, "cell_spread": float(q75 - q25) / 1.349,
         "background_stain": background_stain,
@@ -350,10 +345,6 @@ def _pool(per_image: list[dict[str, Any]]) -> dict[str, Any]:
     diameters = np.concatenate([s["diameters_um"] for s in per_image])
     levels = np.concatenate([s["levels"] for s in per_image])
     area = sum(s["area_um2"] for s in per_image)
-    energy = sum(s["energy"] * s["area_um2"] for s in per_image)
-    k = int(np.clip(np.argmax(energy), 1, len(energy) - 2))
-    b, c, a = np.log(np.maximum(energy[k - 1:k + 2], 1e-30))
-    shift = float(np.clip(0.5 * (b - a) / min(b - 2 * c + a, -1e-9), -1, 1))
     logs = np.sort(np.log(diameters))[int(0.1 * diameters.size):int(np.ceil(0.9 * diameters.size))]
     pooled = {
         # matched: the geometric mean of the middle 80 % (the median of a mixture of small
@@ -367,10 +358,6 @@ def _pool(per_image: list[dict[str, Any]]) -> dict[str, Any]:
         "cell_rgb": np.nanmedian([s["cell_rgb"] for s in per_image], axis=0),
         "background_rgb": np.median([s["background_rgb"] for s in per_image], axis=0),
         "n_cells": int(diameters.size), "n_images": len(per_image),
-        # the scale where the LoG energy of the images peaks, as a disk diameter: a typical
-        # cell size that grows in proportion to the cells (matched; the rest is reported)
-        "size_scale_um": float(per_image[0]["scale_diameters_um"][k]
-                               * _SCALE_STEP ** shift),
     }
     if "label_areas_um2" in per_image[0]:
         areas = np.concatenate([s["label_areas_um2"] for s in per_image])
@@ -419,7 +406,7 @@ def _mismatch(real: dict[str, Any], sim: dict[str, Any], knobs: list[str]) -> di
 
 def _slope(history: list[dict[str, float]], knob: str) -> float:
     """d log(statistic) / d log(parameter): least squares over the rounds so far, kept
-    within 0.5-2x of the expected slope (and of its sign); the expected one until the
+    within 0.35-2x of the expected slope (and of its sign); the expected one until the
     parameter has moved."""
     expected = _KNOBS[knob][1]
     x = np.log([max(h[knob], 1e-9) for h in history])
@@ -427,7 +414,7 @@ def _slope(history: list[dict[str, float]], knob: str) -> float:
         return expected
     y = np.array([h[f"log_sim_{knob}"] for h in history])
     slope = float(np.polyfit(x, y, 1)[0]) / expected
-    return expected * float(np.clip(slope, 0.5, 2.0))
+    return expected * float(np.clip(slope, 0.35, 2.0))
 
 
 def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
@@ -451,8 +438,7 @@ def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
         raise DatasetError(f"{real.where}: no cells found in {len(real.images)} image(s) "
                            f"(wrong preset {base.preset!r} or pixel size {px:g} um?)")
     target["per_image"] = [{k: v for k, v in s.items()
-                            if k not in ("diameters_um", "levels", "energy",
-                                         "scale_diameters_um")}
+                            if k not in ("diameters_um", "levels")}
                            | {"image": name, "median_diameter_um":
                               float(np.median(s["diameters_um"])) if s["n_cells"] else None}
                            for name, s in zip(real.names, per_image)]
