@@ -383,9 +383,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, required=True,
                    help="folder of images (or dataset), TIFF/Zarr for large sections")
     p.add_argument("--out", type=Path, required=True, help="output folder (labels/, overlays/)")
-    p.add_argument("--tile", type=_positive_int, help="tile size (default max(crop, 512))")
+    p.add_argument("--tile", type=_positive_int,
+                   help="tile size in the model's pixels (default max(crop, 1024))")
     p.add_argument("--overlap", type=_positive_int, default=96, help="tile overlap in pixels")
-    p.add_argument("--batch", type=_positive_int, default=4, help="tiles per forward pass")
+    p.add_argument("--batch", type=_positive_int,
+                   help="tiles per forward pass (default: ~1 megapixel's worth)")
     p.add_argument("--score-thresh", type=_score, help="override the validated threshold "
                    "(0-1)")
     _add_device(p)

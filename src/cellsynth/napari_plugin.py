@@ -118,7 +118,7 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
 
 def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, UP037
-                   score_thresh: float = 0.0, tile: int = 512,
+                   score_thresh: float = 0.0, tile: int = 1024,
                    ) -> "napari.types.LayerDataTuple":  # noqa: F821, UP037
     """Segment the cells of an Image layer with a trained detector (a `cellsynth train`
     run folder or checkpoint); score_thresh 0 uses the one the detector validated."""

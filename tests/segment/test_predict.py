@@ -390,7 +390,9 @@ def test_inference_preparation_folds_batchnorm_without_changing_the_proposals(mo
     fast = copy.deepcopy(plain)
     assert prepare_for_inference(fast) == 22  # every conv + norm pair of the slim U-Net
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
-    image = read_image(sorted((sim / "images").iterdir())[0]).astype(np.float32) / 255
+    from cellsynth.io.normalize import normalize
+
+    image = normalize(read_image(sorted((sim / "images").iterdir())[0]))  # as it trained
     inputs = torch.from_numpy(image.reshape(1, 1, *image.shape[:2]))
     with score_threshold(plain, 0.5), score_threshold(fast, 0.5):
         (c0, s0), = raw_predict(plain, inputs)
