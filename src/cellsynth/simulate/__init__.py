@@ -16,12 +16,13 @@ import numpy as np
 from cellsynth.config import from_dict, load_yaml, override, to_dict
 from cellsynth.errors import ConfigError
 from cellsynth.simulate.dataset import image_seeds, simulate_config, write_simulation
+from cellsynth.simulate.fit import fit_simulator
 from cellsynth.simulate.presets import PRESET_COLORS, PRESETS, SimulationConfig, preset
 from cellsynth.simulate.scene import render_scene
 
 __all__ = [
-    "PRESETS", "PRESET_COLORS", "SimulationConfig", "image_seeds", "preset", "render_scene",
-    "simulate", "simulation_config", "write_simulation",
+    "PRESETS", "PRESET_COLORS", "SimulationConfig", "fit_simulator", "image_seeds", "preset",
+    "render_scene", "simulate", "simulation_config", "write_simulation",
 ]
 
 

@@ -1,8 +1,9 @@
 """Fit a simulator preset to unlabeled real images by matching summary statistics.
 
 One estimator runs on the real images and on images simulated from a candidate config: cells
-found by a multi-scale Laplacian of Gaussian on the stain channel (their median diameter in um
-and their number per area), the stain of cells and background, camera noise and sharpness.
+found by a multi-scale Laplacian of Gaussian on the stain channel and split/merged by a
+watershed (their diameters in um and their number per area), the stain of cells and
+background, camera noise and sharpness.
 The candidate's cell sizes, densities, stain amounts, noise and blur are adjusted for a few
 rounds until its statistics match the real ones (indirect inference), so the estimator's own
 biases (touching cells, texture, blur) cancel instead of entering the config. The base
@@ -58,7 +59,7 @@ _KNOBS = {"size": ("diameter_um", 1.0), "density": ("density", 1.0),
           "cell_stain": ("cell_stain", 1.0), "background": ("background_stain", 1.0),
           "counterstain": ("counterstain", 1.0), "noise": ("noise", 1.0),
           "blur": ("sharpness", -0.3)}
-_BOUNDS = {"size": (0.2, 5.0), "density": (0.05, 20.0), "cell_stain": (0.05, 20.0),
+_BOUNDS = {"size": (0.5, 2.5), "density": (0.05, 20.0), "cell_stain": (0.05, 20.0),
            "background": (0.01, 20.0), "counterstain": (0.01, 20.0), "noise": (0.01, 30.0)}
 _FLOOR = {"background_stain": 1e-3, "counterstain": 1e-3, "noise": 1e-4}
 _LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerkaer (1996)
@@ -184,7 +185,8 @@ def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float) -> np.nd
     stain map smoothed a little (granules, nucleoli). Returns (n, 3) rows (y, x, radius_px).
 
     Of two blobs where one's centre lies inside the other, the larger is kept if it responds
-    nearly as strongly (a cell, not its nucleus), else the smaller ones (cells, not a clump).
+    at least ``_CONTAINS`` as strongly (a cell, not its nucleus), else the smaller ones
+    (cells, not a clump).
     """
     h, w = stain.shape
     sigmas = radii / math.sqrt(2)
@@ -249,7 +251,7 @@ def _noise(image: np.ndarray) -> float:
 def _cell_regions(smooth: np.ndarray, cells: np.ndarray, background: float,
                   cut: float) -> np.ndarray:
     """Each found cell's region: a watershed of the smoothed stain from the cell centres,
-    within the pixels above ``cut`` and at most two radii from the centre; touching cells
+    within the pixels above ``cut`` and at most ``_REACH`` radii from the centre; touching cells
     stay apart where the stain dips between them, neighbours without such a dip (two maxima of
     one elongated or textured cell) are merged. (H, W) int32, ids 1..n."""
     markers = np.zeros(smooth.shape, np.int32)
@@ -320,6 +322,7 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
     g1, g2, g4 = (ndi.gaussian_filter(stain, s) for s in (1.0, 2.0, 4.0))
     stats = {
         "n_cells": int(found.sum()), "area_um2": h * w * px * px,
+        "coverage": float(areas.sum()) / (h * w),
         "diameters_um": 2 * np.sqrt(areas / math.pi) * px,
         "levels": levels, "cell_spread": float(q75 - q25) / 1.349,
         "background_stain": background_stain,
@@ -352,10 +355,12 @@ def _pool(per_image: list[dict[str, Any]]) -> dict[str, Any]:
         "diameter_um": float(np.exp(logs.mean())) if logs.size else float("nan"),
         "median_diameter_um": float(np.median(diameters)) if diameters.size else float("nan"),
         "density": 1e4 * diameters.size / area,  # cells per 100 x 100 um^2
+        "coverage": sum(s["coverage"] * s["area_um2"] for s in per_image) / area,
         "cell_stain": float(np.median(levels)) if levels.size else float("nan"),
         **{k: median_of(k) for k in ("cell_spread", "background_stain", "counterstain",
                                      "noise", "sharpness")},
-        "cell_rgb": np.nanmedian([s["cell_rgb"] for s in per_image], axis=0),
+        "cell_rgb": np.median([s["cell_rgb"] for s in per_image if s["n_cells"]]
+                              or [per_image[0]["cell_rgb"]], axis=0),
         "background_rgb": np.median([s["background_rgb"] for s in per_image], axis=0),
         "n_cells": int(diameters.size), "n_images": len(per_image),
     }
@@ -418,6 +423,7 @@ def _slope(history: list[dict[str, float]], knob: str) -> float:
 
 
 def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
+    """Measure the real images, then search (see the module docstring)."""
     px = real.pixel_size_um
     base = replace(base, pixel_size_um=px)
     side = int(np.clip(np.median([min(a.shape[:2]) for a in real.images]), 128, 512))
@@ -452,7 +458,8 @@ def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
         if round_ == _ROUNDS + 1:  # the answer: the mean of the last rounds (less noise)
             last = history[-_AVERAGE:]
             params = {k: float(np.exp(np.mean([np.log(max(h[k], 1e-6)) for h in last])))
-                      for k in params}
+                      for k in params} | {
+                "cell_variation": float(np.mean([h["cell_variation"] for h in last]))}
         sim = _simulate_stats(_apply(base, params), shape, seeds, radii)
         error = _mismatch(target, sim, knobs)
         history.append({**params, **{f"log_error_{k}": v for k, v in error.items()},
@@ -560,8 +567,10 @@ def format_fit(fit: SimulatorFit) -> str:
     if b.color == "he":
         rows.insert(5, ("counterstain (eosin)", "{:.3g}-{:.3g}".format(*b.background.counterstain),
                         "{:.3g}-{:.3g}".format(*f.background.counterstain)))
-    stats = [("cells found: median diameter (um)", "diameter_um", "{:.3g}"),
+    stats = [("cells found: diameter, geom. mean (um)", "diameter_um", "{:.3g}"),
+             ("cells found: median diameter (um)", "median_diameter_um", "{:.3g}"),
              ("cells found per mm^2", "density", "{:.0f}", 100.0),
+             ("cells found: area fraction", "coverage", "{:.2f}"),
              ("cell stain (median)", "cell_stain", "{:.3g}"),
              ("background stain (median)", "background_stain", "{:.3g}"),
              ("noise std (0-1)", "noise", "{:.4f}"), ("sharpness", "sharpness", "{:.3g}"),
@@ -583,7 +592,15 @@ def format_fit(fit: SimulatorFit) -> str:
                 cells.append(fmt.format(value * (factor[0] if factor else 1)))
         table.append((label, *cells))
     widths = [max(len(r[i]) for r in table if len(r) > i) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+    per_image = fit.real.get("per_image", [])
+    sizes = [s["median_diameter_um"] for s in per_image if s["median_diameter_um"]]
+    if sizes:
+        counts = [1e6 * s["n_cells"] / s["area_um2"] for s in per_image]
+        lines.append(f"real images one by one ({len(per_image)}): median diameter "
+                     f"{min(sizes):.3g}-{max(sizes):.3g} um, {min(counts):.0f}-{max(counts):.0f} "
+                     f"cells found per mm^2")
+    return "\n".join(lines)
 
 
 def _preview(real: _Real, fit: SimulatorFit, seed: int) -> np.ndarray:

@@ -1,0 +1,178 @@
+"""fit-simulator: parameters of simulated images are recovered from the images alone, the fit
+is deterministic, never opens a label file, writes a config `simulate --config` reads back,
+and user mistakes are one line naming the path."""
+
+import builtins
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellsynth.cli import main
+from cellsynth.errors import ConfigError, DatasetError
+from cellsynth.io.images import write_image, write_labels
+from cellsynth.simulate import preset, simulate, simulation_config
+from cellsynth.simulate.fit import fit_simulator, write_fit
+
+PX = 0.8  # coarse pixels: a few hundred cells in six 192 px images, so statistics are stable
+
+
+def _base():
+    base = preset("he", pixel_size_um=PX)
+    # no layer bands: their density waves would make six small images a noisy sample
+    return replace(base, layers=replace(base.layers, density_contrast=0.0, size_contrast=0.0))
+
+
+def _scaled(config, *, size=1.0, density=1.0, stain=1.0):
+    return replace(config, cells=tuple(
+        replace(c, diameter_um=(c.diameter_um[0] * size, c.diameter_um[1] * size),
+                density=c.density * density, stain=(c.stain[0] * stain, c.stain[1] * stain))
+        for c in config.cells))
+
+
+def _median_diameter(config):
+    """Density-weighted median of the labelled cell types' uniform diameter ranges (um)."""
+    cells = [c for c in config.cells if c.labeled]
+    grid = np.linspace(1.0, 40.0, 39001)
+    cdf = sum(c.density * np.clip((grid - c.diameter_um[0])
+                                  / (c.diameter_um[1] - c.diameter_um[0]), 0, 1) for c in cells)
+    return float(grid[np.searchsorted(cdf, cdf[-1] / 2)])
+
+
+def _density(config):
+    return sum(c.density for c in config.cells if c.labeled)
+
+
+@pytest.fixture(scope="module")
+def fits():
+    """Known configs (smaller, denser, darker, noisier and blurrier cells than the base; and
+    1.5x larger cells at the same cell coverage) and what the fit makes of their images."""
+    base = _base()
+    small = _scaled(base, size=0.8, density=1.2, stain=1.4)
+    small = replace(small, optics=replace(small.optics, blur_um=0.6, shot_noise=0.024,
+                                          read_noise=0.01))
+    large = _scaled(small, size=1.5, density=1 / 1.5**2)
+    truths = {"small": small, "large": large}
+    return truths, {name: fit_simulator([image for image, _ in simulate(t, 6, 192, seed=7)],
+                                        base) for name, t in truths.items()}
+
+
+def test_recovers_cell_size_and_density_within_15_percent(fits):
+    truths, fitted = fits
+    for name, truth in truths.items():
+        assert fitted[name].pixel_size_um == PX
+        assert _median_diameter(fitted[name]) == pytest.approx(_median_diameter(truth), rel=0.15)
+        assert _density(fitted[name]) == pytest.approx(_density(truth), rel=0.15)
+
+
+def test_larger_cells_give_a_proportionally_larger_fit(fits):
+    _, fitted = fits
+    base = _median_diameter(_base())
+    small, large = _median_diameter(fitted["small"]), _median_diameter(fitted["large"])
+    assert small < base < large  # moved away from the base in both directions
+    assert large / small == pytest.approx(1.5, rel=0.15)
+    assert _density(fitted["large"]) < 0.6 * _density(fitted["small"])  # truth: 1 / 2.25
+
+
+def test_recovers_stain_noise_and_blur(fits):
+    truths, fitted = fits
+    truth, fit = truths["small"], fitted["small"]
+    assert fit.cells[0].stain[1] == pytest.approx(truth.cells[0].stain[1], rel=0.15)
+    assert fit.optics.shot_noise == pytest.approx(truth.optics.shot_noise, rel=0.25)
+    assert fit.optics.blur_um == pytest.approx(truth.optics.blur_um, rel=0.25)
+    assert fit.background.counterstain[1] == pytest.approx(truth.background.counterstain[1],
+                                                           rel=0.25)
+
+
+def _images(n=2, size=96, seed=1):
+    return [image for image, _ in simulate(_base(), n, size, seed=seed)]
+
+
+def test_same_seed_same_fit():
+    images = _images()
+    assert fit_simulator(images, _base(), seed=3) == fit_simulator(images, _base(), seed=3)
+
+
+def _dataset(root: Path, n=2, size=96) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i, (image, labels) in enumerate(simulate(preset("he", pixel_size_um=PX), n, size,
+                                                 seed=2)):
+        write_image(root / "images" / f"{i}.png", image)
+        write_labels(root / "labels" / f"{i}.tif", labels)
+    return root
+
+
+def test_yaml_round_trips_through_simulate_config(tmp_path):
+    summary = write_fit(_dataset(tmp_path / "real"), "he", tmp_path / "fitted.yaml",
+                        pixel_size_um=PX)
+    fitted = summary["fit"].config
+    assert simulation_config("he", config_file=tmp_path / "fitted.yaml") == fitted
+    assert fitted != preset("he", pixel_size_um=PX)
+    assert summary["preview"] == tmp_path / "fitted-preview.png"
+    assert summary["preview"].is_file()
+
+
+def test_cli_reads_no_label_file_and_its_yaml_simulates(tmp_path, monkeypatch, capsys):
+    real = _dataset(tmp_path / "real")
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and "labels" in Path(file).parts:
+            raise AssertionError(f"label file opened: {file}")
+        return real_open(file, *args, **kwargs)
+
+    def no_labels(path, *args, **kwargs):
+        raise AssertionError(f"labels read: {path}")
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr("cellsynth.io.images.read_labels", no_labels)
+    monkeypatch.setattr("cellsynth.io.datasets.read_labels", no_labels)
+    out = tmp_path / "fitted.yaml"
+    assert main(["fit-simulator", "--real", str(real), "--preset", "he", "--out", str(out),
+                 "--pixel-size", str(PX)]) == 0
+    printed = capsys.readouterr().out
+    assert "median cell diameter (um)" in printed and "fitted sim" in printed
+    assert (tmp_path / "fitted-preview.png").is_file()
+    monkeypatch.undo()
+    sim = tmp_path / "sim"
+    assert main(["simulate", "--preset", "he", "--config", str(out), "--n", "1", "--size", "64",
+                 "--out", str(sim), "--quiet"]) == 0
+    assert (sim / "images").is_dir()
+
+
+def _one_line_error(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    return err
+
+
+def test_empty_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no images found"):
+        fit_simulator(tmp_path / "empty", "he")
+    _one_line_error(capsys, ["fit-simulator", "--real", str(tmp_path / "empty"), "--preset",
+                             "he", "--out", str(tmp_path / "f.yaml")], str(tmp_path / "empty"))
+
+
+def test_too_small_images_are_one_line(tmp_path, capsys):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    write_image(folder / "a.png", np.full((40, 200, 3), 200, np.uint8))
+    with pytest.raises(DatasetError, match="a.png.*too small"):
+        fit_simulator(folder, "he")
+    _one_line_error(capsys, ["fit-simulator", "--real", str(folder), "--preset", "he",
+                             "--out", str(tmp_path / "f.yaml")], str(folder / "a.png"))
+
+
+def test_pixel_size_that_makes_cells_tiny_is_one_line(tmp_path, capsys):
+    real = _dataset(tmp_path / "real")
+    with pytest.raises(ConfigError, match="px across"):
+        fit_simulator(real, "he", pixel_size_um=4.0)
+    err = _one_line_error(capsys, ["fit-simulator", "--real", str(real), "--preset", "he",
+                                   "--out", str(tmp_path / "f.yaml"), "--pixel-size", "4"],
+                          str(real))
+    assert "need >= 4 px" in err
+    assert not (tmp_path / "f.yaml").exists()
