@@ -282,10 +282,11 @@ def main() -> None:
     def half_done() -> bool:
         return len(list(cache.glob("*/row*.npz"))) >= rows_total // 2
 
+    from cellsynth.segment.predict import DEFAULT_TILE
     from cellsynth.segment.tiles import tile_origins
 
     model_side = int(round(args.size * args.pixel_size / sim_px))
-    rows_total = len(tile_origins(model_side, 512, 96))
+    rows_total = len(tile_origins(model_side, DEFAULT_TILE, 96))  # the tiny model's crop < it
     first = _predict(detector, zarr_path, work / "out-zarr", args.pixel_size,
                      kill_when=half_done, threads=args.threads)
     rows_kept = len(list(cache.glob("*/row*.npz")))
