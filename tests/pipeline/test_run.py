@@ -222,3 +222,44 @@ def test_labeled_run_finetunes_evaluates_and_maps_back_to_the_real_pixels(tmp_pa
         assert f"{section}</h2>" in page
     training = page.split("Detector training</h2>")[1].split("<h2>")[0]
     assert training.count("<img") == 4  # losses and validation F1 of pretrain and finetune
+
+
+def test_a_run_can_fit_the_simulator_to_its_real_images_first(tmp_path):
+    from cellsynth.simulate import preset, simulate, simulation_config
+    from cellsynth.simulate.fit import median_diameter_um
+
+    base = preset("fluo")
+    bigger = simulation_config("fluo", overrides={"cells": {
+        c.name: {"diameter_um": [d * 1.4 for d in c.diameter_um]} for c in base.cells}})
+    real = tmp_path / "real"
+    real.mkdir()
+    for i, (image, _) in enumerate(simulate(bigger, 3, 128, seed=5)):
+        write_image(real / f"r{i}.png", image)  # images only: the run never sees labels
+    config = replace(_config(real), simulate=replace(_config(real).simulate,
+                                                     fit_from="real.unlabeled"))
+    out = tmp_path / "run"
+    said: list[str] = []
+    run(config, out, progress=False, log=said.append)
+    assert said[0].startswith("[fit]") and said[1].startswith("[simulate]")
+    fitted = stages._sim_config(config, out)
+    assert fitted.pixel_size_um == base.pixel_size_um  # the working resolution stays
+    assert median_diameter_um(fitted) > 1.2 * median_diameter_um(base)
+    assert (out / "fit" / "fitted-preview.png").is_file()
+    said.clear()
+    run(config, out, progress=False, log=said.append)
+    assert all("skipped" in line for line in said), said
+    # other real images redo the fit and what follows (contents are fingerprinted as tested
+    # above for the refiner)
+    plan = {stage.name: stage for stage in stages.plan(config)}
+    assert plan["fit"].reads == ("unlabeled",) and plan["simulate"].inputs == ("fit",)
+
+
+def test_fit_from_must_name_real_images_that_are_set(tmp_path):
+    with pytest.raises(ValueError, match="test images are never fitted to"):
+        SimulateOptions(fit_from="real.test")
+    config = replace(_config(_real(tmp_path / "real")),
+                     simulate=SimulateOptions(preset="fluo", fit_from="train"))
+    from cellsynth.pipeline.config import check_inputs
+
+    with pytest.raises(ConfigError, match="real.train is not set"):
+        check_inputs(config)

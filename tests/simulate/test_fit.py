@@ -31,7 +31,7 @@ def _scaled(config, *, size=1.0, density=1.0, stain=1.0):
         for c in config.cells))
 
 
-def _median_diameter(config):
+def median_diameter_um(config):
     """Density-weighted median of the labelled cell types' uniform diameter ranges (um)."""
     cells = [c for c in config.cells if c.labeled]
     grid = np.linspace(1.0, 40.0, 39001)
@@ -62,14 +62,15 @@ def test_recovers_cell_size_and_density_within_15_percent(fits):
     truths, fitted = fits
     for name, truth in truths.items():
         assert fitted[name].pixel_size_um == PX
-        assert _median_diameter(fitted[name]) == pytest.approx(_median_diameter(truth), rel=0.15)
+        assert median_diameter_um(fitted[name]) == pytest.approx(median_diameter_um(truth),
+                                                                 rel=0.15)
         assert _density(fitted[name]) == pytest.approx(_density(truth), rel=0.15)
 
 
 def test_larger_cells_give_a_proportionally_larger_fit(fits):
     _, fitted = fits
-    base = _median_diameter(_base())
-    small, large = _median_diameter(fitted["small"]), _median_diameter(fitted["large"])
+    base = median_diameter_um(_base())
+    small, large = median_diameter_um(fitted["small"]), median_diameter_um(fitted["large"])
     assert small < base < large  # moved away from the base in both directions
     assert large / small == pytest.approx(1.5, rel=0.15)
     assert _density(fitted["large"]) < 0.6 * _density(fitted["small"])  # truth: 1 / 2.25

@@ -13,7 +13,7 @@ import numpy as np
 
 from cellsynth.io.images import read_labels
 from cellsynth.simulate import simulate, simulation_config
-from cellsynth.simulate.fit import _median_diameter
+from cellsynth.simulate.fit import median_diameter_um
 
 HERE = Path(__file__).parent
 DATA = HERE.parents[3] / "shared" / "data"
@@ -52,8 +52,8 @@ def main():
         print(f"| {name} ({base_name}, {px} um/px) | {ba:.1f} | {bd:.0f} | {fa:.1f} | "
               f"{fd:.0f} | {ta:.1f} | {td:.0f} | {100 * (ba / ta - 1):+.0f} % / "
               f"{100 * (bd / td - 1):+.0f} % | {100 * (fa / ta - 1):+.0f} % / "
-              f"{100 * (fd / td - 1):+.0f} % | {_median_diameter(base):.2f} -> "
-              f"{_median_diameter(fitted):.2f} |")
+              f"{100 * (fd / td - 1):+.0f} % | {median_diameter_um(base):.2f} -> "
+              f"{median_diameter_um(fitted):.2f} |")
 
 
 if __name__ == "__main__":

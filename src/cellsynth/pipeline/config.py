@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cellsynth.config import from_dict, load_yaml, to_dict
+from cellsynth.config import ADDED, from_dict, load_yaml, to_dict
 from cellsynth.errors import ConfigError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.refine.config import RefineConfig
@@ -22,6 +22,7 @@ __all__ = ["SimulateOptions", "RealData", "RealismOptions", "PredictOptions", "P
 
 # stage sections that take their seed from the run's ``seed`` (never their own)
 SEEDED_STAGES = ("simulate", "refine", "pretrain", "finetune")
+FIT_ROLES = ("unlabeled", "train", "val")  # real images the simulator may be fitted to
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,22 @@ class SimulateOptions:
     pixel_size_um: float | None = None   # default: the preset's
     color: str | None = None             # default: the preset's
     overrides: dict = field(default_factory=dict)  # preset parameters, as in --config
+    # fit the preset to these real images first (cellsynth fit-simulator): "unlabeled" or
+    # "train" (their images only; never "test"); overrides still apply on top of the fit
+    fit_from: str | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.size < 16 or self.workers < 1:
             raise ValueError("simulate: n >= 1, size >= 16 and workers >= 1 required")
+        if self.fit_from is not None and self.fit_role not in FIT_ROLES:
+            raise ValueError(f"simulate.fit_from must be one of "
+                             f"{', '.join('real.' + r for r in FIT_ROLES)}, got "
+                             f"{self.fit_from!r} (the test images are never fitted to)")
+
+    @property
+    def fit_role(self) -> str | None:
+        """The real-data role fitted to ("real.unlabeled" and "unlabeled" alike)."""
+        return None if self.fit_from is None else self.fit_from.removeprefix("real.")
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,10 @@ def check_inputs(config: PipelineConfig) -> None:
         folder = getattr(config.real, role)
         if folder is not None:
             load_dataset(folder, require_labels=role != "unlabeled")
+    role = config.simulate.fit_role
+    if role is not None and getattr(config.real, role) is None:
+        raise ConfigError(f"simulate.fit_from is {config.simulate.fit_from!r} but real.{role} "
+                          f"is not set: name the real images to fit the simulator to")
     if config.real.unlabeled and config.simulate.size < config.refine.crop:
         raise ConfigError(f"simulate.size {config.simulate.size} is smaller than refine.crop "
                           f"{config.refine.crop}: the refiner trains on crops of the "

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 # --- stage folders of `cellsynth run` -------------------------------------------------------
+FIT = "fit"              # simulator preset fitted to real images (fitted.yaml + preview)
+FITTED = "fitted.yaml"   # in FIT: the preset override the simulation uses
 SIMULATE = "simulate"    # simulated dataset
 REAL = "real"            # real images rescaled to the working pixel size (when needed)
 REFINER = "refiner"      # refiner run

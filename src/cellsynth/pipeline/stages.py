@@ -35,19 +35,40 @@ class Stage:
     reads: tuple[str, ...] = ()                      # real-data roles whose contents it reads
 
 
-def _sim_config(config: PipelineConfig):
-    from cellsynth.simulate import simulation_config
+def _sim_config(config: PipelineConfig, out: Path | None = None):
+    """The simulation's config: the preset with ``overrides``; with ``simulate.fit_from`` and
+    ``out``, the preset fitted to the real images first (``FIT/fitted.yaml``). The working
+    pixel size is always the base's (``simulate.pixel_size_um`` or the preset's): the fit
+    measures in micrometres, so it carries over."""
+    from cellsynth.simulate import preset, simulation_config
 
     s = config.simulate
-    return simulation_config(s.preset, overrides=s.overrides or None,
-                             pixel_size_um=s.pixel_size_um, color=s.color)
+    fitted = out / layout.FIT / layout.FITTED if s.fit_from and out is not None else None
+    return simulation_config(s.preset, config_file=fitted, overrides=s.overrides or None,
+                             pixel_size_um=s.pixel_size_um or (
+                                 preset(s.preset).pixel_size_um if fitted else None),
+                             color=s.color)
+
+
+def _fit_simulator(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+    from cellsynth.io.files import staged_output_dir
+    from cellsynth.simulate.fit import median_diameter_um, write_fit
+
+    folder = getattr(config.real, config.simulate.fit_role)
+    with staged_output_dir(out / layout.FIT, force=True) as root:
+        result = write_fit(folder, _sim_config(config), root / layout.FITTED,
+                           pixel_size_um=config.real.pixel_size_um, seed=config.seed)
+    fit = result["fit"]
+    return {"fitted_from": folder,
+            "median_diameter_um": round(median_diameter_um(fit.config), 3),
+            "base_median_diameter_um": round(median_diameter_um(fit.base), 3)}
 
 
 def _simulate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from cellsynth.simulate import write_simulation
 
     s = config.simulate
-    return write_simulation(_sim_config(config), n=s.n, size=s.size, seed=config.seed,
+    return write_simulation(_sim_config(config, out), n=s.n, size=s.size, seed=config.seed,
                             out=out / layout.SIMULATE, workers=s.workers, force=True,
                             progress=kw["progress"])
 
@@ -208,7 +229,13 @@ def plan(config: PipelineConfig) -> list[Stage]:
     real = config.real
     sim = lambda c: [to_dict(c.simulate), c.seed]  # noqa: E731
     roles = tuple(r for r in ("unlabeled", "train", "val", "test") if getattr(real, r))
-    stages = [Stage(layout.SIMULATE, (), sim, _simulate)]
+    stages = []
+    if config.simulate.fit_from:
+        stages.append(Stage(layout.FIT, (), lambda c: [to_dict(c.simulate),
+                                                       c.real.pixel_size_um, c.seed],
+                            _fit_simulator, reads=(config.simulate.fit_role,)))
+    stages.append(Stage(layout.SIMULATE, (layout.FIT,) if config.simulate.fit_from else (),
+                        sim, _simulate))
     rescaled = _real_scale(config) != 1.0
     if rescaled:
         stages.append(Stage(layout.REAL, (), lambda c: [c.real.pixel_size_um, sim(c)],

@@ -35,6 +35,7 @@ from cellsynth.simulate.presets import SimulationConfig, preset
 from cellsynth.simulate.scene import render_scene
 
 __all__ = ["MIN_SIDE_PX", "MIN_CELL_PX", "SimulatorFit", "fit_simulator", "match_statistics",
+           "median_diameter_um",
            "config_override", "format_fit", "write_fit"]
 
 MIN_SIDE_PX = 64     # smaller images hold too few cells and too little background to measure
@@ -93,7 +94,7 @@ def _scale(bounds: tuple[float, float], factor: float) -> tuple[float, float]:
     return _round(bounds[0] * factor), _round(bounds[1] * factor)
 
 
-def _median_diameter(config: SimulationConfig) -> float:
+def median_diameter_um(config: SimulationConfig) -> float:
     """Median equivalent diameter (um) of the labelled cells, mixing types by density."""
     cells = [c for c in config.cells if c.labeled and c.density > 0] or \
         [c for c in config.cells if c.labeled]
@@ -144,7 +145,7 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
     px = float(pixel_size_um or meta_px or base.pixel_size_um)
     if not px > 0:
         raise ConfigError(f"{where}: pixel size must be > 0, got {px}")
-    diameter = _median_diameter(base)
+    diameter = median_diameter_um(base)
     if diameter / px < MIN_CELL_PX:
         raise ConfigError(f"{where}: at {px:g} um/px the cells of preset {base.preset!r} "
                           f"(median diameter {diameter:.3g} um) are {diameter / px:.1f} px "
@@ -433,7 +434,7 @@ def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
     seeds = image_seeds(seed, n_sim)  # the same scenes every round: only parameters change
     labelled = [c for c in base.cells if c.labeled]
     zoom = base.variation.zoom
-    lo = max(_LOW * _median_diameter(base) * zoom[0] / px, MIN_CELL_PX)
+    lo = max(_LOW * median_diameter_um(base) * zoom[0] / px, MIN_CELL_PX)
     hi = max(min(3.0 * max(c.diameter_um[1] for c in labelled) * zoom[1] / px,
                  min(side, *(min(a.shape[:2]) for a in real.images)) / 3), 2 * lo)
     n_scales = int(math.ceil(math.log(hi / lo) / math.log(_SCALE_STEP))) + 1
@@ -480,9 +481,9 @@ def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
                                                             + extra, 0.0)), 0.0, 1.0))
         params = new
     config = _apply(base, params)
-    if _median_diameter(config) / px < MIN_CELL_PX:
+    if median_diameter_um(config) / px < MIN_CELL_PX:
         raise DatasetError(f"{real.where}: the cells found are only "
-                           f"{_median_diameter(config) / px:.1f} px across (< {MIN_CELL_PX:g} "
+                           f"{median_diameter_um(config) / px:.1f} px across (< {MIN_CELL_PX:g} "
                            f"px); give the real pixel size with --pixel-size")
     return SimulatorFit(config=config, base=base, real=target, base_sim=sims[0],
                         fitted_sim=sims[-1], history=history)
@@ -553,7 +554,8 @@ def format_fit(fit: SimulatorFit) -> str:
     b, f = fit.base, fit.config
     rows = [
         ("pixel size (um)", f"{b.pixel_size_um:g}", f"{f.pixel_size_um:g}"),
-        ("median cell diameter (um)", f"{_median_diameter(b):.3g}", f"{_median_diameter(f):.3g}"),
+        ("median cell diameter (um)", f"{median_diameter_um(b):.3g}",
+         f"{median_diameter_um(f):.3g}"),
         ("labelled cells per 100x100 um^2", _cells(b, "density"), _cells(f, "density")),
         ("cell stain", _cells(b, "stain"), _cells(f, "stain")),
         ("background stain", "{:.3g}-{:.3g}".format(*b.background.stain),
