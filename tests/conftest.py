@@ -24,6 +24,15 @@ if os.environ.get("_CELLSYNTH_SUITE_THREADS") or "CELLSYNTH_THREADS" not in os.e
                       _CELLSYNTH_SUITE_THREADS="1")
 
 
+# per-machine measurements (the bf16 timing) go to a folder of this test process, never to
+# the user's cache
+if "CELLSYNTH_CACHE_DIR" not in os.environ or os.environ.get("_CELLSYNTH_SUITE_CACHE"):
+    import tempfile
+
+    os.environ.update(CELLSYNTH_CACHE_DIR=tempfile.mkdtemp(prefix="cellsynth-cache-"),
+                      _CELLSYNTH_SUITE_CACHE="1")
+
+
 def make_dataset(root: Path, n: int = 3, size: int = 32, *, rgb: bool = False,
                  labels: bool = True, seed: int = 0) -> Path:
     """Write ``n`` random images with blob labels in the dataset layout; return ``root``."""

@@ -13,10 +13,11 @@ AMX = AVX2_ONLY | {"amx_tile", "amx_bf16"}
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
+def _clean_env(monkeypatch, tmp_path):
     for var in ("CELLSYNTH_PRECISION", "CELLSYNTH_THREADS", "OMP_NUM_THREADS",
                 "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(tmp_path / "cache"))  # no timings kept
 
 
 def _flags(monkeypatch, flags, speedup=None):
@@ -47,6 +48,28 @@ def test_avx512_bf16_without_amx_is_timed(monkeypatch, speedup, expected):
     assert "AVX512-BF16 without AMX" in chosen.reason
 
 
+def test_the_timing_decision_is_the_median_of_the_first_three_processes(monkeypatch):
+    """A loaded moment must not flip the decision: three timings are kept per machine."""
+    timings = iter([1.25, 0.6, 0.7, 5.0])
+    _flags(monkeypatch, AVX512_BF16)
+    monkeypatch.setattr(hardware, "_timed_bf16_speedup", lambda: next(timings))
+    decisions = [hardware.choose_precision("auto", "cpu") for _ in range(4)]
+    assert [d.name for d in decisions] == ["bf16", "fp32", "fp32", "fp32"]
+    assert "1.25x" in decisions[0].reason and "timed once" in decisions[0].reason
+    assert "0.70x" in decisions[2].reason and "median of 3 timings" in decisions[3].reason
+    assert next(timings) == 5.0  # the fourth process did not time
+    _flags(monkeypatch, AVX512_BF16 | {"avx512_fp16"}, speedup=1.9)  # another machine
+    assert hardware.choose_precision("auto", "cpu").name == "bf16"
+
+
+def test_the_timing_still_decides_where_the_cache_cannot_be_written(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(blocker / "cache"))  # under a file
+    _flags(monkeypatch, AVX512_BF16, speedup=1.9)
+    assert hardware.choose_precision("auto", "cpu").name == "bf16"
+
+
 def test_auto_on_avx2_says_why(monkeypatch):
     _flags(monkeypatch, AVX2_ONLY)
     text = str(hardware.choose_precision("auto", "cpu"))
@@ -74,12 +97,13 @@ def test_environment_overrides_auto_only(monkeypatch):
         hardware.choose_precision("auto", "cpu")
 
 
-def test_without_flags_a_timing_decides(monkeypatch):
+def test_without_flags_a_timing_decides(monkeypatch, tmp_path):
     monkeypatch.setattr(hardware, "_cpu_flags", lambda: None)  # ARM, macOS
     monkeypatch.setattr(hardware, "_timed_bf16_speedup", lambda: 0.1)
     chosen = hardware.choose_precision("auto", "cpu")
     assert chosen.name == "fp32" and "0.10x" in chosen.reason
     monkeypatch.setattr(hardware, "_timed_bf16_speedup", lambda: 1.9)
+    monkeypatch.setenv("CELLSYNTH_CACHE_DIR", str(tmp_path / "another machine's cache"))
     assert hardware.choose_precision("auto", "cpu").name == "bf16"
 
 
