@@ -5,7 +5,8 @@
 Baseline: the checkpoint loaded as before (BatchNorm as separate layers, NCHW tensors), tiles
 of 512 with 96 px overlap, 4 tiles per forward pass. Candidates: the same with the inference
 preparation (BatchNorm folded into the convolutions, channels-last), then also with tiles of
-1024 px, one per pass (less overlap computed twice). Each runs
+1024 px, one per pass, and with balanced tiles (no larger than needed for as few tiles:
+less computed twice where the last tile would stick out). Each runs
 on the images of DIR as they are (the nissl test images are 512^2: one tile) and on a
 ``--mosaic`` x ``--mosaic`` mosaic of them (what a section's interior sees: tiles overlap).
 Printed: MP/s per setting, the ratio to the baseline, and how far the labels moved (pixels
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--mosaic", type=int, default=4)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many timings")
+    parser.add_argument("--max-setting", type=int, default=5, help="run the first N settings")
     args = parser.parse_args()
     threads = configure_threads(args.threads)
     fast = load_detector(args.detector, precision="fp32")
@@ -51,19 +53,21 @@ def main() -> None:
     rows = [np.concatenate([np.rot90(tiles[(i * args.mosaic + j) % len(tiles)], i + j)
                             for j in range(args.mosaic)], axis=1) for i in range(args.mosaic)]
     mosaic = np.concatenate(rows, axis=0)
-    settings = [("before: BatchNorm layers, NCHW, tile 512 x 4", plain, 512, 4),
-                ("folded + channels-last, tile 512 x 4", fast, 512, 4),
-                ("folded + channels-last, tile 1024 x 1", fast, 1024, 1)]
+    settings = [("before: BatchNorm layers, NCHW, tile 512 x 4", plain, 512, 4, False),
+                ("folded + channels-last, tile 512 x 4", fast, 512, 4, False),
+                ("folded + channels-last, tile 1024 x 1", fast, 1024, 1, False),
+                ("folded + channels-last, balanced tiles <= 512 x 4", fast, 512, 4, True),
+                ("folded + channels-last, balanced tiles <= 1024 x 1", fast, 1024, 1, True)]
     print(f"{len(images)} images of {args.images} and a {mosaic.shape[0]}^2 mosaic; "
           f"{threads} threads")
     baseline: dict[str, tuple[float, list[np.ndarray]]] = {}
-    for name, detector, tile, batch in settings:
+    for name, detector, tile, batch, balance in settings[:args.max_setting]:
         for label, inputs in (("images", images), ("mosaic", [mosaic])):
             best, labels = np.inf, []
             for _ in range(args.repeats):
                 started = time.perf_counter()
-                labels = [predict_image(detector, im, tile=tile, overlap=96, batch=batch)
-                          for im in inputs]
+                labels = [predict_image(detector, im, tile=tile, overlap=96, batch=batch,
+                                        balance=balance) for im in inputs]
                 best = min(best, time.perf_counter() - started)
             mp_s = sum(im.shape[0] * im.shape[1] for im in inputs) / 1e6 / best
             if label not in baseline:

@@ -8,6 +8,7 @@ from cellsynth.errors import ImageReadError
 from cellsynth.evaluate import matching
 from cellsynth.segment.tiles import (
     PaintedLabels,
+    balanced_tile,
     ProposalStore,
     contours_to_labels,
     open_large_image,
@@ -60,6 +61,18 @@ def test_tile_origins_cover_with_overlap():
     assert tile_origins(100, 256, 64) == [0]
     with pytest.raises(ValueError, match="overlap"):
         tile_origins(1000, 64, 64)
+
+
+@pytest.mark.parametrize("length", [96, 512, 1100, 2048, 5000, 20000])
+def test_balanced_tiles_are_no_more_and_no_larger_than_needed(length):
+    for tile in (512, 1024):
+        size = balanced_tile(length, tile, 96)
+        assert size <= tile and (size % 32 == 0 or size == length)
+        starts = tile_origins(length, size, 96)
+        assert len(starts) == len(tile_origins(length, tile, 96))
+        assert starts[0] == 0 and starts[-1] + min(size, length) == length
+        assert all(b - a <= size - 96 for a, b in zip(starts, starts[1:]))  # overlap kept
+    assert balanced_tile(2048, 1024, 96) == 768  # 3 x 768 px computed instead of 3 x 1024
 
 
 def test_large_image_no_duplicates_no_seams():

@@ -10,6 +10,7 @@ centres straddle a core border.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,8 @@ import numpy as np
 
 from cellsynth.errors import ImageReadError
 
-__all__ = ["open_large_image", "tile_origins", "tiled_proposals", "predict_tiled",
+__all__ = ["open_large_image", "balanced_tile", "tile_origins", "tiled_proposals",
+           "predict_tiled",
            "contours_to_labels", "PaintedLabels", "ProposalStore"]
 
 # A predictor maps a batch (B, h, w, C) float32 in [0, 1] to per-tile (contours, scores),
@@ -235,6 +237,21 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
     if "y" not in axes or "x" not in axes:
         raise ImageReadError(f"{path}: image has axes {axes!r}, without y and x")
     return node if axes in ("yx", "yxc") else _YXC(node, axes)
+
+
+def balanced_tile(length: int, tile: int, overlap: int, *, multiple: int = 32) -> int:
+    """The smallest tile (a multiple of ``multiple``, at most ``tile``) that covers
+    ``length`` with as few tiles as ``tile`` needs, each overlapping by at least ``overlap``.
+
+    Tiles of the largest size waste work where the last one sticks out: 2,048 px in tiles of
+    1,024 with 96 overlap needs 3 tiles, i.e. 3,072 px computed; tiles of 768 cover it with
+    3 as well, 2,304 px. ``length <= tile``: one tile of ``length``.
+    """
+    if length <= tile:
+        return length
+    count = math.ceil((length - overlap) / (tile - overlap))
+    needed = math.ceil((length - overlap) / count) + overlap
+    return min(tile, -(-needed // multiple) * multiple)
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
