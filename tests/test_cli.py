@@ -156,3 +156,18 @@ def test_predict_takes_its_detector_by_the_old_name_too_and_needs_one(tmp_path, 
     assert err == ["cellsynth predict: error: --detector is required: a train run folder or "
                    "its checkpoint file"]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_second_command_in_the_same_process_says_its_warnings_again(tmp_path, capsys):
+    import imageio.v3 as iio
+    import numpy as np
+
+    from cellsynth.cli import main
+
+    (tmp_path / "images").mkdir()
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 3] = 255
+    iio.imwrite(tmp_path / "images" / "a.png", rgba)
+    for _ in range(2):  # Python shows a warning once per place unless the filters change
+        assert main(["inspect", str(tmp_path)]) == 0
+        assert "a.png: dropping alpha channel" in capsys.readouterr().err

@@ -485,12 +485,16 @@ def _output(command: str, quiet: bool):
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"cellsynth {command}: warning: {message}", file=file or sys.stderr)
 
-    warnings.showwarning = show
     from cellsynth.hardware import forget_announcements
 
     forget_announcements()  # each command says once what it chose
     try:
-        yield
+        # a fresh filter list: Python then forgets which warnings it has shown, so a second
+        # command in the same process (the API, napari, the tests) says its notes again
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = show
+            yield
     finally:
         logger.handlers[:], logger.level, logger.propagate, warnings.showwarning = saved
 

@@ -8,8 +8,8 @@ from cellsynth.errors import ImageReadError
 from cellsynth.evaluate import matching
 from cellsynth.segment.tiles import (
     PaintedLabels,
-    balanced_tile,
     ProposalStore,
+    balanced_tile,
     contours_to_labels,
     open_large_image,
     predict_tiled,
