@@ -66,3 +66,29 @@ def test_meta_json(tmp_path):
     (root / "meta.json").write_text("{broken")
     with pytest.raises(DatasetError, match=r"meta\.json: cannot parse JSON"):
         load_dataset(root)
+
+
+def test_a_cellpose_gui_folder_reads_its_seg_npy_masks(tmp_path, caplog):
+    """Cellpose's GUI saves x_seg.npy (a dict holding 'masks', 'outlines', ...) beside x."""
+    import logging
+
+    from cellsynth.errors import ImageReadError
+    from cellsynth.hardware import forget_announcements
+    from cellsynth.io.images import read_labels, write_image
+
+    masks = np.zeros((20, 24), np.uint16)
+    masks[2:8, 3:9], masks[10:18, 12:20] = 1, 2
+    write_image(tmp_path / "x.png", np.full((20, 24), 40, np.uint8))
+    np.save(tmp_path / "x_seg.npy", {"masks": masks, "outlines": masks * 0, "filename": "x.png"})
+    forget_announcements()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        dataset = load_dataset(tmp_path, require_labels=True)
+    assert "read as a Cellpose GUI (x + x_seg.npy) folder" in caplog.text
+    assert [s.id for s in dataset] == ["x"]
+    np.testing.assert_array_equal(dataset[0].read()[1], masks)
+    (tmp_path / "x_seg.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ImageReadError, match=r"x_seg.npy: cannot read Cellpose file"):
+        read_labels(tmp_path / "x_seg.npy")
+    np.save(tmp_path / "y_seg.npy", {"outlines": masks})
+    with pytest.raises(ImageReadError, match=r"y_seg.npy: not a Cellpose _seg.npy file"):
+        read_labels(tmp_path / "y_seg.npy")

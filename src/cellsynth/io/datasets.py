@@ -7,8 +7,9 @@
     DIR/meta.json                optional provenance (parameters, seed, pixel size)
 
 A plain folder of images (no ``images/`` sub-folder) is accepted as an unlabeled dataset.
-Cellpose training folders (``x.tif`` beside ``x_masks.tif``) and StarDist folders
-(``images/`` + ``masks/``) are recognised and read as they are, with a one-line note.
+Cellpose training folders (``x.tif`` beside ``x_masks.tif``, or beside the GUI's
+``x_seg.npy``) and StarDist folders (``images/`` + ``masks/``) are recognised and read as they
+are, with a one-line note.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.files import write_json
-from cellsynth.io.images import IMAGE_SUFFIXES, read_image, read_labels
+from cellsynth.io.images import CELLPOSE_SEG_SUFFIX, IMAGE_SUFFIXES, read_image, read_labels
 from cellsynth.pipeline import layout
 
 __all__ = ["Sample", "Dataset", "load_dataset", "write_dataset_meta", "CELLPOSE_SUFFIX"]
@@ -124,9 +125,13 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
     if image_dir == root and not labels:
         masks = {i[:-len(CELLPOSE_SUFFIX)]: p for i, p in images.items()
                  if i.endswith(CELLPOSE_SUFFIX)}
+        segs = {p.name[:-len(CELLPOSE_SEG_SUFFIX)]: p
+                for p in sorted(root.glob(f"*{CELLPOSE_SEG_SUFFIX}")) if p.is_file()}
         if masks:  # Cellpose: x.tif beside x_masks.tif
             images = {i: p for i, p in images.items() if not i.endswith(CELLPOSE_SUFFIX)}
             labels, label_dir, kind = masks, root, "Cellpose (x + x_masks)"
+        elif segs:  # Cellpose's GUI: x.png beside x_seg.npy
+            labels, label_dir, kind = segs, root, "Cellpose GUI (x + x_seg.npy)"
     if kind != "cellsynth":
         from cellsynth.hardware import announce
 

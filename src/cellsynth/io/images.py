@@ -18,6 +18,7 @@ from cellsynth.errors import ImageReadError
 from cellsynth.io.files import atomic_path
 
 __all__ = [
+    "CELLPOSE_SEG_SUFFIX",
     "IMAGE_SUFFIXES",
     "match_channels",
     "read_image",
@@ -97,15 +98,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+CELLPOSE_SEG_SUFFIX = "_seg.npy"  # what Cellpose's GUI saves beside x.png: a dict with "masks"
+
+
+def _read_cellpose_seg(path: Path) -> np.ndarray:
+    """The masks of a Cellpose GUI file (a pickled dict; only read files you trust)."""
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=True)
+        data = data.item() if data.dtype == object and data.shape == () else data
+    except Exception as err:  # numpy/pickle raise many types for damaged files
+        raise ImageReadError(f"{path}: cannot read Cellpose file (corrupt or truncated?): "
+                             f"{str(err).strip() or type(err).__name__}") from err
+    if not isinstance(data, dict) or "masks" not in data:
+        raise ImageReadError(f"{path}: not a Cellpose _seg.npy file (no 'masks' in it)")
+    return np.asarray(data["masks"])
+
+
 def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """Read and validate an instance label map.
+    """Read and validate an instance label map (an image file, or Cellpose's ``x_seg.npy``).
 
     Returns
     -------
     labels : (H, W) integer array, 0 = background, ids >= 1 (not necessarily contiguous).
     """
     path = Path(path)
-    labels = _read_array(path)
+    labels = (_read_cellpose_seg(path) if path.name.endswith(CELLPOSE_SEG_SUFFIX)
+              else _read_array(path))
     if labels.ndim == 3 and labels.shape[-1] == 1:
         labels = labels[..., 0]
     if labels.ndim != 2:
