@@ -467,7 +467,9 @@ def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
             ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=data)
     ax.set_xlabel("annotated real images (k)")
     ax.set_ylabel("F1@0.5 on the test split")
-    ax.set_title(f"{config.name}: mean ± std over {len(config.seeds)} seeds")
+    seeds = list(results.get("seeds") or config.seeds)  # those this run evaluated
+    ax.set_title(f"{config.name}: mean ± std over {len(seeds)} seeds" if len(seeds) > 1
+                 else f"{config.name}: seed {seeds[0]} only (no spread)")
     ax.grid(alpha=0.3)
     ax.legend()
     with atomic_path(out / "learning_curve.png") as tmp:
