@@ -135,15 +135,9 @@ def write_section(low: np.ndarray, zoom: float, size: int, tiff: Path, zarr_path
 
 def cpu_summary() -> str:
     """The CPU's model name, its cores here and whether it computes bf16 natively."""
-    from cellsynth.hardware import cpu_bf16_support, usable_cores
+    from cellsynth.hardware import cpu_bf16_support, cpu_model, usable_cores
 
-    name = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {usable_cores()} cores, {cpu_bf16_support()[1]}"
+    return f"{cpu_model()}, {usable_cores()} cores, {cpu_bf16_support()[1]}"
 
 
 # Runs a command and reports its peak RSS. ru_maxrss survives execve, so a child forked from

@@ -31,7 +31,7 @@ from typing import Literal
 
 __all__ = ["resolve_device", "Precision", "choose_precision", "announce", "cpu_bf16_support",
            "usable_cores", "busy_cores_elsewhere", "choose_threads", "configure_threads",
-           "ThreadGovernor", "die_with_parent", "cache_dir"]
+           "ThreadGovernor", "die_with_parent", "cache_dir", "cpu_model"]
 
 log = logging.getLogger("cellsynth")
 
@@ -127,7 +127,6 @@ def _timed_bf16_speedup() -> float:
     return statistics.median(fp32) / statistics.median(bf16)
 
 
-
 _announced: set[str] = set()
 
 
@@ -178,21 +177,26 @@ def cache_dir() -> Path:
     return Path(base) / "cellsynth"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; elsewhere what ``platform`` knows)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def _machine_key(flags: frozenset[str] | None) -> str:
     import hashlib
     import platform
 
     import torch
 
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    except OSError:
-        model = platform.processor() or platform.machine()
-    text = "|".join([model, platform.machine(), torch.__version__,
+    text = "|".join([cpu_model(), platform.machine(), torch.__version__,
                      " ".join(sorted(flags or ()))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -328,15 +328,13 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     """
     from tqdm.auto import tqdm
 
-    if tile is not None and overlap >= tile:
-        raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
     if labels_as not in ("auto", "tiff", "ome-zarr"):
         raise ConfigError(f"labels_as must be auto, tiff or ome-zarr, got {labels_as!r}")
     inputs = _inputs(Path(images))
     detector = load_detector(run, device=device, precision=precision)
     tile, batch = tiling(detector, tile, batch)
-    if overlap >= tile:
-        raise ConfigError(f"--overlap {overlap} must be smaller than the tile size {tile}")
+    if overlap >= tile:  # the tile given, or the default one
+        raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
     configure_threads()
     folder_px = _folder_pixel_size(Path(images))
     started = time.perf_counter()
