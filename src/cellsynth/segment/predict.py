@@ -37,11 +37,13 @@ from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, write_labels_zarr
 from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
 from cellsynth.pipeline import layout
 from cellsynth.segment.tiles import (
+    HALF_PIXEL,
     PaintedLabels,
     Predictor,
     ProposalStore,
     balanced_tile,
     contours_to_labels,
+    offset_contours,
     open_large_image,
     tile_origins,
     tiled_proposals,
@@ -213,15 +215,18 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
         view, make_predictor(detector, device=device), tile=tile, overlap=overlap,
         batch=batch, read=_reader(detector.in_channels, low, high, where),
         progress=progress.update if progress is not None else None, store=store)
+    offset = HALF_PIXEL
     if factor != 1.0:  # pixel centres: model pixel i sits at image pixel (i + 0.5) / f - 0.5
-        contours = (contours + 0.5) / factor - 0.5
+        # The half-pixel outline offset belongs to the model's pixels, before scaling back.
+        contours = (offset_contours(contours, HALF_PIXEL) + 0.5) / factor - 0.5
+        offset = 0.0
     thresh = detector.score_thresh if score_thresh is None else score_thresh
     shape = (int(image.shape[0]), int(image.shape[1]))
     if in_memory:
         labels, id_scores = contours_to_labels(contours, scores, shape, score_thresh=thresh,
-                                               return_scores=True)
+                                               offset=offset, return_scores=True)
     else:
-        labels = PaintedLabels(contours, scores, shape, score_thresh=thresh)
+        labels = PaintedLabels(contours, scores, shape, score_thresh=thresh, offset=offset)
         id_scores = labels.id_scores
     return (labels, id_scores) if return_scores else labels
 

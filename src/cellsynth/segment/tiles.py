@@ -22,35 +22,74 @@ from cellsynth.errors import ImageReadError
 
 __all__ = ["open_large_image", "balanced_tile", "tile_origins", "tiled_proposals",
            "predict_tiled",
-           "contours_to_labels", "PaintedLabels", "ProposalStore"]
+           "offset_contours", "contours_to_labels", "PaintedLabels", "ProposalStore"]
 
 # A predictor maps a batch (B, h, w, C) float32 in [0, 1] to per-tile (contours, scores),
 # contours (K, S, 2) as (x, y) in tile coordinates.
 Predictor = Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]
 
+# CPN contours (the training targets and so the predictions) run through the centres of a
+# cell's boundary pixels. Filling such a polygon by pixel centre leaves out about half of the
+# boundary pixels: a perfect contour of a Nissl soma (~25 px across) came back with 88 % of
+# its area and IoU 0.86, so no cell could pass IoU 0.9. Moved outward by half a pixel, the
+# polygon is the cell's pixel-edge outline: IoU 0.97 (484 training somata, order 8).
+HALF_PIXEL = 0.5
+
+
+def offset_contours(contours: np.ndarray, distance: float = HALF_PIXEL) -> np.ndarray:
+    """Move every vertex of closed polygons ``distance`` px along its outward normal.
+
+    contours : (K, S, 2) vertices as (x, y), either orientation. The normal at a vertex is
+    perpendicular to the chord between its two neighbours, pointing away from the inside
+    (by the sign of the polygon's area); a degenerate chord leaves the vertex where it is.
+    """
+    c = np.asarray(contours, np.float64)
+    if c.ndim != 3 or c.shape[-1] != 2 or c.shape[1] < 3 or distance == 0:
+        return c.astype(np.float32, copy=True) if c.size else np.asarray(contours, np.float32)
+    chord = np.roll(c, -1, axis=1) - np.roll(c, 1, axis=1)            # (K, S, 2)
+    normal = np.stack([chord[..., 1], -chord[..., 0]], axis=-1)       # right of the chord
+    length = np.linalg.norm(normal, axis=-1, keepdims=True)
+    normal = np.divide(normal, length, out=np.zeros_like(normal), where=length > 1e-9)
+    x, y = c[..., 0], c[..., 1]
+    area2 = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1)  # (K,)
+    # With y down (image rows), "right of the chord" points outward when area2 > 0.
+    side = np.where(area2 >= 0, 1.0, -1.0)[:, None, None]
+    return (c + distance * side * normal).astype(np.float32)
+
+
+def _cell_pixels(contour: np.ndarray, shape: tuple[int, int], offset: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the pixels whose centres lie inside ``contour`` ((S, 2) as (x, y))
+    moved ``offset`` px outward."""
+    from skimage.draw import polygon
+
+    c = offset_contours(contour[None], offset)[0] if offset else contour
+    return polygon(c[:, 1], c[:, 0], shape=shape)
+
 
 def contours_to_labels(contours: np.ndarray, scores: np.ndarray, shape: tuple[int, int], *,
                        score_thresh: float = 0.0, min_visible: float = 0.5,
-                       return_scores: bool = False):
+                       offset: float = HALF_PIXEL, return_scores: bool = False):
     """Paint contours into a label map, best score first; overlaps go to the better cell.
 
     A proposal whose pixels are mostly (more than ``1 - min_visible``) taken already is
     dropped: this removes duplicates, e.g. the same cell found in two overlapping tiles.
 
     contours : (K, S, 2) polygon vertices as (x, y); scores : (K,).
+    ``offset``: each polygon is moved this many pixels outward before the pixels whose centres
+    it holds are filled; CPN contours run through boundary pixel centres, hence half a pixel
+    (see :func:`offset_contours`); 0 fills the polygon as given.
     Returns (H, W) uint32 labels, ids 1..N in order of decreasing score, and with
     ``return_scores`` also each id's score ((N + 1,), index 0 = background = inf).
     Because painting is greedy in score order, the labels for a higher threshold ``t`` are
     exactly ``labels * (id_scores[labels] >= t)``: one painting serves every threshold.
     """
-    from skimage.draw import polygon
-
     labels = np.zeros(shape, np.uint32)
     painted = [np.inf]
     for k in np.argsort(-scores, kind="stable"):
         if scores[k] < score_thresh:
             continue
-        rr, cc = polygon(contours[k, :, 1], contours[k, :, 0], shape=shape)
+        rr, cc = _cell_pixels(contours[k], shape, offset)
         if rr.size == 0:
             continue
         free = labels[rr, cc] == 0
@@ -78,9 +117,8 @@ class PaintedLabels:
     """
 
     def __init__(self, contours: np.ndarray, scores: np.ndarray, shape: tuple[int, int], *,
-                 score_thresh: float = 0.0, min_visible: float = 0.5, grid: int = 64):
-        from skimage.draw import polygon
-
+                 score_thresh: float = 0.0, min_visible: float = 0.5,
+                 offset: float = HALF_PIXEL, grid: int = 64):
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = np.dtype(np.uint32)
         self.ndim = 2
@@ -91,7 +129,7 @@ class PaintedLabels:
         for k in np.argsort(-scores, kind="stable"):
             if scores[k] < score_thresh:
                 continue
-            rr, cc = polygon(contours[k, :, 1], contours[k, :, 0], shape=self.shape)
+            rr, cc = _cell_pixels(contours[k], self.shape, offset)
             if rr.size == 0:
                 continue
             y0, x0 = int(rr.min()), int(cc.min())
