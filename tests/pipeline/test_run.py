@@ -263,3 +263,17 @@ def test_fit_from_must_name_real_images_that_are_set(tmp_path):
 
     with pytest.raises(ConfigError, match="real.train is not set"):
         check_inputs(config)
+
+
+def test_two_processes_sharing_a_run_folder_keep_each_others_entries(tmp_path):
+    # An experiment's --settings evaluation runs while the rest trains: each process holds
+    # its own RunState, read when it started.
+    from cellsynth.pipeline.run import RunState
+
+    trainer, evaluator = RunState(tmp_path), RunState(tmp_path)
+    evaluator.mark("evaluations/a", "f1", done=True, summary={"units": [1]})
+    trainer.mark("detectors/b", "f2", done=False)
+    on_disk = RunState(tmp_path)
+    assert on_disk.status("evaluations/a", "f1") == "done"
+    assert on_disk.status("detectors/b", "f2") == "interrupted"
+    assert on_disk.data["evaluations/a"]["summary"] == {"units": [1]}

@@ -41,6 +41,7 @@ from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import SimulateOptions
 from cellsynth.pipeline.run import RunState, content_fingerprint, fingerprint
 from cellsynth.refine.config import RefineConfig
+from cellsynth.segment.tiles import HALF_PIXEL
 from cellsynth.segment.trainer import TrainConfig
 
 __all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "select_settings",
@@ -365,7 +366,10 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
                 units = _evaluate(out / detector, config.test, folder, config.tiles,
                                   config.device)
                 return {"units": [_unit_record(u) for u in units]}
-            execute(_Unit(name, (detector,), [test_contents, config.tiles], run),
+            # The painting of contours is part of what an evaluation means: evaluations
+            # made before cells were filled half a pixel outward are redone.
+            execute(_Unit(name, (detector,),
+                          [test_contents, config.tiles, {"outline_offset": HALF_PIXEL}], run),
                     len(evaluated) + 1, len(set(detector_of.values())))
             evaluated[detector] = [_matching(u) for u in state.data[name]["summary"]["units"]]
         per_cell[setting, seed] = evaluated[detector]

@@ -20,6 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 from cellsynth.config import save_yaml
 from cellsynth.io.files import write_json
 from cellsynth.pipeline import layout
@@ -75,8 +80,16 @@ class RunState:
         return "done" if entry["done"] else "interrupted"
 
     def mark(self, name: str, fingerprint: str, done: bool, **info: Any) -> None:
-        self.data[name] = {"fingerprint": fingerprint, "done": done, **info}
-        write_json(self.path, self.data)
+        """Record one entry. Several processes may share a run folder (an experiment's
+        ``--settings`` evaluation while the rest trains): the file is re-read under a lock
+        and only this entry replaced, so no process overwrites what another recorded."""
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            if fcntl is not None:  # POSIX; elsewhere the re-read alone narrows the race
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            on_disk = json.loads(self.path.read_text()) if self.path.exists() else {}
+            on_disk[name] = {"fingerprint": fingerprint, "done": done, **info}
+            write_json(self.path, on_disk)
+        self.data = on_disk
 
 
 def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True,
