@@ -49,6 +49,11 @@ class RefineConfig:
     # weight of the L1 between batch-mean D features of real and refined crops: a low-variance
     # pull towards real colour/texture statistics while D is still weak (0 disables)
     feature_matching: float = 10.0
+    # weight of the semantic consistency loss (refine/consistency.py): a frozen judge trained
+    # on the simulation must see the same background / interior / boundary map in the
+    # refined image as in the simulated one (0 disables)
+    consistency: float = field(default=0.0, metadata=ADDED)
+    consistency_steps: int = field(default=300, metadata=ADDED)  # judge training steps
     # history buffer of refined images (SimGAN Sec. 2.3)
     buffer_size: int = 256
     # optimisation (SPADE's TTUR: G at half, D at twice the base 2e-4)
@@ -69,7 +74,8 @@ class RefineConfig:
     def __post_init__(self) -> None:
         positive = ("crop", "batch", "width", "blocks", "spade_hidden", "boundary_width",
                     "d_width", "d_layers", "d_scales", "d_steps", "self_reg_downsample",
-                    "buffer_size", "steps", "log_every", "sample_every", "checkpoint_every")
+                    "buffer_size", "steps", "log_every", "sample_every", "checkpoint_every",
+                    "consistency_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -81,7 +87,7 @@ class RefineConfig:
         if self.crop % self.self_reg_downsample:
             raise ValueError(f"crop {self.crop} is not divisible by self_reg_downsample "
                              f"{self.self_reg_downsample}")
-        for name in ("self_reg", "feature_matching"):
+        for name in ("self_reg", "feature_matching", "consistency"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr_g", "lr_d"):

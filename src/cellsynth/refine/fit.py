@@ -38,6 +38,7 @@ from cellsynth.io.files import (
 from cellsynth.io.images import to_uint8, write_image
 from cellsynth.pipeline import layout
 from cellsynth.refine.config import RefineConfig
+from cellsynth.refine.consistency import train_judge
 from cellsynth.refine.data import RealCrops, SimulatedCrops
 from cellsynth.refine.spade import semantic_map
 from cellsynth.refine.trainer import (
@@ -147,6 +148,13 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
         if config.d_input_norm:  # own RNG: the training draws stay as they were
             stats_rng = np.random.default_rng([config.seed, 2])
             state.discriminator.set_input_stats(real.sample(_STATS_CROPS, stats_rng))
+        if config.consistency > 0:  # own RNGs too; saved with every checkpoint
+            judge_started = time.perf_counter()
+            state.judge = train_judge(sim.sample, sim.channels, steps=config.consistency_steps,
+                                      boundary_width=config.boundary_width, seed=config.seed,
+                                      device=state.device)
+            logger.info("semantic judge trained in %.0f s",
+                        time.perf_counter() - judge_started)
     prepare_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT)
     threads = ThreadGovernor()
     save_yaml(out / layout.CONFIG, config)

@@ -6,7 +6,9 @@ SPADE):
 1. refine a batch of simulated crops, ``refined = G(sim, semantic_map(labels))``;
 2. discriminator, ``d_steps`` times: hinge loss on a fresh chunk of real crops vs. the same
    half fresh / half history refined crops;
-3. refiner: ``-D(refined) + self_reg * |pool(refined) - pool(sim)|_1 (+ feature matching)``.
+3. refiner: ``-D(refined) + self_reg * |pool(refined) - pool(sim)|_1 (+ feature matching)
+   + consistency * KL(J(sim) || J(refined))`` with the frozen judge ``J`` of
+   :mod:`cellsynth.refine.consistency`).
 
 :class:`RefinerState` holds the models, optimisers, history buffer and every random generator,
 so saving it and loading it back continues a run bit for bit (same device, threads, precision).
@@ -30,6 +32,7 @@ from cellsynth.hardware import announce, choose_precision, resolve_device
 from cellsynth.io.files import write_with
 from cellsynth.refine.buffer import HistoryBuffer
 from cellsynth.refine.config import RefineConfig, config_from_checkpoint
+from cellsynth.refine.consistency import SemanticJudge, consistency_loss
 from cellsynth.refine.discriminator import MultiScaleDiscriminator
 from cellsynth.refine.losses import (
     d_hinge_loss,
@@ -75,6 +78,8 @@ class RefinerState:
     buffer_rng: torch.Generator  # history sampling, CPU
     crop_rng: np.random.Generator  # crop positions and flips
     step: int = 0
+    # frozen semantic judge (config.consistency > 0); trained by fit before the first step
+    judge: SemanticJudge | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -151,6 +156,13 @@ def train_step(state: RefinerState, sim: torch.Tensor, labels: torch.Tensor,
         loss_fm = feature_matching(d_real, d_refined)
         loss_g = loss_g + cfg.feature_matching * loss_fm
         losses["feature_matching"] = loss_fm.item()
+    if cfg.consistency > 0:
+        if state.judge is None:
+            raise ValueError("train_step: consistency > 0 needs a trained judge "
+                             "(refine.consistency.train_judge)")
+        loss_sem = consistency_loss(state.judge, refined, sim)
+        loss_g = loss_g + cfg.consistency * loss_sem
+        losses["consistency"] = loss_sem.item()
     state.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     state.opt_g.step()
@@ -178,6 +190,8 @@ def save_checkpoint(path: str | os.PathLike, state: RefinerState) -> None:
         "buffer_rng": state.buffer_rng.get_state(),
         "crop_rng": state.crop_rng.bit_generator.state,
     }
+    if state.judge is not None:
+        checkpoint["judge"] = state.judge.state_dict()
     write_with(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
@@ -221,4 +235,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     state.buffer_rng.set_state(checkpoint["buffer_rng"])
     state.crop_rng.bit_generator.state = checkpoint["crop_rng"]
     state.step = int(checkpoint["step"])
+    if config.consistency > 0:
+        if "judge" not in checkpoint:
+            raise ImageReadError(f"{path}: consistency > 0 but the checkpoint has no judge")
+        state.judge = SemanticJudge(state.channels).to(state.device)
+        state.judge.load_state_dict(checkpoint["judge"])
+        state.judge.eval().requires_grad_(False)
     return state
