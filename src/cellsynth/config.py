@@ -97,11 +97,17 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
         raise ConfigError(f"{where}: {err}") from err
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def to_dict(obj: Any) -> Any:
     """A dataclass as plain YAML/JSON-able data (tuples become lists)."""
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not (f.metadata.get("added") and getattr(obj, f.name) == f.default)}
+                if not (f.metadata.get("added") and getattr(obj, f.name) == _default(f))}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, Path):

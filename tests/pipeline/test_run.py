@@ -1,5 +1,6 @@
 """cellsynth run: stages skip when done, resume when interrupted, redo when changed."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -277,3 +278,40 @@ def test_two_processes_sharing_a_run_folder_keep_each_others_entries(tmp_path):
     assert on_disk.status("evaluations/a", "f1") == "done"
     assert on_disk.status("detectors/b", "f2") == "interrupted"
     assert on_disk.data["evaluations/a"]["summary"] == {"units": [1]}
+
+
+def test_select_trains_and_validates_on_the_chosen_annotated_images_only(tmp_path):
+    from cellsynth.errors import ConfigError
+    from cellsynth.pipeline.config import check_inputs
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=3, size=64, seed=1)
+    finetune = TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
+                           refinement_iterations=1, checkpoint_every=1, val_every=2)
+    config = replace(_config(train), finetune=finetune, real=RealData(
+        unlabeled=str(train), train=str(train), val=str(train),
+        select={"train": ["img1"], "val": ["img1", "img2"]}))
+    out = tmp_path / "run"
+    said: list[str] = []
+    run(config, out, progress=False, log=said.append)
+    assert [line.split("]")[0][1:] for line in said][:2] == ["simulate", "real"]
+    for role, ids in (("train", ["img1"]), ("val", ["img1", "img2"])):
+        for kind in ("images", "labels"):
+            assert sorted(p.stem for p in (out / "real" / role / kind).iterdir()) == ids
+    assert not (out / "real" / "unlabeled").exists()  # the refiner reads every image
+    info = json.loads((out / "finetune" / "run.json").read_text())
+    assert info["data"] == [str(out / "real" / "train")]
+    assert info["val"] == str(out / "real" / "val") and info["n_val_images"] == 2
+    # another choice of images redoes the copy and what trained on it
+    other = replace(config, real=replace(config.real, select={"train": ["img0"]}))
+    said.clear()
+    run(other, out, progress=False, log=said.append)
+    redone = [line.split("]")[0][1:] for line in said if "skipped" not in line]
+    assert "real" in redone and "finetune" in redone and "refiner" not in redone
+    assert [p.stem for p in (out / "real" / "train" / "images").iterdir()] == ["img0"]
+
+    for select, message in (({"train": ["img9"]}, "has no image img9"),
+                            ({"test": ["img0"]}, "only train and val"),
+                            ({"train": "img0"}, "a list of image ids")):
+        with pytest.raises(ConfigError, match=message):
+            check_inputs(replace(config, real=replace(config.real, select=select)))

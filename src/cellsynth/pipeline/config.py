@@ -61,6 +61,9 @@ class RealData:
     val: str | None = None         # labeled images for choosing the score threshold
     test: str | None = None        # labeled held-out images: predicted and evaluated
     pixel_size_um: float | None = None  # of the real images, if not in their meta.json
+    # only these images of train / val, by id (file name without extension), e.g. the 2
+    # annotated images of a training folder: {train: [a, b], val: [a, b]}
+    select: dict = field(default_factory=dict, metadata=ADDED)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,22 @@ def check_inputs(config: PipelineConfig) -> None:
         folder = getattr(config.real, role)
         if folder is not None:
             load_dataset(folder, require_labels=role != "unlabeled")
+    for role, ids in config.real.select.items():
+        if role not in ("train", "val"):
+            raise ConfigError(f"real.select: {role!r}: only train and val (the annotated "
+                              f"images) can be narrowed to some of their images")
+        folder = getattr(config.real, role)
+        if folder is None:
+            raise ConfigError(f"real.select.{role} is set but real.{role} is not")
+        if not isinstance(ids, (list, tuple)) or not ids:
+            raise ConfigError(f"real.select.{role}: a list of image ids (file names without "
+                              f"extension), got {ids!r}")
+        known = {sample.id for sample in load_dataset(folder)}
+        missing = sorted(str(i) for i in ids if str(i) not in known)
+        if missing:
+            raise ConfigError(f"real.select.{role}: {folder} has no image {', '.join(missing)}"
+                              f" (it has {', '.join(sorted(known)[:6])}"
+                              f"{', ...' if len(known) > 6 else ''})")
     role = config.simulate.fit_role
     if role is not None and getattr(config.real, role) is None:
         raise ConfigError(f"simulate.fit_from is {config.simulate.fit_from!r} but real.{role} "

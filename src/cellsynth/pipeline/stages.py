@@ -8,6 +8,7 @@ once (stage ``real``) and predictions are rescaled back to the original images.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -80,28 +81,51 @@ def _real_scale(config: PipelineConfig) -> float:
     return pixel_scale(config.real.pixel_size_um, _sim_config(config).pixel_size_um)
 
 
+def _staged_roles(config: PipelineConfig) -> tuple[str, ...]:
+    """Real-data roles read from a copy under RUN/real: all if the images are rescaled,
+    else those with a ``real.select`` (only the chosen images are copied)."""
+    roles = tuple(r for r in ("unlabeled", "train", "val", "test") if getattr(config.real, r))
+    if _real_scale(config) != 1.0:
+        return roles
+    return tuple(r for r in roles if r in config.real.select)
+
+
 def real_folder(config: PipelineConfig, out: Path, role: str) -> str | None:
-    """The folder a stage should read for a real-data role (rescaled copy if needed)."""
+    """The folder a stage should read for a real-data role (a rescaled or selected copy
+    if needed)."""
     folder = getattr(config.real, role)
-    if folder is None or _real_scale(config) == 1.0:
+    if folder is None or role not in _staged_roles(config):
         return folder
     return str(out / layout.REAL / role)
 
 
+def real_samples(config: PipelineConfig, role: str) -> list:
+    """The samples of a real-data role in its original folder, as ``real.select`` chooses."""
+    chosen = config.real.select.get(role)
+    return [s for s in load_dataset(getattr(config.real, role))
+            if chosen is None or s.id in {str(i) for i in chosen}]
+
+
 def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+    """RUN/real/<role>: the real images at the working pixel size, or only the selected ones."""
 
     from cellsynth.io.files import staged_output_dir, write_json
     from cellsynth.io.images import write_image, write_labels
 
     factor = _real_scale(config)
     with staged_output_dir(out / layout.REAL, force=True) as root:
-        for role in ("unlabeled", "train", "val", "test"):
+        for role in _staged_roles(config):
             folder = getattr(config.real, role)
-            if folder is None:
-                continue
             (root / role / "images").mkdir(parents=True)
-            dataset = load_dataset(folder)
-            for sample in dataset:
+            for sample in real_samples(config, role):
+                if factor == 1.0:  # selected, not rescaled: the files as they are
+                    shutil.copy2(sample.image_path, root / role / "images"
+                                 / sample.image_path.name)
+                    if sample.label_path is not None:
+                        (root / role / "labels").mkdir(exist_ok=True)
+                        shutil.copy2(sample.label_path, root / role / "labels"
+                                     / sample.label_path.name)
+                    continue
                 image = sample.read_image()
                 scaled = rescale_image(image, factor).round().astype(image.dtype)
                 write_image(root / role / "images" / f"{sample.id}.png", scaled)
@@ -109,9 +133,11 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                     (root / role / "labels").mkdir(exist_ok=True)
                     labels = rescale_labels(sample.read_labels().astype(np.uint32), factor)
                     write_labels(root / role / "labels" / f"{sample.id}.tif", labels)
+            pixel_size = (_sim_config(config).pixel_size_um if factor != 1.0
+                          else load_dataset(folder).pixel_size_um)
             write_json(root / role / layout.META, {
-                "source": folder, "pixel_size_um": _sim_config(config).pixel_size_um,
-                "rescaled_by": factor})
+                "source": folder, "pixel_size_um": pixel_size, "rescaled_by": factor,
+                "selected": config.real.select.get(role)})
     return {"factor": factor}
 
 
@@ -175,7 +201,7 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
                              overlap=config.predict.overlap, device=config.device, force=True,
                              progress=kw["progress"])
     if _real_scale(config) != 1.0:  # back to the original images' pixels
-        for sample in load_dataset(getattr(config.real, role)):
+        for sample in real_samples(config, role):
             path = out / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"
             image = read_image(sample.image_path)
             labels = rescale_labels(read_labels(path).astype(np.uint32), 1.0,
@@ -228,7 +254,6 @@ def plan(config: PipelineConfig) -> list[Stage]:
     """The stages this config needs, in order."""
     real = config.real
     sim = lambda c: [to_dict(c.simulate), c.seed]  # noqa: E731
-    roles = tuple(r for r in ("unlabeled", "train", "val", "test") if getattr(real, r))
     stages = []
     if config.simulate.fit_from:
         stages.append(Stage(layout.FIT, (), lambda c: [to_dict(c.simulate),
@@ -236,14 +261,23 @@ def plan(config: PipelineConfig) -> list[Stage]:
                             _fit_simulator, reads=(config.simulate.fit_role,)))
     stages.append(Stage(layout.SIMULATE, (layout.FIT,) if config.simulate.fit_from else (),
                         sim, _simulate))
-    rescaled = _real_scale(config) != 1.0
-    if rescaled:
-        stages.append(Stage(layout.REAL, (), lambda c: [c.real.pixel_size_um, sim(c)],
-                            _rescale_real, reads=roles))
-    data_inputs = (layout.REAL,) if rescaled else ()
+    staged = _staged_roles(config)  # rescaled, or narrowed by real.select
+    if staged:
+        # (the select is keyed only when set, so runs from before it keep their fingerprint)
+        key = lambda c: ([c.real.pixel_size_um, sim(c)]  # noqa: E731
+                         + ([{r: [str(i) for i in v] for r, v in sorted(c.real.select.items())}]
+                            if c.real.select else []))
+        stages.append(Stage(layout.REAL, (), key, _rescale_real, reads=staged))
+
+    def data_inputs(*roles: str) -> tuple[str, ...]:
+        """RUN/real if the stage reads it: rescaled images (every stage, as before select
+        existed), or a selection of the roles it reads."""
+        rescaled = _real_scale(config) != 1.0
+        return (layout.REAL,) if rescaled or set(roles) & set(staged) else ()
+
     if real.unlabeled:
         stages += [
-            Stage(layout.REFINER, (layout.SIMULATE,) + data_inputs,
+            Stage(layout.REFINER, (layout.SIMULATE,) + data_inputs("unlabeled"),
                   lambda c: [to_dict(c.refine), c.real.pixel_size_um, c.seed], _fit_refiner,
                   reads=("unlabeled",)),
             Stage(layout.REFINED, (layout.REFINER, layout.SIMULATE), lambda c: [c.seed],
@@ -251,17 +285,18 @@ def plan(config: PipelineConfig) -> list[Stage]:
         ]
     synthetic = layout.REFINED if real.unlabeled else layout.SIMULATE
     val = ("val",) if real.val else ()
-    stages.append(Stage(layout.PRETRAIN, (synthetic,) + data_inputs,
+    stages.append(Stage(layout.PRETRAIN, (synthetic,) + data_inputs("val"),
                         lambda c: [to_dict(c.pretrain), c.seed],
                         _train(layout.PRETRAIN, _synthetic, None), reads=val))
     if real.train:
-        stages.append(Stage(layout.FINETUNE, (layout.PRETRAIN,) + data_inputs,
+        stages.append(Stage(layout.FINETUNE, (layout.PRETRAIN,) + data_inputs("train", "val"),
                             lambda c: [to_dict(c.finetune), c.seed],
                             _train(layout.FINETUNE,
                                    lambda c, out: [real_folder(c, out, "train")],
                                    layout.PRETRAIN), reads=("train",) + val))
     if real.test or real.unlabeled:
-        stages.append(Stage(layout.PREDICT, (_model(config),) + data_inputs,
+        stages.append(Stage(layout.PREDICT, (_model(config),)
+                            + data_inputs(_predict_images(config)),
                             lambda c: [to_dict(c.predict)], _predict,
                             reads=(_predict_images(config),)))
     if real.test:
