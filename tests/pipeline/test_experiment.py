@@ -158,3 +158,28 @@ def test_refine_variants_get_their_own_refiner_data_and_detectors(tmp_path):
             Setting("bad", "refined", 0, {"class_mapp": True}),)))
     with pytest.raises(ValueError, match="refine: changes need data: refined"):
         Setting("real_cm", "real", 1, {"class_map": True})
+
+
+def test_a_tta_setting_reuses_its_detector_and_is_evaluated_apart(tmp_path, monkeypatch):
+    config = _config(tmp_path, seeds=(0,), settings=(
+        Setting("real_k1", "real", 1), Setting("real_k1_tta", "real", 1, tta=True)),
+        compare=(("real_k1_tta", "real_k1"),))
+    from cellsynth.segment import predict, trainer
+
+    events: list[tuple[str, bool]] = []
+    train, predict_folder = trainer.train, predict.predict_folder
+    monkeypatch.setattr(trainer, "train", lambda *a, **kw: (events.append(("train", False)),
+                                                            train(*a, **kw))[1])
+
+    def spy_predict(*a, **kw):
+        events.append(("predict", kw["tta"]))
+        return predict_folder(*a, **kw)
+
+    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
+    assert events == [("train", False), ("predict", False), ("predict", True)]
+    assert results["settings"]["real_k1_tta"]["detectors"] == \
+        results["settings"]["real_k1"]["detectors"]
+    assert "real_k1_tta - real_k1" in results["comparisons"]
+    state = json.loads((tmp_path / "exp" / "state.json").read_text())
+    assert state["evaluations/real_k1_s0_tta"]["done"] and state["evaluations/real_k1_s0"]["done"]

@@ -78,6 +78,7 @@ class RealismOptions:
 class PredictOptions:
     tile: int | None = None
     overlap: int = 96
+    tta: bool = field(default=False, metadata=ADDED)  # 8 flips/transposes vote (8x the time)
 
 
 @dataclass(frozen=True)

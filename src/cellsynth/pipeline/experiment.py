@@ -58,6 +58,9 @@ class Setting:
     # refined only: changes to the experiment's refine: options for this setting (e.g.
     # {class_map: true}); settings with the same changes share their refiner
     refine: dict[str, Any] = field(default_factory=dict)
+    # predict the test split with test-time augmentation (8 flips/transposes vote); the
+    # detector is the one of the same setting without it, so a pair measures TTA alone
+    tta: bool = False
 
     @property
     def variant(self) -> str:
@@ -288,8 +291,8 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
     return list(units.values()), detector_of
 
 
-def _evaluate(detector: Path, test: str, folder: Path, tiles: int, device: str
-              ) -> list[Any]:
+def _evaluate(detector: Path, test: str, folder: Path, tiles: int, device: str,
+              tta: bool = False) -> list[Any]:
     """Predict the test split with a detector (phase 2) and match it unit by unit."""
     from cellsynth.evaluate import matching
     from cellsynth.evaluate.stats import split_tiles
@@ -297,7 +300,7 @@ def _evaluate(detector: Path, test: str, folder: Path, tiles: int, device: str
     from cellsynth.segment import predict
 
     predict.predict_folder(detector, test, folder / layout.PREDICT, device=device, force=True,
-                   progress=False)
+                           tta=tta, progress=False)
     units = []
     for sample in load_dataset(test, require_labels=True):
         truth = sample.read_labels()
@@ -357,22 +360,27 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
     # phase 2: every detector predicts the test split once
     test_contents = content_fingerprint(config.test)
     per_cell: dict[tuple[str, int], list[Matching]] = {}
-    evaluated: dict[str, list[Matching]] = {}
+    evaluated: dict[tuple[str, bool], list[Matching]] = {}
+    tta_of = {s.name: s.tta for s in config.settings}
+    n_evaluations = len({(d, tta_of[s]) for (s, _), d in detector_of.items()})
     for (setting, seed), detector in detector_of.items():
-        if detector not in evaluated:
-            name = evaluation_of(detector)
+        tta = tta_of[setting]
+        if (detector, tta) not in evaluated:
+            name = evaluation_of(detector) + ("_tta" if tta else "")
 
-            def run(folder: Path, resume: bool, detector: str = detector) -> dict[str, Any]:
+            def run(folder: Path, resume: bool, detector: str = detector, tta: bool = tta
+                    ) -> dict[str, Any]:
                 units = _evaluate(out / detector, config.test, folder, config.tiles,
-                                  config.device)
+                                  config.device, tta=tta)
                 return {"units": [_unit_record(u) for u in units]}
             # The painting of contours is part of what an evaluation means: evaluations
             # made before cells were filled half a pixel outward are redone.
-            execute(_Unit(name, (detector,),
-                          [test_contents, config.tiles, {"outline_offset": HALF_PIXEL}], run),
-                    len(evaluated) + 1, len(set(detector_of.values())))
-            evaluated[detector] = [_matching(u) for u in state.data[name]["summary"]["units"]]
-        per_cell[setting, seed] = evaluated[detector]
+            painting = {"outline_offset": HALF_PIXEL, **({"tta": True} if tta else {})}
+            execute(_Unit(name, (detector,), [test_contents, config.tiles, painting], run),
+                    len(evaluated) + 1, n_evaluations)
+            evaluated[detector, tta] = [_matching(u)
+                                        for u in state.data[name]["summary"]["units"]]
+        per_cell[setting, seed] = evaluated[detector, tta]
     results = _summarize(config, per_cell, detector_of, state)
     write_json(out / layout.RESULTS, results)
     _write_table(config, results, out)

@@ -198,7 +198,8 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     role = _predict_images(config)
     summary = predict_folder(out / _model(config), real_folder(config, out, role),
                              out / layout.PREDICT, tile=config.predict.tile,
-                             overlap=config.predict.overlap, device=config.device, force=True,
+                             overlap=config.predict.overlap, tta=config.predict.tta,
+                             device=config.device, force=True,
                              progress=kw["progress"])
     if _real_scale(config) != 1.0:  # back to the original images' pixels
         for sample in real_samples(config, role):

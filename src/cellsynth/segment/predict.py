@@ -48,6 +48,7 @@ from cellsynth.segment.tiles import (
     tile_origins,
     tiled_proposals,
 )
+from cellsynth.segment.tta import VIEWS, Dihedral, merge_views, to_image_coordinates
 from cellsynth.viz import contour_overlay
 
 __all__ = ["Detector", "checkpoint_path", "read_detector_checkpoint", "load_detector",
@@ -181,7 +182,7 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                   device: str = "cpu", where: str = "image", channel: int | None = None,
                   pixel_size_um: float | None = None, progress: Any = None,
                   return_scores: bool = False, store: ProposalStore | None = None,
-                  in_memory: bool = True, balance: bool = True) -> Any:
+                  in_memory: bool = True, balance: bool = True, tta: bool = False) -> Any:
     """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size.
 
     ``channel`` (default: the one the model was trained on, if any) keeps only that channel.
@@ -195,7 +196,8 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     needs no more of them (:func:`~cellsynth.segment.tiles.balanced_tile`).
     ``in_memory=False`` returns the labels as a :class:`~cellsynth.segment.tiles.PaintedLabels`
     (the same pixels, painted window by window when read) for sections whose labels do not fit
-    in memory.
+    in memory. ``tta``: predict the 8 flips/transposes and let them vote
+    (:mod:`cellsynth.segment.tta`; 8x the time).
     """
     tile, batch = tiling(detector, tile, batch)
     image = select_channel(image, detector.channel if channel is None else channel,
@@ -206,15 +208,22 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     if balance:  # no larger than needed for as few tiles as `tile` needs
         tile = max(balanced_tile(int(view.shape[0]), tile, overlap),
                    balanced_tile(int(view.shape[1]), tile, overlap))
+    views = VIEWS if tta else VIEWS[:1]
     if progress is not None:
         tiles = (len(tile_origins(int(view.shape[0]), tile, overlap))
                  * len(tile_origins(int(view.shape[1]), tile, overlap)))
-        progress.total = (progress.total or 0) + tiles
+        progress.total = (progress.total or 0) + tiles * len(views)
         progress.refresh()
-    contours, scores = tiled_proposals(
-        view, make_predictor(detector, device=device), tile=tile, overlap=overlap,
-        batch=batch, read=_reader(detector.in_channels, low, high, where),
-        progress=progress.update if progress is not None else None, store=store)
+    predictor = make_predictor(detector, device=device)
+    passes = []
+    for i, v in enumerate(views):
+        c, s = tiled_proposals(
+            Dihedral(view, v) if tta else view, predictor, tile=tile, overlap=overlap,
+            batch=batch, read=_reader(detector.in_channels, low, high, where),
+            progress=progress.update if progress is not None else None,
+            store=store.variant(f"tta{i}") if tta and store is not None else store)
+        passes.append((to_image_coordinates(c, v, view.shape[:2]), s))
+    contours, scores = merge_views(passes) if tta else passes[0]
     offset = HALF_PIXEL
     if factor != 1.0:  # pixel centres: model pixel i sits at image pixel (i + 0.5) / f - 0.5
         # The half-pixel outline offset belongs to the model's pixels, before scaling back.
@@ -319,7 +328,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                    score_thresh: float | None = None, device: str = "cpu", force: bool = False,
                    precision: str = "auto", channel: int | None = None, level: int = 0,
                    pixel_size_um: float | None = None, labels_as: str = "auto",
-                   progress: bool = True) -> dict[str, Any]:
+                   tta: bool = False, progress: bool = True) -> dict[str, Any]:
     """Predict every image of a folder; write ``labels/``, ``overlays/``, ``detections/``
     (one CSV per image: id, centroid, area, score, bounding box) and meta.json.
 
@@ -330,6 +339,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     The images' pixel size is ``pixel_size_um``, else the dataset's meta.json, else what each
     file states (OME/ImageJ TIFF, OME-Zarr); where it and the model's differ, images are
     resampled to the model's resolution and the labels drawn back at the images' own.
+    ``tta``: test-time augmentation, see :func:`predict_image`.
     """
     from tqdm.auto import tqdm
 
@@ -372,12 +382,13 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     "precision": detector.precision,
                     "image": str(path.resolve()), "bytes": stat.st_size,
                     "mtime_ns": stat.st_mtime_ns, "level": level, "tile": tile,
-                    "overlap": overlap, "channel": channel, "pixel_size_um": px})
+                    "overlap": overlap, "channel": channel, "pixel_size_um": px,
+                    **({"tta": True} if tta else {})})
                 labels, id_scores = predict_image(
                     detector, image, tile=tile, overlap=overlap, batch=batch,
                     score_thresh=score_thresh, device=device, where=str(path), channel=channel,
                     pixel_size_um=px, progress=bar, return_scores=True, store=store,
-                    in_memory=not lazy)  # a section's labels are painted chunk by chunk
+                    in_memory=not lazy, tta=tta)  # a section's labels are painted chunk by chunk
                 pixels = int(labels.shape[0]) * int(labels.shape[1])
                 per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
                     px, detector.pixel_size_um)}
@@ -404,7 +415,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             if score_thresh is None else score_thresh, "images": str(images),
             "pixel_size_um": shared_px,  # the labels are at the images' own pixels
             "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
-            "n_images": len(inputs), "n_instances": n_cells})
+            "n_images": len(inputs), "n_instances": n_cells, "tta": tta})
     shutil.rmtree(cache, ignore_errors=True)  # published: nothing left to resume
     return {"n_images": len(inputs), "n_instances": n_cells, "seconds": elapsed,
             "megapixels_per_s": megapixels / max(elapsed, 1e-9)}

@@ -330,6 +330,14 @@ class ProposalStore:
         if self.folder.is_dir() and not (stored.is_file() and stored.read_text() == self._key):
             shutil.rmtree(self.folder)  # made for another model, image or tiling
 
+    def variant(self, name: str) -> ProposalStore:
+        """A store beside this one for another pass over the same image (``FOLDER.name``),
+        e.g. one per test-time-augmentation view."""
+        import json
+
+        return ProposalStore(self.folder.with_name(f"{self.folder.name}.{name}"),
+                             {**json.loads(self._key), "variant": name})
+
     def _path(self, row: int) -> Path:
         return self.folder / f"row{row:05d}.npz"
 
