@@ -141,6 +141,13 @@ def test_cli_reads_no_label_file_and_its_yaml_simulates(tmp_path, monkeypatch, c
     assert main(["simulate", "--preset", "he", "--config", str(out), "--n", "1", "--size", "64",
                  "--out", str(sim), "--quiet"]) == 0
     assert (sim / "images").is_dir()
+    # a second fit never overwrites the first silently
+    before = out.read_text()
+    argv = ["fit-simulator", "--real", str(real), "--preset", "he", "--out", str(out),
+            "--pixel-size", str(PX), "--seed", "3"]
+    _one_line_error(capsys, argv, "exists (use --force")
+    assert out.read_text() == before
+    assert main(argv + ["--force"]) == 0 and "seed 3" in out.read_text()
 
 
 def _one_line_error(capsys, argv, needle):

@@ -624,9 +624,11 @@ def _preview(real: _Real, fit: SimulatorFit, seed: int) -> np.ndarray:
 
 
 def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | os.PathLike,
-              *, pixel_size_um: float | None = None, seed: int = 0) -> dict[str, Any]:
+              *, pixel_size_um: float | None = None, seed: int = 0,
+              force: bool = False) -> dict[str, Any]:
     """Fit ``base`` to the images in folder ``real``; write the override YAML to ``out`` and
-    ``<out stem>-preview.png`` (real | fitted | base) beside it.
+    ``<out stem>-preview.png`` (real | fitted | base) beside it. An existing ``out`` is
+    replaced only with ``force`` (checked before any work).
 
     Returns ``{"fit": SimulatorFit, "table": str, "yaml": Path, "preview": Path}``.
     """
@@ -636,6 +638,10 @@ def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | 
     out = Path(out)
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(f"{out}: the fitted preset is written as YAML; name it *.yaml")
+    if out.exists() and not force:
+        from cellsynth.errors import OutputExistsError
+
+        raise OutputExistsError(f"{out}: exists (use --force to replace it)")
     base = preset(base) if isinstance(base, str) else base
     loaded = _load(real, base, pixel_size_um)
     fit = _fit(loaded, base, seed)
