@@ -38,8 +38,10 @@ def test_shared_flags_mean_the_same_everywhere():
                                                                       "--resume"):
                 texts.setdefault(action.option_strings[0], set()).add(action.help)
     assert set(texts) == {"--force", "--quiet", "--resume"}
-    # export's --force replaces a plain output folder; every other command shares one text
-    assert all(len(helps - {"replace a non-empty --out folder"}) == 1 for helps in texts.values())
+    # export's --force replaces a plain output folder, fit-simulator's a file; every other
+    # command shares one text
+    plain = {"replace a non-empty --out folder", "replace an existing --out file"}
+    assert all(len(helps - plain) == 1 for helps in texts.values())
 
 
 def _tiny_run_yaml(tmp_path, real) -> str:
