@@ -315,3 +315,20 @@ def test_select_trains_and_validates_on_the_chosen_annotated_images_only(tmp_pat
                             ({"train": "img0"}, "a list of image ids")):
         with pytest.raises(ConfigError, match=message):
             check_inputs(replace(config, real=replace(config.real, select=select)))
+
+
+def test_select_with_rescaling_copies_only_the_chosen_images_rescaled(tmp_path):
+    from cellsynth.io.images import read_image
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=3, size=48, seed=1)
+    config = replace(_config(train), real=RealData(
+        unlabeled=str(train), train=str(train), pixel_size_um=1.0, select={"train": ["img2"]}),
+        simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1, pixel_size_um=0.5))
+    out = tmp_path / "run"
+    out.mkdir()
+    stages._rescale_real(config, out)
+    assert [p.stem for p in (out / "real" / "train" / "images").iterdir()] == ["img2"]
+    assert len(list((out / "real" / "unlabeled" / "images").iterdir())) == 3
+    assert read_image(out / "real" / "train" / "images" / "img2.png").shape[:2] == (96, 96)
+    assert stages.real_folder(config, out, "train") == str(out / "real" / "train")
