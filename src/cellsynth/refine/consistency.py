@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellsynth.refine.losses import _standardize  # per image and channel, as self_reg's
 from cellsynth.refine.spade import semantic_map
 
 __all__ = ["SemanticJudge", "train_judge", "consistency_loss", "judge_targets"]
@@ -59,11 +60,6 @@ class SemanticJudge(nn.Module):
         deep = F.interpolate(self.down(skip), size=skip.shape[-2:], mode="bilinear",
                              align_corners=False)
         return self.head(self.up(torch.cat([skip, deep], dim=1)))
-
-
-def _standardize(x: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    return (x - mean) / (x.std(dim=(2, 3), keepdim=True) + eps)
 
 
 def judge_targets(labels: torch.Tensor, *, boundary_width: int = 2) -> torch.Tensor:
