@@ -100,6 +100,43 @@ def contours_to_labels(contours: np.ndarray, scores: np.ndarray, shape: tuple[in
     return (labels, np.array(painted)) if return_scores else labels
 
 
+Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), end exclusive
+
+
+class BoxIndex:
+    """Boxes filed by the ``grid`` x ``grid`` px cells they cover, so the stored boxes that
+    overlap a new one are found without looking at all of them."""
+
+    def __init__(self, grid: int = 64) -> None:
+        self.grid = grid
+        self.boxes: list[Box] = []
+        self._buckets: dict[tuple[int, int], list[int]] = {}
+
+    def _cells(self, box: Box) -> list[tuple[int, int]]:
+        g = self.grid
+        return [(gy, gx) for gy in range(box[0] // g, (box[2] - 1) // g + 1)
+                for gx in range(box[1] // g, (box[3] - 1) // g + 1)]
+
+    def add(self, box: Box) -> int:
+        """File ``box``; returns its index."""
+        for cell in self._cells(box):
+            self._buckets.setdefault(cell, []).append(len(self.boxes))
+        self.boxes.append(box)
+        return len(self.boxes) - 1
+
+    def overlapping(self, box: Box):
+        """``(index, window in box, window in the stored box)`` of every stored box that
+        overlaps ``box``, in the order they were added; the windows are (rows, columns)
+        slices of canvases the size of each box that cover their intersection."""
+        for j in sorted({j for cell in self._cells(box) for j in self._buckets.get(cell, ())}):
+            b = self.boxes[j]
+            oy0, ox0 = max(box[0], b[0]), max(box[1], b[1])
+            oy1, ox1 = min(box[2], b[2]), min(box[3], b[3])
+            if oy0 < oy1 and ox0 < ox1:
+                yield (j, (slice(oy0 - box[0], oy1 - box[0]), slice(ox0 - box[1], ox1 - box[1])),
+                       (slice(oy0 - b[0], oy1 - b[0]), slice(ox0 - b[1], ox1 - b[1])))
+
+
 class PaintedLabels:
     """The label image :func:`contours_to_labels` paints, without holding it in memory.
 
@@ -122,10 +159,9 @@ class PaintedLabels:
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = np.dtype(np.uint32)
         self.ndim = 2
-        boxes: list[tuple[int, int, int, int]] = []  # (y0, x0, y1, x1) of kept cells
+        kept = BoxIndex(grid)  # (y0, x0, y1, x1) of kept cells
         masks: list[np.ndarray] = []
         painted = [np.inf]
-        buckets: dict[tuple[int, int], list[int]] = {}  # grid cell -> kept cells touching it
         for k in np.argsort(-scores, kind="stable"):
             if scores[k] < score_thresh:
                 continue
@@ -133,28 +169,19 @@ class PaintedLabels:
             if rr.size == 0:
                 continue
             y0, x0 = int(rr.min()), int(cc.min())
-            y1, x1 = int(rr.max()) + 1, int(cc.max()) + 1
-            mask = np.zeros((y1 - y0, x1 - x0), bool)
+            box = (y0, x0, int(rr.max()) + 1, int(cc.max()) + 1)
+            mask = np.zeros((box[2] - y0, box[3] - x0), bool)
             mask[rr - y0, cc - x0] = True
             taken = np.zeros_like(mask)
-            cells = [(gy, gx) for gy in range(y0 // grid, (y1 - 1) // grid + 1)
-                     for gx in range(x0 // grid, (x1 - 1) // grid + 1)]
-            for j in sorted({j for cell in cells for j in buckets.get(cell, ())}):
-                b = boxes[j]
-                oy0, ox0 = max(y0, b[0]), max(x0, b[1])
-                oy1, ox1 = min(y1, b[2]), min(x1, b[3])
-                if oy0 < oy1 and ox0 < ox1:
-                    taken[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0] |= \
-                        masks[j][oy0 - b[0]:oy1 - b[0], ox0 - b[1]:ox1 - b[1]]
+            for j, here, there in kept.overlapping(box):
+                taken[here] |= masks[j][there]
             free = int((mask & ~taken).sum())
             if free < max(min_visible * rr.size, 1):
                 continue
-            for cell in cells:
-                buckets.setdefault(cell, []).append(len(boxes))
-            boxes.append((y0, x0, y1, x1))
+            kept.add(box)
             masks.append(mask)
             painted.append(float(scores[k]))
-        self._boxes = np.array(boxes, np.int64).reshape(-1, 4)
+        self._boxes = np.array(kept.boxes, np.int64).reshape(-1, 4)
         self._masks = masks
         self.id_scores = np.array(painted)
         self.n_cells = len(masks)

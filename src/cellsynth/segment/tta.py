@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from cellsynth.segment.tiles import BoxIndex
+
 __all__ = ["VIEWS", "Dihedral", "to_image_coordinates", "merge_views"]
 
 # (transpose, flip rows, flip columns); the first is the image itself
@@ -114,34 +116,25 @@ def merge_views(views: list[tuple[np.ndarray, np.ndarray]], *, min_iou: float = 
     samples = max(c.shape[0] for _, _, c in items)
     items.sort(key=lambda t: -t[0])
     groups: list[dict[str, Any]] = []
-    buckets: dict[tuple[int, int], list[int]] = {}
+    index = BoxIndex(grid)  # the groups' boxes, in the order of ``groups``
     for score, view, contour in items:
         lo = np.floor(contour.min(axis=0)).astype(int)  # (x, y)
         hi = np.ceil(contour.max(axis=0)).astype(int) + 1
         box = (int(lo[1]), int(lo[0]), int(hi[1]), int(hi[0]))  # (y0, x0, y1, x1)
         mask = _mask(contour, box)
-        cells = [(gy, gx) for gy in range(box[0] // grid, (box[2] - 1) // grid + 1)
-                 for gx in range(box[1] // grid, (box[3] - 1) // grid + 1)]
         best, best_iou = None, min_iou
-        for g in sorted({g for cell in cells for g in buckets.get(cell, ())}):
+        for g, here, there in index.overlapping(box):
             group = groups[g]
             if view in group["views"]:
                 continue
-            gy0, gx0, gy1, gx1 = group["box"]
-            oy0, ox0, oy1, ox1 = max(box[0], gy0), max(box[1], gx0), min(box[2], gy1), \
-                min(box[3], gx1)
-            if oy0 >= oy1 or ox0 >= ox1:
-                continue
-            inter = int((mask[oy0 - box[0]:oy1 - box[0], ox0 - box[1]:ox1 - box[1]]
-                         & group["mask"][oy0 - gy0:oy1 - gy0, ox0 - gx0:ox1 - gx0]).sum())
+            inter = int((mask[here] & group["mask"][there]).sum())
             union = int(mask.sum()) + group["area"] - inter
             iou = inter / union if union else 0.0
             if iou > best_iou:
                 best, best_iou = g, iou
         if best is None:
-            for cell in cells:
-                buckets.setdefault(cell, []).append(len(groups))
-            groups.append({"box": box, "mask": mask, "area": int(mask.sum()), "views": {view},
+            index.add(box)
+            groups.append({"mask": mask, "area": int(mask.sum()), "views": {view},
                            "members": [contour], "score": score})
         else:
             groups[best]["views"].add(view)
