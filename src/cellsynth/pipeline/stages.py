@@ -262,6 +262,7 @@ def plan(config: PipelineConfig) -> list[Stage]:
                             _fit_simulator, reads=(config.simulate.fit_role,)))
     stages.append(Stage(layout.SIMULATE, (layout.FIT,) if config.simulate.fit_from else (),
                         sim, _simulate))
+    rescaled = _real_scale(config) != 1.0
     staged = _staged_roles(config)  # rescaled, or narrowed by real.select
     if staged:
         # (the select is keyed only when set, so runs from before it keep their fingerprint)
@@ -273,7 +274,6 @@ def plan(config: PipelineConfig) -> list[Stage]:
     def data_inputs(*roles: str) -> tuple[str, ...]:
         """RUN/real if the stage reads it: rescaled images (every stage, as before select
         existed), or a selection of the roles it reads."""
-        rescaled = _real_scale(config) != 1.0
         return (layout.REAL,) if rescaled or set(roles) & set(staged) else ()
 
     if real.unlabeled:

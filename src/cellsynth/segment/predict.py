@@ -215,12 +215,12 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
         progress.total = (progress.total or 0) + tiles * len(views)
         progress.refresh()
     predictor = make_predictor(detector, device=device)
+    read = _reader(detector.in_channels, low, high, where)
     passes = []
     for i, v in enumerate(views):
         c, s = tiled_proposals(
             Dihedral(view, v) if tta else view, predictor, tile=tile, overlap=overlap,
-            batch=batch, read=_reader(detector.in_channels, low, high, where),
-            progress=progress.update if progress is not None else None,
+            batch=batch, read=read, progress=progress.update if progress is not None else None,
             store=store.variant(f"tta{i}") if tta and store is not None else store)
         passes.append((to_image_coordinates(c, v, view.shape[:2]), s))
     contours, scores = merge_views(passes) if tta else passes[0]

@@ -65,8 +65,11 @@ class Dihedral:
 def to_image_coordinates(contours: np.ndarray, view: tuple[bool, bool, bool],
                          shape: tuple[int, int]) -> np.ndarray:
     """Contours (K, S, 2) as (x, y) predicted on a :class:`Dihedral` view of an image of
-    ``shape`` (H, W) -> the same points in the image's own coordinates."""
+    ``shape`` (H, W) -> the same points in the image's own coordinates (a new array, except
+    for the identity view, whose contours are returned as they are)."""
     transpose, flip_y, flip_x = view
+    if not (transpose or flip_y or flip_x):  # the image itself
+        return np.asarray(contours, np.float32)
     h, w = (shape[1], shape[0]) if transpose else shape  # the view's shape
     c = np.array(contours, np.float32, copy=True)
     if flip_x:
