@@ -13,34 +13,21 @@ annotate; the test split is not opened.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+from _nissl_dev_set import arguments, dev_items, summary, write
 
 from cellsynth.evaluate.matching import aggregate, matching
-from cellsynth.io.images import read_image, read_labels
 from cellsynth.io.normalize import intensity_range
 from cellsynth.segment.predict import _reader, load_detector, make_predictor, tiling
 from cellsynth.segment.tiles import contours_to_labels, tiled_proposals
 
-DEV = ("SLD_0000404_20x_01_Region_1_t2", "SLD_0000406_20x_01_Region_1_t1")
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default="runs/exp-nissl-k2", help="experiment output folder")
-    ap.add_argument("--data", default="../shared/data/nissl_rat_sscx/train")
-    ap.add_argument("--detectors", nargs="+", default=["real_k2_s0", "simulated_k0_s0",
-                                                        "simulated_k2_s0", "refined_k2_s0"])
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    data = Path(args.data)
-    items = [(np.asarray(read_image(next((data / "images").glob(n + ".*")))),
-              read_labels(next((data / "labels").glob(n + ".*")))) for n in DEV]
-    out = {"dev_images": list(DEV), "cells": int(sum(len(np.unique(g)) - 1 for _, g in items)),
-           "detectors": {}}
+    args = arguments(__doc__)
+    items = dev_items(args.data)
+    out = summary(items)
     for name in args.detectors:
         det = load_detector(Path(args.run) / "detectors" / name)
         tile, batch = tiling(det, None, None)
@@ -63,9 +50,7 @@ def main() -> None:
                   f"{np.mean(m.f1):.3f}  F1@0.9 {m.f1[-1]:.3f}  mean IoU {m.mean_iou[0]:.3f}",
                   flush=True)
         out["detectors"][name] = {"score_thresh": det.score_thresh, **rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    write(args.json, out)
 
 
 if __name__ == "__main__":
