@@ -4,6 +4,7 @@ import argparse
 
 import numpy as np
 import pytest
+import yaml
 
 from cellsynth.cli import _build_parser, main
 
@@ -73,6 +74,10 @@ def test_run_and_report_commands(tmp_path, capsys):
     assert "Predictions on real images</h2>" in (out / "report.html").read_text()
     assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
     assert "[pretrain] up to date, skipped" in capsys.readouterr().out
+    assert main(["run", str(config), "--out", str(out), "--quiet", "--seed", "5"]) == 0
+    said = capsys.readouterr().out
+    assert "[simulate] running" in said and "[pretrain] running" in said  # another seed
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 5
     config.write_text("simulate: {preset: fluo, seed: 2}\n")
     assert main(["run", str(config), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()

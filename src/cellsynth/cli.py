@@ -207,7 +207,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from cellsynth.pipeline.config import load_pipeline_config
     from cellsynth.pipeline.run import run
 
-    summaries = run(load_pipeline_config(args.config), args.out, progress=not args.quiet)
+    config = load_pipeline_config(args.config)
+    if args.seed is not None:  # the same recipe at another seed (its own --out, usually)
+        config = replace(config, seed=args.seed)
+    summaries = run(config, args.out, progress=not args.quiet)
     print(f"run finished ({', '.join(summaries)}): open {Path(args.out) / 'report.html'}")
     return 0
 
@@ -443,6 +446,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the whole pipeline from a YAML config")
     p.add_argument("config", type=Path, help="pipeline YAML (see configs/)")
     p.add_argument("--out", type=Path, required=True, help="run folder (re-run to continue)")
+    p.add_argument("--seed", type=_nonnegative_int,
+                   help="override the config's seed (every stage derives its randomness "
+                        "from it); stages already done with another seed are redone")
     _add_output_flags(p, force=False)
     p.set_defaults(func=_cmd_run)
 
