@@ -61,6 +61,7 @@ def main() -> None:
     print(f"{len(images)} images of {args.images} and a {mosaic.shape[0]}^2 mosaic; "
           f"{threads} threads")
     baseline: dict[str, tuple[float, list[np.ndarray]]] = {}
+    fastest = 0.0
     for name, detector, tile, batch, balance in settings[:args.max_setting]:
         for label, inputs in (("images", images), ("mosaic", [mosaic])):
             best, labels = np.inf, []
@@ -70,6 +71,7 @@ def main() -> None:
                                         balance=balance) for im in inputs]
                 best = min(best, time.perf_counter() - started)
             mp_s = sum(im.shape[0] * im.shape[1] for im in inputs) / 1e6 / best
+            fastest = max(fastest, mp_s)
             if label not in baseline:
                 baseline[label] = (mp_s, labels)
                 print(f"{name:48s} {label:6s} {mp_s:6.3f} MP/s (baseline)")
@@ -82,7 +84,44 @@ def main() -> None:
             print(f"{name:48s} {label:6s} {mp_s:6.3f} MP/s = {mp_s / base_mp_s:.2f}x; labels "
                   f"{'identical' if same else f'{moved:.2%} of pixels moved, F1@0.5 {f1:.3f}'} "
                   f"vs baseline")
+    roofline(fast.model, fast.in_channels, fastest)
     torch.set_num_threads(threads)
+
+
+def roofline(model, channels: int, measured_mp_s: float) -> None:
+    """How far prediction can go with this network on this CPU: the network's multiply-adds
+    per pixel (its convolutions, counted on a 256^2 input) against what one large 3x3
+    convolution reaches here (64 -> 64 channels, 4 x 256^2, channels-last, fp32)."""
+    import torch
+
+    macs = []
+
+    def count(module, _inputs, output):
+        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        macs.append(output[0].numel() * k)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.rand(1, channels, 256, 256).contiguous(memory_format=torch.channels_last))
+    for h in hooks:
+        h.remove()
+    per_px = sum(macs) / 256**2
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.rand(4, 64, 256, 256).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv(x)
+        best = np.inf
+        for _ in range(5):
+            started = time.perf_counter()
+            conv(x)
+            best = min(best, time.perf_counter() - started)
+    gmac_s = 4 * 256**2 * 64 * 64 * 9 / best / 1e9
+    bound = gmac_s * 1e9 / per_px / 1e6
+    print(f"roofline: the network needs {per_px / 1e3:.0f} kMAC per pixel; a large 3x3 "
+          f"convolution runs at {gmac_s:.0f} GMAC/s here, so at most {bound:.2f} MP/s; "
+          f"the best setting above reached {measured_mp_s:.3f} MP/s "
+          f"({measured_mp_s / bound:.0%} of that bound)")
 
 
 if __name__ == "__main__":

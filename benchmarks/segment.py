@@ -1,9 +1,13 @@
 """CPN speed on this machine: training s/step and prediction megapixels/s, fp32 vs bf16.
 
     python benchmarks/segment.py [--crop 256] [--batch 4] [--steps 5] [--device cpu]
+                                 [--compile] [--json PATH]
 
-The baseline is fp32; bf16 autocasts the CPN core (backbone + heads) only. Prediction runs
-the tiled predictor on a 1024 x 1024 simulated nissl image (4 tiles of 512 + overlap).
+The baseline is fp32; bf16 autocasts the CPN core (backbone + heads) only, on the CPU and on
+a GPU alike. Prediction runs the tiled predictor on a 1024 x 1024 simulated nissl image (4
+tiles of 512 + overlap). ``--compile`` also times each precision with ``torch.compile`` on the
+core (on a CPU its first steps take minutes to compile). GPU timings wait for the device
+(``torch.cuda.synchronize``). benchmarks/gpu.sh runs this on a GPU machine.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +34,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--json", help="write the timings here")
     parser.add_argument("--detector", help="trained detector run for the prediction timing (an "
                         "untrained CPN proposes far too many cells: prediction looks slow)")
     args = parser.parse_args()
@@ -36,11 +43,21 @@ def main() -> None:
     rng = np.random.default_rng(0)
     data = list(simulate("nissl", args.batch, args.crop, seed=0))
     big, _ = next(simulate("nissl", 1, 1024, seed=1))
+    cuda = args.device.startswith("cuda")
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     results = {}
-    for precision in ("fp32", "bf16"):
+    for precision, compiled in [(p, c) for c in ([False, True] if args.compile else [False])
+                                for p in ("fp32", "bf16")]:
+        name = precision + (" compiled" if compiled else "")
         model = cpn.build_model(in_channels=3).to(args.device)
-        if args.device == "cpu":
-            cpn.set_core_precision(model, precision)
+        cpn.set_core_precision(model, precision)
+        if compiled:
+            model.core.compile()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         items = []
         for image, labels in data:
@@ -50,14 +67,14 @@ def main() -> None:
         batch = {k: v.to(args.device) for k, v in cpn.collate(items).items()}
         model.train()
         times = []
-        for _ in range(args.steps + 1):  # first step warms up
-            t0 = time.perf_counter()
+        for _ in range(args.steps + (3 if compiled else 1)):  # the first steps warm up
+            t0 = now()
             loss = model(batch["inputs"], targets=batch)["loss"]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            times.append(time.perf_counter() - t0)
-        step_s = float(np.median(times[1:]))
+            times.append(now() - t0)
+        step_s = float(np.median(times[-args.steps:]))
         detector = Detector(model, 3, 0.9, args.crop, None, 0, "")
         if args.detector:
             from cellsynth.segment.predict import load_detector
@@ -67,17 +84,27 @@ def main() -> None:
         predictor = make_predictor(detector, device=args.device)
         image = big.astype(np.float32) / 255
         tiled_proposals(image[:512, :512], predictor)  # warm-up
-        t0 = time.perf_counter()
+        t0 = now()
         tiled_proposals(image, predictor, tile=512, overlap=96)
-        mp_s = image.shape[0] * image.shape[1] / 1e6 / (time.perf_counter() - t0)
-        results[precision] = (step_s, mp_s)
-        print(f"{precision}: train {step_s:.2f} s/step ({args.crop}^2, batch {args.batch}), "
-              f"predict {mp_s:.3f} MP/s ({'trained' if args.detector else 'untrained'} model)")
+        mp_s = image.shape[0] * image.shape[1] / 1e6 / (now() - t0)
+        results[name] = (step_s, mp_s)
+        print(f"{name}: train {step_s:.3f} s/step ({args.crop}^2, batch {args.batch}), "
+              f"predict {mp_s:.3f} MP/s ({'trained' if args.detector else 'untrained'} model)",
+              flush=True)
     (s32, p32), (s16, p16) = results["fp32"], results["bf16"]
     print(f"bf16 vs fp32: training {s32 / s16:.2f}x faster, prediction {p16 / p32:.2f}x faster")
     from cellsynth.hardware import choose_precision
 
-    print(f"precision auto on this machine: {choose_precision('auto', args.device)}")
+    auto = choose_precision("auto", args.device)
+    print(f"precision auto on this machine: {auto}")
+    if args.json:
+        import json
+
+        device = torch.cuda.get_device_name() if cuda else "cpu"
+        Path(args.json).write_text(json.dumps({
+            "device": device, "crop": args.crop, "batch": args.batch, "auto": str(auto),
+            "seconds_per_step": {k: v[0] for k, v in results.items()},
+            "predict_mp_s": {k: v[1] for k, v in results.items()}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
