@@ -22,6 +22,11 @@ from cellsynth.hardware import choose_threads
 
 __all__ = ["C2STResult", "c2st"]
 
+# The classifier trains channels-last (oneDNN's pooling, BatchNorm and convolutions run ~1.5x
+# faster on CPU in this layout than in NCHW) and pools before it normalises (_classifier).
+# False: NCHW and the old block order, kept so benchmarks/c2st.py can measure both.
+_FAST = True
+
 
 @dataclass(frozen=True)
 class C2STResult:
@@ -70,17 +75,22 @@ def _image_folds(a: list[np.ndarray], b: list[np.ndarray], k: int, rng: np.rando
     return fold_a, fold_b
 
 
-def _classifier(channels: int):
-    """A small CNN: 4 conv blocks (16-32-64-64 channels), global average pooling, one logit."""
+def _classifier(channels: int, pool_first: bool = True):
+    """A small CNN: 4 conv blocks (16-32-64-64 channels), global average pooling, one logit.
+
+    ``pool_first``: the first three blocks are conv, max-pool, BatchNorm, ReLU, so the
+    normalisation and activation run on a quarter of the pixels (1.5x faster training; False:
+    conv, BatchNorm, ReLU, max-pool, the order before 2026-11-30).
+    """
     from torch import nn
 
     layers: list[nn.Module] = []
     width_in = channels
     for i, width in enumerate((16, 32, 64, 64)):
-        layers += [nn.Conv2d(width_in, width, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        if i < 3:
-            layers.append(nn.MaxPool2d(2))
+        conv = nn.Conv2d(width_in, width, 3, padding=1, bias=False)
+        norm = [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        pool = [nn.MaxPool2d(2)] if i < 3 else []
+        layers += [conv, *pool, *norm] if pool_first else [conv, *norm, *pool]
         width_in = width
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width_in, 1))
 
@@ -92,7 +102,11 @@ def _fit_and_score(x_train, y_train, x_test, y_test, *, epochs: int, batch_size:
 
     with torch.random.fork_rng(devices=[]):  # seeds the weight init without leaking state
         torch.manual_seed(int(rng.integers(2**63 - 1)))
-        net = _classifier(x_train.shape[1])
+        net = _classifier(x_train.shape[1], pool_first=_FAST)
+    if _FAST:
+        net = net.to(memory_format=torch.channels_last)
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
+        x_test = x_test.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     n_batches = max(1, len(x_train) // batch_size)  # array_split: no batch smaller than that
     net.train()
