@@ -362,8 +362,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, help="crops per step (config default 4)")
     p.add_argument("--lr", type=_positive_float, help="peak AdamW learning rate, cosine decay "
                                                       "(config default 1e-3)")
-    p.add_argument("--model", help="detector architecture: slim_u22 (default), u22 or "
-                                   "resnet18_unet")
+    p.add_argument("--model", help="detector architecture: slim_u22 (default), tiny_u22 (4x "
+                                   "cheaper), u22 or resnet18_unet")
     _add_precision(p)
     p.add_argument("--val-every", type=_positive_int,
                    help="validate (F1, score threshold, best.pt) every this many steps")

@@ -24,9 +24,37 @@ with warnings.catch_warnings():  # timm / mamba FutureWarnings on import
 __all__ = ["MODELS", "build_model", "celldetection_format", "training_targets", "collate",
            "set_core_precision", "prepare_for_inference", "raw_predict", "score_threshold"]
 
+
+
+class CpnTinyU22(cd.models.CPN):
+    """CpnSlimU22 with half its channels (16-32-64-128-256): 97 k multiply-adds per pixel
+    against 385 k, 2.0 M parameters against 7.9 M. With ``base_channels=32`` it is CpnSlimU22's
+    network. Registered in ``celldetection.models`` so checkpoints load by name once this
+    module is imported."""
+
+    def __init__(self, in_channels: int, order: int = 5, nms_thresh: float = .2,
+                 score_thresh: float = .9, samples: int = 32, classes: int = 2,
+                 refinement: bool = True, refinement_iterations: int = 4,
+                 refinement_margin: float = 3., refinement_buckets: int = 1,
+                 base_channels: int = 16, **kwargs: Any):
+        from celldetection.models.unet import UNet, UNetEncoder
+
+        super().__init__(
+            backbone=UNet(UNetEncoder(in_channels=in_channels, base_channels=base_channels),
+                          out_channels=0),
+            order=order, nms_thresh=nms_thresh, score_thresh=score_thresh, samples=samples,
+            classes=classes, refinement=refinement,
+            refinement_iterations=refinement_iterations, refinement_margin=refinement_margin,
+            refinement_buckets=refinement_buckets, **kwargs)
+        self.save_hyperparameters()
+
+
+cd.models.CpnTinyU22 = CpnTinyU22
+
 # name -> celldetection class; the small U-Net CPN trains at a useful speed on CPU.
 MODELS = {
     "slim_u22": "CpnSlimU22",
+    "tiny_u22": "CpnTinyU22",   # 4x cheaper than slim_u22 (see CpnTinyU22)
     "u22": "CpnU22",
     "resnet18_unet": "CpnResNet18UNet",
 }

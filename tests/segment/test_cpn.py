@@ -1,0 +1,68 @@
+"""The CPN models cellsynth builds: tiny_u22 is slim_u22 at half the channels, trains, and its
+checkpoints load through cellsynth and through celldetection's own loader."""
+
+import numpy as np
+import torch
+
+from cellsynth.segment.cpn import build_model
+
+
+def _macs_per_pixel(model: torch.nn.Module, size: int = 64) -> float:
+    macs = []
+
+    def count(module, _inputs, output):
+        macs.append(output[0].numel() * module.kernel_size[0] * module.kernel_size[1]
+                    * module.in_channels // module.groups)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    model.eval()
+    with torch.no_grad():
+        model(torch.rand(1, 1, size, size))
+    for h in hooks:
+        h.remove()
+    return sum(macs) / size**2
+
+
+def test_tiny_u22_is_slim_u22_at_half_the_channels():
+    import celldetection as cd
+
+    from cellsynth.segment.cpn import CpnTinyU22
+
+    slim = build_model(in_channels=1, model="slim_u22", order=4, samples=16)
+    tiny = build_model(in_channels=1, model="tiny_u22", order=4, samples=16)
+    as_slim = CpnTinyU22(1, order=4, samples=16, refinement_iterations=4, base_channels=32)
+    shapes = [tuple(p.shape) for p in slim.parameters()]
+    assert shapes == [tuple(p.shape) for p in as_slim.parameters()]
+    assert isinstance(tiny, cd.models.CPN)
+    ratio = _macs_per_pixel(slim) / _macs_per_pixel(tiny)
+    assert 3.5 < ratio < 4.5, ratio
+    def size(model):
+        return sum(p.numel() for p in model.parameters())
+
+    assert size(tiny) < 0.3 * size(slim)
+
+
+def test_tiny_u22_trains_and_loads_by_name(tmp_path):
+    import celldetection as cd
+
+    from cellsynth.segment.predict import load_detector, predict_image
+    from cellsynth.segment.trainer import TrainConfig, train
+    from cellsynth.simulate import preset, write_simulation
+
+    sim = tmp_path / "sim"
+    write_simulation(preset("fluo"), n=2, size=64, seed=0, out=sim, progress=False)
+    config = TrainConfig(model="tiny_u22", steps=3, crop=64, batch=2, samples=32, order=4,
+                         refinement_iterations=1, val_every=1000)
+    train(config, [sim], tmp_path / "run", progress=False)
+    detector = load_detector(tmp_path / "run")
+    assert type(detector.model).__name__ == "CpnTinyU22"
+    image = np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)
+    labels = predict_image(detector, image)
+    assert labels.shape == (64, 64)
+    # celldetection's own loader rebuilds the same network from the checkpoint's entries
+    model = cd.load_model(str(tmp_path / "run" / "last.pt"), map_location="cpu")
+    assert type(model).__name__ == "CpnTinyU22"
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    assert sorted(model.state_dict()) == sorted(saved)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
