@@ -136,7 +136,9 @@ def test_train_killed_with_sigkill_resumes_exactly(tmp_path):
 
 
 def test_simulate_killed_with_sigkill_starts_again_and_cleans_up(tmp_path):
-    args = ["simulate", "--preset", "nissl", "--n", "40", "--size", "192", "--workers", "2",
+    # 120 images (~2 s at full speed): a loaded machine can delay the test's signal by a
+    # second, and 40 images were then all written before the Ctrl-C arrived (exit 0)
+    args = ["simulate", "--preset", "nissl", "--n", "120", "--size", "192", "--workers", "2",
             "--seed", "3", "--quiet"]
     assert _run(args + ["--out", str(tmp_path / "reference")]).returncode == 0
     out = tmp_path / "sim"
@@ -219,7 +221,7 @@ def test_fit_refiner_and_generate_killed_with_sigkill(tmp_path):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
 
     many = tmp_path / "many"
-    write_simulation(preset("fluo"), n=120, size=64, seed=1, out=many, progress=False)
+    write_simulation(preset("fluo"), n=480, size=64, seed=1, out=many, progress=False)
     gen = ["generate", "--refiner", str(killed), "--sim", str(many), "--batch", "1",
            "--precision", "fp32", "--quiet"]
     out = tmp_path / "refined"
@@ -234,8 +236,9 @@ def test_fit_refiner_and_generate_killed_with_sigkill(tmp_path):
     for file in sorted((tmp_path / "refined_full" / "images").iterdir()):
         assert (out / "images" / file.name).read_bytes() == file.read_bytes()
 
-    # Ctrl-C: nothing left, and a plain rerun writes the same; signalled at the first image,
-    # so that a loaded machine cannot let the test sleep while generate finishes all 120
+    # Ctrl-C: nothing left, and a plain rerun writes the same; signalled at the first image of
+    # 480, so that a loaded machine cannot let the test sleep while generate finishes them all
+    # (with 120 it did, under three busy processes)
     out = tmp_path / "refined2"
     _interrupt_when(_start(gen + ["--out", str(out)]),
                     lambda: len(list(tmp_path.glob(".refined2.*.tmp/images/*.png"))) >= 1,
