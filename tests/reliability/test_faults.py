@@ -32,6 +32,11 @@ ENV = {**os.environ, "CELLSYNTH_THREADS": os.environ.get("CELLSYNTH_THREADS", "1
 
 
 def _cellsynth(args: list[str], out: str, err: str) -> None:  # in the child
+    # Ctrl-C as in a fresh process: the fork server hands its children the SIGINT disposition
+    # it found when it started, and one started while SIGINT was ignored or blocked in the
+    # test worker (seen in full-suite runs under xdist) made every Ctrl-C a no-op (exit 0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
     os.environ.clear()
