@@ -134,7 +134,7 @@ def _disk_image(shape, centres, radius):
     return image, labels
 
 
-def _threshold_predictor(detector, device="cpu"):
+def _threshold_predictor(detector, device="cpu", floor=0.5):
     """A stand-in for the CPN that, like it, knows the size of a cell in its pixels: every
     bright blob of a tile of 0.5-2x the area of a disk of radius 12 px, as a 48-point contour."""
     from skimage.measure import find_contours, label, regionprops
@@ -400,3 +400,35 @@ def test_inference_preparation_folds_batchnorm_without_changing_the_proposals(mo
     assert len(s0) >= 3 and len(s1) == len(s0)
     np.testing.assert_allclose(s1, s0, atol=1e-4)
     np.testing.assert_allclose(c1, c0, atol=1e-2)
+
+
+def test_proposals_below_the_threshold_are_skipped_without_changing_the_labels(model,
+                                                                             monkeypatch):
+    """Without TTA the network's contours are only computed for proposals that can pass the
+    threshold; the labels equal those painted from every proposal above the 0.5 floor."""
+    from cellsynth.segment import predict
+    from cellsynth.segment.tiles import tiled_proposals
+
+    run, sim = model
+    detector = load_detector(run)
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    image = np.concatenate([image, image[::-1]], axis=1)  # two tiles with overlap
+    from cellsynth.io.normalize import apply_range, intensity_range
+
+    low, high = intensity_range(image, detector.normalization)
+    tiles = apply_range(image, low, high).astype(np.float32)[..., None]  # as predict reads
+    everything = tiled_proposals(tiles, predict.make_predictor(detector), tile=96, overlap=32)
+    scores = np.sort(everything[1])
+    assert len(scores) >= 5  # the fixture's detector proposes cells above 0.5
+    for thresh in (float(scores[len(scores) // 3]), float(scores[2 * len(scores) // 3])):
+        floor = predict.score_floor(detector, thresh, tta=False)
+        assert thresh - 1e-5 < floor < thresh
+        assert predict.score_floor(detector, thresh, tta=True) == 0.5
+        few = tiled_proposals(tiles, predict.make_predictor(detector, floor=floor), tile=96,
+                              overlap=32)
+        assert 0 < len(few[1]) < len(everything[1]) and few[1].min() > floor
+        labels = predict_image(detector, image, tile=96, overlap=32, score_thresh=thresh)
+        with monkeypatch.context() as m:  # the old way: every proposal above 0.5
+            m.setattr(predict, "score_floor", lambda *args, **kw: 0.5)
+            old = predict_image(detector, image, tile=96, overlap=32, score_thresh=thresh)
+        assert labels.max() > 0 and np.array_equal(labels, old)

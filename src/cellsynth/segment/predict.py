@@ -146,8 +146,21 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
                     chosen.name)
 
 
-def make_predictor(detector: Detector, *, device: str = "cpu") -> Predictor:
-    """A tile predictor: pads to a multiple of 32, returns (contours, scores) per tile."""
+def score_floor(detector: Detector, score_thresh: float | None, tta: bool) -> float:
+    """The lowest score a prediction needs proposals for. Without TTA that is the threshold
+    itself: greedy NMS and painting give a proposal the same fate whatever lower-scored ones
+    exist, so the labels are identical, and the network's contour and refinement work for the
+    proposals between 0.5 and the threshold (~30 % of a prediction with tiny_u22) is saved.
+    TTA sums scores over views, so a view's low scores count there."""
+    thresh = detector.score_thresh if score_thresh is None else score_thresh
+    # a hair below: the CPN keeps scores strictly above its floor, painting keeps >= thresh
+    return _SCORE_FLOOR if tta else max(_SCORE_FLOOR, float(thresh) - 1e-6)
+
+
+def make_predictor(detector: Detector, *, device: str = "cpu",
+                   floor: float = _SCORE_FLOOR) -> Predictor:
+    """A tile predictor: pads to a multiple of 32, returns (contours, scores) per tile
+    (proposals scoring at least ``floor``)."""
     from cellsynth.segment.cpn import raw_predict, score_threshold
 
     def predictor(tiles: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -156,7 +169,7 @@ def make_predictor(detector: Detector, *, device: str = "cpu") -> Predictor:
         if ph or pw:
             tiles = np.pad(tiles, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect")
         inputs = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(device)
-        with score_threshold(detector.model, _SCORE_FLOOR):
+        with score_threshold(detector.model, floor):
             out = raw_predict(detector.model, inputs)
         result = []
         for contours, scores in out:
@@ -214,7 +227,8 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                  * len(tile_origins(int(view.shape[1]), tile, overlap)))
         progress.total = (progress.total or 0) + tiles * len(views)
         progress.refresh()
-    predictor = make_predictor(detector, device=device)
+    predictor = make_predictor(detector, device=device,
+                               floor=score_floor(detector, score_thresh, tta))
     read = _reader(detector.in_channels, low, high, where)
     passes = []
     for i, v in enumerate(views):
@@ -383,6 +397,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     "image": str(path.resolve()), "bytes": stat.st_size,
                     "mtime_ns": stat.st_mtime_ns, "level": level, "tile": tile,
                     "overlap": overlap, "channel": channel, "pixel_size_um": px,
+                    "score_floor": score_floor(detector, score_thresh, tta),
                     **({"tta": True} if tta else {})})
                 labels, id_scores = predict_image(
                     detector, image, tile=tile, overlap=overlap, batch=batch,
