@@ -530,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cellsynth {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # An interrupt can land inside a library's constructor (imageio's PillowPlugin), whose
+        # half-built object then fails in __del__ and prints "Exception ignored ...
+        # Traceback" after our line; the user stopped the command, so such finaliser noise
+        # is not shown.
+        sys.unraisablehook = lambda unraisable: None
         print(f"cellsynth {args.command}: interrupted{_CONTINUE.get(args.command, '')}",
               file=sys.stderr)
         return 130
