@@ -94,19 +94,9 @@ def roofline(model, channels: int, measured_mp_s: float) -> None:
     convolution reaches here (64 -> 64 channels, 4 x 256^2, channels-last, fp32)."""
     import torch
 
-    macs = []
+    from cellsynth.segment.cpn import macs_per_pixel
 
-    def count(module, _inputs, output):
-        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-        macs.append(output[0].numel() * k)
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.rand(1, channels, 256, 256).contiguous(memory_format=torch.channels_last))
-    for h in hooks:
-        h.remove()
-    per_px = sum(macs) / 256**2
+    per_px = macs_per_pixel(model, channels)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
     x = torch.rand(4, 64, 256, 256).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():

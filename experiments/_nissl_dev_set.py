@@ -1,4 +1,5 @@
-"""The Nissl development set that the outline experiments share (half_pixel.py, tta_dev.py).
+"""The Nissl development set that the outline experiments share (half_pixel.py, tta_dev.py,
+threshold_dev.py).
 
 The 2 *training* images of nissl_rat_sscx that seed 0 of the k = 2 experiment did not
 annotate, and the command-line options both scripts take. The test split is not opened.
@@ -25,6 +26,11 @@ def arguments(doc: str) -> argparse.Namespace:
     ap.add_argument("--detectors", nargs="+", default=list(DETECTORS))
     ap.add_argument("--json", default=None)
     return ap.parse_args()
+
+
+def detector_path(run: str, name: str) -> Path:
+    """A detector of the experiment ``run`` by name, or any train run folder by path."""
+    return Path(name) if Path(name).is_dir() else Path(run) / "detectors" / name
 
 
 def dev_items(data: str) -> list[tuple[np.ndarray, np.ndarray]]:

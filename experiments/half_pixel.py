@@ -13,10 +13,8 @@ annotate; the test split is not opened.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from _nissl_dev_set import arguments, dev_items, summary, write
+from _nissl_dev_set import arguments, detector_path, dev_items, summary, write
 
 from cellsynth.evaluate.matching import aggregate, matching
 from cellsynth.io.normalize import intensity_range
@@ -29,7 +27,7 @@ def main() -> None:
     items = dev_items(args.data)
     out = summary(items)
     for name in args.detectors:
-        det = load_detector(Path(args.run) / "detectors" / name)
+        det = load_detector(detector_path(args.run, name))
         tile, batch = tiling(det, None, None)
         predictor = make_predictor(det)
         rows = {}

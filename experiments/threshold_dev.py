@@ -14,10 +14,8 @@ detector's own validated threshold, and the best threshold on these images.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from _nissl_dev_set import arguments, dev_items, summary, write
+from _nissl_dev_set import arguments, detector_path, dev_items, summary, write
 
 from cellsynth.evaluate.matching import aggregate, matching
 from cellsynth.segment.predict import load_detector, predict_image
@@ -29,8 +27,7 @@ def main() -> None:
     items = dev_items(args.data)
     out = summary(items)
     for name in args.detectors:
-        path = Path(name) if Path(name).is_dir() else Path(args.run) / "detectors" / name
-        det = load_detector(path)
+        det = load_detector(detector_path(args.run, name))
         painted = [predict_image(det, image, score_thresh=THRESHOLD_GRID[0], return_scores=True)
                    for image, _ in items]
         rows = {}

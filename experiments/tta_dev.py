@@ -11,10 +11,9 @@ did not annotate, once plainly and once with the 8 flips/transposes voting
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
-from _nissl_dev_set import arguments, dev_items, summary, write
+from _nissl_dev_set import arguments, detector_path, dev_items, summary, write
 
 from cellsynth.evaluate.matching import aggregate, matching
 from cellsynth.segment.predict import load_detector, predict_image
@@ -25,7 +24,7 @@ def main() -> None:
     items = dev_items(args.data)
     out = summary(items)
     for name in args.detectors:
-        det = load_detector(Path(args.run) / "detectors" / name)
+        det = load_detector(detector_path(args.run, name))
         rows = {}
         for tta in (False, True):
             started = time.perf_counter()

@@ -8,7 +8,7 @@ import torch
 
 from cellsynth.evaluate import matching
 from cellsynth.io.images import read_image, read_labels, write_image
-from cellsynth.io.normalize import DTYPE_SCALING, Normalization
+from cellsynth.io.normalize import DTYPE_SCALING, Normalization, intensity_range
 from cellsynth.segment.predict import load_detector, predict_folder, predict_image
 
 
@@ -413,19 +413,21 @@ def test_proposals_below_the_threshold_are_skipped_without_changing_the_labels(m
     detector = load_detector(run)
     image = read_image(sorted((sim / "images").iterdir())[0])
     image = np.concatenate([image, image[::-1]], axis=1)  # two tiles with overlap
-    from cellsynth.io.normalize import apply_range, intensity_range
-
     low, high = intensity_range(image, detector.normalization)
-    tiles = apply_range(image, low, high).astype(np.float32)[..., None]  # as predict reads
-    everything = tiled_proposals(tiles, predict.make_predictor(detector), tile=96, overlap=32)
+    read = predict._reader(detector.in_channels, low, high, "image")  # as predict reads
+
+    def proposals(floor):
+        return tiled_proposals(image, predict.make_predictor(detector, floor=floor), tile=96,
+                               overlap=32, read=read)
+
+    everything = proposals(0.5)
     scores = np.sort(everything[1])
     assert len(scores) >= 5  # the fixture's detector proposes cells above 0.5
     for thresh in (float(scores[len(scores) // 3]), float(scores[2 * len(scores) // 3])):
         floor = predict.score_floor(detector, thresh, tta=False)
         assert thresh - 1e-5 < floor < thresh
         assert predict.score_floor(detector, thresh, tta=True) == 0.5
-        few = tiled_proposals(tiles, predict.make_predictor(detector, floor=floor), tile=96,
-                              overlap=32)
+        few = proposals(floor)
         assert 0 < len(few[1]) < len(everything[1]) and few[1].min() > floor
         labels = predict_image(detector, image, tile=96, overlap=32, score_thresh=thresh)
         with monkeypatch.context() as m:  # the old way: every proposal above 0.5

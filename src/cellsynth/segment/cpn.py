@@ -22,8 +22,8 @@ with warnings.catch_warnings():  # timm / mamba FutureWarnings on import
     import celldetection as cd
 
 __all__ = ["MODELS", "build_model", "celldetection_format", "training_targets", "collate",
-           "set_core_precision", "prepare_for_inference", "raw_predict", "score_threshold"]
-
+           "set_core_precision", "prepare_for_inference", "raw_predict", "score_threshold",
+           "macs_per_pixel"]
 
 
 class CpnTinyU22(cd.models.CPN):
@@ -71,6 +71,27 @@ def build_model(*, in_channels: int, model: str = "slim_u22", order: int = 8, sa
     if model == "resnet18_unet":
         kwargs["pretrained"] = False
     return cls(**kwargs)
+
+
+@torch.no_grad()
+def macs_per_pixel(model: torch.nn.Module, in_channels: int, size: int = 256) -> float:
+    """Multiply-adds of the model's convolutions per input pixel (a forward pass on one
+    ``size`` x ``size`` image of random values; the model is left in eval mode)."""
+    macs: list[int] = []
+
+    def count(module, _inputs, output):
+        macs.append(output[0].numel() * module.kernel_size[0] * module.kernel_size[1]
+                    * module.in_channels // module.groups)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    model.eval()
+    try:
+        model(torch.rand(1, in_channels, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(macs) / size**2
 
 
 def celldetection_format(model: torch.nn.Module, state_dict: dict[str, Any], *,
