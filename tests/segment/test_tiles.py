@@ -10,6 +10,7 @@ from cellsynth.segment.tiles import (
     PaintedLabels,
     ProposalStore,
     balanced_tile,
+    cell_masks,
     contours_to_labels,
     offset_contours,
     open_large_image,
@@ -269,3 +270,57 @@ def test_a_cpn_target_outline_paints_back_its_cell():
             other = painted == ids[np.argmax(counts)]
             ious.append((cell & other).sum() / (cell | other).sum())
         assert low <= min(ious) and max(ious) <= high, (offset, ious)
+
+
+def _skimage_pixels(contour, shape):
+    from skimage.draw import polygon
+
+    c = np.asarray(contour, np.float64)
+    mask = np.zeros(shape, bool)
+    mask[polygon(c[:, 1], c[:, 0], shape=shape)] = True
+    return mask
+
+
+def test_scanline_cell_masks_are_the_pixels_skimage_draws():
+    """cell_masks fills polygons by scanlines for speed; it must give the very pixels of
+    skimage.draw.polygon (centre inside, on an edge or on a vertex), including polygons on
+    pixel centres (integer and half-integer vertices), clipped at the image border, of
+    either orientation, self-intersecting, and larger than the padded size classes."""
+    rng = np.random.default_rng(0)
+    shape = (60, 70)
+    polygons = []
+    theta = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    for t in range(600):
+        r = rng.uniform(3, 14) * (1 + 0.3 * np.sin(3 * theta + rng.uniform(0, 6)))
+        r = r + rng.normal(0, 0.6, theta.size)
+        c = np.stack([rng.uniform(-8, 78) + r * np.cos(theta),
+                      rng.uniform(-8, 68) + r * np.sin(theta)], axis=1)
+        if t % 3 == 0:
+            c = np.round(c)
+        if t % 5 == 0:
+            c = np.clip(c, 0, 59)
+        if t % 7 == 0:
+            c = np.round(c * 2) / 2
+        if t % 11 == 0:
+            c = c[::-1]
+        polygons.append(c)
+    for t in range(100):  # random 48-gons cross themselves
+        c = rng.uniform(0, 40, (48, 2))
+        polygons.append(np.round(c) if t % 2 else c)
+    big = 150 * np.stack([np.cos(theta), np.sin(theta)], axis=1) + [35, 30]  # > every class
+    polygons.append(big)
+    contours = np.stack(polygons).astype(np.float32)
+    order = rng.permutation(len(contours))
+    seen = []
+    for k, y0, x0, mask in cell_masks(contours, order, shape, offset=0.0):
+        seen.append(k)
+        got = np.zeros(shape, bool)
+        got[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = mask
+        assert np.array_equal(got, _skimage_pixels(contours[k], shape)), k
+    assert seen == order.tolist()
+    # with the half-pixel outline offset: the offset polygon's pixels
+    for k, y0, x0, mask in cell_masks(contours[:50], np.arange(50), shape):
+        got = np.zeros(shape, bool)
+        got[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = mask
+        assert np.array_equal(got, _skimage_pixels(offset_contours(contours[k][None])[0],
+                                                   shape)), k
