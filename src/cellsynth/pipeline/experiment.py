@@ -465,6 +465,7 @@ def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from cellsynth.io.files import atomic_path
 
@@ -478,6 +479,7 @@ def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
             k, mean, std = zip(*points)
             ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=data)
     ax.set_xlabel("annotated real images (k)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no k = 0.5
     ax.set_ylabel("F1@0.5 on the test split")
     seeds = list(results.get("seeds") or config.seeds)  # those this run evaluated
     ax.set_title(f"{config.name}: mean ± std over {len(seeds)} seeds" if len(seeds) > 1
