@@ -56,9 +56,10 @@ def write_demo_data(folder: Path) -> dict[str, Path]:
 
 
 def demo_config(data: dict[str, Path]) -> ExperimentConfig:
-    """The demo's experiment (minutes on 2 CPU cores). Every detector gets the same 120
+    """The demo's experiment (minutes on 2 CPU cores). Every detector gets the same 240
     steps, whether from scratch or fine-tuning a pretrained one."""
-    detector = dict(steps=120, crop=96, batch=4, checkpoint_every=60, val_every=60)
+    detector = dict(model="tiny_u22", steps=240, crop=96, batch=4, checkpoint_every=80,
+                    val_every=80)
     return ExperimentConfig(
         name="cellsynth demo: 2 annotated fluorescence images",
         train=str(data["annotated"]), test=str(data["heldout"]),
