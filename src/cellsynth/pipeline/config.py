@@ -14,6 +14,7 @@ from pathlib import Path
 from cellsynth.config import ADDED, from_dict, load_yaml, to_dict
 from cellsynth.errors import ConfigError
 from cellsynth.io.datasets import load_dataset
+from cellsynth.pipeline.choose_refiner import ChooseRefinerOptions
 from cellsynth.refine.config import RefineConfig
 from cellsynth.segment.trainer import TrainConfig
 
@@ -93,6 +94,9 @@ class PipelineConfig:
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=3e-4))
     predict: PredictOptions = field(default_factory=PredictOptions)
     realism: RealismOptions = field(default_factory=RealismOptions)
+    # pick the refiner step whose images teach a quick detector most on real.val
+    choose_refiner: ChooseRefinerOptions = field(default_factory=ChooseRefinerOptions,
+                                                 metadata=ADDED)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -152,6 +156,9 @@ def check_inputs(config: PipelineConfig) -> None:
         raise ConfigError(f"simulate.size {config.simulate.size} is smaller than refine.crop "
                           f"{config.refine.crop}: the refiner trains on crops of the "
                           f"simulated images (raise simulate.size or lower refine.crop)")
+    if config.choose_refiner.enabled and not (config.real.unlabeled and config.real.val):
+        raise ConfigError("choose_refiner.enabled needs real.unlabeled (a refiner) and real.val "
+                          "(annotated images to score its steps on)")
     if config.real.train and not config.real.unlabeled:
         raise ConfigError("real.train is set but real.unlabeled is not: the refiner needs "
                           "unlabeled real images (the train images may be reused)")

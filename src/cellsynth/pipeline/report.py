@@ -169,7 +169,25 @@ def _refiner(run: Path) -> str:
         return ""
     keys = [k for k, v in entries[-1].items()
             if k not in ("step", "seconds", "lr", "steps_per_s") and isinstance(v, (int, float))]
-    return "<h2>Refiner losses</h2>" + _curves(entries, keys, "refiner (S+U, SPADE)")
+    return ("<h2>Refiner losses</h2>" + _curves(entries, keys, "refiner (S+U, SPADE)")
+            + _refiner_choice(run))
+
+
+def _refiner_choice(run: Path) -> str:
+    """Which refiner step refined the data, when chosen by detector usefulness."""
+    path = run / layout.REFINER_CHOICE / layout.CHOICE
+    if not path.is_file():
+        return ""
+    choice = json.loads(path.read_text())
+    rows = "".join(f"<tr><td>step {c['step']}</td><td>{c['val_f1']:.3f}</td></tr>"
+                   for c in choice["candidates"])
+    verdict = ("" if choice["refiner_helped"] else
+               " <b>No refiner step beat the plain simulation here</b>: its data may teach "
+               "the detector less than the simulation alone.")
+    return (f"<p>Refined with step {choice['chosen_step']}, the step whose images taught a "
+            f"quick detector most (validation F1@0.5 on the annotated validation images; "
+            f"plain simulation {choice['simulation_val_f1']:.3f}).{verdict}</p>"
+            f"<table><tr><th>refiner</th><th>validation F1@0.5</th></tr>{rows}</table>")
 
 
 def _predictions(run: Path) -> str:

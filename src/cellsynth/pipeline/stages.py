@@ -154,10 +154,25 @@ def _fit_refiner(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]
                       progress=kw["progress"])
 
 
+def _choose_refiner(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+    from cellsynth.pipeline.choose_refiner import choose_refiner
+
+    choice = choose_refiner(out / layout.REFINER, out / layout.SIMULATE,
+                            real_folder(config, out, "val"), out / layout.REFINER_CHOICE,
+                            config.choose_refiner, seed=config.seed, device=config.device,
+                            precision=config.refine.precision, progress=kw["progress"])
+    return {"chosen_step": choice["chosen_step"], "refiner_helped": choice["refiner_helped"],
+            "simulation_val_f1": choice["simulation_val_f1"],
+            "val_f1": {c["step"]: c["val_f1"] for c in choice["candidates"]}}
+
+
 def _generate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from cellsynth import refine
+    from cellsynth.pipeline.choose_refiner import chosen_snapshot
 
-    summary = refine.refine_dataset(out / layout.REFINER, out / layout.SIMULATE,
+    refiner = (chosen_snapshot(out / layout.REFINER_CHOICE, out / layout.REFINER)
+               if config.choose_refiner.enabled else out / layout.REFINER)
+    summary = refine.refine_dataset(refiner, out / layout.SIMULATE,
                                     out / layout.REFINED, device=config.device, force=True,
                                     seed=config.seed, precision=config.refine.precision,
                                     progress=kw["progress"])
@@ -277,13 +292,18 @@ def plan(config: PipelineConfig) -> list[Stage]:
         return (layout.REAL,) if rescaled or set(roles) & set(staged) else ()
 
     if real.unlabeled:
-        stages += [
-            Stage(layout.REFINER, (layout.SIMULATE,) + data_inputs("unlabeled"),
-                  lambda c: [to_dict(c.refine), c.real.pixel_size_um, c.seed], _fit_refiner,
-                  reads=("unlabeled",)),
-            Stage(layout.REFINED, (layout.REFINER, layout.SIMULATE), lambda c: [c.seed],
-                  _generate),
-        ]
+        stages.append(Stage(layout.REFINER, (layout.SIMULATE,) + data_inputs("unlabeled"),
+                            lambda c: [to_dict(c.refine), c.real.pixel_size_um, c.seed],
+                            _fit_refiner, reads=("unlabeled",)))
+        choose = config.choose_refiner.enabled
+        if choose:
+            stages.append(Stage(layout.REFINER_CHOICE,
+                                (layout.REFINER, layout.SIMULATE) + data_inputs("val"),
+                                lambda c: [to_dict(c.choose_refiner), c.seed],
+                                _choose_refiner, reads=("val",)))
+        stages.append(Stage(layout.REFINED, (layout.REFINER, layout.SIMULATE)
+                            + ((layout.REFINER_CHOICE,) if choose else ()),
+                            lambda c: [c.seed], _generate))
     synthetic = layout.REFINED if real.unlabeled else layout.SIMULATE
     val = ("val",) if real.val else ()
     stages.append(Stage(layout.PRETRAIN, (synthetic,) + data_inputs("val"),

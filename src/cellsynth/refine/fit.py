@@ -7,6 +7,8 @@
     RUN/last.pt              latest checkpoint (atomic), see trainer.save_checkpoint
     RUN/log.jsonl            one JSON object of losses per logged step
     RUN/samples/step_XXXXXX.png   simulated | refined | refined + label contours | real
+    RUN/snapshots/step_XXXXXX.pt  the generator every checkpoint_every steps and at the end
+                             (trainer.save_snapshot; loads with load_refiner)
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from cellsynth.refine.trainer import (
     new_state,
     read_checkpoint,
     save_checkpoint,
+    save_snapshot,
     train_step,
 )
 from cellsynth.signals import stop_between_steps
@@ -198,6 +201,8 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
                 if step % config.sample_every == 0 or step == config.steps or out_of_time:
                     samples.write(out / layout.SAMPLES / f"step_{step:06d}.png", state)
                 overdue = time.monotonic() - saved_at > CHECKPOINT_SECONDS
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    save_snapshot(out / layout.SNAPSHOTS / f"step_{step:06d}.pt", state)
                 if (step % config.checkpoint_every == 0 or step == config.steps or out_of_time
                         or overdue or stop):
                     save()
