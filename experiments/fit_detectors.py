@@ -1,0 +1,81 @@
+"""Issue 12's detector test: does a zero-label detector trained on the simulation fitted by
+`cellsynth fit-simulator` (from unlabeled train images) do as well as one trained on the
+preset (hand-calibrated for nissl and fluo, uncalibrated for H&E)?
+
+Writes, per dataset, two experiment configs that differ only in the simulation: the base
+preset, and the preset with the fitted override of docs/results/fit_simulator/<set>.yaml
+inlined. Each trains the zero-label setting ``sim_only`` (tiny_u22, 1000 steps of 192²
+crops as the accuracy experiment's pretraining, thresholds from 16 held-out simulated images)
+for seeds 0, 1, 2 and predicts the test split once. Then the printed
+``experiments/compare_experiments.py`` commands pair fitted with base.
+
+    python experiments/fit_detectors.py --out runs/fit-detectors         # configs + commands
+    python experiments/fit_detectors.py --out runs/fit-detectors --run   # also run them, in
+                                                                         # order, resumably
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+FITS = HERE.parent / "docs" / "results" / "fit_simulator"
+DATA = HERE.parents[1] / "shared" / "data"
+SETS = [("nissl_rat_sscx", "nissl", 0.346), ("dsb2018_fluo", "fluo", 0.5),
+        ("gbm40_brain_he", "he", 0.25), ("tcga_lgg_brain_he", "he", 0.25)]
+
+
+def experiment(name: str, preset: str, px: float, overrides: dict | None) -> dict:
+    simulate = {"preset": preset, "pixel_size_um": px, "n": 400, "size": 256, "workers": 1}
+    if overrides:
+        simulate["overrides"] = overrides
+    return {
+        "name": f"{name}: zero labels, {'fitted' if overrides else 'base'} simulation",
+        "train": str(DATA / name / "train"), "test": str(DATA / name / "test"),
+        "seeds": [0, 1, 2],
+        "settings": [{"name": "sim_only", "data": "simulated", "k": 0}],
+        "simulate": simulate, "n_val": 16, "tiles": 2,
+        "pretrain": {"model": "tiny_u22", "steps": 1000, "crop": 192, "batch": 4,
+                     "lr": 0.001, "val_every": 100},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--run", action="store_true", help="run the experiments in order")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for name, preset, px in SETS:
+        fitted = yaml.safe_load((FITS / f"{name}.yaml").read_text())
+        fitted.pop("preset", None)
+        for kind, overrides in (("base", None), ("fitted", fitted)):
+            path = args.out / f"{name}-{kind}.yaml"
+            path.write_text(yaml.safe_dump(experiment(name, preset, px, overrides),
+                                           sort_keys=False))
+            runs.append((path, args.out / f"{name}-{kind}"))
+    for config, out in runs:
+        print(f"cellsynth experiment {config} --out {out}")
+    for name, _, _ in SETS:
+        a, b = args.out / f"{name}-fitted", args.out / f"{name}-base"
+        print(f"python {HERE / 'compare_experiments.py'} --a {a}.yaml {a} --b {b}.yaml {b} "
+              f"--settings sim_only --seeds 0 1 2 --json "
+              f"{FITS.parent / 'fit_detectors' / name / 'results.json'}")
+    if args.run:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CELLSYNTH_THREADS": "1"}
+        for config, out in runs:
+            done = subprocess.run(["cellsynth", "experiment", str(config), "--out", str(out)],
+                                  env=env)
+            if done.returncode:
+                sys.exit(done.returncode)
+
+
+if __name__ == "__main__":
+    main()
