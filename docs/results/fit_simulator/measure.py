@@ -20,7 +20,8 @@ import numpy as np
 
 from cellsynth.io.images import read_labels
 from cellsynth.simulate import simulate, simulation_config
-from cellsynth.simulate.fit import _shapes, median_diameter_um
+from cellsynth.simulate.estimate import _shapes
+from cellsynth.simulate.fit import median_diameter_um
 
 HERE = Path(__file__).parent
 DATA = HERE.parents[3] / "shared" / "data"

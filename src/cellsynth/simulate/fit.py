@@ -1,14 +1,13 @@
 """Fit a simulator preset to unlabeled real images by matching summary statistics.
 
-One estimator runs on the real images and on images simulated from a candidate config: cells
-found by a multi-scale Laplacian of Gaussian on the stain channel and split/merged by a
-watershed (their diameters in um and their number per area), the stain of cells and
-background, camera noise and sharpness.
-The candidate's cell sizes, densities, stain amounts, noise, blur and elongation are
-adjusted for a few rounds until its statistics match the real ones (indirect inference), so
-the estimator's own biases (touching cells, texture, blur) cancel instead of entering the
-config. The base preset's ratios between its cell types are kept. Only images are read,
-never labels.
+One estimator (:mod:`cellsynth.simulate.estimate`: cells found by a multi-scale Laplacian of
+Gaussian and a watershed, their sizes, number per area and elongation, the stain of cells
+and background, camera noise and sharpness) runs on the real images and on images simulated
+from a candidate config. The candidate's cell sizes, densities, stain amounts, noise, blur
+and elongation are adjusted for a few rounds until its statistics match the real ones
+(indirect inference), so the estimator's own biases (touching cells, texture, blur) cancel
+instead of entering the config. The base preset's ratios between its cell types are kept.
+Only images are read, never labels.
 
 How much the elongated cells point one way (orientation coherence) is measured and reported
 but not fitted: on the ``nissl`` preset, narrowing the pyramidal cells' scatter around the
@@ -27,17 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.fft
 import yaml
-from scipy import ndimage as ndi
-from skimage.draw import disk
-from skimage.filters import threshold_otsu
-from skimage.segmentation import watershed
 
 from cellsynth.config import to_dict
 from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.simulate.dataset import image_seeds
-from cellsynth.simulate.optics import STAIN_VECTORS, to_intensity
+from cellsynth.simulate.estimate import _SCALE_STEP, _as_float, _measure, _pool
 from cellsynth.simulate.presets import SimulationConfig, preset
 from cellsynth.simulate.scene import render_scene
 
@@ -50,19 +44,8 @@ MIN_CELL_PX = 4.0    # cells narrower than this (in pixels) cannot be told from 
 _ROUNDS = 5          # updates of the search; each is judged by one more simulated batch
 _AVERAGE = 3         # the fitted parameters: geometric mean of the last this many rounds
 _MAX_REAL = 64       # real images measured (evenly spread over the folder)
-_SCALE_STEP = 1.15   # ratio of neighbouring LoG scales (sizes are interpolated between them)
-_DISK_PEAK = 2 / math.e  # scale-normalised LoG response of a unit-contrast disk, best scale
-_PRESMOOTH = 0.5     # Gaussian pre-smoothing, in units of the smallest radius searched
 _LOW = 0.5           # smallest diameter searched, relative to the base's median cell
-_INSIDE = 1.0        # a blob's centre closer than this x the larger radius: the same cell
-_CONTAINS = 0.5      # a larger blob replaces the ones inside it if it is this strong
-_THRESHOLD = 0.25    # a cell must reach this fraction of its image's cell-background contrast
-_NO_DIP = 0.85       # neighbours merge unless the stain between them dips below this
-_CUT = 0.3           # a cell region: stain above background + this x (cell - background)
-_REACH = 3.0         # a cell region reaches at most this many radii from its centre
 _MAX_STEP = math.log(2.0)  # largest change of a parameter per round (factor 2)
-_ORIENTED = 1.2      # cells at least this elongated (axis ratio) say which way they point
-_MIN_ORIENTED = 5    # an image needs this many of them for its orientation coherence
 # Each parameter (a factor on the base's values; blur in um) is matched by one pooled
 # statistic; the second number is the expected slope d log(statistic) / d log(parameter).
 _KNOBS = {"size": ("diameter_um", 1.0), "density": ("density", 1.0),
@@ -81,7 +64,6 @@ _BOUNDS = {"size": (0.5, 2.5), "density": (0.05, 20.0), "cell_stain": (0.05, 20.
 # slope of 0.25 would turn into a 30 % change of the parameter.
 _DEADBAND = {"elongation": math.log(1.1)}
 _FLOOR = {"background_stain": 1e-3, "counterstain": 1e-3, "noise": 1e-4, "elongation": 0.01}
-_LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerkaer (1996)
 
 
 @dataclass(frozen=True)
@@ -124,16 +106,6 @@ def median_diameter_um(config: SimulationConfig) -> float:
     return float(grid[np.searchsorted(cdf, cdf[-1] / 2)])
 
 
-def _as_float(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    if np.issubdtype(image.dtype, np.floating) and image.min() >= 0 and image.max() <= 1:
-        return image.astype(np.float32)
-    from cellsynth.io.normalize import normalize
-
-    return normalize(image)
-
-
 def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConfig,
           pixel_size_um: float | None) -> _Real:
     """Read (only) the images, check their sizes and channels, resolve the pixel size."""
@@ -169,258 +141,6 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
                           f"(median diameter {diameter:.3g} um) are {diameter / px:.1f} px "
                           f"across; need >= {MIN_CELL_PX:g} px (check --pixel-size/meta.json)")
     return _Real([_as_float(a) for a in arrays], names, px, where)
-
-
-def _stain_maps(image: np.ndarray, color: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The main stain (cells bright) and the counterstain, in the simulator's own units:
-    emission for fluorescence, optical density unmixed with the simulator's stain vectors
-    (Ruifrok-Johnston colour deconvolution) for brightfield."""
-    if color == "fluo" or (color == "gray" and image.ndim == 3):
-        image = image if image.ndim == 2 else image.mean(axis=2)
-        if color == "fluo":
-            return image, None
-    zero = np.zeros((1, 1), np.float32)
-    white = to_intensity(zero, zero, color)[0, 0]
-    od = -np.log(np.clip(image, 1 / 512, None) / white)
-    if color == "gray":
-        return od, None
-    if color == "violet":
-        v = STAIN_VECTORS["violet"]
-        return od @ (v / (v @ v)), None
-    h, e = STAIN_VECTORS["hematoxylin"], STAIN_VECTORS["eosin"]
-    amounts = od @ np.linalg.inv(np.stack([h, e, np.cross(h, e)])).astype(np.float32)
-    return amounts[..., 0], amounts[..., 1]
-
-
-def _freq2(shape: tuple[int, int]) -> np.ndarray:
-    fy = np.fft.fftfreq(shape[0]).astype(np.float32)[:, None]
-    fx = np.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
-    return fy * fy + fx * fx
-
-
-def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float) -> np.ndarray:
-    """Bright blobs: maxima over space and scale of the scale-normalised LoG
-    ``-s^2 Lap(G_s * stain)``, ``s = radius / sqrt(2)`` (the best scale of a disk), on a
-    stain map smoothed a little (granules, nucleoli). Returns (n, 3) rows (y, x, radius_px).
-
-    Of two blobs where one's centre lies inside the other, the larger is kept if it responds
-    at least ``_CONTAINS`` as strongly (a cell, not its nucleus), else the smaller ones
-    (cells, not a clump).
-    """
-    h, w = stain.shape
-    sigmas = radii / math.sqrt(2)
-    pad = int(min(3 * sigmas[-1], h - 1, w - 1))
-    shape = (scipy.fft.next_fast_len(h + 2 * pad, real=True),
-             scipy.fft.next_fast_len(w + 2 * pad, real=True))
-    padded = np.pad(stain - stain.mean(), ((pad, shape[0] - h - pad), (pad, shape[1] - w - pad)),
-                    mode="reflect").astype(np.float32)
-    spectrum = scipy.fft.rfft2(padded)
-    f2 = _freq2(shape)
-
-    def response(k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The LoG response at scale k and its 3 x 3 maximum."""
-        if k >= len(sigmas):
-            return None
-        t = np.float32(2 * math.pi**2 * sigmas[k] ** 2)  # Gaussian exp(-t f^2); -s^2 Lap: 2tf^2
-        r = scipy.fft.irfft2(spectrum * (2 * t * f2 * np.exp(-t * f2)),
-                             s=shape)[pad:pad + h, pad:pad + w]
-        return r, ndi.maximum_filter(r, 3)
-
-    rows = []
-    below, here, above = None, response(0), response(1)
-    for k in range(len(sigmas)):
-        peak = (here[0] >= here[1]) & (here[0] > threshold)
-        for other in (below, above):
-            if other is not None:
-                peak &= here[0] >= other[1]
-        ys, xs = np.nonzero(peak)
-        c = here[0][ys, xs]
-        if below is not None and above is not None:  # parabola in log(scale) steps
-            b, a = below[0][ys, xs], above[0][ys, xs]
-            curve = b - 2 * c + a
-            shift = np.clip(0.5 * (b - a) / np.where(curve < 0, curve, -np.inf), -0.5, 0.5)
-        else:
-            shift = np.zeros_like(c)
-        rows.append(np.stack([ys, xs, radii[k] * _SCALE_STEP ** shift, c], axis=1))
-        below, here, above = here, above, response(k + 2)
-    found = np.concatenate(rows)
-    keep: list[int] = []
-    for i in np.argsort(-found[:, 3], kind="stable"):  # strongest first
-        y, x, r, strength = found[i]
-        if keep:
-            kept = found[keep]
-            clash = np.hypot(kept[:, 0] - y, kept[:, 1] - x) < _INSIDE * np.maximum(kept[:, 2], r)
-            if clash.any():
-                if r > kept[clash, 2].max() and strength >= _CONTAINS * kept[clash, 3].max():
-                    keep = [j for j, c in zip(keep, clash) if not c]  # the cell, not its parts
-                else:
-                    continue
-        keep.append(int(i))
-    return found[keep, :3]
-
-
-def _noise(image: np.ndarray) -> float:
-    """Camera-noise std: robust (MAD) size of a second-difference residual, per channel."""
-    channels = image[..., None] if image.ndim == 2 else image
-    sigmas = [np.median(np.abs(ndi.convolve(channels[..., c], _LAPLACE)[1:-1, 1:-1]))
-              / 0.6745 / 6.0 for c in range(channels.shape[2])]  # the mask's norm is 6
-    return float(np.mean(sigmas))
-
-
-def _cell_regions(smooth: np.ndarray, cells: np.ndarray, background: float,
-                  cut: float) -> np.ndarray:
-    """Each found cell's region: a watershed of the smoothed stain from the cell centres,
-    within the pixels above ``cut`` and at most ``_REACH`` radii from the centre; touching cells
-    stay apart where the stain dips between them, neighbours without such a dip (two maxima of
-    one elongated or textured cell) are merged. (H, W) int32, ids 1..n."""
-    markers = np.zeros(smooth.shape, np.int32)
-    ys, xs = cells[:, 0].astype(int), cells[:, 1].astype(int)
-    markers[ys, xs] = np.arange(1, len(cells) + 1)
-    regions = watershed(-smooth, markers, mask=smooth > cut)
-    yy, xx = np.nonzero(regions)
-    owner = regions[yy, xx] - 1
-    far = np.hypot(yy - ys[owner], xx - xs[owner]) > _REACH * cells[owner, 2]
-    regions[yy[far], xx[far]] = 0
-    n = len(cells)
-    pairs = []
-    for a, b, va, vb in ((regions[:, :-1], regions[:, 1:], smooth[:, :-1], smooth[:, 1:]),
-                         (regions[:-1], regions[1:], smooth[:-1], smooth[1:])):
-        touch = (a != b) & (a > 0) & (b > 0)
-        pairs.append(np.stack([np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch]),
-                               np.minimum(va[touch], vb[touch])], axis=1))
-    pairs = np.concatenate(pairs)
-    if len(pairs) == 0:
-        return regions
-    key = pairs[:, 0].astype(np.int64) * (n + 1) + pairs[:, 1].astype(np.int64)
-    order = np.argsort(key, kind="stable")
-    key, pairs = key[order], pairs[order]
-    first = np.r_[0, np.flatnonzero(np.diff(key)) + 1]
-    saddle = np.maximum.reduceat(pairs[:, 2], first)  # the highest pass between two regions
-    a, b = pairs[first, 0].astype(int), pairs[first, 1].astype(int)
-    peak = np.r_[0.0, ndi.maximum(smooth, regions, np.arange(1, n + 1))]
-    flat = saddle - background >= _NO_DIP * (np.minimum(peak[a], peak[b]) - background)
-    root = np.arange(n + 1)
-    for i, j in zip(a[flat], b[flat]):  # union-find
-        while root[i] != i:
-            i = root[i]
-        while root[j] != j:
-            j = root[j]
-        root[max(i, j)] = min(i, j)
-    for i in range(n + 1):
-        root[i] = root[root[i]]
-    return root[regions]
-
-
-def _shapes(regions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Axis ratio (>= 1) and long-axis angle (radians, x right, y down) of regions 1..n, from
-    their second moments (an ellipse of the same moments; 1 and 0 for empty regions)."""
-    yy, xx = np.indices(regions.shape, dtype=np.float64)
-    ids = regions.ravel()
-
-    def total(w: np.ndarray | None) -> np.ndarray:
-        return np.bincount(ids, weights=None if w is None else w.ravel(), minlength=n + 1)[1:]
-
-    area = np.maximum(total(None), 1)
-    my, mx = total(yy) / area, total(xx) / area
-    syy = total(yy * yy) / area - my**2
-    sxx = total(xx * xx) / area - mx**2
-    sxy = total(yy * xx) / area - my * mx
-    half = np.hypot((sxx - syy) / 2, sxy)
-    mean = (sxx + syy) / 2 + 1 / 12  # + the variance of a pixel: a 1-pixel cell is round
-    ratio = np.sqrt((mean + half) / np.maximum(mean - half, 1e-9))
-    return ratio, 0.5 * np.arctan2(2 * sxy, sxx - syy)
-
-
-def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
-             labels: np.ndarray | None = None) -> dict[str, Any]:
-    """Statistics of one image (float in [0, 1]); ``labels`` only for simulated images."""
-    stain, counter = _stain_maps(image, color)
-    h, w = stain.shape
-    smooth = ndi.gaussian_filter(stain, _PRESMOOTH * radii[0])
-    fg = smooth > threshold_otsu(smooth)
-    contrast = (np.median(stain[fg]) - np.median(stain[~fg]) if fg.any() and (~fg).any()
-                else float(np.percentile(stain, 99) - np.median(stain)))
-    cells = _find_cells(smooth, radii, _THRESHOLD * _DISK_PEAK * max(contrast, 1e-4))
-    near = np.zeros((h, w), bool)
-    for y, x, radius in cells:
-        near[disk((y, x), 1.5 * radius, shape=(h, w))] = True
-    background = ~near if (~near).sum() > 0.02 * h * w else stain <= np.percentile(stain, 10)
-    background_stain = float(np.median(stain[background]))
-    centre = smooth[cells[:, 0].astype(int), cells[:, 1].astype(int)]
-    cell_stain = float(np.median(centre)) if len(cells) else background_stain
-    cut = background_stain + _CUT * (cell_stain - background_stain)
-    regions = _cell_regions(smooth, cells, background_stain, cut)
-    areas = np.bincount(regions.ravel(), minlength=len(cells) + 1)[1:]
-    sums = np.bincount(regions.ravel(), weights=stain.ravel(), minlength=len(cells) + 1)[1:]
-    found = areas >= math.pi * (radii[0] / 2) ** 2  # a cell fills at least a quarter-disk
-    ratios, angles = _shapes(regions, len(cells))
-    ratios, angles = ratios[found], angles[found]
-    oriented = ratios >= _ORIENTED
-    areas, levels = areas[found], sums[found] / np.maximum(areas[found], 1)
-    rgb = image[..., None] if image.ndim == 2 else image
-    inside = regions > 0
-    logs = np.log(np.clip(levels, 1e-3, None))
-    q75, q25 = np.percentile(logs, [75, 25]) if len(logs) else (0.0, 0.0)
-    g1, g2, g4 = (ndi.gaussian_filter(stain, s) for s in (1.0, 2.0, 4.0))
-    stats = {
-        "n_cells": int(found.sum()), "area_um2": h * w * px * px,
-        "coverage": float(areas.sum()) / (h * w),
-        "diameters_um": 2 * np.sqrt(areas / math.pi) * px,
-        "levels": levels, "cell_spread": float(q75 - q25) / 1.349,
-        "axis_ratios": ratios,
-        # how much the elongated cells point one way: |mean of exp(2i angle)|, 0 = any way
-        "coherence": (float(np.abs(np.mean(np.exp(2j * angles[oriented]))))
-                      if oriented.sum() >= _MIN_ORIENTED else float("nan")),
-        "background_stain": background_stain,
-        "counterstain": float(np.median(counter[background])) if counter is not None else 0.0,
-        "noise": _noise(image),
-        "sharpness": float(np.std(g1 - g2) / max(np.std(g2 - g4), 1e-9)),
-        "cell_rgb": (np.median(rgb[inside], axis=0) * 255 if inside.any()
-                     else np.full(rgb.shape[2], np.nan)),
-        "background_rgb": np.median(rgb[background], axis=0) * 255,
-    }
-    if labels is not None:
-        label_areas = np.bincount(labels.ravel().astype(np.int64))[1:]
-        stats["label_areas_um2"] = label_areas[label_areas > 0] * px * px
-    return stats
-
-
-def _pool(per_image: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pooled statistics: over all cells found (sizes, stain), all area (density), and the
-    median image (background, noise, sharpness, within-image stain spread)."""
-    def median_of(key: str) -> float:
-        return float(np.median([s[key] for s in per_image]))
-
-    diameters = np.concatenate([s["diameters_um"] for s in per_image])
-    levels = np.concatenate([s["levels"] for s in per_image])
-    ratios = np.concatenate([s["axis_ratios"] for s in per_image])
-    coherence = [s["coherence"] for s in per_image if np.isfinite(s["coherence"])]
-    area = sum(s["area_um2"] for s in per_image)
-    logs = np.sort(np.log(diameters))[int(0.1 * diameters.size):int(np.ceil(0.9 * diameters.size))]
-    pooled = {
-        # matched: the geometric mean of the middle 80 % (the median of a mixture of small
-        # and large cells jumps between the two); the median is only reported
-        "diameter_um": float(np.exp(logs.mean())) if logs.size else float("nan"),
-        "median_diameter_um": float(np.median(diameters)) if diameters.size else float("nan"),
-        "density": 1e4 * diameters.size / area,  # cells per 100 x 100 um^2
-        "coverage": sum(s["coverage"] * s["area_um2"] for s in per_image) / area,
-        "cell_stain": float(np.median(levels)) if levels.size else float("nan"),
-        # shape: median axis ratio - 1 of all cells found; orientation coherence of the
-        # median image (each image has its own pia direction)
-        "elongation": float(np.median(ratios)) - 1 if ratios.size else float("nan"),
-        "coherence": float(np.median(coherence)) if coherence else float("nan"),
-        **{k: median_of(k) for k in ("cell_spread", "background_stain", "counterstain",
-                                     "noise", "sharpness")},
-        "cell_rgb": np.median([s["cell_rgb"] for s in per_image if s["n_cells"]]
-                              or [per_image[0]["cell_rgb"]], axis=0),
-        "background_rgb": np.median([s["background_rgb"] for s in per_image], axis=0),
-        "n_cells": int(diameters.size), "n_images": len(per_image),
-    }
-    if "label_areas_um2" in per_image[0]:
-        areas = np.concatenate([s["label_areas_um2"] for s in per_image])
-        pooled["label_median_area_um2"] = float(np.median(areas)) if areas.size else 0.0
-        pooled["label_per_mm2"] = 1e6 * areas.size / area
-    return pooled
 
 
 def _apply(base: SimulationConfig, p: dict[str, float]) -> SimulationConfig:
