@@ -160,6 +160,32 @@ def test_refine_variants_get_their_own_refiner_data_and_detectors(tmp_path):
         Setting("real_cm", "real", 1, {"class_map": True})
 
 
+def test_detector_variants_train_their_own_detectors_with_the_changed_options(tmp_path):
+    config = _config(tmp_path, settings=(
+        Setting("real_k1", "real", 1), Setting("real_k1_tiny", "real", 1,
+                                               detector={"model": "tiny_u22"}),
+        Setting("sim_ft_tiny", "simulated", 1, detector={"model": "tiny_u22"}),
+        Setting("sim_only_tiny", "simulated", 0, detector={"model": "tiny_u22"})),
+        compare=(("real_k1_tiny", "real_k1"),))
+    units, detector_of = experiment._plan(config, tmp_path / "out")
+    assert detector_of["real_k1", 0] == "detectors/real_k1_s0"  # unchanged: old runs hold
+    assert detector_of["real_k1_tiny", 0] == "detectors/real_k1_model-tiny_u22_s0"
+    assert detector_of["sim_ft_tiny", 1] == "detectors/simulated_k1_model-tiny_u22_s1"
+    # fine-tuning starts from the variant's own zero-label detector, shared with sim_only_tiny
+    zero = detector_of["sim_only_tiny", 1]
+    assert zero == "detectors/simulated_k0_model-tiny_u22_s1"
+    by_name = {u.name: u for u in units}
+    assert zero in by_name[detector_of["sim_ft_tiny", 1]].inputs
+    models = {name: by_name[name].options["model"] for name in (
+        "detectors/real_k1_s0", "detectors/real_k1_model-tiny_u22_s0", zero)}
+    assert models == {"detectors/real_k1_s0": "slim_u22",
+                      "detectors/real_k1_model-tiny_u22_s0": "tiny_u22", zero: "tiny_u22"}
+    assert by_name[detector_of["sim_ft_tiny", 1]].options["lr"] == config.finetune.lr
+    with pytest.raises(ConfigError, match="setting bad: detector: unknown key.*'modle'"):
+        experiment.check_experiment(replace(config, compare=(), settings=(
+            Setting("bad", "real", 1, detector={"modle": "tiny_u22"}),)))
+
+
 def test_a_tta_setting_reuses_its_detector_and_is_evaluated_apart(tmp_path, monkeypatch):
     config = _config(tmp_path, seeds=(0,), settings=(
         Setting("real_k1", "real", 1), Setting("real_k1_tta", "real", 1, tta=True)),

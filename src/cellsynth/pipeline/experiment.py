@@ -61,11 +61,19 @@ class Setting:
     # predict the test split with test-time augmentation (8 flips/transposes vote); the
     # detector is the one of the same setting without it, so a pair measures TTA alone
     tta: bool = False
+    # changes to the experiment's supervised / pretrain / finetune options for this
+    # setting's detectors (e.g. {model: tiny_u22}); settings with the same changes share them
+    detector: dict[str, Any] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
         """Suffix of the refiner, refined data and detector folders of a refine variant."""
         return "".join(f"_{k}-{str(v).lower()}" for k, v in sorted(self.refine.items()))
+
+    @property
+    def detector_variant(self) -> str:
+        """Suffix of the detector folders of a detector variant ("" without changes)."""
+        return "".join(f"_{k}-{str(v).lower()}" for k, v in sorted(self.detector.items()))
 
     def __post_init__(self) -> None:
         if self.data not in ("real", *_SYNTHETIC):
@@ -146,6 +154,8 @@ def check_experiment(config: ExperimentConfig) -> None:
         raise ConfigError("refined settings need real images for the refiner")
     for s in config.settings:
         override(config.refine, s.refine, where=f"setting {s.name}: refine")
+        for part in ("supervised", "pretrain", "finetune"):
+            override(getattr(config, part), s.detector, where=f"setting {s.name}: detector")
 
 
 # --- units of work ---------------------------------------------------------------------------
@@ -269,25 +279,30 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                                  f"/s{seed}", (refiner, source), [seed], run))
             synthetic[f"refined{variant}"] = (generate(sim), generate(sim_val))
         for st in config.settings:
+            dv = st.detector_variant
+
+            def options(base: TrainConfig, changes: dict = st.detector) -> TrainConfig:
+                return override(base, changes) if changes else base
+            k = "all" if st.k is None else st.k
             if st.data == "real":
                 data = subset(st.k, seed, rest=False)
                 val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
                 detector_of[st.name, seed] = detector(
-                    f"detectors/real_k{'all' if st.k is None else st.k}_s{seed}",
-                    config.supervised, [data], val, None, seed)
+                    f"detectors/real_k{k}{dv}_s{seed}", options(config.supervised),
+                    [data], val, None, seed)
                 continue
             kind = st.data + st.variant
             train_data, val_data = synthetic[kind]
-            zero = detector(f"detectors/{kind}_k0_s{seed}", config.pretrain, [train_data],
-                            val_data, None, seed)
+            zero = detector(f"detectors/{kind}_k0{dv}_s{seed}",
+                            options(config.pretrain), [train_data], val_data, None, seed)
             if st.k == 0:
                 detector_of[st.name, seed] = zero
                 continue
             data = subset(st.k, seed, rest=False)
             val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
             detector_of[st.name, seed] = detector(
-                f"detectors/{kind}_k{'all' if st.k is None else st.k}_s{seed}",
-                config.finetune, [data], val, zero, seed)
+                f"detectors/{kind}_k{k}{dv}_s{seed}", options(config.finetune),
+                [data], val, zero, seed)
     return list(units.values()), detector_of
 
 
