@@ -186,6 +186,21 @@ def test_detector_variants_train_their_own_detectors_with_the_changed_options(tm
             Setting("bad", "real", 1, detector={"modle": "tiny_u22"}),)))
 
 
+def test_a_replay_setting_fine_tunes_on_its_synthetic_data_too(tmp_path):
+    config = _config(tmp_path, settings=(
+        Setting("sim_ft_k1", "simulated", 1),
+        Setting("sim_ft_replay", "simulated", 1, detector={"replay": 0.5})), compare=())
+    units, detector_of = experiment._plan(config, tmp_path / "out")
+    by_name = {u.name: u for u in units}
+    tuned = by_name[detector_of["sim_ft_replay", 0]]
+    assert tuned.name == "detectors/simulated_k1_replay-0.5_s0"
+    assert "sim/s0" in tuned.inputs and tuned.options["replay"] == 0.5
+    # its zero-label start is the ordinary pretraining (replay is for fine-tuning only)
+    assert "detectors/simulated_k0_s0" in tuned.inputs
+    assert not any("k0_replay" in name for name in by_name)
+    assert "sim/s0" not in by_name[detector_of["sim_ft_k1", 0]].inputs
+
+
 def test_a_tta_setting_reuses_its_detector_and_is_evaluated_apart(tmp_path, monkeypatch):
     config = _config(tmp_path, seeds=(0,), settings=(
         Setting("real_k1", "real", 1), Setting("real_k1_tta", "real", 1, tta=True)),

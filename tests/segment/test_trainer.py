@@ -17,6 +17,7 @@ from cellsynth.segment import trainer
 from cellsynth.segment.data import Augment
 from cellsynth.segment.trainer import TrainConfig, train
 from cellsynth.simulate import preset, write_simulation
+from tests.conftest import make_dataset
 
 TINY = dict(crop=64, batch=2, samples=32, order=4, refinement_iterations=1, val_every=1000)
 
@@ -297,3 +298,54 @@ def test_training_leaves_the_callers_random_state_alone(sim, tmp_path):
     torch.manual_seed(123)
     train(TrainConfig(steps=1, seed=7, **TINY), [sim], tmp_path / "run", progress=False)
     assert torch.equal(torch.rand(3), expected)
+
+
+def _constant_items(value: float, n: int = 2):
+    from cellsynth.segment.data import LabeledImage
+
+    labels = np.zeros((64, 64), np.int32)
+    labels[20:40, 20:40] = 1
+    return [LabeledImage(f"{value}-{i}", np.full((64, 64, 1), value, np.float32), labels)
+            for i in range(n)]
+
+
+def test_replay_draws_that_share_of_the_crops_from_the_pretraining_data():
+    from cellsynth.segment.data import CropSampler
+
+    config = TrainConfig(crop=32, batch=4, samples=32, order=4, replay=0.25,
+                         augment=Augment(enabled=False))
+
+    def sources(replay_on: bool, batches: int = 200, seed: int = 0) -> list[float]:
+        rng = np.random.default_rng(seed)
+        real = CropSampler(_constant_items(0.2), 32, config.augment, rng)
+        synthetic = CropSampler(_constant_items(0.8), 32, config.augment, rng)
+        seen = []
+        for _ in range(batches):
+            batch = trainer._batch(real, config, 32, 4, "cpu",
+                                   synthetic if replay_on else None)
+            seen += [float(x.mean()) for x in batch["inputs"]]
+        return seen
+
+    with_replay = np.array(sources(True))
+    share = np.mean(np.isclose(with_replay, 0.8))
+    assert 0.20 < share < 0.30, share  # 800 crops, expected 0.25
+    assert set(np.round(with_replay, 3)) == {0.2, 0.8}
+    assert set(np.round(sources(False), 3)) == {0.2}  # off: real crops only
+
+
+def test_fine_tuning_with_replay_reads_and_records_the_replay_data(sim, tmp_path):
+    from cellsynth.errors import ConfigError
+
+    config = TrainConfig(steps=1, **TINY)
+    train(config, [sim], tmp_path / "pre", progress=False)
+    real = make_dataset(tmp_path / "real", n=2, size=64, seed=7)
+    with pytest.raises(ConfigError, match="replay 0.5 needs replay data"):
+        train(replace(config, replay=0.5), [real], tmp_path / "ft0", init=tmp_path / "pre",
+              progress=False)
+    train(replace(config, replay=0.5), [real], tmp_path / "ft", init=tmp_path / "pre",
+          replay=[sim], progress=False)
+    info = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert info["replay"] == [str(sim.resolve())] and info["replay_fraction"] == 0.5
+    train(config, [real], tmp_path / "ft_plain", init=tmp_path / "pre", replay=[sim],
+          progress=False)  # replay 0: the folders are ignored
+    assert "replay" not in json.loads((tmp_path / "ft_plain" / "run.json").read_text())

@@ -50,6 +50,11 @@ __all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "select_sett
 _SYNTHETIC = ("simulated", "refined")
 
 
+def _suffix(changes: dict[str, Any]) -> str:
+    """Folder suffix of a variant: its changed options ("" without changes)."""
+    return "".join(f"_{k}-{str(v).lower()}" for k, v in sorted(changes.items()))
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -68,12 +73,8 @@ class Setting:
     @property
     def variant(self) -> str:
         """Suffix of the refiner, refined data and detector folders of a refine variant."""
-        return "".join(f"_{k}-{str(v).lower()}" for k, v in sorted(self.refine.items()))
+        return _suffix(self.refine)
 
-    @property
-    def detector_variant(self) -> str:
-        """Suffix of the detector folders of a detector variant ("" without changes)."""
-        return "".join(f"_{k}-{str(v).lower()}" for k, v in sorted(self.detector.items()))
 
     def __post_init__(self) -> None:
         if self.data not in ("real", *_SYNTHETIC):
@@ -226,17 +227,20 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                          lambda folder, resume: _copy_subset(config.train, indices, folder)))
 
     def detector(name: str, train_config: TrainConfig, data: list[str], val: str,
-                 init: str | None, seed: int) -> str:
+                 init: str | None, seed: int, replay: tuple[str, ...] | list[str] = ()
+                 ) -> str:
         train_config = replace(train_config, seed=seed, device=config.device)
+        replay = list(replay) if train_config.replay > 0 else []
 
         def run(folder: Path, resume: bool) -> dict[str, Any]:
             resume = resume and layout.has_checkpoint(folder)
             summary = trainer.train(train_config, [out / d for d in data], folder,
+                                     replay=[out / d for d in replay] or None,
                                      val=out / val, init=out / init if init else None,
                                      resume=resume, force=not resume, progress=False)
             return {k: v for k, v in summary.items() if k != "run"}
-        return add(_Unit(name, tuple(data) + (val,) + ((init,) if init else ()),
-                         to_dict(train_config), run))
+        return add(_Unit(name, tuple(data) + (val,) + ((init,) if init else ())
+                         + tuple(replay), to_dict(train_config), run))
 
     kinds = {st.data for st in config.settings if st.data in _SYNTHETIC}
     real = config.unlabeled or config.train  # the refiner's images, hashed once for all seeds
@@ -279,30 +283,35 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                                  f"/s{seed}", (refiner, source), [seed], run))
             synthetic[f"refined{variant}"] = (generate(sim), generate(sim_val))
         for st in config.settings:
-            dv = st.detector_variant
+            # a setting's detector changes; replay (of the pretraining data) is a
+            # fine-tuning option only, so a replay setting shares the zero-label detector
+            tuned = st.detector
+            trained = {key: v for key, v in tuned.items() if key != "replay"}
 
-            def options(base: TrainConfig, changes: dict = st.detector) -> TrainConfig:
+            def options(base: TrainConfig, changes: dict) -> TrainConfig:
                 return override(base, changes) if changes else base
             k = "all" if st.k is None else st.k
             if st.data == "real":
                 data = subset(st.k, seed, rest=False)
                 val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
                 detector_of[st.name, seed] = detector(
-                    f"detectors/real_k{k}{dv}_s{seed}", options(config.supervised),
-                    [data], val, None, seed)
+                    f"detectors/real_k{k}{_suffix(trained)}_s{seed}",
+                    options(config.supervised, trained), [data], val, None, seed)
                 continue
             kind = st.data + st.variant
             train_data, val_data = synthetic[kind]
-            zero = detector(f"detectors/{kind}_k0{dv}_s{seed}",
-                            options(config.pretrain), [train_data], val_data, None, seed)
+            zero = detector(f"detectors/{kind}_k0{_suffix(trained)}_s{seed}",
+                            options(config.pretrain, trained), [train_data], val_data, None,
+                            seed)
             if st.k == 0:
                 detector_of[st.name, seed] = zero
                 continue
             data = subset(st.k, seed, rest=False)
             val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
             detector_of[st.name, seed] = detector(
-                f"detectors/{kind}_k{k}{dv}_s{seed}", options(config.finetune),
-                [data], val, zero, seed)
+                f"detectors/{kind}_k{k}{_suffix(tuned)}_s{seed}",
+                options(config.finetune, tuned), [data], val, zero, seed,
+                replay=[train_data])
     return list(units.values()), detector_of
 
 

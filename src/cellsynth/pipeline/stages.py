@@ -186,9 +186,10 @@ def _train(name: str, data: Callable[[PipelineConfig, Path], list[str]],
 
         resume = kw["resume"] and layout.has_checkpoint(out / name)
         train_config = replace(getattr(config, name), device=config.device, seed=config.seed)
+        replay = _synthetic(config, out) if init and train_config.replay > 0 else None
         return train(train_config, data(config, out), out / name,
                      init=out / init if init else None, val=real_folder(config, out, "val"),
-                     resume=resume, force=not resume, progress=kw["progress"])
+                     resume=resume, force=not resume, progress=kw["progress"], replay=replay)
     return run
 
 
@@ -310,7 +311,9 @@ def plan(config: PipelineConfig) -> list[Stage]:
                         lambda c: [to_dict(c.pretrain), c.seed],
                         _train(layout.PRETRAIN, _synthetic, None), reads=val))
     if real.train:
-        stages.append(Stage(layout.FINETUNE, (layout.PRETRAIN,) + data_inputs("train", "val"),
+        replayed = (synthetic,) if config.finetune.replay > 0 else ()
+        stages.append(Stage(layout.FINETUNE, (layout.PRETRAIN,) + replayed
+                            + data_inputs("train", "val"),
                             lambda c: [to_dict(c.finetune), c.seed],
                             _train(layout.FINETUNE,
                                    lambda c, out: [real_folder(c, out, "train")],

@@ -80,6 +80,10 @@ class TrainConfig:
     # stop at a plateau: after this many validations in a row without a better F1@0.5 than the
     # best so far (None: train all steps; best.pt is the best validated step either way)
     patience: int | None = field(default=None, metadata=ADDED)
+    # fine-tuning on few images: this fraction of each batch's crops comes from the
+    # ``replay`` data (the synthetic images it was pretrained on), so the few real images
+    # cannot pull the detector far from what it learned there (0: real images only)
+    replay: float = field(default=0.0, metadata=ADDED)
 
     def __post_init__(self) -> None:
         for name in ("order", "samples", "steps", "crop", "batch", "val_every",
@@ -88,6 +92,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.crop % 32:
             raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
+        if not 0.0 <= self.replay < 1.0:
+            raise ValueError(f"replay must be in [0, 1), got {self.replay}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.pixel_size_um is not None and not self.pixel_size_um > 0:
@@ -110,12 +116,15 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 def _batch(sampler: CropSampler, config: TrainConfig, samples: int, order: int,
-           device: str) -> dict[str, torch.Tensor]:
+           device: str, replay: CropSampler | None = None) -> dict[str, torch.Tensor]:
     from cellsynth.segment.cpn import collate, training_targets
 
     items = []
     for _ in range(config.batch):
-        image, labels = sampler.sample()
+        # (the extra draw only with replay: runs without it keep their random sequence)
+        source = (replay if replay is not None and sampler.rng.random() < config.replay
+                  else sampler)
+        image, labels = source.sample()
         item = training_targets(labels, samples=samples, order=order, rng=sampler.rng)
         item["inputs"] = image
         items.append(item)
@@ -123,10 +132,11 @@ def _batch(sampler: CropSampler, config: TrainConfig, samples: int, order: int,
 
 
 def _train_step(net, optimizer, scheduler, sampler: CropSampler, model: torch.nn.Module,
-                config: TrainConfig, step: int, log: JsonLog | None, bar) -> tuple[int, float]:
+                config: TrainConfig, step: int, log: JsonLog | None, bar,
+                replay: CropSampler | None = None) -> tuple[int, float]:
     """One optimiser step on a fresh batch; returns (step, loss)."""
     started = time.perf_counter()
-    batch = _batch(sampler, config, model.samples, model.order, config.device)
+    batch = _batch(sampler, config, model.samples, model.order, config.device, replay)
     outputs = net(batch["inputs"], targets=batch)
     optimizer.zero_grad(set_to_none=True)
     outputs["loss"].backward()
@@ -188,10 +198,13 @@ def _init_weights(model: torch.nn.Module, spec: dict[str, Any], path: Path,
 
 def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.PathLike, *,
           init: str | os.PathLike | None = None, val: str | os.PathLike | None = None,
-          resume: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
+          resume: bool = False, force: bool = False, progress: bool = True,
+          replay: list[str | os.PathLike] | None = None) -> dict[str, Any]:
     """Train a CPN on the labeled dataset folders ``data``; write the run folder ``out``.
 
-    ``init`` (a run folder or checkpoint) starts from trained weights: fine-tuning. On
+    ``init`` (a run folder or checkpoint) starts from trained weights: fine-tuning.
+    ``replay``: labeled folders (the pretraining data) that ``config.replay`` of the crops
+    come from; needed when ``config.replay > 0``, ignored otherwise. On
     ``resume`` only the options in :data:`RESUMABLE` may differ from the run's. The caller's
     torch random state is left as it was (the run seeds its own from ``config.seed``).
     Returns a summary (steps, final loss, best validation F1 and score threshold).
@@ -200,12 +213,13 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     devices = [torch.device(config.device).index or 0] if cuda else []
     with torch.random.fork_rng(devices=devices):
         return _train(config, data, out, init=init, val=val, resume=resume, force=force,
-                      progress=progress)
+                      progress=progress, replay=replay)
 
 
 def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.PathLike, *,
            init: str | os.PathLike | None, val: str | os.PathLike | None, resume: bool,
-           force: bool, progress: bool) -> dict[str, Any]:
+           force: bool, progress: bool, replay: list[str | os.PathLike] | None
+           ) -> dict[str, Any]:
     from torch.nn.parallel import DistributedDataParallel
     from tqdm.auto import tqdm
 
@@ -216,8 +230,13 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     rank, world = _dist()
     # every input is checked before the run folder is touched (a --force run that cannot
     # start must leave the old run as it was)
+    if config.replay > 0 and not replay:
+        raise ConfigError(f"{out}: replay {config.replay} needs replay data (the folders "
+                          f"pretraining used)")
+    replay = list(replay or []) if config.replay > 0 else []
     resume = check_run_dir(out, resume=resume, force=force,
-                           inputs=tuple(data) + tuple(p for p in (val, init) if p is not None))
+                           inputs=tuple(data) + tuple(replay)
+                           + tuple(p for p in (val, init) if p is not None))
     resolve_device(config.device)
     start = (read_detector_checkpoint(init, needed_by="--init")
              if init is not None and not resume else None)
@@ -229,6 +248,9 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     val_items = (load_labeled([val], channels=channels, pixel_size_um=config.pixel_size_um,
                               normalization=config.normalization, channel=config.channel)
                  if val is not None else [])
+    replay_items = (load_labeled(replay, channels=channels, pixel_size_um=config.pixel_size_um,
+                                 normalization=config.normalization, channel=config.channel)
+                    if replay else [])
     torch.manual_seed(config.seed + rank)
     spec = dict(in_channels=channels, model=config.model, order=config.order,
                 samples=config.samples, refinement_iterations=config.refinement_iterations)
@@ -271,6 +293,8 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
         write_json(info_path, {
             **versions(), "stage": "train",
             "data": [str(Path(d).resolve()) for d in data],
+            **({"replay": [str(Path(d).resolve()) for d in replay],
+                "replay_fraction": config.replay} if replay else {}),
             "val": str(Path(val).resolve()) if val is not None else None,
             "init": first.get("init", str(start[0].resolve()) if start is not None else None),
             "resumed_at_steps": first.get("resumed_at_steps", []) + ([step] if resume else []),
@@ -278,6 +302,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
             "n_images": len(items), "n_val_images": len(val_items)})
     net = DistributedDataParallel(model) if world > 1 else model
     sampler = CropSampler(items, config.crop, config.augment, rng)
+    replayed = CropSampler(replay_items, config.crop, config.augment, rng) if replay else None
     log = JsonLog(out / layout.LOG, keep_until=step if resume else None) if rank == 0 else None
 
     def checkpoint(path: Path, *, collective: bool = True) -> None:
@@ -319,7 +344,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
             while step < config.steps and not plateau():
                 threads.tick()
                 step, loss_value = _train_step(net, optimizer, scheduler, sampler, model, config,
-                                               step, log, bar)
+                                               step, log, bar, replayed)
                 if val_items and (step % config.val_every == 0 or step == config.steps):
                     if rank == 0:
                         result = validate(model, val_items, config)
