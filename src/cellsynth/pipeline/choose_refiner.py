@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cellsynth.config import to_dict
 from cellsynth.errors import CellsynthError
 from cellsynth.io.files import write_json
 from cellsynth.pipeline import layout
@@ -54,15 +55,14 @@ class ChooseRefinerOptions:
             raise ValueError(f"choose_refiner.crop must be a multiple of 32, got {self.crop}")
 
 
+def _step(path: Path) -> int:
+    return int(_SNAPSHOT.search(path.name).group(1))
+
+
 def snapshots(refiner_run: str | Path) -> list[Path]:
     """The generator snapshots of a refiner run, by step."""
     folder = Path(refiner_run) / layout.SNAPSHOTS
-    found = [p for p in folder.glob("step_*.pt") if _SNAPSHOT.search(p.name)]
-    return sorted(found, key=lambda p: int(_SNAPSHOT.search(p.name).group(1)))
-
-
-def _step(path: Path) -> int:
-    return int(_SNAPSHOT.search(path.name).group(1))
+    return sorted((p for p in folder.glob("step_*.pt") if _SNAPSHOT.search(p.name)), key=_step)
 
 
 def _subset(sim_dir: Path, n: int, out: Path) -> Path:
@@ -129,7 +129,7 @@ def choose_refiner(refiner_run: str | Path, sim_dir: str | Path, val_dir: str | 
     choice = {"candidates": scored, "simulation_val_f1": reference,
               "chosen": best["snapshot"], "chosen_step": best["step"],
               "refiner_helped": best["val_f1"] > reference,
-              "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
+              "options": to_dict(options),
               "val": str(Path(val_dir).resolve()), "seed": seed}
     shutil.rmtree(out / "simulation" / "data")
     write_json(out / layout.CHOICE, choice)

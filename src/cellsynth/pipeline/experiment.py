@@ -50,6 +50,11 @@ __all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "select_sett
 _SYNTHETIC = ("simulated", "refined")
 
 
+def _changed(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """A setting's detector options: ``base`` itself without changes."""
+    return override(base, changes) if changes else base
+
+
 def _suffix(changes: dict[str, Any]) -> str:
     """Folder suffix of a variant: its changed options ("" without changes)."""
     return "".join(f"_{k}-{str(v).lower()}" for k, v in sorted(changes.items()))
@@ -74,7 +79,6 @@ class Setting:
     def variant(self) -> str:
         """Suffix of the refiner, refined data and detector folders of a refine variant."""
         return _suffix(self.refine)
-
 
     def __post_init__(self) -> None:
         if self.data not in ("real", *_SYNTHETIC):
@@ -287,21 +291,18 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
             # fine-tuning option only, so a replay setting shares the zero-label detector
             tuned = st.detector
             trained = {key: v for key, v in tuned.items() if key != "replay"}
-
-            def options(base: TrainConfig, changes: dict) -> TrainConfig:
-                return override(base, changes) if changes else base
             k = "all" if st.k is None else st.k
             if st.data == "real":
                 data = subset(st.k, seed, rest=False)
                 val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
                 detector_of[st.name, seed] = detector(
                     f"detectors/real_k{k}{_suffix(trained)}_s{seed}",
-                    options(config.supervised, trained), [data], val, None, seed)
+                    _changed(config.supervised, trained), [data], val, None, seed)
                 continue
             kind = st.data + st.variant
             train_data, val_data = synthetic[kind]
             zero = detector(f"detectors/{kind}_k0{_suffix(trained)}_s{seed}",
-                            options(config.pretrain, trained), [train_data], val_data, None,
+                            _changed(config.pretrain, trained), [train_data], val_data, None,
                             seed)
             if st.k == 0:
                 detector_of[st.name, seed] = zero
@@ -310,7 +311,7 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
             val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
             detector_of[st.name, seed] = detector(
                 f"detectors/{kind}_k{k}{_suffix(tuned)}_s{seed}",
-                options(config.finetune, tuned), [data], val, zero, seed,
+                _changed(config.finetune, tuned), [data], val, zero, seed,
                 replay=[train_data])
     return list(units.values()), detector_of
 

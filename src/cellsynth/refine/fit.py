@@ -201,10 +201,10 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
                 if step % config.sample_every == 0 or step == config.steps or out_of_time:
                     samples.write(out / layout.SAMPLES / f"step_{step:06d}.png", state)
                 overdue = time.monotonic() - saved_at > CHECKPOINT_SECONDS
-                if step % config.checkpoint_every == 0 or step == config.steps:
+                scheduled = step % config.checkpoint_every == 0 or step == config.steps
+                if scheduled:
                     save_snapshot(out / layout.SNAPSHOTS / f"step_{step:06d}.pt", state)
-                if (step % config.checkpoint_every == 0 or step == config.steps or out_of_time
-                        or overdue or stop):
+                if scheduled or out_of_time or overdue or stop:
                     save()
                 if stop:
                     logger.warning("stopped by %s at step %d; checkpoint saved",

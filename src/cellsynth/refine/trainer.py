@@ -173,15 +173,18 @@ def train_step(state: RefinerState, sim: torch.Tensor, labels: torch.Tensor,
     return losses
 
 
+def _generator_entries(state: RefinerState) -> dict[str, Any]:
+    """What a checkpoint needs to apply the generator (load_refiner): the snapshot's whole
+    content and the first part of every full checkpoint."""
+    return {"cellsynth_version": __version__, "step": state.step, "channels": state.channels,
+            "bf16": state.bf16, "config": to_dict(state.config),
+            "generator": state.generator.state_dict()}
+
+
 def save_checkpoint(path: str | os.PathLike, state: RefinerState) -> None:
     """Write models, optimisers, buffer, step, every RNG state and the config, atomically."""
     checkpoint = {
-        "cellsynth_version": __version__,
-        "step": state.step,
-        "channels": state.channels,
-        "bf16": state.bf16,
-        "config": to_dict(state.config),
-        "generator": state.generator.state_dict(),
+        **_generator_entries(state),
         "discriminator": state.discriminator.state_dict(),
         "opt_g": state.opt_g.state_dict(),
         "opt_d": state.opt_d.state_dict(),
@@ -201,9 +204,7 @@ def save_snapshot(path: str | os.PathLike, state: RefinerState) -> None:
     needs; ~1.4 MB at the default size), atomically: the refiner as it was at this step,
     for choosing a step later by what its images teach a detector."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    snapshot = {"cellsynth_version": __version__, "step": state.step,
-                "channels": state.channels, "bf16": state.bf16,
-                "config": to_dict(state.config), "generator": state.generator.state_dict()}
+    snapshot = _generator_entries(state)
     write_with(path, lambda tmp: torch.save(snapshot, tmp))
 
 
