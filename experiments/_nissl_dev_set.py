@@ -19,8 +19,11 @@ DEV = ("SLD_0000404_20x_01_Region_1_t2", "SLD_0000406_20x_01_Region_1_t1")
 DETECTORS = ("real_k2_s0", "simulated_k0_s0", "simulated_k2_s0", "refined_k2_s0")
 
 
-def arguments(doc: str) -> argparse.Namespace:
+def arguments(doc: str, extra=None) -> argparse.Namespace:
+    """The shared options; ``extra(parser)`` adds a script's own."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if extra is not None:
+        extra(ap)
     ap.add_argument("--run", default="runs/exp-nissl-k2", help="experiment output folder")
     ap.add_argument("--data", default="../shared/data/nissl_rat_sscx/train")
     ap.add_argument("--detectors", nargs="+", default=list(DETECTORS))

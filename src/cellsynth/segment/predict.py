@@ -52,7 +52,8 @@ from cellsynth.segment.tta import VIEWS, Dihedral, merge_views, to_image_coordin
 from cellsynth.viz import contour_overlay
 
 __all__ = ["Detector", "checkpoint_path", "read_detector_checkpoint", "load_detector",
-           "make_predictor", "predict_image", "predict_folder", "detections_table", "tiling"]
+           "make_predictor", "image_proposals", "predict_image", "predict_folder",
+           "detections_table", "tiling"]
 
 LAZY_PIXELS = 8192 * 8192
 _MULTIPLE = 32       # the U-Net backbones need sizes divisible by this
@@ -212,9 +213,36 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     in memory. ``tta``: predict the 8 flips/transposes and let them vote
     (:mod:`cellsynth.segment.tta`; 8x the time).
     """
-    tile, batch = tiling(detector, tile, batch)
+    contours, scores, offset = image_proposals(
+        detector, image, tile=tile, overlap=overlap, batch=batch, score_thresh=score_thresh,
+        device=device, where=where, channel=channel, pixel_size_um=pixel_size_um,
+        progress=progress, store=store, balance=balance, tta=tta)
+    thresh = detector.score_thresh if score_thresh is None else score_thresh
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    if in_memory:
+        labels, id_scores = contours_to_labels(contours, scores, shape, score_thresh=thresh,
+                                               offset=offset, return_scores=True)
+    else:
+        labels = PaintedLabels(contours, scores, shape, score_thresh=thresh, offset=offset)
+        id_scores = labels.id_scores
+    return (labels, id_scores) if return_scores else labels
+
+
+def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
+                    overlap: int = 96, batch: int | None = None,
+                    score_thresh: float | None = None, device: str = "cpu",
+                    where: str = "image", channel: int | None = None,
+                    pixel_size_um: float | None = None, progress: Any = None,
+                    store: ProposalStore | None = None, balance: bool = True,
+                    tta: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """What :func:`predict_image` paints: (contours (K, S, 2) as (x, y) in the image's own
+    pixels, scores (K,), offset), all proposals scoring at least the floor that
+    ``score_thresh`` (default: the detector's) needs. A cell is painted as the pixels whose
+    centres lie in its contour moved ``offset`` px outward (:func:`tiles.offset_contours`;
+    0 where the offset was applied before scaling back to the image's pixel size)."""
     image = select_channel(image, detector.channel if channel is None else channel,
                            where=where)
+    tile, batch = tiling(detector, tile, batch)
     low, high = intensity_range(image, detector.normalization, where=where)
     factor = pixel_scale(pixel_size_um, detector.pixel_size_um)
     view = image if factor == 1.0 else Rescaled(image, factor)
@@ -243,15 +271,7 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
         # The half-pixel outline offset belongs to the model's pixels, before scaling back.
         contours = (offset_contours(contours, HALF_PIXEL) + 0.5) / factor - 0.5
         offset = 0.0
-    thresh = detector.score_thresh if score_thresh is None else score_thresh
-    shape = (int(image.shape[0]), int(image.shape[1]))
-    if in_memory:
-        labels, id_scores = contours_to_labels(contours, scores, shape, score_thresh=thresh,
-                                               offset=offset, return_scores=True)
-    else:
-        labels = PaintedLabels(contours, scores, shape, score_thresh=thresh, offset=offset)
-        id_scores = labels.id_scores
-    return (labels, id_scores) if return_scores else labels
+    return contours, scores, offset
 
 
 def detections_table(labels: Any, id_scores: np.ndarray,
