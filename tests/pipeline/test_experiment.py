@@ -224,3 +224,52 @@ def test_a_tta_setting_reuses_its_detector_and_is_evaluated_apart(tmp_path, monk
     assert "real_k1_tta - real_k1" in results["comparisons"]
     state = json.loads((tmp_path / "exp" / "state.json").read_text())
     assert state["evaluations/real_k1_s0_tta"]["done"] and state["evaluations/real_k1_s0"]["done"]
+
+
+def test_mixed_settings_pretrain_on_the_simulation_and_its_refined_images(tmp_path):
+    config = _config(tmp_path, settings=(
+        Setting("refined_only", "refined", 0), Setting("mixed_only", "mixed", 0),
+        Setting("mixed_ft", "mixed", 1, detector={"replay": 0.5}),
+        Setting("mixed_cm", "mixed", 0, {"class_map": True})), compare=())
+    units, detector_of = experiment._plan(config, tmp_path / "out")
+    by_name = {u.name: u for u in units}
+    zero = by_name[detector_of["mixed_only", 0]]
+    assert zero.name == "detectors/mixed_k0_s0"
+    # both image sets (the same cells in two looks), thresholds from the refined ones
+    assert zero.inputs == ("sim/s0", "refined/s0", "refined_val/s0")
+    assert [n for n in by_name if n.startswith("refiner")].count("refiner/s0") == 1
+    # fine-tuning starts from it and replays both
+    tuned = by_name[detector_of["mixed_ft", 0]]
+    assert tuned.inputs == ("data/k1_s0", "data/k1_s0", "detectors/mixed_k0_s0",
+                            "sim/s0", "refined/s0")
+    assert by_name[detector_of["mixed_cm", 0]].inputs[1] == "refined_class_map-true/s0"
+    with pytest.raises(ValueError, match="data must be real, simulated, refined or mixed"):
+        Setting("bad", "blend", 0)
+
+
+def test_a_mixed_setting_runs_and_trains_on_both_image_sets(tmp_path, monkeypatch):
+    config = _config(tmp_path, settings=(Setting("mixed_only", "mixed", 0),), compare=(),
+                     seeds=(0,))
+    from cellsynth.segment import trainer
+
+    train, roots = trainer.train, []
+
+    def spy(cfg, data, out, **kw):
+        roots.append([Path(d).relative_to(tmp_path / "exp").as_posix() for d in data])
+        return train(cfg, data, out, **kw)
+
+    monkeypatch.setattr(trainer, "train", spy)
+    results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
+    assert roots == [["sim/s0", "refined/s0"]]
+    assert results["settings"]["mixed_only"]["data"] == "mixed"
+
+
+def test_learning_curves_join_settings_that_differ_only_in_k(tmp_path):
+    curve = experiment._curve
+    assert curve(Setting("a", "simulated", 0)) == curve(Setting("b", "simulated", 2))
+    assert curve(Setting("a", "refined", 0)) != curve(Setting("b", "refined", 0,
+                                                              {"consistency": 10.0}))
+    assert curve(Setting("a", "simulated", 2)) != curve(Setting("b", "simulated", 2,
+                                                                tta=True))
+    assert curve(Setting("a", "simulated", 2)) != curve(Setting("b", "simulated", 2,
+                                                                detector={"replay": 0.5}))

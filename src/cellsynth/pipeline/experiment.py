@@ -47,7 +47,8 @@ from cellsynth.segment.trainer import TrainConfig
 __all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "select_settings",
            "run_experiment"]
 
-_SYNTHETIC = ("simulated", "refined")
+_SYNTHETIC = ("simulated", "refined", "mixed")
+_REFINED = ("refined", "mixed")  # settings that need a refiner
 
 
 def _changed(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
@@ -63,7 +64,9 @@ def _suffix(changes: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class Setting:
     name: str
-    data: Literal["real", "simulated", "refined"]
+    # mixed: the simulated and the refined images together (the same cells twice, in both
+    # looks), thresholds from the refined validation images
+    data: Literal["real", "simulated", "refined", "mixed"]
     k: int | None = 0    # annotated real images; None: all training images
     # refined only: changes to the experiment's refine: options for this setting (e.g.
     # {class_map: true}); settings with the same changes share their refiner
@@ -82,13 +85,15 @@ class Setting:
 
     def __post_init__(self) -> None:
         if self.data not in ("real", *_SYNTHETIC):
-            raise ValueError(f"setting {self.name}: data must be real, simulated or refined")
+            raise ValueError(f"setting {self.name}: data must be real, simulated, refined "
+                             f"or mixed")
         if self.k is not None and self.k < 0:
             raise ValueError(f"setting {self.name}: k must be >= 0 or null (all)")
         if self.data == "real" and self.k == 0:
             raise ValueError(f"setting {self.name}: a real-data setting needs k >= 1")
-        if self.refine and self.data != "refined":
-            raise ValueError(f"setting {self.name}: refine: changes need data: refined")
+        if self.refine and self.data not in _REFINED:
+            raise ValueError(f"setting {self.name}: refine: changes need data: refined or "
+                             f"mixed")
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,7 @@ def check_experiment(config: ExperimentConfig) -> None:
                               f"{n_train} images")
         if config.val == "rest" and s.k is not None and s.k >= n_train:
             raise ConfigError(f"setting {s.name}: val: rest needs k < {n_train}")
-    if any(s.data == "refined" for s in config.settings) and not config.train:
+    if any(s.data in _REFINED for s in config.settings) and not config.train:
         raise ConfigError("refined settings need real images for the refiner")
     for s in config.settings:
         override(config.refine, s.refine, where=f"setting {s.name}: refine")
@@ -248,14 +253,14 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
 
     kinds = {st.data for st in config.settings if st.data in _SYNTHETIC}
     real = config.unlabeled or config.train  # the refiner's images, hashed once for all seeds
-    real_contents = content_fingerprint(real) if "refined" in kinds else None
+    real_contents = content_fingerprint(real) if kinds & set(_REFINED) else None
     for seed in config.seeds:
         synthetic = {}
         if kinds:
             synthetic["simulated"] = (simulation(f"sim/s{seed}", s.n, seed),
                                       simulation(f"sim_val/s{seed}", config.n_val,
                                                  seed + 10_000))
-        variants = {st.variant: st.refine for st in config.settings if st.data == "refined"}
+        variants = {st.variant: st.refine for st in config.settings if st.data in _REFINED}
         for variant, changes in variants.items():
             sim, sim_val = synthetic["simulated"]
             refine_config = replace(override(config.refine, changes), seed=seed)
@@ -300,9 +305,14 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                     _changed(config.supervised, trained), [data], val, None, seed)
                 continue
             kind = st.data + st.variant
-            train_data, val_data = synthetic[kind]
+            if st.data == "mixed":
+                refined, val_data = synthetic[f"refined{st.variant}"]
+                train_data = [synthetic["simulated"][0], refined]
+            else:
+                one, val_data = synthetic[kind]
+                train_data = [one]
             zero = detector(f"detectors/{kind}_k0{_suffix(trained)}_s{seed}",
-                            _changed(config.pretrain, trained), [train_data], val_data, None,
+                            _changed(config.pretrain, trained), train_data, val_data, None,
                             seed)
             if st.k == 0:
                 detector_of[st.name, seed] = zero
@@ -312,7 +322,7 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
             detector_of[st.name, seed] = detector(
                 f"detectors/{kind}_k{k}{_suffix(tuned)}_s{seed}",
                 _changed(config.finetune, tuned), [data], val, zero, seed,
-                replay=[train_data])
+                replay=train_data)
     return list(units.values()), detector_of
 
 
@@ -433,6 +443,13 @@ def _matching(d: dict[str, Any]):
                     tuple(d["sum_iou"]), d["n_images"])
 
 
+def _curve(setting: Setting) -> str:
+    """The learning curve a setting is a point of: settings that differ only in k (data,
+    refiner variant, detector changes and TTA alike) share one."""
+    return (setting.data + setting.variant + _suffix(setting.detector)
+            + (" tta" if setting.tta else ""))
+
+
 def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, state: RunState
                ) -> dict[str, Any]:
     from cellsynth.evaluate.stats import paired_bootstrap, summarize
@@ -443,7 +460,7 @@ def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, stat
         summary = summarize(per_seed)
         detectors = [state.data[detector_of[st.name, seed]]["summary"] for seed in config.seeds]
         settings[st.name] = {
-            "data": st.data, "k": st.k, **summary,
+            "data": st.data, "k": st.k, "curve": _curve(st), **summary,
             "detectors": [detector_of[st.name, seed] for seed in config.seeds],
             "val_f1": [d.get("best_val_f1") for d in detectors],
             "score_thresh": [d.get("score_thresh") for d in detectors],
@@ -496,13 +513,14 @@ def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
 
     n_train = len(load_dataset(config.train, require_labels=True))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for data in ("real", *_SYNTHETIC):
-        points = sorted((n_train if r["k"] is None else r["k"], r["f1_50"]["mean"],
-                         r["f1_50"]["std"]) for r in results["settings"].values()
-                        if r["data"] == data)
-        if points:
-            k, mean, std = zip(*points)
-            ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=data)
+    curves: dict[str, list[tuple[int, float, float]]] = {}
+    for r in results["settings"].values():  # one line per curve, never zigzagging between
+        curves.setdefault(r.get("curve", r["data"]), []).append(   # two at the same k
+            (n_train if r["k"] is None else r["k"], r["f1_50"]["mean"], r["f1_50"]["std"]))
+    for name, points in curves.items():
+        k, mean, std = zip(*sorted(points))
+        ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=name,
+                    linestyle="-" if len(points) > 1 else "none")
     ax.set_xlabel("annotated real images (k)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no k = 0.5
     ax.set_ylabel("F1@0.5 on the test split")
@@ -510,7 +528,7 @@ def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
     ax.set_title(f"{config.name}: mean ± std over {len(seeds)} seeds" if len(seeds) > 1
                  else f"{config.name}: seed {seeds[0]} only (no spread)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small", ncol=2 if len(curves) > 6 else 1)
     with atomic_path(out / "learning_curve.png") as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
