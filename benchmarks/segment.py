@@ -1,13 +1,15 @@
 """CPN speed on this machine: training s/step and prediction megapixels/s, fp32 vs bf16.
 
     python benchmarks/segment.py [--crop 256] [--batch 4] [--steps 5] [--device cpu]
+                                 [--model slim_u22] [--size 1024] [--tile 512]
                                  [--compile] [--json PATH]
 
 The baseline is fp32; bf16 autocasts the CPN core (backbone + heads) only, on the CPU and on
-a GPU alike. Prediction runs the tiled predictor on a 1024 x 1024 simulated nissl image (4
-tiles of 512 + overlap). ``--compile`` also times each precision with ``torch.compile`` on the
-core (on a CPU its first steps take minutes to compile). GPU timings wait for the device
-(``torch.cuda.synchronize``). benchmarks/gpu.sh runs this on a GPU machine.
+a GPU alike. Prediction runs the tiled predictor on a ``--size``² simulated nissl image
+(tiles of ``--tile`` + 96 px overlap). ``--compile`` also times each precision with
+``torch.compile`` on the core (on a CPU its first steps take minutes to compile). GPU
+timings wait for the device (``torch.cuda.synchronize``). benchmarks/gpu.sh runs this on a
+GPU machine.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="slim_u22", help="network of the training timing")
+    parser.add_argument("--size", type=int, default=1024, help="side of the predicted image")
+    parser.add_argument("--tile", type=int, default=512, help="prediction tile size")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--json", help="write the timings here")
     parser.add_argument("--detector", help="trained detector run for the prediction timing (an "
@@ -42,7 +47,7 @@ def main() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     data = list(simulate("nissl", args.batch, args.crop, seed=0))
-    big, _ = next(simulate("nissl", 1, 1024, seed=1))
+    big, _ = next(simulate("nissl", 1, args.size, seed=1))
     cuda = args.device.startswith("cuda")
 
     def now() -> float:
@@ -54,7 +59,7 @@ def main() -> None:
     for precision, compiled in [(p, c) for c in ([False, True] if args.compile else [False])
                                 for p in ("fp32", "bf16")]:
         name = precision + (" compiled" if compiled else "")
-        model = cpn.build_model(in_channels=3).to(args.device)
+        model = cpn.build_model(in_channels=3, model=args.model).to(args.device)
         cpn.set_core_precision(model, precision)
         if compiled:
             model.core.compile()
@@ -85,7 +90,7 @@ def main() -> None:
         image = big.astype(np.float32) / 255
         tiled_proposals(image[:512, :512], predictor)  # warm-up
         t0 = now()
-        tiled_proposals(image, predictor, tile=512, overlap=96)
+        tiled_proposals(image, predictor, tile=args.tile, overlap=96)
         mp_s = image.shape[0] * image.shape[1] / 1e6 / (now() - t0)
         results[name] = (step_s, mp_s)
         print(f"{name}: train {step_s:.3f} s/step ({args.crop}^2, batch {args.batch}), "
@@ -102,7 +107,8 @@ def main() -> None:
 
         device = torch.cuda.get_device_name() if cuda else "cpu"
         Path(args.json).write_text(json.dumps({
-            "device": device, "crop": args.crop, "batch": args.batch, "auto": str(auto),
+            "device": device, "model": args.model, "crop": args.crop, "batch": args.batch,
+            "size": args.size, "tile": args.tile, "auto": str(auto),
             "seconds_per_step": {k: v[0] for k, v in results.items()},
             "predict_mp_s": {k: v[1] for k, v in results.items()}}, indent=1) + "\n")
 
