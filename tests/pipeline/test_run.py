@@ -58,6 +58,16 @@ def test_rerun_skips_done_stages_and_redoes_changed_ones(tmp_path):
                     "Predictions on real images", "Configuration"):
         assert f"{section}</h2>" in page
     assert page.count("data:image/png;base64,") >= 5  # self-contained pictures
+    # no annotated real.val: pretraining is validated on held-out refined images, simulated
+    # from another seed than the training images (threshold and checkpoint come from them)
+    info = json.loads((out / "pretrain" / "run.json").read_text())
+    assert info["val"] == str(out / "refined_val") and info["n_val_images"] == 16
+    val_images = sorted((out / "simulate_val" / "images").iterdir())
+    assert len(val_images) == 16
+    first_train = sorted((out / "simulate" / "images").iterdir())[0]
+    assert val_images[0].read_bytes() != first_train.read_bytes()
+    logged = [json.loads(line) for line in (out / "pretrain" / "log.jsonl").open()]
+    assert any("val_f1" in entry for entry in logged)
     before = {s: _mtimes(out, s) for s in ("simulate", "refiner", "refined", "pretrain")}
     said: list[str] = []
     run(config, out, progress=False, log=said.append)
@@ -89,7 +99,7 @@ def test_fingerprints_follow_contents_and_the_one_seed(tmp_path):
     run(replace(config, real=RealData(unlabeled=str(moved))), out, progress=False,
         log=said.append)
     ran = [line.split("]")[0][1:] for line in said if "skipped" not in line]
-    assert ran == ["refiner", "refined", "pretrain", "predict", "report"]
+    assert ran == ["refiner", "refined", "refined_val", "pretrain", "predict", "report"]
     # another run seed: every stage, the simulation included
     said.clear()
     run(replace(config, seed=1, real=RealData(unlabeled=str(moved))), out, progress=False,
@@ -133,12 +143,13 @@ def test_killed_run_keeps_finished_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(stages, "plan", plan_killed_in_pretrain)
     with pytest.raises(KeyboardInterrupt):
         run(config, out, progress=False, log=lambda _: None)
-    finished = {s: _mtimes(out, s) for s in ("simulate", "refiner", "refined")}
+    done = ("simulate", "simulate_val", "refiner", "refined", "refined_val")
+    finished = {s: _mtimes(out, s) for s in done}
     monkeypatch.setattr(stages, "plan", plan)
     said: list[str] = []
     run(config, out, progress=False, log=said.append)
-    assert said[:3] == [f"[{s}] up to date, skipped" for s in ("simulate", "refiner", "refined")]
-    assert said[3] == "[pretrain] resuming"
+    assert said[:5] == [f"[{s}] up to date, skipped" for s in done]
+    assert said[5] == "[pretrain] resuming"
     assert {s: _mtimes(out, s) for s in finished} == finished
     assert (out / "pretrain" / "last.pt").exists()
 
@@ -332,3 +343,28 @@ def test_select_with_rescaling_copies_only_the_chosen_images_rescaled(tmp_path):
     assert len(list((out / "real" / "unlabeled" / "images").iterdir())) == 3
     assert read_image(out / "real" / "train" / "images" / "img2.png").shape[:2] == (96, 96)
     assert stages.real_folder(config, out, "train") == str(out / "real" / "train")
+
+
+def test_synthetic_validation_only_without_annotated_val(tmp_path):
+    real = _real(tmp_path / "real")
+    config = _config(real)
+    names = [st.name for st in stages.plan(config)]
+    assert names[:2] == ["simulate", "simulate_val"]
+    assert names.index("refined_val") < names.index("pretrain")
+    assert "refined_val" in next(st for st in stages.plan(config) if st.name == "pretrain").inputs
+    # without a refiner the plain simulated validation images validate
+    plain = replace(config, real=RealData())
+    pretrain = next(st for st in stages.plan(plain) if st.name == "pretrain")
+    assert pretrain.inputs == ("simulate", "simulate_val")
+    # n_val 0 turns it off; so does an annotated real.val
+    off = replace(config, simulate=replace(config.simulate, n_val=0))
+    assert not {"simulate_val", "refined_val"} & {st.name for st in stages.plan(off)}
+    annotated = replace(config, real=replace(config.real, val=str(real), train=str(real)))
+    assert not {"simulate_val", "refined_val"} & {st.name for st in stages.plan(annotated)}
+    # the number of validation images does not touch the training simulation's fingerprint
+    more = replace(config, simulate=replace(config.simulate, n_val=8))
+    key = {st.name: st.config for st in stages.plan(config)}
+    assert key["simulate"](config) == key["simulate"](more)
+    assert key["simulate_val"](config) != key["simulate_val"](more)
+    with pytest.raises(ValueError, match="n_val"):
+        SimulateOptions(n_val=-1)

@@ -38,10 +38,15 @@ class SimulateOptions:
     # fit the preset to these real images first (cellsynth fit-simulator): "unlabeled" or
     # "train" (their images only; never "test"); overrides still apply on top of the fit
     fit_from: str | None = field(default=None, metadata=ADDED)
+    # held-out simulated (and, with a refiner, refined) images that choose the pretrained
+    # detector's score threshold and best checkpoint when real.val names no annotated images
+    # (a zero-label run); 0: none (the detector keeps its last step and threshold 0.9)
+    n_val: int = field(default=16, metadata=ADDED)
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.size < 16 or self.workers < 1:
-            raise ValueError("simulate: n >= 1, size >= 16 and workers >= 1 required")
+        if self.n < 1 or self.size < 16 or self.workers < 1 or self.n_val < 0:
+            raise ValueError("simulate: n >= 1, size >= 16, workers >= 1 and n_val >= 0 "
+                             "required")
         if self.fit_from is not None and self.fit_role not in FIT_ROLES:
             raise ValueError(f"simulate.fit_from must be one of "
                              f"{', '.join('real.' + r for r in FIT_ROLES)}, got "

@@ -20,6 +20,10 @@ REAL = "real"            # real images rescaled to the working pixel size (when 
 REFINER = "refiner"      # refiner run
 REFINER_CHOICE = "refiner_choice"  # which refiner snapshot makes the most useful data
 REFINED = "refined"      # refined dataset
+# held-out synthetic images that validate the detector (threshold, best checkpoint) when the
+# run has no annotated real.val images
+SIMULATE_VAL = "simulate_val"
+REFINED_VAL = "refined_val"
 PRETRAIN = "pretrain"    # detector run on synthetic data
 FINETUNE = "finetune"    # detector run fine-tuned on real labels
 PREDICT = "predict"      # predicted labels of real images

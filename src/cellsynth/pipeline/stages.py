@@ -74,6 +74,22 @@ def _simulate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
                             progress=kw["progress"])
 
 
+def _simulate_val(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+    from cellsynth.simulate import write_simulation
+
+    s = config.simulate  # another stream than the training images' (as in experiments)
+    return write_simulation(_sim_config(config, out), n=s.n_val, size=s.size,
+                            seed=config.seed + 10_000, out=out / layout.SIMULATE_VAL,
+                            workers=s.workers, force=True, progress=kw["progress"])
+
+
+def _synthetic_val(config: PipelineConfig) -> str | None:
+    """The held-out synthetic images that validate pretraining when real.val is unset."""
+    if config.real.val or config.simulate.n_val < 1:
+        return None
+    return layout.REFINED_VAL if config.real.unlabeled else layout.SIMULATE_VAL
+
+
 def _real_scale(config: PipelineConfig) -> float:
     """Factor from the real images' pixels to the working (simulation) pixels (1.0: none)."""
     if config.real.pixel_size_um is None:
@@ -166,17 +182,19 @@ def _choose_refiner(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, A
             "val_f1": {c["step"]: c["val_f1"] for c in choice["candidates"]}}
 
 
-def _generate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
-    from cellsynth import refine
-    from cellsynth.pipeline.choose_refiner import chosen_snapshot
+def _generate(source: str, target: str) -> Callable[..., dict[str, Any]]:
+    def run(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+        from cellsynth import refine
+        from cellsynth.pipeline.choose_refiner import chosen_snapshot
 
-    refiner = (chosen_snapshot(out / layout.REFINER_CHOICE, out / layout.REFINER)
-               if config.choose_refiner.enabled else out / layout.REFINER)
-    summary = refine.refine_dataset(refiner, out / layout.SIMULATE,
-                                    out / layout.REFINED, device=config.device, force=True,
-                                    seed=config.seed, precision=config.refine.precision,
-                                    progress=kw["progress"])
-    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+        refiner = (chosen_snapshot(out / layout.REFINER_CHOICE, out / layout.REFINER)
+                   if config.choose_refiner.enabled else out / layout.REFINER)
+        summary = refine.refine_dataset(refiner, out / source, out / target,
+                                        device=config.device, force=True, seed=config.seed,
+                                        precision=config.refine.precision,
+                                        progress=kw["progress"])
+        return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+    return run
 
 
 def _train(name: str, data: Callable[[PipelineConfig, Path], list[str]],
@@ -187,8 +205,11 @@ def _train(name: str, data: Callable[[PipelineConfig, Path], list[str]],
         resume = kw["resume"] and layout.has_checkpoint(out / name)
         train_config = replace(getattr(config, name), device=config.device, seed=config.seed)
         replay = _synthetic(config, out) if init and train_config.replay > 0 else None
+        val = real_folder(config, out, "val")
+        if val is None and name == layout.PRETRAIN and _synthetic_val(config):
+            val = str(out / _synthetic_val(config))
         return train(train_config, data(config, out), out / name,
-                     init=out / init if init else None, val=real_folder(config, out, "val"),
+                     init=out / init if init else None, val=val,
                      resume=resume, force=not resume, progress=kw["progress"], replay=replay)
     return run
 
@@ -270,14 +291,20 @@ def _report(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 def plan(config: PipelineConfig) -> list[Stage]:
     """The stages this config needs, in order."""
     real = config.real
-    sim = lambda c: [to_dict(c.simulate), c.seed]  # noqa: E731
+    # (n_val only sizes the validation images: changing it keeps the training simulation)
+    sim = lambda c: [{k: v for k, v in to_dict(c.simulate).items() if k != "n_val"},  # noqa: E731
+                     c.seed]
     stages = []
     if config.simulate.fit_from:
         stages.append(Stage(layout.FIT, (), lambda c: [to_dict(c.simulate),
                                                        c.real.pixel_size_um, c.seed],
                             _fit_simulator, reads=(config.simulate.fit_role,)))
-    stages.append(Stage(layout.SIMULATE, (layout.FIT,) if config.simulate.fit_from else (),
-                        sim, _simulate))
+    fitted = (layout.FIT,) if config.simulate.fit_from else ()
+    stages.append(Stage(layout.SIMULATE, fitted, sim, _simulate))
+    synthetic_val = _synthetic_val(config)
+    if synthetic_val:
+        stages.append(Stage(layout.SIMULATE_VAL, fitted,
+                            lambda c: sim(c) + [c.simulate.n_val], _simulate_val))
     rescaled = _real_scale(config) != 1.0
     staged = _staged_roles(config)  # rescaled, or narrowed by real.select
     if staged:
@@ -304,10 +331,15 @@ def plan(config: PipelineConfig) -> list[Stage]:
                                 _choose_refiner, reads=("val",)))
         stages.append(Stage(layout.REFINED, (layout.REFINER, layout.SIMULATE)
                             + ((layout.REFINER_CHOICE,) if choose else ()),
-                            lambda c: [c.seed], _generate))
+                            lambda c: [c.seed], _generate(layout.SIMULATE, layout.REFINED)))
+        if synthetic_val:  # the same refiner (choose_refiner needs real.val: never here)
+            stages.append(Stage(layout.REFINED_VAL, (layout.REFINER, layout.SIMULATE_VAL),
+                                lambda c: [c.seed],
+                                _generate(layout.SIMULATE_VAL, layout.REFINED_VAL)))
     synthetic = layout.REFINED if real.unlabeled else layout.SIMULATE
     val = ("val",) if real.val else ()
-    stages.append(Stage(layout.PRETRAIN, (synthetic,) + data_inputs("val"),
+    stages.append(Stage(layout.PRETRAIN, (synthetic,) + ((synthetic_val,) if synthetic_val
+                                                         else ()) + data_inputs("val"),
                         lambda c: [to_dict(c.pretrain), c.seed],
                         _train(layout.PRETRAIN, _synthetic, None), reads=val))
     if real.train:
