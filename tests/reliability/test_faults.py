@@ -278,8 +278,8 @@ realism: {{enabled: false}}
     result = _run(["run", str(config), "--out", str(out), "--quiet"])
     assert result.returncode == 0, result.stderr[-2000:]
     said = result.stdout.splitlines()
-    assert said[:4] == [f"[{s}] up to date, skipped"
-                        for s in ("simulate", "refiner", "refined")] + ["[pretrain] resuming"]
+    done = ("simulate", "simulate_val", "refiner", "refined", "refined_val")
+    assert said[:6] == [f"[{s}] up to date, skipped" for s in done] + ["[pretrain] resuming"]
     assert reference.wait(timeout=300) == 0
     _assert_resumed_like_full(tmp_path / "full" / "pretrain", out / "pretrain", steps=8)
     assert (out / "report.html").is_file() and len(list((out / "predict" / "labels")
