@@ -368,3 +368,36 @@ def test_synthetic_validation_only_without_annotated_val(tmp_path):
     assert key["simulate_val"](config) != key["simulate_val"](more)
     with pytest.raises(ValueError, match="n_val"):
         SimulateOptions(n_val=-1)
+
+
+def test_count_threshold_stage_sets_the_threshold_predict_uses(tmp_path, monkeypatch):
+    real = _real(tmp_path / "real")
+    config = _config(real)
+    plain = [st.name for st in stages.plan(config)]
+    assert "count_threshold" not in plain  # off by default
+    counted = replace(config, predict=replace(config.predict, count_threshold=True))
+    names = [st.name for st in stages.plan(counted)]
+    assert names.index("pretrain") < names.index("count_threshold") < names.index("predict")
+    predict = next(st for st in stages.plan(counted) if st.name == "predict")
+    assert "count_threshold" in predict.inputs
+    with pytest.raises(ConfigError, match="count_threshold needs real.unlabeled"):
+        from cellsynth.pipeline.config import check_inputs
+        check_inputs(replace(counted, real=RealData(test=None)))
+    # the threshold the stage writes is the one predict applies
+    import cellsynth.segment.calibrate as calibrate
+    import cellsynth.segment.predict as predict_module
+
+    monkeypatch.setattr(calibrate, "count_threshold",
+                        lambda *a, **k: {"score_thresh": 0.777, "estimated_count": 5})
+    used = []
+    real_predict = predict_module.predict_folder
+
+    def spy(*args, **kwargs):
+        used.append(kwargs.get("score_thresh"))
+        return real_predict(*args, **kwargs)
+    monkeypatch.setattr(predict_module, "predict_folder", spy)
+    out = tmp_path / "run"
+    run(counted, out, progress=False, log=lambda _: None)
+    assert json.loads((out / "count_threshold" / "threshold.json").read_text()) == {
+        "score_thresh": 0.777, "estimated_count": 5}
+    assert used == [0.777]

@@ -85,6 +85,10 @@ class PredictOptions:
     tile: int | None = None
     overlap: int = 96
     tta: bool = field(default=False, metadata=ADDED)  # 8 flips/transposes vote (8x the time)
+    # score threshold from the unlabeled images (needs real.unlabeled): where the detector
+    # finds as many cells as fit-simulator's estimator counts there (segment/calibrate.py),
+    # instead of the threshold validated on synthetic or annotated images
+    count_threshold: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,9 @@ def check_inputs(config: PipelineConfig) -> None:
         raise ConfigError(f"simulate.size {config.simulate.size} is smaller than refine.crop "
                           f"{config.refine.crop}: the refiner trains on crops of the "
                           f"simulated images (raise simulate.size or lower refine.crop)")
+    if config.predict.count_threshold and not config.real.unlabeled:
+        raise ConfigError("predict.count_threshold needs real.unlabeled (the images whose "
+                          "estimated cell count sets the threshold)")
     if config.choose_refiner.enabled and not (config.real.unlabeled and config.real.val):
         raise ConfigError("choose_refiner.enabled needs real.unlabeled (a refiner) and real.val "
                           "(annotated images to score its steps on)")

@@ -8,6 +8,7 @@ once (stage ``real``) and predictions are rescaled back to the original images.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -226,6 +227,18 @@ def _predict_images(config: PipelineConfig) -> str:
     return "test" if config.real.test else "unlabeled"
 
 
+def _count_threshold(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+    from cellsynth.io.files import write_json
+    from cellsynth.segment.calibrate import count_threshold
+
+    result = count_threshold(out / _model(config), real_folder(config, out, "unlabeled"),
+                             _sim_config(config, out), device=config.device,
+                             progress=kw["progress"])
+    (out / layout.COUNT_THRESHOLD).mkdir(exist_ok=True)
+    write_json(out / layout.COUNT_THRESHOLD / layout.THRESHOLD, result)
+    return result
+
+
 def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 
     from cellsynth.io.images import read_image, read_labels, write_image, write_labels
@@ -233,8 +246,12 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from cellsynth.viz import contour_overlay
 
     role = _predict_images(config)
+    thresh = None
+    if config.predict.count_threshold:
+        thresh = json.loads((out / layout.COUNT_THRESHOLD / layout.THRESHOLD).read_text()
+                            )["score_thresh"]
     summary = predict_folder(out / _model(config), real_folder(config, out, role),
-                             out / layout.PREDICT, tile=config.predict.tile,
+                             out / layout.PREDICT, tile=config.predict.tile, score_thresh=thresh,
                              overlap=config.predict.overlap, tta=config.predict.tta,
                              device=config.device, force=True,
                              progress=kw["progress"])
@@ -350,8 +367,14 @@ def plan(config: PipelineConfig) -> list[Stage]:
                             _train(layout.FINETUNE,
                                    lambda c, out: [real_folder(c, out, "train")],
                                    layout.PRETRAIN), reads=("train",) + val))
+    counted = ()
+    if config.predict.count_threshold:  # (config checks: needs real.unlabeled)
+        stages.append(Stage(layout.COUNT_THRESHOLD, (_model(config),) + fitted
+                            + data_inputs("unlabeled"), lambda c: [c.seed],
+                            _count_threshold, reads=("unlabeled",)))
+        counted = (layout.COUNT_THRESHOLD,)
     if real.test or real.unlabeled:
-        stages.append(Stage(layout.PREDICT, (_model(config),)
+        stages.append(Stage(layout.PREDICT, (_model(config),) + counted
                             + data_inputs(_predict_images(config)),
                             lambda c: [to_dict(c.predict)], _predict,
                             reads=(_predict_images(config),)))

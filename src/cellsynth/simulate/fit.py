@@ -35,7 +35,8 @@ from cellsynth.simulate.estimate import _SCALE_STEP, _as_float, _measure, _pool
 from cellsynth.simulate.presets import SimulationConfig, preset
 from cellsynth.simulate.scene import render_scene
 
-__all__ = ["MIN_SIDE_PX", "MIN_CELL_PX", "SimulatorFit", "fit_simulator", "match_statistics",
+__all__ = ["MIN_SIDE_PX", "MIN_CELL_PX", "SimulatorFit", "count_cells", "fit_simulator",
+           "match_statistics",
            "median_diameter_um",
            "config_override", "format_fit", "write_fit"]
 
@@ -72,6 +73,7 @@ class _Real:
     names: list[str]
     pixel_size_um: float
     where: str                 # the folder, for messages
+    raw: list[np.ndarray]      # the same images as read (their own dtype and range)
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
         raise ConfigError(f"{where}: at {px:g} um/px the cells of preset {base.preset!r} "
                           f"(median diameter {diameter:.3g} um) are {diameter / px:.1f} px "
                           f"across; need >= {MIN_CELL_PX:g} px (check --pixel-size/meta.json)")
-    return _Real([_as_float(a) for a in arrays], names, px, where)
+    return _Real([_as_float(a) for a in arrays], names, px, where, arrays)
 
 
 def _apply(base: SimulationConfig, p: dict[str, float]) -> SimulationConfig:
@@ -200,15 +202,30 @@ def _slope(history: list[dict[str, float]], knob: str) -> float:
     return expected * float(np.clip(slope, 0.35, 2.0))
 
 
+def _side(real: _Real) -> int:
+    """The side of the square images simulated to compare with ``real``."""
+    return int(np.clip(np.median([min(a.shape[:2]) for a in real.images]), 128, 512))
+
+
 def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
     """Measure the real images, then search (see the module docstring)."""
     px = real.pixel_size_um
     base = replace(base, pixel_size_um=px)
-    side = int(np.clip(np.median([min(a.shape[:2]) for a in real.images]), 128, 512))
+    side = _side(real)
     shape = (side, side)
     n_sim = int(np.clip(math.ceil(sum(a.shape[0] * a.shape[1] for a in real.images)
                                   / side**2), 8, 12))
     seeds = image_seeds(seed, n_sim)  # the same scenes every round: only parameters change
+    target, radii = _real_statistics(real, base)
+    knobs = [k for k in _KNOBS if (k != "counterstain" or base.color == "he")
+             and np.isfinite(target[_KNOBS[k][0]])]
+    return _search(real, base, target, radii, knobs, shape, seeds)
+
+
+def _real_statistics(real: _Real, base: SimulationConfig) -> tuple[dict[str, Any], np.ndarray]:
+    """The estimator's statistics of the real images (pooled, and ``per_image``) and the
+    LoG radii it searched; ``base`` at the real images' pixel size."""
+    px, side = real.pixel_size_um, _side(real)
     labelled = [c for c in base.cells if c.labeled]
     zoom = base.variation.zoom
     lo = max(_LOW * median_diameter_um(base) * zoom[0] / px, MIN_CELL_PX)
@@ -228,8 +245,13 @@ def _fit(real: _Real, base: SimulationConfig, seed: int) -> SimulatorFit:
                               "coherence": (s["coherence"] if np.isfinite(s["coherence"])
                                             else None)}
                            for name, s in zip(real.names, per_image)]
-    knobs = [k for k in _KNOBS if (k != "counterstain" or base.color == "he")
-             and np.isfinite(target[_KNOBS[k][0]])]
+    return target, radii
+
+
+def _search(real: _Real, base: SimulationConfig, target: dict[str, Any], radii: np.ndarray,
+            knobs: list[str], shape: tuple[int, int], seeds: list) -> SimulatorFit:
+    """Rounds of simulating, measuring and moving the knobs towards ``target``."""
+    px = real.pixel_size_um
     params = {k: 1.0 for k in _BOUNDS} | {
         "blur": base.optics.blur_um or 0.5 * px,
         "cell_variation": base.staining.cell_variation}
@@ -286,6 +308,19 @@ def match_statistics(images: str | os.PathLike | Sequence[np.ndarray],
     """
     base = preset(base) if isinstance(base, str) else base
     return _fit(_load(images, base, pixel_size_um), base, seed)
+
+
+def count_cells(images: str | os.PathLike | Sequence[np.ndarray],
+                base: str | SimulationConfig, *, pixel_size_um: float | None = None
+                ) -> tuple[float, list[tuple[str, np.ndarray, int]]]:
+    """The estimator's cell count of unlabeled real images (no search, no simulation): their
+    pixel size and, for each image it measured (of a folder: up to 64, spread over it),
+    its name, its pixels as read and the number of cells found. Labels are never read."""
+    base = preset(base) if isinstance(base, str) else base
+    real = _load(images, base, pixel_size_um)
+    target, _ = _real_statistics(real, replace(base, pixel_size_um=real.pixel_size_um))
+    return real.pixel_size_um, [(name, raw, int(s["n_cells"])) for name, raw, s
+                                in zip(real.names, real.raw, target["per_image"])]
 
 
 def fit_simulator(images: str | os.PathLike | Sequence[np.ndarray],
