@@ -1,6 +1,7 @@
 """The command line: every option explained, defaults shown, shared flags spelled once."""
 
 import argparse
+import os
 
 import numpy as np
 import pytest
@@ -178,3 +179,29 @@ def test_a_second_command_in_the_same_process_says_its_warnings_again(tmp_path, 
     for _ in range(2):  # Python shows a warning once per place unless the filters change
         assert main(["inspect", str(tmp_path)]) == 0
         assert "a.png: dropping alpha channel" in capsys.readouterr().err
+
+
+def test_progress_bars_into_a_log_file_update_every_30_s(monkeypatch, capsys):
+    """stderr not a terminal (a background run's log): tqdm's bars update every 30 s instead
+    of every step; a terminal, or the user's own TQDM_MININTERVAL, is left alone."""
+    from cellsynth import cli
+
+    seen = []
+
+    def parser():
+        p = argparse.ArgumentParser()
+        p.set_defaults(command="probe",
+                       func=lambda args: seen.append(os.environ.get("TQDM_MININTERVAL")))
+        return p
+    monkeypatch.setattr(cli, "_build_parser", parser)
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    assert cli.main([]) == 0
+    assert seen == [str(cli.LOG_BAR_INTERVAL_S)]
+    assert "TQDM_MININTERVAL" not in os.environ  # restored after the command
+    monkeypatch.setenv("TQDM_MININTERVAL", "5")
+    cli.main([])
+    assert seen[-1] == "5"
+    monkeypatch.delenv("TQDM_MININTERVAL")
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True, raising=False)
+    cli.main([])
+    assert seen[-1] is None

@@ -516,6 +516,9 @@ _CONTINUE = {"train": "; the same command with --resume continues",
              "demo": "; the same command continues"}
 
 
+LOG_BAR_INTERVAL_S = 30  # progress-bar updates when stderr is not a terminal
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -523,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     saved = os.environ.get("CELLSYNTH_THREADS")
     if threads is not None:  # the library (and any worker process) reads it from there
         os.environ["CELLSYNTH_THREADS"] = str(threads)
+    # progress bars into a log file (a background run): one update every 30 s, not one per
+    # step (a 1000-step run wrote 0.5 MB of bars); tqdm reads its defaults from TQDM_*
+    quiet_bars = not sys.stderr.isatty() and "TQDM_MININTERVAL" not in os.environ
+    if quiet_bars:
+        os.environ["TQDM_MININTERVAL"] = str(LOG_BAR_INTERVAL_S)
     try:
         with _output(args.command, getattr(args, "quiet", False)):
             return int(args.func(args) or 0)
@@ -543,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cellsynth {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     finally:
+        if quiet_bars:
+            os.environ.pop("TQDM_MININTERVAL", None)
         if threads is not None:
             if saved is None:
                 os.environ.pop("CELLSYNTH_THREADS", None)
