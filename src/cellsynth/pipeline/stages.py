@@ -66,22 +66,18 @@ def _fit_simulator(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
             "base_median_diameter_um": round(median_diameter_um(fit.base), 3)}
 
 
-def _simulate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
-    from cellsynth.simulate import write_simulation
+def _simulate(target: str, count: Callable[[PipelineConfig], int], seed_offset: int = 0
+              ) -> Callable[..., dict[str, Any]]:
+    """A stage writing ``count(config)`` simulated images to ``target``; the validation
+    images draw another stream (``seed_offset``, as in experiments)."""
+    def run(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+        from cellsynth.simulate import write_simulation
 
-    s = config.simulate
-    return write_simulation(_sim_config(config, out), n=s.n, size=s.size, seed=config.seed,
-                            out=out / layout.SIMULATE, workers=s.workers, force=True,
-                            progress=kw["progress"])
-
-
-def _simulate_val(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
-    from cellsynth.simulate import write_simulation
-
-    s = config.simulate  # another stream than the training images' (as in experiments)
-    return write_simulation(_sim_config(config, out), n=s.n_val, size=s.size,
-                            seed=config.seed + 10_000, out=out / layout.SIMULATE_VAL,
-                            workers=s.workers, force=True, progress=kw["progress"])
+        s = config.simulate
+        return write_simulation(_sim_config(config, out), n=count(config), size=s.size,
+                                seed=config.seed + seed_offset, out=out / target,
+                                workers=s.workers, force=True, progress=kw["progress"])
+    return run
 
 
 def _synthetic_val(config: PipelineConfig) -> str | None:
@@ -206,9 +202,9 @@ def _train(name: str, data: Callable[[PipelineConfig, Path], list[str]],
         resume = kw["resume"] and layout.has_checkpoint(out / name)
         train_config = replace(getattr(config, name), device=config.device, seed=config.seed)
         replay = _synthetic(config, out) if init and train_config.replay > 0 else None
-        val = real_folder(config, out, "val")
-        if val is None and name == layout.PRETRAIN and _synthetic_val(config):
-            val = str(out / _synthetic_val(config))
+        val, synthetic_val = real_folder(config, out, "val"), _synthetic_val(config)
+        if val is None and name == layout.PRETRAIN and synthetic_val:
+            val = str(out / synthetic_val)
         return train(train_config, data(config, out), out / name,
                      init=out / init if init else None, val=val,
                      resume=resume, force=not resume, progress=kw["progress"], replay=replay)
@@ -317,11 +313,13 @@ def plan(config: PipelineConfig) -> list[Stage]:
                                                        c.real.pixel_size_um, c.seed],
                             _fit_simulator, reads=(config.simulate.fit_role,)))
     fitted = (layout.FIT,) if config.simulate.fit_from else ()
-    stages.append(Stage(layout.SIMULATE, fitted, sim, _simulate))
+    stages.append(Stage(layout.SIMULATE, fitted, sim,
+                        _simulate(layout.SIMULATE, lambda c: c.simulate.n)))
     synthetic_val = _synthetic_val(config)
     if synthetic_val:
         stages.append(Stage(layout.SIMULATE_VAL, fitted,
-                            lambda c: sim(c) + [c.simulate.n_val], _simulate_val))
+                            lambda c: sim(c) + [c.simulate.n_val],
+                            _simulate(layout.SIMULATE_VAL, lambda c: c.simulate.n_val, 10_000)))
     rescaled = _real_scale(config) != 1.0
     staged = _staged_roles(config)  # rescaled, or narrowed by real.select
     if staged:
