@@ -100,3 +100,25 @@ def test_real_without_pixel_size_is_used_as_is_with_a_note(tmp_path):
     real = RealCrops(root, 16, 1, sim_pixel_size_um=0.5)
     assert real.images[0].shape == (40, 60, 1) and real.scale == 1.0
     assert any("pixel size unknown" in n and "0.5 um/px" in n for n in real.notes)
+
+
+def test_compressed_pyramidal_section_is_read_by_windows_with_the_same_values(tmp_path):
+    """A whole section as scanners write it (tiled, zlib, pyramidal) cannot be memory-mapped:
+    it is read window by window, never decoded whole, and gives the crops of the decoded one."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 4096, (192, 160, 3), dtype=np.uint16)
+    (tmp_path / "decoded").mkdir()
+    (tmp_path / "section").mkdir()
+    tifffile.imwrite(tmp_path / "decoded" / "s.tif", image)
+    with tifffile.TiffWriter(tmp_path / "section" / "s.ome.tif") as tif:
+        tif.write(image, subifds=1, tile=(64, 64), compression="zlib", photometric="rgb")
+        tif.write(image[::2, ::2], subfiletype=1, tile=(64, 64), compression="zlib",
+                  photometric="rgb")
+    eager = RealCrops(tmp_path / "decoded", 32, 3)
+    lazy = RealCrops(tmp_path / "section", 32, 3)
+    assert eager.lazy == [False] and lazy.lazy == [True]
+    assert not isinstance(lazy.images[0], np.ndarray)
+    a = eager.sample(6, np.random.default_rng(3)).numpy()
+    b = lazy.sample(6, np.random.default_rng(3)).numpy()
+    assert b.shape == (6, 3, 32, 32)
+    np.testing.assert_allclose(a, b, atol=1e-6)

@@ -203,3 +203,43 @@ def test_pixel_size_that_makes_cells_tiny_is_one_line(tmp_path, capsys):
                           str(real))
     assert "need >= 4 px" in err
     assert not (tmp_path / "f.yaml").exists()
+
+
+def test_whole_section_is_measured_by_windows_of_tissue_not_decoded(tmp_path, monkeypatch):
+    """A section (tiled, compressed, pyramidal TIFF: opened lazily) that is half empty glass:
+    the fit measures windows of its tissue, and finds the cells the tissue images hold."""
+    import tifffile
+
+    from cellsynth.simulate import fit
+
+    tiles = [image for image, _ in simulate(_base(), 8, 192, seed=5)]
+    tissue = np.concatenate([np.concatenate(tiles[i:i + 2], axis=1) for i in range(0, 8, 2)])
+    section = np.full((768, 768, 3), 240, np.uint8)  # the right half: glass
+    section[:, :384] = tissue
+    root = tmp_path / "sections"
+    root.mkdir()
+    with tifffile.TiffWriter(root / "slide.ome.tif") as tif:
+        tif.write(section, subifds=1, tile=(128, 128), compression="zlib", photometric="rgb")
+        tif.write(section[::2, ::2], subfiletype=1, tile=(128, 128), compression="zlib",
+                  photometric="rgb")
+    monkeypatch.setattr(fit, "_WINDOW_ABOVE", 512 * 512)
+    monkeypatch.setattr(fit, "_WINDOW", 192)
+    import cellsynth.io.images as images
+
+    def whole(path):
+        raise AssertionError(f"{path} decoded whole")
+
+    monkeypatch.setattr(images, "_read_array", whole)
+    real = fit._load(root, _base(), PX)
+    monkeypatch.undo()
+    assert len(real.images) == fit._WINDOWS
+    for name, image in zip(real.names, real.images):
+        ys, xs = name.split("[")[1].rstrip("]").split(", ")
+        x0, x1 = (int(v) for v in xs.split(":"))
+        assert name.startswith(str(root / "slide.ome.tif")) and image.shape == (192, 192, 3)
+        assert x0 + 96 <= 384, name  # at least half of the window on tissue
+    measured, _ = fit._real_statistics(real, replace(_base(), pixel_size_um=PX))
+    truth, _ = fit._real_statistics(fit._load(tiles, _base(), PX), replace(_base(),
+                                                                           pixel_size_um=PX))
+    assert measured["density"] == pytest.approx(truth["density"], rel=0.35)
+    assert measured["diameter_um"] == pytest.approx(truth["diameter_um"], rel=0.15)

@@ -2,7 +2,8 @@
 
 ::
 
-    DIR/images/<id>.tif|.png     (H, W) or (H, W, 3) images
+    DIR/images/<id>.tif|.png     (H, W) or (H, W, 3) images; <id>.zarr: an OME-Zarr section
+                                 (read window by window where the images are unlabeled)
     DIR/labels/<id>.tif|.png     optional (H, W) uint16/uint32 instance labels, 0 = background
     DIR/meta.json                optional provenance (parameters, seed, pixel size)
 
@@ -42,6 +43,10 @@ class Sample:
     label_path: Path | None = None
 
     def read_image(self) -> np.ndarray:
+        if self.image_path.is_dir():  # <id>.zarr
+            raise ImageReadError(f"{self.image_path}: a Zarr section is read window by window "
+                                 f"(cellsynth predict, fit-simulator, the refiner's unlabeled "
+                                 f"images), not whole; save a training image as TIFF or PNG")
         return read_image(self.image_path)
 
     def read_labels(self) -> np.ndarray:
@@ -87,12 +92,14 @@ class Dataset:
         return float(value) if value is not None else None
 
 
-def _files_by_id(folder: Path) -> dict[str, Path]:
+def _files_by_id(folder: Path, *, zarr_sections: bool = False) -> dict[str, Path]:
+    """Image (or label) files by id; with ``zarr_sections`` also ``<id>.zarr`` folders."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith("."):
             continue
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        zarr = zarr_sections and path.is_dir() and path.suffix.lower() == ".zarr"
+        if not zarr and (not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES):
             continue
         if path.stem in found:
             raise DatasetError(f"{folder}: two files share the id {path.stem!r}: "
@@ -120,7 +127,7 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
     if not image_dir.is_dir():
         image_dir = root  # a plain folder of images
         label_dir = root / "labels"
-    images = _files_by_id(image_dir)
+    images = _files_by_id(image_dir, zarr_sections=True)
     labels = _files_by_id(label_dir) if label_dir.is_dir() else {}
     if image_dir == root and not labels:
         masks = {i[:-len(CELLPOSE_SUFFIX)]: p for i, p in images.items()

@@ -1,7 +1,8 @@
 """Training crops: simulated (image, labels) pairs and unlabeled real images, as tensors.
 
-Both sets are decoded once and kept in memory, except real TIFFs larger than
-``lazy_pixels`` which are memory-mapped and cropped on demand. Real images are brought to the
+Both sets are decoded once and kept in memory, except whole sections (real TIFFs larger than
+``LAZY_PIXELS``, pyramidal TIFFs, Zarr), which are memory-mapped where uncompressed and
+otherwise read window by window, cropped on demand. Real images are brought to the
 simulation's channel count (RGB -> gray or gray -> RGB, with a note) and, when both pixel
 sizes are known, rescaled once to the simulation's pixel size. Intensities are normalised by
 each whole image's content (:func:`cellsynth.io.normalize.normalize`), so 8-, 12- and 16-bit
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,10 +24,11 @@ from cellsynth.io.datasets import Dataset, load_dataset
 from cellsynth.io.images import match_channels, read_image
 from cellsynth.io.normalize import DEFAULT, Normalization, apply_range, intensity_range, normalize
 from cellsynth.io.resample import pixel_scale, rescale_image
+from cellsynth.io.sections import open_large_image, reads_lazily
 
 __all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS", "load_simulated", "read_layout"]
 
-LAZY_PIXELS = 8192 * 8192  # larger (uncompressed) TIFFs are memory-mapped, not decoded
+LAZY_PIXELS = 8192 * 8192  # larger TIFFs are memory-mapped or read by windows, not decoded
 
 
 def _channels(image: np.ndarray) -> int:
@@ -122,23 +125,26 @@ class SimulatedCrops:
         return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
-def _open_lazy(path: Path) -> np.ndarray | None:
-    """A memory map of a large uncompressed TIFF, or None if it is small or not mappable."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
+def _open_lazy(path: Path) -> Any:
+    """A whole section opened lazily (:mod:`cellsynth.io.sections`: a memory map of a large
+    uncompressed TIFF, else tile by tile), or None for an image small enough to decode."""
+    if not reads_lazily(path, LAZY_PIXELS):
         return None
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tif.series[0].shape
-        if int(np.prod(shape[:2])) <= LAZY_PIXELS:
-            return None
         array = tifffile.memmap(path, mode="r")
+        if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)):
+            return array
     except (ValueError, OSError, tifffile.TiffFileError, IndexError):
-        return None  # compressed or tiled: fall back to decoding the whole file
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
-        return None
-    return array
+        pass  # compressed, tiled, pyramidal or Zarr: read window by window
+    try:
+        array = open_large_image(path)
+    except ImageReadError:
+        return None  # decoding the whole file says what is wrong with it
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)):
+        return array
+    return None
 
 
 class RealCrops:
@@ -181,14 +187,12 @@ class RealCrops:
         for sample in dataset:
             array = _open_lazy(sample.image_path)
             if array is not None:
-                if array.ndim == 3 and array.shape[-1] == 4:
-                    array = array[..., :3]
                 need = int(np.ceil(crop / self.scale))
                 _check_size(array.shape, need, sample.image_path)
                 self.images.append(array)
                 self.lazy.append(True)
-                self.ranges.append(intensity_range(array, normalization,
-                                                   where=str(sample.image_path)))
+                low, high = intensity_range(array, normalization, where=str(sample.image_path))
+                self.ranges.append((low[:3], high[:3]))  # RGBA: the alpha channel is dropped
             else:
                 image = read_image(sample.image_path)
                 self.images.append(self._prepare(image, sample.image_path))
@@ -230,7 +234,10 @@ class RealCrops:
         need = int(np.ceil(c / self.scale))
         h, w = image.shape[:2]
         y, x = int(rng.integers(h - need + 1)), int(rng.integers(w - need + 1))
-        window = self._prepare(np.asarray(image[y:y + need, x:x + need]), self.root,
+        window = np.asarray(image[y:y + need, x:x + need])
+        if window.ndim == 3 and window.shape[-1] == 4:
+            window = window[..., :3]
+        window = self._prepare(window, self.root,
                                window_of=self.ranges[j])
         return window[:c, :c]
 

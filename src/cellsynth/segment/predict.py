@@ -35,6 +35,7 @@ from cellsynth.io.images import (
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
 from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, write_labels_zarr
 from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
+from cellsynth.io.sections import reads_lazily
 from cellsynth.pipeline import layout
 from cellsynth.segment.tiles import (
     HALF_PIXEL,
@@ -318,23 +319,9 @@ def _folder_pixel_size(images: Path) -> float | None:
 
 
 def _read_lazily(path: Path) -> bool:
-    """Zarr, pyramidal or channel-first TIFFs, and TIFFs over LAZY_PIXELS pixels (counted
-    from the header, not guessed from the compressed file size) are read tile by tile."""
-    if path.is_dir():
-        return True
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return False
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes = series.axes.lower()
-            pixels = series.shape[axes.index("y")] * series.shape[axes.index("x")]
-            return (len(series.levels) > 1 or axes not in ("yx", "yxs")
-                    or pixels > LAZY_PIXELS)
-    except Exception:  # unreadable header: read_image says what is wrong with the file
-        return False
+    """Zarr, pyramidal or channel-first TIFFs, and TIFFs over LAZY_PIXELS pixels are read
+    tile by tile (:func:`cellsynth.io.sections.reads_lazily`)."""
+    return reads_lazily(path, LAZY_PIXELS)
 
 
 def _inputs(images: Path) -> list[tuple[str, Path]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsynth.errors import ImageReadError
+from cellsynth.io.sections import open_large_image
 
 __all__ = ["open_large_image", "balanced_tile", "tile_origins", "tiled_proposals",
            "predict_tiled",
@@ -290,98 +290,6 @@ class PaintedLabels:
             mask = self._masks[j][oy0 - by0:oy1 - by0, ox0 - bx0:ox1 - bx0] & (target == 0)
             target[mask] = j + 1
         return out
-
-
-class _YXC:
-    """A lazy (…, C, Y, X)-ordered array seen as (Y, X[, C]): slicing reads only the window."""
-
-    def __init__(self, array: Any, axes: str):
-        self.array, self.axes = array, axes
-        self._y, self._x = axes.index("y"), axes.index("x")
-        self._c = axes.index("c") if "c" in axes else None
-        h, w = int(array.shape[self._y]), int(array.shape[self._x])
-        c = int(array.shape[self._c]) if self._c is not None else 1
-        self.shape = (h, w) if c == 1 else (h, w, c)
-        self.dtype = array.dtype
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        ys, xs = key[:2]
-        index = [0] * len(self.axes)  # other axes (t, z): the first plane
-        index[self._y], index[self._x] = ys, xs
-        if self._c is not None:
-            index[self._c] = slice(None)
-        window = np.asarray(self.array[tuple(index)])  # axes kept in file order
-        kept = [a for a in self.axes if a in "cyx"]
-        window = np.moveaxis(window, [kept.index("y"), kept.index("x")], [0, 1])
-        if window.ndim == 3 and window.shape[-1] == 1:
-            window = window[..., 0]
-        return window
-
-
-def _ngff_level(group: Any, level: int, path: Path) -> tuple[Any, str | None]:
-    """(array, axes) of a multiscale level of an OME-Zarr (NGFF) or tifffile group."""
-    attrs = dict(group.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if multiscales:
-        datasets = multiscales[0]["datasets"]
-        axes = multiscales[0].get("axes")
-        names = "".join((a["name"] if isinstance(a, dict) else a)[0].lower() for a in axes) \
-            if axes else None
-        _check_level(path, level, len(datasets))
-        return group[datasets[level]["path"]], names
-    keys = sorted(group.array_keys(), key=lambda k: (len(k), k))
-    if not keys:
-        raise ImageReadError(f"{path}: Zarr group holds no array")
-    _check_level(path, level, len(keys))
-    return group[keys[level]], None
-
-
-def _check_level(path: Path, level: int, levels: int) -> None:
-    if not 0 <= level < levels:
-        raise ImageReadError(f"{path}: no resolution level {level}; the image has {levels} "
-                             f"(0-{levels - 1}, 0 = full resolution)")
-
-
-def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
-    """Open a TIFF (flat, tiled or pyramidal/OME) or Zarr/OME-Zarr image lazily, as an
-    array-like of shape (H, W) or (H, W, C) that reads only the windows sliced from it.
-
-    ``level``: the resolution level of a pyramid (0 = full resolution). NGFF axes are
-    honoured (a (c, y, x) image is C channels of H x W, not H = C); tifffile's axes too.
-    """
-    path = Path(path)
-    try:
-        import zarr
-
-        axes = None
-        if path.suffix.lower() == ".zarr" or path.is_dir():
-            node = zarr.open(str(path), mode="r")
-        elif path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                axes = tif.series[0].axes.lower().replace("s", "c")
-                _check_level(path, level, len(tif.series[0].levels))
-            node = zarr.open(tifffile.imread(path, aszarr=True, level=level), mode="r")
-            level = 0  # tifffile opened that level already
-        else:
-            raise ImageReadError(f"{path}: large images must be TIFF or Zarr")
-        if not hasattr(node, "shape"):  # a group: a pyramid
-            node, ngff_axes = _ngff_level(node, level, path)
-            axes = ngff_axes or axes
-    except ImageReadError:
-        raise
-    except Exception as err:
-        raise ImageReadError(f"{path}: cannot open lazily: {err}") from err
-    ndim = len(node.shape)
-    if axes is None or len(axes) != ndim:
-        axes = {2: "yx", 3: "yxc" if node.shape[-1] in (3, 4) else "cyx"}.get(ndim)
-        if axes is None:
-            raise ImageReadError(f"{path}: cannot tell the axes of a {ndim}-D array "
-                                 f"{tuple(node.shape)}; expected (y, x), (y, x, c) or (c, y, x)")
-    if "y" not in axes or "x" not in axes:
-        raise ImageReadError(f"{path}: image has axes {axes!r}, without y and x")
-    return node if axes in ("yx", "yxc") else _YXC(node, axes)
 
 
 def balanced_tile(length: int, tile: int, overlap: int, *, multiple: int = 32) -> int:

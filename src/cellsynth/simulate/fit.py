@@ -45,6 +45,9 @@ MIN_CELL_PX = 4.0    # cells narrower than this (in pixels) cannot be told from 
 _ROUNDS = 5          # updates of the search; each is judged by one more simulated batch
 _AVERAGE = 3         # the fitted parameters: geometric mean of the last this many rounds
 _MAX_REAL = 64       # real images measured (evenly spread over the folder)
+_WINDOW_ABOVE = 2048 * 2048  # larger images (whole sections) are measured by windows ...
+_WINDOW = 1024       # ... of this side ...
+_WINDOWS = 4         # ... at most this many per image, where they show tissue
 _LOW = 0.5           # smallest diameter searched, relative to the base's median cell
 _MAX_STEP = math.log(2.0)  # largest change of a parameter per round (factor 2)
 # Each parameter (a factor on the base's values; blur in um) is matched by one pooled
@@ -108,30 +111,63 @@ def median_diameter_um(config: SimulationConfig) -> float:
     return float(grid[np.searchsorted(cdf, cdf[-1] / 2)])
 
 
+def _windows(image: Any, name: str, n: int, seed: int
+             ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, pixels as read, float pixels in [0, 1]) of an image, or of up to ``n`` windows
+    of tissue of it (:func:`cellsynth.io.sections.tissue_windows`) if it is larger than
+    ``_WINDOW_ABOVE`` pixels: a whole section is measured by a few windows, not decoded."""
+    h, w = int(image.shape[0]), int(image.shape[1])
+    if h * w <= _WINDOW_ABOVE:
+        raw = np.asarray(image[0:h, 0:w]) if not isinstance(image, np.ndarray) else image
+        return [(name, raw, _as_float(raw))]
+    from cellsynth.io.normalize import apply_range, intensity_range
+    from cellsynth.io.sections import tissue_windows
+
+    # windows keep the whole image's brightness (as the refiner and predict see them)
+    low, high = (None, None) if np.dtype(image.dtype) == np.uint8 else \
+        intensity_range(image, where=name)
+    found = []
+    for y, x, raw in tissue_windows(image, _WINDOW, n, seed=seed):
+        if raw.ndim == 3 and raw.shape[-1] == 4:
+            raw = raw[..., :3]
+        pixels = _as_float(raw) if low is None else apply_range(raw, low[:3], high[:3])
+        found.append((f"{name}[{y}:{y + raw.shape[0]}, {x}:{x + raw.shape[1]}]", raw,
+                      pixels))
+    return found
+
+
 def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConfig,
           pixel_size_um: float | None) -> _Real:
-    """Read (only) the images, check their sizes and channels, resolve the pixel size."""
+    """Read (only) the images, check their sizes and channels, resolve the pixel size.
+
+    Images over ``_WINDOW_ABOVE`` pixels (whole sections: opened lazily, read window by
+    window) are measured by up to ``_WINDOWS`` windows of tissue each, at most ``_MAX_REAL``
+    images or windows in all."""
     meta_px = None
     if isinstance(images, (str, os.PathLike)):
         from cellsynth.io.datasets import load_dataset
+        from cellsynth.io.sections import open_image
 
         dataset = load_dataset(images)  # lists the folder; no label file is opened
         samples = list(dataset)
         keep = np.unique(np.linspace(0, len(samples) - 1, min(len(samples), _MAX_REAL))
                          .astype(int))
-        names = [str(samples[i].image_path) for i in keep]
-        arrays = [samples[i].read_image() for i in keep]
+        opened = [(str(samples[i].image_path), open_image(samples[i].image_path))
+                  for i in keep]
         meta_px, where = dataset.pixel_size_um, str(images)
     else:
-        arrays, where = [np.asarray(a) for a in images], "images"
-        names = [f"images[{i}]" for i in range(len(arrays))]
-        if not arrays:
+        opened = [(f"images[{i}]", np.asarray(a)) for i, a in enumerate(images)]
+        where = "images"
+        if not opened:
             raise DatasetError("images: no images given")
-    for name, image in zip(names, arrays):
-        if min(image.shape[:2]) < MIN_SIDE_PX:
-            raise DatasetError(f"{name}: image is {image.shape[0]}x{image.shape[1]} px, too "
+    per_image = int(np.clip(_MAX_REAL // len(opened), 1, _WINDOWS))
+    parts = [part for i, (name, image) in enumerate(opened)
+             for part in _windows(image, name, per_image, seed=i)]
+    for name, raw, _ in parts:
+        if min(raw.shape[:2]) < MIN_SIDE_PX:
+            raise DatasetError(f"{name}: image is {raw.shape[0]}x{raw.shape[1]} px, too "
                                f"small to estimate cells from (need >= {MIN_SIDE_PX} px a side)")
-        if base.channels == 3 and image.ndim != 3:
+        if base.channels == 3 and raw.ndim != 3:
             raise DatasetError(f"{name}: a gray image, but preset {base.preset!r} "
                                f"({base.color}) needs RGB images")
     px = float(pixel_size_um or meta_px or base.pixel_size_um)
@@ -142,7 +178,8 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
         raise ConfigError(f"{where}: at {px:g} um/px the cells of preset {base.preset!r} "
                           f"(median diameter {diameter:.3g} um) are {diameter / px:.1f} px "
                           f"across; need >= {MIN_CELL_PX:g} px (check --pixel-size/meta.json)")
-    return _Real([_as_float(a) for a in arrays], names, px, where, arrays)
+    return _Real([f for _, _, f in parts], [n for n, _, _ in parts], px, where,
+                 [r for _, r, _ in parts])
 
 
 def _apply(base: SimulationConfig, p: dict[str, float]) -> SimulationConfig:

@@ -1,0 +1,191 @@
+"""Whole sections: images too large to decode at once, opened lazily and sampled by windows.
+
+Zarr/OME-Zarr, pyramidal or channel-first TIFFs and TIFFs over ``LAZY_PIXELS`` pixels
+(counted from the header) are opened as array-likes that read only the windows sliced from
+them (:func:`open_large_image`). Stages that learn from unlabeled images (the simulator fit,
+the score threshold from the estimated count) do not need a whole section: they measure a
+few windows of tissue from it (:func:`tissue_windows`), so a folder of whole-slide images
+costs what a few 1024² images cost.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth.errors import ImageReadError
+
+__all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "tissue_windows"]
+
+LAZY_PIXELS = 8192 * 8192
+
+
+class _YXC:
+    """A lazy (…, C, Y, X)-ordered array seen as (Y, X[, C]): slicing reads only the window."""
+
+    def __init__(self, array: Any, axes: str):
+        self.array, self.axes = array, axes
+        self._y, self._x = axes.index("y"), axes.index("x")
+        self._c = axes.index("c") if "c" in axes else None
+        h, w = int(array.shape[self._y]), int(array.shape[self._x])
+        c = int(array.shape[self._c]) if self._c is not None else 1
+        self.shape = (h, w) if c == 1 else (h, w, c)
+        self.ndim = len(self.shape)
+        self.dtype = array.dtype
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        ys, xs = key[:2]
+        index = [0] * len(self.axes)  # other axes (t, z): the first plane
+        index[self._y], index[self._x] = ys, xs
+        if self._c is not None:
+            index[self._c] = slice(None)
+        window = np.asarray(self.array[tuple(index)])  # axes kept in file order
+        kept = [a for a in self.axes if a in "cyx"]
+        window = np.moveaxis(window, [kept.index("y"), kept.index("x")], [0, 1])
+        if window.ndim == 3 and window.shape[-1] == 1:
+            window = window[..., 0]
+        return window
+
+
+def _ngff_level(group: Any, level: int, path: Path) -> tuple[Any, str | None]:
+    """(array, axes) of a multiscale level of an OME-Zarr (NGFF) or tifffile group."""
+    attrs = dict(group.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if multiscales:
+        datasets = multiscales[0]["datasets"]
+        axes = multiscales[0].get("axes")
+        names = "".join((a["name"] if isinstance(a, dict) else a)[0].lower() for a in axes) \
+            if axes else None
+        _check_level(path, level, len(datasets))
+        return group[datasets[level]["path"]], names
+    keys = sorted(group.array_keys(), key=lambda k: (len(k), k))
+    if not keys:
+        raise ImageReadError(f"{path}: Zarr group holds no array")
+    _check_level(path, level, len(keys))
+    return group[keys[level]], None
+
+
+def _check_level(path: Path, level: int, levels: int) -> None:
+    if not 0 <= level < levels:
+        raise ImageReadError(f"{path}: no resolution level {level}; the image has {levels} "
+                             f"(0-{levels - 1}, 0 = full resolution)")
+
+
+def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
+    """Open a TIFF (flat, tiled or pyramidal/OME) or Zarr/OME-Zarr image lazily, as an
+    array-like of shape (H, W) or (H, W, C) that reads only the windows sliced from it.
+
+    ``level``: the resolution level of a pyramid (0 = full resolution). NGFF axes are
+    honoured (a (c, y, x) image is C channels of H x W, not H = C); tifffile's axes too.
+    """
+    path = Path(path)
+    try:
+        import zarr
+
+        axes = None
+        if path.suffix.lower() == ".zarr" or path.is_dir():
+            node = zarr.open(str(path), mode="r")
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                axes = tif.series[0].axes.lower().replace("s", "c")
+                _check_level(path, level, len(tif.series[0].levels))
+            node = zarr.open(tifffile.imread(path, aszarr=True, level=level), mode="r")
+            level = 0  # tifffile opened that level already
+        else:
+            raise ImageReadError(f"{path}: large images must be TIFF or Zarr")
+        if not hasattr(node, "shape"):  # a group: a pyramid
+            node, ngff_axes = _ngff_level(node, level, path)
+            axes = ngff_axes or axes
+    except ImageReadError:
+        raise
+    except Exception as err:
+        raise ImageReadError(f"{path}: cannot open lazily: {err}") from err
+    ndim = len(node.shape)
+    if axes is None or len(axes) != ndim:
+        axes = {2: "yx", 3: "yxc" if node.shape[-1] in (3, 4) else "cyx"}.get(ndim)
+        if axes is None:
+            raise ImageReadError(f"{path}: cannot tell the axes of a {ndim}-D array "
+                                 f"{tuple(node.shape)}; expected (y, x), (y, x, c) or (c, y, x)")
+    if "y" not in axes or "x" not in axes:
+        raise ImageReadError(f"{path}: image has axes {axes!r}, without y and x")
+    return node if axes in ("yx", "yxc") else _YXC(node, axes)
+
+
+def reads_lazily(path: str | os.PathLike, lazy_pixels: int = LAZY_PIXELS) -> bool:
+    """Zarr, pyramidal or channel-first TIFFs, and TIFFs over ``lazy_pixels`` pixels (counted
+    from the header, not guessed from the compressed file size) are read tile by tile."""
+    path = Path(path)
+    if path.is_dir():
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes.lower()
+            pixels = series.shape[axes.index("y")] * series.shape[axes.index("x")]
+            return (len(series.levels) > 1 or axes not in ("yx", "yxs")
+                    or pixels > lazy_pixels)
+    except Exception:  # unreadable header: read_image says what is wrong with the file
+        return False
+
+
+def open_image(path: str | os.PathLike, *, level: int = 0) -> Any:
+    """An image file decoded whole, or a whole section opened lazily (see :func:`reads_lazily`):
+    either way an (H, W) or (H, W, C) array-like that can be sliced."""
+    from cellsynth.io.images import read_image
+
+    return open_large_image(path, level=level) if reads_lazily(path) else read_image(path)
+
+
+def _texture(window: np.ndarray) -> float:
+    """Mean absolute difference of the luminance from its 9 x 9 local mean: high in tissue,
+    low on empty glass or dark background; a window half on tissue scores half (its global
+    spread would rank the tissue's edge first)."""
+    from scipy.ndimage import uniform_filter
+
+    window = np.asarray(window, np.float32)
+    if window.ndim == 3:
+        window = window[..., :3].mean(axis=2)
+    return float(np.abs(window - uniform_filter(window, 9, mode="reflect")).mean())
+
+
+def tissue_windows(image: Any, side: int, n: int, *, seed: int = 0,
+                   candidates: int | None = None) -> list[tuple[int, int, np.ndarray]]:
+    """Up to ``n`` windows of ``side`` x ``side`` px of an image (numpy or lazy) that hold
+    tissue rather than empty glass or dark background: ``candidates`` (default ``4 n``, at
+    least 16) windows drawn at random with ``seed`` are read and the ``n`` with the most
+    fine texture (:func:`_texture`) are kept, none overlapping another by more than a
+    quarter of its area. Returns ``(y, x, pixels)``, the most textured first. An image
+    no larger than ``side`` either way is one window, itself.
+
+    Only the candidate windows are read, so a whole-slide image costs what ``candidates``
+    windows cost, whatever its size.
+    """
+    h, w = int(image.shape[0]), int(image.shape[1])
+    if h <= side and w <= side:
+        return [(0, 0, np.asarray(image[0:h, 0:w]))]
+    sy, sx = min(side, h), min(side, w)
+    rng = np.random.default_rng(seed)
+    count = candidates or max(4 * n, 16)
+    found = []
+    for _ in range(count):
+        y, x = int(rng.integers(h - sy + 1)), int(rng.integers(w - sx + 1))
+        window = np.asarray(image[y:y + sy, x:x + sx])
+        found.append((_texture(window), y, x, window))
+    found.sort(key=lambda f: -f[0])
+    kept: list[tuple[int, int, np.ndarray]] = []
+    for _, y, x, window in found:
+        if len(kept) == n:
+            break
+        if all(max(0, sy - abs(y - ky)) * max(0, sx - abs(x - kx)) <= sy * sx / 4
+               for ky, kx, _ in kept):
+            kept.append((y, x, window))
+    return kept

@@ -1,0 +1,92 @@
+"""Whole sections: windows of tissue are found without decoding the section, the same from a
+lazy pyramidal TIFF as from the decoded array, and never on empty glass."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellsynth.io.sections import open_image, reads_lazily, tissue_windows
+
+GLASS = 235
+
+
+def _slide(size=1200, tissue=(slice(0, 500), slice(700, 1200)), seed=0):
+    """A brightfield slide: glass with camera noise, one rectangle of textured tissue."""
+    rng = np.random.default_rng(seed)
+    slide = np.clip(GLASS + rng.normal(0, 2, (size, size, 3)), 0, 255)
+    ys, xs = tissue
+    blobs = rng.uniform(60, 200, (ys.stop - ys.start, xs.stop - xs.start, 1))
+    slide[ys, xs] = np.clip(blobs + rng.normal(0, 25, blobs.shape[:2] + (3,)), 0, 255)
+    return slide.astype(np.uint8)
+
+
+def _inside(y, x, side, tissue):
+    ys, xs = tissue
+    dy = max(0, min(y + side, ys.stop) - max(y, ys.start))
+    dx = max(0, min(x + side, xs.stop) - max(x, xs.start))
+    return dy * dx / side**2
+
+
+def test_windows_hold_tissue_not_glass_and_barely_overlap():
+    tissue = (slice(0, 500), slice(700, 1200))  # 17 % of the slide
+    slide = _slide(tissue=tissue)
+    found = tissue_windows(slide, 256, 3, seed=0, candidates=64)
+    assert len(found) == 3
+    for y, x, pixels in found:
+        assert pixels.shape == (256, 256, 3)
+        np.testing.assert_array_equal(pixels, slide[y:y + 256, x:x + 256])
+        assert _inside(y, x, 256, tissue) >= 0.5, (y, x)
+    for i, (y, x, _) in enumerate(found):
+        for ky, kx, _ in found[:i]:
+            overlap = max(0, 256 - abs(y - ky)) * max(0, 256 - abs(x - kx))
+            assert overlap <= 256 * 256 / 4
+    # a random window would be mostly glass: the choice is not luck
+    rng = np.random.default_rng(0)
+    drawn = [_inside(int(rng.integers(945)), int(rng.integers(945)), 256, tissue)
+             for _ in range(200)]
+    assert np.mean(np.array(drawn) >= 0.5) < 0.2
+
+
+def test_small_image_is_one_window_of_itself():
+    image = np.arange(300 * 200, dtype=np.uint16).reshape(300, 200)
+    [(y, x, pixels)] = tissue_windows(image, 512, 4)
+    assert (y, x) == (0, 0) and pixels is not image
+    np.testing.assert_array_equal(pixels, image)
+
+
+def test_lazy_pyramid_gives_the_windows_of_the_decoded_slide(tmp_path, monkeypatch):
+    slide = _slide(size=640, tissue=(slice(100, 400), slice(200, 600)))
+    path = tmp_path / "section.ome.tif"
+    with tifffile.TiffWriter(path) as tif:  # tiled, compressed, pyramidal: not mappable
+        tif.write(slide, subifds=1, tile=(128, 128), compression="zlib", photometric="rgb")
+        tif.write(slide[::2, ::2], subfiletype=1, tile=(128, 128), compression="zlib",
+                  photometric="rgb")
+    assert reads_lazily(path)
+    lazy = open_image(path)
+    assert not isinstance(lazy, np.ndarray) and lazy.shape == slide.shape
+    reads = []
+    original = type(lazy).__getitem__
+    monkeypatch.setattr(type(lazy), "__getitem__",
+                        lambda self, key: reads.append(key) or original(self, key))
+    a = tissue_windows(lazy, 128, 2, seed=4)
+    b = tissue_windows(slide, 128, 2, seed=4)
+    assert [(y, x) for y, x, _ in a] == [(y, x) for y, x, _ in b]
+    for (_, _, pa), (_, _, pb) in zip(a, b):
+        np.testing.assert_array_equal(pa, pb)
+    # only the candidate windows were read, each once, never the whole section
+    assert len(reads) == 16
+    assert all((k[0].stop - k[0].start) * (k[1].stop - k[1].start) == 128 * 128 for k in reads)
+
+
+def test_small_flat_tiff_is_decoded_and_a_huge_one_is_not(tmp_path):
+    image = np.zeros((96, 96), np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", image, compression="zlib")
+    assert isinstance(open_image(tmp_path / "a.tif"), np.ndarray)
+    assert not reads_lazily(tmp_path / "a.tif")
+    assert reads_lazily(tmp_path / "a.tif", 96 * 95)  # pixels from the header, not bytes
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_never_more_windows_than_asked(n):
+    slide = _slide(size=700, tissue=(slice(0, 700), slice(0, 700)))
+    assert len(tissue_windows(slide, 128, n, seed=1)) == n
