@@ -122,3 +122,19 @@ def test_compressed_pyramidal_section_is_read_by_windows_with_the_same_values(tm
     b = lazy.sample(6, np.random.default_rng(3)).numpy()
     assert b.shape == (6, 3, 32, 32)
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_crops_of_a_section_come_from_its_tissue_not_its_glass(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    slide = np.full((512, 512), 235, np.uint8)  # 86 % empty glass
+    slide[:192, :192] = rng.integers(40, 200, (192, 192))
+    (tmp_path / "real").mkdir()
+    tifffile.imwrite(tmp_path / "real" / "slide.tif", slide, tile=(64, 64), compression="zlib")
+    monkeypatch.setattr(data, "LAZY_PIXELS", 100)
+    monkeypatch.setattr(data, "TISSUE_WINDOW", 64)
+    monkeypatch.setattr(data, "TISSUE_WINDOWS", 4)
+    real = RealCrops(tmp_path / "real", 32, 1)
+    assert real.lazy == [True]
+    crops = real.sample(100, np.random.default_rng(0)).numpy()
+    textured = crops.reshape(100, -1).std(axis=1) > 0.1  # glass crops are flat
+    assert textured.mean() >= 0.9  # uniform crops: ~11 % on tissue

@@ -158,12 +158,15 @@ def _texture(window: np.ndarray) -> float:
 
 
 def tissue_windows(image: Any, side: int, n: int, *, seed: int = 0,
-                   candidates: int | None = None) -> list[tuple[int, int, np.ndarray]]:
+                   candidates: int | None = None, share: float = 0.5
+                   ) -> list[tuple[int, int, np.ndarray]]:
     """Up to ``n`` windows of ``side`` x ``side`` px of an image (numpy or lazy) that hold
     tissue rather than empty glass or dark background: ``candidates`` (default ``4 n``, at
     least 16) windows drawn at random with ``seed`` are read and the ``n`` with the most
     fine texture (:func:`_texture`) are kept, none overlapping another by more than a
-    quarter of its area. Returns ``(y, x, pixels)``, the most textured first. An image
+    quarter of its area, nor with less than ``share`` of the best window's texture (glass:
+    fewer than ``n`` windows come back from a slide that is mostly empty). Returns
+    ``(y, x, pixels)``, the most textured first. An image
     no larger than ``side`` either way is one window, itself.
 
     Only the candidate windows are read, so a whole-slide image costs what ``candidates``
@@ -182,8 +185,8 @@ def tissue_windows(image: Any, side: int, n: int, *, seed: int = 0,
         found.append((_texture(window), y, x, window))
     found.sort(key=lambda f: -f[0])
     kept: list[tuple[int, int, np.ndarray]] = []
-    for _, y, x, window in found:
-        if len(kept) == n:
+    for score, y, x, window in found:
+        if len(kept) == n or score < share * found[0][0]:
             break
         if all(max(0, sy - abs(y - ky)) * max(0, sx - abs(x - kx)) <= sy * sx / 4
                for ky, kx, _ in kept):

@@ -2,12 +2,13 @@
 
 Both sets are decoded once and kept in memory, except whole sections (real TIFFs larger than
 ``LAZY_PIXELS``, pyramidal TIFFs, Zarr), which are memory-mapped where uncompressed and
-otherwise read window by window, cropped on demand. Real images are brought to the
-simulation's channel count (RGB -> gray or gray -> RGB, with a note) and, when both pixel
-sizes are known, rescaled once to the simulation's pixel size. Intensities are normalised by
-each whole image's content (:func:`cellsynth.io.normalize.normalize`), so 8-, 12- and 16-bit
-images agree, and then mapped to [-1, 1]. Every crop gets a random flip/rotation (the
-dihedral group of the square).
+otherwise read window by window, cropped on demand from their 16 windows of 1024² with the
+most tissue (empty glass is not a real image the refiner should imitate). Real images are
+brought to the simulation's channel count (RGB -> gray or gray -> RGB, with a note) and,
+when both pixel sizes are known, rescaled once to the simulation's pixel size. Intensities
+are normalised by each whole image's content (:func:`cellsynth.io.normalize.normalize`), so
+8-, 12- and 16-bit images agree, and then mapped to [-1, 1]. Every crop gets a random
+flip/rotation (the dihedral group of the square).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cellsynth.io.sections import open_large_image, reads_lazily
 __all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS", "load_simulated", "read_layout"]
 
 LAZY_PIXELS = 8192 * 8192  # larger TIFFs are memory-mapped or read by windows, not decoded
+TISSUE_WINDOW, TISSUE_WINDOWS = 1024, 16  # crops of a section come from its most textured windows
 
 
 def _channels(image: np.ndarray) -> int:
@@ -147,6 +149,22 @@ def _open_lazy(path: Path) -> Any:
     return None
 
 
+def _tissue_regions(image: Any, need: int) -> list[tuple[int, int, int, int]]:
+    """Where the crops of a whole section come from: its ``TISSUE_WINDOWS`` windows of
+    ``TISSUE_WINDOW`` px with the most tissue (:func:`cellsynth.io.sections.tissue_windows`),
+    so that empty glass, which may be most of a slide, does not teach the discriminator
+    what real tissue looks like. An image of at most 2 such windows a side is used whole."""
+    from cellsynth.io.sections import tissue_windows
+
+    h, w = int(image.shape[0]), int(image.shape[1])
+    side = max(TISSUE_WINDOW, need)
+    if h <= 2 * side and w <= 2 * side:
+        return [(0, 0, h, w)]
+    return [(y, x, p.shape[0], p.shape[1])
+            for y, x, p in tissue_windows(image, side, TISSUE_WINDOWS,
+                                          candidates=max(64, 4 * TISSUE_WINDOWS))]
+
+
 class RealCrops:
     """Random crops of a folder of unlabeled real images (labels, if any, are ignored).
 
@@ -183,6 +201,8 @@ class RealCrops:
                               f"um/px")
         self.images: list[np.ndarray] = []  # (H, W, C) float32 in [-1, 1], or raw memmaps
         self.lazy: list[bool] = []
+        # of lazy images: the windows of tissue that crops are drawn from (y, x, h, w)
+        self.regions: list[list[tuple[int, int, int, int]] | None] = []
         converted = set()
         for sample in dataset:
             array = _open_lazy(sample.image_path)
@@ -193,11 +213,13 @@ class RealCrops:
                 self.lazy.append(True)
                 low, high = intensity_range(array, normalization, where=str(sample.image_path))
                 self.ranges.append((low[:3], high[:3]))  # RGBA: the alpha channel is dropped
+                self.regions.append(_tissue_regions(array, need))
             else:
                 image = read_image(sample.image_path)
                 self.images.append(self._prepare(image, sample.image_path))
                 self.lazy.append(False)
                 self.ranges.append(None)
+                self.regions.append(None)
             raw = array if array is not None else image
             if _channels(raw) != channels:
                 converted.add(_channels(raw))
@@ -232,8 +254,8 @@ class RealCrops:
             return image[y:y + c, x:x + c]
         # lazy: read the window that covers the crop after rescaling, then prepare only it
         need = int(np.ceil(c / self.scale))
-        h, w = image.shape[:2]
-        y, x = int(rng.integers(h - need + 1)), int(rng.integers(w - need + 1))
+        ry, rx, h, w = self.regions[j][int(rng.integers(len(self.regions[j])))]
+        y, x = ry + int(rng.integers(h - need + 1)), rx + int(rng.integers(w - need + 1))
         window = np.asarray(image[y:y + need, x:x + need])
         if window.ndim == 3 and window.shape[-1] == 4:
             window = window[..., :3]
