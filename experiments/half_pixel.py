@@ -8,7 +8,7 @@ are the 2 *training* images of nissl_rat_sscx that seed 0 of the k = 2 experimen
 annotate; the test split is not opened.
 
     OMP_NUM_THREADS=1 python experiments/half_pixel.py --run runs/exp-nissl-k2 \
-        --json docs/results/half_pixel/results.json
+        --json docs/results/half_pixel/results.json [--offsets 0 0.5 1 1.5]
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from cellsynth.segment.tiles import contours_to_labels, tiled_proposals
 
 
 def main() -> None:
-    args = arguments(__doc__)
+    args = arguments(__doc__, lambda ap: ap.add_argument(
+        "--offsets", type=float, nargs="+", default=[0.0, 0.5],
+        help="outward offsets (px) to paint with; more than 0.5 asks whether the detector's "
+             "outlines are systematically smaller than the annotation's"))
     items = dev_items(args.data)
     out = summary(items)
     for name in args.detectors:
@@ -31,12 +34,15 @@ def main() -> None:
         tile, batch = tiling(det, None, None)
         predictor = make_predictor(det)
         rows = {}
-        for offset in (0.0, 0.5):
+        proposals = []
+        for image, _ in items:  # once; each offset paints the same proposals
+            low, high = intensity_range(image, det.normalization, where="dev")
+            proposals.append(tiled_proposals(image, predictor, tile=tile, overlap=96,
+                                             batch=batch,
+                                             read=_reader(det.in_channels, low, high, "dev")))
+        for offset in args.offsets:
             results = []
-            for image, gt in items:
-                low, high = intensity_range(image, det.normalization, where="dev")
-                c, s = tiled_proposals(image, predictor, tile=tile, overlap=96, batch=batch,
-                                       read=_reader(det.in_channels, low, high, "dev"))
+            for (c, s), (_, gt) in zip(proposals, items):
                 pred = contours_to_labels(c, s, gt.shape, score_thresh=det.score_thresh,
                                           offset=offset)
                 results.append(matching(gt, pred))

@@ -23,3 +23,33 @@ def test_inspect_cli_error_is_one_line(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such folder" in err
+
+
+def test_sections_are_summarised_from_their_headers_not_decoded(tmp_path, capsys,
+                                                                 monkeypatch):
+    import numpy as np
+    import tifffile
+    import zarr
+
+    import cellsynth.io.images as images
+
+    root = tmp_path / "slides"
+    root.mkdir()
+    image = np.zeros((300, 200, 3), np.uint8)
+    with tifffile.TiffWriter(root / "a.ome.tif") as tif:
+        tif.write(image, subifds=1, tile=(64, 64), compression="zlib", photometric="rgb")
+        tif.write(image[::2, ::2], subfiletype=1, tile=(64, 64), compression="zlib",
+                  photometric="rgb")
+    zarr.open_array(str(root / "b.zarr"), mode="w", shape=(120, 90), dtype=np.uint16,
+                    chunks=(64, 64))
+
+    def whole(path):
+        raise AssertionError(f"{path} decoded whole")
+
+    monkeypatch.setattr(images, "_read_array", whole)
+    assert main(["inspect", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "images       2 (0 with labels; 2 whole section(s), read window by window)" in out
+    assert "300x200 (1)" in out and "120x90 (1)" in out
+    assert "uint8 (1)" in out and "uint16 (1)" in out
+    assert "3 (1)" in out and "1 (1)" in out

@@ -17,15 +17,19 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
     """Read every image (and label map) of a dataset and return summary statistics.
 
     Each file is validated on the way (see :func:`cellsynth.io.read_image`), so this also
-    serves as a check of a whole dataset.
+    serves as a check of a whole dataset. Unlabeled whole sections (pyramidal or huge TIFFs,
+    OME-Zarr; :func:`cellsynth.io.sections.reads_lazily`) are opened, not decoded: their
+    size, dtype and channels come from the file's header.
     """
+    from cellsynth.io.sections import open_large_image, reads_lazily
+
     dataset = load_dataset(root)
     sizes: Counter[str] = Counter()
     dtypes: Counter[str] = Counter()
     channels: Counter[int] = Counter()
     instances: list[int] = []
     areas: list[np.ndarray] = []
-    n_labeled = 0
+    n_labeled = n_sections = 0
     for sample in dataset:
         if sample.label_path is not None:
             image, labels = sample.read()
@@ -34,6 +38,9 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
             counts = counts[counts > 0]
             instances.append(int(counts.size))
             areas.append(counts)
+        elif reads_lazily(sample.image_path):
+            image = open_large_image(sample.image_path)
+            n_sections += 1
         else:
             image = sample.read_image()
         sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
@@ -48,6 +55,8 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
         "channels": dict(channels),
         "pixel_size_um": dataset.pixel_size_um,
     }
+    if n_sections:
+        summary["n_sections"] = n_sections
     if instances:
         all_areas = np.concatenate(areas) if areas else np.zeros(0)
         summary["instances"] = {
@@ -70,7 +79,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
     lines = [
         f"dataset      {summary['root']}",
-        f"images       {summary['n_images']} ({summary['n_labeled']} with labels)",
+        f"images       {summary['n_images']} ({summary['n_labeled']} with labels"
+        + (f"; {summary['n_sections']} whole section(s), read window by window"
+           if summary.get("n_sections") else "") + ")",
         f"sizes        {counts(summary['sizes'])}",
         f"dtypes       {counts(summary['dtypes'])}",
         f"channels     {counts(summary['channels'])}",
