@@ -90,3 +90,24 @@ def test_small_flat_tiff_is_decoded_and_a_huge_one_is_not(tmp_path):
 def test_never_more_windows_than_asked(n):
     slide = _slide(size=700, tissue=(slice(0, 700), slice(0, 700)))
     assert len(tissue_windows(slide, 128, n, seed=1)) == n
+
+
+def test_image_or_windows_decodes_small_images_and_windows_sections(tmp_path, monkeypatch):
+    from cellsynth.io import images
+    from cellsynth.io.sections import image_or_windows
+
+    small = np.arange(64 * 80, dtype=np.uint16).reshape(64, 80)
+    tifffile.imwrite(tmp_path / "small.tif", small)
+    [decoded] = image_or_windows(tmp_path / "small.tif")
+    np.testing.assert_array_equal(decoded, small)
+
+    tissue = (slice(0, 320), slice(0, 640))
+    slide = _slide(size=640, tissue=tissue)
+    with tifffile.TiffWriter(tmp_path / "slide.ome.tif") as tif:
+        tif.write(slide, subifds=1, tile=(128, 128), compression="zlib", photometric="rgb")
+        tif.write(slide[::2, ::2], subfiletype=1, tile=(128, 128), compression="zlib",
+                  photometric="rgb")
+    monkeypatch.setattr(images, "_read_array", lambda path: pytest.fail(f"{path} decoded"))
+    windows = image_or_windows(tmp_path / "slide.ome.tif", side=128, n=3)
+    assert len(windows) == 3 and all(w.shape == (128, 128, 3) for w in windows)
+    assert all(w.mean() < 200 for w in windows)  # tissue (~130), not glass (235)

@@ -48,14 +48,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _load_images(root: Path, min_side: int) -> list[np.ndarray]:
+    """The images of a folder (whole sections: windows of their tissue, not decoded)."""
+    from cellsynth.io.sections import image_or_windows
+
     dataset = load_dataset(root)
     images = []
     for sample in dataset:
-        image = sample.read_image()
-        if min(image.shape[:2]) < min_side:
-            raise DatasetError(f"{sample.image_path}: image {image.shape[0]}x{image.shape[1]} is "
-                               f"smaller than the {min_side} px crops (use a smaller --crop)")
-        images.append(image)
+        for image in image_or_windows(sample.image_path):
+            if min(image.shape[:2]) < min_side:
+                raise DatasetError(f"{sample.image_path}: image {image.shape[0]}x"
+                                   f"{image.shape[1]} is smaller than the {min_side} px crops "
+                                   f"(use a smaller --crop)")
+            images.append(image)
     return images
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from cellsynth.errors import ImageReadError
 
-__all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "tissue_windows"]
+__all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "tissue_windows",
+           "image_or_windows"]
 
 LAZY_PIXELS = 8192 * 8192
 
@@ -192,3 +193,17 @@ def tissue_windows(image: Any, side: int, n: int, *, seed: int = 0,
                for ky, kx, _ in kept):
             kept.append((y, x, window))
     return kept
+
+
+def image_or_windows(path: str | os.PathLike, *, side: int = 1024, n: int = 4,
+                     seed: int = 0) -> list[np.ndarray]:
+    """The decoded image, or for a whole section (:func:`reads_lazily`) up to ``n`` windows
+    of ``side`` px of its tissue (:func:`tissue_windows`): what realism metrics compare
+    against, without decoding a slide."""
+    from cellsynth.io.images import read_image
+
+    if not reads_lazily(path):
+        return [read_image(path)]
+    image = open_large_image(path)
+    windows = [w for _, _, w in tissue_windows(image, side, n, seed=seed)]
+    return [w[..., :3] if w.ndim == 3 and w.shape[-1] == 4 else w for w in windows]

@@ -275,7 +275,15 @@ def _evaluate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 
 
 def _images(folder: str | Path, limit: int = 32) -> list[np.ndarray]:
-    return [s.read_image() for s in list(load_dataset(folder))[:limit]]
+    """Up to ``limit`` images of a folder; a whole section gives windows of its tissue."""
+    from cellsynth.io.sections import image_or_windows
+
+    found: list[np.ndarray] = []
+    for s in load_dataset(folder):
+        if len(found) >= limit:
+            break
+        found.extend(image_or_windows(s.image_path))
+    return found[:limit]
 
 
 def _realism(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
