@@ -133,14 +133,28 @@ def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
 
 def check_inputs(config: PipelineConfig) -> None:
     """Fail before any work starts if a named folder is missing or malformed."""
+    from cellsynth.io.resample import pixel_scale
+    from cellsynth.io.sections import reads_lazily
     from cellsynth.simulate import simulation_config
 
-    simulation_config(config.simulate.preset, overrides=config.simulate.overrides or None,
-                      pixel_size_um=config.simulate.pixel_size_um, color=config.simulate.color)
+    sim = simulation_config(config.simulate.preset, overrides=config.simulate.overrides or None,
+                            pixel_size_um=config.simulate.pixel_size_um,
+                            color=config.simulate.color)
+    rescaled = (config.real.pixel_size_um is not None
+                and pixel_scale(config.real.pixel_size_um, sim.pixel_size_um) != 1.0)
     for role in ("unlabeled", "train", "val", "test"):
         folder = getattr(config.real, role)
         if folder is not None:
-            load_dataset(folder, require_labels=role != "unlabeled")
+            dataset = load_dataset(folder, require_labels=role != "unlabeled")
+            section = next((s for s in dataset if rescaled and reads_lazily(s.image_path)),
+                           None)
+            if section is not None:  # the run would copy it rescaled, i.e. decode it whole
+                raise ConfigError(
+                    f"{section.image_path}: a whole section cannot be rescaled from "
+                    f"{config.real.pixel_size_um} to the simulation's {sim.pixel_size_um} "
+                    f"um/px into the run folder; work at its resolution (simulate.pixel_size_um:"
+                    f" {config.real.pixel_size_um}) or predict it apart with cellsynth predict "
+                    f"--pixel-size {config.real.pixel_size_um}")
     for role, ids in config.real.select.items():
         if role not in ("train", "val"):
             raise ConfigError(f"real.select: {role!r}: only train and val (the annotated "
