@@ -111,3 +111,20 @@ def test_image_or_windows_decodes_small_images_and_windows_sections(tmp_path, mo
     windows = image_or_windows(tmp_path / "slide.ome.tif", side=128, n=3)
     assert len(windows) == 3 and all(w.shape == (128, 128, 3) for w in windows)
     assert all(w.mean() < 200 for w in windows)  # tissue (~130), not glass (235)
+
+
+def test_a_section_dropped_leaves_no_file_open(tmp_path):
+    import gc
+    import warnings
+
+    slide = _slide(size=256, tissue=(slice(0, 128), slice(0, 128)))
+    with tifffile.TiffWriter(tmp_path / "s.ome.tif") as tif:
+        tif.write(slide, subifds=1, tile=(64, 64), compression="zlib", photometric="rgb")
+        tif.write(slide[::2, ::2], subfiletype=1, tile=(64, 64), photometric="rgb")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = open_image(tmp_path / "s.ome.tif")
+        np.testing.assert_array_equal(image[10:20, 30:40], slide[10:20, 30:40])
+        del image
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

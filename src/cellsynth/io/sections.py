@@ -11,6 +11,7 @@ costs what a few 1024² images cost.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
     try:
         import zarr
 
-        axes = None
+        axes, store = None, None
         if path.suffix.lower() == ".zarr" or path.is_dir():
             node = zarr.open(str(path), mode="r")
         elif path.suffix.lower() in (".tif", ".tiff"):
@@ -95,7 +96,8 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
             with tifffile.TiffFile(path) as tif:
                 axes = tif.series[0].axes.lower().replace("s", "c")
                 _check_level(path, level, len(tif.series[0].levels))
-            node = zarr.open(tifffile.imread(path, aszarr=True, level=level), mode="r")
+            store = tifffile.imread(path, aszarr=True, level=level)
+            node = zarr.open(store, mode="r")
             level = 0  # tifffile opened that level already
         else:
             raise ImageReadError(f"{path}: large images must be TIFF or Zarr")
@@ -114,7 +116,10 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
                                  f"{tuple(node.shape)}; expected (y, x), (y, x, c) or (c, y, x)")
     if "y" not in axes or "x" not in axes:
         raise ImageReadError(f"{path}: image has axes {axes!r}, without y and x")
-    return node if axes in ("yx", "yxc") else _YXC(node, axes)
+    image = node if axes in ("yx", "yxc") else _YXC(node, axes)
+    if store is not None:  # tifffile's store keeps the file open for the lazy reads: close
+        weakref.finalize(image, store.close)  # it with the array, not with a warning at exit
+    return image
 
 
 def reads_lazily(path: str | os.PathLike, lazy_pixels: int = LAZY_PIXELS) -> bool:
