@@ -98,3 +98,23 @@ def test_napari_opens_a_dataset_and_a_prediction_through_the_plugin(tmp_path):
     viewer.open(str(tmp_path / "big.ome.zarr"), plugin="cellsynth")
     big = viewer.layers["big"]
     assert type(big).__name__ == "Labels" and big.multiscale and len(big.data) == 3
+
+
+def test_reader_opens_a_section_as_a_lazy_multiscale_image(tmp_path, monkeypatch):
+    import tifffile
+
+    import cellsynth.io.images as images
+
+    root = tmp_path / "slides"
+    (root / "images").mkdir(parents=True)
+    section = np.random.default_rng(0).integers(0, 255, (512, 384, 3), dtype=np.uint8)
+    with tifffile.TiffWriter(root / "images" / "s1.ome.tif") as tif:
+        tif.write(section, subifds=2, tile=(128, 128), compression="zlib", photometric="rgb")
+        tif.write(section[::2, ::2], subfiletype=1, tile=(128, 128), photometric="rgb")
+        tif.write(section[::4, ::4], subfiletype=1, tile=(128, 128), photometric="rgb")
+    monkeypatch.setattr(images, "_read_array", lambda path: pytest.fail(f"{path} decoded"))
+    (data, kwargs, kind), = napari_plugin.read_layers(str(root))
+    assert kind == "image" and kwargs["multiscale"] and kwargs["rgb"]
+    assert [level.shape for level in data] == [(512, 384, 3), (256, 192, 3), (128, 96, 3)]
+    np.testing.assert_array_equal(np.asarray(data[1][10:20, 30:40]), section[::2, ::2][10:20,
+                                                                                      30:40])

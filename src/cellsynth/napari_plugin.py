@@ -2,9 +2,10 @@
 segment the current image with a trained detector.
 
 - Reader: a dataset folder (``images/`` + ``labels/``, or Cellpose/StarDist folders) opens as
-  Image layers with their Labels layers; a ``cellsynth predict`` output or an OME-Zarr label
-  group (``*.ome.zarr``) opens as Labels layers, multiscale where it is a pyramid. Layers get
-  the pixel size as their scale (um) when it is known, so images and labels line up.
+  Image layers with their Labels layers (a whole section: every pyramid level, lazily); a
+  ``cellsynth predict`` output or an OME-Zarr label group (``*.ome.zarr``) opens as Labels
+  layers, multiscale where it is a pyramid. Layers get the pixel size as their scale (um)
+  when it is known, so images and labels line up.
 - Writer: a Labels layer saved as ``.tif`` is a cellsynth label TIFF (uint16/uint32, with the
   layer's scale as pixel size).
 - Widget: "Segment cells (cellsynth)" runs a trained detector (a ``cellsynth train`` run
@@ -79,6 +80,7 @@ def read_layers(path: str | list[str]) -> list[tuple]:
     from cellsynth.io.export import prediction_labels
     from cellsynth.io.images import read_labels
     from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, is_ome_zarr
+    from cellsynth.io.sections import pyramid_levels, reads_lazily
     from cellsynth.pipeline import layout
 
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
@@ -99,9 +101,17 @@ def read_layers(path: str | list[str]) -> list[tuple]:
             dataset = load_dataset(p)
             scale = _scale(dataset.pixel_size_um)
             for sample in list(dataset)[:_MAX_IMAGES]:
-                image = sample.read_image()
-                rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
-                layers.append((image, {"name": sample.id, "rgb": rgb, **scale}, "image"))
+                if reads_lazily(sample.image_path):  # a whole section: its pyramid, lazily
+                    levels = pyramid_levels(sample.image_path)
+                    first = levels[0]
+                    rgb = len(first.shape) == 3 and first.shape[-1] in (3, 4)
+                    layers.append((levels if len(levels) > 1 else first,
+                                   {"name": sample.id, "rgb": rgb,
+                                    "multiscale": len(levels) > 1, **scale}, "image"))
+                else:
+                    image = sample.read_image()
+                    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+                    layers.append((image, {"name": sample.id, "rgb": rgb, **scale}, "image"))
                 if sample.label_path is not None:
                     layers.append((sample.read_labels(), {"name": f"{sample.id} labels",
                                                           **scale}, "labels"))

@@ -20,7 +20,7 @@ import numpy as np
 from cellsynth.errors import ImageReadError
 
 __all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "tissue_windows",
-           "image_or_windows"]
+           "image_or_windows", "pyramid_levels"]
 
 LAZY_PIXELS = 8192 * 8192
 
@@ -212,3 +212,15 @@ def image_or_windows(path: str | os.PathLike, *, side: int = 1024, n: int = 4,
     image = open_large_image(path)
     windows = [w for _, _, w in tissue_windows(image, side, n, seed=seed)]
     return [w[..., :3] if w.ndim == 3 and w.shape[-1] == 4 else w for w in windows]
+
+
+def pyramid_levels(path: str | os.PathLike, *, max_levels: int = 16) -> list[Any]:
+    """Every resolution level of a section (level 0 first), each opened lazily: what a viewer
+    such as napari shows as one multiscale layer."""
+    levels = [open_large_image(path)]
+    for level in range(1, max_levels):
+        try:
+            levels.append(open_large_image(path, level=level))
+        except ImageReadError:  # no such level: the pyramid ends
+            break
+    return levels
