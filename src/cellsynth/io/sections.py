@@ -136,6 +136,8 @@ def reads_lazily(path: str | os.PathLike, lazy_pixels: int = LAZY_PIXELS) -> boo
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = series.axes.lower()
+            if "q" in axes:  # axes tifffile could not name: read_image says what is wrong
+                return False
             pixels = series.shape[axes.index("y")] * series.shape[axes.index("x")]
             return (len(series.levels) > 1 or axes not in ("yx", "yxs")
                     or pixels > lazy_pixels)
