@@ -174,8 +174,8 @@ def tissue_windows(image: Any, side: int, n: int, *, seed: int = 0,
     fine texture (:func:`_texture`) are kept, none overlapping another by more than a
     quarter of its area, nor with less than ``share`` of the best window's texture (glass:
     fewer than ``n`` windows come back from a slide that is mostly empty). Returns
-    ``(y, x, pixels)``, the most textured first. An image
-    no larger than ``side`` either way is one window, itself.
+    ``(y, x, pixels)``, the most textured first. An image no larger than ``side`` either
+    way is one window, itself.
 
     Only the candidate windows are read, so a whole-slide image costs what ``candidates``
     windows cost, whatever its size.

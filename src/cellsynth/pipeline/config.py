@@ -146,8 +146,8 @@ def check_inputs(config: PipelineConfig) -> None:
         folder = getattr(config.real, role)
         if folder is not None:
             dataset = load_dataset(folder, require_labels=role != "unlabeled")
-            section = next((s for s in dataset if rescaled and reads_lazily(s.image_path)),
-                           None)
+            section = next((s for s in dataset if reads_lazily(s.image_path)),
+                           None) if rescaled else None
             if section is not None:  # the run would copy it rescaled, i.e. decode it whole
                 raise ConfigError(
                     f"{section.image_path}: a whole section cannot be rescaled from "
