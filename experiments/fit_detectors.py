@@ -12,6 +12,10 @@ for seeds 0, 1, 2 and predicts the test split once. Then the printed
     python experiments/fit_detectors.py --out runs/fit-detectors         # configs + commands
     python experiments/fit_detectors.py --out runs/fit-detectors --run   # also run them, in
                                                                          # order, resumably
+
+``--fits DIR --kind NAME`` takes the fitted YAMLs from DIR instead (e.g. written by
+``cellsynth fit-simulator --spread fitted``) and names that kind NAME (configs
+``<set>-NAME.yaml``), so fits can be compared with each other on the same base runs.
 """
 
 from __future__ import annotations
@@ -50,24 +54,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--run", action="store_true", help="run the experiments in order")
+    parser.add_argument("--fits", type=Path, default=FITS,
+                        help="folder of the fitted <set>.yaml files (default: %(default)s)")
+    parser.add_argument("--kind", default="fitted", help="name of the fitted kind")
+    parser.add_argument("--sets", nargs="+", default=[name for name, _, _ in SETS],
+                        help="datasets (default: all four)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
-    for name, preset, px in SETS:
-        fitted = yaml.safe_load((FITS / f"{name}.yaml").read_text())
+    sets = [s for s in SETS if s[0] in args.sets]
+    for name, preset, px in sets:
+        fitted = yaml.safe_load((args.fits / f"{name}.yaml").read_text())
         fitted.pop("preset", None)
-        for kind, overrides in (("base", None), ("fitted", fitted)):
+        for kind, overrides in (("base", None), (args.kind, fitted)):
             path = args.out / f"{name}-{kind}.yaml"
             path.write_text(yaml.safe_dump(experiment(name, preset, px, overrides),
                                            sort_keys=False))
             runs.append((path, args.out / f"{name}-{kind}"))
     for config, out in runs:
         print(f"cellsynth experiment {config} --out {out}")
-    for name, _, _ in SETS:
-        a, b = args.out / f"{name}-fitted", args.out / f"{name}-base"
+    for name, _, _ in sets:
+        a, b = args.out / f"{name}-{args.kind}", args.out / f"{name}-base"
         print(f"python {HERE / 'compare_experiments.py'} --a {a}.yaml {a} --b {b}.yaml {b} "
               f"--settings sim_only --seeds 0 1 2 --json "
-              f"{FITS.parent / 'fit_detectors' / name / 'results.json'}")
+              f"{FITS.parent / 'fit_detectors' / name / f'{args.kind}_results.json'}")
     if args.run:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "CELLSYNTH_THREADS": "1"}
         for config, out in runs:

@@ -94,7 +94,7 @@ def _cmd_fit_simulator(args: argparse.Namespace) -> int:
     from cellsynth.simulate.fit import write_fit
 
     summary = write_fit(args.real, args.preset, args.out, pixel_size_um=args.pixel_size,
-                        seed=args.seed, force=args.force)
+                        seed=args.seed, spread=args.spread, force=args.force)
     print(summary["table"])
     print(f"wrote {summary['yaml']} (use: cellsynth simulate --preset {args.preset} --config "
           f"{summary['yaml']} ...)")
@@ -324,6 +324,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         "the preset's)")
     p.add_argument("--seed", type=_nonnegative_int, default=0,
                    help="seed of the simulated images compared with the real ones")
+    p.add_argument("--spread", choices=("floor", "fitted"), default="floor",
+                   help="floor (default): stain variation between cells and camera noise at "
+                        "least the preset's, for a varied training set; fitted: as measured "
+                        "on the real images")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_fit_simulator)
 

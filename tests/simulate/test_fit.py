@@ -13,7 +13,7 @@ from cellsynth.cli import main
 from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.io.images import write_image, write_labels
 from cellsynth.simulate import preset, simulate, simulation_config
-from cellsynth.simulate.fit import fit_simulator, write_fit
+from cellsynth.simulate.fit import fit_simulator, format_fit, match_statistics, write_fit
 
 PX = 0.8  # coarse pixels: a few hundred cells in six 192 px images, so statistics are stable
 
@@ -103,6 +103,36 @@ def test_elongation_moves_with_the_cells_and_not_without_them():
     # weakly identifiable (see fit._KNOBS): the direction and most of the way, no drift
     assert all(1.6 < f < 3.2 for f in _elongation_factor(fit_longer, base))
     assert all(0.8 < f < 1.25 for f in _elongation_factor(fit_same, base))
+
+
+def test_spread_floor_keeps_the_base_variety_and_fitted_follows_quiet_images():
+    base = _base()
+    quiet = replace(base, optics=replace(base.optics, shot_noise=0.25 * base.optics.shot_noise,
+                                         read_noise=0.25 * base.optics.read_noise),
+                    staining=replace(base.staining, cell_variation=0.02))
+    images = [image for image, _ in simulate(quiet, 4, 160, seed=7)]
+    measured = fit_simulator(images, base, spread="fitted")
+    fit = match_statistics(images, base)  # spread="floor", the default
+    floored = fit.config
+    assert measured.optics.shot_noise < 0.6 * base.optics.shot_noise
+    assert measured.staining.cell_variation < base.staining.cell_variation
+    assert floored.optics.shot_noise == pytest.approx(base.optics.shot_noise)
+    assert floored.optics.read_noise == pytest.approx(base.optics.read_noise)
+    assert floored.staining.cell_variation == pytest.approx(base.staining.cell_variation)
+    # the floor touches the variety only: sizes, densities and stains are the same fit
+    assert floored.cells == measured.cells and floored.background == measured.background
+    assert floored.optics.blur_um == measured.optics.blur_um
+    # and says so, with what it measured
+    assert fit.floored["shot noise"] == (measured.optics.shot_noise, floored.optics.shot_noise)
+    assert fit.floored["stain variation between cells"] == (
+        measured.staining.cell_variation, base.staining.cell_variation)
+    assert "kept at the base's" in format_fit(fit)
+
+
+def test_unknown_spread_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="spread must be one of floor, fitted, got 'wide'"):
+        write_fit(tmp_path / "missing", "he", tmp_path / "f.yaml", spread="wide")
+    assert not (tmp_path / "f.yaml").exists()
 
 
 def _images(n=2, size=96, seed=1):
