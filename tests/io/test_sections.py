@@ -128,3 +128,31 @@ def test_a_section_dropped_leaves_no_file_open(tmp_path):
         del image
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_rgba_section_loses_its_alpha_but_channels_first_keep_every_channel(tmp_path):
+    import zarr
+
+    from cellsynth.io.normalize import intensity_range
+    from cellsynth.io.sections import open_large_image
+
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (256, 256, 4), dtype=np.uint8)
+    rgba[..., 3] = 255  # opaque: an alpha channel kept as a 4th colour would be a flat plane
+    with tifffile.TiffWriter(tmp_path / "rgba.ome.tif") as tif:
+        tif.write(rgba, subifds=1, tile=(64, 64), photometric="rgb", extrasamples=["unassalpha"])
+        tif.write(rgba[::2, ::2], subfiletype=1, tile=(64, 64), photometric="rgb",
+                  extrasamples=["unassalpha"])
+    assert reads_lazily(tmp_path / "rgba.ome.tif")
+    with pytest.warns(UserWarning, match=r"rgba\.ome\.tif: dropping alpha channel of RGBA"):
+        image = open_large_image(tmp_path / "rgba.ome.tif")
+    assert image.shape == (256, 256, 3)
+    np.testing.assert_array_equal(image[10:50, 60:70], rgba[10:50, 60:70, :3])
+    low, high = intensity_range(image)
+    assert low.shape == high.shape == (3,)  # what predict and the refiner scale by
+
+    planes = rng.integers(0, 4096, (4, 128, 96), dtype=np.uint16)  # DAPI + 3 markers
+    zarr.save_array(str(tmp_path / "fluo.zarr"), planes)
+    fluo = open_large_image(tmp_path / "fluo.zarr")
+    assert fluo.shape == (128, 96, 4)
+    np.testing.assert_array_equal(fluo[5:9, 7:8], np.moveaxis(planes[:, 5:9, 7:8], 0, -1))

@@ -11,6 +11,7 @@ costs what a few 1024² images cost.
 from __future__ import annotations
 
 import os
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,19 @@ LAZY_PIXELS = 8192 * 8192
 
 
 class _YXC:
-    """A lazy (…, C, Y, X)-ordered array seen as (Y, X[, C]): slicing reads only the window."""
+    """A lazy (…, C, Y, X)-ordered array seen as (Y, X[, C]): slicing reads only the window.
 
-    def __init__(self, array: Any, axes: str):
+    ``colors``: keep only the first this many channels (an RGBA or gray + alpha image
+    without its alpha)."""
+
+    def __init__(self, array: Any, axes: str, colors: int | None = None):
         self.array, self.axes = array, axes
         self._y, self._x = axes.index("y"), axes.index("x")
         self._c = axes.index("c") if "c" in axes else None
         h, w = int(array.shape[self._y]), int(array.shape[self._x])
         c = int(array.shape[self._c]) if self._c is not None else 1
+        self._colors = colors
+        c = min(c, colors or c)
         self.shape = (h, w) if c == 1 else (h, w, c)
         self.ndim = len(self.shape)
         self.dtype = array.dtype
@@ -47,6 +53,8 @@ class _YXC:
         window = np.asarray(self.array[tuple(index)])  # axes kept in file order
         kept = [a for a in self.axes if a in "cyx"]
         window = np.moveaxis(window, [kept.index("y"), kept.index("x")], [0, 1])
+        if self._colors is not None and window.ndim == 3:
+            window = window[..., :self._colors]
         if window.ndim == 3 and window.shape[-1] == 1:
             window = window[..., 0]
         return window
@@ -82,6 +90,9 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
 
     ``level``: the resolution level of a pyramid (0 = full resolution). NGFF axes are
     honoured (a (c, y, x) image is C channels of H x W, not H = C); tifffile's axes too.
+    The alpha channel of an RGBA or gray + alpha image (channels last, as the samples of a
+    pixel) is dropped with a warning, as :func:`cellsynth.io.images.read_image` drops it;
+    channels first (e.g. 4 fluorescence channels) are all kept.
     """
     path = Path(path)
     try:
@@ -116,7 +127,12 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
                                  f"{tuple(node.shape)}; expected (y, x), (y, x, c) or (c, y, x)")
     if "y" not in axes or "x" not in axes:
         raise ImageReadError(f"{path}: image has axes {axes!r}, without y and x")
-    image = node if axes in ("yx", "yxc") else _YXC(node, axes)
+    colors = None
+    if axes == "yxc" and int(node.shape[-1]) in (2, 4):
+        colors = int(node.shape[-1]) - 1
+        warnings.warn(f"{path}: dropping alpha channel of "
+                      f"{'RGBA' if colors == 3 else 'gray+alpha'} image", stacklevel=2)
+    image = node if axes in ("yx", "yxc") and colors is None else _YXC(node, axes, colors)
     if store is not None:  # tifffile's store keeps the file open for the lazy reads: close
         weakref.finalize(image, store.close)  # it with the array, not with a warning at exit
     return image
@@ -213,7 +229,8 @@ def image_or_windows(path: str | os.PathLike, *, side: int = 1024, n: int = 4,
         return [read_image(path)]
     image = open_large_image(path)
     windows = [w for _, _, w in tissue_windows(image, side, n, seed=seed)]
-    return [w[..., :3] if w.ndim == 3 and w.shape[-1] == 4 else w for w in windows]
+    # channels first, more than 3 (fluorescence): the first 3, as the other stages take them
+    return [w[..., :3] if w.ndim == 3 and w.shape[-1] > 3 else w for w in windows]
 
 
 def pyramid_levels(path: str | os.PathLike, *, max_levels: int = 16) -> list[Any]:

@@ -212,7 +212,8 @@ class RealCrops:
                 self.images.append(array)
                 self.lazy.append(True)
                 low, high = intensity_range(array, normalization, where=str(sample.image_path))
-                self.ranges.append((low[:3], high[:3]))  # RGBA: the alpha channel is dropped
+                # > 3 channels (channels first, fluorescence): the first 3 are used
+                self.ranges.append((low[:3], high[:3]))
                 self.regions.append(_tissue_regions(array, need))
             else:
                 image = read_image(sample.image_path)
@@ -257,7 +258,7 @@ class RealCrops:
         ry, rx, h, w = self.regions[j][int(rng.integers(len(self.regions[j])))]
         y, x = ry + int(rng.integers(h - need + 1)), rx + int(rng.integers(w - need + 1))
         window = np.asarray(image[y:y + need, x:x + need])
-        if window.ndim == 3 and window.shape[-1] == 4:
+        if window.ndim == 3 and window.shape[-1] > 3:
             window = window[..., :3]
         window = self._prepare(window, self.root,
                                window_of=self.ranges[j])

@@ -139,8 +139,8 @@ def _windows(image: Any, name: str, n: int, seed: int
         intensity_range(image, where=name)
     found = []
     for y, x, raw in tissue_windows(image, _WINDOW, n, seed=seed):
-        if raw.ndim == 3 and raw.shape[-1] == 4:
-            raw = raw[..., :3]
+        if raw.ndim == 3 and raw.shape[-1] > 3:  # channels first (fluorescence): first 3
+            raw = raw[..., :3]  # (an RGBA section's alpha is dropped by open_large_image)
         pixels = _as_float(raw) if low is None else apply_range(raw, low[:3], high[:3])
         found.append((f"{name}[{y}:{y + raw.shape[0]}, {x}:{x + raw.shape[1]}]", raw,
                       pixels))
