@@ -273,3 +273,17 @@ def test_learning_curves_join_settings_that_differ_only_in_k(tmp_path):
                                                                 tta=True))
     assert curve(Setting("a", "simulated", 2)) != curve(Setting("b", "simulated", 2,
                                                                 detector={"replay": 0.5}))
+
+
+def test_learning_curve_shows_both_of_two_curves_with_equal_points():
+    score = {"mean": 0.946, "std": 0.0}
+    results = {"settings": {
+        "real_k2": {"data": "real", "k": 2, "f1_50": score},
+        "refined_k0": {"data": "refined", "k": 0, "f1_50": {"mean": 0.9, "std": 0.01}},
+        "refined_k2": {"data": "refined", "k": 2, "f1_50": score},
+        "refined_all": {"data": "refined", "k": None, "f1_50": {"mean": 0.95, "std": 0.0}}}}
+    points = experiment._curve_points(results, n_train=4)
+    (real_x, _, _), (refined_x, refined_f1, _) = points["real"], points["refined"]
+    assert refined_f1 == [0.9, 0.946, 0.95]  # sorted by k, "all" at the 4 training images
+    assert real_x[0] != refined_x[1]  # the equal points at k = 2 are side by side
+    assert all(abs(x - k) <= 0.5 for x, k in zip(refined_x, [0, 2, 4]))  # k still readable

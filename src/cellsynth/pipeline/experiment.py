@@ -502,6 +502,26 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -
         tmp.write_text(text)
 
 
+def _curve_points(results: dict[str, Any], n_train: int
+                  ) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """{curve: (x, mean F1@0.5, std)} of the learning-curve plot. One line per curve (never
+    zigzagging between two settings at the same k); the curves are dodged sideways by up to
+    a quarter of the smallest gap between two k, so two curves with equal scores at a k
+    (e.g. real and refined pretraining at k = 2) are both seen, not one under the other."""
+    curves: dict[str, list[tuple[int, float, float]]] = {}
+    for r in results["settings"].values():
+        curves.setdefault(r.get("curve", r["data"]), []).append(
+            (n_train if r["k"] is None else r["k"], r["f1_50"]["mean"], r["f1_50"]["std"]))
+    ks = sorted({k for points in curves.values() for k, _, _ in points})
+    gap = min((b - a for a, b in zip(ks, ks[1:])), default=1)
+    offsets = np.linspace(-gap / 4, gap / 4, len(curves)) if len(curves) > 1 else [0.0]
+    out = {}
+    for offset, (name, points) in zip(offsets, curves.items()):
+        k, mean, std = zip(*sorted(points))
+        out[name] = ([float(x + offset) for x in k], list(mean), list(std))
+    return out
+
+
 def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
     import matplotlib
 
@@ -513,14 +533,11 @@ def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
 
     n_train = len(load_dataset(config.train, require_labels=True))
     fig, ax = plt.subplots(figsize=(6, 4))
-    curves: dict[str, list[tuple[int, float, float]]] = {}
-    for r in results["settings"].values():  # one line per curve, never zigzagging between
-        curves.setdefault(r.get("curve", r["data"]), []).append(   # two at the same k
-            (n_train if r["k"] is None else r["k"], r["f1_50"]["mean"], r["f1_50"]["std"]))
-    for name, points in curves.items():
-        k, mean, std = zip(*sorted(points))
-        ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=name,
-                    linestyle="-" if len(points) > 1 else "none")
+    curves = _curve_points(results, n_train)
+    markers = "osD^vP*X"
+    for i, (name, (k, mean, std)) in enumerate(curves.items()):
+        ax.errorbar(k, mean, yerr=std, marker=markers[i % len(markers)], capsize=3,
+                    label=name, linestyle="-" if len(k) > 1 else "none")
     ax.set_xlabel("annotated real images (k)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no k = 0.5
     ax.set_ylabel("F1@0.5 on the test split")
