@@ -256,6 +256,9 @@ def test_a_run_can_fit_the_simulator_to_its_real_images_first(tmp_path):
     fitted = stages._sim_config(config, out)
     assert fitted.pixel_size_um == base.pixel_size_um  # the working resolution stays
     assert median_diameter_um(fitted) > 1.2 * median_diameter_um(base)
+    # spread "floor" (the default): the training set keeps at least the preset's variety
+    assert fitted.staining.cell_variation >= base.staining.cell_variation
+    assert fitted.optics.shot_noise >= base.optics.shot_noise
     assert (out / "fit" / "fitted-preview.png").is_file()
     said.clear()
     run(config, out, progress=False, log=said.append)
@@ -264,6 +267,12 @@ def test_a_run_can_fit_the_simulator_to_its_real_images_first(tmp_path):
     # above for the refiner)
     plan = {stage.name: stage for stage in stages.plan(config)}
     assert plan["fit"].reads == ("unlabeled",) and plan["simulate"].inputs == ("fit",)
+    # the spread is part of what the fit depends on: changing it redoes the fit
+    measured = replace(config, simulate=replace(config.simulate, fit_spread="fitted"))
+    other = {stage.name: stage for stage in stages.plan(measured)}
+    assert other["fit"].config(measured) != plan["fit"].config(config)
+    with pytest.raises(ValueError, match="simulate.fit_spread must be floor or fitted"):
+        SimulateOptions(fit_spread="wide")
 
 
 def test_fit_from_must_name_real_images_that_are_set(tmp_path):

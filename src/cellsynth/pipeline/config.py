@@ -38,6 +38,9 @@ class SimulateOptions:
     # fit the preset to these real images first (cellsynth fit-simulator): "unlabeled" or
     # "train" (their images only; never "test"); overrides still apply on top of the fit
     fit_from: str | None = field(default=None, metadata=ADDED)
+    # the fit's stain variation between cells and camera noise: "floor" (at least the
+    # preset's, for a varied training set) or "fitted" (as measured); fit-simulator --spread
+    fit_spread: str = field(default="floor", metadata=ADDED)
     # held-out simulated (and, with a refiner, refined) images that choose the pretrained
     # detector's score threshold and best checkpoint when real.val names no annotated images
     # (a zero-label run); 0: none (the detector keeps its last step and threshold 0.9)
@@ -47,6 +50,9 @@ class SimulateOptions:
         if self.n < 1 or self.size < 16 or self.workers < 1 or self.n_val < 0:
             raise ValueError("simulate: n >= 1, size >= 16, workers >= 1 and n_val >= 0 "
                              "required")
+        if self.fit_spread not in ("floor", "fitted"):
+            raise ValueError(f"simulate.fit_spread must be floor or fitted, got "
+                             f"{self.fit_spread!r}")
         if self.fit_from is not None and self.fit_role not in FIT_ROLES:
             raise ValueError(f"simulate.fit_from must be one of "
                              f"{', '.join('real.' + r for r in FIT_ROLES)}, got "

@@ -59,7 +59,8 @@ def _fit_simulator(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
     folder = getattr(config.real, config.simulate.fit_role)
     with staged_output_dir(out / layout.FIT, force=True) as root:
         result = write_fit(folder, _sim_config(config), root / layout.FITTED,
-                           pixel_size_um=config.real.pixel_size_um, seed=config.seed)
+                           pixel_size_um=config.real.pixel_size_um, seed=config.seed,
+                           spread=config.simulate.fit_spread)
     fit = result["fit"]
     return {"fitted_from": folder,
             "median_diameter_um": round(median_diameter_um(fit.config), 3),
