@@ -26,7 +26,15 @@ import numpy as np
 
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.files import write_json
-from cellsynth.io.images import CELLPOSE_SEG_SUFFIX, IMAGE_SUFFIXES, read_image, read_labels
+from cellsynth.io.images import (
+    CELLPOSE_SEG_SUFFIX,
+    CONVERT_HINT,
+    FOREIGN_FORMATS,
+    IMAGE_SUFFIXES,
+    foreign_files,
+    read_image,
+    read_labels,
+)
 from cellsynth.pipeline import layout
 
 __all__ = ["Sample", "Dataset", "load_dataset", "write_dataset_meta", "CELLPOSE_SUFFIX"]
@@ -108,6 +116,14 @@ def _files_by_id(folder: Path, *, zarr_sections: bool = False) -> dict[str, Path
     return found
 
 
+def _foreign(files: list[Path]) -> str:
+    """'3 Zeiss CZI file(s) (a.czi, ...)' for the files of formats that are not read."""
+    kinds = sorted({FOREIGN_FORMATS[p.suffix.lower()] for p in files})
+    more = ", ..." if len(files) > 2 else ""
+    return (f"{len(files)} {' / '.join(kinds)} file(s) "
+            f"({', '.join(p.name for p in files[:2])}{more})")
+
+
 def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Dataset:
     """List and validate a dataset folder (files are read lazily, per sample).
 
@@ -143,12 +159,20 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
         from cellsynth.hardware import announce
 
         announce(f"{root}: read as a {kind} folder")
+    foreign = foreign_files(image_dir)
     if not images:
         where = image_dir if image_dir != root else root
+        if foreign:
+            raise DatasetError(f"{where}: no images found, only {_foreign(foreign)}, "
+                               f"which cellsynth does not read; {CONVERT_HINT}")
         raise DatasetError(
             f"{where}: no images found "
             f"(expected {root}/images/<id>.tif|.png or image files in {root})"
         )
+    if foreign:
+        from cellsynth.hardware import announce
+
+        announce(f"{image_dir}: {_foreign(foreign)} skipped (not read; {CONVERT_HINT})")
     orphans = sorted(set(labels) - set(images))
     if orphans:
         raise DatasetError(

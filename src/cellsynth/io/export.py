@@ -139,7 +139,7 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                 write_labels(staging / f"{image_id}{CELLPOSE_SUFFIX}.tif", labels)
             elif to == "stardist":  # its idiom pairs images/*.tif with masks/*.tif by name
                 target = staging / "images" / f"{image_id}.tif"
-                if image_path.suffix.lower() in (".tif", ".tiff"):
+                if image_path.suffix.lower() in (".tif", ".tiff"):  # not .svs: its pyramid
                     shutil.copyfile(image_path, target)
                 else:
                     write_image(target, read_image(image_path))

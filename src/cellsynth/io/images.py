@@ -1,6 +1,8 @@
 """Read and write single images and instance label maps, validating them on the way in.
 
-Supported files: TIFF (tifffile) and PNG/JPEG/BMP (imageio). Images are ``(H, W)`` or
+Supported files: TIFF, including pyramidal OME-TIFF and Aperio SVS (tifffile), and
+PNG/JPEG/BMP (imageio); other microscope formats (CZI, ND2, LIF, VSI, ...) are named in a
+one-line error saying to convert them to OME-TIFF. Images are ``(H, W)`` or
 ``(H, W, 3)``; an alpha channel is dropped with a warning. Label maps are ``(H, W)`` integer
 arrays, 0 = background. Every problem raises :class:`ImageReadError` naming the file.
 """
@@ -19,7 +21,11 @@ from cellsynth.io.files import atomic_path
 
 __all__ = [
     "CELLPOSE_SEG_SUFFIX",
+    "CONVERT_HINT",
+    "FOREIGN_FORMATS",
     "IMAGE_SUFFIXES",
+    "TIFF_SUFFIXES",
+    "foreign_files",
     "match_channels",
     "read_image",
     "read_labels",
@@ -30,8 +36,24 @@ __all__ = [
     "write_labels",
 ]
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-_TIFF = (".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs")  # read by tifffile (.svs: Aperio whole slides)
+IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg", ".bmp")
+_TIFF = (".tif", ".tiff")  # what is written as TIFF
+# Microscope and whole-slide formats that are not read (Bio-Formats / OpenSlide territory):
+# named, so a folder of them is not just "no images found".
+FOREIGN_FORMATS = {".czi": "Zeiss CZI", ".nd2": "Nikon ND2", ".lif": "Leica LIF",
+                   ".vsi": "Olympus VSI", ".oir": "Olympus OIR", ".oib": "Olympus OIB",
+                   ".mrxs": "3DHISTECH MRXS", ".ndpi": "Hamamatsu NDPI", ".scn": "Leica SCN",
+                   ".bif": "Ventana BIF", ".isyntax": "Philips iSyntax", ".ims": "Imaris",
+                   ".dcm": "DICOM", ".ome.xml": "OME-XML"}
+CONVERT_HINT = ("convert to OME-TIFF first (Bio-Formats: bfconvert IN OUT.ome.tif; QuPath: "
+                "File > Export images > OME TIFF)")
+
+
+def foreign_files(folder: Path) -> list[Path]:
+    """Files of ``folder`` in a microscope format that is not read (:data:`FOREIGN_FORMATS`)."""
+    return [p for p in sorted(folder.iterdir())
+            if p.suffix.lower() in FOREIGN_FORMATS and not p.name.startswith(".")]
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -40,13 +62,16 @@ def _read_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(f"{path}: not a file")
     suffix = path.suffix.lower()
+    if suffix in FOREIGN_FORMATS:
+        raise ImageReadError(f"{path}: {FOREIGN_FORMATS[suffix]} files are not read; "
+                             f"{CONVERT_HINT}")
     if suffix not in IMAGE_SUFFIXES:
         raise ImageReadError(
             f"{path}: unsupported file type {suffix!r} "
             f"(expected one of {', '.join(IMAGE_SUFFIXES)})"
         )
     try:
-        if suffix in _TIFF:
+        if suffix in TIFF_SUFFIXES:
             import tifffile
 
             return np.asarray(tifffile.imread(path))

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from cellsynth.io.images import TIFF_SUFFIXES
+
 __all__ = ["RELATIVE_TOLERANCE", "pixel_scale", "read_pixel_size", "Rescaled", "rescale_image",
            "rescale_labels"]
 
@@ -38,30 +40,47 @@ def pixel_scale(source_um: float | None, target_um: float | None) -> float:
     return 1.0 if abs(factor - 1.0) <= RELATIVE_TOLERANCE else factor
 
 
-def _tiff_pixel_size(path: Path) -> float | None:
+def _tiff_pixel_size(path: Path, level: int = 0) -> float | None:
+    """Of level 0 (OME, Aperio SVS ``MPP``, resolution tags, ImageJ), times how much smaller
+    ``level`` is than level 0 (SVS pyramids shrink by 4 per level, others mostly by 2)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        if tif.ome_metadata:
-            match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-            if match:
-                scale = _UM_PER_UNIT.get(unit.group(1).lower() if unit else "µm")
-                return float(match.group(1)) * scale if scale else None
-        page = tif.pages[0]
-        unit = page.tags.get("ResolutionUnit")
-        tag = page.tags.get("XResolution")
-        if unit is not None and int(unit.value) == 3 and tag is not None:  # pixels per cm
+        size = _tiff_level0_pixel_size(tif)
+        if size is None or not level:
+            return size
+        levels = tif.series[0].levels
+        if level >= len(levels):
+            return None
+        axis = tif.series[0].axes.upper().index("X")
+        return size * levels[0].shape[axis] / levels[level].shape[axis]
+
+
+def _tiff_level0_pixel_size(tif: Any) -> float | None:
+    if tif.ome_metadata:
+        match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+        if match:
+            scale = _UM_PER_UNIT.get(unit.group(1).lower() if unit else "µm")
+            return float(match.group(1)) * scale if scale else None
+    page = tif.pages[0]
+    if tif.is_svs:  # Aperio: "...|MPP = 0.2520|..." in the description
+        match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
+        if match and float(match.group(1)) > 0:
+            return float(match.group(1))
+    unit = page.tags.get("ResolutionUnit")
+    tag = page.tags.get("XResolution")
+    if unit is not None and int(unit.value) == 3 and tag is not None:  # pixels per cm
+        numerator, denominator = tag.value
+        if numerator > 0:
+            return 1e4 * denominator / numerator
+    if tif.imagej_metadata:
+        unit = str(tif.imagej_metadata.get("unit", "")).lower()
+        tag = tif.pages[0].tags.get("XResolution")
+        if unit in _UM_PER_UNIT and tag is not None:
             numerator, denominator = tag.value
             if numerator > 0:
-                return 1e4 * denominator / numerator
-        if tif.imagej_metadata:
-            unit = str(tif.imagej_metadata.get("unit", "")).lower()
-            tag = tif.pages[0].tags.get("XResolution")
-            if unit in _UM_PER_UNIT and tag is not None:
-                numerator, denominator = tag.value
-                if numerator > 0:
-                    return denominator / numerator * _UM_PER_UNIT[unit]
+                return denominator / numerator * _UM_PER_UNIT[unit]
     return None
 
 
@@ -94,9 +113,8 @@ def read_pixel_size(path: str | os.PathLike, *, level: int = 0) -> float | None:
     try:
         if path.is_dir():
             return _zarr_pixel_size(path, level)
-        if path.suffix.lower() in (".tif", ".tiff"):
-            size = _tiff_pixel_size(path)
-            return size * 2 ** level if size and level else size
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            return _tiff_pixel_size(path, level)
     except Exception:  # unreadable metadata is no pixel size; reading the pixels will say more
         return None
     return None

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.errors import ImageReadError
+from cellsynth.io.images import TIFF_SUFFIXES
 
 __all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "tissue_windows",
            "image_or_windows", "pyramid_levels"]
@@ -101,7 +102,7 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
         axes, store = None, None
         if path.suffix.lower() == ".zarr" or path.is_dir():
             node = zarr.open(str(path), mode="r")
-        elif path.suffix.lower() in (".tif", ".tiff"):
+        elif path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
@@ -144,7 +145,7 @@ def reads_lazily(path: str | os.PathLike, lazy_pixels: int = LAZY_PIXELS) -> boo
     path = Path(path)
     if path.is_dir():
         return True
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    if path.suffix.lower() not in TIFF_SUFFIXES:
         return False
     import tifffile
 

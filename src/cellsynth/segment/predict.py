@@ -25,7 +25,10 @@ from cellsynth.hardware import announce, choose_precision, configure_threads, re
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.images import (
+    CONVERT_HINT,
+    FOREIGN_FORMATS,
     IMAGE_SUFFIXES,
+    foreign_files,
     match_channels,
     read_image,
     select_channel,
@@ -329,6 +332,9 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
     if images.is_dir() and images.suffix.lower() == ".zarr":
         return [(images.stem, images)]
     if images.is_file():  # one image, e.g. a whole-section TIFF
+        if images.suffix.lower() in FOREIGN_FORMATS:
+            raise DatasetError(f"{images}: {FOREIGN_FORMATS[images.suffix.lower()]} files are "
+                               f"not read; {CONVERT_HINT}")
         if images.suffix.lower() not in IMAGE_SUFFIXES:
             raise DatasetError(f"{images}: not an image file (expected one of "
                                f"{', '.join(IMAGE_SUFFIXES)}) or a folder of images")
@@ -339,8 +345,8 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
     found = [(p.stem, p) for p in sorted(folder.iterdir())
              if (p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
              or (p.suffix.lower() == ".zarr" and p.is_dir())]
-    if not found:
-        load_dataset(images)  # raises the standard "no images found" error
+    if not found or foreign_files(folder):
+        load_dataset(images)  # the standard "no images found" error, or which were skipped
     return found
 
 
