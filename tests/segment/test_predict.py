@@ -1,5 +1,6 @@
 """Prediction applies the model's recorded normalisation and precision on this machine."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -434,3 +435,44 @@ def test_proposals_below_the_threshold_are_skipped_without_changing_the_labels(m
             m.setattr(predict, "score_floor", lambda *args, **kw: 0.5)
             old = predict_image(detector, image, tile=96, overlap=32, score_thresh=thresh)
         assert labels.max() > 0 and np.array_equal(labels, old)
+
+
+def test_an_svs_and_an_rgba_section_give_the_labels_of_the_rgb_image(model, tmp_path):
+    """An Aperio SVS is predicted at the pixel size its MPP states, and an RGBA section
+    loses its alpha (not repeated into 12 channels): both label like the RGB image."""
+    import tifffile
+
+    run, sim = model
+    found = [read_image(p) for p in sorted((sim / "images").iterdir())]
+    gray = np.concatenate([np.concatenate(found[:2], axis=1),
+                           np.concatenate(found[2:4], axis=1)], axis=0)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    rgba = np.concatenate([rgb, np.full(gray.shape + (1,), 255, gray.dtype)], axis=-1)
+    options = dict(tile=128, overlap=48, score_thresh=0.5, precision="fp32", progress=False)
+    (tmp_path / "flat").mkdir()
+    tifffile.imwrite(tmp_path / "flat" / "s.tif", rgb, photometric="rgb")
+    predict_folder(run, tmp_path / "flat", tmp_path / "memory", pixel_size_um=0.5, **options)
+    expected = read_labels(tmp_path / "memory" / "labels" / "s.tif")
+    assert expected.max() >= 5
+
+    (tmp_path / "svs").mkdir()
+    aperio = "Aperio Image Library v12.0.15 \r\n"
+    kw = {"photometric": "rgb", "compression": "zlib", "metadata": None}
+    with tifffile.TiffWriter(tmp_path / "svs" / "s.svs") as tif:
+        tif.write(rgb, tile=(64, 64), description=aperio + "x|AppMag = 20|MPP = 0.5", **kw)
+        tif.write(rgb[::8, ::8], description=aperio + "thumbnail", **kw)
+        tif.write(rgb[::4, ::4], tile=(64, 64), description=aperio + "x|MPP = 0.5", **kw)
+    (tmp_path / "rgba").mkdir()
+    with tifffile.TiffWriter(tmp_path / "rgba" / "s.ome.tif") as tif:
+        tif.write(rgba, subifds=1, tile=(64, 64), photometric="rgb", extrasamples=["unassalpha"])
+        tif.write(rgba[::2, ::2], subfiletype=1, tile=(64, 64), photometric="rgb",
+                  extrasamples=["unassalpha"])
+    for source, extra in (("svs", {}), ("rgba", {"pixel_size_um": 0.5})):
+        out = tmp_path / f"out-{source}"
+        with pytest.warns(UserWarning):  # RGB -> gray for the fluo model; RGBA: alpha too
+            predict_folder(run, tmp_path / source, out, labels_as="tiff", **options, **extra)
+        image_id = "s" if source == "svs" else "s.ome"
+        np.testing.assert_array_equal(read_labels(out / "labels" / f"{image_id}.tif"),
+                                      expected)
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["images_pixel_size_um"][image_id]["pixel_size_um"] == 0.5
