@@ -27,3 +27,46 @@ def test_count_threshold_matches_the_estimated_count(trained_detector):
     assert result["count_at_own"] < result["estimated_count"]
     assert FLOOR < result["score_thresh"] < result["own_score_thresh"] == pytest.approx(0.9)
     assert result["count_at_threshold"] == result["estimated_count"]
+
+
+def test_windows_of_a_section_are_scaled_as_the_whole_section(trained_detector, tmp_path,
+                                                                monkeypatch):
+    """The count threshold scores windows of a whole section with the section's intensity
+    range (as `cellsynth predict` will scale it), a plain image with its own."""
+    import tifffile
+
+    from cellsynth.io.normalize import intensity_range
+    from cellsynth.io.sections import open_large_image
+    from cellsynth.segment import predict
+    from cellsynth.segment.predict import load_detector
+    from cellsynth.simulate import preset, simulate
+
+    run, _ = trained_detector
+    tiles = [image for image, _ in simulate(preset("fluo"), 4, 1152, seed=3)]
+    section = np.block([[tiles[0], tiles[1]], [tiles[2], tiles[3]]]).astype(np.uint16) * 16
+    section[:64, :64] = 4095  # a bright corner no tissue window holds
+    folder = tmp_path / "sections"
+    folder.mkdir()
+    with tifffile.TiffWriter(folder / "s.ome.tif") as tif:
+        tif.write(section, subifds=1, tile=(256, 256), compression="zlib")
+        tif.write(section[::2, ::2], subfiletype=1, tile=(256, 256), compression="zlib")
+    seen = []
+
+    def spy(detector, image, **kwargs):
+        seen.append((image.shape, kwargs.get("value_range")))
+        return np.zeros((0, 8, 2)), np.zeros(0), 0.0
+
+    monkeypatch.setattr(predict, "image_proposals", spy)
+    count_threshold(run, folder, "fluo", pixel_size_um=0.5)
+    detector = load_detector(run)
+    whole = intensity_range(open_large_image(folder / "s.ome.tif"), detector.normalization)
+    assert len(seen) >= 2 and all(shape == (1024, 1024) for shape, _ in seen)
+    for _, (low, high) in seen:
+        np.testing.assert_array_equal(low, whole[0])
+        np.testing.assert_array_equal(high, whole[1])
+    seen.clear()
+    small = tmp_path / "small"
+    small.mkdir()
+    tifffile.imwrite(small / "a.tif", tiles[0][:256, :256])
+    count_threshold(run, small, "fluo", pixel_size_um=0.5)
+    assert seen == [((256, 256), None)]  # a plain image: its own range, as before

@@ -44,18 +44,28 @@ def count_threshold(run: str | os.PathLike, images: str | os.PathLike, base: Any
     estimated count and the detector's counts at its own and at the new threshold."""
     from tqdm.auto import tqdm
 
+    from cellsynth.io.images import select_channel
+    from cellsynth.io.normalize import intensity_range
     from cellsynth.segment.predict import image_proposals, load_detector
     from cellsynth.simulate.fit import count_cells
 
     detector = load_detector(run, device=device)
     px, counted = count_cells(images, base, pixel_size_um=pixel_size_um)
     scores = []
-    for name, raw, _ in tqdm(counted, desc="count-threshold", unit="image",
-                             disable=not progress):
+    ranges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for name, raw, _, source in tqdm(counted, desc="count-threshold", unit="image",
+                                     disable=not progress):
+        value_range = None
+        if source is not raw:  # a window of a section: scaled as predict scales the section
+            if id(source) not in ranges:
+                ranges[id(source)] = intensity_range(
+                    select_channel(source, detector.channel, where=name),
+                    detector.normalization, where=name)
+            value_range = ranges[id(source)]
         _, found, _ = image_proposals(detector, raw, score_thresh=FLOOR, device=device,
-                                      where=name, pixel_size_um=px)
+                                      where=name, pixel_size_um=px, value_range=value_range)
         scores.append(np.asarray(found, dtype=np.float64))
-    expected = float(sum(n for _, _, n in counted))
+    expected = float(sum(n for _, _, n, _ in counted))
     thresh = threshold_for_count(scores, expected)
     total = lambda t: int(sum((s >= t).sum() for s in scores))  # noqa: E731
     return {"score_thresh": thresh, "own_score_thresh": float(detector.score_thresh),

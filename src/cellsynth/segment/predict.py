@@ -238,16 +238,22 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
                     where: str = "image", channel: int | None = None,
                     pixel_size_um: float | None = None, progress: Any = None,
                     store: ProposalStore | None = None, balance: bool = True,
-                    tta: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+                    tta: bool = False,
+                    value_range: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, float]:
     """What :func:`predict_image` paints: (contours (K, S, 2) as (x, y) in the image's own
     pixels, scores (K,), offset), all proposals scoring at least the floor that
     ``score_thresh`` (default: the detector's) needs. A cell is painted as the pixels whose
     centres lie in its contour moved ``offset`` px outward (:func:`tiles.offset_contours`;
-    0 where the offset was applied before scaling back to the image's pixel size)."""
+    0 where the offset was applied before scaling back to the image's pixel size).
+
+    ``value_range``: the (low, high) intensities to scale by (of the channel used), e.g. of
+    the whole section ``image`` is a window of; default the image's own."""
     image = select_channel(image, detector.channel if channel is None else channel,
                            where=where)
     tile, batch = tiling(detector, tile, batch)
-    low, high = intensity_range(image, detector.normalization, where=where)
+    low, high = value_range if value_range is not None else \
+        intensity_range(image, detector.normalization, where=where)
     factor = pixel_scale(pixel_size_um, detector.pixel_size_um)
     view = image if factor == 1.0 else Rescaled(image, factor)
     if balance:  # no larger than needed for as few tiles as `tile` needs

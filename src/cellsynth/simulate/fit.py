@@ -86,6 +86,8 @@ class _Real:
     pixel_size_um: float
     where: str                 # the folder, for messages
     raw: list[np.ndarray]      # the same images as read (their own dtype and range)
+    # what each was read from: the image itself, or the whole section it is a window of
+    sources: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -123,14 +125,15 @@ def median_diameter_um(config: SimulationConfig) -> float:
 
 
 def _windows(image: Any, name: str, n: int, seed: int
-             ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, pixels as read, float pixels in [0, 1]) of an image, or of up to ``n`` windows
+             ) -> list[tuple[str, np.ndarray, np.ndarray, Any]]:
+    """(name, pixels as read, float pixels in [0, 1], ``image``) of an image, or of up to
+    ``n`` windows
     of tissue of it (:func:`cellsynth.io.sections.tissue_windows`) if it is larger than
     ``_WINDOW_ABOVE`` pixels: a whole section is measured by a few windows, not decoded."""
     h, w = int(image.shape[0]), int(image.shape[1])
     if h * w <= _WINDOW_ABOVE:
         raw = np.asarray(image[0:h, 0:w]) if not isinstance(image, np.ndarray) else image
-        return [(name, raw, _as_float(raw))]
+        return [(name, raw, _as_float(raw), raw)]
     from cellsynth.io.normalize import apply_range, intensity_range
     from cellsynth.io.sections import tissue_windows
 
@@ -143,7 +146,7 @@ def _windows(image: Any, name: str, n: int, seed: int
             raw = raw[..., :3]  # (an RGBA section's alpha is dropped by open_large_image)
         pixels = _as_float(raw) if low is None else apply_range(raw, low[:3], high[:3])
         found.append((f"{name}[{y}:{y + raw.shape[0]}, {x}:{x + raw.shape[1]}]", raw,
-                      pixels))
+                      pixels, image))
     return found
 
 
@@ -174,7 +177,7 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
     per_image = int(np.clip(_MAX_REAL // len(opened), 1, _WINDOWS))
     parts = [part for i, (name, image) in enumerate(opened)
              for part in _windows(image, name, per_image, seed=i)]
-    for name, raw, _ in parts:
+    for name, raw, _, _ in parts:
         if min(raw.shape[:2]) < MIN_SIDE_PX:
             raise DatasetError(f"{name}: image is {raw.shape[0]}x{raw.shape[1]} px, too "
                                f"small to estimate cells from (need >= {MIN_SIDE_PX} px a side)")
@@ -189,8 +192,8 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
         raise ConfigError(f"{where}: at {px:g} um/px the cells of preset {base.preset!r} "
                           f"(median diameter {diameter:.3g} um) are {diameter / px:.1f} px "
                           f"across; need >= {MIN_CELL_PX:g} px (check --pixel-size/meta.json)")
-    return _Real([f for _, _, f in parts], [n for n, _, _ in parts], px, where,
-                 [r for _, r, _ in parts])
+    return _Real([p[2] for p in parts], [p[0] for p in parts], px, where,
+                 [p[1] for p in parts], [p[3] for p in parts])
 
 
 def _apply(base: SimulationConfig, p: dict[str, float]) -> SimulationConfig:
@@ -382,15 +385,19 @@ def match_statistics(images: str | os.PathLike | Sequence[np.ndarray],
 
 def count_cells(images: str | os.PathLike | Sequence[np.ndarray],
                 base: str | SimulationConfig, *, pixel_size_um: float | None = None
-                ) -> tuple[float, list[tuple[str, np.ndarray, int]]]:
+                ) -> tuple[float, list[tuple[str, np.ndarray, int, Any]]]:
     """The estimator's cell count of unlabeled real images (no search, no simulation): their
     pixel size and, for each image it measured (of a folder: up to 64, spread over it),
-    its name, its pixels as read and the number of cells found. Labels are never read."""
+    its name, its pixels as read, the number of cells found and what it was read from (the
+    image itself, or the lazily opened whole section it is a window of, so that a detector
+    can scale the window as it scales the section). Labels are never read."""
     base = preset(base) if isinstance(base, str) else base
     real = _load(images, base, pixel_size_um)
     target, _ = _real_statistics(real, replace(base, pixel_size_um=real.pixel_size_um))
-    return real.pixel_size_um, [(name, raw, int(s["n_cells"])) for name, raw, s
-                                in zip(real.names, real.raw, target["per_image"])]
+    return real.pixel_size_um, [(name, raw, int(s["n_cells"]), source)
+                                for name, raw, s, source in zip(real.names, real.raw,
+                                                                target["per_image"],
+                                                                real.sources)]
 
 
 def fit_simulator(images: str | os.PathLike | Sequence[np.ndarray],
