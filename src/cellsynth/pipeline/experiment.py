@@ -506,15 +506,17 @@ def _curve_points(results: dict[str, Any], n_train: int
                   ) -> dict[str, tuple[list[float], list[float], list[float]]]:
     """{curve: (x, mean F1@0.5, std)} of the learning-curve plot. One line per curve (never
     zigzagging between two settings at the same k); the curves are dodged sideways by up to
-    a quarter of the smallest gap between two k, so two curves with equal scores at a k
-    (e.g. real and refined pretraining at k = 2) are both seen, not one under the other."""
+    3 % of the k axis (never more than a quarter of the smallest gap between two k), so two
+    curves with equal scores at a k (e.g. real and refined pretraining at k = 2) are both
+    seen, not one under the other."""
     curves: dict[str, list[tuple[int, float, float]]] = {}
     for r in results["settings"].values():
         curves.setdefault(r.get("curve", r["data"]), []).append(
             (n_train if r["k"] is None else r["k"], r["f1_50"]["mean"], r["f1_50"]["std"]))
     ks = sorted({k for points in curves.values() for k, _, _ in points})
     gap = min((b - a for a, b in zip(ks, ks[1:])), default=1)
-    offsets = np.linspace(-gap / 4, gap / 4, len(curves)) if len(curves) > 1 else [0.0]
+    reach = min(gap / 4, 0.03 * max(ks[-1] - ks[0], 1)) if ks else 0.0
+    offsets = np.linspace(-reach, reach, len(curves)) if len(curves) > 1 else [0.0]
     out = {}
     for offset, (name, points) in zip(offsets, curves.items()):
         k, mean, std = zip(*sorted(points))
