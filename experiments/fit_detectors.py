@@ -13,9 +13,12 @@ for seeds 0, 1, 2 and predicts the test split once. Then the printed
     python experiments/fit_detectors.py --out runs/fit-detectors --run   # also run them, in
                                                                          # order, resumably
 
-``--fits DIR --kind NAME`` takes the fitted YAMLs from DIR instead (e.g. written by
-``cellsynth fit-simulator --spread fitted``) and names that kind NAME (configs
-``<set>-NAME.yaml``), so fits can be compared with each other on the same base runs.
+``--fits DIR --kind NAME`` takes the fitted YAMLs from DIR instead and names that kind NAME
+(configs ``<set>-NAME.yaml``), so fits can be compared with each other on the same base
+runs; e.g. the ``--spread floor`` fits, both cores busy, seeds 1 and 2 only:
+
+    python experiments/fit_detectors.py --out runs/fit-detectors \
+        --fits docs/results/fit_simulator/floor --kind floor --seeds 1 2 --jobs 2 --run
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -59,6 +63,10 @@ def main() -> None:
     parser.add_argument("--kind", default="fitted", help="name of the fitted kind")
     parser.add_argument("--sets", nargs="+", default=[name for name, _, _ in SETS],
                         help="datasets (default: all four)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="seeds --run trains (default: 0 1 2; done ones are skipped)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="experiments --run runs at once, one thread each (2 on 2 cores)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -78,13 +86,24 @@ def main() -> None:
         print(f"python {HERE / 'compare_experiments.py'} --a {a}.yaml {a} --b {b}.yaml {b} "
               f"--settings sim_only --seeds 0 1 2 --json "
               f"{FITS.parent / 'fit_detectors' / name / f'{args.kind}_results.json'}")
-    if args.run:
+    if args.run:  # one thread per job: two 1-thread jobs on 2 cores never oversubscribe
         env = {**os.environ, "OMP_NUM_THREADS": "1", "CELLSYNTH_THREADS": "1"}
-        for config, out in runs:
-            done = subprocess.run(["cellsynth", "experiment", str(config), "--out", str(out)],
-                                  env=env)
-            if done.returncode:
-                sys.exit(done.returncode)
+        todo = [(config, out, seed) for seed in args.seeds for config, out in runs]
+        running: list[subprocess.Popen] = []
+        while todo or running:
+            while todo and len(running) < args.jobs:
+                config, out, seed = todo.pop(0)
+                log = open(out.with_suffix(f".s{seed}.log"), "a")  # noqa: SIM115
+                running.append(subprocess.Popen(
+                    ["cellsynth", "experiment", str(config), "--out", str(out), "--seeds",
+                     str(seed)], env=env, stdout=log, stderr=subprocess.STDOUT))
+            time.sleep(5)
+            for job in [j for j in running if j.poll() is not None]:
+                running.remove(job)
+                if job.returncode:
+                    for other in running:
+                        other.wait()
+                    sys.exit(f"{job.args[2]}: failed ({job.returncode}); see its .log")
 
 
 if __name__ == "__main__":
