@@ -43,10 +43,9 @@ from cellsynth.simulate.estimate import _SCALE_STEP, _as_float, _measure, _pool
 from cellsynth.simulate.presets import SimulationConfig, preset
 from cellsynth.simulate.scene import render_scene
 
-__all__ = ["MIN_SIDE_PX", "MIN_CELL_PX", "SPREADS", "SimulatorFit", "count_cells", "fit_simulator",
-           "match_statistics",
-           "median_diameter_um",
-           "config_override", "format_fit", "write_fit"]
+__all__ = ["MIN_SIDE_PX", "MIN_CELL_PX", "SPREADS", "SimulatorFit", "count_cells",
+           "fit_simulator", "match_statistics", "median_diameter_um", "config_override",
+           "format_fit", "write_fit"]
 
 MIN_SIDE_PX = 64     # smaller images hold too few cells and too little background to measure
 MIN_CELL_PX = 4.0    # cells narrower than this (in pixels) cannot be told from grain
@@ -126,10 +125,10 @@ def median_diameter_um(config: SimulationConfig) -> float:
 
 def _windows(image: Any, name: str, n: int, seed: int
              ) -> list[tuple[str, np.ndarray, np.ndarray, Any]]:
-    """(name, pixels as read, float pixels in [0, 1], ``image``) of an image, or of up to
-    ``n`` windows
-    of tissue of it (:func:`cellsynth.io.sections.tissue_windows`) if it is larger than
-    ``_WINDOW_ABOVE`` pixels: a whole section is measured by a few windows, not decoded."""
+    """(name, pixels as read, float pixels in [0, 1], what they were read from) of an image,
+    or of up to ``n`` windows of tissue of it (:func:`cellsynth.io.sections.tissue_windows`)
+    if it is larger than ``_WINDOW_ABOVE`` pixels: a whole section is measured by a few
+    windows, not decoded."""
     h, w = int(image.shape[0]), int(image.shape[1])
     if h * w <= _WINDOW_ABOVE:
         raw = np.asarray(image[0:h, 0:w]) if not isinstance(image, np.ndarray) else image
