@@ -180,7 +180,7 @@ CASES = [
     ("predict --detector {run} --images {root}/five_d.zarr --out {existing} --force",
      "five_d.zarr: cannot tell the axes of a 5-D array"),
     ("predict --detector {run} --images {root}/slide.czi --out {existing} --force",
-     "slide.czi: not an image file"),
+     "slide.czi: Zeiss CZI files are not read; convert to OME-TIFF"),
 ]
 
 
