@@ -69,3 +69,16 @@ def test_czi_beside_readable_images_is_said_to_be_skipped(tmp_path, caplog):
         dataset = load_dataset(tmp_path)
     assert [s.id for s in dataset] == ["ok"]
     assert "1 Zeiss CZI file(s) (other.czi) skipped" in caplog.text
+
+
+def test_predict_lists_the_readable_images_and_says_which_were_skipped(tmp_path, caplog):
+    from cellsynth.segment.predict import _inputs
+
+    tifffile.imwrite(tmp_path / "ok.tif", np.zeros((32, 32), np.uint8))
+    (tmp_path / "scan.nd2").write_bytes(bytes(16))
+    forget_announcements()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        assert [i for i, _ in _inputs(tmp_path)] == ["ok"]
+    assert "1 Nikon ND2 file(s) (scan.nd2) skipped" in caplog.text
+    with pytest.raises(DatasetError, match=r"scan\.nd2: Nikon ND2 files are not read"):
+        _inputs(tmp_path / "scan.nd2")

@@ -116,7 +116,7 @@ def _files_by_id(folder: Path, *, zarr_sections: bool = False) -> dict[str, Path
     return found
 
 
-def _foreign(files: list[Path]) -> str:
+def describe_foreign(files: list[Path]) -> str:
     """'3 Zeiss CZI file(s) (a.czi, ...)' for the files of formats that are not read."""
     kinds = sorted({FOREIGN_FORMATS[p.suffix.lower()] for p in files})
     more = ", ..." if len(files) > 2 else ""
@@ -163,7 +163,7 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
     if not images:
         where = image_dir if image_dir != root else root
         if foreign:
-            raise DatasetError(f"{where}: no images found, only {_foreign(foreign)}, "
+            raise DatasetError(f"{where}: no images found, only {describe_foreign(foreign)}, "
                                f"which cellsynth does not read; {CONVERT_HINT}")
         raise DatasetError(
             f"{where}: no images found "
@@ -172,7 +172,7 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
     if foreign:
         from cellsynth.hardware import announce
 
-        announce(f"{image_dir}: {_foreign(foreign)} skipped (not read; {CONVERT_HINT})")
+        announce(f"{image_dir}: {describe_foreign(foreign)} skipped (not read; {CONVERT_HINT})")
     orphans = sorted(set(labels) - set(images))
     if orphans:
         raise DatasetError(

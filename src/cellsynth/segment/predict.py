@@ -351,8 +351,14 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
     found = [(p.stem, p) for p in sorted(folder.iterdir())
              if (p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
              or (p.suffix.lower() == ".zarr" and p.is_dir())]
-    if not found or foreign_files(folder):
-        load_dataset(images)  # the standard "no images found" error, or which were skipped
+    if not found:
+        load_dataset(images)  # raises the standard "no images found" error (naming CZI etc.)
+    foreign = foreign_files(folder)
+    if foreign:
+        from cellsynth.hardware import announce
+        from cellsynth.io.datasets import describe_foreign
+
+        announce(f"{folder}: {describe_foreign(foreign)} skipped (not read; {CONVERT_HINT})")
     return found
 
 
