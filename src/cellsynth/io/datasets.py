@@ -116,6 +116,14 @@ def _files_by_id(folder: Path, *, zarr_sections: bool = False) -> dict[str, Path
     return found
 
 
+def announce_skipped(folder: Path, files: list[Path]) -> None:
+    """Say once that ``files`` (of :func:`foreign_files`) in ``folder`` are not read."""
+    if files:
+        from cellsynth.hardware import announce
+
+        announce(f"{folder}: {describe_foreign(files)} skipped (not read; {CONVERT_HINT})")
+
+
 def describe_foreign(files: list[Path]) -> str:
     """'3 Zeiss CZI file(s) (a.czi, ...)' for the files of formats that are not read."""
     kinds = sorted({FOREIGN_FORMATS[p.suffix.lower()] for p in files})
@@ -169,10 +177,7 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
             f"{where}: no images found "
             f"(expected {root}/images/<id>.tif|.png or image files in {root})"
         )
-    if foreign:
-        from cellsynth.hardware import announce
-
-        announce(f"{image_dir}: {describe_foreign(foreign)} skipped (not read; {CONVERT_HINT})")
+    announce_skipped(image_dir, foreign)
     orphans = sorted(set(labels) - set(images))
     if orphans:
         raise DatasetError(

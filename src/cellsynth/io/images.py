@@ -26,6 +26,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "TIFF_SUFFIXES",
     "foreign_files",
+    "unread_format",
     "match_channels",
     "read_image",
     "read_labels",
@@ -45,9 +46,16 @@ FOREIGN_FORMATS = {".czi": "Zeiss CZI", ".nd2": "Nikon ND2", ".lif": "Leica LIF"
                    ".vsi": "Olympus VSI", ".oir": "Olympus OIR", ".oib": "Olympus OIB",
                    ".mrxs": "3DHISTECH MRXS", ".ndpi": "Hamamatsu NDPI", ".scn": "Leica SCN",
                    ".bif": "Ventana BIF", ".isyntax": "Philips iSyntax", ".ims": "Imaris",
-                   ".dcm": "DICOM", ".ome.xml": "OME-XML"}
+                   ".dcm": "DICOM"}
 CONVERT_HINT = ("convert to OME-TIFF first (Bio-Formats: bfconvert IN OUT.ome.tif; QuPath: "
                 "File > Export images > OME TIFF)")
+
+
+def unread_format(path: Path) -> str | None:
+    """The one-line reason a file of a microscope format that is not read is refused, else
+    None."""
+    name = FOREIGN_FORMATS.get(path.suffix.lower())
+    return f"{path}: {name} files are not read; {CONVERT_HINT}" if name else None
 
 
 def foreign_files(folder: Path) -> list[Path]:
@@ -62,9 +70,8 @@ def _read_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(f"{path}: not a file")
     suffix = path.suffix.lower()
-    if suffix in FOREIGN_FORMATS:
-        raise ImageReadError(f"{path}: {FOREIGN_FORMATS[suffix]} files are not read; "
-                             f"{CONVERT_HINT}")
+    if unread_format(path):
+        raise ImageReadError(unread_format(path))
     if suffix not in IMAGE_SUFFIXES:
         raise ImageReadError(
             f"{path}: unsupported file type {suffix!r} "

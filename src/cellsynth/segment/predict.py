@@ -22,16 +22,15 @@ from cellsynth import __version__
 from cellsynth.config import from_dict
 from cellsynth.errors import CellsynthError, ConfigError, DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads, resolve_device
-from cellsynth.io.datasets import load_dataset
+from cellsynth.io.datasets import announce_skipped, load_dataset
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.images import (
-    CONVERT_HINT,
-    FOREIGN_FORMATS,
     IMAGE_SUFFIXES,
     foreign_files,
     match_channels,
     read_image,
     select_channel,
+    unread_format,
     write_image,
     write_labels,
 )
@@ -338,9 +337,8 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
     if images.is_dir() and images.suffix.lower() == ".zarr":
         return [(images.stem, images)]
     if images.is_file():  # one image, e.g. a whole-section TIFF
-        if images.suffix.lower() in FOREIGN_FORMATS:
-            raise DatasetError(f"{images}: {FOREIGN_FORMATS[images.suffix.lower()]} files are "
-                               f"not read; {CONVERT_HINT}")
+        if unread_format(images):
+            raise DatasetError(unread_format(images))
         if images.suffix.lower() not in IMAGE_SUFFIXES:
             raise DatasetError(f"{images}: not an image file (expected one of "
                                f"{', '.join(IMAGE_SUFFIXES)}) or a folder of images")
@@ -353,12 +351,7 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
              or (p.suffix.lower() == ".zarr" and p.is_dir())]
     if not found:
         load_dataset(images)  # raises the standard "no images found" error (naming CZI etc.)
-    foreign = foreign_files(folder)
-    if foreign:
-        from cellsynth.hardware import announce
-        from cellsynth.io.datasets import describe_foreign
-
-        announce(f"{folder}: {describe_foreign(foreign)} skipped (not read; {CONVERT_HINT})")
+    announce_skipped(folder, foreign_files(folder))
     return found
 
 
