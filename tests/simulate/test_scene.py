@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 from skimage.measure import label as connected_components
 
 from cellsynth.simulate import PRESETS, preset, render_scene, simulate
@@ -224,3 +225,85 @@ def test_variation_rejects_bad_ranges():
         Variation(zoom=(0.0, 1.0))
     with pytest.raises(ValueError, match="variation.brightness"):
         Variation(brightness=(2.0, 1.0))
+
+
+# --- unlabelled cell bodies and clearings (H&E) -------------------------------------------
+
+def _disk_labels(size: int = 64, radius: float = 6.0) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (np.hypot(yy - size / 2, xx - size / 2) <= radius).astype(np.int32)
+
+
+def _he_with(**background) -> "SimulationConfig":  # noqa: F821
+    config = preset("he", pixel_size_um=0.25)
+    return replace(config, background=replace(config.background, **background))
+
+
+def test_bodies_add_counterstain_around_the_nucleus_up_to_their_reach():
+    from cellsynth.simulate.scene import _bodies_and_clearings
+
+    labels = _disk_labels()  # a nucleus of radius 6 px at (32, 32)
+    config = _he_with(bodies=1.0, body_um=(1.0, 1.0), body_stain=(0.3, 0.3), texture=0.0)
+    main = np.zeros(labels.shape, np.float32)
+    counter = np.zeros(labels.shape, np.float32)
+    _bodies_and_clearings(config, np.random.default_rng(0), labels, main, counter)
+    # Reach 1 um = 4 px beyond the nucleus, outline wobbling by up to ~30 % of that.
+    assert counter[32, 32 + 6 + 2] == pytest.approx(0.3, abs=0.02)
+    assert counter[32, 32 + 6 + 9] == 0.0 and counter[0, 0] == 0.0
+    assert not main.any()  # no membrane asked for
+
+
+def test_membrane_outlines_a_body_outside_the_nucleus_only():
+    from cellsynth.simulate.scene import _bodies_and_clearings
+
+    labels = _disk_labels()
+    config = _he_with(bodies=1.0, body_um=(2.0, 2.0), membrane=0.2)
+    main = np.zeros(labels.shape, np.float32)
+    _bodies_and_clearings(config, np.random.default_rng(0), labels, main,
+                          np.zeros(labels.shape, np.float32))
+    assert main.max() == pytest.approx(0.2, abs=0.01)
+    assert not main[labels > 0].any()
+    assert main[32, 32 + 6 + 1] < 0.05  # just outside the nucleus: cytoplasm, not membrane
+
+
+def test_clear_rims_wash_out_both_stains_next_to_nuclei_but_never_on_them():
+    from cellsynth.simulate.scene import _bodies_and_clearings
+
+    labels = _disk_labels()
+    config = _he_with(clearing=1.0, clearing_um=(1.0, 1.0))  # rims 4 px wide
+    main = np.ones(labels.shape, np.float32)
+    counter = np.ones(labels.shape, np.float32)
+    _bodies_and_clearings(config, np.random.default_rng(0), labels, main, counter)
+    ring = (labels == 0) & (ndi.distance_transform_edt(labels == 0) <= 3)
+    assert main[ring].min() == pytest.approx(0.1, abs=0.01)  # torn open somewhere
+    assert np.array_equal(main, counter)
+    assert np.all(main[labels > 0] == 1.0)
+    assert np.all(main[ndi.distance_transform_edt(labels == 0) > 6] == 1.0)
+
+
+def test_free_bodies_and_vacuoles_draw_no_labels_and_leave_labels_unchanged():
+    config = _he_with(free_bodies=20.0, vacuoles=10.0)
+    plain = preset("he", pixel_size_um=0.25)
+    image, labels = render_scene(config, (128, 128), np.random.default_rng(3))
+    image0, labels0 = render_scene(plain, (128, 128), np.random.default_rng(3))
+    # The structures are drawn after the labels, from the same stream: labels are the same,
+    # the stroma is not.
+    assert np.array_equal(labels, labels0)
+    assert not np.array_equal(image, image0)
+    # Vacuoles are near-white holes in the stroma.
+    assert image[labels == 0].max(axis=-1).max() > image0[labels0 == 0].max(axis=-1).max()
+
+
+def test_bodies_off_by_default_in_the_other_presets():
+    for name in ("merker", "nissl", "fluo"):
+        bg = preset(name).background
+        assert bg.bodies == bg.free_bodies == bg.clearing == bg.vacuoles == bg.membrane == 0
+
+
+def test_body_and_clearing_settings_are_validated():
+    with pytest.raises(ValueError, match="background.bodies"):
+        Background(bodies=1.5)
+    with pytest.raises(ValueError, match="background.vacuoles"):
+        Background(vacuoles=-1.0)
+    with pytest.raises(ValueError, match="background.clearing_um"):
+        Background(clearing_um=(2.0, 1.0))

@@ -84,12 +84,33 @@ class Background:
     fibres: float = 6.0                     # fibres per 100 x 100 um^2
     fibre_stain: float = 0.12
     fibre_length_um: tuple[float, float] = (15.0, 60.0)
+    # Unlabelled structures around and between nuclei (H&E: a nucleus is labelled, its cell
+    # body is not). All off (0) by default; then they draw no random numbers.
+    bodies: float = 0.0                     # chance that a labelled nucleus shows a cell body
+    free_bodies: float = 0.0                # bodies cut beside their nucleus, per 100 x 100 um^2
+    body_um: tuple[float, float] = (1.5, 5.0)  # how far a body reaches beyond its nucleus
+    body_stain: tuple[float, float] = (0.15, 0.45)  # counterstain added over a body (main
+                                                    # stain where there is no counterstain)
+    membrane: float = 0.0                   # main stain along a body's outline
+    clearing: float = 0.0                   # chance of a clear rim around a labelled nucleus
+    clearing_um: tuple[float, float] = (0.5, 1.5)   # width of that rim
+    vacuoles: float = 0.0                   # clear round holes per 100 x 100 um^2
+    vacuole_um: tuple[float, float] = (2.0, 8.0)    # their diameter
 
     def __post_init__(self) -> None:
         _check_range("background.stain", self.stain)
         _check_range("background.counterstain", self.counterstain)
         _check_range("background.fibre_length_um", self.fibre_length_um)
         _check_fraction("background.halo", self.halo)
+        _check_fraction("background.bodies", self.bodies)
+        _check_fraction("background.clearing", self.clearing)
+        _check_range("background.body_um", self.body_um)
+        _check_range("background.body_stain", self.body_stain)
+        _check_range("background.clearing_um", self.clearing_um)
+        _check_range("background.vacuole_um", self.vacuole_um, 0.5)
+        for name in ("free_bodies", "membrane", "vacuoles"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"background.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

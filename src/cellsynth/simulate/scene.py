@@ -8,9 +8,10 @@ Order of work (all randomness from one ``numpy.random.Generator``):
 2. occlusion: candidates are stacked in random order; a cell is kept only if every cell it
    covers keeps at least ``1 - max_occlusion`` of its area. The label map records, per pixel,
    the top-most labeled cell; each label is then cut to one 4-connected piece;
-3. appearance: neuropil/stroma texture, pale halos, fibres, vessel lumina and out-of-focus
-   (unlabeled) cells form the background; each labeled cell is painted *only where the final
-   label map holds its id*, so labels are exact by construction;
+3. appearance: neuropil/stroma texture, pale halos, fibres, vessel lumina, out-of-focus
+   (unlabeled) cells and, in H&E, unlabelled cell bodies and clearings form the background;
+   each labeled cell is painted *only where the final label map holds its id*, so labels
+   are exact by construction;
 4. optics: uneven staining, colour model, PSF blur, camera noise, 8-bit quantisation.
 
 On request (``classes=True``) it also returns a class map of what it drew at each pixel
@@ -321,9 +322,93 @@ def _background(config: SimulationConfig, rng: np.random.Generator, labels: np.n
     return main.astype(np.float32), counter, fibres
 
 
+_CLEAR = 0.9  # share of the stain a clearing (perinuclear rim, vacuole) washes out
+
+
+def _bodies_and_clearings(config: SimulationConfig, rng: np.random.Generator,
+                          labels: np.ndarray, main: np.ndarray, counter: np.ndarray | None
+                          ) -> None:
+    """Unlabelled structures of H&E tissue, drawn into the stain fields in place.
+
+    * cell bodies: the cytoplasm around a share (``bodies``) of the labelled nuclei, plus
+      bodies cut beside their nucleus (``free_bodies``, no nucleus, no label). A body is the
+      region nearer to its nucleus than to any other, up to ``body_um`` beyond it, with a
+      wobbly outline; it adds counterstain, and ``membrane`` main stain along its outline
+      and where two bodies meet. This is what a detector must learn is *not* a nucleus.
+    * clearings: a clear rim around a share (``clearing``) of the nuclei ("fried-egg" cells,
+      retraction) and clear round vacuoles, where both stains are mostly washed out.
+
+    Nuclei are painted afterwards, so labels stay exact. Draws no random numbers when all
+    four amounts are 0, so presets without these structures render as before.
+    """
+    bgc = config.background
+    if not (bgc.bodies or bgc.free_bodies or bgc.clearing or bgc.vacuoles):
+        return
+    height, width = labels.shape
+    px = config.pixel_size_um
+    area_100 = height * width * px * px / 1e4
+    n = int(labels.max()) + 1
+    target = main if counter is None else counter
+    if bgc.bodies or bgc.free_bodies:
+        shows = np.r_[False, rng.random(n - 1) < bgc.bodies]
+        seeds = np.where(shows[labels], labels, 0)
+        n_free = rng.poisson(bgc.free_bodies * area_100)
+        fy, fx = rng.integers(0, height, n_free), rng.integers(0, width, n_free)
+        seeds[fy, fx] = n + np.arange(n_free)
+        reach = (rng.uniform(*bgc.body_um, n + n_free) / px).astype(np.float32)
+        # A free body grows from a point: give it a nucleus' radius more.
+        nucleus = next(c for c in config.cells if c.labeled)
+        reach[n:] += np.mean(nucleus.diameter_um) / px / 2
+        stain = rng.uniform(*bgc.body_stain, n + n_free).astype(np.float32)
+        wobble = 1.0 + 0.3 * band_noise(rng, labels.shape, (1.5 / px, 4.0 / px), (0.6, 1.0))
+        grain = np.clip(1.0 + bgc.texture * band_noise(rng, labels.shape, (bgc.grain_um / px,)),
+                        0.0, None)
+        if seeds.any():
+            dist, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+            owner = seeds[iy, ix]
+            edge = reach[owner] * wobble - dist.astype(np.float32)  # > 0 inside a body
+            inside = np.clip(edge + 0.5, 0.0, 1.0) * (owner > 0)
+            target += stain[owner] * inside * grain
+            if bgc.membrane:
+                # Outline: the last ~0.5 um inside a body, and where two bodies meet.
+                rim = np.exp(-((edge * px / 0.5) ** 2)) * (edge > -0.5)
+                meet = np.zeros(labels.shape, bool)
+                meet[:, 1:] |= owner[:, 1:] != owner[:, :-1]
+                meet[1:, :] |= owner[1:, :] != owner[:-1, :]
+                rim = np.maximum(rim, meet * inside)
+                main += bgc.membrane * rim.astype(np.float32) * (labels == 0)
+    clear = np.zeros(labels.shape, np.float32)
+    if bgc.clearing and n > 1:
+        rims = np.r_[False, rng.random(n - 1) < bgc.clearing]
+        width_px = (rng.uniform(*bgc.clearing_um, n) / px).astype(np.float32)
+        dist, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
+        nearest = labels[iy, ix]
+        # Retraction tears the rim open on one side more than the other: a smooth random
+        # field (mean 1/2) decides how much of the rim is clear at each point.
+        torn = np.clip(0.5 + band_noise(rng, labels.shape, (1.0 / px,)), 0.0, 1.0)
+        clear = np.clip(width_px[nearest] - dist + 0.5, 0.0, 1.0) * rims[nearest] * torn
+    for _ in range(rng.poisson(bgc.vacuoles * area_100)):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        r = rng.uniform(*bgc.vacuole_um) / px / 2
+        y0, y1 = max(int(cy - r) - 1, 0), min(int(cy + r) + 2, height)
+        x0, x1 = max(int(cx - r) - 1, 0), min(int(cx + r) + 2, width)
+        if y0 < y1 and x0 < x1:
+            yy, xx = np.ogrid[y0:y1, x0:x1]
+            hole = np.clip(r - np.hypot(yy - cy, xx - cx) + 0.5, 0.0, 1.0)
+            np.maximum(clear[y0:y1, x0:x1], hole, out=clear[y0:y1, x0:x1])
+    if clear.any():
+        keep = (1.0 - _CLEAR * clear * (labels == 0)).astype(np.float32)
+        main *= keep
+        if counter is not None:
+            counter *= keep
+
+
 def _class_map(labels: np.ndarray, lumen: np.ndarray, blobs: list[_Blob],
                fibres: np.ndarray | None) -> np.ndarray:
-    """What was drawn at each pixel (:data:`CLASSES`); takes no random numbers."""
+    """What was drawn at each pixel (:data:`CLASSES`); takes no random numbers.
+
+    Cell bodies around nuclei and clearings count as background: they are stroma to a
+    nucleus detector."""
     height, width = labels.shape
     classes = np.zeros(labels.shape, np.uint8)
     if fibres is not None:
@@ -439,6 +524,7 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
     old_ids = _one_piece_per_label(labels)
     cells = [kept[i - 1] for i in old_ids]
     main, counter, fibres = _background(config, rng, labels, lumen, blobs, normal)
+    _bodies_and_clearings(config, rng, labels, main, counter)
     _paint_cells(config, rng, main, labels, cells)
     field = np.exp(config.staining.unevenness
                    * smooth_field(rng, shape, config.staining.scale_um / px))
