@@ -91,9 +91,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit_simulator(args: argparse.Namespace) -> int:
+    from cellsynth.simulate import simulation_config
     from cellsynth.simulate.fit import write_fit
 
-    summary = write_fit(args.real, args.preset, args.out, pixel_size_um=args.pixel_size,
+    base = simulation_config(args.preset, config_file=args.config) if args.config else args.preset
+    summary = write_fit(args.real, base, args.out, pixel_size_um=args.pixel_size,
                         seed=args.seed, spread=args.spread, force=args.force)
     print(summary["table"])
     print(f"wrote {summary['yaml']} (use: cellsynth simulate --preset {args.preset} --config "
@@ -319,6 +321,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True,
                    help="fitted preset override (YAML) for simulate --config; a preview PNG "
                         "(real | fitted | base) is written beside it")
+    p.add_argument("--config", type=Path,
+                   help="YAML file overriding preset parameters before the fit (as for "
+                        "simulate); the fitted file holds these overrides too")
     p.add_argument("--pixel-size", type=_positive_float,
                    help="pixel size of the real images in um (default: their meta.json, else "
                         "the preset's)")

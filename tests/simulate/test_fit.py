@@ -199,6 +199,23 @@ def test_cli_reads_no_label_file_and_its_yaml_simulates(tmp_path, monkeypatch, c
     assert main(argv + ["--force"]) == 0 and "seed 3" in out.read_text()
 
 
+def test_cli_fits_from_a_base_config_and_keeps_its_overrides(tmp_path, capsys):
+    """--config changes the base before the fit (as for simulate): what the fit does not
+    touch, e.g. unlabelled cell bodies, stays in the fitted file."""
+    real = _dataset(tmp_path / "real")
+    base = tmp_path / "base.yaml"
+    base.write_text("background: {bodies: 0.5, vacuoles: 3.0}\n")
+    out = tmp_path / "fitted.yaml"
+    assert main(["fit-simulator", "--real", str(real), "--preset", "he", "--config", str(base),
+                 "--out", str(out), "--pixel-size", str(PX)]) == 0
+    fitted = simulation_config("he", config_file=out)
+    assert fitted.background.bodies == 0.5 and fitted.background.vacuoles == 3.0
+    base.write_text("background: {bodies: 2.0}\n")  # not a fraction
+    _one_line_error(capsys, ["fit-simulator", "--real", str(real), "--preset", "he", "--config",
+                             str(base), "--out", str(tmp_path / "f2.yaml")], "background.bodies")
+    assert not (tmp_path / "f2.yaml").exists()
+
+
 def _one_line_error(capsys, argv, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
