@@ -234,9 +234,13 @@ def _disk_labels(size: int = 64, radius: float = 6.0) -> np.ndarray:
     return (np.hypot(yy - size / 2, xx - size / 2) <= radius).astype(np.int32)
 
 
-def _he_with(**background) -> "SimulationConfig":  # noqa: F821
+_NONE = dict(bodies=0.0, free_bodies=0.0, membrane=0.0, clearing=0.0, vacuoles=0.0)
+
+
+def _he_with(**background):
+    """The he preset with only the given bodies / clearings (the preset draws them all)."""
     config = preset("he", pixel_size_um=0.25)
-    return replace(config, background=replace(config.background, **background))
+    return replace(config, background=replace(config.background, **{**_NONE, **background}))
 
 
 def test_bodies_add_counterstain_around_the_nucleus_up_to_their_reach():
@@ -283,7 +287,7 @@ def test_clear_rims_wash_out_both_stains_next_to_nuclei_but_never_on_them():
 
 def test_free_bodies_and_vacuoles_draw_no_labels_and_leave_labels_unchanged():
     config = _he_with(free_bodies=20.0, vacuoles=10.0)
-    plain = preset("he", pixel_size_um=0.25)
+    plain = _he_with()
     image, labels = render_scene(config, (128, 128), np.random.default_rng(3))
     image0, labels0 = render_scene(plain, (128, 128), np.random.default_rng(3))
     # The structures are drawn after the labels, from the same stream: labels are the same,
@@ -294,10 +298,12 @@ def test_free_bodies_and_vacuoles_draw_no_labels_and_leave_labels_unchanged():
     assert image[labels == 0].max(axis=-1).max() > image0[labels0 == 0].max(axis=-1).max()
 
 
-def test_bodies_off_by_default_in_the_other_presets():
+def test_only_the_he_preset_draws_bodies_and_clearings():
     for name in ("merker", "nissl", "fluo"):
         bg = preset(name).background
         assert bg.bodies == bg.free_bodies == bg.clearing == bg.vacuoles == bg.membrane == 0
+    bg = preset("he").background
+    assert bg.bodies > 0 and bg.free_bodies > 0 and bg.clearing > 0 and bg.vacuoles > 0
 
 
 def test_body_and_clearing_settings_are_validated():
