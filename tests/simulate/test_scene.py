@@ -313,3 +313,15 @@ def test_body_and_clearing_settings_are_validated():
         Background(vacuoles=-1.0)
     with pytest.raises(ValueError, match="background.clearing_um"):
         Background(clearing_um=(2.0, 1.0))
+
+
+def test_variation_scales_bodies_with_the_other_stains_and_free_bodies_with_density():
+    from cellsynth.simulate.scene import _vary
+
+    config = replace(_he_with(bodies=0.5, free_bodies=10.0, membrane=0.1),
+                     variation=Variation(brightness=(2.0, 2.0), density=(3.0, 3.0)))
+    varied = _vary(config, np.random.default_rng(0)).background
+    assert varied.body_stain == pytest.approx(tuple(2 * b for b in config.background.body_stain))
+    assert varied.membrane == pytest.approx(0.2)
+    assert varied.free_bodies == pytest.approx(30.0)
+    assert varied.stain == pytest.approx(tuple(2 * b for b in config.background.stain))

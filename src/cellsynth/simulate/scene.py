@@ -497,7 +497,10 @@ def _vary(config: SimulationConfig, rng: np.random.Generator) -> SimulationConfi
                   for c in config.cells)
     background = replace(config.background, stain=scale(config.background.stain),
                          counterstain=scale(config.background.counterstain),
-                         fibre_stain=config.background.fibre_stain * gain)
+                         fibre_stain=config.background.fibre_stain * gain,
+                         body_stain=scale(config.background.body_stain),
+                         membrane=config.background.membrane * gain,
+                         free_bodies=config.background.free_bodies * density)
     vessels = replace(config.vessels, endothelial_stain=scale(config.vessels.endothelial_stain))
     # A lower magnification comes with a lower aperture: the PSF keeps its width in pixels.
     optics = replace(config.optics, blur_um=config.optics.blur_um / zoom)
