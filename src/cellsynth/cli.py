@@ -94,7 +94,7 @@ def _cmd_fit_simulator(args: argparse.Namespace) -> int:
     from cellsynth.simulate import simulation_config
     from cellsynth.simulate.fit import write_fit
 
-    base = simulation_config(args.preset, config_file=args.config) if args.config else args.preset
+    base = simulation_config(args.preset, config_file=args.config)  # the preset if no file
     summary = write_fit(args.real, base, args.out, pixel_size_um=args.pixel_size,
                         seed=args.seed, spread=args.spread, force=args.force)
     print(summary["table"])
