@@ -325,3 +325,22 @@ def test_variation_scales_bodies_with_the_other_stains_and_free_bodies_with_dens
     assert varied.membrane == pytest.approx(0.2)
     assert varied.free_bodies == pytest.approx(30.0)
     assert varied.stain == pytest.approx(tuple(2 * b for b in config.background.stain))
+
+
+def test_stain_vectors_colour_the_image_and_change_nothing_else():
+    config = preset("he", pixel_size_um=0.5)
+    mauve = replace(config, staining=replace(config.staining, counter_vector=(0.25, 1.0, 0.4)))
+    pink_image, pink_labels = render_scene(config, (96, 96), np.random.default_rng(4))
+    mauve_image, mauve_labels = render_scene(mauve, (96, 96), np.random.default_rng(4))
+    assert np.array_equal(pink_labels, mauve_labels)
+    background = pink_labels == 0
+    pink, mauve_ = (im[background].astype(float).mean(axis=0) for im in (pink_image, mauve_image))
+    # eosin that absorbs red and blue darkens both there; green (absorbance 1 in both) stays
+    assert mauve_[0] < pink[0] - 5 and mauve_[2] < pink[2] - 5
+    assert abs(mauve_[1] - pink[1]) < 1.5
+    # the default written out is the default
+    from cellsynth.simulate.optics import STAIN_VECTORS
+
+    same = replace(config, staining=replace(config.staining,
+                                            counter_vector=tuple(STAIN_VECTORS["eosin"])))
+    assert np.array_equal(render_scene(same, (96, 96), np.random.default_rng(4))[0], pink_image)

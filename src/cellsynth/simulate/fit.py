@@ -39,7 +39,14 @@ import yaml
 from cellsynth.config import to_dict
 from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.simulate.dataset import image_seeds
-from cellsynth.simulate.estimate import _SCALE_STEP, _as_float, _measure, _pool
+from cellsynth.simulate.estimate import (
+    _SCALE_STEP,
+    _as_float,
+    _measure,
+    _pool,
+    measure_counter_vector,
+)
+from cellsynth.simulate.optics import stain_vectors
 from cellsynth.simulate.presets import SimulationConfig, preset
 from cellsynth.simulate.scene import render_scene
 
@@ -75,6 +82,7 @@ _BOUNDS = {"size": (0.5, 2.5), "density": (0.05, 20.0), "cell_stain": (0.05, 20.
 # slope of 0.25 would turn into a 30 % change of the parameter.
 _DEADBAND = {"elongation": math.log(1.1)}
 SPREADS = ("floor", "fitted")  # see the module docstring
+_ABSENT = object()  # a key that a config leaves out (an option at its default, added later)
 _FLOOR = {"background_stain": 1e-3, "counterstain": 1e-3, "noise": 1e-4, "elongation": 0.01}
 
 
@@ -219,13 +227,28 @@ def _apply(base: SimulationConfig, p: dict[str, float]) -> SimulationConfig:
 
 
 def _simulate_stats(config: SimulationConfig, shape: tuple[int, int], seeds: list,
-                    radii: np.ndarray) -> dict[str, Any]:
+                    radii: np.ndarray, vectors: tuple | None = None) -> dict[str, Any]:
+    """Pooled statistics of images simulated from ``config``, unmixed with ``vectors``."""
     per_image = []
     for child in seeds:
         image, labels = render_scene(config, shape, np.random.default_rng(child))
         per_image.append(_measure(image.astype(np.float32) / 255.0, config.color,
-                                  config.pixel_size_um, radii, labels))
+                                  config.pixel_size_um, radii, labels, vectors))
     return _pool(per_image)
+
+
+def _with_stain_vectors(real: _Real, base: SimulationConfig, seed: int) -> SimulationConfig:
+    """``base`` with the counterstain (eosin) vector measured on the real images
+    (:func:`~cellsynth.simulate.estimate.measure_counter_vector`), or ``base`` itself where
+    it cannot be measured or the colour model has no counterstain."""
+    vector = measure_counter_vector(real.images, base.color, seed=seed)
+    if vector is None:
+        return base
+    return replace(base, staining=replace(base.staining, counter_vector=vector))
+
+
+def _vectors(config: SimulationConfig) -> tuple:
+    return config.staining.main_vector, config.staining.counter_vector
 
 
 def _mismatch(real: dict[str, Any], sim: dict[str, Any], knobs: list[str]) -> dict[str, float]:
@@ -267,15 +290,23 @@ def _fit(real: _Real, base: SimulationConfig, seed: int, spread: str = "floor"
     n_sim = int(np.clip(math.ceil(sum(a.shape[0] * a.shape[1] for a in real.images)
                                   / side**2), 8, 12))
     seeds = image_seeds(seed, n_sim)  # the same scenes every round: only parameters change
-    target, radii = _real_statistics(real, base)
+    # the real colours first: stain amounts are measured (in real and simulated images
+    # alike) and drawn with the stain vectors of the real images
+    start = _with_stain_vectors(real, base, seed)
+    target, radii = _real_statistics(real, start)
     knobs = [k for k in _KNOBS if (k != "counterstain" or base.color == "he")
              and np.isfinite(target[_KNOBS[k][0]])]
-    return _search(real, base, target, radii, knobs, shape, seeds, spread)
+    fit = _search(real, start, target, radii, knobs, shape, seeds, spread)
+    if start is base:
+        return fit
+    return replace(fit, base=base,  # what the base preset draws, measured as the real images
+                   base_sim=_simulate_stats(base, shape, seeds, radii, _vectors(start)))
 
 
 def _real_statistics(real: _Real, base: SimulationConfig) -> tuple[dict[str, Any], np.ndarray]:
     """The estimator's statistics of the real images (pooled, and ``per_image``) and the
-    LoG radii it searched; ``base`` at the real images' pixel size."""
+    LoG radii it searched; ``base`` at the real images' pixel size, its stain vectors the
+    ones the images are unmixed with."""
     px, side = real.pixel_size_um, _side(real)
     labelled = [c for c in base.cells if c.labeled]
     zoom = base.variation.zoom
@@ -284,7 +315,8 @@ def _real_statistics(real: _Real, base: SimulationConfig) -> tuple[dict[str, Any
                  min(side, *(min(a.shape[:2]) for a in real.images)) / 3), 2 * lo)
     n_scales = int(math.ceil(math.log(hi / lo) / math.log(_SCALE_STEP))) + 1
     radii = lo * _SCALE_STEP ** np.arange(n_scales) / 2  # diameters lo..hi px -> radii
-    per_image = [_measure(a, base.color, px, radii) for a in real.images]
+    per_image = [_measure(a, base.color, px, radii, vectors=_vectors(base))
+                 for a in real.images]
     target = _pool(per_image)
     if target["n_cells"] == 0:
         raise DatasetError(f"{real.where}: no cells found in {len(real.images)} image(s) "
@@ -327,7 +359,7 @@ def _search(real: _Real, base: SimulationConfig, target: dict[str, Any], radii: 
                     ("stain variation between cells", lambda c: c.staining.cell_variation),
                     ("shot noise", lambda c: c.optics.shot_noise),
                     ("read noise", lambda c: c.optics.read_noise)) if get(measured) < get(used)}
-        sim = _simulate_stats(_apply(base, params), shape, seeds, radii)
+        sim = _simulate_stats(_apply(base, params), shape, seeds, radii, _vectors(base))
         error = _mismatch(target, sim, knobs)
         history.append({**params, **{f"log_error_{k}": v for k, v in error.items()},
                         **{f"log_sim_{k}": math.log(max(sim[_KNOBS[k][0]],
@@ -392,7 +424,8 @@ def count_cells(images: str | os.PathLike | Sequence[np.ndarray],
     can scale the window as it scales the section). Labels are never read."""
     base = preset(base) if isinstance(base, str) else base
     real = _load(images, base, pixel_size_um)
-    target, _ = _real_statistics(real, replace(base, pixel_size_um=real.pixel_size_um))
+    base = _with_stain_vectors(real, replace(base, pixel_size_um=real.pixel_size_um), 0)
+    target, _ = _real_statistics(real, base)
     return real.pixel_size_um, [(name, raw, int(s["n_cells"]), source)
                                 for name, raw, s, source in zip(real.names, real.raw,
                                                                 target["per_image"],
@@ -428,7 +461,7 @@ def config_override(config: SimulationConfig) -> dict[str, Any]:
             if any(cells.values()):
                 out["cells"] = {name: diff for name, diff in cells.items() if diff}
         elif isinstance(value, dict):
-            diff = {k: v for k, v in value.items() if old[key][k] != v}
+            diff = {k: v for k, v in value.items() if old[key].get(k, _ABSENT) != v}
             if diff:
                 out[key] = diff
         elif key != "preset" and value != old[key]:
@@ -464,6 +497,10 @@ def format_fit(fit: SimulatorFit) -> str:
     if b.color == "he":
         rows.insert(5, ("counterstain (eosin)", "{:.3g}-{:.3g}".format(*b.background.counterstain),
                         "{:.3g}-{:.3g}".format(*f.background.counterstain)))
+        for i, name in enumerate(("hematoxylin", "eosin")):
+            vector = [stain_vectors(c.color, *_vectors(c))[i] for c in (b, f)]
+            rows.insert(6 + i, (f"{name} vector (R, G, B absorbance)",
+                                *(" ".join(f"{x:.2f}" for x in v) for v in vector)))
     stats = [("cells found: diameter, geom. mean (um)", "diameter_um", "{:.3g}"),
              ("cells found: median diameter (um)", "median_diameter_um", "{:.3g}"),
              ("cells found per mm^2", "density", "{:.0f}", 100.0),

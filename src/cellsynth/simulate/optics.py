@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["blur", "to_intensity", "add_camera_noise", "STAIN_VECTORS"]
+__all__ = ["blur", "to_intensity", "stain_vectors", "add_camera_noise", "STAIN_VECTORS"]
 
 # Per-channel absorbance (R, G, B) of one unit of stain. Violet: cresyl violet as measured on
 # nissl_rat_sscx/train (cell-minus-background OD ~ (0.23, 0.28, 0.0)); hematoxylin and eosin
@@ -31,7 +33,9 @@ def blur(field: np.ndarray, sigma_px: float) -> np.ndarray:
     return ndi.gaussian_filter(field, sigma=sigma, mode="reflect", truncate=3.0)
 
 
-def to_intensity(main: np.ndarray, counter: np.ndarray | None, color: str) -> np.ndarray:
+def to_intensity(main: np.ndarray, counter: np.ndarray | None, color: str, *,
+                 main_vector: Sequence[float] | None = None,
+                 counter_vector: Sequence[float] | None = None) -> np.ndarray:
     """Turn stain amounts into intensities in [0, 1].
 
     Parameters
@@ -39,6 +43,8 @@ def to_intensity(main: np.ndarray, counter: np.ndarray | None, color: str) -> np
     main : (H, W) float32, main stain (Nissl/Merker/hematoxylin OD, or fluorophore emission).
     counter : (H, W) float32 or None, counterstain OD (eosin; H&E only).
     color : "gray", "violet", "he" or "fluo".
+    main_vector, counter_vector : absorbance (R, G, B) of one unit of the main stain and the
+        counterstain (violet, he); None: :data:`STAIN_VECTORS` (violet; hematoxylin, eosin).
 
     Returns
     -------
@@ -48,14 +54,32 @@ def to_intensity(main: np.ndarray, counter: np.ndarray | None, color: str) -> np
         return main
     if color == "gray":
         return _WHITE["gray"] * np.exp(-main)
+    main_v, counter_v = stain_vectors(color, main_vector, counter_vector)
     if color == "violet":
-        return _WHITE["violet"] * np.exp(-main[..., None] * STAIN_VECTORS["violet"])
+        return _WHITE["violet"] * np.exp(-main[..., None] * main_v)
     if color == "he":
-        od = main[..., None] * STAIN_VECTORS["hematoxylin"]
+        od = main[..., None] * main_v
         if counter is not None:
-            od = od + counter[..., None] * STAIN_VECTORS["eosin"]
+            od = od + counter[..., None] * counter_v
         return _WHITE["he"] * np.exp(-od)
     raise ValueError(f"unknown color model {color!r}")
+
+
+def stain_vectors(color: str, main_vector: Sequence[float] | None = None,
+                  counter_vector: Sequence[float] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (R, G, B) absorbance of one unit of main stain and of counterstain (None if the
+    colour model has none) that ``color`` renders with: the given ones, else the defaults."""
+    if color == "violet":
+        default_main, default_counter = STAIN_VECTORS["violet"], None
+    elif color == "he":
+        default_main, default_counter = STAIN_VECTORS["hematoxylin"], STAIN_VECTORS["eosin"]
+    else:
+        raise ValueError(f"colour model {color!r} has no stain vectors")
+    main = default_main if main_vector is None else np.asarray(main_vector, np.float32)
+    counter = default_counter if counter_vector is None or default_counter is None \
+        else np.asarray(counter_vector, np.float32)
+    return main, counter
 
 
 def add_camera_noise(

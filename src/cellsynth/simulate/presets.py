@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from cellsynth.config import ADDED
 from cellsynth.errors import ConfigError
 
 __all__ = [
@@ -154,10 +155,20 @@ class Staining:
     unevenness: float = 0.15      # std of the smooth log-multiplicative stain field
     scale_um: float = 60.0        # correlation length of that field
     cell_variation: float = 0.15  # relative std of stain between cells
+    # Brightfield stain vectors: the absorbance (optical density) in R, G, B of one unit of
+    # the main stain and of the counterstain (eosin). None: the colour model's own
+    # (optics.STAIN_VECTORS). ``fit-simulator`` measures them from H&E images (Macenko).
+    main_vector: tuple[float, float, float] | None = field(default=None, metadata=ADDED)
+    counter_vector: tuple[float, float, float] | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if self.unevenness < 0 or self.cell_variation < 0 or self.scale_um <= 0:
             raise ValueError("staining: unevenness, cell_variation >= 0 and scale_um > 0 required")
+        for name in ("main_vector", "counter_vector"):
+            vector = getattr(self, name)
+            if vector is not None and (min(vector) < 0 or max(vector) <= 0):
+                raise ValueError(f"staining.{name} must be 3 absorbances >= 0, not all 0, "
+                                 f"got {list(vector)}")
 
 
 @dataclass(frozen=True)

@@ -536,7 +536,9 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
         counter *= field
     sigma = config.optics.blur_um / px
     intensity = to_intensity(blur(main, sigma),
-                             None if counter is None else blur(counter, sigma), config.color)
+                             None if counter is None else blur(counter, sigma), config.color,
+                             main_vector=config.staining.main_vector,
+                             counter_vector=config.staining.counter_vector)
     intensity = add_camera_noise(rng, intensity, shot=config.optics.shot_noise,
                                  read=config.optics.read_noise)
     image = np.rint(intensity * 255.0).astype(np.uint8)
