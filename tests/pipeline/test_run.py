@@ -410,3 +410,72 @@ def test_count_threshold_stage_sets_the_threshold_predict_uses(tmp_path, monkeyp
     assert json.loads((out / "count_threshold" / "threshold.json").read_text()) == {
         "score_thresh": 0.777, "estimated_count": 5}
     assert used == [0.777]
+
+
+def _section(path: Path, size: int = 640) -> np.ndarray:
+    """A small pyramidal OME-TIFF (read lazily, as a whole slide is): tissue texture in the
+    top-left quarter, glass elsewhere."""
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    slide = np.full((size, size, 3), 240, np.uint8)
+    half = size // 2
+    slide[:half, :half] = rng.integers(40, 200, (half, half, 3), dtype=np.uint8)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(slide, subifds=1, tile=(128, 128), compression="zlib", photometric="rgb")
+        tif.write(slide[::2, ::2], subfiletype=1, tile=(128, 128), compression="zlib",
+                  photometric="rgb")
+    return slide
+
+
+def test_unlabeled_sections_at_another_pixel_size_become_rescaled_windows(tmp_path,
+                                                                           monkeypatch):
+    from cellsynth.io.images import read_image
+    from cellsynth.io.sections import reads_lazily
+    from cellsynth.pipeline.config import check_inputs
+
+    (tmp_path / "sections").mkdir()
+    slide = _section(tmp_path / "sections" / "s1.ome.tif")
+    assert reads_lazily(tmp_path / "sections" / "s1.ome.tif")
+    config = replace(_config(tmp_path / "sections"),
+                     real=RealData(unlabeled=str(tmp_path / "sections"), pixel_size_um=0.25),
+                     simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1,
+                                              pixel_size_um=0.5))
+    check_inputs(config)  # accepted: an unlabeled section is not decoded whole
+    monkeypatch.setattr(stages, "SECTION_WINDOW", 64)  # 128 px of the section, halved
+    monkeypatch.setattr(stages, "SECTION_WINDOWS", 4)
+    out = tmp_path / "run"
+    out.mkdir()
+    stages._rescale_real(config, out)
+    windows = sorted((out / "real" / "unlabeled" / "images").iterdir())
+    assert 1 <= len(windows) <= 4
+    for path in windows:
+        y, x = (int(part[1:]) for part in path.stem.split("_")[1:])
+        assert path.stem.startswith("s1.ome_y") and y < 320 and x < 320  # on tissue, not glass
+        pixels = read_image(path)
+        assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+        # the section's own pixels, halved: the mean of each 2 x 2 block, near enough
+        blocks = slide[y:y + 128, x:x + 128].astype(float).reshape(64, 2, 64, 2, 3)
+        assert np.abs(pixels.astype(float) - blocks.mean(axis=(1, 3))).mean() < 25
+    meta = json.loads((out / "real" / "unlabeled" / "meta.json").read_text())
+    assert meta["pixel_size_um"] == 0.5 and meta["windows_of"] == [
+        str(tmp_path / "sections" / "s1.ome.tif")]
+    assert stages.real_folder(config, out, "unlabeled") == str(out / "real" / "unlabeled")
+
+
+def test_annotated_sections_at_another_pixel_size_are_refused_in_one_line(tmp_path):
+    from cellsynth.io.images import write_labels
+    from cellsynth.pipeline.config import check_inputs
+
+    (tmp_path / "test" / "images").mkdir(parents=True)
+    (tmp_path / "test" / "labels").mkdir()
+    _section(tmp_path / "test" / "images" / "s1.ome.tif")
+    write_labels(tmp_path / "test" / "labels" / "s1.ome.tif", np.zeros((640, 640), np.uint16))
+    config = replace(_config(_real(tmp_path / "u")),
+                     real=RealData(unlabeled=str(tmp_path / "u"), test=str(tmp_path / "test"),
+                                   pixel_size_um=0.25),
+                     simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1,
+                                              pixel_size_um=0.5))
+    with pytest.raises(ConfigError, match=r"s1.ome.tif: an annotated whole section "
+                                          r"\(real.test\) cannot be rescaled"):
+        check_inputs(config)

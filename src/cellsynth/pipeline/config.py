@@ -152,15 +152,17 @@ def check_inputs(config: PipelineConfig) -> None:
         folder = getattr(config.real, role)
         if folder is not None:
             dataset = load_dataset(folder, require_labels=role != "unlabeled")
+            # unlabeled sections are staged as rescaled windows of tissue; an annotated one
+            # would have to be copied rescaled whole, i.e. decoded whole
             section = next((s for s in dataset if reads_lazily(s.image_path)),
-                           None) if rescaled else None
-            if section is not None:  # the run would copy it rescaled, i.e. decode it whole
+                           None) if rescaled and role != "unlabeled" else None
+            if section is not None:
                 raise ConfigError(
-                    f"{section.image_path}: a whole section cannot be rescaled from "
-                    f"{config.real.pixel_size_um} to the simulation's {sim.pixel_size_um} "
-                    f"um/px into the run folder; work at its resolution (simulate.pixel_size_um:"
-                    f" {config.real.pixel_size_um}) or predict it apart with cellsynth predict "
-                    f"--pixel-size {config.real.pixel_size_um}")
+                    f"{section.image_path}: an annotated whole section (real.{role}) cannot "
+                    f"be rescaled from {config.real.pixel_size_um} to the simulation's "
+                    f"{sim.pixel_size_um} um/px into the run folder; work at its resolution "
+                    f"(simulate.pixel_size_um: {config.real.pixel_size_um}) or predict it "
+                    f"apart with cellsynth predict --pixel-size {config.real.pixel_size_um}")
     for role, ids in config.real.select.items():
         if role not in ("train", "val"):
             raise ConfigError(f"real.select: {role!r}: only train and val (the annotated "

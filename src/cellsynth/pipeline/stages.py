@@ -25,7 +25,13 @@ from cellsynth.pipeline import layout
 if TYPE_CHECKING:
     from cellsynth.pipeline.config import PipelineConfig
 
-__all__ = ["Stage", "plan"]
+__all__ = ["Stage", "plan", "SECTION_WINDOW", "SECTION_WINDOWS"]
+
+# An unlabeled whole section at another pixel size than the run's is represented in RUN/real
+# by its SECTION_WINDOWS most textured windows, each SECTION_WINDOW px a side once rescaled
+# (what fit-simulator and the refiner would sample from it anyway).
+SECTION_WINDOW = 1024
+SECTION_WINDOWS = 16
 
 
 @dataclass(frozen=True)
@@ -125,13 +131,30 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
 
     from cellsynth.io.files import staged_output_dir, write_json
     from cellsynth.io.images import write_image, write_labels
+    from cellsynth.io.sections import open_image, reads_lazily, tissue_windows
 
     factor = _real_scale(config)
     with staged_output_dir(out / layout.REAL, force=True) as root:
         for role in _staged_roles(config):
             folder = getattr(config.real, role)
             (root / role / "images").mkdir(parents=True)
+            windowed = []
             for sample in real_samples(config, role):
+                if factor != 1.0 and reads_lazily(sample.image_path):
+                    # an unlabeled whole section (check_inputs refuses annotated ones): its
+                    # most textured windows, each rescaled; it is never decoded whole
+                    side = max(1, round(SECTION_WINDOW / factor))
+                    for y, x, pixels in tissue_windows(open_image(sample.image_path), side,
+                                                       SECTION_WINDOWS, seed=config.seed):
+                        if pixels.ndim == 3 and pixels.shape[-1] in (1, 2):
+                            pixels = pixels[..., 0]  # gray (+ alpha): channel 0, as read_image
+                        elif pixels.ndim == 3 and pixels.shape[-1] > 3:
+                            pixels = pixels[..., :3]  # as fit-simulator measures a section
+                        scaled = rescale_image(pixels, factor).round().astype(pixels.dtype)
+                        write_image(root / role / "images" / f"{sample.id}_y{y}_x{x}.tif",
+                                    scaled)
+                    windowed.append(str(sample.image_path))
+                    continue
                 if factor == 1.0:  # selected, not rescaled: the files as they are
                     shutil.copy2(sample.image_path, root / role / "images"
                                  / sample.image_path.name)
@@ -151,7 +174,10 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                           else load_dataset(folder).pixel_size_um)
             write_json(root / role / layout.META, {
                 "source": folder, "pixel_size_um": pixel_size, "rescaled_by": factor,
-                "selected": config.real.select.get(role)})
+                "selected": config.real.select.get(role),
+                # sections represented by windows <id>_y<Y>_x<X> (their own pixels)
+                **({"windows_of": windowed, "window_side_px": SECTION_WINDOW}
+                   if windowed else {})})
     return {"factor": factor}
 
 
