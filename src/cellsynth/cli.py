@@ -96,7 +96,8 @@ def _cmd_fit_simulator(args: argparse.Namespace) -> int:
 
     base = simulation_config(args.preset, config_file=args.config)  # the preset if no file
     summary = write_fit(args.real, base, args.out, pixel_size_um=args.pixel_size,
-                        seed=args.seed, spread=args.spread, force=args.force)
+                        seed=args.seed, spread=args.spread, stains=args.stains,
+                        force=args.force)
     print(summary["table"])
     print(f"wrote {summary['yaml']} (use: cellsynth simulate --preset {args.preset} --config "
           f"{summary['yaml']} ...)")
@@ -333,6 +334,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="floor (default): stain variation between cells and camera noise at "
                         "least the preset's, for a varied training set; fitted: as measured "
                         "on the real images")
+    p.add_argument("--stains", choices=("preset", "measured"), default="preset",
+                   help="stain vectors to draw with: preset (default) or measured (H&E: the "
+                        "eosin colour of the real images; more alike to the eye, but it cost "
+                        "a zero-label detector F1 on tcga_lgg, see docs/results.md)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_fit_simulator)
 

@@ -184,9 +184,10 @@ def test_cli_reads_no_label_file_and_its_yaml_simulates(tmp_path, monkeypatch, c
     monkeypatch.setattr("cellsynth.io.datasets.read_labels", no_labels)
     out = tmp_path / "fitted.yaml"
     assert main(["fit-simulator", "--real", str(real), "--preset", "he", "--out", str(out),
-                 "--pixel-size", str(PX)]) == 0
+                 "--pixel-size", str(PX), "--stains", "measured"]) == 0
     printed = capsys.readouterr().out
     assert "median cell diameter (um)" in printed and "fitted sim" in printed
+    assert "counter_vector" in out.read_text() and "stains measured" in out.read_text()
     assert (tmp_path / "fitted-preview.png").is_file()
     monkeypatch.undo()
     sim = tmp_path / "sim"
@@ -324,7 +325,7 @@ def test_fit_takes_the_real_eosin_and_keeps_the_stain_amounts():
     base = _base()
     truth = _mauve(_scaled(base, stain=1.3))
     images = [image for image, _ in simulate(truth, 6, 192, seed=7)]
-    fit = match_statistics(images, base)
+    fit = match_statistics(images, base, stains="measured")
     vector = fit.config.staining.counter_vector
     assert vector[0] == pytest.approx(MAUVE[0], abs=0.06)
     assert fit.config.staining.main_vector is None  # hematoxylin stays the simulator's
@@ -334,6 +335,13 @@ def test_fit_takes_the_real_eosin_and_keeps_the_stain_amounts():
     assert fit.config.cells[0].stain[1] == pytest.approx(truth.cells[0].stain[1], rel=0.15)
     assert fit.config.background.stain[1] == pytest.approx(truth.background.stain[1], rel=0.3)
     assert "eosin vector" in format_fit(fit)
+    # by default the preset's vectors are drawn with, and the stroma read as hematoxylin
+    plain = match_statistics(images, base)
+    assert plain.config.staining == replace(base.staining,
+                                            cell_variation=plain.config.staining.cell_variation)
+    assert plain.config.background.stain[1] > 2 * truth.background.stain[1]
+    with pytest.raises(ConfigError, match="stains must be one of preset, measured, got 'x'"):
+        match_statistics(images, base, stains="x")
 
 
 def test_stain_vectors_are_validated_in_one_line(tmp_path):

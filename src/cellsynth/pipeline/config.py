@@ -41,6 +41,8 @@ class SimulateOptions:
     # the fit's stain variation between cells and camera noise: "floor" (at least the
     # preset's, for a varied training set) or "fitted" (as measured); fit-simulator --spread
     fit_spread: str = field(default="floor", metadata=ADDED)
+    # the fit's stain vectors: "preset" or "measured" (H&E eosin); fit-simulator --stains
+    fit_stains: str = field(default="preset", metadata=ADDED)
     # held-out simulated (and, with a refiner, refined) images that choose the pretrained
     # detector's score threshold and best checkpoint when real.val names no annotated images
     # (a zero-label run); 0: none (the detector keeps its last step and threshold 0.9)
@@ -50,6 +52,9 @@ class SimulateOptions:
         if self.n < 1 or self.size < 16 or self.workers < 1 or self.n_val < 0:
             raise ValueError("simulate: n >= 1, size >= 16, workers >= 1 and n_val >= 0 "
                              "required")
+        if self.fit_stains not in ("preset", "measured"):
+            raise ValueError(f"simulate.fit_stains must be preset or measured, got "
+                             f"{self.fit_stains!r}")
         if self.fit_spread not in ("floor", "fitted"):
             raise ValueError(f"simulate.fit_spread must be floor or fitted, got "
                              f"{self.fit_spread!r}")

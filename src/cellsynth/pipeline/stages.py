@@ -66,7 +66,8 @@ def _fit_simulator(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
     with staged_output_dir(out / layout.FIT, force=True) as root:
         result = write_fit(folder, _sim_config(config), root / layout.FITTED,
                            pixel_size_um=config.real.pixel_size_um, seed=config.seed,
-                           spread=config.simulate.fit_spread)
+                           spread=config.simulate.fit_spread,
+                           stains=config.simulate.fit_stains)
     fit = result["fit"]
     return {"fitted_from": folder,
             "median_diameter_um": round(median_diameter_um(fit.config), 3),

@@ -9,11 +9,14 @@ and elongation are adjusted for a few rounds until its statistics match the real
 instead of entering the config. The base preset's ratios between its cell types are kept.
 Only images are read, never labels.
 
-For H&E the colour comes first: the eosin vector of the real images is measured
+The stain vectors are the base's (``stains="preset"``), or, with ``stains="measured"``,
+H&E's eosin vector is measured from the real images first
 (:func:`~cellsynth.simulate.estimate.measure_counter_vector`) and both the candidates and
 the estimator use it. With the simulator's pink eosin, the mauve stroma of real H&E sets
-is unmixed as hematoxylin, and the search then fills the background with hematoxylin (on
-images drawn with a mauve eosin: 3.5x the background stain that was drawn).
+is unmixed as hematoxylin and the search fills the background with hematoxylin (on images
+drawn with a mauve eosin: 3.5x the background stain that was drawn); measured, the colours
+look right, but a zero-label detector trained on them lost F1 on tcga_lgg's training
+images (docs/results.md), so the preset's vectors stay the default.
 
 How much the elongated cells point one way (orientation coherence) is measured and reported
 but not fitted: on the ``nissl`` preset, narrowing the pyramidal cells' scatter around the
@@ -56,7 +59,7 @@ from cellsynth.simulate.optics import stain_vectors
 from cellsynth.simulate.presets import SimulationConfig, preset
 from cellsynth.simulate.scene import render_scene
 
-__all__ = ["MIN_SIDE_PX", "MIN_CELL_PX", "SPREADS", "SimulatorFit", "count_cells",
+__all__ = ["MIN_SIDE_PX", "MIN_CELL_PX", "SPREADS", "STAINS", "SimulatorFit", "count_cells",
            "fit_simulator", "match_statistics", "median_diameter_um", "config_override",
            "format_fit", "write_fit"]
 
@@ -88,6 +91,7 @@ _BOUNDS = {"size": (0.5, 2.5), "density": (0.05, 20.0), "cell_stain": (0.05, 20.
 # slope of 0.25 would turn into a 30 % change of the parameter.
 _DEADBAND = {"elongation": math.log(1.1)}
 SPREADS = ("floor", "fitted")  # see the module docstring
+STAINS = ("preset", "measured")  # the stain vectors drawn with (see the module docstring)
 _ABSENT = object()  # a key that a config leaves out (an option at its default, added later)
 _FLOOR = {"background_stain": 1e-3, "counterstain": 1e-3, "noise": 1e-4, "elongation": 0.01}
 
@@ -286,8 +290,8 @@ def _side(real: _Real) -> int:
     return int(np.clip(np.median([min(a.shape[:2]) for a in real.images]), 128, 512))
 
 
-def _fit(real: _Real, base: SimulationConfig, seed: int, spread: str = "floor"
-         ) -> SimulatorFit:
+def _fit(real: _Real, base: SimulationConfig, seed: int, spread: str = "floor",
+         stains: str = "preset") -> SimulatorFit:
     """Measure the real images, then search (see the module docstring)."""
     px = real.pixel_size_um
     base = replace(base, pixel_size_um=px)
@@ -298,7 +302,7 @@ def _fit(real: _Real, base: SimulationConfig, seed: int, spread: str = "floor"
     seeds = image_seeds(seed, n_sim)  # the same scenes every round: only parameters change
     # the real colours first: stain amounts are measured (in real and simulated images
     # alike) and drawn with the stain vectors of the real images
-    start = _with_stain_vectors(real, base, seed)
+    start = _with_stain_vectors(real, base, seed) if stains == "measured" else base
     target, radii = _real_statistics(real, start)
     knobs = [k for k in _KNOBS if (k != "counterstain" or base.color == "he")
              and np.isfinite(target[_KNOBS[k][0]])]
@@ -395,14 +399,17 @@ def _search(real: _Real, base: SimulationConfig, target: dict[str, Any], radii: 
                         fitted_sim=sims[-1], history=history, floored=floored)
 
 
-def _check_spread(spread: str) -> None:
+def _check_spread(spread: str, stains: str = "preset") -> None:
     if spread not in SPREADS:
         raise ConfigError(f"spread must be one of {', '.join(SPREADS)}, got {spread!r}")
+    if stains not in STAINS:
+        raise ConfigError(f"stains must be one of {', '.join(STAINS)}, got {stains!r}")
 
 
 def match_statistics(images: str | os.PathLike | Sequence[np.ndarray],
                      base: str | SimulationConfig, *, pixel_size_um: float | None = None,
-                     seed: int = 0, spread: str = "floor") -> SimulatorFit:
+                     seed: int = 0, spread: str = "floor", stains: str = "preset"
+                     ) -> SimulatorFit:
     """Fit ``base`` to real images and return the config with the statistics behind it.
 
     Parameters
@@ -414,10 +421,12 @@ def match_statistics(images: str | os.PathLike | Sequence[np.ndarray],
     seed : seed of the simulated images compared with the real ones.
     spread : "floor" (stain variation between cells and camera noise at least the base's)
         or "fitted" (as measured on the real images); see the module docstring.
+    stains : "preset" (the base's stain vectors) or "measured" (H&E: the eosin vector of the
+        real images, :func:`~cellsynth.simulate.estimate.measure_counter_vector`).
     """
-    _check_spread(spread)
+    _check_spread(spread, stains)
     base = preset(base) if isinstance(base, str) else base
-    return _fit(_load(images, base, pixel_size_um), base, seed, spread)
+    return _fit(_load(images, base, pixel_size_um), base, seed, spread, stains)
 
 
 def count_cells(images: str | os.PathLike | Sequence[np.ndarray],
@@ -440,7 +449,8 @@ def count_cells(images: str | os.PathLike | Sequence[np.ndarray],
 
 def fit_simulator(images: str | os.PathLike | Sequence[np.ndarray],
                   base: str | SimulationConfig, *, pixel_size_um: float | None = None,
-                  seed: int = 0, spread: str = "floor") -> SimulationConfig:
+                  seed: int = 0, spread: str = "floor", stains: str = "preset"
+                  ) -> SimulationConfig:
     """The simulator config fitted to unlabeled real images (see :func:`match_statistics`).
 
     Cell diameters and densities (all cell types scaled alike), stain amounts of cells,
@@ -448,7 +458,7 @@ def fit_simulator(images: str | os.PathLike | Sequence[np.ndarray],
     fitted; everything else is the base's. The config is at the real images' pixel size.
     """
     return match_statistics(images, base, pixel_size_um=pixel_size_um, seed=seed,
-                            spread=spread).config
+                            spread=spread, stains=stains).config
 
 
 def config_override(config: SimulationConfig) -> dict[str, Any]:
@@ -569,7 +579,8 @@ def _preview(real: _Real, fit: SimulatorFit, seed: int) -> np.ndarray:
 
 def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | os.PathLike,
               *, pixel_size_um: float | None = None, seed: int = 0,
-              spread: str = "floor", force: bool = False) -> dict[str, Any]:
+              spread: str = "floor", stains: str = "preset", force: bool = False
+              ) -> dict[str, Any]:
     """Fit ``base`` to the images in folder ``real``; write the override YAML to ``out`` and
     ``<out stem>-preview.png`` (real | fitted | base) beside it. An existing ``out`` is
     replaced only with ``force`` (checked before any work).
@@ -582,17 +593,18 @@ def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | 
     out = Path(out)
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(f"{out}: the fitted preset is written as YAML; name it *.yaml")
-    _check_spread(spread)
+    _check_spread(spread, stains)
     if out.exists() and not force:
         from cellsynth.errors import OutputExistsError
 
         raise OutputExistsError(f"{out}: exists (use --force to replace it)")
     base = preset(base) if isinstance(base, str) else base
     loaded = _load(real, base, pixel_size_um)
-    fit = _fit(loaded, base, seed, spread)
+    fit = _fit(loaded, base, seed, spread, stains)
     header = (f"# {fit.config.preset} preset fitted by `cellsynth fit-simulator` to "
               f"{len(loaded.images)} image(s) of {loaded.where}\n# (pixel size "
-              f"{loaded.pixel_size_um:g} um, seed {seed}, spread {spread}); use: cellsynth "
+              f"{loaded.pixel_size_um:g} um, seed {seed}, spread {spread}, stains {stains}); "
+              f"use: cellsynth "
               f"simulate --preset {fit.config.preset} --config {out.name} ...\n")
     with atomic_path(out) as tmp:
         tmp.write_text(header + yaml.safe_dump(config_override(fit.config), sort_keys=False))
