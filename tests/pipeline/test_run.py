@@ -271,7 +271,7 @@ def test_a_run_can_fit_the_simulator_to_its_real_images_first(tmp_path):
     measured = replace(config, simulate=replace(config.simulate, fit_spread="fitted"))
     other = {stage.name: stage for stage in stages.plan(measured)}
     assert other["fit"].config(measured) != plan["fit"].config(config)
-    with pytest.raises(ValueError, match="simulate.fit_spread must be floor or fitted"):
+    with pytest.raises(ValueError, match="simulate.fit_spread must be one of floor, fitted"):
         SimulateOptions(fit_spread="wide")
 
 

@@ -352,3 +352,24 @@ def test_stain_vectors_are_validated_in_one_line(tmp_path):
     path.write_text("staining:\n  counter_vector: [0.2, 1.0]\n")
     with pytest.raises(ConfigError, match=r"counter_vector: expected 3 values, got 2"):
         simulation_config("he", config_file=path)
+
+
+def test_cli_and_run_config_offer_the_fit_choices_the_fit_knows():
+    """The CLI spells its choices out (importing the simulator would slow every command);
+    they must stay the ones fit_simulator accepts."""
+    import argparse
+
+    from cellsynth.cli import _build_parser
+    from cellsynth.pipeline.config import SimulateOptions
+    from cellsynth.simulate.fit import SPREADS, STAINS
+
+    parser = _build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {a.dest: a for a in sub.choices["fit-simulator"]._actions}
+    assert tuple(options["spread"].choices) == SPREADS
+    assert tuple(options["stains"].choices) == STAINS
+    assert options["spread"].default == SPREADS[0] and options["stains"].default == STAINS[0]
+    for stains in STAINS:
+        SimulateOptions(fit_stains=stains)
+    with pytest.raises(ValueError, match="fit_stains must be one of preset, measured"):
+        SimulateOptions(fit_stains="guessed")

@@ -52,11 +52,13 @@ class SimulateOptions:
         if self.n < 1 or self.size < 16 or self.workers < 1 or self.n_val < 0:
             raise ValueError("simulate: n >= 1, size >= 16, workers >= 1 and n_val >= 0 "
                              "required")
-        if self.fit_stains not in ("preset", "measured"):
-            raise ValueError(f"simulate.fit_stains must be preset or measured, got "
+        from cellsynth.simulate.fit import SPREADS, STAINS
+
+        if self.fit_stains not in STAINS:
+            raise ValueError(f"simulate.fit_stains must be one of {', '.join(STAINS)}, got "
                              f"{self.fit_stains!r}")
-        if self.fit_spread not in ("floor", "fitted"):
-            raise ValueError(f"simulate.fit_spread must be floor or fitted, got "
+        if self.fit_spread not in SPREADS:
+            raise ValueError(f"simulate.fit_spread must be one of {', '.join(SPREADS)}, got "
                              f"{self.fit_spread!r}")
         if self.fit_from is not None and self.fit_role not in FIT_ROLES:
             raise ValueError(f"simulate.fit_from must be one of "
