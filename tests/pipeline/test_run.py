@@ -479,3 +479,24 @@ def test_annotated_sections_at_another_pixel_size_are_refused_in_one_line(tmp_pa
     with pytest.raises(ConfigError, match=r"s1.ome.tif: an annotated whole section "
                                           r"\(real.test\) cannot be rescaled"):
         check_inputs(config)
+
+
+def test_float_images_are_rescaled_as_floats_not_rounded(tmp_path):
+    from cellsynth.io.images import read_image
+
+    folder = tmp_path / "floats"
+    folder.mkdir()
+    ramp = np.tile(np.linspace(0.2, 0.8, 48, dtype=np.float32), (48, 1))
+    write_image(folder / "f0.tif", ramp)
+    config = replace(_config(folder), real=RealData(unlabeled=str(folder), pixel_size_um=1.0),
+                     simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1,
+                                              pixel_size_um=0.5))
+    out = tmp_path / "run"
+    out.mkdir()
+    stages._rescale_real(config, out)
+    [path] = (out / "real" / "unlabeled" / "images").iterdir()
+    staged = read_image(path)
+    assert staged.dtype == np.float32 and staged.shape == (96, 96)
+    # the ramp survives (rounding would have made it 0s and 1s)
+    assert 0.15 < staged.min() < 0.25 and 0.75 < staged.max() < 0.85
+    assert len(np.unique(staged)) > 40

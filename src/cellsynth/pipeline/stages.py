@@ -127,6 +127,14 @@ def real_samples(config: PipelineConfig, role: str) -> list:
             if chosen is None or s.id in {str(i) for i in chosen}]
 
 
+def _same_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A resampled (float) image back in the dtype it was read in: integers rounded, floats
+    as they are (rounding would turn an image in [0, 1] into zeros and ones)."""
+    if np.issubdtype(dtype, np.integer):
+        return image.round().astype(dtype)
+    return image.astype(dtype)
+
+
 def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     """RUN/real/<role>: the real images at the working pixel size, or only the selected ones."""
 
@@ -151,7 +159,7 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                             pixels = pixels[..., 0]  # gray (+ alpha): channel 0, as read_image
                         elif pixels.ndim == 3 and pixels.shape[-1] > 3:
                             pixels = pixels[..., :3]  # as fit-simulator measures a section
-                        scaled = rescale_image(pixels, factor).round().astype(pixels.dtype)
+                        scaled = _same_dtype(rescale_image(pixels, factor), pixels.dtype)
                         write_image(root / role / "images" / f"{sample.id}_y{y}_x{x}.tif",
                                     scaled)
                     windowed.append(str(sample.image_path))
@@ -165,8 +173,9 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                                      / sample.label_path.name)
                     continue
                 image = sample.read_image()
-                scaled = rescale_image(image, factor).round().astype(image.dtype)
-                write_image(root / role / "images" / f"{sample.id}.png", scaled)
+                scaled = _same_dtype(rescale_image(image, factor), image.dtype)
+                suffix = ".png" if scaled.dtype in (np.uint8, np.uint16) else ".tif"
+                write_image(root / role / "images" / f"{sample.id}{suffix}", scaled)
                 if sample.label_path is not None:
                     (root / role / "labels").mkdir(exist_ok=True)
                     labels = rescale_labels(sample.read_labels().astype(np.uint32), factor)

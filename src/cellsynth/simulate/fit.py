@@ -439,8 +439,7 @@ def count_cells(images: str | os.PathLike | Sequence[np.ndarray],
     can scale the window as it scales the section). Labels are never read."""
     base = preset(base) if isinstance(base, str) else base
     real = _load(images, base, pixel_size_um)
-    base = _with_stain_vectors(real, replace(base, pixel_size_um=real.pixel_size_um), 0)
-    target, _ = _real_statistics(real, base)
+    target, _ = _real_statistics(real, replace(base, pixel_size_um=real.pixel_size_um))
     return real.pixel_size_um, [(name, raw, int(s["n_cells"]), source)
                                 for name, raw, s, source in zip(real.names, real.raw,
                                                                 target["per_image"],
