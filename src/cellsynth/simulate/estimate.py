@@ -50,6 +50,13 @@ def _as_float(image: np.ndarray) -> np.ndarray:
     return normalize(image)
 
 
+def _optical_density(image: np.ndarray, color: str) -> np.ndarray:
+    """-log(intensity / the colour model's white), intensities in [0, 1] (clipped at 1/512)."""
+    zero = np.zeros((1, 1), np.float32)
+    white = to_intensity(zero, zero, color)[0, 0]
+    return -np.log(np.clip(image, 1 / 512, None) / white)
+
+
 def _stain_maps(image: np.ndarray, color: str, vectors: tuple | None = None
                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The main stain (cells bright) and the counterstain, in the simulator's own units:
@@ -60,9 +67,7 @@ def _stain_maps(image: np.ndarray, color: str, vectors: tuple | None = None
         image = image if image.ndim == 2 else image.mean(axis=2)
         if color == "fluo":
             return image, None
-    zero = np.zeros((1, 1), np.float32)
-    white = to_intensity(zero, zero, color)[0, 0]
-    od = -np.log(np.clip(image, 1 / 512, None) / white)
+    od = _optical_density(image, color)
     if color == "gray":
         return od, None
     h, e = stain_vectors(color, *(vectors or (None, None)))
@@ -92,15 +97,13 @@ def measure_counter_vector(images: list[np.ndarray], color: str, *, seed: int = 
     pixels (< ``_MIN_STAINED``) or no second stain that absorbs green; the default stays."""
     if color != "he":
         return None
-    zero = np.zeros((1, 1), np.float32)
-    white = to_intensity(zero, zero, color)[0, 0]
     rng = np.random.default_rng(seed)
     ods = []
     for image in images:
         pixels = image.reshape(-1, image.shape[-1])[:, :3]
         if len(pixels) > _STAIN_SAMPLE:
             pixels = pixels[rng.choice(len(pixels), _STAIN_SAMPLE, replace=False)]
-        od = -np.log(np.clip(pixels, 1 / 512, None) / white)
+        od = _optical_density(pixels, color)
         ods.append(od[(od > _STAINED).all(axis=1)])
     od = np.concatenate(ods).astype(np.float64)
     if len(od) < _MIN_STAINED:

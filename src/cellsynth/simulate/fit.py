@@ -399,7 +399,7 @@ def _search(real: _Real, base: SimulationConfig, target: dict[str, Any], radii: 
                         fitted_sim=sims[-1], history=history, floored=floored)
 
 
-def _check_spread(spread: str, stains: str = "preset") -> None:
+def _check_choices(spread: str, stains: str = "preset") -> None:
     if spread not in SPREADS:
         raise ConfigError(f"spread must be one of {', '.join(SPREADS)}, got {spread!r}")
     if stains not in STAINS:
@@ -424,7 +424,7 @@ def match_statistics(images: str | os.PathLike | Sequence[np.ndarray],
     stains : "preset" (the base's stain vectors) or "measured" (H&E: the eosin vector of the
         real images, :func:`~cellsynth.simulate.estimate.measure_counter_vector`).
     """
-    _check_spread(spread, stains)
+    _check_choices(spread, stains)
     base = preset(base) if isinstance(base, str) else base
     return _fit(_load(images, base, pixel_size_um), base, seed, spread, stains)
 
@@ -592,7 +592,7 @@ def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | 
     out = Path(out)
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(f"{out}: the fitted preset is written as YAML; name it *.yaml")
-    _check_spread(spread, stains)
+    _check_choices(spread, stains)
     if out.exists() and not force:
         from cellsynth.errors import OutputExistsError
 

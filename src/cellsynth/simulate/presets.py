@@ -157,7 +157,7 @@ class Staining:
     cell_variation: float = 0.15  # relative std of stain between cells
     # Brightfield stain vectors: the absorbance (optical density) in R, G, B of one unit of
     # the main stain and of the counterstain (eosin). None: the colour model's own
-    # (optics.STAIN_VECTORS). ``fit-simulator`` measures them from H&E images (Macenko).
+    # (optics.STAIN_VECTORS). ``fit-simulator --stains measured`` measures H&E's eosin (Macenko).
     main_vector: tuple[float, float, float] | None = field(default=None, metadata=ADDED)
     counter_vector: tuple[float, float, float] | None = field(default=None, metadata=ADDED)
 
