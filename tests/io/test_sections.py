@@ -156,3 +156,18 @@ def test_rgba_section_loses_its_alpha_but_channels_first_keep_every_channel(tmp_
     fluo = open_large_image(tmp_path / "fluo.zarr")
     assert fluo.shape == (128, 96, 4)
     np.testing.assert_array_equal(fluo[5:9, 7:8], np.moveaxis(planes[:, 5:9, 7:8], 0, -1))
+
+
+def test_stage_channels_takes_what_every_stage_reads():
+    from cellsynth.io.sections import stage_channels
+
+    rng = np.random.default_rng(0)
+    gray_alpha = rng.integers(0, 255, (8, 9, 2), dtype=np.uint8)
+    np.testing.assert_array_equal(stage_channels(gray_alpha), gray_alpha[..., 0])
+    five = rng.integers(0, 4095, (8, 9, 5), dtype=np.uint16)
+    assert stage_channels(five).shape == (8, 9, 3)
+    np.testing.assert_array_equal(stage_channels(five), five[..., :3])
+    rgb = rng.integers(0, 255, (8, 9, 3), dtype=np.uint8)
+    assert stage_channels(rgb) is rgb
+    gray = rgb[..., 0]
+    assert stage_channels(gray) is gray

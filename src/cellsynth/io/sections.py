@@ -219,6 +219,17 @@ def tissue_windows(image: Any, side: int, n: int, *, seed: int = 0,
     return kept
 
 
+def stage_channels(window: np.ndarray) -> np.ndarray:
+    """A window of a section as every stage takes images: gray + alpha (2 channels, or one)
+    -> the first channel, as :func:`cellsynth.io.images.read_image` reads such files; more
+    than 3 channels (channels first, fluorescence) -> the first 3; else unchanged."""
+    if window.ndim == 3 and window.shape[-1] in (1, 2):
+        return window[..., 0]
+    if window.ndim == 3 and window.shape[-1] > 3:
+        return window[..., :3]
+    return window
+
+
 def image_or_windows(path: str | os.PathLike, *, side: int = 1024, n: int = 4,
                      seed: int = 0) -> list[np.ndarray]:
     """The decoded image, or for a whole section (:func:`reads_lazily`) up to ``n`` windows
@@ -229,9 +240,7 @@ def image_or_windows(path: str | os.PathLike, *, side: int = 1024, n: int = 4,
     if not reads_lazily(path):
         return [read_image(path)]
     image = open_large_image(path)
-    windows = [w for _, _, w in tissue_windows(image, side, n, seed=seed)]
-    # channels first, more than 3 (fluorescence): the first 3, as the other stages take them
-    return [w[..., :3] if w.ndim == 3 and w.shape[-1] > 3 else w for w in windows]
+    return [stage_channels(w) for _, _, w in tissue_windows(image, side, n, seed=seed)]
 
 
 def pyramid_levels(path: str | os.PathLike, *, max_levels: int = 16) -> list[Any]:

@@ -140,7 +140,7 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
 
     from cellsynth.io.files import staged_output_dir, write_json
     from cellsynth.io.images import write_image, write_labels
-    from cellsynth.io.sections import open_image, reads_lazily, tissue_windows
+    from cellsynth.io.sections import open_image, reads_lazily, stage_channels, tissue_windows
 
     factor = _real_scale(config)
     with staged_output_dir(out / layout.REAL, force=True) as root:
@@ -155,10 +155,7 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                     side = max(1, round(SECTION_WINDOW / factor))
                     for y, x, pixels in tissue_windows(open_image(sample.image_path), side,
                                                        SECTION_WINDOWS, seed=config.seed):
-                        if pixels.ndim == 3 and pixels.shape[-1] in (1, 2):
-                            pixels = pixels[..., 0]  # gray (+ alpha): channel 0, as read_image
-                        elif pixels.ndim == 3 and pixels.shape[-1] > 3:
-                            pixels = pixels[..., :3]  # as fit-simulator measures a section
+                        pixels = stage_channels(pixels)
                         scaled = _same_dtype(rescale_image(pixels, factor), pixels.dtype)
                         write_image(root / role / "images" / f"{sample.id}_y{y}_x{x}.tif",
                                     scaled)

@@ -25,7 +25,7 @@ from cellsynth.io.datasets import Dataset, load_dataset
 from cellsynth.io.images import match_channels, read_image
 from cellsynth.io.normalize import DEFAULT, Normalization, apply_range, intensity_range, normalize
 from cellsynth.io.resample import pixel_scale, rescale_image
-from cellsynth.io.sections import open_large_image, reads_lazily
+from cellsynth.io.sections import open_large_image, reads_lazily, stage_channels
 
 __all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS", "load_simulated", "read_layout"]
 
@@ -258,8 +258,7 @@ class RealCrops:
         ry, rx, h, w = self.regions[j][int(rng.integers(len(self.regions[j])))]
         y, x = ry + int(rng.integers(h - need + 1)), rx + int(rng.integers(w - need + 1))
         window = np.asarray(image[y:y + need, x:x + need])
-        if window.ndim == 3 and window.shape[-1] > 3:
-            window = window[..., :3]
+        window = stage_channels(window)
         window = self._prepare(window, self.root,
                                window_of=self.ranges[j])
         return window[:c, :c]

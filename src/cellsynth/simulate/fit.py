@@ -152,15 +152,14 @@ def _windows(image: Any, name: str, n: int, seed: int
         raw = np.asarray(image[0:h, 0:w]) if not isinstance(image, np.ndarray) else image
         return [(name, raw, _as_float(raw), raw)]
     from cellsynth.io.normalize import apply_range, intensity_range
-    from cellsynth.io.sections import tissue_windows
+    from cellsynth.io.sections import stage_channels, tissue_windows
 
     # windows keep the whole image's brightness (as the refiner and predict see them)
     low, high = (None, None) if np.dtype(image.dtype) == np.uint8 else \
         intensity_range(image, where=name)
     found = []
     for y, x, raw in tissue_windows(image, _WINDOW, n, seed=seed):
-        if raw.ndim == 3 and raw.shape[-1] > 3:  # channels first (fluorescence): first 3
-            raw = raw[..., :3]  # (an RGBA section's alpha is dropped by open_large_image)
+        raw = stage_channels(raw)  # (an RGBA section's alpha is dropped by open_large_image)
         pixels = _as_float(raw) if low is None else apply_range(raw, low[:3], high[:3])
         found.append((f"{name}[{y}:{y + raw.shape[0]}, {x}:{x + raw.shape[1]}]", raw,
                       pixels, image))
