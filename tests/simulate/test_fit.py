@@ -373,3 +373,20 @@ def test_cli_and_run_config_offer_the_fit_choices_the_fit_knows():
         SimulateOptions(fit_stains=stains)
     with pytest.raises(ValueError, match="fit_stains must be one of preset, measured"):
         SimulateOptions(fit_stains="guessed")
+
+
+def test_he_background_grain_and_texture_are_fitted_where_pixels_resolve_them():
+    # at 0.4 um/px the base's 0.8 um grain spans 2 px: fitted; a coarser, stronger stroma
+    # texture than the base's is found from the images
+    base = preset("he", pixel_size_um=0.4)
+    base = replace(base, layers=replace(base.layers, density_contrast=0.0, size_contrast=0.0))
+    truth = replace(base, background=replace(base.background, grain_um=1.6, texture=0.7))
+    images = [image for image, _ in simulate(truth, 4, 192, seed=5)]
+    fit = match_statistics(images, base)
+    assert fit.config.background.texture > 1.3 * base.background.texture
+    assert fit.config.background.grain_um > 1.2 * base.background.grain_um
+    assert "background grain (um) / texture" in format_fit(fit)
+    # at 0.8 um/px (the grain 1 px) neither is fitted: the base's are kept
+    coarse = match_statistics(_images(), _base())
+    assert coarse.config.background.grain_um == _base().background.grain_um
+    assert coarse.config.background.texture == _base().background.texture

@@ -28,6 +28,7 @@ _INSIDE = 1.0        # a blob's centre closer than this x the larger radius: the
 _CONTAINS = 0.5      # a larger blob replaces the ones inside it if it is this strong
 _THRESHOLD = 0.25    # a cell must reach this fraction of its image's cell-background contrast
 _NO_DIP = 0.85       # neighbours merge unless the stain between them dips below this
+_MIN_LEVEL = 0.02    # background texture is relative to the stain level, at least this
 _CUT = 0.3           # a cell region: stain above background + this x (cell - background)
 _REACH = 3.0         # a cell region reaches at most this many radii from its centre
 _ORIENTED = 1.2      # cells at least this elongated (axis ratio) say which way they point
@@ -303,6 +304,12 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
         "counterstain": float(np.median(counter[background])) if counter is not None else 0.0,
         "noise": _noise(image),
         "sharpness": float(np.std(g1 - g2) / max(np.std(g2 - g4), 1e-9)),
+        # the background's own texture, away from the cells: how fine (the same band ratio)
+        # and how strong (its variation below 4 px, relative to its level)
+        "background_sharpness": float(np.std((g1 - g2)[background])
+                                      / max(np.std((g2 - g4)[background]), 1e-9)),
+        "background_texture": float(np.std((stain - g4)[background])
+                                    / max(background_stain, _MIN_LEVEL)),
         "cell_rgb": (np.median(rgb[inside], axis=0) * 255 if inside.any()
                      else np.full(rgb.shape[2], np.nan)),
         "background_rgb": np.median(rgb[background], axis=0) * 255,
@@ -338,7 +345,8 @@ def _pool(per_image: list[dict[str, Any]]) -> dict[str, Any]:
         "elongation": float(np.median(ratios)) - 1 if ratios.size else float("nan"),
         "coherence": float(np.median(coherence)) if coherence else float("nan"),
         **{k: median_of(k) for k in ("cell_spread", "background_stain", "counterstain",
-                                     "noise", "sharpness")},
+                                     "noise", "sharpness", "background_sharpness",
+                                     "background_texture")},
         "cell_rgb": np.median([s["cell_rgb"] for s in per_image if s["n_cells"]]
                               or [per_image[0]["cell_rgb"]], axis=0),
         "background_rgb": np.median([s["background_rgb"] for s in per_image], axis=0),
