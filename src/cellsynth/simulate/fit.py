@@ -94,7 +94,7 @@ _BOUNDS = {"size": (0.5, 2.5), "density": (0.05, 20.0), "cell_stain": (0.05, 20.
            "elongation": (0.05, 6.0), "grain": (0.2, 3.0), "texture": (0.1, 4.0)}
 # Colour models whose background texture is fitted. On H&E the stroma's fine texture was what
 # the fit missed (tcga_lgg: background band ratio 0.81 real vs 0.63 fitted) and drawing it
-# made the zero-label detector much better (train split: F1@0.5 0.632 -> 0.818); on Nissl,
+# made its zero-label detector better (tcga train split: F1@0.5 0.632 -> 0.787); on Nissl,
 # Merker and fluorescence the preset's texture stays until it is measured there.
 # Grain finer than _MIN_GRAIN_PX pixels cannot be told from noise and blur: not fitted.
 _TEXTURED = ("he",)
