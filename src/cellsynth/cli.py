@@ -315,7 +315,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("fit-simulator", help="fit a preset to unlabeled real images (cell size "
-                                             "and density, stain, noise, blur, elongation)")
+                                             "and density, stain, noise, blur, elongation; "
+                                             "on H&E the stroma's texture)")
     p.add_argument("--real", type=Path, required=True,
                    help="folder of real images (only images are read, never labels)")
     p.add_argument("--preset", required=True, help="base preset: merker, nissl, he or fluo")
