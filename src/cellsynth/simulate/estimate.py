@@ -291,6 +291,7 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
     logs = np.log(np.clip(levels, 1e-3, None))
     q75, q25 = np.percentile(logs, [75, 25]) if len(logs) else (0.0, 0.0)
     g1, g2, g4 = (ndi.gaussian_filter(stain, s) for s in (1.0, 2.0, 4.0))
+    fine, medium = g1 - g2, g2 - g4  # detail bands: 1-2 px and 2-4 px
     stats = {
         "n_cells": int(found.sum()), "area_um2": h * w * px * px,
         "coverage": float(areas.sum()) / (h * w),
@@ -303,11 +304,11 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
         "background_stain": background_stain,
         "counterstain": float(np.median(counter[background])) if counter is not None else 0.0,
         "noise": _noise(image),
-        "sharpness": float(np.std(g1 - g2) / max(np.std(g2 - g4), 1e-9)),
+        "sharpness": float(np.std(fine) / max(np.std(medium), 1e-9)),
         # the background's own texture, away from the cells: how fine (the same band ratio)
         # and how strong (its variation below 4 px, relative to its level)
-        "background_sharpness": float(np.std((g1 - g2)[background])
-                                      / max(np.std((g2 - g4)[background]), 1e-9)),
+        "background_sharpness": float(np.std(fine[background])
+                                      / max(np.std(medium[background]), 1e-9)),
         "background_texture": float(np.std((stain - g4)[background])
                                     / max(background_stain, _MIN_LEVEL)),
         "cell_rgb": (np.median(rgb[inside], axis=0) * 255 if inside.any()
