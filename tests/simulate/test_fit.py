@@ -3,6 +3,7 @@ is deterministic, never opens a label file, writes a config `simulate --config` 
 and user mistakes are one line naming the path."""
 
 import builtins
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -386,7 +387,51 @@ def test_he_background_grain_and_texture_are_fitted_where_pixels_resolve_them():
     assert fit.config.background.texture > 1.3 * base.background.texture
     assert fit.config.background.grain_um > 1.2 * base.background.grain_um
     assert "background grain (um) / texture" in format_fit(fit)
+    assert fit.fallback is None and "ran away" not in format_fit(fit)  # a well-posed search
     # at 0.8 um/px (the grain 1 px) neither is fitted: the base's are kept
     coarse = match_statistics(_images(), _base())
     assert coarse.config.background.grain_um == _base().background.grain_um
     assert coarse.config.background.texture == _base().background.texture
+
+
+def test_a_knob_searched_to_its_limit_is_named_in_the_printout():
+    # a fit whose grain ended at its lower bound (statistic 11 % short) and texture at the
+    # cap; the blur and size ended inside their ranges: only the two at a limit are named
+    from cellsynth.simulate.fit import SimulatorFit, _apply, at_limits
+
+    base = preset("he", pixel_size_um=0.25)
+    params = {"size": 1.0, "density": 1.3, "cell_stain": 1.0, "background": 1.0,
+              "counterstain": 1.0, "noise": 1.0, "elongation": 1.0, "grain": 0.2,
+              "texture": 4.0, "blur": 0.3, "cell_variation": 0.15}
+    last = params | {"log_error_grain": math.log(0.619 / 0.549), "log_error_texture": 0.01,
+                     "log_error_blur": 0.02, "log_error_size": -0.01}
+    fit = SimulatorFit(config=_apply(base, params), base=base, real={}, base_sim={},
+                       fitted_sim={}, history=[last])
+    assert [(k, side) for k, side, _ in at_limits(fit)] == [("grain", "lower"),
+                                                            ("texture", "upper")]
+    text = format_fit(fit)
+    assert "background grain at its lower limit (background sharpness -11 %" in text
+    assert "background texture at its upper limit" in text
+    assert "blur at" not in text and "cell size at" not in text
+    # inside the limits: no line at all
+    inside = SimulatorFit(config=_apply(base, params | {"grain": 0.5, "texture": 1.5}),
+                          base=base, real={}, base_sim={}, fitted_sim={},
+                          history=[last | {"grain": 0.5, "texture": 1.5}])
+    assert at_limits(inside) == [] and "searched to a limit" not in format_fit(inside)
+
+
+def test_a_search_that_runs_away_answers_with_its_best_round():
+    # three 128 px fluorescence images of cells 1.4x the preset's: the found regions barely
+    # grow with the simulated cells and look longer than they are, so the search drove size
+    # and elongation to their limits (the mean of its last rounds: cells 2.5x the base's)
+    from cellsynth.simulate.fit import _ROUNDS, _cost
+
+    base = preset("fluo")
+    bigger = simulation_config("fluo", overrides={"cells": {
+        c.name: {"diameter_um": [d * 1.4 for d in c.diameter_um]} for c in base.cells}})
+    fit = match_statistics([image for image, _ in simulate(bigger, 3, 128, seed=5)], base)
+    searched = [_cost(h, ("noise",)) for h in fit.history[:_ROUNDS + 1]]
+    assert fit.fallback == int(np.argmin(searched))
+    assert _cost(fit.history[-2], ("noise",)) > 2 * min(searched)  # the mean, rejected
+    assert 1.1 < median_diameter_um(fit.config) / median_diameter_um(base) < 1.6
+    assert "the search ran away" in format_fit(fit)

@@ -61,12 +61,14 @@ from cellsynth.simulate.scene import render_scene
 
 __all__ = ["MIN_SIDE_PX", "MIN_CELL_PX", "SPREADS", "STAINS", "SimulatorFit", "count_cells",
            "fit_simulator", "match_statistics", "median_diameter_um", "config_override",
-           "format_fit", "write_fit"]
+           "format_fit", "write_fit", "at_limits"]
 
 MIN_SIDE_PX = 64     # smaller images hold too few cells and too little background to measure
 MIN_CELL_PX = 4.0    # cells narrower than this (in pixels) cannot be told from grain
 _ROUNDS = 5          # updates of the search; each is judged by one more simulated batch
 _AVERAGE = 3         # the fitted parameters: geometric mean of the last this many rounds
+_DIVERGED, _DIVERGED_BY = 2.0, 0.05  # ... unless that matches > 2x (and > 0.05) worse than
+                                     # the best round: then the best round (see _diverged)
 _MAX_REAL = 64       # real images measured (evenly spread over the folder)
 _WINDOW_ABOVE = 2048 * 2048  # larger images (whole sections) are measured by windows ...
 _WINDOW = 1024       # ... of this side ...
@@ -136,6 +138,9 @@ class SimulatorFit:
     history: list[dict[str, float]]  # parameters and log(real/sim) of every round
     # what spread="floor" raised to the base's: {name: (as measured, as used)}
     floored: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the round of the search taken as the answer when the mean of the last rounds matched
+    # far worse (the search ran away; see _diverged); None: that mean
+    fallback: int | None = None
 
 
 def _round(x: float) -> float:
@@ -374,22 +379,38 @@ def _search(real: _Real, base: SimulationConfig, target: dict[str, Any], radii: 
     history: list[dict[str, float]] = []
     sims: list[dict[str, Any]] = []
     floored: dict[str, tuple[float, float]] = {}
-    for round_ in range(_ROUNDS + 2):
+    fallback = None
+    # the floor moves the answer's noise off the real images' on purpose: not a mismatch
+    unjudged = ("noise",) if spread == "floor" else ()
+
+    def answer(params: dict[str, float]) -> dict[str, float]:
+        """``params`` with spread="floor"'s floors applied (recorded in ``floored``)."""
+        if spread != "floor":
+            return params
+        measured = _apply(base, params)
+        params = params | {"noise": max(params["noise"], 1.0),
+                           "cell_variation": max(params["cell_variation"],
+                                                 base.staining.cell_variation)}
+        used = _apply(base, params)
+        floored.clear()
+        floored.update({name: (get(measured), get(used)) for name, get in (
+            ("stain variation between cells", lambda c: c.staining.cell_variation),
+            ("shot noise", lambda c: c.optics.shot_noise),
+            ("read noise", lambda c: c.optics.read_noise)) if get(measured) < get(used)})
+        return params
+
+    for round_ in range(_ROUNDS + 3):
         if round_ == _ROUNDS + 1:  # the answer: the mean of the last rounds (less noise)
             last = history[-_AVERAGE:]
-            params = {k: float(np.exp(np.mean([np.log(max(h[k], 1e-6)) for h in last])))
-                      for k in params} | {
-                "cell_variation": float(np.mean([h["cell_variation"] for h in last]))}
-            if spread == "floor":
-                measured = _apply(base, params)
-                params["noise"] = max(params["noise"], 1.0)
-                params["cell_variation"] = max(params["cell_variation"],
-                                               base.staining.cell_variation)
-                used = _apply(base, params)
-                floored = {name: (get(measured), get(used)) for name, get in (
-                    ("stain variation between cells", lambda c: c.staining.cell_variation),
-                    ("shot noise", lambda c: c.optics.shot_noise),
-                    ("read noise", lambda c: c.optics.read_noise)) if get(measured) < get(used)}
+            params = answer({k: float(np.exp(np.mean([np.log(max(h[k], 1e-6)) for h in last])))
+                             for k in params} | {
+                "cell_variation": float(np.mean([h["cell_variation"] for h in last]))})
+        elif round_ == _ROUNDS + 2:  # the search ran away (see _diverged): its best round
+            costs = [_cost(h, unjudged) for h in history[:_ROUNDS + 1]]
+            if not _diverged(_cost(history[-1], unjudged), min(costs)):
+                break
+            fallback = int(np.argmin(costs))
+            params = answer({k: history[fallback][k] for k in params})
         sim = _simulate_stats(_apply(base, params), shape, seeds, radii, _vectors(base))
         error = _mismatch(target, sim, knobs)
         history.append({**params, **{f"log_error_{k}": v for k, v in error.items()},
@@ -417,7 +438,23 @@ def _search(real: _Real, base: SimulationConfig, target: dict[str, Any], radii: 
                            f"{median_diameter_um(config) / px:.1f} px across (< {MIN_CELL_PX:g} "
                            f"px); give the real pixel size with --pixel-size")
     return SimulatorFit(config=config, base=base, real=target, base_sim=sims[0],
-                        fitted_sim=sims[-1], history=history, floored=floored)
+                        fitted_sim=sims[-1], history=history, floored=floored,
+                        fallback=fallback)
+
+
+def _cost(round_: dict[str, float], ignore: Sequence[str] = ()) -> float:
+    """How far one round of the search is from the real statistics: the sum of squared
+    log mismatches beyond each knob's deadband (knobs in ``ignore`` left out)."""
+    errors = {k.removeprefix("log_error_"): v for k, v in round_.items()
+              if k.startswith("log_error_")}
+    return sum(max(abs(v) - _DEADBAND.get(k, 0.0), 0.0) ** 2
+               for k, v in errors.items() if k not in ignore)
+
+
+def _diverged(answer: float, best: float) -> bool:
+    """The averaged answer matches far worse than the best round searched (the statistics
+    responded against the expected slope, e.g. cells larger than the images can show)."""
+    return answer > max(_DIVERGED * best, best + _DIVERGED_BY)
 
 
 def _check_choices(spread: str, stains: str = "preset") -> None:
@@ -513,6 +550,53 @@ def _cells(config: SimulationConfig, what: str) -> str:
     return f"{sum(c.density for c in lab):.3g}"
 
 
+# statistics of the printout: label, key, format, factor
+_STAT_ROWS = (("cells found: diameter, geom. mean (um)", "diameter_um", "{:.3g}"),
+              ("cells found: median diameter (um)", "median_diameter_um", "{:.3g}"),
+              ("cells found per mm^2", "density", "{:.0f}", 100.0),
+              ("cells found: area fraction", "coverage", "{:.2f}"),
+              ("cells found: median axis ratio - 1", "elongation", "{:.3f}"),
+              ("cells found: orientation coherence (not fitted)", "coherence", "{:.3f}"),
+              ("cell stain (median)", "cell_stain", "{:.3g}"),
+              ("background stain (median)", "background_stain", "{:.3g}"),
+              ("noise std (0-1)", "noise", "{:.4f}"), ("sharpness", "sharpness", "{:.3g}"),
+              ("background sharpness", "background_sharpness", "{:.3g}"),
+              ("background texture (relative)", "background_texture", "{:.3g}"),
+              ("cell colour (RGB)", "cell_rgb", None),
+              ("background colour (RGB)", "background_rgb", None),
+              ("simulated labels: median area (um^2)", "label_median_area_um2", "{:.3g}"),
+              ("simulated labels per mm^2", "label_per_mm2", "{:.0f}"))
+_KNOB_NAMES = {"size": "cell size", "density": "density", "cell_stain": "cell stain",
+               "background": "background stain", "counterstain": "counterstain",
+               "noise": "noise", "blur": "blur", "elongation": "elongation",
+               "grain": "background grain", "texture": "background texture"}
+_AT_LIMIT = math.log(1.1)  # a parameter this close to a limit of the search is at it
+
+
+def at_limits(fit: SimulatorFit) -> list[tuple[str, str, float]]:
+    """Knobs whose fitted value ended at a limit of the search: (knob, "lower" or "upper",
+    log(real / fitted simulation) of its statistic). The statistic may be unmatched there
+    (a limit the simulator cannot pass) or matched only at the edge."""
+    if not fit.history:
+        return []
+    last, px = fit.history[-1], fit.base.pixel_size_um
+    out = []
+    for knob in _KNOBS:
+        if f"log_error_{knob}" not in last:
+            continue  # not fitted
+        low, high = _BOUNDS.get(knob, (0.05 * px, 4.0 * px))
+        value = last[knob]
+        side = ("lower" if value <= low * math.exp(_AT_LIMIT) else
+                "upper" if value >= high * math.exp(-_AT_LIMIT) else None)
+        bg = fit.base.background
+        if knob == "texture" and fit.config.background.texture > bg.texture and \
+                fit.config.background.texture >= max(bg.texture, _MAX_TEXTURE) - 1e-9:
+            side = "upper"  # capped in _apply
+        if side:
+            out.append((knob, side, float(last[f"log_error_{knob}"])))
+    return out
+
+
 def format_fit(fit: SimulatorFit) -> str:
     """Two small tables: parameters (base vs fitted) and statistics (real vs simulations)."""
     b, f = fit.base, fit.config
@@ -541,24 +625,9 @@ def format_fit(fit: SimulatorFit) -> str:
             vector = [stain_vectors(c.color, *_vectors(c))[i] for c in (b, f)]
             rows.insert(6 + i, (f"{name} vector (R, G, B absorbance)",
                                 *(" ".join(f"{x:.2f}" for x in v) for v in vector)))
-    stats = [("cells found: diameter, geom. mean (um)", "diameter_um", "{:.3g}"),
-             ("cells found: median diameter (um)", "median_diameter_um", "{:.3g}"),
-             ("cells found per mm^2", "density", "{:.0f}", 100.0),
-             ("cells found: area fraction", "coverage", "{:.2f}"),
-             ("cells found: median axis ratio - 1", "elongation", "{:.3f}"),
-             ("cells found: orientation coherence (not fitted)", "coherence", "{:.3f}"),
-             ("cell stain (median)", "cell_stain", "{:.3g}"),
-             ("background stain (median)", "background_stain", "{:.3g}"),
-             ("noise std (0-1)", "noise", "{:.4f}"), ("sharpness", "sharpness", "{:.3g}"),
-             ("background sharpness", "background_sharpness", "{:.3g}"),
-             ("background texture (relative)", "background_texture", "{:.3g}"),
-             ("cell colour (RGB)", "cell_rgb", None),
-             ("background colour (RGB)", "background_rgb", None),
-             ("simulated labels: median area (um^2)", "label_median_area_um2", "{:.3g}"),
-             ("simulated labels per mm^2", "label_per_mm2", "{:.0f}")]
     table = [("parameter", f"base ({b.preset})", "fitted"), *rows, ("", "", ""),
              ("statistic (same estimator)", "real", "base sim", "fitted sim")]
-    for label, key, fmt, *factor in stats:
+    for label, key, fmt, *factor in _STAT_ROWS:
         cells = []
         for s in (fit.real, fit.base_sim, fit.fitted_sim):
             value = s.get(key)
@@ -575,6 +644,18 @@ def format_fit(fit: SimulatorFit) -> str:
         lines.append("kept at the base's for a varied training set (--spread floor; measured "
                      "-> used): " + ", ".join(f"{name} {a:.3g} -> {b:.3g}"
                                               for name, (a, b) in fit.floored.items()))
+    labels = {key: label for label, key, *_ in _STAT_ROWS}
+    limits = at_limits(fit)
+    if limits:
+        named = [f"{_KNOB_NAMES[k]} at its {side} limit ({labels.get(_KNOBS[k][0], k)} "
+                 f"{100 * (math.exp(-e) - 1):+.0f} % against the real images)"
+                 for k, side, e in limits]
+        lines.append("searched to a limit (the statistic may stay unmatched; check the "
+                     "preview): " + ", ".join(named))
+    if fit.fallback is not None:
+        lines.append(f"the search ran away (the mean of its last rounds matched the real "
+                     f"images far worse than round {fit.fallback}): round {fit.fallback} is "
+                     f"the answer; check the preview (too few or too small images?)")
     per_image = fit.real.get("per_image", [])
     sizes = [s["median_diameter_um"] for s in per_image if s["median_diameter_um"]]
     if sizes:
