@@ -260,6 +260,14 @@ def test_a_run_can_fit_the_simulator_to_its_real_images_first(tmp_path):
     assert fitted.staining.cell_variation >= base.staining.cell_variation
     assert fitted.optics.shot_noise >= base.optics.shot_noise
     assert (out / "fit" / "fitted-preview.png").is_file()
+    # the report shows what was fitted: the preview and the numbers beside the base's
+    fitted_section = (out / "report.html").read_text().split(
+        "Simulator fitted to the real images</h2>")[1].split("<h2>")[0]
+    assert fitted_section.count("<img") == 1
+    diameter = next(line for line in (out / "fit" / "fit.txt").read_text().splitlines()
+                    if line.startswith("median cell diameter (um)"))
+    assert float(diameter.split()[-1]) == pytest.approx(median_diameter_um(fitted), rel=5e-3)
+    assert diameter in fitted_section
     said.clear()
     run(config, out, progress=False, log=said.append)
     assert all("skipped" in line for line in said), said

@@ -15,6 +15,7 @@ from pathlib import Path
 # --- stage folders of `cellsynth run` -------------------------------------------------------
 FIT = "fit"              # simulator preset fitted to real images (fitted.yaml + preview)
 FITTED = "fitted.yaml"   # in FIT: the preset override the simulation uses
+FIT_TABLE = "fit.txt"    # in FIT: the fitted numbers beside the base's (as fit-simulator prints)
 SIMULATE = "simulate"    # simulated dataset
 REAL = "real"            # real images rescaled to the working pixel size (when needed)
 REFINER = "refiner"      # refiner run

@@ -190,6 +190,19 @@ def _refiner_choice(run: Path) -> str:
             f"<table><tr><th>refiner</th><th>validation F1@0.5</th></tr>{rows}</table>")
 
 
+def _fitted(run: Path) -> str:
+    """The simulator fitted to the real images (the `fit` stage): preview and numbers."""
+    fit = run / layout.FIT
+    preview = fit / (Path(layout.FITTED).stem + "-preview.png")
+    if not preview.is_file():
+        return ""
+    table = fit / layout.FIT_TABLE
+    return ("<h2>Simulator fitted to the real images</h2><p class=note>real | fitted "
+            "simulation | base preset; the simulation of this run uses the fitted one</p>"
+            + _file_img(preview)
+            + (f"<pre>{html.escape(table.read_text())}</pre>" if table.is_file() else ""))
+
+
 def _predictions(run: Path) -> str:
     overlays = sorted((run / layout.PREDICT / layout.OVERLAYS).glob("*.png"))[:4]
     if not overlays:
@@ -208,8 +221,8 @@ def write_report(run: str | os.PathLike) -> Path:
                   for name, s in state.items() if name != layout.REPORT_STAGE]  # this page
     body = [f"<h1>cellsynth report: {html.escape(run.name)}</h1>",
             _table(["stage", "status", "seconds"], stage_rows) if stage_rows else "",
-            "<h2>Samples</h2>" + _samples(run), _refiner(run), _realism(run), _training(run),
-            _predictions(run), _metrics(run),
+            _fitted(run), "<h2>Samples</h2>" + _samples(run), _refiner(run), _realism(run),
+            _training(run), _predictions(run), _metrics(run),
             f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>"]
     return _write_page(run, body)
 

@@ -68,6 +68,7 @@ def _fit_simulator(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
                            pixel_size_um=config.real.pixel_size_um, seed=config.seed,
                            spread=config.simulate.fit_spread,
                            stains=config.simulate.fit_stains)
+        (root / layout.FIT_TABLE).write_text(result["table"] + "\n")
     fit = result["fit"]
     return {"fitted_from": folder,
             "median_diameter_um": round(median_diameter_um(fit.config), 3),
