@@ -7,7 +7,11 @@ from a candidate config. The candidate's cell sizes, densities, stain amounts, n
 and elongation (on H&E also the background's grain and texture) are adjusted for a few
 rounds until its statistics match the real ones (indirect inference), so the estimator's
 own biases (touching cells, texture, blur) cancel instead of entering the config. The base
-preset's ratios between its cell types are kept. Only images are read, never labels.
+preset's ratios between its cell types are kept. Only images are read, never labels. The
+answer is the mean of the last rounds, unless that matches far worse than the best round
+searched (the search ran away: e.g. on a few small images the regions found stop growing
+with the simulated cells), then that round; parameters that end at a limit of the search
+are named in the printout.
 
 The stain vectors are the base's (``stains="preset"``), or, with ``stains="measured"``,
 H&E's eosin vector is measured from the real images first
