@@ -300,6 +300,11 @@ def _mismatch(real: dict[str, Any], sim: dict[str, Any], knobs: list[str]) -> di
     return out
 
 
+def _bounds(knob: str, px: float) -> tuple[float, float]:
+    """The range the search keeps a knob in: factors on the base's values; blur in um."""
+    return _BOUNDS.get(knob, (0.05 * px, 4.0 * px))
+
+
 def _slope(history: list[dict[str, float]], knob: str) -> float:
     """d log(statistic) / d log(parameter): least squares over the rounds so far, kept
     within 0.35-2x of the expected slope (and of its sign); the expected one until the
@@ -429,7 +434,7 @@ def _search(real: _Real, base: SimulationConfig, target: dict[str, Any], radii: 
             if abs(error[knob]) < _DEADBAND.get(knob, 0.0):
                 continue
             step = float(np.clip(error[knob] / _slope(history, knob), -_MAX_STEP, _MAX_STEP))
-            low, high = _BOUNDS.get(knob, (0.05 * px, 4.0 * px))
+            low, high = _bounds(knob, px)
             new[knob] = float(np.clip(params[knob] * math.exp(step), low, high))
         # within-image stain spread: the lognormal cell variation adds in quadrature
         extra = target["cell_spread"] ** 2 - sim["cell_spread"] ** 2
@@ -588,7 +593,7 @@ def at_limits(fit: SimulatorFit) -> list[tuple[str, str, float]]:
     for knob in _KNOBS:
         if f"log_error_{knob}" not in last:
             continue  # not fitted
-        low, high = _BOUNDS.get(knob, (0.05 * px, 4.0 * px))
+        low, high = _bounds(knob, px)
         value = last[knob]
         side = ("lower" if value <= low * math.exp(_AT_LIMIT) else
                 "upper" if value >= high * math.exp(-_AT_LIMIT) else None)
