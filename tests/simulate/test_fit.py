@@ -15,6 +15,7 @@ from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.io.images import write_image, write_labels
 from cellsynth.simulate import preset, simulate, simulation_config
 from cellsynth.simulate.fit import fit_simulator, format_fit, match_statistics, write_fit
+from cellsynth.simulate.presets import Variation
 
 PX = 0.8  # coarse pixels: a few hundred cells in six 192 px images, so statistics are stable
 
@@ -435,3 +436,51 @@ def test_a_search_that_runs_away_answers_with_its_best_round():
     assert _cost(fit.history[-2], ("noise",)) > 2 * min(searched)  # the mean, rejected
     assert 1.1 < median_diameter_um(fit.config) / median_diameter_um(base) < 1.6
     assert "the search ran away" in format_fit(fit)
+
+
+def test_estimator_tells_a_domed_cell_from_an_even_one_and_quiet_noise_levels_apart():
+    from cellsynth.simulate.estimate import _domes, _noise, _noise_level
+
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 32) / 12.0
+    regions = (r <= 1).astype(np.int32)
+    even = np.where(r <= 1, 0.5, 0.1)
+    dome = np.where(r <= 1, 0.1 + 0.6 * np.sqrt(np.clip(1 - r * r, 0, 1)), 0.1)
+    assert _domes(even, regions, 1, 0.1)[0] == pytest.approx(1.0, abs=0.01)
+    assert _domes(dome, regions, 1, 0.1)[0] > 1.2
+    # 8-bit images with noise of 0.4 and 0.5 grey levels: the median residual sits on the
+    # same grey level, the trimmed mean tells them apart (and keeps rising)
+    rng = np.random.default_rng(0)
+    images = [np.rint(20 + s * rng.standard_normal((128, 128))) / 255
+              for s in (0.4, 0.5, 0.8, 1.2)]
+    assert _noise(images[0]) == _noise(images[1])
+    levels = [_noise_level(a) for a in images]
+    assert levels[1] > 1.2 * levels[0] and np.all(np.diff(levels) > 0)
+
+
+def test_fluo_fit_draws_the_dome_and_the_spread_between_images_it_sees():
+    # ten fluorescence images (enough to tell a spread between images) of domed nuclei from
+    # cameras and foci that differ per image, against even nuclei from one camera
+    base = replace(preset("fluo", pixel_size_um=PX), variation=Variation(brightness=(0.3, 0.6)))
+    varied = replace(base, cells=tuple(replace(c, dome=0.8) for c in base.cells),
+                     variation=replace(base.variation, noise=(0.3, 3.3), blur=(0.5, 2.0)))
+    fits = {name: match_statistics([im for im, _ in simulate(c, 10, 160, seed=3)], base,
+                                   spread="fitted")
+            for name, c in (("same", base), ("varied", varied))}
+    domes = {name: max(c.dome for c in f.config.cells) for name, f in fits.items()}
+    assert domes["same"] < 0.3 < 0.5 < domes["varied"]
+    noise = {n: f.config.variation.noise[1] / f.config.variation.noise[0]
+             for n, f in fits.items()}
+    assert noise["varied"] > 3.0 and noise["varied"] > 2 * noise["same"]
+    assert fits["varied"].config.variation.blur[1] > fits["same"].config.variation.blur[1]
+    text = format_fit(fits["varied"])
+    assert "cell dome" in text and "noise / blur factor per image" in text
+
+
+def test_dome_and_spreads_are_fitted_only_where_measured_first():
+    # he (and nissl, merker) keep their even cells and single camera: their fits and the
+    # detectors trained on them were measured without (fit._VARIED)
+    base = _base()
+    fit = match_statistics([im for im, _ in simulate(base, 8, 160, seed=3)], base)
+    assert all(c.dome == 0.0 for c in fit.config.cells)
+    assert fit.config.variation == base.variation

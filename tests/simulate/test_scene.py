@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage.measure import label as connected_components
+from skimage.segmentation import find_boundaries
 
 from cellsynth.simulate import PRESETS, preset, render_scene, simulate
 from cellsynth.simulate.presets import Background, Optics, Staining, Variation, Vessels
@@ -225,6 +226,64 @@ def test_variation_rejects_bad_ranges():
         Variation(zoom=(0.0, 1.0))
     with pytest.raises(ValueError, match="variation.brightness"):
         Variation(brightness=(2.0, 1.0))
+    with pytest.raises(ValueError, match="variation.noise"):
+        Variation(noise=(0.0, 2.0))
+    with pytest.raises(ValueError, match="variation.blur"):
+        Variation(blur=(1.5, 0.5))
+
+
+def _noise_and_sharpness(config, n=10):
+    """Per image: the std of the finest detail (camera noise) over the flat background, and
+    the 1-2 px over the 2-4 px detail (sharpness) of the whole image."""
+    noise, sharp = [], []
+    for image, labels in simulate(config, n, 128, seed=3):
+        a = image.astype(float)
+        g1, g2, g4 = (ndi.gaussian_filter(a, s) for s in (1.0, 2.0, 4.0))
+        far = ~ndi.binary_dilation(labels > 0, iterations=6)
+        noise.append(np.std((a - g1)[far]))
+        sharp.append(np.std(g1 - g2) / np.std(g2 - g4))
+    return np.array(noise), np.array(sharp)
+
+
+def test_variation_draws_a_camera_and_a_focus_per_image_and_nothing_without_it():
+    off = replace(preset("fluo"), variation=Variation(brightness=(0.5, 0.5)))
+    # ranges of (1, 1) draw nothing: the images of a config without them are unchanged
+    same = replace(off, variation=replace(off.variation, noise=(1.0, 1.0), blur=(1.0, 1.0)))
+    for (a, la), (b, lb) in zip(simulate(off, 3, 96, seed=2), simulate(same, 3, 96, seed=2)):
+        assert np.array_equal(a, b) and np.array_equal(la, lb)
+    noisy = replace(off, optics=replace(off.optics, shot_noise=0.04, read_noise=0.02))
+    n_off, s_off = _noise_and_sharpness(noisy)
+    n_on, _ = _noise_and_sharpness(replace(noisy, variation=replace(
+        noisy.variation, noise=(0.25, 4.0))))
+    _, s_on = _noise_and_sharpness(replace(off, variation=replace(
+        off.variation, blur=(0.3, 3.0))))
+    assert np.ptp(np.log(n_on)) > 3 * np.ptp(np.log(n_off)) and np.ptp(np.log(n_on)) > 1.0
+    assert np.ptp(np.log(s_on)) > 3 * np.ptp(np.log(s_off))
+
+
+def test_dome_makes_cells_brighter_in_the_middle_and_keeps_their_mean():
+    flat = replace(preset("fluo"), variation=Variation(),
+                   staining=replace(preset("fluo").staining, unevenness=0.0,
+                                    cell_variation=0.0),
+                   optics=Optics(blur_um=0.0, shot_noise=0.0, read_noise=0.0))
+    flat = replace(flat, cells=tuple(replace(c, texture=0.0, nucleolus_prob=0.0)
+                                     for c in flat.cells))
+    domed = replace(flat, cells=tuple(replace(c, dome=1.0) for c in flat.cells))
+    ratios, means, cells = {}, {}, {}
+    for name, config in (("flat", flat), ("domed", domed)):
+        image, labels = render_scene(config, (192, 192), np.random.default_rng(5))
+        labels = labels.astype(np.int64)
+        depth = ndi.distance_transform_edt((labels > 0) & ~find_boundaries(labels, mode="inner"))
+        deepest = np.r_[0.0, ndi.maximum(depth, labels, np.arange(1, labels.max() + 1))][labels]
+        middle = (labels > 0) & (depth > 0.6 * deepest)
+        rim = (labels > 0) & (depth <= 0.25 * deepest)
+        ratios[name] = image[middle].mean() / image[rim].mean()
+        means[name], cells[name] = image[labels > 0].mean(), labels
+    assert np.array_equal(cells["flat"], cells["domed"])  # the same cells, painted otherwise
+    assert ratios["flat"] < 1.15 < 1.6 < ratios["domed"]
+    assert means["domed"] == pytest.approx(means["flat"], rel=0.15)
+    with pytest.raises(ValueError, match="dome"):
+        replace(flat.cells[0], dome=1.5)
 
 
 # --- unlabelled cell bodies and clearings (H&E) -------------------------------------------

@@ -17,7 +17,7 @@ import scipy.fft
 from scipy import ndimage as ndi
 from skimage.draw import disk
 from skimage.filters import threshold_otsu
-from skimage.segmentation import watershed
+from skimage.segmentation import find_boundaries, watershed
 
 from cellsynth.simulate.optics import stain_vectors, to_intensity
 
@@ -38,6 +38,8 @@ _STAIN_SAMPLE = 20000  # pixels per image that stain vectors are measured from
 _EXTREME = 0.1       # percentile of angle taken as a pure stain (Macenko's alpha; 1 biased
                      # eosin towards hematoxylin more: red 0.10 vs 0.09 at 0.1, 0.07 drawn)
 _MIN_STAINED = 2000  # fewer stained pixels in all: the default stain vectors stay
+_MIN_NOISE = 1e-4     # a noise level below this (0.03 grey levels of 8 bits) counts as this
+_P10_P90 = 2.563     # the 10th-90th percentile range of a normal distribution, in stds
 _LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerkaer (1996)
 
 
@@ -195,6 +197,19 @@ def _noise(image: np.ndarray) -> float:
     return float(np.mean(sigmas))
 
 
+def _noise_level(image: np.ndarray) -> float:
+    """A camera-noise level that moves continuously on 8-bit images: the mean of the
+    smallest 3/4 of the second-difference residuals (:func:`_noise`'s median sits on a few
+    grey levels there; this one tells two quiet images apart). Relative use only: the
+    spread of noise between images."""
+    channels = image[..., None] if image.ndim == 2 else image
+    levels = []
+    for c in range(channels.shape[2]):
+        r = np.abs(ndi.convolve(channels[..., c], _LAPLACE)[1:-1, 1:-1]).ravel()
+        levels.append(np.partition(r, (3 * r.size) // 4)[:(3 * r.size) // 4].mean() / 6.0)
+    return float(np.mean(levels))
+
+
 def _cell_regions(smooth: np.ndarray, cells: np.ndarray, background: float,
                   cut: float) -> np.ndarray:
     """Each found cell's region: a watershed of the smoothed stain from the cell centres,
@@ -259,6 +274,25 @@ def _shapes(regions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return ratio, 0.5 * np.arctan2(2 * sxy, sxx - syy)
 
 
+def _domes(stain: np.ndarray, regions: np.ndarray, n: int, background: float) -> np.ndarray:
+    """How much brighter (more stained) each region is in its middle than on average: the
+    mean stain above ``background`` of its inner half (distance to its rim over half its
+    largest) over that of the whole region; 1 for an evenly filled cell, more for a dome
+    (NaN for empty regions). Touching regions are measured apart."""
+    inside = (regions > 0) & ~find_boundaries(regions, mode="inner")
+    depth = ndi.distance_transform_edt(inside)
+    ids = np.arange(1, n + 1)
+    deepest = np.r_[0.0, ndi.maximum(depth, regions, ids)]
+    inner = (depth > 0.5 * deepest[regions]) & (regions > 0)
+    excess = stain - background
+    with np.errstate(invalid="ignore", divide="ignore"):
+        whole = (np.bincount(regions.ravel(), weights=excess.ravel(), minlength=n + 1)
+                 / np.bincount(regions.ravel(), minlength=n + 1))[1:]
+        middle = (np.bincount(regions[inner], weights=excess[inner], minlength=n + 1)
+                  / np.bincount(regions[inner], minlength=n + 1))[1:]
+        return np.where(whole > 0, middle / whole, np.nan)
+
+
 def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
              labels: np.ndarray | None = None, vectors: tuple | None = None) -> dict[str, Any]:
     """Statistics of one image (float in [0, 1]); ``labels`` only for simulated images;
@@ -284,6 +318,7 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
     found = areas >= math.pi * (radii[0] / 2) ** 2  # a cell fills at least a quarter-disk
     ratios, angles = _shapes(regions, len(cells))
     ratios, angles = ratios[found], angles[found]
+    domes = _domes(stain, regions, len(cells), background_stain)[found]
     oriented = ratios >= _ORIENTED
     areas, levels = areas[found], sums[found] / np.maximum(areas[found], 1)
     rgb = image[..., None] if image.ndim == 2 else image
@@ -297,13 +332,13 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
         "coverage": float(areas.sum()) / (h * w),
         "diameters_um": 2 * np.sqrt(areas / math.pi) * px,
         "levels": levels, "cell_spread": float(q75 - q25) / 1.349,
-        "axis_ratios": ratios,
+        "axis_ratios": ratios, "domes": domes[np.isfinite(domes)],
         # how much the elongated cells point one way: |mean of exp(2i angle)|, 0 = any way
         "coherence": (float(np.abs(np.mean(np.exp(2j * angles[oriented]))))
                       if oriented.sum() >= _MIN_ORIENTED else float("nan")),
         "background_stain": background_stain,
         "counterstain": float(np.median(counter[background])) if counter is not None else 0.0,
-        "noise": _noise(image),
+        "noise": _noise(image), "noise_level": _noise_level(image),
         "sharpness": float(np.std(fine) / max(np.std(medium), 1e-9)),
         # the background's own texture, away from the cells: how fine (the same band ratio)
         # and how strong (its variation below 4 px, relative to its level)
@@ -330,9 +365,16 @@ def _pool(per_image: list[dict[str, Any]]) -> dict[str, Any]:
     diameters = np.concatenate([s["diameters_um"] for s in per_image])
     levels = np.concatenate([s["levels"] for s in per_image])
     ratios = np.concatenate([s["axis_ratios"] for s in per_image])
+    domes = np.concatenate([s["domes"] for s in per_image])
     coherence = [s["coherence"] for s in per_image if np.isfinite(s["coherence"])]
     area = sum(s["area_um2"] for s in per_image)
     logs = np.sort(np.log(diameters))[int(0.1 * diameters.size):int(np.ceil(0.9 * diameters.size))]
+    def spread_of(key: str) -> float:
+        """Between images: the log std, from the 10th-90th percentile range (robust to a
+        few images whose noise is below one grey level)."""
+        logs = np.log([max(s[key], _MIN_NOISE) for s in per_image])
+        return float(np.subtract(*np.percentile(logs, [90, 10])) / _P10_P90)
+
     pooled = {
         # matched: the geometric mean of the middle 80 % (the median of a mixture of small
         # and large cells jumps between the two); the median is only reported
@@ -345,9 +387,13 @@ def _pool(per_image: list[dict[str, Any]]) -> dict[str, Any]:
         # median image (each image has its own pia direction)
         "elongation": float(np.median(ratios)) - 1 if ratios.size else float("nan"),
         "coherence": float(np.median(coherence)) if coherence else float("nan"),
+        # the median cell's stain in its middle over its mean (1: evenly filled)
+        "dome": float(np.median(domes)) if domes.size else float("nan"),
         **{k: median_of(k) for k in ("cell_spread", "background_stain", "counterstain",
                                      "noise", "sharpness", "background_sharpness",
                                      "background_texture")},
+        # how much the camera noise and the sharpness differ between images
+        "noise_spread": spread_of("noise_level"), "sharpness_spread": spread_of("sharpness"),
         "cell_rgb": np.median([s["cell_rgb"] for s in per_image if s["n_cells"]]
                               or [per_image[0]["cell_rgb"]], axis=0),
         "background_rgb": np.median([s["background_rgb"] for s in per_image], axis=0),

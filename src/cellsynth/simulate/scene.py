@@ -441,7 +441,7 @@ def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.nd
     granules = band_noise(rng, labels.shape, (0.35 / px, 1.0 / px), (1.0, 0.6))
     n = len(cells) + 1
     far = np.float32(1e6)  # centre of an absent nucleus: never within reach
-    stain, texture, sharpness = (np.zeros(n, np.float32) for _ in range(3))
+    stain, texture, sharpness, dome = (np.zeros(n, np.float32) for _ in range(4))
     nucleus = np.full((n, 4), [far, far, 0, 1], np.float32)    # y, x, radius, relative stain
     nucleolus = np.full((n, 4), [far, far, 0, 0], np.float32)  # y, x, radius, absolute stain
     rho = np.ones(labels.shape, np.float32)
@@ -452,6 +452,7 @@ def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.nd
         kind = cell.kind
         stain[new_id], texture[new_id] = cell.stain, kind.texture
         sharpness[new_id] = cell.radius_px / max(kind.edge_um / px, 0.5)
+        dome[new_id] = kind.dome
         if cell.nucleus is not None:
             dy, dx, rn = cell.nucleus
             nucleus[new_id] = (cell.y + dy, cell.x + dx, rn, kind.nucleus_stain)
@@ -465,6 +466,9 @@ def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.nd
     ys, xs = ys.astype(np.float32), xs.astype(np.float32)
     weight = np.clip(0.5 + (1.0 - rho.reshape(-1)[index]) * sharpness[ids], 0.0, 1.0)
     body = stain[ids] * (1.0 + texture[ids] * granules.reshape(-1)[index])
+    if dome.any():  # thickness sqrt(1 - rho^2) has mean 2/3 over the disc: the mean is kept
+        d, r = dome[ids], rho.reshape(-1)[index]
+        body *= 1.0 - d + d * 1.5 * np.sqrt(np.clip(1.0 - r * r, 0.0, 1.0))
     ny, nx, nr, nstain = nucleus[ids].T
     w_n = np.clip(0.5 + nr - np.hypot(ys - ny, xs - nx), 0.0, 1.0)
     body *= 1.0 - (1.0 - nstain) * w_n
@@ -482,7 +486,8 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
 
 
 def _vary(config: SimulationConfig, rng: np.random.Generator) -> SimulationConfig:
-    """The config of one image: magnification, density and brightness drawn per image."""
+    """The config of one image: magnification, density, brightness, camera noise and PSF
+    width drawn per image."""
     var = config.variation
     if not var.active:
         return config  # draws nothing: configs without variation render as before
@@ -502,8 +507,13 @@ def _vary(config: SimulationConfig, rng: np.random.Generator) -> SimulationConfi
                          membrane=config.background.membrane * gain,
                          free_bodies=config.background.free_bodies * density)
     vessels = replace(config.vessels, endothelial_stain=scale(config.vessels.endothelial_stain))
+    # drawn after the others (a range of (1, 1) draws nothing), so configs without these
+    # ranges draw their images as before
+    noise, psf = (_log_uniform(rng, r) for r in (var.noise, var.blur))
     # A lower magnification comes with a lower aperture: the PSF keeps its width in pixels.
-    optics = replace(config.optics, blur_um=config.optics.blur_um / zoom)
+    optics = replace(config.optics, blur_um=config.optics.blur_um * psf / zoom,
+                     shot_noise=config.optics.shot_noise * noise,
+                     read_noise=config.optics.read_noise * noise)
     return replace(config, pixel_size_um=config.pixel_size_um / zoom, cells=cells,
                    background=background, vessels=vessels, optics=optics)
 
