@@ -479,8 +479,17 @@ def test_fluo_fit_draws_the_dome_and_the_spread_between_images_it_sees():
 
 def test_dome_and_spreads_are_fitted_only_where_measured_first():
     # he (and nissl, merker) keep their even cells and single camera: their fits and the
-    # detectors trained on them were measured without (fit._VARIED)
+    # detectors trained on them were measured without (fit._VARIED); so does the default
+    # fit for training (spread floor) on fluo, whose detectors were measured without too
     base = _base()
-    fit = match_statistics([im for im, _ in simulate(base, 8, 160, seed=3)], base)
-    assert all(c.dome == 0.0 for c in fit.config.cells)
-    assert fit.config.variation == base.variation
+    he = match_statistics([im for im, _ in simulate(base, 8, 160, seed=3)], base,
+                          spread="fitted")
+    assert all(c.dome == 0.0 for c in he.config.cells)
+    assert he.config.variation == base.variation
+    fluo = replace(preset("fluo", pixel_size_um=PX), variation=Variation(brightness=(0.3, 0.6)))
+    domed = replace(fluo, cells=tuple(replace(c, dome=0.8) for c in fluo.cells),
+                    variation=replace(fluo.variation, noise=(0.3, 3.3)))
+    floor = match_statistics([im for im, _ in simulate(domed, 10, 160, seed=3)], fluo)
+    assert all(c.dome == 0.0 for c in floor.config.cells)
+    assert floor.config.variation == fluo.variation
+    assert "cell dome" in format_fit(floor)  # the printout shows what it did not draw

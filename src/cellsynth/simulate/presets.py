@@ -56,10 +56,12 @@ class CellType:
     labeled: bool = True                     # False: drawn out of focus and not annotated
     defocus_um: float = 0.0                  # blur of unlabeled (out-of-focus) cells
     layer_phase: float = 0.0                 # where in the layer cycle the type is densest (0..1)
-    # how much of the stain follows the cell's thickness (a flattened ellipsoid: sqrt(1 -
-    # rho^2), rho the normalised radius) instead of filling it evenly; the mean stain stays.
-    # A widefield image sums the stain through the depth: real fluorescent nuclei are ~2x
-    # brighter in the middle than at the rim (dsb2018_fluo/train; fitted, see fit.py)
+    # how much of the stain follows a dome, 1 - rho^2 (rho the normalised radius), instead
+    # of filling the cell evenly; the mean stain stays: the middle is 1 + dome, the rim
+    # 1 - dome times the mean. A widefield image sums the stain through the depth: real
+    # fluorescent nuclei (dsb2018_fluo/train, by their labels) fall from the middle to the rim
+    # as 1 - 0.5 rho^2 (a dome of ~0.35), the thickness of a flattened cap rather than of an
+    # ellipsoid, whose rim would be too dark. Fitted on fluorescence, see fit.py
     dome: float = field(default=0.0, metadata=ADDED)
 
     def __post_init__(self) -> None:

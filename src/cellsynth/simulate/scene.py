@@ -466,9 +466,9 @@ def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.nd
     ys, xs = ys.astype(np.float32), xs.astype(np.float32)
     weight = np.clip(0.5 + (1.0 - rho.reshape(-1)[index]) * sharpness[ids], 0.0, 1.0)
     body = stain[ids] * (1.0 + texture[ids] * granules.reshape(-1)[index])
-    if dome.any():  # thickness sqrt(1 - rho^2) has mean 2/3 over the disc: the mean is kept
+    if dome.any():  # 1 - rho^2 has mean 1/2 over the disc: the mean is kept
         d, r = dome[ids], rho.reshape(-1)[index]
-        body *= 1.0 - d + d * 1.5 * np.sqrt(np.clip(1.0 - r * r, 0.0, 1.0))
+        body *= 1.0 - d + d * 2.0 * np.clip(1.0 - r * r, 0.0, 1.0)
     ny, nx, nr, nstain = nucleus[ids].T
     w_n = np.clip(0.5 + nr - np.hypot(ys - ny, xs - nx), 0.0, 1.0)
     body *= 1.0 - (1.0 - nstain) * w_n
