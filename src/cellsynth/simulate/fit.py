@@ -118,10 +118,11 @@ _MIN_GRAIN_PX = 2.0
 # middle / mean stain 1.30 vs 1.21 for the preset's evenly filled ones) and the noise and
 # sharpness vary 2.1x / 1.3x between images (p90 / p10) where the preset draws one camera
 # and one focus (1.2x / 1.1x). Set by hand on the fit as measured, per-image noise 0.62-1.6x
-# and blur 0.6-1.6x took a C2ST against dsb2018_fluo/train from 0.928 to 0.894, and a dome on
-# top to 0.881 (3 repeats each; docs/results.md). They also make the fitted nuclei larger
-# (labels' median area +17 % -> +34 % against the annotations, 256 images), so the default
-# fit for training (spread="floor"), whose detectors were measured, does not draw them yet.
+# and blur 0.6-1.6x took a C2ST against dsb2018_fluo/train from 0.928 to 0.894, and a dome
+# on top (an ellipsoid profile, since replaced) to 0.881 (3 repeats each; docs/results.md).
+# They also make the fitted nuclei larger (labels' median area +17 % -> +34 % against the
+# annotations, 256 images), so the default fit for training (spread="floor"), whose
+# detectors were measured, does not draw them yet.
 # Elsewhere the preset's even cells and single camera stay until measured there.
 _VARIED = ("fluo",)
 _MIN_VARIED_IMAGES = 8  # fewer images cannot tell a spread between them
