@@ -419,6 +419,10 @@ def test_a_knob_searched_to_its_limit_is_named_in_the_printout():
                           base=base, real={}, base_sim={}, fitted_sim={},
                           history=[last | {"grain": 0.5, "texture": 1.5}])
     assert at_limits(inside) == [] and "searched to a limit" not in format_fit(inside)
+    # a search that fell back to a round on many images blames no image count
+    many = replace(inside, real={"n_images": 46}, fallback=3)
+    assert "round 3 is the answer" in format_fit(many)
+    assert "too few" not in format_fit(many)
 
 
 def test_a_search_that_runs_away_answers_with_its_best_round():
@@ -436,6 +440,7 @@ def test_a_search_that_runs_away_answers_with_its_best_round():
     assert _cost(fit.history[-2], ("noise",)) > 2 * min(searched)  # the mean, rejected
     assert 1.1 < median_diameter_um(fit.config) / median_diameter_um(base) < 1.6
     assert "the search ran away" in format_fit(fit)
+    assert "too few or too small images?" in format_fit(fit)  # 3 images: the likely cause
 
 
 def test_estimator_tells_a_domed_cell_from_an_even_one_and_quiet_noise_levels_apart():

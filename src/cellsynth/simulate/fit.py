@@ -740,9 +740,13 @@ def format_fit(fit: SimulatorFit) -> str:
         lines.append("searched to a limit (the statistic may stay unmatched; check the "
                      "preview): " + ", ".join(named))
     if fit.fallback is not None:
+        # on few images the statistics answer against the parameters; on many, a statistic
+        # that swings between rounds (fluo's dark background) is the likelier cause
+        hint = (" (too few or too small images?)"
+                if fit.real.get("n_images", 0) < _MIN_VARIED_IMAGES else "")
         lines.append(f"the search ran away (the mean of its last rounds matched the real "
                      f"images far worse than round {fit.fallback}): round {fit.fallback} is "
-                     f"the answer; check the preview (too few or too small images?)")
+                     f"the answer; check the preview{hint}")
     per_image = fit.real.get("per_image", [])
     sizes = [s["median_diameter_um"] for s in per_image if s["median_diameter_um"]]
     if sizes:
