@@ -701,7 +701,7 @@ def format_fit(fit: SimulatorFit) -> str:
          f"{f.optics.shot_noise:.3g} / {f.optics.read_noise:.3g}"),
     ]
     if b.color in _VARIED:
-        rows += [("cell dome (stain following thickness)", _cells(b, "dome"), _cells(f, "dome")),
+        rows += [("cell dome (middle brighter than rim)", _cells(b, "dome"), _cells(f, "dome")),
                  ("noise / blur factor per image", "{:.3g}-{:.3g} / {:.3g}-{:.3g}".format(
                      *b.variation.noise, *b.variation.blur), "{:.3g}-{:.3g} / {:.3g}-{:.3g}"
                   .format(*f.variation.noise, *f.variation.blur))]
