@@ -189,23 +189,29 @@ def _find_cells(stain: np.ndarray, radii: np.ndarray, threshold: float) -> np.nd
     return found[keep, :3]
 
 
-def _noise(image: np.ndarray) -> float:
-    """Camera-noise std: robust (MAD) size of a second-difference residual, per channel."""
+def _residuals(image: np.ndarray) -> list[np.ndarray]:
+    """|second-difference residual| of each channel (the mask's norm is 6), borders cut."""
     channels = image[..., None] if image.ndim == 2 else image
-    sigmas = [np.median(np.abs(ndi.convolve(channels[..., c], _LAPLACE)[1:-1, 1:-1]))
-              / 0.6745 / 6.0 for c in range(channels.shape[2])]  # the mask's norm is 6
-    return float(np.mean(sigmas))
+    return [np.abs(ndi.convolve(channels[..., c], _LAPLACE)[1:-1, 1:-1])
+            for c in range(channels.shape[2])]
 
 
-def _noise_level(image: np.ndarray) -> float:
+def _noise(image: np.ndarray, residuals: list[np.ndarray] | None = None) -> float:
+    """Camera-noise std: robust (MAD) size of a second-difference residual, per channel
+    (``residuals``: :func:`_residuals` of ``image``, if already computed)."""
+    residuals = _residuals(image) if residuals is None else residuals
+    return float(np.mean([np.median(r) / 0.6745 / 6.0 for r in residuals]))
+
+
+def _noise_level(image: np.ndarray, residuals: list[np.ndarray] | None = None) -> float:
     """A camera-noise level that moves continuously on 8-bit images: the mean of the
     smallest 3/4 of the second-difference residuals (:func:`_noise`'s median sits on a few
     grey levels there; this one tells two quiet images apart). Relative use only: the
     spread of noise between images."""
-    channels = image[..., None] if image.ndim == 2 else image
+    residuals = _residuals(image) if residuals is None else residuals
     levels = []
-    for c in range(channels.shape[2]):
-        r = np.abs(ndi.convolve(channels[..., c], _LAPLACE)[1:-1, 1:-1]).ravel()
+    for r in residuals:
+        r = r.ravel()
         levels.append(np.partition(r, (3 * r.size) // 4)[:(3 * r.size) // 4].mean() / 6.0)
     return float(np.mean(levels))
 
@@ -298,6 +304,7 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
     """Statistics of one image (float in [0, 1]); ``labels`` only for simulated images;
     ``vectors``: the stain vectors to unmix with (see :func:`_stain_maps`)."""
     stain, counter = _stain_maps(image, color, vectors)
+    residuals = _residuals(image)  # camera noise, two ways
     h, w = stain.shape
     smooth = ndi.gaussian_filter(stain, _PRESMOOTH * radii[0])
     fg = smooth > threshold_otsu(smooth)
@@ -338,7 +345,7 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
                       if oriented.sum() >= _MIN_ORIENTED else float("nan")),
         "background_stain": background_stain,
         "counterstain": float(np.median(counter[background])) if counter is not None else 0.0,
-        "noise": _noise(image), "noise_level": _noise_level(image),
+        "noise": _noise(image, residuals), "noise_level": _noise_level(image, residuals),
         "sharpness": float(np.std(fine) / max(np.std(medium), 1e-9)),
         # the background's own texture, away from the cells: how fine (the same band ratio)
         # and how strong (its variation below 4 px, relative to its level)
