@@ -286,6 +286,30 @@ def test_dome_makes_cells_brighter_in_the_middle_and_keeps_their_mean():
         replace(flat.cells[0], dome=1.5)
 
 
+def test_halo_spreads_part_of_the_light_past_the_cells_and_keeps_it():
+    # a widefield microscope's out-of-focus haze: light 2-4 um outside the cells, where a
+    # Gaussian PSF of 0.4 um leaves none; the total light stays, the labels do not change
+    sharp = replace(preset("fluo"), variation=Variation(),
+                    staining=replace(preset("fluo").staining, unevenness=0.0),
+                    background=replace(preset("fluo").background, stain=(0.0, 0.0),
+                                       fibre_stain=0.0),
+                    optics=Optics(blur_um=0.4, shot_noise=0.0, read_noise=0.0))
+    hazy = replace(sharp, optics=replace(sharp.optics, halo=0.4, halo_um=3.0))
+    glow, total, cells = {}, {}, {}
+    for name, config in (("sharp", sharp), ("hazy", hazy)):
+        image, labels = render_scene(config, (192, 192), np.random.default_rng(4))
+        distance = ndi.distance_transform_edt(labels == 0) * config.pixel_size_um
+        ring = (distance >= 2.0) & (distance <= 4.0)
+        glow[name] = image[ring].astype(float).mean() / image[labels > 0].astype(float).mean()
+        total[name], cells[name] = image.astype(float).sum(), labels
+    assert np.array_equal(cells["sharp"], cells["hazy"])
+    assert glow["sharp"] < 0.02 < 0.05 < glow["hazy"]
+    assert total["hazy"] == pytest.approx(total["sharp"], rel=0.05)
+    for bad in ({"halo": 1.0}, {"halo": -0.1}, {"halo_um": 0.0}):
+        with pytest.raises(ValueError, match="halo"):
+            replace(sharp.optics, **bad)
+
+
 # --- unlabelled cell bodies and clearings (H&E) -------------------------------------------
 
 def _disk_labels(size: int = 64, radius: float = 6.0) -> np.ndarray:

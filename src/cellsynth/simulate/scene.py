@@ -512,10 +512,25 @@ def _vary(config: SimulationConfig, rng: np.random.Generator) -> SimulationConfi
     noise, psf = (_log_uniform(rng, r) for r in (var.noise, var.blur))
     # A lower magnification comes with a lower aperture: the PSF keeps its width in pixels.
     optics = replace(config.optics, blur_um=config.optics.blur_um * psf / zoom,
+                     halo_um=config.optics.halo_um * psf / zoom,
                      shot_noise=config.optics.shot_noise * noise,
                      read_noise=config.optics.read_noise * noise)
     return replace(config, pixel_size_um=config.pixel_size_um / zoom, cells=cells,
                    background=background, vessels=vessels, optics=optics)
+
+
+def _psf(optics, px: float):
+    """The point spread function as a function of a stain field: a Gaussian of
+    ``optics.blur_um``, and with ``optics.halo`` that fraction of the light spread by a wide
+    Gaussian of ``optics.halo_um`` (out-of-focus haze)."""
+    sigma, halo = optics.blur_um / px, optics.halo
+
+    def apply(field: np.ndarray) -> np.ndarray:
+        sharp = blur(field, sigma)
+        if not halo:
+            return sharp
+        return (1 - halo) * sharp + halo * blur(field, optics.halo_um / px)
+    return apply
 
 
 def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.random.Generator,
@@ -544,9 +559,8 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
     main *= field
     if counter is not None:
         counter *= field
-    sigma = config.optics.blur_um / px
-    intensity = to_intensity(blur(main, sigma),
-                             None if counter is None else blur(counter, sigma), config.color,
+    psf = _psf(config.optics, px)
+    intensity = to_intensity(psf(main), None if counter is None else psf(counter), config.color,
                              main_vector=config.staining.main_vector,
                              counter_vector=config.staining.counter_vector)
     intensity = add_camera_noise(rng, intensity, shot=config.optics.shot_noise,
