@@ -447,19 +447,23 @@ def test_a_search_that_runs_away_answers_with_its_best_round():
 
 
 def test_estimator_tells_a_domed_cell_from_an_even_one_and_quiet_noise_levels_apart():
-    from cellsynth.simulate.estimate import _domes, _halos, _noise, _noise_level
+    from cellsynth.simulate.estimate import _domes, _halos, _noise, _noise_level, _region_excess
 
     yy, xx = np.mgrid[:64, :64]
     r = np.hypot(yy - 32, xx - 32) / 12.0
     regions = (r <= 1).astype(np.int32)
     even = np.where(r <= 1, 0.5, 0.1)
     dome = np.where(r <= 1, 0.1 + 0.6 * np.sqrt(np.clip(1 - r * r, 0, 1)), 0.1)
-    assert _domes(even, regions, 1, 0.1)[0] == pytest.approx(1.0, abs=0.01)
-    assert _domes(dome, regions, 1, 0.1)[0] > 1.2
+    def ratio(measure, image, *extra):
+        excess = image - 0.1  # the background's stain
+        return measure(excess, regions, 1, _region_excess(excess, regions, 1), *extra)[0]
+
+    assert ratio(_domes, even) == pytest.approx(1.0, abs=0.01)
+    assert ratio(_domes, dome) > 1.2
     # glow 1-3 um outside the region: none for a sharp disk, a tenth for a hazy one
     hazy = 0.1 + 0.4 * ((1 - 0.3) * (r <= 1) + 0.3 * ndi.gaussian_filter((r <= 1) * 1.0, 6))
-    assert _halos(even, regions, 1, 0.1, 0.5)[0] == pytest.approx(0.0, abs=1e-6)
-    assert _halos(hazy, regions, 1, 0.1, 0.5)[0] > 0.05
+    assert ratio(_halos, even, 0.5) == pytest.approx(0.0, abs=1e-6)
+    assert ratio(_halos, hazy, 0.5) > 0.05
     # 8-bit images with noise of 0.4 and 0.5 grey levels: the median residual sits on the
     # same grey level, the trimmed mean tells them apart (and keeps rising)
     rng = np.random.default_rng(0)

@@ -281,40 +281,43 @@ def _shapes(regions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return ratio, 0.5 * np.arctan2(2 * sxy, sxx - syy)
 
 
-def _domes(stain: np.ndarray, regions: np.ndarray, n: int, background: float) -> np.ndarray:
+def _region_excess(excess: np.ndarray, regions: np.ndarray, n: int) -> np.ndarray:
+    """The mean of ``excess`` (stain above the background) in each of the ``n`` regions
+    (NaN for empty ones): what :func:`_domes` and :func:`_halos` divide by."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.bincount(regions.ravel(), weights=excess.ravel(), minlength=n + 1)
+                / np.bincount(regions.ravel(), minlength=n + 1))[1:]
+
+
+def _domes(excess: np.ndarray, regions: np.ndarray, n: int, whole: np.ndarray) -> np.ndarray:
     """How much brighter (more stained) each region is in its middle than on average: the
-    mean stain above ``background`` of its inner half (distance to its rim over half its
-    largest) over that of the whole region; 1 for an evenly filled cell, more for a dome
-    (NaN for empty regions). Touching regions are measured apart."""
+    mean ``excess`` (stain above the background) of its inner half (distance to its rim over
+    half its largest) over that of the whole region (``whole``, :func:`_region_excess`); 1
+    for an evenly filled cell, more for a dome (NaN for empty regions). Touching regions are
+    measured apart."""
     inside = (regions > 0) & ~find_boundaries(regions, mode="inner")
     depth = ndi.distance_transform_edt(inside)
     ids = np.arange(1, n + 1)
     deepest = np.r_[0.0, ndi.maximum(depth, regions, ids)]
     inner = (depth > 0.5 * deepest[regions]) & (regions > 0)
-    excess = stain - background
     with np.errstate(invalid="ignore", divide="ignore"):
-        whole = (np.bincount(regions.ravel(), weights=excess.ravel(), minlength=n + 1)
-                 / np.bincount(regions.ravel(), minlength=n + 1))[1:]
         middle = (np.bincount(regions[inner], weights=excess[inner], minlength=n + 1)
                   / np.bincount(regions[inner], minlength=n + 1))[1:]
         return np.where(whole > 0, middle / whole, np.nan)
 
 
-def _halos(stain: np.ndarray, regions: np.ndarray, n: int, background: float,
+def _halos(excess: np.ndarray, regions: np.ndarray, n: int, whole: np.ndarray,
            px: float) -> np.ndarray:
-    """How much each region glows past its outline: the mean stain above ``background`` of
-    the pixels :data:`_HALO_RING` um outside it (those nearer to it than to any other region)
-    over that of the region (NaN where a region has no such pixels or no stain). A Gaussian
-    PSF's glow ends within ~2 sigma; a widefield microscope's out-of-focus haze reaches
-    further."""
+    """How much each region glows past its outline: the mean ``excess`` (stain above the
+    background) of the pixels :data:`_HALO_RING` um outside it (those nearer to it than to
+    any other region) over that of the region (``whole``; NaN where a region has no such
+    pixels or no stain). A Gaussian PSF's glow ends within ~2 sigma; a widefield
+    microscope's out-of-focus haze reaches further."""
     distance, (iy, ix) = ndi.distance_transform_edt(regions == 0, return_indices=True)
     near, far = _HALO_RING[0] / px, _HALO_RING[1] / px
     ring = (distance >= near) & (distance <= far)
     owner = regions[iy[ring], ix[ring]]
-    excess = stain - background
     with np.errstate(invalid="ignore", divide="ignore"):
-        whole = (np.bincount(regions.ravel(), weights=excess.ravel(), minlength=n + 1)
-                 / np.bincount(regions.ravel(), minlength=n + 1))[1:]
         outside = (np.bincount(owner, weights=excess[ring], minlength=n + 1)
                    / np.bincount(owner, minlength=n + 1))[1:]
         return np.where(whole > 0, outside / whole, np.nan)
@@ -346,8 +349,10 @@ def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
     found = areas >= math.pi * (radii[0] / 2) ** 2  # a cell fills at least a quarter-disk
     ratios, angles = _shapes(regions, len(cells))
     ratios, angles = ratios[found], angles[found]
-    domes = _domes(stain, regions, len(cells), background_stain)[found]
-    halos = _halos(stain, regions, len(cells), background_stain, px)[found]
+    excess = stain - background_stain
+    whole = _region_excess(excess, regions, len(cells))
+    domes = _domes(excess, regions, len(cells), whole)[found]
+    halos = _halos(excess, regions, len(cells), whole, px)[found]
     oriented = ratios >= _ORIENTED
     areas, levels = areas[found], sums[found] / np.maximum(areas[found], 1)
     rgb = image[..., None] if image.ndim == 2 else image
