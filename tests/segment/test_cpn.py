@@ -47,3 +47,41 @@ def test_tiny_u22_trains_and_loads_by_name(tmp_path):
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
     assert sorted(model.state_dict()) == sorted(saved)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_head_kernel_shrinks_the_heads_and_checkpoints_rebuild_it(tmp_path):
+    import celldetection as cd
+    import pytest
+
+    from cellsynth.segment.predict import load_detector
+    from cellsynth.segment.trainer import TrainConfig, train
+    from cellsynth.simulate import preset, write_simulation
+
+    wide = build_model(in_channels=3, model="slim_u22")
+    small = build_model(in_channels=3, model="slim_u22", head_kernel=3)
+    heads = [m for n, m in small.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and n.endswith("_head.block.0")]
+    assert len(heads) == 4 and all(m.kernel_size == (3, 3) for m in heads)
+    # the heads' 7x7 convolutions are about half of CpnSlimU22's arithmetic
+    ratio = macs_per_pixel(wide, 3, size=64) / macs_per_pixel(small, 3, size=64)
+    assert 1.6 < ratio < 1.9, ratio
+    with pytest.raises(ValueError, match="head_kernel must be an odd number"):
+        build_model(in_channels=3, head_kernel=4)
+
+    sim = tmp_path / "sim"
+    write_simulation(preset("fluo"), n=2, size=64, seed=0, out=sim, progress=False)
+    config = TrainConfig(model="tiny_u22", head_kernel=3, steps=2, crop=64, batch=2,
+                         samples=32, order=4, refinement_iterations=1, val_every=1000)
+    train(config, [sim], tmp_path / "run", progress=False)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ckpt["model_spec"]["head_kernel"] == 3
+    detector = load_detector(tmp_path / "run")
+    assert detector.model.core.score_head.block[0].kernel_size == (3, 3)
+    model = cd.load_model(str(tmp_path / "run" / "last.pt"), map_location="cpu")
+    assert model.core.fourier_head.block[0].kernel_size == (3, 3)
+    # the default (7) leaves the spec as checkpoints from before the option wrote it
+    plain = TrainConfig(model="tiny_u22", steps=1, crop=64, batch=2, samples=32, order=4,
+                        refinement_iterations=1, val_every=1000)
+    train(plain, [sim], tmp_path / "plain", progress=False)
+    spec = torch.load(tmp_path / "plain" / "last.pt", weights_only=False)["model_spec"]
+    assert "head_kernel" not in spec

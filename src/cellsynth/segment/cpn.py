@@ -60,14 +60,27 @@ MODELS = {
 }
 
 
+# the CPN heads (score, location, Fourier, refinement) that head_kernel sizes
+HEADS = ("score", "location", "fourier", "refinement")
+
+
 def build_model(*, in_channels: int, model: str = "slim_u22", order: int = 8, samples: int = 64,
-                refinement_iterations: int = 4) -> torch.nn.Module:
-    """A freshly initialised CPN (no downloaded weights)."""
+                refinement_iterations: int = 4, head_kernel: int = 7) -> torch.nn.Module:
+    """A freshly initialised CPN (no downloaded weights).
+
+    ``head_kernel``: the kernel of the first convolution of each CPN head (celldetection's
+    7). Those four convolutions are about half of the network's arithmetic (200 k of
+    CpnSlimU22's 385 k multiply-adds per pixel); 3 makes a training step ~1.6x faster.
+    """
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if head_kernel < 1 or head_kernel % 2 == 0:
+        raise ValueError(f"head_kernel must be an odd number >= 1, got {head_kernel}")
     cls = getattr(cd.models, MODELS[model])
     kwargs: dict[str, Any] = dict(in_channels=in_channels, order=order, samples=samples,
                                   refinement_iterations=refinement_iterations, classes=2)
+    if head_kernel != 7:
+        kwargs |= {f"kernel_size_{head}": head_kernel for head in HEADS}
     if model == "resnet18_unet":
         kwargs["pretrained"] = False
     return cls(**kwargs)

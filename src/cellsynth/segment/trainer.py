@@ -60,6 +60,8 @@ class TrainConfig:
     order: int = 8                   # Fourier order of the contours
     samples: int = 64                # contour points
     refinement_iterations: int = 4
+    # kernel of the CPN heads' first convolutions (celldetection's 7; half the arithmetic)
+    head_kernel: int = field(default=7, metadata=ADDED)
     steps: int = 1000
     crop: int = 256
     batch: int = 4
@@ -90,6 +92,8 @@ class TrainConfig:
                      "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.head_kernel < 1 or self.head_kernel % 2 == 0:
+            raise ValueError(f"head_kernel must be an odd number >= 1, got {self.head_kernel}")
         if self.crop % 32:
             raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
         if not 0.0 <= self.replay < 1.0:
@@ -254,6 +258,8 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     torch.manual_seed(config.seed + rank)
     spec = dict(in_channels=channels, model=config.model, order=config.order,
                 samples=config.samples, refinement_iterations=config.refinement_iterations)
+    if config.head_kernel != 7:  # (checkpoints from before the option have no such key)
+        spec["head_kernel"] = config.head_kernel
     model = build_model(**spec).to(config.device)
     if start is not None:
         _init_weights(model, spec, *start)
