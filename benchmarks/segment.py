@@ -2,7 +2,7 @@
 
     python benchmarks/segment.py [--crop 256] [--batch 4] [--steps 5] [--device cpu]
                                  [--model slim_u22] [--size 1024] [--tile 512]
-                                 [--compile] [--json PATH]
+                                 [--compile] [--head-kernels 7 3] [--json PATH]
 
 The baseline is fp32; bf16 autocasts the CPN core (backbone + heads) only, on the CPU and on
 a GPU alike. Prediction runs the tiled predictor on a ``--size``² simulated nissl image
@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
                         choices=["fp32", "bf16"], help="those to time (bf16 emulated on an "
                         "AVX2-only CPU costs minutes a step: time it with few --steps)")
+    parser.add_argument("--head-kernels", type=int, nargs="+", default=[7],
+                        help="kernels of the CPN heads to time; the first is the baseline")
     parser.add_argument("--detector", help="trained detector run for the prediction timing (an "
                         "untrained CPN proposes far too many cells: prediction looks slow)")
     args = parser.parse_args()
@@ -59,10 +61,13 @@ def main() -> None:
         return time.perf_counter()
 
     results = {}
-    for precision, compiled in [(p, c) for c in ([False, True] if args.compile else [False])
-                                for p in args.precisions]:
-        name = precision + (" compiled" if compiled else "")
-        model = cpn.build_model(in_channels=3, model=args.model).to(args.device)
+    for precision, compiled, kernel in [(p, c, k) for k in args.head_kernels
+                                        for c in ([False, True] if args.compile else [False])
+                                        for p in args.precisions]:
+        name = (precision + (" compiled" if compiled else "")
+                + (f" heads {kernel}x{kernel}" if kernel != args.head_kernels[0] else ""))
+        model = cpn.build_model(in_channels=3, model=args.model,
+                                head_kernel=kernel).to(args.device)
         cpn.set_core_precision(model, precision)
         if compiled:
             model.core.compile()
@@ -84,7 +89,7 @@ def main() -> None:
             times.append(now() - t0)
         step_s = float(np.median(times[-args.steps:]))
         detector = Detector(model, 3, 0.9, args.crop, None, 0, "")
-        if args.detector:
+        if args.detector and kernel == args.head_kernels[0]:
             from cellsynth.segment.predict import load_detector
 
             detector = load_detector(args.detector, device=args.device)
@@ -103,6 +108,14 @@ def main() -> None:
         (s32, p32), (s16, p16) = results["fp32"], results["bf16"]
         print(f"bf16 vs fp32: training {s32 / s16:.2f}x faster, prediction {p16 / p32:.2f}x "
               f"faster")
+    for kernel in args.head_kernels[1:]:
+        for precision in args.precisions:
+            s0 = results[precision][0]
+            s1 = results[f"{precision} heads {kernel}x{kernel}"][0]
+            # (prediction is not compared: an untrained CPN's speed follows how many cells
+            # its random weights propose)
+            print(f"heads {kernel}x{kernel} vs {args.head_kernels[0]}x{args.head_kernels[0]} "
+                  f"({precision}): training {s0 / s1:.2f}x faster")
     from cellsynth.hardware import choose_precision
 
     auto = choose_precision("auto", args.device)
