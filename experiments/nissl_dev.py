@@ -55,6 +55,7 @@ RUNS = {
                                          model="tiny_u22")),
     "real_k2_tiny_k3": (["k2"], None, dict(steps=600, crop=192, val_every=100,
                                             model="tiny_u22", head_kernel=3)),
+    "real_k2_k3": (["k2"], None, dict(steps=600, crop=192, val_every=100, head_kernel=3)),
 }
 
 
