@@ -130,6 +130,8 @@ def test_validation_picks_the_threshold_with_the_best_f1(monkeypatch):
     by_threshold = result["f1_by_threshold"]
     assert by_threshold[0.6] == pytest.approx(2 * 0.4 / 1.4)  # precision 2/5, recall 1
     assert by_threshold[0.96] == 0.0
+    avg = result["f1_avg_by_threshold"]
+    assert avg[0.7] == result["f1_avg"] > avg[0.6] > 0 and avg[0.96] == 0.0
     assert model.training  # validate leaves the model as training found it
 
 

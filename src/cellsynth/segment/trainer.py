@@ -159,7 +159,8 @@ def _train_step(net, optimizer, scheduler, sampler: CropSampler, model: torch.nn
 
 def validate(model: torch.nn.Module, items: list[LabeledImage], config: TrainConfig
              ) -> dict[str, Any]:
-    """F1 on validation images for every threshold of THRESHOLD_GRID; best threshold."""
+    """F1@0.5 and F1avg on validation images for every threshold of THRESHOLD_GRID; the
+    threshold with the best F1@0.5."""
     from cellsynth.evaluate import aggregate, matching
     from cellsynth.segment.predict import Detector, make_predictor
     from cellsynth.segment.tiles import contours_to_labels, tiled_proposals
@@ -179,7 +180,8 @@ def validate(model: torch.nn.Module, items: list[LabeledImage], config: TrainCon
     best = int(np.argmax(f1))
     model.train()
     return {"score_thresh": THRESHOLD_GRID[best], "f1_50": f1[best],
-            "f1_avg": per_threshold[best].f1_avg, "f1_by_threshold": dict(zip(THRESHOLD_GRID, f1))}
+            "f1_avg": per_threshold[best].f1_avg, "f1_by_threshold": dict(zip(THRESHOLD_GRID, f1)),
+            "f1_avg_by_threshold": {t: r.f1_avg for t, r in zip(THRESHOLD_GRID, per_threshold)}}
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
