@@ -26,7 +26,7 @@ from cellsynth.io.files import write_json
 
 DATA = Path(__file__).resolve().parents[1] / "../shared/data/nissl_rat_sscx"
 QC = "Notebooks/Cellpose_Quality_Control/QC"
-MODELS = {"cyto2": "cyto2", "v1": "v1", "v2": "v2"}
+MODELS = ("cyto2", "v1", "v2")  # folders under QC
 
 
 def _our_name(original: str) -> str:
@@ -59,8 +59,8 @@ def main() -> None:
     results: dict = {"source": "github.com/jacquemi-bbp/rat_sscx_nissl_analysis " + QC,
                      "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for model, folder in MODELS.items():
-            names = {_our_name(n): n for n in _listing(args.repo, f"{QC}/{folder}")}
+        for model in MODELS:
+            names = {_our_name(n): n for n in _listing(args.repo, f"{QC}/{model}")}
             results["models"][model] = {}
             for split in ("train", "test"):
                 gt = args.data / split
@@ -68,7 +68,7 @@ def main() -> None:
                 pred.mkdir(parents=True)
                 for label in sorted((gt / "labels").glob("*.tif")):
                     (pred / label.name).write_bytes(
-                        _read(args.repo, f"{QC}/{folder}/{names[label.stem]}"))
+                        _read(args.repo, f"{QC}/{model}/{names[label.stem]}"))
                 evaluation = evaluate_folders(gt, pred).to_json()
                 results["models"][model][split] = evaluation
                 print(f"{model:6s} {split:5s} F1@0.5 {evaluation['f1'][0]:.3f}  F1avg "
