@@ -61,6 +61,11 @@ RUNS = {
     "real_k2_c128": (["k2"], None, dict(steps=600, crop=128, val_every=100)),
     "real_k2_k3_c128": (["k2"], None, dict(steps=600, crop=128, val_every=100,
                                             head_kernel=3)),
+    # detector capacity at the cheaper 128^2 crops, against real_k2_c128 (2026-12-02, later)
+    "real_k2_r18_c128": (["k2"], None, dict(steps=600, crop=128, val_every=100,
+                                             model="resnet18_unet")),
+    "real_k2_o12_c128": (["k2"], None, dict(steps=600, crop=128, val_every=100, order=12,
+                                             refinement_iterations=8)),
 }
 
 
