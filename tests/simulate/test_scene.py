@@ -86,6 +86,37 @@ def test_class_map_marks_blobs_vessels_and_fibres_where_they_were_drawn():
         assert sign * (gray[classes == kind].mean() - gray[classes == 0].mean()) > 10, kind
 
 
+def test_unannotated_cells_are_drawn_but_left_out_of_the_labels():
+    """A type with ``annotated: False`` draws the same image (same random numbers) and
+    takes its cells, and only those, out of the labels; the class map calls them
+    unlabelled cells."""
+    base = preset("nissl")
+    pale = next(c for c in base.cells if c.name == "round_neuron")
+    hidden = replace(base, cells=base.cells + (replace(pale, name="pale", annotated=False),))
+    shown = replace(base, cells=base.cells + (replace(pale, name="pale"),))
+    for seed in range(2):
+        img_h, lab_h, cls_h = render_scene(hidden, (192, 192), np.random.default_rng(seed),
+                                           classes=True)
+        img_s, lab_s, cls_s = render_scene(shown, (192, 192), np.random.default_rng(seed),
+                                           classes=True)
+        np.testing.assert_array_equal(img_h, img_s)
+        # every annotated cell is still there, pixel for pixel, in the same order
+        kept = np.unique(lab_s[lab_h > 0])
+        assert kept.size == lab_h.max() and np.all(np.diff(kept) > 0)
+        np.testing.assert_array_equal(lab_h > 0, np.isin(lab_s, kept))
+        gone = (lab_s > 0) & (lab_h == 0)
+        assert gone.sum() > 500  # the pale cells drawn
+        assert np.all(cls_h[gone] == 2) and np.all(cls_s[gone] == 1)
+        np.testing.assert_array_equal(cls_h == 1, lab_h > 0)
+        assert _one_region_per_label(lab_h)
+
+
+def test_a_simulation_needs_an_annotated_type():
+    base = preset("nissl")
+    with pytest.raises(ValueError, match="annotated"):
+        replace(base, cells=tuple(replace(c, annotated=False) for c in base.cells))
+
+
 def _visible_fractions(config, seed: int) -> np.ndarray:
     """Per kept cell: the part of its (in-image) area the label map still shows."""
     from cellsynth.simulate.scene import _candidates, _patch_slices, _place, _vessels

@@ -63,6 +63,11 @@ class CellType:
     # as 1 - 0.5 rho^2 (a dome of ~0.35), the thickness of a flattened cap rather than of an
     # ellipsoid, whose rim would be too dark. Fitted on fluorescence, see fit.py
     dome: float = field(default=0.0, metadata=ADDED)
+    # False: drawn in focus like the annotated types (shape, texture, occlusion, halo) but left
+    # out of the labels: cells that annotators of a dataset do not call cells (on Nissl
+    # cortex, pale somata; classed "unlabelled cell" in the class map). Different from
+    # ``labeled: False``, which draws a blurred blob.
+    annotated: bool = field(default=True, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if self.density < 0:
@@ -256,8 +261,8 @@ class SimulationConfig:
             raise ValueError(f"pixel_size_um must be > 0, got {self.pixel_size_um}")
         if self.color not in COLORS:
             raise ValueError(f"color must be one of {list(COLORS)}, got {self.color!r}")
-        if not any(c.labeled for c in self.cells):
-            raise ValueError("cells: at least one labeled cell type is needed")
+        if not any(c.labeled and c.annotated for c in self.cells):
+            raise ValueError("cells: at least one labeled and annotated cell type is needed")
         _check_fraction("max_occlusion", self.max_occlusion)
 
     @property

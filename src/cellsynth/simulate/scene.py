@@ -403,12 +403,28 @@ def _bodies_and_clearings(config: SimulationConfig, rng: np.random.Generator,
             counter *= keep
 
 
+def _drop_unannotated(labels: np.ndarray, cells: list[_Cell]) -> np.ndarray | None:
+    """Take the cells of types with ``annotated: false`` out of ``labels`` (in place; the
+    others keep their order, renumbered 1..N) once they are painted. Returns where they
+    were, or None when every cell is annotated (then nothing changes)."""
+    hidden = np.array([not c.kind.annotated for c in cells], bool)
+    if not hidden.any():
+        return None
+    where = np.r_[False, hidden][labels]
+    lut = np.zeros(len(cells) + 1, labels.dtype)
+    lut[1:][~hidden] = np.arange(1, int((~hidden).sum()) + 1)
+    labels[...] = lut[labels]
+    return where
+
+
 def _class_map(labels: np.ndarray, lumen: np.ndarray, blobs: list[_Blob],
-               fibres: np.ndarray | None) -> np.ndarray:
+               fibres: np.ndarray | None, unannotated: np.ndarray | None = None
+               ) -> np.ndarray:
     """What was drawn at each pixel (:data:`CLASSES`); takes no random numbers.
 
     Cell bodies around nuclei and clearings count as background: they are stroma to a
-    nucleus detector."""
+    nucleus detector. Cells drawn in focus but not annotated (``unannotated``) are
+    unlabelled cells."""
     height, width = labels.shape
     classes = np.zeros(labels.shape, np.uint8)
     if fibres is not None:
@@ -422,6 +438,8 @@ def _class_map(labels: np.ndarray, lumen: np.ndarray, blobs: list[_Blob],
         yy, xx = np.ogrid[y0:y1, x0:x1]
         classes[y0:y1, x0:x1][(yy - b.y) ** 2 + (xx - b.x) ** 2 <= r * r] = _BLOB
     classes[lumen < 0.5] = _VESSEL
+    if unannotated is not None:
+        classes[unannotated] = _BLOB
     classes[labels > 0] = _CELL
     return classes
 
@@ -554,6 +572,7 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
     main, counter, fibres = _background(config, rng, labels, lumen, blobs, normal)
     _bodies_and_clearings(config, rng, labels, main, counter)
     _paint_cells(config, rng, main, labels, cells)
+    unannotated = _drop_unannotated(labels, cells)
     field = np.exp(config.staining.unevenness
                    * smooth_field(rng, shape, config.staining.scale_um / px))
     main *= field
@@ -569,5 +588,6 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
     if labels.max() > np.iinfo(np.uint16).max:
         raise ValueError("more than 65535 cells in one image; use smaller images")
     if classes:
-        return image, labels.astype(np.uint16), _class_map(labels, lumen, blobs, fibres)
+        return image, labels.astype(np.uint16), _class_map(labels, lumen, blobs, fibres,
+                                                           unannotated)
     return image, labels.astype(np.uint16)
