@@ -171,4 +171,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: training saved a checkpoint first
+        raise SystemExit("nissl_dev: interrupted; the same command resumes") from None
