@@ -442,7 +442,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="pixel size of the real images in um (default: their meta.json)")
     p.add_argument("--config", type=Path, help="YAML file of refiner settings")
     _add_device(p)
-    p.add_argument("--max-minutes", type=_positive_float, help="stop (with a checkpoint) after")
+    p.add_argument("--max-minutes", type=_positive_float,
+                   help="stop (with a checkpoint) once training has taken this many minutes, "
+                   "counting the runs that --resume continues")
     _add_output_flags(p, resume=True)
     p.set_defaults(func=_cmd_fit_refiner)
 

@@ -110,6 +110,25 @@ def test_resume_continues_exactly(tiny, sim_dir, real_dir, tmp_path, options):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["step"], key)
 
 
+def test_the_time_budget_counts_the_runs_a_resume_continues(tiny, sim_dir, real_dir,
+                                                             tmp_path):
+    """max_minutes is the training time of all runs together: a budget that one step
+    exceeds stops after that step, and resuming with the same budget adds no step (it used
+    to restart the clock, so a run killed n times trained n + 1 budgets)."""
+    run = tmp_path / "run"
+    first = fit(tiny, sim_dir, real_dir, run, max_minutes=0.0, progress=False)
+    assert first["step"] == 1
+    spent = torch.load(run / "last.pt", weights_only=True)["seconds"]
+    assert spent > 0
+    again = fit(tiny, sim_dir, real_dir, run, resume=True, max_minutes=0.0, progress=False)
+    assert again["step"] == 1
+    assert torch.load(run / "last.pt", weights_only=True)["seconds"] == spent
+    # a larger budget continues from the time spent, to the end of the steps
+    rest = fit(tiny, sim_dir, real_dir, run, resume=True, max_minutes=60.0, progress=False)
+    assert rest["step"] == tiny.steps
+    assert torch.load(run / "last.pt", weights_only=True)["seconds"] > spent
+
+
 def test_resume_refuses_a_different_experiment(tiny, sim_dir, real_dir, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(OutputExistsError, match="nothing to resume"):

@@ -108,7 +108,7 @@ class ExperimentConfig:
     simulate: SimulateOptions = field(default_factory=SimulateOptions)
     n_val: int = 16                  # held-out synthetic images: zero-label thresholds
     refine: RefineConfig = field(default_factory=RefineConfig)
-    refine_minutes: float | None = None   # wall-clock cap per refiner
+    refine_minutes: float | None = None   # training-time cap per refiner, over its resumes
     pretrain: TrainConfig = field(default_factory=TrainConfig)     # on synthetic data
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=3e-4))
     supervised: TrainConfig = field(default_factory=TrainConfig)   # real data only

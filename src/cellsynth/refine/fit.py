@@ -115,7 +115,9 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     real_dir : folder of real images, any size, RGB or gray, 8/16-bit; labels are ignored.
     out_dir : run folder; must be empty unless ``resume`` or ``force``.
     device : ``"cpu"`` or ``"cuda"``.
-    max_minutes : stop (with a checkpoint) after this much wall time.
+    max_minutes : stop (with a checkpoint) once the training steps have taken this much
+        wall time in all, counting the runs this one resumes (a run killed and resumed
+        gets no more time than one left alone).
 
     Returns
     -------
@@ -171,7 +173,8 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     })
     samples = _Samples(sim, real, config.seed)
     started = time.perf_counter()
-    first_step, losses = state.step, {}
+    first_step, losses, trained_before = state.step, {}, state.seconds
+    budget = None if max_minutes is None else 60.0 * max_minutes
     bar = tqdm(total=config.steps, initial=state.step, desc="fit-refiner", unit="step",
                disable=not progress)
     saved_at = time.monotonic()
@@ -185,19 +188,20 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     try:
         log = JsonLog(out / LOG, keep_until=state.step if resume else None)
         with bar, contextlib.closing(log), stop_between_steps() as stop:
-            while state.step < config.steps:
+            while state.step < config.steps and (budget is None or state.seconds <= budget):
                 threads.tick()
                 sim_crops, labels = sim.sample(config.batch, state.crop_rng)
                 real_crops = real.sample(config.batch * config.d_steps, state.crop_rng)
                 losses = train_step(state, sim_crops, labels, real_crops)
                 step = state.step
                 elapsed = time.perf_counter() - started
+                state.seconds = trained_before + elapsed
                 if step % config.log_every == 0 or step == config.steps:
                     log.write(step=step, **{k: round(v, 6) for k, v in losses.items()},
                               seconds=round(elapsed, 2))
                     bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
                 bar.update(1)
-                out_of_time = max_minutes is not None and elapsed > 60 * max_minutes
+                out_of_time = budget is not None and state.seconds > budget
                 if step % config.sample_every == 0 or step == config.steps or out_of_time:
                     samples.write(out / layout.SAMPLES / f"step_{step:06d}.png", state)
                 overdue = time.monotonic() - saved_at > CHECKPOINT_SECONDS

@@ -79,6 +79,9 @@ class RefinerState:
     buffer_rng: torch.Generator  # history sampling, CPU
     crop_rng: np.random.Generator  # crop positions and flips
     step: int = 0
+    # wall time of the training steps so far, over every run that resumed this one (the
+    # time budget ``max_minutes`` counts it; checkpoints from before it say 0)
+    seconds: float = 0.0
     # frozen semantic judge (config.consistency > 0); trained by fit before the first step
     judge: SemanticJudge | None = None
 
@@ -193,6 +196,7 @@ def save_checkpoint(path: str | os.PathLike, state: RefinerState) -> None:
         "noise_rng": state.noise_rng.get_state(),
         "buffer_rng": state.buffer_rng.get_state(),
         "crop_rng": state.crop_rng.bit_generator.state,
+        "seconds": state.seconds,
     }
     if state.judge is not None:
         checkpoint["judge"] = state.judge.state_dict()
@@ -248,6 +252,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     state.buffer_rng.set_state(checkpoint["buffer_rng"])
     state.crop_rng.bit_generator.state = checkpoint["crop_rng"]
     state.step = int(checkpoint["step"])
+    state.seconds = float(checkpoint.get("seconds", 0.0))
     if config.consistency > 0:
         if "judge" not in checkpoint:
             raise ImageReadError(f"{path}: consistency > 0 but the checkpoint has no judge")
