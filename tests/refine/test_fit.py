@@ -127,6 +127,10 @@ def test_the_time_budget_counts_the_runs_a_resume_continues(tiny, sim_dir, real_
     rest = fit(tiny, sim_dir, real_dir, run, resume=True, max_minutes=60.0, progress=False)
     assert rest["step"] == tiny.steps
     assert torch.load(run / "last.pt", weights_only=True)["seconds"] > spent
+    # the log's times run on across the resumes too
+    seconds = [r["seconds"] for r in _log(run)]
+    assert len(seconds) == tiny.steps and seconds == sorted(seconds)
+    assert seconds[1] >= round(spent, 2)
 
 
 def test_resume_refuses_a_different_experiment(tiny, sim_dir, real_dir, tmp_path):

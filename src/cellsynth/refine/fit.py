@@ -198,7 +198,7 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
                 state.seconds = trained_before + elapsed
                 if step % config.log_every == 0 or step == config.steps:
                     log.write(step=step, **{k: round(v, 6) for k, v in losses.items()},
-                              seconds=round(elapsed, 2))
+                              seconds=round(state.seconds, 2))
                     bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
                 bar.update(1)
                 out_of_time = budget is not None and state.seconds > budget
