@@ -5,7 +5,7 @@ the test split), every detection that matches no annotated soma at IoU 0.5 (a fa
 positive) and every annotated soma left unmatched (a miss) is put into one class:
 
 false positives
-- ``orphan``: less than 10 % of it lies on annotated somata: something the annotators did not
+- ``orphan``: it overlaps no annotated soma by IoU > 0.1: something the annotators did not
   call a cell; split further into ``pale`` (its mean stain below the 10th percentile of the
   annotated somata's), ``elongated`` (axis ratio > 2.5) and ``other``;
 - ``merge``: it overlaps two or more annotated somata by IoU > 0.1;
@@ -41,6 +41,7 @@ from cellsynth.segment.predict import load_detector, predict_image
 TRAIN = Path(__file__).resolve().parents[1] / "../shared/data/nissl_rat_sscx/train"
 # seed 0's development images in experiments/nissl_dev.py (its k = 2 images are the others)
 DEV = ("SLD_0000404_20x_01_Region_1_t2", "SLD_0000406_20x_01_Region_1_t1")
+# IoU above which a detection and a soma touch (no touch: an orphan, an unseen soma)
 ORPHAN, PALE_PERCENTILE, ELONGATED = 0.1, 10, 2.5
 
 
@@ -50,17 +51,20 @@ def stain(image: np.ndarray) -> np.ndarray:
     return 1.0 - gray / (gray.max() or 1.0)
 
 
-def errors(gt: np.ndarray, pred: np.ndarray, density: np.ndarray) -> dict:
+def errors(gt: np.ndarray, pred: np.ndarray, density: np.ndarray) -> tuple[dict, list[int]]:
+    """The classes' counts, and the labels of the orphan detections."""
     gi, pi, iou, n_gt, n_pred = _overlaps(gt, pred)
     matched = iou >= 0.5  # at most one partner above 0.5: the matching is unique
     gt_hit, pred_hit = set(gi[matched]), set(pi[matched])
-    touch = iou > 0.1
-    gt_ids, pred_ids = np.unique(gt[gt > 0]), np.unique(pred[pred > 0])
+    touch = iou > ORPHAN
+    pred_ids = np.unique(pred[pred > 0])
     # _overlaps numbers objects 1..n in order of their ids
-    cells = {r.label: r for r in regionprops(gt.astype(np.int32), intensity_image=density)}
-    pale = np.percentile([cells[i].intensity_mean for i in gt_ids], PALE_PERCENTILE)
+    pale = np.percentile([r.intensity_mean for r in regionprops(gt.astype(np.int32),
+                                                                intensity_image=density)],
+                         PALE_PERCENTILE)
     props = {r.label: r for r in regionprops(pred.astype(np.int32), intensity_image=density)}
     fp = dict(orphan_pale=0, orphan_elongated=0, orphan_other=0, merge=0, piece=0, outline=0)
+    orphans = []
     for index, label in enumerate(pred_ids, start=1):
         if index in pred_hit:
             continue
@@ -70,6 +74,7 @@ def errors(gt: np.ndarray, pred: np.ndarray, density: np.ndarray) -> dict:
             ratio = r.axis_major_length / max(r.axis_minor_length, 1.0)
             kind = ("orphan_pale" if r.intensity_mean < pale else
                     "orphan_elongated" if ratio > ELONGATED else "orphan_other")
+            orphans.append(int(label))
         elif partners.size >= 2:
             kind = "merge"
         elif partners[0] in gt_hit:
@@ -82,7 +87,8 @@ def errors(gt: np.ndarray, pred: np.ndarray, density: np.ndarray) -> dict:
         if index not in gt_hit:
             fn["outline" if np.any((gi == index) & touch) else "unseen"] += 1
     return dict(annotated=int(n_gt), detected=int(n_pred), matched=len(gt_hit), fp=fp, fn=fn,
-                matched_iou_median=float(np.median(iou[matched])) if matched.any() else 0.0)
+                matched_iou_median=float(np.median(iou[matched])) if matched.any() else 0.0
+                ), orphans
 
 
 def total(per_image: dict) -> dict:
@@ -100,18 +106,15 @@ def total(per_image: dict) -> dict:
     return out
 
 
-def picture(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> None:
-    """Annotated somata green, this detector's orphan detections red."""
+def picture(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
+            orphans: list[int]) -> None:
+    """Annotated somata green, this detector's orphan detections (labels) red."""
     import matplotlib.pyplot as plt
     from skimage.segmentation import find_boundaries
 
     rgb = image[..., :3] if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
     rgb = rgb.astype(float) / (rgb.max() or 1.0)
-    orphan = np.zeros(pred.shape, bool)
-    for label in np.unique(pred[pred > 0]):
-        mask = pred == label
-        if (gt[mask] > 0).mean() < ORPHAN:
-            orphan |= mask
+    orphan = np.isin(pred, orphans)
     rgb[find_boundaries(gt)] = (0.0, 0.8, 0.0)
     rgb[find_boundaries(orphan)] = (1.0, 0.0, 0.0)
     plt.imsave(path, rgb)
@@ -138,10 +141,10 @@ def main() -> None:
             gt = read_labels(TRAIN / "labels" / f"{stem}.tif")
             pred = (tifffile.imread(io.BytesIO(_read(args.repo, f"{QC}/v1/{peer[stem]}")))
                     if detector is None else np.asarray(predict_image(detector, image)))
-            per_image[stem] = errors(gt, pred, stain(image))
+            per_image[stem], orphans = errors(gt, pred, stain(image))
             if args.pictures:
                 args.pictures.mkdir(parents=True, exist_ok=True)
-                picture(args.pictures / f"{name}_{stem}.png", image, gt, pred)
+                picture(args.pictures / f"{name}_{stem}.png", image, gt, pred, orphans)
         summary = total(per_image)
         results["detectors"][name] = {"run": run, "total": summary, "per_image": per_image}
         print(f"{name:12s} P {summary['precision']:.2f} R {summary['recall']:.2f}  "
