@@ -124,17 +124,19 @@ def main() -> None:
             # its random weights propose)
             print(f"heads {kernel}x{kernel} vs {args.head_kernels[0]}x{args.head_kernels[0]} "
                   f"({precision}): training {s0 / s1:.2f}x faster")
-    from cellsynth.hardware import choose_precision
+    from cellsynth.hardware import choose_precision, cpu_model
 
     auto = choose_precision("auto", args.device)
     print(f"precision auto on this machine: {auto}")
     if args.json:
         import json
 
-        device = torch.cuda.get_device_name() if cuda else "cpu"
+        # the CPU's name: a timing means nothing without the machine it was taken on
+        device = torch.cuda.get_device_name() if cuda else f"cpu: {cpu_model()}"
         Path(args.json).write_text(json.dumps({
             "device": device, "model": args.model, "crop": args.crop, "batch": args.batch,
             "size": args.size, "tile": args.tile, "auto": str(auto),
+            "threads": torch.get_num_threads(), "steps": args.steps,
             "seconds_per_step": {k: v[0] for k, v in results.items()},
             "predict_mp_s": {k: v[1] for k, v in results.items()}}, indent=1) + "\n")
 
