@@ -69,6 +69,15 @@ RUNS = {
     # is 600 steps a plateau for 2 images? (2026-12-02, a CPU with AMX, where bf16 steps are
     # 3.5x cheaper than fp32 ones)
     "real_k2_long": (["k2"], None, dict(steps=1500, crop=192, val_every=100)),
+    # the same levers after simulated pretraining: finer outlines in both stages, and a
+    # longer fine-tuning (sim_ft_k2 was still moving at 300 steps)
+    "sim_o12": (["sim"], None, dict(steps=600, crop=192, val_every=100, order=12,
+                                    refinement_iterations=8)),
+    "sim_o12_ft_k2": (["k2"], "sim_o12", dict(steps=300, crop=192, lr=3e-4, warmup=5,
+                                                val_every=50, order=12,
+                                                refinement_iterations=8)),
+    "sim_ft_k2_long": (["k2"], "sim", dict(steps=900, crop=192, lr=3e-4, warmup=5,
+                                            val_every=50)),
 }
 
 

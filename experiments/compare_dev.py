@@ -1,0 +1,88 @@
+"""Paired comparison of `nissl_dev.py` runs on their development images (training split only).
+
+Each run is a folder ``OUT/NAME`` made by ``experiments/nissl_dev.py``; its development images
+are ``OUT/data/dev`` (the 2 training images its split did not annotate). Every run predicts
+them with its last checkpoint at the score threshold chosen on its own 2 annotated images
+(``dev.json``'s ``thresh_on_k2``; ``best.pt`` and the checkpoint's stored threshold were
+chosen on the development images and are not used). Runs at the same position in ``--a`` and
+``--b`` form a pair (one seed / split each); each dev image is cut into ``--tiles`` x
+``--tiles`` units and the paired bootstrap over units (seeds averaged) gives a - b with a
+95 % interval, as `cellsynth experiment` does.
+
+    python experiments/compare_dev.py \\
+        --a runs/nissl-dev-bf16-s0/real_k2_o12 runs/nissl-dev-bf16-s1/real_k2_o12 \\
+        --b runs/nissl-dev-bf16-s0/real_k2 runs/nissl-dev-bf16-s1/real_k2 \\
+        --json docs/results/nissl_dev_amx/o12_vs_base.json
+
+Nothing here opens the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cellsynth.evaluate.matching import matching
+from cellsynth.evaluate.stats import paired_bootstrap, split_tiles, summarize
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.files import write_json
+from cellsynth.segment.predict import load_detector, predict_image
+
+
+def units(run: Path, tiles: int) -> tuple[list, dict]:
+    """Matchings of ``run``'s dev predictions, tile by tile, and what was predicted with."""
+    done = json.loads((run / "dev.json").read_text())
+    thresh = float(done["thresh_on_k2"])
+    detector = load_detector(run / "last.pt")
+    found = []
+    for sample in load_dataset(run.parent / "data" / "dev", require_labels=True):
+        predicted = predict_image(detector, sample.read_image(), score_thresh=thresh,
+                                  pixel_size_um=sample.pixel_size_um, where=str(sample.id))
+        truth = sample.read_labels()
+        found += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
+                                                 split_tiles(predicted, tiles))]
+    return found, {"run": str(run), "thresh_on_k2": thresh}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", nargs="+", type=Path, required=True)
+    parser.add_argument("--b", nargs="+", type=Path, required=True)
+    parser.add_argument("--tiles", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if len(args.a) != len(args.b):
+        raise SystemExit(f"compare_dev: --a has {len(args.a)} runs, --b {len(args.b)}; "
+                         f"they pair by position")
+    for a, b in zip(args.a, args.b):
+        if a.parent != b.parent:
+            raise SystemExit(f"compare_dev: {a} and {b} are not from one nissl_dev folder "
+                             f"(their development images differ)")
+        for run in (a, b):
+            if not (run / "dev.json").is_file():
+                raise SystemExit(f"compare_dev: {run / 'dev.json'}: missing (is the run "
+                                 f"finished?)")
+    found = {"a": [], "b": []}
+    used = {"a": [], "b": []}
+    for side in ("a", "b"):
+        for run in getattr(args, side):
+            u, info = units(run, args.tiles)
+            found[side].append(u)
+            used[side].append(info)
+    result = {"a": summarize(found["a"]), "b": summarize(found["b"]),
+              "a_runs": used["a"], "b_runs": used["b"], "tiles": args.tiles,
+              "n_units": len(found["a"][0]),
+              "a_minus_b": paired_bootstrap(found["a"], found["b"])}
+    for m in ("f1_50", "f1_avg"):
+        d = result["a_minus_b"][m]
+        print(f"{m}: a {result['a'][m]['mean']:.3f} +- {result['a'][m]['std']:.3f}, "
+              f"b {result['b'][m]['mean']:.3f} +- {result['b'][m]['std']:.3f}; a - b "
+              f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
