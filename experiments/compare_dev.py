@@ -36,9 +36,10 @@ def units(run: Path, tiles: int) -> tuple[list, dict]:
     thresh = float(done["thresh_on_k2"])
     detector = load_detector(run / "last.pt")
     found = []
-    for sample in load_dataset(run.parent / "data" / "dev", require_labels=True):
+    dev = load_dataset(run.parent / "data" / "dev", require_labels=True)
+    for sample in dev:
         predicted = predict_image(detector, sample.read_image(), score_thresh=thresh,
-                                  pixel_size_um=sample.pixel_size_um, where=str(sample.id))
+                                  pixel_size_um=dev.pixel_size_um, where=str(sample.id))
         truth = sample.read_labels()
         found += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
                                                  split_tiles(predicted, tiles))]

@@ -31,6 +31,10 @@ from cellsynth.io.files import write_json
 from cellsynth.segment.trainer import TrainConfig
 
 TRAIN = "../shared/data/nissl_rat_sscx/train"
+# the data's pixel size (its SOURCE.md; the PNGs carry none): written into k2/ and dev/ so a
+# run with another working pixel_size_um really is rescaled (before 2026-12-02 it was not:
+# real_k2_coarse trained at 0.346 um/px on 128^2 crops)
+PIXEL_SIZE_UM = 0.346
 
 # name -> (data, init, config overrides); "k2" and "dev" are folders made from TRAIN
 RUNS = {
@@ -88,6 +92,8 @@ def _split(out: Path, seed: int) -> tuple[Path, Path]:
     for name, keep in (("k2", True), ("dev", False)):
         folder = out / "data" / name
         if folder.exists():
+            if not (folder / "meta.json").exists():  # made before the pixel size was written
+                write_json(folder / "meta.json", {"pixel_size_um": PIXEL_SIZE_UM})
             continue
         tmp = folder.with_name(name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -97,6 +103,7 @@ def _split(out: Path, seed: int) -> tuple[Path, Path]:
             if (i in chosen) == keep:
                 shutil.copyfile(s.image_path, tmp / "images" / s.image_path.name)
                 shutil.copyfile(s.label_path, tmp / "labels" / s.label_path.name)
+        write_json(tmp / "meta.json", {"pixel_size_um": PIXEL_SIZE_UM})
         tmp.rename(folder)
     return out / "data" / "k2", out / "data" / "dev"
 
