@@ -1,8 +1,10 @@
 """Training data: crops keep images and labels aligned; datasets come at the working scale."""
 
 import json
+import warnings
 
 import numpy as np
+import pytest
 
 from cellsynth.io.images import write_image, write_labels
 from cellsynth.segment.data import Augment, CropSampler, LabeledImage, load_labeled
@@ -55,6 +57,10 @@ def test_load_labeled_rescales_to_the_working_pixel_size(tmp_path):
         assert set(np.unique(scaled.labels)) == set(np.unique(item.labels))  # ids stay ids
         areas = np.bincount(scaled.labels.ravel())[1:] / factor ** 2
         np.testing.assert_allclose(areas, np.bincount(item.labels.ravel())[1:], rtol=0.15)
-    # a dataset without a stated pixel size is taken as it is
+    # a dataset without a stated pixel size is taken as it is, and the warning names it
     (root / "meta.json").unlink()
-    assert load_labeled([root], pixel_size_um=1.0)[0].labels.shape == (96, 96)
+    with pytest.warns(UserWarning, match=r"ds: no pixel size .* working 1 um/px"):
+        assert load_labeled([root], pixel_size_um=1.0)[0].labels.shape == (96, 96)
+    with warnings.catch_warnings():  # no working pixel size asked for: nothing to say
+        warnings.simplefilter("error")
+        assert load_labeled([root])[0].labels.shape == (96, 96)

@@ -8,6 +8,7 @@ run (and its resume) is reproducible.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,11 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
     out: list[LabeledImage] = []
     for root in roots:
         dataset = load_dataset(root, require_labels=True)
+        if pixel_size_um is not None and dataset.pixel_size_um is None:
+            # nothing to rescale from: say so, or a working resolution is silently ignored
+            warnings.warn(f"{dataset.root}: no pixel size (meta.json pixel_size_um); its "
+                          f"images are used as they are, as if at the working "
+                          f"{pixel_size_um:g} um/px", stacklevel=2)
         factor = pixel_scale(dataset.pixel_size_um, pixel_size_um)
         for sample in dataset:
             image, labels = sample.read()
