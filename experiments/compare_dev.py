@@ -14,6 +14,9 @@ chosen on the development images and are not used). Runs at the same position in
         --b runs/nissl-dev-bf16-s0/real_k2 runs/nissl-dev-bf16-s1/real_k2 \\
         --json docs/results/nissl_dev_amx/o12_vs_base.json
 
+Runs of one split seed share their development images, whichever folder they are in (the
+check is by image name), so fp32 and bf16 runs of one seed can be paired.
+
 Nothing here opens the test split.
 """
 
@@ -30,11 +33,15 @@ from cellsynth.io.files import write_json
 from cellsynth.segment.predict import load_detector, predict_image
 
 
-def units(run: Path, tiles: int) -> tuple[list, dict]:
+def _dev_ids(run: Path) -> list[str]:
+    return sorted(s.id for s in load_dataset(run.parent / "data" / "dev"))
+
+
+def units(run: Path, tiles: int, precision: str) -> tuple[list, dict]:
     """Matchings of ``run``'s dev predictions, tile by tile, and what was predicted with."""
     done = json.loads((run / "dev.json").read_text())
     thresh = float(done["thresh_on_k2"])
-    detector = load_detector(run / "last.pt")
+    detector = load_detector(run / "last.pt", precision=precision)
     found = []
     dev = load_dataset(run.parent / "data" / "dev", require_labels=True)
     for sample in dev:
@@ -52,14 +59,16 @@ def main() -> None:
     parser.add_argument("--b", nargs="+", type=Path, required=True)
     parser.add_argument("--tiles", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="of the predictions (auto: what this CPU computes natively)")
     args = parser.parse_args()
     if len(args.a) != len(args.b):
         raise SystemExit(f"compare_dev: --a has {len(args.a)} runs, --b {len(args.b)}; "
                          f"they pair by position")
     for a, b in zip(args.a, args.b):
-        if a.parent != b.parent:
-            raise SystemExit(f"compare_dev: {a} and {b} are not from one nissl_dev folder "
-                             f"(their development images differ)")
+        if _dev_ids(a) != _dev_ids(b):
+            raise SystemExit(f"compare_dev: {a} and {b} have different development images "
+                             f"(another split seed?)")
         for run in (a, b):
             if not (run / "dev.json").is_file():
                 raise SystemExit(f"compare_dev: {run / 'dev.json'}: missing (is the run "
@@ -68,12 +77,12 @@ def main() -> None:
     used = {"a": [], "b": []}
     for side in ("a", "b"):
         for run in getattr(args, side):
-            u, info = units(run, args.tiles)
+            u, info = units(run, args.tiles, args.precision)
             found[side].append(u)
             used[side].append(info)
     result = {"a": summarize(found["a"]), "b": summarize(found["b"]),
               "a_runs": used["a"], "b_runs": used["b"], "tiles": args.tiles,
-              "n_units": len(found["a"][0]),
+              "n_units": len(found["a"][0]), "precision": args.precision,
               "a_minus_b": paired_bootstrap(found["a"], found["b"])}
     for m in ("f1_50", "f1_avg"):
         d = result["a_minus_b"][m]
