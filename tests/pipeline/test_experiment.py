@@ -201,6 +201,36 @@ def test_a_replay_setting_fine_tunes_on_its_synthetic_data_too(tmp_path):
     assert "sim/s0" not in by_name[detector_of["sim_ft_k1", 0]].inputs
 
 
+def test_a_finetune_setting_changes_the_fine_tuning_only(tmp_path):
+    config = _config(tmp_path, settings=(
+        Setting("sim_ft_k1", "simulated", 1),
+        Setting("sim_ft_long", "simulated", 1, finetune={"steps": 7}),
+        Setting("both_long", "simulated", 1, detector={"steps": 7})), compare=())
+    experiment.check_experiment(config)
+    units, detector_of = experiment._plan(config, tmp_path / "out")
+    by_name = {u.name: u for u in units}
+    long = by_name[detector_of["sim_ft_long", 0]]
+    assert long.name == "detectors/simulated_k1_ft-steps-7_s0"
+    assert long.options["steps"] == 7 and long.options["lr"] == config.finetune.lr
+    # it starts from the plain zero-label detector, the one sim_ft_k1 starts from
+    plain = by_name[detector_of["sim_ft_k1", 0]]
+    assert plain.options["steps"] == config.finetune.steps != 7
+    assert "detectors/simulated_k0_s0" in long.inputs and "detectors/simulated_k0_s0" in \
+        plain.inputs
+    # detector: changes both stages: another pretraining and another fine-tuned detector
+    both = by_name[detector_of["both_long", 0]]
+    assert both.name == "detectors/simulated_k1_steps-7_s0" != long.name
+    assert "detectors/simulated_k0_steps-7_s0" in both.inputs
+    for bad, match in (({"stpes": 7}, "setting bad: finetune: unknown key.*'stpes'"),):
+        with pytest.raises(ConfigError, match=match):
+            experiment.check_experiment(replace(config, settings=(
+                Setting("bad", "simulated", 1, finetune=bad),)))
+    with pytest.raises(ValueError, match="setting z: finetune: changes need"):
+        Setting("z", "simulated", 0, finetune={"steps": 7})
+    with pytest.raises(ValueError, match="setting r: finetune: changes need"):
+        Setting("r", "real", 1, finetune={"steps": 7})
+
+
 def test_a_tta_setting_reuses_its_detector_and_is_evaluated_apart(tmp_path, monkeypatch):
     config = _config(tmp_path, seeds=(0,), settings=(
         Setting("real_k1", "real", 1), Setting("real_k1_tta", "real", 1, tta=True)),

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cellsynth.config import from_dict, load_yaml, override, save_yaml, to_dict
+from cellsynth.config import ADDED, from_dict, load_yaml, override, save_yaml, to_dict
 from cellsynth.errors import ConfigError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
@@ -77,6 +77,9 @@ class Setting:
     # changes to the experiment's supervised / pretrain / finetune options for this
     # setting's detectors (e.g. {model: tiny_u22}); settings with the same changes share them
     detector: dict[str, Any] = field(default_factory=dict)
+    # changes to the fine-tuning options only (e.g. {steps: 1200}): the zero-label detector it
+    # starts from is the plain one, shared with the settings without them
+    finetune: dict[str, Any] = field(default_factory=dict, metadata=ADDED)
 
     @property
     def variant(self) -> str:
@@ -94,6 +97,9 @@ class Setting:
         if self.refine and self.data not in _REFINED:
             raise ValueError(f"setting {self.name}: refine: changes need data: refined or "
                              f"mixed")
+        if self.finetune and (self.data == "real" or self.k == 0):
+            raise ValueError(f"setting {self.name}: finetune: changes need synthetic "
+                             f"pretraining and k >= 1 or null (a setting that fine-tunes)")
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,8 @@ def check_experiment(config: ExperimentConfig) -> None:
         override(config.refine, s.refine, where=f"setting {s.name}: refine")
         for part in ("supervised", "pretrain", "finetune"):
             override(getattr(config, part), s.detector, where=f"setting {s.name}: detector")
+        override(override(config.finetune, s.detector), s.finetune,
+                 where=f"setting {s.name}: finetune")
 
 
 # --- units of work ---------------------------------------------------------------------------
@@ -319,9 +327,12 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                 continue
             data = subset(st.k, seed, rest=False)
             val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
+            # fine-tuning-only changes are marked "ft-" in the folder name: {steps: 1200} of
+            # detector: (both stages) and of finetune: are different detectors
+            ft_only = _suffix({f"ft-{key}": v for key, v in st.finetune.items()})
             detector_of[st.name, seed] = detector(
-                f"detectors/{kind}_k{k}{_suffix(tuned)}_s{seed}",
-                _changed(config.finetune, tuned), [data], val, zero, seed,
+                f"detectors/{kind}_k{k}{_suffix(tuned)}{ft_only}_s{seed}",
+                _changed(config.finetune, {**tuned, **st.finetune}), [data], val, zero, seed,
                 replay=train_data)
     return list(units.values()), detector_of
 
