@@ -29,7 +29,7 @@ def main() -> None:
     import torch
 
     from cellsynth.evaluate import matching
-    from cellsynth.hardware import configure_threads
+    from cellsynth.hardware import choose_precision, configure_threads
     from cellsynth.io.datasets import load_dataset
     from cellsynth.segment import predict, tiles
     from cellsynth.segment.cpn import build_model
@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--mosaic", type=int, default=4)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many timings")
-    parser.add_argument("--max-setting", type=int, default=4, help="run the first N settings")
+    parser.add_argument("--max-setting", type=int, default=5, help="run the first N settings "
+                        "(the fifth, bf16, only on a CPU with native bf16)")
     args = parser.parse_args()
     threads = configure_threads(args.threads)
     fast = load_detector(args.detector, precision="fp32")
@@ -60,6 +61,10 @@ def main() -> None:
                 ("folded + channels-last, tile 512 x 4", fast, 512, 4, False, False),
                 ("+ balanced tiles <= 1024 x 1", fast, 1024, 1, True, False),
                 ("+ scanline painting (cellsynth predict)", fast, 1024, 1, True, True)]
+    chosen = choose_precision("auto")
+    if chosen.name == "bf16":  # what cellsynth predict does on a CPU with native bf16
+        half = load_detector(args.detector, precision="bf16")
+        settings.append(("+ bf16 core (auto on this CPU)", half, 1024, 1, True, True))
     print(f"{len(images)} images of {args.images} and a {mosaic.shape[0]}^2 mosaic; "
           f"{threads} threads")
     baseline: dict[str, tuple[float, list[np.ndarray]]] = {}
@@ -112,7 +117,7 @@ def roofline(model, channels: int, measured_mp_s: float) -> None:
             best = min(best, time.perf_counter() - started)
     gmac_s = 4 * 256**2 * 64 * 64 * 9 / best / 1e9
     bound = gmac_s * 1e9 / per_px / 1e6
-    print(f"roofline: the network needs {per_px / 1e3:.0f} kMAC per pixel; a large 3x3 "
+    print(f"roofline (fp32): the network needs {per_px / 1e3:.0f} kMAC per pixel; a large 3x3 "
           f"convolution runs at {gmac_s:.0f} GMAC/s here, so at most {bound:.2f} MP/s; "
           f"the best setting above reached {measured_mp_s:.3f} MP/s "
           f"({measured_mp_s / bound:.0%} of that bound)")
