@@ -221,6 +221,9 @@ def test_a_finetune_setting_changes_the_fine_tuning_only(tmp_path):
     both = by_name[detector_of["both_long", 0]]
     assert both.name == "detectors/simulated_k1_steps-7_s0" != long.name
     assert "detectors/simulated_k0_steps-7_s0" in both.inputs
+    # a learning curve of its own: never two points at one k on the plain setting's line
+    curves = {st.name: experiment._curve(st) for st in config.settings}
+    assert len(set(curves.values())) == 3
     for bad, match in (({"stpes": 7}, "setting bad: finetune: unknown key.*'stpes'"),):
         with pytest.raises(ConfigError, match=match):
             experiment.check_experiment(replace(config, settings=(

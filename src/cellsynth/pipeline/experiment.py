@@ -458,6 +458,7 @@ def _curve(setting: Setting) -> str:
     """The learning curve a setting is a point of: settings that differ only in k (data,
     refiner variant, detector changes and TTA alike) share one."""
     return (setting.data + setting.variant + _suffix(setting.detector)
+            + _suffix({f"ft-{k}": v for k, v in setting.finetune.items()})
             + (" tta" if setting.tta else ""))
 
 
