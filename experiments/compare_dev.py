@@ -26,8 +26,10 @@ import argparse
 import json
 from pathlib import Path
 
+from _paired import compare  # noqa: E402  (same folder)
+
 from cellsynth.evaluate.matching import matching
-from cellsynth.evaluate.stats import paired_bootstrap, split_tiles, summarize
+from cellsynth.evaluate.stats import split_tiles
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.segment.predict import load_detector, predict_image
@@ -80,15 +82,9 @@ def main() -> None:
             u, info = units(run, args.tiles, args.precision)
             found[side].append(u)
             used[side].append(info)
-    result = {"a": summarize(found["a"]), "b": summarize(found["b"]),
-              "a_runs": used["a"], "b_runs": used["b"], "tiles": args.tiles,
-              "n_units": len(found["a"][0]), "precision": args.precision,
-              "a_minus_b": paired_bootstrap(found["a"], found["b"])}
-    for m in ("f1_50", "f1_avg"):
-        d = result["a_minus_b"][m]
-        print(f"{m}: a {result['a'][m]['mean']:.3f} +- {result['a'][m]['std']:.3f}, "
-              f"b {result['b'][m]['mean']:.3f} +- {result['b'][m]['std']:.3f}; a - b "
-              f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
+    sa, sb, diff = compare(found["a"], found["b"])
+    result = {"a": sa, "b": sb, "a_runs": used["a"], "b_runs": used["b"], "tiles": args.tiles,
+              "n_units": len(found["a"][0]), "precision": args.precision, "a_minus_b": diff}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, result)

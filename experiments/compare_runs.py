@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from _paired import compare  # noqa: E402  (same folder)
+
 from cellsynth.evaluate.matching import matching
-from cellsynth.evaluate.stats import paired_bootstrap, split_tiles, summarize
+from cellsynth.evaluate.stats import split_tiles
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.io.images import read_labels
@@ -50,14 +52,7 @@ def main() -> None:
         raise SystemExit("--a and --b need the same number of runs (one per seed)")
     a = [units(r, args.test, args.tiles) for r in args.a]
     b = [units(r, args.test, args.tiles) for r in args.b]
-    sa, sb = summarize(a), summarize(b)
-    diff = paired_bootstrap(a, b, n=args.bootstrap, seed=0)
-    for metric in ("f1_50", "f1_avg"):
-        d = diff[metric]
-        print(f"{metric}: a {sa[metric]['mean']:.3f} ± {sa[metric]['std']:.3f} "
-              f"{[round(x, 3) for x in sa[metric]['per_seed']]}, b {sb[metric]['mean']:.3f} ± "
-              f"{sb[metric]['std']:.3f} {[round(x, 3) for x in sb[metric]['per_seed']]}, "
-              f"a - b {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
+    sa, sb, diff = compare(a, b, n=args.bootstrap)
     if args.json:
         write_json(Path(args.json), {"test": args.test, "tiles": args.tiles,
                                      "a": [str(r) for r in args.a], "b": [str(r) for r in args.b],

@@ -86,6 +86,12 @@ class Setting:
         """Suffix of the refiner, refined data and detector folders of a refine variant."""
         return _suffix(self.refine)
 
+    @property
+    def ft_variant(self) -> str:
+        """Suffix of its fine-tuning-only changes, marked "ft-": {steps: 1200} of detector:
+        (both stages) and of finetune: are different detectors."""
+        return _suffix({f"ft-{key}": v for key, v in self.finetune.items()})
+
     def __post_init__(self) -> None:
         if self.data not in ("real", *_SYNTHETIC):
             raise ValueError(f"setting {self.name}: data must be real, simulated, refined "
@@ -327,11 +333,8 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                 continue
             data = subset(st.k, seed, rest=False)
             val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
-            # fine-tuning-only changes are marked "ft-" in the folder name: {steps: 1200} of
-            # detector: (both stages) and of finetune: are different detectors
-            ft_only = _suffix({f"ft-{key}": v for key, v in st.finetune.items()})
             detector_of[st.name, seed] = detector(
-                f"detectors/{kind}_k{k}{_suffix(tuned)}{ft_only}_s{seed}",
+                f"detectors/{kind}_k{k}{_suffix(tuned)}{st.ft_variant}_s{seed}",
                 _changed(config.finetune, {**tuned, **st.finetune}), [data], val, zero, seed,
                 replay=train_data)
     return list(units.values()), detector_of
@@ -457,8 +460,7 @@ def _matching(d: dict[str, Any]):
 def _curve(setting: Setting) -> str:
     """The learning curve a setting is a point of: settings that differ only in k (data,
     refiner variant, detector changes and TTA alike) share one."""
-    return (setting.data + setting.variant + _suffix(setting.detector)
-            + _suffix({f"ft-{k}": v for k, v in setting.finetune.items()})
+    return (setting.data + setting.variant + _suffix(setting.detector) + setting.ft_variant
             + (" tta" if setting.tta else ""))
 
 
