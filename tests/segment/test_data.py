@@ -5,7 +5,9 @@ import warnings
 
 import numpy as np
 import pytest
+import tifffile
 
+from cellsynth.io.datasets import load_dataset
 from cellsynth.io.images import write_image, write_labels
 from cellsynth.segment.data import Augment, CropSampler, LabeledImage, load_labeled
 
@@ -59,8 +61,60 @@ def test_load_labeled_rescales_to_the_working_pixel_size(tmp_path):
         np.testing.assert_allclose(areas, np.bincount(item.labels.ravel())[1:], rtol=0.15)
     # a dataset without a stated pixel size is taken as it is, and the warning names it
     (root / "meta.json").unlink()
-    with pytest.warns(UserWarning, match=r"ds: no pixel size .* working 1 um/px"):
+    with pytest.warns(UserWarning,
+                      match=r"ds: 1 of 1 image\(s\) state no pixel size .* working 1 um/px"):
         assert load_labeled([root], pixel_size_um=1.0)[0].labels.shape == (96, 96)
     with warnings.catch_warnings():  # no working pixel size asked for: nothing to say
         warnings.simplefilter("error")
         assert load_labeled([root])[0].labels.shape == (96, 96)
+
+
+def _tiff_dataset(root, sizes_um, *, kind="imagej"):
+    """A labeled folder of TIFFs that state their own pixel size as Fiji (ImageJ, unit
+    micron) or an OME-TIFF writer (QuPath, bfconvert) does; no meta.json."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    item = _disc_image(96)
+    pixels = (item.image[..., 0] * 200).astype(np.uint8)
+    for i, um in enumerate(sizes_um):
+        path = root / "images" / f"im{i}.tif"
+        if kind == "imagej":
+            tifffile.imwrite(path, pixels, imagej=True, resolution=(1 / um, 1 / um),
+                             metadata={"unit": "micron"})
+        else:
+            tifffile.imwrite(path, pixels, ome=True,
+                             metadata={"PhysicalSizeX": um, "PhysicalSizeXUnit": "µm",
+                                       "PhysicalSizeY": um, "PhysicalSizeYUnit": "µm"})
+        write_labels(root / "labels" / f"im{i}.tif", item.labels.astype(np.uint16))
+    return item
+
+
+@pytest.mark.parametrize("kind", ["imagej", "ome"])
+def test_training_images_rescale_by_the_pixel_size_their_tiffs_state(tmp_path, kind):
+    root = tmp_path / "fiji"
+    _tiff_dataset(root, [0.5, 0.5], kind=kind)
+    assert load_dataset(root).pixel_size_um == pytest.approx(0.5)
+    with warnings.catch_warnings():  # the files say it: nothing to warn about
+        warnings.simplefilter("error")
+        coarse = load_labeled([root], pixel_size_um=1.0)
+    assert [c.labels.shape for c in coarse] == [(48, 48), (48, 48)]
+    # meta.json, written by the user or by cellsynth, wins over the files' tags
+    (root / "meta.json").write_text(json.dumps({"pixel_size_um": 1.0}))
+    assert load_dataset(root).pixel_size_um == 1.0
+    assert load_labeled([root], pixel_size_um=1.0)[0].labels.shape == (96, 96)
+
+
+def test_images_from_two_microscopes_each_keep_their_own_pixel_size(tmp_path):
+    root = tmp_path / "mixed"
+    _tiff_dataset(root, [0.5, 0.25])
+    dataset = load_dataset(root)
+    assert dataset.pixel_size_um is None  # no one size for the folder
+    assert [dataset.pixel_size_of(s) for s in dataset] == pytest.approx([0.5, 0.25])
+    items = load_labeled([root], pixel_size_um=0.5)
+    assert [i.labels.shape for i in items] == [(96, 96), (48, 48)]
+    # one image of three without metadata: only it is used as it is, and the warning counts it
+    tifffile.imwrite(root / "images" / "im2.tif", tifffile.imread(root / "images" / "im0.tif"))
+    write_labels(root / "labels" / "im2.tif", items[0].labels.astype(np.uint16))
+    with pytest.warns(UserWarning, match=r"mixed: 1 of 3 image\(s\) state no pixel size"):
+        items = load_labeled([root], pixel_size_um=0.5)
+    assert [i.labels.shape for i in items] == [(96, 96), (48, 48), (96, 96)]

@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from cellsynth.io.images import (
     read_image,
     read_labels,
 )
+from cellsynth.io.resample import RELATIVE_TOLERANCE, read_pixel_size
 from cellsynth.pipeline import layout
 
 __all__ = ["Sample", "Dataset", "load_dataset", "write_dataset_meta", "CELLPOSE_SUFFIX"]
@@ -61,6 +63,13 @@ class Sample:
         if self.label_path is None:
             raise DatasetError(f"{self.image_path}: image has no label file")
         return read_labels(self.label_path)
+
+    @property
+    def stated_pixel_size_um(self) -> float | None:
+        """The pixel size (um) the image file states about itself (OME-TIFF, ImageJ or
+        resolution tags, OME-Zarr scale; see :func:`~cellsynth.io.resample.read_pixel_size`),
+        else None. Reads the file's header only."""
+        return read_pixel_size(self.image_path)
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         """Read image and labels, checking that their sizes agree."""
@@ -94,10 +103,28 @@ class Dataset:
     def has_labels(self) -> bool:
         return all(s.label_path is not None for s in self.samples)
 
-    @property
+    @cached_property
     def pixel_size_um(self) -> float | None:
+        """meta.json's ``pixel_size_um``; without one, the pixel size every image states
+        about itself (TIFF / OME-Zarr metadata) where they all state one and agree; else
+        None. Per image: :meth:`pixel_size_of`."""
         value = self.meta.get("pixel_size_um")
-        return float(value) if value is not None else None
+        if value is not None:
+            return float(value)
+        common: float | None = None
+        for sample in self.samples:
+            size = sample.stated_pixel_size_um
+            if size is None or (common is not None
+                                and abs(size / common - 1.0) > RELATIVE_TOLERANCE):
+                return None
+            common = common or size
+        return common
+
+    def pixel_size_of(self, sample: Sample) -> float | None:
+        """``sample``'s pixel size: meta.json's for the whole folder, else what its file
+        states, else None (a folder of images from several microscopes keeps each one's)."""
+        value = self.meta.get("pixel_size_um")
+        return float(value) if value is not None else sample.stated_pixel_size_um
 
 
 def _files_by_id(folder: Path, *, zarr_sections: bool = False) -> dict[str, Path]:

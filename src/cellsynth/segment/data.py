@@ -56,19 +56,15 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
     """Read every (image, labels) pair of the given dataset folders into memory.
 
     ``channels`` defaults to the first image's; others are converted. If ``pixel_size_um``
-    is given, datasets whose meta.json states another pixel size are rescaled to it.
+    is given, images whose dataset (meta.json) or own file (TIFF / OME metadata) states another
+    pixel size are rescaled to it.
     Intensities are mapped to [0, 1] per image by ``normalization``; ``channel`` keeps only
     that channel of multi-channel images (see :func:`cellsynth.io.images.select_channel`).
     """
     out: list[LabeledImage] = []
     for root in roots:
         dataset = load_dataset(root, require_labels=True)
-        if pixel_size_um is not None and dataset.pixel_size_um is None:
-            # nothing to rescale from: say so, or a working resolution is silently ignored
-            warnings.warn(f"{dataset.root}: no pixel size (meta.json pixel_size_um); its "
-                          f"images are used as they are, as if at the working "
-                          f"{pixel_size_um:g} um/px", stacklevel=2)
-        factor = pixel_scale(dataset.pixel_size_um, pixel_size_um)
+        unknown = 0
         for sample in dataset:
             image, labels = sample.read()
             image = select_channel(image, channel, where=str(sample.image_path))
@@ -76,9 +72,17 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
             channels = channels or (1 if image.ndim == 2 else 3)
             image = match_channels(image, channels, where=str(sample.image_path))
             labels = labels.astype(np.int32)
+            source_um = dataset.pixel_size_of(sample) if pixel_size_um is not None else None
+            unknown += pixel_size_um is not None and source_um is None
+            factor = pixel_scale(source_um, pixel_size_um)
             image = rescale_image(image, factor)
             labels = rescale_labels(labels, factor)
             out.append(LabeledImage(f"{dataset.root.name}/{sample.id}", image, labels))
+        if unknown:  # nothing to rescale from: say so, or a working resolution is ignored
+            warnings.warn(f"{dataset.root}: {unknown} of {len(dataset)} image(s) state no pixel "
+                          f"size (meta.json pixel_size_um, or the TIFF's own metadata); used "
+                          f"as they are, as if at the working {pixel_size_um:g} um/px",
+                          stacklevel=2)
     if not out:
         raise DatasetError(f"no labeled images in {', '.join(map(str, roots))}")
     return out
