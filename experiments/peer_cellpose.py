@@ -11,7 +11,14 @@ compared with the peer on *development* images without opening the test split.
         --json docs/results/peer_cellpose/results.json
 
 Nothing is downloaded: ``--repo`` is a local clone (or a bare git directory, read with
-``git show``).
+``git show``). ``--write DIR`` also keeps each model's label images as
+``DIR/<model>/<split>/predict/labels/<id>.tif``, the shape of a run folder, so that
+``compare_runs.py`` pairs a detector of ours with the peer on the same test units:
+
+    python experiments/peer_cellpose.py --repo CLONE --write runs/peer
+    python experiments/compare_runs.py --test ../shared/data/nissl_rat_sscx/test \\
+        --a EXP/eval/..._s0 EXP/eval/..._s1 EXP/eval/..._s2 \\
+        --b runs/peer/v1/test runs/peer/v1/test runs/peer/v1/test
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 
 from cellsynth.evaluate.matching import evaluate_folders
 from cellsynth.io.files import write_json
+from cellsynth.pipeline import layout
 
 DATA = Path(__file__).resolve().parents[1] / "../shared/data/nissl_rat_sscx"
 QC = "Notebooks/Cellpose_Quality_Control/QC"
@@ -55,6 +63,7 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--write", type=Path, help="keep the peers' label images here")
     args = parser.parse_args()
     results: dict = {"source": "github.com/jacquemi-bbp/rat_sscx_nissl_analysis " + QC,
                      "models": {}}
@@ -64,8 +73,9 @@ def main() -> None:
             results["models"][model] = {}
             for split in ("train", "test"):
                 gt = args.data / split
-                pred = Path(tmp) / model / split
-                pred.mkdir(parents=True)
+                pred = (args.write / model / split / layout.PREDICT / layout.LABELS
+                        if args.write else Path(tmp) / model / split)
+                pred.mkdir(parents=True, exist_ok=True)
                 for label in sorted((gt / "labels").glob("*.tif")):
                     (pred / label.name).write_bytes(
                         _read(args.repo, f"{QC}/{model}/{names[label.stem]}"))
