@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cellsynth import __version__
 from cellsynth.errors import CellsynthError
+from cellsynth.hardware import THREADS_SOURCE
 from cellsynth.pipeline import layout
 
 __all__ = ["main"]
@@ -540,9 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     threads = getattr(args, "threads", None)
-    saved = os.environ.get("CELLSYNTH_THREADS")
+    saved = {var: os.environ.get(var) for var in ("CELLSYNTH_THREADS", THREADS_SOURCE)}
     if threads is not None:  # the library (and any worker process) reads it from there
         os.environ["CELLSYNTH_THREADS"] = str(threads)
+        os.environ[THREADS_SOURCE] = "--threads"  # what the "threads N (set by ...)" line names
     # progress bars into a log file (a background run): one update every 30 s, not one per
     # step (a 1000-step run wrote 0.5 MB of bars); tqdm reads its defaults from TQDM_*
     quiet_bars = not sys.stderr.isatty() and "TQDM_MININTERVAL" not in os.environ
@@ -571,10 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         if quiet_bars:
             os.environ.pop("TQDM_MININTERVAL", None)
         if threads is not None:
-            if saved is None:
-                os.environ.pop("CELLSYNTH_THREADS", None)
-            else:
-                os.environ["CELLSYNTH_THREADS"] = saved
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ log = logging.getLogger("cellsynth")
 
 PrecisionName = Literal["fp32", "bf16"]
 _PRECISIONS = ("auto", "fp32", "bf16")
+# set beside CELLSYNTH_THREADS by the CLI's --threads, so the threads line names the option
+THREADS_SOURCE = "CELLSYNTH_THREADS_SOURCE"
 _BF16_MIN_SPEEDUP = 1.2   # the timed fallback picks bf16 only if it is clearly faster
 
 
@@ -359,7 +361,8 @@ def choose_threads(threads: int | None = None, *, busy_elsewhere: float | None =
                 raise ValueError(f"{var} must be a positive integer, got {text!r}") from None
             if value < 1:
                 raise ValueError(f"{var} must be a positive integer, got {text!r}")
-            return value, f"set by {var}"
+            source = os.environ.get(THREADS_SOURCE) if var == "CELLSYNTH_THREADS" else None
+            return value, f"set by {source or var}"
     cores = usable_cores()
     workers = _local_workers() if workers is None else max(1, workers)
     share = max(1, cores // workers)

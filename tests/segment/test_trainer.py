@@ -199,8 +199,9 @@ def test_cli_says_which_precision_and_threads_it_chose(sim, tmp_path, capsys, mo
     assert main([*args[:-1], "--out", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     assert "cellsynth train: precision fp32 (auto: CPU has no native bf16 (AVX2 only)" in err
-    assert "cellsynth train: threads 1 (set by CELLSYNTH_THREADS)" in err
+    assert "cellsynth train: threads 1 (set by --threads)" in err
     assert os.environ.get("CELLSYNTH_THREADS") == before  # --threads does not leak
+    assert "CELLSYNTH_THREADS_SOURCE" not in os.environ
     monkeypatch.setattr(hardware, "_cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     assert main([*args[:-1], "--out", str(tmp_path / "c"), "--precision", "fp32"]) == 0
     assert "precision fp32 (requested)" in capsys.readouterr().err
