@@ -34,7 +34,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.images import read_labels
+from cellsynth.io.images import GEOJSON_SUFFIX, read_labels
 
 __all__ = [
     "THRESHOLDS",
@@ -345,6 +345,16 @@ def _label_files(root: Path, role: str) -> tuple[Path, dict[str, Path]]:
     return root, {s.id: s.image_path for s in dataset}
 
 
+def _read_pair(gt: Path, pred: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Both label maps; QuPath outlines (.geojson) on one side are drawn at the other's size
+    (two GeoJSON files give no size: a one-line error)."""
+    if gt.suffix.lower() == GEOJSON_SUFFIX and pred.suffix.lower() != GEOJSON_SUFFIX:
+        pred_labels = read_labels(pred)
+        return read_labels(gt, shape=pred_labels.shape), pred_labels
+    gt_labels = read_labels(gt)
+    return gt_labels, read_labels(pred, shape=gt_labels.shape)
+
+
 def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, *,
                      thresholds: Sequence[float] = THRESHOLDS,
                      progress: bool = False) -> DatasetEvaluation:
@@ -385,8 +395,7 @@ def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, *,
         ids = tqdm(ids, desc="evaluate", unit="image", leave=False)
     per_image: dict[str, Matching] = {}
     for image_id in ids:
-        gt_labels = read_labels(gt_files[image_id])
-        pred_labels = read_labels(pred_files[image_id])
+        gt_labels, pred_labels = _read_pair(gt_files[image_id], pred_files[image_id])
         if gt_labels.shape != pred_labels.shape:
             raise ImageReadError(
                 f"{pred_files[image_id]}: size {pred_labels.shape[0]}x{pred_labels.shape[1]} "

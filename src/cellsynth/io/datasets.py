@@ -4,7 +4,8 @@
 
     DIR/images/<id>.tif|.png     (H, W) or (H, W, 3) images; <id>.zarr: an OME-Zarr section
                                  (read window by window where the images are unlabeled)
-    DIR/labels/<id>.tif|.png     optional (H, W) uint16/uint32 instance labels, 0 = background
+    DIR/labels/<id>.tif|.png     optional (H, W) uint16/uint32 instance labels, 0 = background,
+                                 or <id>.geojson: cell polygons exported from QuPath
     DIR/meta.json                optional provenance (parameters, seed, pixel size)
 
 A plain folder of images (no ``images/`` sub-folder) is accepted as an unlabeled dataset.
@@ -31,7 +32,9 @@ from cellsynth.io.images import (
     CELLPOSE_SEG_SUFFIX,
     CONVERT_HINT,
     FOREIGN_FORMATS,
+    GEOJSON_SUFFIX,
     IMAGE_SUFFIXES,
+    LABEL_SUFFIXES,
     foreign_files,
     read_image,
     read_labels,
@@ -59,10 +62,16 @@ class Sample:
                                  f"images), not whole; save a training image as TIFF or PNG")
         return read_image(self.image_path)
 
-    def read_labels(self) -> np.ndarray:
+    def read_labels(self, *, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The label map; QuPath outlines (``.geojson``) are drawn at ``shape`` or, without
+        it, at the image's size (which then reads the image)."""
         if self.label_path is None:
             raise DatasetError(f"{self.image_path}: image has no label file")
-        return read_labels(self.label_path)
+        if shape is None and self.label_path.suffix.lower() == GEOJSON_SUFFIX:
+            from cellsynth.io.sections import open_image
+
+            shape = tuple(open_image(self.image_path).shape[:2])
+        return read_labels(self.label_path, shape=shape)
 
     @property
     def stated_pixel_size_um(self) -> float | None:
@@ -73,7 +82,8 @@ class Sample:
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         """Read image and labels, checking that their sizes agree."""
-        image, labels = self.read_image(), self.read_labels()
+        image = self.read_image()
+        labels = self.read_labels(shape=image.shape[:2])
         if image.shape[:2] != labels.shape:
             raise ImageReadError(
                 f"{self.label_path}: label size {labels.shape[0]}x{labels.shape[1]} does not match "
@@ -127,14 +137,15 @@ class Dataset:
         return float(value) if value is not None else sample.stated_pixel_size_um
 
 
-def _files_by_id(folder: Path, *, zarr_sections: bool = False) -> dict[str, Path]:
+def _files_by_id(folder: Path, *, zarr_sections: bool = False,
+                 suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, Path]:
     """Image (or label) files by id; with ``zarr_sections`` also ``<id>.zarr`` folders."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
         zarr = zarr_sections and path.is_dir() and path.suffix.lower() == ".zarr"
-        if not zarr and (not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES):
+        if not zarr and (not path.is_file() or path.suffix.lower() not in suffixes):
             continue
         if path.stem in found:
             raise DatasetError(f"{folder}: two files share the id {path.stem!r}: "
@@ -179,7 +190,7 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
         image_dir = root  # a plain folder of images
         label_dir = root / "labels"
     images = _files_by_id(image_dir, zarr_sections=True)
-    labels = _files_by_id(label_dir) if label_dir.is_dir() else {}
+    labels = _files_by_id(label_dir, suffixes=LABEL_SUFFIXES) if label_dir.is_dir() else {}
     if image_dir == root and not labels:
         masks = {i[:-len(CELLPOSE_SUFFIX)]: p for i, p in images.items()
                  if i.endswith(CELLPOSE_SUFFIX)}

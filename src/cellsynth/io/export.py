@@ -125,14 +125,13 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
         if to == "coco" and any(image is not None for _, image, _ in items):
             (staging / "images").mkdir()
         for k, (image_id, image_path, label_path) in enumerate(items, start=1):
+            shape = read_image(image_path).shape[:2] if image_path is not None else None
             labels = (read_labels_zarr(label_path)[0] if is_ome_zarr(label_path)
-                      else read_labels(label_path))
-            if image_path is not None:
-                shape = read_image(image_path).shape[:2]
-                if shape != labels.shape:
-                    raise ImageReadError(
-                        f"{label_path}: label size {labels.shape[0]}x{labels.shape[1]} does "
-                        f"not match image {image_path.name} size {shape[0]}x{shape[1]}")
+                      else read_labels(label_path, shape=shape))
+            if shape is not None and shape != labels.shape:
+                raise ImageReadError(
+                    f"{label_path}: label size {labels.shape[0]}x{labels.shape[1]} does "
+                    f"not match image {image_path.name} size {shape[0]}x{shape[1]}")
             n_cells += int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
             if to == "cellpose":
                 shutil.copyfile(image_path, staging / f"{image_id}{image_path.suffix}")

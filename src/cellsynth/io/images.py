@@ -39,6 +39,8 @@ __all__ = [
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs")  # read by tifffile (.svs: Aperio whole slides)
 IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg", ".bmp")
+GEOJSON_SUFFIX = ".geojson"  # QuPath's exported outlines (cellsynth.io.geojson)
+LABEL_SUFFIXES = (*IMAGE_SUFFIXES, GEOJSON_SUFFIX)  # what labels/ may hold
 _TIFF = (".tif", ".tiff")  # what is written as TIFF
 # Microscope and whole-slide formats that are not read (Bio-Formats / OpenSlide territory):
 # named, so a folder of them is not just "no images found".
@@ -148,14 +150,24 @@ def _read_cellpose_seg(path: Path) -> np.ndarray:
     return np.asarray(data["masks"])
 
 
-def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """Read and validate an instance label map (an image file, or Cellpose's ``x_seg.npy``).
+def read_labels(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
+                ) -> np.ndarray:
+    """Read and validate an instance label map (an image file, Cellpose's ``x_seg.npy``, or
+    QuPath's polygons as ``.geojson``, drawn at ``shape``, the image's (H, W), which a
+    GeoJSON file does not state).
 
     Returns
     -------
     labels : (H, W) integer array, 0 = background, ids >= 1 (not necessarily contiguous).
     """
     path = Path(path)
+    if path.suffix.lower() == GEOJSON_SUFFIX:
+        if shape is None:
+            raise ImageReadError(f"{path}: GeoJSON outlines need their image's size; keep "
+                                 f"the file in labels/ beside its image in images/")
+        from cellsynth.io.geojson import read_geojson_labels
+
+        return read_geojson_labels(path, shape)
     labels = (_read_cellpose_seg(path) if path.name.endswith(CELLPOSE_SEG_SUFFIX)
               else _read_array(path))
     if labels.ndim == 3 and labels.shape[-1] == 1:

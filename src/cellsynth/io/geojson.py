@@ -1,0 +1,107 @@
+"""Cell outlines drawn in QuPath (or any GeoJSON writer) as instance label maps.
+
+A biologist annotates cells as polygons in QuPath and exports them with *File > Export
+objects as GeoJSON*; ``labels/<id>.geojson`` beside ``images/<id>.tif`` is then a labeled
+image wherever cellsynth reads one (train, fine-tune, evaluate, experiments, export).
+
+Coordinates are the full-resolution image's pixels, (x, y) from its top-left corner, with
+pixel (row r, column c) covering [c, c + 1) x [r, r + 1) (QuPath's convention, and what
+``cellsynth export --to geojson`` writes): a pixel belongs to a cell when its centre lies
+inside the polygon. Each Polygon or MultiPolygon feature is one cell (its holes stay
+background); where cells overlap, the later feature wins. If a file holds both QuPath
+*annotations* and *detections* / *cells*, the annotations are the regions that were
+searched and the detections or cells are the cells: only those are drawn. Features of other
+geometries (points, lines) are not cells and are counted in a note.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth.errors import ImageReadError
+from cellsynth.io.images import GEOJSON_SUFFIX
+
+__all__ = ["GEOJSON_SUFFIX", "read_geojson_labels"]
+
+_CELL_TYPES = ("detection", "cell")  # QuPath objectType values of segmented objects
+
+
+def _features(data: Any, path: Path) -> list[dict[str, Any]]:
+    """The features of a FeatureCollection, a bare list of features (QuPath's older export)
+    or a single Feature."""
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        data = data.get("features", [])
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(f, dict) for f in data):
+        raise ImageReadError(f"{path}: not GeoJSON features (expected a FeatureCollection "
+                             f"or a list of Features, as QuPath exports)")
+    return data
+
+
+def _object_type(feature: dict[str, Any]) -> str:
+    properties = feature.get("properties") or {}
+    return str(properties.get("objectType", "annotation")).lower()
+
+
+def _polygons(geometry: dict[str, Any]) -> list[list[Any]] | None:
+    """Polygons (each a list of rings, the first the outline) of a (Multi)Polygon, else None."""
+    kind = geometry.get("type")
+    if kind == "Polygon":
+        return [geometry.get("coordinates", [])]
+    if kind == "MultiPolygon":
+        return list(geometry.get("coordinates", []))
+    return None
+
+
+def _ring_mask(ring: Any, shape: tuple[int, int], path: Path) -> tuple[np.ndarray, ...]:
+    from skimage.draw import polygon as fill
+
+    points = np.asarray(ring, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] < 2 or not np.isfinite(points[:, :2]).all():
+        raise ImageReadError(f"{path}: a polygon ring is not a list of finite [x, y] points")
+    # pixel centres lie at integer + 0.5 in these coordinates, at integers for skimage
+    return fill(points[:, 1] - 0.5, points[:, 0] - 0.5, shape)
+
+
+def read_geojson_labels(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """The instance label map (``shape``, uint32; cells numbered 1.. in file order) of the
+    polygons in a GeoJSON file; see the module's notes on which features are cells."""
+    from cellsynth.hardware import announce
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ImageReadError(f"{path}: cannot read GeoJSON: {err}") from err
+    features = _features(data, path)
+    types = {_object_type(f) for f in features}
+    if types & set(_CELL_TYPES) and "annotation" in types:
+        features = [f for f in features if _object_type(f) in _CELL_TYPES]
+    labels = np.zeros(shape, np.uint32)
+    skipped = 0
+    index = 0
+    for feature in features:
+        polygons = _polygons(feature.get("geometry") or {})
+        if polygons is None:
+            skipped += 1
+            continue
+        index += 1
+        mask = np.zeros(shape, bool)
+        for rings in polygons:
+            if not rings:
+                continue
+            mask[_ring_mask(rings[0], shape, path)] = True
+            for hole in rings[1:]:
+                mask[_ring_mask(hole, shape, path)] = False
+        labels[mask] = index
+    if skipped:
+        announce(f"{path}: {skipped} feature(s) that are not polygons (points, lines) are not "
+                 f"cells and were left out")
+    return labels

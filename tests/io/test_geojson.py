@@ -1,0 +1,128 @@
+"""QuPath's exported outlines (labels/<id>.geojson) read as instance labels."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from cellsynth.cli import main
+from cellsynth.errors import ImageReadError
+from cellsynth.evaluate.matching import evaluate_folders
+from cellsynth.hardware import forget_announcements
+from cellsynth.io.datasets import load_dataset
+from cellsynth.io.export import _geojson
+from cellsynth.io.geojson import read_geojson_labels
+from cellsynth.io.images import write_image, write_labels
+from cellsynth.segment.data import load_labeled
+
+
+def _square(x0, y0, x1, y1):
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def _feature(rings, object_type=None, kind="Polygon"):
+    properties = {"objectType": object_type} if object_type else {}
+    return {"type": "Feature", "geometry": {"type": kind, "coordinates": rings},
+            "properties": properties}
+
+
+def _cells(shape=(40, 48)):
+    """Three blobs of different shapes, ids not contiguous."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    labels = np.zeros(shape, np.uint16)
+    labels[(yy - 10) ** 2 + (xx - 12) ** 2 <= 36] = 3
+    labels[(yy - 28) ** 2 / 49 + (xx - 30) ** 2 / 100 <= 1] = 7
+    labels[5:12, 35:44] = 9
+    return labels
+
+
+def test_pixels_whose_centre_is_inside_belong_to_the_cell_and_holes_stay_empty(tmp_path):
+    path = tmp_path / "a.geojson"
+    # QuPath's convention: pixel (r, c) covers [c, c+1) x [r, r+1); a square from (2, 2) to
+    # (6, 6) holds the 16 pixels of rows and columns 2-5; the hole (3, 3)-(5, 5) removes 4
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        _feature([_square(2, 2, 6, 6), _square(3, 3, 5, 5)]),
+        _feature([[_square(8, 1, 10, 2)], [_square(8, 5, 9, 7)]], kind="MultiPolygon")]}))
+    labels = read_geojson_labels(path, (8, 12))
+    expected = np.zeros((8, 12), np.uint32)
+    expected[2:6, 2:6] = 1
+    expected[3:5, 3:5] = 0
+    expected[1, 8:10] = 2  # both parts of the MultiPolygon are one cell
+    expected[5:7, 8] = 2
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_what_cellsynth_exports_reads_back_as_the_same_cells(tmp_path):
+    labels = _cells()
+    path = tmp_path / "a.geojson"
+    path.write_text(json.dumps(_geojson(labels, "a")))
+    back = read_geojson_labels(path, labels.shape)
+    assert len(np.unique(back)) == len(np.unique(labels)) == 4
+    for old in (3, 7, 9):  # every cell maps onto exactly one new id, pixel for pixel
+        new = np.unique(back[labels == old])
+        assert len(new) == 1 and new[0] > 0
+        np.testing.assert_array_equal(back == new[0], labels == old)
+
+
+def test_qupath_regions_are_not_cells_when_detections_are_present(tmp_path, caplog):
+    path = tmp_path / "a.geojson"
+    # QuPath's older export: a bare list; the region that was searched is an annotation
+    path.write_text(json.dumps([
+        _feature([_square(0, 0, 20, 20)], "annotation"),
+        _feature([_square(2, 2, 5, 5)], "detection"),
+        _feature([_square(10, 10, 14, 13)], "cell"),
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]},
+         "properties": {"objectType": "detection"}}]))
+    forget_announcements()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        labels = read_geojson_labels(path, (20, 20))
+    assert np.bincount(labels.ravel()).tolist() == [400 - 9 - 12, 9, 12]
+    assert "a.geojson: 1 feature(s) that are not polygons" in caplog.text
+    # annotations alone are the cells (what someone who outlined cells by hand exports)
+    path.write_text(json.dumps([_feature([_square(2, 2, 5, 5)], "annotation"),
+                                _feature([_square(10, 10, 14, 13)], "annotation")]))
+    assert np.bincount(read_geojson_labels(path, (20, 20)).ravel()).tolist() == [379, 9, 12]
+
+
+def _qupath_dataset(root, labels):
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    write_image(root / "images" / "a.png", np.where(labels > 0, 200, 30).astype(np.uint8))
+    (root / "labels" / "a.geojson").write_text(json.dumps(_geojson(labels, "a")))
+
+
+def test_a_folder_of_images_and_qupath_outlines_trains_evaluates_and_inspects(tmp_path, capsys):
+    labels = _cells()
+    root = tmp_path / "qupath"
+    _qupath_dataset(root, labels)
+    dataset = load_dataset(root, require_labels=True)
+    image, read = dataset[0].read()
+    assert read.shape == image.shape[:2] == labels.shape
+    assert len(np.unique(read)) == 4
+    np.testing.assert_array_equal(dataset[0].read_labels() > 0, labels > 0)  # size from image
+    item = load_labeled([root])[0]
+    np.testing.assert_array_equal(item.labels > 0, labels > 0)
+    # scored against a label image of the same cells: perfect; against one cell fewer: not
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_labels(pred / "a.tif", labels)
+    assert evaluate_folders(root, pred).total.f1[0] == 1.0
+    write_labels(pred / "a.tif", np.where(labels == 9, 0, labels))
+    assert evaluate_folders(root, pred).total.f1[0] == pytest.approx(0.8)
+    assert main(["inspect", str(root)]) == 0
+    assert "instances    3 total" in capsys.readouterr().out
+
+
+def test_a_broken_geojson_file_is_one_line_naming_it(tmp_path, capsys):
+    root = tmp_path / "broken"
+    _qupath_dataset(root, _cells())
+    (root / "labels" / "a.geojson").write_text('{"type": "FeatureCollection", "features": [')
+    with pytest.raises(ImageReadError, match=r"a\.geojson: cannot read GeoJSON"):
+        load_dataset(root)[0].read()
+    assert main(["inspect", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "a.geojson: cannot read GeoJSON" in err
+    (root / "labels" / "a.geojson").write_text(json.dumps({"cells": []}))
+    with pytest.raises(ImageReadError, match="not GeoJSON features"):
+        load_dataset(root)[0].read()
