@@ -93,14 +93,14 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
             skipped += 1
             continue
         index += 1
-        mask = np.zeros(shape, bool)
-        for rings in polygons:
+        for rings in polygons:  # drawn where they lie: no image-sized mask per cell
             if not rings:
                 continue
-            mask[_ring_mask(rings[0], shape, path)] = True
+            labels[_ring_mask(rings[0], shape, path)] = index
             for hole in rings[1:]:
-                mask[_ring_mask(hole, shape, path)] = False
-        labels[mask] = index
+                rows, cols = _ring_mask(hole, shape, path)
+                inside = labels[rows, cols] == index
+                labels[rows[inside], cols[inside]] = 0
     if skipped:
         announce(f"{path}: {skipped} feature(s) that are not polygons (points, lines) are not "
                  f"cells and were left out")
