@@ -58,7 +58,8 @@ def _polygons(geometry: dict[str, Any]) -> list[list[Any]] | None:
     return None
 
 
-def _ring_mask(ring: Any, shape: tuple[int, int], path: Path) -> tuple[np.ndarray, ...]:
+def _ring_pixels(ring: Any, shape: tuple[int, int], path: Path) -> tuple[np.ndarray, ...]:
+    """(rows, cols) of the pixels of ``shape`` whose centres lie inside the ring."""
     from skimage.draw import polygon as fill
 
     points = np.asarray(ring, dtype=np.float64)
@@ -96,9 +97,9 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
         for rings in polygons:  # drawn where they lie: no image-sized mask per cell
             if not rings:
                 continue
-            labels[_ring_mask(rings[0], shape, path)] = index
+            labels[_ring_pixels(rings[0], shape, path)] = index
             for hole in rings[1:]:
-                rows, cols = _ring_mask(hole, shape, path)
+                rows, cols = _ring_pixels(hole, shape, path)
                 inside = labels[rows, cols] == index
                 labels[rows[inside], cols[inside]] = 0
     if skipped:
