@@ -13,7 +13,7 @@ from cellsynth.hardware import forget_announcements
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.export import _geojson
 from cellsynth.io.geojson import read_geojson_labels
-from cellsynth.io.images import write_image, write_labels
+from cellsynth.io.images import read_labels, write_image, write_labels
 from cellsynth.segment.data import load_labeled
 
 
@@ -126,3 +126,54 @@ def test_a_broken_geojson_file_is_one_line_naming_it(tmp_path, capsys):
     (root / "labels" / "a.geojson").write_text(json.dumps({"cells": []}))
     with pytest.raises(ImageReadError, match="not GeoJSON features"):
         load_dataset(root)[0].read()
+
+
+def _qupath_cells(path):
+    """Two QuPath cells (a cell outline expanded around a nucleus) and one detection
+    without a nucleus, as QuPath's cell detection exports them."""
+    cells = [_feature([_square(1, 1, 9, 9)], "cell"), _feature([_square(11, 1, 19, 9)], "cell")]
+    cells[0]["nucleusGeometry"] = {"type": "Polygon", "coordinates": [_square(3, 3, 6, 6)]}
+    cells[1]["nucleusGeometry"] = {"type": "Polygon", "coordinates": [_square(13, 4, 17, 7)]}
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": cells + [
+        _feature([_square(1, 12, 3, 14)], "detection")]}))
+
+
+def test_qupath_cells_give_their_cell_or_their_nucleus_outline(tmp_path, caplog):
+    path = tmp_path / "a.geojson"
+    _qupath_cells(path)
+    forget_announcements()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        cells = read_geojson_labels(path, (20, 20))
+    assert np.bincount(cells.ravel()).tolist() == [400 - 64 - 64 - 4, 64, 64, 4]
+    assert "carry nucleus outlines too" in caplog.text and '"nucleus"' in caplog.text
+    nuclei = read_geojson_labels(path, (20, 20), geometry="nucleus")
+    # 3x3 and 4x3 nuclei; the detection without one keeps its outline
+    assert np.bincount(nuclei.ravel()).tolist() == [400 - 9 - 12 - 4, 9, 12, 4]
+    assert (nuclei[3:6, 3:6] == 1).all() and (nuclei[4:7, 13:17] == 2).all()
+    with pytest.raises(ValueError, match="geometry must be one of"):
+        read_geojson_labels(path, (20, 20), geometry="membrane")
+
+
+def test_a_dataset_folder_chooses_the_nucleus_outline_in_its_meta_json(tmp_path, capsys):
+    root = tmp_path / "qupath"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    write_image(root / "images" / "a.png", np.arange(400, dtype=np.uint8).reshape(20, 20))
+    _qupath_cells(root / "labels" / "a.geojson")
+    assert (load_dataset(root)[0].read()[1] > 0).sum() == 132  # default: cell outlines
+    (root / "meta.json").write_text(json.dumps({"geojson_geometry": "nucleus"}))
+    _, labels = load_dataset(root)[0].read()
+    assert (labels > 0).sum() == 25
+    assert load_labeled([root])[0].labels.max() == 3
+    # evaluate reads the ground truth's nuclei too: predicted nuclei match all 3 exactly
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_labels(pred / "a.tif", labels)
+    assert evaluate_folders(root, pred).total.f1[0] == 1.0
+    out = tmp_path / "out"
+    assert main(["export", str(root), "--to", "stardist", "--out", str(out)]) == 0
+    np.testing.assert_array_equal(read_labels(out / "masks" / "a.tif") > 0, labels > 0)
+    (root / "meta.json").write_text(json.dumps({"geojson_geometry": "membrane"}))
+    assert main(["inspect", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "meta.json: geojson_geometry must be one of" in err

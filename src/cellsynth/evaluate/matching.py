@@ -330,29 +330,35 @@ class DatasetEvaluation:
         return report
 
 
-def _label_files(root: Path, role: str) -> tuple[Path, dict[str, Path]]:
-    """Label files by id of a dataset folder, a ``labels/``-only folder or a folder of labels."""
+def _label_files(root: Path, role: str) -> tuple[Path, dict[str, Path], str]:
+    """Label files by id of a dataset folder, a ``labels/``-only folder or a folder of labels,
+    and which outline of a QuPath cell their .geojson files draw (a dataset folder's
+    meta.json says; "cell" elsewhere)."""
     if (root / "images").is_dir():
         dataset = load_dataset(root)
         missing = [s.image_path.name for s in dataset if s.label_path is None]
         if missing:
             raise DatasetError(f"{root}: {len(missing)} {role} image(s) without a label file in "
                                f"{root / 'labels'}, e.g. {missing[0]}")
-        return root / "labels", {s.id: s.label_path for s in dataset}
+        return (root / "labels", {s.id: s.label_path for s in dataset},
+                dataset.samples[0].geojson_geometry)
     if (root / "labels").is_dir():
         root = root / "labels"
     dataset = load_dataset(root)  # a plain folder: its "images" are the label files
-    return root, {s.id: s.image_path for s in dataset}
+    return root, {s.id: s.image_path for s in dataset}, "cell"
 
 
-def _read_pair(gt: Path, pred: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_pair(gt: Path, pred: Path, geometry: tuple[str, str] = ("cell", "cell")
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Both label maps; QuPath outlines (.geojson) on one side are drawn at the other's size
-    (two GeoJSON files give no size: a one-line error)."""
+    (two GeoJSON files give no size: a one-line error), with ``geometry`` (ground truth's,
+    prediction's) choosing which outline of a QuPath cell."""
     if gt.suffix.lower() == GEOJSON_SUFFIX and pred.suffix.lower() != GEOJSON_SUFFIX:
         pred_labels = read_labels(pred)
-        return read_labels(gt, shape=pred_labels.shape), pred_labels
-    gt_labels = read_labels(gt)
-    return gt_labels, read_labels(pred, shape=gt_labels.shape)
+        return (read_labels(gt, shape=pred_labels.shape, geojson_geometry=geometry[0]),
+                pred_labels)
+    gt_labels = read_labels(gt, geojson_geometry=geometry[0])
+    return gt_labels, read_labels(pred, shape=gt_labels.shape, geojson_geometry=geometry[1])
 
 
 def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, *,
@@ -378,8 +384,8 @@ def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, *,
         A label file is unreadable, not an integer image, or its size differs from its partner.
     """
     thresholds = _check_thresholds(thresholds)
-    gt_root, gt_files = _label_files(Path(gt), "ground-truth")
-    pred_root, pred_files = _label_files(Path(pred), "predicted")
+    gt_root, gt_files, gt_geometry = _label_files(Path(gt), "ground-truth")
+    pred_root, pred_files, pred_geometry = _label_files(Path(pred), "predicted")
     only_gt = sorted(set(gt_files) - set(pred_files))
     if only_gt:
         raise DatasetError(f"{pred_root}: no prediction for {len(only_gt)} ground-truth id(s) of "
@@ -395,7 +401,8 @@ def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, *,
         ids = tqdm(ids, desc="evaluate", unit="image", leave=False)
     per_image: dict[str, Matching] = {}
     for image_id in ids:
-        gt_labels, pred_labels = _read_pair(gt_files[image_id], pred_files[image_id])
+        gt_labels, pred_labels = _read_pair(gt_files[image_id], pred_files[image_id],
+                                            (gt_geometry, pred_geometry))
         if gt_labels.shape != pred_labels.shape:
             raise ImageReadError(
                 f"{pred_files[image_id]}: size {pred_labels.shape[0]}x{pred_labels.shape[1]} "

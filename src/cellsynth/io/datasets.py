@@ -28,6 +28,7 @@ import numpy as np
 
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.files import write_json
+from cellsynth.io.geojson import GEOMETRIES
 from cellsynth.io.images import (
     CELLPOSE_SEG_SUFFIX,
     CONVERT_HINT,
@@ -54,6 +55,7 @@ class Sample:
     id: str
     image_path: Path
     label_path: Path | None = None
+    geojson_geometry: str = "cell"  # which outline of a QuPath cell a .geojson label draws
 
     def read_image(self) -> np.ndarray:
         if self.image_path.is_dir():  # <id>.zarr
@@ -71,7 +73,8 @@ class Sample:
             from cellsynth.io.sections import open_image
 
             shape = tuple(open_image(self.image_path).shape[:2])
-        return read_labels(self.label_path, shape=shape)
+        return read_labels(self.label_path, shape=shape,
+                           geojson_geometry=self.geojson_geometry)
 
     @property
     def stated_pixel_size_um(self) -> float | None:
@@ -238,7 +241,11 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
             raise DatasetError(f"{meta_path}: cannot parse JSON: {err}") from err
         if not isinstance(meta, dict):
             raise DatasetError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
-    samples = tuple(Sample(i, images[i], labels.get(i)) for i in sorted(images))
+    geometry = meta.get("geojson_geometry", "cell")
+    if geometry not in GEOMETRIES:
+        raise DatasetError(f"{meta_path}: geojson_geometry must be one of "
+                           f"{', '.join(map(repr, GEOMETRIES))}, not {geometry!r}")
+    samples = tuple(Sample(i, images[i], labels.get(i), geometry) for i in sorted(images))
     return Dataset(root=root, samples=samples, meta=meta)
 
 

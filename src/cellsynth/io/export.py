@@ -83,12 +83,14 @@ def prediction_labels(root: Path) -> list[tuple[str, Path]]:
     return [(p.name[:-len(OME_ZARR_SUFFIX)] if is_ome_zarr(p) else p.stem, p) for p in files]
 
 
-def _sources(root: Path) -> list[tuple[str, Path | None, Path]]:
-    """(id, image or None, labels) of a dataset folder or a prediction folder."""
+def _sources(root: Path) -> tuple[list[tuple[str, Path | None, Path]], str]:
+    """(id, image or None, labels) of a dataset folder or a prediction folder, and which
+    outline of a QuPath cell its .geojson labels draw (the folder's meta.json says)."""
     if is_prediction_folder(root):
-        return [(image_id, None, path) for image_id, path in prediction_labels(root)]
+        return [(image_id, None, path) for image_id, path in prediction_labels(root)], "cell"
     dataset = load_dataset(root, require_labels=True)
-    return [(s.id, s.image_path, s.label_path) for s in dataset]
+    return ([(s.id, s.image_path, s.label_path) for s in dataset],
+            dataset.samples[0].geojson_geometry)
 
 
 def _geojson(labels: np.ndarray, image_id: str) -> dict[str, Any]:
@@ -111,7 +113,7 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
     if to not in FORMATS:
         raise DatasetError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
     root = Path(source)
-    items = _sources(root)
+    items, geometry = _sources(root)
     if to in ("cellpose", "stardist") and any(image is None for _, image, _ in items):
         raise DatasetError(f"{root}: a prediction folder has no images; {to} needs them "
                            f"(export a dataset folder with images/ and labels/)")
@@ -127,7 +129,8 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
         for k, (image_id, image_path, label_path) in enumerate(items, start=1):
             shape = read_image(image_path).shape[:2] if image_path is not None else None
             labels = (read_labels_zarr(label_path)[0] if is_ome_zarr(label_path)
-                      else read_labels(label_path, shape=shape))
+                      else read_labels(label_path, shape=shape,
+                                       geojson_geometry=geometry))
             if shape is not None and shape != labels.shape:
                 raise ImageReadError(
                     f"{label_path}: label size {labels.shape[0]}x{labels.shape[1]} does "

@@ -12,6 +12,12 @@ background); where cells overlap, the later feature wins. If a file holds both Q
 *annotations* and *detections* / *cells*, the annotations are the regions that were
 searched and the detections or cells are the cells: only those are drawn. Features of other
 geometries (points, lines) are not cells and are counted in a note.
+
+QuPath's *cell* objects carry two outlines: the cell (``geometry``; after QuPath's cell
+detection an expansion of the nucleus by a fixed distance, not a traced membrane) and the
+nucleus (``nucleusGeometry``, the detected one). ``geometry="cell"`` (the default) draws the
+first, ``geometry="nucleus"`` the second wherever a feature has one (others keep their
+outline): a dataset folder chooses with ``"geojson_geometry": "nucleus"`` in its meta.json.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import numpy as np
 from cellsynth.errors import ImageReadError
 from cellsynth.io.images import GEOJSON_SUFFIX
 
-__all__ = ["GEOJSON_SUFFIX", "read_geojson_labels"]
+__all__ = ["GEOJSON_SUFFIX", "GEOMETRIES", "read_geojson_labels"]
 
+GEOMETRIES = ("cell", "nucleus")  # which outline of a QuPath cell becomes the label
 _CELL_TYPES = ("detection", "cell")  # QuPath objectType values of segmented objects
 
 
@@ -69,11 +76,15 @@ def _ring_pixels(ring: Any, shape: tuple[int, int], path: Path) -> tuple[np.ndar
     return fill(points[:, 1] - 0.5, points[:, 0] - 0.5, shape)
 
 
-def read_geojson_labels(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
+                        geometry: str = "cell") -> np.ndarray:
     """The instance label map (``shape``, uint32; cells numbered 1.. in file order) of the
-    polygons in a GeoJSON file; see the module's notes on which features are cells."""
+    polygons in a GeoJSON file; see the module's notes on which features are cells and
+    which of a QuPath cell's outlines ``geometry`` ("cell" or "nucleus") draws."""
     from cellsynth.hardware import announce
 
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, not {geometry!r}")
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -88,8 +99,12 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     labels = np.zeros(shape, np.uint32)
     skipped = 0
     index = 0
+    nuclei = 0  # features with a nucleus outline
     for feature in features:
-        polygons = _polygons(feature.get("geometry") or {})
+        nucleus = feature.get("nucleusGeometry")
+        nuclei += isinstance(nucleus, dict)
+        outline = nucleus if geometry == "nucleus" and isinstance(nucleus, dict) else None
+        polygons = _polygons(outline or feature.get("geometry") or {})
         if polygons is None:
             skipped += 1
             continue
@@ -105,4 +120,8 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     if skipped:
         announce(f"{path}: {skipped} feature(s) that are not polygons (points, lines) are not "
                  f"cells and were left out")
+    if nuclei and geometry == "cell":
+        announce(f"{path.parent}: QuPath cells carry nucleus outlines too; the cell outlines "
+                 f"are drawn (for the nuclei: \"geojson_geometry\": \"nucleus\" in the "
+                 f"dataset's meta.json)")
     return labels

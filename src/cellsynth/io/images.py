@@ -150,11 +150,12 @@ def _read_cellpose_seg(path: Path) -> np.ndarray:
     return np.asarray(data["masks"])
 
 
-def read_labels(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
-                ) -> np.ndarray:
+def read_labels(path: str | os.PathLike, *, shape: tuple[int, int] | None = None,
+                geojson_geometry: str = "cell") -> np.ndarray:
     """Read and validate an instance label map (an image file, Cellpose's ``x_seg.npy``, or
     QuPath's polygons as ``.geojson``, drawn at ``shape``, the image's (H, W), which a
-    GeoJSON file does not state).
+    GeoJSON file does not state; ``geojson_geometry``: which outline of a QuPath cell,
+    "cell" or "nucleus", see :mod:`cellsynth.io.geojson`).
 
     Returns
     -------
@@ -167,7 +168,7 @@ def read_labels(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
                                  f"the file in labels/ beside its image in images/")
         from cellsynth.io.geojson import read_geojson_labels
 
-        return read_geojson_labels(path, shape)
+        return read_geojson_labels(path, shape, geometry=geojson_geometry)
     labels = (_read_cellpose_seg(path) if path.name.endswith(CELLPOSE_SEG_SUFFIX)
               else _read_array(path))
     if labels.ndim == 3 and labels.shape[-1] == 1:
