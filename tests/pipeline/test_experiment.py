@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cellsynth.errors import ConfigError
@@ -320,3 +321,17 @@ def test_learning_curve_shows_both_of_two_curves_with_equal_points():
     assert refined_f1 == [0.9, 0.946, 0.95]  # sorted by k, "all" at the 4 training images
     assert real_x[0] != refined_x[1]  # the equal points at k = 2 are side by side
     assert all(abs(x - k) <= 0.5 for x, k in zip(refined_x, [0, 2, 4]))  # k still readable
+
+
+def test_learning_curve_k_axis_is_logarithmic_only_when_all_lies_far_beyond():
+    def results(ks):
+        return {"settings": {f"s{k}": {"data": "refined", "k": k,
+                                       "f1_50": {"mean": 0.5, "std": 0.0}} for k in ks}}
+
+    assert not experiment._log_k_axis([0, 1, 2, 4])  # Nissl: k = 0 / 1 / 2 / all 4
+    x, _, _ = experiment._curve_points(results([0, 1, 2, None]), n_train=4)["refined"]
+    assert x == [0.0, 1.0, 2.0, 4.0]
+    assert experiment._log_k_axis([0, 2, 5, 10, 46])  # 0 / 2 / 5 / 10 / all 46
+    x, _, _ = experiment._curve_points(results([0, 2, 5, 10, None]), n_train=46)["refined"]
+    assert x == pytest.approx(np.log2([1, 3, 6, 11, 47]))
+    assert x[3] - x[2] > 0.8 and x[4] - x[3] < 2.3  # 5 -> 10 readable, 10 -> 46 not 36 wide

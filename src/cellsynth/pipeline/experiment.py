@@ -516,25 +516,35 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -
         tmp.write_text(text)
 
 
+def _log_k_axis(ks: list[int]) -> bool:
+    """Whether k is drawn on a log(1 + k) axis: when "all" lies far beyond the other k (0, 2,
+    5, 10 and all 46 images would crowd into the left fifth of a linear axis)."""
+    nonzero = sorted(k for k in set(ks) if k > 0)
+    return len(nonzero) >= 3 and nonzero[-1] > 4 * nonzero[-2]
+
+
 def _curve_points(results: dict[str, Any], n_train: int
                   ) -> dict[str, tuple[list[float], list[float], list[float]]]:
-    """{curve: (x, mean F1@0.5, std)} of the learning-curve plot. One line per curve (never
-    zigzagging between two settings at the same k); the curves are dodged sideways by up to
-    3 % of the k axis (never more than a quarter of the smallest gap between two k), so two
-    curves with equal scores at a k (e.g. real and refined pretraining at k = 2) are both
-    seen, not one under the other."""
+    """{curve: (x, mean F1@0.5, std)} of the learning-curve plot, x in the axis' units (k, or
+    log2(1 + k) where :func:`_log_k_axis`). One line per curve (never zigzagging between two
+    settings at the same k); the curves are dodged sideways by up to 3 % of the axis (never
+    more than a quarter of the smallest gap between two k), so two curves with equal scores
+    at a k (e.g. real and refined pretraining at k = 2) are both seen, not one under the
+    other."""
     curves: dict[str, list[tuple[int, float, float]]] = {}
     for r in results["settings"].values():
         curves.setdefault(r.get("curve", r["data"]), []).append(
             (n_train if r["k"] is None else r["k"], r["f1_50"]["mean"], r["f1_50"]["std"]))
     ks = sorted({k for points in curves.values() for k, _, _ in points})
-    gap = min((b - a for a, b in zip(ks, ks[1:])), default=1)
-    reach = min(gap / 4, 0.03 * max(ks[-1] - ks[0], 1)) if ks else 0.0
+    axis = (lambda k: float(np.log2(1 + k))) if _log_k_axis(ks) else float
+    xs = [axis(k) for k in ks]
+    gap = min((b - a for a, b in zip(xs, xs[1:])), default=1)
+    reach = min(gap / 4, 0.03 * max(xs[-1] - xs[0], 1)) if ks else 0.0
     offsets = np.linspace(-reach, reach, len(curves)) if len(curves) > 1 else [0.0]
     out = {}
     for offset, (name, points) in zip(offsets, curves.items()):
         k, mean, std = zip(*sorted(points))
-        out[name] = ([float(x + offset) for x in k], list(mean), list(std))
+        out[name] = ([axis(x) + float(offset) for x in k], list(mean), list(std))
     return out
 
 
@@ -554,8 +564,13 @@ def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
     for i, (name, (k, mean, std)) in enumerate(curves.items()):
         ax.errorbar(k, mean, yerr=std, marker=markers[i % len(markers)], capsize=3,
                     label=name, linestyle="-" if len(k) > 1 else "none")
-    ax.set_xlabel("annotated real images (k)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no k = 0.5
+    ks = sorted({n_train if r["k"] is None else r["k"] for r in results["settings"].values()})
+    if _log_k_axis(ks):  # ticks at the k that were run, placed at log2(1 + k)
+        ax.set_xticks([float(np.log2(1 + k)) for k in ks], [str(k) for k in ks])
+        ax.set_xlabel("annotated real images (k, log scale)")
+    else:
+        ax.set_xlabel("annotated real images (k)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no k = 0.5
     ax.set_ylabel("F1@0.5 on the test split")
     seeds = list(results.get("seeds") or config.seeds)  # those this run evaluated
     ax.set_title(f"{config.name}: mean ± std over {len(seeds)} seeds" if len(seeds) > 1
