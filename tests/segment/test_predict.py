@@ -476,3 +476,33 @@ def test_an_svs_and_an_rgba_section_give_the_labels_of_the_rgb_image(model, tmp_
                                       expected)
         meta = json.loads((out / "meta.json").read_text())
         assert meta["images_pixel_size_um"][image_id]["pixel_size_um"] == 0.5
+
+
+def test_a_pyramid_level_is_predicted_at_its_own_pixel_size_beside_a_meta_json(
+        model, tmp_path, monkeypatch):
+    """A folder with a meta.json that states no pixel size (provenance only) and an SVS of
+    0.499 um/px read at level 1: the level's 1.996 um/px is the image's pixel size, not the
+    level 0 size the files state (which once came in through the folder's common size)."""
+    import json
+
+    import tifffile
+
+    from cellsynth.segment import predict
+
+    monkeypatch.setattr(predict, "make_predictor", _threshold_predictor)
+    run, _ = model
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    image = np.random.default_rng(0).integers(150, 255, (512, 384, 3), dtype=np.uint8)
+    kw = {"photometric": "rgb", "compression": "zlib", "metadata": None}
+    head = "Aperio Image Library v12.0.15 \r\n"
+    with tifffile.TiffWriter(folder / "slide.svs") as tif:
+        tif.write(image, tile=(128, 128), description=head + "512x384 |MPP = 0.4990", **kw)
+        tif.write(image[::8, ::8], description=head + "thumbnail", **kw)
+        tif.write(image[::4, ::4], tile=(128, 128), description=head + "-> 128x96 |MPP = 0.4990",
+                  **kw)
+    (folder / "meta.json").write_text(json.dumps({"stain": "Nissl"}))
+    predict_folder(run, folder, tmp_path / "out", level=1, precision="fp32", progress=False)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["images_pixel_size_um"]["slide"]["pixel_size_um"] == pytest.approx(4 * 0.499)
+    assert read_labels(tmp_path / "out" / "labels" / "slide.tif").shape == (128, 96)

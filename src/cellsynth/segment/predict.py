@@ -320,9 +320,12 @@ def detections_table(labels: Any, id_scores: np.ndarray,
 
 
 def _folder_pixel_size(images: Path) -> float | None:
-    """The pixel size a dataset folder's meta.json states (None for files and plain folders)."""
+    """The pixel size a dataset folder's meta.json states (None for files, plain folders and
+    a meta.json without one). Only meta.json's: what the files state is read per image at
+    the pyramid level predicted (``Dataset.pixel_size_um`` falls back to their level 0)."""
     if images.is_dir() and images.suffix.lower() != ".zarr" and (images / layout.META).is_file():
-        return load_dataset(images).pixel_size_um
+        value = load_dataset(images).meta.get("pixel_size_um")
+        return float(value) if value is not None else None
     return None
 
 
