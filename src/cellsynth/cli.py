@@ -207,6 +207,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # --- run / report (cellsynth.pipeline) -------------------------------------------------------
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from cellsynth.pipeline.init import init_config
+
+    name = args.data.resolve().name or "data"
+    out = args.out or Path(f"{name}.yaml")
+    s = init_config(args.data, out, preset=args.preset, pixel_size_um=args.pixel_size,
+                    force=args.force)
+    how = f"guessed: {s['reason']}" if s["guessed"] else "chosen by --preset"
+    print(f"preset {s['preset']} ({how})")
+    if s["pixel_size_um"] is not None:
+        print(f"pixel size {s['pixel_size_um']:g} um/px (from {s['pixel_from']})")
+    else:
+        print(f"pixel size unknown (no --pixel-size, meta.json or file metadata): set "
+              f"real.pixel_size_um in {out} before running, else your images are taken "
+              f"to be at the simulation's pixel size")
+    roles = ", ".join(f"{role} {path}" for role, path in s["roles"].items())
+    print(f"{'annotated' if s['annotated'] else 'zero-label'} recipe; folders: {roles}")
+    print(f"wrote {out}; next: cellsynth run {out} --out runs/{s['name']}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from cellsynth.pipeline.config import load_pipeline_config
     from cellsynth.pipeline.run import run
@@ -460,6 +481,18 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_precision(p, default="auto")
     _add_output_flags(p)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("init", help="write a pipeline config for your own folders (stain, "
+                                    "pixel size and recipe from the images)")
+    p.add_argument("data", type=Path, help="a folder with unlabeled/, train/, val/, test/ (any "
+                   "present) or one folder of images (with labels/ if annotated)")
+    p.add_argument("--out", type=Path, help="config to write (default: DATA's name + .yaml)")
+    p.add_argument("--preset", choices=("merker", "nissl", "he", "fluo"),
+                   help="simulator preset (default: guessed from the images)")
+    p.add_argument("--pixel-size", type=_positive_float, help="your images' um per pixel "
+                   "(default: meta.json or what the files state)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing config")
+    p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("run", help="run the whole pipeline from a YAML config")
     p.add_argument("config", type=Path, help="pipeline YAML (see configs/)")

@@ -1,0 +1,96 @@
+"""`cellsynth init`: a pipeline config for a user's own folders (stain, pixel size, recipe)."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from cellsynth.cli import main
+from cellsynth.errors import DatasetError
+from cellsynth.io.images import write_image, write_labels
+from cellsynth.pipeline.config import load_pipeline_config
+from cellsynth.pipeline.init import find_folders, guess_stain
+from cellsynth.simulate import simulate
+
+
+def _folder(root, preset, n=2, labels=True, seed=0, size=96):
+    (root / "images").mkdir(parents=True)
+    if labels:
+        (root / "labels").mkdir()
+    for i, (image, label) in enumerate(simulate(preset, n, size, seed=seed)):
+        write_image(root / "images" / f"{preset}{i}.png", image)
+        if labels:
+            write_labels(root / "labels" / f"{preset}{i}.png", label)
+    return root
+
+
+@pytest.mark.parametrize("preset", ["merker", "nissl", "he", "fluo"])
+def test_the_stain_of_each_preset_is_recognised_from_its_images(tmp_path, preset):
+    root = _folder(tmp_path / preset, preset, n=3, labels=False, size=128)
+    guess = guess_stain(sorted((root / "images").iterdir()))
+    assert guess.preset == preset, guess.reason
+    assert guess.n_images == 3 and "3 of 3 image(s)" in guess.reason
+
+
+def test_a_16_bit_copy_of_8_bit_content_gives_the_same_guess(tmp_path):
+    """Content decides, not the dtype (a uint16 file holding 0-255)."""
+    image, _ = next(simulate("nissl", 1, 128, seed=0))
+    write_image(tmp_path / "a.tif", image.astype(np.uint16))
+    assert guess_stain([tmp_path / "a.tif"]).preset == "nissl"
+
+
+def test_init_writes_the_annotated_recipe_for_the_readme_layout(tmp_path, capsys):
+    data = tmp_path / "my-data"
+    _folder(data / "unlabeled", "nissl", labels=False, seed=1)
+    _folder(data / "train", "nissl", seed=2)
+    _folder(data / "test", "nissl", seed=3)
+    (data / "unlabeled" / "meta.json").write_text(json.dumps({"pixel_size_um": 0.4}))
+    out = tmp_path / "my-data.yaml"
+    assert main(["init", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "preset nissl (guessed" in printed and "pixel size 0.4 um/px" in printed
+    config = load_pipeline_config(out)
+    assert config.simulate.preset == "nissl" and config.real.pixel_size_um == 0.4
+    assert config.finetune.replay == 0.5 and config.refine.consistency == 0.0
+    assert config.real.unlabeled == str(data / "unlabeled")
+    assert config.real.train == config.real.val == str(data / "train")
+    assert config.real.test == str(data / "test")
+    # paths are relative to the config, so folder and config move together
+    assert yaml.safe_load(out.read_text())["real"]["train"] == "my-data/train"
+    # nothing is overwritten without --force
+    before = out.read_text()
+    assert main(["init", str(data), "--out", str(out), "--preset", "he"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "exists" in err and out.read_text() == before
+    assert main(["init", str(data), "--out", str(out), "--preset", "he", "--force"]) == 0
+    config = load_pipeline_config(out)
+    assert config.simulate.preset == "he" and config.simulate.fit_from == "real.unlabeled"
+
+
+def test_init_on_unlabeled_images_alone_writes_the_zero_label_recipe(tmp_path, capsys):
+    data = _folder(tmp_path / "section", "fluo", labels=False)
+    out = tmp_path / "cfg" / "section.yaml"
+    assert main(["init", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "pixel size unknown" in printed and "zero-label recipe" in printed
+    config = load_pipeline_config(out)
+    assert config.simulate.preset == "fluo" and config.refine.consistency == 10.0
+    assert config.real.train is None and config.real.pixel_size_um is None
+    assert config.real.unlabeled == str(data)
+    assert "UNKNOWN" in out.read_text()
+    assert main(["init", str(data), "--out", str(out), "--force", "--pixel-size", "0.65"]) == 0
+    assert load_pipeline_config(out).real.pixel_size_um == 0.65
+
+
+def test_an_annotated_folder_without_labels_is_one_line_and_writes_nothing(tmp_path, capsys):
+    data = tmp_path / "d"
+    _folder(data / "unlabeled", "merker", labels=False)
+    _folder(data / "train", "merker", labels=False)  # train/ without labels/
+    out = tmp_path / "d.yaml"
+    assert main(["init", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "without a label file" in err and "train" in err
+    assert not out.exists() and list(tmp_path.glob(".d.*")) == []
+    with pytest.raises(DatasetError, match="no such folder"):
+        find_folders(tmp_path / "missing")
