@@ -224,7 +224,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
               f"to be at the simulation's pixel size")
     roles = ", ".join(f"{role} {path}" for role, path in s["roles"].items())
     print(f"{'annotated' if s['annotated'] else 'zero-label'} recipe; folders: {roles}")
-    print(f"wrote {out}; next: cellsynth run {out} --out runs/{s['name']}")
+    predicted = ("test/ (predicted and scored)" if "test" in s["roles"]
+                 else f"{s['roles']['unlabeled']} (predicted)")
+    print(f"wrote {out}; next: cellsynth run {out} --out runs/{s['name']}  -> labels of "
+          f"{predicted} in runs/{s['name']}/predict, report.html beside them")
     return 0
 
 
