@@ -94,3 +94,37 @@ def test_an_annotated_folder_without_labels_is_one_line_and_writes_nothing(tmp_p
     assert not out.exists() and list(tmp_path.glob(".d.*")) == []
     with pytest.raises(DatasetError, match="no such folder"):
         find_folders(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("annotated", [True, False])
+def test_the_written_recipe_runs_end_to_end_when_shrunk(tmp_path, annotated):
+    """Every option init writes (replay, TTA, held-out simulated validation, the consistency
+    refiner) works together in `cellsynth run`; only the sizes are shrunk to seconds."""
+    from dataclasses import replace
+
+    from cellsynth.pipeline.run import run
+
+    data = tmp_path / "d"
+    _folder(data / "unlabeled", "nissl", labels=False, seed=1, size=64)
+    if annotated:
+        _folder(data / "train", "nissl", seed=2, size=64)
+        _folder(data / "test", "nissl", seed=3, size=64)
+    assert main(["init", str(data), "--out", str(tmp_path / "d.yaml"),
+                 "--pixel-size", "0.346"]) == 0
+    config = load_pipeline_config(tmp_path / "d.yaml")
+    tiny = {"crop": 64, "batch": 1, "samples": 32, "order": 4, "refinement_iterations": 1,
+            "checkpoint_every": 1, "val_every": 1}
+    config = replace(
+        config,
+        simulate=replace(config.simulate, n=3, size=64, workers=1, n_val=2),
+        refine=replace(config.refine, steps=2, crop=32, batch=2, width=8, blocks=1,
+                       spade_hidden=8, d_layers=2, d_scales=1, sample_every=1,
+                       checkpoint_every=1, buffer_size=4, consistency_steps=2),
+        pretrain=replace(config.pretrain, steps=2, **tiny),
+        finetune=replace(config.finetune, steps=2, warmup=0, **tiny))
+    summaries = run(config, tmp_path / "run", progress=False, log=lambda _: None)
+    assert ("finetune" in summaries) == annotated
+    assert ("evaluate" in summaries) == annotated
+    assert config.predict.tta and config.refine.consistency == (0.0 if annotated else 10.0)
+    labels = sorted((tmp_path / "run" / "predict" / "labels").iterdir())
+    assert [p.stem for p in labels] == (["nissl0", "nissl1"])  # test/ or the unlabeled images
