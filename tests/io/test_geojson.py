@@ -79,6 +79,15 @@ def test_qupath_regions_are_not_cells_when_detections_are_present(tmp_path, capl
         labels = read_geojson_labels(path, (20, 20))
     assert np.bincount(labels.ravel()).tolist() == [400 - 9 - 12, 9, 12]
     assert "a.geojson: 1 feature(s) that are not polygons" in caplog.text
+    # cells drawn by hand beside QuPath's detections (annotations enclosing no detection)
+    # are cells; the region around them is not
+    path.write_text(json.dumps([
+        _feature([_square(0, 0, 20, 20)], "annotation"),
+        _feature([_square(2, 2, 5, 5)], "detection"),
+        _feature([_square(10, 10, 14, 13)], "detection"),
+        _feature([_square(15, 1, 19, 4)], "annotation")]))
+    assert np.bincount(read_geojson_labels(path, (20, 20)).ravel()).tolist() == [
+        400 - 9 - 12 - 12, 9, 12, 12]
     # annotations alone are the cells (what someone who outlined cells by hand exports)
     path.write_text(json.dumps([_feature([_square(2, 2, 5, 5)], "annotation"),
                                 _feature([_square(10, 10, 14, 13)], "annotation")]))

@@ -9,8 +9,10 @@ pixel (row r, column c) covering [c, c + 1) x [r, r + 1) (QuPath's convention, a
 ``cellsynth export --to geojson`` writes): a pixel belongs to a cell when its centre lies
 inside the polygon. Each Polygon or MultiPolygon feature is one cell (its holes stay
 background); where cells overlap, the later feature wins. If a file holds both QuPath
-*annotations* and *detections* / *cells*, the annotations are the regions that were
-searched and the detections or cells are the cells: only those are drawn. Features of other
+*annotations* and *detections* / *cells*, an annotation that encloses two or more of them
+is a region that was searched, not a cell, and is left out; an annotation that encloses
+none or one is a cell drawn by hand (the cells someone added with the brush after QuPath's
+detection, or after importing cellsynth's predictions to correct them). Features of other
 geometries (points, lines) are not cells and are counted in a note.
 
 QuPath's *cell* objects carry two outlines: the cell (``geometry``; after QuPath's cell
@@ -76,6 +78,30 @@ def _ring_pixels(ring: Any, shape: tuple[int, int], path: Path) -> tuple[np.ndar
     return fill(points[:, 1] - 0.5, points[:, 0] - 0.5, shape)
 
 
+def _outer_rings(feature: dict[str, Any]) -> list[np.ndarray]:
+    polygons = _polygons(feature.get("geometry") or {}) or []
+    rings = [np.asarray(rings[0], np.float64) for rings in polygons if rings]
+    return [r[:, :2] for r in rings if r.ndim == 2 and r.shape[1] >= 2 and len(r) >= 3]
+
+
+def _without_regions(features: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """``features`` less the annotations that enclose the centres of >= 2 detections / cells
+    (QuPath's searched regions); annotations enclosing fewer are hand-drawn cells."""
+    from skimage.measure import points_in_poly
+
+    centres = np.array([ring.mean(axis=0) for f in features if _object_type(f) in _CELL_TYPES
+                        for ring in _outer_rings(f)[:1]]).reshape(-1, 2)
+    kept = []
+    for feature in features:
+        if _object_type(feature) == "annotation" and centres.size:
+            inside = sum(int(points_in_poly(centres, ring).sum())
+                         for ring in _outer_rings(feature))
+            if inside >= 2:
+                continue
+        kept.append(feature)
+    return kept
+
+
 def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
                         geometry: str = "cell") -> np.ndarray:
     """The instance label map (``shape``, uint32; cells numbered 1.. in file order) of the
@@ -95,7 +121,7 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
     features = _features(data, path)
     types = {_object_type(f) for f in features}
     if types & set(_CELL_TYPES) and "annotation" in types:
-        features = [f for f in features if _object_type(f) in _CELL_TYPES]
+        features = _without_regions(features, path)
     labels = np.zeros(shape, np.uint32)
     skipped = 0
     index = 0
