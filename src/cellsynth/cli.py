@@ -67,7 +67,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from cellsynth.io.export import export
 
-    summary = export(args.dir, args.to, args.out, force=args.force)
+    summary = export(args.dir, args.to, args.out, force=args.force, objects=args.objects)
     print(f"wrote {summary['n_instances']} cells of {summary['n_images']} images as "
           f"{summary['format']} to {args.out}")
     return 0
@@ -322,6 +322,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=("cellpose", "stardist", "geojson", "coco"),
                    help="target format")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--objects", choices=("detection", "annotation"), default="detection",
+                   help="geojson: QuPath object type of the cells (annotations can be edited "
+                        "in QuPath: correct predictions and export them back as labels)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=_cmd_export)
 

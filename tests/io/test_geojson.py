@@ -186,3 +186,26 @@ def test_a_dataset_folder_chooses_the_nucleus_outline_in_its_meta_json(tmp_path,
     assert main(["inspect", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "meta.json: geojson_geometry must be one of" in err
+
+
+def test_predictions_exported_as_annotations_come_back_as_corrected_labels(tmp_path):
+    """The correction loop: predictions -> QuPath annotations (editable there) -> a cell
+    deleted and one drawn by hand -> read back as the image's labels."""
+    labels = _cells()
+    pred = tmp_path / "pred"
+    (pred / "labels").mkdir(parents=True)
+    write_labels(pred / "labels" / "a.tif", labels)
+    (pred / "meta.json").write_text(json.dumps({"source": "cellsynth predict"}))
+    out = tmp_path / "qupath"
+    assert main(["export", str(pred), "--to", "geojson", "--objects", "annotation",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "a.geojson").read_text())
+    assert {f["properties"]["objectType"] for f in data["features"]} == {"annotation"}
+    removed = data["features"].pop(0)  # the user deletes one cell and draws a missing one
+    data["features"].append(_feature([_square(1, 30, 6, 36)], "annotation"))
+    (out / "a.geojson").write_text(json.dumps(data))
+    back = read_geojson_labels(out / "a.geojson", labels.shape)
+    assert len(np.unique(back)) == 4  # 3 - 1 + 1 cells and background
+    gone = removed["properties"]["measurements"]["label"]
+    assert not back[labels == gone].any()
+    assert (back[30:36, 1:6] > 0).all()

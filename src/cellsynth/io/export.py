@@ -4,7 +4,9 @@
 - ``stardist``: ``images/<id>.tif`` + ``masks/<id>.tif`` (StarDist's data layout; other
   image formats are converted to TIFF, as its loading idiom globs ``*.tif`` in both);
 - ``geojson``: ``<id>.geojson`` per image, a FeatureCollection of polygon Features with
-  ``objectType: detection`` in pixel coordinates, as QuPath imports them (File > Import objects);
+  ``objectType: detection`` in pixel coordinates, as QuPath imports them (File > Import
+  objects); ``objects="annotation"`` writes them as annotations, which QuPath lets one edit
+  (move, brush, delete): the form for correcting predictions;
 - ``coco``: ``annotations.json`` (one ``cell`` category, polygon segmentation, bbox, area)
   beside ``images/``.
 
@@ -93,13 +95,16 @@ def _sources(root: Path) -> tuple[list[tuple[str, Path | None, Path]], str]:
             dataset.samples[0].geojson_geometry)
 
 
-def _geojson(labels: np.ndarray, image_id: str) -> dict[str, Any]:
+GEOJSON_OBJECTS = ("detection", "annotation")  # QuPath objectType of exported cells
+
+
+def _geojson(labels: np.ndarray, image_id: str, objects: str = "detection") -> dict[str, Any]:
     features = []
     for index, polygon in label_polygons(labels).items():
         features.append({
             "type": "Feature",
             "geometry": {"type": "Polygon", "coordinates": [polygon.round(2).tolist()]},
-            "properties": {"objectType": "detection", "name": f"cell {index}",
+            "properties": {"objectType": objects, "name": f"cell {index}",
                            "measurements": {"label": index,
                                             "area_px": int((labels == index).sum())}},
         })
@@ -108,10 +113,14 @@ def _geojson(labels: np.ndarray, image_id: str) -> dict[str, Any]:
 
 
 def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
-           force: bool = False) -> dict[str, Any]:
-    """Write ``source`` (a labeled dataset or a predict output) as ``to`` into ``out``."""
+           force: bool = False, objects: str = "detection") -> dict[str, Any]:
+    """Write ``source`` (a labeled dataset or a predict output) as ``to`` into ``out``;
+    ``objects``: QuPath's objectType of GeoJSON cells (see the module)."""
     if to not in FORMATS:
         raise DatasetError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    if objects not in GEOJSON_OBJECTS:
+        raise DatasetError(f"objects must be one of {', '.join(GEOJSON_OBJECTS)}, got "
+                           f"{objects!r}")
     root = Path(source)
     items, geometry = _sources(root)
     if to in ("cellpose", "stardist") and any(image is None for _, image, _ in items):
@@ -147,7 +156,8 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                     write_image(target, read_image(image_path))
                 write_labels(staging / "masks" / f"{image_id}.tif", labels)
             elif to == "geojson":
-                write_json(staging / f"{image_id}.geojson", _geojson(labels, image_id))
+                write_json(staging / f"{image_id}.geojson",
+                           _geojson(labels, image_id, objects))
             else:
                 name = None
                 if image_path is not None:
