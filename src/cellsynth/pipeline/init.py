@@ -137,11 +137,13 @@ def find_folders(data: str | os.PathLike) -> dict[str, Path]:
 
 
 def _pixel_size(folders: dict[str, Path]) -> tuple[float | None, str]:
-    for role in ("unlabeled", "train", "val", "test"):
+    from cellsynth.pipeline import layout
+
+    for role in ROLES:
         if role in folders:
             dataset: Dataset = load_dataset(folders[role])
             if dataset.pixel_size_um is not None:
-                where = ("meta.json" if dataset.meta.get("pixel_size_um") is not None
+                where = (layout.META if dataset.meta.get("pixel_size_um") is not None
                          else "the image files")
                 return dataset.pixel_size_um, f"{where} of {folders[role]}"
     return None, ""
