@@ -122,16 +122,39 @@ def _cmd_realism(args: argparse.Namespace) -> int:
 
 # --- train / predict (cellsynth.segment) ---------------------------------------------------
 
+_ARCHITECTURE = ("model", "order", "samples", "refinement_iterations", "head_kernel")
+
+
+def _init_architecture(init: Path | None, config: Path | None) -> dict:
+    """The --init detector's architecture (model, contour order, ...), for every option that
+    the --config file does not set: fine-tuning a tiny_u22 needs no --model tiny_u22."""
+    if init is None:
+        return {}
+    from cellsynth.config import load_yaml
+    from cellsynth.segment.predict import read_detector_checkpoint
+
+    _, ckpt = read_detector_checkpoint(init, needed_by="train --init")
+    given = load_yaml(config) if config else {}
+    spec = ckpt["model_spec"]
+    return {k: spec[k] for k in _ARCHITECTURE if k in spec and k not in given}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from cellsynth.segment.trainer import load_train_config, train
 
-    config = load_train_config(args.config, {
+    overrides = {
         "steps": args.steps, "crop": args.crop, "batch": args.batch, "lr": args.lr,
         "device": args.device, "seed": args.seed, "model": args.model,
         "precision": args.precision, "val_every": args.val_every, "patience": args.patience,
-        "pixel_size_um": args.pixel_size, "channel": args.channel})
+        "pixel_size_um": args.pixel_size, "channel": args.channel,
+        "replay": args.replay_fraction if args.replay else None}
+    for key, value in _init_architecture(args.init, args.config).items():
+        if overrides.get(key) is None:
+            overrides[key] = value
+    config = load_train_config(args.config, overrides)
     summary = train(config, args.data, args.out, init=args.init, val=args.val,
-                    resume=args.resume, force=args.force, progress=not args.quiet)
+                    resume=args.resume, force=args.force, progress=not args.quiet,
+                    replay=args.replay)
     print(f"trained {summary['steps']} steps (loss {summary['loss']:.3f}) -> {args.out}")
     if summary["best_val_f1"] >= 0:
         print(f"best validation F1@0.5 {summary['best_val_f1']:.3f} at score threshold "
@@ -397,6 +420,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, help="fine-tune this trained detector: a train run "
                                              "folder or its checkpoint file")
     p.add_argument("--val", type=Path, help="labeled validation folder (F1, score threshold)")
+    p.add_argument("--replay", type=Path, action="append",
+                   help="fine-tuning: labeled folder the --init detector was trained on (e.g. "
+                        "RUN/refined of `cellsynth run`; repeat for several), of which "
+                        "--replay-fraction of each batch is drawn, so a few real images "
+                        "cannot pull the detector away from it")
+    p.add_argument("--replay-fraction", type=float, default=0.5,
+                   help="share of each batch from --replay")
     p.add_argument("--config", type=Path, help="YAML training config; options given here "
                                                "override it")
     p.add_argument("--steps", type=_positive_int, help="optimiser steps (config default 1000)")

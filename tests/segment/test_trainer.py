@@ -352,3 +352,25 @@ def test_fine_tuning_with_replay_reads_and_records_the_replay_data(sim, tmp_path
     train(config, [real], tmp_path / "ft_plain", init=tmp_path / "pre", replay=[sim],
           progress=False)  # replay 0: the folders are ignored
     assert "replay" not in json.loads((tmp_path / "ft_plain" / "run.json").read_text())
+
+
+def test_cli_fine_tuning_takes_replay_folders(sim, tmp_path, capsys):
+    """`cellsynth train --init PRE --replay SIM`: half of each batch from SIM (recorded in
+    run.json), the architecture taken from PRE (TINY's contour order etc., not the
+    defaults); a fraction outside [0, 1) is one line."""
+    from cellsynth.cli import main
+
+    config = TrainConfig(steps=1, **TINY)
+    train(config, [sim], tmp_path / "pre", progress=False)
+    real = make_dataset(tmp_path / "real", n=2, size=64, seed=7)
+    args = ["train", "--data", str(real), "--init", str(tmp_path / "pre"), "--steps", "1",
+            "--crop", "64", "--batch", "1", "--quiet", "--replay", str(sim)]
+    assert main([*args, "--out", str(tmp_path / "ft")]) == 0
+    info = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert info["replay"] == [str(sim.resolve())] and info["replay_fraction"] == 0.5
+    spec = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)["model_spec"]
+    assert spec == torch.load(tmp_path / "pre" / "last.pt", weights_only=False)["model_spec"]
+    assert spec["order"] == 4 != TrainConfig().order
+    assert main([*args, "--replay-fraction", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "replay must be in [0, 1)" in err
