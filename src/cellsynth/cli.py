@@ -527,7 +527,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="simulator preset (default: guessed from the images)")
     p.add_argument("--pixel-size", type=_positive_float, help="your images' um per pixel "
                    "(default: meta.json or what the files state)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing config")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("run", help="run the whole pipeline from a YAML config")
