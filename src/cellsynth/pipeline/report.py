@@ -375,11 +375,14 @@ def _validation_curves(out: Path, results: dict[str, Any]) -> str:
 
 _NEXT_STEPS = """<h2>Next steps with your own images</h2><ol>
 <li>Put a few of your images in a folder and annotate two of them (napari, QuPath or
-Cellpose can paint labels); keep their label images in <code>labels/</code> with the same
-names (<code>cellsynth inspect FOLDER</code> checks the layout).</li>
-<li>Pick the simulator preset closest to your stain (<code>cellsynth simulate --preset
-fluo|he|nissl|merker --n 8 --out preview</code> and look at <code>preview/preview.png</code>);
-set the pixel size of your images in <code>meta.json</code> or the run config.</li>
+Cellpose can paint labels; QuPath's exported GeoJSON is read as it is); keep their labels
+in <code>labels/</code> with the same names (<code>cellsynth inspect FOLDER</code> checks the
+layout).</li>
+<li><code>cellsynth init FOLDER --pixel-size UM</code> writes a config for it: the simulator
+preset closest to your stain (guessed from the images and said why; check it with
+<code>cellsynth simulate --preset fluo|he|nissl|merker --n 8 --out preview</code>), the pixel
+size and the measured recipe; <code>cellsynth run FOLDER.yaml --out runs/FOLDER</code> runs
+it and segments your images.</li>
 <li>Run the same comparison on your data: <code>cellsynth experiment CONFIG.yaml --out
 DIR</code> (start from <code>configs/experiment-fluo.yaml</code>; use 3 seeds and longer
 training than this demo's few minutes).</li>
