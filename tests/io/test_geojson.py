@@ -132,6 +132,10 @@ def test_a_broken_geojson_file_is_one_line_naming_it(tmp_path, capsys):
     assert main(["inspect", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "a.geojson: cannot read GeoJSON" in err
+    ragged = _feature([[[0, 0], [3, 0, 1, 2], "x"]], "detection")  # a mangled ring
+    (root / "labels" / "a.geojson").write_text(json.dumps([ragged]))
+    with pytest.raises(ImageReadError, match="not a list of finite"):
+        load_dataset(root)[0].read()
     (root / "labels" / "a.geojson").write_text(json.dumps({"cells": []}))
     with pytest.raises(ImageReadError, match="not GeoJSON features"):
         load_dataset(root)[0].read()

@@ -71,7 +71,10 @@ def _ring_pixels(ring: Any, shape: tuple[int, int], path: Path) -> tuple[np.ndar
     """(rows, cols) of the pixels of ``shape`` whose centres lie inside the ring."""
     from skimage.draw import polygon as fill
 
-    points = np.asarray(ring, dtype=np.float64)
+    try:
+        points = np.asarray(ring, dtype=np.float64)
+    except (ValueError, TypeError):  # ragged or not numbers
+        points = np.zeros((0,))
     if points.ndim != 2 or points.shape[1] < 2 or not np.isfinite(points[:, :2]).all():
         raise ImageReadError(f"{path}: a polygon ring is not a list of finite [x, y] points")
     # pixel centres lie at integer + 0.5 in these coordinates, at integers for skimage
@@ -79,12 +82,20 @@ def _ring_pixels(ring: Any, shape: tuple[int, int], path: Path) -> tuple[np.ndar
 
 
 def _outer_rings(feature: dict[str, Any]) -> list[np.ndarray]:
-    polygons = _polygons(feature.get("geometry") or {}) or []
-    rings = [np.asarray(rings[0], np.float64) for rings in polygons if rings]
-    return [r[:, :2] for r in rings if r.ndim == 2 and r.shape[1] >= 2 and len(r) >= 3]
+    """The outlines of a (Multi)Polygon feature as (N, 2) arrays; malformed rings are left
+    to :func:`_ring_pixels`, which names the file when it draws them."""
+    rings = []
+    for polygon in _polygons(feature.get("geometry") or {}) or []:
+        try:
+            ring = np.asarray(polygon[0], np.float64) if polygon else None
+        except (ValueError, TypeError):
+            continue
+        if ring is not None and ring.ndim == 2 and ring.shape[1] >= 2 and len(ring) >= 3:
+            rings.append(ring[:, :2])
+    return rings
 
 
-def _without_regions(features: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+def _without_regions(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``features`` less the annotations that enclose the centres of >= 2 detections / cells
     (QuPath's searched regions); annotations enclosing fewer are hand-drawn cells."""
     from skimage.measure import points_in_poly
@@ -121,7 +132,7 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
     features = _features(data, path)
     types = {_object_type(f) for f in features}
     if types & set(_CELL_TYPES) and "annotation" in types:
-        features = _without_regions(features, path)
+        features = _without_regions(features)
     labels = np.zeros(shape, np.uint32)
     skipped = 0
     index = 0
