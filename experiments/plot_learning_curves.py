@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cellsynth.pipeline.experiment import _log_k_axis, k_position
+
 
 def _point(spec: str, n_train: int) -> tuple[float, float, float, int]:
     path, _, setting = spec.rpartition(":")
@@ -47,10 +49,11 @@ def main() -> None:
 
     lines = [(spec[0], [_point(s, args.n_train) for s in spec[1:]]) for spec in args.line]
     ks = sorted({p[0] for _, points in lines for p in points})
-    nonzero = [k for k in ks if k > 0]
-    log_axis = len(nonzero) >= 3 and nonzero[-1] > 4 * nonzero[-2]
-    axis = (lambda k: np.log2(1 + np.asarray(k, float))) if log_axis else \
-        (lambda k: np.asarray(k, float))
+    log_axis = _log_k_axis(ks)
+    position = k_position(ks)  # the experiment plot's rule, so both figures agree
+
+    def axis(k):
+        return np.array([position(x) for x in np.atleast_1d(k)])
     most = max(p[3] for _, points in lines for p in points)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     markers = "osD^vP*X"

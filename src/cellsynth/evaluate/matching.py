@@ -341,7 +341,7 @@ def _label_files(root: Path, role: str) -> tuple[Path, dict[str, Path], str]:
             raise DatasetError(f"{root}: {len(missing)} {role} image(s) without a label file in "
                                f"{root / 'labels'}, e.g. {missing[0]}")
         return (root / "labels", {s.id: s.label_path for s in dataset},
-                dataset.samples[0].geojson_geometry)
+                dataset.geojson_geometry)
     if (root / "labels").is_dir():
         root = root / "labels"
     dataset = load_dataset(root)  # a plain folder: its "images" are the label files

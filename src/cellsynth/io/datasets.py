@@ -113,6 +113,12 @@ class Dataset:
         return self.samples[index]
 
     @property
+    def geojson_geometry(self) -> str:
+        """Which outline of a QuPath cell the folder's .geojson labels draw (meta.json's
+        ``geojson_geometry``, checked by :func:`load_dataset`; "cell" without one)."""
+        return self.meta.get("geojson_geometry", "cell")
+
+    @property
     def has_labels(self) -> bool:
         return all(s.label_path is not None for s in self.samples)
 

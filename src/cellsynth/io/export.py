@@ -92,7 +92,7 @@ def _sources(root: Path) -> tuple[list[tuple[str, Path | None, Path]], str]:
         return [(image_id, None, path) for image_id, path in prediction_labels(root)], "cell"
     dataset = load_dataset(root, require_labels=True)
     return ([(s.id, s.image_path, s.label_path) for s in dataset],
-            dataset.samples[0].geojson_geometry)
+            dataset.geojson_geometry)
 
 
 GEOJSON_OBJECTS = ("detection", "annotation")  # QuPath objectType of exported cells

@@ -523,6 +523,11 @@ def _log_k_axis(ks: list[int]) -> bool:
     return len(nonzero) >= 3 and nonzero[-1] > 4 * nonzero[-2]
 
 
+def k_position(ks: list[int]):
+    """Where k is drawn among ``ks``: k itself, or log2(1 + k) where :func:`_log_k_axis`."""
+    return (lambda k: float(np.log2(1 + k))) if _log_k_axis(ks) else float
+
+
 def _curve_points(results: dict[str, Any], n_train: int
                   ) -> dict[str, tuple[list[float], list[float], list[float]]]:
     """{curve: (x, mean F1@0.5, std)} of the learning-curve plot, x in the axis' units (k, or
@@ -536,7 +541,7 @@ def _curve_points(results: dict[str, Any], n_train: int
         curves.setdefault(r.get("curve", r["data"]), []).append(
             (n_train if r["k"] is None else r["k"], r["f1_50"]["mean"], r["f1_50"]["std"]))
     ks = sorted({k for points in curves.values() for k, _, _ in points})
-    axis = (lambda k: float(np.log2(1 + k))) if _log_k_axis(ks) else float
+    axis = k_position(ks)
     xs = [axis(k) for k in ks]
     gap = min((b - a for a, b in zip(xs, xs[1:])), default=1)
     reach = min(gap / 4, 0.03 * max(xs[-1] - xs[0], 1)) if ks else 0.0
@@ -566,7 +571,7 @@ def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
                     label=name, linestyle="-" if len(k) > 1 else "none")
     ks = sorted({n_train if r["k"] is None else r["k"] for r in results["settings"].values()})
     if _log_k_axis(ks):  # ticks at the k that were run, placed at log2(1 + k)
-        ax.set_xticks([float(np.log2(1 + k)) for k in ks], [str(k) for k in ks])
+        ax.set_xticks([k_position(ks)(k) for k in ks], [str(k) for k in ks])
         ax.set_xlabel("annotated real images (k, log scale)")
     else:
         ax.set_xlabel("annotated real images (k)")
