@@ -117,16 +117,20 @@ def find_folders(data: str | os.PathLike) -> dict[str, Path]:
     subfolders, or ``data`` itself (annotated: train and unlabeled; else unlabeled). Train,
     val and test must be annotated (one line naming the first image without labels); without
     ``unlabeled/`` the refiner learns from the training images, labels ignored."""
+    return {role: dataset.root for role, dataset in _find_datasets(data).items()}
+
+
+def _find_datasets(data: str | os.PathLike) -> dict[str, Dataset]:
+    """{role: loaded folder} as :func:`find_folders` says, each folder read once."""
     data = Path(data)
     if not data.is_dir():
         raise DatasetError(f"{data}: no such folder")
-    found = {role: data / role for role in ROLES if (data / role).is_dir()}
+    found = {role: load_dataset(data / role, require_labels=role != "unlabeled")
+             for role in ROLES if (data / role).is_dir()}
     if not found:
         dataset = load_dataset(data)
         annotated = any(s.label_path is not None for s in dataset)
-        return {"unlabeled": data, "train": data} if annotated else {"unlabeled": data}
-    for role, folder in found.items():
-        load_dataset(folder, require_labels=role != "unlabeled")
+        return {"unlabeled": dataset, "train": dataset} if annotated else {"unlabeled": dataset}
     if "unlabeled" not in found:
         source = found.get("train") or found.get("val")
         if source is None:
@@ -136,16 +140,15 @@ def find_folders(data: str | os.PathLike) -> dict[str, Path]:
     return found
 
 
-def _pixel_size(folders: dict[str, Path]) -> tuple[float | None, str]:
+def _pixel_size(datasets: dict[str, Dataset]) -> tuple[float | None, str]:
     from cellsynth.pipeline import layout
 
     for role in ROLES:
-        if role in folders:
-            dataset: Dataset = load_dataset(folders[role])
-            if dataset.pixel_size_um is not None:
-                where = (layout.META if dataset.meta.get("pixel_size_um") is not None
-                         else "the image files")
-                return dataset.pixel_size_um, f"{where} of {folders[role]}"
+        dataset = datasets.get(role)
+        if dataset is not None and dataset.pixel_size_um is not None:
+            where = (layout.META if dataset.meta.get("pixel_size_um") is not None
+                     else "the image files")
+            return dataset.pixel_size_um, f"{where} of {dataset.root}"
     return None, ""
 
 
@@ -236,14 +239,14 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
         raise OutputExistsError(f"{out}: exists; choose another name or pass --force")
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    folders = find_folders(data)
-    source = load_dataset(folders["unlabeled"])
-    stain = guess_stain([s.image_path for s in source])
+    datasets = _find_datasets(data)
+    folders = {role: dataset.root for role, dataset in datasets.items()}
+    stain = guess_stain([s.image_path for s in datasets["unlabeled"]])
     guessed = preset is None
     if not guessed:
         stain = StainGuess(preset, "chosen by --preset", stain.n_images)
     pixel, pixel_from = ((pixel_size_um, "--pixel-size") if pixel_size_um is not None
-                         else _pixel_size(folders))
+                         else _pixel_size(datasets))
     name = Path(data).resolve().name or "data"
     text = _config_text(name, folders, out, stain, guessed, pixel, pixel_from)
     out.parent.mkdir(parents=True, exist_ok=True)
