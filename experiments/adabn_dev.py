@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from _paired import compare  # noqa: E402  (same folder)
 
-from cellsynth.evaluate.matching import aggregate, matching
+from cellsynth.evaluate.matching import matching, matching_by_score
 from cellsynth.evaluate.stats import split_tiles
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
@@ -63,9 +63,8 @@ def _threshold(detector, items) -> float:
     score)."""
     painted = [predict_image(detector, image, score_thresh=THRESHOLD_GRID[0],
                              return_scores=True) for image, _ in items]
-    f1 = [aggregate([matching(gt, labels * (scores[labels] >= t), thresholds=(0.5,))
-                     for (_, gt), (labels, scores) in zip(items, painted)]).f1[0]
-          for t in THRESHOLD_GRID]
+    f1 = [m.f1[0] for m in matching_by_score([gt for _, gt in items], painted,
+                                             THRESHOLD_GRID, thresholds=(0.5,))]
     return float(THRESHOLD_GRID[int(np.argmax(f1))])
 
 

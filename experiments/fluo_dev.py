@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellsynth.evaluate.matching import aggregate, matching
+from cellsynth.evaluate.matching import aggregate, matching, matching_by_score
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.segment.predict import load_detector, predict_image
@@ -45,9 +45,7 @@ def main() -> None:
         painted = [predict_image(det, image, score_thresh=GRID[0], return_scores=True)
                    for image, _ in dev]
         rows = {}
-        for t in GRID:
-            m = aggregate([matching(gt, labels * (scores[labels] >= t))
-                           for (_, gt), (labels, scores) in zip(dev, painted)])
+        for t, m in zip(GRID, matching_by_score([gt for _, gt in dev], painted, GRID)):
             rows[str(t)] = {"f1_50": float(m.f1[0]), "f1_avg": float(np.mean(m.f1))}
         own = rows.get(str(det.score_thresh))
         best = max(rows, key=lambda t: rows[t]["f1_50"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from _nissl_dev_set import arguments, detector_path, dev_items, summary, write
 
-from cellsynth.evaluate.matching import aggregate, matching
+from cellsynth.evaluate.matching import matching_by_score
 from cellsynth.segment.predict import load_detector, predict_image
 from cellsynth.segment.trainer import THRESHOLD_GRID
 
@@ -31,9 +31,8 @@ def main() -> None:
         painted = [predict_image(det, image, score_thresh=THRESHOLD_GRID[0], return_scores=True)
                    for image, _ in items]
         rows = {}
-        for t in THRESHOLD_GRID:
-            m = aggregate([matching(gt, labels * (scores[labels] >= t))
-                           for (_, gt), (labels, scores) in zip(items, painted)])
+        for t, m in zip(THRESHOLD_GRID, matching_by_score([gt for _, gt in items], painted,
+                                                          THRESHOLD_GRID)):
             rows[str(t)] = {"f1_50": float(m.f1[0]), "f1_avg": float(np.mean(m.f1)),
                             "precision_50": float(m.precision[0]),
                             "recall_50": float(m.recall[0])}

@@ -272,3 +272,33 @@ def test_random_large_case_matches_dense_hungarian():
         ok = candidate[rows, cols]
         assert tp == ok.sum()
         assert sum_iou == pytest.approx(iou[rows, cols][ok].sum(), abs=1e-9)
+
+
+def test_matching_by_score_equals_painting_at_each_threshold():
+    from cellsynth.evaluate import matching_by_score
+    from cellsynth.segment.tiles import contours_to_labels
+
+    rng = np.random.default_rng(3)
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    ring = np.stack([np.cos(angles), np.sin(angles)], -1)
+    truths, painted, proposals = [], [], []
+    for _ in range(2):  # two images; overlapping proposals, so the painting order matters
+        centres = rng.uniform(5, 75, (30, 2))
+        truth = contours_to_labels(centres[:, None] + 6 * ring, np.ones(30), (80, 80))
+        moved = centres + rng.normal(0, 2, centres.shape)
+        contours = moved[:, None] + rng.uniform(4, 8, (30, 1, 1)) * ring
+        scores = rng.uniform(0.3, 1.0, 30)
+        truths.append(truth)
+        proposals.append((contours, scores))
+        painted.append(contours_to_labels(contours, scores, (80, 80), score_thresh=0.3,
+                                          return_scores=True))
+    grid = (0.3, 0.5, 0.7, 0.9)
+    fast = matching_by_score(truths, painted, grid)
+    for t, result in zip(grid, fast):
+        slow = aggregate(matching(truth, contours_to_labels(c, s, (80, 80), score_thresh=t))
+                         for truth, (c, s) in zip(truths, proposals))
+        assert result.n_pred == slow.n_pred and result.tp == slow.tp
+        np.testing.assert_allclose(result.sum_iou, slow.sum_iou)
+    assert fast[0].n_pred > fast[-1].n_pred  # the thresholds did drop cells
+    with pytest.raises(ValueError, match="2 truths but 1 predictions"):
+        matching_by_score(truths, painted[:1], grid)

@@ -12,6 +12,7 @@ from cellsynth.evaluate.matching import (
     aggregate,
     evaluate_folders,
     matching,
+    matching_by_score,
 )
 from cellsynth.evaluate.realism import (
     RealismResult,
@@ -34,6 +35,7 @@ __all__ = [
     "evaluate_folders",
     "histogram_distance",
     "matching",
+    "matching_by_score",
     "realism",
     "sliced_wasserstein",
     "spectrum_distance",

@@ -42,6 +42,7 @@ __all__ = [
     "DatasetEvaluation",
     "matching",
     "aggregate",
+    "matching_by_score",
     "evaluate_folders",
 ]
 
@@ -308,6 +309,26 @@ def aggregate(results: Iterable[Matching]) -> Matching:
     for result in results[1:]:
         total = total + result
     return total
+
+
+def matching_by_score(truths: Sequence[np.ndarray],
+                      painted: Sequence[tuple[np.ndarray, np.ndarray]],
+                      score_thresholds: Sequence[float],
+                      thresholds: Sequence[float] = THRESHOLDS) -> list[Matching]:
+    """The dataset-level result at each score threshold, from predictions painted once.
+
+    ``painted`` holds per image the label map painted at the lowest score threshold and each
+    label's score (``scores[label]``, as ``predict_image(..., return_scores=True)`` and
+    ``contours_to_labels(..., return_scores=True)`` give them). Cells are painted best first,
+    so keeping the labels whose score reaches a threshold gives what painting at that
+    threshold gives, without predicting again.
+    """
+    if len(truths) != len(painted):
+        raise ValueError(f"matching_by_score: {len(truths)} truths but {len(painted)} "
+                         "predictions")
+    return [aggregate(matching(truth, labels * (scores[labels] >= t), thresholds)
+                      for truth, (labels, scores) in zip(truths, painted))
+            for t in score_thresholds]
 
 
 @dataclass(frozen=True)

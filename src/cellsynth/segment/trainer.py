@@ -161,7 +161,7 @@ def validate(model: torch.nn.Module, items: list[LabeledImage], config: TrainCon
              ) -> dict[str, Any]:
     """F1@0.5 and F1avg on validation images for every threshold of THRESHOLD_GRID; the
     threshold with the best F1@0.5."""
-    from cellsynth.evaluate import aggregate, matching
+    from cellsynth.evaluate import matching_by_score
     from cellsynth.segment.predict import Detector, make_predictor
     from cellsynth.segment.tiles import contours_to_labels, tiled_proposals
 
@@ -171,11 +171,7 @@ def validate(model: torch.nn.Module, items: list[LabeledImage], config: TrainCon
                  for it in items]
     painted = [contours_to_labels(c, s, it.labels.shape, score_thresh=THRESHOLD_GRID[0],
                                   return_scores=True) for it, (c, s) in zip(items, proposals)]
-    per_threshold = []
-    for t in THRESHOLD_GRID:
-        results = [matching(it.labels, labels * (id_scores[labels] >= t))
-                   for it, (labels, id_scores) in zip(items, painted)]
-        per_threshold.append(aggregate(results))
+    per_threshold = matching_by_score([it.labels for it in items], painted, THRESHOLD_GRID)
     f1 = [float(r.f1[0]) for r in per_threshold]
     best = int(np.argmax(f1))
     model.train()
