@@ -12,9 +12,9 @@ that a user would otherwise look up:
 - the images' pixel size (``--pixel-size``, else meta.json, else what the files state); when
   unknown the config says so and the command prints one line about it;
 - the recipe: with annotated images the 2-image Nissl recipe (``configs/nissl-k2.yaml``:
-  refiner, pretraining on refined images, fine-tuning with replay, TTA; 26.5 min on 2 CPU
-  cores there), with none the zero-label recipe (``configs/nissl-k0.yaml``: the refiner with
-  the semantic consistency loss, thresholds from held-out refined images). On H&E the
+  refiner, pretraining on refined images, fine-tuning with replay (not on H&E), TTA; 26.5
+  min on 2 CPU cores there), with none the zero-label recipe (``configs/nissl-k0.yaml``: the
+  refiner with the semantic consistency loss, thresholds from held-out refined images). On H&E the
   simulation is first fitted to the unlabeled images (measured +0.12-0.14 F1@0.5 with zero
   labels on both H&E sets, docs/results.md).
 
@@ -165,10 +165,20 @@ refine: {{steps: 1500, crop: 128, batch: 4, width: 48, blocks: 3, spade_hidden: 
          d_scales: 2, d_layers: 3, buffer_size: 256, lr_g: 1.0e-4, lr_d: 4.0e-4,
          sample_every: 250, checkpoint_every: 250}}
 pretrain: {{steps: 600, crop: 192, batch: 4, lr: 0.001, val_every: 100}}
-# replay: half of each fine-tuning batch from the refined images, so a few annotated
-# images cannot pull the detector away from them
-finetune: {{steps: 300, crop: 192, batch: 4, lr: 0.0003, warmup: 5, val_every: 50, replay: 0.5}}
+{replay_note}
+finetune: {{steps: 300, crop: 192, batch: 4, lr: 0.0003, warmup: 5, val_every: 50{replay}}}
 """
+
+# Replay (half of each fine-tuning batch from the pretraining images) helped on Nissl (2
+# images: +0.016 F1avg) and fluorescence (5 images: +0.022 F1@0.5) but cost on H&E (tcga_lgg,
+# 3 images: -0.015 F1@0.5, -0.035 F1avg; docs/results.md), whose few images already hold
+# hundreds of nuclei.
+_REPLAY = {
+    True: ("# replay: half of each fine-tuning batch from the refined images, so a few "
+           "annotated\n# images cannot pull the detector away from them", ", replay: 0.5"),
+    False: ("# no replay on H&E: a few annotated H&E images hold hundreds of nuclei, and "
+            "replaying\n# the simulation cost 0.015 F1@0.5 on tcga_lgg (docs/results.md)", ""),
+}
 
 _ZERO_LABEL = """\
 # the S+U refiner with the semantic consistency loss: a frozen judge trained on the
@@ -221,7 +231,11 @@ def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGue
         lines.append("  pixel_size_um: null   # UNKNOWN: set your images' um per pixel (20x "
                      "~0.5, 40x ~0.25), else they are taken at the simulation's")
     text = "\n".join(lines) + "\n"
-    text += (_ANNOTATED if annotated else _ZERO_LABEL).format()
+    if annotated:
+        note, replay = _REPLAY[stain.preset != "he"]
+        text += _ANNOTATED.format(replay_note=note, replay=replay)
+    else:
+        text += _ZERO_LABEL.format()
     text += ("predict: {overlap: 96, tta: true}   # 8 views vote (8x the prediction time)\n"
              "realism: {enabled: false}   # `cellsynth realism` runs the C2ST apart\n")
     return text
