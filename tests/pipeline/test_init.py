@@ -66,18 +66,8 @@ def test_init_writes_the_annotated_recipe_for_the_readme_layout(tmp_path, capsys
     assert main(["init", str(data), "--out", str(out), "--preset", "he", "--force"]) == 0
     config = load_pipeline_config(out)
     assert config.simulate.preset == "he" and config.simulate.fit_from == "real.unlabeled"
-
-
-def test_annotated_he_fine_tunes_without_replay_and_fits_the_simulation(tmp_path, capsys):
-    """Replay cost F1 on H&E (tcga_lgg, 3 seeds) but helps Nissl: the recipe follows the stain."""
-    data = _folder(tmp_path / "slides", "he", size=128)
-    out = tmp_path / "slides.yaml"
-    assert main(["init", str(data), "--out", str(out), "--pixel-size", "0.25"]) == 0
-    assert "preset he (guessed" in capsys.readouterr().out
-    config = load_pipeline_config(out)
-    assert config.simulate.preset == "he" and config.simulate.fit_from == "real.unlabeled"
-    assert config.finetune.replay == 0.0
-    assert "no replay on H&E" in out.read_text()
+    # H&E fine-tunes without replay (it cost F1 on tcga_lgg); the Nissl config above kept it
+    assert config.finetune.replay == 0.0 and "no replay on H&E" in out.read_text()
 
 
 def test_init_on_unlabeled_images_alone_writes_the_zero_label_recipe(tmp_path, capsys):
