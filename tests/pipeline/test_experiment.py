@@ -107,6 +107,64 @@ def test_resume_after_a_kill_continues_the_unit(tmp_path, monkeypatch):
     assert "[2/2] detectors/real_k1_s0: resuming" in said
 
 
+def test_self_training_labels_the_undrawn_images_with_the_teacher_not_the_annotations(
+        tmp_path, monkeypatch):
+    config = _config(tmp_path, settings=(Setting("real_k1", "real", 1),
+                                         Setting("real_k1_pseudo", "real", 1, pseudo=0.5)),
+                     compare=(("real_k1_pseudo", "real_k1"),), seeds=(0,))
+    test = Path(config.test).resolve()
+    from cellsynth.segment import predict, trainer
+
+    train, predict_folder = trainer.train, predict.predict_folder
+    calls: list[tuple[str, object]] = []
+
+    def spy_train(cfg, data, out, **kw):
+        calls.append(("train", (cfg, [Path(d) for d in data], kw)))
+        return train(cfg, data, out, **kw)
+
+    def spy_predict(run, images, out, **kw):
+        images = Path(images).resolve()
+        seen = sorted(p.stem for p in (images / "images").iterdir() if p.suffix == ".png")
+        calls.append(("predict", (Path(run), images, {**kw, "seen": seen})))
+        return predict_folder(run, images, out, **kw)
+
+    def teacher_labels(detector, image, **kw):  # the teacher finds one square cell per image
+        labels = np.zeros(image.shape[:2], np.int32)
+        labels[10:30, 10:30] = 1
+        return labels, np.array([0.0, 0.9])
+    monkeypatch.setattr(trainer, "train", spy_train)
+    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    monkeypatch.setattr(predict, "predict_image", teacher_labels)
+    results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
+    exp = tmp_path / "exp"
+    state = json.loads((exp / "state.json").read_text())
+    drawn = state["data/k1_s0"]["summary"]["images"]
+    pseudo = exp / "pseudo" / "real_k1_s0"
+    ids = sorted(p.stem for p in (pseudo / "images").iterdir())
+    assert ids == sorted(set(f"img{i}" for i in range(3)) - set(drawn))  # the 2 not drawn
+    # their labels are the teacher's one square, not the annotations (several discs)
+    from cellsynth.io.images import read_labels
+    for i in ids:
+        labels = read_labels(pseudo / "labels" / f"{i}.tif")
+        assert np.unique(labels).tolist() == [0, 1] and (labels == 1).sum() == 400
+    # the student: fine-tuned from the teacher on the k image, half its batches pseudo
+    (_, (cfg, data, kw)), = [c for c in calls if c[0] == "train" and c[1][2].get("init")]
+    assert kw["init"] == exp / "detectors" / "real_k1_s0"
+    assert data == [exp / "data" / "k1_s0"] and kw["replay"] == [pseudo]
+    assert cfg.replay == 0.5
+    # the teacher voted over 8 views; it read training images only, and the test split
+    # came after every training
+    (_, (run, images, kw)), = [c for c in calls if c[0] == "predict" and c[1][1] != test]
+    assert run == exp / "detectors" / "real_k1_s0" and kw["seen"] == ids
+    assert kw["tta"] is True
+    first_test = next(i for i, c in enumerate(calls) if c[0] == "predict" and c[1][1] == test)
+    assert all(c[0] == "predict" and c[1][1] == test for c in calls[first_test:])
+    assert results["settings"]["real_k1_pseudo"]["detectors"] == [
+        "detectors/real_k1_pseudo-0.5_s0"]
+    with pytest.raises(ValueError, match="pseudo needs k >= 1"):
+        Setting("x", "real", None, pseudo=0.5)
+
+
 def test_experiment_config_errors(tmp_path):
     path = tmp_path / "exp.yaml"
     make_dataset(tmp_path / "train", n=2)

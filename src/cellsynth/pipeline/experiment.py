@@ -7,6 +7,11 @@ An experiment asks how much each kind of training data is worth on one real data
     refined     the refined simulation (refiner fit on real images *without* labels); with
                 k > 0 fine-tuned likewise
 
+A setting with ``pseudo: F`` (k >= 1, fewer than all) then self-trains: its detector labels
+the training images that were not drawn (their annotations unused; 8-view test-time
+augmentation, the threshold it chose on its k images) and a second fine-tuning starts from
+it on the k images, with a fraction F of the batches from the pseudo-labelled ones.
+
 Every setting runs once per seed. The seed draws the k images, the simulation, the refiner
 and the detector, so the spread over seeds includes which images were annotated. Work units
 (simulations, refiners, detector runs, evaluations) are tracked in ``OUT/state.json`` with
@@ -80,6 +85,10 @@ class Setting:
     # changes to the fine-tuning options only (e.g. {steps: 1200}): the zero-label detector it
     # starts from is the plain one, shared with the settings without them
     finetune: dict[str, Any] = field(default_factory=dict, metadata=ADDED)
+    # self-training: > 0 fine-tunes the setting's detector once more on its k images plus the
+    # other training images labelled by that detector (annotations unused), this fraction of
+    # the batches from the pseudo-labelled ones
+    pseudo: float = field(default=0.0, metadata=ADDED)
 
     @property
     def variant(self) -> str:
@@ -106,6 +115,12 @@ class Setting:
         if self.finetune and (self.data == "real" or self.k == 0):
             raise ValueError(f"setting {self.name}: finetune: changes need synthetic "
                              f"pretraining and k >= 1 or null (a setting that fine-tunes)")
+        if not 0.0 <= self.pseudo < 1.0:
+            raise ValueError(f"setting {self.name}: pseudo must be in [0, 1), got "
+                             f"{self.pseudo}")
+        if self.pseudo and (self.k is None or self.k == 0):
+            raise ValueError(f"setting {self.name}: pseudo needs k >= 1 annotated images and "
+                             f"unannotated ones to label (k: null leaves none)")
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,9 @@ def check_experiment(config: ExperimentConfig) -> None:
                               f"{n_train} images")
         if config.val == "rest" and s.k is not None and s.k >= n_train:
             raise ConfigError(f"setting {s.name}: val: rest needs k < {n_train}")
+        if s.pseudo and s.k is not None and s.k >= n_train:
+            raise ConfigError(f"setting {s.name}: pseudo needs k < {n_train}: with all "
+                              f"images annotated there is none left to pseudo-label")
     if any(s.data in _REFINED for s in config.settings) and not config.train:
         raise ConfigError("refined settings need real images for the refiner")
     for s in config.settings:
@@ -216,6 +234,29 @@ def _copy_subset(train: str, indices: list[int], folder: Path) -> dict[str, Any]
         if meta:
             write_json(root / layout.META, {**meta, "subset_of": train})
     return {"images": [samples[i].id for i in indices]}
+
+
+def _pseudo_label(teacher: Path, train: str, indices: list[int], folder: Path, device: str
+                  ) -> dict[str, Any]:
+    """A labeled folder: the training images ``indices`` (their annotations never read) with
+    the labels that ``teacher`` predicts for them (8-view TTA, its own threshold)."""
+    from cellsynth.io.files import staged_output_dir
+    from cellsynth.segment import predict
+
+    samples = list(load_dataset(train))
+    meta = load_dataset(train).meta
+    with staged_output_dir(folder, force=True) as root:
+        (root / "images").mkdir()
+        for i in indices:
+            shutil.copyfile(samples[i].image_path, root / "images" / samples[i].image_path.name)
+        # the training split's pixel size, which the prediction reads from here
+        write_json(root / layout.META, {**meta, "pseudo_labels_by": str(teacher),
+                                        "images_of": train})
+        summary = predict.predict_folder(teacher, root, root / "predicted", device=device,
+                                         force=True, tta=True, progress=False)
+        (root / "predicted" / layout.LABELS).rename(root / "labels")
+        shutil.rmtree(root / "predicted")
+    return {"images": [samples[i].id for i in indices], "cells": summary["n_instances"]}
 
 
 def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[str, int], str]]:
@@ -337,6 +378,23 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                 f"detectors/{kind}_k{k}{_suffix(tuned)}{st.ft_variant}_s{seed}",
                 _changed(config.finetune, {**tuned, **st.finetune}), [data], val, zero, seed,
                 replay=train_data)
+        for st in config.settings:
+            if not st.pseudo:
+                continue
+            # self-training: the setting's detector labels the images that were not drawn,
+            # then fine-tunes once more from itself on its k images + those
+            teacher = detector_of[st.name, seed]
+            chosen, others = _draw(config.train, st.k, seed)
+            pseudo = add(_Unit(
+                teacher.replace("detectors/", "pseudo/", 1), (teacher,), ["pseudo", others],
+                lambda folder, resume, teacher=teacher, others=others: _pseudo_label(
+                    out / teacher, config.train, others, folder, config.device)))
+            data = subset(st.k, seed, rest=False)
+            changes = {**st.detector, **st.finetune, "replay": st.pseudo}
+            detector_of[st.name, seed] = detector(
+                f"{teacher.removesuffix(f'_s{seed}')}_pseudo-{st.pseudo}_s{seed}",
+                _changed(config.finetune, changes), [data], data, teacher, seed,
+                replay=[pseudo])
     return list(units.values()), detector_of
 
 
@@ -461,6 +519,7 @@ def _curve(setting: Setting) -> str:
     """The learning curve a setting is a point of: settings that differ only in k (data,
     refiner variant, detector changes and TTA alike) share one."""
     return (setting.data + setting.variant + _suffix(setting.detector) + setting.ft_variant
+            + (f" pseudo {setting.pseudo}" if setting.pseudo else "")
             + (" tta" if setting.tta else ""))
 
 
