@@ -510,3 +510,50 @@ def test_float_images_are_rescaled_as_floats_not_rounded(tmp_path):
     # the ramp survives (rounding would have made it 0s and 1s)
     assert 0.15 < staged.min() < 0.25 and 0.75 < staged.max() < 0.85
     assert len(np.unique(staged)) > 40
+
+
+def test_self_training_labels_the_unannotated_images_and_predicts_with_the_student(tmp_path):
+    """selftrain.pseudo: the fine-tuned detector labels the unlabeled images that are not
+    annotated (at the working pixel size), a second fine-tuning starts from it, and that one
+    predicts the test images."""
+    from cellsynth.io.images import read_image, read_labels
+    from cellsynth.pipeline.config import SelfTrainOptions
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=3, size=48, seed=1)
+    test = make_dataset(tmp_path / "test", n=1, size=48, seed=2)
+    tiny = TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
+                       refinement_iterations=1, checkpoint_every=1, val_every=2)
+    config = replace(
+        _config(train),
+        real=RealData(unlabeled=str(train), train=str(train), val=str(train), test=str(test),
+                      pixel_size_um=1.0, select={"train": ["img1"], "val": ["img1"]}),
+        simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1, pixel_size_um=0.5),
+        finetune=tiny, selftrain=SelfTrainOptions(pseudo=0.5))
+    out = tmp_path / "run"
+    said: list[str] = []
+    run(config, out, progress=False, log=said.append)
+    ran = [line.split("]")[0][1:] for line in said]
+    assert ran[ran.index("finetune"):] == ["finetune", "pseudo", "selftrain", "predict",
+                                           "evaluate", "report"]
+    pseudo = out / "pseudo"
+    assert sorted(p.stem for p in (pseudo / "images").iterdir()) == ["img0", "img2"]
+    for i in (0, 2):  # labels at the working pixel size (2x the images'), beside their images
+        image = read_image(pseudo / "images" / f"img{i}.png")
+        assert image.shape[:2] == (96, 96)
+        assert read_labels(pseudo / "labels" / f"img{i}.tif").shape == (96, 96)
+    assert json.loads((pseudo / "meta.json").read_text())["pixel_size_um"] == 0.5
+    student = json.loads((out / "selftrain" / "run.json").read_text())
+    assert Path(student["init"]).resolve().parent == (out / "finetune").resolve()
+    predicted_by = json.loads((out / "predict" / "meta.json").read_text())["model"]
+    assert Path(predicted_by).resolve().parent == (out / "selftrain").resolve()
+    # it is keyed like every stage: changing the fraction redoes it and what follows
+    said.clear()
+    run(replace(config, selftrain=SelfTrainOptions(pseudo=0.25)), out, progress=False,
+        log=said.append)
+    redone = [line.split("]")[0][1:] for line in said if "running" in line]
+    assert redone == ["pseudo", "selftrain", "predict", "evaluate", "report"]
+    from cellsynth.pipeline.config import check_inputs
+
+    with pytest.raises(ConfigError, match="selftrain.pseudo needs real.train"):
+        check_inputs(replace(config, real=RealData(unlabeled=str(train))))

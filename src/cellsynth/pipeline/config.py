@@ -18,8 +18,8 @@ from cellsynth.pipeline.choose_refiner import ChooseRefinerOptions
 from cellsynth.refine.config import RefineConfig
 from cellsynth.segment.trainer import TrainConfig
 
-__all__ = ["SimulateOptions", "RealData", "RealismOptions", "PredictOptions", "PipelineConfig",
-           "load_pipeline_config", "check_inputs", "SEEDED_STAGES"]
+__all__ = ["SimulateOptions", "RealData", "RealismOptions", "PredictOptions", "SelfTrainOptions",
+           "PipelineConfig", "load_pipeline_config", "check_inputs", "SEEDED_STAGES"]
 
 # stage sections that take their seed from the run's ``seed`` (never their own)
 SEEDED_STAGES = ("simulate", "refine", "pretrain", "finetune")
@@ -105,6 +105,28 @@ class PredictOptions:
 
 
 @dataclass(frozen=True)
+class SelfTrainOptions:
+    """Self-training after fine-tuning: the fine-tuned detector labels the unlabeled real
+    images (those that are not annotated; 8-view test-time augmentation, its validated
+    threshold), then fine-tunes once more from itself on the annotated images with a
+    fraction ``pseudo`` of each batch from the pseudo-labelled ones (``finetune:`` options
+    otherwise). Off by default (``pseudo: 0``)."""
+
+    pseudo: float = 0.0
+    max_images: int = 64   # unlabeled images labelled at most (the first, by name)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pseudo < 1.0:
+            raise ValueError(f"selftrain.pseudo must be in [0, 1), got {self.pseudo}")
+        if self.max_images < 1:
+            raise ValueError(f"selftrain.max_images must be >= 1, got {self.max_images}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.pseudo > 0
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str = "run"
     seed: int = 0                        # every stage's randomness derives from this
@@ -119,6 +141,7 @@ class PipelineConfig:
     # pick the refiner step whose images teach a quick detector most on real.val
     choose_refiner: ChooseRefinerOptions = field(default_factory=ChooseRefinerOptions,
                                                  metadata=ADDED)
+    selftrain: SelfTrainOptions = field(default_factory=SelfTrainOptions, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -200,6 +223,9 @@ def check_inputs(config: PipelineConfig) -> None:
     if config.choose_refiner.enabled and not (config.real.unlabeled and config.real.val):
         raise ConfigError("choose_refiner.enabled needs real.unlabeled (a refiner) and real.val "
                           "(annotated images to score its steps on)")
+    if config.selftrain.enabled and not (config.real.train and config.real.unlabeled):
+        raise ConfigError("selftrain.pseudo needs real.train (the annotated images the "
+                          "detector is fine-tuned on) and real.unlabeled (the images it labels)")
     if config.real.train and not config.real.unlabeled:
         raise ConfigError("real.train is set but real.unlabeled is not: the refiner needs "
                           "unlabeled real images (the train images may be reused)")

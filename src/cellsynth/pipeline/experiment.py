@@ -238,25 +238,14 @@ def _copy_subset(train: str, indices: list[int], folder: Path) -> dict[str, Any]
 
 def _pseudo_label(teacher: Path, train: str, indices: list[int], folder: Path, device: str
                   ) -> dict[str, Any]:
-    """A labeled folder: the training images ``indices`` (their annotations never read) with
-    the labels that ``teacher`` predicts for them (8-view TTA, its own threshold)."""
-    from cellsynth.io.files import staged_output_dir
-    from cellsynth.segment import predict
+    """The training images ``indices`` (their annotations never read) labelled by ``teacher``
+    (:func:`cellsynth.pipeline.stages.write_pseudo_labels`)."""
+    from cellsynth.pipeline.stages import write_pseudo_labels
 
-    samples = list(load_dataset(train))
-    meta = load_dataset(train).meta
-    with staged_output_dir(folder, force=True) as root:
-        (root / "images").mkdir()
-        for i in indices:
-            shutil.copyfile(samples[i].image_path, root / "images" / samples[i].image_path.name)
-        # the training split's pixel size, which the prediction reads from here
-        write_json(root / layout.META, {**meta, "pseudo_labels_by": str(teacher),
-                                        "images_of": train})
-        summary = predict.predict_folder(teacher, root, root / "predicted", device=device,
-                                         force=True, tta=True, progress=False)
-        (root / "predicted" / layout.LABELS).rename(root / "labels")
-        shutil.rmtree(root / "predicted")
-    return {"images": [samples[i].id for i in indices], "cells": summary["n_instances"]}
+    dataset = load_dataset(train)
+    samples = list(dataset)
+    return write_pseudo_labels(teacher, [samples[i].image_path for i in indices], folder,
+                               meta={**dataset.meta, "images_of": train}, device=device)
 
 
 def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[str, int], str]]:

@@ -151,7 +151,7 @@ def _metrics(run: Path) -> str:
 
 def _training(run: Path) -> str:
     parts = []
-    for name in (layout.PRETRAIN, layout.FINETUNE):
+    for name in (layout.PRETRAIN, layout.FINETUNE, layout.SELFTRAIN):
         entries = _read_log(run / name / layout.LOG)
         if not entries:
             continue

@@ -25,7 +25,7 @@ from cellsynth.pipeline import layout
 if TYPE_CHECKING:
     from cellsynth.pipeline.config import PipelineConfig
 
-__all__ = ["Stage", "plan", "SECTION_WINDOW", "SECTION_WINDOWS"]
+__all__ = ["Stage", "plan", "write_pseudo_labels", "SECTION_WINDOW", "SECTION_WINDOWS"]
 
 # An unlabeled whole section at another pixel size than the run's is represented in RUN/real
 # by its SECTION_WINDOWS most textured windows, each SECTION_WINDOW px a side once rescaled
@@ -246,12 +246,76 @@ def _train(name: str, data: Callable[[PipelineConfig, Path], list[str]],
     return run
 
 
+def write_pseudo_labels(teacher: Path, images: list[Path], folder: Path, *, meta: dict,
+                        device: str = "cpu", pixel_size_um: float | None = None,
+                        progress: bool = False) -> dict[str, Any]:
+    """A labeled dataset folder of ``images`` (copied; any annotations they have are never
+    read) with the labels ``teacher`` predicts for them: 8-view test-time augmentation at the
+    threshold it chose. ``meta`` goes to its meta.json (the pixel size, where it came from).
+    Returns the image ids and the number of cells labelled."""
+    from cellsynth.io.files import staged_output_dir, write_json
+    from cellsynth.segment.predict import predict_folder
+
+    with staged_output_dir(folder, force=True) as root:
+        (root / "images").mkdir()
+        for path in images:
+            shutil.copyfile(path, root / "images" / path.name)
+        write_json(root / layout.META, {**meta, "pseudo_labels_by": str(teacher)})
+        summary = predict_folder(teacher, root, root / "predicted", device=device, force=True,
+                                 tta=True, pixel_size_um=pixel_size_um, progress=progress)
+        (root / "predicted" / layout.LABELS).rename(root / layout.LABELS)
+        shutil.rmtree(root / "predicted")
+    return {"images": [path.stem for path in images], "cells": summary["n_instances"]}
+
+
+def _pseudo_label(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+    from cellsynth.errors import ConfigError
+    from cellsynth.io.sections import reads_lazily
+
+    folder = real_folder(config, out, "unlabeled")
+    annotated = {s.id for s in real_samples(config, "train")}
+    candidates = [s for s in load_dataset(folder) if s.id not in annotated]
+    # whole sections (unrescaled, so not staged as windows) would be labelled and trained on
+    # whole: left out
+    usable = [s for s in candidates if not reads_lazily(s.image_path)]
+    if not usable:
+        raise ConfigError(f"selftrain: {folder} has no image to pseudo-label besides the "
+                          f"annotated ones" + (" (whole sections are left out: give "
+                                               "real.pixel_size_um to use their windows)"
+                                               if candidates else ""))
+    chosen = usable[:config.selftrain.max_images]
+    working_px = _sim_config(config).pixel_size_um if _real_scale(config) != 1.0 else (
+        config.real.pixel_size_um)
+    meta = {"pixel_size_um": working_px} if working_px else {}
+    summary = write_pseudo_labels(out / layout.FINETUNE, [s.image_path for s in chosen],
+                                  out / layout.PSEUDO, meta={**meta, "images_of": folder},
+                                  device=config.device, pixel_size_um=working_px,
+                                  progress=kw["progress"])
+    return {"images": len(chosen), "cells": summary["cells"],
+            "left_out": len(candidates) - len(chosen)}
+
+
+def _selftrain(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+    from cellsynth.segment.trainer import train
+
+    resume = kw["resume"] and layout.has_checkpoint(out / layout.SELFTRAIN)
+    train_config = replace(config.finetune, replay=config.selftrain.pseudo,
+                           device=config.device, seed=config.seed)
+    return train(train_config, [real_folder(config, out, "train")], out / layout.SELFTRAIN,
+                 init=out / layout.FINETUNE, val=real_folder(config, out, "val"),
+                 resume=resume, force=not resume, progress=kw["progress"],
+                 replay=[out / layout.PSEUDO])
+
+
 def _synthetic(config: PipelineConfig, out: Path) -> list[str]:
     return [str(out / (layout.REFINED if config.real.unlabeled else layout.SIMULATE))]
 
 
 def _model(config: PipelineConfig) -> str:
-    return layout.FINETUNE if config.real.train else layout.PRETRAIN
+    """The detector that predicts: the last one trained."""
+    if not config.real.train:
+        return layout.PRETRAIN
+    return layout.SELFTRAIN if config.selftrain.enabled else layout.FINETUNE
 
 
 def _predict_images(config: PipelineConfig) -> str:
@@ -408,6 +472,14 @@ def plan(config: PipelineConfig) -> list[Stage]:
                             _train(layout.FINETUNE,
                                    lambda c, out: [real_folder(c, out, "train")],
                                    layout.PRETRAIN), reads=("train",) + val))
+        if config.selftrain.enabled:
+            stages.append(Stage(layout.PSEUDO, (layout.FINETUNE,) + data_inputs("unlabeled"),
+                                lambda c: [to_dict(c.selftrain), c.real.select.get("train")],
+                                _pseudo_label, reads=("unlabeled",)))
+            stages.append(Stage(layout.SELFTRAIN, (layout.FINETUNE, layout.PSEUDO)
+                                + data_inputs("train", "val"),
+                                lambda c: [to_dict(c.finetune), to_dict(c.selftrain), c.seed],
+                                _selftrain, reads=("train",) + val))
     counted = ()
     if config.predict.count_threshold:  # (config checks: needs real.unlabeled)
         stages.append(Stage(layout.COUNT_THRESHOLD, (_model(config),) + fitted
