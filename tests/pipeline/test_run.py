@@ -547,6 +547,11 @@ def test_self_training_labels_the_unannotated_images_and_predicts_with_the_stude
     assert Path(student["init"]).resolve().parent == (out / "finetune").resolve()
     predicted_by = json.loads((out / "predict" / "meta.json").read_text())["model"]
     assert Path(predicted_by).resolve().parent == (out / "selftrain").resolve()
+    # the report shows the pseudo labels with their count, and the student's training
+    page = (out / "report.html").read_text()
+    cells = sum(len(np.unique(read_labels(f))) - 1 for f in (pseudo / "labels").iterdir())
+    assert f"labelled 2 unannotated images ({cells} cells)" in page
+    assert page.split("Detector training</h2>")[1].split("<h2>")[0].count("<img") == 6
     # it is keyed like every stage: changing the fraction redoes it and what follows
     said.clear()
     run(replace(config, selftrain=SelfTrainOptions(pseudo=0.25)), out, progress=False,

@@ -203,6 +203,27 @@ def _fitted(run: Path) -> str:
             + (f"<pre>{html.escape(table.read_text())}</pre>" if table.is_file() else ""))
 
 
+def _pseudo_labels(run: Path) -> str:
+    """What self-training learned from: the fine-tuned detector's labels of unlabeled images."""
+    folder = run / layout.PSEUDO
+    if not (folder / layout.LABELS).is_dir():
+        return ""
+    from cellsynth.io.datasets import load_dataset
+    from cellsynth.viz import contour_overlay, image_grid
+
+    samples = list(load_dataset(folder, require_labels=True))
+    tiles, cells = [], 0
+    for sample in samples:
+        image, labels = sample.read()
+        cells += len(np.unique(labels[labels > 0]))
+        if len(tiles) < 4:
+            tiles.append(contour_overlay(image, labels))
+    return (f"<h2>Pseudo labels (self-training)</h2><p>The fine-tuned detector labelled "
+            f"{len(samples)} unannotated images ({cells} cells); the selftrain detector "
+            f"learned from them beside the annotated ones. Check that they look right.</p>"
+            + _png(image_grid(tiles, columns=4)))
+
+
 def _predictions(run: Path) -> str:
     overlays = sorted((run / layout.PREDICT / layout.OVERLAYS).glob("*.png"))[:4]
     if not overlays:
@@ -222,7 +243,7 @@ def write_report(run: str | os.PathLike) -> Path:
     body = [f"<h1>cellsynth report: {html.escape(run.name)}</h1>",
             _table(["stage", "status", "seconds"], stage_rows) if stage_rows else "",
             _fitted(run), "<h2>Samples</h2>" + _samples(run), _refiner(run), _realism(run),
-            _training(run), _predictions(run), _metrics(run),
+            _training(run), _pseudo_labels(run), _predictions(run), _metrics(run),
             f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>"]
     return _write_page(run, body)
 
