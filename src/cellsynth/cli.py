@@ -261,6 +261,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_pipeline_config(args.config)
     if args.seed is not None:  # the same recipe at another seed (its own --out, usually)
         config = replace(config, seed=args.seed)
+    if args.estimate:
+        import torch
+
+        from cellsynth.hardware import choose_precision, configure_threads, cpu_model
+        from cellsynth.pipeline.config import check_inputs
+        from cellsynth.pipeline.estimate import estimate, format_estimate
+
+        check_inputs(config)
+        threads = configure_threads()  # as the run's stages will (--threads, load, cores)
+        device = ("cpu: " + cpu_model() if config.device == "cpu"
+                  else torch.cuda.get_device_name(config.device))
+        machine = (f"{device}, {choose_precision(config.pretrain.precision, config.device).name}"
+                   f", {threads} thread(s)")
+        print(format_estimate(estimate(config, args.out), machine=machine))
+        return 0
     summaries = run(config, args.out, progress=not args.quiet)
     print(f"run finished ({', '.join(summaries)}): open {Path(args.out) / 'report.html'}")
     return 0
@@ -536,6 +551,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonnegative_int,
                    help="override the config's seed (every stage derives its randomness "
                         "from it); stages already done with another seed are redone")
+    p.add_argument("--estimate", action="store_true",
+                   help="time a few steps of each network the config trains, on this machine, "
+                        "and print how long each stage will take; runs and writes nothing")
     _add_output_flags(p, force=False)
     p.set_defaults(func=_cmd_run)
 

@@ -30,7 +30,7 @@ from cellsynth.io.files import write_json
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
 
-__all__ = ["run", "fingerprint", "content_fingerprint", "RunState"]
+__all__ = ["run", "fingerprint", "content_fingerprint", "stage_fingerprints", "RunState"]
 
 # files up to this size are fingerprinted by their bytes, larger ones by size and mtime
 HASH_BYTES_UP_TO = 1 << 20
@@ -92,6 +92,19 @@ class RunState:
         self.data = on_disk
 
 
+def stage_fingerprints(config: PipelineConfig, plan: list) -> dict[str, str]:
+    """Each planned stage's fingerprint: its options, the contents of the real data it reads
+    and the fingerprints of the stages it reads."""
+    contents = {role: content_fingerprint(getattr(config.real, role))
+                for role in {role for stage in plan for role in stage.reads}}
+    fingerprints: dict[str, str] = {}
+    for stage in plan:
+        fingerprints[stage.name] = fingerprint(stage.name, stage.config(config),
+                                               {role: contents[role] for role in stage.reads},
+                                               [fingerprints[d] for d in stage.inputs])
+    return fingerprints
+
+
 def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) the whole pipeline into ``out``; returns the stages' summaries."""
@@ -103,15 +116,10 @@ def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True
     save_yaml(out / layout.CONFIG, config)
     state = RunState(out)
     plan = stages.plan(config)
-    contents = {role: content_fingerprint(getattr(config.real, role))
-                for role in {role for stage in plan for role in stage.reads}}
-    fingerprints: dict[str, str] = {}
+    fingerprints = stage_fingerprints(config, plan)
     summaries: dict[str, Any] = {}
     for stage in plan:
-        stage_fingerprint = fingerprint(stage.name, stage.config(config),
-                                        {role: contents[role] for role in stage.reads},
-                                        [fingerprints[d] for d in stage.inputs])
-        fingerprints[stage.name] = stage_fingerprint
+        stage_fingerprint = fingerprints[stage.name]
         status = state.status(stage.name, stage_fingerprint)
         if status == "done":
             log(f"[{stage.name}] up to date, skipped")

@@ -218,6 +218,16 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
                       progress=progress, replay=replay)
 
 
+def model_spec(config: TrainConfig, channels: int) -> dict[str, Any]:
+    """The keyword arguments of :func:`cellsynth.segment.cpn.build_model` for this config (as
+    stored in checkpoints)."""
+    spec = dict(in_channels=channels, model=config.model, order=config.order,
+                samples=config.samples, refinement_iterations=config.refinement_iterations)
+    if config.head_kernel != 7:  # (checkpoints from before the option have no such key)
+        spec["head_kernel"] = config.head_kernel
+    return spec
+
+
 def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.PathLike, *,
            init: str | os.PathLike | None, val: str | os.PathLike | None, resume: bool,
            force: bool, progress: bool, replay: list[str | os.PathLike] | None
@@ -254,10 +264,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                                  normalization=config.normalization, channel=config.channel)
                     if replay else [])
     torch.manual_seed(config.seed + rank)
-    spec = dict(in_channels=channels, model=config.model, order=config.order,
-                samples=config.samples, refinement_iterations=config.refinement_iterations)
-    if config.head_kernel != 7:  # (checkpoints from before the option have no such key)
-        spec["head_kernel"] = config.head_kernel
+    spec = model_spec(config, channels)
     model = build_model(**spec).to(config.device)
     if start is not None:
         _init_weights(model, spec, *start)

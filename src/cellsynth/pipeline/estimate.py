@@ -1,0 +1,329 @@
+"""``cellsynth run CONFIG --out RUN --estimate``: how long a run will take on *this* machine,
+before it starts.
+
+A run's time is its networks' training and prediction, and a step's cost differs ~12x between
+CPUs: a CpnSlimU22 step at 256², batch 4 takes 0.64 s on a Xeon with AMX (bf16) and 7.75 s
+on an AVX2-only EPYC (fp32). So the estimate does not quote a table; it times a few steps of
+each network the config trains, with its crop, batch and the precision ``auto`` picks here, on
+synthetic inputs (a step's cost does not depend on what the pixels show), and multiplies:
+
+- the refiner's steps (and its semantic judge's, with ``consistency``);
+- each detector's steps (pretraining, fine-tuning, self-training) plus its validations, a
+  forward pass over the validation images' tiles every ``val_every`` steps;
+- prediction: a forward pass over the tiles of the predicted images at the working pixel
+  size, 8 times with ``tta``, and once over the unannotated images for pseudo labels.
+
+Not timed (seconds to a few minutes each): simulation, copying and rescaling, generation of
+refined images, choosing a refiner step, the count threshold, evaluation, realism and the
+report; the painting of cells after a forward pass is not counted either. A stage that RUN
+holds already, done with an unchanged fingerprint, counts 0. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth.pipeline import layout
+from cellsynth.pipeline.config import PipelineConfig
+
+__all__ = ["StageEstimate", "estimate", "format_estimate", "Timer"]
+
+_VAL_TILE, _TILE = 512, 512  # validation tiles (trainer.validate); prediction's at least
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    stage: str
+    seconds: float | None  # None: not timed (cheap); 0 for a stage RUN holds already
+    detail: str
+
+
+class Timer:
+    """Measures the per-step and per-pixel costs the estimate multiplies (cached per shape).
+
+    Each measurement runs ``warmup`` steps (oneDNN builds its kernels on the first calls)
+    and reports the median of ``steps`` more.
+    """
+
+    def __init__(self, device: str = "cpu", *, warmup: int = 1, steps: int = 2) -> None:
+        self.device, self.warmup, self.steps = device, warmup, steps
+        self._cache: dict[Any, float] = {}
+
+    def _median(self, step: Callable[[], None]) -> float:
+        for _ in range(self.warmup):
+            step()
+        times = []
+        for _ in range(self.steps):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        return float(np.median(times))
+
+    def detector_step(self, config: Any, channels: int) -> float:
+        """Seconds per training step of a detector with this TrainConfig."""
+        key = ("detector", config.model, config.order, config.samples,
+               config.refinement_iterations, config.head_kernel, config.crop, config.batch,
+               config.precision, channels)
+        if key not in self._cache:
+            self._cache[key] = self._detector_step(config, channels)
+        return self._cache[key]
+
+    def _detector_step(self, config: Any, channels: int) -> float:
+        import torch
+
+        from cellsynth.hardware import choose_precision
+        from cellsynth.segment import cpn
+        from cellsynth.segment.trainer import model_spec
+        from cellsynth.simulate import simulate
+
+        rng = np.random.default_rng(0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = cpn.build_model(**model_spec(config, channels)).to(self.device)
+        cpn.set_core_precision(model, choose_precision(config.precision, self.device).name)
+        items = []
+        for image, labels in simulate("nissl", config.batch, config.crop, seed=0):
+            item = cpn.training_targets(labels, samples=model.samples, order=model.order,
+                                        rng=rng)
+            image = image.astype(np.float32) / 255
+            item["inputs"] = (image if image.ndim == 3 else image[..., None])[..., :1].repeat(
+                channels, axis=-1)
+            items.append(item)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model.train()
+
+        def step() -> None:
+            # the crops and targets are made anew every step in training: time them too
+            batch = {k: v.to(self.device) for k, v in cpn.collate(items).items()}
+            loss = model(batch["inputs"], targets=batch)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return self._median(step)
+
+    def detector_forward_per_mpx(self, config: Any, channels: int) -> float:
+        """Seconds per megapixel of a detector's forward pass (prediction's network part)."""
+        key = ("forward", config.model, config.order, config.samples,
+               config.refinement_iterations, config.head_kernel, config.precision, channels)
+        if key not in self._cache:
+            import torch
+
+            from cellsynth.hardware import choose_precision
+            from cellsynth.segment import cpn
+            from cellsynth.segment.trainer import model_spec
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = cpn.build_model(**model_spec(config, channels)).to(self.device)
+            cpn.set_core_precision(model,
+                                   choose_precision(config.precision, self.device).name)
+            cpn.prepare_for_inference(model)
+            x = torch.rand(1, channels, _TILE, _TILE, device=self.device).contiguous(
+                memory_format=torch.channels_last)
+
+            def step() -> None:
+                with torch.no_grad():
+                    model.core(x)
+
+            self._cache[key] = self._median(step) / (_TILE * _TILE / 1e6)
+        return self._cache[key]
+
+    def refiner_step(self, config: Any, channels: int) -> float:
+        """Seconds per refiner training step (with the judge's loss where it has one)."""
+        from cellsynth.config import to_dict
+
+        key = ("refiner", str(sorted(to_dict(config).items())), channels)
+        if key not in self._cache:
+            import torch
+
+            from cellsynth.refine.consistency import SemanticJudge
+            from cellsynth.refine.trainer import new_state, train_step
+
+            rng = np.random.default_rng(0)
+            state = new_state(replace(config, seed=0), channels, self.device)
+            if config.consistency > 0:  # the loss costs the same with untrained weights
+                state.judge = SemanticJudge(channels).to(state.device).eval()
+                state.judge.requires_grad_(False)
+            c, b = config.crop, config.batch
+            sim = torch.from_numpy(rng.uniform(-1, 1, (b, channels, c, c)).astype(np.float32))
+            real = torch.from_numpy(rng.uniform(-1, 1, (b, channels, c, c)).astype(np.float32))
+            labels = torch.from_numpy(_blob_labels(rng, b, c))
+            self._cache[key] = self._median(lambda: train_step(state, sim, labels, real))
+        return self._cache[key]
+
+    def judge_training(self, config: Any, channels: int) -> float:
+        """Seconds to train the refiner's semantic judge (``consistency_steps`` steps)."""
+        key = ("judge", config.crop, config.consistency_steps, channels)
+        if key not in self._cache:
+            import torch
+
+            from cellsynth.refine.consistency import train_judge
+
+            c = config.crop
+
+            def sample(n: int, rng: np.random.Generator) -> tuple[Any, Any]:
+                images = rng.uniform(-1, 1, (n, channels, c, c)).astype(np.float32)
+                return torch.from_numpy(images), torch.from_numpy(_blob_labels(rng, n, c))
+
+            steps = 3
+            started = time.perf_counter()
+            train_judge(sample, channels, steps=steps, device=self.device)
+            self._cache[key] = (time.perf_counter() - started) / steps * config.consistency_steps
+        return self._cache[key]
+
+
+def _blob_labels(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((n, size, size), np.int64)
+    for i in range(n):
+        for k in range(1, size * size // 600 + 1):
+            cy, cx = rng.integers(size, size=2)
+            labels[i][(yy - cy) ** 2 + (xx - cx) ** 2 < 100] = k
+    return labels
+
+
+def tiled_pixels(height: int, width: int, tile: int, overlap: int) -> int:
+    """Pixels a tiled forward pass computes over an image (tiles overlap; small images are
+    one tile of their own size)."""
+    from cellsynth.segment.tiles import tile_origins
+
+    ys, xs = tile_origins(height, tile, overlap), tile_origins(width, tile, overlap)
+    return len(ys) * min(tile, height) * len(xs) * min(tile, width)
+
+
+def _image_shapes(folder: str | os.PathLike | None, chosen: list | None) -> list[tuple[int, int]]:
+    """(height, width) of every image of a folder (headers only where the format allows)."""
+    from cellsynth.io.datasets import load_dataset
+    from cellsynth.io.sections import open_image
+
+    if folder is None:
+        return []
+    ids = {str(i) for i in chosen} if chosen is not None else None
+    return [tuple(int(n) for n in open_image(s.image_path).shape[:2])
+            for s in load_dataset(folder) if ids is None or s.id in ids]
+
+
+def _megapixels(config: PipelineConfig, role: str, tile: int, overlap: int) -> float:
+    """Tiled megapixels of a real-data role at the working pixel size."""
+    from cellsynth.pipeline.stages import _real_scale
+
+    scale = _real_scale(config)
+    shapes = _image_shapes(getattr(config.real, role), config.real.select.get(role))
+    return sum(tiled_pixels(max(1, round(h * scale)), max(1, round(w * scale)), tile, overlap)
+               for h, w in shapes) / 1e6
+
+
+def _synthetic_val_megapixels(config: PipelineConfig) -> float:
+    size = config.simulate.size
+    side = size if isinstance(size, int) else size[0]
+    other = size if isinstance(size, int) else size[1]
+    return config.simulate.n_val * tiled_pixels(side, other, _VAL_TILE, 96) / 1e6
+
+
+def _channels(config: PipelineConfig) -> int:
+    from cellsynth.pipeline.stages import _sim_config
+
+    return _sim_config(config).channels
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
+             timer: Timer | None = None, channels: int | None = None) -> list[StageEstimate]:
+    """Per stage of ``config``'s plan, the seconds it is expected to take here (see the
+    module's docstring for what is timed and what is not)."""
+    from cellsynth.pipeline import stages as st
+
+    timer = timer or Timer(config.device)
+    channels = channels or _channels(config)
+    plan = st.plan(config)
+    done = _done_stages(config, out, plan)
+    real_val = config.real.val is not None
+
+    def val_mpx() -> float:
+        if real_val:
+            return _megapixels(config, "val", _VAL_TILE, 96)
+        return _synthetic_val_megapixels(config) if st._synthetic_val(config) else 0.0
+
+    def detector(train: Any, val_megapixels: float) -> tuple[float, str]:
+        step = timer.detector_step(train, channels)
+        validations = math.ceil(train.steps / train.val_every) if val_megapixels else 0
+        val = validations * val_megapixels * timer.detector_forward_per_mpx(train, channels)
+        return (train.steps * step + val,
+                f"{train.steps} steps x {step:.2f} s ({train.model}, {train.crop}² x "
+                f"{train.batch})" + (f" + {validations} validations over "
+                                     f"{val_megapixels:.2f} MP, {_minutes(val)}"
+                                     if validations else ""))
+
+    def predict(role: str, views: int) -> tuple[float, str]:
+        train = config.finetune if config.real.train else config.pretrain
+        mpx = _megapixels(config, role, _TILE, config.predict.overlap)
+        seconds = mpx * views * timer.detector_forward_per_mpx(train, channels)
+        return seconds, f"{mpx:.2f} MP of {role} images x {views} view(s)"
+
+    results = []
+    for stage in plan:
+        name = stage.name
+        if name in done:
+            results.append(StageEstimate(name, 0.0, "done in RUN already"))
+            continue
+        seconds, detail = None, "not timed (seconds to minutes)"
+        if name == layout.REFINER:
+            refine = config.refine
+            step = timer.refiner_step(refine, channels)
+            seconds = refine.steps * step
+            detail = f"{refine.steps} steps x {step:.2f} s ({refine.crop}² x {refine.batch})"
+            if refine.consistency > 0:
+                judge = timer.judge_training(refine, channels)
+                seconds += judge
+                detail += f" + its semantic judge, {_minutes(judge)}"
+        elif name == layout.PRETRAIN:
+            seconds, detail = detector(config.pretrain, val_mpx())
+        elif name == layout.FINETUNE:
+            seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
+        elif name == layout.SELFTRAIN:
+            seconds, detail = detector(replace(config.finetune, replay=config.selftrain.pseudo),
+                                       val_mpx() if real_val else 0.0)
+        elif name == layout.PSEUDO:
+            seconds, detail = predict("unlabeled", 8)
+        elif name == layout.PREDICT:
+            seconds, detail = predict(st._predict_images(config),
+                                      8 if config.predict.tta else 1)
+        results.append(StageEstimate(name, seconds, detail))
+    return results
+
+
+def _done_stages(config: PipelineConfig, out: str | os.PathLike | None, plan: list
+                 ) -> set[str]:
+    """Stages ``out`` holds done with the fingerprint this config gives them (as run skips)."""
+    from cellsynth.pipeline.run import RunState, stage_fingerprints
+
+    if out is None or not (Path(out) / layout.STATE).is_file():
+        return set()
+    state = RunState(Path(out))
+    return {name for name, print_ in stage_fingerprints(config, plan).items()
+            if state.status(name, print_) == "done"}
+
+
+def format_estimate(estimates: list[StageEstimate], *, machine: str) -> str:
+    """The lines ``cellsynth run --estimate`` prints."""
+    width = max(len(e.stage) for e in estimates)
+    lines = [f"estimated on this machine ({machine}):"]
+    for e in estimates:
+        when = "-" if e.seconds is None else _minutes(e.seconds)
+        lines.append(f"  {e.stage:<{width}}  {when:>9}  {e.detail}")
+    total = sum(e.seconds for e in estimates if e.seconds is not None)
+    lines.append(f"  {'total':<{width}}  {_minutes(total):>9}  of the timed stages; the others "
+                 f"add seconds to minutes")
+    return "\n".join(lines)

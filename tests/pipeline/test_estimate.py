@@ -1,0 +1,143 @@
+"""cellsynth run --estimate: steps x measured step time, validations and prediction over the
+images' tiles at the working pixel size, done stages 0, nothing written."""
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellsynth.io.images import write_image, write_labels
+from cellsynth.pipeline import layout
+from cellsynth.pipeline.config import PipelineConfig, PredictOptions, RealData, SimulateOptions
+from cellsynth.pipeline.estimate import Timer, estimate, format_estimate, tiled_pixels
+from cellsynth.pipeline.run import RunState, stage_fingerprints
+from cellsynth.pipeline.stages import plan
+from cellsynth.refine.config import RefineConfig
+from cellsynth.segment.trainer import TrainConfig
+
+
+class FakeTimer:
+    """Known costs: what the estimate does with them is the thing under test."""
+
+    def detector_step(self, config, channels):
+        return {"slim_u22": 2.0, "tiny_u22": 0.5}[config.model]
+
+    def detector_forward_per_mpx(self, config, channels):
+        return 10.0
+
+    def refiner_step(self, config, channels):
+        return 0.25
+
+    def judge_training(self, config, channels):
+        return 30.0
+
+
+def _folder(root: Path, shapes: list[tuple[int, int]], *, labels: bool = False) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir(exist_ok=True)
+    for i, shape in enumerate(shapes):
+        write_image(root / "images" / f"im{i}.png", np.zeros(shape, np.uint8))
+        if labels:
+            mask = np.zeros(shape, np.uint16)
+            mask[10:20, 10:20] = 1
+            write_labels(root / "labels" / f"im{i}.tif", mask)
+    return root
+
+
+def test_tiled_pixels_count_the_overlap_and_small_images_once():
+    # 600 px with tiles of 512 and overlap 96: tiles at 0 and 88, two per axis
+    assert tiled_pixels(600, 600, 512, 96) == 4 * 512 * 512
+    assert tiled_pixels(300, 400, 512, 96) == 300 * 400
+    assert tiled_pixels(512, 1000, 512, 96) == 512 * 3 * 512  # x tiles at 0, 416, 488
+
+
+def _config(tmp_path: Path, **kw) -> PipelineConfig:
+    unlabeled = _folder(tmp_path / "unlabeled", [(600, 600)])
+    val = _folder(tmp_path / "val", [(600, 600), (300, 400)], labels=True)
+    test = _folder(tmp_path / "test", [(256, 256)], labels=True)
+    return PipelineConfig(
+        simulate=SimulateOptions(preset="fluo", n=4, size=128, workers=1),
+        real=RealData(unlabeled=str(unlabeled), train=str(val), val=str(val), test=str(test)),
+        refine=RefineConfig(steps=1000, consistency=1.0),
+        pretrain=TrainConfig(steps=250, val_every=100),
+        finetune=TrainConfig(steps=100, val_every=50, model="tiny_u22"),
+        predict=PredictOptions(tile=512, overlap=96, tta=True), **kw)
+
+
+def test_estimate_multiplies_steps_validations_and_views(tmp_path):
+    config = _config(tmp_path)
+    by_stage = {e.stage: e for e in estimate(config, timer=FakeTimer(), channels=1)}
+    val_mpx = (4 * 512 * 512 + 300 * 400) / 1e6
+    assert by_stage[layout.REFINER].seconds == pytest.approx(1000 * 0.25 + 30.0)
+    # 250 steps validated at 100, 200 and 250
+    assert by_stage[layout.PRETRAIN].seconds == pytest.approx(250 * 2.0 + 3 * val_mpx * 10.0)
+    assert by_stage[layout.FINETUNE].seconds == pytest.approx(100 * 0.5 + 2 * val_mpx * 10.0)
+    # 8 views (tta) of the one 256² test image
+    assert by_stage[layout.PREDICT].seconds == pytest.approx(8 * 256 * 256 / 1e6 * 10.0)
+    assert by_stage[layout.SIMULATE].seconds is None  # cheap stages are not timed
+    text = format_estimate(list(by_stage.values()), machine="test CPU")
+    total = (1000 * 0.25 + 30 + 250 * 2 + 3 * val_mpx * 10 + 100 * 0.5 + 2 * val_mpx * 10
+             + 8 * 256 * 256 / 1e6 * 10)
+    assert text.splitlines()[-1].split()[1:3] == [f"{total / 60:.1f}", "min"]
+
+
+def test_estimate_works_at_the_working_pixel_size(tmp_path):
+    # real images at 0.5 um/px, the simulation at 1.0: the detectors see them half as wide
+    config = _config(tmp_path)
+    config = replace(config, real=replace(config.real, pixel_size_um=0.5),
+                     simulate=replace(config.simulate, pixel_size_um=1.0))
+    by_stage = {e.stage: e for e in estimate(config, timer=FakeTimer(), channels=1)}
+    assert by_stage[layout.PREDICT].seconds == pytest.approx(8 * 128 * 128 / 1e6 * 10.0)
+
+
+def test_done_stages_count_zero(tmp_path):
+    config = _config(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    fingerprints = stage_fingerprints(config, plan(config))
+    RunState(out).mark(layout.REFINER, fingerprints[layout.REFINER], done=True)
+    RunState(out).mark(layout.PRETRAIN, fingerprints[layout.PRETRAIN], done=False)
+    by_stage = {e.stage: e for e in estimate(config, out, timer=FakeTimer(), channels=1)}
+    assert by_stage[layout.REFINER].seconds == 0.0
+    assert by_stage[layout.PRETRAIN].seconds > 0  # interrupted: its steps are still ahead
+    # another refiner config: its done entry no longer counts
+    changed = replace(config, refine=replace(config.refine, steps=10))
+    by_stage = {e.stage: e for e in estimate(changed, out, timer=FakeTimer(), channels=1)}
+    assert by_stage[layout.REFINER].seconds == pytest.approx(10 * 0.25 + 30.0)
+
+
+def test_the_real_timer_times_a_tiny_detector_and_caches_it():
+    timer = Timer(warmup=1, steps=1)
+    config = TrainConfig(model="tiny_u22", crop=64, batch=1, samples=16, order=3,
+                         refinement_iterations=1, precision="fp32")
+    first = timer.detector_step(config, 1)
+    assert 0 < first < 60
+    assert timer.detector_step(config, 1) == first  # measured once per shape
+    assert math.isfinite(timer.detector_forward_per_mpx(config, 1))
+
+
+def test_cli_estimate_prints_the_stages_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from cellsynth import cli
+    from cellsynth.pipeline import estimate as estimate_module
+
+    monkeypatch.setattr(estimate_module, "Timer", lambda *a, **k: FakeTimer())
+    real = _config(tmp_path).real
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""
+simulate: {{preset: fluo, n: 4, size: 128, workers: 1}}
+real: {{unlabeled: {real.unlabeled}, train: {real.train}, val: {real.val}, test: {real.test}}}
+refine: {{steps: 1000, consistency: 1.0}}
+pretrain: {{steps: 250, val_every: 100}}
+finetune: {{steps: 100, val_every: 50, model: tiny_u22}}
+predict: {{tile: 512, overlap: 96, tta: true}}
+""")
+    out = tmp_path / "run"
+    assert cli.main(["run", str(path), "--out", str(out), "--estimate"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("estimated on this machine (cpu: ")
+    val_mpx = (4 * 512 * 512 + 300 * 400) / 1e6
+    pretrain = f"{(250 * 2.0 + 3 * val_mpx * 10.0) / 60:.1f}"
+    assert any(line.split()[:3] == ["pretrain", pretrain, "min"] for line in lines), lines
+    assert not out.exists()
