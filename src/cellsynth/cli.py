@@ -250,7 +250,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     predicted = ("test/ (predicted and scored)" if "test" in s["roles"]
                  else f"{s['roles']['unlabeled']} (predicted)")
     print(f"wrote {out}; next: cellsynth run {out} --out runs/{s['name']}  -> labels of "
-          f"{predicted} in runs/{s['name']}/predict, report.html beside them")
+          f"{predicted} in runs/{s['name']}/predict, report.html beside them (add --estimate "
+          f"first to see how long it takes on this machine)")
     return 0
 
 

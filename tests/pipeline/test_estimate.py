@@ -33,6 +33,9 @@ class FakeTimer:
     def judge_training(self, config, channels):
         return 30.0
 
+    def refiner_images(self, config, channels, size):
+        return 0.125 * (size / 128) ** 2
+
 
 def _folder(root: Path, shapes: list[tuple[int, int]], *, labels: bool = False) -> Path:
     (root / "images").mkdir(parents=True)
@@ -76,10 +79,14 @@ def test_estimate_multiplies_steps_validations_and_views(tmp_path):
     assert by_stage[layout.FINETUNE].seconds == pytest.approx(100 * 0.5 + 2 * val_mpx * 10.0)
     # 8 views (tta) of the one 256² test image
     assert by_stage[layout.PREDICT].seconds == pytest.approx(8 * 256 * 256 / 1e6 * 10.0)
+    # the 4 simulated images of 128² refined; real.val is annotated, so no synthetic
+    # validation images are simulated or refined
+    assert by_stage[layout.REFINED].seconds == pytest.approx(4 * 0.125)
+    assert layout.REFINED_VAL not in by_stage
     assert by_stage[layout.SIMULATE].seconds is None  # cheap stages are not timed
     text = format_estimate(list(by_stage.values()), machine="test CPU")
-    total = (1000 * 0.25 + 30 + 250 * 2 + 3 * val_mpx * 10 + 100 * 0.5 + 2 * val_mpx * 10
-             + 8 * 256 * 256 / 1e6 * 10)
+    total = (1000 * 0.25 + 30 + 4 * 0.125 + 250 * 2 + 3 * val_mpx * 10 + 100 * 0.5
+             + 2 * val_mpx * 10 + 8 * 256 * 256 / 1e6 * 10)
     assert text.splitlines()[-1].split()[1:3] == [f"{total / 60:.1f}", "min"]
 
 

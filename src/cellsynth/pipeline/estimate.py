@@ -7,14 +7,15 @@ on an AVX2-only EPYC (fp32). So the estimate does not quote a table; it times a 
 each network the config trains, with its crop, batch and the precision ``auto`` picks here, on
 synthetic inputs (a step's cost does not depend on what the pixels show), and multiplies:
 
-- the refiner's steps (and its semantic judge's, with ``consistency``);
+- the refiner's steps (and its semantic judge's, with ``consistency``), then the refining of
+  every simulated image;
 - each detector's steps (pretraining, fine-tuning, self-training) plus its validations, a
   forward pass over the validation images' tiles every ``val_every`` steps;
 - prediction: a forward pass over the tiles of the predicted images at the working pixel
   size, 8 times with ``tta``, and once over the unannotated images for pseudo labels.
 
-Not timed (seconds to a few minutes each): simulation, copying and rescaling, generation of
-refined images, choosing a refiner step, the count threshold, evaluation, realism and the
+Not timed (seconds to a few minutes each): simulation, copying and rescaling, choosing a
+refiner step, the count threshold, evaluation, realism and the
 report; the painting of cells after a forward pass is not counted either. A stage that RUN
 holds already, done with an unchanged fingerprint, counts 0. Nothing is written.
 """
@@ -160,6 +161,26 @@ class Timer:
             self._cache[key] = self._median(lambda: train_step(state, sim, labels, real))
         return self._cache[key]
 
+    def refiner_images(self, config: Any, channels: int, size: int) -> float:
+        """Seconds to refine one simulated image of ``size``² (generation, in batches of 8)."""
+        from cellsynth.config import to_dict
+
+        key = ("generate", str(sorted(to_dict(config).items())), channels, size)
+        if key not in self._cache:
+            from cellsynth.refine.generate import Refiner, refine_images
+            from cellsynth.refine.trainer import new_state
+
+            rng = np.random.default_rng(0)
+            state = new_state(replace(config, seed=0), channels, self.device)
+            refiner = Refiner(state.generator, config, step=0, checkpoint=None,
+                              device=state.device, bf16=state.bf16)
+            shape = (size, size) if channels == 1 else (size, size, channels)
+            images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(8)]
+            labels = list(_blob_labels(rng, 8, size))
+            self._cache[key] = self._median(
+                lambda: refine_images(refiner, images, labels, batch=8)) / 8
+        return self._cache[key]
+
     def judge_training(self, config: Any, channels: int) -> float:
         """Seconds to train the refiner's semantic judge (``consistency_steps`` steps)."""
         key = ("judge", config.crop, config.consistency_steps, channels)
@@ -288,6 +309,11 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
                 judge = timer.judge_training(refine, channels)
                 seconds += judge
                 detail += f" + its semantic judge, {_minutes(judge)}"
+        elif name in (layout.REFINED, layout.REFINED_VAL):
+            n = config.simulate.n if name == layout.REFINED else config.simulate.n_val
+            each = timer.refiner_images(config.refine, channels, config.simulate.size)
+            seconds = n * each
+            detail = f"{n} images x {each:.2f} s ({config.simulate.size}²)"
         elif name == layout.PRETRAIN:
             seconds, detail = detector(config.pretrain, val_mpx())
         elif name == layout.FINETUNE:
