@@ -54,7 +54,7 @@ class Timer:
     and reports the median of ``steps`` more.
     """
 
-    def __init__(self, device: str = "cpu", *, warmup: int = 1, steps: int = 2) -> None:
+    def __init__(self, device: str = "cpu", *, warmup: int = 1, steps: int = 3) -> None:
         self.device, self.warmup, self.steps = device, warmup, steps
         self._cache: dict[Any, float] = {}
 
@@ -90,19 +90,22 @@ class Timer:
             torch.manual_seed(0)
             model = cpn.build_model(**model_spec(config, channels)).to(self.device)
         cpn.set_core_precision(model, choose_precision(config.precision, self.device).name)
-        items = []
+        crops = []
         for image, labels in simulate("nissl", config.batch, config.crop, seed=0):
-            item = cpn.training_targets(labels, samples=model.samples, order=model.order,
-                                        rng=rng)
             image = image.astype(np.float32) / 255
-            item["inputs"] = (image if image.ndim == 3 else image[..., None])[..., :1].repeat(
-                channels, axis=-1)
-            items.append(item)
+            crops.append(((image if image.ndim == 3 else image[..., None])[..., :1].repeat(
+                channels, axis=-1), labels))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         model.train()
 
         def step() -> None:
-            # the crops and targets are made anew every step in training: time them too
+            # training makes every crop's targets anew each step: time that too
+            items = []
+            for image, labels in crops:
+                item = cpn.training_targets(labels, samples=model.samples, order=model.order,
+                                            rng=rng)
+                item["inputs"] = image
+                items.append(item)
             batch = {k: v.to(self.device) for k, v in cpn.collate(items).items()}
             loss = model(batch["inputs"], targets=batch)["loss"]
             optimizer.zero_grad(set_to_none=True)
