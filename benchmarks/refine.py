@@ -15,19 +15,10 @@ import time
 import numpy as np
 import torch
 
+from cellsynth.pipeline.estimate import blob_labels
 from cellsynth.refine.config import RefineConfig
 from cellsynth.refine.generate import Refiner, refine_images
 from cellsynth.refine.trainer import new_state, resolve_precision, train_step
-
-
-def _blob_labels(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    yy, xx = np.mgrid[:size, :size]
-    labels = np.zeros((n, size, size), np.int64)
-    for i in range(n):
-        for k in range(1, size * size // 600 + 1):
-            cy, cx = rng.integers(size, size=2)
-            labels[i][(yy - cy) ** 2 + (xx - cx) ** 2 < 100] = k
-    return labels
 
 
 def _seconds_per_step(config: RefineConfig, bf16: bool, steps: int, warmup: int = 3) -> float:
@@ -36,7 +27,7 @@ def _seconds_per_step(config: RefineConfig, bf16: bool, steps: int, warmup: int 
     c, b = config.crop, config.batch
     sim = torch.from_numpy(rng.uniform(-1, 1, (b, 3, c, c)).astype(np.float32))
     real = torch.from_numpy(rng.uniform(-1, 1, (b, 3, c, c)).astype(np.float32))
-    labels = torch.from_numpy(_blob_labels(rng, b, c))
+    labels = torch.from_numpy(blob_labels(rng, b, c))
     for _ in range(warmup):  # oneDNN builds its kernels on the first calls
         train_step(state, sim, labels, real)
     started = time.perf_counter()
@@ -51,7 +42,7 @@ def _images_per_s(config: RefineConfig, bf16: bool, size: int, n: int, batch: in
     refiner = Refiner(state.generator, config, step=0, checkpoint=None, device=state.device,
                       bf16=bf16)
     images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
-    labels = list(_blob_labels(rng, n, size))
+    labels = list(blob_labels(rng, n, size))
     refine_images(refiner, images[:batch], labels[:batch], batch=batch)  # warm-up
     started = time.perf_counter()
     refine_images(refiner, images, labels, batch=batch)

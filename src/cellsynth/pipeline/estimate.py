@@ -35,7 +35,8 @@ import numpy as np
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig
 
-__all__ = ["StageEstimate", "estimate", "format_estimate", "Timer"]
+__all__ = ["StageEstimate", "estimate", "format_estimate", "Timer", "blob_labels",
+           "tiled_pixels"]
 
 _VAL_TILE, _TILE = 512, 512  # validation tiles (trainer.validate); prediction's at least
 
@@ -68,11 +69,29 @@ class Timer:
             times.append(time.perf_counter() - started)
         return float(np.median(times))
 
+    @staticmethod
+    def _network_key(config: Any, channels: int) -> tuple:
+        from cellsynth.segment.trainer import model_spec
+
+        return tuple(sorted(model_spec(config, channels).items())) + (config.precision,)
+
+    def _detector(self, config: Any, channels: int) -> Any:
+        """A freshly initialised CPN as the trainer builds it, in the precision it would use."""
+        import torch
+
+        from cellsynth.hardware import choose_precision
+        from cellsynth.segment import cpn
+        from cellsynth.segment.trainer import model_spec
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = cpn.build_model(**model_spec(config, channels)).to(self.device)
+        cpn.set_core_precision(model, choose_precision(config.precision, self.device).name)
+        return model
+
     def detector_step(self, config: Any, channels: int) -> float:
         """Seconds per training step of a detector with this TrainConfig."""
-        key = ("detector", config.model, config.order, config.samples,
-               config.refinement_iterations, config.head_kernel, config.crop, config.batch,
-               config.precision, channels)
+        key = ("detector", self._network_key(config, channels), config.crop, config.batch)
         if key not in self._cache:
             self._cache[key] = self._detector_step(config, channels)
         return self._cache[key]
@@ -80,16 +99,11 @@ class Timer:
     def _detector_step(self, config: Any, channels: int) -> float:
         import torch
 
-        from cellsynth.hardware import choose_precision
         from cellsynth.segment import cpn
-        from cellsynth.segment.trainer import model_spec
         from cellsynth.simulate import simulate
 
         rng = np.random.default_rng(0)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = cpn.build_model(**model_spec(config, channels)).to(self.device)
-        cpn.set_core_precision(model, choose_precision(config.precision, self.device).name)
+        model = self._detector(config, channels)
         crops = []
         for image, labels in simulate("nissl", config.batch, config.crop, seed=0):
             image = image.astype(np.float32) / 255
@@ -116,20 +130,13 @@ class Timer:
 
     def detector_forward_per_mpx(self, config: Any, channels: int) -> float:
         """Seconds per megapixel of a detector's forward pass (prediction's network part)."""
-        key = ("forward", config.model, config.order, config.samples,
-               config.refinement_iterations, config.head_kernel, config.precision, channels)
+        key = ("forward", self._network_key(config, channels))
         if key not in self._cache:
             import torch
 
-            from cellsynth.hardware import choose_precision
             from cellsynth.segment import cpn
-            from cellsynth.segment.trainer import model_spec
 
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = cpn.build_model(**model_spec(config, channels)).to(self.device)
-            cpn.set_core_precision(model,
-                                   choose_precision(config.precision, self.device).name)
+            model = self._detector(config, channels)
             cpn.prepare_for_inference(model)
             x = torch.rand(1, channels, _TILE, _TILE, device=self.device).contiguous(
                 memory_format=torch.channels_last)
@@ -160,7 +167,7 @@ class Timer:
             c, b = config.crop, config.batch
             sim = torch.from_numpy(rng.uniform(-1, 1, (b, channels, c, c)).astype(np.float32))
             real = torch.from_numpy(rng.uniform(-1, 1, (b, channels, c, c)).astype(np.float32))
-            labels = torch.from_numpy(_blob_labels(rng, b, c))
+            labels = torch.from_numpy(blob_labels(rng, b, c))
             self._cache[key] = self._median(lambda: train_step(state, sim, labels, real))
         return self._cache[key]
 
@@ -179,7 +186,7 @@ class Timer:
                               device=state.device, bf16=state.bf16)
             shape = (size, size) if channels == 1 else (size, size, channels)
             images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(8)]
-            labels = list(_blob_labels(rng, 8, size))
+            labels = list(blob_labels(rng, 8, size))
             self._cache[key] = self._median(
                 lambda: refine_images(refiner, images, labels, batch=8)) / 8
         return self._cache[key]
@@ -196,7 +203,7 @@ class Timer:
 
             def sample(n: int, rng: np.random.Generator) -> tuple[Any, Any]:
                 images = rng.uniform(-1, 1, (n, channels, c, c)).astype(np.float32)
-                return torch.from_numpy(images), torch.from_numpy(_blob_labels(rng, n, c))
+                return torch.from_numpy(images), torch.from_numpy(blob_labels(rng, n, c))
 
             steps = 3
             started = time.perf_counter()
@@ -205,7 +212,9 @@ class Timer:
         return self._cache[key]
 
 
-def _blob_labels(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+def blob_labels(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """(n, size, size) int64 label maps of random round blobs (r 10 px, one per 600 px²):
+    stand-in cells for timing, where what the pixels show does not matter."""
     yy, xx = np.mgrid[:size, :size]
     labels = np.zeros((n, size, size), np.int64)
     for i in range(n):
@@ -248,9 +257,7 @@ def _megapixels(config: PipelineConfig, role: str, tile: int, overlap: int) -> f
 
 def _synthetic_val_megapixels(config: PipelineConfig) -> float:
     size = config.simulate.size
-    side = size if isinstance(size, int) else size[0]
-    other = size if isinstance(size, int) else size[1]
-    return config.simulate.n_val * tiled_pixels(side, other, _VAL_TILE, 96) / 1e6
+    return config.simulate.n_val * tiled_pixels(size, size, _VAL_TILE, 96) / 1e6
 
 
 def _channels(config: PipelineConfig) -> int:
