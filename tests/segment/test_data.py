@@ -118,3 +118,61 @@ def test_images_from_two_microscopes_each_keep_their_own_pixel_size(tmp_path):
     with pytest.warns(UserWarning, match=r"mixed: 1 of 3 image\(s\) state no pixel size"):
         items = load_labeled([root], pixel_size_um=0.5)
     assert [i.labels.shape for i in items] == [(96, 96), (48, 48), (96, 96)]
+
+
+def _flat_rgb(size: int = 64, value: float = 0.5) -> LabeledImage:
+    item = _disc_image(size)
+    image = np.where(item.labels[..., None] > 0, 0.2, value).astype(np.float32)
+    return LabeledImage("rgb", np.repeat(image, 3, axis=-1), item.labels)
+
+
+_rng = np.random.default_rng
+_STILL = dict(scale=(1.0, 1.0), brightness=0.0, contrast=0.0, gamma=0.0)
+
+
+def test_blur_softens_about_half_of_the_crops_and_never_moves_the_labels():
+    plain = Augment(**_STILL)
+    blurred = Augment(**_STILL, blur=2.0)
+    changed = 0
+    for seed in range(30):
+        a_image, a_labels = CropSampler([_disc_image()], 64, plain, _rng(seed)).sample()
+        b_image, b_labels = CropSampler([_disc_image()], 64, blurred, _rng(seed)).sample()
+        np.testing.assert_array_equal(a_labels, b_labels)  # same window, rotation, flip
+        if not np.array_equal(a_image, b_image):
+            changed += 1
+            # a blur spreads the edges: less gradient, same mean
+            assert np.abs(np.diff(b_image, axis=0)).sum() < np.abs(np.diff(a_image, axis=0)).sum()
+            assert abs(b_image.mean() - a_image.mean()) < 0.01
+    assert 7 <= changed <= 23
+
+
+def test_stain_jitter_changes_each_colour_channel_on_its_own():
+    augment = Augment(**_STILL, stain=0.2)
+    sampler = CropSampler([_flat_rgb()], 64, augment, np.random.default_rng(3))
+    spreads = []
+    for _ in range(10):
+        image, labels = sampler.sample()
+        background = image[labels == 0].reshape(-1, 3)[0]   # one value per channel
+        assert np.all((background >= 0.5 ** 1.2 - 1e-6) & (background <= 0.5 ** 0.8 + 1e-6))
+        spreads.append(np.ptp(background))
+    assert max(spreads) > 0.02  # the channels moved apart, not together
+
+
+def test_stain_jitter_leaves_one_channel_images_and_their_random_stream_alone():
+    one = dict(_STILL, scale=(0.8, 1.25), brightness=0.05)
+    a = CropSampler([_disc_image()], 64, Augment(**one), np.random.default_rng(5))
+    b = CropSampler([_disc_image()], 64, Augment(**one, stain=0.3), np.random.default_rng(5))
+    for _ in range(5):
+        (ai, al), (bi, bl) = a.sample(), b.sample()
+        np.testing.assert_array_equal(ai, bi)
+        np.testing.assert_array_equal(al, bl)
+
+
+def test_new_augment_options_keep_old_fingerprints_and_reject_bad_values():
+    from cellsynth.config import from_dict, to_dict
+    from cellsynth.errors import ConfigError
+    assert set(to_dict(Augment())) == {"enabled", "scale", "brightness", "contrast", "gamma"}
+    assert to_dict(Augment(blur=1.5))["blur"] == 1.5
+    for bad in ({"blur": -1.0}, {"stain": 1.0}):
+        with pytest.raises(ConfigError, match="blur >= 0 and 0 <= stain < 1"):
+            from_dict(Augment, bad)

@@ -1,8 +1,11 @@
 """Training crops for the detector: load dataset folders once, sample augmented crops.
 
 Augmentation (on by default): flips, 90-degree rotations, scale (zoom 1/1.25 .. 1.25),
-brightness / contrast / gamma jitter. All randomness comes from one numpy Generator, so a
-run (and its resume) is reproducible.
+brightness / contrast / gamma jitter; opt-in: focus (a Gaussian blur of random width, as
+between slides scanned a little out of focus) and stain strength per colour channel (each
+channel raised to its own power near 1: a denser or paler stain in one dye). All randomness
+comes from one numpy Generator, so a run (and its resume) is reproducible; an option left at
+0 draws nothing, so the crops of a seed stay what they were before the option existed.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 from skimage.transform import resize
 
+from cellsynth.config import ADDED
 from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.images import match_channels, select_channel
@@ -33,6 +38,11 @@ class Augment:
     brightness: float = 0.08                   # +- additive shift
     contrast: float = 0.15                     # +- relative contrast change
     gamma: float = 0.15                        # gamma in 1 +- this
+    # half of the crops blurred by a Gaussian of sigma uniform in [0, blur] px (0: off)
+    blur: float = field(default=0.0, metadata=ADDED)
+    # each colour channel raised to its own power in 1 +- this (stain density per dye; 0: off,
+    # no effect on one-channel images)
+    stain: float = field(default=0.0, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1]:
@@ -40,6 +50,8 @@ class Augment:
                              f"{list(self.scale)}")
         if min(self.brightness, self.contrast, self.gamma) < 0 or self.gamma >= 1:
             raise ValueError("augment: brightness, contrast >= 0 and 0 <= gamma < 1 required")
+        if self.blur < 0 or not 0 <= self.stain < 1:
+            raise ValueError("augment: blur >= 0 and 0 <= stain < 1 required")
 
 
 @dataclass(frozen=True)
@@ -140,5 +152,11 @@ class CropSampler:
             contrast = 1 + rng.uniform(-aug.contrast, aug.contrast)
             image = (image - mean) * contrast + mean + rng.uniform(-aug.brightness, aug.brightness)
             image = np.clip(image, 0, 1) ** (1 + rng.uniform(-aug.gamma, aug.gamma))
+            if aug.stain > 0 and image.shape[-1] > 1:
+                image = image ** (1 + rng.uniform(-aug.stain, aug.stain, image.shape[-1]))
+            if aug.blur > 0 and rng.random() < 0.5:
+                sigma = float(rng.uniform(0, aug.blur))
+                image = gaussian_filter(np.asarray(image, np.float32), (sigma, sigma, 0),
+                                        mode="reflect")
         return (np.ascontiguousarray(image, dtype=np.float32),
                 np.ascontiguousarray(labels, dtype=np.int32))
