@@ -174,7 +174,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              force=args.force, precision=args.precision,
                              channel=args.channel, level=args.level,
                              pixel_size_um=args.pixel_size, labels_as=args.labels,
-                             tta=args.tta, progress=not args.quiet)
+                             tta=args.tta, progress=not args.quiet,
+                             **({} if args.empty_contrast is None
+                                else {"empty_contrast": args.empty_contrast}))
     print(f"predicted {summary['n_instances']} cells in {summary['n_images']} images "
           f"({summary['megapixels_per_s']:.2f} MP/s) -> {args.out}")
     return 0
@@ -498,6 +500,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: predict the 8 flips/transposes and let them "
                         "vote on each cell and its outline (8x the time; more accurate outlines)")
+    p.add_argument("--empty-contrast", type=_score,
+                   help="tiles in which nothing stands out from its surroundings by more than "
+                        "this share of the intensity range (empty glass around a section) are "
+                        "not predicted (default 0.04); 0 predicts every tile")
     _add_output_flags(p)
     p.set_defaults(func=_cmd_predict)
 

@@ -506,3 +506,34 @@ def test_a_pyramid_level_is_predicted_at_its_own_pixel_size_beside_a_meta_json(
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["images_pixel_size_um"]["slide"]["pixel_size_um"] == pytest.approx(4 * 0.499)
     assert read_labels(tmp_path / "out" / "labels" / "slide.tif").shape == (128, 96)
+
+
+def test_blank_glass_beside_a_section_is_not_predicted_and_changes_no_label(model, tmp_path,
+                                                                            capsys):
+    """A field of the background's level beside the cells (the simulated image spans only
+    9-19 grey levels, so noise of one level would be a sixth of its range): its tiles are
+    skipped (counted in meta.json, said in one line) and the labels are those of predicting
+    every tile (`--empty-contrast 0`)."""
+    from cellsynth.cli import main
+
+    run, sim = model
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    field = np.full((image.shape[0], 480), np.median(image), np.uint8)
+    field[:, :image.shape[1]] = image
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "s.tif", field)
+    common = ["predict", "--detector", str(run), "--images", str(tmp_path / "in"),
+              "--tile", "128", "--overlap", "48", "--score-thresh", "0.5",
+              "--precision", "fp32"]
+    assert main([*common, "--out", str(tmp_path / "every"), "--empty-contrast", "0",
+                 "--quiet"]) == 0
+    assert main([*common, "--out", str(tmp_path / "skip")]) == 0
+    tiles = {name: json.loads((tmp_path / name / "meta.json").read_text())
+             ["images_pixel_size_um"]["s"]["tiles"] for name in ("every", "skip")}
+    assert tiles["every"]["blank"] == 0 and tiles["every"]["predicted"] == 6
+    assert tiles["skip"]["blank"] >= 2
+    assert tiles["skip"]["predicted"] + tiles["skip"]["blank"] == 6
+    every = read_labels(tmp_path / "every" / "labels" / "s.tif")
+    assert every.max() >= 3
+    np.testing.assert_array_equal(read_labels(tmp_path / "skip" / "labels" / "s.tif"), every)
+    assert f"s.tif: {tiles['skip']['blank']} of 6 tiles blank" in capsys.readouterr().err

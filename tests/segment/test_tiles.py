@@ -9,7 +9,9 @@ from cellsynth.evaluate import matching
 from cellsynth.segment.tiles import (
     PaintedLabels,
     ProposalStore,
+    TileCount,
     balanced_tile,
+    blank_tile,
     cell_masks,
     contours_to_labels,
     offset_contours,
@@ -324,3 +326,51 @@ def test_scanline_cell_masks_are_the_pixels_skimage_draws():
         got[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = mask
         assert np.array_equal(got, _skimage_pixels(offset_contours(contours[k][None])[0],
                                                    shape)), k
+
+
+def _glass(shape, seed=0, noise=0.01):
+    """Empty glass as a scanner sees it: bright, noisy, shaded by 0.3 from one side to the
+    other (vignetting)."""
+    rng = np.random.default_rng(seed)
+    shading = np.linspace(0.6, 0.9, shape[1], dtype=np.float32)[None, :]
+    return (shading + rng.normal(0, noise, shape)).astype(np.float32)
+
+
+def test_glass_is_blank_and_one_faint_cell_is_not():
+    glass = _glass((130, 97))  # no multiple of the 4 px blocks
+    assert blank_tile(glass) and blank_tile(np.repeat(glass[..., None], 3, axis=-1))
+    assert not blank_tile(glass, 0.0)  # 0: every tile is predicted
+    yy, xx = np.mgrid[:130, :97]
+    for cy, cx in ((40, 30), (128, 95)):  # inside, and in the last partial block corner
+        cell = glass - 0.1 * (((yy - cy) ** 2 + (xx - cx) ** 2) <= 36)  # contrast 0.1, r 6
+        assert not blank_tile(cell), (cy, cx)
+    rgb = np.repeat(glass[..., None], 3, axis=-1)
+    rgb[35:47, 25:37, 2] -= 0.1  # visible in one colour channel only
+    assert not blank_tile(rgb)
+
+
+def test_blank_tiles_are_not_predicted_and_no_cell_is_lost():
+    labels = _disks((400, 700), 30, 9, seed=2)
+    labels[:, 300:] = 0  # cells on the left, glass on the right
+    # channel 0 the labels (what the oracle reads), channel 1 noisy shaded glass
+    image = np.stack([labels.astype(np.float32), _glass(labels.shape)], axis=-1)
+    oracle, seen = _oracle(labels), []
+
+    def predictor(tiles):
+        seen.append(len(tiles))
+        return oracle(tiles)
+
+    kwargs = dict(tile=160, overlap=48, batch=3)
+    every = TileCount()
+    contours0, scores0 = tiled_proposals(image, predictor, count=every, **kwargs)
+    assert every.blank == 0 and sum(seen) == every.predicted
+    seen.clear()
+    some = TileCount()
+    contours, scores = tiled_proposals(image, predictor, empty_contrast=0.04, count=some,
+                                       **kwargs)
+    assert some.blank >= 6 and some.predicted + some.blank == every.predicted
+    assert sum(seen) == some.predicted  # blank tiles never reach the model
+    np.testing.assert_array_equal(contours, contours0)
+    np.testing.assert_array_equal(scores, scores0)
+    painted = contours_to_labels(contours, scores, labels.shape, score_thresh=0.5)
+    assert matching(labels, painted, thresholds=[0.8]).f1.tolist() == [1.0]

@@ -16,6 +16,7 @@ from cellsynth.errors import ConfigError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.pipeline.choose_refiner import ChooseRefinerOptions
 from cellsynth.refine.config import RefineConfig
+from cellsynth.segment.tiles import EMPTY_CONTRAST
 from cellsynth.segment.trainer import TrainConfig
 
 __all__ = ["SimulateOptions", "RealData", "RealismOptions", "PredictOptions", "SelfTrainOptions",
@@ -102,6 +103,14 @@ class PredictOptions:
     # finds as many cells as fit-simulator's estimator counts there (segment/calibrate.py),
     # instead of the threshold validated on synthetic or annotated images
     count_threshold: bool = field(default=False, metadata=ADDED)
+    # tiles with no contrast above this share of the intensity range (empty glass) are not
+    # predicted; 0 predicts every tile (segment/tiles.py blank_tile)
+    empty_contrast: float = field(default=EMPTY_CONTRAST, metadata=ADDED)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.empty_contrast < 1.0:
+            raise ValueError(f"predict.empty_contrast must be in [0, 1), got "
+                             f"{self.empty_contrast}")
 
 
 @dataclass(frozen=True)

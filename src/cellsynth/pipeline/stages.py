@@ -349,7 +349,8 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
                              out / layout.PREDICT, tile=config.predict.tile, score_thresh=thresh,
                              overlap=config.predict.overlap, tta=config.predict.tta,
                              device=config.device, force=True,
-                             progress=kw["progress"])
+                             progress=kw["progress"],
+                             empty_contrast=config.predict.empty_contrast)
     if _real_scale(config) != 1.0:  # back to the original images' pixels
         for sample in real_samples(config, role):
             path = out / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"

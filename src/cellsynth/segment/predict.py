@@ -40,10 +40,12 @@ from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
 from cellsynth.io.sections import reads_lazily
 from cellsynth.pipeline import layout
 from cellsynth.segment.tiles import (
+    EMPTY_CONTRAST,
     HALF_PIXEL,
     PaintedLabels,
     Predictor,
     ProposalStore,
+    TileCount,
     balanced_tile,
     contours_to_labels,
     offset_contours,
@@ -199,7 +201,9 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                   device: str = "cpu", where: str = "image", channel: int | None = None,
                   pixel_size_um: float | None = None, progress: Any = None,
                   return_scores: bool = False, store: ProposalStore | None = None,
-                  in_memory: bool = True, balance: bool = True, tta: bool = False) -> Any:
+                  in_memory: bool = True, balance: bool = True, tta: bool = False,
+                  empty_contrast: float = EMPTY_CONTRAST, count: TileCount | None = None
+                  ) -> Any:
     """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size.
 
     ``channel`` (default: the one the model was trained on, if any) keeps only that channel.
@@ -214,12 +218,15 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     ``in_memory=False`` returns the labels as a :class:`~cellsynth.segment.tiles.PaintedLabels`
     (the same pixels, painted window by window when read) for sections whose labels do not fit
     in memory. ``tta``: predict the 8 flips/transposes and let them vote
-    (:mod:`cellsynth.segment.tta`; 8x the time).
+    (:mod:`cellsynth.segment.tta`; 8x the time). ``empty_contrast``: tiles with no contrast
+    above this share of the intensity range are not predicted (empty glass;
+    :func:`~cellsynth.segment.tiles.blank_tile`; 0 predicts every tile); ``count`` counts them.
     """
     contours, scores, offset = image_proposals(
         detector, image, tile=tile, overlap=overlap, batch=batch, score_thresh=score_thresh,
         device=device, where=where, channel=channel, pixel_size_um=pixel_size_um,
-        progress=progress, store=store, balance=balance, tta=tta)
+        progress=progress, store=store, balance=balance, tta=tta,
+        empty_contrast=empty_contrast, count=count)
     thresh = detector.score_thresh if score_thresh is None else score_thresh
     shape = (int(image.shape[0]), int(image.shape[1]))
     if in_memory:
@@ -238,7 +245,8 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
                     pixel_size_um: float | None = None, progress: Any = None,
                     store: ProposalStore | None = None, balance: bool = True,
                     tta: bool = False,
-                    value_range: tuple[np.ndarray, np.ndarray] | None = None
+                    value_range: tuple[np.ndarray, np.ndarray] | None = None,
+                    empty_contrast: float = EMPTY_CONTRAST, count: TileCount | None = None
                     ) -> tuple[np.ndarray, np.ndarray, float]:
     """What :func:`predict_image` paints: (contours (K, S, 2) as (x, y) in the image's own
     pixels, scores (K,), offset), all proposals scoring at least the floor that
@@ -247,7 +255,8 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
     0 where the offset was applied before scaling back to the image's pixel size).
 
     ``value_range``: the (low, high) intensities to scale by (of the channel used), e.g. of
-    the whole section ``image`` is a window of; default the image's own."""
+    the whole section ``image`` is a window of; default the image's own. ``empty_contrast``,
+    ``count``: see :func:`predict_image`."""
     image = select_channel(image, detector.channel if channel is None else channel,
                            where=where)
     tile, batch = tiling(detector, tile, batch)
@@ -272,7 +281,8 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
         c, s = tiled_proposals(
             Dihedral(view, v) if tta else view, predictor, tile=tile, overlap=overlap,
             batch=batch, read=read, progress=progress.update if progress is not None else None,
-            store=store.variant(f"tta{i}") if tta and store is not None else store)
+            store=store.variant(f"tta{i}") if tta and store is not None else store,
+            empty_contrast=empty_contrast, count=count)
         passes.append((to_image_coordinates(c, v, view.shape[:2]), s))
     contours, scores = merge_views(passes) if tta else passes[0]
     offset = HALF_PIXEL
@@ -363,7 +373,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                    score_thresh: float | None = None, device: str = "cpu", force: bool = False,
                    precision: str = "auto", channel: int | None = None, level: int = 0,
                    pixel_size_um: float | None = None, labels_as: str = "auto",
-                   tta: bool = False, progress: bool = True) -> dict[str, Any]:
+                   tta: bool = False, progress: bool = True,
+                   empty_contrast: float = EMPTY_CONTRAST) -> dict[str, Any]:
     """Predict every image of a folder; write ``labels/``, ``overlays/``, ``detections/``
     (one CSV per image: id, centroid, area, score, bounding box) and meta.json.
 
@@ -374,7 +385,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     The images' pixel size is ``pixel_size_um``, else the dataset's meta.json, else what each
     file states (OME/ImageJ TIFF, OME-Zarr); where it and the model's differ, images are
     resampled to the model's resolution and the labels drawn back at the images' own.
-    ``tta``: test-time augmentation, see :func:`predict_image`.
+    ``tta``: test-time augmentation, ``empty_contrast``: blank tiles not predicted, see
+    :func:`predict_image`.
     """
     from tqdm.auto import tqdm
 
@@ -419,15 +431,22 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     "mtime_ns": stat.st_mtime_ns, "level": level, "tile": tile,
                     "overlap": overlap, "channel": channel, "pixel_size_um": px,
                     "score_floor": score_floor(detector, score_thresh, tta),
-                    **({"tta": True} if tta else {})})
+                    "empty_contrast": empty_contrast, **({"tta": True} if tta else {})})
+                count = TileCount()
                 labels, id_scores = predict_image(
                     detector, image, tile=tile, overlap=overlap, batch=batch,
                     score_thresh=score_thresh, device=device, where=str(path), channel=channel,
                     pixel_size_um=px, progress=bar, return_scores=True, store=store,
-                    in_memory=not lazy, tta=tta)  # a section's labels are painted chunk by chunk
+                    in_memory=not lazy, tta=tta,  # a section's labels: painted chunk by chunk
+                    empty_contrast=empty_contrast, count=count)
                 pixels = int(labels.shape[0]) * int(labels.shape[1])
                 per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
-                    px, detector.pixel_size_um)}
+                    px, detector.pixel_size_um), "tiles": vars(count).copy()}
+                if count.blank:
+                    total = count.predicted + count.blank + count.stored
+                    announce(f"{path}: {count.blank} of {total} tiles blank (no contrast "
+                              f"above {empty_contrast:g} of the intensity range), not "
+                              f"predicted")
                 if labels_as == "ome-zarr" or (labels_as == "auto"
                                                and pixels > ZARR_ABOVE_PIXELS):
                     write_labels_zarr(root / layout.LABELS / f"{image_id}{OME_ZARR_SUFFIX}",
@@ -451,7 +470,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             if score_thresh is None else score_thresh, "images": str(images),
             "pixel_size_um": shared_px,  # the labels are at the images' own pixels
             "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
-            "n_images": len(inputs), "n_instances": n_cells, "tta": tta})
+            "n_images": len(inputs), "n_instances": n_cells, "tta": tta,
+            "empty_contrast": empty_contrast})
     shutil.rmtree(cache, ignore_errors=True)  # published: nothing left to resume
     return {"n_images": len(inputs), "n_instances": n_cells, "seconds": elapsed,
             "megapixels_per_s": megapixels / max(elapsed, 1e-9)}

@@ -6,6 +6,10 @@ partition the image, so each cell is owned by exactly one tile and seen whole th
 as the overlap exceeds the cell diameter. Kept cells are painted best score first; a
 proposal mostly covered by a better one is dropped, which removes the rare duplicates whose
 centres straddle a core border.
+
+Tiles with no contrast at all (empty glass around a section, the dark field beside
+fluorescent tissue) are not predicted: :func:`blank_tile` says so from the tile's own pixels,
+so whole sections cost what their tissue costs.
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 
 from cellsynth.io.sections import open_large_image
 
 __all__ = ["open_large_image", "balanced_tile", "tile_origins", "tiled_proposals",
-           "predict_tiled",
+           "predict_tiled", "blank_tile", "TileCount", "EMPTY_CONTRAST",
            "offset_contours", "cell_masks", "contours_to_labels", "PaintedLabels", "ProposalStore"]
 
 # A predictor maps a batch (B, h, w, C) float32 in [0, 1] to per-tile (contours, scores),
@@ -307,6 +313,44 @@ def balanced_tile(length: int, tile: int, overlap: int, *, multiple: int = 32) -
     return min(tile, -(-needed // multiple) * multiple)
 
 
+# A tile is blank when no 4 x 4 block of it differs from the mean of the 9 x 9 blocks (36 x 36
+# px) around it by more than this share of the image's intensity range, in any channel. The
+# faintest annotated objects measured (docs/results.md, "Blank tiles") stand out by far more.
+EMPTY_CONTRAST = 0.04
+_BLOCK, _WINDOW = 4, 9
+
+
+def blank_tile(tile: np.ndarray, contrast: float = EMPTY_CONTRAST) -> bool:
+    """True if the (h, w[, C]) tile, intensities scaled to [0, 1] by the image's range, holds
+    nothing with ``contrast`` against its surroundings: the mean of every 4 x 4 block is within
+    ``contrast`` of the mean of the 36 x 36 px around it. Block means average camera noise
+    away; the local mean ignores slow shading and vignetting. ``contrast <= 0``: never."""
+    if contrast <= 0:
+        return False
+    tile = np.asarray(tile, np.float32)
+    if tile.ndim == 2:
+        tile = tile[..., None]
+    if tile.size == 0:
+        return True
+    # a last partial block repeats its edge pixels
+    tile = np.pad(tile, ((0, -tile.shape[0] % _BLOCK), (0, -tile.shape[1] % _BLOCK), (0, 0)),
+                  mode="edge")
+    h, w = tile.shape[0] // _BLOCK, tile.shape[1] // _BLOCK
+    blocks = tile.reshape(h, _BLOCK, w, _BLOCK, -1).mean((1, 3))
+    local = uniform_filter(blocks, size=(_WINDOW, _WINDOW, 1), mode="reflect")
+    return float(np.abs(blocks - local).max()) <= contrast
+
+
+@dataclass
+class TileCount:
+    """Tiles seen by :func:`tiled_proposals`: predicted, blank (not predicted) and kept from a
+    store (predicted by an earlier, stopped run)."""
+
+    predicted: int = 0
+    blank: int = 0
+    stored: int = 0
+
+
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     """Start positions of tiles covering [0, length) with at least ``overlap`` between them."""
     if length <= tile:
@@ -377,7 +421,8 @@ class ProposalStore:
 def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overlap: int = 96,
                     batch: int = 4, read: Callable[[Any, slice, slice], np.ndarray] | None = None,
                     progress: Callable[[int], None] | None = None,
-                    store: ProposalStore | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    store: ProposalStore | None = None, empty_contrast: float = 0.0,
+                    count: TileCount | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cell proposals of a (H, W[, C]) image of any size, each owned by exactly one tile.
 
     Parameters
@@ -386,6 +431,10 @@ def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overla
     predictor : see ``Predictor``.
     read : turns ``image[ys, xs]`` into (h, w, C) float32 in [0, 1]; default casts.
     store : keeps each finished row of tiles; rows it holds are not predicted again.
+    empty_contrast : tiles that :func:`blank_tile` finds blank at this contrast are not
+        predicted (0: every tile is). A cell owned by a tile has its centre in the tile's core
+        and so most of its body inside the tile: a blank tile owns no visible cell.
+    count : if given, counts the tiles predicted, blank and kept from ``store``.
 
     Returns
     -------
@@ -403,6 +452,8 @@ def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overla
         if kept is not None:
             contours.append(kept[0])
             scores.append(kept[1])
+            if count is not None:
+                count.stored += len(xs0)
             if progress is not None:
                 progress(len(xs0))
             continue
@@ -410,8 +461,13 @@ def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overla
         row_scores: list[np.ndarray] = []
         for b in range(0, len(xs0), batch):
             chunk = xs0[b:b + batch]
-            tiles = np.stack([read(image, slice(y, y + th), slice(x, x + tw)) for x in chunk])
-            for x, (c, s) in zip(chunk, predictor(tiles)):
+            tiles = [read(image, slice(y, y + th), slice(x, x + tw)) for x in chunk]
+            full = [i for i, t in enumerate(tiles) if not blank_tile(t, empty_contrast)]
+            if count is not None:
+                count.predicted += len(full)
+                count.blank += len(chunk) - len(full)
+            found = predictor(np.stack([tiles[i] for i in full])) if full else []
+            for x, (c, s) in zip([chunk[i] for i in full], found):
                 if c.shape[0] == 0:
                     continue
                 centre = c.mean(axis=1)  # (K, 2) as (x, y)
