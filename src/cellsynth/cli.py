@@ -503,7 +503,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--empty-contrast", type=_score,
                    help="tiles in which nothing stands out from its surroundings by more than "
                         "this share of the intensity range (empty glass around a section) are "
-                        "not predicted (default 0.04); 0 predicts every tile")
+                        "not predicted (default 0.03, above the tile's own noise); 0 predicts "
+                        "every tile")
     _add_output_flags(p)
     p.set_defaults(func=_cmd_predict)
 

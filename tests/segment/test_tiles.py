@@ -347,6 +347,10 @@ def test_glass_is_blank_and_one_faint_cell_is_not():
     rgb = np.repeat(glass[..., None], 3, axis=-1)
     rgb[35:47, 25:37, 2] -= 0.1  # visible in one colour channel only
     assert not blank_tile(rgb)
+    noisy = _glass((256, 256), noise=0.08)  # a noisy camera: its own noise is allowed for
+    assert blank_tile(noisy)
+    yy, xx = np.mgrid[:256, :256]
+    assert not blank_tile(noisy - 0.3 * (((yy - 128) ** 2 + (xx - 128) ** 2) <= 100))
 
 
 def test_blank_tiles_are_not_predicted_and_no_cell_is_lost():
