@@ -99,6 +99,19 @@ def test_estimate_works_at_the_working_pixel_size(tmp_path):
     assert by_stage[layout.PREDICT].seconds == pytest.approx(8 * 128 * 128 / 1e6 * 10.0)
 
 
+def test_prediction_is_priced_over_the_tiles_predict_cuts(tmp_path):
+    config = _config(tmp_path)
+    big = _folder(tmp_path / "big", [(1100, 1100)], labels=True)
+    config = replace(config, real=replace(config.real, test=str(big)))
+    # the default tile, 1024, balanced for 1100 px with 96 overlap: 2 tiles of 608 per axis
+    # (ceil(1004 / 2) + 96 = 598, rounded up to a multiple of 32)
+    for tile, side in ((None, 2 * 608), (512, 3 * 448)):  # 512: 3 x (335 + 96 -> 448)
+        options = replace(config.predict, tile=tile)
+        by_stage = {e.stage: e for e in estimate(replace(config, predict=options),
+                                                 timer=FakeTimer(), channels=1)}
+        assert by_stage[layout.PREDICT].seconds == pytest.approx(8 * side * side / 1e6 * 10.0)
+
+
 def test_done_stages_count_zero(tmp_path):
     config = _config(tmp_path)
     out = tmp_path / "run"

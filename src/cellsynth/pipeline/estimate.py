@@ -11,8 +11,10 @@ synthetic inputs (a step's cost does not depend on what the pixels show), and mu
   every simulated image;
 - each detector's steps (pretraining, fine-tuning, self-training) plus its validations, a
   forward pass over the validation images' tiles every ``val_every`` steps;
-- prediction: a forward pass over the tiles of the predicted images at the working pixel
-  size, 8 times with ``tta``, and once over the unannotated images for pseudo labels.
+- prediction: a forward pass over the tiles `predict` cuts from the predicted images at the
+  working pixel size (``predict.tile`` or its default, balanced), 8 times with ``tta``, and
+  8 times over the unannotated images for pseudo labels. Blank tiles of glass are counted
+  as predicted (an upper bound for sections).
 
 Not timed (seconds to a few minutes each): simulation, copying and rescaling, choosing a
 refiner step, the count threshold, evaluation, realism and the
@@ -38,7 +40,8 @@ from cellsynth.pipeline.config import PipelineConfig
 __all__ = ["StageEstimate", "estimate", "format_estimate", "Timer", "blob_labels",
            "tiled_pixels"]
 
-_VAL_TILE, _TILE = 512, 512  # validation tiles (trainer.validate); prediction's at least
+_VAL_TILE = 512  # validation tiles (trainer.validate)
+_TILE = 512  # the forward pass is timed on such tiles (cost per megapixel)
 
 
 @dataclass(frozen=True)
@@ -224,11 +227,15 @@ def blob_labels(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return labels
 
 
-def tiled_pixels(height: int, width: int, tile: int, overlap: int) -> int:
+def tiled_pixels(height: int, width: int, tile: int, overlap: int, *,
+                 balance: bool = False) -> int:
     """Pixels a tiled forward pass computes over an image (tiles overlap; small images are
-    one tile of their own size)."""
-    from cellsynth.segment.tiles import tile_origins
+    one tile of their own size). ``balance``: tiles shrunk as prediction shrinks them
+    (:func:`cellsynth.segment.tiles.balanced_tile`)."""
+    from cellsynth.segment.tiles import balanced_tile, tile_origins
 
+    if balance:
+        tile = max(balanced_tile(height, tile, overlap), balanced_tile(width, tile, overlap))
     ys, xs = tile_origins(height, tile, overlap), tile_origins(width, tile, overlap)
     return len(ys) * min(tile, height) * len(xs) * min(tile, width)
 
@@ -245,14 +252,15 @@ def _image_shapes(folder: str | os.PathLike | None, chosen: list | None) -> list
             for s in load_dataset(folder) if ids is None or s.id in ids]
 
 
-def _megapixels(config: PipelineConfig, role: str, tile: int, overlap: int) -> float:
+def _megapixels(config: PipelineConfig, role: str, tile: int, overlap: int, *,
+                balance: bool = False) -> float:
     """Tiled megapixels of a real-data role at the working pixel size."""
     from cellsynth.pipeline.stages import _real_scale
 
     scale = _real_scale(config)
     shapes = _image_shapes(getattr(config.real, role), config.real.select.get(role))
-    return sum(tiled_pixels(max(1, round(h * scale)), max(1, round(w * scale)), tile, overlap)
-               for h, w in shapes) / 1e6
+    return sum(tiled_pixels(max(1, round(h * scale)), max(1, round(w * scale)), tile, overlap,
+                            balance=balance) for h, w in shapes) / 1e6
 
 
 def _synthetic_val_megapixels(config: PipelineConfig) -> float:
@@ -299,7 +307,11 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
 
     def predict(role: str, views: int) -> tuple[float, str]:
         train = config.finetune if config.real.train else config.pretrain
-        mpx = _megapixels(config, role, _TILE, config.predict.overlap)
+        from cellsynth.segment.predict import DEFAULT_TILE
+
+        # the tiles `predict` cuts: predict.tile or its default, shrunk to balanced ones
+        tile = config.predict.tile or max(train.crop, DEFAULT_TILE)
+        mpx = _megapixels(config, role, tile, config.predict.overlap, balance=True)
         seconds = mpx * views * timer.detector_forward_per_mpx(train, channels)
         return seconds, f"{mpx:.2f} MP of {role} images x {views} view(s)"
 
