@@ -265,23 +265,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.seed is not None:  # the same recipe at another seed (its own --out, usually)
         config = replace(config, seed=args.seed)
     if args.estimate:
-        import torch
-
-        from cellsynth.hardware import choose_precision, configure_threads, cpu_model
         from cellsynth.pipeline.config import check_inputs
         from cellsynth.pipeline.estimate import estimate, format_estimate
 
         check_inputs(config)
-        threads = configure_threads()  # as the run's stages will (--threads, load, cores)
-        device = ("cpu: " + cpu_model() if config.device == "cpu"
-                  else torch.cuda.get_device_name(config.device))
-        machine = (f"{device}, {choose_precision(config.pretrain.precision, config.device).name}"
-                   f", {threads} thread(s)")
+        machine = _estimate_machine(config.device, config.pretrain.precision)
         print(format_estimate(estimate(config, args.out), machine=machine))
         return 0
     summaries = run(config, args.out, progress=not args.quiet)
     print(f"run finished ({', '.join(summaries)}): open {Path(args.out) / 'report.html'}")
     return 0
+
+
+def _estimate_machine(device: str, precision: str) -> str:
+    """Threads set as the work will set them (--threads, load, cores); the machine in words."""
+    import torch
+
+    from cellsynth.hardware import choose_precision, configure_threads, cpu_model
+
+    threads = configure_threads()
+    name = "cpu: " + cpu_model() if device == "cpu" else torch.cuda.get_device_name(device)
+    return f"{name}, {choose_precision(precision, device).name}, {threads} thread(s)"
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
@@ -296,6 +300,13 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         config = replace(config, seeds=tuple(args.seeds))
     if args.settings is not None:
         config = select_settings(config, args.settings)
+    if args.estimate:
+        from cellsynth.pipeline.estimate import format_estimate
+        from cellsynth.pipeline.experiment import estimate_experiment
+
+        machine = _estimate_machine(config.device, config.pretrain.precision)
+        print(format_estimate(estimate_experiment(config, args.out), machine=machine))
+        return 0
     run_experiment(config, args.out, log=lambda line: print(line, flush=True))
     print(f"experiment finished: {Path(args.out) / layout.RESULTS}, "
           f"{Path(args.out) / 'results.md'}")
@@ -575,6 +586,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", nargs="+", metavar="NAME",
                    help="only these settings (and comparisons among them); finished units "
                         "are shared with the full experiment")
+    p.add_argument("--estimate", action="store_true",
+                   help="time a few steps of each network on this machine and print how long "
+                        "the units still to run will take; runs and writes nothing")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("report", help="write RUN/report.html for a run folder")

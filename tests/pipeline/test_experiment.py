@@ -393,3 +393,46 @@ def test_learning_curve_k_axis_is_logarithmic_only_when_all_lies_far_beyond():
     x, _, _ = experiment._curve_points(results([0, 2, 5, 10, None]), n_train=46)["refined"]
     assert x == pytest.approx(np.log2([1, 3, 6, 11, 47]))
     assert x[3] - x[2] > 0.8 and x[4] - x[3] < 2.3  # 5 -> 10 readable, 10 -> 46 not 36 wide
+
+
+def test_estimate_prices_every_unit_still_to_run_and_writes_nothing(tmp_path, monkeypatch,
+                                                                     capsys):
+    from cellsynth.cli import main
+    from cellsynth.config import save_yaml
+    from cellsynth.pipeline import estimate as estimate_module
+    from cellsynth.pipeline.run import RunState, content_fingerprint
+    from tests.pipeline.test_estimate import FakeTimer
+
+    config = _config(tmp_path)
+    config = replace(config, refine=replace(config.refine, consistency=1.0))
+    by_kind = {e.stage: e for e in experiment.estimate_experiment(
+        config, timer=FakeTimer(), channels=1)}
+    mp = 64 * 64 / 1e6  # every image here is 64² (one tile)
+    # per seed: 4 detectors of 2 steps x 2.0 s, each validated once (at step 2) on its val
+    # images: real_k1 and sim_ft_k1 on their 1 image, the zero-label ones on 2 synthetic ones
+    assert by_kind["detectors"].seconds == pytest.approx(2 * (4 * 2 * 2.0 + 10 * 6 * mp))
+    assert by_kind["refiners"].seconds == pytest.approx(2 * (2 * 0.25 + 30.0))  # + judge
+    # 3 simulated and 2 validation images refined per seed, 0.125 s x (64 / 128)² each
+    assert by_kind["refining"].seconds == pytest.approx(2 * 5 * 0.125 / 4)
+    # 8 distinct detectors predict the 2 test images once
+    assert by_kind["test predictions"].seconds == pytest.approx(8 * 2 * mp * 10.0)
+    assert "pseudo-labels" not in by_kind
+    # a unit done in OUT counts 0
+    out = tmp_path / "exp"
+    out.mkdir()
+    units, _ = experiment._plan(config, out)
+    prints = experiment._fingerprints(units, content_fingerprint(config.train))
+    RunState(out).mark("refiner/s0", prints["refiner/s0"], done=True)
+    again = {e.stage: e for e in experiment.estimate_experiment(
+        config, out, timer=FakeTimer(), channels=1)}
+    assert again["refiners"].seconds == pytest.approx(2 * 0.25 + 30.0)
+    assert again["refiners"].detail.startswith("1 to run, 1 done")
+    # the CLI prints the table and writes nothing
+    save_yaml(tmp_path / "exp.yaml", config)
+    monkeypatch.setattr(estimate_module, "Timer", lambda device: FakeTimer())
+    assert main(["experiment", str(tmp_path / "exp.yaml"), "--out", str(tmp_path / "new"),
+                 "--estimate"]) == 0
+    printed = capsys.readouterr().out
+    assert "detectors" in printed and "test predictions" in printed
+    assert printed.strip().splitlines()[-1].split()[0] == "total"
+    assert not (tmp_path / "new").exists()

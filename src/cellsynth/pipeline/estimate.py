@@ -275,6 +275,8 @@ def _channels(config: PipelineConfig) -> int:
 
 
 def _minutes(seconds: float) -> str:
+    if seconds >= 3 * 3600:
+        return f"{seconds / 3600:.1f} h"
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 

@@ -28,6 +28,7 @@ mean +- std over seeds and, for each ``compare`` pair, the paired bootstrap over
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -50,7 +51,7 @@ from cellsynth.segment.tiles import HALF_PIXEL
 from cellsynth.segment.trainer import TrainConfig
 
 __all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "select_settings",
-           "run_experiment"]
+           "run_experiment", "estimate_experiment"]
 
 _SYNTHETIC = ("simulated", "refined", "mixed")
 _REFINED = ("refined", "mixed")  # settings that need a refiner
@@ -208,6 +209,10 @@ class _Unit:
     inputs: tuple[str, ...]           # units it reads
     options: Any                      # what it depends on besides its inputs
     run: Callable[[Path, bool], dict[str, Any]]   # (folder, resume) -> summary
+    # what `experiment --estimate` prices (not part of the fingerprint): ("detector",
+    # TrainConfig, val unit), ("refiner", RefineConfig), ("refine", RefineConfig, source unit),
+    # ("pseudo", n images); None: not timed (simulation, copying)
+    cost: tuple | None = None
 
 
 def _draw(train: str, k: int | None, seed: int) -> tuple[list[int], list[int]]:
@@ -293,7 +298,8 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                                      resume=resume, force=not resume, progress=False)
             return {k: v for k, v in summary.items() if k != "run"}
         return add(_Unit(name, tuple(data) + (val,) + ((init,) if init else ())
-                         + tuple(replay), to_dict(train_config), run))
+                         + tuple(replay), to_dict(train_config), run,
+                         ("detector", train_config, val)))
 
     kinds = {st.data for st in config.settings if st.data in _SYNTHETIC}
     real = config.unlabeled or config.train  # the refiner's images, hashed once for all seeds
@@ -320,7 +326,7 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                 return {"step": summary["step"], "steps_per_s": summary["steps_per_s"]}
             refiner = add(_Unit(f"refiner{variant}/s{seed}", (sim,),
                                 [to_dict(refine_config), real_contents,
-                                 config.refine_minutes], fit))
+                                 config.refine_minutes], fit, ("refiner", refine_config)))
 
             def generate(source: str, seed: int = seed, refiner: str = refiner,
                          variant: str = variant, cfg=refine_config):
@@ -333,7 +339,8 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                                                     progress=False)
                     return {k: v for k, v in summary.items() if isinstance(v, (int, float))}
                 return add(_Unit(f"refined{variant}{'_val' if 'val' in source else ''}"
-                                 f"/s{seed}", (refiner, source), [seed], run))
+                                 f"/s{seed}", (refiner, source), [seed], run,
+                                 ("refine", cfg, source)))
             synthetic[f"refined{variant}"] = (generate(sim), generate(sim_val))
         for st in config.settings:
             # a setting's detector changes; replay (of the pretraining data) is a
@@ -377,7 +384,8 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
             pseudo = add(_Unit(
                 teacher.replace("detectors/", "pseudo/", 1), (teacher,), ["pseudo", others],
                 lambda folder, resume, teacher=teacher, others=others: _pseudo_label(
-                    out / teacher, config.train, others, folder, config.device)))
+                    out / teacher, config.train, others, folder, config.device),
+                ("pseudo", others)))
             data = subset(st.k, seed, rest=False)
             changes = {**st.detector, **st.finetune, "replay": st.pseudo}
             detector_of[st.name, seed] = detector(
@@ -485,6 +493,122 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
         log(f"{name}: F1@0.5 {r['f1_50']['mean']:.3f} +- {r['f1_50']['std']:.3f}, "
             f"F1avg {r['f1_avg']['mean']:.3f} +- {r['f1_avg']['std']:.3f}")
     return results
+
+
+def _fingerprints(units: list[_Unit], train_contents: str) -> dict[str, str]:
+    """Each unit's fingerprint, as :func:`run_experiment` computes them in order."""
+    prints: dict[str, str] = {}
+    for unit in units:
+        prints[unit.name] = fingerprint(unit.name, unit.options, train_contents,
+                                        [prints[i] for i in unit.inputs])
+    return prints
+
+
+def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None = None, *,
+                        timer: Any = None, channels: int | None = None) -> list[Any]:
+    """``cellsynth experiment --estimate``: the hours an experiment will take on this machine,
+    per kind of work (refiners, refining, detectors, pseudo-labels, test predictions), from
+    a few timed steps of each network (:class:`cellsynth.pipeline.estimate.Timer`) times the
+    units still to run. Units ``out`` holds done with their fingerprint count 0; an
+    evaluation counts as done when ``out`` holds it done (its fingerprint needs the test
+    split's bytes, which the estimate does not read). Real images are counted at their own
+    pixel size. Nothing is written."""
+    from cellsynth.io.sections import open_image
+    from cellsynth.pipeline.estimate import (
+        _VAL_TILE,
+        StageEstimate,
+        Timer,
+        _minutes,
+        tiled_pixels,
+    )
+    from cellsynth.segment.predict import DEFAULT_TILE
+    from cellsynth.simulate import simulation_config
+
+    timer = timer or Timer(config.device)
+    s = config.simulate
+    channels = channels or simulation_config(s.preset, overrides=s.overrides or None,
+                                             pixel_size_um=s.pixel_size_um,
+                                             color=s.color).channels
+    # the plan only names folders below out (nothing is written)
+    units, detector_of = _plan(config, Path(out) if out is not None else Path("."))
+    by_name = {u.name: u for u in units}
+    done: set[str] = set()
+    state = RunState(Path(out)) if out is not None and (Path(out) / layout.STATE).is_file() \
+        else None
+    if state is not None:
+        prints = _fingerprints(units, content_fingerprint(config.train))
+        done = {n for n, p in prints.items() if state.status(n, p) == "done"}
+    train_shapes = [tuple(int(n) for n in open_image(x.image_path).shape[:2])
+                    for x in load_dataset(config.train, require_labels=True)]
+
+    def megapixels(shapes: list[tuple[int, int]], tile: int, balance: bool = False) -> float:
+        return sum(tiled_pixels(h, w, tile, 96, balance=balance) for h, w in shapes) / 1e6
+
+    def val_megapixels(val: str) -> float:
+        unit = by_name[val]
+        if unit.options and unit.options[0] == "subset":  # k (or the rest) real images
+            return megapixels([train_shapes[i] for i in unit.options[1]], _VAL_TILE)
+        return config.n_val * tiled_pixels(s.size, s.size, _VAL_TILE, 96) / 1e6
+
+    kinds = {"refiner": "refiners", "refine": "refining", "detector": "detectors",
+             "pseudo": "pseudo-labels"}
+    totals = {k: [0.0, 0, 0] for k in kinds}   # seconds, units to run, units done
+    for unit in units:
+        if unit.cost is None:
+            continue
+        kind = unit.cost[0]
+        if unit.name in done:
+            totals[kind][2] += 1
+            continue
+        if kind == "detector":
+            train, val = unit.cost[1], unit.cost[2]
+            mpx = val_megapixels(val)
+            seconds = (train.steps * timer.detector_step(train, channels)
+                       + math.ceil(train.steps / train.val_every) * mpx
+                       * timer.detector_forward_per_mpx(train, channels))
+        elif kind == "refiner":
+            refine = unit.cost[1]
+            seconds = refine.steps * timer.refiner_step(refine, channels)
+            if refine.consistency > 0:
+                seconds += timer.judge_training(refine, channels)
+        elif kind == "refine":
+            n = config.n_val if unit.cost[2].startswith("sim_val") else s.n
+            seconds = n * timer.refiner_images(unit.cost[1], channels, s.size)
+        else:  # pseudo: the training images not drawn, 8 views each
+            mpx = megapixels([train_shapes[i] for i in unit.cost[1]], DEFAULT_TILE, True)
+            teacher = by_name[unit.inputs[0]].cost[1]
+            seconds = 8 * mpx * timer.detector_forward_per_mpx(teacher, channels)
+        totals[kind][0] += seconds
+        totals[kind][1] += 1
+    test_shapes = [tuple(int(n) for n in open_image(x.image_path).shape[:2])
+                   for x in load_dataset(config.test)]  # headers only: sizes, no pixels
+    test_mpx = megapixels(test_shapes, DEFAULT_TILE, balance=True)
+    tta_of = {st.name: st.tta for st in config.settings}
+    evaluations = {(d, tta_of[name]) for (name, _), d in detector_of.items()}
+    eval_seconds, eval_runs, eval_done = 0.0, 0, 0
+    for detector, tta in sorted(evaluations):
+        name = evaluation_of(detector) + ("_tta" if tta else "")
+        if state is not None and state.data.get(name, {}).get("done"):
+            eval_done += 1
+            continue
+        train = by_name[detector].cost[1]
+        eval_seconds += (8 if tta else 1) * test_mpx * timer.detector_forward_per_mpx(
+            train, channels)
+        eval_runs += 1
+    out_list = []
+    for kind, label in kinds.items():
+        seconds, runs, finished = totals[kind]
+        if runs or finished:
+            detail = f"{runs} to run" + (f", {finished} done" if finished else "")
+            if runs:
+                detail += f", {_minutes(seconds / runs)} each on average"
+            out_list.append(StageEstimate(label, seconds, detail))
+    out_list.append(StageEstimate(
+        "test predictions", eval_seconds,
+        f"{eval_runs} to run" + (f", {eval_done} done" if eval_done else "")
+        + f", {test_mpx:.2f} MP of test images each (x8 with tta)"))
+    out_list.append(StageEstimate("simulations, copies", None, "not timed"))
+    return out_list
 
 
 def evaluation_of(detector: str) -> str:
