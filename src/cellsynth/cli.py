@@ -320,10 +320,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_precision(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=default,
+def _add_precision(p: argparse.ArgumentParser, default: str | None = None, *,
+                   int8: bool = False) -> None:
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32") + (("int8",) if int8 else ()),
+                   default=default,
                    help="bf16 autocast or fp32; auto (default): bf16 only where this machine "
-                        "computes it natively (env CELLSYNTH_PRECISION overrides auto)")
+                        "computes it natively (env CELLSYNTH_PRECISION overrides auto)"
+                        + ("; int8: the network quantised after training, calibrated on the "
+                           "images (CPU; ~1.5x faster than fp32 on AVX2, outlines differ "
+                           "slightly)" if int8 else ""))
 
 
 def _add_channel(p: argparse.ArgumentParser, text: str) -> None:
@@ -497,7 +502,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-thresh", type=_score, help="override the validated threshold "
                    "(0-1)")
     _add_device(p)
-    _add_precision(p, default="auto")
+    _add_precision(p, default="auto", int8=True)
     _add_channel(p, "use only this channel (0-based) of multi-channel images (default: the "
                     "model's)")
     p.add_argument("--level", type=_nonnegative_int, default=0,

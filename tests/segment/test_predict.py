@@ -537,3 +537,64 @@ def test_blank_glass_beside_a_section_is_not_predicted_and_changes_no_label(mode
     assert every.max() >= 3
     np.testing.assert_array_equal(read_labels(tmp_path / "skip" / "labels" / "s.tif"), every)
     assert f"s.tif: {tiles['skip']['blank']} of 6 tiles blank" in capsys.readouterr().err
+
+
+def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_path, capsys,
+                                                                 monkeypatch):
+    """--precision int8 quantises the backbone and heads on windows of the images, then keeps
+    int8 only where it finds the fp32 cells there; otherwise it predicts in fp32 and says so.
+    Training cannot ask for int8."""
+    import cellsynth.segment.predict as predict_module
+    from cellsynth.cli import main
+
+    run, sim = model
+    common = ["predict", "--detector", str(run), "--images", str(sim), "--score-thresh", "0.5"]
+
+    def meta(name: str) -> dict:
+        return json.loads((tmp_path / name / "meta.json").read_text())
+
+    assert main([*common, "--out", str(tmp_path / "fp32"), "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(predict_module, "INT8_AGREEMENT", 1.01)  # nothing can agree enough
+    assert main([*common, "--out", str(tmp_path / "strict"), "--precision", "int8"]) == 0
+    assert "precision fp32: int8 changed the cells" in capsys.readouterr().err
+    assert meta("strict")["precision"] == "fp32"
+    names = sorted(p.name for p in (tmp_path / "fp32" / "labels").iterdir())
+    for name in names:
+        np.testing.assert_array_equal(read_labels(tmp_path / "strict" / "labels" / name),
+                                      read_labels(tmp_path / "fp32" / "labels" / name))
+    monkeypatch.setattr(predict_module, "INT8_AGREEMENT", 0.0)  # whatever int8 finds
+    assert main([*common, "--out", str(tmp_path / "int8"), "--precision", "int8"]) == 0
+    assert "precision int8 (the detector's backbone and heads" in capsys.readouterr().err
+    assert meta("int8")["precision"] == "int8"
+    assert sorted(p.name for p in (tmp_path / "int8" / "labels").iterdir()) == names
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(sim), "--out", str(tmp_path / "t"), "--precision", "int8"])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_quantize_core_runs_the_backbone_and_heads_in_int8(model):
+    """The quantised copy holds int8 convolutions in every part, leaves the fp32 model as it
+    was, and its score map follows the fp32 one on the calibration image."""
+    from cellsynth.segment.quantize import PARTS, quantize_core
+
+    run, sim = model
+    detector = load_detector(run, precision="fp32")
+    image = read_image(sorted((sim / "images").iterdir())[0]).astype(np.float32)
+    image = image[..., None] if image.ndim == 2 else image
+    image = image[..., :1].repeat(detector.in_channels, axis=2)
+    image = (image - image.min()) / max(float(image.max() - image.min()), 1e-6)
+    int8 = quantize_core(detector.model, [image])
+    quantized = torch.ao.nn.quantized.Conv2d
+    for part in PARTS:
+        assert any(isinstance(m, quantized) for m in getattr(int8.core, part).modules()), part
+        assert not any(isinstance(m, quantized)
+                       for m in getattr(detector.model.core, part).modules()), part
+    side = (min(image.shape[:2]) // 32) * 32
+    x = torch.from_numpy(np.ascontiguousarray(image[:side, :side].transpose(2, 0, 1)))[None]
+    with torch.no_grad():
+        ref = detector.model.core(x)[0]  # the score map
+        got = int8.core(x)[0]
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    r = np.corrcoef(ref.flatten().numpy(), got.flatten().numpy())[0, 1]
+    assert r > 0.9, r
