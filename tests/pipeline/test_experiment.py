@@ -289,6 +289,14 @@ def test_a_finetune_setting_changes_the_fine_tuning_only(tmp_path):
                 Setting("bad", "simulated", 1, finetune=bad),)))
     with pytest.raises(ValueError, match="setting z: finetune: changes need"):
         Setting("z", "simulated", 0, finetune={"steps": 7})
+    # a nested option names its folder by its dotted path, and reaches the fine-tuning
+    aug = replace(config, settings=(Setting("aug", "simulated", 1, finetune={
+        "augment": {"stain": 0.1, "blur": 1.5}}),))
+    experiment.check_experiment(aug)
+    units, detector_of = experiment._plan(aug, tmp_path / "out")
+    tuned = {u.name: u for u in units}[detector_of["aug", 0]]
+    assert tuned.name == "detectors/simulated_k1_ft-augment.blur-1.5_ft-augment.stain-0.1_s0"
+    assert tuned.options["augment"]["blur"] == 1.5 and tuned.options["augment"]["stain"] == 0.1
     with pytest.raises(ValueError, match="setting r: finetune: changes need"):
         Setting("r", "real", 1, finetune={"steps": 7})
 

@@ -63,8 +63,16 @@ def _changed(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
 
 
 def _suffix(changes: dict[str, Any]) -> str:
-    """Folder suffix of a variant: its changed options ("" without changes)."""
-    return "".join(f"_{k}-{str(v).lower()}" for k, v in sorted(changes.items()))
+    """Folder suffix of a variant: its changed options ("" without changes); nested options
+    ({augment: {blur: 1.5}}) by their dotted path (``_augment.blur-1.5``)."""
+    def flat(items: dict[str, Any], prefix: str = ""):
+        for k, v in sorted(items.items()):
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    return "".join(f"_{k}-{str(v).lower()}" for k, v in flat(changes))
 
 
 @dataclass(frozen=True)
