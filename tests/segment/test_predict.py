@@ -565,7 +565,9 @@ def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_pa
                                       read_labels(tmp_path / "fp32" / "labels" / name))
     monkeypatch.setattr(predict_module, "INT8_AGREEMENT", 0.0)  # whatever int8 finds
     assert main([*common, "--out", str(tmp_path / "int8"), "--precision", "int8"]) == 0
-    assert "precision int8 (the detector's backbone and heads" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "precision int8 (the detector's backbone and heads" in err
+    assert "precision fp32" not in err and "deprecated" not in err  # one line, no noise
     assert meta("int8")["precision"] == "int8"
     assert sorted(p.name for p in (tmp_path / "int8" / "labels").iterdir()) == names
     with pytest.raises(SystemExit):

@@ -123,11 +123,12 @@ def read_detector_checkpoint(run: str | os.PathLike, *, device: str = "cpu",
 
 
 def load_detector(run: str | os.PathLike, *, device: str = "cpu",
-                  precision: str = "auto") -> Detector:
+                  precision: str = "auto", say_precision: bool = True) -> Detector:
     """Load a trained CPN from a run folder or checkpoint file (see :func:`checkpoint_path`).
 
     ``precision`` ("auto"/"bf16"/"fp32"): ``auto`` asks *this* machine's hardware, whatever
-    the model trained in (bf16 is ~10x slower where the CPU emulates it).
+    the model trained in (bf16 is ~10x slower where the CPU emulates it), and says in one
+    line what it chose (``say_precision``: False where the caller says it, e.g. int8).
     """
     from cellsynth.segment.cpn import build_model, prepare_for_inference, set_core_precision
 
@@ -139,7 +140,8 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
     prepare_for_inference(model)  # BatchNorm folded, channels-last: ~1.5x faster on CPU
     config = ckpt.get("config", {})
     chosen = choose_precision(precision, device)
-    announce(str(chosen))
+    if say_precision:
+        announce(str(chosen))
     set_core_precision(model, chosen.name)
     if "normalization" in config:
         normalization = from_dict(Normalization, config["normalization"],
@@ -453,8 +455,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     if labels_as not in ("auto", "tiff", "ome-zarr"):
         raise ConfigError(f"labels_as must be auto, tiff or ome-zarr, got {labels_as!r}")
     inputs = _inputs(Path(images))
-    detector = load_detector(run, device=device,
-                             precision="fp32" if precision == "int8" else precision)
+    detector = load_detector(run, device=device,  # int8 starts from fp32, says its own line
+                             precision="fp32" if precision == "int8" else precision,
+                             say_precision=precision != "int8")
     tile, batch = tiling(detector, tile, batch)
     if overlap >= tile:  # the tile given, or the default one
         raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")

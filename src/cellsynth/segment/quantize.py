@@ -29,6 +29,10 @@ __all__ = ["quantize_core", "PARTS"]
 
 PARTS = ("backbone", "score_head", "location_head", "fourier_head", "refinement_head")
 
+# an int8 model's forward creates quantised tensors, which torch warns are deprecated, once
+# per process: nothing a user of `predict --precision int8` can act on
+warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel")
+
 
 class _Normalize(torch.nn.Module):
     """celldetection's ``Normalize`` without its range assert, which FX cannot trace."""
