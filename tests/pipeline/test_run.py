@@ -562,3 +562,24 @@ def test_self_training_labels_the_unannotated_images_and_predicts_with_the_stude
 
     with pytest.raises(ConfigError, match="selftrain.pseudo needs real.train"):
         check_inputs(replace(config, real=RealData(unlabeled=str(train))))
+
+
+def test_predict_precision_reaches_the_prediction_and_is_checked(tmp_path, monkeypatch):
+    """predict: {precision: int8} in a run config is what the predict stage asks for; a
+    precision that does not exist is one line naming the option."""
+    import cellsynth.segment.predict as predict_module
+    from cellsynth.config import from_dict
+
+    real = _real(tmp_path / "real")
+    config = _config(real)
+    assert config.predict.precision == "auto"
+    asked = []
+    monkeypatch.setattr(predict_module, "predict_folder",
+                        lambda *a, **k: asked.append(k["precision"]) or {})
+    int8 = replace(config, predict=replace(config.predict, precision="int8"))
+    stages._predict(int8, tmp_path / "run", progress=False)
+    stages._predict(config, tmp_path / "run", progress=False)
+    assert asked == ["int8", "auto"]
+    with pytest.raises(ConfigError, match="predict.precision must be auto, bf16, fp32 or int8, "
+                                          "got 'int9'"):
+        from_dict(PipelineConfig, {"predict": {"precision": "int9"}}, where="run.yaml")

@@ -350,7 +350,8 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
                              overlap=config.predict.overlap, tta=config.predict.tta,
                              device=config.device, force=True,
                              progress=kw["progress"],
-                             empty_contrast=config.predict.empty_contrast)
+                             empty_contrast=config.predict.empty_contrast,
+                             precision=config.predict.precision)
     if _real_scale(config) != 1.0:  # back to the original images' pixels
         for sample in real_samples(config, role):
             path = out / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"
