@@ -240,8 +240,10 @@ def tiled_pixels(height: int, width: int, tile: int, overlap: int, *,
     return len(ys) * min(tile, height) * len(xs) * min(tile, width)
 
 
-def _image_shapes(folder: str | os.PathLike | None, chosen: list | None) -> list[tuple[int, int]]:
-    """(height, width) of every image of a folder (headers only where the format allows)."""
+def _image_shapes(folder: str | os.PathLike | None, chosen: list | None = None, *,
+                  require_labels: bool = False) -> list[tuple[int, int]]:
+    """(height, width) of every image of a folder (headers only where the format allows), in
+    the folder's order; ``chosen``: only these ids."""
     from cellsynth.io.datasets import load_dataset
     from cellsynth.io.sections import open_image
 
@@ -249,7 +251,8 @@ def _image_shapes(folder: str | os.PathLike | None, chosen: list | None) -> list
         return []
     ids = {str(i) for i in chosen} if chosen is not None else None
     return [tuple(int(n) for n in open_image(s.image_path).shape[:2])
-            for s in load_dataset(folder) if ids is None or s.id in ids]
+            for s in load_dataset(folder, require_labels=require_labels)
+            if ids is None or s.id in ids]
 
 
 def _megapixels(config: PipelineConfig, role: str, tile: int, overlap: int, *,

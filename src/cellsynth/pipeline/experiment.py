@@ -521,11 +521,11 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
     evaluation counts as done when ``out`` holds it done (its fingerprint needs the test
     split's bytes, which the estimate does not read). Real images are counted at their own
     pixel size. Nothing is written."""
-    from cellsynth.io.sections import open_image
     from cellsynth.pipeline.estimate import (
         _VAL_TILE,
         StageEstimate,
         Timer,
+        _image_shapes,
         _minutes,
         tiled_pixels,
     )
@@ -546,8 +546,7 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
     if state is not None:
         prints = _fingerprints(units, content_fingerprint(config.train))
         done = {n for n, p in prints.items() if state.status(n, p) == "done"}
-    train_shapes = [tuple(int(n) for n in open_image(x.image_path).shape[:2])
-                    for x in load_dataset(config.train, require_labels=True)]
+    train_shapes = _image_shapes(config.train, require_labels=True)  # as _draw indexes them
 
     def megapixels(shapes: list[tuple[int, int]], tile: int, balance: bool = False) -> float:
         return sum(tiled_pixels(h, w, tile, 96, balance=balance) for h, w in shapes) / 1e6
@@ -588,8 +587,7 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
             seconds = 8 * mpx * timer.detector_forward_per_mpx(teacher, channels)
         totals[kind][0] += seconds
         totals[kind][1] += 1
-    test_shapes = [tuple(int(n) for n in open_image(x.image_path).shape[:2])
-                   for x in load_dataset(config.test)]  # headers only: sizes, no pixels
+    test_shapes = _image_shapes(config.test)  # headers only: sizes, no pixels
     test_mpx = megapixels(test_shapes, DEFAULT_TILE, balance=True)
     tta_of = {st.name: st.tta for st in config.settings}
     evaluations = {(d, tta_of[name]) for (name, _), d in detector_of.items()}

@@ -186,9 +186,9 @@ def quantize_detector(detector: Detector, inputs: list[tuple[str, Path]], *,
         low, high = intensity_range(image, detector.normalization, where=str(path))
         px = pixel_size_um or read_pixel_size(path, level=level)
         factor = pixel_scale(px, detector.pixel_size_um)
+        read = _reader(detector.in_channels, low, high, str(path))  # as prediction reads tiles
         for _, _, window in tissue_windows(image, round(side / factor), windows - len(tiles)):
-            window = match_channels(apply_range(window, low, high), detector.in_channels,
-                                    where=str(path))
+            window = read(window, slice(None), slice(None))
             tiles.append(rescale_image(window, factor) if factor != 1.0 else window)
     try:
         int8 = replace(detector, model=quantize_core(detector.model, tiles), precision="int8")
