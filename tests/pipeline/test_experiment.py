@@ -165,6 +165,53 @@ def test_self_training_labels_the_undrawn_images_with_the_teacher_not_the_annota
         Setting("x", "real", None, pseudo=0.5)
 
 
+def test_distillation_labels_with_the_teacher_and_fine_tunes_the_student(tmp_path,
+                                                                        monkeypatch):
+    # the student (a different detector: another learning rate here, a smaller model in
+    # use) fine-tunes from its own detector; the images not drawn are labelled by the teacher
+    student = Setting("real_k1_b", "real", 1, detector={"lr": 5e-4})
+    distil = Setting("real_k1_b_distil", "real", 1, detector={"lr": 5e-4}, pseudo=0.5,
+                     teacher="real_k1")
+    config = _config(tmp_path, settings=(Setting("real_k1", "real", 1), student, distil),
+                     compare=(("real_k1_b_distil", "real_k1_b"),), seeds=(0,))
+    # asking for the distilled setting alone brings its teacher along
+    only = experiment.select_settings(config, ["real_k1_b_distil"])
+    assert [s.name for s in only.settings] == ["real_k1", "real_k1_b_distil"]
+    from cellsynth.segment import predict, trainer
+
+    train, predict_folder = trainer.train, predict.predict_folder
+    trained: list[tuple[object, Path, dict]] = []
+    labelled_by: list[Path] = []
+
+    def spy_train(cfg, data, out, **kw):
+        trained.append((cfg, Path(out), kw))
+        return train(cfg, data, out, **kw)
+
+    def spy_predict(run, images, out, **kw):
+        if Path(images).resolve() != Path(config.test).resolve():
+            labelled_by.append(Path(run))
+        return predict_folder(run, images, out, **kw)
+    monkeypatch.setattr(trainer, "train", spy_train)
+    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
+    exp = tmp_path / "exp"
+    assert labelled_by == [exp / "detectors" / "real_k1_s0"]   # the teacher, not the student
+    (cfg, out, kw), = [t for t in trained if t[2].get("init")]
+    assert kw["init"] == exp / "detectors" / "real_k1_lr-0.0005_s0"   # the student's own
+    assert kw["replay"] == [exp / "pseudo" / "real_k1_s0"] and cfg.replay == 0.5
+    assert cfg.lr == 5e-4
+    assert out == exp / "detectors" / "real_k1_lr-0.0005_pseudo-0.5_by-real_k1_s0"
+    assert results["settings"]["real_k1_b_distil"]["detectors"] == [
+        "detectors/real_k1_lr-0.0005_pseudo-0.5_by-real_k1_s0"]
+    with pytest.raises(ValueError, match="teacher needs pseudo"):
+        Setting("x", "real", 1, teacher="real_k1")
+    with pytest.raises(ValueError, match="is not a setting"):
+        _config(tmp_path / "a", settings=(distil,), compare=())
+    with pytest.raises(ValueError, match="same k"):
+        _config(tmp_path / "b", settings=(Setting("real_k2", "real", 2), replace(
+            distil, teacher="real_k2")), compare=())
+
+
 def test_experiment_config_errors(tmp_path):
     path = tmp_path / "exp.yaml"
     make_dataset(tmp_path / "train", n=2)

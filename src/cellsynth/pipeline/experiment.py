@@ -98,6 +98,11 @@ class Setting:
     # other training images labelled by that detector (annotations unused), this fraction of
     # the batches from the pseudo-labelled ones
     pseudo: float = field(default=0.0, metadata=ADDED)
+    # distillation: with pseudo > 0, the images not drawn are labelled by this other
+    # setting's detector (same seed, same k, so the same images are drawn and it never saw
+    # their annotations) instead of by this setting's own, e.g. a slim teacher for a
+    # tiny_u22 student that predicts ~4x faster on a CPU without bf16
+    teacher: str | None = field(default=None, metadata=ADDED)
 
     @property
     def variant(self) -> str:
@@ -130,6 +135,12 @@ class Setting:
         if self.pseudo and (self.k is None or self.k == 0):
             raise ValueError(f"setting {self.name}: pseudo needs k >= 1 annotated images and "
                              f"unannotated ones to label (k: null leaves none)")
+        if self.teacher is not None and not self.pseudo:
+            raise ValueError(f"setting {self.name}: teacher needs pseudo > 0 (the share of "
+                             f"batches from the images the teacher labels)")
+        if self.teacher == self.name:
+            raise ValueError(f"setting {self.name}: teacher must be another setting (its own "
+                             f"detector teaches it without teacher:)")
 
 
 @dataclass(frozen=True)
@@ -166,6 +177,16 @@ class ExperimentConfig:
             raise ValueError("seeds: at least one, no repeats")
         if self.val not in ("k", "rest"):
             raise ValueError("val must be 'k' or 'rest'")
+        by_name = {s.name: s for s in self.settings}
+        for s in self.settings:
+            if s.teacher is None:
+                continue
+            teacher = by_name.get(s.teacher)
+            if teacher is None:
+                raise ValueError(f"setting {s.name}: teacher {s.teacher!r} is not a setting")
+            if teacher.k != s.k or teacher.pseudo or teacher.tta:
+                raise ValueError(f"setting {s.name}: teacher {s.teacher!r} must have the same "
+                                 f"k ({s.k}) and neither pseudo nor tta of its own")
 
 
 def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
@@ -382,12 +403,15 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                 f"detectors/{kind}_k{k}{_suffix(tuned)}{st.ft_variant}_s{seed}",
                 _changed(config.finetune, {**tuned, **st.finetune}), [data], val, zero, seed,
                 replay=train_data)
+        trained_by = dict(detector_of)   # before self-training: the teachers
         for st in config.settings:
             if not st.pseudo:
                 continue
-            # self-training: the setting's detector labels the images that were not drawn,
-            # then fine-tunes once more from itself on its k images + those
-            teacher = detector_of[st.name, seed]
+            # self-training: the setting's detector (or its teacher's) labels the images
+            # that were not drawn, then the setting's detector fine-tunes once more from
+            # itself on its k images + those
+            student = trained_by[st.name, seed]
+            teacher = trained_by[st.teacher or st.name, seed]
             chosen, others = _draw(config.train, st.k, seed)
             pseudo = add(_Unit(
                 teacher.replace("detectors/", "pseudo/", 1), (teacher,), ["pseudo", others],
@@ -396,9 +420,11 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                 ("pseudo", others)))
             data = subset(st.k, seed, rest=False)
             changes = {**st.detector, **st.finetune, "replay": st.pseudo}
+            by = "" if st.teacher is None else (
+                f"_by-{teacher.removeprefix('detectors/').removesuffix(f'_s{seed}')}")
             detector_of[st.name, seed] = detector(
-                f"{teacher.removesuffix(f'_s{seed}')}_pseudo-{st.pseudo}_s{seed}",
-                _changed(config.finetune, changes), [data], data, teacher, seed,
+                f"{student.removesuffix(f'_s{seed}')}_pseudo-{st.pseudo}{by}_s{seed}",
+                _changed(config.finetune, changes), [data], data, student, seed,
                 replay=[pseudo])
     return list(units.values()), detector_of
 
@@ -431,6 +457,9 @@ def select_settings(config: ExperimentConfig, names: list[str]) -> ExperimentCon
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; the config has "
                           f"{', '.join(known)}")
+    # a distilled setting needs its teacher's detectors: they come along
+    names = names + [s.teacher for s in config.settings
+                     if s.name in names and s.teacher and s.teacher not in names]
     return replace(config, settings=tuple(s for s in config.settings if s.name in names),
                    compare=tuple((a, b) for a, b in config.compare
                                  if a in names and b in names))
