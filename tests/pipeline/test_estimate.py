@@ -25,7 +25,7 @@ class FakeTimer:
         return {"slim_u22": 2.0, "tiny_u22": 0.5}[config.model]
 
     def detector_forward_per_mpx(self, config, channels):
-        return 10.0
+        return {"int8": 4.0, "fp32": 20.0}.get(config.precision, 10.0)
 
     def refiner_step(self, config, channels):
         return 0.25
@@ -112,6 +112,24 @@ def test_prediction_is_priced_over_the_tiles_predict_cuts(tmp_path):
         assert by_stage[layout.PREDICT].seconds == pytest.approx(8 * side * side / 1e6 * 10.0)
 
 
+def test_prediction_is_priced_at_the_precision_predict_uses(tmp_path):
+    config = _config(tmp_path)
+    mpx = 256 * 256 / 1e6
+    for precision, forward in (("fp32", 20.0), ("auto", 10.0)):
+        options = replace(config.predict, precision=precision)
+        by_stage = {e.stage: e for e in estimate(replace(config, predict=options),
+                                                 timer=FakeTimer(), channels=1)}
+        assert by_stage[layout.PREDICT].seconds == pytest.approx(8 * mpx * forward)
+    # int8: its forward, plus the calibration windows (here the one 256² image, smaller
+    # than 4 windows) forwarded twice in fp32 and once in int8
+    options = replace(config.predict, precision="int8")
+    by_stage = {e.stage: e for e in estimate(replace(config, predict=options),
+                                             timer=FakeTimer(), channels=1)}
+    assert by_stage[layout.PREDICT].seconds == pytest.approx(8 * mpx * 4.0
+                                                             + mpx * (2 * 20.0 + 4.0))
+    assert "int8" in by_stage[layout.PREDICT].detail
+
+
 def test_done_stages_count_zero(tmp_path):
     config = _config(tmp_path)
     out = tmp_path / "run"
@@ -128,14 +146,23 @@ def test_done_stages_count_zero(tmp_path):
     assert by_stage[layout.REFINER].seconds == pytest.approx(10 * 0.25 + 30.0)
 
 
-def test_the_real_timer_times_a_tiny_detector_and_caches_it():
+def test_the_real_timer_times_a_tiny_detector_and_caches_it(monkeypatch):
     timer = Timer(warmup=1, steps=1)
     config = TrainConfig(model="tiny_u22", crop=64, batch=1, samples=16, order=3,
                          refinement_iterations=1, precision="fp32")
     first = timer.detector_step(config, 1)
     assert 0 < first < 60
     assert timer.detector_step(config, 1) == first  # measured once per shape
-    assert math.isfinite(timer.detector_forward_per_mpx(config, 1))
+    fp32 = timer.detector_forward_per_mpx(config, 1)
+    assert math.isfinite(fp32)
+    # int8 is timed as predict --precision int8 runs it: a quantised core
+    from cellsynth.segment import quantize
+    quantized = []
+    real = quantize.quantize_core
+    monkeypatch.setattr(quantize, "quantize_core",
+                        lambda model, images: quantized.append(images) or real(model, images))
+    int8 = timer.detector_forward_per_mpx(replace(config, precision="int8"), 1)
+    assert math.isfinite(int8) and len(quantized) == 1
 
 
 def test_cli_estimate_prints_the_stages_and_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -132,17 +132,25 @@ class Timer:
         return self._median(step)
 
     def detector_forward_per_mpx(self, config: Any, channels: int) -> float:
-        """Seconds per megapixel of a detector's forward pass (prediction's network part)."""
+        """Seconds per megapixel of a detector's forward pass (prediction's network part);
+        ``config.precision`` may be int8 (`predict --precision int8`: timed quantised)."""
         key = ("forward", self._network_key(config, channels))
         if key not in self._cache:
             import torch
 
             from cellsynth.segment import cpn
 
-            model = self._detector(config, channels)
+            int8 = config.precision == "int8"
+            model = self._detector(replace(config, precision="fp32") if int8 else config,
+                                   channels)
             cpn.prepare_for_inference(model)
-            x = torch.rand(1, channels, _TILE, _TILE, device=self.device).contiguous(
-                memory_format=torch.channels_last)
+            x = torch.rand(1, channels, _TILE, _TILE, device=self.device)
+            if int8:
+                from cellsynth.segment.quantize import quantize_core
+
+                model = quantize_core(model, [x[0].permute(1, 2, 0).cpu().numpy()])
+            else:
+                x = x.contiguous(memory_format=torch.channels_last)
 
             def step() -> None:
                 with torch.no_grad():
@@ -310,15 +318,26 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
                                      f"{val_megapixels:.2f} MP, {_minutes(val)}"
                                      if validations else ""))
 
-    def predict(role: str, views: int) -> tuple[float, str]:
+    def predict(role: str, views: int, precision: str = "auto") -> tuple[float, str]:
         train = config.finetune if config.real.train else config.pretrain
-        from cellsynth.segment.predict import DEFAULT_TILE
+        from cellsynth.segment.predict import DEFAULT_TILE, INT8_WINDOWS
 
         # the tiles `predict` cuts: predict.tile or its default, shrunk to balanced ones
         tile = config.predict.tile or max(train.crop, DEFAULT_TILE)
         mpx = _megapixels(config, role, tile, config.predict.overlap, balance=True)
-        seconds = mpx * views * timer.detector_forward_per_mpx(train, channels)
-        return seconds, f"{mpx:.2f} MP of {role} images x {views} view(s)"
+        net = replace(train, precision=precision)
+        seconds = mpx * views * timer.detector_forward_per_mpx(net, channels)
+        detail = f"{mpx:.2f} MP of {role} images x {views} view(s)"
+        if precision == "int8":
+            # quantize_detector: <= 4 windows of 512² forwarded in fp32 twice (calibration,
+            # agreement) and in int8 once
+            windows = min(mpx, INT8_WINDOWS * 512 * 512 / 1e6)
+            calibration = windows * (2 * timer.detector_forward_per_mpx(
+                replace(train, precision="fp32"), channels)
+                + timer.detector_forward_per_mpx(net, channels))
+            seconds += calibration
+            detail += f", int8 (+ its calibration, {_minutes(calibration)})"
+        return seconds, detail
 
     results = []
     for stage in plan:
@@ -352,7 +371,7 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
             seconds, detail = predict("unlabeled", 8)
         elif name == layout.PREDICT:
             seconds, detail = predict(st._predict_images(config),
-                                      8 if config.predict.tta else 1)
+                                      8 if config.predict.tta else 1, config.predict.precision)
         results.append(StageEstimate(name, seconds, detail))
     return results
 

@@ -156,11 +156,12 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
 
 # int8 is kept only if it finds the cells fp32 finds on the calibration windows
 INT8_AGREEMENT = 0.95
+INT8_WINDOWS = 4  # tissue windows of 512² that calibrate int8 and check its agreement
 
 
 def quantize_detector(detector: Detector, inputs: list[tuple[str, Path]], *,
                       channel: int | None = None, level: int = 0,
-                      pixel_size_um: float | None = None, windows: int = 4,
+                      pixel_size_um: float | None = None, windows: int = INT8_WINDOWS,
                       side: int = 512) -> Detector:
     """``detector`` with its core in int8 (:mod:`cellsynth.segment.quantize`), calibrated on
     up to ``windows`` tissue windows of ``side`` px of the first images of ``inputs`` (id,
