@@ -25,7 +25,7 @@ class FakeTimer:
         return {"slim_u22": 2.0, "tiny_u22": 0.5}[config.model]
 
     def detector_forward_per_mpx(self, config, channels):
-        return {"int8": 4.0, "fp32": 20.0}.get(config.precision, 10.0)
+        return {"int8": 4.0, "bf16": 5.0}.get(config.precision, 10.0)
 
     def refiner_step(self, config, channels):
         return 0.25
@@ -115,7 +115,7 @@ def test_prediction_is_priced_over_the_tiles_predict_cuts(tmp_path):
 def test_prediction_is_priced_at_the_precision_predict_uses(tmp_path):
     config = _config(tmp_path)
     mpx = 256 * 256 / 1e6
-    for precision, forward in (("fp32", 20.0), ("auto", 10.0)):
+    for precision, forward in (("bf16", 5.0), ("auto", 10.0)):
         options = replace(config.predict, precision=precision)
         by_stage = {e.stage: e for e in estimate(replace(config, predict=options),
                                                  timer=FakeTimer(), channels=1)}
@@ -126,7 +126,7 @@ def test_prediction_is_priced_at_the_precision_predict_uses(tmp_path):
     by_stage = {e.stage: e for e in estimate(replace(config, predict=options),
                                              timer=FakeTimer(), channels=1)}
     assert by_stage[layout.PREDICT].seconds == pytest.approx(8 * mpx * 4.0
-                                                             + mpx * (2 * 20.0 + 4.0))
+                                                             + mpx * (2 * 10.0 + 4.0))
     assert "int8" in by_stage[layout.PREDICT].detail
 
 

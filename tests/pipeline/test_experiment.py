@@ -472,6 +472,13 @@ def test_estimate_prices_every_unit_still_to_run_and_writes_nothing(tmp_path, mo
     # 8 distinct detectors predict the 2 test images once
     assert by_kind["test predictions"].seconds == pytest.approx(8 * 2 * mp * 10.0)
     assert "pseudo-labels" not in by_kind
+    assert "plateau" not in by_kind["detectors"].detail
+    # detectors that stop at a plateau are priced in full, and said to be an upper bound
+    patient = replace(config, supervised=replace(config.supervised, patience=3))
+    priced = {e.stage: e for e in experiment.estimate_experiment(
+        patient, timer=FakeTimer(), channels=1)}["detectors"]
+    assert priced.seconds == by_kind["detectors"].seconds
+    assert "2 may stop earlier at a plateau" in priced.detail   # real_k1, seeds 0 and 1
     # a unit done in OUT counts 0
     out = tmp_path / "exp"
     out.mkdir()

@@ -588,7 +588,8 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
 
     kinds = {"refiner": "refiners", "refine": "refining", "detector": "detectors",
              "pseudo": "pseudo-labels"}
-    totals = {k: [0.0, 0, 0] for k in kinds}   # seconds, units to run, units done
+    # seconds, units to run, units done, units that may stop early (patience: a plateau)
+    totals = {k: [0.0, 0, 0, 0] for k in kinds}
     for unit in units:
         if unit.cost is None:
             continue
@@ -602,6 +603,7 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
             seconds = (train.steps * timer.detector_step(train, channels)
                        + math.ceil(train.steps / train.val_every) * mpx
                        * timer.detector_forward_per_mpx(train, channels))
+            totals[kind][3] += train.patience is not None
         elif kind == "refiner":
             refine = unit.cost[1]
             seconds = refine.steps * timer.refiner_step(refine, channels)
@@ -632,11 +634,14 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
         eval_runs += 1
     out_list = []
     for kind, label in kinds.items():
-        seconds, runs, finished = totals[kind]
+        seconds, runs, finished, early = totals[kind]
         if runs or finished:
             detail = f"{runs} to run" + (f", {finished} done" if finished else "")
             if runs:
                 detail += f", {_minutes(seconds / runs)} each on average"
+            if early:
+                detail += (f"; {early} may stop earlier at a plateau (patience), counted "
+                           f"with all their steps")
             out_list.append(StageEstimate(label, seconds, detail))
     out_list.append(StageEstimate(
         "test predictions", eval_seconds,
