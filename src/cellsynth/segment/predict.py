@@ -181,7 +181,7 @@ def quantize_detector(detector: Detector, inputs: list[tuple[str, Path]], *,
     for _, path in inputs:
         if len(tiles) >= windows:
             break
-        image = open_large_image(path, level=level) if _read_lazily(path) else read_image(path)
+        image, _ = _open(path, level)
         image = select_channel(image, detector.channel if channel is None else channel,
                                where=str(path))
         low, high = intensity_range(image, detector.normalization, where=str(path))
@@ -408,6 +408,13 @@ def _read_lazily(path: Path) -> bool:
     return reads_lazily(path, LAZY_PIXELS)
 
 
+def _open(path: Path, level: int = 0) -> tuple[Any, bool]:
+    """The image at ``path`` (a lazy array where :func:`_read_lazily`, else in memory) and
+    whether it is lazy."""
+    lazy = _read_lazily(path)
+    return (open_large_image(path, level=level) if lazy else read_image(path)), lazy
+
+
 def _inputs(images: Path) -> list[tuple[str, Path]]:
     """(id, path) of every image file or .zarr folder in a dataset or plain folder."""
     if images.is_dir() and images.suffix.lower() == ".zarr":
@@ -484,8 +491,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
             for n_done, (image_id, path) in enumerate(inputs):
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
-                lazy = _read_lazily(path)
-                image = open_large_image(path, level=level) if lazy else read_image(path)
+                image, lazy = _open(path, level)
                 px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
                 if px is None and detector.pixel_size_um is not None:
                     announce(f"{images}: pixel size of some images unknown (no --pixel-size, "
