@@ -320,7 +320,7 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
 
     def predict(role: str, views: int, precision: str = "auto") -> tuple[float, str]:
         train = config.finetune if config.real.train else config.pretrain
-        from cellsynth.segment.predict import DEFAULT_TILE, INT8_WINDOWS
+        from cellsynth.segment.predict import DEFAULT_TILE, INT8_SIDE, INT8_WINDOWS
 
         # the tiles `predict` cuts: predict.tile or its default, shrunk to balanced ones
         tile = config.predict.tile or max(train.crop, DEFAULT_TILE)
@@ -329,9 +329,9 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
         seconds = mpx * views * timer.detector_forward_per_mpx(net, channels)
         detail = f"{mpx:.2f} MP of {role} images x {views} view(s)"
         if precision == "int8":
-            # quantize_detector: <= 4 windows of 512² forwarded in fp32 twice (calibration,
+            # quantize_detector: its windows forwarded in fp32 twice (calibration,
             # agreement) and in int8 once
-            windows = min(mpx, INT8_WINDOWS * 512 * 512 / 1e6)
+            windows = min(mpx, INT8_WINDOWS * INT8_SIDE ** 2 / 1e6)
             calibration = windows * (2 * timer.detector_forward_per_mpx(
                 replace(train, precision="fp32"), channels)
                 + timer.detector_forward_per_mpx(net, channels))

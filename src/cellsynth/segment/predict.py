@@ -156,13 +156,14 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
 
 # int8 is kept only if it finds the cells fp32 finds on the calibration windows
 INT8_AGREEMENT = 0.95
-INT8_WINDOWS = 4  # tissue windows of 512² that calibrate int8 and check its agreement
+INT8_WINDOWS = 4  # tissue windows that calibrate int8 and check its agreement
+INT8_SIDE = 512  # px, their side at the model's pixel size
 
 
 def quantize_detector(detector: Detector, inputs: list[tuple[str, Path]], *,
                       channel: int | None = None, level: int = 0,
                       pixel_size_um: float | None = None, windows: int = INT8_WINDOWS,
-                      side: int = 512) -> Detector:
+                      side: int = INT8_SIDE) -> Detector:
     """``detector`` with its core in int8 (:mod:`cellsynth.segment.quantize`), calibrated on
     up to ``windows`` tissue windows of ``side`` px of the first images of ``inputs`` (id,
     path), scaled and resampled as prediction will see them. The int8 detector must then
