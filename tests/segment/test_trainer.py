@@ -374,3 +374,59 @@ def test_cli_fine_tuning_takes_replay_folders(sim, tmp_path, capsys):
     assert main([*args, "--replay-fraction", "1.5", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "replay must be in [0, 1)" in err
+
+
+def _state(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=False)[key]
+
+
+def test_loss_weights_default_to_celldetections_and_scale_their_terms(sim, tmp_path):
+    from cellsynth.segment.cpn import build_model
+    from cellsynth.segment.trainer import LossWeights
+
+    cd_weights = build_model(in_channels=1, model="slim_u22").weights
+    assert {k: cd_weights[k] for k in vars(LossWeights())} == vars(LossWeights())
+    base = TrainConfig(steps=1, **TINY)
+    train(base, [sim], tmp_path / "base", progress=False)
+    heavier = replace(base, loss_weights=LossWeights(refinement=3.0, score_bg=0.0))
+    train(heavier, [sim], tmp_path / "heavy", progress=False)
+    a, b = ({k: v for k, v in json.loads((tmp_path / r / "log.jsonl").read_text()
+                                          .splitlines()[0]).items()}
+            for r in ("base", "heavy"))
+    # the same first batch and weights: only the weighted terms change
+    assert b["refinement"] == pytest.approx(3 * a["refinement"], rel=1e-4)
+    assert b["contour"] == pytest.approx(a["contour"], rel=1e-4)
+    assert b["score"] < a["score"]  # the background pixels' term is gone
+    with pytest.raises(ValueError, match="loss_weights.iou must be >= 0"):
+        LossWeights(iou=-1.0)
+
+
+def test_ema_validates_and_saves_the_averaged_weights_and_resumes_exactly(sim, tmp_path,
+                                                                          monkeypatch):
+    pre = TrainConfig(steps=1, **TINY)
+    train(pre, [sim], tmp_path / "pre", progress=False)
+    start = _state(tmp_path / "pre" / "last.pt")
+    seen = []
+    monkeypatch.setattr(trainer, "validate", lambda model, *a: seen.append(
+        {k: v.clone() for k, v in model.state_dict().items()}) or {
+        "score_thresh": 0.8, "f1_50": 0.5, "f1_avg": 0.1, "f1_by_threshold": {}})
+    config = TrainConfig(steps=1, ema=0.75, checkpoint_every=1, **{**TINY, "val_every": 1})
+    run = tmp_path / "ft"
+    train(config, [sim], run, init=tmp_path / "pre", val=sim, progress=False)
+    averaged, trained = _state(run / "last.pt"), _state(run / "last.pt", "trained_model")
+    for name, value in trained.items():
+        if value.is_floating_point():  # 0.75 of where it started, 0.25 of the trained step
+            expected = 0.75 * start[name] + 0.25 * value
+            assert torch.allclose(averaged[name], expected, atol=1e-6), name
+        else:
+            assert torch.equal(averaged[name], value), name
+    assert not all(torch.equal(averaged[k], trained[k]) for k in trained)
+    assert all(torch.equal(seen[0][k], averaged[k]) for k in averaged)  # validation: average
+    assert all(torch.equal(_state(run / "best.pt")[k], averaged[k]) for k in averaged)
+    # step 2 by a resume equals step 2 of an uninterrupted run
+    train(replace(config, steps=2), [sim], run, val=sim, resume=True, progress=False)
+    train(replace(config, steps=2), [sim], tmp_path / "full", init=tmp_path / "pre", val=sim,
+          progress=False)
+    for key in ("model", "trained_model"):
+        resumed, full = _state(run / "last.pt", key), _state(tmp_path / "full" / "last.pt", key)
+        assert all(torch.allclose(resumed[k], full[k], atol=1e-6) for k in full), key

@@ -43,7 +43,7 @@ from cellsynth.signals import stop_between_steps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train", "THRESHOLD_GRID"]
+__all__ = ["TrainConfig", "LossWeights", "train", "THRESHOLD_GRID"]
 
 CHECKPOINT_SECONDS = 600.0  # also checkpoint when the last one is this old (single process)
 # options that may change when a run is resumed (how long, how often to validate or save);
@@ -52,6 +52,27 @@ RESUMABLE = frozenset({"steps", "val_every", "checkpoint_every", "patience"})
 
 # Score thresholds tried on the validation images (scores bunch up near 1 after training).
 THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the CPN's loss terms; the defaults are celldetection's (``CPN.weights``).
+    ``score_fg`` / ``score_bg``: the score map on cell / background pixels; ``fourier``,
+    ``location``, ``contour``: the proposed outline (coefficients, centre, sampled points);
+    ``refinement``: each refinement iteration's outline; ``iou``: the proposal's box."""
+
+    score_fg: float = 1.0
+    score_bg: float = 1.0
+    fourier: float = 1.0
+    location: float = 1.0
+    contour: float = 3.0
+    refinement: float = 1.0
+    iou: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not value >= 0:
+                raise ValueError(f"loss_weights.{name} must be >= 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,11 @@ class TrainConfig:
     # ``replay`` data (the synthetic images it was pretrained on), so the few real images
     # cannot pull the detector far from what it learned there (0: real images only)
     replay: float = field(default=0.0, metadata=ADDED)
+    # weights of the CPN's loss terms (celldetection's by default)
+    loss_weights: LossWeights = field(default_factory=LossWeights, metadata=ADDED)
+    # exponential moving average of the weights with this decay per step (0: off): validation,
+    # best.pt and last.pt's "model" are the averaged weights; last.pt keeps the trained ones too
+    ema: float = field(default=0.0, metadata=ADDED)
 
     def __post_init__(self) -> None:
         for name in ("order", "samples", "steps", "crop", "batch", "val_every",
@@ -98,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
         if not 0.0 <= self.replay < 1.0:
             raise ValueError(f"replay must be in [0, 1), got {self.replay}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.pixel_size_um is not None and not self.pixel_size_um > 0:
@@ -135,9 +163,36 @@ def _batch(sampler: CropSampler, config: TrainConfig, samples: int, order: int,
     return {k: v.to(device) for k, v in collate(items).items()}
 
 
+class _Average:
+    """Exponential moving average of a model's weights and BatchNorm statistics (Polyak
+    averaging): ``model`` is a second CPN of the same spec and precision that trails the
+    trained one (``decay`` per step; integer buffers are copied)."""
+
+    def __init__(self, spec: dict[str, Any], source: torch.nn.Module, decay: float,
+                 precision: str) -> None:
+        from cellsynth.segment.cpn import build_model, set_core_precision
+
+        self.decay = decay
+        with torch.random.fork_rng(devices=[]):  # (its random init must not shift training's)
+            self.model = build_model(**spec).to(next(source.parameters()).device)
+        self.model.load_state_dict(source.state_dict())
+        set_core_precision(self.model, precision)
+        self.model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, source: torch.nn.Module) -> None:
+        mine = self.model.state_dict()
+        for name, value in source.state_dict().items():
+            if value.is_floating_point():
+                mine[name].lerp_(value, 1.0 - self.decay)
+            else:
+                mine[name].copy_(value)
+
+
 def _train_step(net, optimizer, scheduler, sampler: CropSampler, model: torch.nn.Module,
                 config: TrainConfig, step: int, log: JsonLog | None, bar,
-                replay: CropSampler | None = None) -> tuple[int, float]:
+                replay: CropSampler | None = None, average: _Average | None = None
+                ) -> tuple[int, float]:
     """One optimiser step on a fresh batch; returns (step, loss)."""
     started = time.perf_counter()
     batch = _batch(sampler, config, model.samples, model.order, config.device, replay)
@@ -146,6 +201,8 @@ def _train_step(net, optimizer, scheduler, sampler: CropSampler, model: torch.nn
     outputs["loss"].backward()
     optimizer.step()
     scheduler.step()
+    if average is not None:
+        average.update(model)
     step += 1
     loss_value = float(outputs["loss"].detach())
     if log is not None:
@@ -268,6 +325,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     model = build_model(**spec).to(config.device)
     if start is not None:
         _init_weights(model, spec, *start)
+    model.weights.update(vars(config.loss_weights))  # celldetection's weights of its losses
     precision = choose_precision(config.precision, config.device)
     if rank == 0:
         announce(str(precision))
@@ -286,7 +344,8 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                                  f"corrupt?); start again with --force") from err
         check_resume_config(ckpt["config"], to_dict(config), to_dict(TrainConfig()), RESUMABLE,
                             out / layout.LAST)
-        model.load_state_dict(ckpt["model"])
+        # with ema, "model" holds the averaged weights and "trained_model" the trained ones
+        model.load_state_dict(ckpt["trained_model"] if config.ema else ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         rng.bit_generator.state = ckpt["rng"]["numpy"][rank]
@@ -311,6 +370,9 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
             "resumed_at_steps": first.get("resumed_at_steps", []) + ([step] if resume else []),
             "device": config.device, "precision": precision.name, "world_size": world,
             "n_images": len(items), "n_val_images": len(val_items)})
+    average = _Average(spec, model, config.ema, precision.name) if config.ema else None
+    if average is not None and resume:
+        average.model.load_state_dict(ckpt["model"])
     net = DistributedDataParallel(model) if world > 1 else model
     sampler = CropSampler(items, config.crop, config.augment, rng)
     replayed = CropSampler(replay_items, config.crop, config.augment, rng) if replay else None
@@ -323,15 +385,18 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
             states = [None] * world
             torch.distributed.all_gather_object(states, rng.bit_generator.state)
         if rank == 0:
-            weights = model.state_dict()
-            _save(path, {"model": weights, "optimizer": optimizer.state_dict(),
+            shown = average.model if average is not None else model  # what validation scored
+            weights = shown.state_dict()
+            trained = ({"trained_model": model.state_dict()}
+                       if average is not None and path.name == layout.LAST else {})
+            _save(path, {"model": weights, **trained, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "step": step,
                          "rng": {"numpy": states, "torch": torch.get_rng_state()},
                          "config": to_dict(config), "model_spec": spec, "best_f1": best_f1,
                          "since_best": since_best, "precision": precision.name,
                          "score_thresh": score_thresh,
                          # plain celldetection users: cd.load_model(RUN/best.pt)
-                         **celldetection_format(model, weights, score_thresh=score_thresh)})
+                         **celldetection_format(shown, weights, score_thresh=score_thresh)})
 
     threads = ThreadGovernor(workers=world if world > 1 else None)
     model.train()
@@ -355,10 +420,11 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
             while step < config.steps and not plateau():
                 threads.tick()
                 step, loss_value = _train_step(net, optimizer, scheduler, sampler, model, config,
-                                               step, log, bar, replayed)
+                                               step, log, bar, replayed, average)
                 if val_items and (step % config.val_every == 0 or step == config.steps):
                     if rank == 0:
-                        result = validate(model, val_items, config)
+                        result = validate(average.model if average is not None else model,
+                                          val_items, config)
                         log.write(step=step, val_f1=result["f1_50"],
                                   val_f1_avg=result["f1_avg"],
                                   val_score_thresh=result["score_thresh"],
