@@ -15,6 +15,13 @@ is paired with the base (bootstrap over units, seeds averaged). The test split i
         --json docs/results/nissl_k2_dev_ft/results.json
 
 Resumable: a trained variant is kept, a killed one resumes from its last checkpoint.
+
+``--ensemble base ema ...`` instead scores a vote of those detectors of each seed (all
+trained on that seed's 2 annotated images only): each keeps its proposals at or above its
+own threshold, they are grouped like TTA views (``tta.merge_views``: mask IoU > 0.5, at most
+one per detector, outline = angle-wise median) and a group is a cell when a strict majority
+found it. ``--split test`` scores the test split instead of the development images (for a
+vote chosen on them first).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 from _paired import compare  # noqa: E402  (same folder)
 
@@ -37,6 +45,7 @@ from cellsynth.segment.trainer import TrainConfig, train
 
 BASE = "simulated_k2_replay-0.5_steps-2500_ft-lr-0.001_ft-steps-400"
 TRAIN = "../shared/data/nissl_rat_sscx/train"
+TEST = "../shared/data/nissl_rat_sscx/test"  # only for --split test
 PIXEL_SIZE_UM = 0.346  # the data's (SOURCE.md); its PNGs carry none
 
 # name -> changes to the base's fine-tuning config (None: the base's own last.pt)
@@ -89,6 +98,62 @@ def _units(checkpoint: Path, thresh: float, dev: list, tiles: int) -> list:
     return found
 
 
+def _detector_of(name: str, seed: int, args) -> Path:
+    if name in ("base", "last"):
+        return args.exp / "detectors" / f"{args.base}_s{seed}" / (
+            "last.pt" if name == "last" else "best.pt")
+    return args.out / f"{name}_s{seed}" / "best.pt"
+
+
+def _vote_units(checkpoints: list[Path], samples: list, tiles: int) -> list:
+    """Matchings of the strict-majority vote of ``checkpoints`` (each at its own threshold)."""
+    from cellsynth.segment.predict import image_proposals
+    from cellsynth.segment.tiles import contours_to_labels, offset_contours
+    from cellsynth.segment.tta import merge_views
+
+    kept = []
+    for checkpoint in checkpoints:
+        detector = load_detector(checkpoint, say_precision=False)
+        views = []
+        for sample in samples:
+            c, sc, offset = image_proposals(detector, sample.read_image(),
+                                            where=str(sample.id))
+            keep = sc >= detector.score_thresh
+            c = offset_contours(c[keep], offset) if offset else c[keep]
+            views.append((c, np.ones(int(keep.sum()), np.float32)))
+        kept.append(views)
+    n, found = len(checkpoints), []
+    for i, sample in enumerate(samples):
+        contours, votes = merge_views([k[i] for k in kept])
+        truth = sample.read_labels()
+        painted = contours_to_labels(contours, votes * n, truth.shape,
+                                     score_thresh=n // 2 + 1 - 1e-6, offset=0.0)
+        found += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
+                                                 split_tiles(painted, tiles))]
+    return found
+
+
+def _ensemble(args) -> None:
+    """The vote of ``args.ensemble`` against the base alone, per seed, on dev or test."""
+    found: dict[str, list] = {"vote": [], "base": []}
+    for seed in args.seeds:
+        samples = (_dev(args.exp, seed) if args.split == "dev"
+                   else list(load_dataset(TEST, require_labels=True)))
+        found["vote"].append(_vote_units([_detector_of(n, seed, args) for n in args.ensemble],
+                                         samples, args.tiles))
+        found["base"].append(_vote_units([_detector_of("base", seed, args)], samples,
+                                         args.tiles))
+    print(f"== vote of {args.ensemble} - base ({args.split}, seeds {args.seeds})")
+    sa, sb, diff = compare(found["vote"], found["base"])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, {"base": args.base, "experiment": str(args.exp),
+                               "seeds": args.seeds, "split": args.split,
+                               "members": args.ensemble, "tiles": args.tiles,
+                               "variants": {n: VARIANTS.get(n) for n in args.ensemble},
+                               "vote": sa, "base_alone": sb, "vote_minus_base": diff})
+
+
 def main() -> None:
     import torch
 
@@ -101,7 +166,14 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--tiles", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--ensemble", nargs="+", choices=["base", *VARIANTS],
+                        help="score the majority vote of these detectors instead")
+    parser.add_argument("--split", choices=["dev", "test"], default="dev",
+                        help="what --ensemble scores")
     args = parser.parse_args()
+    if args.ensemble:
+        _ensemble(args)
+        return
     for seed in args.seeds:
         for name in args.variants:
             out = args.out / f"{name}_s{seed}"
