@@ -307,6 +307,30 @@ def test_a_replay_setting_fine_tunes_on_its_synthetic_data_too(tmp_path):
     assert "sim/s0" not in by_name[detector_of["sim_ft_k1", 0]].inputs
 
 
+def test_a_replicate_trains_the_same_fine_tuning_with_another_seed(tmp_path):
+    config = _config(tmp_path, settings=(
+        Setting("sim_ft_k1", "simulated", 1, finetune={"steps": 7}),
+        Setting("again", "simulated", 1, finetune={"steps": 7}, replicate=1)),
+        compare=(("again", "sim_ft_k1"),), seeds=(0, 3))
+    experiment.check_experiment(config)
+    units, detector_of = experiment._plan(config, tmp_path / "out")
+    by_name = {u.name: u for u in units}
+    for seed in (0, 3):
+        first, second = (by_name[detector_of[n, seed]] for n in ("sim_ft_k1", "again"))
+        assert second.name == f"detectors/simulated_k1_ft-steps-7_rep-1_s{seed}"
+        # the same pretrained detector, drawn images and options; only the seed differs
+        assert second.inputs == first.inputs and f"data/k1_s{seed}" in second.inputs
+        assert first.options["seed"] == seed and second.options["seed"] == seed + 1000
+        assert ({k: v for k, v in second.options.items() if k != "seed"}
+                == {k: v for k, v in first.options.items() if k != "seed"})
+    for bad in (dict(data="real", k=1), dict(data="simulated", k=0),
+                dict(data="simulated", k=1, pseudo=0.5)):
+        with pytest.raises(ValueError, match="replicate repeats a fine-tuning"):
+            Setting("x", replicate=1, **bad)
+    with pytest.raises(ValueError, match="replicate must be >= 0"):
+        Setting("x", "simulated", 1, replicate=-1)
+
+
 def test_a_finetune_setting_changes_the_fine_tuning_only(tmp_path):
     config = _config(tmp_path, settings=(
         Setting("sim_ft_k1", "simulated", 1),

@@ -103,6 +103,11 @@ class Setting:
     # their annotations) instead of by this setting's own, e.g. a slim teacher for a
     # tiny_u22 student that predicts ~4x faster on a CPU without bf16
     teacher: str | None = field(default=None, metadata=ADDED)
+    # a second (third, ...) training run of the setting's fine-tuning: N > 0 trains it with
+    # seed + 1000 N instead of the seed (other random crops and augmentations), on the same
+    # drawn images from the same pretrained detector. Paired with the setting itself it
+    # measures how much another training run moves the scores: the floor a lever must clear
+    replicate: int = field(default=0, metadata=ADDED)
 
     @property
     def variant(self) -> str:
@@ -113,7 +118,8 @@ class Setting:
     def ft_variant(self) -> str:
         """Suffix of its fine-tuning-only changes, marked "ft-": {steps: 1200} of detector:
         (both stages) and of finetune: are different detectors."""
-        return _suffix({f"ft-{key}": v for key, v in self.finetune.items()})
+        return _suffix({f"ft-{key}": v for key, v in self.finetune.items()}
+                       | ({"rep": self.replicate} if self.replicate else {}))
 
     def __post_init__(self) -> None:
         if self.data not in ("real", *_SYNTHETIC):
@@ -135,6 +141,12 @@ class Setting:
         if self.pseudo and (self.k is None or self.k == 0):
             raise ValueError(f"setting {self.name}: pseudo needs k >= 1 annotated images and "
                              f"unannotated ones to label (k: null leaves none)")
+        if self.replicate < 0:
+            raise ValueError(f"setting {self.name}: replicate must be >= 0, got "
+                             f"{self.replicate}")
+        if self.replicate and (self.data == "real" or self.k == 0 or self.pseudo):
+            raise ValueError(f"setting {self.name}: replicate repeats a fine-tuning: it needs "
+                             f"synthetic pretraining, k >= 1 or null and no pseudo")
         if self.teacher is not None and not self.pseudo:
             raise ValueError(f"setting {self.name}: teacher needs pseudo > 0 (the share of "
                              f"batches from the images the teacher labels)")
@@ -314,9 +326,10 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                          lambda folder, resume: _copy_subset(config.train, indices, folder)))
 
     def detector(name: str, train_config: TrainConfig, data: list[str], val: str,
-                 init: str | None, seed: int, replay: tuple[str, ...] | list[str] = ()
-                 ) -> str:
-        train_config = replace(train_config, seed=seed, device=config.device)
+                 init: str | None, seed: int, replay: tuple[str, ...] | list[str] = (),
+                 replicate: int = 0) -> str:
+        train_config = replace(train_config, seed=seed + 1000 * replicate,
+                               device=config.device)
         replay = list(replay) if train_config.replay > 0 else []
 
         def run(folder: Path, resume: bool) -> dict[str, Any]:
@@ -402,7 +415,7 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
             detector_of[st.name, seed] = detector(
                 f"detectors/{kind}_k{k}{_suffix(tuned)}{st.ft_variant}_s{seed}",
                 _changed(config.finetune, {**tuned, **st.finetune}), [data], val, zero, seed,
-                replay=train_data)
+                replay=train_data, replicate=st.replicate)
         trained_by = dict(detector_of)   # before self-training: the teachers
         for st in config.settings:
             if not st.pseudo:
