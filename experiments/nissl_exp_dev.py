@@ -40,13 +40,12 @@ from cellsynth.evaluate.matching import matching
 from cellsynth.evaluate.stats import split_tiles
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
-from cellsynth.segment.predict import load_detector, predict_image
+from cellsynth.segment.predict import load_detector
 from cellsynth.segment.trainer import TrainConfig, train
 
 BASE = "simulated_k2_replay-0.5_steps-2500_ft-lr-0.001_ft-steps-400"
 TRAIN = "../shared/data/nissl_rat_sscx/train"
 TEST = "../shared/data/nissl_rat_sscx/test"  # only for --split test
-PIXEL_SIZE_UM = 0.346  # the data's (SOURCE.md); its PNGs carry none
 
 # name -> changes to the base's fine-tuning config (None: the base's own last.pt)
 VARIANTS = {
@@ -69,12 +68,12 @@ def _fine_tune(base: Path, changes: dict, out: Path) -> float:
     data = {**yaml.safe_load((base / "config.yaml").read_text()), **changes}
     config = from_dict(TrainConfig, data, where=str(base / "config.yaml"))
     started = time.perf_counter()
-    if not _trained(out):
-        resume = (out / "last.pt").is_file()
-        train(config, info["data"], out, init=info["init"], val=info["val"],
-              replay=info.get("replay"), resume=resume, force=not resume, progress=False)
-        write_json(out / "done.json", {"minutes": (time.perf_counter() - started) / 60})
-    return (time.perf_counter() - started) / 60
+    resume = (out / "last.pt").is_file()
+    train(config, info["data"], out, init=info["init"], val=info["val"],
+          replay=info.get("replay"), resume=resume, force=not resume, progress=False)
+    minutes = (time.perf_counter() - started) / 60
+    write_json(out / "done.json", {"minutes": minutes})
+    return minutes
 
 
 def _trained(out: Path) -> bool:
@@ -86,18 +85,6 @@ def _dev(exp: Path, seed: int) -> list:
     return [s for s in load_dataset(TRAIN, require_labels=True) if s.id not in drawn]
 
 
-def _units(checkpoint: Path, thresh: float, dev: list, tiles: int) -> list:
-    detector = load_detector(checkpoint, say_precision=False)
-    found = []
-    for sample in dev:
-        predicted = predict_image(detector, sample.read_image(), score_thresh=thresh,
-                                  pixel_size_um=PIXEL_SIZE_UM, where=str(sample.id))
-        truth = sample.read_labels()
-        found += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
-                                                 split_tiles(predicted, tiles))]
-    return found
-
-
 def _detector_of(name: str, seed: int, args) -> Path:
     if name in ("base", "last"):
         return args.exp / "detectors" / f"{args.base}_s{seed}" / (
@@ -105,8 +92,9 @@ def _detector_of(name: str, seed: int, args) -> Path:
     return args.out / f"{name}_s{seed}" / "best.pt"
 
 
-def _vote_units(checkpoints: list[Path], samples: list, tiles: int) -> list:
-    """Matchings of the strict-majority vote of ``checkpoints`` (each at its own threshold)."""
+def _units(checkpoints: list[Path], samples: list, tiles: int) -> list:
+    """Matchings of the strict-majority vote of ``checkpoints`` (each at its own threshold;
+    one checkpoint: its own predictions)."""
     from cellsynth.segment.predict import image_proposals
     from cellsynth.segment.tiles import contours_to_labels, offset_contours
     from cellsynth.segment.tta import merge_views
@@ -139,10 +127,9 @@ def _ensemble(args) -> None:
     for seed in args.seeds:
         samples = (_dev(args.exp, seed) if args.split == "dev"
                    else list(load_dataset(TEST, require_labels=True)))
-        found["vote"].append(_vote_units([_detector_of(n, seed, args) for n in args.ensemble],
-                                         samples, args.tiles))
-        found["base"].append(_vote_units([_detector_of("base", seed, args)], samples,
-                                         args.tiles))
+        found["vote"].append(_units([_detector_of(n, seed, args) for n in args.ensemble],
+                                    samples, args.tiles))
+        found["base"].append(_units([_detector_of("base", seed, args)], samples, args.tiles))
     print(f"== vote of {args.ensemble} - base ({args.split}, seeds {args.seeds})")
     sa, sb, diff = compare(found["vote"], found["base"])
     if args.json:
@@ -188,17 +175,12 @@ def main() -> None:
     thresholds = {name: [] for name in found}
     for seed in args.seeds:
         dev = _dev(args.exp, seed)
-        base = args.exp / "detectors" / f"{args.base}_s{seed}"
-        base_thresh = float(torch.load(base / "best.pt", weights_only=False)["score_thresh"])
         for name in found:
-            if name == "base" or VARIANTS[name] is None:
-                checkpoint = base / ("last.pt" if name == "last" else "best.pt")
-                thresh = base_thresh
-            else:
-                checkpoint = args.out / f"{name}_s{seed}" / "best.pt"
-                thresh = float(torch.load(checkpoint, weights_only=False)["score_thresh"])
-            found[name].append(_units(checkpoint, thresh, dev, args.tiles))
-            thresholds[name].append(thresh)
+            # (the base's last.pt holds the threshold its best.pt was chosen with)
+            checkpoint = _detector_of(name, seed, args)
+            found[name].append(_units([checkpoint], dev, args.tiles))
+            thresholds[name].append(
+                float(torch.load(checkpoint, weights_only=False)["score_thresh"]))
     result = {"base": args.base, "experiment": str(args.exp), "seeds": args.seeds,
               "dev_images": {s: [x.id for x in _dev(args.exp, s)] for s in args.seeds},
               "tiles": args.tiles, "variants": {n: VARIANTS[n] for n in args.variants},

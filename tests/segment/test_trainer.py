@@ -390,8 +390,7 @@ def test_loss_weights_default_to_celldetections_and_scale_their_terms(sim, tmp_p
     train(base, [sim], tmp_path / "base", progress=False)
     heavier = replace(base, loss_weights=LossWeights(refinement=3.0, score_bg=0.0))
     train(heavier, [sim], tmp_path / "heavy", progress=False)
-    a, b = ({k: v for k, v in json.loads((tmp_path / r / "log.jsonl").read_text()
-                                          .splitlines()[0]).items()}
+    a, b = (json.loads((tmp_path / r / "log.jsonl").read_text().splitlines()[0])
             for r in ("base", "heavy"))
     # the same first batch and weights: only the weighted terms change
     assert b["refinement"] == pytest.approx(3 * a["refinement"], rel=1e-4)

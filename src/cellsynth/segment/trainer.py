@@ -373,6 +373,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     average = _Average(spec, model, config.ema, precision.name) if config.ema else None
     if average is not None and resume:
         average.model.load_state_dict(ckpt["model"])
+    scored = average.model if average is not None else model  # what validates and is saved
     net = DistributedDataParallel(model) if world > 1 else model
     sampler = CropSampler(items, config.crop, config.augment, rng)
     replayed = CropSampler(replay_items, config.crop, config.augment, rng) if replay else None
@@ -385,8 +386,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
             states = [None] * world
             torch.distributed.all_gather_object(states, rng.bit_generator.state)
         if rank == 0:
-            shown = average.model if average is not None else model  # what validation scored
-            weights = shown.state_dict()
+            weights = scored.state_dict()
             trained = ({"trained_model": model.state_dict()}
                        if average is not None and path.name == layout.LAST else {})
             _save(path, {"model": weights, **trained, "optimizer": optimizer.state_dict(),
@@ -396,7 +396,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                          "since_best": since_best, "precision": precision.name,
                          "score_thresh": score_thresh,
                          # plain celldetection users: cd.load_model(RUN/best.pt)
-                         **celldetection_format(shown, weights, score_thresh=score_thresh)})
+                         **celldetection_format(scored, weights, score_thresh=score_thresh)})
 
     threads = ThreadGovernor(workers=world if world > 1 else None)
     model.train()
@@ -423,8 +423,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                                                step, log, bar, replayed, average)
                 if val_items and (step % config.val_every == 0 or step == config.steps):
                     if rank == 0:
-                        result = validate(average.model if average is not None else model,
-                                          val_items, config)
+                        result = validate(scored, val_items, config)
                         log.write(step=step, val_f1=result["f1_50"],
                                   val_f1_avg=result["f1_avg"],
                                   val_score_thresh=result["score_thresh"],
