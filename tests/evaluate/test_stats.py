@@ -60,6 +60,35 @@ def test_paired_bootstrap_sees_a_consistent_gain_and_no_gain():
         paired_bootstrap(better, worse[:2])
 
 
+def test_runs_of_a_setting_are_averaged_and_their_disagreement_widens_the_interval():
+    truth = [_labels(12) for _ in range(6)]
+    found = [matching(t, _labels(12)) for t in truth]  # F1 1.0
+    some = [matching(t, _labels(8)) for t in truth]    # F1 16 / 20 = 0.8
+    # one seed; setting a trained twice: one run finds every cell, the other 8 of 12
+    summary = summarize([[found, some]])
+    assert summary["f1_50"]["per_seed"] == pytest.approx([0.9])
+    assert summary["f1_50"]["per_run"] == [[pytest.approx(1.0), pytest.approx(0.8)]]
+    assert summary["f1_50"]["run_std"] == pytest.approx(np.std([1.0, 0.8], ddof=1))
+    assert "run_std" not in summarize([found])["f1_50"]
+    result = paired_bootstrap([[found, some]], [[some]], n=4000)
+    assert result["f1_50"]["diff"] == pytest.approx(0.1)
+    assert result["n_runs"] == [[2], [1]]
+    # every unit gains in the mean of the runs, so units alone would call it certain; but
+    # a quarter of the resamples draw the weaker run twice: no gain there
+    assert result["f1_50"]["p_le_0"] == pytest.approx(0.25, abs=0.03)
+    assert result["f1_50"]["ci95"] == pytest.approx([0.0, 0.2])
+    agreeing = paired_bootstrap([[found, found]], [[some]], n=500)
+    assert agreeing["f1_50"]["p_le_0"] == 0.0
+    assert agreeing["f1_50"]["ci95"] == pytest.approx([0.2, 0.2])
+    # one run on each side: the unit bootstrap, draw for draw
+    half = [matching(t, _labels(12 if i % 2 else 8)) for i, t in enumerate(truth)]
+    as_runs = paired_bootstrap([[half], [some]], [[some], [half]], n=300, seed=4)
+    assert as_runs == paired_bootstrap([half, some], [some, half], n=300, seed=4)
+    assert "n_runs" not in as_runs
+    with pytest.raises(ValueError, match="same seeds and units"):
+        paired_bootstrap([[found, some[:3]]], [[some]])
+
+
 def test_split_tiles_covers_the_image_once():
     labels = np.arange(35 * 22).reshape(35, 22)
     tiles = split_tiles(labels, 3)

@@ -252,9 +252,9 @@ def test_refine_variants_get_their_own_refiner_data_and_detectors(tmp_path):
     for name in ("refiner/s0", "refiner_class_map-true/s0", "refined/s0",
                  "refined_class_map-true/s0", "refined_class_map-true_val/s0"):
         assert name in names, name
-    assert detector_of["refined_only", 0] == "detectors/refined_k0_s0"
-    assert detector_of["cm_only", 0] == "detectors/refined_class_map-true_k0_s0"
-    assert detector_of["cm_ft", 0] == "detectors/refined_class_map-true_k1_s0"
+    assert detector_of["refined_only", 0][0] == "detectors/refined_k0_s0"
+    assert detector_of["cm_only", 0][0] == "detectors/refined_class_map-true_k0_s0"
+    assert detector_of["cm_ft", 0][0] == "detectors/refined_class_map-true_k1_s0"
     assert names.count("refiner_class_map-true/s0") == 1  # shared by both cm settings
     options = {u.name: u.options for u in units}
     assert options["refiner_class_map-true/s0"][0]["class_map"] is True
@@ -274,19 +274,19 @@ def test_detector_variants_train_their_own_detectors_with_the_changed_options(tm
         Setting("sim_only_tiny", "simulated", 0, detector={"model": "tiny_u22"})),
         compare=(("real_k1_tiny", "real_k1"),))
     units, detector_of = experiment._plan(config, tmp_path / "out")
-    assert detector_of["real_k1", 0] == "detectors/real_k1_s0"  # unchanged: old runs hold
-    assert detector_of["real_k1_tiny", 0] == "detectors/real_k1_model-tiny_u22_s0"
-    assert detector_of["sim_ft_tiny", 1] == "detectors/simulated_k1_model-tiny_u22_s1"
+    assert detector_of["real_k1", 0][0] == "detectors/real_k1_s0"  # unchanged: old runs hold
+    assert detector_of["real_k1_tiny", 0][0] == "detectors/real_k1_model-tiny_u22_s0"
+    assert detector_of["sim_ft_tiny", 1][0] == "detectors/simulated_k1_model-tiny_u22_s1"
     # fine-tuning starts from the variant's own zero-label detector, shared with sim_only_tiny
-    zero = detector_of["sim_only_tiny", 1]
+    zero = detector_of["sim_only_tiny", 1][0]
     assert zero == "detectors/simulated_k0_model-tiny_u22_s1"
     by_name = {u.name: u for u in units}
-    assert zero in by_name[detector_of["sim_ft_tiny", 1]].inputs
+    assert zero in by_name[detector_of["sim_ft_tiny", 1][0]].inputs
     models = {name: by_name[name].options["model"] for name in (
         "detectors/real_k1_s0", "detectors/real_k1_model-tiny_u22_s0", zero)}
     assert models == {"detectors/real_k1_s0": "slim_u22",
                       "detectors/real_k1_model-tiny_u22_s0": "tiny_u22", zero: "tiny_u22"}
-    assert by_name[detector_of["sim_ft_tiny", 1]].options["lr"] == config.finetune.lr
+    assert by_name[detector_of["sim_ft_tiny", 1][0]].options["lr"] == config.finetune.lr
     with pytest.raises(ConfigError, match="setting bad: detector: unknown key.*'modle'"):
         experiment.check_experiment(replace(config, compare=(), settings=(
             Setting("bad", "real", 1, detector={"modle": "tiny_u22"}),)))
@@ -298,13 +298,13 @@ def test_a_replay_setting_fine_tunes_on_its_synthetic_data_too(tmp_path):
         Setting("sim_ft_replay", "simulated", 1, detector={"replay": 0.5})), compare=())
     units, detector_of = experiment._plan(config, tmp_path / "out")
     by_name = {u.name: u for u in units}
-    tuned = by_name[detector_of["sim_ft_replay", 0]]
+    tuned = by_name[detector_of["sim_ft_replay", 0][0]]
     assert tuned.name == "detectors/simulated_k1_replay-0.5_s0"
     assert "sim/s0" in tuned.inputs and tuned.options["replay"] == 0.5
     # its zero-label start is the ordinary pretraining (replay is for fine-tuning only)
     assert "detectors/simulated_k0_s0" in tuned.inputs
     assert not any("k0_replay" in name for name in by_name)
-    assert "sim/s0" not in by_name[detector_of["sim_ft_k1", 0]].inputs
+    assert "sim/s0" not in by_name[detector_of["sim_ft_k1", 0][0]].inputs
 
 
 def test_a_replicate_trains_the_same_fine_tuning_with_another_seed(tmp_path):
@@ -316,7 +316,7 @@ def test_a_replicate_trains_the_same_fine_tuning_with_another_seed(tmp_path):
     units, detector_of = experiment._plan(config, tmp_path / "out")
     by_name = {u.name: u for u in units}
     for seed in (0, 3):
-        first, second = (by_name[detector_of[n, seed]] for n in ("sim_ft_k1", "again"))
+        first, second = (by_name[detector_of[n, seed][0]] for n in ("sim_ft_k1", "again"))
         assert second.name == f"detectors/simulated_k1_ft-steps-7_rep-1_s{seed}"
         # the same pretrained detector, drawn images and options; only the seed differs
         assert second.inputs == first.inputs and f"data/k1_s{seed}" in second.inputs
@@ -331,6 +331,34 @@ def test_a_replicate_trains_the_same_fine_tuning_with_another_seed(tmp_path):
         Setting("x", "simulated", 1, replicate=-1)
 
 
+def test_runs_train_the_replicates_of_a_setting_and_share_them(tmp_path):
+    config = _config(tmp_path, settings=(
+        Setting("sim_ft_k1", "simulated", 1, finetune={"steps": 7}),
+        Setting("again", "simulated", 1, finetune={"steps": 7}, replicate=2),
+        Setting("three", "simulated", 1, finetune={"steps": 7}, runs=3)),
+        compare=(("three", "sim_ft_k1"),), seeds=(0, 3))
+    experiment.check_experiment(config)
+    units, detector_of = experiment._plan(config, tmp_path / "out")
+    by_name = {u.name: u for u in units}
+    for seed in (0, 3):
+        runs = detector_of["three", seed]
+        # run 0 is the setting's own detector, run 2 the one replicate: 2 trains: shared
+        assert runs == (detector_of["sim_ft_k1", seed][0],
+                        f"detectors/simulated_k1_ft-steps-7_rep-1_s{seed}",
+                        detector_of["again", seed][0])
+        assert [by_name[r].options["seed"] for r in runs] == [seed, seed + 1000, seed + 2000]
+        assert len({by_name[r].inputs for r in runs}) == 1
+    assert len([u for u in units if u.name.startswith("detectors/simulated_k1")]) == 6
+    for bad in (dict(data="real", k=1), dict(data="simulated", k=0),
+                dict(data="simulated", k=1, pseudo=0.5)):
+        with pytest.raises(ValueError, match="runs repeats a fine-tuning"):
+            Setting("x", runs=2, **bad)
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        Setting("x", "simulated", 1, runs=0)
+    with pytest.raises(ValueError, match="runs and replicate exclude each other"):
+        Setting("x", "simulated", 1, runs=2, replicate=1)
+
+
 def test_a_finetune_setting_changes_the_fine_tuning_only(tmp_path):
     config = _config(tmp_path, settings=(
         Setting("sim_ft_k1", "simulated", 1),
@@ -339,16 +367,16 @@ def test_a_finetune_setting_changes_the_fine_tuning_only(tmp_path):
     experiment.check_experiment(config)
     units, detector_of = experiment._plan(config, tmp_path / "out")
     by_name = {u.name: u for u in units}
-    long = by_name[detector_of["sim_ft_long", 0]]
+    long = by_name[detector_of["sim_ft_long", 0][0]]
     assert long.name == "detectors/simulated_k1_ft-steps-7_s0"
     assert long.options["steps"] == 7 and long.options["lr"] == config.finetune.lr
     # it starts from the plain zero-label detector, the one sim_ft_k1 starts from
-    plain = by_name[detector_of["sim_ft_k1", 0]]
+    plain = by_name[detector_of["sim_ft_k1", 0][0]]
     assert plain.options["steps"] == config.finetune.steps != 7
     assert "detectors/simulated_k0_s0" in long.inputs and "detectors/simulated_k0_s0" in \
         plain.inputs
     # detector: changes both stages: another pretraining and another fine-tuned detector
-    both = by_name[detector_of["both_long", 0]]
+    both = by_name[detector_of["both_long", 0][0]]
     assert both.name == "detectors/simulated_k1_steps-7_s0" != long.name
     assert "detectors/simulated_k0_steps-7_s0" in both.inputs
     # a learning curve of its own: never two points at one k on the plain setting's line
@@ -365,7 +393,7 @@ def test_a_finetune_setting_changes_the_fine_tuning_only(tmp_path):
         "augment": {"stain": 0.1, "blur": 1.5}}),))
     experiment.check_experiment(aug)
     units, detector_of = experiment._plan(aug, tmp_path / "out")
-    tuned = {u.name: u for u in units}[detector_of["aug", 0]]
+    tuned = {u.name: u for u in units}[detector_of["aug", 0][0]]
     assert tuned.name == "detectors/simulated_k1_ft-augment.blur-1.5_ft-augment.stain-0.1_s0"
     assert tuned.options["augment"]["blur"] == 1.5 and tuned.options["augment"]["stain"] == 0.1
     with pytest.raises(ValueError, match="setting r: finetune: changes need"):
@@ -404,16 +432,16 @@ def test_mixed_settings_pretrain_on_the_simulation_and_its_refined_images(tmp_pa
         Setting("mixed_cm", "mixed", 0, {"class_map": True})), compare=())
     units, detector_of = experiment._plan(config, tmp_path / "out")
     by_name = {u.name: u for u in units}
-    zero = by_name[detector_of["mixed_only", 0]]
+    zero = by_name[detector_of["mixed_only", 0][0]]
     assert zero.name == "detectors/mixed_k0_s0"
     # both image sets (the same cells in two looks), thresholds from the refined ones
     assert zero.inputs == ("sim/s0", "refined/s0", "refined_val/s0")
     assert [n for n in by_name if n.startswith("refiner")].count("refiner/s0") == 1
     # fine-tuning starts from it and replays both
-    tuned = by_name[detector_of["mixed_ft", 0]]
+    tuned = by_name[detector_of["mixed_ft", 0][0]]
     assert tuned.inputs == ("data/k1_s0", "data/k1_s0", "detectors/mixed_k0_s0",
                             "sim/s0", "refined/s0")
-    assert by_name[detector_of["mixed_cm", 0]].inputs[1] == "refined_class_map-true/s0"
+    assert by_name[detector_of["mixed_cm", 0][0]].inputs[1] == "refined_class_map-true/s0"
     with pytest.raises(ValueError, match="data must be real, simulated, refined or mixed"):
         Setting("bad", "blend", 0)
 

@@ -38,20 +38,39 @@ def metrics_from_counts(total: np.ndarray) -> dict[str, np.ndarray]:
     return {"f1_50": f1[..., 0], "f1_avg": f1.mean(-1), "ap_50": ap[..., 0], "pq_50": pq[..., 0]}
 
 
-def summarize(per_seed: Sequence[Sequence[Matching]]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds of each metric (units summed per seed)."""
-    values = {m: [] for m in METRICS}
-    for units in per_seed:
-        total = aggregate(units)
-        found = {"f1_50": total.f1[0], "f1_avg": total.f1_avg, "ap_50": total.ap[0],
-                 "pq_50": total.pq[0]}
-        for m in METRICS:
-            values[m].append(float(found[m]))
-    return {m: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
-                else 0.0, "per_seed": v} for m, v in values.items()}
+def _runs(cells: Sequence[Sequence[Any]]) -> list[list[Sequence[Matching]]]:
+    """``[seed][unit]`` (one training run per seed) or ``[seed][run][unit]`` as the latter."""
+    return [list(runs) if runs and not isinstance(runs[0], Matching) else [runs]
+            for runs in cells]
 
 
-def paired_bootstrap(a: Sequence[Sequence[Matching]], b: Sequence[Sequence[Matching]], *,
+def summarize(per_seed: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds of each metric (units summed per seed).
+
+    ``per_seed[s]`` is seed s's units, or a list of such lists: the same setting trained
+    several times (runs). A seed's value is then the mean over its runs, ``per_run`` holds
+    them all and ``run_std`` the spread between runs of one seed (the pooled within-seed
+    standard deviation): the noise of training again.
+    """
+    per_run = [[_metrics(aggregate(units)) for units in runs] for runs in _runs(per_seed)]
+    result = {}
+    for m in METRICS:
+        v = [float(np.mean([r[m] for r in runs])) for runs in per_run]
+        result[m] = {"mean": float(np.mean(v)),
+                     "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "per_seed": v}
+        if any(len(runs) > 1 for runs in per_run):
+            within = [np.var([r[m] for r in runs], ddof=1) for runs in per_run if len(runs) > 1]
+            result[m]["per_run"] = [[float(r[m]) for r in runs] for runs in per_run]
+            result[m]["run_std"] = float(np.sqrt(np.mean(within)))
+    return result
+
+
+def _metrics(total: Matching) -> dict[str, float]:
+    return {"f1_50": float(total.f1[0]), "f1_avg": float(total.f1_avg),
+            "ap_50": float(total.ap[0]), "pq_50": float(total.pq[0])}
+
+
+def paired_bootstrap(a: Sequence[Sequence[Any]], b: Sequence[Sequence[Any]], *,
                      n: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Difference a - b of each metric, mean over seeds, with a 95 % bootstrap interval.
 
@@ -59,26 +78,47 @@ def paired_bootstrap(a: Sequence[Sequence[Matching]], b: Sequence[Sequence[Match
     draws the units with replacement, sums every seed's counts over them, computes the
     metric per seed and averages over seeds. ``p_le_0`` is the fraction of resamples where
     a is not better than b (small: a is better beyond resampling noise).
+
+    A setting trained several times per seed comes as ``a[s][r][u]`` (run r; a and b may
+    have different numbers of runs). Its value is the mean over runs, and each resample also
+    draws every seed's runs with replacement, independently for a and b (different runs are
+    not paired), so the interval includes the noise of training again; a setting with one
+    run per seed carries none of it. With one run on both sides this is the unit bootstrap
+    above, draw for draw. With two or three runs the resampled spread of the runs is
+    (R - 1) / R of theirs: the interval stays a little too narrow.
     """
-    if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
+    a, b = _runs(a), _runs(b)
+    if len(a) != len(b) or len({len(units) for runs in a + b for units in runs}) != 1:
         raise ValueError("paired_bootstrap: both settings need the same seeds and units")
-    ca = np.stack([counts(units) for units in a])  # (S, U, K)
-    cb = np.stack([counts(units) for units in b])
-    n_units = ca.shape[1]
-    draws = np.random.default_rng(seed).integers(0, n_units, (n, n_units))
-    # (n, S, K): every seed's counts summed over the drawn units
-    sum_a = ca[:, draws].sum(axis=2).transpose(1, 0, 2)
-    sum_b = cb[:, draws].sum(axis=2).transpose(1, 0, 2)
-    boot_a, boot_b = metrics_from_counts(sum_a), metrics_from_counts(sum_b)
-    point_a, point_b = metrics_from_counts(ca.sum(1)), metrics_from_counts(cb.sum(1))
+    ca = [np.stack([counts(units) for units in runs]) for runs in a]  # per seed (R, U, K)
+    cb = [np.stack([counts(units) for units in runs]) for runs in b]
+    n_units = ca[0].shape[1]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_units, (n, n_units))
+
+    def resampled(c: np.ndarray) -> dict[str, np.ndarray]:
+        """(n,) per metric: the run-mean of the metric on each resample of units (and runs)."""
+        boot = metrics_from_counts(c[:, draws].sum(axis=2))  # (R, n) per metric
+        if c.shape[0] == 1:
+            return {m: v[0] for m, v in boot.items()}
+        runs = rng.integers(0, c.shape[0], (n, c.shape[0]))  # the same draw for all metrics
+        return {m: np.take_along_axis(v.T, runs, axis=1).mean(axis=1) for m, v in boot.items()}
+
+    boot_a = [resampled(c) for c in ca]
+    boot_b = [resampled(c) for c in cb]
+    point_a = [metrics_from_counts(c.sum(1)) for c in ca]  # (R,) per metric
+    point_b = [metrics_from_counts(c.sum(1)) for c in cb]
     result = {}
     for m in METRICS:
-        diffs = (boot_a[m] - boot_b[m]).mean(axis=1)
-        result[m] = {"diff": float((point_a[m] - point_b[m]).mean()),
+        diffs = np.mean([x[m] - y[m] for x, y in zip(boot_a, boot_b)], axis=0)
+        point = np.mean([x[m].mean() - y[m].mean() for x, y in zip(point_a, point_b)])
+        result[m] = {"diff": float(point),
                      "ci95": [float(np.percentile(diffs, 2.5)),
                               float(np.percentile(diffs, 97.5))],
                      "p_le_0": float(np.mean(diffs <= 0))}
     result["n_units"], result["n_seeds"], result["n_resamples"] = n_units, len(a), n
+    if any(c.shape[0] > 1 for c in ca + cb):
+        result["n_runs"] = [[int(c.shape[0]) for c in ca], [int(c.shape[0]) for c in cb]]
     return result
 
 

@@ -108,6 +108,11 @@ class Setting:
     # drawn images from the same pretrained detector. Paired with the setting itself it
     # measures how much another training run moves the scores: the floor a lever must clear
     replicate: int = field(default=0, metadata=ADDED)
+    # training runs of the fine-tuning per seed: run r > 0 is the detector `replicate: r`
+    # trains (shared with such a setting). The setting's scores are the mean over its runs,
+    # and the bootstrap of a comparison resamples the runs as well as the test units, so a
+    # difference has to clear the noise of training again, not only that of the test images
+    runs: int = field(default=1, metadata=ADDED)
 
     @property
     def variant(self) -> str:
@@ -118,8 +123,17 @@ class Setting:
     def ft_variant(self) -> str:
         """Suffix of its fine-tuning-only changes, marked "ft-": {steps: 1200} of detector:
         (both stages) and of finetune: are different detectors."""
+        return self.run_variant(self.replicate)
+
+    def run_variant(self, run: int) -> str:
+        """:attr:`ft_variant` of training run ``run`` (0: the setting's own seed)."""
         return _suffix({f"ft-{key}": v for key, v in self.finetune.items()}
-                       | ({"rep": self.replicate} if self.replicate else {}))
+                       | ({"rep": run} if run else {}))
+
+    @property
+    def replicates(self) -> tuple[int, ...]:
+        """The replicate number of each of its training runs."""
+        return (self.replicate,) if self.runs == 1 else tuple(range(self.runs))
 
     def __post_init__(self) -> None:
         if self.data not in ("real", *_SYNTHETIC):
@@ -147,6 +161,14 @@ class Setting:
         if self.replicate and (self.data == "real" or self.k == 0 or self.pseudo):
             raise ValueError(f"setting {self.name}: replicate repeats a fine-tuning: it needs "
                              f"synthetic pretraining, k >= 1 or null and no pseudo")
+        if self.runs < 1:
+            raise ValueError(f"setting {self.name}: runs must be >= 1, got {self.runs}")
+        if self.runs > 1 and (self.data == "real" or self.k == 0 or self.pseudo):
+            raise ValueError(f"setting {self.name}: runs repeats a fine-tuning: it needs "
+                             f"synthetic pretraining, k >= 1 or null and no pseudo")
+        if self.runs > 1 and self.replicate:
+            raise ValueError(f"setting {self.name}: runs and replicate exclude each other "
+                             f"(runs: {self.runs} trains replicates 0 to {self.runs - 1})")
         if self.teacher is not None and not self.pseudo:
             raise ValueError(f"setting {self.name}: teacher needs pseudo > 0 (the share of "
                              f"batches from the images the teacher labels)")
@@ -294,8 +316,10 @@ def _pseudo_label(teacher: Path, train: str, indices: list[int], folder: Path, d
                                meta={**dataset.meta, "images_of": train}, device=device)
 
 
-def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[str, int], str]]:
-    """Phase-1 units (data, refiners, detectors) and the detector unit of every cell."""
+def _plan(config: ExperimentConfig, out: Path
+          ) -> tuple[list[_Unit], dict[tuple[str, int], tuple[str, ...]]]:
+    """Phase-1 units (data, refiners, detectors) and the detector unit of each training run
+    of every cell (setting, seed): one, or ``runs`` of them."""
     from cellsynth import refine
     from cellsynth.segment import trainer
     from cellsynth.simulate import simulation_config, write_simulation
@@ -305,7 +329,7 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
     sim_config = simulation_config(s.preset, overrides=s.overrides or None,
                                    pixel_size_um=s.pixel_size_um, color=s.color)
     units: dict[str, _Unit] = {}
-    detector_of: dict[tuple[str, int], str] = {}
+    detector_of: dict[tuple[str, int], tuple[str, ...]] = {}
 
     def add(unit: _Unit) -> str:
         units.setdefault(unit.name, unit)
@@ -393,9 +417,9 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
             if st.data == "real":
                 data = subset(st.k, seed, rest=False)
                 val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
-                detector_of[st.name, seed] = detector(
+                detector_of[st.name, seed] = (detector(
                     f"detectors/real_k{k}{_suffix(trained)}_s{seed}",
-                    _changed(config.supervised, trained), [data], val, None, seed)
+                    _changed(config.supervised, trained), [data], val, None, seed),)
                 continue
             kind = st.data + st.variant
             if st.data == "mixed":
@@ -408,15 +432,16 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
                             _changed(config.pretrain, trained), train_data, val_data, None,
                             seed)
             if st.k == 0:
-                detector_of[st.name, seed] = zero
+                detector_of[st.name, seed] = (zero,)
                 continue
             data = subset(st.k, seed, rest=False)
             val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
-            detector_of[st.name, seed] = detector(
-                f"detectors/{kind}_k{k}{_suffix(tuned)}{st.ft_variant}_s{seed}",
+            detector_of[st.name, seed] = tuple(detector(
+                f"detectors/{kind}_k{k}{_suffix(tuned)}{st.run_variant(r)}_s{seed}",
                 _changed(config.finetune, {**tuned, **st.finetune}), [data], val, zero, seed,
-                replay=train_data, replicate=st.replicate)
-        trained_by = dict(detector_of)   # before self-training: the teachers
+                replay=train_data, replicate=r) for r in st.replicates)
+        # before self-training: the teachers (no setting with pseudo: has more than one run)
+        trained_by = {cell: runs[0] for cell, runs in detector_of.items()}
         for st in config.settings:
             if not st.pseudo:
                 continue
@@ -435,10 +460,10 @@ def _plan(config: ExperimentConfig, out: Path) -> tuple[list[_Unit], dict[tuple[
             changes = {**st.detector, **st.finetune, "replay": st.pseudo}
             by = "" if st.teacher is None else (
                 f"_by-{teacher.removeprefix('detectors/').removesuffix(f'_s{seed}')}")
-            detector_of[st.name, seed] = detector(
+            detector_of[st.name, seed] = (detector(
                 f"{student.removesuffix(f'_s{seed}')}_pseudo-{st.pseudo}{by}_s{seed}",
                 _changed(config.finetune, changes), [data], data, student, seed,
-                replay=[pseudo])
+                replay=[pseudo]),)
     return list(units.values()), detector_of
 
 
@@ -513,11 +538,12 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
         execute(unit, i, len(units))
     # phase 2: every detector predicts the test split once
     test_contents = content_fingerprint(config.test)
-    per_cell: dict[tuple[str, int], list[Matching]] = {}
+    per_cell: dict[tuple[str, int], list[list[Matching]]] = {}  # [run][unit]
     evaluated: dict[tuple[str, bool], list[Matching]] = {}
     tta_of = {s.name: s.tta for s in config.settings}
-    n_evaluations = len({(d, tta_of[s]) for (s, _), d in detector_of.items()})
-    for (setting, seed), detector in detector_of.items():
+    n_evaluations = len({(d, tta_of[s]) for (s, _), runs in detector_of.items() for d in runs})
+    for (setting, seed), detector in [(cell, d) for cell, runs in detector_of.items()
+                                      for d in runs]:
         tta = tta_of[setting]
         if (detector, tta) not in evaluated:
             name = evaluation_of(detector) + ("_tta" if tta else "")
@@ -534,7 +560,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
                     len(evaluated) + 1, n_evaluations)
             evaluated[detector, tta] = [_matching(u)
                                         for u in state.data[name]["summary"]["units"]]
-        per_cell[setting, seed] = evaluated[detector, tta]
+        per_cell.setdefault((setting, seed), []).append(evaluated[detector, tta])
     results = _summarize(config, per_cell, detector_of, state)
     write_json(out / layout.RESULTS, results)
     _write_table(config, results, out)
@@ -634,7 +660,8 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
     test_shapes = _image_shapes(config.test)  # headers only: sizes, no pixels
     test_mpx = megapixels(test_shapes, DEFAULT_TILE, balance=True)
     tta_of = {st.name: st.tta for st in config.settings}
-    evaluations = {(d, tta_of[name]) for (name, _), d in detector_of.items()}
+    evaluations = {(d, tta_of[name]) for (name, _), runs in detector_of.items()
+                   for d in runs}
     eval_seconds, eval_runs, eval_done = 0.0, 0, 0
     for detector, tta in sorted(evaluations):
         name = evaluation_of(detector) + ("_tta" if tta else "")
@@ -686,6 +713,7 @@ def _curve(setting: Setting) -> str:
     refiner variant, detector changes and TTA alike) share one."""
     return (setting.data + setting.variant + _suffix(setting.detector) + setting.ft_variant
             + (f" pseudo {setting.pseudo}" if setting.pseudo else "")
+            + (f" x{setting.runs} runs" if setting.runs > 1 else "")
             + (" tta" if setting.tta else ""))
 
 
@@ -695,19 +723,24 @@ def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, stat
 
     settings = {}
     for st in config.settings:
-        per_seed = [per_cell[st.name, seed] for seed in config.seeds]
+        per_seed = [per_cell[st.name, seed] for seed in config.seeds]  # [seed][run][unit]
         summary = summarize(per_seed)
-        detectors = [state.data[detector_of[st.name, seed]]["summary"] for seed in config.seeds]
+        # the first run's detector per seed (the setting's own seed); "runs" lists them all
+        detectors = [state.data[detector_of[st.name, seed][0]]["summary"]
+                     for seed in config.seeds]
         settings[st.name] = {
             "data": st.data, "k": st.k, "curve": _curve(st), **summary,
-            "detectors": [detector_of[st.name, seed] for seed in config.seeds],
+            "detectors": [detector_of[st.name, seed][0] for seed in config.seeds],
             "val_f1": [d.get("best_val_f1") for d in detectors],
             "score_thresh": [d.get("score_thresh") for d in detectors],
             "steps": [d.get("steps") for d in detectors]}
+        if st.runs > 1:
+            settings[st.name]["runs"] = [list(detector_of[st.name, seed])
+                                         for seed in config.seeds]
     comparisons = {f"{a} - {b}": paired_bootstrap(
         [per_cell[a, s] for s in config.seeds], [per_cell[b, s] for s in config.seeds],
         n=config.bootstrap, seed=0) for a, b in config.compare}
-    n_units = len(next(iter(per_cell.values())))
+    n_units = len(next(iter(per_cell.values()))[0])
     return {"name": config.name, "train": config.train, "test": config.test,
             "seeds": list(config.seeds), "val": config.val, "tiles": config.tiles,
             "n_test_units": n_units, "settings": settings, "comparisons": comparisons,
@@ -717,14 +750,17 @@ def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, stat
 def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
     from cellsynth.io.files import atomic_path
 
-    rows = ["| setting | data | k | F1@0.5 | F1avg | AP@0.5 | PQ@0.5 |",
-            "|---|---|---|---|---|---|---|"]
+    several = any("runs" in r for r in results["settings"].values())
+    rows = ["| setting | data | k |" + (" runs |" if several else "")
+            + " F1@0.5 | F1avg | AP@0.5 | PQ@0.5 |",
+            "|---|---|---|" + ("---|" if several else "") + "---|---|---|---|"]
     for name, r in results["settings"].items():
         one_seed = len(results["seeds"]) == 1  # no spread to show: do not print "± 0.000"
         cells = " | ".join(f"{r[m]['mean']:.3f}" + ("" if one_seed else f" ± {r[m]['std']:.3f}")
                            for m in ("f1_50", "f1_avg", "ap_50", "pq_50"))
-        rows.append(f"| {name} | {r['data']} | {'all' if r['k'] is None else r['k']} | "
-                    f"{cells} |")
+        runs = (f" {len(r['runs'][0]) if 'runs' in r else 1} |" if several else "")
+        rows.append(f"| {name} | {r['data']} | {'all' if r['k'] is None else r['k']} |"
+                    f"{runs} {cells} |")
     if results["comparisons"]:
         rows += ["", "| difference | F1@0.5 (95 % CI) | F1avg (95 % CI) | P(a <= b) |",
                  "|---|---|---|---|"]
@@ -734,6 +770,9 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -
                         f"{f1['ci95'][1]:+.3f}] | {avg['diff']:+.3f} [{avg['ci95'][0]:+.3f}, "
                         f"{avg['ci95'][1]:+.3f}] | {f1['p_le_0']:.3f} |")
     spread = "mean ± std over seeds" if len(config.seeds) > 1 else "one seed, no spread"
+    if several:
+        spread += ("; a setting with several training runs per seed scores their mean, and its "
+                   "intervals resample the runs too")
     text = (f"# {config.name}\n\nseeds {list(config.seeds)}, {spread}; test "
             f"{config.test} ({results['n_test_units']} bootstrap units)\n\n"
             + "\n".join(rows) + "\n")
