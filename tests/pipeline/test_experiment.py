@@ -323,10 +323,8 @@ def test_a_replicate_trains_the_same_fine_tuning_with_another_seed(tmp_path):
         assert first.options["seed"] == seed and second.options["seed"] == seed + 1000
         assert ({k: v for k, v in second.options.items() if k != "seed"}
                 == {k: v for k, v in first.options.items() if k != "seed"})
-    for bad in (dict(data="real", k=1), dict(data="simulated", k=0),
-                dict(data="simulated", k=1, pseudo=0.5)):
-        with pytest.raises(ValueError, match="replicate repeats a fine-tuning"):
-            Setting("x", replicate=1, **bad)
+    with pytest.raises(ValueError, match="retrain a detector, not a self-training"):
+        Setting("x", "simulated", 1, pseudo=0.5, replicate=1)
     with pytest.raises(ValueError, match="replicate must be >= 0"):
         Setting("x", "simulated", 1, replicate=-1)
 
@@ -349,14 +347,37 @@ def test_runs_train_the_replicates_of_a_setting_and_share_them(tmp_path):
         assert [by_name[r].options["seed"] for r in runs] == [seed, seed + 1000, seed + 2000]
         assert len({by_name[r].inputs for r in runs}) == 1
     assert len([u for u in units if u.name.startswith("detectors/simulated_k1")]) == 6
-    for bad in (dict(data="real", k=1), dict(data="simulated", k=0),
-                dict(data="simulated", k=1, pseudo=0.5)):
-        with pytest.raises(ValueError, match="runs repeats a fine-tuning"):
-            Setting("x", runs=2, **bad)
+    with pytest.raises(ValueError, match="retrain a detector, not a self-training"):
+        Setting("x", "real", 1, pseudo=0.5, runs=2)
     with pytest.raises(ValueError, match="runs must be >= 1"):
         Setting("x", "simulated", 1, runs=0)
     with pytest.raises(ValueError, match="runs and replicate exclude each other"):
         Setting("x", "simulated", 1, runs=2, replicate=1)
+
+
+def test_runs_of_zero_label_and_real_settings_retrain_their_detector(tmp_path):
+    config = _config(tmp_path, settings=(
+        Setting("real_k1", "real", 1), Setting("real_k1_x2", "real", 1, runs=2),
+        Setting("sim_only", "simulated", 0), Setting("sim_only_x2", "simulated", 0, runs=2),
+        Setting("sim_ft_k1", "simulated", 1)), compare=(("sim_only_x2", "real_k1_x2"),),
+        seeds=(2,))
+    experiment.check_experiment(config)
+    units, detector_of = experiment._plan(config, tmp_path / "out")
+    by_name = {u.name: u for u in units}
+    real, sim = detector_of["real_k1_x2", 2], detector_of["sim_only_x2", 2]
+    assert real == ("detectors/real_k1_s2", "detectors/real_k1_rep-1_s2")
+    assert sim == ("detectors/simulated_k0_s2", "detectors/simulated_k0_rep-1_s2")
+    assert real[0] == detector_of["real_k1", 2][0] and sim[0] == detector_of["sim_only", 2][0]
+    for first, second in (real, sim):
+        first, second = by_name[first], by_name[second]
+        # the same data and options, another seed
+        assert second.inputs == first.inputs
+        assert (first.options["seed"], second.options["seed"]) == (2, 1002)
+        assert ({k: v for k, v in second.options.items() if k != "seed"}
+                == {k: v for k, v in first.options.items() if k != "seed"})
+    # the fine-tuning starts from the zero-label detector's first run
+    assert sim[0] in by_name[detector_of["sim_ft_k1", 2][0]].inputs
+    assert sim[1] not in by_name[detector_of["sim_ft_k1", 2][0]].inputs
 
 
 def test_a_finetune_setting_changes_the_fine_tuning_only(tmp_path):

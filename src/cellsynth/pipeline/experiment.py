@@ -103,15 +103,19 @@ class Setting:
     # their annotations) instead of by this setting's own, e.g. a slim teacher for a
     # tiny_u22 student that predicts ~4x faster on a CPU without bf16
     teacher: str | None = field(default=None, metadata=ADDED)
-    # a second (third, ...) training run of the setting's fine-tuning: N > 0 trains it with
-    # seed + 1000 N instead of the seed (other random crops and augmentations), on the same
-    # drawn images from the same pretrained detector. Paired with the setting itself it
-    # measures how much another training run moves the scores: the floor a lever must clear
+    # a second (third, ...) training run of the setting's detector: N > 0 trains it with
+    # seed + 1000 N instead of the seed (other random crops and augmentations) on the same
+    # data: a fine-tuning from the same pretrained detector on the same drawn images, a
+    # zero-label detector on the same synthetic (refined) images, a real-data detector on
+    # the same drawn images. Paired with the setting itself it measures how much another
+    # training run moves the scores: the floor a lever must clear
     replicate: int = field(default=0, metadata=ADDED)
-    # training runs of the fine-tuning per seed: run r > 0 is the detector `replicate: r`
-    # trains (shared with such a setting). The setting's scores are the mean over its runs,
-    # and the bootstrap of a comparison resamples the runs as well as the test units, so a
-    # difference has to clear the noise of training again, not only that of the test images
+    # training runs per seed: run r > 0 is the detector `replicate: r` trains (shared with
+    # such a setting). The setting's scores are the mean over its runs, and the bootstrap of
+    # a comparison resamples the runs as well as the test units, so a difference has to
+    # clear the noise of training again, not only that of the test images. (A fine-tuning's
+    # runs share one pretrained detector, a refined setting's one refiner: their own
+    # training noise is not in it.)
     runs: int = field(default=1, metadata=ADDED)
 
     @property
@@ -158,14 +162,11 @@ class Setting:
         if self.replicate < 0:
             raise ValueError(f"setting {self.name}: replicate must be >= 0, got "
                              f"{self.replicate}")
-        if self.replicate and (self.data == "real" or self.k == 0 or self.pseudo):
-            raise ValueError(f"setting {self.name}: replicate repeats a fine-tuning: it needs "
-                             f"synthetic pretraining, k >= 1 or null and no pseudo")
         if self.runs < 1:
             raise ValueError(f"setting {self.name}: runs must be >= 1, got {self.runs}")
-        if self.runs > 1 and (self.data == "real" or self.k == 0 or self.pseudo):
-            raise ValueError(f"setting {self.name}: runs repeats a fine-tuning: it needs "
-                             f"synthetic pretraining, k >= 1 or null and no pseudo")
+        if (self.replicate or self.runs > 1) and self.pseudo:
+            raise ValueError(f"setting {self.name}: replicate and runs retrain a detector, "
+                             f"not a self-training (pseudo)")
         if self.runs > 1 and self.replicate:
             raise ValueError(f"setting {self.name}: runs and replicate exclude each other "
                              f"(runs: {self.runs} trains replicates 0 to {self.runs - 1})")
@@ -417,9 +418,10 @@ def _plan(config: ExperimentConfig, out: Path
             if st.data == "real":
                 data = subset(st.k, seed, rest=False)
                 val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
-                detector_of[st.name, seed] = (detector(
-                    f"detectors/real_k{k}{_suffix(trained)}_s{seed}",
-                    _changed(config.supervised, trained), [data], val, None, seed),)
+                detector_of[st.name, seed] = tuple(detector(
+                    f"detectors/real_k{k}{_suffix(trained)}{st.run_variant(r)}_s{seed}",
+                    _changed(config.supervised, trained), [data], val, None, seed,
+                    replicate=r) for r in st.replicates)
                 continue
             kind = st.data + st.variant
             if st.data == "mixed":
@@ -432,7 +434,11 @@ def _plan(config: ExperimentConfig, out: Path
                             _changed(config.pretrain, trained), train_data, val_data, None,
                             seed)
             if st.k == 0:
-                detector_of[st.name, seed] = (zero,)
+                # run 0 is the detector every fine-tuning of this kind starts from
+                detector_of[st.name, seed] = tuple(zero if r == 0 else detector(
+                    f"detectors/{kind}_k0{_suffix(trained)}{st.run_variant(r)}_s{seed}",
+                    _changed(config.pretrain, trained), train_data, val_data, None, seed,
+                    replicate=r) for r in st.replicates)
                 continue
             data = subset(st.k, seed, rest=False)
             val = data if config.val == "k" or st.k is None else subset(st.k, seed, True)
