@@ -380,6 +380,34 @@ def test_runs_of_zero_label_and_real_settings_retrain_their_detector(tmp_path):
     assert sim[1] not in by_name[detector_of["sim_ft_k1", 2][0]].inputs
 
 
+def test_the_table_shows_runs_and_their_spread(tmp_path):
+    from cellsynth.evaluate import matching
+    from cellsynth.evaluate.stats import paired_bootstrap, summarize
+
+    truth = np.zeros((40, 40), np.int32)
+    truth[2:10, 2:10], truth[20:30, 20:30] = 1, 2
+    half = truth * (truth == 1)
+    # seed 0: runs finding both cells / one; seed 1: both runs find both
+    a = [[[matching(truth, truth)], [matching(truth, half)]],
+         [[matching(truth, truth)], [matching(truth, truth)]]]
+    b = [[matching(truth, half)], [matching(truth, half)]]
+    config = _config(tmp_path, seeds=(0, 1), settings=(
+        Setting("twice", "simulated", 1, runs=2), Setting("once", "simulated", 1)),
+        compare=(("twice", "once"),))
+    results = {"n_test_units": 1, "seeds": [0, 1], "comparisons": {
+        "twice - once": paired_bootstrap(a, b, n=200)}, "settings": {
+        "twice": {"data": "simulated", "k": 1, "runs": [["d0", "d1"], ["d2", "d3"]],
+                  **summarize(a)},
+        "once": {"data": "simulated", "k": 1, **summarize(b)}}}
+    experiment._write_table(config, results, tmp_path)
+    table = (tmp_path / "results.md").read_text()
+    # F1@0.5 per seed: (1 + 2/3) / 2 and 1 -> 0.917 +- 0.118; the runs: variance 1/18 at
+    # seed 0, 0 at seed 1, pooled sqrt(1/36) = 0.167
+    assert "| twice | simulated | 1 | 2 | 0.917 ± 0.118 (runs ± 0.167) |" in table
+    assert "| once | simulated | 1 | 1 | 0.667 ± 0.000 |" in table
+    assert "resample the runs" in table
+
+
 def test_a_finetune_setting_changes_the_fine_tuning_only(tmp_path):
     config = _config(tmp_path, settings=(
         Setting("sim_ft_k1", "simulated", 1),

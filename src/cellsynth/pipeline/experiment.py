@@ -763,6 +763,7 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -
     for name, r in results["settings"].items():
         one_seed = len(results["seeds"]) == 1  # no spread to show: do not print "± 0.000"
         cells = " | ".join(f"{r[m]['mean']:.3f}" + ("" if one_seed else f" ± {r[m]['std']:.3f}")
+                           + (f" (runs ± {r[m]['run_std']:.3f})" if "run_std" in r[m] else "")
                            for m in ("f1_50", "f1_avg", "ap_50", "pq_50"))
         runs = (f" {len(r['runs'][0]) if 'runs' in r else 1} |" if several else "")
         rows.append(f"| {name} | {r['data']} | {'all' if r['k'] is None else r['k']} |"
@@ -777,8 +778,9 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -
                         f"{avg['ci95'][1]:+.3f}] | {f1['p_le_0']:.3f} |")
     spread = "mean ± std over seeds" if len(config.seeds) > 1 else "one seed, no spread"
     if several:
-        spread += ("; a setting with several training runs per seed scores their mean, and its "
-                   "intervals resample the runs too")
+        spread += ("; a setting with several training runs per seed scores their mean (runs ± "
+                   "the std between the runs of one seed), and its intervals resample the runs "
+                   "too")
     text = (f"# {config.name}\n\nseeds {list(config.seeds)}, {spread}; test "
             f"{config.test} ({results['n_test_units']} bootstrap units)\n\n"
             + "\n".join(rows) + "\n")
