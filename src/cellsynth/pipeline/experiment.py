@@ -446,7 +446,7 @@ def _plan(config: ExperimentConfig, out: Path
                 f"detectors/{kind}_k{k}{_suffix(tuned)}{st.run_variant(r)}_s{seed}",
                 _changed(config.finetune, {**tuned, **st.finetune}), [data], val, zero, seed,
                 replay=train_data, replicate=r) for r in st.replicates)
-        # before self-training: the teachers (no setting with pseudo: has more than one run)
+        # before self-training: the teachers (their first runs; a pseudo setting has one)
         trained_by = {cell: runs[0] for cell, runs in detector_of.items()}
         for st in config.settings:
             if not st.pseudo:
