@@ -46,12 +46,15 @@ def per_seed_units(config_path: Path, out: Path, settings: list[str], seeds: lis
     for name in settings:
         found[name] = []
         for seed in seeds:
-            unit = evaluation_of(detector_of[name, seed]) + ("_tta" if tta[name] else "")
-            entry = state.get(unit)
-            if not entry or not entry.get("done"):
-                raise SystemExit(f"{out}: {unit} is not evaluated yet (run the experiment "
-                                 f"with --seeds {seed} --settings {name})")
-            found[name].append([_matching(u) for u in entry["summary"]["units"]])
+            runs = []  # a setting with runs: N has N detectors per seed
+            for detector in detector_of[name, seed]:
+                unit = evaluation_of(detector) + ("_tta" if tta[name] else "")
+                entry = state.get(unit)
+                if not entry or not entry.get("done"):
+                    raise SystemExit(f"{out}: {unit} is not evaluated yet (run the experiment "
+                                     f"with --seeds {seed} --settings {name})")
+                runs.append([_matching(u) for u in entry["summary"]["units"]])
+            found[name].append(runs)
     return found, config
 
 
