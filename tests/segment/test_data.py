@@ -176,3 +176,57 @@ def test_new_augment_options_keep_old_fingerprints_and_reject_bad_values():
     for bad in ({"blur": -1.0}, {"stain": 1.0}):
         with pytest.raises(ConfigError, match="blur >= 0 and 0 <= stain < 1"):
             from_dict(Augment, bad)
+
+
+def _bars_image(size: int = 160) -> LabeledImage:
+    """Long horizontal bars: their orientation in a crop says how far the crop was turned."""
+    labels = np.zeros((size, size), np.int32)
+    for i, y in enumerate(range(20, size - 10, 30), 1):
+        labels[y:y + 8, 20:size - 20] = i
+    return LabeledImage("bars", (labels > 0).astype(np.float32)[..., None], labels)
+
+
+def _bar_angles(augment: Augment, n: int = 40) -> list[float]:
+    from skimage.measure import regionprops
+    sampler = CropSampler([_bars_image()], 64, augment, np.random.default_rng(7))
+    angles = []
+    for _ in range(n):
+        image, labels = sampler.sample()
+        foreground, cells = image[..., 0] > 0.5, labels > 0
+        union = (foreground | cells).sum()
+        if union:  # turned pixels and turned labels stay together
+            assert (foreground & cells).sum() / union > 0.9
+        for region in regionprops(labels):
+            if region.axis_major_length > 3 * region.axis_minor_length and region.area > 150:
+                angles.append(np.degrees(region.orientation) % 90)  # 0 or ~90: axis-aligned
+    return angles
+
+
+def test_rotation_turns_crops_by_any_angle_and_labels_turn_with_the_pixels():
+    still = dict(_STILL)
+    aligned = _bar_angles(Augment(**still))
+    turned = _bar_angles(Augment(**still, rotate=180))
+    assert aligned and turned
+    off_axis = [a for a in turned if 15 < a < 75]
+    assert all(a < 3 or a > 87 for a in aligned)   # 90-degree turns and flips only
+    assert len(off_axis) >= len(turned) // 3       # any angle: most bars end up oblique
+
+
+def test_rotation_cuts_a_window_wide_enough_that_no_cell_is_mirrored_or_padded():
+    from skimage.measure import label as components
+    item = _disc_image(200)
+    sampler = CropSampler([item], 64, Augment(**_STILL, rotate=180), np.random.default_rng(2))
+    for _ in range(30):
+        image, labels = sampler.sample()
+        for cell in np.unique(labels)[1:]:  # one piece per cell, as in the image it came from
+            assert components(labels == cell).max() == 1
+        assert np.abs(image[..., 0] - (labels > 0)).mean() < 0.05
+
+
+def test_rotation_option_is_off_by_default_and_checked():
+    from cellsynth.config import from_dict, to_dict
+    from cellsynth.errors import ConfigError
+    assert "rotate" not in to_dict(Augment())
+    assert to_dict(Augment(rotate=180))["rotate"] == 180
+    with pytest.raises(ConfigError, match=r"rotate must be in \[0, 180\]"):
+        from_dict(Augment, {"rotate": 200})

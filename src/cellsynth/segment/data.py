@@ -3,7 +3,9 @@
 Augmentation (on by default): flips, 90-degree rotations, scale (zoom 1/1.25 .. 1.25),
 brightness / contrast / gamma jitter; opt-in: focus (a Gaussian blur of random width, as
 between slides scanned a little out of focus) and stain strength per colour channel (each
-channel raised to its own power near 1: a denser or paler stain in one dye). All randomness
+channel raised to its own power near 1: a denser or paler stain in one dye) and rotation by
+any angle (a window wide enough for the rotated crop is turned and cut, so no corner is
+padded and no cell is mirrored into two). All randomness
 comes from one numpy Generator, so a run (and its resume) is reproducible; an option left at
 0 draws nothing, so the crops of a seed stay what they were before the option existed.
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
-from skimage.transform import resize
+from skimage.transform import AffineTransform, resize, warp
 
 from cellsynth.config import ADDED
 from cellsynth.errors import DatasetError
@@ -43,6 +45,9 @@ class Augment:
     # each colour channel raised to its own power in 1 +- this (stain density per dye; 0: off,
     # no effect on one-channel images)
     stain: float = field(default=0.0, metadata=ADDED)
+    # each crop turned by an angle uniform in +- this many degrees (0: off; 180: any angle),
+    # on top of the 90-degree turns and flips
+    rotate: float = field(default=0.0, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1]:
@@ -52,6 +57,8 @@ class Augment:
             raise ValueError("augment: brightness, contrast >= 0 and 0 <= gamma < 1 required")
         if self.blur < 0 or not 0 <= self.stain < 1:
             raise ValueError("augment: blur >= 0 and 0 <= stain < 1 required")
+        if not 0 <= self.rotate <= 180:
+            raise ValueError(f"augment: rotate must be in [0, 180] degrees, got {self.rotate}")
 
 
 @dataclass(frozen=True)
@@ -131,13 +138,35 @@ class CropSampler:
         x = int(self.rng.integers(0, image.shape[1] - size + 1))
         return image[y:y + size, x:x + size], labels[y:y + size, x:x + size]
 
+    def _turned(self, item: LabeledImage, size: int,
+                angle: float) -> tuple[np.ndarray, np.ndarray]:
+        """A size x size crop turned by ``angle`` degrees about its centre: the window it is
+        cut from is wide enough that every output pixel has an image pixel behind it."""
+        turn = np.deg2rad(angle)
+        wide = int(np.ceil(size * (abs(np.cos(turn)) + abs(np.sin(turn))))) + 2
+        image, labels = self._window(item, wide)
+        centre_in, centre_out = (wide - 1) / 2, (size - 1) / 2
+        # output (x, y) -> window (x, y): to the centre, turn, back to the window's centre
+        to_window = (AffineTransform(translation=(-centre_out, -centre_out))
+                     + AffineTransform(rotation=turn)
+                     + AffineTransform(translation=(centre_in, centre_in)))
+        turned = warp(image, to_window, output_shape=(size, size), order=1, mode="edge",
+                      preserve_range=True).astype(np.float32)
+        turned_labels = warp(labels, to_window, output_shape=(size, size), order=0,
+                             mode="edge", preserve_range=True).astype(np.int32)
+        return turned, turned_labels
+
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """One crop: image (crop, crop, C) float32 in [0, 1], labels (crop, crop) int32."""
         rng, aug = self.rng, self.augment
         item = self.items[int(rng.choice(len(self.items), p=self.weights))]
         zoom = float(np.exp(rng.uniform(*np.log(aug.scale)))) if aug.enabled else 1.0
         size = max(8, int(round(self.crop / zoom)))
-        image, labels = self._window(item, size)
+        if aug.enabled and aug.rotate > 0:
+            angle = float(rng.uniform(-aug.rotate, aug.rotate))
+            image, labels = self._turned(item, size, angle)
+        else:
+            image, labels = self._window(item, size)
         if size != self.crop:
             image = resize(image, (self.crop, self.crop), order=1, anti_aliasing=size > self.crop,
                            preserve_range=True).astype(np.float32)
