@@ -223,10 +223,41 @@ def test_rotation_cuts_a_window_wide_enough_that_no_cell_is_mirrored_or_padded()
         assert np.abs(image[..., 0] - (labels > 0)).mean() < 0.05
 
 
-def test_rotation_option_is_off_by_default_and_checked():
+def _bar_wiggle(augment: Augment, n: int = 20) -> list[float]:
+    """How far the middle line of each straight bar wanders (px) in crops with this augment."""
+    sampler = CropSampler([_bars_image()], 64, augment, np.random.default_rng(11))
+    wiggles = []
+    for _ in range(n):
+        image, labels = sampler.sample()
+        foreground, cells = image[..., 0] > 0.5, labels > 0
+        union = (foreground | cells).sum()
+        if union:  # bent pixels and bent labels stay together
+            assert (foreground & cells).sum() / union > 0.85
+        for bar in np.unique(labels)[1:]:
+            inside = labels == bar
+            if inside.shape[1] - np.count_nonzero(inside.any(0)) > 8:
+                continue  # bars run along x (no turn); keep those crossing the whole crop
+            middle = [np.flatnonzero(column).mean() for column in inside.T if column.any()]
+            wiggles.append(float(np.ptp(np.asarray(middle) - np.polyval(
+                np.polyfit(np.arange(len(middle)), middle, 1), np.arange(len(middle))))))
+    return wiggles
+
+
+def test_elastic_bends_straight_outlines_and_labels_bend_with_the_pixels():
+    straight = _bar_wiggle(Augment(**_STILL))
+    bent = _bar_wiggle(Augment(**_STILL, elastic=3.0))
+    assert straight and bent
+    assert max(straight) <= 1.0            # a straight bar, cut and turned by 90 degrees
+    assert np.median(bent) > 2.0           # a bar whose middle line meanders
+
+
+def test_rotation_and_elastic_options_are_off_by_default_and_checked():
     from cellsynth.config import from_dict, to_dict
     from cellsynth.errors import ConfigError
-    assert "rotate" not in to_dict(Augment())
+    assert not {"rotate", "elastic"} & set(to_dict(Augment()))
     assert to_dict(Augment(rotate=180))["rotate"] == 180
+    assert to_dict(Augment(elastic=2.0))["elastic"] == 2.0
     with pytest.raises(ConfigError, match=r"rotate must be in \[0, 180\]"):
         from_dict(Augment, {"rotate": 200})
+    with pytest.raises(ConfigError, match=r"elastic must be in \[0, 8\] px"):
+        from_dict(Augment, {"elastic": -1.0})

@@ -4,8 +4,8 @@ Augmentation (on by default): flips, 90-degree rotations, scale (zoom 1/1.25 .. 
 brightness / contrast / gamma jitter; opt-in: focus (a Gaussian blur of random width, as
 between slides scanned a little out of focus) and stain strength per colour channel (each
 channel raised to its own power near 1: a denser or paler stain in one dye) and rotation by
-any angle (a window wide enough for the rotated crop is turned and cut, so no corner is
-padded and no cell is mirrored into two). All randomness
+any angle and a smooth elastic bend (a window wide enough for the warped crop is cut and
+resampled, so no corner is padded and no cell is mirrored into two). All randomness
 comes from one numpy Generator, so a run (and its resume) is reproducible; an option left at
 0 draws nothing, so the crops of a seed stay what they were before the option existed.
 """
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
-from skimage.transform import AffineTransform, resize, warp
+from scipy.ndimage import gaussian_filter, map_coordinates
+from skimage.transform import resize
 
 from cellsynth.config import ADDED
 from cellsynth.errors import DatasetError
@@ -29,6 +29,10 @@ from cellsynth.io.normalize import DEFAULT, Normalization, normalize
 from cellsynth.io.resample import pixel_scale, rescale_image, rescale_labels
 
 __all__ = ["Augment", "LabeledImage", "load_labeled", "CropSampler"]
+
+# how smooth the elastic displacement is (px of the crop before zoom): a field that bends a
+# soma of ~30 px as a whole and its outline locally, not pixel by pixel
+ELASTIC_SMOOTH_PX = 8.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class Augment:
     # each crop turned by an angle uniform in +- this many degrees (0: off; 180: any angle),
     # on top of the 90-degree turns and flips
     rotate: float = field(default=0.0, metadata=ADDED)
+    # each crop bent by a smooth random displacement (Gaussian noise smoothed over
+    # ELASTIC_SMOOTH_PX) of this RMS in px, as cells of other shapes (0: off)
+    elastic: float = field(default=0.0, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1]:
@@ -59,6 +66,9 @@ class Augment:
             raise ValueError("augment: blur >= 0 and 0 <= stain < 1 required")
         if not 0 <= self.rotate <= 180:
             raise ValueError(f"augment: rotate must be in [0, 180] degrees, got {self.rotate}")
+        if not 0 <= self.elastic <= ELASTIC_SMOOTH_PX:
+            raise ValueError(f"augment: elastic must be in [0, {ELASTIC_SMOOTH_PX:g}] px, got "
+                             f"{self.elastic}")
 
 
 @dataclass(frozen=True)
@@ -138,23 +148,30 @@ class CropSampler:
         x = int(self.rng.integers(0, image.shape[1] - size + 1))
         return image[y:y + size, x:x + size], labels[y:y + size, x:x + size]
 
-    def _turned(self, item: LabeledImage, size: int,
-                angle: float) -> tuple[np.ndarray, np.ndarray]:
-        """A size x size crop turned by ``angle`` degrees about its centre: the window it is
-        cut from is wide enough that every output pixel has an image pixel behind it."""
+    def _warped(self, item: LabeledImage, size: int, angle: float,
+                elastic: float) -> tuple[np.ndarray, np.ndarray]:
+        """A size x size crop turned by ``angle`` degrees about its centre and bent by a smooth
+        random displacement of RMS ``elastic`` px: the window it is cut from is wide enough
+        that every output pixel has an image pixel behind it (no padding, no mirrored cell)."""
         turn = np.deg2rad(angle)
-        wide = int(np.ceil(size * (abs(np.cos(turn)) + abs(np.sin(turn))))) + 2
+        margin = int(np.ceil(3 * elastic))
+        wide = int(np.ceil(size * (abs(np.cos(turn)) + abs(np.sin(turn))))) + 2 + 2 * margin
         image, labels = self._window(item, wide)
         centre_in, centre_out = (wide - 1) / 2, (size - 1) / 2
-        # output (x, y) -> window (x, y): to the centre, turn, back to the window's centre
-        to_window = (AffineTransform(translation=(-centre_out, -centre_out))
-                     + AffineTransform(rotation=turn)
-                     + AffineTransform(translation=(centre_in, centre_in)))
-        turned = warp(image, to_window, output_shape=(size, size), order=1, mode="edge",
-                      preserve_range=True).astype(np.float32)
-        turned_labels = warp(labels, to_window, output_shape=(size, size), order=0,
-                             mode="edge", preserve_range=True).astype(np.int32)
-        return turned, turned_labels
+        rows, cols = np.mgrid[:size, :size].astype(np.float32) - centre_out
+        cos, sin = np.cos(turn), np.sin(turn)
+        # (as skimage's AffineTransform(rotation=turn) maps output (x, y) into the window)
+        where = np.stack([centre_in + sin * cols + cos * rows,
+                          centre_in + cos * cols - sin * rows])
+        if elastic > 0:
+            field = gaussian_filter(self.rng.standard_normal((2, size, size)),
+                                    (0, ELASTIC_SMOOTH_PX, ELASTIC_SMOOTH_PX))
+            field *= elastic / max(float(np.sqrt(np.mean(field ** 2))), 1e-12)
+            where += np.clip(field, -margin, margin)
+        warped = np.stack([map_coordinates(image[..., c], where, order=1, mode="nearest")
+                           for c in range(image.shape[-1])], axis=-1).astype(np.float32)
+        warped_labels = map_coordinates(labels, where, order=0, mode="nearest")
+        return warped, warped_labels.astype(np.int32)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """One crop: image (crop, crop, C) float32 in [0, 1], labels (crop, crop) int32."""
@@ -162,9 +179,9 @@ class CropSampler:
         item = self.items[int(rng.choice(len(self.items), p=self.weights))]
         zoom = float(np.exp(rng.uniform(*np.log(aug.scale)))) if aug.enabled else 1.0
         size = max(8, int(round(self.crop / zoom)))
-        if aug.enabled and aug.rotate > 0:
-            angle = float(rng.uniform(-aug.rotate, aug.rotate))
-            image, labels = self._turned(item, size, angle)
+        if aug.enabled and (aug.rotate > 0 or aug.elastic > 0):
+            angle = float(rng.uniform(-aug.rotate, aug.rotate)) if aug.rotate > 0 else 0.0
+            image, labels = self._warped(item, size, angle, aug.elastic)
         else:
             image, labels = self._window(item, size)
         if size != self.crop:
