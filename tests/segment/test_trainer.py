@@ -429,3 +429,30 @@ def test_ema_validates_and_saves_the_averaged_weights_and_resumes_exactly(sim, t
     for key in ("model", "trained_model"):
         resumed, full = _state(run / "last.pt", key), _state(tmp_path / "full" / "last.pt", key)
         assert all(torch.allclose(resumed[k], full[k], atol=1e-6) for k in full), key
+
+
+def test_freeze_encoder_keeps_its_weights_and_statistics_and_trains_the_rest(sim, tmp_path,
+                                                                             monkeypatch):
+    pre = TrainConfig(steps=1, **TINY)
+    train(pre, [sim], tmp_path / "pre", progress=False)
+    start = _state(tmp_path / "pre" / "last.pt")
+    # validation in between: the encoder must come back out of eval mode frozen, not trained
+    monkeypatch.setattr(trainer, "validate", lambda model, *a: {
+        "score_thresh": 0.8, "f1_50": 0.5, "f1_avg": 0.1, "f1_by_threshold": {}})
+    config = TrainConfig(steps=3, lr=1e-2, warmup=1, freeze="encoder",
+                         **{**TINY, "val_every": 1})
+    train(config, [sim], tmp_path / "ft", init=tmp_path / "pre", val=sim, progress=False)
+    tuned = _state(tmp_path / "ft" / "last.pt")
+    encoder = [k for k in start if k.startswith("core.backbone.body.")]
+    statistics = [k for k in encoder if "running_" in k]
+    assert encoder and statistics
+    assert all(torch.equal(tuned[k], start[k]) for k in encoder)  # weights and BN statistics
+    changed = [k for k in start if k not in encoder and start[k].is_floating_point()
+               and not torch.equal(tuned[k], start[k])]
+    assert any(k.startswith("core.backbone.unet.") for k in changed)  # the decoder learned
+    assert any(k.startswith("core.score_head.") for k in changed)
+    # the same fine-tuning without freeze moves the encoder
+    train(replace(config, freeze="none"), [sim], tmp_path / "all", init=tmp_path / "pre",
+          val=sim, progress=False)
+    moved = _state(tmp_path / "all" / "last.pt")
+    assert not all(torch.equal(moved[k], start[k]) for k in encoder)

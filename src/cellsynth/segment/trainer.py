@@ -112,6 +112,10 @@ class TrainConfig:
     # exponential moving average of the weights with this decay per step (0: off): validation,
     # best.pt and last.pt's "model" are the averaged weights; last.pt keeps the trained ones too
     ema: float = field(default=0.0, metadata=ADDED)
+    # fine-tuning on few images: "encoder" keeps the backbone's encoder (the U-Net's
+    # downward path: its weights and its BatchNorm statistics) as the detector it starts
+    # from and trains the decoder and the heads only
+    freeze: Literal["none", "encoder"] = field(default="none", metadata=ADDED)
 
     def __post_init__(self) -> None:
         for name in ("order", "samples", "steps", "crop", "batch", "val_every",
@@ -231,10 +235,32 @@ def validate(model: torch.nn.Module, items: list[LabeledImage], config: TrainCon
     per_threshold = matching_by_score([it.labels for it in items], painted, THRESHOLD_GRID)
     f1 = [float(r.f1[0]) for r in per_threshold]
     best = int(np.argmax(f1))
-    model.train()
+    _train_mode(model)
     return {"score_thresh": THRESHOLD_GRID[best], "f1_50": f1[best],
             "f1_avg": per_threshold[best].f1_avg, "f1_by_threshold": dict(zip(THRESHOLD_GRID, f1)),
             "f1_avg_by_threshold": {t: r.f1_avg for t, r in zip(THRESHOLD_GRID, per_threshold)}}
+
+
+def _frozen_part(model: torch.nn.Module, freeze: str) -> torch.nn.Module | None:
+    """Freeze the named part of the CPN (weights and BatchNorm statistics) and return it."""
+    if freeze == "none":
+        return None
+    try:
+        part = model.core.backbone.body
+    except AttributeError:
+        raise ValueError(f"freeze: {freeze}: this model ({type(model).__name__}) has no "
+                         f"core.backbone.body encoder") from None
+    part.requires_grad_(False)
+    part._cellsynth_frozen = True
+    return part
+
+
+def _train_mode(model: torch.nn.Module) -> None:
+    """model.train(), except frozen parts, whose BatchNorm layers keep their statistics."""
+    model.train()
+    for module in model.modules():
+        if getattr(module, "_cellsynth_frozen", False):
+            module.eval()
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -330,8 +356,9 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     if rank == 0:
         announce(str(precision))
     set_core_precision(model, precision.name)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    _frozen_part(model, config.freeze)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     rng = np.random.default_rng([config.seed, rank])
     step, best_f1, score_thresh, since_best = 0, -1.0, 0.9, 0
@@ -399,7 +426,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                          **celldetection_format(scored, weights, score_thresh=score_thresh)})
 
     threads = ThreadGovernor(workers=world if world > 1 else None)
-    model.train()
+    _train_mode(model)
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step",
                disable=not progress or rank != 0)
     loss_value = float("nan")
