@@ -261,3 +261,23 @@ def test_rotation_and_elastic_options_are_off_by_default_and_checked():
         from_dict(Augment, {"rotate": 200})
     with pytest.raises(ConfigError, match=r"elastic must be in \[0, 8\] px"):
         from_dict(Augment, {"elastic": -1.0})
+
+
+def test_without_turns_crops_keep_the_images_orientation():
+    from skimage.measure import regionprops
+
+    def upright(augment: Augment) -> list[bool]:  # is each long bar vertical in its crop?
+        sampler = CropSampler([_bars_image()], 64, augment, np.random.default_rng(7))
+        found = []
+        for _ in range(40):
+            _, labels = sampler.sample()
+            found += [abs(np.degrees(r.orientation)) < 10 for r in regionprops(labels)
+                      if r.axis_major_length > 3 * r.axis_minor_length and r.area > 150]
+        return found
+
+    kept, turned = upright(Augment(**_STILL, turns=False)), upright(Augment(**_STILL))
+    assert kept and turned
+    assert not any(kept)                    # horizontal bars stay horizontal
+    assert 0.2 < np.mean(turned) < 0.8      # with 90-degree turns about half stand upright
+    from cellsynth.config import to_dict
+    assert "turns" not in to_dict(Augment()) and to_dict(Augment(turns=False))["turns"] is False

@@ -55,6 +55,9 @@ class Augment:
     # each crop bent by a smooth random displacement (Gaussian noise smoothed over
     # ELASTIC_SMOOTH_PX) of this RMS in px, as cells of other shapes (0: off)
     elastic: float = field(default=0.0, metadata=ADDED)
+    # the 90-degree turns and flips (False: crops keep the image's orientation, as where the
+    # tissue's own orientation, e.g. the pia's side of a cortex, is the same in every image)
+    turns: bool = field(default=True, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1]:
@@ -190,10 +193,11 @@ class CropSampler:
             labels = resize(labels, (self.crop, self.crop), order=0, anti_aliasing=False,
                             preserve_range=True).astype(np.int32)
         if aug.enabled:
-            k = int(rng.integers(4))
-            image, labels = np.rot90(image, k), np.rot90(labels, k)
-            if rng.random() < 0.5:
-                image, labels = image[:, ::-1], labels[:, ::-1]
+            if aug.turns:
+                k = int(rng.integers(4))
+                image, labels = np.rot90(image, k), np.rot90(labels, k)
+                if rng.random() < 0.5:
+                    image, labels = image[:, ::-1], labels[:, ::-1]
             mean = image.mean()
             contrast = 1 + rng.uniform(-aug.contrast, aug.contrast)
             image = (image - mean) * contrast + mean + rng.uniform(-aug.brightness, aug.brightness)
