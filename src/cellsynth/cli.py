@@ -162,6 +162,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_soup(args: argparse.Namespace) -> int:
+    from cellsynth.segment.soup import soup
+
+    summary = soup(args.runs, args.out, val=args.val, force=args.force, device=args.device)
+    how = (f"validation F1@0.5 {summary['val_f1']:.3f} at score threshold "
+           f"{summary['score_thresh']}" if "val_f1" in summary else
+           f"score threshold {summary['score_thresh']} (the runs' median; --val chooses one)")
+    print(f"averaged {len(summary['runs'])} fine-tunings -> {args.out}; {how}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from cellsynth.errors import ConfigError
     from cellsynth.segment.predict import predict_folder
@@ -354,7 +365,7 @@ def _add_output_flags(p: argparse.ArgumentParser, *, resume: bool = False,
 
 
 _TORCH_COMMANDS = ("realism", "train", "predict", "fit-refiner", "generate", "run", "demo",
-                   "experiment")
+                   "experiment", "soup")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -485,6 +496,19 @@ def _build_parser() -> argparse.ArgumentParser:
                                                          "(config default 0)")
     _add_output_flags(p, resume=True)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("soup", help="average the weights of several fine-tunings of one "
+                                    "detector into one (better than each, as fast)")
+    p.add_argument("runs", type=Path, nargs="+",
+                   help="train run folders (or checkpoints) fine-tuned with the same --init, "
+                        "e.g. the same command with --seed 0, 1 and 2")
+    p.add_argument("--out", type=Path, required=True, help="run folder of the averaged detector")
+    p.add_argument("--val", type=Path, help="labeled images that choose its score threshold "
+                                            "(e.g. the annotated ones it was fine-tuned on; "
+                                            "default: the runs' median threshold)")
+    _add_device(p)
+    _add_output_flags(p)
+    p.set_defaults(func=_cmd_soup)
 
     p = sub.add_parser("predict", help="predict instance labels with a trained CPN")
     p.add_argument("--detector", type=Path,

@@ -363,6 +363,27 @@ def test_runs_train_the_replicates_of_a_setting_and_share_them(tmp_path):
         Setting("x", "simulated", 1, runs=2, replicate=1)
 
 
+def test_a_soup_setting_averages_the_runs_of_its_fine_tuning(tmp_path):
+    config = _config(tmp_path, settings=(
+        Setting("x2", "simulated", 1, runs=2),
+        Setting("soup", "simulated", 1, runs=2, soup=True)), compare=(("soup", "x2"),),
+        seeds=(0, 4))
+    by_name, detector_of = _checked_plan(config, tmp_path)
+    for seed in (0, 4):
+        (name,) = detector_of["soup", seed]
+        assert name == f"detectors/simulated_k1_soup2_s{seed}"
+        # the very detectors of the runs setting (nothing trained twice), and the k images
+        # that choose its threshold; never the test split
+        assert by_name[name].inputs == detector_of["x2", seed] + (f"data/k1_s{seed}",)
+    assert len([n for n in by_name if n.startswith("detectors/simulated_k1")]) == 6
+    for bad, message in ((dict(runs=1), "needs runs >= 2"),
+                         (dict(runs=2, data="real"), "synthetic pretraining"),
+                         (dict(runs=2, k=0), "synthetic pretraining")):
+        args = {"name": "x", "data": "simulated", "k": 1, "soup": True, **bad}
+        with pytest.raises(ValueError, match=message):
+            Setting(**args)
+
+
 def test_runs_of_zero_label_and_real_settings_retrain_their_detector(tmp_path):
     config = _config(tmp_path, settings=(
         Setting("real_k1", "real", 1), Setting("real_k1_x2", "real", 1, runs=2),

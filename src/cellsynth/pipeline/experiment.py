@@ -117,6 +117,10 @@ class Setting:
     # runs share one pretrained detector, a refined setting's one refiner: their own
     # training noise is not in it.)
     runs: int = field(default=1, metadata=ADDED)
+    # a fine-tuning setting with runs >= 2: its detector per seed is the average of the
+    # weights of its runs (cellsynth.segment.soup), threshold chosen on its validation
+    # images; the setting scores that one detector (no training noise of its own to resample)
+    soup: bool = field(default=False, metadata=ADDED)
 
     @property
     def variant(self) -> str:
@@ -170,6 +174,13 @@ class Setting:
         if self.runs > 1 and self.replicate:
             raise ValueError(f"setting {self.name}: runs and replicate exclude each other "
                              f"(runs: {self.runs} trains replicates 0 to {self.runs - 1})")
+        if self.soup and self.runs < 2:
+            raise ValueError(f"setting {self.name}: soup averages the setting's runs; it needs "
+                             f"runs >= 2, got {self.runs}")
+        if self.soup and (self.data == "real" or self.k == 0):
+            raise ValueError(f"setting {self.name}: soup averages fine-tunings of one "
+                             f"pretrained detector; it needs synthetic pretraining and k >= 1 "
+                             f"or null")
         if self.teacher is not None and not self.pseudo:
             raise ValueError(f"setting {self.name}: teacher needs pseudo > 0 (the share of "
                              f"batches from the images the teacher labels)")
@@ -368,6 +379,16 @@ def _plan(config: ExperimentConfig, out: Path
                          + tuple(replay), to_dict(train_config), run,
                          ("detector", train_config, val)))
 
+    def soup(name: str, runs: tuple[str, ...], val: str) -> str:
+        def run(folder: Path, resume: bool) -> dict[str, Any]:
+            from cellsynth.segment.soup import soup as average
+
+            summary = average([out / r for r in runs], folder, val=out / val, force=True,
+                              device=config.device)
+            return {"score_thresh": summary["score_thresh"],
+                    "best_val_f1": summary.get("val_f1"), "detectors": list(runs)}
+        return add(_Unit(name, runs + (val,), ["soup"], run))
+
     kinds = {st.data for st in config.settings if st.data in _SYNTHETIC}
     real = config.unlabeled or config.train  # the refiner's images, hashed once for all seeds
     real_contents = content_fingerprint(real) if kinds & set(_REFINED) else None
@@ -446,6 +467,10 @@ def _plan(config: ExperimentConfig, out: Path
                 f"detectors/{kind}_k{k}{_suffix(tuned)}{st.run_variant(r)}_s{seed}",
                 _changed(config.finetune, {**tuned, **st.finetune}), [data], val, zero, seed,
                 replay=train_data, replicate=r) for r in st.replicates)
+            if st.soup:
+                detector_of[st.name, seed] = (soup(
+                    f"detectors/{kind}_k{k}{_suffix(tuned)}{st.run_variant(0)}"
+                    f"_soup{st.runs}_s{seed}", detector_of[st.name, seed], val),)
         # before self-training: the teachers (their first runs; a pseudo setting has one)
         trained_by = {cell: runs[0] for cell, runs in detector_of.items()}
         for st in config.settings:
@@ -720,6 +745,7 @@ def _curve(setting: Setting) -> str:
     return (setting.data + setting.variant + _suffix(setting.detector) + setting.ft_variant
             + (f" pseudo {setting.pseudo}" if setting.pseudo else "")
             + (f" x{setting.runs} runs" if setting.runs > 1 else "")
+            + (" soup" if setting.soup else "")
             + (" tta" if setting.tta else ""))
 
 
@@ -740,7 +766,11 @@ def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, stat
             "val_f1": [d.get("best_val_f1") for d in detectors],
             "score_thresh": [d.get("score_thresh") for d in detectors],
             "steps": [d.get("steps") for d in detectors]}
-        if st.runs > 1:
+        if st.soup:  # its detector per seed is the average of these runs
+            settings[st.name] |= {"soup": True, "runs": [
+                state.data[detector_of[st.name, seed][0]]["summary"]["detectors"]
+                for seed in config.seeds]}
+        elif st.runs > 1:
             settings[st.name]["runs"] = [list(detector_of[st.name, seed])
                                          for seed in config.seeds]
     comparisons = {f"{a} - {b}": paired_bootstrap(
@@ -765,7 +795,8 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -
         cells = " | ".join(f"{r[m]['mean']:.3f}" + ("" if one_seed else f" ± {r[m]['std']:.3f}")
                            + (f" (runs ± {r[m]['run_std']:.3f})" if "run_std" in r[m] else "")
                            for m in ("f1_50", "f1_avg", "ap_50", "pq_50"))
-        runs = (f" {len(r['runs'][0]) if 'runs' in r else 1} |" if several else "")
+        n_runs = len(r['runs'][0]) if 'runs' in r else 1
+        runs = (f" {f'soup of {n_runs}' if r.get('soup') else n_runs} |" if several else "")
         rows.append(f"| {name} | {r['data']} | {'all' if r['k'] is None else r['k']} |"
                     f"{runs} {cells} |")
     if results["comparisons"]:
@@ -780,7 +811,7 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -
     if several:
         spread += ("; a setting with several training runs per seed scores their mean (runs ± "
                    "the std between the runs of one seed), and its intervals resample the runs "
-                   "too")
+                   "too; a soup is one detector per seed, the average of its runs' weights")
     text = (f"# {config.name}\n\nseeds {list(config.seeds)}, {spread}; test "
             f"{config.test} ({results['n_test_units']} bootstrap units)\n\n"
             + "\n".join(rows) + "\n")
