@@ -564,6 +564,54 @@ def test_self_training_labels_the_unannotated_images_and_predicts_with_the_stude
         check_inputs(replace(config, real=RealData(unlabeled=str(train))))
 
 
+def test_soup_fine_tunes_several_times_and_predicts_with_their_average(tmp_path):
+    """soup: N fine-tunings (the finetune stage's and N - 1 more with other seeds), their
+    weights averaged into the detector that predicts; more runs later train only those."""
+    import torch
+    import yaml
+
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=2, size=48, seed=1)
+    test = make_dataset(tmp_path / "test", n=1, size=48, seed=2)
+    tiny = TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
+                       refinement_iterations=1, checkpoint_every=1, val_every=2)
+    config = replace(_config(train), real=RealData(unlabeled=str(train), train=str(train),
+                                                   val=str(train), test=str(test)),
+                     finetune=tiny, soup=2)
+    out = tmp_path / "run"
+    said: list[str] = []
+    summaries = run(config, out, progress=False, log=said.append)
+    ran = [line.split("]")[0][1:] for line in said]
+    assert ran[ran.index("finetune"):] == ["finetune", "finetune_runs", "soup", "predict",
+                                           "evaluate", "report"]
+    assert yaml.safe_load((out / "finetune_runs" / "r1" / "config.yaml").read_text())[
+        "seed"] == 1000  # the other crops and augmentations of run 1
+    weights = [torch.load(out / f / "best.pt", weights_only=True)["model"]
+               for f in ("finetune", "finetune_runs/r1", "soup")]
+    floats = [k for k in weights[0] if weights[0][k].is_floating_point()]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in floats)
+    assert all(torch.allclose(weights[2][k], (weights[0][k] + weights[1][k]) / 2, atol=1e-6)
+               for k in floats)
+    assert summaries["soup"]["n_val_images"] == 2  # its threshold from real.val
+    predicted_by = json.loads((out / "predict" / "meta.json").read_text())["model"]
+    assert Path(predicted_by).resolve().parent == (out / "soup").resolve()
+    # a third run later: the first fine-tuning is kept, one more trains, the soup is redone
+    said.clear()
+    run(replace(config, soup=3), out, progress=False, log=said.append)
+    redone = [line.split("]")[0][1:] for line in said if "running" in line]
+    assert redone == ["finetune_runs", "soup", "predict", "evaluate", "report"]
+    assert len(json.loads((out / "soup" / "run.json").read_text())["runs"]) == 3
+    with pytest.raises(ValueError, match="soup must be >= 1"):
+        replace(config, soup=0)
+    with pytest.raises(ValueError, match="needs annotated real.train"):
+        replace(config, real=RealData(unlabeled=str(train)))
+    bad = tmp_path / "bad.yaml"  # from a YAML: one ConfigError
+    bad.write_text("simulate: {preset: fluo}\nsoup: 0\n")
+    with pytest.raises(ConfigError, match="soup must be >= 1"):
+        load_pipeline_config(bad)
+
+
 def test_predict_precision_reaches_the_prediction_and_is_checked(tmp_path, monkeypatch):
     """predict: {precision: int8} in a run config is what the predict stage asks for; a
     precision that does not exist is one line naming the option."""

@@ -157,10 +157,18 @@ class PipelineConfig:
     choose_refiner: ChooseRefinerOptions = field(default_factory=ChooseRefinerOptions,
                                                  metadata=ADDED)
     selftrain: SelfTrainOptions = field(default_factory=SelfTrainOptions, metadata=ADDED)
+    # fine-tune this many times from the pretrained detector (seeds seed, seed + 1000, ...:
+    # other crops and augmentations of the same images) and predict with the average of
+    # their weights (cellsynth soup); 1: one fine-tuning. Each run costs a fine-tuning
+    soup: int = field(default=1, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.soup < 1:
+            raise ValueError(f"soup must be >= 1 (fine-tunings to average), got {self.soup}")
+        if self.soup > 1 and not self.real.train:
+            raise ValueError("soup averages fine-tunings: it needs annotated real.train images")
 
 
 def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:

@@ -364,6 +364,10 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
             seconds, detail = detector(config.pretrain, val_mpx())
         elif name == layout.FINETUNE:
             seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
+        elif name == layout.FINETUNE_RUNS:
+            seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
+            seconds *= config.soup - 1
+            detail = f"{config.soup - 1} x ({detail})"
         elif name == layout.SELFTRAIN:
             seconds, detail = detector(replace(config.finetune, replay=config.selftrain.pseudo),
                                        val_mpx() if real_val else 0.0)

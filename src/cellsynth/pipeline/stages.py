@@ -287,7 +287,7 @@ def _pseudo_label(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
     working_px = _sim_config(config).pixel_size_um if _real_scale(config) != 1.0 else (
         config.real.pixel_size_um)
     meta = {"pixel_size_um": working_px} if working_px else {}
-    summary = write_pseudo_labels(out / layout.FINETUNE, [s.image_path for s in chosen],
+    summary = write_pseudo_labels(out / _fine_tuned(config), [s.image_path for s in chosen],
                                   out / layout.PSEUDO, meta={**meta, "images_of": folder},
                                   device=config.device, pixel_size_um=working_px,
                                   progress=kw["progress"])
@@ -302,9 +302,43 @@ def _selftrain(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     train_config = replace(config.finetune, replay=config.selftrain.pseudo,
                            device=config.device, seed=config.seed)
     return train(train_config, [real_folder(config, out, "train")], out / layout.SELFTRAIN,
-                 init=out / layout.FINETUNE, val=real_folder(config, out, "val"),
+                 init=out / _fine_tuned(config), val=real_folder(config, out, "val"),
                  resume=resume, force=not resume, progress=kw["progress"],
                  replay=[out / layout.PSEUDO])
+
+
+def _finetune_runs(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+    """soup > 1: fine-tunings 1, 2, ... (seed + 1000 r), as the finetune stage trains run 0."""
+    from cellsynth.segment.trainer import train
+
+    summaries = {}
+    for r in range(1, config.soup):
+        folder = out / layout.FINETUNE_RUNS / f"r{r}"
+        # (an interrupted stage: the finished runs resume to their end at once)
+        resume = kw["resume"] and layout.has_checkpoint(folder)
+        summary = train(replace(config.finetune, device=config.device,
+                                seed=config.seed + 1000 * r),
+                        [real_folder(config, out, "train")], folder, init=out / layout.PRETRAIN,
+                        val=real_folder(config, out, "val"), resume=resume, force=not resume,
+                        progress=kw["progress"],
+                        replay=_synthetic(config, out) if config.finetune.replay > 0 else None)
+        summaries[f"r{r}"] = {k: v for k, v in summary.items() if k != "run"}
+    return summaries
+
+
+def _soup(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
+    from cellsynth.segment.soup import soup
+
+    runs = [out / layout.FINETUNE] + [out / layout.FINETUNE_RUNS / f"r{r}"
+                                      for r in range(1, config.soup)]
+    val = real_folder(config, out, "val")
+    summary = soup(runs, out / layout.SOUP, val=val, force=True, device=config.device)
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, type(None)))}
+
+
+def _fine_tuned(config: PipelineConfig) -> str:
+    """The fine-tuned detector: the soup of the fine-tunings, or the one fine-tuning."""
+    return layout.SOUP if config.soup > 1 else layout.FINETUNE
 
 
 def _synthetic(config: PipelineConfig, out: Path) -> list[str]:
@@ -315,7 +349,7 @@ def _model(config: PipelineConfig) -> str:
     """The detector that predicts: the last one trained."""
     if not config.real.train:
         return layout.PRETRAIN
-    return layout.SELFTRAIN if config.selftrain.enabled else layout.FINETUNE
+    return layout.SELFTRAIN if config.selftrain.enabled else _fine_tuned(config)
 
 
 def _predict_images(config: PipelineConfig) -> str:
@@ -474,11 +508,19 @@ def plan(config: PipelineConfig) -> list[Stage]:
                             _train(layout.FINETUNE,
                                    lambda c, out: [real_folder(c, out, "train")],
                                    layout.PRETRAIN), reads=("train",) + val))
+        if config.soup > 1:
+            stages.append(Stage(layout.FINETUNE_RUNS, (layout.PRETRAIN,) + replayed
+                                + data_inputs("train", "val"),
+                                lambda c: [to_dict(c.finetune), c.seed, c.soup],
+                                _finetune_runs, reads=("train",) + val))
+            stages.append(Stage(layout.SOUP, (layout.FINETUNE, layout.FINETUNE_RUNS)
+                                + data_inputs("val"), lambda c: [c.soup], _soup, reads=val))
+        tuned = _fine_tuned(config)
         if config.selftrain.enabled:
-            stages.append(Stage(layout.PSEUDO, (layout.FINETUNE,) + data_inputs("unlabeled"),
+            stages.append(Stage(layout.PSEUDO, (tuned,) + data_inputs("unlabeled"),
                                 lambda c: [to_dict(c.selftrain), c.real.select.get("train")],
                                 _pseudo_label, reads=("unlabeled",)))
-            stages.append(Stage(layout.SELFTRAIN, (layout.FINETUNE, layout.PSEUDO)
+            stages.append(Stage(layout.SELFTRAIN, (tuned, layout.PSEUDO)
                                 + data_inputs("train", "val"),
                                 lambda c: [to_dict(c.finetune), to_dict(c.selftrain), c.seed],
                                 _selftrain, reads=("train",) + val))
