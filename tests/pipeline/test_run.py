@@ -596,6 +596,8 @@ def test_soup_fine_tunes_several_times_and_predicts_with_their_average(tmp_path)
     assert summaries["soup"]["n_val_images"] == 2  # its threshold from real.val
     predicted_by = json.loads((out / "predict" / "meta.json").read_text())["model"]
     assert Path(predicted_by).resolve().parent == (out / "soup").resolve()
+    page = (out / "report.html").read_text()
+    assert "the average of the weights of 2 fine-tunings" in page
     # a third run later: the first fine-tuning is kept, one more trains, the soup is redone
     said.clear()
     run(replace(config, soup=3), out, progress=False, log=said.append)

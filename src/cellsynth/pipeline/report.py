@@ -160,7 +160,23 @@ def _training(run: Path) -> str:
                              f"{name}: training losses"))
         if any("val_f1" in e for e in entries):
             parts.append(_curves(entries, ["val_f1", "val_f1_avg"], f"{name}: validation F1"))
+        if name == layout.FINETUNE:
+            parts.append(_soup(run))
     return "<h2>Detector training</h2>" + "".join(parts) if parts else ""
+
+
+def _soup(run: Path) -> str:
+    """soup > 1: which fine-tunings were averaged and how each validated."""
+    info_path = run / layout.SOUP / layout.RUN_INFO
+    if not info_path.is_file():
+        return ""
+    info = json.loads(info_path.read_text())
+    runs = [f"{v:.3f}" for v in info.get("run_val_f1", []) if v is not None]
+    validated = (f"; validation F1@0.5 of the runs {', '.join(runs)}, of their average "
+                 f"{info['val_f1']:.3f}" if "val_f1" in info and runs else "")
+    return (f"<p>The detector that predicts is the average of the weights of "
+            f"{len(info['runs'])} fine-tunings (seeds seed, seed + 1000, ...; "
+            f"<code>soup</code>), score threshold {info['score_thresh']}{validated}.</p>")
 
 
 def _refiner(run: Path) -> str:
