@@ -614,6 +614,47 @@ def test_soup_fine_tunes_several_times_and_predicts_with_their_average(tmp_path)
         load_pipeline_config(bad)
 
 
+def test_fine_tuning_without_a_refiner_and_pretraining_validated_on_the_simulation(tmp_path):
+    """real.train without real.unlabeled pretrains on the plain simulation (no refiner);
+    pretrain_val: synthetic validates pretraining on held-out simulated images even where
+    annotated real.val images exist (they still validate the fine-tuning)."""
+    from cellsynth.config import to_dict
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=2, size=48, seed=1)
+    test = make_dataset(tmp_path / "test", n=1, size=48, seed=2)
+    tiny = TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
+                       refinement_iterations=1, checkpoint_every=1, val_every=2)
+    config = replace(_config(train), real=RealData(train=str(train), val=str(train),
+                                                   test=str(test)),
+                     simulate=replace(_config(train).simulate, n_val=2),
+                     finetune=tiny, pretrain_val="synthetic")
+    out = tmp_path / "run"
+    said: list[str] = []
+    run(config, out, progress=False, log=said.append)
+    ran = [line.split("]")[0][1:] for line in said]
+    assert ran[:5] == ["simulate", "simulate_val", "pretrain", "finetune", "predict"]
+    info = {name: json.loads((out / name / "run.json").read_text())
+            for name in ("pretrain", "finetune")}
+    assert Path(info["pretrain"]["val"]) == (out / "simulate_val").resolve()
+    assert info["pretrain"]["data"] == [str((out / "simulate").resolve())]
+    assert Path(info["finetune"]["val"]) == train.resolve()
+    assert info["finetune"]["n_val_images"] == 2
+    # the default keeps validating pretraining on real.val, with the key old runs have
+    default = replace(config, pretrain_val="real")
+    names = [st.name for st in stages.plan(default)]
+    assert "simulate_val" not in names
+    key = {st.name: st.config for st in stages.plan(default)}["pretrain"]
+    assert key(default) == [to_dict(default.pretrain), default.seed]
+    assert key(config) != key(default)
+    with pytest.raises(ValueError, match="pretrain_val: synthetic needs"):
+        replace(config, simulate=replace(config.simulate, n_val=0))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("simulate: {preset: fluo}\npretrain_val: test\n")
+    with pytest.raises(ConfigError, match="pretrain_val"):
+        load_pipeline_config(bad)
+
+
 def test_predict_precision_reaches_the_prediction_and_is_checked(tmp_path, monkeypatch):
     """predict: {precision: int8} in a run config is what the predict stage asks for; a
     precision that does not exist is one line naming the option."""

@@ -90,8 +90,9 @@ def _simulate(target: str, count: Callable[[PipelineConfig], int], seed_offset: 
 
 
 def _synthetic_val(config: PipelineConfig) -> str | None:
-    """The held-out synthetic images that validate pretraining when real.val is unset."""
-    if config.real.val or config.simulate.n_val < 1:
+    """The held-out synthetic images that validate pretraining: when real.val is unset, or
+    always with ``pretrain_val: synthetic``."""
+    if config.simulate.n_val < 1 or (config.real.val and config.pretrain_val == "real"):
         return None
     return layout.REFINED_VAL if config.real.unlabeled else layout.SIMULATE_VAL
 
@@ -238,7 +239,7 @@ def _train(name: str, data: Callable[[PipelineConfig, Path], list[str]],
         train_config = replace(getattr(config, name), device=config.device, seed=config.seed)
         replay = _synthetic(config, out) if init and train_config.replay > 0 else None
         val, synthetic_val = real_folder(config, out, "val"), _synthetic_val(config)
-        if val is None and name == layout.PRETRAIN and synthetic_val:
+        if name == layout.PRETRAIN and synthetic_val:
             val = str(out / synthetic_val)
         return train(train_config, data(config, out), out / name,
                      init=out / init if init else None, val=val,
@@ -496,10 +497,13 @@ def plan(config: PipelineConfig) -> list[Stage]:
                                 _generate(layout.SIMULATE_VAL, layout.REFINED_VAL)))
     synthetic = layout.REFINED if real.unlabeled else layout.SIMULATE
     val = ("val",) if real.val else ()
+    # (pretrain_val joins the key only where it is not the default: old runs keep theirs)
     stages.append(Stage(layout.PRETRAIN, (synthetic,) + ((synthetic_val,) if synthetic_val
                                                          else ()) + data_inputs("val"),
-                        lambda c: [to_dict(c.pretrain), c.seed],
-                        _train(layout.PRETRAIN, _synthetic, None), reads=val))
+                        lambda c: [to_dict(c.pretrain), c.seed]
+                        + ([c.pretrain_val] if c.pretrain_val != "real" else []),
+                        _train(layout.PRETRAIN, _synthetic, None),
+                        reads=() if synthetic_val else val))
     if real.train:
         replayed = (synthetic,) if config.finetune.replay > 0 else ()
         stages.append(Stage(layout.FINETUNE, (layout.PRETRAIN,) + replayed
