@@ -11,12 +11,14 @@ that a user would otherwise look up:
   background) and said with its evidence; ``--preset`` overrides it;
 - the images' pixel size (``--pixel-size``, else meta.json, else what the files state); when
   unknown the config says so and the command prints one line about it;
-- the recipe: with annotated images the 2-image Nissl recipe (``configs/nissl-k2.yaml``:
-  refiner, pretraining on refined images, fine-tuning with replay (not on H&E), TTA; 26.5
-  min on 2 CPU cores there), with none the zero-label recipe (``configs/nissl-k0.yaml``: the
-  refiner with the semantic consistency loss, thresholds from held-out refined images). On H&E the
-  simulation is first fitted to the unlabeled images (measured +0.12-0.14 F1@0.5 with zero
-  labels on both H&E sets, docs/results.md).
+- the recipe: with annotated images the fast 2-image Nissl recipe
+  (``configs/nissl-k2-fast.yaml``: refiner, pretraining on refined images, fine-tuning with
+  replay (not on H&E), TTA; 12.5 min on 2 cores with bf16, 74 without; on Nissl
+  ``configs/nissl-k2.yaml`` outlines better, +0.045 F1avg, in 2.5x the time), with none
+  the zero-label recipe (``configs/nissl-k0.yaml``: the refiner with the semantic
+  consistency loss, thresholds from held-out refined images). On H&E the simulation is
+  first fitted to the unlabeled images (measured +0.12-0.14 F1@0.5 with zero labels on
+  both H&E sets, docs/results.md).
 
 The file is validated by loading it as ``cellsynth run`` will, written atomically and never
 over an existing one without ``force``.
@@ -211,8 +213,10 @@ def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGue
         f"# Stain: preset {stain.preset} ("
         + (f"guessed from the images: {stain.reason})" if guessed else "chosen by --preset)"),
         "#   if it is the wrong one: merker (gray, BigBrain), nissl, he or fluo.",
-        "# Recipe: " + ("the few-annotation recipe (configs/nissl-k2.yaml: 26.5 min on 2 CPU "
-                        "cores with 2 annotated Nissl images)" if annotated else
+        "# Recipe: " + ("the fast few-annotation recipe (configs/nissl-k2-fast.yaml: 12.5 "
+                        "min on 2 CPU cores with bf16 for 2 annotated Nissl images; "
+                        "configs/nissl-k2.yaml outlines better in 2.5x the time)"
+                        if annotated else
                         "the zero-label recipe (configs/nissl-k0.yaml): no annotated images"),
         f"name: {name}",
         "seed: 0                # every stage derives its randomness from this",
