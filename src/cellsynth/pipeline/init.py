@@ -14,7 +14,7 @@ that a user would otherwise look up:
 - the recipe: with annotated images the fast 2-image Nissl recipe
   (``configs/nissl-k2-fast.yaml``: refiner, pretraining on refined images, fine-tuning with
   replay (not on H&E), TTA; 12.5 min on 2 cores with bf16, 74 without; on Nissl
-  ``configs/nissl-k2.yaml`` outlines better, +0.045 F1avg, in 2.5x the time), with none
+  ``configs/nissl-k2.yaml`` outlines better, +0.044 F1avg, in 2.5x the time), with none
   the zero-label recipe (``configs/nissl-k0.yaml``: the refiner with the semantic
   consistency loss, thresholds from held-out refined images). On H&E the simulation is
   first fitted to the unlabeled images (measured +0.12-0.14 F1@0.5 with zero labels on
