@@ -205,3 +205,19 @@ def test_progress_bars_into_a_log_file_update_every_30_s(monkeypatch, capsys):
     monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True, raising=False)
     cli.main([])
     assert seen[-1] is None
+
+
+def test_train_takes_its_batch_workers_from_the_command_line(tmp_path, monkeypatch):
+    from cellsynth.segment import trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda config, *a, **k: seen.setdefault(
+        "config", config) and {"steps": 0, "loss": 0.0, "best_val_f1": -1})
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(args + ["--workers", "3"]) == 0
+    assert seen.pop("config").workers == 3
+    assert main(args) == 0
+    assert seen.pop("config").workers == 0
+    with pytest.raises(SystemExit) as refused:  # argparse's one-line refusal
+        main(args + ["--workers", "-1"])
+    assert refused.value.code == 2 and "config" not in seen

@@ -147,7 +147,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "device": args.device, "seed": args.seed, "model": args.model,
         "precision": args.precision, "val_every": args.val_every, "patience": args.patience,
         "pixel_size_um": args.pixel_size, "channel": args.channel,
-        "replay": args.replay_fraction if args.replay else None}
+        "replay": args.replay_fraction if args.replay else None, "workers": args.workers}
     for key, value in _init_architecture(args.init, args.config).items():
         if overrides.get(key) is None:
             overrides[key] = value
@@ -489,6 +489,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="stop at a plateau: after this many validations without a better F1 "
                         "(default: train all --steps)")
     p.add_argument("--pixel-size", type=_positive_float, help="working pixel size (um)")
+    p.add_argument("--workers", type=_nonnegative_int,
+                   help="prepare batches in this many background processes (default 0: in "
+                        "the loop; on a GPU 4 make a step ~3.5x faster)")
     _add_channel(p, "use only this channel (0-based) of multi-channel images; recorded, so "
                     "predict applies it too")
     _add_device(p, default=None)

@@ -83,6 +83,40 @@ def test_resume_continues_exactly(sim, tmp_path, monkeypatch):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-5)
 
 
+def test_batch_workers_give_one_run_for_any_count_and_resume_exactly(sim, tmp_path,
+                                                                      monkeypatch):
+    """Batch k comes from its own random stream: 1 or 2 workers (each with its own copy of
+    the sampler) train the same run, and one killed after step 2 resumes to it."""
+    config = TrainConfig(steps=4, checkpoint_every=2, workers=1, **TINY)
+    train(config, [sim], tmp_path / "one", progress=False)
+    train(replace(config, workers=2), [sim], tmp_path / "two", progress=False)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-5)
+    assert len({round(v, 4) for v in one.values()}) == 4  # 4 different batches, not one 4x
+
+    real_step, calls = trainer._train_step, {"n": 0}
+
+    def step(*args, **kwargs):  # the process is killed before its 3rd step
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(replace(config, workers=2), [sim], tmp_path / "killed", progress=False)
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    train(replace(config, workers=2), [sim], tmp_path / "killed", resume=True, progress=False)
+    resumed = _losses(tmp_path / "killed")
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for step_ in (3, 4):
+        assert resumed[step_] == pytest.approx(one[step_], rel=1e-5, abs=1e-5)
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        TrainConfig(workers=-1)
+
+
 def test_fine_tuning_needs_a_matching_model(sim, tmp_path):
     config = TrainConfig(steps=1, **TINY)
     train(config, [sim], tmp_path / "pre", progress=False)
