@@ -111,6 +111,21 @@ def test_runs_that_do_not_share_a_pretrained_detector_are_refused(runs, tmp_path
     assert not out.exists()  # nothing written
 
 
+def test_fine_tunings_of_a_copied_pretrained_detector_share_its_start(runs, tmp_path):
+    """A run folder copied between its fine-tunings: the recorded starts differ as paths but
+    are the same bytes, so the fine-tunings still average."""
+    import shutil
+
+    shutil.copytree(runs["root"] / "pre", tmp_path / "pre_copy")
+    tune = TrainConfig(steps=1, lr=1e-2, warmup=1, seed=2, **TINY)
+    train(tune, [runs["sim"]], tmp_path / "ft2", init=tmp_path / "pre_copy", progress=False)
+    starts = {json.loads((r / "run.json").read_text())["init"]
+              for r in (runs["ft0"], tmp_path / "ft2")}
+    assert len(starts) == 2  # two paths
+    summary = soup([runs["ft0"], tmp_path / "ft2"], tmp_path / "soup")
+    assert len(summary["runs"]) == 2 and (tmp_path / "soup" / "best.pt").is_file()
+
+
 def test_another_architecture_is_refused(runs, tmp_path):
     wide = tmp_path / "wide"
     config = TrainConfig(steps=1, **{**TINY, "order": 6})

@@ -74,6 +74,16 @@ def _run_info(path: Path) -> dict[str, Any]:
     return json.loads(info.read_text()) if info.is_file() else {}
 
 
+def _same_start(a: str, b: str) -> bool:
+    """Whether two recorded ``init`` checkpoints are one pretrained detector: the same path,
+    or byte-identical files (a run folder copied or moved between its fine-tunings)."""
+    import filecmp
+
+    if a == b:
+        return True
+    return Path(a).is_file() and Path(b).is_file() and filecmp.cmp(a, b, shallow=False)
+
+
 def soup(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
          val: str | os.PathLike | None = None, force: bool = False, device: str = "cpu"
          ) -> dict[str, Any]:
@@ -120,7 +130,7 @@ def soup(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                                  f"average into a working detector")
         inits.append(init)
     for (path, _), init in zip(loaded, inits):
-        if init != inits[0]:
+        if not _same_start(init, inits[0]):
             raise CellsynthError(f"{path}: fine-tuned from {init}, {first_path} from "
                                  f"{inits[0]}; only fine-tunings of one pretrained detector "
                                  f"can be averaged")
