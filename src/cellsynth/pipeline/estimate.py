@@ -69,6 +69,10 @@ class Timer:
         for _ in range(self.steps):
             started = time.perf_counter()
             step()
+            if str(self.device).startswith("cuda"):  # (the GPU's work is asynchronous)
+                import torch
+
+                torch.cuda.synchronize(self.device)
             times.append(time.perf_counter() - started)
         return float(np.median(times))
 
@@ -93,13 +97,19 @@ class Timer:
         return model
 
     def detector_step(self, config: Any, channels: int) -> float:
-        """Seconds per training step of a detector with this TrainConfig."""
+        """Seconds per training step of a detector with this TrainConfig: the network's step
+        plus the batch's crops and targets, or, with ``config.workers``, the slower of the
+        network and the workers (each preparing one batch in the time of ``workers`` steps,
+        on cores of their own)."""
         key = ("detector", self._network_key(config, channels), config.crop, config.batch)
         if key not in self._cache:
             self._cache[key] = self._detector_step(config, channels)
-        return self._cache[key]
+        network, batch = self._cache[key]
+        workers = getattr(config, "workers", 0)
+        return max(network, batch / workers) if workers else network + batch
 
-    def _detector_step(self, config: Any, channels: int) -> float:
+    def _detector_step(self, config: Any, channels: int) -> tuple[float, float]:
+        """(seconds of the network's step on a prepared batch, seconds to prepare one)"""
         import torch
 
         from cellsynth.segment import cpn
@@ -115,7 +125,7 @@ class Timer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         model.train()
 
-        def step() -> None:
+        def prepare() -> dict[str, torch.Tensor]:
             # training makes every crop's targets anew each step: time that too
             items = []
             for image, labels in crops:
@@ -123,13 +133,18 @@ class Timer:
                                             rng=rng)
                 item["inputs"] = image
                 items.append(item)
-            batch = {k: v.to(self.device) for k, v in cpn.collate(items).items()}
+            return cpn.collate(items)
+
+        prepared = prepare()
+
+        def step() -> None:
+            batch = {k: v.to(self.device) for k, v in prepared.items()}
             loss = model(batch["inputs"], targets=batch)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-        return self._median(step)
+        return self._median(step), self._median(prepare)
 
     def detector_forward_per_mpx(self, config: Any, channels: int) -> float:
         """Seconds per megapixel of a detector's forward pass (prediction's network part);
