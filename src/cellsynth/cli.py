@@ -249,7 +249,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     name = args.data.resolve().name or "data"
     out = args.out or Path(f"{name}.yaml")
     s = init_config(args.data, out, preset=args.preset, pixel_size_um=args.pixel_size,
-                    force=args.force)
+                    force=args.force, device=args.device)
     how = f"guessed: {s['reason']}" if s["guessed"] else "chosen by --preset"
     print(f"preset {s['preset']} ({how})")
     if s["pixel_size_um"] is not None:
@@ -260,6 +260,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
               f"to be at the simulation's pixel size")
     roles = ", ".join(f"{role} {path}" for role, path in s["roles"].items())
     print(f"{'annotated' if s['annotated'] else 'zero-label'} recipe; folders: {roles}")
+    print(f"device {s['device']} ({s['device_from']})")
     predicted = ("test/ (predicted and scored)" if "test" in s["roles"]
                  else f"{s['roles']['unlabeled']} (predicted)")
     print(f"wrote {out}; next: cellsynth run {out} --out runs/{s['name']}  -> labels of "
@@ -594,6 +595,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=_positive_float, help="your images' um per pixel "
                    "(default: meta.json or what the files state)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where torch sees a "
+                                    "GPU, else cpu)")
     p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("run", help="run the whole pipeline from a YAML config")

@@ -135,3 +135,34 @@ def test_the_written_recipe_runs_end_to_end_when_shrunk(tmp_path, annotated):
     assert config.predict.tta and config.refine.consistency == (0.0 if annotated else 10.0)
     labels = sorted((tmp_path / "run" / "predict" / "labels").iterdir())
     assert [p.stem for p in labels] == (["nissl0", "nissl1"])  # test/ or the unlabeled images
+
+
+def test_init_runs_the_recipe_on_a_gpu_where_there_is_one(tmp_path, capsys, monkeypatch):
+    import torch
+
+    data = tmp_path / "slides"
+    _folder(data / "train", "nissl", seed=2)
+    out = tmp_path / "slides.yaml"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["init", str(data), "--out", str(out)]) == 0
+    assert "device cpu (no CUDA GPU found)" in capsys.readouterr().out
+    config = load_pipeline_config(out)
+    assert config.device == "cpu" and config.pretrain.workers == config.finetune.workers == 0
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Some GPU")
+    assert main(["init", str(data), "--out", str(out), "--force"]) == 0
+    assert "device cuda (a GPU was found (Some GPU)" in capsys.readouterr().out
+    config = load_pipeline_config(out)
+    # batch workers: the training loop's own batches were half of a GPU step
+    assert config.device == "cuda" and config.pretrain.workers == config.finetune.workers == 4
+    assert main(["init", str(data), "--out", str(out), "--force", "--device", "cpu"]) == 0
+    assert load_pipeline_config(out).pretrain.workers == 0
+    # zero labels on a GPU: its pretraining has workers too
+    assert main(["init", str(data / "train" / "images"), "--out", str(out), "--force"]) == 0
+    assert load_pipeline_config(out).pretrain.workers == 4
+    before = out.read_text()
+    assert main(["init", str(data), "--out", str(out), "--force", "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "device must be cpu, cuda or cuda:N" in err
+    assert out.read_text() == before  # nothing written

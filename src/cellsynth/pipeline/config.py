@@ -8,6 +8,7 @@ detector training, realism), so two runs differ in exactly what their configs sa
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -142,6 +143,9 @@ class SelfTrainOptions:
         return self.pseudo > 0
 
 
+DEVICES = r"cpu|cuda(:\d+)?"  # the devices a config may name
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     name: str = "run"
@@ -172,6 +176,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not re.fullmatch(DEVICES, self.device):  # (whether it exists: at run time)
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.soup < 1:
             raise ValueError(f"soup must be >= 1 (fine-tunings to average), got {self.soup}")
         if self.pretrain_val == "synthetic" and self.simulate.n_val < 1:
