@@ -598,12 +598,26 @@ def test_soup_fine_tunes_several_times_and_predicts_with_their_average(tmp_path)
     assert Path(predicted_by).resolve().parent == (out / "soup").resolve()
     page = (out / "report.html").read_text()
     assert "the average of the weights of 2 fine-tunings" in page
-    # a third run later: the first fine-tuning is kept, one more trains, the soup is redone
+    # a third run later: the first two fine-tunings are kept, one more trains, the soup is
+    # redone
     said.clear()
+    r1 = (out / "finetune_runs" / "r1" / "best.pt").read_bytes()
+    r1_log = (out / "finetune_runs" / "r1" / "log.jsonl").read_text()
     run(replace(config, soup=3), out, progress=False, log=said.append)
     redone = [line.split("]")[0][1:] for line in said if "running" in line]
     assert redone == ["finetune_runs", "soup", "predict", "evaluate", "report"]
     assert len(json.loads((out / "soup" / "run.json").read_text())["runs"]) == 3
+    assert (out / "finetune_runs" / "r1" / "best.pt").read_bytes() == r1  # not retrained
+    assert (out / "finetune_runs" / "r1" / "log.jsonl").read_text() == r1_log
+    assert (out / "finetune_runs" / "r2" / "best.pt").is_file()
+    # other fine-tuning options: every run trains anew
+    said.clear()
+    run(replace(config, soup=3, finetune=replace(tiny, lr=2e-3)), out, progress=False,
+        log=said.append)
+    assert json.loads((out / "finetune_runs" / "r1" / "run.json").read_text())[
+        "resumed_at_steps"] == []
+    assert yaml.safe_load((out / "finetune_runs" / "r1" / "config.yaml").read_text())[
+        "lr"] == 2e-3
     with pytest.raises(ValueError, match="soup must be >= 1"):
         replace(config, soup=0)
     with pytest.raises(ValueError, match="needs annotated real.train"):

@@ -315,16 +315,37 @@ def _finetune_runs(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
     summaries = {}
     for r in range(1, config.soup):
         folder = out / layout.FINETUNE_RUNS / f"r{r}"
-        # (an interrupted stage: the finished runs resume to their end at once)
-        resume = kw["resume"] and layout.has_checkpoint(folder)
-        summary = train(replace(config.finetune, device=config.device,
-                                seed=config.seed + 1000 * r),
+        member = replace(config.finetune, device=config.device, seed=config.seed + 1000 * r)
+        # an interrupted stage's runs, and a finished run's when `soup` grows, resume (the
+        # finished ones to their end at once): kept where they started from this pretrained
+        # detector with these options
+        resume = layout.has_checkpoint(folder) and (
+            kw["resume"] or _same_fine_tuning(folder, member, out / layout.PRETRAIN))
+        summary = train(member,
                         [real_folder(config, out, "train")], folder, init=out / layout.PRETRAIN,
                         val=real_folder(config, out, "val"), resume=resume, force=not resume,
                         progress=kw["progress"],
                         replay=_synthetic(config, out) if config.finetune.replay > 0 else None)
         summaries[f"r{r}"] = {k: v for k, v in summary.items() if k != "run"}
     return summaries
+
+
+def _same_fine_tuning(folder: Path, config: Any, init: Path) -> bool:
+    """Whether the run in ``folder`` fine-tuned the detector of run folder ``init`` (the same
+    bytes) with ``config``."""
+    from cellsynth.config import from_dict, load_yaml
+    from cellsynth.errors import CellsynthError
+    from cellsynth.segment.predict import read_detector_checkpoint
+    from cellsynth.segment.trainer import TrainConfig, file_sha256
+
+    try:
+        info = json.loads((folder / layout.RUN_INFO).read_text())
+        same_options = from_dict(TrainConfig, load_yaml(folder / layout.CONFIG),
+                                 where=str(folder)) == config
+        checkpoint = read_detector_checkpoint(init, needed_by="soup")[0]
+    except (OSError, ValueError, CellsynthError):
+        return False
+    return same_options and info.get("init_sha256") == file_sha256(checkpoint)
 
 
 def _soup(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:

@@ -147,6 +147,17 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (a checkpoint's identity)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _dist() -> tuple[int, int]:
     """(rank, world size); initialises torch.distributed under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -458,6 +469,9 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                 "replay_fraction": config.replay} if replay else {}),
             "val": str(Path(val).resolve()) if val is not None else None,
             "init": first.get("init", str(start[0].resolve()) if start is not None else None),
+            # (what the detector started from, even if that file is later replaced)
+            "init_sha256": first.get("init_sha256",
+                                     file_sha256(start[0]) if start is not None else None),
             "resumed_at_steps": first.get("resumed_at_steps", []) + ([step] if resume else []),
             "device": config.device, "precision": precision.name, "world_size": world,
             "n_images": len(items), "n_val_images": len(val_items)})
