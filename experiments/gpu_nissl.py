@@ -118,6 +118,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=470.0, help="seconds for all of it")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--workers", type=int, default=2, help="batch workers of each run")
+    ap.add_argument("--smoke-only", action="store_true",
+                    help="stop after the smoke run (a check of the script and the GPU path)")
     ap.add_argument("--tiny", action="store_true",
                     help="a check of this script on the CPU: every run a few steps")
     args = ap.parse_args()
@@ -154,6 +156,10 @@ def main() -> None:
     rate = smoke["pretrain"]["steps"] / stages["pretrain"]
     print(f"[{elapsed():.0f}s] smoke ok: stages {stages}; pretraining {rate:.1f} step/s "
           f"(one process, 2 validations included)", flush=True)
+
+    if args.smoke_only:
+        pack(work, args.out)
+        return
 
     # 2. the settings side by side
     left = args.budget - elapsed() - 30
