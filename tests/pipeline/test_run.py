@@ -610,6 +610,19 @@ def test_soup_fine_tunes_several_times_and_predicts_with_their_average(tmp_path)
     assert (out / "finetune_runs" / "r1" / "best.pt").read_bytes() == r1  # not retrained
     assert (out / "finetune_runs" / "r1" / "log.jsonl").read_text() == r1_log
     assert (out / "finetune_runs" / "r2" / "best.pt").is_file()
+    # a kept run needs its options, its starting checkpoint's bytes and data older than it
+    import os
+
+    from cellsynth.pipeline.stages import _same_fine_tuning
+    member = replace(tiny, seed=1000)
+    r1 = out / "finetune_runs" / "r1"
+    assert _same_fine_tuning(r1, member, out / "pretrain", [str(train)])
+    assert not _same_fine_tuning(r1, replace(member, lr=2e-3), out / "pretrain", [str(train)])
+    assert not _same_fine_tuning(r1, member, out / "finetune", [str(train)])  # other start
+    edited = sorted((train / "labels").iterdir())[0]
+    later = (r1 / "last.pt").stat().st_mtime + 10
+    os.utime(edited, (later, later))  # an annotation edited after the run trained
+    assert not _same_fine_tuning(r1, member, out / "pretrain", [str(train)])
     # other fine-tuning options: every run trains anew
     said.clear()
     run(replace(config, soup=3, finetune=replace(tiny, lr=2e-3)), out, progress=False,

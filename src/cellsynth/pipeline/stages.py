@@ -319,8 +319,9 @@ def _finetune_runs(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
         # an interrupted stage's runs, and a finished run's when `soup` grows, resume (the
         # finished ones to their end at once): kept where they started from this pretrained
         # detector with these options
+        data = [real_folder(config, out, "train"), real_folder(config, out, "val")]
         resume = layout.has_checkpoint(folder) and (
-            kw["resume"] or _same_fine_tuning(folder, member, out / layout.PRETRAIN))
+            kw["resume"] or _same_fine_tuning(folder, member, out / layout.PRETRAIN, data))
         summary = train(member,
                         [real_folder(config, out, "train")], folder, init=out / layout.PRETRAIN,
                         val=real_folder(config, out, "val"), resume=resume, force=not resume,
@@ -330,9 +331,9 @@ def _finetune_runs(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
     return summaries
 
 
-def _same_fine_tuning(folder: Path, config: Any, init: Path) -> bool:
+def _same_fine_tuning(folder: Path, config: Any, init: Path, data: list[str | None]) -> bool:
     """Whether the run in ``folder`` fine-tuned the detector of run folder ``init`` (the same
-    bytes) with ``config``."""
+    bytes) with ``config``, after the last change to the files of the ``data`` folders."""
     from cellsynth.config import from_dict, load_yaml
     from cellsynth.errors import CellsynthError
     from cellsynth.segment.predict import read_detector_checkpoint
@@ -343,9 +344,13 @@ def _same_fine_tuning(folder: Path, config: Any, init: Path) -> bool:
         same_options = from_dict(TrainConfig, load_yaml(folder / layout.CONFIG),
                                  where=str(folder)) == config
         checkpoint = read_detector_checkpoint(init, needed_by="soup")[0]
+        trained = (folder / layout.LAST).stat().st_mtime
+        changed = max((f.stat().st_mtime for d in data if d for f in Path(d).rglob("*")
+                       if f.is_file()), default=0.0)
     except (OSError, ValueError, CellsynthError):
         return False
-    return same_options and info.get("init_sha256") == file_sha256(checkpoint)
+    return (same_options and changed < trained
+            and info.get("init_sha256") == file_sha256(checkpoint))
 
 
 def _soup(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
