@@ -254,11 +254,10 @@ def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGue
         lines.append("  pixel_size_um: null   # UNKNOWN: set your images' um per pixel (20x "
                      "~0.5, 40x ~0.25), else they are taken at the simulation's")
     text = "\n".join(lines) + "\n"
+    workers = f", workers: {GPU_WORKERS}" if device.startswith("cuda") else ""
     if annotated:
         note, replay = _REPLAY[stain.preset != "he"]
         lr_note, lr = _LR[stain.preset != "fluo"]
-    workers = f", workers: {GPU_WORKERS}" if device.startswith("cuda") else ""
-    if annotated:
         text += _ANNOTATED.format(replay_note=note, replay=replay, lr_note=lr_note, lr=lr,
                                   workers=workers)
     else:

@@ -313,18 +313,18 @@ def _finetune_runs(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
     from cellsynth.segment.trainer import train
 
     summaries = {}
+    train_data, val_data = real_folder(config, out, "train"), real_folder(config, out, "val")
     for r in range(1, config.soup):
         folder = out / layout.FINETUNE_RUNS / f"r{r}"
         member = replace(config.finetune, device=config.device, seed=config.seed + 1000 * r)
         # an interrupted stage's runs, and a finished run's when `soup` grows, resume (the
         # finished ones to their end at once): kept where they started from this pretrained
         # detector with these options
-        data = [real_folder(config, out, "train"), real_folder(config, out, "val")]
         resume = layout.has_checkpoint(folder) and (
-            kw["resume"] or _same_fine_tuning(folder, member, out / layout.PRETRAIN, data))
-        summary = train(member,
-                        [real_folder(config, out, "train")], folder, init=out / layout.PRETRAIN,
-                        val=real_folder(config, out, "val"), resume=resume, force=not resume,
+            kw["resume"] or _same_fine_tuning(folder, member, out / layout.PRETRAIN,
+                                              [train_data, val_data]))
+        summary = train(member, [train_data], folder, init=out / layout.PRETRAIN,
+                        val=val_data, resume=resume, force=not resume,
                         progress=kw["progress"],
                         replay=_synthetic(config, out) if config.finetune.replay > 0 else None)
         summaries[f"r{r}"] = {k: v for k, v in summary.items() if k != "run"}
