@@ -126,6 +126,26 @@ def test_fine_tunings_of_a_copied_pretrained_detector_share_its_start(runs, tmp_
     assert len(summary["runs"]) == 2 and (tmp_path / "soup" / "best.pt").is_file()
 
 
+def test_fine_tunings_of_a_pretraining_redone_at_the_same_path_are_refused(runs, tmp_path):
+    """The pretrained detector was trained again, into the same folder, between two
+    fine-tunings: their recorded starts are one path but two detectors, which do not
+    average; the checkpoint hashes recorded at fine-tuning time tell them apart."""
+    import shutil
+
+    shutil.copytree(runs["root"] / "pre", tmp_path / "pre")
+    tune = TrainConfig(steps=1, lr=1e-2, warmup=1, seed=2, **TINY)
+    train(tune, [runs["sim"]], tmp_path / "ft_a", init=tmp_path / "pre", progress=False)
+    shutil.copyfile(runs["root"] / "pre_b" / "last.pt", tmp_path / "pre" / "last.pt")
+    train(tune, [runs["sim"]], tmp_path / "ft_b", init=tmp_path / "pre", progress=False)
+    infos = [json.loads((tmp_path / r / "run.json").read_text()) for r in ("ft_a", "ft_b")]
+    assert infos[0]["init"] == infos[1]["init"]  # one path
+    assert infos[0]["init_sha256"] != infos[1]["init_sha256"]
+    with pytest.raises(CellsynthError, match="same path, other contents") as err:
+        soup([tmp_path / "ft_a", tmp_path / "ft_b"], tmp_path / "soup")
+    assert str(tmp_path / "ft_b") in str(err.value)
+    assert not (tmp_path / "soup").exists()
+
+
 def test_another_architecture_is_refused(runs, tmp_path):
     wide = tmp_path / "wide"
     config = TrainConfig(steps=1, **{**TINY, "order": 6})

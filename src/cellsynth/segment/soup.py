@@ -74,14 +74,21 @@ def _run_info(path: Path) -> dict[str, Any]:
     return json.loads(info.read_text()) if info.is_file() else {}
 
 
-def _same_start(a: str, b: str) -> bool:
-    """Whether two recorded ``init`` checkpoints are one pretrained detector: the same path,
-    or byte-identical files (a run folder copied or moved between its fine-tunings)."""
+def _same_start(a: tuple[str, str | None], b: tuple[str, str | None]) -> bool:
+    """Whether two fine-tunings' recorded starts ((``init`` path, ``init_sha256``) of their
+    run.json) are one pretrained detector. Where both recorded the checkpoint's SHA-256 the
+    hashes decide: a run folder copied or moved between the fine-tunings still matches, a
+    pretraining redone at the same path between them does not. Runs from before the hash was
+    recorded match by the same path or byte-identical files."""
     import filecmp
 
-    if a == b:
+    (path_a, sha_a), (path_b, sha_b) = a, b
+    if sha_a and sha_b:
+        return sha_a == sha_b
+    if path_a == path_b:
         return True
-    return Path(a).is_file() and Path(b).is_file() and filecmp.cmp(a, b, shallow=False)
+    return Path(path_a).is_file() and Path(path_b).is_file() and \
+        filecmp.cmp(path_a, path_b, shallow=False)
 
 
 def soup(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
@@ -123,17 +130,20 @@ def soup(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
             if config.get(key) != configs[0].get(key):
                 raise CellsynthError(f"{path}: {key} {config.get(key)!r} differs from "
                                      f"{first_path}'s {configs[0].get(key)!r}")
-        init = _run_info(path).get("init")
+        info = _run_info(path)
+        init = info.get("init")
         if init is None:
             raise CellsynthError(f"{path}: not a fine-tuning (its run.json names no --init "
                                  f"detector); only fine-tunings of one pretrained detector "
                                  f"average into a working detector")
-        inits.append(init)
+        inits.append((init, info.get("init_sha256")))
     for (path, _), init in zip(loaded, inits):
         if not _same_start(init, inits[0]):
-            raise CellsynthError(f"{path}: fine-tuned from {init}, {first_path} from "
-                                 f"{inits[0]}; only fine-tunings of one pretrained detector "
-                                 f"can be averaged")
+            same_path = "; the same path, other contents: pretrained again in between?" \
+                if init[0] == inits[0][0] else ""
+            raise CellsynthError(f"{path}: fine-tuned from {init[0]}, {first_path} from "
+                                 f"{inits[0][0]}{same_path}; only fine-tunings of one "
+                                 f"pretrained detector can be averaged")
     weights = average_weights([ckpt["model"] for _, ckpt in loaded])
     config = from_dict(TrainConfig, {**configs[0], "device": device},
                        where=f"{first_path}: config")
@@ -168,7 +178,8 @@ def soup(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         restore_replaced_run(out)
         raise
     discard_replaced_run(out)
-    summary = {**versions(), "stage": "soup", "runs": run_paths, "init": inits[0],
+    summary = {**versions(), "stage": "soup", "runs": run_paths, "init": inits[0][0],
+               "init_sha256": inits[0][1],
                "val": str(Path(val).resolve()) if val is not None else None,
                "n_val_images": n_val, "score_thresh": score_thresh,
                "run_score_thresh": thresholds,
