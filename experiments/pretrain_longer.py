@@ -17,16 +17,14 @@ does (same seeds, same members). The run itself is not touched; OUT holds no sta
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 import time
 from pathlib import Path
 
-from soup_more import _saved
+from soup_more import run_arguments
 
 from cellsynth.pipeline import layout, stages
-from cellsynth.pipeline.config import load_pipeline_config
 
 # what the continued pretraining makes stale
 _REDONE = (layout.FINETUNE, layout.FINETUNE_RUNS, layout.SOUP, layout.PREDICT,
@@ -34,20 +32,8 @@ _REDONE = (layout.FINETUNE, layout.FINETUNE_RUNS, layout.SOUP, layout.PREDICT,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("config", type=Path, help="the run's pipeline YAML")
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--seed", type=int, required=True, help="the run's seed")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, required=True, help="pretraining steps in all")
-    args = ap.parse_args()
-    config = dataclasses.replace(load_pipeline_config(args.config), seed=args.seed)
-
-    def options(text: str) -> list[str]:  # (the name is a label, not an option)
-        return [line for line in text.splitlines() if not line.startswith("name:")]
-
-    if options((args.run / layout.CONFIG).read_text()) != options(_saved(config)):
-        raise SystemExit(f"{args.run}: was run with another config than {args.config}")
+    args, config = run_arguments(__doc__, lambda ap: ap.add_argument(
+        "--steps", type=int, required=True, help="pretraining steps in all"))
     if args.steps <= config.pretrain.steps:
         raise SystemExit(f"{args.run}: pretrained {config.pretrain.steps} steps already")
     if not args.out.exists():

@@ -25,17 +25,7 @@ from cellsynth.evaluate.matching import matching_by_score
 from cellsynth.segment.predict import _SCORE_FLOOR, image_proposals, load_detector
 from cellsynth.segment.tiles import contours_to_labels, offset_contours
 from cellsynth.segment.trainer import THRESHOLD_GRID
-from cellsynth.segment.tta import VIEWS, merge_views, to_image_coordinates
-
-
-def _view(image: np.ndarray, view: tuple[bool, bool, bool]) -> np.ndarray:
-    transpose, flip_y, flip_x = view
-    out = np.swapaxes(image, 0, 1) if transpose else image
-    if flip_y:
-        out = out[::-1]
-    if flip_x:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out)
+from cellsynth.segment.tta import VIEWS, Dihedral, merge_views, to_image_coordinates
 
 
 def passes(det, image: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -44,8 +34,8 @@ def passes(det, image: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.nd
     out = []
     for v in VIEWS:
         c, s, offset = image_proposals(  # the detector's pixels taken as 1, the image's as scale
-            replace(det, pixel_size_um=1.0), _view(image, v), score_thresh=_SCORE_FLOOR,
-            pixel_size_um=scale)
+            replace(det, pixel_size_um=1.0), np.asarray(Dihedral(image, v)[:, :]),
+            score_thresh=_SCORE_FLOOR, pixel_size_um=scale)
         c = offset_contours(c, offset) if offset else c
         out.append((to_image_coordinates(c, v, image.shape[:2]), s))
     return out

@@ -31,20 +31,29 @@ def _saved(config) -> str:
         return (Path(tmp) / "c.yaml").read_text()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_arguments(doc: str, extra) -> tuple[argparse.Namespace, object]:
+    """CONFIG RUN --seed --out plus ``extra(parser)``'s options, and the config at that seed,
+    checked to be the one RUN was run with (the name aside: a label, not an option)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("config", type=Path, help="the run's pipeline YAML")
     ap.add_argument("run", type=Path)
     ap.add_argument("--seed", type=int, required=True, help="the run's seed")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--soup", type=int, required=True, help="members in all")
+    extra(ap)
     args = ap.parse_args()
     config = dataclasses.replace(load_pipeline_config(args.config), seed=args.seed)
-    def options(text: str) -> list[str]:  # (the name is a label, not an option)
+
+    def options(text: str) -> list[str]:
         return [line for line in text.splitlines() if not line.startswith("name:")]
 
     if options((args.run / layout.CONFIG).read_text()) != options(_saved(config)):
         raise SystemExit(f"{args.run}: was run with another config than {args.config}")
+    return args, config
+
+
+def main() -> None:
+    args, config = run_arguments(__doc__, lambda ap: ap.add_argument(
+        "--soup", type=int, required=True, help="members in all"))
     if args.soup <= config.soup:
         raise SystemExit(f"{args.run}: its soup has {config.soup} members already")
     if not args.out.exists():
