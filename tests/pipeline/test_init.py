@@ -103,21 +103,25 @@ def test_an_annotated_folder_without_labels_is_one_line_and_writes_nothing(tmp_p
         find_folders(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("annotated", [True, False])
-def test_the_written_recipe_runs_end_to_end_when_shrunk(tmp_path, annotated):
+@pytest.mark.parametrize("recipe", ["fast", "accurate", None])
+def test_the_written_recipe_runs_end_to_end_when_shrunk(tmp_path, recipe):
     """Every option init writes (replay, TTA, held-out simulated validation, the consistency
-    refiner) works together in `cellsynth run`; only the sizes are shrunk to seconds."""
+    refiner; the accurate recipe's pretraining on the plain simulation beside unlabeled
+    images, and its soup) works together in `cellsynth run`; only the sizes are shrunk to
+    seconds. ``None``: no annotated images."""
     from dataclasses import replace
 
     from cellsynth.pipeline.run import run
 
+    annotated = recipe is not None
     data = tmp_path / "d"
     _folder(data / "unlabeled", "nissl", labels=False, seed=1, size=64)
     if annotated:
         _folder(data / "train", "nissl", seed=2, size=64)
+    if recipe == "fast":  # (the accurate run predicts the unlabeled images instead)
         _folder(data / "test", "nissl", seed=3, size=64)
-    assert main(["init", str(data), "--out", str(tmp_path / "d.yaml"),
-                 "--pixel-size", "0.346"]) == 0
+    assert main(["init", str(data), "--out", str(tmp_path / "d.yaml"), "--pixel-size", "0.346"]
+                + (["--recipe", recipe] if annotated else [])) == 0
     config = load_pipeline_config(tmp_path / "d.yaml")
     tiny = {"crop": 64, "batch": 1, "samples": 32, "order": 4, "refinement_iterations": 1,
             "checkpoint_every": 1, "val_every": 1}
@@ -131,10 +135,68 @@ def test_the_written_recipe_runs_end_to_end_when_shrunk(tmp_path, annotated):
         finetune=replace(config.finetune, steps=2, warmup=0, **tiny))
     summaries = run(config, tmp_path / "run", progress=False, log=lambda _: None)
     assert ("finetune" in summaries) == annotated
-    assert ("evaluate" in summaries) == annotated
+    assert ("evaluate" in summaries) == (recipe == "fast")
     assert config.predict.tta and config.refine.consistency == (0.0 if annotated else 10.0)
+    # the accurate recipe trains no refiner although unlabeled images are named
+    assert ("refiner" in summaries) == (recipe != "accurate")
+    assert (tmp_path / "run" / "refined").exists() == (recipe != "accurate")
+    assert ("soup" in summaries) == (recipe == "accurate")
     labels = sorted((tmp_path / "run" / "predict" / "labels").iterdir())
     assert [p.stem for p in labels] == (["nissl0", "nissl1"])  # test/ or the unlabeled images
+
+
+def test_the_recipe_is_the_accurate_one_for_nissl_where_training_is_fast(tmp_path, capsys,
+                                                                         monkeypatch):
+    """accurate (no refiner, 2500 pretraining steps chosen on simulated images, soup of 5)
+    for Nissl on a GPU or a CPU with native bf16; fast (refiner, one fine-tuning) for Nissl in
+    fp32 and for stains the accurate recipe was not measured on; --recipe overrides."""
+    import torch
+
+    from cellsynth import hardware
+    from cellsynth.pipeline.stages import plan
+
+    data = tmp_path / "slides"
+    _folder(data / "unlabeled", "nissl", labels=False, seed=1)
+    _folder(data / "train", "nissl", seed=2)
+    out = tmp_path / "slides.yaml"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def init(*extra, precision="bf16"):
+        monkeypatch.setattr(hardware, "choose_precision",
+                            lambda *a, **k: hardware.Precision(precision, "auto: measured"))
+        assert main(["init", str(data), "--out", str(out), "--force", *extra]) == 0
+        printed = capsys.readouterr().out
+        config = load_pipeline_config(out)
+        return config, printed, [stage.name for stage in plan(config)]
+
+    config, printed, stages = init()
+    assert "accurate annotated recipe (bf16 training here: measured)" in printed
+    assert not config.refiner and "refiner" not in stages and "refined" not in stages
+    assert config.real.unlabeled == str(data / "unlabeled")  # still predicted
+    assert config.pretrain_val == "synthetic" and config.pretrain.steps == 2500
+    assert config.soup == 5 and config.finetune.steps == 240 and config.simulate.n == 400
+    assert config.finetune.replay == 0.5 and stages[-3:-1] == ["soup", "predict"]
+
+    config, printed, stages = init(precision="fp32")
+    assert "fast annotated recipe (fp32 training here: measured; the accurate" in printed
+    assert config.refiner and "refiner" in stages and config.soup == 1
+    assert config.pretrain.steps == 600 and config.pretrain_val == "real"
+
+    config, printed, _ = init("--recipe", "accurate", precision="fp32")
+    assert "(chosen by --recipe)" in printed and config.soup == 5 and not config.refiner
+
+    config, printed, _ = init("--preset", "he")
+    assert "fast annotated recipe (the accurate recipe's gains were measured on Nissl, not he"\
+        in printed and config.refiner and config.simulate.fit_from == "real.unlabeled"
+    config, _, stages = init("--preset", "he", "--recipe", "accurate")
+    # H&E keeps its own choices: no replay, the simulation fitted to the unlabeled images
+    assert config.soup == 5 and config.finetune.replay == 0.0 and "refiner" not in stages
+    assert config.simulate.fit_from == "real.unlabeled" and stages[0] == "fit"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Some GPU")
+    config, printed, _ = init(precision="fp32")
+    assert "accurate annotated recipe (training on a GPU" in printed and config.soup == 5
 
 
 def test_init_runs_the_recipe_on_a_gpu_where_there_is_one(tmp_path, capsys, monkeypatch):

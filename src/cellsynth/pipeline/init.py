@@ -11,14 +11,24 @@ that a user would otherwise look up:
   background) and said with its evidence; ``--preset`` overrides it;
 - the images' pixel size (``--pixel-size``, else meta.json, else what the files state); when
   unknown the config says so and the command prints one line about it;
-- the recipe: with annotated images the fast 2-image Nissl recipe
-  (``configs/nissl-k2-fast.yaml``: refiner, pretraining on refined images, fine-tuning with
-  replay (not on H&E), TTA; 12.5 min on 2 cores with bf16, 74 without; on Nissl
-  ``configs/nissl-k2.yaml`` outlines better, +0.044 F1avg, in 2.5x the time), with none
-  the zero-label recipe (``configs/nissl-k0.yaml``: the refiner with the semantic
-  consistency loss, thresholds from held-out refined images). On H&E the simulation is
-  first fitted to the unlabeled images (measured +0.12-0.14 F1@0.5 with zero labels on
-  both H&E sets, docs/results.md).
+- the recipe: with annotated images one of two (``--recipe``), fine-tuning with replay
+  (not on H&E) and TTA in both:
+
+  - ``accurate`` (``configs/nissl-k2.yaml``): no refiner, 2500 pretraining steps on the
+    plain simulation chosen on held-out simulated images, 5 fine-tunings of 240 steps
+    averaged (soup); on Nissl with 2 images 0.732 / 0.512 F1@0.5 / F1avg (3 seeds), 31 min
+    on 2 cores with native bf16;
+  - ``fast`` (``configs/nissl-k2-fast.yaml``): the refiner, 600 pretraining steps on its
+    images, one fine-tuning of 300 steps; 0.723 / 0.450, 12.5 min with native bf16, 74
+    without.
+
+  By default ``accurate`` for Nissl where training is fast (a CUDA GPU, or a CPU with
+  native bf16: ~2.5x the fast recipe's time, ~3 h on 2 cores without), else ``fast``: the
+  accurate recipe's gains were measured on Nissl only. With no annotated images the
+  zero-label recipe (``configs/nissl-k0.yaml``: the refiner with the semantic consistency
+  loss, thresholds from held-out refined images). On H&E the simulation is first fitted to
+  the unlabeled images (measured +0.12-0.14 F1@0.5 with zero labels on both H&E sets,
+  docs/results.md).
 
 On a machine with a CUDA GPU the config runs there (``device: cuda``, ``--device`` overrides)
 and prepares training batches in 4 background processes (``workers: 4``: a step 3.6x faster
@@ -165,6 +175,24 @@ def _relative(path: Path, config: Path) -> str:
     return (path.resolve() if relative.parts[:1] == ("..",) else relative).as_posix()
 
 
+RECIPES = ("accurate", "fast")
+
+_ACCURATE = """\
+# no refiner: once annotated images fine-tune the detector, refined and simulated
+# pretraining score alike (3 datasets); your unlabeled images are only predicted
+refiner: false
+# the pretrained checkpoint is chosen on held-out simulated images: zero-label F1 on the
+# annotated ones would stop it at ~1000 steps, too early for the fine-tuning
+pretrain_val: synthetic
+pretrain: {{steps: 2500, crop: 192, batch: 4, lr: 0.001, val_every: 100{workers}}}
+{replay_note}
+{lr_note}
+finetune: {{steps: 240, crop: 192, batch: 4, lr: {lr}, warmup: 5, val_every: 50{replay}{workers}}}
+# 5 fine-tunings (other crops of the same images) with their weights averaged: +0.024 F1@0.5
+# over 3 x 400 steps on Nissl with 2 images (docs/results.md)
+soup: 5
+"""
+
 _ANNOTATED = """\
 refine: {{steps: 1500, crop: 128, batch: 4, width: 48, blocks: 3, spade_hidden: 32,
          boundary_width: 2, self_reg: 1.0, self_reg_downsample: 2, feature_matching: 10.0,
@@ -190,7 +218,7 @@ _LR = {
 # beat the fitted simulation by far (0.820 vs 0.679 F1@0.5): replay there only pulls the
 # detector back towards the weaker teacher.
 _REPLAY = {
-    True: ("# replay: half of each fine-tuning batch from the refined images, so a few "
+    True: ("# replay: half of each fine-tuning batch from the pretraining images, so a few "
            "annotated\n# images cannot pull the detector away from them", ", replay: 0.5"),
     False: ("# no replay on H&E: a few annotated H&E images alone beat the simulation by far, "
             "and\n# replaying it cost 0.015 F1@0.5 on tcga_lgg (docs/results.md)", ""),
@@ -211,32 +239,43 @@ pretrain: {{steps: 1000, crop: 192, batch: 4, lr: 0.001, val_every: 100{workers}
 GPU_WORKERS = 4
 
 
+_RECIPE_LINES = {
+    "accurate": ("the accurate few-annotation recipe (configs/nissl-k2.yaml: 0.732 / 0.512 "
+                 "F1@0.5 / F1avg on Nissl with 2 images, 31 min on 2 CPU cores with native "
+                 "bf16; `cellsynth init --recipe fast` for the 2.5x faster one)"),
+    "fast": ("the fast few-annotation recipe (configs/nissl-k2-fast.yaml: 0.723 / 0.450 on "
+             "Nissl with 2 images, 12.5 min on 2 CPU cores with native bf16; `cellsynth init "
+             "--recipe accurate` outlines better in 2.5x the time)"),
+    None: "the zero-label recipe (configs/nissl-k0.yaml): no annotated images",
+}
+
+
 def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGuess,
                  guessed: bool, pixel: float | None, pixel_from: str,
-                 device: str = "cpu", device_from: str = "") -> str:
+                 device: str = "cpu", device_from: str = "",
+                 recipe: str | None = "fast", recipe_from: str = "") -> str:
     annotated = "train" in folders
+    recipe = recipe if annotated else None
     lines = [
         f"# Written by `cellsynth init` for {name}; edit freely. Run it with",
         f"#   cellsynth run {out.name} --out runs/{name}",
         f"# Stain: preset {stain.preset} ("
         + (f"guessed from the images: {stain.reason})" if guessed else "chosen by --preset)"),
         "#   if it is the wrong one: merker (gray, BigBrain), nissl, he or fluo.",
-        "# Recipe: " + ("the fast few-annotation recipe (configs/nissl-k2-fast.yaml: 12.5 "
-                        "min on 2 CPU cores with bf16 for 2 annotated Nissl images; "
-                        "configs/nissl-k2.yaml outlines better in 2.5x the time)"
-                        if annotated else
-                        "the zero-label recipe (configs/nissl-k0.yaml): no annotated images"),
+        f"# Recipe: {_RECIPE_LINES[recipe]}",
+    ] + ([f"#   ({recipe_from})"] if recipe is not None and recipe_from else []) + [
         f"name: {name}",
         "seed: 0                # every stage derives its randomness from this",
         f"device: {device}" + (f"           # {device_from}" if device_from else ""),
     ]
-    n = 300 if annotated else 400
+    n = 300 if recipe == "fast" else 400
     fit = ", fit_from: real.unlabeled" if stain.preset == "he" else ""
     lines.append(f"simulate: {{preset: {stain.preset}, n: {n}, size: 256, workers: 2, "
                  f"n_val: 16{fit}}}" + ("   # fitted to your unlabeled images first "
                                          "(cellsynth fit-simulator)" if fit else ""))
     lines.append("real:")
-    comments = {"unlabeled": "used WITHOUT labels by the refiner",
+    comments = {"unlabeled": ("used WITHOUT labels by the refiner" if recipe != "accurate"
+                              else "predicted (labels unused; no refiner in this recipe)"),
                 "train": "annotated: fine-tuning",
                 "val": "annotated: score threshold and checkpoint",
                 "test": "held out: predicted and scored at the end, never trained on"}
@@ -258,8 +297,9 @@ def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGue
     if annotated:
         note, replay = _REPLAY[stain.preset != "he"]
         lr_note, lr = _LR[stain.preset != "fluo"]
-        text += _ANNOTATED.format(replay_note=note, replay=replay, lr_note=lr_note, lr=lr,
-                                  workers=workers)
+        template = _ACCURATE if recipe == "accurate" else _ANNOTATED
+        text += template.format(replay_note=note, replay=replay, lr_note=lr_note, lr=lr,
+                                workers=workers)
     else:
         text += _ZERO_LABEL.format(workers=workers)
     text += ("predict: {overlap: 96, tta: true}   # 8 views vote (8x the prediction time)\n"
@@ -285,9 +325,32 @@ def _device(device: str | None) -> tuple[str, str]:
     return "cpu", "no CUDA GPU found"
 
 
+def _recipe(recipe: str | None, preset: str, device: str) -> tuple[str, str]:
+    """(the annotated recipe, why): ``recipe`` as given; else ``accurate`` for Nissl where
+    training is fast (a CUDA device, or a CPU with native bf16), else ``fast``."""
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+        return recipe, "chosen by --recipe"
+    if preset != "nissl":
+        return "fast", (f"the accurate recipe's gains were measured on Nissl, not {preset}; "
+                        f"--recipe accurate to try it")
+    if device.startswith("cuda"):
+        return "accurate", "training on a GPU: minutes either way"
+    from cellsynth.hardware import choose_precision
+
+    precision = choose_precision("auto", "cpu")
+    if precision.bf16:
+        return "accurate", f"bf16 training here: {precision.reason.removeprefix('auto: ')}"
+    return "fast", (f"fp32 training here: {precision.reason.removeprefix('auto: ')}; the "
+                    f"accurate recipe would take ~3 h on 2 cores, --recipe accurate to run "
+                    f"it anyway")
+
+
 def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
                 preset: str | None = None, pixel_size_um: float | None = None,
-                force: bool = False, device: str | None = None) -> dict[str, Any]:
+                force: bool = False, device: str | None = None,
+                recipe: str | None = None) -> dict[str, Any]:
     """Write a pipeline config for the folders of ``data`` to ``out`` (see the module)."""
     from cellsynth.io.files import atomic_path
     from cellsynth.pipeline.config import load_pipeline_config
@@ -307,8 +370,11 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
                          else _pixel_size(datasets))
     name = Path(data).resolve().name or "data"
     device, device_from = _device(device)
+    annotated = "train" in folders
+    recipe, recipe_from = (_recipe(recipe, stain.preset, device) if annotated
+                           else (None, "no annotated images"))
     text = _config_text(name, folders, out, stain, guessed, pixel, pixel_from, device,
-                        device_from)
+                        device_from, recipe, recipe_from)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp.write_text(text)
@@ -316,5 +382,5 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
     return {"config": str(out), "preset": stain.preset, "guessed": guessed,
             "reason": stain.reason, "pixel_size_um": pixel, "pixel_from": pixel_from,
             "roles": {role: str(folders[role]) for role in ROLES if role in folders},
-            "annotated": "train" in folders, "name": name, "device": device,
-            "device_from": device_from}
+            "annotated": annotated, "name": name, "device": device,
+            "device_from": device_from, "recipe": recipe, "recipe_from": recipe_from}

@@ -94,7 +94,7 @@ def _synthetic_val(config: PipelineConfig) -> str | None:
     always with ``pretrain_val: synthetic``."""
     if config.simulate.n_val < 1 or (config.real.val and config.pretrain_val == "real"):
         return None
-    return layout.REFINED_VAL if config.real.unlabeled else layout.SIMULATE_VAL
+    return layout.REFINED_VAL if config.refines else layout.SIMULATE_VAL
 
 
 def _real_scale(config: PipelineConfig) -> float:
@@ -369,7 +369,7 @@ def _fine_tuned(config: PipelineConfig) -> str:
 
 
 def _synthetic(config: PipelineConfig, out: Path) -> list[str]:
-    return [str(out / (layout.REFINED if config.real.unlabeled else layout.SIMULATE))]
+    return [str(out / (layout.REFINED if config.refines else layout.SIMULATE))]
 
 
 def _model(config: PipelineConfig) -> str:
@@ -504,7 +504,7 @@ def plan(config: PipelineConfig) -> list[Stage]:
         existed), or a selection of the roles it reads."""
         return (layout.REAL,) if rescaled or set(roles) & set(staged) else ()
 
-    if real.unlabeled:
+    if config.refines:
         stages.append(Stage(layout.REFINER, (layout.SIMULATE,) + data_inputs("unlabeled"),
                             lambda c: [to_dict(c.refine), c.real.pixel_size_um, c.seed],
                             _fit_refiner, reads=("unlabeled",)))
@@ -521,7 +521,7 @@ def plan(config: PipelineConfig) -> list[Stage]:
             stages.append(Stage(layout.REFINED_VAL, (layout.REFINER, layout.SIMULATE_VAL),
                                 lambda c: [c.seed],
                                 _generate(layout.SIMULATE_VAL, layout.REFINED_VAL)))
-    synthetic = layout.REFINED if real.unlabeled else layout.SIMULATE
+    synthetic = layout.REFINED if config.refines else layout.SIMULATE
     val = ("val",) if real.val else ()
     # (pretrain_val joins the key only where it is not the default: old runs keep theirs)
     stages.append(Stage(layout.PRETRAIN, (synthetic,) + ((synthetic_val,) if synthetic_val
@@ -568,7 +568,7 @@ def plan(config: PipelineConfig) -> list[Stage]:
     if real.test:
         stages.append(Stage(layout.EVALUATE, (layout.PREDICT,), lambda c: [], _evaluate,
                             reads=("test",)))
-    if real.unlabeled and config.realism.enabled:
+    if config.refines and config.realism.enabled:
         stages.append(Stage(layout.REALISM, (layout.SIMULATE, layout.REFINED),
                             lambda c: [to_dict(c.realism), c.seed], _realism,
                             reads=("test" if real.test else "unlabeled",)))
