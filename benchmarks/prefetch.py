@@ -43,7 +43,7 @@ def main() -> None:
     model.train()
 
     def make() -> dict[str, torch.Tensor]:
-        return _batch(sampler, config, model.samples, model.order, "cpu")
+        return _batch(sampler, config, model.samples, model.order)
 
     def step(batch: dict[str, torch.Tensor]) -> None:
         loss = model(batch["inputs"], targets=batch)["loss"]

@@ -358,7 +358,7 @@ def test_replay_draws_that_share_of_the_crops_from_the_pretraining_data():
         synthetic = CropSampler(_constant_items(0.8), 32, config.augment, rng)
         seen = []
         for _ in range(batches):
-            batch = trainer._batch(real, config, 32, 4, "cpu",
+            batch = trainer._batch(real, config, 32, 4,
                                    synthetic if replay_on else None)
             seen += [float(x.mean()) for x in batch["inputs"]]
         return seen

@@ -172,7 +172,8 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 def _batch(sampler: CropSampler, config: TrainConfig, samples: int, order: int,
-           device: str = "cpu", replay: CropSampler | None = None) -> dict[str, torch.Tensor]:
+           replay: CropSampler | None = None) -> dict[str, torch.Tensor]:
+    """One training batch on the CPU (the loop moves it to the device)."""
     from cellsynth.segment.cpn import collate, training_targets
 
     items = []
@@ -184,7 +185,7 @@ def _batch(sampler: CropSampler, config: TrainConfig, samples: int, order: int,
         item = training_targets(labels, samples=samples, order=order, rng=sampler.rng)
         item["inputs"] = image
         items.append(item)
-    return {k: v.to(device) for k, v in collate(items).items()}
+    return collate(items)
 
 
 class _StepBatches(torch.utils.data.Dataset):
@@ -204,7 +205,7 @@ class _StepBatches(torch.utils.data.Dataset):
         self.sampler.rng = np.random.default_rng([self.config.seed, self.rank, k])
         if self.replay is not None:
             self.replay.rng = np.random.default_rng([self.config.seed, self.rank, k, 1])
-        return _batch(self.sampler, self.config, self.samples, self.order, "cpu", self.replay)
+        return _batch(self.sampler, self.config, self.samples, self.order, self.replay)
 
 
 def _quiet_worker(_: int) -> None:
@@ -224,7 +225,7 @@ def _batches(sampler: CropSampler, replay: CropSampler | None, config: TrainConf
     sampler's stream (``workers: 0``) or prepared ahead by ``config.workers`` processes."""
     if config.workers == 0:
         while True:
-            yield _batch(sampler, config, samples, order, "cpu", replay)
+            yield _batch(sampler, config, samples, order, replay)
     import multiprocessing
 
     from torch.utils.data import DataLoader
