@@ -186,10 +186,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              channel=args.channel, level=args.level,
                              pixel_size_um=args.pixel_size, labels_as=args.labels,
                              tta=args.tta, progress=not args.quiet,
+                             faint_from=args.faint_from,
+                             faint_percentile=args.faint_percentile,
                              **({} if args.empty_contrast is None
                                 else {"empty_contrast": args.empty_contrast}))
+    faint = (f"; {summary['faint']} detections fainter than the cells annotated in "
+             f"{args.faint_from} dropped" if args.faint_from is not None else "")
     print(f"predicted {summary['n_instances']} cells in {summary['n_images']} images "
-          f"({summary['megapixels_per_s']:.2f} MP/s) -> {args.out}")
+          f"({summary['megapixels_per_s']:.2f} MP/s) -> {args.out}{faint}")
     return 0
 
 
@@ -551,6 +555,14 @@ def _build_parser() -> argparse.ArgumentParser:
                         "this share of the intensity range (empty glass around a section) are "
                         "not predicted (default 0.03, above the tile's own noise); 0 predicts "
                         "every tile")
+    p.add_argument("--faint-from", type=Path, metavar="ANNOTATED",
+                   help="an annotated dataset folder (e.g. the images the detector was "
+                        "fine-tuned on): detections fainter than nearly all of its annotated "
+                        "cells are dropped (default: none are)")
+    p.add_argument("--faint-percentile", type=float, default=5.0,
+                   help="with --faint-from: drop detections whose mean stain (or, for bright "
+                        "cells on a dark background, intensity) is below this percentile of "
+                        "the annotated cells'")
     _add_output_flags(p)
     p.set_defaults(func=_cmd_predict)
 

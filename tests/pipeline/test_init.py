@@ -8,7 +8,7 @@ import yaml
 
 from cellsynth.cli import main
 from cellsynth.errors import DatasetError
-from cellsynth.io.images import write_image, write_labels
+from cellsynth.io.images import read_labels, write_image, write_labels
 from cellsynth.pipeline.config import load_pipeline_config
 from cellsynth.pipeline.init import find_folders, guess_stain
 from cellsynth.simulate import simulate
@@ -141,6 +141,16 @@ def test_the_written_recipe_runs_end_to_end_when_shrunk(tmp_path, recipe):
     assert ("refiner" in summaries) == (recipe != "accurate")
     assert (tmp_path / "run" / "refined").exists() == (recipe != "accurate")
     assert ("soup" in summaries) == (recipe == "accurate")
+    # the accurate Nissl recipe drops detections paler than 95 % of the annotated cells,
+    # measured on all of them (real.val is the training images here)
+    meta = json.loads((tmp_path / "run" / "predict" / "meta.json").read_text())
+    if recipe == "accurate":
+        cells = sum(len(np.unique(read_labels(p))) - 1
+                    for p in sorted((data / "train" / "labels").iterdir()))
+        assert meta["faint"]["percentile"] == 5 and meta["faint"]["dark"]
+        assert meta["faint"]["n_objects"] == cells > 0
+    else:
+        assert meta["faint"] is None and config.predict.faint_percentile == 0
     labels = sorted((tmp_path / "run" / "predict" / "labels").iterdir())
     assert [p.stem for p in labels] == (["nissl0", "nissl1"])  # test/ or the unlabeled images
 

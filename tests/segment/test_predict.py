@@ -600,3 +600,46 @@ def test_quantize_core_runs_the_backbone_and_heads_in_int8(model):
     assert got.dtype == torch.float32 and got.shape == ref.shape
     r = np.corrcoef(ref.flatten().numpy(), got.flatten().numpy())[0, 1]
     assert r > 0.9, r
+
+
+def test_faint_detections_are_dropped_by_the_cut_of_annotated_images(model, tmp_path, capsys):
+    """--faint-from: the fluorescence detector's cells are bright on a dark background (read
+    from the annotations); the cut at the median annotated nucleus drops the detections
+    dimmer than it (measured here on the painted pixels, apart from the implementation)
+    and keeps the others; the dropped ones are counted; bad input is one line."""
+    import json
+
+    from scipy import ndimage
+
+    from cellsynth.cli import main
+    from cellsynth.io.normalize import normalize
+
+    run, sim = model
+    image = read_image(sim / "images" / "0003.png")
+    (tmp_path / "img").mkdir()
+    write_image(tmp_path / "img" / "a.png", image)
+    brightness = normalize(image, load_detector(run).normalization)
+    brightness = brightness.mean(-1) if brightness.ndim == 3 else brightness
+    found = {}
+    for name, extra in (("all", {}), ("p50", {"faint_from": sim, "faint_percentile": 50.0})):
+        out = tmp_path / name
+        predict_folder(run, tmp_path / "img", out, score_thresh=0.5, precision="fp32",
+                       progress=False, **extra)
+        labels = read_labels(out / "labels" / "a.tif")
+        ids = np.unique(labels[labels > 0])
+        found[name] = (json.loads((out / "meta.json").read_text()),
+                       np.asarray(ndimage.mean(brightness, labels, ids)))
+    meta, every = found["all"]
+    assert meta["faint"] is None and meta["n_faint_dropped"] == 0 and len(every) >= 10
+    meta, kept = found["p50"]
+    cut = meta["faint"]["cut"]
+    assert not meta["faint"]["dark"] and meta["faint"]["percentile"] == 50
+    assert meta["n_faint_dropped"] > 0 and 0 < len(kept) < len(every)
+    assert (every < cut - 0.05).sum() > 0           # there were dim ones to drop ...
+    assert np.mean(kept >= cut - 0.05) >= 0.9       # ... and what is left is bright enough
+    code = main(["predict", "--detector", str(run), "--images", str(tmp_path / "img"),
+                 "--out", str(tmp_path / "bad"), "--faint-from", str(tmp_path / "img"),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "without a label file" in err[0], err
+    assert not (tmp_path / "bad").exists()

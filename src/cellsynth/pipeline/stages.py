@@ -383,6 +383,13 @@ def _predict_images(config: PipelineConfig) -> str:
     return "test" if config.real.test else "unlabeled"
 
 
+def _faint_images(config: PipelineConfig) -> tuple[str, ...]:
+    """The annotated role the faint cut is measured on (real.val, else real.train), if any."""
+    if config.predict.faint_percentile <= 0:
+        return ()
+    return ("val",) if config.real.val else ("train",)
+
+
 def _count_threshold(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from cellsynth.io.files import write_json
     from cellsynth.segment.calibrate import count_threshold
@@ -406,8 +413,11 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     if config.predict.count_threshold:
         thresh = json.loads((out / layout.COUNT_THRESHOLD / layout.THRESHOLD).read_text()
                             )["score_thresh"]
+    faint = _faint_images(config)
     summary = predict_folder(out / _model(config), real_folder(config, out, role),
                              out / layout.PREDICT, tile=config.predict.tile, score_thresh=thresh,
+                             faint_from=real_folder(config, out, faint[0]) if faint else None,
+                             faint_percentile=config.predict.faint_percentile or 5.0,
                              overlap=config.predict.overlap, tta=config.predict.tta,
                              device=config.device, force=True,
                              progress=kw["progress"],
@@ -562,9 +572,9 @@ def plan(config: PipelineConfig) -> list[Stage]:
         counted = (layout.COUNT_THRESHOLD,)
     if real.test or real.unlabeled:
         stages.append(Stage(layout.PREDICT, (_model(config),) + counted
-                            + data_inputs(_predict_images(config)),
+                            + data_inputs(_predict_images(config), *_faint_images(config)),
                             lambda c: [to_dict(c.predict)], _predict,
-                            reads=(_predict_images(config),)))
+                            reads=(_predict_images(config),) + _faint_images(config)))
     if real.test:
         stages.append(Stage(layout.EVALUATE, (layout.PREDICT,), lambda c: [], _evaluate,
                             reads=("test",)))

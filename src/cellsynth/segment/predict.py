@@ -39,6 +39,7 @@ from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, write_labels_zarr
 from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
 from cellsynth.io.sections import reads_lazily
 from cellsynth.pipeline import layout
+from cellsynth.segment.faint import FAINT_PERCENTILE, FaintCut, calibrate_faint, drop_faint
 from cellsynth.segment.tiles import (
     EMPTY_CONTRAST,
     HALF_PIXEL,
@@ -154,6 +155,19 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
                     chosen.name)
 
 
+def faint_cut(annotated: str | os.PathLike, percentile: float, detector: Detector) -> FaintCut:
+    """The faint cut of an annotated dataset folder, its images normalised (and reduced to
+    the detector's channel and channels) as ``detector`` was trained."""
+    from cellsynth.segment.data import load_labeled
+
+    items = load_labeled([annotated], channels=detector.in_channels,
+                         normalization=detector.normalization, channel=detector.channel)
+    cut = calibrate_faint([(i.image, i.labels) for i in items], percentile)
+    if cut is None:
+        raise DatasetError(f"{annotated}: no annotated cell to measure the faint cut on")
+    return cut
+
+
 # int8 is kept only if it finds the cells fp32 finds on the calibration windows
 INT8_AGREEMENT = 0.95
 INT8_WINDOWS = 4  # tissue windows that calibrate int8 and check its agreement
@@ -266,8 +280,8 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
                   pixel_size_um: float | None = None, progress: Any = None,
                   return_scores: bool = False, store: ProposalStore | None = None,
                   in_memory: bool = True, balance: bool = True, tta: bool = False,
-                  empty_contrast: float = EMPTY_CONTRAST, count: TileCount | None = None
-                  ) -> Any:
+                  empty_contrast: float = EMPTY_CONTRAST, count: TileCount | None = None,
+                  faint: FaintCut | None = None) -> Any:
     """(H, W) uint32 instance labels for an (H, W[, C]) image or lazy array of any size.
 
     ``channel`` (default: the one the model was trained on, if any) keeps only that channel.
@@ -285,12 +299,14 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     (:mod:`cellsynth.segment.tta`; 8x the time). ``empty_contrast``: tiles with no contrast
     above this share of the intensity range are not predicted (empty glass;
     :func:`~cellsynth.segment.tiles.blank_tile`; 0 predicts every tile); ``count`` counts them.
+    ``faint``: drop the detections fainter than this cut, measured on annotated images
+    (:mod:`cellsynth.segment.faint`; ``count.faint`` counts them).
     """
     contours, scores, offset = image_proposals(
         detector, image, tile=tile, overlap=overlap, batch=batch, score_thresh=score_thresh,
         device=device, where=where, channel=channel, pixel_size_um=pixel_size_um,
         progress=progress, store=store, balance=balance, tta=tta,
-        empty_contrast=empty_contrast, count=count)
+        empty_contrast=empty_contrast, count=count, faint=faint)
     thresh = detector.score_thresh if score_thresh is None else score_thresh
     shape = (int(image.shape[0]), int(image.shape[1]))
     if in_memory:
@@ -310,8 +326,8 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
                     store: ProposalStore | None = None, balance: bool = True,
                     tta: bool = False,
                     value_range: tuple[np.ndarray, np.ndarray] | None = None,
-                    empty_contrast: float = EMPTY_CONTRAST, count: TileCount | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, float]:
+                    empty_contrast: float = EMPTY_CONTRAST, count: TileCount | None = None,
+                    faint: FaintCut | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """What :func:`predict_image` paints: (contours (K, S, 2) as (x, y) in the image's own
     pixels, scores (K,), offset), all proposals scoring at least the floor that
     ``score_thresh`` (default: the detector's) needs. A cell is painted as the pixels whose
@@ -320,7 +336,8 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
 
     ``value_range``: the (low, high) intensities to scale by (of the channel used), e.g. of
     the whole section ``image`` is a window of; default the image's own. ``empty_contrast``,
-    ``count``: see :func:`predict_image`."""
+    ``count``: see :func:`predict_image`. ``faint``: proposals that would be painted but are
+    fainter than this cut get score -1 (see :func:`predict_image`)."""
     image = select_channel(image, detector.channel if channel is None else channel,
                            where=where)
     tile, batch = tiling(detector, tile, batch)
@@ -354,6 +371,13 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
         # The half-pixel outline offset belongs to the model's pixels, before scaling back.
         contours = (offset_contours(contours, HALF_PIXEL) + 0.5) / factor - 0.5
         offset = 0.0
+    if faint is not None:
+        thresh = detector.score_thresh if score_thresh is None else score_thresh
+        scores, dropped = drop_faint(contours, scores, (int(image.shape[0]),
+                                                        int(image.shape[1])),
+                                     lambda ys, xs: read(image, ys, xs), faint, thresh)
+        if count is not None:
+            count.faint += dropped
     return contours, scores, offset
 
 
@@ -445,7 +469,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                    precision: str = "auto", channel: int | None = None, level: int = 0,
                    pixel_size_um: float | None = None, labels_as: str = "auto",
                    tta: bool = False, progress: bool = True,
-                   empty_contrast: float = EMPTY_CONTRAST) -> dict[str, Any]:
+                   empty_contrast: float = EMPTY_CONTRAST,
+                   faint_from: str | os.PathLike | None = None,
+                   faint_percentile: float = FAINT_PERCENTILE) -> dict[str, Any]:
     """Predict every image of a folder; write ``labels/``, ``overlays/``, ``detections/``
     (one CSV per image: id, centroid, area, score, bounding box) and meta.json.
 
@@ -457,7 +483,10 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     file states (OME/ImageJ TIFF, OME-Zarr); where it and the model's differ, images are
     resampled to the model's resolution and the labels drawn back at the images' own.
     ``tta``: test-time augmentation, ``empty_contrast``: blank tiles not predicted, see
-    :func:`predict_image`.
+    :func:`predict_image`. ``faint_from``: an annotated dataset folder; detections fainter
+    than the ``faint_percentile``-th percentile of its annotated cells' mean signal are
+    dropped (:mod:`cellsynth.segment.faint`; the images normalised as the detector was
+    trained).
     """
     from tqdm.auto import tqdm
 
@@ -471,12 +500,14 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     if overlap >= tile:  # the tile given, or the default one
         raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
     configure_threads()
+    cut = (faint_cut(faint_from, faint_percentile, detector) if faint_from is not None
+           else None)
     folder_px = _folder_pixel_size(Path(images))
     if precision == "int8":
         detector = quantize_detector(detector, inputs, channel=channel, level=level,
                                      pixel_size_um=pixel_size_um or folder_px)
     started = time.perf_counter()
-    n_cells, megapixels = 0, 0.0
+    n_cells, n_faint, megapixels = 0, 0, 0.0
     per_image: dict[str, dict[str, Any]] = {}
     # finished rows of tiles of every image, kept until the output is published: a killed
     # prediction (a whole section takes hours) resumes there when run again
@@ -513,7 +544,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     score_thresh=score_thresh, device=device, where=str(path), channel=channel,
                     pixel_size_um=px, progress=bar, return_scores=True, store=store,
                     in_memory=not lazy, tta=tta,  # a section's labels: painted chunk by chunk
-                    empty_contrast=empty_contrast, count=count)
+                    empty_contrast=empty_contrast, count=count, faint=cut)
                 pixels = int(labels.shape[0]) * int(labels.shape[1])
                 per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
                     px, detector.pixel_size_um), "tiles": vars(count).copy()}
@@ -535,6 +566,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     write_image(root / layout.OVERLAYS / f"{image_id}.png",
                                 contour_overlay(image, labels))
                 n_cells += len(id_scores) - 1
+                n_faint += count.faint
                 megapixels += pixels / 1e6
         elapsed = time.perf_counter() - started
         sizes = {v["pixel_size_um"] for v in per_image.values()}
@@ -547,7 +579,10 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
             "n_images": len(inputs), "n_instances": n_cells, "tta": tta,
             "precision": detector.precision,
-            "empty_contrast": empty_contrast})
+            "empty_contrast": empty_contrast,
+            "faint": cut.to_dict() if cut is not None else None,
+            "faint_from": str(Path(faint_from).resolve()) if cut is not None else None,
+            "n_faint_dropped": n_faint})
     shutil.rmtree(cache, ignore_errors=True)  # published: nothing left to resume
-    return {"n_images": len(inputs), "n_instances": n_cells, "seconds": elapsed,
-            "megapixels_per_s": megapixels / max(elapsed, 1e-9)}
+    return {"n_images": len(inputs), "n_instances": n_cells, "faint": n_faint,
+            "seconds": elapsed, "megapixels_per_s": megapixels / max(elapsed, 1e-9)}

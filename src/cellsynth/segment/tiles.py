@@ -360,11 +360,13 @@ def blank_tile(tile: np.ndarray, contrast: float = EMPTY_CONTRAST) -> bool:
 @dataclass
 class TileCount:
     """Tiles seen by :func:`tiled_proposals`: predicted, blank (not predicted) and kept from a
-    store (predicted by an earlier, stopped run)."""
+    store (predicted by an earlier, stopped run); and the detections dropped as fainter than
+    the detector's faint cut (:mod:`cellsynth.segment.faint`)."""
 
     predicted: int = 0
     blank: int = 0
     stored: int = 0
+    faint: int = 0
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
