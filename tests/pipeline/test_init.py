@@ -149,6 +149,9 @@ def test_the_written_recipe_runs_end_to_end_when_shrunk(tmp_path, recipe):
                     for p in sorted((data / "train" / "labels").iterdir()))
         assert meta["faint"]["percentile"] == 5 and meta["faint"]["dark"]
         assert meta["faint"]["n_objects"] == cells > 0
+        # the report says how to predict new images the same way
+        report = (tmp_path / "run" / "report.html").read_text()
+        assert f"--faint-from {meta['faint_from']} --faint-percentile 5" in report
     else:
         assert meta["faint"] is None and config.predict.faint_percentile == 0
     labels = sorted((tmp_path / "run" / "predict" / "labels").iterdir())

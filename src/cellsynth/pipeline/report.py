@@ -244,8 +244,30 @@ def _predictions(run: Path) -> str:
     overlays = sorted((run / layout.PREDICT / layout.OVERLAYS).glob("*.png"))[:4]
     if not overlays:
         return ""
-    return ("<h2>Predictions on real images</h2>"
+    return ("<h2>Predictions on real images</h2>" + _prediction_note(run)
             + "".join(f"<p class=note>{html.escape(p.stem)}</p>{_file_img(p)}" for p in overlays))
+
+
+def _prediction_note(run: Path) -> str:
+    """How the run predicted (TTA, the faint cut), as the command that predicts new images
+    the same way."""
+    path = run / layout.PREDICT / layout.META
+    if not path.is_file():
+        return ""
+    meta = json.loads(path.read_text())
+    command = (f"cellsynth predict --detector {meta['model']} --images YOUR_IMAGES --out "
+               f"predictions" + (" --tta" if meta.get("tta") else ""))
+    text = ""
+    faint = meta.get("faint")
+    if faint:
+        command += (f" --faint-from {meta['faint_from']} "
+                    f"--faint-percentile {faint['percentile']:g}")
+        text = (f"{meta.get('n_faint_dropped', 0)} detection(s) fainter than the "
+                f"{faint['percentile']:g}th percentile of the {faint['n_objects']} annotated "
+                f"cells' mean {'stain' if faint['dark'] else 'intensity'} "
+                f"({faint['cut']:.3f}) were dropped. ")
+    return (f"<p class=note>{html.escape(text)}New images predicted the same way: "
+            f"<code>{html.escape(command)}</code></p>")
 
 
 def write_report(run: str | os.PathLike) -> Path:
