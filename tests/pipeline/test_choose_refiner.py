@@ -125,5 +125,8 @@ def test_a_run_refines_with_the_chosen_step(tmp_path, monkeypatch):
     # the quick detectors keep their numbers, not their weights
     kept = list((tmp_path / "run" / "refiner_choice").rglob("*.pt"))
     assert kept == []
-    with pytest.raises(ConfigError, match="needs real.unlabeled"):
+    with pytest.raises(ConfigError, match=r"needs a refiner \(real.unlabeled, refiner: true\) "
+                                          r"and real.val"):
         check_inputs(replace(config, real=RealData(unlabeled=str(train))))
+    with pytest.raises(ConfigError, match="needs a refiner"):  # no refiner to choose a step of
+        check_inputs(replace(config, refiner=False))
