@@ -179,6 +179,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.detector is None:
         raise ConfigError("--detector is required: a train run folder or its checkpoint file")
+    if args.faint_percentile is not None and args.faint_from is None:
+        raise ConfigError("--faint-percentile needs --faint-from (the annotated images whose "
+                          "cells set the cut)")
     summary = predict_folder(args.detector, args.images, args.out, tile=args.tile,
                              overlap=args.overlap, batch=args.batch,
                              score_thresh=args.score_thresh, device=args.device,
@@ -187,7 +190,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              pixel_size_um=args.pixel_size, labels_as=args.labels,
                              tta=args.tta, progress=not args.quiet,
                              faint_from=args.faint_from,
-                             faint_percentile=args.faint_percentile,
+                             **({} if args.faint_percentile is None
+                                else {"faint_percentile": args.faint_percentile}),
                              **({} if args.empty_contrast is None
                                 else {"empty_contrast": args.empty_contrast}))
     faint = (f"; {summary['faint']} detections fainter than the cells annotated in "
@@ -559,10 +563,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="an annotated dataset folder (e.g. the images the detector was "
                         "fine-tuned on): detections fainter than nearly all of its annotated "
                         "cells are dropped (default: none are)")
-    p.add_argument("--faint-percentile", type=float, default=5.0,
+    p.add_argument("--faint-percentile", type=float,
                    help="with --faint-from: drop detections whose mean stain (or, for bright "
                         "cells on a dark background, intensity) is below this percentile of "
-                        "the annotated cells'")
+                        "the annotated cells' (default 5)")
     _add_output_flags(p)
     p.set_defaults(func=_cmd_predict)
 

@@ -642,4 +642,8 @@ def test_faint_detections_are_dropped_by_the_cut_of_annotated_images(model, tmp_
                  "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "without a label file" in err[0], err
+    code = main(["predict", "--detector", str(run), "--images", str(tmp_path / "img"),
+                 "--out", str(tmp_path / "bad"), "--faint-percentile", "10", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--faint-percentile needs --faint-from" in err[0]
     assert not (tmp_path / "bad").exists()

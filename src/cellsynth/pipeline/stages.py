@@ -405,6 +405,7 @@ def _count_threshold(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, 
 def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 
     from cellsynth.io.images import read_image, read_labels, write_image, write_labels
+    from cellsynth.segment.faint import FAINT_PERCENTILE
     from cellsynth.segment.predict import predict_folder
     from cellsynth.viz import contour_overlay
 
@@ -417,7 +418,8 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     summary = predict_folder(out / _model(config), real_folder(config, out, role),
                              out / layout.PREDICT, tile=config.predict.tile, score_thresh=thresh,
                              faint_from=real_folder(config, out, faint[0]) if faint else None,
-                             faint_percentile=config.predict.faint_percentile or 5.0,
+                             faint_percentile=config.predict.faint_percentile if faint
+                             else FAINT_PERCENTILE,
                              overlap=config.predict.overlap, tta=config.predict.tta,
                              device=config.device, force=True,
                              progress=kw["progress"],
