@@ -1,7 +1,7 @@
 """The annotators' "too faint to be a cell" rule, learned from annotated images.
 
 With a few annotated images a detector finds as many annotated somata as a fine-tuned peer
-but also many objects nobody annotated, ~40 % of them paler than nearly every annotated one
+but also many objects nobody annotated, ~45 % of them paler than nearly every annotated one
 (Nissl, docs/results.md "faint detections"). A :class:`FaintCut` is the ``percentile``-th
 percentile of the annotated objects' mean *signal* (stain density for dark objects on a
 bright background: 1 - the channel mean of the content-normalised image; intensity for
@@ -46,11 +46,6 @@ class FaintCut:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FaintCut:
-        return cls(float(d["percentile"]), bool(d["dark"]), float(d["cut"]),
-                   int(d["n_objects"]))
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
