@@ -254,9 +254,10 @@ _RECIPE_LINES = {
 def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGuess,
                  guessed: bool, pixel: float | None, pixel_from: str,
                  device: str = "cpu", device_from: str = "",
-                 recipe: str | None = "fast", recipe_from: str = "") -> str:
+                 recipe: str | None = None, recipe_from: str = "") -> str:
+    """The config's text; ``recipe``: "accurate" or "fast" with annotated images (``train``
+    in ``folders``), None without."""
     annotated = "train" in folders
-    recipe = recipe if annotated else None
     lines = [
         f"# Written by `cellsynth init` for {name}; edit freely. Run it with",
         f"#   cellsynth run {out.name} --out runs/{name}",

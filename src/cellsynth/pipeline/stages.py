@@ -405,7 +405,6 @@ def _count_threshold(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, 
 def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 
     from cellsynth.io.images import read_image, read_labels, write_image, write_labels
-    from cellsynth.segment.faint import FAINT_PERCENTILE
     from cellsynth.segment.predict import predict_folder
     from cellsynth.viz import contour_overlay
 
@@ -417,9 +416,9 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     faint = _faint_images(config)
     summary = predict_folder(out / _model(config), real_folder(config, out, role),
                              out / layout.PREDICT, tile=config.predict.tile, score_thresh=thresh,
-                             faint_from=real_folder(config, out, faint[0]) if faint else None,
-                             faint_percentile=config.predict.faint_percentile if faint
-                             else FAINT_PERCENTILE,
+                             **({"faint_from": real_folder(config, out, faint[0]),
+                                 "faint_percentile": config.predict.faint_percentile}
+                                if faint else {}),
                              overlap=config.predict.overlap, tta=config.predict.tta,
                              device=config.device, force=True,
                              progress=kw["progress"],

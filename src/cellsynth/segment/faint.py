@@ -40,9 +40,7 @@ class FaintCut:
 
     def signal(self, image: np.ndarray) -> np.ndarray:
         """(H, W) signal of a content-normalised (H, W[, C]) image in [0, 1]."""
-        x = np.asarray(image, np.float32)
-        gray = x.mean(axis=-1) if x.ndim == 3 else x
-        return 1.0 - gray if self.dark else gray
+        return _signal(image, self.dark)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +49,11 @@ class FaintCut:
 def _gray(image: np.ndarray) -> np.ndarray:
     x = np.asarray(image, np.float32)
     return x.mean(axis=-1) if x.ndim == 3 else x
+
+
+def _signal(image: np.ndarray, dark: bool) -> np.ndarray:
+    gray = _gray(image)
+    return 1.0 - gray if dark else gray
 
 
 def calibrate_faint(items: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -70,12 +73,11 @@ def calibrate_faint(items: Sequence[tuple[np.ndarray, np.ndarray]],
     if n_in == 0:
         return None
     dark = n_out == 0 or inside / n_in < outside / n_out
-    probe = FaintCut(percentile, dark, 0.0, 0)
     means: list[float] = []
     for image, labels in items:
         labels = np.asarray(labels)
         ids = np.unique(labels[labels > 0])
-        means += list(ndimage.mean(probe.signal(image), labels, ids))
+        means += list(ndimage.mean(_signal(image, dark), labels, ids))
     return FaintCut(float(percentile), bool(dark), float(np.percentile(means, percentile)),
                     len(means))
 
