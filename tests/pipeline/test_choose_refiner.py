@@ -1,6 +1,7 @@
 """Choosing the refiner step by what its images teach a detector (validation images only)."""
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def refiner_run(tmp_path_factory):
     real = make_dataset(root / "real", n=2, size=48, seed=4, labels=False)
     out = root / "refiner"
     refine.fit(_TINY_REFINER, sim, real, out, progress=False)
-    return root, sim, out
+    yield root, sim, out
+    shutil.rmtree(root, ignore_errors=True)  # its checkpoints; CI disks can be small
 
 
 def test_a_refiner_keeps_a_loadable_generator_every_checkpoint(refiner_run):

@@ -1,6 +1,7 @@
 """Weight averaging of fine-tuned detectors (cellsynth soup)."""
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for name, seed, init in (("ft0", 0, "pre"), ("ft1", 1, "pre"), ("other", 0, "pre_b")):
         train(replace(tune, seed=seed), [sim], root / name, init=root / init, val=sim,
               progress=False)
-    return {"root": root, "sim": sim, "ft0": root / "ft0", "ft1": root / "ft1",
+    yield {"root": root, "sim": sim, "ft0": root / "ft0", "ft1": root / "ft1",
             "other": root / "other", "scratch": root / "pre"}
+    shutil.rmtree(root, ignore_errors=True)  # ~0.7 GB of checkpoints; CI disks are small
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -114,8 +116,6 @@ def test_runs_that_do_not_share_a_pretrained_detector_are_refused(runs, tmp_path
 def test_fine_tunings_of_a_copied_pretrained_detector_share_its_start(runs, tmp_path):
     """A run folder copied between its fine-tunings: the recorded starts differ as paths but
     are the same bytes, so the fine-tunings still average."""
-    import shutil
-
     shutil.copytree(runs["root"] / "pre", tmp_path / "pre_copy")
     tune = TrainConfig(steps=1, lr=1e-2, warmup=1, seed=2, **TINY)
     train(tune, [runs["sim"]], tmp_path / "ft2", init=tmp_path / "pre_copy", progress=False)
@@ -130,8 +130,6 @@ def test_fine_tunings_of_a_pretraining_redone_at_the_same_path_are_refused(runs,
     """The pretrained detector was trained again, into the same folder, between two
     fine-tunings: their recorded starts are one path but two detectors, which do not
     average; the checkpoint hashes recorded at fine-tuning time tell them apart."""
-    import shutil
-
     shutil.copytree(runs["root"] / "pre", tmp_path / "pre")
     tune = TrainConfig(steps=1, lr=1e-2, warmup=1, seed=2, **TINY)
     train(tune, [runs["sim"]], tmp_path / "ft_a", init=tmp_path / "pre", progress=False)
