@@ -176,7 +176,15 @@ def test_best_checkpoint_is_the_best_validated_step(sim, tmp_path, monkeypatch):
     config = TrainConfig(steps=3, **{**TINY, "val_every": 1})
     summary = train(config, [sim], tmp_path / "run", val=sim, progress=False)
     assert summary["best_val_f1"] == 0.7
-    assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["step"] == 2
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert best["step"] == 2 and last["step"] == 3
+    # best.pt is for predicting and fine-tuning: no optimizer moments (2x the weights)
+    assert "optimizer" not in best and "rng" not in best and "optimizer" in last
+    assert (tmp_path / "run" / "best.pt").stat().st_size < 0.5 * (
+        tmp_path / "run" / "last.pt").stat().st_size
+    assert best["model"].keys() == last["model"].keys()
+    assert not all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
 
 
 def test_patience_stops_at_a_plateau_and_a_resume_does_not_train_on(sim, tmp_path,
