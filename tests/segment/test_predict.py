@@ -635,6 +635,9 @@ def test_faint_detections_are_dropped_by_the_cut_of_annotated_images(model, tmp_
     cut = meta["faint"]["cut"]
     assert not meta["faint"]["dark"] and meta["faint"]["percentile"] == 50
     assert meta["n_faint_dropped"] > 0 and 0 < len(kept) < len(every)
+    # per image: the count beside the tile counts, which count tiles only
+    assert meta["images_pixel_size_um"]["a"]["n_faint_dropped"] == meta["n_faint_dropped"]
+    assert set(meta["images_pixel_size_um"]["a"]["tiles"]) == {"predicted", "blank", "stored"}
     assert (every < cut - 0.05).sum() > 0           # there were dim ones to drop ...
     assert np.mean(kept >= cut - 0.05) >= 0.9       # ... and what is left is bright enough
     code = main(["predict", "--detector", str(run), "--images", str(tmp_path / "img"),

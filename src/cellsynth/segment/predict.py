@@ -546,8 +546,11 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     in_memory=not lazy, tta=tta,  # a section's labels: painted chunk by chunk
                     empty_contrast=empty_contrast, count=count, faint=cut)
                 pixels = int(labels.shape[0]) * int(labels.shape[1])
+                tiles = vars(count).copy()
+                faint_dropped = tiles.pop("faint")  # detections, not tiles: listed beside
                 per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
-                    px, detector.pixel_size_um), "tiles": vars(count).copy()}
+                    px, detector.pixel_size_um), "tiles": tiles,
+                    **({"n_faint_dropped": faint_dropped} if cut is not None else {})}
                 if count.blank:
                     total = count.predicted + count.blank + count.stored
                     announce(f"{path}: {count.blank} of {total} tiles blank (no contrast "
