@@ -576,6 +576,26 @@ def test_learning_curve_k_axis_is_logarithmic_only_when_all_lies_far_beyond():
     assert x[3] - x[2] > 0.8 and x[4] - x[3] < 2.3  # 5 -> 10 readable, 10 -> 46 not 36 wide
 
 
+def test_estimate_prices_a_soup_as_its_runs_and_one_validation(tmp_path):
+    from tests.pipeline.test_estimate import FakeTimer
+
+    # a soup of 3 fine-tunings beside the one fine-tuning that is its run 0
+    config = _config(tmp_path, settings=(
+        Setting("sim_ft_k1", "simulated", 1),
+        Setting("sim_ft_k1_soup3", "simulated", 1, runs=3, soup=True)),
+        compare=(("sim_ft_k1_soup3", "sim_ft_k1"),))
+    by_kind = {e.stage: e for e in experiment.estimate_experiment(
+        config, timer=FakeTimer(), channels=1)}
+    mp = 64 * 64 / 1e6
+    # per seed: the pretraining and 3 fine-tunings (run 0 shared), 2 steps x 2.0 s each;
+    # validations at 10 s/MP: the pretraining on 2 synthetic images, each fine-tuning on its
+    # 1 annotated image, the soup's threshold once on the same image
+    assert by_kind["detectors"].seconds == pytest.approx(2 * (4 * 2 * 2.0 + (2 + 3 + 1) * 10 * mp))
+    assert by_kind["detectors"].detail.startswith("8 to run")
+    # the fine-tuning and the soup predict the 2 test images (the soup as fast as a run)
+    assert by_kind["test predictions"].seconds == pytest.approx(2 * 2 * 2 * mp * 10.0)
+
+
 def test_estimate_prices_every_unit_still_to_run_and_writes_nothing(tmp_path, monkeypatch,
                                                                      capsys):
     from cellsynth.cli import main
@@ -593,6 +613,10 @@ def test_estimate_prices_every_unit_still_to_run_and_writes_nothing(tmp_path, mo
     # images: real_k1 and sim_ft_k1 on their 1 image, the zero-label ones on 2 synthetic ones
     assert by_kind["detectors"].seconds == pytest.approx(2 * (4 * 2 * 2.0 + 10 * 6 * mp))
     assert by_kind["refiners"].seconds == pytest.approx(2 * (2 * 0.25 + 30.0))  # + judge
+    # refine_minutes caps a refiner's training time (not the judge's): 0.3 s of 2 x 0.25
+    capped = {e.stage: e for e in experiment.estimate_experiment(
+        replace(config, refine_minutes=0.005), timer=FakeTimer(), channels=1)}
+    assert capped["refiners"].seconds == pytest.approx(2 * (0.3 + 30.0))
     # 3 simulated and 2 validation images refined per seed, 0.125 s x (64 / 128)² each
     assert by_kind["refining"].seconds == pytest.approx(2 * 5 * 0.125 / 4)
     # 8 distinct detectors predict the 2 test images once

@@ -286,7 +286,8 @@ class _Unit:
     run: Callable[[Path, bool], dict[str, Any]]   # (folder, resume) -> summary
     # what `experiment --estimate` prices (not part of the fingerprint): ("detector",
     # TrainConfig, val unit), ("refiner", RefineConfig), ("refine", RefineConfig, source unit),
-    # ("pseudo", n images); None: not timed (simulation, copying)
+    # ("pseudo", n images), ("soup",) (one validation, predicts as its first run);
+    # None: not timed (simulation, copying)
     cost: tuple | None = None
 
 
@@ -387,7 +388,7 @@ def _plan(config: ExperimentConfig, out: Path
                               device=config.device)
             return {"score_thresh": summary["score_thresh"],
                     "best_val_f1": summary.get("val_f1"), "detectors": list(runs)}
-        return add(_Unit(name, runs + (val,), ["soup"], run))
+        return add(_Unit(name, runs + (val,), ["soup"], run, ("soup",)))
 
     kinds = {st.data for st in config.settings if st.data in _SYNTHETIC}
     real = config.unlabeled or config.train  # the refiner's images, hashed once for all seeds
@@ -658,12 +659,25 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
 
     kinds = {"refiner": "refiners", "refine": "refining", "detector": "detectors",
              "pseudo": "pseudo-labels"}
+    def trained_as(detector: str):
+        """The training config of a detector unit; a soup's is its first run's (its
+        members share one architecture, and it predicts as fast as any of them)."""
+        unit = by_name[detector]
+        while unit.cost[0] == "soup":  # its inputs: its runs, then its val images
+            unit = by_name[unit.inputs[0]]
+        return unit.cost[1]
+
     # seconds, units to run, units done, units that may stop early (patience: a plateau)
     totals = {k: [0.0, 0, 0, 0] for k in kinds}
     for unit in units:
         if unit.cost is None:
             continue
         kind = unit.cost[0]
+        if kind == "soup":  # averaging is free; choosing its threshold is one validation
+            if unit.name not in done:
+                totals["detector"][0] += val_megapixels(unit.inputs[-1]) * \
+                    timer.detector_forward_per_mpx(trained_as(unit.name), channels)
+            continue
         if unit.name in done:
             totals[kind][2] += 1
             continue
@@ -677,6 +691,8 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
         elif kind == "refiner":
             refine = unit.cost[1]
             seconds = refine.steps * timer.refiner_step(refine, channels)
+            if config.refine_minutes is not None:  # training stops at the time cap
+                seconds = min(seconds, 60.0 * config.refine_minutes)
             if refine.consistency > 0:
                 seconds += timer.judge_training(refine, channels)
         elif kind == "refine":
@@ -684,7 +700,7 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
             seconds = n * timer.refiner_images(unit.cost[1], channels, s.size)
         else:  # pseudo: the training images not drawn, 8 views each
             mpx = megapixels([train_shapes[i] for i in unit.cost[1]], DEFAULT_TILE, True)
-            teacher = by_name[unit.inputs[0]].cost[1]
+            teacher = trained_as(unit.inputs[0])
             seconds = 8 * mpx * timer.detector_forward_per_mpx(teacher, channels)
         totals[kind][0] += seconds
         totals[kind][1] += 1
@@ -699,7 +715,7 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
         if state is not None and state.data.get(name, {}).get("done"):
             eval_done += 1
             continue
-        train = by_name[detector].cost[1]
+        train = trained_as(detector)
         eval_seconds += (8 if tta else 1) * test_mpx * timer.detector_forward_per_mpx(
             train, channels)
         eval_runs += 1
