@@ -83,6 +83,9 @@ def test_experiment_runs_resumes_and_keeps_the_test_split_for_the_end(tmp_path, 
     assert events.index("predict") == 8  # every detector trained before the first test read
     settings = results["settings"]
     assert list(settings) == ["real_k1", "sim_only", "sim_ft_k1", "refined_only"]
+    # the steps each seed's refiner reached (all of its 2: no refine_minutes cap here)
+    assert settings["refined_only"]["refiner_steps"] == [config.refine.steps] * 2 == [2, 2]
+    assert "refiner_steps" not in settings["sim_ft_k1"]
     assert all(len(s["f1_50"]["per_seed"]) == 2 for s in settings.values())
     assert results["n_test_units"] == 2 * 4  # 2 test images in 2 x 2 tiles
     comparison = results["comparisons"]["sim_ft_k1 - real_k1"]

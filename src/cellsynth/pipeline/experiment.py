@@ -782,6 +782,11 @@ def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, stat
             "val_f1": [d.get("best_val_f1") for d in detectors],
             "score_thresh": [d.get("score_thresh") for d in detectors],
             "steps": [d.get("steps") for d in detectors]}
+        if st.data in _REFINED:  # steps its refiner reached: refine_minutes caps them by
+            # wall time, so they (and all after) vary with the machine and its load
+            settings[st.name]["refiner_steps"] = [
+                state.data.get(f"refiner{st.variant}/s{seed}", {}).get("summary", {})
+                .get("step") for seed in config.seeds]
         if st.soup:  # its detector per seed is the average of these runs
             settings[st.name] |= {"soup": True, "runs": [
                 state.data[detector_of[st.name, seed][0]]["summary"]["detectors"]
