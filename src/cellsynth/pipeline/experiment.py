@@ -291,6 +291,11 @@ class _Unit:
     cost: tuple | None = None
 
 
+def _refiner_unit(variant: str, seed: int) -> str:
+    """The unit (and folder) of the refiner of a refine variant at a seed."""
+    return f"refiner{variant}/s{seed}"
+
+
 def _draw(train: str, k: int | None, seed: int) -> tuple[list[int], list[int]]:
     """Indices of the k drawn training images and of the rest (numpy default_rng(seed))."""
     n = len(load_dataset(train, require_labels=True))
@@ -413,7 +418,7 @@ def _plan(config: ExperimentConfig, out: Path
                                      force=not resume, device=config.device,
                                      max_minutes=config.refine_minutes, progress=False)
                 return {"step": summary["step"], "steps_per_s": summary["steps_per_s"]}
-            refiner = add(_Unit(f"refiner{variant}/s{seed}", (sim,),
+            refiner = add(_Unit(_refiner_unit(variant, seed), (sim,),
                                 [to_dict(refine_config), real_contents,
                                  config.refine_minutes], fit, ("refiner", refine_config)))
 
@@ -785,8 +790,8 @@ def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, stat
         if st.data in _REFINED:  # steps its refiner reached: refine_minutes caps them by
             # wall time, so they (and all after) vary with the machine and its load
             settings[st.name]["refiner_steps"] = [
-                state.data.get(f"refiner{st.variant}/s{seed}", {}).get("summary", {})
-                .get("step") for seed in config.seeds]
+                state.data[_refiner_unit(st.variant, seed)]["summary"]["step"]
+                for seed in config.seeds]
         if st.soup:  # its detector per seed is the average of these runs
             settings[st.name] |= {"soup": True, "runs": [
                 state.data[detector_of[st.name, seed][0]]["summary"]["detectors"]
