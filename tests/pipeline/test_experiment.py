@@ -651,3 +651,15 @@ def test_estimate_prices_every_unit_still_to_run_and_writes_nothing(tmp_path, mo
     assert "detectors" in printed and "test predictions" in printed
     assert printed.strip().splitlines()[-1].split()[0] == "total"
     assert not (tmp_path / "new").exists()
+
+
+def test_a_wall_time_cap_on_refiners_is_named_as_what_makes_results_load_dependent(tmp_path):
+    config = _config(tmp_path)
+    assert any(s.data in experiment._REFINED for s in config.settings)
+    assert experiment.reproducibility_notes(config) == []  # steps fixed: nothing to say
+    (note,) = experiment.reproducibility_notes(replace(config, refine_minutes=20.0))
+    assert "refine_minutes: 20 " in note and "refine: {steps: N}" in note
+    # without a refined setting the cap trains nothing, so there is nothing to warn about
+    plain = replace(config, refine_minutes=20.0, settings=tuple(
+        s for s in config.settings if s.data not in experiment._REFINED), compare=())
+    assert experiment.reproducibility_notes(plain) == []

@@ -540,6 +540,17 @@ def select_settings(config: ExperimentConfig, names: list[str]) -> ExperimentCon
                                  if a in names and b in names))
 
 
+def reproducibility_notes(config: ExperimentConfig) -> list[str]:
+    """What makes this experiment's numbers depend on the machine that runs it, one line each
+    (printed when it starts): today, a refiner capped by wall time (``refine_minutes``)."""
+    if config.refine_minutes is None or not any(s.data in _REFINED for s in config.settings):
+        return []
+    return [f"note: refine_minutes: {config.refine_minutes:g} stops each refiner after that much "
+            "training time, so the steps it reaches (results.json: refiner_steps), and every "
+            "detector trained after it, depend on this machine and its load; for numbers "
+            "another machine reproduces, drop it and fix refine: {steps: N}"]
+
+
 def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) an experiment into ``out``; returns the summary in results.json."""
@@ -547,6 +558,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
 
     out = Path(out)
     check_experiment(config)  # lists the test folder; its pixels are read in phase 2 only
+    for line in reproducibility_notes(config):
+        log(line)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(out / layout.CONFIG, config)
     state = RunState(out)
