@@ -208,7 +208,7 @@ finetune: {{steps: 300, crop: 192, batch: 4, lr: {lr}, warmup: 5, val_every: 50{
 
 # On H&E (tcga_lgg, 3 of 28 images, refined pretraining, 3 seeds) the average of 5
 # fine-tunings gained +0.031 [+0.021, +0.040] F1@0.5 over one; against all 28 images -0.005
-# then -0.009 F1@0.5 (two refiners), -0.012 with TTA on both; docs/results.md "H# then -0.009 F1@0.5 (two refiners), -0.012 with TTA on both; docs/results.md "H&E: ..."E: with
+# then -0.009 F1@0.5 (two refiners), -0.012 with TTA on both; docs/results.md "H&E: with
 # the same TTA on both sides"
 _HE_SOUP = """\
 # 5 fine-tunings (other crops of the same images) with their weights averaged: +0.031 F1@0.5
