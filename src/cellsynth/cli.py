@@ -315,9 +315,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         load_experiment_config,
         run_experiment,
         select_settings,
+        subset_tag,
     )
 
-    config = load_experiment_config(args.config)
+    config = whole = load_experiment_config(args.config)
     if args.seeds is not None:
         config = replace(config, seeds=tuple(args.seeds))
     if args.settings is not None:
@@ -329,9 +330,16 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         machine = _estimate_machine(config.device, config.pretrain.precision)
         print(format_estimate(estimate_experiment(config, args.out), machine=machine))
         return 0
-    run_experiment(config, args.out, log=lambda line: print(line, flush=True))
-    print(f"experiment finished: {Path(args.out) / layout.RESULTS}, "
-          f"{Path(args.out) / 'results.md'}")
+    subset = subset_tag(whole, config)
+    run_experiment(config, args.out, log=lambda line: print(line, flush=True), subset=subset)
+    if subset is None:
+        print(f"experiment finished: {Path(args.out) / layout.RESULTS}, "
+              f"{Path(args.out) / 'results.md'}")
+    else:  # the whole experiment's summary is left as it was
+        print(f"part of the experiment finished ({subset}): "
+              f"{Path(args.out) / f'results.{subset}.json'}, "
+              f"{Path(args.out) / f'results.{subset}.md'}; run it with all its seeds and "
+              f"settings to pool everything into {layout.RESULTS} (nothing retrains)")
     return 0
 
 

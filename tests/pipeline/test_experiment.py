@@ -427,7 +427,7 @@ def test_the_table_shows_runs_and_their_spread(tmp_path):
         "twice": {"data": "simulated", "k": 1, "runs": [["d0", "d1"], ["d2", "d3"]],
                   **summarize(a)},
         "once": {"data": "simulated", "k": 1, **summarize(b)}}}
-    experiment._write_table(config, results, tmp_path)
+    experiment._write_table(config, results, tmp_path / "results.md")
     table = (tmp_path / "results.md").read_text()
     # F1@0.5 per seed: (1 + 2/3) / 2 and 1 -> 0.917 +- 0.118; the runs: variance 1/18 at
     # seed 0, 0 at seed 1, pooled sqrt(1/36) = 0.167
@@ -663,3 +663,67 @@ def test_a_wall_time_cap_on_refiners_is_named_as_what_makes_results_load_depende
     plain = replace(config, refine_minutes=20.0, settings=tuple(
         s for s in config.settings if s.data not in experiment._REFINED), compare=())
     assert experiment.reproducibility_notes(plain) == []
+
+
+def test_processes_sharing_a_folder_never_run_one_unit_twice(tmp_path):
+    # one seed split into two processes by --settings (as when one seed is late): both need
+    # the seed's simulation and zero-label detector and reach them at the same time
+    import threading
+
+    config = _config(tmp_path, seeds=(0,), compare=(),
+                     settings=(Setting("sim_only", "simulated", 0),
+                               Setting("sim_ft_k1", "simulated", 1)))
+    said: dict[str, list[str]] = {"sim_only": [], "sim_ft_k1": []}
+    errors: list[BaseException] = []
+
+    def one(name: str) -> None:
+        part = experiment.select_settings(config, [name])
+        try:
+            run_experiment(part, tmp_path / "exp", log=said[name].append,
+                           subset=experiment.subset_tag(config, part))
+        except BaseException as e:  # noqa: BLE001  (asserted empty in the test's thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in said]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    ran = [line.split(": ")[0].split("] ")[1] for lines in said.values() for line in lines
+           if line.endswith((": running", ": resuming"))]
+    assert len(ran) == len(set(ran)), sorted(ran)
+    # the shared units were needed by both, so one of the two waited for the other
+    assert any(line.endswith("another process is running it; waiting")
+               for lines in said.values() for line in lines)
+    state = json.loads((tmp_path / "exp" / "state.json").read_text())
+    assert set(ran) == {name for name, entry in state.items() if entry["done"]}
+    for name in said:
+        tag = experiment.subset_tag(config, experiment.select_settings(config, [name]))
+        part = json.loads((tmp_path / "exp" / f"results.{tag}.json").read_text())
+        assert list(part["settings"]) == [name] and part["subset"] == tag
+    assert not (tmp_path / "exp" / "results.json").exists()
+
+
+def test_a_part_of_an_experiment_leaves_the_whole_summary_as_it_was(tmp_path):
+    config = _config(tmp_path, settings=(Setting("real_k1", "real", 1),
+                                         Setting("sim_only", "simulated", 0)),
+                     compare=(("sim_only", "real_k1"),))
+    run_experiment(config, tmp_path / "exp", log=lambda _: None)
+    whole = {n: (tmp_path / "exp" / n).read_bytes()
+             for n in ("results.json", "results.md", "learning_curve.png", "config.yaml")}
+    part = experiment.select_settings(replace(config, seeds=(1,)), ["sim_only"])
+    tag = experiment.subset_tag(config, part)
+    assert tag is not None and tag.startswith("seeds-1_settings-")
+    said: list[str] = []
+    results = run_experiment(part, tmp_path / "exp", log=said.append, subset=tag)
+    assert not [line for line in said if "running" in line]  # all shared, nothing retrains
+    assert list(results["settings"]) == ["sim_only"] and results["seeds"] == [1]
+    for name, content in whole.items():
+        assert (tmp_path / "exp" / name).read_bytes() == content, name
+    assert json.loads((tmp_path / "exp" / f"results.{tag}.json").read_text())["seeds"] == [1]
+    assert "| sim_only |" in (tmp_path / "exp" / f"results.{tag}.md").read_text()
+    # the whole experiment and more seeds are no part; fewer seeds or settings are
+    assert experiment.subset_tag(config, config) is None
+    assert experiment.subset_tag(config, replace(config, seeds=(0, 1, 2))) is None
+    assert experiment.subset_tag(config, replace(config, seeds=(0,))) == "seeds-0"

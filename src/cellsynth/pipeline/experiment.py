@@ -45,13 +45,13 @@ from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import SimulateOptions
-from cellsynth.pipeline.run import RunState, content_fingerprint, fingerprint
+from cellsynth.pipeline.run import RunState, claim, content_fingerprint, fingerprint
 from cellsynth.refine.config import RefineConfig
 from cellsynth.segment.tiles import HALF_PIXEL
 from cellsynth.segment.trainer import TrainConfig
 
 __all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "select_settings",
-           "run_experiment", "estimate_experiment"]
+           "run_experiment", "estimate_experiment", "subset_tag"]
 
 _SYNTHETIC = ("simulated", "refined", "mixed")
 _REFINED = ("refined", "mixed")  # settings that need a refiner
@@ -551,9 +551,36 @@ def reproducibility_notes(config: ExperimentConfig) -> list[str]:
             "another machine reproduces, drop it and fix refine: {steps: N}"]
 
 
+def subset_tag(full: ExperimentConfig, config: ExperimentConfig) -> str | None:
+    """None if ``config`` runs all of ``full`` (its settings and at least its seeds), else a
+    short name for the part it runs: ``seeds-1``, ``settings-<hash>`` or both joined by
+    ``_``. A part writes its summary beside the whole experiment's, never over it."""
+    parts = []
+    if not set(config.seeds) >= set(full.seeds):
+        parts.append("seeds-" + "-".join(str(s) for s in config.seeds))
+    names = [s.name for s in config.settings]
+    if names != [s.name for s in full.settings]:
+        parts.append("settings-" + fingerprint(*names)[:8])
+    return "_".join(parts) or None
+
+
+def _outputs(subset: str | None) -> tuple[str, str, str]:
+    """results.json, results.md and learning_curve.png, or a part's own names for them."""
+    if subset is None:
+        return layout.RESULTS, "results.md", "learning_curve.png"
+    return f"results.{subset}.json", f"results.{subset}.md", f"learning_curve.{subset}.png"
+
+
 def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or continue) an experiment into ``out``; returns the summary in results.json."""
+                   log: Callable[[str], None] = print, subset: str | None = None
+                   ) -> dict[str, Any]:
+    """Run (or continue) an experiment into ``out``; returns the summary in results.json.
+
+    ``subset`` (see :func:`subset_tag`): this process runs only part of the experiment (some
+    seeds or settings, e.g. one seed per process side by side); its summary goes to
+    ``results.<subset>.json`` / ``.md`` / ``learning_curve.<subset>.png`` and the folder's
+    config.yaml is left as the whole experiment's. Processes sharing ``out`` claim each
+    unit while they run it (:func:`cellsynth.pipeline.run.claim`), so none is done twice."""
     from cellsynth.evaluate.matching import Matching
 
     out = Path(out)
@@ -561,7 +588,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
     for line in reproducibility_notes(config):
         log(line)
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml(out / layout.CONFIG, config)
+    if subset is None or not (out / layout.CONFIG).exists():
+        save_yaml(out / layout.CONFIG, config)
     state = RunState(out)
     units, detector_of = _plan(config, out)
     fingerprints: dict[str, str] = {}
@@ -571,16 +599,22 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
         unit_fingerprint = fingerprint(unit.name, unit.options, train_contents,
                                        [fingerprints[i] for i in unit.inputs])
         fingerprints[unit.name] = unit_fingerprint
-        status = state.status(unit.name, unit_fingerprint)
-        if status == "done":
+        if state.status(unit.name, unit_fingerprint) == "done":
             return
-        doing = "resuming" if status == "interrupted" else "running"
-        log(f"[{index}/{total}] {unit.name}: {doing}")
-        state.mark(unit.name, unit_fingerprint, done=False)
-        started = time.perf_counter()
-        summary = unit.run(out / unit.name, status == "interrupted")
-        seconds = round(time.perf_counter() - started, 1)
-        state.mark(unit.name, unit_fingerprint, done=True, summary=summary, seconds=seconds)
+        with claim(out, unit.name, on_wait=lambda: log(
+                f"[{index}/{total}] {unit.name}: another process is running it; waiting")):
+            state.reload()  # what the process that held it recorded
+            status = state.status(unit.name, unit_fingerprint)
+            if status == "done":
+                return
+            doing = "resuming" if status == "interrupted" else "running"
+            log(f"[{index}/{total}] {unit.name}: {doing}")
+            state.mark(unit.name, unit_fingerprint, done=False)
+            started = time.perf_counter()
+            summary = unit.run(out / unit.name, status == "interrupted")
+            seconds = round(time.perf_counter() - started, 1)
+            state.mark(unit.name, unit_fingerprint, done=True, summary=summary,
+                       seconds=seconds)
         log(f"[{index}/{total}] {unit.name}: done in {seconds / 60:.1f} min")
 
     # phase 1: everything that trains or chooses; the test split is not opened
@@ -612,9 +646,12 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
                                         for u in state.data[name]["summary"]["units"]]
         per_cell.setdefault((setting, seed), []).append(evaluated[detector, tta])
     results = _summarize(config, per_cell, detector_of, state)
-    write_json(out / layout.RESULTS, results)
-    _write_table(config, results, out)
-    _plot(config, results, out)
+    if subset is not None:
+        results["subset"] = subset
+    json_name, table_name, plot_name = _outputs(subset)
+    write_json(out / json_name, results)
+    _write_table(config, results, out / table_name)
+    _plot(config, results, out / plot_name)
     for name, r in results["settings"].items():
         log(f"{name}: F1@0.5 {r['f1_50']['mean']:.3f} +- {r['f1_50']['std']:.3f}, "
             f"F1avg {r['f1_avg']['mean']:.3f} +- {r['f1_avg']['std']:.3f}")
@@ -822,7 +859,7 @@ def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, stat
             "config": to_dict(config)}
 
 
-def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
+def _write_table(config: ExperimentConfig, results: dict[str, Any], path: Path) -> None:
     from cellsynth.io.files import atomic_path
 
     several = any("runs" in r for r in results["settings"].values())
@@ -854,7 +891,7 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], out: Path) -
     text = (f"# {config.name}\n\nseeds {list(config.seeds)}, {spread}; test "
             f"{config.test} ({results['n_test_units']} bootstrap units)\n\n"
             + "\n".join(rows) + "\n")
-    with atomic_path(out / "results.md") as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
@@ -895,7 +932,7 @@ def _curve_points(results: dict[str, Any], n_train: int
     return out
 
 
-def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
+def _plot(config: ExperimentConfig, results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -924,6 +961,6 @@ def _plot(config: ExperimentConfig, results: dict[str, Any], out: Path) -> None:
                  else f"{config.name}: seed {seeds[0]} only (no spread)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2 if len(curves) > 6 else 1)
-    with atomic_path(out / "learning_curve.png") as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)

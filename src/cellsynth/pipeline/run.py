@@ -12,11 +12,12 @@ changes nothing; editing one of its files redoes what depends on it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from cellsynth.io.files import write_json
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
 
-__all__ = ["run", "fingerprint", "content_fingerprint", "stage_fingerprints", "RunState"]
+__all__ = ["run", "fingerprint", "content_fingerprint", "stage_fingerprints", "RunState",
+           "claim"]
 
 # files up to this size are fingerprinted by their bytes, larger ones by size and mtime
 HASH_BYTES_UP_TO = 1 << 20
@@ -72,6 +74,10 @@ class RunState:
         self.path = root / layout.STATE
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
 
+    def reload(self) -> None:
+        """Read state.json again: another process sharing the folder may have recorded more."""
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+
     def status(self, name: str, fingerprint: str) -> str:
         """"new", "interrupted" (started, same fingerprint) or "done"."""
         entry = self.data.get(name)
@@ -90,6 +96,30 @@ class RunState:
             on_disk[name] = {"fingerprint": fingerprint, "done": done, **info}
             write_json(self.path, on_disk)
         self.data = on_disk
+
+
+@contextlib.contextmanager
+def claim(root: Path, name: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold ``name`` (a stage or an experiment's work unit) for this process while it runs:
+    several processes sharing a folder (an experiment's seeds side by side) then never do the
+    same unit twice; one that reaches a held unit waits (``on_wait`` is called once) and
+    afterwards finds it done in state.json. The hold is an advisory lock on
+    ``root/.claims/<name>.lock``; it ends with the process, so a killed unit can be resumed."""
+    folder = root / ".claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / (name.replace("/", "__") + ".lock"), "a") as lock:
+        if fcntl is not None:  # POSIX; elsewhere no claim (one process per folder)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def stage_fingerprints(config: PipelineConfig, plan: list) -> dict[str, str]:
