@@ -1,6 +1,7 @@
 """Exceptions for user-facing problems; the CLI prints them as one line, never a traceback."""
 
-__all__ = ["CellsynthError", "ImageReadError", "DatasetError", "ConfigError", "OutputExistsError"]
+__all__ = ["CellsynthError", "ImageReadError", "DatasetError", "ConfigError", "OutputExistsError",
+           "FolderBusyError"]
 
 
 class CellsynthError(Exception):
@@ -21,3 +22,7 @@ class ConfigError(CellsynthError):
 
 class OutputExistsError(CellsynthError):
     """An output folder exists and is not empty, and ``force`` was not given."""
+
+
+class FolderBusyError(CellsynthError):
+    """Another process is working in the output folder that this one would write."""

@@ -310,6 +310,38 @@ def test_two_processes_sharing_a_run_folder_keep_each_others_entries(tmp_path):
     assert on_disk.data["evaluations/a"]["summary"] == {"units": [1]}
 
 
+def test_a_second_run_in_a_busy_folder_is_refused_in_one_line(tmp_path, monkeypatch):
+    # two `cellsynth run` in one folder would train the same stage into the same files
+    import threading
+
+    from cellsynth.errors import FolderBusyError
+    from cellsynth.pipeline.run import claim
+
+    config = _config(_real(tmp_path / "real"))
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setattr(stages, "plan", lambda cfg: [])  # nothing to do once allowed in
+    raised: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            run(config, out, progress=False, log=lambda _: None)
+        except BaseException as e:  # noqa: BLE001  (its type is asserted below)
+            raised.append(e)
+
+    with claim(out, "run"):  # what the other process holds while it works
+        t = threading.Thread(target=second, daemon=True)
+        t.start()
+        t.join(timeout=30)
+        assert not t.is_alive(), "the second run waited instead of refusing"
+        assert len(raised) == 1 and isinstance(raised[0], FolderBusyError), raised
+        message = str(raised[0])
+        assert "another cellsynth run is working" in message and str(out) in message
+        assert "\n" not in message
+        assert not (out / "state.json").exists()  # refused before writing anything
+    assert run(config, out, progress=False, log=lambda _: None) == {}  # free again
+
+
 def test_select_trains_and_validates_on_the_chosen_annotated_images_only(tmp_path):
     from cellsynth.errors import ConfigError
     from cellsynth.pipeline.config import check_inputs

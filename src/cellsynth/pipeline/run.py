@@ -27,6 +27,7 @@ except ImportError:  # Windows
     fcntl = None
 
 from cellsynth.config import save_yaml
+from cellsynth.errors import FolderBusyError
 from cellsynth.io.files import write_json
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
@@ -99,12 +100,15 @@ class RunState:
 
 
 @contextlib.contextmanager
-def claim(root: Path, name: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+def claim(root: Path, name: str, on_wait: Callable[[], None] | None = None, *,
+          busy: str | None = None) -> Iterator[None]:
     """Hold ``name`` (a stage or an experiment's work unit) for this process while it runs:
     several processes sharing a folder (an experiment's seeds side by side) then never do the
     same unit twice; one that reaches a held unit waits (``on_wait`` is called once) and
-    afterwards finds it done in state.json. The hold is an advisory lock on
-    ``root/.claims/<name>.lock``; it ends with the process, so a killed unit can be resumed."""
+    afterwards finds it done in state.json, or, given ``busy``, raises
+    :class:`FolderBusyError` with that message instead of waiting. The hold is an advisory
+    lock on ``root/.claims/<name>.lock``; it ends with the process, so a killed unit can be
+    resumed."""
     folder = root / ".claims"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / (name.replace("/", "__") + ".lock"), "a") as lock:
@@ -112,6 +116,8 @@ def claim(root: Path, name: str, on_wait: Callable[[], None] | None = None) -> I
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if busy is not None:
+                    raise FolderBusyError(busy) from None
                 if on_wait is not None:
                     on_wait()
                 fcntl.flock(lock, fcntl.LOCK_EX)
@@ -137,12 +143,20 @@ def stage_fingerprints(config: PipelineConfig, plan: list) -> dict[str, str]:
 
 def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or continue) the whole pipeline into ``out``; returns the stages' summaries."""
-    from cellsynth.pipeline import stages
-
+    """Run (or continue) the whole pipeline into ``out``; returns the stages' summaries.
+    One process at a time per folder: a second one gets :class:`FolderBusyError`."""
     out = Path(out)
     check_inputs(config)
     out.mkdir(parents=True, exist_ok=True)
+    with claim(out, "run", busy=f"{out}: another cellsynth run is working in this folder; "
+                                "let it finish (or stop it) or choose another --out"):
+        return _run(config, out, progress=progress, log=log)
+
+
+def _run(config: PipelineConfig, out: Path, *, progress: bool,
+         log: Callable[[str], None]) -> dict[str, Any]:
+    from cellsynth.pipeline import stages
+
     save_yaml(out / layout.CONFIG, config)
     state = RunState(out)
     plan = stages.plan(config)
