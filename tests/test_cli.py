@@ -221,3 +221,15 @@ def test_train_takes_its_batch_workers_from_the_command_line(tmp_path, monkeypat
     with pytest.raises(SystemExit) as refused:  # argparse's one-line refusal
         main(args + ["--workers", "-1"])
     assert refused.value.code == 2 and "config" not in seen
+
+
+def test_a_file_no_reader_recognises_gets_one_line_and_no_reader_chatter(tmp_path, capsys):
+    # imageio tries every plugin on such a file; some warn on the way (a deprecated DICOM
+    # reader, files they left open): the user should see the file and the problem only
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "scan.png").write_text("not an image\n")
+    assert main(["inspect", str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("cellsynth inspect: error:") and "scan.png" in err
+    assert "not a PNG image" in err

@@ -9,6 +9,7 @@ arrays, 0 = background. Every problem raises :class:`ImageReadError` naming the 
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from pathlib import Path
@@ -79,17 +80,44 @@ def _read_array(path: Path) -> np.ndarray:
             f"{path}: unsupported file type {suffix!r} "
             f"(expected one of {', '.join(IMAGE_SUFFIXES)})"
         )
-    try:
-        if suffix in TIFF_SUFFIXES:
+    if suffix in TIFF_SUFFIXES:
+        try:
             import tifffile
 
             return np.asarray(tifffile.imread(path))
-        import imageio.v3 as iio
+        except Exception as err:  # the readers raise many types for corrupt files
+            raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
+                                 f"{_reason(err)}") from err
+    return _read_imageio(path)
 
-        return np.asarray(iio.imread(path))
-    except Exception as err:  # the readers raise many types for corrupt files
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): {reason}") from err
+
+def _reason(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _read_imageio(path: Path) -> np.ndarray:
+    """PNG / JPEG / BMP through imageio. A file no plugin can open makes imageio try them
+    all, and some say so on the way (a deprecated DICOM plugin, files left open): those
+    notes are dropped, so a corrupt file gets its one line and nothing else."""
+    import imageio.v3 as iio
+
+    reason = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            image = np.asarray(iio.imread(path))
+        except Exception as err:  # the plugins raise many types for corrupt files
+            reason = _reason(err)
+            if reason.startswith("Could not find a backend"):  # imageio's, naming no cause
+                reason = f"not a {path.suffix.lower()[1:].upper()} image any reader recognises"
+        if reason is not None:
+            gc.collect()  # the failed plugins' open files are closed (and warn) in here
+    if reason is not None:
+        raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): {reason}")
+    for w in caught:  # what a successful read had to say still reaches the user
+        if not issubclass(w.category, (DeprecationWarning, ResourceWarning)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return image
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
