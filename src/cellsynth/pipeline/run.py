@@ -73,7 +73,8 @@ class RunState:
 
     def __init__(self, root: Path):
         self.path = root / layout.STATE
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data: dict[str, Any] = {}
+        self.reload()
 
     def reload(self) -> None:
         """Read state.json again: another process sharing the folder may have recorded more."""
