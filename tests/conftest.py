@@ -73,3 +73,17 @@ def trained_detector(tmp_path_factory) -> tuple[Path, Path]:
                          augment=Augment(enabled=False))
     train(config, [sim], root / "run", progress=False)
     return root / "run", sim
+
+
+class ScriptedThreads:
+    """A ThreadGovernor whose count follows ``plan``: {steps done: threads from then on}."""
+
+    plan: dict[int, int] = {}
+
+    def __init__(self, *args, **kwargs):
+        self.threads, self.done = self.plan[0], 0
+
+    def tick(self) -> int:
+        self.threads = self.plan.get(self.done, self.threads)
+        self.done += 1
+        return self.threads

@@ -6,6 +6,7 @@ import torch
 from cellsynth.errors import ConfigError, OutputExistsError
 from cellsynth.refine import RefineConfig, fit, refine_config
 from cellsynth.refine.trainer import new_state, train_step
+from tests.conftest import ScriptedThreads
 
 
 def _log(run):
@@ -108,6 +109,21 @@ def test_resume_continues_exactly(tiny, sim_dir, real_dir, tmp_path, options):
     for a, b in zip(straight, resumed):
         for key in ("d", "g_adv", "self_reg", "g"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["step"], key)
+
+
+def test_run_json_records_the_thread_counts_a_refiner_trained_with(tiny, sim_dir, real_dir,
+                                                                   tmp_path, monkeypatch):
+    import importlib
+
+    fit_module = importlib.import_module("cellsynth.refine.fit")
+    run = tmp_path / "run"
+    monkeypatch.setattr(fit_module, "ThreadGovernor", ScriptedThreads)
+    monkeypatch.setattr(ScriptedThreads, "plan", {0: 1, 1: 2})
+    fit(RefineConfig(**{**tiny.__dict__, "steps": 2}), sim_dir, real_dir, run, progress=False)
+    assert json.loads((run / "run.json").read_text())["torch_threads"] == [[0, 1], [1, 2]]
+    monkeypatch.setattr(ScriptedThreads, "plan", {0: 1})
+    fit(tiny, sim_dir, real_dir, run, resume=True, progress=False)
+    assert json.loads((run / "run.json").read_text())["torch_threads"] == [[0, 1], [1, 2], [2, 1]]
 
 
 def test_the_time_budget_counts_the_runs_a_resume_continues(tiny, sim_dir, real_dir,

@@ -17,7 +17,7 @@ from cellsynth.segment import trainer
 from cellsynth.segment.data import Augment
 from cellsynth.segment.trainer import TrainConfig, train
 from cellsynth.simulate import preset, write_simulation
-from tests.conftest import make_dataset
+from tests.conftest import ScriptedThreads, make_dataset
 
 TINY = dict(crop=64, batch=2, samples=32, order=4, refinement_iterations=1, val_every=1000)
 
@@ -335,6 +335,21 @@ def test_resume_may_run_longer_but_not_differently(sim, tmp_path):
     assert torch.__version__.startswith(info["torch_version"])
     with pytest.raises(CellsynthError, match="cannot resume with a different lr"):
         train(TrainConfig(steps=4, lr=5e-3, **TINY), [sim], run, resume=True, progress=False)
+
+
+def test_run_json_records_the_thread_counts_a_run_trained_with(sim, tmp_path, monkeypatch):
+    """Float sums follow the thread count, so a run repeats exactly only with the same counts
+    at the same steps: run.json keeps them, and a resume drops those of the steps it redoes."""
+    run = tmp_path / "run"
+    config = TrainConfig(steps=6, checkpoint_every=2, **TINY)
+    monkeypatch.setattr(trainer, "ThreadGovernor", ScriptedThreads)
+    monkeypatch.setattr(ScriptedThreads, "plan", {0: 1, 3: 2, 4: 1})
+    with _at_batch(monkeypatch, 5, _die), pytest.raises(KeyboardInterrupt):
+        train(config, [sim], run, progress=False)  # dies after step 4's save
+    assert json.loads((run / "run.json").read_text())["torch_threads"] == [[0, 1], [3, 2], [4, 1]]
+    monkeypatch.setattr(ScriptedThreads, "plan", {0: 3})
+    train(config, [sim], run, resume=True, progress=False)
+    assert json.loads((run / "run.json").read_text())["torch_threads"] == [[0, 1], [3, 2], [4, 3]]
 
 
 def test_training_leaves_the_callers_random_state_alone(sim, tmp_path):

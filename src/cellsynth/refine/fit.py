@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ import torch
 
 from cellsynth.config import save_yaml, to_dict
 from cellsynth.errors import ConfigError
-from cellsynth.hardware import ThreadGovernor, resolve_device
+from cellsynth.hardware import ThreadGovernor, ThreadHistory, resolve_device
 from cellsynth.io.files import (
     JsonLog,
     check_resume_config,
@@ -163,14 +164,18 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
     prepare_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT)
     threads = ThreadGovernor()
     save_yaml(out / layout.CONFIG, config)
-    write_json(out / layout.RUN_INFO, {
+    info_path = out / layout.RUN_INFO
+    first = json.loads(info_path.read_text()) if resume and info_path.is_file() else {}
+    history = ThreadHistory(first.get("torch_threads"), state.step, threads.threads)
+    info = {
         **versions(), "stage": "fit-refiner",
         "sim": str(Path(sim_dir).resolve()), "real": str(Path(real_dir).resolve()),
         "device": str(state.device), "precision": "bf16" if state.bf16 else "fp32",
         "channels": sim.channels, "sim_pixel_size_um": sim.pixel_size_um,
         "n_sim": len(sim.images), "n_real": len(real.images), "notes": real.notes,
-        "torch_threads": torch.get_num_threads(),
-    })
+        "torch_threads": history.entries,  # a list that grows as the count changes
+    }
+    write_json(info_path, info)
     samples = _Samples(sim, real, config.seed)
     started = time.perf_counter()
     first_step, losses, trained_before = state.step, {}, state.seconds
@@ -189,7 +194,8 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
         log = JsonLog(out / LOG, keep_until=state.step if resume else None)
         with bar, contextlib.closing(log), stop_between_steps() as stop:
             while state.step < config.steps and (budget is None or state.seconds <= budget):
-                threads.tick()
+                if history.update(state.step, threads.tick()):
+                    write_json(info_path, info)  # results depend on the thread count
                 sim_crops, labels = sim.sample(config.batch, state.crop_rng)
                 real_crops = real.sample(config.batch * config.d_steps, state.crop_rng)
                 losses = train_step(state, sim_crops, labels, real_crops)

@@ -27,7 +27,13 @@ import torch
 
 from cellsynth.config import ADDED, from_dict, save_yaml, to_dict
 from cellsynth.errors import CellsynthError, ConfigError
-from cellsynth.hardware import ThreadGovernor, announce, choose_precision, resolve_device
+from cellsynth.hardware import (
+    ThreadGovernor,
+    ThreadHistory,
+    announce,
+    choose_precision,
+    resolve_device,
+)
 from cellsynth.io.files import (
     JsonLog,
     check_resume_config,
@@ -461,11 +467,15 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
         prepare_run_dir(out, resume=resume, force=force)
     if world > 1:
         torch.distributed.barrier()
+    threads = ThreadGovernor(workers=world if world > 1 else None)
+    info_path = out / layout.RUN_INFO
+    info: dict[str, Any] = {}
+    history: ThreadHistory | None = None
     if rank == 0:  # a resumed run may have changed steps: record what it runs with now
         save_yaml(out / layout.CONFIG, config)
-        info_path = out / layout.RUN_INFO
         first = json.loads(info_path.read_text()) if resume and info_path.is_file() else {}
-        write_json(info_path, {
+        history = ThreadHistory(first.get("torch_threads"), step, threads.threads)
+        info = {
             **versions(), "stage": "train",
             "data": [str(Path(d).resolve()) for d in data],
             **({"replay": [str(Path(d).resolve()) for d in replay],
@@ -477,7 +487,9 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                                      file_sha256(start[0]) if start is not None else None),
             "resumed_at_steps": first.get("resumed_at_steps", []) + ([step] if resume else []),
             "device": config.device, "precision": precision.name, "world_size": world,
-            "n_images": len(items), "n_val_images": len(val_items)})
+            "torch_threads": history.entries,  # a list that grows as the count changes
+            "n_images": len(items), "n_val_images": len(val_items)}
+        write_json(info_path, info)
     average = _Average(spec, model, config.ema, precision.name) if config.ema else None
     if average is not None and resume:
         average.model.load_state_dict(ckpt["model"])
@@ -512,7 +524,6 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                          # plain celldetection users: cd.load_model(RUN/best.pt)
                          **celldetection_format(scored, weights, score_thresh=score_thresh)})
 
-    threads = ThreadGovernor(workers=world if world > 1 else None)
     _train_mode(model)
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step",
                disable=not progress or rank != 0)
@@ -532,7 +543,9 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     try:
         with stop_between_steps() as stop:
             while step < config.steps and not plateau():
-                threads.tick()
+                n = threads.tick()
+                if history is not None and history.update(step, n):
+                    write_json(info_path, info)  # results depend on the thread count
                 step, loss_value = _train_step(net, optimizer, scheduler, batches, model,
                                                config, step, log, bar, average)
                 if val_items and (step % config.val_every == 0 or step == config.steps):
