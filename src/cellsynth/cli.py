@@ -189,7 +189,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              channel=args.channel, level=args.level,
                              pixel_size_um=args.pixel_size, labels_as=args.labels,
                              tta=args.tta, progress=not args.quiet,
-                             faint_from=args.faint_from,
+                             faint_from=args.faint_from, nms_thresh=args.nms,
                              **({} if args.faint_percentile is None
                                 else {"faint_percentile": args.faint_percentile}),
                              **({} if args.empty_contrast is None
@@ -547,6 +547,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="tiles per forward pass (default: ~1 megapixel's worth)")
     p.add_argument("--score-thresh", type=_score, help="override the validated threshold "
                    "(0-1)")
+    p.add_argument("--nms", type=_score, metavar="IOU",
+                   help="a proposal whose box overlaps a better one by more than this IoU is "
+                        "dropped as the same cell (default: the detector's, 0.2; raise it for "
+                        "packed cells)")
     _add_device(p)
     _add_precision(p, default="auto", int8=True)
     _add_channel(p, "use only this channel (0-based) of multi-channel images (default: the "

@@ -82,6 +82,7 @@ def test_channel_selects_the_nuclei_of_a_composite(model, tmp_path, capsys):
     (["--score-thresh", "5"], "expected a score between 0 and 1, got 5.0"),
     (["--tile", "64", "--overlap", "64"], "--overlap 64 must be smaller than --tile 64"),
     (["--device", "cuda:3"], "device 'cuda:3' requested but"),
+    (["--nms", "0"], "the NMS threshold must be in (0, 1], got 0.0"),
 ])
 def test_predict_refuses_bad_options_in_one_line(model, tmp_path, capsys, args, message):
     from cellsynth.cli import main
@@ -238,6 +239,20 @@ def test_predict_writes_a_detections_table(model, tmp_path):
         ys, xs = np.nonzero(labels == cell)
         assert float(row["centroid_y"]) == pytest.approx(ys.mean(), abs=0.01)
         assert (int(row["bbox_y0"]), int(row["bbox_x1"])) == (ys.min(), xs.max() + 1)
+
+
+def test_a_higher_nms_threshold_keeps_touching_cells_and_is_recorded(model, tmp_path):
+    run, sim = model
+    found = {}
+    for nms in (None, 0.01, 0.9):
+        out = tmp_path / f"nms-{nms}"
+        predict_folder(run, sim / "images", out, score_thresh=0.3, precision="fp32",
+                       nms_thresh=nms, progress=False)
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["nms_thresh"] == (0.2 if nms is None else nms)  # None: celldetection's
+        found[nms] = meta["n_instances"]
+    # boxes of neighbouring cells overlap a little: an NMS at IoU 0.01 takes them for one
+    assert found[0.01] < found[None] <= found[0.9], found
 
 
 def test_the_detections_table_counted_in_bands_equals_counted_whole():

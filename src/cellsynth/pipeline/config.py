@@ -115,8 +115,13 @@ class PredictOptions:
     # intensity, for bright cells) in real.val, else real.train (0: off; segment/faint.py).
     # 5 on Nissl with 2 images: +0.011 F1@0.5, +0.008 F1avg on the test split (3 seeds)
     faint_percentile: float = field(default=0.0, metadata=ADDED)
+    # box IoU above which a proposal is dropped as the same cell as a better one (None: the
+    # detector's, celldetection's 0.2; segment/predict.py set_nms)
+    nms: float | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
+        if self.nms is not None and not 0.0 < self.nms <= 1.0:
+            raise ValueError(f"predict.nms must be in (0, 1], got {self.nms}")
         if not 0.0 <= self.faint_percentile < 100.0:
             raise ValueError(f"predict.faint_percentile must be in [0, 100), got "
                              f"{self.faint_percentile}")

@@ -423,7 +423,8 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
                              device=config.device, force=True,
                              progress=kw["progress"],
                              empty_contrast=config.predict.empty_contrast,
-                             precision=config.predict.precision)
+                             precision=config.predict.precision,
+                             nms_thresh=config.predict.nms)
     if _real_scale(config) != 1.0:  # back to the original images' pixels
         for sample in real_samples(config, role):
             path = out / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"

@@ -57,7 +57,7 @@ from cellsynth.segment.tiles import (
 from cellsynth.segment.tta import VIEWS, Dihedral, merge_views, to_image_coordinates
 from cellsynth.viz import contour_overlay
 
-__all__ = ["Detector", "checkpoint_path", "read_detector_checkpoint", "load_detector",
+__all__ = ["Detector", "checkpoint_path", "read_detector_checkpoint", "load_detector", "set_nms",
            "make_predictor", "image_proposals", "predict_image", "predict_folder",
            "detections_table", "tiling"]
 
@@ -239,6 +239,18 @@ def score_floor(detector: Detector, score_thresh: float | None, tta: bool) -> fl
     thresh = detector.score_thresh if score_thresh is None else score_thresh
     # a hair below: the CPN keeps scores strictly above its floor, painting keeps >= thresh
     return _SCORE_FLOOR if tta else max(_SCORE_FLOOR, float(thresh) - 1e-6)
+
+
+def set_nms(detector: Detector, nms_thresh: float | None) -> None:
+    """Proposals whose boxes overlap a better-scoring one by IoU above ``nms_thresh`` are
+    dropped as the same cell (celldetection's NMS; None keeps the detector's, 0.2 unless set
+    otherwise). Somata packed in clusters have boxes that overlap more than 0.2: on the
+    Nissl development images 0.5 found more of them (docs/results.md, "NMS")."""
+    if nms_thresh is None:
+        return
+    if not 0.0 < nms_thresh <= 1.0:
+        raise ConfigError(f"the NMS threshold must be in (0, 1], got {nms_thresh}")
+    detector.model.nms_thresh = float(nms_thresh)
 
 
 def make_predictor(detector: Detector, *, device: str = "cpu",
@@ -471,7 +483,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                    tta: bool = False, progress: bool = True,
                    empty_contrast: float = EMPTY_CONTRAST,
                    faint_from: str | os.PathLike | None = None,
-                   faint_percentile: float = FAINT_PERCENTILE) -> dict[str, Any]:
+                   faint_percentile: float = FAINT_PERCENTILE,
+                   nms_thresh: float | None = None) -> dict[str, Any]:
     """Predict every image of a folder; write ``labels/``, ``overlays/``, ``detections/``
     (one CSV per image: id, centroid, area, score, bounding box) and meta.json.
 
@@ -486,7 +499,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     :func:`predict_image`. ``faint_from``: an annotated dataset folder; detections fainter
     than the ``faint_percentile``-th percentile of its annotated cells' mean signal are
     dropped (:mod:`cellsynth.segment.faint`; the images normalised as the detector was
-    trained).
+    trained). ``nms_thresh``: see :func:`set_nms`.
     """
     from tqdm.auto import tqdm
 
@@ -496,6 +509,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     detector = load_detector(run, device=device,  # int8 starts from fp32, says its own line
                              precision="fp32" if precision == "int8" else precision,
                              say_precision=precision != "int8")
+    set_nms(detector, nms_thresh)
     tile, batch = tiling(detector, tile, batch)
     if overlap >= tile:  # the tile given, or the default one
         raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
@@ -537,7 +551,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     "mtime_ns": stat.st_mtime_ns, "level": level, "tile": tile,
                     "overlap": overlap, "channel": channel, "pixel_size_um": px,
                     "score_floor": score_floor(detector, score_thresh, tta),
-                    "empty_contrast": empty_contrast, **({"tta": True} if tta else {})})
+                    "empty_contrast": empty_contrast, **({"tta": True} if tta else {}),
+                    **({"nms_thresh": nms_thresh} if nms_thresh is not None else {})})
                 count = TileCount()
                 labels, id_scores = predict_image(
                     detector, image, tile=tile, overlap=overlap, batch=batch,
@@ -583,6 +598,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             "n_images": len(inputs), "n_instances": n_cells, "tta": tta,
             "precision": detector.precision,
             "empty_contrast": empty_contrast,
+            "nms_thresh": float(detector.model.nms_thresh),
             "faint": cut.to_dict() if cut is not None else None,
             "faint_from": str(Path(faint_from).resolve()) if cut is not None else None,
             "n_faint_dropped": n_faint})
