@@ -16,9 +16,9 @@ that a user would otherwise look up:
 
   - ``accurate`` (``configs/nissl-k2.yaml``): no refiner, 2500 pretraining steps on the
     plain simulation chosen on held-out simulated images, 5 fine-tunings of 240 steps
-    averaged (soup), detections paler than 95 % of the annotated cells dropped (Nissl
-    only); on Nissl with 2 images 0.744 / 0.521 F1@0.5 / F1avg (3 seeds), 31 min on 2 cores
-    with native bf16;
+    averaged (soup), detections paler than 95 % of the annotated cells dropped and box NMS
+    at IoU 0.5 (Nissl only); on Nissl with 2 images 0.756 / 0.516 F1@0.5 / F1avg (3 seeds),
+    31-59 min on 2 cores with native bf16;
   - ``fast`` (``configs/nissl-k2-fast.yaml``): the refiner, 600 pretraining steps on its
     images, one fine-tuning of 300 steps; 0.723 / 0.450, 12.5 min with native bf16, 74
     without. On H&E 5 fine-tunings averaged (soup): +0.031 F1@0.5 over one with 3
@@ -252,8 +252,8 @@ GPU_WORKERS = 4
 
 
 _RECIPE_LINES = {
-    "accurate": ("the accurate few-annotation recipe (configs/nissl-k2.yaml: 0.744 / 0.521 "
-                 "F1@0.5 / F1avg on Nissl with 2 images, 31 min on 2 CPU cores with native "
+    "accurate": ("the accurate few-annotation recipe (configs/nissl-k2.yaml: 0.756 / 0.516 "
+                 "F1@0.5 / F1avg on Nissl with 2 images, 31-59 min on 2 CPU cores with native "
                  "bf16; `cellsynth init --recipe fast` for the 2.5x faster one)"),
     "fast": ("the fast few-annotation recipe (configs/nissl-k2-fast.yaml: 0.723 / 0.450 on "
              "Nissl with 2 images, 12.5 min on 2 CPU cores with native bf16; `cellsynth init "
@@ -319,8 +319,11 @@ def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGue
         text += _ZERO_LABEL.format(workers=workers)
     if recipe == "accurate" and stain.preset == "nissl":
         text += ("# faint_percentile: detections paler than 95 % of the annotated cells are "
-                 "dropped\n# (+0.011 F1@0.5 and +0.008 F1avg on Nissl with 2 images)\n"
-                 "predict: {overlap: 96, tta: true, faint_percentile: 5}   # TTA: 8 views vote\n")
+                 "dropped\n# (+0.011 F1@0.5 and +0.008 F1avg on Nissl with 2 images); nms: "
+                 "packed somata whose boxes\n# overlap by IoU <= 0.5 stay apart (+0.008 F1@0.5; "
+                 "celldetection's default 0.2)\n"
+                 "predict: {overlap: 96, tta: true, faint_percentile: 5, nms: 0.5}   "
+                 "# TTA: 8 views vote\n")
     else:
         text += "predict: {overlap: 96, tta: true}   # 8 views vote (8x the prediction time)\n"
     text += "realism: {enabled: false}   # `cellsynth realism` runs the C2ST apart\n"

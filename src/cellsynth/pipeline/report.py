@@ -254,9 +254,13 @@ def _prediction_note(run: Path) -> str:
     path = run / layout.PREDICT / layout.META
     if not path.is_file():
         return ""
+    from cellsynth.segment.predict import CPN_NMS
+
     meta = json.loads(path.read_text())
     command = (f"cellsynth predict --detector {meta['model']} --images YOUR_IMAGES --out "
                f"predictions" + (" --tta" if meta.get("tta") else ""))
+    if meta.get("nms_thresh") not in (None, CPN_NMS):  # set by predict.nms
+        command += f" --nms {meta['nms_thresh']:g}"
     text = ""
     faint = meta.get("faint")
     if faint:

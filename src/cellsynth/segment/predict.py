@@ -57,9 +57,9 @@ from cellsynth.segment.tiles import (
 from cellsynth.segment.tta import VIEWS, Dihedral, merge_views, to_image_coordinates
 from cellsynth.viz import contour_overlay
 
-__all__ = ["Detector", "checkpoint_path", "read_detector_checkpoint", "load_detector", "set_nms",
-           "make_predictor", "image_proposals", "predict_image", "predict_folder",
-           "detections_table", "tiling"]
+__all__ = ["Detector", "checkpoint_path", "read_detector_checkpoint", "load_detector",
+           "set_nms", "CPN_NMS", "make_predictor", "image_proposals", "predict_image",
+           "predict_folder", "detections_table", "tiling"]
 
 LAZY_PIXELS = 8192 * 8192
 _MULTIPLE = 32       # the U-Net backbones need sizes divisible by this
@@ -241,11 +241,14 @@ def score_floor(detector: Detector, score_thresh: float | None, tta: bool) -> fl
     return _SCORE_FLOOR if tta else max(_SCORE_FLOOR, float(thresh) - 1e-6)
 
 
+CPN_NMS = 0.2  # celldetection's box-NMS threshold, every cellsynth detector's own
+
+
 def set_nms(detector: Detector, nms_thresh: float | None) -> None:
     """Proposals whose boxes overlap a better-scoring one by IoU above ``nms_thresh`` are
-    dropped as the same cell (celldetection's NMS; None keeps the detector's, 0.2 unless set
-    otherwise). Somata packed in clusters have boxes that overlap more than 0.2: on the
-    Nissl development images 0.5 found more of them (docs/results.md, "NMS")."""
+    dropped as the same cell (celldetection's NMS; None keeps the detector's, ``CPN_NMS``).
+    Somata packed in clusters have boxes that overlap more than 0.2: on Nissl the recipe found
+    more of them at 0.5 (docs/results.md, "NMS")."""
     if nms_thresh is None:
         return
     if not 0.0 < nms_thresh <= 1.0:
