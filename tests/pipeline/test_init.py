@@ -70,9 +70,12 @@ def test_init_writes_the_annotated_recipe_for_the_readme_layout(tmp_path, capsys
     # H&E fine-tunes without replay (it cost F1 on tcga_lgg); the Nissl config above kept it
     assert config.finetune.replay == 0.0 and "no replay on H&E" in out.read_text()
     assert config.finetune.lr == 1e-3
-    # fluorescence keeps 3e-4: 1e-3 was measured on Nissl and H&E only
+    # packed nuclei stay apart (box NMS 0.5, measured on H&E and Nissl)
+    assert config.predict.nms == 0.5 and config.predict.tta
+    # fluorescence keeps 3e-4 and celldetection's NMS: both were measured on Nissl and H&E only
     assert main(["init", str(data), "--out", str(out), "--preset", "fluo", "--force"]) == 0
     assert load_pipeline_config(out).finetune.lr == 3e-4
+    assert load_pipeline_config(out).predict.nms is None
 
 
 def test_init_on_unlabeled_images_alone_writes_the_zero_label_recipe(tmp_path, capsys):
