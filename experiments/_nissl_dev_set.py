@@ -1,5 +1,6 @@
 """The Nissl development set that the outline experiments share (half_pixel.py, tta_dev.py,
-threshold_dev.py).
+threshold_dev.py), and the recipe's predictions on it (stain_filter_dev.py,
+boundary_snap_dev.py, nms_dev.py).
 
 The 2 *training* images of nissl_rat_sscx that seed 0 of the k = 2 experiment did not
 annotate, and the command-line options both scripts take. The test split is not opened.
@@ -8,6 +9,7 @@ annotate, and the command-line options both scripts take. The test split is not 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from cellsynth.io.datasets import load_dataset
 
 DEV = ("SLD_0000404_20x_01_Region_1_t2", "SLD_0000406_20x_01_Region_1_t1")
 DETECTORS = ("real_k2_s0", "simulated_k0_s0", "simulated_k2_s0", "refined_k2_s0")
+# the recipe's annotated images (configs/nissl-k2.yaml real.select.train)
+ANNOTATED = ("SLD_0000406_20x_01_Region_1_t2", "SLD_0000563_20x_03_Region_1_t2")
 
 
 def arguments(doc: str, extra=None) -> argparse.Namespace:
@@ -51,3 +55,40 @@ def write(path: str | None, out: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(out, indent=1) + "\n")
+
+
+def recipe_faint_cut(data: str):
+    """The recipe's faint cut (q = 5), measured on its 2 annotated images as `predict` does."""
+    from cellsynth.io.normalize import normalize
+    from cellsynth.segment.faint import FAINT_PERCENTILE, calibrate_faint
+
+    return calibrate_faint([(normalize(s.read_image(), where=None), s.read_labels())
+                            for s in load_dataset(data, require_labels=True)
+                            if s.id in ANNOTATED], FAINT_PERCENTILE)
+
+
+def recipe_predictions(detector, path: Path, items, cut, cache: Path,
+                       tag: str = "") -> list[np.ndarray]:
+    """Labels of each development image as the recipe predicts (8-view TTA, ``cut``), kept in
+    ``cache`` under the detector's path and ``tag`` (a setting the caller changed)."""
+    from cellsynth.segment.predict import predict_image
+
+    cache.mkdir(exist_ok=True)
+    key = hashlib.md5(str(path.resolve()).encode()).hexdigest()[:8]
+    preds = []
+    for k, (image, _) in enumerate(items):
+        f = cache / f"{key}{tag}_{k}.npy"
+        if not f.exists():
+            np.save(f, np.asarray(predict_image(detector, image, tta=True, faint=cut)))
+        preds.append(np.load(f))
+    return preds
+
+
+def scores(preds, items) -> dict:
+    """F1@0.5, F1avg, F1@0.75, precision and recall at 0.5, detections, all images pooled."""
+    from cellsynth.evaluate.matching import aggregate, matching
+
+    m = aggregate(matching(gt, p) for p, (_, gt) in zip(preds, items))
+    return {"f1_50": float(m.f1[0]), "f1_avg": float(np.mean(m.f1)),
+            "f1_75": float(m.f1[5]), "precision_50": float(m.precision[0]),
+            "recall_50": float(m.recall[0]), "detected": int(m.n_pred)}

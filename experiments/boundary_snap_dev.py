@@ -18,24 +18,28 @@ px from every cell, so that each outline moves at most r px.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
-from _nissl_dev_set import arguments, detector_path, dev_items, summary, write
+from _nissl_dev_set import (
+    ANNOTATED,
+    arguments,
+    detector_path,
+    dev_items,
+    recipe_faint_cut,
+    recipe_predictions,
+    scores,
+    summary,
+    write,
+)
 from scipy import ndimage
 from skimage.filters import sobel
 from skimage.segmentation import find_boundaries, watershed
 
-from cellsynth.evaluate.matching import aggregate, matching
-from cellsynth.io.datasets import load_dataset
 from cellsynth.io.normalize import normalize
-from cellsynth.segment.faint import FAINT_PERCENTILE, calibrate_faint
-from cellsynth.segment.predict import load_detector, predict_image
+from cellsynth.segment.predict import load_detector
 
-# the recipe's annotated images (configs/nissl-k2.yaml real.select.train)
-ANNOTATED = ("SLD_0000406_20x_01_Region_1_t2", "SLD_0000563_20x_03_Region_1_t2")
 RADII = (1, 2, 3)
 SIGMAS = (1.0, 2.0)
 
@@ -60,33 +64,16 @@ def snap(labels: np.ndarray, image: np.ndarray, r: int, sigma: float) -> np.ndar
     return out.astype(np.uint32)
 
 
-def scores(preds, items) -> dict:
-    m = aggregate(matching(gt, p) for p, (_, gt) in zip(preds, items))
-    return {"f1_50": float(m.f1[0]), "f1_avg": float(np.mean(m.f1)),
-            "f1_75": float(m.f1[5]), "precision_50": float(m.precision[0]),
-            "recall_50": float(m.recall[0]), "detected": int(m.n_pred)}
-
-
 def main() -> None:
     args = arguments(__doc__)
     items = dev_items(args.data)
-    ref = [(s.read_image(), s.read_labels()) for s in load_dataset(args.data, require_labels=True)
-           if s.id in ANNOTATED]
-    cache = Path("/tmp/boundary_snap_cache")
-    cache.mkdir(exist_ok=True)
+    cut = recipe_faint_cut(args.data)
     out = summary(items) | {"annotated_images": list(ANNOTATED)}
     for name in args.detectors:
         path = detector_path(args.run, name)
-        det = load_detector(path)
-        cut = calibrate_faint([(normalize(i, where=None), g) for i, g in ref], FAINT_PERCENTILE)
-        key = hashlib.md5(str(path.resolve()).encode()).hexdigest()[:8]
         t0 = time.time()
-        preds = []
-        for k, (image, _) in enumerate(items):
-            f = cache / f"{key}_{k}.npy"
-            if not f.exists():
-                np.save(f, np.asarray(predict_image(det, image, tta=True, faint=cut)))
-            preds.append(np.load(f))
+        preds = recipe_predictions(load_detector(path), path, items, cut,
+                                   Path("/tmp/boundary_snap_cache"))
         res = {"none": scores(preds, items)}
         for r in RADII:
             for s in SIGMAS:

@@ -15,21 +15,25 @@ tiles (the paired bootstrap of compare_dev.py, seeds averaged).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
-import numpy as np
-from _nissl_dev_set import arguments, detector_path, dev_items, summary, write
+from _nissl_dev_set import (
+    ANNOTATED,
+    arguments,
+    detector_path,
+    dev_items,
+    recipe_faint_cut,
+    recipe_predictions,
+    scores,
+    summary,
+    write,
+)
 from _paired import compare
-from boundary_snap_dev import ANNOTATED, scores
 
 from cellsynth.evaluate.matching import matching
 from cellsynth.evaluate.stats import split_tiles
-from cellsynth.io.datasets import load_dataset
-from cellsynth.io.normalize import normalize
-from cellsynth.segment.faint import FAINT_PERCENTILE, calibrate_faint
-from cellsynth.segment.predict import load_detector, predict_image
+from cellsynth.segment.predict import load_detector, set_nms
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 BASE = 0.2  # celldetection's default, the recipe's
@@ -39,27 +43,18 @@ def main() -> None:
     args = arguments(__doc__, lambda ap: ap.add_argument(
         "--thresholds", type=float, nargs="+", default=list(THRESHOLDS)))
     items = dev_items(args.data)
-    ref = [(normalize(s.read_image(), where=None), s.read_labels())
-           for s in load_dataset(args.data, require_labels=True) if s.id in ANNOTATED]
-    cut = calibrate_faint(ref, FAINT_PERCENTILE)
-    cache = Path("/tmp/nms_dev_cache")
-    cache.mkdir(exist_ok=True)
+    cut = recipe_faint_cut(args.data)
     out = summary(items) | {"annotated_images": list(ANNOTATED), "paired_with": BASE}
     units: dict[float, list] = {}
     for name in args.detectors:
         path = detector_path(args.run, name)
         det = load_detector(path)
-        key = hashlib.md5(str(path.resolve()).encode()).hexdigest()[:8]
         res = {}
         t0 = time.time()
         for nms in sorted(set(args.thresholds) | {BASE}):
-            det.model.nms_thresh = nms
-            preds = []
-            for k, (image, _) in enumerate(items):
-                f = cache / f"{key}_{nms:g}_{k}.npy"
-                if not f.exists():
-                    np.save(f, np.asarray(predict_image(det, image, tta=True, faint=cut)))
-                preds.append(np.load(f))
+            set_nms(det, nms)
+            preds = recipe_predictions(det, path, items, cut, Path("/tmp/nms_dev_cache"),
+                                       tag=f"_{nms:g}")
             res[f"{nms:g}"] = m = scores(preds, items)
             units.setdefault(nms, []).append(
                 [matching(t, p) for (_, gt), pred in zip(items, preds)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from _nissl_dev_set import arguments, detector_path, dev_items, summary, write
+from _nissl_dev_set import ANNOTATED, arguments, detector_path, dev_items, summary, write
 from scipy import ndimage
 
 from cellsynth.evaluate.matching import aggregate, matching
@@ -29,8 +29,6 @@ from cellsynth.io.datasets import load_dataset
 from cellsynth.io.normalize import normalize
 from cellsynth.segment.predict import load_detector, predict_image
 
-# the recipe's annotated images (configs/nissl-k2.yaml real.select.train)
-ANNOTATED = ("SLD_0000406_20x_01_Region_1_t2", "SLD_0000563_20x_03_Region_1_t2")
 PERCENTILES = (0, 1, 2, 5, 10, 15)
 
 
