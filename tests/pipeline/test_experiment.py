@@ -502,6 +502,49 @@ def test_a_tta_setting_reuses_its_detector_and_is_evaluated_apart(tmp_path, monk
     assert state["evaluations/real_k1_s0_tta"]["done"] and state["evaluations/real_k1_s0"]["done"]
 
 
+def test_an_nms_setting_reuses_its_detector_and_predicts_with_its_threshold(tmp_path,
+                                                                            monkeypatch):
+    config = _config(tmp_path, seeds=(0,), settings=(
+        Setting("real_k1", "real", 1), Setting("real_k1_nms", "real", 1, nms=0.5),
+        Setting("real_k1_tta_nms", "real", 1, tta=True, nms=0.5)),
+        compare=(("real_k1_nms", "real_k1"),))
+    from cellsynth.segment import predict, trainer
+
+    events: list[tuple] = []
+    train, predict_folder = trainer.train, predict.predict_folder
+    monkeypatch.setattr(trainer, "train", lambda *a, **kw: (events.append(("train",)),
+                                                            train(*a, **kw))[1])
+
+    def spy_predict(*a, **kw):
+        events.append(("predict", kw["tta"], kw["nms_thresh"]))
+        return predict_folder(*a, **kw)
+
+    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
+    assert events == [("train",), ("predict", False, None), ("predict", False, 0.5),
+                      ("predict", True, 0.5)]
+    assert results["settings"]["real_k1_nms"]["detectors"] == \
+        results["settings"]["real_k1"]["detectors"]
+    state = json.loads((tmp_path / "exp" / "state.json").read_text())
+    assert state["evaluations/real_k1_s0_nms-0.5"]["done"]
+    assert state["evaluations/real_k1_s0_tta_nms-0.5"]["done"]
+    meta = json.loads((tmp_path / "exp" / "evaluations" / "real_k1_s0_nms-0.5" / "predict"
+                       / "meta.json").read_text())
+    assert meta["nms_thresh"] == 0.5
+    # the setting without nms kept its evaluation's fingerprint: adding one redoes nothing
+    config2 = replace(config, settings=(
+        Setting("real_k1", "real", 1), Setting("real_k1_nms", "real", 1, nms=0.4)),
+        compare=())
+    events.clear()
+    run_experiment(config2, tmp_path / "exp", log=lambda _: None)
+    assert events == [("predict", False, 0.4)]
+    assert experiment._curve(Setting("a", "real", 1, nms=0.5)) != \
+        experiment._curve(Setting("b", "real", 2))
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="setting x: nms must be a box IoU in"):
+            Setting("x", "real", 1, nms=bad)
+
+
 def test_mixed_settings_pretrain_on_the_simulation_and_its_refined_images(tmp_path):
     config = _config(tmp_path, settings=(
         Setting("refined_only", "refined", 0), Setting("mixed_only", "mixed", 0),

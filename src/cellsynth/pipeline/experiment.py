@@ -88,6 +88,10 @@ class Setting:
     # predict the test split with test-time augmentation (8 flips/transposes vote); the
     # detector is the one of the same setting without it, so a pair measures TTA alone
     tta: bool = False
+    # the box-NMS threshold of the test predictions (`cellsynth predict --nms`; None: the
+    # detector's, celldetection's 0.2); the detector is the one of the same setting without
+    # it, so a pair measures the NMS alone (0.5 kept packed Nissl somata apart, +0.008 F1@0.5)
+    nms: float | None = field(default=None, metadata=ADDED)
     # changes to the experiment's supervised / pretrain / finetune options for this
     # setting's detectors (e.g. {model: tiny_u22}); settings with the same changes share them
     detector: dict[str, Any] = field(default_factory=dict)
@@ -168,6 +172,9 @@ class Setting:
                              f"{self.replicate}")
         if self.runs < 1:
             raise ValueError(f"setting {self.name}: runs must be >= 1, got {self.runs}")
+        if self.nms is not None and not 0.0 < self.nms <= 1.0:
+            raise ValueError(f"setting {self.name}: nms must be a box IoU in (0, 1], got "
+                             f"{self.nms}")
         if (self.replicate or self.runs > 1) and self.pseudo:
             raise ValueError(f"setting {self.name}: replicate and runs retrain a detector, "
                              f"not a self-training (pseudo)")
@@ -505,7 +512,7 @@ def _plan(config: ExperimentConfig, out: Path
 
 
 def _evaluate(detector: Path, test: str, folder: Path, tiles: int, device: str,
-              tta: bool = False) -> list[Any]:
+              tta: bool = False, nms: float | None = None) -> list[Any]:
     """Predict the test split with a detector (phase 2) and match it unit by unit."""
     from cellsynth.evaluate import matching
     from cellsynth.evaluate.stats import split_tiles
@@ -513,7 +520,7 @@ def _evaluate(detector: Path, test: str, folder: Path, tiles: int, device: str,
     from cellsynth.segment import predict
 
     predict.predict_folder(detector, test, folder / layout.PREDICT, device=device, force=True,
-                           tta=tta, progress=False)
+                           tta=tta, progress=False, nms_thresh=nms)
     units = []
     for sample in load_dataset(test, require_labels=True):
         truth = sample.read_labels()
@@ -624,27 +631,28 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
     test_contents = content_fingerprint(config.test)
     per_cell: dict[tuple[str, int], list[list[Matching]]] = {}  # [run][unit]
     evaluated: dict[tuple[str, bool], list[Matching]] = {}
-    tta_of = {s.name: s.tta for s in config.settings}
-    n_evaluations = len({(d, tta_of[s]) for (s, _), runs in detector_of.items() for d in runs})
+    how_of = {s.name: (s.tta, s.nms) for s in config.settings}
+    n_evaluations = len({(d, how_of[s]) for (s, _), runs in detector_of.items() for d in runs})
     for (setting, seed), detector in [(cell, d) for cell, runs in detector_of.items()
                                       for d in runs]:
-        tta = tta_of[setting]
-        if (detector, tta) not in evaluated:
-            name = evaluation_of(detector) + ("_tta" if tta else "")
+        tta, nms = how = how_of[setting]
+        if (detector, how) not in evaluated:
+            name = _evaluation_name(detector, tta, nms)
 
-            def run(folder: Path, resume: bool, detector: str = detector, tta: bool = tta
-                    ) -> dict[str, Any]:
+            def run(folder: Path, resume: bool, detector: str = detector, tta: bool = tta,
+                    nms: float | None = nms) -> dict[str, Any]:
                 units = _evaluate(out / detector, config.test, folder, config.tiles,
-                                  config.device, tta=tta)
+                                  config.device, tta=tta, nms=nms)
                 return {"units": [_unit_record(u) for u in units]}
             # The painting of contours is part of what an evaluation means: evaluations
             # made before cells were filled half a pixel outward are redone.
-            painting = {"outline_offset": HALF_PIXEL, **({"tta": True} if tta else {})}
+            painting = {"outline_offset": HALF_PIXEL, **({"tta": True} if tta else {}),
+                        **({"nms": float(nms)} if nms is not None else {})}
             execute(_Unit(name, (detector,), [test_contents, config.tiles, painting], run),
                     len(evaluated) + 1, n_evaluations)
-            evaluated[detector, tta] = [_matching(u)
+            evaluated[detector, how] = [_matching(u)
                                         for u in state.data[name]["summary"]["units"]]
-        per_cell.setdefault((setting, seed), []).append(evaluated[detector, tta])
+        per_cell.setdefault((setting, seed), []).append(evaluated[detector, how])
     results = _summarize(config, per_cell, detector_of, state)
     if subset is not None:
         results["subset"] = subset
@@ -761,12 +769,12 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
         totals[kind][1] += 1
     test_shapes = _image_shapes(config.test)  # headers only: sizes, no pixels
     test_mpx = megapixels(test_shapes, DEFAULT_TILE, balance=True)
-    tta_of = {st.name: st.tta for st in config.settings}
-    evaluations = {(d, tta_of[name]) for (name, _), runs in detector_of.items()
+    how_of = {st.name: (st.tta, st.nms) for st in config.settings}
+    evaluations = {(d, *how_of[name]) for (name, _), runs in detector_of.items()
                    for d in runs}
     eval_seconds, eval_runs, eval_done = 0.0, 0, 0
-    for detector, tta in sorted(evaluations):
-        name = evaluation_of(detector) + ("_tta" if tta else "")
+    for detector, tta, nms in sorted(evaluations, key=lambda e: (e[0], e[1], e[2] or 0.0)):
+        name = _evaluation_name(detector, tta, nms)
         if state is not None and state.data.get(name, {}).get("done"):
             eval_done += 1
             continue
@@ -798,6 +806,12 @@ def evaluation_of(detector: str) -> str:
     return detector.replace("detectors/", "evaluations/", 1)
 
 
+def _evaluation_name(detector: str, tta: bool, nms: float | None) -> str:
+    """:func:`evaluation_of` a detector predicting with TTA and/or another NMS threshold."""
+    return (evaluation_of(detector) + ("_tta" if tta else "")
+            + (f"_nms-{nms:g}" if nms is not None else ""))
+
+
 def _unit_record(m) -> dict[str, Any]:
     return {"thresholds": list(m.thresholds), "n_gt": m.n_gt, "n_pred": m.n_pred,
             "tp": list(m.tp), "sum_iou": list(m.sum_iou), "n_images": m.n_images}
@@ -817,7 +831,8 @@ def _curve(setting: Setting) -> str:
             + (f" pseudo {setting.pseudo}" if setting.pseudo else "")
             + (f" x{setting.runs} runs" if setting.runs > 1 else "")
             + (" soup" if setting.soup else "")
-            + (" tta" if setting.tta else ""))
+            + (" tta" if setting.tta else "")
+            + (f" nms {setting.nms:g}" if setting.nms is not None else ""))
 
 
 def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, state: RunState
