@@ -55,21 +55,22 @@ def members(run: Path) -> list[Path]:
     return [run / "finetune"] + sorted((run / "finetune_runs").iterdir())
 
 
-def ensemble(dets, image, cut, thresh: float | None):
-    """(contours, scores, offset) of the members' vote on ``image``; the faint cut applied
-    at ``thresh`` (None: not applied)."""
+def ensemble(dets, image):
+    """(contours, scores, offset) of the members' vote on ``image``."""
     passes, offset = [], 0.0
     for det in dets:
         c, s, offset = image_proposals(det, image, tta=True)
         passes.append((c, s))
     contours, votes = merge_views(passes)
-    if cut is not None and thresh is not None:
-        det = dets[0]
-        low, high = intensity_range(image, det.normalization, where="image")
-        read = _reader(det.in_channels, low, high, "image")
-        votes, _ = drop_faint(contours, votes, image.shape[:2],
-                              lambda ys, xs: read(image, ys, xs), cut, thresh)
     return contours, votes, offset
+
+
+def without_faint(det, image, contours, votes, cut, thresh: float):
+    """``votes`` with the cells fainter than ``cut`` that ``thresh`` would paint at -1."""
+    low, high = intensity_range(image, det.normalization, where="image")
+    read = _reader(det.in_channels, low, high, "image")
+    return drop_faint(contours, votes, image.shape[:2], lambda ys, xs: read(image, ys, xs),
+                      cut, thresh)[0]
 
 
 def main() -> None:
@@ -96,7 +97,7 @@ def main() -> None:
         # (the soup's validation has none either), F1@0.5 over the trainer's grid
         painted = []
         for image, gt in annotated:
-            c, v, off = ensemble(dets, image, None, None)
+            c, v, off = ensemble(dets, image)
             painted.append(contours_to_labels(c, v, gt.shape, score_thresh=THRESHOLD_GRID[0],
                                               offset=off, return_scores=True))
         per = matching_by_score([gt for _, gt in annotated], painted, THRESHOLD_GRID)
@@ -104,8 +105,9 @@ def main() -> None:
         calibrated = THRESHOLD_GRID[int(np.argmax(f1))]
         thresholds = {"soup": soup.score_thresh, "calibrated": calibrated}
         for image, gt in items:
+            c, votes, off = ensemble(dets, image)
             for rule, thresh in thresholds.items():
-                c, v, off = ensemble(dets, image, cut, thresh)
+                v = without_faint(dets[0], image, c, votes, cut, thresh)
                 preds.setdefault(f"vote_{rule}", []).append(
                     contours_to_labels(c, v, gt.shape, score_thresh=thresh, offset=off))
         for key, p in preds.items():
