@@ -531,7 +531,7 @@ def test_an_nms_setting_reuses_its_detector_and_predicts_with_its_threshold(tmp_
     meta = json.loads((tmp_path / "exp" / "evaluations" / "real_k1_s0_nms-0.5" / "predict"
                        / "meta.json").read_text())
     assert meta["nms_thresh"] == 0.5
-    # the setting without nms kept its evaluation's fingerprint: adding one redoes nothing
+    # the detector and the evaluation without nms are kept: only the new threshold predicts
     config2 = replace(config, settings=(
         Setting("real_k1", "real", 1), Setting("real_k1_nms", "real", 1, nms=0.4)),
         compare=())

@@ -630,7 +630,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
     # phase 2: every detector predicts the test split once
     test_contents = content_fingerprint(config.test)
     per_cell: dict[tuple[str, int], list[list[Matching]]] = {}  # [run][unit]
-    evaluated: dict[tuple[str, bool], list[Matching]] = {}
+    # (detector, (tta, nms)) -> its matching per test unit
+    evaluated: dict[tuple[str, tuple[bool, float | None]], list[Matching]] = {}
     how_of = {s.name: (s.tta, s.nms) for s in config.settings}
     n_evaluations = len({(d, how_of[s]) for (s, _), runs in detector_of.items() for d in runs})
     for (setting, seed), detector in [(cell, d) for cell, runs in detector_of.items()
