@@ -92,3 +92,13 @@ def scores(preds, items) -> dict:
     return {"f1_50": float(m.f1[0]), "f1_avg": float(np.mean(m.f1)),
             "f1_75": float(m.f1[5]), "precision_50": float(m.precision[0]),
             "recall_50": float(m.recall[0]), "detected": int(m.n_pred)}
+
+
+def tile_matchings(items, preds, tiles: int = 2) -> list:
+    """Matchings of ``preds`` against the development images cut into ``tiles`` x ``tiles``:
+    the units the paired bootstrap (``_paired.compare``) resamples."""
+    from cellsynth.evaluate.matching import matching
+    from cellsynth.evaluate.stats import split_tiles
+
+    return [matching(t, p) for (_, gt), pred in zip(items, preds)
+            for t, p in zip(split_tiles(gt, tiles), split_tiles(pred, tiles))]

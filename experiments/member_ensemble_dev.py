@@ -34,12 +34,12 @@ from _nissl_dev_set import (
     recipe_predictions,
     scores,
     summary,
+    tile_matchings,
     write,
 )
 from _paired import compare
 
-from cellsynth.evaluate.matching import matching, matching_by_score
-from cellsynth.evaluate.stats import split_tiles
+from cellsynth.evaluate.matching import matching_by_score
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.normalize import intensity_range
 from cellsynth.segment.faint import drop_faint
@@ -113,8 +113,7 @@ def main() -> None:
         for key, p in preds.items():
             res.setdefault(key, scores(p, items))
             units.setdefault(key, []).append(
-                [matching(t, q) for (_, gt), pred in zip(items, p)
-                 for t, q in zip(split_tiles(gt, 2), split_tiles(pred, 2))])
+                tile_matchings(items, p))
             m = res[key]
             print(f"{name} {key}: F1@0.5 {m['f1_50']:.3f} F1avg {m['f1_avg']:.3f} "
                   f"F1@0.75 {m['f1_75']:.3f} P {m['precision_50']:.2f} "

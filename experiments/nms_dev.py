@@ -27,12 +27,11 @@ from _nissl_dev_set import (
     recipe_predictions,
     scores,
     summary,
+    tile_matchings,
     write,
 )
 from _paired import compare
 
-from cellsynth.evaluate.matching import matching
-from cellsynth.evaluate.stats import split_tiles
 from cellsynth.segment.predict import load_detector, set_nms
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -57,8 +56,7 @@ def main() -> None:
                                        tag=f"_{nms:g}")
             res[f"{nms:g}"] = m = scores(preds, items)
             units.setdefault(nms, []).append(
-                [matching(t, p) for (_, gt), pred in zip(items, preds)
-                 for t, p in zip(split_tiles(gt, 2), split_tiles(pred, 2))])
+                tile_matchings(items, preds))
             print(f"{name} nms {nms:g}: F1@0.5 {m['f1_50']:.3f} F1avg {m['f1_avg']:.3f} "
                   f"P {m['precision_50']:.2f} R {m['recall_50']:.2f} n {m['detected']}",
                   flush=True)

@@ -28,12 +28,11 @@ from _nissl_dev_set import (
     recipe_predictions,
     scores,
     summary,
+    tile_matchings,
     write,
 )
 from _paired import compare
 
-from cellsynth.evaluate.matching import matching
-from cellsynth.evaluate.stats import split_tiles
 from cellsynth.segment.predict import load_detector, set_nms
 
 NMS = 0.5  # the recipe's
@@ -67,8 +66,7 @@ def main() -> None:
             key = f"r{setting[0]}_s{setting[1]}"
             res[key] = m = scores(preds, items)
             units.setdefault(setting, []).append(
-                [matching(t, p) for (_, gt), pred in zip(items, preds)
-                 for t, p in zip(split_tiles(gt, 2), split_tiles(pred, 2))])
+                tile_matchings(items, preds))
             print(f"{name} {key}: F1@0.5 {m['f1_50']:.3f} F1avg {m['f1_avg']:.3f} "
                   f"F1@0.75 {m['f1_75']:.3f} P {m['precision_50']:.2f} "
                   f"R {m['recall_50']:.2f} n {m['detected']}", flush=True)

@@ -30,13 +30,12 @@ from _nissl_dev_set import (
     recipe_predictions,
     scores,
     summary,
+    tile_matchings,
     write,
 )
 from _paired import compare
 
 from cellsynth.config import from_dict
-from cellsynth.evaluate.matching import matching
-from cellsynth.evaluate.stats import split_tiles
 from cellsynth.hardware import choose_precision
 from cellsynth.segment.cpn import build_model, set_core_precision
 from cellsynth.segment.data import load_labeled
@@ -101,8 +100,7 @@ def main() -> None:
                                        tag=f"_{NMS:g}")
             res[f"{a:g}"] = m = scores(preds, items)
             units.setdefault(a, []).append(
-                [matching(t, p) for (_, gt), pred in zip(items, preds)
-                 for t, p in zip(split_tiles(gt, 2), split_tiles(pred, 2))])
+                tile_matchings(items, preds))
             print(f"{name} a {a:g} (thresh {det.score_thresh:g}): F1@0.5 {m['f1_50']:.3f} "
                   f"F1avg {m['f1_avg']:.3f} F1@0.75 {m['f1_75']:.3f} "
                   f"P {m['precision_50']:.2f} R {m['recall_50']:.2f} n {m['detected']}",
