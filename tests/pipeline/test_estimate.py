@@ -190,3 +190,34 @@ predict: {{tile: 512, overlap: 96, tta: true}}
     pretrain = f"{(250 * 2.0 + 3 * val_mpx * 10.0) / 60:.1f}"
     assert any(line.split()[:3] == ["pretrain", pretrain, "min"] for line in lines), lines
     assert not out.exists()
+
+
+def test_a_soups_runs_are_priced_side_by_side_at_their_share_of_the_threads(tmp_path,
+                                                                           monkeypatch):
+    """soup 5 on 2 threads: its 4 further fine-tunings run 2 at a time on 1 thread each, so
+    2 rounds of a run timed at 1 thread; with --threads 1 the 4 in turn, on 1 thread."""
+    import torch
+
+    class ThreadTimer(FakeTimer):
+        def detector_step(self, config, channels):  # 1 thread: 0.8 s, 2 threads: 0.5 s
+            return 0.8 if torch.get_num_threads() == 1 else 0.5
+
+    config = _config(tmp_path, soup=5)
+    val_mpx = (4 * 512 * 512 + 300 * 400) / 1e6
+    one_run = {1: 100 * 0.8 + 2 * val_mpx * 10.0}
+    before = torch.get_num_threads()
+    monkeypatch.setenv("CELLSYNTH_THREADS", "2")
+    runs = {e.stage: e for e in estimate(config, timer=ThreadTimer(), channels=1)}[
+        layout.FINETUNE_RUNS]
+    assert runs.seconds == pytest.approx(2 * one_run[1])
+    assert runs.detail.endswith("2 at a time on 1 thread(s) each")
+    assert torch.get_num_threads() == before  # (the timing's thread count is undone)
+    monkeypatch.setenv("CELLSYNTH_THREADS", "1")
+    torch.set_num_threads(2)  # (what the process has does not decide: the policy does)
+    try:
+        runs = {e.stage: e for e in estimate(config, timer=ThreadTimer(), channels=1)}[
+            layout.FINETUNE_RUNS]
+    finally:
+        torch.set_num_threads(before)
+    assert runs.seconds == pytest.approx(4 * one_run[1])
+    assert runs.detail.startswith("4 x (") and "at a time" not in runs.detail

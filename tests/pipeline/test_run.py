@@ -673,6 +673,34 @@ def test_soup_fine_tunes_several_times_and_predicts_with_their_average(tmp_path)
         load_pipeline_config(bad)
 
 
+def test_a_soups_runs_train_side_by_side_on_their_share_of_the_threads(tmp_path, monkeypatch):
+    """soup 3 on 2 threads: the finetune_runs stage trains r1 and r2 at once, 1 thread each
+    (their run.json says so), and the soup averages all three."""
+    import torch
+
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=2, size=48, seed=1)
+    tiny = TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
+                       refinement_iterations=1, checkpoint_every=1, val_every=2)
+    config = replace(_config(train), real=RealData(unlabeled=str(train), train=str(train),
+                                                   val=str(train)),
+                     finetune=tiny, soup=3)
+    monkeypatch.setenv("CELLSYNTH_THREADS", "2")
+    before = torch.get_num_threads()
+    try:
+        summaries = run(config, tmp_path / "run", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(summaries["finetune_runs"]) == ["r1", "r2"]
+    assert all(summaries["finetune_runs"][r]["steps"] == 2 for r in ("r1", "r2"))
+    threads = {f: json.loads((tmp_path / "run" / f / "run.json").read_text())["torch_threads"]
+               for f in ("finetune", "finetune_runs/r1", "finetune_runs/r2")}
+    assert threads == {"finetune": [[0, 2]], "finetune_runs/r1": [[0, 1]],
+                       "finetune_runs/r2": [[0, 1]]}
+    assert len(json.loads((tmp_path / "run" / "soup" / "run.json").read_text())["runs"]) == 3
+
+
 def test_fine_tuning_without_a_refiner_and_pretraining_validated_on_the_simulation(tmp_path):
     """real.train without real.unlabeled pretrains on the plain simulation (no refiner);
     pretrain_val: synthetic validates pretraining on held-out simulated images even where

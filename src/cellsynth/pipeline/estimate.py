@@ -24,10 +24,11 @@ holds already, done with an unchanged fingerprint, counts 0. Nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,10 @@ class Timer:
         plus the batch's crops and targets, or, with ``config.workers``, the slower of the
         network and the workers (each preparing one batch in the time of ``workers`` steps,
         on cores of their own)."""
-        key = ("detector", self._network_key(config, channels), config.crop, config.batch)
+        import torch
+
+        key = ("detector", self._network_key(config, channels), config.crop, config.batch,
+               torch.get_num_threads())
         if key not in self._cache:
             self._cache[key] = self._detector_step(config, channels)
         network, batch = self._cache[key]
@@ -300,6 +304,20 @@ def _channels(config: PipelineConfig) -> int:
     return _sim_config(config).channels
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` within the block (None: unchanged)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _minutes(seconds: float) -> str:
     if seconds >= 3 * 3600:
         return f"{seconds / 3600:.1f} h"
@@ -380,9 +398,15 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
         elif name == layout.FINETUNE:
             seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
         elif name == layout.FINETUNE_RUNS:
-            seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
-            seconds *= config.soup - 1
-            detail = f"{config.soup - 1} x ({detail})"
+            from cellsynth.segment.parallel import parallel_plan
+
+            runs = config.soup - 1
+            processes, each = parallel_plan(runs, config.device)
+            with _torch_threads(each):  # (side by side, each run has its share of the cores)
+                seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
+            seconds *= math.ceil(runs / processes)
+            detail = f"{runs} x ({detail})" + (
+                f", {processes} at a time on {each} thread(s) each" if processes > 1 else "")
         elif name == layout.SELFTRAIN:
             seconds, detail = detector(replace(config.finetune, replay=config.selftrain.pseudo),
                                        val_mpx() if real_val else 0.0)

@@ -899,7 +899,8 @@ def _write_table(config: ExperimentConfig, results: dict[str, Any], path: Path) 
             rows.append(f"| {name} | {f1['diff']:+.3f} [{f1['ci95'][0]:+.3f}, "
                         f"{f1['ci95'][1]:+.3f}] | {avg['diff']:+.3f} [{avg['ci95'][0]:+.3f}, "
                         f"{avg['ci95'][1]:+.3f}] | {f1['p_le_0']:.3f} |")
-    spread = "mean ± std over seeds" if len(config.seeds) > 1 else "one seed, no spread"
+    spread = ("mean ± std over seeds (the sample std, n − 1)" if len(config.seeds) > 1
+              else "one seed, no spread")
     if several:
         spread += ("; a setting with several training runs per seed scores their mean (runs ± "
                    "the std between the runs of one seed), and its intervals resample the runs "

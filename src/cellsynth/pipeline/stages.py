@@ -309,10 +309,12 @@ def _selftrain(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 
 
 def _finetune_runs(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
-    """soup > 1: fine-tunings 1, 2, ... (seed + 1000 r), as the finetune stage trains run 0."""
+    """soup > 1: fine-tunings 1, 2, ... (seed + 1000 r), as the finetune stage trains run 0;
+    on a CPU side by side, each with its share of the cores (cellsynth.segment.parallel)."""
+    from cellsynth.segment.parallel import parallel_plan, train_side_by_side
     from cellsynth.segment.trainer import train
 
-    summaries = {}
+    jobs = {}
     train_data, val_data = real_folder(config, out, "train"), real_folder(config, out, "val")
     for r in range(1, config.soup):
         folder = out / layout.FINETUNE_RUNS / f"r{r}"
@@ -323,12 +325,18 @@ def _finetune_runs(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
         resume = layout.has_checkpoint(folder) and (
             kw["resume"] or _same_fine_tuning(folder, member, out / layout.PRETRAIN,
                                               [train_data, val_data]))
-        summary = train(member, [train_data], folder, init=out / layout.PRETRAIN,
-                        val=val_data, resume=resume, force=not resume,
-                        progress=kw["progress"],
-                        replay=_synthetic(config, out) if config.finetune.replay > 0 else None)
-        summaries[f"r{r}"] = {k: v for k, v in summary.items() if k != "run"}
-    return summaries
+        jobs[f"r{r}"] = dict(
+            config=member, data=[train_data], out=folder, init=out / layout.PRETRAIN,
+            val=val_data, resume=resume, force=not resume,
+            replay=_synthetic(config, out) if config.finetune.replay > 0 else None)
+    processes, threads = parallel_plan(len(jobs), config.device)
+    if processes > 1:
+        summaries = train_side_by_side(jobs, processes=processes, threads=threads,
+                                       progress=kw["progress"])
+    else:
+        summaries = {name: train(**job, progress=kw["progress"]) for name, job in jobs.items()}
+    return {name: {k: v for k, v in summary.items() if k != "run"}
+            for name, summary in sorted(summaries.items(), key=lambda kv: int(kv[0][1:]))}
 
 
 def _same_fine_tuning(folder: Path, config: Any, init: Path, data: list[str | None]) -> bool:
