@@ -545,6 +545,55 @@ def test_an_nms_setting_reuses_its_detector_and_predicts_with_its_threshold(tmp_
             Setting("x", "real", 1, nms=bad)
 
 
+def test_a_faint_setting_reuses_its_detector_and_cuts_by_its_seeds_annotated_images(
+        tmp_path, monkeypatch):
+    config = _config(tmp_path, seeds=(0,), settings=(
+        Setting("real_k1", "real", 1), Setting("real_k1_faint", "real", 1, faint_percentile=5),
+        Setting("real_k1_nms_faint", "real", 1, nms=0.5, faint_percentile=5)),
+        compare=(("real_k1_faint", "real_k1"),))
+    from cellsynth.segment import predict, trainer
+
+    events: list[tuple] = []
+    train, predict_folder = trainer.train, predict.predict_folder
+    monkeypatch.setattr(trainer, "train", lambda *a, **kw: (events.append(("train",)),
+                                                            train(*a, **kw))[1])
+
+    def spy_predict(*a, **kw):
+        faint_from = kw.get("faint_from")
+        events.append(("predict", kw["nms_thresh"], kw.get("faint_percentile"),
+                       Path(faint_from).relative_to(tmp_path / "exp").as_posix()
+                       if faint_from else None))
+        return predict_folder(*a, **kw)
+
+    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
+    # one detector; the cut from the 1 image seed 0 drew (the images it was tuned on)
+    assert events == [("train",), ("predict", None, None, None),
+                      ("predict", None, 5, "data/k1_s0"), ("predict", 0.5, 5, "data/k1_s0")]
+    assert results["settings"]["real_k1_faint"]["detectors"] == \
+        results["settings"]["real_k1"]["detectors"]
+    state = json.loads((tmp_path / "exp" / "state.json").read_text())
+    assert state["evaluations/real_k1_s0_faint-5"]["done"]
+    assert state["evaluations/real_k1_s0_nms-0.5_faint-5"]["done"]
+    meta = json.loads((tmp_path / "exp" / "evaluations" / "real_k1_s0_faint-5" / "predict"
+                       / "meta.json").read_text())
+    assert meta["faint"]["percentile"] == 5
+    # another percentile predicts again, nothing else
+    events.clear()
+    run_experiment(replace(config, settings=(
+        Setting("real_k1", "real", 1), Setting("real_k1_faint", "real", 1, faint_percentile=10)),
+        compare=()), tmp_path / "exp", log=lambda _: None)
+    assert events == [("predict", None, 10, "data/k1_s0")]
+    assert experiment._curve(Setting("a", "real", 1, faint_percentile=5)) != \
+        experiment._curve(Setting("b", "real", 2))
+    for bad in (0.0, 100.0, -1.0):
+        with pytest.raises(ValueError, match="setting x: faint_percentile must be in"):
+            Setting("x", "real", 1, faint_percentile=bad)
+    with pytest.raises(ValueError, match="faint_percentile is measured on the setting's "
+                                         "annotated images; it needs k >= 1"):
+        Setting("x", "simulated", 0, faint_percentile=5)
+
+
 def test_mixed_settings_pretrain_on_the_simulation_and_its_refined_images(tmp_path):
     config = _config(tmp_path, settings=(
         Setting("refined_only", "refined", 0), Setting("mixed_only", "mixed", 0),
