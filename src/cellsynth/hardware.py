@@ -34,7 +34,8 @@ from typing import Literal
 
 __all__ = ["resolve_device", "Precision", "choose_precision", "announce", "cpu_bf16_support",
            "usable_cores", "busy_cores_elsewhere", "choose_threads", "configure_threads",
-           "ThreadGovernor", "ThreadHistory", "die_with_parent", "cache_dir", "cpu_model"]
+           "ThreadGovernor", "ThreadHistory", "die_with_parent", "cache_dir", "cpu_model",
+           "available_memory"]
 
 log = logging.getLogger("cellsynth")
 
@@ -446,6 +447,17 @@ class ThreadHistory:
             return False
         self.entries.append([int(done), int(threads)])
         return True
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new work (Linux's MemAvailable), or None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def die_with_parent(parent: int) -> None:

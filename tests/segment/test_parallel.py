@@ -24,8 +24,11 @@ def _weights(folder):
 
 
 def test_the_plan_shares_the_threads_among_the_runs_and_keeps_a_gpu_to_one(monkeypatch):
+    from cellsynth import hardware
+
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("CELLSYNTH_THREADS", raising=False)
+    monkeypatch.setattr(hardware, "available_memory", lambda: None)  # (unknown: no cap)
     assert parallel_plan(4, "cpu", threads=2) == (2, 1)
     assert parallel_plan(4, "cpu", threads=8) == (4, 2)
     assert parallel_plan(2, "cpu", threads=5) == (2, 2)
@@ -34,6 +37,16 @@ def test_the_plan_shares_the_threads_among_the_runs_and_keeps_a_gpu_to_one(monke
     assert parallel_plan(4, "cuda", threads=8) == (1, None)
     monkeypatch.setenv("CELLSYNTH_THREADS", "3")
     assert parallel_plan(5, "cpu") == (3, 1)
+
+
+def test_the_plan_starts_no_more_runs_than_the_memory_holds(monkeypatch):
+    from cellsynth import hardware
+    from cellsynth.segment.parallel import RUN_BYTES
+
+    monkeypatch.setattr(hardware, "available_memory", lambda: int(2.5 * RUN_BYTES))
+    assert parallel_plan(4, "cpu", threads=8) == (2, 4)  # the threads go to the 2 runs
+    monkeypatch.setattr(hardware, "available_memory", lambda: RUN_BYTES // 2)
+    assert parallel_plan(4, "cpu", threads=8) == (1, 8)  # one at a time, never none
 
 
 def test_runs_side_by_side_equal_the_same_runs_trained_one_at_a_time(tmp_path, monkeypatch):

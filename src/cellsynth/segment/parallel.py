@@ -30,6 +30,12 @@ __all__ = ["parallel_plan", "train_side_by_side"]
 _POLL_SECONDS = 2.0
 
 
+# Memory one run side by side takes: the recipe's fine-tunings (CpnSlimU22, 192² x 4, 400
+# replayed simulated images of 256², 2 annotated 512² images) peaked at 2.85 GB resident
+# in each process (VmHWM, 2 runs in turn per process); with a margin
+RUN_BYTES = 4 * 2**30
+
+
 def parallel_plan(runs: int, device: str = "cpu", threads: int | None = None
                   ) -> tuple[int, int | None]:
     """(processes, threads of each) for ``runs`` independent training runs on ``device``.
@@ -37,14 +43,18 @@ def parallel_plan(runs: int, device: str = "cpu", threads: int | None = None
     On a CPU each of up to ``runs`` processes gets an equal share (at least 1) of the
     threads :func:`cellsynth.hardware.choose_threads` allows this process (``threads``, the
     environment, or the free usable cores): ``--threads 1`` keeps the runs one after the
-    other. Elsewhere (a GPU) one process, threads unchanged (None).
+    other. No more processes than the available memory holds (:data:`RUN_BYTES` each).
+    Elsewhere (a GPU) one process, threads unchanged (None).
     """
-    from cellsynth.hardware import choose_threads
+    from cellsynth import hardware
 
     if runs <= 1 or not str(device).startswith("cpu"):
         return 1, None
-    total = choose_threads(threads)[0]
+    total = hardware.choose_threads(threads)[0]
     processes = max(1, min(runs, total))
+    available = hardware.available_memory()
+    if available is not None:
+        processes = max(1, min(processes, available // RUN_BYTES))
     return processes, max(1, total // processes)
 
 
@@ -56,7 +66,8 @@ def _start_worker(parent: int, threads: int) -> None:
     from cellsynth.hardware import THREADS_SOURCE, die_with_parent
     from cellsynth.signals import remember_stop_signals
 
-    os.setsid()
+    if hasattr(os, "setsid"):  # (POSIX)
+        os.setsid()
     die_with_parent(parent)
     remember_stop_signals()
     os.environ["CELLSYNTH_THREADS"] = str(threads)

@@ -19,6 +19,7 @@ import numpy as np
 from cellsynth import __version__
 from cellsynth.config import from_dict, to_dict
 from cellsynth.errors import ConfigError, DatasetError
+from cellsynth.hardware import available_memory as _available_bytes
 from cellsynth.hardware import die_with_parent
 from cellsynth.io.datasets import write_dataset_meta
 from cellsynth.io.files import staged_output_dir
@@ -109,16 +110,6 @@ def _preview(root: Path, n: int, width: int) -> None:
 # Peak memory of drawing one image, per pixel (tracemalloc, 512² and 1024²: fluo 51-55,
 # merker 66, nissl 96-98, he 101-102 bytes), with a margin.
 _BYTES_PER_PIXEL = 120
-
-
-def _available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _check_memory(shape: tuple[int, int], workers: int) -> None:
