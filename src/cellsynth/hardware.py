@@ -21,6 +21,7 @@ with 1 thread, 0.719 with 2); :class:`ThreadHistory` records them in a run's run
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -28,6 +29,7 @@ import os
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,7 +37,7 @@ from typing import Literal
 __all__ = ["resolve_device", "Precision", "choose_precision", "announce", "cpu_bf16_support",
            "usable_cores", "busy_cores_elsewhere", "choose_threads", "configure_threads",
            "ThreadGovernor", "ThreadHistory", "die_with_parent", "cache_dir", "cpu_model",
-           "available_memory"]
+           "available_memory", "torch_threads"]
 
 log = logging.getLogger("cellsynth")
 
@@ -447,6 +449,21 @@ class ThreadHistory:
             return False
         self.entries.append([int(done), int(threads)])
         return True
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` within the block (None: unchanged), and
+    what they were before restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def available_memory() -> int | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from cellsynth.evaluate._common import _check_min_size, _prepare, _rngs, _sample_windows
-from cellsynth.hardware import choose_threads
+from cellsynth.hardware import choose_threads, torch_threads
 
 __all__ = ["C2STResult", "c2st"]
 
@@ -173,17 +173,13 @@ def _c2st(a: list[np.ndarray], b: list[np.ndarray], *, rng: np.random.Generator,
     from tqdm import tqdm
 
     bar = tqdm(total=k * epochs, desc="c2st", unit="epoch", disable=not progress, leave=False)
-    accuracies, previous_threads = [], torch.get_num_threads()
-    torch.set_num_threads(choose_threads(threads)[0])
-    try:
+    accuracies = []
+    with bar, torch_threads(choose_threads(threads)[0]):
         for f in range(k):
             train, test = torch.from_numpy(fold_of != f), torch.from_numpy(fold_of == f)
             accuracies.append(_fit_and_score(x[train], y[train], x[test], y[test],
                                              epochs=epochs, batch_size=batch_size, rng=rng,
                                              tick=bar.update))
-    finally:
-        torch.set_num_threads(previous_threads)
-        bar.close()
     acc = np.array(accuracies)
     return C2STResult(accuracy=float(acc.mean()), sem=float(acc.std(ddof=1) / np.sqrt(k)),
                       fold_accuracies=tuple(float(v) for v in acc), split=split,

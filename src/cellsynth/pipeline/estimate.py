@@ -24,11 +24,10 @@ holds already, done with an unchanged fingerprint, counts 0. Nothing is written.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -304,20 +303,6 @@ def _channels(config: PipelineConfig) -> int:
     return _sim_config(config).channels
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``threads`` within the block (None: unchanged)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _minutes(seconds: float) -> str:
     if seconds >= 3 * 3600:
         return f"{seconds / 3600:.1f} h"
@@ -398,11 +383,12 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
         elif name == layout.FINETUNE:
             seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
         elif name == layout.FINETUNE_RUNS:
+            from cellsynth.hardware import torch_threads
             from cellsynth.segment.parallel import parallel_plan
 
             runs = config.soup - 1
             processes, each = parallel_plan(runs, config.device)
-            with _torch_threads(each):  # (side by side, each run has its share of the cores)
+            with torch_threads(each):  # (side by side, each run has its share of the cores)
                 seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
             seconds *= math.ceil(runs / processes)
             detail = f"{runs} x ({detail})" + (
