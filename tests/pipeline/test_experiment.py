@@ -55,6 +55,25 @@ def _differ_in_seed_only(first, second) -> bool:
             == {k: v for k, v in first.options.items() if k != "seed"})
 
 
+
+def _record_trainings_and_predictions(monkeypatch, predicted) -> list[tuple]:
+    """The events of an experiment run, in order: ("train",) for each detector trained and
+    ("predict", *predicted(kwargs)) for each test split predicted (both still run)."""
+    from cellsynth.segment import predict, trainer
+
+    events: list[tuple] = []
+    train, predict_folder = trainer.train, predict.predict_folder
+    monkeypatch.setattr(trainer, "train", lambda *a, **kw: (events.append(("train",)),
+                                                            train(*a, **kw))[1])
+
+    def spy_predict(*a, **kw):
+        events.append(("predict", *predicted(kw)))
+        return predict_folder(*a, **kw)
+
+    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    return events
+
+
 def test_experiment_runs_resumes_and_keeps_the_test_split_for_the_end(tmp_path, monkeypatch):
     config = _config(tmp_path)
     test = Path(config.test).resolve()
@@ -481,20 +500,9 @@ def test_a_tta_setting_reuses_its_detector_and_is_evaluated_apart(tmp_path, monk
     config = _config(tmp_path, seeds=(0,), settings=(
         Setting("real_k1", "real", 1), Setting("real_k1_tta", "real", 1, tta=True)),
         compare=(("real_k1_tta", "real_k1"),))
-    from cellsynth.segment import predict, trainer
-
-    events: list[tuple[str, bool]] = []
-    train, predict_folder = trainer.train, predict.predict_folder
-    monkeypatch.setattr(trainer, "train", lambda *a, **kw: (events.append(("train", False)),
-                                                            train(*a, **kw))[1])
-
-    def spy_predict(*a, **kw):
-        events.append(("predict", kw["tta"]))
-        return predict_folder(*a, **kw)
-
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    events = _record_trainings_and_predictions(monkeypatch, lambda kw: (kw["tta"],))
     results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
-    assert events == [("train", False), ("predict", False), ("predict", True)]
+    assert events == [("train",), ("predict", False), ("predict", True)]
     assert results["settings"]["real_k1_tta"]["detectors"] == \
         results["settings"]["real_k1"]["detectors"]
     assert "real_k1_tta - real_k1" in results["comparisons"]
@@ -508,18 +516,8 @@ def test_an_nms_setting_reuses_its_detector_and_predicts_with_its_threshold(tmp_
         Setting("real_k1", "real", 1), Setting("real_k1_nms", "real", 1, nms=0.5),
         Setting("real_k1_tta_nms", "real", 1, tta=True, nms=0.5)),
         compare=(("real_k1_nms", "real_k1"),))
-    from cellsynth.segment import predict, trainer
-
-    events: list[tuple] = []
-    train, predict_folder = trainer.train, predict.predict_folder
-    monkeypatch.setattr(trainer, "train", lambda *a, **kw: (events.append(("train",)),
-                                                            train(*a, **kw))[1])
-
-    def spy_predict(*a, **kw):
-        events.append(("predict", kw["tta"], kw["nms_thresh"]))
-        return predict_folder(*a, **kw)
-
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    events = _record_trainings_and_predictions(
+        monkeypatch, lambda kw: (kw["tta"], kw["nms_thresh"]))
     results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
     assert events == [("train",), ("predict", False, None), ("predict", False, 0.5),
                       ("predict", True, 0.5)]
@@ -551,21 +549,13 @@ def test_a_faint_setting_reuses_its_detector_and_cuts_by_its_seeds_annotated_ima
         Setting("real_k1", "real", 1), Setting("real_k1_faint", "real", 1, faint_percentile=5),
         Setting("real_k1_nms_faint", "real", 1, nms=0.5, faint_percentile=5)),
         compare=(("real_k1_faint", "real_k1"),))
-    from cellsynth.segment import predict, trainer
-
-    events: list[tuple] = []
-    train, predict_folder = trainer.train, predict.predict_folder
-    monkeypatch.setattr(trainer, "train", lambda *a, **kw: (events.append(("train",)),
-                                                            train(*a, **kw))[1])
-
-    def spy_predict(*a, **kw):
+    def faint_of(kw):
         faint_from = kw.get("faint_from")
-        events.append(("predict", kw["nms_thresh"], kw.get("faint_percentile"),
-                       Path(faint_from).relative_to(tmp_path / "exp").as_posix()
-                       if faint_from else None))
-        return predict_folder(*a, **kw)
+        return (kw["nms_thresh"], kw.get("faint_percentile"),
+                Path(faint_from).relative_to(tmp_path / "exp").as_posix()
+                if faint_from else None)
 
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    events = _record_trainings_and_predictions(monkeypatch, faint_of)
     results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
     # one detector; the cut from the 1 image seed 0 drew (the images it was tuned on)
     assert events == [("train",), ("predict", None, None, None),
