@@ -30,8 +30,6 @@ warnings.simplefilter("ignore")
 
 
 def main() -> None:
-    import torch
-
     from cellsynth.hardware import choose_precision, configure_threads
     from cellsynth.segment.parallel import parallel_plan, train_side_by_side
     from cellsynth.segment.trainer import TrainConfig, train
@@ -75,8 +73,7 @@ def main() -> None:
         steps: dict[str, list[float]] = {"in turn": [], "side by side": []}
         for k in range(args.repeats):
             started = time.perf_counter()
-            for job in jobs("turn").values():
-                torch.set_num_threads(threads)
+            for job in jobs("turn").values():  # (each on the threads the policy gives it)
                 train(**job, progress=False)
             times["in turn"].append(time.perf_counter() - started)
             steps["in turn"].append(step_seconds("turn"))

@@ -335,8 +335,7 @@ def _finetune_runs(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
                                        progress=kw["progress"])
     else:
         summaries = {name: train(**job, progress=kw["progress"]) for name, job in jobs.items()}
-    return {name: {k: v for k, v in summary.items() if k != "run"}
-            for name, summary in sorted(summaries.items(), key=lambda kv: int(kv[0][1:]))}
+    return {name: {k: v for k, v in summaries[name].items() if k != "run"} for name in jobs}
 
 
 def _same_fine_tuning(folder: Path, config: Any, init: Path, data: list[str | None]) -> bool:
