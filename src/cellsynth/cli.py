@@ -155,6 +155,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = train(config, args.data, args.out, init=args.init, val=args.val,
                     resume=args.resume, force=args.force, progress=not args.quiet,
                     replay=args.replay)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one summary, rank 0's
+        return 0
     print(f"trained {summary['steps']} steps (loss {summary['loss']:.3f}) -> {args.out}")
     if summary["best_val_f1"] >= 0:
         print(f"best validation F1@0.5 {summary['best_val_f1']:.3f} at score threshold "

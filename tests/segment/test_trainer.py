@@ -224,6 +224,9 @@ def test_torchrun_ddp_two_cpu_processes(sim, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
     assert ckpt["step"] == 2 and len(ckpt["rng"]["numpy"]) == 2
+    # one summary (rank 0's), and not DDP's stride warning about the 1x1 head, 5 lines a rank
+    assert result.stdout.count("trained 2 steps") == 1, result.stdout
+    assert "Grad strides" not in result.stderr, result.stderr[-2000:]
 
 
 def test_cli_says_which_precision_and_threads_it_chose(sim, tmp_path, capsys, monkeypatch):

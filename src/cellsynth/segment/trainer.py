@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -494,6 +495,12 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     if average is not None and resume:
         average.model.load_state_dict(ckpt["model"])
     scored = average.model if average is not None else model  # what validates and is saved
+    if world > 1:
+        # oneDNN hands the refinement head's last 1x1 conv its gradient with channels-last
+        # strides; for a 1x1 kernel that is the same memory as the bucket's, so DDP's
+        # "Grad strides do not match bucket view strides ... may impair performance" (printed
+        # by every rank, 5 lines each) is noise here
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
     net = DistributedDataParallel(model) if world > 1 else model
     sampler = CropSampler(items, config.crop, config.augment, rng)
     replayed = CropSampler(replay_items, config.crop, config.augment, rng) if replay else None
