@@ -333,7 +333,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         print(format_estimate(estimate_experiment(config, args.out), machine=machine))
         return 0
     subset = subset_tag(whole, config)
-    run_experiment(config, args.out, log=lambda line: print(line, flush=True), subset=subset)
+    run_experiment(config, args.out, log=lambda line: print(line, flush=True), subset=subset,
+                   processes=args.processes)
     if subset is None:
         print(f"experiment finished: {Path(args.out) / layout.RESULTS}, "
               f"{Path(args.out) / 'results.md'}")
@@ -657,6 +658,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", nargs="+", metavar="NAME",
                    help="only these settings (and comparisons among them); finished units "
                         "are shared with the full experiment")
+    p.add_argument("--processes", type=_positive_int, default=1,
+                   help="on a CPU, run up to this many units that do not depend on each other "
+                        "side by side, each process on its share of the threads (another "
+                        "seed's pretraining, a setting's other runs); 2 on 2 cores finish "
+                        "~1.2-1.5x sooner; the test split is still read only at the end "
+                        "(default 1: one at a time with all threads)")
     p.add_argument("--estimate", action="store_true",
                    help="time a few steps of each network on this machine and print how long "
                         "the units still to run will take; runs and writes nothing")

@@ -809,3 +809,77 @@ def test_a_part_of_an_experiment_leaves_the_whole_summary_as_it_was(tmp_path):
     assert experiment.subset_tag(config, config) is None
     assert experiment.subset_tag(config, replace(config, seeds=(0, 1, 2))) is None
     assert experiment.subset_tag(config, replace(config, seeds=(0,))) == "seeds-0"
+
+
+def _side_by_side_config(tmp_path: Path) -> ExperimentConfig:
+    return _config(tmp_path, settings=(Setting("real_k1", "real", 1),
+                                       Setting("sim_ft_k1", "simulated", 1)),
+                   compare=(("sim_ft_k1", "real_k1"),))
+
+
+def test_units_side_by_side_train_what_they_train_in_turn_and_test_comes_last(
+        tmp_path, monkeypatch):
+    import torch
+
+    from cellsynth.segment import predict
+
+    config = _side_by_side_config(tmp_path)
+    monkeypatch.setenv("CELLSYNTH_THREADS", "1")  # in turn with the share each process gets
+    in_turn = run_experiment(config, tmp_path / "turn", log=lambda _: None)
+    monkeypatch.setattr(experiment, "parallel_plan", lambda runs, device: (2, 1))
+    units, _ = experiment._plan(config, tmp_path / "side")
+    phase1 = {u.name for u in units}
+    predict_folder = predict.predict_folder
+    done_when_tested: list[set] = []
+
+    def spy_predict(*a, **kw):  # phase 2 runs here, in the calling process
+        state = json.loads((tmp_path / "side" / "state.json").read_text())
+        done_when_tested.append({n for n, e in state.items() if e["done"]} & phase1)
+        return predict_folder(*a, **kw)
+
+    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    said: list[str] = []
+    side = run_experiment(config, tmp_path / "side", log=said.append, processes=2)
+    # every unit ran once, in a pool process, and the test split was read after all of them
+    ran = [line for line in said if "running (side by side, 1 thread(s))" in line]
+    assert len(ran) == len(phase1)
+    assert {line.split("] ")[1].split(":")[0] for line in said if ": running" in line
+            and "side by side" not in line} == {f"evaluations/{d}_s{s}" for s in (0, 1)
+                                                  for d in ("real_k1", "simulated_k1")}
+    assert done_when_tested and all(d == phase1 for d in done_when_tested)
+    for name in phase1:
+        if name.startswith("detectors/"):
+            a = torch.load(tmp_path / "turn" / name / "best.pt", weights_only=False)["model"]
+            b = torch.load(tmp_path / "side" / name / "best.pt", weights_only=False)["model"]
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+    for name, r in in_turn["settings"].items():
+        assert side["settings"][name]["f1_50"]["per_seed"] == r["f1_50"]["per_seed"]
+    info = json.loads((tmp_path / "side" / "detectors/real_k1_s0" / "run.json").read_text())
+    assert info["torch_threads"] == [[0, 1]]
+    said.clear()  # a rerun finds everything done
+    run_experiment(config, tmp_path / "side", log=said.append, processes=2)
+    assert not [line for line in said if "running" in line]
+
+
+def test_a_failing_unit_side_by_side_stops_the_experiment_with_its_error(tmp_path,
+                                                                         monkeypatch):
+    from cellsynth.errors import CellsynthError
+    from cellsynth.pipeline.run import RunState, content_fingerprint
+
+    config = _side_by_side_config(tmp_path)
+    out = tmp_path / "exp"
+    units, _ = experiment._plan(config, out)
+    prints = experiment._fingerprints(units, content_fingerprint(config.train))
+    broken = "detectors/real_k1_s1"  # interrupted, with a checkpoint cut short
+    (out / broken).mkdir(parents=True)
+    (out / broken / "last.pt").write_bytes(b"PK\x03\x04 cut short")
+    RunState(out).mark(broken, prints[broken], done=False)
+    monkeypatch.setattr(experiment, "parallel_plan", lambda runs, device: (2, 1))
+    said: list[str] = []
+    with pytest.raises(CellsynthError, match="cannot load checkpoint"):
+        run_experiment(config, out, log=said.append, processes=2)
+    assert any(line.endswith(f"{broken}: resuming (side by side, 1 thread(s))")
+               for line in said)
+    state = json.loads((out / "state.json").read_text())
+    assert not state[broken]["done"]
+    assert not (out / "results.json").exists()  # no test split read, no summary

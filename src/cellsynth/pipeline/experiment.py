@@ -40,13 +40,14 @@ from typing import Any, Literal
 import numpy as np
 
 from cellsynth.config import ADDED, from_dict, load_yaml, override, save_yaml, to_dict
-from cellsynth.errors import ConfigError
+from cellsynth.errors import CellsynthError, ConfigError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import SimulateOptions
 from cellsynth.pipeline.run import RunState, claim, content_fingerprint, fingerprint
 from cellsynth.refine.config import RefineConfig
+from cellsynth.segment.parallel import parallel_plan
 from cellsynth.segment.tiles import HALF_PIXEL
 from cellsynth.segment.trainer import TrainConfig
 
@@ -55,6 +56,7 @@ __all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "select_sett
 
 _SYNTHETIC = ("simulated", "refined", "mixed")
 _REFINED = ("refined", "mixed")  # settings that need a refiner
+_POLL_SECONDS = 2.0  # how often the side-by-side scheduler looks at its processes
 
 
 def _changed(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
@@ -599,10 +601,126 @@ def _outputs(subset: str | None) -> tuple[str, str, str]:
     return f"results.{subset}.json", f"results.{subset}.md", f"learning_curve.{subset}.png"
 
 
+def _execute(unit: _Unit, fingerprints: dict[str, str], out: Path, state: RunState,
+             train_contents: str, log: Callable[[str], None], index: int, total: int
+             ) -> None:
+    """Run ``unit`` unless state.json has it done (with its fingerprint, added to
+    ``fingerprints``), holding its claim; a unit interrupted before resumes."""
+    unit_fingerprint = fingerprint(unit.name, unit.options, train_contents,
+                                   [fingerprints[i] for i in unit.inputs])
+    fingerprints[unit.name] = unit_fingerprint
+    if state.status(unit.name, unit_fingerprint) == "done":
+        return
+    with claim(out, unit.name, on_wait=lambda: log(
+            f"[{index}/{total}] {unit.name}: another process is running it; waiting")):
+        state.reload()  # what the process that held it recorded
+        status = state.status(unit.name, unit_fingerprint)
+        if status == "done":
+            return
+        doing = "resuming" if status == "interrupted" else "running"
+        log(f"[{index}/{total}] {unit.name}: {doing}")
+        state.mark(unit.name, unit_fingerprint, done=False)
+        started = time.perf_counter()
+        summary = unit.run(out / unit.name, status == "interrupted")
+        seconds = round(time.perf_counter() - started, 1)
+        state.mark(unit.name, unit_fingerprint, done=True, summary=summary, seconds=seconds)
+    log(f"[{index}/{total}] {unit.name}: done in {seconds / 60:.1f} min")
+
+
+# a pool process's plan of the experiment it serves: (units by name, fingerprints, contents)
+_WORKER_PLAN: dict[str, tuple[dict[str, _Unit], dict[str, str], str]] = {}
+
+
+def _unit_in_worker(config: ExperimentConfig, out: str, name: str) -> None:
+    """Run one phase-1 unit in a pool process of :func:`_side_by_side` (its work is a
+    closure of the plan, so the process plans the experiment again, once)."""
+    if out not in _WORKER_PLAN:
+        units, _ = _plan(config, Path(out))
+        contents = content_fingerprint(config.train)
+        _WORKER_PLAN[out] = ({u.name: u for u in units}, _fingerprints(units, contents),
+                             contents)
+    units, fingerprints, contents = _WORKER_PLAN[out]
+    _execute(units[name], dict(fingerprints), Path(out), RunState(Path(out)), contents,
+             lambda _: None, 0, 0)
+
+
+def _side_by_side(config: ExperimentConfig, out: Path, units: list[_Unit],
+                  fingerprints: dict[str, str], state: RunState, processes: int,
+                  threads: int, log: Callable[[str], None]) -> None:
+    """Phase 1 in ``processes`` pool processes of ``threads`` threads each: every unit whose
+    inputs are done goes to a free process, in the plan's order (a seed's pretraining beside
+    another seed's, a setting's fine-tunings beside each other). Progress is logged here as
+    in turn. A failing unit, or SIGINT/SIGTERM here, asks the running units to stop (a
+    training checkpoints between steps), starts no more, and raises its error (or
+    :class:`KeyboardInterrupt`); a rerun resumes."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cellsynth.segment.parallel import ask_to_stop, start_worker
+    from cellsynth.signals import stop_between_steps
+
+    position = {u.name: i for i, u in enumerate(units, 1)}
+    done = {u.name for u in units if state.status(u.name, fingerprints[u.name]) == "done"}
+    waiting = [u for u in units if u.name not in done]
+    running: dict[Any, _Unit] = {}
+    failure: BaseException | None = None
+
+    def said(unit: _Unit, what: str) -> None:
+        log(f"[{position[unit.name]}/{len(units)}] {unit.name}: {what}")
+
+    context = multiprocessing.get_context("spawn")  # (see cellsynth.segment.parallel)
+    with stop_between_steps() as stop, ProcessPoolExecutor(
+            processes, mp_context=context, initializer=start_worker,
+            initargs=(os.getpid(), threads, "the experiment's units side by side")) as pool:
+        asked = False
+        while waiting or running:
+            if not stop and failure is None:
+                for unit in [u for u in waiting if all(i in done for i in u.inputs)]:
+                    if len(running) >= processes:
+                        break
+                    waiting.remove(unit)
+                    interrupted = state.status(unit.name, fingerprints[unit.name])
+                    said(unit, f"{'resuming' if interrupted == 'interrupted' else 'running'}"
+                               f" (side by side, {threads} thread(s))")
+                    running[pool.submit(_unit_in_worker, config, str(out), unit.name)] = unit
+            if not running:
+                break
+            finished, _ = wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            for future in finished:
+                unit = running.pop(future)
+                error = None if future.cancelled() else future.exception()
+                if error is None and not future.cancelled():
+                    done.add(unit.name)
+                    state.reload()
+                    seconds = state.data.get(unit.name, {}).get("seconds", 0.0)
+                    said(unit, f"done in {seconds / 60:.1f} min")
+                elif failure is None and isinstance(error, BrokenProcessPool) and not stop:
+                    failure = CellsynthError(
+                        f"{out / unit.name}: the process running it died (out of memory?); "
+                        f"rerun to resume, with fewer --processes if it happens again")
+                elif failure is None and error is not None and not isinstance(
+                        error, (KeyboardInterrupt, BrokenProcessPool)):
+                    failure = error
+            if (stop or failure is not None) and not asked:
+                asked = True
+                ask_to_stop(pool, running)
+    state.reload()
+    if failure is not None:
+        raise failure
+    if stop or waiting:
+        raise KeyboardInterrupt
+
+
 def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
-                   log: Callable[[str], None] = print, subset: str | None = None
-                   ) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, subset: str | None = None,
+                   processes: int = 1) -> dict[str, Any]:
     """Run (or continue) an experiment into ``out``; returns the summary in results.json.
+
+    ``processes`` > 1 (a CPU): phase 1's units that do not depend on each other run side by
+    side, each process on its share of the threads (:func:`_side_by_side`,
+    :func:`cellsynth.segment.parallel.parallel_plan`); the test split is still predicted
+    only after all of them, in this process.
 
     ``subset`` (see :func:`subset_tag`): this process runs only part of the experiment (some
     seeds or settings, e.g. one seed per process side by side); its summary goes to
@@ -624,29 +742,15 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
     train_contents = content_fingerprint(config.train)
 
     def execute(unit: _Unit, index: int, total: int) -> None:
-        unit_fingerprint = fingerprint(unit.name, unit.options, train_contents,
-                                       [fingerprints[i] for i in unit.inputs])
-        fingerprints[unit.name] = unit_fingerprint
-        if state.status(unit.name, unit_fingerprint) == "done":
-            return
-        with claim(out, unit.name, on_wait=lambda: log(
-                f"[{index}/{total}] {unit.name}: another process is running it; waiting")):
-            state.reload()  # what the process that held it recorded
-            status = state.status(unit.name, unit_fingerprint)
-            if status == "done":
-                return
-            doing = "resuming" if status == "interrupted" else "running"
-            log(f"[{index}/{total}] {unit.name}: {doing}")
-            state.mark(unit.name, unit_fingerprint, done=False)
-            started = time.perf_counter()
-            summary = unit.run(out / unit.name, status == "interrupted")
-            seconds = round(time.perf_counter() - started, 1)
-            state.mark(unit.name, unit_fingerprint, done=True, summary=summary,
-                       seconds=seconds)
-        log(f"[{index}/{total}] {unit.name}: done in {seconds / 60:.1f} min")
+        _execute(unit, fingerprints, out, state, train_contents, log, index, total)
 
     # phase 1: everything that trains or chooses; the test split is not opened
-    for i, unit in enumerate(units, 1):
+    processes, threads = (1, None) if processes <= 1 else parallel_plan(
+        processes, config.device)
+    if processes > 1:
+        fingerprints.update(_fingerprints(units, train_contents))
+        _side_by_side(config, out, units, fingerprints, state, processes, threads, log)
+    for i, unit in enumerate(units, 1):  # (side by side: all done already, nothing runs)
         execute(unit, i, len(units))
     # phase 2: every detector predicts the test split once
     test_contents = content_fingerprint(config.test)

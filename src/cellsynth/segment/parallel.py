@@ -25,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger("cellsynth")
 
-__all__ = ["parallel_plan", "train_side_by_side"]
+__all__ = ["parallel_plan", "train_side_by_side", "start_worker", "ask_to_stop"]
 
 _POLL_SECONDS = 2.0
 
@@ -58,11 +58,12 @@ def parallel_plan(runs: int, device: str = "cpu", threads: int | None = None
     return processes, max(1, total // processes)
 
 
-def _start_worker(parent: int, threads: int) -> None:
+def start_worker(parent: int, threads: int, source: str = "the runs side by side") -> None:
     """A pool process: its own session (Ctrl-C at the terminal reaches only the parent, which
-    asks each run once to stop), ends with the parent, ``threads`` torch threads; a stop
-    asked before its run's loop starts is kept for the loop (a killed pool process would
-    break the pool and with it the other runs' checkpoints)."""
+    asks each run once to stop), ends with the parent, ``threads`` torch threads (``source``
+    says why, in run.json's and the notes' terms); a stop asked before its run's loop starts
+    is kept for the loop (a killed pool process would break the pool and with it the other
+    runs' checkpoints)."""
     from cellsynth.hardware import THREADS_SOURCE, die_with_parent
     from cellsynth.signals import remember_stop_signals
 
@@ -71,7 +72,20 @@ def _start_worker(parent: int, threads: int) -> None:
     die_with_parent(parent)
     remember_stop_signals()
     os.environ["CELLSYNTH_THREADS"] = str(threads)
-    os.environ[THREADS_SOURCE] = "the runs side by side"
+    os.environ[THREADS_SOURCE] = source
+
+
+def ask_to_stop(pool: Any, pending: Any) -> None:
+    """Cancel the futures in ``pending`` not started yet and send SIGTERM once to each of the
+    pool's processes (:func:`start_worker`'s processes stop their loops between steps)."""
+    for future in pending:
+        future.cancel()
+    # (the pool's own record of its processes: no public accessor before 3.14)
+    for process in list(getattr(pool, "_processes", {}).values()):
+        try:
+            os.kill(process.pid, signal.SIGTERM)
+        except OSError:
+            pass
 
 
 def _train(job: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +140,7 @@ def train_side_by_side(jobs: dict[str, dict[str, Any]], *, processes: int, threa
     # spawn, not fork: a forked child of a process whose OpenMP pool has run can hang
     context = multiprocessing.get_context("spawn")
     with stop_between_steps() as stop, bar, ProcessPoolExecutor(
-            processes, mp_context=context, initializer=_start_worker,
+            processes, mp_context=context, initializer=start_worker,
             initargs=(os.getpid(), threads)) as pool:
         futures = {pool.submit(_train, job): name for name, job in jobs.items()}
         pending, asked = set(futures), False
@@ -148,14 +162,7 @@ def train_side_by_side(jobs: dict[str, dict[str, Any]], *, processes: int, threa
             bar.refresh()
             if (stop or failure is not None) and not asked:
                 asked = True
-                for future in pending:
-                    future.cancel()  # (not started yet)
-                # (the pool's own record of its processes: no public accessor before 3.14)
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    try:
-                        os.kill(process.pid, signal.SIGTERM)
-                    except OSError:
-                        pass
+                ask_to_stop(pool, pending)
     if failure is not None:
         raise failure
     if stop or len(results) < len(jobs):
