@@ -150,6 +150,12 @@ def test_killed_run_keeps_finished_stages(tmp_path, monkeypatch):
     run(config, out, progress=False, log=said.append)
     assert said[:5] == [f"[{s}] up to date, skipped" for s in done]
     assert said[5] == "[pretrain] resuming"
+    # each stage says when it is done and how many are left; the last one only its time
+    stages_done = [line for line in said if " done in " in line]
+    names = [stage.name for stage in plan(config)]
+    assert [line.split("]")[0][1:] for line in stages_done] == names[5:]
+    assert stages_done[0].endswith(f"; {len(names) - 6} stages to go")
+    assert stages_done[-1].endswith((" s", " min")) and "to go" not in stages_done[-1]
     assert {s: _mtimes(out, s) for s in finished} == finished
     assert (out / "pretrain" / "last.pt").exists()
 
@@ -761,3 +767,10 @@ def test_predict_precision_reaches_the_prediction_and_is_checked(tmp_path, monke
     with pytest.raises(ConfigError, match="predict.precision must be auto, bf16, fp32 or int8, "
                                           "got 'int9'"):
         from_dict(PipelineConfig, {"predict": {"precision": "int9"}}, where="run.yaml")
+
+
+def test_stage_durations_read_as_seconds_minutes_or_hours():
+    from cellsynth.pipeline.run import _duration
+
+    assert [_duration(t) for t in (42.4, 90, 2140.5, 3599, 3600, 3959, 7199)] == [
+        "42 s", "1.5 min", "35.7 min", "1 h 00 min", "1 h 00 min", "1 h 06 min", "2 h 00 min"]

@@ -142,6 +142,16 @@ def stage_fingerprints(config: PipelineConfig, plan: list) -> dict[str, str]:
     return fingerprints
 
 
+def _duration(seconds: float) -> str:
+    """42 s, 3.5 min or 1 h 05 min."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if round(seconds / 60, 1) < 60:
+        return f"{seconds / 60:.1f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) the whole pipeline into ``out``; returns the stages' summaries.
@@ -174,7 +184,10 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool,
         state.mark(stage.name, stage_fingerprint, done=False)
         started = time.perf_counter()
         summary = stage.run(config, out, resume=status == "interrupted", progress=progress)
-        state.mark(stage.name, stage_fingerprint, done=True, summary=summary,
-                   seconds=round(time.perf_counter() - started, 1))
+        seconds = round(time.perf_counter() - started, 1)
+        state.mark(stage.name, stage_fingerprint, done=True, summary=summary, seconds=seconds)
         summaries[stage.name] = summary
+        left = len(plan) - 1 - plan.index(stage)
+        log(f"[{stage.name}] done in {_duration(seconds)}"
+            + (f"; {left} stage{'s' if left > 1 else ''} to go" if left else ""))
     return summaries
