@@ -236,3 +236,28 @@ def test_unusual_but_valid_input_is_accepted_with_at_most_a_note(world, capsys, 
     else:
         assert err and all(ln.startswith(f"cellsynth {argv[0]}: warning: ") for ln in err), err
         assert any(note in ln for ln in err), err
+
+
+@pytest.mark.parametrize("line", [
+    "predict --detector {run} --images {data} --out {data} --force",
+    "predict --detector {run} --images {data} --out {parent} --force",
+    "predict --detector {run} --images {data}/images/0000.png --out {data} --force",
+    "export {data} --to geojson --out {data} --force",
+    "export {data} --to cellpose --out {parent} --force",
+    "generate --refiner {run} --sim {data} --out {parent} --force",
+])
+def test_an_output_that_is_or_holds_the_input_is_refused_even_with_force(world, tmp_path,
+                                                                       capsys, line):
+    import shutil
+
+    parent = tmp_path / "project"
+    data = parent / "data"
+    shutil.copytree(world["sim"], data)
+    before = _snapshot(parent)
+    argv = line.format(run=world["run"], data=data, parent=parent).split()
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ": error:" in ln]
+    assert len(errors) == 1 and "is (or holds) the input" in errors[0], err
+    assert _snapshot(parent) == before  # the images are all still there, byte for byte

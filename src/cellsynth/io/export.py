@@ -129,7 +129,7 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": [{"id": 1, "name": "cell"}]}
     n_cells = 0
-    with staged_output_dir(out, force=force) as staging:
+    with staged_output_dir(out, force=force, inputs=(root,)) as staging:
         if to == "stardist":
             (staging / "images").mkdir()
             (staging / "masks").mkdir()

@@ -21,7 +21,8 @@ from typing import Any
 from cellsynth.errors import CellsynthError, ConfigError, OutputExistsError
 from cellsynth.pipeline import layout
 
-__all__ = ["atomic_path", "write_with", "write_json", "staged_output_dir", "check_run_dir",
+__all__ = ["atomic_path", "write_with", "write_json", "staged_output_dir", "refuse_inputs",
+           "check_run_dir",
            "prepare_run_dir", "discard_replaced_run", "restore_replaced_run"]
 
 
@@ -99,14 +100,30 @@ def _check_writable(out: Path, force: bool) -> None:
         raise CellsynthError(f"{out}: parent folder {parent} is not writable")
 
 
+def refuse_inputs(out: str | os.PathLike, inputs: tuple | list, what: str = "output") -> None:
+    """Raise :class:`OutputExistsError` if the folder ``out`` is one of the paths ``inputs``
+    or holds one: replacing it (``--force``) would delete what the command reads."""
+    folder = Path(out).resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        source = Path(source).resolve()
+        if source == folder or folder in source.parents:
+            raise OutputExistsError(f"{out}: is (or holds) the input {source}; write the "
+                                    f"{what} to another folder")
+
+
 @contextlib.contextmanager
-def staged_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+def staged_output_dir(out: str | os.PathLike, *, force: bool = False,
+                      inputs: tuple | list = ()) -> Iterator[Path]:
     """Build an output folder in a staging folder and swap it in when the block succeeds.
 
     Raises :class:`OutputExistsError` up front if ``out`` is a non-empty folder and ``force``
-    is false. With ``force`` the old folder is replaced only after the new one is complete.
+    is false, or if it is (or holds) one of the paths ``inputs`` the command reads. With
+    ``force`` the old folder is replaced only after the new one is complete.
     """
     out = Path(out)
+    refuse_inputs(out, inputs)
     _check_writable(out, force)
     _remove_stale_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp",
@@ -175,11 +192,7 @@ def check_run_dir(out: str | os.PathLike, *, resume: bool, force: bool,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder")
-    for source in inputs:
-        source = Path(source).resolve()
-        if source == out.resolve() or out.resolve() in source.parents:
-            raise OutputExistsError(f"{out}: is (or holds) the input {source}; write the run "
-                                    f"to another folder")
+    refuse_inputs(out, inputs, "run")
     if resume:
         if (out / checkpoint).is_file():
             return True

@@ -23,7 +23,7 @@ from cellsynth import __version__
 from cellsynth.errors import DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads
 from cellsynth.io.datasets import write_dataset_meta
-from cellsynth.io.files import staged_output_dir
+from cellsynth.io.files import refuse_inputs, staged_output_dir
 from cellsynth.io.images import to_uint8, write_image
 from cellsynth.io.normalize import Normalization, normalize
 from cellsynth.pipeline import layout
@@ -152,12 +152,13 @@ def refine_dataset(run: str | os.PathLike, sim_dir: str | os.PathLike,
     """
     from tqdm.auto import tqdm
 
+    refuse_inputs(out_dir, (run, sim_dir))  # (before the refiner is loaded)
     configure_threads()
     refiner = load_refiner(run, device=device, precision=precision)
     sim = load_simulated(sim_dir)
     started = time.perf_counter()
     sim_images, refined_images, label_maps = [], [], []
-    with staged_output_dir(out_dir, force=force) as root:
+    with staged_output_dir(out_dir, force=force, inputs=(run, sim_dir)) as root:
         (root / "images").mkdir()
         (root / "labels").mkdir()
         bar = tqdm(total=len(sim), desc="generate", unit="img", disable=not progress)

@@ -529,7 +529,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     # finished rows of tiles of every image, kept until the output is published: a killed
     # prediction (a whole section takes hours) resumes there when run again
     cache = Path(out).parent / f".{Path(out).name}.proposals"
-    with staged_output_dir(out, force=force) as root:
+    with staged_output_dir(out, force=force, inputs=(images, run, faint_from)) as root:
         (root / layout.LABELS).mkdir()
         (root / layout.OVERLAYS).mkdir()
         (root / layout.DETECTIONS).mkdir()
