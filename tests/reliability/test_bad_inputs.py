@@ -54,6 +54,10 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (float_labels / "labels").mkdir()
     write_image(float_labels / "images" / "a.png", good)
     tifffile.imwrite(float_labels / "labels" / "a.tif", np.zeros((64, 64), np.float32))
+    same_id = root / "same_id"  # a.png and a.tif: one labels/a.tif for both
+    (same_id / "images").mkdir(parents=True)
+    write_image(same_id / "images" / "a.png", good)
+    tifffile.imwrite(same_id / "images" / "a.tif", good.astype(np.uint16))
     nan = root / "nan"
     (nan / "images").mkdir(parents=True)
     image = np.zeros((64, 64), np.float32)
@@ -137,6 +141,8 @@ CASES = [
     ("predict --detector {run} --images {root}/truncated --out {existing} --force", "truncated"),
     ("predict --detector {run} --images {root}/missing --out {existing} --force", "missing"),
     ("predict --detector {run} --images {sim} --out {existing}", "not empty"),
+    ("predict --detector {run} --images {root}/same_id --out {existing} --force",
+     "two files share the id 'a': a.png and a.tif"),
     ("evaluate --pred {root}/mismatch --gt {sim}", "mismatch"),
     ("evaluate --pred {sim} --gt {root}/missing", "missing"),
     ("realism --a {root}/truncated --b {sim}", "truncated"),

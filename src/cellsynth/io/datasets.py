@@ -146,7 +146,7 @@ class Dataset:
         return float(value) if value is not None else sample.stated_pixel_size_um
 
 
-def _files_by_id(folder: Path, *, zarr_sections: bool = False,
+def files_by_id(folder: Path, *, zarr_sections: bool = False,
                  suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, Path]:
     """Image (or label) files by id; with ``zarr_sections`` also ``<id>.zarr`` folders."""
     found: dict[str, Path] = {}
@@ -198,8 +198,8 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
     if not image_dir.is_dir():
         image_dir = root  # a plain folder of images
         label_dir = root / "labels"
-    images = _files_by_id(image_dir, zarr_sections=True)
-    labels = _files_by_id(label_dir, suffixes=LABEL_SUFFIXES) if label_dir.is_dir() else {}
+    images = files_by_id(image_dir, zarr_sections=True)
+    labels = files_by_id(label_dir, suffixes=LABEL_SUFFIXES) if label_dir.is_dir() else {}
     if image_dir == root and not labels:
         masks = {i[:-len(CELLPOSE_SUFFIX)]: p for i, p in images.items()
                  if i.endswith(CELLPOSE_SUFFIX)}

@@ -22,7 +22,7 @@ from cellsynth import __version__
 from cellsynth.config import from_dict
 from cellsynth.errors import CellsynthError, ConfigError, DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads, resolve_device
-from cellsynth.io.datasets import announce_skipped, load_dataset
+from cellsynth.io.datasets import announce_skipped, files_by_id, load_dataset
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
@@ -469,9 +469,8 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
     if not images.exists():
         raise DatasetError(f"{images}: no such folder")
     folder = images / "images" if (images / "images").is_dir() else images
-    found = [(p.stem, p) for p in sorted(folder.iterdir())
-             if (p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-             or (p.suffix.lower() == ".zarr" and p.is_dir())]
+    # (as a dataset reads them: a.png beside a.tif would write one a.tif of labels)
+    found = list(files_by_id(folder, zarr_sections=True).items())
     if not found:
         load_dataset(images)  # raises the standard "no images found" error (naming CZI etc.)
     announce_skipped(folder, foreign_files(folder))
