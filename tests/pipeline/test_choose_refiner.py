@@ -117,7 +117,7 @@ def test_a_run_refines_with_the_chosen_step(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "train", scored_train)
     said: list[str] = []
     run(config, tmp_path / "run", progress=False, log=said.append)
-    order = [line.split("]")[0][1:] for line in said]
+    order = [line.split("]")[0][1:] for line in said if " done in " not in line]
     assert order.index("refiner") < order.index("refiner_choice") < order.index("refined")
     meta = json.loads((tmp_path / "run" / "refined" / "meta.json").read_text())
     assert meta["refiner"]["step"] == 2

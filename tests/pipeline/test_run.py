@@ -77,7 +77,8 @@ def test_rerun_skips_done_stages_and_redoes_changed_ones(tmp_path):
     said.clear()
     run(replace(config, pretrain=replace(config.pretrain, steps=3)), out, progress=False,
         log=said.append)
-    ran = [line.split("]")[0][1:] for line in said if "skipped" not in line]
+    ran = [line.split("]")[0][1:] for line in said
+             if "skipped" not in line and " done in " not in line]
     assert ran == ["pretrain", "predict", "report"]
     assert _mtimes(out, "refiner") == before["refiner"]
 
@@ -98,7 +99,8 @@ def test_fingerprints_follow_contents_and_the_one_seed(tmp_path):
     said.clear()
     run(replace(config, real=RealData(unlabeled=str(moved))), out, progress=False,
         log=said.append)
-    ran = [line.split("]")[0][1:] for line in said if "skipped" not in line]
+    ran = [line.split("]")[0][1:] for line in said
+             if "skipped" not in line and " done in " not in line]
     assert ran == ["refiner", "refined", "refined_val", "pretrain", "predict", "report"]
     # another run seed: every stage, the simulation included
     said.clear()
@@ -224,12 +226,19 @@ def test_labeled_run_finetunes_evaluates_and_maps_back_to_the_real_pixels(tmp_pa
     out = tmp_path / "run"
     said: list[str] = []
     summaries = run(config, out, progress=False, log=said.append)
-    ran = [line.split("]")[0][1:] for line in said]
+    ran = [line.split("]")[0][1:] for line in said if " done in " not in line]
     assert ran == ["simulate", "real", "refiner", "refined", "pretrain", "finetune", "predict",
                    "evaluate", "realism", "report"]
     from cellsynth.io.images import read_image, read_labels
 
     assert read_image(out / "real" / "test" / "images" / "img0.png").shape[:2] == (96, 96)
+    import yaml
+
+    # the detectors record the working pixel size, so `cellsynth predict` resamples the
+    # original images (at 1.0 um/px) by itself
+    for stage in ("pretrain", "finetune"):
+        assert yaml.safe_load((out / stage / "config.yaml").read_text())[
+            "pixel_size_um"] == 0.5
     for i in range(2):
         predicted = read_labels(out / "predict" / "labels" / f"img{i}.tif")
         assert predicted.shape == (48, 48)  # back at the original pixels
@@ -260,7 +269,8 @@ def test_a_run_can_fit_the_simulator_to_its_real_images_first(tmp_path):
     out = tmp_path / "run"
     said: list[str] = []
     run(config, out, progress=False, log=said.append)
-    assert said[0].startswith("[fit]") and said[1].startswith("[simulate]")
+    assert said[0].startswith("[fit]") and said[1].startswith("[fit] done in ")
+    assert said[2].startswith("[simulate]")
     fitted = stages._sim_config(config, out)
     assert fitted.pixel_size_um == base.pixel_size_um  # the working resolution stays
     assert median_diameter_um(fitted) > 1.2 * median_diameter_um(base)
@@ -362,7 +372,8 @@ def test_select_trains_and_validates_on_the_chosen_annotated_images_only(tmp_pat
     out = tmp_path / "run"
     said: list[str] = []
     run(config, out, progress=False, log=said.append)
-    assert [line.split("]")[0][1:] for line in said][:2] == ["simulate", "real"]
+    started = [line.split("]")[0][1:] for line in said if " done in " not in line]
+    assert started[:2] == ["simulate", "real"]
     for role, ids in (("train", ["img1"]), ("val", ["img1", "img2"])):
         for kind in ("images", "labels"):
             assert sorted(p.stem for p in (out / "real" / role / kind).iterdir()) == ids
@@ -374,7 +385,8 @@ def test_select_trains_and_validates_on_the_chosen_annotated_images_only(tmp_pat
     other = replace(config, real=replace(config.real, select={"train": ["img0"]}))
     said.clear()
     run(other, out, progress=False, log=said.append)
-    redone = [line.split("]")[0][1:] for line in said if "skipped" not in line]
+    redone = [line.split("]")[0][1:] for line in said
+             if "skipped" not in line and " done in " not in line]
     assert "real" in redone and "finetune" in redone and "refiner" not in redone
     assert [p.stem for p in (out / "real" / "train" / "images").iterdir()] == ["img0"]
 
@@ -571,7 +583,7 @@ def test_self_training_labels_the_unannotated_images_and_predicts_with_the_stude
     out = tmp_path / "run"
     said: list[str] = []
     run(config, out, progress=False, log=said.append)
-    ran = [line.split("]")[0][1:] for line in said]
+    ran = [line.split("]")[0][1:] for line in said if " done in " not in line]
     assert ran[ran.index("finetune"):] == ["finetune", "pseudo", "selftrain", "predict",
                                            "evaluate", "report"]
     pseudo = out / "pseudo"
@@ -620,7 +632,7 @@ def test_soup_fine_tunes_several_times_and_predicts_with_their_average(tmp_path)
     out = tmp_path / "run"
     said: list[str] = []
     summaries = run(config, out, progress=False, log=said.append)
-    ran = [line.split("]")[0][1:] for line in said]
+    ran = [line.split("]")[0][1:] for line in said if " done in " not in line]
     assert ran[ran.index("finetune"):] == ["finetune", "finetune_runs", "soup", "predict",
                                            "evaluate", "report"]
     assert yaml.safe_load((out / "finetune_runs" / "r1" / "config.yaml").read_text())[
@@ -634,6 +646,8 @@ def test_soup_fine_tunes_several_times_and_predicts_with_their_average(tmp_path)
     assert summaries["soup"]["n_val_images"] == 2  # its threshold from real.val
     predicted_by = json.loads((out / "predict" / "meta.json").read_text())["model"]
     assert Path(predicted_by).resolve().parent == (out / "soup").resolve()
+    assert torch.load(out / "soup" / "best.pt", weights_only=False)["config"][
+        "pixel_size_um"] == 0.5  # the fluo preset's, which the run works at
     page = (out / "report.html").read_text()
     assert "the average of the weights of 2 fine-tunings" in page
     # a third run later: the first two fine-tunings are kept, one more trains, the soup is
@@ -652,7 +666,7 @@ def test_soup_fine_tunes_several_times_and_predicts_with_their_average(tmp_path)
     import os
 
     from cellsynth.pipeline.stages import _same_fine_tuning
-    member = replace(tiny, seed=1000)
+    member = replace(tiny, seed=1000, pixel_size_um=0.5)  # (at the run's pixel size)
     r1 = out / "finetune_runs" / "r1"
     assert _same_fine_tuning(r1, member, out / "pretrain", [str(train)])
     assert not _same_fine_tuning(r1, replace(member, lr=2e-3), out / "pretrain", [str(train)])
@@ -725,7 +739,7 @@ def test_fine_tuning_without_a_refiner_and_pretraining_validated_on_the_simulati
     out = tmp_path / "run"
     said: list[str] = []
     run(config, out, progress=False, log=said.append)
-    ran = [line.split("]")[0][1:] for line in said]
+    ran = [line.split("]")[0][1:] for line in said if " done in " not in line]
     assert ran[:5] == ["simulate", "simulate_val", "pretrain", "finetune", "predict"]
     info = {name: json.loads((out / name / "run.json").read_text())
             for name in ("pretrain", "finetune")}

@@ -665,3 +665,32 @@ def test_faint_detections_are_dropped_by_the_cut_of_annotated_images(model, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--faint-percentile needs --faint-from" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_detector_without_a_pixel_size_says_it_cannot_match_the_images_one(model, tmp_path,
+                                                                             capsys):
+    """A stated pixel size that cannot be used is one warning line, shown with --quiet; a
+    detector that records its pixel size gets none and resamples."""
+    import torch
+
+    from cellsynth.cli import main
+
+    run, sim = model
+    (tmp_path / "imgs").mkdir()
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    write_image(tmp_path / "imgs" / "a.png", image)
+    args = ["predict", "--images", str(tmp_path / "imgs"), "--pixel-size", "0.25", "--quiet"]
+    assert main([*args, "--detector", str(run), "--out", str(tmp_path / "p")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("does not record the pixel size it was trained at") == 1, err
+    assert "images' 0.25 um/px cannot be matched" in err
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    assert meta["images_pixel_size_um"]["a"]["resampled_by"] == 1.0
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["config"]["pixel_size_um"] = 0.5  # the same detector, knowing its pixel size
+    torch.save(ckpt, tmp_path / "knows.pt")
+    assert main([*args, "--detector", str(tmp_path / "knows.pt"),
+                 "--out", str(tmp_path / "q")]) == 0
+    assert "does not record" not in capsys.readouterr().err
+    meta = json.loads((tmp_path / "q" / "meta.json").read_text())
+    assert meta["images_pixel_size_um"]["a"]["resampled_by"] == 0.5

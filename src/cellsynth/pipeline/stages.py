@@ -230,13 +230,23 @@ def _generate(source: str, target: str) -> Callable[..., dict[str, Any]]:
     return run
 
 
+def detector_config(config: PipelineConfig, out: Path, base: Any, **changes: Any) -> Any:
+    """A stage's TrainConfig: ``base`` on the run's device, with ``changes``, at the run's
+    working pixel size (the simulation's) unless ``base`` names one. The checkpoint then
+    records it, so `cellsynth predict` resamples images stated at another pixel size (without
+    it, every pixel size was ignored); the run's own folders are at it already."""
+    if base.pixel_size_um is None:
+        changes.setdefault("pixel_size_um", _sim_config(config, out).pixel_size_um)
+    return replace(base, device=config.device, **changes)
+
+
 def _train(name: str, data: Callable[[PipelineConfig, Path], list[str]],
            init: str | None) -> Callable[..., dict[str, Any]]:
     def run(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
         from cellsynth.segment.trainer import train
 
         resume = kw["resume"] and layout.has_checkpoint(out / name)
-        train_config = replace(getattr(config, name), device=config.device, seed=config.seed)
+        train_config = detector_config(config, out, getattr(config, name), seed=config.seed)
         replay = _synthetic(config, out) if init and train_config.replay > 0 else None
         val, synthetic_val = real_folder(config, out, "val"), _synthetic_val(config)
         if name == layout.PRETRAIN and synthetic_val:
@@ -300,8 +310,8 @@ def _selftrain(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from cellsynth.segment.trainer import train
 
     resume = kw["resume"] and layout.has_checkpoint(out / layout.SELFTRAIN)
-    train_config = replace(config.finetune, replay=config.selftrain.pseudo,
-                           device=config.device, seed=config.seed)
+    train_config = detector_config(config, out, config.finetune,
+                                   replay=config.selftrain.pseudo, seed=config.seed)
     return train(train_config, [real_folder(config, out, "train")], out / layout.SELFTRAIN,
                  init=out / _fine_tuned(config), val=real_folder(config, out, "val"),
                  resume=resume, force=not resume, progress=kw["progress"],
@@ -318,7 +328,7 @@ def _finetune_runs(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
     train_data, val_data = real_folder(config, out, "train"), real_folder(config, out, "val")
     for r in range(1, config.soup):
         folder = out / layout.FINETUNE_RUNS / f"r{r}"
-        member = replace(config.finetune, device=config.device, seed=config.seed + 1000 * r)
+        member = detector_config(config, out, config.finetune, seed=config.seed + 1000 * r)
         # an interrupted stage's runs, and a finished run's when `soup` grows, resume (the
         # finished ones to their end at once): kept where they started from this pretrained
         # detector with these options

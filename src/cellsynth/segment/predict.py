@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -542,9 +543,15 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 image, lazy = _open(path, level)
                 px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
                 if px is None and detector.pixel_size_um is not None:
-                    announce(f"{images}: pixel size of some images unknown (no --pixel-size, "
-                             f"meta.json or file metadata); taken to be the model's "
-                             f"{detector.pixel_size_um} um/px")
+                    warnings.warn(f"{images}: pixel size of some images unknown (no "
+                                  f"--pixel-size, meta.json or file metadata); taken to be "
+                                  f"the model's {detector.pixel_size_um} um/px", stacklevel=1)
+                elif px is not None and detector.pixel_size_um is None:
+                    warnings.warn(f"{run}: the detector does not record the pixel size it was "
+                                  f"trained at, so the images' {px:g} um/px cannot be matched "
+                                  f"to it and they are predicted as they are (a detector "
+                                  f"trained with pixel_size_um, as `cellsynth run` trains "
+                                  f"them, resamples)", stacklevel=1)
                 stat = path.stat()
                 store = ProposalStore(cache / image_id, {
                     "detector": detector.source, "step": detector.step,
