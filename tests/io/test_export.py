@@ -91,3 +91,37 @@ def test_a_prediction_folder_exports_polygons_but_not_rasters(dataset, tmp_path)
     with pytest.raises(DatasetError, match="has no images; cellpose needs them"):
         export(pred, "cellpose", tmp_path / "cp")
     assert not (tmp_path / "cp").exists()
+
+
+def test_polygons_keep_every_corner_of_the_pixel_outline_and_nothing_else():
+    """An outline is the marching-squares contour of the cell without the points on a
+    straight line between their neighbours: the same area to the last digit, no collinear
+    vertex left."""
+    from scipy import ndimage as ndi
+    from skimage.measure import find_contours
+
+    rng = np.random.default_rng(3)
+    field = ndi.gaussian_filter(rng.random((128, 128)), 3)
+    labels, _ = ndi.label(field > np.percentile(field, 70))  # irregular blobs
+    polygons = label_polygons(labels)
+    assert len(polygons) >= 5
+
+    def area(points):
+        x, y = points[:, 0], points[:, 1]
+        return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+    dropped = 0
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        polygon = polygons[index]
+        contour = max(find_contours(np.pad(labels[box] == index, 1).astype(float), 0.5),
+                      key=len)
+        full = np.stack([contour[:, 1] - 1 + box[1].start + 0.5,
+                         contour[:, 0] - 1 + box[0].start + 0.5], axis=1)
+        assert np.array_equal(polygon[0], polygon[-1]) and len(polygon) <= len(full)
+        dropped += len(full) - len(polygon)
+        assert area(polygon) == pytest.approx(area(full), abs=1e-9)
+        assert {tuple(p) for p in polygon} <= {tuple(p) for p in full}
+        ring = polygon[:-1]
+        before, after = ring - np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0) - ring
+        assert np.all(np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9)
+    assert dropped > 100  # the straight runs of the larger blobs

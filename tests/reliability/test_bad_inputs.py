@@ -183,6 +183,8 @@ CASES = [
      "invalid choice"),
     ("predict --detector {run} --images {root}/pyramid.tif --out {existing} --force --level 4",
      "pyramid.tif: no resolution level 4; the image has 2"),
+    ("predict --detector {run} --images {sim} --out {existing} --force --level 2",
+     "no resolution level 2; the image has 1 (0 = full resolution)"),
     ("predict --detector {run} --images {root}/five_d.zarr --out {existing} --force",
      "five_d.zarr: cannot tell the axes of a 5-D array"),
     ("predict --detector {run} --images {root}/slide.czi --out {existing} --force",

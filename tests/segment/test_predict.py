@@ -508,7 +508,10 @@ def test_a_pyramid_level_is_predicted_at_its_own_pixel_size_beside_a_meta_json(
     run, _ = model
     folder = tmp_path / "slides"
     folder.mkdir()
-    image = np.random.default_rng(0).integers(150, 255, (512, 384, 3), dtype=np.uint8)
+    image = np.random.default_rng(0).integers(20, 60, (512, 384, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:512, :384]
+    for y, x in ((128, 96), (300, 250), (420, 120)):  # cells of radius 12 px at level 1
+        image[(yy - y) ** 2 + (xx - x) ** 2 < 48 ** 2] = 230
     kw = {"photometric": "rgb", "compression": "zlib", "metadata": None}
     head = "Aperio Image Library v12.0.15 \r\n"
     with tifffile.TiffWriter(folder / "slide.svs") as tif:
@@ -520,7 +523,25 @@ def test_a_pyramid_level_is_predicted_at_its_own_pixel_size_beside_a_meta_json(
     predict_folder(run, folder, tmp_path / "out", level=1, precision="fp32", progress=False)
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["images_pixel_size_um"]["slide"]["pixel_size_um"] == pytest.approx(4 * 0.499)
-    assert read_labels(tmp_path / "out" / "labels" / "slide.tif").shape == (128, 96)
+    labels = read_labels(tmp_path / "out" / "labels" / "slide.tif")
+    assert labels.shape == (128, 96)
+    # exported outlines are in level 0's pixels, where QuPath and napari show the slide
+    from cellsynth.io.export import export, label_polygons
+
+    assert meta["images_pixel_size_um"]["slide"]["level0_shape"] == [512, 384]
+    export(tmp_path / "out", "geojson", tmp_path / "qupath")
+    export(tmp_path / "out", "coco", tmp_path / "coco")
+    features = json.loads((tmp_path / "qupath" / "slide.geojson").read_text())["features"]
+    own = label_polygons(labels)
+    assert len(features) == len(own) == 3
+    for feature in features:
+        index = feature["properties"]["measurements"]["label"]
+        assert np.allclose(feature["geometry"]["coordinates"][0], own[index] * 4, atol=0.01)
+        assert feature["properties"]["measurements"]["area_px"] == int((labels == index).sum())
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    assert coco["images"][0] | {"id": 1} == {"id": 1, "file_name": "slide.svs",
+                                            "height": 512, "width": 384}
+    assert coco["annotations"][0]["area"] == 16 * int((labels == 1).sum())
 
 
 def test_blank_glass_beside_a_section_is_not_predicted_and_changes_no_label(model, tmp_path,

@@ -44,13 +44,30 @@ __all__ = ["FORMATS", "export", "label_polygons"]
 FORMATS = ("cellpose", "stardist", "geojson", "coco")
 
 
+def _corners(contour: np.ndarray) -> np.ndarray:
+    """A closed contour (first point repeated last) without the points that lie on a straight
+    line between their neighbours: the same outline, exactly (skimage's
+    approximate_polygon at 0.1 px did nearly this, 7 ms a cell in Python: 90 % of a
+    section's export)."""
+    points = contour[:-1] if np.array_equal(contour[0], contour[-1]) else contour
+    if len(points) < 3:
+        return contour
+    before = points - np.roll(points, 1, axis=0)
+    after = np.roll(points, -1, axis=0) - points
+    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    kept = points[np.abs(turn) > 1e-9]
+    if len(kept) < 3:
+        return contour
+    return np.vstack([kept, kept[:1]])
+
+
 def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
     """Outline of every label as a closed (K, 2) polygon of (x, y) pixel coordinates.
 
     Pixel (row r, column c) covers [c, c + 1) x [r, r + 1) in these coordinates, as in QuPath.
     """
     from scipy import ndimage as ndi
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     polygons: dict[int, np.ndarray] = {}
     for index, box in enumerate(ndi.find_objects(labels), start=1):
@@ -60,7 +77,7 @@ def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
         contours = find_contours(mask, 0.5)
         if not contours:
             continue
-        contour = approximate_polygon(max(contours, key=len), tolerance=0.1)  # (row, col)
+        contour = _corners(max(contours, key=len))  # (row, col)
         y = contour[:, 0] - 1 + box[0].start + 0.5
         x = contour[:, 1] - 1 + box[1].start + 0.5
         polygon = np.stack([x, y], axis=1)
@@ -98,15 +115,34 @@ def _sources(root: Path) -> tuple[list[tuple[str, Path | None, Path]], str]:
 GEOJSON_OBJECTS = ("detection", "annotation")  # QuPath objectType of exported cells
 
 
-def _geojson(labels: np.ndarray, image_id: str, objects: str = "detection") -> dict[str, Any]:
+def _level0(root: Path, image_id: str, shape: tuple[int, int]) -> tuple[float, float]:
+    """(x, y) factor from a prediction's label pixels to its image's level-0 pixels: 1, 1
+    unless it predicted a coarser pyramid level (``predict --level``; its meta.json says)."""
+    meta = _prediction_meta(root).get("images_pixel_size_um", {}).get(image_id, {})
+    full = meta.get("level0_shape")
+    if not full:
+        return 1.0, 1.0
+    return full[1] / shape[1], full[0] / shape[0]
+
+
+def _prediction_meta(root: Path) -> dict[str, Any]:
+    path = root / layout.META
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _geojson(labels: np.ndarray, image_id: str, objects: str = "detection",
+             scale: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:
+    """The cells as QuPath objects; ``scale``: (x, y) factor to the image's level-0 pixels
+    (area_px stays in the labels' own pixels)."""
     features = []
+    areas = np.bincount(labels.ravel())  # (one pass; a mask per cell was cells x pixels)
     for index, polygon in label_polygons(labels).items():
         features.append({
             "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [polygon.round(2).tolist()]},
+            "geometry": {"type": "Polygon",
+                         "coordinates": [(polygon * scale).round(2).tolist()]},
             "properties": {"objectType": objects, "name": f"cell {index}",
-                           "measurements": {"label": index,
-                                            "area_px": int((labels == index).sum())}},
+                           "measurements": {"label": index, "area_px": int(areas[index])}},
         })
     return {"type": "FeatureCollection", "features": features,
             "properties": {"image": image_id}}
@@ -157,22 +193,29 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                 write_labels(staging / "masks" / f"{image_id}.tif", labels)
             elif to == "geojson":
                 write_json(staging / f"{image_id}.geojson",
-                           _geojson(labels, image_id, objects))
+                           _geojson(labels, image_id, objects,
+                                    _level0(root, image_id, labels.shape)))
             else:
                 name = None
+                scale = _level0(root, image_id, labels.shape)
                 if image_path is not None:
                     name = f"images/{image_id}{image_path.suffix}"
                     shutil.copyfile(image_path, staging / name)
+                else:  # a prediction: the image it was made from (not copied)
+                    name = _prediction_meta(root).get("images_pixel_size_um", {}).get(
+                        image_id, {}).get("file")
+                areas = np.bincount(labels.ravel())
                 coco["images"].append({"id": k, "file_name": name or f"{image_id}.tif",
-                                       "height": int(labels.shape[0]),
-                                       "width": int(labels.shape[1])})
+                                       "height": round(labels.shape[0] * scale[1]),
+                                       "width": round(labels.shape[1] * scale[0])})
                 for index, polygon in label_polygons(labels).items():
+                    polygon = polygon * scale
                     x0, y0 = polygon.min(axis=0)
                     x1, y1 = polygon.max(axis=0)
                     coco["annotations"].append({
                         "id": len(coco["annotations"]) + 1, "image_id": k, "category_id": 1,
                         "segmentation": [polygon[:-1].round(2).ravel().tolist()],
-                        "area": int((labels == index).sum()),
+                        "area": float(areas[index] * scale[0] * scale[1]),
                         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                         "iscrowd": 0})
         if to == "coco":

@@ -21,7 +21,7 @@ import torch
 
 from cellsynth import __version__
 from cellsynth.config import from_dict
-from cellsynth.errors import CellsynthError, ConfigError, DatasetError
+from cellsynth.errors import CellsynthError, ConfigError, DatasetError, ImageReadError
 from cellsynth.hardware import announce, choose_precision, configure_threads, resolve_device
 from cellsynth.io.datasets import announce_skipped, files_by_id, load_dataset
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
@@ -453,6 +453,9 @@ def _open(path: Path, level: int = 0) -> tuple[Any, bool]:
     """The image at ``path`` (a lazy array where :func:`_read_lazily`, else in memory) and
     whether it is lazy."""
     lazy = _read_lazily(path)
+    if not lazy and level != 0:  # (a pyramid's levels are checked where it is opened)
+        raise ImageReadError(f"{path}: no resolution level {level}; the image has 1 "
+                             f"(0 = full resolution)")
     return (open_large_image(path, level=level) if lazy else read_image(path)), lazy
 
 
@@ -572,9 +575,14 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 pixels = int(labels.shape[0]) * int(labels.shape[1])
                 tiles = vars(count).copy()
                 faint_dropped = tiles.pop("faint")  # detections, not tiles: listed beside
-                per_image[image_id] = {"pixel_size_um": px, "resampled_by": pixel_scale(
-                    px, detector.pixel_size_um), "tiles": tiles,
-                    **({"n_faint_dropped": faint_dropped} if cut is not None else {})}
+                per_image[image_id] = {"file": path.name, "pixel_size_um": px,
+                    "resampled_by": pixel_scale(px, detector.pixel_size_um), "tiles": tiles,
+                    **({"n_faint_dropped": faint_dropped} if cut is not None else {}),
+                    # labels/ and detections/ are in this level's pixels; export scales the
+                    # outlines to level 0's, where QuPath and napari place the image
+                    **({"level": level, "level0_shape": [
+                        int(n) for n in open_large_image(path, level=0).shape[:2]]}
+                       if level else {})}
                 if count.blank:
                     total = count.predicted + count.blank + count.stored
                     announce(f"{path}: {count.blank} of {total} tiles blank (no contrast "
