@@ -233,3 +233,26 @@ def test_a_file_no_reader_recognises_gets_one_line_and_no_reader_chatter(tmp_pat
     assert len(err.splitlines()) == 1, err
     assert err.startswith("cellsynth inspect: error:") and "scan.png" in err
     assert "not a PNG image" in err
+
+
+def test_notes_start_a_line_of_their_own_under_a_progress_bar(capsys):
+    """A warning or a log line while a bar is drawn: written above the bar, not glued to its
+    end (where the bar's next redraw overwrote it)."""
+    import logging
+    import sys
+    import warnings
+
+    from tqdm import tqdm
+
+    from cellsynth.cli import _output
+
+    with _output("predict", quiet=True), tqdm(total=3, file=sys.stderr) as bar:
+        bar.update(1)
+        warnings.warn("pixel size unknown", stacklevel=1)
+        logging.getLogger("cellsynth").warning("1 Zeiss CZI file(s) skipped")
+        bar.update(1)
+    err = capsys.readouterr().err
+    for note in ("cellsynth predict: warning: pixel size unknown\n",
+                 "cellsynth predict: 1 Zeiss CZI file(s) skipped\n"):
+        at = err.index(note)
+        assert at == 0 or err[at - 1] in "\r\n", repr(err[max(0, at - 40):at + 10])

@@ -686,10 +686,26 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _write_above_bars(text: str, stream) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(text, file=stream)
+
+
+class _BarSafeHandler(logging.StreamHandler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _write_above_bars(self.format(record), self.stream)
+        except Exception:  # noqa: BLE001  (logging's own convention)
+            self.handleError(record)
+
+
 @contextlib.contextmanager
 def _output(command: str, quiet: bool):
-    """One line per note: logging (info unless --quiet) and warnings, prefixed by command."""
-    handler = logging.StreamHandler(sys.stderr)
+    """One line per note: logging (info unless --quiet) and warnings, prefixed by command,
+    each on a line of its own above any progress bar (tqdm.write: a note written while a bar
+    was drawn landed on the bar's line, for the next redraw to overwrite)."""
+    handler = _BarSafeHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"cellsynth {command}: %(message)s"))
     logger = logging.getLogger("cellsynth")
     saved = logger.handlers[:], logger.level, logger.propagate, warnings.showwarning
@@ -698,7 +714,7 @@ def _output(command: str, quiet: bool):
     logger.propagate = False
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"cellsynth {command}: warning: {message}", file=file or sys.stderr)
+        _write_above_bars(f"cellsynth {command}: warning: {message}", file or sys.stderr)
 
     from cellsynth.hardware import forget_announcements
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -164,11 +165,11 @@ def files_by_id(folder: Path, *, zarr_sections: bool = False,
 
 
 def announce_skipped(folder: Path, files: list[Path]) -> None:
-    """Say once that ``files`` (of :func:`foreign_files`) in ``folder`` are not read."""
+    """Warn once (even with --quiet: they are the user's images) that ``files`` (of
+    :func:`foreign_files`) in ``folder`` are not read."""
     if files:
-        from cellsynth.hardware import announce
-
-        announce(f"{folder}: {describe_foreign(files)} skipped (not read; {CONVERT_HINT})")
+        warnings.warn(f"{folder}: {describe_foreign(files)} skipped (not read; "
+                      f"{CONVERT_HINT})", stacklevel=2)
 
 
 def describe_foreign(files: list[Path]) -> str:
