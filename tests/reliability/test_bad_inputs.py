@@ -54,6 +54,12 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (float_labels / "labels").mkdir()
     write_image(float_labels / "images" / "a.png", good)
     tifffile.imwrite(float_labels / "labels" / "a.tif", np.zeros((64, 64), np.float32))
+    corrupt_tiff = root / "corrupt_tiff"  # its first page's offset points past the end
+    (corrupt_tiff / "images").mkdir(parents=True)
+    tifffile.imwrite(corrupt_tiff / "images" / "a.tif", good)
+    raw = bytearray((corrupt_tiff / "images" / "a.tif").read_bytes())
+    raw[4:8] = (1 << 30).to_bytes(4, "little")
+    (corrupt_tiff / "images" / "a.tif").write_bytes(bytes(raw))
     same_id = root / "same_id"  # a.png and a.tif: one labels/a.tif for both
     (same_id / "images").mkdir(parents=True)
     write_image(same_id / "images" / "a.png", good)
@@ -113,6 +119,10 @@ def _snapshot(folder: Path) -> dict[str, str]:
 # (command line with {placeholders}, what the one line must say)
 CASES = [
     ("inspect {root}/truncated", "truncated"),
+    ("inspect {root}/corrupt_tiff", "a.tif: cannot read file (corrupt or truncated?): invalid "
+     "offset to first page"),
+    ("predict --detector {run} --images {root}/corrupt_tiff --out {existing} --force",
+     "a.tif: cannot read file (corrupt or truncated?)"),
     ("inspect {root}/empty", "a.png"),
     ("inspect {root}/text", "a.png"),
     ("inspect {root}/four_d", "expected image of shape"),

@@ -10,6 +10,7 @@ arrays, 0 = background. Every problem raises :class:`ImageReadError` naming the 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -81,14 +82,51 @@ def _read_array(path: Path) -> np.ndarray:
             f"(expected one of {', '.join(IMAGE_SUFFIXES)})"
         )
     if suffix in TIFF_SUFFIXES:
-        try:
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        except Exception as err:  # the readers raise many types for corrupt files
-            raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
-                                 f"{_reason(err)}") from err
+        return _read_tiff(path)
     return _read_imageio(path)
+
+
+# tifffile logs its complaints about a file (a corrupt one's, twice, from every reader that
+# opens it: pixel size, pyramid levels, pixels) and, with no handler anywhere, Python prints
+# them raw; the pixels' read turns them into one line of ours (_read_tiff)
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
+
+
+class _Notes(logging.Handler):
+    """Keeps what a library logs while a file is read."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """A TIFF through tifffile. What tifffile logs on the way (a corrupt file's "invalid
+    offset to first page", twice, in its own words) is not printed: a file it cannot read
+    gets one error line, one it reads with complaints one warning naming the file."""
+    import tifffile
+
+    notes, logger = _Notes(), logging.getLogger("tifffile")
+    logger.addHandler(notes)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        image = np.asarray(tifffile.imread(path))
+    except Exception as err:  # the readers raise many types for corrupt files
+        raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
+                             f"{_reason(err)}") from err
+    finally:
+        logger.removeHandler(notes)
+        logger.propagate = propagate
+    said = [m.split("> ", 1)[-1] for m in notes.messages]  # (without "<tifffile.TiffPages @n>")
+    if image.size == 0:
+        raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
+                             f"{said[0] if said else 'no image data in it'}")
+    if said:
+        warnings.warn(f"{path}: read, but tifffile says: {said[0]}", stacklevel=3)
+    return image
 
 
 def _reason(err: BaseException) -> str:
