@@ -118,3 +118,21 @@ def test_reader_opens_a_section_as_a_lazy_multiscale_image(tmp_path, monkeypatch
     assert [level.shape for level in data] == [(512, 384, 3), (256, 192, 3), (128, 96, 3)]
     np.testing.assert_array_equal(np.asarray(data[1][10:20, 30:40]), section[::2, ::2][10:20,
                                                                                       30:40])
+
+
+def test_the_reader_claims_ome_zarr_labels_but_leaves_images_to_napari(tmp_path):
+    """An OME-Zarr image (no NGFF image-label metadata) is not opened as labels: napari asks
+    its next reader (napari-ome-zarr) instead of showing a section as one Labels layer."""
+    import zarr
+
+    labels = np.zeros((64, 48), np.uint32)
+    labels[5:20, 5:20] = 3
+    write_labels_zarr(tmp_path / "cells.ome.zarr", labels, pixel_size_um=0.5)
+    write_labels_zarr(tmp_path / "section.ome.zarr", labels, pixel_size_um=0.5)
+    del zarr.open_group(str(tmp_path / "section.ome.zarr"), mode="r+").attrs["image-label"]
+    assert napari_plugin.get_reader(str(tmp_path / "section.ome.zarr")) is None
+    (data, kwargs, kind), = napari_plugin.get_reader(str(tmp_path / "cells.ome.zarr"))(
+        str(tmp_path / "cells.ome.zarr"))
+    assert kind == "labels" and np.asarray(data).max() == 3 and kwargs["name"] == "cells"
+    (tmp_path / "cells.ome.zarr").rename(tmp_path / "nuclei.zarr")
+    assert napari_plugin.read_layers(str(tmp_path / "nuclei.zarr"))[0][1]["name"] == "nuclei"

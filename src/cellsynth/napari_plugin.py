@@ -38,10 +38,10 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
 
 def _kind(path: Path) -> str | None:
     from cellsynth.io.export import is_prediction_folder
-    from cellsynth.io.ome_zarr import is_ome_zarr
+    from cellsynth.io.ome_zarr import is_label_zarr, is_ome_zarr
 
-    if is_ome_zarr(path):
-        return "ome-zarr"
+    if is_ome_zarr(path):  # an image's OME-Zarr is for napari's own readers (ome-zarr)
+        return "ome-zarr" if is_label_zarr(path) else None
     if not path.is_dir():
         return None
     if is_prediction_folder(path):
@@ -88,7 +88,9 @@ def read_layers(path: str | list[str]) -> list[tuple]:
     for p in map(Path, paths):
         kind = _kind(p)
         if kind == "ome-zarr":
-            layers.append(_zarr_labels(p, p.name[:-len(OME_ZARR_SUFFIX)]))
+            name = (p.name[:-len(OME_ZARR_SUFFIX)] if p.name.lower().endswith(OME_ZARR_SUFFIX)
+                    else p.stem)  # (a plain x.zarr is "x", not "x" less 9 letters)
+            layers.append(_zarr_labels(p, name))
         elif kind == "predictions":
             import json
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from cellsynth.errors import ImageReadError
 
-__all__ = ["write_labels_zarr", "read_labels_zarr", "is_ome_zarr", "OME_ZARR_SUFFIX"]
+__all__ = ["write_labels_zarr", "read_labels_zarr", "is_ome_zarr", "is_label_zarr",
+           "OME_ZARR_SUFFIX"]
 
 OME_ZARR_SUFFIX = ".ome.zarr"
 
@@ -78,6 +79,19 @@ def is_ome_zarr(path: str | os.PathLike) -> bool:
     path = Path(path)
     return path.is_dir() and (path.name.lower().endswith(".zarr")) and (
         (path / ".zattrs").is_file() or (path / "zarr.json").is_file())
+
+
+def is_label_zarr(path: str | os.PathLike) -> bool:
+    """An OME-Zarr group that holds labels (NGFF ``image-label`` metadata, as
+    :func:`write_labels_zarr` writes), not an image."""
+    if not is_ome_zarr(path):
+        return False
+    import zarr
+
+    try:
+        return "image-label" in zarr.open_group(str(path), mode="r").attrs
+    except Exception:  # noqa: BLE001  (unreadable: not ours to claim)
+        return False
 
 
 def read_labels_zarr(path: str | os.PathLike, *, level: int = 0
