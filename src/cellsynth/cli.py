@@ -661,9 +661,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=_positive_int, default=1,
                    help="on a CPU, run up to this many units that do not depend on each other "
                         "side by side, each process on its share of the threads (another "
-                        "seed's pretraining, a setting's other runs); 2 on 2 cores finish "
-                        "~1.2-1.5x sooner; the test split is still read only at the end "
-                        "(default 1: one at a time with all threads)")
+                        "seed's pretraining, a setting's other runs); what it gains depends "
+                        "on the CPU (benchmarks/experiment_side_by_side.py); the test split "
+                        "is still read only at the end (default 1: one at a time with all "
+                        "threads)")
     p.add_argument("--estimate", action="store_true",
                    help="time a few steps of each network on this machine and print how long "
                         "the units still to run will take; runs and writes nothing")
