@@ -256,3 +256,21 @@ def test_notes_start_a_line_of_their_own_under_a_progress_bar(capsys):
                  "cellsynth predict: 1 Zeiss CZI file(s) skipped\n"):
         at = err.index(note)
         assert at == 0 or err[at - 1] in "\r\n", repr(err[max(0, at - 40):at + 10])
+
+
+def test_help_shows_a_default_once_and_only_where_there_is_one():
+    """argparse's "(default: None)" after an option without a default, or after a help that
+    already names its default in words, is left out; real defaults are still shown."""
+    import argparse
+
+    from cellsynth.cli import _build_parser
+
+    parser = _build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        text = " ".join(command.format_help().split())
+        assert "(default: None)" not in text, name
+        assert "(default: False)" not in text, name
+    predict = " ".join(commands.choices["predict"].format_help().split())
+    assert "(default: 96)" in predict  # --overlap's, which its help does not name
+    assert "packed cells) (default" not in predict  # --nms names its own default

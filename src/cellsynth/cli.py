@@ -390,6 +390,18 @@ _TORCH_COMMANDS = ("realism", "train", "predict", "fit-refiner", "generate", "ru
                    "experiment", "soup")
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after an option's help, except where it says nothing (no
+    default, a flag off) or the help already names its default in words ("(default: None)"
+    after "default: the model's" misled)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cellsynth",
                      description="Synthetic training data for cell instance segmentation.")
@@ -398,8 +410,7 @@ def _build_parser() -> argparse.ArgumentParser:
     original_add_parser = sub.add_parser
 
     def add_parser(name: str, **kwargs):  # every command's --help shows the defaults
-        return original_add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                   **kwargs)
+        return original_add_parser(name, formatter_class=_DefaultsHelp, **kwargs)
     sub.add_parser = add_parser
 
     p = sub.add_parser("inspect", help="summarise a dataset folder (images, sizes, instances)")
@@ -542,7 +553,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, dest="detector", help=argparse.SUPPRESS)  # old name
     p.add_argument("--images", type=Path, required=True,
                    help="folder of images (or dataset), TIFF/Zarr for large sections")
-    p.add_argument("--out", type=Path, required=True, help="output folder (labels/, overlays/)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (labels/, overlays/ but for whole sections, detections/ "
+                        "with one CSV of cells per image, meta.json)")
     p.add_argument("--tile", type=_positive_int,
                    help="tile size in the model's pixels (default max(crop, 1024))")
     p.add_argument("--overlap", type=_positive_int, default=96, help="tile overlap in pixels")
