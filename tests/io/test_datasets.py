@@ -83,7 +83,9 @@ def test_a_cellpose_gui_folder_reads_its_seg_npy_masks(tmp_path, caplog):
     forget_announcements()
     with caplog.at_level(logging.INFO, logger="cellsynth"):
         dataset = load_dataset(tmp_path, require_labels=True)
-    assert "read as a Cellpose GUI (x + x_seg.npy) folder" in caplog.text
+        # the same folder named another way (init reads it relative, then absolute): said once
+        load_dataset(tmp_path / ".." / tmp_path.name, require_labels=True)
+    assert caplog.text.count("read as a Cellpose GUI (x + x_seg.npy) folder") == 1
     assert [s.id for s in dataset] == ["x"]
     np.testing.assert_array_equal(dataset[0].read()[1], masks)
     (tmp_path / "x_seg.npy").write_bytes(b"\x93NUMPY garbage")

@@ -214,7 +214,7 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
     if kind != "cellsynth":
         from cellsynth.hardware import announce
 
-        announce(f"{root}: read as a {kind} folder")
+        announce(f"{root.resolve()}: read as a {kind} folder")  # (once, however it is named)
     foreign = foreign_files(image_dir)
     if not images:
         where = image_dir if image_dir != root else root
