@@ -414,7 +414,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser
 
     p = sub.add_parser("inspect", help="summarise a dataset folder (images, sizes, instances)")
-    p.add_argument("dir", type=Path, help="dataset folder (images/, labels/, meta.json)")
+    p.add_argument("dir", type=Path, help="dataset folder (images/, labels/, meta.json), or one "
+                                          "image file or OME-Zarr (a whole section: its levels)")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("export", help="write a dataset or predictions for Cellpose, StarDist, "

@@ -53,3 +53,28 @@ def test_sections_are_summarised_from_their_headers_not_decoded(tmp_path, capsys
     assert "300x200 (1)" in out and "120x90 (1)" in out
     assert "uint8 (1)" in out and "uint16 (1)" in out
     assert "3 (1)" in out and "1 (1)" in out
+
+
+def test_one_section_file_is_summarised_with_its_levels_and_pixel_size(tmp_path, capsys):
+    """`inspect FILE`: a whole section a user is about to predict (what `predict --images`
+    accepts), opened lazily; a folder whose files state no pixel size says so."""
+    import numpy as np
+    import tifffile
+
+    from cellsynth.io.images import write_image
+
+    image = np.zeros((512, 384, 3), np.uint8)
+    with tifffile.TiffWriter(tmp_path / "s.ome.tif") as tif:
+        tif.write(image, subifds=2, tile=(128, 128), photometric="rgb",
+                  metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tif.write(image[::2, ::2], subfiletype=1, tile=(128, 128), photometric="rgb")
+        tif.write(image[::4, ::4], subfiletype=1, tile=(128, 128), photometric="rgb")
+    assert main(["inspect", str(tmp_path / "s.ome.tif")]) == 0
+    out = capsys.readouterr().out
+    assert f"image        {tmp_path / 's.ome.tif'}" in out
+    assert "levels       3: 512x384, 256x192, 128x96" in out
+    assert "pixel size   0.5 um/px" in out
+    (tmp_path / "plain").mkdir()
+    write_image(tmp_path / "plain" / "a.png", image)
+    assert main(["inspect", str(tmp_path / "plain")]) == 0
+    assert "pixel size   unknown (1) (give predict --pixel-size" in capsys.readouterr().out

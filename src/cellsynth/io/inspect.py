@@ -23,6 +23,9 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
     """
     from cellsynth.io.sections import open_large_image, reads_lazily
 
+    if os.path.isfile(root) or (str(root).lower().endswith(".zarr") and os.path.isdir(root)
+                                and not os.path.isdir(os.path.join(root, "images"))):
+        return _summarize_file(root)
     dataset = load_dataset(root)
     sizes: Counter[str] = Counter()
     dtypes: Counter[str] = Counter()
@@ -46,6 +49,9 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
         sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
         dtypes[str(image.dtype)] += 1
         channels[1 if image.ndim == 2 else image.shape[2]] += 1
+    stated: Counter[str] = Counter(  # (what each file says, where meta.json says nothing)
+        f"{s.stated_pixel_size_um:g} um/px" if s.stated_pixel_size_um else "unknown"
+        for s in dataset) if dataset.pixel_size_um is None else Counter()
     summary: dict[str, Any] = {
         "root": str(dataset.root),
         "n_images": len(dataset),
@@ -54,6 +60,7 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
         "dtypes": dict(dtypes),
         "channels": dict(channels),
         "pixel_size_um": dataset.pixel_size_um,
+        **({"pixel_sizes_stated": dict(stated.most_common())} if stated else {}),
     }
     if n_sections:
         summary["n_sections"] = n_sections
@@ -71,6 +78,28 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
     return summary
 
 
+def _summarize_file(path: str | os.PathLike) -> dict[str, Any]:
+    """One image file (or OME-Zarr) as a user would ask about it before predicting it: size,
+    pyramid levels, dtype, channels and the pixel size it states; read lazily, not decoded."""
+    from pathlib import Path
+
+    from cellsynth.io.images import read_image
+    from cellsynth.io.resample import read_pixel_size
+    from cellsynth.io.sections import pyramid_levels, reads_lazily
+
+    path = Path(path)
+    lazy = reads_lazily(path)
+    levels = pyramid_levels(path) if lazy else [read_image(path)]
+    image = levels[0]
+    px = read_pixel_size(path)
+    return {"root": str(path), "file": True, "n_images": 1, "n_labeled": 0,
+            "sizes": {f"{image.shape[0]}x{image.shape[1]}": 1}, "dtypes": {str(image.dtype): 1},
+            "channels": {1 if len(image.shape) == 2 else int(image.shape[2]): 1},
+            "pixel_size_um": px, **({"pixel_sizes_stated": {"unknown": 1}} if px is None else {}),
+            "levels": [f"{lv.shape[0]}x{lv.shape[1]}" for lv in levels],
+            **({"n_sections": 1} if lazy else {})}
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """Render :func:`summarize` output as a few aligned lines for the terminal."""
 
@@ -78,7 +107,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         return ", ".join(f"{k} ({v})" for k, v in d.items())
 
     lines = [
-        f"dataset      {summary['root']}",
+        f"{'image' if summary.get('file') else 'dataset':<12} {summary['root']}",
         f"images       {summary['n_images']} ({summary['n_labeled']} with labels"
         + (f"; {summary['n_sections']} whole section(s), read window by window"
            if summary.get("n_sections") else "") + ")",
@@ -86,8 +115,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"dtypes       {counts(summary['dtypes'])}",
         f"channels     {counts(summary['channels'])}",
     ]
+    if len(summary.get("levels", [])) > 1:
+        lines.append(f"levels       {len(summary['levels'])}: {', '.join(summary['levels'])}")
     if summary.get("pixel_size_um") is not None:
-        lines.append(f"pixel size   {summary['pixel_size_um']} um/px")
+        lines.append(f"pixel size   {summary['pixel_size_um']:g} um/px")
+    elif summary.get("pixel_sizes_stated"):  # no meta.json: what the files say, or nothing
+        lines.append(f"pixel size   {counts(summary['pixel_sizes_stated'])}"
+                     + (" (give predict --pixel-size, or pixel_size_um in meta.json)"
+                        if "unknown" in summary["pixel_sizes_stated"] else ""))
     if "instances" in summary:
         inst = summary["instances"]
         lines.append(
