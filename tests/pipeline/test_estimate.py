@@ -221,3 +221,15 @@ def test_a_soups_runs_are_priced_side_by_side_at_their_share_of_the_threads(tmp_
         torch.set_num_threads(before)
     assert runs.seconds == pytest.approx(4 * one_run[1])
     assert runs.detail.startswith("4 x (") and "at a time" not in runs.detail
+
+
+def test_pretraining_validated_on_the_simulation_is_priced_over_those_images(tmp_path):
+    """`pretrain_val: synthetic` (the recipe's): pretraining validates on the held-out
+    simulated images, fine-tuning on the annotated ones; each is priced over its own."""
+    config = _config(tmp_path, pretrain_val="synthetic")
+    by_stage = {e.stage: e for e in estimate(config, timer=FakeTimer(), channels=1)}
+    synthetic = config.simulate.n_val * 128 * 128 / 1e6
+    real = (4 * 512 * 512 + 300 * 400) / 1e6
+    assert by_stage[layout.PRETRAIN].seconds == pytest.approx(250 * 2.0 + 3 * synthetic * 10)
+    assert f"3 validations over {synthetic:.2f} MP" in by_stage[layout.PRETRAIN].detail
+    assert by_stage[layout.FINETUNE].seconds == pytest.approx(100 * 0.5 + 2 * real * 10.0)

@@ -321,10 +321,12 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
     done = _done_stages(config, out, plan)
     real_val = config.real.val is not None
 
-    def val_mpx() -> float:
-        if real_val:
-            return _megapixels(config, "val", _VAL_TILE, 96)
-        return _synthetic_val_megapixels(config) if st._synthetic_val(config) else 0.0
+    def val_mpx(pretraining: bool = False) -> float:
+        """What a detector validates on: pretraining, the held-out synthetic images where
+        the run gives it them (stages._train); the rest, the annotated real ones."""
+        if pretraining and st._synthetic_val(config):
+            return _synthetic_val_megapixels(config)
+        return _megapixels(config, "val", _VAL_TILE, 96) if real_val else 0.0
 
     def detector(train: Any, val_megapixels: float) -> tuple[float, str]:
         step = timer.detector_step(train, channels)
@@ -379,7 +381,7 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
             seconds = n * each
             detail = f"{n} images x {each:.2f} s ({config.simulate.size}²)"
         elif name == layout.PRETRAIN:
-            seconds, detail = detector(config.pretrain, val_mpx())
+            seconds, detail = detector(config.pretrain, val_mpx(pretraining=True))
         elif name == layout.FINETUNE:
             seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
         elif name == layout.FINETUNE_RUNS:
