@@ -309,7 +309,7 @@ def test_labels_as_ome_zarr_with_pixel_size_pyramid_and_exports(model, tmp_path,
 
 
 def test_a_section_read_and_painted_chunk_by_chunk_equals_the_in_memory_path(
-        model, tmp_path, monkeypatch):
+        model, tmp_path, monkeypatch, caplog):
     """Pyramidal TIFF and OME-Zarr inputs go the whole-section way (tiles read lazily, labels
     painted window by window into OME-Zarr, the table computed in bands) and give the same
     pixels and rows as a flat TIFF read and painted whole."""
@@ -346,9 +346,16 @@ def test_a_section_read_and_painted_chunk_by_chunk_equals_the_in_memory_path(
     expected = read_labels(tmp_path / "memory" / "labels" / "s.tif")
     table = (tmp_path / "memory" / "detections" / "s.csv").read_text()
     assert expected.max() >= 10
+    import logging
+
     for source in ("pyramid", "ngff"):
         out = tmp_path / f"out-{source}"
-        predict_folder(run, tmp_path / source, out, labels_as="ome-zarr", **options)
+        with caplog.at_level(logging.INFO, logger="cellsynth"):
+            predict_folder(run, tmp_path / source, out, labels_as="ome-zarr", **options)
+        # no overlay picture of a whole section, and a note saying so
+        assert not list((out / "overlays").iterdir())
+        assert "no overlay for a whole section" in caplog.text
+        caplog.clear()
         image_id = "s.ome" if source == "pyramid" else "s"
         labels, pixel = read_labels_zarr(out / "labels" / f"{image_id}.ome.zarr")
         np.testing.assert_array_equal(labels, expected)

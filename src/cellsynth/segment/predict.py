@@ -600,6 +600,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 if not lazy:
                     write_image(root / layout.OVERLAYS / f"{image_id}.png",
                                 contour_overlay(image, labels))
+                else:  # a picture of a whole section would be the section again
+                    announce(f"{path}: no overlay for a whole section; open its labels with "
+                             f"the image in napari or QuPath (cellsynth export --to geojson)")
                 n_cells += len(id_scores) - 1
                 n_faint += count.faint
                 megapixels += pixels / 1e6
