@@ -125,3 +125,29 @@ def test_polygons_keep_every_corner_of_the_pixel_outline_and_nothing_else():
         before, after = ring - np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0) - ring
         assert np.all(np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9)
     assert dropped > 100  # the straight runs of the larger blobs
+
+
+def test_a_cell_with_a_hole_or_a_corner_joined_pixel_reads_back_exactly(tmp_path):
+    """GeoJSON of a ring-shaped cell keeps its hole, and a pixel joined to its cell only at
+    a corner (4-connected, as QuPath reads pixels) is a second polygon of the same cell:
+    what is exported reads back pixel for pixel (the outline alone filled the hole and lost
+    the pixel); a plain cell stays one Polygon."""
+    import shapely.geometry
+
+    from cellsynth.io.export import _geojson
+    from cellsynth.io.geojson import read_geojson_labels
+
+    labels = np.zeros((14, 14), np.int32)
+    labels[2:9, 2:9] = 1
+    labels[4:7, 4:7] = 0  # a hole
+    labels[9, 9] = 1  # touching the ring only at its corner
+    labels[10:13, 1:4] = 2
+    collection = _geojson(labels, "x")
+    kinds = {f["properties"]["measurements"]["label"]: f["geometry"]["type"]
+             for f in collection["features"]}
+    assert kinds == {1: "MultiPolygon", 2: "Polygon"}
+    for feature in collection["features"]:
+        assert shapely.geometry.shape(feature["geometry"]).is_valid
+    (tmp_path / "x.geojson").write_text(json.dumps(collection))
+    np.testing.assert_array_equal(read_geojson_labels(tmp_path / "x.geojson", labels.shape),
+                                  labels)

@@ -39,7 +39,7 @@ from cellsynth.io.images import (
 from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, is_ome_zarr, read_labels_zarr
 from cellsynth.pipeline import layout
 
-__all__ = ["FORMATS", "export", "label_polygons"]
+__all__ = ["FORMATS", "export", "label_polygons", "label_shapes"]
 
 FORMATS = ("cellpose", "stardist", "geojson", "coco")
 
@@ -85,6 +85,46 @@ def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
             polygon = np.vstack([polygon, polygon[:1]])
         polygons[index] = polygon
     return polygons
+
+
+def label_shapes(labels: np.ndarray) -> dict[int, list[list[np.ndarray]]]:
+    """Every label as the polygons of GeoJSON: a list of pieces, each [outline, *holes],
+    closed (K, 2) rings of (x, y) pixel coordinates as in :func:`label_polygons`, the largest
+    piece first. A cell with a hole, or with a pixel joined to it only at a corner (its own
+    piece: QuPath's pixels are 4-connected), then reads back exactly."""
+    from matplotlib.path import Path as Ring
+    from scipy import ndimage as ndi
+    from skimage.measure import find_contours
+
+    def area(ring: np.ndarray) -> float:  # > 0: a hole (skimage winds around low values)
+        x, y = ring[:, 1], ring[:, 0]
+        return 0.5 * float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+    shapes: dict[int, list[list[np.ndarray]]] = {}
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        contours = find_contours(np.pad(labels[box] == index, 1).astype(np.float32), 0.5)
+        outlines = sorted((c for c in contours if area(c) < 0), key=area)  # largest first
+        if not outlines:
+            continue
+        pieces = [[c] for c in outlines]
+        for hole in (c for c in contours if area(c) > 0):
+            # (a hole's ring lies inside its cell's outline, apart from every other piece)
+            inside = next((p for p in pieces if Ring(p[0]).contains_point(hole[0])), None)
+            if inside is not None:
+                inside.append(hole)
+        shapes[index] = [[_xy(_corners(ring), box) for ring in piece] for piece in pieces]
+    return shapes
+
+
+def _xy(contour: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
+    """(row, col) of a contour of a cell's padded crop -> closed (x, y) pixel coordinates."""
+    polygon = np.stack([contour[:, 1] - 1 + box[1].start + 0.5,
+                        contour[:, 0] - 1 + box[0].start + 0.5], axis=1)
+    if not np.array_equal(polygon[0], polygon[-1]):
+        polygon = np.vstack([polygon, polygon[:1]])
+    return polygon
 
 
 def is_prediction_folder(root: Path) -> bool:
@@ -136,11 +176,12 @@ def _geojson(labels: np.ndarray, image_id: str, objects: str = "detection",
     (area_px stays in the labels' own pixels)."""
     features = []
     areas = np.bincount(labels.ravel())  # (one pass; a mask per cell was cells x pixels)
-    for index, polygon in label_polygons(labels).items():
+    for index, pieces in label_shapes(labels).items():
+        rings = [[(ring * scale).round(2).tolist() for ring in piece] for piece in pieces]
         features.append({
             "type": "Feature",
-            "geometry": {"type": "Polygon",
-                         "coordinates": [(polygon * scale).round(2).tolist()]},
+            "geometry": ({"type": "Polygon", "coordinates": rings[0]} if len(rings) == 1
+                         else {"type": "MultiPolygon", "coordinates": rings}),
             "properties": {"objectType": objects, "name": f"cell {index}",
                            "measurements": {"label": index, "area_px": int(areas[index])}},
         })
