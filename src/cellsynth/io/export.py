@@ -77,13 +77,7 @@ def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
         contours = find_contours(mask, 0.5)
         if not contours:
             continue
-        contour = _corners(max(contours, key=len))  # (row, col)
-        y = contour[:, 0] - 1 + box[0].start + 0.5
-        x = contour[:, 1] - 1 + box[1].start + 0.5
-        polygon = np.stack([x, y], axis=1)
-        if not np.array_equal(polygon[0], polygon[-1]):
-            polygon = np.vstack([polygon, polygon[:1]])
-        polygons[index] = polygon
+        polygons[index] = _xy(_corners(max(contours, key=len)), box)
     return polygons
 
 
@@ -155,19 +149,21 @@ def _sources(root: Path) -> tuple[list[tuple[str, Path | None, Path]], str]:
 GEOJSON_OBJECTS = ("detection", "annotation")  # QuPath objectType of exported cells
 
 
-def _level0(root: Path, image_id: str, shape: tuple[int, int]) -> tuple[float, float]:
+def _level0(predicted: dict[str, Any], shape: tuple[int, int]) -> tuple[float, float]:
     """(x, y) factor from a prediction's label pixels to its image's level-0 pixels: 1, 1
-    unless it predicted a coarser pyramid level (``predict --level``; its meta.json says)."""
-    meta = _prediction_meta(root).get("images_pixel_size_um", {}).get(image_id, {})
-    full = meta.get("level0_shape")
+    unless it predicted a coarser pyramid level (``predict --level``; ``predicted``, the
+    image's entry in the prediction's meta.json, says)."""
+    full = predicted.get("level0_shape")
     if not full:
         return 1.0, 1.0
     return full[1] / shape[1], full[0] / shape[0]
 
 
-def _prediction_meta(root: Path) -> dict[str, Any]:
+def _predicted_images(root: Path) -> dict[str, dict[str, Any]]:
+    """A prediction folder's meta.json entry of each image (file, level, ...; {} if none)."""
     path = root / layout.META
-    return json.loads(path.read_text()) if path.is_file() else {}
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    return meta.get("images_pixel_size_um", {}) if isinstance(meta, dict) else {}
 
 
 def _geojson(labels: np.ndarray, image_id: str, objects: str = "detection",
@@ -203,6 +199,7 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
     if to in ("cellpose", "stardist") and any(image is None for _, image, _ in items):
         raise DatasetError(f"{root}: a prediction folder has no images; {to} needs them "
                            f"(export a dataset folder with images/ and labels/)")
+    predicted = _predicted_images(root)  # (a dataset folder: none)
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": [{"id": 1, "name": "cell"}]}
     n_cells = 0
@@ -235,16 +232,15 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
             elif to == "geojson":
                 write_json(staging / f"{image_id}.geojson",
                            _geojson(labels, image_id, objects,
-                                    _level0(root, image_id, labels.shape)))
+                                    _level0(predicted.get(image_id, {}), labels.shape)))
             else:
                 name = None
-                scale = _level0(root, image_id, labels.shape)
+                scale = _level0(predicted.get(image_id, {}), labels.shape)
                 if image_path is not None:
                     name = f"images/{image_id}{image_path.suffix}"
                     shutil.copyfile(image_path, staging / name)
                 else:  # a prediction: the image it was made from (not copied)
-                    name = _prediction_meta(root).get("images_pixel_size_um", {}).get(
-                        image_id, {}).get("file")
+                    name = predicted.get(image_id, {}).get("file")
                 areas = np.bincount(labels.ravel())
                 coco["images"].append({"id": k, "file_name": name or f"{image_id}.tif",
                                        "height": round(labels.shape[0] * scale[1]),

@@ -22,7 +22,7 @@ from cellsynth.errors import ImageReadError
 from cellsynth.io.images import TIFF_SUFFIXES
 
 __all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "tissue_windows",
-           "image_or_windows", "pyramid_levels"]
+           "image_or_windows", "pyramid_levels", "check_level"]
 
 LAZY_PIXELS = 8192 * 8192
 
@@ -70,19 +70,21 @@ def _ngff_level(group: Any, level: int, path: Path) -> tuple[Any, str | None]:
         axes = multiscales[0].get("axes")
         names = "".join((a["name"] if isinstance(a, dict) else a)[0].lower() for a in axes) \
             if axes else None
-        _check_level(path, level, len(datasets))
+        check_level(path, level, len(datasets))
         return group[datasets[level]["path"]], names
     keys = sorted(group.array_keys(), key=lambda k: (len(k), k))
     if not keys:
         raise ImageReadError(f"{path}: Zarr group holds no array")
-    _check_level(path, level, len(keys))
+    check_level(path, level, len(keys))
     return group[keys[level]], None
 
 
-def _check_level(path: Path, level: int, levels: int) -> None:
+def check_level(path: Path, level: int, levels: int) -> None:
+    """Raise :class:`ImageReadError` unless ``level`` is one of the image's ``levels``."""
     if not 0 <= level < levels:
         raise ImageReadError(f"{path}: no resolution level {level}; the image has {levels} "
-                             f"(0-{levels - 1}, 0 = full resolution)")
+                             f"({f'0-{levels - 1}, ' if levels > 1 else ''}0 = full "
+                             f"resolution)")
 
 
 def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
@@ -107,7 +109,7 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
 
             with tifffile.TiffFile(path) as tif:
                 axes = tif.series[0].axes.lower().replace("s", "c")
-                _check_level(path, level, len(tif.series[0].levels))
+                check_level(path, level, len(tif.series[0].levels))
             store = tifffile.imread(path, aszarr=True, level=level)
             node = zarr.open(store, mode="r")
             level = 0  # tifffile opened that level already

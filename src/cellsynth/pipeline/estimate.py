@@ -319,14 +319,13 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
     channels = channels or _channels(config)
     plan = st.plan(config)
     done = _done_stages(config, out, plan)
-    real_val = config.real.val is not None
 
     def val_mpx(pretraining: bool = False) -> float:
         """What a detector validates on: pretraining, the held-out synthetic images where
         the run gives it them (stages._train); the rest, the annotated real ones."""
         if pretraining and st._synthetic_val(config):
             return _synthetic_val_megapixels(config)
-        return _megapixels(config, "val", _VAL_TILE, 96) if real_val else 0.0
+        return _megapixels(config, "val", _VAL_TILE, 96) if config.real.val else 0.0
 
     def detector(train: Any, val_megapixels: float) -> tuple[float, str]:
         step = timer.detector_step(train, channels)
@@ -383,7 +382,7 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
         elif name == layout.PRETRAIN:
             seconds, detail = detector(config.pretrain, val_mpx(pretraining=True))
         elif name == layout.FINETUNE:
-            seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
+            seconds, detail = detector(config.finetune, val_mpx())
         elif name == layout.FINETUNE_RUNS:
             from cellsynth.hardware import torch_threads
             from cellsynth.segment.parallel import parallel_plan
@@ -391,13 +390,13 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
             runs = config.soup - 1
             processes, each = parallel_plan(runs, config.device)
             with torch_threads(each):  # (side by side, each run has its share of the cores)
-                seconds, detail = detector(config.finetune, val_mpx() if real_val else 0.0)
+                seconds, detail = detector(config.finetune, val_mpx())
             seconds *= math.ceil(runs / processes)
             detail = f"{runs} x ({detail})" + (
                 f", {processes} at a time on {each} thread(s) each" if processes > 1 else "")
         elif name == layout.SELFTRAIN:
             seconds, detail = detector(replace(config.finetune, replay=config.selftrain.pseudo),
-                                       val_mpx() if real_val else 0.0)
+                                       val_mpx())
         elif name == layout.PSEUDO:
             seconds, detail = predict("unlabeled", 8)
         elif name == layout.PREDICT:

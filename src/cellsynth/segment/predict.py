@@ -21,7 +21,7 @@ import torch
 
 from cellsynth import __version__
 from cellsynth.config import from_dict
-from cellsynth.errors import CellsynthError, ConfigError, DatasetError, ImageReadError
+from cellsynth.errors import CellsynthError, ConfigError, DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads, resolve_device
 from cellsynth.io.datasets import announce_skipped, files_by_id, load_dataset
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
@@ -38,7 +38,7 @@ from cellsynth.io.images import (
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
 from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, write_labels_zarr
 from cellsynth.io.resample import Rescaled, pixel_scale, read_pixel_size
-from cellsynth.io.sections import reads_lazily
+from cellsynth.io.sections import check_level, reads_lazily
 from cellsynth.pipeline import layout
 from cellsynth.segment.faint import FAINT_PERCENTILE, FaintCut, calibrate_faint, drop_faint
 from cellsynth.segment.tiles import (
@@ -453,9 +453,8 @@ def _open(path: Path, level: int = 0) -> tuple[Any, bool]:
     """The image at ``path`` (a lazy array where :func:`_read_lazily`, else in memory) and
     whether it is lazy."""
     lazy = _read_lazily(path)
-    if not lazy and level != 0:  # (a pyramid's levels are checked where it is opened)
-        raise ImageReadError(f"{path}: no resolution level {level}; the image has 1 "
-                             f"(0 = full resolution)")
+    if not lazy:  # (a pyramid's levels are checked where it is opened)
+        check_level(path, level, 1)
     return (open_large_image(path, level=level) if lazy else read_image(path)), lazy
 
 
