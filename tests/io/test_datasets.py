@@ -59,6 +59,36 @@ def test_duplicate_ids(dataset):
         load_dataset(dataset)
 
 
+def test_ome_tiff_images_pair_with_labels_named_without_ome_or_after_the_file(tmp_path):
+    """QuPath exports x.ome.tif, and its scripts name the outlines after the image file
+    (x.ome.tif.geojson) or its plain name (x.geojson); Cellpose saves x.ome_masks.tif:
+    each pairs with its image under the id x (it was x.ome, and the labels were orphans)."""
+    labels = np.zeros((16, 16), np.uint16)
+    labels[4:9, 3:10] = 1
+    square = {"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"objectType": "detection"},
+        "geometry": {"type": "Polygon",
+                     "coordinates": [[[3, 4], [10, 4], [10, 9], [3, 9], [3, 4]]]}}]}
+    for name, label_name in (("plain", "a.geojson"), ("named", "a.ome.tif.geojson")):
+        root = tmp_path / name
+        (root / "labels").mkdir(parents=True)
+        (root / "images").mkdir()
+        write_image(root / "images" / "a.ome.tif", np.zeros((16, 16), np.uint8))
+        (root / "labels" / label_name).write_text(json.dumps(square))
+        (sample,) = load_dataset(root, require_labels=True)
+        assert sample.id == "a"
+        np.testing.assert_array_equal(sample.read()[1] > 0, labels > 0)
+    cellpose = tmp_path / "cellpose"
+    cellpose.mkdir()
+    write_image(cellpose / "a.ome.tif", np.zeros((16, 16), np.uint8))
+    write_labels(cellpose / "a.ome_masks.tif", labels)
+    (sample,) = load_dataset(cellpose, require_labels=True)
+    assert sample.id == "a" and sample.read()[1].max() == 1
+    write_image(cellpose / "a.tif", np.zeros((16, 16), np.uint8))  # now two images are "a"
+    with pytest.raises(DatasetError, match="share the id 'a': a.ome.tif and a.tif"):
+        load_dataset(cellpose)
+
+
 def test_meta_json(tmp_path):
     root = make_dataset(tmp_path / "d", n=1)
     (root / "meta.json").write_text(json.dumps({"pixel_size_um": 0.5}))

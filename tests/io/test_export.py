@@ -151,3 +151,18 @@ def test_a_cell_with_a_hole_or_a_corner_joined_pixel_reads_back_exactly(tmp_path
     (tmp_path / "x.geojson").write_text(json.dumps(collection))
     np.testing.assert_array_equal(read_geojson_labels(tmp_path / "x.geojson", labels.shape),
                                   labels)
+
+
+def test_coco_outline_of_a_cell_in_two_pieces_is_the_larger_piece_as_in_geojson():
+    """A cell whose 1 x 10 sliver touches its 4 x 4 body only at a corner: the sliver's
+    outline is the longer (22 vs 16 px), its area the smaller (10 vs 16 px). COCO's one
+    polygon is the body, the piece GeoJSON puts first."""
+    from cellsynth.io.export import label_shapes
+
+    labels = np.zeros((16, 20), np.int32)
+    labels[2:6, 2:6] = 1  # the body
+    labels[6, 6:16] = 1  # the sliver, joined at the corner (5, 5)-(6, 6)
+    (polygon,) = label_polygons(labels).values()
+    xs, ys = polygon[:, 0], polygon[:, 1]
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (2, 6, 2, 6)
+    np.testing.assert_array_equal(polygon, label_shapes(labels)[1][0][0])

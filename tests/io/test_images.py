@@ -62,6 +62,39 @@ def test_rgba_drops_alpha_with_warning(tmp_path):
     assert image.shape == (10, 12, 3)
 
 
+def test_fluorescence_channels_are_kept_in_any_order_and_only_declared_alpha_goes(tmp_path):
+    """A 2-channel fluorescence TIFF is two channels, whether ImageJ stored them first (CYX)
+    or numpy wrote (H, W, 2): --channel 1 reaches the second, and without a channel the
+    first is used with a warning saying so. Only an alpha the TIFF declares (or a PNG's) is
+    dropped; a z-stack is one line, not a stack of channels."""
+    from cellsynth.io.images import select_channel
+
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 4096, (2, 24, 32), dtype=np.uint16)  # DAPI, a marker
+    tifffile.imwrite(tmp_path / "cyx.tif", planes, imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "yxc.tif", np.moveaxis(planes, 0, -1))
+    for name in ("cyx.tif", "yxc.tif"):
+        both = read_image(tmp_path / name, all_channels=True)
+        assert both.shape == (24, 32, 2), name
+        np.testing.assert_array_equal(select_channel(both, 1, where=name), planes[1])
+        with pytest.warns(UserWarning, match=rf"{name}: 2 channels; using channel 0 \(choose "
+                                             r"another with --channel, 0-1\)"):
+            np.testing.assert_array_equal(read_image(tmp_path / name), planes[0])
+
+    gray_alpha = np.stack([planes[0], np.full_like(planes[0], 65535)], axis=-1)
+    tifffile.imwrite(tmp_path / "ga.tif", gray_alpha, photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    with pytest.warns(UserWarning, match="dropping alpha channel of gray\\+alpha"):
+        np.testing.assert_array_equal(read_image(tmp_path / "ga.tif", all_channels=True),
+                                      planes[0])
+
+    tifffile.imwrite(tmp_path / "z.tif", planes[:, None].repeat(3, axis=1)[0], imagej=True,
+                     metadata={"axes": "ZYX"})
+    with pytest.raises(ImageReadError, match=r"z\.tif: 3 z-planes \(axes ZYX.*save one plane "
+                                             r"or a projection"):
+        read_image(tmp_path / "z.tif")
+
+
 def test_bad_shape(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 16, 16, 5), np.uint8))
     message = r"stack\.tif: expected image of shape.*\(3, 16, 16, 5\)"

@@ -164,9 +164,8 @@ def test_stage_channels_takes_what_every_stage_reads():
     rng = np.random.default_rng(0)
     gray_alpha = rng.integers(0, 255, (8, 9, 2), dtype=np.uint8)
     np.testing.assert_array_equal(stage_channels(gray_alpha), gray_alpha[..., 0])
-    five = rng.integers(0, 4095, (8, 9, 5), dtype=np.uint16)
-    assert stage_channels(five).shape == (8, 9, 3)
-    np.testing.assert_array_equal(stage_channels(five), five[..., :3])
+    five = rng.integers(0, 4095, (8, 9, 5), dtype=np.uint16)  # markers: not a colour image
+    np.testing.assert_array_equal(stage_channels(five), five[..., 0])
     rgb = rng.integers(0, 255, (8, 9, 3), dtype=np.uint8)
     assert stage_channels(rgb) is rgb
     gray = rgb[..., 0]

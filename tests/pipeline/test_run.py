@@ -1,6 +1,7 @@
 """cellsynth run: stages skip when done, resume when interrupted, redo when changed."""
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellsynth.errors import ConfigError, DatasetError
-from cellsynth.io.images import write_image
+from cellsynth.io.images import read_image, write_image
 from cellsynth.pipeline import stages
 from cellsynth.pipeline.config import (
     PipelineConfig,
@@ -414,6 +415,36 @@ def test_select_with_rescaling_copies_only_the_chosen_images_rescaled(tmp_path):
     assert stages.real_folder(config, out, "train") == str(out / "real" / "train")
 
 
+def test_selected_images_at_the_working_size_state_the_configs_pixel_size(tmp_path):
+    """real.select without rescaling copies the chosen files; their meta.json states the
+    pixel size the config gives (the refiner and the prediction take that one), so the
+    detector's training neither warns that they state none nor follows a file stating
+    another."""
+    import tifffile
+
+    from cellsynth.segment.data import load_labeled
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=2, size=48, seed=1)
+    image = train / "images" / "img0.png"
+    tifffile.imwrite(train / "images" / "img0.tif", read_image(image),
+                     resolution=(1 / 0.9, 1 / 0.9), resolutionunit="MICROMETER")  # a wrong 0.9
+    image.unlink()
+    config = replace(_config(train), real=RealData(
+        unlabeled=str(train), train=str(train), pixel_size_um=0.5,
+        select={"train": ["img0", "img1"]}),
+        simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1, pixel_size_um=0.5))
+    out = tmp_path / "run"
+    out.mkdir()
+    stages._rescale_real(config, out)
+    staged = out / "real" / "train"
+    assert json.loads((staged / "meta.json").read_text())["pixel_size_um"] == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        items = load_labeled([staged], pixel_size_um=0.5)
+    assert [item.image.shape[:2] for item in items] == [(48, 48), (48, 48)]  # not rescaled
+
+
 def test_synthetic_validation_only_without_annotated_val(tmp_path):
     real = _real(tmp_path / "real")
     config = _config(real)
@@ -511,7 +542,7 @@ def test_unlabeled_sections_at_another_pixel_size_become_rescaled_windows(tmp_pa
     assert 1 <= len(windows) <= 4
     for path in windows:
         y, x = (int(part[1:]) for part in path.stem.split("_")[1:])
-        assert path.stem.startswith("s1.ome_y") and y < 320 and x < 320  # on tissue, not glass
+        assert path.stem.startswith("s1_y") and y < 320 and x < 320  # on tissue, not glass
         pixels = read_image(path)
         assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
         # the section's own pixels, halved: the mean of each 2 x 2 block, near enough

@@ -78,6 +78,45 @@ def test_channel_selects_the_nuclei_of_a_composite(model, tmp_path, capsys):
     assert "a.png: channel 3 requested, but the image has 3 channel(s)" in err[0]
 
 
+def test_channel_reaches_the_second_plane_of_an_imagej_fluorescence_tiff(model, tmp_path,
+                                                                         capsys):
+    """A 2-channel ImageJ TIFF (channels first, CYX) whose channel 1 holds the nuclei:
+    --channel 1 finds what the gray image gives (it used to be read as gray + alpha, or
+    refused), with an overlay drawn on that channel; without --channel it says it used
+    channel 0."""
+    import tifffile
+
+    from cellsynth.cli import main
+
+    run, sim = model
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    planes = np.stack([255 - image, image]).astype(np.uint16) * 16  # 12-bit, nuclei in 1
+    (tmp_path / "gray").mkdir()
+    (tmp_path / "fluo").mkdir()
+    write_image(tmp_path / "gray" / "a.png", image)
+    tifffile.imwrite(tmp_path / "fluo" / "a.tif", planes, imagej=True,
+                     metadata={"axes": "CYX"})
+    predict_folder(run, tmp_path / "gray", tmp_path / "gray-out", score_thresh=0.5,
+                   precision="fp32", progress=False)
+    code = main(["predict", "--detector", str(run), "--images", str(tmp_path / "fluo"),
+                 "--out", str(tmp_path / "fluo-out"), "--channel", "1", "--score-thresh",
+                 "0.5", "--precision", "fp32", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    gray = read_labels(tmp_path / "gray-out" / "labels" / "a.tif")
+    picked = read_labels(tmp_path / "fluo-out" / "labels" / "a.tif")
+    assert gray.max() >= 3 and matching(gray, picked, thresholds=(0.98,)).f1[0] == 1.0
+    overlay = read_image(tmp_path / "fluo-out" / "overlays" / "a.png")
+    assert overlay.shape == (*image.shape, 3)
+    plain = overlay[picked == 0]  # away from the outlines: channel 1 shown as gray
+    np.testing.assert_array_equal(plain[:, 0], plain[:, 1])
+    assert np.corrcoef(plain[:, 0], image[picked == 0])[0, 1] > 0.99
+    capsys.readouterr()
+    assert main(["predict", "--detector", str(run), "--images", str(tmp_path / "fluo"),
+                 "--out", str(tmp_path / "first-out"), "--precision", "fp32"]) == 0
+    assert "a.tif: 2 channels; using channel 0 (choose another with --channel, 0-1)" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--score-thresh", "5"], "expected a score between 0 and 1, got 5.0"),
     (["--tile", "64", "--overlap", "64"], "--overlap 64 must be smaller than --tile 64"),
@@ -356,11 +395,10 @@ def test_a_section_read_and_painted_chunk_by_chunk_equals_the_in_memory_path(
         assert not list((out / "overlays").iterdir())
         assert "no overlay for a whole section" in caplog.text
         caplog.clear()
-        image_id = "s.ome" if source == "pyramid" else "s"
-        labels, pixel = read_labels_zarr(out / "labels" / f"{image_id}.ome.zarr")
+        labels, pixel = read_labels_zarr(out / "labels" / "s.ome.zarr")  # (s.ome.tif: s)
         np.testing.assert_array_equal(labels, expected)
         assert pixel == 0.5
-        assert (out / "detections" / f"{image_id}.csv").read_text() == table
+        assert (out / "detections" / "s.csv").read_text() == table
     assert len(painted) == 2
 
 
@@ -493,7 +531,7 @@ def test_an_svs_and_an_rgba_section_give_the_labels_of_the_rgb_image(model, tmp_
         out = tmp_path / f"out-{source}"
         with pytest.warns(UserWarning):  # RGB -> gray for the fluo model; RGBA: alpha too
             predict_folder(run, tmp_path / source, out, labels_as="tiff", **options, **extra)
-        image_id = "s" if source == "svs" else "s.ome"
+        image_id = "s"  # s.svs and s.ome.tif alike
         np.testing.assert_array_equal(read_labels(out / "labels" / f"{image_id}.tif"),
                                       expected)
         meta = json.loads((out / "meta.json").read_text())

@@ -44,7 +44,8 @@ from cellsynth.io.images import (
 from cellsynth.io.resample import RELATIVE_TOLERANCE, read_pixel_size
 from cellsynth.pipeline import layout
 
-__all__ = ["Sample", "Dataset", "load_dataset", "write_dataset_meta", "CELLPOSE_SUFFIX"]
+__all__ = ["Sample", "Dataset", "load_dataset", "write_dataset_meta", "CELLPOSE_SUFFIX",
+           "file_id", "plain_id"]
 
 CELLPOSE_SUFFIX = "_masks"  # Cellpose's training folders pair x.tif with x_masks.tif
 
@@ -58,12 +59,14 @@ class Sample:
     label_path: Path | None = None
     geojson_geometry: str = "cell"  # which outline of a QuPath cell a .geojson label draws
 
-    def read_image(self) -> np.ndarray:
+    def read_image(self, *, all_channels: bool = False) -> np.ndarray:
+        """The image (see :func:`cellsynth.io.images.read_image`; ``all_channels`` keeps
+        every channel of a multi-channel image for ``select_channel``)."""
         if self.image_path.is_dir():  # <id>.zarr
             raise ImageReadError(f"{self.image_path}: a Zarr section is read window by window "
                                  f"(cellsynth predict, fit-simulator, the refiner's unlabeled "
                                  f"images), not whole; save a training image as TIFF or PNG")
-        return read_image(self.image_path)
+        return read_image(self.image_path, all_channels=all_channels)
 
     def read_labels(self, *, shape: tuple[int, int] | None = None) -> np.ndarray:
         """The label map; QuPath outlines (``.geojson``) are drawn at ``shape`` or, without
@@ -84,9 +87,9 @@ class Sample:
         else None. Reads the file's header only."""
         return read_pixel_size(self.image_path)
 
-    def read(self) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, *, all_channels: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Read image and labels, checking that their sizes agree."""
-        image = self.read_image()
+        image = self.read_image(all_channels=all_channels)
         labels = self.read_labels(shape=image.shape[:2])
         if image.shape[:2] != labels.shape:
             raise ImageReadError(
@@ -147,6 +150,25 @@ class Dataset:
         return float(value) if value is not None else sample.stated_pixel_size_um
 
 
+def plain_id(name: str) -> str:
+    """A file name without its extension as an id: less a trailing ``.ome`` (OME-TIFF's
+    x.ome.tif, OME-Zarr's x.ome.zarr) and an image extension left in it (QuPath scripts
+    name outlines after the image: x.tif.geojson), so image and labels pair as ``x``."""
+    while True:
+        lower = name.lower()
+        ext = next((e for e in (".ome", *IMAGE_SUFFIXES)
+                    if lower.endswith(e) and len(name) > len(e)), None)
+        if ext is None:
+            return name
+        name = name[:-len(ext)]
+
+
+def file_id(path: Path) -> str:
+    """The id of an image or label file (or .zarr folder): x.tif, x.ome.tif, x.ome.zarr,
+    x.tif.geojson -> x (:func:`plain_id`)."""
+    return plain_id(path.name[:-len(path.suffix)] if path.suffix else path.name)
+
+
 def files_by_id(folder: Path, *, zarr_sections: bool = False,
                  suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, Path]:
     """Image (or label) files by id; with ``zarr_sections`` also ``<id>.zarr`` folders."""
@@ -157,10 +179,11 @@ def files_by_id(folder: Path, *, zarr_sections: bool = False,
         zarr = zarr_sections and path.is_dir() and path.suffix.lower() == ".zarr"
         if not zarr and (not path.is_file() or path.suffix.lower() not in suffixes):
             continue
-        if path.stem in found:
-            raise DatasetError(f"{folder}: two files share the id {path.stem!r}: "
-                               f"{found[path.stem].name} and {path.name}")
-        found[path.stem] = path
+        key = file_id(path)
+        if key in found:
+            raise DatasetError(f"{folder}: two files share the id {key!r}: "
+                               f"{found[key].name} and {path.name}")
+        found[key] = path
     return found
 
 
@@ -202,9 +225,10 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
     images = files_by_id(image_dir, zarr_sections=True)
     labels = files_by_id(label_dir, suffixes=LABEL_SUFFIXES) if label_dir.is_dir() else {}
     if image_dir == root and not labels:
-        masks = {i[:-len(CELLPOSE_SUFFIX)]: p for i, p in images.items()
+        # (Cellpose names them after the file less its last extension: x.ome_masks.tif)
+        masks = {plain_id(i[:-len(CELLPOSE_SUFFIX)]): p for i, p in images.items()
                  if i.endswith(CELLPOSE_SUFFIX)}
-        segs = {p.name[:-len(CELLPOSE_SEG_SUFFIX)]: p
+        segs = {plain_id(p.name[:-len(CELLPOSE_SEG_SUFFIX)]): p
                 for p in sorted(root.glob(f"*{CELLPOSE_SEG_SUFFIX}")) if p.is_file()}
         if masks:  # Cellpose: x.tif beside x_masks.tif
             images = {i: p for i, p in images.items() if not i.endswith(CELLPOSE_SUFFIX)}

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.errors import DatasetError, ImageReadError
-from cellsynth.io.datasets import CELLPOSE_SUFFIX, load_dataset
+from cellsynth.io.datasets import CELLPOSE_SUFFIX, file_id, load_dataset
 from cellsynth.io.files import staged_output_dir, write_json
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
@@ -36,7 +36,7 @@ from cellsynth.io.images import (
     write_image,
     write_labels,
 )
-from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, is_ome_zarr, read_labels_zarr
+from cellsynth.io.ome_zarr import is_ome_zarr, read_labels_zarr
 from cellsynth.pipeline import layout
 
 __all__ = ["FORMATS", "export", "label_polygons", "label_shapes"]
@@ -62,7 +62,9 @@ def _corners(contour: np.ndarray) -> np.ndarray:
 
 
 def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
-    """Outline of every label as a closed (K, 2) polygon of (x, y) pixel coordinates.
+    """Outline of every label as a closed (K, 2) polygon of (x, y) pixel coordinates: of a
+    cell in several pieces the largest by area, the outline :func:`label_shapes` puts first
+    (COCO's polygons have no holes).
 
     Pixel (row r, column c) covers [c, c + 1) x [r, r + 1) in these coordinates, as in QuPath.
     """
@@ -74,11 +76,18 @@ def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
         if box is None:
             continue
         mask = np.pad(labels[box] == index, 1).astype(np.float32)
-        contours = find_contours(mask, 0.5)
-        if not contours:
+        outlines = [c for c in find_contours(mask, 0.5) if _signed_area(c) < 0]
+        if not outlines:
             continue
-        polygons[index] = _xy(_corners(max(contours, key=len)), box)
+        polygons[index] = _xy(_corners(min(outlines, key=_signed_area)), box)
     return polygons
+
+
+def _signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of a (row, col) ring from ``find_contours``: < 0 around a piece, > 0
+    around a hole (skimage winds around low values)."""
+    x, y = ring[:, 1], ring[:, 0]
+    return 0.5 * float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
 
 
 def label_shapes(labels: np.ndarray) -> dict[int, list[list[np.ndarray]]]:
@@ -90,20 +99,17 @@ def label_shapes(labels: np.ndarray) -> dict[int, list[list[np.ndarray]]]:
     from scipy import ndimage as ndi
     from skimage.measure import find_contours
 
-    def area(ring: np.ndarray) -> float:  # > 0: a hole (skimage winds around low values)
-        x, y = ring[:, 1], ring[:, 0]
-        return 0.5 * float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
-
     shapes: dict[int, list[list[np.ndarray]]] = {}
     for index, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
         contours = find_contours(np.pad(labels[box] == index, 1).astype(np.float32), 0.5)
-        outlines = sorted((c for c in contours if area(c) < 0), key=area)  # largest first
+        # the pieces' outlines, the largest first
+        outlines = sorted((c for c in contours if _signed_area(c) < 0), key=_signed_area)
         if not outlines:
             continue
         pieces = [[c] for c in outlines]
-        for hole in (c for c in contours if area(c) > 0):
+        for hole in (c for c in contours if _signed_area(c) > 0):
             # (a hole's ring lies inside its cell's outline, apart from every other piece)
             inside = next((p for p in pieces if Ring(p[0]).contains_point(hole[0])), None)
             if inside is not None:
@@ -133,7 +139,7 @@ def prediction_labels(root: Path) -> list[tuple[str, Path]]:
                    if p.suffix.lower() in IMAGE_SUFFIXES or is_ome_zarr(p))
     if not files:
         raise DatasetError(f"{root / layout.LABELS}: no label files")
-    return [(p.name[:-len(OME_ZARR_SUFFIX)] if is_ome_zarr(p) else p.stem, p) for p in files]
+    return [(file_id(p), p) for p in files]
 
 
 def _sources(root: Path) -> tuple[list[tuple[str, Path | None, Path]], str]:

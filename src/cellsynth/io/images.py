@@ -2,9 +2,13 @@
 
 Supported files: TIFF, including pyramidal OME-TIFF and Aperio SVS (tifffile), and
 PNG/JPEG/BMP (imageio); other microscope formats (CZI, ND2, LIF, VSI, ...) are named in a
-one-line error saying to convert them to OME-TIFF. Images are ``(H, W)`` or
-``(H, W, 3)``; an alpha channel is dropped with a warning. Label maps are ``(H, W)`` integer
-arrays, 0 = background. Every problem raises :class:`ImageReadError` naming the file.
+one-line error saying to convert them to OME-TIFF. Images are ``(H, W)`` or ``(H, W, C)``,
+channels last whatever the file's order (an ImageJ or OME-TIFF stores fluorescence channels
+first); an alpha channel (a PNG's 2nd or 4th, a TIFF's declared one) is dropped with a
+warning. Every stage works on gray or RGB: of an image with another number of channels the
+one ``--channel`` names is used, else channel 0, said in a warning
+(:func:`select_channel`). Label maps are ``(H, W)`` integer arrays, 0 = background. Every
+problem raises :class:`ImageReadError` naming the file.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ __all__ = [
     "FOREIGN_FORMATS",
     "IMAGE_SUFFIXES",
     "TIFF_SUFFIXES",
+    "channels_last",
     "foreign_files",
+    "guess_axes",
+    "tiff_alpha",
     "unread_format",
     "match_channels",
     "read_image",
@@ -113,10 +120,15 @@ def _read_tiff(path: Path) -> np.ndarray:
     logger.addHandler(notes)
     propagate, logger.propagate = logger.propagate, False
     try:
-        image = np.asarray(tifffile.imread(path))
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            image = np.asarray(series.asarray())
+            axes, page = series.axes, series.keyframe
+            photometric, extra = int(page.photometric), [int(e) for e in page.extrasamples]
     except Exception as err:  # the readers raise many types for corrupt files
+        said = [m.split("> ", 1)[-1] for m in notes.messages]  # what tifffile saw first
         raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
-                             f"{_reason(err)}") from err
+                             f"{said[0] if said else _reason(err)}") from err
     finally:
         logger.removeHandler(notes)
         logger.propagate = propagate
@@ -126,7 +138,76 @@ def _read_tiff(path: Path) -> np.ndarray:
                              f"{said[0] if said else 'no image data in it'}")
     if said:
         warnings.warn(f"{path}: read, but tifffile says: {said[0]}", stacklevel=3)
+    image = channels_last(image, axes, where=str(path))
+    alpha = tiff_alpha(photometric, extra, image.shape[2] if image.ndim == 3 else 1)
+    if alpha:
+        warnings.warn(f"{path}: dropping alpha channel of "
+                      f"{'RGBA' if image.shape[2] - alpha == 3 else 'gray+alpha'} image",
+                      stacklevel=3)
+        image = image[..., :image.shape[2] - alpha]
     return image
+
+
+# TIFF's PhotometricInterpretation RGB, and its ExtraSamples values that are alpha
+# (associated, unassociated)
+_PHOTOMETRIC_RGB, _ALPHA_SAMPLES = 2, (1, 2)
+# what tifffile calls an axis that is neither y, x nor channels: a stack a 2-D reader must
+# not flatten
+_STACK_AXES = {"Z": "z-planes", "T": "time points", "I": "images (pages)",
+               "R": "tiles or regions", "A": "angles", "P": "phases", "H": "lifetimes",
+               "E": "lambdas", "L": "exposures", "V": "views", "M": "mosaic tiles"}
+
+
+def guess_axes(shape: tuple[int, ...]) -> str:
+    """The axes of an array whose file does not name them: (y, x), or of a 3-D one
+    channels last when its last axis is short (RGB, RGBA, 2 fluorescence channels saved from
+    numpy) and channels first otherwise (ImageJ's and OME's order)."""
+    if len(shape) == 2:
+        return "yx"
+    return "yxc" if len(shape) == 3 and shape[-1] <= 4 else "cyx"
+
+
+def channels_last(image: np.ndarray, axes: str, *, where: str) -> np.ndarray:
+    """``image`` with tifffile's ``axes`` (e.g. ``"CYX"`` of an ImageJ hyperstack, ``"YXS"``
+    of RGB, ``"QYX"`` where the file names none) as (H, W) or (H, W, C). Axes of length 1 go;
+    a z-stack or time series is refused in one line (a 2-D reader would take its planes
+    for channels)."""
+    axes = axes.upper()
+    if "Q" in axes or len(axes) != image.ndim:
+        image = np.squeeze(image) if image.ndim > 3 else image
+        axes = guess_axes(image.shape).upper()
+        if image.ndim not in (2, 3):
+            raise ImageReadError(f"{where}: expected image of shape HxW, HxWxC or CxHxW, "
+                                 f"got shape {image.shape}")
+    axes = axes.replace("S", "C") if "C" not in axes else axes
+    for i in reversed(range(image.ndim)):
+        if axes[i] not in "YXC" and image.shape[i] == 1:
+            image, axes = image.take(0, axis=i), axes[:i] + axes[i + 1:]
+    stack = [a for a in axes if a not in "YXC"]
+    if stack:
+        a = stack[0]
+        raise ImageReadError(
+            f"{where}: {image.shape[axes.index(a)]} {_STACK_AXES.get(a, f'{a} planes')} "
+            f"(axes {axes}, shape {image.shape}); cellsynth reads single 2-D images: save "
+            f"one plane or a projection (Fiji: Image > Stacks > Z Project)")
+    if "Y" not in axes or "X" not in axes or axes.count("C") > 1:
+        raise ImageReadError(f"{where}: cannot read axes {axes} of shape {image.shape} as "
+                             f"an image (expected Y, X and at most one channel axis)")
+    order = [axes.index("Y"), axes.index("X")] + ([axes.index("C")] if "C" in axes else [])
+    image = np.transpose(image, order)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    return image
+
+
+def tiff_alpha(photometric: int, extrasamples: list[int], channels: int) -> int:
+    """How many of a TIFF's last ``channels`` are alpha: those its ExtraSamples tag
+    declares so, and for an RGB image any sample past the third; unspecified extra samples
+    of a gray image are channels (a 2-channel fluorescence image), not alpha."""
+    declared = sum(e in _ALPHA_SAMPLES for e in extrasamples)
+    if photometric == _PHOTOMETRIC_RGB and channels > 3:
+        return channels - 3
+    return min(declared, channels - 1)
 
 
 def _reason(err: BaseException) -> str:
@@ -158,28 +239,32 @@ def _read_imageio(path: Path) -> np.ndarray:
     return image
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, all_channels: bool = False) -> np.ndarray:
     """Read and validate an image.
 
     Returns
     -------
     image : (H, W) or (H, W, 3) array of any integer or float dtype, as stored; intensities
         are mapped to [0, 1] by content with :func:`cellsynth.io.normalize.normalize`.
-        Alpha channels are dropped (with a warning), single channels squeezed.
+        Channels last (a TIFF's channels-first planes are moved), alpha channels dropped
+        (with a warning), single channels squeezed. An image with 2 or more than 3 channels
+        gives its channel 0, with a warning; with ``all_channels`` every channel, (H, W, C),
+        for :func:`select_channel` to pick the one a user names.
     """
     path = Path(path)
     image = _read_array(path)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    if image.ndim == 3 and image.shape[-1] == 4:
-        warnings.warn(f"{path}: dropping alpha channel of RGBA image", stacklevel=2)
-        image = image[..., :3]
-    if image.ndim == 3 and image.shape[-1] == 2:
-        warnings.warn(f"{path}: dropping alpha channel of gray+alpha image", stacklevel=2)
-        image = image[..., 0]
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
+    if path.suffix.lower() not in TIFF_SUFFIXES:  # PNG's modes: LA and RGBA carry alpha
+        if image.ndim == 3 and image.shape[-1] == 4:
+            warnings.warn(f"{path}: dropping alpha channel of RGBA image", stacklevel=2)
+            image = image[..., :3]
+        if image.ndim == 3 and image.shape[-1] == 2:
+            warnings.warn(f"{path}: dropping alpha channel of gray+alpha image", stacklevel=2)
+            image = image[..., 0]
+    if image.ndim != 2 and image.ndim != 3:
         raise ImageReadError(
-            f"{path}: expected image of shape HxW, HxWx3 or HxWx4, got shape {image.shape}"
+            f"{path}: expected image of shape HxW, HxWxC or CxHxW, got shape {image.shape}"
         )
     if min(image.shape[:2]) < 1:
         raise ImageReadError(f"{path}: image is empty, shape {image.shape}")
@@ -195,7 +280,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         bad = int((~np.isfinite(image)).sum())
         raise ImageReadError(f"{path}: image contains {bad} NaN/inf values")
-    return image
+    return image if all_channels else select_channel(image, None, where=str(path))
 
 
 CELLPOSE_SEG_SUFFIX = "_seg.npy"  # what Cellpose's GUI saves beside x.png: a dict with "masks"
@@ -265,15 +350,21 @@ def to_float(image: np.ndarray) -> np.ndarray:
 
 
 def select_channel(image: Any, channel: int | None, *, where: str = "image") -> Any:
-    """Channel ``channel`` of an (H, W, C) image (0-based) as (H, W); ``None`` keeps all.
+    """Channel ``channel`` of an (H, W, C) image (0-based) as (H, W).
 
     Like Cellpose's ``channels``: e.g. the DAPI channel of an RGB composite for a nuclei model.
-    Works on lazy arrays too (the selection is a view). Raises :class:`ImageReadError` when
-    the image has no such channel.
+    ``None`` keeps a gray or RGB image as it is and gives channel 0 of any other number of
+    channels (2 fluorescence channels, 4 markers), with a warning naming ``--channel``: every
+    stage takes gray or RGB. Works on lazy arrays too (the selection is a view). Raises
+    :class:`ImageReadError` when the image has no such channel.
     """
-    if channel is None:
-        return image
     count = int(image.shape[2]) if len(image.shape) == 3 else 1
+    if channel is None:
+        if count in (1, 3):
+            return image
+        warnings.warn(f"{where}: {count} channels; using channel 0 (choose another with "
+                      f"--channel, 0-{count - 1})", stacklevel=2)
+        channel = 0
     if not 0 <= channel < count:
         raise ImageReadError(f"{where}: channel {channel} requested, but the image has {count} "
                              f"channel(s) (0-{count - 1})")

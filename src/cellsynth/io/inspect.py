@@ -35,7 +35,7 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
     n_labeled = n_sections = 0
     for sample in dataset:
         if sample.label_path is not None:
-            image, labels = sample.read()
+            image, labels = sample.read(all_channels=True)
             n_labeled += 1
             counts = np.bincount(labels.ravel().astype(np.int64))[1:]
             counts = counts[counts > 0]
@@ -45,7 +45,7 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
             image = open_large_image(sample.image_path)
             n_sections += 1
         else:
-            image = sample.read_image()
+            image = sample.read_image(all_channels=True)
         sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
         dtypes[str(image.dtype)] += 1
         channels[1 if image.ndim == 2 else image.shape[2]] += 1
@@ -89,7 +89,7 @@ def _summarize_file(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path)
     lazy = reads_lazily(path)
-    levels = pyramid_levels(path) if lazy else [read_image(path)]
+    levels = pyramid_levels(path) if lazy else [read_image(path, all_channels=True)]
     image = levels[0]
     px = read_pixel_size(path)
     return {"root": str(path), "file": True, "n_images": 1, "n_labeled": 0,

@@ -1,11 +1,11 @@
 """Whole sections: images too large to decode at once, opened lazily and sampled by windows.
 
-Zarr/OME-Zarr, pyramidal or channel-first TIFFs and TIFFs over ``LAZY_PIXELS`` pixels
-(counted from the header) are opened as array-likes that read only the windows sliced from
-them (:func:`open_large_image`). Stages that learn from unlabeled images (the simulator fit,
-the score threshold from the estimated count) do not need a whole section: they measure a
-few windows of tissue from it (:func:`tissue_windows`), so a folder of whole-slide images
-costs what a few 1024² images cost.
+Zarr/OME-Zarr, pyramidal TIFFs, TIFFs of more than y, x and channels, and TIFFs over
+``LAZY_PIXELS`` pixels (counted from the header) are opened as array-likes that read only
+the windows sliced from them (:func:`open_large_image`). Stages that learn from unlabeled
+images (the simulator fit, the score threshold from the estimated count) do not need a
+whole section: they measure a few windows of tissue from it (:func:`tissue_windows`), so a
+folder of whole-slide images costs what a few 1024² images cost.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.errors import ImageReadError
-from cellsynth.io.images import TIFF_SUFFIXES
+from cellsynth.io.images import TIFF_SUFFIXES, guess_axes, tiff_alpha
 
 __all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "tissue_windows",
            "image_or_windows", "pyramid_levels", "check_level"]
@@ -101,15 +101,20 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
     try:
         import zarr
 
-        axes, store = None, None
+        axes, store, alpha = None, None, 0
         if path.suffix.lower() == ".zarr" or path.is_dir():
             node = zarr.open(str(path), mode="r")
         elif path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                axes = tif.series[0].axes.lower().replace("s", "c")
-                check_level(path, level, len(tif.series[0].levels))
+                series = tif.series[0]
+                axes = series.axes.lower().replace("s", "c")
+                check_level(path, level, len(series.levels))
+                page = series.keyframe  # its photometric and extra samples: which is alpha
+                samples = series.shape[axes.index("c")] if "c" in axes else 1
+                alpha = tiff_alpha(int(page.photometric),
+                                   [int(e) for e in page.extrasamples], samples)
             store = tifffile.imread(path, aszarr=True, level=level)
             node = zarr.open(store, mode="r")
             level = 0  # tifffile opened that level already
@@ -123,16 +128,16 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
     except Exception as err:
         raise ImageReadError(f"{path}: cannot open lazily: {err}") from err
     ndim = len(node.shape)
-    if axes is None or len(axes) != ndim:
-        axes = {2: "yx", 3: "yxc" if node.shape[-1] in (3, 4) else "cyx"}.get(ndim)
+    if axes is None or len(axes) != ndim or "q" in axes:
+        axes = guess_axes(tuple(node.shape)) if ndim in (2, 3) else None
         if axes is None:
             raise ImageReadError(f"{path}: cannot tell the axes of a {ndim}-D array "
                                  f"{tuple(node.shape)}; expected (y, x), (y, x, c) or (c, y, x)")
     if "y" not in axes or "x" not in axes:
         raise ImageReadError(f"{path}: image has axes {axes!r}, without y and x")
     colors = None
-    if axes == "yxc" and int(node.shape[-1]) in (2, 4):
-        colors = int(node.shape[-1]) - 1
+    if alpha:  # (a TIFF's, as it declares; Zarr knows no alpha: its channels are channels)
+        colors = int(node.shape[axes.index("c")]) - alpha
         warnings.warn(f"{path}: dropping alpha channel of "
                       f"{'RGBA' if colors == 3 else 'gray+alpha'} image", stacklevel=2)
     image = node if axes in ("yx", "yxc") and colors is None else _YXC(node, axes, colors)
@@ -142,8 +147,9 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
 
 
 def reads_lazily(path: str | os.PathLike, lazy_pixels: int = LAZY_PIXELS) -> bool:
-    """Zarr, pyramidal or channel-first TIFFs, and TIFFs over ``lazy_pixels`` pixels (counted
-    from the header, not guessed from the compressed file size) are read tile by tile."""
+    """Zarr, pyramidal TIFFs, TIFFs with axes beyond y, x and channels, and TIFFs over
+    ``lazy_pixels`` pixels (counted from the header, not guessed from the compressed file
+    size) are read tile by tile."""
     path = Path(path)
     if path.is_dir():
         return True
@@ -158,7 +164,9 @@ def reads_lazily(path: str | os.PathLike, lazy_pixels: int = LAZY_PIXELS) -> boo
             if "q" in axes:  # axes tifffile could not name: read_image says what is wrong
                 return False
             pixels = series.shape[axes.index("y")] * series.shape[axes.index("x")]
-            return (len(series.levels) > 1 or axes not in ("yx", "yxs")
+            # (a small channels-first image, e.g. ImageJ's 2-channel CYX, is read whole
+            # with its channels last; a z-stack or time series only window by window)
+            return (len(series.levels) > 1 or axes not in ("yx", "yxs", "cyx", "syx")
                     or pixels > lazy_pixels)
     except Exception:  # unreadable header: read_image says what is wrong with the file
         return False
@@ -222,13 +230,12 @@ def tissue_windows(image: Any, side: int, n: int, *, seed: int = 0,
 
 
 def stage_channels(window: np.ndarray) -> np.ndarray:
-    """A window of a section as every stage takes images: gray + alpha (2 channels, or one)
-    -> the first channel, as :func:`cellsynth.io.images.read_image` reads such files; more
-    than 3 channels (channels first, fluorescence) -> the first 3; else unchanged."""
-    if window.ndim == 3 and window.shape[-1] in (1, 2):
+    """A window of a section as every stage takes images: gray or RGB unchanged, of any
+    other number of channels (2 or 4 fluorescence channels) channel 0, as
+    :func:`cellsynth.io.images.read_image` reads such files (without its warning: a
+    section gives many windows)."""
+    if window.ndim == 3 and window.shape[-1] != 3:
         return window[..., 0]
-    if window.ndim == 3 and window.shape[-1] > 3:
-        return window[..., :3]
     return window
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cellsynth.config import to_dict
-from cellsynth.io.datasets import load_dataset
+from cellsynth.io.datasets import file_id, load_dataset
 from cellsynth.io.resample import pixel_scale, rescale_image, rescale_labels
 from cellsynth.pipeline import layout
 
@@ -179,8 +179,10 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                     (root / role / "labels").mkdir(exist_ok=True)
                     labels = rescale_labels(sample.read_labels().astype(np.uint32), factor)
                     write_labels(root / role / "labels" / f"{sample.id}.tif", labels)
+            # (not rescaled: the pixel size the config states, as the refiner and the
+            # prediction take it, else the folder's; a file stating another is overruled)
             pixel_size = (_sim_config(config).pixel_size_um if factor != 1.0
-                          else load_dataset(folder).pixel_size_um)
+                          else config.real.pixel_size_um or load_dataset(folder).pixel_size_um)
             write_json(root / role / layout.META, {
                 "source": folder, "pixel_size_um": pixel_size, "rescaled_by": factor,
                 "selected": config.real.select.get(role),
@@ -276,7 +278,8 @@ def write_pseudo_labels(teacher: Path, images: list[Path], folder: Path, *, meta
                                  tta=True, pixel_size_um=pixel_size_um, progress=progress)
         (root / "predicted" / layout.LABELS).rename(root / layout.LABELS)
         shutil.rmtree(root / "predicted")
-    return {"images": [path.stem for path in images], "cells": summary["n_instances"]}
+    return {"images": [file_id(path) for path in images],
+            "cells": summary["n_instances"]}
 
 
 def _pseudo_label(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:

@@ -34,7 +34,7 @@ TISSUE_WINDOW, TISSUE_WINDOWS = 1024, 16  # crops of a section come from its mos
 
 
 def _channels(image: np.ndarray) -> int:
-    return 3 if image.ndim == 3 else 1
+    return 3 if len(image.shape) == 3 and image.shape[2] == 3 else 1
 
 
 def load_simulated(root: str | os.PathLike) -> Dataset:
@@ -212,8 +212,8 @@ class RealCrops:
                 self.images.append(array)
                 self.lazy.append(True)
                 low, high = intensity_range(array, normalization, where=str(sample.image_path))
-                # > 3 channels (channels first, fluorescence): the first 3 are used
-                self.ranges.append((low[:3], high[:3]))
+                # not gray or RGB (fluorescence channels): channel 0 is used (stage_channels)
+                self.ranges.append((low, high) if low.size in (1, 3) else (low[:1], high[:1]))
                 self.regions.append(_tissue_regions(array, need))
             else:
                 image = read_image(sample.image_path)

@@ -98,7 +98,7 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
         dataset = load_dataset(root, require_labels=True)
         unknown = 0
         for sample in dataset:
-            image, labels = sample.read()
+            image, labels = sample.read(all_channels=True)
             image = select_channel(image, channel, where=str(sample.image_path))
             image = normalize(image, normalization, where=str(sample.image_path))
             channels = channels or (1 if image.ndim == 2 else 3)

@@ -23,7 +23,7 @@ from cellsynth import __version__
 from cellsynth.config import from_dict
 from cellsynth.errors import CellsynthError, ConfigError, DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads, resolve_device
-from cellsynth.io.datasets import announce_skipped, files_by_id, load_dataset
+from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_dataset
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
@@ -444,9 +444,17 @@ def _folder_pixel_size(images: Path) -> float | None:
 
 
 def _read_lazily(path: Path) -> bool:
-    """Zarr, pyramidal or channel-first TIFFs, and TIFFs over LAZY_PIXELS pixels are read
-    tile by tile (:func:`cellsynth.io.sections.reads_lazily`)."""
+    """Zarr, pyramidal TIFFs, TIFFs with axes beyond y, x and channels, and TIFFs over
+    LAZY_PIXELS pixels are read tile by tile (:func:`cellsynth.io.sections.reads_lazily`)."""
     return reads_lazily(path, LAZY_PIXELS)
+
+
+def _shown(image: np.ndarray, channel: int | None) -> np.ndarray:
+    """What an overlay draws the cells on: the image, or of one that is neither gray nor
+    RGB the channel that was predicted."""
+    if image.ndim == 3 and image.shape[2] not in (1, 3):
+        return image[..., 0 if channel is None else channel]
+    return image
 
 
 def _open(path: Path, level: int = 0) -> tuple[Any, bool]:
@@ -455,20 +463,21 @@ def _open(path: Path, level: int = 0) -> tuple[Any, bool]:
     lazy = _read_lazily(path)
     if not lazy:  # (a pyramid's levels are checked where it is opened)
         check_level(path, level, 1)
-    return (open_large_image(path, level=level) if lazy else read_image(path)), lazy
+    return (open_large_image(path, level=level) if lazy
+            else read_image(path, all_channels=True)), lazy
 
 
 def _inputs(images: Path) -> list[tuple[str, Path]]:
     """(id, path) of every image file or .zarr folder in a dataset or plain folder."""
     if images.is_dir() and images.suffix.lower() == ".zarr":
-        return [(images.stem, images)]
+        return [(file_id(images), images)]
     if images.is_file():  # one image, e.g. a whole-section TIFF
         if unread_format(images):
             raise DatasetError(unread_format(images))
         if images.suffix.lower() not in IMAGE_SUFFIXES:
             raise DatasetError(f"{images}: not an image file (expected one of "
                                f"{', '.join(IMAGE_SUFFIXES)}) or a folder of images")
-        return [(images.stem, images)]
+        return [(file_id(images), images)]
     if not images.exists():
         raise DatasetError(f"{images}: no such folder")
     folder = images / "images" if (images / "images").is_dir() else images
@@ -598,7 +607,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     tmp.write_text(detections_table(labels, id_scores, px))
                 if not lazy:
                     write_image(root / layout.OVERLAYS / f"{image_id}.png",
-                                contour_overlay(image, labels))
+                                contour_overlay(_shown(image, detector.channel
+                                                       if channel is None else channel),
+                                                labels))
                 else:  # a picture of a whole section would be the section again
                     announce(f"{path}: no overlay for a whole section; open its labels with "
                              f"the image in napari or QuPath (cellsynth export --to geojson)")
