@@ -130,6 +130,32 @@ _rng = np.random.default_rng
 _STILL = dict(scale=(1.0, 1.0), brightness=0.0, contrast=0.0, gamma=0.0)
 
 
+def test_two_channel_training_images_use_the_chosen_channel_and_say_channel_0_once(tmp_path):
+    """A folder of ImageJ 2-channel TIFFs (channels first) trains on the channel named, and
+    without one on channel 0 with one warning for the folder, not one per image."""
+    rng = np.random.default_rng(5)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    planes = {}
+    for i in range(3):
+        planes[i] = rng.integers(0, 4096, (2, 20, 24), dtype=np.uint16)
+        tifffile.imwrite(tmp_path / "images" / f"a{i}.tif", planes[i], imagej=True,
+                         metadata={"axes": "CYX"})
+        write_labels(tmp_path / "labels" / f"a{i}.tif", np.ones((20, 24), np.uint16))
+    picked = load_labeled([tmp_path], channel=1)
+    for i, item in enumerate(picked):
+        assert item.image.shape == (20, 24, 1)
+        # the marker's own contrast, not channel 0's or a mixture
+        assert np.corrcoef(item.image[..., 0].ravel(), planes[i][1].ravel())[0, 1] > 0.99
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = load_labeled([tmp_path])
+    said = [str(w.message) for w in caught]
+    assert said == [f"{tmp_path}: 3 image(s) with 2 channels; using channel 0 (choose another "
+                    f"with --channel, 0-1)"]
+    assert np.corrcoef(first[0].image[..., 0].ravel(), planes[0][0].ravel())[0, 1] > 0.99
+
+
 def test_blur_softens_about_half_of_the_crops_and_never_moves_the_labels():
     plain = Augment(**_STILL)
     blurred = Augment(**_STILL, blur=2.0)

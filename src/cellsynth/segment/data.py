@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -97,8 +98,13 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
     for root in roots:
         dataset = load_dataset(root, require_labels=True)
         unknown = 0
+        first_of: Counter[int] = Counter()  # images of n channels given their channel 0
         for sample in dataset:
             image, labels = sample.read(all_channels=True)
+            count = image.shape[2] if image.ndim == 3 else 1
+            if channel is None and count not in (1, 3):
+                first_of[count] += 1
+                image = image[..., 0]  # (said once for the folder below, not per image)
             image = select_channel(image, channel, where=str(sample.image_path))
             image = normalize(image, normalization, where=str(sample.image_path))
             channels = channels or (1 if image.ndim == 2 else 3)
@@ -110,6 +116,9 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
             image = rescale_image(image, factor)
             labels = rescale_labels(labels, factor)
             out.append(LabeledImage(f"{dataset.root.name}/{sample.id}", image, labels))
+        for count, n in sorted(first_of.items()):
+            warnings.warn(f"{dataset.root}: {n} image(s) with {count} channels; using channel 0 "
+                          f"(choose another with --channel, 0-{count - 1})", stacklevel=2)
         if unknown:  # nothing to rescale from: say so, or a working resolution is ignored
             warnings.warn(f"{dataset.root}: {unknown} of {len(dataset)} image(s) state no pixel "
                           f"size (meta.json pixel_size_um, or the TIFF's own metadata); used "
