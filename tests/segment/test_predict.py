@@ -113,8 +113,9 @@ def test_channel_reaches_the_second_plane_of_an_imagej_fluorescence_tiff(model, 
     capsys.readouterr()
     assert main(["predict", "--detector", str(run), "--images", str(tmp_path / "fluo"),
                  "--out", str(tmp_path / "first-out"), "--precision", "fp32"]) == 0
-    assert "a.tif: 2 channels; using channel 0 (choose another with --channel, 0-1)" in \
-        capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "a.tif: 2 channels; using channel 0 (train and predict take another with " \
+           "--channel, 0-1)" in said
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -362,8 +362,8 @@ def select_channel(image: Any, channel: int | None, *, where: str = "image") -> 
     if channel is None:
         if count in (1, 3):
             return image
-        warnings.warn(f"{where}: {count} channels; using channel 0 (choose another with "
-                      f"--channel, 0-{count - 1})", stacklevel=2)
+        warnings.warn(f"{where}: {count} channels; using channel 0 (train and predict take "
+                      f"another with --channel, 0-{count - 1})", stacklevel=2)
         channel = 0
     if not 0 <= channel < count:
         raise ImageReadError(f"{where}: channel {channel} requested, but the image has {count} "
