@@ -125,9 +125,15 @@ def _cmd_realism(args: argparse.Namespace) -> int:
 _ARCHITECTURE = ("model", "order", "samples", "refinement_iterations", "head_kernel")
 
 
+# what the images were to the --init detector: fine-tuning keeps them so
+_INHERITED = ("pixel_size_um", "channel")
+
+
 def _init_architecture(init: Path | None, config: Path | None) -> dict:
-    """The --init detector's architecture (model, contour order, ...), for every option that
-    the --config file does not set: fine-tuning a tiny_u22 needs no --model tiny_u22."""
+    """The --init detector's architecture (model, contour order, ...), its working pixel size
+    and its channel of multi-channel images, for every option that the --config file does
+    not set: fine-tuning a tiny_u22 needs no --model tiny_u22, nor a detector trained on
+    channel 1 at 0.25 um/px another --channel 1 --pixel-size 0.25."""
     if init is None:
         return {}
     from cellsynth.config import load_yaml
@@ -135,8 +141,10 @@ def _init_architecture(init: Path | None, config: Path | None) -> dict:
 
     _, ckpt = read_detector_checkpoint(init, needed_by="train --init")
     given = load_yaml(config) if config else {}
-    spec = ckpt["model_spec"]
-    return {k: spec[k] for k in _ARCHITECTURE if k in spec and k not in given}
+    spec, trained = ckpt["model_spec"], ckpt.get("config") or {}
+    return ({k: spec[k] for k in _ARCHITECTURE if k in spec and k not in given}
+            | {k: trained[k] for k in _INHERITED if trained.get(k) is not None
+               and k not in given})
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -68,6 +68,16 @@ def test_dataset_folder_and_labels_only_folder_as_prediction(gt_dir, tmp_path, i
     assert total.f1_avg == 1.0 and total.tp == (3,) * 9
 
 
+def test_an_images_folder_given_for_labels_is_refused_not_scored(gt_dir):
+    """--gt DATASET/images (or --pred RUN/overlays): intensities would be read as label
+    maps and scored as a few huge cells (F1 0, no error); one line names the right folder."""
+    with pytest.raises(DatasetError, match=r"gt/images: the ground-truth images, not their "
+                                           r"labels; give .*gt or .*gt/labels"):
+        evaluate_folders(gt_dir / "images", gt_dir)
+    with pytest.raises(DatasetError, match=r"the predicted images, not their labels"):
+        evaluate_folders(gt_dir, gt_dir / "images")
+
+
 def test_missing_id_in_prediction_names_folder_and_file(gt_dir, tmp_path):
     pred = make_dataset(tmp_path / "pred", {"a": labels_a()}, images=False)
     with pytest.raises(DatasetError, match=r"pred/labels: no prediction for 1 .*b\.tif"):

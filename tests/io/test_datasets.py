@@ -84,6 +84,13 @@ def test_ome_tiff_images_pair_with_labels_named_without_ome_or_after_the_file(tm
     write_labels(cellpose / "a.ome_masks.tif", labels)
     (sample,) = load_dataset(cellpose, require_labels=True)
     assert sample.id == "a" and sample.read()[1].max() == 1
+    moved = tmp_path / "moved"  # Cellpose's masks copied into a labels/ folder
+    (moved / "images").mkdir(parents=True)
+    (moved / "labels").mkdir()
+    write_image(moved / "images" / "a.ome.tif", np.zeros((16, 16), np.uint8))
+    write_labels(moved / "labels" / "a.ome_masks.tif", labels)
+    (sample,) = load_dataset(moved, require_labels=True)
+    assert sample.id == "a" and sample.label_path.name == "a.ome_masks.tif"
     write_image(cellpose / "a.tif", np.zeros((16, 16), np.uint8))  # now two images are "a"
     with pytest.raises(DatasetError, match="share the id 'a': a.ome.tif and a.tif"):
         load_dataset(cellpose)

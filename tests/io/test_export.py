@@ -166,3 +166,28 @@ def test_coco_outline_of_a_cell_in_two_pieces_is_the_larger_piece_as_in_geojson(
     xs, ys = polygon[:, 0], polygon[:, 1]
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (2, 6, 2, 6)
     np.testing.assert_array_equal(polygon, label_shapes(labels)[1][0][0])
+
+
+def test_export_of_two_channel_images_keeps_them_and_warns_of_no_channel(tmp_path):
+    """export copies a 2-channel ImageJ TIFF as it is and reads only its size: no line about
+    using channel 0 (export has no --channel; it said so for every image)."""
+    import warnings
+
+    import tifffile
+
+    root = tmp_path / "fluo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    planes = np.random.default_rng(0).integers(0, 4096, (2, 20, 24), dtype=np.uint16)
+    tifffile.imwrite(root / "images" / "a.tif", planes, imagej=True, metadata={"axes": "CYX"})
+    labels = np.zeros((20, 24), np.uint16)
+    labels[3:9, 4:12] = 1
+    write_labels(root / "labels" / "a.tif", labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export(root, "geojson", tmp_path / "geojson")
+        export(root, "stardist", tmp_path / "stardist")
+    assert (tmp_path / "stardist" / "images" / "a.tif").read_bytes() == \
+        (root / "images" / "a.tif").read_bytes()
+    features = json.loads((tmp_path / "geojson" / "a.geojson").read_text())["features"]
+    assert len(features) == 1

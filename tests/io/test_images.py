@@ -93,6 +93,17 @@ def test_fluorescence_channels_are_kept_in_any_order_and_only_declared_alpha_goe
     with pytest.raises(ImageReadError, match=r"z\.tif: 3 z-planes \(axes ZYX.*save one plane "
                                              r"or a projection"):
         read_image(tmp_path / "z.tif")
+    from cellsynth.io.sections import open_large_image
+
+    with pytest.raises(ImageReadError, match=r"z\.tif: 3 z-planes"):  # not its first plane
+        open_large_image(tmp_path / "z.tif")  # (how predict opens a large or stacked file)
+
+    markers = rng.integers(0, 4096, (3, 24, 32), dtype=np.uint16)  # 3 fluorescence channels
+    tifffile.imwrite(tmp_path / "c3.tif", markers, imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "rgb.tif", np.moveaxis(markers, 0, -1), photometric="rgb")
+    with pytest.warns(UserWarning, match=r"c3\.tif: 3 channels, not RGB; using channel 0"):
+        np.testing.assert_array_equal(read_image(tmp_path / "c3.tif"), markers[0])
+    assert read_image(tmp_path / "rgb.tif").shape == (24, 32, 3)  # colour stays colour
 
 
 def test_bad_shape(tmp_path):

@@ -118,6 +118,26 @@ def test_channel_reaches_the_second_plane_of_an_imagej_fluorescence_tiff(model, 
            "--channel, 0-1)" in said
 
 
+def test_a_detector_trained_on_channel_1_says_so_on_a_gray_image(model, tmp_path, capsys):
+    """The channel a detector recorded, missing from an image, is named as the detector's
+    (the user asked for none) with the option that overrides it; --channel 0 then works."""
+    from cellsynth.cli import main
+
+    run, sim = model
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["config"]["channel"] = 1
+    torch.save(ckpt, tmp_path / "ch1.pt")
+    (tmp_path / "gray").mkdir()
+    write_image(tmp_path / "gray" / "a.png", read_image(sorted((sim / "images").iterdir())[0]))
+    args = ["predict", "--detector", str(tmp_path / "ch1.pt"), "--images",
+            str(tmp_path / "gray"), "--precision", "fp32", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "o1")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("a.png: the detector was trained on channel 1 of multi-channel "
+                         "images, but this image has 1 channel(s); choose it with --channel 0")
+    assert main([*args, "--out", str(tmp_path / "o2"), "--channel", "0"]) == 0
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--score-thresh", "5"], "expected a score between 0 and 1, got 5.0"),
     (["--tile", "64", "--overlap", "64"], "--overlap 64 must be smaller than --tile 64"),

@@ -516,3 +516,35 @@ def test_freeze_encoder_keeps_its_weights_and_statistics_and_trains_the_rest(sim
           val=sim, progress=False)
     moved = _state(tmp_path / "all" / "last.pt")
     assert not all(torch.equal(moved[k], start[k]) for k in encoder)
+
+
+def test_train_init_keeps_the_base_detectors_channel_and_pixel_size(sim, tmp_path, capsys):
+    """`train --init` of a detector trained on channel 1 of 2-channel images at 0.5 um/px
+    fine-tunes on channel 1 at 0.5 um/px without being told again (it took channel 0 and no
+    pixel size), and its replay of the (gray) simulation is read as it is (a channel of it
+    was asked for, and could not be found)."""
+    import tifffile
+
+    from cellsynth.cli import main
+    from cellsynth.io.images import read_image
+
+    gray = make_dataset(tmp_path / "gray", n=2, size=64, seed=7)
+    real = tmp_path / "real2"
+    (real / "images").mkdir(parents=True)
+    (real / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for path in sorted((gray / "images").iterdir()):
+        nuclei = read_image(path)
+        tifffile.imwrite(real / "images" / f"{path.stem}.tif",
+                         np.stack([rng.integers(0, 255, nuclei.shape, np.uint8), nuclei]),
+                         imagej=True, metadata={"axes": "CYX"})
+        (real / "labels" / f"{path.stem}.tif").write_bytes(
+            next((gray / "labels").glob(f"{path.stem}.*")).read_bytes())
+    base = TrainConfig(steps=1, channel=1, pixel_size_um=0.5, **TINY)
+    train(base, [real], tmp_path / "base", progress=False)
+    assert main(["train", "--data", str(real), "--init", str(tmp_path / "base"), "--replay",
+                 str(sim), "--out", str(tmp_path / "ft"), "--steps", "1", "--crop", "64",
+                 "--batch", "2", "--quiet"]) == 0, capsys.readouterr().err
+    assert "using channel 0" not in capsys.readouterr().err
+    kept = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)["config"]
+    assert kept["channel"] == 1 and kept["pixel_size_um"] == 0.5

@@ -365,6 +365,10 @@ def _label_files(root: Path, role: str) -> tuple[Path, dict[str, Path], str]:
                 dataset.geojson_geometry)
     if (root / "labels").is_dir():
         root = root / "labels"
+    if root.name in ("images", "overlays") and (root.parent / "labels").is_dir():
+        # (intensities read as label maps would score, wrongly, as a few huge cells)
+        raise DatasetError(f"{root}: the {role} {root.name}, not their labels; give "
+                           f"{root.parent} or {root.parent / 'labels'}")
     dataset = load_dataset(root)  # a plain folder: its "images" are the label files
     return root, {s.id: s.image_path for s in dataset}, "cell"
 

@@ -235,6 +235,13 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
             labels, label_dir, kind = masks, root, "Cellpose (x + x_masks)"
         elif segs:  # Cellpose's GUI: x.png beside x_seg.npy
             labels, label_dir, kind = segs, root, "Cellpose GUI (x + x_seg.npy)"
+    if label_dir != root:  # Cellpose's masks copied into labels/: x_masks.tif is x's
+        def paired(i: str) -> str:
+            base = plain_id(i[:-len(CELLPOSE_SUFFIX)])
+            return (base if i.endswith(CELLPOSE_SUFFIX) and i not in images
+                    and base in images and base not in labels else i)
+
+        labels = {paired(i): p for i, p in labels.items()}
     if kind != "cellsynth":
         from cellsynth.hardware import announce
 

@@ -216,7 +216,8 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
         if to == "coco" and any(image is not None for _, image, _ in items):
             (staging / "images").mkdir()
         for k, (image_id, image_path, label_path) in enumerate(items, start=1):
-            shape = read_image(image_path).shape[:2] if image_path is not None else None
+            shape = (read_image(image_path, all_channels=True).shape[:2]
+                     if image_path is not None else None)
             labels = (read_labels_zarr(label_path)[0] if is_ome_zarr(label_path)
                       else read_labels(label_path, shape=shape,
                                        geojson_geometry=geometry))
@@ -233,7 +234,7 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                 if image_path.suffix.lower() in (".tif", ".tiff"):  # not .svs: its pyramid
                     shutil.copyfile(image_path, target)
                 else:
-                    write_image(target, read_image(image_path))
+                    write_image(target, read_image(image_path, all_channels=True))
                 write_labels(staging / "masks" / f"{image_id}.tif", labels)
             elif to == "geojson":
                 write_json(staging / f"{image_id}.geojson",

@@ -34,6 +34,8 @@ __all__ = [
     "channels_last",
     "foreign_files",
     "guess_axes",
+    "is_colour",
+    "refuse_stacks",
     "tiff_alpha",
     "unread_format",
     "match_channels",
@@ -155,7 +157,8 @@ _PHOTOMETRIC_RGB, _ALPHA_SAMPLES = 2, (1, 2)
 # not flatten
 _STACK_AXES = {"Z": "z-planes", "T": "time points", "I": "images (pages)",
                "R": "tiles or regions", "A": "angles", "P": "phases", "H": "lifetimes",
-               "E": "lambdas", "L": "exposures", "V": "views", "M": "mosaic tiles"}
+               "E": "lambdas", "L": "exposures", "V": "views", "M": "mosaic tiles",
+               "S": "colour samples besides the channels"}
 
 
 def guess_axes(shape: tuple[int, ...]) -> str:
@@ -183,13 +186,7 @@ def channels_last(image: np.ndarray, axes: str, *, where: str) -> np.ndarray:
     for i in reversed(range(image.ndim)):
         if axes[i] not in "YXC" and image.shape[i] == 1:
             image, axes = image.take(0, axis=i), axes[:i] + axes[i + 1:]
-    stack = [a for a in axes if a not in "YXC"]
-    if stack:
-        a = stack[0]
-        raise ImageReadError(
-            f"{where}: {image.shape[axes.index(a)]} {_STACK_AXES.get(a, f'{a} planes')} "
-            f"(axes {axes}, shape {image.shape}); cellsynth reads single 2-D images: save "
-            f"one plane or a projection (Fiji: Image > Stacks > Z Project)")
+    refuse_stacks(axes, image.shape, where=where)
     if "Y" not in axes or "X" not in axes or axes.count("C") > 1:
         raise ImageReadError(f"{where}: cannot read axes {axes} of shape {image.shape} as "
                              f"an image (expected Y, X and at most one channel axis)")
@@ -198,6 +195,19 @@ def channels_last(image: np.ndarray, axes: str, *, where: str) -> np.ndarray:
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     return image
+
+
+def refuse_stacks(axes: str, shape: tuple[int, ...], *, where: str) -> None:
+    """One error line for an image with planes along an axis other than y, x and channels
+    (a z-stack, a time series): a 2-D reader would take one plane, or the planes for
+    channels. Axes of length 1 are fine."""
+    stack = [(a, n) for a, n in zip(axes.upper(), shape) if a not in "YXC" and n > 1]
+    if stack:
+        a, n = stack[0]
+        raise ImageReadError(
+            f"{where}: {n} {_STACK_AXES.get(a, f'{a} planes')} (axes {axes.upper()}, shape "
+            f"{tuple(shape)}); cellsynth reads single 2-D images: save one plane or a "
+            f"projection (Fiji: Image > Stacks > Z Project)")
 
 
 def tiff_alpha(photometric: int, extrasamples: list[int], channels: int) -> int:
@@ -280,7 +290,33 @@ def read_image(path: str | os.PathLike, *, all_channels: bool = False) -> np.nda
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         bad = int((~np.isfinite(image)).sum())
         raise ImageReadError(f"{path}: image contains {bad} NaN/inf values")
-    return image if all_channels else select_channel(image, None, where=str(path))
+    if all_channels:
+        return image
+    if image.ndim == 3 and image.shape[2] == 3 and not is_colour(path):
+        warnings.warn(f"{path}: 3 channels, not RGB; using channel 0 (train and predict take "
+                      f"another with --channel, 0-2)", stacklevel=2)
+        return image[..., 0]
+    return select_channel(image, None, where=str(path))
+
+
+# TIFF photometric interpretations of colour: RGB, YCbCr, CIE L*a*b*, ICC L*a*b*, ITU L*a*b*
+_COLOUR_PHOTOMETRIC = (2, 6, 8, 9, 10)
+
+
+def is_colour(path: str | os.PathLike) -> bool:
+    """Whether a 3-channel image file holds colour (RGB) rather than 3 separate channels:
+    PNG/JPEG/BMP always, a TIFF when its photometric interpretation is a colour one (an
+    ImageJ or OME-TIFF with 3 fluorescence channels is min-is-black). Reads the header only."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return True
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return int(tif.series[0].keyframe.photometric) in _COLOUR_PHOTOMETRIC
+    except Exception:  # (a file that read a moment ago: take it as the colour it looks)
+        return True
 
 
 CELLPOSE_SEG_SUFFIX = "_seg.npy"  # what Cellpose's GUI saves beside x.png: a dict with "masks"

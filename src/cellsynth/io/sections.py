@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.errors import ImageReadError
-from cellsynth.io.images import TIFF_SUFFIXES, guess_axes, tiff_alpha
+from cellsynth.io.images import TIFF_SUFFIXES, guess_axes, refuse_stacks, tiff_alpha
 
 __all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "tissue_windows",
            "image_or_windows", "pyramid_levels", "check_level"]
@@ -135,6 +135,7 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
                                  f"{tuple(node.shape)}; expected (y, x), (y, x, c) or (c, y, x)")
     if "y" not in axes or "x" not in axes:
         raise ImageReadError(f"{path}: image has axes {axes!r}, without y and x")
+    refuse_stacks(axes, tuple(int(n) for n in node.shape), where=str(path))
     colors = None
     if alpha:  # (a TIFF's, as it declares; Zarr knows no alpha: its channels are channels)
         colors = int(node.shape[axes.index("c")]) - alpha

@@ -25,7 +25,7 @@ from skimage.transform import resize
 from cellsynth.config import ADDED
 from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.images import match_channels, select_channel
+from cellsynth.io.images import is_colour, match_channels, select_channel
 from cellsynth.io.normalize import DEFAULT, Normalization, normalize
 from cellsynth.io.resample import pixel_scale, rescale_image, rescale_labels
 
@@ -102,7 +102,8 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
         for sample in dataset:
             image, labels = sample.read(all_channels=True)
             count = image.shape[2] if image.ndim == 3 else 1
-            if channel is None and count not in (1, 3):
+            if channel is None and (count not in (1, 3)
+                                    or (count == 3 and not is_colour(sample.image_path))):
                 first_of[count] += 1
                 image = image[..., 0]  # (said once for the folder below, not per image)
             image = select_channel(image, channel, where=str(sample.image_path))
@@ -117,8 +118,9 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
             labels = rescale_labels(labels, factor)
             out.append(LabeledImage(f"{dataset.root.name}/{sample.id}", image, labels))
         for count, n in sorted(first_of.items()):
-            warnings.warn(f"{dataset.root}: {n} image(s) with {count} channels; using channel 0 "
-                          f"(choose another with --channel, 0-{count - 1})", stacklevel=2)
+            warnings.warn(f"{dataset.root}: {n} image(s) with {count} channels"
+                          f"{', not RGB' if count == 3 else ''}; using channel 0 (choose "
+                          f"another with --channel, 0-{count - 1})", stacklevel=2)
         if unknown:  # nothing to rescale from: say so, or a working resolution is ignored
             warnings.warn(f"{dataset.root}: {unknown} of {len(dataset)} image(s) state no pixel "
                           f"size (meta.json pixel_size_um, or the TIFF's own metadata); used "

@@ -21,7 +21,7 @@ import torch
 
 from cellsynth import __version__
 from cellsynth.config import from_dict
-from cellsynth.errors import CellsynthError, ConfigError, DatasetError
+from cellsynth.errors import CellsynthError, ConfigError, DatasetError, ImageReadError
 from cellsynth.hardware import announce, choose_precision, configure_threads, resolve_device
 from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_dataset
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
@@ -197,9 +197,8 @@ def quantize_detector(detector: Detector, inputs: list[tuple[str, Path]], *,
     for _, path in inputs:
         if len(tiles) >= windows:
             break
-        image, _ = _open(path, level)
-        image = select_channel(image, detector.channel if channel is None else channel,
-                               where=str(path))
+        image, _ = _open(path, level, _channel(detector, channel))
+        image = _select(image, detector, channel, str(path))
         low, high = intensity_range(image, detector.normalization, where=str(path))
         px = pixel_size_um or read_pixel_size(path, level=level)
         factor = pixel_scale(px, detector.pixel_size_um)
@@ -354,8 +353,7 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
     the whole section ``image`` is a window of; default the image's own. ``empty_contrast``,
     ``count``: see :func:`predict_image`. ``faint``: proposals that would be painted but are
     fainter than this cut get score -1 (see :func:`predict_image`)."""
-    image = select_channel(image, detector.channel if channel is None else channel,
-                           where=where)
+    image = _select(image, detector, channel, where)
     tile, batch = tiling(detector, tile, batch)
     low, high = value_range if value_range is not None else \
         intensity_range(image, detector.normalization, where=where)
@@ -449,22 +447,41 @@ def _read_lazily(path: Path) -> bool:
     return reads_lazily(path, LAZY_PIXELS)
 
 
+def _channel(detector: Detector, channel: int | None) -> int | None:
+    """The channel of multi-channel images to predict: ``channel``, else the detector's."""
+    return detector.channel if channel is None else channel
+
+
+def _select(image: Any, detector: Detector, channel: int | None, where: str) -> Any:
+    """The channel :func:`_channel` names of ``image`` (see :func:`select_channel`); where
+    it is the detector's and the image lacks it, the error says so and how to choose."""
+    count = int(image.shape[2]) if len(image.shape) == 3 else 1
+    if channel is None and detector.channel is not None and detector.channel >= count:
+        raise ImageReadError(f"{where}: the detector was trained on channel "
+                             f"{detector.channel} of multi-channel images, but this image has "
+                             f"{count} channel(s); choose "
+                             + ("it with --channel 0" if count == 1
+                                else f"one with --channel (0-{count - 1})"))
+    return select_channel(image, _channel(detector, channel), where=where)
+
+
 def _shown(image: np.ndarray, channel: int | None) -> np.ndarray:
-    """What an overlay draws the cells on: the image, or of one that is neither gray nor
-    RGB the channel that was predicted."""
-    if image.ndim == 3 and image.shape[2] not in (1, 3):
+    """What an overlay draws the cells on: the image, or the channel that was predicted
+    (chosen, or channel 0 of an image that is neither gray nor RGB)."""
+    if image.ndim == 3 and (channel is not None or image.shape[2] != 3):
         return image[..., 0 if channel is None else channel]
     return image
 
 
-def _open(path: Path, level: int = 0) -> tuple[Any, bool]:
+def _open(path: Path, level: int = 0, channel: int | None = None) -> tuple[Any, bool]:
     """The image at ``path`` (a lazy array where :func:`_read_lazily`, else in memory) and
-    whether it is lazy."""
+    whether it is lazy; in memory, with every channel where ``channel`` is to pick one, else
+    as :func:`read_image` reads it for every stage (gray or RGB, said where it chose)."""
     lazy = _read_lazily(path)
     if not lazy:  # (a pyramid's levels are checked where it is opened)
         check_level(path, level, 1)
     return (open_large_image(path, level=level) if lazy
-            else read_image(path, all_channels=True)), lazy
+            else read_image(path, all_channels=channel is not None)), lazy
 
 
 def _inputs(images: Path) -> list[tuple[str, Path]]:
@@ -551,7 +568,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
             for n_done, (image_id, path) in enumerate(inputs):
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
-                image, lazy = _open(path, level)
+                image, lazy = _open(path, level, _channel(detector, channel))
                 px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
                 if px is None and detector.pixel_size_um is not None:
                     warnings.warn(f"{images}: pixel size of some images unknown (no "

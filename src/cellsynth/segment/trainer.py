@@ -425,8 +425,9 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     val_items = (load_labeled([val], channels=channels, pixel_size_um=config.pixel_size_um,
                               normalization=config.normalization, channel=config.channel)
                  if val is not None else [])
+    # (the simulation: already in the model's channels, so no channel of it is chosen)
     replay_items = (load_labeled(replay, channels=channels, pixel_size_um=config.pixel_size_um,
-                                 normalization=config.normalization, channel=config.channel)
+                                 normalization=config.normalization)
                     if replay else [])
     torch.manual_seed(config.seed + rank)
     spec = model_spec(config, channels)
