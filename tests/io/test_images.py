@@ -106,6 +106,22 @@ def test_fluorescence_channels_are_kept_in_any_order_and_only_declared_alpha_goe
     assert read_image(tmp_path / "rgb.tif").shape == (24, 32, 3)  # colour stays colour
 
 
+def test_rgb_tiffs_are_written_as_colour_and_read_back_as_rgb(tmp_path):
+    """write_image says RGB in the file (tifffile will store an unlabelled (H, W, 3) as 3
+    gray pages, and warns so): it reads back as colour, not as 3 channels of which the
+    first would be used."""
+    import warnings
+
+    from cellsynth.io.images import is_colour
+
+    rgb = np.random.default_rng(1).random((12, 10, 3)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tifffile's DeprecationWarning included
+        write_image(tmp_path / "rgb.tif", rgb)
+        assert is_colour(tmp_path / "rgb.tif")
+        np.testing.assert_array_equal(read_image(tmp_path / "rgb.tif"), rgb)
+
+
 def test_bad_shape(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 16, 16, 5), np.uint8))
     message = r"stack\.tif: expected image of shape.*\(3, 16, 16, 5\)"

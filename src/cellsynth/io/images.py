@@ -458,7 +458,11 @@ def _write(path: Path, array: np.ndarray, *, compress: bool = True,
             extra = {} if pixel_size_um is None else {
                 "resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
                 "resolutionunit": "CENTIMETER"}
-            tifffile.imwrite(tmp, array, compression="zlib" if compress else None, **extra)
+            # colour said so: tifffile will store (H, W, 3) as 3 gray pages unless told, and
+            # a 3-channel TIFF that is not RGB reads as 3 separate channels (is_colour)
+            photometric = "rgb" if array.ndim == 3 and array.shape[-1] == 3 else "minisblack"
+            tifffile.imwrite(tmp, array, compression="zlib" if compress else None,
+                             photometric=photometric, **extra)
         elif suffix == ".png":
             import imageio.v3 as iio
 
