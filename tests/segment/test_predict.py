@@ -118,6 +118,33 @@ def test_channel_reaches_the_second_plane_of_an_imagej_fluorescence_tiff(model, 
            "--channel, 0-1)" in said
 
 
+def test_a_pyramid_of_3_fluorescence_channels_is_not_blended_as_rgb(model, tmp_path):
+    """A pyramidal OME-TIFF of 3 min-is-black channels (read window by window) is 3
+    channels, not RGB: without --channel its channel 0 is predicted, as a smaller file's
+    would be (luma weights would have mixed the nuclei with the other markers)."""
+    import tifffile
+
+    run, sim = model
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    rng = np.random.default_rng(0)
+    planes = np.stack([image, *rng.integers(0, 255, (2, *image.shape), np.uint8)])
+    (tmp_path / "cyx").mkdir()
+    with tifffile.TiffWriter(tmp_path / "cyx" / "s.ome.tif", ome=True) as tif:
+        tif.write(planes, subifds=1, tile=(64, 64), photometric="minisblack",
+                  metadata={"axes": "CYX"})
+        tif.write(planes[:, ::2, ::2], subfiletype=1, tile=(64, 64), photometric="minisblack")
+    (tmp_path / "gray").mkdir()
+    write_image(tmp_path / "gray" / "s.png", image)
+    options = dict(score_thresh=0.5, precision="fp32", progress=False)
+    with pytest.warns(UserWarning, match=r"s\.ome\.tif: 3 channels, not RGB; using channel 0"):
+        predict_folder(run, tmp_path / "cyx", tmp_path / "cyx-out", **options)
+    predict_folder(run, tmp_path / "gray", tmp_path / "gray-out", **options)
+    gray = read_labels(tmp_path / "gray-out" / "labels" / "s.tif")
+    assert gray.max() >= 3
+    assert matching(gray, read_labels(tmp_path / "cyx-out" / "labels" / "s.tif"),
+                    thresholds=(0.98,)).f1[0] == 1.0
+
+
 def test_a_detector_trained_on_channel_1_says_so_on_a_gray_image(model, tmp_path, capsys):
     """The channel a detector recorded, missing from an image, is named as the detector's
     (the user asked for none) with the option that overrides it; --channel 0 then works."""

@@ -28,6 +28,7 @@ from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
     foreign_files,
+    is_colour,
     match_channels,
     read_image,
     select_channel,
@@ -480,8 +481,14 @@ def _open(path: Path, level: int = 0, channel: int | None = None) -> tuple[Any, 
     lazy = _read_lazily(path)
     if not lazy:  # (a pyramid's levels are checked where it is opened)
         check_level(path, level, 1)
-    return (open_large_image(path, level=level) if lazy
-            else read_image(path, all_channels=channel is not None)), lazy
+        return read_image(path, all_channels=channel is not None), lazy
+    image = open_large_image(path, level=level)
+    if (channel is None and len(image.shape) == 3 and image.shape[2] == 3
+            and not is_colour(path)):  # as read_image reads a smaller one
+        warnings.warn(f"{path}: 3 channels, not RGB; using channel 0 (choose another with "
+                      f"--channel, 0-2)", stacklevel=2)
+        image = select_channel(image, 0, where=str(path))
+    return image, lazy
 
 
 def _inputs(images: Path) -> list[tuple[str, Path]]:
