@@ -313,8 +313,9 @@ def _estimate_machine(device: str, precision: str) -> str:
     """Threads set as the work will set them (--threads, load, cores); the machine in words."""
     import torch
 
-    from cellsynth.hardware import choose_precision, configure_threads, cpu_model
+    from cellsynth.hardware import choose_precision, configure_threads, cpu_model, resolve_device
 
+    resolve_device(device)  # (a GPU named where there is none: one line, not a traceback)
     threads = configure_threads()
     name = "cpu: " + cpu_model() if device == "cpu" else torch.cuda.get_device_name(device)
     return f"{name}, {choose_precision(precision, device).name}, {threads} thread(s)"

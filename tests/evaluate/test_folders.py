@@ -78,6 +78,18 @@ def test_an_images_folder_given_for_labels_is_refused_not_scored(gt_dir):
         evaluate_folders(gt_dir, gt_dir / "images")
 
 
+def test_a_cellpose_folder_as_ground_truth_is_scored_by_its_masks(gt_dir, tmp_path):
+    """x.png beside x_masks.png (Cellpose's layout, as `run` takes a test folder): the masks
+    are the ground truth (the images were read as label maps: 246 "cells", F1 0)."""
+    cellpose = tmp_path / "cellpose"
+    cellpose.mkdir()
+    for image_id, labels in (("a", labels_a()), ("b", labels_b())):
+        write_image(cellpose / f"{image_id}.png", (labels > 0).astype(np.uint8) * 200 + 7)
+        write_labels(cellpose / f"{image_id}_masks.png", labels)
+    total = evaluate_folders(cellpose, gt_dir).total
+    assert (total.n_gt, total.n_pred, total.tp[0]) == (3, 3, 3)
+
+
 def test_missing_id_in_prediction_names_folder_and_file(gt_dir, tmp_path):
     pred = make_dataset(tmp_path / "pred", {"a": labels_a()}, images=False)
     with pytest.raises(DatasetError, match=r"pred/labels: no prediction for 1 .*b\.tif"):

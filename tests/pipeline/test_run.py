@@ -445,6 +445,55 @@ def test_selected_images_at_the_working_size_state_the_configs_pixel_size(tmp_pa
     assert [item.image.shape[:2] for item in items] == [(48, 48), (48, 48)]  # not rescaled
 
 
+def test_a_run_into_its_data_folder_or_on_a_missing_gpu_stops_before_any_work(tmp_path):
+    """--out that holds a real folder (its stages write real/, predict/, ... and replace
+    them) and a config naming a GPU this machine lacks: one error each, nothing written."""
+    import torch
+
+    from cellsynth.errors import OutputExistsError
+
+    data = tmp_path / "data"
+    real = _real(data / "unlabeled")
+    before = sorted(p.name for p in data.iterdir())
+    with pytest.raises(OutputExistsError, match=r"data: is \(or holds\) the input .*unlabeled"):
+        run(_config(real), data, progress=False, log=lambda line: None)
+    assert sorted(p.name for p in data.iterdir()) == before
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device 'cuda' requested but CUDA is not "
+                                              "available"):
+            run(replace(_config(real), device="cuda"), tmp_path / "gpu", progress=False,
+                log=lambda line: None)
+        assert not (tmp_path / "gpu").exists()
+
+
+def test_real_images_read_as_they_are_take_the_configs_pixel_size_over_their_files(tmp_path):
+    """real.pixel_size_um at the working pixel size: the real folders are read in place, and
+    the detectors take them at the config's size: neither "state no pixel size" warnings
+    (4 per stage) nor a file's own, different, size (which rescaled them)."""
+    import tifffile
+
+    from cellsynth.segment.data import load_labeled
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=2, size=48, seed=1)
+    image = train / "images" / "img0.png"
+    tifffile.imwrite(train / "images" / "img0.tif", read_image(image),
+                     resolution=(1 / 0.9, 1 / 0.9), resolutionunit="MICROMETER")  # a wrong 0.9
+    image.unlink()
+    config = replace(_config(train), real=RealData(unlabeled=str(train), train=str(train),
+                                                   pixel_size_um=0.5),
+                     simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1,
+                                              pixel_size_um=0.5))
+    assert stages.real_folder(config, tmp_path / "run", "train") == str(train)  # in place
+    trained = stages.detector_config(config, tmp_path / "run", TrainConfig())
+    assert trained.pixel_size_um == trained.data_pixel_size_um == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        items = load_labeled([train], pixel_size_um=trained.pixel_size_um,
+                             source_pixel_size_um=trained.data_pixel_size_um)
+    assert [item.image.shape[:2] for item in items] == [(48, 48), (48, 48)]
+
+
 def test_synthetic_validation_only_without_annotated_val(tmp_path):
     real = _real(tmp_path / "real")
     config = _config(real)

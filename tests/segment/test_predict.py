@@ -145,6 +145,24 @@ def test_a_pyramid_of_3_fluorescence_channels_is_not_blended_as_rgb(model, tmp_p
                     thresholds=(0.98,)).f1[0] == 1.0
 
 
+def test_a_run_folder_given_as_detector_names_the_detectors_inside(model, tmp_path):
+    """`predict --detector runs/x` (a `cellsynth run` folder): the error names its soup and
+    fine-tuned detectors, the first being what the run predicts with."""
+    import shutil
+
+    from cellsynth.errors import CellsynthError
+
+    run, _ = model
+    for stage in ("soup", "finetune"):
+        (tmp_path / "runs" / "x" / stage).mkdir(parents=True)
+        shutil.copy(run / "last.pt", tmp_path / "runs" / "x" / stage / "best.pt")
+    where = tmp_path / "runs" / "x"
+    with pytest.raises(CellsynthError, match=rf"a `cellsynth run` folder, not a detector; give "
+                                             rf"its {where}/soup or {where}/finetune"):
+        load_detector(where)
+    assert load_detector(where / "soup").step == load_detector(run / "last.pt").step
+
+
 def test_a_detector_trained_on_channel_1_says_so_on_a_gray_image(model, tmp_path, capsys):
     """The channel a detector recorded, missing from an image, is named as the detector's
     (the user asked for none) with the option that overrides it; --channel 0 then works."""

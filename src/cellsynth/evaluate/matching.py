@@ -369,8 +369,14 @@ def _label_files(root: Path, role: str) -> tuple[Path, dict[str, Path], str]:
         # (intensities read as label maps would score, wrongly, as a few huge cells)
         raise DatasetError(f"{root}: the {role} {root.name}, not their labels; give "
                            f"{root.parent} or {root.parent / 'labels'}")
-    dataset = load_dataset(root)  # a plain folder: its "images" are the label files
-    return root, {s.id: s.image_path for s in dataset}, "cell"
+    dataset = load_dataset(root)
+    if any(s.label_path is not None for s in dataset):  # Cellpose's x.png + x_masks.png
+        missing = [s.image_path.name for s in dataset if s.label_path is None]
+        if missing:
+            raise DatasetError(f"{root}: {len(missing)} {role} image(s) without a mask file, "
+                               f"e.g. {missing[0]}")
+        return root, {s.id: s.label_path for s in dataset}, dataset.geojson_geometry
+    return root, {s.id: s.image_path for s in dataset}, "cell"  # the files are label maps
 
 
 def _read_pair(gt: Path, pred: Path, geometry: tuple[str, str] = ("cell", "cell")

@@ -28,7 +28,7 @@ except ImportError:  # Windows
 
 from cellsynth.config import save_yaml
 from cellsynth.errors import FolderBusyError
-from cellsynth.io.files import write_json
+from cellsynth.io.files import refuse_inputs, write_json
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
 
@@ -156,8 +156,14 @@ def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) the whole pipeline into ``out``; returns the stages' summaries.
     One process at a time per folder: a second one gets :class:`FolderBusyError`."""
+    from cellsynth.hardware import resolve_device
+
     out = Path(out)
     check_inputs(config)
+    resolve_device(config.device)  # before any stage works, not when the first trains
+    # (its stages write subfolders such as real/ and predict/ into it, and replace them)
+    refuse_inputs(out, [getattr(config.real, role)
+                        for role in ("unlabeled", "train", "val", "test")], "run")
     out.mkdir(parents=True, exist_ok=True)
     with claim(out, "run", busy=f"{out}: another cellsynth run is working in this folder; "
                                 "let it finish (or stop it) or choose another --out"):

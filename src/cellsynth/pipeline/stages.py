@@ -239,6 +239,11 @@ def detector_config(config: PipelineConfig, out: Path, base: Any, **changes: Any
     it, every pixel size was ignored); the run's own folders are at it already."""
     if base.pixel_size_um is None:
         changes.setdefault("pixel_size_um", _sim_config(config, out).pixel_size_um)
+    if config.real.pixel_size_um is not None and _real_scale(config) == 1.0:
+        # the real folders are read as they are: at the pixel size the config states (a
+        # rescaled copy's meta.json states the working one), not at a file's, nor warned
+        # about as stating none
+        changes.setdefault("data_pixel_size_um", config.real.pixel_size_um)
     return replace(base, device=config.device, **changes)
 
 

@@ -85,7 +85,8 @@ class LabeledImage:
 def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = None,
                  pixel_size_um: float | None = None,
                  normalization: Normalization = DEFAULT,
-                 channel: int | None = None) -> list[LabeledImage]:
+                 channel: int | None = None,
+                 source_pixel_size_um: float | None = None) -> list[LabeledImage]:
     """Read every (image, labels) pair of the given dataset folders into memory.
 
     ``channels`` defaults to the first image's; others are converted. If ``pixel_size_um``
@@ -93,6 +94,7 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
     pixel size are rescaled to it.
     Intensities are mapped to [0, 1] per image by ``normalization``; ``channel`` keeps only
     that channel of multi-channel images (see :func:`cellsynth.io.images.select_channel`).
+    ``source_pixel_size_um``: the images' pixel size, over what their folders and files say.
     """
     out: list[LabeledImage] = []
     for root in roots:
@@ -111,7 +113,8 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
             channels = channels or (1 if image.ndim == 2 else 3)
             image = match_channels(image, channels, where=str(sample.image_path))
             labels = labels.astype(np.int32)
-            source_um = dataset.pixel_size_of(sample) if pixel_size_um is not None else None
+            source_um = (source_pixel_size_um or dataset.pixel_size_of(sample)
+                         if pixel_size_um is not None else None)
             unknown += pixel_size_um is not None and source_um is None
             factor = pixel_scale(source_um, pixel_size_um)
             image = rescale_image(image, factor)

@@ -104,6 +104,12 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
     """``RUN/best.pt`` (else ``RUN/last.pt``), or ``run`` itself if it is a file."""
     path = layout.detector_checkpoint(run)
     if not path.is_file():
+        inside = [d.name for d in (Path(run) / n for n in ("soup", "finetune", "pretrain"))
+                  if layout.detector_checkpoint(d).is_file()] if Path(run).is_dir() else []
+        if inside:  # a `cellsynth run` folder: its detectors are in stage folders
+            raise CellsynthError(f"{run}: a `cellsynth run` folder, not a detector; give its "
+                                 f"{' or '.join(f'{run}/{n}' for n in inside)} (the first "
+                                 f"is what the run predicts with)")
         raise CellsynthError(f"{path}: no checkpoint (train a model with `cellsynth train`)")
     return path
 
@@ -572,16 +578,20 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         if rows_done:
             announce(f"{out}: continuing a prediction that was stopped "
                      f"({rows_done} rows of tiles done)")
+        said: set[str] = set()  # the pixel-size warnings: once per command, not per image
         with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
             for n_done, (image_id, path) in enumerate(inputs):
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
                 image, lazy = _open(path, level, _channel(detector, channel))
                 px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
-                if px is None and detector.pixel_size_um is not None:
+                if px is None and detector.pixel_size_um is not None and "px" not in said:
+                    said.add("px")
                     warnings.warn(f"{images}: pixel size of some images unknown (no "
                                   f"--pixel-size, meta.json or file metadata); taken to be "
                                   f"the model's {detector.pixel_size_um} um/px", stacklevel=1)
-                elif px is not None and detector.pixel_size_um is None:
+                elif (px is not None and detector.pixel_size_um is None
+                      and "detector" not in said):
+                    said.add("detector")
                     warnings.warn(f"{run}: the detector does not record the pixel size it was "
                                   f"trained at, so the images' {px:g} um/px cannot be matched "
                                   f"to it and they are predicted as they are (a detector "

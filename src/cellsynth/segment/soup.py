@@ -155,7 +155,8 @@ def soup(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     if val is not None:
         items = load_labeled([val], channels=first["model_spec"]["in_channels"],
                              pixel_size_um=config.pixel_size_um,
-                             normalization=config.normalization, channel=config.channel)
+                             normalization=config.normalization, channel=config.channel,
+                             source_pixel_size_um=config.data_pixel_size_um)
         n_val = len(items)
         precision = choose_precision(config.precision, device)
         set_core_precision(model, precision.name)

@@ -58,7 +58,9 @@ __all__ = ["TrainConfig", "LossWeights", "train", "THRESHOLD_GRID"]
 CHECKPOINT_SECONDS = 600.0  # also checkpoint when the last one is this old (single process)
 # options that may change when a run is resumed (how long, how often to validate or save);
 # anything else would change what the run computes
-RESUMABLE = frozenset({"steps", "val_every", "checkpoint_every", "patience"})
+# (data_pixel_size_um: a run interrupted before cellsynth run set it continues with it)
+RESUMABLE = frozenset({"steps", "val_every", "checkpoint_every", "patience",
+                       "data_pixel_size_um"})
 
 # Score thresholds tried on the validation images (scores bunch up near 1 after training).
 THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
@@ -132,6 +134,9 @@ class TrainConfig:
     # With workers, batch k is drawn from its own random stream (seed, rank, k): the same run
     # for any number of workers, resumed exactly; 0 keeps the one stream of earlier runs.
     workers: int = field(default=0, metadata=ADDED)
+    # the pixel size of the training and validation images, over what their folders and files
+    # state (cellsynth run: its real.pixel_size_um, where the real images are not rescaled)
+    data_pixel_size_um: float | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         for name in ("order", "samples", "steps", "crop", "batch", "val_every",
@@ -148,8 +153,9 @@ class TrainConfig:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
-            raise ValueError(f"pixel_size_um must be > 0, got {self.pixel_size_um}")
+        for name in ("pixel_size_um", "data_pixel_size_um"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.channel is not None and self.channel < 0:
             raise ValueError(f"channel must be >= 0, got {self.channel}")
         if self.workers < 0:
@@ -420,10 +426,12 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     # fine-tuning: the images take the pretrained model's channels (gray <-> RGB, with a note)
     channels = start[1]["model_spec"]["in_channels"] if start else None
     items = load_labeled(data, pixel_size_um=config.pixel_size_um, channels=channels,
-                         normalization=config.normalization, channel=config.channel)
+                         normalization=config.normalization, channel=config.channel,
+                         source_pixel_size_um=config.data_pixel_size_um)
     channels = items[0].image.shape[-1]
     val_items = (load_labeled([val], channels=channels, pixel_size_um=config.pixel_size_um,
-                              normalization=config.normalization, channel=config.channel)
+                              normalization=config.normalization, channel=config.channel,
+                              source_pixel_size_um=config.data_pixel_size_um)
                  if val is not None else [])
     # (the simulation: already in the model's channels, so no channel of it is chosen)
     replay_items = (load_labeled(replay, channels=channels, pixel_size_um=config.pixel_size_um,
