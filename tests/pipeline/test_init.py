@@ -93,6 +93,14 @@ def test_init_on_unlabeled_images_alone_writes_the_zero_label_recipe(tmp_path, c
     assert load_pipeline_config(out).real.pixel_size_um == 0.65
 
 
+def test_init_on_the_images_subfolder_reads_its_dataset_with_the_labels(tmp_path):
+    """`init DATA/images` (a folder a user may point at first) finds the labels/ beside it:
+    the annotated recipe, not the zero-label one of its images alone."""
+    data = _folder(tmp_path / "data", "fluo")
+    assert find_folders(data / "images") == find_folders(data) == {"unlabeled": data,
+                                                                    "train": data}
+
+
 def test_an_annotated_folder_without_labels_is_one_line_and_writes_nothing(tmp_path, capsys):
     data = tmp_path / "d"
     _folder(data / "unlabeled", "merker", labels=False)

@@ -494,6 +494,19 @@ def test_real_images_read_as_they_are_take_the_configs_pixel_size_over_their_fil
     assert [item.image.shape[:2] for item in items] == [(48, 48), (48, 48)]
 
 
+def test_the_report_names_the_soups_seeds_as_numbers(tmp_path):
+    """The report's soup line gives the fine-tunings' seeds (the run's seed + 1000 r), not
+    the words "seeds seed, seed + 1000"."""
+    from cellsynth.pipeline import layout
+    from cellsynth.pipeline.report import _soup
+
+    (tmp_path / layout.SOUP).mkdir()
+    (tmp_path / layout.CONFIG).write_text("seed: 3\n")
+    (tmp_path / layout.SOUP / layout.RUN_INFO).write_text(json.dumps(
+        {"runs": ["finetune", "finetune_runs/r1", "finetune_runs/r2"], "score_thresh": 0.95}))
+    assert "3 fine-tunings (seeds 3, 1003, 2003; <code>soup</code>)" in _soup(tmp_path)
+
+
 def test_synthetic_validation_only_without_annotated_val(tmp_path):
     real = _real(tmp_path / "real")
     config = _config(real)

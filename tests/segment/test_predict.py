@@ -324,6 +324,28 @@ def test_progress_counts_tiles(monkeypatch):
     assert bar.totals_seen == [4 * 2] and bar.n == 8  # rows start 0, 80, 160, 172; columns 0, 72
 
 
+def test_areas_in_um2_at_the_models_pixel_size_where_the_image_states_none(model, tmp_path):
+    """An image of unknown pixel size is predicted as if at the detector's (predict warns
+    so); its cells' areas in um² are then at that size too (they were left empty)."""
+    import csv
+
+    run, sim = model
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["config"]["pixel_size_um"] = 0.5
+    torch.save(ckpt, tmp_path / "px.pt")
+    (tmp_path / "plain").mkdir()
+    write_image(tmp_path / "plain" / "a.png", read_image(sorted((sim / "images").iterdir())[0]))
+    with pytest.warns(UserWarning, match="taken to be the model's 0.5 um/px"):
+        predict_folder(tmp_path / "px.pt", tmp_path / "plain", tmp_path / "out",
+                       score_thresh=0.5, precision="fp32", progress=False)
+    areas = np.bincount(read_labels(tmp_path / "out" / "labels" / "a.tif").ravel())
+    with open(tmp_path / "out" / "detections" / "a.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 3
+    for row in rows:
+        assert float(row["area_um2"]) == pytest.approx(areas[int(row["id"])] * 0.25, abs=1e-3)
+
+
 def test_predict_writes_a_detections_table(model, tmp_path):
     import csv
 

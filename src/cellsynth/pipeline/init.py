@@ -143,6 +143,12 @@ def _find_datasets(data: str | os.PathLike) -> dict[str, Dataset]:
     data = Path(data)
     if not data.is_dir():
         raise DatasetError(f"{data}: no such folder")
+    if data.name == "images" and any((data.parent / d).is_dir() for d in ("labels", "masks")):
+        from cellsynth.hardware import announce
+
+        # (the images alone would make a zero-label recipe of an annotated folder)
+        announce(f"{data}: reading {data.parent}, its dataset with the labels beside it")
+        data = data.parent
     found = {role: load_dataset(data / role, require_labels=role != "unlabeled")
              for role in ROLES if (data / role).is_dir()}
     if not found:

@@ -175,8 +175,20 @@ def _soup(run: Path) -> str:
     validated = (f"; validation F1@0.5 of the runs {', '.join(runs)}, of their average "
                  f"{info['val_f1']:.3f}" if "val_f1" in info and runs else "")
     return (f"<p>The detector that predicts is the average of the weights of "
-            f"{len(info['runs'])} fine-tunings (seeds seed, seed + 1000, ...; "
+            f"{len(info['runs'])} fine-tunings ({_member_seeds(run, len(info['runs']))}; "
             f"<code>soup</code>), score threshold {info['score_thresh']}{validated}.</p>")
+
+
+def _member_seeds(run: Path, n: int) -> str:
+    """"seeds 0, 1000, 2000" of a soup's n fine-tunings (the run's seed + 1000 r)."""
+    import yaml
+
+    config_path = run / layout.CONFIG
+    seed = (yaml.safe_load(config_path.read_text()) or {}).get("seed") \
+        if config_path.exists() else None
+    if not isinstance(seed, int):
+        return "seeds seed + 1000 r"
+    return "seeds " + ", ".join(str(seed + 1000 * r) for r in range(n))
 
 
 def _refiner(run: Path) -> str:

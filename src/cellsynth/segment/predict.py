@@ -638,7 +638,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     write_labels(root / layout.LABELS / f"{image_id}.tif", np.asarray(labels),
                                  pixel_size_um=px)
                 with atomic_path(root / layout.DETECTIONS / f"{image_id}.csv") as tmp:
-                    tmp.write_text(detections_table(labels, id_scores, px))
+                    # (an unknown size was taken to be the model's: areas in um² at it)
+                    tmp.write_text(detections_table(labels, id_scores,
+                                                    px or detector.pixel_size_um))
                 if not lazy:
                     write_image(root / layout.OVERLAYS / f"{image_id}.png",
                                 contour_overlay(_shown(image, detector.channel
