@@ -251,7 +251,8 @@ def test_init_runs_the_recipe_on_a_gpu_where_there_is_one(tmp_path, capsys, monk
     assert main(["init", str(data), "--out", str(out), "--force", "--device", "cpu"]) == 0
     assert load_pipeline_config(out).pretrain.workers == 0
     # zero labels on a GPU: its pretraining has workers too
-    assert main(["init", str(data / "train" / "images"), "--out", str(out), "--force"]) == 0
+    unlabeled = _folder(tmp_path / "unlabeled", "nissl", labels=False, seed=3)
+    assert main(["init", str(unlabeled), "--out", str(out), "--force"]) == 0
     assert load_pipeline_config(out).pretrain.workers == 4
     before = out.read_text()
     assert main(["init", str(data), "--out", str(out), "--force", "--device", "gpu"]) == 2
