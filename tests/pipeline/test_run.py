@@ -701,6 +701,10 @@ def test_self_training_labels_the_unannotated_images_and_predicts_with_the_stude
         log=said.append)
     redone = [line.split("]")[0][1:] for line in said if "running" in line]
     assert redone == ["pseudo", "selftrain", "predict", "evaluate", "report"]
+    # (and says why: these ran before, so a setting or an input changed)
+    assert [line for line in said if "running" in line] == [
+        f"[{name}] running again: its settings or what it reads changed since it last ran"
+        for name in redone]
     from cellsynth.pipeline.config import check_inputs
 
     with pytest.raises(ConfigError, match="selftrain.pseudo needs real.train"):

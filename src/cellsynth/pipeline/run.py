@@ -186,7 +186,10 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool,
             log(f"[{stage.name}] up to date, skipped")
             summaries[stage.name] = state.data[stage.name].get("summary", {})
             continue
-        log(f"[{stage.name}] {'resuming' if status == 'interrupted' else 'running'}")
+        again = status == "new" and stage.name in state.data  # done or begun, then changed
+        log(f"[{stage.name}] " + ("resuming" if status == "interrupted" else
+                                  "running again: its settings or what it reads changed "
+                                  "since it last ran" if again else "running"))
         state.mark(stage.name, stage_fingerprint, done=False)
         started = time.perf_counter()
         summary = stage.run(config, out, resume=status == "interrupted", progress=progress)
