@@ -32,6 +32,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "TIFF_SUFFIXES",
     "channels_last",
+    "colour_of",
     "foreign_files",
     "guess_axes",
     "is_colour",
@@ -292,15 +293,18 @@ def read_image(path: str | os.PathLike, *, all_channels: bool = False) -> np.nda
         raise ImageReadError(f"{path}: image contains {bad} NaN/inf values")
     if all_channels:
         return image
-    if image.ndim == 3 and image.shape[2] == 3 and not is_colour(path):
-        warnings.warn(f"{path}: 3 channels, not RGB; using channel 0 (train and predict take "
-                      f"another with --channel, 0-2)", stacklevel=2)
-        return image[..., 0]
-    return select_channel(image, None, where=str(path))
+    return select_channel(image, None, where=str(path), colour=colour_of(image, path))
 
 
 # TIFF photometric interpretations of colour: RGB, YCbCr, CIE L*a*b*, ICC L*a*b*, ITU L*a*b*
 _COLOUR_PHOTOMETRIC = (2, 6, 8, 9, 10)
+
+
+def colour_of(image: Any, path: str | os.PathLike) -> bool:
+    """Whether ``image`` read from ``path`` is gray or colour as it stands: False only for 3
+    channels its TIFF says are not RGB (:func:`is_colour`, read only then), the ``colour``
+    :func:`select_channel` takes."""
+    return len(image.shape) != 3 or int(image.shape[2]) != 3 or is_colour(path)
 
 
 def is_colour(path: str | os.PathLike) -> bool:
@@ -385,21 +389,24 @@ def to_float(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"to_float: unsupported dtype {image.dtype}")
 
 
-def select_channel(image: Any, channel: int | None, *, where: str = "image") -> Any:
+def select_channel(image: Any, channel: int | None, *, where: str = "image",
+                   colour: bool = True) -> Any:
     """Channel ``channel`` of an (H, W, C) image (0-based) as (H, W).
 
     Like Cellpose's ``channels``: e.g. the DAPI channel of an RGB composite for a nuclei model.
     ``None`` keeps a gray or RGB image as it is and gives channel 0 of any other number of
-    channels (2 fluorescence channels, 4 markers), with a warning naming ``--channel``: every
-    stage takes gray or RGB. Works on lazy arrays too (the selection is a view). Raises
+    channels (2 fluorescence channels, 4 markers), or of 3 that are not ``colour`` (a TIFF's
+    3 markers, :func:`colour_of`), with a warning naming ``--channel``: every stage takes
+    gray or RGB. Works on lazy arrays too (the selection is a view). Raises
     :class:`ImageReadError` when the image has no such channel.
     """
     count = int(image.shape[2]) if len(image.shape) == 3 else 1
     if channel is None:
-        if count in (1, 3):
+        if count == 1 or (count == 3 and colour):
             return image
-        warnings.warn(f"{where}: {count} channels; using channel 0 (train and predict take "
-                      f"another with --channel, 0-{count - 1})", stacklevel=2)
+        warnings.warn(f"{where}: {count} channels{', not RGB' if count == 3 else ''}; using "
+                      f"channel 0 (train and predict take another with --channel, "
+                      f"0-{count - 1})", stacklevel=2)
         channel = 0
     if not 0 <= channel < count:
         raise ImageReadError(f"{where}: channel {channel} requested, but the image has {count} "

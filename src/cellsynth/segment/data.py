@@ -25,7 +25,7 @@ from skimage.transform import resize
 from cellsynth.config import ADDED
 from cellsynth.errors import DatasetError
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.images import is_colour, match_channels, select_channel
+from cellsynth.io.images import colour_of, match_channels, select_channel
 from cellsynth.io.normalize import DEFAULT, Normalization, normalize
 from cellsynth.io.resample import pixel_scale, rescale_image, rescale_labels
 
@@ -104,8 +104,8 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
         for sample in dataset:
             image, labels = sample.read(all_channels=True)
             count = image.shape[2] if image.ndim == 3 else 1
-            if channel is None and (count not in (1, 3)
-                                    or (count == 3 and not is_colour(sample.image_path))):
+            if channel is None and (count != 1 and not (count == 3 and colour_of(
+                    image, sample.image_path))):
                 first_of[count] += 1
                 image = image[..., 0]  # (said once for the folder below, not per image)
             image = select_channel(image, channel, where=str(sample.image_path))

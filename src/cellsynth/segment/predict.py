@@ -27,8 +27,8 @@ from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_d
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
+    colour_of,
     foreign_files,
-    is_colour,
     match_channels,
     read_image,
     select_channel,
@@ -489,11 +489,8 @@ def _open(path: Path, level: int = 0, channel: int | None = None) -> tuple[Any, 
         check_level(path, level, 1)
         return read_image(path, all_channels=channel is not None), lazy
     image = open_large_image(path, level=level)
-    if (channel is None and len(image.shape) == 3 and image.shape[2] == 3
-            and not is_colour(path)):  # as read_image reads a smaller one
-        warnings.warn(f"{path}: 3 channels, not RGB; using channel 0 (choose another with "
-                      f"--channel, 0-2)", stacklevel=2)
-        image = select_channel(image, 0, where=str(path))
+    if channel is None:  # as read_image reads a smaller one
+        image = select_channel(image, None, where=str(path), colour=colour_of(image, path))
     return image, lazy
 
 
