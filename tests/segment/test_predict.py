@@ -18,6 +18,20 @@ def model(trained_detector) -> tuple[Path, Path]:
     return trained_detector
 
 
+def _recorded(run: Path, path: Path, **config) -> Path:
+    """A copy of ``run``'s detector at ``path`` whose training config records ``config``."""
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["config"].update(config)
+    torch.save(ckpt, path)
+    return path
+
+
+def _one_image(sim: Path, folder: Path) -> None:
+    """``folder``/a.png: the first simulated image, in a folder that states no pixel size."""
+    folder.mkdir()
+    write_image(folder / "a.png", read_image(sorted((sim / "images").iterdir())[0]))
+
+
 def test_the_run_records_its_normalisation(model):
     run, _ = model
     detector = load_detector(run, precision="fp32")
@@ -169,11 +183,8 @@ def test_a_detector_trained_on_channel_1_says_so_on_a_gray_image(model, tmp_path
     from cellsynth.cli import main
 
     run, sim = model
-    ckpt = torch.load(run / "last.pt", weights_only=False)
-    ckpt["config"]["channel"] = 1
-    torch.save(ckpt, tmp_path / "ch1.pt")
-    (tmp_path / "gray").mkdir()
-    write_image(tmp_path / "gray" / "a.png", read_image(sorted((sim / "images").iterdir())[0]))
+    _recorded(run, tmp_path / "ch1.pt", channel=1)
+    _one_image(sim, tmp_path / "gray")
     args = ["predict", "--detector", str(tmp_path / "ch1.pt"), "--images",
             str(tmp_path / "gray"), "--precision", "fp32", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "o1")]) == 2
@@ -330,11 +341,8 @@ def test_areas_in_um2_at_the_models_pixel_size_where_the_image_states_none(model
     import csv
 
     run, sim = model
-    ckpt = torch.load(run / "last.pt", weights_only=False)
-    ckpt["config"]["pixel_size_um"] = 0.5
-    torch.save(ckpt, tmp_path / "px.pt")
-    (tmp_path / "plain").mkdir()
-    write_image(tmp_path / "plain" / "a.png", read_image(sorted((sim / "images").iterdir())[0]))
+    _recorded(run, tmp_path / "px.pt", pixel_size_um=0.5)
+    _one_image(sim, tmp_path / "plain")
     with pytest.warns(UserWarning, match="taken to be the model's 0.5 um/px"):
         predict_folder(tmp_path / "px.pt", tmp_path / "plain", tmp_path / "out",
                        score_thresh=0.5, precision="fp32", progress=False)
