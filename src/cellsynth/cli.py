@@ -98,7 +98,7 @@ def _cmd_fit_simulator(args: argparse.Namespace) -> int:
     base = simulation_config(args.preset, config_file=args.config)  # the preset if no file
     summary = write_fit(args.real, base, args.out, pixel_size_um=args.pixel_size,
                         seed=args.seed, spread=args.spread, stains=args.stains,
-                        force=args.force)
+                        force=args.force, channel=args.channel)
     print(summary["table"])
     print(f"wrote {summary['yaml']} (use: cellsynth simulate --preset {args.preset} --config "
           f"{summary['yaml']} ...)")
@@ -126,7 +126,7 @@ _ARCHITECTURE = ("model", "order", "samples", "refinement_iterations", "head_ker
 
 
 # what the images were to the --init detector: fine-tuning keeps them so
-_INHERITED = ("pixel_size_um", "channel")
+_INHERITED = ("pixel_size_um", "channel", "source_channel")
 
 
 def _init_architecture(init: Path | None, config: Path | None) -> dict:
@@ -219,7 +219,7 @@ def _cmd_fit_refiner(args: argparse.Namespace) -> int:
 
     options = {"steps": args.steps, "crop": args.crop, "batch": args.batch,
                "self_reg": args.self_reg, "seed": args.seed, "precision": args.precision,
-               "real_pixel_size_um": args.real_pixel_size}
+               "real_pixel_size_um": args.real_pixel_size, "channel": args.channel}
     data = {}
     if args.resume and (args.out / layout.CONFIG).is_file():
         data.update(load_yaml(args.out / layout.CONFIG))  # a resumed run keeps its settings
@@ -267,9 +267,16 @@ def _cmd_init(args: argparse.Namespace) -> int:
     name = args.data.resolve().name or "data"
     out = args.out or Path(f"{name}.yaml")
     s = init_config(args.data, out, preset=args.preset, pixel_size_um=args.pixel_size,
-                    force=args.force, device=args.device, recipe=args.recipe)
+                    force=args.force, device=args.device, recipe=args.recipe,
+                    channel=args.channel)
     how = f"guessed: {s['reason']}" if s["guessed"] else "chosen by --preset"
     print(f"preset {s['preset']} ({how})")
+    if s["channel_guessed"]:
+        print(f"your images have {s['channels']} channels: every stage uses channel 0 "
+              f"(real.channel in {out}); if the cells are in another, set it there or init "
+              f"again with --channel N")
+    elif s["channel"] is not None:
+        print(f"channel {s['channel']} of {s['channels']} (--channel)")
     if s["pixel_size_um"] is not None:
         print(f"pixel size {s['pixel_size_um']:g} um/px (from {s['pixel_from']})")
     else:
@@ -478,6 +485,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="stain vectors to draw with: preset (default) or measured (H&E: the "
                         "eosin colour of the real images; more alike to the eye, but it cost "
                         "a zero-label detector F1 on tcga_lgg, see docs/results.md)")
+    _add_channel(p, "fit to this channel (0-based) of multi-channel images, e.g. the nuclear "
+                    "stain (default: gray or RGB as they are, else channel 0 with a warning)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_fit_simulator)
 
@@ -621,6 +630,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_precision(p)
     p.add_argument("--real-pixel-size", type=_positive_float,
                    help="pixel size of the real images in um (default: their meta.json)")
+    _add_channel(p, "use this channel (0-based) of multi-channel real images, the one the "
+                    "simulation draws (default: gray or RGB as they are, else channel 0)")
     p.add_argument("--config", type=Path, help="YAML file of refiner settings")
     _add_device(p)
     p.add_argument("--max-minutes", type=_positive_float,
@@ -657,6 +668,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="with annotated images: accurate (no refiner, longer pretraining, a "
                         "soup of 5 fine-tunings; 2.5x the time) or fast (default: accurate "
                         "for Nissl on a GPU or a CPU with native bf16, else fast)")
+    _add_channel(p, "the channel (0-based) of multi-channel images with the cells, e.g. the "
+                    "nuclear stain (default: 0, written into the config to check)")
     p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("run", help="run the whole pipeline from a YAML config")

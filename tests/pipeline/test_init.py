@@ -93,6 +93,36 @@ def test_init_on_unlabeled_images_alone_writes_the_zero_label_recipe(tmp_path, c
     assert load_pipeline_config(out).real.pixel_size_um == 0.65
 
 
+def test_init_on_two_channel_images_writes_the_channel_every_stage_uses(tmp_path, capsys):
+    """2-channel ImageJ TIFFs (nuclei in channel 1, channel 0 another stain that looks like
+    a bright-field one): init writes real.channel 0 with a comment to check it and says
+    so; --channel 1 guesses the stain from that channel; a channel they lack is one line."""
+    import tifffile
+
+    data = tmp_path / "fluo2"
+    (data / "images").mkdir(parents=True)
+    for i, (image, _) in enumerate(simulate("fluo", 2, 128, seed=2)):
+        tifffile.imwrite(data / "images" / f"f{i}.tif", np.stack([255 - image, image]),
+                         imagej=True, metadata={"axes": "CYX"})
+    out = tmp_path / "f.yaml"
+    assert main(["init", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "your images have 2 channels: every stage uses channel 0" in printed
+    assert "channel: 0   # of your images' 2 channels (0-1), the one every stage uses: CHECK" \
+        in out.read_text()
+    first = load_pipeline_config(out)
+    assert first.real.channel == 0 and first.simulate.preset == "merker"  # channel 0's look
+    assert main(["init", str(data), "--out", str(out), "--force", "--channel", "1"]) == 0
+    assert "channel 1 of 2 (--channel)" in capsys.readouterr().out
+    config = load_pipeline_config(out)
+    assert config.real.channel == 1 and config.simulate.preset == "fluo"
+    before = out.read_text()
+    assert main(["init", str(data), "--out", str(out), "--force", "--channel", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "f0.tif: --channel 2, but the image has 2 channel(s)" in err[0]
+    assert out.read_text() == before
+
+
 def test_init_on_the_images_subfolder_reads_its_dataset_with_the_labels(tmp_path):
     """`init DATA/images` (a folder a user may point at first) finds the labels/ beside it:
     the annotated recipe, not the zero-label one of its images alone."""

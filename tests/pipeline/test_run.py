@@ -1,6 +1,7 @@
 """cellsynth run: stages skip when done, resume when interrupted, redo when changed."""
 
 import json
+import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellsynth.errors import ConfigError, DatasetError
+from cellsynth.errors import ConfigError, DatasetError, ImageReadError
 from cellsynth.io.images import read_image, write_image
 from cellsynth.pipeline import stages
 from cellsynth.pipeline.config import (
@@ -396,6 +397,67 @@ def test_select_trains_and_validates_on_the_chosen_annotated_images_only(tmp_pat
                             ({"train": "img0"}, "a list of image ids")):
         with pytest.raises(ConfigError, match=message):
             check_inputs(replace(config, real=replace(config.real, select=select)))
+
+
+def _two_channel(root: Path, seed: int) -> tuple[Path, dict[str, np.ndarray]]:
+    """An annotated dataset of 2-channel ImageJ TIFFs whose channel 1 holds make_dataset's
+    images and channel 0 another stain; (root, {id: channel 1})."""
+    import tifffile
+
+    from tests.conftest import make_dataset
+
+    gray = make_dataset(root.with_name(root.name + "-gray"), n=2, size=64, seed=seed)
+    (root / "images").mkdir(parents=True)
+    shutil.copytree(gray / "labels", root / "labels")
+    wanted = {}
+    for path in sorted((gray / "images").iterdir()):
+        image = read_image(path)
+        tifffile.imwrite(root / "images" / f"{path.stem}.tif", np.stack([255 - image, image]),
+                         imagej=True, metadata={"axes": "CYX"})
+        wanted[path.stem] = image
+    return root, wanted
+
+
+def test_real_channel_stages_that_channel_and_the_detector_records_it(tmp_path):
+    """real.channel 1 with 2-channel images: every real folder is staged as channel 1
+    alone (so the refiner, fine-tuning, validation and prediction read it, not channel 0),
+    the detectors record it for cellsynth predict, the predictions keep the images' ids
+    and size, and a channel the images lack stops the run before any work."""
+    import yaml
+
+    from cellsynth.pipeline.config import check_inputs
+
+    train, wanted = _two_channel(tmp_path / "train", 1)
+    test, wanted_test = _two_channel(tmp_path / "test", 2)
+    finetune = TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
+                           refinement_iterations=1, checkpoint_every=1, val_every=2)
+    config = replace(_config(train), finetune=finetune, real=RealData(
+        unlabeled=str(train), train=str(train), val=str(train), test=str(test), channel=1))
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*using channel 0")
+        summaries = run(config, out, progress=False, log=lambda _: None)
+    for role, want in (("unlabeled", wanted), ("train", wanted), ("val", wanted),
+                       ("test", wanted_test)):
+        for name, image in want.items():
+            np.testing.assert_array_equal(read_image(out / "real" / role / "images"
+                                                     / f"{name}.png"), image)
+        meta = json.loads((out / "real" / role / "meta.json").read_text())
+        assert meta["channel"] == 1 and meta["source"] == str(train if role != "test"
+                                                               else test)
+    info = json.loads((out / "finetune" / "run.json").read_text())
+    assert info["data"] == [str(out / "real" / "train")]
+    for stage in ("pretrain", "finetune"):
+        recorded = yaml.safe_load((out / stage / "config.yaml").read_text())
+        assert recorded["source_channel"] == 1 and recorded["channel"] is None
+    from cellsynth.io.images import read_labels
+
+    for name in wanted_test:
+        assert read_labels(out / "predict" / "labels" / f"{name}.tif").shape == (64, 64)
+    assert 0.0 <= summaries["evaluate"]["f1_50"] <= 1.0
+    with pytest.raises(ImageReadError, match=r"img0\.tif: channel 2 requested, but the image has "
+                                        r"2 channel\(s\)"):
+        check_inputs(replace(config, real=replace(config.real, channel=2)))
 
 
 def test_select_with_rescaling_copies_only_the_chosen_images_rescaled(tmp_path):

@@ -138,3 +138,31 @@ def test_crops_of_a_section_come_from_its_tissue_not_its_glass(tmp_path, monkeyp
     crops = real.sample(100, np.random.default_rng(0)).numpy()
     textured = crops.reshape(100, -1).std(axis=1) > 0.1  # glass crops are flat
     assert textured.mean() >= 0.9  # uniform crops: ~11 % on tissue
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_real_crops_of_one_channel_are_the_crops_of_that_channel_saved_gray(tmp_path,
+                                                                          monkeypatch, lazy):
+    """fit-refiner --channel 1 on 2-channel ImageJ TIFFs learns from their channel 1 exactly
+    as from that channel saved as gray images, decoded or read window by window (a whole
+    section); without it, channel 0."""
+    if lazy:
+        monkeypatch.setattr(data, "LAZY_PIXELS", 1000)
+    rng = np.random.default_rng(3)
+    for name in ("two", "gray", "zero"):
+        (tmp_path / name).mkdir()
+    for i in range(2):
+        planes = rng.integers(0, 4096, (2, 64, 80), dtype=np.uint16)
+        tifffile.imwrite(tmp_path / "two" / f"a{i}.tif", planes, imagej=True,
+                         metadata={"axes": "CYX"})
+        tifffile.imwrite(tmp_path / "gray" / f"a{i}.tif", planes[1], photometric="minisblack")
+        tifffile.imwrite(tmp_path / "zero" / f"a{i}.tif", planes[0], photometric="minisblack")
+    picked = RealCrops(tmp_path / "two", 32, 1, channel=1)
+    assert picked.lazy == [lazy, lazy]
+    want = RealCrops(tmp_path / "gray", 32, 1).sample(6, np.random.default_rng(0))
+    np.testing.assert_allclose(picked.sample(6, np.random.default_rng(0)), want, atol=1e-6)
+    with pytest.warns(UserWarning, match="2 channels; using channel 0"):
+        first = RealCrops(tmp_path / "two", 32, 1)
+    np.testing.assert_allclose(first.sample(6, np.random.default_rng(0)),
+                               RealCrops(tmp_path / "zero", 32, 1).sample(
+                                   6, np.random.default_rng(0)), atol=1e-6)

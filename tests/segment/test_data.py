@@ -156,6 +156,31 @@ def test_two_channel_training_images_use_the_chosen_channel_and_say_channel_0_on
     assert np.corrcoef(first[0].image[..., 0].ravel(), planes[0][0].ravel())[0, 1] > 0.99
 
 
+def test_a_source_channel_is_picked_from_multi_channel_images_and_gray_ones_kept(tmp_path):
+    """A detector whose training images were channel 1 staged gray (source_channel 1) is
+    fine-tuned on the user's 2-channel TIFFs with their channel 1, on gray images as they
+    are, and says nothing about channel 0."""
+    rng = np.random.default_rng(6)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    planes = rng.integers(0, 4096, (2, 20, 24), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "images" / "a.tif", planes, imagej=True,
+                     metadata={"axes": "CYX"})
+    gray = rng.integers(0, 255, (20, 24), dtype=np.uint8)
+    write_image(tmp_path / "images" / "b.png", gray)
+    for name in ("a", "b"):
+        write_labels(tmp_path / "labels" / f"{name}.tif", np.ones((20, 24), np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a, b = load_labeled([tmp_path], source_channel=1)
+    assert a.image.shape == b.image.shape == (20, 24, 1)
+    assert np.corrcoef(a.image[..., 0].ravel(), planes[1].ravel())[0, 1] > 0.99
+    assert np.corrcoef(b.image[..., 0].ravel(), gray.ravel())[0, 1] > 0.99
+    # a channel given outright still wins
+    first, _ = load_labeled([tmp_path], channel=0, source_channel=1)
+    assert np.corrcoef(first.image[..., 0].ravel(), planes[0].ravel())[0, 1] > 0.99
+
+
 def test_blur_softens_about_half_of_the_crops_and_never_moves_the_labels():
     plain = Augment(**_STILL)
     blurred = Augment(**_STILL, blur=2.0)

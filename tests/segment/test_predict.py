@@ -1,6 +1,7 @@
 """Prediction applies the model's recorded normalisation and precision on this machine."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,40 @@ def test_a_detector_trained_on_channel_1_says_so_on_a_gray_image(model, tmp_path
     assert line.endswith("a.png: the detector was trained on channel 1 of multi-channel "
                          "images, but this image has 1 channel(s); choose it with --channel 0")
     assert main([*args, "--out", str(tmp_path / "o2"), "--channel", "0"]) == 0
+
+
+def test_a_detector_trained_on_one_staged_channel_picks_it_and_takes_gray_as_is(model,
+                                                                               tmp_path):
+    """A detector of a run with real.channel 1 (gray copies of channel 1, recorded as its
+    source_channel) finds on a 2-channel ImageJ TIFF what it finds on the gray image, with
+    no --channel and no warning, and on the gray image itself what a plain detector does;
+    a 3-channel TIFF of separate markers gives its channel 1 too."""
+    import tifffile
+
+    run, sim = model
+    _recorded(run, tmp_path / "src1.pt", source_channel=1)
+    assert load_detector(tmp_path / "src1.pt").source_channel == 1
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    (tmp_path / "fluo").mkdir()
+    tifffile.imwrite(tmp_path / "fluo" / "a.tif", np.stack([255 - image, image]), imagej=True,
+                     metadata={"axes": "CYX"})
+    _one_image(sim, tmp_path / "gray")
+    options = dict(score_thresh=0.5, precision="fp32", progress=False)
+    predict_folder(run, tmp_path / "gray", tmp_path / "plain", **options)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*using channel 0")
+        for folder in ("fluo", "gray"):
+            predict_folder(tmp_path / "src1.pt", tmp_path / folder, tmp_path / f"{folder}-out",
+                           **options)
+    plain = read_labels(tmp_path / "plain" / "labels" / "a.tif")
+    assert plain.max() >= 3
+    for folder in ("fluo", "gray"):
+        labels = read_labels(tmp_path / f"{folder}-out" / "labels" / "a.tif")
+        assert matching(plain, labels, thresholds=(0.98,)).f1[0] == 1.0, folder
+    # channel 0 (the inverted image) would give other cells: it was not what was predicted
+    predict_folder(run, tmp_path / "fluo", tmp_path / "ch0", channel=0, **options)
+    assert matching(plain, read_labels(tmp_path / "ch0" / "labels" / "a.tif"),
+                    thresholds=(0.5,)).f1[0] < 0.5
 
 
 @pytest.mark.parametrize(("args", "message"), [

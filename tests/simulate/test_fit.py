@@ -259,6 +259,37 @@ def test_pixel_size_that_makes_cells_tiny_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "f.yaml").exists()
 
 
+def test_fit_simulator_channel_measures_that_channel_of_fluorescence_tiffs(tmp_path, capsys):
+    """--channel 1 of 2-channel ImageJ TIFFs counts the nuclei that channel 1 holds, as the
+    channel saved alone does; channel 0 (another marker: noise here) counts other things,
+    and a channel the images lack is one line before any fitting."""
+    import tifffile
+
+    from cellsynth.simulate.fit import count_cells
+
+    rng = np.random.default_rng(4)
+    for name in ("two", "gray"):
+        (tmp_path / name).mkdir()
+    for i, (image, _) in enumerate(simulate("fluo", 2, 256, seed=5)):
+        noise = rng.integers(0, 255, image.shape, dtype=np.uint8)
+        tifffile.imwrite(tmp_path / "two" / f"a{i}.tif", np.stack([noise, image]),
+                         imagej=True, metadata={"axes": "CYX"})
+        write_image(tmp_path / "gray" / f"a{i}.png", image)
+    _, gray = count_cells(tmp_path / "gray", "fluo")
+    _, picked = count_cells(tmp_path / "two", "fluo", channel=1)
+    assert [n for _, _, n, _ in picked] == [n for _, _, n, _ in gray]
+    assert min(n for _, _, n, _ in gray) >= 3
+    for (_, raw, _, _), (_, want, _, _) in zip(picked, gray):
+        np.testing.assert_array_equal(raw, want)
+    with pytest.warns(UserWarning, match="2 channels; using channel 0"):
+        _, first = count_cells(tmp_path / "two", "fluo")
+    assert [n for _, _, n, _ in first] != [n for _, _, n, _ in gray]
+    err = _one_line_error(capsys, ["fit-simulator", "--real", str(tmp_path / "two"),
+                                   "--preset", "fluo", "--out", str(tmp_path / "f.yaml"),
+                                   "--channel", "2"], "a0.tif")
+    assert "channel 2 requested, but the image has 2 channel(s)" in err
+
+
 def test_whole_section_is_measured_by_windows_of_tissue_not_decoded(tmp_path, monkeypatch):
     """A section (tiled, compressed, pyramidal TIFF: opened lazily) that is half empty glass:
     the fit measures windows of its tissue, and finds the cells the tissue images hold."""

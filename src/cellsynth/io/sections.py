@@ -173,12 +173,18 @@ def reads_lazily(path: str | os.PathLike, lazy_pixels: int = LAZY_PIXELS) -> boo
         return False
 
 
-def open_image(path: str | os.PathLike, *, level: int = 0) -> Any:
+def open_image(path: str | os.PathLike, *, level: int = 0, channel: int | None = None) -> Any:
     """An image file decoded whole, or a whole section opened lazily (see :func:`reads_lazily`):
-    either way an (H, W) or (H, W, C) array-like that can be sliced."""
-    from cellsynth.io.images import read_image
+    either way an (H, W) or (H, W, C) array-like that can be sliced. ``channel``: only that
+    channel (0-based) of a multi-channel image, as (H, W), lazily for a section
+    (:func:`cellsynth.io.images.select_channel`; a gray image has only channel 0)."""
+    from cellsynth.io.images import read_image, select_channel
 
-    return open_large_image(path, level=level) if reads_lazily(path) else read_image(path)
+    if channel is None:
+        return open_large_image(path, level=level) if reads_lazily(path) else read_image(path)
+    image = (open_large_image(path, level=level) if reads_lazily(path)
+             else read_image(path, all_channels=True))
+    return select_channel(image, channel, where=str(path))
 
 
 def _texture(window: np.ndarray) -> float:
@@ -241,15 +247,14 @@ def stage_channels(window: np.ndarray) -> np.ndarray:
 
 
 def image_or_windows(path: str | os.PathLike, *, side: int = 1024, n: int = 4,
-                     seed: int = 0) -> list[np.ndarray]:
+                     seed: int = 0, channel: int | None = None) -> list[np.ndarray]:
     """The decoded image, or for a whole section (:func:`reads_lazily`) up to ``n`` windows
     of ``side`` px of its tissue (:func:`tissue_windows`): what realism metrics compare
-    against, without decoding a slide."""
-    from cellsynth.io.images import read_image
-
+    against, without decoding a slide. ``channel``: that channel alone (see
+    :func:`open_image`)."""
     if not reads_lazily(path):
-        return [read_image(path)]
-    image = open_large_image(path)
+        return [open_image(path, channel=channel)]
+    image = open_image(path, channel=channel)
     return [stage_channels(w) for _, _, w in tissue_windows(image, side, n, seed=seed)]
 
 

@@ -86,6 +86,15 @@ class RealData:
     # only these images of train / val, by id (file name without extension), e.g. the 2
     # annotated images of a training folder: {train: [a, b], val: [a, b]}
     select: dict = field(default_factory=dict, metadata=ADDED)
+    # the one channel (0-based) of multi-channel images (fluorescence: the nuclear stain) that
+    # every stage uses: the real folders are staged under RUN/real as that channel alone, and
+    # the detectors record it for cellsynth predict. None: gray and RGB as they are, channel 0
+    # of any other number of channels (with a warning)
+    channel: int | None = field(default=None, metadata=ADDED)
+
+    def __post_init__(self) -> None:
+        if self.channel is not None and self.channel < 0:
+            raise ValueError(f"real.channel must be >= 0, got {self.channel}")
 
 
 @dataclass(frozen=True)
@@ -232,7 +241,7 @@ def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
 def check_inputs(config: PipelineConfig) -> None:
     """Fail before any work starts if a named folder is missing or malformed."""
     from cellsynth.io.resample import pixel_scale
-    from cellsynth.io.sections import reads_lazily
+    from cellsynth.io.sections import open_image, reads_lazily
     from cellsynth.simulate import simulation_config
 
     sim = simulation_config(config.simulate.preset, overrides=config.simulate.overrides or None,
@@ -255,6 +264,17 @@ def check_inputs(config: PipelineConfig) -> None:
                     f"{sim.pixel_size_um} um/px into the run folder; work at its resolution "
                     f"(simulate.pixel_size_um: {config.real.pixel_size_um}) or predict it "
                     f"apart with cellsynth predict --pixel-size {config.real.pixel_size_um}")
+            if config.real.channel is not None:
+                # staged as that channel alone: it must exist (checked on the first image),
+                # and an annotated section would be decoded whole to be copied
+                section = next((s for s in dataset if reads_lazily(s.image_path)), None)
+                if section is not None and role != "unlabeled":
+                    raise ConfigError(
+                        f"{section.image_path}: an annotated whole section (real.{role}) "
+                        f"cannot be copied as channel {config.real.channel} alone into the run "
+                        f"folder; save that channel as its own image, or predict the section "
+                        f"apart with cellsynth predict --channel {config.real.channel}")
+                open_image(next(iter(dataset)).image_path, channel=config.real.channel)
     for role, ids in config.real.select.items():
         if role not in ("train", "val"):
             raise ConfigError(f"real.select: {role!r}: only train and val (the annotated "

@@ -107,9 +107,10 @@ _REASONS = {
 }
 
 
-def guess_stain(images: list[Path]) -> StainGuess:
+def guess_stain(images: list[Path], channel: int | None = None) -> StainGuess:
     """The preset closest to ``images`` (up to :data:`N_GUESS` of them, evenly spread; a
-    whole section contributes one window of its tissue) by majority vote, with its reason."""
+    whole section contributes one window of its tissue) by majority vote, with its reason;
+    ``channel``: of that channel of multi-channel images."""
     from collections import Counter
 
     from cellsynth.io.sections import image_or_windows
@@ -120,7 +121,7 @@ def guess_stain(images: list[Path]) -> StainGuess:
                                            .astype(int))]
     votes: Counter[str] = Counter()
     for path in picked:
-        for window in image_or_windows(path, side=1024, n=1):
+        for window in image_or_windows(path, side=1024, n=1, channel=channel):
             votes[_vote(_features(np.asarray(window)))] += 1
     preset, count = votes.most_common(1)[0]
     total = sum(votes.values())
@@ -128,6 +129,19 @@ def guess_stain(images: list[Path]) -> StainGuess:
     reason = (f"{_REASONS[preset]}: {count} of {total} image(s)"
               + (f"; others: {others}" if others else ""))
     return StainGuess(preset, reason, total)
+
+
+def channel_count(path: Path) -> int:
+    """How many separate channels the image at ``path`` has: 1 for gray and for colour
+    (RGB) images, else as many as it stores (2 fluorescence channels, a TIFF's 3 markers)."""
+    from cellsynth.io.images import colour_of, read_image
+    from cellsynth.io.sections import open_large_image, reads_lazily
+
+    image = open_large_image(path) if reads_lazily(path) else read_image(path,
+                                                                         all_channels=True)
+    if len(image.shape) != 3 or (int(image.shape[2]) == 3 and colour_of(image, path)):
+        return 1
+    return int(image.shape[2])
 
 
 def find_folders(data: str | os.PathLike) -> dict[str, Path]:
@@ -271,7 +285,9 @@ _RECIPE_LINES = {
 def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGuess,
                  guessed: bool, pixel: float | None, pixel_from: str,
                  device: str = "cpu", device_from: str = "",
-                 recipe: str | None = None, recipe_from: str = "") -> str:
+                 recipe: str | None = None, recipe_from: str = "",
+                 channel: int | None = None, channels: int = 1,
+                 channel_guessed: bool = False) -> str:
     """The config's text; ``recipe``: "accurate" or "fast" with annotated images (``train``
     in ``folders``), None without."""
     annotated = "train" in folders
@@ -311,6 +327,11 @@ def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGue
     else:
         lines.append("  pixel_size_um: null   # UNKNOWN: set your images' um per pixel (20x "
                      "~0.5, 40x ~0.25), else they are taken at the simulation's")
+    if channels > 1:
+        lines.append(f"  channel: {channel}   # of your images' {channels} channels "
+                     f"(0-{channels - 1}), the one every stage uses" + (
+                         ": CHECK it is the one with the cells (e.g. the nuclear stain)"
+                         if channel_guessed else " (--channel)"))
     text = "\n".join(lines) + "\n"
     workers = f", workers: {GPU_WORKERS}" if device.startswith("cuda") else ""
     if annotated:
@@ -384,7 +405,7 @@ def _recipe(recipe: str | None, preset: str, device: str) -> tuple[str, str]:
 def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
                 preset: str | None = None, pixel_size_um: float | None = None,
                 force: bool = False, device: str | None = None,
-                recipe: str | None = None) -> dict[str, Any]:
+                recipe: str | None = None, channel: int | None = None) -> dict[str, Any]:
     """Write a pipeline config for the folders of ``data`` to ``out`` (see the module)."""
     from cellsynth.io.files import atomic_path
     from cellsynth.pipeline.config import load_pipeline_config
@@ -396,7 +417,18 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     datasets = _find_datasets(data)
     folders = {role: dataset.root for role, dataset in datasets.items()}
-    stain = guess_stain([s.image_path for s in datasets["unlabeled"]])
+    first = next(iter(datasets["unlabeled"])).image_path
+    channels = channel_count(first)
+    if channel is not None and channel >= channels:
+        raise ConfigError(f"{first}: --channel {channel}, but the image has {channels} "
+                          f"channel(s)" + (f" (0-{channels - 1})" if channels > 1 else ""))
+    if channels > 1 and channel is None:
+        channel = 0  # written into the config, with a comment to check it
+        guessed_channel = True
+    else:
+        guessed_channel = False
+    stain = guess_stain([s.image_path for s in datasets["unlabeled"]],
+                        channel=channel if channels > 1 else None)
     guessed = preset is None
     if not guessed:
         stain = StainGuess(preset, "chosen by --preset", stain.n_images)
@@ -408,7 +440,8 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
     recipe, recipe_from = (_recipe(recipe, stain.preset, device) if annotated
                            else (None, "no annotated images"))
     text = _config_text(name, folders, out, stain, guessed, pixel, pixel_from, device,
-                        device_from, recipe, recipe_from)
+                        device_from, recipe, recipe_from, channel, channels,
+                        guessed_channel)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp.write_text(text)
@@ -417,4 +450,6 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
             "reason": stain.reason, "pixel_size_um": pixel, "pixel_from": pixel_from,
             "roles": {role: str(folders[role]) for role in ROLES if role in folders},
             "annotated": annotated, "name": name, "device": device,
-            "device_from": device_from, "recipe": recipe, "recipe_from": recipe_from}
+            "device_from": device_from, "recipe": recipe, "recipe_from": recipe_from,
+            "channels": channels, "channel": channel if channels > 1 else None,
+            "channel_guessed": guessed_channel}

@@ -110,15 +110,20 @@ def _real_images(run: Path) -> list[np.ndarray]:
     import yaml
 
     from cellsynth.io.datasets import load_dataset
+    from cellsynth.io.sections import image_or_windows
     from cellsynth.viz import as_rgb8
 
     config_path = run / layout.CONFIG
     if not config_path.exists():
         return []
-    folder = (yaml.safe_load(config_path.read_text()).get("real") or {}).get("unlabeled")
+    real = yaml.safe_load(config_path.read_text()).get("real") or {}
+    folder = real.get("unlabeled")
     if not folder or not Path(folder).exists():
         return []
-    return [as_rgb8(s.read_image()[:256, :256]) for s in list(load_dataset(folder))[:4]]
+    # as the run reads them: real.channel alone; a whole section by a window of its tissue
+    return [as_rgb8(np.asarray(image_or_windows(s.image_path, side=256, n=1,
+                                                channel=real.get("channel"))[0])[:256, :256])
+            for s in list(load_dataset(folder))[:4]]
 
 
 def _realism(run: Path) -> str:

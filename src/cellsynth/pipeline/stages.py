@@ -67,7 +67,7 @@ def _fit_simulator(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, An
         result = write_fit(folder, _sim_config(config), root / layout.FITTED,
                            pixel_size_um=config.real.pixel_size_um, seed=config.seed,
                            spread=config.simulate.fit_spread,
-                           stains=config.simulate.fit_stains)
+                           stains=config.simulate.fit_stains, channel=config.real.channel)
         (root / layout.FIT_TABLE).write_text(result["table"] + "\n")
     fit = result["fit"]
     return {"fitted_from": folder,
@@ -105,10 +105,11 @@ def _real_scale(config: PipelineConfig) -> float:
 
 
 def _staged_roles(config: PipelineConfig) -> tuple[str, ...]:
-    """Real-data roles read from a copy under RUN/real: all if the images are rescaled,
-    else those with a ``real.select`` (only the chosen images are copied)."""
+    """Real-data roles read from a copy under RUN/real: all if the images are rescaled or
+    reduced to ``real.channel``, else those with a ``real.select`` (only the chosen images
+    are copied)."""
     roles = tuple(r for r in ("unlabeled", "train", "val", "test") if getattr(config.real, r))
-    if _real_scale(config) != 1.0:
+    if _real_scale(config) != 1.0 or config.real.channel is not None:
         return roles
     return tuple(r for r in roles if r in config.real.select)
 
@@ -138,32 +139,34 @@ def _same_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
-    """RUN/real/<role>: the real images at the working pixel size, or only the selected ones."""
+    """RUN/real/<role>: the real images at the working pixel size and as ``real.channel``
+    alone, or only the selected ones."""
 
     from cellsynth.io.files import staged_output_dir, write_json
     from cellsynth.io.images import write_image, write_labels
     from cellsynth.io.sections import open_image, reads_lazily, stage_channels, tissue_windows
 
-    factor = _real_scale(config)
+    factor, channel = _real_scale(config), config.real.channel
     with staged_output_dir(out / layout.REAL, force=True) as root:
         for role in _staged_roles(config):
             folder = getattr(config.real, role)
             (root / role / "images").mkdir(parents=True)
             windowed = []
             for sample in real_samples(config, role):
-                if factor != 1.0 and reads_lazily(sample.image_path):
+                if (factor != 1.0 or channel is not None) and reads_lazily(sample.image_path):
                     # an unlabeled whole section (check_inputs refuses annotated ones): its
                     # most textured windows, each rescaled; it is never decoded whole
                     side = max(1, round(SECTION_WINDOW / factor))
-                    for y, x, pixels in tissue_windows(open_image(sample.image_path), side,
-                                                       SECTION_WINDOWS, seed=config.seed):
+                    section = open_image(sample.image_path, channel=channel)
+                    for y, x, pixels in tissue_windows(section, side, SECTION_WINDOWS,
+                                                       seed=config.seed):
                         pixels = stage_channels(pixels)
                         scaled = _same_dtype(rescale_image(pixels, factor), pixels.dtype)
                         write_image(root / role / "images" / f"{sample.id}_y{y}_x{x}.tif",
                                     scaled)
                     windowed.append(str(sample.image_path))
                     continue
-                if factor == 1.0:  # selected, not rescaled: the files as they are
+                if factor == 1.0 and channel is None:  # selected: the files as they are
                     shutil.copy2(sample.image_path, root / role / "images"
                                  / sample.image_path.name)
                     if sample.label_path is not None:
@@ -171,7 +174,8 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                         shutil.copy2(sample.label_path, root / role / "labels"
                                      / sample.label_path.name)
                     continue
-                image = sample.read_image()
+                image = (sample.read_image() if channel is None
+                         else open_image(sample.image_path, channel=channel))
                 scaled = _same_dtype(rescale_image(image, factor), image.dtype)
                 suffix = ".png" if scaled.dtype in (np.uint8, np.uint16) else ".tif"
                 write_image(root / role / "images" / f"{sample.id}{suffix}", scaled)
@@ -186,6 +190,7 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
             write_json(root / role / layout.META, {
                 "source": folder, "pixel_size_um": pixel_size, "rescaled_by": factor,
                 "selected": config.real.select.get(role),
+                **({"channel": channel} if channel is not None else {}),
                 # sections represented by windows <id>_y<Y>_x<X> (their own pixels)
                 **({"windows_of": windowed, "window_side_px": SECTION_WINDOW}
                    if windowed else {})})
@@ -244,6 +249,8 @@ def detector_config(config: PipelineConfig, out: Path, base: Any, **changes: Any
         # rescaled copy's meta.json states the working one), not at a file's, nor warned
         # about as stating none
         changes.setdefault("data_pixel_size_um", config.real.pixel_size_um)
+    if config.real.channel is not None:  # (RUN/real holds it alone; predict picks it)
+        changes.setdefault("source_channel", config.real.channel)
     return replace(base, device=config.device, **changes)
 
 
@@ -429,7 +436,8 @@ def _count_threshold(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, 
 
 def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 
-    from cellsynth.io.images import read_image, read_labels, write_image, write_labels
+    from cellsynth.io.images import read_labels, write_image, write_labels
+    from cellsynth.io.sections import open_image
     from cellsynth.segment.predict import predict_folder
     from cellsynth.viz import contour_overlay
 
@@ -453,7 +461,7 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     if _real_scale(config) != 1.0:  # back to the original images' pixels
         for sample in real_samples(config, role):
             path = out / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"
-            image = read_image(sample.image_path)
+            image = open_image(sample.image_path, channel=config.real.channel)
             labels = rescale_labels(read_labels(path).astype(np.uint32), 1.0,
                                     shape=image.shape[:2])
             write_labels(path, labels)
@@ -517,7 +525,8 @@ def plan(config: PipelineConfig) -> list[Stage]:
     stages = []
     if config.simulate.fit_from:
         stages.append(Stage(layout.FIT, (), lambda c: [to_dict(c.simulate),
-                                                       c.real.pixel_size_um, c.seed],
+                                                       c.real.pixel_size_um, c.seed]
+                            + ([c.real.channel] if c.real.channel is not None else []),
                             _fit_simulator, reads=(config.simulate.fit_role,)))
     fitted = (layout.FIT,) if config.simulate.fit_from else ()
     stages.append(Stage(layout.SIMULATE, fitted, sim,
@@ -533,7 +542,8 @@ def plan(config: PipelineConfig) -> list[Stage]:
         # (the select is keyed only when set, so runs from before it keep their fingerprint)
         key = lambda c: ([c.real.pixel_size_um, sim(c)]  # noqa: E731
                          + ([{r: [str(i) for i in v] for r, v in sorted(c.real.select.items())}]
-                            if c.real.select else []))
+                            if c.real.select else [])
+                         + ([{"channel": c.real.channel}] if c.real.channel is not None else []))
         stages.append(Stage(layout.REAL, (), key, _rescale_real, reads=staged))
 
     def data_inputs(*roles: str) -> tuple[str, ...]:

@@ -20,6 +20,9 @@ class RefineConfig:
     crop: int = 128  # training crop side; the generator is fully convolutional
     batch: int = 4
     real_pixel_size_um: float | None = None  # overrides the real images' meta.json
+    # the one channel (0-based) of multi-channel real images the simulation draws (None: gray
+    # and RGB as they are, channel 0 of any other number of channels)
+    channel: int | None = field(default=None, metadata=ADDED)
     # generator (SPADE, Park et al. 2019)
     width: int = 48  # channels of the SPADE ResBlocks (at half resolution)
     blocks: int = 3  # SPADE ResBlocks
@@ -102,6 +105,8 @@ class RefineConfig:
             raise ValueError(f"real_pixel_size_um must be > 0, got {self.real_pixel_size_um}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.channel is not None and self.channel < 0:
+            raise ValueError(f"channel must be >= 0, got {self.channel}")
         if self.batch < 2:
             raise ValueError(f"batch must be >= 2 (half fresh, half history), got {self.batch}")
 

@@ -22,7 +22,7 @@ import torch
 
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.datasets import Dataset, load_dataset
-from cellsynth.io.images import match_channels, read_image
+from cellsynth.io.images import match_channels, read_image, select_channel
 from cellsynth.io.normalize import DEFAULT, Normalization, apply_range, intensity_range, normalize
 from cellsynth.io.resample import pixel_scale, rescale_image
 from cellsynth.io.sections import open_large_image, reads_lazily, stage_channels
@@ -127,15 +127,18 @@ class SimulatedCrops:
         return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
-def _open_lazy(path: Path) -> Any:
+def _open_lazy(path: Path, channel: int | None = None) -> Any:
     """A whole section opened lazily (:mod:`cellsynth.io.sections`: a memory map of a large
-    uncompressed TIFF, else tile by tile), or None for an image small enough to decode."""
+    uncompressed TIFF, else tile by tile), or None for an image small enough to decode.
+    ``channel``: only that channel of a multi-channel section (still lazy)."""
     if not reads_lazily(path, LAZY_PIXELS):
         return None
     import tifffile
 
     try:
         array = tifffile.memmap(path, mode="r")
+        if channel is not None and array.ndim == 3 and array.shape[-1] <= 4:
+            return select_channel(array, channel, where=str(path))
         if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)):
             return array
     except (ValueError, OSError, tifffile.TiffFileError, IndexError):
@@ -144,6 +147,8 @@ def _open_lazy(path: Path) -> Any:
         array = open_large_image(path)
     except ImageReadError:
         return None  # decoding the whole file says what is wrong with it
+    if channel is not None:
+        return select_channel(array, channel, where=str(path))
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)):
         return array
     return None
@@ -176,12 +181,14 @@ class RealCrops:
     sim_pixel_size_um, real_pixel_size_um : if both are known, real images are rescaled to
         the simulation's pixel size; ``real_pixel_size_um`` defaults to the folder's meta.json.
     normalization : intensity mapping to [0, 1], from each whole image (lazy ones sampled).
+    channel : only this channel (0-based) of multi-channel images (default: gray and RGB as
+        they are, channel 0 of any other number of channels, with a warning).
     """
 
     def __init__(self, root: str | os.PathLike, crop: int, channels: int, *,
                  sim_pixel_size_um: float | None = None,
                  real_pixel_size_um: float | None = None,
-                 normalization: Normalization = DEFAULT) -> None:
+                 normalization: Normalization = DEFAULT, channel: int | None = None) -> None:
         dataset = load_dataset(root)
         self.normalization = normalization
         self.ranges: list[tuple[np.ndarray, np.ndarray] | None] = []  # of lazy images
@@ -205,7 +212,7 @@ class RealCrops:
         self.regions: list[list[tuple[int, int, int, int]] | None] = []
         converted = set()
         for sample in dataset:
-            array = _open_lazy(sample.image_path)
+            array = _open_lazy(sample.image_path, channel)
             if array is not None:
                 need = int(np.ceil(crop / self.scale))
                 _check_size(array.shape, need, sample.image_path)
@@ -216,7 +223,9 @@ class RealCrops:
                 self.ranges.append((low, high) if low.size in (1, 3) else (low[:1], high[:1]))
                 self.regions.append(_tissue_regions(array, need))
             else:
-                image = read_image(sample.image_path)
+                image = (read_image(sample.image_path) if channel is None else
+                         select_channel(read_image(sample.image_path, all_channels=True),
+                                        channel, where=str(sample.image_path)))
                 self.images.append(self._prepare(image, sample.image_path))
                 self.lazy.append(False)
                 self.ranges.append(None)

@@ -140,7 +140,7 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
                          class_map=config.class_map)
     real = RealCrops(real_dir, config.crop, sim.channels, sim_pixel_size_um=sim.pixel_size_um,
                      real_pixel_size_um=config.real_pixel_size_um,
-                     normalization=config.normalization)
+                     normalization=config.normalization, channel=config.channel)
     for note in real.notes:
         warnings.warn(note, stacklevel=2)
     if resume:

@@ -86,7 +86,8 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
                  pixel_size_um: float | None = None,
                  normalization: Normalization = DEFAULT,
                  channel: int | None = None,
-                 source_pixel_size_um: float | None = None) -> list[LabeledImage]:
+                 source_pixel_size_um: float | None = None,
+                 source_channel: int | None = None) -> list[LabeledImage]:
     """Read every (image, labels) pair of the given dataset folders into memory.
 
     ``channels`` defaults to the first image's; others are converted. If ``pixel_size_um``
@@ -95,6 +96,8 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
     Intensities are mapped to [0, 1] per image by ``normalization``; ``channel`` keeps only
     that channel of multi-channel images (see :func:`cellsynth.io.images.select_channel`).
     ``source_pixel_size_um``: the images' pixel size, over what their folders and files say.
+    ``source_channel`` (without ``channel``): that channel of multi-channel images, gray ones
+    as they are (a detector trained on one channel staged gray, fine-tuned on either).
     """
     out: list[LabeledImage] = []
     for root in roots:
@@ -104,7 +107,9 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
         for sample in dataset:
             image, labels = sample.read(all_channels=True)
             count = image.shape[2] if image.ndim == 3 else 1
-            if channel is None and (count != 1 and not (count == 3 and colour_of(
+            if channel is None and source_channel is not None and count > 1:
+                image = select_channel(image, source_channel, where=str(sample.image_path))
+            elif channel is None and (count != 1 and not (count == 3 and colour_of(
                     image, sample.image_path))):
                 first_of[count] += 1
                 image = image[..., 0]  # (said once for the folder below, not per image)

@@ -98,6 +98,9 @@ class Detector:
     normalization: Normalization = Normalization()  # as the model was trained
     channel: int | None = None  # the one channel of multi-channel images it was trained on
     precision: str = "fp32"  # what its core runs in here (set_core_precision)
+    # the channel of multi-channel images that its (gray) training images were taken from
+    # (cellsynth run's real.channel): picked from such images, gray ones used as they are
+    source_channel: int | None = None
 
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
@@ -160,7 +163,7 @@ def load_detector(run: str | os.PathLike, *, device: str = "cpu",
     return Detector(model, spec["in_channels"], float(ckpt.get("score_thresh", 0.9)),
                     int(config.get("crop", 256)), config.get("pixel_size_um"),
                     int(ckpt["step"]), str(path), normalization, config.get("channel"),
-                    chosen.name)
+                    chosen.name, config.get("source_channel"))
 
 
 def faint_cut(annotated: str | os.PathLike, percentile: float, detector: Detector) -> FaintCut:
@@ -169,7 +172,8 @@ def faint_cut(annotated: str | os.PathLike, percentile: float, detector: Detecto
     from cellsynth.segment.data import load_labeled
 
     items = load_labeled([annotated], channels=detector.in_channels,
-                         normalization=detector.normalization, channel=detector.channel)
+                         normalization=detector.normalization, channel=detector.channel,
+                         source_channel=detector.source_channel)
     cut = calibrate_faint([(i.image, i.labels) for i in items], percentile)
     if cut is None:
         raise DatasetError(f"{annotated}: no annotated cell to measure the faint cut on")
@@ -455,20 +459,29 @@ def _read_lazily(path: Path) -> bool:
 
 
 def _channel(detector: Detector, channel: int | None) -> int | None:
-    """The channel of multi-channel images to predict: ``channel``, else the detector's."""
-    return detector.channel if channel is None else channel
+    """The channel of multi-channel images to predict: ``channel``, else the detector's,
+    else the one its training images were taken from (:attr:`Detector.source_channel`)."""
+    if channel is not None:
+        return channel
+    return detector.channel if detector.channel is not None else detector.source_channel
 
 
 def _select(image: Any, detector: Detector, channel: int | None, where: str) -> Any:
     """The channel :func:`_channel` names of ``image`` (see :func:`select_channel`); where
-    it is the detector's and the image lacks it, the error says so and how to choose."""
+    it is the detector's and the image lacks it, the error says so and how to choose. A
+    gray image is used as it is by a detector whose gray training images were one channel
+    taken from multi-channel ones (``source_channel``): it is that channel already."""
     count = int(image.shape[2]) if len(image.shape) == 3 else 1
-    if channel is None and detector.channel is not None and detector.channel >= count:
-        raise ImageReadError(f"{where}: the detector was trained on channel "
-                             f"{detector.channel} of multi-channel images, but this image has "
-                             f"{count} channel(s); choose "
-                             + ("it with --channel 0" if count == 1
-                                else f"one with --channel (0-{count - 1})"))
+    recorded = _channel(detector, None)
+    if channel is None and recorded is not None:
+        if detector.channel is None and count == 1:
+            return image
+        if recorded >= count:
+            raise ImageReadError(f"{where}: the detector was trained on channel {recorded} "
+                                 f"of multi-channel images, but this image has {count} "
+                                 f"channel(s); choose "
+                                 + ("it with --channel 0" if count == 1
+                                    else f"one with --channel (0-{count - 1})"))
     return select_channel(image, _channel(detector, channel), where=where)
 
 
@@ -640,8 +653,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                                                     px or detector.pixel_size_um))
                 if not lazy:
                     write_image(root / layout.OVERLAYS / f"{image_id}.png",
-                                contour_overlay(_shown(image, detector.channel
-                                                       if channel is None else channel),
+                                contour_overlay(_shown(image, _channel(detector, channel)),
                                                 labels))
                 else:  # a picture of a whole section would be the section again
                     announce(f"{path}: no overlay for a whole section; open its labels with "

@@ -137,6 +137,10 @@ class TrainConfig:
     # the pixel size of the training and validation images, over what their folders and files
     # state (cellsynth run: its real.pixel_size_um, where the real images are not rescaled)
     data_pixel_size_um: float | None = field(default=None, metadata=ADDED)
+    # the channel of the user's multi-channel images that the (gray) training images hold
+    # (cellsynth run's real.channel stages it): where ``channel`` is unset, training and
+    # predict pick it from multi-channel images and take gray ones as they are
+    source_channel: int | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         for name in ("order", "samples", "steps", "crop", "batch", "val_every",
@@ -156,8 +160,9 @@ class TrainConfig:
         for name in ("pixel_size_um", "data_pixel_size_um"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.channel is not None and self.channel < 0:
-            raise ValueError(f"channel must be >= 0, got {self.channel}")
+        for name in ("channel", "source_channel"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
@@ -427,11 +432,13 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     channels = start[1]["model_spec"]["in_channels"] if start else None
     items = load_labeled(data, pixel_size_um=config.pixel_size_um, channels=channels,
                          normalization=config.normalization, channel=config.channel,
-                         source_pixel_size_um=config.data_pixel_size_um)
+                         source_pixel_size_um=config.data_pixel_size_um,
+                         source_channel=config.source_channel)
     channels = items[0].image.shape[-1]
     val_items = (load_labeled([val], channels=channels, pixel_size_um=config.pixel_size_um,
                               normalization=config.normalization, channel=config.channel,
-                              source_pixel_size_um=config.data_pixel_size_um)
+                              source_pixel_size_um=config.data_pixel_size_um,
+                              source_channel=config.source_channel)
                  if val is not None else [])
     # (the simulation: already in the model's channels, so no channel of it is chosen)
     replay_items = (load_labeled(replay, channels=channels, pixel_size_um=config.pixel_size_um,

@@ -230,12 +230,13 @@ def _windows(image: Any, name: str, n: int, seed: int
 
 
 def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConfig,
-          pixel_size_um: float | None) -> _Real:
+          pixel_size_um: float | None, channel: int | None = None) -> _Real:
     """Read (only) the images, check their sizes and channels, resolve the pixel size.
 
     Images over ``_WINDOW_ABOVE`` pixels (whole sections: opened lazily, read window by
     window) are measured by up to ``_WINDOWS`` windows of tissue each, at most ``_MAX_REAL``
-    images or windows in all."""
+    images or windows in all. ``channel``: only that channel of multi-channel images (else
+    channel 0 of those that are neither gray nor RGB, with a warning)."""
     meta_px = None
     if isinstance(images, (str, os.PathLike)):
         from cellsynth.io.datasets import load_dataset
@@ -245,11 +246,15 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
         samples = list(dataset)
         keep = np.unique(np.linspace(0, len(samples) - 1, min(len(samples), _MAX_REAL))
                          .astype(int))
-        opened = [(str(samples[i].image_path), open_image(samples[i].image_path))
-                  for i in keep]
+        opened = [(str(samples[i].image_path),
+                   open_image(samples[i].image_path, channel=channel)) for i in keep]
         meta_px, where = dataset.pixel_size_um, str(images)
     else:
         opened = [(f"images[{i}]", np.asarray(a)) for i, a in enumerate(images)]
+        if channel is not None:
+            from cellsynth.io.images import select_channel
+
+            opened = [(name, select_channel(a, channel, where=name)) for name, a in opened]
         where = "images"
         if not opened:
             raise DatasetError("images: no images given")
@@ -567,8 +572,8 @@ def _check_choices(spread: str, stains: str = "preset") -> None:
 
 def match_statistics(images: str | os.PathLike | Sequence[np.ndarray],
                      base: str | SimulationConfig, *, pixel_size_um: float | None = None,
-                     seed: int = 0, spread: str = "floor", stains: str = "preset"
-                     ) -> SimulatorFit:
+                     seed: int = 0, spread: str = "floor", stains: str = "preset",
+                     channel: int | None = None) -> SimulatorFit:
     """Fit ``base`` to real images and return the config with the statistics behind it.
 
     Parameters
@@ -582,14 +587,17 @@ def match_statistics(images: str | os.PathLike | Sequence[np.ndarray],
         or "fitted" (as measured on the real images); see the module docstring.
     stains : "preset" (the base's stain vectors) or "measured" (H&E: the eosin vector of the
         real images, :func:`~cellsynth.simulate.estimate.measure_counter_vector`).
+    channel : only this channel (0-based) of multi-channel images, e.g. the nuclear stain of
+        2 fluorescence channels (default: gray and RGB as they are, else channel 0).
     """
     _check_choices(spread, stains)
     base = preset(base) if isinstance(base, str) else base
-    return _fit(_load(images, base, pixel_size_um), base, seed, spread, stains)
+    return _fit(_load(images, base, pixel_size_um, channel), base, seed, spread, stains)
 
 
 def count_cells(images: str | os.PathLike | Sequence[np.ndarray],
-                base: str | SimulationConfig, *, pixel_size_um: float | None = None
+                base: str | SimulationConfig, *, pixel_size_um: float | None = None,
+                channel: int | None = None
                 ) -> tuple[float, list[tuple[str, np.ndarray, int, Any]]]:
     """The estimator's cell count of unlabeled real images (no search, no simulation): their
     pixel size and, for each image it measured (of a folder: up to 64, spread over it),
@@ -597,7 +605,7 @@ def count_cells(images: str | os.PathLike | Sequence[np.ndarray],
     image itself, or the lazily opened whole section it is a window of, so that a detector
     can scale the window as it scales the section). Labels are never read."""
     base = preset(base) if isinstance(base, str) else base
-    real = _load(images, base, pixel_size_um)
+    real = _load(images, base, pixel_size_um, channel)
     target, _ = _real_statistics(real, replace(base, pixel_size_um=real.pixel_size_um))
     return real.pixel_size_um, [(name, raw, int(s["n_cells"]), source)
                                 for name, raw, s, source in zip(real.names, real.raw,
@@ -607,8 +615,8 @@ def count_cells(images: str | os.PathLike | Sequence[np.ndarray],
 
 def fit_simulator(images: str | os.PathLike | Sequence[np.ndarray],
                   base: str | SimulationConfig, *, pixel_size_um: float | None = None,
-                  seed: int = 0, spread: str = "floor", stains: str = "preset"
-                  ) -> SimulationConfig:
+                  seed: int = 0, spread: str = "floor", stains: str = "preset",
+                  channel: int | None = None) -> SimulationConfig:
     """The simulator config fitted to unlabeled real images (see :func:`match_statistics`).
 
     Cell diameters and densities (all cell types scaled alike), stain amounts of cells,
@@ -617,7 +625,7 @@ def fit_simulator(images: str | os.PathLike | Sequence[np.ndarray],
     The config is at the real images' pixel size.
     """
     return match_statistics(images, base, pixel_size_um=pixel_size_um, seed=seed,
-                            spread=spread, stains=stains).config
+                            spread=spread, stains=stains, channel=channel).config
 
 
 def config_override(config: SimulationConfig) -> dict[str, Any]:
@@ -806,8 +814,8 @@ def _preview(real: _Real, fit: SimulatorFit, seed: int) -> np.ndarray:
 
 def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | os.PathLike,
               *, pixel_size_um: float | None = None, seed: int = 0,
-              spread: str = "floor", stains: str = "preset", force: bool = False
-              ) -> dict[str, Any]:
+              spread: str = "floor", stains: str = "preset", force: bool = False,
+              channel: int | None = None) -> dict[str, Any]:
     """Fit ``base`` to the images in folder ``real``; write the override YAML to ``out`` and
     ``<out stem>-preview.png`` (real | fitted | base) beside it. An existing ``out`` is
     replaced only with ``force`` (checked before any work).
@@ -826,10 +834,11 @@ def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | 
 
         raise OutputExistsError(f"{out}: exists (use --force to replace it)")
     base = preset(base) if isinstance(base, str) else base
-    loaded = _load(real, base, pixel_size_um)
+    loaded = _load(real, base, pixel_size_um, channel)
     fit = _fit(loaded, base, seed, spread, stains)
+    of = "" if channel is None else f"channel {channel} of "
     header = (f"# {fit.config.preset} preset fitted by `cellsynth fit-simulator` to "
-              f"{len(loaded.images)} image(s) of {loaded.where}\n# (pixel size "
+              f"{of}{len(loaded.images)} image(s) of {loaded.where}\n# (pixel size "
               f"{loaded.pixel_size_um:g} um, seed {seed}, spread {spread}, stains {stains}); "
               f"use: cellsynth "
               f"simulate --preset {fit.config.preset} --config {out.name} ...\n")
