@@ -679,6 +679,10 @@ def test_a_pyramid_level_is_predicted_at_its_own_pixel_size_beside_a_meta_json(
         index = feature["properties"]["measurements"]["label"]
         assert np.allclose(feature["geometry"]["coordinates"][0], own[index] * 4, atol=0.01)
         assert feature["properties"]["measurements"]["area_px"] == int((labels == index).sum())
+    # the raster formats pair the labels with the level they were predicted at
+    export(tmp_path / "out", "stardist", tmp_path / "stardist")
+    np.testing.assert_array_equal(read_image(tmp_path / "stardist" / "images" / "slide.tif"),
+                                  image[::4, ::4])
     coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
     assert coco["images"][0] | {"id": 1} == {"id": 1, "file_name": "slide.svs",
                                             "height": 512, "width": 384}

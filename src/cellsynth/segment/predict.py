@@ -655,7 +655,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         write_json(root / layout.META, {
             "cellsynth_version": __version__, "stage": "predict", "model": detector.source,
             "model_step": detector.step, "score_thresh": detector.score_thresh
-            if score_thresh is None else score_thresh, "images": str(images),
+            if score_thresh is None else score_thresh,
+            "images": str(Path(images).resolve()),  # where export finds them, from anywhere
             "pixel_size_um": shared_px,  # the labels are at the images' own pixels
             "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
             "n_images": len(inputs), "n_instances": n_cells, "tta": tta,
