@@ -354,6 +354,30 @@ def test_areas_in_um2_at_the_models_pixel_size_where_the_image_states_none(model
         assert float(row["area_um2"]) == pytest.approx(areas[int(row["id"])] * 0.25, abs=1e-3)
 
 
+def test_inspect_describes_a_prediction_folder(model, tmp_path, monkeypatch, capsys):
+    """inspect PRED said 'no images found' (a prediction has labels/ only); it describes what
+    predict recorded, the images' folder resolved though predict was given it relative."""
+    from cellsynth.cli import main
+    from cellsynth.pipeline.layout import detector_checkpoint
+
+    run, sim = model
+    _one_image(sim, tmp_path / "plain")
+    monkeypatch.chdir(tmp_path)
+    predict_folder(run, "plain", "out", score_thresh=0.5, precision="fp32", pixel_size_um=0.5,
+                   progress=False)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["n_instances"] >= 3
+    capsys.readouterr()
+    assert main(["inspect", "out"]) == 0
+    out = capsys.readouterr().out
+    assert "prediction   out\nimages       1\n" in out
+    assert f"cells        {meta['n_instances']}\n" in out
+    assert (f"detector     {detector_checkpoint(run)} (step {meta['model_step']}), "
+            f"score threshold 0.5\n") in out
+    assert "pixel size   0.5 um/px\n" in out
+    assert f"predicted    from {(tmp_path / 'plain').resolve()}" in out
+
+
 def test_predict_writes_a_detections_table(model, tmp_path):
     import csv
 

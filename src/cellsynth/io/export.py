@@ -44,7 +44,7 @@ from cellsynth.io.ome_zarr import is_ome_zarr, read_labels_zarr
 from cellsynth.io.sections import open_large_image, reads_lazily
 from cellsynth.pipeline import layout
 
-__all__ = ["FORMATS", "export", "label_polygons", "label_shapes"]
+__all__ = ["FORMATS", "export", "label_polygons", "label_shapes", "predicted_image"]
 
 FORMATS = ("cellpose", "stardist", "geojson", "coco")
 
@@ -147,23 +147,30 @@ def prediction_labels(root: Path) -> list[tuple[str, Path]]:
     return [(file_id(p), p) for p in files]
 
 
-def _predicted_image(root: Path, meta: dict[str, Any], image_id: str) -> Path:
-    """The image file (or .zarr section) a prediction folder's labels of ``image_id`` were
-    predicted from, as its meta.json (``meta``) records it: the file or folder predict was
-    given (absolute; relative in the folder of an older predict, then taken from the current
-    folder) and the image's file name in it. A file no longer there is one :class:`DatasetError`
-    naming it."""
+def predicted_image(meta: dict[str, Any], image_id: str) -> Path | None:
+    """The image file (or .zarr section) that the labels of ``image_id`` of a prediction
+    folder were predicted from, as its meta.json (``meta``) records it: the file or folder
+    predict was given (absolute; relative in the folder of an older predict, then taken from
+    the current folder) and the image's file name in it. None if it records none; the file
+    may no longer be there."""
     name = meta.get("images_pixel_size_um", {}).get(image_id, {}).get("file")
     if not meta.get("images") or not name:
-        raise DatasetError(f"{root / layout.META}: records no image file for the labels of "
-                           f"{image_id} (not written by cellsynth predict?)")
+        return None
     given = Path(meta["images"])
     if given.name == name or given.suffix.lower() == ".zarr":  # one image was predicted
-        path = given
-    else:  # (the images of a dataset folder are in its images/, as predict reads them)
-        path = (given / "images" if (given / "images").is_dir() else given) / name
+        return given
+    # (the images of a dataset folder are in its images/, as predict reads them)
+    return (given / "images" if (given / "images").is_dir() else given) / name
+
+
+def _image_of(root: Path, meta: dict[str, Any], image_id: str) -> Path:
+    """:func:`predicted_image`, which must be there: else one :class:`DatasetError`."""
+    path = predicted_image(meta, image_id)
+    if path is None:
+        raise DatasetError(f"{root / layout.META}: records no image file for the labels of "
+                           f"{image_id} (not written by cellsynth predict?)")
     if not path.exists():
-        where = "" if given.is_absolute() else " (recorded relative to where predict ran)"
+        where = "" if path.is_absolute() else " (recorded relative to where predict ran)"
         raise DatasetError(f"{path}: no such file{where}; the labels in {root} were "
                            f"predicted from it (moved or deleted?)")
     return path
@@ -176,7 +183,7 @@ def _sources(root: Path, images: bool = True
     folder's meta.json says)."""
     if is_prediction_folder(root):
         meta = json.loads((root / layout.META).read_text())
-        return [(image_id, _predicted_image(root, meta, image_id) if images else None, path)
+        return [(image_id, _image_of(root, meta, image_id) if images else None, path)
                 for image_id, path in prediction_labels(root)], "cell"
     dataset = load_dataset(root, require_labels=True)
     return ([(s.id, s.image_path, s.label_path) for s in dataset],
