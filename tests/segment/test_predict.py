@@ -226,6 +226,30 @@ def test_predict_names_a_refiner_run_and_a_truncated_checkpoint(model, tmp_path)
         load_detector(tmp_path / "cut.pt")
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_file_cut_short_is_refused_before_any_image_is_predicted(model, tmp_path,
+                                                                   monkeypatch, suffix):
+    """A truncated copy among the images failed only when prediction reached it (hours into
+    a folder of sections), leaving the rows of tiles done before it; every header is now
+    read first, and the file named before one tile is predicted."""
+    from cellsynth.errors import ImageReadError
+    from cellsynth.segment import predict
+
+    run, sim = model
+    _one_image(sim, tmp_path / "images")
+    write_image(tmp_path / "images" / f"b{suffix}", read_image(tmp_path / "images" / "a.png"))
+    whole = (tmp_path / "images" / f"b{suffix}").read_bytes()
+    (tmp_path / "images" / f"b{suffix}").write_bytes(whole[:len(whole) - 100])
+    predicted = []
+    monkeypatch.setattr(predict, "predict_image",
+                        lambda *a, **k: predicted.append(1) or predict_image(*a, **k))
+    with pytest.raises(ImageReadError, match=rf"b\{suffix}: cannot read file \(corrupt"):
+        predict_folder(run, tmp_path / "images", tmp_path / "out", score_thresh=0.5,
+                       precision="fp32", progress=False)
+    assert predicted == []
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.proposals").exists()
+
+
 def test_predict_takes_a_single_image_file(model, tmp_path):
     run, sim = model
     path = sorted((sim / "images").iterdir())[0]

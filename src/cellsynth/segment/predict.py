@@ -27,6 +27,7 @@ from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_d
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
+    check_header,
     colour_of,
     foreign_files,
     match_channels,
@@ -547,6 +548,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     if labels_as not in ("auto", "tiff", "ome-zarr"):
         raise ConfigError(f"labels_as must be auto, tiff or ome-zarr, got {labels_as!r}")
     inputs = _inputs(Path(images))
+    for _, path in inputs:  # a bad file found hours in wastes them: every header first
+        if path.is_file():  # (a .zarr section: its metadata is read as it is opened)
+            check_header(path)
     detector = load_detector(run, device=device,  # int8 starts from fp32, says its own line
                              precision="fp32" if precision == "int8" else precision,
                              say_precision=precision != "int8")
