@@ -429,9 +429,11 @@ def _build_parser() -> argparse.ArgumentParser:
         return original_add_parser(name, formatter_class=_DefaultsHelp, **kwargs)
     sub.add_parser = add_parser
 
-    p = sub.add_parser("inspect", help="summarise a dataset folder (images, sizes, instances)")
-    p.add_argument("dir", type=Path, help="dataset folder (images/, labels/, meta.json), or one "
-                                          "image file or OME-Zarr (a whole section: its levels)")
+    p = sub.add_parser("inspect", help="summarise a dataset folder (images, sizes, instances) "
+                                       "or a predict output")
+    p.add_argument("dir", type=Path, help="dataset folder (images/, labels/, meta.json), one "
+                                          "image file or OME-Zarr (a whole section: its levels), "
+                                          "or a predict output")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("export", help="write a dataset or predictions for Cellpose, StarDist, "

@@ -11,7 +11,7 @@ from cellsynth.errors import DatasetError
 from cellsynth.evaluate import matching
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.export import export, label_polygons
-from cellsynth.io.images import read_labels, write_image, write_labels
+from cellsynth.io.images import read_image, read_labels, write_image, write_labels
 
 
 @pytest.fixture
@@ -81,16 +81,85 @@ def test_coco_annotations(dataset, tmp_path):
     assert (tmp_path / "c" / "images" / "a.png").is_file()
 
 
-def test_a_prediction_folder_exports_polygons_but_not_rasters(dataset, tmp_path):
-    pred = tmp_path / "pred"
+def _prediction(dataset, pred, images: str, level: int = 0):
+    """``pred``: the labels of ``dataset`` as ``cellsynth predict IMAGES --out PRED`` writes
+    them, its meta.json recording ``images`` (the folder predict was given) and each file."""
     (pred / "labels").mkdir(parents=True)
-    (pred / "meta.json").write_text(json.dumps({"stage": "predict"}))
-    (pred / "labels" / "a.tif").write_bytes((dataset / "labels" / "a.tif").read_bytes())
-    summary = export(pred, "geojson", tmp_path / "g")
-    assert summary["n_instances"] == 2
-    with pytest.raises(DatasetError, match="has no images; cellpose needs them"):
+    for name in ("a", "b"):
+        (pred / "labels" / f"{name}.tif").write_bytes(
+            (dataset / "labels" / f"{name}.tif").read_bytes())
+    per_image = {name: {"file": f"{name}.png", "pixel_size_um": None,
+                        **({"level": level} if level else {})} for name in ("a", "b")}
+    (pred / "meta.json").write_text(json.dumps({"stage": "predict", "images": images,
+                                                "images_pixel_size_um": per_image}))
+    return pred
+
+
+def test_a_prediction_folder_exports_polygons_whatever_became_of_its_images(dataset,
+                                                                            tmp_path):
+    pred = _prediction(dataset, tmp_path / "pred", str(tmp_path / "gone"))
+    assert export(pred, "geojson", tmp_path / "g")["n_instances"] == 4
+    (pred / "meta.json").write_text(json.dumps({"stage": "predict"}))  # records no image
+    assert export(pred, "geojson", tmp_path / "g2")["n_instances"] == 4
+    with pytest.raises(DatasetError, match="records no image file for the labels of a"):
         export(pred, "cellpose", tmp_path / "cp")
     assert not (tmp_path / "cp").exists()
+
+
+@pytest.mark.parametrize("recorded", ["absolute", "relative"])
+@pytest.mark.parametrize("to", ["cellpose", "stardist"])
+def test_a_prediction_exports_with_the_images_its_meta_json_records(dataset, tmp_path,
+                                                                    monkeypatch, to, recorded):
+    """predict records the folder it was given (relative, before it was recorded resolved:
+    taken from the current folder) and each image's file; the raster formats pair those
+    images with the predicted labels, as they pair a dataset's."""
+    monkeypatch.chdir(tmp_path)
+    images = str(dataset) if recorded == "absolute" else dataset.name
+    pred = _prediction(dataset, tmp_path / "pred", images)
+    assert export(pred, to, tmp_path / to)["n_instances"] == 4
+    back = load_dataset(tmp_path / to, require_labels=True)
+    assert [s.id for s in back] == ["a", "b"]
+    for sample in back:
+        image, labels = sample.read()
+        np.testing.assert_array_equal(image, read_image(dataset / "images" / f"{sample.id}.png"))
+        np.testing.assert_array_equal(labels, read_labels(pred / "labels" / f"{sample.id}.tif"))
+
+
+def test_a_predicted_image_no_longer_there_is_one_line_naming_it(dataset, tmp_path, capsys):
+    pred = _prediction(dataset, tmp_path / "pred", str(dataset))
+    (dataset / "images" / "b.png").unlink()
+    assert main(["export", str(pred), "--to", "stardist", "--out", str(tmp_path / "sd")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{dataset / 'images' / 'b.png'}: no such file" in err
+    assert not (tmp_path / "sd").exists()
+
+
+def test_a_prediction_at_a_pyramid_level_exports_that_level_with_its_channels(tmp_path):
+    """Labels predicted at level 1 of a 2-channel fluorescence pyramid pair with level 1, its
+    two channels kept (as planes: a 2-channel image is no RGB), not the level 0 file."""
+    import tifffile
+
+    planes = np.random.default_rng(0).integers(0, 4096, (2, 64, 48), dtype=np.uint16)
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    with tifffile.TiffWriter(folder / "a.ome.tif", ome=True) as tif:
+        tif.write(planes, subifds=1, tile=(16, 16), photometric="minisblack",
+                  metadata={"axes": "CYX"})
+        tif.write(planes[:, ::2, ::2], subfiletype=1, tile=(16, 16), photometric="minisblack")
+    pred = tmp_path / "pred"
+    (pred / "labels").mkdir(parents=True)
+    labels = np.zeros((32, 24), np.uint16)
+    labels[3:9, 4:12] = 1
+    write_labels(pred / "labels" / "a.tif", labels)
+    (pred / "meta.json").write_text(json.dumps({
+        "stage": "predict", "images": str(folder),
+        "images_pixel_size_um": {"a": {"file": "a.ome.tif", "level": 1,
+                                       "level0_shape": [64, 48]}}}))
+    for to, image in (("stardist", "images/a.tif"), ("cellpose", "a.tif")):
+        export(pred, to, tmp_path / to)
+        exported = read_image(tmp_path / to / image, all_channels=True)
+        np.testing.assert_array_equal(exported, planes[:, ::2, ::2].transpose(1, 2, 0))
 
 
 def test_polygons_keep_every_corner_of_the_pixel_outline_and_nothing_else():

@@ -3,7 +3,14 @@ import pytest
 import tifffile
 
 from cellsynth.errors import ImageReadError
-from cellsynth.io.images import read_image, read_labels, to_float, write_image, write_labels
+from cellsynth.io.images import (
+    check_header,
+    read_image,
+    read_labels,
+    to_float,
+    write_image,
+    write_labels,
+)
 
 
 def test_roundtrip_png_and_tif(tmp_path):
@@ -35,6 +42,25 @@ def test_truncated_png_names_the_file(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ImageReadError, match=r"cut\.png: cannot read file"):
         read_image(path)
+
+
+@pytest.mark.parametrize("name", ["a.png", "a.tif"])
+def test_check_header_finds_a_file_cut_short_without_reading_its_pixels(tmp_path, name):
+    """The header of a PNG or TIFF cut anywhere (a copy that stopped) is refused naming the
+    file; a whole one, or one with bytes after its end (padding), passes."""
+    path = tmp_path / name
+    write_image(path, np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    whole = path.read_bytes()
+    check_header(path)
+    path.write_bytes(whole + b"\0" * 100)
+    check_header(path)
+    for cut in (len(whole) - 1, len(whole) - 200, len(whole) // 2):
+        path.write_bytes(whole[:cut])
+        with pytest.raises(ImageReadError, match=rf"{name}: cannot read file \(corrupt or "):
+            check_header(path)
+    path.write_bytes(b"not an image at all")
+    with pytest.raises(ImageReadError, match=rf"{name}: cannot read file"):
+        check_header(path)
 
 
 def test_garbage_tif(tmp_path):

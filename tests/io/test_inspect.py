@@ -78,3 +78,28 @@ def test_one_section_file_is_summarised_with_its_levels_and_pixel_size(tmp_path,
     write_image(tmp_path / "plain" / "a.png", image)
     assert main(["inspect", str(tmp_path / "plain")]) == 0
     assert "pixel size   unknown (1) (give predict --pixel-size" in capsys.readouterr().out
+
+
+def test_a_prediction_folder_says_how_many_of_its_images_are_gone(tmp_path, capsys):
+    """A predict output (labels/ and meta.json, no images/) is described from its meta.json,
+    not refused as a dataset without images; images moved since are counted."""
+    import json
+
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    (tmp_path / "ds" / "images" / "a.png").write_bytes(b"")
+    (tmp_path / "pred" / "labels").mkdir(parents=True)
+    for name in ("a", "b"):
+        (tmp_path / "pred" / "labels" / f"{name}.tif").write_bytes(b"")  # (not decoded)
+    (tmp_path / "pred" / "meta.json").write_text(json.dumps({
+        "stage": "predict", "model": "run/best.pt", "model_step": 300, "score_thresh": 0.9,
+        "images": str(tmp_path / "ds"), "pixel_size_um": None, "n_instances": 42,
+        "images_pixel_size_um": {"a": {"file": "a.png", "pixel_size_um": 0.5},
+                                 "b": {"file": "b.png", "pixel_size_um": None, "level": 1}}}))
+    summary = summarize(tmp_path / "pred")
+    assert (summary["n_images"], summary["n_instances"], summary["images_missing"]) == (2, 42, 1)
+    assert main(["inspect", str(tmp_path / "pred")]) == 0
+    out = capsys.readouterr().out
+    assert "images       2 (pyramid level 0, 1)\n" in out
+    assert "detector     run/best.pt (step 300), score threshold 0.9\n" in out
+    assert "pixel size   0.5 um/px (1), unknown (1)\n" in out
+    assert f"predicted    from {tmp_path / 'ds'} (1 of 2 image(s) no longer there)" in out

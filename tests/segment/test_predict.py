@@ -261,6 +261,30 @@ def test_predict_names_a_refiner_run_and_a_truncated_checkpoint(model, tmp_path)
         load_detector(tmp_path / "cut.pt")
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_file_cut_short_is_refused_before_any_image_is_predicted(model, tmp_path,
+                                                                   monkeypatch, suffix):
+    """A truncated copy among the images failed only when prediction reached it (hours into
+    a folder of sections), leaving the rows of tiles done before it; every header is now
+    read first, and the file named before one tile is predicted."""
+    from cellsynth.errors import ImageReadError
+    from cellsynth.segment import predict
+
+    run, sim = model
+    _one_image(sim, tmp_path / "images")
+    write_image(tmp_path / "images" / f"b{suffix}", read_image(tmp_path / "images" / "a.png"))
+    whole = (tmp_path / "images" / f"b{suffix}").read_bytes()
+    (tmp_path / "images" / f"b{suffix}").write_bytes(whole[:len(whole) - 100])
+    predicted = []
+    monkeypatch.setattr(predict, "predict_image",
+                        lambda *a, **k: predicted.append(1) or predict_image(*a, **k))
+    with pytest.raises(ImageReadError, match=rf"b\{suffix}: cannot read file \(corrupt"):
+        predict_folder(run, tmp_path / "images", tmp_path / "out", score_thresh=0.5,
+                       precision="fp32", progress=False)
+    assert predicted == []
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.proposals").exists()
+
+
 def test_predict_takes_a_single_image_file(model, tmp_path):
     run, sim = model
     path = sorted((sim / "images").iterdir())[0]
@@ -387,6 +411,30 @@ def test_areas_in_um2_at_the_models_pixel_size_where_the_image_states_none(model
     assert len(rows) >= 3
     for row in rows:
         assert float(row["area_um2"]) == pytest.approx(areas[int(row["id"])] * 0.25, abs=1e-3)
+
+
+def test_inspect_describes_a_prediction_folder(model, tmp_path, monkeypatch, capsys):
+    """inspect PRED said 'no images found' (a prediction has labels/ only); it describes what
+    predict recorded, the images' folder resolved though predict was given it relative."""
+    from cellsynth.cli import main
+    from cellsynth.pipeline.layout import detector_checkpoint
+
+    run, sim = model
+    _one_image(sim, tmp_path / "plain")
+    monkeypatch.chdir(tmp_path)
+    predict_folder(run, "plain", "out", score_thresh=0.5, precision="fp32", pixel_size_um=0.5,
+                   progress=False)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["n_instances"] >= 3
+    capsys.readouterr()
+    assert main(["inspect", "out"]) == 0
+    out = capsys.readouterr().out
+    assert "prediction   out\nimages       1\n" in out
+    assert f"cells        {meta['n_instances']}\n" in out
+    assert (f"detector     {detector_checkpoint(run)} (step {meta['model_step']}), "
+            f"score threshold 0.5\n") in out
+    assert "pixel size   0.5 um/px\n" in out
+    assert f"predicted    from {(tmp_path / 'plain').resolve()}" in out
 
 
 def test_predict_writes_a_detections_table(model, tmp_path):
@@ -714,6 +762,10 @@ def test_a_pyramid_level_is_predicted_at_its_own_pixel_size_beside_a_meta_json(
         index = feature["properties"]["measurements"]["label"]
         assert np.allclose(feature["geometry"]["coordinates"][0], own[index] * 4, atol=0.01)
         assert feature["properties"]["measurements"]["area_px"] == int((labels == index).sum())
+    # the raster formats pair the labels with the level they were predicted at
+    export(tmp_path / "out", "stardist", tmp_path / "stardist")
+    np.testing.assert_array_equal(read_image(tmp_path / "stardist" / "images" / "slide.tif"),
+                                  image[::4, ::4])
     coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
     assert coco["images"][0] | {"id": 1} == {"id": 1, "file_name": "slide.svs",
                                             "height": 512, "width": 384}

@@ -10,10 +10,13 @@
 - ``coco``: ``annotations.json`` (one ``cell`` category, polygon segmentation, bbox, area)
   beside ``images/``.
 
-The source is a dataset folder (images/ + labels/) or a ``cellsynth predict`` output (labels/
-only; polygon formats need no images, the raster formats do). Outlines are the boundaries of
-the label masks (marching squares at 0.5, i.e. through the pixel edges with corners cut
-by half a pixel; collinear points dropped).
+The source is a dataset folder (images/ + labels/) or a ``cellsynth predict`` output (labels/;
+polygon formats need no images, the raster formats take each from where its meta.json says
+it was predicted from, at the pyramid level predicted). An image is copied where the target
+reads its file as it is, else written as TIFF (a Zarr section, an SVS, a pyramid's level;
+channels first where they are not RGB, as ImageJ and OME store them). Outlines are the
+boundaries of the label masks (marching squares at 0.5, i.e. through the pixel edges with
+corners cut by half a pixel; collinear points dropped).
 """
 
 from __future__ import annotations
@@ -28,18 +31,20 @@ import numpy as np
 
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.datasets import CELLPOSE_SUFFIX, file_id, load_dataset
-from cellsynth.io.files import staged_output_dir, write_json
+from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
+    colour_of,
     read_image,
     read_labels,
     write_image,
     write_labels,
 )
 from cellsynth.io.ome_zarr import is_ome_zarr, read_labels_zarr
+from cellsynth.io.sections import open_large_image, reads_lazily
 from cellsynth.pipeline import layout
 
-__all__ = ["FORMATS", "export", "label_polygons", "label_shapes"]
+__all__ = ["FORMATS", "export", "label_polygons", "label_shapes", "predicted_image"]
 
 FORMATS = ("cellpose", "stardist", "geojson", "coco")
 
@@ -142,14 +147,77 @@ def prediction_labels(root: Path) -> list[tuple[str, Path]]:
     return [(file_id(p), p) for p in files]
 
 
-def _sources(root: Path) -> tuple[list[tuple[str, Path | None, Path]], str]:
-    """(id, image or None, labels) of a dataset folder or a prediction folder, and which
-    outline of a QuPath cell its .geojson labels draw (the folder's meta.json says)."""
+def predicted_image(meta: dict[str, Any], image_id: str) -> Path | None:
+    """The image file (or .zarr section) that the labels of ``image_id`` of a prediction
+    folder were predicted from, as its meta.json (``meta``) records it: the file or folder
+    predict was given (absolute; relative in the folder of an older predict, then taken from
+    the current folder) and the image's file name in it. None if it records none; the file
+    may no longer be there."""
+    name = meta.get("images_pixel_size_um", {}).get(image_id, {}).get("file")
+    if not meta.get("images") or not name:
+        return None
+    given = Path(meta["images"])
+    if given.name == name or given.suffix.lower() == ".zarr":  # one image was predicted
+        return given
+    # (the images of a dataset folder are in its images/, as predict reads them)
+    return (given / "images" if (given / "images").is_dir() else given) / name
+
+
+def _image_of(root: Path, meta: dict[str, Any], image_id: str) -> Path:
+    """:func:`predicted_image`, which must be there: else one :class:`DatasetError`."""
+    path = predicted_image(meta, image_id)
+    if path is None:
+        raise DatasetError(f"{root / layout.META}: records no image file for the labels of "
+                           f"{image_id} (not written by cellsynth predict?)")
+    if not path.exists():
+        where = "" if path.is_absolute() else " (recorded relative to where predict ran)"
+        raise DatasetError(f"{path}: no such file{where}; the labels in {root} were "
+                           f"predicted from it (moved or deleted?)")
+    return path
+
+
+def _sources(root: Path, images: bool = True
+             ) -> tuple[list[tuple[str, Path | None, Path]], str]:
+    """(id, image or None, labels) of a dataset folder or a prediction folder (its images
+    only if ``images``), and which outline of a QuPath cell its .geojson labels draw (the
+    folder's meta.json says)."""
     if is_prediction_folder(root):
-        return [(image_id, None, path) for image_id, path in prediction_labels(root)], "cell"
+        meta = json.loads((root / layout.META).read_text())
+        return [(image_id, _image_of(root, meta, image_id) if images else None, path)
+                for image_id, path in prediction_labels(root)], "cell"
     dataset = load_dataset(root, require_labels=True)
     return ([(s.id, s.image_path, s.label_path) for s in dataset],
             dataset.geojson_geometry)
+
+
+def _opened(path: Path, level: int) -> Any:
+    """The image at ``path``, decoded (every channel) unless it is a whole section or a
+    pyramid level (then lazily: its shape is read from the header)."""
+    if level or reads_lazily(path):
+        return open_large_image(path, level=level)
+    return read_image(path, all_channels=True)
+
+
+def _put_image(source: Path, image: Any, level: int, target: Path, kept: tuple[str, ...]
+               ) -> Path:
+    """``source`` as ``target`` plus a suffix: copied if its suffix is one of ``kept``
+    (what the target tool reads as it is) and it is not a pyramid's level, else ``image``,
+    decoded, as TIFF. Returns the file written."""
+    if not level and source.is_file() and source.suffix.lower() in kept:
+        copy = target.parent / f"{target.name}{source.suffix}"
+        shutil.copyfile(source, copy)
+        return copy
+    array = np.asarray(image[:, :])  # (H, W[, C])
+    target = target.parent / f"{target.name}.tif"
+    if array.ndim == 2 or (array.shape[2] == 3 and colour_of(array, source)):
+        write_image(target, array)
+    else:  # channels that are not RGB: planes, as ImageJ and OME store fluorescence
+        import tifffile
+
+        with atomic_path(target) as tmp:
+            tifffile.imwrite(tmp, np.moveaxis(array, -1, 0), photometric="minisblack",
+                             compression="zlib", metadata={"axes": "CYX"})
+    return target
 
 
 GEOJSON_OBJECTS = ("detection", "annotation")  # QuPath objectType of exported cells
@@ -201,10 +269,8 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
         raise DatasetError(f"objects must be one of {', '.join(GEOJSON_OBJECTS)}, got "
                            f"{objects!r}")
     root = Path(source)
-    items, geometry = _sources(root)
-    if to in ("cellpose", "stardist") and any(image is None for _, image, _ in items):
-        raise DatasetError(f"{root}: a prediction folder has no images; {to} needs them "
-                           f"(export a dataset folder with images/ and labels/)")
+    # (polygons need no image: a prediction's may be a whole section, or elsewhere now)
+    items, geometry = _sources(root, images=to in ("cellpose", "stardist"))
     predicted = _predicted_images(root)  # (a dataset folder: none)
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": [{"id": 1, "name": "cell"}]}
@@ -216,8 +282,9 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
         if to == "coco" and any(image is not None for _, image, _ in items):
             (staging / "images").mkdir()
         for k, (image_id, image_path, label_path) in enumerate(items, start=1):
-            shape = (read_image(image_path, all_channels=True).shape[:2]
-                     if image_path is not None else None)
+            level = int(predicted.get(image_id, {}).get("level", 0))  # labels at its pixels
+            image = _opened(image_path, level) if image_path is not None else None
+            shape = tuple(int(n) for n in image.shape[:2]) if image is not None else None
             labels = (read_labels_zarr(label_path)[0] if is_ome_zarr(label_path)
                       else read_labels(label_path, shape=shape,
                                        geojson_geometry=geometry))
@@ -226,15 +293,13 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                     f"{label_path}: label size {labels.shape[0]}x{labels.shape[1]} does "
                     f"not match image {image_path.name} size {shape[0]}x{shape[1]}")
             n_cells += int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
-            if to == "cellpose":
-                shutil.copyfile(image_path, staging / f"{image_id}{image_path.suffix}")
+            if to == "cellpose":  # (it reads these; not .svs, a .zarr, a pyramid's level)
+                _put_image(image_path, image, level, staging / image_id,
+                           (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"))
                 write_labels(staging / f"{image_id}{CELLPOSE_SUFFIX}.tif", labels)
             elif to == "stardist":  # its idiom pairs images/*.tif with masks/*.tif by name
-                target = staging / "images" / f"{image_id}.tif"
-                if image_path.suffix.lower() in (".tif", ".tiff"):  # not .svs: its pyramid
-                    shutil.copyfile(image_path, target)
-                else:
-                    write_image(target, read_image(image_path, all_channels=True))
+                _put_image(image_path, image, level, staging / "images" / image_id,
+                           (".tif", ".tiff"))
                 write_labels(staging / "masks" / f"{image_id}.tif", labels)
             elif to == "geojson":
                 write_json(staging / f"{image_id}.geojson",

@@ -32,6 +32,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "TIFF_SUFFIXES",
     "channels_last",
+    "check_header",
     "colour_of",
     "foreign_files",
     "guess_axes",
@@ -248,6 +249,61 @@ def _read_imageio(path: Path) -> np.ndarray:
         if not issubclass(w.category, (DeprecationWarning, ResourceWarning)):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return image
+
+
+def _png_ends_early(path: Path, size: int) -> bool:
+    """Whether a PNG's chunks (length, type, data, CRC: stepped over, not read) run past the
+    end of its ``size`` bytes before its IEND chunk: a truncated copy."""
+    with open(path, "rb") as f:
+        f.seek(8)  # (the signature)
+        while True:
+            head = f.read(8)
+            end = f.tell() + int.from_bytes(head[:4], "big") + 4
+            if len(head) < 8 or end > size:
+                return True
+            if head[4:] == b"IEND":
+                return False
+            f.seek(end)
+
+
+def check_header(path: str | os.PathLike) -> None:
+    """Check an image file from its header, without decoding a pixel: a cheap look at every
+    file of a folder before hours of work reach a bad one. Raises :class:`ImageReadError`
+    naming the file where the header cannot be read, or the file ends before its data does
+    (a truncated copy: a TIFF's strips or tiles, a PNG's chunks run past its end). What only
+    decoding finds (a corrupt byte inside, a JPEG cut short) :func:`read_image` still finds."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    size = path.stat().st_size
+    notes, logger = _Notes(), logging.getLogger("tifffile")
+    logger.addHandler(notes)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:  # (the IFDs: offsets and sizes, no pixels)
+                for level in tif.series[0].levels:
+                    for page in filter(None, level.pages):
+                        ends = np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)
+                        if ends.size and int(ends.max()) > size:
+                            raise ImageReadError(f"its data runs past its end ({size} bytes)")
+        else:
+            from PIL import Image
+
+            Image.open(path).close()  # (reads the header: size and mode, no pixels)
+            if path.suffix.lower() == ".png" and _png_ends_early(path, size):
+                raise ImageReadError(f"its data runs past its end ({size} bytes)")
+    except Exception as err:  # the readers raise many types for corrupt files
+        said = [m.split("> ", 1)[-1] for m in notes.messages]  # what tifffile saw first
+        reason = str(err) if isinstance(err, ImageReadError) else (said[0] if said
+                                                                   else _reason(err))
+        raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
+                             f"{reason}") from err
+    finally:
+        logger.removeHandler(notes)
+        logger.propagate = propagate
 
 
 def read_image(path: str | os.PathLike, *, all_channels: bool = False) -> np.ndarray:

@@ -1,9 +1,11 @@
-"""Summarise a dataset folder: image count, sizes, dtypes, channels, instances and their areas."""
+"""Summarise a dataset folder (image count, sizes, dtypes, channels, instances and their
+areas), one image, or a ``cellsynth predict`` output (what its meta.json records)."""
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +23,11 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
     OME-Zarr; :func:`cellsynth.io.sections.reads_lazily`) are opened, not decoded: their
     size, dtype and channels come from the file's header.
     """
+    from cellsynth.io.export import is_prediction_folder
     from cellsynth.io.sections import open_large_image, reads_lazily
 
+    if os.path.isdir(root) and is_prediction_folder(Path(root)):
+        return _summarize_prediction(Path(root))
     if os.path.isfile(root) or (str(root).lower().endswith(".zarr") and os.path.isdir(root)
                                 and not os.path.isdir(os.path.join(root, "images"))):
         return _summarize_file(root)
@@ -78,6 +83,61 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
     return summary
 
 
+def _summarize_prediction(root: Path) -> dict[str, Any]:
+    """A prediction folder as its meta.json records it (no label map is decoded: a whole
+    section's would be a whole section): images and cells, the detector, the pixel size and
+    where the images predicted are, and how many of them are no longer there (export to
+    Cellpose or StarDist needs them)."""
+    import json
+
+    from cellsynth.io.export import predicted_image, prediction_labels
+    from cellsynth.pipeline import layout
+
+    meta = json.loads((root / layout.META).read_text())
+    labels = prediction_labels(root)
+    per_image = meta.get("images_pixel_size_um", {})
+    sizes: Counter[str] = Counter(
+        f"{v['pixel_size_um']:g} um/px" if v.get("pixel_size_um") else "unknown"
+        for v in per_image.values())
+    images = [predicted_image(meta, image_id) for image_id, _ in labels]
+    return {"root": str(root), "prediction": True, "n_images": len(labels),
+            "n_instances": meta.get("n_instances"), "model": meta.get("model"),
+            "model_step": meta.get("model_step"), "score_thresh": meta.get("score_thresh"),
+            "pixel_size_um": meta.get("pixel_size_um"),
+            **({"pixel_sizes_stated": dict(sizes.most_common())}
+               if meta.get("pixel_size_um") is None and sizes else {}),
+            "levels": sorted({int(v.get("level", 0)) for v in per_image.values()}),
+            "images": meta.get("images"),
+            "images_missing": sum(p is None or not p.exists() for p in images)}
+
+
+def _counts(d: dict) -> str:
+    return ", ".join(f"{k} ({v})" for k, v in d.items())
+
+
+def _format_prediction(summary: dict[str, Any]) -> list[str]:
+    """The lines of :func:`format_summary` for a prediction folder."""
+    step = f" (step {summary['model_step']})" if summary.get("model_step") is not None else ""
+    cells = summary["n_instances"]
+    lines = [f"{'prediction':<12} {summary['root']}",
+             f"images       {summary['n_images']}"
+             + (f" (pyramid level {', '.join(map(str, summary['levels']))})"
+                if any(summary["levels"]) else ""),
+             f"cells        {cells if cells is not None else 'unknown'}",
+             f"detector     {summary['model'] or 'unknown'}{step}"
+             + (f", score threshold {summary['score_thresh']:g}"
+                if summary.get("score_thresh") is not None else "")]
+    if summary.get("pixel_size_um") is not None:
+        lines.append(f"pixel size   {summary['pixel_size_um']:g} um/px")
+    elif summary.get("pixel_sizes_stated"):
+        lines.append(f"pixel size   {_counts(summary['pixel_sizes_stated'])}")
+    missing = summary["images_missing"]
+    lines.append(f"predicted    from {summary['images'] or 'images not recorded'}"
+                 + (f" ({missing} of {summary['n_images']} image(s) no longer there)"
+                    if missing and summary["images"] else ""))
+    return lines
+
+
 def _summarize_file(path: str | os.PathLike) -> dict[str, Any]:
     """One image file (or OME-Zarr) as a user would ask about it before predicting it: size,
     pyramid levels, dtype, channels and the pixel size it states; read lazily, not decoded."""
@@ -103,9 +163,9 @@ def _summarize_file(path: str | os.PathLike) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     """Render :func:`summarize` output as a few aligned lines for the terminal."""
 
-    def counts(d: dict) -> str:
-        return ", ".join(f"{k} ({v})" for k, v in d.items())
-
+    counts = _counts
+    if summary.get("prediction"):
+        return "\n".join(_format_prediction(summary))
     lines = [
         f"{'image' if summary.get('file') else 'dataset':<12} {summary['root']}",
         f"images       {summary['n_images']} ({summary['n_labeled']} with labels"

@@ -27,6 +27,7 @@ from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_d
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
+    check_header,
     colour_of,
     foreign_files,
     match_channels,
@@ -560,6 +561,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     if labels_as not in ("auto", "tiff", "ome-zarr"):
         raise ConfigError(f"labels_as must be auto, tiff or ome-zarr, got {labels_as!r}")
     inputs = _inputs(Path(images))
+    for _, path in inputs:  # a bad file found hours in wastes them: every header first
+        if path.is_file():  # (a .zarr section: its metadata is read as it is opened)
+            check_header(path)
     detector = load_detector(run, device=device,  # int8 starts from fp32, says its own line
                              precision="fp32" if precision == "int8" else precision,
                              say_precision=precision != "int8")
@@ -667,7 +671,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         write_json(root / layout.META, {
             "cellsynth_version": __version__, "stage": "predict", "model": detector.source,
             "model_step": detector.step, "score_thresh": detector.score_thresh
-            if score_thresh is None else score_thresh, "images": str(images),
+            if score_thresh is None else score_thresh,
+            "images": str(Path(images).resolve()),  # where export finds them, from anywhere
             "pixel_size_um": shared_px,  # the labels are at the images' own pixels
             "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
             "n_images": len(inputs), "n_instances": n_cells, "tta": tta,
