@@ -110,6 +110,38 @@ def test_fingerprints_follow_contents_and_the_one_seed(tmp_path):
     assert not [line for line in said if "skipped" in line]
 
 
+def _plan_of_no_work(monkeypatch) -> None:
+    """Every stage of the real plan, with its real fingerprint, doing nothing when run."""
+    plan = stages.plan
+    monkeypatch.setattr(stages, "plan", lambda cfg: [replace(s, run=lambda *a, **kw: {})
+                                                     for s in plan(cfg)])
+
+
+def test_a_rerun_names_the_setting_or_the_input_that_changed(tmp_path, monkeypatch):
+    _plan_of_no_work(monkeypatch)
+    real = _real(tmp_path / "real")
+    config, out, said = _config(real), tmp_path / "run", []
+    run(config, out, progress=False, log=lambda _: None)
+    run(replace(config, pretrain=replace(config.pretrain, steps=3)), out, progress=False,
+        log=said.append)
+    assert "[pretrain] running again: pretrain.steps 2 -> 3 changed" in said
+    assert "[predict] running again: what it reads (pretrain) changed" in said
+    said.clear()
+    write_image(real / "r0.png", np.full((64, 64), 7, np.uint8))
+    run(replace(config, pretrain=replace(config.pretrain, steps=3)), out, progress=False,
+        log=said.append)
+    assert "[refiner] running again: what it reads (real.unlabeled) changed" in said
+    # a state.json written before the records were kept: the general words
+    state = json.loads((out / "state.json").read_text())
+    (out / "state.json").write_text(json.dumps(
+        {name: {k: v for k, v in entry.items() if k != "hashed"}
+         for name, entry in state.items()}))
+    said.clear()
+    run(config, out, progress=False, log=said.append)
+    assert ("[pretrain] running again: its settings or what it reads changed since it last "
+            "ran") in said
+
+
 def test_content_fingerprint_ignores_place_and_hidden_files(tmp_path):
     a = _real(tmp_path / "a")
     before = content_fingerprint(a)
