@@ -35,7 +35,7 @@ from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
 
 __all__ = ["run", "fingerprint", "content_fingerprint", "stage_fingerprints", "RunState",
-           "claim", "Parts"]
+           "claim", "Parts", "duration"]
 
 # files up to this size are fingerprinted by their bytes, larger ones by size and mtime
 HASH_BYTES_UP_TO = 1 << 20
@@ -211,7 +211,7 @@ def _shown(values: dict[str, Any], key: str) -> str:
     return "unset" if key not in values else json.dumps(values[key])
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """42 s, 3.5 min or 1 h 05 min."""
     if seconds < 60:
         return f"{seconds:.0f} s"
@@ -264,14 +264,27 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool,
         else:
             doing = "running"
         log(f"[{stage.name}] {doing}")
-        state.mark(stage.name, stage_fingerprint, done=False, hashed=hashed)
+        # a stage's time is that of all the runs that worked on it since its fingerprint was
+        # set: a resumed one adds to what the runs before the kill spent
+        entry = state.data.get(stage.name, {}) if status == "interrupted" else {}
+        earlier = entry.get("seconds", 0.0)
+        runs = entry.get("runs", 1) + 1 if entry else 1
+        state.mark(stage.name, stage_fingerprint, done=False, hashed=hashed, seconds=earlier,
+                   runs=runs)
         started = time.perf_counter()
-        summary = stage.run(config, out, resume=status == "interrupted", progress=progress)
-        seconds = round(time.perf_counter() - started, 1)
+        try:
+            summary = stage.run(config, out, resume=status == "interrupted", progress=progress)
+        except BaseException:  # stopped (Ctrl-C, SIGTERM) or failed: its time so far counts
+            state.mark(stage.name, stage_fingerprint, done=False, hashed=hashed, runs=runs,
+                       seconds=round(earlier + time.perf_counter() - started, 1))
+            raise
+        now = time.perf_counter() - started
+        seconds = round(earlier + now, 1)
         state.mark(stage.name, stage_fingerprint, done=True, summary=summary, seconds=seconds,
-                   hashed=hashed)
+                   runs=runs, hashed=hashed)
         summaries[stage.name] = summary
         left = len(plan) - 1 - plan.index(stage)
-        log(f"[{stage.name}] done in {_duration(seconds)}"
+        log(f"[{stage.name}] done in {duration(seconds)}"
+            + (f" in all ({duration(now)} this time)" if earlier else "")
             + (f"; {left} stage{'s' if left > 1 else ''} to go" if left else ""))
     return summaries
