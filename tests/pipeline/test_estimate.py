@@ -36,6 +36,28 @@ class FakeTimer:
     def refiner_images(self, config, channels, size):
         return 0.125 * (size / 128) ** 2
 
+    def detector_load(self, config, channels):
+        return 0.0
+
+    def prediction_writes(self, height, width, channels):
+        return 0.0
+
+    def fit_images(self, base, side, radii, seed=0):
+        return 0.0, 0.0
+
+
+class CostlyTimer(FakeTimer):
+    """What prediction and the simulator fit spend besides the network's forward pass."""
+
+    def detector_load(self, config, channels):
+        return 3.0
+
+    def prediction_writes(self, height, width, channels):
+        return 2.0 * height * width / 1e6  # 2 s per megapixel
+
+    def fit_images(self, base, side, radii, seed=0):
+        return 0.5 * (side / 128) ** 2, 0.25 * (side / 128) ** 2  # render, measure
+
 
 def _folder(root: Path, shapes: list[tuple[int, int]], *, labels: bool = False) -> Path:
     (root / "images").mkdir(parents=True)
@@ -165,6 +187,15 @@ def test_the_real_timer_times_a_tiny_detector_and_caches_it(monkeypatch):
                         lambda model, images: quantized.append(images) or real(model, images))
     int8 = timer.detector_forward_per_mpx(replace(config, precision="int8"), 1)
     assert math.isfinite(int8) and len(quantized) == 1
+    # what prediction and the simulator fit spend besides the network
+    assert 0 < timer.detector_load(config, 1) < 60
+    assert 0 < timer.prediction_writes(64, 80, 1) < 60
+    from cellsynth.simulate import preset
+    from cellsynth.simulate.fit import search_plan
+
+    base = preset("fluo")
+    render, measure = timer.fit_images(base, 128, search_plan([(128, 128)], base).radii)
+    assert render > 0 and measure > 0
 
 
 def test_cli_estimate_prints_the_stages_and_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -233,3 +264,52 @@ def test_pretraining_validated_on_the_simulation_is_priced_over_those_images(tmp
     assert by_stage[layout.PRETRAIN].seconds == pytest.approx(250 * 2.0 + 3 * synthetic * 10)
     assert f"3 validations over {synthetic:.2f} MP" in by_stage[layout.PRETRAIN].detail
     assert by_stage[layout.FINETUNE].seconds == pytest.approx(100 * 0.5 + 2 * real * 10.0)
+
+
+def test_the_simulator_fit_is_priced_by_its_batches_of_simulated_images(tmp_path):
+    """simulate.fit_from: the fit simulates and measures batches of images at the side the
+    real images set (search_plan), measures the real images once and renders a preview."""
+    from cellsynth.simulate import preset
+    from cellsynth.simulate.fit import search_plan
+
+    config = _config(tmp_path)
+    config = replace(config, simulate=replace(config.simulate, fit_from="real.unlabeled"))
+    fit = {e.stage: e for e in estimate(config, timer=CostlyTimer(), channels=1)}[layout.FIT]
+    plan = search_plan([(600, 600)], preset("fluo"))  # (at the preset's pixel size)
+    each = 0.75 * (plan.side / 128) ** 2
+    assert fit.seconds is not None and "not timed" not in fit.detail
+    # batches x images, plus the real image measured and the preview: more, not much more
+    assert plan.batches * plan.n_sim * each < fit.seconds < (plan.batches + 1) * plan.n_sim \
+        * each
+    # twice the real images to measure: more time
+    more = _folder(tmp_path / "more", [(600, 600)] * 2)
+    config = replace(config, real=replace(config.real, unlabeled=str(more)))
+    assert {e.stage: e for e in estimate(config, timer=CostlyTimer(), channels=1)}[
+        layout.FIT].seconds > fit.seconds
+
+
+def test_prediction_is_priced_with_its_load_and_each_images_writes(tmp_path):
+    """Predicting: the detector loaded once, each image's tiles forwarded, then each image
+    painted and written; where the images were rescaled, written again at their own size."""
+    config = _config(tmp_path)
+    options = replace(config.predict, tta=False)
+    mpx = 256 * 256 / 1e6
+    seconds = {}
+    for n in (1, 4):
+        test = _folder(tmp_path / f"test{n}", [(256, 256)] * n, labels=True)
+        by_stage = {e.stage: e for e in estimate(
+            replace(config, predict=options, real=replace(config.real, test=str(test))),
+            timer=CostlyTimer(), channels=1)}
+        seconds[n] = by_stage[layout.PREDICT].seconds
+    assert seconds[1] == pytest.approx(3.0 + mpx * 10.0 + mpx * 2.0)
+    # each further image adds its writes besides its forward pass, the load is once
+    assert seconds[4] - seconds[1] == pytest.approx(3 * (mpx * 10.0 + mpx * 2.0))
+    assert "4 image(s) painted and written" in by_stage[layout.PREDICT].detail
+    # at 0.5 um/px, simulated at 1.0: forwarded and written at 128², written again at 256²
+    rescaled = replace(config, predict=options,
+                       real=replace(config.real, pixel_size_um=0.5),
+                       simulate=replace(config.simulate, pixel_size_um=1.0))
+    small = 128 * 128 / 1e6
+    by_stage = {e.stage: e for e in estimate(rescaled, timer=CostlyTimer(), channels=1)}
+    assert by_stage[layout.PREDICT].seconds == pytest.approx(
+        3.0 + small * 10.0 + small * 2.0 + mpx * 2.0)

@@ -111,6 +111,76 @@ def test_fingerprints_follow_contents_and_the_one_seed(tmp_path):
     assert not [line for line in said if "skipped" in line]
 
 
+def _plan_of_no_work(monkeypatch) -> None:
+    """Every stage of the real plan, with its real fingerprint, doing nothing when run."""
+    plan = stages.plan
+    monkeypatch.setattr(stages, "plan", lambda cfg: [replace(s, run=lambda *a, **kw: {})
+                                                     for s in plan(cfg)])
+
+
+def test_a_rerun_names_the_setting_or_the_input_that_changed(tmp_path, monkeypatch):
+    _plan_of_no_work(monkeypatch)
+    real = _real(tmp_path / "real")
+    config, out, said = _config(real), tmp_path / "run", []
+    run(config, out, progress=False, log=lambda _: None)
+    run(replace(config, pretrain=replace(config.pretrain, steps=3)), out, progress=False,
+        log=said.append)
+    assert "[pretrain] running again: pretrain.steps 2 -> 3 changed" in said
+    assert "[predict] running again: what it reads (pretrain) changed" in said
+    said.clear()
+    write_image(real / "r0.png", np.full((64, 64), 7, np.uint8))
+    run(replace(config, pretrain=replace(config.pretrain, steps=3)), out, progress=False,
+        log=said.append)
+    assert "[refiner] running again: what it reads (real.unlabeled) changed" in said
+    # a state.json written before the records were kept: the general words
+    state = json.loads((out / "state.json").read_text())
+    (out / "state.json").write_text(json.dumps(
+        {name: {k: v for k, v in entry.items() if k != "hashed"}
+         for name, entry in state.items()}))
+    said.clear()
+    run(config, out, progress=False, log=said.append)
+    assert ("[pretrain] running again: its settings or what it reads changed since it last "
+            "ran") in said
+
+
+def test_a_resumed_stage_counts_the_time_of_every_run_that_worked_on_it(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from cellsynth.pipeline import run as run_module
+    from cellsynth.pipeline.report import write_report
+
+    clock, calls = [0.0], []
+    monkeypatch.setattr(run_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    plan = stages.plan
+
+    def pretrain(*args, **kwargs):  # 100 s, then killed; 40 s more when resumed
+        calls.append(kwargs["resume"])
+        clock[0] += 100.0 if len(calls) == 1 else 40.0
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return {}
+
+    monkeypatch.setattr(stages, "plan", lambda cfg: [
+        replace(s, run=pretrain if s.name == "pretrain" else lambda *a, **kw: {})
+        for s in plan(cfg)])
+    config, out, said = _config(_real(tmp_path / "real")), tmp_path / "run", []
+    with pytest.raises(KeyboardInterrupt):
+        run(config, out, progress=False, log=lambda _: None)
+    run(config, out, progress=False, log=said.append)
+    assert calls == [False, True]
+    entry = json.loads((out / "state.json").read_text())["pretrain"]
+    assert (entry["seconds"], entry["runs"]) == (140.0, 2)
+    assert [line for line in said if line.startswith("[pretrain] done")][0].startswith(
+        "[pretrain] done in 2.3 min in all (40 s this time); ")
+    assert "<td>pretrain</td><td>done</td><td>2.3 min (2 runs)</td>" in (
+        write_report(out).read_text())
+    # redone from scratch (new settings): its time starts again
+    run(replace(config, pretrain=replace(config.pretrain, steps=3)), out, progress=False,
+        log=lambda _: None)
+    entry = json.loads((out / "state.json").read_text())["pretrain"]
+    assert (entry["seconds"], entry["runs"]) == (40.0, 1)
+
+
 def test_content_fingerprint_ignores_place_and_hidden_files(tmp_path):
     a = _real(tmp_path / "a")
     before = content_fingerprint(a)
@@ -943,7 +1013,7 @@ def test_predict_precision_reaches_the_prediction_and_is_checked(tmp_path, monke
 
 
 def test_stage_durations_read_as_seconds_minutes_or_hours():
-    from cellsynth.pipeline.run import _duration
+    from cellsynth.pipeline.run import duration
 
-    assert [_duration(t) for t in (42.4, 90, 2140.5, 3599, 3600, 3959, 7199)] == [
+    assert [duration(t) for t in (42.4, 90, 2140.5, 3599, 3600, 3959, 7199)] == [
         "42 s", "1.5 min", "35.7 min", "1 h 00 min", "1 h 00 min", "1 h 06 min", "2 h 00 min"]

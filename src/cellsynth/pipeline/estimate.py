@@ -11,37 +11,40 @@ synthetic inputs (a step's cost does not depend on what the pixels show), and mu
   every simulated image;
 - each detector's steps (pretraining, fine-tuning, self-training) plus its validations, a
   forward pass over the validation images' tiles every ``val_every`` steps;
-- prediction: a forward pass over the tiles `predict` cuts from the predicted images at the
-  working pixel size (``predict.tile`` or its default, balanced), 8 times with ``tta``, and
-  8 times over the unannotated images for pseudo labels. Blank tiles of glass are counted
-  as predicted (an upper bound for sections).
+- prediction: loading the detector, then a forward pass over the tiles `predict` cuts from
+  the predicted images at the working pixel size (``predict.tile`` or its default, balanced),
+  8 times with ``tta``, and 8 times over the unannotated images for pseudo labels; a forward
+  pass is the network and the decoding, refinement and NMS of its proposals, on stand-in
+  cells. Each predicted image is then painted and written (labels, detections CSV, overlay;
+  once more at the original pixels where the images were rescaled). Blank tiles of glass are
+  counted as predicted (an upper bound for sections);
+- the simulator fit (``simulate.fit_from``): its batches of simulated images
+  (:func:`cellsynth.simulate.fit.search_plan`), each rendered and measured, the real images
+  measured once and the preview's renders, from a few images rendered and measured here.
 
 Not timed (seconds to a few minutes each): simulation, copying and rescaling, choosing a
-refiner step, the count threshold, evaluation, realism and the
-report; the painting of cells after a forward pass is not counted either. A stage that RUN
-holds already, done with an unchanged fingerprint, counts 0. Nothing is written.
+refiner step, the count threshold, evaluation, realism and the report; neither are merging
+the views of ``tta``, measuring the faint cut, a fit's extra batch where its search runs
+away, or writing pseudo labels. A stage that RUN holds already, done with an unchanged
+fingerprint, counts 0. Nothing is written.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig
+from cellsynth.pipeline.timing import Timer, blob_labels
 
 __all__ = ["StageEstimate", "estimate", "format_estimate", "Timer", "blob_labels",
            "tiled_pixels"]
 
 _VAL_TILE = 512  # validation tiles (trainer.validate)
-_TILE = 512  # the forward pass is timed on such tiles (cost per megapixel)
 
 
 @dataclass(frozen=True)
@@ -49,208 +52,6 @@ class StageEstimate:
     stage: str
     seconds: float | None  # None: not timed (cheap); 0 for a stage RUN holds already
     detail: str
-
-
-class Timer:
-    """Measures the per-step and per-pixel costs the estimate multiplies (cached per shape).
-
-    Each measurement runs ``warmup`` steps (oneDNN builds its kernels on the first calls)
-    and reports the median of ``steps`` more.
-    """
-
-    def __init__(self, device: str = "cpu", *, warmup: int = 1, steps: int = 3) -> None:
-        self.device, self.warmup, self.steps = device, warmup, steps
-        self._cache: dict[Any, float] = {}
-
-    def _median(self, step: Callable[[], None]) -> float:
-        for _ in range(self.warmup):
-            step()
-        times = []
-        for _ in range(self.steps):
-            started = time.perf_counter()
-            step()
-            if str(self.device).startswith("cuda"):  # (the GPU's work is asynchronous)
-                import torch
-
-                torch.cuda.synchronize(self.device)
-            times.append(time.perf_counter() - started)
-        return float(np.median(times))
-
-    @staticmethod
-    def _network_key(config: Any, channels: int) -> tuple:
-        from cellsynth.segment.trainer import model_spec
-
-        return tuple(sorted(model_spec(config, channels).items())) + (config.precision,)
-
-    def _detector(self, config: Any, channels: int) -> Any:
-        """A freshly initialised CPN as the trainer builds it, in the precision it would use."""
-        import torch
-
-        from cellsynth.hardware import choose_precision
-        from cellsynth.segment import cpn
-        from cellsynth.segment.trainer import model_spec
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = cpn.build_model(**model_spec(config, channels)).to(self.device)
-        cpn.set_core_precision(model, choose_precision(config.precision, self.device).name)
-        return model
-
-    def detector_step(self, config: Any, channels: int) -> float:
-        """Seconds per training step of a detector with this TrainConfig: the network's step
-        plus the batch's crops and targets, or, with ``config.workers``, the slower of the
-        network and the workers (each preparing one batch in the time of ``workers`` steps,
-        on cores of their own)."""
-        import torch
-
-        key = ("detector", self._network_key(config, channels), config.crop, config.batch,
-               torch.get_num_threads())
-        if key not in self._cache:
-            self._cache[key] = self._detector_step(config, channels)
-        network, batch = self._cache[key]
-        workers = getattr(config, "workers", 0)
-        return max(network, batch / workers) if workers else network + batch
-
-    def _detector_step(self, config: Any, channels: int) -> tuple[float, float]:
-        """(seconds of the network's step on a prepared batch, seconds to prepare one)"""
-        import torch
-
-        from cellsynth.segment import cpn
-        from cellsynth.simulate import simulate
-
-        rng = np.random.default_rng(0)
-        model = self._detector(config, channels)
-        crops = []
-        for image, labels in simulate("nissl", config.batch, config.crop, seed=0):
-            image = image.astype(np.float32) / 255
-            crops.append(((image if image.ndim == 3 else image[..., None])[..., :1].repeat(
-                channels, axis=-1), labels))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        model.train()
-
-        def prepare() -> dict[str, torch.Tensor]:
-            # training makes every crop's targets anew each step: time that too
-            items = []
-            for image, labels in crops:
-                item = cpn.training_targets(labels, samples=model.samples, order=model.order,
-                                            rng=rng)
-                item["inputs"] = image
-                items.append(item)
-            return cpn.collate(items)
-
-        prepared = prepare()
-
-        def step() -> None:
-            batch = {k: v.to(self.device) for k, v in prepared.items()}
-            loss = model(batch["inputs"], targets=batch)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        return self._median(step), self._median(prepare)
-
-    def detector_forward_per_mpx(self, config: Any, channels: int) -> float:
-        """Seconds per megapixel of a detector's forward pass (prediction's network part);
-        ``config.precision`` may be int8 (`predict --precision int8`: timed quantised)."""
-        key = ("forward", self._network_key(config, channels))
-        if key not in self._cache:
-            import torch
-
-            from cellsynth.segment import cpn
-
-            int8 = config.precision == "int8"
-            model = self._detector(replace(config, precision="fp32") if int8 else config,
-                                   channels)
-            cpn.prepare_for_inference(model)
-            x = torch.rand(1, channels, _TILE, _TILE, device=self.device)
-            if int8:
-                from cellsynth.segment.quantize import quantize_core
-
-                model = quantize_core(model, [x[0].permute(1, 2, 0).cpu().numpy()])
-            else:
-                x = x.contiguous(memory_format=torch.channels_last)
-
-            def step() -> None:
-                with torch.no_grad():
-                    model.core(x)
-
-            self._cache[key] = self._median(step) / (_TILE * _TILE / 1e6)
-        return self._cache[key]
-
-    def refiner_step(self, config: Any, channels: int) -> float:
-        """Seconds per refiner training step (with the judge's loss where it has one)."""
-        from cellsynth.config import to_dict
-
-        key = ("refiner", str(sorted(to_dict(config).items())), channels)
-        if key not in self._cache:
-            import torch
-
-            from cellsynth.refine.consistency import SemanticJudge
-            from cellsynth.refine.trainer import new_state, train_step
-
-            rng = np.random.default_rng(0)
-            state = new_state(replace(config, seed=0), channels, self.device)
-            if config.consistency > 0:  # the loss costs the same with untrained weights
-                state.judge = SemanticJudge(channels).to(state.device).eval()
-                state.judge.requires_grad_(False)
-            c, b = config.crop, config.batch
-            sim = torch.from_numpy(rng.uniform(-1, 1, (b, channels, c, c)).astype(np.float32))
-            real = torch.from_numpy(rng.uniform(-1, 1, (b, channels, c, c)).astype(np.float32))
-            labels = torch.from_numpy(blob_labels(rng, b, c))
-            self._cache[key] = self._median(lambda: train_step(state, sim, labels, real))
-        return self._cache[key]
-
-    def refiner_images(self, config: Any, channels: int, size: int) -> float:
-        """Seconds to refine one simulated image of ``size``² (generation, in batches of 8)."""
-        from cellsynth.config import to_dict
-
-        key = ("generate", str(sorted(to_dict(config).items())), channels, size)
-        if key not in self._cache:
-            from cellsynth.refine.generate import Refiner, refine_images
-            from cellsynth.refine.trainer import new_state
-
-            rng = np.random.default_rng(0)
-            state = new_state(replace(config, seed=0), channels, self.device)
-            refiner = Refiner(state.generator, config, step=0, checkpoint=None,
-                              device=state.device, bf16=state.bf16)
-            shape = (size, size) if channels == 1 else (size, size, channels)
-            images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(8)]
-            labels = list(blob_labels(rng, 8, size))
-            self._cache[key] = self._median(
-                lambda: refine_images(refiner, images, labels, batch=8)) / 8
-        return self._cache[key]
-
-    def judge_training(self, config: Any, channels: int) -> float:
-        """Seconds to train the refiner's semantic judge (``consistency_steps`` steps)."""
-        key = ("judge", config.crop, config.consistency_steps, channels)
-        if key not in self._cache:
-            import torch
-
-            from cellsynth.refine.consistency import train_judge
-
-            c = config.crop
-
-            def sample(n: int, rng: np.random.Generator) -> tuple[Any, Any]:
-                images = rng.uniform(-1, 1, (n, channels, c, c)).astype(np.float32)
-                return torch.from_numpy(images), torch.from_numpy(blob_labels(rng, n, c))
-
-            steps = 3
-            started = time.perf_counter()
-            train_judge(sample, channels, steps=steps, device=self.device)
-            self._cache[key] = (time.perf_counter() - started) / steps * config.consistency_steps
-        return self._cache[key]
-
-
-def blob_labels(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """(n, size, size) int64 label maps of random round blobs (r 10 px, one per 600 px²):
-    stand-in cells for timing, where what the pixels show does not matter."""
-    yy, xx = np.mgrid[:size, :size]
-    labels = np.zeros((n, size, size), np.int64)
-    for i in range(n):
-        for k in range(1, size * size // 600 + 1):
-            cy, cx = rng.integers(size, size=2)
-            labels[i][(yy - cy) ** 2 + (xx - cx) ** 2 < 100] = k
-    return labels
 
 
 def tiled_pixels(height: int, width: int, tile: int, overlap: int, *,
@@ -337,7 +138,8 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
                                      f"{val_megapixels:.2f} MP, {_minutes(val)}"
                                      if validations else ""))
 
-    def predict(role: str, views: int, precision: str = "auto") -> tuple[float, str]:
+    def predict(role: str, views: int, precision: str = "auto", *, writes: bool = False
+                ) -> tuple[float, str]:
         train = config.finetune if config.real.train else config.pretrain
         from cellsynth.segment.predict import DEFAULT_TILE, INT8_SIDE, INT8_WINDOWS
 
@@ -345,8 +147,13 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
         tile = config.predict.tile or max(train.crop, DEFAULT_TILE)
         mpx = _megapixels(config, role, tile, config.predict.overlap, balance=True)
         net = replace(train, precision=precision)
-        seconds = mpx * views * timer.detector_forward_per_mpx(net, channels)
+        load = timer.detector_load(train, channels)
+        seconds = load + mpx * views * timer.detector_forward_per_mpx(net, channels)
         detail = f"{mpx:.2f} MP of {role} images x {views} view(s)"
+        if writes:
+            written, n = _prediction_writes(config, role, timer, channels)
+            seconds += written
+            detail += f" + {n} image(s) painted and written, {_minutes(written)}"
         if precision == "int8":
             # quantize_detector: its windows forwarded in fp32 twice (calibration,
             # agreement) and in int8 once
@@ -401,9 +208,58 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
             seconds, detail = predict("unlabeled", 8)
         elif name == layout.PREDICT:
             seconds, detail = predict(st._predict_images(config),
-                                      8 if config.predict.tta else 1, config.predict.precision)
+                                      8 if config.predict.tta else 1, config.predict.precision,
+                                      writes=True)
+        elif name == layout.FIT:
+            seconds, detail = _fit_seconds(config, timer)
         results.append(StageEstimate(name, seconds, detail))
     return results
+
+
+def _prediction_writes(config: PipelineConfig, role: str, timer: Any, channels: int
+                       ) -> tuple[float, int]:
+    """(seconds to paint and write every predicted image of a real-data role, their number):
+    at the working pixel size, and where the images were rescaled once more at their own
+    (stages._predict draws the labels and overlays back). Timed once, at the images' median
+    size, and scaled by each image's pixels."""
+    from cellsynth.pipeline.stages import _real_scale
+
+    scale = _real_scale(config)
+    shapes = _image_shapes(getattr(config.real, role), config.real.select.get(role))
+    if not shapes:
+        return 0.0, 0
+    working = [(max(1, round(h * scale)), max(1, round(w * scale))) for h, w in shapes]
+    h, w = sorted(working, key=lambda s: s[0] * s[1])[len(working) // 2]
+    per_pixel = timer.prediction_writes(h, w, channels) / (h * w)
+    pixels = sum(a * b for a, b in working) + (sum(a * b for a, b in shapes)
+                                               if scale != 1.0 else 0)
+    return per_pixel * pixels, len(shapes)
+
+
+def _fit_seconds(config: PipelineConfig, timer: Any) -> tuple[float, str]:
+    """The simulator fit: its batches of simulated images rendered and measured, the real
+    images measured once, the preview's renders (fitted and base beside up to 3 real images,
+    at most 256² each)."""
+    from cellsynth.io.datasets import load_dataset
+    from cellsynth.pipeline.stages import _sim_config
+    from cellsynth.simulate.fit import measured_shapes, search_plan
+
+    folder = getattr(config.real, config.simulate.fit_role)
+    base = _sim_config(config)  # the preset the fit starts from, at the images' pixel size
+    px = config.real.pixel_size_um or load_dataset(folder).pixel_size_um or base.pixel_size_um
+    base = replace(base, pixel_size_um=px)
+    shapes = measured_shapes(_image_shapes(folder))
+    plan = search_plan(shapes, base)
+    batches = plan.batches + (config.simulate.fit_stains == "measured")  # (+ the base's)
+    render, measure = timer.fit_images(base, plan.side, plan.radii, seed=config.seed)
+    pixels = plan.side ** 2
+    real = sum(h * w for h, w in shapes) * measure / pixels
+    preview = 2 * min(3, len(shapes)) * render * min(256, *(min(s) for s in shapes)) ** 2 \
+        / pixels
+    seconds = batches * plan.n_sim * (render + measure) + real + preview
+    return seconds, (f"{batches} x {plan.n_sim} images of {plan.side}² simulated and measured "
+                     f"x {render + measure:.2f} s + {len(shapes)} real image(s) measured, "
+                     f"{_minutes(real)}")
 
 
 def _done_stages(config: PipelineConfig, out: str | os.PathLike | None, plan: list

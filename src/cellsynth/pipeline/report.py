@@ -291,16 +291,27 @@ def _prediction_note(run: Path) -> str:
             f"<code>{html.escape(command)}</code></p>")
 
 
+def _stage_time(entry: dict[str, Any]) -> str:
+    """The time the runs that worked on a stage spent on it, all together (a stage resumed
+    after a kill: the time before it too)."""
+    from cellsynth.pipeline.run import duration
+
+    if "seconds" not in entry:
+        return ""
+    runs = entry.get("runs", 1)
+    return duration(entry["seconds"]) + (f" ({runs} runs)" if runs > 1 else "")
+
+
 def write_report(run: str | os.PathLike) -> Path:
     """Write ``RUN/report.html`` from whatever the run's stages produced; return its path."""
     run = Path(run)
     config = (run / layout.CONFIG).read_text() if (run / layout.CONFIG).exists() else ""
     state_path = run / layout.STATE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    stage_rows = [[name, "done" if s.get("done") else "not finished", s.get("seconds", "")]
+    stage_rows = [[name, "done" if s.get("done") else "not finished", _stage_time(s)]
                   for name, s in state.items() if name != layout.REPORT_STAGE]  # this page
     body = [f"<h1>cellsynth report: {html.escape(run.name)}</h1>",
-            _table(["stage", "status", "seconds"], stage_rows) if stage_rows else "",
+            _table(["stage", "status", "time"], stage_rows) if stage_rows else "",
             _fitted(run), "<h2>Samples</h2>" + _samples(run), _refiner(run), _realism(run),
             _training(run), _pseudo_labels(run), _predictions(run), _metrics(run),
             f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>"]

@@ -3,7 +3,9 @@
 
 A stage's *fingerprint* hashes its options, the *contents* of the real-data folders it reads
 (see :func:`content_fingerprint`) and the fingerprints of the stages it reads. It is stored in
-``RUN/state.json`` when the stage starts and again (``done``) when it ends. Re-running skips
+``RUN/state.json`` when the stage starts and again (``done``) when it ends, beside what it
+hashed (``hashed``: the options by name, the contents' and the input stages' fingerprints),
+so that a stage run again says which of them changed. Re-running skips
 stages that are done with an unchanged fingerprint, resumes a training stage that was
 interrupted (same fingerprint, checkpoint present) and redoes a stage whose options or inputs
 changed, together with everything downstream of it. Moving the real data to another path
@@ -33,10 +35,12 @@ from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
 
 __all__ = ["run", "fingerprint", "content_fingerprint", "stage_fingerprints", "RunState",
-           "claim"]
+           "claim", "Parts", "duration"]
 
 # files up to this size are fingerprinted by their bytes, larger ones by size and mtime
 HASH_BYTES_UP_TO = 1 << 20
+_NAMED = 4  # a rerun names up to this many changed settings, and counts the rest
+_UNSET = object()
 
 
 def fingerprint(*parts: Any) -> str:
@@ -132,17 +136,82 @@ def claim(root: Path, name: str, on_wait: Callable[[], None] | None = None, *,
 def stage_fingerprints(config: PipelineConfig, plan: list) -> dict[str, str]:
     """Each planned stage's fingerprint: its options, the contents of the real data it reads
     and the fingerprints of the stages it reads."""
+    return {name: key[0] for name, key in _stage_keys(config, plan).items()}
+
+
+def _stage_keys(config: PipelineConfig, plan: list) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each planned stage's fingerprint and what it hashed, as state.json records it beside
+    the fingerprint (``hashed``): the options (flattened to ``finetune.steps``-like keys),
+    the real data's content fingerprints and the input stages' fingerprints, so that a
+    rerun can name what changed (:func:`_what_changed`)."""
     contents = {role: content_fingerprint(getattr(config.real, role))
                 for role in {role for stage in plan for role in stage.reads}}
-    fingerprints: dict[str, str] = {}
+    keys: dict[str, tuple[str, dict[str, Any]]] = {}
     for stage in plan:
-        fingerprints[stage.name] = fingerprint(stage.name, stage.config(config),
-                                               {role: contents[role] for role in stage.reads},
-                                               [fingerprints[d] for d in stage.inputs])
-    return fingerprints
+        parts = stage.config(config)
+        reads = {role: contents[role] for role in stage.reads}
+        inputs = {d: keys[d][0] for d in stage.inputs}
+        print_ = fingerprint(stage.name, _values(parts), reads, list(inputs.values()))
+        hashed = {"settings": _flat(parts), "reads": reads, "inputs": inputs}
+        keys[stage.name] = print_, json.loads(json.dumps(hashed, default=str))  # as stored
+    return keys
 
 
-def _duration(seconds: float) -> str:
+class Parts(dict):
+    """Named parts of the config (``{"simulate": ..., "seed": ...}``) inside a stage's own
+    parts: RUN/real depends on the simulation's. Hashed, like a stage's parts, as the list
+    of their values (the fingerprints of runs from before the parts had names) and named as
+    if they were the stage's own (``seed``, not ``simulate.seed``)."""
+
+
+def _values(parts: dict[str, Any]) -> list[Any]:
+    return [_values(v) if isinstance(v, Parts) else v for v in parts.values()]
+
+
+def _flat(parts: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"finetune": {"steps": 400}}`` as ``{"finetune.steps": 400}``; lists of scalars
+    stay values, other lists are indexed (``finetune.schedule[0].lr``)."""
+    flat: dict[str, Any] = {}
+    for name, value in parts.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if isinstance(value, Parts):
+            flat |= _flat(value, prefix)
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple))
+                                                    for v in value):
+            value = {f"[{i}]": v for i, v in enumerate(value)}
+            flat |= {k.replace(".[", "["): v for k, v in _flat(value, key).items()}
+        elif isinstance(value, dict) and value:
+            flat |= _flat(value, key)
+        else:
+            flat[key] = value
+    return flat
+
+
+def _what_changed(before: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
+    """What differs between two records of a stage's hashed inputs, in words
+    (``finetune.steps 400 -> 600; what it reads (pretrain) changed``); None where the
+    earlier record is missing (a state.json from before records were kept) or shows no
+    difference."""
+    if not before:
+        return None
+    old, new = before.get("settings", {}), now["settings"]
+    settings = [f"{k} {_shown(old, k)} -> {_shown(new, k)}" for k in {**old, **new}
+                if old.get(k, _UNSET) != new.get(k, _UNSET)]
+    read = [k for k in {**before.get("inputs", {}), **now["inputs"]}
+            if before.get("inputs", {}).get(k) != now["inputs"].get(k)]
+    read += [f"real.{k}" for k in {**before.get("reads", {}), **now["reads"]}
+             if before.get("reads", {}).get(k) != now["reads"].get(k)]
+    if len(settings) > _NAMED:
+        settings = settings[:_NAMED] + [f"{len(settings) - _NAMED} more setting(s)"]
+    said = settings + ([f"what it reads ({', '.join(read)})"] if read else [])
+    return "; ".join(said) + " changed" if said else None
+
+
+def _shown(values: dict[str, Any], key: str) -> str:
+    return "unset" if key not in values else json.dumps(values[key])
+
+
+def duration(seconds: float) -> str:
     """42 s, 3.5 min or 1 h 05 min."""
     if seconds < 60:
         return f"{seconds:.0f} s"
@@ -177,26 +246,45 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool,
     save_yaml(out / layout.CONFIG, config)
     state = RunState(out)
     plan = stages.plan(config)
-    fingerprints = stage_fingerprints(config, plan)
+    keys = _stage_keys(config, plan)
     summaries: dict[str, Any] = {}
     for stage in plan:
-        stage_fingerprint = fingerprints[stage.name]
+        stage_fingerprint, hashed = keys[stage.name]
         status = state.status(stage.name, stage_fingerprint)
         if status == "done":
             log(f"[{stage.name}] up to date, skipped")
             summaries[stage.name] = state.data[stage.name].get("summary", {})
             continue
-        again = status == "new" and stage.name in state.data  # done or begun, then changed
-        log(f"[{stage.name}] " + ("resuming" if status == "interrupted" else
-                                  "running again: its settings or what it reads changed "
-                                  "since it last ran" if again else "running"))
-        state.mark(stage.name, stage_fingerprint, done=False)
+        if status == "interrupted":
+            doing = "resuming"
+        elif stage.name in state.data:  # done or begun, then changed
+            doing = "running again: " + (
+                _what_changed(state.data[stage.name].get("hashed"), hashed)
+                or "its settings or what it reads changed since it last ran")
+        else:
+            doing = "running"
+        log(f"[{stage.name}] {doing}")
+        # a stage's time is that of all the runs that worked on it since its fingerprint was
+        # set: a resumed one adds to what the runs before the kill spent
+        entry = state.data.get(stage.name, {}) if status == "interrupted" else {}
+        earlier = entry.get("seconds", 0.0)
+        runs = entry.get("runs", 1) + 1 if entry else 1
+        state.mark(stage.name, stage_fingerprint, done=False, hashed=hashed, seconds=earlier,
+                   runs=runs)
         started = time.perf_counter()
-        summary = stage.run(config, out, resume=status == "interrupted", progress=progress)
-        seconds = round(time.perf_counter() - started, 1)
-        state.mark(stage.name, stage_fingerprint, done=True, summary=summary, seconds=seconds)
+        try:
+            summary = stage.run(config, out, resume=status == "interrupted", progress=progress)
+        except BaseException:  # stopped (Ctrl-C, SIGTERM) or failed: its time so far counts
+            state.mark(stage.name, stage_fingerprint, done=False, hashed=hashed, runs=runs,
+                       seconds=round(earlier + time.perf_counter() - started, 1))
+            raise
+        now = time.perf_counter() - started
+        seconds = round(earlier + now, 1)
+        state.mark(stage.name, stage_fingerprint, done=True, summary=summary, seconds=seconds,
+                   runs=runs, hashed=hashed)
         summaries[stage.name] = summary
         left = len(plan) - 1 - plan.index(stage)
-        log(f"[{stage.name}] done in {_duration(seconds)}"
+        log(f"[{stage.name}] done in {duration(seconds)}"
+            + (f" in all ({duration(now)} this time)" if earlier else "")
             + (f"; {left} stage{'s' if left > 1 else ''} to go" if left else ""))
     return summaries

@@ -21,6 +21,7 @@ from cellsynth.config import to_dict
 from cellsynth.io.datasets import file_id, load_dataset
 from cellsynth.io.resample import pixel_scale, rescale_image, rescale_labels
 from cellsynth.pipeline import layout
+from cellsynth.pipeline.run import Parts
 
 if TYPE_CHECKING:
     from cellsynth.pipeline.config import PipelineConfig
@@ -38,7 +39,9 @@ SECTION_WINDOWS = 16
 class Stage:
     name: str                                        # also its folder in the run
     inputs: tuple[str, ...]                          # stages whose output it reads
-    config: Callable[[PipelineConfig], Any]          # the part of the config it depends on
+    # the parts of the config it depends on, by name (``finetune``, ``seed``): the fingerprint
+    # hashes their values in this order; the names say which one changed
+    config: Callable[[PipelineConfig], dict[str, Any]]
     run: Callable[..., dict[str, Any]]               # (config, out, resume=, progress=)
     reads: tuple[str, ...] = ()                      # real-data roles whose contents it reads
 
@@ -520,13 +523,15 @@ def plan(config: PipelineConfig) -> list[Stage]:
     """The stages this config needs, in order."""
     real = config.real
     # (n_val only sizes the validation images: changing it keeps the training simulation)
-    sim = lambda c: [{k: v for k, v in to_dict(c.simulate).items() if k != "n_val"},  # noqa: E731
-                     c.seed]
+    sim = lambda c: Parts(simulate={k: v for k, v in to_dict(c.simulate).items()  # noqa: E731
+                                    if k != "n_val"}, seed=c.seed)
     stages = []
     if config.simulate.fit_from:
-        stages.append(Stage(layout.FIT, (), lambda c: [to_dict(c.simulate),
-                                                       c.real.pixel_size_um, c.seed]
-                            + ([c.real.channel] if c.real.channel is not None else []),
+        stages.append(Stage(layout.FIT, (), lambda c: {"simulate": to_dict(c.simulate),
+                                                       "real.pixel_size_um": c.real.pixel_size_um,
+                                                       "seed": c.seed}
+                            | ({"real.channel": c.real.channel}
+                               if c.real.channel is not None else {}),
                             _fit_simulator, reads=(config.simulate.fit_role,)))
     fitted = (layout.FIT,) if config.simulate.fit_from else ()
     stages.append(Stage(layout.SIMULATE, fitted, sim,
@@ -534,16 +539,19 @@ def plan(config: PipelineConfig) -> list[Stage]:
     synthetic_val = _synthetic_val(config)
     if synthetic_val:
         stages.append(Stage(layout.SIMULATE_VAL, fitted,
-                            lambda c: sim(c) + [c.simulate.n_val],
+                            lambda c: sim(c) | {"simulate.n_val": c.simulate.n_val},
                             _simulate(layout.SIMULATE_VAL, lambda c: c.simulate.n_val, 10_000)))
     rescaled = _real_scale(config) != 1.0
     staged = _staged_roles(config)  # rescaled, or narrowed by real.select
     if staged:
         # (the select is keyed only when set, so runs from before it keep their fingerprint)
-        key = lambda c: ([c.real.pixel_size_um, sim(c)]  # noqa: E731
-                         + ([{r: [str(i) for i in v] for r, v in sorted(c.real.select.items())}]
-                            if c.real.select else [])
-                         + ([{"channel": c.real.channel}] if c.real.channel is not None else []))
+        key = lambda c: ({"real.pixel_size_um": c.real.pixel_size_um,  # noqa: E731
+                          "simulation": sim(c)}
+                         | ({"real.select": {r: [str(i) for i in v]
+                                             for r, v in sorted(c.real.select.items())}}
+                            if c.real.select else {})
+                         | ({"real.channel": c.real.channel}
+                            if c.real.channel is not None else {}))
         stages.append(Stage(layout.REAL, (), key, _rescale_real, reads=staged))
 
     def data_inputs(*roles: str) -> tuple[str, ...]:
@@ -553,72 +561,78 @@ def plan(config: PipelineConfig) -> list[Stage]:
 
     if config.refines:
         stages.append(Stage(layout.REFINER, (layout.SIMULATE,) + data_inputs("unlabeled"),
-                            lambda c: [to_dict(c.refine), c.real.pixel_size_um, c.seed],
+                            lambda c: {"refine": to_dict(c.refine),
+                                       "real.pixel_size_um": c.real.pixel_size_um, "seed": c.seed},
                             _fit_refiner, reads=("unlabeled",)))
         choose = config.choose_refiner.enabled
         if choose:
             stages.append(Stage(layout.REFINER_CHOICE,
                                 (layout.REFINER, layout.SIMULATE) + data_inputs("val"),
-                                lambda c: [to_dict(c.choose_refiner), c.seed],
+                                lambda c: {"choose_refiner": to_dict(c.choose_refiner),
+                                           "seed": c.seed},
                                 _choose_refiner, reads=("val",)))
         stages.append(Stage(layout.REFINED, (layout.REFINER, layout.SIMULATE)
                             + ((layout.REFINER_CHOICE,) if choose else ()),
-                            lambda c: [c.seed], _generate(layout.SIMULATE, layout.REFINED)))
+                            lambda c: {"seed": c.seed}, _generate(layout.SIMULATE, layout.REFINED)))
         if synthetic_val:  # the same refiner (choose_refiner needs real.val: never here)
             stages.append(Stage(layout.REFINED_VAL, (layout.REFINER, layout.SIMULATE_VAL),
-                                lambda c: [c.seed],
+                                lambda c: {"seed": c.seed},
                                 _generate(layout.SIMULATE_VAL, layout.REFINED_VAL)))
     synthetic = layout.REFINED if config.refines else layout.SIMULATE
     val = ("val",) if real.val else ()
     # (pretrain_val joins the key only where it is not the default: old runs keep theirs)
     stages.append(Stage(layout.PRETRAIN, (synthetic,) + ((synthetic_val,) if synthetic_val
                                                          else ()) + data_inputs("val"),
-                        lambda c: [to_dict(c.pretrain), c.seed]
-                        + ([c.pretrain_val] if c.pretrain_val != "real" else []),
+                        lambda c: {"pretrain": to_dict(c.pretrain), "seed": c.seed}
+                        | ({"pretrain_val": c.pretrain_val} if c.pretrain_val != "real" else {}),
                         _train(layout.PRETRAIN, _synthetic, None),
                         reads=() if synthetic_val else val))
     if real.train:
         replayed = (synthetic,) if config.finetune.replay > 0 else ()
         stages.append(Stage(layout.FINETUNE, (layout.PRETRAIN,) + replayed
                             + data_inputs("train", "val"),
-                            lambda c: [to_dict(c.finetune), c.seed],
+                            lambda c: {"finetune": to_dict(c.finetune), "seed": c.seed},
                             _train(layout.FINETUNE,
                                    lambda c, out: [real_folder(c, out, "train")],
                                    layout.PRETRAIN), reads=("train",) + val))
         if config.soup > 1:
             stages.append(Stage(layout.FINETUNE_RUNS, (layout.PRETRAIN,) + replayed
                                 + data_inputs("train", "val"),
-                                lambda c: [to_dict(c.finetune), c.seed, c.soup],
+                                lambda c: {"finetune": to_dict(c.finetune), "seed": c.seed,
+                                           "soup": c.soup},
                                 _finetune_runs, reads=("train",) + val))
             stages.append(Stage(layout.SOUP, (layout.FINETUNE, layout.FINETUNE_RUNS)
-                                + data_inputs("val"), lambda c: [c.soup], _soup, reads=val))
+                                + data_inputs("val"), lambda c: {"soup": c.soup}, _soup, reads=val))
         tuned = _fine_tuned(config)
         if config.selftrain.enabled:
             stages.append(Stage(layout.PSEUDO, (tuned,) + data_inputs("unlabeled"),
-                                lambda c: [to_dict(c.selftrain), c.real.select.get("train")],
+                                lambda c: {"selftrain": to_dict(c.selftrain),
+                                           "real.select.train": c.real.select.get("train")},
                                 _pseudo_label, reads=("unlabeled",)))
             stages.append(Stage(layout.SELFTRAIN, (tuned, layout.PSEUDO)
                                 + data_inputs("train", "val"),
-                                lambda c: [to_dict(c.finetune), to_dict(c.selftrain), c.seed],
+                                lambda c: {"finetune": to_dict(c.finetune),
+                                           "selftrain": to_dict(c.selftrain), "seed": c.seed},
                                 _selftrain, reads=("train",) + val))
     counted = ()
     if config.predict.count_threshold:  # (config checks: needs real.unlabeled)
         stages.append(Stage(layout.COUNT_THRESHOLD, (_model(config),) + fitted
-                            + data_inputs("unlabeled"), lambda c: [c.seed],
+                            + data_inputs("unlabeled"), lambda c: {"seed": c.seed},
                             _count_threshold, reads=("unlabeled",)))
         counted = (layout.COUNT_THRESHOLD,)
     if real.test or real.unlabeled:
         stages.append(Stage(layout.PREDICT, (_model(config),) + counted
                             + data_inputs(_predict_images(config), *_faint_images(config)),
-                            lambda c: [to_dict(c.predict)], _predict,
+                            lambda c: {"predict": to_dict(c.predict)}, _predict,
                             reads=(_predict_images(config),) + _faint_images(config)))
     if real.test:
-        stages.append(Stage(layout.EVALUATE, (layout.PREDICT,), lambda c: [], _evaluate,
+        stages.append(Stage(layout.EVALUATE, (layout.PREDICT,), lambda c: {}, _evaluate,
                             reads=("test",)))
     if config.refines and config.realism.enabled:
         stages.append(Stage(layout.REALISM, (layout.SIMULATE, layout.REFINED),
-                            lambda c: [to_dict(c.realism), c.seed], _realism,
+                            lambda c: {"realism": to_dict(c.realism), "seed": c.seed},
+                            _realism,
                             reads=("test" if real.test else "unlabeled",)))
     upstream = tuple(s.name for s in stages)
-    stages.append(Stage(layout.REPORT_STAGE, upstream, lambda c: [], _report))
+    stages.append(Stage(layout.REPORT_STAGE, upstream, lambda c: {}, _report))
     return stages

@@ -53,7 +53,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -74,7 +74,8 @@ from cellsynth.simulate.scene import render_scene
 
 __all__ = ["MIN_SIDE_PX", "MIN_CELL_PX", "SPREADS", "STAINS", "SimulatorFit", "count_cells",
            "fit_simulator", "match_statistics", "median_diameter_um", "config_override",
-           "format_fit", "write_fit", "at_limits"]
+           "format_fit", "write_fit", "at_limits", "SearchPlan", "search_plan",
+           "measured_shapes"]
 
 MIN_SIDE_PX = 64     # smaller images hold too few cells and too little background to measure
 MIN_CELL_PX = 4.0    # cells narrower than this (in pixels) cannot be told from grain
@@ -229,6 +230,31 @@ def _windows(image: Any, name: str, n: int, seed: int
     return found
 
 
+def _spread(n: int) -> np.ndarray:
+    """Indices of the images of a folder of ``n`` that are measured (evenly spread)."""
+    return np.unique(np.linspace(0, n - 1, min(n, _MAX_REAL)).astype(int))
+
+
+def _windows_per_image(n: int) -> int:
+    """Windows measured of each whole section when ``n`` images are measured."""
+    return int(np.clip(_MAX_REAL // max(n, 1), 1, _WINDOWS))
+
+
+def measured_shapes(shapes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(H, W) of what the fit measures of a folder whose images have ``shapes`` (in the
+    folder's order): up to ``_MAX_REAL`` images spread over it, a whole section (over
+    ``_WINDOW_ABOVE`` pixels) as ``_WINDOWS`` windows at most (windows are cut only where
+    they show tissue, so it may be fewer)."""
+    keep = _spread(len(shapes))
+    per_image = _windows_per_image(len(keep))
+    found: list[tuple[int, int]] = []
+    for i in keep:
+        h, w = shapes[i]
+        found += [(h, w)] if h * w <= _WINDOW_ABOVE else \
+            [(min(h, _WINDOW), min(w, _WINDOW))] * per_image
+    return found
+
+
 def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConfig,
           pixel_size_um: float | None, channel: int | None = None) -> _Real:
     """Read (only) the images, check their sizes and channels, resolve the pixel size.
@@ -244,10 +270,9 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
 
         dataset = load_dataset(images)  # lists the folder; no label file is opened
         samples = list(dataset)
-        keep = np.unique(np.linspace(0, len(samples) - 1, min(len(samples), _MAX_REAL))
-                         .astype(int))
         opened = [(str(samples[i].image_path),
-                   open_image(samples[i].image_path, channel=channel)) for i in keep]
+                   open_image(samples[i].image_path, channel=channel))
+                  for i in _spread(len(samples))]
         meta_px, where = dataset.pixel_size_um, str(images)
     else:
         opened = [(f"images[{i}]", np.asarray(a)) for i, a in enumerate(images)]
@@ -258,7 +283,7 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
         where = "images"
         if not opened:
             raise DatasetError("images: no images given")
-    per_image = int(np.clip(_MAX_REAL // len(opened), 1, _WINDOWS))
+    per_image = _windows_per_image(len(opened))
     parts = [part for i, (name, image) in enumerate(opened)
              for part in _windows(image, name, per_image, seed=i)]
     for name, raw, _, _ in parts:
@@ -382,9 +407,34 @@ def _slope(history: list[dict[str, float]], knob: str) -> float:
     return expected * float(np.clip(slope, 0.35, 2.0))
 
 
-def _side(real: _Real) -> int:
-    """The side of the square images simulated to compare with ``real``."""
-    return int(np.clip(np.median([min(a.shape[:2]) for a in real.images]), 128, 512))
+class SearchPlan(NamedTuple):
+    """What the fit simulates and measures (:func:`search_plan`)."""
+
+    side: int           # px, of the square images simulated
+    n_sim: int          # images simulated a batch (the same scenes every batch)
+    batches: int        # batches simulated and measured: the rounds and the answer (one
+                        # more where the search runs away, see _diverged)
+    radii: np.ndarray   # px, the LoG scales the estimator searches, real and simulated
+
+
+def search_plan(shapes: Sequence[tuple[int, int]], base: SimulationConfig) -> SearchPlan:
+    """The images the fit simulates and measures to match real images of ``shapes`` ((H, W)
+    of each image or window measured, :func:`measured_shapes`); ``base`` at their pixel
+    size. The side is the real images' median one (128-512 px); a batch covers their
+    pixels (8-12 images; a base that varies between images, 48)."""
+    px = base.pixel_size_um
+    side = int(np.clip(np.median([min(s[:2]) for s in shapes]), 128, 512))
+    n_sim = int(np.clip(math.ceil(sum(s[0] * s[1] for s in shapes) / side**2), 8, 12))
+    if base.variation.active:  # each image its own zoom, density, ...: judge by more of them
+        n_sim = max(n_sim, _N_SIM_VARIED)
+    labelled = [c for c in base.cells if c.labeled]
+    zoom = base.variation.zoom
+    lo = max(_LOW * median_diameter_um(base) * zoom[0] / px, MIN_CELL_PX)
+    hi = max(min(3.0 * max(c.diameter_um[1] for c in labelled) * zoom[1] / px,
+                 min(side, *(min(s[:2]) for s in shapes)) / 3), 2 * lo)
+    n_scales = int(math.ceil(math.log(hi / lo) / math.log(_SCALE_STEP))) + 1
+    radii = lo * _SCALE_STEP ** np.arange(n_scales) / 2  # diameters lo..hi px -> radii
+    return SearchPlan(side, n_sim, _ROUNDS + 2, radii)
 
 
 def _fit(real: _Real, base: SimulationConfig, seed: int, spread: str = "floor",
@@ -392,12 +442,8 @@ def _fit(real: _Real, base: SimulationConfig, seed: int, spread: str = "floor",
     """Measure the real images, then search (see the module docstring)."""
     px = real.pixel_size_um
     base = replace(base, pixel_size_um=px)
-    side = _side(real)
+    side, n_sim = search_plan([a.shape for a in real.images], base)[:2]
     shape = (side, side)
-    n_sim = int(np.clip(math.ceil(sum(a.shape[0] * a.shape[1] for a in real.images)
-                                  / side**2), 8, 12))
-    if base.variation.active:  # each image its own zoom, density, ...: judge by more of them
-        n_sim = max(n_sim, _N_SIM_VARIED)
     seeds = image_seeds(seed, n_sim)  # the same scenes every round: only parameters change
     # the real colours first: stain amounts are measured (in real and simulated images
     # alike) and drawn with the stain vectors of the real images
@@ -418,14 +464,8 @@ def _real_statistics(real: _Real, base: SimulationConfig) -> tuple[dict[str, Any
     """The estimator's statistics of the real images (pooled, and ``per_image``) and the
     LoG radii it searched; ``base`` at the real images' pixel size, its stain vectors the
     ones the images are unmixed with."""
-    px, side = real.pixel_size_um, _side(real)
-    labelled = [c for c in base.cells if c.labeled]
-    zoom = base.variation.zoom
-    lo = max(_LOW * median_diameter_um(base) * zoom[0] / px, MIN_CELL_PX)
-    hi = max(min(3.0 * max(c.diameter_um[1] for c in labelled) * zoom[1] / px,
-                 min(side, *(min(a.shape[:2]) for a in real.images)) / 3), 2 * lo)
-    n_scales = int(math.ceil(math.log(hi / lo) / math.log(_SCALE_STEP))) + 1
-    radii = lo * _SCALE_STEP ** np.arange(n_scales) / 2  # diameters lo..hi px -> radii
+    px = real.pixel_size_um
+    radii = search_plan([a.shape for a in real.images], base).radii
     per_image = [_measure(a, base.color, px, radii, vectors=_vectors(base))
                  for a in real.images]
     target = _pool(per_image)
