@@ -833,10 +833,15 @@ def test_self_training_labels_the_unannotated_images_and_predicts_with_the_stude
         log=said.append)
     redone = [line.split("]")[0][1:] for line in said if "running" in line]
     assert redone == ["pseudo", "selftrain", "predict", "evaluate", "report"]
-    # (and says why: these ran before, so a setting or an input changed)
+    # (and says why: the setting where it changed, then what each reads that changed)
     assert [line for line in said if "running" in line] == [
-        f"[{name}] running again: its settings or what it reads changed since it last ran"
-        for name in redone]
+        "[pseudo] running again: selftrain.pseudo 0.5 -> 0.25 changed",
+        "[selftrain] running again: selftrain.pseudo 0.5 -> 0.25; what it reads (pseudo) "
+        "changed",
+        "[predict] running again: what it reads (selftrain) changed",
+        "[evaluate] running again: what it reads (predict) changed",
+        "[report] running again: what it reads (pseudo, selftrain, predict, evaluate) "
+        "changed"]
     from cellsynth.pipeline.config import check_inputs
 
     with pytest.raises(ConfigError, match="selftrain.pseudo needs real.train"):
@@ -981,7 +986,7 @@ def test_fine_tuning_without_a_refiner_and_pretraining_validated_on_the_simulati
     names = [st.name for st in stages.plan(default)]
     assert "simulate_val" not in names
     key = {st.name: st.config for st in stages.plan(default)}["pretrain"]
-    assert key(default) == [to_dict(default.pretrain), default.seed]
+    assert list(key(default).values()) == [to_dict(default.pretrain), default.seed]
     assert key(config) != key(default)
     with pytest.raises(ValueError, match="pretrain_val: synthetic needs"):
         replace(config, simulate=replace(config.simulate, n_val=0))
