@@ -321,6 +321,19 @@ def test_labeled_run_finetunes_evaluates_and_maps_back_to_the_real_pixels(tmp_pa
         assert f"{section}</h2>" in page
     training = page.split("Detector training</h2>")[1].split("<h2>")[0]
     assert training.count("<img") == 4  # losses and validation F1 of pretrain and finetune
+    # the test images drawn by outcome, counted as the evaluation counts them; the command
+    # for new images states the real images' pixel size (files that state none would be
+    # taken at the detector's 0.5 um/px)
+    import re
+
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    shown = page.split("Predictions on real images</h2>")[1].split("<h2>")[0]
+    found = [int(n) for n in re.findall(r"(\d+) found", shown)]
+    missed = [int(n) for n in re.findall(r"(\d+) missed", shown)]
+    assert len(found) == len(missed) == 2 and shown.count("<img") == 2
+    assert sum(found) + sum(missed) == metrics["n_gt"]
+    assert sum(found) == round(metrics["recall"][0] * metrics["n_gt"])
+    assert "--pixel-size 1</code>" in shown
 
 
 def test_a_run_can_fit_the_simulator_to_its_real_images_first(tmp_path):

@@ -107,16 +107,11 @@ def _samples(run: Path) -> str:
 
 
 def _real_images(run: Path) -> list[np.ndarray]:
-    import yaml
-
     from cellsynth.io.datasets import load_dataset
     from cellsynth.io.sections import image_or_windows
     from cellsynth.viz import as_rgb8
 
-    config_path = run / layout.CONFIG
-    if not config_path.exists():
-        return []
-    real = yaml.safe_load(config_path.read_text()).get("real") or {}
+    real = _real_options(run)
     folder = real.get("unlabeled")
     if not folder or not Path(folder).exists():
         return []
@@ -261,8 +256,69 @@ def _predictions(run: Path) -> str:
     overlays = sorted((run / layout.PREDICT / layout.OVERLAYS).glob("*.png"))[:4]
     if not overlays:
         return ""
+    scored = _scored_test_images(run)
+    if scored:  # annotated test images: where the detector is right and wrong
+        pictures, _ = _outcome_pictures([(html.escape(i), *rest) for i, *rest in scored])
+        return "<h2>Predictions on real images</h2>" + _prediction_note(run) + pictures
     return ("<h2>Predictions on real images</h2>" + _prediction_note(run)
             + "".join(f"<p class=note>{html.escape(p.stem)}</p>{_file_img(p)}" for p in overlays))
+
+
+def _real_options(run: Path) -> dict[str, Any]:
+    """The ``real:`` section of the run's saved config ({} if none)."""
+    import yaml
+
+    path = run / layout.CONFIG
+    return (yaml.safe_load(path.read_text()).get("real") or {}) if path.is_file() else {}
+
+
+def _scored_test_images(run: Path, limit: int = 4
+                        ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(id, image, truth, predicted) of up to ``limit`` test images a run evaluated (the
+    image as the run read it: ``real.channel`` alone), or [] where it evaluated none."""
+    from cellsynth.io.datasets import load_dataset
+    from cellsynth.io.images import read_labels
+    from cellsynth.io.sections import open_image, reads_lazily
+
+    if not (run / layout.EVALUATE / layout.METRICS).is_file():
+        return []
+    real = _real_options(run)
+    if not real.get("test") or not Path(real["test"]).is_dir():
+        return []
+    found = []
+    for sample in load_dataset(real["test"], require_labels=True):
+        predicted = run / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"
+        if len(found) >= limit or reads_lazily(sample.image_path) or not predicted.is_file():
+            continue  # (a whole section is no picture)
+        image = open_image(sample.image_path, channel=real.get("channel"))
+        found.append((sample.id, np.asarray(image), sample.read_labels(),
+                      read_labels(predicted)))
+    return found
+
+
+def _swatch(key: str) -> str:
+    from cellsynth.viz import OUTCOME_COLORS
+
+    return f'<span style="color:rgb{OUTCOME_COLORS[key]};font-weight:bold">&#9632;</span>'
+
+
+def _outcome_pictures(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
+                      ) -> tuple[str, list[dict[str, int]]]:
+    """A legend and, per (title, image, truth, predicted), its outlines coloured by outcome
+    at IoU 0.5 with the counts; and the counts."""
+    from cellsynth.viz import outcome_overlay
+
+    pictures, counted = [], []
+    for title, image, truth, predicted in items:
+        overlay, counts = outcome_overlay(image, truth, predicted)
+        counted.append(counts)
+        pictures.append(f"<p>{title}: {counts['tp']} found {_swatch('tp')}, {counts['fp']} "
+                        f"false {_swatch('fp')}, {counts['fn']} missed {_swatch('fn')}</p>"
+                        + _png(overlay))
+    legend = (f"<p class=note>Outlines: {_swatch('tp')} predicted cell matching an annotated "
+              f"one (IoU &ge; 0.5), {_swatch('fp')} predicted cell with no match, "
+              f"{_swatch('fn')} annotated cell no prediction matched.</p>")
+    return legend + "".join(pictures), counted
 
 
 def _prediction_note(run: Path) -> str:
@@ -279,14 +335,19 @@ def _prediction_note(run: Path) -> str:
     if meta.get("nms_thresh") not in (None, CPN_NMS):  # set by predict.nms
         command += f" --nms {meta['nms_thresh']:g}"
     text = ""
+    px = _real_options(run).get("pixel_size_um")
+    if px:  # (files that state none are otherwise taken at the detector's working size)
+        command += f" --pixel-size {px:g}"
+        text = (f"--pixel-size is the run's real images' ({px:g} um/px): give yours if they "
+                f"differ and their files do not state it. ")
     faint = meta.get("faint")
     if faint:
         command += (f" --faint-from {meta['faint_from']} "
                     f"--faint-percentile {faint['percentile']:g}")
-        text = (f"{meta.get('n_faint_dropped', 0)} detection(s) fainter than the "
-                f"{faint['percentile']:g}th percentile of the {faint['n_objects']} annotated "
-                f"cells' mean {'stain' if faint['dark'] else 'intensity'} "
-                f"({faint['cut']:.3f}) were dropped. ")
+        text += (f"{meta.get('n_faint_dropped', 0)} detection(s) fainter than the "
+                 f"{faint['percentile']:g}th percentile of the {faint['n_objects']} annotated "
+                 f"cells' mean {'stain' if faint['dark'] else 'intensity'} "
+                 f"({faint['cut']:.3f}) were dropped. ")
     return (f"<p class=note>{html.escape(text)}New images predicted the same way: "
             f"<code>{html.escape(command)}</code></p>")
 
@@ -390,31 +451,22 @@ def _evaluated(out: Path, detector: str, test: str) -> list[tuple[str, np.ndarra
 def _outcomes(out: Path, results: dict[str, Any], names: list[str]) -> tuple[str, str, int]:
     """Overlays coloured by outcome for ``names`` (seed 0), a per-image count table and the
     number of annotated cells in the test images."""
-    from cellsynth.viz import OUTCOME_COLORS, outcome_overlay
-
-    def swatch(key: str) -> str:
-        return (f'<span style="color:rgb{OUTCOME_COLORS[key]};font-weight:bold">&#9632;</span>')
-
-    pictures, rows, n_cells = [], [], {}
+    items, rows, n_cells = [], [], {}
     for name in names:
         setting = results["settings"][name]
         for image_id, image, truth, predicted in _evaluated(out, setting["detectors"][0],
                                                             results["test"]):
-            overlay, counts = outcome_overlay(image, truth, predicted)
-            n_cells[image_id] = counts["tp"] + counts["fn"]
-            pictures.append(f"<p><b>{html.escape(name)}</b>, {html.escape(image_id)}: "
-                            f"{counts['tp']} found {swatch('tp')}, {counts['fp']} false "
-                            f"{swatch('fp')}, {counts['fn']} missed {swatch('fn')}</p>"
-                            + _png(overlay))
+            items.append((f"<b>{html.escape(name)}</b>, {html.escape(image_id)}", image, truth,
+                          predicted))
             rows.append([name, image_id, int(len(np.unique(truth)) - 1),
-                         int(len(np.unique(predicted)) - 1), counts["tp"], counts["fp"],
-                         counts["fn"]])
-    legend = (f"<p class=note>Outlines: {swatch('tp')} predicted cell matching an annotated "
-              f"one (IoU &ge; 0.5), {swatch('fp')} predicted cell with no match, "
-              f"{swatch('fn')} annotated cell no prediction matched.</p>")
+                         int(len(np.unique(predicted)) - 1)])
+    pictures, counted = _outcome_pictures(items)
+    for row, counts in zip(rows, counted):
+        row += [counts["tp"], counts["fp"], counts["fn"]]
+        n_cells[row[1]] = counts["tp"] + counts["fn"]
     table = _table(["setting", "image", "annotated cells", "predicted cells", "found",
                     "false", "missed"], rows)
-    return legend + "".join(pictures), table, sum(n_cells.values())
+    return pictures, table, sum(n_cells.values())
 
 
 def _realism_reading(out: Path) -> str:
