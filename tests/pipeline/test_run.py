@@ -522,14 +522,17 @@ def test_real_channel_stages_that_channel_and_the_detector_records_it(tmp_path):
         summaries = run(config, out, progress=False, log=lambda _: None)
     for role, want in (("unlabeled", wanted), ("train", wanted), ("val", wanted),
                        ("test", wanted_test)):
+        staged = Path(stages.real_folder(config, out, role))
         for name, image in want.items():
-            np.testing.assert_array_equal(read_image(out / "real" / role / "images"
-                                                     / f"{name}.png"), image)
-        meta = json.loads((out / "real" / role / "meta.json").read_text())
+            np.testing.assert_array_equal(read_image(staged / "images" / f"{name}.png"), image)
+        meta = json.loads((staged / "meta.json").read_text())
         assert meta["channel"] == 1 and meta["source"] == str(train if role != "test"
                                                                else test)
+    # one folder named as unlabeled, train and val is copied once, and read by all three
+    assert sorted(p.name for p in (out / "real").iterdir()) == ["test", "unlabeled"]
     info = json.loads((out / "finetune" / "run.json").read_text())
-    assert info["data"] == [str(out / "real" / "train")]
+    assert info["data"] == [str(out / "real" / "unlabeled")]
+    assert info["val"] == str(out / "real" / "unlabeled")
     for stage in ("pretrain", "finetune"):
         recorded = yaml.safe_load((out / stage / "config.yaml").read_text())
         assert recorded["source_channel"] == 1 and recorded["channel"] is None

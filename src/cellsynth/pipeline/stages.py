@@ -117,13 +117,21 @@ def _staged_roles(config: PipelineConfig) -> tuple[str, ...]:
     return tuple(r for r in roles if r in config.real.select)
 
 
+def _copied_as(config: PipelineConfig, role: str) -> str:
+    """The staged role whose copy ``role`` reads: the first that names the same folder with
+    the same ``real.select`` (val and train are often one folder; copied once), else itself."""
+    folder, chosen = getattr(config.real, role), config.real.select.get(role)
+    return next(r for r in _staged_roles(config)
+                if getattr(config.real, r) == folder and config.real.select.get(r) == chosen)
+
+
 def real_folder(config: PipelineConfig, out: Path, role: str) -> str | None:
     """The folder a stage should read for a real-data role (a rescaled or selected copy
     if needed)."""
     folder = getattr(config.real, role)
     if folder is None or role not in _staged_roles(config):
         return folder
-    return str(out / layout.REAL / role)
+    return str(out / layout.REAL / _copied_as(config, role))
 
 
 def real_samples(config: PipelineConfig, role: str) -> list:
@@ -152,6 +160,8 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
     factor, channel = _real_scale(config), config.real.channel
     with staged_output_dir(out / layout.REAL, force=True) as root:
         for role in _staged_roles(config):
+            if _copied_as(config, role) != role:
+                continue  # read from the copy of the same images made for another role
             folder = getattr(config.real, role)
             (root / role / "images").mkdir(parents=True)
             windowed = []
