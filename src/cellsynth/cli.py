@@ -262,10 +262,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --- run / report (cellsynth.pipeline) -------------------------------------------------------
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from cellsynth.pipeline.init import init_config
+    from cellsynth.pipeline.init import init_config, run_name
 
-    name = args.data.resolve().name or "data"
-    out = args.out or Path(f"{name}.yaml")
+    out = args.out or Path(f"{run_name(args.data)}.yaml")
     s = init_config(args.data, out, preset=args.preset, pixel_size_um=args.pixel_size,
                     force=args.force, device=args.device, recipe=args.recipe,
                     channel=args.channel)

@@ -123,6 +123,21 @@ def test_init_on_two_channel_images_writes_the_channel_every_stage_uses(tmp_path
     assert out.read_text() == before
 
 
+def test_configs_and_runs_are_named_by_the_data_not_by_a_role_folder(tmp_path, capsys,
+                                                                     monkeypatch):
+    """init of dsb2018/train (or its images/) names config and run dsb2018-train; a folder
+    with its own name keeps it."""
+    data = _folder(tmp_path / "dsb2018" / "train", "fluo", labels=False)
+    monkeypatch.chdir(tmp_path)
+    for given in (data, data / "images"):
+        assert main(["init", str(given), "--force"]) == 0
+        assert "next: cellsynth run dsb2018-train.yaml --out runs/dsb2018-train" in \
+            capsys.readouterr().out
+        assert load_pipeline_config(tmp_path / "dsb2018-train.yaml").name == "dsb2018-train"
+    mine = _folder(tmp_path / "cortex-slides", "fluo", labels=False)
+    assert main(["init", str(mine)]) == 0 and (tmp_path / "cortex-slides.yaml").is_file()
+
+
 def test_init_on_the_images_subfolder_reads_its_dataset_with_the_labels(tmp_path):
     """`init DATA/images` (a folder a user may point at first) finds the labels/ beside it:
     the annotated recipe, not the zero-label one of its images alone."""
@@ -280,6 +295,14 @@ def test_init_runs_the_recipe_on_a_gpu_where_there_is_one(tmp_path, capsys, monk
     assert config.device == "cuda" and config.pretrain.workers == config.finetune.workers == 4
     assert main(["init", str(data), "--out", str(out), "--force", "--device", "cpu"]) == 0
     assert load_pipeline_config(out).pretrain.workers == 0
+    # a config for a GPU machine written on one without: written, and said
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    capsys.readouterr()
+    assert main(["init", str(data), "--out", str(out), "--force", "--device", "cuda"]) == 0
+    assert ("device cuda (chosen by --device; this machine has no CUDA GPU, so run it where "
+            "there is one)") in capsys.readouterr().out
+    assert load_pipeline_config(out).device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     # zero labels on a GPU: its pretraining has workers too
     unlabeled = _folder(tmp_path / "unlabeled", "nissl", labels=False, seed=3)
     assert main(["init", str(unlabeled), "--out", str(out), "--force"]) == 0

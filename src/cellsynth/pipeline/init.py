@@ -144,6 +144,17 @@ def channel_count(path: Path) -> int:
     return int(image.shape[2])
 
 
+def run_name(data: str | os.PathLike) -> str:
+    """The name of a config (and run) for ``data``: its folder's name, with its parent's
+    where that says little (``images``, ``train``: ``dsb2018-train``)."""
+    path = Path(data).resolve()
+    if path.name == "images" and path.parent.name:
+        path = path.parent
+    if path.name in ROLES + ("data",) and path.parent.name:
+        return f"{path.parent.name}-{path.name}"
+    return path.name or "data"
+
+
 def find_folders(data: str | os.PathLike) -> dict[str, Path]:
     """{role: folder} of ``data``: its ``unlabeled/``, ``train/``, ``val/``, ``test/``
     subfolders, or ``data`` itself (annotated: train and unlabeled; else unlabeled). Train,
@@ -371,6 +382,12 @@ def _device(device: str | None) -> tuple[str, str]:
         from cellsynth.pipeline.config import DEVICES
         if not re.fullmatch(DEVICES, device):
             raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            # (a config for another machine is legitimate; run refuses it here at once)
+            return device, ("chosen by --device; this machine has no CUDA GPU, so run it "
+                            "where there is one")
         return device, "chosen by --device"
     import torch
 
@@ -434,7 +451,7 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
         stain = StainGuess(preset, "chosen by --preset", stain.n_images)
     pixel, pixel_from = ((pixel_size_um, "--pixel-size") if pixel_size_um is not None
                          else _pixel_size(datasets))
-    name = Path(data).resolve().name or "data"
+    name = run_name(data)
     device, device_from = _device(device)
     annotated = "train" in folders
     recipe, recipe_from = (_recipe(recipe, stain.preset, device) if annotated
