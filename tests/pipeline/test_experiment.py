@@ -1,6 +1,7 @@
 """cellsynth experiment: settings x seeds, resumable, the test split used only at the end."""
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,15 +133,24 @@ def test_resume_after_a_kill_continues_the_unit(tmp_path, monkeypatch):
     train = trainer.train
 
     def killed(cfg, data, out, **kw):
+        time.sleep(1.0)  # an hour's work, then the kill
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "train", killed)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "exp", log=lambda _: None)
+    unit = "detectors/real_k1_s0"
+    state = json.loads((tmp_path / "exp" / "state.json").read_text())
+    assert not state[unit]["done"] and state[unit]["seconds"] >= 1.0
     monkeypatch.setattr(trainer, "train", train)
     said: list[str] = []
+    started = time.perf_counter()
     run_experiment(config, tmp_path / "exp", log=said.append)
-    assert "[2/2] detectors/real_k1_s0: resuming" in said
+    assert f"[2/2] {unit}: resuming" in said
+    # its time is the killed run's and the resumed one's together
+    entry = json.loads((tmp_path / "exp" / "state.json").read_text())[unit]
+    assert entry["done"] and entry["runs"] == 2
+    assert 1.0 < entry["seconds"] <= 1.1 + time.perf_counter() - started
 
 
 def test_self_training_labels_the_undrawn_images_with_the_teacher_not_the_annotations(

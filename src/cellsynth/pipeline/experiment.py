@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,7 +44,7 @@ from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import SimulateOptions
-from cellsynth.pipeline.run import RunState, claim, content_fingerprint, fingerprint
+from cellsynth.pipeline.run import RunState, claim, content_fingerprint, fingerprint, timed
 from cellsynth.refine.config import RefineConfig
 from cellsynth.segment.parallel import parallel_plan
 from cellsynth.segment.tiles import HALF_PIXEL
@@ -617,13 +616,11 @@ def _execute(unit: _Unit, fingerprints: dict[str, str], out: Path, state: RunSta
         status = state.status(unit.name, unit_fingerprint)
         if status == "done":
             return
-        doing = "resuming" if status == "interrupted" else "running"
-        log(f"[{index}/{total}] {unit.name}: {doing}")
-        state.mark(unit.name, unit_fingerprint, done=False)
-        started = time.perf_counter()
-        summary = unit.run(out / unit.name, status == "interrupted")
-        seconds = round(time.perf_counter() - started, 1)
-        state.mark(unit.name, unit_fingerprint, done=True, summary=summary, seconds=seconds)
+        resume = status == "interrupted"
+        log(f"[{index}/{total}] {unit.name}: {'resuming' if resume else 'running'}")
+        # (its time: that of every run that worked on it, a resumed one's included)
+        _, seconds, _ = timed(state, unit.name, unit_fingerprint, resume,
+                              lambda: unit.run(out / unit.name, resume))
     log(f"[{index}/{total}] {unit.name}: done in {seconds / 60:.1f} min")
 
 

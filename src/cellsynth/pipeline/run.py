@@ -20,6 +20,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
 
 __all__ = ["run", "fingerprint", "content_fingerprint", "stage_fingerprints", "RunState",
-           "claim", "Parts", "duration"]
+           "claim", "Parts", "duration", "timed"]
 
 # files up to this size are fingerprinted by their bytes, larger ones by size and mtime
 HASH_BYTES_UP_TO = 1 << 20
@@ -239,6 +240,30 @@ def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True
         return _run(config, out, progress=progress, log=log)
 
 
+def timed(state: RunState, name: str, print_: str, resume: bool, work: Callable[[], Any],
+          **info: Any) -> tuple[Any, float, float]:
+    """Run ``work`` as the step ``name`` of ``state`` (marked begun, then done with its
+    summary) and return (its summary, the seconds of all runs that worked on it since its
+    fingerprint ``print_`` was set, the seconds of this one). A resumed step (``resume``)
+    adds to what the runs before the kill spent; a stopped (Ctrl-C, SIGTERM) or failed one
+    records its time so far, for the resume to add to."""
+    entry = state.data.get(name, {}) if resume else {}
+    earlier = entry.get("seconds", 0.0)
+    runs = entry.get("runs", 1) + 1 if entry else 1
+    state.mark(name, print_, done=False, seconds=earlier, runs=runs, **info)
+    started = time.perf_counter()
+    try:
+        summary = work()
+    except BaseException:
+        state.mark(name, print_, done=False, runs=runs, **info,
+                   seconds=round(earlier + time.perf_counter() - started, 1))
+        raise
+    now = time.perf_counter() - started
+    state.mark(name, print_, done=True, summary=summary, seconds=round(earlier + now, 1),
+               runs=runs, **info)
+    return summary, earlier + now, now
+
+
 def _run(config: PipelineConfig, out: Path, *, progress: bool,
          log: Callable[[str], None]) -> dict[str, Any]:
     from cellsynth.pipeline import stages
@@ -264,24 +289,11 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool,
         else:
             doing = "running"
         log(f"[{stage.name}] {doing}")
-        # a stage's time is that of all the runs that worked on it since its fingerprint was
-        # set: a resumed one adds to what the runs before the kill spent
-        entry = state.data.get(stage.name, {}) if status == "interrupted" else {}
-        earlier = entry.get("seconds", 0.0)
-        runs = entry.get("runs", 1) + 1 if entry else 1
-        state.mark(stage.name, stage_fingerprint, done=False, hashed=hashed, seconds=earlier,
-                   runs=runs)
-        started = time.perf_counter()
-        try:
-            summary = stage.run(config, out, resume=status == "interrupted", progress=progress)
-        except BaseException:  # stopped (Ctrl-C, SIGTERM) or failed: its time so far counts
-            state.mark(stage.name, stage_fingerprint, done=False, hashed=hashed, runs=runs,
-                       seconds=round(earlier + time.perf_counter() - started, 1))
-            raise
-        now = time.perf_counter() - started
-        seconds = round(earlier + now, 1)
-        state.mark(stage.name, stage_fingerprint, done=True, summary=summary, seconds=seconds,
-                   runs=runs, hashed=hashed)
+        resume = status == "interrupted"
+        summary, seconds, now = timed(
+            state, stage.name, stage_fingerprint, resume,
+            partial(stage.run, config, out, resume=resume, progress=progress), hashed=hashed)
+        earlier = seconds - now
         summaries[stage.name] = summary
         left = len(plan) - 1 - plan.index(stage)
         log(f"[{stage.name}] done in {duration(seconds)}"
