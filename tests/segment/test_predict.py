@@ -223,6 +223,12 @@ def test_a_detector_trained_on_one_staged_channel_picks_it_and_takes_gray_as_is(
     for folder in ("fluo", "gray"):
         labels = read_labels(tmp_path / f"{folder}-out" / "labels" / "a.tif")
         assert matching(plain, labels, thresholds=(0.98,)).f1[0] == 1.0, folder
+    # the output says which channel it predicted, for export's and inspect's readers
+    from cellsynth.io.inspect import format_summary, summarize
+
+    assert json.loads((tmp_path / "fluo-out" / "meta.json").read_text())["channel"] == 1
+    assert "channel      1 (of multi-channel images)" in format_summary(
+        summarize(tmp_path / "fluo-out")).splitlines()
     # channel 0 (the inverted image) would give other cells: it was not what was predicted
     predict_folder(run, tmp_path / "fluo", tmp_path / "ch0", channel=0, **options)
     assert matching(plain, read_labels(tmp_path / "ch0" / "labels" / "a.tif"),

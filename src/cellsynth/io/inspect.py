@@ -107,6 +107,7 @@ def _summarize_prediction(root: Path) -> dict[str, Any]:
             **({"pixel_sizes_stated": dict(sizes.most_common())}
                if meta.get("pixel_size_um") is None and sizes else {}),
             "levels": sorted({int(v.get("level", 0)) for v in per_image.values()}),
+            "channel": meta.get("channel"),
             "images": meta.get("images"),
             "images_missing": sum(p is None or not p.exists() for p in images)}
 
@@ -131,6 +132,8 @@ def _format_prediction(summary: dict[str, Any]) -> list[str]:
         lines.append(f"pixel size   {summary['pixel_size_um']:g} um/px")
     elif summary.get("pixel_sizes_stated"):
         lines.append(f"pixel size   {_counts(summary['pixel_sizes_stated'])}")
+    if summary.get("channel") is not None:
+        lines.append(f"channel      {summary['channel']} (of multi-channel images)")
     missing = summary["images_missing"]
     lines.append(f"predicted    from {summary['images'] or 'images not recorded'}"
                  + (f" ({missing} of {summary['n_images']} image(s) no longer there)"

@@ -676,6 +676,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             "pixel_size_um": shared_px,  # the labels are at the images' own pixels
             "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
             "n_images": len(inputs), "n_instances": n_cells, "tta": tta,
+            # of multi-channel images, the one predicted (--channel, else the detector's)
+            "channel": _channel(detector, channel),
             "precision": detector.precision,
             "empty_contrast": empty_contrast,
             "nms_thresh": float(detector.model.nms_thresh),
