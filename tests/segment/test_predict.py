@@ -291,6 +291,31 @@ def test_a_file_cut_short_is_refused_before_any_image_is_predicted(model, tmp_pa
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.proposals").exists()
 
 
+def test_a_level_an_image_lacks_is_refused_before_any_image_is_predicted(model, tmp_path,
+                                                                         monkeypatch):
+    """--level 1 over a folder where one image is flat: named before one tile is predicted
+    (it failed when prediction reached that image)."""
+    import tifffile
+
+    from cellsynth.errors import ImageReadError
+    from cellsynth.segment import predict
+
+    run, sim = model
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    (tmp_path / "images").mkdir()
+    with tifffile.TiffWriter(tmp_path / "images" / "a.tif") as tif:  # a pyramid: 2 levels
+        tif.write(image, subifds=1, tile=(32, 32), photometric="minisblack")
+        tif.write(image[::2, ::2], subfiletype=1, tile=(32, 32), photometric="minisblack")
+    write_image(tmp_path / "images" / "b.png", image)
+    predicted = []
+    monkeypatch.setattr(predict, "predict_image",
+                        lambda *a, **k: predicted.append(1) or predict_image(*a, **k))
+    with pytest.raises(ImageReadError, match=r"b\.png: no resolution level 1; the image has 1"):
+        predict_folder(run, tmp_path / "images", tmp_path / "out", level=1, score_thresh=0.5,
+                       precision="fp32", progress=False)
+    assert predicted == [] and not (tmp_path / "out").exists()
+
+
 def test_predict_takes_a_single_image_file(model, tmp_path):
     run, sim = model
     path = sorted((sim / "images").iterdir())[0]

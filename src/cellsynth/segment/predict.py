@@ -564,6 +564,11 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     for _, path in inputs:  # a bad file found hours in wastes them: every header first
         if path.is_file():  # (a .zarr section: its metadata is read as it is opened)
             check_header(path)
+        if level:  # and that each has the level asked for (opened lazily: headers only)
+            if _read_lazily(path):
+                open_large_image(path, level=level)
+            else:
+                check_level(path, level, 1)
     detector = load_detector(run, device=device,  # int8 starts from fp32, says its own line
                              precision="fp32" if precision == "int8" else precision,
                              say_precision=precision != "int8")
