@@ -86,6 +86,26 @@ def test_run_and_report_commands(tmp_path, capsys):
     assert len(err.splitlines()) == 1
 
 
+def test_run_ends_with_the_test_score_where_it_evaluated(tmp_path, capsys, monkeypatch):
+    """The last line of a run that scored real.test names F1@0.5 and F1avg (they were only
+    in the report); one without a test split says none."""
+    from cellsynth.pipeline import run as run_module
+    from tests.conftest import make_dataset
+
+    real = make_dataset(tmp_path / "real", n=2, size=64, labels=False)
+    config = tmp_path / "run.yaml"
+    config.write_text(_tiny_run_yaml(tmp_path, real))
+    scored = {"simulate": {}, "evaluate": {"f1_50": 0.5423, "f1_avg": 0.4031}}
+    monkeypatch.setattr(run_module, "run", lambda *a, **k: scored)
+    assert main(["run", str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"run finished (simulate, evaluate); test F1@0.5 0.542, F1avg 0.403: "
+                    f"open {tmp_path / 'r' / 'report.html'}")
+    monkeypatch.setattr(run_module, "run", lambda *a, **k: {"simulate": {}})
+    assert main(["run", str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert "F1" not in capsys.readouterr().out
+
+
 def test_demo_command_writes_its_data_and_report(tmp_path, capsys, monkeypatch):
     from dataclasses import replace
 

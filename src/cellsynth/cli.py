@@ -311,7 +311,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(format_estimate(estimate(config, args.out), machine=machine))
         return 0
     summaries = run(config, args.out, progress=not args.quiet)
-    print(f"run finished ({', '.join(summaries)}): open {Path(args.out) / 'report.html'}")
+    scored = summaries.get("evaluate") or {}
+    score = (f"; test F1@0.5 {scored['f1_50']:.3f}, F1avg {scored['f1_avg']:.3f}"
+             if "f1_50" in scored else "")
+    print(f"run finished ({', '.join(summaries)}){score}: open "
+          f"{Path(args.out) / 'report.html'}")
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellsynth.io.images import write_image, write_labels
+from cellsynth.io.images import read_image, write_image, write_labels
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, PredictOptions, RealData, SimulateOptions
 from cellsynth.pipeline.estimate import Timer, estimate, format_estimate, tiled_pixels
@@ -110,6 +110,28 @@ def test_estimate_multiplies_steps_validations_and_views(tmp_path):
     total = (1000 * 0.25 + 30 + 4 * 0.125 + 250 * 2 + 3 * val_mpx * 10 + 100 * 0.5
              + 2 * val_mpx * 10 + 8 * 256 * 256 / 1e6 * 10)
     assert text.splitlines()[-1].split()[1:3] == [f"{total / 60:.1f}", "min"]
+
+
+def test_sizing_two_channel_images_says_nothing_about_their_channels(tmp_path):
+    """--estimate only sizes the images: on 2-channel TIFFs with real.channel 1 it warned
+    'using channel 0' for each, although the run itself uses channel 1."""
+    import warnings
+
+    import tifffile
+
+    config = _config(tmp_path)
+    for role in ("train", "test"):
+        folder = Path(getattr(config.real, role)) / "images"
+        for path in sorted(folder.iterdir()):
+            image = read_image(path)
+            path.unlink()
+            tifffile.imwrite(folder / f"{path.stem}.tif", np.stack([image, image]),
+                             imagej=True, metadata={"axes": "CYX"})
+    config = replace(config, real=replace(config.real, channel=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        by_stage = {e.stage: e for e in estimate(config, timer=FakeTimer(), channels=1)}
+    assert by_stage[layout.PREDICT].seconds == pytest.approx(8 * 256 * 256 / 1e6 * 10.0)
 
 
 def test_estimate_works_at_the_working_pixel_size(tmp_path):

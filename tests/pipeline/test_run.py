@@ -516,7 +516,7 @@ def test_real_channel_stages_that_channel_and_the_detector_records_it(tmp_path):
                            refinement_iterations=1, checkpoint_every=1, val_every=2)
     config = replace(_config(train), finetune=finetune, real=RealData(
         unlabeled=str(train), train=str(train), val=str(train), test=str(test), channel=1))
-    out = tmp_path / "run"
+    out = tmp_path / "fluo-run"
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*using channel 0")
         summaries = run(config, out, progress=False, log=lambda _: None)
@@ -540,6 +540,9 @@ def test_real_channel_stages_that_channel_and_the_detector_records_it(tmp_path):
 
     for name in wanted_test:
         assert read_labels(out / "predict" / "labels" / f"{name}.tif").shape == (64, 64)
+    page = (out / "report.html").read_text()
+    assert "Every stage read channel 1 of the multi-channel images (real.channel)" in page
+    assert "<h1>cellsynth report: run (fluo-run)</h1>" in page  # the config's name, folder
     assert 0.0 <= summaries["evaluate"]["f1_50"] <= 1.0
     with pytest.raises(ImageReadError, match=r"img0\.tif: channel 2 requested, but the image has "
                                         r"2 channel\(s\)"):

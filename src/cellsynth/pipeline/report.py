@@ -335,11 +335,15 @@ def _prediction_note(run: Path) -> str:
     if meta.get("nms_thresh") not in (None, CPN_NMS):  # set by predict.nms
         command += f" --nms {meta['nms_thresh']:g}"
     text = ""
-    px = _real_options(run).get("pixel_size_um")
+    real = _real_options(run)
+    if real.get("channel") is not None:  # (the detectors record it: predict picks it itself)
+        text = (f"Every stage read channel {real['channel']} of the multi-channel images "
+                f"(real.channel); the detectors pick it from new ones by themselves. ")
+    px = real.get("pixel_size_um")
     if px:  # (files that state none are otherwise taken at the detector's working size)
         command += f" --pixel-size {px:g}"
-        text = (f"--pixel-size is the run's real images' ({px:g} um/px): give yours if they "
-                f"differ and their files do not state it. ")
+        text += (f"--pixel-size is the run's real images' ({px:g} um/px): give yours if "
+                 f"they differ and their files do not state it. ")
     faint = meta.get("faint")
     if faint:
         command += (f" --faint-from {meta['faint_from']} "
@@ -371,7 +375,11 @@ def write_report(run: str | os.PathLike) -> Path:
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     stage_rows = [[name, "done" if s.get("done") else "not finished", _stage_time(s)]
                   for name, s in state.items() if name != layout.REPORT_STAGE]  # this page
-    body = [f"<h1>cellsynth report: {html.escape(run.name)}</h1>",
+    import yaml
+
+    name = str((yaml.safe_load(config) or {}).get("name") or run.name) if config else run.name
+    title = name if name == run.name else f"{name} ({run.name})"  # the config's, the folder's
+    body = [f"<h1>cellsynth report: {html.escape(title)}</h1>",
             _table(["stage", "status", "time"], stage_rows) if stage_rows else "",
             _fitted(run), "<h2>Samples</h2>" + _samples(run), _refiner(run), _realism(run),
             _training(run), _pseudo_labels(run), _predictions(run), _metrics(run),
