@@ -196,3 +196,24 @@ def test_select_channel_picks_one_and_names_a_missing_one():
     with pytest.raises(ImageReadError, match=r"x.tif: channel 3 requested, but the image has 3 "
                                              r"channel\(s\) \(0-2\)"):
         select_channel(rgb, 3, where="x.tif")
+
+
+def test_check_header_refuses_a_z_stack_and_passes_channels_and_rgb(tmp_path):
+    """A ZYX stack is one line from its header alone (before a run or a prediction starts);
+    2 channels first (CYX), an RGB TIFF and a plain 2-D one pass."""
+    import tifffile
+
+    from cellsynth.io.images import check_header
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "z.tif", rng.integers(0, 255, (3, 40, 50), np.uint8),
+                     imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(ImageReadError, match=r"z\.tif: 3 z-planes \(axes ZYX"):
+        check_header(tmp_path / "z.tif")
+    tifffile.imwrite(tmp_path / "c.tif", rng.integers(0, 255, (2, 40, 50), np.uint8),
+                     imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "rgb.tif", rng.integers(0, 255, (40, 50, 3), np.uint8),
+                     photometric="rgb")
+    tifffile.imwrite(tmp_path / "g.tif", rng.integers(0, 255, (40, 50), np.uint8))
+    for name in ("c.tif", "rgb.tif", "g.tif"):
+        check_header(tmp_path / name)

@@ -549,6 +549,20 @@ def test_real_channel_stages_that_channel_and_the_detector_records_it(tmp_path):
         check_inputs(replace(config, real=replace(config.real, channel=2)))
 
 
+def test_a_z_stack_among_the_real_images_stops_the_run_before_any_work(tmp_path):
+    """A z-stack in real.unlabeled was refused only when the run reached it (after the
+    simulation); its header is read with the folders, before any stage."""
+    import tifffile
+
+    real = _real(tmp_path / "real")
+    tifffile.imwrite(real / "z.tif", np.zeros((3, 64, 64), np.uint8), imagej=True,
+                     metadata={"axes": "ZYX"})
+    said: list[str] = []
+    with pytest.raises(ImageReadError, match=r"z\.tif: 3 z-planes"):
+        run(_config(real), tmp_path / "run", progress=False, log=said.append)
+    assert said == [] and not (tmp_path / "run" / "simulate").exists()
+
+
 def test_select_with_rescaling_copies_only_the_chosen_images_rescaled(tmp_path):
     from cellsynth.io.images import read_image
     from tests.conftest import make_dataset

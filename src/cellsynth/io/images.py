@@ -270,12 +270,14 @@ def check_header(path: str | os.PathLike) -> None:
     """Check an image file from its header, without decoding a pixel: a cheap look at every
     file of a folder before hours of work reach a bad one. Raises :class:`ImageReadError`
     naming the file where the header cannot be read, or the file ends before its data does
-    (a truncated copy: a TIFF's strips or tiles, a PNG's chunks run past its end). What only
-    decoding finds (a corrupt byte inside, a JPEG cut short) :func:`read_image` still finds."""
+    (a truncated copy: a TIFF's strips or tiles, a PNG's chunks run past its end), or it is
+    a TIFF z-stack or time series (:func:`refuse_stacks`). What only decoding finds (a
+    corrupt byte inside, a JPEG cut short) :func:`read_image` still finds."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     size = path.stat().st_size
+    axes, shape = "", ()
     notes, logger = _Notes(), logging.getLogger("tifffile")
     logger.addHandler(notes)
     propagate, logger.propagate = logger.propagate, False
@@ -284,6 +286,7 @@ def check_header(path: str | os.PathLike) -> None:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:  # (the IFDs: offsets and sizes, no pixels)
+                axes, shape = tif.series[0].axes.upper(), tuple(tif.series[0].shape)
                 for level in tif.series[0].levels:
                     for page in filter(None, level.pages):
                         ends = np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)
@@ -304,6 +307,9 @@ def check_header(path: str | os.PathLike) -> None:
     finally:
         logger.removeHandler(notes)
         logger.propagate = propagate
+    if axes and "Q" not in axes and len(axes) == len(shape):  # (axes the file names)
+        refuse_stacks(axes.replace("S", "C") if "C" not in axes else axes, shape,
+                      where=str(path))
 
 
 def read_image(path: str | os.PathLike, *, all_channels: bool = False) -> np.ndarray:

@@ -240,6 +240,7 @@ def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
 
 def check_inputs(config: PipelineConfig) -> None:
     """Fail before any work starts if a named folder is missing or malformed."""
+    from cellsynth.io.images import check_header
     from cellsynth.io.resample import pixel_scale
     from cellsynth.io.sections import open_image, reads_lazily
     from cellsynth.simulate import simulation_config
@@ -253,6 +254,9 @@ def check_inputs(config: PipelineConfig) -> None:
         folder = getattr(config.real, role)
         if folder is not None:
             dataset = load_dataset(folder, require_labels=role != "unlabeled")
+            for sample in dataset:  # a file cut short or a z-stack, before any work on it
+                if sample.image_path.is_file():
+                    check_header(sample.image_path)
             # unlabeled sections are staged as rescaled windows of tissue; an annotated one
             # would have to be copied rescaled whole, i.e. decoded whole
             section = next((s for s in dataset if reads_lazily(s.image_path)),
