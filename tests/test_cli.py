@@ -201,6 +201,34 @@ def test_a_second_command_in_the_same_process_says_its_warnings_again(tmp_path, 
         assert "a.png: dropping alpha channel" in capsys.readouterr().err
 
 
+def test_a_command_says_each_warning_once_wherever_it_comes_from(monkeypatch, capsys):
+    """The stages of a run warned the same note about the same folder from several places
+    (up to 8 times); a command now says each text once, and different texts each."""
+    import warnings
+
+    from cellsynth import cli
+
+    def noisy(args):
+        for where in ("a", "b", "a", "c", "a"):  # (distinct lines: Python would say each)
+            if where == "a":
+                warnings.warn("folder x: states no pixel size", stacklevel=1)
+            elif where == "b":
+                warnings.warn("folder x: states no pixel size", stacklevel=1)
+            else:
+                warnings.warn("folder y: states no pixel size", stacklevel=1)
+        return 0
+
+    def parser():
+        p = argparse.ArgumentParser()
+        p.set_defaults(command="probe", func=noisy)
+        return p
+    monkeypatch.setattr(cli, "_build_parser", parser)
+    assert cli.main([]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "cellsynth probe: warning: folder x: states no pixel size",
+        "cellsynth probe: warning: folder y: states no pixel size"]
+
+
 def test_progress_bars_into_a_log_file_update_every_30_s(monkeypatch, capsys):
     """stderr not a terminal (a background run's log): tqdm's bars update every 30 s instead
     of every step; a terminal, or the user's own TQDM_MININTERVAL, is left alone."""

@@ -755,8 +755,14 @@ def _output(command: str, quiet: bool):
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
 
+    shown: set[str] = set()
+
     def show(message, category, filename, lineno, file=None, line=None):
-        _write_above_bars(f"cellsynth {command}: warning: {message}", file or sys.stderr)
+        # once per command: the stages of a run read the same folders and said the same
+        # note about them up to 8 times, burying the lines that differ
+        if str(message) not in shown:
+            shown.add(str(message))
+            _write_above_bars(f"cellsynth {command}: warning: {message}", file or sys.stderr)
 
     from cellsynth.hardware import forget_announcements
 
