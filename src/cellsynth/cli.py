@@ -273,7 +273,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if s["channel_guessed"]:
         print(f"your images have {s['channels']} channels: every stage uses channel 0 "
               f"(real.channel in {out}); if the cells are in another, set it there or init "
-              f"again with --channel N")
+              f"again with --channel N. Channels 0-{s['channels'] - 1} of one image, left to "
+              f"right: {s['channel_preview']}")
     elif s["channel"] is not None:
         print(f"channel {s['channel']} of {s['channels']} (--channel)")
     if s["pixel_size_um"] is not None:

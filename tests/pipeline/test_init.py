@@ -8,7 +8,7 @@ import yaml
 
 from cellsynth.cli import main
 from cellsynth.errors import DatasetError
-from cellsynth.io.images import read_labels, write_image, write_labels
+from cellsynth.io.images import read_image, read_labels, write_image, write_labels
 from cellsynth.pipeline.config import load_pipeline_config
 from cellsynth.pipeline.init import find_folders, guess_stain
 from cellsynth.simulate import simulate
@@ -108,6 +108,13 @@ def test_init_on_two_channel_images_writes_the_channel_every_stage_uses(tmp_path
     assert main(["init", str(data), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "your images have 2 channels: every stage uses channel 0" in printed
+    # each channel side by side, to see which holds the cells: channel 1 is the nuclei
+    preview = read_image(tmp_path / "f-channels.png")
+    assert f"Channels 0-1 of one image, left to right: {tmp_path / 'f-channels.png'}" in printed
+    nuclei = next(iter(simulate("fluo", 1, 128, seed=2)))[0]
+    left, right = preview[:128, :128, 0], preview[:128, -128:, 0]
+    assert np.corrcoef(right.ravel(), nuclei.ravel())[0, 1] > 0.95
+    assert np.corrcoef(left.ravel(), nuclei.ravel())[0, 1] < -0.95
     assert "channel: 0   # of your images' 2 channels (0-1), the one every stage uses: CHECK" \
         in out.read_text()
     first = load_pipeline_config(out)

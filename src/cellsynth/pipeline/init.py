@@ -155,6 +155,27 @@ def run_name(data: str | os.PathLike) -> str:
     return path.name or "data"
 
 
+def _channel_preview(image: Path, config: Path) -> Path:
+    """``<config stem>-channels.png`` beside the config: each channel of ``image`` (a
+    window of its tissue for a whole section) side by side, contrast stretched, so that a
+    user sees which one holds the cells before a run trains on one."""
+    from cellsynth.io.images import read_image, to_uint8, write_image
+    from cellsynth.io.normalize import normalize
+    from cellsynth.io.sections import open_large_image, reads_lazily, tissue_windows
+    from cellsynth.viz import as_rgb8, image_grid
+
+    if reads_lazily(image):
+        window = np.asarray(tissue_windows(open_large_image(image), 1024, 1)[0][2])
+    else:
+        window = read_image(image, all_channels=True)
+    window = window[:1024, :1024]
+    tiles = [as_rgb8(to_uint8(normalize(window[..., c], where=None)))
+             for c in range(window.shape[2])]
+    path = config.with_name(config.stem + "-channels.png")
+    write_image(path, image_grid(tiles, columns=len(tiles)))
+    return path
+
+
 def find_folders(data: str | os.PathLike) -> dict[str, Path]:
     """{role: folder} of ``data``: its ``unlabeled/``, ``train/``, ``val/``, ``test/``
     subfolders, or ``data`` itself (annotated: train and unlabeled; else unlabeled). Train,
@@ -463,7 +484,9 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
     with atomic_path(out) as tmp:
         tmp.write_text(text)
         load_pipeline_config(tmp)  # what `cellsynth run` will read; a failure writes nothing
+    preview = _channel_preview(first, out) if channels > 1 else None
     return {"config": str(out), "preset": stain.preset, "guessed": guessed,
+            "channel_preview": str(preview) if preview else None,
             "reason": stain.reason, "pixel_size_um": pixel, "pixel_from": pixel_from,
             "roles": {role: str(folders[role]) for role in ROLES if role in folders},
             "annotated": annotated, "name": name, "device": device,
