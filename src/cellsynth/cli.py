@@ -206,8 +206,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                 else {"empty_contrast": args.empty_contrast}))
     faint = (f"; {summary['faint']} detections fainter than the cells annotated in "
              f"{args.faint_from} dropped" if args.faint_from is not None else "")
+    channel = (f", channel {summary['channel']} ({summary['channel_from']})"
+               if summary.get("channel") is not None else "")
     print(f"predicted {summary['n_instances']} cells in {summary['n_images']} images "
-          f"({summary['megapixels_per_s']:.2f} MP/s) -> {args.out}{faint}")
+          f"({summary['megapixels_per_s']:.2f} MP/s{channel}) -> {args.out}{faint}")
     return 0
 
 

@@ -196,7 +196,8 @@ def test_a_detector_trained_on_channel_1_says_so_on_a_gray_image(model, tmp_path
 
 
 def test_a_detector_trained_on_one_staged_channel_picks_it_and_takes_gray_as_is(model,
-                                                                               tmp_path):
+                                                                               tmp_path,
+                                                                               capsys):
     """A detector of a run with real.channel 1 (gray copies of channel 1, recorded as its
     source_channel) finds on a 2-channel ImageJ TIFF what it finds on the gray image, with
     no --channel and no warning, and on the gray image itself what a plain detector does;
@@ -229,6 +230,20 @@ def test_a_detector_trained_on_one_staged_channel_picks_it_and_takes_gray_as_is(
     assert json.loads((tmp_path / "fluo-out" / "meta.json").read_text())["channel"] == 1
     assert "channel      1 (of multi-channel images)" in format_summary(
         summarize(tmp_path / "fluo-out")).splitlines()
+    # the command says which channel it predicted, and that --channel overrides the
+    # detector's where they differ
+    from cellsynth.cli import main
+
+    capsys.readouterr()
+    args = ["predict", "--detector", str(tmp_path / "src1.pt"), "--images",
+            str(tmp_path / "fluo"), "--precision", "fp32", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "c1")]) == 0
+    assert "channel 1 (the detector's)) ->" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "c0"), "--channel", "0"]) == 0
+    said = capsys.readouterr()
+    assert "channel 0 (--channel)) ->" in said.out
+    assert ("src1.pt: the detector was trained on channel 1 of multi-channel images; "
+            "predicting channel 0 as --channel asks") in said.err
     # channel 0 (the inverted image) would give other cells: it was not what was predicted
     predict_folder(run, tmp_path / "fluo", tmp_path / "ch0", channel=0, **options)
     assert matching(plain, read_labels(tmp_path / "ch0" / "labels" / "a.tif"),

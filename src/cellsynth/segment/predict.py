@@ -572,6 +572,10 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     detector = load_detector(run, device=device,  # int8 starts from fp32, says its own line
                              precision="fp32" if precision == "int8" else precision,
                              say_precision=precision != "int8")
+    recorded = _channel(detector, None)
+    if channel is not None and recorded is not None and channel != recorded:
+        warnings.warn(f"{run}: the detector was trained on channel {recorded} of multi-channel "
+                      f"images; predicting channel {channel} as --channel asks", stacklevel=2)
     set_nms(detector, nms_thresh)
     tile, batch = tiling(detector, tile, batch)
     if overlap >= tile:  # the tile given, or the default one
@@ -691,4 +695,6 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             "n_faint_dropped": n_faint})
     shutil.rmtree(cache, ignore_errors=True)  # published: nothing left to resume
     return {"n_images": len(inputs), "n_instances": n_cells, "faint": n_faint,
-            "seconds": elapsed, "megapixels_per_s": megapixels / max(elapsed, 1e-9)}
+            "seconds": elapsed, "megapixels_per_s": megapixels / max(elapsed, 1e-9),
+            "channel": _channel(detector, channel),
+            "channel_from": ("--channel" if channel is not None else "the detector's")}
