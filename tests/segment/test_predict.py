@@ -442,7 +442,8 @@ def test_progress_counts_tiles(monkeypatch):
 
 def test_areas_in_um2_at_the_models_pixel_size_where_the_image_states_none(model, tmp_path):
     """An image of unknown pixel size is predicted as if at the detector's (predict warns
-    so); its cells' areas in um² are then at that size too (they were left empty)."""
+    so); its cells' areas in um² are then at that size too (they were left empty), and each
+    row says that size was assumed, not stated (a user could report them as measured)."""
     import csv
 
     run, sim = model
@@ -457,6 +458,7 @@ def test_areas_in_um2_at_the_models_pixel_size_where_the_image_states_none(model
     assert len(rows) >= 3
     for row in rows:
         assert float(row["area_um2"]) == pytest.approx(areas[int(row["id"])] * 0.25, abs=1e-3)
+        assert (row["pixel_size_um"], row["pixel_size"]) == ("0.5", "assumed")
 
 
 def test_inspect_describes_a_prediction_folder(model, tmp_path, monkeypatch, capsys):
@@ -499,6 +501,7 @@ def test_predict_writes_a_detections_table(model, tmp_path):
         cell = int(row["id"])
         assert int(row["area_px"]) == areas[cell]
         assert float(row["area_um2"]) == pytest.approx(areas[cell] * 0.25, abs=1e-3)
+        assert (row["pixel_size_um"], row["pixel_size"]) == ("0.5", "stated")  # --pixel-size
         assert 0.5 <= float(row["score"]) <= 1.0
         ys, xs = np.nonzero(labels == cell)
         assert float(row["centroid_y"]) == pytest.approx(ys.mean(), abs=0.01)

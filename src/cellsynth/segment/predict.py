@@ -408,9 +408,12 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
 
 
 def detections_table(labels: Any, id_scores: np.ndarray,
-                     pixel_size_um: float | None = None, *, band: int = 1024) -> str:
+                     pixel_size_um: float | None = None, *, band: int = 1024,
+                     assumed: bool = False) -> str:
     """CSV of the cells of a label map: id, centroid, area, score, bounding box (pixels; area
-    also in um² when the pixel size is known).
+    also in um² at ``pixel_size_um``), and the pixel size the um² are at: stated (by the
+    user, meta.json or the file), or ``assumed`` (none stated: the detector's, at which the
+    image was predicted; not a measured size).
 
     ``labels``: (H, W) numpy or lazy array (read in bands of ``band`` rows, so a whole
     section's labels need not be in memory); ids index ``id_scores``.
@@ -433,13 +436,15 @@ def detections_table(labels: Any, id_scores: np.ndarray,
         np.minimum.at(x0s, ids, cols)
         np.maximum.at(y1s, ids, rows + 1)
         np.maximum.at(x1s, ids, cols + 1)
-    header = "id,centroid_y,centroid_x,area_px,area_um2,score,bbox_y0,bbox_x0,bbox_y1,bbox_x1"
+    header = ("id,centroid_y,centroid_x,area_px,area_um2,score,bbox_y0,bbox_x0,bbox_y1,"
+              "bbox_x1,pixel_size_um,pixel_size")
+    px = f"{pixel_size_um:g},{'assumed' if assumed else 'stated'}" if pixel_size_um else ","
     lines = [header]
     for i in np.flatnonzero(area[1:]) + 1:
         a = int(area[i])
         area_um2 = f"{a * pixel_size_um ** 2:.3f}" if pixel_size_um else ""
         lines.append(f"{i},{sum_y[i] / a:.2f},{sum_x[i] / a:.2f},{a},{area_um2},"
-                     f"{float(id_scores[i]):.4f},{y0s[i]},{x0s[i]},{y1s[i]},{x1s[i]}")
+                     f"{float(id_scores[i]):.4f},{y0s[i]},{x0s[i]},{y1s[i]},{x1s[i]},{px}")
     return "\n".join(lines) + "\n"
 
 
@@ -661,9 +666,11 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                     write_labels(root / layout.LABELS / f"{image_id}.tif", np.asarray(labels),
                                  pixel_size_um=px)
                 with atomic_path(root / layout.DETECTIONS / f"{image_id}.csv") as tmp:
-                    # (an unknown size was taken to be the model's: areas in um² at it)
+                    # (an unknown size was taken to be the model's: areas in um² at it,
+                    # and said so in each row)
                     tmp.write_text(detections_table(labels, id_scores,
-                                                    px or detector.pixel_size_um))
+                                                    px or detector.pixel_size_um,
+                                                    assumed=px is None))
                 if not lazy:
                     write_image(root / layout.OVERLAYS / f"{image_id}.png",
                                 contour_overlay(_shown(image, _channel(detector, channel)),
