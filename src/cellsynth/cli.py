@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cellsynth import __version__
-from cellsynth.errors import CellsynthError
+from cellsynth.errors import CellsynthError, DatasetError
 from cellsynth.hardware import THREADS_SOURCE
 from cellsynth.pipeline import layout
 
@@ -59,8 +59,16 @@ def _score(text: str) -> float:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from cellsynth.io.inspect import format_summary, summarize
+    from cellsynth.pipeline.init import ROLES
 
-    print(format_summary(summarize(args.dir)))
+    try:
+        print(format_summary(summarize(args.dir)))
+    except DatasetError:
+        # a project folder as `cellsynth init` takes it: its unlabeled/, train/, ... each
+        roles = [r for r in ROLES if (args.dir / r).is_dir()]
+        if not roles:
+            raise
+        print("\n\n".join(f"{r}/\n{format_summary(summarize(args.dir / r))}" for r in roles))
     return 0
 
 

@@ -1,5 +1,6 @@
 from cellsynth.cli import main
 from cellsynth.io.inspect import summarize
+from tests.conftest import make_dataset
 
 
 def test_summarize_counts_instances_and_areas(dataset):
@@ -103,3 +104,20 @@ def test_a_prediction_folder_says_how_many_of_its_images_are_gone(tmp_path, caps
     assert "detector     run/best.pt (step 300), score threshold 0.9\n" in out
     assert "pixel size   0.5 um/px (1), unknown (1)\n" in out
     assert f"predicted    from {tmp_path / 'ds'} (1 of 2 image(s) no longer there)" in out
+
+
+def test_inspect_of_a_project_folder_summarises_each_role(tmp_path, capsys):
+    """inspect of the folder init takes (unlabeled/, train/, test/) said 'no images found';
+    it summarises each; a folder with neither images nor roles is still one error line."""
+    from cellsynth.cli import main
+
+    make_dataset(tmp_path / "proj" / "train", n=2)
+    make_dataset(tmp_path / "proj" / "unlabeled", n=3, labels=False)
+    assert main(["inspect", str(tmp_path / "proj")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("unlabeled/\n") and "\n\ntrain/\n" in out
+    assert "images       3 (0 with labels" in out and "images       2 (2 with labels" in out
+    (tmp_path / "empty").mkdir()
+    assert main(["inspect", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no images found" in err[0]
