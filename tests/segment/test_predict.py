@@ -160,9 +160,10 @@ def test_a_pyramid_of_3_fluorescence_channels_is_not_blended_as_rgb(model, tmp_p
                     thresholds=(0.98,)).f1[0] == 1.0
 
 
-def test_a_run_folder_given_as_detector_names_the_detectors_inside(model, tmp_path):
-    """`predict --detector runs/x` (a `cellsynth run` folder): the error names its soup and
-    fine-tuned detectors, the first being what the run predicts with."""
+def test_a_run_folder_given_as_detector_names_the_detectors_inside(model, tmp_path,
+                                                                    caplog):
+    """`predict --detector runs/x` (a `cellsynth run` folder): once it has predicted, the
+    detector it predicted with; before, the error names its soup and fine-tuned detectors."""
     import shutil
 
     from cellsynth.errors import CellsynthError
@@ -176,6 +177,17 @@ def test_a_run_folder_given_as_detector_names_the_detectors_inside(model, tmp_pa
                                              rf"its {where}/soup or {where}/finetune"):
         load_detector(where)
     assert load_detector(where / "soup").step == load_detector(run / "last.pt").step
+    # a run that predicted says with which detector: that one is taken, and said
+    _recorded(run, where / "finetune" / "best.pt", channel=1)  # (to tell it from the soup)
+    (where / "predict").mkdir()
+    (where / "predict" / "meta.json").write_text(json.dumps(
+        {"model": str(where / "finetune" / "best.pt")}))
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        assert load_detector(where).channel == 1
+    assert (f"{where}: a `cellsynth run` folder; predicting with the detector it predicted "
+            f"with, {where / 'finetune' / 'best.pt'}") in caplog.messages
 
 
 def test_a_detector_trained_on_channel_1_says_so_on_a_gray_image(model, tmp_path, capsys):

@@ -105,8 +105,18 @@ class Detector:
 
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
-    """``RUN/best.pt`` (else ``RUN/last.pt``), or ``run`` itself if it is a file."""
+    """``RUN/best.pt`` (else ``RUN/last.pt``), or ``run`` itself if it is a file; of a
+    `cellsynth run` folder, the detector it predicted with (its predict/meta.json says)."""
     path = layout.detector_checkpoint(run)
+    ran = Path(run) / layout.PREDICT / layout.META
+    if not path.is_file() and ran.is_file():
+        import json
+
+        used = Path(json.loads(ran.read_text()).get("model") or "")
+        if used.is_file():
+            announce(f"{run}: a `cellsynth run` folder; predicting with the detector it "
+                     f"predicted with, {used}")
+            return used
     if not path.is_file():
         inside = [d.name for d in (Path(run) / n for n in ("soup", "finetune", "pretrain"))
                   if layout.detector_checkpoint(d).is_file()] if Path(run).is_dir() else []
