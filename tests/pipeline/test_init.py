@@ -216,7 +216,9 @@ def test_the_written_recipe_runs_end_to_end_when_shrunk(tmp_path, recipe):
         report = (tmp_path / "run" / "report.html").read_text()
         assert f"--faint-from {meta['faint_from']} --faint-percentile 5" in report
         # and keeps packed somata apart as the recipe measured (nms 0.5, not 0.2)
-        assert meta["nms_thresh"] == 0.5 and "--tta --nms 0.5 --faint-from" in report
+        # (and at the pixel size init was given: new images stating none are taken at it)
+        assert meta["nms_thresh"] == 0.5
+        assert "--tta --nms 0.5 --pixel-size 0.346 --faint-from" in report
     else:
         assert meta["faint"] is None and config.predict.faint_percentile == 0
         assert meta["nms_thresh"] == 0.2 and "--nms" not in (tmp_path / "run" /
