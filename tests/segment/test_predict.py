@@ -343,6 +343,29 @@ def test_a_level_an_image_lacks_is_refused_before_any_image_is_predicted(model, 
     assert predicted == [] and not (tmp_path / "out").exists()
 
 
+def test_a_channel_the_images_lack_is_refused_before_the_detector_loads(model, tmp_path,
+                                                                        monkeypatch):
+    """--channel 2 on 2-channel TIFFs: one line naming the first such file, from the
+    headers, before the detector is loaded (it came after loading it and a first image)."""
+    import tifffile
+
+    from cellsynth.errors import ImageReadError
+    from cellsynth.segment import predict
+
+    run, sim = model
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    (tmp_path / "two").mkdir()
+    tifffile.imwrite(tmp_path / "two" / "a.tif", np.stack([image, image]), imagej=True,
+                     metadata={"axes": "CYX"})
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the detector was loaded")
+    monkeypatch.setattr(predict, "load_detector", loaded)
+    with pytest.raises(ImageReadError, match=r"a\.tif: channel 2 requested, but the image has "
+                                             r"2 channel\(s\) \(0-1\)"):
+        predict_folder(run, tmp_path / "two", tmp_path / "out", channel=2, progress=False)
+
+
 def test_predict_takes_a_single_image_file(model, tmp_path):
     run, sim = model
     path = sorted((sim / "images").iterdir())[0]

@@ -266,18 +266,39 @@ def _png_ends_early(path: Path, size: int) -> bool:
             f.seek(end)
 
 
-def check_header(path: str | os.PathLike) -> None:
+def _tiff_channels(axes: str, shape: tuple[int, ...], photometric: int,
+                   extrasamples: list[int]) -> int | None:
+    """The channels :func:`read_image` gives a TIFF of these axes and shape (its alpha
+    dropped), from the header alone; None where only reading it would tell."""
+    axes = axes.upper()
+    if "Q" in axes or len(axes) != len(shape):
+        shape = tuple(n for n in shape if n != 1) if len(shape) > 3 else shape
+        if len(shape) not in (2, 3):
+            return None
+        axes = guess_axes(shape).upper()
+    axes = axes.replace("S", "C") if "C" not in axes else axes
+    counts = [n for a, n in zip(axes, shape) if a == "C"]
+    count = counts[0] if len(counts) == 1 else 1 if not counts else None
+    return None if count is None else count - tiff_alpha(photometric, extrasamples, count)
+
+
+_PIL_CHANNELS = {"1": 1, "L": 1, "LA": 1, "I": 1, "I;16": 1, "I;16B": 1, "F": 1, "RGB": 3,
+                 "RGBA": 3}  # (alpha dropped, as read_image drops it)
+
+
+def check_header(path: str | os.PathLike) -> int | None:
     """Check an image file from its header, without decoding a pixel: a cheap look at every
     file of a folder before hours of work reach a bad one. Raises :class:`ImageReadError`
     naming the file where the header cannot be read, or the file ends before its data does
     (a truncated copy: a TIFF's strips or tiles, a PNG's chunks run past its end), or it is
     a TIFF z-stack or time series (:func:`refuse_stacks`). What only decoding finds (a
-    corrupt byte inside, a JPEG cut short) :func:`read_image` still finds."""
+    corrupt byte inside, a JPEG cut short) :func:`read_image` still finds. Returns the
+    number of channels :func:`read_image` will give (None where the header does not say)."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     size = path.stat().st_size
-    axes, shape = "", ()
+    axes, shape, channels = "", (), None
     notes, logger = _Notes(), logging.getLogger("tifffile")
     logger.addHandler(notes)
     propagate, logger.propagate = logger.propagate, False
@@ -287,6 +308,9 @@ def check_header(path: str | os.PathLike) -> None:
 
             with tifffile.TiffFile(path) as tif:  # (the IFDs: offsets and sizes, no pixels)
                 axes, shape = tif.series[0].axes.upper(), tuple(tif.series[0].shape)
+                page = tif.series[0].keyframe
+                channels = _tiff_channels(axes, shape, int(page.photometric),
+                                          [int(e) for e in page.extrasamples])
                 for level in tif.series[0].levels:
                     for page in filter(None, level.pages):
                         ends = np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)
@@ -295,7 +319,8 @@ def check_header(path: str | os.PathLike) -> None:
         else:
             from PIL import Image
 
-            Image.open(path).close()  # (reads the header: size and mode, no pixels)
+            with Image.open(path) as opened:  # (reads the header: size and mode, no pixels)
+                channels = _PIL_CHANNELS.get(opened.mode)
             if path.suffix.lower() == ".png" and _png_ends_early(path, size):
                 raise ImageReadError(f"its data runs past its end ({size} bytes)")
     except Exception as err:  # the readers raise many types for corrupt files
@@ -310,6 +335,7 @@ def check_header(path: str | os.PathLike) -> None:
     if axes and "Q" not in axes and len(axes) == len(shape):  # (axes the file names)
         refuse_stacks(axes.replace("S", "C") if "C" not in axes else axes, shape,
                       where=str(path))
+    return channels
 
 
 def read_image(path: str | os.PathLike, *, all_channels: bool = False) -> np.ndarray:

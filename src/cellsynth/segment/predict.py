@@ -578,7 +578,10 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     inputs = _inputs(Path(images))
     for _, path in inputs:  # a bad file found hours in wastes them: every header first
         if path.is_file():  # (a .zarr section: its metadata is read as it is opened)
-            check_header(path)
+            count = check_header(path)
+            if channel is not None and count is not None and channel >= count:
+                raise ImageReadError(f"{path}: channel {channel} requested, but the image has "
+                                     f"{count} channel(s) (0-{count - 1})")
         if level:  # and that each has the level asked for (opened lazily: headers only)
             if _read_lazily(path):
                 open_large_image(path, level=level)
