@@ -217,7 +217,9 @@ def test_check_header_refuses_a_z_stack_and_passes_channels_and_rgb(tmp_path):
     tifffile.imwrite(tmp_path / "g.tif", rng.integers(0, 255, (40, 50), np.uint8))
     # and the channels read_image will give, from the header alone
     tifffile.imwrite(tmp_path / "yx2.tif", rng.integers(0, 255, (40, 50, 2), np.uint8))
-    write_image(tmp_path / "rgba.png", np.zeros((40, 50, 3), np.uint8))
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "rgba.png", np.full((40, 50, 4), 200, np.uint8))  # alpha dropped
     for name, count in (("c.tif", 2), ("rgb.tif", 3), ("g.tif", 1), ("yx2.tif", 2),
                         ("rgba.png", 3)):
         assert check_header(tmp_path / name) == count, name

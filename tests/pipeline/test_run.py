@@ -311,9 +311,28 @@ def test_labeled_run_finetunes_evaluates_and_maps_back_to_the_real_pixels(tmp_pa
     for stage in ("pretrain", "finetune"):
         assert yaml.safe_load((out / stage / "config.yaml").read_text())[
             "pixel_size_um"] == 0.5
+    import csv
+
     for i in range(2):
         predicted = read_labels(out / "predict" / "labels" / f"img{i}.tif")
         assert predicted.shape == (48, 48)  # back at the original pixels
+        # and so are its cells' table and what meta.json says of it: export pairs the
+        # labels with the user's image (it paired them with the staged copy, twice the size)
+        with open(out / "predict" / "detections" / f"img{i}.csv") as f:
+            rows = list(csv.DictReader(f))
+        areas = np.bincount(predicted.ravel())
+        assert [int(r["area_px"]) for r in rows] == [areas[int(r["id"])] for r in rows]
+        assert all(r["pixel_size_um"] == "1" and r["pixel_size"] == "stated" for r in rows)
+    meta = json.loads((out / "predict" / "meta.json").read_text())
+    assert meta["images"] == str(test.resolve()) and meta["pixel_size_um"] == 1.0
+    from cellsynth.io.export import export
+
+    export(out / "predict", "stardist", tmp_path / "sd")
+    for i in range(2):
+        np.testing.assert_array_equal(read_image(tmp_path / "sd" / "images" / f"img{i}.tif"),
+                                      read_image(test / "images" / f"img{i}.png"))
+        np.testing.assert_array_equal(read_labels(tmp_path / "sd" / "masks" / f"img{i}.tif"),
+                                      read_labels(out / "predict" / "labels" / f"img{i}.tif"))
     assert 0.0 <= summaries["evaluate"]["f1_50"] <= 1.0
     assert set(summaries["realism"]) == {"simulate_vs_real", "refined_vs_real"}
     page = (out / "report.html").read_text()
@@ -542,11 +561,47 @@ def test_real_channel_stages_that_channel_and_the_detector_records_it(tmp_path):
         assert read_labels(out / "predict" / "labels" / f"{name}.tif").shape == (64, 64)
     page = (out / "report.html").read_text()
     assert "Every stage read channel 1 of the multi-channel images (real.channel)" in page
-    assert "<h1>cellsynth report: run (fluo-run)</h1>" in page  # the config's name, folder
+    assert "<h1>cellsynth report: fluo-run</h1>" in page  # (no name given: the folder's)
     assert 0.0 <= summaries["evaluate"]["f1_50"] <= 1.0
-    with pytest.raises(ImageReadError, match=r"img0\.tif: channel 2 requested, but the image has "
-                                        r"2 channel\(s\)"):
+    with pytest.raises(ImageReadError, match=r"img0\.tif: real\.channel 2, but the image has "
+                                             r"2 channels \(0-1\)"):
         check_inputs(replace(config, real=replace(config.real, channel=2)))
+
+
+def test_real_channel_takes_gray_images_as_they_are_and_checks_every_image(tmp_path):
+    """With real.channel 1, a gray image among 2-channel ones is that channel saved alone
+    (staged as it is, as the detectors take it; it stopped the run at staging); an image
+    lacking the channel is named before any work, wherever it is in the folder; a colour
+    simulation cannot take one channel."""
+    import tifffile
+
+    from cellsynth.pipeline.config import check_inputs
+
+    train, wanted = _two_channel(tmp_path / "train", 1)
+    write_image(train / "images" / "gray.png", wanted["img0"])
+    shutil.copy(train / "labels" / "img0.tif", train / "labels" / "gray.tif")
+    config = replace(_config(train), real=RealData(unlabeled=str(train), train=str(train),
+                                                   channel=1))
+    check_inputs(config)
+    out = tmp_path / "run"
+    out.mkdir()
+    stages._rescale_real(config, out)
+    staged = Path(stages.real_folder(config, out, "train")) / "images"
+    for name in ("img0", "gray"):
+        np.testing.assert_array_equal(read_image(staged / f"{name}.png"), wanted["img0"])
+    for name, image in wanted.items():  # 3 channels now, and a last image with 2
+        tifffile.imwrite(train / "images" / f"{name}.tif", np.stack([image] * 3),
+                         imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(train / "images" / "zz.tif", np.zeros((2, 64, 64), np.uint8),
+                     imagej=True, metadata={"axes": "CYX"})
+    shutil.copy(train / "labels" / "img0.tif", train / "labels" / "zz.tif")
+    with pytest.raises(ImageReadError, match=r"zz\.tif: real\.channel 2, but the image has 2 "
+                                             r"channels \(0-1\)"):
+        check_inputs(replace(config, real=replace(config.real, channel=2)))
+    nissl = replace(config, simulate=SimulateOptions(preset="nissl", n=4, size=64, workers=1))
+    with pytest.raises(ConfigError, match="real.channel 1 takes one channel of your images, "
+                                          "but the simulation draws 3"):
+        check_inputs(nissl)
 
 
 def test_a_z_stack_among_the_real_images_stops_the_run_before_any_work(tmp_path):
@@ -1055,3 +1110,32 @@ def test_stage_durations_read_as_seconds_minutes_or_hours():
 
     assert [duration(t) for t in (42.4, 90, 2140.5, 3599, 3600, 3959, 7199)] == [
         "42 s", "1.5 min", "35.7 min", "1 h 00 min", "1 h 00 min", "1 h 06 min", "2 h 00 min"]
+
+
+def test_the_reports_title_is_the_configs_name_beside_the_run_folders(tmp_path):
+    from cellsynth.pipeline.report import write_report
+
+    for name, title in (("cortex", "cortex (r1)"), ("run", "r1"), ("r1", "r1")):
+        (tmp_path / "r1").mkdir(exist_ok=True)
+        (tmp_path / "r1" / "config.yaml").write_text(f"name: {name}\nseed: 0\n")
+        page = write_report(tmp_path / "r1").read_text()
+        assert f"<h1>cellsynth report: {title}</h1>" in page, name
+
+
+def test_stage_fingerprints_of_an_older_run_are_kept(tmp_path):
+    """A run folder from before a change to how stages are keyed must not redo finished
+    stages: these are the fingerprints f3494ed (before stages named their config parts and
+    real.channel existed) computed for this config. A changed default changes them too, and
+    with them every existing run's: that needs to be meant."""
+    from cellsynth.pipeline.run import stage_fingerprints
+
+    (tmp_path / "u").mkdir()
+    config = PipelineConfig(simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1),
+                            real=RealData(unlabeled=str(tmp_path / "u"), pixel_size_um=1.0),
+                            refine=RefineConfig(steps=2), pretrain=TrainConfig(steps=2))
+    assert stage_fingerprints(config, stages.plan(config)) == {
+        "simulate": "4aa93337c4b176ff", "simulate_val": "57d7d93e46dcb4a1",
+        "real": "eac22396e38cd18b", "refiner": "8c7ad6de22b27358",
+        "refined": "e404a3058d2fc2ba", "refined_val": "1282d963bd78ebfd",
+        "pretrain": "0b008ff735d4b758", "predict": "2c9be45db2af9352",
+        "realism": "f45f0eca2d3c3ac0", "report": "30035c677ac4a634"}

@@ -177,17 +177,23 @@ def test_a_run_folder_given_as_detector_names_the_detectors_inside(model, tmp_pa
                                              rf"its {where}/soup or {where}/finetune"):
         load_detector(where)
     assert load_detector(where / "soup").step == load_detector(run / "last.pt").step
-    # a run that predicted says with which detector: that one is taken, and said
-    _recorded(run, where / "finetune" / "best.pt", channel=1)  # (to tell it from the soup)
-    (where / "predict").mkdir()
-    (where / "predict" / "meta.json").write_text(json.dumps(
-        {"model": str(where / "finetune" / "best.pt")}))
+    # a run that predicted says with which detector: that one is taken, and said, from
+    # any folder (predict records it resolved; an older run's record is relative to where
+    # the run was started: read from the run folder)
     import logging
 
-    with caplog.at_level(logging.INFO):
-        assert load_detector(where).channel == 1
-    assert (f"{where}: a `cellsynth run` folder; predicting with the detector it predicted "
-            f"with, {where / 'finetune' / 'best.pt'}") in caplog.messages
+    from cellsynth.hardware import forget_announcements
+
+    _recorded(run, where / "finetune" / "best.pt", channel=1)  # (to tell it from the soup)
+    (where / "predict").mkdir()
+    for recorded in (str(where / "finetune" / "best.pt"), "runs/x/finetune/best.pt"):
+        (where / "predict" / "meta.json").write_text(json.dumps({"model": recorded}))
+        caplog.clear()
+        forget_announcements()  # (each line is said once per process)
+        with caplog.at_level(logging.INFO):
+            assert load_detector(where).channel == 1
+        assert (f"{where}: a `cellsynth run` folder; predicting with the detector it "
+                f"predicted with, {where / 'finetune' / 'best.pt'}") in caplog.messages
 
 
 def test_a_detector_trained_on_channel_1_says_so_on_a_gray_image(model, tmp_path, capsys):

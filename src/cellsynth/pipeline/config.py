@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from cellsynth.config import ADDED, from_dict, load_yaml, to_dict
-from cellsynth.errors import ConfigError
+from cellsynth.errors import ConfigError, ImageReadError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.pipeline.choose_refiner import ChooseRefinerOptions
 from cellsynth.refine.config import RefineConfig
@@ -250,13 +250,21 @@ def check_inputs(config: PipelineConfig) -> None:
                             color=config.simulate.color)
     rescaled = (config.real.pixel_size_um is not None
                 and pixel_scale(config.real.pixel_size_um, sim.pixel_size_um) != 1.0)
+    if config.real.channel is not None and sim.channels != 1:
+        raise ConfigError(f"real.channel {config.real.channel} takes one channel of your images, "
+                          f"but the simulation draws {sim.channels} (preset "
+                          f"{config.simulate.preset}, colour {sim.color}): simulate a gray "
+                          f"colour or preset (fluo, merker), or leave real.channel out")
     for role in ("unlabeled", "train", "val", "test"):
         folder = getattr(config.real, role)
         if folder is not None:
             dataset = load_dataset(folder, require_labels=role != "unlabeled")
+            channel = config.real.channel
             for sample in dataset:  # a file cut short or a z-stack, before any work on it
-                if sample.image_path.is_file():
-                    check_header(sample.image_path)
+                count = check_header(sample.image_path) if sample.image_path.is_file() else None
+                if channel is not None and count is not None and 1 < count <= channel:
+                    raise ImageReadError(f"{sample.image_path}: real.channel {channel}, but "
+                                         f"the image has {count} channels (0-{count - 1})")
             # unlabeled sections are staged as rescaled windows of tissue; an annotated one
             # would have to be copied rescaled whole, i.e. decoded whole
             section = next((s for s in dataset if reads_lazily(s.image_path)),

@@ -342,8 +342,9 @@ def _prediction_note(run: Path) -> str:
     px = real.get("pixel_size_um")
     if px:  # (files that state none are otherwise taken at the detector's working size)
         command += f" --pixel-size {px:g}"
-        text += (f"--pixel-size is the run's real images' ({px:g} um/px): give yours if "
-                 f"they differ and their files do not state it. ")
+        text += (f"--pixel-size is the run's real images' ({px:g} um/px), and it overrides "
+                 f"what image files state: give your images' own, or drop it where their "
+                 f"files state theirs. ")
     faint = meta.get("faint")
     if faint:
         command += (f" --faint-from {meta['faint_from']} "
@@ -377,8 +378,9 @@ def write_report(run: str | os.PathLike) -> Path:
                   for name, s in state.items() if name != layout.REPORT_STAGE]  # this page
     import yaml
 
-    name = str((yaml.safe_load(config) or {}).get("name") or run.name) if config else run.name
-    title = name if name == run.name else f"{name} ({run.name})"  # the config's, the folder's
+    name = str((yaml.safe_load(config) or {}).get("name") or "run") if config else "run"
+    # the config's name and the run folder's, where a name was given ("run": the default)
+    title = run.name if name in ("run", run.name) else f"{name} ({run.name})"
     body = [f"<h1>cellsynth report: {html.escape(title)}</h1>",
             _table(["stage", "status", "time"], stage_rows) if stage_rows else "",
             _fitted(run), "<h2>Samples</h2>" + _samples(run), _refiner(run), _realism(run),

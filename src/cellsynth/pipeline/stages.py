@@ -480,7 +480,48 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
             write_labels(path, labels)
             write_image(out / layout.PREDICT / layout.OVERLAYS / f"{sample.id}.png",
                         contour_overlay(image, labels))
+            _rescale_detections(out / layout.PREDICT / layout.DETECTIONS / f"{sample.id}.csv",
+                                labels, config.real.pixel_size_um)
+    if role in _staged_roles(config):
+        _point_at_originals(config, out / layout.PREDICT, role)
     return summary
+
+
+def _rescale_detections(path: Path, labels: np.ndarray, pixel_size_um: float | None) -> None:
+    """A cell table written at the working pixels, again at ``labels``' (the original
+    image's pixels: centroids, areas, boxes), each cell keeping its score."""
+    import csv
+
+    from cellsynth.io.files import atomic_path
+    from cellsynth.segment.predict import detections_table
+
+    with open(path, newline="") as f:
+        scores = {int(row["id"]): float(row["score"]) for row in csv.DictReader(f)}
+    id_scores = np.zeros(max([int(labels.max()), *scores], default=0) + 1)
+    for cell, score in scores.items():
+        id_scores[cell] = score
+    with atomic_path(path) as tmp:
+        tmp.write_text(detections_table(labels, id_scores, pixel_size_um))
+
+
+def _point_at_originals(config: PipelineConfig, predicted: Path, role: str) -> None:
+    """The prediction's meta.json made to name the user's images it stands for (their
+    folder, file names and pixel size), not the staged copies in RUN/real it was predicted
+    from: `cellsynth export` and `inspect` read it, and the labels are at their pixels."""
+    from cellsynth.io.files import write_json
+
+    meta = json.loads((predicted / layout.META).read_text())
+    scaled = _real_scale(config) != 1.0
+    meta["images"] = str(Path(getattr(config.real, role)).resolve())
+    for sample in real_samples(config, role):
+        entry = meta.get("images_pixel_size_um", {}).get(sample.id)
+        if entry is not None:
+            entry["file"] = sample.image_path.name
+            if scaled:
+                entry["pixel_size_um"] = config.real.pixel_size_um
+    if scaled:
+        meta["pixel_size_um"] = config.real.pixel_size_um
+    write_json(predicted / layout.META, meta)
 
 
 def _evaluate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from cellsynth.io.datasets import Dataset, load_dataset
 from cellsynth.io.images import match_channels, read_image, select_channel
 from cellsynth.io.normalize import DEFAULT, Normalization, apply_range, intensity_range, normalize
 from cellsynth.io.resample import pixel_scale, rescale_image
-from cellsynth.io.sections import open_large_image, reads_lazily, stage_channels
+from cellsynth.io.sections import open_image, open_large_image, reads_lazily, stage_channels
 
 __all__ = ["SimulatedCrops", "RealCrops", "LAZY_PIXELS", "load_simulated", "read_layout"]
 
@@ -147,7 +147,7 @@ def _open_lazy(path: Path, channel: int | None = None) -> Any:
         array = open_large_image(path)
     except ImageReadError:
         return None  # decoding the whole file says what is wrong with it
-    if channel is not None:
+    if channel is not None and array.ndim == 3:
         return select_channel(array, channel, where=str(path))
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)):
         return array
@@ -224,8 +224,7 @@ class RealCrops:
                 self.regions.append(_tissue_regions(array, need))
             else:
                 image = (read_image(sample.image_path) if channel is None else
-                         select_channel(read_image(sample.image_path, all_channels=True),
-                                        channel, where=str(sample.image_path)))
+                         open_image(sample.image_path, channel=channel))
                 self.images.append(self._prepare(image, sample.image_path))
                 self.lazy.append(False)
                 self.ranges.append(None)

@@ -113,6 +113,8 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
         import json
 
         used = Path(json.loads(ran.read_text()).get("model") or "")
+        if not used.is_absolute():  # (older runs: relative to where the run was started)
+            used = Path(run) / used.parent.name / used.name
         if used.is_file():
             announce(f"{run}: a `cellsynth run` folder; predicting with the detector it "
                      f"predicted with, {used}")
@@ -698,7 +700,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         sizes = {v["pixel_size_um"] for v in per_image.values()}
         shared_px = sizes.pop() if len(sizes) == 1 else None
         write_json(root / layout.META, {
-            "cellsynth_version": __version__, "stage": "predict", "model": detector.source,
+            "cellsynth_version": __version__, "stage": "predict",
+            "model": str(Path(detector.source).resolve()),  # (found from anywhere)
             "model_step": detector.step, "score_thresh": detector.score_thresh
             if score_thresh is None else score_thresh,
             "images": str(Path(images).resolve()),  # where export finds them, from anywhere
