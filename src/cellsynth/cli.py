@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cellsynth import __version__
-from cellsynth.errors import CellsynthError, DatasetError
+from cellsynth.errors import CellsynthError
 from cellsynth.hardware import THREADS_SOURCE
 from cellsynth.pipeline import layout
 
@@ -58,17 +58,18 @@ def _score(text: str) -> float:
 # --- inspect ---------------------------------------------------------------------------------
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from cellsynth.io.images import IMAGE_SUFFIXES
     from cellsynth.io.inspect import format_summary, summarize
     from cellsynth.pipeline.init import ROLES
 
-    try:
-        print(format_summary(summarize(args.dir)))
-    except DatasetError:
-        # a project folder as `cellsynth init` takes it: its unlabeled/, train/, ... each
-        roles = [r for r in ROLES if (args.dir / r).is_dir()]
-        if not roles:
-            raise
+    # a project folder as `cellsynth init` takes it (unlabeled/, train/, ... and no images of
+    # its own): each of them
+    roles = [r for r in ROLES if (args.dir / r).is_dir()] if args.dir.is_dir() else []
+    if roles and not (args.dir / "images").is_dir() and not any(
+            p.suffix.lower() in IMAGE_SUFFIXES for p in args.dir.iterdir() if p.is_file()):
         print("\n\n".join(f"{r}/\n{format_summary(summarize(args.dir / r))}" for r in roles))
+    else:
+        print(format_summary(summarize(args.dir)))
     return 0
 
 
