@@ -220,6 +220,16 @@ def test_check_header_refuses_a_z_stack_and_passes_channels_and_rgb(tmp_path):
     import imageio.v3 as iio
 
     iio.imwrite(tmp_path / "rgba.png", np.full((40, 50, 4), 200, np.uint8))  # alpha dropped
+    # a header only: Pillow's "decompression bomb" limit (a whole slide's PNG) is no error
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 100  # (40 x 50 is then 20x over: Pillow would refuse it)
+    try:
+        assert check_header(tmp_path / "rgba.png") == 3
+        assert Image.MAX_IMAGE_PIXELS == 100  # left as it was
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     for name, count in (("c.tif", 2), ("rgb.tif", 3), ("g.tif", 1), ("yx2.tif", 2),
                         ("rgba.png", 3)):
         assert check_header(tmp_path / name) == count, name

@@ -1110,6 +1110,12 @@ def test_stage_durations_read_as_seconds_minutes_or_hours():
 
     assert [duration(t) for t in (42.4, 90, 2140.5, 3599, 3600, 3959, 7199)] == [
         "42 s", "1.5 min", "35.7 min", "1 h 00 min", "1 h 00 min", "1 h 06 min", "2 h 00 min"]
+    # the report's column: a stage just begun has no time yet (it showed "0 s")
+    from cellsynth.pipeline.report import _stage_time
+
+    assert _stage_time({"done": False, "seconds": 0.0, "runs": 1}) == ""
+    assert _stage_time({"done": False, "seconds": 95.0, "runs": 2}) == "1.6 min (2 runs)"
+    assert _stage_time({"done": True, "seconds": 0.2}) == "0 s"
 
 
 def test_the_reports_title_is_the_configs_name_beside_the_run_folders(tmp_path):

@@ -319,8 +319,12 @@ def check_header(path: str | os.PathLike) -> int | None:
         else:
             from PIL import Image
 
-            with Image.open(path) as opened:  # (reads the header: size and mode, no pixels)
-                channels = _PIL_CHANNELS.get(opened.mode)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # (a header only:
+            try:  # no "decompression bomb" to fear, and a whole slide's PNG is no error)
+                with Image.open(path) as opened:  # (the header: size and mode, no pixels)
+                    channels = _PIL_CHANNELS.get(opened.mode)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
             if path.suffix.lower() == ".png" and _png_ends_early(path, size):
                 raise ImageReadError(f"its data runs past its end ({size} bytes)")
     except Exception as err:  # the readers raise many types for corrupt files

@@ -362,8 +362,8 @@ def _stage_time(entry: dict[str, Any]) -> str:
     after a kill: the time before it too)."""
     from cellsynth.pipeline.run import duration
 
-    if "seconds" not in entry:
-        return ""
+    if "seconds" not in entry or not (entry.get("done") or entry["seconds"]):
+        return ""  # (begun, nothing recorded yet)
     runs = entry.get("runs", 1)
     return duration(entry["seconds"]) + (f" ({runs} runs)" if runs > 1 else "")
 
