@@ -173,20 +173,22 @@ def reads_lazily(path: str | os.PathLike, lazy_pixels: int = LAZY_PIXELS) -> boo
         return False
 
 
-def open_image(path: str | os.PathLike, *, level: int = 0, channel: int | None = None) -> Any:
+def open_image(path: str | os.PathLike, *, level: int = 0, channel: int | None = None,
+               all_channels: bool = False) -> Any:
     """An image file decoded whole, or a whole section opened lazily (see :func:`reads_lazily`):
     either way an (H, W) or (H, W, C) array-like that can be sliced. ``channel``: only that
     channel (0-based) of a multi-channel image, as (H, W), lazily for a section
     (:func:`cellsynth.io.images.select_channel`), as ``real.channel`` reads a run's images:
     a gray image is used as it is (that channel saved alone), as a detector that recorded
-    the channel takes it."""
+    the channel takes it. ``all_channels``: every channel, none chosen and nothing said (for
+    its shape, or to show each)."""
     from cellsynth.io.images import read_image, select_channel
 
-    if channel is None:
+    if channel is None and not all_channels:
         return open_large_image(path, level=level) if reads_lazily(path) else read_image(path)
     image = (open_large_image(path, level=level) if reads_lazily(path)
              else read_image(path, all_channels=True))
-    if len(image.shape) == 2:
+    if len(image.shape) == 2 or channel is None:
         return image
     return select_channel(image, channel, where=str(path))
 

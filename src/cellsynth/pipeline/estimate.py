@@ -72,12 +72,10 @@ def _image_shapes(folder: str | os.PathLike | None, chosen: list | None = None, 
     """(height, width) of every image of a folder (headers only where the format allows), in
     the folder's order; ``chosen``: only these ids."""
     from cellsynth.io.datasets import load_dataset
-    from cellsynth.io.images import read_image
-    from cellsynth.io.sections import open_large_image, reads_lazily
+    from cellsynth.io.sections import open_image
 
     def shape(path: Path) -> tuple[int, int]:  # (every channel: nothing chosen, nothing said)
-        image = (open_large_image(path) if reads_lazily(path)
-                 else read_image(path, all_channels=True))
+        image = open_image(path, all_channels=True)
         return int(image.shape[0]), int(image.shape[1])
 
     if folder is None:

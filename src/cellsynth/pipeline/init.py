@@ -134,11 +134,10 @@ def guess_stain(images: list[Path], channel: int | None = None) -> StainGuess:
 def channel_count(path: Path) -> int:
     """How many separate channels the image at ``path`` has: 1 for gray and for colour
     (RGB) images, else as many as it stores (2 fluorescence channels, a TIFF's 3 markers)."""
-    from cellsynth.io.images import colour_of, read_image
-    from cellsynth.io.sections import open_large_image, reads_lazily
+    from cellsynth.io.images import colour_of
+    from cellsynth.io.sections import open_image
 
-    image = open_large_image(path) if reads_lazily(path) else read_image(path,
-                                                                         all_channels=True)
+    image = open_image(path, all_channels=True)
     if len(image.shape) != 3 or (int(image.shape[2]) == 3 and colour_of(image, path)):
         return 1
     return int(image.shape[2])
@@ -159,15 +158,14 @@ def _channel_preview(image: Path, config: Path) -> Path:
     """``<config stem>-channels.png`` beside the config: each channel of ``image`` (a
     window of its tissue for a whole section) side by side, contrast stretched, so that a
     user sees which one holds the cells before a run trains on one."""
-    from cellsynth.io.images import read_image, to_uint8, write_image
+    from cellsynth.io.images import to_uint8, write_image
     from cellsynth.io.normalize import normalize
-    from cellsynth.io.sections import open_large_image, reads_lazily, tissue_windows
+    from cellsynth.io.sections import open_image, reads_lazily, tissue_windows
     from cellsynth.viz import as_rgb8, image_grid
 
+    window = open_image(image, all_channels=True)
     if reads_lazily(image):
-        window = np.asarray(tissue_windows(open_large_image(image), 1024, 1)[0][2])
-    else:
-        window = read_image(image, all_channels=True)
+        window = np.asarray(tissue_windows(window, 1024, 1)[0][2])
     window = window[:1024, :1024]
     tiles = [as_rgb8(to_uint8(normalize(window[..., c], where=None)))
              for c in range(window.shape[2])]
