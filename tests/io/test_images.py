@@ -3,8 +3,8 @@ import pytest
 import tifffile
 
 from cellsynth.errors import ImageReadError
+from cellsynth.io.headers import check_header
 from cellsynth.io.images import (
-    check_header,
     read_image,
     read_labels,
     to_float,
@@ -203,7 +203,6 @@ def test_check_header_refuses_a_z_stack_and_passes_channels_and_rgb(tmp_path):
     2 channels first (CYX), an RGB TIFF and a plain 2-D one pass."""
     import tifffile
 
-    from cellsynth.io.images import check_header
 
     rng = np.random.default_rng(0)
     tifffile.imwrite(tmp_path / "z.tif", rng.integers(0, 255, (3, 40, 50), np.uint8),

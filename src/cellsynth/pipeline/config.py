@@ -240,7 +240,7 @@ def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
 
 def check_inputs(config: PipelineConfig) -> None:
     """Fail before any work starts if a named folder is missing or malformed."""
-    from cellsynth.io.images import check_header
+    from cellsynth.io.headers import check_header
     from cellsynth.io.resample import pixel_scale
     from cellsynth.io.sections import open_image, reads_lazily
     from cellsynth.simulate import simulation_config

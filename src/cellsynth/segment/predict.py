@@ -25,9 +25,9 @@ from cellsynth.errors import CellsynthError, ConfigError, DatasetError, ImageRea
 from cellsynth.hardware import announce, choose_precision, configure_threads, resolve_device
 from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_dataset
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
+from cellsynth.io.headers import check_header
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
-    check_header,
     colour_of,
     foreign_files,
     match_channels,

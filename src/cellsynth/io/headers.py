@@ -1,0 +1,114 @@
+"""Check image files from their headers, without decoding a pixel: a cheap look at every
+file of a folder before hours of work reach a bad one (a copy cut short, a z-stack, a
+channel it lacks)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth.errors import ImageReadError
+from cellsynth.io.images import (
+    TIFF_SUFFIXES,
+    _Notes,
+    _reason,
+    guess_axes,
+    refuse_stacks,
+    tiff_alpha,
+)
+
+__all__ = ["check_header"]
+
+
+def _png_ends_early(path: Path, size: int) -> bool:
+    """Whether a PNG's chunks (length, type, data, CRC: stepped over, not read) run past the
+    end of its ``size`` bytes before its IEND chunk: a truncated copy."""
+    with open(path, "rb") as f:
+        f.seek(8)  # (the signature)
+        while True:
+            head = f.read(8)
+            end = f.tell() + int.from_bytes(head[:4], "big") + 4
+            if len(head) < 8 or end > size:
+                return True
+            if head[4:] == b"IEND":
+                return False
+            f.seek(end)
+
+
+def _tiff_channels(axes: str, shape: tuple[int, ...], photometric: int,
+                   extrasamples: list[int]) -> int | None:
+    """The channels :func:`read_image` gives a TIFF of these axes and shape (its alpha
+    dropped), from the header alone; None where only reading it would tell."""
+    axes = axes.upper()
+    if "Q" in axes or len(axes) != len(shape):
+        shape = tuple(n for n in shape if n != 1) if len(shape) > 3 else shape
+        if len(shape) not in (2, 3):
+            return None
+        axes = guess_axes(shape).upper()
+    axes = axes.replace("S", "C") if "C" not in axes else axes
+    counts = [n for a, n in zip(axes, shape) if a == "C"]
+    count = counts[0] if len(counts) == 1 else 1 if not counts else None
+    return None if count is None else count - tiff_alpha(photometric, extrasamples, count)
+
+
+_PIL_CHANNELS = {"1": 1, "L": 1, "LA": 1, "I": 1, "I;16": 1, "I;16B": 1, "F": 1, "RGB": 3,
+                 "RGBA": 3}  # (alpha dropped, as read_image drops it)
+
+
+def check_header(path: str | os.PathLike) -> int | None:
+    """Check an image file from its header, without decoding a pixel: a cheap look at every
+    file of a folder before hours of work reach a bad one. Raises :class:`ImageReadError`
+    naming the file where the header cannot be read, or the file ends before its data does
+    (a truncated copy: a TIFF's strips or tiles, a PNG's chunks run past its end), or it is
+    a TIFF z-stack or time series (:func:`refuse_stacks`). What only decoding finds (a
+    corrupt byte inside, a JPEG cut short) :func:`read_image` still finds. Returns the
+    number of channels :func:`read_image` will give (None where the header does not say)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    size = path.stat().st_size
+    axes, shape, channels = "", (), None
+    notes, logger = _Notes(), logging.getLogger("tifffile")
+    logger.addHandler(notes)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:  # (the IFDs: offsets and sizes, no pixels)
+                axes, shape = tif.series[0].axes.upper(), tuple(tif.series[0].shape)
+                page = tif.series[0].keyframe
+                channels = _tiff_channels(axes, shape, int(page.photometric),
+                                          [int(e) for e in page.extrasamples])
+                for level in tif.series[0].levels:
+                    for page in filter(None, level.pages):
+                        ends = np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)
+                        if ends.size and int(ends.max()) > size:
+                            raise ImageReadError(f"its data runs past its end ({size} bytes)")
+        else:
+            from PIL import Image
+
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # (a header only:
+            try:  # no "decompression bomb" to fear, and a whole slide's PNG is no error)
+                with Image.open(path) as opened:  # (the header: size and mode, no pixels)
+                    channels = _PIL_CHANNELS.get(opened.mode)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+            if path.suffix.lower() == ".png" and _png_ends_early(path, size):
+                raise ImageReadError(f"its data runs past its end ({size} bytes)")
+    except Exception as err:  # the readers raise many types for corrupt files
+        said = [m.split("> ", 1)[-1] for m in notes.messages]  # what tifffile saw first
+        reason = str(err) if isinstance(err, ImageReadError) else (said[0] if said
+                                                                   else _reason(err))
+        raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
+                             f"{reason}") from err
+    finally:
+        logger.removeHandler(notes)
+        logger.propagate = propagate
+    if axes and "Q" not in axes and len(axes) == len(shape):  # (axes the file names)
+        refuse_stacks(axes.replace("S", "C") if "C" not in axes else axes, shape,
+                      where=str(path))
+    return channels
