@@ -559,6 +559,9 @@ def test_real_channel_stages_that_channel_and_the_detector_records_it(tmp_path):
 
     for name in wanted_test:
         assert read_labels(out / "predict" / "labels" / f"{name}.tif").shape == (64, 64)
+    # the predictions name the user's 2-channel images and the channel read from them
+    meta = json.loads((out / "predict" / "meta.json").read_text())
+    assert meta["images"] == str(test.resolve()) and meta["channel"] == 1
     page = (out / "report.html").read_text()
     assert "Every stage read channel 1 of the multi-channel images (real.channel)" in page
     assert "<h1>cellsynth report: fluo-run</h1>" in page  # (no name given: the folder's)

@@ -246,6 +246,8 @@ def test_a_detector_trained_on_one_staged_channel_picks_it_and_takes_gray_as_is(
     from cellsynth.io.inspect import format_summary, summarize
 
     assert json.loads((tmp_path / "fluo-out" / "meta.json").read_text())["channel"] == 1
+    # (gray images only: no channel was picked, and none is claimed)
+    assert json.loads((tmp_path / "gray-out" / "meta.json").read_text())["channel"] is None
     assert "channel      1 (of multi-channel images)" in format_summary(
         summarize(tmp_path / "fluo-out")).splitlines()
     # the command says which channel it predicted, and that --channel overrides the
@@ -257,6 +259,9 @@ def test_a_detector_trained_on_one_staged_channel_picks_it_and_takes_gray_as_is(
             str(tmp_path / "fluo"), "--precision", "fp32", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "c1")]) == 0
     assert "channel 1 (the detector's)) ->" in capsys.readouterr().out
+    gray_args = [*args[:4], str(tmp_path / "gray"), *args[5:]]
+    assert main([*gray_args, "--out", str(tmp_path / "g1")]) == 0
+    assert "channel" not in capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path / "c0"), "--channel", "0"]) == 0
     said = capsys.readouterr()
     assert "channel 0 (--channel)) ->" in said.out

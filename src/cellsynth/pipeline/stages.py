@@ -521,6 +521,8 @@ def _point_at_originals(config: PipelineConfig, predicted: Path, role: str) -> N
                 entry["pixel_size_um"] = config.real.pixel_size_um
     if scaled:
         meta["pixel_size_um"] = config.real.pixel_size_um
+    if config.real.channel is not None:  # (the copies were that channel alone)
+        meta["channel"] = config.real.channel
     write_json(predicted / layout.META, meta)
 
 

@@ -609,6 +609,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                                      pixel_size_um=pixel_size_um or folder_px)
     started = time.perf_counter()
     n_cells, n_faint, megapixels = 0, 0, 0.0
+    multi = False  # whether any image had channels to pick from
     per_image: dict[str, dict[str, Any]] = {}
     # finished rows of tiles of every image, kept until the output is published: a killed
     # prediction (a whole section takes hours) resumes there when run again
@@ -626,6 +627,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             for n_done, (image_id, path) in enumerate(inputs):
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
                 image, lazy = _open(path, level, _channel(detector, channel))
+                multi |= len(image.shape) == 3 and int(image.shape[2]) > 1
                 px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
                 if px is None and detector.pixel_size_um is not None and "px" not in said:
                     said.add("px")
@@ -699,6 +701,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         elapsed = time.perf_counter() - started
         sizes = {v["pixel_size_um"] for v in per_image.values()}
         shared_px = sizes.pop() if len(sizes) == 1 else None
+        used = _channel(detector, channel) if channel is not None or multi else None
         write_json(root / layout.META, {
             "cellsynth_version": __version__, "stage": "predict",
             "model": str(Path(detector.source).resolve()),  # (found from anywhere)
@@ -708,8 +711,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             "pixel_size_um": shared_px,  # the labels are at the images' own pixels
             "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
             "n_images": len(inputs), "n_instances": n_cells, "tta": tta,
-            # of multi-channel images, the one predicted (--channel, else the detector's)
-            "channel": _channel(detector, channel),
+            # of multi-channel images, the one predicted (--channel, else the detector's;
+            # none where every image was gray and the detector's channel was not asked for)
+            "channel": used,
             "precision": detector.precision,
             "empty_contrast": empty_contrast,
             "nms_thresh": float(detector.model.nms_thresh),
@@ -719,5 +723,5 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     shutil.rmtree(cache, ignore_errors=True)  # published: nothing left to resume
     return {"n_images": len(inputs), "n_instances": n_cells, "faint": n_faint,
             "seconds": elapsed, "megapixels_per_s": megapixels / max(elapsed, 1e-9),
-            "channel": _channel(detector, channel),
+            "channel": used,
             "channel_from": ("--channel" if channel is not None else "the detector's")}
