@@ -265,6 +265,8 @@ def check_inputs(config: PipelineConfig) -> None:
                 if channel is not None and count is not None and 1 < count <= channel:
                     raise ImageReadError(f"{sample.image_path}: real.channel {channel}, but "
                                          f"the image has {count} channels (0-{count - 1})")
+                if channel is not None and count is None:  # (a Zarr: opened lazily)
+                    open_image(sample.image_path, channel=channel)
             # unlabeled sections are staged as rescaled windows of tissue; an annotated one
             # would have to be copied rescaled whole, i.e. decoded whole
             section = next((s for s in dataset if reads_lazily(s.image_path)),
@@ -276,17 +278,15 @@ def check_inputs(config: PipelineConfig) -> None:
                     f"{sim.pixel_size_um} um/px into the run folder; work at its resolution "
                     f"(simulate.pixel_size_um: {config.real.pixel_size_um}) or predict it "
                     f"apart with cellsynth predict --pixel-size {config.real.pixel_size_um}")
-            if config.real.channel is not None:
-                # staged as that channel alone: it must exist (checked on the first image),
-                # and an annotated section would be decoded whole to be copied
+            if config.real.channel is not None and role != "unlabeled":
+                # staged as that channel alone: an annotated section would be decoded whole
                 section = next((s for s in dataset if reads_lazily(s.image_path)), None)
-                if section is not None and role != "unlabeled":
+                if section is not None:
                     raise ConfigError(
                         f"{section.image_path}: an annotated whole section (real.{role}) "
                         f"cannot be copied as channel {config.real.channel} alone into the run "
                         f"folder; save that channel as its own image, or predict the section "
                         f"apart with cellsynth predict --channel {config.real.channel}")
-                open_image(next(iter(dataset)).image_path, channel=config.real.channel)
     for role, ids in config.real.select.items():
         if role not in ("train", "val"):
             raise ConfigError(f"real.select: {role!r}: only train and val (the annotated "

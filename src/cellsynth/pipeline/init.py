@@ -133,14 +133,17 @@ def guess_stain(images: list[Path], channel: int | None = None) -> StainGuess:
 
 def channel_count(path: Path) -> int:
     """How many separate channels the image at ``path`` has: 1 for gray and for colour
-    (RGB) images, else as many as it stores (2 fluorescence channels, a TIFF's 3 markers)."""
-    from cellsynth.io.images import colour_of
+    (RGB) images, else as many as it stores (2 fluorescence channels, a TIFF's 3 markers).
+    From the header where it says (nothing decoded), else from the image opened."""
+    from cellsynth.io.headers import check_header
+    from cellsynth.io.images import is_colour
     from cellsynth.io.sections import open_image
 
-    image = open_image(path, all_channels=True)
-    if len(image.shape) != 3 or (int(image.shape[2]) == 3 and colour_of(image, path)):
-        return 1
-    return int(image.shape[2])
+    count = check_header(path) if path.is_file() else None
+    if count is None:
+        image = open_image(path, all_channels=True)
+        count = int(image.shape[2]) if len(image.shape) == 3 else 1
+    return 1 if count == 3 and is_colour(path) else count
 
 
 def run_name(data: str | os.PathLike) -> str:

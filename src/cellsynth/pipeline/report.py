@@ -181,11 +181,7 @@ def _soup(run: Path) -> str:
 
 def _member_seeds(run: Path, n: int) -> str:
     """"seeds 0, 1000, 2000" of a soup's n fine-tunings (the run's seed + 1000 r)."""
-    import yaml
-
-    config_path = run / layout.CONFIG
-    seed = (yaml.safe_load(config_path.read_text()) or {}).get("seed") \
-        if config_path.exists() else None
+    seed = _run_config(run).get("seed")
     if not isinstance(seed, int):
         return "seeds seed + 1000 r"
     return "seeds " + ", ".join(str(seed + 1000 * r) for r in range(n))
@@ -264,12 +260,17 @@ def _predictions(run: Path) -> str:
             + "".join(f"<p class=note>{html.escape(p.stem)}</p>{_file_img(p)}" for p in overlays))
 
 
-def _real_options(run: Path) -> dict[str, Any]:
-    """The ``real:`` section of the run's saved config ({} if none)."""
+def _run_config(run: Path) -> dict[str, Any]:
+    """The run's saved config as a mapping ({} if none)."""
     import yaml
 
     path = run / layout.CONFIG
-    return (yaml.safe_load(path.read_text()).get("real") or {}) if path.is_file() else {}
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _real_options(run: Path) -> dict[str, Any]:
+    """The ``real:`` section of the run's saved config ({} if none)."""
+    return _run_config(run).get("real") or {}
 
 
 def _scored_test_images(run: Path, limit: int = 4
@@ -376,9 +377,7 @@ def write_report(run: str | os.PathLike) -> Path:
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     stage_rows = [[name, "done" if s.get("done") else "not finished", _stage_time(s)]
                   for name, s in state.items() if name != layout.REPORT_STAGE]  # this page
-    import yaml
-
-    name = str((yaml.safe_load(config) or {}).get("name") or "run") if config else "run"
+    name = str(_run_config(run).get("name") or "run")
     # the config's name and the run folder's, where a name was given ("run": the default)
     title = run.name if name in ("run", run.name) else f"{name} ({run.name})"
     body = [f"<h1>cellsynth report: {html.escape(title)}</h1>",
