@@ -216,6 +216,9 @@ def test_check_header_refuses_a_z_stack_and_passes_channels_and_rgb(tmp_path):
     tifffile.imwrite(tmp_path / "g.tif", rng.integers(0, 255, (40, 50), np.uint8))
     # and the channels read_image will give, from the header alone
     tifffile.imwrite(tmp_path / "yx2.tif", rng.integers(0, 255, (40, 50, 2), np.uint8))
+    # 3 planes without metadata: tifffile calls them samples (SYX), read as channels
+    tifffile.imwrite(tmp_path / "s3.tif", rng.integers(0, 255, (1, 3, 40, 50), np.uint8),
+                     metadata=None)
     import imageio.v3 as iio
 
     iio.imwrite(tmp_path / "rgba.png", np.full((40, 50, 4), 200, np.uint8))  # alpha dropped
@@ -230,6 +233,30 @@ def test_check_header_refuses_a_z_stack_and_passes_channels_and_rgb(tmp_path):
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     for name, count in (("c.tif", 2), ("rgb.tif", 3), ("g.tif", 1), ("yx2.tif", 2),
-                        ("rgba.png", 3)):
+                        ("rgba.png", 3), ("s3.tif", 3)):
         assert check_header(tmp_path / name) == count, name
         assert (read_image(tmp_path / name, all_channels=True).shape + (1,))[2] == count
+
+
+@pytest.mark.parametrize("axes, shape, expected", [
+    ("QQYX", (1, 2, 40, 50), 2),   # unnamed, 4-D: length-1 axes go, channels first guessed
+    ("QYX", (40, 50, 3), 3),       # unnamed, short last axis: channels last
+    ("QQQYX", (2, 2, 1, 40, 50), None),  # unnamed and 4-D after squeezing: no guess
+    ("YXS", (40, 50, 3), 3),       # samples are the channels
+    ("CYX", (2, 40, 50), 2),
+])
+def test_header_channel_count_and_the_pixels_read_agree(axes, shape, expected):
+    """check_header counts a TIFF's channels from its axes as read_image reads its pixels
+    (both through file_axes); where no guess fits, the header says None and the read
+    refuses the shape."""
+    from cellsynth.io.headers import _tiff_channels
+    from cellsynth.io.images import channels_last
+
+    assert _tiff_channels(axes, shape, 1, []) == expected
+    image = np.zeros(shape, np.uint8)
+    if expected is None:
+        with pytest.raises(ImageReadError, match="expected image of shape"):
+            channels_last(image, axes, where="x.tif")
+    else:
+        read = channels_last(image, axes, where="x.tif")
+        assert (read.shape + (1,))[2] == expected and read.shape[:2] == (40, 50)

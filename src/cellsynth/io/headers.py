@@ -4,7 +4,6 @@ channel it lacks)."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -15,9 +14,10 @@ from cellsynth.io.images import (
     TIFF_SUFFIXES,
     _Notes,
     _reason,
-    guess_axes,
+    file_axes,
     refuse_stacks,
     tiff_alpha,
+    tifffile_notes,
 )
 
 __all__ = ["check_header"]
@@ -42,13 +42,9 @@ def _tiff_channels(axes: str, shape: tuple[int, ...], photometric: int,
                    extrasamples: list[int]) -> int | None:
     """The channels :func:`read_image` gives a TIFF of these axes and shape (its alpha
     dropped), from the header alone; None where only reading it would tell."""
-    axes = axes.upper()
-    if "Q" in axes or len(axes) != len(shape):
-        shape = tuple(n for n in shape if n != 1) if len(shape) > 3 else shape
-        if len(shape) not in (2, 3):
-            return None
-        axes = guess_axes(shape).upper()
-    axes = axes.replace("S", "C") if "C" not in axes else axes
+    axes, shape = file_axes(axes, shape)
+    if not axes:
+        return None
     counts = [n for a, n in zip(axes, shape) if a == "C"]
     count = counts[0] if len(counts) == 1 else 1 if not counts else None
     return None if count is None else count - tiff_alpha(photometric, extrasamples, count)
@@ -70,10 +66,18 @@ def check_header(path: str | os.PathLike) -> int | None:
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     size = path.stat().st_size
+    with tifffile_notes() as notes:
+        channels, axes, shape = _read_header(path, size, notes)
+    if axes and "Q" not in axes and len(axes) == len(shape):  # (axes the file names)
+        refuse_stacks(axes.replace("S", "C") if "C" not in axes else axes, shape,
+                      where=str(path))
+    return channels
+
+
+def _read_header(path: Path, size: int, notes: _Notes) -> tuple[int | None, str, tuple[int, ...]]:
+    """:func:`check_header`'s look at the file: its channels, and a TIFF's axes and shape
+    as the file names them ("" and () for other formats)."""
     axes, shape, channels = "", (), None
-    notes, logger = _Notes(), logging.getLogger("tifffile")
-    logger.addHandler(notes)
-    propagate, logger.propagate = logger.propagate, False
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
@@ -100,15 +104,9 @@ def check_header(path: str | os.PathLike) -> int | None:
             if path.suffix.lower() == ".png" and _png_ends_early(path, size):
                 raise ImageReadError(f"its data runs past its end ({size} bytes)")
     except Exception as err:  # the readers raise many types for corrupt files
-        said = [m.split("> ", 1)[-1] for m in notes.messages]  # what tifffile saw first
+        said = notes.said  # what tifffile saw first
         reason = str(err) if isinstance(err, ImageReadError) else (said[0] if said
                                                                    else _reason(err))
         raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
                              f"{reason}") from err
-    finally:
-        logger.removeHandler(notes)
-        logger.propagate = propagate
-    if axes and "Q" not in axes and len(axes) == len(shape):  # (axes the file names)
-        refuse_stacks(axes.replace("S", "C") if "C" not in axes else axes, shape,
-                      where=str(path))
-    return channels
+    return channels, axes, shape

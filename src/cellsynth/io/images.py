@@ -17,6 +17,8 @@ import gc
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,25 @@ class _Notes(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
 
+    @property
+    def said(self) -> list[str]:
+        """tifffile's messages without their "<tifffile.TiffPages @n> " prefix."""
+        return [m.split("> ", 1)[-1] for m in self.messages]
+
+
+@contextmanager
+def tifffile_notes() -> Iterator[_Notes]:
+    """While the block reads a file, what tifffile logs is kept (``notes.said``), not
+    printed: the reader turns it into one line of its own."""
+    notes, logger = _Notes(), logging.getLogger("tifffile")
+    logger.addHandler(notes)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield notes
+    finally:
+        logger.removeHandler(notes)
+        logger.propagate = propagate
+
 
 def _read_tiff(path: Path) -> np.ndarray:
     """A TIFF through tifffile. What tifffile logs on the way (a corrupt file's "invalid
@@ -119,23 +140,18 @@ def _read_tiff(path: Path) -> np.ndarray:
     gets one error line, one it reads with complaints one warning naming the file."""
     import tifffile
 
-    notes, logger = _Notes(), logging.getLogger("tifffile")
-    logger.addHandler(notes)
-    propagate, logger.propagate = logger.propagate, False
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            image = np.asarray(series.asarray())
-            axes, page = series.axes, series.keyframe
-            photometric, extra = int(page.photometric), [int(e) for e in page.extrasamples]
-    except Exception as err:  # the readers raise many types for corrupt files
-        said = [m.split("> ", 1)[-1] for m in notes.messages]  # what tifffile saw first
-        raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
-                             f"{said[0] if said else _reason(err)}") from err
-    finally:
-        logger.removeHandler(notes)
-        logger.propagate = propagate
-    said = [m.split("> ", 1)[-1] for m in notes.messages]  # (without "<tifffile.TiffPages @n>")
+    with tifffile_notes() as notes:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                image = np.asarray(series.asarray())
+                axes, page = series.axes, series.keyframe
+                photometric, extra = int(page.photometric), [int(e) for e in page.extrasamples]
+        except Exception as err:  # the readers raise many types for corrupt files
+            said = notes.said  # what tifffile saw first
+            raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
+                                 f"{said[0] if said else _reason(err)}") from err
+    said = notes.said
     if image.size == 0:
         raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
                              f"{said[0] if said else 'no image data in it'}")
@@ -171,19 +187,31 @@ def guess_axes(shape: tuple[int, ...]) -> str:
     return "yxc" if len(shape) == 3 and shape[-1] <= 4 else "cyx"
 
 
+def file_axes(axes: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """tifffile's ``axes`` of an array of ``shape`` as cellsynth reads them, upper case:
+    where the file names none (``"Q"``) or they do not fit the shape, guessed
+    (:func:`guess_axes`) after axes of length 1 go from a shape beyond 3-D; ``S`` (samples)
+    counts as the channel axis where there is no ``C``. Returns the axes ("" where no guess
+    fits: not 2- or 3-D) and the shape they describe. :func:`channels_last` reads the
+    pixels by it, :func:`cellsynth.io.headers.check_header` counts channels from a header
+    by it, so the two cannot disagree."""
+    axes, shape = axes.upper(), tuple(int(n) for n in shape)
+    if "Q" in axes or len(axes) != len(shape):
+        shape = tuple(n for n in shape if n != 1) if len(shape) > 3 else shape
+        axes = guess_axes(shape).upper() if len(shape) in (2, 3) else ""
+    return (axes.replace("S", "C") if "C" not in axes else axes), shape
+
+
 def channels_last(image: np.ndarray, axes: str, *, where: str) -> np.ndarray:
     """``image`` with tifffile's ``axes`` (e.g. ``"CYX"`` of an ImageJ hyperstack, ``"YXS"``
     of RGB, ``"QYX"`` where the file names none) as (H, W) or (H, W, C). Axes of length 1 go;
     a z-stack or time series is refused in one line (a 2-D reader would take its planes
     for channels)."""
-    axes = axes.upper()
-    if "Q" in axes or len(axes) != image.ndim:
-        image = np.squeeze(image) if image.ndim > 3 else image
-        axes = guess_axes(image.shape).upper()
-        if image.ndim not in (2, 3):
-            raise ImageReadError(f"{where}: expected image of shape HxW, HxWxC or CxHxW, "
-                                 f"got shape {image.shape}")
-    axes = axes.replace("S", "C") if "C" not in axes else axes
+    axes, shape = file_axes(axes, image.shape)
+    image = image.reshape(shape)
+    if not axes:
+        raise ImageReadError(f"{where}: expected image of shape HxW, HxWxC or CxHxW, "
+                             f"got shape {image.shape}")
     for i in reversed(range(image.ndim)):
         if axes[i] not in "YXC" and image.shape[i] == 1:
             image, axes = image.take(0, axis=i), axes[:i] + axes[i + 1:]
