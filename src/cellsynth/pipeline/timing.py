@@ -230,7 +230,7 @@ class Timer:
         key = ("fit", str(sorted(to_dict(base).items())), side, tuple(radii), seed)
         if key not in self._cache:
             from cellsynth.simulate.dataset import image_seeds
-            from cellsynth.simulate.estimate import _measure
+            from cellsynth.simulate.estimate import measure_image
             from cellsynth.simulate.scene import render_scene
 
             vectors = (base.staining.main_vector, base.staining.counter_vector)
@@ -240,7 +240,7 @@ class Timer:
                 started = time.perf_counter()
                 image, labels = render_scene(base, (side, side), np.random.default_rng(child))
                 rendered = time.perf_counter()
-                _measure(image.astype(np.float32) / 255.0, base.color, base.pixel_size_um,
+                measure_image(image.astype(np.float32) / 255.0, base.color, base.pixel_size_um,
                          radii, labels, vectors)
                 if i:
                     render.append(rendered - started)

@@ -21,6 +21,8 @@ from skimage.segmentation import find_boundaries, watershed
 
 from cellsynth.simulate.optics import stain_vectors, to_intensity
 
+__all__ = ["measure_counter_vector", "measure_image"]  # (fit.py also uses private helpers)
+
 _SCALE_STEP = 1.15   # ratio of neighbouring LoG scales (sizes are interpolated between them)
 _DISK_PEAK = 2 / math.e  # scale-normalised LoG response of a unit-contrast disk, best scale
 _PRESMOOTH = 0.5     # Gaussian pre-smoothing, in units of the smallest radius searched
@@ -323,9 +325,10 @@ def _halos(excess: np.ndarray, regions: np.ndarray, n: int, whole: np.ndarray,
         return np.where(whole > 0, outside / whole, np.nan)
 
 
-def _measure(image: np.ndarray, color: str, px: float, radii: np.ndarray,
+def measure_image(image: np.ndarray, color: str, px: float, radii: np.ndarray,
              labels: np.ndarray | None = None, vectors: tuple | None = None) -> dict[str, Any]:
-    """Statistics of one image (float in [0, 1]); ``labels`` only for simulated images;
+    """The estimator's statistics of one image (float in [0, 1]): what fit-simulator
+    compares and `run --estimate` times; ``labels`` only for simulated images;
     ``vectors``: the stain vectors to unmix with (see :func:`_stain_maps`)."""
     stain, counter = _stain_maps(image, color, vectors)
     residuals = _residuals(image)  # camera noise, two ways

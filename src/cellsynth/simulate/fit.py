@@ -64,9 +64,9 @@ from cellsynth.simulate.dataset import image_seeds
 from cellsynth.simulate.estimate import (
     _SCALE_STEP,
     _as_float,
-    _measure,
     _pool,
     measure_counter_vector,
+    measure_image,
 )
 from cellsynth.simulate.optics import stain_vectors
 from cellsynth.simulate.presets import SimulationConfig, preset
@@ -359,7 +359,7 @@ def _simulate_stats(config: SimulationConfig, shape: tuple[int, int], seeds: lis
     per_image = []
     for child in seeds:
         image, labels = render_scene(config, shape, np.random.default_rng(child))
-        per_image.append(_measure(image.astype(np.float32) / 255.0, config.color,
+        per_image.append(measure_image(image.astype(np.float32) / 255.0, config.color,
                                   config.pixel_size_um, radii, labels, vectors))
     return _pool(per_image)
 
@@ -466,7 +466,7 @@ def _real_statistics(real: _Real, base: SimulationConfig) -> tuple[dict[str, Any
     ones the images are unmixed with."""
     px = real.pixel_size_um
     radii = search_plan([a.shape for a in real.images], base).radii
-    per_image = [_measure(a, base.color, px, radii, vectors=_vectors(base))
+    per_image = [measure_image(a, base.color, px, radii, vectors=_vectors(base))
                  for a in real.images]
     target = _pool(per_image)
     if target["n_cells"] == 0:
