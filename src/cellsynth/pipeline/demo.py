@@ -104,7 +104,7 @@ def _realism(config: ExperimentConfig, out: Path, progress: bool) -> None:
 
 def demo(out: str | os.PathLike, *, force: bool = False, progress: bool = True) -> Path:
     """Run the demo into ``out`` (continuing an interrupted demo there); return the report."""
-    from cellsynth.pipeline.report import write_experiment_report
+    from cellsynth.pipeline.experiment_report import write_experiment_report
 
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not (out / layout.STATE).exists():
