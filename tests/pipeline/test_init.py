@@ -10,7 +10,8 @@ from cellsynth.cli import main
 from cellsynth.errors import DatasetError
 from cellsynth.io.images import read_image, read_labels, write_image, write_labels
 from cellsynth.pipeline.config import load_pipeline_config
-from cellsynth.pipeline.init import find_folders, guess_stain
+from cellsynth.pipeline.init import find_folders
+from cellsynth.pipeline.stain import guess_stain
 from cellsynth.simulate import simulate
 
 
