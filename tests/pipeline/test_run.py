@@ -11,7 +11,7 @@ import pytest
 
 from cellsynth.errors import ConfigError, DatasetError, ImageReadError
 from cellsynth.io.images import read_image, write_image
-from cellsynth.pipeline import stages
+from cellsynth.pipeline import stages, staging
 from cellsynth.pipeline.config import (
     PipelineConfig,
     PredictOptions,
@@ -818,11 +818,12 @@ def test_unlabeled_sections_at_another_pixel_size_become_rescaled_windows(tmp_pa
                      simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1,
                                               pixel_size_um=0.5))
     check_inputs(config)  # accepted: an unlabeled section is not decoded whole
-    monkeypatch.setattr(stages, "SECTION_WINDOW", 64)  # 128 px of the section, halved
-    monkeypatch.setattr(stages, "SECTION_WINDOWS", 4)
+    # (patched where _rescale_real looks them up: staging.py, not their re-export in stages)
+    monkeypatch.setattr(staging, "SECTION_WINDOW", 64)  # 128 px of the section, halved
+    monkeypatch.setattr(staging, "SECTION_WINDOWS", 4)
     out = tmp_path / "run"
     out.mkdir()
-    stages._rescale_real(config, out)
+    staging._rescale_real(config, out)
     windows = sorted((out / "real" / "unlabeled" / "images").iterdir())
     assert 1 <= len(windows) <= 4
     for path in windows:
