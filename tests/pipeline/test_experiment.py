@@ -60,10 +60,10 @@ def _differ_in_seed_only(first, second) -> bool:
 def _record_trainings_and_predictions(monkeypatch, predicted) -> list[tuple]:
     """The events of an experiment run, in order: ("train",) for each detector trained and
     ("predict", *predicted(kwargs)) for each test split predicted (both still run)."""
-    from cellsynth.segment import predict, trainer
+    from cellsynth.segment import folders, trainer
 
     events: list[tuple] = []
-    train, predict_folder = trainer.train, predict.predict_folder
+    train, predict_folder = trainer.train, folders.predict_folder
     monkeypatch.setattr(trainer, "train", lambda *a, **kw: (events.append(("train",)),
                                                             train(*a, **kw))[1])
 
@@ -71,7 +71,7 @@ def _record_trainings_and_predictions(monkeypatch, predicted) -> list[tuple]:
         events.append(("predict", *predicted(kw)))
         return predict_folder(*a, **kw)
 
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    monkeypatch.setattr(folders, "predict_folder", spy_predict)
     return events
 
 
@@ -79,9 +79,9 @@ def test_experiment_runs_resumes_and_keeps_the_test_split_for_the_end(tmp_path, 
     config = _config(tmp_path)
     test = Path(config.test).resolve()
     events: list[str] = []
-    from cellsynth.segment import predict, trainer
+    from cellsynth.segment import folders, trainer
 
-    train, predict_folder = trainer.train, predict.predict_folder
+    train, predict_folder = trainer.train, folders.predict_folder
 
     def spy_train(cfg, data, out, **kw):
         used = [Path(d).resolve() for d in data] + [Path(kw["val"]).resolve()]
@@ -94,7 +94,7 @@ def test_experiment_runs_resumes_and_keeps_the_test_split_for_the_end(tmp_path, 
         return predict_folder(run, images, *a, **kw)
 
     monkeypatch.setattr(trainer, "train", spy_train)
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    monkeypatch.setattr(folders, "predict_folder", spy_predict)
     said: list[str] = []
     results = run_experiment(config, tmp_path / "exp", log=said.append)
     # 2 seeds x (real_k1, sim_k0, sim_k1, refined_k0) detectors, each evaluated once
@@ -159,9 +159,9 @@ def test_self_training_labels_the_undrawn_images_with_the_teacher_not_the_annota
                                          Setting("real_k1_pseudo", "real", 1, pseudo=0.5)),
                      compare=(("real_k1_pseudo", "real_k1"),), seeds=(0,))
     test = Path(config.test).resolve()
-    from cellsynth.segment import predict, trainer
+    from cellsynth.segment import folders, trainer
 
-    train, predict_folder = trainer.train, predict.predict_folder
+    train, predict_folder = trainer.train, folders.predict_folder
     calls: list[tuple[str, object]] = []
 
     def spy_train(cfg, data, out, **kw):
@@ -179,8 +179,8 @@ def test_self_training_labels_the_undrawn_images_with_the_teacher_not_the_annota
         labels[10:30, 10:30] = 1
         return labels, np.array([0.0, 0.9])
     monkeypatch.setattr(trainer, "train", spy_train)
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
-    monkeypatch.setattr(predict, "predict_image", teacher_labels)
+    monkeypatch.setattr(folders, "predict_folder", spy_predict)
+    monkeypatch.setattr(folders, "predict_image", teacher_labels)
     results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
     exp = tmp_path / "exp"
     state = json.loads((exp / "state.json").read_text())
@@ -223,9 +223,9 @@ def test_distillation_labels_with_the_teacher_and_fine_tunes_the_student(tmp_pat
     # asking for the distilled setting alone brings its teacher along
     only = experiment.select_settings(config, ["real_k1_b_distil"])
     assert [s.name for s in only.settings] == ["real_k1", "real_k1_b_distil"]
-    from cellsynth.segment import predict, trainer
+    from cellsynth.segment import folders, trainer
 
-    train, predict_folder = trainer.train, predict.predict_folder
+    train, predict_folder = trainer.train, folders.predict_folder
     trained: list[tuple[object, Path, dict]] = []
     labelled_by: list[Path] = []
 
@@ -238,7 +238,7 @@ def test_distillation_labels_with_the_teacher_and_fine_tunes_the_student(tmp_pat
             labelled_by.append(Path(run))
         return predict_folder(run, images, out, **kw)
     monkeypatch.setattr(trainer, "train", spy_train)
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    monkeypatch.setattr(folders, "predict_folder", spy_predict)
     results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
     exp = tmp_path / "exp"
     assert labelled_by == [exp / "detectors" / "real_k1_s0"]   # the teacher, not the student
@@ -831,7 +831,7 @@ def test_units_side_by_side_train_what_they_train_in_turn_and_test_comes_last(
         tmp_path, monkeypatch):
     import torch
 
-    from cellsynth.segment import predict
+    from cellsynth.segment import folders
 
     config = _side_by_side_config(tmp_path)
     monkeypatch.setenv("CELLSYNTH_THREADS", "1")  # in turn with the share each process gets
@@ -839,7 +839,7 @@ def test_units_side_by_side_train_what_they_train_in_turn_and_test_comes_last(
     monkeypatch.setattr(experiment, "parallel_plan", lambda runs, device: (2, 1))
     units, _ = experiment._plan(config, tmp_path / "side")
     phase1 = {u.name for u in units}
-    predict_folder = predict.predict_folder
+    predict_folder = folders.predict_folder
     done_when_tested: list[set] = []
 
     def spy_predict(*a, **kw):  # phase 2 runs here, in the calling process
@@ -847,7 +847,7 @@ def test_units_side_by_side_train_what_they_train_in_turn_and_test_comes_last(
         done_when_tested.append({n for n, e in state.items() if e["done"]} & phase1)
         return predict_folder(*a, **kw)
 
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    monkeypatch.setattr(folders, "predict_folder", spy_predict)
     said: list[str] = []
     side = run_experiment(config, tmp_path / "side", log=said.append, processes=2)
     # every unit ran once, in a pool process, and the test split was read after all of them

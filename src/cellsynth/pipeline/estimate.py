@@ -144,7 +144,8 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
     def predict(role: str, views: int, precision: str = "auto", *, writes: bool = False
                 ) -> tuple[float, str]:
         train = config.finetune if config.real.train else config.pretrain
-        from cellsynth.segment.predict import DEFAULT_TILE, INT8_SIDE, INT8_WINDOWS
+        from cellsynth.segment.folders import INT8_SIDE, INT8_WINDOWS
+        from cellsynth.segment.predict import DEFAULT_TILE
 
         # the tiles `predict` cuts: predict.tile or its default, shrunk to balanced ones
         tile = config.predict.tile or max(train.crop, DEFAULT_TILE)

@@ -537,9 +537,9 @@ def _evaluate(detector: Path, test: str, folder: Path, tiles: int, device: str,
     from cellsynth.evaluate import matching
     from cellsynth.evaluate.stats import split_tiles
     from cellsynth.io.images import read_labels
-    from cellsynth.segment import predict
+    from cellsynth.segment import folders
 
-    predict.predict_folder(detector, test, folder / layout.PREDICT, device=device, force=True,
+    folders.predict_folder(detector, test, folder / layout.PREDICT, device=device, force=True,
                            tta=tta, progress=False, nms_thresh=nms,
                            **({"faint_from": faint[0], "faint_percentile": faint[1]}
                               if faint else {}))

@@ -175,7 +175,7 @@ def write_pseudo_labels(teacher: Path, images: list[Path], folder: Path, *, meta
     threshold it chose. ``meta`` goes to its meta.json (the pixel size, where it came from).
     Returns the image ids and the number of cells labelled."""
     from cellsynth.io.files import staged_output_dir, write_json
-    from cellsynth.segment.predict import predict_folder
+    from cellsynth.segment.folders import predict_folder
 
     with staged_output_dir(folder, force=True) as root:
         (root / "images").mkdir()
@@ -334,7 +334,7 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 
     from cellsynth.io.images import read_labels, write_image, write_labels
     from cellsynth.io.sections import open_image
-    from cellsynth.segment.predict import predict_folder
+    from cellsynth.segment.folders import predict_folder
     from cellsynth.viz import contour_overlay
 
     role = _predict_images(config)

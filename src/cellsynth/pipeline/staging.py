@@ -163,7 +163,7 @@ def _rescale_detections(path: Path, labels: np.ndarray, pixel_size_um: float | N
     import csv
 
     from cellsynth.io.files import atomic_path
-    from cellsynth.segment.predict import detections_table
+    from cellsynth.segment.folders import detections_table
 
     with open(path, newline="") as f:
         scores = {int(row["id"]): float(row["score"]) for row in csv.DictReader(f)}
