@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellsynth.errors import ConfigError
-from cellsynth.pipeline import experiment
+from cellsynth.pipeline import experiment, experiment_results
 from cellsynth.pipeline.config import SimulateOptions
 from cellsynth.pipeline.experiment import (
     ExperimentConfig,
@@ -456,7 +456,7 @@ def test_the_table_shows_runs_and_their_spread(tmp_path):
         "twice": {"data": "simulated", "k": 1, "runs": [["d0", "d1"], ["d2", "d3"]],
                   **summarize(a)},
         "once": {"data": "simulated", "k": 1, **summarize(b)}}}
-    experiment._write_table(config, results, tmp_path / "results.md")
+    experiment_results._write_table(config, results, tmp_path / "results.md")
     table = (tmp_path / "results.md").read_text()
     # F1@0.5 per seed: (1 + 2/3) / 2 and 1 -> 0.917 +- 0.118; the runs: variance 1/18 at
     # seed 0, 0 at seed 1, pooled sqrt(1/36) = 0.167
@@ -650,7 +650,7 @@ def test_learning_curve_shows_both_of_two_curves_with_equal_points():
         "refined_k0": {"data": "refined", "k": 0, "f1_50": {"mean": 0.9, "std": 0.01}},
         "refined_k2": {"data": "refined", "k": 2, "f1_50": score},
         "refined_all": {"data": "refined", "k": None, "f1_50": {"mean": 0.95, "std": 0.0}}}}
-    points = experiment._curve_points(results, n_train=4)
+    points = experiment_results._curve_points(results, n_train=4)
     (real_x, _, _), (refined_x, refined_f1, _) = points["real"], points["refined"]
     assert refined_f1 == [0.9, 0.946, 0.95]  # sorted by k, "all" at the 4 training images
     assert real_x[0] != refined_x[1]  # the equal points at k = 2 are side by side
@@ -662,11 +662,11 @@ def test_learning_curve_k_axis_is_logarithmic_only_when_all_lies_far_beyond():
         return {"settings": {f"s{k}": {"data": "refined", "k": k,
                                        "f1_50": {"mean": 0.5, "std": 0.0}} for k in ks}}
 
-    assert not experiment._log_k_axis([0, 1, 2, 4])  # Nissl: k = 0 / 1 / 2 / all 4
-    x, _, _ = experiment._curve_points(results([0, 1, 2, None]), n_train=4)["refined"]
+    assert not experiment_results._log_k_axis([0, 1, 2, 4])  # Nissl: k = 0 / 1 / 2 / all 4
+    x, _, _ = experiment_results._curve_points(results([0, 1, 2, None]), n_train=4)["refined"]
     assert x == [0.0, 1.0, 2.0, 4.0]
-    assert experiment._log_k_axis([0, 2, 5, 10, 46])  # 0 / 2 / 5 / 10 / all 46
-    x, _, _ = experiment._curve_points(results([0, 2, 5, 10, None]), n_train=46)["refined"]
+    assert experiment_results._log_k_axis([0, 2, 5, 10, 46])  # 0 / 2 / 5 / 10 / all 46
+    x, _, _ = experiment_results._curve_points(results([0, 2, 5, 10, None]), n_train=46)["refined"]
     assert x == pytest.approx(np.log2([1, 3, 6, 11, 47]))
     assert x[3] - x[2] > 0.8 and x[4] - x[3] < 2.3  # 5 -> 10 readable, 10 -> 46 not 36 wide
 
