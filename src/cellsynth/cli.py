@@ -194,7 +194,7 @@ def _cmd_soup(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from cellsynth.errors import ConfigError
-    from cellsynth.segment.predict import predict_folder
+    from cellsynth.segment.folders import predict_folder
 
     if args.detector is None:
         raise ConfigError("--detector is required: a train run folder or its checkpoint file")

@@ -68,7 +68,7 @@ def test_czi_beside_readable_images_is_said_to_be_skipped(tmp_path):
 
 
 def test_predict_lists_the_readable_images_and_says_which_were_skipped(tmp_path):
-    from cellsynth.segment.predict import _inputs
+    from cellsynth.segment.folders import _inputs
 
     tifffile.imwrite(tmp_path / "ok.tif", np.zeros((32, 32), np.uint8))
     (tmp_path / "scan.nd2").write_bytes(bytes(16))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellsynth.errors import ConfigError
-from cellsynth.pipeline import experiment
+from cellsynth.pipeline import experiment, experiment_results
 from cellsynth.pipeline.config import SimulateOptions
 from cellsynth.pipeline.experiment import (
     ExperimentConfig,
@@ -60,10 +60,10 @@ def _differ_in_seed_only(first, second) -> bool:
 def _record_trainings_and_predictions(monkeypatch, predicted) -> list[tuple]:
     """The events of an experiment run, in order: ("train",) for each detector trained and
     ("predict", *predicted(kwargs)) for each test split predicted (both still run)."""
-    from cellsynth.segment import predict, trainer
+    from cellsynth.segment import folders, trainer
 
     events: list[tuple] = []
-    train, predict_folder = trainer.train, predict.predict_folder
+    train, predict_folder = trainer.train, folders.predict_folder
     monkeypatch.setattr(trainer, "train", lambda *a, **kw: (events.append(("train",)),
                                                             train(*a, **kw))[1])
 
@@ -71,7 +71,7 @@ def _record_trainings_and_predictions(monkeypatch, predicted) -> list[tuple]:
         events.append(("predict", *predicted(kw)))
         return predict_folder(*a, **kw)
 
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    monkeypatch.setattr(folders, "predict_folder", spy_predict)
     return events
 
 
@@ -79,9 +79,9 @@ def test_experiment_runs_resumes_and_keeps_the_test_split_for_the_end(tmp_path, 
     config = _config(tmp_path)
     test = Path(config.test).resolve()
     events: list[str] = []
-    from cellsynth.segment import predict, trainer
+    from cellsynth.segment import folders, trainer
 
-    train, predict_folder = trainer.train, predict.predict_folder
+    train, predict_folder = trainer.train, folders.predict_folder
 
     def spy_train(cfg, data, out, **kw):
         used = [Path(d).resolve() for d in data] + [Path(kw["val"]).resolve()]
@@ -94,7 +94,7 @@ def test_experiment_runs_resumes_and_keeps_the_test_split_for_the_end(tmp_path, 
         return predict_folder(run, images, *a, **kw)
 
     monkeypatch.setattr(trainer, "train", spy_train)
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    monkeypatch.setattr(folders, "predict_folder", spy_predict)
     said: list[str] = []
     results = run_experiment(config, tmp_path / "exp", log=said.append)
     # 2 seeds x (real_k1, sim_k0, sim_k1, refined_k0) detectors, each evaluated once
@@ -162,9 +162,9 @@ def test_self_training_labels_the_undrawn_images_with_the_teacher_not_the_annota
                                          Setting("real_k1_pseudo", "real", 1, pseudo=0.5)),
                      compare=(("real_k1_pseudo", "real_k1"),), seeds=(0,))
     test = Path(config.test).resolve()
-    from cellsynth.segment import predict, trainer
+    from cellsynth.segment import folders, trainer
 
-    train, predict_folder = trainer.train, predict.predict_folder
+    train, predict_folder = trainer.train, folders.predict_folder
     calls: list[tuple[str, object]] = []
 
     def spy_train(cfg, data, out, **kw):
@@ -182,8 +182,8 @@ def test_self_training_labels_the_undrawn_images_with_the_teacher_not_the_annota
         labels[10:30, 10:30] = 1
         return labels, np.array([0.0, 0.9])
     monkeypatch.setattr(trainer, "train", spy_train)
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
-    monkeypatch.setattr(predict, "predict_image", teacher_labels)
+    monkeypatch.setattr(folders, "predict_folder", spy_predict)
+    monkeypatch.setattr(folders, "predict_image", teacher_labels)
     results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
     exp = tmp_path / "exp"
     state = json.loads((exp / "state.json").read_text())
@@ -226,9 +226,9 @@ def test_distillation_labels_with_the_teacher_and_fine_tunes_the_student(tmp_pat
     # asking for the distilled setting alone brings its teacher along
     only = experiment.select_settings(config, ["real_k1_b_distil"])
     assert [s.name for s in only.settings] == ["real_k1", "real_k1_b_distil"]
-    from cellsynth.segment import predict, trainer
+    from cellsynth.segment import folders, trainer
 
-    train, predict_folder = trainer.train, predict.predict_folder
+    train, predict_folder = trainer.train, folders.predict_folder
     trained: list[tuple[object, Path, dict]] = []
     labelled_by: list[Path] = []
 
@@ -241,7 +241,7 @@ def test_distillation_labels_with_the_teacher_and_fine_tunes_the_student(tmp_pat
             labelled_by.append(Path(run))
         return predict_folder(run, images, out, **kw)
     monkeypatch.setattr(trainer, "train", spy_train)
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    monkeypatch.setattr(folders, "predict_folder", spy_predict)
     results = run_experiment(config, tmp_path / "exp", log=lambda _: None)
     exp = tmp_path / "exp"
     assert labelled_by == [exp / "detectors" / "real_k1_s0"]   # the teacher, not the student
@@ -459,7 +459,7 @@ def test_the_table_shows_runs_and_their_spread(tmp_path):
         "twice": {"data": "simulated", "k": 1, "runs": [["d0", "d1"], ["d2", "d3"]],
                   **summarize(a)},
         "once": {"data": "simulated", "k": 1, **summarize(b)}}}
-    experiment._write_table(config, results, tmp_path / "results.md")
+    experiment_results._write_table(config, results, tmp_path / "results.md")
     table = (tmp_path / "results.md").read_text()
     # F1@0.5 per seed: (1 + 2/3) / 2 and 1 -> 0.917 +- 0.118; the runs: variance 1/18 at
     # seed 0, 0 at seed 1, pooled sqrt(1/36) = 0.167
@@ -653,7 +653,7 @@ def test_learning_curve_shows_both_of_two_curves_with_equal_points():
         "refined_k0": {"data": "refined", "k": 0, "f1_50": {"mean": 0.9, "std": 0.01}},
         "refined_k2": {"data": "refined", "k": 2, "f1_50": score},
         "refined_all": {"data": "refined", "k": None, "f1_50": {"mean": 0.95, "std": 0.0}}}}
-    points = experiment._curve_points(results, n_train=4)
+    points = experiment_results._curve_points(results, n_train=4)
     (real_x, _, _), (refined_x, refined_f1, _) = points["real"], points["refined"]
     assert refined_f1 == [0.9, 0.946, 0.95]  # sorted by k, "all" at the 4 training images
     assert real_x[0] != refined_x[1]  # the equal points at k = 2 are side by side
@@ -665,11 +665,11 @@ def test_learning_curve_k_axis_is_logarithmic_only_when_all_lies_far_beyond():
         return {"settings": {f"s{k}": {"data": "refined", "k": k,
                                        "f1_50": {"mean": 0.5, "std": 0.0}} for k in ks}}
 
-    assert not experiment._log_k_axis([0, 1, 2, 4])  # Nissl: k = 0 / 1 / 2 / all 4
-    x, _, _ = experiment._curve_points(results([0, 1, 2, None]), n_train=4)["refined"]
+    assert not experiment_results._log_k_axis([0, 1, 2, 4])  # Nissl: k = 0 / 1 / 2 / all 4
+    x, _, _ = experiment_results._curve_points(results([0, 1, 2, None]), n_train=4)["refined"]
     assert x == [0.0, 1.0, 2.0, 4.0]
-    assert experiment._log_k_axis([0, 2, 5, 10, 46])  # 0 / 2 / 5 / 10 / all 46
-    x, _, _ = experiment._curve_points(results([0, 2, 5, 10, None]), n_train=46)["refined"]
+    assert experiment_results._log_k_axis([0, 2, 5, 10, 46])  # 0 / 2 / 5 / 10 / all 46
+    x, _, _ = experiment_results._curve_points(results([0, 2, 5, 10, None]), n_train=46)["refined"]
     assert x == pytest.approx(np.log2([1, 3, 6, 11, 47]))
     assert x[3] - x[2] > 0.8 and x[4] - x[3] < 2.3  # 5 -> 10 readable, 10 -> 46 not 36 wide
 
@@ -834,7 +834,7 @@ def test_units_side_by_side_train_what_they_train_in_turn_and_test_comes_last(
         tmp_path, monkeypatch):
     import torch
 
-    from cellsynth.segment import predict
+    from cellsynth.segment import folders
 
     config = _side_by_side_config(tmp_path)
     monkeypatch.setenv("CELLSYNTH_THREADS", "1")  # in turn with the share each process gets
@@ -842,7 +842,7 @@ def test_units_side_by_side_train_what_they_train_in_turn_and_test_comes_last(
     monkeypatch.setattr(experiment, "parallel_plan", lambda runs, device: (2, 1))
     units, _ = experiment._plan(config, tmp_path / "side")
     phase1 = {u.name for u in units}
-    predict_folder = predict.predict_folder
+    predict_folder = folders.predict_folder
     done_when_tested: list[set] = []
 
     def spy_predict(*a, **kw):  # phase 2 runs here, in the calling process
@@ -850,7 +850,7 @@ def test_units_side_by_side_train_what_they_train_in_turn_and_test_comes_last(
         done_when_tested.append({n for n, e in state.items() if e["done"]} & phase1)
         return predict_folder(*a, **kw)
 
-    monkeypatch.setattr(predict, "predict_folder", spy_predict)
+    monkeypatch.setattr(folders, "predict_folder", spy_predict)
     said: list[str] = []
     side = run_experiment(config, tmp_path / "side", log=said.append, processes=2)
     # every unit ran once, in a pool process, and the test split was read after all of them

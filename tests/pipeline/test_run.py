@@ -11,7 +11,7 @@ import pytest
 
 from cellsynth.errors import ConfigError, DatasetError, ImageReadError
 from cellsynth.io.images import read_image, write_image
-from cellsynth.pipeline import stages
+from cellsynth.pipeline import stages, staging
 from cellsynth.pipeline.config import (
     PipelineConfig,
     PredictOptions,
@@ -770,17 +770,17 @@ def test_count_threshold_stage_sets_the_threshold_predict_uses(tmp_path, monkeyp
         check_inputs(replace(counted, real=RealData(test=None)))
     # the threshold the stage writes is the one predict applies
     import cellsynth.segment.calibrate as calibrate
-    import cellsynth.segment.predict as predict_module
+    import cellsynth.segment.folders as folders
 
     monkeypatch.setattr(calibrate, "count_threshold",
                         lambda *a, **k: {"score_thresh": 0.777, "estimated_count": 5})
     used = []
-    real_predict = predict_module.predict_folder
+    real_predict = folders.predict_folder
 
     def spy(*args, **kwargs):
         used.append(kwargs.get("score_thresh"))
         return real_predict(*args, **kwargs)
-    monkeypatch.setattr(predict_module, "predict_folder", spy)
+    monkeypatch.setattr(folders, "predict_folder", spy)
     out = tmp_path / "run"
     run(counted, out, progress=False, log=lambda _: None)
     assert json.loads((out / "count_threshold" / "threshold.json").read_text()) == {
@@ -818,11 +818,12 @@ def test_unlabeled_sections_at_another_pixel_size_become_rescaled_windows(tmp_pa
                      simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1,
                                               pixel_size_um=0.5))
     check_inputs(config)  # accepted: an unlabeled section is not decoded whole
-    monkeypatch.setattr(stages, "SECTION_WINDOW", 64)  # 128 px of the section, halved
-    monkeypatch.setattr(stages, "SECTION_WINDOWS", 4)
+    # (patched where _rescale_real looks them up: staging.py, not their re-export in stages)
+    monkeypatch.setattr(staging, "SECTION_WINDOW", 64)  # 128 px of the section, halved
+    monkeypatch.setattr(staging, "SECTION_WINDOWS", 4)
     out = tmp_path / "run"
     out.mkdir()
-    stages._rescale_real(config, out)
+    staging._rescale_real(config, out)
     windows = sorted((out / "real" / "unlabeled" / "images").iterdir())
     assert 1 <= len(windows) <= 4
     for path in windows:
@@ -1090,14 +1091,14 @@ def test_fine_tuning_without_a_refiner_and_pretraining_validated_on_the_simulati
 def test_predict_precision_reaches_the_prediction_and_is_checked(tmp_path, monkeypatch):
     """predict: {precision: int8} in a run config is what the predict stage asks for; a
     precision that does not exist is one line naming the option."""
-    import cellsynth.segment.predict as predict_module
+    import cellsynth.segment.folders as folders
     from cellsynth.config import from_dict
 
     real = _real(tmp_path / "real")
     config = _config(real)
     assert config.predict.precision == "auto"
     asked = []
-    monkeypatch.setattr(predict_module, "predict_folder",
+    monkeypatch.setattr(folders, "predict_folder",
                         lambda *a, **k: asked.append(k["precision"]) or {})
     int8 = replace(config, predict=replace(config.predict, precision="int8"))
     stages._predict(int8, tmp_path / "run", progress=False)

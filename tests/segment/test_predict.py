@@ -312,7 +312,7 @@ def test_a_file_cut_short_is_refused_before_any_image_is_predicted(model, tmp_pa
     a folder of sections), leaving the rows of tiles done before it; every header is now
     read first, and the file named before one tile is predicted."""
     from cellsynth.errors import ImageReadError
-    from cellsynth.segment import predict
+    from cellsynth.segment import folders
 
     run, sim = model
     _one_image(sim, tmp_path / "images")
@@ -320,7 +320,7 @@ def test_a_file_cut_short_is_refused_before_any_image_is_predicted(model, tmp_pa
     whole = (tmp_path / "images" / f"b{suffix}").read_bytes()
     (tmp_path / "images" / f"b{suffix}").write_bytes(whole[:len(whole) - 100])
     predicted = []
-    monkeypatch.setattr(predict, "predict_image",
+    monkeypatch.setattr(folders, "predict_image",
                         lambda *a, **k: predicted.append(1) or predict_image(*a, **k))
     with pytest.raises(ImageReadError, match=rf"b\{suffix}: cannot read file \(corrupt"):
         predict_folder(run, tmp_path / "images", tmp_path / "out", score_thresh=0.5,
@@ -336,7 +336,7 @@ def test_a_level_an_image_lacks_is_refused_before_any_image_is_predicted(model, 
     import tifffile
 
     from cellsynth.errors import ImageReadError
-    from cellsynth.segment import predict
+    from cellsynth.segment import folders
 
     run, sim = model
     image = read_image(sorted((sim / "images").iterdir())[0])
@@ -346,7 +346,7 @@ def test_a_level_an_image_lacks_is_refused_before_any_image_is_predicted(model, 
         tif.write(image[::2, ::2], subfiletype=1, tile=(32, 32), photometric="minisblack")
     write_image(tmp_path / "images" / "b.png", image)
     predicted = []
-    monkeypatch.setattr(predict, "predict_image",
+    monkeypatch.setattr(folders, "predict_image",
                         lambda *a, **k: predicted.append(1) or predict_image(*a, **k))
     with pytest.raises(ImageReadError, match=r"b\.png: no resolution level 1; the image has 1"):
         predict_folder(run, tmp_path / "images", tmp_path / "out", level=1, score_thresh=0.5,
@@ -361,7 +361,7 @@ def test_a_channel_the_images_lack_is_refused_before_the_detector_loads(model, t
     import tifffile
 
     from cellsynth.errors import ImageReadError
-    from cellsynth.segment import predict
+    from cellsynth.segment import folders
 
     run, sim = model
     image = read_image(sorted((sim / "images").iterdir())[0])
@@ -371,7 +371,7 @@ def test_a_channel_the_images_lack_is_refused_before_the_detector_loads(model, t
 
     def loaded(*args, **kwargs):
         raise AssertionError("the detector was loaded")
-    monkeypatch.setattr(predict, "load_detector", loaded)
+    monkeypatch.setattr(folders, "load_detector", loaded)
     with pytest.raises(ImageReadError, match=r"a\.tif: channel 2 requested, but the image has "
                                              r"2 channel\(s\) \(0-1\)"):
         predict_folder(run, tmp_path / "two", tmp_path / "out", channel=2, progress=False)
@@ -592,7 +592,7 @@ def test_labels_as_ome_zarr_with_pixel_size_pyramid_and_exports(model, tmp_path,
 
     from cellsynth.io.export import export
     from cellsynth.io.ome_zarr import read_labels_zarr
-    from cellsynth.segment import predict
+    from cellsynth.segment import folders
     from cellsynth.segment.tiles import open_large_image
 
     run, sim = model
@@ -612,7 +612,7 @@ def test_labels_as_ome_zarr_with_pixel_size_pyramid_and_exports(model, tmp_path,
     assert np.array_equal(np.asarray(open_large_image(out / "labels" / "a.ome.zarr")[:, :]),
                           expected)  # our own lazy reader opens it too
     # "auto" switches to OME-Zarr above the size limit (lowered here)
-    monkeypatch.setattr(predict, "ZARR_ABOVE_PIXELS", expected.size - 1)
+    monkeypatch.setattr(folders, "ZARR_ABOVE_PIXELS", expected.size - 1)
     predict_folder(run, tmp_path / "in", tmp_path / "auto", score_thresh=0.5, precision="fp32",
                    progress=False)
     assert (tmp_path / "auto" / "labels" / "a.ome.zarr").is_dir()
@@ -903,8 +903,8 @@ def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_pa
     """--precision int8 quantises the backbone and heads on windows of the images, then keeps
     int8 only where it finds the fp32 cells there; otherwise it predicts in fp32 and says so.
     Training cannot ask for int8."""
-    import cellsynth.segment.predict as predict_module
     from cellsynth.cli import main
+    from cellsynth.segment import folders
 
     run, sim = model
     common = ["predict", "--detector", str(run), "--images", str(sim), "--score-thresh", "0.5"]
@@ -914,7 +914,7 @@ def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_pa
 
     assert main([*common, "--out", str(tmp_path / "fp32"), "--precision", "fp32"]) == 0
     capsys.readouterr()
-    monkeypatch.setattr(predict_module, "INT8_AGREEMENT", 1.01)  # nothing can agree enough
+    monkeypatch.setattr(folders, "INT8_AGREEMENT", 1.01)  # nothing can agree enough
     assert main([*common, "--out", str(tmp_path / "strict"), "--precision", "int8"]) == 0
     assert "precision fp32: int8 changed the cells" in capsys.readouterr().err
     assert meta("strict")["precision"] == "fp32"
@@ -922,7 +922,7 @@ def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_pa
     for name in names:
         np.testing.assert_array_equal(read_labels(tmp_path / "strict" / "labels" / name),
                                       read_labels(tmp_path / "fp32" / "labels" / name))
-    monkeypatch.setattr(predict_module, "INT8_AGREEMENT", 0.0)  # whatever int8 finds
+    monkeypatch.setattr(folders, "INT8_AGREEMENT", 0.0)  # whatever int8 finds
     assert main([*common, "--out", str(tmp_path / "int8"), "--precision", "int8"]) == 0
     err = capsys.readouterr().err
     assert "precision int8 (the detector's backbone and heads" in err

@@ -231,15 +231,15 @@ def test_ome_zarr_axes_are_honoured(tmp_path):
 def test_predict_reads_pyramids_and_large_compressed_tiffs_lazily(tmp_path, monkeypatch):
     import tifffile
 
-    from cellsynth.segment import predict
+    from cellsynth.segment import folders
 
     image = np.zeros((256, 256), np.uint8)
     _pyramid(tmp_path / "pyr.tif", image)
     tifffile.imwrite(tmp_path / "flat.tif", image, compression="zlib")  # 1 kB on disk
-    assert predict._read_lazily(tmp_path / "pyr.tif")
-    assert not predict._read_lazily(tmp_path / "flat.tif")
-    monkeypatch.setattr(predict, "LAZY_PIXELS", 256 * 255)  # pixels, not compressed bytes
-    assert predict._read_lazily(tmp_path / "flat.tif")
+    assert folders._read_lazily(tmp_path / "pyr.tif")
+    assert not folders._read_lazily(tmp_path / "flat.tif")
+    monkeypatch.setattr(folders, "LAZY_PIXELS", 256 * 255)  # pixels, not compressed bytes
+    assert folders._read_lazily(tmp_path / "flat.tif")
 
 
 def test_offset_moves_every_vertex_outward_by_the_distance_in_either_orientation():

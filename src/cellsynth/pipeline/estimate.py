@@ -88,7 +88,7 @@ def _image_shapes(folder: str | os.PathLike | None, chosen: list | None = None, 
 def _megapixels(config: PipelineConfig, role: str, tile: int, overlap: int, *,
                 balance: bool = False) -> float:
     """Tiled megapixels of a real-data role at the working pixel size."""
-    from cellsynth.pipeline.stages import _real_scale
+    from cellsynth.pipeline.staging import _real_scale
 
     scale = _real_scale(config)
     shapes = _image_shapes(getattr(config.real, role), config.real.select.get(role))
@@ -102,7 +102,7 @@ def _synthetic_val_megapixels(config: PipelineConfig) -> float:
 
 
 def _channels(config: PipelineConfig) -> int:
-    from cellsynth.pipeline.stages import _sim_config
+    from cellsynth.pipeline.staging import _sim_config
 
     return _sim_config(config).channels
 
@@ -144,7 +144,8 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
     def predict(role: str, views: int, precision: str = "auto", *, writes: bool = False
                 ) -> tuple[float, str]:
         train = config.finetune if config.real.train else config.pretrain
-        from cellsynth.segment.predict import DEFAULT_TILE, INT8_SIDE, INT8_WINDOWS
+        from cellsynth.segment.folders import INT8_SIDE, INT8_WINDOWS
+        from cellsynth.segment.predict import DEFAULT_TILE
 
         # the tiles `predict` cuts: predict.tile or its default, shrunk to balanced ones
         tile = config.predict.tile or max(train.crop, DEFAULT_TILE)
@@ -225,7 +226,7 @@ def _prediction_writes(config: PipelineConfig, role: str, timer: Any, channels: 
     at the working pixel size, and where the images were rescaled once more at their own
     (stages._predict draws the labels and overlays back). Timed once, at the images' median
     size, and scaled by each image's pixels."""
-    from cellsynth.pipeline.stages import _real_scale
+    from cellsynth.pipeline.staging import _real_scale
 
     scale = _real_scale(config)
     shapes = _image_shapes(getattr(config.real, role), config.real.select.get(role))
@@ -244,7 +245,7 @@ def _fit_seconds(config: PipelineConfig, timer: Any) -> tuple[float, str]:
     images measured once, the preview's renders (fitted and base beside up to 3 real images,
     at most 256² each)."""
     from cellsynth.io.datasets import load_dataset
-    from cellsynth.pipeline.stages import _sim_config
+    from cellsynth.pipeline.staging import _sim_config
     from cellsynth.simulate.fit import measured_shapes, search_plan
 
     folder = getattr(config.real, config.simulate.fit_role)

@@ -3,7 +3,8 @@
 Every stage writes one folder inside the run (names in :mod:`cellsynth.pipeline.layout`);
 see :mod:`cellsynth.pipeline.run` for skipping and resuming. Every stage takes its seed from
 the run's ``seed``. Real images given at another pixel size than the simulation's are rescaled
-once (stage ``real``) and predictions are rescaled back to the original images.
+once (stage ``real``) and predictions are rescaled back to the original images (both in
+:mod:`cellsynth.pipeline.staging`).
 """
 
 from __future__ import annotations
@@ -19,20 +20,27 @@ import numpy as np
 
 from cellsynth.config import to_dict
 from cellsynth.io.datasets import file_id, load_dataset
-from cellsynth.io.resample import pixel_scale, rescale_image, rescale_labels
+from cellsynth.io.resample import rescale_labels
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.run import Parts
+from cellsynth.pipeline.staging import (
+    SECTION_WINDOW,
+    SECTION_WINDOWS,
+    _point_at_originals,
+    _real_scale,
+    _rescale_detections,
+    _rescale_real,
+    _sim_config,
+    _staged_roles,
+    real_folder,
+    real_samples,
+)
 
 if TYPE_CHECKING:
     from cellsynth.pipeline.config import PipelineConfig
 
+# (SECTION_WINDOW and SECTION_WINDOWS live in staging.py; still importable from here)
 __all__ = ["Stage", "plan", "write_pseudo_labels", "SECTION_WINDOW", "SECTION_WINDOWS"]
-
-# An unlabeled whole section at another pixel size than the run's is represented in RUN/real
-# by its SECTION_WINDOWS most textured windows, each SECTION_WINDOW px a side once rescaled
-# (what fit-simulator and the refiner would sample from it anyway).
-SECTION_WINDOW = 1024
-SECTION_WINDOWS = 16
 
 
 @dataclass(frozen=True)
@@ -44,21 +52,6 @@ class Stage:
     config: Callable[[PipelineConfig], dict[str, Any]]
     run: Callable[..., dict[str, Any]]               # (config, out, resume=, progress=)
     reads: tuple[str, ...] = ()                      # real-data roles whose contents it reads
-
-
-def _sim_config(config: PipelineConfig, out: Path | None = None):
-    """The simulation's config: the preset with ``overrides``; with ``simulate.fit_from`` and
-    ``out``, the preset fitted to the real images first (``FIT/fitted.yaml``). The working
-    pixel size is always the base's (``simulate.pixel_size_um`` or the preset's): the fit
-    measures in micrometres, so it carries over."""
-    from cellsynth.simulate import preset, simulation_config
-
-    s = config.simulate
-    fitted = out / layout.FIT / layout.FITTED if s.fit_from and out is not None else None
-    return simulation_config(s.preset, config_file=fitted, overrides=s.overrides or None,
-                             pixel_size_um=s.pixel_size_um or (
-                                 preset(s.preset).pixel_size_um if fitted else None),
-                             color=s.color)
 
 
 def _fit_simulator(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
@@ -98,116 +91,6 @@ def _synthetic_val(config: PipelineConfig) -> str | None:
     if config.simulate.n_val < 1 or (config.real.val and config.pretrain_val == "real"):
         return None
     return layout.REFINED_VAL if config.refines else layout.SIMULATE_VAL
-
-
-def _real_scale(config: PipelineConfig) -> float:
-    """Factor from the real images' pixels to the working (simulation) pixels (1.0: none)."""
-    if config.real.pixel_size_um is None:
-        return 1.0
-    return pixel_scale(config.real.pixel_size_um, _sim_config(config).pixel_size_um)
-
-
-def _staged_roles(config: PipelineConfig) -> tuple[str, ...]:
-    """Real-data roles read from a copy under RUN/real: all if the images are rescaled or
-    reduced to ``real.channel``, else those with a ``real.select`` (only the chosen images
-    are copied)."""
-    roles = tuple(r for r in ("unlabeled", "train", "val", "test") if getattr(config.real, r))
-    if _real_scale(config) != 1.0 or config.real.channel is not None:
-        return roles
-    return tuple(r for r in roles if r in config.real.select)
-
-
-def _copied_as(config: PipelineConfig, role: str) -> str:
-    """The staged role whose copy ``role`` reads: the first that names the same folder with
-    the same ``real.select`` (val and train are often one folder; copied once), else itself."""
-    folder, chosen = getattr(config.real, role), config.real.select.get(role)
-    return next(r for r in _staged_roles(config)
-                if getattr(config.real, r) == folder and config.real.select.get(r) == chosen)
-
-
-def real_folder(config: PipelineConfig, out: Path, role: str) -> str | None:
-    """The folder a stage should read for a real-data role (a rescaled or selected copy
-    if needed)."""
-    folder = getattr(config.real, role)
-    if folder is None or role not in _staged_roles(config):
-        return folder
-    return str(out / layout.REAL / _copied_as(config, role))
-
-
-def real_samples(config: PipelineConfig, role: str) -> list:
-    """The samples of a real-data role in its original folder, as ``real.select`` chooses."""
-    chosen = config.real.select.get(role)
-    return [s for s in load_dataset(getattr(config.real, role))
-            if chosen is None or s.id in {str(i) for i in chosen}]
-
-
-def _same_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A resampled (float) image back in the dtype it was read in: integers rounded, floats
-    as they are (rounding would turn an image in [0, 1] into zeros and ones)."""
-    if np.issubdtype(dtype, np.integer):
-        return image.round().astype(dtype)
-    return image.astype(dtype)
-
-
-def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
-    """RUN/real/<role>: the real images at the working pixel size and as ``real.channel``
-    alone, or only the selected ones."""
-
-    from cellsynth.io.files import staged_output_dir, write_json
-    from cellsynth.io.images import write_image, write_labels
-    from cellsynth.io.sections import open_image, reads_lazily, stage_channels, tissue_windows
-
-    factor, channel = _real_scale(config), config.real.channel
-    with staged_output_dir(out / layout.REAL, force=True) as root:
-        for role in _staged_roles(config):
-            if _copied_as(config, role) != role:
-                continue  # read from the copy of the same images made for another role
-            folder = getattr(config.real, role)
-            (root / role / "images").mkdir(parents=True)
-            windowed = []
-            for sample in real_samples(config, role):
-                if (factor != 1.0 or channel is not None) and reads_lazily(sample.image_path):
-                    # an unlabeled whole section (check_inputs refuses annotated ones): its
-                    # most textured windows, each rescaled; it is never decoded whole
-                    side = max(1, round(SECTION_WINDOW / factor))
-                    section = open_image(sample.image_path, channel=channel)
-                    for y, x, pixels in tissue_windows(section, side, SECTION_WINDOWS,
-                                                       seed=config.seed):
-                        pixels = stage_channels(pixels)
-                        scaled = _same_dtype(rescale_image(pixels, factor), pixels.dtype)
-                        write_image(root / role / "images" / f"{sample.id}_y{y}_x{x}.tif",
-                                    scaled)
-                    windowed.append(str(sample.image_path))
-                    continue
-                if factor == 1.0 and channel is None:  # selected: the files as they are
-                    shutil.copy2(sample.image_path, root / role / "images"
-                                 / sample.image_path.name)
-                    if sample.label_path is not None:
-                        (root / role / "labels").mkdir(exist_ok=True)
-                        shutil.copy2(sample.label_path, root / role / "labels"
-                                     / sample.label_path.name)
-                    continue
-                image = (sample.read_image() if channel is None
-                         else open_image(sample.image_path, channel=channel))
-                scaled = _same_dtype(rescale_image(image, factor), image.dtype)
-                suffix = ".png" if scaled.dtype in (np.uint8, np.uint16) else ".tif"
-                write_image(root / role / "images" / f"{sample.id}{suffix}", scaled)
-                if sample.label_path is not None:
-                    (root / role / "labels").mkdir(exist_ok=True)
-                    labels = rescale_labels(sample.read_labels().astype(np.uint32), factor)
-                    write_labels(root / role / "labels" / f"{sample.id}.tif", labels)
-            # (not rescaled: the pixel size the config states, as the refiner and the
-            # prediction take it, else the folder's; a file stating another is overruled)
-            pixel_size = (_sim_config(config).pixel_size_um if factor != 1.0
-                          else config.real.pixel_size_um or load_dataset(folder).pixel_size_um)
-            write_json(root / role / layout.META, {
-                "source": folder, "pixel_size_um": pixel_size, "rescaled_by": factor,
-                "selected": config.real.select.get(role),
-                **({"channel": channel} if channel is not None else {}),
-                # sections represented by windows <id>_y<Y>_x<X> (their own pixels)
-                **({"windows_of": windowed, "window_side_px": SECTION_WINDOW}
-                   if windowed else {})})
-    return {"factor": factor}
 
 
 def _fit_refiner(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
@@ -292,7 +175,7 @@ def write_pseudo_labels(teacher: Path, images: list[Path], folder: Path, *, meta
     threshold it chose. ``meta`` goes to its meta.json (the pixel size, where it came from).
     Returns the image ids and the number of cells labelled."""
     from cellsynth.io.files import staged_output_dir, write_json
-    from cellsynth.segment.predict import predict_folder
+    from cellsynth.segment.folders import predict_folder
 
     with staged_output_dir(folder, force=True) as root:
         (root / "images").mkdir()
@@ -451,7 +334,7 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
 
     from cellsynth.io.images import read_labels, write_image, write_labels
     from cellsynth.io.sections import open_image
-    from cellsynth.segment.predict import predict_folder
+    from cellsynth.segment.folders import predict_folder
     from cellsynth.viz import contour_overlay
 
     role = _predict_images(config)
@@ -485,45 +368,6 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     if role in _staged_roles(config):
         _point_at_originals(config, out / layout.PREDICT, role)
     return summary
-
-
-def _rescale_detections(path: Path, labels: np.ndarray, pixel_size_um: float | None) -> None:
-    """A cell table written at the working pixels, again at ``labels``' (the original
-    image's pixels: centroids, areas, boxes), each cell keeping its score."""
-    import csv
-
-    from cellsynth.io.files import atomic_path
-    from cellsynth.segment.predict import detections_table
-
-    with open(path, newline="") as f:
-        scores = {int(row["id"]): float(row["score"]) for row in csv.DictReader(f)}
-    id_scores = np.zeros(max([int(labels.max()), *scores], default=0) + 1)
-    for cell, score in scores.items():
-        id_scores[cell] = score
-    with atomic_path(path) as tmp:
-        tmp.write_text(detections_table(labels, id_scores, pixel_size_um))
-
-
-def _point_at_originals(config: PipelineConfig, predicted: Path, role: str) -> None:
-    """The prediction's meta.json made to name the user's images it stands for (their
-    folder, file names and pixel size), not the staged copies in RUN/real it was predicted
-    from: `cellsynth export` and `inspect` read it, and the labels are at their pixels."""
-    from cellsynth.io.files import write_json
-
-    meta = json.loads((predicted / layout.META).read_text())
-    scaled = _real_scale(config) != 1.0
-    meta["images"] = str(Path(getattr(config.real, role)).resolve())
-    for sample in real_samples(config, role):
-        entry = meta.get("images_pixel_size_um", {}).get(sample.id)
-        if entry is not None:
-            entry["file"] = sample.image_path.name
-            if scaled:
-                entry["pixel_size_um"] = config.real.pixel_size_um
-    if scaled:
-        meta["pixel_size_um"] = config.real.pixel_size_um
-    if config.real.channel is not None:  # (the copies were that channel alone)
-        meta["channel"] = config.real.channel
-    write_json(predicted / layout.META, meta)
 
 
 def _evaluate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:

@@ -172,7 +172,7 @@ class Timer:
         key = ("writes", h, w, channels)
         if key not in self._cache:
             from cellsynth.io.images import write_image, write_labels
-            from cellsynth.segment.predict import detections_table
+            from cellsynth.segment.folders import detections_table
             from cellsynth.segment.tiles import contours_to_labels
             from cellsynth.viz import contour_overlay
 

@@ -1,0 +1,423 @@
+"""Predict folders of images with a trained detector: labels, overlays, cell tables, meta.json.
+
+Images up to ``LAZY_PIXELS`` are read whole (and validated); larger TIFFs and Zarr arrays
+are read tile by tile and their labels painted and written chunk by chunk, so a whole
+section is never in memory: neither its pixels nor its labels (what is held is the cells'
+outlines, ~1 byte per cell pixel). Loading a detector and predicting one image is
+:mod:`cellsynth.segment.predict`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth import __version__
+from cellsynth.errors import ConfigError, DatasetError, ImageReadError
+from cellsynth.hardware import announce, configure_threads
+from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_dataset
+from cellsynth.io.files import atomic_path, staged_output_dir, write_json
+from cellsynth.io.headers import check_header
+from cellsynth.io.images import (
+    IMAGE_SUFFIXES,
+    colour_of,
+    foreign_files,
+    read_image,
+    select_channel,
+    unread_format,
+    write_image,
+    write_labels,
+)
+from cellsynth.io.normalize import intensity_range
+from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, write_labels_zarr
+from cellsynth.io.resample import pixel_scale, read_pixel_size
+from cellsynth.io.sections import check_level, reads_lazily
+from cellsynth.pipeline import layout
+from cellsynth.segment.faint import FAINT_PERCENTILE, FaintCut, calibrate_faint
+from cellsynth.segment.predict import (
+    Detector,
+    _channel,
+    _reader,
+    _select,
+    load_detector,
+    make_predictor,
+    predict_image,
+    score_floor,
+    set_nms,
+    tiling,
+)
+from cellsynth.segment.tiles import (
+    EMPTY_CONTRAST,
+    ProposalStore,
+    TileCount,
+    contours_to_labels,
+    open_large_image,
+)
+from cellsynth.viz import contour_overlay
+
+__all__ = ["predict_folder", "detections_table", "faint_cut", "quantize_detector"]
+
+LAZY_PIXELS = 8192 * 8192  # larger images are read tile by tile (_read_lazily)
+ZARR_ABOVE_PIXELS = 8192 * 8192  # labels_as="auto": larger label images go to OME-Zarr
+
+
+def faint_cut(annotated: str | os.PathLike, percentile: float, detector: Detector) -> FaintCut:
+    """The faint cut of an annotated dataset folder, its images normalised (and reduced to
+    the detector's channel and channels) as ``detector`` was trained."""
+    from cellsynth.segment.data import load_labeled
+
+    items = load_labeled([annotated], channels=detector.in_channels,
+                         normalization=detector.normalization, channel=detector.channel,
+                         source_channel=detector.source_channel)
+    cut = calibrate_faint([(i.image, i.labels) for i in items], percentile)
+    if cut is None:
+        raise DatasetError(f"{annotated}: no annotated cell to measure the faint cut on")
+    return cut
+
+
+# int8 is kept only if it finds the cells fp32 finds on the calibration windows
+INT8_AGREEMENT = 0.95
+INT8_WINDOWS = 4  # tissue windows that calibrate int8 and check its agreement
+INT8_SIDE = 512  # px, their side at the model's pixel size
+
+
+def quantize_detector(detector: Detector, inputs: list[tuple[str, Path]], *,
+                      channel: int | None = None, level: int = 0,
+                      pixel_size_um: float | None = None, windows: int = INT8_WINDOWS,
+                      side: int = INT8_SIDE) -> Detector:
+    """``detector`` with its core in int8 (:mod:`cellsynth.segment.quantize`), calibrated on
+    up to ``windows`` tissue windows of ``side`` px of the first images of ``inputs`` (id,
+    path), scaled and resampled as prediction will see them. The int8 detector must then
+    find the fp32 detector's cells on those windows (F1@0.5 >= ``INT8_AGREEMENT``);
+    otherwise, or where torch cannot quantise, the fp32 detector is returned, and said."""
+    from dataclasses import replace
+
+    from cellsynth.evaluate.matching import aggregate, matching
+    from cellsynth.io.resample import rescale_image
+    from cellsynth.io.sections import tissue_windows
+    from cellsynth.segment.quantize import quantize_core
+
+    if next(detector.model.parameters()).device.type != "cpu":
+        raise ConfigError("--precision int8 runs on the CPU only")
+    tiles: list[np.ndarray] = []
+    for _, path in inputs:
+        if len(tiles) >= windows:
+            break
+        image, _ = _open(path, level, _channel(detector, channel))
+        image = _select(image, detector, channel, str(path))
+        low, high = intensity_range(image, detector.normalization, where=str(path))
+        px = pixel_size_um or read_pixel_size(path, level=level)
+        factor = pixel_scale(px, detector.pixel_size_um)
+        read = _reader(detector.in_channels, low, high, str(path))  # as prediction reads tiles
+        for _, _, window in tissue_windows(image, round(side / factor), windows - len(tiles)):
+            window = read(window, slice(None), slice(None))
+            tiles.append(rescale_image(window, factor) if factor != 1.0 else window)
+    try:
+        int8 = replace(detector, model=quantize_core(detector.model, tiles), precision="int8")
+    except Exception as err:  # torch.ao.quantization is deprecated: it may go or refuse
+        announce(f"precision fp32: int8 quantisation failed here ({type(err).__name__}: "
+                 f"{err})")
+        return detector
+
+    def labels(det: Detector, tile: np.ndarray) -> np.ndarray:
+        found = make_predictor(det, floor=score_floor(det, None, False))(tile[None])[0]
+        return contours_to_labels(*found, tile.shape[:2], score_thresh=det.score_thresh)
+
+    agreement = aggregate(matching(labels(detector, t), labels(int8, t), thresholds=(0.5,))
+                          for t in tiles)
+    f1 = float(agreement.f1[0])  # 1 where neither finds a cell
+    if f1 < INT8_AGREEMENT:
+        announce(f"precision fp32: int8 changed the cells on the {len(tiles)} calibration "
+                 f"window(s) (F1@0.5 {f1:.2f} against fp32, below {INT8_AGREEMENT})")
+        return detector
+    announce(f"precision int8 (the detector's backbone and heads, calibrated on {len(tiles)} "
+             f"window(s) of the images: F1@0.5 {f1:.3f} against fp32 there; outlines differ "
+             f"slightly)")
+    return int8
+
+
+def detections_table(labels: Any, id_scores: np.ndarray,
+                     pixel_size_um: float | None = None, *, band: int = 1024,
+                     assumed: bool = False) -> str:
+    """CSV of the cells of a label map: id, centroid, area, score, bounding box (pixels; area
+    also in um² at ``pixel_size_um``), and the pixel size the um² are at: stated (by the
+    user, meta.json or the file), or ``assumed`` (none stated: the detector's, at which the
+    image was predicted; not a measured size).
+
+    ``labels``: (H, W) numpy or lazy array (read in bands of ``band`` rows, so a whole
+    section's labels need not be in memory); ids index ``id_scores``.
+    """
+    height, width = int(labels.shape[0]), int(labels.shape[1])
+    n = len(id_scores)
+    area = np.zeros(n, np.int64)
+    sum_y, sum_x = np.zeros(n), np.zeros(n)
+    y0s, x0s = np.full(n, height, np.int64), np.full(n, width, np.int64)
+    y1s, x1s = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for top in range(0, height, band):
+        block = np.asarray(labels[top:top + band, :])
+        rows, cols = np.nonzero(block)
+        ids = block[rows, cols].astype(np.int64)
+        rows += top
+        area += np.bincount(ids, minlength=n)
+        sum_y += np.bincount(ids, weights=rows, minlength=n)
+        sum_x += np.bincount(ids, weights=cols, minlength=n)
+        np.minimum.at(y0s, ids, rows)
+        np.minimum.at(x0s, ids, cols)
+        np.maximum.at(y1s, ids, rows + 1)
+        np.maximum.at(x1s, ids, cols + 1)
+    header = ("id,centroid_y,centroid_x,area_px,area_um2,score,bbox_y0,bbox_x0,bbox_y1,"
+              "bbox_x1,pixel_size_um,pixel_size")
+    px = f"{pixel_size_um:g},{'assumed' if assumed else 'stated'}" if pixel_size_um else ","
+    lines = [header]
+    for i in np.flatnonzero(area[1:]) + 1:
+        a = int(area[i])
+        area_um2 = f"{a * pixel_size_um ** 2:.3f}" if pixel_size_um else ""
+        lines.append(f"{i},{sum_y[i] / a:.2f},{sum_x[i] / a:.2f},{a},{area_um2},"
+                     f"{float(id_scores[i]):.4f},{y0s[i]},{x0s[i]},{y1s[i]},{x1s[i]},{px}")
+    return "\n".join(lines) + "\n"
+
+
+def _folder_pixel_size(images: Path) -> float | None:
+    """The pixel size a dataset folder's meta.json states (None for files, plain folders and
+    a meta.json without one). Only meta.json's: what the files state is read per image at
+    the pyramid level predicted (``Dataset.pixel_size_um`` falls back to their level 0)."""
+    if images.is_dir() and images.suffix.lower() != ".zarr" and (images / layout.META).is_file():
+        value = load_dataset(images).meta.get("pixel_size_um")
+        return float(value) if value is not None else None
+    return None
+
+
+def _read_lazily(path: Path) -> bool:
+    """Zarr, pyramidal TIFFs, TIFFs with axes beyond y, x and channels, and TIFFs over
+    LAZY_PIXELS pixels are read tile by tile (:func:`cellsynth.io.sections.reads_lazily`)."""
+    return reads_lazily(path, LAZY_PIXELS)
+
+
+def _shown(image: np.ndarray, channel: int | None) -> np.ndarray:
+    """What an overlay draws the cells on: the image, or the channel that was predicted
+    (chosen, or channel 0 of an image that is neither gray nor RGB)."""
+    if image.ndim == 3 and (channel is not None or image.shape[2] != 3):
+        return image[..., 0 if channel is None else channel]
+    return image
+
+
+def _open(path: Path, level: int = 0, channel: int | None = None) -> tuple[Any, bool]:
+    """The image at ``path`` (a lazy array where :func:`_read_lazily`, else in memory) and
+    whether it is lazy; in memory, with every channel where ``channel`` is to pick one, else
+    as :func:`read_image` reads it for every stage (gray or RGB, said where it chose)."""
+    lazy = _read_lazily(path)
+    if not lazy:  # (a pyramid's levels are checked where it is opened)
+        check_level(path, level, 1)
+        return read_image(path, all_channels=channel is not None), lazy
+    image = open_large_image(path, level=level)
+    if channel is None:  # as read_image reads a smaller one
+        image = select_channel(image, None, where=str(path), colour=colour_of(image, path))
+    return image, lazy
+
+
+def _inputs(images: Path) -> list[tuple[str, Path]]:
+    """(id, path) of every image file or .zarr folder in a dataset or plain folder."""
+    if images.is_dir() and images.suffix.lower() == ".zarr":
+        return [(file_id(images), images)]
+    if images.is_file():  # one image, e.g. a whole-section TIFF
+        if unread_format(images):
+            raise DatasetError(unread_format(images))
+        if images.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DatasetError(f"{images}: not an image file (expected one of "
+                               f"{', '.join(IMAGE_SUFFIXES)}) or a folder of images")
+        return [(file_id(images), images)]
+    if not images.exists():
+        raise DatasetError(f"{images}: no such folder")
+    folder = images / "images" if (images / "images").is_dir() else images
+    # (as a dataset reads them: a.png beside a.tif would write one a.tif of labels)
+    found = list(files_by_id(folder, zarr_sections=True).items())
+    if not found:
+        load_dataset(images)  # raises the standard "no images found" error (naming CZI etc.)
+    announce_skipped(folder, foreign_files(folder))
+    return found
+
+
+def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
+                   *, tile: int | None = None, overlap: int = 96, batch: int | None = None,
+                   score_thresh: float | None = None, device: str = "cpu", force: bool = False,
+                   precision: str = "auto", channel: int | None = None, level: int = 0,
+                   pixel_size_um: float | None = None, labels_as: str = "auto",
+                   tta: bool = False, progress: bool = True,
+                   empty_contrast: float = EMPTY_CONTRAST,
+                   faint_from: str | os.PathLike | None = None,
+                   faint_percentile: float = FAINT_PERCENTILE,
+                   nms_thresh: float | None = None) -> dict[str, Any]:
+    """Predict every image of a folder; write ``labels/``, ``overlays/``, ``detections/``
+    (one CSV per image: id, centroid, area, score, bounding box) and meta.json.
+
+    ``labels_as``: "tiff" (``labels/ID.tif``), "ome-zarr" (``labels/ID.ome.zarr``: chunked,
+    a multiscale pyramid, the pixel size; what napari, QuPath and Fiji open for whole
+    sections) or "auto" (OME-Zarr for images over 8192 x 8192 pixels, TIFF below).
+
+    The images' pixel size is ``pixel_size_um``, else the dataset's meta.json, else what each
+    file states (OME/ImageJ TIFF, OME-Zarr); where it and the model's differ, images are
+    resampled to the model's resolution and the labels drawn back at the images' own.
+    ``tta``: test-time augmentation, ``empty_contrast``: blank tiles not predicted, see
+    :func:`predict_image`. ``faint_from``: an annotated dataset folder; detections fainter
+    than the ``faint_percentile``-th percentile of its annotated cells' mean signal are
+    dropped (:mod:`cellsynth.segment.faint`; the images normalised as the detector was
+    trained). ``nms_thresh``: see :func:`set_nms`.
+    """
+    from tqdm.auto import tqdm
+
+    if labels_as not in ("auto", "tiff", "ome-zarr"):
+        raise ConfigError(f"labels_as must be auto, tiff or ome-zarr, got {labels_as!r}")
+    inputs = _inputs(Path(images))
+    for _, path in inputs:  # a bad file found hours in wastes them: every header first
+        if path.is_file():  # (a .zarr section: its metadata is read as it is opened)
+            count = check_header(path)
+            if channel is not None and count is not None and channel >= count:
+                raise ImageReadError(f"{path}: channel {channel} requested, but the image has "
+                                     f"{count} channel(s) (0-{count - 1})")
+        if level:  # and that each has the level asked for (opened lazily: headers only)
+            if _read_lazily(path):
+                open_large_image(path, level=level)
+            else:
+                check_level(path, level, 1)
+    detector = load_detector(run, device=device,  # int8 starts from fp32, says its own line
+                             precision="fp32" if precision == "int8" else precision,
+                             say_precision=precision != "int8")
+    recorded = _channel(detector, None)
+    if channel is not None and recorded is not None and channel != recorded:
+        warnings.warn(f"{run}: the detector was trained on channel {recorded} of multi-channel "
+                      f"images; predicting channel {channel} as --channel asks", stacklevel=2)
+    set_nms(detector, nms_thresh)
+    tile, batch = tiling(detector, tile, batch)
+    if overlap >= tile:  # the tile given, or the default one
+        raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
+    configure_threads()
+    cut = (faint_cut(faint_from, faint_percentile, detector) if faint_from is not None
+           else None)
+    folder_px = _folder_pixel_size(Path(images))
+    if precision == "int8":
+        detector = quantize_detector(detector, inputs, channel=channel, level=level,
+                                     pixel_size_um=pixel_size_um or folder_px)
+    started = time.perf_counter()
+    n_cells, n_faint, megapixels = 0, 0, 0.0
+    multi = False  # whether any image had channels to pick from
+    per_image: dict[str, dict[str, Any]] = {}
+    # finished rows of tiles of every image, kept until the output is published: a killed
+    # prediction (a whole section takes hours) resumes there when run again
+    cache = Path(out).parent / f".{Path(out).name}.proposals"
+    with staged_output_dir(out, force=force, inputs=(images, run, faint_from)) as root:
+        (root / layout.LABELS).mkdir()
+        (root / layout.OVERLAYS).mkdir()
+        (root / layout.DETECTIONS).mkdir()
+        rows_done = len(list(cache.glob("*/row*.npz")))
+        if rows_done:
+            announce(f"{out}: continuing a prediction that was stopped "
+                     f"({rows_done} rows of tiles done)")
+        said: set[str] = set()  # the pixel-size warnings: once per command, not per image
+        with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
+            for n_done, (image_id, path) in enumerate(inputs):
+                bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
+                image, lazy = _open(path, level, _channel(detector, channel))
+                multi |= len(image.shape) == 3 and int(image.shape[2]) > 1
+                px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
+                if px is None and detector.pixel_size_um is not None and "px" not in said:
+                    said.add("px")
+                    warnings.warn(f"{images}: pixel size of some images unknown (no "
+                                  f"--pixel-size, meta.json or file metadata); taken to be "
+                                  f"the model's {detector.pixel_size_um} um/px", stacklevel=1)
+                elif (px is not None and detector.pixel_size_um is None
+                      and "detector" not in said):
+                    said.add("detector")
+                    warnings.warn(f"{run}: the detector does not record the pixel size it was "
+                                  f"trained at, so the images' {px:g} um/px cannot be matched "
+                                  f"to it and they are predicted as they are (a detector "
+                                  f"trained with pixel_size_um, as `cellsynth run` trains "
+                                  f"them, resamples)", stacklevel=1)
+                stat = path.stat()
+                store = ProposalStore(cache / image_id, {
+                    "detector": detector.source, "step": detector.step,
+                    "precision": detector.precision,
+                    "image": str(path.resolve()), "bytes": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns, "level": level, "tile": tile,
+                    "overlap": overlap, "channel": channel, "pixel_size_um": px,
+                    "score_floor": score_floor(detector, score_thresh, tta),
+                    "empty_contrast": empty_contrast, **({"tta": True} if tta else {}),
+                    **({"nms_thresh": nms_thresh} if nms_thresh is not None else {})})
+                count = TileCount()
+                labels, id_scores = predict_image(
+                    detector, image, tile=tile, overlap=overlap, batch=batch,
+                    score_thresh=score_thresh, device=device, where=str(path), channel=channel,
+                    pixel_size_um=px, progress=bar, return_scores=True, store=store,
+                    in_memory=not lazy, tta=tta,  # a section's labels: painted chunk by chunk
+                    empty_contrast=empty_contrast, count=count, faint=cut)
+                pixels = int(labels.shape[0]) * int(labels.shape[1])
+                tiles = vars(count).copy()
+                faint_dropped = tiles.pop("faint")  # detections, not tiles: listed beside
+                per_image[image_id] = {"file": path.name, "pixel_size_um": px,
+                    "resampled_by": pixel_scale(px, detector.pixel_size_um), "tiles": tiles,
+                    **({"n_faint_dropped": faint_dropped} if cut is not None else {}),
+                    # labels/ and detections/ are in this level's pixels; export scales the
+                    # outlines to level 0's, where QuPath and napari place the image
+                    **({"level": level, "level0_shape": [
+                        int(n) for n in open_large_image(path, level=0).shape[:2]]}
+                       if level else {})}
+                if count.blank:
+                    total = count.predicted + count.blank + count.stored
+                    announce(f"{path}: {count.blank} of {total} tiles blank (no contrast "
+                              f"above {empty_contrast:g} of the intensity range), not "
+                              f"predicted")
+                if labels_as == "ome-zarr" or (labels_as == "auto"
+                                               and pixels > ZARR_ABOVE_PIXELS):
+                    write_labels_zarr(root / layout.LABELS / f"{image_id}{OME_ZARR_SUFFIX}",
+                                      labels, pixel_size_um=px)
+                else:
+                    write_labels(root / layout.LABELS / f"{image_id}.tif", np.asarray(labels),
+                                 pixel_size_um=px)
+                with atomic_path(root / layout.DETECTIONS / f"{image_id}.csv") as tmp:
+                    # (an unknown size was taken to be the model's: areas in um² at it,
+                    # and said so in each row)
+                    tmp.write_text(detections_table(labels, id_scores,
+                                                    px or detector.pixel_size_um,
+                                                    assumed=px is None))
+                if not lazy:
+                    write_image(root / layout.OVERLAYS / f"{image_id}.png",
+                                contour_overlay(_shown(image, _channel(detector, channel)),
+                                                labels))
+                else:  # a picture of a whole section would be the section again
+                    announce(f"{path}: no overlay for a whole section; open its labels with "
+                             f"the image in napari or QuPath (cellsynth export --to geojson)")
+                n_cells += len(id_scores) - 1
+                n_faint += count.faint
+                megapixels += pixels / 1e6
+        elapsed = time.perf_counter() - started
+        sizes = {v["pixel_size_um"] for v in per_image.values()}
+        shared_px = sizes.pop() if len(sizes) == 1 else None
+        used = _channel(detector, channel) if channel is not None or multi else None
+        write_json(root / layout.META, {
+            "cellsynth_version": __version__, "stage": "predict",
+            "model": str(Path(detector.source).resolve()),  # (found from anywhere)
+            "model_step": detector.step, "score_thresh": detector.score_thresh
+            if score_thresh is None else score_thresh,
+            "images": str(Path(images).resolve()),  # where export finds them, from anywhere
+            "pixel_size_um": shared_px,  # the labels are at the images' own pixels
+            "model_pixel_size_um": detector.pixel_size_um, "images_pixel_size_um": per_image,
+            "n_images": len(inputs), "n_instances": n_cells, "tta": tta,
+            # of multi-channel images, the one predicted (--channel, else the detector's;
+            # none where every image was gray and the detector's channel was not asked for)
+            "channel": used,
+            "precision": detector.precision,
+            "empty_contrast": empty_contrast,
+            "nms_thresh": float(detector.model.nms_thresh),
+            "faint": cut.to_dict() if cut is not None else None,
+            "faint_from": str(Path(faint_from).resolve()) if cut is not None else None,
+            "n_faint_dropped": n_faint})
+    shutil.rmtree(cache, ignore_errors=True)  # published: nothing left to resume
+    return {"n_images": len(inputs), "n_instances": n_cells, "faint": n_faint,
+            "seconds": elapsed, "megapixels_per_s": megapixels / max(elapsed, 1e-9),
+            "channel": used,
+            "channel_from": ("--channel" if channel is not None else "the detector's")}
