@@ -260,3 +260,27 @@ def test_header_channel_count_and_the_pixels_read_agree(axes, shape, expected):
     else:
         read = channels_last(image, axes, where="x.tif")
         assert (read.shape + (1,))[2] == expected and read.shape[:2] == (40, 50)
+
+
+def test_check_headers_checks_the_channel_of_every_file_strictly_or_taking_gray_as_it(
+        tmp_path):
+    """One rule for predict (--channel: a gray image lacks channel 1) and for a run
+    (real.channel: a gray image is that channel saved alone); the file lacking it is named
+    wherever it is in the list, and the counts come back (None for a Zarr folder)."""
+    import tifffile
+
+    from cellsynth.io.headers import check_headers
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "a.tif", rng.integers(0, 255, (2, 40, 50), np.uint8),
+                     imagej=True, metadata={"axes": "CYX"})
+    write_image(tmp_path / "g.png", rng.integers(0, 255, (40, 50), np.uint8))
+    (tmp_path / "s.zarr").mkdir()
+    paths = [tmp_path / "a.tif", tmp_path / "s.zarr", tmp_path / "g.png"]
+    assert check_headers(paths) == [2, None, 1]
+    assert check_headers(paths, channel=1, gray_is_the_channel=True) == [2, None, 1]
+    with pytest.raises(ImageReadError, match=r"g\.png: channel 1 requested, but the image has "
+                                             r"1 channel\(s\) \(0-0\)"):
+        check_headers(paths, channel=1)
+    with pytest.raises(ImageReadError, match=r"a\.tif: real\.channel 2, but the image has 2 "):
+        check_headers(paths, channel=2, gray_is_the_channel=True, asked="real.channel 2")

@@ -567,7 +567,7 @@ def test_real_channel_stages_that_channel_and_the_detector_records_it(tmp_path):
     assert "<h1>cellsynth report: fluo-run</h1>" in page  # (no name given: the folder's)
     assert 0.0 <= summaries["evaluate"]["f1_50"] <= 1.0
     with pytest.raises(ImageReadError, match=r"img0\.tif: real\.channel 2, but the image has "
-                                             r"2 channels \(0-1\)"):
+                                             r"2 channel\(s\) \(0-1\)"):
         check_inputs(replace(config, real=replace(config.real, channel=2)))
 
 
@@ -599,7 +599,7 @@ def test_real_channel_takes_gray_images_as_they_are_and_checks_every_image(tmp_p
                      imagej=True, metadata={"axes": "CYX"})
     shutil.copy(train / "labels" / "img0.tif", train / "labels" / "zz.tif")
     with pytest.raises(ImageReadError, match=r"zz\.tif: real\.channel 2, but the image has 2 "
-                                             r"channels \(0-1\)"):
+                                             r"channel\(s\) \(0-1\)"):
         check_inputs(replace(config, real=replace(config.real, channel=2)))
     nissl = replace(config, simulate=SimulateOptions(preset="nissl", n=4, size=64, workers=1))
     with pytest.raises(ConfigError, match="real.channel 1 takes one channel of your images, "

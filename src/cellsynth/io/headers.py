@@ -5,6 +5,7 @@ channel it lacks)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from cellsynth.io.images import (
     tifffile_notes,
 )
 
-__all__ = ["check_header"]
+__all__ = ["check_header", "check_headers"]
 
 
 def _png_ends_early(path: Path, size: int) -> bool:
@@ -110,3 +111,25 @@ def _read_header(path: Path, size: int, notes: _Notes) -> tuple[int | None, str,
         raise ImageReadError(f"{path}: cannot read file (corrupt or truncated?): "
                              f"{reason}") from err
     return channels, axes, shape
+
+
+def check_headers(paths: Iterable[str | os.PathLike], *, channel: int | None = None,
+                  gray_is_the_channel: bool = False, asked: str | None = None
+                  ) -> list[int | None]:
+    """:func:`check_header` on every file of ``paths`` (a folder's worth, before hours of
+    work reach a bad one; a Zarr, a folder, is skipped: its metadata is read as it is
+    opened), and with ``channel`` that each image has that channel. ``gray_is_the_channel``:
+    a gray image passes, being that channel saved alone (as a run stages it and its
+    detectors take it). ``asked`` names the request in the error ("real.channel 1"; default
+    "channel 1 requested"). Returns each file's channel count (None where the header does
+    not say, or for a Zarr)."""
+    counts: list[int | None] = []
+    for path in map(Path, paths):
+        count = check_header(path) if path.is_file() else None
+        counts.append(count)
+        if (channel is None or count is None or channel < count
+                or (gray_is_the_channel and count == 1)):
+            continue
+        raise ImageReadError(f"{path}: {asked or f'channel {channel} requested'}, but the "
+                             f"image has {count} channel(s) (0-{count - 1})")
+    return counts

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from cellsynth.config import ADDED, from_dict, load_yaml, to_dict
-from cellsynth.errors import ConfigError, ImageReadError
+from cellsynth.errors import ConfigError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.pipeline.choose_refiner import ChooseRefinerOptions
 from cellsynth.refine.config import RefineConfig
@@ -240,7 +240,7 @@ def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
 
 def check_inputs(config: PipelineConfig) -> None:
     """Fail before any work starts if a named folder is missing or malformed."""
-    from cellsynth.io.headers import check_header
+    from cellsynth.io.headers import check_headers
     from cellsynth.io.resample import pixel_scale
     from cellsynth.io.sections import open_image, reads_lazily
     from cellsynth.simulate import simulation_config
@@ -260,11 +260,10 @@ def check_inputs(config: PipelineConfig) -> None:
         if folder is not None:
             dataset = load_dataset(folder, require_labels=role != "unlabeled")
             channel = config.real.channel
-            for sample in dataset:  # a file cut short or a z-stack, before any work on it
-                count = check_header(sample.image_path) if sample.image_path.is_file() else None
-                if channel is not None and count is not None and 1 < count <= channel:
-                    raise ImageReadError(f"{sample.image_path}: real.channel {channel}, but "
-                                         f"the image has {count} channels (0-{count - 1})")
+            # a file cut short or a z-stack, or one lacking the channel, before any work on it
+            counts = check_headers([s.image_path for s in dataset], channel=channel,
+                                   gray_is_the_channel=True, asked=f"real.channel {channel}")
+            for sample, count in zip(dataset, counts):
                 if channel is not None and count is None:  # (a Zarr: opened lazily)
                     open_image(sample.image_path, channel=channel)
             # unlabeled sections are staged as rescaled windows of tissue; an annotated one

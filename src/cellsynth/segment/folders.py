@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from cellsynth import __version__
-from cellsynth.errors import ConfigError, DatasetError, ImageReadError
+from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.hardware import announce, configure_threads
 from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_dataset
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
-from cellsynth.io.headers import check_header
+from cellsynth.io.headers import check_headers
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
     colour_of,
@@ -274,12 +274,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     if labels_as not in ("auto", "tiff", "ome-zarr"):
         raise ConfigError(f"labels_as must be auto, tiff or ome-zarr, got {labels_as!r}")
     inputs = _inputs(Path(images))
-    for _, path in inputs:  # a bad file found hours in wastes them: every header first
-        if path.is_file():  # (a .zarr section: its metadata is read as it is opened)
-            count = check_header(path)
-            if channel is not None and count is not None and channel >= count:
-                raise ImageReadError(f"{path}: channel {channel} requested, but the image has "
-                                     f"{count} channel(s) (0-{count - 1})")
+    # a bad file found hours in wastes them: every header first
+    check_headers([path for _, path in inputs], channel=channel)
+    for _, path in inputs:
         if level:  # and that each has the level asked for (opened lazily: headers only)
             if _read_lazily(path):
                 open_large_image(path, level=level)
