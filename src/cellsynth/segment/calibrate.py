@@ -44,8 +44,9 @@ def count_threshold(run: str | os.PathLike, images: str | os.PathLike, base: Any
     estimated count and the detector's counts at its own and at the new threshold."""
     from tqdm.auto import tqdm
 
+    from cellsynth.io.images import select_channel
     from cellsynth.io.normalize import intensity_range
-    from cellsynth.segment.predict import _select, image_proposals, load_detector
+    from cellsynth.segment.predict import image_proposals, load_detector
     from cellsynth.simulate.fit import count_cells
 
     detector = load_detector(run, device=device)
@@ -56,9 +57,10 @@ def count_threshold(run: str | os.PathLike, images: str | os.PathLike, base: Any
                                      disable=not progress):
         value_range = None
         if source is not raw:  # a window of a section: scaled as predict scales the section
-            if id(source) not in ranges:  # (its channel as image_proposals picks the window's)
-                ranges[id(source)] = intensity_range(_select(source, detector, None, name),
-                                                     detector.normalization, where=name)
+            if id(source) not in ranges:
+                ranges[id(source)] = intensity_range(
+                    select_channel(source, detector.channel, where=name),
+                    detector.normalization, where=name)
             value_range = ranges[id(source)]
         _, found, _ = image_proposals(detector, raw, score_thresh=FLOOR, device=device,
                                       where=name, pixel_size_um=px, value_range=value_range)
