@@ -70,8 +70,7 @@ def check_header(path: str | os.PathLike) -> int | None:
     with tifffile_notes() as notes:
         channels, axes, shape = _read_header(path, size, notes)
     if axes and "Q" not in axes and len(axes) == len(shape):  # (axes the file names)
-        refuse_stacks(axes.replace("S", "C") if "C" not in axes else axes, shape,
-                      where=str(path))
+        refuse_stacks(file_axes(axes, shape)[0], shape, where=str(path))
     return channels
 
 
