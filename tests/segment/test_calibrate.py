@@ -70,3 +70,61 @@ def test_windows_of_a_section_are_scaled_as_the_whole_section(trained_detector, 
     tifffile.imwrite(small / "a.tif", tiles[0][:256, :256])
     count_threshold(run, small, "fluo", pixel_size_um=0.5)
     assert seen == [((256, 256), None)]  # a plain image: its own range, as before
+    # a 2-channel section and a detector of channel 1: windows of channel 1, scaled by
+    # channel 1's range (channel 0, a tenth as bright, would give another)
+    seen.clear()
+    two = tmp_path / "two"
+    two.mkdir()
+    with tifffile.TiffWriter(two / "s.ome.tif") as tif:
+        stack = np.stack([section // 10, section])
+        tif.write(stack, subifds=1, tile=(256, 256), compression="zlib",
+                  metadata={"axes": "CYX"})
+        tif.write(stack[:, ::2, ::2], subfiletype=1, tile=(256, 256), compression="zlib")
+    _recorded(run, tmp_path / "c1.pt", source_channel=1)
+    count_threshold(tmp_path / "c1.pt", two, "fluo", pixel_size_um=0.5)
+    assert len(seen) >= 2 and all(shape == (1024, 1024) for shape, _ in seen)
+    for _, (low, high) in seen:
+        np.testing.assert_array_equal(low, whole[0])
+        np.testing.assert_array_equal(high, whole[1])
+
+
+def _recorded(run, path, **config):
+    """A copy of ``run``'s detector at ``path`` whose training config records ``config``."""
+    import torch
+
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["config"].update(config)
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("recorded", ["source_channel", "channel"])
+def test_a_detector_of_channel_1_is_calibrated_on_channel_1(trained_detector, tmp_path,
+                                                             recorded):
+    """A detector trained on channel 1 of 2-channel images (a run's ``real.channel``:
+    ``source_channel``; or ``train --channel``) was calibrated on channel 0: the estimator
+    counted channel 0 and the detector scored it. Both now read channel 1, so a folder of
+    2-channel images whose channel 1 is the gray images calibrates as the gray folder does
+    (channel 0 here is the negative: counted there, the numbers differ)."""
+    import tifffile
+
+    from cellsynth.io.images import read_image
+
+    run, sim = trained_detector
+    detector = _recorded(run, tmp_path / "c1.pt", **{recorded: 1})
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for path in sorted((sim / "images").iterdir()):
+        image = read_image(path)
+        tifffile.imwrite(folder / f"{path.stem}.tif", np.stack([255 - image, image]),
+                         imagej=True, metadata={"axes": "CYX"})
+    gray = count_threshold(run, sim / "images", "fluo", pixel_size_um=0.5)
+    two = count_threshold(detector, folder, "fluo", pixel_size_um=0.5)
+    assert gray["estimated_count"] >= 20
+    for key in ("estimated_count", "count_at_own", "count_at_threshold", "n_images"):
+        assert two[key] == gray[key], key
+    assert two["score_thresh"] == pytest.approx(gray["score_thresh"])
+    # and the same detector on the gray images themselves: that channel saved alone
+    alone = count_threshold(detector, sim / "images", "fluo", pixel_size_um=0.5)
+    assert alone["estimated_count"] == gray["estimated_count"]
+    assert alone["score_thresh"] == pytest.approx(gray["score_thresh"])

@@ -46,11 +46,14 @@ def count_threshold(run: str | os.PathLike, images: str | os.PathLike, base: Any
 
     from cellsynth.io.images import select_channel
     from cellsynth.io.normalize import intensity_range
-    from cellsynth.segment.predict import image_proposals, load_detector
+    from cellsynth.segment.predict import _channel, image_proposals, load_detector
     from cellsynth.simulate.fit import count_cells
 
     detector = load_detector(run, device=device)
-    px, counted = count_cells(images, base, pixel_size_um=pixel_size_um)
+    # the channel predict would take (the detector's, or the one its training images were
+    # taken from): counted and scored on the same pixels; a gray image is that channel
+    channel = _channel(detector, None)
+    px, counted = count_cells(images, base, pixel_size_um=pixel_size_um, channel=channel)
     scores = []
     ranges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for name, raw, _, source in tqdm(counted, desc="count-threshold", unit="image",
@@ -59,11 +62,14 @@ def count_threshold(run: str | os.PathLike, images: str | os.PathLike, base: Any
         if source is not raw:  # a window of a section: scaled as predict scales the section
             if id(source) not in ranges:
                 ranges[id(source)] = intensity_range(
-                    select_channel(source, detector.channel, where=name),
+                    source if channel is not None else select_channel(source, None, where=name),
                     detector.normalization, where=name)
             value_range = ranges[id(source)]
+        # (the channel is chosen already: a gray window is taken as it is)
         _, found, _ = image_proposals(detector, raw, score_thresh=FLOOR, device=device,
-                                      where=name, pixel_size_um=px, value_range=value_range)
+                                      where=name, pixel_size_um=px, value_range=value_range,
+                                      channel=0 if channel is not None and raw.ndim == 2
+                                      else None)
         scores.append(np.asarray(found, dtype=np.float64))
     expected = float(sum(n for _, _, n, _ in counted))
     thresh = threshold_for_count(scores, expected)
