@@ -170,3 +170,56 @@ def test_stage_channels_takes_what_every_stage_reads():
     assert stage_channels(rgb) is rgb
     gray = rgb[..., 0]
     assert stage_channels(gray) is gray
+
+
+def _writes(tmp_path):
+    """Files of every kind ``image_shape`` reads a header of, each 40 x 56 px."""
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 255, (40, 56), dtype=np.uint8)
+    rgb = rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    rgba = rng.integers(0, 255, (40, 56, 4), dtype=np.uint8)
+    iio.imwrite(tmp_path / "gray.png", gray)
+    iio.imwrite(tmp_path / "rgba.png", rgba)
+    iio.imwrite(tmp_path / "rgb.jpg", rgb)
+    iio.imwrite(tmp_path / "gray.bmp", gray)
+    tifffile.imwrite(tmp_path / "yx16.tif", gray.astype(np.uint16))
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "cyx_imagej.tif", np.stack([gray, gray // 2]), imagej=True,
+                     metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "syx_planar.tif", np.moveaxis(rgb, 2, 0), photometric="rgb",
+                     planarconfig="separate", metadata=None)  # (planes first: S, Y, X)
+    tifffile.imwrite(tmp_path / "yx1.tif", gray[None, :, :, None])  # (length-1 axes)
+    with tifffile.TiffWriter(tmp_path / "pyramid.ome.tif") as tif:
+        tif.write(rgb, subifds=1, tile=(16, 16), photometric="rgb")
+        tif.write(rgb[::2, ::2], subfiletype=1, tile=(16, 16), photometric="rgb")
+
+
+def test_image_shape_reads_the_header_and_agrees_with_the_pixels(tmp_path, monkeypatch):
+    """--estimate prices a run from every image's height and width: it decoded each whole
+    image for them; the header gives the same (H, W) as open_image, without decoding."""
+    from cellsynth.io import images
+    from cellsynth.io.sections import image_shape
+
+    _writes(tmp_path)
+    files = sorted(p for p in tmp_path.iterdir())
+    assert len(files) == 10
+    decoded = {p.name: tuple(open_image(p, all_channels=True).shape[:2]) for p in files}
+    assert set(decoded.values()) == {(40, 56)}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(images, "_read_array", refuse)
+    for path in files:
+        assert image_shape(path) == decoded[path.name], path.name
+
+
+def test_image_shape_of_an_unreadable_header_names_the_file(tmp_path):
+    from cellsynth.errors import ImageReadError
+    from cellsynth.io.sections import image_shape
+
+    (tmp_path / "a.png").write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match=r"a\.png: cannot read file"):
+        image_shape(tmp_path / "a.png")

@@ -21,8 +21,8 @@ import numpy as np
 from cellsynth.errors import ImageReadError
 from cellsynth.io.images import TIFF_SUFFIXES, guess_axes, refuse_stacks, tiff_alpha
 
-__all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "tissue_windows",
-           "image_or_windows", "pyramid_levels", "check_level"]
+__all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "image_shape",
+           "tissue_windows", "image_or_windows", "pyramid_levels", "check_level"]
 
 LAZY_PIXELS = 8192 * 8192
 
@@ -191,6 +191,42 @@ def open_image(path: str | os.PathLike, *, level: int = 0, channel: int | None =
     if len(image.shape) == 2 or channel is None:
         return image
     return select_channel(image, channel, where=str(path))
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of the image :func:`open_image` gives, from the file's header where
+    the format allows (a TIFF's series, a PNG's or JPEG's size; a Zarr's or section's lazy
+    array): no pixel decoded, so pricing a run (``--estimate``) over a folder of large
+    images costs a header each. A header that cannot tell decodes the image, whose reader
+    names what is wrong with the file."""
+    from cellsynth.io.images import file_axes, read_image
+
+    path = Path(path)
+    if reads_lazily(path):
+        image = open_large_image(path)
+        return int(image.shape[0]), int(image.shape[1])
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                axes, shape = file_axes(tif.series[0].axes, tif.series[0].shape)
+            if "Y" in axes and "X" in axes:
+                return shape[axes.index("Y")], shape[axes.index("X")]
+        else:
+            from PIL import Image
+
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # (a header only)
+            try:
+                with Image.open(path) as opened:
+                    width, height = opened.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+            return int(height), int(width)
+    except Exception:  # noqa: S110 (read_image below says what is wrong with the file)
+        pass
+    image = read_image(path, all_channels=True)
+    return int(image.shape[0]), int(image.shape[1])
 
 
 def _texture(window: np.ndarray) -> float:

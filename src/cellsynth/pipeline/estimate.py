@@ -72,16 +72,13 @@ def _image_shapes(folder: str | os.PathLike | None, chosen: list | None = None, 
     """(height, width) of every image of a folder (headers only where the format allows), in
     the folder's order; ``chosen``: only these ids."""
     from cellsynth.io.datasets import load_dataset
-    from cellsynth.io.sections import open_image
-
-    def shape(path: Path) -> tuple[int, int]:  # (every channel: nothing chosen, nothing said)
-        image = open_image(path, all_channels=True)
-        return int(image.shape[0]), int(image.shape[1])
+    from cellsynth.io.sections import image_shape
 
     if folder is None:
         return []
     ids = {str(i) for i in chosen} if chosen is not None else None
-    return [shape(s.image_path) for s in load_dataset(folder, require_labels=require_labels)
+    return [image_shape(s.image_path)
+            for s in load_dataset(folder, require_labels=require_labels)
             if ids is None or s.id in ids]
 
 
