@@ -1149,3 +1149,32 @@ def test_stage_fingerprints_of_an_older_run_are_kept(tmp_path):
         "refined": "e404a3058d2fc2ba", "refined_val": "1282d963bd78ebfd",
         "pretrain": "0b008ff735d4b758", "predict": "2c9be45db2af9352",
         "realism": "f45f0eca2d3c3ac0", "report": "30035c677ac4a634"}
+
+
+def test_a_run_on_unlabeled_sections_at_another_pixel_size_predicts_them_whole(tmp_path,
+                                                                                monkeypatch):
+    """Unlabeled whole sections at another pixel size and no test split: the run trained on
+    rescaled windows of them, then its predict stage looked for labels of the staged copies
+    under the sections' names and failed at the very end ("labels/s1.tif: no such file").
+    The prediction now reads the user's section itself, resampled by the detector window by
+    window, and draws the labels at the section's own pixels."""
+    from cellsynth.io.images import read_labels
+
+    (tmp_path / "sections").mkdir()
+    _section(tmp_path / "sections" / "s1.ome.tif")
+    config = replace(_config(tmp_path / "sections"),
+                     real=RealData(unlabeled=str(tmp_path / "sections"), pixel_size_um=0.25),
+                     simulate=SimulateOptions(preset="he", n=4, size=64, workers=1,
+                                              pixel_size_um=0.5))
+    monkeypatch.setattr(staging, "SECTION_WINDOW", 64)
+    out = tmp_path / "run"
+    run(config, out, progress=False, log=lambda _: None)
+    assert read_labels(out / "predict" / "labels" / "s1.tif").shape == (640, 640)
+    meta = json.loads((out / "predict" / "meta.json").read_text())
+    assert meta["images"] == str((tmp_path / "sections").resolve())
+    entry = meta["images_pixel_size_um"]["s1"]
+    assert entry["file"] == "s1.ome.tif" and entry["pixel_size_um"] == 0.25
+    assert entry["resampled_by"] == 0.5
+    # the tissue quarter predicted, the glass around it not: the whole section was seen
+    assert entry["tiles"]["predicted"] >= 1 and entry["tiles"]["blank"] >= 3
+    assert meta["pixel_size_um"] == 0.25

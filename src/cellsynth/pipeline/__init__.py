@@ -3,8 +3,7 @@
 - ``config``: :class:`PipelineConfig` and the per-stage options;
 - ``run``: the run loop (state, fingerprints, skip/resume);
 - ``stages``: what each stage reads, depends on and does;
-- ``staging``: the user's real data copied into the run (rescaled, one channel, selected)
-  and predictions on those copies put back at the originals;
+- ``staging``: the user's real data copied into the run (rescaled, one channel, selected);
 - ``layout``: the names of every folder and file of a run (used by all subpackages);
 - ``report``: the HTML report of a run; ``demo``: the bundled demo;
 - ``experiment``: settings x seeds of detector runs, evaluated with paired statistics;

@@ -20,15 +20,12 @@ import numpy as np
 
 from cellsynth.config import to_dict
 from cellsynth.io.datasets import file_id, load_dataset
-from cellsynth.io.resample import rescale_labels
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.run import Parts
 from cellsynth.pipeline.staging import (
     SECTION_WINDOW,
     SECTION_WINDOWS,
-    _point_at_originals,
     _real_scale,
-    _rescale_detections,
     _rescale_real,
     _sim_config,
     _staged_roles,
@@ -331,11 +328,13 @@ def _count_threshold(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, 
 
 
 def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
-
-    from cellsynth.io.images import read_labels, write_image, write_labels
-    from cellsynth.io.sections import open_image
+    """The detector's labels of the test images (else the unlabeled ones), from the user's
+    own files: where the run works on rescaled copies or on one channel alone, the detector
+    (which records the working pixel size and that channel) resamples each image and takes
+    the channel itself, and draws its cells back at the image's own pixels. A whole section
+    is so predicted whole, window by window (its copy in RUN/real is a few windows), and
+    labels, overlays, cell tables and meta.json name the user's files at their pixels."""
     from cellsynth.segment.folders import predict_folder
-    from cellsynth.viz import contour_overlay
 
     role = _predict_images(config)
     thresh = None
@@ -343,31 +342,18 @@ def _predict(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
         thresh = json.loads((out / layout.COUNT_THRESHOLD / layout.THRESHOLD).read_text()
                             )["score_thresh"]
     faint = _faint_images(config)
-    summary = predict_folder(out / _model(config), real_folder(config, out, role),
-                             out / layout.PREDICT, tile=config.predict.tile, score_thresh=thresh,
-                             **({"faint_from": real_folder(config, out, faint[0]),
-                                 "faint_percentile": config.predict.faint_percentile}
-                                if faint else {}),
-                             overlap=config.predict.overlap, tta=config.predict.tta,
-                             device=config.device, force=True,
-                             progress=kw["progress"],
-                             empty_contrast=config.predict.empty_contrast,
-                             precision=config.predict.precision,
-                             nms_thresh=config.predict.nms)
-    if _real_scale(config) != 1.0:  # back to the original images' pixels
-        for sample in real_samples(config, role):
-            path = out / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"
-            image = open_image(sample.image_path, channel=config.real.channel)
-            labels = rescale_labels(read_labels(path).astype(np.uint32), 1.0,
-                                    shape=image.shape[:2])
-            write_labels(path, labels)
-            write_image(out / layout.PREDICT / layout.OVERLAYS / f"{sample.id}.png",
-                        contour_overlay(image, labels))
-            _rescale_detections(out / layout.PREDICT / layout.DETECTIONS / f"{sample.id}.csv",
-                                labels, config.real.pixel_size_um)
-    if role in _staged_roles(config):
-        _point_at_originals(config, out / layout.PREDICT, role)
-    return summary
+    return predict_folder(out / _model(config), getattr(config.real, role),
+                          out / layout.PREDICT, tile=config.predict.tile, score_thresh=thresh,
+                          pixel_size_um=config.real.pixel_size_um,
+                          **({"faint_from": real_folder(config, out, faint[0]),
+                              "faint_percentile": config.predict.faint_percentile}
+                             if faint else {}),
+                          overlap=config.predict.overlap, tta=config.predict.tta,
+                          device=config.device, force=True,
+                          progress=kw["progress"],
+                          empty_contrast=config.predict.empty_contrast,
+                          precision=config.predict.precision,
+                          nms_thresh=config.predict.nms)
 
 
 def _evaluate(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:

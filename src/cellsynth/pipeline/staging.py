@@ -2,13 +2,12 @@
 
 Real images at another pixel size than the simulation's, reduced to ``real.channel`` or
 narrowed by ``real.select`` are copied once into RUN/real (stage ``real``), and every stage
-reads them there (:func:`real_folder`); predictions made on those copies are put back at the
-original images' pixels and made to name the user's files.
+reads them there (:func:`real_folder`), except the prediction: it reads the user's own
+files, which the detector resamples and picks the channel of itself (stage ``predict``).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,42 +154,3 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                 **({"windows_of": windowed, "window_side_px": SECTION_WINDOW}
                    if windowed else {})})
     return {"factor": factor}
-
-
-def _rescale_detections(path: Path, labels: np.ndarray, pixel_size_um: float | None) -> None:
-    """A cell table written at the working pixels, again at ``labels``' (the original
-    image's pixels: centroids, areas, boxes), each cell keeping its score."""
-    import csv
-
-    from cellsynth.io.files import atomic_path
-    from cellsynth.segment.folders import detections_table
-
-    with open(path, newline="") as f:
-        scores = {int(row["id"]): float(row["score"]) for row in csv.DictReader(f)}
-    id_scores = np.zeros(max([int(labels.max()), *scores], default=0) + 1)
-    for cell, score in scores.items():
-        id_scores[cell] = score
-    with atomic_path(path) as tmp:
-        tmp.write_text(detections_table(labels, id_scores, pixel_size_um))
-
-
-def _point_at_originals(config: PipelineConfig, predicted: Path, role: str) -> None:
-    """The prediction's meta.json made to name the user's images it stands for (their
-    folder, file names and pixel size), not the staged copies in RUN/real it was predicted
-    from: `cellsynth export` and `inspect` read it, and the labels are at their pixels."""
-    from cellsynth.io.files import write_json
-
-    meta = json.loads((predicted / layout.META).read_text())
-    scaled = _real_scale(config) != 1.0
-    meta["images"] = str(Path(getattr(config.real, role)).resolve())
-    for sample in real_samples(config, role):
-        entry = meta.get("images_pixel_size_um", {}).get(sample.id)
-        if entry is not None:
-            entry["file"] = sample.image_path.name
-            if scaled:
-                entry["pixel_size_um"] = config.real.pixel_size_um
-    if scaled:
-        meta["pixel_size_um"] = config.real.pixel_size_um
-    if config.real.channel is not None:  # (the copies were that channel alone)
-        meta["channel"] = config.real.channel
-    write_json(predicted / layout.META, meta)
