@@ -358,7 +358,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         config = select_settings(config, args.settings)
     if args.estimate:
         from cellsynth.pipeline.estimate import format_estimate
-        from cellsynth.pipeline.experiment import estimate_experiment
+        from cellsynth.pipeline.experiment_estimate import estimate_experiment
 
         machine = _estimate_machine(config.device, config.pretrain.precision)
         print(format_estimate(estimate_experiment(config, args.out), machine=machine))

@@ -7,7 +7,8 @@
 - ``layout``: the names of every folder and file of a run (used by all subpackages);
 - ``report``: the HTML report of a run; ``demo``: the bundled demo;
 - ``experiment``: settings x seeds of detector runs, evaluated with paired statistics;
-  ``experiment_results``: its results table and learning-curve plot.
+  ``experiment_results``: its results table and learning-curve plot; ``experiment_estimate``:
+  its cost on this machine (``--estimate``).
 
 Importing this package imports nothing heavy; the names below load on first use.
 """

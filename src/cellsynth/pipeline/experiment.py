@@ -29,7 +29,6 @@ mean +- std over seeds and, for each ``compare`` pair, the paired bootstrap over
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from collections.abc import Callable
@@ -55,7 +54,7 @@ from cellsynth.segment.tiles import HALF_PIXEL
 from cellsynth.segment.trainer import TrainConfig
 
 __all__ = ["Setting", "ExperimentConfig", "load_experiment_config", "select_settings",
-           "run_experiment", "estimate_experiment", "subset_tag"]
+           "run_experiment", "subset_tag"]
 
 _SYNTHETIC = ("simulated", "refined", "mixed")
 _REFINED = ("refined", "mixed")  # settings that need a refiner
@@ -809,133 +808,6 @@ def _fingerprints(units: list[_Unit], train_contents: str) -> dict[str, str]:
     return prints
 
 
-def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None = None, *,
-                        timer: Any = None, channels: int | None = None) -> list[Any]:
-    """``cellsynth experiment --estimate``: the hours an experiment will take on this machine,
-    per kind of work (refiners, refining, detectors, pseudo-labels, test predictions), from
-    a few timed steps of each network (:class:`cellsynth.pipeline.estimate.Timer`) times the
-    units still to run. Units ``out`` holds done with their fingerprint count 0; an
-    evaluation counts as done when ``out`` holds it done (its fingerprint needs the test
-    split's bytes, which the estimate does not read). Real images are counted at their own
-    pixel size. Nothing is written."""
-    from cellsynth.pipeline.estimate import (
-        _VAL_TILE,
-        StageEstimate,
-        Timer,
-        _image_shapes,
-        _minutes,
-        tiled_pixels,
-    )
-    from cellsynth.segment.predict import DEFAULT_TILE
-    from cellsynth.simulate import simulation_config
-
-    timer = timer or Timer(config.device)
-    s = config.simulate
-    channels = channels or simulation_config(s.preset, overrides=s.overrides or None,
-                                             pixel_size_um=s.pixel_size_um,
-                                             color=s.color).channels
-    # the plan only names folders below out (nothing is written)
-    units, detector_of = _plan(config, Path(out) if out is not None else Path("."))
-    by_name = {u.name: u for u in units}
-    done: set[str] = set()
-    state = RunState(Path(out)) if out is not None and (Path(out) / layout.STATE).is_file() \
-        else None
-    if state is not None:
-        prints = _fingerprints(units, content_fingerprint(config.train))
-        done = {n for n, p in prints.items() if state.status(n, p) == "done"}
-    train_shapes = _image_shapes(config.train, require_labels=True)  # as _draw indexes them
-
-    def megapixels(shapes: list[tuple[int, int]], tile: int, balance: bool = False) -> float:
-        return sum(tiled_pixels(h, w, tile, 96, balance=balance) for h, w in shapes) / 1e6
-
-    def val_megapixels(val: str) -> float:
-        unit = by_name[val]
-        if unit.options and unit.options[0] == "subset":  # k (or the rest) real images
-            return megapixels([train_shapes[i] for i in unit.options[1]], _VAL_TILE)
-        return config.n_val * tiled_pixels(s.size, s.size, _VAL_TILE, 96) / 1e6
-
-    kinds = {"refiner": "refiners", "refine": "refining", "detector": "detectors",
-             "pseudo": "pseudo-labels"}
-    def trained_as(detector: str):
-        """The training config of a detector unit; a soup's is its first run's (its
-        members share one architecture, and it predicts as fast as any of them)."""
-        unit = by_name[detector]
-        while unit.cost[0] == "soup":  # its inputs: its runs, then its val images
-            unit = by_name[unit.inputs[0]]
-        return unit.cost[1]
-
-    # seconds, units to run, units done, units that may stop early (patience: a plateau)
-    totals = {k: [0.0, 0, 0, 0] for k in kinds}
-    for unit in units:
-        if unit.cost is None:
-            continue
-        kind = unit.cost[0]
-        if kind == "soup":  # averaging is free; choosing its threshold is one validation
-            if unit.name not in done:
-                totals["detector"][0] += val_megapixels(unit.inputs[-1]) * \
-                    timer.detector_forward_per_mpx(trained_as(unit.name), channels)
-            continue
-        if unit.name in done:
-            totals[kind][2] += 1
-            continue
-        if kind == "detector":
-            train, val = unit.cost[1], unit.cost[2]
-            mpx = val_megapixels(val)
-            seconds = (train.steps * timer.detector_step(train, channels)
-                       + math.ceil(train.steps / train.val_every) * mpx
-                       * timer.detector_forward_per_mpx(train, channels))
-            totals[kind][3] += train.patience is not None
-        elif kind == "refiner":
-            refine = unit.cost[1]
-            seconds = refine.steps * timer.refiner_step(refine, channels)
-            if config.refine_minutes is not None:  # training stops at the time cap
-                seconds = min(seconds, 60.0 * config.refine_minutes)
-            if refine.consistency > 0:
-                seconds += timer.judge_training(refine, channels)
-        elif kind == "refine":
-            n = config.n_val if unit.cost[2].startswith("sim_val") else s.n
-            seconds = n * timer.refiner_images(unit.cost[1], channels, s.size)
-        else:  # pseudo: the training images not drawn, 8 views each
-            mpx = megapixels([train_shapes[i] for i in unit.cost[1]], DEFAULT_TILE, True)
-            teacher = trained_as(unit.inputs[0])
-            seconds = 8 * mpx * timer.detector_forward_per_mpx(teacher, channels)
-        totals[kind][0] += seconds
-        totals[kind][1] += 1
-    test_shapes = _image_shapes(config.test)  # headers only: sizes, no pixels
-    test_mpx = megapixels(test_shapes, DEFAULT_TILE, balance=True)
-    how_of = _how_of(config)
-    evaluations = {(d, *how_of[name]) for (name, _), runs in detector_of.items()
-                   for d in runs}
-    eval_seconds, eval_runs, eval_done = 0.0, 0, 0
-    for detector, tta, nms, faint in sorted(
-            evaluations, key=lambda e: (e[0], e[1], e[2] or 0.0, e[3] or 0.0)):
-        name = _evaluation_name(detector, tta, nms, faint)
-        if state is not None and state.data.get(name, {}).get("done"):
-            eval_done += 1
-            continue
-        train = trained_as(detector)
-        eval_seconds += (8 if tta else 1) * test_mpx * timer.detector_forward_per_mpx(
-            train, channels)
-        eval_runs += 1
-    out_list = []
-    for kind, label in kinds.items():
-        seconds, runs, finished, early = totals[kind]
-        if runs or finished:
-            detail = f"{runs} to run" + (f", {finished} done" if finished else "")
-            if runs:
-                detail += f", {_minutes(seconds / runs)} each on average"
-            if early:
-                detail += (f"; {early} may stop earlier at a plateau (patience), counted "
-                           f"with all their steps")
-            out_list.append(StageEstimate(label, seconds, detail))
-    out_list.append(StageEstimate(
-        "test predictions", eval_seconds,
-        f"{eval_runs} to run" + (f", {eval_done} done" if eval_done else "")
-        + f", {test_mpx:.2f} MP of test images each (x8 with tta)"))
-    out_list.append(StageEstimate("simulations, copies", None, "not timed"))
-    return out_list
-
-
 def evaluation_of(detector: str) -> str:
     """The unit (and folder) that holds a detector's predictions of the test split."""
     return detector.replace("detectors/", "evaluations/", 1)
@@ -1016,3 +888,13 @@ def _summarize(config: ExperimentConfig, per_cell: dict, detector_of: dict, stat
             "seeds": list(config.seeds), "val": config.val, "tiles": config.tiles,
             "n_test_units": n_units, "settings": settings, "comparisons": comparisons,
             "config": to_dict(config)}
+
+
+def __getattr__(name: str) -> Any:
+    """``estimate_experiment`` lives in :mod:`cellsynth.pipeline.experiment_estimate` (which
+    imports this module: loaded on first use, as before)."""
+    if name == "estimate_experiment":
+        from cellsynth.pipeline.experiment_estimate import estimate_experiment
+
+        return estimate_experiment
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
