@@ -181,6 +181,53 @@ def test_a_resumed_stage_counts_the_time_of_every_run_that_worked_on_it(tmp_path
     assert (entry["seconds"], entry["runs"]) == (40.0, 1)
 
 
+def test_a_stage_killed_outright_keeps_the_time_its_heartbeat_recorded(tmp_path, monkeypatch):
+    """kill -9 (or a machine lost) leaves no chance to record a step's time: its resume
+    started from 0 s. A heartbeat records the seconds so far while it runs; state.json as
+    the kill leaves it (copied at that moment here) gives the resume its earlier time."""
+    import shutil
+    import threading
+    from types import SimpleNamespace
+
+    from cellsynth.pipeline import run as run_module
+
+    clock, calls = [0.0], []
+    monkeypatch.setattr(run_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(run_module, "HEARTBEAT_SECONDS", 0.01)
+    plan = stages.plan
+    out = tmp_path / "run"
+
+    def pretrain(*args, **kwargs):  # 100 s, then killed outright; 40 s more when resumed
+        calls.append(kwargs["resume"])
+        if len(calls) > 1:
+            clock[0] += 40.0
+            return {}
+        clock[0] += 100.0
+        for _ in range(1000):  # (real time: until the heartbeat has written it)
+            entry = json.loads((out / "state.json").read_text())["pretrain"]
+            if entry["seconds"] == 100.0:
+                break
+            threading.Event().wait(0.01)
+        shutil.copy(out / "state.json", tmp_path / "as-killed.json")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "plan", lambda cfg: [
+        replace(s, run=pretrain if s.name == "pretrain" else lambda *a, **kw: {})
+        for s in plan(cfg)])
+    config = _config(_real(tmp_path / "real"))
+    with pytest.raises(KeyboardInterrupt):
+        run(config, out, progress=False, log=lambda _: None)
+    killed = json.loads((tmp_path / "as-killed.json").read_text())["pretrain"]
+    assert (killed["done"], killed["seconds"], killed["runs"]) == (False, 100.0, 1)
+    shutil.copy(tmp_path / "as-killed.json", out / "state.json")  # what kill -9 left
+    run(config, out, progress=False, log=lambda _: None)
+    assert calls == [False, True]
+    entry = json.loads((out / "state.json").read_text())["pretrain"]
+    assert (entry["done"], entry["seconds"], entry["runs"]) == (True, 140.0, 2)
+    # no heartbeat outlives its step to overwrite the done entry
+    assert not [t for t in threading.enumerate() if t.name.startswith("cellsynth-heartbeat")]
+
+
 def test_content_fingerprint_ignores_place_and_hidden_files(tmp_path):
     a = _real(tmp_path / "a")
     before = content_fingerprint(a)

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -42,6 +43,9 @@ __all__ = ["run", "fingerprint", "content_fingerprint", "stage_fingerprints", "R
 HASH_BYTES_UP_TO = 1 << 20
 _NAMED = 4  # a rerun names up to this many changed settings, and counts the rest
 _UNSET = object()
+# how often a running step records its seconds so far in state.json: a run killed outright
+# (kill -9, the machine lost) keeps all but this much of the time its resume adds to
+HEARTBEAT_SECONDS = 60.0
 
 
 def fingerprint(*parts: Any) -> str:
@@ -246,18 +250,32 @@ def timed(state: RunState, name: str, print_: str, resume: bool, work: Callable[
     summary) and return (its summary, the seconds of all runs that worked on it since its
     fingerprint ``print_`` was set, the seconds of this one). A resumed step (``resume``)
     adds to what the runs before the kill spent; a stopped (Ctrl-C, SIGTERM) or failed one
-    records its time so far, for the resume to add to."""
+    records its time so far, for the resume to add to; one killed outright (kill -9) what
+    it recorded last (every ``HEARTBEAT_SECONDS``)."""
     entry = state.data.get(name, {}) if resume else {}
     earlier = entry.get("seconds", 0.0)
     runs = entry.get("runs", 1) + 1 if entry else 1
     state.mark(name, print_, done=False, seconds=earlier, runs=runs, **info)
     started = time.perf_counter()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            state.mark(name, print_, done=False, runs=runs, **info,
+                       seconds=round(earlier + time.perf_counter() - started, 1))
+
+    heart = threading.Thread(target=beat, name=f"cellsynth-heartbeat-{name}", daemon=True)
+    heart.start()
     try:
         summary = work()
     except BaseException:
+        stop.set()
+        heart.join()  # (its last mark, if one is being written, comes before this one)
         state.mark(name, print_, done=False, runs=runs, **info,
                    seconds=round(earlier + time.perf_counter() - started, 1))
         raise
+    stop.set()
+    heart.join()
     now = time.perf_counter() - started
     state.mark(name, print_, done=True, summary=summary, seconds=round(earlier + now, 1),
                runs=runs, **info)
