@@ -102,7 +102,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_fit_simulator(args: argparse.Namespace) -> int:
     from cellsynth.simulate import simulation_config
-    from cellsynth.simulate.fit import write_fit
+    from cellsynth.simulate.fit_report import write_fit
 
     base = simulation_config(args.preset, config_file=args.config)  # the preset if no file
     summary = write_fit(args.real, base, args.out, pixel_size_um=args.pixel_size,

@@ -53,7 +53,8 @@ class Stage:
 
 def _fit_simulator(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     from cellsynth.io.files import staged_output_dir
-    from cellsynth.simulate.fit import median_diameter_um, write_fit
+    from cellsynth.simulate.fit import median_diameter_um
+    from cellsynth.simulate.fit_report import write_fit
 
     folder = getattr(config.real, config.simulate.fit_role)
     with staged_output_dir(out / layout.FIT, force=True) as root:
