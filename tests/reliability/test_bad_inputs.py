@@ -279,3 +279,28 @@ def test_an_output_that_is_or_holds_the_input_is_refused_even_with_force(world, 
     errors = [ln for ln in err.splitlines() if ": error:" in ln]
     assert len(errors) == 1 and "is (or holds) the input" in errors[0], err
     assert _snapshot(parent) == before  # the images are all still there, byte for byte
+
+
+@pytest.mark.parametrize("line, part", [
+    ("predict --detector {run} --images {data} --out {data}/labels --force", "labels"),
+    ("export {data} --to geojson --out {data}/labels --force", "labels"),
+    ("export {data} --to stardist --out {data}/masks --force", "masks"),
+    ("predict --detector {run} --images {data} --out {data}/images/predicted --force", "images"),
+])
+def test_an_output_in_an_input_datasets_labels_or_images_is_refused(world, tmp_path, capsys,
+                                                                    line, part):
+    """`--out DATA/labels --force` passed the old rule (the output neither is nor holds the
+    input DATA) and replaced the annotations the command had just read; writing into a
+    dataset's images/, labels/ or masks/ is refused in one line, nothing touched."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world["sim"], data)
+    (data / "masks").mkdir()
+    before = _snapshot(tmp_path)
+    assert main(line.format(run=world["run"], data=data).split()) != 0
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ": error:" in ln]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert f"lies in the {part}/ folder of the input {data.resolve()}" in errors[0]
+    assert _snapshot(tmp_path) == before  # the labels are all still there, byte for byte

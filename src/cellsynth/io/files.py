@@ -100,9 +100,16 @@ def _check_writable(out: Path, force: bool) -> None:
         raise CellsynthError(f"{out}: parent folder {parent} is not writable")
 
 
+# the sub-folders of a dataset folder that hold what it is read from (images, label maps
+# or QuPath GeoJSON, StarDist's masks): see cellsynth.io.datasets
+DATASET_PARTS = ("images", "labels", "masks")
+
+
 def refuse_inputs(out: str | os.PathLike, inputs: tuple | list, what: str = "output") -> None:
     """Raise :class:`OutputExistsError` if the folder ``out`` is one of the paths ``inputs``
-    or holds one: replacing it (``--force``) would delete what the command reads."""
+    or holds one: replacing it (``--force``) would delete what the command reads; or if it
+    lies in an input dataset's ``images/``, ``labels/`` or ``masks/`` (``--out DATA/labels``
+    replaced the annotations the command had just read)."""
     folder = Path(out).resolve()
     for source in inputs:
         if source is None:
@@ -111,6 +118,12 @@ def refuse_inputs(out: str | os.PathLike, inputs: tuple | list, what: str = "out
         if source == folder or folder in source.parents:
             raise OutputExistsError(f"{out}: is (or holds) the input {source}; write the "
                                     f"{what} to another folder")
+        if source in folder.parents:
+            part = folder.relative_to(source).parts[0]
+            if part in DATASET_PARTS and source.is_dir():
+                raise OutputExistsError(f"{out}: lies in the {part}/ folder of the input "
+                                        f"{source}, which holds what the command reads; "
+                                        f"write the {what} to another folder")
 
 
 @contextlib.contextmanager
