@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import sys
 import warnings
 from dataclasses import replace
@@ -301,9 +302,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
     print(f"device {s['device']} ({s['device_from']})")
     predicted = ("test/ (predicted and scored)" if "test" in s["roles"]
                  else f"{s['roles']['unlabeled']} (predicted)")
-    print(f"wrote {out}; next: cellsynth run {out} --out runs/{s['name']}  -> labels of "
-          f"{predicted} in runs/{s['name']}/predict, report.html beside them (add --estimate "
-          f"first to see how long it takes on this machine)")
+    run_dir = f"runs/{s['name']}"
+    print(f"wrote {out}; next: cellsynth run {shlex.quote(str(out))} --out "
+          f"{shlex.quote(run_dir)}  -> labels of {predicted} in {run_dir}/predict, report.html "
+          f"beside them (add --estimate first to see how long it takes on this machine)")
     return 0
 
 

@@ -95,6 +95,16 @@ def test_init_on_unlabeled_images_alone_writes_the_zero_label_recipe(tmp_path, c
     assert load_pipeline_config(out).real.pixel_size_um == 0.65
 
 
+@pytest.mark.parametrize("name", ["slides #2", "run: 3", "yes", "a b (1)"])
+def test_folder_names_yaml_would_misread_are_written_quoted(tmp_path, capsys, name):
+    """A folder named `slides #2` was written unquoted, so the config named `slides` (the
+    rest a comment): "no such folder"; `run: 3` made the YAML invalid."""
+    data = _folder(tmp_path / name, "fluo", labels=False)
+    out = tmp_path / "cfg.yaml"
+    assert main(["init", str(data), "--out", str(out)]) == 0
+    assert load_pipeline_config(out).real.unlabeled == str(data)
+
+
 def test_init_on_two_channel_images_writes_the_channel_every_stage_uses(tmp_path, capsys):
     """2-channel ImageJ TIFFs (nuclei in channel 1, channel 0 another stain that looks like
     a bright-field one): init writes real.channel 0 with a comment to check it and says

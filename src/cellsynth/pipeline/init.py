@@ -43,6 +43,7 @@ over an existing one without ``force``.
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +135,19 @@ def _pixel_size(datasets: dict[str, Dataset]) -> tuple[float | None, str]:
 
 def _relative(path: Path, config: Path) -> str:
     """``path`` as the config will resolve it: relative to the config's folder where the data
-    lies under it (the two move together), else absolute."""
+    lies under it (the two move together), else absolute; as a YAML scalar, quoted where
+    YAML would read it otherwise (``slides #2`` is a comment after ``slides``, ``run: 3`` a
+    mapping)."""
     relative = Path(os.path.relpath(path.resolve(), config.resolve().parent))
-    return (path.resolve() if relative.parts[:1] == ("..",) else relative).as_posix()
+    return _scalar((path.resolve() if relative.parts[:1] == ("..",) else relative).as_posix())
+
+
+def _scalar(text: str) -> str:
+    """``text`` as a YAML scalar that reads back as that string (quoted where needed)."""
+    import yaml
+
+    return yaml.safe_dump(text, width=1 << 30, allow_unicode=True).removesuffix(
+        "\n...\n").rstrip("\n")
 
 
 RECIPES = ("accurate", "fast")
@@ -235,13 +246,13 @@ def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGue
     annotated = "train" in folders
     lines = [
         f"# Written by `cellsynth init` for {name}; edit freely. Run it with",
-        f"#   cellsynth run {out.name} --out runs/{name}",
+        f"#   cellsynth run {shlex.quote(str(out))} --out {shlex.quote(f'runs/{name}')}",
         f"# Stain: preset {stain.preset} ("
         + (f"guessed from the images: {stain.reason})" if guessed else "chosen by --preset)"),
         "#   if it is the wrong one: merker (gray, BigBrain), nissl, he or fluo.",
         f"# Recipe: {_RECIPE_LINES[recipe]}",
     ] + ([f"#   ({recipe_from})"] if recipe is not None and recipe_from else []) + [
-        f"name: {name}",
+        f"name: {_scalar(name)}",
         "seed: 0                # every stage derives its randomness from this",
         f"device: {device}" + (f"           # {device_from}" if device_from else ""),
     ]
