@@ -1174,9 +1174,50 @@ def test_the_reports_title_is_the_configs_name_beside_the_run_folders(tmp_path):
 
     for name, title in (("cortex", "cortex (r1)"), ("run", "r1"), ("r1", "r1")):
         (tmp_path / "r1").mkdir(exist_ok=True)
+        (tmp_path / "r1" / "state.json").write_text("{}")
         (tmp_path / "r1" / "config.yaml").write_text(f"name: {name}\nseed: 0\n")
         page = write_report(tmp_path / "r1").read_text()
         assert f"<h1>cellsynth report: {title}</h1>" in page, name
+
+
+def test_report_of_a_folder_that_is_no_run_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """`cellsynth report IMAGES` wrote an empty report.html into the image folder and said
+    it had; a folder that does not exist got a line about report.html's folder."""
+    from cellsynth.cli import main
+
+    images = _real(tmp_path / "images")
+    before = sorted(p.name for p in images.rglob("*"))
+    assert main(["report", str(images)]) != 0
+    err = capsys.readouterr().err
+    assert f"{images}: not a `cellsynth run` folder (no state.json)" in err
+    assert "Traceback" not in err and sorted(p.name for p in images.rglob("*")) == before
+    assert main(["report", str(tmp_path / "nowhere")]) != 0
+    assert "nowhere: not a `cellsynth run` folder (no state.json); report writes the page " \
+           "of a run (no such folder)" in capsys.readouterr().err
+
+
+def test_the_reports_predict_command_pastes_into_a_shell_with_spaces_in_paths(tmp_path):
+    """The command the report suggests for new images named the detector and the faint
+    cut's folder unquoted: a run folder like `my run (1)` made it a shell syntax error."""
+    import shlex
+
+    from cellsynth.pipeline.report import _prediction_note
+
+    run = tmp_path / "my run (1)"
+    (run / "predict").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: x\nseed: 0\n")
+    model, faint_from = str(run / "finetune" / "best.pt"), str(tmp_path / "my slides (copy)")
+    (run / "predict" / "meta.json").write_text(json.dumps({
+        "model": model, "tta": True, "nms_thresh": 0.5, "faint_from": faint_from,
+        "n_faint_dropped": 3, "faint": {"percentile": 5.0, "n_objects": 40, "dark": True,
+                                        "cut": 0.25}}))
+    note = _prediction_note(run)
+    command = note.split("<code>")[1].split("</code>")[0]
+    import html
+
+    words = shlex.split(html.unescape(command))
+    assert words[words.index("--detector") + 1] == model
+    assert words[words.index("--faint-from") + 1] == faint_from
 
 
 def test_stage_fingerprints_of_an_older_run_are_kept(tmp_path):

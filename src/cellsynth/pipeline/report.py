@@ -12,11 +12,13 @@ import html
 import io
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cellsynth.errors import CellsynthError
 from cellsynth.io.files import atomic_path
 from cellsynth.pipeline import layout
 
@@ -331,7 +333,8 @@ def _prediction_note(run: Path) -> str:
     from cellsynth.segment.predict import CPN_NMS
 
     meta = json.loads(path.read_text())
-    command = (f"cellsynth predict --detector {meta['model']} --images YOUR_IMAGES --out "
+    command = (f"cellsynth predict --detector {shlex.quote(meta['model'])} --images "
+               f"YOUR_IMAGES --out "
                f"predictions" + (" --tta" if meta.get("tta") else ""))
     if meta.get("nms_thresh") not in (None, CPN_NMS):  # set by predict.nms
         command += f" --nms {meta['nms_thresh']:g}"
@@ -348,7 +351,7 @@ def _prediction_note(run: Path) -> str:
                  f"files state theirs. ")
     faint = meta.get("faint")
     if faint:
-        command += (f" --faint-from {meta['faint_from']} "
+        command += (f" --faint-from {shlex.quote(meta['faint_from'])} "
                     f"--faint-percentile {faint['percentile']:g}")
         text += (f"{meta.get('n_faint_dropped', 0)} detection(s) fainter than the "
                  f"{faint['percentile']:g}th percentile of the {faint['n_objects']} annotated "
@@ -372,6 +375,10 @@ def _stage_time(entry: dict[str, Any]) -> str:
 def write_report(run: str | os.PathLike) -> Path:
     """Write ``RUN/report.html`` from whatever the run's stages produced; return its path."""
     run = Path(run)
+    if not (run / layout.STATE).is_file():  # (an image folder, a prediction, a typo)
+        raise CellsynthError(f"{run}: not a `cellsynth run` folder (no {layout.STATE}); report "
+                             f"writes the page of a run" + ("" if run.is_dir() else
+                                                            " (no such folder)"))
     config = (run / layout.CONFIG).read_text() if (run / layout.CONFIG).exists() else ""
     state_path = run / layout.STATE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
