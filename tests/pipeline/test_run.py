@@ -1180,6 +1180,27 @@ def test_the_reports_title_is_the_configs_name_beside_the_run_folders(tmp_path):
         assert f"<h1>cellsynth report: {title}</h1>" in page, name
 
 
+@pytest.mark.parametrize("role", ["train", "test"])
+def test_a_label_of_another_size_stops_the_run_before_any_work(tmp_path, role):
+    """A label map of another size than its image passed the run's input check (headers of
+    the images only) and stopped it when fine-tuning (or scoring) reached it: after the
+    whole pretraining. Its header is now compared with the image's first."""
+    from cellsynth.io.images import write_labels
+    from tests.conftest import make_dataset
+
+    folders = {r: make_dataset(tmp_path / r, n=2, size=48, seed=i)
+               for i, r in enumerate(("train", "test"))}
+    write_labels(folders[role] / "labels" / "img1.tif", np.zeros((40, 48), np.uint16))
+    config = replace(_config(folders["train"]),
+                     real=RealData(unlabeled=str(folders["train"]), train=str(folders["train"]),
+                                   test=str(folders["test"])))
+    out = tmp_path / "run"
+    with pytest.raises(ImageReadError, match=r"img1\.tif: label size 40x48 does not match "
+                                             r"image img1\.png size 48x48"):
+        run(config, out, progress=False, log=lambda _: None)
+    assert not (out / "simulate").exists() and not (out / "state.json").exists()
+
+
 def test_report_of_a_folder_that_is_no_run_is_one_line_and_writes_nothing(tmp_path, capsys):
     """`cellsynth report IMAGES` wrote an empty report.html into the image folder and said
     it had; a folder that does not exist got a line about report.html's folder."""

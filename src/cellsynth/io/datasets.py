@@ -44,8 +44,8 @@ from cellsynth.io.images import (
 from cellsynth.io.resample import RELATIVE_TOLERANCE, read_pixel_size
 from cellsynth.pipeline import layout
 
-__all__ = ["Sample", "Dataset", "load_dataset", "write_dataset_meta", "CELLPOSE_SUFFIX",
-           "file_id", "plain_id"]
+__all__ = ["Sample", "Dataset", "load_dataset", "check_label_sizes", "write_dataset_meta",
+           "CELLPOSE_SUFFIX", "file_id", "plain_id"]
 
 CELLPOSE_SUFFIX = "_masks"  # Cellpose's training folders pair x.tif with x_masks.tif
 
@@ -201,6 +201,24 @@ def describe_foreign(files: list[Path]) -> str:
     more = ", ..." if len(files) > 2 else ""
     return (f"{len(files)} {' / '.join(kinds)} file(s) "
             f"({', '.join(p.name for p in files[:2])}{more})")
+
+
+def check_label_sizes(dataset: Dataset) -> None:
+    """Raise :class:`ImageReadError` naming the first label map whose size differs from its
+    image's, from the two files' headers (no pixel decoded): a run found it when fine-tuning
+    began, after its pretraining. QuPath outlines and Cellpose ``_seg.npy`` files state no
+    size of their own (drawn at the image's, or read whole) and are checked when read."""
+    from cellsynth.io.sections import image_shape
+
+    for sample in dataset:
+        label = sample.label_path
+        if label is None or label.suffix.lower() == GEOJSON_SUFFIX or label.name.endswith(
+                CELLPOSE_SEG_SUFFIX):
+            continue
+        (h, w), (lh, lw) = image_shape(sample.image_path), image_shape(label)
+        if (h, w) != (lh, lw):
+            raise ImageReadError(f"{label}: label size {lh}x{lw} does not match image "
+                                 f"{sample.image_path.name} size {h}x{w}")
 
 
 def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Dataset:

@@ -240,6 +240,7 @@ def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
 
 def check_inputs(config: PipelineConfig) -> None:
     """Fail before any work starts if a named folder is missing or malformed."""
+    from cellsynth.io.datasets import check_label_sizes
     from cellsynth.io.headers import check_headers
     from cellsynth.io.resample import pixel_scale
     from cellsynth.io.sections import open_image, reads_lazily
@@ -259,6 +260,8 @@ def check_inputs(config: PipelineConfig) -> None:
         folder = getattr(config.real, role)
         if folder is not None:
             dataset = load_dataset(folder, require_labels=role != "unlabeled")
+            if role != "unlabeled":  # (found when fine-tuning or scoring began: hours in)
+                check_label_sizes(dataset)
             channel = config.real.channel
             # a file cut short or a z-stack, or one lacking the channel, before any work on it
             counts = check_headers([s.image_path for s in dataset], channel=channel,

@@ -40,7 +40,7 @@ import numpy as np
 
 from cellsynth.config import ADDED, from_dict, load_yaml, override, save_yaml, to_dict
 from cellsynth.errors import CellsynthError, ConfigError
-from cellsynth.io.datasets import load_dataset
+from cellsynth.io.datasets import check_label_sizes, load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import SimulateOptions
@@ -275,7 +275,9 @@ def check_experiment(config: ExperimentConfig) -> None:
     """Fail before any work if a folder is missing or a setting cannot be run."""
     if not config.train or not config.test:
         raise ConfigError("an experiment needs train: and test: folders")
-    n_train = len(load_dataset(config.train, require_labels=True))
+    train = load_dataset(config.train, require_labels=True)
+    check_label_sizes(train)  # (headers; the test split is not opened before its evaluation)
+    n_train = len(train)
     load_dataset(config.test, require_labels=True)
     if config.unlabeled:
         load_dataset(config.unlabeled)
