@@ -92,6 +92,21 @@ def test_qupath_regions_are_not_cells_when_detections_are_present(tmp_path, capl
     path.write_text(json.dumps([_feature([_square(2, 2, 5, 5)], "annotation"),
                                 _feature([_square(10, 10, 14, 13)], "annotation")]))
     assert np.bincount(read_geojson_labels(path, (20, 20)).ravel()).tolist() == [379, 9, 12]
+    # ... and the region rectangle drawn around them is still a region: it was one "cell"
+    # of the whole image less the cells (65 % of an image in a fresh user's audit), there
+    # being no detection beside it to tell it by; nested in it, one cell holding another's
+    # centre in its hole stays a cell
+    forget_announcements()
+    path.write_text(json.dumps([
+        _feature([_square(0, 0, 20, 20)], "annotation"),
+        _feature([_square(2, 2, 5, 5)], "annotation"),
+        _feature([_square(10, 10, 18, 18), _square(12, 12, 16, 16)], "annotation"),
+        _feature([_square(13, 13, 15, 15)], "annotation")]))
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        labels = read_geojson_labels(path, (20, 20))
+    assert np.bincount(labels.ravel()).tolist() == [400 - 9 - 48 - 4, 9, 48, 4]
+    assert "a.geojson: 1 annotation(s) enclosing 2 or more other objects are regions" \
+        in caplog.text
 
 
 def _qupath_dataset(root, labels):

@@ -8,11 +8,12 @@ Coordinates are the full-resolution image's pixels, (x, y) from its top-left cor
 pixel (row r, column c) covering [c, c + 1) x [r, r + 1) (QuPath's convention, and what
 ``cellsynth export --to geojson`` writes): a pixel belongs to a cell when its centre lies
 inside the polygon. Each Polygon or MultiPolygon feature is one cell (its holes stay
-background); where cells overlap, the later feature wins. If a file holds both QuPath
-*annotations* and *detections* / *cells*, an annotation that encloses two or more of them
-is a region that was searched, not a cell, and is left out; an annotation that encloses
-none or one is a cell drawn by hand (the cells someone added with the brush after QuPath's
-detection, or after importing cellsynth's predictions to correct them). Features of other
+background); where cells overlap, the later feature wins. A QuPath *annotation* that
+encloses the centres of two or more other objects (detections, cells or annotations) is a
+region that was searched or annotated in, not a cell, and is left out with a note; an
+annotation that encloses none or one is a cell drawn by hand (the cells someone added with
+the brush after QuPath's detection, or drew inside a region rectangle, or kept after
+importing cellsynth's predictions as annotations to correct them). Features of other
 geometries (points, lines) are not cells and are counted in a note.
 
 QuPath's *cell* objects carry two outlines: the cell (``geometry``; after QuPath's cell
@@ -96,17 +97,28 @@ def _outer_rings(feature: dict[str, Any]) -> list[np.ndarray]:
 
 
 def _without_regions(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``features`` less the annotations that enclose the centres of >= 2 detections / cells
-    (QuPath's searched regions); annotations enclosing fewer are hand-drawn cells."""
+    """``features`` less the annotations that enclose the centres of >= 2 other features
+    (QuPath's searched or annotated regions: around detections, or around cells drawn as
+    annotations too, the only kind in a file of hand-drawn cells); annotations enclosing
+    fewer are hand-drawn cells."""
     from skimage.measure import points_in_poly
 
-    centres = np.array([ring.mean(axis=0) for f in features if _object_type(f) in _CELL_TYPES
-                        for ring in _outer_rings(f)[:1]]).reshape(-1, 2)
+    owner, centres = [], []
+    for i, feature in enumerate(features):
+        for ring in _outer_rings(feature)[:1]:
+            owner.append(i)
+            centres.append(ring.mean(axis=0))
+    owner_of = np.array(owner, dtype=np.int64)
+    points = np.array(centres, dtype=np.float64).reshape(-1, 2)
     kept = []
-    for feature in features:
-        if _object_type(feature) == "annotation" and centres.size:
-            inside = sum(int(points_in_poly(centres, ring).sum())
-                         for ring in _outer_rings(feature))
+    for i, feature in enumerate(features):
+        if _object_type(feature) == "annotation" and len(points) > 1:
+            inside = 0
+            for ring in _outer_rings(feature):
+                low, high = ring.min(axis=0), ring.max(axis=0)  # (its box first: cheap)
+                near = ((points >= low) & (points <= high)).all(axis=1) & (owner_of != i)
+                if near.any():
+                    inside += int(points_in_poly(points[near], ring).sum())
             if inside >= 2:
                 continue
         kept.append(feature)
@@ -130,9 +142,9 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ImageReadError(f"{path}: cannot read GeoJSON: {err}") from err
     features = _features(data, path)
-    types = {_object_type(f) for f in features}
-    if types & set(_CELL_TYPES) and "annotation" in types:
-        features = _without_regions(features)
+    n_features = len(features)
+    features = _without_regions(features)
+    regions = n_features - len(features)
     labels = np.zeros(shape, np.uint32)
     skipped = 0
     index = 0
@@ -154,6 +166,9 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
                 rows, cols = _ring_pixels(hole, shape, path)
                 inside = labels[rows, cols] == index
                 labels[rows[inside], cols[inside]] = 0
+    if regions:
+        announce(f"{path}: {regions} annotation(s) enclosing 2 or more other objects are "
+                 f"regions, not cells, and were left out")
     if skipped:
         announce(f"{path}: {skipped} feature(s) that are not polygons (points, lines) are not "
                  f"cells and were left out")
