@@ -228,3 +228,25 @@ def test_predictions_exported_as_annotations_come_back_as_corrected_labels(tmp_p
     gone = removed["properties"]["measurements"]["label"]
     assert not back[labels == gone].any()
     assert (back[30:36, 1:6] > 0).all()
+
+
+def test_outlines_that_miss_the_image_are_said_to(tmp_path):
+    """GeoJSON in a whole slide's coordinates beside a crop of it drew no cell and said
+    nothing: `train` trained on empty labels."""
+    import warnings
+
+    path = tmp_path / "a.geojson"
+    path.write_text(json.dumps([_feature([_square(2000, 2000, 2005, 2005)], "annotation"),
+                                _feature([_square(3000, 10, 3004, 14)], "annotation")]))
+    with pytest.warns(UserWarning, match=r"a\.geojson: 2 of 2 polygon\(s\) cover no pixel of "
+                                         r"the 20x20 image \(outlines in another image's"):
+        assert not read_geojson_labels(path, (20, 20)).any()
+    path.write_text(json.dumps([_feature([_square(2, 2, 5, 5)], "annotation"),
+                                _feature([_square(3000, 10, 3004, 14)], "annotation")]))
+    with pytest.warns(UserWarning, match=r"1 of 2 polygon\(s\) cover no pixel of the 20x20 "
+                                         r"image$"):
+        read_geojson_labels(path, (20, 20))
+    path.write_text(json.dumps([_feature([_square(2, 2, 5, 5)], "annotation")]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_geojson_labels(path, (20, 20)).sum() == 9

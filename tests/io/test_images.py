@@ -284,3 +284,27 @@ def test_check_headers_checks_the_channel_of_every_file_strictly_or_taking_gray_
         check_headers(paths, channel=1)
     with pytest.raises(ImageReadError, match=r"a\.tif: real\.channel 2, but the image has 2 "):
         check_headers(paths, channel=2, gray_is_the_channel=True, asked="real.channel 2")
+
+
+@pytest.mark.parametrize("value", [255, 1])
+def test_a_foreground_mask_saved_as_labels_is_said_to_be_one(tmp_path, value):
+    """A 0/255 (or 0/1) mask from a threshold, saved where instance labels go, was read as
+    one cell of all its blobs without a word."""
+    import warnings
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[2:8, 2:8] = mask[20:30, 15:25] = mask[12:14, 28:31] = value
+    write_labels(tmp_path / "mask.png", mask)
+    with pytest.warns(UserWarning, match=rf"mask\.png: every labelled pixel is {value}, in 3 "
+                                         r"separate blobs: a foreground mask"):
+        read_labels(tmp_path / "mask.png")
+    # instance labels, and a single cell of one id, are read without a word
+    labels = mask.astype(np.uint16)
+    labels[20:30, 15:25] *= 2
+    one = np.zeros((32, 32), np.uint16)
+    one[4:9, 4:9] = 7
+    for name, image in (("labels.png", labels), ("one.png", one)):
+        write_labels(tmp_path / name, image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            np.testing.assert_array_equal(read_labels(tmp_path / name), image)

@@ -26,6 +26,7 @@ outline): a dataset folder chooses with ``"geojson_geometry": "nucleus"`` in its
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,7 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
     regions = n_features - len(features)
     labels = np.zeros(shape, np.uint32)
     skipped = 0
+    outside = 0  # polygons with no pixel centre in the image
     index = 0
     nuclei = 0  # features with a nucleus outline
     for feature in features:
@@ -158,14 +160,24 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
             skipped += 1
             continue
         index += 1
+        drawn = False
         for rings in polygons:  # drawn where they lie: no image-sized mask per cell
             if not rings:
                 continue
-            labels[_ring_pixels(rings[0], shape, path)] = index
+            pixels = _ring_pixels(rings[0], shape, path)
+            drawn |= bool(pixels[0].size)
+            labels[pixels] = index
             for hole in rings[1:]:
                 rows, cols = _ring_pixels(hole, shape, path)
                 inside = labels[rows, cols] == index
                 labels[rows[inside], cols[inside]] = 0
+        outside += not drawn
+    if outside:
+        warnings.warn(f"{path}: {outside} of {index} polygon(s) cover no pixel of the "
+                      f"{shape[0]}x{shape[1]} image" + (
+                          " (outlines in another image's coordinates, e.g. a whole slide's "
+                          "exported for a crop of it?)" if outside == index else ""),
+                      stacklevel=2)
     if regions:
         announce(f"{path}: {regions} annotation(s) enclosing 2 or more other objects are "
                  f"regions, not cells, and were left out")

@@ -400,7 +400,25 @@ def read_labels(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
         )
     if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
         raise ImageReadError(f"{path}: labels contain negative values (min {labels.min()})")
+    _say_if_binary(labels, path)
     return labels
+
+
+def _say_if_binary(labels: np.ndarray, path: Path) -> None:
+    """Warn where every labelled pixel has one value and they form several separate blobs:
+    a foreground mask (0/255 from a threshold, 0/1), which an instance map would give an id
+    per cell; read as it is, all of them are one "cell"."""
+    top = labels.max() if labels.size else 0
+    if not top or not np.all((labels == 0) | (labels == top)):
+        return
+    from scipy import ndimage
+
+    _, blobs = ndimage.label(labels == top)
+    if blobs > 1:
+        warnings.warn(f"{path}: every labelled pixel is {top}, in {blobs} separate blobs: a "
+                      f"foreground mask, not instance labels (one id per cell), so they are "
+                      f"one cell here; number the blobs first, e.g. "
+                      f"skimage.measure.label(mask > 0)", stacklevel=3)
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
