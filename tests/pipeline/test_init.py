@@ -80,6 +80,30 @@ def test_init_writes_the_annotated_recipe_for_the_readme_layout(tmp_path, capsys
     assert load_pipeline_config(out).predict.nms is None
 
 
+def test_folders_stating_different_pixel_sizes_are_one_line_unless_one_is_named(tmp_path,
+                                                                                capsys):
+    """init took the first folder's pixel size for the whole project: annotated images
+    stating 0.346 um/px beside unlabeled ones stating 0.5 were then resampled 1.45x for
+    fine-tuning without a word. Named with --pixel-size, the user has chosen."""
+    data = tmp_path / "project"
+    _folder(data / "unlabeled", "nissl", labels=False, seed=1)
+    _folder(data / "train", "nissl", seed=2)
+    (data / "unlabeled" / "meta.json").write_text(json.dumps({"pixel_size_um": 0.5}))
+    (data / "train" / "meta.json").write_text(json.dumps({"pixel_size_um": 0.346}))
+    out = tmp_path / "p.yaml"
+    assert main(["init", str(data), "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert ("the folders state different pixel sizes: 0.5 um/px (meta.json of "
+            f"{data / 'unlabeled'}); 0.346 um/px (meta.json of {data / 'train'})") in err
+    assert not out.exists()
+    assert main(["init", str(data), "--out", str(out), "--pixel-size", "0.346"]) == 0
+    assert load_pipeline_config(out).real.pixel_size_um == 0.346
+    # the same size stated twice (within the tolerance) is one
+    (data / "train" / "meta.json").write_text(json.dumps({"pixel_size_um": 0.5001}))
+    assert main(["init", str(data), "--out", str(out), "--force"]) == 0
+    assert load_pipeline_config(out).real.pixel_size_um == 0.5
+
+
 def test_init_on_unlabeled_images_alone_writes_the_zero_label_recipe(tmp_path, capsys):
     data = _folder(tmp_path / "section", "fluo", labels=False)
     out = tmp_path / "cfg" / "section.yaml"

@@ -122,15 +122,31 @@ def _find_datasets(data: str | os.PathLike) -> dict[str, Dataset]:
 
 
 def _pixel_size(datasets: dict[str, Dataset]) -> tuple[float | None, str]:
+    """The pixel size the folders state (meta.json, else what all of a folder's image files
+    state alike) and where it comes from. Folders that state different ones are refused in
+    one line: a run takes one for all its real images (``real.pixel_size_um``), so the
+    annotated crops of a 20x scan beside 40x sections would be resampled by the wrong
+    factor without a word."""
+    from cellsynth.io.resample import RELATIVE_TOLERANCE
     from cellsynth.pipeline import layout
 
+    stated = []
     for role in ROLES:
         dataset = datasets.get(role)
-        if dataset is not None and dataset.pixel_size_um is not None:
+        if dataset is not None and dataset.pixel_size_um is not None and all(
+                dataset.root != other.root for _, _, other in stated):
             where = (layout.META if dataset.meta.get("pixel_size_um") is not None
                      else "the image files")
-            return dataset.pixel_size_um, f"{where} of {dataset.root}"
-    return None, ""
+            stated.append((dataset.pixel_size_um, f"{where} of {dataset.root}", dataset))
+    if not stated:
+        return None, ""
+    first = stated[0][0]
+    if any(abs(size / first - 1.0) > RELATIVE_TOLERANCE for size, _, _ in stated[1:]):
+        said = "; ".join(f"{size:g} um/px ({where})" for size, where, _ in stated)
+        raise DatasetError(f"the folders state different pixel sizes: {said}. A run takes one "
+                           f"for all its real images (real.pixel_size_um); resample one set to "
+                           f"the other's, or name the one to use with --pixel-size")
+    return first, stated[0][1]
 
 
 def _relative(path: Path, config: Path) -> str:
