@@ -12,6 +12,7 @@ from cellsynth.evaluate import matching
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.export import export, label_polygons
 from cellsynth.io.images import read_image, read_labels, write_image, write_labels
+from cellsynth.io.resample import read_pixel_size
 
 
 @pytest.fixture
@@ -145,21 +146,27 @@ def test_a_prediction_at_a_pyramid_level_exports_that_level_with_its_channels(tm
     folder.mkdir()
     with tifffile.TiffWriter(folder / "a.ome.tif", ome=True) as tif:
         tif.write(planes, subifds=1, tile=(16, 16), photometric="minisblack",
-                  metadata={"axes": "CYX"})
+                  metadata={"axes": "CYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
         tif.write(planes[:, ::2, ::2], subfiletype=1, tile=(16, 16), photometric="minisblack")
     pred = tmp_path / "pred"
     (pred / "labels").mkdir(parents=True)
     labels = np.zeros((32, 24), np.uint16)
     labels[3:9, 4:12] = 1
     write_labels(pred / "labels" / "a.tif", labels)
-    (pred / "meta.json").write_text(json.dumps({
-        "stage": "predict", "images": str(folder),
-        "images_pixel_size_um": {"a": {"file": "a.ome.tif", "level": 1,
-                                       "level0_shape": [64, 48]}}}))
-    for to, image in (("stardist", "images/a.tif"), ("cellpose", "a.tif")):
-        export(pred, to, tmp_path / to)
-        exported = read_image(tmp_path / to / image, all_channels=True)
-        np.testing.assert_array_equal(exported, planes[:, ::2, ::2].transpose(1, 2, 0))
+    for stated in (0.5, None):  # predict's meta.json records the level's; else the file's
+        entry = {"file": "a.ome.tif", "level": 1, "level0_shape": [64, 48],
+                 **({"pixel_size_um": stated} if stated else {})}
+        (pred / "meta.json").write_text(json.dumps({
+            "stage": "predict", "images": str(folder), "images_pixel_size_um": {"a": entry}}))
+        for to, image, mask in (("stardist", "images/a.tif", "masks/a.tif"),
+                                ("cellpose", "a.tif", "a_masks.tif")):
+            export(pred, to, tmp_path / to, force=True)
+            exported = read_image(tmp_path / to / image, all_channels=True)
+            np.testing.assert_array_equal(exported, planes[:, ::2, ::2].transpose(1, 2, 0))
+            # the level's pixel size goes with it: without it the level was later taken
+            # at the model's pixel size (2x off at level 1)
+            for path in (image, mask):
+                assert read_pixel_size(tmp_path / to / path) == pytest.approx(0.5), (to, path)
 
 
 def test_polygons_keep_every_corner_of_the_pixel_outline_and_nothing_else():

@@ -41,6 +41,7 @@ from cellsynth.io.images import (
     write_labels,
 )
 from cellsynth.io.ome_zarr import is_ome_zarr, read_labels_zarr
+from cellsynth.io.resample import read_pixel_size
 from cellsynth.io.sections import open_large_image, reads_lazily
 from cellsynth.pipeline import layout
 
@@ -198,11 +199,12 @@ def _opened(path: Path, level: int) -> Any:
     return read_image(path, all_channels=True)
 
 
-def _put_image(source: Path, image: Any, level: int, target: Path, kept: tuple[str, ...]
-               ) -> Path:
+def _put_image(source: Path, image: Any, level: int, target: Path, kept: tuple[str, ...],
+               pixel_size_um: float | None = None) -> Path:
     """``source`` as ``target`` plus a suffix: copied if its suffix is one of ``kept``
     (what the target tool reads as it is) and it is not a pyramid's level, else ``image``,
-    decoded, as TIFF. Returns the file written."""
+    decoded, as TIFF stating ``pixel_size_um`` (the level's: a level or an .svs written
+    without it was later read at the model's pixel size). Returns the file written."""
     if not level and source.is_file() and source.suffix.lower() in kept:
         copy = target.parent / f"{target.name}{source.suffix}"
         shutil.copyfile(source, copy)
@@ -210,13 +212,16 @@ def _put_image(source: Path, image: Any, level: int, target: Path, kept: tuple[s
     array = np.asarray(image[:, :])  # (H, W[, C])
     target = target.parent / f"{target.name}.tif"
     if array.ndim == 2 or (array.shape[2] == 3 and colour_of(array, source)):
-        write_image(target, array)
+        write_image(target, array, pixel_size_um=pixel_size_um)
     else:  # channels that are not RGB: planes, as ImageJ and OME store fluorescence
         import tifffile
 
+        extra = {} if pixel_size_um is None else {
+            "resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
+            "resolutionunit": "CENTIMETER"}
         with atomic_path(target) as tmp:
             tifffile.imwrite(tmp, np.moveaxis(array, -1, 0), photometric="minisblack",
-                             compression="zlib", metadata={"axes": "CYX"})
+                             compression="zlib", metadata={"axes": "CYX"}, **extra)
     return target
 
 
@@ -293,14 +298,19 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                     f"{label_path}: label size {labels.shape[0]}x{labels.shape[1]} does "
                     f"not match image {image_path.name} size {shape[0]}x{shape[1]}")
             n_cells += int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
+            if to in ("cellpose", "stardist"):  # (the level's: predict's, else the file's)
+                px = predicted.get(image_id, {}).get("pixel_size_um")
+                if px is None and image_path is not None:
+                    px = read_pixel_size(image_path, level=level)
             if to == "cellpose":  # (it reads these; not .svs, a .zarr, a pyramid's level)
                 _put_image(image_path, image, level, staging / image_id,
-                           (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"))
-                write_labels(staging / f"{image_id}{CELLPOSE_SUFFIX}.tif", labels)
+                           (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"), px)
+                write_labels(staging / f"{image_id}{CELLPOSE_SUFFIX}.tif", labels,
+                             pixel_size_um=px)
             elif to == "stardist":  # its idiom pairs images/*.tif with masks/*.tif by name
                 _put_image(image_path, image, level, staging / "images" / image_id,
-                           (".tif", ".tiff"))
-                write_labels(staging / "masks" / f"{image_id}.tif", labels)
+                           (".tif", ".tiff"), px)
+                write_labels(staging / "masks" / f"{image_id}.tif", labels, pixel_size_um=px)
             elif to == "geojson":
                 write_json(staging / f"{image_id}.geojson",
                            _geojson(labels, image_id, objects,

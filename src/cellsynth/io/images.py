@@ -524,14 +524,16 @@ def _write(path: Path, array: np.ndarray, *, compress: bool = True,
             raise ValueError(f"{path}: can only write .tif or .png, not {suffix!r}")
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Atomically write an image ((H, W) or (H, W, 3), uint8/uint16; float only to TIFF)."""
+def write_image(path: str | os.PathLike, image: np.ndarray, *,
+                pixel_size_um: float | None = None) -> None:
+    """Atomically write an image ((H, W) or (H, W, 3), uint8/uint16; float only to TIFF); a
+    TIFF records ``pixel_size_um`` in its resolution tags."""
     path = Path(path)
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
         raise ValueError(f"{path}: image must be HxW or HxWx3, got shape {image.shape}")
     if path.suffix.lower() == ".png" and image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{path}: PNG needs uint8 or uint16, got {image.dtype}")
-    _write(path, image)
+    _write(path, image, pixel_size_um=pixel_size_um)
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray, *,
