@@ -98,8 +98,28 @@ def test_real_without_pixel_size_is_used_as_is_with_a_note(tmp_path):
     root.mkdir()
     write_image(root / "a.png", np.full((40, 60), 200, np.uint8))
     real = RealCrops(root, 16, 1, sim_pixel_size_um=0.5)
-    assert real.images[0].shape == (40, 60, 1) and real.scale == 1.0
+    assert real.images[0].shape == (40, 60, 1) and real.scales == [1.0]
     assert any("pixel size unknown" in n and "0.5 um/px" in n for n in real.notes)
+
+
+def test_each_real_image_is_rescaled_by_the_pixel_size_its_file_states(tmp_path):
+    """Without meta.json or a given size, the refiner took a folder whose files did not all
+    state one as unknown, so a section stating 1 um/px among images stating none was used
+    at the simulation's 0.5 (and the note contradicted `inspect`)."""
+    root = tmp_path / "real"
+    root.mkdir()
+    write_image(root / "a.png", np.full((40, 60), 200, np.uint8))
+    tifffile.imwrite(root / "b.tif", np.full((30, 20), 100, np.uint8), resolution=(1e4, 1e4),
+                     resolutionunit="CENTIMETER")  # 1 um/px
+    real = RealCrops(root, 16, 1, sim_pixel_size_um=0.5)
+    assert [im.shape for im in real.images] == [(40, 60, 1), (60, 40, 1)]
+    assert real.scales == [1.0, 2.0]
+    assert any("from what each states (1 um/px); 1 stating none taken to be at it" in n
+               for n in real.notes)
+    assert not any("pixel size unknown" in n for n in real.notes)
+    # the size given overrules what the file states, for every image
+    given = RealCrops(root, 16, 1, sim_pixel_size_um=0.5, real_pixel_size_um=0.5)
+    assert given.scales == [1.0, 1.0]
 
 
 def test_compressed_pyramidal_section_is_read_by_windows_with_the_same_values(tmp_path):

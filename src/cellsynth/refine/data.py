@@ -178,8 +178,10 @@ class RealCrops:
     root : a dataset folder (images/ used) or a plain folder of images.
     crop : crop side in pixels (after rescaling).
     channels : channels of the simulation (1 or 3); real images are converted to it.
-    sim_pixel_size_um, real_pixel_size_um : if both are known, real images are rescaled to
-        the simulation's pixel size; ``real_pixel_size_um`` defaults to the folder's meta.json.
+    sim_pixel_size_um, real_pixel_size_um : where both are known, real images are rescaled
+        to the simulation's pixel size; ``real_pixel_size_um`` defaults to the folder's
+        meta.json, else to what each image file states (images stating none: used as they
+        are).
     normalization : intensity mapping to [0, 1], from each whole image (lazy ones sampled).
     channel : only this channel (0-based) of multi-channel images (default: gray and RGB as
         they are, channel 0 of any other number of channels, with a warning).
@@ -196,12 +198,22 @@ class RealCrops:
         self.crop = crop
         self.channels = channels
         self.notes: list[str] = []
-        real_px = real_pixel_size_um or dataset.pixel_size_um
-        self.scale = pixel_scale(real_px, sim_pixel_size_um)
-        if self.scale != 1.0:
-            self.notes.append(f"real images rescaled x{self.scale:.3f} from {real_px} um/px to "
-                              f"the simulation's {sim_pixel_size_um} um/px")
-        elif sim_pixel_size_um and not real_px:
+        # each image's pixel size: the one given, else meta.json's, else what its file
+        # states (as predict and the detector's training take them: a section stating
+        # 0.25 um/px among crops stating none was taken at the simulation's)
+        sizes = [real_pixel_size_um or dataset.pixel_size_of(s) for s in dataset]
+        self.scales = [pixel_scale(px, sim_pixel_size_um) for px in sizes]
+        known = sorted({px for px in sizes if px})
+        unknown = sum(1 for px in sizes if not px)
+        if any(scale != 1.0 for scale in self.scales):
+            self.notes.append(
+                f"real images rescaled x{self.scales[sizes.index(known[0])]:.3f} from "
+                f"{known[0]} um/px to the simulation's {sim_pixel_size_um} um/px"
+                if len(known) == 1 and not unknown else
+                f"real images rescaled to the simulation's {sim_pixel_size_um} um/px from "
+                f"what each states ({', '.join(f'{px:g}' for px in known)} um/px)"
+                + (f"; {unknown} stating none taken to be at it" if unknown else ""))
+        if sim_pixel_size_um and unknown == len(sizes):
             self.notes.append(f"{dataset.root}: pixel size unknown (no meta.json "
                               f"pixel_size_um, no --real-pixel-size); real images used as they "
                               f"are, i.e. taken to be at the simulation's {sim_pixel_size_um} "
@@ -211,10 +223,10 @@ class RealCrops:
         # of lazy images: the windows of tissue that crops are drawn from (y, x, h, w)
         self.regions: list[list[tuple[int, int, int, int]] | None] = []
         converted = set()
-        for sample in dataset:
+        for sample, scale in zip(dataset, self.scales):
             array = _open_lazy(sample.image_path, channel)
             if array is not None:
-                need = int(np.ceil(crop / self.scale))
+                need = int(np.ceil(crop / scale))
                 _check_size(array.shape, need, sample.image_path)
                 self.images.append(array)
                 self.lazy.append(True)
@@ -225,7 +237,7 @@ class RealCrops:
             else:
                 image = (read_image(sample.image_path) if channel is None else
                          open_image(sample.image_path, channel=channel))
-                self.images.append(self._prepare(image, sample.image_path))
+                self.images.append(self._prepare(image, sample.image_path, scale))
                 self.lazy.append(False)
                 self.ranges.append(None)
                 self.regions.append(None)
@@ -236,9 +248,10 @@ class RealCrops:
             what = "RGB -> gray" if channels == 1 else "gray -> RGB"
             self.notes.append(f"real images converted {what} to match the simulation")
 
-    def _prepare(self, image: np.ndarray, path: Path,
+    def _prepare(self, image: np.ndarray, path: Path, scale: float,
                  window_of: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-        """Decoded image -> (H, W, C) float32 in [-1, 1] at the simulation's pixel size.
+        """Decoded image -> (H, W, C) float32 in [-1, 1] at the simulation's pixel size
+        (``scale``: the factor to it).
 
         ``window_of``: the (low, high) range of the whole image this is a window of.
         """
@@ -250,7 +263,7 @@ class RealCrops:
         else:
             image = apply_range(image, *window_of)
         image = match_channels(image, self.channels)
-        image = rescale_image(image, self.scale)
+        image = rescale_image(image, scale)
         _check_size(image.shape, self.crop, path)
         return image * 2 - 1
 
@@ -262,12 +275,12 @@ class RealCrops:
             y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
             return image[y:y + c, x:x + c]
         # lazy: read the window that covers the crop after rescaling, then prepare only it
-        need = int(np.ceil(c / self.scale))
+        need = int(np.ceil(c / self.scales[j]))
         ry, rx, h, w = self.regions[j][int(rng.integers(len(self.regions[j])))]
         y, x = ry + int(rng.integers(h - need + 1)), rx + int(rng.integers(w - need + 1))
         window = np.asarray(image[y:y + need, x:x + need])
         window = stage_channels(window)
-        window = self._prepare(window, self.root,
+        window = self._prepare(window, self.root, self.scales[j],
                                window_of=self.ranges[j])
         return window[:c, :c]
 
