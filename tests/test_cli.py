@@ -182,7 +182,7 @@ def test_predict_takes_its_detector_by_the_old_name_too_and_needs_one(tmp_path, 
     assert main(["predict", "--images", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["cellsynth predict: error: --detector is required: a train run folder or "
-                   "its checkpoint file"]
+                   "its checkpoint file, or a `cellsynth run` folder"]
     assert not (tmp_path / "o").exists()
 
 

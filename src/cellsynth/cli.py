@@ -198,7 +198,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from cellsynth.segment.folders import predict_folder
 
     if args.detector is None:
-        raise ConfigError("--detector is required: a train run folder or its checkpoint file")
+        raise ConfigError("--detector is required: a train run folder or its checkpoint file, "
+                          "or a `cellsynth run` folder")
     if args.faint_percentile is not None and args.faint_from is None:
         raise ConfigError("--faint-percentile needs --faint-from (the annotated images whose "
                           "cells set the cut)")
@@ -586,8 +587,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict instance labels with a trained CPN")
     p.add_argument("--detector", type=Path,
-                   help="trained detector: a train run folder or its checkpoint file "
-                        "(required)")
+                   help="trained detector (required): a `cellsynth train` run folder or its "
+                        "checkpoint file, or a `cellsynth run` folder (the detector it "
+                        "predicted with)")
     p.add_argument("--model", type=Path, dest="detector", help=argparse.SUPPRESS)  # old name
     p.add_argument("--images", type=Path, required=True,
                    help="folder of images (or dataset), TIFF/Zarr for large sections")
