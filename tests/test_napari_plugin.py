@@ -46,6 +46,31 @@ def test_reader_opens_a_dataset_with_pixel_size(tmp_path):
     assert napari_plugin.get_reader(str(tmp_path / "nothing.txt")) is None
 
 
+def test_reader_opens_a_plain_folder_of_images_and_a_cellpose_folder(tmp_path):
+    """Only folders with images/ (or predictions) opened; the README's "File > Open on a
+    dataset folder" met None for a plain folder of images and for Cellpose's layout."""
+    import shutil
+
+    root = make_dataset(tmp_path / "ds", n=2, size=32)
+    plain = tmp_path / "plain"
+    shutil.copytree(root / "images", plain)
+    (plain / ".DS_Store").write_bytes(b"x")
+    cellpose = tmp_path / "cellpose"
+    cellpose.mkdir()
+    for name in ("img0", "img1"):
+        shutil.copy(root / "images" / f"{name}.png", cellpose / f"{name}.png")
+        shutil.copy(root / "labels" / f"{name}.tif", cellpose / f"{name}_masks.tif")
+    layers = napari_plugin.get_reader(str(plain))(str(plain))
+    assert [(kw["name"], kind) for _, kw, kind in layers] == [("img0", "image"),
+                                                             ("img1", "image")]
+    layers = napari_plugin.get_reader(str(cellpose))(str(cellpose))
+    assert [kind for _, _, kind in layers] == ["image", "labels", "image", "labels"]
+    assert layers[1][0].max() == 5
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    assert napari_plugin.get_reader(str(tmp_path / "notes")) is None  # no image of its own
+
+
 def test_reader_opens_ome_zarr_pyramids_and_predictions(tmp_path):
     labels = np.zeros((1200, 900), np.uint32)
     labels[5:50, 5:40] = 9

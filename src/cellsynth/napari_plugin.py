@@ -1,8 +1,9 @@
 """napari plugin (npe2; manifest ``cellsynth/napari.yaml``): open our folders, save labels,
 segment the current image with a trained detector.
 
-- Reader: a dataset folder (``images/`` + ``labels/``, or Cellpose/StarDist folders) opens as
-  Image layers with their Labels layers (a whole section: every pyramid level, lazily); a
+- Reader: a dataset folder (``images/`` + ``labels/``, Cellpose/StarDist folders, or a plain
+  folder of images) opens as Image layers with their Labels layers (a whole section: every
+  pyramid level, lazily); a
   ``cellsynth predict`` output or an OME-Zarr label group (``*.ome.zarr``) opens as Labels
   layers, multiscale where it is a pyramid. Layers get the pixel size as their scale (um)
   when it is known, so images and labels line up.
@@ -47,6 +48,13 @@ def _kind(path: Path) -> str | None:
     if is_prediction_folder(path):
         return "predictions"
     if (path / "images").is_dir():
+        return "dataset"
+    from cellsynth.io.images import IMAGE_SUFFIXES
+
+    # a plain folder of images, or Cellpose's (x.tif beside x_masks.tif): its own image
+    # files, looked at by name only (napari asks every reader of every folder opened)
+    if any(f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+           for f in path.iterdir() if f.is_file()):
         return "dataset"
     return None
 
