@@ -322,3 +322,25 @@ def test_help_shows_a_default_once_and_only_where_there_is_one():
     predict = " ".join(commands.choices["predict"].format_help().split())
     assert "(default: 96)" in predict  # --overlap's, which its help does not name
     assert "packed cells) (default" not in predict  # --nms names its own default
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path, capsys, monkeypatch):
+    """`cellsynth inspect DIR | head -2` ended with "cellsynth inspect: error: Broken
+    pipe" on stderr: the reader that went away is no error of the command."""
+    import io
+    import sys
+
+    from tests.conftest import make_dataset
+
+    class Gone(io.StringIO):  # a pipe whose reader has exited
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            raise io.UnsupportedOperation("no file")
+
+    data = make_dataset(tmp_path / "ds", n=2, size=32)
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert main(["inspect", str(data)]) == 141
+    err = capsys.readouterr().err
+    assert "Broken pipe" not in err and "error" not in err, err

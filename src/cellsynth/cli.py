@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -798,7 +799,15 @@ def _output(command: str, quiet: bool):
 _CONTINUE = {"train": "; the same command with --resume continues",
              "fit-refiner": "; the same command with --resume continues",
              "run": "; the same command continues", "experiment": "; the same command continues",
-             "demo": "; the same command continues"}
+             "demo": "; the same command continues",
+             "predict": "; the same command continues (finished rows of tiles are kept)"}
+
+
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a job scheduler's stop) as Ctrl-C: the command's one line, its
+    files left as an interrupt leaves them, and exit status 130; it ended at once, silent
+    (143), where no training loop had taken the signal to stop between steps."""
+    raise KeyboardInterrupt
 
 
 LOG_BAR_INTERVAL_S = 30  # progress-bar updates when stderr is not a terminal
@@ -817,9 +826,17 @@ def main(argv: list[str] | None = None) -> int:
     quiet_bars = not sys.stderr.isatty() and "TQDM_MININTERVAL" not in os.environ
     if quiet_bars:
         os.environ["TQDM_MININTERVAL"] = str(LOG_BAR_INTERVAL_S)
+    import signal
+
+    terminate = (signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+                 if threading.current_thread() is threading.main_thread() else None)
     try:
         with _output(args.command, getattr(args, "quiet", False)):
             return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader went away (`| head`): nothing left to say, to anyone
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except CellsynthError as err:
         print(f"cellsynth {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -837,6 +854,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cellsynth {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
         if quiet_bars:
             os.environ.pop("TQDM_MININTERVAL", None)
         if threads is not None:

@@ -327,3 +327,30 @@ def test_predict_killed_with_sigkill_resumes_at_the_rows_it_finished(tmp_path,
     assert labels.max() >= 3, "the tiny detector should find some cells"
     assert (labels == read_labels(tmp_path / "full" / "labels" / "s.tif")).all()
     assert not (tmp_path / ".out.proposals").exists()  # published: the rows are gone
+
+
+def test_predict_stopped_with_sigterm_says_so_and_continues(tmp_path, trained_detector):
+    """SIGTERM (kill, a scheduler's stop) ended predict at once and silently (143), where
+    Ctrl-C and a training loop say what happened: it is now an interrupt, one line saying
+    the same command continues, which it does."""
+    from cellsynth.io.images import read_image, write_image
+
+    write_simulation(preset("fluo"), n=1, size=288, seed=5, out=tmp_path / "big",
+                     progress=False)
+    section = tmp_path / "section"
+    section.mkdir()
+    write_image(section / "s.tif", read_image(tmp_path / "big" / "images" / "0000.png"))
+    args = ["predict", "--detector", str(trained_detector[0]), "--images", str(section),
+            "--tile", "128", "--overlap", "32", "--batch", "2", "--score-thresh", "0.5",
+            "--precision", "fp32", "--out", str(tmp_path / "out")]
+    process = _start(args + ["--quiet"])
+    cache = tmp_path / ".out.proposals" / "s"
+    code = _signal_when(process, lambda: len(list(cache.glob("row*.npz"))) >= 1,
+                        signal.SIGTERM)
+    err = process.communicate()[1]
+    assert code == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("cellsynth predict: interrupted; the same command "
+                                            "continues (finished rows of tiles are kept)")
+    result = _run(args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "continuing a prediction that was stopped" in result.stderr
