@@ -450,9 +450,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="summarise a dataset folder (images, sizes, instances) "
                                        "or a predict output")
-    p.add_argument("dir", type=Path, help="dataset folder (images/, labels/, meta.json), one "
-                                          "image file or OME-Zarr (a whole section: its levels), "
-                                          "or a predict output")
+    p.add_argument("dir", type=Path, help="dataset folder (images/, labels/, meta.json; or "
+                                          "Cellpose's, StarDist's, a plain folder of images), "
+                                          "a project folder as init takes it (unlabeled/, "
+                                          "train/, val/, test/: each of them), one image file "
+                                          "or OME-Zarr (a whole section: its levels), or a "
+                                          "predict output")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("export", help="write a dataset or predictions for Cellpose, StarDist, "
