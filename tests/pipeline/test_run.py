@@ -1201,6 +1201,33 @@ def test_a_label_of_another_size_stops_the_run_before_any_work(tmp_path, role):
     assert not (out / "simulate").exists() and not (out / "state.json").exists()
 
 
+def test_the_pixel_size_the_config_states_reaches_the_predictions(tmp_path):
+    """real.pixel_size_um equal to the simulation's (nothing rescaled): the predict stage
+    was not given it, so it warned that the test images' pixel size was unknown, wrote null
+    in meta.json and "assumed" in every cell table row."""
+    import csv
+
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=2, size=48, seed=1)
+    test = make_dataset(tmp_path / "test", n=2, size=48, seed=2)
+    config = replace(_config(train), real=RealData(unlabeled=str(train), test=str(test),
+                                                   pixel_size_um=0.5),
+                     simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1,
+                                              pixel_size_um=0.5))
+    out = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(config, out, progress=False, log=lambda _: None)
+    assert not [w for w in caught if "pixel size" in str(w.message)], \
+        [str(w.message) for w in caught]
+    meta = json.loads((out / "predict" / "meta.json").read_text())
+    assert meta["pixel_size_um"] == 0.5
+    with open(out / "predict" / "detections" / "img0.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["pixel_size"] == "stated" for r in rows)
+
+
 def test_report_of_a_folder_that_is_no_run_is_one_line_and_writes_nothing(tmp_path, capsys):
     """`cellsynth report IMAGES` wrote an empty report.html into the image folder and said
     it had; a folder that does not exist got a line about report.html's folder."""
