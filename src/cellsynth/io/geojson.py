@@ -69,6 +69,9 @@ def _polygons(geometry: dict[str, Any]) -> list[list[Any]] | None:
     return None
 
 
+_TIE = 1e-6  # px: how far rings move so that no pixel centre lies on them (see below)
+
+
 def _ring_pixels(ring: Any, shape: tuple[int, int], path: Path) -> tuple[np.ndarray, ...]:
     """(rows, cols) of the pixels of ``shape`` whose centres lie inside the ring."""
     from skimage.draw import polygon as fill
@@ -79,8 +82,12 @@ def _ring_pixels(ring: Any, shape: tuple[int, int], path: Path) -> tuple[np.ndar
         points = np.zeros((0,))
     if points.ndim != 2 or points.shape[1] < 2 or not np.isfinite(points[:, :2]).all():
         raise ImageReadError(f"{path}: a polygon ring is not a list of finite [x, y] points")
-    # pixel centres lie at integer + 0.5 in these coordinates, at integers for skimage
-    return fill(points[:, 1] - 0.5, points[:, 0] - 0.5, shape)
+    # pixel centres lie at integer + 0.5 in these coordinates, at integers for skimage; a
+    # centre exactly on an edge (a cut corner of an outline exported at a coarser pyramid
+    # level and scaled up passes through them) is inside on one side of the ring only, not
+    # on all (skimage's rule: cells read back 2 % larger): the ring moved by a hair, along
+    # neither axis nor diagonal, so that edges of every direction split their ties
+    return fill(points[:, 1] - 0.5 + 2 * _TIE, points[:, 0] - 0.5 + _TIE, shape)
 
 
 def _outer_rings(feature: dict[str, Any]) -> list[np.ndarray]:
