@@ -15,9 +15,9 @@ synthetic inputs (a step's cost does not depend on what the pixels show), and mu
   the predicted images at the working pixel size (``predict.tile`` or its default, balanced),
   8 times with ``tta``, and 8 times over the unannotated images for pseudo labels; a forward
   pass is the network and the decoding, refinement and NMS of its proposals, on stand-in
-  cells. Each predicted image is then painted and written (labels, detections CSV, overlay;
-  once more at the original pixels where the images were rescaled). Blank tiles of glass are
-  counted as predicted (an upper bound for sections);
+  cells. Each predicted image is then painted and written at its own pixels (labels,
+  detections CSV, overlay). Blank tiles of glass are counted as predicted (an upper bound
+  for sections);
 - the simulator fit (``simulate.fit_from``): its batches of simulated images
   (:func:`cellsynth.simulate.fit.search_plan`), each rendered and measured, the real images
   measured once and the preview's renders, from a few images rendered and measured here.
@@ -220,21 +220,15 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
 def _prediction_writes(config: PipelineConfig, role: str, timer: Any, channels: int
                        ) -> tuple[float, int]:
     """(seconds to paint and write every predicted image of a real-data role, their number):
-    at the working pixel size, and where the images were rescaled once more at their own
-    (stages._predict draws the labels and overlays back). Timed once, at the images' median
-    size, and scaled by each image's pixels."""
-    from cellsynth.pipeline.staging import _real_scale
-
-    scale = _real_scale(config)
+    at the images' own pixels (stages._predict has the detector draw its cells there, even
+    where it works at another pixel size). Timed once, at the images' median size, and scaled
+    by each image's pixels."""
     shapes = _image_shapes(getattr(config.real, role), config.real.select.get(role))
     if not shapes:
         return 0.0, 0
-    working = [(max(1, round(h * scale)), max(1, round(w * scale))) for h, w in shapes]
-    h, w = sorted(working, key=lambda s: s[0] * s[1])[len(working) // 2]
+    h, w = sorted(shapes, key=lambda s: s[0] * s[1])[len(shapes) // 2]
     per_pixel = timer.prediction_writes(h, w, channels) / (h * w)
-    pixels = sum(a * b for a, b in working) + (sum(a * b for a, b in shapes)
-                                               if scale != 1.0 else 0)
-    return per_pixel * pixels, len(shapes)
+    return per_pixel * sum(a * b for a, b in shapes), len(shapes)
 
 
 def _fit_seconds(config: PipelineConfig, timer: Any) -> tuple[float, str]:
