@@ -95,10 +95,10 @@ def scores(preds, items) -> dict:
 
 
 def tile_matchings(items, preds, tiles: int = 2) -> list:
-    """Matchings of ``preds`` against the development images cut into ``tiles`` x ``tiles``:
-    the units the paired bootstrap (``_paired.compare``) resamples."""
-    from cellsynth.evaluate.matching import matching
-    from cellsynth.evaluate.stats import split_tiles
+    """Matchings of ``preds`` against the development images in ``tiles`` x ``tiles`` units
+    (whole-image matching, each cell in the unit of its centroid): the units the paired
+    bootstrap (``_paired.compare``) resamples."""
+    from cellsynth.evaluate.matching import matching_tiles
 
-    return [matching(t, p) for (_, gt), pred in zip(items, preds)
-            for t, p in zip(split_tiles(gt, tiles), split_tiles(pred, tiles))]
+    return [unit for (_, gt), pred in zip(items, preds)
+            for unit in matching_tiles(gt, pred, tiles)]

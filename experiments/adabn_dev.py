@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from _paired import compare  # noqa: E402  (same folder)
 
-from cellsynth.evaluate.matching import matching, matching_by_score
-from cellsynth.evaluate.stats import split_tiles
+from cellsynth.evaluate.matching import matching_by_score, matching_tiles
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.io.normalize import normalize
@@ -72,8 +71,7 @@ def _units(detector, thresh, items, tiles) -> list:
     found = []
     for image, truth in items:
         predicted = predict_image(detector, image, score_thresh=thresh)
-        found += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
-                                                 split_tiles(predicted, tiles))]
+        found += matching_tiles(truth, predicted, tiles)
     return found
 
 

@@ -28,8 +28,7 @@ from pathlib import Path
 
 from _paired import compare  # noqa: E402  (same folder)
 
-from cellsynth.evaluate.matching import matching
-from cellsynth.evaluate.stats import split_tiles
+from cellsynth.evaluate.matching import matching_tiles
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.segment.predict import load_detector, predict_image
@@ -50,8 +49,7 @@ def units(run: Path, tiles: int, precision: str) -> tuple[list, dict]:
         predicted = predict_image(detector, sample.read_image(), score_thresh=thresh,
                                   pixel_size_um=dev.pixel_size_um, where=str(sample.id))
         truth = sample.read_labels()
-        found += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
-                                                 split_tiles(predicted, tiles))]
+        found += matching_tiles(truth, predicted, tiles)
     return found, {"run": str(run), "thresh_on_k2": thresh}
 
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from _paired import compare  # noqa: E402  (same folder)
 
-from cellsynth.evaluate.matching import matching
-from cellsynth.evaluate.stats import split_tiles
+from cellsynth.evaluate.matching import matching_tiles
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.io.images import read_labels
@@ -36,8 +35,7 @@ def units(run: Path, test: str, tiles: int) -> list:
         if not path.is_file():
             raise SystemExit(f"{path}: missing (has the run predicted {test}?)")
         truth, predicted = sample.read_labels(), read_labels(path)
-        found += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
-                                                 split_tiles(predicted, tiles))]
+        found += matching_tiles(truth, predicted, tiles)
     return found
 
 

@@ -36,8 +36,7 @@ import yaml
 from _paired import compare  # noqa: E402  (same folder)
 
 from cellsynth.config import from_dict
-from cellsynth.evaluate.matching import matching
-from cellsynth.evaluate.stats import split_tiles
+from cellsynth.evaluate.matching import matching_tiles
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.segment.predict import load_detector
@@ -116,8 +115,7 @@ def _units(checkpoints: list[Path], samples: list, tiles: int) -> list:
         truth = sample.read_labels()
         painted = contours_to_labels(contours, votes * n, truth.shape,
                                      score_thresh=n // 2 + 1 - 1e-6, offset=0.0)
-        found += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
-                                                 split_tiles(painted, tiles))]
+        found += matching_tiles(truth, painted, tiles)
     return found
 
 

@@ -302,3 +302,58 @@ def test_matching_by_score_equals_painting_at_each_threshold():
     assert fast[0].n_pred > fast[-1].n_pred  # the thresholds did drop cells
     with pytest.raises(ValueError, match="2 truths but 1 predictions"):
         matching_by_score(truths, painted[:1], grid)
+
+
+def test_tiles_attribute_whole_cells_and_sum_to_the_whole_image():
+    """Cutting the label maps into tiles cut a cell on a border into two pieces, each
+    matched apart (a sliver of a well-found cell could miss IoU 0.5: a false negative and a
+    false positive from one correct cell). Units now come from the whole image's matching,
+    each cell in the tile of its centroid; they sum to the whole image's result."""
+    from cellsynth.evaluate import matching_tiles
+    from cellsynth.evaluate.stats import split_tiles
+
+    gt = np.zeros((40, 40), np.uint16)
+    gt[16:24, 5:15] = 1      # across the row border at 20: centroid row 19.5, upper tile
+    gt[2:8, 25:31] = 2       # upper right
+    gt[30:36, 30:36] = 3     # lower right, missed
+    pred = np.zeros_like(gt)
+    pred[17:25, 5:15] = 7    # cell 1 shifted down by a row: IoU 7 / 9 rows
+    pred[2:8, 25:31] = 8
+    pred[30:36, 2:8] = 9     # lower left, a false positive
+    whole = matching(gt, pred)
+    units = matching_tiles(gt, pred, 2)
+    assert len(units) == 4
+    assert aggregate(units).tp == whole.tp and aggregate(units).n_pred == whole.n_pred
+    assert aggregate(units).n_gt == whole.n_gt
+    np.testing.assert_allclose(aggregate(units).sum_iou, whole.sum_iou)
+    # upper left: cell 1 and its match (the prediction's centroid is below the border,
+    # it goes with its match); upper right: cell 2; lower left: the false positive;
+    # lower right: the missed cell
+    assert [(u.n_gt, u.n_pred, u.tp[0]) for u in units] == [(1, 1, 1), (1, 1, 1), (0, 1, 0),
+                                                            (1, 0, 0)]
+    assert units[0].tp[T.tolist().index(0.75)] == 1 and units[0].tp[-1] == 0  # IoU 0.78
+    # the old way: cell 1's two pieces scored apart (the lower piece, 4 rows of truth
+    # against 5 of prediction, still matches; here the count of objects grows)
+    cut = aggregate([matching(t, p) for t, p in zip(split_tiles(gt, 2), split_tiles(pred, 2))])
+    assert cut.n_gt == whole.n_gt + 1
+    # one tile is the whole image
+    assert matching_tiles(gt, pred, 1)[0] == whole
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tile_units_of_random_label_maps_sum_to_the_whole_image(seed):
+    from scipy import ndimage as ndi
+
+    from cellsynth.evaluate import matching_tiles
+
+    rng = np.random.default_rng(seed)
+    field = ndi.gaussian_filter(rng.random((97, 83)), 3)
+    gt, _ = ndi.label(field > np.percentile(field, 70))
+    pred, _ = ndi.label(np.roll(field, (1, 2), axis=(0, 1)) > np.percentile(field, 72))
+    whole = matching(gt, pred)
+    for tiles in (1, 2, 3, 4):
+        units = matching_tiles(gt, pred, tiles)
+        total = aggregate(units)
+        assert len(units) == tiles * tiles
+        assert (total.n_gt, total.n_pred, total.tp) == (whole.n_gt, whole.n_pred, whole.tp)
+        np.testing.assert_allclose(total.sum_iou, whole.sum_iou)

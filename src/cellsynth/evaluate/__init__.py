@@ -13,6 +13,7 @@ from cellsynth.evaluate.matching import (
     evaluate_folders,
     matching,
     matching_by_score,
+    matching_tiles,
 )
 from cellsynth.evaluate.realism import (
     RealismResult,
@@ -36,6 +37,7 @@ __all__ = [
     "histogram_distance",
     "matching",
     "matching_by_score",
+    "matching_tiles",
     "realism",
     "sliced_wasserstein",
     "spectrum_distance",

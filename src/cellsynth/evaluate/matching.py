@@ -41,6 +41,7 @@ __all__ = [
     "Matching",
     "DatasetEvaluation",
     "matching",
+    "matching_tiles",
     "aggregate",
     "matching_by_score",
     "evaluate_folders",
@@ -232,18 +233,26 @@ def _overlaps(gt: np.ndarray, pred: np.ndarray
 
 def _match(gi: np.ndarray, pi: np.ndarray, iou: np.ndarray, threshold: float) -> tuple[int, float]:
     """Optimal one-to-one matching among pairs with IoU >= threshold: (TP, sum of matched IoU)."""
+    g, _, v = _matched_pairs(gi, pi, iou, threshold)
+    return int(g.size), float(v.sum())
+
+
+def _matched_pairs(gi: np.ndarray, pi: np.ndarray, iou: np.ndarray, threshold: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs of the optimal one-to-one matching among pairs with IoU >= threshold:
+    (gt indices, pred indices, their IoU)."""
     keep = iou >= threshold
     g, p, v = gi[keep], pi[keep], iou[keep]
     if g.size == 0:
-        return 0, 0.0
+        return g, p, v
     # A pair whose two objects have no other candidate is matched in every optimal matching.
     # For thresholds > 0.5 this holds for all pairs (an object has at most one partner with IoU
     # above 0.5), so the Hungarian algorithm only runs on ties and low thresholds.
     alone = (np.bincount(g)[g] == 1) & (np.bincount(p)[p] == 1)
-    tp, total = int(alone.sum()), float(v[alone].sum())
+    found = [(g[alone], p[alone], v[alone])]
     g, p, v = g[~alone], p[~alone], v[~alone]
     if g.size == 0:
-        return tp, total
+        return found[0]
     rows, g_idx = np.unique(g, return_inverse=True)
     cols, p_idx = np.unique(p, return_inverse=True)
     n = rows.size + cols.size
@@ -261,11 +270,10 @@ def _match(gi: np.ndarray, pi: np.ndarray, iou: np.ndarray, threshold: float) ->
         k = min(r_ids.size, c_ids.size)
         cost = -((scores > 0) + scores / (2.0 * k))
         ri, ci = linear_sum_assignment(cost)
-        matched = scores[ri, ci]
-        matched = matched[matched > 0]
-        tp += int(matched.size)
-        total += float(matched.sum())
-    return tp, total
+        matched = scores[ri, ci] > 0
+        found.append((rows[r_ids[ri[matched]]], cols[c_ids[ci[matched]]],
+                      scores[ri, ci][matched]))
+    return tuple(np.concatenate(parts) for parts in zip(*found))
 
 
 def matching(gt: np.ndarray, pred: np.ndarray,
@@ -298,6 +306,55 @@ def matching(gt: np.ndarray, pred: np.ndarray,
     results = [_match(gi, pi, iou, t) for t in thresholds]
     return Matching(thresholds=thresholds, n_gt=n_gt, n_pred=n_pred,
                     tp=tuple(r[0] for r in results), sum_iou=tuple(r[1] for r in results))
+
+
+def matching_tiles(gt: np.ndarray, pred: np.ndarray, tiles: int,
+                   thresholds: Sequence[float] = THRESHOLDS) -> list[Matching]:
+    """The whole image's :func:`matching`, split into ``tiles`` x ``tiles`` units (row-major,
+    the blocks of :func:`cellsynth.evaluate.stats.split_tiles`) by where the objects lie:
+    a ground-truth object in the block of its centroid, a predicted one in its match's (at
+    the lowest threshold) or, unmatched, in the block of its own centroid. The units sum to
+    the whole image's result, so they only make finer bootstrap units. (The label maps were
+    cut into the blocks and each block matched apart: a cell on a border became two pieces,
+    each scored alone, which lowered F1@0.5 by 0.025 at 2 x 2 on 512² H&E images.) With a
+    threshold below 0.5 a predicted object may be matched in another block than the one it
+    is counted in; the thresholds here are all >= 0.5."""
+    gt = _check_labels(gt, "gt")
+    pred = _check_labels(pred, "pred")
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt and pred must have the same shape, got {gt.shape} and {pred.shape}")
+    if tiles < 1:
+        raise ValueError(f"tiles must be >= 1, got {tiles}")
+    thresholds = _check_thresholds(thresholds)
+    gi, pi, iou, n_gt, n_pred = _overlaps(gt, pred)
+    h, w = gt.shape
+    row_starts = np.array([r[0] for r in np.array_split(np.arange(h), tiles)])
+    col_starts = np.array([c[0] for c in np.array_split(np.arange(w), tiles)])
+
+    def blocks(labels: np.ndarray, n: int) -> np.ndarray:
+        """(n + 1,) block of each object's centroid (index 0: background, unused)."""
+        flat, _ = _relabel(labels)
+        if n == 0:
+            return np.zeros(1, np.intp)
+        area = np.maximum(np.bincount(flat, minlength=n + 1), 1)
+        index = np.arange(flat.size)
+        rows = np.bincount(flat, weights=index // w, minlength=n + 1) / area
+        cols = np.bincount(flat, weights=index % w, minlength=n + 1) / area
+        return ((np.searchsorted(row_starts, rows, side="right") - 1) * tiles
+                + np.searchsorted(col_starts, cols, side="right") - 1)
+
+    gt_block, pred_block = blocks(gt, n_gt), blocks(pred, n_pred)
+    pairs = [_matched_pairs(gi, pi, iou, t) for t in thresholds]
+    g, p, _ = pairs[int(np.argmin(thresholds))]
+    pred_block[p] = gt_block[g]  # a matched prediction goes where its cell is
+    units = tiles * tiles
+    n_gt_u = np.bincount(gt_block[1:], minlength=units)
+    n_pred_u = np.bincount(pred_block[1:], minlength=units)
+    tp = [np.bincount(gt_block[g], minlength=units) for g, _, _ in pairs]
+    sums = [np.bincount(gt_block[g], weights=v, minlength=units) for g, _, v in pairs]
+    return [Matching(thresholds=thresholds, n_gt=int(n_gt_u[k]), n_pred=int(n_pred_u[k]),
+                     tp=tuple(int(t[k]) for t in tp), sum_iou=tuple(float(v[k]) for v in sums))
+            for k in range(units)]
 
 
 def aggregate(results: Iterable[Matching]) -> Matching:

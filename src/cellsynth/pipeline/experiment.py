@@ -539,8 +539,7 @@ def _evaluate(detector: Path, test: str, folder: Path, tiles: int, device: str,
               faint: tuple[Path, float] | None = None) -> list[Any]:
     """Predict the test split with a detector (phase 2) and match it unit by unit;
     ``faint``: (annotated folder, percentile) of the faint cut."""
-    from cellsynth.evaluate import matching
-    from cellsynth.evaluate.stats import split_tiles
+    from cellsynth.evaluate import matching_tiles
     from cellsynth.io.images import read_labels
     from cellsynth.segment import folders
 
@@ -552,8 +551,7 @@ def _evaluate(detector: Path, test: str, folder: Path, tiles: int, device: str,
     for sample in load_dataset(test, require_labels=True):
         truth = sample.read_labels()
         predicted = read_labels(folder / layout.PREDICT / layout.LABELS / f"{sample.id}.tif")
-        units += [matching(t, p) for t, p in zip(split_tiles(truth, tiles),
-                                                 split_tiles(predicted, tiles))]
+        units += matching_tiles(truth, predicted, tiles)  # (cells on a border stay whole)
     return units
 
 
@@ -778,8 +776,10 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
                                   faint=(out / annotated, faint) if faint else None)
                 return {"units": [_unit_record(u) for u in units]}
             # The painting of contours is part of what an evaluation means: evaluations
-            # made before cells were filled half a pixel outward are redone.
-            painting = {"outline_offset": HALF_PIXEL, **({"tta": True} if tta else {}),
+            # made before cells were filled half a pixel outward are redone, as are those
+            # whose tiles cut the label maps (cells on a border scored as two pieces).
+            painting = {"outline_offset": HALF_PIXEL, "tile_units": "matched whole",
+                        **({"tta": True} if tta else {}),
                         **({"nms": float(nms)} if nms is not None else {}),
                         **({"faint_percentile": float(faint)} if faint else {})}
             execute(_Unit(name, (detector,) + ((annotated,) if annotated else ()),
