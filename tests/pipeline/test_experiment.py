@@ -896,3 +896,27 @@ def test_a_failing_unit_side_by_side_stops_the_experiment_with_its_error(tmp_pat
     state = json.loads((out / "state.json").read_text())
     assert not state[broken]["done"]
     assert not (out / "results.json").exists()  # no test split read, no summary
+
+
+@pytest.mark.parametrize("role", ["train", "test"])
+def test_a_folder_at_another_pixel_size_than_the_simulation_is_refused_before_work(tmp_path,
+                                                                                   role):
+    """An experiment uses every image as it is: a simulation at 0.25 um/px trained with real
+    images at 0.5 without a word, and only predicting the test split warned, after all the
+    training (fresh-user audit). Refused up front; the same size (within the tolerance) and
+    a folder that states none pass."""
+    import json
+
+    from cellsynth.errors import ConfigError
+
+    config = replace(_config(tmp_path),
+                     simulate=SimulateOptions(preset="fluo", n=3, size=64, workers=1,
+                                              pixel_size_um=0.25))
+    experiment.check_experiment(config)  # (no folder states a size)
+    folder = Path(getattr(config, role))
+    (folder / "meta.json").write_text(json.dumps({"pixel_size_um": 0.5}))
+    with pytest.raises(ConfigError, match=rf"{role}: images at 0.5 um/px, the simulation at "
+                                          r"0.25 \(preset fluo\).*simulate.pixel_size_um: 0.5"):
+        experiment.check_experiment(config)
+    (folder / "meta.json").write_text(json.dumps({"pixel_size_um": 0.25001}))
+    experiment.check_experiment(config)

@@ -271,6 +271,26 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     return config
 
 
+def _check_pixel_sizes(config: ExperimentConfig, folders: list) -> None:
+    """Refuse in one line a folder that states another pixel size than the simulation's:
+    an experiment trains its detectors on real and simulated images as they are (a run
+    rescales them; here every image must already be at the simulation's pixel size), and
+    said so only when the test split was predicted, after all training."""
+    from cellsynth.io.resample import RELATIVE_TOLERANCE
+    from cellsynth.simulate import simulation_config
+
+    s = config.simulate
+    sim_px = simulation_config(s.preset, overrides=s.overrides or None,
+                               pixel_size_um=s.pixel_size_um, color=s.color).pixel_size_um
+    for dataset in folders:
+        px = dataset.pixel_size_um  # (meta.json, else what all its files state alike)
+        if px is not None and abs(px / sim_px - 1.0) > RELATIVE_TOLERANCE:
+            raise ConfigError(f"{dataset.root}: images at {px:g} um/px, the simulation at "
+                              f"{sim_px:g} (preset {s.preset}); an experiment uses every "
+                              f"image as it is: set simulate.pixel_size_um: {px:g}, or bring "
+                              f"the images to {sim_px:g} um/px first")
+
+
 def check_experiment(config: ExperimentConfig) -> None:
     """Fail before any work if a folder is missing or a setting cannot be run."""
     if not config.train or not config.test:
@@ -278,9 +298,9 @@ def check_experiment(config: ExperimentConfig) -> None:
     train = load_dataset(config.train, require_labels=True)
     check_label_sizes(train)  # (headers; the test split is not opened before its evaluation)
     n_train = len(train)
-    load_dataset(config.test, require_labels=True)
-    if config.unlabeled:
-        load_dataset(config.unlabeled)
+    test = load_dataset(config.test, require_labels=True)
+    folders = [train, test] + ([load_dataset(config.unlabeled)] if config.unlabeled else [])
+    _check_pixel_sizes(config, folders)
     for s in config.settings:
         if s.k is not None and s.k > n_train:
             raise ConfigError(f"setting {s.name}: k = {s.k} but {config.train} has only "
