@@ -46,9 +46,20 @@ _P10_P90 = 2.563     # the 10th-90th percentile range of a normal distribution, 
 _LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerkaer (1996)
 
 
+_BIT_DEPTHS = (8, 10, 12, 14, 16, 32)  # what cameras and their files hold
+
+
 def _as_float(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
+    """Intensities in [0, 1] as the camera measured them: an integer image divided by the
+    range of the fewest bits that hold its values (8-bit content in a uint16 file is read
+    as the uint8 file is: it was stretched by percentiles, so the fitted stains and noise
+    differed 1.5-2x between the two copies of one image), a float one in [0, 1] as it is,
+    anything else stretched by percentiles (:func:`cellsynth.io.normalize.normalize`)."""
+    if np.issubdtype(image.dtype, np.integer) and image.size and image.min() >= 0:
+        top = int(image.max())
+        bits = next((b for b in _BIT_DEPTHS if top < 1 << b), None)
+        if bits is not None:
+            return (image.astype(np.float64) / ((1 << bits) - 1)).astype(np.float32)
     if np.issubdtype(image.dtype, np.floating) and image.min() >= 0 and image.max() <= 1:
         return image.astype(np.float32)
     from cellsynth.io.normalize import normalize
