@@ -4,6 +4,7 @@ and the problem, no traceback, and every existing output byte for byte as it was
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
     write_simulation(preset("fluo"), n=3, size=64, seed=0, out=sim, progress=False)
     run = root / "run"
     train(TrainConfig(steps=1, **TINY), [sim], run, progress=False)
+    # one that records the pixel size it works at (predict resamples for it)
+    train(TrainConfig(steps=1, pixel_size_um=0.5, **TINY), [sim], root / "run_px",
+          progress=False)
     bad = root / "bad"
     (bad / "images").mkdir(parents=True)
     (bad / "labels").mkdir()
@@ -41,6 +45,11 @@ def world(tmp_path_factory) -> dict[str, Path]:
         folder = root / name
         (folder / "images").mkdir(parents=True)
         make(folder / "images" / "a.png")
+    for name, value in (("meta_px_text", "0.25 um"), ("meta_px_negative", -0.25)):
+        folder = root / name
+        (folder / "images").mkdir(parents=True)
+        write_image(folder / "images" / "a.png", good)
+        (folder / "meta.json").write_text(json.dumps({"pixel_size_um": value}))
     four_d = root / "four_d"
     (four_d / "images").mkdir(parents=True)
     tifffile.imwrite(four_d / "images" / "a.tif", np.zeros((2, 3, 64, 64, 5), np.uint8))
@@ -108,7 +117,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     existing = root / "existing"
     existing.mkdir()
     (existing / "precious.txt").write_text("results of last week")
-    return {"root": root, "sim": sim, "run": run, "existing": existing}
+    return {"root": root, "sim": sim, "run": run, "run_px": root / "run_px", "existing": existing}
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -199,6 +208,23 @@ CASES = [
      "five_d.zarr: cannot tell the axes of a 5-D array"),
     ("predict --detector {run} --images {root}/slide.czi --out {existing} --force",
      "slide.czi: Zeiss CZI files are not read; convert to OME-TIFF"),
+    # a pixel size in the wrong unit: it filled 22 GB (mm for um), made 304,704 tiles of
+    # one image (nm for um), overflowed, or crashed in a histogram
+    ("simulate --preset fluo --n 1 --size 64 --pixel-size 0.00025 --out {existing} --force",
+     "a 2e+03x resampling (at most 32x either way; a size in nm or mm where um was meant?)"),
+    ("simulate --preset fluo --n 1 --size 64 --pixel-size inf --out {existing} --force",
+     "pixel size must be a number > 0, got inf"),
+    ("predict --detector {run_px} --images {sim} --out {existing} --force --pixel-size 250",
+     "pixel size 250 um against 0.5 um/px: a 500x resampling"),
+    ("predict --detector {run_px} --images {sim} --out {existing} --force --pixel-size "
+     "1e300",
+     "at most 32x either way"),
+    ("fit-simulator --real {sim} --preset fluo --pixel-size 0.00025 --out {existing}/f.yaml "
+     "--force", "at most 32x either way"),
+    ("inspect {root}/meta_px_text", "meta.json: pixel_size_um must be a number of "
+     "micrometres > 0 (null where unknown), got '0.25 um'"),
+    ("predict --detector {run} --images {root}/meta_px_negative --out {existing} --force",
+     "pixel_size_um must be a number of micrometres > 0 (null where unknown), got -0.25"),
 ]
 
 

@@ -17,6 +17,7 @@ are, with a one-line note.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -297,6 +298,11 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
             raise DatasetError(f"{meta_path}: cannot parse JSON: {err}") from err
         if not isinstance(meta, dict):
             raise DatasetError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    stated = meta.get("pixel_size_um")
+    if stated is not None and (isinstance(stated, bool) or not isinstance(stated, (int, float))
+                               or not math.isfinite(stated) or stated <= 0):
+        raise DatasetError(f"{meta_path}: pixel_size_um must be a number of micrometres > 0 "
+                           f"(null where unknown), got {stated!r}")
     geometry = meta.get("geojson_geometry", "cell")
     if geometry not in GEOMETRIES:
         raise DatasetError(f"{meta_path}: geojson_geometry must be one of "

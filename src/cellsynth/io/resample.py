@@ -31,12 +31,23 @@ _UM_PER_UNIT = {"um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0, "micromete
                 "millimeter": 1e3, "\\u00b5m": 1.0}
 
 
+MAX_SCALE = 32.0  # resampling beyond this either way is a unit typed wrong (nm, mm for um)
+
+
 def pixel_scale(source_um: float | None, target_um: float | None) -> float:
     """Factor that brings pixels of ``source_um`` to ``target_um`` (> 1: upsample); 1.0 if
-    either is unknown or they agree within :data:`RELATIVE_TOLERANCE`."""
+    either is unknown or they agree within :data:`RELATIVE_TOLERANCE`. Raises
+    :class:`ConfigError` beyond :data:`MAX_SCALE` either way (a pixel size of 250, nm typed
+    for um, made one 512² image 304,704 tiles; 1e300 overflowed)."""
     if not source_um or not target_um:
         return 1.0
     factor = source_um / target_um
+    if not (1.0 / MAX_SCALE <= factor <= MAX_SCALE):
+        from cellsynth.errors import ConfigError
+
+        raise ConfigError(f"pixel size {source_um:g} um against {target_um:g} um/px: a "
+                          f"{factor:.3g}x resampling (at most {MAX_SCALE:g}x either way; "
+                          f"a size in nm or mm where um was meant?)")
     return 1.0 if abs(factor - 1.0) <= RELATIVE_TOLERANCE else factor
 
 

@@ -66,6 +66,12 @@ def simulation_config(name: str, *, config_file: str | os.PathLike | None = None
                                   f"of {', '.join(PRESET_COLORS[name])}")
             updates["color"] = color
         if pixel_size_um is not None:
+            if not (0 < pixel_size_um < float("inf")):
+                raise ConfigError(f"pixel size must be a number > 0, got {pixel_size_um}")
+            from cellsynth.io.resample import pixel_scale
+
+            # (cells thousands of px across filled 22 GB; under a pixel, none was drawn)
+            pixel_scale(config.pixel_size_um, pixel_size_um)  # beyond 32x: a unit typed wrong
             updates["pixel_size_um"] = pixel_size_um
         config = from_dict(SimulationConfig, {**to_dict(config), **updates}, where="options")
     return config

@@ -291,8 +291,11 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
             raise DatasetError(f"{name}: a gray image, but preset {base.preset!r} "
                                f"({base.color}) needs RGB images")
     px = float(pixel_size_um or meta_px or base.pixel_size_um)
-    if not px > 0:
-        raise ConfigError(f"{where}: pixel size must be > 0, got {px}")
+    if not (0 < px < float("inf")):
+        raise ConfigError(f"{where}: pixel size must be a number > 0, got {px}")
+    from cellsynth.io.resample import pixel_scale
+
+    pixel_scale(base.pixel_size_um, px)  # (beyond 32x the preset's: a unit typed wrong)
     diameter = median_diameter_um(base)
     if diameter / px < MIN_CELL_PX:
         raise ConfigError(f"{where}: at {px:g} um/px the cells of preset {base.preset!r} "

@@ -413,7 +413,11 @@ def preset(name: str, *, pixel_size_um: float | None = None, color: str | None =
             f"preset {name!r} has no colour variant {color!r}; choose one of "
             f"{', '.join(PRESET_COLORS[name])}"
         )
-    if pixel_size_um is not None and not pixel_size_um > 0:
-        raise ConfigError(f"pixel size must be > 0, got {pixel_size_um}")
+    if pixel_size_um is not None and not (0 < pixel_size_um < float("inf")):
+        raise ConfigError(f"pixel size must be a number > 0, got {pixel_size_um}")
+    if pixel_size_um is not None:  # (cells of thousands of px filled 22 GB; of < 1 px, none)
+        from cellsynth.io.resample import pixel_scale
+
+        pixel_scale(config.pixel_size_um, pixel_size_um)  # raises beyond 32x either way
     return replace(config, pixel_size_um=pixel_size_um or config.pixel_size_um,
                    color=color or config.color)
