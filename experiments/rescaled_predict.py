@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 from _paired import compare  # noqa: E402  (same folder)
 
-from cellsynth.evaluate.matching import matching
-from cellsynth.evaluate.stats import split_tiles
+from cellsynth.evaluate.matching import matching_tiles
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.io.images import read_labels, write_image, write_labels
@@ -86,7 +85,7 @@ def _units(predicted: Path, truth: Path, tiles: int) -> list:
     found = []
     for s in load_dataset(truth, require_labels=True):
         t, p = s.read_labels(), read_labels(predicted / layout.LABELS / f"{s.id}.tif")
-        found += [matching(a, b) for a, b in zip(split_tiles(t, tiles), split_tiles(p, tiles))]
+        found += matching_tiles(t, p, tiles)
     return found
 
 
