@@ -167,7 +167,7 @@ def test_experiment_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):
     from tests.conftest import make_dataset
 
     make_dataset(tmp_path / "train", n=2)
-    make_dataset(tmp_path / "test", n=1)
+    make_dataset(tmp_path / "test", n=1, seed=1)
     config = tmp_path / "exp.yaml"
     config.write_text("train: train\ntest: test\nsettings:\n  - {name: a, data: real, k: 5}\n")
     assert main(["experiment", str(config), "--out", str(tmp_path / "exp")]) == 2

@@ -264,7 +264,7 @@ def test_distillation_labels_with_the_teacher_and_fine_tunes_the_student(tmp_pat
 def test_experiment_config_errors(tmp_path):
     path = tmp_path / "exp.yaml"
     make_dataset(tmp_path / "train", n=2)
-    make_dataset(tmp_path / "test", n=1)
+    make_dataset(tmp_path / "test", n=1, seed=1)  # (other images than train's)
     path.write_text("train: train\ntest: test\nsettings:\n  - {name: a, data: real, k: 3}\n")
     with pytest.raises(ConfigError, match="k = 3 but .*train has only 2 images"):
         load_experiment_config(path)
@@ -920,3 +920,21 @@ def test_a_folder_at_another_pixel_size_than_the_simulation_is_refused_before_wo
         experiment.check_experiment(config)
     (folder / "meta.json").write_text(json.dumps({"pixel_size_um": 0.25001}))
     experiment.check_experiment(config)
+
+
+def test_a_test_split_that_shares_images_with_train_is_refused(tmp_path):
+    """test: = train:, or a training image copied into the test folder, was scored as held
+    out without a note (fresh-user audit)."""
+    import shutil
+
+    from cellsynth.errors import ConfigError
+
+    config = _config(tmp_path)
+    experiment.check_experiment(config)
+    with pytest.raises(ConfigError, match=r"test: is the train: folder"):
+        experiment.check_experiment(replace(config, test=config.train))
+    train, test = Path(config.train), Path(config.test)
+    shutil.copy(train / "images" / "img2.png", test / "images" / "img2.png")
+    shutil.copy(train / "labels" / "img2.tif", test / "labels" / "img2.tif")
+    with pytest.raises(ConfigError, match=r"1 test image\(s\) also in .*e\.g\. img2\.png"):
+        experiment.check_experiment(config)
