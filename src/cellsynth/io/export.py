@@ -7,7 +7,8 @@
   ``objectType: detection`` in pixel coordinates, as QuPath imports them (File > Import
   objects); ``objects="annotation"`` writes them as annotations, which QuPath lets one edit
   (move, brush, delete): the form for correcting predictions;
-- ``coco``: ``annotations.json`` (one ``cell`` category, polygon segmentation, bbox, area)
+- ``coco``: ``annotations.json`` (one ``cell`` category, polygon segmentation (RLE for a
+  cell with holes or several pieces), bbox, area, and a prediction's scores)
   beside ``images/``.
 
 The source is a dataset folder (images/ + labels/) or a ``cellsynth predict`` output (labels/;
@@ -225,6 +226,28 @@ def _put_image(source: Path, image: Any, level: int, target: Path, kept: tuple[s
     return target
 
 
+def _coco_rle(mask: np.ndarray) -> dict[str, Any]:
+    """A mask as COCO's uncompressed run-length encoding (column-major runs, background
+    first), which pycocotools decodes exactly, holes and separate pieces included."""
+    flat = mask.ravel(order="F").astype(np.int8)
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    counts = np.diff(bounds).astype(int).tolist()
+    return {"counts": ([0] + counts) if flat.size and flat[0] else counts,
+            "size": [int(mask.shape[0]), int(mask.shape[1])]}
+
+
+def _scores(root: Path, image_id: str) -> dict[int, float]:
+    """{cell id: score} of a prediction's cell table (detections/<id>.csv); {} elsewhere."""
+    import csv
+
+    path = root / layout.DETECTIONS / f"{image_id}.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {int(row["id"]): float(row["score"]) for row in csv.DictReader(f)
+                if row.get("score") not in (None, "")}
+
+
 GEOJSON_OBJECTS = ("detection", "annotation")  # QuPath objectType of exported cells
 
 
@@ -327,16 +350,25 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                 coco["images"].append({"id": k, "file_name": name or f"{image_id}.tif",
                                        "height": round(labels.shape[0] * scale[1]),
                                        "width": round(labels.shape[1] * scale[0])})
-                for index, polygon in label_polygons(labels).items():
-                    polygon = polygon * scale
+                scores = _scores(root, image_id)  # (a prediction's; COCOeval needs them)
+                for index, pieces in label_shapes(labels).items():
+                    polygon = pieces[0][0] * scale
                     x0, y0 = polygon.min(axis=0)
                     x1, y1 = polygon.max(axis=0)
+                    if (len(pieces) > 1 or len(pieces[0]) > 1) and scale == (1.0, 1.0):
+                        # holes or several pieces, which COCO's polygons cannot hold (the
+                        # largest piece, filled, was written): the cell's mask as RLE
+                        segmentation: Any = _coco_rle(labels == index)
+                    else:  # (at a coarser level's pixels scaled up: every piece, filled)
+                        segmentation = [(piece[0] * scale)[:-1].round(2).ravel().tolist()
+                                        for piece in pieces]
                     coco["annotations"].append({
                         "id": len(coco["annotations"]) + 1, "image_id": k, "category_id": 1,
-                        "segmentation": [polygon[:-1].round(2).ravel().tolist()],
+                        "segmentation": segmentation,
                         "area": float(areas[index] * scale[0] * scale[1]),
                         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                        "iscrowd": 0})
+                        "iscrowd": 0,
+                        **({"score": scores[index]} if index in scores else {})})
         if to == "coco":
             (staging / "annotations.json").write_text(json.dumps(coco))
     return {"format": to, "n_images": len(items), "n_instances": n_cells, "out": str(out)}
