@@ -117,7 +117,7 @@ def test_size_mismatch(gt_dir, tmp_path):
 
 def test_non_integer_labels(gt_dir, tmp_path):
     pred = make_dataset(tmp_path / "pred", {"a": labels_a()}, images=False)
-    tifffile.imwrite(pred / "labels" / "b.tif", labels_b().astype(np.float32))
+    tifffile.imwrite(pred / "labels" / "b.tif", labels_b().astype(np.float32) + 0.5)
     with pytest.raises(ImageReadError, match=r"b\.tif: labels must be an integer image"):
         evaluate_folders(gt_dir, pred)
 

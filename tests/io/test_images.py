@@ -164,10 +164,21 @@ def test_nan_image(tmp_path):
         read_image(tmp_path / "nan.tif")
 
 
-def test_float_labels_rejected(tmp_path):
-    tifffile.imwrite(tmp_path / "f.tif", np.ones((8, 8), np.float32))
-    with pytest.raises(ImageReadError, match=r"f\.tif: labels must be an integer image"):
-        read_labels(tmp_path / "f.tif")
+def test_float_labels_of_ids_are_read_and_others_rejected(tmp_path):
+    """Fiji saves label images as 32-bit float: whole numbers >= 0 are ids (they were
+    refused); fractions, negatives or NaN are no labels."""
+    ids = np.zeros((8, 8), np.float32)
+    ids[1:4, 1:4], ids[5:7, 5:7] = 3, 70000
+    tifffile.imwrite(tmp_path / "ids.tif", ids)
+    read = read_labels(tmp_path / "ids.tif")
+    assert read.dtype == np.uint32 and read.max() == 70000 and (read == ids).all()
+    for name, value in (("half", 0.5), ("negative", -1.0), ("nan", np.nan)):
+        bad = ids.copy()
+        bad[0, 0] = value
+        tifffile.imwrite(tmp_path / f"{name}.tif", bad)
+        with pytest.raises(ImageReadError, match=rf"{name}\.tif: labels must be an integer "
+                                                 r"image .* not whole numbers >= 0"):
+            read_labels(tmp_path / f"{name}.tif")
 
 
 def test_labels_must_be_2d_and_nonnegative(tmp_path):

@@ -62,7 +62,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (float_labels / "images").mkdir(parents=True)
     (float_labels / "labels").mkdir()
     write_image(float_labels / "images" / "a.png", good)
-    tifffile.imwrite(float_labels / "labels" / "a.tif", np.zeros((64, 64), np.float32))
+    tifffile.imwrite(float_labels / "labels" / "a.tif", np.full((64, 64), 0.5, np.float32))
     corrupt_tiff = root / "corrupt_tiff"  # its first page's offset points past the end
     (corrupt_tiff / "images").mkdir(parents=True)
     tifffile.imwrite(corrupt_tiff / "images" / "a.tif", good)

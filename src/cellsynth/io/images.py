@@ -394,14 +394,24 @@ def read_labels(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
         labels = labels[..., 0]
     if labels.ndim != 2:
         raise ImageReadError(f"{path}: expected 2-D label image (H x W), got shape {labels.shape}")
+    if np.issubdtype(labels.dtype, np.floating) and _whole(labels):
+        labels = labels.astype(np.uint32)  # (Fiji saves label images as 32-bit float)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ImageReadError(
             f"{path}: labels must be an integer image (uint16/uint32), got dtype {labels.dtype}"
-        )
+            + (" with values that are not whole numbers >= 0"
+               if np.issubdtype(labels.dtype, np.floating) else ""))
     if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
         raise ImageReadError(f"{path}: labels contain negative values (min {labels.min()})")
     _say_if_binary(labels, path)
     return labels
+
+
+def _whole(labels: np.ndarray) -> bool:
+    """Whether a float label image holds only ids: finite whole numbers >= 0 below 2**32
+    (as Fiji's 32-bit label images do)."""
+    return bool(labels.size and np.isfinite(labels).all() and labels.min() >= 0
+                and labels.max() < 2.0 ** 32 and (labels == np.floor(labels)).all())
 
 
 def _say_if_binary(labels: np.ndarray, path: Path) -> None:
