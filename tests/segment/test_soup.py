@@ -183,3 +183,17 @@ def test_the_cli_says_what_it_made_or_one_line_why_not(runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cellsynth soup: error: ")
     assert "not a fine-tuning" in err[0] and "Traceback" not in err[0]
+
+
+def test_one_detector_named_twice_is_refused(runs, tmp_path):
+    """`soup A A` (or A and A/best.pt) averaged one fine-tuning with itself and called it
+    a soup (fresh-user audit)."""
+    from cellsynth.errors import CellsynthError
+    from cellsynth.segment.predict import checkpoint_path
+
+    first = runs["ft0"]
+    for twin in (first, checkpoint_path(first)):
+        with pytest.raises(CellsynthError, match=r"the same detector as .*a soup averages "
+                                                 r"different fine-tunings"):
+            soup([first, twin], tmp_path / "s", force=True)
+    assert not (tmp_path / "s").exists()

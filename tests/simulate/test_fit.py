@@ -573,3 +573,23 @@ def test_one_image_saved_as_uint8_and_as_uint16_measures_the_same(tmp_path):
     for key in ("cell_stain", "background_stain", "noise", "density", "diameter_um"):
         assert stats["u16"][key] == pytest.approx(stats["u8"][key], rel=1e-6), key
         assert stats["u12"][key] == pytest.approx(stats["u8"][key], rel=0.05), key
+
+
+def test_a_folder_stating_no_pixel_size_is_said_to_be_at_the_presets(tmp_path):
+    """fit-simulator took the preset's pixel size for images stating none without a word,
+    where fit-refiner, inspect and predict say so (fresh-user audit)."""
+    import warnings
+
+    from cellsynth.io.images import write_image
+    from cellsynth.simulate import fit
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for i, (image, _) in enumerate(simulate(_base(), 2, 128, seed=3)):
+        write_image(folder / f"{i}.png", image)
+    with pytest.warns(UserWarning, match=r"plain: pixel size unknown .*taken to be the "
+                                         rf"preset's {PX:g} um/px"):
+        fit._load(folder, _base(), None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit._load(folder, _base(), PX)  # (given: nothing to say)

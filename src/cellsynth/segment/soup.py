@@ -118,6 +118,12 @@ def soup(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     check_run_dir(out, resume=False, force=force, checkpoint=layout.BEST, inputs=inputs)
     resolve_device(device)
     loaded = [read_detector_checkpoint(r, needed_by="soup") for r in runs]
+    seen: dict[Path, str] = {}
+    for run, (path, _) in zip(runs, loaded):  # (one detector twice weighs it double)
+        if path.resolve() in seen:
+            raise CellsynthError(f"{run}: the same detector as {seen[path.resolve()]} "
+                                 f"({path}); a soup averages different fine-tunings")
+        seen[path.resolve()] = str(run)
     first_path, first = loaded[0]
     configs = [ckpt.get("config", {}) for _, ckpt in loaded]
     inits = []
