@@ -66,9 +66,11 @@ def test_the_soup_is_the_mean_of_the_runs_and_a_working_detector(runs, tmp_path)
 
 
 def test_without_validation_images_the_threshold_is_the_runs_median(runs, tmp_path):
+    copy = tmp_path / "ft0_copy"  # (a third run; one run named twice is refused)
+    shutil.copytree(runs["ft0"], copy)
     thresholds = [torch.load(runs[r] / "best.pt", weights_only=True)["score_thresh"]
                   for r in ("ft0", "ft1", "ft0")]
-    summary = soup([runs["ft0"], runs["ft1"], runs["ft0"]], tmp_path / "soup")
+    summary = soup([runs["ft0"], runs["ft1"], copy], tmp_path / "soup")
     assert summary["score_thresh"] == sorted(thresholds)[1]
     assert "val_f1" not in summary
 

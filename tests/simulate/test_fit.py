@@ -581,7 +581,6 @@ def test_a_folder_stating_no_pixel_size_is_said_to_be_at_the_presets(tmp_path):
     import warnings
 
     from cellsynth.io.images import write_image
-    from cellsynth.simulate import fit
 
     folder = tmp_path / "plain"
     folder.mkdir()
@@ -589,7 +588,7 @@ def test_a_folder_stating_no_pixel_size_is_said_to_be_at_the_presets(tmp_path):
         write_image(folder / f"{i}.png", image)
     with pytest.warns(UserWarning, match=r"plain: pixel size unknown .*taken to be the "
                                          rf"preset's {PX:g} um/px"):
-        fit._load(folder, _base(), None)
+        write_fit(folder, _base(), tmp_path / "a.yaml")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        fit._load(folder, _base(), PX)  # (given: nothing to say)
+        warnings.simplefilter("error", UserWarning)
+        write_fit(folder, _base(), tmp_path / "b.yaml", pixel_size_um=PX)  # (given)

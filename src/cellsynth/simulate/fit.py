@@ -291,12 +291,6 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
             raise DatasetError(f"{name}: a gray image, but preset {base.preset!r} "
                                f"({base.color}) needs RGB images")
     px = float(pixel_size_um or meta_px or base.pixel_size_um)
-    if not (pixel_size_um or meta_px):  # (fit-refiner, inspect and predict said so; not this)
-        import warnings
-
-        warnings.warn(f"{where}: pixel size unknown (no --pixel-size, meta.json or file "
-                      f"metadata); taken to be the preset's {base.pixel_size_um:g} um/px, so "
-                      f"the fitted sizes are in its micrometres", stacklevel=3)
     if not (0 < px < float("inf")):
         raise ConfigError(f"{where}: pixel size must be a number > 0, got {px}")
     from cellsynth.io.resample import pixel_scale

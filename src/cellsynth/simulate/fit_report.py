@@ -204,6 +204,15 @@ def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | 
         raise OutputExistsError(f"{out}: exists (use --force to replace it)")
     base = preset(base) if isinstance(base, str) else base
     loaded = _f._load(real, base, pixel_size_um, channel)
+    if pixel_size_um is None and not isinstance(real, (list, tuple)):
+        from cellsynth.io.datasets import load_dataset
+
+        if load_dataset(real).pixel_size_um is None:  # (fit-refiner, inspect, predict say so)
+            import warnings
+
+            warnings.warn(f"{real}: pixel size unknown (no --pixel-size, meta.json or file "
+                          f"metadata); taken to be the preset's {base.pixel_size_um:g} um/px, "
+                          f"so the fitted sizes are in its micrometres", stacklevel=2)
     fit = _f._fit(loaded, base, seed, spread, stains)
     of = "" if channel is None else f"channel {channel} of "
     header = (f"# {fit.config.preset} preset fitted by `cellsynth fit-simulator` to "
