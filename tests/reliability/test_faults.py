@@ -300,18 +300,25 @@ realism: {{enabled: false}}
     _assert_resumed_like_full(tmp_path / "full" / "pretrain", out / "pretrain", steps=8)
 
 
-def test_predict_killed_with_sigkill_resumes_at_the_rows_it_finished(tmp_path,
-                                                                     trained_detector):
-    from cellsynth.io.images import read_image, read_labels, write_image
+def _section_predict(tmp_path: Path, detector: Path) -> list[str]:
+    """`predict` arguments (no --out) for tmp_path/section/s.tif, a 288² simulated image
+    cut into 128² tiles: several rows, so a stop can land after the first."""
+    from cellsynth.io.images import read_image, write_image
 
     write_simulation(preset("fluo"), n=1, size=288, seed=5, out=tmp_path / "big",
                      progress=False)
     section = tmp_path / "section"
     section.mkdir()
     write_image(section / "s.tif", read_image(tmp_path / "big" / "images" / "0000.png"))
-    args = ["predict", "--detector", str(trained_detector[0]), "--images", str(section),
-            "--tile", "128", "--overlap", "32", "--batch", "2", "--score-thresh", "0.5",
-            "--precision", "fp32"]
+    return ["predict", "--detector", str(detector), "--images", str(section), "--tile", "128",
+            "--overlap", "32", "--batch", "2", "--score-thresh", "0.5", "--precision", "fp32"]
+
+
+def test_predict_killed_with_sigkill_resumes_at_the_rows_it_finished(tmp_path,
+                                                                     trained_detector):
+    from cellsynth.io.images import read_labels
+
+    args = _section_predict(tmp_path, trained_detector[0])
     out = tmp_path / "out"
     process = _start(args + ["--out", str(out), "--quiet"])
     reference = _start(args + ["--out", str(tmp_path / "full"), "--quiet"])
@@ -333,16 +340,7 @@ def test_predict_stopped_with_sigterm_says_so_and_continues(tmp_path, trained_de
     """SIGTERM (kill, a scheduler's stop) ended predict at once and silently (143), where
     Ctrl-C and a training loop say what happened: it is now an interrupt, one line saying
     the same command continues, which it does."""
-    from cellsynth.io.images import read_image, write_image
-
-    write_simulation(preset("fluo"), n=1, size=288, seed=5, out=tmp_path / "big",
-                     progress=False)
-    section = tmp_path / "section"
-    section.mkdir()
-    write_image(section / "s.tif", read_image(tmp_path / "big" / "images" / "0000.png"))
-    args = ["predict", "--detector", str(trained_detector[0]), "--images", str(section),
-            "--tile", "128", "--overlap", "32", "--batch", "2", "--score-thresh", "0.5",
-            "--precision", "fp32", "--out", str(tmp_path / "out")]
+    args = _section_predict(tmp_path, trained_detector[0]) + ["--out", str(tmp_path / "out")]
     process = _start(args + ["--quiet"])
     cache = tmp_path / ".out.proposals" / "s"
     code = _signal_when(process, lambda: len(list(cache.glob("row*.npz"))) >= 1,

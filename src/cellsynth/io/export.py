@@ -38,6 +38,7 @@ from cellsynth.io.images import (
     colour_of,
     read_image,
     read_labels,
+    tiff_resolution,
     write_image,
     write_labels,
 )
@@ -217,12 +218,10 @@ def _put_image(source: Path, image: Any, level: int, target: Path, kept: tuple[s
     else:  # channels that are not RGB: planes, as ImageJ and OME store fluorescence
         import tifffile
 
-        extra = {} if pixel_size_um is None else {
-            "resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
-            "resolutionunit": "CENTIMETER"}
         with atomic_path(target) as tmp:
             tifffile.imwrite(tmp, np.moveaxis(array, -1, 0), photometric="minisblack",
-                             compression="zlib", metadata={"axes": "CYX"}, **extra)
+                             compression="zlib", metadata={"axes": "CYX"},
+                             **tiff_resolution(pixel_size_um))
     return target
 
 

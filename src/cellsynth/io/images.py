@@ -46,6 +46,7 @@ __all__ = [
     "read_labels",
     "select_channel",
     "to_float",
+    "tiff_resolution",
     "to_uint8",
     "write_image",
     "write_labels",
@@ -509,6 +510,15 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
+def tiff_resolution(pixel_size_um: float | None) -> dict[str, Any]:
+    """tifffile.imwrite's arguments stating ``pixel_size_um`` as resolution in pixels per
+    centimetre (Fiji, QuPath and cellsynth read it back); none where it is unknown."""
+    if pixel_size_um is None:
+        return {}
+    return {"resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
+            "resolutionunit": "CENTIMETER"}
+
+
 def _write(path: Path, array: np.ndarray, *, compress: bool = True,
            pixel_size_um: float | None = None) -> None:
     suffix = path.suffix.lower()
@@ -518,9 +528,7 @@ def _write(path: Path, array: np.ndarray, *, compress: bool = True,
 
             # the pixel size as TIFF resolution in pixels per centimetre (Fiji, QuPath and
             # cellsynth read it back); none written when unknown
-            extra = {} if pixel_size_um is None else {
-                "resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
-                "resolutionunit": "CENTIMETER"}
+            extra = tiff_resolution(pixel_size_um)
             # colour said so: tifffile will store (H, W, 3) as 3 gray pages unless told, and
             # a 3-channel TIFF that is not RGB reads as 3 separate channels (is_colour)
             photometric = "rgb" if array.ndim == 3 and array.shape[-1] == 3 else "minisblack"
