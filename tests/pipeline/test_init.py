@@ -1,6 +1,7 @@
 """`cellsynth init`: a pipeline config for a user's own folders (stain, pixel size, recipe)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from cellsynth.errors import DatasetError
 from cellsynth.io.images import read_image, read_labels, write_image, write_labels
 from cellsynth.pipeline.config import load_pipeline_config
 from cellsynth.pipeline.init import find_folders
-from cellsynth.pipeline.stain import guess_stain
+from cellsynth.pipeline.stain import guess_stain, stain_mismatch
 from cellsynth.simulate import simulate
 
 
@@ -32,6 +33,26 @@ def test_the_stain_of_each_preset_is_recognised_from_its_images(tmp_path, preset
     guess = guess_stain(sorted((root / "images").iterdir()))
     assert guess.preset == preset, guess.reason
     assert guess.n_images == 3 and "3 of 3 image(s)" in guess.reason
+
+
+@pytest.mark.parametrize("drawn,color,wrong", [
+    ("he", "fluo", "bright nuclei on a dark background; preset 'he' fits them"),
+    ("nissl", "gray", "has one channel .*; preset 'nissl' fits them"),
+    ("fluo", "he", "dark cells on a bright background; preset 'fluo' fits them"),
+    ("merker", "fluo", "bright nuclei on a dark background; preset 'merker' fits them"),
+    ("he", "he", None), ("nissl", "violet", None), ("fluo", "fluo", None),
+    ("merker", "gray", None), ("he", "violet", None)])
+def test_images_another_colour_model_fits_are_named_with_the_preset_that_fits(drawn, color,
+                                                                              wrong):
+    """fit-simulator fitted RGB H&E with the fluorescence preset for minutes without a word
+    (fresh-user audit); Nissl against H&E is left alone (their votes are close)."""
+    images = [image for image, _ in simulate(drawn, 3, 128, seed=1)]
+    said = stain_mismatch(color, images, name="preset 'x'")
+    if wrong is None:
+        assert said is None
+    else:
+        assert re.search(wrong, said), said
+        assert said.startswith("3 of 3 look")
 
 
 def test_a_16_bit_copy_of_8_bit_content_gives_the_same_guess(tmp_path):

@@ -592,3 +592,19 @@ def test_a_folder_stating_no_pixel_size_is_said_to_be_at_the_presets(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         write_fit(folder, _base(), tmp_path / "b.yaml", pixel_size_um=PX)  # (given)
+
+
+def test_images_of_another_stain_are_said_before_the_fit_runs(tmp_path):
+    """RGB H&E fitted with --preset fluo ran 181 s and wrote a config without a word."""
+    import warnings
+
+    folder = tmp_path / "he"
+    folder.mkdir()
+    for i, (image, _) in enumerate(simulate(_base(), 2, 128, seed=3)):
+        write_image(folder / f"{i}.png", image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # (stops the fit at the warning)
+        with pytest.raises(UserWarning, match=r"he: 2 of 2 look RGB with a pink .* but "
+                                              r"preset 'fluo' simulates bright nuclei .*"
+                                              r"preset 'he' fits them"):
+            fit_simulator(folder, "fluo", pixel_size_um=PX)

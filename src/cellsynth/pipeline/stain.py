@@ -11,7 +11,7 @@ import numpy as np
 
 from cellsynth.errors import DatasetError
 
-__all__ = ["PRESETS", "StainGuess", "channel_count", "guess_stain"]
+__all__ = ["PRESETS", "StainGuess", "channel_count", "guess_stain", "stain_mismatch"]
 
 PRESETS = ("merker", "nissl", "he", "fluo")
 N_GUESS = 8          # images the stain is guessed from
@@ -87,6 +87,29 @@ def guess_stain(images: list[Path], channel: int | None = None) -> StainGuess:
     reason = (f"{_REASONS[preset]}: {count} of {total} image(s)"
               + (f"; others: {others}" if others else ""))
     return StainGuess(preset, reason, total)
+
+
+def stain_mismatch(color: str, images: list[np.ndarray], name: str = "the preset"
+                   ) -> str | None:
+    """What is wrong with simulating ``images`` in the colour model ``color`` (a preset's:
+    gray, violet, he, fluo), or None: said where most of the images vote for fluorescence
+    and the model is a bright-field one or the other way round, or where they are colour
+    and the model has one channel; ``name`` names the model in the sentence. Nissl against
+    H&E is not judged (their votes are close)."""
+    if not images:
+        return None
+    votes = [_vote(_features(np.asarray(image))) for image in images]
+    guess = max(set(votes), key=votes.count)
+    n = votes.count(guess)
+    said = f"{n} of {len(votes)} look {_REASONS[guess].split(':')[0]}"
+    fits = f"; preset {guess!r} fits them"
+    if color == "fluo" and guess != "fluo":
+        return f"{said}, but {name} simulates bright nuclei on a dark background{fits}"
+    if color != "fluo" and guess == "fluo":
+        return f"{said}, but {name} simulates dark cells on a bright background{fits}"
+    if color in ("gray", "fluo") and guess in ("he", "nissl"):
+        return f"{said}, but {name} has one channel (their luminance is fitted){fits}"
+    return None
 
 
 def channel_count(path: Path) -> int:

@@ -85,6 +85,7 @@ _AVERAGE = 3         # the fitted parameters: geometric mean of the last this ma
 _DIVERGED, _DIVERGED_BY = 2.0, 0.05  # ... unless that matches > 2x (and > 0.05) worse than
                                      # the best round: then the best round (see _diverged)
 _MAX_REAL = 64       # real images measured (evenly spread over the folder)
+_MAX_GUESS = 8       # of them, the stain check's votes (pipeline.stain.stain_mismatch)
 _WINDOW_ABOVE = 2048 * 2048  # larger images (whole sections) are measured by windows ...
 _WINDOW = 1024       # ... of this side ...
 _WINDOWS = 4         # ... at most this many per image, where they show tissue
@@ -290,6 +291,14 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
         if base.channels == 3 and raw.ndim != 3:
             raise DatasetError(f"{name}: a gray image, but preset {base.preset!r} "
                                f"({base.color}) needs RGB images")
+    from cellsynth.pipeline.stain import stain_mismatch
+
+    wrong = stain_mismatch(base.color, [p[1] for p in parts][:_MAX_GUESS],
+                           name=f"preset {base.preset!r}")
+    if wrong:  # (said before the minutes of fitting, not after: the fit runs anyway)
+        import warnings
+
+        warnings.warn(f"{where}: {wrong}", stacklevel=2)
     px = float(pixel_size_um or meta_px or base.pixel_size_um)
     if not (0 < px < float("inf")):
         raise ConfigError(f"{where}: pixel size must be a number > 0, got {px}")
