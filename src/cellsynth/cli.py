@@ -532,6 +532,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads for the C2ST")
     p.add_argument("--repeats", type=_positive_int, default=1,
                    help="redraw the C2ST this many times (seeds SEED, SEED+1, ...) and average")
+    _add_channel(p, "compare this channel (0-based) of multi-channel images, e.g. the nuclear "
+                    "channel against a gray simulation (gray and RGB images are kept as they "
+                    "are; default: channel 0, with a warning)")
     p.set_defaults(func=_cmd_realism)
 
     p = sub.add_parser("train", help="train or fine-tune a CPN cell detector")

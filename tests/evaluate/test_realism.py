@@ -186,3 +186,27 @@ def test_repeats_average_independent_tests_seeded_seed_plus_r(sharp):
                    **FAST).c2st.accuracy == pytest.approx(result.accuracy)
     with pytest.raises(ValueError, match="repeats"):
         c2st(sharp, other, repeats=0, **FAST)
+
+
+def test_cli_realism_compares_the_channel_named_with_a_gray_set(sharp, tmp_path, capsys):
+    """realism on 2-channel images warned once per image and named a --channel it lacked."""
+    import tifffile
+
+    gray = write_set(tmp_path / "gray", sharp[:3])
+    (tmp_path / "two" / "images").mkdir(parents=True)
+    for i, image in enumerate(sharp[:3]):
+        planes = np.stack([np.zeros_like(image), image])  # the cells in channel 1
+        tifffile.imwrite(tmp_path / "two" / "images" / f"{i}.tif",
+                         np.rint(planes * 255).astype(np.uint8), imagej=True,
+                         metadata={"axes": "CYX"})
+    argv = ["realism", "--a", str(gray), "--b", str(tmp_path / "two"), "--crop", "16",
+            "--crops", "32", "--folds", "2", "--epochs", "1", "--threads", "1", "--json"]
+    assert main(argv + [str(tmp_path / "one.json"), "--channel", "1"]) == 0
+    assert "channels; using channel" not in capsys.readouterr().err
+    same = json.loads((tmp_path / "one.json").read_text())["swd"]["mean_x1e3"]
+    assert main(argv + [str(tmp_path / "zero.json")]) == 0
+    said = capsys.readouterr().err
+    assert said.count("2 channels; using channel 0") == 3  # one per file, each named
+    assert "0.tif: 2 channels" in said and "--channel" in said
+    blank = json.loads((tmp_path / "zero.json").read_text())["swd"]["mean_x1e3"]
+    assert blank > 5 * same  # channel 1 holds the gray set's own pixels, channel 0 none

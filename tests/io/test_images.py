@@ -103,8 +103,9 @@ def test_fluorescence_channels_are_kept_in_any_order_and_only_declared_alpha_goe
         both = read_image(tmp_path / name, all_channels=True)
         assert both.shape == (24, 32, 2), name
         np.testing.assert_array_equal(select_channel(both, 1, where=name), planes[1])
-        with pytest.warns(UserWarning, match=rf"{name}: 2 channels; using channel 0 \(train and "
-                                             r"predict take another with --channel, 0-1\)"):
+        with pytest.warns(UserWarning, match=rf"{name}: 2 channels; using channel 0 \(--channel, "
+                                             r"or a run config's real: channel:, takes "
+                                             r"another, 0-1\)"):
             np.testing.assert_array_equal(read_image(tmp_path / name), planes[0])
 
     gray_alpha = np.stack([planes[0], np.full_like(planes[0], 65535)], axis=-1)

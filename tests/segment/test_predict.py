@@ -129,8 +129,8 @@ def test_channel_reaches_the_second_plane_of_an_imagej_fluorescence_tiff(model, 
     assert main(["predict", "--detector", str(run), "--images", str(tmp_path / "fluo"),
                  "--out", str(tmp_path / "first-out"), "--precision", "fp32"]) == 0
     said = capsys.readouterr().err
-    assert "a.tif: 2 channels; using channel 0 (train and predict take another with " \
-           "--channel, 0-1)" in said
+    assert "a.tif: 2 channels; using channel 0 (--channel, or a run config's real: " \
+           "channel:, takes another, 0-1)" in said
 
 
 def test_a_pyramid_of_3_fluorescence_channels_is_not_blended_as_rgb(model, tmp_path):

@@ -47,14 +47,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_images(root: Path, min_side: int) -> list[np.ndarray]:
-    """The images of a folder (whole sections: windows of their tissue, not decoded)."""
+def _load_images(root: Path, min_side: int, channel: int | None = None) -> list[np.ndarray]:
+    """The images of a folder (whole sections: windows of their tissue, not decoded);
+    ``channel``: that channel of its multi-channel images (gray and RGB ones as they are, so
+    a gray simulation compares with one channel of the real images)."""
     from cellsynth.io.sections import image_or_windows
+    from cellsynth.pipeline.stain import channel_count
 
     dataset = load_dataset(root)
     images = []
     for sample in dataset:
-        for image in image_or_windows(sample.image_path):
+        picked = channel if channel is not None and channel_count(sample.image_path) > 1 \
+            else None
+        for image in image_or_windows(sample.image_path, channel=picked):
             if min(image.shape[:2]) < min_side:
                 raise DatasetError(f"{sample.image_path}: image {image.shape[0]}x"
                                    f"{image.shape[1]} is smaller than the {min_side} px crops "
@@ -103,7 +108,9 @@ def run_realism(args: argparse.Namespace) -> int:
         raise ConfigError(f"--crops must be at least --folds ({folds}), got {crops}")
     start = time.perf_counter()
     min_side = max(crop, _SWD_MIN_SIDE)
-    a_images, b_images = _load_images(args.a, min_side), _load_images(args.b, min_side)
+    channel = getattr(args, "channel", None)
+    a_images = _load_images(args.a, min_side, channel)
+    b_images = _load_images(args.b, min_side, channel)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = realism(a_images, b_images, seed=args.seed, folds=folds, crop_size=crop,

@@ -462,7 +462,7 @@ def select_channel(image: Any, channel: int | None, *, where: str = "image",
         if count == 1 or (count == 3 and colour):
             return image
         warnings.warn(f"{where}: {count} channels{', not RGB' if count == 3 else ''}; using "
-                      f"channel 0 (train and predict take another with --channel, "
+                      f"channel 0 (--channel, or a run config's real: channel:, takes another, "
                       f"0-{count - 1})", stacklevel=2)
         channel = 0
     if not 0 <= channel < count:
