@@ -938,3 +938,27 @@ def test_a_test_split_that_shares_images_with_train_is_refused(tmp_path):
     shutil.copy(train / "labels" / "img2.tif", test / "labels" / "img2.tif")
     with pytest.raises(ConfigError, match=r"1 test image\(s\) also in .*e\.g\. img2\.png"):
         experiment.check_experiment(config)
+
+
+def test_estimate_counts_an_evaluation_done_only_with_its_fingerprint(tmp_path, monkeypatch):
+    """After a change of tiles (or a retrained detector) every evaluation runs again, but
+    `--estimate` said "0 to run": it counted an evaluation done by its name (audit)."""
+    from tests.pipeline.test_estimate import FakeTimer
+
+    config = _config(tmp_path, seeds=(0,), settings=(
+        Setting("real_k1", "real", 1),
+        Setting("real_k1_faint", "real", 1, tta=True, faint_percentile=5)), compare=())
+    out = tmp_path / "exp"
+    run_experiment(config, out, log=lambda _: None)
+
+    def predictions(config):
+        return {e.stage: e for e in experiment.estimate_experiment(
+            config, out, timer=FakeTimer(), channels=1)}["test predictions"]
+
+    done = predictions(config)
+    assert done.seconds == 0 and done.detail.startswith("0 to run, 2 done")
+    again = predictions(replace(config, tiles=1))
+    assert again.detail.startswith("2 to run") and again.seconds > 0
+    events = _record_trainings_and_predictions(monkeypatch, lambda kw: ())
+    run_experiment(replace(config, tiles=1), out, log=lambda _: None)
+    assert events == [("predict",), ("predict",)]  # what the estimate priced, nothing else

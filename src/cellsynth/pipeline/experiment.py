@@ -804,9 +804,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
                                       for d in runs]:
         tta, nms, faint = how = how_of[setting]
         if (detector, how) not in evaluated:
-            name = _evaluation_name(detector, tta, nms, faint)
-            # the faint cut is measured on the annotated images the detector was tuned on
-            annotated = _subset_name(k_of[setting], seed) if faint else None
+            name, inputs = _evaluation_unit(detector, how, k_of[setting], seed)
+            annotated = inputs[1] if len(inputs) > 1 else None
 
             def run(folder: Path, resume: bool, detector: str = detector, tta: bool = tta,
                     nms: float | None = nms, faint: float | None = faint,
@@ -815,15 +814,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
                                   config.device, tta=tta, nms=nms,
                                   faint=(out / annotated, faint) if faint else None)
                 return {"units": [_unit_record(u) for u in units]}
-            # The painting of contours is part of what an evaluation means: evaluations
-            # made before cells were filled half a pixel outward are redone, as are those
-            # whose tiles cut the label maps (cells on a border scored as two pieces).
-            painting = {"outline_offset": HALF_PIXEL, "tile_units": "matched whole",
-                        **({"tta": True} if tta else {}),
-                        **({"nms": float(nms)} if nms is not None else {}),
-                        **({"faint_percentile": float(faint)} if faint else {})}
-            execute(_Unit(name, (detector,) + ((annotated,) if annotated else ()),
-                          [test_contents, config.tiles, painting], run),
+            execute(_Unit(name, inputs, _evaluation_options(config, how, test_contents), run),
                     len(evaluated) + 1, n_evaluations)
             evaluated[detector, how] = [_matching(u)
                                         for u in state.data[name]["summary"]["units"]]
@@ -867,6 +858,31 @@ def _evaluation_name(detector: str, tta: bool, nms: float | None,
     return (evaluation_of(detector) + ("_tta" if tta else "")
             + (f"_nms-{nms:g}" if nms is not None else "")
             + (f"_faint-{faint:g}" if faint else ""))
+
+
+def _evaluation_unit(detector: str, how: tuple[bool, float | None, float | None], k: Any,
+                     seed: int) -> tuple[str, tuple[str, ...]]:
+    """The name and inputs of the unit in which ``detector`` (of a setting with ``k``
+    annotated images, at ``seed``) predicts the test split ``how`` (tta, nms, faint): the
+    detector, and for the faint cut the annotated images it was tuned on (where the cut is
+    measured)."""
+    tta, nms, faint = how
+    return (_evaluation_name(detector, tta, nms, faint),
+            (detector,) + ((_subset_name(k, seed),) if faint else ()))
+
+
+def _evaluation_options(config: ExperimentConfig, how: tuple[bool, float | None, float | None],
+                        test_contents: str | None) -> list[Any]:
+    """What an evaluation unit's fingerprint holds besides its inputs. The painting of
+    contours is part of what an evaluation means: evaluations made before cells were filled
+    half a pixel outward are redone, as are those whose tiles cut the label maps (cells on a
+    border scored as two pieces)."""
+    tta, nms, faint = how
+    painting = {"outline_offset": HALF_PIXEL, "tile_units": "matched whole",
+                **({"tta": True} if tta else {}),
+                **({"nms": float(nms)} if nms is not None else {}),
+                **({"faint_percentile": float(faint)} if faint else {})}
+    return [test_contents, config.tiles, painting]
 
 
 def _unit_record(m) -> dict[str, Any]:

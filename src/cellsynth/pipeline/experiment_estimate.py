@@ -13,7 +13,7 @@ from typing import Any
 from cellsynth.pipeline import experiment as _exp
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.experiment import ExperimentConfig
-from cellsynth.pipeline.run import RunState, content_fingerprint
+from cellsynth.pipeline.run import RunState, content_fingerprint, fingerprint
 
 __all__ = ["estimate_experiment"]
 
@@ -23,10 +23,10 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
     """``cellsynth experiment --estimate``: the hours an experiment will take on this machine,
     per kind of work (refiners, refining, detectors, pseudo-labels, test predictions), from
     a few timed steps of each network (:class:`cellsynth.pipeline.estimate.Timer`) times the
-    units still to run. Units ``out`` holds done with their fingerprint count 0; an
-    evaluation counts as done when ``out`` holds it done (its fingerprint needs the test
-    split's bytes, which the estimate does not read). Real images are counted at their own
-    pixel size. Nothing is written."""
+    units still to run. Units ``out`` holds done with their fingerprint count 0 (for an
+    evaluation recorded done, the test split's bytes are hashed for its fingerprint, as the
+    experiment does; nothing else of the split is read but image sizes from headers). Real
+    images are counted at their own pixel size. Nothing is written."""
     from cellsynth.pipeline.estimate import (
         _VAL_TILE,
         StageEstimate,
@@ -49,8 +49,9 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
     done: set[str] = set()
     state = RunState(Path(out)) if out is not None and (Path(out) / layout.STATE).is_file() \
         else None
+    train_contents = content_fingerprint(config.train)
+    prints = _exp._fingerprints(units, train_contents)
     if state is not None:
-        prints = _exp._fingerprints(units, content_fingerprint(config.train))
         done = {n for n, p in prints.items() if state.status(n, p) == "done"}
     train_shapes = _image_shapes(config.train, require_labels=True)  # as _draw indexes them
 
@@ -113,17 +114,29 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
     test_shapes = _image_shapes(config.test)  # headers only: sizes, no pixels
     test_mpx = megapixels(test_shapes, DEFAULT_TILE, balance=True)
     how_of = _exp._how_of(config)
-    evaluations = {(d, *how_of[name]) for (name, _), runs in detector_of.items()
-                   for d in runs}
+    k_of = {s.name: s.k for s in config.settings}
+    evaluations = {}  # name -> (detector, tta, inputs), as the experiment names them
+    for (setting, seed), runs in detector_of.items():
+        for detector in runs:
+            name, inputs = _exp._evaluation_unit(detector, how_of[setting], k_of[setting],
+                                                 seed)
+            evaluations[name] = (detector, how_of[setting], inputs)
     eval_seconds, eval_runs, eval_done = 0.0, 0, 0
-    for detector, tta, nms, faint in sorted(
-            evaluations, key=lambda e: (e[0], e[1], e[2] or 0.0, e[3] or 0.0)):
-        name = _exp._evaluation_name(detector, tta, nms, faint)
+    test_contents = None
+    for name, (detector, how, inputs) in sorted(evaluations.items()):
         if state is not None and state.data.get(name, {}).get("done"):
-            eval_done += 1
-            continue
+            # done with the same options and detector (a changed tiles or a retrained
+            # detector is run again); the fingerprint holds the test split's bytes, hashed
+            # here only where an evaluation is recorded done
+            if test_contents is None:
+                test_contents = content_fingerprint(config.test)
+            if state.status(name, fingerprint(name, _exp._evaluation_options(
+                    config, how, test_contents), train_contents,
+                    [prints[i] for i in inputs])) == "done":
+                eval_done += 1
+                continue
         train = trained_as(detector)
-        eval_seconds += (8 if tta else 1) * test_mpx * timer.detector_forward_per_mpx(
+        eval_seconds += (8 if how[0] else 1) * test_mpx * timer.detector_forward_per_mpx(
             train, channels)
         eval_runs += 1
     out_list = []
