@@ -7,10 +7,12 @@ knows how to build one from a mapping (``from_dict``), merge YAML overrides into
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +21,8 @@ import yaml
 from cellsynth.errors import ConfigError
 from cellsynth.io.files import atomic_path
 
-__all__ = ["from_dict", "override", "load_yaml", "to_dict", "to_yaml", "save_yaml", "ADDED"]
+__all__ = ["from_dict", "override", "load_yaml", "to_dict", "to_yaml", "save_yaml", "ADDED",
+           "errors_name"]
 
 # Field metadata of an option added after runs existed: ``field(default=..., metadata=ADDED)``.
 # to_dict leaves it out while it has its default, so the fingerprints (and saved configs) of
@@ -161,3 +164,19 @@ def save_yaml(path: str | os.PathLike, config: Any) -> None:
     """Write a resolved config as YAML, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(to_yaml(config))
+
+
+@contextlib.contextmanager
+def errors_name(path: str | os.PathLike, section: str | None = None) -> Iterator[None]:
+    """Config errors raised inside name ``path`` (and ``section``, the key whose values are
+    being checked) where they name no file of their own: "unknown preset 'hne'" became
+    "run.yaml: simulate: unknown preset 'hne'"; one naming a data folder keeps its own."""
+    try:
+        yield
+    except ConfigError as err:
+        said = str(err)
+        head = said.split(": ", 1)[0]
+        if said.startswith(str(path)) or (os.sep in head and Path(head).exists()):
+            raise
+        where = f"{path}: {section}: " if section else f"{path}: "
+        raise ConfigError(where + said) from None

@@ -1,6 +1,7 @@
 """cellsynth run: stages skip when done, resume when interrupted, redo when changed."""
 
 import json
+import re
 import shutil
 import warnings
 from dataclasses import replace
@@ -307,6 +308,38 @@ def test_config_errors_before_any_work(tmp_path):
     with pytest.raises(DatasetError, match="nowhere: no such folder"):
         load_pipeline_config(missing)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("simulate,real,said", [
+    ("{preset: hne}", "", "run.yaml: simulate: unknown preset 'hne'; choose one of "),
+    ("{preset: he, pixel_size_um: -1}", "",
+     "run.yaml: simulate: pixel size must be a number > 0, got -1"),
+    ("{preset: he, color: blue}", "", "run.yaml: simulate: preset 'he' has no colour variant"),
+    ("{preset: he, overrides: {bogus: 1}}", "",
+     "run.yaml: simulate: overrides: unknown key(s) 'bogus'"),
+    ("{preset: he}", ", pixel_size_um: 0",
+     "run.yaml.real: pixel_size_um must be a number > 0, got 0"),
+])
+def test_a_config_error_names_the_file_and_the_section(tmp_path, simulate, real, said):
+    """Some config errors named neither file nor key ("unknown preset 'hne'"), and a
+    real.pixel_size_um of 0 was read as not stated (fresh-user audit)."""
+    from tests.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "d", n=1, size=64)
+    path = tmp_path / "run.yaml"
+    path.write_text(f"simulate: {simulate}\nreal: {{train: {data}{real}}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline_config(path)
+    assert str(caught.value).startswith(said.replace("run.yaml", str(path), 1))
+    # experiments name them alike
+    from cellsynth.pipeline.experiment import load_experiment_config
+
+    if not real:
+        test = make_dataset(tmp_path / "t", n=1, size=64, seed=5)
+        exp = tmp_path / "exp.yaml"
+        exp.write_text(f"simulate: {simulate}\ntrain: {data}\ntest: {test}\n")
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(exp))}: simulate: "):
+            load_experiment_config(exp)
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].glob("configs/*.yaml")))

@@ -11,9 +11,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from cellsynth.config import ADDED, from_dict, load_yaml, to_dict
+from cellsynth.config import ADDED, errors_name, from_dict, load_yaml, to_dict
 from cellsynth.errors import ConfigError
 from cellsynth.io.datasets import load_dataset
 from cellsynth.pipeline.choose_refiner import ChooseRefinerOptions
@@ -50,6 +50,17 @@ class SimulateOptions:
     # detector's score threshold and best checkpoint when real.val names no annotated images
     # (a zero-label run); 0: none (the detector keeps its last step and threshold 0.9)
     n_val: int = field(default=16, metadata=ADDED)
+
+    def simulation(self) -> Any:
+        """The :class:`~cellsynth.simulate.SimulationConfig` this section asks for (before
+        any fit); a bad preset, colour, override or pixel size is said as ``simulate: ...``."""
+        from cellsynth.simulate import simulation_config
+
+        try:
+            return simulation_config(self.preset, overrides=self.overrides or None,
+                                     pixel_size_um=self.pixel_size_um, color=self.color)
+        except ConfigError as err:
+            raise ConfigError(f"simulate: {err}") from None
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.size < 16 or self.workers < 1 or self.n_val < 0:
@@ -94,7 +105,10 @@ class RealData:
 
     def __post_init__(self) -> None:
         if self.channel is not None and self.channel < 0:
-            raise ValueError(f"real.channel must be >= 0, got {self.channel}")
+            raise ValueError(f"channel must be >= 0, got {self.channel}")
+        px = self.pixel_size_um
+        if px is not None and not 0 < px < float("inf"):  # (0 read as "not stated")
+            raise ValueError(f"pixel_size_um must be a number > 0, got {px}")
 
 
 @dataclass(frozen=True)
@@ -234,7 +248,8 @@ def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
     real = {k: (str((path.parent / v).resolve()) if isinstance(v, str) else v)
             for k, v in to_dict(config.real).items()}
     config = from_dict(PipelineConfig, {**to_dict(config), "real": real}, where=str(path))
-    check_inputs(config)
+    with errors_name(path):
+        check_inputs(config)
     return config
 
 
@@ -244,11 +259,8 @@ def check_inputs(config: PipelineConfig) -> None:
     from cellsynth.io.headers import check_headers
     from cellsynth.io.resample import pixel_scale
     from cellsynth.io.sections import open_image, reads_lazily
-    from cellsynth.simulate import simulation_config
 
-    sim = simulation_config(config.simulate.preset, overrides=config.simulate.overrides or None,
-                            pixel_size_um=config.simulate.pixel_size_um,
-                            color=config.simulate.color)
+    sim = config.simulate.simulation()
     rescaled = (config.real.pixel_size_um is not None
                 and pixel_scale(config.real.pixel_size_um, sim.pixel_size_um) != 1.0)
     if config.real.channel is not None and sim.channels != 1:

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cellsynth.config import ADDED, from_dict, load_yaml, override, save_yaml, to_dict
+from cellsynth.config import ADDED, errors_name, from_dict, load_yaml, override, save_yaml, to_dict
 from cellsynth.errors import CellsynthError, ConfigError
 from cellsynth.io.datasets import check_label_sizes, load_dataset
 from cellsynth.io.files import write_json
@@ -267,7 +267,8 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     folders = {k: str((path.parent / v).resolve()) for k in ("train", "test", "unlabeled")
                if isinstance(v := getattr(config, k), str) and v}
     config = replace(config, **folders)
-    check_experiment(config)
+    with errors_name(path):
+        check_experiment(config)
     return config
 
 
@@ -296,11 +297,9 @@ def _check_pixel_sizes(config: ExperimentConfig, folders: list) -> None:
     rescales them; here every image must already be at the simulation's pixel size), and
     said so only when the test split was predicted, after all training."""
     from cellsynth.io.resample import RELATIVE_TOLERANCE
-    from cellsynth.simulate import simulation_config
 
     s = config.simulate
-    sim_px = simulation_config(s.preset, overrides=s.overrides or None,
-                               pixel_size_um=s.pixel_size_um, color=s.color).pixel_size_um
+    sim_px = s.simulation().pixel_size_um
     for dataset in folders:
         px = dataset.pixel_size_um  # (meta.json, else what all its files state alike)
         if px is not None and abs(px / sim_px - 1.0) > RELATIVE_TOLERANCE:
@@ -410,12 +409,11 @@ def _plan(config: ExperimentConfig, out: Path
     of every cell (setting, seed): one, or ``runs`` of them."""
     from cellsynth import refine
     from cellsynth.segment import trainer
-    from cellsynth.simulate import simulation_config, write_simulation
+    from cellsynth.simulate import write_simulation
     from cellsynth.simulate.dataset import add_class_maps
 
     s = config.simulate
-    sim_config = simulation_config(s.preset, overrides=s.overrides or None,
-                                   pixel_size_um=s.pixel_size_um, color=s.color)
+    sim_config = s.simulation()
     units: dict[str, _Unit] = {}
     detector_of: dict[tuple[str, int], tuple[str, ...]] = {}
 

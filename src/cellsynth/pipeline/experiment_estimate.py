@@ -36,13 +36,10 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
         tiled_pixels,
     )
     from cellsynth.segment.predict import DEFAULT_TILE
-    from cellsynth.simulate import simulation_config
 
     timer = timer or Timer(config.device)
     s = config.simulate
-    channels = channels or simulation_config(s.preset, overrides=s.overrides or None,
-                                             pixel_size_um=s.pixel_size_um,
-                                             color=s.color).channels
+    channels = channels or s.simulation().channels
     # the plan only names folders below out (nothing is written)
     units, detector_of = _exp._plan(config, Path(out) if out is not None else Path("."))
     by_name = {u.name: u for u in units}
