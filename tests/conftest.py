@@ -60,7 +60,12 @@ def dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained_detector(tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, simulated dataset) of a tiny CPN that finds some cells: 30 steps on 4
-    simulated 96 px fluorescence images (once per test process)."""
+    simulated 96 px fluorescence images (once per test process). It records no pixel size:
+    trained on a copy of them whose meta.json states none (tests of a detector that records
+    one give it one, e.g. test_predict._recorded)."""
+    import json
+    import shutil
+
     from cellsynth.segment.data import Augment
     from cellsynth.segment.trainer import TrainConfig, train
     from cellsynth.simulate import preset, write_simulation
@@ -68,10 +73,14 @@ def trained_detector(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("detector")
     sim = root / "sim"
     write_simulation(preset("fluo"), n=4, size=96, seed=0, out=sim, progress=False)
+    plain = shutil.copytree(sim, root / "plain")
+    meta = json.loads((plain / "meta.json").read_text())
+    (plain / "meta.json").write_text(json.dumps({k: v for k, v in meta.items()
+                                                 if k != "pixel_size_um"}))
     config = TrainConfig(steps=30, lr=4e-3, warmup=1, crop=64, batch=2, samples=32, order=4,
                          refinement_iterations=1, val_every=1000, precision="fp32",
                          augment=Augment(enabled=False))
-    train(config, [sim], root / "run", progress=False)
+    train(config, [plain], root / "run", progress=False)
     return root / "run", sim
 
 

@@ -133,9 +133,6 @@ def _cmd_realism(args: argparse.Namespace) -> int:
 
 # --- train / predict (cellsynth.segment) ---------------------------------------------------
 
-_ARCHITECTURE = ("model", "order", "samples", "refinement_iterations", "head_kernel")
-
-
 # what the images were to the --init detector: fine-tuning keeps them so
 _INHERITED = ("pixel_size_um", "channel", "source_channel")
 
@@ -149,18 +146,23 @@ def _init_architecture(init: Path | None, config: Path | None) -> dict:
         return {}
     from cellsynth.config import load_yaml
     from cellsynth.segment.predict import read_detector_checkpoint
+    from cellsynth.segment.trainer import ARCHITECTURE
 
     _, ckpt = read_detector_checkpoint(init, needed_by="train --init")
     given = load_yaml(config) if config else {}
     spec, trained = ckpt["model_spec"], ckpt.get("config") or {}
-    return ({k: spec[k] for k in _ARCHITECTURE if k in spec and k not in given}
+    return ({k: spec[k] for k in ARCHITECTURE if k in spec and k not in given}
             | {k: trained[k] for k in _INHERITED if trained.get(k) is not None
                and k not in given})
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from cellsynth.errors import ConfigError
     from cellsynth.segment.trainer import load_train_config, train
 
+    if args.replay and args.init is None and not args.resume:  # (mixed the two silently)
+        raise ConfigError("--replay replays the data the --init detector was trained on while "
+                          "fine-tuning; without --init, give both folders to --data")
     overrides = {
         "steps": args.steps, "crop": args.crop, "batch": args.batch, "lr": args.lr,
         "device": args.device, "seed": args.seed, "model": args.model,
@@ -563,11 +565,15 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "cheaper), u22 or resnet18_unet")
     _add_precision(p)
     p.add_argument("--val-every", type=_positive_int,
-                   help="validate (F1, score threshold, best.pt) every this many steps")
+                   help="validate (F1, score threshold, best.pt) every this many steps "
+                        "(config default 100)")
     p.add_argument("--patience", type=_positive_int,
                    help="stop at a plateau: after this many validations without a better F1 "
                         "(default: train all --steps)")
-    p.add_argument("--pixel-size", type=_positive_float, help="working pixel size (um)")
+    p.add_argument("--pixel-size", type=_positive_float,
+                   help="working pixel size (um), recorded for predict to rescale images to "
+                        "(default: the --init detector's, else the one the --data folders "
+                        "state)")
     p.add_argument("--workers", type=_nonnegative_int,
                    help="prepare batches in this many background processes (default 0: in "
                         "the loop; on a GPU 4 make a step ~3.5x faster)")
@@ -650,7 +656,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", type=Path, required=True,
                    help="folder of real images, any size (labels ignored)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--steps", type=_positive_int, help="total training steps")
+    p.add_argument("--steps", type=_positive_int, help="total training steps (config default "
+                                                       "3000)")
     p.add_argument("--crop", type=_positive_int, help="training crop side (default 128)")
     p.add_argument("--batch", type=_positive_int, help="batch size (default 4)")
     p.add_argument("--self-reg", type=float, help="self-regularisation weight (default 1.0)")

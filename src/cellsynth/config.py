@@ -80,6 +80,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
+    if (origin or tp) is dict and not isinstance(value, dict):  # (a traceback when used)
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    if (origin or tp) is list and not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
     return value
 
 

@@ -962,3 +962,19 @@ def test_estimate_counts_an_evaluation_done_only_with_its_fingerprint(tmp_path, 
     events = _record_trainings_and_predictions(monkeypatch, lambda kw: ())
     run_experiment(replace(config, tiles=1), out, log=lambda _: None)
     assert events == [("predict",), ("predict",)]  # what the estimate priced, nothing else
+
+
+def test_finetune_takes_the_network_pretrain_names_in_an_experiment_too(tmp_path):
+    from cellsynth.config import save_yaml, to_dict
+    from cellsynth.pipeline.experiment import load_experiment_config
+
+    data = to_dict(_config(tmp_path))
+    data["pretrain"] = {**data["pretrain"], "model": "tiny_u22"}
+    data.pop("finetune")
+    save_yaml(tmp_path / "exp.yaml", data)
+    assert load_experiment_config(tmp_path / "exp.yaml").finetune.model == "tiny_u22"
+    data["finetune"] = {"model": "slim_u22"}
+    save_yaml(tmp_path / "exp.yaml", data)
+    with pytest.raises(ConfigError, match=r"exp.yaml: finetune: starts from the pretrained "
+                                          r"detectors.*\(model tiny_u22 vs slim_u22\)"):
+        load_experiment_config(tmp_path / "exp.yaml")

@@ -43,6 +43,8 @@ def _config(real: Path) -> PipelineConfig:
                             checkpoint_every=1, log_every=1),
         pretrain=TrainConfig(steps=2, crop=64, batch=1, samples=32, order=4,
                              refinement_iterations=1, checkpoint_every=1),
+        # (fine-tuning starts from the pretrained network: the same one)
+        finetune=TrainConfig(steps=300, lr=3e-4, samples=32, order=4, refinement_iterations=1),
         predict=PredictOptions(tile=64, overlap=16),
         realism=RealismOptions(enabled=False),
     )
@@ -340,6 +342,36 @@ def test_a_config_error_names_the_file_and_the_section(tmp_path, simulate, real,
         exp.write_text(f"simulate: {simulate}\ntrain: {data}\ntest: {test}\n")
         with pytest.raises(ConfigError, match=rf"^{re.escape(str(exp))}: simulate: "):
             load_experiment_config(exp)
+
+
+def test_simulate_overrides_may_name_the_file_fit_simulator_wrote(tmp_path):
+    """README: use fit-simulator's output "under simulate: overrides: of a run config";
+    naming the file there was a traceback (README audit)."""
+    from tests.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "d", n=1, size=64)
+    (tmp_path / "fits").mkdir()
+    (tmp_path / "fits" / "fitted.yaml").write_text("preset: fluo\nmax_occlusion: 0.123\n")
+    path = tmp_path / "run.yaml"
+
+    def config(overrides, preset="fluo"):
+        path.write_text(f"simulate: {{preset: {preset}, overrides: {overrides}}}\n"
+                        f"real: {{train: {data}}}\n")
+        return load_pipeline_config(path)
+
+    named, pasted = config("fits/fitted.yaml"), config("{max_occlusion: 0.123}")
+    assert named.simulate.overrides == {"preset": "fluo", "max_occlusion": 0.123}
+    assert named.simulate.simulation() == pasted.simulate.simulation()
+    assert named.simulate.simulation().max_occlusion == 0.123
+    with pytest.raises(ConfigError, match=r"run.yaml: simulate.overrides: .*fitted.yaml is for "
+                                          r"preset 'fluo', not simulate.preset 'he'"):
+        config("fits/fitted.yaml", preset="he")
+    with pytest.raises(ConfigError, match=r"run.yaml: simulate.overrides: .*nowhere.yaml: no "
+                                          r"such file"):
+        config("nowhere.yaml")
+    with pytest.raises(ConfigError, match=r"run.yaml.simulate.overrides: expected a mapping, "
+                                          r"got \[1, 2\]"):
+        config("[1, 2]")
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].glob("configs/*.yaml")))
@@ -1347,3 +1379,29 @@ def test_a_run_on_unlabeled_sections_at_another_pixel_size_predicts_them_whole(t
     # the tissue quarter predicted, the glass around it not: the whole section was seen
     assert entry["tiles"]["predicted"] >= 1 and entry["tiles"]["blank"] >= 3
     assert meta["pixel_size_um"] == 0.25
+
+
+def test_finetune_takes_the_network_pretrain_names_and_a_clash_is_said_before_work(tmp_path):
+    """A tiny_u22 named under pretrain: alone stopped a run after pretraining ("--init model
+    does not match"; README audit): fine-tuning takes pretrain:'s network, as train --init
+    takes its detector's, and two different ones are refused at load."""
+    from tests.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "d", n=1, size=64)
+    path = tmp_path / "run.yaml"
+
+    def config(pretrain, finetune):
+        path.write_text(f"simulate: {{preset: fluo}}\nreal: {{train: {data}}}\n"
+                        f"pretrain: {pretrain}\nfinetune: {finetune}\n")
+        return load_pipeline_config(path)
+
+    taken = config("{model: tiny_u22, order: 6}", "{steps: 3}")
+    assert (taken.finetune.model, taken.finetune.order, taken.finetune.steps) == \
+        ("tiny_u22", 6, 3)
+    assert taken.pretrain.model == "tiny_u22"
+    with pytest.raises(ConfigError, match=r"run.yaml: finetune: starts from the pretrained "
+                                          r"detector, so its network must be pretrain:'s "
+                                          r"\(model tiny_u22 vs slim_u22\)"):
+        config("{model: tiny_u22}", "{model: slim_u22}")
+    with pytest.raises(ConfigError, match=r"\(order 8 vs 6\)"):
+        config("{steps: 5}", "{order: 6}")

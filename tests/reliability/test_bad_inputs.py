@@ -258,7 +258,10 @@ ACCEPTED = [
     ("inspect {root}/sixteen", None),
     ("realism --a {root}/rgba --b {root}/rgba --crop 32 --crops 32 --epochs 1 --folds 2",
      "dropping alpha channel"),
-    ("predict --detector {run} --images {root}/sixteen --out {root}/sixteen_out --quiet", None),
+    # (the detector works at its simulation's 0.5 um/px, which it records)
+    ("predict --detector {run} --images {root}/sixteen --out {root}/sixteen_out --quiet",
+     "sixteen: pixel size of some images unknown (no --pixel-size, meta.json or file "
+     "metadata); taken to be the model's 0.5 um/px"),
     ("predict --detector {run} --images {root}/rgba --out {root}/rgba_out --quiet",
      "rgba/images/a.png: dropping alpha channel of RGBA image"),
 ]

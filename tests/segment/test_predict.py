@@ -161,7 +161,7 @@ def test_a_pyramid_of_3_fluorescence_channels_is_not_blended_as_rgb(model, tmp_p
 
 
 def test_a_run_folder_given_as_detector_names_the_detectors_inside(model, tmp_path,
-                                                                    caplog):
+                                                                    caplog, capsys):
     """`predict --detector runs/x` (a `cellsynth run` folder): once it has predicted, the
     detector it predicted with; before, the error names its soup and fine-tuned detectors."""
     import shutil
@@ -194,6 +194,19 @@ def test_a_run_folder_given_as_detector_names_the_detectors_inside(model, tmp_pa
             assert load_detector(where).channel == 1
         assert (f"{where}: a `cellsynth run` folder; predicting with the detector it "
                 f"predicted with, {where / 'finetune' / 'best.pt'}") in caplog.messages
+    # fine-tuning does not guess which of them to start from, even after a prediction
+    # (it took the soup or finetune without a word where the README says it refuses)
+    from cellsynth.cli import main
+
+    sim = model[1]
+    code = main(["train", "--data", str(sim), "--init", str(where), "--out",
+                 str(tmp_path / "ft"), "--steps", "1", "--quiet"])
+    assert code == 2 and not (tmp_path / "ft").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"{where}: a `cellsynth run` folder, not a "
+                                             f"detector; give its {where}/soup or "
+                                             f"{where}/finetune (the first is what the run "
+                                             f"predicts with)"), err
 
 
 def test_a_detector_trained_on_channel_1_says_so_on_a_gray_image(model, tmp_path, capsys):

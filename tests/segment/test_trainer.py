@@ -426,6 +426,10 @@ def test_cli_fine_tuning_takes_replay_folders(sim, tmp_path, capsys):
     args = ["train", "--data", str(real), "--init", str(tmp_path / "pre"), "--steps", "1",
             "--crop", "64", "--batch", "1", "--quiet", "--replay", str(sim)]
     assert main([*args, "--out", str(tmp_path / "ft")]) == 0
+    # the pretrained detector's pixel size (its simulation's) is the fine-tuning's
+    assert "real: 2 of 2 image(s) state no pixel size (meta.json pixel_size_um, or the " \
+           "TIFF's own metadata); used as they are, as if at the working 0.5 um/px" \
+           in capsys.readouterr().err
     info = json.loads((tmp_path / "ft" / "run.json").read_text())
     assert info["replay"] == [str(sim.resolve())] and info["replay_fraction"] == 0.5
     spec = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)["model_spec"]
@@ -434,6 +438,14 @@ def test_cli_fine_tuning_takes_replay_folders(sim, tmp_path, capsys):
     assert main([*args, "--replay-fraction", "1.5", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "replay must be in [0, 1)" in err
+    # without --init, --replay mixed the two folders in a training from scratch unsaid
+    alone = [a for a in args if a not in ("--init", str(tmp_path / "pre"))]
+    assert main([*alone, "--out", str(tmp_path / "mixed")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith("--replay replays the data the --init "
+                                                  "detector was trained on while fine-tuning; "
+                                                  "without --init, give both folders to --data")
+    assert not (tmp_path / "mixed").exists()
 
 
 def _state(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
@@ -548,3 +560,45 @@ def test_train_init_keeps_the_base_detectors_channel_and_pixel_size(sim, tmp_pat
     assert "using channel 0" not in capsys.readouterr().err
     kept = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)["config"]
     assert kept["channel"] == 1 and kept["pixel_size_um"] == 0.5
+
+
+def test_a_detector_trained_without_a_pixel_size_records_its_datas(sim, tmp_path):
+    """`train` on a simulation recorded no pixel size unless --pixel-size was given, so
+    predict read images at any other pixel size as they were (second fresh-user audit)."""
+    import shutil
+    import warnings
+
+    config = TrainConfig(steps=1, **TINY)
+    train(config, [sim], tmp_path / "a", progress=False)
+    saved = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["config"]
+    assert saved["pixel_size_um"] == preset("fluo").pixel_size_um == 0.5
+    plain = make_dataset(tmp_path / "plain", n=2, size=64, seed=3)  # states none
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(config, [plain], tmp_path / "b", progress=False)
+        # fine-tuning (the API too) works at its pretrained detector's pixel size
+        train(config, [plain], tmp_path / "c", init=tmp_path / "a", progress=False)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["config"][
+        "pixel_size_um"] is None
+    assert torch.load(tmp_path / "c" / "last.pt", weights_only=False)["config"][
+        "pixel_size_um"] == 0.5
+    # folders stating different sizes: said, and trained on as they are
+    other = tmp_path / "sim2"
+    shutil.copytree(sim, other)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "pixel_size_um": 0.25}))
+    with pytest.warns(UserWarning, match=r"folders at different pixel sizes \(.*sim: 0.5 um, "
+                                         r".*sim2: 0.25 um\); trained on as they are"):
+        train(config, [sim, other], tmp_path / "d", progress=False)
+    assert torch.load(tmp_path / "d" / "last.pt", weights_only=False)["config"][
+        "pixel_size_um"] is None
+    # a run from before (its config.yaml states none) resumes as it was
+    cfg = (tmp_path / "a" / "config.yaml").read_text().replace("pixel_size_um: 0.5",
+                                                              "pixel_size_um: null")
+    (tmp_path / "a" / "config.yaml").write_text(cfg)
+    ckpt = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    ckpt["config"]["pixel_size_um"] = None
+    torch.save(ckpt, tmp_path / "a" / "last.pt")
+    train(replace(config, steps=2), [sim], tmp_path / "a", resume=True, progress=False)
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=False)["config"][
+        "pixel_size_um"] is None

@@ -281,8 +281,13 @@ def test_fit_simulator_channel_measures_that_channel_of_fluorescence_tiffs(tmp_p
     assert min(n for _, _, n, _ in gray) >= 3
     for (_, raw, _, _), (_, want, _, _) in zip(picked, gray):
         np.testing.assert_array_equal(raw, want)
-    with pytest.warns(UserWarning, match="2 channels; using channel 0"):
+    with pytest.warns(UserWarning) as said:
         _, first = count_cells(tmp_path / "two", "fluo")
+    said = [str(w.message) for w in said]
+    assert any("2 channels; using channel 0" in w for w in said), said
+    # (channel 0, the noise, does not look like fluorescence: said before fitting it)
+    assert any("two: 2 of 2 look gray" in w and "preset 'fluo' simulates bright nuclei" in w
+               for w in said), said
     assert [n for _, _, n, _ in first] != [n for _, _, n, _ in gray]
     err = _one_line_error(capsys, ["fit-simulator", "--real", str(tmp_path / "two"),
                                    "--preset", "fluo", "--out", str(tmp_path / "f.yaml"),

@@ -231,6 +231,51 @@ class PipelineConfig:
                              "(simulate.n_val >= 1)")
         if self.soup > 1 and not self.real.train:
             raise ValueError("soup averages fine-tunings: it needs annotated real.train images")
+        from cellsynth.segment.trainer import ARCHITECTURE
+
+        differ = [f"{k} {getattr(self.pretrain, k)} vs {getattr(self.finetune, k)}"
+                  for k in ARCHITECTURE if getattr(self.pretrain, k) != getattr(self.finetune, k)]
+        if differ and self.real.train:  # (found when fine-tuning began, after pretraining)
+            raise ValueError(f"finetune: starts from the pretrained detector, so its network "
+                             f"must be pretrain:'s ({', '.join(differ)}); set it under "
+                             f"pretrain: alone")
+
+
+def read_overrides_file(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``data`` (a run's or experiment's YAML) with ``simulate: overrides:`` given as a file
+    name (what ``fit-simulator --out`` wrote, resolved against the YAML's folder) replaced by
+    the file's mapping, as if pasted in; its ``preset`` must be the section's."""
+    sim = data.get("simulate")
+    if not isinstance(sim, dict) or not isinstance(sim.get("overrides"), str):
+        return data
+    file = (path.parent / sim["overrides"]).resolve()
+    if not file.is_file():
+        raise ConfigError(f"{path}: simulate.overrides: {file}: no such file (give the file "
+                          f"fit-simulator wrote, or its keys as a mapping)")
+    loaded = load_yaml(file) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{file}: not a mapping of simulator keys")
+    asked = sim.get("preset", SimulateOptions.preset)
+    if loaded.get("preset", asked) != asked:
+        raise ConfigError(f"{path}: simulate.overrides: {file} is for preset "
+                          f"{loaded['preset']!r}, not simulate.preset {asked!r}")
+    return {**data, "simulate": {**sim, "overrides": loaded}}
+
+
+def inherit_architecture(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a run's or experiment's YAML) with the network options the ``pretrain:``
+    section sets (model, contour order, ...) given to ``finetune:`` where it sets none, as
+    ``train --init`` takes them from its detector: a tiny_u22 named only under pretrain:
+    stopped a run after pretraining with "--init model does not match"."""
+    from cellsynth.segment.trainer import ARCHITECTURE
+
+    pre = data.get("pretrain")
+    if not isinstance(pre, dict) or not any(k in pre for k in ARCHITECTURE):
+        return data
+    fine = data.get("finetune") or {}
+    if not isinstance(fine, dict):
+        return data  # (said by from_dict)
+    return {**data, "finetune": {**{k: pre[k] for k in ARCHITECTURE if k in pre}, **fine}}
 
 
 def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
@@ -244,6 +289,7 @@ def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
         if isinstance(data.get(stage), dict) and "seed" in data[stage]:
             raise ConfigError(f"{path}: {stage}.seed: a run has one seed that every stage "
                               f"derives from; set `seed: N` at the top level instead")
+    data = inherit_architecture(read_overrides_file(data, path))
     config = from_dict(PipelineConfig, data, where=str(path))
     real = {k: (str((path.parent / v).resolve()) if isinstance(v, str) else v)
             for k, v in to_dict(config.real).items()}

@@ -43,7 +43,11 @@ from cellsynth.errors import CellsynthError, ConfigError
 from cellsynth.io.datasets import check_label_sizes, load_dataset
 from cellsynth.io.files import write_json
 from cellsynth.pipeline import layout
-from cellsynth.pipeline.config import SimulateOptions
+from cellsynth.pipeline.config import (
+    SimulateOptions,
+    inherit_architecture,
+    read_overrides_file,
+)
 from cellsynth.pipeline.experiment_results import _log_k_axis as _log_k_axis  # (re-exported)
 from cellsynth.pipeline.experiment_results import _plot, _write_table
 from cellsynth.pipeline.experiment_results import k_position as k_position  # (re-exported)
@@ -84,7 +88,7 @@ class Setting:
     name: str
     # mixed: the simulated and the refined images together (the same cells twice, in both
     # looks), thresholds from the refined validation images
-    data: Literal["real", "simulated", "refined", "mixed"]
+    data: Literal["real", "simulated", "refined", "mixed"]  # what its detectors train on
     k: int | None = 0    # annotated real images; None: all training images
     # refined only: changes to the experiment's refine: options for this setting (e.g.
     # {class_map: true}); settings with the same changes share their refiner
@@ -263,7 +267,8 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     data = load_yaml(path)
     if not data:
         raise ConfigError(f"{path}: empty experiment config; see configs/experiment-*.yaml")
-    config = from_dict(ExperimentConfig, data, where=str(path))
+    config = from_dict(ExperimentConfig, inherit_architecture(read_overrides_file(data, path)),
+                       where=str(path))
     folders = {k: str((path.parent / v).resolve()) for k in ("train", "test", "unlabeled")
                if isinstance(v := getattr(config, k), str) and v}
     config = replace(config, **folders)
@@ -331,6 +336,14 @@ def check_experiment(config: ExperimentConfig) -> None:
                               f"images annotated there is none left to pseudo-label")
     if any(s.data in _REFINED for s in config.settings) and not config.train:
         raise ConfigError("refined settings need real images for the refiner")
+    from cellsynth.segment.trainer import ARCHITECTURE
+
+    differ = [f"{k} {getattr(config.pretrain, k)} vs {getattr(config.finetune, k)}"
+              for k in ARCHITECTURE if getattr(config.pretrain, k) != getattr(config.finetune, k)]
+    if differ:  # (found when a fine-tuning began, after its pretraining)
+        raise ConfigError(f"finetune: starts from the pretrained detectors, so its network "
+                          f"must be pretrain:'s ({', '.join(differ)}); set it under pretrain: "
+                          f"alone, or for all parts with a setting's detector:")
     for s in config.settings:
         override(config.refine, s.refine, where=f"setting {s.name}: refine")
         for part in ("supervised", "pretrain", "finetune"):

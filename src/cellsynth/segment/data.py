@@ -139,6 +139,23 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
     return out
 
 
+def stated_pixel_size(roots: Sequence[str | os.PathLike]) -> float | None:
+    """The one pixel size the dataset folders ``roots`` state (meta.json, else what all of
+    a folder's files state alike), folders stating none aside; None where none states one,
+    or, with a warning, where they state different ones (then nothing is rescaled)."""
+    from cellsynth.io.resample import RELATIVE_TOLERANCE
+
+    stated = [(root, px) for root in roots
+              if (px := load_dataset(root, require_labels=True).pixel_size_um) is not None]
+    if any(abs(px / stated[0][1] - 1.0) > RELATIVE_TOLERANCE for _, px in stated):
+        warnings.warn("folders at different pixel sizes ("
+                      + ", ".join(f"{root}: {px:g} um" for root, px in stated)
+                      + "); trained on as they are (--pixel-size rescales them to one)",
+                      stacklevel=2)
+        return None
+    return stated[0][1] if stated else None
+
+
 class CropSampler:
     """Random (augmented) crops of fixed size from a list of labeled images.
 

@@ -95,12 +95,14 @@ class Detector:
     source_channel: int | None = None
 
 
-def checkpoint_path(run: str | os.PathLike) -> Path:
+def checkpoint_path(run: str | os.PathLike, *, whole_runs: bool = True) -> Path:
     """``RUN/best.pt`` (else ``RUN/last.pt``), or ``run`` itself if it is a file; of a
-    `cellsynth run` folder, the detector it predicted with (its predict/meta.json says)."""
+    `cellsynth run` folder, the detector it predicted with (its predict/meta.json says), or
+    without ``whole_runs`` (fine-tuning: which detector to start from is the user's choice)
+    a one-line refusal naming the detectors it holds."""
     path = layout.detector_checkpoint(run)
     ran = Path(run) / layout.PREDICT / layout.META
-    if not path.is_file() and ran.is_file():
+    if not path.is_file() and ran.is_file() and whole_runs:
         import json
 
         used = Path(json.loads(ran.read_text()).get("model") or "")
@@ -125,7 +127,7 @@ def read_detector_checkpoint(run: str | os.PathLike, *, device: str = "cpu",
                              needed_by: str = "predict") -> tuple[Path, dict[str, Any]]:
     """(path, checkpoint dict) of a `cellsynth train` run or checkpoint file; a truncated
     file or another kind of checkpoint is one :class:`CellsynthError` naming it."""
-    path = checkpoint_path(run)
+    path = checkpoint_path(run, whole_runs="--init" not in needed_by)
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch's zip-reader text says little

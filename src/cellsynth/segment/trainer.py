@@ -19,7 +19,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +61,10 @@ CHECKPOINT_SECONDS = 600.0  # also checkpoint when the last one is this old (sin
 # (data_pixel_size_um: a run interrupted before cellsynth run set it continues with it)
 RESUMABLE = frozenset({"steps", "val_every", "checkpoint_every", "patience",
                        "data_pixel_size_um"})
+
+# the options that make a detector's network: fine-tuning takes them from the detector it
+# starts from (train --init, a run's or experiment's pretrain: section) unless given again
+ARCHITECTURE = ("model", "order", "samples", "refinement_iterations", "head_kernel")
 
 # Score thresholds tried on the validation images (scores bunch up near 1 after training).
 THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
@@ -143,6 +147,11 @@ class TrainConfig:
     source_channel: int | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
+        from cellsynth.segment.cpn import MODELS
+
+        if self.model not in MODELS:  # (a traceback once training began: a run's stages in)
+            raise ValueError(f"unknown model {self.model!r}; choose one of "
+                             f"{', '.join(MODELS)}")
         for name in ("order", "samples", "steps", "crop", "batch", "val_every",
                      "checkpoint_every"):
             if getattr(self, name) < 1:
@@ -394,6 +403,22 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
                       progress=progress, replay=replay)
 
 
+def _working_pixel_size(out: Path, data: list[str | os.PathLike],
+                        start: tuple[Any, dict[str, Any]] | None, resume: bool) -> float | None:
+    """The pixel size a detector trained without one named works at: a resumed run's own
+    (its config.yaml), a fine-tuning's pretrained detector's, else the one its data folders
+    state (a detector trained on a simulation recorded none, and predict then read images at
+    any other pixel size as they were)."""
+    from cellsynth.config import load_yaml
+    from cellsynth.segment.data import stated_pixel_size
+
+    if resume and (out / layout.CONFIG).is_file():
+        return load_yaml(out / layout.CONFIG).get("pixel_size_um")
+    if start is not None and start[1].get("config", {}).get("pixel_size_um"):
+        return float(start[1]["config"]["pixel_size_um"])
+    return stated_pixel_size(data)
+
+
 def model_spec(config: TrainConfig, channels: int) -> dict[str, Any]:
     """The keyword arguments of :func:`cellsynth.segment.cpn.build_model` for this config (as
     stored in checkpoints)."""
@@ -428,6 +453,8 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     resolve_device(config.device)
     start = (read_detector_checkpoint(init, needed_by="--init")
              if init is not None and not resume else None)
+    if config.pixel_size_um is None:  # recorded, so that predict rescales other images
+        config = replace(config, pixel_size_um=_working_pixel_size(out, data, start, resume))
     # fine-tuning: the images take the pretrained model's channels (gray <-> RGB, with a note)
     channels = start[1]["model_spec"]["in_channels"] if start else None
     items = load_labeled(data, pixel_size_um=config.pixel_size_um, channels=channels,
