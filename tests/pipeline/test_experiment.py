@@ -674,6 +674,27 @@ def test_learning_curve_k_axis_is_logarithmic_only_when_all_lies_far_beyond():
     assert x[3] - x[2] > 0.8 and x[4] - x[3] < 2.3  # 5 -> 10 readable, 10 -> 46 not 36 wide
 
 
+@pytest.mark.parametrize("ks,ticks", [([2], ["2"]), ([0, 1, 2, 4], ["0", "1", "2", "3", "4"]),
+                                      ([0, 2, 5, 10, 46], ["0", "2", "5", "10", "46"])])
+def test_the_k_axis_has_whole_ticks_even_for_one_k(ks, ticks):
+    """One k alone was drawn with ticks at 1.875, 1.900, ... (second fresh-user audit)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    x = [experiment_results.k_position(ks)(k) if experiment_results._log_k_axis(ks) else k
+         for k in ks]
+    ax.errorbar(x, [0.5] * len(ks), yerr=[0.1] * len(ks), marker="o", linestyle="none")
+    experiment_results._k_axis(ax, ks)
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_xticklabels()
+             if ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    plt.close(fig)
+    assert shown == ticks
+
+
 def test_estimate_prices_a_soup_as_its_runs_and_one_validation(tmp_path):
     from tests.pipeline.test_estimate import FakeTimer
 

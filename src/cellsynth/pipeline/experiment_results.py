@@ -91,12 +91,30 @@ def _curve_points(results: dict[str, Any], n_train: int
     return out
 
 
+def _k_axis(ax: Any, ks: list[int]) -> None:
+    """The learning curve's k axis: log-placed ticks at the k run where they spread far
+    (:func:`_log_k_axis`), else whole numbers, with half a k of room either side (one k
+    alone had ticks at 1.875, 1.900, ...: matplotlib's integer locator gives up where the
+    span holds one whole number)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if _log_k_axis(ks):  # ticks at the k that were run, placed at log2(1 + k)
+        ax.set_xticks([k_position(ks)(k) for k in ks], [str(k) for k in ks])
+        ax.set_xlabel("annotated real images (k, log scale)")
+    else:
+        ax.set_xlabel("annotated real images (k)")
+        ax.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
+        if max(ks) - min(ks) <= 10:  # every whole k
+            ax.set_xticks(range(min(ks), max(ks) + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no k = 0.5
+
+
 def _plot(config: ExperimentConfig, results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     from cellsynth.io.files import atomic_path
 
@@ -107,13 +125,8 @@ def _plot(config: ExperimentConfig, results: dict[str, Any], path: Path) -> None
     for i, (name, (k, mean, std)) in enumerate(curves.items()):
         ax.errorbar(k, mean, yerr=std, marker=markers[i % len(markers)], capsize=3,
                     label=name, linestyle="-" if len(k) > 1 else "none")
-    ks = sorted({n_train if r["k"] is None else r["k"] for r in results["settings"].values()})
-    if _log_k_axis(ks):  # ticks at the k that were run, placed at log2(1 + k)
-        ax.set_xticks([k_position(ks)(k) for k in ks], [str(k) for k in ks])
-        ax.set_xlabel("annotated real images (k, log scale)")
-    else:
-        ax.set_xlabel("annotated real images (k)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no k = 0.5
+    _k_axis(ax, sorted({n_train if r["k"] is None else r["k"]
+                        for r in results["settings"].values()}))
     ax.set_ylabel("F1@0.5 on the test split")
     seeds = list(results.get("seeds") or config.seeds)  # those this run evaluated
     ax.set_title(f"{config.name}: mean ± std over {len(seeds)} seeds" if len(seeds) > 1
