@@ -830,7 +830,11 @@ def test_a_part_of_an_experiment_leaves_the_whole_summary_as_it_was(tmp_path):
              for n in ("results.json", "results.md", "learning_curve.png", "config.yaml")}
     part = experiment.select_settings(replace(config, seeds=(1,)), ["sim_only"])
     tag = experiment.subset_tag(config, part)
-    assert tag is not None and tag.startswith("seeds-1_settings-")
+    assert tag == "seeds-1_settings-sim_only"  # (named, where a hash said nothing)
+    more = replace(config, settings=config.settings + (Setting("x" * 60, "real", 1),))
+    assert experiment.subset_tag(more, config) == "settings-real_k1+sim_only"
+    tag_long = experiment.subset_tag(more, experiment.select_settings(more, ["x" * 60]))
+    assert tag_long.startswith("settings-") and len(tag_long) == len("settings-") + 8
     said: list[str] = []
     results = run_experiment(part, tmp_path / "exp", log=said.append, subset=tag)
     assert not [line for line in said if "running" in line]  # all shared, nothing retrains

@@ -30,6 +30,7 @@ mean +- std over seeds and, for each ``compare`` pair, the paired bootstrap over
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -636,14 +637,17 @@ def reproducibility_notes(config: ExperimentConfig) -> list[str]:
 
 def subset_tag(full: ExperimentConfig, config: ExperimentConfig) -> str | None:
     """None if ``config`` runs all of ``full`` (its settings and at least its seeds), else a
-    short name for the part it runs: ``seeds-1``, ``settings-<hash>`` or both joined by
-    ``_``. A part writes its summary beside the whole experiment's, never over it."""
+    short name for the part it runs: ``seeds-1``, ``settings-a+b`` (the settings' names, or
+    a hash of them where they are long or hold other characters) or both joined by ``_``.
+    A part writes its summary beside the whole experiment's, never over it."""
     parts = []
     if not set(config.seeds) >= set(full.seeds):
         parts.append("seeds-" + "-".join(str(s) for s in config.seeds))
     names = [s.name for s in config.settings]
     if names != [s.name for s in full.settings]:
-        parts.append("settings-" + fingerprint(*names)[:8])
+        joined = "+".join(names)  # (a hash alone said nothing of what the file holds)
+        readable = len(joined) <= 48 and re.fullmatch(r"[A-Za-z0-9._+-]+", joined)
+        parts.append("settings-" + (joined if readable else fingerprint(*names)[:8]))
     return "_".join(parts) or None
 
 
