@@ -40,6 +40,7 @@ def test_generate_keeps_labels_byte_identical(run, sim_dir, tmp_path):
     # a 4-step refiner barely departs from the simulation: (nearly) every cell survives
     assert meta["label_fidelity"]["preserved"] >= 0.9
     assert (out / "preview.png").is_file()
+    assert not (out / "classes").exists()  # a simulation without class maps gives none
 
 
 def test_generate_is_seeded(run, sim_dir):
@@ -119,6 +120,12 @@ def test_class_map_conditioning_fits_generates_and_needs_the_class_maps(tiny, re
     refine_dataset(run, sim, out, progress=False)
     for a, b in zip(load_dataset(sim), load_dataset(out)):
         assert a.label_path.read_bytes() == b.label_path.read_bytes()
+        # the class maps come along (a refined set lacked them: no class_map refiner could
+        # be fitted on it), byte for byte
+        drawn = f"classes/{a.id}.png"
+        assert (out / drawn).read_bytes() == (sim / drawn).read_bytes()
+    assert read_layout(load_dataset(out).samples[0], load_dataset(out).samples[0].read()[1]) \
+        .min() < 0
     # the class channels reach the generator: other classes, other image
     sample = load_dataset(sim).samples[0]
     image, labels = sample.read()

@@ -152,6 +152,8 @@ def refine_dataset(run: str | os.PathLike, sim_dir: str | os.PathLike,
     """
     from tqdm.auto import tqdm
 
+    from cellsynth.simulate.dataset import CLASS_DIR, CLASS_SUFFIX
+
     refuse_inputs(out_dir, (run, sim_dir))  # (before the refiner is loaded)
     configure_threads()
     refiner = load_refiner(run, device=device, precision=precision)
@@ -176,6 +178,12 @@ def refine_dataset(run: str | os.PathLike, sim_dir: str | os.PathLike,
                 for sample, (image, labels), ref in zip(chunk, pairs, refined):
                     write_image(root / "images" / f"{sample.id}.png", ref)
                     shutil.copyfile(sample.label_path, root / "labels" / sample.label_path.name)
+                    # what was drawn at each pixel holds for the refined image too: kept, so
+                    # the refined set is a simulation in every other respect
+                    drawn = sim.root / CLASS_DIR / (sample.id + CLASS_SUFFIX)
+                    if drawn.is_file():
+                        (root / CLASS_DIR).mkdir(exist_ok=True)
+                        shutil.copyfile(drawn, root / CLASS_DIR / drawn.name)
                     sim_images.append(image)
                     refined_images.append(ref)
                     label_maps.append(labels)
