@@ -78,7 +78,9 @@ def test_one_section_file_is_summarised_with_its_levels_and_pixel_size(tmp_path,
     (tmp_path / "plain").mkdir()
     write_image(tmp_path / "plain" / "a.png", image)
     assert main(["inspect", str(tmp_path / "plain")]) == 0
-    assert "pixel size   unknown (1) (give predict --pixel-size" in capsys.readouterr().out
+    # (named for each way a folder is used: a project's train/ is a run config's, not predict's)
+    assert ("pixel size   unknown (1) (state it: pixel_size_um in meta.json, or a run "
+            "config's real.pixel_size_um, or predict --pixel-size)") in capsys.readouterr().out
 
 
 def test_a_prediction_folder_says_how_many_of_its_images_are_gone(tmp_path, capsys):

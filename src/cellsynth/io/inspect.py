@@ -184,7 +184,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"pixel size   {summary['pixel_size_um']:g} um/px")
     elif summary.get("pixel_sizes_stated"):  # no meta.json: what the files say, or nothing
         lines.append(f"pixel size   {counts(summary['pixel_sizes_stated'])}"
-                     + (" (give predict --pixel-size, or pixel_size_um in meta.json)"
+                     + (" (state it: pixel_size_um in meta.json, or a run config's "
+                        "real.pixel_size_um, or predict --pixel-size)"
                         if "unknown" in summary["pixel_sizes_stated"] else ""))
     if "instances" in summary:
         inst = summary["instances"]
