@@ -613,3 +613,30 @@ def test_images_of_another_stain_are_said_before_the_fit_runs(tmp_path):
                                               r"preset 'fluo' simulates bright nuclei .*"
                                               r"preset 'he' fits them"):
             fit_simulator(folder, "fluo", pixel_size_um=PX)
+
+
+def test_a_whole_section_saved_as_uint16_measures_as_its_uint8_copy(tmp_path, monkeypatch):
+    """Windows of a uint16 section were stretched by the section's percentile range, where a
+    small image is read by its bit depth (the same pixels then fitted other stains and
+    noise); all windows of a section share one scale, now its bit depth's."""
+    import tifffile
+
+    from cellsynth.simulate import fit
+
+    tiles = [image for image, _ in simulate(_base(), 4, 192, seed=5)]
+    section = np.concatenate([np.concatenate(tiles[i:i + 2], axis=1) for i in (0, 2)])
+    monkeypatch.setattr(fit, "_WINDOW_ABOVE", 256 * 256)  # 384² is a section here
+    monkeypatch.setattr(fit, "_WINDOW", 192)
+    base = replace(_base(), pixel_size_um=PX)
+    stats = {}
+    for name, scale, dtype in (("u8", 1, np.uint8), ("u16", 1, np.uint16),
+                               ("u12", 16, np.uint16)):
+        (tmp_path / name).mkdir()
+        tifffile.imwrite(tmp_path / name / "slide.tif", section.astype(dtype) * dtype(scale),
+                         photometric="rgb", tile=(128, 128))
+        real = fit._load(tmp_path / name, _base(), PX)
+        assert len(real.images) > 1 and all(i.shape[0] == 192 for i in real.images)
+        stats[name], _ = fit._real_statistics(real, base)
+    for key in ("cell_stain", "background_stain", "noise", "density", "diameter_um"):
+        assert stats["u16"][key] == pytest.approx(stats["u8"][key], rel=1e-6), key
+        assert stats["u12"][key] == pytest.approx(stats["u8"][key], rel=0.05), key

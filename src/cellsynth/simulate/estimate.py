@@ -49,6 +49,13 @@ _LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerk
 _BIT_DEPTHS = (8, 10, 12, 14, 16, 32)  # what cameras and their files hold
 
 
+def full_scale(top: int) -> int | None:
+    """The largest value of the fewest bits (of 8, 10, 12, 14, 16, 32 ...: ``_BIT_DEPTHS``)
+    that hold ``top``, what an integer image is divided by; None beyond them."""
+    bits = next((b for b in _BIT_DEPTHS if top < 1 << b), None)
+    return None if bits is None else (1 << bits) - 1
+
+
 def _as_float(image: np.ndarray) -> np.ndarray:
     """Intensities in [0, 1] as the camera measured them: an integer image divided by the
     range of the fewest bits that hold its values (8-bit content in a uint16 file is read
@@ -56,10 +63,9 @@ def _as_float(image: np.ndarray) -> np.ndarray:
     differed 1.5-2x between the two copies of one image), a float one in [0, 1] as it is,
     anything else stretched by percentiles (:func:`cellsynth.io.normalize.normalize`)."""
     if np.issubdtype(image.dtype, np.integer) and image.size and image.min() >= 0:
-        top = int(image.max())
-        bits = next((b for b in _BIT_DEPTHS if top < 1 << b), None)
-        if bits is not None:
-            return (image.astype(np.float64) / ((1 << bits) - 1)).astype(np.float32)
+        full = full_scale(int(image.max()))
+        if full is not None:
+            return (image.astype(np.float64) / full).astype(np.float32)
     if np.issubdtype(image.dtype, np.floating) and image.min() >= 0 and image.max() <= 1:
         return image.astype(np.float32)
     from cellsynth.io.normalize import normalize

@@ -63,6 +63,7 @@ from cellsynth.simulate.estimate import (
     _SCALE_STEP,
     _as_float,
     _pool,
+    full_scale,
     measure_counter_vector,
     measure_image,
 )
@@ -216,13 +217,18 @@ def _windows(image: Any, name: str, n: int, seed: int
     from cellsynth.io.normalize import apply_range, intensity_range
     from cellsynth.io.sections import stage_channels, tissue_windows
 
-    # windows keep the whole image's brightness (as the refiner and predict see them)
-    low, high = (None, None) if np.dtype(image.dtype) == np.uint8 else \
-        intensity_range(image, where=name)
+    windows = [(y, x, stage_channels(raw))  # (an RGBA section's alpha is dropped on opening)
+               for y, x, raw in tissue_windows(image, _WINDOW, n, seed=seed)]
+    # all windows on one scale, the section's: integers by the bit depth their values need,
+    # as a small image is read (a uint16 section stretched by its percentiles fitted other
+    # stains and noise than the same pixels as uint8), anything else by the section's range
+    full = (full_scale(max(int(raw.max()) for _, _, raw in windows)) if windows and
+            np.issubdtype(np.dtype(image.dtype), np.unsignedinteger) else None)
+    low, high = (None, None) if full else intensity_range(image, where=name)
     found = []
-    for y, x, raw in tissue_windows(image, _WINDOW, n, seed=seed):
-        raw = stage_channels(raw)  # (an RGBA section's alpha is dropped by open_large_image)
-        pixels = _as_float(raw) if low is None else apply_range(raw, low[:3], high[:3])
+    for y, x, raw in windows:
+        pixels = (raw.astype(np.float64) / full).astype(np.float32) if full else \
+            apply_range(raw, low[:3], high[:3])
         found.append((f"{name}[{y}:{y + raw.shape[0]}, {x}:{x + raw.shape[1]}]", raw,
                       pixels, image))
     return found
