@@ -315,6 +315,7 @@ def test_a_foreground_mask_saved_as_labels_is_said_to_be_one(tmp_path, value):
     labels[20:30, 15:25] *= 2
     one = np.zeros((32, 32), np.uint16)
     one[4:9, 4:9] = 7
+    one[9, 9] = 7  # joined only at a corner: still one cell (a prediction was taken for a mask)
     for name, image in (("labels.png", labels), ("one.png", one)):
         write_labels(tmp_path / name, image)
         with warnings.catch_warnings():

@@ -424,7 +424,9 @@ def _say_if_binary(labels: np.ndarray, path: Path) -> None:
         return
     from scipy import ndimage
 
-    _, blobs = ndimage.label(labels == top)
+    # 8-connected: one cell whose pixel touches the rest only at a corner (an outline may
+    # have one, predictions too) is one blob, not a "mask" of two
+    _, blobs = ndimage.label(labels == top, structure=np.ones((3, 3), bool))
     if blobs > 1:
         warnings.warn(f"{path}: every labelled pixel is {top}, in {blobs} separate blobs: a "
                       f"foreground mask, not instance labels (one id per cell), so they are "
