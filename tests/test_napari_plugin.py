@@ -32,6 +32,37 @@ def test_manifest_commands_resolve_and_are_registered():
     npe2.PluginManifest.from_file(MANIFEST)
 
 
+def test_the_widget_can_be_built_from_its_annotations():
+    """napari builds the widget with magicgui from predict_widget's annotations: under
+    `from __future__ import annotations` the detector's was the text "Path", which magicgui
+    cannot import, so the widget failed to open (fourth audit); the manifest check passed."""
+    magicgui = pytest.importorskip("magicgui")
+    from magicgui.type_map import get_widget_class
+
+    signature = magicgui.signature.magic_signature(napari_plugin.predict_widget)
+    for name, parameter in signature.parameters.items():
+        if name == "image":  # (a napari layer: resolved by napari's own type map)
+            continue
+        get_widget_class(value=parameter.default, annotation=parameter.annotation)
+
+
+def test_reader_refuses_a_label_map_of_another_size_and_says_when_it_opens_a_part(tmp_path):
+    from cellsynth.errors import ImageReadError
+    from cellsynth.io.images import write_labels
+
+    root = make_dataset(tmp_path / "ds", n=2, size=32)
+    write_labels(next((root / "labels").iterdir()), np.ones((30, 32), np.uint16))
+    with pytest.raises(ImageReadError, match=r"label size 30x32 does not match"):
+        napari_plugin.read_layers(str(root))  # (it opened misaligned layers)
+    many = make_dataset(tmp_path / "many", n=3, size=16)
+    with pytest.warns(UserWarning, match=r"many: opening the first 2 of its 3 images"):
+        import unittest.mock as mock
+
+        with mock.patch.object(napari_plugin, "_MAX_IMAGES", 2):
+            layers = napari_plugin.read_layers(str(many))
+    assert [kw["name"] for _, kw, kind in layers if kind == "image"] == ["img0", "img1"]
+
+
 def test_reader_opens_a_dataset_with_pixel_size(tmp_path):
     root = make_dataset(tmp_path / "ds", n=2, size=32)
     (root / "meta.json").write_text(json.dumps({"pixel_size_um": 0.5}))
@@ -161,3 +192,30 @@ def test_the_reader_claims_ome_zarr_labels_but_leaves_images_to_napari(tmp_path)
     assert kind == "labels" and np.asarray(data).max() == 3 and kwargs["name"] == "cells"
     (tmp_path / "cells.ome.zarr").rename(tmp_path / "nuclei.zarr")
     assert napari_plugin.read_layers(str(tmp_path / "nuclei.zarr"))[0][1]["name"] == "nuclei"
+
+
+def test_reader_gives_each_image_and_prediction_its_own_pixel_size(tmp_path):
+    """Images stating different pixel sizes (no meta.json) all opened at scale 1, and so did
+    a prediction of them, whose folder-wide pixel size is null (fourth audit)."""
+    import tifffile
+
+    from cellsynth.io.images import tiff_resolution
+
+    root = tmp_path / "mixed"
+    (root / "images").mkdir(parents=True)
+    for name, px in (("a", 0.346), ("b", 0.5)):
+        tifffile.imwrite(root / "images" / f"{name}.tif", np.zeros((32, 32), np.uint8),
+                         **tiff_resolution(px))
+    layers = napari_plugin.read_layers(str(root))
+    assert [kw["scale"] for _, kw, _ in layers] == [(0.346, 0.346), (0.5, 0.5)]
+    pred = tmp_path / "pred"
+    (pred / "labels").mkdir(parents=True)
+    for name in ("a", "b"):
+        from cellsynth.io.images import write_labels
+
+        write_labels(pred / "labels" / f"{name}.tif", np.ones((32, 32), np.uint16))
+    (pred / "meta.json").write_text(json.dumps({
+        "stage": "predict", "pixel_size_um": None,
+        "images_pixel_size_um": {"a": {"pixel_size_um": 0.346}, "b": {"pixel_size_um": 0.5}}}))
+    layers = napari_plugin.read_layers(str(pred))
+    assert [kw.get("scale") for _, kw, _ in layers] == [(0.346, 0.346), (0.5, 0.5)]

@@ -16,8 +16,9 @@ Nothing here imports napari: the functions take and return plain data (napari's 
 tuples), so they work, and are tested, without it.
 """
 
-from __future__ import annotations
-
+# (no ``from __future__ import annotations``: magicgui builds the widget from the annotations
+# at run time, and the text "Path" it would get cannot be imported, so napari failed to open
+# the widget)
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 __all__ = ["get_reader", "read_layers", "write_labels_layer", "predict_widget"]
 
 _MAX_IMAGES = 64  # a dataset folder opens at most this many samples
+_MAX_WIDGET_PIXELS = 8192 * 8192  # larger images: `cellsynth predict`, tile by tile
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
@@ -102,15 +104,29 @@ def read_layers(path: str | list[str]) -> list[tuple]:
         elif kind == "predictions":
             import json
 
-            pixel = json.loads((p / layout.META).read_text()).get("pixel_size_um")
+            meta = json.loads((p / layout.META).read_text())
+            each = meta.get("images_pixel_size_um") or {}
             for image_id, file in prediction_labels(p):
+                # each image's own (the folder's is null where they differ)
+                pixel = (each.get(image_id) or {}).get("pixel_size_um") or \
+                    meta.get("pixel_size_um")
                 layers.append(_zarr_labels(file, image_id) if is_ome_zarr(file) else
                               (read_labels(file), {"name": image_id, **_scale(pixel)},
                                "labels"))
         elif kind == "dataset":
+            from cellsynth.io.datasets import check_label_sizes
+
             dataset = load_dataset(p)
-            scale = _scale(dataset.pixel_size_um)
+            check_label_sizes(dataset)  # (a label map of another size opened misaligned)
+            if len(dataset) > _MAX_IMAGES:
+                import warnings
+
+                warnings.warn(f"{p}: opening the first {_MAX_IMAGES} of its {len(dataset)} "
+                              f"images", stacklevel=2)
             for sample in list(dataset)[:_MAX_IMAGES]:
+                # the image's own pixel size (meta.json, else its file's): a folder of
+                # images at different ones opened them all at scale 1
+                scale = _scale(dataset.pixel_size_of(sample))
                 if reads_lazily(sample.image_path):  # a whole section: its pyramid, lazily
                     levels = pyramid_levels(sample.image_path)
                     first = levels[0]
@@ -142,12 +158,27 @@ def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, 
                    ) -> "napari.types.LayerDataTuple":  # noqa: F821, UP037
     """Segment the cells of an Image layer with a trained detector (a `cellsynth train`
     run folder or checkpoint); score_thresh 0 uses the one the detector validated."""
+    from cellsynth.errors import CellsynthError
     from cellsynth.segment.predict import load_detector, predict_image
 
+    where = getattr(image, "name", "layer")
+    data = image.data
+    if getattr(image, "multiscale", False) or isinstance(data, (list, tuple)):
+        data = data[0]  # the finest level (np.asarray of a pyramid gives napari's coarsest)
+        if int(np.prod(data.shape[:2])) > _MAX_WIDGET_PIXELS:
+            raise CellsynthError(f"{where}: a whole section ({data.shape[0]}x{data.shape[1]} "
+                                 f"px at its finest level); segment it with `cellsynth "
+                                 f"predict --images FILE` (tile by tile, --level N for a "
+                                 f"coarser one) and open the result here")
+    rgb = bool(getattr(image, "rgb", False))
+    if len(data.shape) != (3 if rgb else 2):  # a z-stack, time series or (C, Y, X) channels
+        raise CellsynthError(f"{where}: a layer of shape {tuple(data.shape)}; the widget "
+                             f"segments one 2-D gray or RGB image: pick a plane or channel "
+                             f"first (or use `cellsynth predict --channel`)")
     loaded = load_detector(detector)
-    data = np.asarray(image.data)
+    data = np.asarray(data)
     scale = getattr(image, "scale", None)
     labels = predict_image(loaded, data, tile=tile, score_thresh=score_thresh or None,
-                           pixel_size_um=_pixel_size(scale), where=getattr(image, "name", "layer"))
+                           pixel_size_um=_pixel_size(scale), where=where)
     return (labels, {"name": f"{getattr(image, 'name', 'image')} cells",
                      **({"scale": tuple(scale)[-2:]} if scale is not None else {})}, "labels")

@@ -718,6 +718,19 @@ def test_napari_widget_segments_an_image_layer(model):
     assert kind == "labels" and kwargs["name"] == "nuclei cells"
     expected = predict_image(load_detector(run), image, score_thresh=0.5)
     assert labels.max() >= 3 and np.array_equal(labels, expected)
+    # a pyramid is segmented at its finest level (np.asarray of napari's multiscale data
+    # gave the coarsest, a quarter-size label layer without a word)
+    pyramid = SimpleNamespace(data=[image, image[::2, ::2]], multiscale=True,
+                              scale=(1.0, 1.0), name="nuclei")
+    assert np.array_equal(predict_widget(pyramid, run, score_thresh=0.5)[0], expected)
+    # a stack (z, time or channels first) is refused in one line (it gave (2, W) labels)
+    from cellsynth.errors import CellsynthError
+
+    stack = SimpleNamespace(data=np.stack([image, image]), scale=(1.0, 1.0, 1.0),
+                            name="stack", rgb=False)
+    with pytest.raises(CellsynthError, match=r"stack: a layer of shape \(2, 96, 96\); the "
+                                             r"widget segments one 2-D gray or RGB image"):
+        predict_widget(stack, run)
 
 
 def test_inference_preparation_folds_batchnorm_without_changing_the_proposals(model):
