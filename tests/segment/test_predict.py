@@ -955,6 +955,13 @@ def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_pa
     assert "precision fp32" not in err and "deprecated" not in err  # one line, no noise
     assert meta("int8")["precision"] == "int8"
     assert sorted(p.name for p in (tmp_path / "int8" / "labels").iterdir()) == names
+    # checked at the threshold asked for: where fp32 finds nothing there, nothing can be
+    # compared (the detector's own threshold was used, and 0 cells against 0 passed as F1 1)
+    common[-1] = "0.999999"
+    assert main([*common, "--out", str(tmp_path / "none"), "--precision", "int8"]) == 0
+    assert ("precision fp32: int8 not checked: fp32 finds 0 cell(s) on the 4 calibration "
+            "window(s) at score threshold 0.999999") in capsys.readouterr().err
+    assert meta("none")["precision"] == "fp32"
     with pytest.raises(SystemExit):
         main(["train", "--data", str(sim), "--out", str(tmp_path / "t"), "--precision", "int8"])
     assert "invalid choice: 'int8'" in capsys.readouterr().err

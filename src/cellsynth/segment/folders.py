@@ -83,6 +83,7 @@ def faint_cut(annotated: str | os.PathLike, percentile: float, detector: Detecto
 
 # int8 is kept only if it finds the cells fp32 finds on the calibration windows
 INT8_AGREEMENT = 0.95
+INT8_MIN_CELLS = 10  # fp32 cells on the calibration windows that int8 is checked against
 INT8_WINDOWS = 4  # tissue windows that calibrate int8 and check its agreement
 INT8_SIDE = 512  # px, their side at the model's pixel size
 
@@ -90,12 +91,14 @@ INT8_SIDE = 512  # px, their side at the model's pixel size
 def quantize_detector(detector: Detector, inputs: list[tuple[str, Path]], *,
                       channel: int | None = None, level: int = 0,
                       pixel_size_um: float | None = None, windows: int = INT8_WINDOWS,
-                      side: int = INT8_SIDE) -> Detector:
+                      side: int = INT8_SIDE, score_thresh: float | None = None) -> Detector:
     """``detector`` with its core in int8 (:mod:`cellsynth.segment.quantize`), calibrated on
     up to ``windows`` tissue windows of ``side`` px of the first images of ``inputs`` (id,
     path), scaled and resampled as prediction will see them. The int8 detector must then
-    find the fp32 detector's cells on those windows (F1@0.5 >= ``INT8_AGREEMENT``);
-    otherwise, or where torch cannot quantise, the fp32 detector is returned, and said."""
+    find the fp32 detector's cells on those windows (F1@0.5 >= ``INT8_AGREEMENT``) at the
+    score threshold prediction uses (``score_thresh``, else the detector's); otherwise, where
+    fp32 finds fewer than ``INT8_MIN_CELLS`` there (nothing to compare: 0 against 0 passed as
+    F1 1.0), or where torch cannot quantise, the fp32 detector is returned, and said."""
     from dataclasses import replace
 
     from cellsynth.evaluate.matching import aggregate, matching
@@ -125,13 +128,20 @@ def quantize_detector(detector: Detector, inputs: list[tuple[str, Path]], *,
                  f"{err})")
         return detector
 
+    thresh = detector.score_thresh if score_thresh is None else score_thresh
+
     def labels(det: Detector, tile: np.ndarray) -> np.ndarray:
-        found = make_predictor(det, floor=score_floor(det, None, False))(tile[None])[0]
-        return contours_to_labels(*found, tile.shape[:2], score_thresh=det.score_thresh)
+        found = make_predictor(det, floor=score_floor(det, thresh, False))(tile[None])[0]
+        return contours_to_labels(*found, tile.shape[:2], score_thresh=thresh)
 
     agreement = aggregate(matching(labels(detector, t), labels(int8, t), thresholds=(0.5,))
                           for t in tiles)
-    f1 = float(agreement.f1[0])  # 1 where neither finds a cell
+    if agreement.n_gt < INT8_MIN_CELLS:  # (the fp32 detector's cells are the reference)
+        announce(f"precision fp32: int8 not checked: fp32 finds {agreement.n_gt} cell(s) on "
+                 f"the {len(tiles)} calibration window(s) at score threshold {thresh:g}, too "
+                 f"few to tell whether int8 finds the same")
+        return detector
+    f1 = float(agreement.f1[0])
     if f1 < INT8_AGREEMENT:
         announce(f"precision fp32: int8 changed the cells on the {len(tiles)} calibration "
                  f"window(s) (F1@0.5 {f1:.2f} against fp32, below {INT8_AGREEMENT})")
@@ -299,7 +309,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     folder_px = _folder_pixel_size(Path(images))
     if precision == "int8":
         detector = quantize_detector(detector, inputs, channel=channel, level=level,
-                                     pixel_size_um=pixel_size_um or folder_px)
+                                     pixel_size_um=pixel_size_um or folder_px,
+                                     score_thresh=score_thresh)
     started = time.perf_counter()
     n_cells, n_faint, megapixels = 0, 0, 0.0
     multi = False  # whether any image had channels to pick from
