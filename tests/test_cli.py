@@ -344,3 +344,27 @@ def test_output_piped_into_head_ends_quietly(tmp_path, capsys, monkeypatch):
     assert main(["inspect", str(data)]) == 141
     err = capsys.readouterr().err
     assert "Broken pipe" not in err and "error" not in err, err
+
+
+def test_an_interrupted_training_names_resume_only_once_it_has_a_checkpoint(tmp_path, capsys,
+                                                                            monkeypatch):
+    """Stopped while starting (before the first checkpoint), train said "the same command
+    with --resume continues", and --resume then found nothing to resume (fourth audit)."""
+    from cellsynth.segment import trainer
+    from tests.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "d", n=1, size=64)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", stopped)
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip() == (
+        "cellsynth train: interrupted; nothing was trained yet: the same command starts again")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"checkpoint")
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip() == (
+        "cellsynth train: interrupted; the same command with --resume continues")

@@ -808,6 +808,18 @@ def _output(command: str, quiet: bool):
         logger.handlers[:], logger.level, logger.propagate, warnings.showwarning = saved
 
 
+def _continue_hint(args: argparse.Namespace) -> str:
+    """What continues an interrupted command: for a training, --resume only once it has a
+    checkpoint (stopped while starting, it said --resume, which then found nothing)."""
+    from cellsynth.pipeline import layout
+
+    hint = _CONTINUE.get(args.command, "")
+    out = getattr(args, "out", None)
+    if "--resume" in hint and out is not None and not (Path(out) / layout.LAST).is_file():
+        return "; nothing was trained yet: the same command starts again"
+    return hint
+
+
 # what continues an interrupted command (the others start again; nothing was published)
 _CONTINUE = {"train": "; the same command with --resume continues",
              "fit-refiner": "; the same command with --resume continues",
@@ -859,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         # Traceback" after our line; the user stopped the command, so such finaliser noise
         # is not shown.
         sys.unraisablehook = lambda unraisable: None
-        print(f"cellsynth {args.command}: interrupted{_CONTINUE.get(args.command, '')}",
+        print(f"cellsynth {args.command}: interrupted{_continue_hint(args)}",
               file=sys.stderr)
         return 130
     except OSError as err:  # the machine, not cellsynth: a full disk, a permission, ...
