@@ -44,6 +44,12 @@ def test_shared_flags_mean_the_same_everywhere():
     # command shares one text
     plain = {"replace a non-empty --out folder", "replace an existing --out file"}
     assert all(len(helps - plain) == 1 for helps in texts.values())
+    # every command that writes takes --quiet (export refused it: "unrecognized arguments")
+    writes = [name for name, command in _commands().items()
+              if any(a.option_strings[:1] == ["--out"] for a in command._actions)]
+    assert "export" in writes
+    for name in set(writes) - {"init"}:  # (init's printout is what it chose)
+        assert any(a.option_strings[:1] == ["--quiet"] for a in _commands()[name]._actions), name
 
 
 def _tiny_run_yaml(tmp_path, real) -> str:
@@ -368,3 +374,20 @@ def test_an_interrupted_training_names_resume_only_once_it_has_a_checkpoint(tmp_
     assert main(argv) == 130
     assert capsys.readouterr().err.strip() == (
         "cellsynth train: interrupted; the same command with --resume continues")
+
+
+def test_experiment_quiet_keeps_its_unit_lines_back(tmp_path, capsys, monkeypatch):
+    from cellsynth.pipeline import experiment
+    from tests.pipeline.test_experiment import _config
+
+    config = _config(tmp_path)
+    from cellsynth.config import save_yaml
+
+    save_yaml(tmp_path / "exp.yaml", config)
+    monkeypatch.setattr(experiment, "run_experiment",
+                        lambda config, out, log, **kw: log("[1/9] detectors/x: running"))
+    argv = ["experiment", str(tmp_path / "exp.yaml"), "--out", str(tmp_path / "e")]
+    assert main(argv) == 0
+    assert "[1/9] detectors/x: running" in capsys.readouterr().out
+    assert main([*argv, "--quiet"]) == 0
+    assert "detectors/x" not in capsys.readouterr().out

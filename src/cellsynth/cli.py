@@ -370,8 +370,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         print(format_estimate(estimate_experiment(config, args.out), machine=machine))
         return 0
     subset = subset_tag(whole, config)
-    run_experiment(config, args.out, log=lambda line: print(line, flush=True), subset=subset,
-                   processes=args.processes)
+    run_experiment(config, args.out, subset=subset, processes=args.processes,
+                   log=(lambda line: None) if args.quiet else
+                   (lambda line: print(line, flush=True)))
     if subset is None:
         print(f"experiment finished: {Path(args.out) / layout.RESULTS}, "
               f"{Path(args.out) / 'results.md'}")
@@ -470,6 +471,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="geojson: QuPath object type of the cells (annotations can be edited "
                         "in QuPath: correct predictions and export them back as labels)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("simulate", help="simulate cell images with exact instance labels")
@@ -514,6 +516,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_channel(p, "fit to this channel (0-based) of multi-channel images, e.g. the nuclear "
                     "stain (default: gray or RGB as they are, else channel 0 with a warning)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     p.set_defaults(func=_cmd_fit_simulator)
 
     p = sub.add_parser("evaluate", help="instance metrics (F1/AP/PQ over IoU 0.5-0.9)")
@@ -739,6 +742,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate", action="store_true",
                    help="time a few steps of each network on this machine and print how long "
                         "the units still to run will take; runs and writes nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("report", help="write RUN/report.html for a run folder")
