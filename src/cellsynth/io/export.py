@@ -269,8 +269,9 @@ def _predicted_images(root: Path) -> dict[str, dict[str, Any]]:
 
 def _geojson(labels: np.ndarray, image_id: str, objects: str = "detection",
              scale: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:
-    """The cells as QuPath objects; ``scale``: (x, y) factor to the image's level-0 pixels
-    (area_px stays in the labels' own pixels)."""
+    """The cells as QuPath objects; ``scale``: (x, y) factor to the image's level-0 pixels,
+    where the outlines and ``area_px`` are (a level's pixel count was beside level-0
+    outlines, 4x too small at level 1; COCO's area was already level 0's)."""
     features = []
     areas = np.bincount(labels.ravel())  # (one pass; a mask per cell was cells x pixels)
     for index, pieces in label_shapes(labels).items():
@@ -280,7 +281,8 @@ def _geojson(labels: np.ndarray, image_id: str, objects: str = "detection",
             "geometry": ({"type": "Polygon", "coordinates": rings[0]} if len(rings) == 1
                          else {"type": "MultiPolygon", "coordinates": rings}),
             "properties": {"objectType": objects, "name": f"cell {index}",
-                           "measurements": {"label": index, "area_px": int(areas[index])}},
+                           "measurements": {"label": index, "area_px": int(round(
+                               areas[index] * scale[0] * scale[1]))}},
         })
     return {"type": "FeatureCollection", "features": features,
             "properties": {"image": image_id}}
