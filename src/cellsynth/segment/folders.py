@@ -320,8 +320,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     cache = Path(out).parent / f".{Path(out).name}.proposals"
     with staged_output_dir(out, force=force, inputs=(images, run, faint_from)) as root:
         (root / layout.LABELS).mkdir()
-        (root / layout.OVERLAYS).mkdir()
-        (root / layout.DETECTIONS).mkdir()
+        (root / layout.DETECTIONS).mkdir()  # (overlays/: made with the first overlay, so
+        # a prediction of whole sections alone, which get none, has no empty folder)
         rows_done = len(list(cache.glob("*/row*.npz")))
         if rows_done:
             announce(f"{out}: continuing a prediction that was stopped "
@@ -393,6 +393,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                                                     px or detector.pixel_size_um,
                                                     assumed=px is None))
                 if not lazy:
+                    (root / layout.OVERLAYS).mkdir(exist_ok=True)
                     write_image(root / layout.OVERLAYS / f"{image_id}.png",
                                 contour_overlay(_shown(image, _channel(detector, channel)),
                                                 labels))
