@@ -174,6 +174,17 @@ def test_reader_opens_a_section_as_a_lazy_multiscale_image(tmp_path, monkeypatch
     assert [level.shape for level in data] == [(512, 384, 3), (256, 192, 3), (128, 96, 3)]
     np.testing.assert_array_equal(np.asarray(data[1][10:20, 30:40]), section[::2, ::2][10:20,
                                                                                       30:40])
+    # the section file by itself (the manifest claims every file, and refused it; napari's
+    # own reader would decode level 0 whole), at the pixel size it states
+    file = root / "images" / "s1.ome.tif"
+    assert napari_plugin.get_reader(str(file)) is not None
+    (alone, kwargs, kind), = napari_plugin.read_layers(str(file))
+    assert kind == "image" and kwargs["name"] == "s1" and len(alone) == 3
+    monkeypatch.undo()
+    from cellsynth.io.images import write_image
+
+    write_image(tmp_path / "small.png", section[:64, :64])  # a plain image: napari's own
+    assert napari_plugin.get_reader(str(tmp_path / "small.png")) is None
 
 
 def test_the_reader_claims_ome_zarr_labels_but_leaves_images_to_napari(tmp_path):

@@ -46,7 +46,11 @@ def _kind(path: Path) -> str | None:
     if is_ome_zarr(path):  # an image's OME-Zarr is for napari's own readers (ome-zarr)
         return "ome-zarr" if is_label_zarr(path) else None
     if not path.is_dir():
-        return None
+        from cellsynth.io.sections import reads_lazily
+
+        # a whole section by itself (a pyramidal or large TIFF): lazily, every level, at its
+        # pixel size (napari's own reader decodes level 0 whole); other files are napari's
+        return "section" if path.is_file() and reads_lazily(path) else None
     if is_prediction_folder(path):
         return "predictions"
     if (path / "images").is_dir():
@@ -84,20 +88,36 @@ def _zarr_labels(path: Path, name: str) -> tuple:
                    **_scale(float(base) if in_um else None)}, "labels")
 
 
+def _section_layer(path: Path, name: str, scale: dict[str, Any]) -> tuple:
+    """An Image layer of a whole section: every pyramid level, lazily."""
+    from cellsynth.io.sections import pyramid_levels
+
+    levels = pyramid_levels(path)
+    first = levels[0]
+    rgb = len(first.shape) == 3 and first.shape[-1] in (3, 4)
+    return (levels if len(levels) > 1 else first,
+            {"name": name, "rgb": rgb, "multiscale": len(levels) > 1, **scale}, "image")
+
+
 def read_layers(path: str | list[str]) -> list[tuple]:
     """LayerData tuples (data, kwargs, layer type) for every path."""
     from cellsynth.io.datasets import load_dataset
     from cellsynth.io.export import prediction_labels
     from cellsynth.io.images import read_labels
     from cellsynth.io.ome_zarr import OME_ZARR_SUFFIX, is_ome_zarr
-    from cellsynth.io.sections import pyramid_levels, reads_lazily
+    from cellsynth.io.sections import reads_lazily
     from cellsynth.pipeline import layout
 
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers: list[tuple] = []
     for p in map(Path, paths):
         kind = _kind(p)
-        if kind == "ome-zarr":
+        if kind == "section":
+            from cellsynth.io.datasets import plain_id
+            from cellsynth.io.resample import read_pixel_size
+
+            layers.append(_section_layer(p, plain_id(p.name), _scale(read_pixel_size(p))))
+        elif kind == "ome-zarr":
             name = (p.name[:-len(OME_ZARR_SUFFIX)] if p.name.lower().endswith(OME_ZARR_SUFFIX)
                     else p.stem)  # (a plain x.zarr is "x", not "x" less 9 letters)
             layers.append(_zarr_labels(p, name))
@@ -128,12 +148,7 @@ def read_layers(path: str | list[str]) -> list[tuple]:
                 # images at different ones opened them all at scale 1
                 scale = _scale(dataset.pixel_size_of(sample))
                 if reads_lazily(sample.image_path):  # a whole section: its pyramid, lazily
-                    levels = pyramid_levels(sample.image_path)
-                    first = levels[0]
-                    rgb = len(first.shape) == 3 and first.shape[-1] in (3, 4)
-                    layers.append((levels if len(levels) > 1 else first,
-                                   {"name": sample.id, "rgb": rgb,
-                                    "multiscale": len(levels) > 1, **scale}, "image"))
+                    layers.append(_section_layer(sample.image_path, sample.id, scale))
                 else:
                     image = sample.read_image()
                     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
