@@ -1074,3 +1074,20 @@ def test_a_detector_without_a_pixel_size_says_it_cannot_match_the_images_one(mod
     assert "does not record" not in capsys.readouterr().err
     meta = json.loads((tmp_path / "q" / "meta.json").read_text())
     assert meta["images_pixel_size_um"]["a"]["resampled_by"] == 0.5
+
+
+def test_one_image_of_a_dataset_takes_the_pixel_size_its_meta_json_states(model, tmp_path,
+                                                                          capsys):
+    """predict --images DATA/images/x.png said the pixel size was unknown although DATA's
+    meta.json states it (fourth audit)."""
+    from cellsynth.cli import main
+
+    run, sim = model
+    _recorded(run, tmp_path / "half.pt", pixel_size_um=0.5)
+    first = sorted((sim / "images").iterdir())[0]
+    assert json.loads((sim / "meta.json").read_text())["pixel_size_um"] == 0.5
+    assert main(["predict", "--detector", str(tmp_path / "half.pt"), "--images", str(first),
+                 "--out", str(tmp_path / "one"), "--precision", "fp32", "--quiet"]) == 0
+    assert "unknown" not in capsys.readouterr().err
+    meta = json.loads((tmp_path / "one" / "meta.json").read_text())
+    assert meta["images_pixel_size_um"][first.stem]["pixel_size_um"] == 0.5

@@ -194,9 +194,15 @@ def detections_table(labels: Any, id_scores: np.ndarray,
 
 
 def _folder_pixel_size(images: Path) -> float | None:
-    """The pixel size a dataset folder's meta.json states (None for files, plain folders and
-    a meta.json without one). Only meta.json's: what the files state is read per image at
-    the pyramid level predicted (``Dataset.pixel_size_um`` falls back to their level 0)."""
+    """The pixel size a dataset folder's meta.json states (None for plain folders and a
+    meta.json without one); for one file, that of the dataset it is in (``DATA/images/x``
+    or ``DATA/x``: predicting one image of a simulation said its pixel size was unknown).
+    Only meta.json's: what the files state is read per image at the pyramid level predicted
+    (``Dataset.pixel_size_um`` falls back to their level 0)."""
+    if images.is_file():
+        parent = images.parent
+        folder = parent.parent if parent.name == "images" else parent
+        return _folder_pixel_size(folder) if (folder / layout.META).is_file() else None
     if images.is_dir() and images.suffix.lower() != ".zarr" and (images / layout.META).is_file():
         value = load_dataset(images).meta.get("pixel_size_um")
         return float(value) if value is not None else None
