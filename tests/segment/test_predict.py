@@ -869,6 +869,18 @@ def test_a_pyramid_level_is_predicted_at_its_own_pixel_size_beside_a_meta_json(
     predict_folder(run, folder, tmp_path / "out", level=1, precision="fp32", progress=False)
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["images_pixel_size_um"]["slide"]["pixel_size_um"] == pytest.approx(4 * 0.499)
+    # a pixel size stated in meta.json or by --pixel-size is the slide's (level 0's): at
+    # level 1 it grows as the file's own does (it was taken as level 1's, 4x too small)
+    for how, kw in (("meta", {}), ("given", {"pixel_size_um": 0.25})):
+        if how == "meta":
+            (folder / "meta.json").write_text(json.dumps({"stain": "Nissl",
+                                                          "pixel_size_um": 0.25}))
+        predict_folder(run, folder, tmp_path / how, level=1, precision="fp32",
+                       progress=False, **kw)
+        stated = json.loads((tmp_path / how / "meta.json").read_text())
+        assert stated["images_pixel_size_um"]["slide"]["pixel_size_um"] == \
+            pytest.approx(4 * 0.25), how
+    (folder / "meta.json").write_text(json.dumps({"stain": "Nissl"}))
     labels = read_labels(tmp_path / "out" / "labels" / "slide.tif")
     assert labels.shape == (128, 96)
     # exported outlines are in level 0's pixels, where QuPath and napari show the slide

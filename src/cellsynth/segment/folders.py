@@ -115,7 +115,7 @@ def quantize_detector(detector: Detector, inputs: list[tuple[str, Path]], *,
         image, _ = _open(path, level, _channel(detector, channel))
         image = _select(image, detector, channel, str(path))
         low, high = intensity_range(image, detector.normalization, where=str(path))
-        px = pixel_size_um or read_pixel_size(path, level=level)
+        px = _at_level(pixel_size_um, path, image, level) or read_pixel_size(path, level=level)
         factor = pixel_scale(px, detector.pixel_size_um)
         read = _reader(detector.in_channels, low, high, str(path))  # as prediction reads tiles
         for _, _, window in tissue_windows(image, round(side / factor), windows - len(tiles)):
@@ -191,6 +191,16 @@ def detections_table(labels: Any, id_scores: np.ndarray,
         lines.append(f"{i},{sum_y[i] / a:.2f},{sum_x[i] / a:.2f},{a},{area_um2},"
                      f"{float(id_scores[i]):.4f},{y0s[i]},{x0s[i]},{y1s[i]},{x1s[i]},{px}")
     return "\n".join(lines) + "\n"
+
+
+def _at_level(pixel_size_um: float | None, path: Path, image: Any, level: int
+              ) -> float | None:
+    """A pixel size stated for a slide (--pixel-size, meta.json: level 0's) at the pyramid
+    level ``image`` is of ``path``: larger by as much as the level is smaller (it was taken
+    as the level's own, 4x too small at an SVS's level 1)."""
+    if pixel_size_um is None or not level:
+        return pixel_size_um
+    return pixel_size_um * int(open_large_image(path, level=0).shape[1]) / int(image.shape[1])
 
 
 def _folder_pixel_size(images: Path) -> float | None:
@@ -338,7 +348,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
                 image, lazy = _open(path, level, _channel(detector, channel))
                 multi |= len(image.shape) == 3 and int(image.shape[2]) > 1
-                px = pixel_size_um or folder_px or read_pixel_size(path, level=level)
+                px = (_at_level(pixel_size_um or folder_px, path, image, level)
+                      or read_pixel_size(path, level=level))
                 if px is None and detector.pixel_size_um is not None and "px" not in said:
                     said.add("px")
                     warnings.warn(f"{images}: pixel size of some images unknown (no "
