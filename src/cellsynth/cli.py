@@ -630,8 +630,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=_nonnegative_int, default=0,
                    help="resolution level of pyramidal TIFF / OME-Zarr inputs (0 = full)")
     p.add_argument("--pixel-size", type=_positive_float,
-                   help="the images' pixel size in um (default: meta.json or the file's own "
-                        "metadata); images are resampled to the model's")
+                   help="the images' pixel size in um, at full resolution (--level scales "
+                        "it; default: meta.json or the file's own metadata); images are "
+                        "resampled to the model's")
     p.add_argument("--labels", choices=("auto", "tiff", "ome-zarr"), default="auto",
                    help="label format: ome-zarr (chunked, pyramid, pixel size: napari, QuPath, "
                         "Fiji), tiff, or auto (OME-Zarr above 8192 x 8192 pixels)")
