@@ -959,6 +959,8 @@ def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_pa
     assert main([*common, "--out", str(tmp_path / "strict"), "--precision", "int8"]) == 0
     assert "precision fp32: int8 changed the cells" in capsys.readouterr().err
     assert meta("strict")["precision"] == "fp32"
+    assert meta("strict")["precision_asked"] == "int8"  # (the refusal left no trace)
+    assert "precision_asked" not in meta("fp32")
     names = sorted(p.name for p in (tmp_path / "fp32" / "labels").iterdir())
     for name in names:
         np.testing.assert_array_equal(read_labels(tmp_path / "strict" / "labels" / name),

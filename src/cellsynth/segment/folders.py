@@ -437,6 +437,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             # none where every image was gray and the detector's channel was not asked for)
             "channel": used,
             "precision": detector.precision,
+            # what was asked, where it is not what ran (int8 refused: say so beside it)
+            **({"precision_asked": precision} if precision not in ("auto",
+                                                                   detector.precision) else {}),
             "empty_contrast": empty_contrast,
             "nms_thresh": float(detector.model.nms_thresh),
             "faint": cut.to_dict() if cut is not None else None,
