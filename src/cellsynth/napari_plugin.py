@@ -195,5 +195,8 @@ def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, 
     scale = getattr(image, "scale", None)
     labels = predict_image(loaded, data, tile=tile, score_thresh=score_thresh or None,
                            pixel_size_um=_pixel_size(scale), where=where)
+    translate = getattr(image, "translate", None)  # (where the image sits: the cells too)
     return (labels, {"name": f"{getattr(image, 'name', 'image')} cells",
-                     **({"scale": tuple(scale)[-2:]} if scale is not None else {})}, "labels")
+                     **({"scale": tuple(scale)[-2:]} if scale is not None else {}),
+                     **({"translate": tuple(translate)[-2:]} if translate is not None else {})},
+            "labels")

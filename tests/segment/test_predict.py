@@ -714,9 +714,11 @@ def test_napari_widget_segments_an_image_layer(model):
 
     run, sim = model
     image = read_image(sorted((sim / "images").iterdir())[0])
-    layer = SimpleNamespace(data=image, scale=(1.0, 1.0), name="nuclei")
+    layer = SimpleNamespace(data=image, scale=(1.0, 1.0), name="nuclei",
+                            translate=(10.0, 20.0))
     labels, kwargs, kind = predict_widget(layer, run, score_thresh=0.5)
     assert kind == "labels" and kwargs["name"] == "nuclei cells"
+    assert kwargs["translate"] == (10.0, 20.0)  # (the cells sat at the origin, off the image)
     expected = predict_image(load_detector(run), image, score_thresh=0.5)
     assert labels.max() >= 3 and np.array_equal(labels, expected)
     # a pyramid is segmented at its finest level (np.asarray of napari's multiscale data

@@ -335,6 +335,7 @@ def test_resume_may_run_longer_but_not_differently(sim, tmp_path):
     assert summary["steps"] == 3
     info = json.loads((run / "run.json").read_text())
     assert info["resumed_at_steps"] == [2] and info["data"] == [str(sim.resolve())]
+    assert info["workers"] == 0  # (0 and >= 1 draw batches from different random streams)
     assert torch.__version__.startswith(info["torch_version"])
     with pytest.raises(CellsynthError, match="cannot resume with a different lr"):
         train(TrainConfig(steps=4, lr=5e-3, **TINY), [sim], run, resume=True, progress=False)

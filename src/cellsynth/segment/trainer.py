@@ -531,6 +531,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                                      file_sha256(start[0]) if start is not None else None),
             "resumed_at_steps": first.get("resumed_at_steps", []) + ([step] if resume else []),
             "device": config.device, "precision": precision.name, "world_size": world,
+            "workers": config.workers,  # (which random stream the batches came from)
             "torch_threads": history.entries,  # a list that grows as the count changes
             "n_images": len(items), "n_val_images": len(val_items)}
         write_json(info_path, info)
