@@ -148,7 +148,7 @@ def _init_architecture(init: Path | None, config: Path | None) -> dict:
     from cellsynth.segment.predict import read_detector_checkpoint
     from cellsynth.segment.trainer import ARCHITECTURE
 
-    _, ckpt = read_detector_checkpoint(init, needed_by="train --init")
+    _, ckpt = read_detector_checkpoint(init, needed_by="train --init", whole_runs=False)
     given = load_yaml(config) if config else {}
     spec, trained = ckpt["model_spec"], ckpt.get("config") or {}
     return ({k: spec[k] for k in ARCHITECTURE if k in spec and k not in given}

@@ -171,10 +171,10 @@ def save_yaml(path: str | os.PathLike, config: Any) -> None:
 
 
 @contextlib.contextmanager
-def errors_name(path: str | os.PathLike, section: str | None = None) -> Iterator[None]:
-    """Config errors raised inside name ``path`` (and ``section``, the key whose values are
-    being checked) where they name no file of their own: "unknown preset 'hne'" became
-    "run.yaml: simulate: unknown preset 'hne'"; one naming a data folder keeps its own."""
+def errors_name(path: str | os.PathLike) -> Iterator[None]:
+    """Config errors raised inside name ``path`` where they name no file of their own:
+    "simulate: unknown preset 'hne'" became "run.yaml: simulate: unknown preset 'hne'"; one
+    naming a data folder keeps its own."""
     try:
         yield
     except ConfigError as err:
@@ -182,5 +182,4 @@ def errors_name(path: str | os.PathLike, section: str | None = None) -> Iterator
         head = said.split(": ", 1)[0]
         if said.startswith(str(path)) or (os.sep in head and Path(head).exists()):
             raise
-        where = f"{path}: {section}: " if section else f"{path}: "
-        raise ConfigError(where + said) from None
+        raise ConfigError(f"{path}: {said}") from None

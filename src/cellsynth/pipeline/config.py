@@ -19,7 +19,7 @@ from cellsynth.io.datasets import load_dataset
 from cellsynth.pipeline.choose_refiner import ChooseRefinerOptions
 from cellsynth.refine.config import RefineConfig
 from cellsynth.segment.tiles import EMPTY_CONTRAST
-from cellsynth.segment.trainer import TrainConfig
+from cellsynth.segment.trainer import ARCHITECTURE, TrainConfig, network_differences
 
 __all__ = ["SimulateOptions", "RealData", "RealismOptions", "PredictOptions", "SelfTrainOptions",
            "PipelineConfig", "load_pipeline_config", "check_inputs", "SEEDED_STAGES"]
@@ -231,10 +231,7 @@ class PipelineConfig:
                              "(simulate.n_val >= 1)")
         if self.soup > 1 and not self.real.train:
             raise ValueError("soup averages fine-tunings: it needs annotated real.train images")
-        from cellsynth.segment.trainer import ARCHITECTURE
-
-        differ = [f"{k} {getattr(self.pretrain, k)} vs {getattr(self.finetune, k)}"
-                  for k in ARCHITECTURE if getattr(self.pretrain, k) != getattr(self.finetune, k)]
+        differ = network_differences(self.pretrain, self.finetune)
         if differ and self.real.train:  # (found when fine-tuning began, after pretraining)
             raise ValueError(f"finetune: starts from the pretrained detector, so its network "
                              f"must be pretrain:'s ({', '.join(differ)}); set it under "
@@ -267,8 +264,6 @@ def inherit_architecture(data: dict[str, Any]) -> dict[str, Any]:
     section sets (model, contour order, ...) given to ``finetune:`` where it sets none, as
     ``train --init`` takes them from its detector: a tiny_u22 named only under pretrain:
     stopped a run after pretraining with "--init model does not match"."""
-    from cellsynth.segment.trainer import ARCHITECTURE
-
     pre = data.get("pretrain")
     if not isinstance(pre, dict) or not any(k in pre for k in ARCHITECTURE):
         return data

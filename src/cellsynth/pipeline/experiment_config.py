@@ -20,7 +20,7 @@ from cellsynth.pipeline.config import (
 )
 from cellsynth.pipeline.run import fingerprint
 from cellsynth.refine.config import RefineConfig
-from cellsynth.segment.trainer import TrainConfig
+from cellsynth.segment.trainer import TrainConfig, network_differences
 
 _SYNTHETIC = ("simulated", "refined", "mixed")
 _REFINED = ("refined", "mixed")  # settings that need a refiner
@@ -297,10 +297,7 @@ def check_experiment(config: ExperimentConfig) -> None:
                               f"images annotated there is none left to pseudo-label")
     if any(s.data in _REFINED for s in config.settings) and not config.train:
         raise ConfigError("refined settings need real images for the refiner")
-    from cellsynth.segment.trainer import ARCHITECTURE
-
-    differ = [f"{k} {getattr(config.pretrain, k)} vs {getattr(config.finetune, k)}"
-              for k in ARCHITECTURE if getattr(config.pretrain, k) != getattr(config.finetune, k)]
+    differ = network_differences(config.pretrain, config.finetune)
     if differ:  # (found when a fine-tuning began, after its pretraining)
         raise ConfigError(f"finetune: starts from the pretrained detectors, so its network "
                           f"must be pretrain:'s ({', '.join(differ)}); set it under pretrain: "

@@ -46,9 +46,9 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
     done: set[str] = set()
     state = RunState(Path(out)) if out is not None and (Path(out) / layout.STATE).is_file() \
         else None
-    train_contents = content_fingerprint(config.train)
-    prints = _exp._fingerprints(units, train_contents)
-    if state is not None:
+    if state is not None:  # (the training split's bytes hashed only where work is recorded)
+        train_contents = content_fingerprint(config.train)
+        prints = _exp._fingerprints(units, train_contents)
         done = {n for n, p in prints.items() if state.status(n, p) == "done"}
     train_shapes = _image_shapes(config.train, require_labels=True)  # as _draw indexes them
 

@@ -124,10 +124,12 @@ def checkpoint_path(run: str | os.PathLike, *, whole_runs: bool = True) -> Path:
 
 
 def read_detector_checkpoint(run: str | os.PathLike, *, device: str = "cpu",
-                             needed_by: str = "predict") -> tuple[Path, dict[str, Any]]:
+                             needed_by: str = "predict", whole_runs: bool = True
+                             ) -> tuple[Path, dict[str, Any]]:
     """(path, checkpoint dict) of a `cellsynth train` run or checkpoint file; a truncated
-    file or another kind of checkpoint is one :class:`CellsynthError` naming it."""
-    path = checkpoint_path(run, whole_runs="--init" not in needed_by)
+    file or another kind of checkpoint is one :class:`CellsynthError` naming it;
+    ``whole_runs``: see :func:`checkpoint_path`."""
+    path = checkpoint_path(run, whole_runs=whole_runs)
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch's zip-reader text says little

@@ -53,7 +53,8 @@ from cellsynth.signals import stop_between_steps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "LossWeights", "train", "THRESHOLD_GRID"]
+__all__ = ["TrainConfig", "LossWeights", "train", "THRESHOLD_GRID", "ARCHITECTURE",
+           "network_differences"]
 
 CHECKPOINT_SECONDS = 600.0  # also checkpoint when the last one is this old (single process)
 # options that may change when a run is resumed (how long, how often to validate or save);
@@ -65,6 +66,13 @@ RESUMABLE = frozenset({"steps", "val_every", "checkpoint_every", "patience",
 # the options that make a detector's network: fine-tuning takes them from the detector it
 # starts from (train --init, a run's or experiment's pretrain: section) unless given again
 ARCHITECTURE = ("model", "order", "samples", "refinement_iterations", "head_kernel")
+
+
+def network_differences(start: TrainConfig, then: TrainConfig) -> list[str]:
+    """How the network of ``then`` (a fine-tuning) differs from that of ``start`` (what it
+    starts from), "model tiny_u22 vs slim_u22" per option of :data:`ARCHITECTURE`."""
+    return [f"{k} {getattr(start, k)} vs {getattr(then, k)}" for k in ARCHITECTURE
+            if getattr(start, k) != getattr(then, k)]
 
 # Score thresholds tried on the validation images (scores bunch up near 1 after training).
 THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
@@ -451,7 +459,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                            inputs=tuple(data) + tuple(replay)
                            + tuple(p for p in (val, init) if p is not None))
     resolve_device(config.device)
-    start = (read_detector_checkpoint(init, needed_by="--init")
+    start = (read_detector_checkpoint(init, needed_by="--init", whole_runs=False)
              if init is not None and not resume else None)
     if config.pixel_size_um is None:  # recorded, so that predict rescales other images
         config = replace(config, pixel_size_um=_working_pixel_size(out, data, start, resume))
