@@ -40,10 +40,11 @@ def test_the_widget_can_be_built_from_its_annotations():
     from magicgui.type_map import get_widget_class
 
     signature = magicgui.signature.magic_signature(napari_plugin.predict_widget)
-    for name, parameter in signature.parameters.items():
-        if name == "image":  # (a napari layer: resolved by napari's own type map)
-            continue
-        get_widget_class(value=parameter.default, annotation=parameter.annotation)
+    built = {name: get_widget_class(value=parameter.default,
+                                    annotation=parameter.annotation)[0].__name__
+             for name, parameter in signature.parameters.items()
+             if name != "image"}  # (a napari layer: resolved by napari's own type map)
+    assert built == {"detector": "FileEdit", "score_thresh": "FloatSpinBox", "tile": "SpinBox"}
 
 
 def test_reader_refuses_a_label_map_of_another_size_and_says_when_it_opens_a_part(tmp_path):
