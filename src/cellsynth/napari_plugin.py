@@ -10,16 +10,19 @@ segment the current image with a trained detector.
 - Writer: a Labels layer saved as ``.tif`` is a cellsynth label TIFF (uint16/uint32, with the
   layer's scale as pixel size).
 - Widget: "Segment cells (cellsynth)" runs a trained detector (a ``cellsynth train`` run
-  folder) on the chosen Image layer and adds the cells as a Labels layer.
+  folder) on the chosen Image layer and adds the cells as a Labels layer; in a napari window
+  it predicts in a background worker (the window stays live) and keeps the detector loaded.
 
-Nothing here imports napari: the functions take and return plain data (napari's LayerData
-tuples), so they work, and are tested, without it.
+Nothing here imports napari at import time: the functions take and return plain data
+(napari's LayerData tuples), so they work, and are tested, without it; only the widget,
+inside a running Qt application, hands napari a worker.
 """
 
 # (no ``from __future__ import annotations``: magicgui builds the widget from the annotations
 # at run time, and the text "Path" it would get cannot be imported, so napari failed to open
 # the widget)
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -170,13 +173,66 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
 def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, UP037
                    score_thresh: float = 0.0, tile: int = 1024,
-                   ) -> "napari.types.LayerDataTuple":  # noqa: F821, UP037
+                   ) -> "napari.qt.threading.FunctionWorker[napari.types.LayerDataTuple]":  # noqa: F821, UP037, E501
     """Segment the cells of an Image layer with a trained detector (a `cellsynth train`
-    run folder or checkpoint); score_thresh 0 uses the one the detector validated."""
-    from cellsynth.errors import CellsynthError
-    from cellsynth.segment.predict import load_detector, predict_image
+    run folder or checkpoint); score_thresh 0 uses the one the detector validated.
 
+    In napari the prediction runs in a background thread (a napari worker with a progress
+    bar; the window stays live, a second click waits for the first) and the cells are added
+    when it ends; outside a Qt application (a script, the tests) it runs here and returns
+    the layer tuple.
+    What can be checked at once (the layer's shape, the detector) is checked before either,
+    so a wrong choice is said in one line on the click. The detector is loaded once and
+    kept while its checkpoint file is unchanged."""
     where = getattr(image, "name", "layer")
+    data = _widget_plane(image, where)
+    loaded = _widget_detector(detector)
+    scale = getattr(image, "scale", None)
+    translate = getattr(image, "translate", None)  # (where the image sits: the cells too)
+    meta = {"name": f"{getattr(image, 'name', 'image')} cells",
+            **({"scale": tuple(scale)[-2:]} if scale is not None else {}),
+            **({"translate": tuple(translate)[-2:]} if translate is not None else {})}
+
+    def segment() -> tuple:
+        from cellsynth.segment.predict import predict_image
+
+        with _PREDICTING:  # (one at a time: they would share the same cores)
+            labels = predict_image(loaded, np.asarray(data), tile=tile,
+                                   score_thresh=score_thresh or None,
+                                   pixel_size_um=_pixel_size(scale), where=where)
+        return (labels, meta, "labels")
+
+    if not _in_qt_app():  # a script or the tests: here and now
+        return segment()
+    from napari.qt.threading import create_worker
+    from qtpy.QtCore import QTimer
+
+    worker = create_worker(segment, _start_thread=False,
+                           _progress={"desc": f"cellsynth: segmenting {where}"})
+    # started from the event loop, after napari has connected the worker's result to the
+    # viewer (a worker that finished first would have added nothing)
+    QTimer.singleShot(0, worker.start)
+    return worker
+
+
+def _in_qt_app() -> bool:
+    """Whether a Qt application (napari's window) is running in this process."""
+    try:
+        from qtpy.QtWidgets import QApplication
+    except ImportError:  # (qtpy's "no Qt bindings" is one)
+        return False
+    return QApplication.instance() is not None
+
+
+_PREDICTING = threading.Lock()
+_LOADED: dict[str, Any] = {}  # the widget's detector: {"key": (checkpoint, mtime), "detector"}
+
+
+def _widget_plane(image: Any, where: str) -> Any:
+    """The 2-D gray or RGB plane of an Image layer the widget segments (the finest level of
+    a pyramid), or a one-line refusal."""
+    from cellsynth.errors import CellsynthError
+
     data = image.data
     if getattr(image, "multiscale", False) or isinstance(data, (list, tuple)):
         data = data[0]  # the finest level (np.asarray of a pyramid gives napari's coarsest)
@@ -190,13 +246,22 @@ def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, 
         raise CellsynthError(f"{where}: a layer of shape {tuple(data.shape)}; the widget "
                              f"segments one 2-D gray or RGB image: pick a plane or channel "
                              f"first (or use `cellsynth predict --channel`)")
-    loaded = load_detector(detector)
-    data = np.asarray(data)
-    scale = getattr(image, "scale", None)
-    labels = predict_image(loaded, data, tile=tile, score_thresh=score_thresh or None,
-                           pixel_size_um=_pixel_size(scale), where=where)
-    translate = getattr(image, "translate", None)  # (where the image sits: the cells too)
-    return (labels, {"name": f"{getattr(image, 'name', 'image')} cells",
-                     **({"scale": tuple(scale)[-2:]} if scale is not None else {}),
-                     **({"translate": tuple(translate)[-2:]} if translate is not None else {})},
-            "labels")
+    return data
+
+
+def _widget_detector(detector: Path | str | None) -> Any:
+    """The detector the widget names, loaded once: the same checkpoint file, unchanged since,
+    is not read again on the next click (a retrained run's new best.pt is)."""
+    from cellsynth.errors import CellsynthError
+    from cellsynth.segment.predict import checkpoint_path, load_detector
+
+    if detector is None or str(detector) in ("", "."):
+        # (magicgui's untouched file field is "."; it said "last.pt: no checkpoint")
+        raise CellsynthError("choose a detector: a `cellsynth train` run folder or its "
+                             "best.pt (the widget's detector field)")
+    path = checkpoint_path(detector)
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if _LOADED.get("key") != key:
+        _LOADED.clear()  # (the old one's memory goes before the new one loads)
+        _LOADED.update(key=key, detector=load_detector(path))
+    return _LOADED["detector"]

@@ -736,6 +736,80 @@ def test_napari_widget_segments_an_image_layer(model):
         predict_widget(stack, run)
 
 
+def test_napari_widget_loads_its_detector_once_and_again_when_the_file_changes(
+        model, tmp_path, monkeypatch):
+    """The widget reloaded the detector on every click; it now keeps it while the checkpoint
+    file is unchanged, and an untouched detector field is said in one line (it said
+    "last.pt: no checkpoint")."""
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    from cellsynth import napari_plugin
+    from cellsynth.errors import CellsynthError
+    from cellsynth.segment import predict as predict_module
+
+    run, sim = model
+    ckpt = shutil.copy(run / "last.pt", tmp_path / "detector.pt")
+    loads = []
+    real_load = predict_module.load_detector
+    monkeypatch.setattr(predict_module, "load_detector",
+                        lambda path, **kw: loads.append(Path(path)) or real_load(path, **kw))
+    monkeypatch.setattr(napari_plugin, "_LOADED", {})
+    layer = SimpleNamespace(data=read_image(sorted((sim / "images").iterdir())[0]),
+                            scale=(1.0, 1.0), name="nuclei")
+    first = napari_plugin.predict_widget(layer, Path(ckpt), score_thresh=0.5)[0]
+    again = napari_plugin.predict_widget(layer, Path(ckpt), score_thresh=0.5)[0]
+    assert loads == [Path(ckpt)] and np.array_equal(first, again)
+    stat = os.stat(ckpt)  # retrained in place: read again
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    napari_plugin.predict_widget(layer, Path(ckpt), score_thresh=0.5)
+    assert loads == [Path(ckpt), Path(ckpt)]
+    with pytest.raises(CellsynthError, match=r"^choose a detector: a `cellsynth train` run "):
+        napari_plugin.predict_widget(layer, Path("."))
+
+
+def test_napari_widget_segments_in_a_worker_and_the_viewer_gets_the_cells(model, monkeypatch):
+    """Inside a napari window (Qt and a display; skipped where there are none) the widget returns a
+    napari worker, so the window is not frozen while it predicts, and napari adds its cells
+    to the viewer when it ends (it predicted on the main thread)."""
+    import os
+
+    pytest.importorskip("qtpy.QtWidgets")  # (QtBindingsNotFoundError is an ImportError)
+    if not os.environ.get("DISPLAY"):  # (napari's canvas needs OpenGL: e.g. xvfb-run pytest)
+        pytest.skip("a napari window needs a display")
+    napari = pytest.importorskip("napari")
+    # (opencv, which celldetection imports in the training fixture, points Qt at its own
+    # plugins; napari's window, started first as a user starts it, would not read that)
+    monkeypatch.delenv("QT_QPA_PLATFORM_PLUGIN_PATH", raising=False)
+    from magicgui import magicgui
+    from napari.qt.threading import FunctionWorker
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    from cellsynth.napari_plugin import predict_widget
+
+    run, sim = model
+    image = read_image(sorted((sim / "images").iterdir())[0])
+    viewer = napari.Viewer(show=False)
+    try:
+        layer = viewer.add_image(image, name="nuclei", scale=(0.5, 0.5))
+        widget = magicgui(predict_widget)
+        viewer.window.add_dock_widget(widget)
+        worker = widget(layer, run, 0.5, 1024)
+        assert isinstance(worker, FunctionWorker)
+        loop = QEventLoop()
+        worker.finished.connect(loop.quit)
+        QTimer.singleShot(120_000, loop.quit)
+        loop.exec_()
+        for _ in range(20):  # (the result reaches the viewer through queued signals)
+            napari.qt.get_qapp().processEvents()
+        cells = viewer.layers["nuclei cells"]
+        expected = predict_image(load_detector(run), image, score_thresh=0.5)
+        assert np.array_equal(cells.data, expected) and tuple(cells.scale) == (0.5, 0.5)
+    finally:
+        viewer.close()
+
+
 def test_inference_preparation_folds_batchnorm_without_changing_the_proposals(model):
     import copy
 
