@@ -935,12 +935,13 @@ def test_a_pyramid_level_is_predicted_at_its_own_pixel_size_beside_a_meta_json(
     for y, x in ((128, 96), (300, 250), (420, 120)):  # cells of radius 12 px at level 1
         image[(yy - y) ** 2 + (xx - x) ** 2 < 48 ** 2] = 230
     kw = {"photometric": "rgb", "compression": "zlib", "metadata": None}
+    # level 1 by 4x4 means, as slide scanners make their levels (each pixel covers 16)
+    level1 = image.reshape(128, 4, 96, 4, 3).mean(axis=(1, 3)).round().astype(np.uint8)
     head = "Aperio Image Library v12.0.15 \r\n"
     with tifffile.TiffWriter(folder / "slide.svs") as tif:
         tif.write(image, tile=(128, 128), description=head + "512x384 |MPP = 0.4990", **kw)
         tif.write(image[::8, ::8], description=head + "thumbnail", **kw)
-        tif.write(image[::4, ::4], tile=(128, 128), description=head + "-> 128x96 |MPP = 0.4990",
-                  **kw)
+        tif.write(level1, tile=(128, 128), description=head + "-> 128x96 |MPP = 0.4990", **kw)
     (folder / "meta.json").write_text(json.dumps({"stain": "Nissl"}))
     predict_folder(run, folder, tmp_path / "out", level=1, precision="fp32", progress=False)
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
@@ -977,11 +978,25 @@ def test_a_pyramid_level_is_predicted_at_its_own_pixel_size_beside_a_meta_json(
     # the raster formats pair the labels with the level they were predicted at
     export(tmp_path / "out", "stardist", tmp_path / "stardist")
     np.testing.assert_array_equal(read_image(tmp_path / "stardist" / "images" / "slide.tif"),
-                                  image[::4, ::4])
+                                  level1)
     coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
     assert coco["images"][0] | {"id": 1} == {"id": 1, "file_name": "slide.svs",
                                             "height": 512, "width": 384}
     assert coco["annotations"][0]["area"] == 16 * int((labels == 1).sum())
+    # the detections table gives each cell at level 0 too, where the slide's coordinates
+    # are (it had only level 1's pixels): the centres drawn at level 0, within a pixel
+    import csv
+
+    with open(tmp_path / "out" / "detections" / "slide.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    found = sorted((float(r["centroid_y_level0"]), float(r["centroid_x_level0"])) for r in rows)
+    assert np.allclose(found, [(128, 96), (300, 250), (420, 120)], atol=1.5), found
+    for r in rows:  # the box's pixel edges scale by the level's factor
+        assert float(r["bbox_y1_level0"]) == 4 * int(r["bbox_y1"])
+        assert float(r["bbox_x0_level0"]) == 4 * int(r["bbox_x0"])
+    predict_folder(run, folder, tmp_path / "level0", precision="fp32", progress=False)
+    header = (tmp_path / "level0" / "detections" / "slide.csv").read_text().splitlines()[0]
+    assert "level0" not in header  # (at level 0 the columns would repeat centroid and box)
 
 
 def test_blank_glass_beside_a_section_is_not_predicted_and_changes_no_label(model, tmp_path,

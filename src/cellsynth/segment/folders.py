@@ -154,11 +154,17 @@ def quantize_detector(detector: Detector, inputs: list[tuple[str, Path]], *,
 
 def detections_table(labels: Any, id_scores: np.ndarray,
                      pixel_size_um: float | None = None, *, band: int = 1024,
-                     assumed: bool = False) -> str:
+                     assumed: bool = False,
+                     level0: tuple[float, float] | None = None) -> str:
     """CSV of the cells of a label map: id, centroid, area, score, bounding box (pixels; area
     also in um² at ``pixel_size_um``), and the pixel size the um² are at: stated (by the
     user, meta.json or the file), or ``assumed`` (none stated: the detector's, at which the
     image was predicted; not a measured size).
+
+    ``level0``: (y, x) factor from these labels' pixels to the slide's level 0 where they
+    are of a coarser pyramid level (``predict --level N``); the centroid and bounding box
+    are then given at level 0 as well (``*_level0`` columns; a centroid is a pixel's centre,
+    a box's edges are pixel edges), where QuPath and the slide's other coordinates are.
 
     ``labels``: (H, W) numpy or lazy array (read in bands of ``band`` rows, so a whole
     section's labels need not be in memory); ids index ``id_scores``.
@@ -183,13 +189,22 @@ def detections_table(labels: Any, id_scores: np.ndarray,
         np.maximum.at(x1s, ids, cols + 1)
     header = ("id,centroid_y,centroid_x,area_px,area_um2,score,bbox_y0,bbox_x0,bbox_y1,"
               "bbox_x1,pixel_size_um,pixel_size")
+    if level0 is not None:
+        header += (",centroid_y_level0,centroid_x_level0,bbox_y0_level0,bbox_x0_level0,"
+                   "bbox_y1_level0,bbox_x1_level0")
     px = f"{pixel_size_um:g},{'assumed' if assumed else 'stated'}" if pixel_size_um else ","
     lines = [header]
     for i in np.flatnonzero(area[1:]) + 1:
         a = int(area[i])
+        cy, cx = sum_y[i] / a, sum_x[i] / a
         area_um2 = f"{a * pixel_size_um ** 2:.3f}" if pixel_size_um else ""
-        lines.append(f"{i},{sum_y[i] / a:.2f},{sum_x[i] / a:.2f},{a},{area_um2},"
-                     f"{float(id_scores[i]):.4f},{y0s[i]},{x0s[i]},{y1s[i]},{x1s[i]},{px}")
+        row = (f"{i},{cy:.2f},{cx:.2f},{a},{area_um2},{float(id_scores[i]):.4f},"
+               f"{y0s[i]},{x0s[i]},{y1s[i]},{x1s[i]},{px}")
+        if level0 is not None:
+            fy, fx = level0
+            row += (f",{(cy + 0.5) * fy - 0.5:.2f},{(cx + 0.5) * fx - 0.5:.2f},"
+                    f"{y0s[i] * fy:.1f},{x0s[i] * fx:.1f},{y1s[i] * fy:.1f},{x1s[i] * fx:.1f}")
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 
@@ -406,9 +421,11 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 with atomic_path(root / layout.DETECTIONS / f"{image_id}.csv") as tmp:
                     # (an unknown size was taken to be the model's: areas in um² at it,
                     # and said so in each row)
-                    tmp.write_text(detections_table(labels, id_scores,
-                                                    px or detector.pixel_size_um,
-                                                    assumed=px is None))
+                    full = per_image[image_id].get("level0_shape")
+                    tmp.write_text(detections_table(
+                        labels, id_scores, px or detector.pixel_size_um, assumed=px is None,
+                        level0=(full[0] / int(labels.shape[0]), full[1] / int(labels.shape[1]))
+                        if full else None))
                 if not lazy:
                     (root / layout.OVERLAYS).mkdir(exist_ok=True)
                     write_image(root / layout.OVERLAYS / f"{image_id}.png",
