@@ -1033,8 +1033,9 @@ def test_blank_glass_beside_a_section_is_not_predicted_and_changes_no_label(mode
 def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_path, capsys,
                                                                  monkeypatch):
     """--precision int8 quantises the backbone and heads on windows of the images, then keeps
-    int8 only where it finds the fp32 cells there; otherwise it predicts in fp32 and says so.
-    Training cannot ask for int8."""
+    int8 only where it finds the fp32 cells there; otherwise it predicts at what `auto` picks
+    on this CPU (bf16 where native; it was always fp32) and says so. Training cannot ask for
+    int8."""
     from cellsynth.cli import main
     from cellsynth.segment import folders
 
@@ -1045,17 +1046,21 @@ def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_pa
         return json.loads((tmp_path / name / "meta.json").read_text())
 
     assert main([*common, "--out", str(tmp_path / "fp32"), "--precision", "fp32"]) == 0
+    assert main([*common, "--out", str(tmp_path / "bf16"), "--precision", "bf16"]) == 0
     capsys.readouterr()
     monkeypatch.setattr(folders, "INT8_AGREEMENT", 1.01)  # nothing can agree enough
+    monkeypatch.setenv("CELLSYNTH_PRECISION", "bf16")  # (what auto picks on an AMX CPU)
     assert main([*common, "--out", str(tmp_path / "strict"), "--precision", "int8"]) == 0
-    assert "precision fp32: int8 changed the cells" in capsys.readouterr().err
-    assert meta("strict")["precision"] == "fp32"
+    assert ("precision bf16 (set by CELLSYNTH_PRECISION): int8 changed the cells"
+            in capsys.readouterr().err)
+    assert meta("strict")["precision"] == "bf16"
     assert meta("strict")["precision_asked"] == "int8"  # (the refusal left no trace)
     assert "precision_asked" not in meta("fp32")
     names = sorted(p.name for p in (tmp_path / "fp32" / "labels").iterdir())
-    for name in names:
+    for name in names:  # (the fp32 reference int8 was checked against now runs in bf16)
         np.testing.assert_array_equal(read_labels(tmp_path / "strict" / "labels" / name),
-                                      read_labels(tmp_path / "fp32" / "labels" / name))
+                                      read_labels(tmp_path / "bf16" / "labels" / name))
+    monkeypatch.setenv("CELLSYNTH_PRECISION", "fp32")  # (an AVX2 CPU's auto)
     monkeypatch.setattr(folders, "INT8_AGREEMENT", 0.0)  # whatever int8 finds
     assert main([*common, "--out", str(tmp_path / "int8"), "--precision", "int8"]) == 0
     err = capsys.readouterr().err
@@ -1067,8 +1072,9 @@ def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_pa
     # compared (the detector's own threshold was used, and 0 cells against 0 passed as F1 1)
     common[-1] = "0.999999"
     assert main([*common, "--out", str(tmp_path / "none"), "--precision", "int8"]) == 0
-    assert ("precision fp32: int8 not checked: fp32 finds 0 cell(s) on the 4 calibration "
-            "window(s) at score threshold 0.999999") in capsys.readouterr().err
+    assert ("precision fp32 (set by CELLSYNTH_PRECISION): int8 not checked: fp32 finds 0 "
+            "cell(s) on the 4 calibration window(s) at score threshold 0.999999"
+            ) in capsys.readouterr().err
     assert meta("none")["precision"] == "fp32"
     with pytest.raises(SystemExit):
         main(["train", "--data", str(sim), "--out", str(tmp_path / "t"), "--precision", "int8"])
