@@ -281,3 +281,50 @@ def test_outlines_exported_at_a_coarser_level_read_back_without_growing(tmp_path
     assert (back > 0).sum() / upsampled.sum() < 1.005  # (was 1.024 at level 1 -> 0)
     path.write_text(json.dumps(_geojson(labels, "a")))
     np.testing.assert_array_equal(read_geojson_labels(path, labels.shape) > 0, labels > 0)
+
+
+def test_cells_annotated_in_a_region_train_and_score_inside_it_only(tmp_path, caplog):
+    """A biologist outlines the cells of one rectangle of a larger image in QuPath: the cells
+    outside it are not annotated, so they must not teach or score as background. The image
+    trains inside the region's box only, and a prediction that also finds the unannotated
+    cells scores as perfect (they were false positives, and whole-image background)."""
+    from cellsynth.io.geojson import read_geojson_regions
+
+    labels = np.zeros((60, 80), np.uint16)
+    for i, (y, x) in enumerate([(10, 10), (30, 20), (50, 30), (12, 55), (40, 65)], start=1):
+        labels[y - 4:y + 4, x - 4:x + 4] = i  # cells 4 and 5 lie right of x = 45
+    root = tmp_path / "part"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    write_image(root / "images" / "a.png", np.where(labels > 0, 200, 30).astype(np.uint8))
+    outlined = _geojson(np.where(labels <= 3, labels, 0), "a")["features"]
+    for feature in outlined:
+        feature["properties"]["objectType"] = "annotation"  # (drawn by hand)
+    region = _feature([_square(0, 0, 45, 60)], "annotation")
+    (root / "labels" / "a.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [region, *outlined]}))
+    assert read_geojson_regions(root / "labels" / "a.geojson", (60, 80)) == [
+        (slice(0, 60), slice(0, 45))]
+    forget_announcements()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        items = load_labeled([root])
+    assert "a.geojson: cells annotated in 1 region(s); trained and validated inside them " \
+        "only" in caplog.text
+    assert [item.labels.shape for item in items] == [(60, 45)]  # (it was the whole 60x80)
+    assert len(np.unique(items[0].labels)) == 4  # background and the 3 outlined cells
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_labels(pred / "a.tif", labels)  # every cell found, the 2 unannotated ones too
+    assert evaluate_folders(root, pred).total.f1[0] == 1.0
+    write_labels(pred / "a.tif", np.where(labels == 2, 0, labels))  # one annotated missed
+    assert evaluate_folders(root, pred).total.f1[0] == pytest.approx(0.8)
+    # a region that is not a rectangle is used by its box, and said
+    region["geometry"]["coordinates"] = [[[0, 0], [45, 0], [45, 60], [0, 60], [0, 30],
+                                          [20, 30], [0, 0]]]
+    (root / "labels" / "a.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [region, *outlined]}))
+    forget_announcements()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        boxes = read_geojson_regions(root / "labels" / "a.geojson", (60, 80))
+    assert boxes == [(slice(0, 60), slice(0, 45))]
+    assert "a.geojson: 1 of 1 region(s) are not rectangles" in caplog.text

@@ -750,6 +750,37 @@ def test_select_with_rescaling_copies_only_the_chosen_images_rescaled(tmp_path):
     assert stages.real_folder(config, out, "train") == str(out / "real" / "train")
 
 
+def test_rescaled_staging_keeps_the_regions_cells_were_outlined_in(tmp_path):
+    """Cells outlined in QuPath inside a region of a larger image: staged at another pixel
+    size, the region's box becomes the staged image (the rasterised labels had lost where
+    the cells were outlined, and the whole image trained, its other cells as background)."""
+    from cellsynth.io.export import _geojson
+    from cellsynth.io.images import read_image, read_labels, write_image
+
+    labels = np.zeros((40, 60), np.uint16)
+    for i, (y, x) in enumerate([(10, 8), (28, 18), (12, 45)], start=1):
+        labels[y - 3:y + 3, x - 3:x + 3] = i  # the third lies outside the region
+    data = tmp_path / "qupath"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    write_image(data / "images" / "a.png", np.where(labels > 0, 200, 30).astype(np.uint8))
+    cells = _geojson(np.where(labels <= 2, labels, 0), "a")["features"]
+    region = {"type": "Feature", "properties": {"objectType": "annotation"}, "geometry": {
+        "type": "Polygon", "coordinates": [[[0, 0], [30, 0], [30, 40], [0, 40], [0, 0]]]}}
+    (data / "labels" / "a.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [region, *cells]}))
+    config = replace(_config(data), real=RealData(train=str(data), pixel_size_um=1.0),
+                     simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1,
+                                              pixel_size_um=0.5))
+    out = tmp_path / "run"
+    out.mkdir()
+    stages._rescale_real(config, out)
+    staged = out / "real" / "train"
+    assert sorted(p.name for p in (staged / "images").iterdir()) == ["a@0.png"]
+    assert read_image(staged / "images" / "a@0.png").shape[:2] == (80, 60)  # 40 x 30, x2
+    assert len(np.unique(read_labels(staged / "labels" / "a@0.tif"))) == 3  # 2 cells + 0
+
+
 def test_selected_images_at_the_working_size_state_the_configs_pixel_size(tmp_path):
     """real.select without rescaling copies the chosen files; their meta.json states the
     pixel size the config gives (the refiner and the prediction take that one), so the

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.datasets import load_dataset
+from cellsynth.io.geojson import read_geojson_regions
 from cellsynth.io.images import GEOJSON_SUFFIX, read_labels
 
 __all__ = [
@@ -497,7 +498,13 @@ def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, *,
                 f"does not match ground truth {gt_files[image_id]} "
                 f"({gt_labels.shape[0]}x{gt_labels.shape[1]})"
             )
-        per_image[image_id] = matching(gt_labels, pred_labels, thresholds)
+        # ground truth outlined in regions of the image (QuPath): scored inside them only,
+        # where every cell was outlined (a right detection elsewhere is no false positive)
+        boxes = (read_geojson_regions(gt_files[image_id], gt_labels.shape)
+                 if gt_files[image_id].suffix.lower() == GEOJSON_SUFFIX else [])
+        per_image[image_id] = replace(aggregate(  # (one image, however many regions)
+            matching(gt_labels[box], pred_labels[box], thresholds)
+            for box in boxes or [(slice(None), slice(None))]), n_images=1)
     return DatasetEvaluation(gt_root=gt_root, pred_root=pred_root,
                              total=aggregate(per_image.values()), per_image=per_image)
 

@@ -81,6 +81,16 @@ class Sample:
         return read_labels(self.label_path, shape=shape,
                            geojson_geometry=self.geojson_geometry)
 
+    def annotated_boxes(self, shape: tuple[int, int]) -> list[tuple[slice, slice]]:
+        """Where this image's cells were annotated, if only in parts of it: the boxes of the
+        regions in its QuPath GeoJSON (:func:`cellsynth.io.geojson.read_geojson_regions`);
+        [] for a label map or GeoJSON without regions (the whole image annotated)."""
+        if self.label_path is None or self.label_path.suffix.lower() != GEOJSON_SUFFIX:
+            return []
+        from cellsynth.io.geojson import read_geojson_regions
+
+        return read_geojson_regions(self.label_path, shape)
+
     @property
     def stated_pixel_size_um(self) -> float | None:
         """The pixel size (um) the image file states about itself (OME-TIFF, ImageJ or

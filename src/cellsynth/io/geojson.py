@@ -35,7 +35,7 @@ import numpy as np
 from cellsynth.errors import ImageReadError
 from cellsynth.io.images import GEOJSON_SUFFIX
 
-__all__ = ["GEOJSON_SUFFIX", "GEOMETRIES", "read_geojson_labels"]
+__all__ = ["GEOJSON_SUFFIX", "GEOMETRIES", "read_geojson_labels", "read_geojson_regions"]
 
 GEOMETRIES = ("cell", "nucleus")  # which outline of a QuPath cell becomes the label
 _CELL_TYPES = ("detection", "cell")  # QuPath objectType values of segmented objects
@@ -109,6 +109,12 @@ def _without_regions(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (QuPath's searched or annotated regions: around detections, or around cells drawn as
     annotations too, the only kind in a file of hand-drawn cells); annotations enclosing
     fewer are hand-drawn cells."""
+    return _split_regions(features)[0]
+
+
+def _split_regions(features: list[dict[str, Any]]
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(cells, regions) of ``features``: see :func:`_without_regions`."""
     from skimage.measure import points_in_poly
 
     owner, centres = [], []
@@ -118,7 +124,7 @@ def _without_regions(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
             centres.append(ring.mean(axis=0))
     owner_of = np.array(owner, dtype=np.int64)
     points = np.array(centres, dtype=np.float64).reshape(-1, 2)
-    kept = []
+    kept, regions = [], []
     for i, feature in enumerate(features):
         if _object_type(feature) == "annotation" and len(points) > 1:
             inside = 0
@@ -128,9 +134,52 @@ def _without_regions(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if near.any():
                     inside += int(points_in_poly(points[near], ring).sum())
             if inside >= 2:
+                regions.append(feature)
                 continue
         kept.append(feature)
-    return kept
+    return kept, regions
+
+
+REGION_FILL = 0.95  # a region covering less of its box is not a rectangle: said
+
+
+def read_geojson_regions(path: str | Path, shape: tuple[int, int]
+                         ) -> list[tuple[slice, slice]]:
+    """The boxes (row and column slices within ``shape``) of a GeoJSON file's regions: the
+    annotations that enclose cells (QuPath's rectangle or polygon drawn around the part of
+    a larger image whose cells were outlined, or searched by its cell detection). Cells
+    outside every region were not annotated, so they must not count as background: a
+    labeled image with regions trains and is scored inside their boxes only. [] where the
+    file has none (every cell of the image annotated). A region that is not a rectangle
+    is used by its box, said in one line (cells between its outline and its box count as
+    background there)."""
+    from cellsynth.hardware import announce
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ImageReadError(f"{path}: cannot read GeoJSON: {err}") from err
+    boxes, loose = [], 0
+    for feature in _split_regions(_features(data, path))[1]:
+        for ring in _outer_rings(feature):
+            (x0, y0), (x1, y1) = ring.min(axis=0), ring.max(axis=0)
+            # the pixels whose centre is inside the box, as cells are drawn
+            rows = slice(max(0, int(np.ceil(y0 - 0.5))), min(shape[0], int(np.floor(y1 - 0.5)) + 1))
+            cols = slice(max(0, int(np.ceil(x0 - 0.5))), min(shape[1], int(np.floor(x1 - 0.5)) + 1))
+            if rows.stop <= rows.start or cols.stop <= cols.start:
+                continue  # (outside the image)
+            x, y = ring[:, 0], ring[:, 1]
+            area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+            loose += area < REGION_FILL * (x1 - x0) * (y1 - y0)
+            boxes.append((rows, cols))
+    if loose:
+        announce(f"{path}: {loose} of {len(boxes)} region(s) are not rectangles; each is used "
+                 f"by its box, where unannotated cells between its outline and the box count "
+                 f"as background (draw regions with QuPath's rectangle tool)")
+    return boxes
 
 
 def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,

@@ -135,13 +135,22 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                     continue
                 image = (sample.read_image() if channel is None
                          else open_image(sample.image_path, channel=channel))
-                scaled = _same_dtype(rescale_image(image, factor), image.dtype)
-                suffix = ".png" if scaled.dtype in (np.uint8, np.uint16) else ".tif"
-                write_image(root / role / "images" / f"{sample.id}{suffix}", scaled)
-                if sample.label_path is not None:
-                    (root / role / "labels").mkdir(exist_ok=True)
-                    labels = rescale_labels(sample.read_labels().astype(np.uint32), factor)
-                    write_labels(root / role / "labels" / f"{sample.id}.tif", labels)
+                labels = (sample.read_labels(shape=image.shape[:2]).astype(np.uint32)
+                          if sample.label_path is not None else None)
+                # cells outlined in regions of the image (QuPath): each region's box as an
+                # image of its own (the rasterised labels would lose where they were drawn)
+                regions = (sample.annotated_boxes(image.shape[:2]) if labels is not None
+                           else [])
+                parts = ([(f"{sample.id}@{k}", box) for k, box in enumerate(regions)]
+                         or [(sample.id, (slice(None), slice(None)))])
+                for name, box in parts:
+                    scaled = _same_dtype(rescale_image(image[box], factor), image.dtype)
+                    suffix = ".png" if scaled.dtype in (np.uint8, np.uint16) else ".tif"
+                    write_image(root / role / "images" / f"{name}{suffix}", scaled)
+                    if labels is not None:
+                        (root / role / "labels").mkdir(exist_ok=True)
+                        write_labels(root / role / "labels" / f"{name}.tif",
+                                     rescale_labels(labels[box], factor))
             # (not rescaled: the pixel size the config states, as the refiner and the
             # prediction take it, else the folder's; a file stating another is overruled)
             pixel_size = (_sim_config(config).pixel_size_um if factor != 1.0

@@ -24,6 +24,7 @@ from skimage.transform import resize
 
 from cellsynth.config import ADDED
 from cellsynth.errors import DatasetError
+from cellsynth.hardware import announce
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.images import colour_of, match_channels, select_channel
 from cellsynth.io.normalize import DEFAULT, Normalization, normalize
@@ -122,9 +123,17 @@ def load_labeled(roots: Sequence[str | os.PathLike], *, channels: int | None = N
                          if pixel_size_um is not None else None)
             unknown += pixel_size_um is not None and source_um is None
             factor = pixel_scale(source_um, pixel_size_um)
-            image = rescale_image(image, factor)
-            labels = rescale_labels(labels, factor)
-            out.append(LabeledImage(f"{dataset.root.name}/{sample.id}", image, labels))
+            name = f"{dataset.root.name}/{sample.id}"
+            # cells annotated in regions of the image (QuPath): only those parts, where
+            # every cell was outlined (elsewhere unannotated cells would teach background)
+            boxes = sample.annotated_boxes(labels.shape)
+            if boxes:
+                announce(f"{sample.label_path}: cells annotated in {len(boxes)} region(s); "
+                         f"trained and validated inside them only")
+            for k, box in enumerate(boxes or [(slice(None), slice(None))]):
+                out.append(LabeledImage(f"{name}@{k}" if boxes else name,
+                                        rescale_image(image[box], factor),
+                                        rescale_labels(labels[box], factor)))
         for count, n in sorted(first_of.items()):
             warnings.warn(f"{dataset.root}: {n} image(s) with {count} channels"
                           f"{', not RGB' if count == 3 else ''}; using channel 0 (choose "
