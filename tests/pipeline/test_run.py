@@ -769,13 +769,14 @@ def test_rescaled_staging_keeps_the_regions_cells_were_outlined_in(tmp_path):
         "type": "Polygon", "coordinates": [[[0, 0], [30, 0], [30, 40], [0, 40], [0, 0]]]}}
     (data / "labels" / "a.geojson").write_text(json.dumps(
         {"type": "FeatureCollection", "features": [region, *cells]}))
-    config = replace(_config(data), real=RealData(train=str(data), pixel_size_um=1.0),
+    config = replace(_config(data), real=RealData(unlabeled=str(data), train=str(data),
+                                                  pixel_size_um=1.0),
                      simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1,
                                               pixel_size_um=0.5))
     out = tmp_path / "run"
     out.mkdir()
     stages._rescale_real(config, out)
-    staged = out / "real" / "train"
+    staged = Path(stages.real_folder(config, out, "train"))  # (unlabeled's copy: one folder)
     assert sorted(p.name for p in (staged / "images").iterdir()) == ["a@0.png"]
     assert read_image(staged / "images" / "a@0.png").shape[:2] == (80, 60)  # 40 x 30, x2
     assert len(np.unique(read_labels(staged / "labels" / "a@0.tif"))) == 3  # 2 cells + 0

@@ -138,7 +138,8 @@ def _rescale_real(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any
                 labels = (sample.read_labels(shape=image.shape[:2]).astype(np.uint32)
                           if sample.label_path is not None else None)
                 # cells outlined in regions of the image (QuPath): each region's box as an
-                # image of its own (the rasterised labels would lose where they were drawn)
+                # image of its own (the rasterised labels would lose where they were drawn);
+                # for every role, as train and val often read unlabeled's copy of one folder
                 regions = (sample.annotated_boxes(image.shape[:2]) if labels is not None
                            else [])
                 parts = ([(f"{sample.id}@{k}", box) for k, box in enumerate(regions)]
