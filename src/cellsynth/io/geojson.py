@@ -54,6 +54,18 @@ def _features(data: Any, path: Path) -> list[dict[str, Any]]:
     return data
 
 
+def _read_features(path: Path) -> list[dict[str, Any]]:
+    """The features of a GeoJSON file (see :func:`_features`); an unreadable file is one
+    line naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ImageReadError(f"{path}: cannot read GeoJSON: {err}") from err
+    return _features(data, path)
+
+
 def _object_type(feature: dict[str, Any]) -> str:
     properties = feature.get("properties") or {}
     return str(properties.get("objectType", "annotation")).lower()
@@ -104,17 +116,12 @@ def _outer_rings(feature: dict[str, Any]) -> list[np.ndarray]:
     return rings
 
 
-def _without_regions(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``features`` less the annotations that enclose the centres of >= 2 other features
-    (QuPath's searched or annotated regions: around detections, or around cells drawn as
-    annotations too, the only kind in a file of hand-drawn cells); annotations enclosing
-    fewer are hand-drawn cells."""
-    return _split_regions(features)[0]
-
-
 def _split_regions(features: list[dict[str, Any]]
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(cells, regions) of ``features``: see :func:`_without_regions`."""
+    """(cells, regions) of ``features``: the regions are the annotations that enclose the
+    centres of >= 2 other features (QuPath's searched or annotated regions: around
+    detections, or around cells drawn as annotations too, the only kind in a file of
+    hand-drawn cells); annotations enclosing fewer are hand-drawn cells."""
     from skimage.measure import points_in_poly
 
     owner, centres = [], []
@@ -156,14 +163,8 @@ def read_geojson_regions(path: str | Path, shape: tuple[int, int]
     from cellsynth.hardware import announce
 
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ImageReadError(f"{path}: cannot read GeoJSON: {err}") from err
     boxes, loose = [], 0
-    for feature in _split_regions(_features(data, path))[1]:
+    for feature in _split_regions(_read_features(path))[1]:
         for ring in _outer_rings(feature):
             (x0, y0), (x1, y1) = ring.min(axis=0), ring.max(axis=0)
             # the pixels whose centre is inside the box, as cells are drawn
@@ -192,16 +193,7 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {GEOMETRIES}, not {geometry!r}")
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ImageReadError(f"{path}: cannot read GeoJSON: {err}") from err
-    features = _features(data, path)
-    n_features = len(features)
-    features = _without_regions(features)
-    regions = n_features - len(features)
+    features, regions = _split_regions(_read_features(path))
     labels = np.zeros(shape, np.uint32)
     skipped = 0
     outside = 0  # polygons with no pixel centre in the image
@@ -235,7 +227,7 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
                           "exported for a crop of it?)" if outside == index else ""),
                       stacklevel=2)
     if regions:
-        announce(f"{path}: {regions} annotation(s) enclosing 2 or more other objects are "
+        announce(f"{path}: {len(regions)} annotation(s) enclosing 2 or more other objects are "
                  f"regions, not cells, and were left out")
     if skipped:
         announce(f"{path}: {skipped} feature(s) that are not polygons (points, lines) are not "
