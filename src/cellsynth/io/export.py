@@ -250,7 +250,7 @@ def _scores(root: Path, image_id: str) -> dict[int, float]:
 GEOJSON_OBJECTS = ("detection", "annotation")  # QuPath objectType of exported cells
 
 
-def _level0(predicted: dict[str, Any], shape: tuple[int, int]) -> tuple[float, float]:
+def level0_factor(predicted: dict[str, Any], shape: tuple[int, int]) -> tuple[float, float]:
     """(x, y) factor from a prediction's label pixels to its image's level-0 pixels: 1, 1
     unless it predicted a coarser pyramid level (``predict --level``; ``predicted``, the
     image's entry in the prediction's meta.json, says)."""
@@ -338,10 +338,10 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
             elif to == "geojson":
                 write_json(staging / f"{image_id}.geojson",
                            _geojson(labels, image_id, objects,
-                                    _level0(predicted.get(image_id, {}), labels.shape)))
+                                    level0_factor(predicted.get(image_id, {}), labels.shape)))
             else:
                 name = None
-                scale = _level0(predicted.get(image_id, {}), labels.shape)
+                scale = level0_factor(predicted.get(image_id, {}), labels.shape)
                 if image_path is not None:
                     name = f"images/{image_id}{image_path.suffix}"
                     shutil.copyfile(image_path, staging / name)

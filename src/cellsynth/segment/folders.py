@@ -22,6 +22,7 @@ from cellsynth import __version__
 from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads
 from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_dataset
+from cellsynth.io.export import level0_factor
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
 from cellsynth.io.headers import check_headers
 from cellsynth.io.images import (
@@ -175,8 +176,9 @@ def detections_table(labels: Any, id_scores: np.ndarray,
     user, meta.json or the file), or ``assumed`` (none stated: the detector's, at which the
     image was predicted; not a measured size).
 
-    ``level0``: (y, x) factor from these labels' pixels to the slide's level 0 where they
-    are of a coarser pyramid level (``predict --level N``); the centroid and bounding box
+    ``level0``: (x, y) factor from these labels' pixels to the slide's level 0 where they
+    are of a coarser pyramid level (``predict --level N``; as
+    :func:`cellsynth.io.export.level0_factor` gives it); the centroid and bounding box
     are then given at level 0 as well (``*_level0`` columns; a centroid is a pixel's centre,
     a box's edges are pixel edges), where QuPath and the slide's other coordinates are.
 
@@ -215,7 +217,7 @@ def detections_table(labels: Any, id_scores: np.ndarray,
         row = (f"{i},{cy:.2f},{cx:.2f},{a},{area_um2},{float(id_scores[i]):.4f},"
                f"{y0s[i]},{x0s[i]},{y1s[i]},{x1s[i]},{px}")
         if level0 is not None:
-            fy, fx = level0
+            fx, fy = level0
             row += (f",{(cy + 0.5) * fy - 0.5:.2f},{(cx + 0.5) * fx - 0.5:.2f},"
                     f"{y0s[i] * fy:.1f},{x0s[i] * fx:.1f},{y1s[i] * fy:.1f},{x1s[i] * fx:.1f}")
         lines.append(row)
@@ -435,11 +437,10 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 with atomic_path(root / layout.DETECTIONS / f"{image_id}.csv") as tmp:
                     # (an unknown size was taken to be the model's: areas in um² at it,
                     # and said so in each row)
-                    full = per_image[image_id].get("level0_shape")
                     tmp.write_text(detections_table(
                         labels, id_scores, px or detector.pixel_size_um, assumed=px is None,
-                        level0=(full[0] / int(labels.shape[0]), full[1] / int(labels.shape[1]))
-                        if full else None))
+                        level0=level0_factor(per_image[image_id], labels.shape)
+                        if level else None))
                 if not lazy:
                     (root / layout.OVERLAYS).mkdir(exist_ok=True)
                     write_image(root / layout.OVERLAYS / f"{image_id}.png",
