@@ -316,6 +316,20 @@ def test_cells_annotated_in_a_region_train_and_score_inside_it_only(tmp_path, ca
     pred.mkdir()
     write_labels(pred / "a.tif", labels)  # every cell found, the 2 unannotated ones too
     assert evaluate_folders(root, pred).total.f1[0] == 1.0
+    # and a run's report draws the region as scored: its 3 cells found, nothing false (the
+    # whole image showed the 2 unannotated cells as false detections)
+    from cellsynth.pipeline.report import _outcome_pictures, _scored_test_images
+
+    run = tmp_path / "run"
+    (run / "evaluate").mkdir(parents=True)
+    (run / "evaluate" / "metrics.json").write_text("{}")
+    (run / "config.yaml").write_text(json.dumps({"real": {"test": str(root)}}))
+    (run / "predict").mkdir()
+    (pred).rename(run / "predict" / "labels")
+    shown = _scored_test_images(run)
+    assert [(name, image.shape[:2]) for name, image, *_ in shown] == [("a@0", (60, 45))]
+    assert _outcome_pictures(shown)[1] == [{"tp": 3, "fp": 0, "fn": 0}]
+    (run / "predict" / "labels").rename(pred)
     write_labels(pred / "a.tif", np.where(labels == 2, 0, labels))  # one annotated missed
     assert evaluate_folders(root, pred).total.f1[0] == pytest.approx(0.8)
     # a region that is not a rectangle is used by its box, and said

@@ -278,7 +278,10 @@ def _real_options(run: Path) -> dict[str, Any]:
 def _scored_test_images(run: Path, limit: int = 4
                         ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """(id, image, truth, predicted) of up to ``limit`` test images a run evaluated (the
-    image as the run read it: ``real.channel`` alone), or [] where it evaluated none."""
+    image as the run read it: ``real.channel`` alone), or [] where it evaluated none. An
+    image whose cells were outlined in regions (QuPath) gives each region's box as
+    ``<id>@<k>``, the part evaluate scored: the cells outside were never annotated, and
+    drawn whole they showed every right detection there as false."""
     from cellsynth.io.datasets import load_dataset
     from cellsynth.io.images import read_labels
     from cellsynth.io.sections import open_image, reads_lazily
@@ -293,10 +296,13 @@ def _scored_test_images(run: Path, limit: int = 4
         predicted = run / layout.PREDICT / layout.LABELS / f"{sample.id}.tif"
         if len(found) >= limit or reads_lazily(sample.image_path) or not predicted.is_file():
             continue  # (a whole section is no picture)
-        image = open_image(sample.image_path, channel=real.get("channel"))
-        found.append((sample.id, np.asarray(image), sample.read_labels(),
-                      read_labels(predicted)))
-    return found
+        image = np.asarray(open_image(sample.image_path, channel=real.get("channel")))
+        truth, labels = sample.read_labels(), read_labels(predicted)
+        boxes = sample.annotated_boxes(truth.shape)
+        for k, box in enumerate(boxes or [(slice(None), slice(None))]):
+            name = f"{sample.id}@{k}" if boxes else sample.id
+            found.append((name, image[box], truth[box], labels[box]))
+    return found[:limit]
 
 
 def _swatch(key: str) -> str:
