@@ -18,7 +18,7 @@ that a user would otherwise look up:
     plain simulation chosen on held-out simulated images, 5 fine-tunings of 240 steps
     averaged (soup), detections paler than 95 % of the annotated cells dropped and box NMS
     at IoU 0.5 (Nissl only); on Nissl with 2 images 0.756 / 0.516 F1@0.5 / F1avg (3 seeds),
-    31-59 min on 2 cores with native bf16;
+    29-49 min on 2 cores with native bf16;
   - ``fast`` (``configs/nissl-k2-fast.yaml``): the refiner, 600 pretraining steps on its
     images, one fine-tuning of 300 steps; 0.723 / 0.450, 12.5 min with native bf16, 74
     without. On H&E 5 fine-tunings averaged (soup): +0.031 F1@0.5 over one with 3
@@ -242,7 +242,7 @@ GPU_WORKERS = 4
 
 _RECIPE_LINES = {
     "accurate": ("the accurate few-annotation recipe (configs/nissl-k2.yaml: 0.756 / 0.516 "
-                 "F1@0.5 / F1avg on Nissl with 2 images, 31-59 min on 2 CPU cores with native "
+                 "F1@0.5 / F1avg on Nissl with 2 images, 29-49 min on 2 CPU cores with native "
                  "bf16; `cellsynth init --recipe fast` for the 2.5x faster one)"),
     "fast": ("the fast few-annotation recipe (configs/nissl-k2-fast.yaml: 0.723 / 0.450 on "
              "Nissl with 2 images, 12.5 min on 2 CPU cores with native bf16; `cellsynth init "
