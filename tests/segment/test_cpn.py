@@ -85,3 +85,22 @@ def test_head_kernel_shrinks_the_heads_and_checkpoints_rebuild_it(tmp_path):
     train(plain, [sim], tmp_path / "plain", progress=False)
     spec = torch.load(tmp_path / "plain" / "last.pt", weights_only=False)["model_spec"]
     assert "head_kernel" not in spec
+
+
+def test_importing_the_detector_leaves_qts_plugin_path_as_it_was():
+    """opencv-python, which celldetection needs, points Qt at its own plugins on import; a
+    napari window opened afterwards in the same script then aborted the process ("Could not
+    load the Qt platform plugin xcb"). Importing cellsynth's detector module keeps the
+    variables as they were: unset stays unset, a user's own value stays."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "os.environ.pop('QT_QPA_PLATFORM_PLUGIN_PATH', None)\n"
+            "os.environ['QT_QPA_FONTDIR'] = '/my/fonts'\n"
+            "import cellsynth.segment.cpn\n"
+            "print(os.environ.get('QT_QPA_PLATFORM_PLUGIN_PATH'), os.environ['QT_QPA_FONTDIR'],"
+            " 'cv2' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["None", "/my/fonts", "True"]

@@ -769,7 +769,7 @@ def test_napari_widget_loads_its_detector_once_and_again_when_the_file_changes(
         napari_plugin.predict_widget(layer, Path("."))
 
 
-def test_napari_widget_segments_in_a_worker_and_the_viewer_gets_the_cells(model, monkeypatch):
+def test_napari_widget_segments_in_a_worker_and_the_viewer_gets_the_cells(model):
     """Inside a napari window (Qt and a display; skipped where there are none) the widget returns a
     napari worker, so the window is not frozen while it predicts, and napari adds its cells
     to the viewer when it ends (it predicted on the main thread)."""
@@ -779,9 +779,8 @@ def test_napari_widget_segments_in_a_worker_and_the_viewer_gets_the_cells(model,
     if not os.environ.get("DISPLAY"):  # (napari's canvas needs OpenGL: e.g. xvfb-run pytest)
         pytest.skip("a napari window needs a display")
     napari = pytest.importorskip("napari")
-    # (opencv, which celldetection imports in the training fixture, points Qt at its own
-    # plugins; napari's window, started first as a user starts it, would not read that)
-    monkeypatch.delenv("QT_QPA_PLATFORM_PLUGIN_PATH", raising=False)
+    # (the training fixture imported celldetection first, as a script using cellsynth before
+    # napari.Viewer() does: cpn.py keeps opencv from pointing Qt at its own plugins)
     from magicgui import magicgui
     from napari.qt.threading import FunctionWorker
     from qtpy.QtCore import QEventLoop, QTimer

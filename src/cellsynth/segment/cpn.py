@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
+# opencv-python (celldetection's) points Qt at its own plugins when imported on Linux, and a
+# QApplication made afterwards (napari.Viewer() in a script or notebook that used cellsynth
+# first) aborts the process: "Could not load the Qt platform plugin xcb". They are put back.
+_QT_VARIABLES = ("QT_QPA_PLATFORM_PLUGIN_PATH", "QT_QPA_FONTDIR")
+_qt_before = {name: os.environ.get(name) for name in _QT_VARIABLES}
 with warnings.catch_warnings():  # timm / mamba FutureWarnings on import
     warnings.simplefilter("ignore")
     import celldetection as cd
+for _name, _value in _qt_before.items():
+    if _value is None:
+        os.environ.pop(_name, None)
+    else:
+        os.environ[_name] = _value
 
 __all__ = ["MODELS", "build_model", "celldetection_format", "training_targets", "collate",
            "set_core_precision", "prepare_for_inference", "raw_predict", "score_threshold",
