@@ -27,10 +27,13 @@ if os.environ.get("_CELLSYNTH_SUITE_THREADS") or "CELLSYNTH_THREADS" not in os.e
 # per-machine measurements (the bf16 timing) go to a folder of this test process, never to
 # the user's cache
 if "CELLSYNTH_CACHE_DIR" not in os.environ or os.environ.get("_CELLSYNTH_SUITE_CACHE"):
+    import atexit
+    import shutil
     import tempfile
 
     os.environ.update(CELLSYNTH_CACHE_DIR=tempfile.mkdtemp(prefix="cellsynth-cache-"),
                       _CELLSYNTH_SUITE_CACHE="1")
+    atexit.register(shutil.rmtree, os.environ["CELLSYNTH_CACHE_DIR"], ignore_errors=True)
 
 
 def make_dataset(root: Path, n: int = 3, size: int = 32, *, rgb: bool = False,
