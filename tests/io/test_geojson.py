@@ -325,7 +325,7 @@ def test_cells_annotated_in_a_region_train_and_score_inside_it_only(tmp_path, ca
     (run / "evaluate" / "metrics.json").write_text("{}")
     (run / "config.yaml").write_text(json.dumps({"real": {"test": str(root)}}))
     (run / "predict").mkdir()
-    (pred).rename(run / "predict" / "labels")
+    pred.rename(run / "predict" / "labels")
     shown = _scored_test_images(run)
     assert [(name, image.shape[:2]) for name, image, *_ in shown] == [("a@0", (60, 45))]
     assert _outcome_pictures(shown)[1] == [{"tp": 3, "fp": 0, "fn": 0}]
