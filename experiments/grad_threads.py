@@ -22,8 +22,8 @@ config = from_dict(TrainConfig, {**ckpt["config"], "device": "cpu"}, where="pret
 sim = load_labeled([f"{run}/simulate"], pixel_size_um=config.pixel_size_um,
                    normalization=config.normalization)
 sampler = CropSampler(sim, config.crop, config.augment, np.random.default_rng(0))
-shape = build_model(**ckpt["model_spec"])
-batches = [_batch(sampler, config, shape.samples, shape.order) for _ in range(3)]
+spec = ckpt["model_spec"]
+batches = [_batch(sampler, config, spec["samples"], spec["order"]) for _ in range(3)]
 
 
 def grads(precision: str, threads: int, batch: dict) -> tuple[torch.Tensor, float]:
