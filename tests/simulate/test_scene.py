@@ -460,3 +460,63 @@ def test_stain_vectors_colour_the_image_and_change_nothing_else():
     same = replace(config, staining=replace(config.staining,
                                             counter_vector=tuple(STAIN_VECTORS["eosin"])))
     assert np.array_equal(render_scene(same, (96, 96), np.random.default_rng(4))[0], pink_image)
+
+
+def test_without_a_seam_covered_cells_meet_without_the_pale_line_and_nothing_else_changes():
+    # where one cell covers another, its soft edge fades into the covered cell (seam 0)
+    # instead of to the neuropil (seam 1, the default): the same labels, darker pixels on the
+    # line between two cells, the image unchanged away from such lines
+    config = preset("nissl")
+    assert config.seam == 1.0
+    seamed = render_scene(config, (128, 128), np.random.default_rng(4))
+    seamless = render_scene(replace(config, seam=0.0), (128, 128), np.random.default_rng(4))
+    labels = seamed[1]
+    assert np.array_equal(labels, seamless[1])
+    shifted = [(labels[:-1], labels[1:]), (labels[:, :-1], labels[:, 1:])]
+    line = np.zeros(labels.shape, bool)
+    for (a, b), view in zip(shifted, [(slice(None, -1),), (slice(None), slice(None, -1))]):
+        line[view] |= (a != b) & (a > 0) & (b > 0)
+    assert line.sum() > 50  # (the preset's packed somata touch)
+    gray = [im.astype(float).mean(axis=-1) for im in (seamed[0], seamless[0])]
+    darker = gray[0][line] - gray[1][line]  # (8-bit levels; stain darkens)
+    # (the line's pixels on the covered side keep their value; blur spreads the rest)
+    assert darker.min() > -1 and darker.mean() > 2 and (darker >= 5).mean() > 0.1
+    far = ~ndi.binary_dilation(line, iterations=6)
+    assert np.array_equal(gray[0][far], gray[1][far])
+
+
+def test_seam_must_be_a_fraction():
+    with pytest.raises(ValueError, match="seam"):
+        replace(preset("nissl"), seam=1.5)
+
+
+def test_kin_stain_gives_a_covering_cell_the_stain_of_the_cell_it_covers():
+    # kin_stain 1: a cell over another is painted with that cell's stain, so the pair's
+    # interiors match; the labels and every cell that covers none stay as drawn
+    config = replace(preset("nissl"), staining=Staining(unevenness=0.0),
+                     optics=Optics(blur_um=0.0, shot_noise=0.0, read_noise=0.0),
+                     background=Background(texture=0.0, fibres=0.0, halo=0.0))
+    config = replace(config, cells=tuple(replace(c, texture=0.0, nucleus_prob=0.0,
+                                                 nucleolus_prob=0.0) for c in config.cells))
+    drawn = render_scene(config, (256, 256), np.random.default_rng(5))
+    kin = render_scene(replace(config, kin_stain=1.0), (256, 256), np.random.default_rng(5))
+    labels = drawn[1]
+    assert np.array_equal(labels, kin[1])
+    inner = ndi.binary_erosion(labels > 0, iterations=3)
+    gray = [im.astype(float).mean(axis=-1) for im in (drawn[0], kin[0])]
+
+    def interior(image, cell):
+        return np.median(image[(labels == cell) & inner])
+
+    pairs = set()
+    for a, b in ((labels[:-1], labels[1:]), (labels[:, :-1], labels[:, 1:])):
+        touch = (a != b) & (a > 0) & (b > 0)
+        pairs |= {tuple(sorted(p)) for p in zip(a[touch].tolist(), b[touch].tolist())}
+    gaps = [[abs(interior(g, i) - interior(g, j)) for g in gray] for i, j in pairs
+            if ((labels == i) & inner).sum() > 20 and ((labels == j) & inner).sum() > 20]
+    assert len(gaps) >= 5
+    gaps = np.array(gaps)
+    assert np.median(gaps[:, 1]) < 0.5 * np.median(gaps[:, 0])  # the pairs' stains closer
+    alone = [c for c in np.unique(labels[labels > 0]) if not any(c in p for p in pairs)]
+    assert alone and all(interior(gray[0], c) == interior(gray[1], c) for c in alone
+                         if ((labels == c) & inner).sum() > 20)

@@ -255,6 +255,13 @@ class SimulationConfig:
     optics: Optics = field(default_factory=Optics)
     variation: Variation = field(default_factory=Variation)
     max_occlusion: float = 0.35   # a cell may lose at most this fraction of its area to others
+    # where a cell covers another, how far its soft edge fades towards the neuropil (1: a pale
+    # seam between the two) rather than into the covered cell (0: no seam; touching somata
+    # of similar stain then part only by their shapes, as many do in Nissl sections)
+    seam: float = field(default=1.0, metadata=ADDED)
+    # a cell that covers another takes this fraction of the way from its own stain to the
+    # covered cell's (0: independent stains; 1: the same, so only the shapes part them)
+    kin_stain: float = field(default=0.0, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if not self.pixel_size_um > 0:
@@ -264,6 +271,8 @@ class SimulationConfig:
         if not any(c.labeled and c.annotated for c in self.cells):
             raise ValueError("cells: at least one labeled and annotated cell type is needed")
         _check_fraction("max_occlusion", self.max_occlusion)
+        _check_fraction("seam", self.seam)
+        _check_fraction("kin_stain", self.kin_stain)
 
     @property
     def channels(self) -> int:

@@ -203,9 +203,11 @@ def _candidates(config: SimulationConfig, rng: np.random.Generator, shape: tuple
 
 
 def _place(cells: list[_Cell], shape: tuple[int, int], max_occlusion: float
-           ) -> tuple[np.ndarray, list[_Cell]]:
-    """Stack labeled cells in order; return the label map and the kept cells (id = index+1)."""
+           ) -> tuple[np.ndarray, list[_Cell], np.ndarray]:
+    """Stack labeled cells in order; return the label map, the kept cells (id = index+1) and,
+    per pixel, the id of the cell directly beneath the top one (0: none)."""
     labels = np.zeros(shape, np.int32)
+    beneath = np.zeros(shape, np.int32)
     visible = np.zeros(len(cells) + 1, np.int64)  # visible area per id
     minimum = np.zeros(len(cells) + 1, np.float64)  # least visible area allowed per id
     kept: list[_Cell] = []
@@ -230,10 +232,31 @@ def _place(cells: list[_Cell], shape: tuple[int, int], max_occlusion: float
             visible[ids] = left
         kept.append(cell)
         new_id = len(kept)
+        beneath[image_sl][mask] = under
         region[mask] = new_id
         visible[new_id] = under.size
         minimum[new_id] = (1.0 - max_occlusion) * under.size
-    return labels, kept
+    return labels, kept, beneath
+
+
+def _stain_like_covered(kept: list[_Cell], beneath: np.ndarray, labels: np.ndarray,
+                        kin: float) -> None:
+    """Move the stain of every cell that covers others ``kin`` of the way towards the stain
+    of the one it covers most (in place; from the stains as drawn, so a chain of covering
+    cells does not compound). No random numbers are drawn."""
+    top, under = labels.ravel(), beneath.ravel()
+    pairs = np.flatnonzero((top > 0) & (under > 0))
+    if pairs.size == 0:
+        return
+    n = len(kept) + 1
+    keys, counts = np.unique(top[pairs].astype(np.int64) * n + under[pairs],
+                             return_counts=True)
+    tops, unders = np.divmod(keys, n)
+    order = np.lexsort((counts, tops))  # per top id, its most covered cell last
+    last = np.r_[tops[order][1:] != tops[order][:-1], True]
+    drawn = [c.stain for c in kept]
+    for i, j in zip(tops[order][last], unders[order][last]):
+        kept[i - 1].stain = drawn[i - 1] + kin * (drawn[j - 1] - drawn[i - 1])
 
 
 def _one_piece_per_label(labels: np.ndarray) -> np.ndarray:
@@ -445,12 +468,18 @@ def _class_map(labels: np.ndarray, lumen: np.ndarray, blobs: list[_Blob],
 
 
 def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.ndarray,
-                 labels: np.ndarray, cells: list[_Cell]) -> None:
+                 labels: np.ndarray, cells: list[_Cell], beneath: np.ndarray | None = None
+                 ) -> None:
     """Paint every labeled cell where (and only where) the label map holds its id.
 
     The per-cell loop only scatters each cell's normalised radius into a full-size map and
     collects its parameters in tables indexed by label id; the appearance (soft edge,
     granules, nucleus, nucleolus) is then computed for all labeled pixels at once.
+
+    A cell's soft edge fades towards what lies under it: the neuropil, or where it covers
+    another cell (``beneath``, the id directly under each pixel's top cell) the covered
+    cell as painted there, by ``1 - config.seam`` (1: the neuropil everywhere, a pale seam
+    between the two; 0: the cell beneath, no seam).
     """
     if not cells:
         return
@@ -462,11 +491,16 @@ def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.nd
     stain, texture, sharpness, dome = (np.zeros(n, np.float32) for _ in range(4))
     nucleus = np.full((n, 4), [far, far, 0, 1], np.float32)    # y, x, radius, relative stain
     nucleolus = np.full((n, 4), [far, far, 0, 0], np.float32)  # y, x, radius, absolute stain
+    seamless = beneath is not None and config.seam < 1.0 and bool(beneath.any())
     rho = np.ones(labels.shape, np.float32)
+    rho_beneath = np.ones(labels.shape, np.float32) if seamless else None
     for new_id, cell in enumerate(cells, start=1):
         image_sl, patch_sl = _patch_slices(cell, height, width)
         visible = labels[image_sl] == new_id
         rho[image_sl][visible] = cell.shape.rho[patch_sl][visible]
+        if seamless:
+            covered = beneath[image_sl] == new_id
+            rho_beneath[image_sl][covered] = cell.shape.rho[patch_sl][covered]
         kind = cell.kind
         stain[new_id], texture[new_id] = cell.stain, kind.texture
         sharpness[new_id] = cell.radius_px / max(kind.edge_um / px, 0.5)
@@ -478,23 +512,37 @@ def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.nd
             dy, dx, rnn = cell.nucleolus
             nucleolus[new_id] = (cell.y + dy, cell.x + dx, rnn,
                                  cell.stain * kind.nucleolus_stain)
+
+    def painted(ids: np.ndarray, index: np.ndarray, r: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(body stain, edge weight) of the cells ``ids`` at the flat pixels ``index``, whose
+        normalised radii in those cells are ``r``."""
+        ys, xs = np.divmod(index, width)
+        ys, xs = ys.astype(np.float32), xs.astype(np.float32)
+        weight = np.clip(0.5 + (1.0 - r) * sharpness[ids], 0.0, 1.0)
+        body = stain[ids] * (1.0 + texture[ids] * granules.reshape(-1)[index])
+        if dome.any():  # 1 - rho^2 has mean 1/2 over the disc: the mean is kept
+            d = dome[ids]
+            body *= 1.0 - d + d * 2.0 * np.clip(1.0 - r * r, 0.0, 1.0)
+        ny, nx, nr, nstain = nucleus[ids].T
+        w_n = np.clip(0.5 + nr - np.hypot(ys - ny, xs - nx), 0.0, 1.0)
+        body *= 1.0 - (1.0 - nstain) * w_n
+        ny, nx, nr, nstain = nucleolus[ids].T
+        w_nn = np.clip(0.5 + nr - np.hypot(ys - ny, xs - nx), 0.0, 1.0)
+        body += (nstain - body) * w_nn
+        return body, weight
+
     index = np.flatnonzero(labels)
-    ids = labels.reshape(-1)[index]
-    ys, xs = np.divmod(index, width)
-    ys, xs = ys.astype(np.float32), xs.astype(np.float32)
-    weight = np.clip(0.5 + (1.0 - rho.reshape(-1)[index]) * sharpness[ids], 0.0, 1.0)
-    body = stain[ids] * (1.0 + texture[ids] * granules.reshape(-1)[index])
-    if dome.any():  # 1 - rho^2 has mean 1/2 over the disc: the mean is kept
-        d, r = dome[ids], rho.reshape(-1)[index]
-        body *= 1.0 - d + d * 2.0 * np.clip(1.0 - r * r, 0.0, 1.0)
-    ny, nx, nr, nstain = nucleus[ids].T
-    w_n = np.clip(0.5 + nr - np.hypot(ys - ny, xs - nx), 0.0, 1.0)
-    body *= 1.0 - (1.0 - nstain) * w_n
-    ny, nx, nr, nstain = nucleolus[ids].T
-    w_nn = np.clip(0.5 + nr - np.hypot(ys - ny, xs - nx), 0.0, 1.0)
-    body += (nstain - body) * w_nn
+    body, weight = painted(labels.reshape(-1)[index], index, rho.reshape(-1)[index])
     flat = main.reshape(-1)  # a view: main is contiguous
     background = flat[index]
+    if seamless:  # where a cell covers another, its edge fades partly into that one
+        ids_beneath = beneath.reshape(-1)[index]
+        over = np.flatnonzero(ids_beneath)
+        under, w_under = painted(ids_beneath[over], index[over],
+                                 rho_beneath.reshape(-1)[index[over]])
+        below = background[over] + (under - background[over]) * w_under
+        background[over] += (1.0 - config.seam) * (below - background[over])
     flat[index] = background + (body - background) * weight
 
 
@@ -566,12 +614,17 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
     px = config.pixel_size_um
     lumen, endothelial, walls = _vessels(config, rng, shape)
     candidates, blobs, normal = _candidates(config, rng, shape, lumen, endothelial, walls)
-    labels, kept = _place(candidates, shape, config.max_occlusion)
+    labels, kept, beneath = _place(candidates, shape, config.max_occlusion)
+    if config.kin_stain > 0:
+        _stain_like_covered(kept, beneath, labels, config.kin_stain)
     old_ids = _one_piece_per_label(labels)
     cells = [kept[i - 1] for i in old_ids]
+    renumber = np.zeros(len(kept) + 1, np.int32)  # (a dropped remnant beneath: none)
+    renumber[old_ids] = np.arange(1, len(old_ids) + 1, dtype=np.int32)
+    beneath = np.where(labels > 0, renumber[beneath], 0)
     main, counter, fibres = _background(config, rng, labels, lumen, blobs, normal)
     _bodies_and_clearings(config, rng, labels, main, counter)
-    _paint_cells(config, rng, main, labels, cells)
+    _paint_cells(config, rng, main, labels, cells, beneath)
     unannotated = _drop_unannotated(labels, cells)
     field = np.exp(config.staining.unevenness
                    * smooth_field(rng, shape, config.staining.scale_um / px))
