@@ -342,3 +342,30 @@ def test_cells_annotated_in_a_region_train_and_score_inside_it_only(tmp_path, ca
         boxes = read_geojson_regions(root / "labels" / "a.geojson", (60, 80))
     assert boxes == [(slice(0, 60), slice(0, 45))]
     assert "a.geojson: 1 of 1 region(s) are not rectangles" in caplog.text
+
+
+def test_a_region_annotated_file_is_parsed_once_for_its_cells_and_regions(tmp_path,
+                                                                           monkeypatch):
+    """Loading a region-annotated image reads its cells and then its regions from the same
+    file; a QuPath export of a section holds 10^5 cells, so it is parsed once while
+    unchanged, and again once it changes."""
+    import cellsynth.io.geojson as geojson
+
+    labels = np.zeros((40, 40), np.uint16)
+    labels[5:12, 5:12], labels[20:28, 8:16] = 1, 2
+    outlined = _geojson(labels, "a")["features"]
+    for feature in outlined:
+        feature["properties"]["objectType"] = "annotation"
+    path = tmp_path / "a.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        _feature([_square(0, 0, 30, 40)], "annotation"), *outlined]}))
+    parsed = []
+    real = geojson._read_features
+    monkeypatch.setattr(geojson, "_read_features", lambda p: parsed.append(p) or real(p))
+    cells = geojson.read_geojson_labels(path, (40, 40))
+    boxes = geojson.read_geojson_regions(path, (40, 40))
+    assert len(parsed) == 1
+    assert len(np.unique(cells)) == 3 and boxes == [(slice(0, 40), slice(0, 30))]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": outlined}))
+    assert geojson.read_geojson_regions(path, (40, 40)) == []  # (the new file, read again)
+    assert len(parsed) == 2

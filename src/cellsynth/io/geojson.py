@@ -149,6 +149,27 @@ def _split_regions(features: list[dict[str, Any]]
 
 REGION_FILL = 0.95  # a region covering less of its box is not a rectangle: said
 
+# the last GeoJSON file parsed: {"key": (path, mtime_ns, size), "parsed": (cells, regions)}
+_LAST: dict[str, Any] = {}
+
+
+def _cells_and_regions(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(cell features, region features) of a GeoJSON file (:func:`_split_regions`), parsed
+    once while the file is unchanged: a region-annotated image's cells and then its regions
+    are read one after the other, and a QuPath export of a section holds 10^5 cells."""
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        key = None  # (_read_features says what is wrong with it)
+    if key is not None and _LAST.get("key") == key:
+        return _LAST["parsed"]
+    parsed = _split_regions(_read_features(path))
+    _LAST.clear()  # (one file kept: a folder's files are read one by one)
+    if key is not None:
+        _LAST.update(key=key, parsed=parsed)
+    return parsed
+
 
 def read_geojson_regions(path: str | Path, shape: tuple[int, int]
                          ) -> list[tuple[slice, slice]]:
@@ -164,7 +185,7 @@ def read_geojson_regions(path: str | Path, shape: tuple[int, int]
 
     path = Path(path)
     boxes, loose = [], 0
-    for feature in _split_regions(_read_features(path))[1]:
+    for feature in _cells_and_regions(path)[1]:
         for ring in _outer_rings(feature):
             (x0, y0), (x1, y1) = ring.min(axis=0), ring.max(axis=0)
             # the pixels whose centre is inside the box, as cells are drawn
@@ -193,7 +214,7 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {GEOMETRIES}, not {geometry!r}")
     path = Path(path)
-    features, regions = _split_regions(_read_features(path))
+    features, regions = _cells_and_regions(path)
     labels = np.zeros(shape, np.uint32)
     skipped = 0
     outside = 0  # polygons with no pixel centre in the image
