@@ -126,7 +126,7 @@ def _visible_fractions(config, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     shape = (256, 256)
     candidates = _candidates(config, rng, shape, *_vessels(config, rng, shape))[0]
-    labels, kept = _place(candidates, shape, config.max_occlusion)
+    labels, kept, _ = _place(candidates, shape, config.max_occlusion)
     visible = np.bincount(labels.ravel(), minlength=len(kept) + 1)[1:]
     drawn = []
     for cell in kept:
