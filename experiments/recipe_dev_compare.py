@@ -7,7 +7,8 @@ Secondary: each run's pretrained detector alone (zero labels, its own threshold,
     python experiments/recipe_dev_compare.py --a runs/variant-s0 runs/variant-s1 \\
         --b runs/nissl-k2-s0 runs/nissl-k2-s1 --json docs/results/X/dev.json
 
-``--a`` and ``--b`` pair in order (the same seed at the same place).
+``--a`` and ``--b`` pair in order (the same seed at the same place). ``--split test`` scores
+the test split instead, the same way (only after the development images decided).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from _nissl_dev_set import (
 from _paired import compare
 from shared_errors import miss_kinds
 
+from cellsynth.io.datasets import load_dataset
 from cellsynth.segment.predict import load_detector, predict_image, set_nms
 
 NMS = 0.5  # the recipe's
@@ -37,12 +39,22 @@ def main() -> None:
     args = arguments(__doc__, extra=lambda ap: (
         ap.add_argument("--a", nargs="+", required=True),
         ap.add_argument("--b", nargs="+", required=True),
-        ap.add_argument("--cache", type=Path, default=Path("runs/recipe-dev-cache"))))
+        ap.add_argument("--cache", type=Path, default=Path("runs/recipe-dev-cache")),
+        ap.add_argument("--split", choices=("dev", "test"), default="dev"),
+        ap.add_argument("--test", default="../shared/data/nissl_rat_sscx/test")))
     if len(args.a) != len(args.b):
         raise SystemExit("--a and --b pair in order: give as many runs to each")
-    items = dev_items(args.data)
+    if args.split == "dev":
+        items = dev_items(args.data)
+        out = summary(items)
+    else:
+        items = [(s.read_image(), s.read_labels())
+                 for s in load_dataset(args.test, require_labels=True)]
+        out = {"test_images": len(items),
+               "cells": int(sum(len(np.unique(g)) - 1 for _, g in items)), "detectors": {}}
+        args.cache = args.cache.with_name(args.cache.name + "-test")
     cut = recipe_faint_cut(args.data)
-    out = summary(items) | {"nms": NMS, "a": args.a, "b": args.b, "zero_label": {}}
+    out |= {"split": args.split, "nms": NMS, "a": args.a, "b": args.b, "zero_label": {}}
     units: dict[str, list] = {"a": [], "b": [], "a_zero": [], "b_zero": []}
     for side in ("a", "b"):
         for run in map(Path, getattr(args, side)):
