@@ -477,9 +477,9 @@ def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.nd
     granules, nucleus, nucleolus) is then computed for all labeled pixels at once.
 
     A cell's soft edge fades towards what lies under it: the neuropil, or where it covers
-    another cell (``beneath``, the id directly under each pixel's top cell) the covered
-    cell as painted there, by ``1 - config.seam`` (1: the neuropil everywhere, a pale seam
-    between the two; 0: the cell beneath, no seam).
+    another cell (``beneath``, the id directly under each pixel's top cell; None: nowhere)
+    the covered cell as painted there, by ``1 - config.seam`` (1: the neuropil everywhere, a
+    pale seam between the two; 0: the cell beneath, no seam).
     """
     if not cells:
         return
@@ -491,7 +491,7 @@ def _paint_cells(config: SimulationConfig, rng: np.random.Generator, main: np.nd
     stain, texture, sharpness, dome = (np.zeros(n, np.float32) for _ in range(4))
     nucleus = np.full((n, 4), [far, far, 0, 1], np.float32)    # y, x, radius, relative stain
     nucleolus = np.full((n, 4), [far, far, 0, 0], np.float32)  # y, x, radius, absolute stain
-    seamless = beneath is not None and config.seam < 1.0 and bool(beneath.any())
+    seamless = beneath is not None and bool(beneath.any())
     rho = np.ones(labels.shape, np.float32)
     rho_beneath = np.ones(labels.shape, np.float32) if seamless else None
     for new_id, cell in enumerate(cells, start=1):
@@ -619,9 +619,12 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
         _stain_like_covered(kept, beneath, labels, config.kin_stain)
     old_ids = _one_piece_per_label(labels)
     cells = [kept[i - 1] for i in old_ids]
-    renumber = np.zeros(len(kept) + 1, np.int32)  # (a dropped remnant beneath: none)
-    renumber[old_ids] = np.arange(1, len(old_ids) + 1, dtype=np.int32)
-    beneath = np.where(labels > 0, renumber[beneath], 0)
+    if config.seam < 1.0:  # (the map beneath is painted only then: ids as the labels')
+        renumber = np.zeros(len(kept) + 1, np.int32)  # (a dropped remnant beneath: none)
+        renumber[old_ids] = np.arange(1, len(old_ids) + 1, dtype=np.int32)
+        beneath = np.where(labels > 0, renumber[beneath], 0)
+    else:
+        beneath = None
     main, counter, fibres = _background(config, rng, labels, lumen, blobs, normal)
     _bodies_and_clearings(config, rng, labels, main, counter)
     _paint_cells(config, rng, main, labels, cells, beneath)
