@@ -46,6 +46,20 @@ def dev_items(data: str) -> list[tuple[np.ndarray, np.ndarray]]:
             for s in load_dataset(data, require_labels=True) if s.id in DEV]
 
 
+def split_items(args: argparse.Namespace) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
+    """(image, labels) of ``args.split`` ("dev": the development images; "test": the test
+    split at ``args.test``, only after the development images decided) and the summary a
+    script's JSON starts from."""
+    if args.split == "dev":
+        items = dev_items(args.data)
+        return items, summary(items)
+    items = [(s.read_image(), s.read_labels())
+             for s in load_dataset(args.test, require_labels=True)]
+    return items, {"test_images": len(items),
+                   "cells": int(sum(len(np.unique(g)) - 1 for _, g in items)),
+                   "detectors": {}}
+
+
 def summary(items: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     return {"dev_images": list(DEV),
             "cells": int(sum(len(np.unique(g)) - 1 for _, g in items)), "detectors": {}}

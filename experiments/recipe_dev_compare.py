@@ -18,18 +18,16 @@ from pathlib import Path
 import numpy as np
 from _nissl_dev_set import (
     arguments,
-    dev_items,
     recipe_faint_cut,
     recipe_predictions,
     scores,
-    summary,
+    split_items,
     tile_matchings,
     write,
 )
 from _paired import compare
 from shared_errors import miss_kinds
 
-from cellsynth.io.datasets import load_dataset
 from cellsynth.segment.predict import load_detector, predict_image, set_nms
 
 NMS = 0.5  # the recipe's
@@ -44,14 +42,8 @@ def main() -> None:
         ap.add_argument("--test", default="../shared/data/nissl_rat_sscx/test")))
     if len(args.a) != len(args.b):
         raise SystemExit("--a and --b pair in order: give as many runs to each")
-    if args.split == "dev":
-        items = dev_items(args.data)
-        out = summary(items)
-    else:
-        items = [(s.read_image(), s.read_labels())
-                 for s in load_dataset(args.test, require_labels=True)]
-        out = {"test_images": len(items),
-               "cells": int(sum(len(np.unique(g)) - 1 for _, g in items)), "detectors": {}}
+    items, out = split_items(args)
+    if args.split == "test":
         args.cache = args.cache.with_name(args.cache.name + "-test")
     cut = recipe_faint_cut(args.data)
     out |= {"split": args.split, "nms": NMS, "a": args.a, "b": args.b, "zero_label": {}}

@@ -38,11 +38,10 @@ import torch
 from _nissl_dev_set import (
     ANNOTATED,
     arguments,
-    dev_items,
     recipe_faint_cut,
     recipe_predictions,
     scores,
-    summary,
+    split_items,
     tile_matchings,
     write,
 )
@@ -50,7 +49,6 @@ from _paired import compare
 
 from cellsynth.config import from_dict
 from cellsynth.hardware import choose_precision
-from cellsynth.io.datasets import load_dataset
 from cellsynth.segment.cpn import build_model, set_core_precision
 from cellsynth.segment.data import CropSampler, load_labeled
 from cellsynth.segment.predict import load_detector, read_detector_checkpoint, set_nms
@@ -143,14 +141,7 @@ def main() -> None:
         ap.add_argument("--test", default="../shared/data/nissl_rat_sscx/test"),
         ap.add_argument("--variants", nargs="+", default=list(VARIANTS))))
     names = ["best", *[v for v in args.variants if v != "best"]]
-    if args.split == "dev":
-        items = dev_items(args.data)
-        out = summary(items)
-    else:  # (only after the development images chose)
-        items = [(s.read_image(), s.read_labels())
-                 for s in load_dataset(args.test, require_labels=True)]
-        out = {"test_images": len(items),
-               "cells": int(sum(len(np.unique(g)) - 1 for _, g in items)), "detectors": {}}
+    items, out = split_items(args)  # (test: only after the development images chose)
     cut = recipe_faint_cut(args.data)
     out |= {"split": args.split, "annotated_images": list(ANNOTATED), "nms": NMS,
             "bn_batches": BN_BATCHES, "paired_with": "best"}

@@ -35,10 +35,10 @@ from _nissl_dev_set import (
 )
 from _paired import compare
 from shared_errors import miss_kinds
-from skimage.draw import polygon
 
 from cellsynth.segment.predict import image_proposals, load_detector, set_nms
 from cellsynth.segment.tiles import contours_to_labels
+from cellsynth.segment.tta import _mask  # (a contour's mask within a box)
 
 NMS = 0.5  # the recipe's
 LOWS, COVERS = (0.3, 0.5, 0.7), (0.6, 0.7, 0.8)
@@ -49,14 +49,6 @@ def _box(contour: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, in
     lo = np.floor(contour.min(axis=0)).astype(int)
     hi = np.ceil(contour.max(axis=0)).astype(int) + 1
     return (max(lo[1], 0), max(lo[0], 0), min(hi[1], shape[0]), min(hi[0], shape[1]))
-
-
-def _mask(contour: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    y0, x0, y1, x1 = box
-    mask = np.zeros((y1 - y0, x1 - x0), bool)
-    rr, cc = polygon(contour[:, 1] - y0, contour[:, 0] - x0, shape=mask.shape)
-    mask[rr, cc] = True
-    return mask
 
 
 def split_merged(contours: np.ndarray, scores: np.ndarray, thresh: float,
