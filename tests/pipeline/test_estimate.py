@@ -44,6 +44,9 @@ class FakeTimer:
     def prediction_writes(self, height, width, channels):
         return 0.0
 
+    def tta_merge(self, height, width):
+        return 0.0
+
     def fit_images(self, base, side, radii, seed=0):
         return 0.0, 0.0
 
@@ -56,6 +59,9 @@ class CostlyTimer(FakeTimer):
 
     def prediction_writes(self, height, width, channels):
         return 2.0 * height * width / 1e6  # 2 s per megapixel
+
+    def tta_merge(self, height, width):
+        return 0.5 * height * width / 1e6  # 0.5 s per megapixel of model pixels
 
     def fit_images(self, base, side, radii, seed=0):
         return 0.5 * (side / 128) ** 2, 0.25 * (side / 128) ** 2  # render, measure
@@ -214,6 +220,12 @@ def test_the_real_timer_times_a_tiny_detector_and_caches_it(monkeypatch):
     # what prediction and the simulator fit spend besides the network
     assert 0 < timer.detector_load(config, 1) < 60
     assert 0 < timer.prediction_writes(64, 80, 1) < 60
+    merge = timer.tta_merge(64, 80)
+    assert 0 < merge < 60 and timer.tta_merge(64, 80) == merge  # measured once per shape
+    # a section larger than the timed side is priced by its pixels
+    from cellsynth.pipeline import timing
+    monkeypatch.setattr(timing, "_WRITES_SIDE", 64)
+    assert timer.tta_merge(256, 128) == pytest.approx(8 * timer.tta_merge(64, 64))
     from cellsynth.simulate import preset
     from cellsynth.simulate.fit import search_plan
 
@@ -337,3 +349,25 @@ def test_prediction_is_priced_with_its_load_and_each_images_writes(tmp_path):
     small = 128 * 128 / 1e6
     by_stage = {e.stage: e for e in estimate(rescaled, timer=CostlyTimer(), channels=1)}
     assert by_stage[layout.PREDICT].seconds == pytest.approx(3.0 + small * 10.0 + mpx * 2.0)
+
+
+def test_test_time_augmentation_is_priced_with_the_merge_of_its_views(tmp_path):
+    """With tta each image's 8 views are merged into its cells (0.8 of 6.0 s of a 512² Nissl
+    image; the estimate left it out), at the working pixel size; without tta nothing is."""
+    config = _config(tmp_path)
+    mpx = 256 * 256 / 1e6
+    seconds = {}
+    for tta in (False, True):
+        by_stage = {e.stage: e for e in estimate(replace(config, predict=replace(
+            config.predict, tta=tta)), timer=CostlyTimer(), channels=1)}
+        seconds[tta] = by_stage[layout.PREDICT].seconds
+    assert seconds[False] == pytest.approx(3.0 + mpx * 10.0 + mpx * 2.0)
+    assert seconds[True] == pytest.approx(3.0 + 8 * mpx * 10.0 + mpx * 0.5 + mpx * 2.0)
+    assert "merged" in by_stage[layout.PREDICT].detail
+    # at 0.5 um/px, simulated at 1.0: the views are merged at 128², written at 256²
+    rescaled = replace(config, real=replace(config.real, pixel_size_um=0.5),
+                       simulate=replace(config.simulate, pixel_size_um=1.0))
+    small = 128 * 128 / 1e6
+    by_stage = {e.stage: e for e in estimate(rescaled, timer=CostlyTimer(), channels=1)}
+    assert by_stage[layout.PREDICT].seconds == pytest.approx(
+        3.0 + 8 * small * 10.0 + small * 0.5 + mpx * 2.0)

@@ -15,16 +15,17 @@ synthetic inputs (a step's cost does not depend on what the pixels show), and mu
   the predicted images at the working pixel size (``predict.tile`` or its default, balanced),
   8 times with ``tta``, and 8 times over the unannotated images for pseudo labels; a forward
   pass is the network and the decoding, refinement and NMS of its proposals, on stand-in
-  cells. Each predicted image is then painted and written at its own pixels (labels,
-  detections CSV, overlay). Blank tiles of glass are counted as predicted (an upper bound
+  cells. The 8 views of an image are merged into its cells (stand-in cells again), and each
+  predicted image is then painted and written at its own pixels (labels, detections CSV,
+  overlay). Blank tiles of glass are counted as predicted (an upper bound
   for sections);
 - the simulator fit (``simulate.fit_from``): its batches of simulated images
   (:func:`cellsynth.simulate.fit.search_plan`), each rendered and measured, the real images
   measured once and the preview's renders, from a few images rendered and measured here.
 
 Not timed (seconds to a few minutes each): simulation, copying and rescaling, choosing a
-refiner step, the count threshold, evaluation, realism and the report; neither are merging
-the views of ``tta``, measuring the faint cut, a fit's extra batch where its search runs
+refiner step, the count threshold, evaluation, realism and the report; neither are
+measuring the faint cut, a fit's extra batch where its search runs
 away, or writing pseudo labels. A stage that RUN holds already, done with an unchanged
 fingerprint, counts 0. Nothing is written.
 """
@@ -82,15 +83,20 @@ def _image_shapes(folder: str | os.PathLike | None, chosen: list | None = None, 
             if ids is None or s.id in ids]
 
 
-def _megapixels(config: PipelineConfig, role: str, tile: int, overlap: int, *,
-                balance: bool = False) -> float:
-    """Tiled megapixels of a real-data role at the working pixel size."""
+def _working_shapes(config: PipelineConfig, role: str) -> list[tuple[int, int]]:
+    """(height, width) of each image of a real-data role at the working pixel size."""
     from cellsynth.pipeline.staging import _real_scale
 
     scale = _real_scale(config)
-    shapes = _image_shapes(getattr(config.real, role), config.real.select.get(role))
-    return sum(tiled_pixels(max(1, round(h * scale)), max(1, round(w * scale)), tile, overlap,
-                            balance=balance) for h, w in shapes) / 1e6
+    return [(max(1, round(h * scale)), max(1, round(w * scale)))
+            for h, w in _image_shapes(getattr(config.real, role), config.real.select.get(role))]
+
+
+def _megapixels(config: PipelineConfig, role: str, tile: int, overlap: int, *,
+                balance: bool = False) -> float:
+    """Tiled megapixels of a real-data role at the working pixel size."""
+    return sum(tiled_pixels(h, w, tile, overlap, balance=balance)
+               for h, w in _working_shapes(config, role)) / 1e6
 
 
 def _synthetic_val_megapixels(config: PipelineConfig) -> float:
@@ -151,6 +157,10 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
         load = timer.detector_load(train, channels)
         seconds = load + mpx * views * timer.detector_forward_per_mpx(net, channels)
         detail = f"{mpx:.2f} MP of {role} images x {views} view(s)"
+        if views > 1:  # test-time augmentation: each image's views merged into its cells
+            merge = sum(timer.tta_merge(h, w) for h, w in _working_shapes(config, role))
+            seconds += merge
+            detail += f", merged ({_minutes(merge)})"
         if writes:
             written, n = _prediction_writes(config, role, timer, channels)
             seconds += written

@@ -103,13 +103,17 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
             n = config.n_val if unit.cost[2].startswith("sim_val") else s.n
             seconds = n * timer.refiner_images(unit.cost[1], channels, s.size)
         else:  # pseudo: the training images not drawn, 8 views each
-            mpx = megapixels([train_shapes[i] for i in unit.cost[1]], DEFAULT_TILE, True)
+            shapes = [train_shapes[i] for i in unit.cost[1]]
+            mpx = megapixels(shapes, DEFAULT_TILE, True)
             teacher = trained_as(unit.inputs[0])
-            seconds = 8 * mpx * timer.detector_forward_per_mpx(teacher, channels)
+            seconds = 8 * mpx * timer.detector_forward_per_mpx(teacher, channels) + sum(
+                timer.tta_merge(h, w) for h, w in shapes)
         totals[kind][0] += seconds
         totals[kind][1] += 1
     test_shapes = _image_shapes(config.test)  # headers only: sizes, no pixels
     test_mpx = megapixels(test_shapes, DEFAULT_TILE, balance=True)
+    # with tta, each test image's 8 views merged into its cells
+    test_merge = sum(timer.tta_merge(h, w) for h, w in test_shapes)
     how_of = _exp._how_of(config)
     k_of = {s.name: s.k for s in config.settings}
     evaluations = {}  # name -> (detector, tta, inputs), as the experiment names them
@@ -134,7 +138,7 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
                 continue
         train = trained_as(detector)
         eval_seconds += (8 if how[0] else 1) * test_mpx * timer.detector_forward_per_mpx(
-            train, channels)
+            train, channels) + (test_merge if how[0] else 0.0)
         eval_runs += 1
     out_list = []
     for kind, label in kinds.items():

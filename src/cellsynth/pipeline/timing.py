@@ -1,6 +1,7 @@
 """The costs ``cellsynth run --estimate`` multiplies, measured on *this* machine: a few
 steps of each network on synthetic inputs (a step's cost does not depend on what the pixels
-show), one prediction's writes, one detector's loading, a few of the simulator fit's images.
+show), one prediction's writes and test-time augmentation's merge of its views, one
+detector's loading, a few of the simulator fit's images.
 Each is measured once per shape and cached.
 """
 
@@ -195,6 +196,28 @@ class Timer:
                     write_image(Path(tmp) / "overlay.png", contour_overlay(image, labels))
 
                 self._cache[key] = self._median(step)
+        return self._cache[key] * scale
+
+    def tta_merge(self, height: int, width: int) -> float:
+        """Seconds to merge the 8 views of test-time augmentation into the cells of one
+        predicted image of (height, width) model pixels (:func:`cellsynth.segment.tta.
+        merge_views`): stand-in cells, one per ``_CELL_AREA`` px², each seen by every view
+        a little moved. Images over ``_WRITES_SIDE``² are timed at that size and scaled by
+        their pixels (the merge's cost grows with the cells it groups)."""
+        scale = max(1.0, height * width / _WRITES_SIDE ** 2)
+        h, w = (height, width) if scale == 1.0 else (_WRITES_SIDE, _WRITES_SIDE)
+        key = ("tta merge", h, w)
+        if key not in self._cache:
+            from cellsynth.segment.tta import VIEWS, merge_views
+
+            rng = np.random.default_rng(0)
+            n = max(1, h * w // _CELL_AREA)
+            angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+            circle = 10 * np.stack([np.cos(angles), np.sin(angles)], -1)
+            centres = rng.uniform(0, (w, h), (n, 1, 2))
+            views = [((centres + circle + rng.uniform(-1, 1, (n, 1, 2))).astype(np.float32),
+                      rng.uniform(0.9, 1.0, n).astype(np.float32)) for _ in VIEWS]
+            self._cache[key] = self._median(lambda: merge_views(views))
         return self._cache[key] * scale
 
     def detector_load(self, config: Any, channels: int) -> float:
