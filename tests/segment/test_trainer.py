@@ -603,3 +603,38 @@ def test_a_detector_trained_without_a_pixel_size_records_its_datas(sim, tmp_path
     train(replace(config, steps=2), [sim], tmp_path / "a", resume=True, progress=False)
     assert torch.load(tmp_path / "a" / "last.pt", weights_only=False)["config"][
         "pixel_size_um"] is None
+
+
+def test_core_and_rim_set_which_pixels_the_score_map_calls_a_cell():
+    """A 40 px square cell: its foreground is the pixels farther than ``core`` of its centre's
+    distance from the border; ``rim`` and nearer is background; the band between is ignored
+    (-1). Wider cores give the score map and the outline regression more pixels per cell."""
+    from cellsynth.segment.cpn import training_targets
+    from cellsynth.segment.data import CropSampler
+
+    labels = np.zeros((64, 64), np.int32)
+    labels[12:52, 12:52] = 1
+    counts = {}
+    for core, rim in ((0.85, 0.8), (0.75, 0.5), (0.5, 0.5)):
+        reduced = training_targets(labels, samples=32, order=4, rng=np.random.default_rng(0),
+                                   core=core, rim=rim)["labels"]
+        counts[core, rim] = {v: int((reduced == v).sum()) for v in (-1, 0, 1)}
+        # the centre (distance 20 of 20) is the cell, a pixel 2 in from its border not
+        assert reduced[32, 32] == 1 and reduced[32, 14] == 0
+        assert (reduced[labels == 0] == 0).all()
+    assert counts[0.85, 0.8][1] < counts[0.75, 0.5][1] < counts[0.5, 0.5][1]
+    assert counts[0.5, 0.5][-1] == 0 < counts[0.75, 0.5][-1]
+    # the square's pixels at distance d >= 1 from its border number (40 - 2 (d - 1))²; the
+    # centre's distance is 20: core 0.5 keeps d > 10 (20 - 2 * 10 = 20 px a side, ~400)
+    assert 300 <= counts[0.5, 0.5][1] <= 500
+    # the trainer's batches are made with the config's core and rim
+    config = TrainConfig(crop=64, batch=1, samples=32, order=4, core=0.5, rim=0.5,
+                         augment=Augment(enabled=False))
+    from cellsynth.segment.data import LabeledImage
+
+    item = LabeledImage("square", np.full((64, 64, 1), 0.5, np.float32), labels)
+    sampler = CropSampler([item], 64, config.augment, np.random.default_rng(0))
+    batch = trainer._batch(sampler, config, 32, 4)
+    assert int((batch["labels"] == 1).sum()) == counts[0.5, 0.5][1]
+    with pytest.raises(ValueError, match="rim <= core"):
+        TrainConfig(core=0.5, rim=0.8)

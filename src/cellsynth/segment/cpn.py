@@ -129,15 +129,17 @@ def celldetection_format(model: torch.nn.Module, state_dict: dict[str, Any], *,
 
 
 def training_targets(labels: np.ndarray, *, samples: int, order: int,
-                     rng: np.random.Generator) -> dict[str, Any]:
+                     rng: np.random.Generator, core: float = 0.85, rim: float = 0.8
+                     ) -> dict[str, Any]:
     """CPN training targets for one (H, W) label crop.
 
-    Returns a dict with ``labels`` (reduced: only pixels far enough inside a cell count as
-    foreground) and 1-tuples ``fourier``, ``locations``, ``sampled_contours``, ``sampling``,
-    ready for :func:`collate`.
+    Returns a dict with ``labels`` (reduced: a cell's pixels farther from its border than
+    ``core`` of its largest such distance are foreground, those nearer than ``rim``
+    background, -1 between: ignored) and 1-tuples ``fourier``, ``locations``,
+    ``sampled_contours``, ``sampling``, ready for :func:`collate`.
     """
-    gen = cd.data.CPNTargetGenerator(samples=samples, order=order, min_fg_dist=0.85,
-                                     max_bg_dist=0.8)
+    gen = cd.data.CPNTargetGenerator(samples=samples, order=order, min_fg_dist=core,
+                                     max_bg_dist=rim)
     gen.feed(labels=labels.astype(np.int32))  # a copy: feed writes -1 into its input
     # Contour sample positions drawn from our generator, not the global np.random.
     gen._sampling = np.sort(rng.uniform(0.0, 1.0, samples))
