@@ -153,12 +153,13 @@ class TrainConfig:
     # (cellsynth run's real.channel stages it): where ``channel`` is unset, training and
     # predict pick it from multi-channel images and take gray ones as they are
     source_channel: int | None = field(default=None, metadata=ADDED)
-    # the score map's targets: a cell's pixels farther from its border than ``core`` of its
-    # largest such distance are foreground (its centre; they also learn its outline), those
-    # nearer than ``rim`` background, the band between ignored (celldetection's defaults
-    # are 0.75 and 0.5; ours since the first session 0.85 and 0.8: about 2 % of a round
-    # cell's area is foreground, against 6 %)
+    # the score map's targets: a cell's pixels farther from its border than this fraction of
+    # its largest such distance are foreground (its centre; they also learn its outline);
+    # celldetection's default is 0.75, ours since the first session 0.85: about 2 % of a
+    # round cell's area is foreground, against 6 %
     core: float = field(default=0.85, metadata=ADDED)
+    # a cell's pixels nearer its border than this fraction are background of the score map,
+    # the band up to ``core`` ignored (celldetection's default 0.5)
     rim: float = field(default=0.8, metadata=ADDED)
 
     def __post_init__(self) -> None:
