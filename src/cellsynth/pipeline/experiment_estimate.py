@@ -112,8 +112,6 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
         totals[kind][1] += 1
     test_shapes = _image_shapes(config.test)  # headers only: sizes, no pixels
     test_mpx = megapixels(test_shapes, DEFAULT_TILE, balance=True)
-    # with tta, each test image's 8 views merged into its cells
-    test_merge = sum(timer.tta_merge(h, w) for h, w in test_shapes)
     how_of = _exp._how_of(config)
     k_of = {s.name: s.k for s in config.settings}
     evaluations = {}  # name -> (detector, tta, inputs), as the experiment names them
@@ -138,7 +136,9 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
                 continue
         train = trained_as(detector)
         eval_seconds += (8 if how[0] else 1) * test_mpx * timer.detector_forward_per_mpx(
-            train, channels) + (test_merge if how[0] else 0.0)
+            train, channels)
+        if how[0]:  # with tta, each test image's 8 views merged into its cells
+            eval_seconds += sum(timer.tta_merge(h, w) for h, w in test_shapes)
         eval_runs += 1
     out_list = []
     for kind, label in kinds.items():

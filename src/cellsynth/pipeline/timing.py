@@ -29,6 +29,22 @@ _WRITES_SIDE = 1024  # writes of larger images are timed at this side and scaled
 _FIT_SCENES = 4  # scenes rendered and measured to time the simulator fit's images
 
 
+def _timed_shape(height: int, width: int) -> tuple[int, int, float]:
+    """(h, w, scale): an image over ``_WRITES_SIDE``² is timed at that side and its time
+    scaled by its pixels; smaller ones as they are (scale 1)."""
+    scale = max(1.0, height * width / _WRITES_SIDE ** 2)
+    return ((height, width) if scale == 1.0 else (_WRITES_SIDE, _WRITES_SIDE)) + (scale,)
+
+
+def _stand_in_outlines(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(n, 64, 2) outlines (x, y) of round stand-in cells of radius 10 px, one per
+    ``_CELL_AREA`` px² of an (h, w) image, at random centres."""
+    n = max(1, h * w // _CELL_AREA)
+    angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    centres = rng.uniform(0, (w, h), (n, 1, 2))
+    return centres + 10 * np.stack([np.cos(angles), np.sin(angles)], -1)
+
+
 class Timer:
     """Measures the per-step and per-pixel costs the estimate multiplies (cached per shape).
 
@@ -168,8 +184,7 @@ class Timer:
         cells painted into labels, the label TIFF, the detections CSV and the overlay PNG
         written (stand-in cells, one per ``_CELL_AREA`` px²). Images over
         ``_WRITES_SIDE``² are timed at that size and scaled by their pixels."""
-        scale = max(1.0, height * width / _WRITES_SIDE ** 2)
-        h, w = (height, width) if scale == 1.0 else (_WRITES_SIDE, _WRITES_SIDE)
+        h, w, scale = _timed_shape(height, width)
         key = ("writes", h, w, channels)
         if key not in self._cache:
             from cellsynth.io.images import write_image, write_labels
@@ -180,11 +195,8 @@ class Timer:
             rng = np.random.default_rng(0)
             image = rng.integers(0, 256, (h, w) if channels == 1 else (h, w, channels),
                                  dtype=np.uint8)
-            n = max(1, h * w // _CELL_AREA)
-            angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-            centres = rng.uniform(0, (w, h), (n, 1, 2))
-            contours = centres + 10 * np.stack([np.cos(angles), np.sin(angles)], -1)
-            scores = rng.uniform(0.9, 1.0, n)
+            contours = _stand_in_outlines(rng, h, w)
+            scores = rng.uniform(0.9, 1.0, len(contours))
             with tempfile.TemporaryDirectory() as tmp:
                 def step() -> None:
                     labels, id_scores = contours_to_labels(contours, scores, (h, w),
@@ -204,18 +216,15 @@ class Timer:
         merge_views`): stand-in cells, one per ``_CELL_AREA`` px², each seen by every view
         a little moved. Images over ``_WRITES_SIDE``² are timed at that size and scaled by
         their pixels (the merge's cost grows with the cells it groups)."""
-        scale = max(1.0, height * width / _WRITES_SIDE ** 2)
-        h, w = (height, width) if scale == 1.0 else (_WRITES_SIDE, _WRITES_SIDE)
+        h, w, scale = _timed_shape(height, width)
         key = ("tta merge", h, w)
         if key not in self._cache:
             from cellsynth.segment.tta import VIEWS, merge_views
 
             rng = np.random.default_rng(0)
-            n = max(1, h * w // _CELL_AREA)
-            angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-            circle = 10 * np.stack([np.cos(angles), np.sin(angles)], -1)
-            centres = rng.uniform(0, (w, h), (n, 1, 2))
-            views = [((centres + circle + rng.uniform(-1, 1, (n, 1, 2))).astype(np.float32),
+            outlines = _stand_in_outlines(rng, h, w)
+            n = len(outlines)
+            views = [((outlines + rng.uniform(-1, 1, (n, 1, 2))).astype(np.float32),
                       rng.uniform(0.9, 1.0, n).astype(np.float32)) for _ in VIEWS]
             self._cache[key] = self._median(lambda: merge_views(views))
         return self._cache[key] * scale
