@@ -192,6 +192,14 @@ def test_predict_takes_its_detector_by_the_old_name_too_and_needs_one(tmp_path, 
     assert not (tmp_path / "o").exists()
 
 
+def test_predict_usage_names_the_detector_as_required(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert usage.startswith("usage: cellsynth predict --detector DETECTOR --images")
+    assert "[--detector" not in usage
+
+
 def test_a_second_command_in_the_same_process_says_its_warnings_again(tmp_path, capsys):
     import imageio.v3 as iio
     import numpy as np

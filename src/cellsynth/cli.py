@@ -601,7 +601,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_output_flags(p)
     p.set_defaults(func=_cmd_soup)
 
-    p = sub.add_parser("predict", help="predict instance labels with a trained CPN")
+    # --detector and its old name --model share a destination, so argparse cannot mark it
+    # required (the command checks it); the usage line says it is
+    p = sub.add_parser("predict", help="predict instance labels with a trained CPN",
+                       usage="%(prog)s --detector DETECTOR --images IMAGES --out OUT "
+                             "[options]")
     p.add_argument("--detector", type=Path,
                    help="trained detector (required): a `cellsynth train` run folder or its "
                         "checkpoint file, or a `cellsynth run` folder (the detector it "
