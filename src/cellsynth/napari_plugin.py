@@ -11,7 +11,8 @@ segment the current image with a trained detector.
   layer's scale as pixel size).
 - Widget: "Segment cells (cellsynth)" runs a trained detector (a ``cellsynth train`` run
   folder) on the chosen Image layer and adds the cells as a Labels layer; in a napari window
-  it predicts in a background worker (the window stays live) and keeps the detector loaded.
+  it predicts in a background worker (the window stays live; a new click stops the one still
+  running) and keeps the detector loaded.
 
 Nothing here imports napari at import time: the functions take and return plain data
 (napari's LayerData tuples), so they work, and are tested, without it; only the widget,
@@ -178,9 +179,11 @@ def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, 
     run folder or checkpoint); score_thresh 0 uses the one the detector validated.
 
     In napari the prediction runs in a background thread (a napari worker with a progress
-    bar; the window stays live, a second click waits for the first) and the cells are added
-    when it ends; outside a Qt application (a script, the tests) it runs here and returns
-    the layer tuple.
+    bar; the window stays live) and the cells are added when it ends; outside a Qt
+    application (a script, the tests) it runs here and returns the layer tuple.
+    A new click stops the prediction still running (after its current batch of tiles; it
+    adds nothing) and then predicts with the new settings; so does napari's request to quit
+    a worker (closing the window).
     What can be checked at once (the layer's shape, the detector) is checked before either,
     so a wrong choice is said in one line on the click. The detector is loaded once and
     kept while its checkpoint file is unchanged."""
@@ -193,13 +196,25 @@ def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, 
             **({"scale": tuple(scale)[-2:]} if scale is not None else {}),
             **({"translate": tuple(translate)[-2:]} if translate is not None else {})}
 
-    def segment() -> tuple:
+    stop = _supersede()
+    workers: list[Any] = []  # (the napari worker, once made: its quit() stops this too)
+
+    def stopped() -> bool:
+        return stop.is_set() or any(w.abort_requested for w in workers)
+
+    def segment() -> tuple | None:
         from cellsynth.segment.predict import predict_image
 
         with _PREDICTING:  # (one at a time: they would share the same cores)
-            labels = predict_image(loaded, np.asarray(data), tile=tile,
-                                   score_thresh=score_thresh or None,
-                                   pixel_size_um=_pixel_size(scale), where=where)
+            if stopped():  # (superseded while it waited for the one before)
+                return None
+            try:
+                labels = predict_image(loaded, np.asarray(data), tile=tile,
+                                       score_thresh=score_thresh or None,
+                                       pixel_size_um=_pixel_size(scale), where=where,
+                                       progress=_StopCheck(stopped))
+            except _Stopped:
+                return None  # (napari adds no layer for None)
         return (labels, meta, "labels")
 
     if not _in_qt_app():  # a script or the tests: here and now
@@ -209,6 +224,7 @@ def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, 
 
     worker = create_worker(segment, _start_thread=False,
                            _progress={"desc": f"cellsynth: segmenting {where}"})
+    workers.append(worker)
     # started from the event loop, after napari has connected the worker's result to the
     # viewer (a worker that finished first would have added nothing)
     QTimer.singleShot(0, worker.start)
@@ -225,6 +241,39 @@ def _in_qt_app() -> bool:
 
 
 _PREDICTING = threading.Lock()
+_CLICKS: list[threading.Event] = []  # the stop flag of the widget's latest prediction
+_CLICKS_LOCK = threading.Lock()
+
+
+class _Stopped(Exception):
+    """The widget's prediction was stopped (a newer click, or napari quitting its worker)."""
+
+
+class _StopCheck:
+    """The tile counter ``predict_image`` updates after each batch of tiles, used to stop a
+    prediction between batches once ``stopped()`` says so (a torch forward pass cannot be
+    interrupted; a batch is ~1 megapixel)."""
+
+    def __init__(self, stopped: Callable[[], bool]) -> None:
+        self.total = 0
+        self._stopped = stopped
+
+    def refresh(self) -> None:
+        if self._stopped():
+            raise _Stopped
+
+    def update(self, n: int = 1) -> None:
+        self.refresh()
+
+
+def _supersede() -> threading.Event:
+    """A stop flag for a new prediction of the widget; the one before is told to stop."""
+    stop = threading.Event()
+    with _CLICKS_LOCK:
+        for previous in _CLICKS:
+            previous.set()
+        _CLICKS[:] = [stop]
+    return stop
 _LOADED: dict[str, Any] = {}  # the widget's detector: {"key": (checkpoint, mtime), "detector"}
 
 

@@ -769,6 +769,40 @@ def test_napari_widget_loads_its_detector_once_and_again_when_the_file_changes(
         napari_plugin.predict_widget(layer, Path("."))
 
 
+def test_napari_widget_stops_a_prediction_that_a_newer_click_supersedes(model, monkeypatch):
+    """A click while the widget still predicted waited for the old prediction to finish (and
+    its cells to be added); now the old one stops after its current batch of tiles and adds
+    nothing, as it does when napari quits its worker."""
+    from types import SimpleNamespace
+
+    from cellsynth import napari_plugin
+
+    run, sim = model
+    tile = read_image(sorted((sim / "images").iterdir())[0])
+    image = np.tile(tile, (12, 12) + (1,) * (tile.ndim - 2))  # 4 tiles, 2 batches
+    layer = SimpleNamespace(data=image, scale=(1.0, 1.0), name="nuclei")
+    batches: list[int] = []
+
+    class Counted(napari_plugin._StopCheck):
+        def update(self, n: int = 1) -> None:
+            batches.append(n)
+            super().update(n)
+
+    monkeypatch.setattr(napari_plugin, "_StopCheck", Counted)
+    whole = napari_plugin.predict_widget(layer, run, score_thresh=0.5)
+    assert whole is not None and len(batches) > 1 and whole[0].max() > 0
+    batches.clear()
+
+    class ClickedMeanwhile(Counted):
+        def update(self, n: int = 1) -> None:
+            napari_plugin._supersede()  # (a newer click, during the first batch)
+            super().update(n)
+
+    monkeypatch.setattr(napari_plugin, "_StopCheck", ClickedMeanwhile)
+    assert napari_plugin.predict_widget(layer, run, score_thresh=0.5) is None
+    assert len(batches) == 1  # stopped after its first batch
+
+
 def test_napari_widget_segments_in_a_worker_and_the_viewer_gets_the_cells(model):
     """Inside a napari window (Qt and a display; skipped where there are none) the widget returns a
     napari worker, so the window is not frozen while it predicts, and napari adds its cells
