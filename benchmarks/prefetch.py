@@ -24,8 +24,9 @@ warnings.simplefilter("ignore")
 
 def main() -> None:
     from cellsynth.segment import cpn
+    from cellsynth.segment.batches import _batch
     from cellsynth.segment.data import Augment, CropSampler, LabeledImage
-    from cellsynth.segment.trainer import TrainConfig, _batch
+    from cellsynth.segment.trainer import TrainConfig
     from cellsynth.simulate import simulate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

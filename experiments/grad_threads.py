@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from cellsynth.config import from_dict
+from cellsynth.segment.batches import _batch
 from cellsynth.segment.cpn import build_model, set_core_precision
 from cellsynth.segment.data import CropSampler, load_labeled
 from cellsynth.segment.predict import read_detector_checkpoint
-from cellsynth.segment.trainer import TrainConfig, _batch
+from cellsynth.segment.trainer import TrainConfig
 
 run = sys.argv[1]
 _, ckpt = read_detector_checkpoint(f"{run}/pretrain", needed_by="grad_threads")

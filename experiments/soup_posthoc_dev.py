@@ -49,11 +49,12 @@ from _paired import compare
 
 from cellsynth.config import from_dict
 from cellsynth.hardware import choose_precision
+from cellsynth.segment.batches import _batch
 from cellsynth.segment.cpn import build_model, set_core_precision
 from cellsynth.segment.data import CropSampler, load_labeled
 from cellsynth.segment.predict import load_detector, read_detector_checkpoint, set_nms
 from cellsynth.segment.soup import soup
-from cellsynth.segment.trainer import TrainConfig, _batch, validate
+from cellsynth.segment.trainer import TrainConfig, validate
 
 NMS = 0.5  # the recipe's
 VARIANTS = ("best", "last", "best_bn", "last_bn")  # "best": the recipe's own soup

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cellsynth.errors import CellsynthError, DatasetError, OutputExistsError
-from cellsynth.segment import trainer
+from cellsynth.segment import batches, trainer
 from cellsynth.segment.data import Augment
 from cellsynth.segment.trainer import TrainConfig, train
 from cellsynth.simulate import preset, write_simulation
@@ -48,7 +48,7 @@ def test_short_training_reduces_the_loss(sim, tmp_path):
 @contextlib.contextmanager
 def _at_batch(monkeypatch, n, action):
     """Within the block, call ``action()`` when the trainer draws its ``n``-th batch."""
-    real_batch = trainer._batch
+    real_batch = batches._batch
     calls = {"n": 0}
 
     def batch(*args, **kwargs):
@@ -57,11 +57,11 @@ def _at_batch(monkeypatch, n, action):
             action()
         return real_batch(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_batch", batch)
+    monkeypatch.setattr(batches, "_batch", batch)
     try:
         yield
     finally:
-        monkeypatch.setattr(trainer, "_batch", real_batch)
+        monkeypatch.setattr(batches, "_batch", real_batch)
 
 
 def _die():
@@ -379,13 +379,13 @@ def test_replay_draws_that_share_of_the_crops_from_the_pretraining_data():
     config = TrainConfig(crop=32, batch=4, samples=32, order=4, replay=0.25,
                          augment=Augment(enabled=False))
 
-    def sources(replay_on: bool, batches: int = 200, seed: int = 0) -> list[float]:
+    def sources(replay_on: bool, n_batches: int = 200, seed: int = 0) -> list[float]:
         rng = np.random.default_rng(seed)
         real = CropSampler(_constant_items(0.2), 32, config.augment, rng)
         synthetic = CropSampler(_constant_items(0.8), 32, config.augment, rng)
         seen = []
-        for _ in range(batches):
-            batch = trainer._batch(real, config, 32, 4,
+        for _ in range(n_batches):
+            batch = batches._batch(real, config, 32, 4,
                                    synthetic if replay_on else None)
             seen += [float(x.mean()) for x in batch["inputs"]]
         return seen
@@ -634,7 +634,7 @@ def test_core_and_rim_set_which_pixels_the_score_map_calls_a_cell():
 
     item = LabeledImage("square", np.full((64, 64, 1), 0.5, np.float32), labels)
     sampler = CropSampler([item], 64, config.augment, np.random.default_rng(0))
-    batch = trainer._batch(sampler, config, 32, 4)
+    batch = batches._batch(sampler, config, 32, 4)
     assert int((batch["labels"] == 1).sum()) == counts[0.5, 0.5][1]
     with pytest.raises(ValueError, match="rim <= core"):
         TrainConfig(core=0.5, rim=0.8)
