@@ -843,6 +843,49 @@ def test_napari_widget_segments_in_a_worker_and_the_viewer_gets_the_cells(model)
         viewer.close()
 
 
+def test_napari_widget_a_second_click_stops_the_first_in_a_real_window(model):
+    """Two clicks in a napari window (skipped without Qt and a display): the first worker
+    stops and returns nothing, the second adds the cells (the first made the second wait
+    for all of its tiles, then both added a layer)."""
+    import os
+
+    pytest.importorskip("qtpy.QtWidgets")
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("a napari window needs a display")
+    napari = pytest.importorskip("napari")
+    from magicgui import magicgui
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    from cellsynth.napari_plugin import predict_widget
+
+    run, sim = model
+    tile = read_image(sorted((sim / "images").iterdir())[0])
+    image = np.tile(tile, (12, 12) + (1,) * (tile.ndim - 2))
+    viewer = napari.Viewer(show=False)
+    try:
+        layer = viewer.add_image(image, name="nuclei")
+        widget = magicgui(predict_widget)
+        viewer.window.add_dock_widget(widget)
+        returned: list = []
+        first = widget(layer, run, 0.5, 1024)
+        first.returned.connect(lambda value: returned.append(("first", value)))
+        second = widget(layer, run, 0.5, 1024)
+        second.returned.connect(lambda value: returned.append(("second", value)))
+        loop = QEventLoop()
+        second.finished.connect(loop.quit)
+        QTimer.singleShot(120_000, loop.quit)
+        loop.exec_()
+        for _ in range(20):
+            napari.qt.get_qapp().processEvents()
+        assert [name for name, _ in returned] == ["first", "second"]
+        assert returned[0][1] is None and returned[1][1] is not None
+        expected = predict_image(load_detector(run), image, score_thresh=0.5)
+        assert np.array_equal(viewer.layers["nuclei cells"].data, expected)
+        assert [lay.name for lay in viewer.layers] == ["nuclei", "nuclei cells"]
+    finally:
+        viewer.close()
+
+
 def test_inference_preparation_folds_batchnorm_without_changing_the_proposals(model):
     import copy
 
