@@ -114,6 +114,9 @@ class RealData:
 @dataclass(frozen=True)
 class RealismOptions:
     enabled: bool = True
+    # C2ST crops per image set; a run's check (256 crops, 8 epochs per fold) is quicker than
+    # the `cellsynth realism` command's (512, 12): compare a run's C2ST with another run's,
+    # or run the command on both image sets for its numbers
     n_crops: int = 256
     epochs: int = 8
     folds: int = 5
