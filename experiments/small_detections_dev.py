@@ -35,8 +35,8 @@ def detections(det, items, cut) -> list[dict]:
         for r in regionprops(labels, intensity_image=signal):
             rows.append({"true": r.label in true, "area": int(r.area),
                          "stain": float(r.intensity_mean),
-                         "axis_ratio": float(r.major_axis_length
-                                             / max(r.minor_axis_length, 1.0)),
+                         "axis_ratio": float(r.axis_major_length
+                                             / max(r.axis_minor_length, 1.0)),
                          "score": float(scores[r.label])})
     return rows
 
