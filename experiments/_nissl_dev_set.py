@@ -81,6 +81,24 @@ def recipe_faint_cut(data: str):
                             if s.id in ANNOTATED], FAINT_PERCENTILE)
 
 
+RECIPE_NMS = 0.5  # configs/nissl-k2.yaml predict.nms
+
+
+def recipe_detector(run: str | Path):
+    """A recipe run's detector as the recipe predicts with it: its soup, NMS 0.5."""
+    from cellsynth.segment.predict import load_detector, set_nms
+
+    detector = load_detector(Path(run) / "soup" / "best.pt", say_precision=False)
+    set_nms(detector, RECIPE_NMS)
+    return detector
+
+
+def recipe_run_predictions(run: str | Path, items, cut, cache: Path) -> list[np.ndarray]:
+    """:func:`recipe_predictions` of a recipe run's detector (:func:`recipe_detector`)."""
+    return recipe_predictions(recipe_detector(run), Path(run) / "soup", items, cut, cache,
+                              tag=f"_{RECIPE_NMS:g}")
+
+
 def recipe_predictions(detector, path: Path, items, cut, cache: Path,
                        tag: str = "") -> list[np.ndarray]:
     """Labels of each development image as the recipe predicts (8-view TTA, ``cut``), kept in

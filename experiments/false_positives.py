@@ -40,16 +40,14 @@ from _nissl_dev_set import (
     arguments,
     dev_items,
     recipe_faint_cut,
-    recipe_predictions,
+    recipe_run_predictions,
     summary,
     write,
 )
 
 from cellsynth.evaluate.matching import _overlaps
 from cellsynth.io.normalize import normalize
-from cellsynth.segment.predict import load_detector, set_nms
 
-NMS = 0.5  # the recipe's
 KINDS = ("merge", "fragment", "outline", "near", "isolated")
 
 
@@ -221,10 +219,7 @@ def main() -> None:
     out["peer_v1"] = peer_d
     print(f"peer: {peer_d['false_positives']} {peer_d['kinds']} {peer_d['unannotated']}")
     for name in args.detectors:
-        path = Path(name) / "soup"
-        det = load_detector(path / "best.pt", say_precision=False)
-        set_nms(det, NMS)
-        preds = recipe_predictions(det, path, items, cut, args.cache, tag=f"_{NMS:g}")
+        preds = recipe_run_predictions(name, items, cut, args.cache)
         d = describe(items, preds, cut)
         where = d.pop("_where")
         out["detectors"][name] = d

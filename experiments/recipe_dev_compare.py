@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 from _nissl_dev_set import (
+    RECIPE_NMS,
     arguments,
     recipe_faint_cut,
-    recipe_predictions,
+    recipe_run_predictions,
     scores,
     split_items,
     tile_matchings,
@@ -28,9 +29,7 @@ from _nissl_dev_set import (
 from _paired import compare
 from shared_errors import miss_kinds
 
-from cellsynth.segment.predict import load_detector, predict_image, set_nms
-
-NMS = 0.5  # the recipe's
+from cellsynth.segment.predict import load_detector, predict_image
 
 
 def main() -> None:
@@ -46,14 +45,11 @@ def main() -> None:
     if args.split == "test":
         args.cache = args.cache.with_name(args.cache.name + "-test")
     cut = recipe_faint_cut(args.data)
-    out |= {"split": args.split, "nms": NMS, "a": args.a, "b": args.b, "zero_label": {}}
+    out |= {"split": args.split, "nms": RECIPE_NMS, "a": args.a, "b": args.b, "zero_label": {}}
     units: dict[str, list] = {"a": [], "b": [], "a_zero": [], "b_zero": []}
     for side in ("a", "b"):
         for run in map(Path, getattr(args, side)):
-            path = run / "soup"
-            det = load_detector(path / "best.pt", say_precision=False)
-            set_nms(det, NMS)
-            preds = recipe_predictions(det, path, items, cut, args.cache, tag=f"_{NMS:g}")
+            preds = recipe_run_predictions(run, items, cut, args.cache)
             kinds = [miss_kinds(gt, p) for p, (_, gt) in zip(preds, items)]
             m = scores(preds, items) | {"missed_kinds": {k: sum(d[k] for d in kinds)
                                                           for k in kinds[0]}}

@@ -27,19 +27,17 @@ import numpy as np
 import tifffile
 from _nissl_dev_set import (
     DEV,
+    RECIPE_NMS,
     arguments,
     dev_items,
     recipe_faint_cut,
-    recipe_predictions,
+    recipe_run_predictions,
     summary,
     write,
 )
 from peer_cellpose import QC, _listing, _our_name, _read
 
 from cellsynth.evaluate.matching import _overlaps
-from cellsynth.segment.predict import load_detector, set_nms
-
-NMS = 0.5  # the recipe's
 
 
 def missed(gt: np.ndarray, pred: np.ndarray) -> set[int]:
@@ -97,17 +95,14 @@ def main() -> None:
     peer_missed = [missed(gt, p) for p, (_, gt) in zip(peer, items)]
     peer_false = [unmatched(gt, p) for p, (_, gt) in zip(peer, items)]
     peer_kinds = [miss_kinds(gt, p) for p, (_, gt) in zip(peer, items)]
-    out = summary(items) | {"nms": NMS, "peer_v1": {
+    out = summary(items) | {"nms": RECIPE_NMS, "peer_v1": {
         "missed": sum(map(len, peer_missed)),
         "missed_kinds": {k: sum(d[k] for d in peer_kinds) for k in peer_kinds[0]},
         "false_positives": int(sum(len(np.unique(f[f > 0])) for f in peer_false))}}
     cut = recipe_faint_cut(args.data)
     everyone: list[set[int]] | None = None
     for name in args.detectors:
-        path = Path(name) / "soup"
-        det = load_detector(path / "best.pt", say_precision=False)
-        set_nms(det, NMS)
-        preds = recipe_predictions(det, path, items, cut, args.cache, tag=f"_{NMS:g}")
+        preds = recipe_run_predictions(name, items, cut, args.cache)
         ours = [missed(gt, p) for p, (_, gt) in zip(preds, items)]
         both = sum(len(a & b) for a, b in zip(ours, peer_missed))
         fp = [shared_false(unmatched(gt, p), f)

@@ -13,12 +13,12 @@ detection is true when it matches a soma at IoU >= 0.5.
 from __future__ import annotations
 
 import numpy as np
-from _nissl_dev_set import arguments, dev_items, recipe_faint_cut, write
+from _nissl_dev_set import arguments, dev_items, recipe_detector, recipe_faint_cut, write
 from skimage.measure import regionprops
 
 from cellsynth.evaluate.matching import _overlaps
 from cellsynth.io.normalize import normalize
-from cellsynth.segment.predict import load_detector, predict_image, set_nms
+from cellsynth.segment.predict import predict_image
 
 SMALL_PX = 250
 THRESHOLDS = (0.96, 0.97, 0.98)
@@ -56,8 +56,7 @@ def main() -> None:
     out = {"small_px": SMALL_PX, "somata": n_gt, "detectors": {}}
     pooled = []
     for run in args.detectors:
-        det = load_detector(f"{run}/soup/best.pt", say_precision=False)
-        set_nms(det, 0.5)
+        det = recipe_detector(run)
         rows = detections(det, items, cut)
         pooled += rows
         base = f1(rows, n_gt)

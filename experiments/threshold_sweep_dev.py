@@ -16,11 +16,11 @@ a threshold's cells differ slightly from a prediction made at that threshold).
 from __future__ import annotations
 
 import numpy as np
-from _nissl_dev_set import ANNOTATED, arguments, dev_items, recipe_faint_cut, write
+from _nissl_dev_set import ANNOTATED, arguments, dev_items, recipe_detector, recipe_faint_cut, write
 
 from cellsynth.evaluate.matching import aggregate, matching
 from cellsynth.io.datasets import load_dataset
-from cellsynth.segment.predict import load_detector, predict_image, set_nms
+from cellsynth.segment.predict import predict_image
 
 THRESHOLDS = (0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
 
@@ -36,8 +36,7 @@ def main() -> None:
     cut = recipe_faint_cut(args.data)
     out = {"images": args.images, "detectors": {}}
     for run in args.detectors:
-        det = load_detector(f"{run}/soup/best.pt", say_precision=False)
-        set_nms(det, 0.5)
+        det = recipe_detector(run)
         preds = [predict_image(det, image, tta=True, faint=cut, score_thresh=THRESHOLDS[0],
                                return_scores=True) for image, _ in items]
         sweep = {}
