@@ -274,6 +274,8 @@ def _supersede() -> threading.Event:
             previous.set()
         _CLICKS[:] = [stop]
     return stop
+
+
 _LOADED: dict[str, Any] = {}  # the widget's detector: {"key": (checkpoint, mtime), "detector"}
 
 
