@@ -1365,25 +1365,6 @@ def test_the_reports_predict_command_pastes_into_a_shell_with_spaces_in_paths(tm
     assert words[words.index("--faint-from") + 1] == faint_from
 
 
-def test_stage_fingerprints_of_an_older_run_are_kept(tmp_path):
-    """A run folder from before a change to how stages are keyed must not redo finished
-    stages: these are the fingerprints f3494ed (before stages named their config parts and
-    real.channel existed) computed for this config. A changed default changes them too, and
-    with them every existing run's: that needs to be meant."""
-    from cellsynth.pipeline.run import stage_fingerprints
-
-    (tmp_path / "u").mkdir()
-    config = PipelineConfig(simulate=SimulateOptions(preset="fluo", n=4, size=64, workers=1),
-                            real=RealData(unlabeled=str(tmp_path / "u"), pixel_size_um=1.0),
-                            refine=RefineConfig(steps=2), pretrain=TrainConfig(steps=2))
-    assert stage_fingerprints(config, stages.plan(config)) == {
-        "simulate": "4aa93337c4b176ff", "simulate_val": "57d7d93e46dcb4a1",
-        "real": "eac22396e38cd18b", "refiner": "8c7ad6de22b27358",
-        "refined": "e404a3058d2fc2ba", "refined_val": "1282d963bd78ebfd",
-        "pretrain": "0b008ff735d4b758", "predict": "2c9be45db2af9352",
-        "realism": "f45f0eca2d3c3ac0", "report": "30035c677ac4a634"}
-
-
 def test_a_run_on_unlabeled_sections_at_another_pixel_size_predicts_them_whole(tmp_path,
                                                                                 monkeypatch):
     """Unlabeled whole sections at another pixel size and no test split: the run trained on

@@ -281,9 +281,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_inputs(config)
         machine = _estimate_machine(config.device, config.pretrain.precision)
-        print(format_estimate(estimate(config, args.out), machine=machine))
+        print(format_estimate(estimate(config, args.out, reuse=args.reuse or ()),
+                              machine=machine))
         return 0
-    summaries = run(config, args.out, progress=not args.quiet)
+    summaries = run(config, args.out, progress=not args.quiet, reuse=args.reuse or ())
     scored = summaries.get("evaluate") or {}
     score = (f"; test F1@0.5 {scored['f1_50']:.3f}, F1avg {scored['f1_avg']:.3f}"
              if "f1_50" in scored else "")

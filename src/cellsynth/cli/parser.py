@@ -377,6 +377,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate", action="store_true",
                    help="time a few steps of each network the config trains, on this machine, "
                         "and print how long each stage will take; runs and writes nothing")
+    p.add_argument("--reuse", type=Path, nargs="+", metavar="RUN",
+                   help="earlier run folders: their finished stages that this config would do "
+                        "again the same way (same options, seed and inputs) are copied "
+                        "instead, e.g. a recipe's pretraining for other annotated images or "
+                        "another dataset of the same stain and pixel size")
     _add_output_flags(p, force=False)
     p.set_defaults(func=commands.cmd_run)
 

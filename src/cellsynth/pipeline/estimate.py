@@ -117,15 +117,21 @@ def _minutes(seconds: float) -> str:
 
 
 def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
-             timer: Timer | None = None, channels: int | None = None) -> list[StageEstimate]:
+             timer: Timer | None = None, channels: int | None = None,
+             reuse: list[str | os.PathLike] | tuple = ()) -> list[StageEstimate]:
     """Per stage of ``config``'s plan, the seconds it is expected to take here (see the
-    module's docstring for what is timed and what is not)."""
+    module's docstring for what is timed and what is not); ``reuse``: the earlier runs
+    ``run --reuse`` takes finished stages from (they count 0)."""
     from cellsynth.pipeline import stages as st
+    from cellsynth.pipeline.run import RunState, _reuse_sources, reuse_plan
 
     timer = timer or Timer(config.device)
     channels = channels or _channels(config)
     plan = st.plan(config)
     done = _done_stages(config, out, plan)
+    recorded = RunState(Path(out)).data if out is not None else {}
+    reused = (reuse_plan(config, plan, Path(out), _reuse_sources(reuse, Path(out)), recorded)
+              if reuse and out is not None else {})
 
     def val_mpx(pretraining: bool = False) -> float:
         """What a detector validates on: pretraining, the held-out synthetic images where
@@ -181,6 +187,9 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
         name = stage.name
         if name in done:
             results.append(StageEstimate(name, 0.0, "done in RUN already"))
+            continue
+        if name in reused:
+            results.append(StageEstimate(name, 0.0, f"reused from {reused[name][0]}"))
             continue
         seconds, detail = None, "not timed (seconds to minutes)"
         if name == layout.REFINER:
@@ -275,7 +284,7 @@ def _done_stages(config: PipelineConfig, out: str | os.PathLike | None, plan: li
     if out is None or not (Path(out) / layout.STATE).is_file():
         return set()
     state = RunState(Path(out))
-    return {name for name, print_ in stage_fingerprints(config, plan).items()
+    return {name for name, print_ in stage_fingerprints(config, plan, state.data).items()
             if state.status(name, print_) == "done"}
 
 

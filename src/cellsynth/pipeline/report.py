@@ -388,7 +388,9 @@ def write_report(run: str | os.PathLike) -> Path:
     config = (run / layout.CONFIG).read_text() if (run / layout.CONFIG).exists() else ""
     state_path = run / layout.STATE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    stage_rows = [[name, "done" if s.get("done") else "not finished", _stage_time(s)]
+    stage_rows = [[name, ("done" if s.get("done") else "not finished")
+                   + (f" (reused from {s['reused_from']})" if s.get("reused_from") else ""),
+                   _stage_time(s)]
                   for name, s in state.items() if name != layout.REPORT_STAGE]  # this page
     name = str(_run_config(run).get("name") or "run")
     # the config's name and the run folder's, where a name was given ("run": the default)

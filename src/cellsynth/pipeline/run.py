@@ -20,7 +20,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
 
 __all__ = ["run", "fingerprint", "content_fingerprint", "stage_fingerprints", "RunState",
-           "claim", "Parts", "duration", "timed"]
+           "claim", "Parts", "duration", "timed", "reuse_plan"]
 
 # files up to this size are fingerprinted by their bytes, larger ones by size and mtime
 HASH_BYTES_UP_TO = 1 << 20
@@ -138,19 +138,28 @@ def claim(root: Path, name: str, on_wait: Callable[[], None] | None = None, *,
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def stage_fingerprints(config: PipelineConfig, plan: list) -> dict[str, str]:
+def stage_fingerprints(config: PipelineConfig, plan: list,
+                       recorded: dict[str, Any] | None = None) -> dict[str, str]:
     """Each planned stage's fingerprint: its options, the contents of the real data it reads
-    and the fingerprints of the stages it reads."""
-    return {name: key[0] for name, key in _stage_keys(config, plan).items()}
+    and the fingerprints of the stages it reads. ``recorded`` (a run's state.json) keeps the
+    fingerprint it holds for a stage keyed the older way (:func:`_stage_keys`)."""
+    return {name: key[0] for name, key in _stage_keys(config, plan, recorded).items()}
 
 
-def _stage_keys(config: PipelineConfig, plan: list) -> dict[str, tuple[str, dict[str, Any]]]:
+def _stage_keys(config: PipelineConfig, plan: list, recorded: dict[str, Any] | None = None,
+                contents: dict[str, str | None] | None = None
+                ) -> dict[str, tuple[str, dict[str, Any]]]:
     """Each planned stage's fingerprint and what it hashed, as state.json records it beside
     the fingerprint (``hashed``): the options (flattened to ``finetune.steps``-like keys),
     the real data's content fingerprints and the input stages' fingerprints, so that a
-    rerun can name what changed (:func:`_what_changed`)."""
-    contents = {role: content_fingerprint(getattr(config.real, role))
-                for role in {role for stage in plan for role in stage.reads}}
+    rerun can name what changed (:func:`_what_changed`).
+
+    A stage whose ``unread`` inputs earlier versions hashed keeps the fingerprint
+    ``recorded`` holds for it where that is what the earlier keying gives, or where the
+    record differs from now only in those inputs: the stages after it then match their
+    records too, and nothing is redone for a change of what it never read."""
+    if contents is None:
+        contents = _contents(config, plan)
     keys: dict[str, tuple[str, dict[str, Any]]] = {}
     for stage in plan:
         parts = stage.config(config)
@@ -158,8 +167,33 @@ def _stage_keys(config: PipelineConfig, plan: list) -> dict[str, tuple[str, dict
         inputs = {d: keys[d][0] for d in stage.inputs}
         print_ = fingerprint(stage.name, _values(parts), reads, list(inputs.values()))
         hashed = {"settings": _flat(parts), "reads": reads, "inputs": inputs}
-        keys[stage.name] = print_, json.loads(json.dumps(hashed, default=str))  # as stored
+        hashed = json.loads(json.dumps(hashed, default=str))  # as stored
+        entry = (recorded or {}).get(stage.name)
+        if stage.unread and entry is not None and entry["fingerprint"] != print_:
+            unread = {d: keys[d][0] for d in stage.unread}
+            earlier = fingerprint(stage.name, _values(parts), reads,
+                                  list(inputs.values()) + list(unread.values()))
+            if entry["fingerprint"] == earlier or _same_but_unread(entry.get("hashed"),
+                                                                   hashed, stage.unread):
+                print_, hashed = entry["fingerprint"], entry.get("hashed") or hashed
+        keys[stage.name] = print_, hashed
     return keys
+
+
+def _contents(config: PipelineConfig, plan: list) -> dict[str, str | None]:
+    """The content fingerprint of each real-data role the planned stages read."""
+    return {role: content_fingerprint(getattr(config.real, role))
+            for role in {role for stage in plan for role in stage.reads}}
+
+
+def _same_but_unread(before: dict[str, Any] | None, now: dict[str, Any],
+                     unread: tuple[str, ...]) -> bool:
+    """Whether a stage's recorded ``hashed`` differs from ``now`` only in ``unread`` inputs."""
+    if not before:
+        return False
+    kept = {k: v for k, v in before.get("inputs", {}).items() if k not in unread}
+    return (before.get("settings") == now["settings"] and before.get("reads") == now["reads"]
+            and kept == now["inputs"])
 
 
 class Parts(dict):
@@ -227,13 +261,19 @@ def duration(seconds: float) -> str:
 
 
 def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = print,
+        reuse: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
     """Run (or continue) the whole pipeline into ``out``; returns the stages' summaries.
-    One process at a time per folder: a second one gets :class:`FolderBusyError`."""
+    One process at a time per folder: a second one gets :class:`FolderBusyError`.
+
+    ``reuse``: earlier run folders whose finished stages are copied into ``out`` where this
+    config would do the same work (the same fingerprint: options, seed, the contents of the
+    real data read, the stages read), instead of doing it again (:func:`reuse_plan`)."""
     from cellsynth.hardware import resolve_device
 
     out = Path(out)
     check_inputs(config)
+    sources = _reuse_sources(reuse, out)
     resolve_device(config.device)  # before any stage works, not when the first trains
     # (its stages write subfolders such as real/ and predict/ into it, and replace them)
     refuse_inputs(out, [getattr(config.real, role)
@@ -241,7 +281,7 @@ def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True
     out.mkdir(parents=True, exist_ok=True)
     with claim(out, "run", busy=f"{out}: another cellsynth run is working in this folder; "
                                 "let it finish (or stop it) or choose another --out"):
-        return _run(config, out, progress=progress, log=log)
+        return _run(config, out, progress=progress, log=log, sources=sources)
 
 
 def timed(state: RunState, name: str, print_: str, resume: bool, work: Callable[[], Any],
@@ -282,20 +322,27 @@ def timed(state: RunState, name: str, print_: str, resume: bool, work: Callable[
     return summary, earlier + now, now
 
 
-def _run(config: PipelineConfig, out: Path, *, progress: bool,
-         log: Callable[[str], None]) -> dict[str, Any]:
+def _run(config: PipelineConfig, out: Path, *, progress: bool, log: Callable[[str], None],
+         sources: list[Path]) -> dict[str, Any]:
     from cellsynth.pipeline import stages
 
     save_yaml(out / layout.CONFIG, config)
     state = RunState(out)
     plan = stages.plan(config)
-    keys = _stage_keys(config, plan)
+    contents = _contents(config, plan)
+    reused = reuse_plan(config, plan, out, sources, state.data, contents) if sources else {}
+    for name, (source, entry) in reused.items():
+        _copy_stage(source, out, name, entry, state)
+        log(f"[{name}] reused from {source} (done there in "
+            f"{duration(entry.get('seconds', 0.0))})")
+    keys = _stage_keys(config, plan, state.data, contents)
     summaries: dict[str, Any] = {}
     for stage in plan:
         stage_fingerprint, hashed = keys[stage.name]
         status = state.status(stage.name, stage_fingerprint)
         if status == "done":
-            log(f"[{stage.name}] up to date, skipped")
+            if stage.name not in reused:
+                log(f"[{stage.name}] up to date, skipped")
             summaries[stage.name] = state.data[stage.name].get("summary", {})
             continue
         if status == "interrupted":
@@ -318,3 +365,87 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool,
             + (f" in all ({duration(now)} this time)" if earlier else "")
             + (f"; {left} stage{'s' if left > 1 else ''} to go" if left else ""))
     return summaries
+
+
+# --- reuse: finished stages of earlier runs --------------------------------------------------
+# (report: cheap, and it describes its own folder)
+_NEVER_REUSED = (layout.REPORT_STAGE,)
+
+
+def _reuse_sources(reuse: Sequence[str | os.PathLike], out: Path) -> list[Path]:
+    """The run folders to reuse stages from, checked before any work: each must hold a
+    state.json (a run folder) and not be ``out`` itself."""
+    from cellsynth.errors import ConfigError
+
+    sources = []
+    for source in map(Path, reuse):
+        if not (source / layout.STATE).is_file():
+            raise ConfigError(f"--reuse {source}: not a cellsynth run folder (no "
+                              f"{layout.STATE}); name the --out of an earlier run")
+        if out.exists() and source.resolve() == out.resolve():
+            raise ConfigError(f"--reuse {source}: that is --out itself, whose finished "
+                              "stages are kept anyway")
+        sources.append(source)
+    return sources
+
+
+def reuse_plan(config: PipelineConfig, plan: list, out: Path, sources: Sequence[Path],
+               recorded: dict[str, Any] | None = None,
+               contents: dict[str, str | None] | None = None
+               ) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Which stages ``out`` would take from which of ``sources``: in the plan's order, a
+    stage not done in ``out`` (whose folder ``out`` does not hold at all: nothing of its own
+    is replaced) that a source holds done with the fingerprint this config gives it there.
+    A stage taken keeps the source's fingerprint, so the ones after it match theirs. Returns
+    {stage: (source, its state.json entry)}; nothing is written."""
+    contents = _contents(config, plan) if contents is None else contents
+    recorded = dict(recorded or {})
+    states = [(source, RunState(source).data) for source in sources]
+    taken: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for stage in plan:
+        if stage.name in _NEVER_REUSED or (out / stage.name).exists():
+            continue
+        mine = recorded.get(stage.name)
+        print_ = _stage_keys(config, plan, recorded, contents)[stage.name][0]
+        if mine is not None and mine["fingerprint"] == print_ and mine["done"]:
+            continue
+        for source, data in states:
+            entry = data.get(stage.name)
+            if entry is None or not entry.get("done") or not (source / stage.name).is_dir():
+                continue
+            # keyed against the source's record: an older run's fingerprint still matches
+            theirs = _stage_keys(config, plan, recorded | {stage.name: entry}, contents)
+            if theirs[stage.name][0] == entry["fingerprint"]:
+                taken[stage.name] = source, entry
+                recorded[stage.name] = entry
+                break
+    return taken
+
+
+def _copy_stage(source: Path, out: Path, name: str, entry: dict[str, Any],
+                state: RunState) -> None:
+    """Copy ``source``'s stage folder into ``out`` (whole, then renamed into place: a kill
+    leaves no half folder) and record it done with the source's entry. Copies, not links:
+    a later resume in ``out`` (a grown soup) appends to its files."""
+    import shutil
+
+    staging = out / f".reuse-{name}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(source / name, staging, copy_function=shutil.copy2)
+    os.replace(staging, out / name)
+    old = {str(source), str(source.resolve())}
+
+    def moved(value: Any) -> Any:  # the summary's paths into the source name out's
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, str):
+            for prefix in sorted(old, key=len, reverse=True):
+                if value == prefix or value.startswith(prefix + os.sep):
+                    return str(out) + value[len(prefix):]
+        return value
+
+    info = {k: moved(v) for k, v in entry.items() if k not in ("fingerprint", "done")}
+    state.mark(name, entry["fingerprint"], done=True, **info, reused_from=str(source))

@@ -49,6 +49,9 @@ class Stage:
     config: Callable[[PipelineConfig], dict[str, Any]]
     run: Callable[..., dict[str, Any]]               # (config, out, resume=, progress=)
     reads: tuple[str, ...] = ()                      # real-data roles whose contents it reads
+    # stages that earlier versions hashed among its inputs though it never reads them: kept
+    # out of its fingerprint, and a run folder that recorded them is not redone for them
+    unread: tuple[str, ...] = ()
 
 
 def _fit_simulator(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
@@ -465,12 +468,19 @@ def plan(config: PipelineConfig) -> list[Stage]:
     synthetic = layout.REFINED if config.refines else layout.SIMULATE
     val = ("val",) if real.val else ()
     # (pretrain_val joins the key only where it is not the default: old runs keep theirs)
+    # Validated on held-out synthetic images, pretraining reads no real image: RUN/real (the
+    # annotated images chosen, rescaled) is no input of it then, so that choosing other
+    # annotated images, or another dataset of the same stain (run --reuse), keeps it. Except
+    # with real.channel, which its checkpoint records for predict (RUN/real's key holds it).
+    real_val = data_inputs("val")
+    unread = real_val if synthetic_val and config.real.channel is None else ()
     stages.append(Stage(layout.PRETRAIN, (synthetic,) + ((synthetic_val,) if synthetic_val
-                                                         else ()) + data_inputs("val"),
+                                                         else ())
+                        + tuple(d for d in real_val if d not in unread),
                         lambda c: {"pretrain": to_dict(c.pretrain), "seed": c.seed}
                         | ({"pretrain_val": c.pretrain_val} if c.pretrain_val != "real" else {}),
                         _train(layout.PRETRAIN, _synthetic, None),
-                        reads=() if synthetic_val else val))
+                        reads=() if synthetic_val else val, unread=unread))
     if real.train:
         replayed = (synthetic,) if config.finetune.replay > 0 else ()
         stages.append(Stage(layout.FINETUNE, (layout.PRETRAIN,) + replayed
