@@ -123,14 +123,15 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
     module's docstring for what is timed and what is not); ``reuse``: the earlier runs
     ``run --reuse`` takes finished stages from (they count 0)."""
     from cellsynth.pipeline import stages as st
-    from cellsynth.pipeline.run import RunState, _reuse_sources, reuse_plan
+    from cellsynth.pipeline.reuse import reuse_plan, reuse_sources
+    from cellsynth.pipeline.run import RunState
 
     timer = timer or Timer(config.device)
     channels = channels or _channels(config)
     plan = st.plan(config)
     done = _done_stages(config, out, plan)
     recorded = RunState(Path(out)).data if out is not None else {}
-    reused = (reuse_plan(config, plan, Path(out), _reuse_sources(reuse, Path(out)), recorded)
+    reused = (reuse_plan(config, plan, Path(out), reuse_sources(reuse, Path(out)), recorded)
               if reuse and out is not None else {})
 
     def val_mpx(pretraining: bool = False) -> float:

@@ -37,7 +37,7 @@ from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
 
 __all__ = ["run", "fingerprint", "content_fingerprint", "stage_fingerprints", "RunState",
-           "claim", "Parts", "duration", "timed", "reuse_plan"]
+           "claim", "Parts", "duration", "timed"]
 
 # files up to this size are fingerprinted by their bytes, larger ones by size and mtime
 HASH_BYTES_UP_TO = 1 << 20
@@ -268,12 +268,14 @@ def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True
 
     ``reuse``: earlier run folders whose finished stages are copied into ``out`` where this
     config would do the same work (the same fingerprint: options, seed, the contents of the
-    real data read, the stages read), instead of doing it again (:func:`reuse_plan`)."""
+    real data read, the stages read), instead of doing it again
+    (:mod:`cellsynth.pipeline.reuse`)."""
     from cellsynth.hardware import resolve_device
+    from cellsynth.pipeline.reuse import reuse_sources
 
     out = Path(out)
     check_inputs(config)
-    sources = _reuse_sources(reuse, out)
+    sources = reuse_sources(reuse, out)
     resolve_device(config.device)  # before any stage works, not when the first trains
     # (its stages write subfolders such as real/ and predict/ into it, and replace them)
     refuse_inputs(out, [getattr(config.real, role)
@@ -325,6 +327,7 @@ def timed(state: RunState, name: str, print_: str, resume: bool, work: Callable[
 def _run(config: PipelineConfig, out: Path, *, progress: bool, log: Callable[[str], None],
          sources: list[Path]) -> dict[str, Any]:
     from cellsynth.pipeline import stages
+    from cellsynth.pipeline.reuse import copy_stage, reuse_plan
 
     save_yaml(out / layout.CONFIG, config)
     state = RunState(out)
@@ -332,7 +335,7 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool, log: Callable[[st
     contents = _contents(config, plan)
     reused = reuse_plan(config, plan, out, sources, state.data, contents) if sources else {}
     for name, (source, entry) in reused.items():
-        _copy_stage(source, out, name, entry, state)
+        copy_stage(source, out, name, entry, state)
         log(f"[{name}] reused from {source} (done there in "
             f"{duration(entry.get('seconds', 0.0))})")
     keys = _stage_keys(config, plan, state.data, contents)
@@ -366,86 +369,3 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool, log: Callable[[st
             + (f"; {left} stage{'s' if left > 1 else ''} to go" if left else ""))
     return summaries
 
-
-# --- reuse: finished stages of earlier runs --------------------------------------------------
-# (report: cheap, and it describes its own folder)
-_NEVER_REUSED = (layout.REPORT_STAGE,)
-
-
-def _reuse_sources(reuse: Sequence[str | os.PathLike], out: Path) -> list[Path]:
-    """The run folders to reuse stages from, checked before any work: each must hold a
-    state.json (a run folder) and not be ``out`` itself."""
-    from cellsynth.errors import ConfigError
-
-    sources = []
-    for source in map(Path, reuse):
-        if not (source / layout.STATE).is_file():
-            raise ConfigError(f"--reuse {source}: not a cellsynth run folder (no "
-                              f"{layout.STATE}); name the --out of an earlier run")
-        if out.exists() and source.resolve() == out.resolve():
-            raise ConfigError(f"--reuse {source}: that is --out itself, whose finished "
-                              "stages are kept anyway")
-        sources.append(source)
-    return sources
-
-
-def reuse_plan(config: PipelineConfig, plan: list, out: Path, sources: Sequence[Path],
-               recorded: dict[str, Any] | None = None,
-               contents: dict[str, str | None] | None = None
-               ) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """Which stages ``out`` would take from which of ``sources``: in the plan's order, a
-    stage not done in ``out`` (whose folder ``out`` does not hold at all: nothing of its own
-    is replaced) that a source holds done with the fingerprint this config gives it there.
-    A stage taken keeps the source's fingerprint, so the ones after it match theirs. Returns
-    {stage: (source, its state.json entry)}; nothing is written."""
-    contents = _contents(config, plan) if contents is None else contents
-    recorded = dict(recorded or {})
-    states = [(source, RunState(source).data) for source in sources]
-    taken: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for stage in plan:
-        if stage.name in _NEVER_REUSED or (out / stage.name).exists():
-            continue
-        mine = recorded.get(stage.name)
-        print_ = _stage_keys(config, plan, recorded, contents)[stage.name][0]
-        if mine is not None and mine["fingerprint"] == print_ and mine["done"]:
-            continue
-        for source, data in states:
-            entry = data.get(stage.name)
-            if entry is None or not entry.get("done") or not (source / stage.name).is_dir():
-                continue
-            # keyed against the source's record: an older run's fingerprint still matches
-            theirs = _stage_keys(config, plan, recorded | {stage.name: entry}, contents)
-            if theirs[stage.name][0] == entry["fingerprint"]:
-                taken[stage.name] = source, entry
-                recorded[stage.name] = entry
-                break
-    return taken
-
-
-def _copy_stage(source: Path, out: Path, name: str, entry: dict[str, Any],
-                state: RunState) -> None:
-    """Copy ``source``'s stage folder into ``out`` (whole, then renamed into place: a kill
-    leaves no half folder) and record it done with the source's entry. Copies, not links:
-    a later resume in ``out`` (a grown soup) appends to its files."""
-    import shutil
-
-    staging = out / f".reuse-{name}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    shutil.copytree(source / name, staging, copy_function=shutil.copy2)
-    os.replace(staging, out / name)
-    old = {str(source), str(source.resolve())}
-
-    def moved(value: Any) -> Any:  # the summary's paths into the source name out's
-        if isinstance(value, dict):
-            return {k: moved(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [moved(v) for v in value]
-        if isinstance(value, str):
-            for prefix in sorted(old, key=len, reverse=True):
-                if value == prefix or value.startswith(prefix + os.sep):
-                    return str(out) + value[len(prefix):]
-        return value
-
-    info = {k: moved(v) for k, v in entry.items() if k not in ("fingerprint", "done")}
-    state.mark(name, entry["fingerprint"], done=True, **info, reused_from=str(source))
