@@ -318,6 +318,7 @@ def test_the_recipe_is_the_accurate_one_for_nissl_where_training_is_fast(tmp_pat
 
     config, printed, stages = init(precision="fp32")
     assert "fast annotated recipe (fp32 training here: measured; the accurate" in printed
+    assert "which `run --reuse` then takes into later runs" in printed
     assert config.refiner and "refiner" in stages and config.soup == 1
     assert config.pretrain.steps == 600 and config.pretrain_val == "real"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cellsynth.errors import ConfigError
+from cellsynth.io.files import write_with
 from cellsynth.pipeline import stages
 from cellsynth.pipeline.config import PipelineConfig, PredictOptions, RealData, SimulateOptions
 from cellsynth.pipeline.run import fingerprint, run, stage_fingerprints
@@ -136,10 +137,14 @@ def test_reuse_copies_an_earlier_runs_pretraining_for_another_dataset(tmp_path, 
     reused = [line.split("]")[0][1:] for line in said if "] reused from " in line]
     assert reused == ["simulate", "simulate_val", "pretrain"]
     assert _ran(said)[:2] == ["real", "finetune"]
-    for name in ("best.pt", "last.pt"):
+    # checkpoints are links (written only by replacing them whole), the rest copies
+    for name in ("best.pt", "last.pt", "log.jsonl"):
         mine, theirs = second / "pretrain" / name, first / "pretrain" / name
         assert mine.read_bytes() == theirs.read_bytes()
-        assert mine.stat().st_ino != theirs.stat().st_ino
+        assert (mine.stat().st_ino == theirs.stat().st_ino) == name.endswith(".pt")
+    theirs = (first / "pretrain" / "best.pt").read_bytes()
+    write_with(second / "pretrain" / "best.pt", lambda tmp: tmp.write_bytes(b"new"))
+    assert (first / "pretrain" / "best.pt").read_bytes() == theirs != b"new"
     state = json.loads((second / "state.json").read_text())
     assert state["pretrain"]["reused_from"] == str(first) and state["pretrain"]["done"]
     assert f"reused from {first}" in (second / "report.html").read_text()

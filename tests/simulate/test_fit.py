@@ -300,7 +300,7 @@ def test_whole_section_is_measured_by_windows_of_tissue_not_decoded(tmp_path, mo
     the fit measures windows of its tissue, and finds the cells the tissue images hold."""
     import tifffile
 
-    from cellsynth.simulate import fit
+    from cellsynth.simulate import fit, fit_images
 
     tiles = [image for image, _ in simulate(_base(), 8, 192, seed=5)]
     tissue = np.concatenate([np.concatenate(tiles[i:i + 2], axis=1) for i in range(0, 8, 2)])
@@ -312,8 +312,8 @@ def test_whole_section_is_measured_by_windows_of_tissue_not_decoded(tmp_path, mo
         tif.write(section, subifds=1, tile=(128, 128), compression="zlib", photometric="rgb")
         tif.write(section[::2, ::2], subfiletype=1, tile=(128, 128), compression="zlib",
                   photometric="rgb")
-    monkeypatch.setattr(fit, "_WINDOW_ABOVE", 512 * 512)
-    monkeypatch.setattr(fit, "_WINDOW", 192)
+    monkeypatch.setattr(fit_images, "_WINDOW_ABOVE", 512 * 512)
+    monkeypatch.setattr(fit_images, "_WINDOW", 192)
     import cellsynth.io.images as images
 
     def whole(path):
@@ -322,7 +322,7 @@ def test_whole_section_is_measured_by_windows_of_tissue_not_decoded(tmp_path, mo
     monkeypatch.setattr(images, "_read_array", whole)
     real = fit._load(root, _base(), PX)
     monkeypatch.undo()
-    assert len(real.images) == fit._WINDOWS
+    assert len(real.images) == fit_images._WINDOWS
     for name, image in zip(real.names, real.images):
         ys, xs = name.split("[")[1].rstrip("]").split(", ")
         x0, x1 = (int(v) for v in xs.split(":"))
@@ -621,12 +621,12 @@ def test_a_whole_section_saved_as_uint16_measures_as_its_uint8_copy(tmp_path, mo
     noise); all windows of a section share one scale, now its bit depth's."""
     import tifffile
 
-    from cellsynth.simulate import fit
+    from cellsynth.simulate import fit, fit_images
 
     tiles = [image for image, _ in simulate(_base(), 4, 192, seed=5)]
     section = np.concatenate([np.concatenate(tiles[i:i + 2], axis=1) for i in (0, 2)])
-    monkeypatch.setattr(fit, "_WINDOW_ABOVE", 256 * 256)  # 384² is a section here
-    monkeypatch.setattr(fit, "_WINDOW", 192)
+    monkeypatch.setattr(fit_images, "_WINDOW_ABOVE", 256 * 256)  # 384² is a section here
+    monkeypatch.setattr(fit_images, "_WINDOW", 192)
     base = replace(_base(), pixel_size_um=PX)
     stats = {}
     for name, scale, dtype in (("u8", 1, np.uint8), ("u16", 1, np.uint16),

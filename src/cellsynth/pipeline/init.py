@@ -374,7 +374,8 @@ def _recipe(recipe: str | None, preset: str, device: str) -> tuple[str, str]:
         return "accurate", f"bf16 training here: {precision.reason.removeprefix('auto: ')}"
     return "fast", (f"fp32 training here: {precision.reason.removeprefix('auto: ')}; the "
                     f"accurate recipe would take ~3 h on 2 cores, --recipe accurate to run "
-                    f"it anyway")
+                    f"it anyway (most of it pretraining, which `run --reuse` then takes into "
+                    f"later runs: ~1 h each)")
 
 
 def init_config(data: str | os.PathLike, out: str | os.PathLike, *,

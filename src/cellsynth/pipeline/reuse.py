@@ -76,14 +76,16 @@ def reuse_plan(config: PipelineConfig, plan: list, out: Path, sources: Sequence[
 
 
 def copy_stage(source: Path, out: Path, name: str, entry: dict[str, Any],
-                state: RunState) -> None:
+               state: RunState) -> None:
     """Copy ``source``'s stage folder into ``out`` (whole, then renamed into place: a kill
-    leaves no half folder) and record it done with the source's entry. Copies, not links:
-    a later resume in ``out`` (a grown soup) appends to its files."""
+    leaves no half folder) and record it done with the source's entry. Checkpoints are
+    hard links where the file system allows (the recipe's are 0.5 GB; cellsynth writes a
+    checkpoint only by replacing it whole, which leaves the other run's file as it was);
+    every other file is a copy (a later resume in ``out``, a grown soup, appends to logs)."""
     staging = out / f".reuse-{name}"
     if staging.exists():
         shutil.rmtree(staging)
-    shutil.copytree(source / name, staging, copy_function=shutil.copy2)
+    shutil.copytree(source / name, staging, copy_function=_link_or_copy)
     os.replace(staging, out / name)
     old = {str(source), str(source.resolve())}
 
@@ -100,3 +102,15 @@ def copy_stage(source: Path, out: Path, name: str, entry: dict[str, Any],
 
     info = {k: moved(v) for k, v in entry.items() if k not in ("fingerprint", "done")}
     state.mark(name, entry["fingerprint"], done=True, **info, reused_from=str(source))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A checkpoint (``*.pt``) as a hard link, else (other files, or no link possible: another
+    file system) a copy with its times."""
+    if src.endswith(".pt"):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
