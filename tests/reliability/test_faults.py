@@ -352,3 +352,65 @@ def test_predict_stopped_with_sigterm_says_so_and_continues(tmp_path, trained_de
     result = _run(args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "continuing a prediction that was stopped" in result.stderr
+
+
+def test_predict_parts_in_processes_at_once_give_the_labels_of_one(tmp_path, trained_detector):
+    """`predict --part I/N` in two processes at once (a cluster's array jobs): each predicts
+    its own rows of tiles into the cache beside --out and writes no output; the same command
+    without --part then predicts no tile and writes the labels one process alone gives.
+    A part without a number it can be is one line."""
+    import numpy as np
+
+    from cellsynth.io.images import read_labels
+
+    args = _section_predict(tmp_path, trained_detector[0])
+    out = tmp_path / "out"
+    reference = _start(args + ["--out", str(tmp_path / "alone"), "--quiet"])
+    parts = [_start(args + ["--out", str(out), "--part", f"{i}/2"])
+             for i in (1, 2)]
+    for i, part in enumerate(parts):
+        code, err = part.wait(timeout=300), part.communicate()[1]
+        assert code == 0, err[-2000:]
+        assert f"part {i + 1} of 2 done (" in err and "without --part writes" in err, err
+    assert not out.exists()
+    rows = sorted(p.name for p in (tmp_path / ".out.proposals" / "s").glob("row*.npz"))
+    assert rows == ["row00000.npz", "row00001.npz", "row00002.npz"]  # 288 px, tiles of 128
+    result = _run(args + ["--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    tiles = json.loads((out / "meta.json").read_text())["images_pixel_size_um"]["s"]["tiles"]
+    assert tiles["predicted"] == 0 and tiles["stored"] == 9
+    assert reference.wait(timeout=300) == 0, reference.communicate()[1][-2000:]
+    labels = read_labels(out / "labels" / "s.tif")
+    assert labels.max() >= 3, "the tiny detector should find some cells"
+    assert np.array_equal(labels, read_labels(tmp_path / "alone" / "labels" / "s.tif"))
+    assert not (tmp_path / ".out.proposals").exists()
+    bad = _run(args + ["--out", str(tmp_path / "x"), "--part", "3/2"])
+    assert bad.returncode == 2 and "expected I/N with 1 <= I <= N" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_predict_parts_with_tta_split_every_views_rows(tmp_path, trained_detector):
+    """With test-time augmentation each of the 8 views has its own rows of tiles: parts
+    split every view's, and the final call predicts none and paints what one call does."""
+    import numpy as np
+
+    from cellsynth.io.images import read_labels
+    from cellsynth.segment.folders import predict_folder
+
+    args = _section_predict(tmp_path, trained_detector[0])
+    images = Path(args[args.index("--images") + 1])
+    options = dict(tile=128, overlap=32, batch=2, score_thresh=0.5, precision="fp32",
+                   tta=True, progress=False)
+    predict_folder(trained_detector[0], images, tmp_path / "alone", **options)
+    for i in range(3):
+        summary = predict_folder(trained_detector[0], images, tmp_path / "out", part=(i, 3),
+                                 **options)
+        assert summary["predicted"] + summary["blank"] == 8 * 3  # 8 views x its row of 3
+    cache = tmp_path / ".out.proposals"
+    assert len(list(cache.glob("s.tta*/row*.npz"))) == 8 * 3 and not (tmp_path / "out").exists()
+    predict_folder(trained_detector[0], images, tmp_path / "out", **options)
+    tiles = json.loads((tmp_path / "out" / "meta.json").read_text())[
+        "images_pixel_size_um"]["s"]["tiles"]
+    assert tiles["predicted"] == 0 and tiles["stored"] == 8 * 9
+    assert np.array_equal(read_labels(tmp_path / "out" / "labels" / "s.tif"),
+                          read_labels(tmp_path / "alone" / "labels" / "s.tif"))

@@ -44,6 +44,15 @@ def _score(text: str) -> float:
     return value
 
 
+def _part(text: str) -> tuple[int, int]:
+    """``I/N`` (1 <= I <= N) as (I - 1, N)."""
+    i, _, n = text.partition("/")
+    if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N (e.g. 2/8), got "
+                                         f"{text!r}")
+    return int(i) - 1, int(n)
+
+
 def _add_precision(p: argparse.ArgumentParser, default: str | None = None, *,
                    int8: bool = False) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32") + (("int8",) if int8 else ()),
@@ -309,6 +318,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="with --faint-from: drop detections whose mean stain (or, for bright "
                         "cells on a dark background, intensity) is below this percentile of "
                         "the annotated cells' (default 5)")
+    p.add_argument("--part", type=_part, metavar="I/N",
+                   help="one of N processes (a cluster's array jobs, machines sharing the "
+                        "folder above --out): predict rows I, I+N, ... of tiles of every image "
+                        "into the cache beside --out and write nothing else; the same command "
+                        "without --part then predicts only what is missing and writes --out")
     _add_output_flags(p)
     p.set_defaults(func=commands.cmd_predict)
 

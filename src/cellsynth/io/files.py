@@ -126,6 +126,15 @@ def refuse_inputs(out: str | os.PathLike, inputs: tuple | list, what: str = "out
                                         f"write the {what} to another folder")
 
 
+def check_output_dir(out: str | os.PathLike, *, force: bool = False,
+                     inputs: tuple | list = ()) -> None:
+    """What :func:`staged_output_dir` checks up front, without writing the folder: for a
+    command that fills a cache beside ``out`` for a later one to write it (``predict
+    --part``)."""
+    refuse_inputs(out, inputs)
+    _check_writable(Path(out), force)
+
+
 @contextlib.contextmanager
 def staged_output_dir(out: str | os.PathLike, *, force: bool = False,
                       inputs: tuple | list = ()) -> Iterator[Path]:

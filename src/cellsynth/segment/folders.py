@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads
 from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_dataset
 from cellsynth.io.export import level0_factor
-from cellsynth.io.files import atomic_path, staged_output_dir, write_json
+from cellsynth.io.files import atomic_path, check_output_dir, staged_output_dir, write_json
 from cellsynth.io.headers import check_headers
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
@@ -46,6 +47,7 @@ from cellsynth.segment.predict import (
     _channel,
     _reader,
     _select,
+    image_proposals,
     load_detector,
     make_predictor,
     predict_image,
@@ -309,7 +311,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                    empty_contrast: float = EMPTY_CONTRAST,
                    faint_from: str | os.PathLike | None = None,
                    faint_percentile: float = FAINT_PERCENTILE,
-                   nms_thresh: float | None = None) -> dict[str, Any]:
+                   nms_thresh: float | None = None,
+                   part: tuple[int, int] | None = None) -> dict[str, Any]:
     """Predict every image of a folder; write ``labels/``, ``overlays/``, ``detections/``
     (one CSV per image: id, centroid, area, score, bounding box) and meta.json.
 
@@ -325,11 +328,21 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     than the ``faint_percentile``-th percentile of its annotated cells' mean signal are
     dropped (:mod:`cellsynth.segment.faint`; the images normalised as the detector was
     trained). ``nms_thresh``: see :func:`set_nms`.
+
+    ``part``: (i, n) with 0 <= i < n, one of n processes (jobs of a cluster array, machines
+    sharing the folder above ``out``) that predict rows i, i + n, ... of tiles of every image
+    into the cache beside ``out`` and write no output; the same call without ``part`` then
+    predicts only the rows missing there and writes ``out``, the labels one process alone
+    gives.
     """
     from tqdm.auto import tqdm
 
     if labels_as not in ("auto", "tiff", "ome-zarr"):
         raise ConfigError(f"labels_as must be auto, tiff or ome-zarr, got {labels_as!r}")
+    if part is not None:
+        if not (len(part) == 2 and 0 <= part[0] < part[1]):
+            raise ConfigError(f"part must be (i, n) with 0 <= i < n, got {part!r}")
+        check_output_dir(out, force=force, inputs=(images, run, faint_from))
     inputs = _inputs(Path(images))
     # a bad file found hours in wastes them: every header first
     check_headers([path for _, path in inputs], channel=channel)
@@ -351,8 +364,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     if overlap >= tile:  # the tile given, or the default one
         raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
     configure_threads()
-    cut = (faint_cut(faint_from, faint_percentile, detector) if faint_from is not None
-           else None)
+    cut = (faint_cut(faint_from, faint_percentile, detector)
+           if faint_from is not None and part is None else None)  # (a part paints nothing)
     folder_px = _folder_pixel_size(Path(images))
     if precision == "int8":
         detector = quantize_detector(detector, inputs, channel=channel, level=level,
@@ -363,8 +376,44 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     multi = False  # whether any image had channels to pick from
     per_image: dict[str, dict[str, Any]] = {}
     # finished rows of tiles of every image, kept until the output is published: a killed
-    # prediction (a whole section takes hours) resumes there when run again
+    # prediction (a whole section takes hours) resumes there when run again, and `--part`
+    # processes fill it for the one that writes the output
     cache = Path(out).parent / f".{Path(out).name}.proposals"
+    said: set[str] = set()  # the pixel-size warnings: once per command, not per image
+
+    def opened(image_id: str, path: Path) -> tuple[Any, bool, float | None, ProposalStore]:
+        """An image (lazily where large), its pixel size and the store of its tile rows."""
+        image, lazy = _open(path, level, _channel(detector, channel))
+        px = (_at_level(pixel_size_um or folder_px, path, image, level)
+              or read_pixel_size(path, level=level))
+        if px is None and detector.pixel_size_um is not None and "px" not in said:
+            said.add("px")
+            warnings.warn(f"{images}: pixel size of some images unknown (no --pixel-size, "
+                          f"meta.json or file metadata); taken to be the model's "
+                          f"{detector.pixel_size_um} um/px", stacklevel=3)
+        elif px is not None and detector.pixel_size_um is None and "detector" not in said:
+            said.add("detector")
+            warnings.warn(f"{run}: the detector does not record the pixel size it was trained "
+                          f"at, so the images' {px:g} um/px cannot be matched to it and they "
+                          f"are predicted as they are (a detector trained with pixel_size_um, "
+                          f"as `cellsynth run` trains them, resamples)", stacklevel=3)
+        stat = path.stat()
+        store = ProposalStore(cache / image_id, {
+            "detector": detector.source, "step": detector.step,
+            "precision": detector.precision,
+            "image": str(path.resolve()), "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "level": level, "tile": tile,
+            "overlap": overlap, "channel": channel, "pixel_size_um": px,
+            "score_floor": score_floor(detector, score_thresh, tta),
+            "empty_contrast": empty_contrast, **({"tta": True} if tta else {}),
+            **({"nms_thresh": nms_thresh} if nms_thresh is not None else {})})
+        return image, lazy, px, store
+
+    if part is not None:
+        return _predict_part(inputs, opened, part, detector, out, cache, tile=tile,
+                             overlap=overlap, batch=batch, score_thresh=score_thresh,
+                             device=device, channel=channel, tta=tta,
+                             empty_contrast=empty_contrast, progress=progress)
     with staged_output_dir(out, force=force, inputs=(images, run, faint_from)) as root:
         (root / layout.LABELS).mkdir()
         (root / layout.DETECTIONS).mkdir()  # (overlays/: made with the first overlay, so
@@ -373,37 +422,11 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         if rows_done:
             announce(f"{out}: continuing a prediction that was stopped "
                      f"({rows_done} rows of tiles done)")
-        said: set[str] = set()  # the pixel-size warnings: once per command, not per image
         with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
             for n_done, (image_id, path) in enumerate(inputs):
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
-                image, lazy = _open(path, level, _channel(detector, channel))
+                image, lazy, px, store = opened(image_id, path)
                 multi |= len(image.shape) == 3 and int(image.shape[2]) > 1
-                px = (_at_level(pixel_size_um or folder_px, path, image, level)
-                      or read_pixel_size(path, level=level))
-                if px is None and detector.pixel_size_um is not None and "px" not in said:
-                    said.add("px")
-                    warnings.warn(f"{images}: pixel size of some images unknown (no "
-                                  f"--pixel-size, meta.json or file metadata); taken to be "
-                                  f"the model's {detector.pixel_size_um} um/px", stacklevel=1)
-                elif (px is not None and detector.pixel_size_um is None
-                      and "detector" not in said):
-                    said.add("detector")
-                    warnings.warn(f"{run}: the detector does not record the pixel size it was "
-                                  f"trained at, so the images' {px:g} um/px cannot be matched "
-                                  f"to it and they are predicted as they are (a detector "
-                                  f"trained with pixel_size_um, as `cellsynth run` trains "
-                                  f"them, resamples)", stacklevel=1)
-                stat = path.stat()
-                store = ProposalStore(cache / image_id, {
-                    "detector": detector.source, "step": detector.step,
-                    "precision": detector.precision,
-                    "image": str(path.resolve()), "bytes": stat.st_size,
-                    "mtime_ns": stat.st_mtime_ns, "level": level, "tile": tile,
-                    "overlap": overlap, "channel": channel, "pixel_size_um": px,
-                    "score_floor": score_floor(detector, score_thresh, tta),
-                    "empty_contrast": empty_contrast, **({"tta": True} if tta else {}),
-                    **({"nms_thresh": nms_thresh} if nms_thresh is not None else {})})
                 count = TileCount()
                 labels, id_scores = predict_image(
                     detector, image, tile=tile, overlap=overlap, batch=batch,
@@ -482,3 +505,26 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
             "seconds": elapsed, "megapixels_per_s": megapixels / max(elapsed, 1e-9),
             "channel": used,
             "channel_from": ("--channel" if channel is not None else "the detector's")}
+
+
+def _predict_part(inputs: list[tuple[str, Path]], opened: Callable, part: tuple[int, int],
+                  detector: Detector, out: str | os.PathLike, cache: Path, *,
+                  progress: bool, **options: Any) -> dict[str, Any]:
+    """``predict_folder(part=...)``: this process's rows of tiles of every image into the
+    stores in ``cache``; nothing else written."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    count = TileCount()
+    with tqdm(total=0, desc=f"predict part {part[0] + 1}/{part[1]}", unit="tile",
+              disable=not progress) as bar:
+        for n_done, (image_id, path) in enumerate(inputs):
+            bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
+            image, _, px, store = opened(image_id, path)
+            image_proposals(detector, image, where=str(path), pixel_size_um=px, progress=bar,
+                            store=store, count=count, part=part, **options)
+    announce(f"{out}: part {part[0] + 1} of {part[1]} done ({count.predicted} tiles "
+             f"predicted, {count.blank} blank, {count.stored} kept from before) in {cache}; "
+             f"once every part is done, the same command without --part writes {out}")
+    return {"n_images": len(inputs), "part": [part[0] + 1, part[1]],
+            "seconds": time.perf_counter() - started, **vars(count)}

@@ -286,7 +286,8 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
                     tta: bool = False,
                     value_range: tuple[np.ndarray, np.ndarray] | None = None,
                     empty_contrast: float = EMPTY_CONTRAST, count: TileCount | None = None,
-                    faint: FaintCut | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+                    faint: FaintCut | None = None,
+                    part: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """What :func:`predict_image` paints: (contours (K, S, 2) as (x, y) in the image's own
     pixels, scores (K,), offset), all proposals scoring at least the floor that
     ``score_thresh`` (default: the detector's) needs. A cell is painted as the pixels whose
@@ -296,7 +297,11 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
     ``value_range``: the (low, high) intensities to scale by (of the channel used), e.g. of
     the whole section ``image`` is a window of; default the image's own. ``empty_contrast``,
     ``count``: see :func:`predict_image`. ``faint``: proposals that would be painted but are
-    fainter than this cut get score -1 (see :func:`predict_image`)."""
+    fainter than this cut get score -1 (see :func:`predict_image`). ``part``: (i, n), only
+    fill ``store`` with this process's rows of tiles (:func:`tiles.tiled_proposals`) and
+    return no proposals: another call, without ``part``, then finds them all there."""
+    if part is not None and store is None:
+        raise ValueError("part needs a store: the rows it predicts are kept there")
     image = _select(image, detector, channel, where)
     tile, batch = tiling(detector, tile, batch)
     low, high = value_range if value_range is not None else \
@@ -308,8 +313,10 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
                    balanced_tile(int(view.shape[1]), tile, overlap))
     views = VIEWS if tta else VIEWS[:1]
     if progress is not None:
-        tiles = (len(tile_origins(int(view.shape[0]), tile, overlap))
-                 * len(tile_origins(int(view.shape[1]), tile, overlap)))
+        rows = len(tile_origins(int(view.shape[0]), tile, overlap))
+        if part is not None:
+            rows = len(range(part[0], rows, part[1]))
+        tiles = rows * len(tile_origins(int(view.shape[1]), tile, overlap))
         progress.total = (progress.total or 0) + tiles * len(views)
         progress.refresh()
     predictor = make_predictor(detector, device=device,
@@ -321,8 +328,10 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
             Dihedral(view, v) if tta else view, predictor, tile=tile, overlap=overlap,
             batch=batch, read=read, progress=progress.update if progress is not None else None,
             store=store.variant(f"tta{i}") if tta and store is not None else store,
-            empty_contrast=empty_contrast, count=count)
+            empty_contrast=empty_contrast, count=count, part=part)
         passes.append((to_image_coordinates(c, v, view.shape[:2]), s))
+    if part is not None:
+        return np.zeros((0, 1, 2), np.float32), np.zeros(0, np.float32), HALF_PIXEL
     contours, scores = merge_views(passes) if tta else passes[0]
     offset = HALF_PIXEL
     if factor != 1.0:  # pixel centres: model pixel i sits at image pixel (i + 0.5) / f - 0.5

@@ -394,7 +394,8 @@ class ProposalStore:
 
     ``folder`` holds ``key.json`` (what the proposals depend on: model, image, tiling) and one
     ``rowNNNNN.npz`` per finished row of tiles, each written atomically; it is made when the
-    first row is done. A folder made for another key is removed first.
+    first row is done. A folder made for another key is removed first. Several processes
+    may fill one store at once (``predict --part``: each its own rows).
     """
 
     def __init__(self, folder: str | os.PathLike, key: dict[str, Any]):
@@ -404,8 +405,10 @@ class ProposalStore:
         self.folder = Path(folder)
         self._key = json.dumps(key, sort_keys=True, default=str)
         stored = self.folder / "key.json"
-        if self.folder.is_dir() and not (stored.is_file() and stored.read_text() == self._key):
-            shutil.rmtree(self.folder)  # made for another model, image or tiling
+        # made for another model, image or tiling (one without key.json has no rows yet:
+        # another process is making it)
+        if self.folder.is_dir() and stored.is_file() and stored.read_text() != self._key:
+            shutil.rmtree(self.folder)
 
     def variant(self, name: str) -> ProposalStore:
         """A store beside this one for another pass over the same image (``FOLDER.name``),
@@ -428,9 +431,10 @@ class ProposalStore:
     def save(self, row: int, contours: np.ndarray, scores: np.ndarray) -> None:
         from cellsynth.io.files import atomic_path
 
-        if not self.folder.is_dir():  # made at the first finished row, not before
-            self.folder.mkdir(parents=True)
-            (self.folder / "key.json").write_text(self._key)
+        if not (self.folder / "key.json").is_file():  # made at the first row, not before
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.folder / "key.json") as tmp:
+                tmp.write_text(self._key)
         with atomic_path(self._path(row)) as tmp, open(tmp, "wb") as f:
             np.savez(f, contours=contours, scores=scores)
 
@@ -440,7 +444,8 @@ def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overla
                     batch: int = 4, read: Callable[[Any, slice, slice], np.ndarray] | None = None,
                     progress: Callable[[int], None] | None = None,
                     store: ProposalStore | None = None, empty_contrast: float = 0.0,
-                    count: TileCount | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    count: TileCount | None = None,
+                    part: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cell proposals of a (H, W[, C]) image of any size, each owned by exactly one tile.
 
     Parameters
@@ -453,6 +458,8 @@ def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overla
         predicted (0: every tile is). A cell owned by a tile has its centre in the tile's core
         and so most of its body inside the tile: a blank tile owns no visible cell.
     count : if given, counts the tiles predicted, blank and kept from ``store``.
+    part : (i, n): only the rows of tiles ``r`` with ``r % n == i`` (the others are neither
+        predicted nor read from ``store``): one of ``n`` processes filling ``store``.
 
     Returns
     -------
@@ -466,6 +473,8 @@ def tiled_proposals(image: Any, predictor: Predictor, *, tile: int = 512, overla
     contours: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     for row, y in enumerate(ys0):
+        if part is not None and row % part[1] != part[0]:
+            continue
         kept = store.load(row) if store is not None else None
         if kept is not None:
             contours.append(kept[0])
