@@ -408,7 +408,7 @@ class ProposalStore:
         # made for another model, image or tiling (one without key.json has no rows yet:
         # another process is making it)
         if self.folder.is_dir() and stored.is_file() and stored.read_text() != self._key:
-            shutil.rmtree(self.folder)
+            shutil.rmtree(self.folder, ignore_errors=True)  # (parts starting at once: both)
 
     def variant(self, name: str) -> ProposalStore:
         """A store beside this one for another pass over the same image (``FOLDER.name``),
