@@ -29,6 +29,7 @@ warnings.simplefilter("ignore")
 
 
 def main() -> None:
+    from cellsynth.config import load_yaml, save_yaml
     from cellsynth.io.images import read_image
     from cellsynth.pipeline.config import load_pipeline_config
     from cellsynth.pipeline.run import run
@@ -43,9 +44,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the timings and results here")
     args = parser.parse_args()
 
-    recipe = load_pipeline_config(repo / "configs/nissl-k2.yaml")
-    train, test = str(args.data / "train"), str(args.data / "test")
+    train, test = str(args.data.resolve() / "train"), str(args.data.resolve() / "test")
     first = ["SLD_0000406_20x_01_Region_1_t2", "SLD_0000563_20x_03_Region_1_t2"]
+    # the recipe with --data's folders (its own paths are relative to configs/)
+    raw = load_yaml(repo / "configs/nissl-k2.yaml")
+    raw["real"] = {**raw["real"], "train": train, "val": train, "test": test}
+    with tempfile.TemporaryDirectory() as folder:
+        save_yaml(Path(folder) / "recipe.yaml", raw)
+        recipe = load_pipeline_config(Path(folder) / "recipe.yaml")
     other = ["SLD_0000404_20x_01_Region_1_t2", "SLD_0000406_20x_01_Region_1_t1"]
 
     def config(chosen: list[str]):
