@@ -8,15 +8,17 @@ configs/nissl-k2.yaml, shrunk to fit a few minutes (fewer simulated images, pret
 fine-tuning steps, one fine-tuning instead of a soup of 5, no TTA): run A on two annotated
 training images; then, for two others, run B from scratch (the baseline: what a new
 `--out` did before) and run C with ``--reuse A``. The script prints each run's wall time, the
-ratio B / C, and whether C's predicted labels equal B's (the pretraining is the same work;
-on one machine, precision and thread count it gives the same bytes). Test images are
-predicted and scored as the recipe does; nothing here is tuned on them.
+ratio B / C, whether C's pretrained detector is A's byte for byte and whether C's predicted
+labels equal B's (the pretraining is the same work: on one machine, precision and thread
+count it gives the same bytes; the script pins the threads, CELLSYNTH_THREADS, for that).
+Test images are predicted and scored as the recipe does; nothing here is tuned on them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -43,6 +45,9 @@ def main() -> None:
                                                  "temporary folder)")
     parser.add_argument("--json", type=Path, help="write the timings and results here")
     args = parser.parse_args()
+    # threads pinned (else the thread policy follows the machine's load, and runs trained at
+    # other thread counts differ in their last bits: then B's labels cannot equal C's)
+    os.environ.setdefault("CELLSYNTH_THREADS", str(os.cpu_count() or 1))
 
     train, test = str(args.data.resolve() / "train"), str(args.data.resolve() / "test")
     first = ["SLD_0000406_20x_01_Region_1_t2", "SLD_0000563_20x_03_Region_1_t2"]
@@ -78,6 +83,9 @@ def main() -> None:
                   f"{seconds[name]:.1f} s, test F1@0.5 {scores[name]['f1_50']:.3f}, F1avg "
                   f"{scores[name]['f1_avg']:.3f}" + "".join(f"\n  {line}" for line in said
                                                               if "reused" in line))
+        copied = ((root / "C" / "pretrain" / "best.pt").read_bytes()
+                  == (root / "A" / "pretrain" / "best.pt").read_bytes())
+        print(f"C's pretrained detector is A's, byte for byte: {copied}")
         labels = sorted((root / "B" / "predict" / "labels").iterdir())
         same = all(np.array_equal(read_image(path),
                                   read_image(root / "C" / "predict" / "labels" / path.name))
@@ -90,6 +98,8 @@ def main() -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(
                 {"seconds": seconds, "ratio": ratio, "labels_equal": same, "scores": scores,
+                 "pretrain_copied_exactly": copied,
+                 "threads": os.environ["CELLSYNTH_THREADS"],
                  "pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
                  "first": first, "other": other}, indent=1) + "\n")
 
