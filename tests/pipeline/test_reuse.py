@@ -96,7 +96,6 @@ def test_stage_fingerprints_an_older_run_recorded_are_kept(tmp_path):
     """The fingerprints f3494ed computed for this zero-label config (its real images are
     rescaled, so RUN/real was an input of the pretraining, which now validates on the
     simulation and no longer hashes it): a run folder holding them redoes nothing."""
-    from cellsynth.pipeline.config import RealismOptions  # noqa: F401 (the config's default)
     from cellsynth.refine.config import RefineConfig
 
     (tmp_path / "u").mkdir()

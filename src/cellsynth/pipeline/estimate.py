@@ -129,10 +129,10 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
     timer = timer or Timer(config.device)
     channels = channels or _channels(config)
     plan = st.plan(config)
-    done = _done_stages(config, out, plan)
-    recorded = RunState(Path(out)).data if out is not None else {}
-    reused = (reuse_plan(config, plan, Path(out), reuse_sources(reuse, Path(out)), recorded)
-              if reuse and out is not None else {})
+    state = RunState(Path(out)) if out is not None else None  # (state.json read once)
+    done = _done_stages(config, state, plan)
+    reused = (reuse_plan(config, plan, Path(out), reuse_sources(reuse, Path(out)), state.data)
+              if reuse and state is not None else {})
 
     def val_mpx(pretraining: bool = False) -> float:
         """What a detector validates on: pretraining, the held-out synthetic images where
@@ -277,14 +277,13 @@ def _fit_seconds(config: PipelineConfig, timer: Any) -> tuple[float, str]:
                      f"{_minutes(real)}")
 
 
-def _done_stages(config: PipelineConfig, out: str | os.PathLike | None, plan: list
-                 ) -> set[str]:
-    """Stages ``out`` holds done with the fingerprint this config gives them (as run skips)."""
-    from cellsynth.pipeline.run import RunState, stage_fingerprints
+def _done_stages(config: PipelineConfig, state: Any, plan: list) -> set[str]:
+    """Stages the run folder of ``state`` (a RunState, or None) holds done with the
+    fingerprint this config gives them (as run skips)."""
+    from cellsynth.pipeline.run import stage_fingerprints
 
-    if out is None or not (Path(out) / layout.STATE).is_file():
+    if state is None or not state.data:
         return set()
-    state = RunState(Path(out))
     return {name for name, print_ in stage_fingerprints(config, plan, state.data).items()
             if state.status(name, print_) == "done"}
 
