@@ -121,16 +121,16 @@ def test_a_simulation_needs_an_annotated_type():
 
 def _visible_fractions(config, seed: int) -> np.ndarray:
     """Per kept cell: the part of its (in-image) area the label map still shows."""
-    from cellsynth.simulate.scene import _candidates, _patch_slices, _place, _vessels
+    from cellsynth.simulate import layout
 
     rng = np.random.default_rng(seed)
     shape = (256, 256)
-    candidates = _candidates(config, rng, shape, *_vessels(config, rng, shape))[0]
-    labels, kept, _ = _place(candidates, shape, config.max_occlusion)
+    drawn_cells = layout.candidates(config, rng, shape, *layout.vessels(config, rng, shape))[0]
+    labels, kept, _ = layout.place(drawn_cells, shape, config.max_occlusion)
     visible = np.bincount(labels.ravel(), minlength=len(kept) + 1)[1:]
     drawn = []
     for cell in kept:
-        _, patch = _patch_slices(cell, *shape)
+        _, patch = layout.patch_slices(cell, *shape)
         drawn.append(cell.shape.mask[patch].sum())
     return visible / np.array(drawn)
 
