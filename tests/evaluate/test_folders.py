@@ -96,10 +96,22 @@ def test_missing_id_in_prediction_names_folder_and_file(gt_dir, tmp_path):
         evaluate_folders(gt_dir, pred)
 
 
-def test_id_missing_in_ground_truth(gt_dir, tmp_path):
-    pred = make_dataset(tmp_path / "pred", {"a": labels_a(), "b": labels_b(),
+def test_predicted_images_without_ground_truth_are_named_and_not_scored(gt_dir, tmp_path):
+    """A whole folder predicted, a few of its images annotated (the usual way): those are
+    scored, the others named (the command refused the folder before)."""
+    pred = make_dataset(tmp_path / "pred", {"a": labels_a(), "b": shifted(labels_b(), 9),
                                             "c": labels_b()}, images=False)
-    with pytest.raises(DatasetError, match=r"gt/labels: no ground truth .*c\.tif"):
+    result = evaluate_folders(gt_dir, pred)
+    assert result.unscored == ("c",)
+    assert set(result.per_image) == {"a", "b"}
+    assert (result.total.n_images, result.total.n_pred, result.total.tp[0]) == (2, 3, 2)
+    assert result.to_json()["unscored"] == ["c"]
+
+
+def test_no_predicted_image_with_ground_truth_is_one_error(gt_dir, tmp_path):
+    pred = make_dataset(tmp_path / "pred", {"c": labels_b()}, images=False)
+    with pytest.raises(DatasetError, match=r"gt/labels: no ground truth for any predicted id "
+                                           r".*c\.tif.*matched by file name"):
         evaluate_folders(gt_dir, pred)
 
 
@@ -149,3 +161,39 @@ def test_cli_user_error_is_one_line(gt_dir, tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(gt_dir)]) == 2
     err = capsys.readouterr().err
     assert "nope: no such folder" in err and "Traceback" not in err
+
+
+def test_cli_names_the_predictions_it_did_not_score(gt_dir, tmp_path, capsys):
+    pred = make_dataset(tmp_path / "pred", {"a": labels_a(), "b": labels_b(),
+                                            "zz": labels_b()}, images=False)
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "F1avg 1.0000" in out
+    assert "not scored: 1 predicted image(s) without ground truth" in out and "zz" in out
+
+
+def test_cli_json_is_checked_before_the_work_and_never_replaces_silently(gt_dir, tmp_path,
+                                                                           capsys):
+    """--json wrote over any file, an annotation it had just read included, and found a
+    missing folder only after the work; now: its folder is made, an existing file needs
+    --force, a file in what the command reads is refused, and errors name the file."""
+    pred = make_dataset(tmp_path / "pred", {"a": labels_a(), "b": labels_b()}, images=False)
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt_dir), "--json"]
+    out = tmp_path / "new" / "folder" / "m.json"
+    assert main(args + [str(out)]) == 0
+    assert json.loads(out.read_text())["n_gt"] == 3
+    out.write_text("{}")
+    assert main(args + [str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "m.json: exists; choose another name or pass --force" in err
+    assert out.read_text() == "{}"
+    assert main(args + [str(out), "--force"]) == 0
+    assert json.loads(out.read_text())["n_gt"] == 3
+    label = gt_dir / "labels" / "a.tif"
+    before = label.read_bytes()
+    for target in (label, gt_dir / "labels" / "new.json", pred / "labels" / "m.json"):
+        assert main(args + [str(target), "--force"]) == 2
+        err = capsys.readouterr().err
+        assert f"{target.name}: lies in the input" in err and "Traceback" not in err
+    assert label.read_bytes() == before and not (gt_dir / "labels" / "new.json").exists()
+    assert main(args + [str(gt_dir / "m.json")]) == 0  # beside the dataset's folders: fine

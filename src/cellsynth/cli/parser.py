@@ -185,6 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", type=Path, required=True, help="predicted dataset or label folder")
     p.add_argument("--gt", type=Path, required=True, help="ground-truth dataset folder")
     p.add_argument("--json", type=Path, help="write the metrics as JSON here")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=commands.cmd_evaluate)
 
     p = sub.add_parser("realism", help="compare two image sets (C2ST, SWD, histograms, spectra)")

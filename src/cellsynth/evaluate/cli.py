@@ -15,7 +15,7 @@ from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.evaluate.matching import Matching, evaluate_folders
 from cellsynth.evaluate.realism import RealismResult, realism
 from cellsynth.io.datasets import load_dataset
-from cellsynth.io.files import write_json
+from cellsynth.io.files import check_output_file, write_json
 
 __all__ = ["run_evaluate", "run_realism", "format_matching", "format_realism"]
 
@@ -38,9 +38,15 @@ def format_matching(result: Matching) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """``cellsynth evaluate --pred DIR --gt DIR [--json FILE]``."""
+    """``cellsynth evaluate --pred DIR --gt DIR [--json FILE [--force]]``."""
+    if args.json is not None:  # before the work, not after it
+        check_output_file(args.json, force=args.force, inputs=(args.gt, args.pred))
     evaluation = evaluate_folders(args.gt, args.pred, progress=True)
     print(format_matching(evaluation.total))
+    if evaluation.unscored:
+        n = len(evaluation.unscored)
+        print(f"not scored: {n} predicted image(s) without ground truth in {args.gt}, e.g. "
+              f"{evaluation.unscored[0]}")
     if args.json is not None:
         write_json(args.json, evaluation.to_json())
         print(f"wrote {args.json}")

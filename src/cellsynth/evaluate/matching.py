@@ -397,10 +397,12 @@ class DatasetEvaluation:
     pred_root: Path
     total: Matching
     per_image: Mapping[str, Matching] = field(default_factory=dict)
+    unscored: tuple[str, ...] = ()  # predicted ids without ground truth, not scored
 
     def to_json(self) -> dict[str, Any]:
         """The stable JSON report: dataset-level metrics plus ``per_image`` (keyed by id)."""
         report = self.total.to_dict()
+        report["unscored"] = list(self.unscored)
         report["per_image"] = {}
         for image_id, result in self.per_image.items():
             entry = result.to_dict()
@@ -468,21 +470,26 @@ def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, *,
     Raises
     ------
     DatasetError
-        A folder is missing or empty, or an id is present on one side only.
+        A folder is missing or empty, a ground-truth id has no prediction, or no predicted
+        id has ground truth (predicted ids without ground truth are otherwise left unscored
+        and named in ``unscored``).
     ImageReadError
         A label file is unreadable, not an integer image, or its size differs from its partner.
     """
     thresholds = _check_thresholds(thresholds)
     gt_root, gt_files, gt_geometry = _label_files(Path(gt), "ground-truth")
     pred_root, pred_files, pred_geometry = _label_files(Path(pred), "predicted")
+    # a whole folder predicted and a few of its images annotated: those are scored, the rest
+    # named in `unscored` (a prediction is no mistake; a missing one is, below)
+    only_pred = sorted(set(pred_files) - set(gt_files))
+    if only_pred and not set(gt_files) & set(pred_files):
+        raise DatasetError(f"{gt_root}: no ground truth for any predicted id of {pred_root} "
+                           f"(e.g. {pred_files[only_pred[0]].name}); images and labels are "
+                           "matched by file name")
     only_gt = sorted(set(gt_files) - set(pred_files))
     if only_gt:
         raise DatasetError(f"{pred_root}: no prediction for {len(only_gt)} ground-truth id(s) of "
                            f"{gt_root}, e.g. {gt_files[only_gt[0]].name}")
-    only_pred = sorted(set(pred_files) - set(gt_files))
-    if only_pred:
-        raise DatasetError(f"{gt_root}: no ground truth for {len(only_pred)} predicted id(s) of "
-                           f"{pred_root}, e.g. {pred_files[only_pred[0]].name}")
     ids = sorted(gt_files)
     if progress:
         from tqdm import tqdm
@@ -506,5 +513,6 @@ def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, *,
             matching(gt_labels[box], pred_labels[box], thresholds)
             for box in boxes or [(slice(None), slice(None))]), n_images=1)
     return DatasetEvaluation(gt_root=gt_root, pred_root=pred_root,
-                             total=aggregate(per_image.values()), per_image=per_image)
+                             total=aggregate(per_image.values()), per_image=per_image,
+                             unscored=tuple(only_pred))
 

@@ -22,7 +22,7 @@ from cellsynth.errors import CellsynthError, ConfigError, OutputExistsError
 from cellsynth.pipeline import layout
 
 __all__ = ["atomic_path", "write_with", "write_json", "staged_output_dir", "refuse_inputs",
-           "check_run_dir",
+           "check_output_file", "check_run_dir",
            "prepare_run_dir", "discard_replaced_run", "restore_replaced_run"]
 
 
@@ -49,8 +49,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise CellsynthError(f"{path}: is a folder, expected a file name")
     if not path.parent.is_dir():
         raise CellsynthError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
-                               dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
+                                   dir=path.parent)
+    except OSError as err:  # (named the temporary file, which the user never asked for)
+        raise CellsynthError(f"{path}: cannot write there: {err.strerror}") from err
     os.close(fd)
     tmp = Path(tmp)
     _public(tmp, folder=False)
@@ -124,6 +127,36 @@ def refuse_inputs(out: str | os.PathLike, inputs: tuple | list, what: str = "out
                 raise OutputExistsError(f"{out}: lies in the {part}/ folder of the input "
                                         f"{source}, which holds what the command reads; "
                                         f"write the {what} to another folder")
+
+
+def check_output_file(path: str | os.PathLike, *, force: bool = False,
+                      inputs: tuple | list = ()) -> None:
+    """Before any work: the file ``path`` may be written (its folder is made if missing). It
+    must not exist unless ``force``, and must not lie in a folder the command reads (an
+    input's ``images/``, ``labels/`` or ``masks/``, or a folder of label images given as an
+    input: ``evaluate --json GT/labels/x.tif`` replaced an annotation it had just read)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CellsynthError(f"{path}: is a folder, expected a file name")
+    target = path.resolve()
+    for source in inputs:
+        if source is None or not Path(source).is_dir():
+            continue
+        source = Path(source).resolve()
+        if source not in target.parents:
+            continue
+        inner = target.relative_to(source).parts
+        if inner[0] in DATASET_PARTS or not (source / "images").is_dir():
+            raise OutputExistsError(f"{path}: lies in the input {source}, which holds what "
+                                    "the command reads; write it elsewhere")
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path}: exists; choose another name or pass --force")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CellsynthError(f"{path}: cannot create its folder: {err.strerror}") from err
+    if not os.access(path.parent, os.W_OK):
+        raise CellsynthError(f"{path}: folder {path.parent} is not writable")
 
 
 def check_output_dir(out: str | os.PathLike, *, force: bool = False,
