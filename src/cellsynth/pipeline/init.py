@@ -243,10 +243,13 @@ GPU_WORKERS = 4
 _RECIPE_LINES = {
     "accurate": ("the accurate few-annotation recipe (configs/nissl-k2.yaml: 0.756 / 0.516 "
                  "F1@0.5 / F1avg on Nissl with 2 images, 29-49 min on 2 CPU cores with native "
-                 "bf16; `cellsynth init --recipe fast` for the 2.5x faster one)"),
+                 "bf16, ~4 h in fp32 on 2 AVX2 cores; `run --estimate` "
+                 "times it on this machine; `cellsynth init --recipe fast` for the "
+                 "2.5x faster one)"),
     "fast": ("the fast few-annotation recipe (configs/nissl-k2-fast.yaml: 0.723 / 0.450 on "
-             "Nissl with 2 images, 12.5 min on 2 CPU cores with native bf16; `cellsynth init "
-             "--recipe accurate` outlines better in 2.5x the time)"),
+             "Nissl with 2 images, 12.5 min on 2 CPU cores with native bf16, 74 min in fp32 "
+             "on 2 AVX2 cores; `run --estimate` times it on this "
+             "machine; `cellsynth init --recipe accurate` outlines better in 2.5x the time)"),
     None: "the zero-label recipe (configs/nissl-k0.yaml): no annotated images",
 }
 
@@ -373,7 +376,8 @@ def _recipe(recipe: str | None, preset: str, device: str) -> tuple[str, str]:
     if precision.bf16:
         return "accurate", f"bf16 training here: {precision.reason.removeprefix('auto: ')}"
     return "fast", (f"fp32 training here: {precision.reason.removeprefix('auto: ')}; the "
-                    f"accurate recipe would take ~3 h on 2 cores, --recipe accurate to run "
+                    f"accurate recipe would take ~4 h on 2 AVX2 cores (the fast one ~75 min), "
+                    f"--recipe accurate to run "
                     f"it anyway (most of it pretraining, which `run --reuse` then takes into "
                     f"later runs: ~1 h each)")
 
