@@ -399,3 +399,33 @@ def test_experiment_quiet_keeps_its_unit_lines_back(tmp_path, capsys, monkeypatc
     assert "[1/9] detectors/x: running" in capsys.readouterr().out
     assert main([*argv, "--quiet"]) == 0
     assert "detectors/x" not in capsys.readouterr().out
+
+
+def test_run_takes_its_config_from_after_reuse_and_checks_out_before_estimating(
+        tmp_path, capsys, monkeypatch):
+    """`run --reuse A CONFIG --out X` (--reuse takes several folders, and took the config
+    too: "the following arguments are required: config"); `run --estimate` timed the
+    networks for a minute before an --out that is a file was ever looked at."""
+    from cellsynth.pipeline import estimate as estimate_module
+    from cellsynth.pipeline import run as run_module
+    from tests.conftest import make_dataset
+
+    real = make_dataset(tmp_path / "real", n=2, size=64, labels=False)
+    config = tmp_path / "run.yaml"
+    config.write_text(_tiny_run_yaml(tmp_path, real))
+    earlier = [tmp_path / "a", tmp_path / "b"]
+    seen = {}
+    monkeypatch.setattr(run_module, "run", lambda cfg, out, **k: seen.update(
+        seed=cfg.seed, out=out, reuse=list(k["reuse"])) or {"simulate": {}})
+    assert main(["run", "--reuse", *map(str, earlier), str(config), "--out",
+                 str(tmp_path / "r"), "--quiet"]) == 0
+    assert seen == {"seed": 0, "out": tmp_path / "r", "reuse": earlier}
+    assert main(["run", "--reuse", *map(str, earlier), "--out", str(tmp_path / "r")]) == 2
+    assert "the pipeline YAML is missing" in capsys.readouterr().err
+
+    monkeypatch.setattr(estimate_module, "estimate", lambda *a, **k: pytest.fail("timed"))
+    (tmp_path / "afile").write_text("x")
+    assert main(["run", str(config), "--out", str(tmp_path / "afile"), "--estimate"]) == 2
+    assert "afile: exists and is not a folder" in capsys.readouterr().err
+    assert main(["run", str(config), "--out", str(real / "images" / "x"), "--estimate"]) == 2
+    assert "lies in the images/ folder of the input" in capsys.readouterr().err

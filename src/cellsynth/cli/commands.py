@@ -272,17 +272,26 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from cellsynth.errors import ConfigError
     from cellsynth.pipeline.config import load_pipeline_config
     from cellsynth.pipeline.run import run
 
+    if args.config is None:  # `run --reuse A B CONFIG --out X`: --reuse took the config too
+        if not (args.reuse and args.reuse[-1].suffix.lower() in (".yaml", ".yml")
+                and args.reuse[-1].is_file()):
+            raise ConfigError("the pipeline YAML is missing: cellsynth run CONFIG --out RUN "
+                              "[--reuse EARLIER ...]")
+        args.config, args.reuse = args.reuse[-1], args.reuse[:-1]
     config = load_pipeline_config(args.config)
     if args.seed is not None:  # the same recipe at another seed (its own --out, usually)
         config = replace(config, seed=args.seed)
     if args.estimate:
         from cellsynth.pipeline.config import check_inputs
         from cellsynth.pipeline.estimate import estimate, format_estimate
+        from cellsynth.pipeline.run import check_out
 
         check_inputs(config)
+        check_out(config, args.out)
         machine = _estimate_machine(config.device, config.pretrain.precision)
         print(format_estimate(estimate(config, args.out, reuse=args.reuse or ()),
                               machine=machine))

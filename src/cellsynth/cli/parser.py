@@ -384,7 +384,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_init)
 
     p = sub.add_parser("run", help="run the whole pipeline from a YAML config")
-    p.add_argument("config", type=Path, help="pipeline YAML (see configs/)")
+    p.add_argument("config", type=Path, nargs="?",  # (after --reuse A B, taken from its end)
+                   help="pipeline YAML (see configs/)")
     p.add_argument("--out", type=Path, required=True, help="run folder (re-run to continue)")
     p.add_argument("--seed", type=_nonnegative_int,
                    help="override the config's seed (every stage derives its randomness "

@@ -31,7 +31,7 @@ except ImportError:  # Windows
     fcntl = None
 
 from cellsynth.config import save_yaml
-from cellsynth.errors import FolderBusyError
+from cellsynth.errors import FolderBusyError, OutputExistsError
 from cellsynth.io.files import refuse_inputs, write_json
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
@@ -277,13 +277,22 @@ def run(config: PipelineConfig, out: str | os.PathLike, *, progress: bool = True
     check_inputs(config)
     sources = reuse_sources(reuse, out)
     resolve_device(config.device)  # before any stage works, not when the first trains
-    # (its stages write subfolders such as real/ and predict/ into it, and replace them)
-    refuse_inputs(out, [getattr(config.real, role)
-                        for role in ("unlabeled", "train", "val", "test")], "run")
+    check_out(config, out)
     out.mkdir(parents=True, exist_ok=True)
     with claim(out, "run", busy=f"{out}: another cellsynth run is working in this folder; "
                                 "let it finish (or stop it) or choose another --out"):
         return _run(config, out, progress=progress, log=log, sources=sources)
+
+
+def check_out(config: PipelineConfig, out: str | os.PathLike) -> None:
+    """What ``--out`` must be, said before any work (``run --estimate`` too): a folder or a
+    new name, and none of the real data's folders nor inside one (the run's stages write
+    subfolders such as real/ and predict/ into it, and replace them)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder; give --out a folder")
+    refuse_inputs(out, [getattr(config.real, role)
+                        for role in ("unlabeled", "train", "val", "test")], "run")
 
 
 def timed(state: RunState, name: str, print_: str, resume: bool, work: Callable[[], Any],
