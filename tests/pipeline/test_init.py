@@ -379,3 +379,25 @@ def test_init_runs_the_recipe_on_a_gpu_where_there_is_one(tmp_path, capsys, monk
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "device must be cpu, cuda or cuda:N" in err
     assert out.read_text() == before  # nothing written
+
+
+def test_image_files_stating_different_pixel_sizes_are_named_not_called_unknown(tmp_path,
+                                                                              capsys):
+    """A folder from two objectives: its files state 0.5 and 0.65 um/px. init said "pixel
+    size unknown (no --pixel-size, meta.json or file metadata)"; each image is read at its
+    own, and init now says so with the sizes."""
+    import tifffile
+
+    data = tmp_path / "slides"
+    (data / "images").mkdir(parents=True)
+    image = next(iter(simulate("fluo", 1, 96, seed=0)))[0]
+    for i, um in enumerate((0.5, 0.5, 0.65)):
+        tifffile.imwrite(data / "images" / f"s{i}.tif", image,
+                         resolution=(1e4 / um, 1e4 / um), resolutionunit="CENTIMETER")
+    out = tmp_path / "s.yaml"
+    assert main(["init", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert ("your image files state different pixel sizes: 0.5 um/px (2 image(s)), "
+            "0.65 um/px (1 image(s)); each is read at its own") in printed
+    assert "pixel size unknown" not in printed
+    assert load_pipeline_config(out).real.pixel_size_um is None

@@ -253,6 +253,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"channel {s['channel']} of {s['channels']} (--channel)")
     if s["pixel_size_um"] is not None:
         print(f"pixel size {s['pixel_size_um']:g} um/px (from {s['pixel_from']})")
+    elif s["pixel_sizes_stated"]:
+        said = ", ".join(f"{size:g} um/px ({n} image(s))"
+                         for size, n in sorted(s["pixel_sizes_stated"].items()))
+        print(f"your image files state different pixel sizes: {said}; each is read at its "
+              f"own (real.pixel_size_um left empty in {out}); an image that states none is "
+              f"taken to be at the simulation's pixel size")
     else:
         print(f"pixel size unknown (no --pixel-size, meta.json or file metadata): set "
               f"real.pixel_size_um in {out} before running, else your images are taken "

@@ -149,6 +149,18 @@ def _pixel_size(datasets: dict[str, Dataset]) -> tuple[float | None, str]:
     return first, stated[0][1]
 
 
+def _mixed_pixel_sizes(datasets: dict[str, Dataset]) -> dict[float, int]:
+    """Images per pixel size their files state, where they state several (a folder from more
+    than one microscope or objective: each image is then read at its own); else empty."""
+    counts: dict[float, int] = {}
+    for root in {d.root: d for d in datasets.values() if d is not None}.values():
+        for sample in root:
+            size = root.pixel_size_of(sample)
+            if size is not None:
+                counts[round(size, 4)] = counts.get(round(size, 4), 0) + 1
+    return counts if len(counts) > 1 else {}
+
+
 def _relative(path: Path, config: Path) -> str:
     """``path`` as the config will resolve it: relative to the config's folder where the data
     lies under it (the two move together), else absolute; as a YAML scalar, quoted where
@@ -430,6 +442,7 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
     return {"config": str(out), "preset": stain.preset, "guessed": guessed,
             "channel_preview": str(preview) if preview else None,
             "reason": stain.reason, "pixel_size_um": pixel, "pixel_from": pixel_from,
+            "pixel_sizes_stated": {} if pixel is not None else _mixed_pixel_sizes(datasets),
             "roles": {role: str(folders[role]) for role in ROLES if role in folders},
             "annotated": annotated, "name": name, "device": device,
             "device_from": device_from, "recipe": recipe, "recipe_from": recipe_from,
