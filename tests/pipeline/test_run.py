@@ -241,6 +241,23 @@ def test_content_fingerprint_ignores_place_and_hidden_files(tmp_path):
     assert content_fingerprint(tmp_path / "b") != before
 
 
+def test_content_fingerprint_leaves_out_run_folders_inside_the_data(tmp_path):
+    """`cellsynth init .` in a project folder suggests --out runs/NAME inside it: the run
+    hashed its own growing folder as its real data, so every resume redid the stages that
+    read it. A folder holding a state.json (a run, an experiment) is not data."""
+    a = _real(tmp_path / "a")
+    before = content_fingerprint(a)
+    run = a / "runs" / "x"
+    (run / "pretrain").mkdir(parents=True)
+    (run / "state.json").write_text("{}")
+    (run / "pretrain" / "log.jsonl").write_text("step 1")
+    assert content_fingerprint(a) == before
+    (run / "pretrain" / "log.jsonl").write_text("step 2")
+    assert content_fingerprint(a) == before
+    (a / "runs" / "notes.txt").write_text("mine")  # not a run's: part of the data
+    assert content_fingerprint(a) != before
+
+
 def test_stage_seeds_are_refused(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("seed: 3\nsimulate: {preset: fluo, seed: 1}\n")

@@ -58,14 +58,20 @@ def content_fingerprint(path: str | os.PathLike | None) -> str | None:
 
     Every file below ``path`` contributes its relative path and either its bytes (files up
     to ``HASH_BYTES_UP_TO``) or its size and modification time (larger files, whose hashing
-    would cost more than the stage it guards). Hidden files and folders are ignored.
+    would cost more than the stage it guards). Hidden files and folders are ignored, and so
+    are run and experiment folders below ``path`` (a ``state.json`` beside what they hold):
+    `init` in a project folder suggests ``--out runs/NAME`` there, and a run that hashed its
+    own growing folder as its real data redid its stages on every resume.
     """
     if path is None:
         return None
     root = Path(path)
+    runs = set() if root.is_file() else {
+        state.parent for state in root.rglob(layout.STATE) if state.parent != root}
     files = [root] if root.is_file() else sorted(
         p for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and not any(parent in runs for parent in p.parents))
     digest = hashlib.sha256()
     for file in files:
         stat = file.stat()
