@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,3 +402,43 @@ def test_image_files_stating_different_pixel_sizes_are_named_not_called_unknown(
             "0.65 um/px (1 image(s)); each is read at its own") in printed
     assert "pixel size unknown" not in printed
     assert load_pipeline_config(out).real.pixel_size_um is None
+
+
+def test_role_folders_named_otherwise_are_found(tmp_path, capsys):
+    """`training/`, `Test/` and `unlabelled/` (as the README spells it in places): init
+    said "no images found (expected project/images/...)" and never named the role folders."""
+    data = tmp_path / "project"
+    _folder(data / "unlabelled", "nissl", labels=False, seed=1)
+    _folder(data / "training", "nissl", seed=2)
+    _folder(data / "Test", "nissl", seed=3)
+    out = tmp_path / "p.yaml"
+    assert main(["init", str(data), "--out", str(out), "--pixel-size", "0.346"]) == 0
+    real = load_pipeline_config(out).real
+    assert (Path(real.unlabeled).name, Path(real.train).name, Path(real.test).name) == (
+        "unlabelled", "training", "Test")
+    assert main(["inspect", str(data)]) == 0
+    shown = capsys.readouterr().out
+    assert "unlabelled/" in shown and "training/" in shown and "Test/" in shown
+
+
+def test_a_folder_without_images_says_what_it_is(tmp_path):
+    """A run folder, a training run or a project whose images sit in sub-folders named
+    otherwise: 'no images found' said only what was expected."""
+    from cellsynth.io.datasets import load_dataset
+
+    run = tmp_path / "run"
+    (run / "predict").mkdir(parents=True)
+    (run / "state.json").write_text("{}")
+    (run / "config.yaml").write_text("name: x\n")
+    with pytest.raises(DatasetError, match=r"cellsynth run folder: its predicted labels are "
+                                           r"in .*run/predict"):
+        load_dataset(run)
+    detector = tmp_path / "det"
+    detector.mkdir()
+    (detector / "run.json").write_text("{}")
+    with pytest.raises(DatasetError, match="a training run .*--detector"):
+        load_dataset(detector)
+    (tmp_path / "proj" / "Images").mkdir(parents=True)
+    write_image(tmp_path / "proj" / "Images" / "a.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DatasetError, match=r"image files are in its sub-folder\(s\) Images"):
+        load_dataset(tmp_path / "proj")

@@ -17,14 +17,14 @@ from cellsynth.pipeline import layout
 def cmd_inspect(args: argparse.Namespace) -> int:
     from cellsynth.io.images import IMAGE_SUFFIXES
     from cellsynth.io.inspect import format_summary, summarize
-    from cellsynth.pipeline.init import ROLES
+    from cellsynth.pipeline.init import role_folders
 
     # a project folder as `cellsynth init` takes it (unlabeled/, train/, ... and no images of
     # its own): each of them
-    roles = [r for r in ROLES if (args.dir / r).is_dir()] if args.dir.is_dir() else []
+    roles = role_folders(args.dir) if args.dir.is_dir() else {}
     if roles and not (args.dir / "images").is_dir() and not any(
             p.suffix.lower() in IMAGE_SUFFIXES for p in args.dir.iterdir() if p.is_file()):
-        print("\n\n".join(f"{r}/\n{format_summary(summarize(args.dir / r))}" for r in roles))
+        print("\n\n".join(f"{d.name}/\n{format_summary(summarize(d))}" for d in roles.values()))
     else:
         print(format_summary(summarize(args.dir)))
     return 0

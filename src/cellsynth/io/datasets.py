@@ -232,6 +232,28 @@ def check_label_sizes(dataset: Dataset) -> None:
                                  f"{sample.image_path.name} size {h}x{w}")
 
 
+def _what_it_is(root: Path) -> str:
+    """Why a folder without images may have been given, for the error that says so: a
+    cellsynth run (its predictions are in predict/), a training run (a detector), or a
+    project whose sub-folders hold the images (named otherwise than images/)."""
+    if (root / layout.STATE).is_file() and (root / layout.CONFIG).is_file():
+        return (f"; it is a cellsynth run folder: its predicted labels are in "
+                f"{root / layout.PREDICT}, its detector is given as --detector {root}")
+    if (root / layout.RUN_INFO).is_file():
+        return "; it is a training run (a detector): give it to --detector"
+    try:
+        holders = sorted(d.name for d in root.iterdir() if d.is_dir()
+                         and not d.name.startswith(".") and any(
+                             f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))
+    except OSError:
+        return ""
+    if not holders:
+        return ""
+    return (f"; image files are in its sub-folder(s) {', '.join(holders[:6])}: give one of "
+            f"them, or name them images/ and labels/ (cellsynth init reads a project of "
+            f"train/, val/, test/ and unlabeled/ folders)")
+
+
 def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Dataset:
     """List and validate a dataset folder (files are read lazily, per sample).
 
@@ -284,7 +306,7 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
         raise DatasetError(
             f"{where}: no images found "
             f"(expected {root}/images/<id>.tif|.png or image files in {root})"
-        )
+            + _what_it_is(root))
     announce_skipped(image_dir, foreign)
     orphans = sorted(set(labels) - set(images))
     if orphans:

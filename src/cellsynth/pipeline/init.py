@@ -95,6 +95,27 @@ def find_folders(data: str | os.PathLike) -> dict[str, Path]:
     return {role: dataset.root for role, dataset in _find_datasets(data).items()}
 
 
+# other names users give the role folders (any case): `training/`, `Test/`, `unlabelled/`
+_ROLE_NAMES = {"unlabeled": ("unlabeled", "unlabelled", "unannotated"),
+               "train": ("train", "training"), "val": ("val", "valid", "validation"),
+               "test": ("test", "testing")}
+
+
+def role_folders(data: Path) -> dict[str, Path]:
+    """{role: sub-folder of ``data``} by name (:data:`_ROLE_NAMES`, any case; the role's
+    own name first where two would match)."""
+    subfolders = [d for d in sorted(data.iterdir()) if d.is_dir()]
+    found = {}
+    for role in ROLES:
+        for name in _ROLE_NAMES[role]:
+            match = [d for d in subfolders if d.name == name] or [
+                d for d in subfolders if d.name.lower() == name]
+            if match:
+                found[role] = match[0]
+                break
+    return found
+
+
 def _find_datasets(data: str | os.PathLike) -> dict[str, Dataset]:
     """{role: loaded folder} as :func:`find_folders` says, each folder read once."""
     data = Path(data)
@@ -106,8 +127,9 @@ def _find_datasets(data: str | os.PathLike) -> dict[str, Dataset]:
         # (the images alone would make a zero-label recipe of an annotated folder)
         announce(f"{data}: reading {data.parent}, its dataset with the labels beside it")
         data = data.parent
-    found = {role: load_dataset(data / role, require_labels=role != "unlabeled")
-             for role in ROLES if (data / role).is_dir()}
+    folders = role_folders(data)
+    found = {role: load_dataset(folder, require_labels=role != "unlabeled")
+             for role, folder in folders.items()}
     if not found:
         dataset = load_dataset(data)
         annotated = any(s.label_path is not None for s in dataset)
