@@ -319,7 +319,9 @@ def read_image(path: str | os.PathLike, *, all_channels: bool = False) -> np.nda
                              "(expected uint8/uint16/uint32 or float)")
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         bad = int((~np.isfinite(image)).sum())
-        raise ImageReadError(f"{path}: image contains {bad} NaN/inf values")
+        raise ImageReadError(f"{path}: image contains {bad} NaN/inf values (registration or "
+                             "stitching pads with NaN: fill them with the background's value, "
+                             "e.g. numpy.nan_to_num(image, nan=...), and save it again)")
     if all_channels:
         return image
     return select_channel(image, None, where=str(path), colour=colour_of(image, path))
