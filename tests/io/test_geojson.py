@@ -230,6 +230,18 @@ def test_predictions_exported_as_annotations_come_back_as_corrected_labels(tmp_p
     assert (back[30:36, 1:6] > 0).all()
 
 
+def test_objects_for_a_format_without_them_is_one_line(tmp_path, capsys):
+    """`export --to cellpose --objects annotation` ignored --objects without a word."""
+    pred = tmp_path / "pred"
+    (pred / "labels").mkdir(parents=True)
+    write_labels(pred / "labels" / "a.tif", _cells())
+    assert main(["export", str(pred), "--to", "cellpose", "--objects", "annotation",
+                 "--out", str(tmp_path / "cp")]) == 2
+    err = capsys.readouterr().err
+    assert "--objects sets QuPath's object type of --to geojson; --to cellpose has none" in err
+    assert not (tmp_path / "cp").exists()
+
+
 def test_outlines_that_miss_the_image_are_said_to(tmp_path):
     """GeoJSON in a whole slide's coordinates beside a crop of it drew no cell and said
     nothing: `train` trained on empty labels."""

@@ -31,9 +31,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from cellsynth.errors import ConfigError
     from cellsynth.io.export import export
 
-    summary = export(args.dir, args.to, args.out, force=args.force, objects=args.objects)
+    if args.objects is not None and args.to != "geojson":  # (it was ignored without a word)
+        raise ConfigError(f"--objects sets QuPath's object type of --to geojson; --to "
+                          f"{args.to} has none")
+    summary = export(args.dir, args.to, args.out, force=args.force,
+                     objects=args.objects or "detection")
     print(f"wrote {summary['n_instances']} cells of {summary['n_images']} images as "
           f"{summary['format']} to {args.out}")
     return 0

@@ -129,9 +129,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=("cellpose", "stardist", "geojson", "coco"),
                    help="target format")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--objects", choices=("detection", "annotation"), default="detection",
-                   help="geojson: QuPath object type of the cells (annotations can be edited "
-                        "in QuPath: correct predictions and export them back as labels)")
+    p.add_argument("--objects", choices=("detection", "annotation"),
+                   help="geojson only: QuPath object type of the cells (default detection; "
+                        "annotations can be edited in QuPath: correct predictions and export "
+                        "them back as labels)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     p.set_defaults(func=commands.cmd_export)
