@@ -175,9 +175,9 @@ def _mixed_pixel_sizes(datasets: dict[str, Dataset]) -> dict[float, int]:
     """Images per pixel size their files state, where they state several (a folder from more
     than one microscope or objective: each image is then read at its own); else empty."""
     counts: dict[float, int] = {}
-    for root in {d.root: d for d in datasets.values() if d is not None}.values():
-        for sample in root:
-            size = root.pixel_size_of(sample)
+    for dataset in {d.root: d for d in datasets.values() if d is not None}.values():
+        for sample in dataset:
+            size = dataset.pixel_size_of(sample)
             if size is not None:
                 counts[round(size, 4)] = counts.get(round(size, 4), 0) + 1
     return counts if len(counts) > 1 else {}
