@@ -137,6 +137,23 @@ def test_atomic_write_to_a_folder_or_into_a_missing_folder_is_one_line(tmp_path)
         write_json(tmp_path / "no" / "m.json", {})
 
 
+def test_a_folder_that_refuses_files_is_named_not_the_temporary_file(tmp_path, monkeypatch):
+    """`init --out` or `evaluate --json` into a folder one may not write: the error named
+    `.c.8j1yyuz7.tmp.yaml`, a file the user never asked for."""
+    import tempfile
+
+    from cellsynth.errors import CellsynthError
+    from cellsynth.io.files import write_json
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".m.x1y2.tmp.json"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(CellsynthError) as caught:
+        write_json(tmp_path / "m.json", {})
+    assert str(caught.value) == f"{tmp_path / 'm.json'}: cannot write there: Permission denied"
+
+
 def test_json_log_resume_drops_later_steps_and_a_cut_line(tmp_path):
     from cellsynth.io.files import JsonLog
 
