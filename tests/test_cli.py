@@ -40,9 +40,10 @@ def test_shared_flags_mean_the_same_everywhere():
                                                                       "--resume"):
                 texts.setdefault(action.option_strings[0], set()).add(action.help)
     assert set(texts) == {"--force", "--quiet", "--resume"}
-    # export's --force replaces a plain output folder, fit-simulator's a file; every other
-    # command shares one text
-    plain = {"replace a non-empty --out folder", "replace an existing --out file"}
+    # export's --force replaces a plain output folder, fit-simulator's a file, evaluate's its
+    # --json file; every other command shares one text
+    plain = {"replace a non-empty --out folder", "replace an existing --out file",
+             "replace an existing --json file"}
     assert all(len(helps - plain) == 1 for helps in texts.values())
     # every command that writes takes --quiet (export refused it: "unrecognized arguments")
     writes = [name for name, command in _commands().items()
