@@ -57,7 +57,9 @@ def _kind(path: Path) -> str | None:
         return "section" if path.is_file() and reads_lazily(path) else None
     if is_prediction_folder(path):
         return "predictions"
-    if (path / "images").is_dir():
+    from cellsynth.io.datasets import IMAGE_FOLDERS, sub_folder
+
+    if sub_folder(path, IMAGE_FOLDERS) is not None:
         return "dataset"
     from cellsynth.io.images import IMAGE_SUFFIXES
 

@@ -78,6 +78,35 @@ def test_an_images_folder_given_for_labels_is_refused_not_scored(gt_dir):
         evaluate_folders(gt_dir, gt_dir / "images")
 
 
+def test_a_folder_of_raw_images_as_ground_truth_is_refused_not_scored(tmp_path):
+    """A plain folder of images (no labels beside them) given as --gt was read as label maps:
+    every grey value a "cell", F1 0 without a word."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    cells = np.kron(np.arange(1, 17).reshape(4, 4), np.ones((32, 32), int)).astype(np.uint16)
+    pred = make_dataset(tmp_path / "pred", {"a": cells}, images=False)
+    rng = np.random.default_rng(0)
+    write_image(raw / "a.png", rng.integers(1, 255, cells.shape, dtype=np.uint8))
+    with pytest.raises(ImageReadError, match=r"raw/a.png: an image of intensities, not an "
+                                             r"instance label map \(254 grey values in"):
+        evaluate_folders(raw, pred)
+    assert evaluate_folders(pred, pred).total.f1_avg == 1.0  # the 16 square cells
+
+
+def test_labels_in_a_capitalised_or_singular_folder_are_the_ground_truth(gt_dir, tmp_path):
+    """Images/ + Labels/ was not a dataset: its Images/ were read as a folder of label maps."""
+    root = tmp_path / "upper"
+    for name in ("Images", "Label"):
+        (root / name).mkdir(parents=True)
+    for image_id, labels in (("a", labels_a()), ("b", labels_b())):
+        write_image(root / "Images" / f"{image_id}.png", np.full(labels.shape, 9, np.uint8))
+        write_labels(root / "Label" / f"{image_id}.tif", labels)
+    total = evaluate_folders(root, gt_dir).total
+    assert (total.n_gt, total.tp[0], total.f1_avg) == (3, 3, 1.0)
+    with pytest.raises(DatasetError, match=r"upper/Images: the ground-truth Images, not"):
+        evaluate_folders(root / "Images", gt_dir)
+
+
 def test_a_cellpose_folder_as_ground_truth_is_scored_by_its_masks(gt_dir, tmp_path):
     """x.png beside x_masks.png (Cellpose's layout, as `run` takes a test folder): the masks
     are the ground truth (the images were read as label maps: 246 "cells", F1 0)."""

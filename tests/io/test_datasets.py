@@ -131,3 +131,47 @@ def test_a_cellpose_gui_folder_reads_its_seg_npy_masks(tmp_path, caplog):
     np.save(tmp_path / "y_seg.npy", {"outlines": masks})
     with pytest.raises(ImageReadError, match=r"y_seg.npy: not a Cellpose _seg.npy file"):
         read_labels(tmp_path / "y_seg.npy")
+
+
+@pytest.mark.parametrize("images, labels", [("Images", "Labels"), ("image", "label"),
+                                            ("img", "mask"), ("IMAGES", "Masks")])
+def test_image_and_label_folders_named_in_any_case_or_the_singular(tmp_path, images, labels):
+    """Images/ + Labels/ (or image/ + label/, img/ + mask/) were read as a project whose
+    images sit in sub-folders: "no images found"."""
+    root = tmp_path / "d"
+    ids = np.zeros((12, 14), np.uint16)
+    ids[2:6, 3:8] = 5
+    (root / images).mkdir(parents=True)
+    (root / labels).mkdir()
+    write_image(root / images / "a.png", np.full((12, 14), 30, np.uint8))
+    write_labels(root / labels / "a.tif", ids)
+    dataset = load_dataset(root, require_labels=True)
+    assert [s.image_path.parent.name for s in dataset] == [images]
+    np.testing.assert_array_equal(dataset[0].read()[1], ids)
+
+
+def test_the_exact_folder_name_wins_over_another_case(tmp_path):
+    root = tmp_path / "d"
+    for name in ("images", "Images"):
+        (root / name).mkdir(parents=True)
+    write_image(root / "images" / "a.png", np.full((8, 8), 30, np.uint8))
+    write_image(root / "Images" / "b.png", np.full((8, 8), 30, np.uint8))
+    assert [s.id for s in load_dataset(root)] == ["a"]
+
+
+def test_x_mask_beside_x_pairs_as_cellposes_x_masks_does(tmp_path):
+    """x_mask.tif (singular) beside x.png was read as a second image; an image named
+    y_mask.png without a y beside it stays an image."""
+    ids = np.zeros((10, 10), np.uint16)
+    ids[1:5, 1:5], ids[6:9, 6:9] = 1, 2
+    write_image(tmp_path / "x.png", np.full((10, 10), 30, np.uint8))
+    write_labels(tmp_path / "x_mask.tif", ids)
+    dataset = load_dataset(tmp_path, require_labels=True)
+    assert [s.id for s in dataset] == ["x"]
+    np.testing.assert_array_equal(dataset[0].read()[1], ids)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write_image(plain / "y_mask.png", np.full((10, 10), 30, np.uint8))
+    write_image(plain / "z.png", np.full((10, 10), 30, np.uint8))
+    assert [(s.id, s.label_path) for s in load_dataset(plain)] == [("y_mask", None),
+                                                                    ("z", None)]

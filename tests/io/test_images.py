@@ -321,3 +321,21 @@ def test_a_foreground_mask_saved_as_labels_is_said_to_be_one(tmp_path, value):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             np.testing.assert_array_equal(read_labels(tmp_path / name), image)
+
+
+def test_an_image_of_intensities_is_refused_as_labels_and_dense_or_reused_ids_are_not(tmp_path):
+    """Each grey value of an image lies in many patches, each id of a label map in one; tiny
+    adjacent cells (most neighbours differ) and a uint8 map reusing ids past 255 stay labels."""
+    from cellsynth.io.images import read_labels
+
+    rng = np.random.default_rng(1)
+    noisy = rng.normal(120, 25, (300, 300)).clip(1, 255).astype(np.uint8)
+    write_image(tmp_path / "raw.png", noisy)
+    with pytest.raises(ImageReadError, match=r"raw.png: an image of intensities"):
+        read_labels(tmp_path / "raw.png")
+    tiny = (np.arange(100 * 100).reshape(100, 100) + 1).repeat(3, 0).repeat(3, 1)
+    write_labels(tmp_path / "tiny.tif", tiny.astype(np.uint16))  # 10000 cells of 3 x 3 px
+    np.testing.assert_array_equal(read_labels(tmp_path / "tiny.tif"), tiny)
+    reused = ((np.arange(30 * 30).reshape(30, 30) % 255) + 1).repeat(10, 0).repeat(10, 1)
+    write_labels(tmp_path / "reused.tif", reused.astype(np.uint8))  # 900 cells, 255 ids
+    np.testing.assert_array_equal(read_labels(tmp_path / "reused.tif"), reused)

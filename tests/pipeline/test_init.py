@@ -438,7 +438,7 @@ def test_a_folder_without_images_says_what_it_is(tmp_path):
     (detector / "run.json").write_text("{}")
     with pytest.raises(DatasetError, match="a training run .*--detector"):
         load_dataset(detector)
-    (tmp_path / "proj" / "Images").mkdir(parents=True)
-    write_image(tmp_path / "proj" / "Images" / "a.png", np.zeros((8, 8), np.uint8))
-    with pytest.raises(DatasetError, match=r"image files are in its sub-folder\(s\) Images"):
+    (tmp_path / "proj" / "scans").mkdir(parents=True)
+    write_image(tmp_path / "proj" / "scans" / "a.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DatasetError, match=r"image files are in its sub-folder\(s\) scans"):
         load_dataset(tmp_path / "proj")

@@ -33,7 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
 from cellsynth.errors import DatasetError, ImageReadError
-from cellsynth.io.datasets import load_dataset
+from cellsynth.io.datasets import IMAGE_FOLDERS, LABEL_FOLDERS, load_dataset, sub_folder
 from cellsynth.io.geojson import read_geojson_regions
 from cellsynth.io.images import GEOJSON_SUFFIX, read_labels
 
@@ -415,20 +415,21 @@ def _label_files(root: Path, role: str) -> tuple[Path, dict[str, Path], str]:
     """Label files by id of a dataset folder, a ``labels/``-only folder or a folder of labels,
     and which outline of a QuPath cell their .geojson files draw (a dataset folder's
     meta.json says; "cell" elsewhere)."""
-    if (root / "images").is_dir():
+    if sub_folder(root, IMAGE_FOLDERS) is not None:
         dataset = load_dataset(root)
+        label_dir = sub_folder(root, LABEL_FOLDERS) or root / "labels"
         missing = [s.image_path.name for s in dataset if s.label_path is None]
         if missing:
             raise DatasetError(f"{root}: {len(missing)} {role} image(s) without a label file in "
-                               f"{root / 'labels'}, e.g. {missing[0]}")
-        return (root / "labels", {s.id: s.label_path for s in dataset},
-                dataset.geojson_geometry)
-    if (root / "labels").is_dir():
-        root = root / "labels"
-    if root.name in ("images", "overlays") and (root.parent / "labels").is_dir():
+                               f"{label_dir}, e.g. {missing[0]}")
+        return (label_dir, {s.id: s.label_path for s in dataset}, dataset.geojson_geometry)
+    root = sub_folder(root, LABEL_FOLDERS) or root
+    beside = sub_folder(root.parent, LABEL_FOLDERS)
+    if (root.name.lower() in IMAGE_FOLDERS + ("overlays",) and beside is not None
+            and beside != root):
         # (intensities read as label maps would score, wrongly, as a few huge cells)
         raise DatasetError(f"{root}: the {role} {root.name}, not their labels; give "
-                           f"{root.parent} or {root.parent / 'labels'}")
+                           f"{root.parent} or {beside}")
     dataset = load_dataset(root)
     if any(s.label_path is not None for s in dataset):  # Cellpose's x.png + x_masks.png
         missing = [s.image_path.name for s in dataset if s.label_path is None]

@@ -9,9 +9,10 @@
     DIR/meta.json                optional provenance (parameters, seed, pixel size)
 
 A plain folder of images (no ``images/`` sub-folder) is accepted as an unlabeled dataset.
-Cellpose training folders (``x.tif`` beside ``x_masks.tif``, or beside the GUI's
-``x_seg.npy``) and StarDist folders (``images/`` + ``masks/``) are recognised and read as they
-are, with a one-line note.
+Cellpose training folders (``x.tif`` beside ``x_masks.tif`` or ``x_mask.tif``, or beside the
+GUI's ``x_seg.npy``) and StarDist folders (``images/`` + ``masks/``) are recognised and read as
+they are, with a one-line note. The two sub-folders may be named in any case and in the
+singular (``Images/`` + ``Labels/``, ``image/`` + ``label/``, ``img/`` + ``mask/``).
 """
 
 from __future__ import annotations
@@ -46,9 +47,37 @@ from cellsynth.io.resample import RELATIVE_TOLERANCE, read_pixel_size
 from cellsynth.pipeline import layout
 
 __all__ = ["Sample", "Dataset", "load_dataset", "check_label_sizes", "write_dataset_meta",
-           "CELLPOSE_SUFFIX", "file_id", "plain_id"]
+           "CELLPOSE_SUFFIX", "file_id", "plain_id", "IMAGE_FOLDERS", "LABEL_FOLDERS",
+           "sub_folder"]
 
 CELLPOSE_SUFFIX = "_masks"  # Cellpose's training folders pair x.tif with x_masks.tif
+MASK_SUFFIXES = (CELLPOSE_SUFFIX, "_mask")  # x_mask.tif beside x.tif: the same pairing
+
+# the names users give a dataset's two sub-folders (any case); the first is what cellsynth
+# writes, "masks" is StarDist's
+IMAGE_FOLDERS = ("images", "image", "imgs", "img")
+LABEL_FOLDERS = ("labels", "label", "masks", "mask")
+
+
+def sub_folder(root: Path, names: tuple[str, ...]) -> Path | None:
+    """The sub-folder of ``root`` with the first of ``names`` (exactly, else in any case:
+    ``Images/``), or None."""
+    for name in names:
+        if (root / name).is_dir() and name in _listing(root):
+            return root / name
+    lower = {n.lower(): n for n in reversed(_listing(root))}
+    for name in names:
+        if name in lower and (root / lower[name]).is_dir():
+            return root / lower[name]
+    return None
+
+
+def _listing(root: Path) -> list[str]:
+    """The names in ``root``, sorted ([] where it cannot be listed)."""
+    try:
+        return sorted(os.listdir(root))
+    except OSError:
+        return []
 
 
 @dataclass(frozen=True)
@@ -265,25 +294,31 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
         raise DatasetError(f"{root}: no such folder")
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    image_dir = root / "images"
-    label_dir = root / "labels"
+    image_dir = sub_folder(root, IMAGE_FOLDERS) or root  # or a plain folder of images
+    label_dir = sub_folder(root, LABEL_FOLDERS) or root / "labels"
     kind = "cellsynth"
-    if image_dir.is_dir() and not label_dir.is_dir() and (root / "masks").is_dir():
-        label_dir, kind = root / "masks", "StarDist (images/ + masks/)"
-    if not image_dir.is_dir():
-        image_dir = root  # a plain folder of images
-        label_dir = root / "labels"
+    if image_dir.name.lower() == "images" and label_dir.name.lower() == "masks":
+        kind = "StarDist (images/ + masks/)"
+    elif ((image_dir != root and image_dir.name != "images")
+          or (label_dir.is_dir() and label_dir.name != "labels")):
+        kind = f"dataset ({(image_dir if image_dir != root else root).name}/ + {label_dir.name}/)"
     images = files_by_id(image_dir, zarr_sections=True)
     labels = files_by_id(label_dir, suffixes=LABEL_SUFFIXES) if label_dir.is_dir() else {}
     if image_dir == root and not labels:
-        # (Cellpose names them after the file less its last extension: x.ome_masks.tif)
+        # (Cellpose names them after the file less its last extension: x.ome_masks.tif);
+        # x_mask.tif only where x is an image (else it may be an image of that name)
         masks = {plain_id(i[:-len(CELLPOSE_SUFFIX)]): p for i, p in images.items()
                  if i.endswith(CELLPOSE_SUFFIX)}
+        suffix = CELLPOSE_SUFFIX
+        if not masks:
+            suffix = MASK_SUFFIXES[1]
+            masks = {plain_id(i[:-len(suffix)]): p for i, p in images.items()
+                     if i.endswith(suffix) and plain_id(i[:-len(suffix)]) in images}
         segs = {plain_id(p.name[:-len(CELLPOSE_SEG_SUFFIX)]): p
                 for p in sorted(root.glob(f"*{CELLPOSE_SEG_SUFFIX}")) if p.is_file()}
         if masks:  # Cellpose: x.tif beside x_masks.tif
-            images = {i: p for i, p in images.items() if not i.endswith(CELLPOSE_SUFFIX)}
-            labels, label_dir, kind = masks, root, "Cellpose (x + x_masks)"
+            images = {i: p for i, p in images.items() if not i.endswith(suffix)}
+            labels, label_dir, kind = masks, root, f"Cellpose (x + x{suffix})"
         elif segs:  # Cellpose's GUI: x.png beside x_seg.npy
             labels, label_dir, kind = segs, root, "Cellpose GUI (x + x_seg.npy)"
     if label_dir != root:  # Cellpose's masks copied into labels/: x_masks.tif is x's

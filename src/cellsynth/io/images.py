@@ -407,7 +407,40 @@ def read_labels(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
     if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
         raise ImageReadError(f"{path}: labels contain negative values (min {labels.min()})")
     _say_if_binary(labels, path)
+    _refuse_intensities(labels, path)
     return labels
+
+
+def _refuse_intensities(labels: np.ndarray, path: Path) -> None:
+    """Refuse an image of intensities given as labels (a folder of raw images as
+    ``evaluate --gt``, images copied into labels/): it scored every grey value as a "cell",
+    F1 0 without a word. Neighbouring pixels inside a label map's cells share their id and
+    each id is one patch; in an image most neighbours differ and each grey value is
+    scattered over many patches. Looks at a central window of at most 1024 x 1024."""
+    h, w = labels.shape
+    y, x = max(0, (h - 1024) // 2), max(0, (w - 1024) // 2)
+    window = labels[y:y + 1024, x:x + 1024]
+    a, b = window[:, 1:], window[:, :-1]
+    inside = (a > 0) & (b > 0)
+    n = int(np.count_nonzero(inside))
+    if n < 1000 or np.count_nonzero((a != b) & inside) < _INTENSITY_NEIGHBOURS * n:
+        return
+    from skimage.measure import label
+
+    patches = int(label(window, background=0, connectivity=1).max())
+    values = int(np.unique(window[window > 0]).size)
+    if patches >= _INTENSITY_PATCHES * values:
+        raise ImageReadError(
+            f"{path}: an image of intensities, not an instance label map ({values} grey values "
+            f"in {patches} separate patches; a label map gives each cell one id and 0 to the "
+            f"background); give the label files (a dataset's labels/ or masks/, x_masks.tif)")
+
+
+# an image, not labels: over a quarter of neighbouring labelled pixels differ, and its values
+# fall into 20 times as many patches (a label map: each id one patch, a few where occluded;
+# a uint8 map that reuses ids past 255 needs 5000 cells to reach 20)
+_INTENSITY_NEIGHBOURS = 0.25
+_INTENSITY_PATCHES = 20
 
 
 def _whole(labels: np.ndarray) -> bool:

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.errors import ConfigError, DatasetError, OutputExistsError
-from cellsynth.io.datasets import Dataset, load_dataset
+from cellsynth.io.datasets import IMAGE_FOLDERS, LABEL_FOLDERS, Dataset, load_dataset, sub_folder
 from cellsynth.pipeline.stain import PRESETS, StainGuess, channel_count, guess_stain
 
 __all__ = ["ROLES", "StainGuess", "guess_stain", "find_folders", "init_config"]
@@ -60,7 +60,7 @@ def run_name(data: str | os.PathLike) -> str:
     """The name of a config (and run) for ``data``: its folder's name, with its parent's
     where that says little (``images``, ``train``: ``dsb2018-train``)."""
     path = Path(data).resolve()
-    if path.name == "images" and path.parent.name:
+    if path.name.lower() in IMAGE_FOLDERS and path.parent.name:
         path = path.parent
     if path.name in ROLES + ("data",) and path.parent.name:
         return f"{path.parent.name}-{path.name}"
@@ -121,7 +121,8 @@ def _find_datasets(data: str | os.PathLike) -> dict[str, Dataset]:
     data = Path(data)
     if not data.is_dir():
         raise DatasetError(f"{data}: no such folder")
-    if data.name == "images" and any((data.parent / d).is_dir() for d in ("labels", "masks")):
+    if (data.name.lower() in IMAGE_FOLDERS
+            and sub_folder(data.parent, LABEL_FOLDERS) is not None):
         from cellsynth.hardware import announce
 
         # (the images alone would make a zero-label recipe of an annotated folder)
