@@ -74,3 +74,32 @@ def test_yaml_errors_name_the_line_and_a_folder_is_refused(tmp_path):
     empty.write_text("# nothing yet\n")
     with pytest.raises(ConfigError, match="empty.yaml: empty pipeline config"):
         load_pipeline_config(empty)
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str = "a"
+    diameter_um: float = 10.0
+
+
+@dataclass(frozen=True)
+class Scene:
+    cells: tuple[Cell, ...] = ()
+    steps: int = 1
+
+
+def test_key_errors_read_as_places_in_a_file_with_a_guess_and_the_entry_named(tmp_path):
+    """`cfg.yaml.pretrain: unknown key(s)` read like a file name; a typo got no guess; an
+    entry of a list was named by its index only."""
+    with pytest.raises(ConfigError, match=r"^cfg.yaml: inner: unknown key\(s\) 'rte' \(did "
+                                          r"you mean 'rate'\?\); valid keys: rate, sizes$"):
+        from_dict(Outer, {"inner": {"rte": 1}}, where="cfg.yaml")
+    with pytest.raises(ConfigError, match=r"^config: unknown key\(s\) 'nmae', 'zzz' \(did you "
+                                          r"mean 'name' for 'nmae'\?\)"):
+        from_dict(Outer, {"nmae": "y", "zzz": 1})
+    with pytest.raises(ConfigError, match=r"^cfg.yml: cells\[1\] \('glia'\): unknown key\(s\) "
+                                          r"'diameter' \(did you mean 'diameter_um'\?\)"):
+        from_dict(Scene, {"cells": [{"name": "neuron"}, {"name": "glia", "diameter": 3}]},
+                  where="cfg.yml")
+    with pytest.raises(ConfigError, match=r"^x\.cells\[0\]: expected a mapping, got 3$"):
+        from_dict(Scene, {"cells": [3]}, where="x")

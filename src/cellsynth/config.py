@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -59,8 +60,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) == 2 and args[1] is Ellipsis:  # (an entry with a name is named: cells)
+            return tuple(_convert(v, args[0], f"{where}[{i}]" + (
+                f" ({v['name']!r})" if isinstance(v, dict) and isinstance(v.get("name"), str)
+                else "")) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
         return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
@@ -87,17 +90,29 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _inside(where: str, key: str) -> str:
+    """Where ``key`` of the mapping at ``where`` is: ``cfg.yaml: pretrain`` in a file (not
+    ``cfg.yaml.pretrain``, which reads as a file name), ``pretrain.steps`` inside it."""
+    if where.lower().endswith((".yaml", ".yml", ".json")):
+        return f"{where}: {key}"
+    return f"{where}.{key}"
+
+
 def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys and bad types raise ConfigError."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
+        close = {k: difflib.get_close_matches(str(k), list(fields), n=1, cutoff=0.7)
+                 for k in unknown}
+        guesses = [f"{c[0]!r}" + (f" for {k!r}" if len(unknown) > 1 else "")
+                   for k, c in close.items() if c]
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"valid keys: {', '.join(fields)}"
-        )
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}"
+            + (f" (did you mean {', '.join(guesses)}?)" if guesses else "")
+            + f"; valid keys: {', '.join(fields)}")
+    kwargs = {k: _convert(v, hints[k], _inside(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:

@@ -337,7 +337,7 @@ def test_config_errors_before_any_work(tmp_path):
     ("{preset: he, overrides: {bogus: 1}}", "",
      "run.yaml: simulate: overrides: unknown key(s) 'bogus'"),
     ("{preset: he}", ", pixel_size_um: 0",
-     "run.yaml.real: pixel_size_um must be a number > 0, got 0"),
+     "run.yaml: real: pixel_size_um must be a number > 0, got 0"),
 ])
 def test_a_config_error_names_the_file_and_the_section(tmp_path, simulate, real, said):
     """Some config errors named neither file nor key ("unknown preset 'hne'"), and a
@@ -386,7 +386,7 @@ def test_simulate_overrides_may_name_the_file_fit_simulator_wrote(tmp_path):
     with pytest.raises(ConfigError, match=r"run.yaml: simulate.overrides: .*nowhere.yaml: no "
                                           r"such file"):
         config("nowhere.yaml")
-    with pytest.raises(ConfigError, match=r"run.yaml.simulate.overrides: expected a mapping, "
+    with pytest.raises(ConfigError, match=r"run.yaml: simulate.overrides: expected a mapping, "
                                           r"got \[1, 2\]"):
         config("[1, 2]")
 
