@@ -430,3 +430,16 @@ def test_run_takes_its_config_from_after_reuse_and_checks_out_before_estimating(
     assert "afile: exists and is not a folder" in capsys.readouterr().err
     assert main(["run", str(config), "--out", str(real / "images" / "x"), "--estimate"]) == 2
     assert "lies in the images/ folder of the input" in capsys.readouterr().err
+
+
+def test_cellsynth_alone_prints_its_commands(capsys):
+    """`cellsynth` without a command said only "the following arguments are required"."""
+    from cellsynth import cli
+
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: cellsynth")
+    import re
+
+    assert re.search(r"^ +init +write a pipeline config", err, re.M)
+    assert re.search(r"^ +run +run the whole pipeline from a YAML config", err, re.M)

@@ -186,6 +186,15 @@ def test_cli_prints_table_and_writes_json(gt_dir, tmp_path, capsys):
     assert set(report["per_image"]) == {"a", "b"}
 
 
+def test_cli_quiet_draws_no_progress_bar(gt_dir, capsys):
+    """evaluate had no --quiet, unlike the other commands (a script's log got its bar)."""
+    assert main(["evaluate", "--pred", str(gt_dir), "--gt", str(gt_dir)]) == 0
+    assert "evaluate: " in capsys.readouterr().err  # tqdm's bar, "evaluate: 100%|..."
+    assert main(["evaluate", "--pred", str(gt_dir), "--gt", str(gt_dir), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "F1avg 1.0000" in captured.out
+
+
 def test_cli_user_error_is_one_line(gt_dir, tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(gt_dir)]) == 2
     err = capsys.readouterr().err

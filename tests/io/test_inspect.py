@@ -123,3 +123,23 @@ def test_inspect_of_a_project_folder_summarises_each_role(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no images found" in err[0]
+
+
+def test_blank_images_are_named(tmp_path, capsys):
+    """An image of one value (a blank export) passed inspect without a word; training and
+    prediction found nothing in it."""
+    import numpy as np
+
+    from cellsynth.io.images import write_image
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write_image(folder / "blank.png", np.zeros((16, 16), np.uint8))
+    write_image(folder / "grey.tif", np.full((16, 16, 3), 200, np.uint8))
+    write_image(folder / "cells.png", np.arange(256, dtype=np.uint8).reshape(16, 16))
+    assert summarize(folder)["constant"] == ["blank.png", "grey.tif"]
+    assert main(["inspect", str(folder)]) == 0
+    assert ("blank        2 image(s) of a single value, nothing to segment: blank.png, grey.tif"
+            in capsys.readouterr().out)
+    assert summarize(folder / "grey.tif")["constant"] == ["grey.tif"]
+    assert "constant" not in summarize(folder / "cells.png")

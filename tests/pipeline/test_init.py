@@ -222,6 +222,10 @@ def test_an_annotated_folder_without_labels_is_one_line_and_writes_nothing(tmp_p
     assert not out.exists() and list(tmp_path.glob(".d.*")) == []
     with pytest.raises(DatasetError, match="no such folder"):
         find_folders(tmp_path / "missing")
+    (tmp_path / "mk.py").write_text("print(1)\n")  # a file said "no such folder"
+    with pytest.raises(DatasetError, match=r"mk.py: a file, not a folder; give the folder of "
+                                           r"images it is in"):
+        find_folders(tmp_path / "mk.py")
 
 
 @pytest.mark.parametrize("recipe", ["fast", "accurate", None])

@@ -260,8 +260,9 @@ ACCEPTED = [
      "dropping alpha channel"),
     # (the detector works at its simulation's 0.5 um/px, which it records)
     ("predict --detector {run} --images {root}/sixteen --out {root}/sixteen_out --quiet",
-     "sixteen: pixel size of some images unknown (no --pixel-size, meta.json or file "
-     "metadata); taken to be the model's 0.5 um/px"),
+     "sixteen: pixel size of a.png unknown (no --pixel-size, meta.json or file "
+     "metadata); it and any other image without one are taken to be at the model's 0.5 "
+     "um/px"),
     ("predict --detector {run} --images {root}/rgba --out {root}/rgba_out --quiet",
      "rgba/images/a.png: dropping alpha channel of RGBA image"),
 ]
@@ -314,6 +315,7 @@ def test_an_output_that_is_or_holds_the_input_is_refused_even_with_force(world, 
     ("predict --detector {run} --images {data} --out {data}/labels --force", "labels"),
     ("export {data} --to geojson --out {data}/labels --force", "labels"),
     ("export {data} --to stardist --out {data}/masks --force", "masks"),
+    ("export {data} --to geojson --out {data}/Labels --force", "Labels"),  # (any case)
     ("predict --detector {run} --images {data} --out {data}/images/predicted --force", "images"),
 ])
 def test_an_output_in_an_input_datasets_labels_or_images_is_refused(world, tmp_path, capsys,

@@ -108,6 +108,9 @@ LOG_BAR_INTERVAL_S = 30  # progress-bar updates when stderr is not a terminal
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "command", None) is None:  # `cellsynth` alone: what it can do
+        parser.print_help(sys.stderr)
+        return 2
     threads = getattr(args, "threads", None)
     saved = {var: os.environ.get(var) for var in ("CELLSYNTH_THREADS", THREADS_SOURCE)}
     if threads is not None:  # the library (and any worker process) reads it from there

@@ -106,7 +106,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cellsynth",
                      description="Synthetic training data for cell instance segmentation.")
     parser.add_argument("--version", action="version", version=f"cellsynth {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)  # none: the help
     original_add_parser = sub.add_parser
 
     def add_parser(name: str, **kwargs):  # every command's --help shows the defaults
@@ -187,6 +187,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", type=Path, required=True, help="ground-truth dataset folder")
     p.add_argument("--json", type=Path, help="write the metrics as JSON here")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     p.set_defaults(func=commands.cmd_evaluate)
 
     p = sub.add_parser("realism", help="compare two image sets (C2ST, SWD, histograms, spectra)")

@@ -41,7 +41,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``cellsynth evaluate --pred DIR --gt DIR [--json FILE [--force]]``."""
     if args.json is not None:  # before the work, not after it
         check_output_file(args.json, force=args.force, inputs=(args.gt, args.pred))
-    evaluation = evaluate_folders(args.gt, args.pred, progress=True)
+    evaluation = evaluate_folders(args.gt, args.pred, progress=not args.quiet)
     print(format_matching(evaluation.total))
     if evaluation.unscored:
         n = len(evaluation.unscored)

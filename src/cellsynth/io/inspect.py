@@ -38,6 +38,7 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
     instances: list[int] = []
     areas: list[np.ndarray] = []
     n_labeled = n_sections = 0
+    constant: list[str] = []  # images of one value (a blank export, a failed conversion)
     for sample in dataset:
         if sample.label_path is not None:
             image, labels = sample.read(all_channels=True)
@@ -51,6 +52,8 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
             n_sections += 1
         else:
             image = sample.read_image(all_channels=True)
+        if isinstance(image, np.ndarray) and _constant(image):
+            constant.append(sample.image_path.name)
         sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
         dtypes[str(image.dtype)] += 1
         channels[1 if image.ndim == 2 else image.shape[2]] += 1
@@ -69,6 +72,8 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
     }
     if n_sections:
         summary["n_sections"] = n_sections
+    if constant:
+        summary["constant"] = constant
     if instances:
         all_areas = np.concatenate(areas) if areas else np.zeros(0)
         summary["instances"] = {
@@ -81,6 +86,12 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
             p5, p50, p95 = np.percentile(all_areas, [5, 50, 95])
             summary["area_px"] = {"p5": float(p5), "median": float(p50), "p95": float(p95)}
     return summary
+
+
+def _constant(image: np.ndarray) -> bool:
+    """Whether every pixel of ``image`` has one value (nothing to segment, nothing for
+    the normalisation to stretch)."""
+    return bool(image.size) and bool((image == image.flat[0]).all())
 
 
 def _summarize_prediction(root: Path) -> dict[str, Any]:
@@ -160,7 +171,8 @@ def _summarize_file(path: str | os.PathLike) -> dict[str, Any]:
             "channels": {1 if len(image.shape) == 2 else int(image.shape[2]): 1},
             "pixel_size_um": px, **({"pixel_sizes_stated": {"unknown": 1}} if px is None else {}),
             "levels": [f"{lv.shape[0]}x{lv.shape[1]}" for lv in levels],
-            **({"n_sections": 1} if lazy else {})}
+            **({"n_sections": 1} if lazy else {}),
+            **({"constant": [path.name]} if not lazy and _constant(image) else {})}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -178,6 +190,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"dtypes       {counts(summary['dtypes'])}",
         f"channels     {counts(summary['channels'])}",
     ]
+    if summary.get("constant"):
+        names = summary["constant"]
+        lines.append(f"blank        {len(names)} image(s) of a single value, nothing to segment: "
+                     f"{', '.join(names[:3])}" + (", ..." if len(names) > 3 else ""))
     if len(summary.get("levels", [])) > 1:
         lines.append(f"levels       {len(summary['levels'])}: {', '.join(summary['levels'])}")
     if summary.get("pixel_size_um") is not None:

@@ -119,6 +119,9 @@ def role_folders(data: Path) -> dict[str, Path]:
 def _find_datasets(data: str | os.PathLike) -> dict[str, Dataset]:
     """{role: loaded folder} as :func:`find_folders` says, each folder read once."""
     data = Path(data)
+    if data.is_file():  # (init reads a folder of images; one image is not a dataset)
+        raise DatasetError(f"{data}: a file, not a folder; give the folder of images it is in "
+                           f"({data.parent}) or a project of train/, val/, test/, unlabeled/")
     if not data.is_dir():
         raise DatasetError(f"{data}: no such folder")
     if (data.name.lower() in IMAGE_FOLDERS

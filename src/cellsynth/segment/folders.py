@@ -388,9 +388,10 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
               or read_pixel_size(path, level=level))
         if px is None and detector.pixel_size_um is not None and "px" not in said:
             said.add("px")
-            warnings.warn(f"{images}: pixel size of some images unknown (no --pixel-size, "
-                          f"meta.json or file metadata); taken to be the model's "
-                          f"{detector.pixel_size_um} um/px", stacklevel=3)
+            warnings.warn(f"{images}: pixel size of {path.name} unknown (no --pixel-size, "
+                          f"meta.json or file metadata); it and any other image without one "
+                          f"are taken to be at the model's {detector.pixel_size_um} um/px",
+                          stacklevel=3)
         elif px is not None and detector.pixel_size_um is None and "detector" not in said:
             said.add("detector")
             warnings.warn(f"{run}: the detector does not record the pixel size it was trained "
