@@ -85,7 +85,7 @@ def test_unwritable_output(tmp_path, capsys):
     assert main(["simulate", "--preset", "fluo", "--n", "1", "--size", "32", "--quiet",
                  "--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
-    assert "cannot create parent folder" in err and err.count("\n") == 1
+    assert "cannot create its parent folder" in err and err.count("\n") == 1
 
 
 def test_yaml_overrides_and_unknown_keys(tmp_path, capsys):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.errors import DatasetError, ImageReadError
-from cellsynth.io.files import write_json
+from cellsynth.io.files import IMAGE_FOLDERS, LABEL_FOLDERS, names_in, write_json
 from cellsynth.io.geojson import GEOMETRIES
 from cellsynth.io.images import (
     CELLPOSE_SEG_SUFFIX,
@@ -53,31 +53,20 @@ __all__ = ["Sample", "Dataset", "load_dataset", "check_label_sizes", "write_data
 CELLPOSE_SUFFIX = "_masks"  # Cellpose's training folders pair x.tif with x_masks.tif
 MASK_SUFFIXES = (CELLPOSE_SUFFIX, "_mask")  # x_mask.tif beside x.tif: the same pairing
 
-# the names users give a dataset's two sub-folders (any case); the first is what cellsynth
-# writes, "masks" is StarDist's
-IMAGE_FOLDERS = ("images", "image", "imgs", "img")
-LABEL_FOLDERS = ("labels", "label", "masks", "mask")
-
 
 def sub_folder(root: Path, names: tuple[str, ...]) -> Path | None:
     """The sub-folder of ``root`` with the first of ``names`` (exactly, else in any case:
     ``Images/``), or None."""
     for name in names:
-        if (root / name).is_dir() and name in _listing(root):
+        if (root / name).is_dir() and name in names_in(root):
             return root / name
-    lower = {n.lower(): n for n in reversed(_listing(root))}
+    lower = {n.lower(): n for n in reversed(names_in(root))}
     for name in names:
         if name in lower and (root / lower[name]).is_dir():
             return root / lower[name]
     return None
 
 
-def _listing(root: Path) -> list[str]:
-    """The names in ``root``, sorted ([] where it cannot be listed)."""
-    try:
-        return sorted(os.listdir(root))
-    except OSError:
-        return []
 
 
 @dataclass(frozen=True)

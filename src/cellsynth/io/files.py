@@ -94,18 +94,26 @@ def _check_writable(out: Path, force: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise OutputExistsError(
             f"{out}: folder exists and is not empty (use --force to replace it)")
-    parent = out.parent if str(out.parent) else Path(".")
+    _writable_parent(out, "parent folder")
+
+
+def _writable_parent(path: Path, called: str) -> None:
+    """Make the folder ``path`` goes in (one line naming ``path`` where it cannot be made)
+    and check that it may be written."""
+    parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CellsynthError(f"{out}: cannot create parent folder: {err.strerror}") from err
+        raise CellsynthError(f"{path}: cannot create its {called}: {err.strerror}") from err
     if not os.access(parent, os.W_OK):
-        raise CellsynthError(f"{out}: parent folder {parent} is not writable")
+        raise CellsynthError(f"{path}: {called} {parent} is not writable")
 
 
-# the sub-folders of a dataset folder that hold what it is read from (images, label maps
-# or QuPath GeoJSON, StarDist's masks): see cellsynth.io.datasets
-DATASET_PARTS = ("images", "labels", "masks")
+# the names of a dataset's two sub-folders (any case; the first of each is what cellsynth
+# writes, "masks" StarDist's): what a dataset is read from, see cellsynth.io.datasets
+IMAGE_FOLDERS = ("images", "image", "imgs", "img")
+LABEL_FOLDERS = ("labels", "label", "masks", "mask")
+DATASET_PARTS = IMAGE_FOLDERS + LABEL_FOLDERS
 
 
 def refuse_inputs(out: str | os.PathLike, inputs: tuple | list, what: str = "output") -> None:
@@ -123,7 +131,7 @@ def refuse_inputs(out: str | os.PathLike, inputs: tuple | list, what: str = "out
                                     f"{what} to another folder")
         if source in folder.parents:
             part = folder.relative_to(source).parts[0]
-            if part in DATASET_PARTS and source.is_dir():
+            if part.lower() in DATASET_PARTS and source.is_dir():
                 raise OutputExistsError(f"{out}: lies in the {part}/ folder of the input "
                                         f"{source}, which holds what the command reads; "
                                         f"write the {what} to another folder")
@@ -146,17 +154,22 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False,
         if source not in target.parents:
             continue
         inner = target.relative_to(source).parts
-        if inner[0] in DATASET_PARTS or not (source / "images").is_dir():
+        if inner[0].lower() in DATASET_PARTS or not any(
+                (source / name).is_dir() for name in names_in(source)
+                if name.lower() in IMAGE_FOLDERS):
             raise OutputExistsError(f"{path}: lies in the input {source}, which holds what "
                                     "the command reads; write it elsewhere")
     if path.exists() and not force:
         raise OutputExistsError(f"{path}: exists; choose another name or pass --force")
+    _writable_parent(path, "folder")
+
+
+def names_in(folder: Path) -> list[str]:
+    """The names in ``folder``, sorted ([] where it cannot be listed)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CellsynthError(f"{path}: cannot create its folder: {err.strerror}") from err
-    if not os.access(path.parent, os.W_OK):
-        raise CellsynthError(f"{path}: folder {path.parent} is not writable")
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
 
 
 def check_output_dir(out: str | os.PathLike, *, force: bool = False,

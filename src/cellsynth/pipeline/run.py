@@ -66,12 +66,7 @@ def content_fingerprint(path: str | os.PathLike | None) -> str | None:
     if path is None:
         return None
     root = Path(path)
-    runs = set() if root.is_file() else {
-        state.parent for state in root.rglob(layout.STATE) if state.parent != root}
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and not any(parent in runs for parent in p.parents))
+    files = [root] if root.is_file() else sorted(_data_files(root))
     digest = hashlib.sha256()
     for file in files:
         stat = file.stat()
@@ -81,6 +76,18 @@ def content_fingerprint(path: str | os.PathLike | None) -> str | None:
         else:
             digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
+
+
+def _data_files(root: Path) -> Iterator[Path]:
+    """The files below ``root`` that :func:`content_fingerprint` hashes, in one walk that
+    does not enter hidden folders or run folders (those below ``root`` holding a
+    state.json; a run's folder can hold more than the data beside it)."""
+    for folder, dirs, names in os.walk(root):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and not (here / d / layout.STATE).is_file()]
+        yield from (here / n for n in names
+                    if not n.startswith(".") and (here / n).is_file())
 
 
 class RunState:
