@@ -53,6 +53,22 @@ def test_pixels_whose_centre_is_inside_belong_to_the_cell_and_holes_stay_empty(t
     np.testing.assert_array_equal(labels, expected)
 
 
+def test_a_cell_inside_another_cells_hole_is_kept_whatever_the_order(tmp_path):
+    """A ring drawn after a cell in its hole filled the hole over that cell and then cleared
+    it: 1 instance instead of 2 (the other order gave 2)."""
+    inner = _feature([_square(4, 4, 6, 6)])
+    ring = _feature([_square(1, 1, 9, 9), _square(3, 3, 7, 7)])
+    expected_ring = np.zeros((10, 10), bool)
+    expected_ring[1:9, 1:9] = True
+    expected_ring[3:7, 3:7] = False
+    for order, ids in (([inner, ring], (1, 2)), ([ring, inner], (2, 1))):
+        path = tmp_path / "a.geojson"
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": order}))
+        labels = read_geojson_labels(path, (10, 10))
+        assert (labels[4:6, 4:6] == ids[0]).all() and (labels == ids[0]).sum() == 4
+        np.testing.assert_array_equal(labels == ids[1], expected_ring)
+
+
 def test_what_cellsynth_exports_reads_back_as_the_same_cells(tmp_path):
     labels = _cells()
     path = tmp_path / "a.geojson"

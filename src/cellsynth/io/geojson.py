@@ -233,13 +233,15 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
         for rings in polygons:  # drawn where they lie: no image-sized mask per cell
             if not rings:
                 continue
-            pixels = _ring_pixels(rings[0], shape, path)
-            drawn |= bool(pixels[0].size)
-            labels[pixels] = index
-            for hole in rings[1:]:
-                rows, cols = _ring_pixels(hole, shape, path)
-                inside = labels[rows, cols] == index
-                labels[rows[inside], cols[inside]] = 0
+            rows, cols = _ring_pixels(rings[0], shape, path)
+            if len(rings) > 1:  # its holes are not drawn: a cell inside one stays itself
+                flat = rows.astype(np.int64) * shape[1] + cols
+                holes = [_ring_pixels(hole, shape, path) for hole in rings[1:]]
+                keep = ~np.isin(flat, np.concatenate(
+                    [r.astype(np.int64) * shape[1] + c for r, c in holes]))
+                rows, cols = rows[keep], cols[keep]
+            drawn |= bool(rows.size)
+            labels[rows, cols] = index
         outside += not drawn
     if outside:
         warnings.warn(f"{path}: {outside} of {index} polygon(s) cover no pixel of the "
