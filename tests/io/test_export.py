@@ -267,3 +267,37 @@ def test_export_of_two_channel_images_keeps_them_and_warns_of_no_channel(tmp_pat
         (root / "images" / "a.tif").read_bytes()
     features = json.loads((tmp_path / "geojson" / "a.geojson").read_text())["features"]
     assert len(features) == 1
+
+
+@pytest.mark.parametrize("to", ["cellpose", "stardist", "coco"])
+def test_the_pixel_size_a_datasets_meta_json_states_survives_the_export(dataset, tmp_path, to):
+    """A dataset at 0.346 um/px (its meta.json) exported to Cellpose or StarDist read back
+    as "pixel size unknown": the PNGs were copied as they are and no meta.json written."""
+    (dataset / "meta.json").write_text(json.dumps({"pixel_size_um": 0.346}))
+    export(dataset, to, tmp_path / to)
+    assert json.loads((tmp_path / to / "meta.json").read_text())["pixel_size_um"] == 0.346
+    if to != "coco":
+        assert load_dataset(tmp_path / to).pixel_size_um == 0.346
+    (dataset / "meta.json").unlink()  # nothing stated, nothing invented
+    export(dataset, to, tmp_path / f"{to}_none")
+    assert not (tmp_path / f"{to}_none" / "meta.json").exists()
+
+
+def test_geojson_cells_of_a_prediction_carry_their_score_and_area_in_um2(dataset, tmp_path):
+    """A QuPath user filters detections by confidence: the scores were in the prediction's
+    detections table and COCO export, not in its GeoJSON."""
+    pred = _prediction(dataset, tmp_path / "pred", str(dataset))
+    meta = json.loads((pred / "meta.json").read_text())
+    meta["images_pixel_size_um"]["a"]["pixel_size_um"] = 0.5
+    (pred / "meta.json").write_text(json.dumps(meta))
+    (pred / "detections").mkdir()
+    (pred / "detections" / "a.csv").write_text("id,score\n1,0.91\n2,0.97\n")
+    export(pred, "geojson", tmp_path / "g")
+    cells = json.loads((tmp_path / "g" / "a.geojson").read_text())["features"]
+    measured = [c["properties"]["measurements"] for c in cells]
+    assert [(m["label"], m["score"], m["area_px"], m["area_um2"]) for m in measured][0] == (
+        1, 0.91, 140, 35.0)  # the 10 x 14 rectangle, 0.25 um² per pixel
+    assert measured[1]["score"] == 0.97
+    b = json.loads((tmp_path / "g" / "b.geojson").read_text())["features"]
+    assert all("score" not in c["properties"]["measurements"]
+               and "area_um2" not in c["properties"]["measurements"] for c in b)

@@ -180,17 +180,17 @@ def _image_of(root: Path, meta: dict[str, Any], image_id: str) -> Path:
 
 
 def _sources(root: Path, images: bool = True
-             ) -> tuple[list[tuple[str, Path | None, Path]], str]:
+             ) -> tuple[list[tuple[str, Path | None, Path]], str, float | None]:
     """(id, image or None, labels) of a dataset folder or a prediction folder (its images
-    only if ``images``), and which outline of a QuPath cell its .geojson labels draw (the
-    folder's meta.json says)."""
+    only if ``images``), which outline of a QuPath cell its .geojson labels draw, and the
+    pixel size its meta.json states (a dataset's; a prediction states each image's)."""
     if is_prediction_folder(root):
         meta = json.loads((root / layout.META).read_text())
         return [(image_id, _image_of(root, meta, image_id) if images else None, path)
-                for image_id, path in prediction_labels(root)], "cell"
+                for image_id, path in prediction_labels(root)], "cell", None
     dataset = load_dataset(root, require_labels=True)
     return ([(s.id, s.image_path, s.label_path) for s in dataset],
-            dataset.geojson_geometry)
+            dataset.geojson_geometry, dataset.pixel_size_um)
 
 
 def _opened(path: Path, level: int) -> Any:
@@ -268,21 +268,30 @@ def _predicted_images(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def _geojson(labels: np.ndarray, image_id: str, objects: str = "detection",
-             scale: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:
+             scale: tuple[float, float] = (1.0, 1.0), *, scores: dict[int, float] | None = None,
+             pixel_size_um: float | None = None) -> dict[str, Any]:
     """The cells as QuPath objects; ``scale``: (x, y) factor to the image's level-0 pixels,
     where the outlines and ``area_px`` are (a level's pixel count was beside level-0
-    outlines, 4x too small at level 1; COCO's area was already level 0's)."""
+    outlines, 4x too small at level 1; COCO's area was already level 0's). A prediction's
+    cells carry their ``score`` (QuPath filters and colours by measurements) and, where
+    the pixel size (of ``labels``' pixels) is known, their area in um²."""
     features = []
     areas = np.bincount(labels.ravel())  # (one pass; a mask per cell was cells x pixels)
+    scores = scores or {}
     for index, pieces in label_shapes(labels).items():
         rings = [[(ring * scale).round(2).tolist() for ring in piece] for piece in pieces]
+        measurements: dict[str, Any] = {
+            "label": index, "area_px": int(round(areas[index] * scale[0] * scale[1]))}
+        if pixel_size_um is not None:
+            measurements["area_um2"] = round(float(areas[index]) * pixel_size_um ** 2, 3)
+        if index in scores:
+            measurements["score"] = scores[index]
         features.append({
             "type": "Feature",
             "geometry": ({"type": "Polygon", "coordinates": rings[0]} if len(rings) == 1
                          else {"type": "MultiPolygon", "coordinates": rings}),
             "properties": {"objectType": objects, "name": f"cell {index}",
-                           "measurements": {"label": index, "area_px": int(round(
-                               areas[index] * scale[0] * scale[1]))}},
+                           "measurements": measurements},
         })
     return {"type": "FeatureCollection", "features": features,
             "properties": {"image": image_id}}
@@ -299,11 +308,12 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                            f"{objects!r}")
     root = Path(source)
     # (polygons need no image: a prediction's may be a whole section, or elsewhere now)
-    items, geometry = _sources(root, images=to in ("cellpose", "stardist"))
+    items, geometry, folder_px = _sources(root, images=to in ("cellpose", "stardist"))
     predicted = _predicted_images(root)  # (a dataset folder: none)
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": [{"id": 1, "name": "cell"}]}
     n_cells = 0
+    sizes: set[float | None] = set()  # each image's pixel size: one known -> meta.json
     with staged_output_dir(out, force=force, inputs=(root,)) as staging:
         if to == "stardist":
             (staging / "images").mkdir()
@@ -322,10 +332,12 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                     f"{label_path}: label size {labels.shape[0]}x{labels.shape[1]} does "
                     f"not match image {image_path.name} size {shape[0]}x{shape[1]}")
             n_cells += int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
-            if to in ("cellpose", "stardist"):  # (the level's: predict's, else the file's)
-                px = predicted.get(image_id, {}).get("pixel_size_um")
-                if px is None and image_path is not None:
-                    px = read_pixel_size(image_path, level=level)
+            # the labels' pixel size: predict's (the level's), a dataset's meta.json, the
+            # file's (a dataset exported with none lost the meta.json's, 0.346 um/px)
+            px = predicted.get(image_id, {}).get("pixel_size_um") or folder_px
+            if px is None and image_path is not None:
+                px = read_pixel_size(image_path, level=level)
+            sizes.add(px)
             if to == "cellpose":  # (it reads these; not .svs, a .zarr, a pyramid's level)
                 _put_image(image_path, image, level, staging / image_id,
                            (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"), px)
@@ -338,7 +350,8 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
             elif to == "geojson":
                 write_json(staging / f"{image_id}.geojson",
                            _geojson(labels, image_id, objects,
-                                    level0_factor(predicted.get(image_id, {}), labels.shape)))
+                                    level0_factor(predicted.get(image_id, {}), labels.shape),
+                                    scores=_scores(root, image_id), pixel_size_um=px))
             else:
                 name = None
                 scale = level0_factor(predicted.get(image_id, {}), labels.shape)
@@ -372,4 +385,8 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                         **({"score": scores[index]} if index in scores else {})})
         if to == "coco":
             (staging / "annotations.json").write_text(json.dumps(coco))
+        if to != "geojson" and len(sizes) == 1 and None not in sizes:
+            # (cellsynth reads the folder back at it; the PNGs copied as they are state none)
+            write_json(staging / layout.META, {"pixel_size_um": sizes.pop(),
+                                               "exported_from": str(root.resolve())})
     return {"format": to, "n_images": len(items), "n_instances": n_cells, "out": str(out)}
