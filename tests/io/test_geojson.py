@@ -397,3 +397,87 @@ def test_a_region_annotated_file_is_parsed_once_for_its_cells_and_regions(tmp_pa
     path.write_text(json.dumps({"type": "FeatureCollection", "features": outlined}))
     assert geojson.read_geojson_regions(path, (40, 40)) == []  # (the new file, read again)
     assert len(parsed) == 2
+
+
+def _region_dataset(tmp_path, with_outside: bool = False):
+    """An 60 x 80 image whose left 45 columns (a QuPath region) hold 3 hand-drawn cells;
+    ``with_outside``: one more cell drawn right of the region."""
+    labels = np.zeros((60, 80), np.uint16)
+    for i, (y, x) in enumerate([(10, 10), (30, 20), (50, 30), (12, 60)], start=1):
+        labels[y - 4:y + 4, x - 4:x + 4] = i
+    root = tmp_path / "part"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    write_image(root / "images" / "a.png", np.where(labels > 0, 200, 30).astype(np.uint8))
+    drawn = _geojson(np.where(labels <= (4 if with_outside else 3), labels, 0), "a")["features"]
+    for feature in drawn:
+        feature["properties"]["objectType"] = "annotation"
+    region = _feature([_square(0, 0, 45, 60)], "annotation")
+    (root / "labels" / "a.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [region, *drawn]}))
+    return root, labels
+
+
+@pytest.mark.parametrize("to", ["cellpose", "stardist", "coco"])
+def test_an_export_of_a_region_annotated_image_is_its_region(tmp_path, caplog, to):
+    """The export drew the whole 60 x 80 image as annotated: a detector trained or scored
+    on it met every cell outside the region as background (F1 0.75 where it was 1)."""
+    from cellsynth.io.export import export
+
+    root, labels = _region_dataset(tmp_path)
+    forget_announcements()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        summary = export(root, to, tmp_path / to)
+    assert (summary["n_images"], summary["n_instances"]) == (1, 3)
+    assert "the cells of 1 QuPath region(s) written as images of their own" in caplog.text
+    if to == "coco":
+        coco = json.loads((tmp_path / to / "annotations.json").read_text())
+        assert [(i["file_name"], i["height"], i["width"]) for i in coco["images"]] == [
+            ("images/a_region1.tif", 60, 45)]
+        assert len(coco["annotations"]) == 3
+        return
+    back = load_dataset(tmp_path / to, require_labels=True)
+    assert [s.id for s in back] == ["a_region1"]
+    image, region_labels = back[0].read()
+    assert image.shape[:2] == (60, 45)
+    np.testing.assert_array_equal(region_labels > 0, labels[:, :45] > 0)
+
+
+def test_a_geojson_export_keeps_the_region_and_reads_back_as_it(tmp_path):
+    from cellsynth.io.export import export
+    from cellsynth.io.geojson import read_geojson_regions
+
+    root, _ = _region_dataset(tmp_path)
+    export(root, "geojson", tmp_path / "g")
+    data = json.loads((tmp_path / "g" / "a.geojson").read_text())
+    assert [f["properties"].get("classification") for f in data["features"]][-1] == {
+        "name": "Region*"}
+    assert read_geojson_regions(tmp_path / "g" / "a.geojson", (60, 80)) == [
+        (slice(0, 60), slice(0, 45))]
+    assert read_geojson_labels(tmp_path / "g" / "a.geojson", (60, 80)).max() == 3
+
+
+def test_cells_outside_every_region_are_said_and_a_classed_cell_drawn_over_is_a_cell(
+        tmp_path, caplog):
+    """A cell drawn outside the region was left out of training and scoring in silence; a
+    'Neuron' with two 'Neuron's drawn over it was taken for a region."""
+    from cellsynth.io.geojson import read_geojson_regions
+
+    root, _ = _region_dataset(tmp_path, with_outside=True)
+    forget_announcements()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        read_geojson_regions(root / "labels" / "a.geojson", (60, 80))
+    assert "a.geojson: 1 cell(s) lie outside its 1 annotated region(s) and are not used" \
+        in caplog.text
+    neuron = {"name": "Neuron", "colorRGB": -3670016}
+    big = _feature([_square(2, 2, 40, 40)], "annotation")
+    small = [_feature([_square(x, 5, x + 6, 11)], "annotation") for x in (5, 20)]
+    for feature in (big, *small):
+        feature["properties"]["classification"] = neuron
+    path = tmp_path / "n.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [big, *small]}))
+    assert read_geojson_regions(path, (50, 50)) == []
+    assert read_geojson_labels(path, (50, 50)).max() == 3
+    big["properties"]["classification"] = {"name": "Tumor"}  # a tissue region: a region
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [big, *small]}))
+    assert read_geojson_regions(path, (50, 50)) == [(slice(2, 40), slice(2, 40))]

@@ -33,7 +33,9 @@ import numpy as np
 from cellsynth.errors import DatasetError, ImageReadError
 from cellsynth.io.datasets import CELLPOSE_SUFFIX, file_id, load_dataset
 from cellsynth.io.files import atomic_path, staged_output_dir, write_json
+from cellsynth.io.geojson import read_geojson_regions
 from cellsynth.io.images import (
+    GEOJSON_SUFFIX,
     IMAGE_SUFFIXES,
     colour_of,
     read_image,
@@ -320,7 +322,8 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
             (staging / "masks").mkdir()
         if to == "coco" and any(image is not None for _, image, _ in items):
             (staging / "images").mkdir()
-        for k, (image_id, image_path, label_path) in enumerate(items, start=1):
+        n_images = n_regions = 0
+        for image_id, image_path, label_path in items:
             level = int(predicted.get(image_id, {}).get("level", 0))  # labels at its pixels
             image = _opened(image_path, level) if image_path is not None else None
             shape = tuple(int(n) for n in image.shape[:2]) if image is not None else None
@@ -331,62 +334,105 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                 raise ImageReadError(
                     f"{label_path}: label size {labels.shape[0]}x{labels.shape[1]} does "
                     f"not match image {image_path.name} size {shape[0]}x{shape[1]}")
-            n_cells += int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
             # the labels' pixel size: predict's (the level's), a dataset's meta.json, the
             # file's (a dataset exported with none lost the meta.json's, 0.346 um/px)
             px = predicted.get(image_id, {}).get("pixel_size_um") or folder_px
             if px is None and image_path is not None:
                 px = read_pixel_size(image_path, level=level)
             sizes.add(px)
-            if to == "cellpose":  # (it reads these; not .svs, a .zarr, a pyramid's level)
-                _put_image(image_path, image, level, staging / image_id,
-                           (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"), px)
-                write_labels(staging / f"{image_id}{CELLPOSE_SUFFIX}.tif", labels,
-                             pixel_size_um=px)
-            elif to == "stardist":  # its idiom pairs images/*.tif with masks/*.tif by name
-                _put_image(image_path, image, level, staging / "images" / image_id,
-                           (".tif", ".tiff"), px)
-                write_labels(staging / "masks" / f"{image_id}.tif", labels, pixel_size_um=px)
-            elif to == "geojson":
-                write_json(staging / f"{image_id}.geojson",
-                           _geojson(labels, image_id, objects,
-                                    level0_factor(predicted.get(image_id, {}), labels.shape),
-                                    scores=_scores(root, image_id), pixel_size_um=px))
+            boxes = (read_geojson_regions(label_path, labels.shape)
+                     if label_path.suffix.lower() == GEOJSON_SUFFIX else [])
+            if boxes and to != "geojson":
+                # annotated only inside QuPath regions: each region's box is an image of its
+                # own, fully annotated (the whole image made every cell outside a region
+                # background, and a detector's correct finds there false positives)
+                n_regions += len(boxes)
+                parts = [(f"{image_id}_region{r}", image[rows, cols], labels[rows, cols], box)
+                         for r, box in enumerate(boxes, start=1) for rows, cols in [box]]
             else:
-                name = None
-                scale = level0_factor(predicted.get(image_id, {}), labels.shape)
-                if image_path is not None:
-                    name = f"images/{image_id}{image_path.suffix}"
-                    shutil.copyfile(image_path, staging / name)
-                else:  # a prediction: the image it was made from (not copied)
-                    name = predicted.get(image_id, {}).get("file")
-                areas = np.bincount(labels.ravel())
-                coco["images"].append({"id": k, "file_name": name or f"{image_id}.tif",
-                                       "height": round(labels.shape[0] * scale[1]),
-                                       "width": round(labels.shape[1] * scale[0])})
-                scores = _scores(root, image_id)  # (a prediction's; COCOeval needs them)
-                for index, pieces in label_shapes(labels).items():
-                    polygon = pieces[0][0] * scale
-                    x0, y0 = polygon.min(axis=0)
-                    x1, y1 = polygon.max(axis=0)
-                    if (len(pieces) > 1 or len(pieces[0]) > 1) and scale == (1.0, 1.0):
-                        # holes or several pieces, which COCO's polygons cannot hold (the
-                        # largest piece, filled, was written): the cell's mask as RLE
-                        segmentation: Any = _coco_rle(labels == index)
-                    else:  # (at a coarser level's pixels scaled up: every piece, filled)
-                        segmentation = [(piece[0] * scale)[:-1].round(2).ravel().tolist()
-                                        for piece in pieces]
-                    coco["annotations"].append({
-                        "id": len(coco["annotations"]) + 1, "image_id": k, "category_id": 1,
-                        "segmentation": segmentation,
-                        "area": float(areas[index] * scale[0] * scale[1]),
-                        "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                        "iscrowd": 0,
-                        **({"score": scores[index]} if index in scores else {})})
+                parts = [(image_id, image, labels, None)]
+            for part_id, part_image, part_labels, box in parts:
+                n_images += 1
+                n_cells += int(np.count_nonzero(np.bincount(part_labels.ravel())[1:]))
+                _write_one(to, staging, coco, n_images, image_id, part_id, image_path,
+                           part_image, part_labels, level, px, box, objects,
+                           predicted.get(image_id, {}), _scores(root, image_id),
+                           boxes if to == "geojson" else [])
         if to == "coco":
             (staging / "annotations.json").write_text(json.dumps(coco))
         if to != "geojson" and len(sizes) == 1 and None not in sizes:
             # (cellsynth reads the folder back at it; the PNGs copied as they are state none)
             write_json(staging / layout.META, {"pixel_size_um": sizes.pop(),
                                                "exported_from": str(root.resolve())})
-    return {"format": to, "n_images": len(items), "n_instances": n_cells, "out": str(out)}
+    if n_regions:
+        from cellsynth.hardware import announce
+
+        announce(f"{root}: the cells of {n_regions} QuPath region(s) written as images of "
+                 f"their own (<id>_region<k>): only the regions were annotated")
+    return {"format": to, "n_images": n_images, "n_instances": n_cells, "out": str(out)}
+
+
+def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, image_id: str,
+               part_id: str, image_path: Path | None, image: Any, labels: np.ndarray,
+               level: int, px: float | None, box: tuple[slice, slice] | None, objects: str,
+               predicted: dict[str, Any], scores: dict[int, float],
+               regions: list[tuple[slice, slice]]) -> None:
+    """One image (or one region of it, ``box``) of :func:`export` into ``staging``."""
+    kept_as_is = () if box is not None else None  # (a region's crop is written, not copied)
+    if to == "cellpose":  # (it reads these; not .svs, a .zarr, a pyramid's level)
+        _put_image(image_path, image, level, staging / part_id,
+                   kept_as_is if kept_as_is is not None
+                   else (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"), px)
+        write_labels(staging / f"{part_id}{CELLPOSE_SUFFIX}.tif", labels, pixel_size_um=px)
+    elif to == "stardist":  # its idiom pairs images/*.tif with masks/*.tif by name
+        _put_image(image_path, image, level, staging / "images" / part_id,
+                   kept_as_is if kept_as_is is not None else (".tif", ".tiff"), px)
+        write_labels(staging / "masks" / f"{part_id}.tif", labels, pixel_size_um=px)
+    elif to == "geojson":
+        data = _geojson(labels, image_id, objects, level0_factor(predicted, labels.shape),
+                        scores=scores, pixel_size_um=px)
+        data["features"] += [_region_feature(rows, cols) for rows, cols in regions]
+        write_json(staging / f"{image_id}.geojson", data)
+    else:
+        scale = level0_factor(predicted, labels.shape)
+        if image_path is not None and box is not None:
+            name = f"images/{part_id}.tif"
+            write_image(staging / name, np.asarray(image), pixel_size_um=px)
+        elif image_path is not None:
+            name = f"images/{image_id}{image_path.suffix}"
+            shutil.copyfile(image_path, staging / name)
+        else:  # a prediction: the image it was made from (not copied)
+            name = predicted.get("file")
+        areas = np.bincount(labels.ravel())
+        coco["images"].append({"id": k, "file_name": name or f"{image_id}.tif",
+                               "height": round(labels.shape[0] * scale[1]),
+                               "width": round(labels.shape[1] * scale[0])})
+        for index, pieces in label_shapes(labels).items():
+            polygon = pieces[0][0] * scale
+            x0, y0 = polygon.min(axis=0)
+            x1, y1 = polygon.max(axis=0)
+            if (len(pieces) > 1 or len(pieces[0]) > 1) and scale == (1.0, 1.0):
+                # holes or several pieces, which COCO's polygons cannot hold (the largest
+                # piece, filled, was written): the cell's mask as RLE
+                segmentation: Any = _coco_rle(labels == index)
+            else:  # (at a coarser level's pixels scaled up: every piece, filled)
+                segmentation = [(piece[0] * scale)[:-1].round(2).ravel().tolist()
+                                for piece in pieces]
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1, "image_id": k, "category_id": 1,
+                "segmentation": segmentation,
+                "area": float(areas[index] * scale[0] * scale[1]),
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "iscrowd": 0,
+                **({"score": scores[index]} if index in scores else {})})
+
+
+def _region_feature(rows: slice, cols: slice) -> dict[str, Any]:
+    """A QuPath region annotation (class ``Region*``) around the pixels of a box: QuPath
+    shows where the cells were annotated, and cellsynth reads it back as that region."""
+    x0, y0, x1, y1 = cols.start, rows.start, cols.stop, rows.stop
+    return {"type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [
+                [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
+            "properties": {"objectType": "annotation", "name": "annotated region",
+                           "classification": {"name": "Region*"}}}

@@ -71,6 +71,15 @@ def _object_type(feature: dict[str, Any]) -> str:
     return str(properties.get("objectType", "annotation")).lower()
 
 
+def _class_name(feature: dict[str, Any]) -> str | None:
+    """The QuPath classification of a feature (``{"name": "Neuron", ...}``, or a plain
+    string in some writers), or None."""
+    value = (feature.get("properties") or {}).get("classification")
+    if isinstance(value, dict):
+        value = value.get("name")
+    return str(value) if value else None
+
+
 def _polygons(geometry: dict[str, Any]) -> list[list[Any]] | None:
     """Polygons (each a list of rings, the first the outline) of a (Multi)Polygon, else None."""
     kind = geometry.get("type")
@@ -134,17 +143,38 @@ def _split_regions(features: list[dict[str, Any]]
     kept, regions = [], []
     for i, feature in enumerate(features):
         if _object_type(feature) == "annotation" and len(points) > 1:
-            inside = 0
+            enclosed: list[int] = []
             for ring in _outer_rings(feature):
                 low, high = ring.min(axis=0), ring.max(axis=0)  # (its box first: cheap)
-                near = ((points >= low) & (points <= high)).all(axis=1) & (owner_of != i)
-                if near.any():
-                    inside += int(points_in_poly(points[near], ring).sum())
-            if inside >= 2:
+                near = np.flatnonzero(((points >= low) & (points <= high)).all(axis=1)
+                                      & (owner_of != i))
+                if near.size:
+                    enclosed += owner_of[near[points_in_poly(points[near], ring)]].tolist()
+            if len(enclosed) >= 2 and not _one_class(feature, [features[j] for j in enclosed]):
                 regions.append(feature)
                 continue
         kept.append(feature)
     return kept, regions
+
+
+def _one_class(feature: dict[str, Any], enclosed: list[dict[str, Any]]) -> bool:
+    """Whether ``feature`` and what it encloses are hand-drawn annotations of one named
+    class (a "Neuron" drawn over by two smaller "Neuron"s): cells drawn over each other,
+    not a region, which is left unclassified, or given QuPath's Region* or a tissue class
+    ("Tumor") around cells of their own classes or none."""
+    name = _class_name(feature)
+    return name is not None and not name.lower().startswith("region") and all(
+        _object_type(f) == "annotation" and _class_name(f) == name for f in enclosed)
+
+
+def _centre(feature: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The mean of a feature's first outline's points, (x, y) in QuPath's pixel
+    coordinates (None, None without one)."""
+    rings = _outer_rings(feature)[:1]
+    if not rings:
+        return None, None
+    x, y = rings[0].mean(axis=0)
+    return float(x), float(y)
 
 
 REGION_FILL = 0.95  # a region covering less of its box is not a rectangle: said
@@ -197,6 +227,16 @@ def read_geojson_regions(path: str | Path, shape: tuple[int, int]
             area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
             loose += area < REGION_FILL * (x1 - x0) * (y1 - y0)
             boxes.append((rows, cols))
+    if boxes:
+        outside = sum(not any(r.start <= y <= r.stop and c.start <= x <= c.stop
+                              for r, c in boxes)  # (box edges: pixel (r, c) is [c, c+1))
+                      for x, y in (_centre(f) for f in _cells_and_regions(path)[0])
+                      if x is not None)
+        if outside:  # (they are neither trained on nor scored: said, not dropped in silence)
+            announce(f"{path}: {outside} cell(s) lie outside its {len(boxes)} annotated "
+                     f"region(s) and are not used: only the regions count (a region is an "
+                     f"annotation enclosing 2 or more others; give it a cell's class if it "
+                     f"is a cell)")
     if loose:
         announce(f"{path}: {loose} of {len(boxes)} region(s) are not rectangles; each is used "
                  f"by its box, where unannotated cells between its outline and the box count "
