@@ -195,6 +195,20 @@ def test_cli_quiet_draws_no_progress_bar(gt_dir, capsys):
     assert captured.err == "" and "F1avg 1.0000" in captured.out
 
 
+def test_a_prediction_given_as_ground_truth_is_said(gt_dir, tmp_path):
+    """--pred and --gt swapped printed a plausible table, precision and recall exchanged."""
+    pred = make_dataset(tmp_path / "pred", {"a": labels_a(), "b": labels_b()}, images=False)
+    (pred / "meta.json").write_text(json.dumps({"stage": "predict"}))
+    with pytest.warns(UserWarning, match=r"pred: the ground truth given is a cellsynth "
+                                         r"predict output; are --gt and --pred swapped\?"):
+        assert evaluate_folders(pred, gt_dir).total.f1_avg == 1.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right way round: nothing said
+        evaluate_folders(gt_dir, pred)
+
+
 def test_cli_user_error_is_one_line(gt_dir, tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(gt_dir)]) == 2
     err = capsys.readouterr().err

@@ -481,3 +481,24 @@ def test_cells_outside_every_region_are_said_and_a_classed_cell_drawn_over_is_a_
     big["properties"]["classification"] = {"name": "Tumor"}  # a tissue region: a region
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [big, *small]}))
     assert read_geojson_regions(path, (50, 50)) == [(slice(2, 40), slice(2, 40))]
+
+
+def test_bare_polygons_and_a_geometry_collections_polygons_are_cells(tmp_path, caplog):
+    """A list of bare Polygon geometries, or a Feature holding a GeometryCollection, read
+    as 0 cells and 'features that are not polygons (points, lines)'."""
+    path = tmp_path / "a.geojson"
+    path.write_text(json.dumps([{"type": "Polygon", "coordinates": [_square(1, 1, 4, 4)]},
+                                {"type": "Polygon", "coordinates": [_square(6, 1, 9, 4)]}]))
+    labels = read_geojson_labels(path, (10, 10))
+    assert labels.max() == 2 and (labels == 1).sum() == 9 and (labels == 2).sum() == 9
+    collection = {"type": "GeometryCollection", "geometries": [
+        {"type": "Point", "coordinates": [1, 1]},
+        {"type": "Polygon", "coordinates": [_square(2, 5, 5, 9)]}]}
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": collection, "properties": {}},
+        _feature([[0, 0], [3, 3]], kind="LineString")]}))
+    forget_announcements()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        labels = read_geojson_labels(path, (10, 10))
+    assert labels.max() == 1 and (labels == 1).sum() == 12
+    assert "1 feature(s) that are not polygons (points, lines)" in caplog.text

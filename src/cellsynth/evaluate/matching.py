@@ -22,6 +22,7 @@ Dataset-level results sum TP, FP, FN and ``sum_iou`` over images before taking t
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -478,6 +479,12 @@ def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, *,
         A label file is unreadable, not an integer image, or its size differs from its partner.
     """
     thresholds = _check_thresholds(thresholds)
+    from cellsynth.io.export import is_prediction_folder
+
+    if Path(gt).is_dir() and is_prediction_folder(Path(gt)):
+        # (precision and recall change places, and the table reads as plausible)
+        warnings.warn(f"{gt}: the ground truth given is a cellsynth predict output; are "
+                      f"--gt and --pred swapped?", stacklevel=2)
     gt_root, gt_files, gt_geometry = _label_files(Path(gt), "ground-truth")
     pred_root, pred_files, pred_geometry = _label_files(Path(pred), "predicted")
     # a whole folder predicted and a few of its images annotated: those are scored, the rest

@@ -46,12 +46,19 @@ def _features(data: Any, path: Path) -> list[dict[str, Any]]:
     or a single Feature."""
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         data = data.get("features", [])
-    elif isinstance(data, dict) and data.get("type") == "Feature":
+    elif isinstance(data, dict) and data.get("type") in ("Feature", *_GEOMETRY_TYPES):
         data = [data]
     if not isinstance(data, list) or not all(isinstance(f, dict) for f in data):
         raise ImageReadError(f"{path}: not GeoJSON features (expected a FeatureCollection "
                              f"or a list of Features, as QuPath exports)")
-    return data
+    # bare geometries (a list of Polygons, as some scripts write them): features without
+    # properties (they were counted as "not polygons")
+    return [{"type": "Feature", "geometry": f, "properties": {}}
+            if f.get("type") in _GEOMETRY_TYPES else f for f in data]
+
+
+_GEOMETRY_TYPES = ("Polygon", "MultiPolygon", "GeometryCollection", "Point", "MultiPoint",
+                   "LineString", "MultiLineString")
 
 
 def _read_features(path: Path) -> list[dict[str, Any]]:
@@ -81,12 +88,18 @@ def _class_name(feature: dict[str, Any]) -> str | None:
 
 
 def _polygons(geometry: dict[str, Any]) -> list[list[Any]] | None:
-    """Polygons (each a list of rings, the first the outline) of a (Multi)Polygon, else None."""
+    """Polygons (each a list of rings, the first the outline) of a (Multi)Polygon or of
+    the polygons in a GeometryCollection, else None."""
     kind = geometry.get("type")
     if kind == "Polygon":
         return [geometry.get("coordinates", [])]
     if kind == "MultiPolygon":
         return list(geometry.get("coordinates", []))
+    if kind == "GeometryCollection":  # its polygons (its points and lines are no outline)
+        parts = [_polygons(g) for g in geometry.get("geometries") or []
+                 if isinstance(g, dict)]
+        polygons = [polygon for part in parts if part for polygon in part]
+        return polygons or None
     return None
 
 
