@@ -301,3 +301,18 @@ def test_geojson_cells_of_a_prediction_carry_their_score_and_area_in_um2(dataset
     b = json.loads((tmp_path / "g" / "b.geojson").read_text())["features"]
     assert all("score" not in c["properties"]["measurements"]
                and "area_um2" not in c["properties"]["measurements"] for c in b)
+
+
+def test_a_coco_export_read_back_says_its_annotations_are_not_read(dataset, tmp_path, caplog):
+    """inspect of a COCO export said '2 images (0 with labels)' and nothing of its
+    annotations.json."""
+    import logging
+
+    from cellsynth.hardware import forget_announcements
+
+    export(dataset, "coco", tmp_path / "c")
+    forget_announcements()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        back = load_dataset(tmp_path / "c")
+    assert [s.label_path for s in back] == [None, None]
+    assert "c/annotations.json: COCO annotations are not read" in caplog.text

@@ -446,3 +446,13 @@ def test_a_folder_without_images_says_what_it_is(tmp_path):
     write_image(tmp_path / "proj" / "scans" / "a.png", np.zeros((8, 8), np.uint8))
     with pytest.raises(DatasetError, match=r"image files are in its sub-folder\(s\) scans"):
         load_dataset(tmp_path / "proj")
+    (tmp_path / "exported").mkdir()  # what `export --to geojson` writes: outlines only
+    (tmp_path / "exported" / "a.geojson").write_text('{"type": "FeatureCollection"}')
+    with pytest.raises(DatasetError, match=r"exported: no images found .*it holds QuPath "
+                                           r"GeoJSON outlines: put them in labels/ beside"):
+        load_dataset(tmp_path / "exported")
+    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "annotations.json").write_text("{}")
+    with pytest.raises(DatasetError, match=r"a COCO annotations.json, which cellsynth does "
+                                           r"not read"):
+        load_dataset(tmp_path / "coco")

@@ -259,6 +259,12 @@ def _what_it_is(root: Path) -> str:
                 f"{root / layout.PREDICT}, its detector is given as --detector {root}")
     if (root / layout.RUN_INFO).is_file():
         return "; it is a training run (a detector): give it to --detector"
+    if any(root.glob(f"*{GEOJSON_SUFFIX}")):  # (an `export --to geojson`, QuPath's export)
+        return ("; it holds QuPath GeoJSON outlines: put them in labels/ beside their images "
+                "in images/ (labels/<id>.geojson, images/<id>.tif), and give that folder")
+    if (root / "annotations.json").is_file():
+        return ("; it holds a COCO annotations.json, which cellsynth does not read: export "
+                "the dataset to cellpose, stardist or geojson instead")
     try:
         holders = sorted(d.name for d in root.iterdir() if d.is_dir()
                          and not d.name.startswith(".") and any(
@@ -332,6 +338,11 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
             f"(expected {root}/images/<id>.tif|.png or image files in {root})"
             + _what_it_is(root))
     announce_skipped(image_dir, foreign)
+    if not labels and (root / "annotations.json").is_file():
+        from cellsynth.hardware import announce
+
+        announce(f"{root / 'annotations.json'}: COCO annotations are not read (its images are, "
+                 f"unlabeled); for labels export the dataset to cellpose, stardist or geojson")
     orphans = sorted(set(labels) - set(images))
     if orphans:
         raise DatasetError(
