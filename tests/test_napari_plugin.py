@@ -10,7 +10,7 @@ import yaml
 
 import cellsynth
 from cellsynth import napari_plugin
-from cellsynth.io.images import read_labels
+from cellsynth.io.images import read_labels, write_image, write_labels
 from cellsynth.io.ome_zarr import write_labels_zarr
 from tests.conftest import make_dataset
 
@@ -131,6 +131,31 @@ def test_writer_saves_labels_with_the_layer_scale(tmp_path):
     from cellsynth.io.resample import read_pixel_size
 
     assert read_pixel_size(tmp_path / "x.tif") == pytest.approx(0.5)
+
+
+def test_a_pixel_size_of_1_um_survives_the_reader_and_the_writer(tmp_path):
+    """A Labels layer at 1 um/px (BigBrain's, the merker preset's) was saved with no pixel
+    size: napari's default scale 1 reads as "unknown". The reader now records the pixel
+    size in the layer's metadata, and a scale in micrometres counts whatever its value."""
+    from cellsynth.io.resample import read_pixel_size
+
+    labels = np.zeros((12, 12), np.int32)
+    labels[2:6, 2:6] = 1
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    write_image(root / "images" / "a.png", np.full((12, 12), 9, np.uint8))
+    write_labels(root / "labels" / "a.tif", labels)
+    (root / "meta.json").write_text('{"pixel_size_um": 1.0}')
+    _, kwargs, kind = napari_plugin.read_layers(str(root))[1]
+    assert kind == "labels" and kwargs["metadata"] == {"pixel_size_um": 1.0}
+    napari_plugin.write_labels_layer(str(tmp_path / "m.tif"), labels, kwargs)
+    assert read_pixel_size(tmp_path / "m.tif") == pytest.approx(1.0)
+    napari_plugin.write_labels_layer(str(tmp_path / "u.tif"), labels,
+                                     {"scale": (1.0, 1.0), "units": ("um", "um")})
+    assert read_pixel_size(tmp_path / "u.tif") == pytest.approx(1.0)
+    napari_plugin.write_labels_layer(str(tmp_path / "x.tif"), labels, {"scale": (1.0, 1.0)})
+    assert read_pixel_size(tmp_path / "x.tif") is None  # napari's default: unknown
 
 
 def test_napari_opens_a_dataset_and_a_prediction_through_the_plugin(tmp_path):

@@ -71,13 +71,23 @@ def _kind(path: Path) -> str | None:
     return None
 
 
-def _pixel_size(scale: Any) -> float | None:
-    """A layer's pixel size from its scale; napari's default scale 1 means "unknown"."""
-    return float(scale[-1]) if scale is not None and float(scale[-1]) != 1.0 else None
+def _pixel_size(scale: Any, metadata: Any = None, units: Any = None) -> float | None:
+    """A layer's pixel size: what this reader recorded in its metadata, else its scale
+    where its units are micrometres or the scale is not napari's default 1 (which means
+    "unknown"; 1 um/px, BigBrain's, is kept through the metadata or the units)."""
+    if isinstance(metadata, dict) and metadata.get("pixel_size_um"):
+        return float(metadata["pixel_size_um"])
+    if scale is None:
+        return None
+    in_um = units is not None and str(list(units)[-1]) in ("um", "µm", "micrometer", "micron")
+    return float(scale[-1]) if in_um or float(scale[-1]) != 1.0 else None
 
 
 def _scale(pixel_size_um: float | None) -> dict[str, Any]:
-    return {"scale": (pixel_size_um, pixel_size_um)} if pixel_size_um else {}
+    """A layer's scale and the metadata that keeps its pixel size (napari's scale 1 says
+    nothing)."""
+    return ({"scale": (pixel_size_um, pixel_size_um),
+             "metadata": {"pixel_size_um": pixel_size_um}} if pixel_size_um else {})
 
 
 def _zarr_labels(path: Path, name: str) -> tuple:
@@ -170,7 +180,8 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     from cellsynth.io.images import write_labels
 
     labels = np.asarray(data[0] if isinstance(data, list) else data)  # level 0 of a pyramid
-    write_labels(Path(path), labels, pixel_size_um=_pixel_size(meta.get("scale")))
+    write_labels(Path(path), labels, pixel_size_um=_pixel_size(
+        meta.get("scale"), meta.get("metadata"), meta.get("units")))
     return [str(path)]
 
 
@@ -194,8 +205,10 @@ def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, 
     loaded = _widget_detector(detector)
     scale = getattr(image, "scale", None)
     translate = getattr(image, "translate", None)  # (where the image sits: the cells too)
+    known = _pixel_size(scale, getattr(image, "metadata", None), getattr(image, "units", None))
     meta = {"name": f"{getattr(image, 'name', 'image')} cells",
             **({"scale": tuple(scale)[-2:]} if scale is not None else {}),
+            **({"metadata": {"pixel_size_um": known}} if known else {}),
             **({"translate": tuple(translate)[-2:]} if translate is not None else {})}
 
     stop = _supersede()
@@ -213,7 +226,7 @@ def predict_widget(image: "napari.layers.Image", detector: Path,  # noqa: F821, 
             try:
                 labels = predict_image(loaded, np.asarray(data), tile=tile,
                                        score_thresh=score_thresh or None,
-                                       pixel_size_um=_pixel_size(scale), where=where,
+                                       pixel_size_um=known, where=where,
                                        progress=_StopCheck(stopped))
             except _Stopped:
                 return None  # (napari adds no layer for None)
