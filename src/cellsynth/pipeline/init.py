@@ -354,11 +354,15 @@ def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGue
             text += _HE_SOUP
     else:
         text += _ZERO_LABEL.format(workers=workers)
-    if recipe == "accurate" and stain.preset == "nissl":
+    if annotated and stain.preset == "nissl":
+        gain = ("(+0.011 F1@0.5 and +0.008 F1avg on Nissl with 2 images); nms: packed somata "
+                "whose boxes\n# overlap by IoU <= 0.5 stay apart (+0.008 F1@0.5; "
+                "celldetection's default 0.2)" if recipe == "accurate" else
+                "and nms: packed somata whose\n# boxes overlap by IoU <= 0.5 stay apart "
+                "(celldetection's default 0.2): both +0.018 [+0.005, +0.032]\n# F1@0.5, "
+                "+0.005 F1avg on the fast recipe (2 seeds, paired, docs/results.md)")
         text += ("# faint_percentile: detections paler than 95 % of the annotated cells are "
-                 "dropped\n# (+0.011 F1@0.5 and +0.008 F1avg on Nissl with 2 images); nms: "
-                 "packed somata whose boxes\n# overlap by IoU <= 0.5 stay apart (+0.008 F1@0.5; "
-                 "celldetection's default 0.2)\n"
+                 f"dropped\n# {gain}\n"
                  "predict: {overlap: 96, tta: true, faint_percentile: 5, nms: 0.5}   "
                  "# TTA: 8 views vote\n")
     elif stain.preset == "he":
