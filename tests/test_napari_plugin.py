@@ -158,6 +158,23 @@ def test_a_pixel_size_of_1_um_survives_the_reader_and_the_writer(tmp_path):
     assert read_pixel_size(tmp_path / "x.tif") is None  # napari's default: unknown
 
 
+def test_predicted_cells_are_named_apart_and_a_labels_folder_opens_as_labels(tmp_path):
+    """A prediction opened beside its images gave its layers the images' names; a labels/
+    folder opened alone gave Image layers."""
+    labels = np.zeros((12, 12), np.int32)
+    labels[2:6, 2:6] = 3
+    pred = tmp_path / "pred"
+    (pred / "labels").mkdir(parents=True)
+    write_labels(pred / "labels" / "a.tif", labels)
+    (pred / "meta.json").write_text(json.dumps({"stage": "predict", "pixel_size_um": 0.5}))
+    assert [(kw["name"], kind) for _, kw, kind in napari_plugin.read_layers(str(pred))] == [
+        ("a cells", "labels")]
+    reader = napari_plugin.get_reader(str(pred / "labels"))
+    (data, kwargs, kind), = reader(str(pred / "labels"))
+    assert (kind, kwargs["name"], kwargs["scale"]) == ("labels", "a labels", (0.5, 0.5))
+    np.testing.assert_array_equal(data, labels)
+
+
 def test_napari_opens_a_dataset_and_a_prediction_through_the_plugin(tmp_path):
     """napari itself (its viewer model: no window, no Qt) finds the plugin through the
     package's entry point and opens our folders as Image + Labels layers at our scale."""

@@ -57,10 +57,12 @@ def _kind(path: Path) -> str | None:
         return "section" if path.is_file() and reads_lazily(path) else None
     if is_prediction_folder(path):
         return "predictions"
-    from cellsynth.io.datasets import IMAGE_FOLDERS, sub_folder
+    from cellsynth.io.datasets import IMAGE_FOLDERS, LABEL_FOLDERS, sub_folder
 
     if sub_folder(path, IMAGE_FOLDERS) is not None:
         return "dataset"
+    if path.name.lower() in LABEL_FOLDERS:  # a dataset's or a prediction's labels/ alone
+        return "labels"
     from cellsynth.io.images import IMAGE_SUFFIXES
 
     # a plain folder of images, or Cellpose's (x.tif beside x_masks.tif): its own image
@@ -81,6 +83,18 @@ def _pixel_size(scale: Any, metadata: Any = None, units: Any = None) -> float | 
         return None
     in_um = units is not None and str(list(units)[-1]) in ("um", "µm", "micrometer", "micron")
     return float(scale[-1]) if in_um or float(scale[-1]) != 1.0 else None
+
+
+def _folder_pixel_size(folder: Path) -> float | None:
+    """The pixel size a folder's meta.json states (a dataset's or a prediction's), else
+    None."""
+    import json
+
+    try:
+        stated = json.loads((folder / "meta.json").read_text()).get("pixel_size_um")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(stated) if isinstance(stated, (int, float)) and stated > 0 else None
 
 
 def _scale(pixel_size_um: float | None) -> dict[str, Any]:
@@ -146,8 +160,19 @@ def read_layers(path: str | list[str]) -> list[tuple]:
                 # each image's own (the folder's is null where they differ)
                 pixel = (each.get(image_id) or {}).get("pixel_size_um") or \
                     meta.get("pixel_size_um")
-                layers.append(_zarr_labels(file, image_id) if is_ome_zarr(file) else
-                              (read_labels(file), {"name": image_id, **_scale(pixel)},
+                # (named apart from the images they outline, opened beside them)
+                layers.append(_zarr_labels(file, f"{image_id} cells") if is_ome_zarr(file)
+                              else (read_labels(file), {"name": f"{image_id} cells",
+                                                        **_scale(pixel)}, "labels"))
+        elif kind == "labels":  # label maps, not images (they opened as Image layers)
+            from cellsynth.io.datasets import files_by_id
+            from cellsynth.io.images import LABEL_SUFFIXES
+
+            files = files_by_id(p, suffixes=tuple(x for x in LABEL_SUFFIXES
+                                                  if x != ".geojson"))
+            scale = _scale(_folder_pixel_size(p.parent))  # (its dataset's or prediction's)
+            for image_id, file in list(files.items())[:_MAX_IMAGES]:
+                layers.append((read_labels(file), {"name": f"{image_id} labels", **scale},
                                "labels"))
         elif kind == "dataset":
             from cellsynth.io.datasets import check_label_sizes

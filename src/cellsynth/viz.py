@@ -16,11 +16,24 @@ def as_rgb8(image: np.ndarray) -> np.ndarray:
     from cellsynth.io.images import to_uint8
     from cellsynth.io.normalize import normalize
 
-    if image.dtype != np.uint8:  # 8-bit images are shown as they are, others by content
+    # 8-bit images are shown as they are (an H&E slide's colours), others by their content,
+    # and so is a dim 8-bit one (a fluorescence image of values 4-55 was shown near black,
+    # its 16-bit twin stretched)
+    if image.dtype != np.uint8 or _dim(image):
         image = to_uint8(normalize(image))
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     return image
+
+
+def _dim(image: np.ndarray) -> bool:
+    """Whether an 8-bit image's content spans less than a quarter of its range (1st to
+    99.8th percentile, on every 4th pixel of every 4th row)."""
+    sample = image[::4, ::4]
+    if not sample.size:
+        return False
+    low, high = np.percentile(sample, (1, 99.8))
+    return bool(high - low < 64)
 
 
 def contour_overlay(image: np.ndarray, labels: np.ndarray,
