@@ -5,12 +5,11 @@
 """
 
 from cellsynth.evaluate.c2st import C2STResult, c2st
+from cellsynth.evaluate.folders import DatasetEvaluation, evaluate_folders
 from cellsynth.evaluate.matching import (
     THRESHOLDS,
-    DatasetEvaluation,
     Matching,
     aggregate,
-    evaluate_folders,
     matching,
     matching_by_score,
     matching_tiles,

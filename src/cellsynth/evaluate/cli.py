@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth.errors import ConfigError, DatasetError
-from cellsynth.evaluate.matching import Matching, evaluate_folders
+from cellsynth.evaluate.folders import evaluate_folders
+from cellsynth.evaluate.matching import Matching
 from cellsynth.evaluate.realism import RealismResult, realism
 from cellsynth.io.datasets import load_dataset
 from cellsynth.io.files import check_output_file, write_json
