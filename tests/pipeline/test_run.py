@@ -63,6 +63,8 @@ def test_rerun_skips_done_stages_and_redoes_changed_ones(tmp_path):
                     "Predictions on real images", "Configuration"):
         assert f"{section}</h2>" in page
     assert page.count("data:image/png;base64,") >= 5  # self-contained pictures
+    # a stage's own seed in the resolved config is not what it trained with: said
+    assert "  seed: 0   # not used: every stage takes the run&#x27;s seed (0)" in page
     # no annotated real.val: pretraining is validated on held-out refined images, simulated
     # from another seed than the training images (threshold and checkpoint come from them)
     info = json.loads((out / "pretrain" / "run.json").read_text())
@@ -1435,3 +1437,16 @@ def test_finetune_takes_the_network_pretrain_names_and_a_clash_is_said_before_wo
         config("{model: tiny_u22}", "{model: slim_u22}")
     with pytest.raises(ConfigError, match=r"\(order 8 vs 6\)"):
         config("{steps: 5}", "{order: 6}")
+
+
+def test_the_reports_config_marks_each_stages_seed_as_the_runs():
+    """A run at seed 1 showed its refiner and detectors at "seed: 0" (each stage takes the
+    run's seed; the config's own stage seeds are never used)."""
+    from cellsynth.pipeline.report import _stage_seeds_said
+
+    text = "name: x\nseed: 7\nrefine:\n  steps: 3\n  seed: 0\npretrain:\n  seed: 0\n"
+    assert _stage_seeds_said(text).splitlines() == [
+        "name: x", "seed: 7", "refine:", "  steps: 3",
+        "  seed: 0   # not used: every stage takes the run's seed (7)", "pretrain:",
+        "  seed: 0   # not used: every stage takes the run's seed (7)"]
+    assert _stage_seeds_said("refine:\n  seed: 0\n") == "refine:\n  seed: 0\n"

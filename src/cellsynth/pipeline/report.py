@@ -378,6 +378,19 @@ def _stage_time(entry: dict[str, Any]) -> str:
     return duration(entry["seconds"]) + (f" ({runs} runs)" if runs > 1 else "")
 
 
+def _stage_seeds_said(config: str) -> str:
+    """The resolved config with each stage's ``seed:`` marked as unused: every stage takes
+    the run's (a run at seed 1 showed its refiner and detectors at "seed: 0")."""
+    import re
+
+    run_seed = re.search(r"^seed: (\d+)\s*$", config, re.M)
+    if run_seed is None:
+        return config
+    return re.sub(r"^(  seed: \d+)\s*$",
+                  rf"\1   # not used: every stage takes the run's seed ({run_seed.group(1)})",
+                  config, flags=re.M)
+
+
 def write_report(run: str | os.PathLike) -> Path:
     """Write ``RUN/report.html`` from whatever the run's stages produced; return its path."""
     run = Path(run)
@@ -385,7 +398,8 @@ def write_report(run: str | os.PathLike) -> Path:
         raise CellsynthError(f"{run}: not a `cellsynth run` folder (no {layout.STATE}); report "
                              f"writes the page of a run" + ("" if run.is_dir() else
                                                             " (no such folder)"))
-    config = (run / layout.CONFIG).read_text() if (run / layout.CONFIG).exists() else ""
+    config = _stage_seeds_said(
+        (run / layout.CONFIG).read_text() if (run / layout.CONFIG).exists() else "")
     state_path = run / layout.STATE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     stage_rows = [[name, ("done" if s.get("done") else "not finished")
