@@ -67,8 +67,6 @@ def sub_folder(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-
-
 @dataclass(frozen=True)
 class Sample:
     """One image of a dataset and, if present, its label map."""
