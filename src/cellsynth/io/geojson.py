@@ -139,11 +139,12 @@ def _outer_rings(feature: dict[str, Any]) -> list[np.ndarray]:
 
 
 def _split_regions(features: list[dict[str, Any]]
-                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(cells, regions) of ``features``: the regions are the annotations that enclose the
-    centres of >= 2 other features (QuPath's searched or annotated regions: around
-    detections, or around cells drawn as annotations too, the only kind in a file of
-    hand-drawn cells); annotations enclosing fewer are hand-drawn cells."""
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """(cells, regions, cells outside every region's box) of ``features``: the regions are
+    the annotations that enclose the centres of >= 2 other features (QuPath's searched or
+    annotated regions: around detections, or around cells drawn as annotations too, the
+    only kind in a file of hand-drawn cells); annotations enclosing fewer are hand-drawn
+    cells."""
     from skimage.measure import points_in_poly
 
     owner, centres = [], []
@@ -154,6 +155,7 @@ def _split_regions(features: list[dict[str, Any]]
     owner_of = np.array(owner, dtype=np.int64)
     points = np.array(centres, dtype=np.float64).reshape(-1, 2)
     kept, regions = [], []
+    boxes = []  # (low, high) of each region's outlines
     for i, feature in enumerate(features):
         if _object_type(feature) == "annotation" and len(points) > 1:
             enclosed: list[int] = []
@@ -165,9 +167,18 @@ def _split_regions(features: list[dict[str, Any]]
                     enclosed += owner_of[near[points_in_poly(points[near], ring)]].tolist()
             if len(enclosed) >= 2 and not _one_class(feature, [features[j] for j in enclosed]):
                 regions.append(feature)
+                boxes += [(r.min(axis=0), r.max(axis=0)) for r in _outer_rings(feature)]
                 continue
         kept.append(feature)
-    return kept, regions
+    outside = 0
+    if boxes:  # (cells neither trained on nor scored: said, not dropped in silence)
+        cell = np.isin(owner_of, [i for i, f in enumerate(features)
+                                  if not any(f is r for r in regions)])
+        inside = np.zeros(len(points), bool)
+        for low, high in boxes:
+            inside |= ((points >= low) & (points <= high)).all(axis=1)
+        outside = int(np.count_nonzero(cell & ~inside))
+    return kept, regions, outside
 
 
 def _one_class(feature: dict[str, Any], enclosed: list[dict[str, Any]]) -> bool:
@@ -180,24 +191,15 @@ def _one_class(feature: dict[str, Any], enclosed: list[dict[str, Any]]) -> bool:
         _object_type(f) == "annotation" and _class_name(f) == name for f in enclosed)
 
 
-def _centre(feature: dict[str, Any]) -> tuple[float | None, float | None]:
-    """The mean of a feature's first outline's points, (x, y) in QuPath's pixel
-    coordinates (None, None without one)."""
-    rings = _outer_rings(feature)[:1]
-    if not rings:
-        return None, None
-    x, y = rings[0].mean(axis=0)
-    return float(x), float(y)
-
-
 REGION_FILL = 0.95  # a region covering less of its box is not a rectangle: said
 
 # the last GeoJSON file parsed: {"key": (path, mtime_ns, size), "parsed": (cells, regions)}
 _LAST: dict[str, Any] = {}
 
 
-def _cells_and_regions(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(cell features, region features) of a GeoJSON file (:func:`_split_regions`), parsed
+def _cells_and_regions(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """(cell features, region features, cells outside the regions) of a GeoJSON file
+    (:func:`_split_regions`), parsed
     once while the file is unchanged: a region-annotated image's cells and then its regions
     are read one after the other, and a QuPath export of a section holds 10^5 cells."""
     try:
@@ -240,16 +242,12 @@ def read_geojson_regions(path: str | Path, shape: tuple[int, int]
             area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
             loose += area < REGION_FILL * (x1 - x0) * (y1 - y0)
             boxes.append((rows, cols))
-    if boxes:
-        outside = sum(not any(r.start <= y <= r.stop and c.start <= x <= c.stop
-                              for r, c in boxes)  # (box edges: pixel (r, c) is [c, c+1))
-                      for x, y in (_centre(f) for f in _cells_and_regions(path)[0])
-                      if x is not None)
-        if outside:  # (they are neither trained on nor scored: said, not dropped in silence)
-            announce(f"{path}: {outside} cell(s) lie outside its {len(boxes)} annotated "
-                     f"region(s) and are not used: only the regions count (a region is an "
-                     f"annotation enclosing 2 or more others; give it a cell's class if it "
-                     f"is a cell)")
+    outside = _cells_and_regions(path)[2]
+    if boxes and outside:
+        announce(f"{path}: {outside} cell(s) lie outside its {len(boxes)} annotated "
+                 f"region(s) and are not used: only the regions count (a region is an "
+                 f"annotation enclosing 2 or more others; give it a cell's class if it is "
+                 f"a cell)")
     if loose:
         announce(f"{path}: {loose} of {len(boxes)} region(s) are not rectangles; each is used "
                  f"by its box, where unannotated cells between its outline and the box count "
@@ -267,7 +265,7 @@ def read_geojson_labels(path: str | Path, shape: tuple[int, int], *,
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {GEOMETRIES}, not {geometry!r}")
     path = Path(path)
-    features, regions = _cells_and_regions(path)
+    features, regions, _ = _cells_and_regions(path)
     labels = np.zeros(shape, np.uint32)
     skipped = 0
     outside = 0  # polygons with no pixel centre in the image
