@@ -359,8 +359,8 @@ def _config_text(name: str, folders: dict[str, Path], out: Path, stain: StainGue
                 "whose boxes\n# overlap by IoU <= 0.5 stay apart (+0.008 F1@0.5; "
                 "celldetection's default 0.2)" if recipe == "accurate" else
                 "and nms: packed somata whose\n# boxes overlap by IoU <= 0.5 stay apart "
-                "(celldetection's default 0.2): both +0.018 [+0.005, +0.032]\n# F1@0.5, "
-                "+0.005 F1avg on the fast recipe (2 seeds, paired, docs/results.md)")
+                "(celldetection's default 0.2): both +0.013 [+0.003, +0.024]\n# F1@0.5, "
+                "+0.002 F1avg on the fast recipe (3 seeds, paired, docs/results.md)")
         text += ("# faint_percentile: detections paler than 95 % of the annotated cells are "
                  f"dropped\n# {gain}\n"
                  "predict: {overlap: 96, tta: true, faint_percentile: 5, nms: 0.5}   "
