@@ -90,8 +90,10 @@ def _folder_pixel_size(folder: Path) -> float | None:
     None."""
     import json
 
+    from cellsynth.pipeline import layout
+
     try:
-        stated = json.loads((folder / "meta.json").read_text()).get("pixel_size_um")
+        stated = json.loads((folder / layout.META).read_text()).get("pixel_size_um")
     except (OSError, ValueError, AttributeError):
         return None
     return float(stated) if isinstance(stated, (int, float)) and stated > 0 else None

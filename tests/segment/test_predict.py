@@ -508,7 +508,7 @@ def test_areas_in_um2_at_the_models_pixel_size_where_the_image_states_none(model
     run, sim = model
     _recorded(run, tmp_path / "px.pt", pixel_size_um=0.5)
     _one_image(sim, tmp_path / "plain")
-    with pytest.warns(UserWarning, match="taken to be the model's 0.5 um/px"):
+    with pytest.warns(UserWarning, match="taken to be at the model's 0.5 um/px"):
         predict_folder(tmp_path / "px.pt", tmp_path / "plain", tmp_path / "out",
                        score_thresh=0.5, precision="fp32", progress=False)
     areas = np.bincount(read_labels(tmp_path / "out" / "labels" / "a.tif").ravel())

@@ -386,9 +386,8 @@ def _stage_seeds_said(config: str) -> str:
     run_seed = re.search(r"^seed: (\d+)\s*$", config, re.M)
     if run_seed is None:
         return config
-    return re.sub(r"^(  seed: \d+)\s*$",
-                  rf"\1   # not used: every stage takes the run's seed ({run_seed.group(1)})",
-                  config, flags=re.M)
+    note = f"   # not used: every stage takes the run's seed ({run_seed.group(1)})"
+    return re.sub(r"^(  seed: \d+)\s*$", lambda m: m.group(1) + note, config, flags=re.M)
 
 
 def write_report(run: str | os.PathLike) -> Path:
