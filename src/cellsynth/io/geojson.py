@@ -155,7 +155,7 @@ def _split_regions(features: list[dict[str, Any]]
     owner_of = np.array(owner, dtype=np.int64)
     points = np.array(centres, dtype=np.float64).reshape(-1, 2)
     kept, regions = [], []
-    boxes = []  # (low, high) of each region's outlines
+    boxes, region_ids = [], []  # (low, high) of each region's outlines; their indices
     for i, feature in enumerate(features):
         if _object_type(feature) == "annotation" and len(points) > 1:
             enclosed: list[int] = []
@@ -167,13 +167,13 @@ def _split_regions(features: list[dict[str, Any]]
                     enclosed += owner_of[near[points_in_poly(points[near], ring)]].tolist()
             if len(enclosed) >= 2 and not _one_class(feature, [features[j] for j in enclosed]):
                 regions.append(feature)
+                region_ids.append(i)
                 boxes += [(r.min(axis=0), r.max(axis=0)) for r in _outer_rings(feature)]
                 continue
         kept.append(feature)
     outside = 0
     if boxes:  # (cells neither trained on nor scored: said, not dropped in silence)
-        cell = np.isin(owner_of, [i for i, f in enumerate(features)
-                                  if not any(f is r for r in regions)])
+        cell = ~np.isin(owner_of, region_ids)
         inside = np.zeros(len(points), bool)
         for low, high in boxes:
             inside |= ((points >= low) & (points <= high)).all(axis=1)
