@@ -56,11 +56,12 @@ MASK_SUFFIXES = (CELLPOSE_SUFFIX, "_mask")  # x_mask.tif beside x.tif: the same 
 
 def sub_folder(root: Path, names: tuple[str, ...]) -> Path | None:
     """The sub-folder of ``root`` with the first of ``names`` (exactly, else in any case:
-    ``Images/``), or None."""
+    ``Images/``), or None. Lists ``root`` once."""
+    present = names_in(root)
     for name in names:
-        if (root / name).is_dir() and name in names_in(root):
+        if name in present and (root / name).is_dir():
             return root / name
-    lower = {n.lower(): n for n in reversed(names_in(root))}
+    lower = {n.lower(): n for n in reversed(present)}
     for name in names:
         if name in lower and (root / lower[name]).is_dir():
             return root / lower[name]

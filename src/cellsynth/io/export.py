@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -351,13 +352,14 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                          for r, box in enumerate(boxes, start=1) for rows, cols in [box]]
             else:
                 parts = [(image_id, image, labels, None)]
+            # (only GeoJSON and COCO carry a prediction's scores: read once per image)
+            scores = _scores(root, image_id) if to in ("geojson", "coco") else {}
             for part_id, part_image, part_labels, box in parts:
                 n_images += 1
                 n_cells += int(np.count_nonzero(np.bincount(part_labels.ravel())[1:]))
-                _write_one(to, staging, coco, n_images, image_id, part_id, image_path,
-                           part_image, part_labels, level, px, box, objects,
-                           predicted.get(image_id, {}), _scores(root, image_id),
-                           boxes if to == "geojson" else [])
+                _write_one(to, staging, coco, n_images, objects, _Part(
+                    image_id, part_id, image_path, part_image, part_labels, level, px, box,
+                    predicted.get(image_id, {}), scores, boxes if to == "geojson" else []))
         if to == "coco":
             (staging / "annotations.json").write_text(json.dumps(coco))
         if to != "geojson" and len(sizes) == 1 and None not in sizes:
@@ -372,49 +374,68 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
     return {"format": to, "n_images": n_images, "n_instances": n_cells, "out": str(out)}
 
 
-def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, image_id: str,
-               part_id: str, image_path: Path | None, image: Any, labels: np.ndarray,
-               level: int, px: float | None, box: tuple[slice, slice] | None, objects: str,
-               predicted: dict[str, Any], scores: dict[int, float],
-               regions: list[tuple[slice, slice]]) -> None:
-    """One image (or one region of it, ``box``) of :func:`export` into ``staging``."""
-    kept_as_is = () if box is not None else None  # (a region's crop is written, not copied)
+@dataclass(frozen=True)
+class _Part:
+    """One image of an export, or one QuPath region of it (``box``), with what is known
+    about it."""
+
+    image_id: str
+    part_id: str  # image_id, or <image_id>_region<k>
+    image_path: Path | None
+    image: Any  # its pixels (or a region's), None where the export needs no image
+    labels: np.ndarray
+    level: int  # the pyramid level the labels are at
+    px: float | None  # the labels' pixel size
+    box: tuple[slice, slice] | None  # the region's rows and columns, None: the whole image
+    predicted: dict[str, Any]  # the image's entry in a prediction's meta.json ({} if none)
+    scores: dict[int, float]  # {cell id: score} of a prediction, {} if none
+    regions: list[tuple[slice, slice]]  # QuPath regions that a GeoJSON export keeps
+
+
+def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, objects: str,
+               part: _Part) -> None:
+    """One image (or one region of it) of :func:`export` into ``staging``; ``k``: its
+    number (COCO's image id)."""
+    kept_as_is = () if part.box is not None else None  # (a region's crop is written)
     if to == "cellpose":  # (it reads these; not .svs, a .zarr, a pyramid's level)
-        _put_image(image_path, image, level, staging / part_id,
+        _put_image(part.image_path, part.image, part.level, staging / part.part_id,
                    kept_as_is if kept_as_is is not None
-                   else (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"), px)
-        write_labels(staging / f"{part_id}{CELLPOSE_SUFFIX}.tif", labels, pixel_size_um=px)
+                   else (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"), part.px)
+        write_labels(staging / f"{part.part_id}{CELLPOSE_SUFFIX}.tif", part.labels,
+                     pixel_size_um=part.px)
     elif to == "stardist":  # its idiom pairs images/*.tif with masks/*.tif by name
-        _put_image(image_path, image, level, staging / "images" / part_id,
-                   kept_as_is if kept_as_is is not None else (".tif", ".tiff"), px)
-        write_labels(staging / "masks" / f"{part_id}.tif", labels, pixel_size_um=px)
+        _put_image(part.image_path, part.image, part.level, staging / "images" / part.part_id,
+                   kept_as_is if kept_as_is is not None else (".tif", ".tiff"), part.px)
+        write_labels(staging / "masks" / f"{part.part_id}.tif", part.labels,
+                     pixel_size_um=part.px)
     elif to == "geojson":
-        data = _geojson(labels, image_id, objects, level0_factor(predicted, labels.shape),
-                        scores=scores, pixel_size_um=px)
-        data["features"] += [_region_feature(rows, cols) for rows, cols in regions]
-        write_json(staging / f"{image_id}.geojson", data)
+        data = _geojson(part.labels, part.image_id, objects,
+                        level0_factor(part.predicted, part.labels.shape), scores=part.scores,
+                        pixel_size_um=part.px)
+        data["features"] += [_region_feature(rows, cols) for rows, cols in part.regions]
+        write_json(staging / f"{part.image_id}.geojson", data)
     else:
-        scale = level0_factor(predicted, labels.shape)
-        if image_path is not None and box is not None:
-            name = f"images/{part_id}.tif"
-            write_image(staging / name, np.asarray(image), pixel_size_um=px)
-        elif image_path is not None:
-            name = f"images/{image_id}{image_path.suffix}"
-            shutil.copyfile(image_path, staging / name)
+        scale = level0_factor(part.predicted, part.labels.shape)
+        if part.image_path is not None and part.box is not None:
+            name = f"images/{part.part_id}.tif"
+            write_image(staging / name, np.asarray(part.image), pixel_size_um=part.px)
+        elif part.image_path is not None:
+            name = f"images/{part.image_id}{part.image_path.suffix}"
+            shutil.copyfile(part.image_path, staging / name)
         else:  # a prediction: the image it was made from (not copied)
-            name = predicted.get("file")
-        areas = np.bincount(labels.ravel())
-        coco["images"].append({"id": k, "file_name": name or f"{image_id}.tif",
-                               "height": round(labels.shape[0] * scale[1]),
-                               "width": round(labels.shape[1] * scale[0])})
-        for index, pieces in label_shapes(labels).items():
+            name = part.predicted.get("file")
+        areas = np.bincount(part.labels.ravel())
+        coco["images"].append({"id": k, "file_name": name or f"{part.image_id}.tif",
+                               "height": round(part.labels.shape[0] * scale[1]),
+                               "width": round(part.labels.shape[1] * scale[0])})
+        for index, pieces in label_shapes(part.labels).items():
             polygon = pieces[0][0] * scale
             x0, y0 = polygon.min(axis=0)
             x1, y1 = polygon.max(axis=0)
             if (len(pieces) > 1 or len(pieces[0]) > 1) and scale == (1.0, 1.0):
                 # holes or several pieces, which COCO's polygons cannot hold (the largest
                 # piece, filled, was written): the cell's mask as RLE
-                segmentation: Any = _coco_rle(labels == index)
+                segmentation: Any = _coco_rle(part.labels == index)
             else:  # (at a coarser level's pixels scaled up: every piece, filled)
                 segmentation = [(piece[0] * scale)[:-1].round(2).ravel().tolist()
                                 for piece in pieces]
@@ -424,7 +445,7 @@ def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, image_id: s
                 "area": float(areas[index] * scale[0] * scale[1]),
                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                 "iscrowd": 0,
-                **({"score": scores[index]} if index in scores else {})})
+                **({"score": part.scores[index]} if index in part.scores else {})})
 
 
 def _region_feature(rows: slice, cols: slice) -> dict[str, Any]:
