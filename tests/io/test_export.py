@@ -316,3 +316,17 @@ def test_a_coco_export_read_back_says_its_annotations_are_not_read(dataset, tmp_
         back = load_dataset(tmp_path / "c")
     assert [s.label_path for s in back] == [None, None]
     assert "c/annotations.json: COCO annotations are not read" in caplog.text
+
+
+def test_coco_annotations_of_a_prediction_carry_their_score(dataset, tmp_path):
+    """COCO's detection results carry a score per annotation (pycocotools ranks by it for
+    AP); a dataset's cells, which have none, carry none."""
+    pred = _prediction(dataset, tmp_path / "pred", str(dataset))
+    (pred / "detections").mkdir()
+    (pred / "detections" / "a.csv").write_text("id,score\n1,0.91\n2,0.97\n")
+    export(pred, "coco", tmp_path / "c")
+    coco = json.loads((tmp_path / "c" / "annotations.json").read_text())
+    image_a = next(i["id"] for i in coco["images"] if i["file_name"].startswith("a"))
+    scores = sorted(a.get("score") for a in coco["annotations"] if a["image_id"] == image_a)
+    assert scores == [0.91, 0.97]
+    assert all("score" not in a for a in coco["annotations"] if a["image_id"] != image_a)
