@@ -175,6 +175,30 @@ def test_predicted_cells_are_named_apart_and_a_labels_folder_opens_as_labels(tmp
     np.testing.assert_array_equal(data, labels)
 
 
+def test_a_labels_folder_of_qupath_outlines_opens_at_its_images_size(tmp_path):
+    """A labels/ folder of QuPath .geojson files opened alone gave no layers (outlines need
+    the image's size): drawn at the image's beside it, else at what holds every outline."""
+    from cellsynth.io.images import write_image
+
+    square = {"type": "Feature", "properties": {"objectType": "annotation"},
+              "geometry": {"type": "Polygon",
+                           "coordinates": [[[2, 3], [8, 3], [8, 9], [2, 9], [2, 3]]]}}
+    root = tmp_path / "ds"
+    (root / "labels").mkdir(parents=True)
+    (root / "images").mkdir()
+    for name in ("a", "b"):
+        (root / "labels" / f"{name}.geojson").write_text(
+            json.dumps({"type": "FeatureCollection", "features": [square]}))
+    write_image(root / "images" / "a.png", np.zeros((20, 30), np.uint8))  # b: no image
+    layers = napari_plugin.read_layers(str(root / "labels"))
+    assert [(kw["name"], kind, data.shape) for data, kw, kind in layers] == [
+        ("a labels", "labels", (20, 30)), ("b labels", "labels", (9, 8))]
+    expected = np.zeros((9, 8), np.uint32)
+    expected[3:9, 2:8] = 1  # the pixels whose centres lie inside the square
+    np.testing.assert_array_equal(layers[0][0][:9, :8], expected)
+    np.testing.assert_array_equal(layers[1][0], expected)
+
+
 def test_napari_opens_a_dataset_and_a_prediction_through_the_plugin(tmp_path):
     """napari itself (its viewer model: no window, no Qt) finds the plugin through the
     package's entry point and opens our folders as Image + Labels layers at our scale."""

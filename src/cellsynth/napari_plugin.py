@@ -99,6 +99,29 @@ def _folder_pixel_size(folder: Path) -> float | None:
     return float(stated) if isinstance(stated, (int, float)) and stated > 0 else None
 
 
+def _outline_shape(labels_folder: Path, image_id: str, file: Path) -> tuple[int, int] | None:
+    """The size to draw a QuPath outline file of a ``labels/`` folder opened alone at: its
+    image's, beside the folder (``images/<id>.*``), else what holds every outline; None for
+    a label image, which has its own."""
+    from cellsynth.io.images import GEOJSON_SUFFIX
+
+    if file.suffix.lower() != GEOJSON_SUFFIX:
+        return None
+    from cellsynth.errors import CellsynthError
+    from cellsynth.io.datasets import IMAGE_FOLDERS, files_by_id, sub_folder
+    from cellsynth.io.geojson import geojson_extent
+    from cellsynth.io.sections import open_image
+
+    images = sub_folder(labels_folder.parent, IMAGE_FOLDERS)
+    image = files_by_id(images).get(image_id) if images is not None else None
+    if image is not None:
+        try:
+            return tuple(int(n) for n in open_image(image).shape[:2])
+        except (OSError, ValueError, CellsynthError):
+            pass  # (an unreadable image: the outlines still show)
+    return geojson_extent(file)
+
+
 def _scale(pixel_size_um: float | None) -> dict[str, Any]:
     """A layer's scale and the metadata that keeps its pixel size (napari's scale 1 says
     nothing)."""
@@ -170,12 +193,11 @@ def read_layers(path: str | list[str]) -> list[tuple]:
             from cellsynth.io.datasets import files_by_id
             from cellsynth.io.images import LABEL_SUFFIXES
 
-            files = files_by_id(p, suffixes=tuple(x for x in LABEL_SUFFIXES
-                                                  if x != ".geojson"))
+            files = files_by_id(p, suffixes=LABEL_SUFFIXES)
             scale = _scale(_folder_pixel_size(p.parent))  # (its dataset's or prediction's)
             for image_id, file in list(files.items())[:_MAX_IMAGES]:
-                layers.append((read_labels(file), {"name": f"{image_id} labels", **scale},
-                               "labels"))
+                layers.append((read_labels(file, shape=_outline_shape(p, image_id, file)),
+                               {"name": f"{image_id} labels", **scale}, "labels"))
         elif kind == "dataset":
             from cellsynth.io.datasets import check_label_sizes
 

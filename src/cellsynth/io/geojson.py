@@ -35,7 +35,8 @@ import numpy as np
 from cellsynth.errors import ImageReadError
 from cellsynth.io.images import GEOJSON_SUFFIX
 
-__all__ = ["GEOJSON_SUFFIX", "GEOMETRIES", "read_geojson_labels", "read_geojson_regions"]
+__all__ = ["GEOJSON_SUFFIX", "GEOMETRIES", "geojson_extent", "read_geojson_labels",
+           "read_geojson_regions"]
 
 GEOMETRIES = ("cell", "nucleus")  # which outline of a QuPath cell becomes the label
 _CELL_TYPES = ("detection", "cell")  # QuPath objectType values of segmented objects
@@ -214,6 +215,17 @@ def _cells_and_regions(path: Path) -> tuple[list[dict[str, Any]], list[dict[str,
     if key is not None:
         _LAST.update(key=key, parsed=parsed)
     return parsed
+
+
+def geojson_extent(path: str | Path) -> tuple[int, int]:
+    """(H, W) that holds every cell and region of a GeoJSON file, from (0, 0): the size to
+    draw it at where its image is not at hand (a viewer opening a folder of outlines)."""
+    cells, regions, _ = _cells_and_regions(Path(path))
+    rings = [ring for feature in (*cells, *regions) for ring in _outer_rings(feature)]
+    if not rings:
+        return 1, 1
+    x, y = np.concatenate(rings).max(axis=0)
+    return max(1, int(np.ceil(y))), max(1, int(np.ceil(x)))
 
 
 def read_geojson_regions(path: str | Path, shape: tuple[int, int]
