@@ -443,3 +443,37 @@ def test_cellsynth_alone_prints_its_commands(capsys):
 
     assert re.search(r"^ +init +write a pipeline config", err, re.M)
     assert re.search(r"^ +run +run the whole pipeline from a YAML config", err, re.M)
+
+
+def test_out_dot_writes_or_is_refused_up_front_never_a_traceback(tmp_path, capsys,
+                                                                  monkeypatch):
+    """`--out .` failed after the work with a traceback ('PosixPath('.') has an empty name'):
+    a run folder now fills the folder one is in; a command that swaps its folder in whole
+    (or --force, which moves a run aside) is refused before any work, naming the folder."""
+    from cellsynth.io.datasets import load_dataset
+
+    sim = tmp_path / "sim"
+    assert main(["simulate", "--preset", "fluo", "--n", "2", "--size", "64", "--out",
+                 str(sim), "--quiet"]) == 0
+    here = tmp_path / "project"
+    (here / "sub").mkdir(parents=True)
+    monkeypatch.chdir(here)
+    for out in (".", ".."):
+        capsys.readouterr()
+        monkeypatch.chdir(here / "sub" if out == ".." else here)
+        assert main(["simulate", "--preset", "fluo", "--n", "1", "--size", "48", "--out",
+                     out, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"cellsynth simulate: error: --out {out}: is the folder you are "
+                              f"in") and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project", "sim"]  # nothing staged
+    assert [p.name for p in here.iterdir()] == ["sub"]
+    monkeypatch.chdir(here / "sub")
+    assert main(["train", "--data", str(sim), "--out", ".", "--steps", "1", "--crop", "32",
+                 "--batch", "1", "--model", "tiny_u22", "--quiet"]) == 0
+    assert (here / "sub" / "last.pt").is_file() and (here / "sub" / "run.json").is_file()
+    assert main(["train", "--data", str(sim), "--out", ".", "--steps", "1", "--crop", "32",
+                 "--batch", "1", "--model", "tiny_u22", "--quiet", "--force"]) == 2
+    assert "is moved aside by --force" in capsys.readouterr().err
+    assert (here / "sub" / "last.pt").is_file()
+    assert len(load_dataset(sim)) == 2

@@ -105,6 +105,35 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
 LOG_BAR_INTERVAL_S = 30  # progress-bar updates when stderr is not a terminal
 
 
+# commands whose output folder is written whole in a staging folder and swapped in at the
+# end (a run folder, by contrast, is filled in place and resumed)
+_SWAPPED_IN = ("simulate", "predict", "export", "generate")
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """``--out .`` (or ``..``): the absolute folder, whose name the staging and the backups
+    of a replaced run are named after (``.`` has none: every such command failed with a
+    traceback after its work). A folder the shell is in (or holds it) cannot be swapped in
+    or moved aside (``--force``): refused up front, in one line."""
+    out = getattr(args, "out", None)
+    if not isinstance(out, Path):
+        return
+    typed = out
+    if out.name in ("", ".", ".."):
+        args.out = out = Path(os.path.abspath(out))
+    try:
+        here, resolved = Path.cwd().resolve(), out.resolve()
+    except OSError:
+        return
+    if (resolved == here or resolved in here.parents) and (
+            args.command in _SWAPPED_IN or getattr(args, "force", False)):
+        how = ("is written whole and swapped in at the end" if args.command in _SWAPPED_IN
+               else "is moved aside by --force")
+        raise CellsynthError(f"--out {typed}: is the folder you are in (or holds it), and the "
+                             f"output folder {how}; name a new folder, e.g. --out "
+                             f"{args.command}-out")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -126,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     terminate = (signal.signal(signal.SIGTERM, _terminate_as_interrupt)
                  if threading.current_thread() is threading.main_thread() else None)
     try:
+        _check_out(args)
         with _output(args.command, getattr(args, "quiet", False)):
             return int(args.func(args) or 0)
     except BrokenPipeError:  # the reader went away (`| head`): nothing left to say, to anyone
