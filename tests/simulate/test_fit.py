@@ -201,9 +201,34 @@ def test_cli_reads_no_label_file_and_its_yaml_simulates(tmp_path, monkeypatch, c
     before = out.read_text()
     argv = ["fit-simulator", "--real", str(real), "--preset", "he", "--out", str(out),
             "--pixel-size", str(PX), "--seed", "3"]
-    _one_line_error(capsys, argv, "exists (use --force")
+    _one_line_error(capsys, argv, "exists; choose another name or pass --force")
     assert out.read_text() == before
     assert main(argv + ["--force"]) == 0 and "seed 3" in out.read_text()
+
+
+def test_the_fit_is_not_written_among_the_images_it_reads(tmp_path, capsys):
+    """`--out REAL/fitted.yaml` on a flat folder of images put fitted-preview.png (real |
+    fitted | base, 3 channels) beside them, and every later command read it as one more real
+    image; refused before the fit, as predict and evaluate refuse their outputs there. A
+    dataset folder's root (images in images/) stays a fine place for it."""
+    import shutil
+
+    from cellsynth.simulate import write_simulation
+
+    write_simulation(preset("fluo"), n=2, size=96, seed=0, out=tmp_path / "sim",
+                     progress=False)
+    flat = shutil.copytree(tmp_path / "sim" / "images", tmp_path / "flat")
+    before = sorted(p.name for p in flat.iterdir())
+    argv = ["fit-simulator", "--real", str(flat), "--preset", "fluo", "--out",
+            str(flat / "fitted.yaml"), "--pixel-size", "0.5"]
+    _one_line_error(capsys, argv, "lies in the input")
+    assert sorted(p.name for p in flat.iterdir()) == before
+    dataset = tmp_path / "ds"
+    shutil.copytree(flat, dataset / "images")  # (the same images in a dataset's folder)
+    assert main(["fit-simulator", "--real", str(dataset), "--preset", "fluo", "--out",
+                 str(dataset / "fitted.yaml"), "--pixel-size", "0.5", "--quiet"]) == 0
+    assert sorted(p.name for p in (dataset / "images").iterdir()) == before
+    assert (dataset / "fitted-preview.png").is_file()
 
 
 def test_cli_fits_from_a_base_config_and_keeps_its_overrides(tmp_path, capsys):

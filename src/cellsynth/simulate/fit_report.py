@@ -198,7 +198,15 @@ def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | 
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(f"{out}: the fitted preset is written as YAML; name it *.yaml")
     _f._check_choices(spread, stains)
-    if out.exists() and not force:
+    preview = out.with_name(out.stem + "-preview.png")
+    if not isinstance(real, (list, tuple)):
+        from cellsynth.io.files import check_output_file
+
+        # (a preview in a folder of images was read as one more real image by every later
+        # command: refused there, as predict and evaluate refuse their outputs)
+        for path in (out, preview):
+            check_output_file(path, force=force, inputs=(real,))
+    elif out.exists() and not force:
         from cellsynth.errors import OutputExistsError
 
         raise OutputExistsError(f"{out}: exists (use --force to replace it)")
@@ -223,6 +231,5 @@ def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | 
     with atomic_path(out) as tmp:
         tmp.write_text(header + yaml.safe_dump(_f.config_override(fit.config),
                                                sort_keys=False))
-    preview = out.with_name(out.stem + "-preview.png")
     write_image(preview, _preview(loaded, fit, seed))
     return {"fit": fit, "table": format_fit(fit), "yaml": out, "preview": preview}
