@@ -327,7 +327,7 @@ def test_predict_killed_with_sigkill_resumes_at_the_rows_it_finished(tmp_path,
     done = len(list(cache.glob("row*.npz")))
     result = _run(args + ["--out", str(out)])  # no --force: nothing was published
     assert result.returncode == 0, result.stderr[-2000:]
-    said = f"continuing a prediction that was stopped ({done} rows of tiles done)"
+    said = f"s.tif: {done} rows of tiles already predicted"
     assert said in result.stderr, result.stderr[-2000:]
     assert reference.wait(timeout=300) == 0, reference.communicate()[1][-2000:]
     labels = read_labels(out / "labels" / "s.tif")
@@ -351,7 +351,7 @@ def test_predict_stopped_with_sigterm_says_so_and_continues(tmp_path, trained_de
                                             "continues (finished rows of tiles are kept)")
     result = _run(args)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "continuing a prediction that was stopped" in result.stderr
+    assert "rows of tiles already predicted" in result.stderr
 
 
 def test_predict_parts_in_processes_at_once_give_the_labels_of_one(tmp_path, trained_detector):
@@ -387,6 +387,40 @@ def test_predict_parts_in_processes_at_once_give_the_labels_of_one(tmp_path, tra
     bad = _run(args + ["--out", str(tmp_path / "x"), "--part", "3/2"])
     assert bad.returncode == 2 and "expected I/N with 1 <= I <= N" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_rows_of_a_replaced_checkpoint_are_not_reused(tmp_path, trained_detector):
+    """Rows predicted by a part (or a stopped run) were reused after the detector in the same
+    folder was trained again (`train --force`: same path, same step), mixing two models'
+    cells with a note saying it continued; the checkpoint's size and time are in the key."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from cellsynth.io.images import read_labels
+
+    run = shutil.copytree(trained_detector[0], tmp_path / "det")
+    args = _section_predict(tmp_path, run)
+    out = tmp_path / "out"
+    part = _run(args + ["--out", str(out), "--part", "1/2"])
+    assert part.returncode == 0, part.stderr[-2000:]
+    checkpoint = run / ("best.pt" if (run / "best.pt").is_file() else "last.pt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    generator = torch.Generator().manual_seed(0)
+    for name, value in state["model"].items():  # another model of the same step
+        if value.is_floating_point() and value.ndim == 4:
+            value += 0.2 * value.std() * torch.randn(value.shape, generator=generator)
+    torch.save(state, checkpoint)
+    resumed = _run(args + ["--out", str(out)])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "already predicted" not in resumed.stderr
+    fresh = _run(args + ["--out", str(tmp_path / "fresh")])
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    tiles = json.loads((out / "meta.json").read_text())["images_pixel_size_um"]["s"]["tiles"]
+    assert tiles["stored"] == 0 and tiles["predicted"] == 9
+    assert np.array_equal(read_labels(out / "labels" / "s.tif"),
+                          read_labels(tmp_path / "fresh" / "labels" / "s.tif"))
 
 
 def test_predict_parts_with_tta_split_every_views_rows(tmp_path, trained_detector):

@@ -62,6 +62,7 @@ from cellsynth.segment.tiles import (
     contours_to_labels,
     open_large_image,
 )
+from cellsynth.segment.tta import VIEWS
 from cellsynth.viz import contour_overlay
 
 __all__ = ["predict_folder", "detections_table", "faint_cut", "quantize_detector"]
@@ -302,6 +303,15 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
     return found
 
 
+def _file_identity(path: str | os.PathLike) -> list[int] | None:
+    """(size, mtime in ns) of a file, None where it is not one."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
                    *, tile: int | None = None, overlap: int = 96, batch: int | None = None,
                    score_thresh: float | None = None, device: str = "cpu", force: bool = False,
@@ -401,6 +411,9 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         stat = path.stat()
         store = ProposalStore(cache / image_id, {
             "detector": detector.source, "step": detector.step,
+            # (which file: a detector trained again into the same folder, --force, has the
+            # same path and maybe the same step, and its rows were mixed with the old ones')
+            "checkpoint": _file_identity(detector.source),
             "precision": detector.precision,
             "image": str(path.resolve()), "bytes": stat.st_size,
             "mtime_ns": stat.st_mtime_ns, "level": level, "tile": tile,
@@ -419,15 +432,19 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         (root / layout.LABELS).mkdir()
         (root / layout.DETECTIONS).mkdir()  # (overlays/: made with the first overlay, so
         # a prediction of whole sections alone, which get none, has no empty folder)
-        rows_done = len(list(cache.glob("*/row*.npz")))
-        if rows_done:
-            announce(f"{out}: continuing a prediction that was stopped "
-                     f"({rows_done} rows of tiles done)")
         with tqdm(total=0, desc="predict", unit="tile", disable=not progress) as bar:
             for n_done, (image_id, path) in enumerate(inputs):
                 bar.set_postfix_str(f"image {n_done + 1}/{len(inputs)}")
                 image, lazy, px, store = opened(image_id, path)
                 multi |= len(image.shape) == 3 and int(image.shape[2]) > 1
+                # (counted once the stores dropped rows made with another key; with TTA
+                # each view has its store)
+                views = ([store.variant(f"tta{i}") for i in range(len(VIEWS))] if tta
+                         else [store])
+                rows_done = sum(len(list(view.folder.glob("row*.npz"))) for view in views)
+                if rows_done:
+                    announce(f"{path.name}: {rows_done} rows of tiles already predicted (by a "
+                             f"stopped run of this command, or by --part), not again")
                 count = TileCount()
                 labels, id_scores = predict_image(
                     detector, image, tile=tile, overlap=overlap, batch=batch,
