@@ -37,6 +37,37 @@ def test_pixel_size_from_ome_imagej_and_ome_zarr(tmp_path):
     assert read_pixel_size(tmp_path / "missing.tif") is None
 
 
+def test_pixels_that_are_not_square_are_said_and_a_microscopes_inches_are_read(tmp_path):
+    """PhysicalSizeY (and YResolution, a y scale) went unread: a 0.5 x 1.0 um pixel was
+    taken as square without a word, areas in um² half what they are. And a TIFF stating its
+    resolution in pixels per inch at a microscope's size (50800 dpi = 0.5 um) had none."""
+    image = np.zeros((32, 32), np.uint16)
+    tifffile.imwrite(tmp_path / "a.ome.tif", image, metadata={
+        "axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": 1.0, "PhysicalSizeYUnit": "µm"})
+    with pytest.warns(UserWarning, match=r"a\.ome\.tif: pixels are 0\.5 x 1 um \(not square\); "
+                                         r"taken as 0\.5 um along both axes"):
+        assert read_pixel_size(tmp_path / "a.ome.tif") == 0.5
+    tifffile.imwrite(tmp_path / "b.tif", image, resolution=(1e4 / 0.5, 1e4 / 0.25),
+                     resolutionunit="CENTIMETER")
+    with pytest.warns(UserWarning, match="pixels are 0.5 x 0.25 um"):
+        assert read_pixel_size(tmp_path / "b.tif") == pytest.approx(0.5)
+    tifffile.imwrite(tmp_path / "c.tif", image, resolution=(50800, 50800),
+                     resolutionunit="INCH")
+    assert read_pixel_size(tmp_path / "c.tif") == pytest.approx(0.5)
+    tifffile.imwrite(tmp_path / "d.tif", image, resolution=(300, 300), resolutionunit="INCH")
+    assert read_pixel_size(tmp_path / "d.tif") is None  # a printer's 300 dpi: 85 um, not read
+    root = zarr.open_group(str(tmp_path / "e.zarr"), mode="w")
+    root.create_array("0", data=image)
+    root.attrs["multiscales"] = [{"axes": [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [2.0, 1.0]}]}]}]
+    with pytest.warns(UserWarning, match="pixels are 1 x 2 um"):
+        assert read_pixel_size(tmp_path / "e.zarr") == 1.0
+
+
 @pytest.mark.parametrize("factor", [2.0, 0.5, 0.346])
 def test_rescaled_windows_line_up_with_the_whole(factor):
     rng = np.random.default_rng(0)

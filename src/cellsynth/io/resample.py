@@ -5,8 +5,9 @@ it before prediction and the cells are drawn back at the image's own resolution.
 size comes from an explicit option, a dataset's meta.json, or the file: OME-TIFF
 (``PhysicalSizeX``), ImageJ TIFF (``XResolution`` with unit micron) or OME-Zarr (the
 ``scale`` of the level's coordinate transformation) or TIFF resolution tags in pixels per
-centimetre (what cellsynth writes); resolution in inches (often a meaningless 72 dpi) is not
-trusted.
+centimetre (what cellsynth writes) or inch, the latter only at a microscope's sizes (<= 10 um
+per pixel: a screenshot's meaningless 72 dpi is 353 um). cellsynth works on square pixels; a
+file whose pixels are not is read at its x size, with a warning.
 """
 
 from __future__ import annotations
@@ -67,24 +68,63 @@ def _tiff_pixel_size(path: Path, level: int = 0) -> float | None:
         return size * levels[0].shape[axis] / levels[level].shape[axis]
 
 
+def _square(path: str, x: float, y: float | None) -> float:
+    """``x``, saying once where a file states another size along y: cellsynth works on
+    square pixels, so cells would be measured and resampled stretched."""
+    if y is not None and y > 0 and abs(y / x - 1.0) > 0.01:
+        import warnings
+
+        warnings.warn(f"{path}: pixels are {x:g} x {y:g} um (not square); taken as {x:g} um "
+                      f"along both axes, so cells look {y / x:.2g}x as tall as they are: "
+                      f"resample the image to square pixels first", stacklevel=2)
+    return x
+
+
+def _ome_size(metadata: str, axis: str) -> float | None:
+    match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', metadata)
+    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', metadata)
+    if not match:
+        return None
+    scale = _UM_PER_UNIT.get(unit.group(1).lower() if unit else "µm")
+    return float(match.group(1)) * scale if scale else None
+
+
+# TIFF resolution units: 2 inch, 3 centimetre; an inch-based size counts only where it is a
+# microscope's (a screenshot's 72 or 300 dpi is 353 or 85 um per pixel)
+_UM_PER_RESOLUTION_UNIT = {2: 25400.0, 3: 1e4}
+_MAX_INCH_PIXEL_UM = 10.0
+
+
+def _resolution_size(page: Any, unit: int, name: str) -> float | None:
+    tag = page.tags.get(name)
+    if tag is None:
+        return None
+    numerator, denominator = tag.value
+    if numerator <= 0:
+        return None
+    size = _UM_PER_RESOLUTION_UNIT[unit] * denominator / numerator
+    return None if unit == 2 and size > _MAX_INCH_PIXEL_UM else size
+
+
 def _tiff_level0_pixel_size(tif: Any) -> float | None:
+    where = str(tif.filehandle.path)
     if tif.ome_metadata:
-        match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-        if match:
-            scale = _UM_PER_UNIT.get(unit.group(1).lower() if unit else "µm")
-            return float(match.group(1)) * scale if scale else None
+        x = _ome_size(tif.ome_metadata, "X")
+        if x is not None:
+            return _square(where, x, _ome_size(tif.ome_metadata, "Y"))
+        if re.search(r'PhysicalSizeX="', tif.ome_metadata):
+            return None  # (a unit it does not know)
     page = tif.pages[0]
     if tif.is_svs:  # Aperio: "...|MPP = 0.2520|..." in the description
         match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
         if match and float(match.group(1)) > 0:
             return float(match.group(1))
     unit = page.tags.get("ResolutionUnit")
-    tag = page.tags.get("XResolution")
-    if unit is not None and int(unit.value) == 3 and tag is not None:  # pixels per cm
-        numerator, denominator = tag.value
-        if numerator > 0:
-            return 1e4 * denominator / numerator
+    unit = int(unit.value) if unit is not None else None
+    if unit in _UM_PER_RESOLUTION_UNIT:  # pixels per cm or inch
+        x = _resolution_size(page, unit, "XResolution")
+        if x is not None:
+            return _square(where, x, _resolution_size(page, unit, "YResolution"))
     if tif.imagej_metadata:
         unit = str(tif.imagej_metadata.get("unit", "")).lower()
         tag = tif.pages[0].tags.get("XResolution")
@@ -114,7 +154,11 @@ def _zarr_pixel_size(path: Path, level: int) -> float | None:
             i = names.index("x")
             unit = axes[i].get("unit", "micrometer") if isinstance(axes[i], dict) else "µm"
             scale = _UM_PER_UNIT.get(str(unit).lower())
-            return float(transform["scale"][i]) * scale if scale else None
+            if not scale:
+                return None
+            y = (float(transform["scale"][names.index("y")]) * scale if "y" in names
+                 else None)  # (in the same unit: OME-Zarr's axes share one)
+            return _square(str(path), float(transform["scale"][i]) * scale, y)
     return None
 
 
