@@ -68,6 +68,22 @@ def test_dataset_folder_and_labels_only_folder_as_prediction(gt_dir, tmp_path, i
     assert total.f1_avg == 1.0 and total.tp == (3,) * 9
 
 
+def test_a_predictions_ome_zarr_labels_are_scored(gt_dir, tmp_path):
+    """predict writes a section above 8192² as labels/<id>.ome.zarr (`--labels auto`), and
+    evaluate refused its own output: "not a file"."""
+    from cellsynth.io.ome_zarr import write_labels_zarr
+
+    pred = tmp_path / "pred"
+    (pred / "labels").mkdir(parents=True)
+    write_labels_zarr(pred / "labels" / "a.ome.zarr", shifted(labels_a(), 2) * 3,
+                      pixel_size_um=0.5)
+    write_labels(pred / "labels" / "b.tif", labels_b())
+    result = evaluate_folders(gt_dir, pred)
+    assert (result.total.n_images, result.total.n_gt, result.total.n_pred) == (2, 3, 3)
+    assert result.per_image["a"].tp[0] == 2 and result.per_image["a"].tp[-1] == 0
+    assert result.per_image["b"].tp == (1,) * 9
+
+
 def test_an_images_folder_given_for_labels_is_refused_not_scored(gt_dir):
     """--gt DATASET/images (or --pred RUN/overlays): intensities would be read as label
     maps and scored as a few huge cells (F1 0, no error); one line names the right folder."""

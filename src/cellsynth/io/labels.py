@@ -40,9 +40,9 @@ def _read_cellpose_seg(path: Path) -> np.ndarray:
 
 def read_labels(path: str | os.PathLike, *, shape: tuple[int, int] | None = None,
                 geojson_geometry: str = "cell") -> np.ndarray:
-    """Read and validate an instance label map (an image file, Cellpose's ``x_seg.npy``, or
-    QuPath's polygons as ``.geojson``, drawn at ``shape``, the image's (H, W), which a
-    GeoJSON file does not state; ``geojson_geometry``: which outline of a QuPath cell,
+    """Read and validate an instance label map (an image file, Cellpose's ``x_seg.npy``, an
+    OME-Zarr label group's finest level, or QuPath's polygons as ``.geojson``, drawn at
+    ``shape``, the image's (H, W), which a GeoJSON file does not state; ``geojson_geometry``: which outline of a QuPath cell,
     "cell" or "nucleus", see :mod:`cellsynth.io.geojson`).
 
     Returns
@@ -58,9 +58,13 @@ def read_labels(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
 
         return read_geojson_labels(path, shape, geometry=geojson_geometry)
     from cellsynth.io.images import _read_array
+    from cellsynth.io.ome_zarr import is_ome_zarr, read_labels_zarr
 
-    labels = (_read_cellpose_seg(path) if path.name.endswith(CELLPOSE_SEG_SUFFIX)
-              else _read_array(path))
+    if path.is_dir() and is_ome_zarr(path):  # (predict writes a large section's labels so)
+        labels = read_labels_zarr(path)[0]
+    else:
+        labels = (_read_cellpose_seg(path) if path.name.endswith(CELLPOSE_SEG_SUFFIX)
+                  else _read_array(path))
     if labels.ndim == 3 and labels.shape[-1] == 1:
         labels = labels[..., 0]
     if labels.ndim != 2:
