@@ -306,6 +306,18 @@ def test_predict_refuses_bad_options_in_one_line(model, tmp_path, capsys, args, 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_tile_barely_larger_than_its_overlap_is_said_with_its_cost(model, tmp_path):
+    """--tile 100 beside the default --overlap 96 steps tiles by 4 px: each pixel predicted
+    ~625 times (48 min for a megapixel where 4 s would do), and nothing said."""
+    run, sim = model
+    _one_image(sim, tmp_path / "plain")
+    with pytest.warns(UserWarning, match=r"--tile 100 with --overlap 96: tiles step by 4 px, "
+                                         r"so each pixel is predicted about 625 times; "
+                                         r"--tile 192 or more"):
+        predict_folder(run, tmp_path / "plain", tmp_path / "out", tile=100, overlap=96,
+                       score_thresh=0.5, precision="fp32", progress=False)
+
+
 def test_predict_names_a_refiner_run_and_a_truncated_checkpoint(model, tmp_path):
     from cellsynth.errors import CellsynthError
 
@@ -518,6 +530,30 @@ def test_areas_in_um2_at_the_models_pixel_size_where_the_image_states_none(model
     for row in rows:
         assert float(row["area_um2"]) == pytest.approx(areas[int(row["id"])] * 0.25, abs=1e-3)
         assert (row["pixel_size_um"], row["pixel_size"]) == ("0.5", "assumed")
+
+
+def test_a_pixel_size_given_against_the_files_own_is_said(model, tmp_path):
+    """--pixel-size 1.0 on a file stating 0.5 um/px resampled it 2x and made every area 4x
+    without a word; it is still used (the user may know the metadata is wrong), and said."""
+    import csv
+    import warnings
+
+    run, sim = model
+    _recorded(run, tmp_path / "px.pt", pixel_size_um=0.5)
+    folder = tmp_path / "stated"
+    folder.mkdir()
+    write_image(folder / "a.tif", read_image(sorted((sim / "images").iterdir())[0]),
+                pixel_size_um=0.5)
+    with pytest.warns(UserWarning, match=r"a\.tif: states 0\.5 um/px; --pixel-size 1 is used "
+                                         r"instead"):
+        predict_folder(tmp_path / "px.pt", folder, tmp_path / "out", pixel_size_um=1.0,
+                       score_thresh=0.5, precision="fp32", progress=False)
+    with open(tmp_path / "out" / "detections" / "a.csv") as f:
+        assert {row["pixel_size_um"] for row in csv.DictReader(f)} == {"1"}
+    with warnings.catch_warnings():  # the same size as the file's: nothing to say
+        warnings.simplefilter("error")
+        predict_folder(tmp_path / "px.pt", folder, tmp_path / "same", pixel_size_um=0.5,
+                       score_thresh=0.5, precision="fp32", progress=False)
 
 
 def test_inspect_describes_a_prediction_folder(model, tmp_path, monkeypatch, capsys):

@@ -373,6 +373,12 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     tile, batch = tiling(detector, tile, batch)
     if overlap >= tile:  # the tile given, or the default one
         raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
+    if 2 * overlap > tile:  # (--tile 100 beside the default overlap: 48 min for 1 MP, not 4 s)
+        warnings.warn(f"--tile {tile} with --overlap {overlap}: tiles step by "
+                      f"{tile - overlap} px, so each pixel is predicted about "
+                      f"{(tile / (tile - overlap)) ** 2:.0f} times; --tile {2 * overlap} or "
+                      f"more (or a smaller --overlap) is about "
+                      f"{(tile / (tile - overlap)) ** 2 / 4:.0f}x faster", stacklevel=2)
     configure_threads()
     cut = (faint_cut(faint_from, faint_percentile, detector)
            if faint_from is not None and part is None else None)  # (a part paints nothing)
@@ -396,6 +402,13 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
         image, lazy = _open(path, level, _channel(detector, channel))
         px = (_at_level(pixel_size_um or folder_px, path, image, level)
               or read_pixel_size(path, level=level))
+        if pixel_size_um and px and "given" not in said:
+            own = read_pixel_size(path, level=level)
+            if own and abs(own / px - 1.0) > 0.01:  # (a typo, or the file's metadata wrong)
+                said.add("given")
+                warnings.warn(f"{path.name}: states {own:g} um/px; --pixel-size "
+                              f"{pixel_size_um:g} is used instead (the resampling to the "
+                              f"model and the areas in um² follow it)", stacklevel=3)
         if px is None and detector.pixel_size_um is not None and "px" not in said:
             said.add("px")
             warnings.warn(f"{images}: pixel size of {path.name} unknown (no --pixel-size, "
