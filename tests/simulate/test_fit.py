@@ -665,3 +665,19 @@ def test_a_whole_section_saved_as_uint16_measures_as_its_uint8_copy(tmp_path, mo
     for key in ("cell_stain", "background_stain", "noise", "density", "diameter_um"):
         assert stats["u16"][key] == pytest.approx(stats["u8"][key], rel=1e-6), key
         assert stats["u12"][key] == pytest.approx(stats["u8"][key], rel=0.05), key
+
+
+def test_a_folder_mixing_gray_and_rgb_images_is_one_line(tmp_path, capsys):
+    """Two gray PNGs and one RGB PNG: the estimator stacked them and failed with a traceback
+    ('inhomogeneous shape'); each kind is named by one of its files."""
+    real = tmp_path / "mixed"
+    real.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        write_image(real / f"{name}.png", rng.integers(0, 255, (96, 96), dtype=np.uint8))
+    write_image(real / "c.png", rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    argv = ["fit-simulator", "--real", str(real), "--preset", "fluo", "--out",
+            str(tmp_path / "fit.yaml"), "--pixel-size", "0.5"]
+    err = _one_line_error(capsys, argv, "images of different kinds (")
+    assert "a.png has 1 channel, " in err and "c.png has 3 channels)" in err
+    assert not (tmp_path / "fit.yaml").exists()

@@ -144,6 +144,14 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
         if base.channels == 3 and raw.ndim != 3:
             raise DatasetError(f"{name}: a gray image, but preset {base.preset!r} "
                                f"({base.color}) needs RGB images")
+    kinds: dict[int, str] = {}  # channels -> the first image with so many
+    for name, raw, _, _ in parts:
+        kinds.setdefault(raw.shape[2] if raw.ndim == 3 else 1, name.split("[")[0])
+    if len(kinds) > 1:  # (the estimator stacked them: a traceback, "inhomogeneous shape")
+        said = ", ".join(f"{file} has {n} channel{'s' if n > 1 else ''}"
+                         for n, file in sorted(kinds.items()))
+        raise DatasetError(f"{where}: images of different kinds ({said}); fit on images of "
+                           f"one kind, converting or leaving out the others")
     from cellsynth.pipeline.stain import stain_mismatch
 
     wrong = stain_mismatch(base.color, [p[1] for p in parts][:_MAX_GUESS],
