@@ -408,7 +408,7 @@ def test_rows_of_a_replaced_checkpoint_are_not_reused(tmp_path, trained_detector
     checkpoint = run / ("best.pt" if (run / "best.pt").is_file() else "last.pt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     generator = torch.Generator().manual_seed(0)
-    for name, value in state["model"].items():  # another model of the same step
+    for value in state["model"].values():  # another model of the same step
         if value.is_floating_point() and value.ndim == 4:
             value += 0.2 * value.std() * torch.randn(value.shape, generator=generator)
     torch.save(state, checkpoint)

@@ -42,8 +42,9 @@ def read_labels(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
                 geojson_geometry: str = "cell") -> np.ndarray:
     """Read and validate an instance label map (an image file, Cellpose's ``x_seg.npy``, an
     OME-Zarr label group's finest level, or QuPath's polygons as ``.geojson``, drawn at
-    ``shape``, the image's (H, W), which a GeoJSON file does not state; ``geojson_geometry``: which outline of a QuPath cell,
-    "cell" or "nucleus", see :mod:`cellsynth.io.geojson`).
+    ``shape``, the image's (H, W), which a GeoJSON file does not state;
+    ``geojson_geometry``: which outline of a QuPath cell, "cell" or "nucleus", see
+    :mod:`cellsynth.io.geojson`).
 
     Returns
     -------
