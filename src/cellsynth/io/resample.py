@@ -81,8 +81,8 @@ def _square(path: str, x: float, y: float | None) -> float:
 
 
 def _ome_size(metadata: str, axis: str) -> float | None:
-    match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', metadata)
-    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', metadata)
+    match = re.search("PhysicalSize" + axis + r'="([0-9.eE+-]+)"', metadata)
+    unit = re.search("PhysicalSize" + axis + r'Unit="([^"]+)"', metadata)
     if not match:
         return None
     scale = _UM_PER_UNIT.get(unit.group(1).lower() if unit else "µm")
