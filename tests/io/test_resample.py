@@ -16,6 +16,17 @@ def test_pixel_scale_has_one_tolerance():
     assert pixel_scale(None, 0.5) == 1.0 and pixel_scale(0.5, None) == 1.0
 
 
+def _ome_zarr(path, image, scale_yx):
+    """An OME-Zarr image group of one level whose scale is ``scale_yx`` micrometres."""
+    root = zarr.open_group(str(path), mode="w")
+    root.create_array("0", data=image)
+    root.attrs["multiscales"] = [{"axes": [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": list(scale_yx)}]}]}]
+
+
 def test_pixel_size_from_ome_imagej_and_ome_zarr(tmp_path):
     image = np.zeros((32, 32), np.uint16)
     tifffile.imwrite(tmp_path / "a.ome.tif", image,
@@ -26,13 +37,7 @@ def test_pixel_size_from_ome_imagej_and_ome_zarr(tmp_path):
     assert read_pixel_size(tmp_path / "b.tif") == pytest.approx(0.25)
     tifffile.imwrite(tmp_path / "c.tif", image, resolution=(72, 72))  # a default 72 dpi
     assert read_pixel_size(tmp_path / "c.tif") is None
-    root = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
-    root.create_array("0", data=image)
-    root.attrs["multiscales"] = [{"axes": [
-        {"name": "y", "type": "space", "unit": "micrometer"},
-        {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, 1.0]}]}]}]
+    _ome_zarr(tmp_path / "d.zarr", image, (1.0, 1.0))
     assert read_pixel_size(tmp_path / "d.zarr") == 1.0
     assert read_pixel_size(tmp_path / "missing.tif") is None
 
@@ -57,13 +62,7 @@ def test_pixels_that_are_not_square_are_said_and_a_microscopes_inches_are_read(t
     assert read_pixel_size(tmp_path / "c.tif") == pytest.approx(0.5)
     tifffile.imwrite(tmp_path / "d.tif", image, resolution=(300, 300), resolutionunit="INCH")
     assert read_pixel_size(tmp_path / "d.tif") is None  # a printer's 300 dpi: 85 um, not read
-    root = zarr.open_group(str(tmp_path / "e.zarr"), mode="w")
-    root.create_array("0", data=image)
-    root.attrs["multiscales"] = [{"axes": [
-        {"name": "y", "type": "space", "unit": "micrometer"},
-        {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [2.0, 1.0]}]}]}]
+    _ome_zarr(tmp_path / "e.zarr", image, (2.0, 1.0))
     with pytest.warns(UserWarning, match="pixels are 1 x 2 um"):
         assert read_pixel_size(tmp_path / "e.zarr") == 1.0
 
