@@ -418,6 +418,29 @@ def test_predict_takes_a_single_image_file(model, tmp_path):
         predict_folder(run, run / "config.yaml", tmp_path / "out2", progress=False)
 
 
+def test_an_array_channels_first_or_with_nan_is_said_by_predict_image(model):
+    """The API takes arrays as the readers take files: (3, H, W), as torch and ImageJ order
+    them, gives the labels of (H, W, 3) with a warning (it gave (3, W) labels before); NaN
+    is one line naming the problem (it was a bare AssertionError in the model)."""
+    from cellsynth.errors import ImageReadError
+
+    run, sim = model
+    gray = read_image(sorted((sim / "images").iterdir())[0])
+    detector = load_detector(run, precision="fp32")
+    rgb = np.stack([gray] * 3, axis=-1)
+    expected = predict_image(detector, rgb, score_thresh=0.5)
+    assert expected.shape == gray.shape and expected.max() >= 3
+    with pytest.warns(UserWarning, match=r"taken as channels first \(C, H, W\)"):
+        first = predict_image(detector, np.moveaxis(rgb, -1, 0), score_thresh=0.5)
+    assert np.array_equal(first, expected)
+    holed = gray.astype(np.float32)
+    holed[:3, :5] = np.nan
+    with pytest.raises(ImageReadError, match="image: image contains 15 NaN/inf values"):
+        predict_image(detector, holed)
+    with pytest.raises(ImageReadError, match=r"shape \(1, 2, 8, 8\)"):
+        predict_image(detector, np.zeros((1, 2, 8, 8), np.uint8))
+
+
 def _disk_image(shape, centres, radius):
     yy, xx = np.mgrid[:shape[0], :shape[1]]
     image = np.full(shape, 20, np.uint8)

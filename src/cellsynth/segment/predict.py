@@ -8,6 +8,7 @@ labels, overlays and cell tables written) are :mod:`cellsynth.segment.folders`.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from cellsynth.config import from_dict
 from cellsynth.errors import CellsynthError, ConfigError, ImageReadError
 from cellsynth.hardware import announce, choose_precision, resolve_device
-from cellsynth.io.images import match_channels, select_channel
+from cellsynth.io.images import channels_last, guess_axes, match_channels, select_channel
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
 from cellsynth.io.resample import Rescaled, pixel_scale
 from cellsynth.pipeline import layout
@@ -261,6 +262,7 @@ def predict_image(detector: Detector, image: Any, *, tile: int | None = None,
     ``faint``: drop the detections fainter than this cut, measured on annotated images
     (:mod:`cellsynth.segment.faint`; ``count.faint`` counts them).
     """
+    image = _as_image(image, where)
     contours, scores, offset = image_proposals(
         detector, image, tile=tile, overlap=overlap, batch=batch, score_thresh=score_thresh,
         device=device, where=where, channel=channel, pixel_size_um=pixel_size_um,
@@ -302,6 +304,7 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
     return no proposals: another call, without ``part``, then finds them all there."""
     if part is not None and store is None:
         raise ValueError("part needs a store: the rows it predicts are kept there")
+    image = _as_image(image, where)
     image = _select(image, detector, channel, where)
     tile, batch = tiling(detector, tile, batch)
     low, high = value_range if value_range is not None else \
@@ -346,6 +349,30 @@ def image_proposals(detector: Detector, image: Any, *, tile: int | None = None,
         if count is not None:
             count.faint += dropped
     return contours, scores, offset
+
+
+def _as_image(image: Any, where: str) -> Any:
+    """``image`` as (H, W) or (H, W, C), checked as the file readers check what they read,
+    for arrays handed to the API: more or fewer than 2-3 axes and NaN/inf values are one
+    :class:`ImageReadError`; a 3-D numpy array whose last axis is longer than 4, such as
+    (3, H, W) in ImageJ's/OME's or torch's order, is taken as channels first and moved
+    last, with a warning (:func:`~cellsynth.io.images.guess_axes`, the rule the
+    readers use for files that name no axes). A lazy array (zarr, dask, a section reader)
+    is taken as it is: its values are read tile by tile."""
+    if len(image.shape) not in (2, 3):
+        raise ImageReadError(f"{where}: expected an image of shape (H, W) or (H, W, C), "
+                             f"got shape {tuple(image.shape)}")
+    if not isinstance(image, np.ndarray):
+        return image
+    if image.ndim == 3 and guess_axes(image.shape) == "cyx":
+        warnings.warn(f"{where}: shape {image.shape} taken as channels first (C, H, W); "
+                      f"predicting it as {image.shape[1:] + image.shape[:1]}", stacklevel=3)
+        image = channels_last(image, "CYX", where=where)
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        bad = int((~np.isfinite(image)).sum())
+        raise ImageReadError(f"{where}: image contains {bad} NaN/inf values (fill them with "
+                             f"the background's value, e.g. numpy.nan_to_num(image, nan=...))")
+    return image
 
 
 def _channel(detector: Detector, channel: int | None) -> int | None:
