@@ -126,6 +126,25 @@ def test_fine_tuning_needs_a_matching_model(sim, tmp_path):
         train(other, [sim], tmp_path / "ft2", init=tmp_path / "pre", progress=False)
 
 
+def test_the_api_names_its_calls_and_takes_one_folder_as_a_string(sim, tmp_path):
+    """``cellsynth.segment`` exports the calls the README shows without importing torch;
+    ``train(config, "folder", ...)`` trains on that folder (it iterated the string's
+    letters: "/: no images found")."""
+    import cellsynth.segment as segment
+    from cellsynth.pipeline import layout
+
+    assert {"TrainConfig", "train", "load_detector", "predict_image", "predict_folder"} <= set(
+        segment.__all__)
+    assert all(getattr(segment, name) is not None for name in segment.__all__)
+    assert segment.train is train
+    code = "import sys, cellsynth.segment; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    segment.train(TrainConfig(steps=1, **TINY), str(sim), tmp_path / "run", progress=False)
+    info = json.loads((tmp_path / "run" / layout.RUN_INFO).read_text())
+    assert info["data"] == [str(sim.resolve())]
+
+
 def test_clear_errors(sim, tmp_path):
     config = TrainConfig(steps=1, **TINY)
     (tmp_path / "empty" / "images").mkdir(parents=True)

@@ -206,11 +206,14 @@ def _init_weights(model: torch.nn.Module, spec: dict[str, Any], path: Path,
     model.load_state_dict(ckpt["model"])
 
 
-def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.PathLike, *,
+def train(config: TrainConfig, data: str | os.PathLike | list[str | os.PathLike],
+          out: str | os.PathLike, *,
           init: str | os.PathLike | None = None, val: str | os.PathLike | None = None,
           resume: bool = False, force: bool = False, progress: bool = True,
-          replay: list[str | os.PathLike] | None = None) -> dict[str, Any]:
-    """Train a CPN on the labeled dataset folders ``data``; write the run folder ``out``.
+          replay: str | os.PathLike | list[str | os.PathLike] | None = None
+          ) -> dict[str, Any]:
+    """Train a CPN on the labeled dataset folders ``data`` (one folder or a list of them);
+    write the run folder ``out``.
 
     ``init`` (a run folder or checkpoint) starts from trained weights: fine-tuning.
     ``replay``: labeled folders (the pretraining data) that ``config.replay`` of the crops
@@ -219,6 +222,10 @@ def train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Path
     torch random state is left as it was (the run seeds its own from ``config.seed``).
     Returns a summary (steps, final loss, best validation F1 and score threshold).
     """
+    if isinstance(data, (str, os.PathLike)):  # one folder (a string's letters are not folders)
+        data = [data]
+    if isinstance(replay, (str, os.PathLike)):
+        replay = [replay]
     cuda = config.device.startswith("cuda") and torch.cuda.is_available()
     devices = [torch.device(config.device).index or 0] if cuda else []
     with torch.random.fork_rng(devices=devices):
