@@ -8,6 +8,7 @@ disk must be one line naming the file, with nothing half-written left behind.
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -379,6 +380,9 @@ def test_predict_parts_in_processes_at_once_give_the_labels_of_one(tmp_path, tra
     assert result.returncode == 0, result.stderr[-2000:]
     tiles = json.loads((out / "meta.json").read_text())["images_pixel_size_um"]["s"]["tiles"]
     assert tiles["predicted"] == 0 and tiles["stored"] == 9
+    # (its speed is not the parts' work over its own seconds; "1 image", not "1 images")
+    assert re.search(r"cells in 1 image \(nothing left to predict; 100% of the tiles were "
+                     r"predicted before\) ->", result.stdout), result.stdout
     assert reference.wait(timeout=300) == 0, reference.communicate()[1][-2000:]
     labels = read_labels(out / "labels" / "s.tif")
     assert labels.max() >= 3, "the tiny detector should find some cells"

@@ -185,8 +185,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
              f"{args.faint_from} dropped" if args.faint_from is not None else "")
     channel = (f", channel {summary['channel']} ({summary['channel_from']})"
                if summary.get("channel") is not None else "")
-    print(f"predicted {summary['n_instances']} cells in {summary['n_images']} images "
-          f"({summary['megapixels_per_s']:.2f} MP/s{channel}) -> {args.out}{faint}")
+    n = summary["n_images"]
+    kept = summary.get("megapixels_kept", 0.0)
+    total = summary.get("megapixels", 0.0) + kept
+    speed = (f"{summary['megapixels_per_s']:.2f} MP/s" if summary.get("megapixels", 1.0) > 0
+             else "nothing left to predict")
+    if kept > 0:  # (--part, or a stopped run, predicted these: not this call's speed)
+        speed += f"; {kept / total:.0%} of the tiles were predicted before"
+    print(f"predicted {summary['n_instances']} cells in {n} image{'s' if n != 1 else ''} "
+          f"({speed}{channel}) -> {args.out}{faint}")
     return 0
 
 

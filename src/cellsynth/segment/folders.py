@@ -388,7 +388,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                                      pixel_size_um=pixel_size_um or folder_px,
                                      score_thresh=score_thresh)
     started = time.perf_counter()
-    n_cells, n_faint, megapixels = 0, 0, 0.0
+    n_cells, n_faint, megapixels, kept = 0, 0, 0.0, 0.0
     multi = False  # whether any image had channels to pick from
     per_image: dict[str, dict[str, Any]] = {}
     # finished rows of tiles of every image, kept until the output is published: a killed
@@ -505,7 +505,12 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                              f"the image in napari or QuPath (cellsynth export --to geojson)")
                 n_cells += len(id_scores) - 1
                 n_faint += count.faint
-                megapixels += pixels / 1e6
+                # (only what this call predicted counts towards its speed: rows of tiles
+                # kept by --part or a stopped run were predicted then)
+                covered = count.predicted + count.blank + count.stored
+                share_kept = count.stored / covered if covered else 0.0
+                megapixels += pixels / 1e6 * (1 - share_kept)
+                kept += pixels / 1e6 * share_kept
         elapsed = time.perf_counter() - started
         sizes = {v["pixel_size_um"] for v in per_image.values()}
         shared_px = sizes.pop() if len(sizes) == 1 else None
@@ -534,6 +539,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     shutil.rmtree(cache, ignore_errors=True)  # published: nothing left to resume
     return {"n_images": len(inputs), "n_instances": n_cells, "faint": n_faint,
             "seconds": elapsed, "megapixels_per_s": megapixels / max(elapsed, 1e-9),
+            "megapixels": megapixels, "megapixels_kept": kept,
             "channel": used,
             "channel_from": ("--channel" if channel is not None else "the detector's")}
 
