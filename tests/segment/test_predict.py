@@ -746,6 +746,15 @@ def test_a_section_read_and_painted_chunk_by_chunk_equals_the_in_memory_path(
         np.testing.assert_array_equal(labels, expected)
         assert pixel == 0.5
         assert (out / "detections" / "s.csv").read_text() == table
+        # NGFF's image-label source names the OME-Zarr image the labels are of (it named
+        # "../../", the prediction folder); of a TIFF it names none
+        group = out / "labels" / "s.ome.zarr"
+        image_label = dict(zarr.open_group(str(group), mode="r").attrs["image-label"])
+        if source == "ngff":
+            assert (group / image_label["source"]["image"]).resolve() == \
+                (tmp_path / "ngff" / "s.zarr").resolve()
+        else:
+            assert "source" not in image_label
     assert len(painted) == 2
 
 

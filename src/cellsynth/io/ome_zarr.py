@@ -27,11 +27,14 @@ OME_ZARR_SUFFIX = ".ome.zarr"
 
 def write_labels_zarr(path: str | os.PathLike, labels: Any, *,
                       pixel_size_um: float | None = None, chunk: int = 1024,
-                      name: str = "cells") -> Path:
+                      name: str = "cells", source: str | os.PathLike | None = None) -> Path:
     """Write an (H, W) label image (numpy or lazy array) as an OME-Zarr multiscale group.
 
     A lazy ``labels`` (e.g. :class:`~cellsynth.segment.tiles.PaintedLabels`) is read once,
-    in rows of ``chunk`` pixels."""
+    in rows of ``chunk`` pixels. ``source``: the image the labels are of; where it is an
+    OME-Zarr image, the NGFF ``image-label.source.image`` names it, relative to ``path``
+    (written beside an image that is a TIFF or such, the labels name none: NGFF's source
+    is an OME-Zarr group, and ``"../../"`` there would name the prediction folder)."""
     import zarr
 
     path = Path(path)
@@ -44,7 +47,7 @@ def write_labels_zarr(path: str | os.PathLike, labels: Any, *,
     root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
     scale = float(pixel_size_um) if pixel_size_um else 1.0
     datasets = []
-    level, step, source = 0, 1, labels
+    level, step, finer = 0, 1, labels
     while True:
         shape = (-(-height // step), -(-width // step))
         array = root.create_array(str(level), shape=shape, chunks=(min(chunk, shape[0]),
@@ -55,9 +58,9 @@ def write_labels_zarr(path: str | os.PathLike, labels: Any, *,
         # (every second pixel of every second row), so the input is read only once
         stride = 1 if level == 0 else 2
         for y in range(0, shape[0], chunk):
-            rows = np.asarray(source[y * stride:(y + chunk) * stride:stride, ::stride])
+            rows = np.asarray(finer[y * stride:(y + chunk) * stride:stride, ::stride])
             array[y:y + rows.shape[0], :] = rows
-        source = array
+        finer = array
         datasets.append({"path": str(level), "coordinateTransformations": [
             {"type": "scale", "scale": [scale * step, scale * step]}]})
         if max(shape) <= chunk:
@@ -68,7 +71,11 @@ def write_labels_zarr(path: str | os.PathLike, labels: Any, *,
         "version": "0.4", "name": name, "datasets": datasets,
         "axes": [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
     }]
-    root.attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
+    image_label: dict[str, Any] = {"version": "0.4"}
+    if source is not None and is_ome_zarr(source):
+        image_label["source"] = {"image": Path(os.path.relpath(Path(source).resolve(),
+                                                               path.resolve())).as_posix()}
+    root.attrs["image-label"] = image_label
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)

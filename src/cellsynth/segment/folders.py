@@ -484,7 +484,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 if labels_as == "ome-zarr" or (labels_as == "auto"
                                                and pixels > ZARR_ABOVE_PIXELS):
                     write_labels_zarr(root / layout.LABELS / f"{image_id}{OME_ZARR_SUFFIX}",
-                                      labels, pixel_size_um=px)
+                                      labels, pixel_size_um=px, source=path)
                 else:
                     write_labels(root / layout.LABELS / f"{image_id}.tif", np.asarray(labels),
                                  pixel_size_um=px)
