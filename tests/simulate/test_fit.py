@@ -13,7 +13,8 @@ from scipy import ndimage as ndi
 
 from cellsynth.cli import main
 from cellsynth.errors import ConfigError, DatasetError
-from cellsynth.io.images import write_image, write_labels
+from cellsynth.io import write_dataset_meta
+from cellsynth.io.images import read_image, write_image, write_labels
 from cellsynth.simulate import preset, simulate, simulation_config
 from cellsynth.simulate.fit import fit_simulator, format_fit, match_statistics, write_fit
 from cellsynth.simulate.presets import Variation
@@ -229,6 +230,28 @@ def test_the_fit_is_not_written_among_the_images_it_reads(tmp_path, capsys):
                  str(dataset / "fitted.yaml"), "--pixel-size", "0.5", "--quiet"]) == 0
     assert sorted(p.name for p in (dataset / "images").iterdir()) == before
     assert (dataset / "fitted-preview.png").is_file()
+
+
+def test_one_image_file_is_fitted_as_its_pixels_are(tmp_path, capsys):
+    """`--real one.png` (one whole section, as predict and inspect take it) was "not a
+    folder": it is fitted as the array it holds, at the pixel size of the dataset it is in;
+    a file that is not an image is one line."""
+    real = _dataset(tmp_path / "real", n=1, size=128)
+    write_dataset_meta(real, {"pixel_size_um": PX})
+    path = real / "images" / "0.png"
+    alone = fit_simulator(path, _base(), seed=3)
+    assert alone == fit_simulator([read_image(path)], _base(), pixel_size_um=PX, seed=3)
+    assert main(["fit-simulator", "--real", str(path), "--preset", "he", "--out",
+                 str(tmp_path / "f.yaml"), "--seed", "3", "--quiet"]) == 0
+    assert simulation_config("he", config_file=tmp_path / "f.yaml") == fit_simulator(
+        path, "he", seed=3)  # (the CLI's base is the plain preset)
+    _one_line_error(capsys, ["fit-simulator", "--real", str(real / "labels" / "0.tif"),
+                             "--preset", "he", "--out", str(tmp_path / "g.yaml")],
+                    "a gray image, but preset 'he'")  # (a label TIFF is read as an image)
+    (tmp_path / "notes.txt").write_text("x")
+    _one_line_error(capsys, ["fit-simulator", "--real", str(tmp_path / "notes.txt"),
+                             "--preset", "he", "--out", str(tmp_path / "h.yaml")],
+                    "notes.txt: not an image file")
 
 
 def test_cli_fits_from_a_base_config_and_keeps_its_overrides(tmp_path, capsys):

@@ -155,7 +155,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                              "and density, stain, noise, blur, elongation; "
                                              "on H&E the stroma's texture)")
     p.add_argument("--real", type=Path, required=True,
-                   help="folder of real images (only images are read, never labels)")
+                   help="folder of real images, or one image such as a whole section "
+                        "(only images are read, never labels)")
     p.add_argument("--preset", required=True, help="base preset: merker, nissl, he or fluo")
     p.add_argument("--out", type=Path, required=True,
                    help="fitted preset override (YAML) for simulate --config; a preview PNG "

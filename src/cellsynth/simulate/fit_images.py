@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,8 @@ class _Real:
     raw: list[np.ndarray]      # the same images as read (their own dtype and range)
     # what each was read from: the image itself, or the whole section it is a window of
     sources: list[Any] = field(default_factory=list)
+    # whether the images (or their folder) state their pixel size, rather than given/assumed
+    stated: bool = False
 
 
 def median_diameter_um(config: SimulationConfig) -> float:
@@ -106,6 +109,42 @@ def measured_shapes(shapes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return found
 
 
+def _one_image(path: Path) -> bool:
+    """Whether ``path`` is one image (a file, or an OME-Zarr section) rather than a folder of
+    them, as predict and inspect take it; a file that is not an image is one line."""
+    if path.is_dir():
+        return path.suffix.lower() == ".zarr"
+    if not path.is_file():
+        return False  # (load_dataset says "no such folder")
+    from cellsynth.io.images import IMAGE_SUFFIXES, unread_format
+
+    if unread_format(path):
+        raise DatasetError(unread_format(path))
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DatasetError(f"{path}: not an image file (expected one of "
+                           f"{', '.join(IMAGE_SUFFIXES)}) or a folder of images")
+    return True
+
+
+def _stated_pixel_size(path: Path) -> float | None:
+    """One image's pixel size: what the file states, else the meta.json of the dataset it
+    is in (``DATA/images/x`` or ``DATA/x``)."""
+    from cellsynth.io.resample import read_pixel_size
+
+    stated = read_pixel_size(path)
+    if stated is not None:
+        return stated
+    from cellsynth.io.datasets import load_dataset
+    from cellsynth.pipeline import layout
+
+    folder = path.parent.parent if path.parent.name == "images" else path.parent
+    if not (folder / layout.META).is_file():
+        return None
+
+    value = load_dataset(folder).meta.get("pixel_size_um")
+    return float(value) if value is not None else None
+
+
 def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConfig,
           pixel_size_um: float | None, channel: int | None = None) -> _Real:
     """Read (only) the images, check their sizes and channels, resolve the pixel size.
@@ -115,7 +154,12 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
     images or windows in all. ``channel``: only that channel of multi-channel images (else
     channel 0 of those that are neither gray nor RGB, with a warning)."""
     meta_px = None
-    if isinstance(images, (str, os.PathLike)):
+    if isinstance(images, (str, os.PathLike)) and _one_image(Path(images)):
+        from cellsynth.io.sections import open_image
+
+        opened = [(str(images), open_image(images, channel=channel))]
+        meta_px, where = _stated_pixel_size(Path(images)), str(images)
+    elif isinstance(images, (str, os.PathLike)):
         from cellsynth.io.datasets import load_dataset
         from cellsynth.io.sections import open_image
 
@@ -172,4 +216,4 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
                           f"(median diameter {diameter:.3g} um) are {diameter / px:.1f} px "
                           f"across; need >= {MIN_CELL_PX:g} px (check --pixel-size/meta.json)")
     return _Real([p[2] for p in parts], [p[0] for p in parts], px, where,
-                 [p[1] for p in parts], [p[3] for p in parts])
+                 [p[1] for p in parts], [p[3] for p in parts], stated=meta_px is not None)

@@ -185,9 +185,9 @@ def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | 
               *, pixel_size_um: float | None = None, seed: int = 0,
               spread: str = "floor", stains: str = "preset", force: bool = False,
               channel: int | None = None) -> dict[str, Any]:
-    """Fit ``base`` to the images in folder ``real``; write the override YAML to ``out`` and
-    ``<out stem>-preview.png`` (real | fitted | base) beside it. An existing ``out`` is
-    replaced only with ``force`` (checked before any work).
+    """Fit ``base`` to the images in folder ``real`` (or the one image file); write the
+    override YAML to ``out`` and ``<out stem>-preview.png`` (real | fitted | base) beside
+    it. An existing ``out`` is replaced only with ``force`` (checked before any work).
 
     Returns ``{"fit": SimulatorFit, "table": str, "yaml": Path, "preview": Path}``.
     """
@@ -213,9 +213,7 @@ def write_fit(real: str | os.PathLike, base: str | SimulationConfig, out: str | 
     base = preset(base) if isinstance(base, str) else base
     loaded = _f._load(real, base, pixel_size_um, channel)
     if pixel_size_um is None and not isinstance(real, (list, tuple)):
-        from cellsynth.io.datasets import load_dataset
-
-        if load_dataset(real).pixel_size_um is None:  # (fit-refiner, inspect, predict say so)
+        if not loaded.stated:  # (fit-refiner, inspect, predict say so)
             import warnings
 
             warnings.warn(f"{real}: pixel size unknown (no --pixel-size, meta.json or file "
