@@ -176,3 +176,29 @@ def test_resume_config_names_what_changed():
                                           "new_option"):
         check_resume_config({"steps": 10, "lr": 1.0}, {"steps": 10, "lr": 2.0, "new_option": 1},
                             defaults, {"steps"}, "run/last.pt")
+
+
+def test_a_library_caller_swapping_in_the_folder_it_is_in_is_refused_up_front(
+        tmp_path, monkeypatch):
+    """The CLI refuses `--out .` for outputs swapped in whole; a library caller
+    (`write_simulation(out=".")`, `predict_folder(..., ".")`) reached staged_output_dir
+    with an empty name and failed after its work. Refused there, in one line, before any
+    image is simulated; a '..' that is not the folder one is in is taken as the folder."""
+    from cellsynth.errors import CellsynthError
+    from cellsynth.simulate import dataset, preset, write_simulation
+
+    here = tmp_path / "a" / "b"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    drawn = []
+    monkeypatch.setattr(dataset, "render_scene",
+                        lambda *a, **k: drawn.append(1) or (_ for _ in ()).throw(
+                            AssertionError("simulated before the check")))
+    for out in (".", "..", here / "c" / ".."):
+        with pytest.raises(CellsynthError, match="is the folder this process is in"):
+            write_simulation(preset("fluo"), n=1, size=32, seed=0, out=out, progress=False)
+    assert not drawn and sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b"]
+    monkeypatch.chdir(tmp_path)
+    with staged_output_dir(tmp_path / "a" / "b" / "..", force=True) as staging:
+        (staging / "x.txt").write_text("new")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.txt"]

@@ -172,13 +172,34 @@ def names_in(folder: Path) -> list[str]:
         return []
 
 
+def swappable(out: str | os.PathLike) -> Path:
+    """``out`` as a folder that can be built beside itself and swapped in: ``.`` or ``..``
+    made absolute (the staging folder is named after ``out``, and theirs is empty: the
+    command failed with a traceback after its work); the folder this process is in, or one
+    that holds it, refused in one line (it cannot be replaced; the CLI says the same with
+    the command's name, ``cli._check_out``)."""
+    out = Path(out)
+    if out.name in ("", ".", ".."):
+        out = Path(os.path.abspath(out))
+    try:
+        here, resolved = Path.cwd().resolve(), out.resolve()
+    except OSError:
+        return out
+    if resolved == here or resolved in here.parents:
+        raise CellsynthError(f"{out}: is the folder this process is in (or holds it), and "
+                             f"this output is written whole and swapped in at the end; "
+                             f"name a new folder")
+    return out
+
+
 def check_output_dir(out: str | os.PathLike, *, force: bool = False,
                      inputs: tuple | list = ()) -> None:
     """What :func:`staged_output_dir` checks up front, without writing the folder: for a
-    command that fills a cache beside ``out`` for a later one to write it (``predict
-    --part``)."""
+    command that works long before it writes ``out`` (predict), or fills a cache beside
+    ``out`` for a later one to write it (``predict --part``)."""
+    out = swappable(out)
     refuse_inputs(out, inputs)
-    _check_writable(Path(out), force)
+    _check_writable(out, force)
 
 
 @contextlib.contextmanager
@@ -190,7 +211,7 @@ def staged_output_dir(out: str | os.PathLike, *, force: bool = False,
     is false, or if it is (or holds) one of the paths ``inputs`` the command reads. With
     ``force`` the old folder is replaced only after the new one is complete.
     """
-    out = Path(out)
+    out = swappable(out)
     refuse_inputs(out, inputs)
     _check_writable(out, force)
     _remove_stale_staging(out)

@@ -349,10 +349,10 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
 
     if labels_as not in ("auto", "tiff", "ome-zarr"):
         raise ConfigError(f"labels_as must be auto, tiff or ome-zarr, got {labels_as!r}")
-    if part is not None:
-        if not (len(part) == 2 and 0 <= part[0] < part[1]):
-            raise ConfigError(f"part must be (i, n) with 0 <= i < n, got {part!r}")
-        check_output_dir(out, force=force, inputs=(images, run, faint_from))
+    if part is not None and not (len(part) == 2 and 0 <= part[0] < part[1]):
+        raise ConfigError(f"part must be (i, n) with 0 <= i < n, got {part!r}")
+    # (before the work: staged_output_dir checks again where it writes, after it)
+    check_output_dir(out, force=force, inputs=(images, run, faint_from))
     inputs = _inputs(Path(images))
     # a bad file found hours in wastes them: every header first
     check_headers([path for _, path in inputs], channel=channel)
