@@ -99,21 +99,28 @@ def _folder_pixel_size(folder: Path) -> float | None:
     return float(stated) if isinstance(stated, (int, float)) and stated > 0 else None
 
 
-def _outline_shape(labels_folder: Path, image_id: str, file: Path) -> tuple[int, int] | None:
+def _images_beside(labels_folder: Path) -> dict[str, Path]:
+    """The images of the dataset a ``labels/`` folder is in, by id (listed once per folder)."""
+    from cellsynth.io.datasets import IMAGE_FOLDERS, files_by_id, sub_folder
+
+    images = sub_folder(labels_folder.parent, IMAGE_FOLDERS)
+    return files_by_id(images) if images is not None else {}
+
+
+def _outline_shape(images: dict[str, Path], image_id: str,
+                   file: Path) -> tuple[int, int] | None:
     """The size to draw a QuPath outline file of a ``labels/`` folder opened alone at: its
-    image's, beside the folder (``images/<id>.*``), else what holds every outline; None for
-    a label image, which has its own."""
+    image's (``images``: those beside the folder, :func:`_images_beside`), else what holds
+    every outline; None for a label image, which has its own."""
     from cellsynth.io.images import GEOJSON_SUFFIX
 
     if file.suffix.lower() != GEOJSON_SUFFIX:
         return None
     from cellsynth.errors import CellsynthError
-    from cellsynth.io.datasets import IMAGE_FOLDERS, files_by_id, sub_folder
     from cellsynth.io.geojson import geojson_extent
     from cellsynth.io.sections import open_image
 
-    images = sub_folder(labels_folder.parent, IMAGE_FOLDERS)
-    image = files_by_id(images).get(image_id) if images is not None else None
+    image = images.get(image_id)
     if image is not None:
         try:
             return tuple(int(n) for n in open_image(image).shape[:2])
@@ -191,12 +198,14 @@ def read_layers(path: str | list[str]) -> list[tuple]:
                                                         **_scale(pixel)}, "labels"))
         elif kind == "labels":  # label maps, not images (they opened as Image layers)
             from cellsynth.io.datasets import files_by_id
-            from cellsynth.io.images import LABEL_SUFFIXES
+            from cellsynth.io.images import GEOJSON_SUFFIX, LABEL_SUFFIXES
 
             files = files_by_id(p, suffixes=LABEL_SUFFIXES)
             scale = _scale(_folder_pixel_size(p.parent))  # (its dataset's or prediction's)
+            images = (_images_beside(p) if any(f.suffix.lower() == GEOJSON_SUFFIX
+                                               for f in files.values()) else {})
             for image_id, file in list(files.items())[:_MAX_IMAGES]:
-                layers.append((read_labels(file, shape=_outline_shape(p, image_id, file)),
+                layers.append((read_labels(file, shape=_outline_shape(images, image_id, file)),
                                {"name": f"{image_id} labels", **scale}, "labels"))
         elif kind == "dataset":
             from cellsynth.io.datasets import check_label_sizes
