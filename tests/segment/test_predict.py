@@ -441,6 +441,45 @@ def test_an_array_channels_first_or_with_nan_is_said_by_predict_image(model):
         predict_image(detector, np.zeros((1, 2, 8, 8), np.uint8))
 
 
+def test_predict_reads_cellpose_and_stardist_folders_as_every_command_does(model, tmp_path):
+    """predict listed a folder's files itself: in a Cellpose folder it predicted x_masks.tif
+    as one more image, and of Images/ + Masks/ (or img/ + mask/) it found no image and
+    said "0 images" with exit 0 (audit). It now reads them as inspect and train do, and
+    export finds each image where it was, also in Images/, and names it when moved."""
+    import shutil
+
+    import tifffile
+
+    from cellsynth.errors import DatasetError
+    from cellsynth.io.export import export
+
+    run, sim = model
+    path = sorted((sim / "images").iterdir())[0]
+    image, labels = read_image(path), read_labels(sim / "labels" / f"{path.stem}.tif")
+    (tmp_path / "cp").mkdir()
+    tifffile.imwrite(tmp_path / "cp" / "x.tif", image)
+    tifffile.imwrite(tmp_path / "cp" / "x_masks.tif", labels)
+    for folders in (("Images", "Masks"), ("img", "mask")):
+        for sub, data in zip(folders, (image, labels)):
+            (tmp_path / folders[0] / sub).mkdir(parents=True)
+            tifffile.imwrite(tmp_path / folders[0] / sub / "a.tif", data)
+    alone = predict_image(load_detector(run, precision="fp32"), image, score_thresh=0.5)
+    assert alone.max() >= 3
+    options = dict(score_thresh=0.5, precision="fp32", progress=False)
+    for name, image_id in (("cp", "x"), ("Images", "a"), ("img", "a")):
+        summary = predict_folder(run, tmp_path / name, tmp_path / f"{name}-out", **options)
+        assert summary["n_images"] == 1, name
+        assert sorted(p.name for p in (tmp_path / f"{name}-out" / "labels").iterdir()) == [
+            f"{image_id}.tif"], name
+        assert np.array_equal(read_labels(tmp_path / f"{name}-out" / "labels" /
+                                          f"{image_id}.tif"), alone), name
+    export(tmp_path / "Images-out", "cellpose", tmp_path / "exported")
+    assert np.array_equal(read_image(tmp_path / "exported" / "a.tif"), image)
+    shutil.move(tmp_path / "Images" / "Images", tmp_path / "elsewhere")
+    with pytest.raises(DatasetError, match=r"Images/Images/a\.tif: no such file"):
+        export(tmp_path / "Images-out", "cellpose", tmp_path / "exported2")
+
+
 def _disk_image(shape, centres, radius):
     yy, xx = np.mgrid[:shape[0], :shape[1]]
     image = np.full(shape, 20, np.uint8)

@@ -159,13 +159,16 @@ def predicted_image(meta: dict[str, Any], image_id: str) -> Path | None:
     predict was given (absolute; relative in the folder of an older predict, then taken from
     the current folder) and the image's file name in it. None if it records none; the file
     may no longer be there."""
-    name = meta.get("images_pixel_size_um", {}).get(image_id, {}).get("file")
+    entry = meta.get("images_pixel_size_um", {}).get(image_id, {})
+    name = entry.get("file")
     if not meta.get("images") or not name:
         return None
     given = Path(meta["images"])
+    if entry.get("path"):  # where in the folder it was (images/a.tif, Images/a.tif, a.tif)
+        return given / entry["path"]
     if given.name == name or given.suffix.lower() == ".zarr":  # one image was predicted
         return given
-    # (the images of a dataset folder are in its images/, as predict reads them)
+    # (an older predict recorded the name only: a dataset's images are in its images/)
     return (given / "images" if (given / "images").is_dir() else given) / name
 
 

@@ -22,14 +22,13 @@ import numpy as np
 from cellsynth import __version__
 from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads
-from cellsynth.io.datasets import announce_skipped, file_id, files_by_id, load_dataset
+from cellsynth.io.datasets import file_id, load_dataset
 from cellsynth.io.export import level0_factor
 from cellsynth.io.files import atomic_path, check_output_dir, staged_output_dir, write_json
 from cellsynth.io.headers import check_headers
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
     colour_of,
-    foreign_files,
     read_image,
     select_channel,
     unread_format,
@@ -294,13 +293,20 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
         return [(file_id(images), images)]
     if not images.exists():
         raise DatasetError(f"{images}: no such folder")
-    folder = images / "images" if (images / "images").is_dir() else images
-    # (as a dataset reads them: a.png beside a.tif would write one a.tif of labels)
-    found = list(files_by_id(folder, zarr_sections=True).items())
-    if not found:
-        load_dataset(images)  # raises the standard "no images found" error (naming CZI etc.)
-    announce_skipped(folder, foreign_files(folder))
-    return found
+    # as every command reads a folder: images/ (Images/, img/, ...) or the folder itself,
+    # a Cellpose folder's x_masks.tif beside x.tif as its labels, not one more image (and
+    # a.png beside a.tif is an error: both would write one a.tif of labels)
+    return [(sample.id, sample.image_path) for sample in load_dataset(images)]
+
+
+def _relative(path: Path, images: str | os.PathLike) -> dict[str, str]:
+    """``{"path": ...}``: where an image predicted from the folder ``images`` lies in it
+    (``images/a.tif``, ``Images/a.tif``, ``a.tif``), for export to find it again; nothing
+    for one image given alone."""
+    try:
+        return {"path": path.relative_to(Path(images)).as_posix()}
+    except ValueError:
+        return {}
 
 
 def _file_identity(path: str | os.PathLike) -> list[int] | None:
@@ -468,7 +474,8 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                 pixels = int(labels.shape[0]) * int(labels.shape[1])
                 tiles = vars(count).copy()
                 faint_dropped = tiles.pop("faint")  # detections, not tiles: listed beside
-                per_image[image_id] = {"file": path.name, "pixel_size_um": px,
+                per_image[image_id] = {"file": path.name, **_relative(path, images),
+                    "pixel_size_um": px,
                     "resampled_by": pixel_scale(px, detector.pixel_size_um), "tiles": tiles,
                     **({"n_faint_dropped": faint_dropped} if cut is not None else {}),
                     # labels/ and detections/ are in this level's pixels; export scales the
