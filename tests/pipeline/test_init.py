@@ -407,6 +407,24 @@ def test_image_files_stating_different_pixel_sizes_are_named_not_called_unknown(
             "0.65 um/px (1 image(s)); each is read at its own") in printed
     assert "pixel size unknown" not in printed
     assert load_pipeline_config(out).real.pixel_size_um is None
+    # a test/ folder stating one size beside them was written as the size of all, which
+    # `run` then applied to every real image (0.25 for these 0.5 and 0.65 ones; audit)
+    (data / "train").mkdir()
+    (data / "images").rename(data / "train" / "images")
+    (data / "train" / "labels").mkdir()
+    (data / "test" / "images").mkdir(parents=True)
+    (data / "test" / "labels").mkdir()
+    labels = next(iter(simulate("fluo", 1, 96, seed=0)))[1]
+    for i in range(3):
+        write_labels(data / "train" / "labels" / f"s{i}.tif", labels)
+    tifffile.imwrite(data / "test" / "images" / "t.tif", image, resolution=(4e4, 4e4),
+                     resolutionunit="CENTIMETER")
+    write_labels(data / "test" / "labels" / "t.tif", labels)
+    assert main(["init", str(data), "--out", str(out), "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert ("your image files state different pixel sizes: 0.25 um/px (1 image(s)), "
+            "0.5 um/px (2 image(s)), 0.65 um/px (1 image(s)); each is read at its own") in printed
+    assert load_pipeline_config(out).real.pixel_size_um is None
 
 
 def test_role_folders_named_otherwise_are_found(tmp_path, capsys):

@@ -152,10 +152,15 @@ def _pixel_size(datasets: dict[str, Dataset]) -> tuple[float | None, str]:
     state alike) and where it comes from. Folders that state different ones are refused in
     one line: a run takes one for all its real images (``real.pixel_size_um``), so the
     annotated crops of a 20x scan beside 40x sections would be resampled by the wrong
-    factor without a word."""
+    factor without a word. Where one folder's own files state several (a folder from two
+    objectives), none is taken: each image is read at its own (a size another folder states
+    was written and overruled them all; :func:`_mixed_pixel_sizes` says which)."""
     from cellsynth.io.resample import RELATIVE_TOLERANCE
     from cellsynth.pipeline import layout
 
+    if any(_mixed_pixel_sizes({role: dataset}) for role, dataset in datasets.items()
+           if dataset is not None and dataset.meta.get("pixel_size_um") is None):
+        return None, ""
     stated = []
     for role in ROLES:
         dataset = datasets.get(role)
