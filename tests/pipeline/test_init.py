@@ -444,6 +444,20 @@ def test_role_folders_named_otherwise_are_found(tmp_path, capsys):
     assert "unlabelled/" in shown and "training/" in shown and "Test/" in shown
 
 
+def test_a_test_folder_copied_from_train_is_refused(tmp_path, capsys):
+    """init wrote a config that scored copies of the training images as held out (audit)."""
+    import shutil
+
+    data = tmp_path / "project"
+    _folder(data / "train", "nissl", seed=2)
+    shutil.copytree(data / "train", data / "test")
+    out = tmp_path / "p.yaml"
+    assert main(["init", str(data), "--out", str(out), "--pixel-size", "0.346"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "2 test image(s) also in" in err and "held out" in err, err
+    assert not out.exists()
+
+
 def test_a_folder_without_images_says_what_it_is(tmp_path):
     """A run folder, a training run or a project whose images sit in sub-folders named
     otherwise: 'no images found' said only what was expected."""

@@ -632,6 +632,29 @@ def test_select_trains_and_validates_on_the_chosen_annotated_images_only(tmp_pat
             check_inputs(replace(config, real=replace(config.real, select=select)))
 
 
+def test_a_test_split_copied_from_the_annotated_images_is_refused_before_any_work(tmp_path):
+    """A test/ that is train/ (or val/), or holds byte-identical copies of its images, was
+    predicted and scored as held out (only `experiment` refused it; audit)."""
+    import shutil
+
+    from cellsynth.errors import ConfigError
+    from cellsynth.pipeline.config import check_inputs
+    from tests.conftest import make_dataset
+
+    train = make_dataset(tmp_path / "train", n=2, size=64, seed=1)
+    copied = shutil.copytree(train, tmp_path / "test")
+    other = make_dataset(tmp_path / "other", n=2, size=64, seed=2)
+    config = _config(train)
+    for real, message in ((RealData(unlabeled=str(train), train=str(train), test=str(copied)),
+                           r"test: 2 test image\(s\) also in .*train"),
+                          (RealData(unlabeled=str(train), val=str(copied), test=str(copied)),
+                           "test: is the val: folder")):
+        with pytest.raises(ConfigError, match=message):
+            check_inputs(replace(config, real=real))
+    check_inputs(replace(config, real=RealData(unlabeled=str(train), train=str(train),
+                                               test=str(other))))
+
+
 def _two_channel(root: Path, seed: int) -> tuple[Path, dict[str, np.ndarray]]:
     """An annotated dataset of 2-channel ImageJ TIFFs whose channel 1 holds make_dataset's
     images and channel 0 another stain; (root, {id: channel 1})."""

@@ -297,6 +297,27 @@ def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
     return config
 
 
+def check_held_out(train: Any, test: Any, role: str = "train") -> None:
+    """Refuse a test split that shares images with the training split: the same folder, or
+    a byte-identical file (a training image copied over), which every score would count as
+    held out. Files are compared only where name and size agree (no pixel decoded).
+    ``role``: what ``train`` is called in the message (train, val)."""
+    import filecmp
+
+    if train.root.resolve() == test.root.resolve():
+        raise ConfigError(f"{test.root}: test: is the {role}: folder; the test split must "
+                          f"be images the detectors never train or choose on")
+    by_key = {(s.image_path.name, s.image_path.stat().st_size): s.image_path for s in train
+              if s.image_path.is_file()}  # (a .zarr section is a folder: not compared)
+    shared = [s.image_path.name for s in test if s.image_path.is_file()
+              and (other := by_key.get((s.image_path.name, s.image_path.stat().st_size)))
+              and filecmp.cmp(other, s.image_path, shallow=False)]
+    if shared:
+        raise ConfigError(f"{test.root}: {len(shared)} test image(s) also in {train.root} "
+                          f"(the same file, e.g. {shared[0]}); the test split must be held "
+                          f"out")
+
+
 def check_inputs(config: PipelineConfig) -> None:
     """Fail before any work starts if a named folder is missing or malformed."""
     from cellsynth.io.datasets import check_label_sizes
@@ -345,6 +366,11 @@ def check_inputs(config: PipelineConfig) -> None:
                         f"cannot be copied as channel {config.real.channel} alone into the run "
                         f"folder; save that channel as its own image, or predict the section "
                         f"apart with cellsynth predict --channel {config.real.channel}")
+    if config.real.test is not None:  # (scored as held out: never trained or chosen on)
+        test = load_dataset(config.real.test)
+        for role in ("train", "val"):
+            if getattr(config.real, role) is not None:
+                check_held_out(load_dataset(getattr(config.real, role)), test, role)
     for role, ids in config.real.select.items():
         if role not in ("train", "val"):
             raise ConfigError(f"real.select: {role!r}: only train and val (the annotated "

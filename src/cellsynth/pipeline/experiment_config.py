@@ -15,6 +15,7 @@ from cellsynth.errors import ConfigError
 from cellsynth.io.datasets import check_label_sizes, load_dataset
 from cellsynth.pipeline.config import (
     SimulateOptions,
+    check_held_out,
     inherit_architecture,
     read_overrides_file,
 )
@@ -238,25 +239,6 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     return config
 
 
-def _check_held_out(train: Any, test: Any) -> None:
-    """Refuse a test split that shares images with the training split: the same folder, or
-    a byte-identical file (a training image copied over), which every score would count as
-    held out. Files are compared only where name and size agree (no pixel decoded)."""
-    import filecmp
-
-    if train.root.resolve() == test.root.resolve():
-        raise ConfigError(f"{test.root}: test: is the train: folder; the test split must be "
-                          f"images the detectors never train or choose on")
-    by_key = {(s.image_path.name, s.image_path.stat().st_size): s.image_path for s in train}
-    shared = [s.image_path.name for s in test
-              if (other := by_key.get((s.image_path.name, s.image_path.stat().st_size)))
-              and filecmp.cmp(other, s.image_path, shallow=False)]
-    if shared:
-        raise ConfigError(f"{test.root}: {len(shared)} test image(s) also in {train.root} "
-                          f"(the same file, e.g. {shared[0]}); the test split must be held "
-                          f"out")
-
-
 def _check_pixel_sizes(config: ExperimentConfig, folders: list) -> None:
     """Refuse in one line a folder that states another pixel size than the simulation's:
     an experiment trains its detectors on real and simulated images as they are (a run
@@ -283,7 +265,7 @@ def check_experiment(config: ExperimentConfig) -> None:
     check_label_sizes(train)  # (headers; the test split is not opened before its evaluation)
     n_train = len(train)
     test = load_dataset(config.test, require_labels=True)
-    _check_held_out(train, test)
+    check_held_out(train, test)
     folders = [train, test] + ([load_dataset(config.unlabeled)] if config.unlabeled else [])
     _check_pixel_sizes(config, folders)
     for s in config.settings:
