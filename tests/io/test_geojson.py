@@ -246,6 +246,31 @@ def test_predictions_exported_as_annotations_come_back_as_corrected_labels(tmp_p
     assert (back[30:36, 1:6] > 0).all()
 
 
+def test_a_ring_cell_around_two_cells_exported_as_annotations_reads_back_as_three(tmp_path):
+    """A cell whose hole holds two other cells, exported as QuPath annotations, was read
+    back as a region around them (its outer ring encloses their centres): one cell lost
+    and the image trained inside a box (audit). Centres in its hole are beside it, not in
+    it; a region with a hole around cells inside its ring stays a region."""
+    labels = np.zeros((80, 80), np.uint16)
+    labels[10:70, 10:70] = 1
+    labels[20:60, 20:60] = 0
+    labels[25:35, 25:35], labels[45:55, 45:55], labels[72:78, 2:8] = 2, 3, 4
+    data = _geojson(labels, "r", "annotation")
+    assert {f["properties"]["objectType"] for f in data["features"]} == {"annotation"}
+    (tmp_path / "r.geojson").write_text(json.dumps(data))
+    back = read_geojson_labels(tmp_path / "r.geojson", labels.shape)
+    assert len(np.unique(back)) == 5
+    for old in (1, 2, 3, 4):
+        new = np.unique(back[labels == old])
+        assert len(new) == 1 and new[0] > 0
+        np.testing.assert_array_equal(back == new[0], labels == old)
+    cells = [_feature([_square(22, 22, 28, 28)]), _feature([_square(32, 32, 38, 38)])]
+    region = _feature([_square(0, 0, 60, 60), _square(50, 50, 55, 55)], "annotation")
+    (tmp_path / "s.geojson").write_text(json.dumps({"type": "FeatureCollection",
+                                                    "features": [region] + cells}))
+    assert np.unique(read_geojson_labels(tmp_path / "s.geojson", (64, 64))).tolist() == [0, 1, 2]
+
+
 def test_objects_for_a_format_without_them_is_one_line(tmp_path, capsys):
     """`export --to cellpose --objects annotation` ignored --objects without a word."""
     pred = tmp_path / "pred"

@@ -139,6 +139,21 @@ def _outer_rings(feature: dict[str, Any]) -> list[np.ndarray]:
     return rings
 
 
+def _holes(feature: dict[str, Any]) -> list[np.ndarray]:
+    """The holes of a (Multi)Polygon feature's polygons as (N, 2) arrays, in the order of
+    :func:`_outer_rings` (one list of holes per polygon, flattened with its index)."""
+    holes = []
+    for polygon in _polygons(feature.get("geometry") or {}) or []:
+        for ring in (polygon or [])[1:]:
+            try:
+                ring = np.asarray(ring, np.float64)
+            except (ValueError, TypeError):
+                continue
+            if ring.ndim == 2 and ring.shape[1] >= 2 and len(ring) >= 3:
+                holes.append(ring[:, :2])
+    return holes
+
+
 def _split_regions(features: list[dict[str, Any]]
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     """(cells, regions, cells outside every region's box) of ``features``: the regions are
@@ -165,7 +180,12 @@ def _split_regions(features: list[dict[str, Any]]
                 near = np.flatnonzero(((points >= low) & (points <= high)).all(axis=1)
                                       & (owner_of != i))
                 if near.size:
-                    enclosed += owner_of[near[points_in_poly(points[near], ring)]].tolist()
+                    inside = near[points_in_poly(points[near], ring)]
+                    for hole in _holes(feature):  # (a ring-shaped cell around others: the
+                        # cells in its hole are beside it, not in it)
+                        inside = inside[~points_in_poly(points[inside], hole)] \
+                            if inside.size else inside
+                    enclosed += owner_of[inside].tolist()
             if len(enclosed) >= 2 and not _one_class(feature, [features[j] for j in enclosed]):
                 regions.append(feature)
                 region_ids.append(i)
