@@ -175,3 +175,44 @@ def test_x_mask_beside_x_pairs_as_cellposes_x_masks_does(tmp_path):
     write_image(plain / "z.png", np.full((10, 10), 30, np.uint8))
     assert [(s.id, s.label_path) for s in load_dataset(plain)] == [("y_mask", None),
                                                                     ("z", None)]
+
+
+def test_cellposes_own_namings_pair_and_its_flow_files_are_not_images(tmp_path, caplog):
+    """Cellpose's datasets name pairs 000_img.png + 000_masks.png, its predictions
+    x_cp_masks.png (--save_png), and its training writes x_flows.tif beside x.tif: the
+    first two were "label file(s) without an image", the flows read as images (a 4-channel
+    float "RGBA"; init then said "image(s) without a label file") (audit)."""
+    import logging
+
+    from cellsynth.hardware import forget_announcements
+
+    ids = np.zeros((10, 10), np.uint16)
+    ids[1:5, 1:5], ids[6:9, 6:9] = 1, 2
+    image = np.full((10, 10), 30, np.uint8)
+    cases = {"img": (("000_img.png", "000_masks.png"), "000_img", "x_img + x_masks"),
+             "cp": (("x.png", "x_cp_masks.png"), "x", "x + x_cp_masks"),
+             "flows": (("x.tif", "x_masks.tif"), "x", "x + x_masks")}
+    forget_announcements()
+    for name, ((image_name, mask_name), image_id, kind) in cases.items():
+        root = tmp_path / name
+        root.mkdir()
+        write_image(root / image_name, image)
+        write_labels(root / mask_name, ids)
+        if name == "flows":
+            import tifffile
+
+            tifffile.imwrite(root / "x_flows.tif", np.random.default_rng(0).random(
+                (4, 10, 10)).astype(np.float32))
+        with caplog.at_level(logging.INFO, logger="cellsynth"):
+            dataset = load_dataset(root, require_labels=True)
+        assert [s.id for s in dataset] == [image_id], name
+        assert (dataset[0].image_path.name, dataset[0].label_path.name) == (image_name,
+                                                                            mask_name)
+        np.testing.assert_array_equal(dataset[0].read()[1], ids)
+        assert f"read as a Cellpose ({kind}) folder" in caplog.text, name
+    assert "1 Cellpose flow file(s) (x_flows.tif) skipped" in caplog.text
+    # an orphan x_masks with no x (nor x_img) is still named as one
+    (tmp_path / "img" / "000_img.png").rename(tmp_path / "img" / "001_img.png")
+    with pytest.raises(DatasetError, match=r"1 label file\(s\) without an image, e\.g\. "
+                                           r"000_masks\.png"):
+        load_dataset(tmp_path / "img")

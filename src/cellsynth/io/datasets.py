@@ -52,6 +52,8 @@ __all__ = ["Sample", "Dataset", "load_dataset", "check_label_sizes", "write_data
 
 CELLPOSE_SUFFIX = "_masks"  # Cellpose's training folders pair x.tif with x_masks.tif
 MASK_SUFFIXES = (CELLPOSE_SUFFIX, "_mask")  # x_mask.tif beside x.tif: the same pairing
+CELLPOSE_PREDICTED_SUFFIX = "_cp_masks"  # `cellpose --save_png/--save_tif`: x_cp_masks.png
+CELLPOSE_FLOWS = "_flows"  # Cellpose's training writes x_flows.tif beside x.tif: not an image
 
 
 def sub_folder(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -223,6 +225,32 @@ def announce_skipped(folder: Path, files: list[Path]) -> None:
                       f"{CONVERT_HINT})", stacklevel=2)
 
 
+def _without_flows(images: dict[str, Path]) -> tuple[dict[str, Path], list[Path]]:
+    """``images`` less Cellpose's flow files (``x_flows.tif`` beside the image ``x``, a
+    4-channel float map its training writes), and those files."""
+    flows = [i for i in images if i.endswith(CELLPOSE_FLOWS)
+             and plain_id(i[:-len(CELLPOSE_FLOWS)]) in images]
+    return {i: p for i, p in images.items() if i not in flows}, [images[i] for i in flows]
+
+
+def _cellpose_masks(images: dict[str, Path]) -> tuple[dict[str, Path], str, str]:
+    """The label files among a flat folder's ``images`` by the id of their image: Cellpose's
+    ``x_masks`` (its training folders; named after the file less its last extension:
+    ``x.ome_masks.tif``), ``x_cp_masks`` (what ``cellpose --save_png`` predicts) or
+    ``x_mask`` (only where ``x`` is an image: else it may be an image of that name); the
+    image may be ``x_img`` (Cellpose's own datasets: ``000_img.png`` + ``000_masks.png``).
+    Returns (masks, their suffix, "_img" or "")."""
+    for suffix in (CELLPOSE_PREDICTED_SUFFIX, CELLPOSE_SUFFIX, MASK_SUFFIXES[1]):
+        bases = {i: plain_id(i[:-len(suffix)]) for i in images if i.endswith(suffix)}
+        img = ("_img" if bases and all(b not in images and b + "_img" in images
+                                       for b in bases.values()) else "")
+        masks = {bases[i] + img: images[i] for i in bases
+                 if suffix != MASK_SUFFIXES[1] or bases[i] + img in images}
+        if masks:
+            return masks, suffix, img
+    return {}, CELLPOSE_SUFFIX, ""
+
+
 def describe_foreign(files: list[Path]) -> str:
     """'3 Zeiss CZI file(s) (a.czi, ...)' for the files of formats that are not read."""
     kinds = sorted({FOREIGN_FORMATS[p.suffix.lower()] for p in files})
@@ -298,21 +326,21 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
         kind = f"dataset ({(image_dir if image_dir != root else root).name}/ + {label_dir.name}/)"
     images = files_by_id(image_dir, zarr_sections=True)
     labels = files_by_id(label_dir, suffixes=LABEL_SUFFIXES) if label_dir.is_dir() else {}
+    images, flows = _without_flows(images)
+    if flows:
+        from cellsynth.hardware import announce
+
+        announce(f"{image_dir}: {len(flows)} Cellpose flow file(s) ({flows[0].name}"
+                 f"{', ...' if len(flows) > 1 else ''}) skipped: written by Cellpose's "
+                 f"training, not images")
     if image_dir == root and not labels:
-        # (Cellpose names them after the file less its last extension: x.ome_masks.tif);
-        # x_mask.tif only where x is an image (else it may be an image of that name)
-        masks = {plain_id(i[:-len(CELLPOSE_SUFFIX)]): p for i, p in images.items()
-                 if i.endswith(CELLPOSE_SUFFIX)}
-        suffix = CELLPOSE_SUFFIX
-        if not masks:
-            suffix = MASK_SUFFIXES[1]
-            masks = {plain_id(i[:-len(suffix)]): p for i, p in images.items()
-                     if i.endswith(suffix) and plain_id(i[:-len(suffix)]) in images}
+        masks, suffix, img = _cellpose_masks(images)
         segs = {plain_id(p.name[:-len(CELLPOSE_SEG_SUFFIX)]): p
                 for p in sorted(root.glob(f"*{CELLPOSE_SEG_SUFFIX}")) if p.is_file()}
-        if masks:  # Cellpose: x.tif beside x_masks.tif
+        if masks:  # Cellpose: x.tif beside x_masks.tif (x_img.png beside x_masks.png)
             images = {i: p for i, p in images.items() if not i.endswith(suffix)}
-            labels, label_dir, kind = masks, root, f"Cellpose (x + x{suffix})"
+            labels, label_dir = masks, root
+            kind = f"Cellpose (x{img} + x{suffix})"
         elif segs:  # Cellpose's GUI: x.png beside x_seg.npy
             labels, label_dir, kind = segs, root, "Cellpose GUI (x + x_seg.npy)"
     if label_dir != root:  # Cellpose's masks copied into labels/: x_masks.tif is x's
