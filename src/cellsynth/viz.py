@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from skimage.segmentation import find_boundaries
 
@@ -20,7 +22,10 @@ def as_rgb8(image: np.ndarray) -> np.ndarray:
     # and so is a dim 8-bit one (a fluorescence image of values 4-55 was shown near black,
     # its 16-bit twin stretched)
     if image.dtype != np.uint8 or _dim(image):
-        image = to_uint8(normalize(image))
+        with warnings.catch_warnings():  # (a picture of an image whose reading warned
+            # already: a constant one was said twice, the second time naming no file)
+            warnings.simplefilter("ignore")
+            image = to_uint8(normalize(image))
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     return image
@@ -85,7 +90,9 @@ def outcome_overlay(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray,
     from cellsynth.io.images import to_uint8
     from cellsynth.io.normalize import normalize
 
-    rgb = as_rgb8(to_uint8(normalize(image)))  # contrast stretched: dim stains stay visible
+    with warnings.catch_warnings():  # (a picture: the image's reading warned already)
+        warnings.simplefilter("ignore")
+        rgb = as_rgb8(to_uint8(normalize(image)))  # contrast stretched: dim stains visible
     truth_edges = find_boundaries(truth, mode="thick") & (truth > 0)
     predicted_edges = find_boundaries(predicted, mode="thick") & (predicted > 0)
     rgb[truth_edges & ~found[truth]] = OUTCOME_COLORS["fn"]

@@ -489,3 +489,20 @@ def test_a_folder_without_images_says_what_it_is(tmp_path):
     with pytest.raises(DatasetError, match=r"a COCO annotations.json, which cellsynth does "
                                            r"not read"):
         load_dataset(tmp_path / "coco")
+
+
+def test_stain_features_of_an_image_mostly_white_glass_are_finite(recwarn):
+    """A tile at the tissue's edge, over 40 % white: no pixel was above the 60th percentile,
+    so the eosin feature was the mean of nothing (NaN) with two numpy warnings (audit)."""
+    from cellsynth.pipeline.stain import _features
+
+    rng = np.random.default_rng(0)
+    image = np.full((64, 64, 3), 255, np.uint8)
+    image[:30] = rng.integers(60, 200, (30, 64, 3), dtype=np.uint8)
+    image[:30, :, 1] //= 2  # pink-violet tissue above white glass (53 % of the pixels)
+    features = _features(image, where="edge.png")
+    assert features["color"] == 1.0
+    assert all(np.isfinite(v) for v in features.values()), features
+    assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
+    with pytest.warns(UserWarning, match=r"^blank\.png: image is constant"):
+        _features(np.zeros((16, 16, 3), np.uint8), where="blank.png")

@@ -27,11 +27,12 @@ class StainGuess:
     n_images: int
 
 
-def _features(image: np.ndarray) -> dict[str, float]:
-    """Colour statistics of one image normalised by its content (1st-99.8th percentile)."""
+def _features(image: np.ndarray, where: str | None = None) -> dict[str, float]:
+    """Colour statistics of one image normalised by its content (1st-99.8th percentile);
+    ``where`` names it in a warning (a constant image)."""
     from cellsynth.io.normalize import normalize
 
-    x = normalize(image, where=None)
+    x = normalize(image, where=where)
     if x.ndim == 3 and x.shape[-1] >= 3:
         x = x[..., :3]
         color = float(np.abs(x[..., 0] - x[..., 2]).mean()) > 0.02
@@ -40,8 +41,10 @@ def _features(image: np.ndarray) -> dict[str, float]:
     luminance = x.mean(-1) if x.ndim == 3 else x
     features = {"color": float(color), "median": float(np.median(luminance))}
     if color:
-        pale = luminance > np.percentile(luminance, 60)
-        dark = luminance < np.percentile(luminance, 10)
+        # (>= and <=: where over 40 % of the pixels are white glass, > the 60th percentile
+        # chose none, and the mean of nothing was a NaN feature and two numpy warnings)
+        pale = luminance >= np.percentile(luminance, 60)
+        dark = luminance <= np.percentile(luminance, 10)
         features["pale_red_green"] = float((x[..., 0] - x[..., 1])[pale].mean())
         features["dark_red_blue"] = float((x[..., 0] - x[..., 2])[dark].mean())
     return features
@@ -80,7 +83,7 @@ def guess_stain(images: list[Path], channel: int | None = None) -> StainGuess:
     votes: Counter[str] = Counter()
     for path in picked:
         for window in image_or_windows(path, side=1024, n=1, channel=channel):
-            votes[_vote(_features(np.asarray(window)))] += 1
+            votes[_vote(_features(np.asarray(window), where=str(path)))] += 1
     preset, count = votes.most_common(1)[0]
     total = sum(votes.values())
     others = ", ".join(f"{k} {v}" for k, v in votes.most_common() if k != preset)
