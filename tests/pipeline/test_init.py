@@ -458,6 +458,28 @@ def test_a_test_folder_copied_from_train_is_refused(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_sub_folder_of_images_under_no_role_name_is_said(tmp_path, capsys):
+    """An annotated StarDist folder named `Training Data ü/` beside `unlabelled/` made a
+    zero-label recipe without a word (audit): a warning names it and the names read."""
+    from cellsynth.io.datasets import load_dataset
+
+    data = tmp_path / "project"
+    _folder(data / "unlabelled", "nissl", labels=False, seed=1)
+    _folder(data / "Training Data ü", "nissl", seed=2)
+    (data / "Training Data ü" / "labels").rename(data / "Training Data ü" / "masks")
+    (data / "notes").mkdir()  # (no images: not named)
+    out = tmp_path / "p.yaml"
+    assert main(["init", str(data), "--out", str(out), "--pixel-size", "0.346"]) == 0
+    assert re.search(r"warning: .*project: sub-folder\(s\) Training Data ü hold images but "
+                     r"are not used: .*train: train/, training/", capsys.readouterr().err)
+    assert load_pipeline_config(out).real.train is None
+    # a folder of label maps alone: the hint named labels/ as where the images were
+    (tmp_path / "only" / "labels").mkdir(parents=True)
+    write_labels(tmp_path / "only" / "labels" / "a.tif", np.ones((8, 8), np.uint16))
+    with pytest.raises(DatasetError, match=r"it has labels/ \(label maps\) but no images/"):
+        load_dataset(tmp_path / "only")
+
+
 def test_a_folder_without_images_says_what_it_is(tmp_path):
     """A run folder, a training run or a project whose images sit in sub-folders named
     otherwise: 'no images found' said only what was expected."""

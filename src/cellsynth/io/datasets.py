@@ -292,6 +292,10 @@ def _what_it_is(root: Path) -> str:
     if (root / "annotations.json").is_file():
         return ("; it holds a COCO annotations.json, which cellsynth does not read: export "
                 "the dataset to cellpose, stardist or geojson instead")
+    labels = sub_folder(root, LABEL_FOLDERS)
+    if labels is not None:  # (the hint below named labels/ as where the images were)
+        return (f"; it has {labels.name}/ (label maps) but no images/ beside it: put the "
+                f"images there as images/<id>.tif|.png, one per label file")
     try:
         holders = sorted(d.name for d in root.iterdir() if d.is_dir()
                          and not d.name.startswith(".") and any(

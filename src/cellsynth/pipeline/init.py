@@ -51,6 +51,7 @@ import numpy as np
 
 from cellsynth.errors import ConfigError, DatasetError, OutputExistsError
 from cellsynth.io.datasets import IMAGE_FOLDERS, LABEL_FOLDERS, Dataset, load_dataset, sub_folder
+from cellsynth.io.images import IMAGE_SUFFIXES
 from cellsynth.pipeline.stain import PRESETS, StainGuess, channel_count, guess_stain
 
 __all__ = ["ROLES", "StainGuess", "guess_stain", "find_folders", "init_config"]
@@ -116,6 +117,29 @@ def role_folders(data: Path) -> dict[str, Path]:
     return found
 
 
+def _say_unused(data: Path, used: list[Path]) -> None:
+    """Warn about sub-folders of ``data`` that hold images but no role was found in (an
+    annotated ``Training Data/`` beside ``unlabelled/`` made a zero-label recipe without a
+    word), naming the folder names each role is read from."""
+    def holds_images(folder: Path) -> bool:
+        inner = sub_folder(folder, IMAGE_FOLDERS) or folder
+        try:
+            return any(f.suffix.lower() in IMAGE_SUFFIXES for f in inner.iterdir())
+        except OSError:
+            return False
+
+    unused = [d.name for d in sorted(data.iterdir()) if d.is_dir() and d not in used
+              and not d.name.startswith(".") and d.name.lower() not in IMAGE_FOLDERS
+              + LABEL_FOLDERS and holds_images(d)]
+    if unused:
+        import warnings
+
+        names = "; ".join(f"{role}: {'/, '.join(_ROLE_NAMES[role])}/" for role in ROLES)
+        warnings.warn(f"{data}: sub-folder(s) {', '.join(unused[:4])} hold images but are not "
+                      f"used: init reads its folders by name ({names}, any case); rename "
+                      f"one to use it", stacklevel=3)
+
+
 def _find_datasets(data: str | os.PathLike) -> dict[str, Dataset]:
     """{role: loaded folder} as :func:`find_folders` says, each folder read once."""
     data = Path(data)
@@ -134,6 +158,8 @@ def _find_datasets(data: str | os.PathLike) -> dict[str, Dataset]:
     folders = role_folders(data)
     found = {role: load_dataset(folder, require_labels=role != "unlabeled")
              for role, folder in folders.items()}
+    if folders:
+        _say_unused(data, list(folders.values()))
     if not found:
         dataset = load_dataset(data)
         annotated = any(s.label_path is not None for s in dataset)
