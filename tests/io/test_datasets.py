@@ -211,6 +211,12 @@ def test_cellposes_own_namings_pair_and_its_flow_files_are_not_images(tmp_path, 
         np.testing.assert_array_equal(dataset[0].read()[1], ids)
         assert f"read as a Cellpose ({kind}) folder" in caplog.text, name
     assert "1 Cellpose flow file(s) (x_flows.tif) skipped" in caplog.text
+    # the GUI's x_seg.npy beside x_masks.tif: the masks are read, and that is said
+    np.save(tmp_path / "flows" / "x_seg.npy", {"masks": ids * 0})
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        dataset = load_dataset(tmp_path / "flows", require_labels=True)
+    assert dataset[0].label_path.name == "x_masks.tif"
+    assert "1 Cellpose GUI file(s) (x_seg.npy) not read: the x_masks files" in caplog.text
     # an orphan x_masks with no x (nor x_img) is still named as one
     (tmp_path / "img" / "000_img.png").rename(tmp_path / "img" / "001_img.png")
     with pytest.raises(DatasetError, match=r"1 label file\(s\) without an image, e\.g\. "

@@ -345,6 +345,14 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
             images = {i: p for i, p in images.items() if not i.endswith(suffix)}
             labels, label_dir = masks, root
             kind = f"Cellpose (x{img} + x{suffix})"
+            if segs:  # (the GUI's files beside them may hold other, corrected cells)
+                from cellsynth.hardware import announce
+
+                first = next(iter(segs.values())).name
+                announce(f"{root}: {len(segs)} Cellpose GUI file(s) ({first}"
+                         f"{', ...' if len(segs) > 1 else ''}) not read: the x{suffix} "
+                         f"files beside them are the labels; move one kind away to use the "
+                         f"other")
         elif segs:  # Cellpose's GUI: x.png beside x_seg.npy
             labels, label_dir, kind = segs, root, "Cellpose GUI (x + x_seg.npy)"
     if label_dir != root:  # Cellpose's masks copied into labels/: x_masks.tif is x's
