@@ -397,6 +397,26 @@ def test_cells_annotated_in_a_region_train_and_score_inside_it_only(tmp_path, ca
     assert "a.geojson: 1 of 1 region(s) are not rectangles" in caplog.text
 
 
+def test_inspect_says_which_outlined_cells_lie_outside_the_regions(tmp_path, capsys):
+    """inspect counted a cell outlined outside every region with the others and said
+    nothing, where training and export say it is not used (audit)."""
+    labels = np.zeros((40, 60), np.uint16)
+    for i, (y, x) in enumerate([(10, 10), (30, 20), (20, 50)], start=1):
+        labels[y - 4:y + 4, x - 4:x + 4] = i  # cell 3 lies right of x = 35
+    root = tmp_path / "part"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    write_image(root / "images" / "a.png", np.where(labels > 0, 200, 30).astype(np.uint8))
+    cells = _geojson(labels, "a")["features"]
+    region = _feature([_square(0, 0, 35, 40)], "annotation")
+    (root / "labels" / "a.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [region, *cells]}))
+    forget_announcements()
+    assert main(["inspect", str(root)]) == 0
+    assert "a.geojson: 1 cell(s) lie outside its 1 annotated region(s) and are not used" in \
+        capsys.readouterr().err
+
+
 def test_a_region_annotated_file_is_parsed_once_for_its_cells_and_regions(tmp_path,
                                                                            monkeypatch):
     """Loading a region-annotated image reads its cells and then its regions from the same

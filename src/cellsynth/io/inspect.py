@@ -42,6 +42,8 @@ def summarize(root: str | os.PathLike) -> dict[str, Any]:
     for sample in dataset:
         if sample.label_path is not None:
             image, labels = sample.read(all_channels=True)
+            sample.annotated_boxes(labels.shape)  # (QuPath regions: says which cells are
+            # outside them and not used, as training and export say)
             n_labeled += 1
             counts = np.bincount(labels.ravel().astype(np.int64))[1:]
             counts = counts[counts > 0]
