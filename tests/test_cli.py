@@ -430,6 +430,21 @@ def test_run_takes_its_config_from_after_reuse_and_checks_out_before_estimating(
     assert "afile: exists and is not a folder" in capsys.readouterr().err
     assert main(["run", str(config), "--out", str(real / "images" / "x"), "--estimate"]) == 2
     assert "lies in the images/ folder of the input" in capsys.readouterr().err
+    # a folder of the user's that is not a run: its predict/ and report.html were replaced
+    # without a word (audit); a run folder (state.json, or config.yaml of a run stopped
+    # before its state) continues as before
+    mine = tmp_path / "mine"
+    (mine / "predict").mkdir(parents=True)
+    (mine / "predict" / "mine.txt").write_text("my earlier predictions")
+    assert main(["run", str(config), "--out", str(mine), "--estimate"]) == 2
+    err = capsys.readouterr().err
+    assert "mine: not empty and not a cellsynth run folder (it holds predict)" in err, err
+    assert (mine / "predict" / "mine.txt").read_text() == "my earlier predictions"
+    from cellsynth.pipeline.config import load_pipeline_config
+    from cellsynth.pipeline.run import check_out
+
+    (mine / "config.yaml").write_text("name: x\n")
+    check_out(load_pipeline_config(config), mine)  # (refuses nothing: no error)
 
 
 def test_cellsynth_alone_prints_its_commands(capsys):

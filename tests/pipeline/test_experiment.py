@@ -278,6 +278,15 @@ def test_experiment_config_errors(tmp_path):
     assert config.settings == (Setting("a", "real", 1),) and config.seeds == (4,)
     assert config.train == str((tmp_path / "train").resolve())
     assert experiment.check_experiment(config) is None
+    # --out a folder of the user's that is no experiment: refused before any work (a run's
+    # predict/ and report.html were replaced there without a word; audit)
+    from cellsynth.errors import OutputExistsError
+
+    (tmp_path / "mine" / "notes").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match=r"mine: not empty and not a cellsynth "
+                                                 r"experiment folder \(it holds notes\)"):
+        experiment.run_experiment(config, tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes"]
 
 
 def test_select_settings_keeps_the_named_ones_and_their_comparisons(tmp_path):

@@ -113,6 +113,10 @@ def demo(out: str | os.PathLike, *, force: bool = False, progress: bool = True) 
                                     f"(use --force to replace it)")
         shutil.rmtree(out)
     config = demo_config(write_demo_data(out / "data"))
+    if not (out / layout.CONFIG).exists():  # (an experiment folder now, with its data/ in
+        from cellsynth.config import save_yaml  # it: run_experiment refuses other folders)
+
+        save_yaml(out / layout.CONFIG, config)
     log = print if progress else (lambda _: None)
     run_experiment(config, out, log=log)
     log("[realism] simulated and refined vs real")

@@ -59,7 +59,14 @@ from cellsynth.pipeline.experiment_plan import (  # _plan, _Unit: (re-exported: 
 from cellsynth.pipeline.experiment_results import _log_k_axis as _log_k_axis  # (re-exported)
 from cellsynth.pipeline.experiment_results import _plot, _write_table
 from cellsynth.pipeline.experiment_results import k_position as k_position  # (re-exported)
-from cellsynth.pipeline.run import RunState, claim, content_fingerprint, fingerprint, timed
+from cellsynth.pipeline.run import (
+    RunState,
+    claim,
+    content_fingerprint,
+    fingerprint,
+    refuse_foreign_folder,
+    timed,
+)
 from cellsynth.segment.parallel import parallel_plan
 from cellsynth.segment.tiles import HALF_PIXEL
 
@@ -227,6 +234,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
     from cellsynth.evaluate.matching import Matching
 
     out = Path(out)
+    refuse_foreign_folder(out, "experiment", "its own folders and results")
     check_experiment(config)  # lists the test folder; its pixels are read in phase 2 only
     for line in reproducibility_notes(config):
         log(line)

@@ -306,6 +306,22 @@ def check_out(config: PipelineConfig, out: str | os.PathLike) -> None:
         raise OutputExistsError(f"{out}: exists and is not a folder; give --out a folder")
     refuse_inputs(out, [getattr(config.real, role)
                         for role in ("unlabeled", "train", "val", "test")], "run")
+    refuse_foreign_folder(out, "run", "its own folders and report.html")
+
+
+def refuse_foreign_folder(out: Path, kind: str, writes: str) -> None:
+    """Refuse in one line an ``--out`` that is a non-empty folder but no cellsynth ``kind``
+    folder (no state.json or config.yaml of one): a run or experiment writes and replaces
+    ``writes`` there (a user's predict/ or report.html were replaced without a word). Hidden
+    entries (a stopped run's .claims/) do not count."""
+    if out.is_dir() and not (out / layout.STATE).is_file() \
+            and not (out / layout.CONFIG).is_file():
+        theirs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if theirs:
+            raise OutputExistsError(
+                f"{out}: not empty and not a cellsynth {kind} folder (it holds "
+                f"{', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}); a {kind} "
+                f"writes and replaces {writes} there: choose a new --out")
 
 
 def timed(state: RunState, name: str, print_: str, resume: bool, work: Callable[[], Any],
