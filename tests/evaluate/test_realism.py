@@ -160,7 +160,15 @@ def test_cli_realism_writes_json(sharp, tmp_path, capsys):
     assert report["n_a"] == 4 and report["seed"] == 1 and report["c2st"]["crop_size"] == 16
     assert len(report["c2st"]["fold_accuracies"]) == 2
     assert report["swd"]["mean_x1e3"] > 0 and report["a"] == str(a)
-    assert main(argv + ["--repeats", "2"]) == 0
+    # an existing file is replaced only with --force, an input image never (both were
+    # replaced by JSON text without a word; audit), refused before the work
+    assert main(argv + ["--repeats", "2"]) == 2
+    assert "realism.json: exists" in capsys.readouterr().err
+    image = a / "images" / "00.png"
+    before = image.read_bytes()
+    assert main(argv[:6] + [str(image)] + argv[7:] + ["--force"]) == 2
+    assert "lies in the input" in capsys.readouterr().err and image.read_bytes() == before
+    assert main(argv + ["--repeats", "2", "--force"]) == 0
     assert "mean of 2 repeats" in capsys.readouterr().out
     twice = json.loads(out.read_text())["c2st"]
     assert twice["repeats"] == 2 and twice["repeat_accuracies"][0] == report["c2st"]["accuracy"]

@@ -195,6 +195,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--a", type=Path, required=True, help="first image set (dataset folder)")
     p.add_argument("--b", type=Path, required=True, help="second image set (dataset folder)")
     p.add_argument("--json", type=Path, help="write the metrics as JSON here")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="crops, folds and the C2ST")
     p.add_argument("--folds", type=_positive_int, default=5, help="C2ST cross-validation folds")
     p.add_argument("--crop", type=_positive_int, default=64, help="C2ST crop side in pixels")

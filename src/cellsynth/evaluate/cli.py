@@ -113,6 +113,10 @@ def run_realism(args: argparse.Namespace) -> int:
         raise ConfigError(f"--crop must be at least 8 px, got {crop}")
     if crops < folds:
         raise ConfigError(f"--crops must be at least --folds ({folds}), got {crops}")
+    if args.json is not None:  # before the minutes of work (it replaced any file, even an
+        # input image, without a word; audit)
+        check_output_file(args.json, force=getattr(args, "force", False),
+                          inputs=(args.a, args.b))
     start = time.perf_counter()
     min_side = max(crop, _SWD_MIN_SIDE)
     channel = getattr(args, "channel", None)
