@@ -148,6 +148,49 @@ def test_a_rerun_names_the_setting_or_the_input_that_changed(tmp_path, monkeypat
             "ran") in said
 
 
+def test_stages_done_for_an_earlier_config_are_not_shown_done_while_it_reruns(tmp_path,
+                                                                             monkeypatch):
+    """pretrain.steps changed, the rerun stopped in pretrain: the report said predict and
+    evaluate "done" and showed the old detector's metrics under the new config (audit).
+    They are marked done for an earlier configuration at the rerun's start."""
+    from cellsynth.pipeline.report import write_report
+
+    plan, stop = stages.plan, []
+
+    def pretrain(*args, **kwargs):
+        if stop:
+            raise KeyboardInterrupt
+        return {}
+
+    monkeypatch.setattr(stages, "plan", lambda cfg: [
+        replace(s, run=pretrain if s.name == "pretrain" else lambda *a, **kw: {})
+        for s in plan(cfg)])
+    config, out = _config(_real(tmp_path / "real")), tmp_path / "run"
+    run(config, out, progress=False, log=lambda _: None)
+    assert "<td>predict</td><td>done</td>" in write_report(out).read_text()
+    changed = replace(config, pretrain=replace(config.pretrain, steps=3))
+    stop.append(1)
+    with pytest.raises(KeyboardInterrupt):
+        run(changed, out, progress=False, log=lambda _: None)
+    state = json.loads((out / "state.json").read_text())
+    assert state["predict"]["done"] is False and state["predict"]["outdated"] is True
+    assert state["simulate"]["done"] is True  # (unchanged: still this config's)
+    page = write_report(out).read_text()
+    assert ("<td>predict</td><td>done for an earlier configuration; runs again</td>"
+            in page)
+    stop.clear()
+    said: list[str] = []
+    run(changed, out, progress=False, log=said.append)
+    assert "[predict] running again: what it reads (pretrain) changed" in said
+    state = json.loads((out / "state.json").read_text())
+    assert state["predict"]["done"] is True and "outdated" not in state["predict"]
+    from cellsynth.pipeline.report import _earlier  # (the warning above the test metrics)
+
+    assert "evaluate stage is done for an earlier configuration" in _earlier(
+        {"evaluate": {"done": False, "outdated": True}}, "evaluate")
+    assert _earlier({"evaluate": {"done": True}}, "evaluate") == ""
+
+
 def test_a_resumed_stage_counts_the_time_of_every_run_that_worked_on_it(tmp_path, monkeypatch):
     from types import SimpleNamespace
 

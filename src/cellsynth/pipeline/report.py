@@ -401,7 +401,8 @@ def write_report(run: str | os.PathLike) -> Path:
         (run / layout.CONFIG).read_text() if (run / layout.CONFIG).exists() else "")
     state_path = run / layout.STATE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    stage_rows = [[name, ("done" if s.get("done") else "not finished")
+    stage_rows = [[name, ("done" if s.get("done") else "done for an earlier configuration; "
+                          "runs again" if s.get("outdated") else "not finished")
                    + (f" (reused from {s['reused_from']})" if s.get("reused_from") else ""),
                    _stage_time(s)]
                   for name, s in state.items() if name != layout.REPORT_STAGE]  # this page
@@ -411,9 +412,23 @@ def write_report(run: str | os.PathLike) -> Path:
     body = [f"<h1>cellsynth report: {html.escape(title)}</h1>",
             _table(["stage", "status", "time"], stage_rows) if stage_rows else "",
             _fitted(run), "<h2>Samples</h2>" + _samples(run), _refiner(run), _realism(run),
-            _training(run), _pseudo_labels(run), _predictions(run), _metrics(run),
+            _training(run), _pseudo_labels(run), _predictions(run),
+            _earlier(state, layout.EVALUATE) + _metrics(run),
             f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>"]
     return _write_page(run, body)
+
+
+def _earlier(state: dict[str, Any], stage: str) -> str:
+    """A warning above what ``stage`` wrote where it was done for an earlier configuration
+    (the run was changed and stopped before it ran again), else ""."""
+    entry = state.get(stage) or {}
+    if entry.get("done") or not entry:
+        return ""
+    why = ("done for an earlier configuration" if entry.get("outdated")
+           else "not finished in this configuration")
+    return (f'<p class="warn"><b>The {html.escape(stage)} stage is {why}: the numbers below '
+            f"are from before, not of this configuration.</b> Continue the run to update "
+            f"them.</p>")
 
 
 def _write_page(folder: Path, body: list[str]) -> Path:

@@ -377,6 +377,13 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool, log: Callable[[st
         log(f"[{name}] reused from {source} (done there in "
             f"{duration(entry.get('seconds', 0.0))})")
     keys = _stage_keys(config, plan, state.data, contents)
+    for stage in plan:  # (done for an earlier config: not done for this one, from now on,
+        # so that a report written before it runs again does not show it as this one's)
+        entry = state.data.get(stage.name)
+        if entry and entry.get("done") and entry["fingerprint"] != keys[stage.name][0]:
+            state.mark(stage.name, entry["fingerprint"], done=False, outdated=True,
+                       **{k: v for k, v in entry.items()
+                          if k not in ("fingerprint", "done", "outdated")})
     summaries: dict[str, Any] = {}
     for stage in plan:
         stage_fingerprint, hashed = keys[stage.name]
