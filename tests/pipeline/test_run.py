@@ -676,8 +676,8 @@ def test_select_trains_and_validates_on_the_chosen_annotated_images_only(tmp_pat
 
 
 def test_a_test_split_copied_from_the_annotated_images_is_refused_before_any_work(tmp_path):
-    """A test/ that is train/ (or val/), or holds byte-identical copies of its images, was
-    predicted and scored as held out (only `experiment` refused it; audit)."""
+    """A test/ that is train/ (or val/, unlabeled/), or holds byte-identical copies of its
+    images, was predicted and scored as held out (only `experiment` refused it; audit)."""
     import shutil
 
     from cellsynth.errors import ConfigError
@@ -691,7 +691,9 @@ def test_a_test_split_copied_from_the_annotated_images_is_refused_before_any_wor
     for real, message in ((RealData(unlabeled=str(train), train=str(train), test=str(copied)),
                            r"test: 2 test image\(s\) also in .*train"),
                           (RealData(unlabeled=str(train), val=str(copied), test=str(copied)),
-                           "test: is the val: folder")):
+                           "test: is the val: folder"),
+                          (RealData(unlabeled=str(copied), train=str(other), test=str(copied)),
+                           "test: is the unlabeled: folder")):
         with pytest.raises(ConfigError, match=message):
             check_inputs(replace(config, real=real))
     check_inputs(replace(config, real=RealData(unlabeled=str(train), train=str(train),

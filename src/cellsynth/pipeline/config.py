@@ -366,9 +366,10 @@ def check_inputs(config: PipelineConfig) -> None:
                         f"cannot be copied as channel {config.real.channel} alone into the run "
                         f"folder; save that channel as its own image, or predict the section "
                         f"apart with cellsynth predict --channel {config.real.channel}")
-    if config.real.test is not None:  # (scored as held out: never trained or chosen on)
+    if config.real.test is not None:  # (scored as held out: never trained or chosen on;
+        # the unlabeled images fit the simulator and the refiner and are self-trained on)
         test = load_dataset(config.real.test)
-        for role in ("train", "val"):
+        for role in ("train", "val", "unlabeled"):
             if getattr(config.real, role) is not None:
                 check_held_out(load_dataset(getattr(config.real, role)), test, role)
     for role, ids in config.real.select.items():
