@@ -1450,6 +1450,19 @@ def test_the_reports_predict_command_pastes_into_a_shell_with_spaces_in_paths(tm
     words = shlex.split(html.unescape(command))
     assert words[words.index("--detector") + 1] == model
     assert words[words.index("--faint-from") + 1] == faint_from
+    assert "--score-thresh" not in words and "--tile" not in words
+    # the threshold counted on the unlabeled images and the run's tiling and precision go
+    # with it (the command predicted at the detector's own threshold; audit)
+    (run / "config.yaml").write_text("name: x\nseed: 0\npredict: {count_threshold: true, "
+                                     "tile: 512, overlap: 32, empty_contrast: 0.05, "
+                                     "precision: fp32, tta: true}\n")
+    meta = json.loads((run / "predict" / "meta.json").read_text())
+    (run / "predict" / "meta.json").write_text(json.dumps({**meta, "score_thresh": 0.87}))
+    words = shlex.split(html.unescape(_prediction_note(run).split("<code>")[1].split(
+        "</code>")[0]))
+    assert [words[words.index(flag) + 1] for flag in (
+        "--score-thresh", "--tile", "--overlap", "--empty-contrast", "--precision")] == [
+        "0.87", "512", "32", "0.05", "fp32"]
 
 
 def test_a_run_on_unlabeled_sections_at_another_pixel_size_predicts_them_whole(tmp_path,

@@ -336,6 +336,7 @@ def _prediction_note(run: Path) -> str:
     path = run / layout.PREDICT / layout.META
     if not path.is_file():
         return ""
+    from cellsynth.pipeline.config import PredictOptions
     from cellsynth.segment.predict import CPN_NMS
 
     meta = json.loads(path.read_text())
@@ -344,6 +345,16 @@ def _prediction_note(run: Path) -> str:
                f"predictions" + (" --tta" if meta.get("tta") else ""))
     if meta.get("nms_thresh") not in (None, CPN_NMS):  # set by predict.nms
         command += f" --nms {meta['nms_thresh']:g}"
+    options = _run_config(run).get("predict") or {}
+    if options.get("count_threshold") and meta.get("score_thresh") is not None:
+        # (the threshold counted on the unlabeled images: not the detector's own)
+        command += f" --score-thresh {meta['score_thresh']:g}"
+    defaults = PredictOptions()
+    for key, flag in (("tile", "--tile"), ("overlap", "--overlap"),
+                      ("empty_contrast", "--empty-contrast"), ("precision", "--precision")):
+        if options.get(key) is not None and options[key] != getattr(defaults, key):
+            command += f" {flag} {options[key]:g}" if isinstance(options[key], float) \
+                else f" {flag} {options[key]}"
     text = ""
     real = _real_options(run)
     if real.get("channel") is not None:  # (the detectors record it: predict picks it itself)
