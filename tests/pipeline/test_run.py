@@ -209,6 +209,38 @@ def test_simulating_in_more_processes_redoes_nothing(tmp_path, monkeypatch):
         default, stages.plan(default))
 
 
+def test_a_stage_whose_output_was_deleted_runs_again(tmp_path, monkeypatch):
+    """predict/ deleted by hand (or a detector's best.pt) was "up to date, skipped" and the
+    report named a detector that was gone (audit); what a finished stage wrote is recorded
+    and a stage missing it runs again."""
+    plan = stages.plan
+
+    def writes(name):
+        def work(config, out, **kw):
+            (out / name).mkdir(exist_ok=True)
+            (out / name / "made.txt").write_text(name)
+            (out / name / "best.pt").write_text("weights")
+            return {}
+        return work
+
+    monkeypatch.setattr(stages, "plan", lambda cfg: [replace(s, run=writes(s.name))
+                                                     for s in plan(cfg)])
+    config, out = _config(_real(tmp_path / "real")), tmp_path / "run"
+    run(config, out, progress=False, log=lambda _: None)
+    state = json.loads((out / "state.json").read_text())
+    assert state["pretrain"]["output"] == ["best.pt", "made.txt"]
+    import shutil
+
+    shutil.rmtree(out / "predict")
+    (out / "pretrain" / "best.pt").unlink()
+    said: list[str] = []
+    run(config, out, progress=False, log=said.append)
+    ran = [line for line in said if "skipped" not in line and " done in " not in line]
+    assert ran == ["[pretrain] running again: what it wrote is gone (pretrain/best.pt)",
+                   "[predict] running again: what it wrote is gone (predict/)"], said
+    assert (out / "predict" / "made.txt").is_file() and (out / "pretrain" / "best.pt").is_file()
+
+
 def test_a_resumed_stage_counts_the_time_of_every_run_that_worked_on_it(tmp_path, monkeypatch):
     from types import SimpleNamespace
 

@@ -362,6 +362,36 @@ def timed(state: RunState, name: str, print_: str, resume: bool, work: Callable[
     return summary, earlier + now, now
 
 
+_MAX_RECORDED_OUTPUT = 64  # top-level entries of a stage's folder kept in state.json
+
+
+def _record_output(state: RunState, out: Path, name: str, print_: str) -> None:
+    """Beside a finished stage's entry: the top-level entries of its folder (``output``),
+    for a later run to see whether they are still there (:func:`_gone`)."""
+    folder = out / name
+    if not folder.is_dir():
+        return
+    entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    if entries and len(entries) <= _MAX_RECORDED_OUTPUT:
+        entry = state.data[name]
+        state.mark(name, print_, done=True, output=entries,
+                   **{k: v for k, v in entry.items() if k not in ("fingerprint", "done",
+                                                                  "output")})
+
+
+def _gone(out: Path, name: str, entry: dict[str, Any] | None) -> str:
+    """What of a finished stage's recorded ``output`` is no longer in its folder (names,
+    comma-separated; "" where all is there, or nothing was recorded)."""
+    recorded = (entry or {}).get("output") or []
+    missing = [n for n in recorded if not (out / name / n).exists()]
+    if not missing:
+        return ""
+    if len(missing) == len(recorded) and not (out / name).exists():
+        return f"{name}/"
+    return ", ".join(f"{name}/{n}" for n in missing[:3]) + (", ..." if len(missing) > 3
+                                                           else "")
+
+
 def _run(config: PipelineConfig, out: Path, *, progress: bool, log: Callable[[str], None],
          sources: list[Path]) -> dict[str, Any]:
     from cellsynth.pipeline import stages
@@ -388,12 +418,16 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool, log: Callable[[st
     for stage in plan:
         stage_fingerprint, hashed = keys[stage.name]
         status = state.status(stage.name, stage_fingerprint)
-        if status == "done":
+        gone = _gone(out, stage.name, state.data.get(stage.name)) if status == "done" else ""
+        if status == "done" and not gone:
             if stage.name not in reused:
                 log(f"[{stage.name}] up to date, skipped")
             summaries[stage.name] = state.data[stage.name].get("summary", {})
             continue
-        if status == "interrupted":
+        if gone:  # (deleted by hand: it was "up to date, skipped" and read by the next)
+            doing = f"running again: what it wrote is gone ({gone})"
+            status = "new"
+        elif status == "interrupted":
             doing = "resuming"
         elif stage.name in state.data:  # done or begun, then changed
             doing = "running again: " + (
@@ -408,6 +442,7 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool, log: Callable[[st
             partial(stage.run, config, out, resume=resume, progress=progress), hashed=hashed)
         earlier = seconds - now
         summaries[stage.name] = summary
+        _record_output(state, out, stage.name, stage_fingerprint)
         left = len(plan) - 1 - plan.index(stage)
         log(f"[{stage.name}] done in {duration(seconds)}"
             + (f" in all ({duration(now)} this time)" if earlier else "")
