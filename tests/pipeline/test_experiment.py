@@ -1012,3 +1012,13 @@ def test_finetune_takes_the_network_pretrain_names_in_an_experiment_too(tmp_path
     with pytest.raises(ConfigError, match=r"exp.yaml: finetune: starts from the pretrained "
                                           r"detectors.*\(model tiny_u22 vs slim_u22\)"):
         load_experiment_config(tmp_path / "exp.yaml")
+
+
+def test_seeds_in_the_folder_beyond_the_runs_seeds_are_found():
+    """The plain command after a `--seeds 0 1` run rewrote results.json with seed 0 alone and
+    no word of seed 1 (audit): the seeds a folder holds finished units of are found."""
+    state = {"sim/s0": {"done": True}, "sim/s1": {"done": True},
+             "detectors/real_kall_s1": {"done": True}, "detectors/x_k3_s2": {"done": False},
+             "eval/real_kall_s3_tta": {"done": True}}
+    assert experiment._other_seeds(state, (0,)) == [1]
+    assert experiment._other_seeds(state, (0, 1)) == []

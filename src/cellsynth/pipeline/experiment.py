@@ -294,7 +294,23 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
     for name, r in results["settings"].items():
         log(f"{name}: F1@0.5 {r['f1_50']['mean']:.3f} +- {r['f1_50']['std']:.3f}, "
             f"F1avg {r['f1_avg']['mean']:.3f} +- {r['f1_avg']['std']:.3f}")
+    others = _other_seeds(state.data, config.seeds)
+    if others and subset is None:  # (results.json had them from a --seeds run: now not)
+        log(f"note: {out} also holds units of seed(s) {', '.join(map(str, others))}, not in "
+            f"this run's seeds ({', '.join(map(str, config.seeds))}), so {json_name} leaves "
+            f"them out; pool them with --seeds "
+            f"{' '.join(map(str, sorted(set(config.seeds) | set(others))))}")
     return results
+
+
+def _other_seeds(state: dict[str, Any], seeds: tuple[int, ...]) -> list[int]:
+    """Seeds whose finished units a folder's state holds (names end in ``_s<seed>`` or
+    ``/s<seed>``) outside ``seeds``."""
+    import re
+
+    found = {int(m.group(1)) for name, entry in state.items() if entry.get("done")
+             and (m := re.search(r"[_/]s(\d+)$", name))}
+    return sorted(found - set(seeds))
 
 
 def _fingerprints(units: list[_Unit], train_contents: str) -> dict[str, str]:
