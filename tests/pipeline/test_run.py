@@ -625,8 +625,17 @@ def test_a_run_can_fit_the_simulator_to_its_real_images_first(tmp_path):
     measured = replace(config, simulate=replace(config.simulate, fit_spread="fitted"))
     other = {stage.name: stage for stage in stages.plan(measured)}
     assert other["fit"].config(measured) != plan["fit"].config(config)
-    with pytest.raises(ValueError, match="simulate.fit_spread must be one of floor, fitted"):
+    with pytest.raises(ValueError, match="^fit_spread must be one of floor, fitted"):
         SimulateOptions(fit_spread="wide")
+    # read from a config file, said once as simulate: ... (it was "simulate: simulate: ...")
+    from cellsynth.errors import ConfigError
+    from cellsynth.pipeline.config import load_pipeline_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: x\nsimulate: {{preset: fluo, workers: 0}}\nreal: {{unlabeled: "
+                    f"{config.real.unlabeled}}}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: simulate: n >= 1, size >= 16, workers"):
+        load_pipeline_config(path)
 
 
 def test_fit_from_must_name_real_images_that_are_set(tmp_path):

@@ -64,18 +64,17 @@ class SimulateOptions:
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.size < 16 or self.workers < 1 or self.n_val < 0:
-            raise ValueError("simulate: n >= 1, size >= 16, workers >= 1 and n_val >= 0 "
-                             "required")
+            raise ValueError("n >= 1, size >= 16, workers >= 1 and n_val >= 0 required")
         from cellsynth.simulate.fit import SPREADS, STAINS
 
         if self.fit_stains not in STAINS:
-            raise ValueError(f"simulate.fit_stains must be one of {', '.join(STAINS)}, got "
+            raise ValueError(f"fit_stains must be one of {', '.join(STAINS)}, got "
                              f"{self.fit_stains!r}")
         if self.fit_spread not in SPREADS:
-            raise ValueError(f"simulate.fit_spread must be one of {', '.join(SPREADS)}, got "
+            raise ValueError(f"fit_spread must be one of {', '.join(SPREADS)}, got "
                              f"{self.fit_spread!r}")
         if self.fit_from is not None and self.fit_role not in FIT_ROLES:
-            raise ValueError(f"simulate.fit_from must be one of "
+            raise ValueError(f"fit_from must be one of "
                              f"{', '.join('real.' + r for r in FIT_ROLES)}, got "
                              f"{self.fit_from!r} (the test images are never fitted to)")
 

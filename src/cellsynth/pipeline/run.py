@@ -260,7 +260,9 @@ def _what_changed(before: dict[str, Any] | None, now: dict[str, Any]) -> str | N
 
 
 def _shown(values: dict[str, Any], key: str) -> str:
-    return "unset" if key not in values else json.dumps(values[key])
+    # (an option added to the config later is hashed only away from its default: absent
+    # from the record is its default, whether or not the config named it; "unset" misled)
+    return "(default)" if key not in values else json.dumps(values[key])
 
 
 def duration(seconds: float) -> str:
