@@ -132,6 +132,11 @@ def test_a_rerun_names_the_setting_or_the_input_that_changed(tmp_path, monkeypat
         log=said.append)
     assert "[pretrain] running again: pretrain.steps 2 -> 3 changed" in said
     assert "[predict] running again: what it reads (pretrain) changed" in said
+    said.clear()  # (an option at its default was "unset" in the line, however it was set)
+    run(replace(config, pretrain=replace(config.pretrain, steps=3),
+                predict=replace(config.predict, tta=True)), out, progress=False,
+        log=said.append)
+    assert "[predict] running again: predict.tta (default) -> true changed" in said
     said.clear()
     write_image(real / "r0.png", np.full((64, 64), 7, np.uint8))
     run(replace(config, pretrain=replace(config.pretrain, steps=3)), out, progress=False,
