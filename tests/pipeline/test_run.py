@@ -1527,6 +1527,10 @@ def test_the_reports_predict_command_pastes_into_a_shell_with_spaces_in_paths(tm
     assert [words[words.index(flag) + 1] for flag in (
         "--score-thresh", "--tile", "--overlap", "--empty-contrast", "--precision")] == [
         "0.87", "512", "32", "0.05", "fp32"]
+    (run / "predict" / "meta.json").write_text(json.dumps(
+        {**meta, "score_thresh": 0.87, "precision": "fp32", "precision_asked": "int8"}))
+    assert ("Predicted at score threshold 0.87 in fp32 (int8 was asked and fell back). "
+            in _prediction_note(run))
 
 
 def test_a_run_on_unlabeled_sections_at_another_pixel_size_predicts_them_whole(tmp_path,

@@ -356,6 +356,11 @@ def _prediction_note(run: Path) -> str:
             command += f" {flag} {options[key]:g}" if isinstance(options[key], float) \
                 else f" {flag} {options[key]}"
     text = ""
+    if meta.get("score_thresh") is not None:  # (what was used, and how it was computed)
+        asked = meta.get("precision_asked")
+        text = (f"Predicted at score threshold {meta['score_thresh']:g} in "
+                f"{meta.get('precision', 'fp32')}"
+                + (f" ({asked} was asked and fell back)" if asked else "") + ". ")
     real = _real_options(run)
     if real.get("channel") is not None:  # (the detectors record it: predict picks it itself)
         text = (f"Every stage read channel {real['channel']} of the multi-channel images "
