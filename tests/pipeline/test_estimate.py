@@ -192,6 +192,18 @@ def test_done_stages_count_zero(tmp_path):
     by_stage = {e.stage: e for e in estimate(config, out, timer=FakeTimer(), channels=1)}
     assert by_stage[layout.REFINER].seconds == 0.0
     assert by_stage[layout.PRETRAIN].seconds > 0  # interrupted: its steps are still ahead
+    # stopped at a quarter of its steps: run resumes there, so a quarter is priced less (it
+    # priced the whole stage again; audit); a line cut by the kill is passed over
+    whole = by_stage[layout.PRETRAIN].seconds
+    quarter = config.pretrain.steps // 4
+    (out / layout.PRETRAIN).mkdir()
+    (out / layout.PRETRAIN / layout.LOG).write_text(
+        "".join(f'{{"step": {i}, "loss": 1.0}}\n' for i in range(1, quarter + 1))
+        + '{"step": 99')
+    by_stage = {e.stage: e for e in estimate(config, out, timer=FakeTimer(), channels=1)}
+    left = (config.pretrain.steps - quarter) / config.pretrain.steps
+    assert by_stage[layout.PRETRAIN].seconds == pytest.approx(whole * left)
+    assert f"resumed at step {quarter}, {left:.0%} left" in by_stage[layout.PRETRAIN].detail
     # another refiner config: its done entry no longer counts
     changed = replace(config, refine=replace(config.refine, steps=10))
     by_stage = {e.stage: e for e in estimate(changed, out, timer=FakeTimer(), channels=1)}

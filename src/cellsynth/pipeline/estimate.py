@@ -32,6 +32,7 @@ fingerprint, counts 0. Nothing is written.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, replace
@@ -131,6 +132,7 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
     plan = st.plan(config)
     state = RunState(Path(out)) if out is not None else None  # (state.json read once)
     done = _done_stages(config, state, plan)
+    steps_done = _steps_done(config, state, plan, Path(out) if out is not None else None)
     reused = (reuse_plan(config, plan, Path(out), reuse_sources(reuse, Path(out)), state.data)
               if reuse and state is not None else {})
 
@@ -233,6 +235,12 @@ def estimate(config: PipelineConfig, out: str | os.PathLike | None = None, *,
                                       writes=True)
         elif name == layout.FIT:
             seconds, detail = _fit_seconds(config, timer)
+        total = {layout.REFINER: config.refine.steps, layout.PRETRAIN: config.pretrain.steps,
+                 layout.FINETUNE: config.finetune.steps}.get(name)
+        if seconds is not None and total and steps_done.get(name):
+            left = max(0, total - steps_done[name]) / total  # (run resumes it there)
+            seconds *= left
+            detail += f"; resumed at step {steps_done[name]}, {left:.0%} left"
         results.append(StageEstimate(name, seconds, detail))
     return results
 
@@ -275,6 +283,31 @@ def _fit_seconds(config: PipelineConfig, timer: Any) -> tuple[float, str]:
     return seconds, (f"{batches} x {plan.n_sim} images of {plan.side}² simulated and measured "
                      f"x {render + measure:.2f} s + {len(shapes)} real image(s) measured, "
                      f"{_minutes(real)}")
+
+
+def _steps_done(config: PipelineConfig, state: Any, plan: list, out: Path | None
+                ) -> dict[str, int]:
+    """Training stages the run folder holds interrupted with the fingerprint this config
+    gives them (run resumes them from their last checkpoint): {name: the last step their
+    log.jsonl records} (the checkpoint is at or a little before it)."""
+    from cellsynth.pipeline.run import stage_fingerprints
+
+    if state is None or not state.data or out is None:
+        return {}
+    found = {}
+    for name, print_ in stage_fingerprints(config, plan, state.data).items():
+        log = out / name / layout.LOG
+        if state.status(name, print_) != "interrupted" or not log.is_file():
+            continue
+        steps = []
+        for line in log.read_text().splitlines():
+            try:
+                steps.append(int(json.loads(line).get("step", 0)))
+            except (ValueError, AttributeError, TypeError):
+                continue  # (a line cut by the kill)
+        if steps:
+            found[name] = int(max(steps))
+    return found
 
 
 def _done_stages(config: PipelineConfig, state: Any, plan: list) -> set[str]:
