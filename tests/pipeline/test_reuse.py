@@ -161,9 +161,10 @@ def test_reuse_never_replaces_what_the_run_holds_and_names_a_bad_folder(tmp_path
     first = tmp_path / "first"
     config = _recipe(*data, ["img0"])
     run(config, first, progress=False, log=lambda line: None)
-    second = tmp_path / "second"
+    second = tmp_path / "second"  # (a run folder: one of the user's is refused as --out)
     (second / "pretrain").mkdir(parents=True)
     (second / "pretrain" / "mine.txt").write_text("a user's file")
+    (second / "state.json").write_text("{}")
     said: list[str] = []
     run(config, second, progress=False, log=said.append, reuse=[first])
     assert "simulate" not in _ran(said) and "pretrain" in _ran(said)

@@ -189,6 +189,9 @@ def _stage_keys(config: PipelineConfig, plan: list, recorded: dict[str, Any] | N
             if entry["fingerprint"] == earlier or _same_but_unread(entry.get("hashed"),
                                                                    hashed, stage.unread):
                 print_, hashed = entry["fingerprint"], entry.get("hashed") or hashed
+        if entry is not None and entry["fingerprint"] != print_ and _same_output(
+                entry.get("hashed"), hashed):
+            print_, hashed = entry["fingerprint"], entry["hashed"]
         keys[stage.name] = print_, hashed
     return keys
 
@@ -197,6 +200,24 @@ def _contents(config: PipelineConfig, plan: list) -> dict[str, str | None]:
     """The content fingerprint of each real-data role the planned stages read."""
     return {role: content_fingerprint(getattr(config.real, role))
             for role in {role for stage in plan for role in stage.reads}}
+
+
+# settings that change how a stage works, not what it writes: a recorded stage that differs
+# from now only in them is kept (simulating in more processes redid every stage)
+_SAME_OUTPUT = frozenset({"simulate.workers"})
+
+
+def _same_output(before: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    """Whether a stage's recorded ``hashed`` differs from ``now`` only in settings of
+    :data:`_SAME_OUTPUT`."""
+    if not before or "settings" not in before:
+        return False
+
+    def kept(settings: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in settings.items() if k not in _SAME_OUTPUT}
+
+    return (kept(before["settings"]) == kept(now["settings"])
+            and before.get("reads") == now["reads"] and before.get("inputs") == now["inputs"])
 
 
 def _same_but_unread(before: dict[str, Any] | None, now: dict[str, Any],

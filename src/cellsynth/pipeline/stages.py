@@ -406,18 +406,14 @@ def _report(config: PipelineConfig, out: Path, **kw: Any) -> dict[str, Any]:
     return {"report": str(write_report(out))}
 
 
-_SIM_WORKERS_HASHED = 2  # SimulateOptions.workers' default (see plan)
-
-
 def plan(config: PipelineConfig) -> list[Stage]:
     """The stages this config needs, in order."""
     real = config.real
     # (n_val only sizes the validation images: changing it keeps the training simulation;
-    # workers draw the same images in more processes: hashed as the default, so that runs
-    # recorded with it keep their fingerprints and another count redoes nothing)
-    sim = lambda c: Parts(simulate={  # noqa: E731
-        k: (_SIM_WORKERS_HASHED if k == "workers" else v)
-        for k, v in to_dict(c.simulate).items() if k != "n_val"}, seed=c.seed)
+    # workers, which change nothing drawn, are hashed but a change of them alone keeps a
+    # recorded fingerprint: run._SAME_OUTPUT)
+    sim = lambda c: Parts(simulate={k: v for k, v in to_dict(c.simulate).items()  # noqa: E731
+                                    if k != "n_val"}, seed=c.seed)
     stages = []
     if config.simulate.fit_from:
         stages.append(Stage(layout.FIT, (), lambda c: {"simulate": to_dict(c.simulate),
