@@ -1599,3 +1599,19 @@ def test_the_reports_config_marks_each_stages_seed_as_the_runs():
         "  seed: 0   # not used: every stage takes the run's seed (7)", "pretrain:",
         "  seed: 0   # not used: every stage takes the run's seed (7)"]
     assert _stage_seeds_said("refine:\n  seed: 0\n") == "refine:\n  seed: 0\n"
+
+
+def test_the_reports_realism_says_which_real_images_it_compared_with(tmp_path):
+    """The realism table said "vs real" under a strip of the unlabeled images while the stage
+    compared with the test images (audit)."""
+    from cellsynth.pipeline.report import _realism
+
+    run = tmp_path / "run"
+    (run / "realism").mkdir(parents=True)
+    result = {"c2st": {"accuracy": 0.7, "sem": 0.01}, "swd": {"mean_x1e3": 3.0},
+              "histogram_w1": 0.02, "spectrum_rms_log10": 0.1}
+    (run / "realism" / "realism.json").write_text(json.dumps({"simulate_vs_real": result}))
+    (run / "config.yaml").write_text("name: x\nreal: {unlabeled: u, test: t}\n")
+    assert '"real" here is the held-out test images (real.test)' in _realism(run)
+    (run / "config.yaml").write_text("name: x\nreal: {unlabeled: u}\n")
+    assert '"real" here is the unlabeled images (real.unlabeled)' in _realism(run)

@@ -131,9 +131,13 @@ def _realism(run: Path) -> str:
     rows = [[name.replace("_", " "), r["c2st"]["accuracy"], r["c2st"]["sem"],
              r["swd"]["mean_x1e3"], r["histogram_w1"], r["spectrum_rms_log10"]]
             for name, r in data.items()]
+    # (the realism stage compares with the test images where the run has them: say so, the
+    # samples above show the unlabeled ones as "real")
+    real = ("the held-out test images (real.test)" if _real_options(run).get("test")
+            else "the unlabeled images (real.unlabeled)")
     return ("<h2>Realism</h2><p class=note>C2ST: held-out accuracy of a small CNN telling the "
             "sets apart (0.5 = indistinguishable). SWD: sliced Wasserstein distance of "
-            "Laplacian-pyramid patches (lower = closer).</p>"
+            f"Laplacian-pyramid patches (lower = closer). \"real\" here is {real}.</p>"
             + _table(["comparison", "C2ST acc", "± s.e.", "SWD x1e3", "hist W1", "spectrum RMS"],
                      rows))
 
