@@ -1531,6 +1531,10 @@ def test_the_reports_predict_command_pastes_into_a_shell_with_spaces_in_paths(tm
         {**meta, "score_thresh": 0.87, "precision": "fp32", "precision_asked": "int8"}))
     assert ("Predicted at score threshold 0.87 in fp32 (int8 was asked and fell back). "
             in _prediction_note(run))
+    # with a channel the run read, both are said (the channel's sentence replaced it)
+    (run / "config.yaml").write_text("name: x\nseed: 0\nreal: {channel: 1}\n")
+    note = _prediction_note(run)
+    assert "Predicted at score threshold 0.87" in note and "read channel 1" in note
 
 
 def test_a_run_on_unlabeled_sections_at_another_pixel_size_predicts_them_whole(tmp_path,

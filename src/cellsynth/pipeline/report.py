@@ -367,8 +367,8 @@ def _prediction_note(run: Path) -> str:
                 + (f" ({asked} was asked and fell back)" if asked else "") + ". ")
     real = _real_options(run)
     if real.get("channel") is not None:  # (the detectors record it: predict picks it itself)
-        text = (f"Every stage read channel {real['channel']} of the multi-channel images "
-                f"(real.channel); the detectors pick it from new ones by themselves. ")
+        text += (f"Every stage read channel {real['channel']} of the multi-channel images "
+                 f"(real.channel); the detectors pick it from new ones by themselves. ")
     px = real.get("pixel_size_um")
     if px:  # (files that state none are otherwise taken at the detector's working size)
         command += f" --pixel-size {px:g}"
