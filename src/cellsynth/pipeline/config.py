@@ -317,6 +317,19 @@ def check_held_out(train: Any, test: Any, role: str = "train") -> None:
                           f"out")
 
 
+def check_splits_held_out(datasets: dict[str, Any]) -> None:
+    """:func:`check_held_out` of the test split against every folder the run learns or
+    chooses from: ``datasets`` by role (train, val, unlabeled, test; None or absent where
+    not given). The unlabeled images fit the simulator and the refiner and are self-trained
+    on, so they count as learned from."""
+    test = datasets.get("test")
+    if test is None:
+        return
+    for role in ("train", "val", "unlabeled"):
+        if datasets.get(role) is not None:
+            check_held_out(datasets[role], test, role)
+
+
 def check_inputs(config: PipelineConfig) -> None:
     """Fail before any work starts if a named folder is missing or malformed."""
     from cellsynth.io.datasets import check_label_sizes
@@ -332,10 +345,11 @@ def check_inputs(config: PipelineConfig) -> None:
                           f"but the simulation draws {sim.channels} (preset "
                           f"{config.simulate.preset}, colour {sim.color}): simulate a gray "
                           f"colour or preset (fluo, merker), or leave real.channel out")
+    datasets = {}
     for role in ("unlabeled", "train", "val", "test"):
         folder = getattr(config.real, role)
         if folder is not None:
-            dataset = load_dataset(folder, require_labels=role != "unlabeled")
+            dataset = datasets[role] = load_dataset(folder, require_labels=role != "unlabeled")
             if role != "unlabeled":  # (found when fine-tuning or scoring began: hours in)
                 check_label_sizes(dataset)
             channel = config.real.channel
@@ -365,12 +379,7 @@ def check_inputs(config: PipelineConfig) -> None:
                         f"cannot be copied as channel {config.real.channel} alone into the run "
                         f"folder; save that channel as its own image, or predict the section "
                         f"apart with cellsynth predict --channel {config.real.channel}")
-    if config.real.test is not None:  # (scored as held out: never trained or chosen on;
-        # the unlabeled images fit the simulator and the refiner and are self-trained on)
-        test = load_dataset(config.real.test)
-        for role in ("train", "val", "unlabeled"):
-            if getattr(config.real, role) is not None:
-                check_held_out(load_dataset(getattr(config.real, role)), test, role)
+    check_splits_held_out(datasets)  # (scored as held out: never trained or chosen on)
     for role, ids in config.real.select.items():
         if role not in ("train", "val"):
             raise ConfigError(f"real.select: {role!r}: only train and val (the annotated "

@@ -461,7 +461,7 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
                 recipe: str | None = None, channel: int | None = None) -> dict[str, Any]:
     """Write a pipeline config for the folders of ``data`` to ``out`` (see the module)."""
     from cellsynth.io.files import atomic_path
-    from cellsynth.pipeline.config import check_held_out, load_pipeline_config
+    from cellsynth.pipeline.config import check_splits_held_out, load_pipeline_config
 
     out = Path(out)
     if out.exists() and not force:
@@ -469,9 +469,7 @@ def init_config(data: str | os.PathLike, out: str | os.PathLike, *,
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     datasets = _find_datasets(data)
-    for role in ("train", "val"):  # (a test/ copied from train/ scored as held out)
-        if datasets.get(role) is not None and datasets.get("test") is not None:
-            check_held_out(datasets[role], datasets["test"], role)
+    check_splits_held_out(datasets)  # (a test/ copied from train/ scored as held out)
     folders = {role: dataset.root for role, dataset in datasets.items()}
     first = next(iter(datasets["unlabeled"])).image_path
     channels = channel_count(first)
