@@ -186,11 +186,11 @@ def _stage_keys(config: PipelineConfig, plan: list, recorded: dict[str, Any] | N
             unread = {d: keys[d][0] for d in stage.unread}
             earlier = fingerprint(stage.name, _values(parts), reads,
                                   list(inputs.values()) + list(unread.values()))
-            if entry["fingerprint"] == earlier or _same_but_unread(entry.get("hashed"),
-                                                                   hashed, stage.unread):
+            if entry["fingerprint"] == earlier or _same_but(entry.get("hashed"), hashed,
+                                                            inputs=stage.unread):
                 print_, hashed = entry["fingerprint"], entry.get("hashed") or hashed
-        if entry is not None and entry["fingerprint"] != print_ and _same_output(
-                entry.get("hashed"), hashed):
+        if entry is not None and entry["fingerprint"] != print_ and _same_but(
+                entry.get("hashed"), hashed, settings=_SAME_OUTPUT):
             print_, hashed = entry["fingerprint"], entry["hashed"]
         keys[stage.name] = print_, hashed
     return keys
@@ -207,27 +207,20 @@ def _contents(config: PipelineConfig, plan: list) -> dict[str, str | None]:
 _SAME_OUTPUT = frozenset({"simulate.workers"})
 
 
-def _same_output(before: dict[str, Any] | None, now: dict[str, Any]) -> bool:
-    """Whether a stage's recorded ``hashed`` differs from ``now`` only in settings of
-    :data:`_SAME_OUTPUT`."""
+def _same_but(before: dict[str, Any] | None, now: dict[str, Any], *,
+              inputs: tuple[str, ...] = (), settings: frozenset[str] = frozenset()) -> bool:
+    """Whether a stage's recorded ``hashed`` differs from ``now`` only in ``inputs`` (input
+    stages earlier versions hashed and now does not: ``Stage.unread``) and ``settings``
+    (:data:`_SAME_OUTPUT`)."""
     if not before or "settings" not in before:
         return False
 
-    def kept(settings: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in settings.items() if k not in _SAME_OUTPUT}
+    def drop(values: dict[str, Any] | None, names: Any) -> dict[str, Any]:
+        return {k: v for k, v in (values or {}).items() if k not in names}
 
-    return (kept(before["settings"]) == kept(now["settings"])
-            and before.get("reads") == now["reads"] and before.get("inputs") == now["inputs"])
-
-
-def _same_but_unread(before: dict[str, Any] | None, now: dict[str, Any],
-                     unread: tuple[str, ...]) -> bool:
-    """Whether a stage's recorded ``hashed`` differs from ``now`` only in ``unread`` inputs."""
-    if not before:
-        return False
-    kept = {k: v for k, v in before.get("inputs", {}).items() if k not in unread}
-    return (before.get("settings") == now["settings"] and before.get("reads") == now["reads"]
-            and kept == now["inputs"])
+    return (drop(before["settings"], settings) == drop(now["settings"], settings)
+            and before.get("reads") == now["reads"]
+            and drop(before.get("inputs"), inputs) == now["inputs"])
 
 
 class Parts(dict):
