@@ -109,6 +109,12 @@ class RunState:
             return "new"
         return "done" if entry["done"] else "interrupted"
 
+    def amend(self, name: str, **changes: Any) -> None:
+        """Record ``changes`` in the entry of ``name``, keeping the rest of it."""
+        entry = dict(self.data[name])
+        entry.update(changes)
+        self.mark(name, entry.pop("fingerprint"), entry.pop("done"), **entry)
+
     def mark(self, name: str, fingerprint: str, done: bool, **info: Any) -> None:
         """Record one entry. Several processes may share a run folder (an experiment's
         ``--settings`` evaluation while the rest trains): the file is re-read under a lock
@@ -381,7 +387,7 @@ def timed(state: RunState, name: str, print_: str, resume: bool, work: Callable[
 _MAX_RECORDED_OUTPUT = 64  # top-level entries of a stage's folder kept in state.json
 
 
-def _record_output(state: RunState, out: Path, name: str, print_: str) -> None:
+def _record_output(state: RunState, out: Path, name: str) -> None:
     """Beside a finished stage's entry: the top-level entries of its folder (``output``),
     for a later run to see whether they are still there (:func:`_gone`)."""
     folder = out / name
@@ -389,10 +395,7 @@ def _record_output(state: RunState, out: Path, name: str, print_: str) -> None:
         return
     entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
     if entries and len(entries) <= _MAX_RECORDED_OUTPUT:
-        entry = state.data[name]
-        state.mark(name, print_, done=True, output=entries,
-                   **{k: v for k, v in entry.items() if k not in ("fingerprint", "done",
-                                                                  "output")})
+        state.amend(name, output=entries)
 
 
 def _gone(out: Path, name: str, entry: dict[str, Any] | None) -> str:
@@ -427,9 +430,7 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool, log: Callable[[st
         # so that a report written before it runs again does not show it as this one's)
         entry = state.data.get(stage.name)
         if entry and entry.get("done") and entry["fingerprint"] != keys[stage.name][0]:
-            state.mark(stage.name, entry["fingerprint"], done=False, outdated=True,
-                       **{k: v for k, v in entry.items()
-                          if k not in ("fingerprint", "done", "outdated")})
+            state.amend(stage.name, done=False, outdated=True)
     summaries: dict[str, Any] = {}
     for stage in plan:
         stage_fingerprint, hashed = keys[stage.name]
@@ -458,7 +459,7 @@ def _run(config: PipelineConfig, out: Path, *, progress: bool, log: Callable[[st
             partial(stage.run, config, out, resume=resume, progress=progress), hashed=hashed)
         earlier = seconds - now
         summaries[stage.name] = summary
-        _record_output(state, out, stage.name, stage_fingerprint)
+        _record_output(state, out, stage.name)
         left = len(plan) - 1 - plan.index(stage)
         log(f"[{stage.name}] done in {duration(seconds)}"
             + (f" in all ({duration(now)} this time)" if earlier else "")
