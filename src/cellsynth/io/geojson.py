@@ -125,33 +125,29 @@ def _ring_pixels(ring: Any, shape: tuple[int, int], path: Path) -> tuple[np.ndar
     return fill(points[:, 1] - 0.5 + 2 * _TIE, points[:, 0] - 0.5 + _TIE, shape)
 
 
+def _ring_array(ring: Any) -> np.ndarray | None:
+    """A GeoJSON ring as an (N, 2) array, or None where it is malformed (left to
+    :func:`_ring_pixels`, which names the file when it draws it)."""
+    try:
+        ring = np.asarray(ring, np.float64)
+    except (ValueError, TypeError):
+        return None
+    return ring[:, :2] if ring.ndim == 2 and ring.shape[1] >= 2 and len(ring) >= 3 else None
+
+
 def _outer_rings(feature: dict[str, Any]) -> list[np.ndarray]:
-    """The outlines of a (Multi)Polygon feature as (N, 2) arrays; malformed rings are left
-    to :func:`_ring_pixels`, which names the file when it draws them."""
-    rings = []
-    for polygon in _polygons(feature.get("geometry") or {}) or []:
-        try:
-            ring = np.asarray(polygon[0], np.float64) if polygon else None
-        except (ValueError, TypeError):
-            continue
-        if ring is not None and ring.ndim == 2 and ring.shape[1] >= 2 and len(ring) >= 3:
-            rings.append(ring[:, :2])
-    return rings
+    """The outlines of a (Multi)Polygon feature as (N, 2) arrays (malformed ones left out)."""
+    rings = (_ring_array(polygon[0]) for polygon in _polygons(feature.get("geometry") or {})
+             or [] if polygon)
+    return [ring for ring in rings if ring is not None]
 
 
 def _holes(feature: dict[str, Any]) -> list[np.ndarray]:
-    """The holes of a (Multi)Polygon feature's polygons as (N, 2) arrays, in the order of
-    :func:`_outer_rings` (one list of holes per polygon, flattened with its index)."""
-    holes = []
-    for polygon in _polygons(feature.get("geometry") or {}) or []:
-        for ring in (polygon or [])[1:]:
-            try:
-                ring = np.asarray(ring, np.float64)
-            except (ValueError, TypeError):
-                continue
-            if ring.ndim == 2 and ring.shape[1] >= 2 and len(ring) >= 3:
-                holes.append(ring[:, :2])
-    return holes
+    """The holes of all of a (Multi)Polygon feature's polygons as (N, 2) arrays, in one list
+    (malformed ones left out)."""
+    rings = (_ring_array(ring) for polygon in _polygons(feature.get("geometry") or {}) or []
+             for ring in (polygon or [])[1:])
+    return [ring for ring in rings if ring is not None]
 
 
 def _split_regions(features: list[dict[str, Any]]
@@ -175,14 +171,15 @@ def _split_regions(features: list[dict[str, Any]]
     for i, feature in enumerate(features):
         if _object_type(feature) == "annotation" and len(points) > 1:
             enclosed: list[int] = []
+            holes = _holes(feature)  # (a ring-shaped cell around others: the cells in its
+            # hole are beside it, not in it)
             for ring in _outer_rings(feature):
                 low, high = ring.min(axis=0), ring.max(axis=0)  # (its box first: cheap)
                 near = np.flatnonzero(((points >= low) & (points <= high)).all(axis=1)
                                       & (owner_of != i))
                 if near.size:
                     inside = near[points_in_poly(points[near], ring)]
-                    for hole in _holes(feature):  # (a ring-shaped cell around others: the
-                        # cells in its hole are beside it, not in it)
+                    for hole in holes:
                         inside = inside[~points_in_poly(points[inside], hole)] \
                             if inside.size else inside
                     enclosed += owner_of[inside].tolist()
