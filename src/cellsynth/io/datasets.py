@@ -48,7 +48,7 @@ from cellsynth.pipeline import layout
 
 __all__ = ["Sample", "Dataset", "load_dataset", "check_label_sizes", "write_dataset_meta",
            "CELLPOSE_SUFFIX", "file_id", "plain_id", "IMAGE_FOLDERS", "LABEL_FOLDERS",
-           "sub_folder"]
+           "sub_folder", "meta_pixel_size"]
 
 CELLPOSE_SUFFIX = "_masks"  # Cellpose's training folders pair x.tif with x_masks.tif
 MASK_SUFFIXES = (CELLPOSE_SUFFIX, "_mask")  # x_mask.tif beside x.tif: the same pairing
@@ -415,6 +415,22 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
                            f"{', '.join(map(repr, GEOMETRIES))}, not {geometry!r}")
     samples = tuple(Sample(i, images[i], labels.get(i), geometry) for i in sorted(images))
     return Dataset(root=root, samples=samples, meta=meta)
+
+
+def meta_pixel_size(images: Path) -> float | None:
+    """The pixel size a dataset folder's meta.json states (None for plain folders and a
+    meta.json without one); for one file, that of the dataset it is in (``DATA/images/x``
+    or ``DATA/x``: predicting one image of a simulation said its pixel size was unknown).
+    Only meta.json's: what the files state is read per image at the pyramid level predicted
+    (``Dataset.pixel_size_um`` falls back to their level 0)."""
+    if images.is_file():
+        parent = images.parent
+        folder = parent.parent if parent.name == "images" else parent
+        return meta_pixel_size(folder) if (folder / layout.META).is_file() else None
+    if images.is_dir() and images.suffix.lower() != ".zarr" and (images / layout.META).is_file():
+        value = load_dataset(images).meta.get("pixel_size_um")
+        return float(value) if value is not None else None
+    return None
 
 
 def write_dataset_meta(root: str | os.PathLike, meta: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from cellsynth import __version__
 from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads
-from cellsynth.io.datasets import file_id, load_dataset
+from cellsynth.io.datasets import file_id, load_dataset, meta_pixel_size
 from cellsynth.io.export import level0_factor
 from cellsynth.io.files import atomic_path, check_output_dir, staged_output_dir, write_json
 from cellsynth.io.headers import check_headers
@@ -236,22 +236,6 @@ def _at_level(pixel_size_um: float | None, path: Path, image: Any, level: int
     return pixel_size_um * int(open_large_image(path, level=0).shape[1]) / int(image.shape[1])
 
 
-def _folder_pixel_size(images: Path) -> float | None:
-    """The pixel size a dataset folder's meta.json states (None for plain folders and a
-    meta.json without one); for one file, that of the dataset it is in (``DATA/images/x``
-    or ``DATA/x``: predicting one image of a simulation said its pixel size was unknown).
-    Only meta.json's: what the files state is read per image at the pyramid level predicted
-    (``Dataset.pixel_size_um`` falls back to their level 0)."""
-    if images.is_file():
-        parent = images.parent
-        folder = parent.parent if parent.name == "images" else parent
-        return _folder_pixel_size(folder) if (folder / layout.META).is_file() else None
-    if images.is_dir() and images.suffix.lower() != ".zarr" and (images / layout.META).is_file():
-        value = load_dataset(images).meta.get("pixel_size_um")
-        return float(value) if value is not None else None
-    return None
-
-
 def _read_lazily(path: Path) -> bool:
     """Zarr, pyramidal TIFFs, TIFFs with axes beyond y, x and channels, and TIFFs over
     LAZY_PIXELS pixels are read tile by tile (:func:`cellsynth.io.sections.reads_lazily`)."""
@@ -388,7 +372,7 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
     configure_threads()
     cut = (faint_cut(faint_from, faint_percentile, detector)
            if faint_from is not None and part is None else None)  # (a part paints nothing)
-    folder_px = _folder_pixel_size(Path(images))
+    folder_px = meta_pixel_size(Path(images))
     if precision == "int8":
         detector = quantize_detector(detector, inputs, channel=channel, level=level,
                                      pixel_size_um=pixel_size_um or folder_px,

@@ -129,20 +129,10 @@ def _one_image(path: Path) -> bool:
 def _stated_pixel_size(path: Path) -> float | None:
     """One image's pixel size: what the file states, else the meta.json of the dataset it
     is in (``DATA/images/x`` or ``DATA/x``)."""
+    from cellsynth.io.datasets import meta_pixel_size
     from cellsynth.io.resample import read_pixel_size
 
-    stated = read_pixel_size(path)
-    if stated is not None:
-        return stated
-    from cellsynth.io.datasets import load_dataset
-    from cellsynth.pipeline import layout
-
-    folder = path.parent.parent if path.parent.name == "images" else path.parent
-    if not (folder / layout.META).is_file():
-        return None
-
-    value = load_dataset(folder).meta.get("pixel_size_um")
-    return float(value) if value is not None else None
+    return read_pixel_size(path) or meta_pixel_size(path)
 
 
 def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConfig,
