@@ -15,20 +15,27 @@ OUTCOME_COLORS = {"tp": (40, 220, 40), "fp": (255, 0, 255), "fn": (255, 220, 0)}
 
 def as_rgb8(image: np.ndarray) -> np.ndarray:
     """(H, W) or (H, W, 3) image of any supported dtype -> (H, W, 3) uint8."""
-    from cellsynth.io.images import to_uint8
-    from cellsynth.io.normalize import normalize
 
     # 8-bit images are shown as they are (an H&E slide's colours), others by their content,
     # and so is a dim 8-bit one (a fluorescence image of values 4-55 was shown near black,
     # its 16-bit twin stretched)
     if image.dtype != np.uint8 or _dim(image):
-        with warnings.catch_warnings():  # (a picture of an image whose reading warned
-            # already: a constant one was said twice, the second time naming no file)
-            warnings.simplefilter("ignore")
-            image = to_uint8(normalize(image))
+        image = _stretched(image)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     return image
+
+
+def _stretched(image: np.ndarray) -> np.ndarray:
+    """``image`` as uint8 stretched to its content, without a warning: a picture of an
+    image whose reading warned already (a constant one was said twice, the second time
+    naming no file)."""
+    from cellsynth.io.images import to_uint8
+    from cellsynth.io.normalize import normalize
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return to_uint8(normalize(image))
 
 
 def _dim(image: np.ndarray) -> bool:
@@ -87,12 +94,7 @@ def outcome_overlay(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray,
     found[pairs[0][hit]] = True
     matched = np.zeros(area_p.size, bool)
     matched[pairs[1][hit]] = True
-    from cellsynth.io.images import to_uint8
-    from cellsynth.io.normalize import normalize
-
-    with warnings.catch_warnings():  # (a picture: the image's reading warned already)
-        warnings.simplefilter("ignore")
-        rgb = as_rgb8(to_uint8(normalize(image)))  # contrast stretched: dim stains visible
+    rgb = as_rgb8(_stretched(image))  # contrast stretched: dim stains stay visible
     truth_edges = find_boundaries(truth, mode="thick") & (truth > 0)
     predicted_edges = find_boundaries(predicted, mode="thick") & (predicted > 0)
     rgb[truth_edges & ~found[truth]] = OUTCOME_COLORS["fn"]
