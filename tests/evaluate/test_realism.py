@@ -128,6 +128,15 @@ def test_few_images_fall_back_to_crop_split(sharp):
              threads=1)
 
 
+def test_fewer_folds_than_asked_are_said(sharp):
+    """`realism --folds 5` on 3 images per set ran 3 folds and said nothing (audit)."""
+    with pytest.warns(UserWarning, match="3 folds, not the 5 asked") as said:
+        result = c2st(sharp[:3], sharp[3:6], seed=0, crop_size=16, n_crops=30, folds=5,
+                      epochs=1, threads=1)
+    assert len(result.fold_accuracies) == 3
+    assert "a set has only 3" in str(said[0].message)
+
+
 @pytest.mark.parametrize(("a", "message"), [
     ([], "empty"),
     ([np.zeros((16, 16), np.float32)], "smaller than"),

@@ -156,7 +156,10 @@ def _c2st(a: list[np.ndarray], b: list[np.ndarray], *, rng: np.random.Generator,
         warnings.warn("c2st: too few images to hold out whole images; folds split crops, so "
                       "held-out crops come from training images", stacklevel=3)
         k, split = folds, "crop"
-    elif held_out < 3:
+    elif k < folds:
+        warnings.warn(f"c2st: {k} folds, not the {folds} asked: a fold holds out whole images "
+                      f"and a set has only {min(len(a), len(b))}", stacklevel=3)
+    if held_out and held_out < 3:
         warnings.warn(f"c2st: only {held_out} image(s) of a set held out per fold; the accuracy "
                       "then reflects single images more than the sets and may lie far from 0.5 "
                       "(even below it) for one distribution", stacklevel=3)
