@@ -1022,3 +1022,46 @@ def test_seeds_in_the_folder_beyond_the_runs_seeds_are_found():
              "eval/real_kall_s3_tta": {"done": True}}
     assert experiment._other_seeds(state, (0,)) == [1]
     assert experiment._other_seeds(state, (0, 1)) == []
+
+
+def test_an_experiment_recorded_when_contents_were_hashed_the_older_way_is_kept(
+        tmp_path, monkeypatch):
+    """Experiments recorded before the data fingerprint took only the data files (days of
+    CPU) are neither redone nor priced again: their entries are re-keyed to now's."""
+    from cellsynth.io.images import read_image, write_image
+    from cellsynth.pipeline import experiment_plan
+    from cellsynth.pipeline.run import content_fingerprint
+    from tests.pipeline.test_estimate import FakeTimer
+
+    config = _config(tmp_path, seeds=(0,), compare=(), settings=(
+        Setting("real_k1", "real", 1), Setting("refined_only", "refined", 0)))
+    (Path(config.train) / "notes.txt").write_text("mine")
+    out = tmp_path / "exp"
+    with monkeypatch.context() as older:
+        for module in (experiment, experiment_plan):
+            older.setattr(module, "content_fingerprint",
+                          lambda path, legacy=False: content_fingerprint(path, legacy=True))
+        run_experiment(config, out, log=lambda _: None)
+    recorded = json.loads((out / "state.json").read_text())
+    first = json.loads((out / "results.json").read_text())
+    assert content_fingerprint(config.train) != content_fingerprint(config.train, legacy=True)
+    priced = {e.stage: e for e in experiment.estimate_experiment(
+        config, out, timer=FakeTimer(), channels=1)}
+    assert priced["detectors"].seconds == 0 and priced["test predictions"].seconds == 0
+    assert priced["refiners"].detail.startswith("0 to run")
+    events = _record_trainings_and_predictions(monkeypatch, lambda kw: ())
+    said: list[str] = []
+    results = run_experiment(config, out, log=said.append)
+    assert events == [] and not [line for line in said if "running" in line], said
+    rekeyed = json.loads((out / "state.json").read_text())
+    assert set(rekeyed) == set(recorded)
+    changed = [n for n in recorded if rekeyed[n]["fingerprint"] != recorded[n]["fingerprint"]]
+    assert "refiner/s0" in changed and any(n.startswith("evaluations/") for n in changed)
+    assert all(rekeyed[n]["done"] for n in rekeyed)
+    assert {n: r["f1_50"]["per_seed"] for n, r in results["settings"].items()} == {
+        n: r["f1_50"]["per_seed"] for n, r in first["settings"].items()}
+    # an annotated image edited: the detectors trained on it run again
+    label = sorted((Path(config.train) / "labels").iterdir())[0]
+    write_image(label, np.zeros_like(read_image(label)))
+    run_experiment(config, out, log=lambda _: None)
+    assert ("train",) in events

@@ -1,6 +1,7 @@
 """cellsynth run: stages skip when done, resume when interrupted, redo when changed."""
 
 import json
+import os
 import re
 import shutil
 import warnings
@@ -354,7 +355,7 @@ def test_content_fingerprint_leaves_out_run_folders_inside_the_data(tmp_path):
     assert content_fingerprint(a) == before
     (run / "pretrain" / "log.jsonl").write_text("step 2")
     assert content_fingerprint(a) == before
-    (a / "runs" / "notes.txt").write_text("mine")  # not a run's: part of the data
+    write_image(a / "runs" / "r9.png", np.zeros((8, 8), np.uint8))  # not a run's: data
     assert content_fingerprint(a) != before
 
 
@@ -762,6 +763,12 @@ def test_a_test_split_copied_from_the_annotated_images_is_refused_before_any_wor
             check_inputs(replace(config, real=real))
     check_inputs(replace(config, real=RealData(unlabeled=str(train), train=str(train),
                                                test=str(other))))
+    # a training image copied into the test split under another name
+    renamed = make_dataset(tmp_path / "renamed", n=2, size=64, seed=2)
+    shutil.copy(train / "images" / "img1.png", renamed / "images" / "img0.png")
+    with pytest.raises(ConfigError, match=r"1 test image\(s\) also in .*img0.png = img1.png"):
+        check_inputs(replace(config, real=RealData(unlabeled=str(train), train=str(train),
+                                                   test=str(renamed))))
 
 
 def _two_channel(root: Path, seed: int) -> tuple[Path, dict[str, np.ndarray]]:
@@ -1619,3 +1626,78 @@ def test_the_reports_realism_says_which_real_images_it_compared_with(tmp_path):
     assert '"real" here is the held-out test images (real.test)' in _realism(run)
     (run / "config.yaml").write_text("name: x\nreal: {unlabeled: u}\n")
     assert '"real" here is the unlabeled images (real.unlabeled)' in _realism(run)
+
+
+def test_content_fingerprint_takes_the_data_files_and_not_when_they_were_copied(
+        tmp_path, monkeypatch):
+    """It hashed every file, and files over 1 MiB by size and modification time: a notes.txt
+    beside the images, or a plain `cp` of a folder of large TIFFs, redid every stage."""
+    from cellsynth.io import files
+
+    monkeypatch.setattr(files, "DIGEST_WHOLE_UP_TO", 1000)  # (a "large" file: > 1000 B)
+    monkeypatch.setattr(files, "SAMPLE_BLOCKS", 4)
+    monkeypatch.setattr(files, "SAMPLE_BYTES", 16)
+    a = _real(tmp_path / "a")
+    big = a / "section.tif"
+    big.write_bytes(np.random.default_rng(1).integers(0, 255, 9000, np.uint8).tobytes())
+    before = content_fingerprint(a)
+    (a / "notes.txt").write_text("stained 2026-11-30")
+    (a / "counts.csv").write_text("id,n\n")
+    assert content_fingerprint(a) == before
+    copy = Path(shutil.copytree(a, tmp_path / "copy", copy_function=shutil.copy))  # new mtimes
+    os.utime(copy / "section.tif", ns=(1, 1))
+    assert content_fingerprint(copy) == before
+    data = bytearray(big.read_bytes())
+    data[0] ^= 1  # a sampled block of the large file
+    (copy / "section.tif").write_bytes(bytes(data))
+    assert content_fingerprint(copy) != before
+    (copy / "section.tif").write_bytes(bytes(data[:-1]))  # its size
+    assert content_fingerprint(copy) != content_fingerprint(a)
+    # what the readers take besides images: meta.json, QuPath outlines, an OME-Zarr's files
+    for name, text in (("meta.json", '{"pixel_size_um": 0.5}'), ("r0.geojson", "{}")):
+        (a / name).write_text(text)
+        assert content_fingerprint(a) != before
+        before = content_fingerprint(a)
+    zarr = a / "slide.zarr"
+    (zarr / "0").mkdir(parents=True)
+    (zarr / ".zattrs").write_text('{"multiscales": []}')
+    (zarr / "0" / "0.0").write_bytes(b"chunk")
+    with_zarr = content_fingerprint(a)
+    assert with_zarr != before
+    (zarr / ".zattrs").write_text('{"multiscales": [{}]}')
+    assert content_fingerprint(a) != with_zarr
+
+
+def test_a_run_recorded_when_contents_were_hashed_the_older_way_is_kept(tmp_path,
+                                                                        monkeypatch):
+    """Runs recorded before the data fingerprint took only the data files are not redone
+    for it: their records match the older way's fingerprint of the same data."""
+    from cellsynth.pipeline import run as run_module
+
+    _plan_of_no_work(monkeypatch)
+    real = _real(tmp_path / "real")
+    (real / "notes.txt").write_text("mine")
+    config, out = _config(real), tmp_path / "run"
+    now = run_module.content_fingerprint
+    with monkeypatch.context() as older:
+        older.setattr(run_module, "content_fingerprint",
+                      lambda path, legacy=False: now(path, legacy=True))
+        run(config, out, progress=False, log=lambda _: None)
+    recorded = json.loads((out / "state.json").read_text())
+    assert recorded["refiner"]["hashed"]["reads"]["unlabeled"] == now(real, legacy=True) \
+        != now(real)
+    said: list[str] = []
+    run(config, out, progress=False, log=said.append)
+    assert said and all("skipped" in line for line in said), said
+    # an image edited since: the older way sees it too, and the stages that read it rerun
+    write_image(real / "r0.png", np.full((64, 64), 7, np.uint8))
+    said.clear()
+    run(config, out, progress=False, log=said.append)
+    ran = [line.split("]")[0][1:] for line in said
+           if "skipped" not in line and " done in " not in line]
+    assert ran == ["refiner", "refined", "refined_val", "pretrain", "predict", "report"]
+    # recorded now the new way: the notes no longer count
+    (real / "notes.txt").write_text("changed")
+    said.clear()
+    run(config, out, progress=False, log=said.append)
+    assert all("skipped" in line for line in said), said

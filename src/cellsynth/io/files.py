@@ -26,6 +26,35 @@ __all__ = ["atomic_path", "write_with", "write_json", "staged_output_dir", "refu
            "prepare_run_dir", "discard_replaced_run", "restore_replaced_run"]
 
 
+# file_digest: all of a file's bytes up to this size; of a larger one (a whole section), its
+# size and SAMPLE_BLOCKS blocks of SAMPLE_BYTES spread from its start to its end
+DIGEST_WHOLE_UP_TO = 16 << 20
+SAMPLE_BLOCKS, SAMPLE_BYTES = 256, 4096
+
+
+def file_digest(path: str | os.PathLike) -> bytes:
+    """A SHA-256 of a file's bytes: all of them up to ``DIGEST_WHOLE_UP_TO``, of a larger
+    file its size and ``SAMPLE_BLOCKS`` blocks of ``SAMPLE_BYTES`` spread over it (reading a
+    whole section costs more than what it guards; an edit that keeps such a file's size and
+    misses every block is not seen)."""
+    import hashlib
+    from functools import partial
+
+    digest = hashlib.sha256()
+    size = os.stat(path).st_size
+    with open(path, "rb") as f:
+        if size <= max(DIGEST_WHOLE_UP_TO, SAMPLE_BLOCKS * SAMPLE_BYTES):
+            for chunk in iter(partial(f.read, 1 << 20), b""):
+                digest.update(chunk)
+        else:
+            digest.update(f"{size}:".encode())
+            last = size - SAMPLE_BYTES
+            for i in range(SAMPLE_BLOCKS):
+                f.seek(last * i // (SAMPLE_BLOCKS - 1))
+                digest.update(f.read(SAMPLE_BYTES))
+    return digest.digest()
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -298,23 +298,42 @@ def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
 
 def check_held_out(train: Any, test: Any, role: str = "train") -> None:
     """Refuse a test split that shares images with the training split: the same folder, or
-    a byte-identical file (a training image copied over), which every score would count as
-    held out. Files are compared only where name and size agree (no pixel decoded).
+    a byte-identical file under any name (a training image copied over, or renamed), which
+    every score would count as held out. Files are compared only where their sizes agree
+    (then by :func:`cellsynth.io.files.file_digest`, then byte by byte; no pixel decoded).
     ``role``: what ``train`` is called in the message (train, val)."""
     import filecmp
+    from collections import defaultdict
+
+    from cellsynth.io.files import file_digest
 
     if train.root.resolve() == test.root.resolve():
         raise ConfigError(f"{test.root}: test: is the {role}: folder; the test split must "
                           f"be images the detectors never train or choose on")
-    by_key = {(s.image_path.name, s.image_path.stat().st_size): s.image_path for s in train
-              if s.image_path.is_file()}  # (a .zarr section is a folder: not compared)
-    shared = [s.image_path.name for s in test if s.image_path.is_file()
-              and (other := by_key.get((s.image_path.name, s.image_path.stat().st_size)))
-              and filecmp.cmp(other, s.image_path, shallow=False)]
+
+    def by_size(dataset: Any) -> dict[int, list[Path]]:
+        files = defaultdict(list)
+        for s in dataset:
+            if s.image_path.is_file():  # (a .zarr section is a folder: not compared)
+                files[s.image_path.stat().st_size].append(s.image_path)
+        return files
+
+    theirs, shared = by_size(train), []
+    for size, paths in by_size(test).items():
+        if size not in theirs:
+            continue
+        digests = defaultdict(list)
+        for other in theirs[size]:
+            digests[file_digest(other)].append(other)
+        for path in paths:
+            same = [o for o in digests.get(file_digest(path), [])
+                    if filecmp.cmp(o, path, shallow=False)]
+            shared += [(path, same[0])] if same else []
     if shared:
+        path, other = sorted(shared)[0]
+        same = path.name if path.name == other.name else f"{path.name} = {other.name}"
         raise ConfigError(f"{test.root}: {len(shared)} test image(s) also in {train.root} "
-                          f"(the same file, e.g. {shared[0]}); the test split must be held "
-                          f"out")
+                          f"(the same file, e.g. {same}); the test split must be held out")
 
 
 def check_splits_held_out(datasets: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ mean +- std over seeds and, for each ``compare`` pair, the paired bootstrap over
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,52 @@ def _outputs(subset: str | None) -> tuple[str, str, str]:
     if subset is None:
         return layout.RESULTS, "results.md", "learning_curve.png"
     return f"results.{subset}.json", f"results.{subset}.md", f"learning_curve.{subset}.png"
+
+
+class _Earlier:
+    """The fingerprints versions before 2026-12 gave an experiment's units (the real data's
+    contents hashed the older way: ``content_fingerprint(legacy=True)``), each computed when
+    first asked: only a folder with records that do not match now needs them."""
+
+    def __init__(self, config: ExperimentConfig, out: Path):
+        self.config, self.out = config, out
+
+    @functools.cached_property
+    def train(self) -> str | None:
+        return content_fingerprint(self.config.train, legacy=True)
+
+    @functools.cached_property
+    def prints(self) -> dict[str, str]:
+        return _fingerprints(_plan(self.config, self.out, legacy=True)[0], self.train)
+
+    @functools.cached_property
+    def test(self) -> str | None:
+        return content_fingerprint(self.config.test, legacy=True)
+
+    def evaluation(self, name: str, how: tuple[bool, float | None, float | None],
+                   inputs: tuple[str, ...]) -> str:
+        """An evaluation unit's (:func:`_evaluation_print`)."""
+        return _evaluation_print(self.config, name, how, inputs, self.test, self.train,
+                                 self.prints)
+
+
+def _evaluation_print(config: ExperimentConfig, name: str,
+                      how: tuple[bool, float | None, float | None], inputs: tuple[str, ...],
+                      test_contents: str | None, train_contents: str | None,
+                      prints: dict[str, str]) -> str:
+    """The fingerprint of the evaluation unit ``name`` (:func:`_evaluation_unit`) as
+    :func:`_execute` takes it."""
+    return fingerprint(name, _evaluation_options(config, how, test_contents), train_contents,
+                       [prints[i] for i in inputs])
+
+
+def _adopt(state: RunState, name: str, now: str, earlier: Callable[[], str | None]) -> None:
+    """Re-key the state.json entry of ``name`` to ``now`` where it holds the fingerprint an
+    earlier version gave it (``earlier()``): the data is still what that version hashed, so
+    what it made stays, and from now on is keyed as this version keys it."""
+    entry = state.data.get(name)
+    if entry is not None and entry["fingerprint"] != now and entry["fingerprint"] == earlier():
+        state.amend(name, fingerprint=now)
 
 
 def _execute(unit: _Unit, fingerprints: dict[str, str], out: Path, state: RunState,
@@ -245,6 +292,9 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
     units, detector_of = _plan(config, out)
     fingerprints: dict[str, str] = {}
     train_contents = content_fingerprint(config.train)
+    earlier = _Earlier(config, out)
+    for name, print_ in _fingerprints(units, train_contents).items():
+        _adopt(state, name, print_, lambda name=name: earlier.prints.get(name))
 
     def execute(unit: _Unit, index: int, total: int) -> None:
         _execute(unit, fingerprints, out, state, train_contents, log, index, total)
@@ -279,6 +329,10 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
                                   config.device, tta=tta, nms=nms,
                                   faint=(out / annotated, faint) if faint else None)
                 return {"units": [_unit_record(u) for u in units]}
+            _adopt(state, name, _evaluation_print(config, name, how, inputs, test_contents,
+                                                  train_contents, fingerprints),
+                   lambda name=name, how=how, inputs=inputs: earlier.evaluation(name, how,
+                                                                                inputs))
             execute(_Unit(name, inputs, _evaluation_options(config, how, test_contents), run),
                     len(evaluated) + 1, n_evaluations)
             evaluated[detector, how] = [_matching(u)

@@ -13,7 +13,7 @@ from typing import Any
 from cellsynth.pipeline import experiment as _exp
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.experiment import ExperimentConfig
-from cellsynth.pipeline.run import RunState, content_fingerprint, fingerprint
+from cellsynth.pipeline.run import RunState, content_fingerprint
 
 __all__ = ["estimate_experiment"]
 
@@ -49,7 +49,9 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
     if state is not None:  # (the training split's bytes hashed only where work is recorded)
         train_contents = content_fingerprint(config.train)
         prints = _exp._fingerprints(units, train_contents)
-        done = {n for n, p in prints.items() if state.status(n, p) == "done"}
+        earlier = _exp._Earlier(config, Path(out))  # (what earlier versions recorded)
+        done = {n for n, p in prints.items() if state.status(n, p) == "done"
+                or (n in state.data and state.status(n, earlier.prints.get(n, "")) == "done")}
     train_shapes = _image_shapes(config.train, require_labels=True)  # as _draw indexes them
 
     def megapixels(shapes: list[tuple[int, int]], tile: int, balance: bool = False) -> float:
@@ -129,9 +131,9 @@ def estimate_experiment(config: ExperimentConfig, out: str | os.PathLike | None 
             # here only where an evaluation is recorded done
             if test_contents is None:
                 test_contents = content_fingerprint(config.test)
-            if state.status(name, fingerprint(name, _exp._evaluation_options(
-                    config, how, test_contents), train_contents,
-                    [prints[i] for i in inputs])) == "done":
+            if "done" in (state.status(name, _exp._evaluation_print(
+                    config, name, how, inputs, test_contents, train_contents, prints)),
+                    state.status(name, earlier.evaluation(name, how, inputs))):
                 eval_done += 1
                 continue
         train = trained_as(detector)

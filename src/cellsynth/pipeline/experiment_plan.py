@@ -94,10 +94,12 @@ def _pseudo_label(teacher: Path, train: str, indices: list[int], folder: Path, d
                                meta={**dataset.meta, "images_of": train}, device=device)
 
 
-def _plan(config: ExperimentConfig, out: Path
+def _plan(config: ExperimentConfig, out: Path, legacy: bool = False
           ) -> tuple[list[_Unit], dict[tuple[str, int], tuple[str, ...]]]:
     """Phase-1 units (data, refiners, detectors) and the detector unit of each training run
-    of every cell (setting, seed): one, or ``runs`` of them."""
+    of every cell (setting, seed): one, or ``runs`` of them. ``legacy``: with the real
+    data's contents hashed the older way (``content_fingerprint(legacy=True)``), as earlier
+    versions keyed the units."""
     from cellsynth import refine
     from cellsynth.segment import trainer
     from cellsynth.simulate import write_simulation
@@ -156,7 +158,7 @@ def _plan(config: ExperimentConfig, out: Path
 
     kinds = {st.data for st in config.settings if st.data in _SYNTHETIC}
     real = config.unlabeled or config.train  # the refiner's images, hashed once for all seeds
-    real_contents = content_fingerprint(real) if kinds & set(_REFINED) else None
+    real_contents = content_fingerprint(real, legacy=legacy) if kinds & set(_REFINED) else None
     for seed in config.seeds:
         synthetic = {}
         if kinds:

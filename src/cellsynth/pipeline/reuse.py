@@ -19,7 +19,7 @@ from typing import Any
 from cellsynth.errors import ConfigError
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig
-from cellsynth.pipeline.run import RunState, _contents, _stage_keys
+from cellsynth.pipeline.run import RunState, _contents, _stage_keys, legacy_contents
 
 __all__ = ["reuse_sources", "reuse_plan", "copy_stage"]
 
@@ -52,6 +52,7 @@ def reuse_plan(config: PipelineConfig, plan: list, out: Path, sources: Sequence[
     A stage taken keeps the source's fingerprint, so the ones after it match theirs. Returns
     {stage: (source, its state.json entry)}; nothing is written."""
     contents = _contents(config, plan) if contents is None else contents
+    legacy = legacy_contents(config, plan)  # (hashed once, where a record needs it)
     recorded = dict(recorded or {})
     states = [(source, RunState(source).data) for source in sources]
     taken: dict[str, tuple[Path, dict[str, Any]]] = {}
@@ -59,7 +60,7 @@ def reuse_plan(config: PipelineConfig, plan: list, out: Path, sources: Sequence[
         if stage.name in _NEVER_REUSED or (out / stage.name).exists():
             continue
         mine = recorded.get(stage.name)
-        print_ = _stage_keys(config, plan, recorded, contents)[stage.name][0]
+        print_ = _stage_keys(config, plan, recorded, contents, legacy)[stage.name][0]
         if mine is not None and mine["fingerprint"] == print_ and mine["done"]:
             continue
         for source, data in states:
@@ -67,7 +68,8 @@ def reuse_plan(config: PipelineConfig, plan: list, out: Path, sources: Sequence[
             if entry is None or not entry.get("done") or not (source / stage.name).is_dir():
                 continue
             # keyed against the source's record: an older run's fingerprint still matches
-            theirs = _stage_keys(config, plan, recorded | {stage.name: entry}, contents)
+            theirs = _stage_keys(config, plan, recorded | {stage.name: entry}, contents,
+                                 legacy)
             if theirs[stage.name][0] == entry["fingerprint"]:
                 taken[stage.name] = source, entry
                 recorded[stage.name] = entry

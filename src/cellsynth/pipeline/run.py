@@ -8,13 +8,14 @@ hashed (``hashed``: the options by name, the contents' and the input stages' fin
 so that a stage run again says which of them changed. Re-running skips
 stages that are done with an unchanged fingerprint, resumes a training stage that was
 interrupted (same fingerprint, checkpoint present) and redoes a stage whose options or inputs
-changed, together with everything downstream of it. Moving the real data to another path
-changes nothing; editing one of its files redoes what depends on it.
+changed, together with everything downstream of it. Moving or copying the real data
+changes nothing; editing one of its images, labels or meta.json redoes what depends on it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -32,15 +33,20 @@ except ImportError:  # Windows
 
 from cellsynth.config import save_yaml
 from cellsynth.errors import FolderBusyError, OutputExistsError
-from cellsynth.io.files import refuse_inputs, write_json
+from cellsynth.io.files import file_digest, refuse_inputs, write_json
+from cellsynth.io.images import LABEL_SUFFIXES
+from cellsynth.io.labels import CELLPOSE_SEG_SUFFIX
 from cellsynth.pipeline import layout
 from cellsynth.pipeline.config import PipelineConfig, check_inputs
 
 __all__ = ["run", "fingerprint", "content_fingerprint", "stage_fingerprints", "RunState",
            "claim", "Parts", "duration", "timed"]
 
-# files up to this size are fingerprinted by their bytes, larger ones by size and mtime
-HASH_BYTES_UP_TO = 1 << 20
+# (versions before 2026-12 hashed all bytes up to 1 MiB, larger files by size and mtime, and
+# every file of the folder: what they recorded is recognised, content_fingerprint(legacy=))
+_LEGACY_BYTES_UP_TO = 1 << 20
+# the files content_fingerprint hashes in a folder (and meta.json, and OME-Zarr contents)
+DATA_SUFFIXES = tuple(dict.fromkeys(s.lower() for s in (*LABEL_SUFFIXES, CELLPOSE_SEG_SUFFIX)))
 _NAMED = 4  # a rerun names up to this many changed settings, and counts the rest
 _UNSET = object()
 # how often a running step records its seconds so far in state.json: a run killed outright
@@ -53,41 +59,62 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def content_fingerprint(path: str | os.PathLike | None) -> str | None:
-    """Fingerprint of what a file or folder holds, not of where it is.
+def content_fingerprint(path: str | os.PathLike | None, *, legacy: bool = False
+                        ) -> str | None:
+    """Fingerprint of the data a file or folder holds, not of where it is or when it was
+    copied.
 
-    Every file below ``path`` contributes its relative path and either its bytes (files up
-    to ``HASH_BYTES_UP_TO``) or its size and modification time (larger files, whose hashing
-    would cost more than the stage it guards). Hidden files and folders are ignored, and so
-    are run and experiment folders below ``path`` (a ``state.json`` beside what they hold):
-    `init` in a project folder suggests ``--out runs/NAME`` there, and a run that hashed its
-    own growing folder as its real data redid its stages on every resume.
+    The files the readers take (images, labels, Cellpose ``_seg.npy``, meta.json, what an
+    OME-Zarr holds) contribute their relative path and their bytes
+    (:func:`cellsynth.io.files.file_digest`: all of them up to 16 MiB, of a larger file its
+    size and blocks spread over it; an edit that keeps such a file's size and misses every
+    block is not seen). Other files (notes,
+    spreadsheets), hidden files and folders, and run or experiment folders below ``path``
+    (a ``state.json`` beside what they hold: `init` in a project folder suggests
+    ``--out runs/NAME`` there) are left out. A single file given as ``path`` is always hashed.
+
+    ``legacy``: the fingerprint as earlier versions took it (every file; larger than 1 MiB by
+    size and modification time), to recognise what they recorded.
     """
     if path is None:
         return None
     root = Path(path)
-    files = [root] if root.is_file() else sorted(_data_files(root))
+    files = [root] if root.is_file() else sorted(_data_files(root, everything=legacy))
+    # (no version mark: a folder of data files up to 1 MiB hashes as it did with the older way)
     digest = hashlib.sha256()
     for file in files:
-        stat = file.stat()
         digest.update(str(file.relative_to(root) if file != root else file.name).encode())
-        if stat.st_size <= HASH_BYTES_UP_TO:
-            digest.update(file.read_bytes())
+        if legacy:
+            stat = file.stat()
+            digest.update(file.read_bytes() if stat.st_size <= _LEGACY_BYTES_UP_TO
+                          else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
         else:
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(file_digest(file))
     return digest.hexdigest()[:16]
 
 
-def _data_files(root: Path) -> Iterator[Path]:
-    """The files below ``root`` that :func:`content_fingerprint` hashes, in one walk that
-    does not enter hidden folders or run folders (those below ``root`` holding a
-    state.json; a run's folder can hold more than the data beside it)."""
+def _is_data(name: str) -> bool:
+    """Whether the readers take a file of this name: an image, label, Cellpose ``_seg.npy``
+    or meta.json (an OME-Zarr's files: :func:`_data_files`)."""
+    return name.lower().endswith(DATA_SUFFIXES) or name == layout.META
+
+
+def _data_files(root: Path, everything: bool = False) -> Iterator[Path]:
+    """The files below ``root`` that :func:`content_fingerprint` hashes (:func:`_is_data`, or
+    ``everything`` not hidden), in one walk that does not enter hidden folders or run
+    folders (those below ``root`` holding a state.json; a run's folder can hold more than
+    the data beside it). An OME-Zarr's own hidden files (``.zattrs``) are data."""
     for folder, dirs, names in os.walk(root):
         here = Path(folder)
-        dirs[:] = [d for d in dirs if not d.startswith(".")
+        zarr = not everything and any(p.suffix.lower() == ".zarr"
+                                      for p in [here, *here.relative_to(root).parents])
+        dirs[:] = [d for d in dirs if (zarr or not d.startswith("."))
                    and not (here / d / layout.STATE).is_file()]
-        yield from (here / n for n in names
-                    if not n.startswith(".") and (here / n).is_file())
+        for n in names:
+            file = here / n
+            if ((zarr or not n.startswith(".")) and file.is_file()
+                    and (everything or zarr or _is_data(n))):
+                yield file
 
 
 class RunState:
@@ -166,7 +193,8 @@ def stage_fingerprints(config: PipelineConfig, plan: list,
 
 
 def _stage_keys(config: PipelineConfig, plan: list, recorded: dict[str, Any] | None = None,
-                contents: dict[str, str | None] | None = None
+                contents: dict[str, str | None] | None = None,
+                legacy: Callable[[], dict[str, str | None]] | None = None
                 ) -> dict[str, tuple[str, dict[str, Any]]]:
     """Each planned stage's fingerprint and what it hashed, as state.json records it beside
     the fingerprint (``hashed``): the options (flattened to ``finetune.steps``-like keys),
@@ -176,9 +204,13 @@ def _stage_keys(config: PipelineConfig, plan: list, recorded: dict[str, Any] | N
     A stage whose ``unread`` inputs earlier versions hashed keeps the fingerprint
     ``recorded`` holds for it where that is what the earlier keying gives, or where the
     record differs from now only in those inputs: the stages after it then match their
-    records too, and nothing is redone for a change of what it never read."""
+    records too, and nothing is redone for a change of what it never read. A stage recorded
+    when the real data was hashed the older way (``content_fingerprint(legacy=True)``) keeps
+    its record where that way gives what it recorded."""
     if contents is None:
         contents = _contents(config, plan)
+    if legacy is None:
+        legacy = legacy_contents(config, plan)
     keys: dict[str, tuple[str, dict[str, Any]]] = {}
     for stage in plan:
         parts = stage.config(config)
@@ -198,14 +230,30 @@ def _stage_keys(config: PipelineConfig, plan: list, recorded: dict[str, Any] | N
         if entry is not None and entry["fingerprint"] != print_ and _same_but(
                 entry.get("hashed"), hashed, settings=_SAME_OUTPUT):
             print_, hashed = entry["fingerprint"], entry["hashed"]
+        if entry is not None and entry["fingerprint"] != print_ and reads:
+            # recorded by a version that hashed the real data the older way: kept where the
+            # data is what that way hashed then (content_fingerprint's legacy)
+            earlier = {role: legacy()[role] for role in stage.reads}
+            if entry["fingerprint"] == fingerprint(stage.name, _values(parts), earlier,
+                                                   list(inputs.values())) or _same_but(
+                    entry.get("hashed"), hashed | {"reads": earlier}, settings=_SAME_OUTPUT):
+                print_, hashed = entry["fingerprint"], entry.get("hashed") or hashed
         keys[stage.name] = print_, hashed
     return keys
 
 
-def _contents(config: PipelineConfig, plan: list) -> dict[str, str | None]:
-    """The content fingerprint of each real-data role the planned stages read."""
-    return {role: content_fingerprint(getattr(config.real, role))
+def _contents(config: PipelineConfig, plan: list, legacy: bool = False
+              ) -> dict[str, str | None]:
+    """The content fingerprint of each real-data role the planned stages read (taken the
+    older way: ``legacy``)."""
+    return {role: content_fingerprint(getattr(config.real, role), legacy=legacy)
             for role in {role for stage in plan for role in stage.reads}}
+
+
+def legacy_contents(config: PipelineConfig, plan: list) -> Callable[[], dict[str, str | None]]:
+    """:func:`_contents` taken the older way, computed when first called (only a run with
+    records that do not match now needs it) and kept."""
+    return functools.cache(partial(_contents, config, plan, legacy=True))
 
 
 # settings that change how a stage works, not what it writes: a recorded stage that differs
