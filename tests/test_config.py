@@ -103,3 +103,17 @@ def test_key_errors_read_as_places_in_a_file_with_a_guess_and_the_entry_named(tm
                   where="cfg.yml")
     with pytest.raises(ConfigError, match=r"^x\.cells\[0\]: expected a mapping, got 3$"):
         from_dict(Scene, {"cells": [3]}, where="x")
+
+
+def test_numbers_in_scientific_notation_are_numbers(tmp_path):
+    """`lr: 1e-3` (as --help writes the default) was refused as "expected a number, got
+    '1e-3'": YAML 1.1 reads an exponent without a dot as a string (audit)."""
+    from cellsynth.segment.trainer import TrainConfig
+
+    path = tmp_path / "train.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 5E-5\nsteps: 20\nname: '1e-3'\nother: e5\n")
+    data = load_yaml(path)
+    assert data == {"lr": 0.001, "weight_decay": 5e-05, "steps": 20, "name": "1e-3",
+                    "other": "e5"}
+    assert isinstance(data["steps"], int)
+    assert from_dict(TrainConfig, {k: data[k] for k in ("lr", "steps")}).lr == 0.001

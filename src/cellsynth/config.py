@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -152,13 +153,24 @@ def override(config: T, update: dict[str, Any], *, where: str = "config") -> T:
     return from_dict(type(config), _merge(to_dict(config), update), where=where)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading ``1e-3`` as a number, as YAML 1.2, Python and cellsynth's
+    own ``--help`` write it (YAML 1.1 wants ``1.0e-3`` and read ``1e-3`` as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping, with a clear error for a missing file or a syntax error."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, expected a YAML config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)  # (a SafeLoader)
     except FileNotFoundError as err:
         raise ConfigError(f"{path}: no such config file") from err
     except (OSError, UnicodeDecodeError) as err:

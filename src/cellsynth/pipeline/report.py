@@ -268,10 +268,10 @@ def _predictions(run: Path) -> str:
 
 def _run_config(run: Path) -> dict[str, Any]:
     """The run's saved config as a mapping ({} if none)."""
-    import yaml
+    from cellsynth.config import load_yaml
 
     path = run / layout.CONFIG
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return load_yaml(path) if path.is_file() else {}
 
 
 def _real_options(run: Path) -> dict[str, Any]:
