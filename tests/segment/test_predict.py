@@ -1,6 +1,7 @@
 """Prediction applies the model's recorded normalisation and precision on this machine."""
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -1385,3 +1386,15 @@ def test_one_image_of_a_dataset_takes_the_pixel_size_its_meta_json_states(model,
     assert "unknown" not in capsys.readouterr().err
     meta = json.loads((tmp_path / "one" / "meta.json").read_text())
     assert meta["images_pixel_size_um"][first.stem]["pixel_size_um"] == 0.5
+    # the dataset's images/ folder given (without a meta.json of its own): DATA's too
+    # (taken to be at the model's size, whatever DATA states; audit 6)
+    data = tmp_path / "data"
+    shutil.copytree(sim, data)
+    meta_json = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta_json, "pixel_size_um": 0.25}))
+    assert main(["predict", "--detector", str(tmp_path / "half.pt"), "--images",
+                 str(data / "images"), "--out", str(tmp_path / "folder"), "--precision", "fp32",
+                 "--quiet"]) == 0
+    assert "unknown" not in capsys.readouterr().err
+    meta = json.loads((tmp_path / "folder" / "meta.json").read_text())
+    assert {v["pixel_size_um"] for v in meta["images_pixel_size_um"].values()} == {0.25}

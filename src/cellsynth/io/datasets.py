@@ -420,13 +420,18 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
 def meta_pixel_size(images: Path) -> float | None:
     """The pixel size a dataset folder's meta.json states (None for plain folders and a
     meta.json without one); for one file, that of the dataset it is in (``DATA/images/x``
-    or ``DATA/x``: predicting one image of a simulation said its pixel size was unknown).
+    or ``DATA/x``: predicting one image of a simulation said its pixel size was unknown);
+    for a dataset's ``images/`` folder without a meta.json of its own, the dataset's
+    (``predict --images DATA/images`` took DATA's 0.25 um/px images to be at the model's).
     Only meta.json's: what the files state is read per image at the pyramid level predicted
     (``Dataset.pixel_size_um`` falls back to their level 0)."""
     if images.is_file():
         parent = images.parent
         folder = parent.parent if parent.name == "images" else parent
         return meta_pixel_size(folder) if (folder / layout.META).is_file() else None
+    if (images.is_dir() and images.name == "images" and not (images / layout.META).is_file()
+            and (images.parent / layout.META).is_file()):
+        return meta_pixel_size(images.parent)
     if images.is_dir() and images.suffix.lower() != ".zarr" and (images / layout.META).is_file():
         value = load_dataset(images).meta.get("pixel_size_um")
         return float(value) if value is not None else None
