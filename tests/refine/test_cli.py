@@ -40,3 +40,19 @@ def test_cli_errors_are_one_line(sim_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "run2"), "--crop", "32", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "needs labels" in err
+
+
+def test_generate_with_what_is_no_refiner_says_so_in_one_line(sim_dir, tmp_path, capsys):
+    """`generate --refiner config.yaml` printed torch's paragraph on weights_only; a
+    detector given as the refiner was "missing step, channels, ..." (audit 6)."""
+    import torch
+
+    (tmp_path / "config.yaml").write_text("preset: fluo\n")
+    torch.save({"model_spec": {"name": "tiny_u22"}, "model": {}}, tmp_path / "detector.pt")
+    for given, said in (("config.yaml", "cannot read checkpoint (truncated, or not a torch"),
+                        ("detector.pt", "a detector (use it with predict)")):
+        code = main(["generate", "--refiner", str(tmp_path / given), "--sim", str(sim_dir),
+                     "--out", str(tmp_path / f"out-{given}"), "--quiet"])
+        err = capsys.readouterr().err
+        assert code != 0 and said in err and len(err.strip().splitlines()) == 1, err
+        assert "weights_only" not in err and not (tmp_path / f"out-{given}").exists()

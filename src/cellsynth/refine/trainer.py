@@ -219,12 +219,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ImageReadError(f"{path}: no such checkpoint")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for truncated files
-        raise ImageReadError(f"{path}: cannot read checkpoint (corrupt or truncated?): "
-                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
-                             ) from err
-    missing = {"step", "channels", "config", "generator"} - set(checkpoint)
-    if not isinstance(checkpoint, dict) or missing:
+    except Exception as err:  # torch raises many types (and its first line of a file that
+        # is no torch file at all is a paragraph on weights_only)
+        raise ImageReadError(f"{path}: cannot read checkpoint (truncated, or not a torch "
+                             f"file?)") from err
+    if isinstance(checkpoint, dict) and "model_spec" in checkpoint:
+        raise ImageReadError(f"{path}: a detector (use it with predict); a refiner is the "
+                             f"folder `cellsynth fit-refiner --out` wrote, or its last.pt")
+    missing = {"step", "channels", "config", "generator"} - set(
+        checkpoint if isinstance(checkpoint, dict) else ())
+    if missing:
         raise ImageReadError(f"{path}: not a cellsynth refiner checkpoint "
                              f"(missing {', '.join(sorted(missing))})")
     return checkpoint
