@@ -704,3 +704,17 @@ def test_a_folder_mixing_gray_and_rgb_images_is_one_line(tmp_path, capsys):
     err = _one_line_error(capsys, argv, "images of different kinds (")
     assert "a.png has 1 channel, " in err and "c.png has 3 channels)" in err
     assert not (tmp_path / "fit.yaml").exists()
+
+
+def test_a_constant_image_is_named_in_the_warning(tmp_path, capsys):
+    """fit-simulator said "image: image is constant (0)" without the file (audit 6)."""
+    from cellsynth.io.images import write_image
+
+    (tmp_path / "blank").mkdir()
+    write_image(tmp_path / "blank" / "glass.png", np.zeros((128, 128), np.uint8))
+    write_image(tmp_path / "blank" / "slide.png", np.full((128, 128), 200, np.uint8))
+    main(["fit-simulator", "--real", str(tmp_path / "blank"), "--preset", "fluo", "--out",
+          str(tmp_path / "f.yaml"), "--pixel-size", "0.5", "--quiet"])
+    err = capsys.readouterr().err
+    assert "glass.png: image is constant (0)" in err and "slide.png: image is constant" in err
+    assert "image: image is constant" not in err

@@ -92,16 +92,18 @@ def guess_stain(images: list[Path], channel: int | None = None) -> StainGuess:
     return StainGuess(preset, reason, total)
 
 
-def stain_mismatch(color: str, images: list[np.ndarray], name: str = "the preset"
-                   ) -> str | None:
+def stain_mismatch(color: str, images: list[np.ndarray], name: str = "the preset",
+                   names: list[str] | None = None) -> str | None:
     """What is wrong with simulating ``images`` in the colour model ``color`` (a preset's:
     gray, violet, he, fluo), or None: said where most of the images vote for fluorescence
     and the model is a bright-field one or the other way round, or where they are colour
     and the model has one channel; ``name`` names the model in the sentence. Nissl against
-    H&E is not judged (their votes are close)."""
+    H&E is not judged (their votes are close). ``names`` (the images' files) name an
+    image in a warning (a constant one)."""
     if not images:
         return None
-    votes = [_vote(_features(np.asarray(image))) for image in images]
+    votes = [_vote(_features(np.asarray(image), where=names[i] if names else None))
+             for i, image in enumerate(images)]
     guess = max(set(votes), key=votes.count)
     n = votes.count(guess)
     said = f"{n} of {len(votes)} look {_REASONS[guess].split(':')[0]}"

@@ -56,12 +56,13 @@ def full_scale(top: int) -> int | None:
     return None if bits is None else (1 << bits) - 1
 
 
-def _as_float(image: np.ndarray) -> np.ndarray:
+def _as_float(image: np.ndarray, where: str = "image") -> np.ndarray:
     """Intensities in [0, 1] as the camera measured them: an integer image divided by the
     range of the fewest bits that hold its values (8-bit content in a uint16 file is read
     as the uint8 file is: it was stretched by percentiles, so the fitted stains and noise
     differed 1.5-2x between the two copies of one image), a float one in [0, 1] as it is,
-    anything else stretched by percentiles (:func:`cellsynth.io.normalize.normalize`)."""
+    anything else stretched by percentiles (:func:`cellsynth.io.normalize.normalize`; its
+    warnings name ``where``, the file)."""
     if np.issubdtype(image.dtype, np.integer) and image.size and image.min() >= 0:
         full = full_scale(int(image.max()))
         if full is not None:
@@ -70,7 +71,7 @@ def _as_float(image: np.ndarray) -> np.ndarray:
         return image.astype(np.float32)
     from cellsynth.io.normalize import normalize
 
-    return normalize(image)
+    return normalize(image, where=where)
 
 
 def _optical_density(image: np.ndarray, color: str) -> np.ndarray:

@@ -63,7 +63,7 @@ def _windows(image: Any, name: str, n: int, seed: int
     h, w = int(image.shape[0]), int(image.shape[1])
     if h * w <= _WINDOW_ABOVE:
         raw = np.asarray(image[0:h, 0:w]) if not isinstance(image, np.ndarray) else image
-        return [(name, raw, _as_float(raw), raw)]
+        return [(name, raw, _as_float(raw, where=name), raw)]
     from cellsynth.io.normalize import apply_range, intensity_range
     from cellsynth.io.sections import stage_channels, tissue_windows
 
@@ -189,7 +189,8 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
     from cellsynth.pipeline.stain import stain_mismatch
 
     wrong = stain_mismatch(base.color, [p[1] for p in parts][:_MAX_GUESS],
-                           name=f"preset {base.preset!r}")
+                           name=f"preset {base.preset!r}",
+                           names=[p[0] for p in parts][:_MAX_GUESS])
     if wrong:  # (said before the minutes of fitting, not after: the fit runs anyway)
         import warnings
 
