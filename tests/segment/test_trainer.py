@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -657,3 +658,45 @@ def test_core_and_rim_set_which_pixels_the_score_map_calls_a_cell():
     assert int((batch["labels"] == 1).sum()) == counts[0.5, 0.5][1]
     with pytest.raises(ValueError, match="rim <= core"):
         TrainConfig(core=0.5, rim=0.8)
+
+
+def test_a_detector_stopped_part_way_is_named_so_when_used(sim, tmp_path, monkeypatch):
+    """A training stopped by SIGTERM at step 80 of 300 was used by predict, train --init and
+    soup as if finished, with no word (audit 6): run.json says whether it finished."""
+    from cellsynth.segment.predict import read_detector_checkpoint
+
+    config = TrainConfig(steps=4, checkpoint_every=2, **TINY)
+    with _at_batch(monkeypatch, 3, _die), pytest.raises(KeyboardInterrupt):
+        train(config, [sim], tmp_path / "killed", progress=False)  # dies after step 2's save
+    assert json.loads((tmp_path / "killed" / "run.json").read_text())["finished"] is False
+    with pytest.warns(UserWarning, match=r"killed: its training stopped at step 2 of 4 and "
+                                         r"did not finish .* --resume finishes it"):
+        read_detector_checkpoint(tmp_path / "killed")
+    train(config, [sim], tmp_path / "killed", resume=True, progress=False)
+    info = json.loads((tmp_path / "killed" / "run.json").read_text())
+    assert (info["finished"], info["steps_done"]) == (True, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_detector_checkpoint(tmp_path / "killed")
+
+
+def test_resume_on_other_data_is_refused_and_on_a_copy_of_it_goes_on(sim, tmp_path,
+                                                                     monkeypatch):
+    """`train --resume --data OTHER` trained on, wrote only OTHER into run.json and kept
+    best.pt as chosen on the first validation (audit 6). A copy of the same data (or data
+    whose first folder is gone: moved) resumes."""
+    import shutil
+
+    from cellsynth.errors import ConfigError
+
+    other = make_dataset(tmp_path / "other", n=3, size=64, seed=5)
+    config = TrainConfig(steps=4, checkpoint_every=2, **TINY)
+    with _at_batch(monkeypatch, 3, _die), pytest.raises(KeyboardInterrupt):
+        train(config, [sim], tmp_path / "run", val=sim, progress=False)
+    for data, val, option in (([other], sim, "--data"), ([sim], None, "--val"),
+                              ([sim], other, "--val")):
+        with pytest.raises(ConfigError, match=f"--resume with other {option} than the run"):
+            train(config, data, tmp_path / "run", val=val, resume=True, progress=False)
+    copy = shutil.copytree(sim, tmp_path / "copy")
+    train(config, [copy], tmp_path / "run", val=copy, resume=True, progress=False)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["steps_done"] == 4

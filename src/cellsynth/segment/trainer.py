@@ -206,6 +206,37 @@ def _init_weights(model: torch.nn.Module, spec: dict[str, Any], path: Path,
     model.load_state_dict(ckpt["model"])
 
 
+def _check_resumed_inputs(out: Path, data: list, val: Any) -> None:
+    """Refuse to resume ``out`` on other training or validation data than it started with
+    (its run.json's): the run then mixed two trainings, its run.json named only the new data
+    and its best.pt stayed the one chosen on the old validation. A folder that is only
+    elsewhere now (the old path gone) or a copy of the same files is the same data."""
+    info_path = out / layout.RUN_INFO
+    try:
+        first = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    except (OSError, ValueError):
+        return
+    from cellsynth.pipeline.run import content_fingerprint
+
+    now = {"--data": [str(Path(d).resolve()) for d in data],
+           "--val": [str(Path(val).resolve())] if val is not None else []}
+    for option, paths in now.items():
+        key = option[2:]
+        if key not in first:
+            continue
+        before = first[key] if isinstance(first[key], list) else (
+            [first[key]] if first[key] is not None else [])
+        if before == paths or (before and not all(Path(p).exists() for p in before)):
+            continue
+        if len(before) == len(paths) and all(
+                content_fingerprint(a) == content_fingerprint(b) for a, b in zip(before, paths)):
+            continue
+        raise ConfigError(
+            f"{out}: --resume with other {option} than the run started with "
+            f"({', '.join(before) or 'none'} -> {', '.join(paths) or 'none'}); resume with the "
+            f"same, or train into a new --out (--init {out} starts from its weights)")
+
+
 def train(config: TrainConfig, data: str | os.PathLike | list[str | os.PathLike],
           out: str | os.PathLike, *,
           init: str | os.PathLike | None = None, val: str | os.PathLike | None = None,
@@ -319,6 +350,7 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
                                  f"corrupt?); start again with --force") from err
         check_resume_config(ckpt["config"], to_dict(config), to_dict(TrainConfig()), RESUMABLE,
                             out / layout.LAST)
+        _check_resumed_inputs(out, data, val)
         # with ema, "model" holds the averaged weights and "trained_model" the trained ones
         model.load_state_dict(ckpt["trained_model"] if config.ema else ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -353,7 +385,10 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
             "device": config.device, "precision": precision.name, "world_size": world,
             "workers": config.workers,  # (which random stream the batches came from)
             "torch_threads": history.entries,  # a list that grows as the count changes
-            "n_images": len(items), "n_val_images": len(val_items)}
+            "n_images": len(items), "n_val_images": len(val_items),
+            # True once it ends (its steps done, or a plateau): a detector used while this is
+            # False was stopped part-way (read_detector_checkpoint says so)
+            "finished": False}
         write_json(info_path, info)
     average = _Average(spec, model, config.ema, precision.name) if config.ema else None
     if average is not None and resume:
@@ -462,6 +497,8 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
         if log is not None:
             log.close()
     bar.close()
+    if rank == 0:
+        write_json(info_path, {**info, "finished": True, "steps_done": step})
     if world > 1:
         torch.distributed.barrier()
     return {"steps": step, "loss": loss_value, "best_val_f1": best_f1,
