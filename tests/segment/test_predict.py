@@ -1398,3 +1398,15 @@ def test_one_image_of_a_dataset_takes_the_pixel_size_its_meta_json_states(model,
     assert "unknown" not in capsys.readouterr().err
     meta = json.loads((tmp_path / "folder" / "meta.json").read_text())
     assert {v["pixel_size_um"] for v in meta["images_pixel_size_um"].values()} == {0.25}
+
+
+def test_a_datasets_labels_folder_given_as_images_is_refused(model, tmp_path, capsys):
+    """predict --images DATA/labels "predicted 77 cells" in the label maps (audit 6)."""
+    from cellsynth.cli import main
+
+    run, sim = model
+    assert main(["predict", "--detector", str(run), "--images", str(sim / "labels"),
+                 "--out", str(tmp_path / "p"), "--quiet"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the label maps of the dataset" in err, err
+    assert not (tmp_path / "p").exists()

@@ -24,7 +24,15 @@ from cellsynth.errors import ConfigError, DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads
 from cellsynth.io.datasets import file_id, load_dataset, meta_pixel_size
 from cellsynth.io.export import level0_factor
-from cellsynth.io.files import atomic_path, check_output_dir, staged_output_dir, write_json
+from cellsynth.io.files import (
+    IMAGE_FOLDERS,
+    LABEL_FOLDERS,
+    atomic_path,
+    check_output_dir,
+    names_in,
+    staged_output_dir,
+    write_json,
+)
 from cellsynth.io.headers import check_headers
 from cellsynth.io.images import (
     IMAGE_SUFFIXES,
@@ -277,6 +285,11 @@ def _inputs(images: Path) -> list[tuple[str, Path]]:
         return [(file_id(images), images)]
     if not images.exists():
         raise DatasetError(f"{images}: no such folder")
+    if images.name.lower() in LABEL_FOLDERS and any(
+            (images.parent / name).is_dir() for name in names_in(images.parent)
+            if name.lower() in IMAGE_FOLDERS):  # (it predicted cells in the label maps)
+        raise DatasetError(f"{images}: the label maps of the dataset {images.parent}; predict "
+                           f"its images ({images.parent}, or its images/ folder)")
     # as every command reads a folder: images/ (Images/, img/, ...) or the folder itself,
     # a Cellpose folder's x_masks.tif beside x.tif as its labels, not one more image (and
     # a.png beside a.tif is an error: both would write one a.tif of labels)
