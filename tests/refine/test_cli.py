@@ -56,3 +56,29 @@ def test_generate_with_what_is_no_refiner_says_so_in_one_line(sim_dir, tmp_path,
         err = capsys.readouterr().err
         assert code != 0 and said in err and len(err.strip().splitlines()) == 1, err
         assert "weights_only" not in err and not (tmp_path / f"out-{given}").exists()
+
+
+def test_generate_says_when_the_simulation_is_not_the_refiners_kind(sim_dir, real_dir,
+                                                                     tmp_path, capsys):
+    """A fluorescence refiner (0.5 um/px) refined a bright-field simulation at 1 um/px
+    without a word, painting blotches over its cells (audit 6)."""
+    import shutil
+
+    from cellsynth.io import write_dataset_meta
+
+    write_dataset_meta(sim_dir, {"pixel_size_um": 0.5, "preset": "he"})
+    run = tmp_path / "run"
+    assert main(["fit-refiner", "--sim", str(sim_dir), "--real", str(real_dir), "--out",
+                 str(run), "--steps", "2", "--crop", "32", "--batch", "2", "--precision",
+                 "fp32", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--refiner", str(run), "--sim", str(sim_dir), "--out",
+                 str(tmp_path / "same"), "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    other = shutil.copytree(sim_dir, tmp_path / "other")
+    write_dataset_meta(other, {"pixel_size_um": 1.0, "preset": "nissl"})
+    assert main(["generate", "--refiner", str(run), "--sim", str(other), "--out",
+                 str(tmp_path / "refined"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "simulated at 1 um/px, but the refiner" in err and "at 0.5 um/px" in err, err
+    assert "a 'nissl' simulation, but the refiner" in err and "'he' one" in err, err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,6 +142,33 @@ def refine_images(refiner: Refiner, images: Sequence[np.ndarray], labels: Sequen
     return out  # type: ignore[return-value]
 
 
+def _say_if_other_simulation(refiner: Refiner, sim: Any) -> None:
+    """Warn where ``sim`` was simulated at another pixel size or with another preset than
+    the simulation the refiner was trained on (its run.json, and that simulation's
+    meta.json where it still is): a fluorescence refiner applied to a bright-field
+    simulation said nothing and painted blotches over the cells."""
+    import json
+
+    info_path = refiner.checkpoint.parent / layout.RUN_INFO
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        trained_on = Path(info["sim"]) / layout.META if info.get("sim") else None
+        preset = (json.loads(trained_on.read_text()).get("preset")
+                  if trained_on is not None and trained_on.is_file() else None)
+    except (OSError, ValueError):
+        return
+    px, now = info.get("sim_pixel_size_um"), sim.pixel_size_um
+    if px and now and abs(now / px - 1.0) > 0.01:
+        warnings.warn(f"{sim.root}: simulated at {now:g} um/px, but the refiner "
+                      f"{refiner.checkpoint.parent} learned its look on a simulation at "
+                      f"{px:g} um/px (cell sizes and texture at that scale)", stacklevel=3)
+    mine = sim.meta.get("preset")
+    if preset and mine and preset != mine:
+        warnings.warn(f"{sim.root}: a {mine!r} simulation, but the refiner "
+                      f"{refiner.checkpoint.parent} was trained on a {preset!r} one; it "
+                      f"refines what it learned to refine", stacklevel=3)
+
+
 def refine_dataset(run: str | os.PathLike, sim_dir: str | os.PathLike,
                    out_dir: str | os.PathLike, *, batch: int = 8, device: str = "cpu",
                    seed: int = 0, force: bool = False, precision: str = "auto",
@@ -158,6 +186,7 @@ def refine_dataset(run: str | os.PathLike, sim_dir: str | os.PathLike,
     configure_threads()
     refiner = load_refiner(run, device=device, precision=precision)
     sim = load_simulated(sim_dir)
+    _say_if_other_simulation(refiner, sim)
     started = time.perf_counter()
     sim_images, refined_images, label_maps = [], [], []
     with staged_output_dir(out_dir, force=force, inputs=(run, sim_dir)) as root:
