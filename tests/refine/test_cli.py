@@ -82,3 +82,41 @@ def test_generate_says_when_the_simulation_is_not_the_refiners_kind(sim_dir, rea
     err = capsys.readouterr().err
     assert "simulated at 1 um/px, but the refiner" in err and "at 0.5 um/px" in err, err
     assert "a 'nissl' simulation, but the refiner" in err and "'he' one" in err, err
+
+
+def test_a_refiner_stopped_part_way_is_named_so_when_used(sim_dir, real_dir, tmp_path,
+                                                          capsys, monkeypatch):
+    """A fit-refiner stopped at step 20 of 3000 refined images with no word (audit 6):
+    run.json says whether it finished, and generate warns on one that did not."""
+    import importlib
+
+    fit_module = importlib.import_module("cellsynth.refine.fit")  # (the package's fit: a
+    real_step, calls = fit_module.train_step, {"n": 0}            # function of that name)
+
+    def step(*args, **kwargs):  # the process is killed during its 3rd step
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    run = tmp_path / "run"
+    (tmp_path / "refine.yaml").write_text("checkpoint_every: 1\n")
+    args = ["fit-refiner", "--sim", str(sim_dir), "--real", str(real_dir), "--out", str(run),
+            "--steps", "4", "--crop", "32", "--batch", "2", "--config",
+            str(tmp_path / "refine.yaml"), "--precision", "fp32", "--quiet"]
+    monkeypatch.setattr(fit_module, "train_step", step)
+    assert main(args) != 0
+    monkeypatch.setattr(fit_module, "train_step", real_step)
+    assert json.loads((run / "run.json").read_text())["finished"] is False
+    capsys.readouterr()
+    assert main(["generate", "--refiner", str(run), "--sim", str(sim_dir), "--out",
+                 str(tmp_path / "early"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "its training stopped at step 2 of 4 and did not finish" in err, err
+    assert main(args + ["--resume"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert (info["finished"], info["steps_done"]) == (True, 4)
+    capsys.readouterr()
+    assert main(["generate", "--refiner", str(run), "--sim", str(sim_dir), "--out",
+                 str(tmp_path / "done"), "--quiet"]) == 0
+    assert "did not finish" not in capsys.readouterr().err

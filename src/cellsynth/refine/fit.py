@@ -174,6 +174,9 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
         "channels": sim.channels, "sim_pixel_size_um": sim.pixel_size_um,
         "n_sim": len(sim.images), "n_real": len(real.images), "notes": real.notes,
         "torch_threads": history.entries,  # a list that grows as the count changes
+        # True once it ends (its steps, or its time budget): a refiner used while this is
+        # False was stopped part-way (load_refiner says so)
+        "finished": False,
     }
     write_json(info_path, info)
     samples = _Samples(sim, real, config.seed)
@@ -227,5 +230,6 @@ def fit(config: RefineConfig, sim_dir: str | os.PathLike, real_dir: str | os.Pat
         raise
     seconds = time.perf_counter() - started
     done = state.step - first_step
+    write_json(info_path, {**info, "finished": True, "steps_done": state.step})
     return {"step": state.step, "seconds": seconds, "steps_per_s": done / max(seconds, 1e-9),
             "losses": losses, "bf16": state.bf16}
