@@ -23,7 +23,8 @@ from cellsynth.pipeline import layout
 
 __all__ = ["atomic_path", "write_with", "write_json", "staged_output_dir", "refuse_inputs",
            "check_output_file", "check_run_dir",
-           "prepare_run_dir", "discard_replaced_run", "restore_replaced_run"]
+           "prepare_run_dir", "discard_replaced_run", "restore_replaced_run", "run_info",
+           "say_if_unfinished"]
 
 
 # file_digest: all of a file's bytes up to this size; of a larger one (a whole section), its
@@ -53,6 +54,30 @@ def file_digest(path: str | os.PathLike) -> bytes:
                 f.seek(last * i // (SAMPLE_BLOCKS - 1))
                 digest.update(f.read(SAMPLE_BYTES))
     return digest.digest()
+
+
+def run_info(folder: str | os.PathLike) -> dict[str, Any]:
+    """A training run's run.json (``{}`` where the folder has none or it cannot be read)."""
+    path = Path(folder) / layout.RUN_INFO
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def say_if_unfinished(checkpoint: Path, ckpt: dict[str, Any], command: str) -> None:
+    """Warn where the run a checkpoint is in was stopped part-way (its run.json's
+    ``finished`` is false; runs from before the flag have none): using it gave no sign.
+    ``command``: what finishes it with --resume (``cellsynth train``)."""
+    import warnings
+
+    if run_info(checkpoint.parent).get("finished") is False:
+        config = ckpt.get("config")
+        steps = config.get("steps") if isinstance(config, dict) else None
+        warnings.warn(f"{checkpoint.parent}: its training stopped at step "
+                      f"{ckpt.get('step', '?')}{f' of {steps}' if steps else ''} and did not "
+                      f"finish (or is still running); the same `{command}` command with "
+                      f"--resume finishes it", stacklevel=3)
 
 
 def _umask() -> int:

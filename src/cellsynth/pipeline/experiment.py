@@ -290,10 +290,11 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
         save_yaml(out / layout.CONFIG, config)
     state = RunState(out)
     units, detector_of = _plan(config, out)
-    fingerprints: dict[str, str] = {}
     train_contents = content_fingerprint(config.train)
+    # (each unit's, as _execute takes it again when it reaches the unit)
+    fingerprints = _fingerprints(units, train_contents)
     earlier = _Earlier(config, out)
-    for name, print_ in _fingerprints(units, train_contents).items():
+    for name, print_ in fingerprints.items():
         _adopt(state, name, print_, lambda name=name: earlier.prints.get(name))
 
     def execute(unit: _Unit, index: int, total: int) -> None:
@@ -303,7 +304,6 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *,
     processes, threads = (1, None) if processes <= 1 else parallel_plan(
         processes, config.device)
     if processes > 1:
-        fingerprints.update(_fingerprints(units, train_contents))
         _side_by_side(config, out, units, fingerprints, state, processes, threads, log)
     for i, unit in enumerate(units, 1):  # (side by side: all done already, nothing runs)
         execute(unit, i, len(units))

@@ -24,7 +24,7 @@ from cellsynth import __version__
 from cellsynth.errors import DatasetError
 from cellsynth.hardware import announce, choose_precision, configure_threads
 from cellsynth.io.datasets import write_dataset_meta
-from cellsynth.io.files import refuse_inputs, staged_output_dir
+from cellsynth.io.files import refuse_inputs, run_info, say_if_unfinished, staged_output_dir
 from cellsynth.io.images import to_uint8, write_image
 from cellsynth.io.normalize import Normalization, normalize
 from cellsynth.pipeline import layout
@@ -66,7 +66,7 @@ def load_refiner(run: str | os.PathLike, *, device: str = "cpu",
     """
     path = layout.refiner_checkpoint(run)
     checkpoint = read_checkpoint(path)
-    _say_if_unfinished(path, checkpoint)
+    say_if_unfinished(path, checkpoint, "cellsynth fit-refiner")
     config = config_from_checkpoint(checkpoint["config"], where=f"{path}: config")
     dev = resolve_device(device)
     generator = build_generator(config, checkpoint["channels"])
@@ -76,25 +76,6 @@ def load_refiner(run: str | os.PathLike, *, device: str = "cpu",
     bf16 = chosen.bf16
     return Refiner(generator.to(dev), config, step=int(checkpoint["step"]), checkpoint=path,
                    device=dev, bf16=bf16)
-
-
-def _say_if_unfinished(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Warn where the refiner run a checkpoint is in was stopped part-way (its run.json's
-    ``finished`` is false): generate used it with no sign."""
-    import json
-
-    info_path = path.parent / layout.RUN_INFO
-    try:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    except (OSError, ValueError):
-        return
-    if info.get("finished") is False:
-        steps = (checkpoint.get("config") or {}).get("steps") if isinstance(
-            checkpoint.get("config"), dict) else None
-        warnings.warn(f"{path.parent}: its training stopped at step {checkpoint['step']}"
-                      f"{f' of {steps}' if steps else ''} and did not finish (or is still "
-                      f"running); the same `cellsynth fit-refiner` command with --resume "
-                      f"finishes it", stacklevel=3)
 
 
 _CONTEXT = 16  # mirrored border, pixels, around every image refined whole
@@ -169,9 +150,8 @@ def _say_if_other_simulation(refiner: Refiner, sim: Any) -> None:
     simulation said nothing and painted blotches over the cells."""
     import json
 
-    info_path = refiner.checkpoint.parent / layout.RUN_INFO
+    info = run_info(refiner.checkpoint.parent)
     try:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         trained_on = Path(info["sim"]) / layout.META if info.get("sim") else None
         preset = (json.loads(trained_on.read_text()).get("preset")
                   if trained_on is not None and trained_on.is_file() else None)

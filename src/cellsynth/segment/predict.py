@@ -19,6 +19,7 @@ import torch
 from cellsynth.config import from_dict
 from cellsynth.errors import CellsynthError, ConfigError, ImageReadError
 from cellsynth.hardware import announce, choose_precision, resolve_device
+from cellsynth.io.files import say_if_unfinished
 from cellsynth.io.images import channels_last, guess_axes, match_channels, select_channel
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
 from cellsynth.io.resample import Rescaled, pixel_scale
@@ -140,28 +141,8 @@ def read_detector_checkpoint(run: str | os.PathLike, *, device: str = "cpu",
         kind = "a refiner run (use it with generate)" if isinstance(ckpt, dict) and \
             "generator" in ckpt else "not a detector checkpoint"
         raise CellsynthError(f"{path}: {kind}; {needed_by} needs a `cellsynth train` run")
-    _say_if_unfinished(path, ckpt)
+    say_if_unfinished(path, ckpt, "cellsynth train")
     return path, ckpt
-
-
-def _say_if_unfinished(path: Path, ckpt: dict[str, Any]) -> None:
-    """Warn where the run a checkpoint is in was stopped part-way (its run.json's
-    ``finished`` is false): predicting with it, or starting from it, gave no sign."""
-    import json
-    import warnings
-
-    info_path = path.parent / layout.RUN_INFO
-    try:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    except (OSError, ValueError):
-        return
-    if info.get("finished") is False:
-        steps = (ckpt.get("config") or {}).get("steps") if isinstance(
-            ckpt.get("config"), dict) else None
-        warnings.warn(f"{path.parent}: its training stopped at step {ckpt.get('step', '?')}"
-                      f"{f' of {steps}' if steps else ''} and did not finish (or is still "
-                      f"running); the same `cellsynth train` command with --resume finishes "
-                      f"it", stacklevel=3)
 
 
 def load_detector(run: str | os.PathLike, *, device: str = "cpu",

@@ -42,6 +42,7 @@ from cellsynth.io.files import (
     discard_replaced_run,
     prepare_run_dir,
     restore_replaced_run,
+    run_info,
     versions,
     write_json,
     write_with,
@@ -211,12 +212,9 @@ def _check_resumed_inputs(out: Path, data: list, val: Any) -> None:
     (its run.json's): the run then mixed two trainings, its run.json named only the new data
     and its best.pt stayed the one chosen on the old validation. A folder that is only
     elsewhere now (the old path gone) or a copy of the same files is the same data."""
-    info_path = out / layout.RUN_INFO
-    try:
-        first = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    except (OSError, ValueError):
-        return
     from cellsynth.pipeline.run import content_fingerprint
+
+    first = run_info(out)
 
     now = {"--data": [str(Path(d).resolve()) for d in data],
            "--val": [str(Path(val).resolve())] if val is not None else []}
