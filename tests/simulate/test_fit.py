@@ -341,6 +341,12 @@ def test_fit_simulator_channel_measures_that_channel_of_fluorescence_tiffs(tmp_p
                                    "--preset", "fluo", "--out", str(tmp_path / "f.yaml"),
                                    "--channel", "2"], "a0.tif")
     assert "channel 2 requested, but the image has 2 channel(s)" in err
+    # on gray images (one channel) it was ignored without a word (audit 6): refused as well
+    err = _one_line_error(capsys, ["fit-simulator", "--real", str(tmp_path / "gray"),
+                                   "--preset", "fluo", "--out", str(tmp_path / "g.yaml"),
+                                   "--channel", "2"], "a0.png")
+    assert "channel 2 requested, but the image has 1 channel(s) (0-0)" in err
+    assert not (tmp_path / "g.yaml").exists()
 
 
 def test_whole_section_is_measured_by_windows_of_tissue_not_decoded(tmp_path, monkeypatch):
@@ -528,6 +534,40 @@ def test_a_search_that_runs_away_answers_with_its_best_round():
     assert median_diameter_um(fit.config) / median_diameter_um(base) < 1.6
     assert "the search ran away" in format_fit(fit)
     assert "too few or too small images?" in format_fit(fit)  # 3 images: the likely cause
+
+
+def test_a_search_whose_cells_run_away_from_the_real_ones_answers_with_the_base():
+    # one 128 px image of 8 perfect discs (audit 6): elongation 50x below the base's is out of
+    # every round's reach and dominates the total, so the mean of the last rounds was only
+    # 1.6x worse in total while its cells were 12x too many and a third too small (cell
+    # stain 14x the base's): the cells judged alone send it back to the base preset
+    from skimage.draw import disk
+
+    from cellsynth.simulate.fit import _ROUNDS, _cells_diverged, _cost, _ran_away
+
+    def discs(side=128, n=8, r=8):
+        image = np.zeros((side, side))
+        for _ in range(n):
+            cy, cx = rng.integers(r + 2, side - r - 2), rng.integers(r + 2, side - r - 2)
+            image[disk((cy, cx), r, shape=image.shape)] = 1
+        return np.clip(image * 0.8 + 0.05 + rng.normal(0, 0.02, image.shape), 0, 1)
+
+    rng = np.random.default_rng(0)
+    for i in range(26):  # the audit's image is its 27th draw (the total masks it there)
+        discs(*((20, 1, 4) if i in (22, 23) else ()))
+    image = (discs() * 255).astype(np.uint8)
+    base = preset("fluo")
+    fit = match_statistics([image], base, pixel_size_um=0.5)
+    searched = fit.history[:_ROUNDS + 1]
+    answer = fit.history[_ROUNDS + 1]  # the mean of the last rounds, judged and rejected
+    assert _cost(answer, ("noise",)) < 2 * min(_cost(h, ("noise",)) for h in searched)
+    assert _cells_diverged(answer, searched[0]) and _ran_away(answer, searched, ("noise",))
+    assert fit.fallback == 0 and fit.config == replace(
+        fit.config, cells=base.cells, background=fit.config.background)
+    assert [c.stain for c in fit.config.cells] == [c.stain for c in base.cells]
+    assert "round 0 (the base preset) is the answer" in format_fit(fit)
+    # a round whose cells match as well as the base's is no run-away by this test
+    assert not _cells_diverged(searched[0], searched[0])
 
 
 def test_estimator_tells_a_domed_cell_from_an_even_one_and_quiet_noise_levels_apart():

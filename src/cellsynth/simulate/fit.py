@@ -9,9 +9,10 @@ rounds until its statistics match the real ones (indirect inference), so the est
 own biases (touching cells, texture, blur) cancel instead of entering the config. The base
 preset's ratios between its cell types are kept. Only images are read, never labels. The
 answer is the mean of the last rounds, unless that matches far worse than the best round
-searched (the search ran away: e.g. on a few small images the regions found stop growing
-with the simulated cells), then that round; parameters that end at a limit of the search
-are named in the printout.
+searched, or its cells' size and number match worse than the base preset's (the search ran
+away: e.g. on a few small images the regions found stop growing with the simulated cells),
+then the best round whose cells did not; parameters that end at a limit of the search are
+named in the printout.
 
 The stain vectors are the base's (``stains="preset"``), or, with ``stains="measured"``,
 H&E's eosin vector is measured from the real images first
@@ -88,7 +89,7 @@ _N_SIM_VARIED = 48
 _ROUNDS = 5          # updates of the search; each is judged by one more simulated batch
 _AVERAGE = 3         # the fitted parameters: geometric mean of the last this many rounds
 _DIVERGED, _DIVERGED_BY = 2.0, 0.05  # ... unless that matches > 2x (and > 0.05) worse than
-                                     # the best round: then the best round (see _diverged)
+                                     # the best round: then the best round (see _ran_away)
 _LOW = 0.5           # smallest diameter searched, relative to the base's median cell
 _MAX_STEP = math.log(2.0)  # largest change of a parameter per round (factor 2)
 # Each parameter (a factor on the base's values; blur in um) is matched by one pooled
@@ -168,7 +169,7 @@ class SimulatorFit:
     # what spread="floor" raised to the base's: {name: (as measured, as used)}
     floored: dict[str, tuple[float, float]] = field(default_factory=dict)
     # the round of the search taken as the answer when the mean of the last rounds matched
-    # far worse (the search ran away; see _diverged); None: that mean
+    # far worse (the search ran away; see _ran_away); None: that mean
     fallback: int | None = None
 
 
@@ -288,7 +289,7 @@ class SearchPlan(NamedTuple):
     side: int           # px, of the square images simulated
     n_sim: int          # images simulated a batch (the same scenes every batch)
     batches: int        # batches simulated and measured: the rounds and the answer (one
-                        # more where the search runs away, see _diverged)
+                        # more where the search runs away, see _ran_away)
     radii: np.ndarray   # px, the LoG scales the estimator searches, real and simulated
 
 
@@ -409,11 +410,14 @@ def _search(real: _Real, base: SimulationConfig, target: dict[str, Any], radii: 
             params = answer({k: float(np.exp(np.mean([np.log(max(h[k], 1e-6)) for h in last])))
                              for k in params} | {
                 k: float(np.mean([h[k] for h in last])) for k in additive})
-        elif round_ == _ROUNDS + 2:  # the search ran away (see _diverged): its best round
-            costs = [_cost(h, unjudged) for h in history[:_ROUNDS + 1]]
-            if not _diverged(_cost(history[-1], unjudged), min(costs)):
+        elif round_ == _ROUNDS + 2:  # the search ran away (see _ran_away): its best round
+            searched = history[:_ROUNDS + 1]
+            if not _ran_away(history[-1], searched, unjudged):
                 break
-            fallback = int(np.argmin(costs))
+            # the best round whose cells are not themselves run away (round 0, the base, is)
+            fallback = min((i for i, h in enumerate(searched)
+                            if i == 0 or not _cells_diverged(h, searched[0])),
+                           key=lambda i: _cost(searched[i], unjudged))
             params = answer({k: history[fallback][k] for k in params})
         sim = _simulate_stats(_apply(base, params), shape, seeds, radii, _vectors(base))
         error = _mismatch(target, sim, knobs)
@@ -463,19 +467,42 @@ def _search(real: _Real, base: SimulationConfig, target: dict[str, Any], radii: 
                         fallback=fallback)
 
 
-def _cost(round_: dict[str, float], ignore: Sequence[str] = ()) -> float:
+def _cost(round_: dict[str, float], ignore: Sequence[str] = (),
+          only: Sequence[str] | None = None) -> float:
     """How far one round of the search is from the real statistics: the sum of squared
-    log mismatches beyond each knob's deadband (knobs in ``ignore`` left out)."""
+    log mismatches beyond each knob's deadband (knobs in ``ignore`` left out; given ``only``,
+    just those knobs)."""
     errors = {k.removeprefix("log_error_"): v for k, v in round_.items()
               if k.startswith("log_error_")}
     return sum(max(abs(v) - _DEADBAND.get(k, 0.0), 0.0) ** 2
-               for k, v in errors.items() if k not in ignore)
+               for k, v in errors.items()
+               if k not in ignore and (only is None or k in only))
 
 
 def _diverged(answer: float, best: float) -> bool:
     """The averaged answer matches far worse than the best round searched (the statistics
     responded against the expected slope, e.g. cells larger than the images can show)."""
     return answer > max(_DIVERGED * best, best + _DIVERGED_BY)
+
+
+# What a detector learns a cell to be: a search whose cells match these worse than the base's
+# ran away even where a statistic no knob can reach (perfect discs: elongation 50x below the
+# base's) hides it in the total (one 128 px image of 8 discs: cost 19.8 -> 30.8, cells found
+# 12x as many and a third as large as the real ones, cell stain 14x the base's)
+_CELLS = ("size", "density")
+
+
+def _cells_diverged(round_: dict[str, float], base: dict[str, float]) -> bool:
+    """``round_``'s cell size and number match the real images far worse than the base's."""
+    return _diverged(_cost(round_, only=_CELLS), _cost(base, only=_CELLS))
+
+
+def _ran_away(answer: dict[str, float], searched: list[dict[str, float]],
+              ignore: Sequence[str] = ()) -> bool:
+    """The answer (the mean of the last rounds) matches far worse than the best round
+    searched, or its cells (size and number) far worse than the base's (round 0)."""
+    return (_diverged(_cost(answer, ignore), min(_cost(h, ignore) for h in searched))
+            or _cells_diverged(answer, searched[0]))
 
 
 def _check_choices(spread: str, stains: str = "preset") -> None:

@@ -150,9 +150,10 @@ def format_fit(fit: _f.SimulatorFit) -> str:
         # that swings between rounds (fluo's dark background) is the likelier cause
         hint = (" (too few or too small images?)"
                 if fit.real.get("n_images", 0) < _f._MIN_VARIED_IMAGES else "")
-        lines.append(f"the search ran away (the mean of its last rounds matched the real "
-                     f"images far worse than round {fit.fallback}): round {fit.fallback} is "
-                     f"the answer; check the preview{hint}")
+        which = f"round {fit.fallback}" + (" (the base preset)" if fit.fallback == 0 else "")
+        lines.append(f"the search ran away (the mean of its last rounds, or its cells' size "
+                     f"and number, matched the real images far worse than round "
+                     f"{fit.fallback}): {which} is the answer; check the preview{hint}")
     per_image = fit.real.get("per_image", [])
     sizes = [s["median_diameter_um"] for s in per_image if s["median_diameter_um"]]
     if sizes:
