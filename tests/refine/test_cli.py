@@ -40,6 +40,15 @@ def test_cli_errors_are_one_line(sim_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "run2"), "--crop", "32", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "needs labels" in err
+    # a channel that gray real images lack was ignored without a word (audit 6; train
+    # refused it)
+    gray = make_dataset(tmp_path / "gray", n=2, size=32, rgb=False)
+    code = main(["fit-refiner", "--sim", str(sim_dir), "--real", str(gray), "--channel", "2",
+                 "--out", str(tmp_path / "run3"), "--crop", "32", "--steps", "1", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "channel 2 requested, but the image has 1 channel(s)" in err and str(gray) in err
+    assert not (tmp_path / "run3").exists()
 
 
 def test_generate_with_what_is_no_refiner_says_so_in_one_line(sim_dir, tmp_path, capsys):
@@ -82,6 +91,17 @@ def test_generate_says_when_the_simulation_is_not_the_refiners_kind(sim_dir, rea
     err = capsys.readouterr().err
     assert "simulated at 1 um/px, but the refiner" in err and "at 0.5 um/px" in err, err
     assert "a 'nissl' simulation, but the refiner" in err and "'he' one" in err, err
+    # real annotated images (no simulation's meta.json) and a set refined already were
+    # refined without a word (audit 6)
+    annotated = shutil.copytree(sim_dir, tmp_path / "annotated")
+    write_dataset_meta(annotated, {"pixel_size_um": 0.5})
+    for given, said in ((annotated, "annotated: not a cellsynth simulation (its meta.json "
+                                    "records no preset)"),
+                        (tmp_path / "same", "same: already refined (by ")):
+        assert main(["generate", "--refiner", str(run), "--sim", str(given), "--out",
+                     str(tmp_path / f"again-{given.name}"), "--quiet"]) == 0
+        err = capsys.readouterr().err
+        assert said in err and "not a cellsynth" not in err.replace(said, ""), err
 
 
 def test_a_refiner_stopped_part_way_is_named_so_when_used(sim_dir, real_dir, tmp_path,

@@ -62,10 +62,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_channel(real: str | os.PathLike, channel: int | None) -> None:
+    """A --channel that the user's own real images (a folder or one image) do not have is
+    refused in one line naming the file, as train and predict refuse it. (The API and `run`
+    take a gray image as that channel saved alone, as a run stages it; given by hand on
+    gray images it was ignored without a word.)"""
+    if channel is None:
+        return
+    from cellsynth.io.datasets import load_dataset
+    from cellsynth.io.headers import check_headers
+
+    real = Path(real)
+    paths = ([real] if real.is_file() else
+             [s.image_path for s in load_dataset(real, require_labels=False)])
+    check_headers(paths, channel=channel)
+
+
 def cmd_fit_simulator(args: argparse.Namespace) -> int:
     from cellsynth.simulate import simulation_config
     from cellsynth.simulate.fit_report import write_fit
 
+    _check_channel(args.real, args.channel)
     base = simulation_config(args.preset, config_file=args.config)  # the preset if no file
     summary = write_fit(args.real, base, args.out, pixel_size_um=args.pixel_size,
                         seed=args.seed, spread=args.spread, stains=args.stains,
@@ -212,6 +229,7 @@ def cmd_fit_refiner(args: argparse.Namespace) -> int:
     if args.config is not None:
         data.update(load_yaml(args.config))
     config = refine_config(None, {**data, **{k: v for k, v in options.items() if v is not None}})
+    _check_channel(args.real, config.channel)
     summary = fit(config, args.sim, args.real, args.out, resume=args.resume, force=args.force,
                   device=args.device, max_minutes=args.max_minutes, progress=not args.quiet)
     losses = ", ".join(f"{k} {v:.3f}" for k, v in summary["losses"].items())
