@@ -25,7 +25,7 @@ def tiny() -> RefineConfig:
 @pytest.fixture
 def sim_dir(tmp_path: Path) -> Path:
     root = make_dataset(tmp_path / "sim", n=3, size=32, rgb=True)
-    write_dataset_meta(root, {"pixel_size_um": 0.5})
+    write_dataset_meta(root, {"pixel_size_um": 0.5, "preset": "he", "stage": "simulate"})
     return root
 
 

@@ -150,6 +150,14 @@ def _say_if_other_simulation(refiner: Refiner, sim: Any) -> None:
     simulation said nothing and painted blotches over the cells."""
     import json
 
+    if sim.meta.get("refiner"):  # a refined set (generate's meta.json)
+        warnings.warn(f"{sim.root}: already refined (by {sim.meta['refiner'].get('run', '?')});"
+                      f" refining it again moves it further from the simulation its labels "
+                      f"were drawn for", stacklevel=3)
+    elif not sim.meta.get("preset"):
+        warnings.warn(f"{sim.root}: not a cellsynth simulation (its meta.json records no "
+                      f"preset): the refiner gives simulated images a real look, and real "
+                      f"images given to it are repainted as if simulated", stacklevel=3)
     info = run_info(refiner.checkpoint.parent)
     try:
         trained_on = Path(info["sim"]) / layout.META if info.get("sim") else None
