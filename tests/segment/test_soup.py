@@ -185,6 +185,14 @@ def test_the_cli_says_what_it_made_or_one_line_why_not(runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cellsynth soup: error: ")
     assert "not a fine-tuning" in err[0] and "Traceback" not in err[0]
+    # a run.json cut short (a disk filled while it was written) gave json's traceback
+    cut = shutil.copytree(runs["ft1"], tmp_path / "cut")
+    (cut / "run.json").write_text((runs["ft1"] / "run.json").read_text()[:40])
+    assert main(["soup", str(runs["ft0"]), str(cut), "--out", str(tmp_path / "cutsoup"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{cut / 'run.json'}: cannot read it" in err[0], err
+    assert not (tmp_path / "cutsoup").exists()
 
 
 def test_one_detector_named_twice_is_refused(runs, tmp_path):

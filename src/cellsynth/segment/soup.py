@@ -70,8 +70,14 @@ def average_weights(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 def _run_info(path: Path) -> dict[str, Any]:
+    """The run.json beside checkpoint ``path`` ({} where there is none); one that cannot be
+    read is an error naming it (it says where the fine-tuning started, which soup checks)."""
     info = path.parent / layout.RUN_INFO
-    return json.loads(info.read_text()) if info.is_file() else {}
+    try:
+        return json.loads(info.read_text()) if info.is_file() else {}
+    except ValueError as err:
+        raise CellsynthError(f"{info}: cannot read it ({err}); it records which detector the "
+                             f"fine-tuning started from") from None
 
 
 def _same_start(a: tuple[str, str | None], b: tuple[str, str | None]) -> bool:
