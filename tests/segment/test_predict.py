@@ -440,6 +440,14 @@ def test_an_array_channels_first_or_with_nan_is_said_by_predict_image(model):
         predict_image(detector, holed)
     with pytest.raises(ImageReadError, match=r"shape \(1, 2, 8, 8\)"):
         predict_image(detector, np.zeros((1, 2, 8, 8), np.uint8))
+    # a section read lazily (never checked whole) with NaN padding, as stitching leaves it,
+    # reached the network: celldetection's AssertionError (audit 7)
+    import zarr
+
+    lazy = zarr.create_array(store={}, shape=holed.shape, chunks=(32, 32), dtype=np.float32)
+    lazy[:] = holed
+    with pytest.raises(ImageReadError, match=r"^section: NaN/inf values in rows 0-"):
+        predict_image(detector, lazy, where="section")
 
 
 def test_predict_reads_cellpose_and_stardist_folders_as_every_command_does(model, tmp_path):

@@ -230,8 +230,16 @@ def make_predictor(detector: Detector, *, device: str = "cpu",
 def _reader(channels: int, low: np.ndarray, high: np.ndarray, where: str):
     """Tiles normalised with the whole image's range, so tiles keep one brightness."""
     def read(image: Any, ys: slice, xs: slice) -> np.ndarray:
-        return match_channels(apply_range(np.asarray(image[ys, xs]), low, high), channels,
-                              where=where)
+        window = np.asarray(image[ys, xs])
+        if window.dtype.kind == "f" and not np.isfinite(window).all():
+            # a section read lazily is never checked whole (an image file is, on reading):
+            # its NaN reached the network (celldetection's assertion, a traceback)
+            raise ImageReadError(
+                f"{where}: NaN/inf values in rows {ys.start}-{ys.stop}, columns "
+                f"{xs.start}-{xs.stop} (registration or stitching pads with NaN: fill them "
+                f"with the background's value, e.g. numpy.nan_to_num(image, nan=...), and "
+                f"save it again)")
+        return match_channels(apply_range(window, low, high), channels, where=where)
     return read
 
 
