@@ -82,6 +82,33 @@ def test_coco_annotations(dataset, tmp_path):
     assert (tmp_path / "c" / "images" / "a.png").is_file()
 
 
+def test_the_coco_box_of_a_cell_in_pieces_holds_every_piece(tmp_path):
+    """A cell in two separate pieces, and one with a pixel joined at a corner: the box was
+    the largest piece's ([20, 20, 10, 5] for a mask spanning [20, 20, 15, 5]; 14 of 303 cells
+    of a real prediction; audit 7); now the box of the cell's own mask."""
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    labels = np.zeros((40, 48), np.uint16)
+    labels[10:13, 10:13] = 1
+    labels[13, 13] = 1  # joined at a corner
+    labels[20:25, 20:30] = 2
+    labels[20:25, 32:35] = 2  # a second piece, 2 px away
+    labels[30:34, 2:6] = 3  # one piece
+    write_labels(root / "labels" / "a.tif", labels)
+    write_image(root / "images" / "a.png", (labels > 0).astype(np.uint8) * 200)
+    export(root, "coco", tmp_path / "c")
+    coco = json.loads((tmp_path / "c" / "annotations.json").read_text())
+    boxes = [a["bbox"] for a in coco["annotations"]]
+    expected = []
+    for index in (1, 2, 3):
+        ys, xs = np.nonzero(labels == index)
+        expected.append([float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()),
+                         float(ys.max() + 1 - ys.min())])
+    assert boxes == expected == [[10.0, 10.0, 4.0, 4.0], [20.0, 20.0, 15.0, 5.0],
+                                 [2.0, 30.0, 4.0, 4.0]]
+
+
 def _prediction(dataset, pred, images: str, level: int = 0):
     """``pred``: the labels of ``dataset`` as ``cellsynth predict IMAGES --out PRED`` writes
     them, its meta.json recording ``images`` (the folder predict was given) and each file."""
@@ -163,6 +190,10 @@ def test_a_prediction_at_a_pyramid_level_exports_that_level_with_its_channels(tm
             export(pred, to, tmp_path / to, force=True)
             exported = read_image(tmp_path / to / image, all_channels=True)
             np.testing.assert_array_equal(exported, planes[:, ::2, ::2].transpose(1, 2, 0))
+            # as each tool loads it: StarDist's notebooks count channels on the last axis
+            # (planes first gave it 24 channels; audit 7), Cellpose moves planes itself
+            raw = tifffile.imread(tmp_path / to / image)
+            assert raw.shape == ((32, 24, 2) if to == "stardist" else (2, 32, 24)), (to, raw.shape)
             # the level's pixel size goes with it: without it the level was later taken
             # at the model's pixel size (2x off at level 1)
             for path in (image, mask):

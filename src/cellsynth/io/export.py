@@ -208,11 +208,14 @@ def _opened(path: Path, level: int) -> Any:
 
 
 def _put_image(source: Path, image: Any, level: int, target: Path, kept: tuple[str, ...],
-               pixel_size_um: float | None = None) -> Path:
+               pixel_size_um: float | None = None, planes: bool = True) -> Path:
     """``source`` as ``target`` plus a suffix: copied if its suffix is one of ``kept``
     (what the target tool reads as it is) and it is not a pyramid's level, else ``image``,
     decoded, as TIFF stating ``pixel_size_um`` (the level's: a level or an .svs written
-    without it was later read at the model's pixel size). Returns the file written."""
+    without it was later read at the model's pixel size). Channels that are not RGB are
+    written as planes (C, Y, X), as ImageJ and OME store them, or with ``planes=False`` last
+    (Y, X, C), as StarDist's loading takes every array (its notebooks read the channel count
+    from the last axis: planes gave 320 channels). Returns the file written."""
     if not level and source.is_file() and source.suffix.lower() in kept:
         copy = target.parent / f"{target.name}{source.suffix}"
         shutil.copyfile(source, copy)
@@ -221,13 +224,18 @@ def _put_image(source: Path, image: Any, level: int, target: Path, kept: tuple[s
     target = target.parent / f"{target.name}.tif"
     if array.ndim == 2 or (array.shape[2] == 3 and colour_of(array, source)):
         write_image(target, array, pixel_size_um=pixel_size_um)
-    else:  # channels that are not RGB: planes, as ImageJ and OME store fluorescence
+    else:  # channels that are not RGB
         import tifffile
 
         with atomic_path(target) as tmp:
-            tifffile.imwrite(tmp, np.moveaxis(array, -1, 0), photometric="minisblack",
-                             compression="zlib", metadata={"axes": "CYX"},
-                             **tiff_resolution(pixel_size_um))
+            if planes:
+                tifffile.imwrite(tmp, np.moveaxis(array, -1, 0), photometric="minisblack",
+                                 compression="zlib", metadata={"axes": "CYX"},
+                                 **tiff_resolution(pixel_size_um))
+            else:
+                tifffile.imwrite(tmp, array, photometric="minisblack", planarconfig="contig",
+                                 compression="zlib", metadata={"axes": "YXC"},
+                                 **tiff_resolution(pixel_size_um))
     return target
 
 
@@ -408,7 +416,8 @@ def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, objects: st
                      pixel_size_um=part.px)
     elif to == "stardist":  # its idiom pairs images/*.tif with masks/*.tif by name
         _put_image(part.image_path, part.image, part.level, staging / "images" / part.part_id,
-                   kept_as_is if kept_as_is is not None else (".tif", ".tiff"), part.px)
+                   kept_as_is if kept_as_is is not None else (".tif", ".tiff"), part.px,
+                   planes=False)
         write_labels(staging / "masks" / f"{part.part_id}.tif", part.labels,
                      pixel_size_um=part.px)
     elif to == "geojson":
@@ -432,9 +441,10 @@ def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, objects: st
                                "height": round(part.labels.shape[0] * scale[1]),
                                "width": round(part.labels.shape[1] * scale[0])})
         for index, pieces in label_shapes(part.labels).items():
-            polygon = pieces[0][0] * scale
-            x0, y0 = polygon.min(axis=0)
-            x1, y1 = polygon.max(axis=0)
+            # the box of every piece (of the largest alone, a cell in pieces lost the rest)
+            outline = np.concatenate([piece[0] for piece in pieces]) * scale
+            x0, y0 = outline.min(axis=0)
+            x1, y1 = outline.max(axis=0)
             if (len(pieces) > 1 or len(pieces[0]) > 1) and scale == (1.0, 1.0):
                 # holes or several pieces, which COCO's polygons cannot hold (the largest
                 # piece, filled, was written): the cell's mask as RLE
