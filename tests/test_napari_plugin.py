@@ -270,6 +270,23 @@ def test_the_reader_claims_ome_zarr_labels_but_leaves_images_to_napari(tmp_path)
     assert kind == "labels" and np.asarray(data).max() == 3 and kwargs["name"] == "cells"
     (tmp_path / "cells.ome.zarr").rename(tmp_path / "nuclei.zarr")
     assert napari_plugin.read_layers(str(tmp_path / "nuclei.zarr"))[0][1]["name"] == "nuclei"
+    # NGFF 0.5 (Zarr v3, as current ome-zarr-py writes) keeps the metadata under "ome": its
+    # labels were not recognised (audit 7)
+    from cellsynth.io.ome_zarr import is_label_zarr, read_labels_zarr
+
+    v05 = zarr.open_group(str(tmp_path / "v05.ome.zarr"), mode="w", zarr_format=3)
+    v05.create_array("0", data=labels, chunks=(32, 32))
+    v05.attrs["ome"] = {"version": "0.5", "image-label": {}, "multiscales": [{
+        "name": "cells", "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
+                                  {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [0.5, 0.5]}]}]}]}
+    assert is_label_zarr(tmp_path / "v05.ome.zarr")
+    read, px = read_labels_zarr(tmp_path / "v05.ome.zarr")
+    assert np.array_equal(read, labels) and px == 0.5
+    (data, kwargs, kind), = napari_plugin.get_reader(str(tmp_path / "v05.ome.zarr"))(
+        str(tmp_path / "v05.ome.zarr"))
+    assert kind == "labels" and np.asarray(data).max() == 3 and kwargs["scale"] == (0.5, 0.5)
 
 
 def test_reader_gives_each_image_and_prediction_its_own_pixel_size(tmp_path):

@@ -140,8 +140,10 @@ def _zarr_labels(path: Path, name: str) -> tuple:
     """A Labels layer of an OME-Zarr label group: every pyramid level, lazily."""
     import zarr
 
-    root = zarr.open_group(str(path), mode="r")
-    multiscale = root.attrs["multiscales"][0]
+    from cellsynth.io.ome_zarr import ngff_group
+
+    root, meta = ngff_group(zarr.open_group(str(path), mode="r"))
+    multiscale = meta["multiscales"][0]
     levels = [root[d["path"]] for d in multiscale["datasets"]]
     in_um = any(a.get("unit") == "micrometer" for a in multiscale.get("axes", []))
     base = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"][-1]

@@ -228,6 +228,32 @@ def test_ome_zarr_axes_are_honoured(tmp_path):
         open_large_image(tmp_path / "img.zarr", level=2)
 
 
+def test_a_bioformats2raw_container_is_read_as_its_series_0(tmp_path):
+    """bioformats2raw, the usual converter from vendor formats, puts the NGFF image in series
+    ``0`` of a group marked ``bioformats2raw.layout``: it was "Zarr group holds no array"
+    (audit 7); now its image, levels and pixel size, as napari-ome-zarr and QuPath open it."""
+    import zarr
+
+    from cellsynth.io.resample import read_pixel_size
+    from cellsynth.io.sections import pyramid_levels
+
+    image = np.random.default_rng(0).integers(0, 255, (96, 128), dtype=np.uint8)
+    root = zarr.open_group(str(tmp_path / "slide.zarr"), mode="w")
+    root.attrs["bioformats2raw.layout"] = 3
+    series = root.create_group("0")
+    series.create_array("0", data=image, chunks=(32, 32))
+    series.create_array("1", data=image[::2, ::2], chunks=(32, 32))
+    series.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}], "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]},
+        {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]}]
+    np.testing.assert_array_equal(open_large_image(tmp_path / "slide.zarr")[:, :], image)
+    assert open_large_image(tmp_path / "slide.zarr", level=1).shape == (48, 64)
+    assert [lv.shape for lv in pyramid_levels(tmp_path / "slide.zarr")] == [(96, 128), (48, 64)]
+    assert read_pixel_size(tmp_path / "slide.zarr") == 0.5
+
+
 def test_predict_reads_pyramids_and_large_compressed_tiffs_lazily(tmp_path, monkeypatch):
     import tifffile
 

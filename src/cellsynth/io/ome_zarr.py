@@ -1,4 +1,4 @@
-"""OME-Zarr (NGFF 0.4) label images: chunked, with a multiscale pyramid and the pixel size.
+"""OME-Zarr (NGFF 0.4; 0.5 and bioformats2raw containers read too) label images: chunked, with a multiscale pyramid and the pixel size.
 
 What whole-section predictions are written as: napari (napari-ome-zarr), QuPath, Fiji (MoBIE/
 n5-viewer) and ``ome-zarr-py`` open them, and so does cellsynth itself (``open_large_image``,
@@ -20,7 +20,7 @@ import numpy as np
 from cellsynth.errors import ImageReadError
 
 __all__ = ["write_labels_zarr", "read_labels_zarr", "is_ome_zarr", "is_label_zarr",
-           "OME_ZARR_SUFFIX"]
+           "ngff_group", "OME_ZARR_SUFFIX"]
 
 OME_ZARR_SUFFIX = ".ome.zarr"
 
@@ -82,6 +82,20 @@ def write_labels_zarr(path: str | os.PathLike, labels: Any, *,
     return path
 
 
+def ngff_group(group: Any) -> tuple[Any, dict[str, Any]]:
+    """(the group that holds the image, its NGFF metadata) of an opened Zarr group: NGFF
+    0.5 (Zarr v3) keeps the metadata under ``"ome"``, 0.4 at the top; a bioformats2raw
+    container (``bioformats2raw.layout``, what the usual converter from vendor formats
+    writes) holds the image as its series ``0``, as napari-ome-zarr and QuPath open it."""
+    attrs = dict(group.attrs)
+    meta = attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs
+    if "multiscales" not in meta and "bioformats2raw.layout" in meta and "0" in group:
+        series = group["0"]
+        if not hasattr(series, "shape"):  # a group, not an array
+            return ngff_group(series)
+    return group, meta
+
+
 def is_ome_zarr(path: str | os.PathLike) -> bool:
     path = Path(path)
     return path.is_dir() and (path.name.lower().endswith(".zarr")) and (
@@ -96,7 +110,7 @@ def is_label_zarr(path: str | os.PathLike) -> bool:
     import zarr
 
     try:
-        return "image-label" in zarr.open_group(str(path), mode="r").attrs
+        return "image-label" in ngff_group(zarr.open_group(str(path), mode="r"))[1]
     except Exception:  # noqa: BLE001  (unreadable: not ours to claim)
         return False
 
@@ -108,8 +122,8 @@ def read_labels_zarr(path: str | os.PathLike, *, level: int = 0
 
     path = Path(path)
     try:
-        root = zarr.open_group(str(path), mode="r")
-        multiscale = root.attrs["multiscales"][0]
+        root, meta = ngff_group(zarr.open_group(str(path), mode="r"))
+        multiscale = meta["multiscales"][0]
         dataset = multiscale["datasets"][level]
         labels = np.asarray(root[dataset["path"]])
     except (KeyError, IndexError, ValueError, FileNotFoundError) as err:

@@ -141,8 +141,9 @@ def _zarr_pixel_size(path: Path, level: int) -> float | None:
     node = zarr.open(str(path), mode="r")
     if hasattr(node, "shape"):
         return None
-    attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    from cellsynth.io.ome_zarr import ngff_group
+
+    multiscales = ngff_group(node)[1].get("multiscales")
     if not multiscales:
         return None
     axes = multiscales[0].get("axes") or []

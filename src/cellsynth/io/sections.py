@@ -62,9 +62,13 @@ class _YXC:
 
 
 def _ngff_level(group: Any, level: int, path: Path) -> tuple[Any, str | None]:
-    """(array, axes) of a multiscale level of an OME-Zarr (NGFF) or tifffile group."""
-    attrs = dict(group.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    """(array, axes) of a multiscale level of an OME-Zarr (NGFF 0.4 or 0.5, or the series 0
+    of a bioformats2raw container: :func:`~cellsynth.io.ome_zarr.ngff_group`) or tifffile
+    group."""
+    from cellsynth.io.ome_zarr import ngff_group
+
+    group, attrs = ngff_group(group)
+    multiscales = attrs.get("multiscales")
     if multiscales:
         datasets = multiscales[0]["datasets"]
         axes = multiscales[0].get("axes")
