@@ -1,4 +1,5 @@
-"""OME-Zarr (NGFF 0.4; 0.5 and bioformats2raw containers read too) label images: chunked, with a multiscale pyramid and the pixel size.
+"""OME-Zarr (NGFF 0.4) label images: chunked, with a multiscale pyramid and the pixel size
+(NGFF 0.5 groups and bioformats2raw containers are read too: :func:`ngff_group`).
 
 What whole-section predictions are written as: napari (napari-ome-zarr), QuPath, Fiji (MoBIE/
 n5-viewer) and ``ome-zarr-py`` open them, and so does cellsynth itself (``open_large_image``,
