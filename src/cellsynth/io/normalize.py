@@ -35,11 +35,12 @@ _SPARSE_TAIL = 99.99
 _SPARSE = 3.0
 _NOISE_RANGES = 10.0
 _NOISE_ROWS = 16
-# A lazy (chunked) image is sampled in 32 x 32 evenly spread blocks of 32 x 32 px (as many
-# pixels as 8 x 8 blocks of 128 px, which missed a piece of tissue a tenth of a 4096^2
-# section wide lying between them: every tile blank)
-_LAZY_BLOCKS = 32
-_LAZY_BLOCK = 32
+# A lazy (chunked) image is sampled in 8 x 8 evenly spread blocks of 128 x 128 px. A piece of
+# tissue lying between them is not seen (32 x 32 blocks of 32 px, as many pixels, took 10x
+# the time on a 16384^2 zlib-tiled section and still missed a 320 px piece: the overview
+# level would have to say where the tissue is)
+_LAZY_BLOCKS = 8
+_LAZY_BLOCK = 128
 
 
 @dataclass(frozen=True)
