@@ -1219,7 +1219,15 @@ def test_blank_glass_beside_a_section_is_not_predicted_and_changes_no_label(mode
     every = read_labels(tmp_path / "every" / "labels" / "s.tif")
     assert every.max() >= 3
     np.testing.assert_array_equal(read_labels(tmp_path / "skip" / "labels" / "s.tif"), every)
-    assert f"s.tif: {tiles['skip']['blank']} of 6 tiles blank" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"s.tif: {tiles['skip']['blank']} of 6 tiles blank" in err
+    assert "crop to the tissue" not in err  # (some tiles were predicted)
+    # every tile blank: the likelier cause is named (a range set by glass noise; audit 7)
+    glass = 12 + np.random.default_rng(0).integers(0, 4, field.shape)  # camera noise alone
+    write_image(tmp_path / "in" / "s.tif", glass.astype(np.uint8))
+    assert main([*common, "--out", str(tmp_path / "none")]) == 0
+    err = capsys.readouterr().err
+    assert "s.tif: 6 of 6 tiles blank" in err and "crop to the tissue" in err, err
 
 
 def test_int8_keeps_what_agrees_with_fp32_and_falls_back_otherwise(model, tmp_path, capsys,

@@ -482,9 +482,14 @@ def predict_folder(run: str | os.PathLike, images: str | os.PathLike, out: str |
                        if level else {})}
                 if count.blank:
                     total = count.predicted + count.blank + count.stored
+                    # every tile: likelier a range set by glass noise than an empty image
+                    # (a little tissue where the sampled blocks did not look; audit 7)
+                    hint = ("; if it holds cells, its intensity range may be the glass "
+                            "noise's (a little tissue on a large slide): crop to the tissue"
+                            if not count.predicted and not count.stored else "")
                     announce(f"{path}: {count.blank} of {total} tiles blank (no contrast "
                               f"above {empty_contrast:g} of the intensity range), not "
-                              f"predicted")
+                              f"predicted{hint}")
                 if labels_as == "ome-zarr" or (labels_as == "auto"
                                                and pixels > ZARR_ABOVE_PIXELS):
                     write_labels_zarr(root / layout.LABELS / f"{image_id}{OME_ZARR_SUFFIX}",
