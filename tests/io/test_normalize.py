@@ -119,6 +119,14 @@ def test_a_little_tissue_on_dark_glass_sets_the_range_by_its_nuclei():
     assert (low[0], high[0]) == (12.0, 180.0)
     crop = image[850:1200, 850:1150]
     assert np.array_equal(intensity_range(crop)[1], high)  # as the tissue alone gives
+    # said once per folder: a training set of sparse images said it for each (the demo, 12x)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for name in ("a.png", "b.png", "c.png"):
+            assert intensity_range(image, where=f"sparse_set/{name}")[1][0] == 180.0
+    assert [str(w.message).split(":")[0] for w in said] == ["sparse_set/a.png"]
     # read lazily, in blocks of 128 px: the tissue where one of them looks
     lazy = zarr.create_array(store={}, shape=(2048, 2048), chunks=(256, 256), dtype=np.uint8)
     lazy[:] = _glass_with_a_little_tissue(2048, [(y, x) for y in (570, 600, 630)
@@ -131,8 +139,6 @@ def test_a_little_tissue_on_dark_glass_sets_the_range_by_its_nuclei():
     yy, xx = np.mgrid[:1024, :1024]
     dim[((yy % 30) - 15) ** 2 + ((xx % 30) - 15) ** 2 <= 36] = 300
     dim[:23, :23] = 4095
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         low, high = intensity_range(dim.astype(np.uint16))
