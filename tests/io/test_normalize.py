@@ -106,7 +106,7 @@ def _glass_with_a_little_tissue(side, centres):
     return image
 
 
-def test_a_little_tissue_on_dark_glass_sets_the_range_by_its_nuclei():
+def test_a_little_tissue_on_dark_glass_sets_the_range_by_its_nuclei(tmp_path):
     """Nuclei on 0.12 % of a dark fluorescence section put the 99.8th percentile on the glass
     noise (12-15): it was stretched over [0, 1] and every tile called blank, 0 cells (a crop
     of the tissue gave all). The range now ends at the nuclei, with a warning; a body with
@@ -133,6 +133,18 @@ def test_a_little_tissue_on_dark_glass_sets_the_range_by_its_nuclei():
                                                  for x in (570, 600, 630)])
     with pytest.warns(UserWarning, match="few bright pixels"):
         assert intensity_range(lazy, where="lazy")[1][0] == 180.0
+    # a channels-first section (its lazy reader takes slices only): the noise rows read too
+    import tifffile
+
+    from cellsynth.io.sections import open_large_image
+
+    planes = np.stack([_glass_with_a_little_tissue(1100, [(30, 30)])] * 2)  # (2, 1100, 1100)
+    with tifffile.TiffWriter(tmp_path / "cyx.ome.tif", ome=True) as tif:
+        tif.write(planes, tile=(256, 256), photometric="minisblack", metadata={"axes": "CYX"})
+    section = open_large_image(tmp_path / "cyx.ome.tif")
+    assert not isinstance(section, np.ndarray) and section.shape == (1100, 1100, 2)
+    with pytest.warns(UserWarning, match="few bright pixels"):
+        assert intensity_range(section, where="cyx")[1][0] == 180.0
     # dim cells everywhere and a saturated speck of dust (0.05 %): the cells' range, no word
     rng = np.random.default_rng(2)
     dim = rng.normal(20, 3, (1024, 1024))

@@ -347,6 +347,18 @@ def test_fit_simulator_channel_measures_that_channel_of_fluorescence_tiffs(tmp_p
                                    "--channel", "2"], "a0.png")
     assert "channel 2 requested, but the image has 1 channel(s) (0-0)" in err
     assert not (tmp_path / "g.yaml").exists()
+    # an OME-Zarr section is one image, not a folder of them: that check passes it to the fit
+    # (it said "no images found" in it)
+    import zarr
+
+    from cellsynth.cli.commands import _check_channel
+
+    section = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    section.create_array("0", data=np.zeros((2, 64, 64), np.uint8), chunks=(1, 32, 32))
+    section.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}], "axes": [
+        {"name": "c", "type": "channel"}, {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"}]}]
+    assert _check_channel(tmp_path / "s.zarr", 1) is None
 
 
 def test_whole_section_is_measured_by_windows_of_tissue_not_decoded(tmp_path, monkeypatch):

@@ -71,9 +71,10 @@ def _check_channel(real: str | os.PathLike, channel: int | None) -> None:
         return
     from cellsynth.io.datasets import load_dataset
     from cellsynth.io.headers import check_headers
+    from cellsynth.simulate.fit_images import _one_image
 
     real = Path(real)
-    paths = ([real] if real.is_file() else
+    paths = ([real] if _one_image(real) else  # (a file, or a .zarr section: a folder)
              [s.image_path for s in load_dataset(real, require_labels=False)])
     check_headers(paths, channel=channel)
 

@@ -110,8 +110,8 @@ def intensity_range(image: Any, norm: Normalization = DEFAULT, *,
     lo, hi = np.percentile(sample, [norm.low, norm.high], axis=axis)
     lo = np.broadcast_to(lo, channels).astype(np.float64)
     hi = np.broadcast_to(hi, channels).astype(np.float64)
-    hi = _above_sparse_background(image, sample, norm, lo, hi, where)
     flat = hi - lo <= 1e-6 * np.maximum(np.abs(hi), 1e-3)
+    hi = _above_sparse_background(image, sample, norm, lo, hi, flat, where)  # (not flat ones)
     if flat.any():  # nearly constant between the percentiles: fall back to min/max
         mins = sample.min(axis=axis) if norm.per_channel else np.full(channels, sample.min())
         maxs = sample.max(axis=axis) if norm.per_channel else np.full(channels, sample.max())
@@ -134,8 +134,9 @@ def _noise_sigma(image: Any) -> np.ndarray:
     the MAD of the differences, / sqrt 2."""
     h, w = int(image.shape[0]), int(image.shape[1])
     rows = np.unique(np.linspace(0, h - 1, min(_NOISE_ROWS, h)).astype(int))
-    strip = np.stack([np.asarray(image[int(y), :min(w, 4096)], np.float64) for y in rows])
-    strip = strip.reshape(len(rows), strip.shape[1], -1)
+    # (rows as 1-px slices: a lazy reader of channels-first files takes slices only)
+    strip = np.stack([np.asarray(image[y:y + 1, :min(w, 4096)], np.float64)
+                      .reshape(min(w, 4096), -1) for y in rows])
     diff = np.diff(strip, axis=1).reshape(-1, strip.shape[2])
     diff = diff[np.isfinite(diff).all(axis=1)]
     if len(diff) == 0:
@@ -144,11 +145,12 @@ def _noise_sigma(image: Any) -> np.ndarray:
 
 
 def _above_sparse_background(image: Any, sample: np.ndarray, norm: Normalization,
-                             lo: np.ndarray, hi: np.ndarray, where: str | None) -> np.ndarray:
+                             lo: np.ndarray, hi: np.ndarray, flat: np.ndarray,
+                             where: str | None) -> np.ndarray:
     """``hi``, or where the range is the camera noise's alone and a few bright objects lie
     far above it (see ``_SPARSE``), the ``high`` percentile of the pixels above ``hi``: the
-    objects' own brightness, as a crop of the tissue alone would give. Said in one
-    warning."""
+    objects' own brightness, as a crop of the tissue alone would give. Channels ``flat``
+    between the percentiles are left to the min/max fallback. Said in one warning."""
     if norm.high >= _SPARSE_TAIL or sample.size == 0:
         return hi
     columns = range(sample.shape[1]) if norm.per_channel else [None]
@@ -157,8 +159,8 @@ def _above_sparse_background(image: Any, sample: np.ndarray, norm: Normalization
     for c in columns:
         values = sample[:, c] if c is not None else sample
         k = c if c is not None else 0
-        if hi[k] - lo[k] <= 1e-6 * max(abs(hi[k]), 1e-3):
-            continue  # (nearly constant between the percentiles: min/max, below)
+        if flat[k]:
+            continue
         tail = float(np.percentile(values, _SPARSE_TAIL))
         if tail - hi[k] <= _SPARSE * (hi[k] - lo[k]):
             continue
