@@ -36,6 +36,7 @@ __all__ = [
     "CONVERT_HINT",
     "FOREIGN_FORMATS",
     "IMAGE_SUFFIXES",
+    "NAN_HINT",
     "TIFF_SUFFIXES",
     "channels_last",
     "colour_of",
@@ -69,6 +70,10 @@ FOREIGN_FORMATS = {".czi": "Zeiss CZI", ".nd2": "Nikon ND2", ".lif": "Leica LIF"
                    ".dcm": "DICOM"}
 CONVERT_HINT = ("convert to OME-TIFF first (Bio-Formats: bfconvert IN OUT.ome.tif; QuPath: "
                 "File > Export images > OME TIFF)")
+# what to do about NaN/inf pixels (said where an image file is read, and where a section's
+# tiles are read lazily)
+NAN_HINT = ("registration or stitching pads with NaN: fill them with the background's value, "
+            "e.g. numpy.nan_to_num(image, nan=...), and save it again")
 
 
 def unread_format(path: Path) -> str | None:
@@ -322,9 +327,7 @@ def read_image(path: str | os.PathLike, *, all_channels: bool = False) -> np.nda
                              "(expected uint8/uint16/uint32 or float)")
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         bad = int((~np.isfinite(image)).sum())
-        raise ImageReadError(f"{path}: image contains {bad} NaN/inf values (registration or "
-                             "stitching pads with NaN: fill them with the background's value, "
-                             "e.g. numpy.nan_to_num(image, nan=...), and save it again)")
+        raise ImageReadError(f"{path}: image contains {bad} NaN/inf values ({NAN_HINT})")
     if all_channels:
         return image
     return select_channel(image, None, where=str(path), colour=colour_of(image, path))

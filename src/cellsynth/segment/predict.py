@@ -20,7 +20,13 @@ from cellsynth.config import from_dict
 from cellsynth.errors import CellsynthError, ConfigError, ImageReadError
 from cellsynth.hardware import announce, choose_precision, resolve_device
 from cellsynth.io.files import say_if_unfinished
-from cellsynth.io.images import channels_last, guess_axes, match_channels, select_channel
+from cellsynth.io.images import (
+    NAN_HINT,
+    channels_last,
+    guess_axes,
+    match_channels,
+    select_channel,
+)
 from cellsynth.io.normalize import DTYPE_SCALING, Normalization, apply_range, intensity_range
 from cellsynth.io.resample import Rescaled, pixel_scale
 from cellsynth.pipeline import layout
@@ -234,11 +240,8 @@ def _reader(channels: int, low: np.ndarray, high: np.ndarray, where: str):
         if window.dtype.kind == "f" and not np.isfinite(window).all():
             # a section read lazily is never checked whole (an image file is, on reading):
             # its NaN reached the network (celldetection's assertion, a traceback)
-            raise ImageReadError(
-                f"{where}: NaN/inf values in rows {ys.start}-{ys.stop}, columns "
-                f"{xs.start}-{xs.stop} (registration or stitching pads with NaN: fill them "
-                f"with the background's value, e.g. numpy.nan_to_num(image, nan=...), and "
-                f"save it again)")
+            raise ImageReadError(f"{where}: NaN/inf values in rows {ys.start}-{ys.stop}, "
+                                 f"columns {xs.start}-{xs.stop} ({NAN_HINT})")
         return match_channels(apply_range(window, low, high), channels, where=where)
     return read
 

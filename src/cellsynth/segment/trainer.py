@@ -215,7 +215,6 @@ def _check_resumed_inputs(out: Path, data: list, val: Any) -> None:
     from cellsynth.pipeline.run import content_fingerprint
 
     first = run_info(out)
-
     now = {"--data": [str(Path(d).resolve()) for d in data],
            "--val": [str(Path(val).resolve())] if val is not None else []}
     for option, paths in now.items():
