@@ -113,6 +113,32 @@ def test_unannotated_cells_are_drawn_but_left_out_of_the_labels():
         assert _one_region_per_label(lab_h)
 
 
+def test_unannotated_endothelial_nuclei_are_drawn_but_left_out_of_the_labels():
+    """``vessels.endothelial_annotated: false`` draws the same image and takes the wall
+    nuclei, elongated and lying beside the lumen, out of the labels."""
+    base = preset("nissl")
+    dense = replace(base.vessels, density=3.0, endothelial_per_100um=12.0)
+    shown = replace(base, vessels=dense)
+    hidden = replace(base, vessels=replace(dense, endothelial_annotated=False))
+    img_s, lab_s, cls_s = render_scene(shown, (256, 256), np.random.default_rng(0),
+                                       classes=True)
+    img_h, lab_h, cls_h = render_scene(hidden, (256, 256), np.random.default_rng(0),
+                                       classes=True)
+    np.testing.assert_array_equal(img_h, img_s)
+    assert lab_h.max() < lab_s.max()
+    gone = np.setdiff1d(np.unique(lab_s[(lab_s > 0) & (lab_h == 0)]),
+                        np.unique(lab_s[lab_h > 0]))
+    assert gone.size >= 3
+    lumen = ndi.binary_dilation(cls_s == 3, iterations=4)
+    for cell in gone:  # each one a wall nucleus: elongated, touching a lumen
+        mask = lab_s == cell
+        assert (mask & lumen).any()
+        ys, xs = np.nonzero(mask)
+        spread = np.sort(np.linalg.eigvalsh(np.cov(np.stack([ys, xs]))))
+        assert spread[1] > 2.0 * spread[0], cell
+        assert np.all(cls_h[mask & (lab_h == 0)] == 2)
+
+
 def test_a_simulation_needs_an_annotated_type():
     base = preset("nissl")
     with pytest.raises(ValueError, match="annotated"):

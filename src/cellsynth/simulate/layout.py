@@ -63,7 +63,7 @@ def vessels(config: SimulationConfig, rng: np.random.Generator, shape: tuple[int
     area_100 = height * width * px * px / 1e4
     endothelial = CellType("endothelial", density=0.0, diameter_um=(3.0, 5.0), shape="elongated",
                            elongation=(2.5, 4.0), irregularity=0.05, stain=vc.endothelial_stain,
-                           texture=0.15, edge_um=0.3)
+                           texture=0.15, edge_um=0.3, annotated=vc.endothelial_annotated)
     walls = []
     for _ in range(rng.poisson(vc.density * area_100)):
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)

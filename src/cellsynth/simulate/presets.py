@@ -152,6 +152,10 @@ class Vessels:
     lumen: float = 0.25                   # background density left inside the lumen
     endothelial_per_100um: float = 4.0    # wall nuclei per 100 um of vessel length
     endothelial_stain: tuple[float, float] = (0.6, 1.0)
+    # False: the wall nuclei are drawn as before but left out of the labels (a cell type's
+    # ``annotated: false``): annotators of neuronal somata skip the thin dark rods that line
+    # capillaries, which a detector pretrained on labelled ones calls cells
+    endothelial_annotated: bool = field(default=True, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if self.density < 0:

@@ -231,13 +231,14 @@ def _drop_unannotated(labels: np.ndarray, cells: list[Cell]) -> np.ndarray | Non
 
 
 def _class_map(labels: np.ndarray, lumen: np.ndarray, blobs: list[Blob],
-               fibres: np.ndarray | None, unannotated: np.ndarray | None = None
-               ) -> np.ndarray:
+               fibres: np.ndarray | None, unannotated: np.ndarray | None = None,
+               lumen_floor: float = 0.0) -> np.ndarray:
     """What was drawn at each pixel (:data:`CLASSES`); takes no random numbers.
 
     Cell bodies around nuclei and clearings count as background: they are stroma to a
     nucleus detector. Cells drawn in focus but not annotated (``unannotated``) are
-    unlabelled cells."""
+    unlabelled cells. A vessel is where the lumen field lies more than halfway from 1 (no
+    lumen) to ``lumen_floor`` (the preset's ``vessels.lumen``, its value on the axis)."""
     height, width = labels.shape
     classes = np.zeros(labels.shape, np.uint8)
     if fibres is not None:
@@ -250,7 +251,9 @@ def _class_map(labels: np.ndarray, lumen: np.ndarray, blobs: list[Blob],
             continue
         yy, xx = np.ogrid[y0:y1, x0:x1]
         classes[y0:y1, x0:x1][(yy - b.y) ** 2 + (xx - b.x) ** 2 <= r * r] = _BLOB
-    classes[lumen < 0.5] = _VESSEL
+    # (a fixed 0.5 missed every vessel of a preset whose lumen keeps half the background,
+    # as nissl's does: its class maps held no vessel before 2026-12-07)
+    classes[lumen < 0.5 * (1.0 + lumen_floor)] = _VESSEL
     if unannotated is not None:
         classes[unannotated] = _BLOB
     classes[labels > 0] = _CELL
@@ -435,5 +438,5 @@ def render_scene(config: SimulationConfig, shape: tuple[int, int], rng: np.rando
         raise ValueError("more than 65535 cells in one image; use smaller images")
     if classes:
         return image, labels.astype(np.uint16), _class_map(labels, lumen, blobs, fibres,
-                                                           unannotated)
+                                                           unannotated, config.vessels.lumen)
     return image, labels.astype(np.uint16)
