@@ -127,6 +127,17 @@ def test_a_little_tissue_on_dark_glass_sets_the_range_by_its_nuclei(tmp_path):
         for name in ("a.png", "b.png", "c.png"):
             assert intensity_range(image, where=f"sparse_set/{name}")[1][0] == 180.0
     assert [str(w.message).split(":")[0] for w in said] == ["sparse_set/a.png"]
+    # and once per set of a loader's items (b_images[i]), once for unnamed images (the demo
+    # still said it 10 times)
+    import importlib
+
+    importlib.import_module("cellsynth.io.normalize")._SAID_SPARSE.discard("")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for i in range(3):
+            intensity_range(image, where=f"b_images[{i}]")
+            intensity_range(image)
+    assert [str(w.message).split(":")[0] for w in said] == ["b_images[0]", "image"]
     # read lazily, in blocks of 128 px: the tissue where one of them looks
     lazy = zarr.create_array(store={}, shape=(2048, 2048), chunks=(256, 256), dtype=np.uint8)
     lazy[:] = _glass_with_a_little_tissue(2048, [(y, x) for y in (570, 600, 630)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -173,10 +174,11 @@ def _above_sparse_background(image: Any, sample: np.ndarray, norm: Normalization
                 top[:] = bright
             else:
                 top[c] = bright
-    folder = os.path.dirname(where) or where if where else None
+    folder = _sparse_key(where)
     if (top != hi).any() and folder not in _SAID_SPARSE:
-        if folder is not None:  # once per folder: a training set of sparse images said it
-            _SAID_SPARSE.add(folder)  # for each (12 times in the demo)
+        # once per folder: a training set of sparse images said it for each (12 times in
+        # the demo; then 10, its loaders' b_images[18] and unnamed images said each)
+        _SAID_SPARSE.add(folder)
         share = float(np.mean(sample > hi.min())) * 100
         warnings.warn(f"{where or 'image'}: few bright pixels ({share:.2g} % above the "
                       f"background's {float(hi.max()):g}; a little tissue on dark glass?): the "
@@ -187,6 +189,15 @@ def _above_sparse_background(image: Any, sample: np.ndarray, norm: Normalization
 
 
 _SAID_SPARSE: set[str] = set()  # folders whose sparse images were said
+
+
+def _sparse_key(where: str | None) -> str:
+    """What a sparse-tissue warning is said once for: the folder of a file, the set of an
+    item ``name[i]``, and once for all images without a name ("")."""
+    if not where:
+        return ""
+    name = re.sub(r"\[\d+\]$", "", where)
+    return os.path.dirname(name) or name
 
 
 def apply_range(image: np.ndarray, low: np.ndarray, high: np.ndarray, *,
