@@ -168,6 +168,54 @@ def test_a_little_tissue_on_dark_glass_sets_the_range_by_its_nuclei(tmp_path):
     assert 280 <= high[0] <= 310
 
 
+def test_a_little_tissue_between_a_sections_sampled_blocks_is_found_on_its_overview(
+        tmp_path):
+    """A pyramidal section whose few nuclei lie between the 8 x 8 sampled blocks: its range
+    was the glass noise's and predict found 0 cells where a crop found all (audit 7). The
+    grid saw noise alone, so blocks are read where the overview level shows something: the
+    range ends at the nuclei, as the crop's does. Without a pyramid (one level) it cannot
+    be found this way; the range of a section with tissue everywhere is unchanged."""
+    import warnings
+
+    import tifffile
+
+    from cellsynth.io.sections import open_large_image
+
+    centres = [(y, x) for y in (160, 200, 240) for x in (1250, 1290, 1330)]
+    # (the grid's blocks cover rows and columns 0-127, 274-401, ..., 1096-1223, 1370-)
+    image = _glass_with_a_little_tissue(2048, centres)
+    path = tmp_path / "section.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(image, subifds=3, tile=(256, 256), compression="zlib",
+                  photometric="minisblack")
+        for k in range(1, 4):
+            tif.write(image[::2 ** k, ::2 ** k], subfiletype=1, tile=(256, 256),
+                      compression="zlib", photometric="minisblack")
+    crop = intensity_range(image[130:270, 1230:1360])
+    with warnings.catch_warnings():  # (the sparse-tissue rule may speak: not what is tested)
+        warnings.simplefilter("ignore")
+        low, high = intensity_range(open_large_image(path), where="section")
+    assert high[0] == crop[1][0] == 180.0 and low[0] <= 13.0
+    flat = tmp_path / "flat.tif"  # no pyramid: the grid alone, which sees glass
+    tifffile.imwrite(flat, image, tile=(256, 256), compression="zlib")
+    assert intensity_range(open_large_image(flat))[1][0] < 20
+    # tissue everywhere (cells on every block): the grid's range, no block added
+    dense = np.tile(_cells(256), (8, 8))
+    dense_path = tmp_path / "dense.ome.tif"
+    with tifffile.TiffWriter(dense_path, ome=True) as tif:
+        tif.write(dense, subifds=2, tile=(256, 256), photometric="minisblack")
+        for k in (1, 2):
+            tif.write(dense[::2 ** k, ::2 ** k], subfiletype=1, tile=(256, 256),
+                      photometric="minisblack")
+    section = open_large_image(dense_path)
+    from cellsynth.io.normalize import DEFAULT, _sample
+
+    grid = np.asarray(_sample(section), np.float64).ravel()
+    low, high = intensity_range(section)
+    assert (low[0], high[0]) == (np.percentile(grid, DEFAULT.low),
+                                 np.percentile(grid, DEFAULT.high))
+
+
 def test_bad_settings_and_dtypes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="low < high"):
         Normalization(low=50, high=10)

@@ -22,7 +22,7 @@ from cellsynth.errors import ImageReadError
 from cellsynth.io.images import TIFF_SUFFIXES, guess_axes, refuse_stacks, tiff_alpha
 
 __all__ = ["LAZY_PIXELS", "open_large_image", "reads_lazily", "open_image", "image_shape",
-           "tissue_windows", "image_or_windows", "pyramid_levels", "check_level"]
+           "tissue_windows", "image_or_windows", "pyramid_levels", "check_level", "overview_of"]
 
 LAZY_PIXELS = 8192 * 8192
 
@@ -102,6 +102,7 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
     channels first (e.g. 4 fluorescence channels) are all kept.
     """
     path = Path(path)
+    requested = level
     try:
         import zarr
 
@@ -148,7 +149,38 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
     image = node if axes in ("yx", "yxc") and colors is None else _YXC(node, axes, colors)
     if store is not None:  # tifffile's store keeps the file open for the lazy reads: close
         weakref.finalize(image, store.close)  # it with the array, not with a warning at exit
+    _OPENED[id(image)] = (path, requested)
+    weakref.finalize(image, _OPENED.pop, id(image), None)
     return image
+
+
+# (file, level) of each image open_large_image returned, while it lives: where to find its
+# pyramid's coarser levels (overview_of)
+_OPENED: dict[int, tuple[Path, int]] = {}
+
+
+def overview_of(image: Any, *, min_side: int = 256) -> tuple[Any, float] | None:
+    """(the coarsest level of the pyramid ``image`` is a level of whose shorter side still
+    has ``min_side`` px, opened lazily; how many of ``image``'s pixels one of its pixels
+    spans), or None where ``image`` was not opened by :func:`open_large_image` or its file
+    has no coarser level: an overview of a whole section to find its tissue on, as a viewer
+    shows it."""
+    source = _OPENED.get(id(image))
+    if source is None:
+        return None
+    path, level = source
+    best = None
+    for coarser in range(level + 1, level + 16):
+        try:
+            candidate = open_large_image(path, level=coarser)
+        except ImageReadError:  # no such level: the pyramid ends
+            break
+        if min(int(candidate.shape[0]), int(candidate.shape[1])) < min_side:
+            break
+        best = candidate
+    if best is None:
+        return None
+    return best, int(image.shape[0]) / int(best.shape[0])
 
 
 def reads_lazily(path: str | os.PathLike, lazy_pixels: int = LAZY_PIXELS) -> bool:
