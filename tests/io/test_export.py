@@ -361,3 +361,111 @@ def test_coco_annotations_of_a_prediction_carry_their_score(dataset, tmp_path):
     scores = sorted(a.get("score") for a in coco["annotations"] if a["image_id"] == image_a)
     assert scores == [0.91, 0.97]
     assert all("score" not in a for a in coco["annotations"] if a["image_id"] != image_a)
+
+
+def _blobs(height: int, width: int, seed: int) -> np.ndarray:
+    """Cells of 3-40 rows, some in two pieces or with a hole, many across any row band."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((height, width), np.uint32)
+    yy, xx = np.mgrid[:height, :width]
+    for index in range(1, 41):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        ry, rx = rng.uniform(1.5, 20), rng.uniform(1.5, 8)
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        if index % 7 == 0:  # a hole
+            inside &= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 > 0.2
+        labels[inside] = index
+        if index % 5 == 0:  # a second piece below it
+            labels[min(int(cy + ry) + 3, height - 2):min(int(cy + ry) + 5, height),
+                   int(cx):int(cx) + 2] = index
+    return labels
+
+
+class _Reads:
+    """A lazy (H, W) array that records the rows of every read, as a Zarr level is read."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.rows = array, array.shape, array.dtype, []
+
+    def __getitem__(self, key):
+        rows = range(*key[0].indices(self.shape[0]))
+        self.rows.append(len(rows))
+        return self.array[key]
+
+
+def test_cells_of_a_lazy_label_image_are_read_in_row_bands_and_come_out_the_same():
+    """A whole section's labels are read in bands of rows (each band down to the lowest row
+    of the cells starting in it), never whole, and give every cell as the image decoded at
+    once does: outline, holes, pieces, mask."""
+    from cellsynth.io.export import cell_shapes, label_shapes
+
+    labels = _blobs(240, 64, seed=0)
+    whole = {index: (pieces, mask, box) for index, pieces, mask, box in cell_shapes(labels)}
+    assert len(whole) == len(np.unique(labels)) - 1 > 30
+    lazy = _Reads(labels)
+    banded = list(cell_shapes(lazy, band_pixels=16 * 64))
+    # never the whole image: 15 bands, then those where cells start, each to their lowest row
+    assert max(lazy.rows) < 16 + 41 and 15 < len(lazy.rows) <= 2 * 15
+    assert sorted(i for i, *_ in banded) == sorted(whole)
+    for index, pieces, mask, box in banded:
+        assert box == whole[index][2]
+        np.testing.assert_array_equal(mask, labels[box] == index)
+        assert len(pieces) == len(whole[index][0])
+        for piece, same in zip(pieces, whole[index][0]):
+            for ring, same_ring in zip(piece, same, strict=True):
+                np.testing.assert_array_equal(ring, same_ring)
+    assert label_shapes(labels).keys() == whole.keys()
+
+
+def test_coco_rle_of_a_cell_from_its_box_decodes_to_its_mask():
+    """The RLE of a cell in two pieces with a hole, built from its box alone (a section's
+    full mask was 268 MB a cell), decodes (column-major runs, background first) to the
+    mask in the full image."""
+    from cellsynth.io.export import _coco_rle
+
+    labels = np.zeros((30, 20), np.uint8)
+    labels[5:12, 3:9] = 1
+    labels[8, 5] = 0  # a hole
+    labels[14:16, 4:6] = 1  # a second piece
+    labels[29, 19] = 1  # the last pixel
+    box = (slice(5, 30), slice(3, 20))
+    rle = _coco_rle(labels[box] == 1, box, labels.shape)
+    assert rle == _coco_rle(labels == 1)
+    runs = np.repeat(np.arange(len(rle["counts"])) % 2, rle["counts"]).astype(bool)
+    np.testing.assert_array_equal(runs.reshape(rle["size"], order="F"), labels == 1)
+    first = _coco_rle(np.ones((1, 1), bool), (slice(0, 1), slice(0, 1)), (3, 2))
+    assert first["counts"] == [0, 1, 5]  # starts on a cell: an empty background run first
+
+
+def test_geojson_and_coco_of_an_ome_zarr_prediction_are_the_same_read_in_bands(
+        tmp_path, monkeypatch):
+    """A whole section's prediction (labels/<id>.ome.zarr) exports from row bands: the
+    GeoJSON features and COCO annotations equal those of the labels decoded whole."""
+    import cellsynth.io.export as export_module
+    from cellsynth.io.ome_zarr import write_labels_zarr
+
+    labels = _blobs(240, 64, seed=1)
+    pred = tmp_path / "pred"
+    (pred / "labels").mkdir(parents=True)
+    write_labels_zarr(pred / "labels" / "slide.ome.zarr", labels, pixel_size_um=0.5, chunk=32)
+    (pred / "meta.json").write_text(json.dumps({
+        "stage": "predict", "images": str(tmp_path / "slide.tif"),
+        "images_pixel_size_um": {"slide": {"file": "slide.tif", "pixel_size_um": 0.5}}}))
+    outs = {}
+    for how, band in (("whole", 1 << 26), ("bands", 20 * 64)):
+        monkeypatch.setattr(export_module, "BAND_PIXELS", band)
+        for to in ("geojson", "coco"):
+            summary = export(pred, to, tmp_path / f"{to}-{how}")
+            assert summary["n_instances"] == len(np.unique(labels)) - 1
+        outs[how] = (json.loads((tmp_path / f"geojson-{how}" / "slide.geojson").read_text()),
+                     json.loads((tmp_path / f"coco-{how}" / "annotations.json").read_text()))
+    key = lambda f: f["properties"]["measurements"]["label"]  # noqa: E731
+    assert sorted(outs["bands"][0]["features"], key=key) == \
+        sorted(outs["whole"][0]["features"], key=key)
+    by_area = {f["properties"]["measurements"]["label"]:
+               f["properties"]["measurements"]["area_px"] for f in outs["bands"][0]["features"]}
+    assert by_area == {i: int((labels == i).sum()) for i in by_area}
+    ann = lambda a: (a["bbox"], a["area"], json.dumps(a["segmentation"]))  # noqa: E731
+    assert sorted(map(ann, outs["bands"][1]["annotations"])) == \
+        sorted(map(ann, outs["whole"][1]["annotations"]))
+    assert any(isinstance(a["segmentation"], dict) for a in outs["bands"][1]["annotations"])

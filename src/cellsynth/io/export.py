@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from cellsynth.io.images import (
     write_image,
     write_labels,
 )
-from cellsynth.io.ome_zarr import is_ome_zarr, read_labels_zarr
+from cellsynth.io.ome_zarr import is_ome_zarr, open_labels_zarr
 from cellsynth.io.resample import read_pixel_size
 from cellsynth.io.sections import open_large_image, reads_lazily
 from cellsynth.pipeline import layout
@@ -106,27 +107,78 @@ def label_shapes(labels: np.ndarray) -> dict[int, list[list[np.ndarray]]]:
     closed (K, 2) rings of (x, y) pixel coordinates as in :func:`label_polygons`, the largest
     piece first. A cell with a hole, or with a pixel joined to it only at a corner (its own
     piece: QuPath's pixels are 4-connected), then reads back exactly."""
-    from matplotlib.path import Path as Ring
+    return {index: pieces for index, pieces, _, _ in cell_shapes(labels)}
+
+
+# pixels of a row band that :func:`cell_shapes` decodes at once (uint32 labels: 64 MB)
+BAND_PIXELS = 1 << 24
+
+
+def cell_shapes(labels: Any, band_pixels: int | None = None
+                ) -> Iterator[tuple[int, list[list[np.ndarray]], np.ndarray, tuple[slice, slice]]]:
+    """(id, pieces as :func:`label_shapes` gives them, its mask in its box, the box) of
+    every cell of an (H, W) label image, in order of the boxes' top rows (then ids).
+
+    ``labels`` may be lazy (an OME-Zarr level, a whole section's prediction): it is read in
+    row bands of about ``band_pixels`` (:data:`BAND_PIXELS`) pixels, twice, never whole; the
+    first pass finds where each cell ends, the second reads each band down to its cells'
+    lowest row (a 16384^2 section decoded whole took 3.3 GB)."""
     from scipy import ndimage as ndi
+
+    height, width = int(labels.shape[0]), int(labels.shape[1])
+    rows = max(1, (band_pixels or BAND_PIXELS) // max(width, 1))
+    if height <= rows:  # one band: one read
+        array = np.asarray(labels[:, :])
+        for index, box in enumerate(ndi.find_objects(array), start=1):
+            if box is not None:
+                yield from _one_cell(array, index, box)
+        return
+    # pass 1: the first and last row of every cell
+    top = np.zeros(0, np.int64)
+    bottom = np.zeros(0, np.int64)
+    for r0 in range(0, height, rows):
+        boxes = ndi.find_objects(np.asarray(labels[r0:r0 + rows, :]))
+        if len(boxes) >= top.size:  # (ids grow: room for this band's largest)
+            top = np.concatenate([top, np.full(len(boxes) + 1 - top.size, height)])
+            bottom = np.concatenate([bottom, np.zeros(len(boxes) + 1 - bottom.size,
+                                                      np.int64)])
+        for index, box in enumerate(boxes, start=1):
+            if box is not None:
+                top[index] = min(top[index], r0 + box[0].start)
+                bottom[index] = max(bottom[index], r0 + box[0].stop)
+    # pass 2: each band with the rows its cells reach below it
+    for r0 in range(0, height, rows):
+        starting = np.flatnonzero((top >= r0) & (top < r0 + rows))
+        if not starting.size:
+            continue
+        window = np.asarray(labels[r0:int(bottom[starting].max()), :])
+        boxes = ndi.find_objects(window)
+        for index in starting:
+            box = boxes[index - 1]
+            yield from _one_cell(window, int(index), box, offset=r0)
+
+
+def _one_cell(array: np.ndarray, index: int, box: tuple[slice, slice], offset: int = 0
+              ) -> Iterator[tuple[int, list[list[np.ndarray]], np.ndarray, tuple[slice, slice]]]:
+    """(id, pieces, mask, box in the image's rows) of the cell ``index`` of ``array``
+    (rows ``offset`` on of the image), or nothing if it has no outline."""
+    from matplotlib.path import Path as Ring
     from skimage.measure import find_contours
 
-    shapes: dict[int, list[list[np.ndarray]]] = {}
-    for index, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
-        contours = find_contours(np.pad(labels[box] == index, 1).astype(np.float32), 0.5)
-        # the pieces' outlines, the largest first
-        outlines = sorted((c for c in contours if _signed_area(c) < 0), key=_signed_area)
-        if not outlines:
-            continue
-        pieces = [[c] for c in outlines]
-        for hole in (c for c in contours if _signed_area(c) > 0):
-            # (a hole's ring lies inside its cell's outline, apart from every other piece)
-            inside = next((p for p in pieces if Ring(p[0]).contains_point(hole[0])), None)
-            if inside is not None:
-                inside.append(hole)
-        shapes[index] = [[_xy(_corners(ring), box) for ring in piece] for piece in pieces]
-    return shapes
+    mask = array[box] == index
+    box = (slice(box[0].start + offset, box[0].stop + offset), box[1])
+    contours = find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
+    # the pieces' outlines, the largest first
+    outlines = sorted((c for c in contours if _signed_area(c) < 0), key=_signed_area)
+    if not outlines:
+        return
+    pieces = [[c] for c in outlines]
+    for hole in (c for c in contours if _signed_area(c) > 0):
+        # (a hole's ring lies inside its cell's outline, apart from every other piece)
+        inside = next((p for p in pieces if Ring(p[0]).contains_point(hole[0])), None)
+        if inside is not None:
+            inside.append(hole)
+    yield index, [[_xy(_corners(ring), box) for ring in piece] for piece in pieces], mask, box
 
 
 def _xy(contour: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
@@ -239,14 +291,25 @@ def _put_image(source: Path, image: Any, level: int, target: Path, kept: tuple[s
     return target
 
 
-def _coco_rle(mask: np.ndarray) -> dict[str, Any]:
+def _coco_rle(mask: np.ndarray, box: tuple[slice, slice] | None = None,
+              shape: tuple[int, int] | None = None) -> dict[str, Any]:
     """A mask as COCO's uncompressed run-length encoding (column-major runs, background
-    first), which pycocotools decodes exactly, holes and separate pieces included."""
-    flat = mask.ravel(order="F").astype(np.int8)
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
-    counts = np.diff(bounds).astype(int).tolist()
-    return {"counts": ([0] + counts) if flat.size and flat[0] else counts,
-            "size": [int(mask.shape[0]), int(mask.shape[1])]}
+    first), which pycocotools decodes exactly, holes and separate pieces included. With
+    ``box`` and ``shape``, ``mask`` is the crop ``box`` of an image of ``shape`` (a whole
+    section's mask was never built: 268 MB for one cell of a 16384^2 one)."""
+    if box is None:
+        box, shape = (slice(0, mask.shape[0]), slice(0, mask.shape[1])), mask.shape
+    height, width = int(shape[0]), int(shape[1])
+    cols, rows = np.nonzero(mask.T)  # (column-major order)
+    at = (cols + box[1].start).astype(np.int64) * height + rows + box[0].start
+    if not at.size:
+        return {"counts": [height * width], "size": [height, width]}
+    breaks = np.flatnonzero(np.diff(at) > 1)
+    starts = np.concatenate([at[:1], at[breaks + 1]])
+    stops = np.concatenate([at[breaks] + 1, at[-1:] + 1])
+    edges = np.empty(2 * starts.size + 2, np.int64)
+    edges[0], edges[1:-1:2], edges[2:-1:2], edges[-1] = 0, starts, stops, height * width
+    return {"counts": np.diff(edges).tolist(), "size": [height, width]}
 
 
 def _scores(root: Path, image_id: str) -> dict[int, float]:
@@ -290,14 +353,14 @@ def _geojson(labels: np.ndarray, image_id: str, objects: str = "detection",
     cells carry their ``score`` (QuPath filters and colours by measurements) and, where
     the pixel size (of ``labels``' pixels) is known, their area in um²."""
     features = []
-    areas = np.bincount(labels.ravel())  # (one pass; a mask per cell was cells x pixels)
     scores = scores or {}
-    for index, pieces in label_shapes(labels).items():
+    for index, pieces, mask, _ in cell_shapes(labels):  # (a lazy section: in row bands)
+        area = int(np.count_nonzero(mask))
         rings = [[(ring * scale).round(2).tolist() for ring in piece] for piece in pieces]
         measurements: dict[str, Any] = {
-            "label": index, "area_px": int(round(areas[index] * scale[0] * scale[1]))}
+            "label": index, "area_px": int(round(area * scale[0] * scale[1]))}
         if pixel_size_um is not None:
-            measurements["area_um2"] = round(float(areas[index]) * pixel_size_um ** 2, 3)
+            measurements["area_um2"] = round(float(area) * pixel_size_um ** 2, 3)
         if index in scores:
             measurements["score"] = scores[index]
         features.append({
@@ -339,7 +402,8 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
             level = int(predicted.get(image_id, {}).get("level", 0))  # labels at its pixels
             image = _opened(image_path, level) if image_path is not None else None
             shape = tuple(int(n) for n in image.shape[:2]) if image is not None else None
-            labels = (read_labels_zarr(label_path)[0] if is_ome_zarr(label_path)
+            # (an OME-Zarr prediction of a whole section stays on disk: read in bands)
+            labels = (open_labels_zarr(label_path)[0] if is_ome_zarr(label_path)
                       else read_labels(label_path, shape=shape,
                                        geojson_geometry=geometry))
             if shape is not None and shape != labels.shape:
@@ -367,8 +431,7 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
             scores = _scores(root, image_id) if to in ("geojson", "coco") else {}
             for part_id, part_image, part_labels, box in parts:
                 n_images += 1
-                n_cells += int(np.count_nonzero(np.bincount(part_labels.ravel())[1:]))
-                _write_one(to, staging, coco, n_images, objects, _Part(
+                n_cells += _write_one(to, staging, coco, n_images, objects, _Part(
                     image_id, part_id, image_path, part_image, part_labels, level, px, box,
                     predicted.get(image_id, {}), scores, boxes if to == "geojson" else []))
         if to == "coco":
@@ -404,10 +467,14 @@ class _Part:
 
 
 def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, objects: str,
-               part: _Part) -> None:
+               part: _Part) -> int:
     """One image (or one region of it) of :func:`export` into ``staging``; ``k``: its
-    number (COCO's image id)."""
+    number (COCO's image id). Returns how many cells it holds."""
     kept_as_is = () if part.box is not None else None  # (a region's crop is written)
+    if to in ("cellpose", "stardist"):  # (label images, written whole)
+        labels = np.asarray(part.labels[:, :])
+        part = replace(part, labels=labels)
+        n_cells = int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
     if to == "cellpose":  # (it reads these; not .svs, a .zarr, a pyramid's level)
         _put_image(part.image_path, part.image, part.level, staging / part.part_id,
                    kept_as_is if kept_as_is is not None
@@ -424,8 +491,9 @@ def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, objects: st
         data = _geojson(part.labels, part.image_id, objects,
                         level0_factor(part.predicted, part.labels.shape), scores=part.scores,
                         pixel_size_um=part.px)
+        n_cells = len(data["features"])  # (before the regions)
         data["features"] += [_region_feature(rows, cols) for rows, cols in part.regions]
-        write_json(staging / f"{part.image_id}.geojson", data)
+        write_json(staging / f"{part.image_id}.geojson", data, indent=None)
     else:
         scale = level0_factor(part.predicted, part.labels.shape)
         if part.image_path is not None and part.box is not None:
@@ -436,11 +504,12 @@ def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, objects: st
             shutil.copyfile(part.image_path, staging / name)
         else:  # a prediction: the image it was made from (not copied)
             name = part.predicted.get("file")
-        areas = np.bincount(part.labels.ravel())
+        n_cells = 0
         coco["images"].append({"id": k, "file_name": name or f"{part.image_id}.tif",
                                "height": round(part.labels.shape[0] * scale[1]),
                                "width": round(part.labels.shape[1] * scale[0])})
-        for index, pieces in label_shapes(part.labels).items():
+        for index, pieces, mask, box in cell_shapes(part.labels):
+            area = int(np.count_nonzero(mask))
             # the box of every piece (of the largest alone, a cell in pieces lost the rest)
             outline = np.concatenate([piece[0] for piece in pieces]) * scale
             x0, y0 = outline.min(axis=0)
@@ -448,17 +517,19 @@ def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, objects: st
             if (len(pieces) > 1 or len(pieces[0]) > 1) and scale == (1.0, 1.0):
                 # holes or several pieces, which COCO's polygons cannot hold (the largest
                 # piece, filled, was written): the cell's mask as RLE
-                segmentation: Any = _coco_rle(part.labels == index)
+                segmentation: Any = _coco_rle(mask, box, part.labels.shape)
             else:  # (at a coarser level's pixels scaled up: every piece, filled)
                 segmentation = [(piece[0] * scale)[:-1].round(2).ravel().tolist()
                                 for piece in pieces]
             coco["annotations"].append({
                 "id": len(coco["annotations"]) + 1, "image_id": k, "category_id": 1,
                 "segmentation": segmentation,
-                "area": float(areas[index] * scale[0] * scale[1]),
+                "area": float(area * scale[0] * scale[1]),
                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                 "iscrowd": 0,
                 **({"score": part.scores[index]} if index in part.scores else {})})
+            n_cells += 1
+    return n_cells
 
 
 def _region_feature(rows: slice, cols: slice) -> dict[str, Any]:

@@ -20,8 +20,8 @@ import numpy as np
 
 from cellsynth.errors import ImageReadError
 
-__all__ = ["write_labels_zarr", "read_labels_zarr", "is_ome_zarr", "is_label_zarr",
-           "ngff_group", "OME_ZARR_SUFFIX"]
+__all__ = ["write_labels_zarr", "read_labels_zarr", "open_labels_zarr", "is_ome_zarr",
+           "is_label_zarr", "ngff_group", "OME_ZARR_SUFFIX"]
 
 OME_ZARR_SUFFIX = ".ome.zarr"
 
@@ -119,6 +119,13 @@ def is_label_zarr(path: str | os.PathLike) -> bool:
 def read_labels_zarr(path: str | os.PathLike, *, level: int = 0
                      ) -> tuple[np.ndarray, float | None]:
     """(labels of one pyramid level, pixel size in um or None) of an OME-Zarr label group."""
+    labels, pixel = open_labels_zarr(path, level=level)
+    return np.asarray(labels), pixel
+
+
+def open_labels_zarr(path: str | os.PathLike, *, level: int = 0) -> tuple[Any, float | None]:
+    """:func:`read_labels_zarr` with the labels not decoded: the level's Zarr array, which
+    reads the chunks a slice touches."""
     import zarr
 
     path = Path(path)
@@ -126,7 +133,9 @@ def read_labels_zarr(path: str | os.PathLike, *, level: int = 0
         root, meta = ngff_group(zarr.open_group(str(path), mode="r"))
         multiscale = meta["multiscales"][0]
         dataset = multiscale["datasets"][level]
-        labels = np.asarray(root[dataset["path"]])
+        labels = root[dataset["path"]]
+        if not hasattr(labels, "shape"):
+            raise ValueError(f"{dataset['path']} is a group, not an array")
     except (KeyError, IndexError, ValueError, FileNotFoundError) as err:
         raise ImageReadError(f"{path}: not an OME-Zarr label image ({err})") from err
     units = {a.get("unit") for a in multiscale.get("axes", [])}

@@ -159,12 +159,14 @@ def open_large_image(path: str | os.PathLike, *, level: int = 0) -> Any:
 _OPENED: dict[int, tuple[Path, int]] = {}
 
 
-def overview_of(image: Any, *, min_side: int = 256) -> tuple[Any, float] | None:
+def overview_of(image: Any, *, min_side: int = 256, max_pixels: int = 4096 * 4096
+                ) -> tuple[Any, float] | None:
     """(the coarsest level of the pyramid ``image`` is a level of whose shorter side still
     has ``min_side`` px, opened lazily; how many of ``image``'s pixels one of its pixels
-    spans), or None where ``image`` was not opened by :func:`open_large_image` or its file
-    has no coarser level: an overview of a whole section to find its tissue on, as a viewer
-    shows it."""
+    spans), or None where ``image`` was not opened by :func:`open_large_image`, its file
+    has no coarser level, or the coarsest has more than ``max_pixels`` (a section with one
+    half-size level: reading it is no overview): a small picture of a whole section to find
+    its tissue on, as a viewer shows it."""
     source = _OPENED.get(id(image))
     if source is None:
         return None
@@ -178,7 +180,7 @@ def overview_of(image: Any, *, min_side: int = 256) -> tuple[Any, float] | None:
         if min(int(candidate.shape[0]), int(candidate.shape[1])) < min_side:
             break
         best = candidate
-    if best is None:
+    if best is None or int(best.shape[0]) * int(best.shape[1]) > max_pixels:
         return None
     return best, int(image.shape[0]) / int(best.shape[0])
 
