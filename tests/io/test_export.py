@@ -415,6 +415,10 @@ def test_cells_of_a_lazy_label_image_are_read_in_row_bands_and_come_out_the_same
             for ring, same_ring in zip(piece, same, strict=True):
                 np.testing.assert_array_equal(ring, same_ring)
     assert label_shapes(labels).keys() == whole.keys()
+    # ids in the millions, as a section's are by its last rows: the same cells, renumbered
+    high = np.where(labels > 0, labels + 5_000_000, 0).astype(np.uint32)
+    assert sorted(i - 5_000_000 for i, *_ in cell_shapes(_Reads(high), band_pixels=16 * 64)) \
+        == sorted(whole)
 
 
 def test_coco_rle_of_a_cell_from_its_box_decodes_to_its_mask():

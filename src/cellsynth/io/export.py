@@ -118,7 +118,8 @@ BAND_PIXELS = 1 << 24
 def cell_shapes(labels: Any, band_pixels: int | None = None
                 ) -> Iterator[tuple[int, list[list[np.ndarray]], np.ndarray, tuple[slice, slice]]]:
     """(id, pieces as :func:`label_shapes` gives them, its mask in its box, the box) of
-    every cell of an (H, W) label image, in order of the boxes' top rows (then ids).
+    every cell of an (H, W) label image, by id (read in bands: band by band, by the band
+    each cell's box starts in).
 
     ``labels`` may be lazy (an OME-Zarr level, a whole section's prediction): it is read in
     row bands of about ``band_pixels`` (:data:`BAND_PIXELS`) pixels, twice, never whole; the
@@ -138,12 +139,12 @@ def cell_shapes(labels: Any, band_pixels: int | None = None
     top = np.zeros(0, np.int64)
     bottom = np.zeros(0, np.int64)
     for r0 in range(0, height, rows):
-        boxes = ndi.find_objects(np.asarray(labels[r0:r0 + rows, :]))
-        if len(boxes) >= top.size:  # (ids grow: room for this band's largest)
-            top = np.concatenate([top, np.full(len(boxes) + 1 - top.size, height)])
-            bottom = np.concatenate([bottom, np.zeros(len(boxes) + 1 - bottom.size,
-                                                      np.int64)])
-        for index, box in enumerate(boxes, start=1):
+        base, boxes = _boxes(np.asarray(labels[r0:r0 + rows, :]))
+        if base + len(boxes) >= top.size:  # (ids grow: room for this band's largest)
+            grow = base + len(boxes) + 1 - top.size
+            top = np.concatenate([top, np.full(grow, height, np.int64)])
+            bottom = np.concatenate([bottom, np.zeros(grow, np.int64)])
+        for index, box in enumerate(boxes, start=base + 1):
             if box is not None:
                 top[index] = min(top[index], r0 + box[0].start)
                 bottom[index] = max(bottom[index], r0 + box[0].stop)
@@ -153,10 +154,22 @@ def cell_shapes(labels: Any, band_pixels: int | None = None
         if not starting.size:
             continue
         window = np.asarray(labels[r0:int(bottom[starting].max()), :])
-        boxes = ndi.find_objects(window)
+        base, boxes = _boxes(window)
         for index in starting:
-            box = boxes[index - 1]
-            yield from _one_cell(window, int(index), box, offset=r0)
+            yield from _one_cell(window, int(index), boxes[index - 1 - base], offset=r0)
+
+
+def _boxes(array: np.ndarray) -> tuple[int, list]:
+    """(base, ``ndi.find_objects`` of ``array``'s ids less base): the box of id ``base + k``
+    is entry k - 1. The base is the smallest id less one, so a band of a section whose ids
+    run to millions lists only the ids from its own (predict numbers cells as it goes)."""
+    from scipy import ndimage as ndi
+
+    cells = array > 0
+    if not cells.any():
+        return 0, []
+    base = int(array[cells].min()) - 1
+    return base, ndi.find_objects(np.where(cells, array - base, 0) if base else array)
 
 
 def _one_cell(array: np.ndarray, index: int, box: tuple[slice, slice], offset: int = 0
