@@ -81,19 +81,7 @@ def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
 
     Pixel (row r, column c) covers [c, c + 1) x [r, r + 1) in these coordinates, as in QuPath.
     """
-    from scipy import ndimage as ndi
-    from skimage.measure import find_contours
-
-    polygons: dict[int, np.ndarray] = {}
-    for index, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
-        mask = np.pad(labels[box] == index, 1).astype(np.float32)
-        outlines = [c for c in find_contours(mask, 0.5) if _signed_area(c) < 0]
-        if not outlines:
-            continue
-        polygons[index] = _xy(_corners(min(outlines, key=_signed_area)), box)
-    return polygons
+    return {index: pieces[0][0] for index, pieces in label_shapes(labels).items()}
 
 
 def _signed_area(ring: np.ndarray) -> float:
@@ -125,13 +113,12 @@ def cell_shapes(labels: Any, band_pixels: int | None = None
     row bands of about ``band_pixels`` (:data:`BAND_PIXELS`) pixels, twice, never whole; the
     first pass finds where each cell ends, the second reads each band down to its cells'
     lowest row (a 16384^2 section decoded whole took 3.3 GB)."""
-    from scipy import ndimage as ndi
-
     height, width = int(labels.shape[0]), int(labels.shape[1])
     rows = max(1, (band_pixels or BAND_PIXELS) // max(width, 1))
     if height <= rows:  # one band: one read
         array = np.asarray(labels[:, :])
-        for index, box in enumerate(ndi.find_objects(array), start=1):
+        base, boxes = _boxes(array)
+        for index, box in enumerate(boxes, start=base + 1):
             if box is not None:
                 yield from _one_cell(array, index, box)
         return

@@ -106,12 +106,7 @@ def _block_noise(sample: np.ndarray, row: int) -> np.ndarray:
     rows of ``row`` neighbouring pixels): the MAD of horizontally neighbouring
     pixels' differences / sqrt 2, as :func:`_noise_sigma` measures it, from pixels read
     already."""
-    rows = sample.reshape(-1, row, sample.shape[-1])
-    diff = np.diff(rows, axis=1).reshape(-1, sample.shape[-1])
-    diff = diff[np.isfinite(diff).all(axis=1)]
-    if len(diff) == 0:
-        return np.zeros(sample.shape[-1])
-    return 1.4826 * np.median(np.abs(diff - np.median(diff, axis=0)), axis=0) / math.sqrt(2)
+    return _mad_sigma(np.diff(sample.reshape(-1, row, sample.shape[-1]), axis=1))
 
 
 def _tissue_corners(image: Any) -> list[tuple[int, int]]:
@@ -159,22 +154,22 @@ def intensity_range(image: Any, norm: Normalization = DEFAULT, *,
     channels = int(image.shape[2]) if len(image.shape) == 3 else 1
     if norm.method == "dtype":
         return np.zeros(channels, np.float64), np.full(channels, scale)
-    sample = np.asarray(_sample(image), np.float64).reshape(-1, channels)
+    read = np.asarray(_sample(image), np.float64).reshape(-1, channels)
     axis = 0 if norm.per_channel else None
+    sample = _finite(read, channels)
+    lo, hi = np.percentile(sample, [norm.low, norm.high], axis=axis)
     row = min(int(image.shape[1]), _LAZY_BLOCK)  # (a block's rows: neighbouring pixels)
-    if (not isinstance(image, np.ndarray) and sample.shape[0] % row == 0
-            and int(image.shape[0]) * int(image.shape[1]) > MAX_SAMPLES):
+    if (not isinstance(image, np.ndarray) and read.shape[0] % row == 0
+            and int(image.shape[0]) * int(image.shape[1]) > MAX_SAMPLES
+            and np.any(hi - lo <= _NOISE_RANGES * _block_noise(read, row).max() + 1e-12)):
         # a section's grid of blocks that saw glass alone (a range of camera noise): add
         # blocks where its overview shows something, a little tissue between them (found
         # nothing, 0 cells, where a crop of the tissue found all; audit 7)
-        lo, hi = np.percentile(_finite(sample, channels), [norm.low, norm.high], axis=axis)
-        if np.any(hi - lo <= _NOISE_RANGES * _block_noise(sample, row).max() + 1e-12):
-            corners = _tissue_corners(image)
-            if corners:
-                extra = np.asarray(_blocks(image, corners), np.float64).reshape(-1, channels)
-                sample = np.concatenate([sample, extra])
-    sample = _finite(sample, channels)
-    lo, hi = np.percentile(sample, [norm.low, norm.high], axis=axis)
+        corners = _tissue_corners(image)
+        if corners:
+            extra = np.asarray(_blocks(image, corners), np.float64).reshape(-1, channels)
+            sample = _finite(np.concatenate([read, extra]), channels)
+            lo, hi = np.percentile(sample, [norm.low, norm.high], axis=axis)
     lo = np.broadcast_to(lo, channels).astype(np.float64)
     hi = np.broadcast_to(hi, channels).astype(np.float64)
     flat = hi - lo <= 1e-6 * np.maximum(np.abs(hi), 1e-3)
@@ -210,10 +205,16 @@ def _noise_sigma(image: Any) -> np.ndarray:
     # (rows as 1-px slices: a lazy reader of channels-first files takes slices only)
     strip = np.stack([np.asarray(image[y:y + 1, :min(w, 4096)], np.float64)
                       .reshape(min(w, 4096), -1) for y in rows])
-    diff = np.diff(strip, axis=1).reshape(-1, strip.shape[2])
+    return _mad_sigma(np.diff(strip, axis=1))
+
+
+def _mad_sigma(diff: np.ndarray) -> np.ndarray:
+    """Gaussian noise sigma, per channel (last axis), from differences of neighbouring
+    pixels: their MAD (the finite ones) / sqrt 2; 0 where there are none."""
+    diff = diff.reshape(-1, diff.shape[-1])
     diff = diff[np.isfinite(diff).all(axis=1)]
     if len(diff) == 0:
-        return np.zeros(strip.shape[2])
+        return np.zeros(diff.shape[-1])
     return 1.4826 * np.median(np.abs(diff - np.median(diff, axis=0)), axis=0) / math.sqrt(2)
 
 

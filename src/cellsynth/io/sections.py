@@ -171,15 +171,9 @@ def overview_of(image: Any, *, min_side: int = 256, max_pixels: int = 4096 * 409
     if source is None:
         return None
     path, level = source
-    best = None
-    for coarser in range(level + 1, level + 16):
-        try:
-            candidate = open_large_image(path, level=coarser)
-        except ImageReadError:  # no such level: the pyramid ends
-            break
-        if min(int(candidate.shape[0]), int(candidate.shape[1])) < min_side:
-            break
-        best = candidate
+    coarser = [c for c in pyramid_levels(path)[level + 1:]
+               if min(int(c.shape[0]), int(c.shape[1])) >= min_side]
+    best = coarser[-1] if coarser else None
     if best is None or int(best.shape[0]) * int(best.shape[1]) > max_pixels:
         return None
     return best, int(image.shape[0]) / int(best.shape[0])
