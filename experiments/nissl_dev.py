@@ -96,6 +96,13 @@ RUNS = {
     "sim_rods_tiny_ft_k2": (["k2"], "sim_rods_tiny", dict(steps=300, crop=192, lr=3e-4,
                                                           warmup=5, val_every=50,
                                                           model="tiny_u22")),
+    # the score loss on small annotated somata (2026-12-08): celldetection's mean over cell
+    # pixels lets a large soma outweigh a small one several times (its core holds more of
+    # the score map's foreground); score_balance 1 weighs every annotated cell the same
+    # during the fine-tuning, against sim_tiny_ft_k2
+    "sim_tiny_ft_k2_bal": (["k2"], "sim_tiny", dict(steps=300, crop=192, lr=3e-4, warmup=5,
+                                                    val_every=50, model="tiny_u22",
+                                                    score_balance=1.0)),
 }
 
 

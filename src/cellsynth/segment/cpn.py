@@ -34,7 +34,7 @@ for _name, _value in _qt_before.items():
 
 __all__ = ["MODELS", "build_model", "celldetection_format", "training_targets", "collate",
            "set_core_precision", "prepare_for_inference", "raw_predict", "score_threshold",
-           "macs_per_pixel"]
+           "macs_per_pixel", "balance_score_loss"]
 
 
 class CpnTinyU22(cd.models.CPN):
@@ -150,6 +150,59 @@ def training_targets(labels: np.ndarray, *, samples: int, order: int,
         "sampled_contours": (gen.sampled_contours.astype(np.float32),),
         "sampling": (gen.sampling.astype(np.float32),),
     }
+
+
+class _BalancedScore(torch.nn.Module):
+    """celldetection's score objective (binary cross-entropy on logits) whose call on the
+    cell pixels (targets of 1) weighs each pixel by ``weight``, set for one loss computation
+    by :func:`balance_score_loss`; the background call stays a plain mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight: torch.Tensor | None = None
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight, self.weight = self.weight, None
+        if weight is None or not target.numel() or float(target.reshape(-1)[0]) != 1.0:
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, target, weight=weight.to(logits.dtype))
+
+
+def cell_pixel_weights(labels: torch.Tensor, fg_masks: torch.Tensor,
+                       exponent: float) -> torch.Tensor:
+    """Per cell pixel (in ``torch.where(fg_masks)`` order), ``n^-exponent`` for a cell of
+    ``n`` such pixels in its image of the batch, rescaled to a mean of 1."""
+    n, _, _ = torch.where(fg_masks)
+    ids = labels[fg_masks].long()
+    key = n.long() * (int(ids.max()) + 1 if ids.numel() else 1) + ids
+    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    weight = counts.to(torch.float32)[inverse] ** -exponent
+    return weight / weight.mean() if weight.numel() else weight
+
+
+def balance_score_loss(model: torch.nn.Module, exponent: float) -> None:
+    """Weigh the CPN's score loss on cell pixels so a small cell counts more than its few
+    pixels (``exponent`` 1: every cell the same; 0 undoes it). Celldetection's mean over all
+    cell pixels lets a large soma outweigh a small one many times over."""
+    own = model.__dict__.pop("compute_loss", None)  # undo an earlier wrap
+    if own is not None and not hasattr(own, "func"):
+        model.__dict__["compute_loss"] = own
+    if not exponent:
+        model.objectives["score"] = torch.nn.BCEWithLogitsLoss()
+        return
+    if model.score_channels != 1:
+        raise ValueError("score_balance needs a CPN with one score channel")
+    objective = model.objectives["score"] = _BalancedScore()
+
+    def compute_loss(plain, **kwargs):
+        objective.weight = cell_pixel_weights(kwargs["labels"], kwargs["fg_masks"], exponent)
+        try:
+            return plain(**kwargs)
+        finally:
+            objective.weight = None
+
+    model.compute_loss = functools.partial(compute_loss, model.compute_loss)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -119,6 +119,10 @@ class TrainConfig:
     # a cell's pixels nearer its border than this fraction are background of the score map,
     # the band up to ``core`` ignored (celldetection's default 0.5)
     rim: float = field(default=0.8, metadata=ADDED)
+    # the score loss on cell pixels: a pixel of a cell with n foreground pixels in the batch
+    # weighs n^-score_balance (rescaled to a mean of 1 over the batch's cell pixels); 0: every
+    # pixel the same (celldetection's), 1: every cell the same, however small
+    score_balance: float = field(default=0.0, metadata=ADDED)
 
     def __post_init__(self) -> None:
         from cellsynth.segment.cpn import MODELS
@@ -149,6 +153,8 @@ class TrainConfig:
         for name in ("channel", "source_channel"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.score_balance <= 1.0:
+            raise ValueError(f"score_balance must be in [0, 1], got {self.score_balance}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 

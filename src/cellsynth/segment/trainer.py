@@ -284,7 +284,12 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     from torch.nn.parallel import DistributedDataParallel
     from tqdm.auto import tqdm
 
-    from cellsynth.segment.cpn import build_model, celldetection_format, set_core_precision
+    from cellsynth.segment.cpn import (
+        balance_score_loss,
+        build_model,
+        celldetection_format,
+        set_core_precision,
+    )
     from cellsynth.segment.predict import read_detector_checkpoint
 
     out = Path(out)
@@ -325,6 +330,8 @@ def _train(config: TrainConfig, data: list[str | os.PathLike], out: str | os.Pat
     if start is not None:
         _init_weights(model, spec, *start)
     model.weights.update(vars(config.loss_weights))  # celldetection's weights of its losses
+    if config.score_balance:
+        balance_score_loss(model, config.score_balance)
     precision = choose_precision(config.precision, config.device)
     if rank == 0:
         announce(str(precision))
