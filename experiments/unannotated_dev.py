@@ -1,7 +1,9 @@
 """How many of a `nissl_dev.py` run's false positives on its development images are small
 objects that touch no annotated soma (the recipe's excess over the peer, docs/results.md,
 twenty-fourth session), and how many of those are rods (axis ratio > 2): the mechanism that
-simulating unannotated rods and capillary wall nuclei (``sim_rods``) is meant to remove.
+simulating unannotated rods and capillary wall nuclei (``sim_rods``) is meant to remove; and
+how many of the small annotated somata (<= 250 px) are found (IoU >= 0.5), which weighing
+every annotated cell the same in the score loss (``score_balance``) is meant to raise.
 
     python experiments/unannotated_dev.py --runs OUT-s0/sim_tiny_ft_k2 OUT-s0/sim_rods_tiny_ft_k2 \\
         [--json FILE]
@@ -28,20 +30,27 @@ SMALL = 250  # px: glial nuclei at 0.346 um/px are ~100-280 px; somata median ~5
 
 def _kinds(truth: np.ndarray, predicted: np.ndarray) -> dict[str, int]:
     """Counts of detections, false positives (best IoU < 0.5), those touching no soma
-    (best IoU <= 0.1), small ones among them and small rods."""
+    (best IoU <= 0.1), small ones among them and small rods; small somata and those found."""
     t_ids, t_area = np.unique(truth, return_counts=True)
     t_size = dict(zip(t_ids.tolist(), t_area.tolist()))
     pairs = predicted.astype(np.int64) * (int(truth.max()) + 1) + truth
     ids, counts = np.unique(pairs[predicted > 0], return_counts=True)
+    p_ids, p_area = np.unique(predicted, return_counts=True)
+    p_size = dict(zip(p_ids.tolist(), p_area.tolist()))
     best: dict[int, float] = {}
+    found: set[int] = set()
     for key, inter in zip(ids.tolist(), counts.tolist()):
         p, t = divmod(key, int(truth.max()) + 1)
         if t == 0:
             continue
-        union = int((predicted == p).sum()) + t_size[t] - inter
-        best[p] = max(best.get(p, 0.0), inter / union)
+        iou = inter / (p_size[p] + t_size[t] - inter)
+        best[p] = max(best.get(p, 0.0), iou)
+        if iou >= 0.5:
+            found.add(t)
+    small = [t for t, area in t_size.items() if t and area <= SMALL]
     out = dict(detections=0, false_positives=0, unannotated=0, unannotated_small=0,
-               unannotated_small_rods=0)
+               unannotated_small_rods=0, small_somata=len(small),
+               small_somata_found=sum(t in found for t in small))
     for region in regionprops(predicted):
         out["detections"] += 1
         iou = best.get(region.label, 0.0)
