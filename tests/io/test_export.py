@@ -473,3 +473,45 @@ def test_geojson_and_coco_of_an_ome_zarr_prediction_are_the_same_read_in_bands(
     assert sorted(map(ann, outs["bands"][1]["annotations"])) == \
         sorted(map(ann, outs["whole"][1]["annotations"]))
     assert any(isinstance(a["segmentation"], dict) for a in outs["bands"][1]["annotations"])
+
+
+def _grid_labels(step: int, size: int = 1024) -> np.ndarray:
+    """Disks of diameter ~0.8 step on a grid, one id each."""
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.uint32)
+    k = 0
+    for cy in range(step // 2, size, step):
+        for cx in range(step // 2, size, step):
+            k += 1
+            disk = (yy[cy - step // 2:cy + step // 2, cx - step // 2:cx + step // 2] - cy) ** 2 \
+                + (xx[cy - step // 2:cy + step // 2, cx - step // 2:cx + step // 2] - cx) ** 2
+            labels[cy - step // 2:cy + step // 2, cx - step // 2:cx + step // 2][
+                disk < (0.4 * step) ** 2] = k
+    return labels
+
+
+def test_coco_export_memory_does_not_grow_with_the_cells(tmp_path):
+    """Annotations wait on disk until annotations.json is written (a section's cells held as
+    one document grew ~10 KB a cell)."""
+    import tracemalloc
+
+    peaks = []
+    for rows in (64, 256):  # 256 and 1024 cells alike in the same 256^2 image
+        root = tmp_path / f"d{rows}"
+        (root / "images").mkdir(parents=True)
+        (root / "labels").mkdir()
+        labels = _grid_labels(8, size=256)
+        labels[rows:] = 0
+        write_image(root / "images" / "a.png", np.zeros(labels.shape, np.uint8))
+        write_labels(root / "labels" / "a.tif", labels)
+        export(root, "coco", tmp_path / f"warm{rows}")  # (imports are not what is measured)
+        tracemalloc.start()
+        result = export(root, "coco", tmp_path / f"c{rows}")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert result["n_instances"] == len(np.unique(labels)) - 1
+    coco = json.loads((tmp_path / "c256" / "annotations.json").read_text())
+    assert [a["id"] for a in coco["annotations"]] == list(range(1, 1025))
+    assert coco["categories"] == [{"id": 1, "name": "cell"}]
+    per_cell = (peaks[1] - peaks[0]) / (1024 - 256)
+    assert per_cell < 300, per_cell  # (~1.7 KB a cell held in memory)

@@ -410,8 +410,7 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
     # (polygons need no image: a prediction's may be a whole section, or elsewhere now)
     items, geometry, folder_px = _sources(root, images=to in ("cellpose", "stardist"))
     predicted = _predicted_images(root)  # (a dataset folder: none)
-    coco: dict[str, Any] = {"images": [], "annotations": [],
-                            "categories": [{"id": 1, "name": "cell"}]}
+    coco = _Coco()
     n_cells = 0
     sizes: set[float | None] = set()  # each image's pixel size: one known -> meta.json
     with staged_output_dir(out, force=force, inputs=(root,)) as staging:
@@ -458,7 +457,7 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
                     image_id, part_id, image_path, part_image, part_labels, level, px, box,
                     predicted.get(image_id, {}), scores, boxes if to == "geojson" else []))
         if to == "coco":
-            (staging / "annotations.json").write_text(json.dumps(coco))
+            coco.write(staging / "annotations.json")
         if to != "geojson" and len(sizes) == 1 and None not in sizes:
             # (cellsynth reads the folder back at it; the PNGs copied as they are state none)
             write_json(staging / layout.META, {"pixel_size_um": sizes.pop(),
@@ -469,6 +468,36 @@ def export(source: str | os.PathLike, to: str, out: str | os.PathLike, *,
         announce(f"{root}: the cells of {n_regions} QuPath region(s) written as images of "
                  f"their own (<id>_region<k>): only the regions were annotated")
     return {"format": to, "n_images": n_images, "n_instances": n_cells, "out": str(out)}
+
+
+class _Coco:
+    """A COCO document whose annotations wait on disk, one per line, until :meth:`write`
+    streams them into ``annotations.json`` (a section's cells held as one document grew
+    ~10 KB a cell). Key order and ids as ``json.dumps`` of the whole document gave."""
+
+    def __init__(self) -> None:
+        self.images: list[dict[str, Any]] = []
+        self.count = 0
+        self._lines: Any = None  # an unnamed temporary file, opened at the first annotation
+
+    def annotate(self, annotation: dict[str, Any]) -> None:
+        import tempfile
+
+        if self._lines is None:
+            self._lines = tempfile.TemporaryFile("w+")
+        self.count += 1
+        self._lines.write(json.dumps({"id": self.count, **annotation}) + "\n")
+
+    def write(self, path: Path) -> None:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            f.write('{"images": ' + json.dumps(self.images) + ', "annotations": [')
+            if self._lines is not None:
+                self._lines.seek(0)
+                for k, line in enumerate(self._lines):
+                    f.write((", " if k else "") + line.rstrip("\n"))
+                self._lines.close()
+                self._lines = None
+            f.write('], "categories": [{"id": 1, "name": "cell"}]}')
 
 
 @dataclass(frozen=True)
@@ -489,7 +518,7 @@ class _Part:
     regions: list[tuple[slice, slice]]  # QuPath regions that a GeoJSON export keeps
 
 
-def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, objects: str,
+def _write_one(to: str, staging: Path, coco: _Coco, k: int, objects: str,
                part: _Part) -> int:
     """One image (or one region of it) of :func:`export` into ``staging``; ``k``: its
     number (COCO's image id). Returns how many cells it holds."""
@@ -528,7 +557,7 @@ def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, objects: st
         else:  # a prediction: the image it was made from (not copied)
             name = part.predicted.get("file")
         n_cells = 0
-        coco["images"].append({"id": k, "file_name": name or f"{part.image_id}.tif",
+        coco.images.append({"id": k, "file_name": name or f"{part.image_id}.tif",
                                "height": round(part.labels.shape[0] * scale[1]),
                                "width": round(part.labels.shape[1] * scale[0])})
         for index, pieces, mask, box in cell_shapes(part.labels):
@@ -544,8 +573,8 @@ def _write_one(to: str, staging: Path, coco: dict[str, Any], k: int, objects: st
             else:  # (at a coarser level's pixels scaled up: every piece, filled)
                 segmentation = [(piece[0] * scale)[:-1].round(2).ravel().tolist()
                                 for piece in pieces]
-            coco["annotations"].append({
-                "id": len(coco["annotations"]) + 1, "image_id": k, "category_id": 1,
+            coco.annotate({
+                "image_id": k, "category_id": 1,
                 "segmentation": segmentation,
                 "area": float(area * scale[0] * scale[1]),
                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
