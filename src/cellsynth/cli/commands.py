@@ -69,12 +69,11 @@ def _check_channel(real: str | os.PathLike, channel: int | None) -> None:
     gray images it was ignored without a word.)"""
     if channel is None:
         return
-    from cellsynth.io.datasets import load_dataset
+    from cellsynth.io.datasets import is_one_image, load_dataset
     from cellsynth.io.headers import check_headers
-    from cellsynth.simulate.fit_images import _one_image
 
     real = Path(real)
-    paths = ([real] if _one_image(real) else  # (a file, or a .zarr section: a folder)
+    paths = ([real] if is_one_image(real) else  # (a file, or a .zarr section: a folder)
              [s.image_path for s in load_dataset(real, require_labels=False)])
     check_headers(paths, channel=channel)
 

@@ -42,13 +42,14 @@ from cellsynth.io.images import (
     foreign_files,
     read_image,
     read_labels,
+    unread_format,
 )
 from cellsynth.io.resample import RELATIVE_TOLERANCE, read_pixel_size
 from cellsynth.pipeline import layout
 
 __all__ = ["Sample", "Dataset", "load_dataset", "check_label_sizes", "write_dataset_meta",
            "CELLPOSE_SUFFIX", "file_id", "plain_id", "IMAGE_FOLDERS", "LABEL_FOLDERS",
-           "sub_folder", "meta_pixel_size"]
+           "sub_folder", "meta_pixel_size", "is_one_image"]
 
 CELLPOSE_SUFFIX = "_masks"  # Cellpose's training folders pair x.tif with x_masks.tif
 MASK_SUFFIXES = (CELLPOSE_SUFFIX, "_mask")  # x_mask.tif beside x.tif: the same pairing
@@ -415,6 +416,21 @@ def load_dataset(root: str | os.PathLike, *, require_labels: bool = False) -> Da
                            f"{', '.join(map(repr, GEOMETRIES))}, not {geometry!r}")
     samples = tuple(Sample(i, images[i], labels.get(i), geometry) for i in sorted(images))
     return Dataset(root=root, samples=samples, meta=meta)
+
+
+def is_one_image(path: Path) -> bool:
+    """Whether ``path`` is one image (a file, or an OME-Zarr section) rather than a folder of
+    them, as predict and inspect take it; a file that is not an image is one line."""
+    if path.is_dir():
+        return path.suffix.lower() == ".zarr"
+    if not path.is_file():
+        return False  # (load_dataset says "no such folder")
+    if unread_format(path):
+        raise DatasetError(unread_format(path))
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DatasetError(f"{path}: not an image file (expected one of "
+                           f"{', '.join(IMAGE_SUFFIXES)}) or a folder of images")
+    return True
 
 
 def meta_pixel_size(images: Path) -> float | None:

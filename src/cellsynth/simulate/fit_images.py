@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.errors import ConfigError, DatasetError
+from cellsynth.io.datasets import is_one_image
 from cellsynth.simulate.estimate import _as_float, full_scale
 from cellsynth.simulate.presets import SimulationConfig
 
@@ -109,23 +110,6 @@ def measured_shapes(shapes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return found
 
 
-def _one_image(path: Path) -> bool:
-    """Whether ``path`` is one image (a file, or an OME-Zarr section) rather than a folder of
-    them, as predict and inspect take it; a file that is not an image is one line."""
-    if path.is_dir():
-        return path.suffix.lower() == ".zarr"
-    if not path.is_file():
-        return False  # (load_dataset says "no such folder")
-    from cellsynth.io.images import IMAGE_SUFFIXES, unread_format
-
-    if unread_format(path):
-        raise DatasetError(unread_format(path))
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise DatasetError(f"{path}: not an image file (expected one of "
-                           f"{', '.join(IMAGE_SUFFIXES)}) or a folder of images")
-    return True
-
-
 def _stated_pixel_size(path: Path) -> float | None:
     """One image's pixel size: what the file states, else the meta.json of the dataset it
     is in (``DATA/images/x`` or ``DATA/x``)."""
@@ -144,7 +128,7 @@ def _load(images: str | os.PathLike | Sequence[np.ndarray], base: SimulationConf
     images or windows in all. ``channel``: only that channel of multi-channel images (else
     channel 0 of those that are neither gray nor RGB, with a warning)."""
     meta_px = None
-    if isinstance(images, (str, os.PathLike)) and _one_image(Path(images)):
+    if isinstance(images, (str, os.PathLike)) and is_one_image(Path(images)):
         from cellsynth.io.sections import open_image
 
         opened = [(str(images), open_image(images, channel=channel))]
