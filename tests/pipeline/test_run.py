@@ -1701,3 +1701,34 @@ def test_a_run_recorded_when_contents_were_hashed_the_older_way_is_kept(tmp_path
     said.clear()
     run(config, out, progress=False, log=said.append)
     assert all("skipped" in line for line in said), said
+
+
+def test_a_stage_folder_of_many_entries_missing_one_runs_again(tmp_path, monkeypatch):
+    """A stage folder of more than the 64 entries state.json names was not recorded at all:
+    one of its files deleted by hand went unseen. Now the count of its entries is kept."""
+    plan = stages.plan
+
+    def writes(name):
+        def work(config, out, **kw):
+            (out / name).mkdir(exist_ok=True)
+            for k in range(100):
+                (out / name / f"tile{k:03d}.tif").write_text(name)
+            return {}
+        return work
+
+    monkeypatch.setattr(stages, "plan", lambda cfg: [replace(s, run=writes(s.name))
+                                                     for s in plan(cfg)])
+    config, out = _config(_real(tmp_path / "real")), tmp_path / "run"
+    run(config, out, progress=False, log=lambda _: None)
+    state = json.loads((out / "state.json").read_text())
+    assert len(state["predict"]["output"]) == 64 and state["predict"]["output_count"] == 100
+    said: list[str] = []
+    run(config, out, progress=False, log=said.append)
+    assert all("skipped" in line for line in said), said
+    (out / "predict" / "tile099.tif").unlink()  # not among the 64 names recorded
+    said = []
+    run(config, out, progress=False, log=said.append)
+    ran = [line for line in said if "skipped" not in line and " done in " not in line]
+    assert ran[0] == ("[predict] running again: what it wrote is gone (predict/: 1 of its 100 "
+                      "entries)"), said
+    assert (out / "predict" / "tile099.tif").is_file()

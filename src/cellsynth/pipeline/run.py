@@ -432,25 +432,31 @@ def timed(state: RunState, name: str, print_: str, resume: bool, work: Callable[
     return summary, earlier + now, now
 
 
-_MAX_RECORDED_OUTPUT = 64  # top-level entries of a stage's folder kept in state.json
+_MAX_RECORDED_OUTPUT = 64  # top-level entries of a stage's folder named in state.json
 
 
 def _record_output(state: RunState, out: Path, name: str) -> None:
-    """Beside a finished stage's entry: the top-level entries of its folder (``output``),
-    for a later run to see whether they are still there (:func:`_gone`)."""
+    """Beside a finished stage's entry: the top-level entries of its folder (``output``: the
+    first :data:`_MAX_RECORDED_OUTPUT` by name, and ``output_count`` of them all), for a later
+    run to see whether they are still there (:func:`_gone`)."""
     folder = out / name
     if not folder.is_dir():
         return
     entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-    if entries and len(entries) <= _MAX_RECORDED_OUTPUT:
-        state.amend(name, output=entries)
+    if entries:
+        state.amend(name, output=entries[:_MAX_RECORDED_OUTPUT], output_count=len(entries))
 
 
 def _gone(out: Path, name: str, entry: dict[str, Any] | None) -> str:
     """What of a finished stage's recorded ``output`` is no longer in its folder (names,
-    comma-separated; "" where all is there, or nothing was recorded)."""
+    comma-separated, or how many of a folder with more than the names recorded; "" where all
+    is there, or nothing was recorded)."""
     recorded = (entry or {}).get("output") or []
     missing = [n for n in recorded if not (out / name / n).exists()]
+    if recorded and not missing and (entry or {}).get("output_count", 0) > len(recorded):
+        count = entry["output_count"]  # (before 2026-12-08 only folders of <= 64 entries)
+        now = sum(1 for p in (out / name).iterdir() if not p.name.startswith("."))
+        return f"{name}/: {count - now} of its {count} entries" if now < count else ""
     if not missing:
         return ""
     if len(missing) == len(recorded) and not (out / name).exists():
