@@ -103,6 +103,9 @@ RUNS = {
     "sim_tiny_ft_k2_bal": (["k2"], "sim_tiny", dict(steps=300, crop=192, lr=3e-4, warmup=5,
                                                     val_every=50, model="tiny_u22",
                                                     score_balance=1.0)),
+    "sim_tiny_ft_k2_bal05": (["k2"], "sim_tiny", dict(steps=300, crop=192, lr=3e-4, warmup=5,
+                                                      val_every=50, model="tiny_u22",
+                                                      score_balance=0.5)),
 }
 
 
