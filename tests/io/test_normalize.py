@@ -229,3 +229,29 @@ def test_bad_settings_and_dtypes_are_refused(tmp_path):
         read_image(tmp_path / "fft.tif")
     tifffile.imwrite(tmp_path / "deep.tif", np.full((8, 8), 70000, np.uint32))
     assert read_image(tmp_path / "deep.tif").dtype == np.uint32
+
+
+def test_a_little_tissue_on_bright_glass_starts_the_range_at_its_cells():
+    """The brightfield mirror of the dark-glass rule: stained cells on 0.12 % of bright glass
+    put the 1st percentile on the glass noise (240-243), which was stretched over [0, 1];
+    the range now starts at the cells, with its own warning, as a crop of the tissue gives.
+    Bright glass with cells everywhere keeps its range, and says nothing."""
+    import warnings
+
+    centres = [(y, x) for y in range(900, 1140, 40) for x in range(900, 1100, 40)]
+    image = 255 - _glass_with_a_little_tissue(2048, centres)  # glass 240-243, cells 75
+    with pytest.warns(UserWarning, match=r"bright_slide: few dark pixels \(0.1\d* % below the "
+                                         r"background's 240; a little tissue on bright glass"):
+        low, high = intensity_range(image, where="bright_slide")
+    assert (low[0], high[0]) == (75.0, 243.0)
+    crop = image[850:1200, 850:1150]
+    assert np.array_equal(intensity_range(crop)[0], low)  # as the tissue alone gives
+    rgb = np.stack([image, image, image], axis=2)
+    with pytest.warns(UserWarning, match="few dark pixels"):
+        assert intensity_range(rgb, where="bright_rgb")[0].tolist() == [75.0] * 3
+    # cells everywhere: the range the cells give, no word
+    busy = 255 - _glass_with_a_little_tissue(
+        512, [(y, x) for y in range(10, 512, 24) for x in range(10, 512, 24)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert intensity_range(busy, where="busy")[0][0] == 75.0

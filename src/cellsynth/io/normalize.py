@@ -173,7 +173,7 @@ def intensity_range(image: Any, norm: Normalization = DEFAULT, *,
     lo = np.broadcast_to(lo, channels).astype(np.float64)
     hi = np.broadcast_to(hi, channels).astype(np.float64)
     flat = hi - lo <= 1e-6 * np.maximum(np.abs(hi), 1e-3)
-    hi = _above_sparse_background(image, sample, norm, lo, hi, flat, where)  # (not flat ones)
+    lo, hi = _beyond_sparse_background(image, sample, norm, lo, hi, flat, where)
     if flat.any():  # nearly constant between the percentiles: fall back to min/max
         mins = sample.min(axis=axis) if norm.per_channel else np.full(channels, sample.min())
         maxs = sample.max(axis=axis) if norm.per_channel else np.full(channels, sample.max())
@@ -218,47 +218,65 @@ def _mad_sigma(diff: np.ndarray) -> np.ndarray:
     return 1.4826 * np.median(np.abs(diff - np.median(diff, axis=0)), axis=0) / math.sqrt(2)
 
 
-def _above_sparse_background(image: Any, sample: np.ndarray, norm: Normalization,
-                             lo: np.ndarray, hi: np.ndarray, flat: np.ndarray,
-                             where: str | None) -> np.ndarray:
-    """``hi``, or where the range is the camera noise's alone and a few bright objects lie
-    far above it (see ``_SPARSE``), the ``high`` percentile of the pixels above ``hi``: the
-    objects' own brightness, as a crop of the tissue alone would give. Channels ``flat``
-    between the percentiles are left to the min/max fallback. Said in one warning."""
-    if norm.high >= _SPARSE_TAIL or sample.size == 0:
-        return hi
+def _beyond_sparse_background(image: Any, sample: np.ndarray, norm: Normalization,
+                              lo: np.ndarray, hi: np.ndarray, flat: np.ndarray,
+                              where: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)``, or where the range is the camera noise's alone and a few objects lie far
+    beyond it (see ``_SPARSE``), the range carried out to them: bright ones (fluorescence on
+    dark glass) end it at the ``high`` percentile of the pixels above ``hi``, dark ones
+    (brightfield: stained cells on bright glass) start it at the ``low`` percentile of those
+    below ``lo``, as a crop of the tissue alone would give. Channels ``flat`` between the
+    percentiles are left to the min/max fallback. Each side said in one warning."""
+    bottom, top = lo.copy(), hi.copy()
+    if sample.size == 0:
+        return bottom, top
     columns = range(sample.shape[1]) if norm.per_channel else [None]
-    top = hi.copy()
     noise = None
     for c in columns:
         values = sample[:, c] if c is not None else sample
         k = c if c is not None else 0
         if flat[k]:
             continue
-        tail = float(np.percentile(values, _SPARSE_TAIL))
-        if tail - hi[k] <= _SPARSE * (hi[k] - lo[k]):
+        # how far the few brightest / darkest pixels lie beyond the range (-inf: not asked)
+        above = (float(np.percentile(values, _SPARSE_TAIL)) - hi[k]
+                 if norm.high < _SPARSE_TAIL else -np.inf)
+        below = (lo[k] - float(np.percentile(values, 100.0 - _SPARSE_TAIL))
+                 if norm.low > 100.0 - _SPARSE_TAIL else -np.inf)
+        far = _SPARSE * (hi[k] - lo[k])
+        if above <= far and below <= far:
             continue
-        if noise is None:  # (read only where the tail says so: rows of a section)
+        if noise is None:  # (read only where a tail says so: rows of a section)
             noise = _noise_sigma(image)
         sigma = float(noise[c] if c is not None and c < len(noise) else noise.max())
-        if hi[k] - lo[k] <= _NOISE_RANGES * sigma:
-            bright = float(np.percentile(values[values > hi[k]], norm.high))
-            if c is None:
-                top[:] = bright
-            else:
-                top[c] = bright
-    folder = _sparse_key(where)
-    if (top != hi).any() and folder not in _SAID_SPARSE:
+        if hi[k] - lo[k] > _NOISE_RANGES * sigma:
+            continue
+        at = slice(None) if c is None else c
+        if above > far:
+            top[at] = float(np.percentile(values[values > hi[k]], norm.high))
+        if below > far:
+            bottom[at] = float(np.percentile(values[values < lo[k]], norm.low))
+    for moved, side in ((top != hi, "bright"), (bottom != lo, "dark")):
+        key = _sparse_key(where) + ("" if side == "bright" else "\0dark")
+        if not moved.any() or key in _SAID_SPARSE:
+            continue
         # once per folder: a training set of sparse images said it for each (12 times in
         # the demo; then 10, its loaders' b_images[18] and unnamed images said each)
-        _SAID_SPARSE.add(folder)
-        share = float(np.mean(sample > hi.min())) * 100
-        warnings.warn(f"{where or 'image'}: few bright pixels ({share:.2g} % above the "
-                      f"background's {float(hi.max()):g}; a little tissue on dark glass?): the "
-                      f"intensity range ends at their {norm.high:g}th percentile, "
-                      f"{float(top.max()):g}, not at the image's (said once per folder)",
-                      stacklevel=3)
-    return top
+        _SAID_SPARSE.add(key)
+        if side == "bright":
+            share = float(np.mean(sample > hi.min())) * 100
+            warnings.warn(f"{where or 'image'}: few bright pixels ({share:.2g} % above the "
+                          f"background's {float(hi.max()):g}; a little tissue on dark glass?): "
+                          f"the intensity range ends at their {norm.high:g}th percentile, "
+                          f"{float(top.max()):g}, not at the image's (said once per folder)",
+                          stacklevel=3)
+        else:
+            share = float(np.mean(sample < lo.max())) * 100
+            warnings.warn(f"{where or 'image'}: few dark pixels ({share:.2g} % below the "
+                          f"background's {float(lo.min()):g}; a little tissue on bright "
+                          f"glass?): the intensity range starts at their {norm.low:g}th "
+                          f"percentile, {float(bottom.min()):g}, not at the image's (said once "
+                          f"per folder)", stacklevel=3)
+    return bottom, top
 
 
 _SAID_SPARSE: set[str] = set()  # folders whose sparse images were said
