@@ -185,9 +185,8 @@ def balance_score_loss(model: torch.nn.Module, exponent: float) -> None:
     """Weigh the CPN's score loss on cell pixels so a small cell counts more than its few
     pixels (``exponent`` 1: every cell the same; 0 undoes it). Celldetection's mean over all
     cell pixels lets a large soma outweigh a small one many times over."""
-    own = model.__dict__.pop("compute_loss", None)  # undo an earlier wrap
-    if own is not None and not hasattr(own, "func"):
-        model.__dict__["compute_loss"] = own
+    if isinstance(model.__dict__.get("compute_loss"), functools.partial):
+        del model.compute_loss  # undo an earlier wrap
     if not exponent:
         model.objectives["score"] = torch.nn.BCEWithLogitsLoss()
         return
